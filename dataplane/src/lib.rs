@@ -1,1 +1,2 @@
 //! vxmesh dataplane.
+pub mod wire;
