@@ -1,2 +1,20 @@
-//! vxmesh dataplane.
+//! vxmesh dataplane: VXLAN (RFC 7348) encapsulation and decapsulation in userspace.
+//!
+//! Pure cores, no I/O:
+//! - [`wire`]: typed views over packet bytes (Ethernet, ARP, IPv4/6, TCP/UDP, VXLAN,
+//!   virtio-net header) and the Internet checksum.
+//! - [`fib`]: the forwarding table (VtepMAC → PublicIP, VTEP address → VtepMAC,
+//!   allowed sources), swapped atomically by the control plane.
+//! - [`verdict`]: per-frame decisions, egress (TAP → peer) and ingress (peer → TAP).
+//! - [`counters`]: packet/byte/syscall counters and drops by reason.
+//! - [`ifname`]: checked interface names.
+//!
+//! Thin shells:
+//! - [`sys`]: the TAP device (IFF_VNET_HDR, TUNSETOFFLOAD) and the UDP sockets
+//!   (UDP_SEGMENT, UDP_GRO, sendmmsg/recvmmsg).
+//! - [`engine`]: the two hot-path threads that connect them.
+pub mod counters;
+pub mod fib;
+pub mod ifname;
+pub mod verdict;
 pub mod wire;
