@@ -197,8 +197,10 @@ mod tests {
     #[test]
     fn publish_adds_and_resets() {
         let c = Counters::default();
-        let mut l = LocalCounts::default();
-        l.tap_frames_read = 3;
+        let mut l = LocalCounts {
+            tap_frames_read: 3,
+            ..Default::default()
+        };
         l.drop(DropReason::WrongVni);
         l.drop(DropReason::WrongVni);
         c.publish(&mut l);

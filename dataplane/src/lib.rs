@@ -16,5 +16,6 @@
 pub mod counters;
 pub mod fib;
 pub mod ifname;
+pub mod sys;
 pub mod verdict;
 pub mod wire;

@@ -1,0 +1,295 @@
+//! The TAP device: `/dev/net/tun` opened in TAP mode, with the virtio-net header
+//! (`IFF_VNET_HDR`) and checksum/segmentation offloads (`TUNSETOFFLOAD`) when the
+//! kernel accepts them.
+//!
+//! With offloads on, the kernel hands us TCP frames of up to 64 KiB with a partial
+//! checksum and a [`VirtioNetHdr`](crate::wire::VirtioNetHdr) describing how to
+//! segment them, and accepts the same from us. Every feature is probed at open
+//! time: if the kernel refuses one, we fall back to the next smaller set and say so
+//! in [`TapOffloads`] (the agent logs it and exports it as a metric).
+//!
+//! Read first: Linux `Documentation/networking/tuntap.rst`,
+//! `include/uapi/linux/if_tun.h`. Configuration of the link (MAC, MTU, addresses,
+//! up) is the control plane's job, through netlink.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::ifname::IfName;
+
+// include/uapi/linux/if_tun.h
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
+
+/// What we ask of the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapOptions {
+    /// Ask for the virtio-net header and offloads (the fast path).
+    pub vnet_hdr: bool,
+    /// Also ask for UDP segmentation offload (needs a dataplane that segments UDP).
+    pub uso: bool,
+    /// Number of queues (`IFF_MULTI_QUEUE` when more than one).
+    pub queues: usize,
+}
+
+impl Default for TapOptions {
+    fn default() -> Self {
+        TapOptions {
+            vnet_hdr: true,
+            uso: true,
+            queues: 1,
+        }
+    }
+}
+
+/// What the kernel granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TapOffloads {
+    /// Frames carry a 10-byte virtio-net header.
+    pub vnet_hdr: bool,
+    /// The `TUN_F_*` flags TUNSETOFFLOAD accepted.
+    pub flags: u32,
+}
+
+impl TapOffloads {
+    pub fn csum(&self) -> bool {
+        self.flags & TUN_F_CSUM != 0
+    }
+    pub fn tso(&self) -> bool {
+        self.flags & (TUN_F_TSO4 | TUN_F_TSO6) != 0
+    }
+    pub fn uso(&self) -> bool {
+        self.flags & (TUN_F_USO4 | TUN_F_USO6) != 0
+    }
+    /// A short human description, e.g. "vnet_hdr csum tso4 tso6 tso_ecn uso4 uso6".
+    pub fn describe(&self) -> String {
+        if !self.vnet_hdr {
+            return "none (1 frame per syscall)".to_string();
+        }
+        let mut s = vec!["vnet_hdr"];
+        for (bit, name) in [
+            (TUN_F_CSUM, "csum"),
+            (TUN_F_TSO4, "tso4"),
+            (TUN_F_TSO6, "tso6"),
+            (TUN_F_TSO_ECN, "tso_ecn"),
+            (TUN_F_USO4, "uso4"),
+            (TUN_F_USO6, "uso6"),
+        ] {
+            if self.flags & bit != 0 {
+                s.push(name);
+            }
+        }
+        s.join(" ")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, and are we root or CAP_NET_ADMIN?)")]
+    Open(#[source] io::Error),
+    #[error("cannot create TAP device {name}: {source} (does another process hold it, or a non-TAP link of that name exist?)")]
+    Create {
+        name: IfName,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TAP device {name}: {what}: {source}")]
+    Configure {
+        name: IfName,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: name, then flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TAP queue. The device disappears when the last queue is closed
+/// (it is never made persistent), taking its addresses and routes with it.
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: IfName,
+    offloads: TapOffloads,
+}
+
+impl Tap {
+    /// Opens (creating if needed) the TAP `name`, probing offloads. With
+    /// `opts.queues > 1`, returns that many queues of one multi-queue device.
+    pub fn open(name: &IfName, opts: TapOptions) -> Result<Vec<Tap>, TapError> {
+        let queues = opts.queues.max(1);
+        let mut out = Vec::with_capacity(queues);
+        let first = Self::open_queue(name, opts, queues > 1, None)?;
+        let granted = first.offloads;
+        out.push(first);
+        for _ in 1..queues {
+            out.push(Self::open_queue(name, opts, true, Some(granted))?);
+        }
+        Ok(out)
+    }
+
+    fn open_queue(
+        name: &IfName,
+        opts: TapOptions,
+        multi: bool,
+        granted: Option<TapOffloads>,
+    ) -> Result<Tap, TapError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        let base = IFF_TAP | IFF_NO_PI | if multi { IFF_MULTI_QUEUE } else { 0 };
+        let want_vnet = granted.map_or(opts.vnet_hdr, |g| g.vnet_hdr);
+        let vnet_hdr = if want_vnet {
+            match set_iff(&file, name, base | IFF_VNET_HDR) {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    set_iff(&file, name, base).map_err(|source| TapError::Create {
+                        name: name.clone(),
+                        source,
+                    })?;
+                    false
+                }
+                Err(source) => {
+                    return Err(TapError::Create {
+                        name: name.clone(),
+                        source,
+                    })
+                }
+            }
+        } else {
+            set_iff(&file, name, base).map_err(|source| TapError::Create {
+                name: name.clone(),
+                source,
+            })?;
+            false
+        };
+        let mut offloads = TapOffloads { vnet_hdr, flags: 0 };
+        if vnet_hdr {
+            let sz: libc::c_int = crate::wire::VirtioNetHdr::LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads one c_int through the pointer, which
+            // points at a live local for the duration of the call.
+            let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &sz) };
+            if r < 0 {
+                return Err(TapError::Configure {
+                    name: name.clone(),
+                    what: "TUNSETVNETHDRSZ",
+                    source: io::Error::last_os_error(),
+                });
+            }
+            let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+            let candidates: Vec<u32> = match granted {
+                Some(g) => vec![g.flags],
+                None if opts.uso => vec![tso | TUN_F_USO4 | TUN_F_USO6, tso, TUN_F_CSUM, 0],
+                None => vec![tso, TUN_F_CSUM, 0],
+            };
+            for flags in candidates {
+                // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long).
+                let r = unsafe {
+                    libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags))
+                };
+                if r == 0 {
+                    offloads.flags = flags;
+                    break;
+                }
+            }
+        }
+        Ok(Tap {
+            file,
+            name: name.clone(),
+            offloads,
+        })
+    }
+
+    pub fn name(&self) -> &IfName {
+        &self.name
+    }
+
+    pub fn offloads(&self) -> TapOffloads {
+        self.offloads
+    }
+
+    /// Reads one frame (with its virtio header when `offloads().vnet_hdr`).
+    /// Non-blocking: `WouldBlock` when nothing is queued.
+    #[inline]
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    /// Writes one frame, with `hdr` in front when the device has vnet headers.
+    #[inline]
+    pub fn write_frame(&self, hdr: &[u8], frame: &[u8]) -> io::Result<usize> {
+        if self.offloads.vnet_hdr {
+            (&self.file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(frame)])
+        } else {
+            (&self.file).write(frame)
+        }
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+fn set_iff(file: &File, name: &IfName, flags: libc::c_short) -> io::Result<()> {
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags,
+        _pad: [0; 22],
+    };
+    // IfName guarantees 1..=15 bytes, so the name stays NUL-terminated.
+    for (d, s) in req.name.iter_mut().zip(name.as_str().bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads/writes a `struct ifreq` (40 bytes) through the
+    // pointer; `req` is a live, correctly sized #[repr(C)] local.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifreq_is_kernel_sized() {
+        assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+    }
+
+    #[test]
+    fn describe_names_flags() {
+        let o = TapOffloads {
+            vnet_hdr: true,
+            flags: TUN_F_CSUM | TUN_F_TSO4,
+        };
+        assert_eq!(o.describe(), "vnet_hdr csum tso4");
+        assert!(o.tso() && o.csum() && !o.uso());
+        assert!(TapOffloads::default().describe().starts_with("none"));
+    }
+}
