@@ -1,0 +1,216 @@
+//! Rendering the delegate plugin's configuration from the netconf and subnet.env.
+//!
+//! Read first: ../shared/reference/flannel-compat.md "flannel CNI plugin" (the defaults) and
+//! CNI SPEC.md section 4 "Plugin Delegation". The defaults are flannel's: type `bridge` with
+//! bridge `cni0`, `isGateway` true, `ipMasq` = !FLANNEL_IPMASQ, `mtu` = FLANNEL_MTU, and
+//! host-local IPAM over the node's subnet with a route to the cluster network. Keys in the
+//! netconf's `delegate` object override those defaults; the netconf's `ipam` object is the base
+//! of the IPAM section, but `ranges` always come from subnet.env (the node may only hand out
+//! addresses from its own lease) and the cluster network routes are appended to `ipam.routes`.
+//! Pure: no I/O.
+
+use serde_json::{json, Map, Value};
+
+use crate::netconf::NetConf;
+use crate::subnet_env::SubnetEnv;
+use crate::version::SpecVersion;
+
+/// The bridge name flannel's bridge delegate uses by default.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// Builds the delegate configuration for `version` (the version negotiated with the delegate).
+pub fn render(netconf: &NetConf, env: &SubnetEnv, version: SpecVersion) -> Map<String, Value> {
+    let mut out = Map::new();
+    let delegate_type = netconf.delegate_type().to_string();
+    out.insert("type".into(), Value::String(delegate_type.clone()));
+    if delegate_type == "bridge" {
+        out.insert("bridge".into(), Value::String(DEFAULT_BRIDGE.into()));
+        out.insert("isGateway".into(), Value::Bool(true));
+    }
+    out.insert("ipMasq".into(), Value::Bool(!env.ipmasq));
+    out.insert("mtu".into(), Value::from(env.mtu));
+    for (k, v) in &netconf.delegate {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert("name".into(), Value::String(netconf.name.clone()));
+    out.insert("cniVersion".into(), Value::String(version.as_str().into()));
+    out.insert("ipam".into(), Value::Object(render_ipam(netconf, env)));
+    if let Some(rc) = &netconf.runtime_config {
+        out.insert("runtimeConfig".into(), rc.clone());
+    }
+    if let Some(args) = &netconf.args {
+        out.insert("args".into(), args.clone());
+    }
+    out
+}
+
+fn render_ipam(netconf: &NetConf, env: &SubnetEnv) -> Map<String, Value> {
+    let mut ipam = netconf.ipam.clone();
+    if !ipam.contains_key("type") {
+        ipam.insert("type".into(), Value::String("host-local".into()));
+    }
+
+    let mut ranges = Vec::new();
+    for subnet in [env.subnet, env.ipv6_subnet].into_iter().flatten() {
+        ranges.push(json!([{ "subnet": subnet.network().to_string() }]));
+    }
+    ipam.insert("ranges".into(), Value::Array(ranges));
+
+    let mut routes: Vec<Value> = ipam
+        .get("routes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for net in env.networks.iter().chain(env.ipv6_networks.iter()) {
+        let dst = net.network().to_string();
+        let present = routes
+            .iter()
+            .any(|r| r.get("dst").and_then(Value::as_str) == Some(dst.as_str()));
+        if !present {
+            routes.push(json!({ "dst": dst }));
+        }
+    }
+    ipam.insert("routes".into(), Value::Array(routes));
+    ipam
+}
+
+/// Sets the `cniVersion` a saved delegate config is executed with, and `prevResult` if given
+/// (already converted to that version's layout). Removes a stale `prevResult` otherwise.
+pub fn for_invocation(
+    saved: &Map<String, Value>,
+    version: SpecVersion,
+    prev_result: Option<Value>,
+) -> Map<String, Value> {
+    let mut out = saved.clone();
+    out.insert("cniVersion".into(), Value::String(version.as_str().into()));
+    match prev_result {
+        Some(prev) => {
+            out.insert("prevResult".into(), prev);
+        }
+        None => {
+            out.remove("prevResult");
+        }
+    }
+    out
+}
+
+/// The IPv4 subnet a saved delegate config hands out (`ipam.ranges[0][0].subnet`), if any.
+pub fn saved_subnet(saved: &Map<String, Value>) -> Option<String> {
+    saved
+        .get("ipam")?
+        .get("ranges")?
+        .as_array()?
+        .iter()
+        .filter_map(|set| set.get(0)?.get("subnet")?.as_str())
+        .find(|s| !s.contains(':'))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::{netconf, subnet_env};
+
+    /// The example in flannel's README: NETWORK 10.1.0.0/16, SUBNET 10.1.17.1/24, MTU 1472,
+    /// IPMASQ true, netconf `{"name":"mynet","type":"flannel"}`.
+    #[test]
+    fn reproduces_flannel_readme_example() {
+        let nc =
+            netconf::parse(br#"{"cniVersion":"0.3.1","name":"mynet","type":"flannel"}"#).unwrap();
+        let env = subnet_env::parse(
+            b"FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let got = Value::Object(render(&nc, &env, SpecVersion::V0_3_1));
+        let want = json!({
+            "cniVersion": "0.3.1",
+            "name": "mynet",
+            "type": "bridge",
+            "bridge": "cni0",
+            "mtu": 1472,
+            "ipMasq": false,
+            "isGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.1.17.0/24"}]],
+                "routes": [{"dst": "10.1.0.0/16"}]
+            }
+        });
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn delegate_overrides_and_ipam_base_merge() {
+        let nc = netconf::parse(
+            br#"{"cniVersion":"1.0.0","name":"vx","type":"vxmesh",
+                 "delegate":{"bridge":"vxbr0","hairpinMode":true,"isDefaultGateway":true,"ipMasq":true,"mtu":1400},
+                 "ipam":{"dataDir":"/tmp/hl","routes":[{"dst":"192.168.0.0/16"},{"dst":"10.244.0.0/16"}]},
+                 "runtimeConfig":{"mac":"02:00:00:00:00:01"}}"#,
+        )
+        .unwrap();
+        let env = subnet_env::parse(
+            b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let got = render(&nc, &env, SpecVersion::V1_0_0);
+        assert_eq!(got["bridge"], "vxbr0");
+        assert_eq!(got["hairpinMode"], true);
+        assert_eq!(got["isDefaultGateway"], true);
+        assert_eq!(got["ipMasq"], true, "delegate wins over !FLANNEL_IPMASQ");
+        assert_eq!(got["mtu"], 1400);
+        assert_eq!(got["runtimeConfig"]["mac"], "02:00:00:00:00:01");
+        assert_eq!(got["ipam"]["dataDir"], "/tmp/hl");
+        assert_eq!(
+            got["ipam"]["routes"],
+            json!([{"dst":"192.168.0.0/16"},{"dst":"10.244.0.0/16"}]),
+            "the cluster route is not duplicated"
+        );
+        assert_eq!(saved_subnet(&got).as_deref(), Some("10.244.7.0/24"));
+    }
+
+    #[test]
+    fn non_bridge_delegate_gets_no_bridge_keys() {
+        let nc =
+            netconf::parse(br#"{"cniVersion":"1.0.0","name":"vx","delegate":{"type":"ipvlan"}}"#)
+                .unwrap();
+        let env = subnet_env::parse(
+            b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        let got = render(&nc, &env, SpecVersion::V1_0_0);
+        assert_eq!(got["type"], "ipvlan");
+        assert!(!got.contains_key("bridge"));
+        assert!(!got.contains_key("isGateway"));
+    }
+
+    #[test]
+    fn dual_stack_ranges_and_routes() {
+        let nc = netconf::parse(br#"{"cniVersion":"1.0.0","name":"vx"}"#).unwrap();
+        let env = subnet_env::parse(
+            b"FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        let got = render(&nc, &env, SpecVersion::V1_0_0);
+        assert_eq!(
+            got["ipam"]["ranges"],
+            json!([[{"subnet":"10.5.1.0/24"}],[{"subnet":"fc00:0:0:1::/64"}]])
+        );
+        assert_eq!(
+            got["ipam"]["routes"],
+            json!([{"dst":"10.5.0.0/16"},{"dst":"fc00::/48"}])
+        );
+    }
+
+    #[test]
+    fn invocation_sets_version_and_prev_result() {
+        let mut saved = Map::new();
+        saved.insert("cniVersion".into(), json!("1.0.0"));
+        saved.insert("prevResult".into(), json!({"old": true}));
+        let inv = for_invocation(&saved, SpecVersion::V0_4_0, None);
+        assert_eq!(inv["cniVersion"], "0.4.0");
+        assert!(!inv.contains_key("prevResult"));
+        let inv = for_invocation(&saved, SpecVersion::V1_0_0, Some(json!({"new": 1})));
+        assert_eq!(inv["prevResult"]["new"], 1);
+    }
+}

@@ -1,0 +1,36 @@
+//! vxmesh's CNI plugin (binary `vxmesh`): flannel's model, delegating to `bridge` + `host-local`.
+//!
+//! A runtime executes the plugin with CNI_* environment variables and a JSON netconf on stdin.
+//! The plugin reads the node's subnet from flannel's `subnet.env` (written by vxmeshd), renders
+//! a delegate config (by default a `bridge` with `host-local` IPAM over that subnet), saves it
+//! per attachment, runs the delegate found on CNI_PATH and prints its result in the requested
+//! spec version. See docs/cni.md for installation and operation.
+//!
+//! Components — pure (no I/O):
+//! - [`version`]: spec versions and what each allows; delegate version negotiation.
+//! - [`env`]: the CNI_* environment, validated.
+//! - [`netconf`]: the netconf on stdin, validated, errors naming the field.
+//! - [`subnet_env`]: flannel's subnet.env.
+//! - [`ipnet`]: a small IP prefix type.
+//! - [`delegate`]: rendering the delegate's config.
+//! - [`result`]: the result model and conversion between spec versions.
+//! - [`error`]: the CNI error object and codes.
+//!
+//! Shell (files, processes, namespaces):
+//! - [`state`]: per-attachment state files under a locked data directory.
+//! - [`exec`]: finding and running the delegate.
+//! - [`netns`]: looking into the container's network namespace.
+//! - [`plugin`]: the six operations, tying it together.
+
+pub mod delegate;
+pub mod env;
+pub mod error;
+pub mod exec;
+pub mod ipnet;
+pub mod netconf;
+pub mod netns;
+pub mod plugin;
+pub mod result;
+pub mod state;
+pub mod subnet_env;
+pub mod version;

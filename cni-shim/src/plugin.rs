@@ -1,0 +1,617 @@
+//! The six CNI operations, wiring the pure parts to the shell (files, exec, netns).
+//!
+//! Read first: CNI SPEC.md section 2 (operations) and section 4 (delegation), and
+//! docs/cni.md for the behaviour operators see. Each handler returns what goes on stdout
+//! (`Ok(Some(json))` for ADD and VERSION, `Ok(None)` otherwise) or a [`CniError`].
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::delegate;
+use crate::env::{self, Attachment, CmdArgs, Command};
+use crate::error::{code, CniError};
+use crate::exec::{self, EnvChange};
+use crate::netconf::{self, NetConf};
+use crate::netns;
+use crate::result::CniResult;
+use crate::state::{self, StateDir};
+use crate::subnet_env::{self, SubnetEnv, SubnetEnvError};
+use crate::version::{self, SpecVersion};
+
+/// What one invocation produced: stdout text and the process exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Text for stdout (a result, a VERSION answer, an error, or nothing).
+    pub stdout: String,
+    /// Process exit code: 0 on success, 1 on error (the CNI code is in the JSON).
+    pub exit_code: i32,
+}
+
+/// Writes one log line on stderr.
+pub fn log(msg: impl AsRef<str>) {
+    eprintln!("vxmesh[{}]: {}", std::process::id(), msg.as_ref());
+}
+
+/// Runs one invocation. `get_env` reads the environment; `read_stdin` is called at most once
+/// and only when stdin is needed.
+pub fn run(
+    get_env: impl Fn(&str) -> Option<String>,
+    read_stdin: impl FnOnce() -> io::Result<Vec<u8>>,
+) -> Outcome {
+    let args = match env::parse(&get_env) {
+        Ok(a) => a,
+        Err(e) => {
+            if get_env("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+                log(format!(
+                    "CNI plugin vxmesh {} (flannel-compatible, delegates to bridge + host-local); \
+                     CNI protocol versions supported: {}",
+                    env!("CARGO_PKG_VERSION"),
+                    supported_list().join(", ")
+                ));
+            }
+            return fail(SpecVersion::LATEST.as_str(), e);
+        }
+    };
+    let stdin = match read_stdin() {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                SpecVersion::LATEST.as_str(),
+                CniError::new(
+                    code::IO,
+                    "error reading network config from stdin",
+                    e.to_string(),
+                ),
+            )
+        }
+    };
+    if args.command == Command::Version {
+        let requested = netconf::peek_version(&stdin)
+            .unwrap_or_else(|| SpecVersion::LATEST.as_str().to_string());
+        let answer = json!({ "cniVersion": requested, "supportedVersions": supported_list() });
+        return Outcome {
+            stdout: answer.to_string(),
+            exit_code: 0,
+        };
+    }
+    let echo_version = netconf::peek_version(&stdin)
+        .filter(|v| SpecVersion::parse(v).is_some())
+        .unwrap_or_else(|| SpecVersion::LATEST.as_str().to_string());
+    let nc = match netconf::parse(&stdin) {
+        Ok(nc) => nc,
+        Err(e) => return fail(&echo_version, e),
+    };
+    for w in &nc.warnings {
+        log(w);
+    }
+    let version = nc.cni_version;
+    let result = match args.command {
+        Command::Add => cmd_add(&args, &nc),
+        Command::Del => cmd_del(&args, &nc).map(|()| None),
+        Command::Check => cmd_check(&args, &nc).map(|()| None),
+        Command::Gc => cmd_gc(&args, &nc).map(|()| None),
+        Command::Status => cmd_status(&args, &nc).map(|()| None),
+        Command::Version => Ok(None),
+    };
+    match result {
+        Ok(stdout) => Outcome {
+            stdout: stdout.unwrap_or_default(),
+            exit_code: 0,
+        },
+        Err(e) => fail(version.as_str(), e),
+    }
+}
+
+fn supported_list() -> Vec<&'static str> {
+    SpecVersion::ALL.iter().map(|v| v.as_str()).collect()
+}
+
+fn fail(version: &str, e: CniError) -> Outcome {
+    log(format!("error: {e}"));
+    Outcome {
+        stdout: e.to_json(version),
+        exit_code: 1,
+    }
+}
+
+/// The attachment of an ADD/DEL/CHECK; env parsing guarantees it is there.
+fn attachment_of(args: &CmdArgs) -> Result<&Attachment, CniError> {
+    args.attachment.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_CONTAINERID,CNI_IFNAME] missing",
+            "",
+        )
+    })
+}
+
+fn netns_of(args: &CmdArgs) -> Result<&str, CniError> {
+    args.netns.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+            "",
+        )
+    })
+}
+
+/// Reads and parses the subnet file; every failure says what the operator should look at.
+pub fn load_subnet_env(path: &str) -> Result<SubnetEnv, CniError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("subnet file {path} not found: is vxmeshd running on this node?"),
+                "vxmeshd (or flanneld) writes it once it holds a subnet lease from etcd; \
+                 check `systemctl status vxmeshd` and its log, and that the netconf's \
+                 subnetFile matches the agent's --subnet-file",
+            ))
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                code::IO,
+                format!("cannot read subnet file {path}"),
+                e.to_string(),
+            ))
+        }
+    };
+    subnet_env::parse(&bytes).map_err(|e| {
+        let msg = match &e {
+            SubnetEnvError::Missing(_) => format!("subnet file {path} is incomplete"),
+            SubnetEnvError::Invalid { .. } | SubnetEnvError::Inconsistent { .. } => {
+                format!("subnet file {path} is not usable")
+            }
+        };
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            msg,
+            format!(
+                "{e}; vxmeshd rewrites this file when it (re)acquires its lease — check its log, \
+                 or restart it"
+            ),
+        )
+    })
+}
+
+fn state_error(dir: &str, e: io::Error) -> CniError {
+    CniError::new(
+        code::IO,
+        format!("cannot use state directory {dir}"),
+        format!("{e}; check the netconf's dataDir and that the plugin runs as root"),
+    )
+}
+
+/// The delegate version to use for `requested`, after asking the delegate.
+fn negotiate(plugin: &Path, requested: SpecVersion) -> Result<SpecVersion, CniError> {
+    let supported = exec::supported_versions(plugin, requested.as_str())?;
+    version::negotiate(requested, &supported).ok_or_else(|| {
+        CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "delegate {} supports no CNI version at or below {requested}",
+                plugin.display()
+            ),
+            format!("it supports [{}]", supported.join(" ")),
+        )
+    })
+}
+
+/// Converts a `prevResult` to `version`'s layout; `None` when it cannot be understood.
+fn prev_result_for(nc: &NetConf, version: SpecVersion) -> Option<Value> {
+    let prev = nc.prev_result.clone()?;
+    match CniResult::from_value(prev).and_then(|r| r.to_layout(version)) {
+        Ok(r) => Some(r.to_value()),
+        Err(e) => {
+            log(format!("ignoring prevResult that cannot be read: {e}"));
+            None
+        }
+    }
+}
+
+fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
+    let att = attachment_of(args)?;
+    let netns = netns_of(args)?;
+    let subnet_env = load_subnet_env(&nc.subnet_file)?;
+
+    match netns::link_exists(netns, att.ifname.as_str()) {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_IFNAME: interface {} already exists in CNI_NETNS {netns}",
+                    att.ifname
+                ),
+                "ADD must create a new interface; choose another CNI_IFNAME or DEL the \
+                 existing attachment first",
+            ))
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                code::INVALID_NETNS,
+                format!("CNI_NETNS {netns} is not a usable network namespace"),
+                e.to_string(),
+            ))
+        }
+    }
+
+    let plugin = exec::require_plugin(nc.delegate_type(), &args.cni_path)?;
+    let dver = negotiate(&plugin, nc.cni_version)?;
+    let config = delegate::render(nc, &subnet_env, dver);
+    let bytes = serde_json::to_vec(&Value::Object(config.clone()))
+        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+
+    let state =
+        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    state
+        .save(att, &bytes)
+        .map_err(|e| state_error(&nc.data_dir, e))?;
+    log(format!(
+        "ADD {}/{} netns={netns}: delegate {} (cniVersion {dver}), subnet {}",
+        att.container_id,
+        att.ifname,
+        plugin.display(),
+        delegate::saved_subnet(&config).unwrap_or_default()
+    ));
+
+    let outcome = exec::run(&plugin, &[("CNI_COMMAND", Some("ADD"))], &bytes).and_then(|out| {
+        let mut result = CniResult::from_slice(&out).map_err(|e| {
+            CniError::new(
+                code::DECODE,
+                format!(
+                    "cannot decode the result of delegate {}",
+                    nc.delegate_type()
+                ),
+                e,
+            )
+        })?;
+        let missing = result.fill_sandbox_macs(|sandbox, name| {
+            netns::link_mac(sandbox, name)
+                .map_err(|e| log(format!("cannot read MAC of {name} in {sandbox}: {e}")))
+                .ok()
+        });
+        if !missing.is_empty() {
+            log(format!(
+                "result has no MAC for {}; podman will reject it",
+                missing.join(",")
+            ));
+        }
+        if let Some(prev) = nc.prev_result.clone() {
+            let prev = CniResult::from_value(prev).map_err(|e| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "invalid network config: field prevResult",
+                    e,
+                )
+            })?;
+            result = result.appended_to(prev);
+        }
+        let out = result
+            .to_layout(nc.cni_version)
+            .map_err(|e| CniError::new(code::DECODE, "cannot convert the delegate's result", e))?;
+        serde_json::to_string(&out.to_value())
+            .map_err(|e| CniError::new(code::IO, "cannot serialize result", e.to_string()))
+    });
+
+    match outcome {
+        Ok(json) => Ok(Some(json)),
+        Err(e) => {
+            log(format!(
+                "ADD {}/{} failed, rolling back through delegate DEL: {e}",
+                att.container_id, att.ifname
+            ));
+            match exec::run(&plugin, &[("CNI_COMMAND", Some("DEL"))], &bytes) {
+                Ok(_) => {
+                    if let Err(re) = state.remove(att) {
+                        log(format!("rollback: cannot remove state file: {re}"));
+                    }
+                }
+                Err(de) => log(format!(
+                    "rollback DEL failed ({de}); keeping {} for the runtime's DEL",
+                    state.path_of(att).display()
+                )),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs the delegate's DEL for a saved config. `netns` is passed only if it still exists.
+fn delegate_del(
+    saved: &Map<String, Value>,
+    requested: SpecVersion,
+    cni_path: &[String],
+    env: &[EnvChange<'_>],
+    prev_result: Option<&NetConf>,
+) -> Result<(), CniError> {
+    let Some(dtype) = saved.get("type").and_then(Value::as_str) else {
+        return Err(CniError::new(
+            code::DECODE,
+            "saved delegate config has no type",
+            "",
+        ));
+    };
+    let plugin = exec::require_plugin(dtype, cni_path)?;
+    let saved_version = saved
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .and_then(SpecVersion::parse);
+    let dver = match negotiate(&plugin, requested) {
+        Ok(v) => v,
+        Err(e) => match saved_version {
+            Some(v) => {
+                log(format!("{e}; using the ADD-time version {v}"));
+                v
+            }
+            None => return Err(e),
+        },
+    };
+    let prev = prev_result
+        .filter(|_| dver >= SpecVersion::V0_4_0)
+        .and_then(|nc| prev_result_for(nc, dver));
+    let config = delegate::for_invocation(saved, dver, prev);
+    let bytes = serde_json::to_vec(&Value::Object(config))
+        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+    exec::run(&plugin, env, &bytes).map(|_| ())
+}
+
+fn parse_saved(bytes: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
+    let att = attachment_of(args)?;
+    let state =
+        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let Some(bytes) = state.load(att).map_err(|e| state_error(&nc.data_dir, e))? else {
+        log(format!(
+            "DEL {}/{}: no state, nothing to do",
+            att.container_id, att.ifname
+        ));
+        return Ok(());
+    };
+    let Some(saved) = parse_saved(&bytes) else {
+        log(format!(
+            "DEL {}/{}: state file {} is corrupt; removing it. The pod's veth and host-local \
+             reservation (if any) must be cleaned by hand",
+            att.container_id,
+            att.ifname,
+            state.path_of(att).display()
+        ));
+        return state.remove(att).map_err(|e| state_error(&nc.data_dir, e));
+    };
+    let netns = args.netns.as_deref().filter(|p| Path::new(p).exists());
+    if netns.is_none() {
+        if let Some(gone) = &args.netns {
+            log(format!(
+                "DEL: CNI_NETNS {gone} is gone; releasing the address only"
+            ));
+        }
+    }
+    log(format!("DEL {}/{}", att.container_id, att.ifname));
+    delegate_del(
+        &saved,
+        nc.cni_version,
+        &args.cni_path,
+        &[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", netns)],
+        Some(nc),
+    )?;
+    state.remove(att).map_err(|e| state_error(&nc.data_dir, e))
+}
+
+fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
+    if !nc.cni_version.has_check() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "config version does not allow CHECK",
+            format!("cniVersion {} predates CHECK (0.4.0)", nc.cni_version),
+        ));
+    }
+    let att = attachment_of(args)?;
+    let netns = netns_of(args)?;
+    if nc.prev_result.is_none() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network config: field prevResult",
+            "prevResult: missing; CHECK needs the result of the ADD",
+        ));
+    }
+    let subnet_env = load_subnet_env(&nc.subnet_file)?;
+    let state =
+        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let saved = state
+        .load(att)
+        .map_err(|e| state_error(&nc.data_dir, e))?
+        .and_then(|b| parse_saved(&b))
+        .ok_or_else(|| {
+            CniError::new(
+                code::NO_STATE,
+                format!(
+                    "no state for container {} interface {}",
+                    att.container_id, att.ifname
+                ),
+                format!(
+                    "{} is missing: the attachment was not made by vxmesh on this node, or was deleted",
+                    state.path_of(att).display()
+                ),
+            )
+        })?;
+    if let (Some(was), Some(now)) = (delegate::saved_subnet(&saved), subnet_env.subnet) {
+        let now = now.network().to_string();
+        if was != now {
+            return Err(CniError::new(
+                code::SUBNET_CHANGED,
+                format!("pod subnet {was} is no longer this node's subnet {now}"),
+                "the node's lease changed since ADD; pods with addresses from the old subnet are \
+                 unreachable and must be recreated",
+            ));
+        }
+    }
+    if !Path::new(netns).exists() {
+        return Err(CniError::new(
+            code::INVALID_NETNS,
+            format!("CNI_NETNS {netns} does not exist"),
+            "",
+        ));
+    }
+    let Some(dtype) = saved.get("type").and_then(Value::as_str) else {
+        return Err(CniError::new(
+            code::DECODE,
+            "saved delegate config has no type",
+            "",
+        ));
+    };
+    let plugin = exec::require_plugin(dtype, &args.cni_path)?;
+    let dver = negotiate(&plugin, nc.cni_version)?;
+    if !dver.has_check() {
+        log(format!(
+            "delegate {dtype} speaks {dver}, which has no CHECK; skipping it"
+        ));
+        return Ok(());
+    }
+    let config = delegate::for_invocation(&saved, dver, prev_result_for(nc, dver));
+    let bytes = serde_json::to_vec(&Value::Object(config))
+        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+    exec::run(&plugin, &[("CNI_COMMAND", Some("CHECK"))], &bytes).map(|_| ())
+}
+
+fn require_1_1(nc: &NetConf, what: &str) -> Result<(), CniError> {
+    if nc.cni_version.has_gc_and_status() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("config version does not allow {what}"),
+            format!("cniVersion {} predates {what} (1.1.0)", nc.cni_version),
+        ))
+    }
+}
+
+/// A delegate to forward to, and the config to send it.
+type Forward = (PathBuf, Map<String, Value>);
+
+/// Renders a config for forwarding GC/STATUS, if the delegate speaks 1.1.0.
+fn forwardable(
+    args: &CmdArgs,
+    nc: &NetConf,
+    subnet_env: &SubnetEnv,
+    what: &str,
+) -> Result<Option<Forward>, CniError> {
+    let plugin = exec::require_plugin(nc.delegate_type(), &args.cni_path)?;
+    let supported = exec::supported_versions(&plugin, SpecVersion::V1_1_0.as_str())?;
+    if !supported.iter().any(|v| v == SpecVersion::V1_1_0.as_str()) {
+        log(format!(
+            "delegate {} supports [{}], which predates {what}; not forwarding {what}",
+            plugin.display(),
+            supported.join(" ")
+        ));
+        return Ok(None);
+    }
+    Ok(Some((
+        plugin,
+        delegate::render(nc, subnet_env, SpecVersion::V1_1_0),
+    )))
+}
+
+fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
+    require_1_1(nc, "GC")?;
+    let Some(valid) = &nc.valid_attachments else {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network config: field cni.dev/valid-attachments",
+            "cni.dev/valid-attachments: missing; GC needs the list of attachments to keep \
+             (an empty list removes all)",
+        ));
+    };
+    let state =
+        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let mut errors = Vec::new();
+    let attachments = state.list().map_err(|e| state_error(&nc.data_dir, e))?;
+    for att in attachments {
+        if valid.contains(&(att.container_id.clone(), att.ifname.clone())) {
+            continue;
+        }
+        let name = state::file_name(&att);
+        log(format!("GC: removing stale attachment {name}"));
+        let saved = match state.load(&att) {
+            Ok(Some(b)) => parse_saved(&b),
+            Ok(None) => continue,
+            Err(e) => {
+                errors.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let Some(saved) = saved else {
+            log(format!("GC: state file {name} is corrupt; removing it"));
+            if let Err(e) = state.remove(&att) {
+                errors.push(format!("{name}: {e}"));
+            }
+            continue;
+        };
+        let env: [EnvChange<'_>; 5] = [
+            ("CNI_COMMAND", Some("DEL")),
+            ("CNI_CONTAINERID", Some(att.container_id.as_str())),
+            ("CNI_IFNAME", Some(att.ifname.as_str())),
+            ("CNI_NETNS", None),
+            ("CNI_ARGS", None),
+        ];
+        match delegate_del(&saved, nc.cni_version, &args.cni_path, &env, None) {
+            Ok(()) => {
+                if let Err(e) = state.remove(&att) {
+                    errors.push(format!("{name}: {e}"));
+                }
+            }
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    drop(state);
+
+    match load_subnet_env(&nc.subnet_file) {
+        Ok(subnet_env) => match forwardable(args, nc, &subnet_env, "GC") {
+            Ok(Some((plugin, mut config))) => {
+                let list: Vec<Value> = valid
+                    .iter()
+                    .map(|(c, i)| json!({"containerID": c.as_str(), "ifname": i.as_str()}))
+                    .collect();
+                config.insert("cni.dev/valid-attachments".into(), Value::Array(list));
+                let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
+                if let Err(e) = exec::run(&plugin, &[("CNI_COMMAND", Some("GC"))], &bytes) {
+                    errors.push(e.to_string());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e.to_string()),
+        },
+        Err(e) => log(format!("GC: not forwarding to the delegate: {e}")),
+    }
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::IO,
+            format!("GC left {} problem(s)", errors.len()),
+            errors.join("; "),
+        ))
+    }
+}
+
+fn cmd_status(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
+    require_1_1(nc, "STATUS")?;
+    let not_available = |e: CniError| CniError::new(code::NOT_AVAILABLE, e.msg, e.details);
+    let subnet_env = load_subnet_env(&nc.subnet_file).map_err(not_available)?;
+    let Some((plugin, config)) =
+        forwardable(args, nc, &subnet_env, "STATUS").map_err(not_available)?
+    else {
+        return Ok(());
+    };
+    let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
+    exec::run(&plugin, &[("CNI_COMMAND", Some("STATUS"))], &bytes).map(|_| ())
+}
