@@ -202,8 +202,21 @@ fn negotiate(plugin: &Path, requested: SpecVersion) -> Result<SpecVersion, CniEr
 
 /// Converts a `prevResult` to `version`'s layout; `None` when it cannot be understood.
 fn prev_result_for(nc: &NetConf, version: SpecVersion) -> Option<Value> {
+    prev_result_with(nc, version, |_| {})
+}
+
+/// Like [`prev_result_for`], letting `adjust` change the result first.
+fn prev_result_with(
+    nc: &NetConf,
+    version: SpecVersion,
+    adjust: impl FnOnce(&mut CniResult),
+) -> Option<Value> {
     let prev = nc.prev_result.clone()?;
-    match CniResult::from_value(prev).and_then(|r| r.to_layout(version)) {
+    let converted = CniResult::from_value(prev).and_then(|mut r| {
+        adjust(&mut r);
+        r.to_layout(version)
+    });
+    match converted {
         Ok(r) => Some(r.to_value()),
         Err(e) => {
             log(format!("ignoring prevResult that cannot be read: {e}"));
@@ -476,7 +489,10 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         ));
         return Ok(());
     }
-    let config = delegate::for_invocation(&saved, dver, prev_result_for(nc, dver));
+    // Routes without a gateway are looked up with the gateway IPAM installed them with; see
+    // CniResult::fill_route_gateways.
+    let prev = prev_result_with(nc, dver, CniResult::fill_route_gateways);
+    let config = delegate::for_invocation(&saved, dver, prev);
     let bytes = serde_json::to_vec(&Value::Object(config))
         .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
     exec::run(&plugin, &[("CNI_COMMAND", Some("CHECK"))], &bytes).map(|_| ())

@@ -227,6 +227,26 @@ impl CniResult {
         still_missing
     }
 
+    /// Gives routes without `gw` the gateway of the first address of the same family that has
+    /// one — what IPAM's interface setup installs (SPEC: "If unset, a value in `gateway` in the
+    /// `ips` array may be used"). The reference bridge plugin up to at least 1.1.1 looks routes
+    /// up by (dst, gw) in CHECK and reports a gateway-less route as missing otherwise.
+    pub fn fill_route_gateways(&mut self) {
+        let gateway_of = |v4: bool| {
+            self.ips
+                .iter()
+                .filter_map(|ip| ip.gateway.clone())
+                .find(|gw| gw.parse::<IpAddr>().is_ok_and(|a| a.is_ipv4() == v4))
+        };
+        let (gw4, gw6) = (gateway_of(true), gateway_of(false));
+        for route in &mut self.routes {
+            if route.gw.is_none() {
+                let v4 = !route.dst.contains(':');
+                route.gw = if v4 { gw4.clone() } else { gw6.clone() };
+            }
+        }
+    }
+
     /// Appends this (the delegate's) result to a `prevResult` handed to us on ADD: previous
     /// interfaces first, our `ips[].interface` indices shifted past them, routes appended, DNS
     /// kept from `prev` unless ours sets some.
@@ -363,6 +383,21 @@ mod tests {
         assert!(missing.is_empty());
         assert_eq!(r.interfaces[0].mac, None, "host interfaces are left alone");
         assert_eq!(r.interfaces[1].mac.as_deref(), Some("02:00:00:00:00:01"));
+    }
+
+    #[test]
+    fn fills_route_gateways_per_family() {
+        let mut r = CniResult::from_value(json!({
+            "ips": [{"address": "fc00::2/64", "gateway": "fc00::1"},
+                    {"address": "10.244.9.2/24", "gateway": "10.244.9.1"}],
+            "routes": [{"dst": "10.244.0.0/16"}, {"dst": "fc00::/48"},
+                       {"dst": "192.168.0.0/16", "gw": "10.244.9.254"}]
+        }))
+        .unwrap();
+        r.fill_route_gateways();
+        assert_eq!(r.routes[0].gw.as_deref(), Some("10.244.9.1"));
+        assert_eq!(r.routes[1].gw.as_deref(), Some("fc00::1"));
+        assert_eq!(r.routes[2].gw.as_deref(), Some("10.244.9.254"));
     }
 
     #[test]
