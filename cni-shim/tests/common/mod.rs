@@ -390,6 +390,21 @@ fn list_dir(dir: &Path) -> BTreeSet<String> {
     }
 }
 
+/// Polls `cond` every 50 ms for up to `secs` seconds (namespace teardown is asynchronous in
+/// the kernel: a deleted netns's veth peers disappear a little later).
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Writes an executable shell script.
 pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

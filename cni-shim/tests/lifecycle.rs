@@ -1,0 +1,360 @@
+//! Lifecycle behaviour beyond the matrix: DEL when the netns is gone, CHECK finding broken
+//! attachments, GC, STATUS, rollback of a failed ADD, the MAC podman needs, the delegate
+//! contract (environment, stdin, stderr), and flannel's delegate options. Needs root
+//! (VXMESH_PRIVILEGED_TESTS=1).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A directory placed before /usr/lib/cni on the node's CNI_PATH, for wrapper delegates.
+fn wrapper_dir(node: &mut Node) -> PathBuf {
+    let dir = node.dir.path().join("bin");
+    fs::create_dir_all(&dir).unwrap();
+    node.extra_path.push(dir.clone());
+    dir
+}
+
+fn assert_nothing_left(node: &Node, pod: &Netns) {
+    assert!(
+        !pod.links().contains(&"eth0".to_string()),
+        "eth0 left in pod"
+    );
+    assert!(
+        node.ns.veths().is_empty(),
+        "veths left: {:?}",
+        node.ns.veths()
+    );
+    assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+    assert!(node.state_files().is_empty(), "{:?}", node.state_files());
+}
+
+#[test]
+fn del_without_netns_after_the_pod_is_gone() {
+    if !privileged("del_without_netns_after_the_pod_is_gone") {
+        return;
+    }
+    let node = Node::new("delgone");
+    let mut pod = Netns::new("pod");
+    let conf = node.conf("1.0.0");
+    node.run("ADD", "c1", Some(&pod.path()), &conf).ok();
+    let path = pod.path();
+    pod.delete();
+    // DEL with the vanished path, then without CNI_NETNS at all: both succeed.
+    node.run("DEL", "c1", Some(&path), &conf).ok();
+    assert!(node.reservations().is_empty());
+    assert!(node.state_files().is_empty());
+    node.run("DEL", "c1", None, &conf).ok();
+    assert!(wait_until(5, || node.ns.veths().is_empty()));
+
+    // And DEL without CNI_NETNS as the very first DEL releases the address too.
+    let mut pod2 = Netns::new("pod2");
+    node.run("ADD", "c2", Some(&pod2.path()), &conf).ok();
+    pod2.delete();
+    node.run("DEL", "c2", None, &conf).ok();
+    assert!(node.reservations().is_empty());
+    assert!(node.state_files().is_empty());
+    assert!(wait_until(5, || node.ns.veths().is_empty()));
+}
+
+#[test]
+fn check_reports_broken_attachments() {
+    if !privileged("check_reports_broken_attachments") {
+        return;
+    }
+    let node = Node::new("check");
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.0.0");
+    let result = node
+        .run("ADD", "c1", Some(&pod.path()), &conf)
+        .ok()
+        .json
+        .unwrap();
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result.clone();
+
+    node.run("CHECK", "c1", Some(&pod.path()), &with_prev).ok();
+    assert_eq!(
+        node.run("CHECK", "c1", Some(&pod.path()), &conf).err_code(),
+        7,
+        "CHECK without prevResult"
+    );
+    assert_eq!(
+        node.run("CHECK", "other", Some(&pod.path()), &with_prev)
+            .err_code(),
+        101,
+        "CHECK for an attachment vxmesh never made"
+    );
+
+    // The node's lease changed under the pod.
+    let saved = fs::read(node.subnet_file()).unwrap();
+    fs::write(
+        node.subnet_file(),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.251.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let r = node.run("CHECK", "c1", Some(&pod.path()), &with_prev);
+    assert_eq!(r.err_code(), 102, "{}", r.stdout);
+    fs::write(node.subnet_file(), saved).unwrap();
+
+    // The pod lost its address: the delegate's CHECK notices.
+    sh(&["ip", "-n", &pod.name, "addr", "flush", "dev", "eth0"]);
+    let r = node.run("CHECK", "c1", Some(&pod.path()), &with_prev);
+    assert_ne!(r.code, 0, "CHECK must fail: {}", r.stdout);
+    assert!(r.json.is_some(), "a CNI error on stdout: {}", r.stdout);
+
+    node.run("DEL", "c1", Some(&pod.path()), &with_prev).ok();
+    assert_nothing_left(&node, &pod);
+}
+
+#[test]
+fn gc_removes_only_stale_attachments() {
+    if !privileged("gc_removes_only_stale_attachments") {
+        return;
+    }
+    let node = Node::new("gc");
+    let keep = Netns::new("keep");
+    let mut stale = Netns::new("stale");
+    let conf = node.conf("1.1.0");
+    let kept = node
+        .run("ADD", "keep1", Some(&keep.path()), &conf)
+        .ok()
+        .json
+        .unwrap();
+    node.run("ADD", "stale1", Some(&stale.path()), &conf).ok();
+    assert_eq!(node.reservations().len(), 2);
+
+    // Without the list, GC refuses and removes nothing.
+    assert_eq!(node.run_global("GC", &conf).err_code(), 7);
+    assert_eq!(node.state_files().len(), 2);
+
+    // The runtime forgot the container (its netns is gone); GC cleans up after it.
+    stale.delete();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep1", "ifname": "eth0"}]);
+    let r = node.run_global("GC", &gc).ok();
+    assert!(
+        r.stderr.contains("predates GC"),
+        "says why GC is not forwarded to bridge 1.1.1: {}",
+        r.stderr
+    );
+    assert_eq!(
+        node.state_files(),
+        ["keep1:eth0".to_string()].into_iter().collect()
+    );
+    let kept_ip = result_address(&kept).split('/').next().unwrap().to_string();
+    assert_eq!(
+        node.reservations(),
+        [kept_ip.clone()].into_iter().collect(),
+        "the stale address is released through the delegate's DEL"
+    );
+    assert!(
+        wait_until(5, || node.ns.veths().len() == 1),
+        "the stale pod's veth goes with its netns: {:?}",
+        node.ns.veths()
+    );
+    assert!(node.ns.ping(&kept_ip));
+
+    // The older key name is accepted too; an empty list removes everything.
+    let mut gc = conf.clone();
+    gc["cni.dev/attachments"] = json!([]);
+    node.run_global("GC", &gc).ok();
+    assert!(node.state_files().is_empty());
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn status_follows_subnet_env() {
+    if !privileged("status_follows_subnet_env") {
+        return;
+    }
+    let node = Node::new("status");
+    let conf = node.conf("1.1.0");
+    node.run_global("STATUS", &conf).ok();
+    fs::write(node.subnet_file(), "FLANNEL_NETWORK=10.244.0.0/16\n").unwrap();
+    let r = node.run_global("STATUS", &conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.stdout.contains("incomplete"), "{}", r.stdout);
+    fs::remove_file(node.subnet_file()).unwrap();
+    let r = node.run_global("STATUS", &conf);
+    assert_eq!(r.err_code(), 50);
+    assert!(r.stdout.contains("is vxmeshd running"), "{}", r.stdout);
+    node.write_subnet_env();
+    node.run_global("STATUS", &conf).ok();
+    assert_eq!(node.run_global("STATUS", &node.conf("1.0.0")).err_code(), 1);
+}
+
+#[test]
+fn failed_add_rolls_back() {
+    if !privileged("failed_add_rolls_back") {
+        return;
+    }
+    let mut node = Node::new("rollback");
+    let bin = wrapper_dir(&mut node);
+    // A "bridge" that does all the work and then reports failure.
+    write_script(
+        &bin,
+        "bridge",
+        r#"out=$(/usr/lib/cni/bridge); rc=$?
+if [ "$CNI_COMMAND" = ADD ] && [ $rc -eq 0 ]; then
+  echo "wrapper: injecting a failure after a successful ADD" >&2
+  echo '{"cniVersion":"1.0.0","code":999,"msg":"injected failure"}'
+  exit 1
+fi
+printf '%s\n' "$out"; exit $rc"#,
+    );
+    let pod = Netns::new("pod");
+    let r = node.run("ADD", "c1", Some(&pod.path()), &node.conf("1.0.0"));
+    assert_eq!(r.err_code(), 999, "the delegate's code is passed on");
+    assert!(r.json.unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .contains("injected failure"));
+    assert!(r.stderr.contains("rolling back"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wrapper: injecting"),
+        "delegate stderr passes through"
+    );
+    assert_nothing_left(&node, &pod);
+}
+
+#[test]
+fn missing_mac_is_filled_from_the_netns() {
+    if !privileged("missing_mac_is_filled_from_the_netns") {
+        return;
+    }
+    let mut node = Node::new("mac");
+    let bin = wrapper_dir(&mut node);
+    // A "bridge" whose result lacks the container interface's MAC.
+    write_script(
+        &bin,
+        "bridge",
+        r#"out=$(/usr/lib/cni/bridge); rc=$?
+if [ "$CNI_COMMAND" = ADD ] && [ $rc -eq 0 ]; then
+  printf '%s\n' "$out" | perl -0pe 's/"mac":\s*"[^"]*",\s*("sandbox")/$1/g'; exit 0
+fi
+printf '%s\n' "$out"; exit $rc"#,
+    );
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.0.0");
+    let r = node.run("ADD", "c1", Some(&pod.path()), &conf).ok();
+    let result = r.json.unwrap();
+    let eth0 = result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].is_string())
+        .unwrap()
+        .clone();
+    let link = pod.ip_json(&["link", "show", "dev", "eth0"]);
+    assert_eq!(eth0["mac"], link[0]["address"], "{result}");
+    node.run("DEL", "c1", Some(&pod.path()), &conf).ok();
+    assert_nothing_left(&node, &pod);
+}
+
+#[test]
+fn delegate_gets_runtime_env_and_rendered_config() {
+    if !privileged("delegate_gets_runtime_env_and_rendered_config") {
+        return;
+    }
+    let mut node = Node::new("contract");
+    let bin = wrapper_dir(&mut node);
+    let rec = node.dir.path().join("rec");
+    fs::create_dir_all(&rec).unwrap();
+    write_script(
+        &bin,
+        "bridge",
+        &format!(
+            r#"env > {rec}/env.$CNI_COMMAND
+cat > {rec}/stdin.$CNI_COMMAND
+echo "wrapper-stderr-marker $CNI_COMMAND" >&2
+exec /usr/lib/cni/bridge < {rec}/stdin.$CNI_COMMAND"#,
+            rec = rec.display()
+        ),
+    );
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.1.0");
+    let path = node.cni_path();
+    let netns = pod.path();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", path.as_str()),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web"),
+    ];
+    let r = exec_plugin(Some(&node.ns.name), &env, conf.to_string().as_bytes()).ok();
+    assert!(
+        r.stderr.contains("wrapper-stderr-marker ADD"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json.unwrap()["cniVersion"], "1.1.0");
+
+    let seen_env = fs::read_to_string(rec.join("env.ADD")).unwrap();
+    for (k, v) in env {
+        assert!(
+            seen_env.contains(&format!("{k}={v}\n")),
+            "{k} not passed: {seen_env}"
+        );
+    }
+    let seen: Value = serde_json::from_slice(&fs::read(rec.join("stdin.ADD")).unwrap()).unwrap();
+    let want = json!({
+        "cniVersion": "1.0.0",
+        "name": node.network_name,
+        "type": "bridge",
+        "bridge": node.bridge,
+        "isGateway": true,
+        "ipMasq": true,
+        "mtu": 1450,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": node.host_local_dir(),
+            "ranges": [[{"subnet": node.subnet()}]],
+            "routes": [{"dst": NETWORK}]
+        }
+    });
+    assert_eq!(
+        seen, want,
+        "bridge 1.1.1 speaks up to 1.0.0, so 1.1.0 is negotiated down"
+    );
+    // The same config is the state file.
+    let saved: Value =
+        serde_json::from_slice(&fs::read(node.data_dir().join("c1:eth0")).unwrap()).unwrap();
+    assert_eq!(saved, want);
+
+    node.run("DEL", "c1", Some(&pod.path()), &conf).ok();
+    let del_stdin: Value =
+        serde_json::from_slice(&fs::read(rec.join("stdin.DEL")).unwrap()).unwrap();
+    assert_eq!(del_stdin, want, "DEL uses the saved config");
+    assert_nothing_left(&node, &pod);
+}
+
+#[test]
+fn hairpin_and_default_gateway_are_settable() {
+    if !privileged("hairpin_and_default_gateway_are_settable") {
+        return;
+    }
+    let node = Node::new("hairpin");
+    let pod = Netns::new("pod");
+    let mut conf = node.conf("1.0.0");
+    conf["delegate"]["hairpinMode"] = json!(true);
+    conf["delegate"]["isDefaultGateway"] = json!(true);
+    node.run("ADD", "c1", Some(&pod.path()), &conf).ok();
+    let default = pod.ip_json(&["route", "show", "default"]);
+    assert_eq!(default[0]["gateway"], node.gateway().as_str(), "{default}");
+    let veths = node.ns.ip_json(&["-d", "link", "show", "type", "veth"]);
+    assert_eq!(
+        veths[0]["linkinfo"]["info_slave_data"]["hairpin"], true,
+        "{veths}"
+    );
+    node.run("DEL", "c1", Some(&pod.path()), &conf).ok();
+    assert_nothing_left(&node, &pod);
+}
