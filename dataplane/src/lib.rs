@@ -16,6 +16,7 @@
 pub mod counters;
 pub mod fib;
 pub mod ifname;
+pub mod offload;
 pub mod sys;
 pub mod verdict;
 pub mod wire;
