@@ -280,7 +280,7 @@ impl Node {
             ns: Netns::new(&format!("{tag}-node")),
             dir: tempfile::tempdir().unwrap(),
             bridge: format!("vb{:05}{:03}", std::process::id() % 100_000, n % 1000),
-            network_name: format!("vxtest-{tag}"),
+            network_name: format!("vxtest-{tag}-{}", std::process::id()),
             x,
             extra_path: Vec::new(),
         };
