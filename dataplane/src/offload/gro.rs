@@ -273,12 +273,13 @@ impl Slot {
         }
     }
 
-    /// No segment can follow: it ended with PSH or a short payload, or a full one
-    /// would not fit.
+    /// No segment can follow: it ended with PSH or a short payload, or the slot is
+    /// full. (A slot with room for less than a full segment stays open: a short last
+    /// segment may still fit.)
     fn is_closed(&self, last: &Segment) -> bool {
         last.psh
             || last.payload_len < self.gso_size
-            || self.len + self.gso_size > self.limit()
+            || self.len >= self.limit()
             || self.segs == u16::MAX
     }
 
@@ -431,10 +432,10 @@ impl Coalescer {
 mod tests {
     use super::*;
 
-    use crate::offload::testutil::{complete_checksum, oracle_tcp, payload, timestamps, Tcp};
+    use crate::offload::testutil::{
+        complete_checksum, expand, oracle_tcp, payload, timestamps, Out, Tcp,
+    };
     use crate::wire::ip::tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG};
-
-    type Out = Vec<(VirtioNetHdr, Vec<u8>)>;
 
     fn push_all(c: &mut Coalescer, frames: &[Vec<u8>]) -> Out {
         let mut out = Vec::new();
@@ -499,23 +500,6 @@ mod tests {
         assert_eq!(p.seq, first.seq);
         assert_eq!(p.ip_id, first.ip_id);
         done
-    }
-
-    /// Undoes the coalescing: GSO outputs are split again by `tso::segment`.
-    pub(crate) fn expand(out: &Out) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        for (h, f) in out {
-            if h.gso_type == crate::wire::virtio::GSO_NONE {
-                frames.push(f.clone());
-                continue;
-            }
-            let mut buf = vec![0u8; crate::offload::max_output_len(h, f.len(), 0)];
-            let s = crate::offload::segment(h, f, &[], &mut buf).unwrap();
-            for i in 0..s.count {
-                frames.push(buf[s.datagram(i).unwrap()].to_vec());
-            }
-        }
-        frames
     }
 
     /// Same addresses and ports (a frame of `b`'s flow).

@@ -177,4 +177,6 @@ pub(crate) fn pseudo_with_len(base: Checksum, l4_len: usize) -> Checksum {
 }
 
 #[cfg(test)]
+mod tests;
+#[cfg(test)]
 pub(crate) mod testutil;

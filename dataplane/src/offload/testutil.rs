@@ -298,3 +298,23 @@ pub(crate) fn payload(len: usize, salt: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// What a coalescer emitted, in order.
+pub(crate) type Out = Vec<(VirtioNetHdr, Vec<u8>)>;
+
+/// Undoes coalescing: GSO outputs are split again by `tso::segment`, others kept.
+pub(crate) fn expand(out: &Out) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    for (h, f) in out {
+        if h.gso_type == crate::wire::virtio::GSO_NONE {
+            frames.push(f.clone());
+            continue;
+        }
+        let mut buf = vec![0u8; super::max_output_len(h, f.len(), 0)];
+        let s = super::segment(h, f, &[], &mut buf).unwrap();
+        for i in 0..s.count {
+            frames.push(buf[s.datagram(i).unwrap()].to_vec());
+        }
+    }
+    frames
+}
