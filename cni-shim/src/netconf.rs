@@ -109,6 +109,12 @@ fn absolute_path(field: &str, value: Option<String>, default: &str) -> Result<St
 fn validate_delegate(delegate: &Map<String, Value>) -> Result<(), CniError> {
     match delegate.get("type") {
         None => {}
+        Some(Value::String(t)) if t == "vxmesh" => {
+            return Err(invalid(
+                "delegate.type",
+                "\"vxmesh\" would delegate to itself; use \"bridge\" (the default)",
+            ))
+        }
         Some(Value::String(t)) if !t.is_empty() && !t.contains('/') && t != "." && t != ".." => {}
         Some(other) => {
             return Err(invalid(

@@ -228,6 +228,19 @@ fn prev_result_with(
 fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
     let att = attachment_of(args)?;
     let netns = netns_of(args)?;
+    // A plugin earlier in the chain produced this; vxmesh appends its result to it.
+    let prev = nc
+        .prev_result
+        .clone()
+        .map(CniResult::from_value)
+        .transpose()
+        .map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "invalid network config: field prevResult",
+                format!("prevResult: {e}"),
+            )
+        })?;
     let subnet_env = load_subnet_env(&nc.subnet_file)?;
 
     match netns::link_exists(netns, att.ifname.as_str()) {
@@ -293,14 +306,7 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
                 missing.join(",")
             ));
         }
-        if let Some(prev) = nc.prev_result.clone() {
-            let prev = CniResult::from_value(prev).map_err(|e| {
-                CniError::new(
-                    code::INVALID_CONFIG,
-                    "invalid network config: field prevResult",
-                    e,
-                )
-            })?;
+        if let Some(prev) = prev.clone() {
             result = result.appended_to(prev);
         }
         let out = result
@@ -555,7 +561,6 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             continue;
         }
         let name = state::file_name(&att);
-        log(format!("GC: removing stale attachment {name}"));
         let saved = match state.load(&att) {
             Ok(Some(b)) => parse_saved(&b),
             Ok(None) => continue,
@@ -571,6 +576,11 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             }
             continue;
         };
+        // Several networks may share one dataDir; GC speaks for this network only.
+        if saved.get("name").and_then(Value::as_str) != Some(nc.name.as_str()) {
+            continue;
+        }
+        log(format!("GC: removing stale attachment {name}"));
         let env: [EnvChange<'_>; 5] = [
             ("CNI_COMMAND", Some("DEL")),
             ("CNI_CONTAINERID", Some(att.container_id.as_str())),

@@ -129,10 +129,16 @@ fn gc_removes_only_stale_attachments() {
         .unwrap();
     node.run("ADD", "stale1", Some(&stale.path()), &conf).ok();
     assert_eq!(node.reservations().len(), 2);
+    // Another network sharing the dataDir: GC of this network must not touch it.
+    let foreign_pod = Netns::new("foreign");
+    let mut foreign = conf.clone();
+    foreign["name"] = json!(format!("{}-other", node.network_name));
+    node.run("ADD", "foreign1", Some(&foreign_pod.path()), &foreign)
+        .ok();
 
     // Without the list, GC refuses and removes nothing.
     assert_eq!(node.run_global("GC", &conf).err_code(), 7);
-    assert_eq!(node.state_files().len(), 2);
+    assert_eq!(node.state_files().len(), 3);
 
     // The runtime forgot the container (its netns is gone); GC cleans up after it.
     stale.delete();
@@ -146,7 +152,9 @@ fn gc_removes_only_stale_attachments() {
     );
     assert_eq!(
         node.state_files(),
-        ["keep1:eth0".to_string()].into_iter().collect()
+        ["foreign1:eth0".to_string(), "keep1:eth0".to_string()]
+            .into_iter()
+            .collect()
     );
     let kept_ip = result_address(&kept).split('/').next().unwrap().to_string();
     assert_eq!(
@@ -155,8 +163,8 @@ fn gc_removes_only_stale_attachments() {
         "the stale address is released through the delegate's DEL"
     );
     assert!(
-        wait_until(5, || node.ns.veths().len() == 1),
-        "the stale pod's veth goes with its netns: {:?}",
+        wait_until(5, || node.ns.veths().len() == 2),
+        "the stale pod's veth goes with its netns (kept + foreign remain): {:?}",
         node.ns.veths()
     );
     assert!(node.ns.ping(&kept_ip));
@@ -165,8 +173,14 @@ fn gc_removes_only_stale_attachments() {
     let mut gc = conf.clone();
     gc["cni.dev/attachments"] = json!([]);
     node.run_global("GC", &gc).ok();
-    assert!(node.state_files().is_empty());
+    assert_eq!(
+        node.state_files(),
+        ["foreign1:eth0".to_string()].into_iter().collect()
+    );
     assert!(node.reservations().is_empty());
+    node.run("DEL", "foreign1", Some(&foreign_pod.path()), &foreign)
+        .ok();
+    assert!(node.state_files().is_empty());
 }
 
 #[test]
