@@ -1,1 +1,18 @@
 //! vxmesh control plane.
+//!
+//! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
+//! [`subnet`] (IPv4 CIDR newtype), [`lease`] (flannel's lease keys and values),
+//! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
+//! re-acquire), [`peers`] (the peer set and its changes), [`vtep_mac`].
+//!
+//! Shells: [`registry`] (etcd), [`netlink`] (links, addresses, routes,
+//! neighbours), [`subnet_env`] (the subnet file), [`health`] (HTTP: /healthz,
+//! /readyz, /metrics, /v1/status), and [`agent`], which wires them to the dataplane.
+pub mod allocator;
+pub mod config;
+pub mod lease;
+pub mod lease_machine;
+pub mod peers;
+pub mod subnet;
+pub mod subnet_env;
+pub mod vtep_mac;

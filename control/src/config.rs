@@ -1,0 +1,499 @@
+//! The network configuration at `<prefix>/config`, in flannel's format.
+//!
+//! An operator writes it once, e.g.
+//! `etcdctl put /coreos.com/network/config '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'`.
+//! Field names match in any letter case (flannel decodes with Go's case-insensitive
+//! `encoding/json`). Defaults and rules follow flannel's `CheckNetworkConfig`:
+//! SubnetLen 24 when the Network prefix is /22 or shorter, else prefix + 2; SubnetLen
+//! at most 30 and at least prefix + 2; SubnetMin/SubnetMax default to the second and
+//! the last subnet and must lie inside Network on a SubnetLen boundary.
+//!
+//! Differences from flannel, each logged: a missing Backend means vxlan (flannel
+//! falls back to udp); IPv6 settings are read but vxmesh carries IPv4 only.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{Map, Value};
+
+use crate::subnet::Subnet;
+use vxmesh_dataplane::wire::Vni;
+
+/// flannel's default VXLAN port (the Linux default; IANA's is 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+
+/// A checked network configuration with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub network: Subnet,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: VxlanBackend,
+    /// Things the operator should know (ignored or unsupported fields), one line each.
+    pub notes: Vec<String>,
+}
+
+/// The vxlan backend section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanBackend {
+    pub vni: Vni,
+    pub port: u16,
+    /// Overlay device MTU if set in the config; otherwise underlay MTU − 50.
+    pub mtu: Option<u32>,
+}
+
+/// What is wrong with a config, naming the key and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "network config at {key} is not valid JSON ({detail}); write it with e.g.\n  {example}"
+    )]
+    Json {
+        key: String,
+        detail: String,
+        example: String,
+    },
+    #[error("network config at {key}: {field}: {problem}; for example:\n  {example}")]
+    Field {
+        key: String,
+        field: &'static str,
+        problem: String,
+        example: String,
+    },
+    #[error("no network config at {key} (is --etcd-prefix right? flannel's etcd v2 data is not visible to the v3 API); create it with:\n  {example}")]
+    Missing { key: String, example: String },
+}
+
+/// The `etcdctl put` an operator can run to create a default config at `key`.
+pub fn example_put(key: &str) -> String {
+    format!(
+        "ETCDCTL_API=3 etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}'"
+    )
+}
+
+/// Looks a field up the way Go's encoding/json does: exact name first, then any case.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+impl NetworkConfig {
+    /// Parses and checks the JSON stored at `key` (the key is only used in messages).
+    pub fn parse(key: &str, json: &[u8]) -> Result<NetworkConfig, ConfigError> {
+        let example = example_put(key);
+        let bad = |field: &'static str, problem: String| ConfigError::Field {
+            key: key.to_string(),
+            field,
+            problem,
+            example: example.clone(),
+        };
+        let v: Value = serde_json::from_slice(json).map_err(|e| ConfigError::Json {
+            key: key.to_string(),
+            detail: e.to_string(),
+            example: example.clone(),
+        })?;
+        let Value::Object(obj) = v else {
+            return Err(ConfigError::Json {
+                key: key.to_string(),
+                detail: "expected a JSON object".into(),
+                example,
+            });
+        };
+        let mut notes = Vec::new();
+
+        if let Some(v) = field(&obj, "EnableIPv4") {
+            if v == &Value::Bool(false) {
+                return Err(bad(
+                    "EnableIPv4",
+                    "is false, but vxmesh carries IPv4 pod traffic only; remove it or set it to true".into(),
+                ));
+            }
+        }
+        if field(&obj, "EnableIPv6") == Some(&Value::Bool(true))
+            || field(&obj, "IPv6Network").is_some_and(|v| !v.is_null())
+        {
+            notes.push(
+                "IPv6 settings found: vxmesh carries IPv4 only; IPv6 fields are ignored".into(),
+            );
+        }
+
+        let network = match field(&obj, "Network") {
+            None | Some(Value::Null) => {
+                return Err(bad(
+                    "Network",
+                    "is missing; it is the pod CIDR, e.g. \"10.244.0.0/16\"".into(),
+                ))
+            }
+            Some(Value::String(s)) => s
+                .parse::<Subnet>()
+                .map_err(|e| bad("Network", format!("{s:?}: {e}")))?,
+            Some(other) => return Err(bad("Network", format!("must be a string, found {other}"))),
+        };
+        if let Some(Value::String(s)) = field(&obj, "Network") {
+            if let Some((ip, _)) = s.split_once('/') {
+                if ip.trim() != network.addr().to_string() {
+                    notes.push(format!("Network {s} has host bits set; using {network}"));
+                }
+            }
+        }
+
+        let subnet_len = match field(&obj, "SubnetLen") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| bad("SubnetLen", format!("must be a number 1-30, found {v}")))?,
+        };
+        let subnet_len = if subnet_len == 0 {
+            if network.prefix_len() > 28 {
+                return Err(bad(
+                    "Network",
+                    format!("{network} is too small: the smallest useful network is a /28"),
+                ));
+            }
+            if network.prefix_len() <= 22 {
+                24
+            } else {
+                network.prefix_len() + 2
+            }
+        } else {
+            if subnet_len > 30 {
+                return Err(bad(
+                    "SubnetLen",
+                    format!("is {subnet_len}; it must be 30 or less (each node needs a gateway, VTEP and pod addresses)"),
+                ));
+            }
+            if u32::from(subnet_len) < u32::from(network.prefix_len()) + 2 {
+                return Err(bad(
+                    "SubnetLen",
+                    format!(
+                        "is {subnet_len}; Network {network} must hold at least four subnets, so SubnetLen must be at least {}",
+                        network.prefix_len() + 2
+                    ),
+                ));
+            }
+            subnet_len
+        };
+        let subnet_size = 1u32 << (32 - u32::from(subnet_len));
+        let subnet_mask = u32::MAX << (32 - u32::from(subnet_len));
+
+        let bound = |name: &'static str, default: u32| -> Result<Ipv4Addr, ConfigError> {
+            match field(&obj, name) {
+                None | Some(Value::Null) => Ok(Ipv4Addr::from(default)),
+                Some(Value::String(s)) if s.is_empty() => Ok(Ipv4Addr::from(default)),
+                Some(Value::String(s)) => {
+                    let ip: Ipv4Addr = s
+                        .parse()
+                        .map_err(|_| bad(name, format!("{s:?} is not an IPv4 address")))?;
+                    if ip == Ipv4Addr::UNSPECIFIED {
+                        return Ok(Ipv4Addr::from(default));
+                    }
+                    if !network.contains(ip) {
+                        return Err(bad(name, format!("{ip} is outside Network {network}")));
+                    }
+                    if u32::from(ip) & subnet_mask != u32::from(ip) {
+                        return Err(bad(
+                            name,
+                            format!("{ip} is not on a /{subnet_len} boundary (SubnetLen)"),
+                        ));
+                    }
+                    Ok(ip)
+                }
+                Some(other) => Err(bad(name, format!("must be a string, found {other}"))),
+            }
+        };
+        let net = u32::from(network.addr());
+        let subnet_min = bound("SubnetMin", net + subnet_size)?;
+        let subnet_max = bound("SubnetMax", u32::from(network.last()) & subnet_mask)?;
+        if subnet_min > subnet_max {
+            return Err(bad(
+                "SubnetMin",
+                format!("{subnet_min} is above SubnetMax {subnet_max}: the pool is empty"),
+            ));
+        }
+
+        let backend = parse_backend(field(&obj, "Backend"), &mut notes, &bad)?;
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+            notes,
+        })
+    }
+
+    /// Whether `s` is a subnet this config can hand out: right length, inside
+    /// Network, between SubnetMin and SubnetMax.
+    pub fn fits(&self, s: &Subnet) -> bool {
+        s.prefix_len() == self.subnet_len
+            && self.network.contains_subnet(s)
+            && s.addr() >= self.subnet_min
+            && s.addr() <= self.subnet_max
+    }
+
+    /// Number of subnets in the pool SubnetMin..=SubnetMax.
+    pub fn pool_size(&self) -> u64 {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    }
+
+    /// A one-line description of the pool for messages.
+    pub fn describe_pool(&self) -> String {
+        format!(
+            "Network {} (SubnetLen {}, SubnetMin {}, SubnetMax {}: {} subnets)",
+            self.network,
+            self.subnet_len,
+            self.subnet_min,
+            self.subnet_max,
+            self.pool_size()
+        )
+    }
+}
+
+fn parse_backend(
+    v: Option<&Value>,
+    notes: &mut Vec<String>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<VxlanBackend, ConfigError> {
+    let default = VxlanBackend {
+        vni: Vni::new(1).unwrap_or_else(|| unreachable!("1 fits in 24 bits")),
+        port: DEFAULT_VXLAN_PORT,
+        mtu: None,
+    };
+    let obj = match v {
+        None | Some(Value::Null) => {
+            notes.push(
+                "no Backend in the network config: using vxlan (flannel would fall back to udp)"
+                    .into(),
+            );
+            return Ok(default);
+        }
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(bad("Backend", format!("must be an object, found {other}"))),
+    };
+    match field(obj, "Type") {
+        None | Some(Value::Null) => {
+            notes.push("Backend has no Type: using vxlan".into());
+        }
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("vxlan") => {}
+        Some(other) => {
+            return Err(bad(
+                "Backend.Type",
+                format!("is {other}; vxmesh implements the vxlan backend only"),
+            ))
+        }
+    }
+    let num = |name: &'static str, max: u64| -> Result<Option<u64>, ConfigError> {
+        match field(obj, name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n <= max)
+                .map(Some)
+                .ok_or_else(|| bad(name, format!("must be a number 0-{max}, found {v}"))),
+        }
+    };
+    let vni = match num("VNI", u64::from(Vni::MAX))? {
+        None | Some(0) => default.vni,
+        Some(n) => Vni::new(n as u32).unwrap_or(default.vni),
+    };
+    let port = match num("Port", 65535)? {
+        None | Some(0) => DEFAULT_VXLAN_PORT,
+        Some(p) => p as u16,
+    };
+    let mtu = match num("MTU", 65535)? {
+        None | Some(0) => None,
+        Some(m) if m < 576 => {
+            return Err(bad(
+                "Backend.MTU",
+                format!("{m} is below the IPv4 minimum of 576"),
+            ))
+        }
+        Some(m) => Some(m as u32),
+    };
+    for flag in ["GBP", "DirectRouting", "Learning", "MacPrefix"] {
+        if let Some(v) = field(obj, flag) {
+            if v != &Value::Bool(false) && !v.is_null() {
+                notes.push(format!(
+                    "Backend.{flag}={v} is not supported by vxmesh and is ignored"
+                ));
+            }
+        }
+    }
+    Ok(VxlanBackend { vni, port, mtu })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "/coreos.com/network/config";
+
+    fn parse(s: &str) -> Result<NetworkConfig, ConfigError> {
+        NetworkConfig::parse(KEY, s.as_bytes())
+    }
+
+    #[test]
+    fn flannel_docs_example() {
+        // The example from flannel's Documentation/configuration.md.
+        let c = parse(
+            r#"{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0", "Backend": {"Type": "udp", "Port": 7890}}"#,
+        );
+        assert!(matches!(
+            c,
+            Err(ConfigError::Field {
+                field: "Backend.Type",
+                ..
+            })
+        ));
+        let c = parse(r#"{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0", "Backend": {"Type": "vxlan", "Port": 7890}}"#).unwrap();
+        assert_eq!(c.subnet_len, 20);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 10, 0, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 99, 0, 0));
+        assert_eq!(c.backend.port, 7890);
+        assert_eq!(c.backend.vni.get(), 1);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.pool_size(), 255);
+        assert_eq!(c.backend.port, 8472);
+        assert!(c.notes.is_empty());
+        // small networks get prefix + 2
+        let c = parse(r#"{"Network":"10.1.0.0/26"}"#).unwrap();
+        assert_eq!(c.subnet_len, 28);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 1, 0, 16));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 1, 0, 48));
+        assert_eq!(c.pool_size(), 3);
+        assert_eq!(c.notes.len(), 1, "missing Backend is noted");
+    }
+
+    #[test]
+    fn any_letter_case() {
+        let c = parse(r#"{"network":"10.5.0.0/16","SUBNETLEN":26,"backend":{"type":"VXLAN","vni":42,"port":4789}}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.backend.vni.get(), 42);
+        assert_eq!(c.backend.port, 4789);
+    }
+
+    #[test]
+    fn flannel_dual_stack_shape_is_accepted() {
+        let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"GBP":false,"DirectRouting":false}}"#).unwrap();
+        assert_eq!(c.network.to_string(), "10.42.0.0/16");
+        assert_eq!(c.notes.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (r#"{"Backend":{"Type":"vxlan"}}"#, "Network"),
+            (r#"{"Network":"10.244.0.0"}"#, "Network"),
+            (r#"{"Network":42}"#, "Network"),
+            (r#"{"Network":"10.244.0.0/30"}"#, "Network"),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#, "SubnetLen"),
+            (r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#, "SubnetLen"),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#,
+                "SubnetLen",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.5"}"#,
+                "SubnetMax",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                "VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+                "Port",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#,
+                "Backend",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
+                "EnableIPv4",
+            ),
+        ];
+        for (json, want) in cases {
+            match parse(json) {
+                Err(ConfigError::Field {
+                    field, ref example, ..
+                }) => {
+                    assert_eq!(field, want, "{json}");
+                    assert!(example.contains("etcdctl put /coreos.com/network/config"));
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse("not json"), Err(ConfigError::Json { .. })));
+        assert!(matches!(parse("[1]"), Err(ConfigError::Json { .. })));
+        let msg = parse(r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("SubnetLen") && msg.contains("etcdctl put"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn host_bits_are_masked_and_noted() {
+        let c = parse(r#"{"Network":"10.244.1.5/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.network.to_string(), "10.244.0.0/16");
+        assert_eq!(c.notes.len(), 1);
+    }
+
+    #[test]
+    fn fits() {
+        let c = parse(
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.0"}"#,
+        )
+        .unwrap();
+        assert!(c.fits(&"10.244.10.0/24".parse().unwrap()));
+        assert!(c.fits(&"10.244.20.0/24".parse().unwrap()));
+        assert!(!c.fits(&"10.244.21.0/24".parse().unwrap()));
+        assert!(!c.fits(&"10.244.9.0/24".parse().unwrap()));
+        assert!(!c.fits(&"10.244.10.0/25".parse().unwrap()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in ".{0,200}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn valid_configs_have_consistent_pools(len in 8u8..=28, sub in 0u8..=30) {
+            let json = format!(r#"{{"Network":"10.0.0.0/{len}","SubnetLen":{sub}}}"#);
+            if let Ok(c) = parse(&json) {
+                proptest::prop_assert!(c.subnet_min <= c.subnet_max);
+                proptest::prop_assert!(c.pool_size() >= 1);
+                proptest::prop_assert!(c.network.contains(c.subnet_min));
+                proptest::prop_assert!(c.network.contains(c.subnet_max));
+            }
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The lease state machine: acquire a subnet, hold it, get it back when lost.
+//!
+//! Pure: it never touches etcd or the clock. The driver asks [`LeaseMachine::poll`]
+//! what to do, does it, and reports the outcome with [`LeaseMachine::handle`]:
+//!
+//! ```text
+//!   NeedList ──List──► Listing ──Listed──► Claiming ──Claimed──► Held
+//!      ▲                  │                   │  ▲                  │
+//!      │            RegistryError       RaceLost (next candidate)  LeaseLost
+//!      └──── Backoff ◄────┴───────────────────┘  (all lost → relist) │
+//!      └─────────────────────────────────────────────────────────────┘
+//!                         (relist, preferring the subnet just held)
+//! ```
+//! Differences from flannel, on purpose: a lost compare-and-swap moves on to the
+//! next candidate instead of failing; a lost lease is re-acquired (the same subnet
+//! when still free) instead of exiting; registry errors back off 100 ms → 5 s.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crate::allocator::{plan, Claim, ExistingLease, NoFreeSubnet};
+use crate::config::NetworkConfig;
+use crate::subnet::Subnet;
+
+/// How many candidates one listing yields.
+pub const CANDIDATES_PER_LISTING: usize = 16;
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often to look again when the pool is full (a node may leave).
+pub const EXHAUSTED_RETRY: Duration = Duration::from_secs(10);
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum LeaseAction {
+    /// List `<prefix>/subnets/` and report [`LeaseEvent::Listed`].
+    List,
+    /// Grant an etcd lease and try this claim by compare-and-swap; report
+    /// [`LeaseEvent::Claimed`] or [`LeaseEvent::RaceLost`].
+    Claim(Claim),
+    /// We hold `subnet` under etcd lease `lease_id`: keep it alive, publish it.
+    /// Returned once per acquisition.
+    Acquired {
+        subnet: Subnet,
+        lease_id: i64,
+        /// Whether this replaces a different subnet held before (pods must renumber).
+        changed_from: Option<Subnet>,
+    },
+    /// The pool is full; returned once per listing that found it full.
+    Exhausted(NoFreeSubnet),
+    /// Nothing to do before `until` unless an event arrives.
+    Wait { until: Instant },
+    /// Holding the lease: wait for an event.
+    Idle,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Listed(Vec<ExistingLease>),
+    Claimed {
+        lease_id: i64,
+    },
+    RaceLost,
+    RegistryError,
+    /// The held lease expired, was revoked, or our key was deleted or taken.
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    NeedList,
+    Listing,
+    Claiming {
+        queue: VecDeque<Claim>,
+        in_flight: Option<Claim>,
+    },
+    Held {
+        subnet: Subnet,
+        lease_id: i64,
+        announced: bool,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Exhausted {
+        until: Instant,
+        err: Option<NoFreeSubnet>,
+    },
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct LeaseMachine {
+    cfg: NetworkConfig,
+    me: Ipv4Addr,
+    hint: Option<Subnet>,
+    seed: u64,
+    state: State,
+    backoff: Duration,
+    /// The subnet held before a loss, to report a change of subnet.
+    previous: Option<Subnet>,
+    reacquisitions: u64,
+}
+
+impl LeaseMachine {
+    /// `hint`: the subnet from this node's subnet file, if any. `seed` randomises
+    /// the order of free candidates.
+    pub fn new(cfg: NetworkConfig, me: Ipv4Addr, hint: Option<Subnet>, seed: u64) -> Self {
+        LeaseMachine {
+            cfg,
+            me,
+            hint,
+            seed,
+            state: State::NeedList,
+            backoff: BACKOFF_MIN,
+            previous: None,
+            reacquisitions: 0,
+        }
+    }
+
+    /// The subnet and etcd lease held now, if any.
+    pub fn held(&self) -> Option<(Subnet, i64)> {
+        match self.state {
+            State::Held {
+                subnet, lease_id, ..
+            } => Some((subnet, lease_id)),
+            _ => None,
+        }
+    }
+
+    /// Times a lost lease was acquired again.
+    pub fn reacquisitions(&self) -> u64 {
+        self.reacquisitions
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.cfg
+    }
+
+    pub fn poll(&mut self, now: Instant) -> LeaseAction {
+        match &mut self.state {
+            State::NeedList => {
+                self.state = State::Listing;
+                LeaseAction::List
+            }
+            State::Listing => LeaseAction::Idle,
+            State::Claiming { queue, in_flight } => {
+                if in_flight.is_some() {
+                    return LeaseAction::Idle;
+                }
+                match queue.pop_front() {
+                    Some(c) => {
+                        *in_flight = Some(c);
+                        LeaseAction::Claim(c)
+                    }
+                    // Every candidate was taken under us: look again.
+                    None => {
+                        self.state = State::NeedList;
+                        self.poll(now)
+                    }
+                }
+            }
+            State::Held {
+                subnet,
+                lease_id,
+                announced,
+            } => {
+                if *announced {
+                    return LeaseAction::Idle;
+                }
+                *announced = true;
+                let changed_from = self.previous.filter(|p| p != subnet);
+                if self.previous.is_some() {
+                    self.reacquisitions += 1;
+                }
+                self.previous = Some(*subnet);
+                LeaseAction::Acquired {
+                    subnet: *subnet,
+                    lease_id: *lease_id,
+                    changed_from,
+                }
+            }
+            State::Backoff { until } | State::Exhausted { until, err: None } => {
+                if now >= *until {
+                    self.state = State::NeedList;
+                    return self.poll(now);
+                }
+                LeaseAction::Wait { until: *until }
+            }
+            State::Exhausted { err, .. } => match err.take() {
+                Some(e) => LeaseAction::Exhausted(e),
+                None => LeaseAction::Idle,
+            },
+        }
+    }
+
+    pub fn handle(&mut self, ev: LeaseEvent, now: Instant) {
+        match (ev, &mut self.state) {
+            (LeaseEvent::Listed(leases), State::Listing) => {
+                match plan(
+                    &self.cfg,
+                    self.me,
+                    &leases,
+                    self.hint,
+                    self.seed,
+                    CANDIDATES_PER_LISTING,
+                ) {
+                    Ok(claims) => {
+                        self.state = State::Claiming {
+                            queue: claims.into(),
+                            in_flight: None,
+                        };
+                    }
+                    Err(e) => {
+                        self.state = State::Exhausted {
+                            until: now + EXHAUSTED_RETRY,
+                            err: Some(e),
+                        };
+                    }
+                }
+                self.seed = self.seed.wrapping_add(1);
+            }
+            (
+                LeaseEvent::Claimed { lease_id },
+                State::Claiming {
+                    in_flight: Some(c), ..
+                },
+            ) => {
+                let subnet = c.subnet();
+                self.backoff = BACKOFF_MIN;
+                self.hint = Some(subnet);
+                self.state = State::Held {
+                    subnet,
+                    lease_id,
+                    announced: false,
+                };
+            }
+            (LeaseEvent::RaceLost, State::Claiming { in_flight, .. }) => {
+                *in_flight = None;
+            }
+            (LeaseEvent::RegistryError, State::Listing | State::Claiming { .. }) => {
+                self.state = State::Backoff {
+                    until: now + self.backoff,
+                };
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            (LeaseEvent::LeaseLost, State::Held { subnet, .. }) => {
+                // Prefer the subnet we just had: pods keep their addresses if it is free.
+                self.hint = Some(*subnet);
+                self.state = State::NeedList;
+            }
+            // Anything else is stale (e.g. a keepalive failure reported after we
+            // already moved on) and changes nothing.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn cfg() -> NetworkConfig {
+        NetworkConfig::parse("/k", br#"{"Network":"10.1.0.0/26"}"#).unwrap()
+    }
+
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+
+    fn held(s: &str, ip: Ipv4Addr) -> ExistingLease {
+        ExistingLease {
+            subnet: s.parse().unwrap(),
+            attrs: Some(LeaseAttrs::vxlan(
+                ip,
+                1,
+                "0e:00:00:00:00:01".parse().unwrap(),
+            )),
+            mod_revision: 3,
+        }
+    }
+
+    #[test]
+    fn acquires_then_idles() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        assert_eq!(m.poll(t), LeaseAction::Idle, "waits for the listing");
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        m.handle(LeaseEvent::Claimed { lease_id: 9 }, t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: c.subnet(),
+                lease_id: 9,
+                changed_from: None
+            }
+        );
+        assert_eq!(m.poll(t), LeaseAction::Idle);
+        assert_eq!(m.held(), Some((c.subnet(), 9)));
+    }
+
+    #[test]
+    fn lost_race_tries_the_next_candidate_then_relists() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        let mut tried = Vec::new();
+        for _ in 0..3 {
+            let LeaseAction::Claim(c) = m.poll(t) else {
+                panic!()
+            };
+            tried.push(c.subnet());
+            m.handle(LeaseEvent::RaceLost, t);
+        }
+        tried.sort();
+        tried.dedup();
+        assert_eq!(
+            tried.len(),
+            3,
+            "three distinct candidates of the 3-subnet pool"
+        );
+        assert_eq!(m.poll(t), LeaseAction::List, "all lost: list again");
+        // now the pool is full
+        m.handle(
+            LeaseEvent::Listed(vec![
+                held("10.1.0.16/28", Ipv4Addr::new(1, 1, 1, 1)),
+                held("10.1.0.32/28", Ipv4Addr::new(1, 1, 1, 2)),
+                held("10.1.0.48/28", Ipv4Addr::new(1, 1, 1, 3)),
+            ]),
+            t,
+        );
+        let LeaseAction::Exhausted(e) = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(e.leased, 3);
+        assert!(matches!(m.poll(t), LeaseAction::Wait { .. }));
+        assert_eq!(m.poll(t + EXHAUSTED_RETRY), LeaseAction::List);
+    }
+
+    #[test]
+    fn restart_reuses_my_lease() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::Listed(vec![held("10.1.0.32/28", ME)]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                subnet: "10.1.0.32/28".parse().unwrap(),
+                mod_revision: 3
+            })
+        );
+    }
+
+    #[test]
+    fn lost_lease_is_reacquired_preferring_the_same_subnet() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        m.handle(LeaseEvent::Claimed { lease_id: 1 }, t);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::LeaseLost, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Create { subnet: c.subnet() })
+        );
+        m.handle(LeaseEvent::Claimed { lease_id: 2 }, t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: c.subnet(),
+                lease_id: 2,
+                changed_from: None
+            }
+        );
+        assert_eq!(m.reacquisitions(), 1);
+    }
+
+    #[test]
+    fn lost_lease_whose_subnet_was_taken_reports_the_change() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, Some("10.1.0.16/28".parse().unwrap()), 0);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Create {
+                subnet: "10.1.0.16/28".parse().unwrap()
+            })
+        );
+        m.handle(LeaseEvent::Claimed { lease_id: 1 }, t);
+        let _ = m.poll(t);
+        m.handle(LeaseEvent::LeaseLost, t);
+        let _ = m.poll(t);
+        m.handle(
+            LeaseEvent::Listed(vec![held("10.1.0.16/28", Ipv4Addr::new(9, 9, 9, 9))]),
+            t,
+        );
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_ne!(c.subnet(), "10.1.0.16/28".parse().unwrap());
+        m.handle(LeaseEvent::Claimed { lease_id: 2 }, t);
+        let LeaseAction::Acquired { changed_from, .. } = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(changed_from, Some("10.1.0.16/28".parse().unwrap()));
+    }
+
+    #[test]
+    fn registry_errors_back_off_exponentially() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let mut waits = Vec::new();
+        let mut now = t;
+        for _ in 0..8 {
+            assert_eq!(m.poll(now), LeaseAction::List);
+            m.handle(LeaseEvent::RegistryError, now);
+            let LeaseAction::Wait { until } = m.poll(now) else {
+                panic!()
+            };
+            waits.push(until - now);
+            now = until;
+        }
+        assert_eq!(waits[0], BACKOFF_MIN);
+        assert_eq!(waits[1], BACKOFF_MIN * 2);
+        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn stale_events_are_ignored() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        m.handle(LeaseEvent::LeaseLost, t);
+        m.handle(LeaseEvent::Claimed { lease_id: 4 }, t);
+        m.handle(LeaseEvent::RaceLost, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        assert!(m.held().is_none());
+    }
+}
