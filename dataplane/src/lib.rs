@@ -14,6 +14,7 @@
 //!   (UDP_SEGMENT, UDP_GRO, sendmmsg/recvmmsg).
 //! - [`engine`]: the two hot-path threads that connect them.
 pub mod counters;
+pub mod engine;
 pub mod fib;
 pub mod ifname;
 pub mod offload;

@@ -158,6 +158,20 @@ impl UdpTx {
         Ok(UdpTx { sockets, gso })
     }
 
+    /// Another handle on the same sockets (same source ports), for a second
+    /// egress thread.
+    pub fn try_clone(&self) -> io::Result<UdpTx> {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(Socket::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(UdpTx {
+            sockets,
+            gso: self.gso,
+        })
+    }
+
     /// Whether sends use UDP GSO.
     pub fn gso(&self) -> bool {
         self.gso
