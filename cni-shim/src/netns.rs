@@ -68,8 +68,9 @@ fn link_mac_here(ifname: &str) -> io::Result<String> {
     }
     // SAFETY: after a successful SIOCGIFHWADDR the union holds `ifru_hwaddr`.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mac: Vec<String> = data[..6]
+    let mac: Vec<String> = data
         .iter()
+        .take(6)
         .map(|b| format!("{:02x}", *b as u8))
         .collect();
     Ok(mac.join(":"))

@@ -641,3 +641,100 @@ fn cmd_status(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
     exec::run(&plugin, &[("CNI_COMMAND", Some("STATUS"))], &bytes).map(|_| ())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: deterministic pseudo-random bytes without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % (n.max(1) as u64)).unwrap_or(0)
+        }
+    }
+
+    /// Flips, inserts, deletes and truncates bytes of a valid input.
+    fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+        const INTERESTING: &[u8] = b"{}[]\":,0-9eE.\\ \x00\xff/";
+        let mut v = input.to_vec();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(v.len() + 1);
+            match rng.below(4) {
+                0 if at < v.len() => v[at] = INTERESTING[rng.below(INTERESTING.len())],
+                1 => v.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                2 if at < v.len() => {
+                    v.remove(at);
+                }
+                _ => v.truncate(at),
+            }
+        }
+        v
+    }
+
+    const NETCONF: &[u8] = br#"{"cniVersion":"1.1.0","name":"vxmesh","type":"vxmesh","subnetFile":"/nonexistent/subnet.env","dataDir":"/nonexistent/data","delegate":{"bridge":"cni0","hairpinMode":true,"mtu":1400},"ipam":{"routes":[{"dst":"192.168.0.0/16"}]},"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"interface":0,"address":"10.1.0.2/24"}]},"cni.dev/valid-attachments":[{"containerID":"c","ifname":"eth0"}]}"#;
+    const SUBNET_ENV: &[u8] = b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    const RESULT: &[u8] = br#"{"cniVersion":"0.4.0","interfaces":[{"name":"cni0","mac":"aa:bb:cc:dd:ee:ff"},{"name":"eth0","mac":"","sandbox":"/run/netns/p"}],"ips":[{"version":"4","interface":1,"address":"10.244.3.2/24","gateway":"10.244.3.1"}],"routes":[{"dst":"10.244.0.0/16","mtu":1400}],"dns":{"nameservers":["10.0.0.10"]}}"#;
+
+    #[test]
+    fn mutated_inputs_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let versions = SpecVersion::ALL;
+        for i in 0..3000 {
+            let conf = mutate(&mut rng, NETCONF);
+            if let Ok(nc) = netconf::parse(&conf) {
+                let env = subnet_env::parse(&mutate(&mut rng, SUBNET_ENV));
+                if let Ok(env) = env {
+                    let v = versions[i % versions.len()];
+                    let rendered = delegate::render(&nc, &env, v);
+                    let _ = delegate::saved_subnet(&rendered);
+                }
+            }
+            if let Ok(r) = CniResult::from_slice(&mutate(&mut rng, RESULT)) {
+                for v in versions {
+                    let _ = r.to_layout(v);
+                }
+                let mut r = r;
+                r.fill_route_gateways();
+            }
+            let _ = netconf::peek_version(&conf);
+            // The whole ADD path up to the namespace check: nothing is created because
+            // CNI_NETNS does not exist and CNI_PATH is empty.
+            let out = run(
+                |k| match k {
+                    "CNI_COMMAND" => Some("ADD".into()),
+                    "CNI_CONTAINERID" => Some("fuzz".into()),
+                    "CNI_NETNS" => Some("/nonexistent/netns".into()),
+                    "CNI_IFNAME" => Some("eth0".into()),
+                    "CNI_PATH" => Some("/nonexistent/bin".into()),
+                    _ => None,
+                },
+                || Ok(conf.clone()),
+            );
+            assert_eq!(out.exit_code, 1);
+            let err: Value = serde_json::from_str(&out.stdout).unwrap();
+            assert!(err["code"].is_u64(), "{}", out.stdout);
+        }
+    }
+
+    #[test]
+    fn version_answers_without_stdin() {
+        let out = run(
+            |k| (k == "CNI_COMMAND").then(|| "VERSION".to_string()),
+            || Ok(Vec::new()),
+        );
+        assert_eq!(out.exit_code, 0);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
+    }
+}
