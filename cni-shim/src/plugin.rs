@@ -597,8 +597,8 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             Err(e) => errors.push(format!("{name}: {e}")),
         }
     }
-    drop(state);
-
+    // Forwarded under the lock too, so an ADD in flight cannot lose its fresh IPAM
+    // reservation to a delegate GC that does not know it yet.
     match load_subnet_env(&nc.subnet_file) {
         Ok(subnet_env) => match forwardable(args, nc, &subnet_env, "GC") {
             Ok(Some((plugin, mut config))) => {
@@ -617,6 +617,7 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         },
         Err(e) => log(format!("GC: not forwarding to the delegate: {e}")),
     }
+    drop(state);
 
     if errors.is_empty() {
         Ok(())
