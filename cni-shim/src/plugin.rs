@@ -554,7 +554,8 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     };
     let state =
         StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
-    let mut errors = Vec::new();
+    let mut errors: Vec<CniError> = Vec::new();
+    let io = |name: &str, e: io::Error| CniError::new(code::IO, format!("{name}: {e}"), "");
     let attachments = state.list().map_err(|e| state_error(&nc.data_dir, e))?;
     for att in attachments {
         if valid.contains(&(att.container_id.clone(), att.ifname.clone())) {
@@ -565,14 +566,14 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             Ok(Some(b)) => parse_saved(&b),
             Ok(None) => continue,
             Err(e) => {
-                errors.push(format!("{name}: {e}"));
+                errors.push(io(&name, e));
                 continue;
             }
         };
         let Some(saved) = saved else {
             log(format!("GC: state file {name} is corrupt; removing it"));
             if let Err(e) = state.remove(&att) {
-                errors.push(format!("{name}: {e}"));
+                errors.push(io(&name, e));
             }
             continue;
         };
@@ -591,10 +592,14 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         match delegate_del(&saved, nc.cni_version, &args.cni_path, &env, None) {
             Ok(()) => {
                 if let Err(e) = state.remove(&att) {
-                    errors.push(format!("{name}: {e}"));
+                    errors.push(io(&name, e));
                 }
             }
-            Err(e) => errors.push(format!("{name}: {e}")),
+            Err(e) => errors.push(CniError::new(
+                e.code,
+                format!("{name}: {}", e.msg),
+                e.details,
+            )),
         }
     }
     // Forwarded under the lock too, so an ADD in flight cannot lose its fresh IPAM
@@ -609,24 +614,28 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
                 config.insert("cni.dev/valid-attachments".into(), Value::Array(list));
                 let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
                 if let Err(e) = exec::run(&plugin, &[("CNI_COMMAND", Some("GC"))], &bytes) {
-                    errors.push(e.to_string());
+                    errors.push(e);
                 }
             }
             Ok(None) => {}
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         },
         Err(e) => log(format!("GC: not forwarding to the delegate: {e}")),
     }
     drop(state);
 
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            code::IO,
-            format!("GC left {} problem(s)", errors.len()),
-            errors.join("; "),
-        ))
+    // One problem keeps its own code; several are reported together as an I/O failure.
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Err(CniError::new(
+                code::IO,
+                format!("GC left {n} problems"),
+                all.join("; "),
+            ))
+        }
     }
 }
 

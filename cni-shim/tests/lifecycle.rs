@@ -372,3 +372,55 @@ fn hairpin_and_default_gateway_are_settable() {
     node.run("DEL", "c1", Some(&pod.path()), &conf).ok();
     assert_nothing_left(&node, &pod);
 }
+
+#[test]
+fn gc_and_status_are_forwarded_to_a_1_1_delegate() {
+    if !privileged("gc_and_status_are_forwarded_to_a_1_1_delegate") {
+        return;
+    }
+    let mut node = Node::new("fwd");
+    let bin = wrapper_dir(&mut node);
+    let rec = node.dir.path().join("rec");
+    fs::create_dir_all(&rec).unwrap();
+    // A delegate that speaks 1.1.0 (Debian's 1.1.1 plugins do not) and records what it gets.
+    write_script(
+        &bin,
+        "bridge",
+        &format!(
+            r#"case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}}';;
+GC|STATUS)
+  cat > {rec}/stdin.$CNI_COMMAND
+  if [ -e {rec}/fail ]; then echo '{{"cniVersion":"1.1.0","code":51,"msg":"limited"}}'; exit 1; fi;;
+*) echo "unexpected $CNI_COMMAND" >&2; exit 1;;
+esac"#,
+            rec = rec.display()
+        ),
+    );
+    let conf = node.conf("1.1.0");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a1", "ifname": "eth0"}]);
+    node.run_global("GC", &gc).ok();
+    let got: Value = serde_json::from_slice(&fs::read(rec.join("stdin.GC")).unwrap()).unwrap();
+    assert_eq!(got["cniVersion"], "1.1.0");
+    assert_eq!(got["type"], "bridge");
+    assert_eq!(got["name"], node.network_name.as_str());
+    assert_eq!(
+        got["cni.dev/valid-attachments"],
+        json!([{"containerID": "a1", "ifname": "eth0"}])
+    );
+    assert_eq!(got["ipam"]["ranges"], json!([[{"subnet": node.subnet()}]]));
+
+    node.run_global("STATUS", &conf).ok();
+    assert!(rec.join("stdin.STATUS").exists());
+    fs::write(rec.join("fail"), b"").unwrap();
+    assert_eq!(node.run_global("STATUS", &conf).err_code(), 51);
+    let r = node.run_global("GC", &gc);
+    assert_eq!(
+        r.err_code(),
+        51,
+        "GC reports the delegate's failure with its code: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("limited"), "{}", r.stdout);
+}
