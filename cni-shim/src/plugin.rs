@@ -185,6 +185,25 @@ fn state_error(dir: &str, e: io::Error) -> CniError {
     )
 }
 
+/// Opens and locks the netconf's data directory.
+fn lock_state(nc: &NetConf) -> Result<StateDir, CniError> {
+    StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))
+}
+
+/// The bytes a delegate gets on stdin.
+fn config_bytes(config: Map<String, Value>) -> Result<Vec<u8>, CniError> {
+    serde_json::to_vec(&Value::Object(config))
+        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))
+}
+
+/// The delegate plugin named in a saved config.
+fn saved_type(saved: &Map<String, Value>) -> Result<&str, CniError> {
+    saved
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CniError::new(code::DECODE, "saved delegate config has no type", ""))
+}
+
 /// The delegate version to use for `requested`, after asking the delegate.
 fn negotiate(plugin: &Path, requested: SpecVersion) -> Result<SpecVersion, CniError> {
     let supported = exec::supported_versions(plugin, requested.as_str())?;
@@ -268,11 +287,10 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
     let plugin = exec::require_plugin(nc.delegate_type(), &args.cni_path)?;
     let dver = negotiate(&plugin, nc.cni_version)?;
     let config = delegate::render(nc, &subnet_env, dver);
-    let bytes = serde_json::to_vec(&Value::Object(config.clone()))
-        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+    let subnet = delegate::saved_subnet(&config).unwrap_or_default();
+    let bytes = config_bytes(config)?;
 
-    let state =
-        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let state = lock_state(nc)?;
     state
         .save(att, &bytes)
         .map_err(|e| state_error(&nc.data_dir, e))?;
@@ -281,7 +299,7 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
         att.container_id,
         att.ifname,
         plugin.display(),
-        delegate::saved_subnet(&config).unwrap_or_default()
+        subnet
     ));
 
     let outcome = exec::run(&plugin, &[("CNI_COMMAND", Some("ADD"))], &bytes).and_then(|out| {
@@ -306,13 +324,13 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
                 missing.join(",")
             ));
         }
-        if let Some(prev) = prev.clone() {
+        if let Some(prev) = prev {
             result = result.appended_to(prev);
         }
         let out = result
             .to_layout(nc.cni_version)
             .map_err(|e| CniError::new(code::DECODE, "cannot convert the delegate's result", e))?;
-        serde_json::to_string(&out.to_value())
+        serde_json::to_string(&out)
             .map_err(|e| CniError::new(code::IO, "cannot serialize result", e.to_string()))
     });
 
@@ -347,13 +365,7 @@ fn delegate_del(
     env: &[EnvChange<'_>],
     prev_result: Option<&NetConf>,
 ) -> Result<(), CniError> {
-    let Some(dtype) = saved.get("type").and_then(Value::as_str) else {
-        return Err(CniError::new(
-            code::DECODE,
-            "saved delegate config has no type",
-            "",
-        ));
-    };
+    let dtype = saved_type(saved)?;
     let plugin = exec::require_plugin(dtype, cni_path)?;
     let saved_version = saved
         .get("cniVersion")
@@ -373,8 +385,7 @@ fn delegate_del(
         .filter(|_| dver >= SpecVersion::V0_4_0)
         .and_then(|nc| prev_result_for(nc, dver));
     let config = delegate::for_invocation(saved, dver, prev);
-    let bytes = serde_json::to_vec(&Value::Object(config))
-        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+    let bytes = config_bytes(config)?;
     exec::run(&plugin, env, &bytes).map(|_| ())
 }
 
@@ -387,8 +398,7 @@ fn parse_saved(bytes: &[u8]) -> Option<Map<String, Value>> {
 
 fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     let att = attachment_of(args)?;
-    let state =
-        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let state = lock_state(nc)?;
     let Some(bytes) = state.load(att).map_err(|e| state_error(&nc.data_dir, e))? else {
         log(format!(
             "DEL {}/{}: no state, nothing to do",
@@ -443,8 +453,7 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         ));
     }
     let subnet_env = load_subnet_env(&nc.subnet_file)?;
-    let state =
-        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let state = lock_state(nc)?;
     let saved = state
         .load(att)
         .map_err(|e| state_error(&nc.data_dir, e))?
@@ -480,13 +489,7 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             "",
         ));
     }
-    let Some(dtype) = saved.get("type").and_then(Value::as_str) else {
-        return Err(CniError::new(
-            code::DECODE,
-            "saved delegate config has no type",
-            "",
-        ));
-    };
+    let dtype = saved_type(&saved)?;
     let plugin = exec::require_plugin(dtype, &args.cni_path)?;
     let dver = negotiate(&plugin, nc.cni_version)?;
     if !dver.has_check() {
@@ -499,8 +502,7 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     // CniResult::fill_route_gateways.
     let prev = prev_result_with(nc, dver, CniResult::fill_route_gateways);
     let config = delegate::for_invocation(&saved, dver, prev);
-    let bytes = serde_json::to_vec(&Value::Object(config))
-        .map_err(|e| CniError::new(code::IO, "cannot serialize delegate config", e.to_string()))?;
+    let bytes = config_bytes(config)?;
     exec::run(&plugin, &[("CNI_COMMAND", Some("CHECK"))], &bytes).map(|_| ())
 }
 
@@ -552,8 +554,7 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
              (an empty list removes all)",
         ));
     };
-    let state =
-        StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))?;
+    let state = lock_state(nc)?;
     let mut errors: Vec<CniError> = Vec::new();
     let io = |name: &str, e: io::Error| CniError::new(code::IO, format!("{name}: {e}"), "");
     let attachments = state.list().map_err(|e| state_error(&nc.data_dir, e))?;
@@ -612,8 +613,9 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
                     .map(|(c, i)| json!({"containerID": c.as_str(), "ifname": i.as_str()}))
                     .collect();
                 config.insert("cni.dev/valid-attachments".into(), Value::Array(list));
-                let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
-                if let Err(e) = exec::run(&plugin, &[("CNI_COMMAND", Some("GC"))], &bytes) {
+                let sent = config_bytes(config)
+                    .and_then(|bytes| exec::run(&plugin, &[("CNI_COMMAND", Some("GC"))], &bytes));
+                if let Err(e) = sent {
                     errors.push(e);
                 }
             }
@@ -648,7 +650,7 @@ fn cmd_status(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     else {
         return Ok(());
     };
-    let bytes = serde_json::to_vec(&Value::Object(config)).unwrap_or_default();
+    let bytes = config_bytes(config)?;
     exec::run(&plugin, &[("CNI_COMMAND", Some("STATUS"))], &bytes).map(|_| ())
 }
 
