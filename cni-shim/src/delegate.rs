@@ -112,8 +112,9 @@ mod tests {
     use super::*;
     use crate::{netconf, subnet_env};
 
-    /// The example in flannel's README: NETWORK 10.1.0.0/16, SUBNET 10.1.17.1/24, MTU 1472,
-    /// IPMASQ true, netconf `{"name":"mynet","type":"flannel"}`.
+    /// The example in flannel's CNI plugin README: NETWORK 10.1.0.0/16, SUBNET 10.1.17.1/24,
+    /// MTU 1472, IPMASQ true. vxmesh renders the same delegate, plus the bridge name flannel
+    /// leaves to the bridge plugin's default and the negotiated cniVersion.
     #[test]
     fn reproduces_flannel_readme_example() {
         let nc =
