@@ -8,11 +8,17 @@
 //! Shells: [`registry`] (etcd), [`netlink`] (links, addresses, routes,
 //! neighbours), [`subnet_env`] (the subnet file), [`health`] (HTTP: /healthz,
 //! /readyz, /metrics, /v1/status), and [`agent`], which wires them to the dataplane.
+pub mod agent;
 pub mod allocator;
 pub mod config;
+pub mod health;
 pub mod lease;
 pub mod lease_machine;
+pub mod masq;
+pub mod netlink;
 pub mod peers;
+pub mod registry;
+pub mod state;
 pub mod subnet;
 pub mod subnet_env;
 pub mod vtep_mac;

@@ -1,1 +1,335 @@
-fn main() {}
+//! `vxmeshctl`: the operator's view of vxmesh — the registry's leases (from etcd)
+//! and one node's agent (lease, peers, offloads, counters, from its HTTP endpoint).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
+use vxmesh_control::registry::Registry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vxmeshctl",
+    version,
+    about = "Inspect a vxmesh cluster and node"
+)]
+struct Cli {
+    /// The node agent's HTTP endpoint (vxmeshd --healthz-ip/--healthz-port).
+    #[arg(
+        long,
+        global = true,
+        env = "VXMESHCTL_AGENT",
+        default_value = "http://127.0.0.1:8471"
+    )]
+    agent: String,
+    /// etcd endpoints, comma separated (for `leases` and `config`).
+    #[arg(
+        long,
+        global = true,
+        env = "VXMESHD_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    #[arg(
+        long,
+        global = true,
+        env = "VXMESHD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    etcd_prefix: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// This node: subnet, VTEP, readiness, offloads.
+    Status,
+    /// This node's peers (what its routes point at).
+    Peers,
+    /// This node's dataplane counters and drops by reason.
+    Counters,
+    /// Every lease in the registry (flannel and vxmesh nodes alike), with TTLs.
+    Leases,
+    /// The network config from the registry, with defaults filled in.
+    Config,
+    /// Remove the masquerade/forward rules vxmeshd --ip-masq installed (after uninstall).
+    CleanupIptables,
+    /// Wait until the agent reports ready (exit 1 on timeout).
+    WaitReady {
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+/// A minimal HTTP/1.0 GET (the agent speaks plain HTTP on a local port).
+fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let rest = base
+        .strip_prefix("http://")
+        .with_context(|| format!("--agent {base}: only http:// URLs are supported"))?;
+    let hostport = rest.trim_end_matches('/');
+    let addr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--agent {base}: cannot resolve {hostport}"))?
+        .next()
+        .with_context(|| format!("--agent {base}: no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the agent at {base} (is vxmeshd running on this node, and is this its --healthz-port?)"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed HTTP response from {base}"))?;
+    Ok((code, body.to_string()))
+}
+
+fn status(cli: &Cli) -> anyhow::Result<Value> {
+    let (code, body) = http_get(&cli.agent, "/v1/status")?;
+    if code != 200 {
+        bail!("agent answered {code}: {body}");
+    }
+    serde_json::from_str(&body).context("agent status is not JSON")
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = w[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::Status => {
+            let st = status(&cli)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(());
+            }
+            let n = &st["node"];
+            println!(
+                "ready:        {}{}",
+                st["ready"],
+                if st["ready"] == true {
+                    String::new()
+                } else {
+                    format!(" (waiting for {})", s(&st["waiting_for"]))
+                }
+            );
+            println!(
+                "subnet:       {}  (network {})",
+                s(&n["subnet"]),
+                s(&n["network"])
+            );
+            println!(
+                "public ip:    {}  (iface {})",
+                s(&n["public_ip"]),
+                s(&n["iface"])
+            );
+            println!(
+                "vtep:         {} mac {}  vni {}  port {}  mtu {}",
+                s(&n["tap"]),
+                s(&n["vtep_mac"]),
+                s(&n["vni"]),
+                s(&n["port"]),
+                s(&n["mtu"])
+            );
+            println!(
+                "lease:        {}  ttl {}s  reacquired {}x",
+                s(&n["lease_id"]),
+                s(&n["lease_ttl_secs"]),
+                st["lease_reacquisitions"]
+            );
+            println!(
+                "dataplane:    {}  offloads: {}  udp_gso {}  udp_gro {}",
+                s(&n["dataplane"]),
+                s(&st["offloads"]["tap"]),
+                s(&st["offloads"]["udp_gso"]),
+                s(&st["offloads"]["udp_gro"])
+            );
+            println!(
+                "peers:        {}",
+                n["peers"].as_array().map_or(0, |a| a.len())
+            );
+            if let Some(e) = n["last_error"].as_str() {
+                println!("last error:   {e}");
+            }
+            for sk in n["skipped"].as_array().into_iter().flatten() {
+                println!("skipped:      {} ({})", s(&sk["key"]), s(&sk["why"]));
+            }
+        }
+        Cmd::Peers => {
+            let st = status(&cli)?;
+            let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = peers
+                .iter()
+                .map(|p| vec![s(&p["subnet"]), s(&p["public_ip"]), s(&p["vtep_mac"])])
+                .collect();
+            table(&["SUBNET", "PUBLIC-IP", "VTEP-MAC"], &rows);
+        }
+        Cmd::Counters => {
+            let st = status(&cli)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"counters": st["counters"], "drops": st["drops"]})
+                    )?
+                );
+                return Ok(());
+            }
+            let mut rows: Vec<Vec<String>> = st["counters"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| vec![k.clone(), s(v)])
+                .collect();
+            rows.extend(
+                st["drops"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| vec![format!("dropped:{k}"), s(v)]),
+            );
+            table(&["COUNTER", "VALUE"], &rows);
+        }
+        Cmd::Leases | Cmd::Config => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(registry_cmd(&cli))?;
+        }
+        Cmd::CleanupIptables => {
+            vxmesh_control::masq::remove()?;
+            println!(
+                "removed the {} and {} chains and their hooks",
+                vxmesh_control::masq::NAT_CHAIN,
+                vxmesh_control::masq::FWD_CHAIN
+            );
+        }
+        Cmd::WaitReady { timeout } => {
+            let deadline = Instant::now() + Duration::from_secs(*timeout);
+            let mut last;
+            loop {
+                match http_get(&cli.agent, "/readyz") {
+                    Ok((200, _)) => {
+                        println!("ready");
+                        return Ok(());
+                    }
+                    Ok((_, body)) => last = body.trim().to_string(),
+                    Err(e) => last = format!("{e:#}"),
+                }
+                if Instant::now() >= deadline {
+                    bail!("agent not ready after {timeout}s: {last}");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
+    let reg = Registry::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
+    if let Cmd::Config = cli.cmd {
+        let c = reg.network_config().await?;
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
+                    "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
+                    "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu},
+                    "notes": c.notes,
+                })
+            );
+        } else {
+            println!("network:   {}", c.network);
+            println!("pool:      {}", c.describe_pool());
+            println!(
+                "backend:   vxlan  vni {}  port {}  mtu {}",
+                c.backend.vni,
+                c.backend.port,
+                c.backend
+                    .mtu
+                    .map_or("underlay-50".to_string(), |m| m.to_string())
+            );
+            for n in &c.notes {
+                println!("note:      {n}");
+            }
+        }
+        return Ok(());
+    }
+    let listing = reg.list_subnets().await?;
+    let ttls = reg
+        .lease_ttls(listing.entries.iter().map(|e| e.lease))
+        .await;
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    for (e, ttl) in listing.entries.iter().zip(ttls) {
+        let subnet =
+            parse_lease_key(&e.key).map_or_else(|| format!("? {}", e.key), |s| s.to_string());
+        let (ip, backend, mac) = match LeaseAttrs::parse(&e.value) {
+            Ok(a) => (
+                a.public_ip.to_string(),
+                a.backend_type.clone(),
+                a.vxlan.map_or("-".into(), |v| v.vtep_mac.to_string()),
+            ),
+            Err(err) => ("?".into(), format!("unparseable: {err}"), "-".into()),
+        };
+        let ttl = ttl.map_or("-".to_string(), |t| format!("{t}s"));
+        json.push(serde_json::json!({"key": e.key, "subnet": subnet, "public_ip": ip, "backend": backend, "vtep_mac": mac, "ttl": ttl, "value": String::from_utf8_lossy(&e.value)}));
+        rows.push(vec![subnet, ip, backend, mac, ttl]);
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        table(
+            &["SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL-LEFT"],
+            &rows,
+        );
+    }
+    Ok(())
+}

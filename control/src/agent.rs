@@ -1,0 +1,613 @@
+//! The node agent: registry ⇄ lease machine ⇄ dataplane, netlink and subnet file.
+//!
+//! Start-up, in order: find the underlay (`--iface`, `--public-ip`, or the default
+//! route), serve /healthz, reach etcd, read the network config (waiting, with a
+//! clear error, until it exists and is valid), acquire a subnet lease, create and
+//! configure the TAP, start the dataplane threads, write the subnet file, then
+//! follow the peers' leases (routes, permanent neighbours, forwarding table) until
+//! told to stop. On SIGTERM/SIGINT it removes the routes and neighbours it added
+//! and the TAP, and keeps its lease so a restart gets the same subnet.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::NetworkConfig;
+use crate::lease::{lease_key, LeaseAttrs};
+use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
+use crate::netlink::{write_sysctl, LinkInfo, Netlink};
+use crate::peers::{PeerChange, PeerTable, Skip};
+use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
+use crate::state::AgentState;
+use crate::subnet::Subnet;
+use crate::subnet_env::SubnetEnv;
+use vxmesh_dataplane::engine::{Engine, EngineConfig};
+use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
+use vxmesh_dataplane::wire::MacAddr;
+
+/// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const ENCAP_OVERHEAD: u32 = 50;
+/// How often every route and neighbour is re-applied (repairs manual deletions).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// Everything `vxmeshd` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub iface: Option<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+    pub tap_name: IfName,
+    pub lease_ttl: Duration,
+    pub tx_sockets: usize,
+    pub tap_queues: usize,
+    pub offloads: bool,
+    /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
+    pub ip_masq: bool,
+}
+
+/// The underlay this node sends VXLAN on.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    pub link: LinkInfo,
+    pub public_ip: Ipv4Addr,
+}
+
+/// Finds the underlay interface and the PublicIP to advertise.
+pub async fn resolve_underlay(
+    nl: &Netlink,
+    iface: Option<&str>,
+    public_ip: Option<Ipv4Addr>,
+) -> anyhow::Result<Underlay> {
+    let link = match iface {
+        Some(s) => match s.parse::<Ipv4Addr>() {
+            Ok(ip) => nl.link_with_address(ip).await?,
+            Err(_) => nl
+                .link_by_name(s)
+                .await?
+                .with_context(|| format!("--iface {s}: no such interface (see `ip -br link`)"))?,
+        },
+        None => match public_ip {
+            Some(ip) => match nl.link_with_address(ip).await {
+                Ok(l) => l,
+                Err(_) => nl.default_route_link().await?,
+            },
+            None => nl.default_route_link().await?,
+        },
+    };
+    let public_ip = match public_ip {
+        Some(ip) => ip,
+        None => match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+            Some(ip) => ip,
+            None => *link.ipv4.first().with_context(|| {
+                format!(
+                    "interface {} has no IPv4 address: pass --public-ip",
+                    link.name
+                )
+            })?,
+        },
+    };
+    Ok(Underlay { link, public_ip })
+}
+
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+async fn sleep_or<F: Future<Output = ()> + Unpin>(d: Duration, stop: &mut F) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stop => false,
+    }
+}
+
+/// Connects to etcd and reads a valid config, retrying (with the error in the log
+/// and in /v1/status) until it works or `stop` fires.
+async fn registry_and_config<F: Future<Output = ()> + Unpin>(
+    opts: &AgentOptions,
+    state: &AgentState,
+    stop: &mut F,
+) -> Option<(Registry, NetworkConfig)> {
+    let mut backoff = Backoff::default();
+    let mut last_msg = String::new();
+    loop {
+        let attempt = async {
+            let reg = Registry::connect(&opts.etcd_endpoints, &opts.etcd_prefix).await?;
+            let cfg = reg.network_config().await?;
+            Ok::<_, RegistryError>((reg, cfg))
+        };
+        match attempt.await {
+            Ok(x) => return Some(x),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_msg {
+                    tracing::error!("{msg}");
+                    last_msg = msg.clone();
+                }
+                state.update(|i| i.last_error = Some(msg));
+            }
+        }
+        if !sleep_or(backoff.next_delay(), stop).await {
+            return None;
+        }
+    }
+}
+
+/// Messages from the lease task to the agent loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub subnet: Subnet,
+    pub lease_id: i64,
+}
+
+/// Runs the lease machine against etcd: publishes every acquisition on `held_tx`,
+/// keeps the lease alive, and re-acquires when `lost_rx` (or the keepalive) says
+/// the lease is gone.
+async fn lease_task(
+    reg: Registry,
+    mut machine: LeaseMachine,
+    attrs: LeaseAttrs,
+    ttl: Duration,
+    held_tx: watch::Sender<Option<Held>>,
+    mut lost_rx: mpsc::Receiver<String>,
+    state: Arc<AgentState>,
+) {
+    let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
+    let mut keepalive: Option<JoinHandle<()>> = None;
+    loop {
+        let now = Instant::now();
+        match machine.poll(now) {
+            LeaseAction::List => {
+                let ev = match reg.list_subnets().await {
+                    Ok(l) => LeaseEvent::Listed(l.existing_leases()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list subnets");
+                        LeaseEvent::RegistryError
+                    }
+                };
+                machine.handle(ev, Instant::now());
+            }
+            LeaseAction::Claim(c) => {
+                let ev = match reg.claim(&c, &attrs, ttl).await {
+                    Ok(Some(lease_id)) => LeaseEvent::Claimed { lease_id },
+                    Ok(None) => {
+                        tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
+                        LeaseEvent::RaceLost
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim a subnet");
+                        LeaseEvent::RegistryError
+                    }
+                };
+                machine.handle(ev, Instant::now());
+            }
+            LeaseAction::Acquired {
+                subnet,
+                lease_id,
+                changed_from,
+            } => {
+                match changed_from {
+                    Some(old) => tracing::error!(
+                        old = %old, new = %subnet,
+                        "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
+                    ),
+                    None => {
+                        tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
+                    }
+                }
+                state
+                    .lease_reacquisitions
+                    .store(machine.reacquisitions(), Ordering::Relaxed);
+                if let Some(k) = keepalive.take() {
+                    k.abort();
+                }
+                let r = reg.clone();
+                let tx = ka_tx.clone();
+                keepalive = Some(tokio::spawn(async move {
+                    let why = r.keep_alive(lease_id, ttl).await;
+                    let _ = tx.send(why).await;
+                }));
+                let _ = held_tx.send(Some(Held { subnet, lease_id }));
+            }
+            LeaseAction::Exhausted(e) => {
+                tracing::error!("{e}");
+                state.update(|i| i.last_error = Some(e.to_string()));
+            }
+            LeaseAction::Wait { until } => {
+                let d = until.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx),
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
+                }
+            }
+            LeaseAction::Idle => {
+                tokio::select! {
+                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx),
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
+                    else => return,
+                }
+            }
+        }
+    }
+}
+
+fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<Held>>) {
+    if machine.held().is_none() {
+        return;
+    }
+    tracing::warn!("subnet lease lost ({why}); re-acquiring, preferring the same subnet");
+    machine.handle(LeaseEvent::LeaseLost, Instant::now());
+    let _ = held_tx.send(None);
+}
+
+/// The dataplane and the device it runs on.
+struct Dataplane {
+    engine: Engine,
+    tap_index: u32,
+    table: SharedTable,
+    local: LocalVtep,
+}
+
+impl Dataplane {
+    fn publish(&self, peers: &PeerTable) {
+        self.table.store(ForwardingTable::new(
+            self.local,
+            peers.peers().map(|p| p.to_vtep()),
+        ));
+    }
+}
+
+async fn start_dataplane(
+    nl: &Netlink,
+    opts: &AgentOptions,
+    underlay: &Underlay,
+    local: LocalVtep,
+    mtu: u32,
+    state: &Arc<AgentState>,
+) -> anyhow::Result<Dataplane> {
+    let taps = Tap::open(
+        &opts.tap_name,
+        TapOptions {
+            vnet_hdr: opts.offloads,
+            uso: opts.offloads,
+            queues: opts.tap_queues.max(1),
+        },
+    )
+    .with_context(|| format!("creating TAP device {}", opts.tap_name))?;
+    let link = nl
+        .link_by_name(opts.tap_name.as_str())
+        .await?
+        .with_context(|| format!("TAP {} vanished right after creation", opts.tap_name))?;
+    // IPv6 on the TAP would only emit router solicitations the overlay drops.
+    let _ = write_sysctl(
+        &format!("net/ipv6/conf/{}/disable_ipv6", opts.tap_name),
+        "1",
+    );
+    nl.configure_link(link.index, local.vtep_mac, mtu).await?;
+    write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    let udp_tx = UdpTx::open(underlay.public_ip, opts.tx_sockets.max(1), 4 << 20)
+        .context("opening the VXLAN send sockets")?;
+    let udp_rx = UdpRx::open(
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local.port),
+        8 << 20,
+        opts.offloads,
+    )
+    .context("opening the VXLAN receive socket")?;
+    let table = SharedTable::new(ForwardingTable::new(local, []));
+    let engine = Engine::start(EngineConfig {
+        tap: taps,
+        udp_tx,
+        udp_rx,
+        table: table.clone(),
+        counters: Arc::clone(&state.counters),
+    })
+    .context("starting dataplane threads")?;
+    let st = engine.status();
+    tracing::info!(
+        tap = %opts.tap_name,
+        tap_offloads = %st.tap.describe(),
+        udp_gso = st.udp_gso.load(Ordering::Relaxed),
+        udp_gro = st.udp_gro,
+        tx_source_ports = ?st.tx_source_ports,
+        "userspace dataplane running"
+    );
+    if !st.tap.tso() {
+        tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
+    }
+    if let Ok(mut g) = state.engine.lock() {
+        *g = Some(Arc::clone(st));
+    }
+    Ok(Dataplane {
+        engine,
+        tap_index: link.index,
+        table,
+        local,
+    })
+}
+
+/// Applies peer changes to the kernel (routes, neighbours); `Ok(false)` if any failed.
+async fn program(nl: &Netlink, tap: u32, changes: &[PeerChange], state: &AgentState) -> bool {
+    let mut ok = true;
+    for c in changes {
+        let r = match c {
+            PeerChange::Added(p) => {
+                tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, vtep_mac = %p.vtep_mac, "peer added");
+                add_peer(nl, tap, p).await
+            }
+            PeerChange::Updated { old, new } => {
+                tracing::info!(subnet = %new.subnet, public_ip = %new.public_ip, vtep_mac = %new.vtep_mac,
+                    old_public_ip = %old.public_ip, old_vtep_mac = %old.vtep_mac, "peer changed");
+                add_peer(nl, tap, new).await
+            }
+            PeerChange::Removed(p) => {
+                tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, "peer removed");
+                let a = nl.delete_peer_route(&p.subnet, tap).await;
+                let b = nl.delete_neighbour(tap, p.vtep_ip()).await;
+                a.and(b)
+            }
+        };
+        if let Err(e) = r {
+            ok = false;
+            state.route_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot program peer");
+            state.update(|i| i.last_error = Some(e.to_string()));
+        }
+    }
+    ok
+}
+
+/// Neighbour first, then the route: the kernel must never need to ARP.
+async fn add_peer(
+    nl: &Netlink,
+    tap: u32,
+    p: &crate::peers::Peer,
+) -> Result<(), crate::netlink::NetlinkError> {
+    nl.replace_neighbour(tap, p.vtep_ip(), p.vtep_mac).await?;
+    nl.replace_peer_route(&p.subnet, tap).await
+}
+
+fn record_skips(skips: Vec<Skip>, state: &AgentState) {
+    if skips.is_empty() {
+        return;
+    }
+    for s in &skips {
+        tracing::warn!(key = %s.key, "ignoring lease: {}", s.why);
+    }
+    state
+        .skipped_leases
+        .fetch_add(skips.len() as u64, Ordering::Relaxed);
+    state.update(|i| {
+        i.skipped.extend(skips.into_iter().map(Into::into));
+        let n = i.skipped.len();
+        if n > 32 {
+            i.skipped.drain(..n - 32);
+        }
+    });
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    opts: AgentOptions,
+    state: Arc<AgentState>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut stop = Box::pin(shutdown);
+    state.update(|i| {
+        i.version = env!("CARGO_PKG_VERSION");
+        i.dataplane = "userspace";
+        i.lease_ttl_secs = opts.lease_ttl.as_secs();
+        i.tap = Some(opts.tap_name.to_string());
+    });
+    let nl = Netlink::connect()?;
+    let underlay = resolve_underlay(&nl, opts.iface.as_deref(), opts.public_ip).await?;
+    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
+
+    let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
+        Some(x) => x,
+        None => return Ok(()),
+    };
+    for n in &cfg.notes {
+        tracing::warn!("network config: {n}");
+    }
+    let vni = cfg.backend.vni;
+    let vtep_mac: MacAddr = crate::vtep_mac::derive(underlay.public_ip, vni.get());
+    let mtu = cfg
+        .backend
+        .mtu
+        .unwrap_or(underlay.link.mtu.saturating_sub(ENCAP_OVERHEAD));
+    state.update(|i| {
+        i.public_ip = Some(underlay.public_ip);
+        i.iface = Some(underlay.link.name.clone());
+        i.vtep_mac = Some(vtep_mac.to_string());
+        i.vni = Some(vni.get());
+        i.port = Some(cfg.backend.port);
+        i.network = Some(cfg.network);
+        i.mtu = Some(mtu);
+        i.last_error = None;
+    });
+    tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
+
+    let hint = std::fs::read_to_string(&opts.subnet_file)
+        .ok()
+        .and_then(|t| SubnetEnv::subnet_from(&t));
+    let machine = LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed());
+    let attrs = LeaseAttrs::vxlan(underlay.public_ip, vni.get(), vtep_mac);
+    let (held_tx, mut held_rx) = watch::channel(None::<Held>);
+    let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
+    let lease = tokio::spawn(lease_task(
+        reg.clone(),
+        machine,
+        attrs,
+        opts.lease_ttl,
+        held_tx,
+        lost_rx,
+        Arc::clone(&state),
+    ));
+
+    // Wait for the first lease.
+    let first = loop {
+        if let Some(h) = *held_rx.borrow_and_update() {
+            break h;
+        }
+        tokio::select! {
+            r = held_rx.changed() => if r.is_err() { anyhow::bail!("lease task ended") },
+            _ = &mut stop => { lease.abort(); return Ok(()); }
+        }
+    };
+
+    let local = LocalVtep {
+        vtep_mac,
+        vni,
+        port: cfg.backend.port,
+    };
+    let dp = start_dataplane(&nl, &opts, &underlay, local, mtu, &state).await?;
+    let env_for = |subnet: Subnet| SubnetEnv {
+        network: cfg.network,
+        subnet,
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
+    let masq = |subnet: Subnet, state: &AgentState| {
+        if opts.ip_masq {
+            if let Err(e) = crate::masq::apply(&cfg.network, &subnet) {
+                tracing::error!("cannot install masquerade rules: {e}");
+                state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    };
+    let mut own = first;
+    nl.set_only_address(dp.tap_index, own.subnet.addr(), 32)
+        .await?;
+    masq(own.subnet, &state);
+    env_for(own.subnet)
+        .write_atomic(&opts.subnet_file)
+        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
+    state.ready.subnet_env.store(true, Ordering::Relaxed);
+    state.ready.lease.store(true, Ordering::Relaxed);
+    state.update(|i| {
+        i.subnet = Some(own.subnet);
+        i.lease_id = Some(format!("{:x}", own.lease_id));
+    });
+    tracing::info!(subnet = %own.subnet, file = %opts.subnet_file.display(), "subnet file written");
+
+    let mut peers = PeerTable::new(vni.get());
+    let _ = peers.set_own(Some(own.subnet));
+    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(256);
+    let watch_reg = reg.clone();
+    let watch_stats = Arc::clone(&state.watch);
+    let watcher =
+        tokio::spawn(async move { watch_reg.watch_subnets(None, wtx, &watch_stats).await });
+    let own_key = |s: Subnet| lease_key(reg.prefix(), &s);
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.tick().await;
+    let mut synced = false;
+
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            ev = wrx.recv() => {
+                let Some(ev) = ev else { anyhow::bail!("registry watch ended") };
+                let mut skips = Vec::new();
+                let changes = match ev {
+                    WatchEvent::Snapshot(l) => {
+                        let entries: Vec<(String, Vec<u8>)> = l.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+                        if state.ready.lease.load(Ordering::Relaxed) && !entries.iter().any(|(k, _)| *k == own_key(own.subnet)) {
+                            let _ = lost_tx.send(format!("our key {} is gone from etcd", own_key(own.subnet))).await;
+                        }
+                        peers.reset(&entries, &mut skips)
+                    }
+                    WatchEvent::Put { key, value } => {
+                        if key == own_key(own.subnet) {
+                            let ours = LeaseAttrs::parse(&value).is_ok_and(|a| a.public_ip == underlay.public_ip);
+                            if !ours {
+                                let _ = lost_tx.send(format!("our key {key} was overwritten by another node")).await;
+                            }
+                        }
+                        peers.put(&key, &value, &mut skips).into_iter().collect()
+                    }
+                    WatchEvent::Delete { key } => {
+                        if key == own_key(own.subnet) && state.ready.lease.load(Ordering::Relaxed) {
+                            let _ = lost_tx.send(format!("our key {key} was deleted")).await;
+                        }
+                        peers.delete(&key).into_iter().collect()
+                    }
+                };
+                record_skips(skips, &state);
+                dp.publish(&peers);
+                let ok = program(&nl, dp.tap_index, &changes, &state).await;
+                if !synced || !changes.is_empty() {
+                    synced = true;
+                    state.ready.routes.store(ok, Ordering::Relaxed);
+                }
+                state.update(|i| i.peers = peers.peers().copied().collect());
+            }
+            r = held_rx.changed() => {
+                if r.is_err() { anyhow::bail!("lease task ended") }
+                let h = *held_rx.borrow_and_update();
+                match h {
+                    None => {
+                        // Lost: keep forwarding (pods keep working) until re-acquired.
+                        state.ready.lease.store(false, Ordering::Relaxed);
+                    }
+                    Some(h) => {
+                        if h.subnet != own.subnet {
+                            nl.set_only_address(dp.tap_index, h.subnet.addr(), 32).await?;
+                            masq(h.subnet, &state);
+                            env_for(h.subnet).write_atomic(&opts.subnet_file)?;
+                            let changes = peers.set_own(Some(h.subnet));
+                            dp.publish(&peers);
+                            program(&nl, dp.tap_index, &changes, &state).await;
+                        }
+                        own = h;
+                        state.ready.lease.store(true, Ordering::Relaxed);
+                        state.update(|i| {
+                            i.subnet = Some(h.subnet);
+                            i.lease_id = Some(format!("{:x}", h.lease_id));
+                        });
+                    }
+                }
+            }
+            _ = reconcile.tick() => {
+                let all: Vec<PeerChange> = peers.peers().copied().map(PeerChange::Added).collect();
+                let mut ok = true;
+                for c in &all {
+                    if let PeerChange::Added(p) = c {
+                        if let Err(e) = add_peer(&nl, dp.tap_index, p).await {
+                            ok = false;
+                            state.route_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
+                        }
+                    }
+                }
+                if synced {
+                    state.ready.routes.store(ok, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    tracing::info!("stopping: removing routes and the TAP; the lease is kept for a restart");
+    state.ready.routes.store(false, Ordering::Relaxed);
+    watcher.abort();
+    lease.abort();
+    for p in peers.peers() {
+        let _ = nl.delete_peer_route(&p.subnet, dp.tap_index).await;
+        let _ = nl.delete_neighbour(dp.tap_index, p.vtep_ip()).await;
+    }
+    dp.engine.stop();
+    Ok(())
+}

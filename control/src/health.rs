@@ -1,0 +1,229 @@
+//! The agent's HTTP endpoints (default 127.0.0.1:8471):
+//! `/healthz` (alive), `/readyz` (200 only once lease, routes and subnet file are in
+//! place), `/metrics` (Prometheus text format 0.0.4) and `/v1/status` (JSON, what
+//! `vxmeshctl` shows).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::state::AgentState;
+use vxmesh_dataplane::counters::DropReason;
+
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AgentState>>) -> Response {
+    if s.ready.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for {}\n", s.ready.missing().join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// The JSON behind `/v1/status`.
+pub fn status_json(s: &AgentState) -> serde_json::Value {
+    let info = s.info();
+    let c = s.counters.snapshot();
+    let mut counters = serde_json::Map::new();
+    for (k, v) in c.fields() {
+        counters.insert(k.to_string(), v.into());
+    }
+    let mut drops = serde_json::Map::new();
+    for r in DropReason::ALL {
+        drops.insert(r.as_str().to_string(), c.dropped(r).into());
+    }
+    let offloads = s.engine_status().map(|e| {
+        serde_json::json!({
+            "tap": e.tap.describe(),
+            "tap_vnet_hdr": e.tap.vnet_hdr,
+            "tap_tso": e.tap.tso(),
+            "tap_uso": e.tap.uso(),
+            "udp_gso": e.udp_gso.load(Ordering::Relaxed),
+            "udp_gro": e.udp_gro,
+            "tx_sockets": e.tx_sockets,
+            "tx_source_ports": e.tx_source_ports,
+        })
+    });
+    serde_json::json!({
+        "ready": s.ready.ready(),
+        "waiting_for": s.ready.missing(),
+        "node": info,
+        "counters": counters,
+        "drops": drops,
+        "offloads": offloads,
+        "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
+        "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
+        "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
+    })
+}
+
+async fn status(State(s): State<Arc<AgentState>>) -> Response {
+    axum::Json(status_json(&s)).into_response()
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render_metrics(s: &AgentState) -> String {
+    let mut o = String::new();
+    let info = s.info();
+    let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    gauge(
+        &mut o,
+        "vxmesh_ready",
+        "1 when lease, routes and subnet file are in place",
+        u64::from(s.ready.ready()),
+    );
+    gauge(
+        &mut o,
+        "vxmesh_peers",
+        "Peer nodes with a route through the overlay",
+        info.peers.len() as u64,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_lease_info The subnet this node holds\n# TYPE vxmesh_lease_info gauge\nvxmesh_lease_info{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{}\"}} {}",
+        label(&info.subnet.map(|x| x.to_string()).unwrap_or_default()),
+        label(&info.public_ip.map(|x| x.to_string()).unwrap_or_default()),
+        label(info.vtep_mac.as_deref().unwrap_or("")),
+        u64::from(info.subnet.is_some())
+    );
+    let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter(
+        &mut o,
+        "vxmesh_lease_reacquisitions_total",
+        "Times a lost subnet lease was acquired again",
+        s.lease_reacquisitions.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_watch_restarts_total",
+        "Times the etcd watch was restarted",
+        s.watch.restarts.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_watch_compactions_total",
+        "Times the watch revision was compacted and the subnets re-listed",
+        s.watch.compactions.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_skipped_leases_total",
+        "Leases ignored (unparseable, other backend or VNI)",
+        s.skipped_leases.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_route_errors_total",
+        "Failed route or neighbour updates",
+        s.route_errors.load(Ordering::Relaxed),
+    );
+
+    let c = s.counters.snapshot();
+    for (name, v) in c.fields() {
+        let _ = writeln!(
+            o,
+            "# TYPE vxmesh_dataplane_{name}_total counter\nvxmesh_dataplane_{name}_total {v}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_dataplane_dropped_packets_total Packets not forwarded, by direction and reason\n# TYPE vxmesh_dataplane_dropped_packets_total counter"
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            o,
+            "vxmesh_dataplane_dropped_packets_total{{direction=\"{}\",reason=\"{}\"}} {}",
+            r.direction(),
+            r.as_str(),
+            c.dropped(r)
+        );
+    }
+    if let Some(e) = s.engine_status() {
+        let _ = writeln!(
+            o,
+            "# HELP vxmesh_offload_enabled 1 when the offload is in use\n# TYPE vxmesh_offload_enabled gauge"
+        );
+        for (k, v) in [
+            ("tap_vnet_hdr", e.tap.vnet_hdr),
+            ("tap_csum", e.tap.csum()),
+            ("tap_tso", e.tap.tso()),
+            ("tap_uso", e.tap.uso()),
+            ("udp_gso", e.udp_gso.load(Ordering::Relaxed)),
+            ("udp_gro", e.udp_gro),
+        ] {
+            let _ = writeln!(
+                o,
+                "vxmesh_offload_enabled{{feature=\"{k}\"}} {}",
+                u8::from(v)
+            );
+        }
+    }
+    o
+}
+
+async fn metrics(State(s): State<Arc<AgentState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&s),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_well_formed() {
+        let s = AgentState::default();
+        s.ready.lease.store(true, Ordering::Relaxed);
+        let text = render_metrics(&s);
+        assert!(text.contains("vxmesh_ready 0"));
+        assert!(text.contains(
+            "vxmesh_dataplane_dropped_packets_total{direction=\"ingress\",reason=\"wrong_vni\"} 0"
+        ));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(!name.is_empty());
+            value.parse::<f64>().unwrap();
+        }
+        let j = status_json(&s);
+        assert_eq!(j["ready"], false);
+        assert_eq!(j["waiting_for"][0], "peer routes");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

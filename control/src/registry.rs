@@ -1,0 +1,408 @@
+//! The etcd registry, in flannel's layout (`<prefix>/config`, `<prefix>/subnets/`).
+//!
+//! A thin shell over `etcd-client` (etcd v3 API): read the config, list leases,
+//! claim a subnet by compare-and-swap under an etcd lease, keep that lease alive, and
+//! watch the subnets prefix from a listing's revision + 1 — re-listing when the
+//! revision was compacted, reconnecting with backoff (100 ms → 5 s) on errors.
+//! Decisions live in the pure cores ([`crate::lease_machine`], [`crate::peers`]).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::allocator::{Claim, ExistingLease};
+use crate::config::{example_put, ConfigError, NetworkConfig};
+use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix, LeaseAttrs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("etcd {what} failed: {source} (is etcd reachable at --etcd-endpoints {endpoints}?)")]
+    Etcd {
+        what: &'static str,
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// One key under `<prefix>/subnets/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    /// The etcd lease id attached to the key (0 if none).
+    pub lease: i64,
+}
+
+/// A consistent listing of the subnets prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub revision: i64,
+    pub entries: Vec<Entry>,
+}
+
+impl Listing {
+    /// The entries as the allocator sees them (keys that are not subnets skipped).
+    pub fn existing_leases(&self) -> Vec<ExistingLease> {
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                Some(ExistingLease {
+                    subnet: parse_lease_key(&e.key)?,
+                    attrs: LeaseAttrs::parse(&e.value).ok(),
+                    mod_revision: e.mod_revision,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What the watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A full listing: replace everything known (first sync, or after compaction).
+    Snapshot(Listing),
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// A handle on etcd under one prefix. Cheap to clone (one shared channel).
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("prefix", &self.prefix)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// Backoff for reconnects: 100 ms doubling to 5 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+impl Registry {
+    /// Connects (lazily: the first request fails if etcd is down, and later ones
+    /// reconnect on their own).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Registry, RegistryError> {
+        let joined = endpoints.join(",");
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|source| RegistryError::Etcd {
+                what: "connect",
+                endpoints: joined.clone(),
+                source,
+            })?;
+        Ok(Registry {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: joined,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(etcd_client::Error) -> RegistryError + '_ {
+        move |source| RegistryError::Etcd {
+            what,
+            endpoints: self.endpoints.clone(),
+            source,
+        }
+    }
+
+    /// Reads and checks `<prefix>/config`.
+    pub async fn network_config(&self) -> Result<NetworkConfig, RegistryError> {
+        let key = config_key(&self.prefix);
+        let resp = self
+            .client
+            .clone()
+            .get(key.clone(), None)
+            .await
+            .map_err(self.err("get config"))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Err(ConfigError::Missing {
+                example: example_put(&key),
+                key,
+            }
+            .into());
+        };
+        Ok(NetworkConfig::parse(&key, kv.value())?)
+    }
+
+    /// Lists `<prefix>/subnets/`.
+    pub async fn list_subnets(&self) -> Result<Listing, RegistryError> {
+        let resp = self
+            .client
+            .clone()
+            .get(
+                subnets_prefix(&self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(self.err("list subnets"))?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp
+            .kvs()
+            .iter()
+            .map(|kv| Entry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+                lease: kv.lease(),
+            })
+            .collect();
+        Ok(Listing { revision, entries })
+    }
+
+    /// Tries one claim: grants an etcd lease of `ttl`, then writes the lease value
+    /// only if the key is absent (Create) or unchanged since listed (Reuse).
+    /// `Ok(Some(lease_id))` when won, `Ok(None)` when someone else got there first.
+    pub async fn claim(
+        &self,
+        claim: &Claim,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<i64>, RegistryError> {
+        let mut c = self.client.clone();
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = c
+            .lease_grant(ttl_s, None)
+            .await
+            .map_err(self.err("lease grant"))?;
+        let key = lease_key(&self.prefix, &claim.subnet());
+        let cmp = match claim {
+            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
+            Claim::Reuse { mod_revision, .. } => {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
+            }
+        };
+        let put = TxnOp::put(
+            key,
+            attrs.to_json(),
+            Some(PutOptions::new().with_lease(lease.id())),
+        );
+        let resp = c
+            .txn(Txn::new().when([cmp]).and_then([put]))
+            .await
+            .map_err(self.err("claim transaction"))?;
+        if resp.succeeded() {
+            Ok(Some(lease.id()))
+        } else {
+            // Lost the race: give the unused lease back (best effort; it expires anyway).
+            let _ = c.lease_revoke(lease.id()).await;
+            Ok(None)
+        }
+    }
+
+    /// Remaining TTL of each etcd lease id (None for 0 or unknown), for `vxmeshctl`.
+    pub async fn lease_ttls(&self, ids: impl Iterator<Item = i64>) -> Vec<Option<i64>> {
+        let mut out = Vec::new();
+        let mut c = self.client.clone();
+        for id in ids {
+            let ttl = if id == 0 {
+                None
+            } else {
+                c.lease_time_to_live(id, None)
+                    .await
+                    .ok()
+                    .map(|r| r.ttl())
+                    .filter(|t| *t >= 0)
+            };
+            out.push(ttl);
+        }
+        out
+    }
+
+    /// Keeps `lease_id` alive until it is lost; returns why. Renews every third of
+    /// the TTL (at most every 30 s, at least every second); rides out etcd outages
+    /// shorter than the remaining TTL by reconnecting.
+    pub async fn keep_alive(&self, lease_id: i64, ttl: Duration) -> String {
+        let interval = (ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let mut deadline = tokio::time::Instant::now() + ttl;
+        let mut backoff = Backoff::default();
+        loop {
+            let mut c = self.client.clone();
+            match c.lease_keep_alive(lease_id).await {
+                Ok((mut keeper, mut stream)) => loop {
+                    if let Err(e) = keeper.keep_alive().await {
+                        tracing::warn!(error = %e, "lease keepalive send failed; reconnecting");
+                        break;
+                    }
+                    match tokio::time::timeout(interval, stream.message()).await {
+                        Ok(Ok(Some(resp))) => {
+                            if resp.ttl() <= 0 {
+                                return format!("etcd lease {lease_id:x} expired or was revoked");
+                            }
+                            backoff.reset();
+                            deadline = tokio::time::Instant::now()
+                                + Duration::from_secs(resp.ttl().unsigned_abs());
+                        }
+                        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                            tracing::warn!("lease keepalive stream broke; reconnecting");
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(interval).await;
+                },
+                Err(e) => tracing::warn!(error = %e, "lease keepalive: cannot reach etcd"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return format!("etcd lease {lease_id:x} could not be renewed before it expired");
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// Streams the subnets prefix into `tx` until `tx` is closed: a snapshot, then
+    /// events from its revision + 1; a fresh snapshot after compaction; resumes after
+    /// errors with backoff. `start` resumes from a known revision instead of listing
+    /// first (used after a reconnect, and by tests).
+    pub async fn watch_subnets(
+        &self,
+        start: Option<i64>,
+        tx: mpsc::Sender<WatchEvent>,
+        stats: &WatchStats,
+    ) {
+        let mut next_rev = start;
+        let mut backoff = Backoff::default();
+        let prefix = subnets_prefix(&self.prefix);
+        while !tx.is_closed() {
+            let rev = match next_rev {
+                Some(r) => r,
+                None => match self.list_subnets().await {
+                    Ok(l) => {
+                        let r = l.revision + 1;
+                        if tx.send(WatchEvent::Snapshot(l)).await.is_err() {
+                            return;
+                        }
+                        r
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list subnets; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                },
+            };
+            next_rev = Some(rev);
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev)
+                .with_prev_key();
+            let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start watch; retrying");
+                    stats
+                        .restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            if resp.compact_revision() > 0 {
+                                tracing::warn!(
+                                    from = rev,
+                                    compacted_to = resp.compact_revision(),
+                                    "watch revision was compacted; re-listing subnets"
+                                );
+                                stats
+                                    .compactions
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                next_rev = None;
+                            } else {
+                                tracing::warn!(
+                                    reason = resp.cancel_reason(),
+                                    "watch canceled by etcd; restarting"
+                                );
+                            }
+                            break;
+                        }
+                        backoff.reset();
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            next_rev = Some(kv.mod_revision() + 1);
+                            let msg = match ev.event_type() {
+                                EventType::Put => WatchEvent::Put {
+                                    key,
+                                    value: kv.value().to_vec(),
+                                },
+                                EventType::Delete => WatchEvent::Delete { key },
+                            };
+                            if tx.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("watch stream ended; resuming");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch failed; resuming");
+                        break;
+                    }
+                }
+            }
+            stats
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+/// Watch health counters, exported as metrics.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    pub restarts: std::sync::atomic::AtomicU64,
+    pub compactions: std::sync::atomic::AtomicU64,
+}

@@ -1,0 +1,109 @@
+//! What the agent knows about itself, shared with the HTTP endpoints.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::peers::{Peer, Skip};
+use crate::registry::WatchStats;
+use crate::subnet::Subnet;
+use vxmesh_dataplane::counters::Counters;
+use vxmesh_dataplane::engine::EngineStatus;
+
+/// Facts that change rarely (lease, peers), behind one mutex; never touched by
+/// the hot path.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Info {
+    pub version: &'static str,
+    pub public_ip: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub network: Option<Subnet>,
+    pub subnet: Option<Subnet>,
+    pub lease_id: Option<String>,
+    pub lease_ttl_secs: u64,
+    pub mtu: Option<u32>,
+    pub tap: Option<String>,
+    pub dataplane: &'static str,
+    pub peers: Vec<Peer>,
+    /// The most recent leases that were not usable as peers, and why.
+    pub skipped: Vec<SkippedLease>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SkippedLease {
+    pub key: String,
+    pub why: String,
+}
+
+impl From<Skip> for SkippedLease {
+    fn from(s: Skip) -> Self {
+        SkippedLease {
+            key: s.key,
+            why: s.why,
+        }
+    }
+}
+
+/// Readiness: all three must hold for /readyz to answer 200.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub lease: AtomicBool,
+    pub routes: AtomicBool,
+    pub subnet_env: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.lease.load(Ordering::Relaxed)
+            && self.routes.load(Ordering::Relaxed)
+            && self.subnet_env.load(Ordering::Relaxed)
+    }
+
+    /// What is missing, for the /readyz body.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.lease.load(Ordering::Relaxed) {
+            m.push("subnet lease");
+        }
+        if !self.routes.load(Ordering::Relaxed) {
+            m.push("peer routes");
+        }
+        if !self.subnet_env.load(Ordering::Relaxed) {
+            m.push("subnet file");
+        }
+        m
+    }
+}
+
+/// Everything the HTTP endpoints read.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    pub info: Mutex<Info>,
+    pub ready: Readiness,
+    pub counters: Arc<Counters>,
+    pub engine: Mutex<Option<Arc<EngineStatus>>>,
+    pub watch: Arc<WatchStats>,
+    pub lease_reacquisitions: AtomicU64,
+    pub skipped_leases: AtomicU64,
+    pub route_errors: AtomicU64,
+}
+
+impl AgentState {
+    pub fn info(&self) -> Info {
+        self.info.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Info)) {
+        if let Ok(mut g) = self.info.lock() {
+            f(&mut g);
+        }
+    }
+
+    pub fn engine_status(&self) -> Option<Arc<EngineStatus>> {
+        self.engine.lock().ok().and_then(|g| g.clone())
+    }
+}

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# vxmesh netns lab: a multi-node cluster on one machine, the twin of the Vagrant lab.
+#
+#   scripts/lab.sh up       create the lab, start etcd + vxmeshd, create pods, check it
+#   scripts/lab.sh check    all-pairs cross-node pod ping + a short iperf3, summary table
+#   scripts/lab.sh status   what runs, and how to explore it
+#   scripts/lab.sh down     remove every namespace, process and file the lab made
+#
+# Topology (PREFIX = $VXLAB_PREFIX, default "vxlab"; everything lives in namespaces
+# named after it, so two labs with different prefixes coexist):
+#   ${PREFIX}-sw      the underlay switch: bridge br0
+#   ${PREFIX}-etcd    single-member etcd on 192.168.100.2:2379
+#   ${PREFIX}-n<i>    node i: eth0 = 192.168.100.1<i>/24, vxmeshd, bridge cni0
+#   ${PREFIX}-n<i>-p<j>  pod j of node i: eth0 on cni0, address from the node's subnet
+# Nothing is configured in the root namespace beyond creating these namespaces.
+#
+# Knobs: VXLAB_PREFIX, VXLAB_NODES (3), VXLAB_PODS (2 per node), VXLAB_BIN (directory
+# holding vxmeshd, vxmeshctl, vxmesh; default target/release), VXLAB_STATE (files,
+# default /tmp/vxlab-$PREFIX), VXLAB_IPERF_SECONDS (3), VXLAB_CNI_PATH (reference CNI
+# plugins, default /usr/lib/cni), VXLAB_AGENT_ARGS (extra vxmeshd flags).
+set -euo pipefail
+
+PREFIX=${VXLAB_PREFIX:-vxlab}
+NODES=${VXLAB_NODES:-3}
+PODS=${VXLAB_PODS:-2}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${VXLAB_BIN:-$ROOT/target/release}
+STATE=${VXLAB_STATE:-/tmp/vxlab-$PREFIX}
+IPERF_SECONDS=${VXLAB_IPERF_SECONDS:-3}
+CNI_PATH_REF=${VXLAB_CNI_PATH:-/usr/lib/cni}
+AGENT_ARGS=${VXLAB_AGENT_ARGS:-}
+NETWORK=10.244.0.0/16
+ETCD_IP=192.168.100.2
+ETCD="http://$ETCD_IP:2379"
+SW="$PREFIX-sw"
+ETCD_NS="$PREFIX-etcd"
+
+log() { printf '%s [lab %s] %s\n' "$(date +%H:%M:%S)" "$PREFIX" "$*"; }
+die() { log "ERROR: $*" >&2; exit 1; }
+node() { echo "$PREFIX-n$1"; }
+pod() { echo "$PREFIX-n$1-p$2"; }
+node_ip() { echo "192.168.100.$((10 + $1))"; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+need() {
+  local missing=()
+  for c in ip etcd etcdctl iperf3 ping jq; do command -v "$c" >/dev/null || missing+=("$c"); done
+  for b in vxmeshd vxmeshctl vxmesh; do [ -x "$BIN/$b" ] || missing+=("$BIN/$b"); done
+  for p in bridge host-local; do [ -x "$CNI_PATH_REF/$p" ] || missing+=("$CNI_PATH_REF/$p"); done
+  [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run scripts/install-deps.sh and cargo build --release)"
+  [ "$(id -u)" = 0 ] || die "must run as root (network namespaces)"
+}
+
+etcdctl_lab() { in_ns "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" "$@"; }
+
+# Starts a daemon inside a namespace, detached, with its pid in $STATE/<name>.pid.
+spawn() {
+  local name=$1 ns=$2; shift 2
+  ip netns exec "$ns" setsid "$@" >"$STATE/$name.log" 2>&1 < /dev/null &
+  echo $! >"$STATE/$name.pid"
+}
+
+start_agent() {
+  local i=$1 n; n=$(node "$i")
+  # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
+  spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
+    --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s $AGENT_ARGS
+}
+
+stop_agent() {
+  local i=$1; local pidf="$STATE/vxmeshd-n$i.pid"
+  [ -f "$pidf" ] || return 0
+  local pid; pid=$(cat "$pidf")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidf"
+}
+
+wait_ready() {
+  local i=$1
+  in_ns "$(node "$i")" "$BIN/vxmeshctl" wait-ready --timeout "${2:-60}" >/dev/null \
+    || { tail -n 20 "$STATE/vxmeshd-n$i.log" >&2; die "vxmeshd on $(node "$i") not ready"; }
+}
+
+netconf() {
+  local i=$1
+  cat <<EOF
+{"cniVersion":"1.0.0","name":"vxmesh","type":"vxmesh","subnetFile":"$STATE/n$i/subnet.env","dataDir":"$STATE/n$i/cni","delegate":{"bridge":"cni0","isDefaultGateway":true},"ipam":{"dataDir":"$STATE/n$i/ipam"}}
+EOF
+}
+
+# Runs the CNI plugin for pod j of node i exactly as a runtime would.
+cni() {
+  local cmd=$1 i=$2 j=$3
+  netconf "$i" | CNI_COMMAND=$cmd CNI_CONTAINERID="$PREFIX-n$i-p$j" CNI_NETNS="/run/netns/$(pod "$i" "$j")" \
+    CNI_IFNAME=eth0 CNI_PATH="$BIN:$CNI_PATH_REF" ip netns exec "$(node "$i")" "$BIN/vxmesh"
+}
+
+create_pods() {
+  local i=$1 j out addr
+  for j in $(seq "$PODS"); do
+    ip netns add "$(pod "$i" "$j")"
+    ip -n "$(pod "$i" "$j")" link set lo up
+    out=$(cni ADD "$i" "$j") || die "CNI ADD for $(pod "$i" "$j") failed: $out"
+    addr=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
+    echo "$addr" >"$STATE/n$i/p$j.ip"
+    log "  pod $(pod "$i" "$j"): $addr (CNI ADD via $BIN/vxmesh)"
+  done
+}
+
+cmd_up() {
+  need
+  if ip netns list | grep -q "^$SW\b"; then
+    die "a lab named $PREFIX exists; run '$0 down' first or set VXLAB_PREFIX"
+  fi
+  rm -rf "$STATE"; mkdir -p "$STATE"
+  echo "$NODES" >"$STATE/nodes"; echo "$PODS" >"$STATE/pods"
+  log "creating underlay switch $SW and $NODES nodes"
+  ip netns add "$SW"; ip -n "$SW" link set lo up
+  ip -n "$SW" link add br0 type bridge; ip -n "$SW" link set br0 up
+  ip netns add "$ETCD_NS"; ip -n "$ETCD_NS" link set lo up
+  ip -n "$SW" link add etcd type veth peer name eth0 netns "$ETCD_NS"
+  ip -n "$SW" link set etcd master br0 up
+  ip -n "$ETCD_NS" addr add "$ETCD_IP/24" dev eth0; ip -n "$ETCD_NS" link set eth0 up
+  local i
+  for i in $(seq "$NODES"); do
+    ip netns add "$(node "$i")"; ip -n "$(node "$i")" link set lo up
+    ip -n "$SW" link add "n$i" type veth peer name eth0 netns "$(node "$i")"
+    ip -n "$SW" link set "n$i" master br0 up
+    ip -n "$(node "$i")" addr add "$(node_ip "$i")/24" dev eth0
+    ip -n "$(node "$i")" link set eth0 up
+    mkdir -p "$STATE/n$i"
+  done
+
+  log "starting etcd in $ETCD_NS ($ETCD)"
+  spawn etcd "$ETCD_NS" etcd --name "$PREFIX" --data-dir "$STATE/etcd" \
+    --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster "$PREFIX=http://127.0.0.1:2380"
+  for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
+  etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
+  etcdctl_lab put /coreos.com/network/config "{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}" >/dev/null
+  log "network config: $NETWORK, vxlan"
+
+  for i in $(seq "$NODES"); do start_agent "$i"; done
+  for i in $(seq "$NODES"); do
+    wait_ready "$i"
+    log "node $(node "$i") ready: $(grep FLANNEL_SUBNET "$STATE/n$i/subnet.env")"
+  done
+  log "creating $PODS pods per node through the CNI plugin"
+  for i in $(seq "$NODES"); do create_pods "$i"; done
+  cmd_check
+  cmd_status
+}
+
+cmd_check() {
+  [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"
+  NODES=$(cat "$STATE/nodes"); PODS=$(cat "$STATE/pods")
+  local pass=0 fail=0 i j k l src dst rtt
+  log "all-pairs cross-node pod ping"
+  printf '%-22s %-22s %-15s %s\n' FROM TO ADDRESS RESULT
+  for i in $(seq "$NODES"); do for j in $(seq "$PODS"); do
+    for k in $(seq "$NODES"); do [ "$k" = "$i" ] && continue; for l in $(seq "$PODS"); do
+      src=$(pod "$i" "$j"); dst=$(cat "$STATE/n$k/p$l.ip")
+      if rtt=$(in_ns "$src" ping -c 1 -W 2 "$dst" 2>/dev/null | sed -n 's/.*time=\([0-9.]*\) ms.*/\1 ms/p') && [ -n "$rtt" ]; then
+        printf '%-22s %-22s %-15s ok %s\n' "$src" "$(pod "$k" "$l")" "$dst" "$rtt"; pass=$((pass + 1))
+      else
+        printf '%-22s %-22s %-15s FAIL\n' "$src" "$(pod "$k" "$l")" "$dst"; fail=$((fail + 1))
+      fi
+    done; done
+  done; done
+  local pairs=$((pass + fail)) pairs_ok=$pass gbps="-"
+  if [ "$NODES" -ge 2 ]; then
+    local server client
+    server=$(pod 2 1); client=$(pod 1 1)
+    in_ns "$server" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+    local spid=$!
+    sleep 0.5
+    if out=$(in_ns "$client" iperf3 -c "$(cat "$STATE/n2/p1.ip")" -p 5201 -t "$IPERF_SECONDS" -J 2>/dev/null); then
+      gbps=$(jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | floor / 100' <<<"$out")
+      log "iperf3 $client -> $server: $gbps Gbit/s (TCP, 1 stream, ${IPERF_SECONDS}s)"
+      pass=$((pass + 1))
+    else
+      log "iperf3 $client -> $server FAILED"; fail=$((fail + 1))
+    fi
+    kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
+  fi
+  echo
+  echo "== summary: lab $PREFIX =="
+  printf '%-14s %-18s %-16s %-20s %s\n' NODE UNDERLAY SUBNET VTEP-MAC READY
+  for i in $(seq "$NODES"); do
+    local st; st=$(in_ns "$(node "$i")" "$BIN/vxmeshctl" status --json 2>/dev/null || echo '{}')
+    printf '%-14s %-18s %-16s %-20s %s\n' "$(node "$i")" "$(node_ip "$i")" \
+      "$(jq -r '.node.subnet // "-"' <<<"$st")" "$(jq -r '.node.vtep_mac // "-"' <<<"$st")" "$(jq -r '.ready // false' <<<"$st")"
+  done
+  echo "cross-node pod pairs: $pairs_ok of $pairs reachable; iperf3 $(pod 1 1) -> $(pod 2 1): $gbps Gbit/s"
+  echo "$pass passed, $fail failed"
+  [ "$fail" -eq 0 ]
+}
+
+cmd_status() {
+  cat <<EOF
+
+The lab $PREFIX is running. Explore it:
+  ip netns list | grep $PREFIX
+  ip netns exec $(node 1) $BIN/vxmeshctl status          # this node's lease, VTEP, offloads
+  ip netns exec $(node 1) $BIN/vxmeshctl peers           # routes it follows
+  ip netns exec $(node 1) $BIN/vxmeshctl counters        # packets, drops by reason
+  ip netns exec $(node 1) $BIN/vxmeshctl leases --etcd-endpoints $ETCD
+  ip -n $(node 1) route; ip -n $(node 1) neigh show dev vxmesh0
+  ip netns exec $(pod 1 1) ping $(cat "$STATE/n2/p1.ip" 2>/dev/null || echo '<pod ip>')
+  ip netns exec $ETCD_NS etcdctl --endpoints $ETCD get --prefix /coreos.com/network/subnets
+  logs: $STATE/*.log
+Tear it down: $0 down   (VXLAB_PREFIX=$PREFIX)
+EOF
+}
+
+cmd_down() {
+  local ns pid
+  log "tearing down"
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-(sw|etcd|n[0-9]+(-p[0-9]+)?)$" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.5
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-(sw|etcd|n[0-9]+(-p[0-9]+)?)$" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns"
+  done
+  rm -rf "$STATE"
+  log "done: no namespace, process or file of lab $PREFIX is left"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  check) cmd_check ;;
+  status) cmd_status ;;
+  down) cmd_down ;;
+  restart-agent) need; stop_agent "${2:?node number}"; start_agent "$2"; wait_ready "$2" ;;
+  stop-agent) stop_agent "${2:?node number}" ;;
+  start-agent) need; start_agent "${2:?node number}"; wait_ready "$2" ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N|stop-agent N|start-agent N" >&2; exit 2 ;;
+esac
