@@ -3,9 +3,10 @@
 //! out back to back as one UDP_SEGMENT (GSO) `sendmsg` wants them.
 //!
 //! What it does, per virtio-net `gso_type` (virtio spec 1.2 §5.1.6.2):
-//! - `GSO_NONE`: copies the frame; with `F_NEEDS_CSUM` it completes the L4 checksum
-//!   the way Linux `skb_checksum_help` does (sum from `csum_start` to the end, store
-//!   the complement at `csum_start + csum_offset`, a zero result is sent as `0xffff`).
+//! - `GSO_NONE`: copies the frame (at least an Ethernet header); with `F_NEEDS_CSUM`
+//!   it completes the L4 checksum the way Linux `skb_checksum_help` does (sum from
+//!   `csum_start` to the end, store the complement at `csum_start + csum_offset`, a
+//!   zero result is sent as `0xffff`).
 //! - `GSO_TCPV4`, `GSO_TCPV6` (with or without `GSO_ECN`): what Linux
 //!   `tcp_gso_segment` does: per segment the IP length, the IPv4 id (first + i) and
 //!   header checksum, the TCP sequence number, FIN/PSH on the last segment only, CWR on
@@ -142,6 +143,11 @@ fn copy_one(
     prefix: &[u8],
     out: &mut [u8],
 ) -> Result<Segments, OffloadError> {
+    if frame.len() < Layout::ETH_LEN {
+        // Not even an Ethernet header (and a zero-length datagram cannot be sent
+        // with UDP_SEGMENT).
+        return Err(OffloadError::Truncated);
+    }
     let p = prefix.len();
     let len = p + frame.len();
     let field = if vh.needs_csum() {
@@ -614,6 +620,11 @@ mod tests {
             err(&bad, &icmp),
             OffloadError::BadChecksumOffsets { .. }
         ));
+        // Shorter than an Ethernet header.
+        assert_eq!(
+            err(&VirtioNetHdr::NONE, &icmp[..13]),
+            OffloadError::Truncated
+        );
     }
 
     #[test]
