@@ -168,37 +168,12 @@ async fn lease_task(
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
     loop {
-        let now = Instant::now();
-        match machine.poll(now) {
-            LeaseAction::List => {
-                let ev = match reg.list_subnets().await {
-                    Ok(l) => LeaseEvent::Listed(l.existing_leases()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot list subnets");
-                        LeaseEvent::RegistryError
-                    }
-                };
-                machine.handle(ev, Instant::now());
-            }
-            LeaseAction::Claim(c) => {
-                let ev = match reg.claim(&c, &attrs, ttl).await {
-                    Ok(Some(lease_id)) => LeaseEvent::Claimed { lease_id },
-                    Ok(None) => {
-                        tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
-                        LeaseEvent::RaceLost
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim a subnet");
-                        LeaseEvent::RegistryError
-                    }
-                };
-                machine.handle(ev, Instant::now());
-            }
-            LeaseAction::Acquired {
+        match step(&reg, &mut machine, &attrs, ttl).await {
+            Some(LeaseAction::Acquired {
                 subnet,
                 lease_id,
                 changed_from,
-            } => {
+            }) => {
                 match changed_from {
                     Some(old) => tracing::error!(
                         old = %old, new = %subnet,
@@ -222,11 +197,11 @@ async fn lease_task(
                 }));
                 let _ = held_tx.send(Some(Held { subnet, lease_id }));
             }
-            LeaseAction::Exhausted(e) => {
+            Some(LeaseAction::Exhausted(e)) => {
                 tracing::error!("{e}");
                 state.update(|i| i.last_error = Some(e.to_string()));
             }
-            LeaseAction::Wait { until } => {
+            Some(LeaseAction::Wait { until }) => {
                 let d = until.saturating_duration_since(Instant::now());
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
@@ -234,13 +209,77 @@ async fn lease_task(
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
                 }
             }
-            LeaseAction::Idle => {
+            Some(LeaseAction::Idle) => {
                 tokio::select! {
                     Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx),
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
                     else => return,
                 }
             }
+            // List and Claim were carried out by `step`.
+            Some(LeaseAction::List | LeaseAction::Claim(_)) | None => {}
+        }
+    }
+}
+
+/// Polls the machine once and carries out registry actions (List, Claim) itself,
+/// reporting their outcome; other actions are returned for the caller (`None` when
+/// a registry action was performed).
+pub async fn step(
+    reg: &Registry,
+    machine: &mut LeaseMachine,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Option<LeaseAction> {
+    match machine.poll(Instant::now()) {
+        LeaseAction::List => {
+            let ev = match reg.list_subnets().await {
+                Ok(l) => LeaseEvent::Listed(l.existing_leases()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list subnets");
+                    LeaseEvent::RegistryError
+                }
+            };
+            machine.handle(ev, Instant::now());
+            None
+        }
+        LeaseAction::Claim(c) => {
+            let ev = match reg.claim(&c, attrs, ttl).await {
+                Ok(Some(lease_id)) => LeaseEvent::Claimed { lease_id },
+                Ok(None) => {
+                    tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
+                    LeaseEvent::RaceLost
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a subnet");
+                    LeaseEvent::RegistryError
+                }
+            };
+            machine.handle(ev, Instant::now());
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// Drives a fresh machine until it holds a lease or finds the pool full (used by
+/// tests and tools; the agent keeps driving it for the node's lifetime).
+pub async fn acquire(
+    reg: &Registry,
+    machine: &mut LeaseMachine,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Result<Held, crate::allocator::NoFreeSubnet> {
+    loop {
+        match step(reg, machine, attrs, ttl).await {
+            Some(LeaseAction::Acquired {
+                subnet, lease_id, ..
+            }) => return Ok(Held { subnet, lease_id }),
+            Some(LeaseAction::Exhausted(e)) => return Err(e),
+            Some(LeaseAction::Wait { until }) => {
+                tokio::time::sleep(until.saturating_duration_since(Instant::now())).await
+            }
+            Some(LeaseAction::Idle | LeaseAction::List | LeaseAction::Claim(_)) | None => {}
         }
     }
 }

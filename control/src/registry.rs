@@ -289,6 +289,12 @@ impl Registry {
                 },
                 Err(e) => tracing::warn!(error = %e, "lease keepalive: cannot reach etcd"),
             }
+            // etcd is reachable but the stream broke: ask whether the lease still exists.
+            if let Ok(r) = self.client.clone().lease_time_to_live(lease_id, None).await {
+                if r.ttl() <= 0 {
+                    return format!("etcd lease {lease_id:x} expired or was revoked");
+                }
+            }
             if tokio::time::Instant::now() >= deadline {
                 return format!("etcd lease {lease_id:x} could not be renewed before it expired");
             }

@@ -1,0 +1,404 @@
+//! Privileged end to end: the netns lab (scripts/lab.sh) with a real etcd, three
+//! vxmeshd agents and pods made by the vxmesh CNI plugin over the reference bridge
+//! and host-local plugins. Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
+//!
+//! Checks: all-pairs cross-node pod ping and iperf3 (the lab's own check); flannel's
+//! exact key/value format in etcd; forged VXLAN from a non-peer and with a wrong VNI
+//! counted and not delivered; a deleted peer lease removes the route on the others
+//! (and its owner re-acquires the same subnet); an agent restart keeps its subnet and
+//! traffic resumes; teardown leaves nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vxmesh_control::lease::LeaseAttrs;
+
+fn privileged(test: &str) -> bool {
+    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        true
+    } else {
+        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
+        false
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("VXMESH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_BIN_EXE_vxmeshd"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        });
+    for b in ["vxmeshd", "vxmeshctl", "vxmesh"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} missing: build all binaries first (cargo build --workspace --bins) or set VXMESH_BIN_DIR",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+struct Lab {
+    prefix: String,
+    script: PathBuf,
+    bin: PathBuf,
+    state: PathBuf,
+}
+
+impl Lab {
+    fn cmd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(&self.script)
+            .args(args)
+            .env("VXLAB_PREFIX", &self.prefix)
+            .env("VXLAB_BIN", &self.bin)
+            .env("VXLAB_STATE", &self.state)
+            .env("VXLAB_IPERF_SECONDS", "2")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ns(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns)])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns exec {} {args:?}: {}",
+            self.ns(ns),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self, node: &str) -> Value {
+        let ctl = self.bin.join("vxmeshctl");
+        serde_json::from_str(&self.exec(node, &[ctl.to_str().unwrap(), "status", "--json"]))
+            .unwrap()
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> String {
+        let mut a = vec![
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            "http://192.168.100.2:2379",
+        ];
+        a.extend_from_slice(args);
+        self.exec("etcd", &a)
+    }
+
+    fn pod_ip(&self, node: u32, pod: u32) -> String {
+        std::fs::read_to_string(self.state.join(format!("n{node}/p{pod}.ip")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn routes(&self, node: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(node), "route"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let (ok, out) = self.cmd(&["down"]);
+        if !ok {
+            eprintln!("lab down failed: {out}");
+        }
+    }
+}
+
+/// Waits up to `limit` for `f`, returning how long it took.
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Sends one UDP datagram from inside network namespace `ns` (a thread that
+/// setns-es there: the socket belongs to that namespace).
+fn send_from_ns(ns: &str, dst: &str, payload: Vec<u8>) {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let dst = dst.to_string();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this thread only; `file` is an open netns fd.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(&payload, &dst).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// A VXLAN datagram carrying an ICMP echo request to `dst_ip` behind `dst_mac`.
+fn forged(vni: u32, dst_mac: &str, dst_ip: &str) -> Vec<u8> {
+    let mut b: Vec<u8> = vec![0x08, 0, 0, 0];
+    b.extend_from_slice(&(vni << 8).to_be_bytes());
+    let mac: Vec<u8> = dst_mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    b.extend_from_slice(&mac);
+    b.extend_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 1, 0x08, 0x00]);
+    let dst: std::net::Ipv4Addr = dst_ip.parse().unwrap();
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 244, 0, 99];
+    ip.extend_from_slice(&dst.octets());
+    let sum = !fold(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let s = !fold(&icmp);
+    icmp[2..4].copy_from_slice(&s.to_be_bytes());
+    b.extend_from_slice(&ip);
+    b.extend_from_slice(&icmp);
+    b
+}
+
+fn fold(d: &[u8]) -> u16 {
+    let mut s: u32 = d
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn drops(st: &Value, reason: &str) -> u64 {
+    st["drops"][reason].as_u64().unwrap()
+}
+
+#[test]
+fn three_node_cluster_end_to_end() {
+    if !privileged("three_node_cluster_end_to_end") {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let prefix = format!("vxe{}", std::process::id() % 100_000);
+    let lab = Lab {
+        state: std::env::temp_dir().join(format!("vxlab-{prefix}")),
+        prefix,
+        script: root.join("scripts/lab.sh"),
+        bin: bin_dir(),
+    };
+
+    // 1. Bring up the cluster: all-pairs pod ping + iperf3 are the lab's own check.
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    assert!(
+        out.contains("cross-node pod pairs: 24 of 24 reachable"),
+        "{out}"
+    );
+    assert!(out.contains("25 passed, 0 failed"), "{out}");
+
+    // 2. The registry holds flannel's exact format.
+    let kv = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
+    let lines: Vec<&str> = kv.lines().collect();
+    assert_eq!(lines.len(), 6, "3 keys + 3 values: {kv}");
+    for pair in lines.chunks(2) {
+        assert!(
+            vxmesh_control::lease::parse_lease_key(pair[0]).is_some(),
+            "{}",
+            pair[0]
+        );
+        let a = LeaseAttrs::parse(pair[1].as_bytes()).unwrap();
+        assert_eq!(a.to_json(), pair[1], "byte-identical to flannel's encoding");
+    }
+
+    // 3. Forged VXLAN: from a non-peer address, and with a wrong VNI from a peer.
+    let n1 = lab.status("n1");
+    let n1_mac = n1["node"]["vtep_mac"].as_str().unwrap().to_string();
+    let pod = lab.pod_ip(1, 1);
+    let before = n1["counters"]["frames_delivered"].as_u64().unwrap();
+    let rogue = lab.ns("rogue");
+    assert!(Command::new("ip")
+        .args(["netns", "add", &rogue])
+        .status()
+        .unwrap()
+        .success());
+    let sw = lab.ns("sw");
+    for args in [
+        vec![
+            "-n",
+            sw.as_str(),
+            "link",
+            "add",
+            "rogue",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            rogue.as_str(),
+        ],
+        vec![
+            "-n",
+            sw.as_str(),
+            "link",
+            "set",
+            "rogue",
+            "master",
+            "br0",
+            "up",
+        ],
+        vec![
+            "-n",
+            rogue.as_str(),
+            "addr",
+            "add",
+            "192.168.100.99/24",
+            "dev",
+            "eth0",
+        ],
+        vec!["-n", rogue.as_str(), "link", "set", "eth0", "up"],
+    ] {
+        assert!(
+            Command::new("ip").args(&args).status().unwrap().success(),
+            "{args:?}"
+        );
+    }
+    send_from_ns(&rogue, "192.168.100.11:8472", forged(1, &n1_mac, &pod));
+    send_from_ns(
+        &lab.ns("n2"),
+        "192.168.100.11:8472",
+        forged(2, &n1_mac, &pod),
+    );
+    let counted = wait_for(Duration::from_secs(5), || {
+        let s = lab.status("n1");
+        drops(&s, "unknown_source") >= 1 && drops(&s, "wrong_vni") >= 1
+    });
+    let n1 = lab.status("n1");
+    assert!(
+        counted.is_some(),
+        "forged packets not counted: {}",
+        n1["drops"]
+    );
+    assert_eq!(drops(&n1, "unknown_source"), 1);
+    assert_eq!(drops(&n1, "wrong_vni"), 1);
+    assert_eq!(
+        n1["counters"]["frames_delivered"].as_u64().unwrap(),
+        before,
+        "nothing forged was delivered"
+    );
+    let _ = Command::new("ip").args(["netns", "del", &rogue]).status();
+
+    // 4. A stopped agent keeps its lease: the others keep its route.
+    let n3_subnet = lab.status("n3")["node"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n3_key = format!(
+        "/coreos.com/network/subnets/{}",
+        n3_subnet.replace('/', "-")
+    );
+    let gone = |node: &str| !lab.routes(node).contains(&n3_subnet);
+    let (ok, out) = lab.cmd(&["stop-agent", "3"]);
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !gone("n1") && !gone("n2"),
+        "a stopped agent's lease must survive until its TTL"
+    );
+
+    // 5. Deleting its lease removes the route on the other nodes.
+    lab.etcdctl(&["del", &n3_key]);
+    let took = wait_for(Duration::from_secs(5), || gone("n1") && gone("n2"));
+    println!("routes to {n3_subnet} removed {took:?} after the lease was deleted");
+    assert!(
+        took.is_some(),
+        "route to {n3_subnet} still present:\n{}",
+        lab.routes("n1")
+    );
+
+    // 6. The agent comes back to the same subnet (its subnet file remembers it).
+    let (ok, out) = lab.cmd(&["start-agent", "3"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        lab.status("n3")["node"]["subnet"].as_str().unwrap(),
+        n3_subnet
+    );
+    assert!(wait_for(Duration::from_secs(5), || !gone("n1") && !gone("n2")).is_some());
+
+    // 7. A running agent whose key is deleted re-acquires it at once, same subnet.
+    lab.etcdctl(&["del", &n3_key]);
+    let again = wait_for(Duration::from_secs(10), || {
+        lab.status("n3")["lease_reacquisitions"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert!(again.is_some(), "n3 did not re-acquire its lease");
+    assert_eq!(
+        lab.status("n3")["node"]["subnet"].as_str().unwrap(),
+        n3_subnet
+    );
+    assert!(wait_for(Duration::from_secs(5), || !gone("n1") && !gone("n2")).is_some());
+
+    // 8. Restarting an agent keeps its subnet; traffic resumes.
+    let n2_subnet = lab.status("n2")["node"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out) = lab.cmd(&["restart-agent", "2"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        lab.status("n2")["node"]["subnet"].as_str().unwrap(),
+        n2_subnet
+    );
+    let (ok, out) = lab.cmd(&["check"]);
+    println!("{out}");
+    assert!(ok && out.contains("24 of 24 reachable"), "{out}");
+
+    // 9. Teardown leaves nothing behind.
+    let prefix = lab.prefix.clone();
+    let state = lab.state.clone();
+    drop(lab);
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(&prefix), "namespaces left: {left}");
+    assert!(!state.exists(), "state dir left");
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("vxlab-{prefix}")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+}

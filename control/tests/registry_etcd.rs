@@ -1,0 +1,284 @@
+//! The registry against a real etcd (started by the test on loopback):
+//! racing allocators, restart, lost leases, compaction, config errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{etcd_available, Etcd};
+use tokio::sync::mpsc;
+use vxmesh_control::agent::acquire;
+use vxmesh_control::config::ConfigError;
+use vxmesh_control::lease::LeaseAttrs;
+use vxmesh_control::lease_machine::LeaseMachine;
+use vxmesh_control::registry::{Registry, RegistryError, WatchEvent, WatchStats};
+use vxmesh_control::subnet::Subnet;
+
+const PREFIX: &str = "/coreos.com/network";
+const TTL: Duration = Duration::from_secs(30);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn node(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 56, i)
+}
+
+fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
+    LeaseAttrs::vxlan(ip, 1, vxmesh_control::vtep_mac::derive(ip, 1))
+}
+
+#[test]
+fn twenty_allocators_race_for_fifteen_subnets() {
+    if !etcd_available("twenty_allocators_race_for_fifteen_subnets") {
+        return;
+    }
+    let etcd = Etcd::start();
+    // /24 cut into /28s: 16 subnets, the first is never handed out → a pool of 15.
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.5.0.0/24","SubnetLen":28,"Backend":{"Type":"vxlan"}}"#,
+    );
+    rt().block_on(async {
+        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+            .await
+            .unwrap();
+        let cfg = reg.network_config().await.unwrap();
+        assert_eq!(cfg.pool_size(), 15);
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let reg = reg.clone();
+            let cfg = cfg.clone();
+            // Same seed everywhere: every allocator tries the same candidates in the
+            // same order, the worst case for races.
+            tasks.push(tokio::spawn(async move {
+                let mut m = LeaseMachine::new(cfg, node(10 + i), None, 7);
+                acquire(&reg, &mut m, &attrs(node(10 + i)), TTL).await
+            }));
+        }
+        let mut won = Vec::new();
+        let mut lost = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(h) => won.push(h.subnet),
+                Err(e) => lost.push(e),
+            }
+        }
+        assert_eq!(won.len(), 15, "every subnet of the pool is handed out");
+        assert_eq!(
+            won.iter().collect::<HashSet<_>>().len(),
+            15,
+            "no duplicate subnet: {won:?}"
+        );
+        assert_eq!(lost.len(), 5);
+        for e in &lost {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("no free subnet in Network 10.5.0.0/24"),
+                "{msg}"
+            );
+            assert_eq!(e.leased, 15);
+        }
+        let listing = reg.list_subnets().await.unwrap();
+        assert_eq!(listing.entries.len(), 15);
+        for e in &listing.entries {
+            // flannel's exact value format
+            let a = LeaseAttrs::parse(&e.value).unwrap();
+            assert_eq!(a.to_json().as_bytes(), &e.value[..]);
+            assert_ne!(e.lease, 0, "every lease key carries an etcd lease");
+        }
+    });
+}
+
+#[test]
+fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
+    if !etcd_available("restart_reclaims_the_same_subnet") {
+        return;
+    }
+    let etcd = Etcd::start();
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16"}"#,
+    );
+    rt().block_on(async {
+        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+            .await
+            .unwrap();
+        let cfg = reg.network_config().await.unwrap();
+        let me = node(11);
+        let first = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, None, 1),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        // Restart: a new agent, same PublicIP, old lease still alive → same subnet.
+        let again = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, None, 999),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.subnet, first.subnet);
+        assert_ne!(
+            again.lease_id, first.lease_id,
+            "the key moved to the new etcd lease"
+        );
+
+        // The key expires while the node is away; the subnet file remembers it.
+        etcd.ctl(&[
+            "del",
+            &format!("{PREFIX}/subnets/{}", first.subnet.key_form()),
+        ])
+        .unwrap();
+        let back = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, Some(first.subnet), 5),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!(back.subnet, first.subnet);
+
+        // keep_alive notices a revoked lease.
+        etcd.ctl(&["lease", "revoke", &format!("{:x}", back.lease_id)])
+            .unwrap();
+        let why = tokio::time::timeout(
+            Duration::from_secs(30),
+            reg.keep_alive(back.lease_id, Duration::from_secs(6)),
+        )
+        .await
+        .expect("keepalive must report the loss");
+        assert!(why.contains("expired or was revoked"), "{why}");
+    });
+}
+
+#[test]
+fn compacted_watch_relists_and_resumes() {
+    if !etcd_available("compacted_watch_relists_and_resumes") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let key = |s: &str| format!("{PREFIX}/subnets/{s}");
+    let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
+    etcd.put(&key("10.244.1.0-24"), &value("192.168.56.1"));
+    rt().block_on(async {
+        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+            .await
+            .unwrap();
+        let stale = reg.list_subnets().await.unwrap().revision;
+        etcd.put(&key("10.244.2.0-24"), &value("192.168.56.2"));
+        etcd.put(&key("10.244.3.0-24"), &value("192.168.56.3"));
+        etcd.ctl(&["del", &key("10.244.1.0-24")]).unwrap();
+        let now = reg.list_subnets().await.unwrap().revision;
+        etcd.ctl(&["compact", &now.to_string()]).unwrap();
+
+        // Resume from before the compaction, as after a long disconnect.
+        let (tx, mut rx) = mpsc::channel(16);
+        let stats = Arc::new(WatchStats::default());
+        let st = Arc::clone(&stats);
+        let r = reg.clone();
+        let w = tokio::spawn(async move { r.watch_subnets(Some(stale + 1), tx, &st).await });
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let WatchEvent::Snapshot(l) = first else {
+            panic!("expected a fresh listing, got {first:?}")
+        };
+        let keys: Vec<_> = l.entries.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, vec![key("10.244.2.0-24"), key("10.244.3.0-24")]);
+        assert_eq!(
+            stats.compactions.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // ...and keeps following from the listing's revision.
+        etcd.put(&key("10.244.4.0-24"), &value("192.168.56.4"));
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ev,
+            WatchEvent::Put {
+                key: key("10.244.4.0-24"),
+                value: value("192.168.56.4").into_bytes()
+            }
+        );
+        etcd.ctl(&["del", &key("10.244.2.0-24")]).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ev,
+            WatchEvent::Delete {
+                key: key("10.244.2.0-24")
+            }
+        );
+        drop(rx);
+        w.abort();
+    });
+}
+
+#[test]
+fn missing_or_bad_config_is_a_clear_error() {
+    if !etcd_available("missing_or_bad_config_is_a_clear_error") {
+        return;
+    }
+    let etcd = Etcd::start();
+    rt().block_on(async {
+        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+            .await
+            .unwrap();
+        let e = reg.network_config().await.unwrap_err();
+        assert!(matches!(
+            e,
+            RegistryError::Config(ConfigError::Missing { .. })
+        ));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/coreos.com/network/config") && msg.contains("etcdctl put"),
+            "{msg}"
+        );
+        etcd.put(
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#,
+        );
+        let msg = reg.network_config().await.unwrap_err().to_string();
+        assert!(msg.contains("SubnetLen"), "{msg}");
+    });
+    // An unreachable etcd names the endpoint.
+    rt().block_on(async {
+        let r = Registry::connect(&["http://127.0.0.1:1".to_string()], PREFIX).await;
+        let msg = match r {
+            Err(e) => e.to_string(),
+            Ok(reg) => reg.network_config().await.unwrap_err().to_string(),
+        };
+        assert!(msg.contains("http://127.0.0.1:1"), "{msg}");
+    });
+}
+
+#[test]
+fn subnet_keys_parse_back() {
+    let s: Subnet = "10.244.7.0/24".parse().unwrap();
+    assert_eq!(
+        vxmesh_control::lease::parse_lease_key(&vxmesh_control::lease::lease_key(PREFIX, &s)),
+        Some(s)
+    );
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what vxmesh's demo and tests need on Debian 12 / Ubuntu 22.04+ (as root).
+# Idempotent: packages already present are left alone; apt runs only if one is missing.
+set -euo pipefail
+
+PACKAGES=(
+  etcd-server etcd-client          # the registry (etcd v3 API)
+  iproute2 iputils-ping iptables   # namespaces, links, routes; ping; masquerade rules
+  iperf3 jq tcpdump                # throughput checks, JSON, captures
+  protobuf-compiler                # etcd-client's build needs protoc
+  containernetworking-plugins      # reference CNI plugins: bridge, host-local, portmap
+  podman runc busybox-static       # a real container runtime for the CNI tests
+  shellcheck python3 python3-matplotlib  # script lint; benchmark charts
+  build-essential pkg-config       # C toolchain for -sys crates
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: run as root (apt-get)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts etcd.service from the package on systems with systemd; the lab and
+# tests run their own etcd on other addresses, so a system etcd does not interfere.
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: no Rust toolchain: install it from https://rustup.rs (rustup, stable), then re-run" >&2
+  exit 1
+fi
+modprobe tun 2>/dev/null || true
+[ -c /dev/net/tun ] || { echo "install-deps: /dev/net/tun missing (kernel tun module)" >&2; exit 1; }
+echo "install-deps: ok ($(etcd --version | head -1), $(iperf3 --version | head -1), CNI plugins in /usr/lib/cni)"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command (what .ci/run runs): installs what the tests need, then runs
+# lint, the unit and property tests, the etcd integration tests (each starts its
+# own etcd on loopback), and the privileged end-to-end tests in network namespaces
+# (root), then the Vagrant checks and, where it can run, the real Vagrant lab.
+#
+# Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+declare -a RESULTS=()
+pass=0; fail=0
+stage() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo; echo "=== $name ==="
+  if "$@"; then
+    RESULTS+=("PASS  $name ($((SECONDS - t0))s)"); pass=$((pass + 1))
+  else
+    RESULTS+=("FAIL  $name ($((SECONDS - t0))s)"); fail=$((fail + 1))
+  fi
+}
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: run as root: the end-to-end tests create network namespaces, TAP devices and containers" >&2
+  exit 1
+fi
+./scripts/install-deps.sh || exit 1
+export VXMESH_PRIVILEGED_TESTS=1 VXMESH_REQUIRE_ETCD=1 CARGO_TERM_COLOR=never
+
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+stage "shellcheck" shellcheck scripts/*.sh .ci/run
+stage "build release binaries" cargo build --release --workspace --bins
+export VXMESH_BIN_DIR=$PWD/target/release
+stage "cargo test (unit, property, etcd, netns e2e, CNI, podman)" cargo test --workspace --no-fail-fast
+if [ -x vagrant/check.sh ]; then
+  stage "vagrant validate, shellcheck, systemd-analyze" vagrant/check.sh
+fi
+if [ -x vagrant/e2e.sh ] && [ "${VXMESH_SKIP_VAGRANT:-0}" != 1 ]; then
+  stage "vagrant lab (real VMs)" vagrant/e2e.sh
+fi
+
+echo; echo "=== summary ==="
+printf '%s\n' "${RESULTS[@]}"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
