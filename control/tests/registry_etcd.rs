@@ -49,7 +49,7 @@ fn twenty_allocators_race_for_fifteen_subnets() {
         r#"{"Network":"10.5.0.0/24","SubnetLen":28,"Backend":{"Type":"vxlan"}}"#,
     );
     rt().block_on(async {
-        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
             .await
             .unwrap();
         let cfg = reg.network_config().await.unwrap();
@@ -110,7 +110,7 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
         r#"{"Network":"10.244.0.0/16"}"#,
     );
     rt().block_on(async {
-        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
             .await
             .unwrap();
         let cfg = reg.network_config().await.unwrap();
@@ -177,7 +177,7 @@ fn compacted_watch_relists_and_resumes() {
     let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
     etcd.put(&key("10.244.1.0-24"), &value("192.168.56.1"));
     rt().block_on(async {
-        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
             .await
             .unwrap();
         let stale = reg.list_subnets().await.unwrap().revision;
@@ -243,7 +243,7 @@ fn missing_or_bad_config_is_a_clear_error() {
     }
     let etcd = Etcd::start();
     rt().block_on(async {
-        let reg = Registry::connect(&[etcd.endpoint.clone()], PREFIX)
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
             .await
             .unwrap();
         let e = reg.network_config().await.unwrap_err();
