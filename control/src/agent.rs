@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,16 +23,15 @@ use tokio::task::JoinHandle;
 use crate::config::NetworkConfig;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
-use crate::netlink::{write_sysctl, LinkInfo, Netlink};
+use crate::netlink::{LinkInfo, Netlink};
+use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::peers::{PeerChange, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
-use vxmesh_dataplane::engine::{Engine, EngineConfig};
-use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
+use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
-use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
 use vxmesh_dataplane::wire::MacAddr;
 
 /// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -53,6 +52,7 @@ pub struct AgentOptions {
     pub tx_sockets: usize,
     pub tap_queues: usize,
     pub offloads: bool,
+    pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
 }
@@ -293,110 +293,28 @@ fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<He
     let _ = held_tx.send(None);
 }
 
-/// The dataplane and the device it runs on.
-struct Dataplane {
-    engine: Engine,
-    tap_index: u32,
-    table: SharedTable,
-    local: LocalVtep,
-}
-
-impl Dataplane {
-    fn publish(&self, peers: &PeerTable) {
-        self.table.store(ForwardingTable::new(
-            self.local,
-            peers.peers().map(|p| p.to_vtep()),
-        ));
-    }
-}
-
-async fn start_dataplane(
+/// Applies peer changes through the dataplane; `false` if any failed.
+async fn program(
     nl: &Netlink,
-    opts: &AgentOptions,
-    underlay: &Underlay,
-    local: LocalVtep,
-    mtu: u32,
-    state: &Arc<AgentState>,
-) -> anyhow::Result<Dataplane> {
-    let taps = Tap::open(
-        &opts.tap_name,
-        TapOptions {
-            vnet_hdr: opts.offloads,
-            uso: opts.offloads,
-            queues: opts.tap_queues.max(1),
-        },
-    )
-    .with_context(|| format!("creating TAP device {}", opts.tap_name))?;
-    let link = nl
-        .link_by_name(opts.tap_name.as_str())
-        .await?
-        .with_context(|| format!("TAP {} vanished right after creation", opts.tap_name))?;
-    // IPv6 on the TAP would only emit router solicitations the overlay drops.
-    let _ = write_sysctl(
-        &format!("net/ipv6/conf/{}/disable_ipv6", opts.tap_name),
-        "1",
-    );
-    nl.configure_link(link.index, local.vtep_mac, mtu).await?;
-    write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    let udp_tx = UdpTx::open(underlay.public_ip, opts.tx_sockets.max(1), 4 << 20)
-        .context("opening the VXLAN send sockets")?;
-    let udp_rx = UdpRx::open(
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local.port),
-        8 << 20,
-        opts.offloads,
-    )
-    .context("opening the VXLAN receive socket")?;
-    let table = SharedTable::new(ForwardingTable::new(local, []));
-    let engine = Engine::start(EngineConfig {
-        tap: taps,
-        udp_tx,
-        udp_rx,
-        table: table.clone(),
-        counters: Arc::clone(&state.counters),
-    })
-    .context("starting dataplane threads")?;
-    let st = engine.status();
-    tracing::info!(
-        tap = %opts.tap_name,
-        tap_offloads = %st.tap.describe(),
-        udp_gso = st.udp_gso.load(Ordering::Relaxed),
-        udp_gro = st.udp_gro,
-        tx_source_ports = ?st.tx_source_ports,
-        "userspace dataplane running"
-    );
-    if !st.tap.tso() {
-        tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
-    }
-    if let Ok(mut g) = state.engine.lock() {
-        *g = Some(Arc::clone(st));
-    }
-    Ok(Dataplane {
-        engine,
-        tap_index: link.index,
-        table,
-        local,
-    })
-}
-
-/// Applies peer changes to the kernel (routes, neighbours); `Ok(false)` if any failed.
-async fn program(nl: &Netlink, tap: u32, changes: &[PeerChange], state: &AgentState) -> bool {
+    dp: &NodeDataplane,
+    changes: &[PeerChange],
+    state: &AgentState,
+) -> bool {
     let mut ok = true;
     for c in changes {
         let r = match c {
             PeerChange::Added(p) => {
                 tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, vtep_mac = %p.vtep_mac, "peer added");
-                add_peer(nl, tap, p).await
+                dp.add_peer(nl, p).await
             }
             PeerChange::Updated { old, new } => {
                 tracing::info!(subnet = %new.subnet, public_ip = %new.public_ip, vtep_mac = %new.vtep_mac,
                     old_public_ip = %old.public_ip, old_vtep_mac = %old.vtep_mac, "peer changed");
-                add_peer(nl, tap, new).await
+                dp.update_peer(nl, old, new).await
             }
             PeerChange::Removed(p) => {
                 tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, "peer removed");
-                let a = nl.delete_peer_route(&p.subnet, tap).await;
-                let b = nl.delete_neighbour(tap, p.vtep_ip()).await;
-                a.and(b)
+                dp.remove_peer(nl, p).await
             }
         };
         if let Err(e) = r {
@@ -407,16 +325,6 @@ async fn program(nl: &Netlink, tap: u32, changes: &[PeerChange], state: &AgentSt
         }
     }
     ok
-}
-
-/// Neighbour first, then the route: the kernel must never need to ARP.
-async fn add_peer(
-    nl: &Netlink,
-    tap: u32,
-    p: &crate::peers::Peer,
-) -> Result<(), crate::netlink::NetlinkError> {
-    nl.replace_neighbour(tap, p.vtep_ip(), p.vtep_mac).await?;
-    nl.replace_peer_route(&p.subnet, tap).await
 }
 
 fn record_skips(skips: Vec<Skip>, state: &AgentState) {
@@ -447,7 +355,7 @@ pub async fn run(
     let mut stop = Box::pin(shutdown);
     state.update(|i| {
         i.version = env!("CARGO_PKG_VERSION");
-        i.dataplane = "userspace";
+        i.dataplane = opts.dataplane.as_str();
         i.lease_ttl_secs = opts.lease_ttl.as_secs();
         i.tap = Some(opts.tap_name.to_string());
     });
@@ -513,7 +421,17 @@ pub async fn run(
         vni,
         port: cfg.backend.port,
     };
-    let dp = start_dataplane(&nl, &opts, &underlay, local, mtu, &state).await?;
+    let setup = DataplaneSetup {
+        local,
+        mtu,
+        public_ip: underlay.public_ip,
+        underlay_index: underlay.link.index,
+        device_name: opts.tap_name.clone(),
+        offloads: opts.offloads,
+        tx_sockets: opts.tx_sockets,
+        tap_queues: opts.tap_queues,
+    };
+    let dp = NodeDataplane::start(opts.dataplane, &nl, &setup, &state).await?;
     let env_for = |subnet: Subnet| SubnetEnv {
         network: cfg.network,
         subnet,
@@ -529,8 +447,7 @@ pub async fn run(
         }
     };
     let mut own = first;
-    nl.set_only_address(dp.tap_index, own.subnet.addr(), 32)
-        .await?;
+    dp.set_subnet(&nl, &own.subnet).await?;
     masq(own.subnet, &state);
     env_for(own.subnet)
         .write_atomic(&opts.subnet_file)
@@ -587,7 +504,7 @@ pub async fn run(
                 };
                 record_skips(skips, &state);
                 dp.publish(&peers);
-                let ok = program(&nl, dp.tap_index, &changes, &state).await;
+                let ok = program(&nl, &dp, &changes, &state).await;
                 if !synced || !changes.is_empty() {
                     synced = true;
                     state.ready.routes.store(ok, Ordering::Relaxed);
@@ -604,12 +521,12 @@ pub async fn run(
                     }
                     Some(h) => {
                         if h.subnet != own.subnet {
-                            nl.set_only_address(dp.tap_index, h.subnet.addr(), 32).await?;
+                            dp.set_subnet(&nl, &h.subnet).await?;
                             masq(h.subnet, &state);
                             env_for(h.subnet).write_atomic(&opts.subnet_file)?;
                             let changes = peers.set_own(Some(h.subnet));
                             dp.publish(&peers);
-                            program(&nl, dp.tap_index, &changes, &state).await;
+                            program(&nl, &dp, &changes, &state).await;
                         }
                         own = h;
                         state.ready.lease.store(true, Ordering::Relaxed);
@@ -621,15 +538,12 @@ pub async fn run(
                 }
             }
             _ = reconcile.tick() => {
-                let all: Vec<PeerChange> = peers.peers().copied().map(PeerChange::Added).collect();
                 let mut ok = true;
-                for c in &all {
-                    if let PeerChange::Added(p) = c {
-                        if let Err(e) = add_peer(&nl, dp.tap_index, p).await {
-                            ok = false;
-                            state.route_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
-                        }
+                for p in peers.peers() {
+                    if let Err(e) = dp.add_peer(&nl, p).await {
+                        ok = false;
+                        state.route_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
                     }
                 }
                 if synced {
@@ -639,14 +553,12 @@ pub async fn run(
         }
     }
 
-    tracing::info!("stopping: removing routes and the TAP; the lease is kept for a restart");
+    tracing::info!(
+        "stopping: removing routes, neighbours and the device; the lease is kept for a restart"
+    );
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
     lease.abort();
-    for p in peers.peers() {
-        let _ = nl.delete_peer_route(&p.subnet, dp.tap_index).await;
-        let _ = nl.delete_neighbour(dp.tap_index, p.vtep_ip()).await;
-    }
-    dp.engine.stop();
+    dp.stop(&nl, &peers).await;
     Ok(())
 }

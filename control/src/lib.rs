@@ -16,6 +16,7 @@ pub mod lease;
 pub mod lease_machine;
 pub mod masq;
 pub mod netlink;
+pub mod node_dataplane;
 pub mod peers;
 pub mod registry;
 pub mod state;

@@ -75,6 +75,15 @@ struct Flags {
     /// pods); writes FLANNEL_IPMASQ=true so CNI bridges do not NAT as well.
     #[arg(long, env = "VXMESHD_IP_MASQ", default_value_t = true, action = clap::ArgAction::Set)]
     ip_masq: bool,
+    /// Which dataplane carries pod traffic: vxmesh's userspace VXLAN, or the kernel's
+    /// vxlan driver programmed like flannel's vxlan backend.
+    #[arg(
+        long,
+        env = "VXMESHD_DATAPLANE",
+        value_enum,
+        default_value = "userspace"
+    )]
+    dataplane: vxmesh_control::node_dataplane::DataplaneKind,
     /// Disable TAP/UDP offloads (debugging; much slower).
     #[arg(long, env = "VXMESHD_NO_OFFLOADS")]
     no_offloads: bool,
@@ -172,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             tap_queues: f.tap_queues,
             offloads: !f.no_offloads,
             ip_masq: f.ip_masq,
+            dataplane: f.dataplane,
         };
         let r = agent::run(opts, state, shutdown_signal()).await;
         let _ = stop_tx.send(true);
