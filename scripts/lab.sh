@@ -18,6 +18,9 @@
 # holding vxmeshd, vxmeshctl, vxmesh; default target/release), VXLAB_STATE (files,
 # default /tmp/vxlab-$PREFIX), VXLAB_IPERF_SECONDS (3), VXLAB_CNI_PATH (reference CNI
 # plugins, default /usr/lib/cni), VXLAB_AGENT_ARGS (extra vxmeshd flags).
+#
+# The steps this lab shares with the Vagrant lab (network config, pods through the CNI plugin,
+# the ping table, iperf3, the summary) live in scripts/lib/cluster.sh.
 set -euo pipefail
 
 PREFIX=${VXLAB_PREFIX:-vxlab}
@@ -29,6 +32,8 @@ STATE=${VXLAB_STATE:-/tmp/vxlab-$PREFIX}
 IPERF_SECONDS=${VXLAB_IPERF_SECONDS:-3}
 CNI_PATH_REF=${VXLAB_CNI_PATH:-/usr/lib/cni}
 AGENT_ARGS=${VXLAB_AGENT_ARGS:-}
+# shellcheck source-path=SCRIPTDIR source=lib/cluster.sh
+. "$ROOT/scripts/lib/cluster.sh"
 NETWORK=10.244.0.0/16
 ETCD_IP=192.168.100.2
 ETCD="http://$ETCD_IP:2379"
@@ -84,26 +89,16 @@ wait_ready() {
 }
 
 netconf() {
-  local i=$1
-  cat <<EOF
-{"cniVersion":"1.0.0","name":"vxmesh","type":"vxmesh","subnetFile":"$STATE/n$i/subnet.env","dataDir":"$STATE/n$i/cni","delegate":{"bridge":"cni0","isDefaultGateway":true},"ipam":{"dataDir":"$STATE/n$i/ipam"}}
-EOF
+  cluster_netconf "$STATE/n$1/subnet.env" "$STATE/n$1/cni" "$STATE/n$1/ipam"
 }
 
-# Runs the CNI plugin for pod j of node i exactly as a runtime would.
-cni() {
-  local cmd=$1 i=$2 j=$3
-  netconf "$i" | CNI_COMMAND=$cmd CNI_CONTAINERID="$PREFIX-n$i-p$j" CNI_NETNS="/run/netns/$(pod "$i" "$j")" \
-    CNI_IFNAME=eth0 CNI_PATH="$BIN:$CNI_PATH_REF" ip netns exec "$(node "$i")" "$BIN/vxmesh"
-}
-
+# Creates pod j of node i (netns ${PREFIX}-n<i>-p<j>) through the CNI plugin, run inside the
+# node's namespace exactly as a runtime there would run it.
 create_pods() {
-  local i=$1 j out addr
+  local i=$1 j addr
   for j in $(seq "$PODS"); do
-    ip netns add "$(pod "$i" "$j")"
-    ip -n "$(pod "$i" "$j")" link set lo up
-    out=$(cni ADD "$i" "$j") || die "CNI ADD for $(pod "$i" "$j") failed: $out"
-    addr=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
+    addr=$(cluster_pod_add "$(pod "$i" "$j")" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$(netconf "$i")" \
+      ip netns exec "$(node "$i")") || die "CNI ADD for $(pod "$i" "$j") failed"
     echo "$addr" >"$STATE/n$i/p$j.ip"
     log "  pod $(pod "$i" "$j"): $addr (CNI ADD via $BIN/vxmesh)"
   done
@@ -140,7 +135,7 @@ cmd_up() {
     --initial-cluster "$PREFIX=http://127.0.0.1:2380"
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
-  etcdctl_lab put /coreos.com/network/config "{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"vxlan\"}}" >/dev/null
+  cluster_put_network_config "$NETWORK" etcdctl_lab
   log "network config: $NETWORK, vxlan"
 
   for i in $(seq "$NODES"); do start_agent "$i"; done
@@ -154,22 +149,24 @@ cmd_up() {
   cmd_status
 }
 
+# The pods file of scripts/lib/cluster.sh: "NODE POD ADDRESS" per pod.
+pods_file() {
+  local i j
+  for i in $(seq "$NODES"); do for j in $(seq "$PODS"); do
+    echo "$i $(pod "$i" "$j") $(cat "$STATE/n$i/p$j.ip")"
+  done; done >"$STATE/pods.list"
+  echo "$STATE/pods.list"
+}
+
 cmd_check() {
   [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"
   NODES=$(cat "$STATE/nodes"); PODS=$(cat "$STATE/pods")
-  local pass=0 fail=0 i j k l src dst rtt
+  local pass=0 fail=0 i pods
+  pods=$(pods_file)
   log "all-pairs cross-node pod ping"
-  printf '%-22s %-22s %-15s %s\n' FROM TO ADDRESS RESULT
-  for i in $(seq "$NODES"); do for j in $(seq "$PODS"); do
-    for k in $(seq "$NODES"); do [ "$k" = "$i" ] && continue; for l in $(seq "$PODS"); do
-      src=$(pod "$i" "$j"); dst=$(cat "$STATE/n$k/p$l.ip")
-      if rtt=$(in_ns "$src" ping -c 1 -W 2 "$dst" 2>/dev/null | sed -n 's/.*time=\([0-9.]*\) ms.*/\1 ms/p') && [ -n "$rtt" ]; then
-        printf '%-22s %-22s %-15s ok %s\n' "$src" "$(pod "$k" "$l")" "$dst" "$rtt"; pass=$((pass + 1))
-      else
-        printf '%-22s %-22s %-15s FAIL\n' "$src" "$(pod "$k" "$l")" "$dst"; fail=$((fail + 1))
-      fi
-    done; done
-  done; done
+  cluster_ping_header
+  cluster_ping_pairs "$pods"
+  pass=$CLUSTER_PASS; fail=$CLUSTER_FAIL
   local pairs=$((pass + fail)) pairs_ok=$pass gbps="-"
   if [ "$NODES" -ge 2 ]; then
     local server client
@@ -177,25 +174,24 @@ cmd_check() {
     in_ns "$server" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
     local spid=$!
     sleep 0.5
-    if out=$(in_ns "$client" iperf3 -c "$(cat "$STATE/n2/p1.ip")" -p 5201 -t "$IPERF_SECONDS" -J 2>/dev/null); then
-      gbps=$(jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | floor / 100' <<<"$out")
+    if gbps=$(cluster_iperf "$client" "$(cat "$STATE/n2/p1.ip")" "$IPERF_SECONDS"); then
       log "iperf3 $client -> $server: $gbps Gbit/s (TCP, 1 stream, ${IPERF_SECONDS}s)"
       pass=$((pass + 1))
     else
+      gbps="-"
       log "iperf3 $client -> $server FAILED"; fail=$((fail + 1))
     fi
     kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
   fi
   echo
   echo "== summary: lab $PREFIX =="
-  printf '%-14s %-18s %-16s %-20s %s\n' NODE UNDERLAY SUBNET VTEP-MAC READY
+  cluster_summary_header
   for i in $(seq "$NODES"); do
     local st; st=$(in_ns "$(node "$i")" "$BIN/vxmeshctl" status --json 2>/dev/null || echo '{}')
-    printf '%-14s %-18s %-16s %-20s %s\n' "$(node "$i")" "$(node_ip "$i")" \
-      "$(jq -r '.node.subnet // "-"' <<<"$st")" "$(jq -r '.node.vtep_mac // "-"' <<<"$st")" "$(jq -r '.ready // false' <<<"$st")"
+    cluster_summary_row "$(node "$i")" "$(node_ip "$i")" "$st"
   done
   echo "cross-node pod pairs: $pairs_ok of $pairs reachable; iperf3 $(pod 1 1) -> $(pod 2 1): $gbps Gbit/s"
-  echo "$pass passed, $fail failed"
+  cluster_result_line "$pass" "$fail"
   [ "$fail" -eq 0 ]
 }
 
