@@ -2,7 +2,8 @@
 //! vxmeshd agents and pods made by the vxmesh CNI plugin over the reference bridge
 //! and host-local plugins. Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
 //!
-//! Checks: all-pairs cross-node pod ping and iperf3 (the lab's own check); flannel's
+//! Checks: all-pairs cross-node pod ping and iperf3 (the lab's own check); path MTU
+//! (largest DF ping passes, one byte more fails); flannel's
 //! exact key/value format in etcd; forged VXLAN from a non-peer and with a wrong VNI
 //! counted and not delivered; a deleted peer lease removes the route on the others
 //! (and its owner re-acquires the same subnet); an agent restart keeps its subnet and
@@ -225,7 +226,21 @@ fn three_node_cluster_end_to_end() {
     );
     assert!(out.contains("25 passed, 0 failed"), "{out}");
 
-    // 2. The registry holds flannel's exact format.
+    // 2. Path MTU: pods get underlay MTU - 50; the largest DF ping passes through the
+    //    overlay, one byte more fails cleanly at the sender.
+    let far = lab.pod_ip(2, 1);
+    let mtu: usize = lab.status("n1")["node"]["mtu"].as_u64().unwrap() as usize;
+    assert_eq!(mtu, 1450);
+    let largest = (mtu - 28).to_string();
+    let too_big = (mtu - 27).to_string();
+    lab.exec("n1-p1", &["ping", "-M", "do", "-c", "2", "-W", "2", "-s", &largest, &far]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n1-p1"), "ping", "-M", "do", "-c", "1", "-W", "2", "-s", &too_big, &far])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a {too_big}-byte DF ping must not pass an MTU of {mtu}");
+
+    // 3. The registry holds flannel's exact format.
     let kv = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
     let lines: Vec<&str> = kv.lines().collect();
     assert_eq!(lines.len(), 6, "3 keys + 3 values: {kv}");
@@ -239,7 +254,7 @@ fn three_node_cluster_end_to_end() {
         assert_eq!(a.to_json(), pair[1], "byte-identical to flannel's encoding");
     }
 
-    // 3. Forged VXLAN: from a non-peer address, and with a wrong VNI from a peer.
+    // 4. Forged VXLAN: from a non-peer address, and with a wrong VNI from a peer.
     let n1 = lab.status("n1");
     let n1_mac = n1["node"]["vtep_mac"].as_str().unwrap().to_string();
     let pod = lab.pod_ip(1, 1);
@@ -317,7 +332,7 @@ fn three_node_cluster_end_to_end() {
     );
     let _ = Command::new("ip").args(["netns", "del", &rogue]).status();
 
-    // 4. A stopped agent keeps its lease: the others keep its route.
+    // 5. A stopped agent keeps its lease: the others keep its route.
     let n3_subnet = lab.status("n3")["node"]["subnet"]
         .as_str()
         .unwrap()
@@ -335,7 +350,7 @@ fn three_node_cluster_end_to_end() {
         "a stopped agent's lease must survive until its TTL"
     );
 
-    // 5. Deleting its lease removes the route on the other nodes.
+    // 6. Deleting its lease removes the route on the other nodes.
     lab.etcdctl(&["del", &n3_key]);
     let took = wait_for(Duration::from_secs(5), || gone("n1") && gone("n2"));
     println!("routes to {n3_subnet} removed {took:?} after the lease was deleted");
@@ -345,7 +360,7 @@ fn three_node_cluster_end_to_end() {
         lab.routes("n1")
     );
 
-    // 6. The agent comes back to the same subnet (its subnet file remembers it).
+    // 7. The agent comes back to the same subnet (its subnet file remembers it).
     let (ok, out) = lab.cmd(&["start-agent", "3"]);
     assert!(ok, "{out}");
     assert_eq!(
@@ -354,7 +369,7 @@ fn three_node_cluster_end_to_end() {
     );
     assert!(wait_for(Duration::from_secs(5), || !gone("n1") && !gone("n2")).is_some());
 
-    // 7. A running agent whose key is deleted re-acquires it at once, same subnet.
+    // 8. A running agent whose key is deleted re-acquires it at once, same subnet.
     lab.etcdctl(&["del", &n3_key]);
     let again = wait_for(Duration::from_secs(10), || {
         lab.status("n3")["lease_reacquisitions"]
@@ -369,7 +384,7 @@ fn three_node_cluster_end_to_end() {
     );
     assert!(wait_for(Duration::from_secs(5), || !gone("n1") && !gone("n2")).is_some());
 
-    // 8. Restarting an agent keeps its subnet; traffic resumes.
+    // 9. Restarting an agent keeps its subnet; traffic resumes.
     let n2_subnet = lab.status("n2")["node"]["subnet"]
         .as_str()
         .unwrap()
@@ -384,7 +399,7 @@ fn three_node_cluster_end_to_end() {
     println!("{out}");
     assert!(ok && out.contains("24 of 24 reachable"), "{out}");
 
-    // 9. Teardown leaves nothing behind.
+    // 10. Teardown leaves nothing behind.
     let prefix = lab.prefix.clone();
     let state = lab.state.clone();
     drop(lab);
