@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Install vxmesh on a real (or virtual) Linux machine with systemd. The Vagrant lab provisions
+# its VMs with exactly this script; scripts/uninstall-node.sh reverses it.
+#
+#   sudo scripts/install-node.sh --role node --etcd-endpoints http://192.168.56.10:2379 --iface eth1
+#   sudo scripts/install-node.sh --role etcd --etcd-ip 192.168.56.10
+#
+# Role node:  vxmeshd + vxmeshctl -> /usr/local/bin, the CNI plugin vxmesh -> the CNI bin dir
+#             (/usr/lib/cni on Debian/Ubuntu, else /opt/cni/bin), /etc/vxmesh/vxmeshd.env (the
+#             agent's VXMESHD_* flags), /etc/systemd/system/vxmeshd.service (enabled, started:
+#             the start returns once the agent is ready), /etc/cni/net.d/10-vxmesh.conflist.
+#             Needs the reference CNI plugins (bridge, host-local, portmap) and iptables.
+# Role etcd:  a single-member etcd from the distribution's etcd.service (Debian: etcd-server)
+#             with the drop-in packaging/systemd/etcd.service.d/10-vxmesh.conf and
+#             /etc/vxmesh/etcd.env: clients on --etcd-ip:2379 and 127.0.0.1:2379, data in
+#             /var/lib/etcd/vxmesh; then writes the flannel network config if there is none.
+# --role node,etcd does both (etcd first).
+#
+# Packages: whatever is missing is installed with apt-get when apt-get exists and --offline
+# is not given; otherwise the script stops and lists what is missing. Everything installed
+# (files, packages, the previous state of etcd.service) is recorded in
+# /var/lib/vxmesh/install-manifest for the uninstaller.
+#
+# Options:
+#   --role ROLES            node (default), etcd, or node,etcd
+#   --bin-dir DIR           holds vxmeshd, vxmeshctl, vxmesh (default: <repo>/target/release)
+#   --etcd-endpoints URLS   node: VXMESHD_ETCD_ENDPOINTS (default http://127.0.0.1:2379)
+#   --iface IFACE           node: VXMESHD_IFACE, the underlay interface name or address
+#                           (default: none, the agent uses the default route's interface)
+#   --env KEY=VALUE         node: one more line for vxmeshd.env (repeatable), e.g.
+#                           --env VXMESHD_SUBNET_LEASE_TTL=30m
+#   --cni-bin-dir DIR       where the CNI plugin goes (default: see above)
+#   --etcd-ip IP            etcd: the private address clients use (default: loopback only)
+#   --network CIDR          etcd: flannel Network written when no config exists (10.244.0.0/16)
+#   --no-network-config     etcd: do not write the network config
+#   --no-start              install and enable nothing, start nothing (no systemctl at all)
+#   --offline               never run apt-get
+#   --root DIR              install into DIR instead of / (a staging tree for tests and
+#                           packaging): no apt-get, no systemctl, no etcd
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SRC=$(cd "$HERE/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/cluster.sh
+. "$HERE/lib/cluster.sh"
+
+ROLES=node
+BIN=$SRC/target/release
+ETCD_ENDPOINTS=http://127.0.0.1:2379
+IFACE=
+EXTRA_ENV=()
+CNI_BIN=
+ETCD_IP=
+NETWORK=$CLUSTER_NETWORK
+NETWORK_CONFIG=1
+START=1
+OFFLINE=0
+DEST=
+
+log() { printf '[install-node] %s\n' "$*"; }
+die() { printf '[install-node] ERROR: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --role) ROLES=${2:?}; shift ;;
+    --bin-dir) BIN=${2:?}; shift ;;
+    --etcd-endpoints) ETCD_ENDPOINTS=${2:?}; shift ;;
+    --iface) IFACE=${2:?}; shift ;;
+    --env) [[ ${2:?} == *=* ]] || die "--env wants KEY=VALUE, got '$2'"; EXTRA_ENV+=("$2"); shift ;;
+    --cni-bin-dir) CNI_BIN=${2:?}; shift ;;
+    --etcd-ip) ETCD_IP=${2:?}; shift ;;
+    --network) NETWORK=${2:?}; shift ;;
+    --no-network-config) NETWORK_CONFIG=0 ;;
+    --no-start) START=0 ;;
+    --offline) OFFLINE=1 ;;
+    --root) DEST=$(cd "${2:?}" && pwd); shift ;;
+    -h|--help) usage ;;
+    *) echo "unknown option: $1" >&2; usage ;;
+  esac
+  shift
+done
+
+role_node=0; role_etcd=0
+IFS=, read -ra _roles <<<"$ROLES"
+for r in "${_roles[@]}"; do
+  case $r in node) role_node=1 ;; etcd) role_etcd=1 ;; *) die "unknown role '$r' (node, etcd)" ;; esac
+done
+[ -n "$DEST" ] && { OFFLINE=1; START=0; }
+[ -n "$DEST" ] || [ "$(id -u)" = 0 ] || die "must run as root"
+
+# The CNI bin dir runtimes look in: Debian's containernetworking-plugins and podman use
+# /usr/lib/cni; the upstream layout (containerd, CRI-O, kubelet) is /opt/cni/bin.
+if [ -z "$CNI_BIN" ]; then
+  if [ -f /etc/debian_version ]; then CNI_BIN=/usr/lib/cni; else CNI_BIN=/opt/cni/bin; fi
+fi
+
+MANIFEST=/var/lib/vxmesh/install-manifest
+ENV_FILE=/etc/vxmesh/vxmeshd.env
+ETCD_ENV=/etc/vxmesh/etcd.env
+UNIT=/etc/systemd/system/vxmeshd.service
+ETCD_DROPIN=/etc/systemd/system/etcd.service.d/10-vxmesh.conf
+CONFLIST=/etc/cni/net.d/10-vxmesh.conflist
+ETCD_DATA=/var/lib/etcd/vxmesh
+installed=()
+
+# put SRC DST MODE: install one file under $DEST and remember it for the uninstaller.
+put() {
+  install -D -m "$3" "$1" "$DEST$2"
+  installed+=("$2")
+}
+
+# ---- packages ----------------------------------------------------------------------------
+apt_pkgs=()
+if [ "$role_node" = 1 ]; then
+  for p in bridge host-local portmap; do
+    [ -x "$CNI_BIN/$p" ] || [ -n "$DEST" ] || apt_pkgs+=(containernetworking-plugins)
+  done
+  for c in iptables iptables-restore ip; do
+    command -v "$c" >/dev/null || [ -n "$DEST" ] || apt_pkgs+=("$( [ "$c" = ip ] && echo iproute2 || echo iptables)")
+  done
+fi
+if [ "$role_etcd" = 1 ] && [ -z "$DEST" ]; then
+  command -v etcd >/dev/null || apt_pkgs+=(etcd-server)
+  command -v etcdctl >/dev/null || apt_pkgs+=(etcd-client)
+fi
+mapfile -t apt_pkgs < <(printf '%s\n' "${apt_pkgs[@]}" | sort -u | sed '/^$/d')
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  if [ "$OFFLINE" = 1 ] || ! command -v apt-get >/dev/null; then
+    die "missing packages: ${apt_pkgs[*]} (offline: put them in the image; Debian: apt-get install ${apt_pkgs[*]})"
+  fi
+  log "apt-get install ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+
+# ---- etcd --------------------------------------------------------------------------------
+etcd_was=
+if [ "$role_etcd" = 1 ]; then
+  if [ -z "$DEST" ]; then
+    systemctl cat etcd.service >/dev/null 2>&1 ||
+      die "no etcd.service unit: install the distribution's etcd (Debian: etcd-server)"
+    # how the uninstaller leaves etcd.service: as it was before us
+    etcd_was="$(systemctl is-enabled etcd.service 2>/dev/null || true) $(systemctl is-active etcd.service 2>/dev/null || true)"
+  fi
+  clients=http://127.0.0.1:2379; advertise=http://127.0.0.1:2379
+  if [ -n "$ETCD_IP" ]; then clients="http://$ETCD_IP:2379,$clients"; advertise="http://$ETCD_IP:2379"; fi
+  tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
+  cat >"$tmp" <<EOF
+# written by scripts/install-node.sh --role etcd (read through etcd.service.d/10-vxmesh.conf)
+ETCD_NAME=vxmesh
+ETCD_DATA_DIR=$ETCD_DATA
+ETCD_LISTEN_CLIENT_URLS=$clients
+ETCD_ADVERTISE_CLIENT_URLS=$advertise
+ETCD_LISTEN_PEER_URLS=http://127.0.0.1:2380
+ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:2380
+ETCD_INITIAL_CLUSTER=vxmesh=http://127.0.0.1:2380
+ETCD_INITIAL_CLUSTER_STATE=new
+EOF
+  put "$tmp" "$ETCD_ENV" 0644
+  put "$SRC/packaging/systemd/etcd.service.d/10-vxmesh.conf" "$ETCD_DROPIN" 0644
+  log "etcd: clients on $clients, data in $ETCD_DATA"
+fi
+
+# ---- node --------------------------------------------------------------------------------
+if [ "$role_node" = 1 ]; then
+  for b in vxmeshd vxmeshctl vxmesh; do
+    [ -x "$BIN/$b" ] || die "$BIN/$b missing: build with 'cargo build --release' (or pass --bin-dir)"
+  done
+  # A binary linked against a newer glibc than this machine's fails here, not in systemd.
+  "$BIN/vxmeshd" --version >/dev/null 2>&1 ||
+    die "$BIN/vxmeshd does not run here: $("$BIN/vxmeshd" --version 2>&1 | head -n 2) (build on a system with the same or an older glibc, e.g. Debian 12)"
+  put "$BIN/vxmeshd" /usr/local/bin/vxmeshd 0755
+  put "$BIN/vxmeshctl" /usr/local/bin/vxmeshctl 0755
+  put "$BIN/vxmesh" "$CNI_BIN/vxmesh" 0755
+  tmp2=$(mktemp); trap 'rm -f "${tmp:-}" "$tmp2"' EXIT
+  {
+    echo "# vxmeshd flags as environment variables (see vxmeshd --help); written by install-node.sh"
+    echo "VXMESHD_ETCD_ENDPOINTS=$ETCD_ENDPOINTS"
+    [ -z "$IFACE" ] || echo "VXMESHD_IFACE=$IFACE"
+    for kv in "${EXTRA_ENV[@]}"; do echo "$kv"; done
+  } >"$tmp2"
+  put "$tmp2" "$ENV_FILE" 0644
+  put "$SRC/packaging/systemd/vxmeshd.service" "$UNIT" 0644
+  put "$SRC/cni-shim/examples/10-vxmesh.conflist" "$CONFLIST" 0644
+  log "node: $(sed -n 's/^VXMESHD_/VXMESHD_/p' "$tmp2" | tr '\n' ' ')CNI plugin in $CNI_BIN"
+fi
+
+# ---- manifest ----------------------------------------------------------------------------
+# Lines accumulate over re-installs: the uninstaller takes the union of roles, files and
+# packages, and the FIRST etcd-before (the state before vxmesh ever touched etcd.service).
+mkdir -p "$DEST${MANIFEST%/*}"
+{
+  echo "# vxmesh install manifest: read by scripts/uninstall-node.sh"
+  grep -v '^#' "$DEST$MANIFEST" 2>/dev/null || true
+  for r in "${_roles[@]}"; do echo "role $r"; done
+  echo "cni-bin-dir $CNI_BIN"
+  [ -z "$etcd_was" ] || echo "etcd-before $etcd_was"
+  [ ${#apt_pkgs[@]} -eq 0 ] || echo "apt-installed ${apt_pkgs[*]}"
+  for f in "${installed[@]}"; do echo "file $f"; done
+} | awk '!seen[$0]++' >"$DEST$MANIFEST.new"
+mv "$DEST$MANIFEST.new" "$DEST$MANIFEST"
+
+[ "$START" = 1 ] || { log "installed (not started)"; exit 0; }
+
+# ---- start -------------------------------------------------------------------------------
+systemctl daemon-reload
+if [ "$role_etcd" = 1 ]; then
+  systemctl enable etcd.service >/dev/null 2>&1
+  systemctl restart etcd.service
+  for _ in $(seq 60); do etcdctl --endpoints http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 && break; sleep 1; done
+  etcdctl --endpoints http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 ||
+    die "etcd is not healthy after 60 s (journalctl -u etcd)"
+  log "etcd healthy"
+  if [ "$NETWORK_CONFIG" = 1 ]; then
+    if [ -n "$(etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only "$CLUSTER_ETCD_PREFIX/config")" ]; then
+      log "network config exists, left as is: $(etcdctl --endpoints http://127.0.0.1:2379 get --print-value-only "$CLUSTER_ETCD_PREFIX/config")"
+    else
+      cluster_put_network_config "$NETWORK" etcdctl --endpoints http://127.0.0.1:2379
+      log "network config written: $(cluster_network_config "$NETWORK")"
+    fi
+  fi
+fi
+if [ "$role_node" = 1 ]; then
+  systemctl enable vxmeshd.service >/dev/null 2>&1
+  # restart, not start: a re-install must run the new binary. Returns when the agent is ready.
+  if ! systemctl restart vxmeshd.service; then
+    journalctl -u vxmeshd --no-pager -n 20 >&2 || true
+    die "vxmeshd did not become ready (systemctl status vxmeshd; journalctl -u vxmeshd)"
+  fi
+  log "vxmeshd ready: $(grep -h '^FLANNEL_SUBNET' /run/flannel/subnet.env 2>/dev/null || echo '?')"
+fi
