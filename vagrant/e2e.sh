@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# End-to-end test of the Vagrant lab, offline and isolated (CI): real VMs (libvirt + QEMU TCG)
+# installed with scripts/install-node.sh and driven through systemd.
+#
+#   sudo vagrant/e2e.sh
+#
+# 1. ../shared/tools/vagrant-box: install-deps.sh (skipped when everything is there),
+#    build-box.sh with the packages vxmesh needs (skipped when that box exists), lab-netns-up.sh
+#    (libvirtd in a network namespace with no path out)
+# 2. `vagrant up` of this folder's Vagrantfile with VXMESH_OFFLINE=1: etcd VM + 2 node VMs
+#    (binaries: this tree's target/release, stripped copies)
+# 3. pods on every node through the CNI plugin, all-pairs cross-node pod ping, a short iperf3
+#    node1 -> node2, `systemctl restart vxmeshd` on node2 (new PID, same subnet, pings again),
+#    SIGKILL of node2's agent (systemd brings it back), uninstall-node.sh on the last node
+#    (nothing left)
+# 4. summary, timings; the EXIT trap destroys the VMs and stops libvirtd; last line
+#    "N passed, N failed"
+#
+# Exit status: 0 all passed; 1 something failed; 77 this machine cannot run the lab at all
+# (not root, no shared vagrant-box tools, packages or box cannot be installed/built, another
+# libvirtd owns the socket, no /dev/net/tun in the VMs): the line "VAGRANT LAB CANNOT RUN
+# HERE: <why>" says which.
+#
+# Knobs: VXMESH_E2E_NODES (2), VXMESH_E2E_ETCD_ON_NODE (0: etcd VM; 1: etcd on node1, one VM
+# less), VXMESH_E2E_PODS (2 per node), VXMESH_E2E_IPERF_SECONDS (3), VXMESH_E2E_KILL (1),
+# VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
+# VXMESH_E2E_KEEP=0 ... see docs/vagrant.md), VXMESH_E2E_REBUILD_BOX=1, VXMESH_BIN_DIR (default
+# <repo>/target/release), VXMESH_VGLAB_TOOLS (default <repo>/../shared/tools/vagrant-box),
+# VGLAB_DIR / VGLAB_NS (see the tools' README).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib/cluster.sh
+. "$ROOT/scripts/lib/cluster.sh"
+
+TOOLS=${VXMESH_VGLAB_TOOLS:-$ROOT/../shared/tools/vagrant-box}
+NODES=${VXMESH_E2E_NODES:-2}
+PODS=${VXMESH_E2E_PODS:-2}
+IPERF_SECONDS=${VXMESH_E2E_IPERF_SECONDS:-3}
+KILL=${VXMESH_E2E_KILL:-1}
+UNINSTALL=${VXMESH_E2E_UNINSTALL:-1}
+KEEP=${VXMESH_E2E_KEEP:-0}
+SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
+BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,jq
+export VGLAB_DIR=${VGLAB_DIR:-/var/tmp/vglab}
+export VGLAB_NS=${VGLAB_NS:-vglab}
+export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=${VXMESH_E2E_ETCD_ON_NODE:-0}
+G=/opt/vxmesh/src/vagrant/guest.sh
+CANNOT_RUN=77
+
+t0=$(date +%s)
+pass=0; fail=0; cannot_run=""; vms_up=0; netns_up=0; WORK=""
+timings=(); checks=(); summary_rows=(); note=()
+
+stamp() { echo "[e2e +$(( $(date +%s) - t0 ))s] $*"; }
+check() {  # check NAME STATUS [DETAIL]
+  if [ "$2" = 0 ]; then pass=$((pass + 1)); checks+=("PASS  $1${3:+  ($3)}"); stamp "PASS $1${3:+ ($3)}"
+  else fail=$((fail + 1)); checks+=("FAIL  $1${3:+  ($3)}"); stamp "FAIL $1${3:+ ($3)}"; fi
+}
+phase_t=$t0
+phase() {  # phase NAME: closes the timing of the phase that ran since the last call
+  local now; now=$(date +%s); timings+=("$(printf '%-28s %4ss' "$1" $((now - phase_t)))"); phase_t=$now
+}
+cannot() { cannot_run=$*; echo "VAGRANT LAB CANNOT RUN HERE: $*" >&2; exit "$CANNOT_RUN"; }
+vg() { (cd "$HERE" && "$TOOLS/vglab" vagrant "$@"); }
+vssh() { local vm=$1; shift; "$TOOLS/vglab" ssh -F "$WORK/ssh_config" -o LogLevel=ERROR "$vm" "$@"; }
+# vagrant's progress bars (\r, ESC[K) are noise in a log
+indent() { sed -u 's/^/    /'; }
+declutter() { sed -u 's/\x1b\[K/\n/g; s/\r/\n/g' | grep --line-buffered -v -e '^Progress' -e '^$'; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "$KEEP" = 1 ] && [ "$vms_up" = 1 ]; then
+    stamp "VXMESH_E2E_KEEP=1: VMs left running. Explore, then tear down with:"
+    echo "    cd $HERE && export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=$VXMESH_ETCD_ON_NODE VXMESH_BIN_DIR=$WORK/bin VAGRANT_DOTFILE_PATH=$VAGRANT_DOTFILE_PATH"
+    echo "    $TOOLS/vglab vagrant ssh node1     # ... then:"
+    echo "    $TOOLS/vglab vagrant destroy -f && $TOOLS/lab-netns-down.sh && rm -rf $WORK"
+  else
+    if [ "$vms_up" = 1 ]; then
+      stamp "vagrant destroy -f"
+      vg destroy -f 2>&1 | declutter | indent
+      phase "vagrant destroy"
+    fi
+    if [ "$netns_up" = 1 ]; then
+      "$TOOLS/lab-netns-down.sh" 2>&1 | indent
+      phase "lab-netns-down.sh"
+    fi
+    [ -z "$WORK" ] || rm -rf "$WORK"
+  fi
+  local total=$(( $(date +%s) - t0 ))
+  echo
+  echo "== vagrant e2e: $NODES node VMs + $( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo "etcd on node1" || echo "etcd VM"), offline, QEMU TCG =="
+  if [ ${#summary_rows[@]} -gt 0 ]; then
+    cluster_summary_header
+    printf '%s\n' "${summary_rows[@]}"
+  fi
+  [ ${#note[@]} -eq 0 ] || printf '%s\n' "${note[@]}"
+  echo "-- checks --"
+  [ ${#checks[@]} -eq 0 ] || printf '%s\n' "${checks[@]}"
+  echo "-- timings --"
+  [ ${#timings[@]} -eq 0 ] || printf '%s\n' "${timings[@]}"
+  printf '%-28s %4ss\n' total "$total"
+  [ -z "$cannot_run" ] || echo "VAGRANT LAB CANNOT RUN HERE: $cannot_run"
+  cluster_result_line "$pass" "$fail"
+  if [ -n "$cannot_run" ]; then exit "$CANNOT_RUN"; fi
+  if [ "$fail" -gt 0 ] || [ "$rc" -ne 0 ]; then exit 1; fi
+  exit 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- 0. can this machine run it? ---------------------------------------------------------
+[ "$(id -u)" = 0 ] || cannot "needs root (network namespace + libvirtd)"
+for f in install-deps.sh build-box.sh lab-netns-up.sh lab-netns-down.sh vglab; do
+  [ -x "$TOOLS/$f" ] || cannot "no $TOOLS/$f (the shared vagrant-box tools; set VXMESH_VGLAB_TOOLS)"
+done
+if ! ip netns list >/dev/null 2>&1; then cannot "no 'ip netns' (iproute2, network namespaces)"; fi
+for b in vxmeshd vxmeshctl vxmesh; do
+  [ -x "$SRC_BIN/$b" ] || { check "binaries in $SRC_BIN" 1 "$b missing: cargo build --release"; exit 1; }
+done
+WORK=$(mktemp -d /var/tmp/vxmesh-e2e.XXXXXX); chmod 755 "$WORK"
+export VAGRANT_DOTFILE_PATH=$WORK/dot-vagrant
+# stripped copies: 12 MB instead of 60 MB to rsync into each VM under TCG
+mkdir "$WORK/bin"
+for b in vxmeshd vxmeshctl vxmesh; do
+  if command -v strip >/dev/null; then strip -o "$WORK/bin/$b" "$SRC_BIN/$b"; else cp "$SRC_BIN/$b" "$WORK/bin/$b"; fi
+done
+export VXMESH_BIN_DIR=$WORK/bin
+stamp "binaries from $SRC_BIN staged in $WORK/bin ($(du -sh "$WORK/bin" | cut -f1))"
+phase "stage binaries"
+
+# ---- 1. deps, box, libvirtd in its netns -------------------------------------------------
+have_deps() {
+  local c
+  for c in vagrant virsh libvirtd virtlogd qemu-system-x86_64 debootstrap rsync mkfs.ext4 qemu-img; do
+    command -v "$c" >/dev/null || return 1
+  done
+  vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt
+}
+if have_deps; then
+  stamp "vagrant, vagrant-libvirt, libvirt, QEMU already installed"
+else
+  stamp "install-deps.sh"
+  "$TOOLS/install-deps.sh" >"$WORK/install-deps.log" 2>&1 ||
+    cannot "install-deps.sh failed (no Debian mirror?): $(tail -n 3 "$WORK/install-deps.log" | tr '\n' ' ')"
+fi
+phase "install-deps.sh"
+
+box_ready() {
+  [ "${VXMESH_E2E_REBUILD_BOX:-0}" != 1 ] &&
+    grep -q ",$BOX_PACKAGES\$" "$VGLAB_DIR/box-build/rootfs.pkgs" 2>/dev/null &&
+    VAGRANT_HOME=$VGLAB_DIR/vagrant.d vagrant box list 2>/dev/null | grep -q '^local/bookworm '
+}
+if box_ready; then
+  stamp "box local/bookworm with $BOX_PACKAGES already built"
+else
+  stamp "build-box.sh (EXTRA_PACKAGES=$BOX_PACKAGES)"
+  EXTRA_PACKAGES=$BOX_PACKAGES "$TOOLS/build-box.sh" >"$WORK/build-box.log" 2>&1 ||
+    cannot "build-box.sh failed: $(tail -n 3 "$WORK/build-box.log" | tr '\n' ' ')"
+  grep '^\[build-box' "$WORK/build-box.log" | tail -n 1
+fi
+phase "build-box.sh"
+
+"$TOOLS/lab-netns-up.sh" >"$WORK/netns-up.log" 2>&1 || {
+  "$TOOLS/lab-netns-down.sh" >/dev/null 2>&1
+  cannot "lab-netns-up.sh failed: $(tail -n 2 "$WORK/netns-up.log" | tr '\n' ' ')"
+}
+netns_up=1
+stamp "libvirtd up in netns $VGLAB_NS ($(tail -n 1 "$WORK/netns-up.log"))"
+phase "lab-netns-up.sh"
+
+# ---- 2. vagrant up -----------------------------------------------------------------------
+stamp "vagrant up ($NODES nodes, etcd $( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo on node1 || echo VM))"
+vms_up=1
+vg up 2>&1 | declutter | tee "$WORK/vagrant-up.log" | indent
+up_rc=${PIPESTATUS[0]}
+phase "vagrant up (boot+provision)"
+if grep -q 'VXMESH-CANNOT-RUN:' "$WORK/vagrant-up.log"; then
+  cannot "$(grep -m1 -o 'VXMESH-CANNOT-RUN:.*' "$WORK/vagrant-up.log" | cut -d: -f2-)"
+fi
+check "vagrant up: VMs booted, vxmesh installed, etcd + vxmeshd started by systemd" "$up_rc"
+[ "$up_rc" = 0 ] || exit 1
+vg ssh-config >"$WORK/ssh_config" 2>/dev/null || { check "vagrant ssh-config" 1; exit 1; }
+
+for i in $(seq "$NODES"); do
+  st=$(vssh "node$i" "systemctl is-active vxmeshd; sudo /usr/local/bin/vxmeshctl wait-ready --timeout 30; sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env" 2>&1)
+  [ "$(echo "$st" | sed -n 1p)" = active ] && [ "$(echo "$st" | sed -n 2p)" = ready ]
+  check "node$i: vxmeshd.service active and ready" $? "$(echo "$st" | tr '\n' ' ')"
+done
+
+# ---- 3. pods, pings, iperf3 --------------------------------------------------------------
+: >"$WORK/pods"
+for i in $(seq "$NODES"); do
+  out=$(vssh "node$i" "sudo $G pods node$i $PODS" 2>"$WORK/pods-node$i.err")
+  rc=$?
+  printf '%s\n' "$out" >>"$WORK/pods"
+  detail=$(echo "$out" | awk 'NF == 3 {printf "%s%s=%s", (n++ ? ", " : ""), $2, $3}')
+  [ "$rc" = 0 ] || detail="$detail $(tail -n 3 "$WORK/pods-node$i.err" | tr '\n' ' ')"
+  check "node$i: $PODS pods through the CNI plugin" "$rc" "$detail"
+done
+sed -i '/^$/d' "$WORK/pods"
+phase "pods (CNI ADD)"
+
+ping_all() {  # ping_all LABEL: all-pairs table; every row is a check
+  local i rows
+  stamp "all-pairs cross-node pod ping ($1)"
+  cluster_ping_header
+  for i in $(seq "$NODES"); do
+    rows=$(vssh "node$i" "sudo $G ping node$i" <"$WORK/pods" 2>&1)
+    printf '%s\n' "$rows"
+    read -r p f < <(cluster_count_rows <<<"$rows")
+    pass=$((pass + p)); fail=$((fail + f))
+    checks+=("$( [ "$f" = 0 ] && [ "$p" -gt 0 ] && echo PASS || echo FAIL)  ping from node$i's pods ($1): $p ok, $f failed")
+    if [ "$p" = 0 ] && [ "$f" = 0 ]; then fail=$((fail + 1)); echo "    no rows from node$i: $rows"; fi
+  done
+}
+addr_of() { awk -v p="$1" '$2 == p {print $3}' "$WORK/pods"; }
+ping_all "after up"
+phase "ping (all pairs)"
+
+if [ "$NODES" -ge 2 ]; then
+  vssh node2 "sudo $G iperf-server node2-p1" >/dev/null 2>&1
+  gbps=$(vssh node1 "sudo $G iperf node1-p1 $(addr_of node2-p1) $IPERF_SECONDS" 2>/dev/null)
+  check "iperf3 node1-p1 -> node2-p1 (TCP, 1 stream, ${IPERF_SECONDS}s)" $? "${gbps:-?} Gbit/s"
+  note+=("iperf3 node1-p1 -> node2-p1: ${gbps:-?} Gbit/s (userspace VXLAN in TCG-emulated VMs: functional, not a benchmark)")
+  phase "iperf3"
+fi
+
+# ---- 4. the systemd-managed agent restarts cleanly ---------------------------------------
+R=node$(( NODES >= 2 ? 2 : 1 ))
+out=$(vssh "$R" "sudo $G restart-agent" 2>&1)
+check "$R: systemctl restart vxmeshd (new PID, active, same subnet)" $? "$out"
+if [ "$NODES" -ge 2 ]; then
+  peer=$( [ "$R" = node1 ] && echo node2 || echo node1 )
+  secs=$(vssh "$peer" "sudo $G wait-ping $peer-p1 $(addr_of "$R-p1") 60" 2>/dev/null)
+  check "traffic $peer-p1 -> $R-p1 back after the restart" $? "${secs:-?}s after systemctl returned"
+  ping_all "after systemctl restart on $R"
+fi
+phase "restart through systemd"
+
+if [ "$KILL" = 1 ]; then
+  out=$(vssh "$R" "sudo $G kill-agent" 2>&1)
+  check "$R: SIGKILL vxmeshd -> systemd restarts it (Restart=on-failure)" $? "$out"
+  if [ "$NODES" -ge 2 ]; then
+    secs=$(vssh "$peer" "sudo $G wait-ping $peer-p1 $(addr_of "$R-p1") 60" 2>/dev/null)
+    check "traffic $peer-p1 -> $R-p1 back after the kill" $? "${secs:-?}s"
+  fi
+  phase "SIGKILL + systemd restart"
+fi
+
+for i in $(seq "$NODES"); do
+  summary_rows+=("$(vssh "node$i" "sudo $G status-row node$i 192.168.56.$((10 + i))" 2>/dev/null || echo "node$i ?")")
+done
+leases=$(vssh node1 "sudo /usr/local/bin/vxmeshctl leases --etcd-endpoints http://192.168.56.$( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo 11 || echo 10):2379" 2>&1)
+note+=("leases in etcd:" "$leases")
+
+# ---- 5. uninstall reverses the install ---------------------------------------------------
+if [ "$UNINSTALL" = 1 ]; then
+  U=node$NODES
+  out=$(vssh "$U" "sudo $G pods-del $U $PODS && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
+  check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, iptables, subnet file, cni0)" $? "$(echo "$out" | tail -n 1)"
+  indent <<<"$out"
+  phase "uninstall-node.sh"
+fi

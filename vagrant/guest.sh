@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Lab steps run as root INSIDE a node VM of the Vagrant lab (rsynced to /opt/vxmesh/src/vagrant),
+# on top of the steps shared with the netns lab (scripts/lib/cluster.sh). vagrant/e2e.sh calls
+# them over ssh; they are also handy by hand: vagrant ssh node1 -c 'sudo /opt/vxmesh/src/vagrant/guest.sh ...'
+#
+#   pods NODE COUNT          create pods NODE-p1..COUNT (network namespaces) through the installed
+#                            CNI plugin and conflist; prints the pods file lines "NODE POD ADDRESS"
+#   pods-del NODE COUNT      CNI DEL + remove those namespaces
+#   ping NODE                pods file on stdin; ping table rows from NODE's pods to every pod
+#                            on another node
+#   wait-ping POD ADDR SECS  seconds until POD gets a reply from ADDR (status 1: none in SECS)
+#   iperf-server POD         one-shot iperf3 server in POD (daemon)
+#   iperf POD ADDR SECS      iperf3 client; prints Gbit/s
+#   status-row LABEL IP      the node's row of the summary table
+#   restart-agent            systemctl restart vxmeshd; checks new PID, active, same subnet
+#   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure)
+#   leftovers                after uninstall-node.sh: prints what vxmesh left; status 1 if any
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib/cluster.sh
+. "$HERE/../scripts/lib/cluster.sh"
+
+CONFLIST=/etc/cni/net.d/10-vxmesh.conflist
+SUBNET_FILE=/run/flannel/subnet.env
+cni_dir() { sed -n 's/^cni-bin-dir //p' /var/lib/vxmesh/install-manifest 2>/dev/null | tail -n 1 | grep . || echo /usr/lib/cni; }
+subnet() { sed -n 's/^FLANNEL_SUBNET=//p' "$SUBNET_FILE" 2>/dev/null; }
+unit() { systemctl show -p "$1" --value vxmeshd.service; }
+
+# waits until vxmeshd is active with a MainPID other than $1 and ready; prints the seconds
+wait_new_agent() {
+  local old=$1 start now
+  start=$(date +%s)
+  while :; do
+    if [ "$(unit ActiveState)" = active ] && [ "$(unit MainPID)" != 0 ] && [ "$(unit MainPID)" != "$old" ] &&
+       /usr/local/bin/vxmeshctl wait-ready --timeout 1 >/dev/null 2>&1; then
+      now=$(date +%s); echo $((now - start)); return 0
+    fi
+    now=$(date +%s)
+    [ $((now - start)) -lt 120 ] || return 1
+    sleep 1
+  done
+}
+
+cmd=${1:-}; shift || true
+case $cmd in
+  pods)
+    node=${1:?node}; count=${2:?count}; dir=$(cni_dir); conf=$(cluster_netconf_from_conflist "$CONFLIST")
+    for j in $(seq "$count"); do
+      addr=$(cluster_pod_add "$node-p$j" "$dir/vxmesh" "$dir" "$conf") || { echo "CNI ADD for $node-p$j failed" >&2; exit 1; }
+      echo "$node $node-p$j $addr"
+    done ;;
+  pods-del)
+    node=${1:?node}; count=${2:?count}; dir=$(cni_dir); conf=$(cluster_netconf_from_conflist "$CONFLIST"); rc=0
+    for j in $(seq "$count"); do cluster_pod_del "$node-p$j" "$dir/vxmesh" "$dir" "$conf" || rc=1; done
+    exit "$rc" ;;
+  ping)
+    node=${1:?node}; pods=$(mktemp); trap 'rm -f "$pods"' EXIT
+    cat >"$pods"
+    cluster_ping_pairs "$pods" "$node" ;;
+  wait-ping) cluster_wait_ping "${1:?pod}" "${2:?address}" "${3:?seconds}" ;;
+  iperf-server) ip netns exec "${1:?pod}" iperf3 -s -1 -D -p 5201 ;;
+  iperf) cluster_iperf "${1:?pod}" "${2:?address}" "${3:?seconds}" ;;
+  status-row)
+    st=$(/usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}')
+    cluster_summary_row "${1:?label}" "${2:?underlay}" "$st" ;;
+  restart-agent)
+    before=$(subnet); pid=$(unit MainPID); t0=$(date +%s)
+    systemctl restart vxmeshd.service   # returns after ExecStartPost (vxmeshctl wait-ready)
+    secs=$(( $(date +%s) - t0 ))
+    after=$(subnet); newpid=$(unit MainPID); state=$(unit ActiveState)
+    echo "systemctl restart vxmeshd: ${secs}s, pid $pid -> $newpid, $state, subnet $before -> $after"
+    [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ -n "$after" ] && [ "$before" = "$after" ] ;;
+  kill-agent)
+    before=$(subnet); pid=$(unit MainPID); restarts=$(unit NRestarts)
+    systemctl kill -s KILL vxmeshd.service
+    if secs=$(wait_new_agent "$pid"); then
+      echo "SIGKILL pid $pid: systemd restarted vxmeshd in ${secs}s (pid $(unit MainPID), NRestarts $restarts -> $(unit NRestarts)), subnet $before -> $(subnet)"
+      [ "$before" = "$(subnet)" ] && [ "$(unit NRestarts)" -gt "$restarts" ]
+    else
+      echo "SIGKILL pid $pid: vxmeshd not back after 120s ($(unit ActiveState)/$(unit SubState))"; exit 1
+    fi ;;
+  leftovers)
+    left=()
+    dir=$(cni_dir)
+    for f in /usr/local/bin/vxmeshd /usr/local/bin/vxmeshctl "$dir/vxmesh" /opt/cni/bin/vxmesh "$CONFLIST" \
+             /etc/systemd/system/vxmeshd.service /etc/vxmesh /var/lib/vxmesh "$SUBNET_FILE" \
+             /var/lib/cni/vxmesh /var/lib/cni/networks/vxmesh; do
+      [ ! -e "$f" ] || left+=("$f")
+    done
+    systemctl cat vxmeshd.service >/dev/null 2>&1 && left+=("unit vxmeshd.service")
+    pgrep -x vxmeshd >/dev/null && left+=("process vxmeshd")
+    for l in vxmesh0 cni0; do ip link show "$l" >/dev/null 2>&1 && left+=("link $l"); done
+    iptables -t nat -S 2>/dev/null | grep -q VXMESH && left+=("iptables nat VXMESH rules")
+    iptables -S 2>/dev/null | grep -q VXMESH && left+=("iptables filter VXMESH rules")
+    if [ ${#left[@]} -eq 0 ]; then echo "nothing left"; else echo "left: ${left[*]}"; exit 1; fi ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+esac
