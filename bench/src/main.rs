@@ -1,5 +1,785 @@
-//! vxmesh-bench: the benchmark harness (see docs/benchmarks.md).
-fn main() {
-    eprintln!("vxmesh-bench: not built yet; see docs/benchmarks.md");
-    std::process::exit(2);
+//! vxmesh-bench: the benchmark harness of issue 4 (see docs/benchmarks.md).
+//!
+//! `vxmesh-bench` (or `vxmesh-bench run`) builds the same 2-node topology in
+//! network namespaces for each mode (no overlay, kernel VXLAN, vxmesh), measures
+//! TCP/ping/UDP/CPU, tears it down, and writes `results.json`, `results.md`, a
+//! chart and iperf3's raw JSON. `vxmesh-bench profile` records a system-wide
+//! `perf` profile under iperf3 load. `vxmesh-bench cleanup` removes namespaces
+//! a killed run left behind. Normally started by `scripts/bench.sh` as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use vxmesh_bench::measure::{self, Outcome, Plan, RawOut};
+use vxmesh_bench::proc::run_bounded;
+use vxmesh_bench::report::{self, Machine, Mode, Results, Run, Settings};
+use vxmesh_bench::stop;
+use vxmesh_bench::topo::{self, Context, Topology};
+
+/// Namespace names start with this, then the pid.
+const NS_BASE: &str = "vxb";
+const PLOT_PY: &str = include_str!("../plot.py");
+const DOCS_BEGIN: &str = "<!-- bench-results:begin -->";
+const DOCS_END: &str = "<!-- bench-results:end -->";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vxmesh-bench",
+    version,
+    about = "vxmesh benchmark: no overlay vs kernel VXLAN vs vxmesh, in network namespaces (root)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Measure every mode and write the report (the default).
+    Run(RunArgs),
+    /// Record a system-wide perf profile while iperf3 runs through a mode.
+    Profile(ProfileArgs),
+    /// Remove namespaces (and their processes) left by runs that were killed.
+    Cleanup,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Directory holding vxmeshd and vxmeshctl [default: this program's directory if
+    /// vxmeshd is there, else <repo>/target/release].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Output directory [default: <repo>/bench/results/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Repository root (for git, defaults and --update-docs) [default: where this was built].
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Extra vxmeshd flags, one string split at spaces (e.g. "--tap-queues 2").
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    agent_args: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A ~2-minute smoke run: 1 repeat, 4 s tests, 100 pings, 4 UDP probes of 1 s.
+    #[arg(long)]
+    quick: bool,
+    /// Repeats of every mode (≥ 3 for a real run) [default: 3; quick: 1].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Seconds per iperf3 TCP test [default: 10; quick: 4].
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Seconds iperf3 omits at the start of each TCP test (slow start) [default: 1; quick: 0].
+    #[arg(long)]
+    omit: Option<u32>,
+    /// Echo requests per ping test [default: 200; quick: 100].
+    #[arg(long)]
+    pings: Option<u32>,
+    /// Interval between echo requests, in ms.
+    #[arg(long, default_value_t = 10)]
+    ping_interval_ms: u32,
+    /// Seconds per UDP probe [default: 2; quick: 1].
+    #[arg(long)]
+    udp_seconds: Option<u32>,
+    /// Most UDP probes in the rate search [default: 7; quick: 4].
+    #[arg(long)]
+    udp_probes: Option<u32>,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 64)]
+    udp_payload: u32,
+    /// Loss (percent) the reported UDP rate may have.
+    #[arg(long, default_value_t = 1.0)]
+    udp_max_loss: f64,
+    /// Modes to measure, comma separated: none, kernel, vxmesh.
+    #[arg(long, value_delimiter = ',', default_value = "none,kernel,vxmesh")]
+    modes: Vec<String>,
+    /// Copy the table and chart into docs/benchmarks.md and docs/img/bench-latest.png.
+    #[arg(long)]
+    update_docs: bool,
+    /// Skip drawing the chart.
+    #[arg(long)]
+    no_chart: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ProfileArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Modes to profile, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "kernel,vxmesh")]
+    modes: Vec<String>,
+    /// Seconds of profile (iperf3 runs 4 s longer).
+    #[arg(long, default_value_t = 15)]
+    seconds: u32,
+    /// iperf3 parallel streams.
+    #[arg(long, default_value_t = 1)]
+    streams: u32,
+    /// Traffic B→A instead of A→B.
+    #[arg(long)]
+    reverse: bool,
+    /// Sampling frequency (Hz) of perf's cpu-clock event.
+    #[arg(long, default_value_t = 999)]
+    freq: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        None => run(cli.run),
+        Some(Cmd::Run(a)) => run(a),
+        Some(Cmd::Profile(a)) => profile(a),
+        Some(Cmd::Cleanup) => cleanup(),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vxmesh-bench: error: {e:#}");
+            if stop::requested() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn repo_root(c: &Common) -> PathBuf {
+    c.repo.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    })
+}
+
+fn parse_modes(v: &[String]) -> anyhow::Result<Vec<Mode>> {
+    let mut modes = Vec::new();
+    for s in v {
+        let m = Mode::parse(s.trim())
+            .with_context(|| format!("unknown mode {s:?} (none, kernel, vxmesh)"))?;
+        if !modes.contains(&m) {
+            modes.push(m);
+        }
+    }
+    if modes.is_empty() {
+        bail!("no mode to run");
+    }
+    Ok(modes)
+}
+
+fn now_stamps() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    report::utc_stamps(secs)
+}
+
+/// Root, the tools on PATH, and the agent binaries when vxmesh is measured.
+fn preflight(bin_dir: &Path, modes: &[Mode], extra: &[&str]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root (network namespaces); use: sudo scripts/bench.sh");
+    }
+    let mut tools = vec!["ip", "bridge", "iperf3", "ping", "ss"];
+    if modes.contains(&Mode::Vxmesh) {
+        tools.extend(["etcd", "etcdctl"]);
+    }
+    tools.extend_from_slice(extra);
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|t| t.to_string())
+        .collect();
+    if modes.contains(&Mode::Vxmesh) {
+        for b in ["vxmeshd", "vxmeshctl"] {
+            if !bin_dir.join(b).is_file() {
+                missing.push(bin_dir.join(b).display().to_string());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing: {} (iperf3/etcd/iproute2 from Debian; binaries from cargo build --release)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// VMs and compilers running now (other engineers' work that skews figures).
+fn busy_processes() -> Vec<String> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+                continue;
+            };
+            let comm = comm.trim();
+            if comm.starts_with("qemu-system")
+                || matches!(comm, "rustc" | "cc1" | "cc1plus" | "clang" | "ld.lld")
+            {
+                *counts.entry(comm.to_string()).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect()
+}
+
+fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let repo_s = repo.display().to_string();
+    let git_commit = first_line("git", &["-C", &repo_s, "rev-parse", "--short=12", "HEAD"]);
+    let code_dirty = Command::new("git")
+        .args([
+            "-C",
+            &repo_s,
+            "status",
+            "--porcelain",
+            "--",
+            "dataplane/src",
+            "control/src",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| !o.stdout.is_empty());
+    let mut tools = std::collections::BTreeMap::new();
+    tools.insert("iperf3".into(), first_line("iperf3", &["--version"]));
+    tools.insert("etcd".into(), first_line("etcd", &["--version"]));
+    let vxd = bin_dir.join("vxmeshd").display().to_string();
+    tools.insert("vxmeshd".into(), first_line(&vxd, &["--version"]));
+    Machine {
+        kernel,
+        cpu_model,
+        cores,
+        date_utc: now_stamps().0,
+        git_commit,
+        code_dirty,
+        load_before: loadavg(),
+        load_after: String::new(),
+        busy_processes: busy_processes(),
+        tools,
+    }
+}
+
+fn cleanup() -> anyhow::Result<ExitCode> {
+    let removed = topo::remove_stale(NS_BASE);
+    if removed.is_empty() {
+        eprintln!("nothing to clean up");
+    } else {
+        eprintln!("removed: {}", removed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Layout {
+    repo: PathBuf,
+    bin_dir: PathBuf,
+    out: PathBuf,
+    raw: PathBuf,
+    logs: PathBuf,
+    stamp: String,
+}
+
+fn layout(c: &Common, suffix: &str) -> anyhow::Result<Layout> {
+    let repo = repo_root(c);
+    // Default: next to this executable if vxmeshd is there (scripts/bench.sh
+    // runs target/release/vxmesh-bench), else <repo>/target/release.
+    let bin_dir = c.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .filter(|d| d.join("vxmeshd").is_file())
+            .unwrap_or_else(|| repo.join("target/release"))
+    });
+    let stamp = now_stamps().1;
+    let out = c
+        .out
+        .clone()
+        .unwrap_or_else(|| repo.join("bench/results").join(format!("{stamp}{suffix}")));
+    let raw = out.join("raw");
+    let logs = out.join("logs");
+    for d in [&out, &raw, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(Layout {
+        repo,
+        bin_dir,
+        out,
+        raw,
+        logs,
+        stamp,
+    })
+}
+
+fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let modes = parse_modes(&a.modes)?;
+    let q = a.quick;
+    let repeats = a.repeats.unwrap_or(if q { 1 } else { 3 }).max(1);
+    let plan = Plan {
+        tcp_seconds: a.seconds.unwrap_or(if q { 4 } else { 10 }).max(1),
+        tcp_omit: a.omit.unwrap_or(if q { 0 } else { 1 }),
+        pings: a.pings.unwrap_or(if q { 100 } else { 200 }).max(1),
+        ping_interval_ms: a.ping_interval_ms.max(2),
+        udp_payload: a.udp_payload.clamp(16, 1400),
+        udp_probe_seconds: a.udp_seconds.unwrap_or(if q { 1 } else { 2 }).max(1),
+        udp_probes: a.udp_probes.unwrap_or(if q { 4 } else { 7 }).clamp(1, 20),
+        udp_max_loss_pct: a.udp_max_loss,
+    };
+    let l0 = layout(&a.common, "")?;
+    preflight(&l0.bin_dir, &modes, &[])?;
+    stop::install().context("installing the signal handler")?;
+    let stale = topo::remove_stale(NS_BASE);
+    if !stale.is_empty() {
+        eprintln!("removed namespaces of killed runs: {}", stale.join(", "));
+    }
+    let agent_args: Vec<String> = a
+        .common
+        .agent_args
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut machine = machine_info(&l0.repo, &l0.bin_dir);
+    if !machine.busy_processes.is_empty() {
+        eprintln!(
+            "warning: other load on this machine: {} (figures will be noisier)",
+            machine.busy_processes.join(", ")
+        );
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let settings = Settings {
+        command,
+        quick: q,
+        repeats,
+        modes: modes.clone(),
+        tcp_seconds: plan.tcp_seconds,
+        tcp_omit_seconds: plan.tcp_omit,
+        pings: plan.pings,
+        ping_interval_ms: plan.ping_interval_ms,
+        udp_payload_bytes: plan.udp_payload,
+        udp_probe_seconds: plan.udp_probe_seconds,
+        udp_probes: plan.udp_probes,
+        udp_max_loss_pct: plan.udp_max_loss_pct,
+        agent_args: agent_args.clone(),
+        underlay_mtu: topo::UNDERLAY_MTU,
+    };
+    eprintln!(
+        "vxmesh-bench: {} repeat(s) of {}; output in {}",
+        repeats,
+        modes
+            .iter()
+            .map(|m| m.label())
+            .collect::<Vec<_>>()
+            .join(", "),
+        l0.out.display()
+    );
+    let started = Instant::now();
+    let prefix = format!("{NS_BASE}{}", std::process::id());
+    let mut runs = Vec::new();
+    'repeats: for r in 1..=repeats {
+        // Rotate the order each repeat so no mode always runs first or last.
+        for i in 0..modes.len() {
+            let mode = modes[(i + r - 1) % modes.len()];
+            eprintln!(
+                "[{:>4}s] repeat {r}/{repeats}: {}",
+                started.elapsed().as_secs(),
+                mode.label()
+            );
+            let ctx = Context {
+                prefix: prefix.clone(),
+                bin_dir: l0.bin_dir.clone(),
+                log_dir: l0.logs.clone(),
+                agent_args: agent_args.clone(),
+                run_tag: format!("r{r}"),
+            };
+            let tag = format!("r{r}-{}", mode.key());
+            let raw = RawOut {
+                dir: &l0.raw,
+                tag: &tag,
+            };
+            let mut outcome = Outcome::default();
+            let res = (|| -> anyhow::Result<()> {
+                let mut t = Topology::build(mode, &ctx)?;
+                outcome
+                    .details
+                    .insert("pod_mtu".into(), serde_json::json!(t.pod_mtu));
+                let m = measure::measure_all(&mut t, &ctx, &plan, raw, &mut outcome);
+                outcome
+                    .details
+                    .insert("agents".into(), measure::agent_snapshot(&t, &ctx));
+                m
+                // `t` drops here: daemons stopped, namespaces deleted.
+            })();
+            let error = res.err().map(|e| {
+                eprintln!("    FAILED: {e:#}");
+                format!("{e:#}")
+            });
+            runs.push(Run {
+                repeat: r,
+                mode,
+                error,
+                metrics: outcome.metrics,
+                details: serde_json::Value::Object(outcome.details),
+            });
+            if stop::requested() {
+                eprintln!("interrupted: everything torn down; writing partial results");
+                break 'repeats;
+            }
+        }
+    }
+    machine.load_after = loadavg();
+    for p in busy_processes() {
+        if !machine.busy_processes.contains(&p) {
+            machine.busy_processes.push(p);
+        }
+    }
+    let summary = report::summarize(&runs, &modes);
+    let targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
+        report::check_targets(&summary, plan.udp_max_loss_pct)
+    } else {
+        Vec::new()
+    };
+    let notes = notes(&runs, &agent_args);
+    let results = Results {
+        machine,
+        settings,
+        runs,
+        summary,
+        targets,
+        notes,
+    };
+    let json_path = l0.out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    let chart = if a.no_chart {
+        None
+    } else {
+        match draw_chart(&l0.out) {
+            Ok(()) => Some("chart.png"),
+            Err(e) => {
+                eprintln!("warning: no chart: {e:#}");
+                None
+            }
+        }
+    };
+    let md = report::render_markdown(&results, chart);
+    std::fs::write(l0.out.join("results.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "wrote {}/results.{{json,md}}{} and raw iperf3 JSON in {} ({} s)",
+        l0.out.display(),
+        if chart.is_some() { ", chart.png" } else { "" },
+        l0.raw.display(),
+        started.elapsed().as_secs()
+    );
+    if a.update_docs {
+        if stop::requested() {
+            eprintln!("not updating docs with a partial run");
+        } else {
+            update_docs(&l0, &results, chart.is_some())?;
+        }
+    }
+    Ok(if stop::requested() {
+        ExitCode::from(130)
+    } else if results.runs.iter().any(|r| r.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Notes printed under the table: the honesty note, settings that matter, and
+/// what the agents reported (offloads in force, drops).
+fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
+    let mut n = vec![
+        "Honesty note: the underlay is a veth pair, which advertises tx-udp-segmentation and \
+         tx-udp_tnl-segmentation, so both the kernel VXLAN driver and vxmesh (UDP GSO) hand ~64 KB \
+         buffers across it unsegmented and the receiver gets them whole (GRO). A real NIC segments \
+         them (in hardware or software) for both; absolute figures here are higher than on a wire, \
+         and the comparison is between the two overlays on the same path."
+            .to_string(),
+        "Machine CPU counts everything on the machine (iperf3, both TCP stacks, softirq, agents), \
+         sampled from /proc/stat over each TCP test's measured interval; vxmeshd CPU is utime+stime \
+         of both agents from /proc/<pid>/stat over the same interval."
+            .to_string(),
+        "The 64-byte UDP rate comes from single-threaded iperf3 (one datagram per system call) at \
+         both ends, which bounds every mode; compare modes, not absolute rates."
+            .to_string(),
+    ];
+    let mut args = vec![
+        "--iface eth0".to_string(),
+        "--ip-masq false".to_string(),
+        "--subnet-lease-ttl 60s".to_string(),
+    ];
+    args.extend(agent_args.iter().cloned());
+    n.push(format!(
+        "vxmeshd flags: {} (no NAT rules in any mode; pods wired by hand identically in every mode).",
+        args.join(" ")
+    ));
+    if let Some(off) = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Vxmesh)
+        .find_map(|r| {
+            r.details
+                .pointer("/agents/a/offloads")
+                .filter(|v| !v.is_null())
+        })
+    {
+        let s = |k: &str| off.get(k).map_or("?".to_string(), |v| v.to_string());
+        n.push(format!(
+            "vxmesh offloads in force: TAP {}, UDP GSO {}, UDP GRO {}, {} send sockets.",
+            s("tap"),
+            s("udp_gso"),
+            s("udp_gro"),
+            s("tx_sockets")
+        ));
+    }
+    let mut drops = 0u64;
+    for r in runs.iter().filter(|r| r.mode == Mode::Vxmesh) {
+        for node in ["a", "b"] {
+            if let Some(d) = r
+                .details
+                .pointer(&format!("/agents/{node}/drops"))
+                .and_then(|v| v.as_object())
+            {
+                drops += d.values().filter_map(|v| v.as_u64()).sum::<u64>();
+            }
+        }
+    }
+    n.push(format!(
+        "vxmesh dataplane drops counted by the agents over all runs: {drops}."
+    ));
+    n
+}
+
+fn draw_chart(out: &Path) -> anyhow::Result<()> {
+    let script = out.join("plot.py");
+    std::fs::write(&script, PLOT_PY)?;
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut c = Command::new(python);
+    c.arg(&script)
+        .arg(out.join("results.json"))
+        .arg(out.join("chart.png"));
+    let f = run_bounded(c, Duration::from_secs(120))?;
+    if !f.status.success() {
+        bail!(
+            "{python} plot.py failed: {} (install python3-matplotlib)",
+            f.stderr.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Copies the chart to docs/img/bench-latest.png and puts the results between
+/// the markers of docs/benchmarks.md.
+fn update_docs(l: &Layout, results: &Results, chart: bool) -> anyhow::Result<()> {
+    let docs = l.repo.join("docs/benchmarks.md");
+    let text =
+        std::fs::read_to_string(&docs).with_context(|| format!("reading {}", docs.display()))?;
+    let (Some(b), Some(e)) = (text.find(DOCS_BEGIN), text.find(DOCS_END)) else {
+        bail!(
+            "{} lacks the {DOCS_BEGIN} / {DOCS_END} markers",
+            docs.display()
+        );
+    };
+    if e < b {
+        bail!("{}: markers out of order", docs.display());
+    }
+    let img = if chart {
+        let dir = l.repo.join("docs/img");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(l.out.join("chart.png"), dir.join("bench-latest.png"))?;
+        Some("img/bench-latest.png")
+    } else {
+        None
+    };
+    let rel = l
+        .out
+        .strip_prefix(&l.repo)
+        .unwrap_or(&l.out)
+        .display()
+        .to_string();
+    let md = report::render_markdown(results, img);
+    let new = format!(
+        "{}{DOCS_BEGIN}\n<!-- written by vxmesh-bench --update-docs from {rel} (run {}); raw data is not in git -->\n\n{md}\n{}",
+        &text[..b],
+        l.stamp,
+        &text[e..]
+    );
+    std::fs::write(&docs, new)?;
+    eprintln!("updated {} and docs/img/bench-latest.png", docs.display());
+    Ok(())
+}
+
+fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
+    let modes = parse_modes(&a.modes)?;
+    let l = layout(&a.common, "-profile")?;
+    preflight(&l.bin_dir, &modes, &["perf"])?;
+    stop::install().context("installing the signal handler")?;
+    topo::remove_stale(NS_BASE);
+    let agent_args: Vec<String> = a
+        .common
+        .agent_args
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let prefix = format!("{NS_BASE}{}", std::process::id());
+    for mode in modes {
+        stop::check()?;
+        eprintln!("profiling {} for {} s", mode.label(), a.seconds);
+        let ctx = Context {
+            prefix: prefix.clone(),
+            bin_dir: l.bin_dir.clone(),
+            log_dir: l.logs.clone(),
+            agent_args: agent_args.clone(),
+            run_tag: "profile".into(),
+        };
+        let t = Topology::build(mode, &ctx)?;
+        let data = l.out.join(format!("{}.perf.data", mode.key()));
+        let data_s = data.display().to_string();
+        let freq = a.freq.to_string();
+        let secs = a.seconds.to_string();
+        let json = l.raw.join(format!("{}-profile-iperf3.json", mode.key()));
+        let (r, perf) = measure::tcp_with(
+            &t,
+            &ctx,
+            a.seconds + 4,
+            0,
+            a.streams,
+            a.reverse,
+            &json,
+            |_done| -> anyhow::Result<()> {
+                stop::sleep(Duration::from_secs(2))?;
+                let mut c = Command::new("perf");
+                c.args([
+                    "record",
+                    "-F",
+                    &freq,
+                    "-e",
+                    "cpu-clock",
+                    "-a",
+                    "-g",
+                    "-o",
+                    &data_s,
+                    "--",
+                    "sleep",
+                    &secs,
+                ]);
+                let f = run_bounded(c, Duration::from_secs(u64::from(a.seconds) + 60))?;
+                if !f.status.success() {
+                    bail!("perf record failed: {}", f.stderr.trim());
+                }
+                Ok(())
+            },
+        )?;
+        perf?;
+        eprintln!("  iperf3 under perf: {:.2} Gbit/s", r.received_bps / 1e9);
+        let pids = t.agent_pids();
+        drop(t);
+        let reports: &[(&str, &[&str])] = &[
+            ("by-thread", &["--sort", "comm", "--percent-limit", "0.5"]),
+            (
+                "by-symbol",
+                &["--sort", "comm,dso,sym", "--percent-limit", "0.3"],
+            ),
+            (
+                "agent-threads",
+                &[
+                    "--comms",
+                    "vxmesh-tx0,vxmesh-rx0,vxmeshd",
+                    "--sort",
+                    "comm,sym",
+                    "--percent-limit",
+                    "0.3",
+                ],
+            ),
+        ];
+        for (name, extra) in reports {
+            if *name == "agent-threads" && pids.is_empty() {
+                continue;
+            }
+            let mut c = Command::new("perf");
+            c.args([
+                "report",
+                "-i",
+                &data_s,
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+            ])
+            .args(*extra);
+            let f = run_bounded(c, Duration::from_secs(300))?;
+            let path = l.out.join(format!("{}-{name}.txt", mode.key()));
+            std::fs::write(&path, &f.stdout)?;
+            eprintln!("  wrote {}", path.display());
+        }
+    }
+    eprintln!("profiles in {}", l.out.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -79,6 +79,14 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Takes charge of an existing namespace (e.g. one a killed run left
+    /// behind): dropping the guard kills its processes and deletes it.
+    pub fn adopt(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -1,0 +1,528 @@
+//! The measurements taken on one [`Topology`]: iperf3 TCP (1 and 8 streams, both
+//! directions) with CPU accounting, ping RTT, and the 64-byte UDP rate search.
+//! Every tool has a duration or count and a hard timeout; every iperf3 server
+//! runs with `-1` and is killed at the end of its test anyway.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
+
+use crate::cpu::{self, MachineTicks};
+use crate::parse::{self, TcpResult, UdpResult};
+use crate::proc::{ns_output, run_bounded, Daemon};
+use crate::report::{
+    CPU_AGENTS, CPU_MACHINE, RTT_MEDIAN, RTT_P99, TCP1_AB, TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS,
+    UDP64_LOSS,
+};
+use crate::stats::{median, percentile};
+use crate::stop;
+use crate::topo::{Context, Topology};
+
+const PORT: &str = "5201";
+
+/// What to measure and for how long.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub tcp_seconds: u32,
+    pub tcp_omit: u32,
+    pub pings: u32,
+    pub ping_interval_ms: u32,
+    pub udp_payload: u32,
+    pub udp_probe_seconds: u32,
+    pub udp_probes: u32,
+    pub udp_max_loss_pct: f64,
+}
+
+/// Figures of one mode in one repeat; filled as tests finish, so a failure
+/// late in the run keeps what came before.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub metrics: BTreeMap<String, f64>,
+    pub details: serde_json::Map<String, Value>,
+}
+
+/// Where raw outputs go: `<raw dir>/<tag>-<test>.json|txt`.
+#[derive(Debug, Clone, Copy)]
+pub struct RawOut<'a> {
+    pub dir: &'a Path,
+    pub tag: &'a str,
+}
+
+impl RawOut<'_> {
+    fn path(&self, test: &str, ext: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{}-{test}.{ext}", self.tag))
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("    {msg}");
+}
+
+/// Runs every measurement on `topo`, in order: TCP ×4, ping, UDP search.
+pub fn measure_all(
+    topo: &mut Topology,
+    ctx: &Context,
+    plan: &Plan,
+    raw: RawOut<'_>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut busy_s = 0.0;
+    let mut agents_s = 0.0;
+    let mut gbytes = 0.0;
+    let mut cpu_ok = true;
+    let mut tests = Vec::new();
+    for (key, streams, reverse) in [
+        (TCP1_AB, 1, false),
+        (TCP1_BA, 1, true),
+        (TCP8_AB, 8, false),
+        (TCP8_BA, 8, true),
+    ] {
+        stop::check()?;
+        let dir = if reverse { "ba" } else { "ab" };
+        let name = format!("tcp{streams}-{dir}");
+        let m = tcp_test(topo, ctx, plan, streams, reverse, &raw.path(&name, "json"))
+            .with_context(|| format!("iperf3 {name}"))?;
+        let gbps = m.result.received_bps / 1e9;
+        out.metrics.insert(key.to_string(), gbps);
+        let gb = m.result.received_bytes as f64 / 1e9;
+        let mut d = json!({
+            "test": name,
+            "streams": streams,
+            "direction": if reverse { "B→A" } else { "A→B" },
+            "gbps": gbps,
+            "bytes": m.result.received_bytes,
+            "seconds": m.result.seconds,
+            "retransmits": m.result.retransmits,
+        });
+        match m.cpu {
+            Some(c) if gb > 0.0 => {
+                // CPU-seconds per second of the window, times the test's seconds.
+                let busy = c.machine_busy_s / c.window_s * m.result.seconds;
+                busy_s += busy;
+                gbytes += gb;
+                d["machine_cpu_cores_busy"] = json!(c.machine_busy_s / c.window_s);
+                d["machine_softirq_cores"] = json!(c.machine_softirq_s / c.window_s);
+                d["machine_cpu_s_per_gb"] = json!(busy / gb);
+                if let Some(a) = c.agents_s {
+                    let a = a / c.window_s * m.result.seconds;
+                    agents_s += a;
+                    d["agents_cpu_cores_busy"] = json!(a / m.result.seconds);
+                    d["agents_cpu_s_per_gb"] = json!(a / gb);
+                }
+            }
+            _ => cpu_ok = false,
+        }
+        log(&format!(
+            "{name}: {gbps:.2} Gbit/s, retransmits {}",
+            m.result
+                .retransmits
+                .map_or("?".to_string(), |r| r.to_string())
+        ));
+        tests.push(d);
+        topo.ensure_daemons()?;
+        stop::sleep(Duration::from_millis(300))?;
+    }
+    out.details.insert("tcp".into(), Value::Array(tests));
+    if cpu_ok && gbytes > 0.0 {
+        out.metrics.insert(CPU_MACHINE.into(), busy_s / gbytes);
+        if !topo.agents.is_empty() {
+            out.metrics.insert(CPU_AGENTS.into(), agents_s / gbytes);
+        }
+    }
+
+    stop::check()?;
+    let p = ping_test(topo, plan, &raw.path("ping", "txt")).context("ping")?;
+    out.metrics.insert(RTT_MEDIAN.into(), p.median_us);
+    out.metrics.insert(RTT_P99.into(), p.p99_us);
+    out.details.insert(
+        "ping".into(),
+        json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us, "p99_us": p.p99_us,
+               "min_us": p.min_us, "max_us": p.max_us}),
+    );
+    log(&format!(
+        "ping: median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
+        p.median_us, p.p99_us, p.replies, p.sent
+    ));
+    topo.ensure_daemons()?;
+
+    stop::check()?;
+    let (best, probes) = udp_search(topo, ctx, plan, raw).context("UDP rate search")?;
+    let probe_json: Vec<Value> = probes
+        .iter()
+        .map(|p| {
+            json!({"offered_pps": p.offered_pps, "sent_pps": p.r.sent_pps,
+                   "received_pps": p.r.received_pps, "lost_percent": p.r.lost_percent})
+        })
+        .collect();
+    out.details.insert(
+        "udp".into(),
+        json!({"payload_bytes": plan.udp_payload, "max_loss_pct": plan.udp_max_loss_pct,
+               "met_loss_limit": best.as_ref().is_some_and(|b| b.r.lost_percent <= plan.udp_max_loss_pct),
+               "probes": probe_json}),
+    );
+    if let Some(b) = best {
+        out.metrics
+            .insert(UDP64_KPPS.into(), b.r.received_pps / 1000.0);
+        out.metrics.insert(UDP64_LOSS.into(), b.r.lost_percent);
+        log(&format!(
+            "UDP {} B: {:.1} kpps received at {:.2} % loss",
+            plan.udp_payload,
+            b.r.received_pps / 1000.0,
+            b.r.lost_percent
+        ));
+    }
+    topo.ensure_daemons()?;
+    Ok(())
+}
+
+/// The agents' status: offloads in force, peers, counters and drops by reason
+/// (`vxmeshctl status --json` on each node), for the record.
+pub fn agent_snapshot(topo: &Topology, ctx: &Context) -> Value {
+    if topo.agents.is_empty() {
+        return Value::Null;
+    }
+    let mut m = serde_json::Map::new();
+    for (tag, node) in [("a", &topo.node_a), ("b", &topo.node_b)] {
+        let status = ns_output(
+            &node.ns,
+            &ctx.vxmeshctl(),
+            &["status", "--json"],
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .unwrap_or(Value::Null);
+        m.insert(tag.into(), status);
+    }
+    Value::Object(m)
+}
+
+/// An iperf3 server (`-s -1`) in pod B, once it listens.
+fn iperf_server(topo: &Topology, ctx: &Context) -> anyhow::Result<Daemon> {
+    let ns = &topo.pod_b.ns;
+    let log = ctx.log_dir.join(format!(
+        "{}-{}-iperf3-server.log",
+        ctx.run_tag,
+        topo.mode.tag()
+    ));
+    let mut d = Daemon::spawn(ns, "iperf3", &["-s", "-1", "-p", PORT], &log)?;
+    let filter = format!("sport = :{PORT}");
+    for _ in 0..250 {
+        let out = ns_output(ns, "ss", &["-Hltn", &filter], Duration::from_secs(5))?;
+        if !out.trim().is_empty() {
+            return Ok(d);
+        }
+        d.ensure_running()?;
+        stop::sleep(Duration::from_millis(20))?;
+    }
+    bail!("iperf3 server did not listen within 5 s")
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuWindow {
+    window_s: f64,
+    machine_busy_s: f64,
+    machine_softirq_s: f64,
+    agents_s: Option<f64>,
+}
+
+#[derive(Debug)]
+struct TcpMeasure {
+    result: TcpResult,
+    cpu: Option<CpuWindow>,
+}
+
+fn agents_ticks(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|&p| cpu::process_ticks(p).ok())
+        .sum::<Option<u64>>()
+}
+
+/// Samples CPU counters over [now + `skip`, now + `skip` + `len`], unless
+/// `cancel` is raised first.
+fn sample_cpu(
+    skip: Duration,
+    len: Duration,
+    pids: &[u32],
+    cancel: &AtomicBool,
+) -> Option<CpuWindow> {
+    let wait = |d: Duration| {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if cancel.load(Ordering::Relaxed) || stop::requested() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    };
+    if !wait(skip) {
+        return None;
+    }
+    let (t0, m0, a0) = (Instant::now(), cpu::machine().ok()?, agents_ticks(pids));
+    if !wait(len) {
+        return None;
+    }
+    let (t1, m1, a1) = (Instant::now(), cpu::machine().ok()?, agents_ticks(pids));
+    let hz = cpu::clk_tck();
+    let d: MachineTicks = m1.since(&m0);
+    Some(CpuWindow {
+        window_s: (t1 - t0).as_secs_f64(),
+        machine_busy_s: d.busy as f64 / hz,
+        machine_softirq_s: d.softirq as f64 / hz,
+        agents_s: if pids.is_empty() {
+            None
+        } else {
+            a0.zip(a1).map(|(a, b)| b.saturating_sub(a) as f64 / hz)
+        },
+    })
+}
+
+/// One iperf3 TCP test from pod A to pod B (`reverse`: B sends), raw JSON
+/// written to `json_path`, CPU sampled over the measured interval.
+fn tcp_test(
+    topo: &Topology,
+    ctx: &Context,
+    plan: &Plan,
+    streams: u32,
+    reverse: bool,
+    json_path: &Path,
+) -> anyhow::Result<TcpMeasure> {
+    let pids = topo.agent_pids();
+    // Skip the omitted seconds plus connection set-up; stop just before the end.
+    let skip = Duration::from_secs(u64::from(plan.tcp_omit)) + Duration::from_millis(150);
+    let len =
+        Duration::from_secs(u64::from(plan.tcp_seconds)).saturating_sub(Duration::from_millis(250));
+    let (result, cpu) = tcp_with(
+        topo,
+        ctx,
+        plan.tcp_seconds,
+        plan.tcp_omit,
+        streams,
+        reverse,
+        json_path,
+        |done| sample_cpu(skip, len, &pids, done),
+    )?;
+    Ok(TcpMeasure { result, cpu })
+}
+
+/// Runs one iperf3 TCP client in pod A against a fresh `-s -1` server in pod
+/// B (`reverse`: B sends) for `seconds` (+ `omit`), while `during` runs on this
+/// thread; `during` sees a flag raised once the client has exited. The raw JSON
+/// goes to `json_path`.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_with<R>(
+    topo: &Topology,
+    ctx: &Context,
+    seconds: u32,
+    omit: u32,
+    streams: u32,
+    reverse: bool,
+    json_path: &Path,
+    during: impl FnOnce(&AtomicBool) -> R,
+) -> anyhow::Result<(TcpResult, R)> {
+    let server = iperf_server(topo, ctx)?;
+    let ip = topo.pod_b.ip.to_string();
+    let (secs, omit_s) = (seconds.to_string(), omit.to_string());
+    let streams_s = streams.to_string();
+    let mut args = vec![
+        "-c",
+        &ip,
+        "-p",
+        PORT,
+        "-t",
+        &secs,
+        "-O",
+        &omit_s,
+        "-P",
+        &streams_s,
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ];
+    if reverse {
+        args.push("-R");
+    }
+    let mut cmd = topo.pod_a.ns.command("iperf3");
+    cmd.args(&args);
+    let timeout = Duration::from_secs(u64::from(seconds + omit) + 30);
+    let done = Arc::new(AtomicBool::new(false));
+    let client_done = Arc::clone(&done);
+    let client = std::thread::spawn(move || {
+        let r = run_bounded(cmd, timeout);
+        client_done.store(true, Ordering::Relaxed);
+        r
+    });
+    let during_result = during(&done);
+    let finished = client
+        .join()
+        .map_err(|_| anyhow!("iperf3 client thread panicked"))?;
+    drop(server);
+    let f = finished?;
+    std::fs::write(json_path, &f.stdout)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let result = parse::tcp(&f.stdout).map_err(|e| anyhow!("{e}; stderr: {}", f.stderr.trim()))?;
+    if !f.status.success() {
+        bail!("iperf3 exited with {}: {}", f.status, f.stderr.trim());
+    }
+    Ok((result, during_result))
+}
+
+#[derive(Debug)]
+struct PingResult {
+    sent: u64,
+    replies: usize,
+    median_us: f64,
+    p99_us: f64,
+    min_us: f64,
+    max_us: f64,
+}
+
+/// `plan.pings` echo requests at `plan.ping_interval_ms` from pod A to pod B,
+/// after a 3-ping warm-up; raw output kept.
+fn ping_test(topo: &Topology, plan: &Plan, raw: &Path) -> anyhow::Result<PingResult> {
+    let ip = topo.pod_b.ip.to_string();
+    let mut warm = topo.pod_a.ns.command("ping");
+    warm.args(["-c", "3", "-i", "0.2", "-W", "1", &ip]);
+    let _ = run_bounded(warm, Duration::from_secs(10))?;
+    let interval = format!("{:.3}", f64::from(plan.ping_interval_ms) / 1000.0);
+    let deadline_s = u64::from(plan.pings) * u64::from(plan.ping_interval_ms) / 1000 + 5;
+    let (count, deadline) = (plan.pings.to_string(), deadline_s.to_string());
+    let mut cmd = topo.pod_a.ns.command("ping");
+    cmd.args([
+        "-c", &count, "-i", &interval, "-W", "1", "-w", &deadline, &ip,
+    ]);
+    let f = run_bounded(cmd, Duration::from_secs(deadline_s + 10))?;
+    std::fs::write(raw, &f.stdout)?;
+    let (rtts, sent) = parse::ping(&f.stdout);
+    let (Some(med), Some(p99)) = (median(&rtts), percentile(&rtts, 99.0)) else {
+        bail!("no ping replies: {}", f.stderr.trim());
+    };
+    Ok(PingResult {
+        sent: sent.unwrap_or(u64::from(plan.pings)),
+        replies: rtts.len(),
+        median_us: med,
+        p99_us: p99,
+        min_us: rtts.iter().copied().fold(f64::INFINITY, f64::min),
+        max_us: rtts.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// `None`: unlimited (`-b 0`).
+    offered_pps: Option<f64>,
+    r: UdpResult,
+}
+
+fn udp_probe(
+    topo: &Topology,
+    ctx: &Context,
+    plan: &Plan,
+    rate_pps: Option<f64>,
+    raw: &Path,
+) -> anyhow::Result<UdpResult> {
+    let server = iperf_server(topo, ctx)?;
+    let ip = topo.pod_b.ip.to_string();
+    let bps = rate_pps.map_or("0".to_string(), |r| {
+        format!("{:.0}", r * f64::from(plan.udp_payload) * 8.0)
+    });
+    let (len, secs) = (
+        plan.udp_payload.to_string(),
+        plan.udp_probe_seconds.to_string(),
+    );
+    let mut cmd = topo.pod_a.ns.command("iperf3");
+    cmd.args([
+        "-c",
+        &ip,
+        "-p",
+        PORT,
+        "-u",
+        "-l",
+        &len,
+        "-b",
+        &bps,
+        "-t",
+        &secs,
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ]);
+    let f = run_bounded(
+        cmd,
+        Duration::from_secs(u64::from(plan.udp_probe_seconds) + 30),
+    );
+    drop(server);
+    let f = f?;
+    std::fs::write(raw, &f.stdout)?;
+    let r = parse::udp(&f.stdout).map_err(|e| anyhow!("{e}; stderr: {}", f.stderr.trim()))?;
+    if !f.status.success() {
+        bail!("iperf3 exited with {}: {}", f.status, f.stderr.trim());
+    }
+    Ok(r)
+}
+
+/// The highest rate with loss ≤ `plan.udp_max_loss_pct`: first an unlimited
+/// probe (the sender's maximum); if it loses too much, bisect between 0 and
+/// the rate it sent at, `plan.udp_probes` probes in all. Returns the best
+/// passing probe (or the lowest-rate one if none passed) and every probe.
+fn udp_search(
+    topo: &Topology,
+    ctx: &Context,
+    plan: &Plan,
+    raw: RawOut<'_>,
+) -> anyhow::Result<(Option<Probe>, Vec<Probe>)> {
+    let mut probes: Vec<Probe> = Vec::new();
+    let ok = |p: &Probe| p.r.lost_percent <= plan.udp_max_loss_pct;
+    let first = udp_probe(topo, ctx, plan, None, &raw.path("udp-p1", "json"))?;
+    probes.push(Probe {
+        offered_pps: None,
+        r: first,
+    });
+    let (mut lo, mut hi) = (0.0_f64, first.sent_pps);
+    if !ok(&probes[0]) {
+        for i in 2..=plan.udp_probes.max(1) {
+            stop::check()?;
+            stop::sleep(Duration::from_millis(300))?;
+            let rate = (lo + hi) / 2.0;
+            if rate < 1000.0 {
+                break;
+            }
+            let r = udp_probe(
+                topo,
+                ctx,
+                plan,
+                Some(rate),
+                &raw.path(&format!("udp-p{i}"), "json"),
+            )?;
+            let p = Probe {
+                offered_pps: Some(rate),
+                r,
+            };
+            if ok(&p) {
+                lo = rate;
+            } else {
+                hi = rate;
+            }
+            probes.push(p);
+        }
+    }
+    let best = probes
+        .iter()
+        .filter(|p| ok(p))
+        .max_by(|a, b| a.r.received_pps.total_cmp(&b.r.received_pps))
+        .or_else(|| {
+            probes.iter().min_by(|a, b| {
+                a.offered_pps
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b.offered_pps.unwrap_or(f64::MAX))
+            })
+        })
+        .copied();
+    Ok((best, probes))
+}

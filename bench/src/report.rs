@@ -1,0 +1,626 @@
+//! The results model of a benchmark run (`results.json`), its summary (medians
+//! with min/max over repeats, ratios to kernel VXLAN from the same run), the
+//! issue-4 target checks, and the markdown rendering (`results.md`).
+//! Pure: no I/O, no clock (the caller passes timestamps in).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Summary;
+
+/// What carries pod traffic between the two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Plain routes between the nodes: the physical limit of this machine.
+    NoOverlay,
+    /// The kernel vxlan driver, programmed with flannel's recipe.
+    KernelVxlan,
+    /// vxmeshd's userspace dataplane.
+    Vxmesh,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::NoOverlay, Mode::KernelVxlan, Mode::Vxmesh];
+
+    /// How tables and charts name the mode.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::NoOverlay => "no overlay",
+            Mode::KernelVxlan => "kernel VXLAN",
+            Mode::Vxmesh => "vxmesh",
+        }
+    }
+
+    /// The name on the command line (`--modes`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::NoOverlay => "none",
+            Mode::KernelVxlan => "kernel",
+            Mode::Vxmesh => "vxmesh",
+        }
+    }
+
+    /// A short tag for namespace and file names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Mode::NoOverlay => "raw",
+            Mode::KernelVxlan => "kvx",
+            Mode::Vxmesh => "vxm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.key() == s)
+    }
+}
+
+/// One reported metric; values are stored in the display unit.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+}
+
+pub const TCP1_AB: &str = "tcp1_ab_gbps";
+pub const TCP1_BA: &str = "tcp1_ba_gbps";
+pub const TCP8_AB: &str = "tcp8_ab_gbps";
+pub const TCP8_BA: &str = "tcp8_ba_gbps";
+pub const RTT_MEDIAN: &str = "rtt_median_us";
+pub const RTT_P99: &str = "rtt_p99_us";
+pub const UDP64_KPPS: &str = "udp64_kpps";
+pub const UDP64_LOSS: &str = "udp64_loss_pct";
+pub const CPU_MACHINE: &str = "cpu_machine_s_per_gb";
+pub const CPU_AGENTS: &str = "cpu_agents_s_per_gb";
+
+/// Every metric, in table order.
+pub const METRICS: &[MetricDef] = &[
+    MetricDef {
+        key: TCP1_AB,
+        label: "TCP 1 stream A→B",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    MetricDef {
+        key: TCP1_BA,
+        label: "TCP 1 stream B→A",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    MetricDef {
+        key: TCP8_AB,
+        label: "TCP 8 streams A→B",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    MetricDef {
+        key: TCP8_BA,
+        label: "TCP 8 streams B→A",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    MetricDef {
+        key: RTT_MEDIAN,
+        label: "ping RTT median",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: RTT_P99,
+        label: "ping RTT p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: UDP64_KPPS,
+        label: "UDP 64 B rate at ≤ 1 % loss",
+        unit: "kpps",
+        higher_is_better: true,
+    },
+    MetricDef {
+        key: UDP64_LOSS,
+        label: "UDP 64 B loss at that rate",
+        unit: "%",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: CPU_MACHINE,
+        label: "machine CPU per GB (TCP tests)",
+        unit: "CPU-s/GB",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: CPU_AGENTS,
+        label: "vxmeshd CPU per GB (TCP tests)",
+        unit: "CPU-s/GB",
+        higher_is_better: false,
+    },
+];
+
+/// The machine and software the run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub date_utc: String,
+    pub git_commit: String,
+    /// Uncommitted changes under dataplane/src or control/src when the run started.
+    pub code_dirty: Option<bool>,
+    pub load_before: String,
+    pub load_after: String,
+    /// Other heavy processes seen (VMs, compilers) at the start or end.
+    pub busy_processes: Vec<String>,
+    /// Versions of iperf3, etcd, vxmeshd.
+    pub tools: BTreeMap<String, String>,
+}
+
+/// How the run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Settings {
+    pub command: String,
+    pub quick: bool,
+    pub repeats: usize,
+    pub modes: Vec<Mode>,
+    pub tcp_seconds: u32,
+    pub tcp_omit_seconds: u32,
+    pub pings: u32,
+    pub ping_interval_ms: u32,
+    pub udp_payload_bytes: u32,
+    pub udp_probe_seconds: u32,
+    pub udp_probes: u32,
+    pub udp_max_loss_pct: f64,
+    pub agent_args: Vec<String>,
+    pub underlay_mtu: u32,
+}
+
+/// One mode measured once (one repeat).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub repeat: usize,
+    pub mode: Mode,
+    /// Set when the topology or a measurement failed; metrics may be partial.
+    pub error: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+    /// Per-test figures, UDP probes, agent status and counters.
+    pub details: serde_json::Value,
+}
+
+/// One metric across modes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricRow {
+    pub key: String,
+    pub label: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub by_mode: BTreeMap<Mode, Summary>,
+    /// Median of the mode over median of kernel VXLAN (same run).
+    pub ratio_to_kernel: BTreeMap<Mode, f64>,
+}
+
+/// One target of issue 4, checked against the summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub goal: String,
+    pub measured: String,
+    /// `None` when a mode needed for the check was not measured.
+    pub met: Option<bool>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub settings: Settings,
+    pub runs: Vec<Run>,
+    pub summary: Vec<MetricRow>,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+}
+
+/// Medians with min/max over the repeats of each mode, and ratios to kernel VXLAN.
+pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<MetricRow> {
+    let mut rows = Vec::new();
+    for m in METRICS {
+        let mut by_mode = BTreeMap::new();
+        for &mode in modes {
+            let vals: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.mode == mode)
+                .filter_map(|r| r.metrics.get(m.key).copied())
+                .collect();
+            if let Some(s) = Summary::of(&vals) {
+                by_mode.insert(mode, s);
+            }
+        }
+        if by_mode.is_empty() {
+            continue;
+        }
+        let mut ratio_to_kernel = BTreeMap::new();
+        if let Some(k) = by_mode.get(&Mode::KernelVxlan) {
+            for (&mode, s) in &by_mode {
+                if mode != Mode::KernelVxlan && k.median != 0.0 {
+                    ratio_to_kernel.insert(mode, s.median / k.median);
+                }
+            }
+        }
+        rows.push(MetricRow {
+            key: m.key.to_string(),
+            label: m.label.to_string(),
+            unit: m.unit.to_string(),
+            higher_is_better: m.higher_is_better,
+            by_mode,
+            ratio_to_kernel,
+        });
+    }
+    rows
+}
+
+fn row<'a>(rows: &'a [MetricRow], key: &str) -> Option<&'a MetricRow> {
+    rows.iter().find(|r| r.key == key)
+}
+
+fn ratio(rows: &[MetricRow], key: &str) -> Option<f64> {
+    row(rows, key)?.ratio_to_kernel.get(&Mode::Vxmesh).copied()
+}
+
+fn median(rows: &[MetricRow], key: &str, mode: Mode) -> Option<f64> {
+    Some(row(rows, key)?.by_mode.get(&mode)?.median)
+}
+
+/// The targets of issue 4 (ratios of vxmesh to kernel VXLAN in the same run).
+pub fn check_targets(rows: &[MetricRow], max_loss_pct: f64) -> Vec<Target> {
+    let pair = |name: &str, ab: &str, ba: &str| {
+        let (a, b) = (ratio(rows, ab), ratio(rows, ba));
+        Target {
+            name: name.to_string(),
+            goal: "≥ 0.75 × kernel VXLAN, both directions".to_string(),
+            measured: format!("A→B {}, B→A {}", fmt_ratio(a), fmt_ratio(b)),
+            met: a.zip(b).map(|(a, b)| a >= 0.75 && b >= 0.75),
+        }
+    };
+    let added = median(rows, RTT_MEDIAN, Mode::Vxmesh)
+        .zip(median(rows, RTT_MEDIAN, Mode::KernelVxlan))
+        .map(|(v, k)| v - k);
+    let udp = ratio(rows, UDP64_KPPS);
+    let loss = median(rows, UDP64_LOSS, Mode::Vxmesh);
+    vec![
+        pair("TCP, 1 stream", TCP1_AB, TCP1_BA),
+        pair("TCP, 8 streams", TCP8_AB, TCP8_BA),
+        Target {
+            name: "added RTT (median)".to_string(),
+            goal: "≤ 50 µs over kernel VXLAN".to_string(),
+            measured: added.map_or("–".to_string(), |a| format!("{a:+.0} µs")),
+            met: added.map(|a| a <= 50.0),
+        },
+        Target {
+            name: "UDP 64 B packet rate".to_string(),
+            goal: format!("≥ 0.3 × kernel VXLAN, loss ≤ {max_loss_pct} %"),
+            measured: format!(
+                "{} at {} loss",
+                fmt_ratio(udp),
+                loss.map_or("–".to_string(), |l| format!("{l:.2} %"))
+            ),
+            met: udp.zip(loss).map(|(r, l)| r >= 0.3 && l <= max_loss_pct),
+        },
+    ]
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("–".to_string(), |r| format!("{r:.2}"))
+}
+
+/// A figure with 3 significant digits (at least 0 decimals, at most 3).
+pub fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    let decimals = if a >= 100.0 {
+        0
+    } else if a >= 10.0 {
+        1
+    } else if a >= 1.0 {
+        2
+    } else {
+        3
+    };
+    format!("{v:.decimals$}")
+}
+
+fn cell(s: Option<&Summary>) -> String {
+    match s {
+        None => "–".to_string(),
+        Some(s) if s.n == 1 => fmt_value(s.median),
+        Some(s) => format!(
+            "{} ({}–{})",
+            fmt_value(s.median),
+            fmt_value(s.min),
+            fmt_value(s.max)
+        ),
+    }
+}
+
+/// The markdown table: one row per metric, a column per mode (median, min–max),
+/// and the ratios to kernel VXLAN.
+pub fn markdown_table(rows: &[MetricRow], modes: &[Mode]) -> String {
+    let mut s = String::from("| metric | unit |");
+    for m in modes {
+        let _ = write!(s, " {} |", m.label());
+    }
+    let others: Vec<Mode> = modes
+        .iter()
+        .copied()
+        .filter(|&m| m != Mode::KernelVxlan)
+        .collect();
+    let with_ratio = modes.contains(&Mode::KernelVxlan);
+    if with_ratio {
+        for m in &others {
+            let _ = write!(s, " {} / kernel |", m.label());
+        }
+    }
+    s.push_str("\n|---|---|");
+    for _ in modes {
+        s.push_str("---:|");
+    }
+    if with_ratio {
+        for _ in &others {
+            s.push_str("---:|");
+        }
+    }
+    s.push('\n');
+    for r in rows {
+        let _ = write!(s, "| {} | {} |", r.label, r.unit);
+        for m in modes {
+            let _ = write!(s, " {} |", cell(r.by_mode.get(m)));
+        }
+        if with_ratio {
+            for m in &others {
+                let _ = write!(s, " {} |", fmt_ratio(r.ratio_to_kernel.get(m).copied()));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The targets as a markdown table.
+pub fn markdown_targets(targets: &[Target]) -> String {
+    let mut s = String::from("| target | goal | measured | met |\n|---|---|---|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(s, "| {} | {} | {} | {} |", t.name, t.goal, t.measured, met);
+    }
+    s
+}
+
+/// `results.md`: machine, settings, the table, targets, notes and the chart.
+pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
+    let m = &r.machine;
+    let st = &r.settings;
+    let mut s = String::new();
+    let _ = writeln!(s, "## Results {}\n", m.date_utc);
+    let _ = writeln!(
+        s,
+        "Machine: {} × {}, Linux {}; commit `{}`{}; load before/after: {} / {}.",
+        m.cores,
+        m.cpu_model,
+        m.kernel,
+        m.git_commit,
+        match m.code_dirty {
+            Some(true) => " (with uncommitted changes under dataplane/ or control/)",
+            _ => "",
+        },
+        m.load_before,
+        m.load_after
+    );
+    if m.busy_processes.is_empty() {
+        s.push_str("No VM or compiler was running during the run.\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "**Other load during the run:** {} — figures are noisier than usual.",
+            m.busy_processes.join(", ")
+        );
+    }
+    let tools: Vec<String> = m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "Tools: {}.\n", tools.join(", "));
+    let _ = writeln!(
+        s,
+        "Settings: {} repeat(s){}, iperf3 {} s per test (first {} s omitted), ping {} × {} ms, \
+         UDP {} B payload searched in ≤ {} probes of {} s for ≤ {} % loss; \
+         cells are median (min–max) over repeats; ratios are medians over kernel VXLAN's \
+         median in this run. Command: `{}`.\n",
+        st.repeats,
+        if st.quick { " (quick mode)" } else { "" },
+        st.tcp_seconds,
+        st.tcp_omit_seconds,
+        st.pings,
+        st.ping_interval_ms,
+        st.udp_payload_bytes,
+        st.udp_probes,
+        st.udp_probe_seconds,
+        st.udp_max_loss_pct,
+        st.command
+    );
+    s.push_str(&markdown_table(&r.summary, &st.modes));
+    s.push('\n');
+    if !r.targets.is_empty() {
+        s.push_str("Targets of issue 4:\n\n");
+        s.push_str(&markdown_targets(&r.targets));
+        s.push('\n');
+    }
+    let failed: Vec<String> = r
+        .runs
+        .iter()
+        .filter_map(|run| {
+            run.error
+                .as_ref()
+                .map(|e| format!("{} repeat {}: {e}", run.mode.label(), run.repeat))
+        })
+        .collect();
+    if !failed.is_empty() {
+        s.push_str("Failures (their figures are missing or partial):\n\n");
+        for f in failed {
+            let _ = writeln!(s, "- {f}");
+        }
+        s.push('\n');
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    if let Some(c) = chart {
+        let _ = writeln!(s, "\n![benchmark chart]({c})");
+    }
+    s
+}
+
+/// Calendar date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// (`2026-01-31T12:00:00Z`, `20260131T120000Z`) for a Unix time in seconds.
+pub fn utc_stamps(unix_secs: u64) -> (String, String) {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    (
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mode: Mode, repeat: usize, vals: &[(&str, f64)]) -> Run {
+        Run {
+            repeat,
+            mode,
+            error: None,
+            metrics: vals.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    fn sample() -> Vec<Run> {
+        let mut runs = Vec::new();
+        for (i, (k, v)) in [(10.0, 8.0), (12.0, 9.0), (11.0, 10.0)].iter().enumerate() {
+            runs.push(run(
+                Mode::KernelVxlan,
+                i + 1,
+                &[
+                    (TCP1_AB, *k),
+                    (TCP1_BA, *k),
+                    (TCP8_AB, *k),
+                    (TCP8_BA, *k),
+                    (RTT_MEDIAN, 40.0),
+                    (UDP64_KPPS, 100.0),
+                    (UDP64_LOSS, 0.1),
+                ],
+            ));
+            runs.push(run(
+                Mode::Vxmesh,
+                i + 1,
+                &[
+                    (TCP1_AB, *v),
+                    (TCP1_BA, *v),
+                    (TCP8_AB, *v),
+                    (TCP8_BA, 5.0),
+                    (RTT_MEDIAN, 70.0),
+                    (UDP64_KPPS, 40.0),
+                    (UDP64_LOSS, 0.5),
+                ],
+            ));
+        }
+        runs
+    }
+
+    #[test]
+    fn summary_and_ratios() {
+        let rows = summarize(&sample(), &[Mode::KernelVxlan, Mode::Vxmesh]);
+        let r = row(&rows, TCP1_AB).unwrap();
+        assert_eq!(r.by_mode[&Mode::KernelVxlan].median, 11.0);
+        assert_eq!(r.by_mode[&Mode::Vxmesh].min, 8.0);
+        assert!((r.ratio_to_kernel[&Mode::Vxmesh] - 9.0 / 11.0).abs() < 1e-12);
+        assert!(!r.ratio_to_kernel.contains_key(&Mode::KernelVxlan));
+        // metrics nobody measured are left out
+        assert!(row(&rows, CPU_AGENTS).is_none());
+    }
+
+    #[test]
+    fn targets() {
+        let rows = summarize(&sample(), &[Mode::KernelVxlan, Mode::Vxmesh]);
+        let t = check_targets(&rows, 1.0);
+        assert_eq!(t[0].met, Some(true)); // 9/11 = 0.82 both ways
+        assert_eq!(t[1].met, Some(false)); // B→A 5/11
+        assert_eq!(t[2].met, Some(true)); // +30 µs
+        assert_eq!(t[2].measured, "+30 µs");
+        assert_eq!(t[3].met, Some(true)); // 0.4 at 0.5 %
+        let none = check_targets(&summarize(&sample(), &[Mode::Vxmesh]), 1.0);
+        assert!(none.iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
+    fn table_renders_every_mode_and_ratio() {
+        let modes = [Mode::KernelVxlan, Mode::Vxmesh];
+        let md = markdown_table(&summarize(&sample(), &modes), &modes);
+        let first = md.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "| metric | unit | kernel VXLAN | vxmesh | vxmesh / kernel |"
+        );
+        assert!(md.contains(
+            "| TCP 1 stream A→B | Gbit/s | 11.0 (10.0–12.0) | 9.00 (8.00–10.0) | 0.82 |"
+        ));
+    }
+
+    #[test]
+    fn value_format() {
+        assert_eq!(fmt_value(15.734), "15.7");
+        assert_eq!(fmt_value(1234.4), "1234");
+        assert_eq!(fmt_value(0.01234), "0.012");
+        assert_eq!(fmt_value(4.5678), "4.57");
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_stamps(0).0, "1970-01-01T00:00:00Z");
+        // 2024-02-29T23:59:59Z
+        assert_eq!(
+            utc_stamps(1_709_251_199),
+            (
+                "2024-02-29T23:59:59Z".to_string(),
+                "20240229T235959Z".to_string()
+            )
+        );
+        assert_eq!(utc_stamps(1_767_225_600).0, "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn modes_round_trip() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.key()), Some(m));
+        }
+        let j = serde_json::to_string(&BTreeMap::from([(Mode::KernelVxlan, 1)])).unwrap();
+        assert_eq!(j, r#"{"kernel_vxlan":1}"#);
+    }
+}
