@@ -44,6 +44,8 @@ const VXLAN_MAC_A: &str = "0e:76:78:00:01:00";
 const VXLAN_MAC_B: &str = "0e:76:78:00:02:00";
 pub const HEALTHZ_PORT: u16 = 8471;
 const ETCD_PORT: u16 = 2379;
+/// Temp dirs (etcd data, subnet files) are `<tmp>/vxmesh-bench-<pid>-<random>`.
+const STATE_DIR_BASE: &str = "vxmesh-bench-";
 
 /// Where the harness's binaries and logs are, and what to name things.
 #[derive(Debug, Clone)]
@@ -124,7 +126,7 @@ impl Topology {
     /// Builds the topology of `mode` and checks pod A reaches pod B.
     pub fn build(mode: Mode, ctx: &Context) -> anyhow::Result<Topology> {
         let state = tempfile::Builder::new()
-            .prefix("vxmesh-bench-")
+            .prefix(&format!("{STATE_DIR_BASE}{}-", std::process::id()))
             .tempdir()
             .context("creating a temp dir")?;
         let name = |role: &str| format!("{}-{}-{role}", ctx.prefix, mode.tag());
@@ -505,9 +507,22 @@ fn make_pod(node: &Node, name: &str, mtu: u32) -> anyhow::Result<Pod> {
     Ok(Pod { ns: pod, ip })
 }
 
-/// Deletes namespaces named `<base><pid>-…` whose harness process is gone (a run
-/// killed with SIGKILL or a second Ctrl-C), with every process inside them.
-/// Returns the names removed.
+/// The pid in `<base><pid>-…`, if `name` has that shape.
+fn owner_pid(name: &str, base: &str) -> Option<i32> {
+    let (pid, _) = name.strip_prefix(base)?.split_once('-')?;
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// Whether a process (or zombie) with this pid exists.
+fn pid_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Deletes namespaces named `<base><pid>-…` (with every process inside them)
+/// and temp dirs `vxmesh-bench-<pid>-…` whose harness process is gone: what a
+/// run killed with SIGKILL or a second Ctrl-C leaves. Returns what it removed.
 pub fn remove_stale(base: &str) -> Vec<String> {
     let list = run("ip", &["netns", "list"]).unwrap_or_default();
     let mut removed = Vec::new();
@@ -515,22 +530,21 @@ pub fn remove_stale(base: &str) -> Vec<String> {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        let Some(pid) = name
-            .strip_prefix(base)
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(p, _)| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: kill with signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if alive {
-            continue;
+        if owner_pid(name, base).is_some_and(|p| !pid_exists(p)) {
+            // Netns's Drop kills the processes inside and deletes the namespace.
+            drop(Netns::adopt(name));
+            removed.push(name.to_string());
         }
-        // Netns's Drop kills the processes inside and deletes the namespace.
-        drop(Netns::adopt(name));
-        removed.push(name.to_string());
+    }
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if owner_pid(&name, STATE_DIR_BASE).is_some_and(|p| !pid_exists(p))
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                removed.push(e.path().display().to_string());
+            }
+        }
     }
     removed
 }
@@ -551,6 +565,15 @@ mod tests {
             parse_subnet_env("FLANNEL_SUBNET=10.244.37.1/25\nFLANNEL_MTU=1450"),
             None
         );
+    }
+
+    #[test]
+    fn stale_names() {
+        assert_eq!(owner_pid("vxb123-vxm-a", "vxb"), Some(123));
+        assert_eq!(owner_pid("vxmesh-bench-77-x1Yz", STATE_DIR_BASE), Some(77));
+        assert_eq!(owner_pid("vxlab-n1", "vxb"), None);
+        assert_eq!(owner_pid("vxb-1-a", "vxb"), None);
+        assert!(pid_exists(std::process::id() as i32));
     }
 
     #[test]
