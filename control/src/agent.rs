@@ -5,8 +5,10 @@
 //! clear error, until it exists and is valid), acquire a subnet lease, create and
 //! configure the TAP, start the dataplane threads, write the subnet file, then
 //! follow the peers' leases (routes, permanent neighbours, forwarding table) until
-//! told to stop. On SIGTERM/SIGINT it removes the routes and neighbours it added
-//! and the TAP, and keeps its lease so a restart gets the same subnet.
+//! told to stop. On SIGTERM/SIGINT the userspace dataplane removes the routes and
+//! neighbours it added and the TAP; the kernel dataplane leaves its device
+//! programmed (as flanneld does) and prunes what went stale on its next start.
+//! The lease is kept so a restart gets the same subnet.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -327,6 +329,27 @@ async fn program(
     ok
 }
 
+/// Removes per-peer state the full peer set does not account for (entries left on
+/// a kernel device that outlived the agent); `false` if that failed.
+async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &AgentState) -> bool {
+    match dp.prune(nl, peers).await {
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                removed = n,
+                "pruned stale routes, neighbours or fdb entries"
+            );
+            true
+        }
+        Err(e) => {
+            state.route_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot prune stale peer state");
+            state.update(|i| i.last_error = Some(e.to_string()));
+            false
+        }
+    }
+}
+
 fn record_skips(skips: Vec<Skip>, state: &AgentState) {
     if skips.is_empty() {
         return;
@@ -372,10 +395,13 @@ pub async fn run(
     }
     let vni = cfg.backend.vni;
     let vtep_mac: MacAddr = crate::vtep_mac::derive(underlay.public_ip, vni.get());
+    // As flannel: Backend.MTU, when set, replaces the underlay MTU; the overlay
+    // device (and FLANNEL_MTU) gets 50 bytes less either way.
     let mtu = cfg
         .backend
         .mtu
-        .unwrap_or(underlay.link.mtu.saturating_sub(ENCAP_OVERHEAD));
+        .unwrap_or(underlay.link.mtu)
+        .saturating_sub(ENCAP_OVERHEAD);
     state.update(|i| {
         i.public_ip = Some(underlay.public_ip);
         i.iface = Some(underlay.link.name.clone());
@@ -478,11 +504,12 @@ pub async fn run(
             ev = wrx.recv() => {
                 let Some(ev) = ev else { anyhow::bail!("registry watch ended") };
                 let mut skips = Vec::new();
+                let full_listing = matches!(ev, WatchEvent::Snapshot(_));
                 let changes = match ev {
                     WatchEvent::Snapshot(l) => {
                         let entries: Vec<(String, Vec<u8>)> = l.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
                         if state.ready.lease.load(Ordering::Relaxed) && !entries.iter().any(|(k, _)| *k == own_key(own.subnet)) {
-                            let _ = lost_tx.send(format!("our key {} is gone from etcd", own_key(own.subnet))).await;
+                            let _ = lost_tx.try_send(format!("our key {} is gone from etcd", own_key(own.subnet)));
                         }
                         peers.reset(&entries, &mut skips)
                     }
@@ -490,21 +517,24 @@ pub async fn run(
                         if key == own_key(own.subnet) {
                             let ours = LeaseAttrs::parse(&value).is_ok_and(|a| a.public_ip == underlay.public_ip);
                             if !ours {
-                                let _ = lost_tx.send(format!("our key {key} was overwritten by another node")).await;
+                                let _ = lost_tx.try_send(format!("our key {key} was overwritten by another node"));
                             }
                         }
                         peers.put(&key, &value, &mut skips).into_iter().collect()
                     }
                     WatchEvent::Delete { key } => {
                         if key == own_key(own.subnet) && state.ready.lease.load(Ordering::Relaxed) {
-                            let _ = lost_tx.send(format!("our key {key} was deleted")).await;
+                            let _ = lost_tx.try_send(format!("our key {key} was deleted"));
                         }
                         peers.delete(&key).into_iter().collect()
                     }
                 };
                 record_skips(skips, &state);
                 dp.publish(&peers);
-                let ok = program(&nl, &dp, &changes, &state).await;
+                let mut ok = program(&nl, &dp, &changes, &state).await;
+                if full_listing {
+                    ok &= prune(&nl, &dp, &peers, &state).await;
+                }
                 if !synced || !changes.is_empty() {
                     synced = true;
                     state.ready.routes.store(ok, Ordering::Relaxed);
@@ -547,15 +577,14 @@ pub async fn run(
                     }
                 }
                 if synced {
+                    ok &= prune(&nl, &dp, &peers, &state).await;
                     state.ready.routes.store(ok, Ordering::Relaxed);
                 }
             }
         }
     }
 
-    tracing::info!(
-        "stopping: removing routes, neighbours and the device; the lease is kept for a restart"
-    );
+    tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
     lease.abort();
