@@ -8,7 +8,9 @@
 # Role node:  vxmeshd + vxmeshctl -> /usr/local/bin, the CNI plugin vxmesh -> the CNI bin dir
 #             (/usr/lib/cni on Debian/Ubuntu, else /opt/cni/bin), /etc/vxmesh/vxmeshd.env (the
 #             agent's VXMESHD_* flags), /etc/systemd/system/vxmeshd.service (enabled, started:
-#             the start returns once the agent is ready), /etc/cni/net.d/10-vxmesh.conflist.
+#             the start returns once the agent is ready), /etc/cni/net.d/10-vxmesh.conflist,
+#             /etc/systemd/network/10-vxmesh.link (keeps udevd from replacing the TAP's VTEP
+#             MAC: see packaging/systemd/10-vxmesh.link).
 #             Needs the reference CNI plugins (bridge, host-local, portmap) and iptables.
 # Role etcd:  a single-member etcd from the distribution's etcd.service (Debian: etcd-server)
 #             with the drop-in packaging/systemd/etcd.service.d/10-vxmesh.conf and
@@ -101,6 +103,7 @@ ETCD_ENV=/etc/vxmesh/etcd.env
 UNIT=/etc/systemd/system/vxmeshd.service
 ETCD_DROPIN=/etc/systemd/system/etcd.service.d/10-vxmesh.conf
 CONFLIST=/etc/cni/net.d/10-vxmesh.conflist
+LINK=/etc/systemd/network/10-vxmesh.link
 ETCD_DATA=/var/lib/etcd/vxmesh
 installed=()
 
@@ -184,6 +187,12 @@ if [ "$role_node" = 1 ]; then
   put "$tmp2" "$ENV_FILE" 0644
   put "$SRC/packaging/systemd/vxmeshd.service" "$UNIT" 0644
   put "$SRC/cni-shim/examples/10-vxmesh.conflist" "$CONFLIST" 0644
+  tap=$(sed -n 's/^VXMESHD_TAP_NAME=//p' "$tmp2" | tail -n 1)
+  case ${tap:-vxmesh0} in
+    vxmesh*) put "$SRC/packaging/systemd/10-vxmesh.link" "$LINK" 0644 ;;
+    *) sed "s/^OriginalName=vxmesh\*\$/OriginalName=vxmesh* $tap/" "$SRC/packaging/systemd/10-vxmesh.link" >"$tmp2.link"
+       put "$tmp2.link" "$LINK" 0644; rm -f "$tmp2.link" ;;
+  esac
   log "node: $(sed -n 's/^VXMESHD_/VXMESHD_/p' "$tmp2" | tr '\n' ' ')CNI plugin in $CNI_BIN"
 fi
 
@@ -223,6 +232,8 @@ if [ "$role_etcd" = 1 ]; then
   fi
 fi
 if [ "$role_node" = 1 ]; then
+  # udevd reads .link files at start and on reload: the TAP made below must see 10-vxmesh.link
+  if command -v udevadm >/dev/null; then udevadm control --reload || true; fi
   systemctl enable vxmeshd.service >/dev/null 2>&1
   # restart, not start: a re-install must run the new binary. Returns when the agent is ready.
   if ! systemctl restart vxmeshd.service; then

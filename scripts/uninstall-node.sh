@@ -4,7 +4,7 @@
 #   node role: stop and disable vxmeshd (on SIGTERM the agent removes its routes, neighbours and
 #              TAP; its lease in etcd expires after the lease TTL), remove the masquerade/forward
 #              rules (`vxmeshctl cleanup-iptables`), the subnet file, the unit, the env file, the
-#              binaries, the CNI plugin and the conflist; when no pod is left on cni0, also the
+#              binaries, the CNI plugin, the conflist and the udev .link file; when no pod is left on cni0, also the
 #              cni0 bridge and the CNI state (/var/lib/cni/vxmesh, host-local's
 #              /var/lib/cni/networks/vxmesh) — with pods left they are kept and listed.
 #   etcd role: remove the drop-in and /etc/vxmesh/etcd.env, put etcd.service back the way it was
@@ -54,7 +54,8 @@ else
   roles=(node etcd)
   files=(/usr/local/bin/vxmeshd /usr/local/bin/vxmeshctl /usr/lib/cni/vxmesh /opt/cni/bin/vxmesh
          "$ENV_FILE" /etc/systemd/system/vxmeshd.service /etc/cni/net.d/10-vxmesh.conflist
-         /etc/vxmesh/etcd.env /etc/systemd/system/etcd.service.d/10-vxmesh.conf)
+         /etc/vxmesh/etcd.env /etc/systemd/system/etcd.service.d/10-vxmesh.conf
+         /etc/systemd/network/10-vxmesh.link)
 fi
 has_role() { local r; for r in "${roles[@]}"; do [ "$r" = "$1" ] && return 0; done; return 1; }
 
@@ -119,6 +120,7 @@ done
 if live && command -v systemctl >/dev/null; then
   systemctl daemon-reload
   systemctl reset-failed vxmeshd.service >/dev/null 2>&1 || true
+  if command -v udevadm >/dev/null; then udevadm control --reload || true; fi
 fi
 log "removed ${#files[@]} files"
 if [ ${#apt_added[@]} -gt 0 ]; then

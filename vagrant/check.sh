@@ -125,6 +125,7 @@ out=$("$ROOT/scripts/install-node.sh" --root "$R" --role node,etcd --bin-dir "$B
   --etcd-endpoints http://192.168.56.10:2379 --iface eth1 --etcd-ip 192.168.56.10 --env VXMESHD_SUBNET_LEASE_TTL=30m 2>&1)
 rc=$?
 expected="/etc/cni/net.d/10-vxmesh.conflist
+/etc/systemd/network/10-vxmesh.link
 /etc/systemd/system/etcd.service.d/10-vxmesh.conf
 /etc/systemd/system/vxmeshd.service
 /etc/vxmesh/etcd.env
@@ -142,8 +143,13 @@ grep -qx 'VXMESHD_ETCD_ENDPOINTS=http://192.168.56.10:2379' "$R/etc/vxmesh/vxmes
   grep -qx 'VXMESHD_SUBNET_LEASE_TTL=30m' "$R/etc/vxmesh/vxmeshd.env" &&
   grep -qx 'ETCD_LISTEN_CLIENT_URLS=http://192.168.56.10:2379,http://127.0.0.1:2379' "$R/etc/vxmesh/etcd.env" &&
   cmp -s "$R/etc/systemd/system/vxmeshd.service" "$ROOT/packaging/systemd/vxmeshd.service" &&
-  cmp -s "$R/etc/cni/net.d/10-vxmesh.conflist" "$ROOT/cni-shim/examples/10-vxmesh.conflist"
-result "install-node.sh --root: env files, unit and conflist contents" $?
+  cmp -s "$R/etc/cni/net.d/10-vxmesh.conflist" "$ROOT/cni-shim/examples/10-vxmesh.conflist" &&
+  cmp -s "$R/etc/systemd/network/10-vxmesh.link" "$ROOT/packaging/systemd/10-vxmesh.link"
+result "install-node.sh --root: env files, unit, conflist and udev .link contents" $?
+R2=$SCRATCH/root2; mkdir -p "$R2"
+"$ROOT/scripts/install-node.sh" --root "$R2" --role node --bin-dir "$B" --env VXMESHD_TAP_NAME=ovl0 >/dev/null 2>&1
+grep -qx 'OriginalName=vxmesh\* ovl0' "$R2/etc/systemd/network/10-vxmesh.link" && grep -qx 'MACAddressPolicy=none' "$R2/etc/systemd/network/10-vxmesh.link"
+result "install-node.sh: a custom VXMESHD_TAP_NAME is covered by the udev .link file" $?
 # a second install (re-provisioning) must not lose track of anything
 "$ROOT/scripts/install-node.sh" --root "$R" --role node --bin-dir "$B" >/dev/null 2>&1
 out=$("$ROOT/scripts/uninstall-node.sh" --root "$R" 2>&1)

@@ -67,6 +67,7 @@ vg() { (cd "$HERE" && "$TOOLS/vglab" vagrant "$@"); }
 vssh() { local vm=$1; shift; "$TOOLS/vglab" ssh -F "$WORK/ssh_config" -o LogLevel=ERROR "$vm" "$@"; }
 # vagrant's progress bars (\r, ESC[K) are noise in a log
 indent() { sed -u 's/^/    /'; }
+elapsed() { local l; while IFS= read -r l; do printf '+%ss %s\n' $(( $(date +%s) - t0 )) "$l"; done; }
 declutter() { sed -u 's/\x1b\[K/\n/g; s/\r/\n/g' | grep --line-buffered -v -e '^Progress' -e '^$'; }
 
 cleanup() {
@@ -174,7 +175,7 @@ phase "lab-netns-up.sh"
 # ---- 2. vagrant up -----------------------------------------------------------------------
 stamp "vagrant up ($NODES nodes, etcd $( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo on node1 || echo VM))"
 vms_up=1
-vg up 2>&1 | declutter | tee "$WORK/vagrant-up.log" | indent
+vg up 2>&1 | declutter | elapsed | tee "$WORK/vagrant-up.log" | indent
 up_rc=${PIPESTATUS[0]}
 phase "vagrant up (boot+provision)"
 if grep -q 'VXMESH-CANNOT-RUN:' "$WORK/vagrant-up.log"; then
@@ -185,9 +186,9 @@ check "vagrant up: VMs booted, vxmesh installed, etcd + vxmeshd started by syste
 vg ssh-config >"$WORK/ssh_config" 2>/dev/null || { check "vagrant ssh-config" 1; exit 1; }
 
 for i in $(seq "$NODES"); do
-  st=$(vssh "node$i" "systemctl is-active vxmeshd; sudo /usr/local/bin/vxmeshctl wait-ready --timeout 30; sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env" 2>&1)
-  [ "$(echo "$st" | sed -n 1p)" = active ] && [ "$(echo "$st" | sed -n 2p)" = ready ]
-  check "node$i: vxmeshd.service active and ready" $? "$(echo "$st" | tr '\n' ' ')"
+  st=$(vssh "node$i" "systemctl is-active vxmeshd; sudo /usr/local/bin/vxmeshctl wait-ready --timeout 30; sudo $G tap-mac; sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env" 2>&1)
+  [ "$(echo "$st" | sed -n 1p)" = active ] && [ "$(echo "$st" | sed -n 2p)" = ready ] && [ "$(echo "$st" | sed -n 3p | cut -d' ' -f1)" = ok ]
+  check "node$i: vxmeshd.service active and ready, TAP MAC = VTEP MAC" $? "$(echo "$st" | tr '\n' ' ')"
 done
 
 # ---- 3. pods, pings, iperf3 --------------------------------------------------------------
@@ -222,16 +223,16 @@ phase "ping (all pairs)"
 
 if [ "$NODES" -ge 2 ]; then
   vssh node2 "sudo $G iperf-server node2-p1" >/dev/null 2>&1
-  gbps=$(vssh node1 "sudo $G iperf node1-p1 $(addr_of node2-p1) $IPERF_SECONDS" 2>/dev/null)
-  check "iperf3 node1-p1 -> node2-p1 (TCP, 1 stream, ${IPERF_SECONDS}s)" $? "${gbps:-?} Gbit/s"
-  note+=("iperf3 node1-p1 -> node2-p1: ${gbps:-?} Gbit/s (userspace VXLAN in TCG-emulated VMs: functional, not a benchmark)")
+  mbps=$(vssh node1 "sudo $G iperf node1-p1 $(addr_of node2-p1) $IPERF_SECONDS" 2>/dev/null)
+  check "iperf3 node1-p1 -> node2-p1 (TCP, 1 stream, ${IPERF_SECONDS}s)" $? "${mbps:-?} Mbit/s"
+  note+=("iperf3 node1-p1 -> node2-p1: ${mbps:-?} Mbit/s (userspace VXLAN in TCG-emulated VMs: functional, not a benchmark)")
   phase "iperf3"
 fi
 
 # ---- 4. the systemd-managed agent restarts cleanly ---------------------------------------
 R=node$(( NODES >= 2 ? 2 : 1 ))
 out=$(vssh "$R" "sudo $G restart-agent" 2>&1)
-check "$R: systemctl restart vxmeshd (new PID, active, same subnet)" $? "$out"
+check "$R: systemctl restart vxmeshd (new PID, active, same subnet, TAP MAC = VTEP MAC)" $? "$out"
 if [ "$NODES" -ge 2 ]; then
   peer=$( [ "$R" = node1 ] && echo node2 || echo node1 )
   secs=$(vssh "$peer" "sudo $G wait-ping $peer-p1 $(addr_of "$R-p1") 60" 2>/dev/null)

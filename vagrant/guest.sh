@@ -10,9 +10,11 @@
 #                            on another node
 #   wait-ping POD ADDR SECS  seconds until POD gets a reply from ADDR (status 1: none in SECS)
 #   iperf-server POD         one-shot iperf3 server in POD (daemon)
-#   iperf POD ADDR SECS      iperf3 client; prints Gbit/s
+#   iperf POD ADDR SECS      iperf3 client; prints Mbit/s
 #   status-row LABEL IP      the node's row of the summary table
-#   restart-agent            systemctl restart vxmeshd; checks new PID, active, same subnet
+#   tap-mac                  checks the TAP carries the VTEP MAC the agent advertises
+#   restart-agent            systemctl restart vxmeshd; checks new PID, active, same subnet,
+#                            TAP MAC = VTEP MAC
 #   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure)
 #   leftovers                after uninstall-node.sh: prints what vxmesh left; status 1 if any
 set -euo pipefail
@@ -25,6 +27,15 @@ SUBNET_FILE=/run/flannel/subnet.env
 cni_dir() { sed -n 's/^cni-bin-dir //p' /var/lib/vxmesh/install-manifest 2>/dev/null | tail -n 1 | grep . || echo /usr/lib/cni; }
 subnet() { sed -n 's/^FLANNEL_SUBNET=//p' "$SUBNET_FILE" 2>/dev/null; }
 unit() { systemctl show -p "$1" --value vxmeshd.service; }
+# "ok <mac>" when the TAP's MAC is the VTEP MAC in etcd (what peers send to), else "MISMATCH ..."
+tap_mac() {
+  local st want tap have
+  st=$(/usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}')
+  want=$(jq -r '.node.vtep_mac // empty' <<<"$st"); tap=$(jq -r '.node.tap // "vxmesh0"' <<<"$st")
+  have=$(cat "/sys/class/net/$tap/address" 2>/dev/null)
+  if [ -n "$want" ] && [ "$have" = "$want" ]; then echo "ok $tap $have"
+  else echo "MISMATCH: $tap has ${have:-no MAC}, the agent advertises ${want:-nothing}"; return 1; fi
+}
 
 # waits until vxmeshd is active with a MainPID other than $1 and ready; prints the seconds
 wait_new_agent() {
@@ -59,7 +70,8 @@ case $cmd in
     cluster_ping_pairs "$pods" "$node" ;;
   wait-ping) cluster_wait_ping "${1:?pod}" "${2:?address}" "${3:?seconds}" ;;
   iperf-server) ip netns exec "${1:?pod}" iperf3 -s -1 -D -p 5201 ;;
-  iperf) cluster_iperf "${1:?pod}" "${2:?address}" "${3:?seconds}" ;;
+  iperf) cluster_iperf "${1:?pod}" "${2:?address}" "${3:?seconds}" Mbit ;;
+  tap-mac) tap_mac ;;
   status-row)
     st=$(/usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}')
     cluster_summary_row "${1:?label}" "${2:?underlay}" "$st" ;;
@@ -68,14 +80,16 @@ case $cmd in
     systemctl restart vxmeshd.service   # returns after ExecStartPost (vxmeshctl wait-ready)
     secs=$(( $(date +%s) - t0 ))
     after=$(subnet); newpid=$(unit MainPID); state=$(unit ActiveState)
-    echo "systemctl restart vxmeshd: ${secs}s, pid $pid -> $newpid, $state, subnet $before -> $after"
-    [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ -n "$after" ] && [ "$before" = "$after" ] ;;
+    mac=$(tap_mac) || true
+    echo "systemctl restart vxmeshd: ${secs}s, pid $pid -> $newpid, $state, subnet $before -> $after, tap mac $mac"
+    [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ -n "$after" ] && [ "$before" = "$after" ] && [ "${mac%% *}" = ok ] ;;
   kill-agent)
     before=$(subnet); pid=$(unit MainPID); restarts=$(unit NRestarts)
     systemctl kill -s KILL vxmeshd.service
     if secs=$(wait_new_agent "$pid"); then
-      echo "SIGKILL pid $pid: systemd restarted vxmeshd in ${secs}s (pid $(unit MainPID), NRestarts $restarts -> $(unit NRestarts)), subnet $before -> $(subnet)"
-      [ "$before" = "$(subnet)" ] && [ "$(unit NRestarts)" -gt "$restarts" ]
+      mac=$(tap_mac) || true
+      echo "SIGKILL pid $pid: systemd restarted vxmeshd in ${secs}s (pid $(unit MainPID), NRestarts $restarts -> $(unit NRestarts)), subnet $before -> $(subnet), tap mac $mac"
+      [ "$before" = "$(subnet)" ] && [ "$(unit NRestarts)" -gt "$restarts" ] && [ "${mac%% *}" = ok ]
     else
       echo "SIGKILL pid $pid: vxmeshd not back after 120s ($(unit ActiveState)/$(unit SubState))"; exit 1
     fi ;;
@@ -83,6 +97,7 @@ case $cmd in
     left=()
     dir=$(cni_dir)
     for f in /usr/local/bin/vxmeshd /usr/local/bin/vxmeshctl "$dir/vxmesh" /opt/cni/bin/vxmesh "$CONFLIST" \
+             /etc/systemd/network/10-vxmesh.link \
              /etc/systemd/system/vxmeshd.service /etc/vxmesh /var/lib/vxmesh "$SUBNET_FILE" \
              /var/lib/cni/vxmesh /var/lib/cni/networks/vxmesh; do
       [ ! -e "$f" ] || left+=("$f")

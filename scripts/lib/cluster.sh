@@ -131,12 +131,14 @@ cluster_wait_ping() {
   done
 }
 
-# cluster_iperf CLIENT_POD SERVER_ADDRESS SECONDS: one TCP stream to an iperf3 server already
-# listening on port 5201; prints the goodput in Gbit/s (2 decimals), status 1 on failure.
+# cluster_iperf CLIENT_POD SERVER_ADDRESS SECONDS [UNIT]: one TCP stream to an iperf3 server
+# already listening on port 5201; prints the goodput in UNIT (Gbit, the default, or Mbit) with
+# 2 decimals, status 1 on failure.
 cluster_iperf() {
-  local out
+  local out div=1e9
+  [ "${4:-Gbit}" != Mbit ] || div=1e6
   out=$(ip netns exec "$1" iperf3 -c "$2" -p 5201 -t "$3" -J </dev/null 2>/dev/null) || return 1
-  jq -er '.end.sum_received.bits_per_second / 1e9 | . * 100 | floor / 100' <<<"$out"
+  jq -er --argjson div "$div" '.end.sum_received.bits_per_second / $div | . * 100 | floor / 100' <<<"$out"
 }
 
 # cluster_summary_header / cluster_summary_row NODE UNDERLAY STATUS_JSON: the node table;
