@@ -164,6 +164,15 @@ else
 fi
 phase "build-box.sh"
 
+# One libvirt lab per machine: lab-netns-up.sh would silently reuse the libvirtd of a lab another
+# job started with the same VGLAB_DIR, and our teardown would then destroy that job's VMs.
+pf=$VGLAB_DIR/state/libvirtd.pid
+if [ -s "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null; then
+  cannot "another vglab lab is running (libvirtd pid $(cat "$pf") from $VGLAB_DIR/state): one libvirt lab per machine; if it is a leftover, run $TOOLS/lab-netns-down.sh"
+fi
+if [ -S /run/libvirt/libvirt-sock ] && virsh -c qemu:///system version >/dev/null 2>&1; then
+  cannot "another libvirtd already serves /run/libvirt/libvirt-sock (a system libvirtd, or a lab with another VGLAB_DIR)"
+fi
 "$TOOLS/lab-netns-up.sh" >"$WORK/netns-up.log" 2>&1 || {
   "$TOOLS/lab-netns-down.sh" >/dev/null 2>&1
   cannot "lab-netns-up.sh failed: $(tail -n 2 "$WORK/netns-up.log" | tr '\n' ' ')"

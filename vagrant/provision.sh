@@ -21,6 +21,16 @@ offline=(); [ "$MODE" != offline ] || offline=(--offline)
 
 [ -f "$SRC/scripts/install-node.sh" ] || { log "ERROR: $SRC not synced (rsync synced folder)"; exit 1; }
 
+# Lab tools for vagrant/guest.sh (pods, ping table, iperf3): in the offline box already.
+missing=()
+for c in jq iperf3; do command -v "$c" >/dev/null || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$MODE" != offline ] || { log "ERROR: the box lacks ${missing[*]} (build it with EXTRA_PACKAGES=...,${missing[*]// /,})"; exit 1; }
+  log "apt-get install ${missing[*]} (lab tools)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 # The box's etcd-server package starts an etcd on every VM at boot; only the etcd host keeps it.
 if ! has_role etcd && systemctl is-enabled etcd.service >/dev/null 2>&1; then
   systemctl disable --now etcd.service >/dev/null 2>&1 || true
