@@ -35,6 +35,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 . "$ROOT/scripts/lib/cluster.sh"
 
 TOOLS=${VXMESH_VGLAB_TOOLS:-$ROOT/../shared/tools/vagrant-box}
+TOOLS=$(cd "$TOOLS" 2>/dev/null && pwd || echo "$TOOLS")
 NODES=${VXMESH_E2E_NODES:-2}
 PODS=${VXMESH_E2E_PODS:-2}
 IPERF_SECONDS=${VXMESH_E2E_IPERF_SECONDS:-3}
@@ -118,6 +119,15 @@ for f in install-deps.sh build-box.sh lab-netns-up.sh lab-netns-down.sh vglab; d
   [ -x "$TOOLS/$f" ] || cannot "no $TOOLS/$f (the shared vagrant-box tools; set VXMESH_VGLAB_TOOLS)"
 done
 if ! ip netns list >/dev/null 2>&1; then cannot "no 'ip netns' (iproute2, network namespaces)"; fi
+# One libvirt lab per machine: lab-netns-up.sh would silently reuse the libvirtd of a lab another
+# job started with the same VGLAB_DIR, and our teardown would then destroy that job's VMs.
+pf=$VGLAB_DIR/state/libvirtd.pid
+if [ -s "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null; then
+  cannot "another vglab lab is running (libvirtd pid $(cat "$pf") from $VGLAB_DIR/state): one libvirt lab per machine; if it is a leftover, run $TOOLS/lab-netns-down.sh"
+fi
+if [ -S /run/libvirt/libvirt-sock ] && command -v virsh >/dev/null && virsh -c qemu:///system version >/dev/null 2>&1; then
+  cannot "another libvirtd already serves /run/libvirt/libvirt-sock (a system libvirtd, or a lab with another VGLAB_DIR)"
+fi
 for b in vxmeshd vxmeshctl vxmesh; do
   [ -x "$SRC_BIN/$b" ] || { check "binaries in $SRC_BIN" 1 "$b missing: cargo build --release"; exit 1; }
 done
@@ -164,15 +174,6 @@ else
 fi
 phase "build-box.sh"
 
-# One libvirt lab per machine: lab-netns-up.sh would silently reuse the libvirtd of a lab another
-# job started with the same VGLAB_DIR, and our teardown would then destroy that job's VMs.
-pf=$VGLAB_DIR/state/libvirtd.pid
-if [ -s "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null; then
-  cannot "another vglab lab is running (libvirtd pid $(cat "$pf") from $VGLAB_DIR/state): one libvirt lab per machine; if it is a leftover, run $TOOLS/lab-netns-down.sh"
-fi
-if [ -S /run/libvirt/libvirt-sock ] && virsh -c qemu:///system version >/dev/null 2>&1; then
-  cannot "another libvirtd already serves /run/libvirt/libvirt-sock (a system libvirtd, or a lab with another VGLAB_DIR)"
-fi
 "$TOOLS/lab-netns-up.sh" >"$WORK/netns-up.log" 2>&1 || {
   "$TOOLS/lab-netns-down.sh" >/dev/null 2>&1
   cannot "lab-netns-up.sh failed: $(tail -n 2 "$WORK/netns-up.log" | tr '\n' ' ')"
