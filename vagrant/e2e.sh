@@ -273,5 +273,13 @@ if [ "$UNINSTALL" = 1 ]; then
   out=$(vssh "$U" "sudo $G pods-del $U $PODS && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
   check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, iptables, subnet file, cni0)" $? "$(echo "$out" | tail -n 1)"
   indent <<<"$out"
+  if [ "$VXMESH_ETCD_ON_NODE" != 1 ]; then
+    # the box's etcd-server starts etcd at boot: uninstall must leave it enabled and running
+    # again, with Debian's own configuration
+    out=$(vssh etcd "sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers && echo \"etcd.service: \$(systemctl is-enabled etcd) \$(systemctl is-active etcd)\"" 2>&1)
+    rc=$?; [ "$rc" != 0 ] || grep -q '^etcd.service: enabled active$' <<<"$out" || rc=1
+    check "etcd VM: uninstall-node.sh removes the drop-in, env and data; etcd.service as before the install" "$rc" "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    indent <<<"$out"
+  fi
   phase "uninstall-node.sh"
 fi

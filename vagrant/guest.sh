@@ -16,7 +16,8 @@
 #   restart-agent            systemctl restart vxmeshd; checks new PID, active, same subnet,
 #                            TAP MAC = VTEP MAC
 #   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure)
-#   leftovers                after uninstall-node.sh: prints what vxmesh left; status 1 if any
+#   leftovers                after uninstall-node.sh: prints what vxmesh left (node and etcd
+#                            roles); status 1 if any
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib/cluster.sh
@@ -97,7 +98,8 @@ case $cmd in
     left=()
     dir=$(cni_dir)
     for f in /usr/local/bin/vxmeshd /usr/local/bin/vxmeshctl "$dir/vxmesh" /opt/cni/bin/vxmesh "$CONFLIST" \
-             /etc/systemd/network/10-vxmesh.link \
+             /etc/systemd/network/10-vxmesh.link /etc/systemd/system/etcd.service.d/10-vxmesh.conf \
+             /var/lib/etcd/vxmesh \
              /etc/systemd/system/vxmeshd.service /etc/vxmesh /var/lib/vxmesh "$SUBNET_FILE" \
              /var/lib/cni/vxmesh /var/lib/cni/networks/vxmesh; do
       [ ! -e "$f" ] || left+=("$f")
