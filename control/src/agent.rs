@@ -395,13 +395,7 @@ pub async fn run(
     }
     let vni = cfg.backend.vni;
     let vtep_mac: MacAddr = crate::vtep_mac::derive(underlay.public_ip, vni.get());
-    // As flannel: Backend.MTU, when set, replaces the underlay MTU; the overlay
-    // device (and FLANNEL_MTU) gets 50 bytes less either way.
-    let mtu = cfg
-        .backend
-        .mtu
-        .unwrap_or(underlay.link.mtu)
-        .saturating_sub(ENCAP_OVERHEAD);
+    let mtu = cfg.backend.overlay_mtu(underlay.link.mtu);
     state.update(|i| {
         i.public_ip = Some(underlay.public_ip);
         i.iface = Some(underlay.link.name.clone());

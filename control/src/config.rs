@@ -38,8 +38,18 @@ pub struct NetworkConfig {
 pub struct VxlanBackend {
     pub vni: Vni,
     pub port: u16,
-    /// Overlay device MTU if set in the config; otherwise underlay MTU − 50.
+    /// Backend.MTU: as in flannel, the MTU to assume for the underlay instead of
+    /// the interface's; the overlay device and FLANNEL_MTU get this minus 50.
     pub mtu: Option<u32>,
+}
+
+impl VxlanBackend {
+    /// The overlay device MTU (and FLANNEL_MTU), computed as flannel does: the
+    /// underlay MTU (Backend.MTU when set, else the interface's) minus 50 — outer
+    /// IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        self.mtu.unwrap_or(underlay_mtu).saturating_sub(50)
+    }
 }
 
 /// What is wrong with a config, naming the key and how to fix it.
@@ -374,6 +384,19 @@ mod tests {
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 1, 0, 48));
         assert_eq!(c.pool_size(), 3);
         assert_eq!(c.notes.len(), 1, "missing Backend is noted");
+    }
+
+    #[test]
+    fn mtu_like_flannel() {
+        // flannel: device MTU = (Backend.MTU or the interface MTU) - 50, FLANNEL_MTU the same.
+        let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.backend.overlay_mtu(1500), 1450);
+        assert_eq!(c.backend.overlay_mtu(9000), 8950);
+        let c =
+            parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#).unwrap();
+        assert_eq!(c.backend.mtu, Some(1400));
+        assert_eq!(c.backend.overlay_mtu(1500), 1350);
+        assert_eq!(c.backend.overlay_mtu(9000), 1350);
     }
 
     #[test]

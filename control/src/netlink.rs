@@ -5,16 +5,28 @@
 //! state after a restart or a lost event without special cases. Routes are added
 //! with `onlink` so the kernel accepts a next hop (`<peer subnet>.0`) that is not on
 //! any local subnet, exactly like flannel's vxlan backend.
+//!
+//! For the kernel dataplane it also creates and inspects vxlan links
+//! (`ip link add … type vxlan`) and manages their forwarding database
+//! (`bridge fdb replace <mac> dev <vxlan> dst <ip> self permanent`), and dumps what a
+//! device carries (routes, neighbours, fdb entries) so stale entries can be pruned.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as KernelLinkInfo,
+    LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::subnet::Subnet;
 use vxmesh_dataplane::wire::MacAddr;
@@ -22,6 +34,7 @@ use vxmesh_dataplane::wire::MacAddr;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
 const EADDRNOTAVAIL: i32 = 99;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +67,75 @@ fn is_gone(e: &rtnetlink::Error) -> bool {
             .unwrap_or(false),
         _ => false,
     }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Whether a netlink request failed because the object already exists.
+pub fn is_exists(e: &NetlinkError) -> bool {
+    matches!(e, NetlinkError::Request { source, .. } if errno(source) == Some(EEXIST))
+}
+
+/// A kernel vxlan device as the kernel reports it (`ip -d link show type vxlan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub up: bool,
+    pub vni: Option<u32>,
+    /// Destination UDP port (`dstport`).
+    pub port: Option<u16>,
+    /// Source address of the outer packets (`local`).
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device (`dev`).
+    pub underlay_index: Option<u32>,
+    pub learning: Option<bool>,
+}
+
+/// A kernel vxlan device to create, the way flannel's vxlan backend creates it:
+/// `ip link add <name> address <mac> mtu <mtu> type vxlan id <vni> local <local>
+/// dev <underlay> dstport <port> nolearning`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    pub underlay_index: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+/// One forwarding-database entry of a vxlan device: frames to `mac` go to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: MacAddr,
+    pub dst: Option<Ipv4Addr>,
+}
+
+/// One IPv4 neighbour entry of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourEntry {
+    pub ip: Ipv4Addr,
+    pub mac: Option<MacAddr>,
+    pub permanent: bool,
+}
+
+/// An IPv4 route in the main table leaving through a device (not the kernel's own
+/// prefix routes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRoute {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    message: RouteMessage,
 }
 
 /// An interface as the agent needs it.
@@ -235,6 +317,99 @@ impl Netlink {
             )))
     }
 
+    /// The kind of the named link (`"vxlan"`, `"tun"`, …) and its index, if it exists.
+    pub async fn link_kind(&self, name: &str) -> Result<Option<(u32, String)>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let kind = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                            KernelLinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        }),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Ok(Some((m.header.index, kind)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(Self::req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Every vxlan device in this network namespace.
+    pub async fn vxlan_links(&self) -> Result<Vec<VxlanLink>, NetlinkError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(Self::req("dump links"))? {
+            if let Some(v) = vxlan_of(m) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The named vxlan device; `None` if there is no link of that name or it is
+    /// not a vxlan device.
+    pub async fn vxlan_by_name(&self, name: &str) -> Result<Option<VxlanLink>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(vxlan_of(m)),
+            Ok(None) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(Self::req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Creates a vxlan device (fails with EEXIST if the name, or the VNI on this
+    /// port, is taken: see [`is_exists`]); returns its index. It is left down.
+    pub async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay_index)
+            .port(spec.port)
+            .learning(false);
+        if let Some(local) = spec.local {
+            b = b.local(local);
+        }
+        let msg = b.address(spec.mac.0.to_vec()).mtu(spec.mtu).build();
+        let what = format!(
+            "create vxlan device {} (id {} dstport {} local {} dev #{} nolearning address {} mtu {})",
+            spec.name,
+            spec.vni,
+            spec.port,
+            spec.local
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "any".into()),
+            spec.underlay_index,
+            spec.mac,
+            spec.mtu
+        );
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Self::req(what))?;
+        match self.link_kind(&spec.name).await? {
+            Some((index, _)) => Ok(index),
+            None => Err(NetlinkError::NoSuchLink(spec.name.clone())),
+        }
+    }
+
     /// Deletes a link; Ok if it is already gone.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
@@ -370,6 +545,220 @@ impl Netlink {
             _ => Ok(()),
         }
     }
+}
+
+impl Netlink {
+    fn fdb_message(index: u32, mac: MacAddr, dst: Ipv4Addr) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg
+    }
+
+    /// `bridge fdb replace <mac> dev <vxlan> dst <dst> self permanent`: frames to
+    /// `mac` are sent to `dst`. Replace, not append: a unicast MAC has one remote,
+    /// and replacing it is how a changed PublicIP takes effect (the kernel ignores
+    /// an append to an existing unicast entry).
+    pub async fn replace_fdb(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut req = self.handle.neighbours().add_bridge(index, &mac.0).replace();
+        *req.message_mut() = Self::fdb_message(index, mac, dst);
+        req.execute()
+            .await
+            .map_err(Self::req(format!("fdb {mac} dst {dst} on #{index}")))
+    }
+
+    /// `bridge fdb del <mac> dev <vxlan> dst <dst> self`; Ok if there is no such
+    /// entry (an entry of `mac` pointing elsewhere is left alone).
+    pub async fn delete_fdb(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let msg = Self::fdb_message(index, mac, dst);
+        match self.handle.neighbours().del(msg).execute().await {
+            Err(e) if !is_gone(&e) => {
+                Err(Self::req(format!("delete fdb {mac} dst {dst} on #{index}"))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The forwarding database of one device (`bridge fdb show dev <dev>`).
+    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let mut s = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(Self::req("dump fdb"))? {
+            if m.header.ifindex != index {
+                continue;
+            }
+            let mut mac = None;
+            let mut dst = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    _ => {}
+                }
+            }
+            if let Some(mac) = mac {
+                out.push(FdbEntry { mac, dst });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IPv4 neighbour entries of one device (`ip -4 neigh show dev <dev>`).
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighbourEntry>, NetlinkError> {
+        let mut s = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(Self::req("dump neighbours"))? {
+            if m.header.ifindex != index {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = ip {
+                out.push(NeighbourEntry {
+                    ip,
+                    mac,
+                    permanent: m.header.state == NeighbourState::Permanent,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv4 routes of the main table that leave through `index`, except the
+    /// kernel's own (proto kernel) prefix routes.
+    pub async fn routes_via(&self, index: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(r) = s.try_next().await.map_err(Self::req("dump routes"))? {
+            if r.header.address_family != AddressFamily::Inet
+                || r.header.protocol == RouteProtocol::Kernel
+            {
+                continue;
+            }
+            let mut oif = None;
+            let mut table = u32::from(r.header.table);
+            let mut destination = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                    _ => {}
+                }
+            }
+            if oif != Some(index) || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            out.push(DeviceRoute {
+                destination,
+                prefix_len: r.header.destination_prefix_length,
+                gateway,
+                message: r,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a route found by [`Netlink::routes_via`]; Ok if it is already gone.
+    pub async fn delete_route(&self, route: &DeviceRoute) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(route.message.clone())
+            .execute()
+            .await
+        {
+            Err(e) if !is_gone(&e) => Err(Self::req(format!(
+                "delete route {}/{}",
+                route.destination, route.prefix_len
+            ))(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn vxlan_of(m: LinkMessage) -> Option<VxlanLink> {
+    let mut v = VxlanLink {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        vni: None,
+        port: None,
+        local: None,
+        underlay_index: None,
+        learning: None,
+    };
+    let mut is_vxlan = false;
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => v.name = n,
+            LinkAttribute::Mtu(x) => v.mtu = x,
+            LinkAttribute::Address(b) => v.mac = MacAddr::from_slice(&b),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        KernelLinkInfo::Kind(InfoKind::Vxlan) => is_vxlan = true,
+                        KernelLinkInfo::Data(InfoData::Vxlan(data)) => {
+                            for d in data {
+                                match d {
+                                    InfoVxlan::Id(x) => v.vni = Some(x),
+                                    InfoVxlan::Port(x) => v.port = Some(x),
+                                    InfoVxlan::Local(x) => v.local = Some(x),
+                                    InfoVxlan::Link(x) => v.underlay_index = Some(x),
+                                    InfoVxlan::Learning(x) => v.learning = Some(x),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    is_vxlan.then_some(v)
 }
 
 /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).

@@ -5,10 +5,17 @@
 //! - [`userspace`]: a TAP device and vxmesh's own VXLAN threads; per peer, a
 //!   permanent neighbour and an onlink route on the TAP, and an entry in the
 //!   forwarding table the threads read;
-//! - `kernel`: a Linux vxlan device programmed exactly like flannel's vxlan backend.
+//! - [`kernel`]: a Linux vxlan device (`flannel.<VNI>`) programmed exactly like
+//!   flannel's vxlan backend: per peer a permanent neighbour, an fdb entry and an
+//!   onlink route.
 //!
 //! Every operation is idempotent, so the agent can re-apply everything at any time.
+//! Switching dataplanes leaves nothing of the other behind: each one removes the
+//! other's leftover device when it starts (the kernel's device holds the UDP port
+//! the userspace dataplane needs), and deleting a device takes its routes,
+//! neighbours and fdb entries with it.
 
+pub mod kernel;
 pub mod userspace;
 
 use std::sync::Arc;
@@ -44,7 +51,8 @@ pub struct DataplaneSetup {
     pub mtu: u32,
     pub public_ip: std::net::Ipv4Addr,
     pub underlay_index: u32,
-    /// Userspace: the TAP's name. Kernel: ignored (the device is `<prefix>.<VNI>`).
+    /// Userspace: the TAP's name. Kernel: the device is `flannel.<VNI>`; a TAP of
+    /// this name left by the userspace dataplane is removed.
     pub device_name: vxmesh_dataplane::ifname::IfName,
     pub offloads: bool,
     pub tx_sockets: usize,
@@ -55,6 +63,7 @@ pub struct DataplaneSetup {
 #[derive(Debug)]
 pub enum NodeDataplane {
     Userspace(userspace::Userspace),
+    Kernel(kernel::Kernel),
 }
 
 impl NodeDataplane {
@@ -65,12 +74,15 @@ impl NodeDataplane {
         state: &Arc<AgentState>,
     ) -> anyhow::Result<NodeDataplane> {
         match kind {
-            DataplaneKind::Userspace => Ok(NodeDataplane::Userspace(
-                userspace::Userspace::start(nl, setup, state).await?,
-            )),
-            DataplaneKind::Kernel => {
-                anyhow::bail!("--dataplane kernel is not available in this build")
+            DataplaneKind::Userspace => {
+                kernel::remove_leftover_device(nl, setup.local.vni.get(), setup.local.port).await?;
+                Ok(NodeDataplane::Userspace(
+                    userspace::Userspace::start(nl, setup, state).await?,
+                ))
             }
+            DataplaneKind::Kernel => Ok(NodeDataplane::Kernel(
+                kernel::Kernel::start(nl, setup, state).await?,
+            )),
         }
     }
 
@@ -78,6 +90,7 @@ impl NodeDataplane {
     pub fn device_index(&self) -> u32 {
         match self {
             NodeDataplane::Userspace(u) => u.tap_index(),
+            NodeDataplane::Kernel(k) => k.device_index(),
         }
     }
 
@@ -88,15 +101,29 @@ impl NodeDataplane {
     }
 
     /// Makes the fast path see the current peer set (before routes point at it).
+    /// The kernel dataplane has no table of its own: a no-op there.
     pub fn publish(&self, peers: &PeerTable) {
         match self {
             NodeDataplane::Userspace(u) => u.publish(peers),
+            NodeDataplane::Kernel(_) => {}
+        }
+    }
+
+    /// Removes per-peer state on the device that no peer in `peers` (the full,
+    /// current set) accounts for; returns how many entries went. Only the kernel
+    /// dataplane can have any: its device outlives the agent (and may have been
+    /// flanneld's). The userspace TAP is new on every start.
+    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
+        match self {
+            NodeDataplane::Userspace(_) => Ok(0),
+            NodeDataplane::Kernel(k) => k.prune(nl, peers).await,
         }
     }
 
     pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
         match self {
             NodeDataplane::Userspace(u) => u.add_peer(nl, p).await,
+            NodeDataplane::Kernel(k) => k.add_peer(nl, p).await,
         }
     }
 
@@ -108,22 +135,31 @@ impl NodeDataplane {
     ) -> Result<(), NetlinkError> {
         match self {
             NodeDataplane::Userspace(u) => u.update_peer(nl, old, new).await,
+            NodeDataplane::Kernel(k) => k.update_peer(nl, old, new).await,
         }
     }
 
     pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
         match self {
             NodeDataplane::Userspace(u) => u.remove_peer(nl, p).await,
+            NodeDataplane::Kernel(k) => k.remove_peer(nl, p).await,
         }
     }
 
-    /// Removes per-peer kernel state and the device.
+    /// Userspace: removes per-peer kernel state and the TAP. Kernel: leaves the
+    /// device and its entries so pod traffic survives a restart, as flanneld does
+    /// (the next start prunes what became stale; the userspace dataplane deletes
+    /// the device if the node switches).
     pub async fn stop(self, nl: &Netlink, peers: &PeerTable) {
-        for p in peers.peers() {
-            let _ = self.remove_peer(nl, p).await;
-        }
         match self {
-            NodeDataplane::Userspace(u) => u.stop(),
+            NodeDataplane::Userspace(u) => {
+                tracing::info!("removing routes, neighbours and the TAP");
+                for p in peers.peers() {
+                    let _ = u.remove_peer(nl, p).await;
+                }
+                u.stop()
+            }
+            NodeDataplane::Kernel(k) => k.stop(),
         }
     }
 }

@@ -1,0 +1,400 @@
+//! The kernel dataplane: a Linux vxlan device programmed exactly like flannel's
+//! vxlan backend (flannel `pkg/backend/vxlan`; RFC 7348 for the wire format).
+//!
+//! The device is `flannel.<VNI>` — the name flanneld uses. A node migrating from
+//! flanneld already has that device bound to the same UDP port, and a second vxlan
+//! device with the same VNI and port cannot exist (the kernel answers EEXIST), so
+//! the device is *adopted* when its settings are compatible (same VNI, port,
+//! `local`, underlay, learning off; MAC and MTU are changed in place) and recreated
+//! otherwise — the rule flanneld itself applies. Adoption means pod traffic keeps
+//! flowing through the switch, and rolling back to flanneld adopts it the same way.
+//!
+//! Device: learning off, `dstport` = Backend.Port, `local` = the PublicIP (or the
+//! underlay's first address when the PublicIP is not local, e.g. behind NAT),
+//! `dev` = the underlay, MAC = the stable VtepMAC ([`crate::vtep_mac`], the same
+//! as the userspace dataplane's), MTU = underlay MTU − 50, address `<subnet>.0/32`.
+//!
+//! Per peer, in this order so the kernel never ARPs and never floods:
+//! 1. neighbour `<peer subnet>.0 lladdr <VtepMAC> nud permanent`,
+//! 2. fdb `<VtepMAC> dst <PublicIP> self permanent` (replace: one remote per MAC),
+//! 3. route `<peer subnet> via <peer subnet>.0 dev flannel.<VNI> onlink`;
+//!
+//! removal in reverse. A changed VtepMAC adds the new fdb entry, then deletes the
+//! old one (flannel leaves it behind); a changed PublicIP replaces the entry's dst.
+//! Everything is a replace or a tolerant delete, so any step can be repeated.
+//!
+//! Stopping leaves the device and its entries in place, as flanneld does: pod
+//! traffic survives an agent restart or upgrade. Whatever became stale meanwhile
+//! (a peer that left while the agent was down, or entries flanneld left on an
+//! adopted device) is pruned by [`Kernel::prune`] once the agent has the full peer
+//! list. The userspace dataplane deletes this device when it starts (it needs the
+//! UDP port), and this dataplane deletes the userspace dataplane's TAP if one was
+//! left, so switching leaves nothing of the other behind.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+
+use super::DataplaneSetup;
+use crate::netlink::{is_exists, write_sysctl, Netlink, NetlinkError, VxlanLink, VxlanSpec};
+use crate::peers::{Peer, PeerTable};
+use crate::state::AgentState;
+use crate::subnet::Subnet;
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::wire::MacAddr;
+
+/// Name prefix of the kernel vxlan device: flannel's, see the module documentation.
+pub const DEVICE_PREFIX: &str = "flannel";
+
+/// `flannel.<VNI>`; an error if the name would not fit in IFNAMSIZ (VNIs above
+/// 9999999), as with flanneld.
+pub fn device_name(vni: u32) -> anyhow::Result<IfName> {
+    let name = format!("{DEVICE_PREFIX}.{vni}");
+    IfName::new(&name).map_err(|e| {
+        anyhow::anyhow!("kernel vxlan device name {name:?} is not a valid interface name ({e}); use a VNI of at most 7 digits")
+    })
+}
+
+/// Why an existing device cannot be adopted (`None`: it can).
+pub fn incompatibility(existing: &VxlanLink, want: &VxlanSpec) -> Option<String> {
+    if existing.vni != Some(want.vni) {
+        return Some(format!("VNI {:?}, want {}", existing.vni, want.vni));
+    }
+    if existing.port.is_some_and(|p| p != want.port) {
+        return Some(format!("dstport {:?}, want {}", existing.port, want.port));
+    }
+    if let (Some(have), Some(want_local)) = (existing.local, want.local) {
+        if have != want_local {
+            return Some(format!("local {have}, want {want_local}"));
+        }
+    }
+    if existing
+        .underlay_index
+        .is_some_and(|i| i != 0 && i != want.underlay_index)
+    {
+        return Some(format!(
+            "underlay device #{:?}, want #{}",
+            existing.underlay_index, want.underlay_index
+        ));
+    }
+    if existing.learning == Some(true) {
+        return Some("learning on, want nolearning".into());
+    }
+    None
+}
+
+/// The running kernel dataplane.
+#[derive(Debug)]
+pub struct Kernel {
+    name: IfName,
+    index: u32,
+    /// Peers programmed on the device, to keep an fdb entry another peer still
+    /// needs (two leases of one node share its VtepMAC).
+    programmed: Mutex<BTreeMap<Subnet, Peer>>,
+}
+
+impl Kernel {
+    pub async fn start(
+        nl: &Netlink,
+        s: &DataplaneSetup,
+        state: &Arc<AgentState>,
+    ) -> anyhow::Result<Kernel> {
+        let name = device_name(s.local.vni.get())?;
+        remove_leftover_tap(nl, &s.device_name).await?;
+
+        let underlay = nl
+            .link_by_index(s.underlay_index)
+            .await?
+            .with_context(|| format!("underlay interface #{} vanished", s.underlay_index))?;
+        let local = if underlay.ipv4.contains(&s.public_ip) {
+            Some(s.public_ip)
+        } else {
+            let first = underlay.ipv4.first().copied();
+            tracing::warn!(public_ip = %s.public_ip, iface = %underlay.name, local = ?first,
+                "the PublicIP is not an address of the underlay interface (NAT?): VXLAN is sent from the interface's own address");
+            first
+        };
+        let spec = VxlanSpec {
+            name: name.to_string(),
+            vni: s.local.vni.get(),
+            port: s.local.port,
+            local,
+            underlay_index: s.underlay_index,
+            mac: s.local.vtep_mac,
+            mtu: s.mtu,
+        };
+
+        let index = match nl.vxlan_by_name(&spec.name).await? {
+            Some(existing) => match incompatibility(&existing, &spec) {
+                None => {
+                    tracing::info!(device = %name, mac = ?existing.mac.map(|m| m.to_string()),
+                        "adopting the existing vxlan device (left by flanneld or a previous vxmeshd): traffic keeps flowing; stale entries are pruned once the peers are known");
+                    existing.index
+                }
+                Some(why) => {
+                    tracing::warn!(device = %name, %why, "existing vxlan device has incompatible settings; recreating it");
+                    nl.delete_link(existing.index).await?;
+                    create(nl, &spec).await?
+                }
+            },
+            None => {
+                if let Some((idx, kind)) = nl.link_kind(&spec.name).await? {
+                    tracing::warn!(device = %name, %kind, "a non-vxlan link has the kernel dataplane's device name; deleting it");
+                    nl.delete_link(idx).await?;
+                }
+                create(nl, &spec).await?
+            }
+        };
+        // MAC and MTU in place (a vxlan device accepts a MAC change while up), then up.
+        nl.configure_link(index, spec.mac, spec.mtu)
+            .await
+            .with_context(|| format!("configuring {name}"))?;
+        // flanneld sets accept_ra=0; vxmesh carries IPv4 only and also turns IPv6 off
+        // on the device so it never emits router or neighbour solicitations.
+        let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+        let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+        write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        state.update(|i| i.tap = Some(name.to_string()));
+        tracing::info!(device = %name, index, vni = spec.vni, port = spec.port, local = ?spec.local,
+            vtep_mac = %spec.mac, mtu = spec.mtu, "kernel dataplane running");
+        Ok(Kernel {
+            name,
+            index,
+            programmed: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn device_index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn device_name(&self) -> &IfName {
+        &self.name
+    }
+
+    fn programmed(&self) -> MutexGuard<'_, BTreeMap<Subnet, Peer>> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.programmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a programmed peer other than `except` uses `mac`; returns its PublicIP.
+    fn other_user_of(&self, mac: MacAddr, except: &Subnet) -> Option<Ipv4Addr> {
+        self.programmed()
+            .values()
+            .find(|p| p.vtep_mac == mac && p.subnet != *except)
+            .map(|p| p.public_ip)
+    }
+
+    /// Neighbour, fdb entry, route — in that order.
+    pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
+        nl.replace_neighbour(self.index, p.vtep_ip(), p.vtep_mac)
+            .await?;
+        nl.replace_fdb(self.index, p.vtep_mac, p.public_ip).await?;
+        nl.replace_peer_route(&p.subnet, self.index).await?;
+        self.programmed().insert(p.subnet, *p);
+        Ok(())
+    }
+
+    /// Programs `new` completely, then removes what only `old` needed: the old
+    /// VtepMAC's fdb entry (make before break). A changed PublicIP alone is done by
+    /// the fdb replace.
+    pub async fn update_peer(
+        &self,
+        nl: &Netlink,
+        old: &Peer,
+        new: &Peer,
+    ) -> Result<(), NetlinkError> {
+        self.add_peer(nl, new).await?;
+        if old.vtep_mac != new.vtep_mac && self.other_user_of(old.vtep_mac, &new.subnet).is_none() {
+            nl.delete_fdb(self.index, old.vtep_mac, old.public_ip)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Route, fdb entry, neighbour — the reverse of adding. Every step is tried.
+    pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
+        let a = nl.delete_peer_route(&p.subnet, self.index).await;
+        let b = match self.other_user_of(p.vtep_mac, &p.subnet) {
+            // Another lease of the same node: its entry must stay (and point at it).
+            Some(ip) => nl.replace_fdb(self.index, p.vtep_mac, ip).await,
+            None => nl.delete_fdb(self.index, p.vtep_mac, p.public_ip).await,
+        };
+        let c = nl.delete_neighbour(self.index, p.vtep_ip()).await;
+        self.programmed().remove(&p.subnet);
+        a.and(b).and(c)
+    }
+
+    /// Removes every route, permanent neighbour and fdb entry on the device that no
+    /// peer in `peers` accounts for; returns how many were removed.
+    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
+        let by_subnet: BTreeMap<Subnet, &Peer> = peers.peers().map(|p| (p.subnet, p)).collect();
+        let mut removed = 0;
+        for r in nl.routes_via(self.index).await? {
+            let wanted = Subnet::new(r.destination, r.prefix_len)
+                .is_ok_and(|s| by_subnet.contains_key(&s) && s.addr() == r.destination);
+            if !wanted {
+                tracing::info!(device = %self.name, route = %format!("{}/{}", r.destination, r.prefix_len), "pruning stale route");
+                nl.delete_route(&r).await?;
+                removed += 1;
+            }
+        }
+        for e in nl.fdb_entries(self.index).await? {
+            let Some(dst) = e.dst else { continue };
+            let wanted = peers
+                .peers()
+                .any(|p| p.vtep_mac == e.mac && p.public_ip == dst);
+            if !wanted {
+                tracing::info!(device = %self.name, mac = %e.mac, %dst, "pruning stale fdb entry");
+                nl.delete_fdb(self.index, e.mac, dst).await?;
+                removed += 1;
+            }
+        }
+        for n in nl.neighbours(self.index).await? {
+            if !n.permanent {
+                continue;
+            }
+            let wanted = peers.peers().any(|p| p.vtep_ip() == n.ip);
+            if !wanted {
+                tracing::info!(device = %self.name, ip = %n.ip, "pruning stale neighbour");
+                nl.delete_neighbour(self.index, n.ip).await?;
+                removed += 1;
+            }
+        }
+        {
+            let mut prog = self.programmed();
+            prog.retain(|s, _| by_subnet.contains_key(s));
+        }
+        Ok(removed)
+    }
+
+    /// Leaves the device and its entries in place (see the module documentation).
+    pub fn stop(self) {
+        tracing::info!(device = %self.name,
+            "kernel dataplane stopped; {} and its routes stay so pod traffic survives a restart (delete it with `ip link del {}`)",
+            self.name, self.name);
+    }
+}
+
+async fn create(nl: &Netlink, spec: &VxlanSpec) -> anyhow::Result<u32> {
+    match nl.create_vxlan(spec).await {
+        Ok(i) => Ok(i),
+        Err(e) if is_exists(&e) => {
+            // Another vxlan device already has this VNI on this port.
+            let holders: Vec<String> = nl
+                .vxlan_links()
+                .await?
+                .into_iter()
+                .filter(|l| l.vni == Some(spec.vni) && l.port == Some(spec.port))
+                .map(|l| l.name)
+                .collect();
+            Err(anyhow::Error::new(e).context(format!(
+                "cannot create {}: vxlan device(s) {holders:?} already use VNI {} on UDP port {}; delete them (ip link del <name>) or stop what owns them",
+                spec.name, spec.vni, spec.port
+            )))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("creating {}", spec.name))),
+    }
+}
+
+/// Deletes a TAP left by the userspace dataplane (a persistent one, or one whose
+/// process is gone); a non-TAP link of that name is left alone.
+async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
+    if let Some((idx, kind)) = nl.link_kind(tap.as_str()).await? {
+        if kind == "tun" {
+            tracing::warn!(device = %tap, "removing the userspace dataplane's TAP left behind");
+            nl.delete_link(idx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the kernel dataplane's device (and with it its routes, neighbours and
+/// fdb entries) — called by the userspace dataplane before it binds the VXLAN
+/// port. `flannel.<VNI>` is deleted whatever left it (this dataplane or
+/// flanneld); another vxlan device holding the port is named in a warning, since
+/// it will make the userspace dataplane's bind fail.
+pub async fn remove_leftover_device(nl: &Netlink, vni: u32, port: u16) -> anyhow::Result<()> {
+    let name = device_name(vni)?;
+    for l in nl.vxlan_links().await? {
+        if l.name == name.as_str() {
+            tracing::warn!(device = %l.name, "removing the kernel vxlan device (left by the kernel dataplane or flanneld): the userspace dataplane needs its UDP port");
+            nl.delete_link(l.index)
+                .await
+                .with_context(|| format!("deleting {}", l.name))?;
+        } else if l.port == Some(port) && l.up {
+            tracing::warn!(device = %l.name, port,
+                "another vxlan device listens on the VXLAN port; the userspace dataplane will not be able to bind it");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VxlanSpec {
+        VxlanSpec {
+            name: "flannel.1".into(),
+            vni: 1,
+            port: 8472,
+            local: Some(Ipv4Addr::new(192, 168, 100, 11)),
+            underlay_index: 2,
+            mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+        }
+    }
+
+    fn link() -> VxlanLink {
+        VxlanLink {
+            index: 7,
+            name: "flannel.1".into(),
+            mac: Some(MacAddr([0x0e, 1, 2, 3, 4, 5])),
+            mtu: 1400,
+            up: true,
+            vni: Some(1),
+            port: Some(8472),
+            local: Some(Ipv4Addr::new(192, 168, 100, 11)),
+            underlay_index: Some(2),
+            learning: Some(false),
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(device_name(1).unwrap().as_str(), "flannel.1");
+        assert_eq!(device_name(9_999_999).unwrap().as_str(), "flannel.9999999");
+        assert!(device_name(16_777_215).is_err());
+    }
+
+    #[test]
+    fn adoption_rules() {
+        // flanneld's device with another MAC and MTU: adopted (both are set in place).
+        assert_eq!(incompatibility(&link(), &spec()), None);
+        type Change = fn(&mut VxlanLink);
+        let cases: [(Change, &str); 5] = [
+            (|l| l.vni = Some(2), "VNI"),
+            (|l| l.port = Some(4789), "dstport"),
+            (|l| l.local = Some(Ipv4Addr::new(10, 0, 0, 1)), "local"),
+            (|l| l.underlay_index = Some(3), "underlay"),
+            (|l| l.learning = Some(true), "learning"),
+        ];
+        for (change, word) in cases {
+            let mut l = link();
+            change(&mut l);
+            let why = incompatibility(&l, &spec()).unwrap();
+            assert!(why.contains(word), "{why}");
+        }
+        // unknown (unreported) settings do not force a recreate
+        let mut l = link();
+        l.local = None;
+        l.underlay_index = None;
+        l.learning = None;
+        assert_eq!(incompatibility(&l, &spec()), None);
+    }
+}
