@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   etcd-server etcd-client          # the registry (etcd v3 API)
   iproute2 iputils-ping iptables   # namespaces, links, routes; ping; masquerade rules
-  iperf3 jq tcpdump                # throughput checks, JSON, captures
+  iperf3 jq tcpdump tshark ethtool # throughput checks, JSON, captures (tshark decodes VXLAN), NIC offloads
   protobuf-compiler                # etcd-client's build needs protoc
   containernetworking-plugins      # reference CNI plugins: bridge, host-local, portmap
   podman runc busybox-static       # a real container runtime for the CNI tests

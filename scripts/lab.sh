@@ -10,14 +10,19 @@
 # named after it, so two labs with different prefixes coexist):
 #   ${PREFIX}-sw      the underlay switch: bridge br0
 #   ${PREFIX}-etcd    single-member etcd on 192.168.100.2:2379
-#   ${PREFIX}-n<i>    node i: eth0 = 192.168.100.1<i>/24, vxmeshd, bridge cni0
+#   ${PREFIX}-n<i>    node i: eth0 = 192.168.100.1<i>/24, vxmeshd (or a flannel node), bridge cni0
 #   ${PREFIX}-n<i>-p<j>  pod j of node i: eth0 on cni0, address from the node's subnet
 # Nothing is configured in the root namespace beyond creating these namespaces.
 #
 # Knobs: VXLAB_PREFIX, VXLAB_NODES (3), VXLAB_PODS (2 per node), VXLAB_BIN (directory
 # holding vxmeshd, vxmeshctl, vxmesh; default target/release), VXLAB_STATE (files,
 # default /tmp/vxlab-$PREFIX), VXLAB_IPERF_SECONDS (3), VXLAB_CNI_PATH (reference CNI
-# plugins, default /usr/lib/cni), VXLAB_AGENT_ARGS (extra vxmeshd flags).
+# plugins, default /usr/lib/cni), VXLAB_AGENT_ARGS (extra vxmeshd flags),
+# VXLAB_DATAPLANES (one word per node, default all "userspace": "userspace" or "kernel" run
+# vxmeshd with that --dataplane; "flannel" runs scripts/flannel-node.sh, a node configured the
+# way flanneld's vxlan backend configures it — a mixed cluster, e.g. "userspace kernel flannel"),
+# VXLAB_BACKEND (the config's Backend object, default {"Type":"vxlan"}).
+#   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
 #
 # The steps this lab shares with the Vagrant lab (network config, pods through the CNI plugin,
 # the ping table, iperf3, the summary) live in scripts/lib/cluster.sh.
@@ -32,6 +37,8 @@ STATE=${VXLAB_STATE:-/tmp/vxlab-$PREFIX}
 IPERF_SECONDS=${VXLAB_IPERF_SECONDS:-3}
 CNI_PATH_REF=${VXLAB_CNI_PATH:-/usr/lib/cni}
 AGENT_ARGS=${VXLAB_AGENT_ARGS:-}
+read -r -a DATAPLANES <<<"${VXLAB_DATAPLANES:-}"
+BACKEND=${VXLAB_BACKEND:-}
 # shellcheck source-path=SCRIPTDIR source=lib/cluster.sh
 . "$ROOT/scripts/lib/cluster.sh"
 NETWORK=10.244.0.0/16
@@ -49,7 +56,7 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 need() {
   local missing=()
-  for c in ip etcd etcdctl iperf3 ping jq; do command -v "$c" >/dev/null || missing+=("$c"); done
+  for c in ip etcd etcdctl iperf3 ping jq ethtool; do command -v "$c" >/dev/null || missing+=("$c"); done
   for b in vxmeshd vxmeshctl vxmesh; do [ -x "$BIN/$b" ] || missing+=("$BIN/$b"); done
   for p in bridge host-local; do [ -x "$CNI_PATH_REF/$p" ] || missing+=("$CNI_PATH_REF/$p"); done
   [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run scripts/install-deps.sh and cargo build --release)"
@@ -65,27 +72,65 @@ spawn() {
   echo $! >"$STATE/$name.pid"
 }
 
+# Node i's dataplane: userspace, kernel (vxmeshd --dataplane) or flannel (scripts/flannel-node.sh).
+dataplane() { cat "$STATE/n$1/dataplane" 2>/dev/null || echo userspace; }
+
+# start_agent N [DATAPLANE]: starts node N's agent, with DATAPLANE (remembered) or the last one.
 start_agent() {
   local i=$1 n; n=$(node "$i")
-  # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
-  spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
-    --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s $AGENT_ARGS
+  [ -z "${2:-}" ] || echo "$2" >"$STATE/n$i/dataplane"
+  if [ "$(dataplane "$i")" != userspace ]; then
+    # A kernel vxlan device leaves the inner TCP/UDP checksum to the NIC (CHECKSUM_PARTIAL), and
+    # a veth never fills it in: a userspace receiver on another node would get it unfinished. A
+    # real NIC finishes checksums on the wire; without tx offload on eth0 the kernel does it.
+    in_ns "$n" ethtool -K eth0 tx off >/dev/null 2>&1 || log "warning: ethtool -K eth0 tx off failed on $n"
+  fi
+  case $(dataplane "$i") in
+    userspace|kernel)
+      # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
+      spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
+        --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s \
+        --dataplane "$(dataplane "$i")" $AGENT_ARGS ;;
+    flannel)
+      rm -f "$STATE/n$i/flannel.ready"
+      spawn "flanneld-n$i" "$n" "$ROOT/scripts/flannel-node.sh" --etcd-endpoints "$ETCD" \
+        --iface eth0 --subnet-file "$STATE/n$i/subnet.env" --ready-file "$STATE/n$i/flannel.ready" ;;
+    *) die "node $i: unknown dataplane $(dataplane "$i") (userspace, kernel or flannel)" ;;
+  esac
 }
 
 stop_agent() {
-  local i=$1; local pidf="$STATE/vxmeshd-n$i.pid"
-  [ -f "$pidf" ] || return 0
-  local pid; pid=$(cat "$pidf")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pidf"
+  local i=$1 pidf pid
+  for pidf in "$STATE/vxmeshd-n$i.pid" "$STATE/flanneld-n$i.pid"; do
+    [ -f "$pidf" ] || continue
+    pid=$(cat "$pidf")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$pidf"
+  done
 }
 
 wait_ready() {
   local i=$1
+  if [ "$(dataplane "$i")" = flannel ]; then
+    for _ in $(seq $((${2:-60} * 10))); do [ -f "$STATE/n$i/flannel.ready" ] && return 0; sleep 0.1; done
+    tail -n 20 "$STATE/flanneld-n$i.log" >&2; die "flannel node $(node "$i") not ready"
+  fi
   in_ns "$(node "$i")" "$BIN/vxmeshctl" wait-ready --timeout "${2:-60}" >/dev/null \
     || { tail -n 20 "$STATE/vxmeshd-n$i.log" >&2; die "vxmeshd on $(node "$i") not ready"; }
+}
+
+# Node i's `vxmeshctl status --json`, or for a flannel node the same shape from its files.
+node_status() {
+  local i=$1 sub mac
+  if [ "$(dataplane "$i")" = flannel ]; then
+    sub=$(sed -n 's/^FLANNEL_SUBNET=//p' "$STATE/n$i/subnet.env" 2>/dev/null || true)
+    mac=$(ip -n "$(node "$i")" -j link show type vxlan 2>/dev/null | jq -r '.[0].address // "-"')
+    jq -cn --arg s "${sub%.*/*}.0/${sub#*/}" --arg m "$mac" '{node: {subnet: $s, vtep_mac: $m}, ready: "flannel"}'
+  else
+    in_ns "$(node "$i")" "$BIN/vxmeshctl" status --json 2>/dev/null || echo '{}'
+  fi
 }
 
 netconf() {
@@ -126,6 +171,7 @@ cmd_up() {
     ip -n "$(node "$i")" addr add "$(node_ip "$i")/24" dev eth0
     ip -n "$(node "$i")" link set eth0 up
     mkdir -p "$STATE/n$i"
+    echo "${DATAPLANES[$((i - 1))]:-userspace}" >"$STATE/n$i/dataplane"
   done
 
   log "starting etcd in $ETCD_NS ($ETCD)"
@@ -135,8 +181,14 @@ cmd_up() {
     --initial-cluster "$PREFIX=http://127.0.0.1:2380"
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
-  cluster_put_network_config "$NETWORK" etcdctl_lab
-  log "network config: $NETWORK, vxlan"
+  if [ -n "$BACKEND" ]; then
+    etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" "{\"Network\":\"$NETWORK\",\"Backend\":$BACKEND}" >/dev/null
+    log "network config: $NETWORK, Backend $BACKEND"
+  else
+    cluster_put_network_config "$NETWORK" etcdctl_lab
+    log "network config: $NETWORK, vxlan"
+  fi
+  log "dataplanes: $(for i in $(seq "$NODES"); do printf 'n%s=%s ' "$i" "$(dataplane "$i")"; done)"
 
   for i in $(seq "$NODES"); do start_agent "$i"; done
   for i in $(seq "$NODES"); do
@@ -187,7 +239,7 @@ cmd_check() {
   echo "== summary: lab $PREFIX =="
   cluster_summary_header
   for i in $(seq "$NODES"); do
-    local st; st=$(in_ns "$(node "$i")" "$BIN/vxmeshctl" status --json 2>/dev/null || echo '{}')
+    local st; st=$(node_status "$i")
     cluster_summary_row "$(node "$i")" "$(node_ip "$i")" "$st"
   done
   echo "cross-node pod pairs: $pairs_ok of $pairs reachable; iperf3 $(pod 1 1) -> $(pod 2 1): $gbps Gbit/s"
@@ -232,8 +284,8 @@ case "${1:-}" in
   check) cmd_check ;;
   status) cmd_status ;;
   down) cmd_down ;;
-  restart-agent) need; stop_agent "${2:?node number}"; start_agent "$2"; wait_ready "$2" ;;
+  restart-agent) need; stop_agent "${2:?node number}"; start_agent "$2" "${3:-}"; wait_ready "$2" ;;
   stop-agent) stop_agent "${2:?node number}" ;;
-  start-agent) need; start_agent "${2:?node number}"; wait_ready "$2" ;;
-  *) echo "usage: $0 up|check|status|down|restart-agent N|stop-agent N|start-agent N" >&2; exit 2 ;;
+  start-agent) need; start_agent "${2:?node number}" "${3:-}"; wait_ready "$2" ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]" >&2; exit 2 ;;
 esac
