@@ -275,6 +275,28 @@ fn busy_processes() -> Vec<String> {
         .collect()
 }
 
+/// Adds to `seen` the process kinds of `now` not listed yet (keeping the
+/// highest count per kind).
+fn note_busy(seen: &mut Vec<String>, now: &[String]) {
+    for p in now {
+        let kind = p.split(" ×").next().unwrap_or(p);
+        match seen.iter_mut().find(|s| s.split(" ×").next() == Some(kind)) {
+            Some(s) => {
+                let count = |x: &str| {
+                    x.rsplit('×')
+                        .next()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0)
+                };
+                if count(p) > count(s) {
+                    s.clone_from(p);
+                }
+            }
+            None => seen.push(p.clone()),
+        }
+    }
+}
+
 fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -447,6 +469,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs(),
                 mode.label()
             );
+            // Other engineers' VMs and builds come and go: look before every mode.
+            let busy_now = busy_processes();
+            note_busy(&mut machine.busy_processes, &busy_now);
             let ctx = Context {
                 prefix: prefix.clone(),
                 bin_dir: l0.bin_dir.clone(),
@@ -460,6 +485,12 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 tag: &tag,
             };
             let mut outcome = Outcome::default();
+            outcome
+                .details
+                .insert("load_at_start".into(), serde_json::json!(loadavg()));
+            outcome
+                .details
+                .insert("busy_at_start".into(), serde_json::json!(busy_now));
             let res = (|| -> anyhow::Result<()> {
                 let mut t = Topology::build(mode, &ctx)?;
                 outcome
@@ -490,11 +521,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     machine.load_after = loadavg();
-    for p in busy_processes() {
-        if !machine.busy_processes.contains(&p) {
-            machine.busy_processes.push(p);
-        }
-    }
+    note_busy(&mut machine.busy_processes, &busy_processes());
     let summary = report::summarize(&runs, &modes);
     let targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
         report::check_targets(&summary, plan.udp_max_loss_pct)
@@ -782,4 +809,20 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("profiles in {}", l.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_kinds_keep_their_highest_count() {
+        let mut seen = vec!["rustc ×1".to_string()];
+        note_busy(
+            &mut seen,
+            &["qemu-system-x86 ×3".to_string(), "rustc ×2".to_string()],
+        );
+        note_busy(&mut seen, &["rustc ×1".to_string()]);
+        assert_eq!(seen, ["rustc ×2", "qemu-system-x86 ×3"]);
+    }
 }
