@@ -48,6 +48,21 @@ enum Cmd {
     Profile(ProfileArgs),
     /// Remove namespaces (and their processes) left by runs that were killed.
     Cleanup,
+    /// Build one mode's topology and keep it for manual experiments (prints the
+    /// namespace names and pod addresses) until Ctrl-C or --seconds pass.
+    Hold(HoldArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct HoldArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The mode: none, kernel or vxmesh.
+    #[arg(long, default_value = "vxmesh")]
+    mode: String,
+    /// Tear down after this many seconds at the latest.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -140,6 +155,7 @@ fn main() -> ExitCode {
         Some(Cmd::Run(a)) => run(a),
         Some(Cmd::Profile(a)) => profile(a),
         Some(Cmd::Cleanup) => cleanup(),
+        Some(Cmd::Hold(a)) => hold(a),
     };
     match r {
         Ok(code) => code,
@@ -701,6 +717,50 @@ fn update_docs(l: &Layout, results: &Results, chart: bool) -> anyhow::Result<()>
     std::fs::write(&docs, new)?;
     eprintln!("updated {} and docs/img/bench-latest.png", docs.display());
     Ok(())
+}
+
+fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
+    let modes = parse_modes(std::slice::from_ref(&a.mode))?;
+    let l = layout(&a.common, "-hold")?;
+    preflight(&l.bin_dir, &modes, &[])?;
+    stop::install().context("installing the signal handler")?;
+    topo::remove_stale(NS_BASE);
+    let ctx = Context {
+        prefix: format!("{NS_BASE}{}", std::process::id()),
+        bin_dir: l.bin_dir.clone(),
+        log_dir: l.logs.clone(),
+        agent_args: a
+            .common
+            .agent_args
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        run_tag: "hold".into(),
+    };
+    let mut t = Topology::build(modes[0], &ctx)?;
+    println!(
+        "{} topology up (logs in {}):\n  node A: ip netns exec {} …\n  node B: ip netns exec {} …\n  \
+         pod A:  ip netns exec {} …  ({})\n  pod B:  ip netns exec {} …  ({})\n  agent pids: {:?}\n\
+         Ctrl-C (or {} s) tears it down.",
+        modes[0].label(),
+        l.logs.display(),
+        t.node_a.ns.name(),
+        t.node_b.ns.name(),
+        t.pod_a.ns.name(),
+        t.pod_a.ip,
+        t.pod_b.ns.name(),
+        t.pod_b.ip,
+        t.agent_pids(),
+        a.seconds
+    );
+    let end = Instant::now() + Duration::from_secs(a.seconds);
+    while Instant::now() < end && !stop::requested() {
+        std::thread::sleep(Duration::from_millis(200));
+        t.ensure_daemons()?;
+    }
+    drop(t);
+    eprintln!("torn down");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
