@@ -614,6 +614,11 @@ impl Netlink {
                 match a {
                     NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    // AF_BRIDGE messages carry NDA_DST undecoded (the family does not
+                    // say which IP version it is): four bytes are an IPv4 address.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => {}
                 }
             }
