@@ -110,6 +110,10 @@ impl PeerTable {
         }
         let attrs = LeaseAttrs::parse(value).map_err(|e| e.to_string())?;
         let Some(vx) = attrs.vxlan else {
+            if attrs.backend_type.is_empty() {
+                // flannel's udp backend leaves BackendType empty (omitted in the JSON).
+                return Err("no BackendType (a flannel udp-backend lease), not vxlan; vxmesh cannot reach that node".into());
+            }
             return Err(format!(
                 "backend type {:?} is not vxlan; vxmesh cannot reach that node",
                 attrs.backend_type
