@@ -294,7 +294,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                 c.backend.port,
                 c.backend
                     .mtu
-                    .map_or("underlay-50".to_string(), |m| m.to_string())
+                    .map_or("underlay-50".to_string(), |m| format!("{m}-50"))
             );
             for n in &c.notes {
                 println!("note:      {n}");
