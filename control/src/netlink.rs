@@ -410,6 +410,34 @@ impl Netlink {
         }
     }
 
+    /// Brings a link up, setting its MAC and MTU only when given: setting a MAC, even
+    /// the same one, makes the kernel flush the device's neighbour entries
+    /// (NETDEV_CHANGEADDR), permanent ones included.
+    pub async fn set_link_up(
+        &self,
+        index: u32,
+        mac: Option<MacAddr>,
+        mtu: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let mut b = LinkUnspec::new_with_index(index).up();
+        if let Some(mac) = mac {
+            b = b.address(mac.0.to_vec());
+        }
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(Self::req(format!(
+                "set link #{index}{}{} up",
+                mac.map(|m| format!(" address {m}")).unwrap_or_default(),
+                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+            )))
+    }
+
     /// Deletes a link; Ok if it is already gone.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {

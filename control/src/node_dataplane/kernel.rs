@@ -126,17 +126,27 @@ impl Kernel {
             mtu: s.mtu,
         };
 
-        let index = match nl.vxlan_by_name(&spec.name).await? {
+        // (index, MAC to set, MTU to set): only what differs is set on an adopted
+        // device — setting even the same MAC flushes its neighbour entries.
+        let (index, set_mac, set_mtu) = match nl.vxlan_by_name(&spec.name).await? {
             Some(existing) => match incompatibility(&existing, &spec) {
                 None => {
                     tracing::info!(device = %name, mac = ?existing.mac.map(|m| m.to_string()),
                         "adopting the existing vxlan device (left by flanneld or a previous vxmeshd): traffic keeps flowing; stale entries are pruned once the peers are known");
-                    existing.index
+                    if existing.mac != Some(spec.mac) {
+                        tracing::info!(device = %name, vtep_mac = %spec.mac,
+                            "setting the stable VtepMAC (the kernel flushes the device's neighbours; they are re-added with the peers)");
+                    }
+                    (
+                        existing.index,
+                        (existing.mac != Some(spec.mac)).then_some(spec.mac),
+                        (existing.mtu != spec.mtu).then_some(spec.mtu),
+                    )
                 }
                 Some(why) => {
                     tracing::warn!(device = %name, %why, "existing vxlan device has incompatible settings; recreating it");
                     nl.delete_link(existing.index).await?;
-                    create(nl, &spec).await?
+                    (create(nl, &spec).await?, None, None)
                 }
             },
             None => {
@@ -144,11 +154,11 @@ impl Kernel {
                     tracing::warn!(device = %name, %kind, "a non-vxlan link has the kernel dataplane's device name; deleting it");
                     nl.delete_link(idx).await?;
                 }
-                create(nl, &spec).await?
+                (create(nl, &spec).await?, None, None)
             }
         };
-        // MAC and MTU in place (a vxlan device accepts a MAC change while up), then up.
-        nl.configure_link(index, spec.mac, spec.mtu)
+        // A vxlan device accepts a MAC change while up.
+        nl.set_link_up(index, set_mac, set_mtu)
             .await
             .with_context(|| format!("configuring {name}"))?;
         // flanneld sets accept_ra=0; vxmesh carries IPv4 only and also turns IPv6 off

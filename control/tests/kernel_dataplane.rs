@@ -1,0 +1,461 @@
+//! Privileged: the kernel dataplane's netlink programming in a network namespace of
+//! its own (no etcd, no agent), checked with `ip -j` and `bridge -j`. Runs when
+//! VXMESH_PRIVILEGED_TESTS=1 (root).
+//!
+//! Covers: creation with flannel's settings; adoption of a compatible device left by
+//! flanneld (MAC and MTU set in place, entries kept until pruned); recreation of an
+//! incompatible one; a clear error naming the device that already holds the VNI;
+//! idempotent add/update/remove (VtepMAC and PublicIP changes leave no stale fdb
+//! entry; two leases of one node share an fdb entry); prune; the userspace
+//! dataplane's start-up removal of the device.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+use vxmesh_control::netlink::Netlink;
+use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
+use vxmesh_control::node_dataplane::DataplaneSetup;
+use vxmesh_control::peers::{Peer, PeerTable};
+use vxmesh_control::state::AgentState;
+use vxmesh_dataplane::fib::LocalVtep;
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::wire::{MacAddr, Vni};
+
+fn privileged(test: &str) -> bool {
+    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        true
+    } else {
+        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
+        false
+    }
+}
+
+/// A namespace with `eth0` (192.0.2.1/24, the other end of a veth pair), deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let name = format!("vxkd{}-{tag}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        let ns = Ns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["link", "set", "peer0", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || args.first() == Some(&"netns"),
+            "ip -n {} {args:?}: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, program: &str, args: &[&str]) -> Value {
+        let out = Command::new(program)
+            .args(["-n", &self.0, "-j"])
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+    }
+
+    fn fdb(&self, dev: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .json("bridge", &["fdb", "show", "dev", dev])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["dst"].is_string())
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["mac"].as_str().unwrap(),
+                    e["dst"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn neigh(&self, dev: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .json("ip", &["neigh", "show", "dev", dev, "nud", "permanent"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["dst"].as_str().unwrap(),
+                    e["lladdr"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn routes(&self, dev: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .json("ip", &["route", "show", "dev", dev])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["dst"].as_str().unwrap(),
+                    e["gateway"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn link(&self, dev: &str) -> Value {
+        self.json("ip", &["-d", "link", "show", dev])[0].clone()
+    }
+
+    /// Runs `f` with a netlink connection inside the namespace (own thread + runtime).
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Netlink) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
+    ) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only; `file` is an open netns fd.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = Netlink::connect().unwrap();
+                f(nl).await
+            })
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+const MAC: MacAddr = MacAddr([0x02, 0x11, 0x22, 0x33, 0x44, 0x01]);
+
+fn setup(index: u32) -> DataplaneSetup {
+    DataplaneSetup {
+        local: LocalVtep {
+            vtep_mac: MAC,
+            vni: Vni::new(1).unwrap(),
+            port: 8472,
+        },
+        mtu: 1450,
+        public_ip: Ipv4Addr::new(192, 0, 2, 1),
+        underlay_index: index,
+        device_name: IfName::new("vxmesh0").unwrap(),
+        offloads: false,
+        tx_sockets: 1,
+        tap_queues: 1,
+    }
+}
+
+fn peer(third: u8, ip: u8, mac_last: u8) -> Peer {
+    Peer {
+        subnet: format!("10.244.{third}.0/24").parse().unwrap(),
+        public_ip: Ipv4Addr::new(192, 0, 2, ip),
+        vtep_mac: MacAddr([0x02, 0, 0, 0, 0, mac_last]),
+    }
+}
+
+fn table(peers: &[Peer]) -> PeerTable {
+    let mut t = PeerTable::new(1);
+    let mut skips = Vec::new();
+    let entries: Vec<(String, Vec<u8>)> = peers
+        .iter()
+        .map(|p| {
+            (
+                format!("/coreos.com/network/subnets/{}", p.subnet.key_form()),
+                vxmesh_control::lease::LeaseAttrs::vxlan(p.public_ip, 1, p.vtep_mac)
+                    .to_json()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    t.reset(&entries, &mut skips);
+    assert!(skips.is_empty());
+    t
+}
+
+fn eth0_index(ns: &Ns) -> u32 {
+    ns.json("ip", &["link", "show", "eth0"])[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32
+}
+
+#[test]
+fn programs_updates_and_prunes_like_flannel() {
+    if !privileged("programs_updates_and_prunes_like_flannel") {
+        return;
+    }
+    let ns = Ns::new("a");
+    let s = setup(eth0_index(&ns));
+    let (a, b, b2) = (peer(2, 2, 2), peer(3, 3, 3), peer(4, 3, 3));
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            assert_eq!(k.device_name().as_str(), "flannel.1");
+            // twice: idempotent
+            for _ in 0..2 {
+                k.add_peer(&nl, &a).await.unwrap();
+                k.add_peer(&nl, &b).await.unwrap();
+            }
+            k.stop();
+        })
+    });
+    let link = ns.link("flannel.1");
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(info["id"], 1);
+    assert_eq!(info["port"], 8472);
+    assert_eq!(info["learning"], false);
+    assert_eq!(info["local"], "192.0.2.1");
+    assert_eq!(info["link"], "eth0");
+    assert_eq!(link["address"], "02:11:22:33:44:01");
+    assert_eq!(link["mtu"], 1450);
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(
+        ns.fdb("flannel.1"),
+        ["02:00:00:00:00:02 192.0.2.2", "02:00:00:00:00:03 192.0.2.3"]
+    );
+    assert_eq!(
+        ns.neigh("flannel.1"),
+        [
+            "10.244.2.0 02:00:00:00:00:02",
+            "10.244.3.0 02:00:00:00:00:03"
+        ]
+    );
+    assert_eq!(
+        ns.routes("flannel.1"),
+        ["10.244.2.0/24 10.244.2.0", "10.244.3.0/24 10.244.3.0"]
+    );
+    let onlink = ns.json("ip", &["route", "show", "dev", "flannel.1"]);
+    assert!(onlink.as_array().unwrap().iter().all(|r| r["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "onlink")));
+
+    // A restarted agent adopts the device; updates replace, removals are complete.
+    let s = setup(eth0_index(&ns));
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            // Stale until pruned: nothing is re-added yet, the device kept its entries.
+            let new_mac = Peer {
+                vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0x22]),
+                ..a
+            };
+            k.add_peer(&nl, &a).await.unwrap();
+            k.update_peer(&nl, &a, &new_mac).await.unwrap();
+            let new_ip = Peer {
+                public_ip: Ipv4Addr::new(192, 0, 2, 22),
+                ..new_mac
+            };
+            k.update_peer(&nl, &new_mac, &new_ip).await.unwrap();
+            // b's node also holds a second lease (same PublicIP and VtepMAC).
+            k.add_peer(&nl, &b).await.unwrap();
+            k.add_peer(&nl, &b2).await.unwrap();
+            k.remove_peer(&nl, &b2).await.unwrap();
+            k.remove_peer(&nl, &b2).await.unwrap(); // twice: idempotent
+            k.stop();
+        })
+    });
+    assert_eq!(
+        ns.fdb("flannel.1"),
+        [
+            "02:00:00:00:00:03 192.0.2.3",
+            "02:00:00:00:00:22 192.0.2.22"
+        ],
+        "old VtepMAC gone, new PublicIP in place, the shared entry kept"
+    );
+    assert_eq!(
+        ns.neigh("flannel.1"),
+        [
+            "10.244.2.0 02:00:00:00:00:22",
+            "10.244.3.0 02:00:00:00:00:03"
+        ]
+    );
+    assert_eq!(
+        ns.routes("flannel.1"),
+        ["10.244.2.0/24 10.244.2.0", "10.244.3.0/24 10.244.3.0"]
+    );
+
+    // Prune against a peer set that lost b: everything of b goes, nothing else.
+    let s = setup(eth0_index(&ns));
+    let a_now = Peer {
+        public_ip: Ipv4Addr::new(192, 0, 2, 22),
+        vtep_mac: MacAddr([0x02, 0, 0, 0, 0, 0x22]),
+        ..a
+    };
+    let removed = ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            let n = k.prune(&nl, &table(&[a_now])).await.unwrap();
+            assert_eq!(k.prune(&nl, &table(&[a_now])).await.unwrap(), 0);
+            n
+        })
+    });
+    assert_eq!(ns.fdb("flannel.1"), ["02:00:00:00:00:22 192.0.2.22"]);
+    assert_eq!(ns.neigh("flannel.1"), ["10.244.2.0 02:00:00:00:00:22"]);
+    assert_eq!(ns.routes("flannel.1"), ["10.244.2.0/24 10.244.2.0"]);
+    assert_eq!(removed, 3, "route, fdb entry and neighbour of b");
+
+    // The userspace dataplane's start removes the device, and everything on it.
+    ns.run(|nl| Box::pin(async move { remove_leftover_device(&nl, 1, 8472).await.unwrap() }));
+    assert!(ns
+        .json("ip", &["link", "show", "type", "vxlan"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(ns.routes("eth0").iter().all(|r| !r.starts_with("10.244.")));
+}
+
+#[test]
+fn adopts_flanneld_device_recreates_incompatible_and_names_conflicts() {
+    if !privileged("adopts_flanneld_device_recreates_incompatible_and_names_conflicts") {
+        return;
+    }
+    let ns = Ns::new("b");
+    let idx = eth0_index(&ns);
+    // flanneld's device: random MAC, its own MTU, with an entry for a peer.
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "address",
+        "0e:aa:bb:cc:dd:ee",
+        "mtu",
+        "1400",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.0.2.1",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "up"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "10.244.9.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    let before = ns.link("flannel.1")["ifindex"].clone();
+    let s = setup(idx);
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let k = Kernel::start(&nl, &s, &Arc::new(AgentState::default()))
+                .await
+                .unwrap();
+            k.stop();
+        })
+    });
+    let link = ns.link("flannel.1");
+    assert_eq!(link["ifindex"], before, "adopted, not recreated");
+    assert_eq!(link["address"], "02:11:22:33:44:01");
+    assert_eq!(link["mtu"], 1450);
+    assert_eq!(
+        ns.routes("flannel.1"),
+        ["10.244.9.0/24 10.244.9.0"],
+        "kept until pruned"
+    );
+
+    // Incompatible (learning on): recreated.
+    ns.ip(&["link", "del", "flannel.1"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dstport",
+        "8472",
+        "learning",
+    ]);
+    let before = ns.link("flannel.1")["ifindex"].clone();
+    let s = setup(idx);
+    ns.run(move |nl| {
+        Box::pin(async move {
+            Kernel::start(&nl, &s, &Arc::new(AgentState::default()))
+                .await
+                .unwrap()
+                .stop();
+        })
+    });
+    let link = ns.link("flannel.1");
+    assert_ne!(link["ifindex"], before, "recreated");
+    assert_eq!(link["linkinfo"]["info_data"]["learning"], false);
+
+    // Another device holds VNI 1 on port 8472: the error names it.
+    ns.ip(&["link", "del", "flannel.1"]);
+    ns.ip(&[
+        "link", "add", "other.1", "type", "vxlan", "id", "1", "dstport", "8472",
+    ]);
+    let s = setup(idx);
+    let err = ns.run(move |nl| {
+        Box::pin(async move {
+            format!(
+                "{:#}",
+                Kernel::start(&nl, &s, &Arc::new(AgentState::default()))
+                    .await
+                    .unwrap_err()
+            )
+        })
+    });
+    assert!(err.contains("other.1") && err.contains("VNI 1"), "{err}");
+}
