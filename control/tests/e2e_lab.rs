@@ -233,12 +233,34 @@ fn three_node_cluster_end_to_end() {
     assert_eq!(mtu, 1450);
     let largest = (mtu - 28).to_string();
     let too_big = (mtu - 27).to_string();
-    lab.exec("n1-p1", &["ping", "-M", "do", "-c", "2", "-W", "2", "-s", &largest, &far]);
+    lab.exec(
+        "n1-p1",
+        &[
+            "ping", "-M", "do", "-c", "2", "-W", "2", "-s", &largest, &far,
+        ],
+    );
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("n1-p1"), "ping", "-M", "do", "-c", "1", "-W", "2", "-s", &too_big, &far])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("n1-p1"),
+            "ping",
+            "-M",
+            "do",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            &too_big,
+            &far,
+        ])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a {too_big}-byte DF ping must not pass an MTU of {mtu}");
+    assert!(
+        !out.status.success(),
+        "a {too_big}-byte DF ping must not pass an MTU of {mtu}"
+    );
 
     // 3. The registry holds flannel's exact format.
     let kv = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
