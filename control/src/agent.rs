@@ -40,6 +40,8 @@ use vxmesh_dataplane::wire::MacAddr;
 pub const ENCAP_OVERHEAD: u32 = 50;
 /// How often every route and neighbour is re-applied (repairs manual deletions).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How often the overlay device's MAC is checked (one netlink request).
+pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Everything `vxmeshd` is told on its command line.
 #[derive(Debug, Clone)]
@@ -490,6 +492,8 @@ pub async fn run(
     let own_key = |s: Subnet| lease_key(reg.prefix(), &s);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.tick().await;
+    let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
+    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced = false;
 
     loop {
@@ -558,6 +562,21 @@ pub async fn run(
                             i.subnet = Some(h.subnet);
                             i.lease_id = Some(format!("{:x}", h.lease_id));
                         });
+                    }
+                }
+            }
+            _ = device_check.tick() => {
+                match dp.ensure_vtep_mac(&nl, vtep_mac, mtu).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        state.device_repairs.fetch_add(1, Ordering::Relaxed);
+                        let all: Vec<PeerChange> = peers.peers().copied().map(PeerChange::Added).collect();
+                        let ok = program(&nl, &dp, &all, &state).await;
+                        state.ready.routes.store(ok, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot check the overlay device");
+                        state.update(|i| i.last_error = Some(e.to_string()));
                     }
                 }
             }

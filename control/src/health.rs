@@ -71,6 +71,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
+        "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
     })
 }
 

@@ -90,6 +90,8 @@ pub struct AgentState {
     pub lease_reacquisitions: AtomicU64,
     pub skipped_leases: AtomicU64,
     pub route_errors: AtomicU64,
+    /// Times the overlay device's MAC had been changed by someone else and was restored.
+    pub device_repairs: AtomicU64,
 }
 
 impl AgentState {

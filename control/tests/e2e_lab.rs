@@ -7,7 +7,8 @@
 //! exact key/value format in etcd; forged VXLAN from a non-peer and with a wrong VNI
 //! counted and not delivered; a deleted peer lease removes the route on the others
 //! (and its owner re-acquires the same subnet); an agent restart keeps its subnet and
-//! traffic resumes; teardown leaves nothing.
+//! traffic resumes; a VtepMAC changed behind the agent's back is restored; teardown
+//! leaves nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -421,7 +422,41 @@ fn three_node_cluster_end_to_end() {
     println!("{out}");
     assert!(ok && out.contains("24 of 24 reachable"), "{out}");
 
-    // 10. Teardown leaves nothing behind.
+    // 10. A VtepMAC replaced behind the agent's back (as systemd-udevd's
+    //     MACAddressPolicy can do to a new TAP) is restored, and traffic flows again.
+    let n2_mac = lab.status("n2")["node"]["vtep_mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(Command::new("ip")
+        .args([
+            "-n",
+            &lab.ns("n2"),
+            "link",
+            "set",
+            "vxmesh0",
+            "address",
+            "02:de:ad:be:ef:01"
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let restored = wait_for(Duration::from_secs(10), || {
+        let out = Command::new("ip")
+            .args(["-n", &lab.ns("n2"), "-j", "link", "show", "vxmesh0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&n2_mac)
+    });
+    assert!(restored.is_some(), "VtepMAC not restored");
+    assert!(lab.status("n2")["device_mac_repairs"].as_u64().unwrap() >= 1);
+    let (ok, out) = lab.cmd(&["check"]);
+    assert!(
+        ok && out.contains("24 of 24 reachable"),
+        "after MAC repair: {out}"
+    );
+
+    // 11. Teardown leaves nothing behind.
     let prefix = lab.prefix.clone();
     let state = lab.state.clone();
     drop(lab);

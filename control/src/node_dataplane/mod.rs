@@ -25,6 +25,7 @@ use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use vxmesh_dataplane::fib::LocalVtep;
+use vxmesh_dataplane::wire::MacAddr;
 
 /// Which dataplane to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +92,36 @@ impl NodeDataplane {
         match self {
             NodeDataplane::Userspace(u) => u.tap_index(),
             NodeDataplane::Kernel(k) => k.device_index(),
+        }
+    }
+
+    /// Puts the VtepMAC back on the device if something replaced it (systemd-udevd's
+    /// `MACAddressPolicy=persistent` can rewrite a new TAP's MAC just after we set
+    /// it; peers would then address a MAC nobody answers to). Returns whether a repair
+    /// was needed. Setting a MAC flushes the device's neighbours: the caller re-applies
+    /// the peers after a repair.
+    pub async fn ensure_vtep_mac(
+        &self,
+        nl: &Netlink,
+        vtep_mac: MacAddr,
+        mtu: u32,
+    ) -> Result<bool, NetlinkError> {
+        let idx = self.device_index();
+        match nl.link_by_index(idx).await? {
+            Some(l) if l.mac == Some(vtep_mac) => Ok(false),
+            Some(l) => {
+                tracing::warn!(
+                    device = %l.name,
+                    found = ?l.mac.map(|m| m.to_string()),
+                    want = %vtep_mac,
+                    "device MAC was changed behind our back (udev MACAddressPolicy?); restoring the VtepMAC"
+                );
+                nl.configure_link(idx, vtep_mac, mtu).await?;
+                Ok(true)
+            }
+            None => Err(NetlinkError::NoSuchLink(format!(
+                "#{idx} (the overlay device vanished)"
+            ))),
         }
     }
 
