@@ -12,6 +12,7 @@ PACKAGES=(
   podman runc busybox-static       # a real container runtime for the CNI tests
   shellcheck python3 python3-matplotlib  # script lint; benchmark charts
   build-essential pkg-config       # C toolchain for -sys crates
+  vagrant systemd                  # vagrant validate, systemd-analyze verify (vagrant/check.sh)
 )
 
 if [ "$(id -u)" != 0 ]; then
