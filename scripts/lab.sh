@@ -33,6 +33,7 @@ NODES=${VXLAB_NODES:-3}
 PODS=${VXLAB_PODS:-2}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${VXLAB_BIN:-$ROOT/target/release}
+BIN=$(cd "$BIN" 2>/dev/null && pwd || echo "$BIN")  # absolute: symlinks and other namespaces use it
 STATE=${VXLAB_STATE:-/tmp/vxlab-$PREFIX}
 IPERF_SECONDS=${VXLAB_IPERF_SECONDS:-3}
 CNI_PATH_REF=${VXLAB_CNI_PATH:-/usr/lib/cni}
@@ -247,6 +248,51 @@ cmd_check() {
   [ "$fail" -eq 0 ]
 }
 
+# A real container runtime on the lab: podman (runc, CNI backend) runs a busybox container
+# in node I's namespace on the vxmesh network (the example conflist, vxmesh + portmap, with
+# this node's subnet file and data directories), which pings a pod on every other node.
+# Podman's storage lives in $STATE/podman-n<I> and is removed afterwards.
+cmd_podman() {
+  local i=$1 k rc=0 targets="" script
+  local d="$STATE/podman-n$i"
+  [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"
+  NODES=$(cat "$STATE/nodes")
+  for c in podman runc nsenter busybox jq; do command -v "$c" >/dev/null || die "missing $c (scripts/install-deps.sh)"; done
+  if [ -z "$STATE" ]; then die "internal: empty state directory"; fi
+  rm -rf "$d"; mkdir -p "$d/bin" "$d/net.d" "$d/rootfs/bin" "$d/tmp"
+  ln -s "$BIN/vxmesh" "$d/bin/vxmesh"
+  jq --arg sf "$STATE/n$i/subnet.env" --arg dd "$STATE/n$i/cni" --arg ipam "$STATE/n$i/ipam" \
+    '.plugins[0].subnetFile = $sf | .plugins[0].dataDir = $dd | .plugins[0].ipam = {dataDir: $ipam}' \
+    "$ROOT/cni-shim/examples/10-vxmesh.conflist" >"$d/net.d/10-vxmesh.conflist"
+  printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]' \
+    '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' \
+    "tmp_dir = \"$d/tmp\"" '[network]' 'network_backend = "cni"' \
+    "network_config_dir = \"$d/net.d\"" "cni_plugin_dirs = [\"$d/bin\", \"$CNI_PATH_REF\"]" \
+    >"$d/containers.conf"
+  cp "$(command -v busybox)" "$d/rootfs/bin/busybox"
+  for a in $("$d/rootfs/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$d/rootfs/bin/$a"; done
+  tar -C "$d/rootfs" -cf "$d/rootfs.tar" .
+  pm() {
+    # `ip netns exec` remounts /sys, which runc cannot live with: enter only the netns.
+    CONTAINERS_CONF="$d/containers.conf" nsenter --net="/run/netns/$(node "$i")" \
+      podman --root "$d/root" --runroot "$d/runroot" --storage-driver vfs "$@"
+  }
+  pm import "$d/rootfs.tar" localhost/vxmesh-busybox:lab >"$d/import.log" 2>&1 || die "podman import failed: $(cat "$d/import.log")"
+  for k in $(seq "$NODES"); do
+    [ "$k" = "$i" ] && continue
+    targets="$targets $(cat "$STATE/n$k/p1.ip")"
+  done
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  script='ip -o -4 addr show dev eth0; for t in '"$targets"'; do if ping -c 1 -W 2 "$t" >/dev/null; then echo "reached $t"; else echo "FAILED $t"; exit 1; fi; done'
+  log "podman: container on $(node "$i") (network vxmesh) pinging a pod on every other node:$targets"
+  pm run --rm --network vxmesh localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+  pm rm --all --force >/dev/null 2>&1 || true
+  pm rmi --all --force >/dev/null 2>&1 || true
+  rm -rf "$d"
+  if [ "$rc" = 0 ]; then log "podman: the container reached every other node's pod"; else log "podman: FAILED"; fi
+  return "$rc"
+}
+
 cmd_status() {
   cat <<EOF
 
@@ -287,5 +333,6 @@ case "${1:-}" in
   restart-agent) need; stop_agent "${2:?node number}"; start_agent "$2" "${3:-}"; wait_ready "$2" ;;
   stop-agent) stop_agent "${2:?node number}" ;;
   start-agent) need; start_agent "${2:?node number}" "${3:-}"; wait_ready "$2" ;;
-  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]" >&2; exit 2 ;;
+  podman) need; cmd_podman "${2:-1}" ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]" >&2; exit 2 ;;
 esac

@@ -11,139 +11,14 @@
 //! leaves nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Command;
+use std::time::Duration;
+
+use common::lab::{privileged, wait_for, Lab};
 use serde_json::Value;
 use vxmesh_control::lease::LeaseAttrs;
-
-fn privileged(test: &str) -> bool {
-    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-        true
-    } else {
-        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
-        false
-    }
-}
-
-fn bin_dir() -> PathBuf {
-    let dir = std::env::var_os("VXMESH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_vxmeshd"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        });
-    for b in ["vxmeshd", "vxmeshctl", "vxmesh"] {
-        assert!(
-            dir.join(b).exists(),
-            "{} missing: build all binaries first (cargo build --workspace --bins) or set VXMESH_BIN_DIR",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
-struct Lab {
-    prefix: String,
-    script: PathBuf,
-    bin: PathBuf,
-    state: PathBuf,
-}
-
-impl Lab {
-    fn cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(&self.script)
-            .args(args)
-            .env("VXLAB_PREFIX", &self.prefix)
-            .env("VXLAB_BIN", &self.bin)
-            .env("VXLAB_STATE", &self.state)
-            .env("VXLAB_IPERF_SECONDS", "2")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn ns(&self, suffix: &str) -> String {
-        format!("{}-{suffix}", self.prefix)
-    }
-
-    fn exec(&self, ns: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns)])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns exec {} {args:?}: {}",
-            self.ns(ns),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn status(&self, node: &str) -> Value {
-        let ctl = self.bin.join("vxmeshctl");
-        serde_json::from_str(&self.exec(node, &[ctl.to_str().unwrap(), "status", "--json"]))
-            .unwrap()
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> String {
-        let mut a = vec![
-            "env",
-            "ETCDCTL_API=3",
-            "etcdctl",
-            "--endpoints",
-            "http://192.168.100.2:2379",
-        ];
-        a.extend_from_slice(args);
-        self.exec("etcd", &a)
-    }
-
-    fn pod_ip(&self, node: u32, pod: u32) -> String {
-        std::fs::read_to_string(self.state.join(format!("n{node}/p{pod}.ip")))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    fn routes(&self, node: &str) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.ns(node), "route"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let (ok, out) = self.cmd(&["down"]);
-        if !ok {
-            eprintln!("lab down failed: {out}");
-        }
-    }
-}
-
-/// Waits up to `limit` for `f`, returning how long it took.
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 /// Sends one UDP datagram from inside network namespace `ns` (a thread that
 /// setns-es there: the socket belongs to that namespace).
@@ -205,17 +80,7 @@ fn three_node_cluster_end_to_end() {
     if !privileged("three_node_cluster_end_to_end") {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let prefix = format!("vxe{}", std::process::id() % 100_000);
-    let lab = Lab {
-        state: std::env::temp_dir().join(format!("vxlab-{prefix}")),
-        prefix,
-        script: root.join("scripts/lab.sh"),
-        bin: bin_dir(),
-    };
+    let lab = Lab::new("vxe", &[("VXLAB_IPERF_SECONDS", "2")]);
 
     // 1. Bring up the cluster: all-pairs pod ping + iperf3 are the lab's own check.
     let (ok, out) = lab.cmd(&["up"]);

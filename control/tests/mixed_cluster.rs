@@ -25,6 +25,8 @@
 //!    (adopts vxmesh's device and keeps its MAC), pods reachable throughout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lab::{privileged, run, wait_for, Lab};
 use serde_json::Value;
 use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
 
@@ -42,131 +45,17 @@ const KDEV: &str = "flannel.7";
 const TAP: &str = "vxmesh0";
 const PREFIX_KEY: &str = "/coreos.com/network/subnets/";
 
-fn privileged(test: &str) -> bool {
-    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-        true
-    } else {
-        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
-        false
-    }
+/// What only this test asks of the lab.
+trait MixedLab {
+    fn leases(&self) -> Vec<(String, Ipv4Addr, String)>;
+    fn vtep_mac(&self, node: &str, dev: &str) -> String;
+    fn programmed(&self, node: &str, dev: &str) -> Programmed;
+    fn expected(&self, node: u32, dev: &str, fdb: bool) -> Programmed;
+    fn assert_exact(&self, node: u32, dev: &str, when: &str);
+    fn iperf(&self, server: (u32, u32), client: (u32, u32)) -> f64;
 }
 
-fn bin_dir() -> PathBuf {
-    let dir = std::env::var_os("VXMESH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_BIN_EXE_vxmeshd"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        });
-    for b in ["vxmeshd", "vxmeshctl", "vxmesh"] {
-        assert!(
-            dir.join(b).exists(),
-            "{} missing: build all binaries first (cargo build --workspace --bins) or set VXMESH_BIN_DIR",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits up to `limit` for `f`.
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
-struct Lab {
-    prefix: String,
-    script: PathBuf,
-    bin: PathBuf,
-    state: PathBuf,
-}
-
-impl Lab {
-    fn cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(&self.script)
-            .args(args)
-            .env("VXLAB_PREFIX", &self.prefix)
-            .env("VXLAB_BIN", &self.bin)
-            .env("VXLAB_STATE", &self.state)
-            .env("VXLAB_IPERF_SECONDS", "1")
-            .env("VXLAB_DATAPLANES", "userspace kernel flannel")
-            .env("VXLAB_BACKEND", BACKEND)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn must(&self, args: &[&str]) -> String {
-        let (ok, out) = self.cmd(args);
-        assert!(ok, "lab.sh {args:?} failed:\n{out}");
-        out
-    }
-
-    /// The lab's all-pairs ping (+ iperf3 n1 → n2) must pass completely.
-    fn check(&self, when: &str) {
-        let out = self.must(&["check"]);
-        assert!(
-            out.contains("24 of 24 reachable") && out.contains("25 passed, 0 failed"),
-            "{when}:\n{out}"
-        );
-        println!("{when}: 24 of 24 pod pairs reachable, iperf3 ok");
-    }
-
-    fn ns(&self, suffix: &str) -> String {
-        format!("{}-{suffix}", self.prefix)
-    }
-
-    fn exec(&self, ns: &str, args: &[&str]) -> String {
-        let mut a = vec!["netns", "exec"];
-        let ns = self.ns(ns);
-        a.push(&ns);
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-
-    fn ip_json(&self, node: &str, args: &[&str]) -> Value {
-        let ns = self.ns(node);
-        let mut a = vec!["-n", ns.as_str(), "-j"];
-        a.extend_from_slice(args);
-        let out = Command::new("ip").args(&a).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> String {
-        let mut a = vec![
-            "env",
-            "ETCDCTL_API=3",
-            "etcdctl",
-            "--endpoints",
-            "http://192.168.100.2:2379",
-        ];
-        a.extend_from_slice(args);
-        self.exec("etcd", &a)
-    }
-
+impl MixedLab for Lab {
     /// Every lease in etcd: subnet → (PublicIP, VtepMAC).
     fn leases(&self) -> Vec<(String, Ipv4Addr, String)> {
         let v: Value =
@@ -185,24 +74,6 @@ impl Lab {
             ));
         }
         out
-    }
-
-    fn subnet_of(&self, node: u32) -> String {
-        let env = std::fs::read_to_string(self.state.join(format!("n{node}/subnet.env"))).unwrap();
-        let sub = env
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-            .unwrap();
-        let (ip, len) = sub.split_once('/').unwrap();
-        let ip: Ipv4Addr = ip.parse().unwrap();
-        format!("{}/{len}", Ipv4Addr::from(u32::from(ip) - 1))
-    }
-
-    fn pod_ip(&self, node: u32, pod: u32) -> String {
-        std::fs::read_to_string(self.state.join(format!("n{node}/p{pod}.ip")))
-            .unwrap()
-            .trim()
-            .to_string()
     }
 
     fn vtep_mac(&self, node: &str, dev: &str) -> String {
@@ -314,7 +185,8 @@ impl Lab {
         let name = format!("n{node}");
         let ok = wait_for(Duration::from_secs(10), || {
             self.programmed(&name, dev) == self.expected(node, dev, kernel)
-        });
+        })
+        .is_some();
         assert!(
             ok,
             "{when}: n{node} on {dev}\n have {:#?}\n want {:#?}",
@@ -355,15 +227,6 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout)
         );
         bps
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let (ok, out) = self.cmd(&["down"]);
-        if !ok {
-            eprintln!("lab down failed: {out}");
-        }
     }
 }
 
@@ -419,7 +282,8 @@ impl Capture {
         // tcpdump writes the file header once it is listening.
         assert!(
             wait_for(Duration::from_secs(5), || std::fs::metadata(&file)
-                .is_ok_and(|m| m.len() >= 24)),
+                .is_ok_and(|m| m.len() >= 24))
+            .is_some(),
             "tcpdump did not start"
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -605,17 +469,14 @@ fn mixed_cluster_userspace_kernel_flannel() {
     if !privileged("mixed_cluster_userspace_kernel_flannel") {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let prefix = format!("vxm{}", std::process::id() % 100_000);
-    let lab = Lab {
-        state: std::env::temp_dir().join(format!("vxlab-{prefix}")),
-        prefix,
-        script: root.join("scripts/lab.sh"),
-        bin: bin_dir(),
-    };
+    let lab = Lab::new(
+        "vxm",
+        &[
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_DATAPLANES", "userspace kernel flannel"),
+            ("VXLAB_BACKEND", BACKEND),
+        ],
+    );
 
     // 1. Up: all pod pairs ping (24 pairs) and iperf3 n1 → n2 (userspace → kernel).
     let out = lab.must(&["up"]);
@@ -717,7 +578,7 @@ fn mixed_cluster_userspace_kernel_flannel() {
         subnets[0],
         "subnet kept across the switch"
     );
-    lab.check("n1 on the kernel dataplane");
+    lab.check(24, "n1 on the kernel dataplane");
     lab.must(&["restart-agent", "1", "userspace"]);
     assert_eq!(lab.subnet_of(1), subnets[0]);
     lab.assert_exact(1, TAP, "n1 switched back to userspace");
@@ -727,7 +588,7 @@ fn mixed_cluster_userspace_kernel_flannel() {
             .is_none_or(|a| a.is_empty()),
         "no route left on {KDEV}"
     );
-    lab.check("n1 back on userspace");
+    lab.check(24, "n1 back on userspace");
     println!(
         "switching n1 userspace -> kernel -> userspace kept {} and left nothing behind",
         subnets[0]
@@ -795,7 +656,7 @@ fn mixed_cluster_userspace_kernel_flannel() {
     assert_ne!(vxmesh_mac, flannel_mac, "vxmesh sets its stable VtepMAC");
     lab.assert_exact(2, KDEV, "n2 follows n3's new VtepMAC");
     lab.assert_exact(1, TAP, "n1 follows n3's new VtepMAC");
-    lab.check("n3 migrated to vxmesh (kernel)");
+    lab.check(24, "n3 migrated to vxmesh (kernel)");
     lab.must(&["restart-agent", "3", "flannel"]);
     assert_eq!(lab.subnet_of(3), subnets[2], "rollback keeps the subnet");
     assert_eq!(
@@ -803,7 +664,7 @@ fn mixed_cluster_userspace_kernel_flannel() {
         vxmesh_mac,
         "flanneld adopts the device and keeps its MAC"
     );
-    lab.check("n3 rolled back to flannel");
+    lab.check(24, "n3 rolled back to flannel");
     println!(
         "migration flannel -> vxmesh -> flannel on n3 kept {} and all pods reachable",
         subnets[2]

@@ -1,0 +1,211 @@
+//! The netns lab (`scripts/lab.sh`) driven from privileged tests: a guard that brings a
+//! lab up under a name unique to this process and tears it down when dropped, plus the
+//! small queries the tests share.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Whether privileged tests must run (`VXMESH_PRIVILEGED_TESTS=1`); otherwise a SKIP line.
+pub fn privileged(test: &str) -> bool {
+    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
+        true
+    } else {
+        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
+        false
+    }
+}
+
+/// The directory holding vxmeshd, vxmeshctl and the vxmesh CNI plugin: `VXMESH_BIN_DIR`,
+/// or the directory cargo built this test's vxmeshd into.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("VXMESH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_BIN_EXE_vxmeshd"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        });
+    for b in ["vxmeshd", "vxmeshctl", "vxmesh"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} missing: build all binaries first (cargo build --workspace --bins) or set VXMESH_BIN_DIR",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits up to `limit` for `f`, returning how long it took.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A lab named `<tag><pid>`; `down` runs when dropped (also after a failed assertion).
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub script: PathBuf,
+    pub bin: PathBuf,
+    pub state: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Lab {
+    /// Describes a lab; nothing runs until [`Lab::cmd`]`(["up"])`. `env` adds VXLAB_* knobs.
+    pub fn new(tag: &str, env: &[(&str, &str)]) -> Lab {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let prefix = format!("{tag}{}", std::process::id() % 100_000);
+        Lab {
+            state: std::env::temp_dir().join(format!("vxlab-{prefix}")),
+            prefix,
+            script: root.join("scripts/lab.sh"),
+            bin: bin_dir(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Runs `lab.sh <args>`; success and the combined output.
+    pub fn cmd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(&self.script)
+            .args(args)
+            .env("VXLAB_PREFIX", &self.prefix)
+            .env("VXLAB_BIN", &self.bin)
+            .env("VXLAB_STATE", &self.state)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Runs `lab.sh <args>`, which must succeed.
+    pub fn must(&self, args: &[&str]) -> String {
+        let (ok, out) = self.cmd(args);
+        assert!(ok, "lab.sh {args:?} failed:\n{out}");
+        out
+    }
+
+    /// The full name of a lab namespace: `ns("n1")`, `ns("n2-p1")`, `ns("etcd")`.
+    pub fn ns(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    /// Runs a command inside a lab namespace; it must succeed.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> String {
+        let ns = self.ns(ns);
+        let mut a = vec!["netns", "exec", ns.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// `ip -n <ns> -j <args>` as JSON (an empty array when ip prints nothing).
+    pub fn ip_json(&self, node: &str, args: &[&str]) -> Value {
+        let ns = self.ns(node);
+        let mut a = vec!["-n", ns.as_str(), "-j"];
+        a.extend_from_slice(args);
+        let out = Command::new("ip").args(&a).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+    }
+
+    /// `ip -n <node> route` as text.
+    pub fn routes(&self, node: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(node), "route"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// etcdctl against the lab's etcd.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let mut a = vec![
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            "http://192.168.100.2:2379",
+        ];
+        a.extend_from_slice(args);
+        self.exec("etcd", &a)
+    }
+
+    /// `vxmeshctl status --json` on a node.
+    pub fn status(&self, node: &str) -> Value {
+        let ctl = self.bin.join("vxmeshctl");
+        serde_json::from_str(&self.exec(node, &[ctl.to_str().unwrap(), "status", "--json"]))
+            .unwrap()
+    }
+
+    /// The address the lab gave pod `pod` of node `node`.
+    pub fn pod_ip(&self, node: u32, pod: u32) -> String {
+        std::fs::read_to_string(self.state.join(format!("n{node}/p{pod}.ip")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A node's subnet (from its subnet file): `10.244.7.0/24`.
+    pub fn subnet_of(&self, node: u32) -> String {
+        let env = std::fs::read_to_string(self.state.join(format!("n{node}/subnet.env"))).unwrap();
+        let sub = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .unwrap();
+        let (ip, len) = sub.split_once('/').unwrap();
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) - 1))
+    }
+
+    /// The lab's own all-pairs ping (+ iperf3) must pass completely: `pairs` pod pairs.
+    pub fn check(&self, pairs: usize, when: &str) {
+        let out = self.must(&["check"]);
+        assert!(
+            out.contains(&format!("{pairs} of {pairs} reachable")) && out.contains(" 0 failed"),
+            "{when}:\n{out}"
+        );
+        println!("{when}: {pairs} of {pairs} pod pairs reachable");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let (ok, out) = self.cmd(&["down"]);
+        if !ok {
+            eprintln!("lab down failed: {out}");
+        }
+    }
+}
