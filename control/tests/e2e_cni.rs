@@ -5,6 +5,7 @@
 //!   reservation and no state file;
 //! - podman (runc, CNI backend) runs a container on one node that reaches pods on the
 //!   others (`scripts/lab.sh podman`).
+//!
 //! Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
