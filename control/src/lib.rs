@@ -10,6 +10,7 @@
 //! /readyz, /metrics, /v1/status), and [`agent`], which wires them to the dataplane.
 pub mod agent;
 pub mod allocator;
+pub mod cli;
 pub mod config;
 pub mod health;
 pub mod lease;

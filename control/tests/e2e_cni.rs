@@ -113,21 +113,37 @@ fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
     assert_eq!(addrs.len(), PODS, "50 distinct addresses");
     let subnet = lab.subnet_of(1);
     let net_prefix = subnet.rsplit_once('.').unwrap().0;
-    assert!(addrs.iter().all(|a| a.starts_with(net_prefix)), "{addrs:?} in {subnet}");
+    assert!(
+        addrs.iter().all(|a| a.starts_with(net_prefix)),
+        "{addrs:?} in {subnet}"
+    );
 
     // Every one reachable from the pod on node 2 (across the overlay).
     let unreachable: Vec<&String> = addrs
         .iter()
         .filter(|a| {
             !Command::new("ip")
-                .args(["netns", "exec", &lab.ns("n2-p1"), "ping", "-c", "1", "-W", "2", a])
+                .args([
+                    "netns",
+                    "exec",
+                    &lab.ns("n2-p1"),
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "2",
+                    a,
+                ])
                 .stdout(Stdio::null())
                 .status()
                 .unwrap()
                 .success()
         })
         .collect();
-    assert!(unreachable.is_empty(), "unreachable from n2-p1: {unreachable:?}");
+    assert!(
+        unreachable.is_empty(),
+        "unreachable from n2-p1: {unreachable:?}"
+    );
     println!("{PODS} concurrent ADDs: {PODS} distinct addresses, all reachable from node 2");
 
     // 50 DELs, twice each (concurrently), then nothing of them is left.
@@ -145,7 +161,9 @@ fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
         }
     }
     for id in &ids {
-        let _ = Command::new("ip").args(["netns", "del", &lab.ns(id)]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &lab.ns(id)])
+            .status();
     }
     assert_eq!(veths(&lab), veth0, "veths left on node 1");
     assert_eq!(names(&ipam), ipam0, "host-local reservations left");
@@ -154,5 +172,8 @@ fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
     // A real runtime: a podman container on node 1 reaches the pod on node 2.
     let out = lab.must(&["podman", "1"]);
     println!("{out}");
-    assert!(out.contains(&format!("reached {}", lab.pod_ip(2, 1))), "{out}");
+    assert!(
+        out.contains(&format!("reached {}", lab.pod_ip(2, 1))),
+        "{out}"
+    );
 }

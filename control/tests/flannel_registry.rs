@@ -14,7 +14,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{etcd_available, Etcd};
+use common::{etcd_available, rt, Etcd};
 use vxmesh_control::agent::acquire;
 use vxmesh_control::config::{ConfigError, NetworkConfig};
 use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
@@ -216,14 +216,6 @@ fn subnet_files_are_interchangeable() {
         SubnetEnv::subnet_from(dual),
         Some("10.42.7.0/24".parse().unwrap())
     );
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

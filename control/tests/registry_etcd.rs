@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{etcd_available, Etcd};
+use common::{etcd_available, rt, Etcd};
 use tokio::sync::mpsc;
 use vxmesh_control::agent::acquire;
 use vxmesh_control::config::ConfigError;
@@ -20,14 +20,6 @@ use vxmesh_control::subnet::Subnet;
 
 const PREFIX: &str = "/coreos.com/network";
 const TTL: Duration = Duration::from_secs(30);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn node(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 56, i)

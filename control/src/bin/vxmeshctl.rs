@@ -26,23 +26,8 @@ struct Cli {
         default_value = "http://127.0.0.1:8471"
     )]
     agent: String,
-    /// etcd endpoints, comma separated (for `leases` and `config`).
-    #[arg(
-        long,
-        global = true,
-        env = "VXMESHD_ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    etcd_endpoints: Vec<String>,
-    /// etcd key prefix.
-    #[arg(
-        long,
-        global = true,
-        env = "VXMESHD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
-    )]
-    etcd_prefix: String,
+    #[command(flatten)]
+    etcd: vxmesh_control::cli::EtcdArgs,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -272,7 +257,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
-    let reg = Registry::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
+    let reg = Registry::connect(&cli.etcd.etcd_endpoints, &cli.etcd.etcd_prefix).await?;
     if let Cmd::Config = cli.cmd {
         let c = reg.network_config().await?;
         if cli.json {

@@ -19,23 +19,10 @@ enum LogFormat {
 /// Leases a pod subnet from etcd (flannel-compatible) and carries pod traffic to
 /// the other nodes as VXLAN, encapsulated in userspace.
 #[derive(Debug, Parser)]
-#[command(name = "vxmeshd", version, about, long_about = None)]
+#[command(name = "vxmeshd", version)]
 struct Flags {
-    /// etcd endpoints, comma separated.
-    #[arg(
-        long,
-        env = "VXMESHD_ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    etcd_endpoints: Vec<String>,
-    /// etcd key prefix holding `config` and `subnets/` (flannel's layout).
-    #[arg(
-        long,
-        env = "VXMESHD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
-    )]
-    etcd_prefix: String,
+    #[command(flatten)]
+    etcd: vxmesh_control::cli::EtcdArgs,
     /// Underlay interface (name or one of its IPv4 addresses); default: the interface of the default route.
     #[arg(long, env = "VXMESHD_IFACE")]
     iface: Option<String>,
@@ -170,8 +157,8 @@ fn main() -> anyhow::Result<()> {
             });
         }
         let opts = AgentOptions {
-            etcd_endpoints: f.etcd_endpoints,
-            etcd_prefix: f.etcd_prefix,
+            etcd_endpoints: f.etcd.etcd_endpoints,
+            etcd_prefix: f.etcd.etcd_prefix,
             iface: f.iface,
             public_ip: f.public_ip,
             subnet_file: f.subnet_file,
@@ -217,7 +204,7 @@ mod tests {
             "vx0",
         ])
         .unwrap();
-        assert_eq!(f.etcd_endpoints.len(), 2);
+        assert_eq!(f.etcd.etcd_endpoints.len(), 2);
         assert!(Flags::try_parse_from(["vxmeshd", "--tap-name", "this-name-is-too-long"]).is_err());
     }
 }

@@ -27,6 +27,15 @@ pub fn etcd_available(test: &str) -> bool {
     found
 }
 
+/// A small runtime for tests that drive the async registry.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
