@@ -86,7 +86,7 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// A ~2-minute smoke run: 1 repeat, 4 s tests, 100 pings, 4 UDP probes of 1 s.
+    /// A ~2-minute smoke run: 1 repeat, 4 s tests, 100 pings, ≤ 4 UDP probes of 2 s.
     #[arg(long)]
     quick: bool,
     /// Repeats of every mode (≥ 3 for a real run) [default: 3; quick: 1].
@@ -104,7 +104,7 @@ struct RunArgs {
     /// Interval between echo requests, in ms.
     #[arg(long, default_value_t = 10)]
     ping_interval_ms: u32,
-    /// Seconds per UDP probe [default: 2; quick: 1].
+    /// Seconds per UDP probe [default: 3; quick: 2].
     #[arg(long)]
     udp_seconds: Option<u32>,
     /// Most UDP probes in the rate search [default: 7; quick: 4].
@@ -422,7 +422,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         pings: a.pings.unwrap_or(if q { 100 } else { 200 }).max(1),
         ping_interval_ms: a.ping_interval_ms.max(2),
         udp_payload: a.udp_payload.clamp(16, 1400),
-        udp_probe_seconds: a.udp_seconds.unwrap_or(if q { 1 } else { 2 }).max(1),
+        udp_probe_seconds: a.udp_seconds.unwrap_or(if q { 2 } else { 3 }).max(1),
         udp_probes: a.udp_probes.unwrap_or(if q { 4 } else { 7 }).clamp(1, 20),
         udp_max_loss_pct: a.udp_max_loss,
     };
@@ -516,6 +516,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 outcome
                     .details
                     .insert("agents".into(), measure::agent_snapshot(&t, &ctx));
+                outcome
+                    .details
+                    .insert("links".into(), measure::link_stats(&t));
                 m
                 // `t` drops here: daemons stopped, namespaces deleted.
             })();
@@ -653,6 +656,24 @@ fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
     n.push(format!(
         "vxmesh dataplane drops counted by the agents over all runs: {drops}."
     ));
+    for mode in Mode::ALL {
+        let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in runs.iter().filter(|r| r.mode == mode) {
+            if let Some(l) = r.details.get("links") {
+                for (k, v) in measure::link_drops(l) {
+                    *sums.entry(k).or_default() += v;
+                }
+            }
+        }
+        if !sums.is_empty() {
+            let list: Vec<String> = sums.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            n.push(format!(
+                "Interface drops/errors in {} runs (summed over repeats; a = node A, pb = pod B): {}.",
+                mode.label(),
+                list.join(", ")
+            ));
+        }
+    }
     n
 }
 

@@ -202,6 +202,53 @@ pub fn agent_snapshot(topo: &Topology, ctx: &Context) -> Value {
     Value::Object(m)
 }
 
+/// Packet/drop counters of every interface of the four namespaces
+/// (`ip -s -j link`), keyed `a`, `b`, `pa`, `pb`: where packets were dropped.
+pub fn link_stats(topo: &Topology) -> Value {
+    let mut m = serde_json::Map::new();
+    for (tag, ns) in [
+        ("a", &topo.node_a.ns),
+        ("b", &topo.node_b.ns),
+        ("pa", &topo.pod_a.ns),
+        ("pb", &topo.pod_b.ns),
+    ] {
+        let links: Vec<Value> = ns
+            .ip(&["-s", "-j", "link", "show"])
+            .ok()
+            .and_then(|s| serde_json::from_str::<Vec<Value>>(&s).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l["ifname"] != "lo")
+            .map(|l| json!({"ifname": l["ifname"], "stats64": l["stats64"]}))
+            .collect();
+        m.insert(tag.into(), Value::Array(links));
+    }
+    Value::Object(m)
+}
+
+/// Non-zero drop/error counters in a [`link_stats`] value, as
+/// `("<ns tag>/<ifname> <counter>", value)`.
+pub fn link_drops(stats: &Value) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Some(m) = stats.as_object() else {
+        return out;
+    };
+    for (tag, links) in m {
+        for l in links.as_array().into_iter().flatten() {
+            let name = l["ifname"].as_str().unwrap_or("?");
+            for dir in ["rx", "tx"] {
+                for k in ["dropped", "errors"] {
+                    let v = l["stats64"][dir][k].as_u64().unwrap_or(0);
+                    if v > 0 {
+                        out.push((format!("{tag}/{name} {dir}_{k}"), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// An iperf3 server (`-s -1`) in pod B, once it listens.
 fn iperf_server(topo: &Topology, ctx: &Context) -> anyhow::Result<Daemon> {
     let ns = &topo.pod_b.ns;
@@ -467,9 +514,46 @@ fn udp_probe(
     Ok(r)
 }
 
+/// Fractions of the unlimited probe's received rate tried, highest first,
+/// until one passes.
+const UDP_LADDER: [f64; 7] = [0.97, 0.9, 0.8, 0.65, 0.5, 0.35, 0.2];
+
+/// The next offered rate (packets/s) of the UDP search, or `None` when it is
+/// done. `received_max` is what the unlimited first probe got through; `tried`
+/// holds (offered rate, passed) of every probe so far, the unlimited one
+/// included as a failure at the rate it sent. Down the ladder until a rate
+/// passes, then bisect between the best pass and the lowest failure above it
+/// while they differ by more than 5 %. Stepping down from what got through
+/// (rather than bisecting from 0) keeps one unlucky probe — a scheduling
+/// hiccup on 2 busy vCPUs — from halving the result.
+pub fn next_udp_rate(received_max: f64, tried: &[(f64, bool)]) -> Option<f64> {
+    let best_pass = tried.iter().filter(|t| t.1).map(|t| t.0).reduce(f64::max);
+    let lowest_fail = |above: f64| {
+        tried
+            .iter()
+            .filter(|t| !t.1 && t.0 > above)
+            .map(|t| t.0)
+            .reduce(f64::min)
+    };
+    match best_pass {
+        None => {
+            let fail = lowest_fail(0.0).unwrap_or(f64::INFINITY);
+            UDP_LADDER
+                .iter()
+                .map(|f| f * received_max)
+                .find(|&r| r < fail * 0.999)
+                .filter(|&r| r >= 1000.0)
+        }
+        Some(pass) => {
+            let fail = lowest_fail(pass)?;
+            (fail - pass > 0.05 * pass).then_some((pass + fail) / 2.0)
+        }
+    }
+}
+
 /// The highest rate with loss ≤ `plan.udp_max_loss_pct`: first an unlimited
-/// probe (the sender's maximum); if it loses too much, bisect between 0 and
-/// the rate it sent at, `plan.udp_probes` probes in all. Returns the best
+/// probe (the sender's maximum); if it loses too much, [`next_udp_rate`]
+/// picks the following probes, `plan.udp_probes` in all. Returns the best
 /// passing probe (or the lowest-rate one if none passed) and every probe.
 fn udp_search(
     topo: &Topology,
@@ -484,15 +568,14 @@ fn udp_search(
         offered_pps: None,
         r: first,
     });
-    let (mut lo, mut hi) = (0.0_f64, first.sent_pps);
     if !ok(&probes[0]) {
+        let mut tried = vec![(first.sent_pps, false)];
         for i in 2..=plan.udp_probes.max(1) {
+            let Some(rate) = next_udp_rate(first.received_pps, &tried) else {
+                break;
+            };
             stop::check()?;
             stop::sleep(Duration::from_millis(300))?;
-            let rate = (lo + hi) / 2.0;
-            if rate < 1000.0 {
-                break;
-            }
             let r = udp_probe(
                 topo,
                 ctx,
@@ -504,11 +587,7 @@ fn udp_search(
                 offered_pps: Some(rate),
                 r,
             };
-            if ok(&p) {
-                lo = rate;
-            } else {
-                hi = rate;
-            }
+            tried.push((rate, ok(&p)));
             probes.push(p);
         }
     }
@@ -525,4 +604,48 @@ fn udp_search(
         })
         .copied();
     Ok((best, probes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_search_steps_down_then_bisects() {
+        // Unlimited probe sent 140k, got 100k through: start just below 100k.
+        let mut tried = vec![(140_000.0, false)];
+        assert_eq!(next_udp_rate(100_000.0, &tried), Some(97_000.0));
+        tried.push((97_000.0, false));
+        assert_eq!(next_udp_rate(100_000.0, &tried), Some(90_000.0));
+        tried.push((90_000.0, true));
+        // 90k passed, 97k failed: 7.8 % apart, one bisection.
+        assert_eq!(next_udp_rate(100_000.0, &tried), Some(93_500.0));
+        tried.push((93_500.0, true));
+        // 93.5k passed, 97k failed: 3.7 % apart, done.
+        assert_eq!(next_udp_rate(100_000.0, &tried), None);
+    }
+
+    #[test]
+    fn drops_from_link_stats() {
+        let v = json!({"b": [{"ifname": "vxmesh0", "stats64": {"rx": {"dropped": 0, "errors": 0},
+            "tx": {"dropped": 12, "errors": 0}}}], "pa": []});
+        assert_eq!(
+            link_drops(&v),
+            vec![("b/vxmesh0 tx_dropped".to_string(), 12)]
+        );
+        assert!(link_drops(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn udp_search_ladder_ends() {
+        let mut tried = vec![(50_000.0, false)];
+        for f in UDP_LADDER {
+            let r = next_udp_rate(10_000.0, &tried).unwrap();
+            assert!((r - f * 10_000.0).abs() < 1e-6);
+            tried.push((r, false));
+        }
+        assert_eq!(next_udp_rate(10_000.0, &tried), None);
+        // Nothing worth probing below 1000 packets/s.
+        assert_eq!(next_udp_rate(1_000.0, &[(2_000.0, false)]), None);
+    }
 }
