@@ -113,6 +113,20 @@ pub fn ping(text: &str) -> (Vec<f64>, Option<u64>) {
     (rtts, sent)
 }
 
+/// The `Udp:` counters of `/proc/net/snmp` (header line, then values).
+pub fn snmp_udp(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Default::default();
+    };
+    names
+        .split_whitespace()
+        .skip(1)
+        .zip(values.split_whitespace().skip(1))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +168,20 @@ mod tests {
             r#"{"end":{"sum":{"seconds":1.0,"packets":1000,"lost_packets":5,"lost_percent":0.5}}}"#;
         let r = udp(old).unwrap();
         assert_eq!(r.received_pps, 995.0);
+    }
+
+    #[test]
+    fn snmp() {
+        let t = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+            Udp: 477 0 7 478 7\n\
+            UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+            UdpLite: 0 0 0 0 0\n";
+        let m = snmp_udp(t);
+        assert_eq!(m["InDatagrams"], 477);
+        assert_eq!(m["RcvbufErrors"], 7);
+        assert_eq!(m.len(), 5);
+        assert!(snmp_udp("").is_empty());
     }
 
     #[test]
