@@ -784,6 +784,51 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Context switches of one thread so far (from /proc/<pid>/task/<tid>/status).
+#[derive(Debug, Clone)]
+struct ThreadSwitches {
+    name: String,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// Context-switch counters of every `vxmesh-*` thread of `pids`.
+fn thread_switches(pids: &[u32]) -> Vec<ThreadSwitches> {
+    let mut out = Vec::new();
+    for (i, pid) in pids.iter().enumerate() {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        let mut tasks: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        tasks.sort();
+        for t in tasks {
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if !comm.starts_with("vxmesh-") {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            out.push(ThreadSwitches {
+                name: format!("node {} {comm}", if i == 0 { "A" } else { "B" }),
+                voluntary: field("voluntary_ctxt_switches:"),
+                involuntary: field("nonvoluntary_ctxt_switches:"),
+            });
+        }
+    }
+    out
+}
+
 fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
     let modes = parse_modes(&a.modes)?;
     let l = layout(&a.common, "-profile")?;
@@ -813,6 +858,7 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         let freq = a.freq.to_string();
         let secs = a.seconds.to_string();
         let json = l.raw.join(format!("{}-profile-iperf3.json", mode.key()));
+        let pids = t.agent_pids();
         let (r, perf) = measure::tcp_with(
             &t,
             &ctx,
@@ -821,8 +867,9 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             a.streams,
             a.reverse,
             &json,
-            |_done| -> anyhow::Result<()> {
+            |_done| -> anyhow::Result<(Vec<ThreadSwitches>, Vec<ThreadSwitches>)> {
                 stop::sleep(Duration::from_secs(2))?;
+                let before = thread_switches(&pids);
                 let mut c = Command::new("perf");
                 c.args([
                     "record",
@@ -842,46 +889,75 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
                 if !f.status.success() {
                     bail!("perf record failed: {}", f.stderr.trim());
                 }
-                Ok(())
+                Ok((before, thread_switches(&pids)))
             },
         )?;
-        perf?;
-        eprintln!("  iperf3 under perf: {:.2} Gbit/s", r.received_bps / 1e9);
-        let pids = t.agent_pids();
+        let (before, after) = perf?;
+        let gb = r.received_bytes as f64 / 1e9 * f64::from(a.seconds) / r.seconds.max(1.0);
+        let mut summary = format!(
+            "{}: iperf3 {} stream(s) {} under perf: {:.2} Gbit/s; about {:.2} GB moved during the {} s profile\n",
+            mode.label(),
+            a.streams,
+            if a.reverse { "B→A" } else { "A→B" },
+            r.received_bps / 1e9,
+            gb,
+            a.seconds
+        );
+        for (b, e) in before.iter().zip(&after) {
+            let (v, n) = (e.voluntary - b.voluntary, e.involuntary - b.involuntary);
+            summary.push_str(&format!(
+                "{}: {v} voluntary ({:.0}/s, {:.0}/GB) and {n} involuntary context switches\n",
+                e.name,
+                v as f64 / f64::from(a.seconds),
+                v as f64 / gb.max(1e-9)
+            ));
+        }
+        std::fs::write(l.out.join(format!("{}-summary.txt", mode.key())), &summary)?;
+        eprint!("{summary}");
         drop(t);
-        let reports: &[(&str, &[&str])] = &[
-            ("by-thread", &["--sort", "comm", "--percent-limit", "0.5"]),
+        let mut reports: Vec<(String, Vec<String>)> = vec![
             (
-                "by-symbol",
-                &["--sort", "comm,dso,sym", "--percent-limit", "0.3"],
+                "by-thread".into(),
+                strs(&["--no-children", "--sort", "comm", "--percent-limit", "0.5"]),
             ),
             (
-                "agent-threads",
-                &[
-                    "--comms",
-                    "vxmesh-tx0,vxmesh-rx0,vxmeshd",
+                "by-symbol".into(),
+                strs(&[
+                    "--no-children",
                     "--sort",
-                    "comm,sym",
+                    "comm,dso,sym",
                     "--percent-limit",
                     "0.3",
-                ],
+                ]),
             ),
         ];
-        for (name, extra) in reports {
-            if *name == "agent-threads" && pids.is_empty() {
-                continue;
-            }
+        // Inclusive (children) time per thread, as a share of that thread:
+        // which system calls and kernel paths its time goes to.
+        let threads: &[&str] = if pids.is_empty() {
+            &["iperf3"]
+        } else {
+            &["vxmesh-tx0", "vxmesh-rx0", "iperf3"]
+        };
+        for th in threads {
+            reports.push((
+                format!("{th}-inclusive"),
+                strs(&[
+                    "--children",
+                    "--percentage",
+                    "relative",
+                    "--comms",
+                    th,
+                    "--sort",
+                    "sym",
+                    "--percent-limit",
+                    "1.5",
+                ]),
+            ));
+        }
+        for (name, extra) in &reports {
             let mut c = Command::new("perf");
-            c.args([
-                "report",
-                "-i",
-                &data_s,
-                "--stdio",
-                "--no-children",
-                "-g",
-                "none",
-            ])
-            .args(*extra);
+            c.args(["report", "-i", &data_s, "--stdio", "-g", "none"])
+                .args(extra);
             let f = run_bounded(c, Duration::from_secs(300))?;
             let path = l.out.join(format!("{}-{name}.txt", mode.key()));
             std::fs::write(&path, &f.stdout)?;
