@@ -48,9 +48,24 @@ enum Cmd {
     Profile(ProfileArgs),
     /// Remove namespaces (and their processes) left by runs that were killed.
     Cleanup,
+    /// Re-render results.md and the chart of an earlier run (and with
+    /// --update-docs, docs/benchmarks.md) from its results.json.
+    Report(ReportArgs),
     /// Build one mode's topology and keep it for manual experiments (prints the
     /// namespace names and pod addresses) until Ctrl-C or --seconds pass.
     Hold(HoldArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ReportArgs {
+    /// The run's output directory (holding results.json).
+    dir: PathBuf,
+    /// Repository root [default: where this was built].
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Also copy the table and chart into docs/benchmarks.md and docs/img/bench-latest.png.
+    #[arg(long)]
+    update_docs: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -156,6 +171,7 @@ fn main() -> ExitCode {
         Some(Cmd::Profile(a)) => profile(a),
         Some(Cmd::Cleanup) => cleanup(),
         Some(Cmd::Hold(a)) => hold(a),
+        Some(Cmd::Report(a)) => rerender(a),
     };
     match r {
         Ok(code) => code,
@@ -738,6 +754,46 @@ fn update_docs(l: &Layout, results: &Results, chart: bool) -> anyhow::Result<()>
     std::fs::write(&docs, new)?;
     eprintln!("updated {} and docs/img/bench-latest.png", docs.display());
     Ok(())
+}
+
+fn rerender(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(a.dir.join("results.json"))
+        .with_context(|| format!("reading {}/results.json", a.dir.display()))?;
+    let results: Results = serde_json::from_str(&text).context("parsing results.json")?;
+    let chart = match draw_chart(&a.dir) {
+        Ok(()) => Some("chart.png"),
+        Err(e) => {
+            eprintln!("warning: no chart: {e:#}");
+            None
+        }
+    };
+    let md = report::render_markdown(&results, chart);
+    std::fs::write(a.dir.join("results.md"), &md)?;
+    println!("{md}");
+    if a.update_docs {
+        let repo = a.repo.clone().unwrap_or_else(|| {
+            repo_root(&Common {
+                bin_dir: None,
+                out: None,
+                repo: None,
+                agent_args: String::new(),
+            })
+        });
+        let stamp = a
+            .dir
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let l = Layout {
+            repo,
+            bin_dir: PathBuf::new(),
+            out: a.dir.clone(),
+            raw: a.dir.join("raw"),
+            logs: a.dir.join("logs"),
+            stamp,
+        };
+        update_docs(&l, &results, chart.is_some())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
