@@ -438,6 +438,18 @@ impl Netlink {
             )))
     }
 
+    /// Sets the transmit queue length (for a TAP: how many frames the kernel holds for
+    /// the reader before dropping).
+    pub async fn set_txqueuelen(&self, index: u32, len: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).txqueuelen(len).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(Self::req(format!("set link #{index} txqueuelen {len}")))
+    }
+
     /// Deletes a link; Ok if it is already gone.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         match self.handle.link().del(index).execute().await {
