@@ -840,6 +840,11 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Counted by `profile` beside the samples (tracepoints: they work in VMs
+/// without a PMU).
+const STAT_EVENTS: &str = "raw_syscalls:sys_enter,sched:sched_switch,sched:sched_wakeup,\
+irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,net:net_dev_xmit";
+
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -915,6 +920,8 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         let secs = a.seconds.to_string();
         let json = l.raw.join(format!("{}-profile-iperf3.json", mode.key()));
         let pids = t.agent_pids();
+        let stat_path = l.out.join(format!("{}-perf-stat.csv", mode.key()));
+        let stat_s = stat_path.display().to_string();
         let (r, perf) = measure::tcp_with(
             &t,
             &ctx,
@@ -926,6 +933,26 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             |_done| -> anyhow::Result<(Vec<ThreadSwitches>, Vec<ThreadSwitches>)> {
                 stop::sleep(Duration::from_secs(2))?;
                 let before = thread_switches(&pids);
+                // Event counts over the same window, beside the samples: how
+                // many system calls, context switches, wake-ups and IPIs per GB.
+                let mut stat = Command::new("perf")
+                    .args([
+                        "stat",
+                        "-a",
+                        "-x",
+                        ",",
+                        "-o",
+                        &stat_s,
+                        "-e",
+                        STAT_EVENTS,
+                        "--",
+                    ])
+                    .args(["sleep", &secs])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .context("spawning perf stat")?;
                 let mut c = Command::new("perf");
                 c.args([
                     "record",
@@ -941,7 +968,14 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
                     "sleep",
                     &secs,
                 ]);
-                let f = run_bounded(c, Duration::from_secs(u64::from(a.seconds) + 60))?;
+                let f = run_bounded(c, Duration::from_secs(u64::from(a.seconds) + 60));
+                let end = Instant::now() + Duration::from_secs(30);
+                while stat.try_wait()?.is_none() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = stat.kill();
+                let _ = stat.wait();
+                let f = f?;
                 if !f.status.success() {
                     bail!("perf record failed: {}", f.stderr.trim());
                 }
@@ -967,6 +1001,20 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
                 v as f64 / f64::from(a.seconds),
                 v as f64 / gb.max(1e-9)
             ));
+        }
+        if let Ok(csv) = std::fs::read_to_string(&stat_path) {
+            for line in csv.lines().filter(|l| !l.starts_with('#')) {
+                let f: Vec<&str> = line.split(',').collect();
+                if let (Some(v), Some(name)) = (f.first(), f.get(2)) {
+                    if let Ok(v) = v.parse::<f64>() {
+                        summary.push_str(&format!(
+                            "{name}: {v:.0} ({:.0}/s, {:.0}/GB)\n",
+                            v / f64::from(a.seconds),
+                            v / gb.max(1e-9)
+                        ));
+                    }
+                }
+            }
         }
         std::fs::write(l.out.join(format!("{}-summary.txt", mode.key())), &summary)?;
         eprint!("{summary}");
