@@ -845,6 +845,29 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
 const STAT_EVENTS: &str = "raw_syscalls:sys_enter,sched:sched_switch,sched:sched_wakeup,\
 irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry,net:net_dev_xmit";
 
+/// Sums `perf stat --per-thread -x,` counts (`comm-tid,count,,event,…`) of the
+/// threads on the data path, per event, in the order events first appear.
+fn path_event_counts(csv: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for line in csv.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (Some(thread), Some(count), Some(event)) = (f.first(), f.get(1), f.get(3)) else {
+            continue;
+        };
+        let comm = thread.rsplit_once('-').map_or(*thread, |(c, _)| c);
+        let on_path = matches!(comm, "iperf3" | "vxmesh-tx0" | "vxmesh-rx0")
+            || comm.starts_with("ksoftirqd/");
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        match out.iter_mut().find(|(e, _)| e == event) {
+            Some((_, v)) => *v += if on_path { count } else { 0 },
+            None => out.push((event.to_string(), if on_path { count } else { 0 })),
+        }
+    }
+    out
+}
+
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -939,6 +962,7 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
                     .args([
                         "stat",
                         "-a",
+                        "--per-thread",
                         "-x",
                         ",",
                         "-o",
@@ -1003,17 +1027,15 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         if let Ok(csv) = std::fs::read_to_string(&stat_path) {
-            for line in csv.lines().filter(|l| !l.starts_with('#')) {
-                let f: Vec<&str> = line.split(',').collect();
-                if let (Some(v), Some(name)) = (f.first(), f.get(2)) {
-                    if let Ok(v) = v.parse::<f64>() {
-                        summary.push_str(&format!(
-                            "{name}: {v:.0} ({:.0}/s, {:.0}/GB)\n",
-                            v / f64::from(a.seconds),
-                            v / gb.max(1e-9)
-                        ));
-                    }
-                }
+            summary.push_str(
+                "events of the path's threads (iperf3, vxmesh-tx0/rx0, ksoftirqd; other processes left out):\n",
+            );
+            for (event, v) in path_event_counts(&csv) {
+                summary.push_str(&format!(
+                    "{event}: {v} ({:.0}/s, {:.0}/GB)\n",
+                    v as f64 / f64::from(a.seconds),
+                    v as f64 / gb.max(1e-9)
+                ));
             }
         }
         std::fs::write(l.out.join(format!("{}-summary.txt", mode.key())), &summary)?;
@@ -1075,6 +1097,23 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_thread_counts_of_the_path() {
+        let csv = "# started on ...\n\
+            iperf3-101,500,,raw_syscalls:sys_enter,1,100.00,,\n\
+            vxmesh-tx0-7,300,,raw_syscalls:sys_enter,1,100.00,,\n\
+            IO mon_iothread-9,9999,,raw_syscalls:sys_enter,1,100.00,,\n\
+            ksoftirqd/0-14,2,,sched:sched_switch,1,100.00,,\n\
+            iperf3-101,<not counted>,,sched:sched_switch,1,100.00,,\n";
+        assert_eq!(
+            path_event_counts(csv),
+            vec![
+                ("raw_syscalls:sys_enter".to_string(), 800),
+                ("sched:sched_switch".to_string(), 2)
+            ]
+        );
+    }
 
     #[test]
     fn busy_kinds_keep_their_highest_count() {
