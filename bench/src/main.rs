@@ -364,7 +364,29 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
     tools.insert("etcd".into(), first_line("etcd", &["--version"]));
     let vxd = bin_dir.join("vxmeshd").display().to_string();
     tools.insert("vxmeshd".into(), first_line(&vxd, &["--version"]));
+    let built = std::fs::metadata(bin_dir.join("vxmeshd"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let code_commit_time: Option<u64> = first_line(
+        "git",
+        &[
+            "-C",
+            &repo_s,
+            "log",
+            "-1",
+            "--format=%ct",
+            "--",
+            "dataplane",
+            "control",
+        ],
+    )
+    .parse()
+    .ok();
     Machine {
+        vxmeshd_built_utc: built.map_or(String::new(), |b| report::utc_stamps(b).0),
+        vxmeshd_older_than_code: built.zip(code_commit_time).map(|(b, c)| b < c),
         kernel,
         cpu_model,
         cores,

@@ -157,6 +157,13 @@ pub struct Machine {
     pub busy_processes: Vec<String>,
     /// Versions of iperf3, etcd, vxmeshd.
     pub tools: BTreeMap<String, String>,
+    /// When the measured vxmeshd binary was built (its mtime, UTC).
+    #[serde(default)]
+    pub vxmeshd_built_utc: String,
+    /// The binary is older than the last commit under dataplane/ or control/:
+    /// the figures may not describe `git_commit`.
+    #[serde(default)]
+    pub vxmeshd_older_than_code: Option<bool>,
 }
 
 /// How the run measured.
@@ -430,7 +437,20 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
         );
     }
     let tools: Vec<String> = m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let _ = writeln!(s, "Tools: {}.\n", tools.join(", "));
+    let _ = writeln!(s, "Tools: {}.", tools.join(", "));
+    if !m.vxmeshd_built_utc.is_empty() {
+        let _ = writeln!(
+            s,
+            "vxmeshd binary built {}{}.",
+            m.vxmeshd_built_utc,
+            if m.vxmeshd_older_than_code == Some(true) {
+                " — **older than the last commit under dataplane/ or control/**: it may not be the code of that commit"
+            } else {
+                ""
+            }
+        );
+    }
+    s.push('\n');
     let _ = writeln!(
         s,
         "Settings: {} repeat(s){}, iperf3 {} s per test (first {} s omitted), ping {} × {} ms, \
