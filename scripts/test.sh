@@ -4,7 +4,8 @@
 # own etcd on loopback), and the privileged end-to-end tests in network namespaces
 # (root), then the Vagrant checks and, where it can run, the real Vagrant lab.
 #
-# Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs).
+# Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs);
+# VXMESH_SKIP_FUZZ=1 skips the fuzz smoke; VXMESH_FUZZ_SECONDS (10) per fuzz target.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -33,7 +34,36 @@ stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D wa
 stage "shellcheck" shellcheck -x scripts/*.sh scripts/lib/*.sh vagrant/*.sh .ci/run
 stage "build release binaries" cargo build --release --workspace --bins
 export VXMESH_BIN_DIR=$PWD/target/release
-stage "cargo test (unit, property, etcd, netns e2e, CNI, podman)" cargo test --workspace --no-fail-fast
+# cargo test, with one total over every test binary at the end.
+cargo_tests() {
+  local log rc
+  log=$(mktemp)
+  cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  awk '/^test result:/ { p += $4; f += $6; i += $8 }
+       END { printf "cargo test total: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+  rm -f "$log"
+  return "$rc"
+}
+stage "cargo test (unit, property, etcd, netns e2e, CNI, podman)" cargo_tests
+
+# Every fuzz target for a few seconds (cargo-fuzz on the stable toolchain through
+# RUSTC_BOOTSTRAP): the parsers of packets, etcd values and configs stay crash-free.
+fuzz_smoke() {
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz || return 1
+  local dir t rc=0
+  for dir in dataplane/fuzz control/fuzz; do
+    for t in $(cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+      echo "fuzz: $dir $t"
+      (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="${VXMESH_FUZZ_SECONDS:-10}" 2>&1 | grep -aE "^Done|ERROR|panicked|SUMMARY") || rc=1
+      [ -z "$(ls -A "$dir/artifacts/$t" 2>/dev/null)" ] || { echo "fuzz: $t left a crash in $dir/artifacts/$t"; rc=1; }
+    done
+  done
+  return "$rc"
+}
+if [ "${VXMESH_SKIP_FUZZ:-0}" != 1 ]; then
+  stage "fuzz smoke (every target, ${VXMESH_FUZZ_SECONDS:-10} s each)" fuzz_smoke
+fi
 if [ -x vagrant/check.sh ]; then
   stage "vagrant validate, shellcheck, systemd-analyze" vagrant/check.sh
 fi
