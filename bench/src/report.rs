@@ -412,7 +412,7 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     let m = &r.machine;
     let st = &r.settings;
     let mut s = String::new();
-    let _ = writeln!(s, "## Results {}\n", m.date_utc);
+    let _ = writeln!(s, "### Results {}\n", m.date_utc);
     let _ = writeln!(
         s,
         "Machine: {} × {}, Linux {}; commit `{}`{}; load before/after: {} / {}.",
@@ -436,7 +436,12 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
             m.busy_processes.join(", ")
         );
     }
-    let tools: Vec<String> = m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let tools: Vec<&str> = m
+        .tools
+        .values()
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .collect();
     let _ = writeln!(s, "Tools: {}.", tools.join(", "));
     if !m.vxmeshd_built_utc.is_empty() {
         let _ = writeln!(
