@@ -21,7 +21,9 @@ use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
 const SNDBUF: usize = 4 << 20;
-const RCVBUF: usize = 8 << 20;
+/// Receive buffer: the ingress thread may be descheduled for a while under load (the
+/// benchmark saw RcvbufErrors at 8 MiB with 8 TCP streams); 32 MiB rides it out.
+const RCVBUF: usize = 32 << 20;
 /// TAP transmit queue (frames; each up to 64 KiB with TSO). The default, 1000, drops
 /// under 8-stream load in the benchmark.
 const TAP_TXQUEUELEN: u32 = 4096;
