@@ -313,11 +313,11 @@ EOF
 cmd_down() {
   local ns pid
   log "tearing down"
-  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-(sw|etcd|n[0-9]+(-p[0-9]+)?)$" || true); do
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-[A-Za-z0-9-]+$" || true); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
   done
   sleep 0.5
-  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-(sw|etcd|n[0-9]+(-p[0-9]+)?)$" || true); do
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-[A-Za-z0-9-]+$" || true); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     ip netns del "$ns"
   done
