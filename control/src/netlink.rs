@@ -635,19 +635,35 @@ impl Netlink {
         }
     }
 
-    /// The forwarding database of one device (`bridge fdb show dev <dev>`).
-    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+    /// The neighbour table of one family, entries of device `index` only.
+    async fn dump_neighbours(
+        &self,
+        family: AddressFamily,
+        index: u32,
+    ) -> Result<Vec<rtnetlink::packet_route::neighbour::NeighbourMessage>, NetlinkError> {
         let mut s = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Bridge)
+            .set_address_family(family)
             .execute();
         let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(Self::req("dump fdb"))? {
-            if m.header.ifindex != index {
-                continue;
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(Self::req(format!("dump neighbours ({family:?})")))?
+        {
+            if m.header.ifindex == index {
+                out.push(m);
             }
+        }
+        Ok(out)
+    }
+
+    /// The forwarding database of one device (`bridge fdb show dev <dev>`).
+    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+        let mut out = Vec::new();
+        for m in self.dump_neighbours(AddressFamily::Bridge, index).await? {
             let mut mac = None;
             let mut dst = None;
             for a in &m.attributes {
@@ -671,17 +687,8 @@ impl Netlink {
 
     /// The IPv4 neighbour entries of one device (`ip -4 neigh show dev <dev>`).
     pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighbourEntry>, NetlinkError> {
-        let mut s = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
         let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(Self::req("dump neighbours"))? {
-            if m.header.ifindex != index {
-                continue;
-            }
+        for m in self.dump_neighbours(AddressFamily::Inet, index).await? {
             let mut ip = None;
             let mut mac = None;
             for a in &m.attributes {

@@ -183,6 +183,20 @@ impl RateLimitedLog {
     }
 }
 
+/// Sleeps until `fd` is readable (or the idle interval ends, to see the stop flag).
+fn idle(fd: std::os::fd::BorrowedFd<'_>, log: &mut RateLimitedLog) {
+    if let Err(e) = wait_readable(fd, IDLE_POLL_MS) {
+        back_off(&e, log);
+    }
+}
+
+/// After an unexpected I/O error: log (rate-limited) and pause, so a broken fd
+/// cannot spin a core.
+fn back_off(e: &io::Error, log: &mut RateLimitedLog) {
+    log.error(e);
+    std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
+}
+
 struct EgressWorker {
     tap: Arc<Tap>,
     udp: UdpTx,
@@ -280,16 +294,12 @@ impl EgressWorker {
                     }
                     .to_bytes();
                     since_reload = 0;
-                    if let Err(e) = wait_readable(self.tap.as_fd(), IDLE_POLL_MS) {
-                        log.error(&e);
-                        std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
-                    }
+                    idle(self.tap.as_fd(), &mut log);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log.error(&e);
-                    std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
+                    back_off(&e, &mut log);
                     continue;
                 }
             };
@@ -390,16 +400,12 @@ impl IngressWorker {
                     self.counters.publish(&mut counts);
                     table = self.table.load();
                     since_reload = 0;
-                    if let Err(e) = wait_readable(self.udp.as_fd(), IDLE_POLL_MS) {
-                        log.error(&e);
-                        std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
-                    }
+                    idle(self.udp.as_fd(), &mut log);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log.error(&e);
-                    std::thread::sleep(Duration::from_millis(10));
+                    back_off(&e, &mut log);
                     continue;
                 }
             };
