@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
+use crate::etcd_access::EtcdAccess;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::netlink::{LinkInfo, Netlink};
@@ -46,7 +47,8 @@ pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Everything `vxmeshd` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    pub etcd_endpoints: Vec<String>,
+    /// Endpoints, TLS files and credentials, validated.
+    pub etcd: EtcdAccess,
     pub etcd_prefix: String,
     pub iface: Option<String>,
     pub public_ip: Option<Ipv4Addr>,
@@ -129,7 +131,7 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
     let mut last_msg = String::new();
     loop {
         let attempt = async {
-            let reg = Registry::connect(&opts.etcd_endpoints, &opts.etcd_prefix).await?;
+            let reg = Registry::connect_with(&opts.etcd, &opts.etcd_prefix).await?;
             let cfg = reg.network_config().await?;
             Ok::<_, RegistryError>((reg, cfg))
         };

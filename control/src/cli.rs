@@ -1,5 +1,9 @@
 //! Command-line pieces shared by `vxmeshd` and `vxmeshctl`.
 
+use std::path::PathBuf;
+
+use crate::etcd_access::{AccessError, AccessFlags, EtcdAccess};
+
 /// Where the registry is: the etcd flags both binaries take (environment variables
 /// named after vxmeshd's, so one EnvironmentFile serves both).
 #[derive(Debug, Clone, clap::Args)]
@@ -21,4 +25,40 @@ pub struct EtcdArgs {
         default_value = "/coreos.com/network"
     )]
     pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed etcd's server certificate (https:// endpoints);
+    /// default: the system's CA roots.
+    #[arg(long, global = true, env = "VXMESHD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.
+    #[arg(long, global = true, env = "VXMESHD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(long, global = true, env = "VXMESHD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user (when etcd has `auth enable`); needs --etcd-password.
+    #[arg(long, global = true, env = "VXMESHD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// Password of --etcd-username. Prefer VXMESHD_ETCD_PASSWORD in a 0600
+    /// EnvironmentFile: a command line is visible to every user in `ps`.
+    #[arg(
+        long,
+        global = true,
+        env = "VXMESHD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The flags, checked: a wrong combination is an error naming the flags.
+    pub fn access(&self) -> Result<EtcdAccess, AccessError> {
+        EtcdAccess::new(AccessFlags {
+            endpoints: self.etcd_endpoints.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.clone(),
+        })
+    }
 }

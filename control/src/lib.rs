@@ -12,6 +12,7 @@ pub mod agent;
 pub mod allocator;
 pub mod cli;
 pub mod config;
+pub mod etcd_access;
 pub mod health;
 pub mod lease;
 pub mod lease_machine;

@@ -9,26 +9,61 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use crate::allocator::{Claim, ExistingLease};
 use crate::config::{example_put, ConfigError, NetworkConfig};
+use crate::etcd_access::{AccessError, EtcdAccess, TlsMaterial};
 use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix, LeaseAttrs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("etcd {what} failed: {source} (is etcd reachable at --etcd-endpoints {endpoints}?)")]
+    #[error(
+        "etcd {what} failed: {} (--etcd-endpoints {endpoints}: {hint})",
+        chain(source)
+    )]
     Etcd {
         what: &'static str,
         endpoints: String,
+        hint: &'static str,
         #[source]
         source: etcd_client::Error,
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// What to check, given what etcd said: auth refusals get their own advice.
+fn hint_for(default: &'static str, e: &etcd_client::Error) -> &'static str {
+    let msg = e.to_string();
+    if msg.contains("user name is empty") {
+        "etcd has auth enabled: give --etcd-username and --etcd-password (VXMESHD_ETCD_PASSWORD)"
+    } else if msg.contains("permission denied") {
+        "the etcd user lacks access: grant its role readwrite on the prefix, e.g. etcdctl role grant-permission ROLE --prefix=true readwrite /coreos.com/network/"
+    } else {
+        default
+    }
+}
+
+/// An error and its causes on one line: transport errors hide the useful part
+/// ("invalid peer certificate: UnknownIssuer") in their sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// One key under `<prefix>/subnets/`.
@@ -84,6 +119,7 @@ pub struct Registry {
     client: Client,
     prefix: String,
     endpoints: String,
+    hint: &'static str,
 }
 
 impl std::fmt::Debug for Registry {
@@ -117,27 +153,57 @@ impl Backoff {
 }
 
 impl Registry {
-    /// Connects (lazily: the first request fails if etcd is down, and later ones
-    /// reconnect on their own).
+    /// Connects to plain http:// endpoints without credentials.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Registry, RegistryError> {
-        let joined = endpoints.join(",");
-        let opts = ConnectOptions::new()
+        Registry::connect_with(&EtcdAccess::plain(endpoints), prefix).await
+    }
+
+    /// Connects (lazily: the first request fails if etcd is down, and later ones
+    /// reconnect on their own). TLS files are read here, so a certificate rotated
+    /// on disk is used from the next connect on. With credentials, etcd is asked
+    /// for a token now, and again whenever it expires.
+    pub async fn connect_with(
+        access: &EtcdAccess,
+        prefix: &str,
+    ) -> Result<Registry, RegistryError> {
+        let joined = access.endpoints.join(",");
+        let hint = access.hint();
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let client = Client::connect(endpoints, Some(opts))
+        if let Some(files) = &access.tls {
+            let m = TlsMaterial::load(files)?;
+            let mut tls = TlsOptions::new();
+            tls = match m.ca {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = m.client {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(tls);
+        }
+        if let Some(a) = &access.auth {
+            opts = opts
+                .with_user(a.username.clone(), a.password.clone())
+                .with_auto_token_refresh(true);
+        }
+        let client = Client::connect(&access.endpoints, Some(opts))
             .await
             .map_err(|source| RegistryError::Etcd {
                 what: "connect",
                 endpoints: joined.clone(),
+                hint: hint_for(hint, &source),
                 source,
             })?;
         Ok(Registry {
             client,
             prefix: prefix.trim_end_matches('/').to_string(),
             endpoints: joined,
+            hint,
         })
     }
 
@@ -149,6 +215,7 @@ impl Registry {
         move |source| RegistryError::Etcd {
             what,
             endpoints: self.endpoints.clone(),
+            hint: hint_for(self.hint, &source),
             source,
         }
     }

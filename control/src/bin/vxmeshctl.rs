@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
-    let reg = Registry::connect(&cli.etcd.etcd_endpoints, &cli.etcd.etcd_prefix).await?;
+    let reg = Registry::connect_with(&cli.etcd.access()?, &cli.etcd.etcd_prefix).await?;
     if let Cmd::Config = cli.cmd {
         let c = reg.network_config().await?;
         if cli.json {

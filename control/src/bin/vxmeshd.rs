@@ -133,6 +133,12 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => sub.json().init(),
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "vxmeshd starting");
+    // Wrong etcd flags or unreadable TLS files are fatal now, not retried forever.
+    let etcd = f.etcd.access()?;
+    if let Some(files) = &etcd.tls {
+        vxmesh_control::etcd_access::TlsMaterial::load(files)?;
+    }
+    tracing::info!(etcd = %etcd.describe(), "registry");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("vxmesh-control")
@@ -157,7 +163,7 @@ fn main() -> anyhow::Result<()> {
             });
         }
         let opts = AgentOptions {
-            etcd_endpoints: f.etcd.etcd_endpoints,
+            etcd,
             etcd_prefix: f.etcd.etcd_prefix,
             iface: f.iface,
             public_ip: f.public_ip,
@@ -206,5 +212,24 @@ mod tests {
         .unwrap();
         assert_eq!(f.etcd.etcd_endpoints.len(), 2);
         assert!(Flags::try_parse_from(["vxmeshd", "--tap-name", "this-name-is-too-long"]).is_err());
+        let f = Flags::try_parse_from([
+            "vxmeshd",
+            "--etcd-endpoints",
+            "https://a:2379",
+            "--etcd-cafile",
+            "/etc/vxmesh/etcd-ca.pem",
+            "--etcd-certfile",
+            "/etc/vxmesh/etcd-client.pem",
+            "--etcd-keyfile",
+            "/etc/vxmesh/etcd-client-key.pem",
+            "--etcd-username",
+            "vxmesh",
+            "--etcd-password",
+            "pw",
+        ])
+        .unwrap();
+        let a = f.etcd.access().unwrap();
+        assert!(a.tls.unwrap().client.is_some());
+        assert_eq!(a.auth.unwrap().username, "vxmesh");
     }
 }
