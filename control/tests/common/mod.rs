@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod lab;
+pub mod pki;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -49,16 +50,25 @@ pub struct Etcd {
     child: Child,
     _dir: tempfile::TempDir,
     pub endpoint: String,
+    /// Appended to every etcdctl call (TLS files, `--user`).
+    pub ctl_extra: Vec<String>,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(&[], None)
+    }
+
+    /// With extra etcd flags, and TLS on the client port when `tls` is given
+    /// (server certificate from `tls`, client certificates required).
+    pub fn start_with(extra: &[&str], tls: Option<&pki::Pki>) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "test", "--data-dir"])
             .arg(dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -73,6 +83,23 @@ impl Etcd {
                 &peer_url,
             ])
             .args(["--initial-cluster", &format!("test={peer_url}")])
+            .args(extra);
+        let mut ctl_extra = Vec::new();
+        if let Some(p) = tls {
+            cmd.arg("--cert-file")
+                .arg(&p.server_cert)
+                .arg("--key-file")
+                .arg(&p.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&p.ca)
+                .arg("--client-cert-auth");
+            ctl_extra = vec![
+                format!("--cacert={}", p.ca.display()),
+                format!("--cert={}", p.client_cert.display()),
+                format!("--key={}", p.client_key.display()),
+            ];
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -81,6 +108,7 @@ impl Etcd {
             child,
             _dir: dir,
             endpoint,
+            ctl_extra,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -97,6 +125,7 @@ impl Etcd {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint])
+            .args(&self.ctl_extra)
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
