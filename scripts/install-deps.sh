@@ -11,6 +11,7 @@ PACKAGES=(
   containernetworking-plugins      # reference CNI plugins: bridge, host-local, portmap
   podman runc busybox-static       # a real container runtime for the CNI tests
   shellcheck python3 python3-matplotlib  # script lint; benchmark charts
+  openssl                          # certificates for the etcd TLS tests and the secure lab
   build-essential pkg-config       # C toolchain for -sys crates
   vagrant systemd                  # vagrant validate, systemd-analyze verify (vagrant/check.sh)
 )

@@ -21,7 +21,11 @@
 # VXLAB_DATAPLANES (one word per node, default all "userspace": "userspace" or "kernel" run
 # vxmeshd with that --dataplane; "flannel" runs scripts/flannel-node.sh, a node configured the
 # way flanneld's vxlan backend configures it — a mixed cluster, e.g. "userspace kernel flannel"),
-# VXLAB_BACKEND (the config's Backend object, default {"Type":"vxlan"}).
+# VXLAB_BACKEND (the config's Backend object, default {"Type":"vxlan"}),
+# VXLAB_ETCD_SECURE=1 (etcd as production runs it: https only, client certificates required,
+# `auth enable` with a user for the nodes; the lab's CA, certificates and passwords are made in
+# $VXLAB_STATE/pki, and nodes get them as VXMESHD_ETCD_* variables).
+#   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
 #   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
 #
 # The steps this lab shares with the Vagrant lab (network config, pods through the CNI plugin,
@@ -45,6 +49,10 @@ BACKEND=${VXLAB_BACKEND:-}
 NETWORK=10.244.0.0/16
 ETCD_IP=192.168.100.2
 ETCD="http://$ETCD_IP:2379"
+SECURE=${VXLAB_ETCD_SECURE:-0}
+# A lab brought up secure stays secure: its access settings are in $STATE/etcd.env.
+# shellcheck disable=SC1091  # written by secure_etcd_files
+if [ -f "$STATE/etcd.env" ]; then . "$STATE/etcd.env"; fi
 SW="$PREFIX-sw"
 ETCD_NS="$PREFIX-etcd"
 
@@ -64,7 +72,64 @@ need() {
   [ "$(id -u)" = 0 ] || die "must run as root (network namespaces)"
 }
 
-etcdctl_lab() { in_ns "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints "$ETCD" "$@"; }
+# etcdctl as the lab's administrator (TLS and root's password from $STATE/etcd.env when secure).
+etcdctl_lab() {
+  in_ns "$ETCD_NS" env ETCDCTL_API=3 ${LAB_ETCDCTL_ENV:+"${LAB_ETCDCTL_ENV[@]}"} \
+    etcdctl --endpoints "$ETCD" "$@"
+}
+
+# Secure mode: a CA, etcd's server certificate (for $ETCD_IP), one client certificate for the
+# nodes, and passwords for etcd's root and for the nodes' user; $STATE/etcd.env records them.
+secure_etcd_files() {
+  local d="$STATE/pki"
+  command -v openssl >/dev/null || die "VXLAB_ETCD_SECURE=1 needs openssl (scripts/install-deps.sh)"
+  mkdir -p "$d"; chmod 0700 "$d"
+  ossl() { openssl "$@" >>"$d/openssl.log" 2>&1 || die "openssl $1 failed: $(tail -n 3 "$d/openssl.log")"; }
+  ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj "/CN=$PREFIX-etcd-ca" -keyout "$d/ca-key.pem" -out "$d/ca.pem"
+  local name cn ext
+  for name in server client; do
+    if [ "$name" = server ]; then
+      cn=etcd; ext="subjectAltName=IP:$ETCD_IP,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
+    else
+      cn=vxmesh-node; ext="extendedKeyUsage=clientAuth"
+    fi
+    printf '%b\nbasicConstraints=CA:FALSE\n' "$ext" >"$d/$name.ext"
+    ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$cn" \
+      -keyout "$d/$name-key.pem" -out "$d/$name.csr"
+    ossl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
+      -days 7 -extfile "$d/$name.ext" -out "$d/$name.pem"
+  done
+  local root_pw node_pw
+  root_pw=$(openssl rand -hex 12); node_pw=$(openssl rand -hex 12)
+  umask 077
+  cat >"$STATE/etcd.env" <<EOF
+# written by lab.sh up (VXLAB_ETCD_SECURE=1): how this lab reaches its etcd
+ETCD=https://$ETCD_IP:2379
+LAB_ETCD_SERVER_ARGS=(--cert-file "$d/server.pem" --key-file "$d/server-key.pem" --trusted-ca-file "$d/ca.pem" --client-cert-auth)
+LAB_ETCD_ROOT_PASSWORD=$root_pw
+LAB_ETCD_NODE_PASSWORD=$node_pw
+LAB_ETCDCTL_ENV=(ETCDCTL_CACERT="$d/ca.pem" ETCDCTL_CERT="$d/client.pem" ETCDCTL_KEY="$d/client-key.pem" ETCDCTL_USER="root:$root_pw")
+LAB_NODE_ENV=(VXMESHD_ETCD_CAFILE="$d/ca.pem" VXMESHD_ETCD_CERTFILE="$d/client.pem" VXMESHD_ETCD_KEYFILE="$d/client-key.pem" VXMESHD_ETCD_USERNAME=vxmesh VXMESHD_ETCD_PASSWORD="$node_pw" ETCDCTL_CACERT="$d/ca.pem" ETCDCTL_CERT="$d/client.pem" ETCDCTL_KEY="$d/client-key.pem" ETCDCTL_USER="vxmesh:$node_pw")
+EOF
+  umask 022
+  # shellcheck disable=SC1091
+  . "$STATE/etcd.env"
+}
+
+# Secure mode, once etcd runs: root and a "vxmesh" user with readwrite on the prefix, then auth.
+secure_etcd_auth() {
+  # Before `auth enable` only the certificate counts: the TLS part of LAB_ETCDCTL_ENV, no user.
+  pre() { in_ns "$ETCD_NS" env ETCDCTL_API=3 "${LAB_ETCDCTL_ENV[@]:0:3}" etcdctl --endpoints "$ETCD" "$@" >/dev/null; }
+  pre user add "root:$LAB_ETCD_ROOT_PASSWORD"
+  pre user grant-role root root
+  pre role add vxmesh
+  pre role grant-permission vxmesh --prefix=true readwrite "$CLUSTER_ETCD_PREFIX/"
+  pre user add "vxmesh:$LAB_ETCD_NODE_PASSWORD"
+  pre user grant-role vxmesh vxmesh
+  pre auth enable
+  log "etcd secured: https with client certificates (CA $STATE/pki/ca.pem), auth enabled, nodes use etcd user vxmesh"
+}
 
 # Starts a daemon inside a namespace, detached, with its pid in $STATE/<name>.pid.
 spawn() {
@@ -86,18 +151,23 @@ start_agent() {
     # real NIC finishes checksums on the wire; without tx offload on eth0 the kernel does it.
     in_ns "$n" ethtool -K eth0 tx off >/dev/null 2>&1 || log "warning: ethtool -K eth0 tx off failed on $n"
   fi
-  case $(dataplane "$i") in
-    userspace|kernel)
-      # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
-      spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
-        --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s \
-        --dataplane "$(dataplane "$i")" $AGENT_ARGS ;;
-    flannel)
-      rm -f "$STATE/n$i/flannel.ready"
-      spawn "flanneld-n$i" "$n" "$ROOT/scripts/flannel-node.sh" --etcd-endpoints "$ETCD" \
-        --iface eth0 --subnet-file "$STATE/n$i/subnet.env" --ready-file "$STATE/n$i/flannel.ready" ;;
-    *) die "node $i: unknown dataplane $(dataplane "$i") (userspace, kernel or flannel)" ;;
-  esac
+  # Secure mode: TLS files and the nodes' etcd user reach the agent through its environment
+  # (as from the systemd unit's EnvironmentFile), never its command line.
+  (
+    if [ -n "${LAB_NODE_ENV:-}" ]; then export "${LAB_NODE_ENV[@]}"; fi
+    case $(dataplane "$i") in
+      userspace|kernel)
+        # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
+        spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
+          --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s \
+          --dataplane "$(dataplane "$i")" $AGENT_ARGS ;;
+      flannel)
+        rm -f "$STATE/n$i/flannel.ready"
+        spawn "flanneld-n$i" "$n" "$ROOT/scripts/flannel-node.sh" --etcd-endpoints "$ETCD" \
+          --iface eth0 --subnet-file "$STATE/n$i/subnet.env" --ready-file "$STATE/n$i/flannel.ready" ;;
+      *) die "node $i: unknown dataplane $(dataplane "$i") (userspace, kernel or flannel)" ;;
+    esac
+  )
 }
 
 stop_agent() {
@@ -175,13 +245,19 @@ cmd_up() {
     echo "${DATAPLANES[$((i - 1))]:-userspace}" >"$STATE/n$i/dataplane"
   done
 
+  case $SECURE in
+    1) secure_etcd_files ;;
+    0) ;;
+    *) die "VXLAB_ETCD_SECURE=$SECURE: use 1 (TLS + auth) or 0" ;;
+  esac
   log "starting etcd in $ETCD_NS ($ETCD)"
   spawn etcd "$ETCD_NS" etcd --name "$PREFIX" --data-dir "$STATE/etcd" \
     --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster "$PREFIX=http://127.0.0.1:2380"
+    --initial-cluster "$PREFIX=http://127.0.0.1:2380" ${LAB_ETCD_SERVER_ARGS:+"${LAB_ETCD_SERVER_ARGS[@]}"}
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
+  if [ "$SECURE" = 1 ]; then secure_etcd_auth; fi
   if [ -n "$BACKEND" ]; then
     etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" "{\"Network\":\"$NETWORK\",\"Backend\":$BACKEND}" >/dev/null
     log "network config: $NETWORK, Backend $BACKEND"
@@ -294,6 +370,8 @@ cmd_podman() {
 }
 
 cmd_status() {
+  local secure_note=""
+  [ -z "${LAB_NODE_ENV:-}" ] || secure_note="   # secure lab: export LAB_NODE_ENV from $STATE/etcd.env first"
   cat <<EOF
 
 The lab $PREFIX is running. Explore it:
@@ -301,10 +379,10 @@ The lab $PREFIX is running. Explore it:
   ip netns exec $(node 1) $BIN/vxmeshctl status          # this node's lease, VTEP, offloads
   ip netns exec $(node 1) $BIN/vxmeshctl peers           # routes it follows
   ip netns exec $(node 1) $BIN/vxmeshctl counters        # packets, drops by reason
-  ip netns exec $(node 1) $BIN/vxmeshctl leases --etcd-endpoints $ETCD
+  ip netns exec $(node 1) $BIN/vxmeshctl leases --etcd-endpoints $ETCD$secure_note
+  $0 etcdctl get --prefix /coreos.com/network/subnets   # the registry, as etcd's root
   ip -n $(node 1) route; ip -n $(node 1) neigh show dev vxmesh0
   ip netns exec $(pod 1 1) ping $(cat "$STATE/n2/p1.ip" 2>/dev/null || echo '<pod ip>')
-  ip netns exec $ETCD_NS etcdctl --endpoints $ETCD get --prefix /coreos.com/network/subnets
   logs: $STATE/*.log
 Tear it down: $0 down   (VXLAB_PREFIX=$PREFIX)
 EOF
@@ -334,5 +412,6 @@ case "${1:-}" in
   stop-agent) stop_agent "${2:?node number}" ;;
   start-agent) need; start_agent "${2:?node number}" "${3:-}"; wait_ready "$2" ;;
   podman) need; cmd_podman "${2:-1}" ;;
-  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]" >&2; exit 2 ;;
+  etcdctl) shift; [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"; etcdctl_lab "$@" ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]|etcdctl ARGS" >&2; exit 2 ;;
 esac

@@ -94,16 +94,20 @@ impl Lab {
         }
     }
 
-    /// Runs `lab.sh <args>`; success and the combined output.
-    pub fn cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(&self.script)
-            .args(args)
+    /// `lab.sh <args>` with this lab's knobs, not yet run.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.script);
+        c.args(args)
             .env("VXLAB_PREFIX", &self.prefix)
             .env("VXLAB_BIN", &self.bin)
             .env("VXLAB_STATE", &self.state)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
+    /// Runs `lab.sh <args>`; success and the combined output.
+    pub fn cmd(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -150,17 +154,18 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// etcdctl against the lab's etcd.
+    /// etcdctl against the lab's etcd, as its administrator (`lab.sh etcdctl`: over TLS
+    /// with root's password in a secure lab); stdout, and it must succeed.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let mut a = vec![
-            "env",
-            "ETCDCTL_API=3",
-            "etcdctl",
-            "--endpoints",
-            "http://192.168.100.2:2379",
-        ];
+        let mut a = vec!["etcdctl"];
         a.extend_from_slice(args);
-        self.exec("etcd", &a)
+        let out = self.command(&a).output().unwrap();
+        assert!(
+            out.status.success(),
+            "lab.sh etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `vxmeshctl status --json` on a node.
