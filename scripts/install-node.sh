@@ -184,7 +184,8 @@ if [ "$role_node" = 1 ]; then
     [ -z "$IFACE" ] || echo "VXMESHD_IFACE=$IFACE"
     for kv in "${EXTRA_ENV[@]}"; do echo "$kv"; done
   } >"$tmp2"
-  put "$tmp2" "$ENV_FILE" 0644
+  # 0600: it may hold VXMESHD_ETCD_PASSWORD.
+  put "$tmp2" "$ENV_FILE" 0600
   put "$SRC/packaging/systemd/vxmeshd.service" "$UNIT" 0644
   put "$SRC/cni-shim/examples/10-vxmesh.conflist" "$CONFLIST" 0644
   tap=$(sed -n 's/^VXMESHD_TAP_NAME=//p' "$tmp2" | tail -n 1)
@@ -193,7 +194,7 @@ if [ "$role_node" = 1 ]; then
     *) sed "s/^OriginalName=vxmesh\*\$/OriginalName=vxmesh* $tap/" "$SRC/packaging/systemd/10-vxmesh.link" >"$tmp2.link"
        put "$tmp2.link" "$LINK" 0644; rm -f "$tmp2.link" ;;
   esac
-  log "node: $(sed -n 's/^VXMESHD_/VXMESHD_/p' "$tmp2" | tr '\n' ' ')CNI plugin in $CNI_BIN"
+  log "node: $(sed -n -e 's/^VXMESHD_ETCD_PASSWORD=.*/VXMESHD_ETCD_PASSWORD=<redacted>/' -e 's/^VXMESHD_/VXMESHD_/p' "$tmp2" | tr '\n' ' ')CNI plugin in $CNI_BIN"
 fi
 
 # ---- manifest ----------------------------------------------------------------------------

@@ -122,7 +122,8 @@ R=$SCRATCH/root; B=$SCRATCH/bin
 mkdir -p "$R" "$B"
 for b in vxmeshd vxmeshctl vxmesh; do printf '#!/bin/sh\necho "%s (stand-in)"\n' "$b" >"$B/$b"; chmod +x "$B/$b"; done
 out=$("$ROOT/scripts/install-node.sh" --root "$R" --role node,etcd --bin-dir "$B" --cni-bin-dir /usr/lib/cni \
-  --etcd-endpoints http://192.168.56.10:2379 --iface eth1 --etcd-ip 192.168.56.10 --env VXMESHD_SUBNET_LEASE_TTL=30m 2>&1)
+  --etcd-endpoints http://192.168.56.10:2379 --iface eth1 --etcd-ip 192.168.56.10 --env VXMESHD_SUBNET_LEASE_TTL=30m \
+  --env VXMESHD_ETCD_PASSWORD=check-secret-4711 2>&1)
 rc=$?
 expected="/etc/cni/net.d/10-vxmesh.conflist
 /etc/systemd/network/10-vxmesh.link
@@ -146,6 +147,10 @@ grep -qx 'VXMESHD_ETCD_ENDPOINTS=http://192.168.56.10:2379' "$R/etc/vxmesh/vxmes
   cmp -s "$R/etc/cni/net.d/10-vxmesh.conflist" "$ROOT/cni-shim/examples/10-vxmesh.conflist" &&
   cmp -s "$R/etc/systemd/network/10-vxmesh.link" "$ROOT/packaging/systemd/10-vxmesh.link"
 result "install-node.sh --root: env files, unit, conflist and udev .link contents" $?
+[ "$(stat -c %a "$R/etc/vxmesh/vxmeshd.env")" = 600 ] &&
+  grep -qx 'VXMESHD_ETCD_PASSWORD=check-secret-4711' "$R/etc/vxmesh/vxmeshd.env" &&
+  ! grep -q check-secret-4711 <<<"$out"
+result "install-node.sh --root: vxmeshd.env is 0600 and the etcd password is not logged" $? "$out"
 R2=$SCRATCH/root2; mkdir -p "$R2"
 "$ROOT/scripts/install-node.sh" --root "$R2" --role node --bin-dir "$B" --env VXMESHD_TAP_NAME=ovl0 >/dev/null 2>&1
 grep -qx 'OriginalName=vxmesh\* ovl0' "$R2/etc/systemd/network/10-vxmesh.link" && grep -qx 'MACAddressPolicy=none' "$R2/etc/systemd/network/10-vxmesh.link"
