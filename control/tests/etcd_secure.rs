@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -65,8 +65,31 @@ async fn lease_one(reg: &Registry, ip: Ipv4Addr) -> String {
     held.subnet.to_string()
 }
 
-fn bin(name: &str) -> PathBuf {
-    common::lab::bin_dir().join(name)
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs the built vxmeshctl with `args` and exactly the `env` given among the
+/// VXMESHD_ETCD_* variables: success, stdout, stderr.
+fn vxmeshctl(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = Command::new(common::lab::bin_dir().join("vxmeshctl"));
+    for v in [
+        "ENDPOINTS",
+        "PREFIX",
+        "CAFILE",
+        "CERTFILE",
+        "KEYFILE",
+        "USERNAME",
+        "PASSWORD",
+    ] {
+        c.env_remove(format!("VXMESHD_ETCD_{v}"));
+    }
+    let out = c.args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -108,56 +131,38 @@ fn tls_with_client_certificates() {
     });
 
     // vxmeshctl with the same flags, and with the same settings from the environment.
-    let out = Command::new(bin("vxmeshctl"))
-        .args(["--etcd-endpoints", &etcd.endpoint])
-        .arg("--etcd-cafile")
-        .arg(&pki.ca)
-        .arg("--etcd-certfile")
-        .arg(&pki.client_cert)
-        .arg("--etcd-keyfile")
-        .arg(&pki.client_key)
-        .args(["--json", "leases"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("192.168.56.11"), "{stdout}");
-    let out = Command::new(bin("vxmeshctl"))
-        .env("VXMESHD_ETCD_ENDPOINTS", &etcd.endpoint)
-        .env("VXMESHD_ETCD_CAFILE", &pki.ca)
-        .env("VXMESHD_ETCD_CERTFILE", &pki.client_cert)
-        .env("VXMESHD_ETCD_KEYFILE", &pki.client_key)
-        .arg("config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("10.244.0.0/16"));
+    let (ca, cert, key) = (s(&pki.ca), s(&pki.client_cert), s(&pki.client_key));
+    let tls_args = [
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--etcd-cafile",
+        ca,
+        "--etcd-certfile",
+        cert,
+        "--etcd-keyfile",
+        key,
+    ];
+    let (ok, out, err) = vxmeshctl(&[&tls_args[..], &["--json", "leases"]].concat(), &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("192.168.56.11"), "{out}");
+    let env = [
+        ("VXMESHD_ETCD_ENDPOINTS", etcd.endpoint.as_str()),
+        ("VXMESHD_ETCD_CAFILE", ca),
+        ("VXMESHD_ETCD_CERTFILE", cert),
+        ("VXMESHD_ETCD_KEYFILE", key),
+    ];
+    let (ok, out, err) = vxmeshctl(&["config"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("10.244.0.0/16"), "{out}");
 
     // Key and certificate swapped: refused before any connection, naming the file.
-    let out = Command::new(bin("vxmeshctl"))
-        .args(["--etcd-endpoints", &etcd.endpoint])
-        .arg("--etcd-cafile")
-        .arg(&pki.ca)
-        .arg("--etcd-certfile")
-        .arg(&pki.client_key)
-        .arg("--etcd-keyfile")
-        .arg(&pki.client_cert)
-        .arg("leases")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let mut swapped = tls_args;
+    swapped.swap(5, 7);
+    let (ok, _, err) = vxmeshctl(&[&swapped[..], &["leases"]].concat(), &[]);
+    assert!(!ok);
     assert!(
-        stderr.contains("--etcd-certfile") && stderr.contains("holds no PEM CERTIFICATE"),
-        "{stderr}"
+        err.contains("--etcd-certfile") && err.contains("holds no PEM CERTIFICATE"),
+        "{err}"
     );
 }
 
@@ -234,34 +239,17 @@ fn username_and_password_with_expiring_tokens() {
     );
 
     // vxmeshctl reads the password from the environment.
-    let out = Command::new(bin("vxmeshctl"))
-        .args([
-            "--etcd-endpoints",
-            &etcd.endpoint,
-            "--etcd-username",
-            "node",
-        ])
-        .env("VXMESHD_ETCD_PASSWORD", "nodepw")
-        .arg("leases")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("192.168.56.12"));
-    let out = Command::new(bin("vxmeshctl"))
-        .args([
-            "--etcd-endpoints",
-            &etcd.endpoint,
-            "--etcd-username",
-            "node",
-        ])
-        .env_remove("VXMESHD_ETCD_PASSWORD")
-        .arg("leases")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without --etcd-password"));
+    let args = [
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--etcd-username",
+        "node",
+        "leases",
+    ];
+    let (ok, out, err) = vxmeshctl(&args, &[("VXMESHD_ETCD_PASSWORD", "nodepw")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("192.168.56.12"), "{out}");
+    let (ok, _, err) = vxmeshctl(&args, &[]);
+    assert!(!ok);
+    assert!(err.contains("without --etcd-password"), "{err}");
 }
