@@ -180,6 +180,25 @@ phase "build-box.sh"
 }
 netns_up=1
 stamp "libvirtd up in netns $VGLAB_NS ($(tail -n 1 "$WORK/netns-up.log"))"
+# A run killed before its trap ran (SIGKILL, a lost machine) leaves our domains, networks and
+# disk volumes defined in libvirt's persistent state; `vagrant up` would then refuse ("Name
+# vxmesh-node1 of domain about to create is already taken", "Volume ... already created").
+# Everything named vxmesh-* in this lab's libvirtd is ours (one lab per machine, checked above).
+virsh_lab() { "$TOOLS/vglab" virsh -c qemu:///system "$@"; }
+swept=()
+for d in $(virsh_lab list --all --name 2>/dev/null | grep '^vxmesh-' || true); do
+  virsh_lab destroy "$d" >/dev/null 2>&1; virsh_lab undefine "$d" --nvram >/dev/null 2>&1 ||
+    virsh_lab undefine "$d" >/dev/null 2>&1
+  swept+=("domain $d")
+done
+for n in $(virsh_lab net-list --all --name 2>/dev/null | grep '^vxmesh-' || true); do
+  virsh_lab net-destroy "$n" >/dev/null 2>&1; virsh_lab net-undefine "$n" >/dev/null 2>&1
+  swept+=("network $n")
+done
+for v in $(virsh_lab vol-list default 2>/dev/null | awk 'NR > 2 && $1 ~ /^vxmesh-/ {print $1}'); do
+  virsh_lab vol-delete --pool default "$v" >/dev/null 2>&1 && swept+=("volume $v")
+done
+[ ${#swept[@]} -eq 0 ] || stamp "removed leftovers of an earlier run that was killed: ${swept[*]}"
 phase "lab-netns-up.sh"
 
 # ---- 2. vagrant up -----------------------------------------------------------------------
