@@ -385,6 +385,7 @@ pub async fn run(
         i.dataplane = opts.dataplane.as_str();
         i.lease_ttl_secs = opts.lease_ttl.as_secs();
         i.tap = Some(opts.tap_name.to_string());
+        i.etcd = Some(opts.etcd.describe());
     });
     let nl = Netlink::connect()?;
     let underlay = resolve_underlay(&nl, opts.iface.as_deref(), opts.public_ip).await?;

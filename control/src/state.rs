@@ -27,6 +27,8 @@ pub struct Info {
     pub mtu: Option<u32>,
     pub tap: Option<String>,
     pub dataplane: &'static str,
+    /// How etcd is reached: endpoints, TLS files, user (never the password).
+    pub etcd: Option<String>,
     pub peers: Vec<Peer>,
     /// The most recent leases that were not usable as peers, and why.
     pub skipped: Vec<SkippedLease>,

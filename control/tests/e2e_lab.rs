@@ -379,6 +379,15 @@ fn secure_etcd_cluster() {
             "{n} reached etcd over TLS as the vxmesh user:\n{log}"
         );
     }
+    let etcd = lab.status("n1")["node"]["etcd"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        etcd.starts_with("https://192.168.100.2:2379 over TLS (CA /")
+            && etcd.ends_with("as etcd user \"vxmesh\""),
+        "vxmeshctl status says how etcd is reached: {etcd}"
+    );
     // The nodes' password: in the 0600 env file, not in any agent's command line.
     let env = std::fs::read_to_string(lab.state.join("etcd.env")).unwrap();
     let pw = env
@@ -387,6 +396,10 @@ fn secure_etcd_cluster() {
         .unwrap()
         .to_string();
     assert_eq!(pw.len(), 24);
+    assert!(
+        !lab.status("n1").to_string().contains(&pw),
+        "nor in the status"
+    );
     let mode = std::fs::metadata(lab.state.join("etcd.env")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

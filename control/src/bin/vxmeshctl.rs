@@ -170,6 +170,7 @@ fn main() -> anyhow::Result<()> {
                 s(&st["offloads"]["udp_gso"]),
                 s(&st["offloads"]["udp_gro"])
             );
+            println!("etcd:         {}", s(&n["etcd"]));
             println!(
                 "peers:        {}",
                 n["peers"].as_array().map_or(0, |a| a.len())
