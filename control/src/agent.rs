@@ -197,8 +197,9 @@ async fn lease_task(
                 }
                 let r = reg.clone();
                 let tx = ka_tx.clone();
+                let stats = Arc::clone(&state.lease);
                 keepalive = Some(tokio::spawn(async move {
-                    let why = r.keep_alive(lease_id, ttl).await;
+                    let why = r.keep_alive(lease_id, ttl, &stats).await;
                     let _ = tx.send(why).await;
                 }));
                 let _ = held_tx.send(Some(Held { subnet, lease_id }));

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::registry::LeaseStats;
 use crate::state::AgentState;
 use vxmesh_dataplane::counters::DropReason;
 
@@ -69,10 +71,25 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "drops": drops,
         "offloads": offloads,
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
+        "lease_renewals": s.lease.renewals.load(Ordering::Relaxed),
+        "lease_expires_in_secs": lease_expires_in_secs(&s.lease, SystemTime::now()),
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
     })
+}
+
+/// Seconds until the lease expires unless renewed (negative once past), or None
+/// before the first grant.
+fn lease_expires_in_secs(l: &LeaseStats, now: SystemTime) -> Option<i64> {
+    let at = l.expires_unix_ms.load(Ordering::Relaxed);
+    if at == 0 {
+        return None;
+    }
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Some((i64::try_from(at).unwrap_or(i64::MAX) - now_ms).div_euclid(1000))
 }
 
 async fn status(State(s): State<Arc<AgentState>>) -> Response {
@@ -115,6 +132,23 @@ pub fn render_metrics(s: &AgentState) -> String {
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
+    counter(
+        &mut o,
+        "vxmesh_lease_renewals_total",
+        "Successful etcd keepalives of the subnet lease",
+        s.lease.renewals.load(Ordering::Relaxed),
+    );
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_lease_last_renewal_timestamp_seconds When the subnet lease was last granted or renewed (0: never)\n# TYPE vxmesh_lease_last_renewal_timestamp_seconds gauge\nvxmesh_lease_last_renewal_timestamp_seconds {:.3}",
+        secs(s.lease.renewed_unix_ms.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_lease_expiry_timestamp_seconds When the subnet lease expires unless renewed (alert when close: etcd unreachable)\n# TYPE vxmesh_lease_expiry_timestamp_seconds gauge\nvxmesh_lease_expiry_timestamp_seconds {:.3}",
+        secs(s.lease.expires_unix_ms.load(Ordering::Relaxed))
+    );
     counter(
         &mut o,
         "vxmesh_lease_reacquisitions_total",
@@ -221,6 +255,21 @@ mod tests {
         let j = status_json(&s);
         assert_eq!(j["ready"], false);
         assert_eq!(j["waiting_for"][0], "peer routes");
+        assert_eq!(j["lease_expires_in_secs"], serde_json::Value::Null);
+        assert!(text.contains("vxmesh_lease_expiry_timestamp_seconds 0.000"));
+    }
+
+    #[test]
+    fn lease_expiry_is_relative_to_now() {
+        let l = LeaseStats::default();
+        let t0 = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        assert_eq!(lease_expires_in_secs(&l, t0), None);
+        l.expires_unix_ms
+            .store(1_800_000_000_000 + 3_599_500, Ordering::Relaxed);
+        assert_eq!(lease_expires_in_secs(&l, t0), Some(3599));
+        // Past expiry: negative, rounded down.
+        let later = t0 + std::time::Duration::from_secs(3601);
+        assert_eq!(lease_expires_in_secs(&l, later), Some(-2));
     }
 
     #[test]

@@ -326,9 +326,12 @@ impl Registry {
     /// Keeps `lease_id` alive until it is lost; returns why. Renews every third of
     /// the TTL (at most every 30 s, at least every second); rides out etcd outages
     /// shorter than the remaining TTL by reconnecting.
-    pub async fn keep_alive(&self, lease_id: i64, ttl: Duration) -> String {
+    /// Each renewal is recorded in `stats` (for /metrics: an operator alerts when the
+    /// expiry comes close, i.e. renewals stopped while etcd is unreachable).
+    pub async fn keep_alive(&self, lease_id: i64, ttl: Duration, stats: &LeaseStats) -> String {
         let interval = (ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut deadline = tokio::time::Instant::now() + ttl;
+        stats.granted(ttl);
         let mut backoff = Backoff::default();
         loop {
             let mut c = self.client.clone();
@@ -344,8 +347,9 @@ impl Registry {
                                 return format!("etcd lease {lease_id:x} expired or was revoked");
                             }
                             backoff.reset();
-                            deadline = tokio::time::Instant::now()
-                                + Duration::from_secs(resp.ttl().unsigned_abs());
+                            let left = Duration::from_secs(resp.ttl().unsigned_abs());
+                            deadline = tokio::time::Instant::now() + left;
+                            stats.renewed(left);
                         }
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                             tracing::warn!("lease keepalive stream broke; reconnecting");
@@ -470,6 +474,41 @@ impl Registry {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(backoff.next_delay()).await;
         }
+    }
+}
+
+/// The subnet lease's renewals, exported as metrics.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Successful renewals (keepalive answers with a TTL left).
+    pub renewals: std::sync::atomic::AtomicU64,
+    /// Wall-clock time of the last grant or renewal, Unix milliseconds (0: none yet).
+    pub renewed_unix_ms: std::sync::atomic::AtomicU64,
+    /// When the lease expires unless renewed, Unix milliseconds (0: no lease).
+    pub expires_unix_ms: std::sync::atomic::AtomicU64,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl LeaseStats {
+    fn granted(&self, ttl: Duration) {
+        self.stamp(ttl);
+    }
+
+    fn renewed(&self, left: Duration) {
+        self.renewals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stamp(left);
+    }
+
+    fn stamp(&self, left: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now();
+        self.renewed_unix_ms.store(unix_ms(now), Relaxed);
+        self.expires_unix_ms.store(unix_ms(now + left), Relaxed);
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::peers::{Peer, Skip};
-use crate::registry::WatchStats;
+use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::counters::Counters;
 use vxmesh_dataplane::engine::EngineStatus;
@@ -89,6 +89,7 @@ pub struct AgentState {
     pub counters: Arc<Counters>,
     pub engine: Mutex<Option<Arc<EngineStatus>>>,
     pub watch: Arc<WatchStats>,
+    pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
     pub skipped_leases: AtomicU64,
     pub route_errors: AtomicU64,

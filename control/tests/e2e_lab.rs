@@ -379,10 +379,13 @@ fn secure_etcd_cluster() {
             "{n} reached etcd over TLS as the vxmesh user:\n{log}"
         );
     }
-    let etcd = lab.status("n1")["node"]["etcd"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let st = lab.status("n1");
+    let left = st["lease_expires_in_secs"].as_i64().unwrap();
+    assert!(
+        (1..=60).contains(&left),
+        "the 60 s lease is kept alive: {left}"
+    );
+    let etcd = st["node"]["etcd"].as_str().unwrap().to_string();
     assert!(
         etcd.starts_with("https://192.168.100.2:2379 over TLS (CA /")
             && etcd.ends_with("as etcd user \"vxmesh\""),

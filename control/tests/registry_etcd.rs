@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use vxmesh_control::agent::acquire;
 use vxmesh_control::config::ConfigError;
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::LeaseMachine;
-use vxmesh_control::registry::{Registry, RegistryError, WatchEvent, WatchStats};
+use vxmesh_control::registry::{LeaseStats, Registry, RegistryError, WatchEvent, WatchStats};
 use vxmesh_control::subnet::Subnet;
 
 const PREFIX: &str = "/coreos.com/network";
@@ -146,12 +147,30 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
         .unwrap();
         assert_eq!(back.subnet, first.subnet);
 
+        // keep_alive renews (every second for a 3 s TTL) and records it: etcd answers
+        // with the TTL granted at claim time (30 s), which sets the expiry.
+        let stats = LeaseStats::default();
+        let renewing = tokio::time::timeout(
+            Duration::from_millis(2500),
+            reg.keep_alive(back.lease_id, Duration::from_secs(3), &stats),
+        )
+        .await;
+        assert!(renewing.is_err(), "still renewing: {renewing:?}");
+        assert!(stats.renewals.load(Relaxed) >= 2, "{stats:?}");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let left = stats.expires_unix_ms.load(Relaxed).saturating_sub(now_ms);
+        assert!((25_000..=30_000).contains(&left), "expires in {left} ms");
+        assert!(stats.renewed_unix_ms.load(Relaxed) <= now_ms);
+
         // keep_alive notices a revoked lease.
         etcd.ctl(&["lease", "revoke", &format!("{:x}", back.lease_id)])
             .unwrap();
         let why = tokio::time::timeout(
             Duration::from_secs(30),
-            reg.keep_alive(back.lease_id, Duration::from_secs(6)),
+            reg.keep_alive(back.lease_id, Duration::from_secs(6), &stats),
         )
         .await
         .expect("keepalive must report the loss");

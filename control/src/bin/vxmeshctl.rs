@@ -158,9 +158,11 @@ fn main() -> anyhow::Result<()> {
                 s(&n["mtu"])
             );
             println!(
-                "lease:        {}  ttl {}s  reacquired {}x",
+                "lease:        {}  ttl {}s  expires in {}s unless renewed  renewed {}x  reacquired {}x",
                 s(&n["lease_id"]),
                 s(&n["lease_ttl_secs"]),
+                s(&st["lease_expires_in_secs"]),
+                st["lease_renewals"],
                 st["lease_reacquisitions"]
             );
             println!(
