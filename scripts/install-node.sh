@@ -29,6 +29,13 @@
 #   --etcd-endpoints URLS   node: VXMESHD_ETCD_ENDPOINTS (default http://127.0.0.1:2379)
 #   --iface IFACE           node: VXMESHD_IFACE, the underlay interface name or address
 #                           (default: none, the agent uses the default route's interface)
+#   --etcd-cafile FILE      node, for an etcd with TLS (https:// endpoints): the CA (PEM) that
+#                           signed etcd's certificate -> /etc/vxmesh/etcd-ca.pem
+#   --etcd-certfile FILE    node: client certificate (PEM) -> /etc/vxmesh/etcd-client.pem
+#   --etcd-keyfile FILE     node: its private key -> /etc/vxmesh/etcd-client-key.pem (0600)
+#   --etcd-username USER    node: etcd user (etcd with `auth enable`)
+#   --etcd-password-file F  node: that user's password, read from a file (never a command line);
+#                           stored in vxmeshd.env, which is always 0600
 #   --env KEY=VALUE         node: one more line for vxmeshd.env (repeatable), e.g.
 #                           --env VXMESHD_SUBNET_LEASE_TTL=30m
 #   --cni-bin-dir DIR       where the CNI plugin goes (default: see above)
@@ -51,6 +58,7 @@ BIN=$SRC/target/release
 ETCD_ENDPOINTS=http://127.0.0.1:2379
 IFACE=
 EXTRA_ENV=()
+ETCD_CAFILE='' ETCD_CERTFILE='' ETCD_KEYFILE='' ETCD_USERNAME='' ETCD_PASSWORD_FILE=''
 CNI_BIN=
 ETCD_IP=
 NETWORK=$CLUSTER_NETWORK
@@ -69,6 +77,11 @@ while [ $# -gt 0 ]; do
     --bin-dir) BIN=${2:?}; shift ;;
     --etcd-endpoints) ETCD_ENDPOINTS=${2:?}; shift ;;
     --iface) IFACE=${2:?}; shift ;;
+    --etcd-cafile) ETCD_CAFILE=${2:?}; shift ;;
+    --etcd-certfile) ETCD_CERTFILE=${2:?}; shift ;;
+    --etcd-keyfile) ETCD_KEYFILE=${2:?}; shift ;;
+    --etcd-username) ETCD_USERNAME=${2:?}; shift ;;
+    --etcd-password-file) ETCD_PASSWORD_FILE=${2:?}; shift ;;
     --env) [[ ${2:?} == *=* ]] || die "--env wants KEY=VALUE, got '$2'"; EXTRA_ENV+=("$2"); shift ;;
     --cni-bin-dir) CNI_BIN=${2:?}; shift ;;
     --etcd-ip) ETCD_IP=${2:?}; shift ;;
@@ -89,6 +102,28 @@ for r in "${_roles[@]}"; do
   case $r in node) role_node=1 ;; etcd) role_etcd=1 ;; *) die "unknown role '$r' (node, etcd)" ;; esac
 done
 [ -n "$DEST" ] && { OFFLINE=1; START=0; }
+# etcd access: the same rules vxmeshd applies at start, checked before anything is installed.
+if [ -n "$ETCD_CERTFILE$ETCD_KEYFILE" ] && { [ -z "$ETCD_CERTFILE" ] || [ -z "$ETCD_KEYFILE" ]; }; then
+  die "--etcd-certfile and --etcd-keyfile go together (a client certificate needs its key)"
+fi
+if [ -n "$ETCD_CAFILE$ETCD_CERTFILE" ] && [[ $ETCD_ENDPOINTS != https://* ]]; then
+  die "TLS files given but --etcd-endpoints is $ETCD_ENDPOINTS: use https:// endpoints for TLS"
+fi
+if { [ -n "$ETCD_USERNAME" ] && [ -z "$ETCD_PASSWORD_FILE" ]; } || { [ -z "$ETCD_USERNAME" ] && [ -n "$ETCD_PASSWORD_FILE" ]; }; then
+  die "--etcd-username and --etcd-password-file go together"
+fi
+for f in "$ETCD_CAFILE" "$ETCD_CERTFILE" "$ETCD_KEYFILE" "$ETCD_PASSWORD_FILE"; do
+  [ -z "$f" ] || [ -r "$f" ] || die "cannot read $f"
+done
+ETCD_PASSWORD=
+if [ -n "$ETCD_PASSWORD_FILE" ]; then
+  ETCD_PASSWORD=$(head -n 1 "$ETCD_PASSWORD_FILE")
+  [ -n "$ETCD_PASSWORD" ] || die "$ETCD_PASSWORD_FILE is empty (the first line is the password)"
+  # systemd's EnvironmentFile would strip or interpret these; refuse rather than mangle.
+  case $ETCD_PASSWORD in
+    *\"*|*\'*|*\\*|" "*|*" ") die "the password in $ETCD_PASSWORD_FILE has quotes, backslashes or outer spaces, which systemd's EnvironmentFile would change: choose another" ;;
+  esac
+fi
 [ -n "$DEST" ] || [ "$(id -u)" = 0 ] || die "must run as root"
 
 # The CNI bin dir runtimes look in: Debian's containernetworking-plugins and podman use
@@ -182,8 +217,16 @@ if [ "$role_node" = 1 ]; then
     echo "# vxmeshd flags as environment variables (see vxmeshd --help); written by install-node.sh"
     echo "VXMESHD_ETCD_ENDPOINTS=$ETCD_ENDPOINTS"
     [ -z "$IFACE" ] || echo "VXMESHD_IFACE=$IFACE"
+    [ -z "$ETCD_CAFILE" ] || echo "VXMESHD_ETCD_CAFILE=/etc/vxmesh/etcd-ca.pem"
+    [ -z "$ETCD_CERTFILE" ] || echo "VXMESHD_ETCD_CERTFILE=/etc/vxmesh/etcd-client.pem"
+    [ -z "$ETCD_KEYFILE" ] || echo "VXMESHD_ETCD_KEYFILE=/etc/vxmesh/etcd-client-key.pem"
+    [ -z "$ETCD_USERNAME" ] || echo "VXMESHD_ETCD_USERNAME=$ETCD_USERNAME"
+    [ -z "$ETCD_PASSWORD" ] || echo "VXMESHD_ETCD_PASSWORD=$ETCD_PASSWORD"
     for kv in "${EXTRA_ENV[@]}"; do echo "$kv"; done
   } >"$tmp2"
+  [ -z "$ETCD_CAFILE" ] || put "$ETCD_CAFILE" /etc/vxmesh/etcd-ca.pem 0644
+  [ -z "$ETCD_CERTFILE" ] || put "$ETCD_CERTFILE" /etc/vxmesh/etcd-client.pem 0644
+  [ -z "$ETCD_KEYFILE" ] || put "$ETCD_KEYFILE" /etc/vxmesh/etcd-client-key.pem 0600
   # 0600: it may hold VXMESHD_ETCD_PASSWORD.
   put "$tmp2" "$ENV_FILE" 0600
   put "$SRC/packaging/systemd/vxmeshd.service" "$UNIT" 0644

@@ -155,6 +155,37 @@ R2=$SCRATCH/root2; mkdir -p "$R2"
 "$ROOT/scripts/install-node.sh" --root "$R2" --role node --bin-dir "$B" --env VXMESHD_TAP_NAME=ovl0 >/dev/null 2>&1
 grep -qx 'OriginalName=vxmesh\* ovl0' "$R2/etc/systemd/network/10-vxmesh.link" && grep -qx 'MACAddressPolicy=none' "$R2/etc/systemd/network/10-vxmesh.link"
 result "install-node.sh: a custom VXMESHD_TAP_NAME is covered by the udev .link file" $?
+# a node of a secured etcd: TLS files copied (the key 0600), the password read from a file
+R3=$SCRATCH/root3; mkdir -p "$R3"
+printf -- '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' >"$SCRATCH/ca.pem"
+cp "$SCRATCH/ca.pem" "$SCRATCH/client.pem"
+printf -- '-----BEGIN PRIVATE KEY-----\nMIG\n-----END PRIVATE KEY-----\n' >"$SCRATCH/client-key.pem"
+echo 'node-secret-0815' >"$SCRATCH/pw"
+out=$("$ROOT/scripts/install-node.sh" --root "$R3" --role node --bin-dir "$B" \
+  --etcd-endpoints https://10.0.0.10:2379 --etcd-cafile "$SCRATCH/ca.pem" \
+  --etcd-certfile "$SCRATCH/client.pem" --etcd-keyfile "$SCRATCH/client-key.pem" \
+  --etcd-username vxmesh --etcd-password-file "$SCRATCH/pw" 2>&1)
+rc=$?
+E3=$R3/etc/vxmesh/vxmeshd.env
+[ "$rc" = 0 ] &&
+  grep -qx 'VXMESHD_ETCD_CAFILE=/etc/vxmesh/etcd-ca.pem' "$E3" &&
+  grep -qx 'VXMESHD_ETCD_CERTFILE=/etc/vxmesh/etcd-client.pem' "$E3" &&
+  grep -qx 'VXMESHD_ETCD_KEYFILE=/etc/vxmesh/etcd-client-key.pem' "$E3" &&
+  grep -qx 'VXMESHD_ETCD_USERNAME=vxmesh' "$E3" && grep -qx 'VXMESHD_ETCD_PASSWORD=node-secret-0815' "$E3" &&
+  cmp -s "$SCRATCH/client-key.pem" "$R3/etc/vxmesh/etcd-client-key.pem" &&
+  [ "$(stat -c %a "$R3/etc/vxmesh/etcd-client-key.pem")" = 600 ] && [ "$(stat -c %a "$E3")" = 600 ] &&
+  ! grep -q node-secret-0815 <<<"$out"
+result "install-node.sh: TLS files and the etcd user for a secured etcd (key and env 0600, password not logged)" $? "$out"
+"$ROOT/scripts/uninstall-node.sh" --root "$R3" >/dev/null 2>&1
+left=$(cd "$R3" && find . -type f)
+[ -z "$left" ]
+result "uninstall-node.sh removes the etcd TLS files too" $? "$left"
+rc=1
+if ! out=$("$ROOT/scripts/install-node.sh" --root "$R3" --role node --bin-dir "$B" \
+  --etcd-endpoints http://10.0.0.10:2379 --etcd-cafile "$SCRATCH/ca.pem" 2>&1); then
+  grep -q 'use https:// endpoints' <<<"$out" && [ -z "$(cd "$R3" && find . -type f)" ] && rc=0
+fi
+result "install-node.sh: TLS files with an http:// endpoint are refused, nothing installed" "$rc" "$out"
 # a second install (re-provisioning) must not lose track of anything
 "$ROOT/scripts/install-node.sh" --root "$R" --role node --bin-dir "$B" >/dev/null 2>&1
 out=$("$ROOT/scripts/uninstall-node.sh" --root "$R" 2>&1)
