@@ -198,6 +198,9 @@ done
 for v in $(virsh_lab vol-list default 2>/dev/null | awk 'NR > 2 && $1 ~ /^vxmesh-/ {print $1}'); do
   virsh_lab vol-delete --pool default "$v" >/dev/null 2>&1 && swept+=("volume $v")
 done
+for d in /var/tmp/vxmesh-e2e.*; do
+  if [ -d "$d" ] && [ "$d" != "$WORK" ]; then rm -rf "$d" && swept+=("work dir $d"); fi
+done
 [ ${#swept[@]} -eq 0 ] || stamp "removed leftovers of an earlier run that was killed: ${swept[*]}"
 phase "lab-netns-up.sh"
 
