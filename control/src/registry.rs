@@ -159,9 +159,10 @@ impl Registry {
     }
 
     /// Connects (lazily: the first request fails if etcd is down, and later ones
-    /// reconnect on their own). TLS files are read here, so a certificate rotated
-    /// on disk is used from the next connect on. With credentials, etcd is asked
-    /// for a token now, and again whenever it expires.
+    /// reconnect on their own). TLS files are read here, once: the client's own
+    /// reconnects reuse them, so rotated files take effect with a new `Registry`
+    /// (an agent restart). With credentials, etcd is asked for a token now, and
+    /// again whenever it expires.
     pub async fn connect_with(
         access: &EtcdAccess,
         prefix: &str,
