@@ -332,7 +332,7 @@ impl Registry {
     pub async fn keep_alive(&self, lease_id: i64, ttl: Duration, stats: &LeaseStats) -> String {
         let interval = (ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut deadline = tokio::time::Instant::now() + ttl;
-        stats.granted(ttl);
+        stats.stamp(ttl);
         let mut backoff = Backoff::default();
         loop {
             let mut c = self.client.clone();
@@ -495,16 +495,13 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 }
 
 impl LeaseStats {
-    fn granted(&self, ttl: Duration) {
-        self.stamp(ttl);
-    }
-
     fn renewed(&self, left: Duration) {
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stamp(left);
     }
 
+    /// Records a grant or renewal now, with `left` until expiry.
     fn stamp(&self, left: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = std::time::SystemTime::now();

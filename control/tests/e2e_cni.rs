@@ -21,6 +21,18 @@ use common::lab::{privileged, Lab};
 const PODS: usize = 50;
 
 /// Runs the plugin for pod `id` on node 1 exactly as a runtime there would.
+/// Runs `command` for every container id at once (one thread each); the results in order.
+fn cni_all(lab: &Arc<Lab>, command: &'static str, ids: &[String]) -> Vec<(bool, String)> {
+    let threads: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (lab, id) = (Arc::clone(lab), id.clone());
+            std::thread::spawn(move || cni(&lab, command, &id))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 fn cni(lab: &Lab, command: &str, id: &str) -> (bool, String) {
     let netconf = format!(
         r#"{{"cniVersion":"1.0.0","name":"vxmesh","type":"vxmesh","subnetFile":"{s}/n1/subnet.env","dataDir":"{s}/n1/cni","delegate":{{"bridge":"cni0","isDefaultGateway":true}},"ipam":{{"dataDir":"{s}/n1/ipam"}}}}"#,
@@ -95,16 +107,8 @@ fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
             .unwrap()
             .success());
     }
-    let adds: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (lab, id) = (Arc::clone(&lab), id.clone());
-            std::thread::spawn(move || cni(&lab, "ADD", &id))
-        })
-        .collect();
     let mut addrs = BTreeSet::new();
-    for t in adds {
-        let (ok, out) = t.join().unwrap();
+    for (ok, out) in cni_all(&lab, "ADD", &ids) {
         assert!(ok, "ADD failed: {out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let a = v["ips"][0]["address"].as_str().unwrap();
@@ -148,15 +152,7 @@ fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
 
     // 50 DELs, twice each (concurrently), then nothing of them is left.
     for round in 0..2 {
-        let dels: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                let (lab, id) = (Arc::clone(&lab), id.clone());
-                std::thread::spawn(move || cni(&lab, "DEL", &id))
-            })
-            .collect();
-        for t in dels {
-            let (ok, out) = t.join().unwrap();
+        for (ok, out) in cni_all(&lab, "DEL", &ids) {
             assert!(ok, "DEL (round {round}) failed: {out}");
         }
     }

@@ -80,59 +80,47 @@ impl Ns {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
     }
 
-    fn fdb(&self, dev: &str) -> Vec<String> {
+    /// `tool args` as JSON, each entry rendered as "<a> <b>" (with `need`, entries
+    /// without that string field skipped; a missing `b` shown as its default), sorted.
+    fn pairs(
+        &self,
+        tool: &str,
+        args: &[&str],
+        need: Option<&str>,
+        a: &str,
+        b: (&str, Option<&str>),
+    ) -> Vec<String> {
         let mut v: Vec<String> = self
-            .json("bridge", &["fdb", "show", "dev", dev])
+            .json(tool, args)
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["dst"].is_string())
+            .filter(|e| need.is_none_or(|n| e[n].is_string()))
             .map(|e| {
-                format!(
-                    "{} {}",
-                    e["mac"].as_str().unwrap(),
-                    e["dst"].as_str().unwrap()
-                )
+                let second = match b.1 {
+                    Some(default) => e[b.0].as_str().unwrap_or(default),
+                    None => e[b.0].as_str().unwrap(),
+                };
+                format!("{} {second}", e[a].as_str().unwrap())
             })
             .collect();
         v.sort();
         v
+    }
+
+    fn fdb(&self, dev: &str) -> Vec<String> {
+        let args = ["fdb", "show", "dev", dev];
+        self.pairs("bridge", &args, Some("dst"), "mac", ("dst", None))
     }
 
     fn neigh(&self, dev: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .json("ip", &["neigh", "show", "dev", dev, "nud", "permanent"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["dst"].as_str().unwrap(),
-                    e["lladdr"].as_str().unwrap()
-                )
-            })
-            .collect();
-        v.sort();
-        v
+        let args = ["neigh", "show", "dev", dev, "nud", "permanent"];
+        self.pairs("ip", &args, None, "dst", ("lladdr", None))
     }
 
     fn routes(&self, dev: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .json("ip", &["route", "show", "dev", dev])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["dst"].as_str().unwrap(),
-                    e["gateway"].as_str().unwrap_or("-")
-                )
-            })
-            .collect();
-        v.sort();
-        v
+        let args = ["route", "show", "dev", dev];
+        self.pairs("ip", &args, None, "dst", ("gateway", Some("-")))
     }
 
     fn link(&self, dev: &str) -> Value {
