@@ -46,6 +46,8 @@ read -r -a DATAPLANES <<<"${VXLAB_DATAPLANES:-}"
 BACKEND=${VXLAB_BACKEND:-}
 # shellcheck source-path=SCRIPTDIR source=lib/cluster.sh
 . "$ROOT/scripts/lib/cluster.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/pki.sh
+. "$ROOT/scripts/lib/pki.sh"
 NETWORK=10.244.0.0/16
 ETCD_IP=192.168.100.2
 ETCD="http://$ETCD_IP:2379"
@@ -83,23 +85,7 @@ etcdctl_lab() {
 secure_etcd_files() {
   local d="$STATE/pki"
   command -v openssl >/dev/null || die "VXLAB_ETCD_SECURE=1 needs openssl (scripts/install-deps.sh)"
-  mkdir -p "$d"; chmod 0700 "$d"
-  ossl() { openssl "$@" >>"$d/openssl.log" 2>&1 || die "openssl $1 failed: $(tail -n 3 "$d/openssl.log")"; }
-  ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
-    -subj "/CN=$PREFIX-etcd-ca" -keyout "$d/ca-key.pem" -out "$d/ca.pem"
-  local name cn ext
-  for name in server client; do
-    if [ "$name" = server ]; then
-      cn=etcd; ext="subjectAltName=IP:$ETCD_IP,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
-    else
-      cn=vxmesh-node; ext="extendedKeyUsage=clientAuth"
-    fi
-    printf '%b\nbasicConstraints=CA:FALSE\n' "$ext" >"$d/$name.ext"
-    ossl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$cn" \
-      -keyout "$d/$name-key.pem" -out "$d/$name.csr"
-    ossl x509 -req -in "$d/$name.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" -CAcreateserial \
-      -days 7 -extfile "$d/$name.ext" -out "$d/$name.pem"
-  done
+  pki_make "$d" "$ETCD_IP" 127.0.0.1 || die "could not make the lab's certificates (see $d/openssl.log)"
   local root_pw node_pw
   root_pw=$(openssl rand -hex 12); node_pw=$(openssl rand -hex 12)
   umask 077
