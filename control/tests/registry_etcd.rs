@@ -218,30 +218,56 @@ fn compacted_watch_relists_and_resumes() {
             1
         );
 
-        // ...and keeps following from the listing's revision.
+        // ...and keeps following from the listing's revision, with each key's create
+        // revision (what orders conflicting leases) carried through.
+        let created = |k: &str| {
+            l.entries
+                .iter()
+                .find(|e| e.key == key(k))
+                .unwrap()
+                .create_revision
+        };
+        assert!(created("10.244.2.0-24") < created("10.244.3.0-24"));
         etcd.put(&key("10.244.4.0-24"), &value("192.168.56.4"));
         let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
             .unwrap();
+        let WatchEvent::Put(e) = ev else {
+            panic!("expected a put, got {ev:?}")
+        };
+        assert_eq!(e.key, key("10.244.4.0-24"));
+        assert_eq!(e.value, value("192.168.56.4").into_bytes());
+        assert_eq!(e.create_revision, e.mod_revision, "a new key");
+        assert_eq!(e.lease, 0, "written without an etcd lease");
+        etcd.put(&key("10.244.3.0-24"), &value("192.168.56.33"));
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let WatchEvent::Put(e) = ev else {
+            panic!("expected a put, got {ev:?}")
+        };
         assert_eq!(
-            ev,
-            WatchEvent::Put {
-                key: key("10.244.4.0-24"),
-                value: value("192.168.56.4").into_bytes()
-            }
+            e.create_revision,
+            created("10.244.3.0-24"),
+            "a changed key keeps its create revision"
         );
+        assert!(e.mod_revision > e.create_revision);
         etcd.ctl(&["del", &key("10.244.2.0-24")]).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            ev,
-            WatchEvent::Delete {
-                key: key("10.244.2.0-24")
-            }
-        );
+        let WatchEvent::Delete {
+            key: gone,
+            revision,
+        } = ev
+        else {
+            panic!("expected a delete, got {ev:?}")
+        };
+        assert_eq!(gone, key("10.244.2.0-24"));
+        assert!(revision > created("10.244.3.0-24"));
         drop(rx);
         w.abort();
     });
