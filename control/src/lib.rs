@@ -1,7 +1,7 @@
 //! vxmesh control plane.
 //!
 //! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
-//! [`subnet`] (IPv4 CIDR newtype), [`lease`] (flannel's lease keys and values),
+//! [`subnet`] (IPv4 CIDR newtype), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
 //! re-acquire), [`own_key`] (whether registry news takes our subnet away),
 //! [`peers`] (the peer set and its changes), [`vtep_mac`], and
@@ -14,6 +14,7 @@ pub mod agent;
 pub mod allocator;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod etcd_access;
 pub mod health;
 pub mod lease;
