@@ -29,9 +29,9 @@ use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
-use crate::peers::{PeerChange, PeerTable, Skip};
+use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
-use crate::state::AgentState;
+use crate::state::{AgentState, RejectedLease};
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
 use vxmesh_dataplane::fib::LocalVtep;
@@ -375,23 +375,14 @@ async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &Agen
     }
 }
 
-fn record_skips(skips: Vec<Skip>, state: &AgentState) {
-    if skips.is_empty() {
-        return;
-    }
-    for s in &skips {
-        tracing::warn!(key = %s.key, "ignoring lease: {}", s.why);
+/// Warns once about each newly rejected lease, and counts the warnings.
+fn record_skips(skips: &[Skip], state: &AgentState) {
+    for s in skips {
+        tracing::warn!(key = %s.key, reason = s.rejection.reason.as_str(), "ignoring lease: {}", s.rejection.why);
     }
     state
         .skipped_leases
         .fetch_add(skips.len() as u64, Ordering::Relaxed);
-    state.update(|i| {
-        i.skipped.extend(skips.into_iter().map(Into::into));
-        let n = i.skipped.len();
-        if n > 32 {
-            i.skipped.drain(..n - 32);
-        }
-    });
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -487,7 +478,13 @@ pub async fn run(
         },
         nl,
         dp,
-        peers: PeerTable::new(vni.get()),
+        peers: PeerTable::new(
+            PeerRules::from_config(&cfg),
+            Some(LocalNode {
+                public_ip: underlay.public_ip,
+                vtep_mac,
+            }),
+        ),
         own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
         own: first,
         lost_tx,
@@ -572,7 +569,9 @@ impl Running {
         self.take_subnet(first.subnet).await?;
         self.state.ready.subnet_env.store(true, Ordering::Relaxed);
         tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
-        let _ = self.peers.set_own(Some(first.subnet));
+        let mut skips = Vec::new();
+        let _ = self.peers.set_own(Some(first.subnet), &mut skips);
+        record_skips(&skips, &self.state);
         self.held(first);
         Ok(())
     }
@@ -618,9 +617,12 @@ impl Running {
         };
         if h.subnet != self.own.subnet {
             self.take_subnet(h.subnet).await?;
-            let changes = self.peers.set_own(Some(h.subnet));
+            let mut skips = Vec::new();
+            let changes = self.peers.set_own(Some(h.subnet), &mut skips);
+            record_skips(&skips, &self.state);
             self.dp.publish(&self.peers);
             program(&self.nl, &self.dp, &changes, &self.state).await;
+            self.show_peers();
         }
         self.held(h);
         Ok(())
@@ -633,20 +635,12 @@ impl Running {
         }
         let mut skips = Vec::new();
         let full_listing = matches!(ev, WatchEvent::Snapshot(_));
-        let changes = match ev {
-            WatchEvent::Snapshot(l) => {
-                let entries: Vec<(String, Vec<u8>)> =
-                    l.entries.into_iter().map(|e| (e.key, e.value)).collect();
-                self.peers.reset(&entries, &mut skips)
-            }
-            WatchEvent::Put(e) => self
-                .peers
-                .put(&e.key, &e.value, &mut skips)
-                .into_iter()
-                .collect(),
-            WatchEvent::Delete { key, .. } => self.peers.delete(&key).into_iter().collect(),
+        let changes = match &ev {
+            WatchEvent::Snapshot(l) => self.peers.reset(&l.entries, &mut skips),
+            WatchEvent::Put(e) => self.peers.put(e, &mut skips),
+            WatchEvent::Delete { key, .. } => self.peers.delete(key, &mut skips),
         };
-        record_skips(skips, &self.state);
+        record_skips(&skips, &self.state);
         self.dp.publish(&self.peers);
         let mut ok = program(&self.nl, &self.dp, &changes, &self.state).await;
         if full_listing {
@@ -656,8 +650,25 @@ impl Running {
             self.synced = true;
             self.state.ready.routes.store(ok, Ordering::Relaxed);
         }
+        self.show_peers();
+    }
+
+    /// Shows the peers and the rejected leases in /v1/status and /metrics.
+    fn show_peers(&self) {
         let peers: Vec<_> = self.peers.peers().copied().collect();
-        self.state.update(|i| i.peers = peers);
+        let rejected: Vec<RejectedLease> = self
+            .peers
+            .rejected()
+            .map(|(key, r)| RejectedLease {
+                key: key.to_string(),
+                reason: r.reason.as_str(),
+                why: r.why.clone(),
+            })
+            .collect();
+        self.state.update(|i| {
+            i.peers = peers;
+            i.rejected = rejected;
+        });
     }
 
     /// Restores the overlay device's MAC (and every peer's state) if someone changed it.

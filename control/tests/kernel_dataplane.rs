@@ -18,7 +18,8 @@ use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
 use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
 use vxmesh_control::node_dataplane::DataplaneSetup;
-use vxmesh_control::peers::{Peer, PeerTable};
+use vxmesh_control::peers::{Peer, PeerRules, PeerTable};
+use vxmesh_control::registry::Entry;
 use vxmesh_control::state::AgentState;
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
@@ -188,21 +189,28 @@ fn peer(third: u8, ip: u8, mac_last: u8) -> Peer {
 }
 
 fn table(peers: &[Peer]) -> PeerTable {
-    let mut t = PeerTable::new(1);
+    let rules = PeerRules {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        vni: 1,
+    };
+    let mut t = PeerTable::new(rules, None);
     let mut skips = Vec::new();
-    let entries: Vec<(String, Vec<u8>)> = peers
+    let entries: Vec<Entry> = peers
         .iter()
-        .map(|p| {
-            (
-                format!("/coreos.com/network/subnets/{}", p.subnet.key_form()),
-                vxmesh_control::lease::LeaseAttrs::vxlan(p.public_ip, 1, p.vtep_mac)
-                    .to_json()
-                    .into_bytes(),
-            )
+        .zip(1..)
+        .map(|(p, rev)| Entry {
+            key: format!("/coreos.com/network/subnets/{}", p.subnet.key_form()),
+            value: vxmesh_control::lease::LeaseAttrs::vxlan(p.public_ip, 1, p.vtep_mac)
+                .to_json()
+                .into_bytes(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
         })
         .collect();
-    t.reset(&entries, &mut skips);
-    assert!(skips.is_empty());
+    let _ = t.reset(&entries, &mut skips);
+    assert!(skips.is_empty(), "{skips:?}");
     t
 }
 
