@@ -157,6 +157,7 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub subnet: Subnet,
+    /// The etcd lease kept alive; 0 for a reservation (no lease, nothing to renew).
     pub lease_id: i64,
     /// The etcd revision of the claim.
     pub revision: i64,
@@ -189,6 +190,9 @@ async fn lease_task(
                         old = %old, new = %subnet,
                         "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
                     ),
+                    None if lease_id == 0 => {
+                        tracing::info!(%subnet, "holding reserved subnet (its key has no etcd lease: kept as a reservation, never renewed)")
+                    }
                     None => {
                         tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
                     }
@@ -199,13 +203,17 @@ async fn lease_task(
                 if let Some(k) = keepalive.take() {
                     k.abort();
                 }
-                let r = reg.clone();
-                let tx = ka_tx.clone();
-                let stats = Arc::clone(&state.lease);
-                keepalive = Some(tokio::spawn(async move {
-                    let why = r.keep_alive(lease_id, ttl, &stats).await;
-                    let _ = tx.send(why).await;
-                }));
+                if lease_id == 0 {
+                    state.lease.no_ttl();
+                } else {
+                    let r = reg.clone();
+                    let tx = ka_tx.clone();
+                    let stats = Arc::clone(&state.lease);
+                    keepalive = Some(tokio::spawn(async move {
+                        let why = r.keep_alive(lease_id, ttl, &stats).await;
+                        let _ = tx.send(why).await;
+                    }));
+                }
                 let _ = held_tx.send(Some(Held {
                     subnet,
                     lease_id,
@@ -604,6 +612,7 @@ impl Running {
         self.state.update(|i| {
             i.subnet = Some(h.subnet);
             i.lease_id = Some(format!("{:x}", h.lease_id));
+            i.reservation = h.lease_id == 0;
         });
     }
 

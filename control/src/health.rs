@@ -130,6 +130,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         label(info.vtep_mac.as_deref().unwrap_or("")),
         u64::from(info.subnet.is_some())
     );
+    gauge(
+        &mut o,
+        "vxmesh_lease_reservation",
+        "1 when the subnet is held as a reservation (its key has no etcd lease: no TTL, no renewals)",
+        u64::from(info.reservation),
+    );
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };

@@ -286,6 +286,7 @@ mod tests {
                 "0e:00:00:00:00:01".parse().unwrap(),
             )),
             mod_revision: 3,
+            lease_id: 0x694d_8543_30fc_5110,
         }
     }
 
@@ -370,6 +371,41 @@ mod tests {
                 subnet: "10.1.0.32/28".parse().unwrap(),
                 mod_revision: 3
             })
+        );
+    }
+
+    #[test]
+    fn restart_holds_my_reservation_without_a_lease() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let _ = m.poll(t);
+        let mine = ExistingLease {
+            lease_id: 0,
+            ..held("10.1.0.32/28", ME)
+        };
+        m.handle(LeaseEvent::Listed(vec![mine]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reserved {
+                subnet: "10.1.0.32/28".parse().unwrap(),
+                mod_revision: 3
+            })
+        );
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0,
+                revision: 3,
+            },
+            t,
+        );
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: "10.1.0.32/28".parse().unwrap(),
+                lease_id: 0,
+                revision: 3,
+                changed_from: None
+            }
         );
     }
 

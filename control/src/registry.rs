@@ -230,7 +230,9 @@ impl Registry {
     }
 
     /// Tries one claim: grants an etcd lease of `ttl`, then writes the lease value
-    /// only if the key is absent (Create) or unchanged since listed (Reuse).
+    /// only if the key is absent (Create) or unchanged since listed (Reuse). A
+    /// reservation (Reserved) gets no etcd lease: it is held as it is when its value is
+    /// already ours, else rewritten without a lease, if unchanged since listed.
     /// `Ok(Some(_))` when won, `Ok(None)` when someone else got there first.
     pub async fn claim(
         &self,
@@ -238,24 +240,24 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<Won>, RegistryError> {
+        let key = lease_key(&self.prefix, &claim.subnet());
+        let value = attrs.to_json();
+        let cmp = match claim {
+            Claim::Reserved { mod_revision, .. } => {
+                return self.hold_reservation(key, value, *mod_revision).await;
+            }
+            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
+            Claim::Reuse { mod_revision, .. } => {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
+            }
+        };
         let mut c = self.client.clone();
         let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = c
             .lease_grant(ttl_s, None)
             .await
             .map_err(self.err("lease grant"))?;
-        let key = lease_key(&self.prefix, &claim.subnet());
-        let cmp = match claim {
-            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
-            Claim::Reuse { mod_revision, .. } => {
-                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
-            }
-        };
-        let put = TxnOp::put(
-            key,
-            attrs.to_json(),
-            Some(PutOptions::new().with_lease(lease.id())),
-        );
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.id())));
         let resp = c
             .txn(Txn::new().when([cmp]).and_then([put]))
             .await
@@ -270,6 +272,42 @@ impl Registry {
             let _ = c.lease_revoke(lease.id()).await;
             Ok(None)
         }
+    }
+
+    /// Holds our reservation at `key`: nothing is written when it still is exactly
+    /// `value` at `mod_revision`; otherwise `value` is put without a lease, if the key
+    /// is still at `mod_revision`.
+    async fn hold_reservation(
+        &self,
+        key: String,
+        value: String,
+        mod_revision: i64,
+    ) -> Result<Option<Won>, RegistryError> {
+        let mut c = self.client.clone();
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
+        let resp = c
+            .txn(Txn::new().when([
+                unchanged.clone(),
+                Compare::value(key.clone(), CompareOp::Equal, value.clone()),
+            ]))
+            .await
+            .map_err(self.err("reservation check"))?;
+        let won = |r: &etcd_client::TxnResponse| Won {
+            lease_id: 0,
+            revision: r.header().map_or(0, |h| h.revision()),
+        };
+        if resp.succeeded() {
+            return Ok(Some(won(&resp)));
+        }
+        let resp = c
+            .txn(
+                Txn::new()
+                    .when([unchanged])
+                    .and_then([TxnOp::put(key, value, None)]),
+            )
+            .await
+            .map_err(self.err("reservation update"))?;
+        Ok(resp.succeeded().then(|| won(&resp)))
     }
 
     /// Remaining TTL of each etcd lease id (None for 0 or unknown), for `vxmeshctl`.
@@ -465,6 +503,14 @@ impl LeaseStats {
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stamp(left);
+    }
+
+    /// Records that the subnet is held without an etcd lease (a reservation): nothing
+    /// expires, nothing is renewed.
+    pub fn no_ttl(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.renewed_unix_ms.store(0, Relaxed);
+        self.expires_unix_ms.store(0, Relaxed);
     }
 
     /// Records a grant or renewal now, with `left` until expiry.

@@ -41,6 +41,7 @@ impl Listing {
                     subnet: parse_lease_key(&e.key)?,
                     attrs: LeaseAttrs::parse(&e.value).ok(),
                     mod_revision: e.mod_revision,
+                    lease_id: e.lease,
                 })
             })
             .collect()
@@ -98,7 +99,7 @@ mod tests {
         let e = l.existing_leases();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].subnet.to_string(), "10.244.1.0/24");
-        assert_eq!(e[0].mod_revision, 5);
+        assert_eq!((e[0].mod_revision, e[0].lease_id), (5, 0));
         assert_eq!(WatchEvent::Snapshot(l).revision(), 9);
     }
 }

@@ -23,6 +23,8 @@ pub struct Info {
     pub network: Option<Subnet>,
     pub subnet: Option<Subnet>,
     pub lease_id: Option<String>,
+    /// The subnet is a reservation: its key has no etcd lease (no TTL).
+    pub reservation: bool,
     pub lease_ttl_secs: u64,
     pub mtu: Option<u32>,
     pub tap: Option<String>,

@@ -160,14 +160,21 @@ fn main() -> anyhow::Result<()> {
                 s(&n["port"]),
                 s(&n["mtu"])
             );
-            println!(
-                "lease:        {}  ttl {}s  expires in {}s unless renewed  renewed {}x  reacquired {}x",
-                s(&n["lease_id"]),
-                s(&n["lease_ttl_secs"]),
-                s(&st["lease_expires_in_secs"]),
-                st["lease_renewals"],
-                st["lease_reacquisitions"]
-            );
+            if n["reservation"] == true {
+                println!(
+                    "lease:        reservation (no etcd lease: never expires, never renewed)  reacquired {}x",
+                    st["lease_reacquisitions"]
+                );
+            } else {
+                println!(
+                    "lease:        {}  ttl {}s  expires in {}s unless renewed  renewed {}x  reacquired {}x",
+                    s(&n["lease_id"]),
+                    s(&n["lease_ttl_secs"]),
+                    s(&st["lease_expires_in_secs"]),
+                    st["lease_renewals"],
+                    st["lease_reacquisitions"]
+                );
+            }
             println!(
                 "dataplane:    {}  offloads: {}  udp_gso {}  udp_gro {}",
                 s(&n["dataplane"]),
