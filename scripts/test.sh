@@ -32,6 +32,19 @@ export VXMESH_PRIVILEGED_TESTS=1 VXMESH_REQUIRE_ETCD=1 CARGO_TERM_COLOR=never
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 stage "shellcheck" shellcheck -x scripts/*.sh scripts/lib/*.sh vagrant/*.sh .ci/run
+# Manifests list only what the code uses: cargo-shear reads every target's imports and
+# fails on a dependency nothing imports (workspace.dependencies included) and on one only
+# tests use outside [dev-dependencies]. Pinned: later releases need a newer rustc.
+unused_deps() {
+  command -v cargo-shear >/dev/null || cargo install --locked cargo-shear@1.13.1 || return 1
+  local dir rc=0
+  for dir in . dataplane/fuzz control/fuzz; do
+    echo "cargo shear: $dir"
+    cargo shear --locked --color never "$dir" || rc=1
+  done
+  return "$rc"
+}
+stage "unused dependencies (cargo shear)" unused_deps
 stage "build release binaries" cargo build --release --workspace --bins
 export VXMESH_BIN_DIR=$PWD/target/release
 # cargo test, with one total over every test binary at the end.
