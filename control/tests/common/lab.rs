@@ -185,14 +185,12 @@ impl Lab {
 
     /// A node's subnet (from its subnet file): `10.244.7.0/24`.
     pub fn subnet_of(&self, node: u32) -> String {
-        let env = std::fs::read_to_string(self.state.join(format!("n{node}/subnet.env"))).unwrap();
-        let sub = env
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        let env = std::fs::read(self.state.join(format!("n{node}/subnet.env"))).unwrap();
+        let sub = vxmesh_subnet_env::SubnetEnv::parse(&env)
+            .unwrap()
+            .subnet
             .unwrap();
-        let (ip, len) = sub.split_once('/').unwrap();
-        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
-        format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) - 1))
+        format!("{}/{}", sub.network(), sub.prefix())
     }
 
     /// The lab's own all-pairs ping (+ iperf3) must pass completely: `pairs` pod pairs.
