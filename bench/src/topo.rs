@@ -26,8 +26,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
 use vxmesh_subnet_env::SubnetEnv;
+use vxmesh_testkit::{run, veth, Netns};
 
-use crate::netns::{run, veth, Netns};
 use crate::proc::{ns_output, run_bounded, Daemon};
 use crate::report::Mode;
 use crate::stop;
