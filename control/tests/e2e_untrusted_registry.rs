@@ -14,8 +14,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{privileged, wait_for, Lab};
+use common::lab::Lab;
 use serde_json::Value;
+use vxmesh_testkit::{require_etcd, require_root, wait_for};
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 
@@ -44,10 +45,10 @@ fn rejected(lab: &Lab, node: &str) -> Vec<(String, String)> {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn hostile_keys_and_a_reservation_in_a_running_lab() {
-    if !privileged("hostile_keys_and_a_reservation_in_a_running_lab") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Lab::new("vxh", &[("VXLAB_PODS", "1"), ("VXLAB_IPERF_SECONDS", "1")]);
     let (ok, out) = lab.cmd(&["up"]);
     println!("{out}");

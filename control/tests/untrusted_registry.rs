@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{etcd_available, rt, Etcd};
+use common::{rt, Etcd};
 use tokio::sync::mpsc;
 use vxmesh_control::agent::acquire;
 use vxmesh_control::lease::LeaseAttrs;
@@ -20,6 +20,7 @@ use vxmesh_control::peers::{
     LocalNode, PeerChange, PeerRules, PeerTable, RejectReason, Skip, Verdict,
 };
 use vxmesh_control::registry::{Registry, WatchEvent, WatchStats};
+use vxmesh_testkit::require_etcd;
 
 const PREFIX: &str = "/coreos.com/network";
 const TTL: Duration = Duration::from_secs(30);
@@ -59,10 +60,9 @@ fn reason(t: &PeerTable, k: &str) -> Option<RejectReason> {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn hostile_keys_from_etcd_never_become_peers() {
-    if !etcd_available("hostile_keys_from_etcd_never_become_peers") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     etcd.put(
         &format!("{PREFIX}/config"),
@@ -192,10 +192,9 @@ fn hostile_keys_from_etcd_never_become_peers() {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn reservations_are_held_as_reservations_and_never_claimed() {
-    if !etcd_available("reservations_are_held_as_reservations_and_never_claimed") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     etcd.put(
         &format!("{PREFIX}/config"),
