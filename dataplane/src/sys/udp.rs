@@ -347,6 +347,21 @@ impl RecvBatch {
         }
     }
 
+    /// A batch as if `recvmmsg` had returned `messages`: (source, GRO segment size or
+    /// 0, bytes), each at most 64 KiB. For tests of what consumes batches.
+    #[cfg(test)]
+    pub(crate) fn with_messages(messages: &[(SocketAddrV4, usize, &[u8])]) -> RecvBatch {
+        let mut b = RecvBatch::new(messages.len());
+        for (i, (src, seg, bytes)) in messages.iter().enumerate() {
+            b.data[i * RECV_BUF..i * RECV_BUF + bytes.len()].copy_from_slice(bytes);
+            b.lens[i] = bytes.len();
+            b.srcs[i] = *src;
+            b.segs[i] = *seg;
+        }
+        b.count = messages.len();
+        b
+    }
+
     /// Messages received by the last call.
     pub fn len(&self) -> usize {
         self.count
