@@ -341,14 +341,15 @@ fn message(e: &SendEntry, at: SendCursor, buf_len: usize, gso: bool) -> Option<M
     }
     let step = e.step();
     let left = total.checked_sub(at.datagram).filter(|&l| l > 0)?;
-    let take = if gso {
-        left.min(GSO_MAX_SEGMENTS)
-            .min((GSO_MAX_BYTES / step).max(1))
-    } else {
-        1
-    };
     let first = e.datagram(at.datagram)?;
-    let last = e.datagram(at.datagram + take - 1)?;
+    let mut take = if gso { left.min(GSO_MAX_SEGMENTS) } else { 1 };
+    let mut last = e.datagram(at.datagram + take - 1)?;
+    if last.end - first.start > GSO_MAX_BYTES {
+        // Only the entry's last datagram may be short, so as many whole strides as
+        // fit (at least one datagram, sent without a segment size if it is too big).
+        take = (GSO_MAX_BYTES / step).clamp(1, take);
+        last = e.datagram(at.datagram + take - 1)?;
+    }
     // take > 1 means step <= GSO_MAX_BYTES / 2, so the size fits 16 bits; if it ever
     // did not, the entry is dropped rather than sent with a truncated segment size.
     let segment = if take > 1 {

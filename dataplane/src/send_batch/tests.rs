@@ -509,6 +509,11 @@ fn an_entry_beyond_the_gso_limits_is_cut_into_several_messages() {
     let p = expect_send(&e, 100 * 1472, AT0, true, 1);
     let counts: Vec<_> = p.messages().iter().map(|m| m.datagrams).collect();
     assert_eq!(counts, vec![44, 44, 12]);
+    // the byte limit counts the short last datagram as it is, not as a full stride:
+    // 44 × 1472 + 100 = 64,868 bytes go in one message
+    let e = [entry(0, 44 * 1472 + 100, 1472)];
+    let p = expect_send(&e, 44 * 1472 + 100, AT0, true, 1);
+    assert_eq!(shape(&p), vec![(0, 44 * 1472 + 100, Some(1472), 45)]);
     // a stride that does not fit UDP_SEGMENT's 16 bits: one datagram per message,
     // no segment size at all (the kernel refuses oversized datagrams, counted)
     let e = [entry(0, 140_000, 70_000)];
