@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod etcd_access;
+pub mod flags;
 pub mod health;
 pub mod lease;
 pub mod lease_machine;
