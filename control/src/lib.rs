@@ -25,4 +25,5 @@ pub mod registry;
 pub mod state;
 pub mod subnet;
 pub mod subnet_env;
+pub mod underlay;
 pub mod vtep_mac;
