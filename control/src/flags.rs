@@ -11,8 +11,9 @@
 //!   `--iface-regex`), which keep every value in order.
 //!
 //! Where Go silently stops at the first word that is not a flag (flanneld then runs
-//! without the flags after it), vxmeshd stops with an error: that word is almost
-//! always the `false` of `--ip-masq false`.
+//! without the flags after it), vxmeshd departs: `true` or `false` right after a bare
+//! bool flag is its value (`--ip-masq false`, vxmeshd's syntax before it read Go's;
+//! a note says so), and any other such word is an error.
 //!
 //! Every flag can also come from the environment: `VXMESHD_<NAME>` for all of them
 //! and, for flanneld's flags, `FLANNELD_<NAME>` (flannel's rule: upper case, `-`
@@ -384,12 +385,16 @@ struct Given {
 
 enum Scanned {
     Help,
-    Flags(Vec<Given>),
+    /// The flags, and notes on how they were read.
+    Flags(Vec<Given>, Vec<String>),
 }
 
-/// Go's `flag.FlagSet.Parse`, except that a non-flag word is an error.
+/// Go's `flag.FlagSet.Parse`, except that a non-flag word is an error, and that
+/// `true` or `false` right after a bare bool flag is its value (vxmeshd's own syntax
+/// before it read Go's, `--ip-masq false`; Go would stop reading there).
 fn scan(args: &[String]) -> Result<Scanned, FlagError> {
     let mut out = Vec::new();
+    let mut notes = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -397,7 +402,7 @@ fn scan(args: &[String]) -> Result<Scanned, FlagError> {
         if arg == "--" {
             return match args.get(i) {
                 Some(next) => Err(FlagError::Positional(next.clone())),
-                None => Ok(Scanned::Flags(out)),
+                None => Ok(Scanned::Flags(out, notes)),
             };
         }
         let name_and_value = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
@@ -419,7 +424,16 @@ fn scan(args: &[String]) -> Result<Scanned, FlagError> {
         };
         let value = match (spec.kind, inline) {
             (_, Some(v)) => v.to_string(),
-            (Kind::Bool, None) => "true".to_string(),
+            (Kind::Bool, None) => match args.get(i).map(String::as_str) {
+                Some(word @ ("true" | "false")) => {
+                    i += 1;
+                    notes.push(format!(
+                        "{arg} {word}: read as {arg}={word}; flanneld would read {arg} (true) and ignore every flag after it — write {arg}={word}"
+                    ));
+                    word.to_string()
+                }
+                _ => "true".to_string(),
+            },
             (_, None) => match args.get(i) {
                 Some(v) => {
                     i += 1;
@@ -434,7 +448,7 @@ fn scan(args: &[String]) -> Result<Scanned, FlagError> {
             source: Source::Arg(arg.clone()),
         });
     }
-    Ok(Scanned::Flags(out))
+    Ok(Scanned::Flags(out, notes))
 }
 
 /// strconv.ParseBool.
@@ -568,9 +582,9 @@ fn ipv4(s: &str) -> Result<Ipv4Addr, String> {
 
 /// Reads the command line (without the program name) and the environment.
 pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, FlagError> {
-    let given = match scan(args)? {
+    let (given, mut notes) = match scan(args)? {
         Scanned::Help => return Ok(Invocation::Help),
-        Scanned::Flags(g) => g,
+        Scanned::Flags(g, n) => (g, n),
     };
     // flanneld looks at --version before reading its environment; so does vxmeshd.
     if let Some(g) = given.iter().rev().find(|g| g.spec.name == "version") {
@@ -590,7 +604,6 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         given,
         env: env.iter().cloned().collect(),
     };
-    let mut notes = Vec::new();
 
     for s in SPECS {
         if let Family::Refused(advice) = s.family {
@@ -981,9 +994,21 @@ mod tests {
         assert!(!run(&["--iptables-forward-rules=false"], &[]).iptables_forward_rules);
         assert!(!run(&["--ip-masq-fully-random-disable"], &[]).masq_random_fully);
         // Go reads "--ip-masq false" as --ip-masq and stops at "false", dropping the
-        // rest; vxmeshd says so instead.
-        let e = err(&["--ip-masq", "false", "--iface", "eth1"], &[]);
-        assert_eq!(e, FlagError::Positional("false".into()));
+        // rest; vxmeshd's own syntax before this module meant --ip-masq=false. Read
+        // as that, and said.
+        let f = run(&["--ip-masq", "false", "--iface", "eth1"], &[]);
+        assert!(!f.ip_masq);
+        assert_eq!(f.underlay.ifaces, ["eth1"]);
+        assert_eq!(f.notes.len(), 1, "{:?}", f.notes);
+        assert!(
+            f.notes[0].starts_with("--ip-masq false: read as --ip-masq=false;"),
+            "{}",
+            f.notes[0]
+        );
+        assert!(run(&["-ip-masq", "true"], &[]).ip_masq);
+        // Any other word after a bool is no value.
+        let e = err(&["--ip-masq", "0"], &[]);
+        assert_eq!(e, FlagError::Positional("0".into()));
         assert!(e.to_string().contains("--ip-masq=false"), "{e}");
         let e = err(&["--ip-masq=yes"], &[]);
         assert!(
