@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
+use crate::flags::UnderlayFlags;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::netlink::{LinkInfo, Netlink};
@@ -33,6 +34,7 @@ use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
+use crate::underlay::Host;
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::MacAddr;
@@ -44,14 +46,14 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the overlay device's MAC is checked (one netlink request).
 pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Everything `vxmeshd` is told on its command line.
+/// Everything `vxmeshd` is told on its command line (see [`crate::flags`]).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// Endpoints, TLS files and credentials, validated.
     pub etcd: EtcdAccess,
     pub etcd_prefix: String,
-    pub iface: Option<String>,
-    pub public_ip: Option<Ipv4Addr>,
+    /// How the underlay interface and the PublicIP are chosen.
+    pub underlay: UnderlayFlags,
     pub subnet_file: PathBuf,
     pub tap_name: IfName,
     pub lease_ttl: Duration,
@@ -61,50 +63,51 @@ pub struct AgentOptions {
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
+    /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
+    /// turns it off).
+    pub masq_random_fully: bool,
+    /// Accept the Network's traffic in FORWARD, with or without masquerading.
+    pub iptables_forward_rules: bool,
+    /// How often the iptables rules are checked and restored.
+    pub iptables_resync: Duration,
 }
 
 /// The underlay this node sends VXLAN on.
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: LinkInfo,
+    /// The interface address VXLAN is sent from.
+    pub local_ip: Ipv4Addr,
+    /// The address advertised to peers (differs from `local_ip` behind NAT).
     pub public_ip: Ipv4Addr,
 }
 
-/// Finds the underlay interface and the PublicIP to advertise.
-pub async fn resolve_underlay(
-    nl: &Netlink,
-    iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
-) -> anyhow::Result<Underlay> {
-    let link = match iface {
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => nl.link_with_address(ip).await?,
-            Err(_) => nl
-                .link_by_name(s)
-                .await?
-                .with_context(|| format!("--iface {s}: no such interface (see `ip -br link`)"))?,
-        },
-        None => match public_ip {
-            Some(ip) => match nl.link_with_address(ip).await {
-                Ok(l) => l,
-                Err(_) => nl.default_route_link().await?,
-            },
-            None => nl.default_route_link().await?,
-        },
+/// Finds the underlay interface and the PublicIP to advertise, as flanneld does
+/// (the choice itself is [`crate::underlay::choose`]).
+pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Underlay> {
+    let route_to_can_reach = match flags.iface_can_reach {
+        Some(dst) => Some(nl.route_to(dst).await.map_err(|e| e.to_string())),
+        None => None,
     };
-    let public_ip = match public_ip {
-        Some(ip) => ip,
-        None => match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-            Some(ip) => ip,
-            None => *link.ipv4.first().with_context(|| {
-                format!(
-                    "interface {} has no IPv4 address: pass --public-ip",
-                    link.name
-                )
-            })?,
-        },
+    let host = Host {
+        interfaces: nl.interfaces().await?,
+        default_route: nl.default_route_oif().await?,
+        route_to_can_reach,
     };
-    Ok(Underlay { link, public_ip })
+    let choice = crate::underlay::choose(flags, &host)?;
+    for p in &choice.passed_over {
+        tracing::info!("underlay: passed over {p}");
+    }
+    let link = nl
+        .link_by_index(choice.index)
+        .await?
+        .with_context(|| format!("interface {} vanished", choice.name))?;
+    tracing::info!(iface = %link.name, by = %choice.by, local_ip = %choice.local_ip, public_ip = %choice.public_ip, "underlay chosen");
+    Ok(Underlay {
+        link,
+        local_ip: choice.local_ip,
+        public_ip: choice.public_ip,
+    })
 }
 
 fn random_seed() -> u64 {
@@ -389,7 +392,7 @@ pub async fn run(
         i.etcd = Some(opts.etcd.describe());
     });
     let nl = Netlink::connect()?;
-    let underlay = resolve_underlay(&nl, opts.iface.as_deref(), opts.public_ip).await?;
+    let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
 
     let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
@@ -450,7 +453,7 @@ pub async fn run(
     let setup = DataplaneSetup {
         local,
         mtu,
-        public_ip: underlay.public_ip,
+        local_ip: underlay.local_ip,
         underlay_index: underlay.link.index,
         device_name: opts.tap_name.clone(),
         offloads: opts.offloads,

@@ -1548,6 +1548,10 @@ mod tests {
             ]
         );
         assert!(f.notes.is_empty(), "{:?}", f.notes);
+        let access = crate::etcd_access::EtcdAccess::new(f.etcd.clone()).unwrap();
+        assert!(access
+            .tls
+            .is_some_and(|t| t.client.is_some() && t.ca.is_some()));
 
         // What issue 13 measured: only these three variables, as a flanneld unit's
         // EnvironmentFile sets them.
