@@ -27,6 +27,7 @@ use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
 use crate::lease::{lease_key, LeaseAttrs};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
+use crate::masq::{Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::peers::{PeerChange, PeerTable, Skip};
@@ -303,6 +304,65 @@ fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<He
     let _ = held_tx.send(None);
 }
 
+/// Keeps the masquerade/forward rules in place, as flanneld does every
+/// `--iptables-resync` seconds: applies them for each new subnet, and restores them
+/// when a firewall reload or an `iptables -F` removed or changed them.
+async fn keep_iptables(
+    rules: Rules,
+    network: Subnet,
+    mut held: watch::Receiver<Option<Held>>,
+    every: Duration,
+    state: Arc<AgentState>,
+) {
+    let mut last: Option<crate::masq::Snapshot> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = held.changed() => if r.is_err() { return },
+        }
+        let Some(h) = *held.borrow_and_update() else {
+            continue;
+        };
+        let mut snapshot = last.take();
+        // iptables-save/-restore are processes: off the control thread.
+        let Ok((r, snapshot)) = tokio::task::spawn_blocking(move || {
+            let r = crate::masq::ensure(&network, &h.subnet, rules, &mut snapshot);
+            (r, snapshot)
+        })
+        .await
+        else {
+            return;
+        };
+        last = snapshot;
+        match r {
+            Ok(Ensured::Intact | Ensured::Applied) => {
+                if failing {
+                    tracing::info!("iptables rules in place again");
+                    failing = false;
+                }
+            }
+            Ok(Ensured::Restored { missing, extra }) => {
+                state.iptables_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    missing,
+                    extra,
+                    "iptables rules were changed behind vxmesh's back (firewall reload? iptables -F?); restored"
+                );
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!("cannot keep the iptables rules in place: {e}");
+                    failing = true;
+                }
+                state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    }
+}
+
 /// Applies peer changes through the dataplane; `false` if any failed.
 async fn program(
     nl: &Netlink,
@@ -467,12 +527,15 @@ pub async fn run(
         mtu,
         ipmasq: opts.ip_masq,
     };
+    let rules = Rules {
+        masquerade: opts.ip_masq,
+        random_fully: opts.masq_random_fully,
+        forward: opts.iptables_forward_rules,
+    };
     let masq = |subnet: Subnet, state: &AgentState| {
-        if opts.ip_masq {
-            if let Err(e) = crate::masq::apply(&cfg.network, &subnet) {
-                tracing::error!("cannot install masquerade rules: {e}");
-                state.update(|i| i.last_error = Some(e.to_string()));
-            }
+        if let Err(e) = crate::masq::apply(&cfg.network, &subnet, rules) {
+            tracing::error!("cannot install the masquerade/forward rules: {e}");
+            state.update(|i| i.last_error = Some(e.to_string()));
         }
     };
     let mut own = first;
@@ -488,6 +551,16 @@ pub async fn run(
         i.lease_id = Some(format!("{:x}", own.lease_id));
     });
     tracing::info!(subnet = %own.subnet, file = %opts.subnet_file.display(), "subnet file written");
+
+    let iptables = rules.any().then(|| {
+        tokio::spawn(keep_iptables(
+            rules,
+            cfg.network,
+            held_rx.clone(),
+            opts.iptables_resync,
+            Arc::clone(&state),
+        ))
+    });
 
     let mut peers = PeerTable::new(vni.get());
     let _ = peers.set_own(Some(own.subnet));
@@ -607,6 +680,9 @@ pub async fn run(
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
+    if let Some(t) = iptables {
+        t.abort();
+    }
     lease.abort();
     dp.stop(&nl, &peers).await;
     Ok(())
