@@ -8,7 +8,10 @@
 //! Checks: READY=1 reaches the notify socket, the node becomes ready on eth0 with its
 //! subnet, pods on both nodes reach each other, the effective flags are logged, and
 //! after `iptables -F` (filter and nat) in the node the rules are back within the
-//! resync period (`-iptables-resync=1`).
+//! resync period (`-iptables-resync=1`). Then behind NAT: restarted with
+//! `-public-ip=203.0.113.12` (not a local address; n1 reaches it through DNAT/SNAT as
+//! through a NAT gateway), vxmeshd sends from eth0's own address, advertises the public
+//! one, and the pods reach each other again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -95,6 +98,64 @@ fn rules_in_place(lab: &Lab) -> bool {
         )
 }
 
+/// Starts vxmeshd in node 2 as a flanneld unit would: `args` on the command line, only
+/// `FLANNELD_*` variables (plus PATH and NOTIFY_SOCKET) in the environment; returns
+/// once READY=1 arrived, failing with the log if vxmeshd exits first.
+fn start_as_flanneld(lab: &Lab, args: &[&str], log_name: &str) -> (Agent, std::path::PathBuf) {
+    let notify_path = lab.state.join(format!("{log_name}.sock"));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let log_path = lab.state.join(format!("{log_name}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("n2")])
+        .arg(lab.bin.join("vxmeshd"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FLANNELD_ETCD_ENDPOINTS", "http://192.168.100.2:2379")
+        .env("FLANNELD_IFACE", "eth0")
+        .env("FLANNELD_SUBNET_FILE", lab.state.join("n2/subnet.env"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = Agent(child);
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = loop {
+        if let Ok(n) = notify.recv(&mut buf) {
+            break n;
+        }
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            panic!("vxmeshd exited ({status}) before it was ready:\n{}", log());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no READY=1 from vxmeshd within 60 s:\n{}",
+            log()
+        );
+    };
+    assert_eq!(&buf[..n], b"READY=1");
+    println!("{log_name}: READY=1 after {:?}", started.elapsed());
+    lab.exec(
+        "n2",
+        &[
+            lab.bin.join("vxmeshctl").to_str().unwrap(),
+            "wait-ready",
+            "--timeout",
+            "30",
+        ],
+    );
+    (agent, log_path)
+}
+
 #[test]
 fn flanneld_command_line_and_environment_start_vxmeshd() {
     if !privileged("flanneld_command_line_and_environment_start_vxmeshd") {
@@ -114,71 +175,21 @@ fn flanneld_command_line_and_environment_start_vxmeshd() {
     let subnet = lab.subnet_of(2);
     lab.must(&["stop-agent", "2"]);
 
-    let notify_path = lab.state.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let subnet_file = lab.state.join("n2/subnet.env");
-    let log_path = lab.state.join("vxmeshd-n2-flanneld.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let vxmeshd = lab.bin.join("vxmeshd");
-    let ns = lab.ns("n2");
-    // A Go-style flanneld command line (single dashes, bare bool, -v) and only FLANNELD_*
-    // variables: no --iface and no default route in the node, so FLANNELD_IFACE decides.
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&vxmeshd)
-        .args([
+    // A Go-style flanneld command line (single dashes, bare bool, a value after a space,
+    // -v) and only FLANNELD_* variables: no --iface and no default route in the node,
+    // so FLANNELD_IFACE decides.
+    let (agent, log_path) = start_as_flanneld(
+        &lab,
+        &[
             "-etcd-prefix=/coreos.com/network",
             "-ip-masq",
             "-iptables-resync=1",
             "-subnet-lease-renew-margin",
             "1",
             "-v=1",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("FLANNELD_ETCD_ENDPOINTS", "http://192.168.100.2:2379")
-        .env("FLANNELD_IFACE", "eth0")
-        .env("FLANNELD_SUBNET_FILE", &subnet_file)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut agent = Agent(child);
-    let started = Instant::now();
-
-    // READY=1, unless vxmeshd exits first (then its log says why).
-    notify
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    let n = loop {
-        if let Ok(n) = notify.recv(&mut buf) {
-            break n;
-        }
-        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Ok(Some(status)) = agent.0.try_wait() {
-            panic!("vxmeshd exited ({status}) before it was ready:\n{}", log());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no READY=1 from vxmeshd within 60 s:\n{}",
-            log()
-        );
-    };
-    assert_eq!(&buf[..n], b"READY=1");
-    println!("READY=1 after {:?}", started.elapsed());
-    lab.exec(
-        "n2",
-        &[
-            lab.bin.join("vxmeshctl").to_str().unwrap(),
-            "wait-ready",
-            "--timeout",
-            "30",
         ],
+        "vxmeshd-n2-flanneld",
     );
-
     let st = lab.status("n2");
     assert_eq!(st["node"]["iface"], "eth0", "{st}");
     assert_eq!(st["node"]["public_ip"], "192.168.100.12", "{st}");
@@ -209,4 +220,72 @@ fn flanneld_command_line_and_environment_start_vxmeshd() {
     let repairs = lab.status("n2")["iptables_repairs"].as_u64().unwrap();
     assert!(repairs >= 1, "iptables_repairs = {repairs}");
     lab.check(2, "after the iptables flush and repair");
+    drop(agent);
+
+    // Behind NAT: n2 advertises 203.0.113.12, which n1 reaches through a DNAT, and n2's
+    // VXLAN reaches n1 SNATed to that address — as through a NAT gateway. vxmeshd binds
+    // on eth0's own address and advertises the public one.
+    let public = "203.0.113.12";
+    let key = format!("/coreos.com/network/subnets/{}", subnet.replace('/', "-"));
+    lab.etcdctl(&["del", &key]); // a new PublicIP is a new identity: free the old lease
+    lab.exec(
+        "n1",
+        &["ip", "route", "add", "203.0.113.12/32", "dev", "eth0"],
+    );
+    lab.exec(
+        "n1",
+        &[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            public,
+            "-p",
+            "udp",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "192.168.100.12",
+        ],
+    );
+    lab.exec(
+        "n1",
+        &[
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "INPUT",
+            "-s",
+            "192.168.100.12",
+            "-p",
+            "udp",
+            "--dport",
+            "8472",
+            "-j",
+            "SNAT",
+            "--to-source",
+            public,
+        ],
+    );
+    let (_agent, log_path) = start_as_flanneld(
+        &lab,
+        &[&format!("-public-ip={public}"), "-ip-masq"],
+        "vxmeshd-n2-nat",
+    );
+    let st = lab.status("n2");
+    assert_eq!(st["node"]["public_ip"], public, "{st}");
+    assert_eq!(lab.subnet_of(2), subnet, "the subnet file's subnet again");
+    let kv = lab.etcdctl(&["get", &key, "--print-value-only"]);
+    assert!(kv.contains(&format!("\"PublicIP\":\"{public}\"")), "{kv}");
+    let log_text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log_text.contains("local_ip=192.168.100.12 public_ip=203.0.113.12"),
+        "{log_text}"
+    );
+    lab.check(2, "n2 behind NAT, advertising 203.0.113.12");
 }
