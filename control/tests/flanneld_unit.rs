@@ -10,8 +10,9 @@
 //! after `iptables -F` (filter and nat) in the node the rules are back within the
 //! resync period (`-iptables-resync=1`). Then behind NAT: restarted with
 //! `-public-ip=203.0.113.12` (not a local address; n1 reaches it through DNAT/SNAT as
-//! through a NAT gateway), vxmeshd sends from eth0's own address, advertises the public
-//! one, and the pods reach each other again.
+//! through a NAT gateway) and the interface found by `-iface-can-reach` after a
+//! missing `-iface` and a `-iface-regex` that matches nothing, vxmeshd sends from
+//! eth0's own address, advertises the public one, and the pods reach each other again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -274,7 +275,15 @@ fn flanneld_command_line_and_environment_start_vxmeshd() {
     );
     let (_agent, log_path) = start_as_flanneld(
         &lab,
-        &[&format!("-public-ip={public}"), "-ip-masq"],
+        // The interface this time by route (`ip route get`): the --iface (overriding
+        // FLANNELD_IFACE) and the regex match nothing and are passed over.
+        &[
+            &format!("-public-ip={public}"),
+            "-ip-masq",
+            "-iface=eth9",
+            "-iface-regex=^nomatch$",
+            "-iface-can-reach=192.168.100.11",
+        ],
         "vxmeshd-n2-nat",
     );
     let st = lab.status("n2");
@@ -287,5 +296,12 @@ fn flanneld_command_line_and_environment_start_vxmeshd() {
         log_text.contains("local_ip=192.168.100.12 public_ip=203.0.113.12"),
         "{log_text}"
     );
+    for line in [
+        "underlay: passed over --iface eth9: no such interface",
+        "underlay: passed over --iface-regex ^nomatch$",
+        "by=--iface-can-reach 192.168.100.11",
+    ] {
+        assert!(log_text.contains(line), "{line}:\n{log_text}");
+    }
     lab.check(2, "n2 behind NAT, advertising 203.0.113.12");
 }
