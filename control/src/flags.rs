@@ -1620,6 +1620,20 @@ mod tests {
         );
     }
 
+    /// vxmeshctl (clap, `crate::cli`) and vxmeshd find etcd at the same place by default.
+    #[test]
+    fn vxmeshctl_has_the_same_etcd_defaults() {
+        #[derive(clap::Parser)]
+        struct Ctl {
+            #[command(flatten)]
+            etcd: crate::cli::EtcdArgs,
+        }
+        let ctl = <Ctl as clap::Parser>::try_parse_from(["vxmeshctl"]).unwrap();
+        let d = run(&[], &[]);
+        assert_eq!(ctl.etcd.etcd_endpoints, d.etcd.endpoints);
+        assert_eq!(ctl.etcd.etcd_prefix, d.etcd_prefix);
+    }
+
     /// The operator's reference lists every flag vxmeshd accepts.
     #[test]
     fn operations_doc_lists_every_flag() {
