@@ -1654,6 +1654,34 @@ mod tests {
                          vals in proptest::collection::vec(("(VXMESHD|FLANNELD)_[A-Z_]{1,12}", "[ -~]{0,10}"), 0..4)) {
             let _ = parse(&args, &vals);
         }
+        /// What vxmeshd logs as its effective flags reads back as the same settings.
+        #[test]
+        fn canonical_reads_back(picks in proptest::collection::vec((0..SPECS.len(), "[ -~]{0,12}", 0..3u8), 0..8)) {
+            let args: Vec<String> = picks
+                .iter()
+                .filter(|(i, _, _)| !matches!(SPECS[*i].family, Refused(_)) && SPECS[*i].name != "version")
+                .flat_map(|(i, v, style)| {
+                    let name = SPECS[*i].name;
+                    let v = &if SPECS[*i].kind == Kind::Bool {
+                        (v.len() % 2 == 0).to_string()
+                    } else {
+                        v.clone()
+                    };
+                    match style {
+                        0 => vec![format!("--{name}={v}")],
+                        1 => vec![format!("-{name}={v}")],
+                        _ => vec![format!("-{name}"), v.clone()],
+                    }
+                })
+                .collect();
+            if let Ok(Invocation::Run(f)) = parse(&args, &[]) {
+                let again = match parse(&f.canonical(), &[]) {
+                    Ok(Invocation::Run(g)) => g,
+                    other => panic!("{:?} -> {:?}", f.canonical(), other),
+                };
+                proptest::prop_assert_eq!(f.canonical(), again.canonical());
+            }
+        }
         #[test]
         fn any_known_flag(i in 0..SPECS.len(), v in "[ -~]{0,12}") {
             let name = SPECS[i].name;
