@@ -1454,67 +1454,49 @@ mod tests {
             ]
         );
 
-        // A salt template (k8s:flannel pillar): -ip-masq=true with a value, -iface=bond0.
+        // lijunyong/kubernetes-1.16 flanneld.md: a CentOS unit, Type=notify, single dashes,
+        // three endpoints.
         let f = run(
             &[
-                "-etcd-endpoints=http://10.0.0.5:2379",
-                "-iface=bond0",
-                "-ip-masq=true",
-                "-etcd-prefix=/cluster/network",
+                "-etcd-endpoints=http://172.20.0.113:2379,http://172.20.0.114:2379,http://172.20.0.115:2379",
+                "-etcd-prefix=/kube-centos/network",
             ],
             &[],
         );
         assert_eq!(
             diff(&f),
             [
-                "--etcd-endpoints=http://10.0.0.5:2379",
-                "--etcd-prefix=/cluster/network",
-                "--iface=bond0"
+                "--etcd-endpoints=http://172.20.0.113:2379,http://172.20.0.114:2379,http://172.20.0.115:2379",
+                "--etcd-prefix=/kube-centos/network",
             ]
         );
 
-        // A start script building the line with spaces and two dashes, --iface and
-        // --public-ip both set to the host's address.
+        // gomesuit/vagrant-kubernetes install-flanneld.sh: the CentOS package's unit
+        // (`-etcd-endpoints=${FLANNEL_ETCD} -etcd-prefix=${FLANNEL_ETCD_KEY} $FLANNEL_OPTIONS`
+        // in that release) with FLANNEL_OPTIONS="--iface=eth1".
         let f = run(
             &[
-                "--etcd-cafile",
-                "/etc/hyades/certs/kube/etcd-ca.pem",
-                "--etcd-certfile",
-                "/etc/hyades/certs/kube/etcd-cert.pem",
-                "--etcd-keyfile",
-                "/etc/hyades/certs/kube/local-key.pem",
-                "--etcd-endpoints",
-                "https://10.0.0.2:2379",
-                "--iface",
-                "10.0.0.7",
-                "--ip-masq",
-                "--public-ip",
-                "10.0.0.7",
-            ],
-            &[],
-        );
-        assert_eq!(f.underlay.ifaces, ["10.0.0.7"]);
-        assert_eq!(f.underlay.public_ip, Some(Ipv4Addr::new(10, 0, 0, 7)));
-
-        // A unit that turns flanneld's iptables work off and leaves NAT to others.
-        let f = run(
-            &[
-                "--etcd-endpoints=http://10.0.0.5:2379",
-                "--etcd-prefix=/coreos.com/network",
-                "--subnet-file=/run/flannel/subnet.env",
-                "--iptables-forward-rules=false",
-                "--ip-masq=false",
+                "-etcd-endpoints=http://master01:2379",
+                "-etcd-prefix=/atomic.io/network",
+                "--iface=eth1",
             ],
             &[],
         );
         assert_eq!(
             diff(&f),
             [
-                "--etcd-endpoints=http://10.0.0.5:2379",
-                "--ip-masq=false",
-                "--iptables-forward-rules=false"
+                "--etcd-endpoints=http://master01:2379",
+                "--etcd-prefix=/atomic.io/network",
+                "--iface=eth1"
             ]
         );
+
+        // flannel Documentation/kube-flannel.yml: the Kubernetes mode — refused, with advice.
+        let e = err(
+            &["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"],
+            &[],
+        );
+        assert!(matches!(e, FlagError::Refused { .. }), "{e}");
 
         // NixOS (nixpkgs nixos/modules/services/networking/flannel.nix): no arguments,
         // everything in FLANNELD_* variables.
@@ -1632,6 +1614,72 @@ mod tests {
         let d = run(&[], &[]);
         assert_eq!(ctl.etcd.etcd_endpoints, d.etcd.endpoints);
         assert_eq!(ctl.etcd.etcd_prefix, d.etcd_prefix);
+    }
+
+    /// Shapes seen in unit files and start scripts whose origin could not be pinned down
+    /// (so not golden): the same checks, without a citation.
+    #[test]
+    fn more_flanneld_shapes() {
+        // -ip-masq=true with a value among single-dash flags.
+        let f = run(
+            &[
+                "-etcd-endpoints=http://10.0.0.5:2379",
+                "-iface=bond0",
+                "-ip-masq=true",
+                "-etcd-prefix=/cluster/network",
+            ],
+            &[],
+        );
+        assert_eq!(
+            diff(&f),
+            [
+                "--etcd-endpoints=http://10.0.0.5:2379",
+                "--etcd-prefix=/cluster/network",
+                "--iface=bond0"
+            ]
+        );
+
+        // Two dashes and spaces throughout, --iface and --public-ip both the host's address.
+        let f = run(
+            &[
+                "--etcd-cafile",
+                "/etc/hyades/certs/kube/etcd-ca.pem",
+                "--etcd-certfile",
+                "/etc/hyades/certs/kube/etcd-cert.pem",
+                "--etcd-keyfile",
+                "/etc/hyades/certs/kube/local-key.pem",
+                "--etcd-endpoints",
+                "https://10.0.0.2:2379",
+                "--iface",
+                "10.0.0.7",
+                "--ip-masq",
+                "--public-ip",
+                "10.0.0.7",
+            ],
+            &[],
+        );
+        assert_eq!(f.underlay.ifaces, ["10.0.0.7"]);
+        assert_eq!(f.underlay.public_ip, Some(Ipv4Addr::new(10, 0, 0, 7)));
+
+        // flanneld's iptables work turned off, NAT left to others.
+        let f = run(
+            &[
+                "--etcd-endpoints=http://10.0.0.5:2379",
+                "--etcd-prefix=/coreos.com/network",
+                "--subnet-file=/run/flannel/subnet.env",
+                "--iptables-forward-rules=false",
+                "--ip-masq=false",
+            ],
+            &[],
+        );
+        assert_eq!(
+            diff(&f),
+            [
+                "--etcd-endpoints=http://10.0.0.5:2379",
+                "--ip-masq=false",
+                "--iptables-forward-rules=false"
+            ]
+        );
     }
 
     /// The operator's reference lists every flag vxmeshd accepts.
