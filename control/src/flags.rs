@@ -420,7 +420,9 @@ fn scan(args: &[String]) -> Result<Scanned, FlagError> {
             if name == "h" || name == "help" {
                 return Ok(Scanned::Help);
             }
-            return Err(FlagError::Unknown(arg.clone()));
+            // The name only: a mistyped --etcd-pasword=… must not print the password.
+            let dashes = &arg[..arg.len() - name_and_value.len()];
+            return Err(FlagError::Unknown(format!("{dashes}{name}")));
         };
         let value = match (spec.kind, inline) {
             (_, Some(v)) => v.to_string(),
@@ -1034,9 +1036,10 @@ mod tests {
         assert_eq!(err(&["--", "x"], &[]), FlagError::Positional("x".into()));
         assert_eq!(run(&["--iface=a", "--"], &[]).underlay.ifaces, ["a"]);
         let e = err(&["--ifcae=eth0"], &[]);
+        assert_eq!(e.to_string(), "unknown flag --ifcae (see vxmeshd --help)");
         assert_eq!(
-            e.to_string(),
-            "unknown flag --ifcae=eth0 (see vxmeshd --help)"
+            err(&["-etcd-pasword=s3cret"], &[]),
+            FlagError::Unknown("-etcd-pasword".into())
         );
     }
 
