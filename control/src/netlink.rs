@@ -49,16 +49,8 @@ pub enum NetlinkError {
     },
     #[error("no interface {0}")]
     NoSuchLink(String),
-    #[error(
-        "no default IPv4 route: pass --iface (the underlay interface, e.g. eth1) or --public-ip"
-    )]
-    NoDefaultRoute,
-    #[error("interface {0} has no IPv4 address: pass --public-ip or pick another --iface")]
-    NoAddress(String),
     #[error("no route to {0}")]
     NoRoute(Ipv4Addr),
-    #[error("no interface has address {0}: --iface must name an interface or one of this node's IPv4 addresses")]
-    NoLinkWithAddress(Ipv4Addr),
 }
 
 fn is_gone(e: &rtnetlink::Error) -> bool {
@@ -272,17 +264,6 @@ impl Netlink {
         Ok(best.map(|(_, oif)| oif))
     }
 
-    /// The interface of the IPv4 default route (lowest metric first).
-    pub async fn default_route_link(&self) -> Result<LinkInfo, NetlinkError> {
-        let oif = self
-            .default_route_oif()
-            .await?
-            .ok_or(NetlinkError::NoDefaultRoute)?;
-        self.link_by_index(oif)
-            .await?
-            .ok_or(NetlinkError::NoDefaultRoute)
-    }
-
     /// Every interface with its IPv4 addresses and their flags, in index order: what
     /// [`crate::underlay::choose`] picks from.
     pub async fn interfaces(&self) -> Result<Vec<crate::underlay::Interface>, NetlinkError> {
@@ -373,28 +354,6 @@ impl Netlink {
             oif: oif.ok_or(NetlinkError::NoRoute(dst))?,
             src,
         })
-    }
-
-    /// The interface holding `ip`.
-    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<LinkInfo, NetlinkError> {
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(Self::req("dump addresses"))?
-        {
-            let has = a
-                .attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip));
-            if has {
-                return self
-                    .link_by_index(a.header.index)
-                    .await?
-                    .ok_or(NetlinkError::NoLinkWithAddress(ip));
-            }
-        }
-        Err(NetlinkError::NoLinkWithAddress(ip))
     }
 
     /// Sets MAC, MTU and brings the link up.
