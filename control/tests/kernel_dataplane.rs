@@ -128,7 +128,7 @@ fn setup(index: u32) -> DataplaneSetup {
             port: 8472,
         },
         mtu: 1450,
-        public_ip: Ipv4Addr::new(192, 0, 2, 1),
+        local_ip: Ipv4Addr::new(192, 0, 2, 1),
         underlay_index: index,
         device_name: IfName::new("vxmesh0").unwrap(),
         offloads: false,
