@@ -14,6 +14,7 @@ PACKAGES=(
   openssl                          # certificates for the etcd TLS tests and the secure lab
   build-essential pkg-config       # C toolchain for -sys crates
   vagrant systemd                  # vagrant validate, systemd-analyze verify (vagrant/check.sh)
+  debootstrap                      # the clean-OS stage's Debian 12 root filesystem (scripts/clean-os.sh)
 )
 
 if [ "$(id -u)" != 0 ]; then
