@@ -136,6 +136,7 @@ step_done() { STEPS+=("$(printf '%-58s %5d s  %s' "$1" "$2" "$3")"); }
 summary() {
   echo
   echo "=== clean-os: what was proved (${COMMIT:0:12}) ==="
+  [ ${#STEPS[@]} -gt 0 ] || STEPS=("nothing: it stopped before the first step")
   printf '  %s\n' "${STEPS[@]}"
 }
 trap summary EXIT
@@ -145,6 +146,8 @@ SOURCES=$(host_sources)
 MIRROR=${VXMESH_CLEAN_OS_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}
 [ -n "$MIRROR" ] || die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}; set VXMESH_CLEAN_OS_MIRROR"
 MIRROR=${MIRROR%/}
+MIRROR_FROM="this machine's apt sources' mirror for '$SUITE'"
+[ -z "${VXMESH_CLEAN_OS_MIRROR:-}" ] || MIRROR_FROM="VXMESH_CLEAN_OS_MIRROR"
 COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
   '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
 COMPONENTS=${COMPONENTS:-main}
@@ -169,8 +172,8 @@ if [ "${VXMESH_CLEAN_OS_REBUILD:-0}" = 1 ] || [ ! -d "$CACHE/rootfs" ] ||
    [ "$(head -1 "$CACHE/rootfs.stamp" 2>/dev/null)" != "$HASH" ]; then
   log "building the $SUITE rootfs ($VARIANT) from $MIRROR into $CACHE/rootfs (inputs $HASH)"
   wget -q --tries=1 --timeout=30 -O /dev/null "$MIRROR/dists/$SUITE/Release" ||
-    die "cannot reach the Debian mirror: $MIRROR/dists/$SUITE/Release (wget exit $?). The mirror is the one
-  this machine's apt sources use for '$SUITE'; check the network, or set VXMESH_CLEAN_OS_MIRROR."
+    die "cannot reach the mirror ($MIRROR_FROM): $MIRROR/dists/$SUITE/Release (wget exit $?);
+  check the network and the apt sources, or set VXMESH_CLEAN_OS_MIRROR."
   rm -rf --one-file-system "$CACHE/rootfs.new"
   if ! build_rootfs "$CACHE/rootfs.new" >"$CACHE/debootstrap.log" 2>&1; then
     tail -n 25 "$CACHE/debootstrap.log" >&2
