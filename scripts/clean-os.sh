@@ -88,10 +88,10 @@ build_rootfs() {
 
 # ---------------------------------------------------------------------------------------------
 # Outside the namespaces: checks, then the same script again in private mount + PID namespaces.
-if [ "${VXMESH_CLEAN_OS_INNER:-0}" != 1 ]; then
+outside() {
   [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, mounts)"
   REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-  REV=${1:-HEAD}
+  local REV=${1:-HEAD} tool rc
   COMMIT=$(git -C "$REPO" rev-parse --verify --quiet "$REV^{commit}") || die "no commit '$REV' in $REPO"
   if [ "$REV" = HEAD ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]; then
     log "note: $REPO has uncommitted changes; they are not part of the proof (a clean clone of ${COMMIT:0:12})"
@@ -126,120 +126,19 @@ if [ "${VXMESH_CLEAN_OS_INNER:-0}" != 1 ]; then
   fi
   log "total $((SECONDS - T_START)) s; $([ "$rc" = 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
   exit "$rc"
-fi
+}
 
-# ---------------------------------------------------------------------------------------------
-# Inside private mount and PID namespaces (this script is PID 1 of its namespace: when it
-# exits, the kernel ends every process started inside).
-declare -a STEPS=()
+# Helpers of the inside part.
+STEPS=()
+ENV_IN=()
 step_done() { STEPS+=("$(printf '%-58s %5d s  %s' "$1" "$2" "$3")"); }
+# shellcheck disable=SC2317 # run by the EXIT trap
 summary() {
   echo
   echo "=== clean-os: what was proved (${COMMIT:0:12}) ==="
   [ ${#STEPS[@]} -gt 0 ] || STEPS=("nothing: it stopped before the first step")
   printf '  %s\n' "${STEPS[@]}"
 }
-trap summary EXIT
-
-# The mirror and the sources a fresh install would have, from this machine's apt sources.
-SOURCES=$(host_sources)
-MIRROR=${VXMESH_CLEAN_OS_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}
-[ -n "$MIRROR" ] || die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}; set VXMESH_CLEAN_OS_MIRROR"
-MIRROR=${MIRROR%/}
-MIRROR_FROM="this machine's apt sources' mirror for '$SUITE'"
-[ -z "${VXMESH_CLEAN_OS_MIRROR:-}" ] || MIRROR_FROM="VXMESH_CLEAN_OS_MIRROR"
-COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
-  '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
-COMPONENTS=${COMPONENTS:-main}
-KEYRING=${VXMESH_CLEAN_OS_KEYRING:-}
-if [ -n "${VXMESH_CLEAN_OS_MIRROR:-}" ]; then
-  SOURCES_LIST="deb $MIRROR $SUITE $COMPONENTS"
-else
-  SOURCES_LIST=$(awk -v s="$SUITE" '$2 == s || $2 == s "-updates" || $2 == s "-security" { print "deb " $0 }' <<<"$SOURCES")
-fi
-
-INPUTS="suite=$SUITE variant=$VARIANT arch=$(dpkg --print-architecture) mirror=$MIRROR
-components=$COMPONENTS keyring=$KEYRING
-$SOURCES_LIST
-$(declare -f build_rootfs)"
-HASH=$(sha256sum <<<"$INPUTS" | cut -c1-16)
-
-# The cached rootfs: exclusive lock to check or rebuild it, then shared while this run uses it.
-exec 9>"$CACHE/lock"
-flock -w 3600 9 || die "timed out waiting for $CACHE/lock"
-t0=$SECONDS
-if [ "${VXMESH_CLEAN_OS_REBUILD:-0}" = 1 ] || [ ! -d "$CACHE/rootfs" ] ||
-   [ "$(head -1 "$CACHE/rootfs.stamp" 2>/dev/null)" != "$HASH" ]; then
-  log "building the $SUITE rootfs ($VARIANT) from $MIRROR into $CACHE/rootfs (inputs $HASH)"
-  wget -q --tries=1 --timeout=30 -O /dev/null "$MIRROR/dists/$SUITE/Release" ||
-    die "cannot reach the mirror ($MIRROR_FROM): $MIRROR/dists/$SUITE/Release (wget exit $?);
-  check the network and the apt sources, or set VXMESH_CLEAN_OS_MIRROR."
-  rm -rf --one-file-system "$CACHE/rootfs.new"
-  if ! build_rootfs "$CACHE/rootfs.new" >"$CACHE/debootstrap.log" 2>&1; then
-    tail -n 25 "$CACHE/debootstrap.log" >&2
-    die "debootstrap of $SUITE from $MIRROR failed; full log: $CACHE/debootstrap.log"
-  fi
-  rm -rf --one-file-system "$CACHE/rootfs"
-  mv "$CACHE/rootfs.new" "$CACHE/rootfs"
-  printf '%s\n%s\n' "$HASH" "$INPUTS" >"$CACHE/rootfs.stamp"
-  step_done "debootstrap $SUITE $VARIANT (cold: cache rebuilt)" $((SECONDS - t0)) "$(du -sh "$CACHE/rootfs" | cut -f1), $(chroot "$CACHE/rootfs" dpkg-query -W | wc -l) packages"
-else
-  step_done "debootstrap $SUITE $VARIANT (warm: cached)" $((SECONDS - t0)) "built $(date -r "$CACHE/rootfs.stamp" '+%F %R'), inputs $HASH"
-fi
-flock -s 9
-
-# A fresh copy of it for this run: an overlay (the cache stays untouched), else a copy.
-ROOT=$RUN/root
-mkdir -p "$RUN/upper" "$RUN/work" "$ROOT" "$RUN/logs" "$CACHE/debs"
-if ! mount -t overlay overlay -o "lowerdir=$CACHE/rootfs,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT" 2>/dev/null; then
-  log "no overlayfs here; copying the rootfs"
-  cp -a "$CACHE/rootfs/." "$ROOT/"
-fi
-mount -t proc proc "$ROOT/proc"
-mount -t sysfs -o ro sysfs "$ROOT/sys"
-mount --rbind /dev "$ROOT/dev"
-mkdir -p "$ROOT/opt/rust"
-mount --bind "$SYSROOT" "$ROOT/opt/rust"
-mount -o remount,bind,ro "$ROOT/opt/rust"
-mount --bind "$CACHE/debs" "$ROOT/var/cache/apt/archives"
-cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-
-# The machine's TLS trust: every CA file (or directory) that the environment names is copied
-# in, and the same variables name the copies inside.
-declare -a ENV_IN=()
-mkdir -p "$ROOT/etc/vxmesh-clean-os/ca"
-ca_vars=$(compgen -e | grep -E '^(SSL_CERT_FILE|SSL_CERT_DIR|CURL_CA_BUNDLE|REQUESTS_CA_BUNDLE|CARGO_HTTP_CAINFO|GIT_SSL_CAINFO|NODE_EXTRA_CA_CERTS|PIP_CERT)$|CA_BUNDLE|CA_CERTS|CAINFO' || true)
-first_ca=
-for v in $ca_vars; do
-  src=${!v}
-  name=$(sha256sum <<<"$src" | cut -c1-12)
-  if [ -f "$src" ]; then
-    [ -f "$ROOT/etc/vxmesh-clean-os/ca/$name.pem" ] || cp -L "$src" "$ROOT/etc/vxmesh-clean-os/ca/$name.pem"
-    ENV_IN+=("$v=/etc/vxmesh-clean-os/ca/$name.pem")
-    first_ca=${first_ca:-/etc/vxmesh-clean-os/ca/$name.pem}
-  elif [ -d "$src" ]; then
-    [ -d "$ROOT/etc/vxmesh-clean-os/ca/$name" ] || cp -rL "$src" "$ROOT/etc/vxmesh-clean-os/ca/$name" 2>/dev/null || true
-    ENV_IN+=("$v=/etc/vxmesh-clean-os/ca/$name")
-  fi
-done
-# apt does not read those variables; for an https mirror, tell it directly.
-if [ -n "$first_ca" ]; then
-  printf 'Acquire::https::CaInfo "%s";\n' "$first_ca" >"$ROOT/etc/apt/apt.conf.d/99vxmesh-clean-os-ca"
-fi
-for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-  [ -z "${!v:-}" ] || ENV_IN+=("$v=${!v}")
-done
-# cargo's own configuration of this machine (a registry mirror, say), when there is one.
-host_cargo_home=${CARGO_HOME:-$HOME/.cargo}
-mkdir -p "$ROOT/root/.cargo"
-for f in config.toml config; do
-  [ ! -f "$host_cargo_home/$f" ] || cp "$host_cargo_home/$f" "$ROOT/root/.cargo/$f"
-done
-
-# The clean clone of the commit to prove.
-git clone --quiet --no-hardlinks --no-checkout "$REPO" "$ROOT/root/vxmesh"
-git -C "$ROOT/root/vxmesh" checkout --quiet --detach "$COMMIT"
-
 PATH_IN=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Runs a command line in the chroot, from the clone, with a clean environment and no stdin.
 in_root() {
@@ -275,29 +174,139 @@ step() {
   STEP_SECONDS=$((SECONDS - t0))
 }
 
-OS=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/etc/os-release")
-log "proving ${COMMIT:0:12} on $OS (rootfs $HASH), toolchain $("$SYSROOT/bin/rustc" --version)"
-before=$(chroot "$ROOT" dpkg-query -W | wc -l)
-step "scripts/install-deps.sh" "./scripts/install-deps.sh"
-leftovers "install-deps.sh" || true # policy-rc.d should have kept them from starting
-step_done "scripts/install-deps.sh" "$STEP_SECONDS" "$(($(chroot "$ROOT" dpkg-query -W | wc -l) - before)) packages installed; $(tail -n 1 "$STEP_LOG")"
+# ---------------------------------------------------------------------------------------------
+# Inside private mount and PID namespaces (this script is PID 1 of its namespace: when it
+# exits, the kernel ends every process started inside).
+inside() {
+  trap summary EXIT
 
-# shellcheck disable=SC2016 # expanded inside the chroot
-step "cargo fetch --locked" 'cargo fetch --locked --target "$(rustc -vV | sed -n "s/^host: //p")"'
-step_done "cargo fetch --locked (https, the machine's CA)" "$STEP_SECONDS" "$(find "$ROOT/root/.cargo/registry/cache" -name '*.crate' | wc -l) crates downloaded"
+  # The mirror and the sources a fresh install would have, from this machine's apt sources.
+  SOURCES=$(host_sources)
+  MIRROR=${VXMESH_CLEAN_OS_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}
+  [ -n "$MIRROR" ] || die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}; set VXMESH_CLEAN_OS_MIRROR"
+  MIRROR=${MIRROR%/}
+  MIRROR_FROM="this machine's apt sources' mirror for '$SUITE'"
+  [ -z "${VXMESH_CLEAN_OS_MIRROR:-}" ] || MIRROR_FROM="VXMESH_CLEAN_OS_MIRROR"
+  COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
+    '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
+  COMPONENTS=${COMPONENTS:-main}
+  KEYRING=${VXMESH_CLEAN_OS_KEYRING:-}
+  if [ -n "${VXMESH_CLEAN_OS_MIRROR:-}" ]; then
+    SOURCES_LIST="deb $MIRROR $SUITE $COMPONENTS"
+  else
+    SOURCES_LIST=$(awk -v s="$SUITE" '$2 == s || $2 == s "-updates" || $2 == s "-security" { print "deb " $0 }' <<<"$SOURCES")
+  fi
 
-step "cargo build --release --locked --workspace --bins" "cargo build --release --locked --workspace --bins"
-leftovers "cargo build"
-bins=$(find "$ROOT/root/vxmesh/target/release" -maxdepth 1 -type f -executable -printf '%f ' | xargs)
-step_done "cargo build --release --locked --workspace --bins" "$STEP_SECONDS" "$bins"
+  INPUTS="suite=$SUITE variant=$VARIANT arch=$(dpkg --print-architecture) mirror=$MIRROR
+components=$COMPONENTS keyring=$KEYRING
+$SOURCES_LIST
+$(declare -f build_rootfs)"
+  HASH=$(sha256sum <<<"$INPUTS" | cut -c1-16)
 
-# Offline, in a network namespace of its own with only loopback: the tests that start etcd
-# use loopback addresses that nothing on the host can collide with.
-step "cargo test --workspace --locked --offline" \
-  "unshare --net sh -c 'ip link set lo up && cargo test --workspace --locked --offline --no-fail-fast'"
-leftovers "cargo test"
-totals=$(awk '/^test result: / { p += $4; f += $6; i += $8 }
-              END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$STEP_LOG")
-step_done "cargo test --workspace --locked (no root-only tests)" "$STEP_SECONDS" "$totals"
-cp "$RUN"/logs/*.log "$CACHE/" 2>/dev/null || true
-log "logs of this run: $CACHE/*.log"
+  # The cached rootfs: exclusive lock to check or rebuild it, then shared while this run uses it.
+  exec 9>"$CACHE/lock"
+  flock -w 3600 9 || die "timed out waiting for $CACHE/lock"
+  t0=$SECONDS
+  if [ "${VXMESH_CLEAN_OS_REBUILD:-0}" = 1 ] || [ ! -d "$CACHE/rootfs" ] ||
+     [ "$(head -1 "$CACHE/rootfs.stamp" 2>/dev/null)" != "$HASH" ]; then
+    log "building the $SUITE rootfs ($VARIANT) from $MIRROR into $CACHE/rootfs (inputs $HASH)"
+    wget -q --tries=1 --timeout=30 -O /dev/null "$MIRROR/dists/$SUITE/Release" ||
+      die "cannot reach the mirror ($MIRROR_FROM): $MIRROR/dists/$SUITE/Release (wget exit $?);
+  check the network and the apt sources, or set VXMESH_CLEAN_OS_MIRROR."
+    rm -rf --one-file-system "$CACHE/rootfs.new"
+    if ! build_rootfs "$CACHE/rootfs.new" >"$CACHE/debootstrap.log" 2>&1; then
+      tail -n 25 "$CACHE/debootstrap.log" >&2
+      die "debootstrap of $SUITE from $MIRROR failed; full log: $CACHE/debootstrap.log"
+    fi
+    rm -rf --one-file-system "$CACHE/rootfs"
+    mv "$CACHE/rootfs.new" "$CACHE/rootfs"
+    printf '%s\n%s\n' "$HASH" "$INPUTS" >"$CACHE/rootfs.stamp"
+    step_done "debootstrap $SUITE $VARIANT (cold: cache rebuilt)" $((SECONDS - t0)) "$(du -sh "$CACHE/rootfs" | cut -f1), $(chroot "$CACHE/rootfs" dpkg-query -W | wc -l) packages"
+  else
+    step_done "debootstrap $SUITE $VARIANT (warm: cached)" $((SECONDS - t0)) "built $(date -r "$CACHE/rootfs.stamp" '+%F %R'), inputs $HASH"
+  fi
+  flock -s 9
+
+  # A fresh copy of it for this run: an overlay (the cache stays untouched), else a copy.
+  ROOT=$RUN/root
+  mkdir -p "$RUN/upper" "$RUN/work" "$ROOT" "$RUN/logs" "$CACHE/debs"
+  if ! mount -t overlay overlay -o "lowerdir=$CACHE/rootfs,upperdir=$RUN/upper,workdir=$RUN/work" "$ROOT" 2>/dev/null; then
+    log "no overlayfs here; copying the rootfs"
+    cp -a "$CACHE/rootfs/." "$ROOT/"
+  fi
+  mount -t proc proc "$ROOT/proc"
+  mount -t sysfs -o ro sysfs "$ROOT/sys"
+  mount --rbind /dev "$ROOT/dev"
+  mkdir -p "$ROOT/opt/rust"
+  mount --bind "$SYSROOT" "$ROOT/opt/rust"
+  mount -o remount,bind,ro "$ROOT/opt/rust"
+  mount --bind "$CACHE/debs" "$ROOT/var/cache/apt/archives"
+  cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+
+  # The machine's TLS trust: every CA file (or directory) that the environment names is copied
+  # in, and the same variables name the copies inside.
+  mkdir -p "$ROOT/etc/vxmesh-clean-os/ca"
+  ca_vars=$(compgen -e | grep -E '^(SSL_CERT_FILE|SSL_CERT_DIR|CURL_CA_BUNDLE|REQUESTS_CA_BUNDLE|CARGO_HTTP_CAINFO|GIT_SSL_CAINFO|NODE_EXTRA_CA_CERTS|PIP_CERT)$|CA_BUNDLE|CA_CERTS|CAINFO' || true)
+  first_ca=
+  for v in $ca_vars; do
+    src=${!v}
+    name=$(sha256sum <<<"$src" | cut -c1-12)
+    if [ -f "$src" ]; then
+      [ -f "$ROOT/etc/vxmesh-clean-os/ca/$name.pem" ] || cp -L "$src" "$ROOT/etc/vxmesh-clean-os/ca/$name.pem"
+      ENV_IN+=("$v=/etc/vxmesh-clean-os/ca/$name.pem")
+      first_ca=${first_ca:-/etc/vxmesh-clean-os/ca/$name.pem}
+    elif [ -d "$src" ]; then
+      [ -d "$ROOT/etc/vxmesh-clean-os/ca/$name" ] || cp -rL "$src" "$ROOT/etc/vxmesh-clean-os/ca/$name" 2>/dev/null || true
+      ENV_IN+=("$v=/etc/vxmesh-clean-os/ca/$name")
+    fi
+  done
+  # apt does not read those variables; for an https mirror, tell it directly.
+  if [ -n "$first_ca" ]; then
+    printf 'Acquire::https::CaInfo "%s";\n' "$first_ca" >"$ROOT/etc/apt/apt.conf.d/99vxmesh-clean-os-ca"
+  fi
+  for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    [ -z "${!v:-}" ] || ENV_IN+=("$v=${!v}")
+  done
+  # cargo's own configuration of this machine (a registry mirror, say), when there is one.
+  host_cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  mkdir -p "$ROOT/root/.cargo"
+  for f in config.toml config; do
+    [ ! -f "$host_cargo_home/$f" ] || cp "$host_cargo_home/$f" "$ROOT/root/.cargo/$f"
+  done
+
+  # The clean clone of the commit to prove.
+  git clone --quiet --no-hardlinks --no-checkout "$REPO" "$ROOT/root/vxmesh"
+  git -C "$ROOT/root/vxmesh" checkout --quiet --detach "$COMMIT"
+
+
+  OS=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/etc/os-release")
+  log "proving ${COMMIT:0:12} on $OS (rootfs $HASH), toolchain $("$SYSROOT/bin/rustc" --version)"
+  before=$(chroot "$ROOT" dpkg-query -W | wc -l)
+  step "scripts/install-deps.sh" "./scripts/install-deps.sh"
+  leftovers "install-deps.sh" || true # policy-rc.d should have kept them from starting
+  step_done "scripts/install-deps.sh" "$STEP_SECONDS" "$(($(chroot "$ROOT" dpkg-query -W | wc -l) - before)) packages installed; $(tail -n 1 "$STEP_LOG")"
+
+  # shellcheck disable=SC2016 # expanded inside the chroot
+  step "cargo fetch --locked" 'cargo fetch --locked --target "$(rustc -vV | sed -n "s/^host: //p")"'
+  step_done "cargo fetch --locked (https, the machine's CA)" "$STEP_SECONDS" "$(find "$ROOT/root/.cargo/registry/cache" -name '*.crate' | wc -l) crates downloaded"
+
+  step "cargo build --release --locked --workspace --bins" "cargo build --release --locked --workspace --bins"
+  leftovers "cargo build"
+  bins=$(find "$ROOT/root/vxmesh/target/release" -maxdepth 1 -type f -executable -printf '%f ' | xargs)
+  step_done "cargo build --release --locked --workspace --bins" "$STEP_SECONDS" "$bins"
+
+  # Offline, in a network namespace of its own with only loopback: the tests that start etcd
+  # use loopback addresses that nothing on the host can collide with.
+  step "cargo test --workspace --locked --offline" \
+    "unshare --net sh -c 'ip link set lo up && cargo test --workspace --locked --offline --no-fail-fast'"
+  leftovers "cargo test"
+  totals=$(awk '/^test result: / { p += $4; f += $6; i += $8 }
+                END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$STEP_LOG")
+  step_done "cargo test --workspace --locked (no root-only tests)" "$STEP_SECONDS" "$totals"
+  cp "$RUN"/logs/*.log "$CACHE/" 2>/dev/null || true
+  log "logs of this run: $CACHE/*.log"
+}
+
+# The whole file is read before anything runs (an edit during a run cannot change that run).
+if [ "${VXMESH_CLEAN_OS_INNER:-0}" = 1 ]; then inside; else outside "$@"; fi
+exit $?
