@@ -5,7 +5,9 @@
 # (root), then the Vagrant checks and, where it can run, the real Vagrant lab.
 #
 # Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs);
-# VXMESH_SKIP_FUZZ=1 skips the fuzz smoke; VXMESH_FUZZ_SECONDS (10) per fuzz target.
+# VXMESH_SKIP_FUZZ=1 skips the fuzz smoke; VXMESH_FUZZ_SECONDS (10) per fuzz target;
+# VXMESH_SKIP_CLEAN_OS=1 skips the clean-OS stage (scripts/clean-os.sh: the README's install
+# step, a --locked build and the unit tests on a fresh Debian 12; CI runs it).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -27,6 +29,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 ./scripts/install-deps.sh || exit 1
+# First: what a new user's machine does with the package list and Cargo.lock of this commit.
+if [ "${VXMESH_SKIP_CLEAN_OS:-0}" != 1 ]; then
+  stage "clean OS: install-deps, --locked build, unit tests on Debian 12" ./scripts/clean-os.sh
+fi
 export CARGO_TERM_COLOR=never
 
 stage "cargo fmt --check" cargo fmt --all -- --check
