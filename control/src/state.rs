@@ -9,6 +9,8 @@ use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::counters::Counters;
 use vxmesh_dataplane::engine::EngineStatus;
+use vxmesh_dataplane::fib::SharedTable;
+use vxmesh_dataplane::flows::SharedFlows;
 
 /// Facts that change rarely (lease, peers), behind one mutex; never touched by
 /// the hot path.
@@ -83,6 +85,10 @@ pub struct AgentState {
     pub ready: Readiness,
     pub counters: Arc<Counters>,
     pub engine: Mutex<Option<Arc<EngineStatus>>>,
+    /// The userspace dataplane's forwarding table (per-peer counters), once running.
+    pub fib: Mutex<Option<SharedTable>>,
+    /// The top-flows table the dataplane samples into.
+    pub flows: Arc<SharedFlows>,
     pub watch: Arc<WatchStats>,
     pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
@@ -104,6 +110,10 @@ impl AgentState {
         if let Ok(mut g) = self.info.lock() {
             f(&mut g);
         }
+    }
+
+    pub fn fib(&self) -> Option<SharedTable> {
+        self.fib.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn engine_status(&self) -> Option<Arc<EngineStatus>> {
