@@ -31,6 +31,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/flows", get(flows))
+        .route("/v1/events", get(events))
         .with_state(state)
 }
 
@@ -77,6 +78,10 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "counters": counters,
         "drops": drops,
         "offloads": offloads,
+        "pool": s.pool().map(|p| serde_json::json!({
+            "total": p.total, "used": p.used, "free": p.free(),
+            "used_percent": p.used_percent(), "nearly_full": p.nearly_full(),
+        })),
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
         "lease_renewals": s.lease.renewals.load(Ordering::Relaxed),
         "lease_expires_in_secs": lease_expires_in_secs(&s.lease, SystemTime::now()),
@@ -190,6 +195,19 @@ pub fn flows_json(
     })
 }
 
+/// `since` from a `?since=SEQ` query (default 0: everything held).
+fn events_since(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("since=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn events(State(s): State<Arc<AgentState>>, uri: Uri) -> Response {
+    axum::Json(s.events.since(events_since(uri.query()))).into_response()
+}
+
 /// `n` from a `?n=N` query: how many flows (default 20, at most the table).
 fn flows_wanted(query: Option<&str>) -> usize {
     query
@@ -256,6 +274,20 @@ pub fn render_metrics(s: &AgentState) -> String {
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
+    if let Some(p) = s.pool() {
+        gauge(
+            &mut o,
+            "vxmesh_pool_subnets_free",
+            "Subnets of the pool (SubnetMin..SubnetMax) no lease holds",
+            p.free(),
+        );
+        gauge(
+            &mut o,
+            "vxmesh_pool_subnets_total",
+            "Subnets in the pool (SubnetMin..SubnetMax at SubnetLen)",
+            p.total,
+        );
+    }
     counter(
         &mut o,
         "vxmesh_lease_renewals_total",
@@ -489,6 +521,16 @@ mod tests {
         assert_eq!(j["waiting_for"][0], "peer routes");
         assert_eq!(j["lease_expires_in_secs"], serde_json::Value::Null);
         assert!(text.contains("vxmesh_lease_expiry_timestamp_seconds 0.000"));
+        // The pool's gauges once the registry was listed.
+        assert!(!text.contains("vxmesh_pool_subnets_free"));
+        *s.pool.lock().unwrap() = Some(crate::pool::PoolUsage {
+            total: 255,
+            used: 250,
+        });
+        let text = render_metrics(&s);
+        assert!(text.contains("\nvxmesh_pool_subnets_free 5\n"), "{text}");
+        assert!(text.contains("\nvxmesh_pool_subnets_total 255\n"));
+        assert_eq!(status_json(&s)["pool"]["nearly_full"], true);
     }
 
     #[test]
@@ -631,6 +673,8 @@ mod tests {
         assert_eq!(flows_wanted(Some("x=1&n=7")), 7);
         assert_eq!(flows_wanted(Some("n=-1")), 20);
         assert_eq!(flows_wanted(None), 20);
+        assert_eq!(events_since(Some("since=42")), 42);
+        assert_eq!(events_since(Some("since=x")), 0);
     }
 
     #[test]

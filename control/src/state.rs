@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::events::EventLog;
 use crate::peers::Peer;
+use crate::pool::PoolUsage;
 use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::counters::Counters;
@@ -89,6 +91,10 @@ pub struct AgentState {
     pub fib: Mutex<Option<SharedTable>>,
     /// The top-flows table the dataplane samples into.
     pub flows: Arc<SharedFlows>,
+    /// What the agent did (lease, peers, offloads), bounded.
+    pub events: Arc<EventLog>,
+    /// How full the subnet pool is, from the registry's listing (None before it).
+    pub pool: Mutex<Option<PoolUsage>>,
     pub watch: Arc<WatchStats>,
     pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
@@ -110,6 +116,15 @@ impl AgentState {
         if let Ok(mut g) = self.info.lock() {
             f(&mut g);
         }
+    }
+
+    pub fn pool(&self) -> Option<PoolUsage> {
+        self.pool.lock().ok().and_then(|g| *g)
+    }
+
+    /// Records an event now.
+    pub fn event(&self, kind: &'static str, detail: impl Into<String>) {
+        self.events.record(kind, detail, crate::events::now_ms());
     }
 
     pub fn fib(&self) -> Option<SharedTable> {

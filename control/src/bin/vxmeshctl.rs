@@ -64,6 +64,14 @@ enum Cmd {
     Leases,
     /// The network config from the registry, with defaults filled in.
     Config,
+    /// What the agent did (lease acquired/renewed/lost, peers added/changed/removed/
+    /// rejected, offloads chosen), as it happens; Ctrl-C to quit. --json: one JSON
+    /// object a line.
+    Events {
+        /// Print what the agent holds now and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Remove the masquerade/forward rules vxmeshd --ip-masq installed (after uninstall).
     CleanupIptables,
     /// Wait until the agent reports ready (exit 1 on timeout).
@@ -144,6 +152,21 @@ fn now_ms() -> u64 {
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
+}
+
+/// One event as a line: UTC time, kind, detail.
+fn event_line(e: &Value) -> String {
+    let ms = u(&e["unix_ms"]);
+    let rem = (ms / 1000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z  {:<16}  {}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000,
+        s(&e["kind"]),
+        s(&e["detail"])
+    )
 }
 
 /// The flows table as text (one screen of `vxmeshctl flows`).
@@ -409,6 +432,34 @@ fn main() -> anyhow::Result<()> {
             );
             table(&["COUNTER", "VALUE"], &rows);
         }
+        Cmd::Events { once } => {
+            let mut since = 0u64;
+            loop {
+                let page = get_json(&cli, &format!("/v1/events?since={since}"))?;
+                let last = u(&page["last"]);
+                if last < since {
+                    // The agent restarted: its sequence began again.
+                    since = 0;
+                    continue;
+                }
+                if u(&page["missed"]) > 0 {
+                    eprintln!("({} older events no longer held)", u(&page["missed"]));
+                }
+                for e in page["events"].as_array().into_iter().flatten() {
+                    if cli.json {
+                        println!("{e}");
+                    } else {
+                        println!("{}", event_line(e));
+                    }
+                }
+                std::io::stdout().flush()?;
+                since = last;
+                if *once {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         Cmd::Leases | Cmd::Config => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -445,6 +496,24 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pool's usage line of `vxmeshctl leases`, with a warning near exhaustion.
+fn pool_line(p: &vxmesh_control::pool::PoolUsage) -> String {
+    let mut l = format!(
+        "pool: {} of {} subnets used ({}%), {} free",
+        p.used,
+        p.total,
+        p.used_percent(),
+        p.free()
+    );
+    if p.nearly_full() {
+        l.push_str(&format!(
+            "\nWARNING: the pool is nearly exhausted (>= {}%): new nodes will get no subnet; widen Network/SubnetMin/SubnetMax or remove stale leases",
+            vxmesh_control::pool::WARN_PERCENT
+        ));
+    }
+    l
+}
+
 async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let reg = Registry::connect_with(&cli.etcd.access()?, &cli.etcd.etcd_prefix).await?;
     if let Cmd::Config = cli.cmd {
@@ -479,8 +548,16 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let listing = reg.list_subnets().await?;
     // The agents' own judgement (peers::PeerTable), run over the same listing with the
     // same config: every agent reaches these verdicts about other nodes' leases.
+    let mut pool = None;
     let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
         Ok(cfg) => {
+            pool = Some(vxmesh_control::pool::PoolUsage::of(
+                &cfg,
+                listing
+                    .entries
+                    .iter()
+                    .filter_map(|e| parse_lease_key(&e.key)),
+            ));
             let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
             let _ = t.reset(&listing.entries, &mut Vec::new());
             Ok(t.verdicts()
@@ -537,6 +614,9 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
+        if let Some(p) = pool {
+            eprintln!("{}", pool_line(&p));
+        }
     } else {
         table(
             &[
@@ -549,6 +629,9 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             ],
             &rows,
         );
+        if let Some(p) = pool {
+            println!("\n{}", pool_line(&p));
+        }
         if !reasons.is_empty() {
             println!("\nrejected (no node routes to these; see docs/troubleshooting.md):");
             for r in reasons {

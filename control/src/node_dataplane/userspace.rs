@@ -90,6 +90,15 @@ impl Userspace {
             tx_source_ports = ?st.tx_source_ports,
             "userspace dataplane running"
         );
+        state.event(
+            "offload",
+            format!(
+                "TAP {}; UDP GSO {}; UDP GRO {}",
+                st.tap.describe(),
+                st.udp_gso.load(Ordering::Relaxed),
+                st.udp_gro
+            ),
+        );
         if !st.tap.tso() {
             tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
         }
