@@ -17,7 +17,7 @@ use vxmesh_dataplane::flows::{Direction, SharedFlows};
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
 use vxmesh_dataplane::wire::{MacAddr, Vni, VxlanHeader};
-use vxmesh_testkit::{require_root, unique_prefix, veth, wait_for, Netns};
+use vxmesh_testkit::{require_commands, require_root, unique_prefix, veth, wait_for, Netns};
 
 struct Node {
     ns: Netns,
@@ -355,4 +355,94 @@ fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
     assert_eq!(p.dropped(DropReason::UnknownSource), 0, "{p:?}");
     assert_eq!(p.rx_packets, 1, "{p:?}");
     drop(a);
+}
+
+/// Inner headers of a data segment after the VXLAN header: Ethernet 14 + IPv4 20 +
+/// TCP 32 (with timestamps).
+const INNER_HEADERS: u64 = 14 + 20 + 32;
+
+/// TCP payload bytes carried by `bytes` of VXLAN payload in `packets` datagrams.
+fn tcp_payload(bytes: u64, packets: u64) -> f64 {
+    bytes.saturating_sub(packets * (VxlanHeader::LEN as u64 + INNER_HEADERS)) as f64
+}
+
+fn within(got: f64, want: f64, pct: f64) -> bool {
+    (got - want).abs() <= want * pct / 100.0
+}
+
+/// The acceptance test: during an iperf3 run from A to B, the per-peer
+/// counters (A's tx to B, B's rx from A) and the top-flows entry of the data stream
+/// on both nodes match the bytes iperf3 reports, within a few percent.
+#[test]
+#[ignore = "needs root, network namespaces and iperf3: scripts/test.sh runs it"]
+fn counters_and_flows_match_iperf3() {
+    require_root();
+    require_commands(&["iperf3", "ss"]);
+    let (a, b) = pair("i", TapOptions::default());
+    a.ns.exec("ping", &["-c", "1", "-W", "2", "10.244.2.0"])
+        .unwrap();
+    let mut server =
+        b.ns.command("iperf3")
+            .args(["-s", "-1", "-B", "10.244.2.0", "-p", "5301"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let listening = wait_for(Duration::from_secs(10), || {
+        b.ns.exec("ss", &["-ltnH", "sport", "= :5301"])
+            .is_ok_and(|o| !o.trim().is_empty())
+    });
+    assert!(listening.is_some(), "iperf3 server did not listen");
+    let (pa0, pb0) = (a.peer(), b.peer());
+    let out =
+        a.ns.exec(
+            "iperf3",
+            &[
+                "-c",
+                "10.244.2.0",
+                "-p",
+                "5301",
+                "-t",
+                "3",
+                "-J",
+                "--cport",
+                "40123",
+            ],
+        )
+        .unwrap();
+    let _ = server.wait();
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sent = j["end"]["sum_sent"]["bytes"].as_u64().unwrap() as f64;
+    let received = j["end"]["sum_received"]["bytes"].as_u64().unwrap() as f64;
+    assert!(sent > 1e6, "iperf3 moved too little to compare: {sent}");
+    // The threads publish per batch: let the last batches land.
+    std::thread::sleep(Duration::from_millis(300));
+    let (pa, pb) = (a.peer(), b.peer());
+    let a_tx = tcp_payload(pa.tx_bytes - pa0.tx_bytes, pa.tx_packets - pa0.tx_packets);
+    let b_rx = tcp_payload(pb.rx_bytes - pb0.rx_bytes, pb.rx_packets - pb0.rx_packets);
+    println!(
+        "iperf3 sent {sent} received {received}; A's tx to B carried {a_tx}, B's rx from A {b_rx}"
+    );
+    assert!(
+        within(a_tx, sent, 3.0),
+        "A tx {a_tx} vs iperf3 sent {sent}: {pa:?}"
+    );
+    assert!(
+        within(b_rx, received, 3.0),
+        "B rx {b_rx} vs iperf3 received {received}: {pb:?}"
+    );
+    // The flow table: the data stream (client port 40123) each way it was seen.
+    for (node, dir) in [(&a, Direction::ToPeer), (&b, Direction::FromPeer)] {
+        let (top, _) = node.flows.top(16);
+        let f = top
+            .iter()
+            .find(|f| f.dir == dir && f.key.src_port == 40123 && f.key.dst_port == 5301)
+            .unwrap_or_else(|| panic!("no iperf3 stream {dir:?} in {top:#?}"));
+        let est = f.bytes.saturating_sub(f.packets * INNER_HEADERS) as f64;
+        println!("flow {dir:?}: {f:?}, payload estimate {est}");
+        assert!(
+            within(est, sent, 5.0),
+            "{dir:?} flow estimate {est} vs {sent}: {f:?}"
+        );
+        assert_eq!(top[0].key, f.key, "the iperf3 stream is the top flow");
+    }
 }
