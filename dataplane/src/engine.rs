@@ -384,13 +384,26 @@ impl IngressWorker {
     fn run(self) {
         let vnet = self.tap.offloads().vnet_hdr;
         let mut batch = RecvBatch::new(RX_MESSAGES);
-        // Merging needs the virtio header to hand the kernel a GSO frame.
-        let mut gro = vnet.then(|| Coalescer::new(GRO_FLOWS));
+        // Frames longer than the TAP's MTU (a kernel peer's uncut GSO frames) go out
+        // as GSO; merging needs the virtio header to hand the kernel a GSO frame.
+        let tap_mtu = self.tap.mtu().ok();
+        let mut gro = vnet.then(|| match tap_mtu {
+            Some(m) => Coalescer::new(GRO_FLOWS).with_tap_mtu(m),
+            None => Coalescer::new(GRO_FLOWS),
+        });
         let mut counts = LocalCounts::default();
         let mut table = self.table.load();
         let mut since_reload = 0u32;
         let mut log = RateLimitedLog::new("UDP receive failed");
         let mut merged_seen = 0u64;
+        let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
+        // Without virtio-net headers partial checksums are finished and uncut GSO
+        // frames cut here, in a copy.
+        let mut plain_buf = if vnet {
+            Vec::new()
+        } else {
+            vec![0u8; offload::PLAIN_TAP_SCRATCH]
+        };
         let tap = &*self.tap;
 
         while !self.stop.load(Ordering::Relaxed) {
@@ -439,7 +452,21 @@ impl IngressWorker {
                             let frame = &d[inner..];
                             match gro.as_mut() {
                                 Some(g) => g.push(frame, &mut |vh, f| emit(vh, f, &mut counts)),
-                                None => emit(&VirtioNetHdr::NONE, frame, &mut counts),
+                                None => {
+                                    let done = offload::for_plain_tap(
+                                        frame,
+                                        tap_mtu,
+                                        &mut plain_buf,
+                                        &mut |f| emit(&VirtioNetHdr::NONE, f, &mut counts),
+                                    );
+                                    match done {
+                                        offload::PlainTap::Unchanged => {}
+                                        offload::PlainTap::Finished => {
+                                            counts.ingress_partial_checksums += 1
+                                        }
+                                        offload::PlainTap::Cut(_) => counts.ingress_gso_frames += 1,
+                                    }
+                                }
                             }
                         }
                         Ingress::Drop(reason) => counts.drop(reason),
@@ -451,6 +478,10 @@ impl IngressWorker {
                 let merged = g.stats().merged;
                 counts.gro_segments_merged += merged - merged_seen;
                 merged_seen = merged;
+                let st = g.stats();
+                counts.ingress_partial_checksums += st.partial_checksum - partial_seen;
+                counts.ingress_gso_frames += st.oversized - oversized_seen;
+                (partial_seen, oversized_seen) = (st.partial_checksum, st.oversized);
             }
             self.counters.publish(&mut counts);
         }
