@@ -67,7 +67,7 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 need() {
   local missing=()
-  for c in ip etcd etcdctl iperf3 ping jq ethtool; do command -v "$c" >/dev/null || missing+=("$c"); done
+  for c in ip etcd etcdctl iperf3 ping jq; do command -v "$c" >/dev/null || missing+=("$c"); done
   for b in vxmeshd vxmeshctl vxmesh; do [ -x "$BIN/$b" ] || missing+=("$BIN/$b"); done
   for p in bridge host-local; do [ -x "$CNI_PATH_REF/$p" ] || missing+=("$CNI_PATH_REF/$p"); done
   [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run scripts/install-deps.sh and cargo build --release)"
@@ -131,12 +131,6 @@ dataplane() { cat "$STATE/n$1/dataplane" 2>/dev/null || echo userspace; }
 start_agent() {
   local i=$1 n; n=$(node "$i")
   [ -z "${2:-}" ] || echo "$2" >"$STATE/n$i/dataplane"
-  if [ "$(dataplane "$i")" != userspace ]; then
-    # A kernel vxlan device leaves the inner TCP/UDP checksum to the NIC (CHECKSUM_PARTIAL), and
-    # a veth never fills it in: a userspace receiver on another node would get it unfinished. A
-    # real NIC finishes checksums on the wire; without tx offload on eth0 the kernel does it.
-    in_ns "$n" ethtool -K eth0 tx off >/dev/null 2>&1 || log "warning: ethtool -K eth0 tx off failed on $n"
-  fi
   # Secure mode: TLS files and the nodes' etcd user reach the agent through its environment
   # (as from the systemd unit's EnvironmentFile), never its command line.
   (
