@@ -24,13 +24,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
-use crate::lease::{lease_key, LeaseAttrs};
+use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
-use crate::peers::{PeerChange, PeerTable, Skip};
+use crate::own_key::OwnKeyWatch;
+use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
-use crate::state::AgentState;
+use crate::state::{AgentState, RejectedLease};
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
 use vxmesh_dataplane::fib::LocalVtep;
@@ -156,7 +157,10 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub subnet: Subnet,
+    /// The etcd lease kept alive; 0 for a reservation (no lease, nothing to renew).
     pub lease_id: i64,
+    /// The etcd revision of the claim.
+    pub revision: i64,
 }
 
 /// Runs the lease machine against etcd: publishes every acquisition on `held_tx`,
@@ -178,6 +182,7 @@ async fn lease_task(
             Some(LeaseAction::Acquired {
                 subnet,
                 lease_id,
+                revision,
                 changed_from,
             }) => {
                 match changed_from {
@@ -185,6 +190,9 @@ async fn lease_task(
                         old = %old, new = %subnet,
                         "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
                     ),
+                    None if lease_id == 0 => {
+                        tracing::info!(%subnet, "holding reserved subnet (its key has no etcd lease: kept as a reservation, never renewed)")
+                    }
                     None => {
                         tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
                     }
@@ -195,14 +203,22 @@ async fn lease_task(
                 if let Some(k) = keepalive.take() {
                     k.abort();
                 }
-                let r = reg.clone();
-                let tx = ka_tx.clone();
-                let stats = Arc::clone(&state.lease);
-                keepalive = Some(tokio::spawn(async move {
-                    let why = r.keep_alive(lease_id, ttl, &stats).await;
-                    let _ = tx.send(why).await;
+                if lease_id == 0 {
+                    state.lease.no_ttl();
+                } else {
+                    let r = reg.clone();
+                    let tx = ka_tx.clone();
+                    let stats = Arc::clone(&state.lease);
+                    keepalive = Some(tokio::spawn(async move {
+                        let why = r.keep_alive(lease_id, ttl, &stats).await;
+                        let _ = tx.send(why).await;
+                    }));
+                }
+                let _ = held_tx.send(Some(Held {
+                    subnet,
+                    lease_id,
+                    revision,
                 }));
-                let _ = held_tx.send(Some(Held { subnet, lease_id }));
             }
             Some(LeaseAction::Exhausted(e)) => {
                 tracing::error!("{e}");
@@ -252,7 +268,10 @@ pub async fn step(
         }
         LeaseAction::Claim(c) => {
             let ev = match reg.claim(&c, attrs, ttl).await {
-                Ok(Some(lease_id)) => LeaseEvent::Claimed { lease_id },
+                Ok(Some(won)) => LeaseEvent::Claimed {
+                    lease_id: won.lease_id,
+                    revision: won.revision,
+                },
                 Ok(None) => {
                     tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
                     LeaseEvent::RaceLost
@@ -280,8 +299,17 @@ pub async fn acquire(
     loop {
         match step(reg, machine, attrs, ttl).await {
             Some(LeaseAction::Acquired {
-                subnet, lease_id, ..
-            }) => return Ok(Held { subnet, lease_id }),
+                subnet,
+                lease_id,
+                revision,
+                ..
+            }) => {
+                return Ok(Held {
+                    subnet,
+                    lease_id,
+                    revision,
+                })
+            }
             Some(LeaseAction::Exhausted(e)) => return Err(e),
             Some(LeaseAction::Wait { until }) => {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now())).await
@@ -355,23 +383,14 @@ async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &Agen
     }
 }
 
-fn record_skips(skips: Vec<Skip>, state: &AgentState) {
-    if skips.is_empty() {
-        return;
-    }
-    for s in &skips {
-        tracing::warn!(key = %s.key, "ignoring lease: {}", s.why);
+/// Warns once about each newly rejected lease, and counts the warnings.
+fn record_skips(skips: &[Skip], state: &AgentState) {
+    for s in skips {
+        tracing::warn!(key = %s.key, reason = s.rejection.reason.as_str(), "ignoring lease: {}", s.rejection.why);
     }
     state
         .skipped_leases
         .fetch_add(skips.len() as u64, Ordering::Relaxed);
-    state.update(|i| {
-        i.skipped.extend(skips.into_iter().map(Into::into));
-        let n = i.skipped.len();
-        if n > 32 {
-            i.skipped.drain(..n - 32);
-        }
-    });
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -460,153 +479,249 @@ pub async fn run(
         direct_routing: cfg.backend.direct_routing,
     };
     let dp = NodeDataplane::start(opts.dataplane, &nl, &setup, &state).await?;
-    let env_for = |subnet: Subnet| SubnetEnv {
-        network: cfg.network,
-        subnet,
+    let mut node = Running {
+        files: NodeFiles {
+            network: cfg.network,
+            mtu,
+            ip_masq: opts.ip_masq,
+            subnet_file: opts.subnet_file.clone(),
+        },
+        nl,
+        dp,
+        peers: PeerTable::new(
+            PeerRules::from_config(&cfg),
+            Some(LocalNode {
+                public_ip: underlay.public_ip,
+                vtep_mac,
+            }),
+        ),
+        own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
+        own: first,
+        lost_tx,
+        synced: false,
+        vtep_mac,
         mtu,
-        ipmasq: opts.ip_masq,
+        state: Arc::clone(&state),
     };
-    let masq = |subnet: Subnet, state: &AgentState| {
-        if opts.ip_masq {
-            if let Err(e) = crate::masq::apply(&cfg.network, &subnet) {
-                tracing::error!("cannot install masquerade rules: {e}");
-                state.update(|i| i.last_error = Some(e.to_string()));
-            }
-        }
-    };
-    let mut own = first;
-    dp.set_subnet(&nl, &own.subnet).await?;
-    masq(own.subnet, &state);
-    env_for(own.subnet)
-        .write_atomic(&opts.subnet_file)
-        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
-    state.ready.subnet_env.store(true, Ordering::Relaxed);
-    state.ready.lease.store(true, Ordering::Relaxed);
-    state.update(|i| {
-        i.subnet = Some(own.subnet);
-        i.lease_id = Some(format!("{:x}", own.lease_id));
-    });
-    tracing::info!(subnet = %own.subnet, file = %opts.subnet_file.display(), "subnet file written");
+    node.start(first).await?;
 
-    let mut peers = PeerTable::new(vni.get());
-    let _ = peers.set_own(Some(own.subnet));
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(256);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
     let watcher =
         tokio::spawn(async move { watch_reg.watch_subnets(None, wtx, &watch_stats).await });
-    let own_key = |s: Subnet| lease_key(reg.prefix(), &s);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.tick().await;
     let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
     device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut synced = false;
 
-    loop {
+    // The dispatcher: every decision is in `Running`'s handlers and the pure cores.
+    let result = loop {
         tokio::select! {
-            _ = &mut stop => break,
-            ev = wrx.recv() => {
-                let Some(ev) = ev else { anyhow::bail!("registry watch ended") };
-                let mut skips = Vec::new();
-                let full_listing = matches!(ev, WatchEvent::Snapshot(_));
-                let changes = match ev {
-                    WatchEvent::Snapshot(l) => {
-                        let entries: Vec<(String, Vec<u8>)> = l.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-                        if state.ready.lease.load(Ordering::Relaxed) && !entries.iter().any(|(k, _)| *k == own_key(own.subnet)) {
-                            let _ = lost_tx.try_send(format!("our key {} is gone from etcd", own_key(own.subnet)));
-                        }
-                        peers.reset(&entries, &mut skips)
-                    }
-                    WatchEvent::Put { key, value } => {
-                        if key == own_key(own.subnet) {
-                            let ours = LeaseAttrs::parse(&value).is_ok_and(|a| a.public_ip == underlay.public_ip);
-                            if !ours {
-                                let _ = lost_tx.try_send(format!("our key {key} was overwritten by another node"));
-                            }
-                        }
-                        peers.put(&key, &value, &mut skips).into_iter().collect()
-                    }
-                    WatchEvent::Delete { key } => {
-                        if key == own_key(own.subnet) && state.ready.lease.load(Ordering::Relaxed) {
-                            let _ = lost_tx.try_send(format!("our key {key} was deleted"));
-                        }
-                        peers.delete(&key).into_iter().collect()
-                    }
-                };
-                record_skips(skips, &state);
-                dp.publish(&peers);
-                let mut ok = program(&nl, &dp, &changes, &state).await;
-                if full_listing {
-                    ok &= prune(&nl, &dp, &peers, &state).await;
-                }
-                if !synced || !changes.is_empty() {
-                    synced = true;
-                    state.ready.routes.store(ok, Ordering::Relaxed);
-                }
-                state.update(|i| i.peers = peers.peers().copied().collect());
-            }
+            _ = &mut stop => break Ok(()),
+            ev = wrx.recv() => match ev {
+                Some(ev) => node.on_registry(ev).await,
+                None => break Err(anyhow::anyhow!("registry watch ended")),
+            },
             r = held_rx.changed() => {
-                if r.is_err() { anyhow::bail!("lease task ended") }
-                let h = *held_rx.borrow_and_update();
-                match h {
-                    None => {
-                        // Lost: keep forwarding (pods keep working) until re-acquired.
-                        state.ready.lease.store(false, Ordering::Relaxed);
-                    }
-                    Some(h) => {
-                        if h.subnet != own.subnet {
-                            dp.set_subnet(&nl, &h.subnet).await?;
-                            masq(h.subnet, &state);
-                            env_for(h.subnet).write_atomic(&opts.subnet_file)?;
-                            let changes = peers.set_own(Some(h.subnet));
-                            dp.publish(&peers);
-                            program(&nl, &dp, &changes, &state).await;
-                        }
-                        own = h;
-                        state.ready.lease.store(true, Ordering::Relaxed);
-                        state.update(|i| {
-                            i.subnet = Some(h.subnet);
-                            i.lease_id = Some(format!("{:x}", h.lease_id));
-                        });
-                    }
+                if r.is_err() {
+                    break Err(anyhow::anyhow!("lease task ended"));
+                }
+                let held = *held_rx.borrow_and_update();
+                if let Err(e) = node.on_lease(held).await {
+                    break Err(e);
                 }
             }
-            _ = device_check.tick() => {
-                match dp.ensure_vtep_mac(&nl, vtep_mac, mtu).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        state.device_repairs.fetch_add(1, Ordering::Relaxed);
-                        let all: Vec<PeerChange> = peers.peers().copied().map(PeerChange::Added).collect();
-                        let ok = program(&nl, &dp, &all, &state).await;
-                        state.ready.routes.store(ok, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot check the overlay device");
-                        state.update(|i| i.last_error = Some(e.to_string()));
-                    }
-                }
-            }
-            _ = reconcile.tick() => {
-                let mut ok = true;
-                for p in peers.peers() {
-                    if let Err(e) = dp.add_peer(&nl, p).await {
-                        ok = false;
-                        state.route_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
-                    }
-                }
-                if synced {
-                    ok &= prune(&nl, &dp, &peers, &state).await;
-                    state.ready.routes.store(ok, Ordering::Relaxed);
-                }
-            }
+            _ = device_check.tick() => node.check_device().await,
+            _ = reconcile.tick() => node.reconcile().await,
         }
-    }
+    };
 
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
     lease.abort();
-    dp.stop(&nl, &peers).await;
-    Ok(())
+    node.stop().await;
+    result
+}
+
+/// Where the node's subnet shows up on the node itself: the subnet file and the
+/// masquerade rules.
+#[derive(Debug)]
+struct NodeFiles {
+    network: Subnet,
+    mtu: u32,
+    ip_masq: bool,
+    subnet_file: PathBuf,
+}
+
+/// The node once it runs: what the main loop's handlers act on.
+struct Running {
+    nl: Netlink,
+    dp: NodeDataplane,
+    state: Arc<AgentState>,
+    files: NodeFiles,
+    peers: PeerTable,
+    own_key: OwnKeyWatch,
+    /// The lease held now (or last, while re-acquiring).
+    own: Held,
+    /// Tells the lease task the lease is lost.
+    lost_tx: mpsc::Sender<String>,
+    /// Whether a registry event has been programmed yet (readiness).
+    synced: bool,
+    vtep_mac: MacAddr,
+    mtu: u32,
+}
+
+impl Running {
+    /// Takes the first lease: device address, masquerade rules, subnet file, peers.
+    async fn start(&mut self, first: Held) -> anyhow::Result<()> {
+        self.take_subnet(first.subnet).await?;
+        self.state.ready.subnet_env.store(true, Ordering::Relaxed);
+        tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
+        let mut skips = Vec::new();
+        let _ = self.peers.set_own(Some(first.subnet), &mut skips);
+        record_skips(&skips, &self.state);
+        self.held(first);
+        Ok(())
+    }
+
+    /// Gives the node `subnet`: the device's address, masquerade rules, subnet file.
+    async fn take_subnet(&self, subnet: Subnet) -> anyhow::Result<()> {
+        self.dp.set_subnet(&self.nl, &subnet).await?;
+        if self.files.ip_masq {
+            if let Err(e) = crate::masq::apply(&self.files.network, &subnet) {
+                tracing::error!("cannot install masquerade rules: {e}");
+                self.state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+        let env = SubnetEnv {
+            network: self.files.network,
+            subnet,
+            mtu: self.files.mtu,
+            ipmasq: self.files.ip_masq,
+        };
+        env.write_atomic(&self.files.subnet_file)
+            .with_context(|| format!("writing {}", self.files.subnet_file.display()))?;
+        Ok(())
+    }
+
+    /// Records a held lease (status, readiness, the own-key watch).
+    fn held(&mut self, h: Held) {
+        self.own = h;
+        self.own_key.hold(h.subnet, h.revision);
+        self.state.ready.lease.store(true, Ordering::Relaxed);
+        self.state.update(|i| {
+            i.subnet = Some(h.subnet);
+            i.lease_id = Some(format!("{:x}", h.lease_id));
+            i.reservation = h.lease_id == 0;
+        });
+    }
+
+    /// The lease task acquired a lease (`Some`) or lost it (`None`).
+    async fn on_lease(&mut self, held: Option<Held>) -> anyhow::Result<()> {
+        let Some(h) = held else {
+            // Lost: keep forwarding (pods keep working) until re-acquired.
+            self.own_key.release();
+            self.state.ready.lease.store(false, Ordering::Relaxed);
+            return Ok(());
+        };
+        if h.subnet != self.own.subnet {
+            self.take_subnet(h.subnet).await?;
+            let mut skips = Vec::new();
+            let changes = self.peers.set_own(Some(h.subnet), &mut skips);
+            record_skips(&skips, &self.state);
+            self.dp.publish(&self.peers);
+            program(&self.nl, &self.dp, &changes, &self.state).await;
+            self.show_peers();
+        }
+        self.held(h);
+        Ok(())
+    }
+
+    /// One registry event: did we lose our lease, and what changes for the peers.
+    async fn on_registry(&mut self, ev: WatchEvent) {
+        if let Some(loss) = self.own_key.handle(&ev) {
+            let _ = self.lost_tx.try_send(loss.to_string());
+        }
+        let mut skips = Vec::new();
+        let full_listing = matches!(ev, WatchEvent::Snapshot(_));
+        let changes = match &ev {
+            WatchEvent::Snapshot(l) => self.peers.reset(&l.entries, &mut skips),
+            WatchEvent::Put(e) => self.peers.put(e, &mut skips),
+            WatchEvent::Delete { key, .. } => self.peers.delete(key, &mut skips),
+        };
+        record_skips(&skips, &self.state);
+        self.dp.publish(&self.peers);
+        let mut ok = program(&self.nl, &self.dp, &changes, &self.state).await;
+        if full_listing {
+            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
+        }
+        if !self.synced || !changes.is_empty() {
+            self.synced = true;
+            self.state.ready.routes.store(ok, Ordering::Relaxed);
+        }
+        self.show_peers();
+    }
+
+    /// Shows the peers and the rejected leases in /v1/status and /metrics.
+    fn show_peers(&self) {
+        let peers: Vec<_> = self.peers.peers().copied().collect();
+        let rejected: Vec<RejectedLease> = self
+            .peers
+            .rejected()
+            .map(|(key, r)| RejectedLease {
+                key: key.to_string(),
+                reason: r.reason.as_str(),
+                why: r.why.clone(),
+            })
+            .collect();
+        self.state.update(|i| {
+            i.peers = peers;
+            i.rejected = rejected;
+        });
+    }
+
+    /// Restores the overlay device's MAC (and every peer's state) if someone changed it.
+    async fn check_device(&mut self) {
+        match self
+            .dp
+            .ensure_vtep_mac(&self.nl, self.vtep_mac, self.mtu)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
+                let all: Vec<PeerChange> =
+                    self.peers.peers().copied().map(PeerChange::Added).collect();
+                let ok = program(&self.nl, &self.dp, &all, &self.state).await;
+                self.state.ready.routes.store(ok, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the overlay device");
+                self.state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    }
+
+    /// Re-applies every peer's route and neighbour, and prunes what no peer accounts for.
+    async fn reconcile(&mut self) {
+        let mut ok = true;
+        for p in self.peers.peers() {
+            if let Err(e) = self.dp.add_peer(&self.nl, p).await {
+                ok = false;
+                self.state.route_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
+            }
+        }
+        if self.synced {
+            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
+            self.state.ready.routes.store(ok, Ordering::Relaxed);
+        }
+    }
+
+    /// Userspace: removes the peers' routes and neighbours and the TAP.
+    async fn stop(self) {
+        self.dp.stop(&self.nl, &self.peers).await;
+    }
 }

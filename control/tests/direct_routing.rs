@@ -1,8 +1,8 @@
 //! Privileged, real etcd: `Backend.DirectRouting` in the netns lab with a routed
 //! underlay. n1 (vxmesh, userspace dataplane) and n2 (configured as flanneld configures
 //! a node, scripts/flannel-node.sh, DirectRouting included) share one L2 segment; n3
-//! (vxmesh, kernel dataplane) is on another segment behind a router. Runs when
-//! VXMESH_PRIVILEGED_TESTS=1 (root).
+//! (vxmesh, kernel dataplane) is on another segment behind a router. Needs root and
+//! etcd: ignored by a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 //!
 //! Checks: all pod pairs reach each other; n1 and n2 route each other's subnet via the
 //! PublicIP on eth0 and carry no overlay entry for it, while every route to or from n3
@@ -17,8 +17,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::lab::{privileged, Lab};
+use common::lab::Lab;
 use serde_json::Value;
+use vxmesh_testkit::{require_etcd, require_root, sh};
 
 const BACKEND: &str = r#"{"Type":"vxlan","DirectRouting":true}"#;
 const VXLAN_PORT: u16 = 8472;
@@ -115,10 +116,10 @@ fn iperf(lab: &Lab, server: (u32, u32), client: (u32, u32)) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn direct_routing_on_one_l2_vxlan_across_a_router() {
-    if !privileged("direct_routing_on_one_l2_vxlan_across_a_router") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Lab::new(
         "vxd",
         &[
@@ -235,9 +236,6 @@ fn direct_routing_on_one_l2_vxlan_across_a_router() {
 
     let prefix = lab.prefix.clone();
     drop(lab);
-    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&left.stdout).contains(&prefix),
-        "namespaces left"
-    );
+    let left = sh(&["ip", "netns", "list"]);
+    assert!(!left.contains(&prefix), "namespaces left: {left}");
 }

@@ -80,29 +80,10 @@ fn parse_ifname(s: &str) -> Result<IfName, String> {
     IfName::new(s).map_err(|e| e.to_string())
 }
 
-/// Parses "90", "90s", "30m", "1h", "2d".
+/// Parses "90", "90s", "30m", "1h", "2d" as a lease TTL (checked: see
+/// `vxmesh_control::duration`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
-    };
-    if secs < 5 {
-        return Err(format!(
-            "{s:?} is too short: the lease must survive a keepalive round trip (use 5s or more)"
-        ));
-    }
-    Ok(Duration::from_secs(secs))
+    vxmesh_control::duration::parse_lease_ttl(s).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -191,13 +172,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("1").is_err());
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
+    fn lease_ttl_flag() {
+        let ttl = |v: &str| {
+            Flags::try_parse_from(["vxmeshd", "--subnet-lease-ttl", v]).map(|f| f.subnet_lease_ttl)
+        };
+        assert_eq!(ttl("30m").unwrap(), Duration::from_secs(1800));
+        let e = ttl("300000000000000000d").unwrap_err().to_string();
+        assert!(e.contains("too long"), "{e}");
+        assert!(ttl("1").is_err());
     }
 
     #[test]
