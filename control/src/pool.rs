@@ -92,6 +92,7 @@ mod tests {
                 vni: vxmesh_dataplane::wire::Vni::new(1).unwrap(),
                 port: 8472,
                 mtu: None,
+                direct_routing: false,
             },
             notes: Vec::new(),
         }
