@@ -677,6 +677,85 @@ mod tests {
         assert_eq!(events_since(Some("since=x")), 0);
     }
 
+    /// The routes as vxmeshctl reaches them: a real HTTP server on loopback.
+    #[test]
+    fn peers_flows_and_events_are_served() {
+        use std::io::{Read, Write};
+        use vxmesh_dataplane::fib::SharedTable;
+        use vxmesh_dataplane::flows::{Direction, SharedFlows};
+        let (peers, t) = two_peers();
+        t.peer_counters(0)
+            .unwrap()
+            .add_rx(2, 3_000, 1_800_000_000_000);
+        let mut st = AgentState {
+            flows: Arc::new(SharedFlows::new(8, 2, 60_000, 1)),
+            ..AgentState::default()
+        };
+        st.update(|i| i.peers = peers);
+        *st.fib.get_mut().unwrap() = Some(SharedTable::new(t));
+        // Two flows sampled on egress (a 2-byte mean picks every frame).
+        let mut sampler = st.flows.sampler(1);
+        for (sport, n) in [(40_000u16, 3), (40_001, 1)] {
+            let mut f = vec![0u8; 14 + 20 + 20];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&40u16.to_be_bytes());
+            f[22] = 64;
+            f[23] = 6;
+            f[26..30].copy_from_slice(&[10, 244, 1, 2]);
+            f[30..34].copy_from_slice(&[10, 244, 2, 2]);
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+            for _ in 0..n {
+                sampler.offer(
+                    &f,
+                    1_000,
+                    1,
+                    Direction::ToPeer,
+                    "192.168.77.2".parse().unwrap(),
+                );
+            }
+        }
+        st.flows.absorb(&mut sampler, 1_800_000_000_000);
+        st.event("lease_acquired", "subnet 10.244.1.0/24");
+        st.event("peer_added", "10.244.2.0/24 via 192.168.77.2");
+        let state = Arc::new(st);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let get = |addr: std::net::SocketAddr, path: &str| -> serde_json::Value {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.0 200"), "{path}: {head}");
+            serde_json::from_str(body).unwrap()
+        };
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, router(state)).await });
+            tokio::task::spawn_blocking(move || {
+                let p = get(addr, "/v1/peers");
+                assert_eq!(p[0]["subnet"], "10.244.2.0/24");
+                assert_eq!(p[1]["rx_bytes"], 3_000, "{p}");
+                let f = get(addr, "/v1/flows?n=1");
+                assert_eq!(f["flows"].as_array().unwrap().len(), 1, "{f}");
+                assert_eq!(f["flows"][0]["src_port"], 40_000);
+                assert_eq!(f["flows"][0]["bytes"], 3_000);
+                assert_eq!(get(addr, "/v1/flows")["flows"].as_array().unwrap().len(), 2);
+                let e = get(addr, "/v1/events?since=1");
+                assert_eq!(e["events"].as_array().unwrap().len(), 1, "{e}");
+                assert_eq!(e["events"][0]["kind"], "peer_added");
+                assert_eq!(e["last"], 2);
+            })
+            .await
+            .unwrap();
+        });
+    }
+
     #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
