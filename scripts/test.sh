@@ -28,6 +28,14 @@ if [ "$(id -u)" != 0 ]; then
   echo "test.sh: run as root: the end-to-end tests create network namespaces, TAP devices and containers" >&2
   exit 1
 fi
+# A full run builds debug, release, fuzz and clean-OS targets: about 20 GiB. Say so up
+# front instead of failing mid-build with "No space left on device" or a linker Bus error.
+need_gib=${VXMESH_MIN_FREE_GIB:-20}
+free_gib=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
+if [ "${free_gib:-0}" -lt "$need_gib" ]; then
+  echo "test.sh: only ${free_gib} GiB free on $(df --output=target . | tail -1); a full run needs about ${need_gib} GiB (build targets). Free space (e.g. cargo clean in other checkouts) or set VXMESH_MIN_FREE_GIB." >&2
+  exit 1
+fi
 ./scripts/install-deps.sh || exit 1
 # First: what a new user's machine does with the package list and Cargo.lock of this commit.
 if [ "${VXMESH_SKIP_CLEAN_OS:-0}" != 1 ]; then
