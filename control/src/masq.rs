@@ -686,6 +686,157 @@ table ip vxmesh {
         assert_eq!(drift(&listed, &[]), Some((15, 0)));
     }
 
+    /// One rule reduced to what it matches and does, read back from either backend's text.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Matched {
+        /// Matches kube-proxy's 0x4000 mark bit.
+        mark: bool,
+        /// (negated, prefix)
+        src: Option<(bool, Subnet)>,
+        dst: Option<(bool, Subnet)>,
+        /// "return", "masquerade" or "accept"
+        verdict: String,
+        random_fully: bool,
+    }
+
+    /// An `-A CHAIN ...` line of [`restore_input`]; `None` for any other line.
+    fn read_iptables(line: &str) -> Option<(String, Matched)> {
+        let mut t = line.split_whitespace();
+        if t.next()? != "-A" {
+            return None;
+        }
+        let chain = t.next()?.to_string();
+        let mut m = Matched {
+            mark: false,
+            src: None,
+            dst: None,
+            verdict: String::new(),
+            random_fully: false,
+        };
+        let mut neg = false;
+        while let Some(w) = t.next() {
+            match w {
+                "!" => neg = true,
+                "-s" => m.src = Some((std::mem::take(&mut neg), t.next()?.parse().ok()?)),
+                "-d" => m.dst = Some((std::mem::take(&mut neg), t.next()?.parse().ok()?)),
+                "-m" => match t.next()? {
+                    "mark" => {
+                        assert_eq!(t.next()?, "--mark");
+                        assert_eq!(t.next()?, "0x4000/0x4000");
+                        m.mark = true;
+                    }
+                    "comment" => {
+                        assert_eq!(t.next()?, "--comment");
+                        for c in t.by_ref() {
+                            if c.ends_with('"') {
+                                break;
+                            }
+                        }
+                    }
+                    other => panic!("unexpected match {other} in {line}"),
+                },
+                "-j" => m.verdict = t.next()?.to_lowercase(),
+                "--random-fully" => m.random_fully = true,
+                other => panic!("unexpected {other} in {line}"),
+            }
+        }
+        Some((chain, m))
+    }
+
+    /// A rule line of [`nft_input`] (inside a chain); `None` for any other line.
+    fn read_nft(line: &str) -> Option<Matched> {
+        let line = line.trim();
+        if line.starts_with("type ")
+            || line.starts_with("delete ")
+            || line.ends_with('{')
+            || line == "}"
+        {
+            return None;
+        }
+        let mut m = Matched {
+            mark: false,
+            src: None,
+            dst: None,
+            verdict: String::new(),
+            random_fully: false,
+        };
+        let mut t = line.split_whitespace().peekable();
+        while let Some(w) = t.next() {
+            match w {
+                "meta" => {
+                    let rest: Vec<&str> = t.by_ref().take(6).collect();
+                    assert_eq!(
+                        rest,
+                        ["mark", "&", "0x00004000", "==", "0x00004000", "return"]
+                    );
+                    m.mark = true;
+                    m.verdict = "return".into();
+                }
+                "ip" => {
+                    let field = t.next()?;
+                    let neg = t.next_if_eq(&"!=").is_some();
+                    let prefix = Some((neg, t.next()?.parse().ok()?));
+                    match field {
+                        "saddr" => m.src = prefix,
+                        "daddr" => m.dst = prefix,
+                        other => panic!("unexpected ip {other} in {line}"),
+                    }
+                }
+                "return" | "masquerade" | "accept" => m.verdict = w.into(),
+                "fully-random" => m.random_fully = true,
+                other => panic!("unexpected {other} in {line}"),
+            }
+        }
+        Some(m)
+    }
+
+    /// The two backends hold the same rules, in the same order, for every flag
+    /// combination: the nftables rendering is the iptables one rule for rule.
+    #[test]
+    fn both_backends_render_the_same_rules() {
+        let (n, own) = net();
+        for masquerade in [false, true] {
+            for random_fully in [false, true] {
+                for forward in [false, true] {
+                    let rules = Rules {
+                        masquerade,
+                        random_fully,
+                        forward,
+                        backend: Backend::Iptables,
+                    };
+                    let ipt: Vec<(String, Matched)> = restore_input(&n, &own, rules)
+                        .lines()
+                        .filter_map(read_iptables)
+                        .collect();
+                    let nft_text = nft_input(&n, &own, nft_of(rules));
+                    let mut nft: Vec<(String, Matched)> = Vec::new();
+                    let mut chain = String::new();
+                    for line in nft_text.lines() {
+                        if let Some(name) = line.trim().strip_prefix("chain ") {
+                            chain = match name.trim_end_matches(" {") {
+                                "postrtg" => NAT_CHAIN.into(),
+                                "forward" => FWD_CHAIN.into(),
+                                other => panic!("unexpected chain {other}"),
+                            };
+                        } else if let Some(m) = read_nft(line) {
+                            nft.push((chain.clone(), m));
+                        }
+                    }
+                    let want = 5 * usize::from(masquerade) + 2 * usize::from(forward);
+                    assert_eq!(ipt.len(), want, "{rules:?}");
+                    assert_eq!(nft, ipt, "{rules:?}\n{nft_text}");
+                }
+            }
+        }
+    }
+
+    fn nft_of(r: Rules) -> Rules {
+        Rules {
+            backend: Backend::Nftables,
+            ..r
+        }
+    }
+
     #[test]
     fn nft_table_is_found_in_the_list() {
         assert!(nft_has_table("table ip filter\ntable ip vxmesh\n"));
