@@ -296,15 +296,22 @@ fn remove_nft() -> Result<(), MasqError> {
 }
 
 /// Removes the other backend's rules after a switch. Its tool not being installed means
-/// none of its rules can be there, or none can be removed: nothing to do either way.
-fn remove_other(backend: Backend) -> Result<(), MasqError> {
-    let r = match backend {
-        Backend::Iptables => remove_nft(),
-        Backend::Nftables => remove_iptables(),
+/// none of its rules can be there: nothing to do. A failure is logged, not returned: the
+/// chosen backend's rules are in place, and the other tool may not work on this host at
+/// all (`nft` on a kernel without nf_tables, say).
+fn remove_other(backend: Backend) {
+    let (what, r) = match backend {
+        Backend::Iptables => ("nftables table ip vxmesh", remove_nft()),
+        Backend::Nftables => (
+            "iptables chains VXMESH-POSTRTG and VXMESH-FWD",
+            remove_iptables(),
+        ),
     };
     match r {
-        Err(MasqError::Spawn { .. }) => Ok(()),
-        other => other,
+        Ok(()) | Err(MasqError::Spawn { .. }) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove the {what} of an earlier run ({e}); if they are there, remove them by hand"
+        ),
     }
 }
 
@@ -323,7 +330,8 @@ pub fn apply(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqErr
             }
         }
     }
-    remove_other(rules.backend)
+    remove_other(rules.backend);
+    Ok(())
 }
 
 fn apply_iptables(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
