@@ -26,7 +26,8 @@
 //! a copy of flanneld's nftables one (which returns before its host-to-pods masquerade
 //! rule and matches the kube-proxy mark exactly instead of as a bit). Resync works the
 //! same way, on `nft list table ip vxmesh`. Whichever backend is in use, applying it
-//! removes the other's rules, as flanneld cleans up the manager it does not use.
+//! removes the other's rules, as flanneld cleans up the manager it does not use (a
+//! failure there is a warning: the other tool may not work on this host at all).
 //!
 //! The rules are left in place when the agent stops, so existing pods keep their
 //! outside access across a restart; `vxmeshctl cleanup-iptables` removes them (both
