@@ -542,6 +542,8 @@ pub async fn run(
         offloads: opts.offloads,
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
+        network: cfg.network,
+        direct_routing: cfg.backend.direct_routing,
     };
     let dp = NodeDataplane::start(opts.dataplane, &nl, &setup, &state).await?;
     let mut node = Running {

@@ -44,6 +44,9 @@ pub struct VxlanBackend {
     /// Backend.MTU: as in flannel, the MTU to assume for the underlay instead of
     /// the interface's; the overlay device and FLANNEL_MTU get this minus 50.
     pub mtu: Option<u32>,
+    /// Backend.DirectRouting: peers on the underlay's own L2 network are routed via
+    /// their PublicIP without encapsulation (see `node_dataplane::direct`).
+    pub direct_routing: bool,
 }
 
 impl VxlanBackend {
@@ -287,6 +290,7 @@ fn parse_backend(
         vni: Vni::new(1).unwrap_or_else(|| unreachable!("1 fits in 24 bits")),
         port: DEFAULT_VXLAN_PORT,
         mtu: None,
+        direct_routing: false,
     };
     let obj = match v {
         None | Some(Value::Null) => {
@@ -339,7 +343,17 @@ fn parse_backend(
         }
         Some(m) => Some(m as u32),
     };
-    for flag in ["GBP", "DirectRouting", "Learning", "MacPrefix"] {
+    let direct_routing = match field(obj, "DirectRouting") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(bad(
+                "Backend.DirectRouting",
+                format!("must be true or false, found {other}"),
+            ))
+        }
+    };
+    for flag in ["GBP", "Learning", "MacPrefix"] {
         if let Some(v) = field(obj, flag) {
             if v != &Value::Bool(false) && !v.is_null() {
                 notes.push(format!(
@@ -348,7 +362,12 @@ fn parse_backend(
             }
         }
     }
-    Ok(VxlanBackend { vni, port, mtu })
+    Ok(VxlanBackend {
+        vni,
+        port,
+        mtu,
+        direct_routing,
+    })
 }
 
 #[cfg(test)]
@@ -419,6 +438,48 @@ mod tests {
         assert_eq!(c.subnet_len, 26);
         assert_eq!(c.backend.vni.get(), 42);
         assert_eq!(c.backend.port, 4789);
+    }
+
+    #[test]
+    fn direct_routing() {
+        let base = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+        assert!(!parse(base).unwrap().backend.direct_routing);
+        for (json, want) in [
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+                true,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","backend":{"type":"vxlan","directRouting":true}}"#,
+                true,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":false}}"#,
+                false,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":null}}"#,
+                false,
+            ),
+        ] {
+            let c = parse(json).unwrap();
+            assert_eq!(c.backend.direct_routing, want, "{json}");
+            assert!(c.notes.is_empty(), "{:?}", c.notes);
+        }
+        let e = parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend.DirectRouting",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -584,6 +584,77 @@ impl Netlink {
             .build()
     }
 
+    fn direct_route(subnet: &Subnet, via: Ipv4Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.addr(), subnet.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .build()
+    }
+
+    /// `ip route replace <subnet> via <via> dev <index>`: a peer on the underlay's L2
+    /// network, reached without encapsulation (DirectRouting). It replaces an onlink
+    /// overlay route for the same subnet, and the other way round.
+    pub async fn replace_direct_route(
+        &self,
+        subnet: &Subnet,
+        via: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::direct_route(subnet, via, index))
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::req(format!("route {subnet} via {via} (direct)")))
+    }
+
+    /// Removes a direct route; Ok if it is already gone (or was replaced by another).
+    pub async fn delete_direct_route(
+        &self,
+        subnet: &Subnet,
+        via: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::direct_route(subnet, via, index))
+            .execute()
+            .await
+        {
+            Err(e) if !is_gone(&e) => Err(Self::req(format!("delete route {subnet} via {via}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The IPv4 addresses of a link with their prefix lengths: the networks it is
+    /// directly connected to.
+    pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(a) = s
+            .try_next()
+            .await
+            .map_err(Self::req(format!("get addresses of #{index}")))?
+        {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    if !out.contains(&(*ip, a.header.prefix_len)) {
+                        out.push((*ip, a.header.prefix_len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `ip route replace <subnet> via <subnet>.0 dev <index> onlink`
     pub async fn replace_peer_route(
         &self,

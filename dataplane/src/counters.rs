@@ -176,6 +176,12 @@ counters! {
     tso_frames_segmented,
     /// Inner segments merged into a larger frame on receive.
     gro_segments_merged,
+    /// Inner frames whose TCP/UDP checksum the sending kernel left partial
+    /// (CHECKSUM_PARTIAL over a virtual NIC), passed to the TAP marked NEEDS_CSUM.
+    ingress_partial_checksums,
+    /// Inner TCP frames longer than the TAP MTU (a kernel sender's GSO frame that
+    /// crossed a virtual underlay uncut), handed to the TAP as GSO frames.
+    ingress_gso_frames,
     /// ARP requests answered locally for peers' VTEP addresses.
     arp_replies,
     /// Times UDP GSO was found unusable and the sender fell back to one datagram per send.

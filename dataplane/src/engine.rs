@@ -368,12 +368,25 @@ impl IngressWorker {
     fn run(self) {
         let vnet = self.tap.offloads().vnet_hdr;
         let mut batch = RecvBatch::new(RX_MESSAGES);
-        // Merging needs the virtio header to hand the kernel a GSO frame.
-        let mut gro = vnet.then(|| Coalescer::new(GRO_FLOWS));
+        // Frames longer than the TAP's MTU (a kernel peer's uncut GSO frames) go out
+        // as GSO; merging needs the virtio header to hand the kernel a GSO frame.
+        let tap_mtu = self.tap.mtu().ok();
+        let mut gro = vnet.then(|| match tap_mtu {
+            Some(m) => Coalescer::new(GRO_FLOWS).with_tap_mtu(m),
+            None => Coalescer::new(GRO_FLOWS),
+        });
         let mut counts = LocalCounts::default();
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("UDP receive failed");
         let mut merged_seen = 0u64;
+        let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
+        // Without virtio-net headers partial checksums are finished and uncut GSO
+        // frames cut here, in a copy.
+        let mut plain_buf = if vnet {
+            Vec::new()
+        } else {
+            vec![0u8; offload::PLAIN_TAP_SCRATCH]
+        };
         let tap = &*self.tap;
 
         while !self.stop.load(Ordering::Relaxed) {
@@ -402,17 +415,39 @@ impl IngressWorker {
                     Err(_) => counts.drop(DropReason::TapWriteFailed),
                 }
             };
-            deliver_batch(&batch, n, &mut view, gro.as_mut(), &mut counts, &emit);
+            let mut to_tap = match gro.as_mut() {
+                Some(g) => ToTap::Gro(g),
+                None => ToTap::Plain {
+                    tap_mtu,
+                    scratch: &mut plain_buf,
+                },
+            };
+            deliver_batch(&batch, n, &mut view, &mut to_tap, &mut counts, &emit);
             if let Some(g) = gro.as_mut() {
                 g.flush(&mut |vh, f| emit(vh, f, &mut counts));
                 let merged = g.stats().merged;
                 counts.gro_segments_merged += merged - merged_seen;
                 merged_seen = merged;
+                let st = g.stats();
+                counts.ingress_partial_checksums += st.partial_checksum - partial_seen;
+                counts.ingress_gso_frames += st.oversized - oversized_seen;
+                (partial_seen, oversized_seen) = (st.partial_checksum, st.oversized);
             }
             self.counters.publish(&mut counts);
         }
         self.counters.publish(&mut counts);
     }
+}
+
+/// Where delivered frames go: through the coalescer (a TAP with virtio-net headers; the
+/// caller flushes it), or straight to a plain TAP, with partial checksums finished and
+/// uncut GSO frames cut in `scratch`.
+enum ToTap<'a> {
+    Gro(&'a mut Coalescer),
+    Plain {
+        tap_mtu: Option<usize>,
+        scratch: &'a mut [u8],
+    },
 }
 
 /// Checks the datagrams of the first `n` messages of `batch` and hands the frames to
@@ -422,7 +457,7 @@ fn deliver_batch(
     batch: &RecvBatch,
     n: usize,
     view: &mut TableView,
-    mut gro: Option<&mut Coalescer>,
+    to_tap: &mut ToTap<'_>,
     counts: &mut LocalCounts,
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
@@ -438,9 +473,20 @@ fn deliver_batch(
                 Ingress::Deliver { inner } => {
                     counts.frames_delivered += 1;
                     let frame = &d[inner..];
-                    match gro.as_mut() {
-                        Some(g) => g.push(frame, &mut |vh, f| emit(vh, f, counts)),
-                        None => emit(&VirtioNetHdr::NONE, frame, counts),
+                    match to_tap {
+                        ToTap::Gro(g) => g.push(frame, &mut |vh, f| emit(vh, f, counts)),
+                        ToTap::Plain { tap_mtu, scratch } => {
+                            let done = offload::for_plain_tap(frame, *tap_mtu, scratch, &mut |f| {
+                                emit(&VirtioNetHdr::NONE, f, counts)
+                            });
+                            match done {
+                                offload::PlainTap::Unchanged => {}
+                                offload::PlainTap::Finished => {
+                                    counts.ingress_partial_checksums += 1
+                                }
+                                offload::PlainTap::Cut(_) => counts.ingress_gso_frames += 1,
+                            }
+                        }
                     }
                 }
                 Ingress::Drop(reason) => counts.drop(reason),
@@ -539,11 +585,22 @@ mod tests {
         let batch = RecvBatch::with_messages(&[(src, d.len(), &msg), (src, d.len(), &msg)]);
         let delivered = Cell::new(0);
         let mut counts = LocalCounts::default();
-        deliver_batch(&batch, 2, &mut view, None, &mut counts, &|vh, f, _| {
-            assert_eq!(*vh, VirtioNetHdr::NONE);
-            assert_eq!(f, &d[VxlanHeader::LEN..]);
-            delivered.set(delivered.get() + 1);
-        });
+        let mut plain = ToTap::Plain {
+            tap_mtu: None,
+            scratch: &mut [],
+        };
+        deliver_batch(
+            &batch,
+            2,
+            &mut view,
+            &mut plain,
+            &mut counts,
+            &|vh, f, _| {
+                assert_eq!(*vh, VirtioNetHdr::NONE);
+                assert_eq!(f, &d[VxlanHeader::LEN..]);
+                delivered.set(delivered.get() + 1);
+            },
+        );
         assert_eq!(counts.udp_datagrams_received, 2 * per_message as u64);
         // with the old table up to the reload, with the new one after it
         assert_eq!(delivered.get(), every);

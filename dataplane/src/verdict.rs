@@ -169,7 +169,8 @@ mod tests {
     use super::*;
     use crate::fib::{LocalVtep, PeerVtep};
     use crate::wire::testdata::{
-        ARP_REQUEST, INNER_ICMP_REQUEST, OUTER_ICMP_REQUEST, OUTER_UDP_PAYLOAD,
+        ARP_REQUEST, INNER_ICMP_REQUEST, OUTER_ICMP_REQUEST, OUTER_UDP_PAYLOAD, PARTIAL_TCP_OUTER,
+        PARTIAL_UDP_OUTER,
     };
     use crate::wire::{MacAddr, Vni};
 
@@ -269,6 +270,16 @@ mod tests {
             Ingress::Deliver { inner: 8 }
         );
         assert_eq!(&d[8..], &INNER_ICMP_REQUEST[..]);
+        // Kernel senders at default offloads leave inner checksums partial: such a
+        // datagram is delivered like any other (the coalescer marks it NEEDS_CSUM).
+        for outer in [&PARTIAL_TCP_OUTER[..], &PARTIAL_UDP_OUTER[..]] {
+            let d = &outer[OUTER_UDP_PAYLOAD..];
+            assert_eq!(
+                classify_ingress(from, d, &node_b()),
+                Ingress::Deliver { inner: 8 }
+            );
+            assert!(crate::offload::partial::detect(&d[8..]).is_some());
+        }
     }
 
     #[test]
