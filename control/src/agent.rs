@@ -27,7 +27,7 @@ use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
 use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
-use crate::masq::{Ensured, Rules};
+use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
@@ -378,7 +378,7 @@ async fn keep_iptables(
         match r {
             Ok(Ensured::Intact | Ensured::Applied) => {
                 if failing {
-                    tracing::info!("iptables rules in place again");
+                    tracing::info!("{} rules in place again", rules.backend.name());
                     failing = false;
                 }
             }
@@ -387,12 +387,16 @@ async fn keep_iptables(
                 tracing::warn!(
                     missing,
                     extra,
-                    "iptables rules were changed behind vxmesh's back (firewall reload? iptables -F?); restored"
+                    "{} rules were changed behind vxmesh's back (firewall reload? iptables -F? nft flush ruleset?); restored",
+                    rules.backend.name()
                 );
             }
             Err(e) => {
                 if !failing {
-                    tracing::error!("cannot keep the iptables rules in place: {e}");
+                    tracing::error!(
+                        "cannot keep the {} rules in place: {e}",
+                        rules.backend.name()
+                    );
                     failing = true;
                 }
                 state.update(|i| i.last_error = Some(e.to_string()));
@@ -593,6 +597,11 @@ pub async fn run(
                 masquerade: opts.ip_masq,
                 random_fully: opts.masq_random_fully,
                 forward: opts.iptables_forward_rules,
+                backend: if cfg.enable_nftables {
+                    Backend::Nftables
+                } else {
+                    Backend::Iptables
+                },
             },
             subnet_file: opts.subnet_file.clone(),
         },

@@ -94,6 +94,7 @@ mod tests {
                 mtu: None,
                 direct_routing: false,
             },
+            enable_nftables: false,
             notes: Vec::new(),
         }
     }

@@ -72,7 +72,8 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
-    /// Remove the masquerade/forward rules vxmeshd --ip-masq installed (after uninstall).
+    /// Remove the masquerade/forward rules vxmeshd installed: iptables chains and the
+    /// nftables table (after uninstall).
     CleanupIptables,
     /// Wait until the agent reports ready (exit 1 on timeout).
     WaitReady {
@@ -469,9 +470,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::CleanupIptables => {
             vxmesh_control::masq::remove()?;
             println!(
-                "removed the {} and {} chains and their hooks",
+                "removed the {} and {} chains and their hooks, and nftables table ip {}",
                 vxmesh_control::masq::NAT_CHAIN,
-                vxmesh_control::masq::FWD_CHAIN
+                vxmesh_control::masq::FWD_CHAIN,
+                vxmesh_control::masq::NFT_TABLE
             );
         }
         Cmd::WaitReady { timeout } => {
