@@ -67,12 +67,8 @@ pub struct NoFreeSubnet {
     pub leased: u64,
 }
 
-fn overlaps(a: &Subnet, b: &Subnet) -> bool {
-    a.contains(b.addr()) || b.contains(a.addr())
-}
-
 /// splitmix64: a small, well-mixed PRNG so the core stays deterministic under test.
-fn next(seed: &mut u64) -> u64 {
+pub(crate) fn splitmix(seed: &mut u64) -> u64 {
     *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *seed;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -81,13 +77,135 @@ fn next(seed: &mut u64) -> u64 {
 }
 
 /// Plans up to `max` claims in the order they should be tried.
+///
+/// Cost: O(L log L + max · log L) for L leases, whatever the pool's size — the pool
+/// is never walked candidate by candidate (a /8 cut into /30s has 4 M of them). The
+/// leases become sorted runs of taken candidates; the free candidates are the gaps
+/// between them, counted, and the random sample is drawn by rank among them.
 pub fn plan(
+    cfg: &NetworkConfig,
+    me: Ipv4Addr,
+    leases: &[ExistingLease],
+    hint: Option<Subnet>,
+    seed: u64,
+    max: usize,
+) -> Result<Vec<Claim>, NoFreeSubnet> {
+    plan_counted(cfg, me, leases, hint, seed, max, &mut Work::default())
+}
+
+/// Steps [`plan`] took, for tests and benchmarks that check its cost grows with the
+/// leases and the claims asked for, never with the pool.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Leases looked at (each a constant number of times, plus the sort).
+    pub leases: u64,
+    /// Free candidates listed one by one (only when few are free, or all are wanted).
+    pub listed: u64,
+    /// Random draws of a free candidate by rank.
+    pub draws: u64,
+}
+
+/// Candidates are numbered 0..count from SubnetMin in steps of one subnet.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    min: u64,
+    step: u64,
+    count: u64,
+}
+
+impl Pool {
+    fn of(cfg: &NetworkConfig) -> Pool {
+        Pool {
+            min: u64::from(u32::from(cfg.subnet_min)),
+            step: 1u64 << (32 - u32::from(cfg.subnet_len)),
+            count: cfg.pool_size(),
+        }
+    }
+
+    /// The candidates `s` overlaps, as an inclusive index range.
+    fn overlapped(&self, s: &Subnet) -> Option<(u64, u64)> {
+        let first = u64::from(u32::from(s.addr()));
+        let last = u64::from(u32::from(s.last()));
+        let end = self.min + self.count * self.step - 1;
+        if last < self.min || first > end {
+            return None;
+        }
+        let lo = first.saturating_sub(self.min) / self.step;
+        let hi = ((last.min(end) - self.min) / self.step).min(self.count - 1);
+        Some((lo, hi))
+    }
+
+    fn subnet(&self, i: u64, len: u8) -> Option<Subnet> {
+        let a = u32::try_from(self.min + i * self.step).ok()?;
+        Subnet::new_exact(Ipv4Addr::from(a), len).ok()
+    }
+}
+
+/// Merges index ranges into sorted, disjoint ones.
+fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (lo, hi) in runs {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// The free candidates: the gaps between the taken runs, with the number of free
+/// candidates before each gap (to find the n-th free one by binary search).
+#[derive(Debug)]
+struct Gaps {
+    /// (first index, length, free candidates before it)
+    gaps: Vec<(u64, u64, u64)>,
+    free: u64,
+}
+
+impl Gaps {
+    fn between(taken: &[(u64, u64)], count: u64) -> Gaps {
+        let mut gaps = Vec::with_capacity(taken.len() + 1);
+        let mut next = 0u64;
+        let mut free = 0u64;
+        for &(lo, hi) in taken.iter().chain(std::iter::once(&(count, count))) {
+            if lo > next {
+                gaps.push((next, lo - next, free));
+                free += lo - next;
+            }
+            next = next.max(hi.saturating_add(1));
+        }
+        Gaps { gaps, free }
+    }
+
+    /// The index of the `rank`-th free candidate (`rank < self.free`).
+    fn nth(&self, rank: u64) -> u64 {
+        let i = self.gaps.partition_point(|g| g.2 <= rank).saturating_sub(1);
+        let (first, _, before) = self.gaps[i];
+        first + (rank - before)
+    }
+
+    fn all(&self) -> impl Iterator<Item = u64> + '_ {
+        self.gaps
+            .iter()
+            .flat_map(|&(first, len, _)| first..first + len)
+    }
+}
+
+/// Below this many free candidates they are listed and shuffled (the same order the
+/// pool gives them in, so the same seed picks the same subnets whatever the pool's
+/// representation); above it, drawn by rank.
+const LIST_FREE_UP_TO: u64 = 1 << 16;
+
+/// [`plan`], counting its steps in `work`.
+pub fn plan_counted(
     cfg: &NetworkConfig,
     me: Ipv4Addr,
     leases: &[ExistingLease],
     hint: Option<Subnet>,
     mut seed: u64,
     max: usize,
+    work: &mut Work,
 ) -> Result<Vec<Claim>, NoFreeSubnet> {
     let mut out = Vec::new();
     let mut mine: Vec<&ExistingLease> = leases
@@ -109,41 +227,71 @@ pub fn plan(
             }
         });
     }
-    let taken = |s: &Subnet| {
-        leases
-            .iter()
-            .any(|l| !l.subnet.contains_subnet(&cfg.network) && overlaps(&l.subnet, s))
+    let pool = Pool::of(cfg);
+    // Keys covering the whole Network occupy nothing (see the module documentation).
+    let occupying = leases
+        .iter()
+        .filter(|l| !l.subnet.contains_subnet(&cfg.network));
+    work.leases += leases.len() as u64;
+    let taken_runs = merge(
+        occupying
+            .filter_map(|l| pool.overlapped(&l.subnet))
+            .collect(),
+    );
+    let leased: u64 = taken_runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
+    let is_taken = |i: u64| {
+        let k = taken_runs.partition_point(|r| r.1 < i);
+        taken_runs.get(k).is_some_and(|r| r.0 <= i)
     };
-    if let Some(h) = hint {
-        if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet() == h) {
+    // The hint, when it is a free candidate, is tried first and not drawn again.
+    let hint_index = hint
+        .filter(|h| cfg.fits(h))
+        .and_then(|h| pool.overlapped(&h))
+        .map(|(lo, _)| lo)
+        .filter(|&i| !is_taken(i));
+    if let (Some(h), Some(_)) = (hint, hint_index) {
+        if !out.iter().any(|c| c.subnet() == h) {
             out.push(Claim::Create { subnet: h });
         }
     }
-    let step = 1u32 << (32 - u32::from(cfg.subnet_len));
-    let mut free = Vec::new();
-    let mut leased = 0u64;
-    let mut a = u32::from(cfg.subnet_min);
-    let max_addr = u32::from(cfg.subnet_max);
-    loop {
-        if let Ok(s) = Subnet::new_exact(Ipv4Addr::from(a), cfg.subnet_len) {
-            if taken(&s) {
-                leased += 1;
-            } else if Some(s) != hint {
-                free.push(s);
+    let mut excluded = taken_runs;
+    if let Some(i) = hint_index {
+        excluded.push((i, i));
+        excluded = merge(excluded);
+    }
+    let gaps = Gaps::between(&excluded, pool.count);
+    let want = (max.saturating_sub(out.len()) as u64).min(gaps.free);
+    let picked: Vec<u64> = if gaps.free <= LIST_FREE_UP_TO || want.saturating_mul(2) >= gaps.free {
+        // Partial Fisher-Yates: the first `want` entries become a uniform random sample.
+        let mut free: Vec<u64> = gaps.all().collect();
+        work.listed += free.len() as u64;
+        let want = want as usize;
+        for i in 0..want {
+            let j = i + (splitmix(&mut seed) % (free.len() - i) as u64) as usize;
+            free.swap(i, j);
+        }
+        free.truncate(want);
+        free
+    } else {
+        // Many more free than wanted: draw ranks until `want` distinct ones (on
+        // average fewer than 2·want draws, as at most half are wanted).
+        let mut chosen: Vec<u64> = Vec::with_capacity(want as usize);
+        let mut seen = std::collections::HashSet::with_capacity(want as usize);
+        while (chosen.len() as u64) < want {
+            work.draws += 1;
+            let i = gaps.nth(splitmix(&mut seed) % gaps.free);
+            if seen.insert(i) {
+                chosen.push(i);
             }
         }
-        match a.checked_add(step) {
-            Some(n) if n <= max_addr => a = n,
-            _ => break,
-        }
-    }
-    // Partial Fisher-Yates: the first `want` entries become a uniform random sample.
-    let want = max.saturating_sub(out.len()).min(free.len());
-    for i in 0..want {
-        let j = i + (next(&mut seed) % (free.len() - i) as u64) as usize;
-        free.swap(i, j);
-    }
-    out.extend(free[..want].iter().map(|&subnet| Claim::Create { subnet }));
+        chosen
+    };
+    out.extend(
+        picked
+            .into_iter()
+            .filter_map(|i| pool.subnet(i, cfg.subnet_len))
+            .map(|subnet| Claim::Create { subnet }),
+    );
     if out.is_empty() {
         return Err(NoFreeSubnet {
             pool: cfg.describe_pool(),
@@ -157,6 +305,10 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+
+    fn overlaps(a: &Subnet, b: &Subnet) -> bool {
+        a.contains(b.addr()) || b.contains(a.addr())
+    }
 
     fn cfg(json: &str) -> NetworkConfig {
         NetworkConfig::parse("/k", json.as_bytes()).unwrap()
@@ -361,7 +513,175 @@ mod tests {
         }
     }
 
+    /// The allocator before it counted gaps: every candidate of the pool walked and
+    /// checked against every lease. Kept here as the reference the new one must match.
+    fn plan_reference(
+        cfg: &NetworkConfig,
+        me: Ipv4Addr,
+        leases: &[ExistingLease],
+        hint: Option<Subnet>,
+        mut seed: u64,
+        max: usize,
+    ) -> Result<Vec<Claim>, NoFreeSubnet> {
+        let mut out = Vec::new();
+        let mut mine: Vec<&ExistingLease> = leases
+            .iter()
+            .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == me) && cfg.fits(&l.subnet))
+            .collect();
+        mine.sort_by_key(|l| (l.lease_id != 0, l.subnet));
+        if let Some(l) = mine.first() {
+            out.push(if l.lease_id == 0 {
+                Claim::Reserved {
+                    subnet: l.subnet,
+                    mod_revision: l.mod_revision,
+                }
+            } else {
+                Claim::Reuse {
+                    subnet: l.subnet,
+                    mod_revision: l.mod_revision,
+                }
+            });
+        }
+        let taken = |s: &Subnet| {
+            leases
+                .iter()
+                .any(|l| !l.subnet.contains_subnet(&cfg.network) && overlaps(&l.subnet, s))
+        };
+        if let Some(h) = hint {
+            if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet() == h) {
+                out.push(Claim::Create { subnet: h });
+            }
+        }
+        let step = 1u32 << (32 - u32::from(cfg.subnet_len));
+        let mut free = Vec::new();
+        let mut leased = 0u64;
+        let mut a = u32::from(cfg.subnet_min);
+        let max_addr = u32::from(cfg.subnet_max);
+        loop {
+            if let Ok(s) = Subnet::new_exact(Ipv4Addr::from(a), cfg.subnet_len) {
+                if taken(&s) {
+                    leased += 1;
+                } else if Some(s) != hint {
+                    free.push(s);
+                }
+            }
+            match a.checked_add(step) {
+                Some(n) if n <= max_addr => a = n,
+                _ => break,
+            }
+        }
+        let want = max.saturating_sub(out.len()).min(free.len());
+        for i in 0..want {
+            let j = i + (splitmix(&mut seed) % (free.len() - i) as u64) as usize;
+            free.swap(i, j);
+        }
+        out.extend(free[..want].iter().map(|&subnet| Claim::Create { subnet }));
+        if out.is_empty() {
+            return Err(NoFreeSubnet {
+                pool: cfg.describe_pool(),
+                leased,
+            });
+        }
+        Ok(out)
+    }
+
+    /// 5000 leases spread over `cfg`'s pool (every 97th candidate, and some of another
+    /// SubnetLen), deterministic.
+    fn spread_leases(cfg: &NetworkConfig, n: u32) -> Vec<ExistingLease> {
+        let step = 1u32 << (32 - u32::from(cfg.subnet_len));
+        let min = u32::from(cfg.subnet_min);
+        (0..n)
+            .map(|i| {
+                let len = if i % 50 == 0 {
+                    cfg.subnet_len - 2
+                } else {
+                    cfg.subnet_len
+                };
+                let a = (min + i * 97 * step) & (u32::MAX << (32 - u32::from(len)));
+                ExistingLease {
+                    subnet: Subnet::new(Ipv4Addr::from(a), len).unwrap(),
+                    attrs: None,
+                    mod_revision: i64::from(i),
+                    lease_id: 5,
+                }
+            })
+            .collect()
+    }
+
+    /// Issue 16: a /8 cut into /30s is 4 M candidates; with 5000 leases the old
+    /// allocator made 4 M × 5000 overlap checks (minutes). The plan must look at each
+    /// lease a few times and draw about as many candidates as it returns: counted
+    /// operations, not wall time.
+    #[test]
+    fn a_huge_pool_costs_its_leases_not_its_size() {
+        let c = cfg(r#"{"Network":"10.0.0.0/8","SubnetLen":30}"#);
+        assert_eq!(c.pool_size(), (1 << 22) - 1);
+        let leases = spread_leases(&c, 5000);
+        let mut work = Work::default();
+        let p = plan_counted(&c, ME, &leases, None, 42, 16, &mut work).unwrap();
+        assert_eq!(p.len(), 16);
+        assert_eq!(work.leases, 5000);
+        assert_eq!(work.listed, 0, "the pool is never listed");
+        assert!(work.draws <= 32, "{work:?}");
+        let mut seen = std::collections::HashSet::new();
+        for cl in &p {
+            let s = cl.subnet();
+            assert!(c.fits(&s) && seen.insert(s), "{s}");
+            assert!(
+                leases.iter().all(|l| !overlaps(&l.subnet, &s)),
+                "{s} is taken"
+            );
+        }
+        // A nearly full pool: the few free candidates are listed, not the pool.
+        let small = cfg(r#"{"Network":"10.0.0.0/16","SubnetLen":28}"#); // 4095
+        let mut leases: Vec<ExistingLease> = (1..4095u32)
+            .filter(|i| i % 1000 != 0)
+            .map(|i| ExistingLease {
+                subnet: Subnet::new(
+                    Ipv4Addr::from(u32::from(small.subnet_min) + (i - 1) * 16),
+                    28,
+                )
+                .unwrap(),
+                attrs: None,
+                mod_revision: 1,
+                lease_id: 5,
+            })
+            .collect();
+        leases.reverse(); // order does not matter
+        let mut work = Work::default();
+        let p = plan_counted(&small, ME, &leases, None, 1, 16, &mut work).unwrap();
+        assert_eq!(
+            p.len(),
+            5,
+            "candidates 1000, 2000, 3000, 4000 and 4095 are free"
+        );
+        assert_eq!(work.listed, 5);
+        assert_eq!(
+            plan(&small, ME, &leases, None, 1, 16),
+            plan_reference(&small, ME, &leases, None, 1, 16)
+        );
+    }
+
     proptest::proptest! {
+        /// Pools too big to list (the draw path): every candidate fits, is free,
+        /// distinct, and the count is what was asked for.
+        #[test]
+        fn huge_pools_draw_free_candidates(seed in 0u64.., n in 0u32..3000, max in 1usize..40, len in 26u8..=30) {
+            let c = cfg(&format!(r#"{{"Network":"10.0.0.0/8","SubnetLen":{len}}}"#));
+            let leases = spread_leases(&c, n);
+            let mut work = Work::default();
+            let p = plan_counted(&c, ME, &leases, None, seed, max, &mut work).unwrap();
+            proptest::prop_assert_eq!(p.len(), max);
+            proptest::prop_assert_eq!(work.listed, 0);
+            proptest::prop_assert!(work.draws <= 4 * max as u64 + 8, "{:?}", work);
+            let mut seen = std::collections::HashSet::new();
+            for cl in &p {
+                let s = cl.subnet();
+                proptest::prop_assert!(c.fits(&s) && seen.insert(s));
+                proptest::prop_assert!(leases.iter().all(|l| !overlaps(&l.subnet, &s)), "{} taken", s);
+            }
+        }
+
         #[test]
         fn never_overlapping_never_outside(
             net_len in 16u8..=24, extra in 2u8..=6, seed in 0u64.., taken_idx in proptest::collection::vec(0u32..64, 0..20),
@@ -384,6 +704,13 @@ mod tests {
                 mod_revision: 1,
                 lease_id: 5,
             }).collect();
+            // Pools of up to 65536 are listed in pool order and shuffled as before:
+            // the same seed gives exactly the same plan as the old allocator.
+            let hint = taken_idx.first().map(|i| Subnet::new(Ipv4Addr::from(net + (i % count) * step), sub_len).unwrap());
+            proptest::prop_assert_eq!(
+                plan(&c, ME, &leases, hint, seed, 7),
+                plan_reference(&c, ME, &leases, hint, seed, 7)
+            );
             match plan(&c, ME, &leases, None, seed, 1000) {
                 Ok(p) => {
                     let mut seen = std::collections::HashSet::new();
