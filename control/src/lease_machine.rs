@@ -13,7 +13,9 @@
 //! ```
 //! Differences from flannel, on purpose: a lost compare-and-swap moves on to the
 //! next candidate instead of failing; a lost lease is re-acquired (the same subnet
-//! when still free) instead of exiting; registry errors back off 100 ms → 5 s.
+//! when still free) instead of exiting; registry errors back off 100 ms → 5 s, each
+//! wait drawn between half and all of its step ([`jittered`]), so a thousand agents
+//! failing together (etcd restarted under them) do not come back together.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
@@ -27,8 +29,18 @@ use crate::subnet::Subnet;
 pub const CANDIDATES_PER_LISTING: usize = 16;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often to look again when the pool is full (a node may leave).
+/// How often to look again when the pool is full (a node may leave): at most this
+/// long, at least half of it.
 pub const EXHAUSTED_RETRY: Duration = Duration::from_secs(10);
+
+/// A wait of between half and all of `step`, uniformly ("equal jitter"): callers
+/// that fail together spread out, and each still waits at least half its step. `seed`
+/// advances (splitmix64: deterministic under test).
+pub fn jittered(step: Duration, seed: &mut u64) -> Duration {
+    let half = step / 2;
+    let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+    half + Duration::from_micros(crate::allocator::splitmix(seed) % spread.saturating_add(1))
+}
 
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +234,7 @@ impl LeaseMachine {
                     }
                     Err(e) => {
                         self.state = State::Exhausted {
-                            until: now + EXHAUSTED_RETRY,
+                            until: now + jittered(EXHAUSTED_RETRY, &mut self.seed),
                             err: Some(e),
                         };
                     }
@@ -250,7 +262,7 @@ impl LeaseMachine {
             }
             (LeaseEvent::RegistryError, State::Listing | State::Claiming { .. }) => {
                 self.state = State::Backoff {
-                    until: now + self.backoff,
+                    until: now + jittered(self.backoff, &mut self.seed),
                 };
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
@@ -510,9 +522,53 @@ mod tests {
             waits.push(until - now);
             now = until;
         }
-        assert_eq!(waits[0], BACKOFF_MIN);
-        assert_eq!(waits[1], BACKOFF_MIN * 2);
-        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+        // Each wait is between half and all of its step: 100 ms, 200 ms, … 5 s.
+        let steps = [1, 2, 4, 8, 16, 32, 50, 50].map(|n| BACKOFF_MIN * n);
+        for (w, step) in waits.iter().zip(steps) {
+            assert!(*w >= step / 2 && *w <= step, "{w:?} for a step of {step:?}");
+        }
+        assert!(waits[7] >= BACKOFF_MAX / 2);
+    }
+
+    /// Agents failing together (etcd restarted under them) spread their retries: of
+    /// 1000 machines with different seeds, the waits are not one value but spread
+    /// over the step's second half.
+    #[test]
+    fn backoff_is_jittered_across_agents() {
+        let t = Instant::now();
+        // The fourth wait in a row (a step of 800 ms) of 1000 agents.
+        let mut fourth: Vec<Duration> = (0..1000u64)
+            .map(|seed| {
+                let mut m =
+                    LeaseMachine::new(cfg(), ME, None, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let mut now = t;
+                let mut last = Duration::ZERO;
+                for _ in 0..4 {
+                    assert_eq!(m.poll(now), LeaseAction::List);
+                    m.handle(LeaseEvent::RegistryError, now);
+                    let LeaseAction::Wait { until } = m.poll(now) else {
+                        panic!()
+                    };
+                    last = until - now;
+                    now = until;
+                }
+                last
+            })
+            .collect();
+        fourth.sort();
+        let step = BACKOFF_MIN * 8;
+        assert!(fourth[0] >= step / 2 && fourth[999] <= step, "{fourth:?}");
+        // Spread over the whole half-step (uniform: the middle half spans ~200 ms).
+        assert!(
+            fourth[750] - fourth[250] >= Duration::from_millis(150),
+            "{:?}",
+            &fourth[240..760]
+        );
+        let mut seed = 7;
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(10), &mut seed);
+            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
+        }
     }
 
     #[test]

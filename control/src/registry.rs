@@ -104,24 +104,46 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// Backoff for reconnects: 100 ms doubling to 5 s.
+/// Backoff for reconnects: steps of 100 ms doubling to 5 s, each wait drawn between
+/// half and all of its step ([`crate::lease_machine::jittered`]), so agents that lose
+/// etcd together (a restart, a leader change) do not all come back at once.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff(Duration);
+pub struct Backoff {
+    step: Duration,
+    seed: u64,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_LAST: Duration = Duration::from_secs(5);
 
 impl Default for Backoff {
+    /// Seeded at random (each agent differently).
     fn default() -> Self {
-        Backoff(Duration::from_millis(100))
+        use std::hash::{BuildHasher, Hasher};
+        Backoff::with_seed(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
     }
 }
 
 impl Backoff {
+    pub fn with_seed(seed: u64) -> Backoff {
+        Backoff {
+            step: BACKOFF_FIRST,
+            seed,
+        }
+    }
+
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        let d = crate::lease_machine::jittered(self.step, &mut self.seed);
+        self.step = (self.step * 2).min(BACKOFF_LAST);
         d
     }
+
     pub fn reset(&mut self) {
-        *self = Backoff::default();
+        self.step = BACKOFF_FIRST;
     }
 }
 
@@ -411,10 +433,9 @@ impl Registry {
                 },
             };
             next_rev = Some(rev);
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev)
-                .with_prev_key();
+            // No previous values (with_prev_key): nothing reads them, and every event
+            // would carry its value twice to every node.
+            let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
             let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
                 Ok(s) => s,
                 Err(e) => {
