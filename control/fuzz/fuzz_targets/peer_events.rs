@@ -2,7 +2,8 @@
 //! revisions, full listings) into `PeerTable`: no panic; our own subnet, PublicIP and
 //! VtepMAC are never a peer's; every peer lies inside the Network at SubnetLen, has a
 //! unicast VtepMAC, and no two peers overlap or share a PublicIP or VtepMAC; the table
-//! always equals a fresh judgement of the leases it was told about.
+//! always equals a fresh judgement of the leases it was told about (its peers and
+//! every verdict).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -92,6 +93,9 @@ fuzz_target!(|data: &[u8]| {
         let all: Vec<Entry> = known.values().cloned().collect();
         let _ = fresh.reset(&all, &mut Vec::new());
         assert!(fresh.peers().eq(t.peers()), "incremental and fresh judgements differ");
+        // Every verdict, not only the peers: events judged on their own must reach
+        // exactly what a full pass reaches.
+        assert!(fresh.verdicts().eq(t.verdicts()), "incremental and fresh verdicts differ");
         rest = next;
     }
 });
