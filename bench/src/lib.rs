@@ -7,13 +7,21 @@
 //! - [`report`]: the results model, summary, target checks, markdown.
 //! - [`parse`], [`cpu`], [`stats`]: pure helpers (tool output, procfs, medians).
 //! - [`proc`], [`stop`]: bounded child processes and Ctrl-C handling.
+//! - [`scale`]: the scale harness of issue 16 (N namespaces with agents against a
+//!   3-member etcd), with [`routemon`] watching every namespace's routes; [`sim`]: the
+//!   in-process simulation of thousands of nodes over the control plane's pure cores
+//!   and an in-memory registry ([`memreg`]).
 //!
 //! The binary (`src/main.rs`) wires them together; see docs/benchmarks.md.
 pub mod cpu;
 pub mod measure;
+pub mod memreg;
 pub mod parse;
 pub mod proc;
 pub mod report;
+pub mod routemon;
+pub mod scale;
+pub mod sim;
 pub mod stats;
 pub mod stop;
 pub mod topo;

@@ -17,12 +17,15 @@ use clap::{Args, Parser, Subcommand};
 use vxmesh_bench::measure::{self, Outcome, Plan, RawOut};
 use vxmesh_bench::proc::run_bounded;
 use vxmesh_bench::report::{self, Machine, Mode, Results, Run, Settings};
+use vxmesh_bench::scale::{self, ScaleResults, ScaleRun};
+use vxmesh_bench::sim;
 use vxmesh_bench::stop;
 use vxmesh_bench::topo::{self, Context, Topology};
 
 /// Namespace names start with this, then the pid.
 const NS_BASE: &str = "vxb";
 const PLOT_PY: &str = include_str!("../plot.py");
+const PLOT_SCALE_PY: &str = include_str!("../plot_scale.py");
 const DOCS_BEGIN: &str = "<!-- bench-results:begin -->";
 const DOCS_END: &str = "<!-- bench-results:end -->";
 
@@ -54,6 +57,71 @@ enum Cmd {
     /// Build one mode's topology and keep it for manual experiments (prints the
     /// namespace names and pod addresses) until Ctrl-C or --seconds pass.
     Hold(HoldArgs),
+    /// Simulates N nodes in one process (the control plane's pure cores, an in-memory
+    /// registry): allocation, watch fan-out, churn, restart storm, per-node memory.
+    Sim(SimArgs),
+    /// N nodes (namespaces with agents) against a 3-member etcd, started together:
+    /// convergence, join, removal, restart storm, agent and etcd cost (docs/scale.md).
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct SimArgs {
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Nodes that run the agent's whole per-event path.
+    #[arg(long, default_value_t = 4)]
+    observers: usize,
+    #[arg(long, default_value = "10.0.0.0/8")]
+    network: String,
+    #[arg(long, default_value_t = 24)]
+    subnet_len: u8,
+    /// How long etcd is unreachable when the restart storm begins (ms).
+    #[arg(long, default_value_t = 5000)]
+    outage_ms: u64,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit 1 unless the observers stay exact, judge events on their own, and the
+    /// storm's retries spread out (for CI).
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Node counts, comma separated; each is a fresh lab (e.g. 100,300,500,1000).
+    #[arg(long, value_delimiter = ',', default_value = "50")]
+    nodes: Vec<usize>,
+    /// The agents' dataplane: userspace (the default, a TAP and two threads per
+    /// agent) or kernel (flannel's vxlan device, no threads).
+    #[arg(long, default_value = "userspace")]
+    dataplane: String,
+    /// The Network in etcd's config (the pool must hold every node).
+    #[arg(long, default_value = "10.0.0.0/12")]
+    network: String,
+    #[arg(long, default_value_t = 24)]
+    subnet_len: u8,
+    /// Name of these runs in the results and the chart [default: the git commit].
+    #[arg(long)]
+    label: Option<String>,
+    /// Seconds to wait for every node to have every route.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Only the start-up (no join, removal or restart storm).
+    #[arg(long)]
+    start_only: bool,
+    /// Add the runs to this earlier scale.json (to chart several labels together).
+    #[arg(long)]
+    append: Option<PathBuf>,
+    /// Skip drawing the chart.
+    #[arg(long)]
+    no_chart: bool,
+    /// Exit 1 unless every phase completed and every ping was answered (for CI).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -172,6 +240,8 @@ fn main() -> ExitCode {
         Some(Cmd::Cleanup) => cleanup(),
         Some(Cmd::Hold(a)) => hold(a),
         Some(Cmd::Report(a)) => rerender(a),
+        Some(Cmd::Scale(a)) => scale(a),
+        Some(Cmd::Sim(a)) => sim(a),
     };
     match r {
         Ok(code) => code,
@@ -401,7 +471,8 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
 }
 
 fn cleanup() -> anyhow::Result<ExitCode> {
-    let removed = topo::remove_stale(NS_BASE);
+    let mut removed = scale::remove_stale(NS_BASE);
+    removed.extend(topo::remove_stale(NS_BASE));
     if removed.is_empty() {
         eprintln!("nothing to clean up");
     } else {
@@ -716,21 +787,29 @@ fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
 }
 
 fn draw_chart(out: &Path) -> anyhow::Result<()> {
-    let script = out.join("plot.py");
-    std::fs::write(&script, PLOT_PY)?;
+    draw_with(
+        PLOT_PY,
+        "plot.py",
+        &out.join("results.json"),
+        &out.join("chart.png"),
+    )
+}
+
+/// Writes `script` next to `json` as `name` and runs it: `name json png`.
+fn draw_with(script: &str, name: &str, json: &Path, png: &Path) -> anyhow::Result<()> {
+    let path = json.with_file_name(name);
+    std::fs::write(&path, script)?;
     let python = if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
         "python3"
     };
     let mut c = Command::new(python);
-    c.arg(&script)
-        .arg(out.join("results.json"))
-        .arg(out.join("chart.png"));
+    c.arg(&path).arg(json).arg(png);
     let f = run_bounded(c, Duration::from_secs(120))?;
     if !f.status.success() {
         bail!(
-            "{python} plot.py failed: {} (install python3-matplotlib)",
+            "{python} {name} failed: {} (install python3-matplotlib)",
             f.stderr.trim()
         );
     }
@@ -860,6 +939,213 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
     drop(t);
     eprintln!("torn down");
     Ok(ExitCode::SUCCESS)
+}
+
+fn sim(a: SimArgs) -> anyhow::Result<ExitCode> {
+    let mut plan = sim::SimPlan::new(a.nodes);
+    plan.observers = a.observers;
+    plan.network = a.network;
+    plan.subnet_len = a.subnet_len;
+    plan.outage_ms = a.outage_ms;
+    let r = sim::simulate(&plan)?;
+    println!("{}", sim::render(&r));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    let mut problems = Vec::new();
+    if !(r.start_observers.consistent && r.churn_observers.consistent) {
+        problems.push("an observer's peers differ from the registry".to_string());
+    }
+    if r.start_observers.work.full_passes > 2 || r.churn_observers.work.full_passes > 0 {
+        problems.push(format!(
+            "full conflict passes per observer: {} at start-up, {} in churn (want ≤ 2 and 0)",
+            r.start_observers.work.full_passes, r.churn_observers.work.full_passes
+        ));
+    }
+    if r.storm.peak_after_outage_per_100ms * 4 > r.nodes as u64 {
+        problems.push(format!(
+            "{} requests in one 100 ms once etcd was back (of {} nodes): retries not spread",
+            r.storm.peak_after_outage_per_100ms, r.nodes
+        ));
+    }
+    for p in &problems {
+        eprintln!("sim: {p}");
+    }
+    Ok(if a.check && !problems.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn mem_available_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn scale(a: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let l = layout(&a.common, "-scale")?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "must run as root (network namespaces); use: sudo target/release/vxmesh-bench scale …"
+        );
+    }
+    let mut missing = Vec::new();
+    for t in ["ip", "etcd", "etcdctl", "ping"] {
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            missing.push(t.to_string());
+        }
+    }
+    if !l.bin_dir.join("vxmeshd").is_file() {
+        missing.push(l.bin_dir.join("vxmeshd").display().to_string());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing: {} (scripts/install-deps.sh; cargo build --release)",
+            missing.join(", ")
+        );
+    }
+    if !matches!(a.dataplane.as_str(), "userspace" | "kernel") {
+        bail!("--dataplane {:?}: userspace or kernel", a.dataplane);
+    }
+    stop::install().context("installing the signal handler")?;
+    let stale = scale::remove_stale(NS_BASE);
+    if !stale.is_empty() {
+        eprintln!("removed what killed runs left: {}", stale.join(", "));
+    }
+    let mut results: ScaleResults = match &a.append {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => ScaleResults::default(),
+    };
+    let repo_s = l.repo.display().to_string();
+    let commit = first_line("git", &["-C", &repo_s, "rev-parse", "--short=12", "HEAD"]);
+    let label = a.label.clone().unwrap_or_else(|| commit.clone());
+    let m = machine_info(&l.repo, &l.bin_dir);
+    results
+        .machine
+        .insert(format!("{label}: kernel"), m.kernel.clone());
+    results.machine.insert(
+        format!("{label}: cpu"),
+        format!("{} × {}", m.cores, m.cpu_model),
+    );
+    results.machine.insert(format!("{label}: commit"), commit);
+    results.machine.insert(
+        format!("{label}: etcd"),
+        m.tools.get("etcd").cloned().unwrap_or_default(),
+    );
+    results.command = std::env::args().collect::<Vec<_>>().join(" ");
+    let agent_args: Vec<String> = a
+        .common
+        .agent_args
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut failed = false;
+    for &n in &a.nodes {
+        stop::check()?;
+        if let Some(avail) = mem_available_kib() {
+            let need = n as u64 * 20 * 1024 + 512 * 1024;
+            if avail < need {
+                bail!(
+                    "{n} nodes need about {} MiB of memory; {} MiB available",
+                    need / 1024,
+                    avail / 1024
+                );
+            }
+        }
+        let log_dir = l.logs.join(format!("{label}-n{n}"));
+        std::fs::create_dir_all(&log_dir)?;
+        let plan = scale::Plan {
+            nodes: n,
+            dataplane: a.dataplane.clone(),
+            network: a.network.clone(),
+            subnet_len: a.subnet_len,
+            bin_dir: l.bin_dir.clone(),
+            log_dir,
+            prefix: format!("{NS_BASE}{}", std::process::id()),
+            label: label.clone(),
+            converge_timeout: Duration::from_secs(a.timeout),
+            phases: !a.start_only,
+            agent_args: agent_args.clone(),
+        };
+        eprintln!(
+            "scale: {n} nodes ({}, {label}); load {}",
+            a.dataplane,
+            loadavg()
+        );
+        let mut r = ScaleRun {
+            label: label.clone(),
+            nodes: n,
+            dataplane: a.dataplane.clone(),
+            network: a.network.clone(),
+            subnet_len: a.subnet_len,
+            busy_processes: busy_processes(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        if let Err(e) = scale::measure(&plan, &mut r) {
+            eprintln!("  FAILED: {e:#}");
+            r.error = Some(format!("{e:#}"));
+            failed = true;
+        }
+        if r.load_after.is_empty() {
+            r.load_after = loadavg();
+        }
+        eprintln!(
+            "  {n} nodes done in {:.0} s (torn down)",
+            t.elapsed().as_secs_f64()
+        );
+        let incomplete = r.start.converged_s.is_none()
+            || r.pings.0 != r.pings.1
+            || (!a.start_only
+                && (r.join_s.is_none()
+                    || r.remove_s.is_none()
+                    || r.storm.as_ref().is_none_or(|s| s.converged_s.is_none())));
+        failed |= incomplete;
+        results.runs.push(r);
+        std::fs::write(
+            l.out.join("scale.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
+        if stop::requested() {
+            break;
+        }
+    }
+    let json = l.out.join("scale.json");
+    if !a.no_chart {
+        match draw_with(
+            PLOT_SCALE_PY,
+            "plot_scale.py",
+            &json,
+            &l.out.join("scale.png"),
+        ) {
+            Ok(()) => eprintln!("wrote {}", l.out.join("scale.png").display()),
+            Err(e) => eprintln!("warning: no chart: {e:#}"),
+        }
+    }
+    println!("{}", scale::summary(&results));
+    eprintln!("wrote {}", json.display());
+    Ok(if stop::requested() {
+        ExitCode::from(130)
+    } else if a.check && failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Counted by `profile` beside the samples (tracepoints: they work in VMs
