@@ -659,7 +659,7 @@ pub fn render(r: &SimReport) -> String {
     let n = r.nodes as f64;
     format!(
         "simulated {} nodes (Network {}, SubnetLen {}), {} observers running the agent's per-event path; {:.1} s real time\n\
-         start-up: every node held a subnet after {} virtual ms; {} listings ({:.1} per node), {} keys listed ({:.0} per node ≈ N/2: listings grow with N, so N² in all), {} claims ({} lost races), {} watch events delivered ({:.0} per node = N)\n\
+         start-up: every node held a subnet after {} virtual ms; {} listings ({:.1} per node), {} keys listed ({:.0} per node: two listings, one to allocate and one to start the watch, of about N/2 keys each when all start together; N² in all), {} claims ({} lost races), {} watch events delivered ({:.0} per node: every lease created after the node's watch began, about N/2; N² in all)\n\
          allocator plan per listing: median {:.0} µs, max {:.0} µs\n\
          observers at start-up: {} events in {} passes each ({:.1} events per pass), {} full passes and {} events judged alone; {:.2} µs per event (judge + forwarding table + status), slowest pass {:.0} µs; consistent: {}\n\
          churn: {} events delivered; observers {:.2} µs per event, {} full passes; consistent: {}\n\
