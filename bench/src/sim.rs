@@ -10,9 +10,9 @@
 //! (every node restarts while etcd is unreachable for `outage_ms`, then all come
 //! back: the jittered backoff decides how they spread). Every node is counted as a
 //! watcher (each event it is sent, each listing it reads), and `observers` of them
-//! run the agent's whole per-event path: the watch events that queued up since their
-//! last pass ([`PeerTable::apply`]), the forwarding table's delta and the status
-//! map — timed on the real clock, with their work counted ([`TableWork`]). What is
+//! run the agent's whole per-event path as main's agent does, one event at a time:
+//! judge it ([`PeerTable::apply`]), republish the forwarding table from the peer set
+//! and copy the peers into the status — timed on the real clock, with their work counted ([`TableWork`]). What is
 //! not simulated: netlink (the harness measures that), gRPC, etcd's own CPU.
 
 use std::cmp::Reverse;
@@ -25,9 +25,9 @@ use vxmesh_control::allocator::NoFreeSubnet;
 use vxmesh_control::config::NetworkConfig;
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
-use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
+use vxmesh_control::peers::{LocalNode, PeerRules, PeerTable, TableWork, Update};
 use vxmesh_control::registry::WatchEvent;
-use vxmesh_control::state::AgentState;
+use vxmesh_control::state::{AgentState, RejectedLease};
 use vxmesh_control::subnet::Subnet;
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
 use vxmesh_dataplane::wire::{MacAddr, Vni};
@@ -104,7 +104,7 @@ pub struct ObserverWork {
     pub passes: u64,
     pub work: TableWork,
     /// Real CPU time of the pure cores per event (µs): judging, the forwarding
-    /// table's delta and the status map.
+    /// table republished and the status copied (main's agent, per event).
     pub us_per_event: f64,
     /// The slowest pass (µs).
     pub max_pass_us: f64,
@@ -442,32 +442,46 @@ impl Sim {
 }
 
 impl Observer {
-    /// The agent's per-event path for one burst: judge, forwarding-table delta,
-    /// status map.
+    /// The agent's per-event path as main's agent runs it, for each event that
+    /// queued up: judge it alone, republish the forwarding table from the peer set
+    /// (the peers that stay keep their counter slots) and copy the peers into the
+    /// status. One pass per event.
     fn handle(&mut self, events: &[WatchEvent]) {
         let t = Instant::now();
-        let changes = self
-            .table
-            .apply(events.iter().map(Update::from), &mut Vec::new());
-        self.fib.update(|f| {
-            for c in &changes {
-                match c {
-                    PeerChange::Added(p) => f.insert(p.to_vtep()),
-                    PeerChange::Updated { old, new } => {
-                        f.remove(&old.to_vtep());
-                        f.insert(new.to_vtep());
-                    }
-                    PeerChange::Removed(p) => f.remove(&p.to_vtep()),
-                }
-            }
-        });
-        self.status.apply_peer_changes(&changes);
+        let mut slowest = Duration::ZERO;
+        for ev in events {
+            let one = Instant::now();
+            let _ = self
+                .table
+                .apply(std::iter::once(Update::from(ev)), &mut Vec::new());
+            self.fib.update(self.table.peers().map(|p| p.to_vtep()));
+            show_peers(&self.status, &self.table);
+            slowest = slowest.max(one.elapsed());
+        }
         let took = t.elapsed();
         self.cpu += took;
         self.work.events += events.len() as u64;
-        self.work.passes += 1;
-        self.work.max_pass_us = self.work.max_pass_us.max(took.as_secs_f64() * 1e6);
+        self.work.passes += events.len() as u64;
+        self.work.max_pass_us = self.work.max_pass_us.max(slowest.as_secs_f64() * 1e6);
     }
+}
+
+/// The peers and the rejected leases copied into the status, as the agent's
+/// `show_peers` does after each event.
+fn show_peers(status: &AgentState, table: &PeerTable) {
+    let peers: Vec<_> = table.peers().copied().collect();
+    let rejected: Vec<RejectedLease> = table
+        .rejected()
+        .map(|(key, r)| RejectedLease {
+            key: key.to_string(),
+            reason: r.reason.as_str(),
+            why: r.why.clone(),
+        })
+        .collect();
+    status.update(|i| {
+        i.peers = peers;
+        i.rejected = rejected;
+    });
 }
 
 /// Runs the simulation.
@@ -630,9 +644,9 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             }),
         );
         let _ = t.set_own(own_subnet, &mut Vec::new());
-        let changes = t.reset(&listing.entries, &mut Vec::new());
+        let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
-        status.apply_peer_changes(&changes);
+        show_peers(&status, &t);
         keep.push((t, status));
     }
     let mid = rss_kib();
