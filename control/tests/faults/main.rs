@@ -18,3 +18,4 @@ mod support;
 
 mod agent_crash;
 mod allocation_race;
+mod etcd_partition;

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::common::lab::Lab;
 
@@ -27,6 +27,11 @@ pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
     }
+}
+
+/// Milliseconds, for figures.
+pub fn ms(d: Duration) -> u128 {
+    d.as_millis()
 }
 
 /// Nothing stale on `node`: one overlay device, one route per peer subnet and one
