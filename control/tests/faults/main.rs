@@ -19,3 +19,4 @@ mod support;
 mod agent_crash;
 mod allocation_race;
 mod etcd_partition;
+mod hostile_underlay;
