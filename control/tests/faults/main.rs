@@ -20,3 +20,4 @@ mod agent_crash;
 mod allocation_race;
 mod etcd_partition;
 mod hostile_underlay;
+mod soak;
