@@ -18,6 +18,7 @@ mod support;
 
 mod agent_crash;
 mod allocation_race;
+mod etcd_cluster;
 mod etcd_partition;
 mod hostile_underlay;
 mod soak;
