@@ -24,8 +24,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
+use crate::flags::UnderlayFlags;
 use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
+use crate::masq::{Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
@@ -34,6 +36,7 @@ use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
 use crate::state::{AgentState, RejectedLease};
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
+use crate::underlay::Host;
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::MacAddr;
@@ -45,14 +48,14 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the overlay device's MAC is checked (one netlink request).
 pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Everything `vxmeshd` is told on its command line.
+/// Everything `vxmeshd` is told on its command line (see [`crate::flags`]).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// Endpoints, TLS files and credentials, validated.
     pub etcd: EtcdAccess,
     pub etcd_prefix: String,
-    pub iface: Option<String>,
-    pub public_ip: Option<Ipv4Addr>,
+    /// How the underlay interface and the PublicIP are chosen.
+    pub underlay: UnderlayFlags,
     pub subnet_file: PathBuf,
     pub tap_name: IfName,
     pub lease_ttl: Duration,
@@ -62,50 +65,51 @@ pub struct AgentOptions {
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
+    /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
+    /// turns it off).
+    pub masq_random_fully: bool,
+    /// Accept the Network's traffic in FORWARD, with or without masquerading.
+    pub iptables_forward_rules: bool,
+    /// How often the iptables rules are checked and restored.
+    pub iptables_resync: Duration,
 }
 
 /// The underlay this node sends VXLAN on.
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: LinkInfo,
+    /// The interface address VXLAN is sent from.
+    pub local_ip: Ipv4Addr,
+    /// The address advertised to peers (differs from `local_ip` behind NAT).
     pub public_ip: Ipv4Addr,
 }
 
-/// Finds the underlay interface and the PublicIP to advertise.
-pub async fn resolve_underlay(
-    nl: &Netlink,
-    iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
-) -> anyhow::Result<Underlay> {
-    let link = match iface {
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => nl.link_with_address(ip).await?,
-            Err(_) => nl
-                .link_by_name(s)
-                .await?
-                .with_context(|| format!("--iface {s}: no such interface (see `ip -br link`)"))?,
-        },
-        None => match public_ip {
-            Some(ip) => match nl.link_with_address(ip).await {
-                Ok(l) => l,
-                Err(_) => nl.default_route_link().await?,
-            },
-            None => nl.default_route_link().await?,
-        },
+/// Finds the underlay interface and the PublicIP to advertise, as flanneld does
+/// (the choice itself is [`crate::underlay::choose`]).
+pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Underlay> {
+    let route_to_can_reach = match flags.iface_can_reach {
+        Some(dst) => Some(nl.route_to(dst).await.map_err(|e| e.to_string())),
+        None => None,
     };
-    let public_ip = match public_ip {
-        Some(ip) => ip,
-        None => match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-            Some(ip) => ip,
-            None => *link.ipv4.first().with_context(|| {
-                format!(
-                    "interface {} has no IPv4 address: pass --public-ip",
-                    link.name
-                )
-            })?,
-        },
+    let host = Host {
+        interfaces: nl.interfaces().await?,
+        default_route: nl.default_route_oif().await?,
+        route_to_can_reach,
     };
-    Ok(Underlay { link, public_ip })
+    let choice = crate::underlay::choose(flags, &host)?;
+    for p in &choice.passed_over {
+        tracing::info!("underlay: passed over {p}");
+    }
+    let link = nl
+        .link_by_index(choice.index)
+        .await?
+        .with_context(|| format!("interface {} vanished", choice.name))?;
+    tracing::info!(iface = %link.name, by = %choice.by, local_ip = %choice.local_ip, public_ip = %choice.public_ip, "underlay chosen");
+    Ok(Underlay {
+        link,
+        local_ip: choice.local_ip,
+        public_ip: choice.public_ip,
+    })
 }
 
 fn random_seed() -> u64 {
@@ -328,6 +332,65 @@ fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<He
     let _ = held_tx.send(None);
 }
 
+/// Keeps the masquerade/forward rules in place, as flanneld does every
+/// `--iptables-resync` seconds: applies them for each new subnet, and restores them
+/// when a firewall reload or an `iptables -F` removed or changed them.
+async fn keep_iptables(
+    rules: Rules,
+    network: Subnet,
+    mut held: watch::Receiver<Option<Held>>,
+    every: Duration,
+    state: Arc<AgentState>,
+) {
+    let mut last: Option<crate::masq::Snapshot> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = held.changed() => if r.is_err() { return },
+        }
+        let Some(h) = *held.borrow_and_update() else {
+            continue;
+        };
+        let mut snapshot = last.take();
+        // iptables-save/-restore are processes: off the control thread.
+        let Ok((r, snapshot)) = tokio::task::spawn_blocking(move || {
+            let r = crate::masq::ensure(&network, &h.subnet, rules, &mut snapshot);
+            (r, snapshot)
+        })
+        .await
+        else {
+            return;
+        };
+        last = snapshot;
+        match r {
+            Ok(Ensured::Intact | Ensured::Applied) => {
+                if failing {
+                    tracing::info!("iptables rules in place again");
+                    failing = false;
+                }
+            }
+            Ok(Ensured::Restored { missing, extra }) => {
+                state.iptables_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    missing,
+                    extra,
+                    "iptables rules were changed behind vxmesh's back (firewall reload? iptables -F?); restored"
+                );
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!("cannot keep the iptables rules in place: {e}");
+                    failing = true;
+                }
+                state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    }
+}
+
 /// Applies peer changes through the dataplane; `false` if any failed.
 async fn program(
     nl: &Netlink,
@@ -408,7 +471,7 @@ pub async fn run(
         i.etcd = Some(opts.etcd.describe());
     });
     let nl = Netlink::connect()?;
-    let underlay = resolve_underlay(&nl, opts.iface.as_deref(), opts.public_ip).await?;
+    let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
 
     let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
@@ -469,12 +532,14 @@ pub async fn run(
     let setup = DataplaneSetup {
         local,
         mtu,
-        public_ip: underlay.public_ip,
+        local_ip: underlay.local_ip,
         underlay_index: underlay.link.index,
         device_name: opts.tap_name.clone(),
         offloads: opts.offloads,
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
+        network: cfg.network,
+        direct_routing: cfg.backend.direct_routing,
     };
     let dp = NodeDataplane::start(opts.dataplane, &nl, &setup, &state).await?;
     let mut node = Running {
@@ -482,6 +547,11 @@ pub async fn run(
             network: cfg.network,
             mtu,
             ip_masq: opts.ip_masq,
+            rules: Rules {
+                masquerade: opts.ip_masq,
+                random_fully: opts.masq_random_fully,
+                forward: opts.iptables_forward_rules,
+            },
             subnet_file: opts.subnet_file.clone(),
         },
         nl,
@@ -502,6 +572,15 @@ pub async fn run(
         state: Arc::clone(&state),
     };
     node.start(first).await?;
+    let iptables = node.files.rules.any().then(|| {
+        tokio::spawn(keep_iptables(
+            node.files.rules,
+            cfg.network,
+            held_rx.clone(),
+            opts.iptables_resync,
+            Arc::clone(&state),
+        ))
+    });
 
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(256);
     let watch_reg = reg.clone();
@@ -538,6 +617,9 @@ pub async fn run(
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
+    if let Some(t) = iptables {
+        t.abort();
+    }
     lease.abort();
     node.stop().await;
     result
@@ -550,6 +632,8 @@ struct NodeFiles {
     network: Subnet,
     mtu: u32,
     ip_masq: bool,
+    /// The masquerade and FORWARD rules this node keeps in place.
+    rules: Rules,
     subnet_file: PathBuf,
 }
 
@@ -587,11 +671,9 @@ impl Running {
     /// Gives the node `subnet`: the device's address, masquerade rules, subnet file.
     async fn take_subnet(&self, subnet: Subnet) -> anyhow::Result<()> {
         self.dp.set_subnet(&self.nl, &subnet).await?;
-        if self.files.ip_masq {
-            if let Err(e) = crate::masq::apply(&self.files.network, &subnet) {
-                tracing::error!("cannot install masquerade rules: {e}");
-                self.state.update(|i| i.last_error = Some(e.to_string()));
-            }
+        if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
+            tracing::error!("cannot install the masquerade/forward rules: {e}");
+            self.state.update(|i| i.last_error = Some(e.to_string()));
         }
         let env = SubnetEnv {
             network: self.files.network,

@@ -77,6 +77,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
+        "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
     })
 }
 
@@ -197,6 +198,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_route_errors_total",
         "Failed route or neighbour updates",
         s.route_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_iptables_repairs_total",
+        "Times the masquerade/forward rules were found changed and restored",
+        s.iptables_repairs.load(Ordering::Relaxed),
     );
 
     let c = s.counters.snapshot();

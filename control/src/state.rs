@@ -91,6 +91,8 @@ pub struct AgentState {
     pub route_errors: AtomicU64,
     /// Times the overlay device's MAC had been changed by someone else and was restored.
     pub device_repairs: AtomicU64,
+    /// Times the iptables rules had been changed by someone else and were restored.
+    pub iptables_repairs: AtomicU64,
 }
 
 impl AgentState {

@@ -284,7 +284,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                 serde_json::json!({
                     "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
                     "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
-                    "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu},
+                    "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu, "DirectRouting": c.backend.direct_routing},
                     "notes": c.notes,
                 })
             );
@@ -292,12 +292,17 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             println!("network:   {}", c.network);
             println!("pool:      {}", c.describe_pool());
             println!(
-                "backend:   vxlan  vni {}  port {}  mtu {}",
+                "backend:   vxlan  vni {}  port {}  mtu {}{}",
                 c.backend.vni,
                 c.backend.port,
                 c.backend
                     .mtu
-                    .map_or("underlay-50".to_string(), |m| format!("{m}-50"))
+                    .map_or("underlay-50".to_string(), |m| format!("{m}-50")),
+                if c.backend.direct_routing {
+                    "  direct routing (same-L2 peers unencapsulated)"
+                } else {
+                    ""
+                }
             );
             for n in &c.notes {
                 println!("note:      {n}");

@@ -9,8 +9,8 @@
 //! otherwise — the rule flanneld itself applies. Adoption means pod traffic keeps
 //! flowing through the switch, and rolling back to flanneld adopts it the same way.
 //!
-//! Device: learning off, `dstport` = Backend.Port, `local` = the PublicIP (or the
-//! underlay's first address when the PublicIP is not local, e.g. behind NAT),
+//! Device: learning off, `dstport` = Backend.Port, `local` = the underlay address
+//! chosen for VXLAN (the PublicIP, except behind NAT where the PublicIP is not local),
 //! `dev` = the underlay, MAC = the stable VtepMAC ([`crate::vtep_mac`], the same
 //! as the userspace dataplane's), MTU = underlay MTU − 50, address `<subnet>.0/32`.
 //!
@@ -39,7 +39,7 @@ use anyhow::Context as _;
 
 use super::DataplaneSetup;
 use crate::netlink::{is_exists, write_sysctl, Netlink, NetlinkError, VxlanLink, VxlanSpec};
-use crate::peers::{Peer, PeerTable};
+use crate::peers::Peer;
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use vxmesh_dataplane::ifname::IfName;
@@ -108,12 +108,12 @@ impl Kernel {
             .link_by_index(s.underlay_index)
             .await?
             .with_context(|| format!("underlay interface #{} vanished", s.underlay_index))?;
-        let local = if underlay.ipv4.contains(&s.public_ip) {
-            Some(s.public_ip)
+        let local = if underlay.ipv4.contains(&s.local_ip) {
+            Some(s.local_ip)
         } else {
             let first = underlay.ipv4.first().copied();
-            tracing::warn!(public_ip = %s.public_ip, iface = %underlay.name, local = ?first,
-                "the PublicIP is not an address of the underlay interface (NAT?): VXLAN is sent from the interface's own address");
+            tracing::warn!(local_ip = %s.local_ip, iface = %underlay.name, local = ?first,
+                "the underlay address went away: VXLAN is sent from the interface's first address");
             first
         };
         let spec = VxlanSpec {
@@ -240,9 +240,10 @@ impl Kernel {
     }
 
     /// Removes every route, permanent neighbour and fdb entry on the device that no
-    /// peer in `peers` accounts for; returns how many were removed.
-    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
-        let by_subnet: BTreeMap<Subnet, &Peer> = peers.peers().map(|p| (p.subnet, p)).collect();
+    /// peer in `peers` (the peers routed through the device) accounts for; returns
+    /// how many were removed.
+    pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
+        let by_subnet: BTreeMap<Subnet, &Peer> = peers.iter().map(|p| (p.subnet, p)).collect();
         let mut removed = 0;
         for r in nl.routes_via(self.index).await? {
             let wanted = Subnet::new(r.destination, r.prefix_len)
@@ -256,7 +257,7 @@ impl Kernel {
         for e in nl.fdb_entries(self.index).await? {
             let Some(dst) = e.dst else { continue };
             let wanted = peers
-                .peers()
+                .iter()
                 .any(|p| p.vtep_mac == e.mac && p.public_ip == dst);
             if !wanted {
                 tracing::info!(device = %self.name, mac = %e.mac, %dst, "pruning stale fdb entry");
@@ -268,7 +269,7 @@ impl Kernel {
             if !n.permanent {
                 continue;
             }
-            let wanted = peers.peers().any(|p| p.vtep_ip() == n.ip);
+            let wanted = peers.iter().any(|p| p.vtep_ip() == n.ip);
             if !wanted {
                 tracing::info!(device = %self.name, ip = %n.ip, "pruning stale neighbour");
                 nl.delete_neighbour(self.index, n.ip).await?;

@@ -64,7 +64,7 @@ impl Userspace {
         // beyond: room for bursts while the egress thread is busy sending.
         nl.set_txqueuelen(link.index, TAP_TXQUEUELEN).await?;
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-        let udp_tx = UdpTx::open(s.public_ip, s.tx_sockets.max(1), SNDBUF)
+        let udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
             .context("opening the VXLAN send sockets")?;
         let udp_rx = UdpRx::open(
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port),
