@@ -29,6 +29,9 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: VxlanBackend,
+    /// `EnableNFTables` (flannel ≥ 0.25): masquerade/forward rules in a native nftables
+    /// table instead of iptables chains.
+    pub enable_nftables: bool,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
 }
@@ -132,11 +135,16 @@ impl NetworkConfig {
                 "IPv6 settings found: vxmesh carries IPv4 only; IPv6 fields are ignored".into(),
             );
         }
-        if field(&obj, "EnableNFTables") == Some(&Value::Bool(true)) {
-            notes.push(
-                "EnableNFTables is true: vxmesh still writes its masquerade/forward rules with iptables (iptables-nft puts them into nftables' iptables-compatible tables); native nftables tables are not implemented".into(),
-            );
-        }
+        let enable_nftables = match field(&obj, "EnableNFTables") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(bad(
+                    "EnableNFTables",
+                    format!("must be true or false, found {other}"),
+                ))
+            }
+        };
 
         let network = match field(&obj, "Network") {
             None | Some(Value::Null) => {
@@ -240,6 +248,7 @@ impl NetworkConfig {
             subnet_min,
             subnet_max,
             backend,
+            enable_nftables,
             notes,
         })
     }
@@ -481,21 +490,21 @@ mod tests {
     }
 
     #[test]
-    fn enable_nftables_is_noted() {
+    fn enable_nftables_chooses_the_backend() {
         let c =
             parse(r#"{"Network":"10.42.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
                 .unwrap();
-        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
-        assert!(
-            c.notes[0].starts_with("EnableNFTables is true"),
-            "{}",
-            c.notes[0]
-        );
-        let c = parse(
-            r#"{"Network":"10.42.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
+        assert!(c.enable_nftables);
         assert!(c.notes.is_empty(), "{:?}", c.notes);
+        for off in [
+            r#"{"Network":"10.42.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.42.0.0/16","EnableNFTables":null,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        ] {
+            let c = parse(off).unwrap();
+            assert!(!c.enable_nftables, "{off}");
+            assert!(c.notes.is_empty(), "{:?}", c.notes);
+        }
     }
 
     #[test]
@@ -542,6 +551,10 @@ mod tests {
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
                 "EnableIPv4",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableNFTables":"true"}"#,
+                "EnableNFTables",
             ),
         ];
         for (json, want) in cases {

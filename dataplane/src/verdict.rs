@@ -30,8 +30,10 @@ pub const ARP_FRAME_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN + ArpPacket:
 pub enum Egress {
     /// Encapsulate and send to `peer` (its PublicIP, at the configured port).
     /// `flow_hash` picks the outer UDP source port (RFC 7348 §5: entropy for ECMP).
+    /// `slot` is the peer's slot in this table generation (per-peer counters).
     Forward {
         peer: Ipv4Addr,
+        slot: usize,
         flow_hash: u32,
     },
     /// Write this ARP reply back to the TAP.
@@ -51,9 +53,10 @@ pub fn classify_egress(frame: &[u8], table: &ForwardingTable) -> Egress {
         }
         return Egress::Drop(DropReason::Multicast);
     }
-    match table.peer_by_mac(&dst) {
-        Some(peer) => Egress::Forward {
+    match table.peer_slot_by_mac(&dst) {
+        Some((peer, slot)) => Egress::Forward {
             peer,
+            slot,
             flow_hash: flow_hash(&eth),
         },
         None => Egress::Drop(DropReason::UnknownDestination),

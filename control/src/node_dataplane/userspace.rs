@@ -16,7 +16,7 @@ use crate::netlink::{write_sysctl, Netlink, NetlinkError};
 use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
 use vxmesh_dataplane::engine::{Engine, EngineConfig};
-use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
+use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
 use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
@@ -33,7 +33,6 @@ pub struct Userspace {
     engine: Engine,
     tap_index: u32,
     table: SharedTable,
-    local: LocalVtep,
 }
 
 impl Userspace {
@@ -79,6 +78,7 @@ impl Userspace {
             udp_rx,
             table: table.clone(),
             counters: Arc::clone(&state.counters),
+            flows: Arc::clone(&state.flows),
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -90,17 +90,28 @@ impl Userspace {
             tx_source_ports = ?st.tx_source_ports,
             "userspace dataplane running"
         );
+        state.event(
+            "offload",
+            format!(
+                "TAP {}; UDP GSO {}; UDP GRO {}",
+                st.tap.describe(),
+                st.udp_gso.load(Ordering::Relaxed),
+                st.udp_gro
+            ),
+        );
         if !st.tap.tso() {
             tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
         }
         if let Ok(mut g) = state.engine.lock() {
             *g = Some(Arc::clone(st));
         }
+        if let Ok(mut g) = state.fib.lock() {
+            *g = Some(table.clone());
+        }
         Ok(Userspace {
             engine,
             tap_index: link.index,
             table,
-            local: s.local,
         })
     }
 
@@ -109,10 +120,8 @@ impl Userspace {
     }
 
     pub fn publish(&self, peers: &PeerTable) {
-        self.table.store(ForwardingTable::new(
-            self.local,
-            peers.peers().map(|p| p.to_vtep()),
-        ));
+        // The peers that stay keep their counters.
+        self.table.update(peers.peers().map(|p| p.to_vtep()));
     }
 
     /// Neighbour first, then the route: the kernel must never need to ARP.
