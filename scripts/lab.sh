@@ -9,7 +9,7 @@
 # Topology (PREFIX = $VXLAB_PREFIX, default "vxlab"; everything lives in namespaces
 # named after it, so two labs with different prefixes coexist):
 #   ${PREFIX}-sw      the underlay switch: bridge br0
-#   ${PREFIX}-etcd    single-member etcd on 192.168.100.2:2379
+#   ${PREFIX}-etcd    etcd on 192.168.100.2:2379 (VXLAB_ETCD_MEMBERS=3: members on .2, .3, .4)
 #   ${PREFIX}-n<i>    node i: eth0 = 192.168.100.1<i>/24, vxmeshd (or a flannel node), bridge cni0
 #                     (with VXLAB_L2, a node on L2 segment s > 1 is 192.168.(99+s).1<i>/24 on
 #                     bridge br<s-1>, and the switch namespace routes between the segments)
@@ -29,9 +29,14 @@
 # namespace, e.g. "1 1 2" for two nodes on one L2 network and a third behind a router),
 # VXLAB_ETCD_SECURE=1 (etcd as production runs it: https only, client certificates required,
 # `auth enable` with a user for the nodes; the lab's CA, certificates and passwords are made in
-# $VXLAB_STATE/pki, and nodes get them as VXMESHD_ETCD_* variables).
+# $VXLAB_STATE/pki, and nodes get them as VXMESHD_ETCD_* variables),
+# VXLAB_ETCD_MEMBERS (1; 3 runs a 3-member cluster, every agent given all three endpoints),
+# VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s).
 #   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
 #   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
+#   Faults: kill-agent N (SIGKILL, nothing cleaned up), cut-etcd N / heal-etcd N (a firewall
+#   rule in node N's namespace drops its etcd traffic), stop-etcd M (SIGKILL etcd member M),
+#   start-etcd M (restart it on its data), etcd-leader (the leader's member number).
 #
 # The steps this lab shares with the Vagrant lab (network config, pods through the CNI plugin,
 # the ping table, iperf3, the summary) live in scripts/lib/cluster.sh.
@@ -56,7 +61,12 @@ BACKEND=${VXLAB_BACKEND:-}
 . "$ROOT/scripts/lib/pki.sh"
 NETWORK=10.244.0.0/16
 ETCD_IP=192.168.100.2
-ETCD="http://$ETCD_IP:2379"
+# etcd members: 1 (default) or 3, remembered by a running lab.
+MEMBERS=${VXLAB_ETCD_MEMBERS:-$(cat "$STATE/etcd-members" 2>/dev/null || echo 1)}
+member_ip() { echo "192.168.100.$((1 + $1))"; }
+ETCD=$(for m in $(seq "$MEMBERS"); do printf 'http://%s:2379,' "$(member_ip "$m")"; done)
+ETCD=${ETCD%,}
+LEASE_TTL=${VXLAB_LEASE_TTL:-60s}
 SECURE=${VXLAB_ETCD_SECURE:-0}
 # A lab brought up secure stays secure: its access settings are in $STATE/etcd.env.
 # shellcheck disable=SC1091  # written by secure_etcd_files
@@ -133,6 +143,71 @@ spawn() {
   echo $! >"$STATE/$name.pid"
 }
 
+# etcd member M: the single member keeps the names it always had (etcd.pid, $STATE/etcd); in a
+# 3-member cluster member M is etcd-mM on member_ip M. Restarting a member reuses its data
+# directory (the --initial-* flags are ignored then).
+etcd_name() { if [ "$MEMBERS" = 1 ]; then echo etcd; else echo "etcd-m$1"; fi; }
+start_etcd_member() {
+  local m=$1 ip url peers="" k
+  ip=$(member_ip "$m"); url="http://$ip:2379"
+  if [ "$MEMBERS" = 1 ]; then
+    # shellcheck disable=SC2086  # a single URL, or https:// in secure mode
+    spawn etcd "$ETCD_NS" etcd --name "$PREFIX" --data-dir "$STATE/etcd" \
+      --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
+      --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+      --initial-cluster "$PREFIX=http://127.0.0.1:2380" ${LAB_ETCD_SERVER_ARGS:+"${LAB_ETCD_SERVER_ARGS[@]}"}
+    return
+  fi
+  for k in $(seq "$MEMBERS"); do peers="$peers,$PREFIX-e$k=http://$(member_ip "$k"):2380"; done
+  spawn "etcd-m$m" "$ETCD_NS" etcd --name "$PREFIX-e$m" --data-dir "$STATE/etcd-m$m" \
+    --listen-client-urls "$url" --advertise-client-urls "$url" \
+    --listen-peer-urls "http://$ip:2380" --initial-advertise-peer-urls "http://$ip:2380" \
+    --initial-cluster "${peers#,}" --initial-cluster-token "$PREFIX" --initial-cluster-state new
+}
+
+# SIGKILL etcd member M (a crash: no graceful leadership transfer).
+stop_etcd_member() {
+  local pidf; pidf="$STATE/$(etcd_name "$1").pid"
+  [ -f "$pidf" ] || die "etcd member $1 is not running"
+  kill -KILL "$(cat "$pidf")" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidf"
+}
+
+# The member number of the etcd leader (empty when there is none).
+etcd_leader() {
+  local m st
+  for m in $(seq "$MEMBERS"); do
+    st=$(in_ns "$ETCD_NS" env ETCDCTL_API=3 etcdctl --endpoints "http://$(member_ip "$m"):2379" \
+      --dial-timeout 1s --command-timeout 2s endpoint status -w json 2>/dev/null) || continue
+    if [ "$(jq -r '.[0].Status.header.member_id == .[0].Status.leader' <<<"$st")" = true ]; then
+      echo "$m"; return
+    fi
+  done
+}
+
+# A firewall rule in node N's namespace that drops its etcd traffic both ways (a partition
+# between one node and etcd; the overlay itself keeps working).
+ETCD_CUT=(-p tcp -m multiport --ports 2379 -j DROP)
+cut_etcd() {
+  in_ns "$(node "$1")" iptables -I OUTPUT "${ETCD_CUT[@]}"
+  in_ns "$(node "$1")" iptables -I INPUT "${ETCD_CUT[@]}"
+}
+heal_etcd() {
+  while in_ns "$(node "$1")" iptables -D OUTPUT "${ETCD_CUT[@]}" 2>/dev/null; do :; done
+  while in_ns "$(node "$1")" iptables -D INPUT "${ETCD_CUT[@]}" 2>/dev/null; do :; done
+}
+
+# SIGKILL node N's agent: no cleanup, as after a crash or an OOM kill.
+kill_agent() {
+  local pidf="$STATE/vxmeshd-n$1.pid" pid
+  [ -f "$pidf" ] || die "no agent running on node $1"
+  pid=$(cat "$pidf")
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$pidf"
+}
+
 # Node i's dataplane: userspace, kernel (vxmeshd --dataplane) or flannel (scripts/flannel-node.sh).
 dataplane() { cat "$STATE/n$1/dataplane" 2>/dev/null || echo userspace; }
 
@@ -148,7 +223,7 @@ start_agent() {
       userspace|kernel)
         # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
         spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
-          --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl 60s \
+          --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl "$LEASE_TTL" \
           --dataplane "$(dataplane "$i")" $AGENT_ARGS ;;
       flannel)
         rm -f "$STATE/n$i/flannel.ready"
@@ -250,16 +325,20 @@ cmd_up() {
     s=$(segment "$i"); echo "$s" >"$STATE/n$i/l2"
   done
 
+  case $MEMBERS in
+    1) ;;
+    3) [ "$SECURE" = 0 ] || die "VXLAB_ETCD_MEMBERS=3 runs without TLS: leave VXLAB_ETCD_SECURE unset"
+       for m in 2 3; do ip -n "$ETCD_NS" addr add "$(member_ip "$m")/24" dev eth0; done ;;
+    *) die "VXLAB_ETCD_MEMBERS=$MEMBERS: use 1 or 3" ;;
+  esac
   case $SECURE in
     1) secure_etcd_files ;;
     0) ;;
     *) die "VXLAB_ETCD_SECURE=$SECURE: use 1 (TLS + auth) or 0" ;;
   esac
   log "starting etcd in $ETCD_NS ($ETCD)"
-  spawn etcd "$ETCD_NS" etcd --name "$PREFIX" --data-dir "$STATE/etcd" \
-    --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster "$PREFIX=http://127.0.0.1:2380" ${LAB_ETCD_SERVER_ARGS:+"${LAB_ETCD_SERVER_ARGS[@]}"}
+  echo "$MEMBERS" >"$STATE/etcd-members"
+  for m in $(seq "$MEMBERS"); do start_etcd_member "$m"; done
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
   if [ "$SECURE" = 1 ]; then secure_etcd_auth; fi
@@ -418,5 +497,11 @@ case "${1:-}" in
   start-agent) need; start_agent "${2:?node number}" "${3:-}"; wait_ready "$2" ;;
   podman) need; cmd_podman "${2:-1}" ;;
   etcdctl) shift; [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"; etcdctl_lab "$@" ;;
-  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]|etcdctl ARGS" >&2; exit 2 ;;
+  kill-agent) kill_agent "${2:?node number}" ;;
+  cut-etcd) cut_etcd "${2:?node number}" ;;
+  heal-etcd) heal_etcd "${2:?node number}" ;;
+  stop-etcd) stop_etcd_member "${2:?member number}" ;;
+  start-etcd) start_etcd_member "${2:?member number}" ;;
+  etcd-leader) etcd_leader ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]|etcdctl ARGS|kill-agent N|cut-etcd N|heal-etcd N|stop-etcd M|start-etcd M|etcd-leader" >&2; exit 2 ;;
 esac

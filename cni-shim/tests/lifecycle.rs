@@ -1,6 +1,7 @@
 //! Lifecycle behaviour beyond the matrix: DEL when the netns is gone, CHECK finding broken
-//! attachments, GC, STATUS, rollback of a failed ADD, the MAC podman needs, the delegate
-//! contract (environment, stdin, stderr), and flannel's delegate options. Needs root: ignored by
+//! attachments, GC, STATUS, rollback of a failed ADD (also of a delegate that stops halfway),
+//! the MAC podman needs, the delegate contract (environment, stdin, stderr), and flannel's
+//! delegate options. Needs root: ignored by
 //! a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -232,6 +233,53 @@ printf '%s\n' "$out"; exit $rc"#,
         "delegate stderr passes through"
     );
     assert_nothing_left(&node, &pod);
+}
+
+/// A delegate that stops halfway — killed after doing its work, or printing half a result,
+/// or failing after it reserved an address but before it made the veth — leaves nothing
+/// behind: the plugin rolls back through the delegate's DEL.
+#[test]
+#[ignore = "needs root, network namespaces and the CNI reference plugins: scripts/test.sh runs it"]
+fn delegate_failing_halfway_leaves_nothing() {
+    require_node();
+    let mut node = Node::new("halfway");
+    let bin = wrapper_dir(&mut node);
+    // Every wrapper passes DEL (and VERSION) to the real bridge; only its ADD misbehaves.
+    let wrapper = |add: &str| {
+        format!(
+            r#"conf=$(cat)
+if [ "$CNI_COMMAND" != ADD ]; then printf '%s' "$conf" | /usr/lib/cni/bridge; exit $?; fi
+{add}"#
+        )
+    };
+    let cases = [
+        (
+            "killed after the work",
+            r#"printf '%s' "$conf" | /usr/lib/cni/bridge >/dev/null; echo "wrapper: dying" >&2; kill -9 $$"#,
+        ),
+        (
+            "half a result",
+            r#"out=$(printf '%s' "$conf" | /usr/lib/cni/bridge); printf '%s' "$out" | head -c 40"#,
+        ),
+        (
+            "address reserved, no veth",
+            r#"printf '%s' "$conf" | /usr/lib/cni/host-local >/dev/null
+echo '{"cniVersion":"1.0.0","code":11,"msg":"wrapper: failing before the veth"}'; exit 1"#,
+        ),
+    ];
+    for (what, add) in cases {
+        write_script(&bin, "bridge", &wrapper(add));
+        let pod = Netns::unique("pod").unwrap();
+        let r = node.run("ADD", "c1", Some(&pod.path()), &node.conf("1.0.0"));
+        assert_ne!(r.code, 0, "{what}: ADD must fail: {}", r.stdout);
+        assert!(
+            r.json.as_ref().is_some_and(|j| j["msg"].is_string()),
+            "{what}: an error result: {}",
+            r.stdout
+        );
+        assert!(r.stderr.contains("rolling back"), "{what}: {}", r.stderr);
+        assert_nothing_left(&node, &pod);
+    }
 }
 
 #[test]

@@ -361,13 +361,23 @@ impl Registry {
         let mut deadline = tokio::time::Instant::now() + ttl;
         stats.stamp(ttl);
         let mut backoff = Backoff::default();
+        let unrenewed =
+            || format!("etcd lease {lease_id:x} could not be renewed before it expired");
+        // Every request is bounded by the lease's expiry: with etcd unreachable (packets
+        // dropped) a request only fails after the client's own timeout, and the lease must
+        // be reported lost when it expires, not that much later.
         loop {
             let mut c = self.client.clone();
-            match c.lease_keep_alive(lease_id).await {
-                Ok((mut keeper, mut stream)) => loop {
-                    if let Err(e) = keeper.keep_alive().await {
-                        tracing::warn!(error = %e, "lease keepalive send failed; reconnecting");
-                        break;
+            match tokio::time::timeout_at(deadline, c.lease_keep_alive(lease_id)).await {
+                Err(_) => return unrenewed(),
+                Ok(Ok((mut keeper, mut stream))) => loop {
+                    match tokio::time::timeout_at(deadline, keeper.keep_alive()).await {
+                        Err(_) => return unrenewed(),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "lease keepalive send failed; reconnecting");
+                            break;
+                        }
+                        Ok(Ok(())) => {}
                     }
                     match tokio::time::timeout(interval, stream.message()).await {
                         Ok(Ok(Some(resp))) => {
@@ -386,18 +396,24 @@ impl Registry {
                     }
                     tokio::time::sleep(interval).await;
                 },
-                Err(e) => tracing::warn!(error = %e, "lease keepalive: cannot reach etcd"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease keepalive: cannot reach etcd"),
             }
-            // etcd is reachable but the stream broke: ask whether the lease still exists.
-            if let Ok(r) = self.client.clone().lease_time_to_live(lease_id, None).await {
+            // etcd may be reachable but the stream broke: ask whether the lease still exists.
+            if let Ok(Ok(r)) = tokio::time::timeout_at(
+                deadline,
+                self.client.clone().lease_time_to_live(lease_id, None),
+            )
+            .await
+            {
                 if r.ttl() <= 0 {
                     return format!("etcd lease {lease_id:x} expired or was revoked");
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return format!("etcd lease {lease_id:x} could not be renewed before it expired");
+                return unrenewed();
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            let retry = (tokio::time::Instant::now() + backoff.next_delay()).min(deadline);
+            tokio::time::sleep_until(retry).await;
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use common::lab::Lab;
 use serde_json::Value;
 use vxmesh_control::lease::LeaseAttrs;
-use vxmesh_testkit::{in_netns, require_etcd, require_root, wait_for};
+use vxmesh_testkit::{flood, in_netns, require_etcd, require_root, wait_for};
 
 /// Sends one UDP datagram from inside network namespace `ns` (a thread that
 /// setns-es there: the socket belongs to that namespace).
@@ -35,36 +35,12 @@ fn send_from_ns(ns: &str, dst: &str, payload: Vec<u8>) {
 
 /// A VXLAN datagram carrying an ICMP echo request to `dst_ip` behind `dst_mac`.
 fn forged(vni: u32, dst_mac: &str, dst_ip: &str) -> Vec<u8> {
-    let mut b: Vec<u8> = vec![0x08, 0, 0, 0];
-    b.extend_from_slice(&(vni << 8).to_be_bytes());
-    let mac: Vec<u8> = dst_mac
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
-    b.extend_from_slice(&mac);
-    b.extend_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 1, 0x08, 0x00]);
-    let dst: std::net::Ipv4Addr = dst_ip.parse().unwrap();
-    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, 1, 0, 0, 10, 244, 0, 99];
-    ip.extend_from_slice(&dst.octets());
-    let sum = !fold(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
-    let s = !fold(&icmp);
-    icmp[2..4].copy_from_slice(&s.to_be_bytes());
-    b.extend_from_slice(&ip);
-    b.extend_from_slice(&icmp);
-    b
-}
-
-fn fold(d: &[u8]) -> u16 {
-    let mut s: u32 = d
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
+    flood::vxlan_icmp(
+        vni,
+        flood::parse_mac(dst_mac).unwrap(),
+        "10.244.0.99".parse().unwrap(),
+        dst_ip.parse().unwrap(),
+    )
 }
 
 fn drops(st: &Value, reason: &str) -> u64 {

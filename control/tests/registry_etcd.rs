@@ -317,3 +317,101 @@ fn subnet_keys_parse_back() {
         Some(s)
     );
 }
+
+/// A TCP relay to etcd that can be cut: once `cut`, it keeps the connections open but
+/// forwards nothing, as a firewall dropping packets does (no reset, no error: requests just
+/// go unanswered).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    fn to(endpoint: &str) -> Blackhole {
+        use std::io::{Read, Write};
+        let upstream = endpoint.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = Arc::clone(&cut);
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { return };
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    let cut = Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                return;
+                            }
+                            if !cut.load(Relaxed) && to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Blackhole { addr, cut }
+    }
+}
+
+#[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
+fn keepalive_reports_the_loss_when_the_lease_expires_with_etcd_unreachable() {
+    require_etcd();
+    let etcd = Etcd::start();
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16"}"#,
+    );
+    let hole = Blackhole::to(&etcd.endpoint);
+    rt().block_on(async {
+        let reg = Registry::connect(&[format!("http://{}", hole.addr)], PREFIX)
+            .await
+            .unwrap();
+        let cfg = reg.network_config().await.unwrap();
+        let me = node(12);
+        let ttl = Duration::from_secs(3);
+        let held = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg, me, None, 1),
+            &attrs(me),
+            ttl,
+        )
+        .await
+        .unwrap();
+        let stats = LeaseStats::default();
+        let keeping = reg.keep_alive(held.lease_id, ttl, &stats);
+        tokio::pin!(keeping);
+        // Renewing through the relay.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(2500), &mut keeping)
+                .await
+                .is_err(),
+            "keepalive gave up while etcd was reachable"
+        );
+        assert!(stats.renewals.load(Relaxed) >= 1, "{stats:?}");
+        // Packets dropped from now on: the lease expires at most one TTL after the last
+        // renewal, and the loss must be reported then (the client's own request timeout
+        // is 10 s: without the bound the report came that much later).
+        hole.cut.store(true, Relaxed);
+        let t = std::time::Instant::now();
+        let why = tokio::time::timeout(Duration::from_secs(30), &mut keeping)
+            .await
+            .expect("keepalive never reported the loss");
+        let took = t.elapsed();
+        assert!(why.contains("could not be renewed"), "{why}");
+        assert!(
+            took <= ttl + Duration::from_millis(500),
+            "loss reported {took:?} after etcd became unreachable (TTL {ttl:?})"
+        );
+    });
+}

@@ -11,11 +11,19 @@
 //! - Names: [`unique_prefix`] (the process id, for names other runs must not reuse) and
 //!   [`unique`] (a counter within the process).
 //! - [`wait_for`]: bounded polling; [`run`] / [`sh`] / [`try_sh`]: commands.
+//! - Fault-campaign figures: [`ping`] (loss and the longest gap of a continuous ping in a
+//!   namespace), [`proc`] (RSS and open descriptors of a daemon), [`flood`] (hand-built
+//!   VXLAN, garbage, and a bounded UDP GSO flood sender), [`monitor`] (timestamped lines
+//!   of `ip monitor` / `etcdctl watch`, to measure event-to-event delays).
 //!
 //! Not a place for one crate's fixtures (a CNI node, the etcd lab): those stay with their
 //! tests and build on these.
 
+pub mod flood;
+pub mod monitor;
 pub mod netns;
+pub mod ping;
+pub mod proc;
 
 use std::io;
 use std::process::{Command, Output, Stdio};

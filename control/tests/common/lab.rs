@@ -170,6 +170,156 @@ impl Lab {
     }
 }
 
+/// One subnet lease as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseKey {
+    pub key: String,
+    /// `10.244.7.0/24`.
+    pub subnet: String,
+    pub public_ip: String,
+    /// The etcd lease the key is attached to (0: none, a reservation).
+    pub lease: i64,
+}
+
+impl Lab {
+    /// The pid of node `node`'s agent (from the lab's pid file).
+    pub fn agent_pid(&self, node: u32) -> i32 {
+        vxmesh_testkit::proc::pid_from_file(&self.state.join(format!("vxmeshd-n{node}.pid")))
+            .unwrap()
+    }
+
+    /// A `Command` running `program` inside a lab namespace (to spawn, e.g. a monitor).
+    pub fn command_in(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ns), program]);
+        c
+    }
+
+    /// A node's `/metrics` text.
+    pub fn metrics(&self, node: &str) -> String {
+        self.exec(node, &["curl", "-sf", "http://127.0.0.1:8471/metrics"])
+    }
+
+    /// One value of a node's `/metrics` (`name` with its labels, as printed).
+    pub fn metric(&self, node: &str, name: &str) -> f64 {
+        let text = self.metrics(node);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{node}: no metric {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Every key under the subnets prefix, with its PublicIP and etcd lease, as etcd holds
+    /// them now.
+    pub fn lease_keys(&self) -> Vec<LeaseKey> {
+        let out = self.etcdctl(&[
+            "get",
+            "--prefix",
+            "/coreos.com/network/subnets/",
+            "-w",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let b64 = |s: &str| String::from_utf8(base64_decode(s)).unwrap();
+        v["kvs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| {
+                let key = b64(kv["key"].as_str().unwrap());
+                let value: Value = serde_json::from_str(&b64(kv["value"].as_str().unwrap()))
+                    .unwrap_or(Value::Null);
+                let subnet = vxmesh_control::lease::parse_lease_key(&key).unwrap();
+                LeaseKey {
+                    subnet: subnet.to_string(),
+                    public_ip: value["PublicIP"].as_str().unwrap_or("").to_string(),
+                    lease: kv["lease"].as_i64().unwrap_or(0),
+                    key,
+                }
+            })
+            .collect()
+    }
+
+    /// The leases in etcd must be exactly one per node, with distinct subnets: no
+    /// duplicate, nothing left over. Returns them.
+    pub fn assert_one_lease_per_node(&self, nodes: u32, when: &str) -> Vec<LeaseKey> {
+        let leases = self.lease_keys();
+        let subnets: std::collections::BTreeSet<&str> =
+            leases.iter().map(|l| l.subnet.as_str()).collect();
+        let ips: std::collections::BTreeSet<&str> =
+            leases.iter().map(|l| l.public_ip.as_str()).collect();
+        assert!(
+            leases.len() == nodes as usize
+                && subnets.len() == leases.len()
+                && ips.len() == leases.len(),
+            "{when}: expected {nodes} leases with distinct subnets and PublicIPs: {leases:#?}"
+        );
+        leases
+    }
+
+    /// A host attached to the lab's underlay switch at `ip`/24 (e.g. a rogue sender):
+    /// namespace `<prefix>-<name>`, removed when the guard drops (or by `down`).
+    pub fn attach_host(&self, name: &str, ip: &str) -> vxmesh_testkit::Netns {
+        let ns = vxmesh_testkit::Netns::new(&self.ns(name)).unwrap();
+        let sw = self.ns("sw");
+        let cidr = format!("{ip}/24");
+        for args in [
+            vec![
+                "-n",
+                &sw,
+                "link",
+                "add",
+                name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+            vec!["-n", &sw, "link", "set", name, "master", "br0", "up"],
+        ] {
+            sh(&[&["ip"][..], &args].concat());
+        }
+        ns.ip(&["addr", "add", &cidr, "dev", "eth0"]).unwrap();
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        ns
+    }
+
+    /// Whether node `node` routes `subnet` into the overlay.
+    pub fn routes_subnet(&self, node: &str, subnet: &str) -> bool {
+        self.routes(node)
+            .lines()
+            .any(|l| l.starts_with(&format!("{subnet} ")) && l.contains("vxmesh0"))
+    }
+}
+
+/// Standard base64 (etcdctl's JSON output encodes keys and values so).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {s}"),
+    };
+    let digits: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(val).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let (ok, out) = self.cmd(&["down"]);

@@ -1,0 +1,100 @@
+//! What a running process holds, read from `/proc`: resident memory and open file
+//! descriptors, for "RSS and fds stay flat" figures of long-running agents.
+
+use std::fmt;
+use std::fs;
+use std::io;
+
+/// One sample of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSample {
+    /// Resident set size (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors (entries of `/proc/<pid>/fd`).
+    pub fds: usize,
+    /// Threads (`Threads`).
+    pub threads: u64,
+}
+
+impl fmt::Display for ProcSample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MiB, {} fds, {} threads",
+            self.rss_kib as f64 / 1024.0,
+            self.fds,
+            self.threads
+        )
+    }
+}
+
+/// Samples process `pid`; an error when it is gone.
+pub fn sample(pid: i32) -> io::Result<ProcSample> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> io::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("/proc/{pid}/status has no {name}"),
+                )
+            })
+    };
+    let rss_kib = field("VmRSS:")?;
+    let threads = field("Threads:")?;
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok(ProcSample {
+        rss_kib,
+        fds,
+        threads,
+    })
+}
+
+/// The pid written in a pid file (a daemon the lab started).
+pub fn pid_from_file(path: &std::path::Path) -> io::Result<i32> {
+    let text = fs::read_to_string(path)?;
+    text.trim().parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}: {text:?}", path.display()),
+        )
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_this_process() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let before = sample(me).unwrap();
+        assert!(before.rss_kib > 0 && before.threads >= 1, "{before}");
+        // Three more descriptors are seen.
+        let files: Vec<fs::File> = (0..3)
+            .map(|_| fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        let with = sample(me).unwrap();
+        assert!(with.fds >= before.fds + 3, "{before} then {with}");
+        drop(files);
+        assert!(sample(i32::MAX).is_err(), "no such process");
+        assert!(format!("{with}").contains(" fds, "));
+    }
+
+    #[test]
+    fn pid_files() {
+        let dir = std::env::temp_dir().join(format!("vxkit-pid-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.pid"), "1234\n").unwrap();
+        fs::write(dir.join("b.pid"), "x").unwrap();
+        assert_eq!(pid_from_file(&dir.join("a.pid")).unwrap(), 1234);
+        assert!(pid_from_file(&dir.join("b.pid")).is_err());
+        assert!(pid_from_file(&dir.join("none.pid")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
