@@ -3,16 +3,21 @@
 //! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
 //! [`subnet`] (IPv4 CIDR newtype), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
-//! re-acquire), [`peers`] (the peer set and its changes), [`vtep_mac`].
+//! re-acquire), [`peers`] (the peer set and its changes), [`vtep_mac`],
+//! [`handover::wire`] and [`handover::decide`] (the handover protocol and who may
+//! take over).
 //!
 //! Shells: [`registry`] (etcd), [`netlink`] (links, addresses, routes,
 //! neighbours), [`subnet_env`] (the subnet file), [`health`] (HTTP: /healthz,
-//! /readyz, /metrics, /v1/status), and [`agent`], which wires them to the dataplane.
+//! /readyz, /metrics, /v1/status), [`handover`] (passing the dataplane to a
+//! successor), [`sd_notify`] (systemd's notify and descriptor store), and
+//! [`agent`], which wires them to the dataplane.
 pub mod agent;
 pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod etcd_access;
+pub mod handover;
 pub mod health;
 pub mod lease;
 pub mod lease_machine;
