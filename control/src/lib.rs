@@ -26,6 +26,7 @@ pub mod netlink;
 pub mod node_dataplane;
 pub mod peers;
 pub mod registry;
+pub mod sd_notify;
 pub mod state;
 pub mod subnet;
 pub mod subnet_env;
