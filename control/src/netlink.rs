@@ -148,6 +148,19 @@ pub struct LinkInfo {
     pub ipv4: Vec<Ipv4Addr>,
 }
 
+/// What [`Netlink::link_identity`] finds out about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkIdentity {
+    pub index: u32,
+    /// The link kind (`"tun"` for TAP and TUN devices); empty for physical ones.
+    pub kind: String,
+    pub alias: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+}
+
 /// A netlink connection (its I/O task runs on the current tokio runtime).
 #[derive(Debug, Clone)]
 pub struct Netlink {
@@ -344,6 +357,61 @@ impl Netlink {
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) => Err(Self::req(format!("get link {name}"))(e)),
         }
+    }
+
+    /// Index, kind (`"tun"`, …) and alias (`ip link set … alias`) of the named link,
+    /// if it exists: how the userspace dataplane recognises a TAP it left behind.
+    pub async fn link_identity(&self, name: &str) -> Result<Option<LinkIdentity>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mut id = LinkIdentity {
+                    index: m.header.index,
+                    kind: String::new(),
+                    alias: None,
+                    mac: None,
+                    mtu: 0,
+                    up: m.header.flags.contains(LinkFlags::Up),
+                };
+                for a in &m.attributes {
+                    match a {
+                        LinkAttribute::LinkInfo(infos) => {
+                            for i in infos {
+                                if let KernelLinkInfo::Kind(k) = i {
+                                    id.kind = k.to_string();
+                                }
+                            }
+                        }
+                        LinkAttribute::IfAlias(a) => id.alias = Some(a.clone()),
+                        LinkAttribute::Address(b) => id.mac = MacAddr::from_slice(b),
+                        LinkAttribute::Mtu(v) => id.mtu = *v,
+                        _ => {}
+                    }
+                }
+                Ok(Some(id))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(Self::req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Sets a link's alias (`ip link set <dev> alias <text>`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(Self::req(format!("set link #{index} alias {alias:?}")))
     }
 
     /// Every vxlan device in this network namespace.

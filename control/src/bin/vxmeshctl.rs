@@ -49,6 +49,14 @@ enum Cmd {
     Config,
     /// Remove the masquerade/forward rules vxmeshd --ip-masq installed (after uninstall).
     CleanupIptables,
+    /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
+    /// restarts lose nothing — with its address, routes and neighbours. Refuses
+    /// while a vxmeshd runs on it, and touches no link vxmesh did not make.
+    CleanupTap {
+        /// The TAP's name (vxmeshd --tap-name).
+        #[arg(long, env = "VXMESHD_TAP_NAME", default_value = "vxmesh0")]
+        tap_name: String,
+    },
     /// Wait until the agent reports ready (exit 1 on timeout).
     WaitReady {
         /// How long to wait, in seconds.
@@ -172,6 +180,38 @@ fn main() -> anyhow::Result<()> {
                 s(&st["offloads"]["udp_gso"]),
                 s(&st["offloads"]["udp_gro"])
             );
+            let start = &st["start"];
+            if start.is_object() {
+                let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1} ms"));
+                let from = match start["from_pid"].as_u64() {
+                    Some(pid) => format!(" from pid {pid} (build {})", s(&start["from_build"])),
+                    None => String::new(),
+                };
+                let how = s(&start["how"]);
+                let detail = if how == "cold" {
+                    let mut d = String::new();
+                    if start["adopted_tap"] == true {
+                        d.push_str(", attached to the TAP an earlier run left");
+                    }
+                    if let Some(r) = start["cold_reason"].as_str() {
+                        d.push_str(&format!(" ({r})"));
+                    }
+                    d
+                } else {
+                    format!(
+                        ", {} descriptors, gap {}, overlap {}",
+                        s(&start["fds_taken_over"]),
+                        ms(&start["gap_ms"]),
+                        ms(&start["overlap_ms"])
+                    )
+                };
+                println!(
+                    "start:        {how}{from}{detail}; handovers {}, cold starts {}, refused {}",
+                    s(&start["handovers_total"]),
+                    s(&start["cold_starts_total"]),
+                    s(&st["handovers_refused"])
+                );
+            }
             println!("etcd:         {}", s(&n["etcd"]));
             println!(
                 "peers:        {}",
@@ -237,6 +277,12 @@ fn main() -> anyhow::Result<()> {
                 vxmesh_control::masq::FWD_CHAIN
             );
         }
+        Cmd::CleanupTap { tap_name } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cleanup_tap(tap_name))?;
+        }
         Cmd::WaitReady { timeout } => {
             let deadline = Instant::now() + Duration::from_secs(*timeout);
             let mut last;
@@ -255,6 +301,28 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+    Ok(())
+}
+
+async fn cleanup_tap(name: &str) -> anyhow::Result<()> {
+    use vxmesh_control::node_dataplane::userspace::TAP_ALIAS;
+    let tap = vxmesh_dataplane::ifname::IfName::new(name)?;
+    if let Some(pid) = vxmesh_control::handover::running_agent(&tap) {
+        bail!("vxmeshd (pid {pid}) runs on {tap}: stop it first (systemctl stop vxmeshd)");
+    }
+    let nl = vxmesh_control::netlink::Netlink::connect()?;
+    match nl.link_identity(tap.as_str()).await? {
+        None => println!("no link {tap}: nothing to remove"),
+        Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => {
+            nl.delete_link(l.index).await?;
+            println!("removed {tap} with its address, routes and neighbours");
+        }
+        Some(l) => bail!(
+            "{tap} is not vxmesh's TAP (kind {:?}, alias {:?}): not touching it",
+            l.kind,
+            l.alias.unwrap_or_default()
+        ),
     }
     Ok(())
 }

@@ -120,7 +120,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Binds the HTTP endpoint with SO_REUSEPORT: during a handover the old and the
+/// new vxmeshd serve it side by side (every build that hands over sets it).
+fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
 fn main() -> anyhow::Result<()> {
+    // Descriptors systemd kept for us (FDSTORE) come back from fd 3 on: take them
+    // before anything else opens a descriptor.
+    let stored_fds = vxmesh_control::sd_notify::take_listen_fds();
     let f = Flags::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -132,7 +148,15 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => sub.init(),
         LogFormat::Json => sub.json().init(),
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "vxmeshd starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %vxmesh_control::handover::build_id(), "vxmeshd starting");
+    let stored_fds = stored_fds.map_err(|e| {
+        anyhow::anyhow!("cannot take the descriptors systemd passed (LISTEN_FDS): {e}")
+    })?;
+    let notifier = vxmesh_control::sd_notify::Notifier::from_env()
+        .map_err(|e| anyhow::anyhow!("cannot reach systemd's NOTIFY_SOCKET: {e}"))?;
+    if !stored_fds.is_empty() {
+        tracing::info!(count = stored_fds.len(), names = ?stored_fds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), "systemd passed stored descriptors");
+    }
     // Wrong etcd flags or unreadable TLS files are fatal now, not retried forever.
     let etcd = f.etcd.access()?;
     if let Some(files) = &etcd.tls {
@@ -148,8 +172,7 @@ fn main() -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if f.healthz_port != 0 {
             let addr = SocketAddr::new(f.healthz_ip, f.healthz_port);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = bind_http(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /healthz: {e} (choose another --healthz-port, or 0 to disable)"))?;
             tracing::info!(%addr, "serving /healthz /readyz /metrics /v1/status");
             let app = vxmesh_control::health::router(Arc::clone(&state));
@@ -176,7 +199,11 @@ fn main() -> anyhow::Result<()> {
             ip_masq: f.ip_masq,
             dataplane: f.dataplane,
         };
-        let r = agent::run(opts, state, shutdown_signal()).await;
+        let launch = agent::Launch {
+            stored_fds,
+            notifier,
+        };
+        let r = agent::run_with(opts, state, shutdown_signal(), launch).await;
         let _ = stop_tx.send(true);
         match &r {
             Ok(()) => tracing::info!("vxmeshd stopped"),

@@ -36,4 +36,877 @@
 //! socket shell. Descriptor passing itself is `vxmesh_dataplane::sys::fdpass`.
 
 pub mod decide;
+pub mod node;
 pub mod wire;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+
+use crate::sd_notify::Notifier;
+use crate::state::AgentState;
+use decide::{HelloAnswer, StoredVerdict};
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::sys::fdpass;
+use vxmesh_dataplane::wire::MacAddr;
+use wire::{DataplaneState, FdRole, Fingerprint, Frame, Message, Versions};
+
+/// Name of the state file in systemd's descriptor store.
+pub const STATE_FD_NAME: &str = "vxmesh-state";
+/// How long either side waits for the other's next message.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Test hook: makes this build claim protocol version N only, to test what two
+/// builds that do not share a version do. Never set it in production.
+pub const TEST_VERSION_ENV: &str = "VXMESH_TEST_HANDOVER_VERSION";
+
+/// The abstract socket a vxmeshd for `tap` listens on (no leading NUL here).
+pub fn socket_name(tap: &IfName) -> String {
+    format!("vxmesh/handover/{tap}")
+}
+
+/// This build: the crate version, and `+<id>` when built with `VXMESH_BUILD_ID`.
+pub fn build_id() -> String {
+    match option_env!("VXMESH_BUILD_ID") {
+        Some(id) if !id.is_empty() => format!("{}+{id}", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The protocol versions we advertise ([`wire::VERSIONS`], or the test hook's).
+pub fn our_versions() -> Versions {
+    match std::env::var(TEST_VERSION_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        Some(v) => {
+            tracing::warn!("{TEST_VERSION_ENV}={v}: claiming handover protocol version {v} (a test of mixed builds)");
+            Versions { min: v, max: v }
+        }
+        None => wire::VERSIONS,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Who we are, for the handshake.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub fingerprint: Fingerprint,
+    pub versions: Versions,
+    pub build: String,
+    pub tap: IfName,
+}
+
+/// Second descriptors of a running userspace dataplane.
+#[derive(Debug)]
+pub struct DataplaneFds {
+    /// TAP queues, queue 0 first.
+    pub taps: Vec<OwnedFd>,
+    pub udp_rx: OwnedFd,
+    pub udp_tx: Vec<OwnedFd>,
+}
+
+impl DataplaneFds {
+    /// Every descriptor with its role, in the order they travel.
+    pub fn with_roles(&self) -> Vec<(FdRole, BorrowedFd<'_>)> {
+        let mut v: Vec<(FdRole, BorrowedFd<'_>)> = self
+            .taps
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FdRole::Tap(i as u8), f.as_fd()))
+            .collect();
+        v.push((FdRole::UdpRx, self.udp_rx.as_fd()));
+        v.extend(
+            self.udp_tx
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (FdRole::UdpTx(i as u8), f.as_fd())),
+        );
+        v
+    }
+
+    /// Sorts received descriptors by role; the listener, if one came, apart.
+    /// `Err` names what is missing or out of place.
+    fn from_roles(
+        pairs: impl IntoIterator<Item = (FdRole, OwnedFd)>,
+    ) -> Result<(DataplaneFds, Option<OwnedFd>), String> {
+        let mut taps = Vec::new();
+        let mut tx = Vec::new();
+        let mut rx = None;
+        let mut listener = None;
+        for (role, fd) in pairs {
+            match role {
+                FdRole::Tap(i) => taps.push((i, fd)),
+                FdRole::UdpTx(i) => tx.push((i, fd)),
+                FdRole::UdpRx if rx.is_none() => rx = Some(fd),
+                FdRole::Listener if listener.is_none() => listener = Some(fd),
+                r => return Err(format!("{} twice", r.store_name())),
+            }
+        }
+        taps.sort_by_key(|(i, _)| *i);
+        tx.sort_by_key(|(i, _)| *i);
+        if taps.is_empty()
+            || taps
+                .iter()
+                .enumerate()
+                .any(|(n, (i, _))| usize::from(*i) != n)
+        {
+            return Err(format!(
+                "TAP queues {:?} are not 0..n",
+                taps.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+            ));
+        }
+        let udp_rx = rx.ok_or("no receive socket")?;
+        Ok((
+            DataplaneFds {
+                taps: taps.into_iter().map(|(_, f)| f).collect(),
+                udp_rx,
+                udp_tx: tx.into_iter().map(|(_, f)| f).collect(),
+            },
+            listener,
+        ))
+    }
+
+    fn count(&self) -> usize {
+        self.taps.len() + 1 + self.udp_tx.len()
+    }
+}
+
+/// How this process's dataplane came to be (for logs, /metrics and /v1/status).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StartInfo {
+    /// `cold`, `handover` (from a running vxmeshd) or `fd-store` (from systemd).
+    pub how: &'static str,
+    pub from_pid: Option<u32>,
+    pub from_build: Option<String>,
+    pub protocol_version: Option<u16>,
+    /// Why the start was cold although something was there to take over.
+    pub cold_reason: Option<String>,
+    /// A cold start attached to the TAP an earlier run left (after a crash or stop).
+    pub adopted_tap: bool,
+    pub fds_taken_over: u32,
+    /// Time with no vxmeshd reading the dataplane: 0 for a live handover; for a
+    /// restart through systemd's store, from the old threads' stop to ours starting
+    /// (the kernel queued packets meanwhile). Unknown after a crash.
+    pub gap_ms: Option<f64>,
+    /// Live handover: how long both processes read the same queues.
+    pub overlap_ms: Option<f64>,
+    /// Live handover: how long the old threads took to stop.
+    pub old_stop_ms: Option<f64>,
+    /// Handovers since the dataplane last started cold (this one included).
+    pub handovers_total: u32,
+    /// Cold starts of this dataplane (as far as the handed state remembers).
+    pub cold_starts_total: u32,
+}
+
+/// What a starting vxmeshd takes over.
+#[derive(Debug)]
+pub struct Inherited {
+    pub state: DataplaneState,
+    pub fds: DataplaneFds,
+    /// `handover` or `fd-store`.
+    pub how: &'static str,
+    pub version: u16,
+    /// The live handover's connection (to say `Started` and hear `Stopped`).
+    pub session: Option<Session>,
+}
+
+/// The new side of a live handover after the offer: lets the old process stop.
+#[derive(Debug)]
+pub struct Session(Conn);
+
+/// The result of [`acquire`].
+#[derive(Debug)]
+pub struct Acquired {
+    pub inherited: Option<Inherited>,
+    /// Our listener (bound, or handed over); `None` until the old process exits
+    /// when it came without one.
+    pub listener: Option<UnixListener>,
+    pub cold_reason: Option<String>,
+    /// Lineage to continue when starting cold after dropping a state.
+    pub handovers: u32,
+    pub cold_starts: u32,
+    /// The descriptor store's state file, when its state was adopted.
+    pub state_file: Option<File>,
+    /// Stale descriptors were dropped from systemd's store (they may take a moment
+    /// to be closed: retry a busy TAP or port briefly).
+    pub dropped_store: bool,
+}
+
+/// Finds out what to take over, in this order: the descriptors systemd passed
+/// (`stored`, from `LISTEN_FDS`); else a running vxmeshd on our socket; else
+/// nothing (cold). Blocking: run it off the async runtime.
+pub fn acquire(
+    me: &Identity,
+    stored: Vec<(String, OwnedFd)>,
+    notifier: Option<&Notifier>,
+) -> anyhow::Result<Acquired> {
+    let mut out = Acquired {
+        inherited: None,
+        listener: None,
+        cold_reason: None,
+        handovers: 0,
+        cold_starts: 0,
+        state_file: None,
+        dropped_store: false,
+    };
+    if !stored.is_empty() {
+        let names: Vec<String> = stored.iter().map(|(n, _)| n.clone()).collect();
+        match adopt_stored(me, stored) {
+            Ok((inh, file)) => {
+                tracing::info!(
+                    from_pid = inh.state.pid, from_build = %inh.state.build, fds = inh.fds.count(),
+                    "taking the dataplane back from systemd's descriptor store"
+                );
+                out.inherited = Some(inh);
+                out.state_file = Some(file);
+            }
+            Err(d) => {
+                tracing::warn!(
+                    "cold start: cannot use what systemd's descriptor store kept: {}",
+                    d.reason
+                );
+                if let Some(n) = notifier {
+                    for name in &names {
+                        if let Err(e) = n.remove_fds(name) {
+                            tracing::warn!(error = %e, name, "cannot drop a descriptor from systemd's store");
+                        }
+                    }
+                }
+                out.dropped_store = true;
+                out.cold_reason = Some(d.reason);
+                out.handovers = d.handovers;
+                out.cold_starts = d.cold_starts;
+            }
+        }
+    }
+    let name = socket_name(&me.tap);
+    match bind(&name) {
+        Ok(l) => out.listener = Some(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if out.inherited.is_some() {
+                bail!("another vxmeshd listens on @{name} although systemd handed this one the dataplane of {}; stop it", me.tap);
+            }
+            match talk_to_running(me, &name)? {
+                Talk::Took(inh, listener) => {
+                    out.inherited = Some(*inh);
+                    out.listener = listener;
+                }
+                Talk::Released(reason) => {
+                    out.cold_reason = Some(reason);
+                    out.listener = Some(bind_when_free(&name, STEP_TIMEOUT)?);
+                }
+                Talk::Gone => out.listener = Some(bind_when_free(&name, STEP_TIMEOUT)?),
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on @{name}")),
+    }
+    Ok(out)
+}
+
+fn addr(name: &str) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+fn bind(name: &str) -> io::Result<UnixListener> {
+    UnixListener::bind_addr(&addr(name)?)
+}
+
+/// Binds `name`, waiting up to `limit` for a previous owner to exit.
+pub fn bind_when_free(name: &str, limit: Duration) -> anyhow::Result<UnixListener> {
+    let t = Instant::now();
+    loop {
+        match bind(name) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && t.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "@{name} is still taken after {limit:?}: the previous vxmeshd did not exit"
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// Whether a vxmeshd listens on the handover socket for `tap` here (for
+/// `vxmeshctl cleanup-tap`).
+pub fn running_agent(tap: &IfName) -> Option<u32> {
+    let s = UnixStream::connect_addr(&addr(&socket_name(tap)).ok()?).ok()?;
+    fdpass::peer_cred(s.as_fd()).ok().map(|c| c.pid)
+}
+
+/// A framed connection: messages out with descriptors, messages in with the
+/// descriptors that came while reading them.
+#[derive(Debug)]
+struct Conn {
+    s: UnixStream,
+    buf: Vec<u8>,
+    peer_pid: u32,
+}
+
+impl Conn {
+    fn new(s: UnixStream) -> anyhow::Result<Conn> {
+        let cred = fdpass::peer_cred(s.as_fd()).context("SO_PEERCRED")?;
+        let me = fdpass::euid();
+        if cred.uid != me && cred.uid != 0 {
+            bail!(
+                "handover peer pid {} runs as uid {}, not as us ({me}) or root",
+                cred.pid,
+                cred.uid
+            );
+        }
+        s.set_read_timeout(Some(STEP_TIMEOUT))?;
+        s.set_write_timeout(Some(STEP_TIMEOUT))?;
+        Ok(Conn {
+            s,
+            buf: Vec::new(),
+            peer_pid: cred.pid,
+        })
+    }
+
+    fn send(&mut self, m: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let b = m.encode();
+        let n = fdpass::send_with_fds(self.s.as_fd(), &b, fds)?;
+        if n < b.len() {
+            self.s.write_all(&b[n..])?;
+        }
+        Ok(())
+    }
+
+    /// The next frame's bytes, and any descriptors that arrived with it.
+    fn recv_frame(&mut self) -> anyhow::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let mut fds = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some((_, used)) = Frame::parse(&self.buf)? {
+                let frame: Vec<u8> = self.buf.drain(..used).collect();
+                return Ok((frame, fds));
+            }
+            let r = fdpass::recv_with_fds(self.s.as_fd(), &mut chunk).map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    anyhow::anyhow!("no answer within {STEP_TIMEOUT:?}")
+                } else {
+                    anyhow::Error::new(e)
+                }
+            })?;
+            fds.extend(r.fds);
+            if r.len == 0 {
+                bail!("the other vxmeshd closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..r.len]);
+        }
+    }
+
+    fn recv(&mut self) -> anyhow::Result<(Message, Vec<OwnedFd>)> {
+        let (frame, fds) = self.recv_frame()?;
+        let (f, _) = Frame::parse(&frame)?.context("internal: incomplete frame")?;
+        Ok((Message::decode(f)?, fds))
+    }
+}
+
+enum Talk {
+    Took(Box<Inherited>, Option<UnixListener>),
+    Released(String),
+    /// The old one went away before answering (it was exiting): bind when free.
+    Gone,
+}
+
+/// The new side of a live handover, up to having the descriptors.
+fn talk_to_running(me: &Identity, name: &str) -> anyhow::Result<Talk> {
+    let s = match UnixStream::connect_addr(&addr(name)?) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Talk::Gone),
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to @{name}")),
+    };
+    let mut c = Conn::new(s)?;
+    let old = c.peer_pid;
+    tracing::info!(pid = old, tap = %me.tap, "a vxmeshd runs this TAP; asking it to hand over");
+    c.send(
+        &Message::Hello {
+            versions: me.versions,
+            pid: std::process::id(),
+            build: me.build.clone(),
+            fingerprint: me.fingerprint.clone(),
+        },
+        &[],
+    )?;
+    let (msg, fds) = match c.recv() {
+        Ok(x) => x,
+        Err(e) if e.to_string().contains("closed the connection") => return Ok(Talk::Gone),
+        Err(e) => return Err(e.context(format!("handover from vxmeshd pid {old}"))),
+    };
+    match msg {
+        Message::Refuse { reason } => bail!(
+            "vxmeshd pid {old} runs the dataplane of {} and refused to hand it over: {reason}",
+            me.tap
+        ),
+        Message::Incompatible { versions, build } => {
+            let reason = format!(
+                "vxmeshd pid {old} (build {build}) speaks handover protocol {versions}, this build ({}) {}: it cannot hand over",
+                me.build, me.versions
+            );
+            tracing::warn!("{reason}; asking it to release the dataplane and starting cold (traffic pauses until this one forwards)");
+            c.send(&Message::Release, &[])?;
+            match c.recv()? {
+                (Message::Released, _) => Ok(Talk::Released(reason)),
+                (m, _) => bail!("vxmeshd pid {old} answered Release with {m:?}"),
+            }
+        }
+        Message::Offer { version, state } => {
+            let split = decide::check_offer(&state, fds.len())
+                .and_then(|()| DataplaneFds::from_roles(state.fds.iter().copied().zip(fds)));
+            match split {
+                Ok((dfds, listener)) => Ok(Talk::Took(
+                    Box::new(Inherited {
+                        state,
+                        fds: dfds,
+                        how: "handover",
+                        version,
+                        session: Some(Session(c)),
+                    }),
+                    listener.map(UnixListener::from),
+                )),
+                Err(why) => {
+                    let _ = c.send(
+                        &Message::Abort {
+                            reason: why.clone(),
+                        },
+                        &[],
+                    );
+                    bail!("vxmeshd pid {old} offered an unusable handover: {why}")
+                }
+            }
+        }
+        m => bail!("vxmeshd pid {old} answered Hello with {m:?}"),
+    }
+}
+
+/// Reads systemd's stored descriptors: the state file and the dataplane's.
+struct Dropped {
+    reason: String,
+    handovers: u32,
+    cold_starts: u32,
+}
+
+fn adopt_stored(
+    me: &Identity,
+    stored: Vec<(String, OwnedFd)>,
+) -> Result<(Inherited, File), Dropped> {
+    let drop_it = |reason: String| Dropped {
+        reason,
+        handovers: 0,
+        cold_starts: 0,
+    };
+    let mut file = None;
+    let mut pairs = Vec::new();
+    for (name, fd) in stored {
+        if name == STATE_FD_NAME {
+            file = Some(File::from(fd));
+        } else if let Some(role) = FdRole::from_store_name(&name) {
+            pairs.push((role, fd));
+        } else {
+            tracing::warn!(name, "ignoring an unknown descriptor from systemd's store");
+        }
+    }
+    let mut file = file.ok_or_else(|| drop_it(format!("no {STATE_FD_NAME} in the store")))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| drop_it(format!("cannot read the stored state: {e}")))?;
+    let (version, state) = match Message::parse(&bytes) {
+        Ok(Some((Message::Stored { version, state }, _))) => (version, state),
+        Ok(Some((m, _))) => return Err(drop_it(format!("the stored state is a {m:?}"))),
+        Ok(None) => return Err(drop_it("the stored state is cut short".into())),
+        Err(e) => return Err(drop_it(format!("the stored state is unreadable: {e}"))),
+    };
+    let roles: Vec<FdRole> = pairs.iter().map(|(r, _)| *r).collect();
+    let lineage = |reason| Dropped {
+        reason,
+        handovers: state.handovers,
+        cold_starts: state.cold_starts,
+    };
+    if let StoredVerdict::ColdStart { reason } =
+        decide::judge_stored(&me.fingerprint, me.versions, version, &state, &roles)
+    {
+        return Err(lineage(reason));
+    }
+    let (fds, _) = DataplaneFds::from_roles(pairs).map_err(lineage)?;
+    Ok((
+        Inherited {
+            state,
+            fds,
+            how: "fd-store",
+            version,
+            session: None,
+        },
+        file,
+    ))
+}
+
+/// What the handover took, for [`StartInfo`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Finished {
+    pub gap: Option<Duration>,
+    pub overlap: Option<Duration>,
+    pub old_stop: Option<Duration>,
+}
+
+impl Session {
+    /// Our threads run on the handed-over descriptors (since `engine_started`): let
+    /// the old process stop, and wait until it has.
+    pub fn finish(mut self, engine_started: Instant) -> anyhow::Result<Finished> {
+        let c = &mut self.0;
+        c.send(&Message::Started, &[])?;
+        match c.recv()? {
+            (Message::Stopped { took_us, .. }, _) => Ok(Finished {
+                gap: Some(Duration::ZERO),
+                overlap: Some(engine_started.elapsed()),
+                old_stop: Some(Duration::from_micros(took_us)),
+            }),
+            (m, _) => bail!("vxmeshd pid {} answered Started with {m:?}", c.peer_pid),
+        }
+    }
+
+    /// Tells the old process we cannot use what it offered: it keeps running.
+    pub fn abort(mut self, reason: &str) {
+        let _ = self.0.send(
+            &Message::Abort {
+                reason: reason.to_string(),
+            },
+            &[],
+        );
+    }
+}
+
+/// The gap of a restart through systemd's store: from the old threads' stop (the
+/// state says when, if the stop was clean) to ours starting at `engine_started_ms`
+/// (Unix ms). `None` after a crash: the state only says when it was refreshed.
+pub fn store_gap(state: &DataplaneState, engine_started_ms: u64) -> Option<Duration> {
+    state
+        .stopped
+        .then(|| Duration::from_millis(engine_started_ms.saturating_sub(state.at_ms)))
+}
+
+/// Wall clock now, Unix ms.
+pub fn unix_ms() -> u64 {
+    now_ms()
+}
+
+/// The state file kept in systemd's descriptor store: rewritten in place when the
+/// state changes, so systemd's copy (the same file) is always current.
+#[derive(Debug)]
+pub struct StateFile {
+    file: File,
+    last: Vec<u8>,
+}
+
+impl StateFile {
+    pub fn create() -> io::Result<StateFile> {
+        Ok(StateFile {
+            file: fdpass::memfd(c"vxmesh-state")?,
+            last: Vec::new(),
+        })
+    }
+
+    pub fn from_file(file: File) -> StateFile {
+        StateFile {
+            file,
+            last: Vec::new(),
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Writes `state` unless it is what the file holds already. A torn write (a
+    /// crash in the middle) fails the frame checksum: the next start is cold.
+    pub fn write(&mut self, version: u16, state: &DataplaneState) -> io::Result<()> {
+        let b = Message::Stored {
+            version,
+            state: state.clone(),
+        }
+        .encode();
+        if b == self.last {
+            return Ok(());
+        }
+        self.file.write_all_at(&b, 0)?;
+        self.file.set_len(b.len() as u64)?;
+        self.last = b;
+        Ok(())
+    }
+}
+
+/// What a running vxmeshd knows about its dataplane, for a successor.
+#[derive(Debug)]
+pub struct Running {
+    pub fds: DataplaneFds,
+    pub vtep_mac: MacAddr,
+    pub mtu: u32,
+    pub tap_offloads: u32,
+    pub handovers: u32,
+    pub cold_starts: u32,
+}
+
+/// A takeover the agent must carry out: stop its threads, then call
+/// [`Pending::stopped`].
+#[derive(Debug)]
+pub struct Pending {
+    took: std::sync::mpsc::SyncSender<Duration>,
+    sent: std::sync::mpsc::Receiver<()>,
+}
+
+impl Pending {
+    /// Our threads have stopped (after `took`): tell the successor, and wait until
+    /// it has been told (so the process does not exit before).
+    pub fn stopped(self, took: Duration) {
+        if self.took.send(took).is_ok() {
+            let _ = self.sent.recv_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The running side: answers successors on the listener.
+#[derive(Debug)]
+pub struct Server {
+    me: Identity,
+    state: Arc<AgentState>,
+    running: Mutex<Option<Running>>,
+    takeover: tokio::sync::mpsc::Sender<Pending>,
+}
+
+impl Server {
+    pub fn new(
+        me: Identity,
+        state: Arc<AgentState>,
+        takeover: tokio::sync::mpsc::Sender<Pending>,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            me,
+            state,
+            running: Mutex::new(None),
+            takeover,
+        })
+    }
+
+    /// The dataplane runs (or, `None`, no longer): successors may be offered it.
+    pub fn set_running(&self, r: Option<Running>) {
+        if let Ok(mut g) = self.running.lock() {
+            *g = r;
+        }
+    }
+
+    /// Our current state, as a successor or the store gets it.
+    pub fn snapshot(&self, with_listener: bool) -> Option<DataplaneState> {
+        let g = self.running.lock().ok()?;
+        let r = g.as_ref()?;
+        let info = self.state.info();
+        let lease = if self.state.ready.lease.load(Ordering::Relaxed) {
+            info.subnet.zip(
+                info.lease_id
+                    .as_deref()
+                    .and_then(|s| i64::from_str_radix(s, 16).ok()),
+            )
+        } else {
+            None
+        };
+        let mut fds: Vec<FdRole> = r.fds.with_roles().into_iter().map(|(r, _)| r).collect();
+        if with_listener {
+            fds.push(FdRole::Listener);
+        }
+        Some(DataplaneState {
+            fingerprint: self.me.fingerprint.clone(),
+            lease,
+            vtep_mac: r.vtep_mac,
+            mtu: r.mtu,
+            tap_offloads: r.tap_offloads,
+            fds,
+            peers: info.peers,
+            handovers: r.handovers,
+            cold_starts: r.cold_starts,
+            pid: std::process::id(),
+            build: self.me.build.clone(),
+            at_ms: now_ms(),
+            stopped: false,
+        })
+    }
+
+    /// Serves successors on `listener` from a thread, until one takes over.
+    pub fn serve(self: &Arc<Server>, listener: UnixListener) -> io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("vxmesh-handover".into())
+            .spawn(move || {
+                for s in listener.incoming() {
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "handover socket: accept failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    match me.session(s, &listener) {
+                        Ok(true) => return,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("handover attempt failed: {e:#}"),
+                    }
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// One successor; `Ok(true)` once it has taken over (we are stopping).
+    fn session(&self, s: UnixStream, listener: &UnixListener) -> anyhow::Result<bool> {
+        let mut c = Conn::new(s)?;
+        let (frame, _) = c.recv_frame()?;
+        let (f, _) = Frame::parse(&frame)?.context("internal: incomplete frame")?;
+        let their_versions = f.versions()?;
+        let fingerprint = match Message::decode(f) {
+            Ok(Message::Hello { fingerprint, .. }) => Some(fingerprint),
+            Ok(m) => bail!("expected Hello, got {m:?}"),
+            // A build with no common version may send a Hello we cannot read.
+            Err(_) if self.me.versions.best_common(their_versions).is_none() => None,
+            Err(e) => {
+                let reason = format!("cannot read your Hello: {e}");
+                c.send(
+                    &Message::Refuse {
+                        reason: reason.clone(),
+                    },
+                    &[],
+                )?;
+                bail!("{reason}");
+            }
+        };
+        let ready = self.running.lock().map(|g| g.is_some()).unwrap_or(false);
+        let answer = match &fingerprint {
+            Some(fp) => decide::answer_hello(
+                &self.me.fingerprint,
+                self.me.versions,
+                ready,
+                their_versions,
+                fp,
+            ),
+            None => HelloAnswer::Incompatible,
+        };
+        match answer {
+            HelloAnswer::Refuse { reason } => {
+                self.state.handovers_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pid = c.peer_pid, "refused to hand the dataplane to a vxmeshd that is not a valid successor: {reason}");
+                c.send(&Message::Refuse { reason }, &[])?;
+                Ok(false)
+            }
+            HelloAnswer::Incompatible => {
+                tracing::warn!(pid = c.peer_pid, theirs = %their_versions, ours = %self.me.versions,
+                    "a vxmeshd that speaks no common handover protocol version wants this TAP; it may ask us to release it");
+                c.send(
+                    &Message::Incompatible {
+                        versions: self.me.versions,
+                        build: self.me.build.clone(),
+                    },
+                    &[],
+                )?;
+                match c.recv() {
+                    Ok((Message::Release, _)) => {
+                        tracing::warn!(
+                            pid = c.peer_pid,
+                            "releasing the dataplane to a vxmeshd that starts cold"
+                        );
+                        self.stop_agent(&mut c, |_| Message::Released)?;
+                        Ok(true)
+                    }
+                    Ok((m, _)) => bail!("expected Release, got {m:?}"),
+                    Err(_) => Ok(false),
+                }
+            }
+            HelloAnswer::Offer { version } => {
+                let (state, fds) = {
+                    let g = self
+                        .running
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    let r = g.as_ref().context("the dataplane stopped meanwhile")?;
+                    let fds: Vec<OwnedFd> = r
+                        .fds
+                        .with_roles()
+                        .into_iter()
+                        .map(|(_, f)| f.try_clone_to_owned())
+                        .collect::<io::Result<_>>()?;
+                    drop(g);
+                    (
+                        self.snapshot(true)
+                            .context("the dataplane stopped meanwhile")?,
+                        fds,
+                    )
+                };
+                let mut all: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                all.push(listener.as_fd());
+                tracing::info!(
+                    pid = c.peer_pid,
+                    version,
+                    fds = all.len(),
+                    peers = state.peers.len(),
+                    "handing the dataplane over"
+                );
+                c.send(&Message::Offer { version, state }, &all)?;
+                match c.recv()? {
+                    (Message::Started, _) => {
+                        self.stop_agent(&mut c, |took| Message::Stopped {
+                            took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                            at_ms: now_ms(),
+                        })?;
+                        Ok(true)
+                    }
+                    (Message::Abort { reason }, _) => {
+                        tracing::warn!(
+                            pid = c.peer_pid,
+                            "the successor could not take over ({reason}); carrying on"
+                        );
+                        Ok(false)
+                    }
+                    (m, _) => bail!("expected Started, got {m:?}"),
+                }
+            }
+        }
+    }
+
+    /// Asks the agent to stop its threads and reports that with `reply(took)`.
+    fn stop_agent(
+        &self,
+        c: &mut Conn,
+        reply: impl FnOnce(Duration) -> Message,
+    ) -> anyhow::Result<()> {
+        let (took_tx, took_rx) = std::sync::mpsc::sync_channel(1);
+        let (sent_tx, sent_rx) = std::sync::mpsc::sync_channel(1);
+        self.takeover
+            .blocking_send(Pending {
+                took: took_tx,
+                sent: sent_rx,
+            })
+            .map_err(|_| anyhow::anyhow!("the agent is gone"))?;
+        let took = took_rx
+            .recv_timeout(STEP_TIMEOUT)
+            .context("the agent did not stop its threads")?;
+        let r = c.send(&reply(took), &[]);
+        let _ = sent_tx.send(());
+        r.map_err(Into::into)
+    }
+}

@@ -10,6 +10,8 @@
 //!   onlink route.
 //!
 //! Every operation is idempotent, so the agent can re-apply everything at any time.
+//! Both devices outlive the agent (a stop, a crash, a restart): pod traffic keeps
+//! its path, and the next agent adopts the device and prunes what went stale.
 //! Switching dataplanes leaves nothing of the other behind: each one removes the
 //! other's leftover device when it starts (the kernel's device holds the UDP port
 //! the userspace dataplane needs), and deleting a device takes its routes,
@@ -19,7 +21,9 @@ pub mod kernel;
 pub mod userspace;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::handover::DataplaneFds;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
@@ -68,22 +72,49 @@ pub enum NodeDataplane {
 }
 
 impl NodeDataplane {
+    /// Starts cold: a new (or left-over) device, new sockets. Returns whether a
+    /// device an earlier run left was adopted. `busy_wait`: see
+    /// [`userspace::Userspace::start`].
     pub async fn start(
         kind: DataplaneKind,
         nl: &Netlink,
         setup: &DataplaneSetup,
         state: &Arc<AgentState>,
-    ) -> anyhow::Result<NodeDataplane> {
+        busy_wait: Duration,
+    ) -> anyhow::Result<(NodeDataplane, bool)> {
         match kind {
             DataplaneKind::Userspace => {
                 kernel::remove_leftover_device(nl, setup.local.vni.get(), setup.local.port).await?;
-                Ok(NodeDataplane::Userspace(
-                    userspace::Userspace::start(nl, setup, state).await?,
-                ))
+                let (u, adopted) = userspace::Userspace::start(nl, setup, state, busy_wait).await?;
+                Ok((NodeDataplane::Userspace(u), adopted))
             }
-            DataplaneKind::Kernel => Ok(NodeDataplane::Kernel(
-                kernel::Kernel::start(nl, setup, state).await?,
+            DataplaneKind::Kernel => Ok((
+                NodeDataplane::Kernel(kernel::Kernel::start(nl, setup, state).await?),
+                false,
             )),
+        }
+    }
+
+    /// Takes over a running userspace dataplane's descriptors and forwarding table
+    /// (the handover); see [`userspace::Userspace::adopt`].
+    pub async fn adopt(
+        nl: &Netlink,
+        setup: &DataplaneSetup,
+        state: &Arc<AgentState>,
+        fds: DataplaneFds,
+        peers: &[Peer],
+        tap_offloads: u32,
+    ) -> anyhow::Result<NodeDataplane> {
+        Ok(NodeDataplane::Userspace(
+            userspace::Userspace::adopt(nl, setup, state, fds, peers, tap_offloads).await?,
+        ))
+    }
+
+    /// The userspace dataplane, if that is what runs (what a handover hands on).
+    pub fn userspace(&self) -> Option<&userspace::Userspace> {
+        match self {
+            NodeDataplane::Userspace(u) => Some(u),
+            NodeDataplane::Kernel(_) => None,
         }
     }
 
@@ -141,12 +172,12 @@ impl NodeDataplane {
     }
 
     /// Removes per-peer state on the device that no peer in `peers` (the full,
-    /// current set) accounts for; returns how many entries went. Only the kernel
-    /// dataplane can have any: its device outlives the agent (and may have been
-    /// flanneld's). The userspace TAP is new on every start.
+    /// current set) accounts for; returns how many entries went. Both devices
+    /// outlive the agent (the kernel's may have been flanneld's), so a peer that
+    /// left while no agent ran leaves entries behind.
     pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
         match self {
-            NodeDataplane::Userspace(_) => Ok(0),
+            NodeDataplane::Userspace(u) => u.prune(nl, peers).await,
             NodeDataplane::Kernel(k) => k.prune(nl, peers).await,
         }
     }
@@ -177,20 +208,26 @@ impl NodeDataplane {
         }
     }
 
-    /// Userspace: removes per-peer kernel state and the TAP. Kernel: leaves the
-    /// device and its entries so pod traffic survives a restart, as flanneld does
-    /// (the next start prunes what became stale; the userspace dataplane deletes
-    /// the device if the node switches).
-    pub async fn stop(self, nl: &Netlink, peers: &PeerTable) {
+    /// Stops forwarding and leaves the device with its address, routes and
+    /// neighbours in place, as flanneld does: any stop may be a restart or an
+    /// upgrade (with systemd's descriptor store it is not even visible as such), so
+    /// pod traffic keeps its path and the next start adopts the device and prunes
+    /// what became stale. `vxmeshctl cleanup-tap` (userspace) or `ip link del`
+    /// (kernel) removes it for good; see docs/decisions/0008-stop-leaves-the-tap.md.
+    /// Returns how long the threads took to stop.
+    pub fn stop(self) -> Duration {
         match self {
             NodeDataplane::Userspace(u) => {
-                tracing::info!("removing routes, neighbours and the TAP");
-                for p in peers.peers() {
-                    let _ = u.remove_peer(nl, p).await;
-                }
-                u.stop()
+                let took = u.quiesce();
+                tracing::info!(
+                    "userspace dataplane stopped; the TAP with its address, routes and neighbours stays for the next vxmeshd (vxmeshctl cleanup-tap removes it)"
+                );
+                took
             }
-            NodeDataplane::Kernel(k) => k.stop(),
+            NodeDataplane::Kernel(k) => {
+                k.stop();
+                Duration::ZERO
+            }
         }
     }
 }
