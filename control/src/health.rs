@@ -64,6 +64,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         })
     });
     serde_json::json!({
+        "pid": std::process::id(),
         "ready": s.ready.ready(),
         "waiting_for": s.ready.missing(),
         "node": info,
@@ -344,6 +345,11 @@ mod tests {
         assert_eq!(j["start"]["from_pid"], 41);
         assert_eq!(j["start"]["fds_taken_over"], 10);
         assert_eq!(j["handovers_refused"], 1);
+        assert_eq!(
+            j["pid"],
+            std::process::id(),
+            "which process answered (two may, during a handover)"
+        );
     }
 
     #[test]

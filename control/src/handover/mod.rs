@@ -910,3 +910,269 @@ impl Server {
         r.map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::Peer;
+    use std::io::{Seek, SeekFrom};
+    use std::net::{Ipv4Addr, UdpSocket};
+    use wire::VERSIONS;
+
+    fn me(tag: &str, queues: u16, versions: Versions) -> Identity {
+        let tap = IfName::new(&format!("{tag}{}", std::process::id() % 100_000)).unwrap();
+        Identity {
+            fingerprint: Fingerprint {
+                tap: tap.to_string(),
+                dataplane: "userspace".into(),
+                tap_queues: queues,
+                vnet_hdr: true,
+                public_ip: Ipv4Addr::new(192, 168, 100, 12),
+                network: "10.244.0.0/16".parse().unwrap(),
+                vni: 1,
+                port: 8472,
+                etcd_prefix: "/coreos.com/network".into(),
+            },
+            versions,
+            build: "test".into(),
+            tap,
+        }
+    }
+
+    /// Stand-ins for a dataplane's descriptors: a memory file as "TAP queue 0"
+    /// (so the test can see the passed descriptor is the same open file) and two
+    /// UDP sockets on loopback.
+    fn fds(tap_content: &[u8]) -> DataplaneFds {
+        let mut f = fdpass::memfd(c"fake-tap").unwrap();
+        f.write_all(tap_content).unwrap();
+        let udp = || OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap());
+        DataplaneFds {
+            taps: vec![OwnedFd::from(f)],
+            udp_rx: udp(),
+            udp_tx: vec![udp()],
+        }
+    }
+
+    fn content(fd: OwnedFd) -> String {
+        let mut f = File::from(fd);
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            subnet: "10.244.9.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 168, 100, 11),
+            vtep_mac: MacAddr([0x0e, 1, 2, 3, 4, 5]),
+        }
+    }
+
+    /// A running side: server on the abstract socket, a fake dataplane, and a
+    /// thread playing the agent (stops "threads" when asked, after 3 ms).
+    fn running(me: &Identity) -> (Arc<AgentState>, std::thread::JoinHandle<bool>) {
+        let state = Arc::new(AgentState::default());
+        state.ready.lease.store(true, Ordering::Relaxed);
+        state.update(|i| {
+            i.subnet = Some("10.244.7.0/24".parse().unwrap());
+            i.lease_id = Some("694d7c1e22a30b11".into());
+            i.peers = vec![peer()];
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let server = Server::new(me.clone(), Arc::clone(&state), tx);
+        server.set_running(Some(Running {
+            fds: fds(b"queue 0"),
+            vtep_mac: MacAddr([0x0e, 9, 9, 9, 9, 9]),
+            mtu: 1450,
+            tap_offloads: 0x2f,
+            handovers: 4,
+            cold_starts: 1,
+        }));
+        server.serve(bind(&socket_name(&me.tap)).unwrap()).unwrap();
+        let agent = std::thread::spawn(move || match rx.blocking_recv() {
+            Some(p) => {
+                p.stopped(Duration::from_millis(3));
+                true
+            }
+            None => false,
+        });
+        (state, agent)
+    }
+
+    #[test]
+    fn a_live_handover_passes_the_same_files_state_and_lease() {
+        let id = me("hoa", 1, VERSIONS);
+        let (_state, agent) = running(&id);
+        let acq = acquire(&id, vec![], None).unwrap();
+        let inh = acq.inherited.unwrap();
+        assert_eq!((inh.how, inh.version), ("handover", 1));
+        assert_eq!(
+            inh.state.lease,
+            Some(("10.244.7.0/24".parse().unwrap(), 0x694d_7c1e_22a3_0b11))
+        );
+        assert_eq!(inh.state.peers, vec![peer()]);
+        assert_eq!((inh.state.handovers, inh.state.tap_offloads), (4, 0x2f));
+        assert_eq!(
+            inh.state.fds,
+            vec![
+                FdRole::Tap(0),
+                FdRole::UdpRx,
+                FdRole::UdpTx(0),
+                FdRole::Listener
+            ]
+        );
+        assert!(acq.listener.is_some(), "the listener came along");
+        let super::Inherited { fds, session, .. } = inh;
+        assert_eq!(content(fds.taps.into_iter().next().unwrap()), "queue 0");
+        let fin = session.unwrap().finish(Instant::now()).unwrap();
+        assert_eq!(fin.gap, Some(Duration::ZERO));
+        assert_eq!(fin.old_stop, Some(Duration::from_millis(3)));
+        assert!(agent.join().unwrap(), "the old agent was asked to stop");
+    }
+
+    #[test]
+    fn a_conflicting_successor_is_refused_and_nothing_stops() {
+        let id = me("hor", 1, VERSIONS);
+        let (state, _agent) = running(&id);
+        let mut other = id.clone();
+        other.fingerprint.tap_queues = 2;
+        let e = acquire(&other, vec![], None).unwrap_err().to_string();
+        assert!(e.contains("refused to hand it over"), "{e}");
+        assert!(e.contains("--tap-queues 1 there, 2 here"), "{e}");
+        assert_eq!(state.handovers_refused.load(Ordering::Relaxed), 1);
+        // still serving: a valid successor gets it
+        let acq = acquire(&id, vec![], None).unwrap();
+        assert_eq!(acq.inherited.unwrap().how, "handover");
+    }
+
+    #[test]
+    fn another_protocol_version_releases_then_starts_cold() {
+        let id = me("hov", 1, VERSIONS);
+        let (_state, agent) = running(&id);
+        let mut newer = id.clone();
+        newer.versions = Versions { min: 7, max: 9 };
+        let acq = acquire(&newer, vec![], None).unwrap();
+        assert!(acq.inherited.is_none());
+        let why = acq.cold_reason.unwrap();
+        assert!(
+            why.contains("speaks handover protocol 1") && why.contains("7-9"),
+            "{why}"
+        );
+        assert!(acq.listener.is_some(), "bound once the old one let go");
+        assert!(agent.join().unwrap(), "the old agent was asked to stop");
+    }
+
+    fn stored(id: &Identity, version: u16, state_bytes: Option<Vec<u8>>) -> Vec<(String, OwnedFd)> {
+        let mut file = StateFile::create().unwrap();
+        let f = fds(b"stored queue");
+        let mut st = DataplaneState {
+            fingerprint: id.fingerprint.clone(),
+            lease: None,
+            vtep_mac: MacAddr([0x0e, 9, 9, 9, 9, 9]),
+            mtu: 1450,
+            tap_offloads: 0,
+            fds: f.with_roles().into_iter().map(|(r, _)| r).collect(),
+            peers: vec![peer()],
+            handovers: 2,
+            cold_starts: 3,
+            pid: 1,
+            build: "old".into(),
+            at_ms: 1000,
+            stopped: true,
+        };
+        file.write(version, &st).unwrap();
+        st.peers.clear();
+        // writing again in place: a shorter state replaces a longer one
+        file.write(version, &st).unwrap();
+        if let Some(b) = state_bytes {
+            file.file.write_all_at(&b, 0).unwrap();
+        }
+        let mut v = vec![(STATE_FD_NAME.to_string(), OwnedFd::from(file.file))];
+        let DataplaneFds {
+            taps,
+            udp_rx,
+            udp_tx,
+        } = f;
+        v.push(("vxmesh-tap0".into(), taps.into_iter().next().unwrap()));
+        v.push(("vxmesh-udp-rx".into(), udp_rx));
+        v.push(("vxmesh-udp-tx0".into(), udp_tx.into_iter().next().unwrap()));
+        v
+    }
+
+    #[test]
+    fn the_descriptor_store_is_adopted_or_dropped() {
+        let id = me("hos", 1, VERSIONS);
+        let (inh, _file) =
+            adopt_stored(&id, stored(&id, 1, None)).unwrap_or_else(|d| panic!("{}", d.reason));
+        assert_eq!(inh.how, "fd-store");
+        assert!(inh.state.peers.is_empty(), "the last write wins");
+        assert_eq!(
+            content(inh.fds.taps.into_iter().next().unwrap()),
+            "stored queue"
+        );
+        assert_eq!(
+            store_gap(&inh.state, 1250),
+            Some(Duration::from_millis(250))
+        );
+        // another version: dropped, lineage kept
+        let d = adopt_stored(&id, stored(&id, 2, None)).err().unwrap();
+        assert!(d.reason.contains("version 2"), "{}", d.reason);
+        assert_eq!((d.handovers, d.cold_starts), (2, 3));
+        // a torn write fails the checksum
+        let d = adopt_stored(
+            &id,
+            stored(&id, 1, Some(b"VXHO\x0a\0\0\0\0\0\0\x20XXXX".to_vec())),
+        )
+        .err()
+        .unwrap();
+        assert!(d.reason.contains("unreadable"), "{}", d.reason);
+        // flags changed across the restart
+        let mut two = id.clone();
+        two.fingerprint.tap_queues = 2;
+        let d = adopt_stored(&two, stored(&id, 1, None)).err().unwrap();
+        assert!(
+            d.reason.contains("--tap-queues 1 there, 2 here"),
+            "{}",
+            d.reason
+        );
+        // no state file at all
+        let mut v = stored(&id, 1, None);
+        v.remove(0);
+        assert!(adopt_stored(&id, v)
+            .err()
+            .unwrap()
+            .reason
+            .contains("no vxmesh-state"));
+    }
+
+    #[test]
+    fn descriptors_sorted_by_role() {
+        let f = fds(b"");
+        let roles: Vec<FdRole> = f.with_roles().into_iter().map(|(r, _)| r).collect();
+        let DataplaneFds {
+            taps,
+            udp_rx,
+            udp_tx,
+        } = f;
+        let all: Vec<OwnedFd> = taps.into_iter().chain([udp_rx]).chain(udp_tx).collect();
+        let mut pairs: Vec<(FdRole, OwnedFd)> = roles.into_iter().zip(all).collect();
+        pairs.reverse();
+        let (d, l) = DataplaneFds::from_roles(pairs).unwrap();
+        assert_eq!((d.taps.len(), d.udp_tx.len(), l.is_none()), (1, 1, true));
+        let m = |r| (r, OwnedFd::from(fdpass::memfd(c"x").unwrap()));
+        assert!(
+            DataplaneFds::from_roles([m(FdRole::Tap(1)), m(FdRole::UdpRx)])
+                .unwrap_err()
+                .contains("not 0..n")
+        );
+        assert!(DataplaneFds::from_roles([m(FdRole::Tap(0))])
+            .unwrap_err()
+            .contains("no receive socket"));
+        assert!(
+            DataplaneFds::from_roles([m(FdRole::Tap(0)), m(FdRole::UdpRx), m(FdRole::UdpRx)])
+                .unwrap_err()
+                .contains("twice")
+        );
+    }
+}
