@@ -40,7 +40,7 @@ pub mod node;
 pub mod wire;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::FileExt;
@@ -527,9 +527,8 @@ fn adopt_stored(
             tracing::warn!(name, "ignoring an unknown descriptor from systemd's store");
         }
     }
-    let mut file = file.ok_or_else(|| drop_it(format!("no {STATE_FD_NAME} in the store")))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
+    let file = file.ok_or_else(|| drop_it(format!("no {STATE_FD_NAME} in the store")))?;
+    let bytes = read_from_start(&file)
         .map_err(|e| drop_it(format!("cannot read the stored state: {e}")))?;
     let (version, state) = match Message::parse(&bytes) {
         Ok(Some((Message::Stored { version, state }, _))) => (version, state),
@@ -559,6 +558,20 @@ fn adopt_stored(
         },
         file,
     ))
+}
+
+/// The whole file, read from offset 0 without moving the file offset: a stored
+/// descriptor shares its offset with every process that held it before.
+fn read_from_start(f: &File) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read_at(&mut chunk, out.len() as u64)?;
+        if n == 0 || out.len() + n > wire::HEADER_LEN + wire::MAX_BODY {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// What the handover took, for [`StartInfo`].
@@ -915,7 +928,7 @@ impl Server {
 mod tests {
     use super::*;
     use crate::peers::Peer;
-    use std::io::{Seek, SeekFrom};
+    use std::io::{Read, Seek, SeekFrom};
     use std::net::{Ipv4Addr, UdpSocket};
     use wire::VERSIONS;
 
@@ -1115,6 +1128,13 @@ mod tests {
             store_gap(&inh.state, 1250),
             Some(Duration::from_millis(250))
         );
+        // the next process reads it again although the last one left the shared offset
+        // at the end (a crash after an adoption)
+        let mut v = stored(&id, 1, None);
+        let mut f = File::from(v[0].1.try_clone().unwrap());
+        f.read_to_end(&mut Vec::new()).unwrap();
+        v[0].1 = OwnedFd::from(f);
+        assert!(adopt_stored(&id, v).is_ok(), "read from offset 0");
         // another version: dropped, lineage kept
         let d = adopt_stored(&id, stored(&id, 2, None)).err().unwrap();
         assert!(d.reason.contains("version 2"), "{}", d.reason);
