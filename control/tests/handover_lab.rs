@@ -38,13 +38,12 @@ fn pinger(lab: &Lab, from: &str, to: &str, count: u32) -> Child {
             "exec",
             &lab.ns(from),
             "ping",
-            "-q",
             "-i",
             "0.01",
             "-W",
             "2",
         ])
-        .args(["-c", &count.to_string(), to])
+        .args(["-D", "-O", "-c", &count.to_string(), to])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -55,6 +54,32 @@ fn pinger(lab: &Lab, from: &str, to: &str, count: u32) -> Child {
 fn ping_counts(p: Child) -> (u32, u32) {
     let out = p.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    // Which sequence numbers never got a reply, with the wall clock they were sent
+    // at (from the -O/-D "no answer yet" lines; replies may still have come later).
+    let answered: std::collections::BTreeSet<u32> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let lost: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("no answer yet"))
+        .filter_map(|l| {
+            let seq: u32 = l.split("icmp_seq=").nth(1)?.trim().parse().ok()?;
+            let at = l.split(']').next()?.trim_start_matches('[');
+            (!answered.contains(&seq)).then(|| format!("{seq}@{at}"))
+        })
+        .collect();
+    if !lost.is_empty() {
+        println!("  lost (seq@sent): {}", lost.join(" "));
+    }
     let line = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
@@ -72,6 +97,13 @@ fn ping_counts(p: Child) -> (u32, u32) {
             .unwrap()
     };
     (num("transmitted"), num("received"))
+}
+
+fn wall() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 fn tap_index(lab: &Lab, node: &str) -> u64 {
@@ -298,6 +330,10 @@ fn live_handover_in_the_lab() {
     std::thread::sleep(Duration::from_millis(2000));
     let b = successor(&lab, 2, "b", &[]);
     let st_b = status_of(&lab, "n2", b.id());
+    for n in ["n1", "n2"] {
+        let st = try_status(&lab, n);
+        println!("  {n} drops {} counters {}", st["drops"], st["counters"]);
+    }
     let a_status = wait_exit(&mut agents[0], Duration::from_secs(15));
     assert!(a_status.success(), "the old agent exits 0: {a_status}");
     agents.push(b);
@@ -617,8 +653,12 @@ fn crash_and_systemd_restarts_in_the_lab() {
     }
 
     // SIGTERM + restart with the stored descriptors: nothing lost.
+    println!("  warm-up at {:.3}", wall());
+    let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 200));
+    println!("  warm-up after the cold start: {} of {sent} lost", sent - got);
     let ping = pinger(&lab, "n1-p1", &p2, 600);
     std::thread::sleep(Duration::from_millis(1500));
+    println!("  SIGTERM at {:.3}", wall());
     signal(&a, libc::SIGTERM);
     let st_a = wait_exit(&mut a, Duration::from_secs(15));
     assert!(st_a.success(), "{st_a}");
@@ -627,6 +667,10 @@ fn crash_and_systemd_restarts_in_the_lab() {
     sd.wait_seen("READY=1", 2);
     let (sent, got) = ping_counts(ping);
     let st_b = status_of(&lab, "n2", b.id());
+    for n in ["n1", "n2"] {
+        let st = try_status(&lab, n);
+        println!("  {n} drops {} counters {}", st["drops"], st["counters"]);
+    }
     println!(
         "systemd-style restart (SIGTERM, descriptors from the store): {} of {sent} pings lost, gap {} ms (queued by the kernel)",
         sent - got,
@@ -646,6 +690,7 @@ fn crash_and_systemd_restarts_in_the_lab() {
     let ping = pinger(&lab, "n1-p1", &p2, 600);
     std::thread::sleep(Duration::from_millis(1500));
     let mut b = b;
+    println!("  SIGKILL at {:.3}", wall());
     signal(&b, libc::SIGKILL);
     let _ = b.wait();
     let c = sd.launch(&lab, 2, "sd-c", &[]);
