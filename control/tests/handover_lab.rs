@@ -655,7 +655,10 @@ fn crash_and_systemd_restarts_in_the_lab() {
     // SIGTERM + restart with the stored descriptors: nothing lost.
     println!("  warm-up at {:.3}", wall());
     let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 200));
-    println!("  warm-up after the cold start: {} of {sent} lost", sent - got);
+    println!(
+        "  warm-up after the cold start: {} of {sent} lost",
+        sent - got
+    );
     let ping = pinger(&lab, "n1-p1", &p2, 600);
     std::thread::sleep(Duration::from_millis(1500));
     println!("  SIGTERM at {:.3}", wall());
