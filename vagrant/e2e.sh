@@ -295,7 +295,8 @@ pinged() {  # pinged COUNT GUEST_COMMAND...
   if [ "$NODES" -ge 2 ]; then lost=$(vssh "$peer" "sudo $G ping-result $peer-p1" 2>&1); else lost="- -"; fi
 }
 loss() { read -r s r <<<"$lost"; if [ -n "${r:-}" ] && [ "$s" -ge "$r" ] 2>/dev/null; then echo "$((s - r)) of $s pings lost at ${PING_INTERVAL}s"; else echo "ping: $lost"; fi; }
-zero_lost() { read -r s r <<<"$lost"; [ "$NODES" -lt 2 ] || { [ -n "${r:-}" ] && [ "$s" = "$r" ]; }; }
+# no ping lost, and the step itself succeeded (a step that failed measured nothing)
+zero_lost() { read -r s r <<<"$lost"; [ "$rc" = 0 ] && { [ "$NODES" -lt 2 ] || { [ -n "${r:-}" ] && [ "$s" = "$r" ]; }; }; }
 
 pinged 1500 restart-agent
 check "$R: systemctl restart vxmeshd (new PID, same subnet and TAP, dataplane from systemd's store)" "$rc" "$out"

@@ -99,13 +99,33 @@ impl NodeHandover {
                 .await
                 .context("handover task")??;
         let server = Server::new(me.clone(), Arc::clone(state), takeover);
+        let mut tasks = Vec::new();
+        // WATCHDOG=1 from the control loop's runtime from now on (a start that waits
+        // for etcd is bounded by TimeoutStartSec=).
+        if let Some(n) = &notifier {
+            let var = |k| std::env::var(k).ok();
+            if let Some(every) = crate::sd_notify::watchdog_interval(
+                var("WATCHDOG_USEC").as_deref(),
+                var("WATCHDOG_PID").as_deref(),
+                std::process::id(),
+            ) {
+                let n = Arc::clone(n);
+                tasks.push(tokio::spawn(async move {
+                    let mut t = tokio::time::interval(every);
+                    loop {
+                        t.tick().await;
+                        let _ = n.notify("WATCHDOG=1");
+                    }
+                }));
+            }
+        }
         Ok(NodeHandover {
             me,
             notifier,
             server,
             acquired: Some(acquired),
             state_file: None,
-            tasks: Vec::new(),
+            tasks,
         })
     }
 
@@ -294,21 +314,6 @@ impl NodeHandover {
         if let Some(n) = &self.notifier {
             self.tasks
                 .push(tokio::spawn(notify_ready(Arc::clone(n), Arc::clone(state))));
-            let var = |k| std::env::var(k).ok();
-            if let Some(every) = crate::sd_notify::watchdog_interval(
-                var("WATCHDOG_USEC").as_deref(),
-                var("WATCHDOG_PID").as_deref(),
-                std::process::id(),
-            ) {
-                let n = Arc::clone(n);
-                self.tasks.push(tokio::spawn(async move {
-                    let mut t = tokio::time::interval(every);
-                    loop {
-                        t.tick().await;
-                        let _ = n.notify("WATCHDOG=1");
-                    }
-                }));
-            }
         }
         Ok(dp)
     }
