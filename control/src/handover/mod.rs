@@ -587,14 +587,30 @@ impl Session {
     /// the old process stop, and wait until it has.
     pub fn finish(mut self, engine_started: Instant) -> anyhow::Result<Finished> {
         let c = &mut self.0;
-        c.send(&Message::Started, &[])?;
-        match c.recv()? {
-            (Message::Stopped { took_us, .. }, _) => Ok(Finished {
+        let pid = c.peer_pid;
+        // Our threads already run on the descriptors: whatever the old process does
+        // now (it may have been stopped by a signal meanwhile), the dataplane is ours.
+        let answer = c
+            .send(&Message::Started, &[])
+            .map_err(anyhow::Error::new)
+            .and_then(|()| c.recv());
+        match answer {
+            Ok((Message::Stopped { took_us, .. }, _)) => Ok(Finished {
                 gap: Some(Duration::ZERO),
                 overlap: Some(engine_started.elapsed()),
                 old_stop: Some(Duration::from_micros(took_us)),
             }),
-            (m, _) => bail!("vxmeshd pid {} answered Started with {m:?}", c.peer_pid),
+            Ok((m, _)) => bail!("vxmeshd pid {pid} answered Started with {m:?}"),
+            Err(e) => {
+                tracing::warn!(
+                    pid,
+                    "the old vxmeshd went away without confirming its stop ({e:#}); carrying on"
+                );
+                Ok(Finished {
+                    gap: Some(Duration::ZERO),
+                    ..Finished::default()
+                })
+            }
         }
     }
 
