@@ -8,7 +8,7 @@
 //! message. After a restart systemd hands them back from fd 3 on with
 //! `$LISTEN_FDS` (how many), `$LISTEN_FDNAMES` (their names, `:`-separated) and
 //! `$LISTEN_PID` (for whom). Why our own ~150 lines and not a crate:
-//! docs/decisions/0007-sd-notify-own-module.md.
+//! docs/decisions/0010-sd-notify-own-module.md.
 //!
 //! Read first: `sd_notify(3)`, `sd_listen_fds(3)`, `systemd.service(5)`
 //! (`Type=notify`, `FileDescriptorStoreMax=`, `WatchdogSec=`).

@@ -627,7 +627,7 @@ fn crash_and_systemd_restarts_in_the_lab() {
     assert_eq!(tun_links(&lab, "n2"), 1);
     assert!(got > 0 && got < sent + 1);
 
-    // 2. A clean stop leaves the TAP and routes too (decision 0008).
+    // 2. A clean stop leaves the TAP and routes too (decision 0011).
     lab.must(&["stop-agent", "2"]);
     assert_eq!(tap_index(&lab, "n2"), idx);
     assert!(lab.routes("n2").contains(&n1_subnet));

@@ -213,7 +213,7 @@ impl NodeDataplane {
     /// upgrade (with systemd's descriptor store it is not even visible as such), so
     /// pod traffic keeps its path and the next start adopts the device and prunes
     /// what became stale. `vxmeshctl cleanup-tap` (userspace) or `ip link del`
-    /// (kernel) removes it for good; see docs/decisions/0008-stop-leaves-the-tap.md.
+    /// (kernel) removes it for good; see docs/decisions/0011-stop-leaves-the-tap.md.
     /// Returns how long the threads took to stop.
     pub fn stop(self) -> Duration {
         match self {
