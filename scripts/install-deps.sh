@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what vxmesh's demo and tests need on Debian 12 / Ubuntu 22.04+ (as root).
+# Installs what vxmesh's demo and tests need on Debian 12 (bookworm), as root; scripts/clean-os.sh
+# proves it on a fresh one (a test.sh stage). Other distributions are untested (docs/testing.md).
 # Idempotent: packages already present are left alone; apt runs only if one is missing.
 set -euo pipefail
 
@@ -8,12 +9,15 @@ PACKAGES=(
   iproute2 iputils-ping iptables   # namespaces, links, routes; ping; masquerade rules
   iperf3 jq tcpdump tshark ethtool # throughput checks, JSON, captures (tshark decodes VXLAN), NIC offloads
   protobuf-compiler                # etcd-client's build needs protoc
+  libprotobuf-dev                  # ... and the well-known types it imports (google/protobuf/descriptor.proto):
+                                   # only a Recommends of protobuf-compiler, which --no-install-recommends skips
   containernetworking-plugins      # reference CNI plugins: bridge, host-local, portmap
   podman runc busybox-static       # a real container runtime for the CNI tests
   shellcheck python3 python3-matplotlib  # script lint; benchmark charts
   openssl                          # certificates for the etcd TLS tests and the secure lab
   build-essential pkg-config       # C toolchain for -sys crates
   vagrant systemd                  # vagrant validate, systemd-analyze verify (vagrant/check.sh)
+  debootstrap                      # the clean-OS stage's Debian 12 root filesystem (scripts/clean-os.sh)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -1,7 +1,6 @@
-//! vxmesh-bench: the benchmark harness of issue 4 and the network-namespace
-//! helpers the privileged tests share.
+//! vxmesh-bench: the benchmark harness of issue 4. Network namespaces, commands and
+//! unique names come from `vxmesh-testkit`, which the privileged tests use too.
 //!
-//! - [`netns`]: namespaces as RAII guards, commands and closures run inside them.
 //! - [`topo`]: the 2-node benchmark topology per mode (no overlay, kernel VXLAN
 //!   with flannel's recipe, vxmesh with etcd and vxmeshd), torn down on drop.
 //! - [`measure`]: iperf3 TCP/UDP, ping and CPU accounting on a topology.
@@ -12,7 +11,6 @@
 //! The binary (`src/main.rs`) wires them together; see docs/benchmarks.md.
 pub mod cpu;
 pub mod measure;
-pub mod netns;
 pub mod parse;
 pub mod proc;
 pub mod report;

@@ -13,8 +13,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use vxmesh_testkit::Netns;
 
-use crate::netns::Netns;
 use crate::stop;
 
 /// A background process (iperf3 server, etcd, vxmeshd) stopped when dropped:

@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
+use vxmesh_subnet_env::SubnetEnv;
+use vxmesh_testkit::{run, veth, Netns};
 
-use crate::netns::{run, veth, Netns};
 use crate::proc::{ns_output, run_bounded, Daemon};
 use crate::report::Mode;
 use crate::stop;
@@ -388,20 +389,12 @@ fn wait_peers(ns: &Netns, ctx: &Context, n: usize) -> anyhow::Result<()> {
     )
 }
 
-/// `FLANNEL_SUBNET` (as the /24's network address) and `FLANNEL_MTU`.
+/// `FLANNEL_SUBNET` (as the /24's network address) and `FLANNEL_MTU` of a complete
+/// subnet file (the topology's addressing assumes /24 node subnets).
 pub fn parse_subnet_env(text: &str) -> Option<(Ipv4Addr, u32)> {
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(k)?.strip_prefix('='))
-            .map(str::trim)
-    };
-    let (addr, len) = get("FLANNEL_SUBNET")?.split_once('/')?;
-    if len != "24" {
-        return None;
-    }
-    let gw: Ipv4Addr = addr.parse().ok()?;
-    let mtu = get("FLANNEL_MTU")?.parse().ok()?;
-    Some((host(gw, 0), mtu))
+    let env = SubnetEnv::parse(text.as_bytes()).ok()?;
+    let subnet = env.subnet.filter(|s| s.prefix() == 24)?;
+    Some((subnet.network(), env.mtu))
 }
 
 /// Flannel's vxlan device on `node`: `flannel.1`, VNI 1, dstport 8472,

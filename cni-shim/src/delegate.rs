@@ -11,8 +11,9 @@
 
 use serde_json::{json, Map, Value};
 
+use vxmesh_subnet_env::SubnetEnv;
+
 use crate::netconf::NetConf;
-use crate::subnet_env::SubnetEnv;
 use crate::version::SpecVersion;
 
 /// The bridge name flannel's bridge delegate uses by default.
@@ -50,10 +51,14 @@ fn render_ipam(netconf: &NetConf, env: &SubnetEnv) -> Map<String, Value> {
         ipam.insert("type".into(), Value::String("host-local".into()));
     }
 
-    let mut ranges = Vec::new();
-    for subnet in [env.subnet, env.ipv6_subnet].into_iter().flatten() {
-        ranges.push(json!([{ "subnet": subnet.network().to_string() }]));
-    }
+    // FLANNEL_SUBNET names the gateway; the range is its network.
+    let v4 = env.subnet.map(|s| cidr(s.network(), s.prefix()));
+    let v6 = env.ipv6_subnet.map(|s| cidr(s.network(), s.prefix()));
+    let ranges: Vec<Value> = [v4, v6]
+        .into_iter()
+        .flatten()
+        .map(|subnet| json!([{ "subnet": subnet }]))
+        .collect();
     ipam.insert("ranges".into(), Value::Array(ranges));
 
     let mut routes: Vec<Value> = ipam
@@ -61,8 +66,12 @@ fn render_ipam(netconf: &NetConf, env: &SubnetEnv) -> Map<String, Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for net in env.networks.iter().chain(env.ipv6_networks.iter()) {
-        let dst = net.network().to_string();
+    let v4 = env.networks.iter().map(|n| cidr(n.network(), n.prefix()));
+    let v6 = env
+        .ipv6_networks
+        .iter()
+        .map(|n| cidr(n.network(), n.prefix()));
+    for dst in v4.chain(v6) {
         let present = routes
             .iter()
             .any(|r| r.get("dst").and_then(Value::as_str) == Some(dst.as_str()));
@@ -72,6 +81,11 @@ fn render_ipam(netconf: &NetConf, env: &SubnetEnv) -> Map<String, Value> {
     }
     ipam.insert("routes".into(), Value::Array(routes));
     ipam
+}
+
+/// `addr/len` text.
+fn cidr(addr: impl std::fmt::Display, len: u8) -> String {
+    format!("{addr}/{len}")
 }
 
 /// Sets the `cniVersion` a saved delegate config is executed with, and `prevResult` if given
@@ -110,7 +124,7 @@ pub fn saved_subnet(saved: &Map<String, Value>) -> Option<String> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::{netconf, subnet_env};
+    use crate::netconf;
 
     /// The example in flannel's CNI plugin README: NETWORK 10.1.0.0/16, SUBNET 10.1.17.1/24,
     /// MTU 1472, IPMASQ true. vxmesh renders the same delegate, plus the bridge name flannel
@@ -119,7 +133,7 @@ mod tests {
     fn reproduces_flannel_readme_example() {
         let nc =
             netconf::parse(br#"{"cniVersion":"0.3.1","name":"mynet","type":"flannel"}"#).unwrap();
-        let env = subnet_env::parse(
+        let env = SubnetEnv::parse(
             b"FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
@@ -150,7 +164,7 @@ mod tests {
                  "runtimeConfig":{"mac":"02:00:00:00:00:01"}}"#,
         )
         .unwrap();
-        let env = subnet_env::parse(
+        let env = SubnetEnv::parse(
             b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
@@ -175,7 +189,7 @@ mod tests {
         let nc =
             netconf::parse(br#"{"cniVersion":"1.0.0","name":"vx","delegate":{"type":"ipvlan"}}"#)
                 .unwrap();
-        let env = subnet_env::parse(
+        let env = SubnetEnv::parse(
             b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
         )
         .unwrap();
@@ -188,7 +202,7 @@ mod tests {
     #[test]
     fn dual_stack_ranges_and_routes() {
         let nc = netconf::parse(br#"{"cniVersion":"1.0.0","name":"vx"}"#).unwrap();
-        let env = subnet_env::parse(
+        let env = SubnetEnv::parse(
             b"FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
         )
         .unwrap();

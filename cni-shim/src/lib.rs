@@ -10,9 +10,10 @@
 //! - [`version`]: spec versions and what each allows; delegate version negotiation.
 //! - [`env`]: the CNI_* environment, validated.
 //! - [`netconf`]: the netconf on stdin, validated, errors naming the field.
-//! - [`subnet_env`]: flannel's subnet.env.
-//! - [`ipnet`]: a small IP prefix type.
 //! - [`delegate`]: rendering the delegate's config.
+//!
+//! flannel's subnet.env (the node's subnet, network, MTU, masquerade flag) is read with the
+//! `vxmesh-subnet-env` crate, the model vxmeshd writes it with.
 //! - [`result`]: the result model and conversion between spec versions.
 //! - [`error`]: the CNI error object and codes.
 //!
@@ -26,11 +27,9 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod exec;
-pub mod ipnet;
 pub mod netconf;
 pub mod netns;
 pub mod plugin;
 pub mod result;
 pub mod state;
-pub mod subnet_env;
 pub mod version;

@@ -14,7 +14,6 @@ use serde_json::{Map, Value};
 
 use crate::env::{ContainerId, IfName};
 use crate::error::{code, CniError};
-use crate::ipnet::IpNet;
 use crate::version::SpecVersion;
 
 /// Where flannel (and vxmeshd) write the node's subnet.
@@ -198,7 +197,7 @@ fn validate_ipam(ipam: &Map<String, Value>, warnings: &mut Vec<String>) -> Resul
         };
         for (i, route) in list.iter().enumerate() {
             let dst = route.get("dst").and_then(Value::as_str);
-            match dst.map(str::parse::<IpNet>) {
+            match dst.map(vxmesh_subnet_env::cidr::parse) {
                 Some(Ok(_)) => {}
                 Some(Err(why)) => return Err(invalid(&format!("ipam.routes[{i}].dst"), why)),
                 None => {

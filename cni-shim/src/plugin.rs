@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
+use vxmesh_subnet_env::{SubnetEnv, SubnetEnvError};
 
 use crate::delegate;
 use crate::env::{self, Attachment, CmdArgs, Command};
@@ -18,7 +19,6 @@ use crate::netconf::{self, NetConf};
 use crate::netns;
 use crate::result::CniResult;
 use crate::state::{self, StateDir};
-use crate::subnet_env::{self, SubnetEnv, SubnetEnvError};
 use crate::version::{self, SpecVersion};
 
 /// What one invocation produced: stdout text and the process exit code.
@@ -159,7 +159,7 @@ pub fn load_subnet_env(path: &str) -> Result<SubnetEnv, CniError> {
             ))
         }
     };
-    subnet_env::parse(&bytes).map_err(|e| {
+    SubnetEnv::parse(&bytes).map_err(|e| {
         let msg = match &e {
             SubnetEnvError::Missing(_) => format!("subnet file {path} is incomplete"),
             SubnetEnvError::Invalid { .. } | SubnetEnvError::Inconsistent { .. } => {
@@ -472,7 +472,7 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             )
         })?;
     if let (Some(was), Some(now)) = (delegate::saved_subnet(&saved), subnet_env.subnet) {
-        let now = now.network().to_string();
+        let now = format!("{}/{}", now.network(), now.prefix());
         if was != now {
             return Err(CniError::new(
                 code::SUBNET_CHANGED,
@@ -704,7 +704,7 @@ mod tests {
         for i in 0..3000 {
             let conf = mutate(&mut rng, NETCONF);
             if let Ok(nc) = netconf::parse(&conf) {
-                let env = subnet_env::parse(&mutate(&mut rng, SUBNET_ENV));
+                let env = SubnetEnv::parse(&mutate(&mut rng, SUBNET_ENV));
                 if let Ok(env) = env {
                     let v = versions[i % versions.len()];
                     let rendered = delegate::render(&nc, &env, v);

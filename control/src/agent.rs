@@ -27,17 +27,21 @@ use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
+use crate::flags::UnderlayFlags;
 pub use crate::handover::node::Launch;
 use crate::handover::node::{self as handover, NodeHandover};
-use crate::lease::{lease_key, LeaseAttrs};
+use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
+use crate::masq::{Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
-use crate::peers::{PeerChange, PeerTable, Skip};
+use crate::own_key::OwnKeyWatch;
+use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
-use crate::state::AgentState;
+use crate::state::{AgentState, RejectedLease};
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
+use crate::underlay::Host;
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::MacAddr;
@@ -49,14 +53,14 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the overlay device's MAC is checked (one netlink request).
 pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Everything `vxmeshd` is told on its command line.
+/// Everything `vxmeshd` is told on its command line (see [`crate::flags`]).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     /// Endpoints, TLS files and credentials, validated.
     pub etcd: EtcdAccess,
     pub etcd_prefix: String,
-    pub iface: Option<String>,
-    pub public_ip: Option<Ipv4Addr>,
+    /// How the underlay interface and the PublicIP are chosen.
+    pub underlay: UnderlayFlags,
     pub subnet_file: PathBuf,
     pub tap_name: IfName,
     pub lease_ttl: Duration,
@@ -66,50 +70,51 @@ pub struct AgentOptions {
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
+    /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
+    /// turns it off).
+    pub masq_random_fully: bool,
+    /// Accept the Network's traffic in FORWARD, with or without masquerading.
+    pub iptables_forward_rules: bool,
+    /// How often the iptables rules are checked and restored.
+    pub iptables_resync: Duration,
 }
 
 /// The underlay this node sends VXLAN on.
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub link: LinkInfo,
+    /// The interface address VXLAN is sent from.
+    pub local_ip: Ipv4Addr,
+    /// The address advertised to peers (differs from `local_ip` behind NAT).
     pub public_ip: Ipv4Addr,
 }
 
-/// Finds the underlay interface and the PublicIP to advertise.
-pub async fn resolve_underlay(
-    nl: &Netlink,
-    iface: Option<&str>,
-    public_ip: Option<Ipv4Addr>,
-) -> anyhow::Result<Underlay> {
-    let link = match iface {
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => nl.link_with_address(ip).await?,
-            Err(_) => nl
-                .link_by_name(s)
-                .await?
-                .with_context(|| format!("--iface {s}: no such interface (see `ip -br link`)"))?,
-        },
-        None => match public_ip {
-            Some(ip) => match nl.link_with_address(ip).await {
-                Ok(l) => l,
-                Err(_) => nl.default_route_link().await?,
-            },
-            None => nl.default_route_link().await?,
-        },
+/// Finds the underlay interface and the PublicIP to advertise, as flanneld does
+/// (the choice itself is [`crate::underlay::choose`]).
+pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Underlay> {
+    let route_to_can_reach = match flags.iface_can_reach {
+        Some(dst) => Some(nl.route_to(dst).await.map_err(|e| e.to_string())),
+        None => None,
     };
-    let public_ip = match public_ip {
-        Some(ip) => ip,
-        None => match iface.and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-            Some(ip) => ip,
-            None => *link.ipv4.first().with_context(|| {
-                format!(
-                    "interface {} has no IPv4 address: pass --public-ip",
-                    link.name
-                )
-            })?,
-        },
+    let host = Host {
+        interfaces: nl.interfaces().await?,
+        default_route: nl.default_route_oif().await?,
+        route_to_can_reach,
     };
-    Ok(Underlay { link, public_ip })
+    let choice = crate::underlay::choose(flags, &host)?;
+    for p in &choice.passed_over {
+        tracing::info!("underlay: passed over {p}");
+    }
+    let link = nl
+        .link_by_index(choice.index)
+        .await?
+        .with_context(|| format!("interface {} vanished", choice.name))?;
+    tracing::info!(iface = %link.name, by = %choice.by, local_ip = %choice.local_ip, public_ip = %choice.public_ip, "underlay chosen");
+    Ok(Underlay {
+        link,
+        local_ip: choice.local_ip,
+        public_ip: choice.public_ip,
+    })
 }
 
 fn random_seed() -> u64 {
@@ -161,7 +166,10 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub subnet: Subnet,
+    /// The etcd lease kept alive; 0 for a reservation (no lease, nothing to renew).
     pub lease_id: i64,
+    /// The etcd revision of the claim.
+    pub revision: i64,
 }
 
 /// Runs the lease machine against etcd: publishes every acquisition on `held_tx`,
@@ -183,6 +191,7 @@ async fn lease_task(
             Some(LeaseAction::Acquired {
                 subnet,
                 lease_id,
+                revision,
                 changed_from,
             }) => {
                 match changed_from {
@@ -190,6 +199,9 @@ async fn lease_task(
                         old = %old, new = %subnet,
                         "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
                     ),
+                    None if lease_id == 0 => {
+                        tracing::info!(%subnet, "holding reserved subnet (its key has no etcd lease: kept as a reservation, never renewed)")
+                    }
                     None => {
                         tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
                     }
@@ -200,14 +212,22 @@ async fn lease_task(
                 if let Some(k) = keepalive.take() {
                     k.abort();
                 }
-                let r = reg.clone();
-                let tx = ka_tx.clone();
-                let stats = Arc::clone(&state.lease);
-                keepalive = Some(tokio::spawn(async move {
-                    let why = r.keep_alive(lease_id, ttl, &stats).await;
-                    let _ = tx.send(why).await;
+                if lease_id == 0 {
+                    state.lease.no_ttl();
+                } else {
+                    let r = reg.clone();
+                    let tx = ka_tx.clone();
+                    let stats = Arc::clone(&state.lease);
+                    keepalive = Some(tokio::spawn(async move {
+                        let why = r.keep_alive(lease_id, ttl, &stats).await;
+                        let _ = tx.send(why).await;
+                    }));
+                }
+                let _ = held_tx.send(Some(Held {
+                    subnet,
+                    lease_id,
+                    revision,
                 }));
-                let _ = held_tx.send(Some(Held { subnet, lease_id }));
             }
             Some(LeaseAction::Exhausted(e)) => {
                 tracing::error!("{e}");
@@ -257,7 +277,10 @@ pub async fn step(
         }
         LeaseAction::Claim(c) => {
             let ev = match reg.claim(&c, attrs, ttl).await {
-                Ok(Some(lease_id)) => LeaseEvent::Claimed { lease_id },
+                Ok(Some(won)) => LeaseEvent::Claimed {
+                    lease_id: won.lease_id,
+                    revision: won.revision,
+                },
                 Ok(None) => {
                     tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
                     LeaseEvent::RaceLost
@@ -285,8 +308,17 @@ pub async fn acquire(
     loop {
         match step(reg, machine, attrs, ttl).await {
             Some(LeaseAction::Acquired {
-                subnet, lease_id, ..
-            }) => return Ok(Held { subnet, lease_id }),
+                subnet,
+                lease_id,
+                revision,
+                ..
+            }) => {
+                return Ok(Held {
+                    subnet,
+                    lease_id,
+                    revision,
+                })
+            }
             Some(LeaseAction::Exhausted(e)) => return Err(e),
             Some(LeaseAction::Wait { until }) => {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now())).await
@@ -303,6 +335,65 @@ fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<He
     tracing::warn!("subnet lease lost ({why}); re-acquiring, preferring the same subnet");
     machine.handle(LeaseEvent::LeaseLost, Instant::now());
     let _ = held_tx.send(None);
+}
+
+/// Keeps the masquerade/forward rules in place, as flanneld does every
+/// `--iptables-resync` seconds: applies them for each new subnet, and restores them
+/// when a firewall reload or an `iptables -F` removed or changed them.
+async fn keep_iptables(
+    rules: Rules,
+    network: Subnet,
+    mut held: watch::Receiver<Option<Held>>,
+    every: Duration,
+    state: Arc<AgentState>,
+) {
+    let mut last: Option<crate::masq::Snapshot> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = held.changed() => if r.is_err() { return },
+        }
+        let Some(h) = *held.borrow_and_update() else {
+            continue;
+        };
+        let mut snapshot = last.take();
+        // iptables-save/-restore are processes: off the control thread.
+        let Ok((r, snapshot)) = tokio::task::spawn_blocking(move || {
+            let r = crate::masq::ensure(&network, &h.subnet, rules, &mut snapshot);
+            (r, snapshot)
+        })
+        .await
+        else {
+            return;
+        };
+        last = snapshot;
+        match r {
+            Ok(Ensured::Intact | Ensured::Applied) => {
+                if failing {
+                    tracing::info!("iptables rules in place again");
+                    failing = false;
+                }
+            }
+            Ok(Ensured::Restored { missing, extra }) => {
+                state.iptables_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    missing,
+                    extra,
+                    "iptables rules were changed behind vxmesh's back (firewall reload? iptables -F?); restored"
+                );
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!("cannot keep the iptables rules in place: {e}");
+                    failing = true;
+                }
+                state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    }
 }
 
 /// Applies peer changes through the dataplane; `false` if any failed.
@@ -360,23 +451,14 @@ async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &Agen
     }
 }
 
-fn record_skips(skips: Vec<Skip>, state: &AgentState) {
-    if skips.is_empty() {
-        return;
-    }
-    for s in &skips {
-        tracing::warn!(key = %s.key, "ignoring lease: {}", s.why);
+/// Warns once about each newly rejected lease, and counts the warnings.
+fn record_skips(skips: &[Skip], state: &AgentState) {
+    for s in skips {
+        tracing::warn!(key = %s.key, reason = s.rejection.reason.as_str(), "ignoring lease: {}", s.rejection.why);
     }
     state
         .skipped_leases
         .fetch_add(skips.len() as u64, Ordering::Relaxed);
-    state.update(|i| {
-        i.skipped.extend(skips.into_iter().map(Into::into));
-        let n = i.skipped.len();
-        if n > 32 {
-            i.skipped.drain(..n - 32);
-        }
-    });
 }
 
 /// Runs the agent until `shutdown` resolves (or a successor takes over).
@@ -405,7 +487,7 @@ pub async fn run_with(
         i.etcd = Some(opts.etcd.describe());
     });
     let nl = Netlink::connect()?;
-    let underlay = resolve_underlay(&nl, opts.iface.as_deref(), opts.public_ip).await?;
+    let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
 
     let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
@@ -485,7 +567,7 @@ pub async fn run_with(
     let setup = DataplaneSetup {
         local,
         mtu,
-        public_ip: underlay.public_ip,
+        local_ip: underlay.local_ip,
         underlay_index: underlay.link.index,
         device_name: opts.tap_name.clone(),
         offloads: opts.offloads,
@@ -495,154 +577,262 @@ pub async fn run_with(
     let dp = ho
         .start_dataplane(opts.dataplane, &nl, &setup, &state)
         .await?;
-    let env_for = |subnet: Subnet| SubnetEnv {
-        network: cfg.network,
-        subnet,
+    let mut node = Running {
+        files: NodeFiles {
+            network: cfg.network,
+            mtu,
+            ip_masq: opts.ip_masq,
+            rules: Rules {
+                masquerade: opts.ip_masq,
+                random_fully: opts.masq_random_fully,
+                forward: opts.iptables_forward_rules,
+            },
+            subnet_file: opts.subnet_file.clone(),
+        },
+        nl,
+        dp,
+        peers: PeerTable::new(
+            PeerRules::from_config(&cfg),
+            Some(LocalNode {
+                public_ip: underlay.public_ip,
+                vtep_mac,
+            }),
+        ),
+        own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
+        own: first,
+        lost_tx,
+        synced: false,
+        vtep_mac,
         mtu,
-        ipmasq: opts.ip_masq,
+        state: Arc::clone(&state),
     };
-    let masq = |subnet: Subnet, state: &AgentState| {
-        if opts.ip_masq {
-            if let Err(e) = crate::masq::apply(&cfg.network, &subnet) {
-                tracing::error!("cannot install masquerade rules: {e}");
-                state.update(|i| i.last_error = Some(e.to_string()));
-            }
-        }
-    };
-    let mut own = first;
-    dp.set_subnet(&nl, &own.subnet).await?;
-    masq(own.subnet, &state);
-    env_for(own.subnet)
-        .write_atomic(&opts.subnet_file)
-        .with_context(|| format!("writing {}", opts.subnet_file.display()))?;
-    state.ready.subnet_env.store(true, Ordering::Relaxed);
-    state.ready.lease.store(true, Ordering::Relaxed);
-    state.update(|i| {
-        i.subnet = Some(own.subnet);
-        i.lease_id = Some(format!("{:x}", own.lease_id));
+    node.start(first).await?;
+    let iptables = node.files.rules.any().then(|| {
+        tokio::spawn(keep_iptables(
+            node.files.rules,
+            cfg.network,
+            held_rx.clone(),
+            opts.iptables_resync,
+            Arc::clone(&state),
+        ))
     });
-    tracing::info!(subnet = %own.subnet, file = %opts.subnet_file.display(), "subnet file written");
 
-    let mut peers = PeerTable::new(vni.get());
-    let _ = peers.set_own(Some(own.subnet));
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(256);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
     let watcher =
         tokio::spawn(async move { watch_reg.watch_subnets(None, wtx, &watch_stats).await });
-    let own_key = |s: Subnet| lease_key(reg.prefix(), &s);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.tick().await;
     let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
     device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut synced = false;
 
-    loop {
+    // The dispatcher: every decision is in `Running`'s handlers and the pure cores.
+    let result = loop {
         tokio::select! {
-            _ = &mut stop => break,
-            ev = wrx.recv() => {
-                let Some(ev) = ev else { anyhow::bail!("registry watch ended") };
-                let mut skips = Vec::new();
-                let full_listing = matches!(ev, WatchEvent::Snapshot(_));
-                let changes = match ev {
-                    WatchEvent::Snapshot(l) => {
-                        let entries: Vec<(String, Vec<u8>)> = l.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-                        if state.ready.lease.load(Ordering::Relaxed) && !entries.iter().any(|(k, _)| *k == own_key(own.subnet)) {
-                            let _ = lost_tx.try_send(format!("our key {} is gone from etcd", own_key(own.subnet)));
-                        }
-                        peers.reset(&entries, &mut skips)
-                    }
-                    WatchEvent::Put { key, value } => {
-                        if key == own_key(own.subnet) {
-                            let ours = LeaseAttrs::parse(&value).is_ok_and(|a| a.public_ip == underlay.public_ip);
-                            if !ours {
-                                let _ = lost_tx.try_send(format!("our key {key} was overwritten by another node"));
-                            }
-                        }
-                        peers.put(&key, &value, &mut skips).into_iter().collect()
-                    }
-                    WatchEvent::Delete { key } => {
-                        if key == own_key(own.subnet) && state.ready.lease.load(Ordering::Relaxed) {
-                            let _ = lost_tx.try_send(format!("our key {key} was deleted"));
-                        }
-                        peers.delete(&key).into_iter().collect()
-                    }
-                };
-                record_skips(skips, &state);
-                dp.publish(&peers);
-                let mut ok = program(&nl, &dp, &changes, &state).await;
-                if full_listing {
-                    ok &= prune(&nl, &dp, &peers, &state).await;
-                }
-                if !synced || !changes.is_empty() {
-                    synced = true;
-                    state.ready.routes.store(ok, Ordering::Relaxed);
-                }
-                state.update(|i| i.peers = peers.peers().copied().collect());
-            }
+            _ = &mut stop => break Ok(()),
+            ev = wrx.recv() => match ev {
+                Some(ev) => node.on_registry(ev).await,
+                None => break Err(anyhow::anyhow!("registry watch ended")),
+            },
             r = held_rx.changed() => {
-                if r.is_err() { anyhow::bail!("lease task ended") }
-                let h = *held_rx.borrow_and_update();
-                match h {
-                    None => {
-                        // Lost: keep forwarding (pods keep working) until re-acquired.
-                        state.ready.lease.store(false, Ordering::Relaxed);
-                    }
-                    Some(h) => {
-                        if h.subnet != own.subnet {
-                            dp.set_subnet(&nl, &h.subnet).await?;
-                            masq(h.subnet, &state);
-                            env_for(h.subnet).write_atomic(&opts.subnet_file)?;
-                            let changes = peers.set_own(Some(h.subnet));
-                            dp.publish(&peers);
-                            program(&nl, &dp, &changes, &state).await;
-                        }
-                        own = h;
-                        state.ready.lease.store(true, Ordering::Relaxed);
-                        state.update(|i| {
-                            i.subnet = Some(h.subnet);
-                            i.lease_id = Some(format!("{:x}", h.lease_id));
-                        });
-                    }
+                if r.is_err() {
+                    break Err(anyhow::anyhow!("lease task ended"));
+                }
+                let held = *held_rx.borrow_and_update();
+                if let Err(e) = node.on_lease(held).await {
+                    break Err(e);
                 }
             }
-            _ = device_check.tick() => {
-                match dp.ensure_vtep_mac(&nl, vtep_mac, mtu).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        state.device_repairs.fetch_add(1, Ordering::Relaxed);
-                        let all: Vec<PeerChange> = peers.peers().copied().map(PeerChange::Added).collect();
-                        let ok = program(&nl, &dp, &all, &state).await;
-                        state.ready.routes.store(ok, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot check the overlay device");
-                        state.update(|i| i.last_error = Some(e.to_string()));
-                    }
-                }
-            }
-            _ = reconcile.tick() => {
-                let mut ok = true;
-                for p in peers.peers() {
-                    if let Err(e) = dp.add_peer(&nl, p).await {
-                        ok = false;
-                        state.route_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
-                    }
-                }
-                if synced {
-                    ok &= prune(&nl, &dp, &peers, &state).await;
-                    state.ready.routes.store(ok, Ordering::Relaxed);
-                }
-            }
+            _ = device_check.tick() => node.check_device().await,
+            _ = reconcile.tick() => node.reconcile().await,
         }
-    }
+    };
 
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
     watcher.abort();
+    if let Some(t) = iptables {
+        t.abort();
+    }
     lease.abort();
     let handed = takeover.lock().ok().and_then(|mut g| g.take());
-    ho.stop(dp, handed).await;
-    Ok(())
+    ho.stop(node.dp, handed).await;
+    result
+}
+
+/// Where the node's subnet shows up on the node itself: the subnet file and the
+/// masquerade rules.
+#[derive(Debug)]
+struct NodeFiles {
+    network: Subnet,
+    mtu: u32,
+    ip_masq: bool,
+    /// The masquerade and FORWARD rules this node keeps in place.
+    rules: Rules,
+    subnet_file: PathBuf,
+}
+
+/// The node once it runs: what the main loop's handlers act on.
+struct Running {
+    nl: Netlink,
+    dp: NodeDataplane,
+    state: Arc<AgentState>,
+    files: NodeFiles,
+    peers: PeerTable,
+    own_key: OwnKeyWatch,
+    /// The lease held now (or last, while re-acquiring).
+    own: Held,
+    /// Tells the lease task the lease is lost.
+    lost_tx: mpsc::Sender<String>,
+    /// Whether a registry event has been programmed yet (readiness).
+    synced: bool,
+    vtep_mac: MacAddr,
+    mtu: u32,
+}
+
+impl Running {
+    /// Takes the first lease: device address, masquerade rules, subnet file, peers.
+    async fn start(&mut self, first: Held) -> anyhow::Result<()> {
+        self.take_subnet(first.subnet).await?;
+        self.state.ready.subnet_env.store(true, Ordering::Relaxed);
+        tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
+        let mut skips = Vec::new();
+        let _ = self.peers.set_own(Some(first.subnet), &mut skips);
+        record_skips(&skips, &self.state);
+        self.held(first);
+        Ok(())
+    }
+
+    /// Gives the node `subnet`: the device's address, masquerade rules, subnet file.
+    async fn take_subnet(&self, subnet: Subnet) -> anyhow::Result<()> {
+        self.dp.set_subnet(&self.nl, &subnet).await?;
+        if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
+            tracing::error!("cannot install the masquerade/forward rules: {e}");
+            self.state.update(|i| i.last_error = Some(e.to_string()));
+        }
+        let env = SubnetEnv {
+            network: self.files.network,
+            subnet,
+            mtu: self.files.mtu,
+            ipmasq: self.files.ip_masq,
+        };
+        env.write_atomic(&self.files.subnet_file)
+            .with_context(|| format!("writing {}", self.files.subnet_file.display()))?;
+        Ok(())
+    }
+
+    /// Records a held lease (status, readiness, the own-key watch).
+    fn held(&mut self, h: Held) {
+        self.own = h;
+        self.own_key.hold(h.subnet, h.revision);
+        self.state.ready.lease.store(true, Ordering::Relaxed);
+        self.state.update(|i| {
+            i.subnet = Some(h.subnet);
+            i.lease_id = Some(format!("{:x}", h.lease_id));
+            i.reservation = h.lease_id == 0;
+        });
+    }
+
+    /// The lease task acquired a lease (`Some`) or lost it (`None`).
+    async fn on_lease(&mut self, held: Option<Held>) -> anyhow::Result<()> {
+        let Some(h) = held else {
+            // Lost: keep forwarding (pods keep working) until re-acquired.
+            self.own_key.release();
+            self.state.ready.lease.store(false, Ordering::Relaxed);
+            return Ok(());
+        };
+        if h.subnet != self.own.subnet {
+            self.take_subnet(h.subnet).await?;
+            let mut skips = Vec::new();
+            let changes = self.peers.set_own(Some(h.subnet), &mut skips);
+            record_skips(&skips, &self.state);
+            self.dp.publish(&self.peers);
+            program(&self.nl, &self.dp, &changes, &self.state).await;
+            self.show_peers();
+        }
+        self.held(h);
+        Ok(())
+    }
+
+    /// One registry event: did we lose our lease, and what changes for the peers.
+    async fn on_registry(&mut self, ev: WatchEvent) {
+        if let Some(loss) = self.own_key.handle(&ev) {
+            let _ = self.lost_tx.try_send(loss.to_string());
+        }
+        let mut skips = Vec::new();
+        let full_listing = matches!(ev, WatchEvent::Snapshot(_));
+        let changes = match &ev {
+            WatchEvent::Snapshot(l) => self.peers.reset(&l.entries, &mut skips),
+            WatchEvent::Put(e) => self.peers.put(e, &mut skips),
+            WatchEvent::Delete { key, .. } => self.peers.delete(key, &mut skips),
+        };
+        record_skips(&skips, &self.state);
+        self.dp.publish(&self.peers);
+        let mut ok = program(&self.nl, &self.dp, &changes, &self.state).await;
+        if full_listing {
+            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
+        }
+        if !self.synced || !changes.is_empty() {
+            self.synced = true;
+            self.state.ready.routes.store(ok, Ordering::Relaxed);
+        }
+        self.show_peers();
+    }
+
+    /// Shows the peers and the rejected leases in /v1/status and /metrics.
+    fn show_peers(&self) {
+        let peers: Vec<_> = self.peers.peers().copied().collect();
+        let rejected: Vec<RejectedLease> = self
+            .peers
+            .rejected()
+            .map(|(key, r)| RejectedLease {
+                key: key.to_string(),
+                reason: r.reason.as_str(),
+                why: r.why.clone(),
+            })
+            .collect();
+        self.state.update(|i| {
+            i.peers = peers;
+            i.rejected = rejected;
+        });
+    }
+
+    /// Restores the overlay device's MAC (and every peer's state) if someone changed it.
+    async fn check_device(&mut self) {
+        match self
+            .dp
+            .ensure_vtep_mac(&self.nl, self.vtep_mac, self.mtu)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
+                let all: Vec<PeerChange> =
+                    self.peers.peers().copied().map(PeerChange::Added).collect();
+                let ok = program(&self.nl, &self.dp, &all, &self.state).await;
+                self.state.ready.routes.store(ok, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the overlay device");
+                self.state.update(|i| i.last_error = Some(e.to_string()));
+            }
+        }
+    }
+
+    /// Re-applies every peer's route and neighbour, and prunes what no peer accounts for.
+    async fn reconcile(&mut self) {
+        let mut ok = true;
+        for p in self.peers.peers() {
+            if let Err(e) = self.dp.add_peer(&self.nl, p).await {
+                ok = false;
+                self.state.route_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
+            }
+        }
+        if self.synced {
+            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
+            self.state.ready.routes.store(ok, Ordering::Relaxed);
+        }
+    }
 }

@@ -2,15 +2,21 @@
 //!
 //! Order, as flannel does it, and why:
 //! 1. a lease that already carries this node's PublicIP and fits the config — the
-//!    node restarted, keep its pods' addresses;
+//!    node restarted, keep its pods' addresses. A reservation (a key without an etcd
+//!    lease, flannel's way of pinning a node's subnet) is preferred and stays one: it is
+//!    held as it is, never put under a TTL ([`Claim::Reserved`]);
 //! 2. the subnet recorded in this node's subnet file (`FLANNEL_SUBNET`), if still
 //!    free — the lease expired while the node was away;
 //! 3. free subnets of the pool SubnetMin..=SubnetMax in random order (seeded by the
 //!    caller), so nodes starting together rarely race for the same one.
 //!
-//! A subnet is free when no lease key overlaps it (keys whose values do not parse
-//! still occupy their subnet). Every claim is then made by compare-and-swap in etcd;
-//! a lost race just moves on to the next candidate.
+//! A subnet is free when no lease key overlaps it: keys whose values do not parse
+//! still occupy their subnet, and so do other nodes' reservations and keys of another
+//! SubnetLen (a node from before a config change may still use one). Only a key that
+//! covers the whole Network (`0.0.0.0-0`, the Network itself) occupies nothing: it can
+//! be no node's subnet, no node routes it ([`crate::peers`] rejects it), and counting
+//! it would let one stray key empty the pool. Every claim is then made by
+//! compare-and-swap in etcd; a lost race just moves on to the next candidate.
 
 use std::net::Ipv4Addr;
 
@@ -26,6 +32,8 @@ pub struct ExistingLease {
     pub attrs: Option<LeaseAttrs>,
     /// etcd mod_revision of the key, for compare-and-swap.
     pub mod_revision: i64,
+    /// The etcd lease the key is attached to; 0 for a reservation (no TTL).
+    pub lease_id: i64,
 }
 
 /// One attempt the lease machine should make.
@@ -33,6 +41,10 @@ pub struct ExistingLease {
 pub enum Claim {
     /// Take over our own existing lease, if it is still at `mod_revision`.
     Reuse { subnet: Subnet, mod_revision: i64 },
+    /// Hold our own reservation, if it is still at `mod_revision`: no etcd lease, no
+    /// keepalive; the value is rewritten (still without a lease) only if it is not
+    /// exactly ours.
+    Reserved { subnet: Subnet, mod_revision: i64 },
     /// Create the key; succeeds only if it does not exist.
     Create { subnet: Subnet },
 }
@@ -40,7 +52,9 @@ pub enum Claim {
 impl Claim {
     pub fn subnet(&self) -> Subnet {
         match self {
-            Claim::Reuse { subnet, .. } | Claim::Create { subnet } => *subnet,
+            Claim::Reuse { subnet, .. }
+            | Claim::Reserved { subnet, .. }
+            | Claim::Create { subnet } => *subnet,
         }
     }
 }
@@ -80,14 +94,26 @@ pub fn plan(
         .iter()
         .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == me) && cfg.fits(&l.subnet))
         .collect();
-    mine.sort_by_key(|l| l.subnet);
+    // A reservation first, then the lowest subnet.
+    mine.sort_by_key(|l| (l.lease_id != 0, l.subnet));
     if let Some(l) = mine.first() {
-        out.push(Claim::Reuse {
-            subnet: l.subnet,
-            mod_revision: l.mod_revision,
+        out.push(if l.lease_id == 0 {
+            Claim::Reserved {
+                subnet: l.subnet,
+                mod_revision: l.mod_revision,
+            }
+        } else {
+            Claim::Reuse {
+                subnet: l.subnet,
+                mod_revision: l.mod_revision,
+            }
         });
     }
-    let taken = |s: &Subnet| leases.iter().any(|l| overlaps(&l.subnet, s));
+    let taken = |s: &Subnet| {
+        leases
+            .iter()
+            .any(|l| !l.subnet.contains_subnet(&cfg.network) && overlaps(&l.subnet, s))
+    };
     if let Some(h) = hint {
         if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet() == h) {
             out.push(Claim::Create { subnet: h });
@@ -145,6 +171,7 @@ mod tests {
                 "0e:00:00:00:00:01".parse().unwrap(),
             )),
             mod_revision: 7,
+            lease_id: 0x694d_8543_30fc_5110,
         }
     }
 
@@ -238,14 +265,100 @@ mod tests {
                 subnet: "10.1.0.16/28".parse().unwrap(),
                 attrs: None,
                 mod_revision: 1,
+                lease_id: 5,
             },
             ExistingLease {
                 subnet: "10.1.0.32/27".parse().unwrap(),
                 attrs: None,
                 mod_revision: 1,
+                lease_id: 5,
             },
         ];
         assert!(plan(&c, ME, &leases, None, 1, 10).is_err());
+    }
+
+    fn reserved(s: &str, ip: [u8; 4]) -> ExistingLease {
+        ExistingLease {
+            lease_id: 0,
+            ..lease(s, ip)
+        }
+    }
+
+    #[test]
+    fn my_reservation_is_held_as_a_reservation() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        // Restart of a node whose key an operator made a reservation
+        // (`etcdctl put <key> "$(etcdctl get --print-value-only <key>)"`).
+        let p = plan(
+            &c,
+            ME,
+            &[reserved("10.244.7.0/24", [192, 168, 1, 10])],
+            None,
+            1,
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Reserved {
+                subnet: "10.244.7.0/24".parse().unwrap(),
+                mod_revision: 7
+            },
+            "never Reuse: that would put the key under a TTL"
+        );
+        // A reservation wins over an older leased key of the same node.
+        let p = plan(
+            &c,
+            ME,
+            &[
+                lease("10.244.3.0/24", [192, 168, 1, 10]),
+                reserved("10.244.9.0/24", [192, 168, 1, 10]),
+            ],
+            None,
+            1,
+            3,
+        )
+        .unwrap();
+        assert_eq!(p[0].subnet(), "10.244.9.0/24".parse().unwrap());
+        assert!(matches!(p[0], Claim::Reserved { .. }));
+    }
+
+    #[test]
+    fn other_nodes_reservations_are_never_claimed() {
+        let c = cfg(r#"{"Network":"10.1.0.0/26"}"#); // pool: .16 .32 .48 /28
+        let leases = [
+            reserved("10.1.0.16/28", [192, 168, 1, 20]),
+            reserved("10.1.0.32/28", [192, 168, 1, 21]),
+        ];
+        let hint = Some("10.1.0.16/28".parse().unwrap());
+        let p = plan(&c, ME, &leases, hint, 1, 10).unwrap();
+        assert_eq!(
+            p,
+            [Claim::Create {
+                subnet: "10.1.0.48/28".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn keys_covering_the_whole_network_occupy_nothing() {
+        // Hostile or stray keys: the default route and the whole Network. Counted, they
+        // would empty the pool; no node routes them. A /25 and a /23 inside the Network
+        // (another SubnetLen) still occupy what they overlap.
+        let c = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let leases = [
+            lease("0.0.0.0/0", [192, 168, 100, 71]),
+            lease("10.244.0.0/16", [192, 168, 100, 73]),
+            lease("10.244.94.128/25", [192, 168, 100, 74]),
+            lease("10.244.40.0/23", [192, 168, 100, 75]),
+        ];
+        let hint = Some("10.244.35.0/24".parse().unwrap());
+        let p = plan(&c, ME, &leases, hint, 1, 300).unwrap();
+        assert_eq!(p[0].subnet(), "10.244.35.0/24".parse().unwrap());
+        assert_eq!(p.len(), 252, "the whole pool of 255 but .94, .40 and .41");
+        for held in ["10.244.94.0/24", "10.244.40.0/24", "10.244.41.0/24"] {
+            assert!(p.iter().all(|c| c.subnet() != held.parse().unwrap()));
+        }
     }
 
     proptest::proptest! {
@@ -269,6 +382,7 @@ mod tests {
                 subnet: Subnet::new(Ipv4Addr::from(net + i * step), sub_len).unwrap(),
                 attrs: None,
                 mod_revision: 1,
+                lease_id: 5,
             }).collect();
             match plan(&c, ME, &leases, None, seed, 1000) {
                 Ok(p) => {

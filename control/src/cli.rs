@@ -1,11 +1,12 @@
-//! Command-line pieces shared by `vxmeshd` and `vxmeshctl`.
+//! `vxmeshctl`'s etcd flags (clap). `vxmeshd` reads the same names, and flanneld's,
+//! through [`crate::flags`]; a test there keeps the defaults equal.
 
 use std::path::PathBuf;
 
 use crate::etcd_access::{AccessError, AccessFlags, EtcdAccess};
 
-/// Where the registry is: the etcd flags both binaries take (environment variables
-/// named after vxmeshd's, so one EnvironmentFile serves both).
+/// Where the registry is: the etcd flags of vxmeshctl, with vxmeshd's names and
+/// `VXMESHD_ETCD_*` variables (so one EnvironmentFile serves both).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma separated.

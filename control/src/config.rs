@@ -129,6 +129,11 @@ impl NetworkConfig {
                 "IPv6 settings found: vxmesh carries IPv4 only; IPv6 fields are ignored".into(),
             );
         }
+        if field(&obj, "EnableNFTables") == Some(&Value::Bool(true)) {
+            notes.push(
+                "EnableNFTables is true: vxmesh still writes its masquerade/forward rules with iptables (iptables-nft puts them into nftables' iptables-compatible tables); native nftables tables are not implemented".into(),
+            );
+        }
 
         let network = match field(&obj, "Network") {
             None | Some(Value::Null) => {
@@ -412,6 +417,24 @@ mod tests {
         let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"GBP":false,"DirectRouting":false}}"#).unwrap();
         assert_eq!(c.network.to_string(), "10.42.0.0/16");
         assert_eq!(c.notes.len(), 1);
+    }
+
+    #[test]
+    fn enable_nftables_is_noted() {
+        let c =
+            parse(r#"{"Network":"10.42.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
+                .unwrap();
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(
+            c.notes[0].starts_with("EnableNFTables is true"),
+            "{}",
+            c.notes[0]
+        );
+        let c = parse(
+            r#"{"Network":"10.42.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::peers::RejectReason;
 use crate::registry::LeaseStats;
 use crate::state::AgentState;
 use vxmesh_dataplane::counters::DropReason;
@@ -79,6 +80,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
+        "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
     })
 }
 
@@ -132,6 +134,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         label(info.vtep_mac.as_deref().unwrap_or("")),
         u64::from(info.subnet.is_some())
     );
+    gauge(
+        &mut o,
+        "vxmesh_lease_reservation",
+        "1 when the subnet is held as a reservation (its key has no etcd lease: no TTL, no renewals)",
+        u64::from(info.reservation),
+    );
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
@@ -173,14 +181,32 @@ pub fn render_metrics(s: &AgentState) -> String {
     counter(
         &mut o,
         "vxmesh_skipped_leases_total",
-        "Leases ignored (unparseable, other backend or VNI)",
+        "Warnings about leases rejected as peers (one per lease and reason)",
         s.skipped_leases.load(Ordering::Relaxed),
     );
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_rejected_leases Leases in the registry rejected as peers now, by reason\n# TYPE vxmesh_rejected_leases gauge"
+    );
+    for r in RejectReason::ALL {
+        let n = info
+            .rejected
+            .iter()
+            .filter(|x| x.reason == r.as_str())
+            .count();
+        let _ = writeln!(o, "vxmesh_rejected_leases{{reason=\"{}\"}} {n}", r.as_str());
+    }
     counter(
         &mut o,
         "vxmesh_route_errors_total",
         "Failed route or neighbour updates",
         s.route_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_iptables_repairs_total",
+        "Times the masquerade/forward rules were found changed and restored",
+        s.iptables_repairs.load(Ordering::Relaxed),
     );
 
     let st = s.start_info();
@@ -301,7 +327,22 @@ mod tests {
             assert!(!name.is_empty());
             value.parse::<f64>().unwrap();
         }
+        assert!(text.contains("vxmesh_rejected_leases{reason=\"overlap\"} 0"));
+        s.update(|i| {
+            i.rejected = vec![crate::state::RejectedLease {
+                key: "/coreos.com/network/subnets/0.0.0.0-0".into(),
+                reason: "outside_network",
+                why: "subnet 0.0.0.0/0 is not inside Network 10.244.0.0/16".into(),
+            }]
+        });
+        let text = render_metrics(&s);
+        assert!(text.contains("vxmesh_rejected_leases{reason=\"outside_network\"} 1"));
+        assert_eq!(
+            text.matches("vxmesh_rejected_leases{").count(),
+            RejectReason::ALL.len()
+        );
         let j = status_json(&s);
+        assert_eq!(j["node"]["rejected"][0]["reason"], "outside_network");
         assert_eq!(j["ready"], false);
         assert_eq!(j["waiting_for"][0], "peer routes");
         assert_eq!(j["lease_expires_in_secs"], serde_json::Value::Null);

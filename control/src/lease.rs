@@ -31,6 +31,11 @@ pub struct VxlanData {
     pub vtep_mac: MacAddr,
 }
 
+/// The largest lease value read at all. flannel's values are about 130 bytes (a
+/// dual-stack one with IPv6 backend data under 300); anything above this is not a
+/// lease, and is refused before any JSON is parsed.
+pub const MAX_LEASE_VALUE_BYTES: usize = 4096;
+
 /// Why a lease value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("lease value is not flannel's format: {0}")]
@@ -71,8 +76,15 @@ impl LeaseAttrs {
 
     /// Reads a lease value. Non-vxlan leases parse (with `vxlan: None`) so the
     /// caller can say which backend it skipped.
+    /// Values larger than [`MAX_LEASE_VALUE_BYTES`] are refused unread.
     pub fn parse(json: &[u8]) -> Result<LeaseAttrs, LeaseParseError> {
         let err = |m: String| LeaseParseError(m);
+        if json.len() > MAX_LEASE_VALUE_BYTES {
+            return Err(err(format!(
+                "the value is {} bytes, more than the {MAX_LEASE_VALUE_BYTES} a lease can be",
+                json.len()
+            )));
+        }
         let v: Value = serde_json::from_slice(json).map_err(|e| err(e.to_string()))?;
         let obj = v
             .as_object()
@@ -193,6 +205,18 @@ mod tests {
         ] {
             assert!(LeaseAttrs::parse(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn oversized_values_are_refused_unread() {
+        // A valid lease padded with whitespace past the limit: JSON would accept it.
+        let mut v = br#"{"PublicIP":"10.0.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5a:11:22:33:44"}}"#.to_vec();
+        assert!(LeaseAttrs::parse(&v).is_ok());
+        v.resize(MAX_LEASE_VALUE_BYTES, b' ');
+        assert!(LeaseAttrs::parse(&v).is_ok(), "exactly the limit is read");
+        v.push(b' ');
+        let e = LeaseAttrs::parse(&v).unwrap_err().to_string();
+        assert!(e.contains("4097 bytes, more than the 4096"), "{e}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum LeaseAction {
     Acquired {
         subnet: Subnet,
         lease_id: i64,
+        /// The etcd revision of the claim.
+        revision: i64,
         /// Whether this replaces a different subnet held before (pods must renumber).
         changed_from: Option<Subnet>,
     },
@@ -59,8 +61,10 @@ pub enum LeaseAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseEvent {
     Listed(Vec<ExistingLease>),
+    /// The claim in flight won, written at etcd `revision`.
     Claimed {
         lease_id: i64,
+        revision: i64,
     },
     RaceLost,
     RegistryError,
@@ -79,6 +83,7 @@ enum State {
     Held {
         subnet: Subnet,
         lease_id: i64,
+        revision: i64,
         announced: bool,
     },
     Backoff {
@@ -133,9 +138,12 @@ impl LeaseMachine {
         seed: u64,
     ) -> Self {
         let mut m = LeaseMachine::new(cfg, me, Some(subnet), seed);
+        // The predecessor's claim revision is not handed over: 0 lets every later
+        // registry event judge the key (a listing without it is a loss, as always).
         m.state = State::Held {
             subnet,
             lease_id,
+            revision: 0,
             announced: false,
         };
         m
@@ -186,6 +194,7 @@ impl LeaseMachine {
             State::Held {
                 subnet,
                 lease_id,
+                revision,
                 announced,
             } => {
                 if *announced {
@@ -200,6 +209,7 @@ impl LeaseMachine {
                 LeaseAction::Acquired {
                     subnet: *subnet,
                     lease_id: *lease_id,
+                    revision: *revision,
                     changed_from,
                 }
             }
@@ -244,7 +254,7 @@ impl LeaseMachine {
                 self.seed = self.seed.wrapping_add(1);
             }
             (
-                LeaseEvent::Claimed { lease_id },
+                LeaseEvent::Claimed { lease_id, revision },
                 State::Claiming {
                     in_flight: Some(c), ..
                 },
@@ -255,6 +265,7 @@ impl LeaseMachine {
                 self.state = State::Held {
                     subnet,
                     lease_id,
+                    revision,
                     announced: false,
                 };
             }
@@ -299,6 +310,7 @@ mod tests {
                 "0e:00:00:00:00:01".parse().unwrap(),
             )),
             mod_revision: 3,
+            lease_id: 0x694d_8543_30fc_5110,
         }
     }
 
@@ -313,6 +325,7 @@ mod tests {
             LeaseAction::Acquired {
                 subnet: s,
                 lease_id: 0x77,
+                revision: 0,
                 changed_from: None
             }
         );
@@ -326,7 +339,13 @@ mod tests {
             panic!()
         };
         assert_eq!(c.subnet(), s);
-        m.handle(LeaseEvent::Claimed { lease_id: 0x78 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0x78,
+                revision: 9,
+            },
+            t,
+        );
         assert!(matches!(
             m.poll(t),
             LeaseAction::Acquired {
@@ -348,12 +367,19 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        m.handle(LeaseEvent::Claimed { lease_id: 9 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 9,
+                revision: 19,
+            },
+            t,
+        );
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
                 subnet: c.subnet(),
                 lease_id: 9,
+                revision: 19,
                 changed_from: None
             }
         );
@@ -416,6 +442,41 @@ mod tests {
     }
 
     #[test]
+    fn restart_holds_my_reservation_without_a_lease() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, None, 0);
+        let _ = m.poll(t);
+        let mine = ExistingLease {
+            lease_id: 0,
+            ..held("10.1.0.32/28", ME)
+        };
+        m.handle(LeaseEvent::Listed(vec![mine]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reserved {
+                subnet: "10.1.0.32/28".parse().unwrap(),
+                mod_revision: 3
+            })
+        );
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0,
+                revision: 3,
+            },
+            t,
+        );
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: "10.1.0.32/28".parse().unwrap(),
+                lease_id: 0,
+                revision: 3,
+                changed_from: None
+            }
+        );
+    }
+
+    #[test]
     fn lost_lease_is_reacquired_preferring_the_same_subnet() {
         let t = Instant::now();
         let mut m = LeaseMachine::new(cfg(), ME, None, 0);
@@ -424,7 +485,13 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        m.handle(LeaseEvent::Claimed { lease_id: 1 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 1,
+                revision: 11,
+            },
+            t,
+        );
         let _ = m.poll(t);
         m.handle(LeaseEvent::LeaseLost, t);
         assert_eq!(m.poll(t), LeaseAction::List);
@@ -433,12 +500,19 @@ mod tests {
             m.poll(t),
             LeaseAction::Claim(Claim::Create { subnet: c.subnet() })
         );
-        m.handle(LeaseEvent::Claimed { lease_id: 2 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 2,
+                revision: 12,
+            },
+            t,
+        );
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
                 subnet: c.subnet(),
                 lease_id: 2,
+                revision: 12,
                 changed_from: None
             }
         );
@@ -457,7 +531,13 @@ mod tests {
                 subnet: "10.1.0.16/28".parse().unwrap()
             })
         );
-        m.handle(LeaseEvent::Claimed { lease_id: 1 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 1,
+                revision: 11,
+            },
+            t,
+        );
         let _ = m.poll(t);
         m.handle(LeaseEvent::LeaseLost, t);
         let _ = m.poll(t);
@@ -469,7 +549,13 @@ mod tests {
             panic!()
         };
         assert_ne!(c.subnet(), "10.1.0.16/28".parse().unwrap());
-        m.handle(LeaseEvent::Claimed { lease_id: 2 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 2,
+                revision: 12,
+            },
+            t,
+        );
         let LeaseAction::Acquired { changed_from, .. } = m.poll(t) else {
             panic!()
         };
@@ -501,7 +587,13 @@ mod tests {
         let t = Instant::now();
         let mut m = LeaseMachine::new(cfg(), ME, None, 0);
         m.handle(LeaseEvent::LeaseLost, t);
-        m.handle(LeaseEvent::Claimed { lease_id: 4 }, t);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 4,
+                revision: 14,
+            },
+            t,
+        );
         m.handle(LeaseEvent::RaceLost, t);
         assert_eq!(m.poll(t), LeaseAction::List);
         assert!(m.held().is_none());

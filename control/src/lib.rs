@@ -1,9 +1,11 @@
 //! vxmesh control plane.
 //!
 //! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
-//! [`subnet`] (IPv4 CIDR newtype), [`lease`] (flannel's lease keys and values),
+//! [`subnet`] (IPv4 CIDR newtype), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
-//! re-acquire), [`peers`] (the peer set and its changes), [`vtep_mac`],
+//! re-acquire), [`own_key`] (whether registry news takes our subnet away),
+//! [`peers`] (the peer set and its changes), [`vtep_mac`],
+//! [`registry_events`] (what the registry reports, as plain data), and
 //! [`handover::wire`] and [`handover::decide`] (the handover protocol and who may
 //! take over).
 //!
@@ -16,7 +18,9 @@ pub mod agent;
 pub mod allocator;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod etcd_access;
+pub mod flags;
 pub mod handover;
 pub mod health;
 pub mod lease;
@@ -24,10 +28,13 @@ pub mod lease_machine;
 pub mod masq;
 pub mod netlink;
 pub mod node_dataplane;
+pub mod own_key;
 pub mod peers;
 pub mod registry;
+pub mod registry_events;
 pub mod sd_notify;
 pub mod state;
 pub mod subnet;
 pub mod subnet_env;
+pub mod underlay;
 pub mod vtep_mac;

@@ -49,14 +49,8 @@ pub enum NetlinkError {
     },
     #[error("no interface {0}")]
     NoSuchLink(String),
-    #[error(
-        "no default IPv4 route: pass --iface (the underlay interface, e.g. eth1) or --public-ip"
-    )]
-    NoDefaultRoute,
-    #[error("interface {0} has no IPv4 address: pass --public-ip or pick another --iface")]
-    NoAddress(String),
-    #[error("no interface has address {0}: --iface must name an interface or one of this node's IPv4 addresses")]
-    NoLinkWithAddress(Ipv4Addr),
+    #[error("no route to {0}")]
+    NoRoute(Ipv4Addr),
 }
 
 fn is_gone(e: &rtnetlink::Error) -> bool {
@@ -251,8 +245,8 @@ impl Netlink {
         Ok(info)
     }
 
-    /// The interface of the IPv4 default route (lowest metric first).
-    pub async fn default_route_link(&self) -> Result<LinkInfo, NetlinkError> {
+    /// The output interface of the IPv4 default route (lowest metric first), if any.
+    pub async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
         let mut routes = self
             .handle
             .route()
@@ -280,32 +274,99 @@ impl Netlink {
                 }
             }
         }
-        let (_, oif) = best.ok_or(NetlinkError::NoDefaultRoute)?;
-        self.link_by_index(oif)
-            .await?
-            .ok_or(NetlinkError::NoDefaultRoute)
+        Ok(best.map(|(_, oif)| oif))
     }
 
-    /// The interface holding `ip`.
-    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<LinkInfo, NetlinkError> {
+    /// Every interface with its IPv4 addresses and their flags, in index order: what
+    /// [`crate::underlay::choose`] picks from.
+    pub async fn interfaces(&self) -> Result<Vec<crate::underlay::Interface>, NetlinkError> {
+        use crate::underlay::{IfAddr, Interface};
+        use rtnetlink::packet_route::address::AddressFlags;
+        let mut out: Vec<Interface> = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(m) = links.try_next().await.map_err(Self::req("dump links"))? {
+            let name = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push(Interface {
+                index: m.header.index,
+                name,
+                addrs: Vec::new(),
+            });
+        }
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs
             .try_next()
             .await
             .map_err(Self::req("dump addresses"))?
         {
-            let has = a
-                .attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(v)) if *v == ip));
-            if has {
-                return self
-                    .link_by_index(a.header.index)
-                    .await?
-                    .ok_or(NetlinkError::NoLinkWithAddress(ip));
+            if a.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
+            // point-to-point links and the same as IFA_LOCAL elsewhere.
+            let (mut local, mut address, mut flags) = (None, None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+                    AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+                    AddressAttribute::Flags(f) => flags = Some(*f),
+                    _ => {}
+                }
+            }
+            let Some(ip) = local.or(address) else {
+                continue;
+            };
+            let flags = flags.unwrap_or_else(|| {
+                AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+            });
+            if let Some(i) = out.iter_mut().find(|i| i.index == a.header.index) {
+                i.addrs.push(IfAddr {
+                    ip,
+                    permanent: flags.contains(AddressFlags::Permanent),
+                    deprecated: flags.contains(AddressFlags::Deprecated),
+                });
             }
         }
-        Err(NetlinkError::NoLinkWithAddress(ip))
+        out.sort_by_key(|i| i.index);
+        Ok(out)
+    }
+
+    /// The route the kernel would use to `dst`: `ip route get <dst>`.
+    pub async fn route_to(&self, dst: Ipv4Addr) -> Result<crate::underlay::RouteTo, NetlinkError> {
+        let what = format!("ip route get {dst}");
+        let mut routes = self
+            .handle
+            .route()
+            .get(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst, 32)
+                    .build(),
+            )
+            .execute();
+        let r = routes
+            .try_next()
+            .await
+            .map_err(Self::req(what))?
+            .ok_or(NetlinkError::NoRoute(dst))?;
+        let mut oif = None;
+        let mut src = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                _ => {}
+            }
+        }
+        Ok(crate::underlay::RouteTo {
+            oif: oif.ok_or(NetlinkError::NoRoute(dst))?,
+            src,
+        })
     }
 
     /// Sets MAC, MTU and brings the link up.

@@ -1,16 +1,38 @@
-//! The set of peer nodes, kept from the registry's leases (no I/O).
+//! The set of peer nodes, judged from the registry's leases (no I/O).
 //!
-//! Fed a full listing ([`PeerTable::reset`]) or single watch events
-//! ([`PeerTable::put`], [`PeerTable::delete`]), it returns what changed, which the
-//! agent turns into route/neighbour updates and a new forwarding table. Leases that
-//! are ours, of another backend type, of another VNI, or that do not parse are not
-//! peers; each such key is reported once ([`Skip`]) until its value changes, so a
-//! bad value never floods the log.
+//! Anyone who can write the etcd prefix — another tool, a typo, a half-migrated node,
+//! an attacker — can put anything under `<prefix>/subnets/`, and every node turns what
+//! it finds there into routes. So a lease becomes a peer (route, neighbour, forwarding
+//! entry) only if
+//! 1. its key is `<ip>-<len>`; its value is at most [`MAX_LEASE_VALUE_BYTES`] (larger
+//!    values are refused unread), parses, is a vxlan lease and carries our VNI;
+//! 2. its subnet lies inside the Network and is exactly SubnetLen long — never
+//!    `0.0.0.0/0`, the whole Network, a node's `<PublicIP>/32`, or a /25 inside a /24;
+//! 3. it conflicts neither with this node nor with an earlier lease: no overlapping
+//!    subnet, no shared PublicIP, no shared VtepMAC, and no subnet containing a node's
+//!    PublicIP (or PublicIP inside a node's subnet: a route for it would pull that
+//!    node's VXLAN into the overlay). Of two conflicting leases the one with the lower
+//!    etcd create revision — the first writer — wins; this node's own lease always
+//!    wins. The loser is rejected, and judged again whenever anything changes: when
+//!    the winner goes, it becomes a peer.
+//!
+//! Everything else is rejected with a [`RejectReason`]; each rejection is reported
+//! once ([`Skip`]) until its reason changes, so a bad key never floods the log, and the
+//! current rejections stay readable ([`PeerTable::rejected`]) for `/metrics`, `/v1/status`
+//! and `vxmeshctl leases`, which runs this same table over a listing.
+//!
+//! The table is fed a full listing ([`PeerTable::reset`]) or single watch events
+//! ([`PeerTable::put`], [`PeerTable::delete`]); each returns what changed for the
+//! dataplane. Values are parsed once per put; the conflict pass is rebuilt on every
+//! change from maps (O(n log n) for n leases).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::lease::LeaseAttrs;
+use crate::config::NetworkConfig;
+use crate::lease::{parse_lease_key, LeaseAttrs, MAX_LEASE_VALUE_BYTES};
+use crate::registry_events::Entry;
 use crate::subnet::Subnet;
 use vxmesh_dataplane::fib::PeerVtep;
 use vxmesh_dataplane::wire::MacAddr;
@@ -43,8 +65,11 @@ impl Peer {
     }
 }
 
-/// What changed in the peer set.
+/// What changed in the peer set. A batch lists removals first, then updates, then
+/// additions, so that a VtepMAC or PublicIP passing from one lease to another is
+/// released before it is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub enum PeerChange {
     Added(Peer),
     /// Same subnet, new PublicIP and/or VtepMAC.
@@ -55,30 +80,409 @@ pub enum PeerChange {
     Removed(Peer),
 }
 
-/// A lease that is not a peer, and why (reported once per key and value).
+/// What a lease must match to be a peer: the network config's Network, SubnetLen
+/// and VNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRules {
+    pub network: Subnet,
+    pub subnet_len: u8,
+    pub vni: u32,
+}
+
+impl PeerRules {
+    pub fn from_config(cfg: &NetworkConfig) -> PeerRules {
+        PeerRules {
+            network: cfg.network,
+            subnet_len: cfg.subnet_len,
+            vni: cfg.backend.vni.get(),
+        }
+    }
+}
+
+/// This node: its PublicIP and VtepMAC are never another lease's, and its own lease
+/// (its subnet with its PublicIP) is not a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalNode {
+    pub public_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+}
+
+/// Why a lease is not a peer. The label ([`RejectReason::as_str`]) is the `reason`
+/// of the `vxmesh_rejected_leases` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The key is not `<ip>-<len>` with the host bits clear.
+    BadKey,
+    /// The value is larger than [`MAX_LEASE_VALUE_BYTES`].
+    TooLarge,
+    /// The value is not flannel's lease JSON.
+    Unparseable,
+    /// Another backend (udp, host-gw, wireguard…): vxmesh cannot reach that node.
+    NotVxlan,
+    /// A vxlan lease of another VNI.
+    WrongVni,
+    /// The subnet is not inside the Network.
+    OutsideNetwork,
+    /// The subnet is inside the Network but not SubnetLen long.
+    WrongSubnetLen,
+    /// The subnet overlaps this node's or an earlier lease's.
+    Overlap,
+    /// The PublicIP is this node's or an earlier lease's.
+    DuplicatePublicIp,
+    /// The VtepMAC is this node's or an earlier lease's.
+    DuplicateVtepMac,
+    /// The subnet contains a node's PublicIP, or the PublicIP lies in a node's subnet.
+    PublicIpInSubnet,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 11] = [
+        RejectReason::BadKey,
+        RejectReason::TooLarge,
+        RejectReason::Unparseable,
+        RejectReason::NotVxlan,
+        RejectReason::WrongVni,
+        RejectReason::OutsideNetwork,
+        RejectReason::WrongSubnetLen,
+        RejectReason::Overlap,
+        RejectReason::DuplicatePublicIp,
+        RejectReason::DuplicateVtepMac,
+        RejectReason::PublicIpInSubnet,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::BadKey => "bad_key",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Unparseable => "unparseable",
+            RejectReason::NotVxlan => "not_vxlan",
+            RejectReason::WrongVni => "wrong_vni",
+            RejectReason::OutsideNetwork => "outside_network",
+            RejectReason::WrongSubnetLen => "wrong_subnet_len",
+            RejectReason::Overlap => "overlap",
+            RejectReason::DuplicatePublicIp => "duplicate_public_ip",
+            RejectReason::DuplicateVtepMac => "duplicate_vtep_mac",
+            RejectReason::PublicIpInSubnet => "public_ip_in_subnet",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lease that is not a peer: the reason, and a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub why: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, why: String) -> Rejection {
+        Rejection { reason, why }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.why, self.reason)
+    }
+}
+
+/// The judgement on one lease key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Peer(Peer),
+    /// This node's own lease.
+    Own,
+    Rejected(Rejection),
+}
+
+/// A lease newly rejected (or rejected for a new reason): warn about it once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
     pub key: String,
-    pub why: String,
+    pub rejection: Rejection,
+}
+
+/// One lease as read on its own (parsed once per put).
+#[derive(Debug, Clone)]
+struct Known {
+    create_revision: i64,
+    /// Subnet and PublicIP when key and value say, to recognise this node's lease.
+    subnet: Option<Subnet>,
+    public_ip: Option<Ipv4Addr>,
+    /// The peer it would be, or why it cannot be one whatever the other leases are.
+    alone: Result<Peer, Rejection>,
+}
+
+impl Known {
+    fn read(rules: &PeerRules, e: &Entry) -> Known {
+        let subnet = parse_lease_key(&e.key);
+        let attrs = (e.value.len() <= MAX_LEASE_VALUE_BYTES).then(|| LeaseAttrs::parse(&e.value));
+        let public_ip = match &attrs {
+            Some(Ok(a)) => Some(a.public_ip),
+            _ => None,
+        };
+        Known {
+            create_revision: e.create_revision,
+            subnet,
+            public_ip,
+            alone: judge_alone(rules, subnet, e.value.len(), attrs),
+        }
+    }
+}
+
+fn judge_alone(
+    rules: &PeerRules,
+    subnet: Option<Subnet>,
+    value_len: usize,
+    attrs: Option<Result<LeaseAttrs, crate::lease::LeaseParseError>>,
+) -> Result<Peer, Rejection> {
+    let subnet = subnet.ok_or_else(|| {
+        Rejection::new(
+            RejectReason::BadKey,
+            "the key is not <ip>-<len> (e.g. 10.244.3.0-24)".into(),
+        )
+    })?;
+    let attrs = attrs
+        .ok_or_else(|| {
+            Rejection::new(
+                RejectReason::TooLarge,
+                format!(
+                    "the value is {value_len} bytes, more than the {MAX_LEASE_VALUE_BYTES} a lease can be; not read"
+                ),
+            )
+        })?
+        .map_err(|e| Rejection::new(RejectReason::Unparseable, e.to_string()))?;
+    let Some(vx) = attrs.vxlan else {
+        let why = if attrs.backend_type.is_empty() {
+            // flannel's udp backend leaves BackendType empty (omitted in the JSON).
+            "no BackendType (a flannel udp-backend lease), not vxlan; vxmesh cannot reach that node"
+                .into()
+        } else {
+            format!(
+                "backend type {:?} is not vxlan; vxmesh cannot reach that node",
+                attrs.backend_type
+            )
+        };
+        return Err(Rejection::new(RejectReason::NotVxlan, why));
+    };
+    if vx.vni != rules.vni {
+        return Err(Rejection::new(
+            RejectReason::WrongVni,
+            format!("VNI {} differs from ours ({})", vx.vni, rules.vni),
+        ));
+    }
+    if !rules.network.contains_subnet(&subnet) {
+        return Err(Rejection::new(
+            RejectReason::OutsideNetwork,
+            format!("subnet {subnet} is not inside Network {}", rules.network),
+        ));
+    }
+    if subnet.prefix_len() != rules.subnet_len {
+        return Err(Rejection::new(
+            RejectReason::WrongSubnetLen,
+            format!(
+                "subnet {subnet} is a /{}, but Network {} is cut into /{}s (SubnetLen)",
+                subnet.prefix_len(),
+                rules.network,
+                rules.subnet_len
+            ),
+        ));
+    }
+    Ok(Peer {
+        subnet,
+        public_ip: attrs.public_ip,
+        vtep_mac: vx.vtep_mac,
+    })
+}
+
+/// Who already holds a subnet, PublicIP or VtepMAC in the conflict pass.
+#[derive(Debug, Clone, Copy)]
+enum Holder<'a> {
+    ThisNode,
+    Lease(&'a str),
+}
+
+impl fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::ThisNode => f.write_str("this node"),
+            Holder::Lease(k) => write!(f, "{k}, written earlier"),
+        }
+    }
+}
+
+/// What the accepted leases (and this node) hold, for conflict lookups. The subnets
+/// never overlap each other (that is what the pass enforces), so the only subnet that
+/// can contain an address or overlap a subnet starting at `a` is the last one starting
+/// at or before it, or one starting inside it.
+#[derive(Debug, Default)]
+struct Taken<'a> {
+    subnets: BTreeMap<(u32, u8), (Subnet, Holder<'a>)>,
+    ips: BTreeMap<Ipv4Addr, Holder<'a>>,
+    macs: BTreeMap<MacAddr, Holder<'a>>,
+}
+
+impl<'a> Taken<'a> {
+    fn subnet_containing(&self, ip: Ipv4Addr) -> Option<(Subnet, Holder<'a>)> {
+        self.subnets
+            .range(..=(u32::from(ip), u8::MAX))
+            .next_back()
+            .map(|(_, v)| *v)
+            .filter(|(s, _)| s.contains(ip))
+    }
+
+    fn overlapping(&self, s: &Subnet) -> Option<(Subnet, Holder<'a>)> {
+        self.subnet_containing(s.addr()).or_else(|| {
+            self.subnets
+                .range((u32::from(s.addr()), 0)..=(u32::from(s.last()), u8::MAX))
+                .next()
+                .map(|(_, v)| *v)
+        })
+    }
+
+    fn conflict(&self, p: &Peer) -> Option<Rejection> {
+        if let Some((s, h)) = self.overlapping(&p.subnet) {
+            return Some(Rejection::new(
+                RejectReason::Overlap,
+                match h {
+                    Holder::ThisNode => format!("subnet {} is this node's own subnet", p.subnet),
+                    Holder::Lease(_) => format!(
+                        "subnet {} overlaps {s} of {h} (the lease created first wins)",
+                        p.subnet
+                    ),
+                },
+            ));
+        }
+        if let Some(h) = self.ips.get(&p.public_ip) {
+            return Some(Rejection::new(
+                RejectReason::DuplicatePublicIp,
+                match h {
+                    Holder::ThisNode => format!(
+                        "PublicIP {} is this node's, but this is not its lease (stale or forged)",
+                        p.public_ip
+                    ),
+                    Holder::Lease(_) => format!(
+                        "PublicIP {} is already claimed by {h} (the lease created first wins)",
+                        p.public_ip
+                    ),
+                },
+            ));
+        }
+        if let Some(h) = self.macs.get(&p.vtep_mac) {
+            return Some(Rejection::new(
+                RejectReason::DuplicateVtepMac,
+                format!(
+                    "VtepMAC {} is already used by {h} (the lease created first wins)",
+                    p.vtep_mac
+                ),
+            ));
+        }
+        if let Some((ip, h)) = self
+            .ips
+            .range(p.subnet.addr()..=p.subnet.last())
+            .next()
+            .map(|(ip, h)| (*ip, *h))
+        {
+            return Some(Rejection::new(
+                RejectReason::PublicIpInSubnet,
+                format!(
+                    "subnet {} contains the PublicIP {ip} of {h}: a route for it would pull that node's VXLAN into the overlay",
+                    p.subnet
+                ),
+            ));
+        }
+        if let Some((s, h)) = self.subnet_containing(p.public_ip) {
+            return Some(Rejection::new(
+                RejectReason::PublicIpInSubnet,
+                format!(
+                    "PublicIP {} lies inside subnet {s} of {h}: its VXLAN would be routed into the overlay",
+                    p.public_ip
+                ),
+            ));
+        }
+        None
+    }
+
+    fn take(&mut self, p: &Peer, h: Holder<'a>) {
+        self.subnets.insert(
+            (u32::from(p.subnet.addr()), p.subnet.prefix_len()),
+            (p.subnet, h),
+        );
+        self.ips.insert(p.public_ip, h);
+        self.macs.insert(p.vtep_mac, h);
+    }
+}
+
+/// The conflict pass over every known lease: this node first, then by create
+/// revision (ties, which only a multi-key transaction makes, by key).
+fn resolve(
+    local: Option<LocalNode>,
+    own: Option<Subnet>,
+    leases: &BTreeMap<String, Known>,
+) -> BTreeMap<String, Verdict> {
+    let mut taken = Taken::default();
+    if let Some(l) = local {
+        taken.ips.insert(l.public_ip, Holder::ThisNode);
+        taken.macs.insert(l.vtep_mac, Holder::ThisNode);
+    }
+    if let Some(s) = own {
+        taken
+            .subnets
+            .insert((u32::from(s.addr()), s.prefix_len()), (s, Holder::ThisNode));
+    }
+    let mut order: Vec<(&String, &Known)> = leases.iter().collect();
+    order.sort_by_key(|(_, k)| k.create_revision); // stable: key order within a revision
+    let mut out = BTreeMap::new();
+    for (key, k) in order {
+        let ours = own.is_some()
+            && k.subnet == own
+            && local.is_some_and(|l| k.public_ip == Some(l.public_ip));
+        let verdict = if ours {
+            Verdict::Own
+        } else {
+            match &k.alone {
+                Err(r) => Verdict::Rejected(r.clone()),
+                Ok(p) => match taken.conflict(p) {
+                    Some(r) => Verdict::Rejected(r),
+                    None => {
+                        taken.take(p, Holder::Lease(key));
+                        Verdict::Peer(*p)
+                    }
+                },
+            }
+        };
+        out.insert(key.clone(), verdict);
+    }
+    out
 }
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct PeerTable {
+    rules: PeerRules,
+    local: Option<LocalNode>,
     own: Option<Subnet>,
-    vni: u32,
+    leases: BTreeMap<String, Known>,
+    verdicts: BTreeMap<String, Verdict>,
     peers: BTreeMap<Subnet, Peer>,
-    /// (key, value) pairs already reported as skipped.
-    skipped: BTreeSet<(String, Vec<u8>)>,
 }
 
 impl PeerTable {
-    pub fn new(vni: u32) -> Self {
+    /// `local`: this node (None for an outside view, as `vxmeshctl leases` has).
+    pub fn new(rules: PeerRules, local: Option<LocalNode>) -> Self {
         PeerTable {
+            rules,
+            local,
             own: None,
-            vni,
+            leases: BTreeMap::new(),
+            verdicts: BTreeMap::new(),
             peers: BTreeMap::new(),
-            skipped: BTreeSet::new(),
         }
     }
 
@@ -94,120 +498,91 @@ impl PeerTable {
         self.peers.is_empty()
     }
 
-    /// Sets our own subnet (its lease is never a peer). Removes it if it was one.
-    pub fn set_own(&mut self, own: Option<Subnet>) -> Vec<PeerChange> {
+    /// The verdict on every known key, by key.
+    pub fn verdicts(&self) -> impl Iterator<Item = (&str, &Verdict)> {
+        self.verdicts.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The leases rejected now, by key.
+    pub fn rejected(&self) -> impl Iterator<Item = (&str, &Rejection)> {
+        self.verdicts().filter_map(|(k, v)| match v {
+            Verdict::Rejected(r) => Some((k, r)),
+            _ => None,
+        })
+    }
+
+    /// Sets our own subnet (its lease is never a peer, and nothing may overlap it).
+    pub fn set_own(&mut self, own: Option<Subnet>, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
         self.own = own;
-        match own.and_then(|s| self.peers.remove(&s)) {
-            Some(p) => vec![PeerChange::Removed(p)],
-            None => vec![],
-        }
-    }
-
-    /// Interprets one lease; `Err` says why it is not a peer.
-    fn interpret(&self, subnet: Subnet, value: &[u8]) -> Result<Option<Peer>, String> {
-        if Some(subnet) == self.own {
-            return Ok(None);
-        }
-        let attrs = LeaseAttrs::parse(value).map_err(|e| e.to_string())?;
-        let Some(vx) = attrs.vxlan else {
-            if attrs.backend_type.is_empty() {
-                // flannel's udp backend leaves BackendType empty (omitted in the JSON).
-                return Err("no BackendType (a flannel udp-backend lease), not vxlan; vxmesh cannot reach that node".into());
-            }
-            return Err(format!(
-                "backend type {:?} is not vxlan; vxmesh cannot reach that node",
-                attrs.backend_type
-            ));
-        };
-        if vx.vni != self.vni {
-            return Err(format!("VNI {} differs from ours ({})", vx.vni, self.vni));
-        }
-        Ok(Some(Peer {
-            subnet,
-            public_ip: attrs.public_ip,
-            vtep_mac: vx.vtep_mac,
-        }))
-    }
-
-    fn skip(&mut self, key: &str, value: &[u8], why: String, skips: &mut Vec<Skip>) {
-        if self.skipped.insert((key.to_string(), value.to_vec())) {
-            skips.push(Skip {
-                key: key.to_string(),
-                why,
-            });
-        }
+        self.rejudge(skips)
     }
 
     /// A lease was created or changed.
-    pub fn put(&mut self, key: &str, value: &[u8], skips: &mut Vec<Skip>) -> Option<PeerChange> {
-        let Some(subnet) = crate::lease::parse_lease_key(key) else {
-            self.skip(key, value, "key is not <ip>-<len>".into(), skips);
-            return None;
-        };
-        match self.interpret(subnet, value) {
-            Ok(Some(p)) => self.upsert(p),
-            Ok(None) => None,
-            Err(why) => {
-                self.skip(key, value, why, skips);
-                // A value that turned bad removes the peer it described.
-                self.peers.remove(&subnet).map(PeerChange::Removed)
-            }
-        }
-    }
-
-    fn upsert(&mut self, p: Peer) -> Option<PeerChange> {
-        match self.peers.insert(p.subnet, p) {
-            None => Some(PeerChange::Added(p)),
-            Some(old) if old != p => Some(PeerChange::Updated { old, new: p }),
-            Some(_) => None,
-        }
+    pub fn put(&mut self, e: &Entry, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+        self.leases
+            .insert(e.key.clone(), Known::read(&self.rules, e));
+        self.rejudge(skips)
     }
 
     /// A lease was deleted (or expired).
-    pub fn delete(&mut self, key: &str) -> Option<PeerChange> {
-        let subnet = crate::lease::parse_lease_key(key)?;
-        self.skipped.retain(|(k, _)| k != key);
-        self.peers.remove(&subnet).map(PeerChange::Removed)
+    pub fn delete(&mut self, key: &str, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+        if self.leases.remove(key).is_none() {
+            return Vec::new();
+        }
+        self.rejudge(skips)
     }
 
-    /// Replaces the whole set from a listing; returns the difference.
-    pub fn reset(
-        &mut self,
-        leases: &[(String, Vec<u8>)],
-        skips: &mut Vec<Skip>,
-    ) -> Vec<PeerChange> {
-        let mut next = BTreeMap::new();
-        for (key, value) in leases {
-            let Some(subnet) = crate::lease::parse_lease_key(key) else {
-                self.skip(key, value, "key is not <ip>-<len>".into(), skips);
-                continue;
-            };
-            match self.interpret(subnet, value) {
-                Ok(Some(p)) => {
-                    next.insert(subnet, p);
+    /// Replaces everything known with a listing; returns the difference.
+    pub fn reset(&mut self, entries: &[Entry], skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+        self.leases = entries
+            .iter()
+            .map(|e| (e.key.clone(), Known::read(&self.rules, e)))
+            .collect();
+        self.rejudge(skips)
+    }
+
+    fn rejudge(&mut self, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+        let verdicts = resolve(self.local, self.own, &self.leases);
+        for (key, v) in &verdicts {
+            if let Verdict::Rejected(r) = v {
+                if self.verdicts.get(key) != Some(v) {
+                    skips.push(Skip {
+                        key: key.clone(),
+                        rejection: r.clone(),
+                    });
                 }
-                Ok(None) => {}
-                Err(why) => self.skip(key, value, why, skips),
             }
         }
-        let mut changes = Vec::new();
+        let peers: BTreeMap<Subnet, Peer> = verdicts
+            .values()
+            .filter_map(|v| match v {
+                Verdict::Peer(p) => Some((p.subnet, *p)),
+                _ => None,
+            })
+            .collect();
+        let mut removed = Vec::new();
+        let mut updated = Vec::new();
+        let mut added = Vec::new();
         for (s, old) in &self.peers {
-            match next.get(s) {
-                None => changes.push(PeerChange::Removed(*old)),
-                Some(new) if new != old => changes.push(PeerChange::Updated {
+            match peers.get(s) {
+                None => removed.push(PeerChange::Removed(*old)),
+                Some(new) if new != old => updated.push(PeerChange::Updated {
                     old: *old,
                     new: *new,
                 }),
                 Some(_) => {}
             }
         }
-        for (s, new) in &next {
+        for (s, new) in &peers {
             if !self.peers.contains_key(s) {
-                changes.push(PeerChange::Added(*new));
+                added.push(PeerChange::Added(*new));
             }
         }
-        self.peers = next;
-        changes
+        self.verdicts = verdicts;
+        self.peers = peers;
+        removed.extend(updated);
+        removed.extend(added);
+        removed
     }
 }
 
@@ -217,125 +592,509 @@ mod tests {
 
     const P: &str = "/coreos.com/network/subnets/";
 
+    /// The netns lab (scripts/lab.sh): Network 10.244.0.0/16, SubnetLen 24, VNI 1.
+    fn lab_rules() -> PeerRules {
+        let cfg = NetworkConfig::parse(
+            "/coreos.com/network/config",
+            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        PeerRules::from_config(&cfg)
+    }
+
+    // Lab node 3 (this node) at 192.168.100.13 holds 10.244.35.0/24; node 1 at .11
+    // holds 10.244.94.0/24, node 2 at .12 holds 10.244.228.0/24.
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 13);
+    const MY_MAC: &str = "7e:7c:cc:c4:31:1e";
+
+    fn me() -> LocalNode {
+        LocalNode {
+            public_ip: ME,
+            vtep_mac: MY_MAC.parse().unwrap(),
+        }
+    }
+
     fn val(ip: &str, mac: &str) -> Vec<u8> {
         format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#).into_bytes()
     }
 
-    #[test]
-    fn put_update_delete() {
-        let mut t = PeerTable::new(1);
+    fn entry(key: &str, value: Vec<u8>, created: i64) -> Entry {
+        Entry {
+            key: format!("{P}{key}"),
+            value,
+            create_revision: created,
+            mod_revision: created,
+            lease: 0x694d_8543_30fc_5110,
+        }
+    }
+
+    fn n1(created: i64) -> Entry {
+        entry(
+            "10.244.94.0-24",
+            val("192.168.100.11", "9a:da:93:19:2b:bd"),
+            created,
+        )
+    }
+
+    fn n2(created: i64) -> Entry {
+        entry(
+            "10.244.228.0-24",
+            val("192.168.100.12", "72:cd:eb:99:b3:cf"),
+            created,
+        )
+    }
+
+    fn mine(created: i64) -> Entry {
+        entry("10.244.35.0-24", val("192.168.100.13", MY_MAC), created)
+    }
+
+    /// Node 3's table holding its own subnet, fed the three nodes' leases.
+    fn lab_table() -> PeerTable {
+        let mut t = PeerTable::new(lab_rules(), Some(me()));
         let mut skips = vec![];
-        t.set_own(Some("10.244.1.0/24".parse().unwrap()));
-        assert_eq!(
-            t.put(
-                &format!("{P}10.244.1.0-24"),
-                &val("1.1.1.1", "0e:00:00:00:00:01"),
-                &mut skips
-            ),
-            None
-        );
-        let c = t.put(
-            &format!("{P}10.244.2.0-24"),
-            &val("1.1.1.2", "0e:00:00:00:00:02"),
-            &mut skips,
-        );
-        assert!(
-            matches!(c, Some(PeerChange::Added(p)) if p.vtep_ip() == Ipv4Addr::new(10, 244, 2, 0))
-        );
-        assert_eq!(
-            t.put(
-                &format!("{P}10.244.2.0-24"),
-                &val("1.1.1.2", "0e:00:00:00:00:02"),
-                &mut skips
-            ),
-            None,
-            "no-op put"
-        );
-        let c = t.put(
-            &format!("{P}10.244.2.0-24"),
-            &val("1.1.1.2", "0e:00:00:00:00:22"),
-            &mut skips,
-        );
-        assert!(
-            matches!(c, Some(PeerChange::Updated { old, new }) if old.vtep_mac != new.vtep_mac)
-        );
-        let c = t.delete(&format!("{P}10.244.2.0-24"));
-        assert!(matches!(c, Some(PeerChange::Removed(_))));
-        assert!(t.is_empty());
-        assert!(skips.is_empty());
+        assert!(t
+            .set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips)
+            .is_empty());
+        let changes = t.reset(&[n1(2), n2(3), mine(4)], &mut skips);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(skips.is_empty(), "{skips:?}");
+        t
+    }
+
+    fn peer_subnets(t: &PeerTable) -> Vec<String> {
+        t.peers().map(|p| p.subnet.to_string()).collect()
+    }
+
+    fn rejected(t: &PeerTable, key: &str) -> Option<Rejection> {
+        t.rejected()
+            .find(|(k, _)| k.ends_with(&format!("/{key}")))
+            .map(|(_, r)| r.clone())
     }
 
     #[test]
-    fn skips_are_reported_once() {
-        let mut t = PeerTable::new(1);
+    fn put_update_delete() {
+        let mut t = lab_table();
+        let mut skips = vec![];
+        assert_eq!(peer_subnets(&t), ["10.244.94.0/24", "10.244.228.0/24"]);
+        assert_eq!(
+            t.verdicts()
+                .find(|(k, _)| k.ends_with("10.244.35.0-24"))
+                .map(|(_, v)| v),
+            Some(&Verdict::Own)
+        );
+        assert!(t.put(&n2(3), &mut skips).is_empty(), "no-op put");
+        let mut moved = n2(3);
+        moved.value = val("192.168.100.12", "72:cd:eb:99:b3:00");
+        let c = t.put(&moved, &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Updated { old, new }] if old.vtep_mac != new.vtep_mac),
+            "{c:?}"
+        );
+        let c = t.delete(&format!("{P}10.244.228.0-24"), &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Removed(p)] if p.vtep_ip() == Ipv4Addr::new(10, 244, 228, 0))
+        );
+        assert!(t
+            .delete(&format!("{P}10.244.228.0-24"), &mut skips)
+            .is_empty());
+        assert_eq!(t.len(), 1);
+        assert!(skips.is_empty());
+    }
+
+    /// Every hostile or broken key from issue 11, into node 3's table: each rejected
+    /// for its reason, no route for any, and nodes 1 and 2 stay peers.
+    #[test]
+    fn every_reason_with_the_hostile_keys() {
+        let good = |ip: &str, mac: &str| val(ip, mac);
+        let cases: Vec<(Entry, RejectReason, &str)> = vec![
+            (
+                entry("garbage", good("192.168.100.50", "0e:00:00:00:00:50"), 10),
+                RejectReason::BadKey,
+                "not <ip>-<len>",
+            ),
+            (
+                entry("10.244.60.0-24", vec![b' '; 5000], 11),
+                RejectReason::TooLarge,
+                "5000 bytes",
+            ),
+            (
+                entry("10.244.61.0-24", b"not json".to_vec(), 12),
+                RejectReason::Unparseable,
+                "flannel's format",
+            ),
+            (
+                entry(
+                    "10.244.62.0-24",
+                    br#"{"PublicIP":"192.168.100.62","PublicIPv6":null,"BackendType":"udp","BackendData":null}"#.to_vec(),
+                    13,
+                ),
+                RejectReason::NotVxlan,
+                "\"udp\"",
+            ),
+            (
+                entry(
+                    "10.244.63.0-24",
+                    br#"{"PublicIP":"192.168.100.63","BackendType":"vxlan","BackendData":{"VNI":2,"VtepMAC":"0e:00:00:00:00:63"}}"#.to_vec(),
+                    14,
+                ),
+                RejectReason::WrongVni,
+                "VNI 2",
+            ),
+            // A node's PublicIP as a /32: every node would route node 2's underlay
+            // address into vxmesh0 (measured: cross-node traffic 6/6 → 2/6).
+            (
+                entry("192.168.100.12-32", good("192.168.100.70", "0e:00:00:00:00:70"), 15),
+                RejectReason::OutsideNetwork,
+                "192.168.100.12/32 is not inside Network 10.244.0.0/16",
+            ),
+            (
+                entry("0.0.0.0-0", good("192.168.100.71", "0e:00:00:00:00:71"), 16),
+                RejectReason::OutsideNetwork,
+                "0.0.0.0/0 is not inside",
+            ),
+            (
+                entry("10.245.1.0-24", good("192.168.100.72", "0e:00:00:00:00:72"), 17),
+                RejectReason::OutsideNetwork,
+                "10.245.1.0/24",
+            ),
+            (
+                entry("10.244.0.0-16", good("192.168.100.73", "0e:00:00:00:00:73"), 18),
+                RejectReason::WrongSubnetLen,
+                "is a /16, but Network 10.244.0.0/16 is cut into /24s",
+            ),
+            (
+                entry("10.244.94.128-25", good("192.168.100.74", "0e:00:00:00:00:74"), 19),
+                RejectReason::WrongSubnetLen,
+                "is a /25",
+            ),
+            // flannel's dual-stack key form names node 2's subnet again.
+            (
+                entry(
+                    "10.244.228.0-24&fc00::-64",
+                    good("192.168.100.75", "0e:00:00:00:00:75"),
+                    20,
+                ),
+                RejectReason::Overlap,
+                "overlaps 10.244.228.0/24 of /coreos.com/network/subnets/10.244.228.0-24, written earlier",
+            ),
+            (
+                entry(
+                    "10.244.35.0-24&fc00::-64",
+                    good("192.168.100.76", "0e:00:00:00:00:76"),
+                    21,
+                ),
+                RejectReason::Overlap,
+                "this node's own subnet",
+            ),
+            (
+                entry("10.244.80.0-24", good("192.168.100.12", "0e:00:00:00:00:80"), 22),
+                RejectReason::DuplicatePublicIp,
+                "PublicIP 192.168.100.12 is already claimed by /coreos.com/network/subnets/10.244.228.0-24",
+            ),
+            (
+                entry("10.244.81.0-24", good("192.168.100.13", "0e:00:00:00:00:81"), 23),
+                RejectReason::DuplicatePublicIp,
+                "is this node's, but this is not its lease",
+            ),
+            (
+                entry("10.244.82.0-24", good("192.168.100.82", "9a:da:93:19:2b:bd"), 24),
+                RejectReason::DuplicateVtepMac,
+                "VtepMAC 9a:da:93:19:2b:bd is already used by /coreos.com/network/subnets/10.244.94.0-24",
+            ),
+            (
+                entry("10.244.83.0-24", good("192.168.100.83", MY_MAC), 25),
+                RejectReason::DuplicateVtepMac,
+                "this node",
+            ),
+            (
+                entry("10.244.84.0-24", good("10.244.94.7", "0e:00:00:00:00:84"), 26),
+                RejectReason::PublicIpInSubnet,
+                "PublicIP 10.244.94.7 lies inside subnet 10.244.94.0/24",
+            ),
+        ];
+        let mut t = lab_table();
+        let mut skips = vec![];
+        for (e, reason, words) in &cases {
+            let c = t.put(e, &mut skips);
+            assert!(c.is_empty(), "{}: {c:?}", e.key);
+            let r = rejected(&t, e.key.rsplit('/').next().unwrap())
+                .unwrap_or_else(|| panic!("{} not rejected", e.key));
+            assert_eq!(r.reason, *reason, "{}: {r}", e.key);
+            assert!(r.why.contains(words), "{}: {r}", e.key);
+        }
+        assert_eq!(skips.len(), cases.len(), "one warning each: {skips:#?}");
+        assert_eq!(peer_subnets(&t), ["10.244.94.0/24", "10.244.228.0/24"]);
+        let seen: std::collections::BTreeSet<_> = cases.iter().map(|c| c.1).collect();
+        assert_eq!(seen.len(), RejectReason::ALL.len(), "every reason covered");
+        // The whole listing again: same verdicts, nothing new to warn about.
+        let mut all: Vec<Entry> = cases.into_iter().map(|c| c.0).collect();
+        all.extend([n1(2), n2(3), mine(4)]);
+        let mut again = vec![];
+        assert!(t.reset(&all, &mut again).is_empty());
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    /// A Network that contains the underlay (a misconfiguration that happens): a lease
+    /// whose subnet holds a node's PublicIP would route that node's VXLAN into itself.
+    #[test]
+    fn a_subnet_containing_a_public_ip_is_rejected() {
+        let rules = PeerRules {
+            network: "10.0.0.0/8".parse().unwrap(),
+            subnet_len: 24,
+            vni: 1,
+        };
+        let local = LocalNode {
+            public_ip: Ipv4Addr::new(10, 1, 0, 11),
+            vtep_mac: "0e:00:00:00:01:11".parse().unwrap(),
+        };
+        let mut t = PeerTable::new(rules, Some(local));
+        let mut skips = vec![];
+        let _ = t.set_own(Some("10.200.1.0/24".parse().unwrap()), &mut skips);
+        let _ = t.reset(
+            &[
+                entry("10.200.2.0-24", val("10.1.0.12", "0e:00:00:00:01:12"), 5),
+                entry("10.1.0.0-24", val("10.9.0.1", "0e:00:00:00:09:01"), 6),
+                entry("10.2.0.0-24", val("10.9.0.2", "0e:00:00:00:09:02"), 7),
+            ],
+            &mut skips,
+        );
+        let r = rejected(&t, "10.1.0.0-24").unwrap();
+        assert_eq!(r.reason, RejectReason::PublicIpInSubnet);
+        // Both node 10.1.0.11 (this one) and 10.1.0.12 are in it; the lookup names one.
+        assert!(
+            r.why
+                .contains("subnet 10.1.0.0/24 contains the PublicIP 10.1.0.11 of this node"),
+            "{r}"
+        );
+        assert_eq!(peer_subnets(&t), ["10.2.0.0/24", "10.200.2.0/24"]);
+    }
+
+    #[test]
+    fn the_first_writer_wins_and_the_next_is_promoted_when_it_goes() {
+        let mut t = lab_table();
+        let mut skips = vec![];
+        // Created before node 2's lease (revision 3), though its key sorts after.
+        let twin = entry(
+            "10.244.9.0-24",
+            val("192.168.100.12", "0e:00:00:00:00:09"),
+            1,
+        );
+        let c = t.put(&twin, &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Removed(old), PeerChange::Added(new)]
+                if old.subnet.to_string() == "10.244.228.0/24" && new.subnet.to_string() == "10.244.9.0/24"),
+            "{c:?}"
+        );
+        assert_eq!(
+            rejected(&t, "10.244.228.0-24").unwrap().reason,
+            RejectReason::DuplicatePublicIp
+        );
+        // The earlier one goes: node 2's lease becomes a peer again.
+        let c = t.delete(&twin.key, &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Removed(old), PeerChange::Added(new)]
+                if old.subnet.to_string() == "10.244.9.0/24" && new.subnet.to_string() == "10.244.228.0/24"),
+            "{c:?}"
+        );
+        assert_eq!(t.rejected().count(), 0);
+        // A later duplicate of node 1's subnet under the dual-stack key: rejected,
+        // promoted when node 1's own key goes.
+        let dup = entry(
+            "10.244.94.0-24&fc00::-64",
+            val("192.168.100.91", "0e:00:00:00:00:91"),
+            30,
+        );
+        assert!(t.put(&dup, &mut skips).is_empty());
+        let c = t.delete(&n1(2).key, &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Updated { old, new }]
+                if old.public_ip == Ipv4Addr::new(192, 168, 100, 11) && new.public_ip == Ipv4Addr::new(192, 168, 100, 91)),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn our_own_lease_wins_even_when_created_later() {
+        let mut t = PeerTable::new(lab_rules(), Some(me()));
+        let mut skips = vec![];
+        let _ = t.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips);
+        // Someone else's lease on our subnet, created before ours.
+        let squatter = entry(
+            "10.244.35.0-24&fc00::-64",
+            val("192.168.100.99", "0e:00:00:00:00:99"),
+            1,
+        );
+        let c = t.reset(&[squatter, mine(4), n1(2)], &mut skips);
+        assert_eq!(c.len(), 1, "only node 1: {c:?}");
+        assert_eq!(
+            rejected(&t, "10.244.35.0-24&fc00::-64").unwrap().reason,
+            RejectReason::Overlap
+        );
+        // Our key overwritten by another node: not a peer (own_key reports the loss).
+        let mut taken = mine(4);
+        taken.value = val("192.168.100.12", "72:cd:eb:99:b3:cf");
+        let c = t.put(&taken, &mut skips);
+        assert!(c.is_empty(), "{c:?}");
+        assert_eq!(
+            rejected(&t, "10.244.35.0-24").unwrap().reason,
+            RejectReason::Overlap
+        );
+        // Our subnet changes: the old key is someone else's business now.
+        let c = t.set_own(Some("10.244.36.0/24".parse().unwrap()), &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Added(p)] if p.subnet.to_string() == "10.244.35.0/24"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn rejections_are_reported_once_per_reason() {
+        let mut t = lab_table();
         let mut skips = vec![];
         let udp =
-            br#"{"PublicIP":"1.1.1.3","PublicIPv6":null,"BackendType":"udp","BackendData":null}"#;
+            br#"{"PublicIP":"192.168.100.3","PublicIPv6":null,"BackendType":"udp","BackendData":null}"#;
         for _ in 0..3 {
-            assert_eq!(t.put(&format!("{P}10.244.3.0-24"), udp, &mut skips), None);
-            assert_eq!(
-                t.put(&format!("{P}10.244.4.0-24"), b"garbage", &mut skips),
-                None
-            );
-            let _ = t.reset(
-                &[(format!("{P}10.244.4.0-24"), b"garbage".to_vec())],
-                &mut skips,
-            );
+            let _ = t.put(&entry("10.244.3.0-24", udp.to_vec(), 40), &mut skips);
+            let _ = t.put(&entry("10.244.4.0-24", b"garbage".to_vec(), 41), &mut skips);
         }
+        let _ = t.reset(
+            &[
+                n1(2),
+                n2(3),
+                mine(4),
+                entry("10.244.3.0-24", udp.to_vec(), 40),
+                entry("10.244.4.0-24", b"garbage".to_vec(), 41),
+            ],
+            &mut skips,
+        );
         assert_eq!(skips.len(), 2, "{skips:?}");
-        assert!(skips[0].why.contains("udp"));
-        // another VNI is skipped too
-        let other = br#"{"PublicIP":"1.1.1.5","BackendType":"vxlan","BackendData":{"VNI":2,"VtepMAC":"0e:00:00:00:00:05"}}"#;
-        assert_eq!(t.put(&format!("{P}10.244.5.0-24"), other, &mut skips), None);
-        assert!(skips[2].why.contains("VNI 2"));
+        assert!(skips[0].rejection.why.contains("udp"));
+        // A new reason is a new warning; accepted and rejected again, too.
+        let _ = t.put(
+            &entry(
+                "10.244.4.0-24",
+                val("192.168.100.12", "0e:00:00:00:00:04"),
+                41,
+            ),
+            &mut skips,
+        );
+        assert_eq!(skips.len(), 3);
+        assert_eq!(skips[2].rejection.reason, RejectReason::DuplicatePublicIp);
+        let _ = t.put(
+            &entry(
+                "10.244.4.0-24",
+                val("192.168.100.4", "0e:00:00:00:00:04"),
+                41,
+            ),
+            &mut skips,
+        );
+        let _ = t.put(&entry("10.244.4.0-24", b"garbage".to_vec(), 41), &mut skips);
+        assert_eq!(skips.len(), 4);
+        assert_eq!(t.rejected().count(), 2);
     }
 
     #[test]
     fn a_value_turning_bad_removes_the_peer() {
-        let mut t = PeerTable::new(1);
+        let mut t = lab_table();
         let mut skips = vec![];
-        let k = format!("{P}10.244.2.0-24");
-        t.put(&k, &val("1.1.1.2", "0e:00:00:00:00:02"), &mut skips);
+        let mut bad = n2(3);
+        bad.value = b"{}".to_vec();
         assert!(matches!(
-            t.put(&k, b"{}", &mut skips),
-            Some(PeerChange::Removed(_))
+            &t.put(&bad, &mut skips)[..],
+            [PeerChange::Removed(_)]
         ));
+        assert_eq!(skips.len(), 1);
     }
 
     #[test]
     fn reset_diffs() {
-        let mut t = PeerTable::new(1);
+        let mut t = lab_table();
         let mut skips = vec![];
-        t.put(
-            &format!("{P}10.244.2.0-24"),
-            &val("1.1.1.2", "0e:00:00:00:00:02"),
-            &mut skips,
-        );
-        t.put(
-            &format!("{P}10.244.3.0-24"),
-            &val("1.1.1.3", "0e:00:00:00:00:03"),
-            &mut skips,
-        );
+        let mut n2_moved = n2(3);
+        n2_moved.value = val("192.168.100.22", "72:cd:eb:99:b3:cf");
         let changes = t.reset(
             &[
-                (
-                    format!("{P}10.244.3.0-24"),
-                    val("1.1.1.33", "0e:00:00:00:00:03"),
-                ),
-                (
-                    format!("{P}10.244.4.0-24&fc00::-64"),
-                    val("1.1.1.4", "0e:00:00:00:00:04"),
+                n2_moved,
+                mine(4),
+                entry(
+                    "10.244.4.0-24&fc00::-64",
+                    val("192.168.100.14", "0e:00:00:00:00:04"),
+                    9,
                 ),
             ],
             &mut skips,
         );
         assert_eq!(changes.len(), 3, "{changes:?}");
-        assert!(changes.iter().any(
-            |c| matches!(c, PeerChange::Removed(p) if p.public_ip == Ipv4Addr::new(1, 1, 1, 2))
-        ));
-        assert!(changes.iter().any(|c| matches!(c, PeerChange::Updated { new, .. } if new.public_ip == Ipv4Addr::new(1, 1, 1, 33))));
-        assert!(changes.iter().any(
-            |c| matches!(c, PeerChange::Added(p) if p.subnet == "10.244.4.0/24".parse().unwrap())
-        ));
+        assert!(
+            matches!(&changes[0], PeerChange::Removed(p) if p.public_ip == Ipv4Addr::new(192, 168, 100, 11))
+        );
+        assert!(
+            matches!(&changes[1], PeerChange::Updated { new, .. } if new.public_ip == Ipv4Addr::new(192, 168, 100, 22))
+        );
+        assert!(
+            matches!(&changes[2], PeerChange::Added(p) if p.subnet == "10.244.4.0/24".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn an_outside_view_judges_without_a_node() {
+        // vxmeshctl leases: no local node, no own subnet; node 3's lease is a peer.
+        let mut t = PeerTable::new(lab_rules(), None);
+        let mut skips = vec![];
+        let dup = entry(
+            "10.244.50.0-24",
+            val("192.168.100.13", "0e:00:00:00:00:50"),
+            9,
+        );
+        let _ = t.reset(&[n1(2), n2(3), mine(4), dup], &mut skips);
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            rejected(&t, "10.244.50.0-24").unwrap().reason,
+            RejectReason::DuplicatePublicIp
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever is put, deleted or listed: peers lie inside the Network at
+        /// SubnetLen, never overlap, never share a PublicIP or VtepMAC, never contain
+        /// a peer's PublicIP, and the table equals a fresh judgement of what it knows.
+        #[test]
+        fn invariants(ops in proptest::collection::vec((0u8..3, 0usize..6, 0u8..6, 0u8..4, 0u8..4, 1i64..50), 0..40)) {
+            const KEYS: [&str; 6] = [
+                "10.244.1.0-24", "10.244.2.0-24", "10.244.1.0-24&fc00::-64",
+                "10.244.35.0-24", "10.244.0.0-16", "10.244.2.128-25",
+            ];
+            let ips = ["192.168.100.11", "192.168.100.12", "192.168.100.13", "10.244.1.9", "10.244.2.7", "192.168.100.14"];
+            let macs = ["0e:00:00:00:00:01", "0e:00:00:00:00:02", MY_MAC, "0e:00:00:00:00:04"];
+            let mut t = lab_table();
+            let mut skips = vec![];
+            let mut known: BTreeMap<String, Entry> = [n1(2), n2(3), mine(4)].into_iter().map(|e| (e.key.clone(), e)).collect();
+            for (op, k, ip, mac, vni, rev) in ops {
+                let e = entry(KEYS[k], format!(r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":{},"VtepMAC":"{}"}}}}"#, ips[usize::from(ip)], 1 + vni / 3, macs[usize::from(mac)]).into_bytes(), rev);
+                let _ = match op {
+                    0 => { known.insert(e.key.clone(), e.clone()); t.put(&e, &mut skips) }
+                    1 => { known.remove(&e.key); t.delete(&e.key, &mut skips) }
+                    _ => { let all: Vec<Entry> = known.values().cloned().collect(); t.reset(&all, &mut skips) }
+                };
+                let peers: Vec<Peer> = t.peers().copied().collect();
+                for (i, a) in peers.iter().enumerate() {
+                    proptest::prop_assert!(lab_rules().network.contains_subnet(&a.subnet));
+                    proptest::prop_assert_eq!(a.subnet.prefix_len(), 24);
+                    proptest::prop_assert_ne!(a.subnet.to_string(), "10.244.35.0/24");
+                    proptest::prop_assert_ne!(a.public_ip, ME);
+                    for b in &peers[i + 1..] {
+                        proptest::prop_assert!(!a.subnet.contains(b.subnet.addr()) && !b.subnet.contains(a.subnet.addr()));
+                        proptest::prop_assert_ne!(a.public_ip, b.public_ip);
+                        proptest::prop_assert_ne!(a.vtep_mac, b.vtep_mac);
+                        proptest::prop_assert!(!a.subnet.contains(b.public_ip) && !b.subnet.contains(a.public_ip));
+                    }
+                }
+                let mut fresh = PeerTable::new(lab_rules(), Some(me()));
+                let _ = fresh.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut vec![]);
+                let all: Vec<Entry> = known.values().cloned().collect();
+                let _ = fresh.reset(&all, &mut vec![]);
+                proptest::prop_assert_eq!(fresh.peers().collect::<Vec<_>>(), t.peers().collect::<Vec<_>>());
+            }
+        }
     }
 }

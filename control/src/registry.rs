@@ -14,10 +14,11 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::allocator::{Claim, ExistingLease};
+use crate::allocator::Claim;
 use crate::config::{example_put, ConfigError, NetworkConfig};
 use crate::etcd_access::{AccessError, EtcdAccess, TlsMaterial};
-use crate::lease::{config_key, lease_key, parse_lease_key, subnets_prefix, LeaseAttrs};
+use crate::lease::{config_key, lease_key, subnets_prefix, LeaseAttrs};
+pub use crate::registry_events::{Entry, Listing, WatchEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -66,51 +67,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// One key under `<prefix>/subnets/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub key: String,
-    pub value: Vec<u8>,
-    pub mod_revision: i64,
-    /// The etcd lease id attached to the key (0 if none).
-    pub lease: i64,
-}
-
-/// A consistent listing of the subnets prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listing {
-    pub revision: i64,
-    pub entries: Vec<Entry>,
-}
-
-impl Listing {
-    /// The entries as the allocator sees them (keys that are not subnets skipped).
-    pub fn existing_leases(&self) -> Vec<ExistingLease> {
-        self.entries
-            .iter()
-            .filter_map(|e| {
-                Some(ExistingLease {
-                    subnet: parse_lease_key(&e.key)?,
-                    attrs: LeaseAttrs::parse(&e.value).ok(),
-                    mod_revision: e.mod_revision,
-                })
-            })
-            .collect()
+fn entry(kv: &etcd_client::KeyValue) -> Entry {
+    Entry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
     }
 }
 
-/// What the watch reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// A full listing: replace everything known (first sync, or after compaction).
-    Snapshot(Listing),
-    Put {
-        key: String,
-        value: Vec<u8>,
-    },
-    Delete {
-        key: String,
-    },
+/// A claim that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Won {
+    /// The etcd lease the key is now attached to.
+    pub lease_id: i64,
+    /// The etcd revision of the write: registry news older than this predates it.
+    pub revision: i64,
 }
 
 /// A handle on etcd under one prefix. Cheap to clone (one shared channel).
@@ -252,57 +225,89 @@ impl Registry {
             .await
             .map_err(self.err("list subnets"))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let entries = resp
-            .kvs()
-            .iter()
-            .map(|kv| Entry {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: kv.value().to_vec(),
-                mod_revision: kv.mod_revision(),
-                lease: kv.lease(),
-            })
-            .collect();
+        let entries = resp.kvs().iter().map(entry).collect();
         Ok(Listing { revision, entries })
     }
 
     /// Tries one claim: grants an etcd lease of `ttl`, then writes the lease value
-    /// only if the key is absent (Create) or unchanged since listed (Reuse).
-    /// `Ok(Some(lease_id))` when won, `Ok(None)` when someone else got there first.
+    /// only if the key is absent (Create) or unchanged since listed (Reuse). A
+    /// reservation (Reserved) gets no etcd lease: it is held as it is when its value is
+    /// already ours, else rewritten without a lease, if unchanged since listed.
+    /// `Ok(Some(_))` when won, `Ok(None)` when someone else got there first.
     pub async fn claim(
         &self,
         claim: &Claim,
         attrs: &LeaseAttrs,
         ttl: Duration,
-    ) -> Result<Option<i64>, RegistryError> {
+    ) -> Result<Option<Won>, RegistryError> {
+        let key = lease_key(&self.prefix, &claim.subnet());
+        let value = attrs.to_json();
+        let cmp = match claim {
+            Claim::Reserved { mod_revision, .. } => {
+                return self.hold_reservation(key, value, *mod_revision).await;
+            }
+            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
+            Claim::Reuse { mod_revision, .. } => {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
+            }
+        };
         let mut c = self.client.clone();
         let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = c
             .lease_grant(ttl_s, None)
             .await
             .map_err(self.err("lease grant"))?;
-        let key = lease_key(&self.prefix, &claim.subnet());
-        let cmp = match claim {
-            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
-            Claim::Reuse { mod_revision, .. } => {
-                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
-            }
-        };
-        let put = TxnOp::put(
-            key,
-            attrs.to_json(),
-            Some(PutOptions::new().with_lease(lease.id())),
-        );
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.id())));
         let resp = c
             .txn(Txn::new().when([cmp]).and_then([put]))
             .await
             .map_err(self.err("claim transaction"))?;
         if resp.succeeded() {
-            Ok(Some(lease.id()))
+            Ok(Some(Won {
+                lease_id: lease.id(),
+                revision: resp.header().map_or(0, |h| h.revision()),
+            }))
         } else {
             // Lost the race: give the unused lease back (best effort; it expires anyway).
             let _ = c.lease_revoke(lease.id()).await;
             Ok(None)
         }
+    }
+
+    /// Holds our reservation at `key`: nothing is written when it still is exactly
+    /// `value` at `mod_revision`; otherwise `value` is put without a lease, if the key
+    /// is still at `mod_revision`.
+    async fn hold_reservation(
+        &self,
+        key: String,
+        value: String,
+        mod_revision: i64,
+    ) -> Result<Option<Won>, RegistryError> {
+        let mut c = self.client.clone();
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
+        let resp = c
+            .txn(Txn::new().when([
+                unchanged.clone(),
+                Compare::value(key.clone(), CompareOp::Equal, value.clone()),
+            ]))
+            .await
+            .map_err(self.err("reservation check"))?;
+        let won = |r: &etcd_client::TxnResponse| Won {
+            lease_id: 0,
+            revision: r.header().map_or(0, |h| h.revision()),
+        };
+        if resp.succeeded() {
+            return Ok(Some(won(&resp)));
+        }
+        let resp = c
+            .txn(
+                Txn::new()
+                    .when([unchanged])
+                    .and_then([TxnOp::put(key, value, None)]),
+            )
+            .await
+            .map_err(self.err("reservation update"))?;
+        Ok(resp.succeeded().then(|| won(&resp)))
     }
 
     /// Remaining TTL of each etcd lease id (None for 0 or unknown), for `vxmeshctl`.
@@ -446,14 +451,13 @@ impl Registry {
                         backoff.reset();
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
-                            let key = String::from_utf8_lossy(kv.key()).into_owned();
                             next_rev = Some(kv.mod_revision() + 1);
                             let msg = match ev.event_type() {
-                                EventType::Put => WatchEvent::Put {
-                                    key,
-                                    value: kv.value().to_vec(),
+                                EventType::Put => WatchEvent::Put(entry(kv)),
+                                EventType::Delete => WatchEvent::Delete {
+                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                    revision: kv.mod_revision(),
                                 },
-                                EventType::Delete => WatchEvent::Delete { key },
                             };
                             if tx.send(msg).await.is_err() {
                                 return;
@@ -499,6 +503,14 @@ impl LeaseStats {
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stamp(left);
+    }
+
+    /// Records that the subnet is held without an etcd lease (a reservation): nothing
+    /// expires, nothing is renewed.
+    pub fn no_ttl(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.renewed_unix_ms.store(0, Relaxed);
+        self.expires_unix_ms.store(0, Relaxed);
     }
 
     /// Records a grant or renewal now, with `left` until expiry.

@@ -7,7 +7,11 @@
 //! for the store ride along as `SCM_RIGHTS`, all under the one `FDNAME=` of the
 //! message. After a restart systemd hands them back from fd 3 on with
 //! `$LISTEN_FDS` (how many), `$LISTEN_FDNAMES` (their names, `:`-separated) and
-//! `$LISTEN_PID` (for whom). Why our own ~150 lines and not a crate:
+//! `$LISTEN_PID` (for whom). flanneld's units say `Type=notify` too: without
+//! READY=1 systemd would hold such a unit in "activating" and kill vxmeshd after
+//! `TimeoutStartSec`. Where `$NOTIFY_SOCKET` is unset (`Type=simple`, a shell)
+//! nothing is sent; other forms than a path or `@name` (`vsock:`) are not handled.
+//! Why our own ~150 lines and not a crate:
 //! docs/decisions/0010-sd-notify-own-module.md.
 //!
 //! Read first: `sd_notify(3)`, `sd_listen_fds(3)`, `systemd.service(5)`
@@ -17,9 +21,27 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use vxmesh_dataplane::sys::fdpass;
+
+/// Where `$NOTIFY_SOCKET` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyTarget {
+    Path(PathBuf),
+    /// The name after the `@`.
+    Abstract(Vec<u8>),
+}
+
+/// Reads `$NOTIFY_SOCKET`'s value; `None` for an empty or unsupported one. Pure.
+pub fn target(var: &str) -> Option<NotifyTarget> {
+    if let Some(name) = var.strip_prefix('@') {
+        return (!name.is_empty()).then(|| NotifyTarget::Abstract(name.as_bytes().to_vec()));
+    }
+    var.starts_with('/')
+        .then(|| NotifyTarget::Path(PathBuf::from(var)))
+}
 
 /// A connection to systemd's notification socket.
 #[derive(Debug)]
@@ -39,13 +61,17 @@ impl Notifier {
     /// Connects to `addr`: a path, or `@name` for an abstract socket.
     pub fn connect(addr: &str) -> io::Result<Notifier> {
         let sock = UnixDatagram::unbound()?;
-        match addr.strip_prefix('@') {
-            Some(name) => sock.connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?,
-            None if addr.starts_with('/') => sock.connect(addr)?,
+        match target(addr) {
+            Some(NotifyTarget::Abstract(name)) => {
+                sock.connect_addr(&SocketAddr::from_abstract_name(name)?)?
+            }
+            Some(NotifyTarget::Path(p)) => sock.connect(p)?,
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("NOTIFY_SOCKET={addr:?} is neither a path nor @name"),
+                    format!(
+                    "NOTIFY_SOCKET={addr:?} is neither a path nor @name (vsock: is not supported)"
+                ),
                 ))
             }
         }
@@ -198,6 +224,24 @@ mod tests {
     }
 
     #[test]
+    fn targets() {
+        assert_eq!(
+            target("/run/systemd/notify"),
+            Some(NotifyTarget::Path("/run/systemd/notify".into()))
+        );
+        assert_eq!(
+            target("@/org/freedesktop/systemd1/notify/123"),
+            Some(NotifyTarget::Abstract(
+                b"/org/freedesktop/systemd1/notify/123".to_vec()
+            ))
+        );
+        assert_eq!(target(""), None);
+        assert_eq!(target("@"), None);
+        assert_eq!(target("vsock:2:1234"), None);
+        assert_eq!(target("relative/path"), None);
+    }
+
+    #[test]
     fn notifications_reach_a_path_socket() {
         let sd = FakeSystemd::new();
         let n = Notifier::connect(&sd.path).unwrap();
@@ -220,6 +264,8 @@ mod tests {
         let len = sock.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"STOPPING=1");
         assert!(Notifier::connect("relative/path").is_err());
+        assert!(Notifier::connect("vsock:2:1234").is_err());
+        assert!(Notifier::connect("@").is_err());
     }
 
     /// FDSTORE=1 carries the descriptors themselves: what the fake systemd gets

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::handover::StartInfo;
-use crate::peers::{Peer, Skip};
+use crate::peers::Peer;
 use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::counters::Counters;
@@ -26,6 +26,8 @@ pub struct Info {
     pub network: Option<Subnet>,
     pub subnet: Option<Subnet>,
     pub lease_id: Option<String>,
+    /// The subnet is a reservation: its key has no etcd lease (no TTL).
+    pub reservation: bool,
     pub lease_ttl_secs: u64,
     pub mtu: Option<u32>,
     pub tap: Option<String>,
@@ -33,24 +35,17 @@ pub struct Info {
     /// How etcd is reached: endpoints, TLS files, user (never the password).
     pub etcd: Option<String>,
     pub peers: Vec<Peer>,
-    /// The most recent leases that were not usable as peers, and why.
-    pub skipped: Vec<SkippedLease>,
+    /// The leases rejected as peers now (see `peers`), and why.
+    pub rejected: Vec<RejectedLease>,
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SkippedLease {
+/// A lease that is not a peer: its key, the reason (the metric's label) and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedLease {
     pub key: String,
+    pub reason: &'static str,
     pub why: String,
-}
-
-impl From<Skip> for SkippedLease {
-    fn from(s: Skip) -> Self {
-        SkippedLease {
-            key: s.key,
-            why: s.why,
-        }
-    }
 }
 
 /// Readiness: all three must hold for /readyz to answer 200.
@@ -94,6 +89,7 @@ pub struct AgentState {
     pub watch: Arc<WatchStats>,
     pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
+    /// Warnings about rejected leases (one per lease and reason).
     pub skipped_leases: AtomicU64,
     pub route_errors: AtomicU64,
     /// Times the overlay device's MAC had been changed by someone else and was restored.
@@ -102,6 +98,8 @@ pub struct AgentState {
     pub start: Mutex<StartInfo>,
     /// Would-be successors refused (another network, conflicting flags).
     pub handovers_refused: AtomicU64,
+    /// Times the iptables rules had been changed by someone else and were restored.
+    pub iptables_repairs: AtomicU64,
 }
 
 impl AgentState {

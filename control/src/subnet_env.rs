@@ -1,18 +1,18 @@
-//! flannel's subnet file (`/run/flannel/subnet.env`), written atomically.
+//! The agent's side of flannel's subnet file (`/run/flannel/subnet.env`).
 //!
-//! Readers — the CNI plugin (ours or flannel's), Docker's `--bip`, and this agent on
-//! restart — see either the old file or the new one, never a partial write: we
-//! write a temporary file in the same directory, fsync it, rename it over the old
-//! one and fsync the directory.
+//! The format — its line rules, reader and atomic writer — lives in the
+//! `vxmesh-subnet-env` crate, which the CNI plugin reads the file with too, so the two
+//! cannot disagree about what a file says. This module only speaks the agent's types: it
+//! writes the file from a lease's [`Subnet`] and reads the subnet back as the restart hint.
 
-use std::fs;
-use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::io;
 use std::path::Path;
+
+use vxmesh_subnet_env::{self as file, Ipv4Network};
 
 use crate::subnet::Subnet;
 
-/// The four values flannel writes.
+/// The four values the agent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetEnv {
     pub network: Subnet,
@@ -21,74 +21,50 @@ pub struct SubnetEnv {
     pub ipmasq: bool,
 }
 
+fn ipv4_network(s: Subnet) -> Ipv4Network {
+    // Cannot fail: a Subnet's length is at most 32.
+    Ipv4Network::new(s.addr(), s.prefix_len()).unwrap_or_else(|_| Ipv4Network::from(s.addr()))
+}
+
 impl SubnetEnv {
-    /// The file's contents. `FLANNEL_SUBNET` is the subnet's first host address
-    /// (the bridge/gateway address) with the subnet's length, as flannel writes it.
-    pub fn render(&self) -> String {
-        let gw = self.subnet.nth(1).unwrap_or(self.subnet.addr());
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network,
-            gw,
-            self.subnet.prefix_len(),
+    fn file(&self) -> file::SubnetEnv {
+        file::SubnetEnv::for_lease(
+            ipv4_network(self.network),
+            ipv4_network(self.subnet),
             self.mtu,
-            self.ipmasq
+            self.ipmasq,
         )
     }
 
-    /// Reads FLANNEL_SUBNET out of a subnet file's text, if present and valid.
+    /// The file's contents. `FLANNEL_SUBNET` is the subnet's first host address
+    /// (the bridge/gateway address) with the subnet's length, as flannel writes it.
+    pub fn render(&self) -> String {
+        self.file().render()
+    }
+
+    /// The subnet recorded in a subnet file's text (FLANNEL_SUBNET alone, as flanneld
+    /// reads it on restart), host bits cleared. A value that is there but unusable is
+    /// logged: the agent then acquires without its hint and may get another subnet.
     pub fn subnet_from(text: &str) -> Option<Subnet> {
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("FLANNEL_SUBNET="))
-            .next_back()
-            .and_then(|v| {
-                let (ip, len) = v.trim().split_once('/')?;
-                Subnet::new(ip.parse::<Ipv4Addr>().ok()?, len.parse().ok()?).ok()
-            })
+        match file::subnet_hint(text.as_bytes()) {
+            Ok(hint) => hint.and_then(|n| Subnet::new(n.ip(), n.prefix()).ok()),
+            Err(e) => {
+                tracing::warn!(
+                    "subnet file: {e}; acquiring a subnet without the previous one as a hint"
+                );
+                None
+            }
+        }
     }
 
     /// Writes the file atomically, creating its directory if needed.
     pub fn write_atomic(&self, path: &Path) -> io::Result<()> {
-        write_atomic(path, self.render().as_bytes(), 0o644)
+        self.file().write_atomic(path)
     }
-}
-
-/// Writes `data` to `path` through a temporary file + fsync + rename + dir fsync.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -116,6 +92,30 @@ mod tests {
         assert_eq!(SubnetEnv::subnet_from(""), None);
     }
 
+    /// Regression: the agent kept a trailing `# comment` in the value and lost its restart
+    /// hint (so could come back with another subnet), while the CNI plugin, which strips
+    /// comments, read the same file fine. Every file the plugin accepts gives the agent
+    /// the subnet the plugin sees.
+    #[test]
+    fn hint_survives_what_the_plugin_accepts() {
+        let want: Subnet = "10.244.3.0/24".parse().unwrap();
+        for text in [
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24   # restored by hand\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24#gw\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\r\nFLANNEL_SUBNET = 10.244.3.1/24\r\nFLANNEL_MTU=1450\r\nFLANNEL_IPMASQ=false\r\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\nexport FLANNEL_SUBNET=\"10.244.3.1/24\"\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        ] {
+            let plugin = file::SubnetEnv::parse(text.as_bytes()).unwrap();
+            let seen = plugin.subnet.unwrap();
+            assert_eq!(
+                Subnet::new(seen.network(), seen.prefix()).unwrap(),
+                want,
+                "{text:?}"
+            );
+            assert_eq!(SubnetEnv::subnet_from(text), Some(want), "{text:?}");
+        }
+    }
+
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
         let d = tempfile::tempdir().unwrap();
@@ -124,8 +124,10 @@ mod tests {
         let mut e2 = env();
         e2.mtu = 1400;
         e2.write_atomic(&p).unwrap();
-        assert!(fs::read_to_string(&p).unwrap().contains("FLANNEL_MTU=1400"));
-        let names: Vec<_> = fs::read_dir(p.parent().unwrap())
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("FLANNEL_MTU=1400"));
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

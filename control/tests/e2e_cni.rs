@@ -6,7 +6,8 @@
 //! - podman (runc, CNI backend) runs a container on one node that reaches pods on the
 //!   others (`scripts/lab.sh podman`).
 //!
-//! Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
+//! Needs root and etcd: ignored by a plain `cargo test`, run by scripts/test.sh
+//! (`-- --include-ignored`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -16,7 +17,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::lab::{privileged, Lab};
+use common::lab::Lab;
+use vxmesh_testkit::{require_etcd, require_root};
 
 const PODS: usize = 50;
 
@@ -82,10 +84,10 @@ fn veths(lab: &Lab) -> usize {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn fifty_concurrent_pods_reachable_across_nodes_and_podman() {
-    if !privileged("fifty_concurrent_pods_reachable_across_nodes_and_podman") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Arc::new(Lab::new(
         "vxc",
         &[("VXLAB_NODES", "2"), ("VXLAB_PODS", "1")],

@@ -1,6 +1,7 @@
 //! Privileged end to end: the netns lab (scripts/lab.sh) with a real etcd, three
 //! vxmeshd agents and pods made by the vxmesh CNI plugin over the reference bridge
-//! and host-local plugins. Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
+//! and host-local plugins. Needs root and etcd: ignored by a plain `cargo test`, run by
+//! scripts/test.sh (`-- --include-ignored`).
 //!
 //! Checks: all-pairs cross-node pod ping and iperf3 (the lab's own check); path MTU
 //! (largest DF ping passes, one byte more fails); flannel's
@@ -16,24 +17,19 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{privileged, wait_for, Lab};
+use common::lab::Lab;
 use serde_json::Value;
 use vxmesh_control::lease::LeaseAttrs;
+use vxmesh_testkit::{in_netns, require_etcd, require_root, wait_for};
 
 /// Sends one UDP datagram from inside network namespace `ns` (a thread that
 /// setns-es there: the socket belongs to that namespace).
 fn send_from_ns(ns: &str, dst: &str, payload: Vec<u8>) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     let dst = dst.to_string();
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only; `file` is an open netns fd.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+    in_netns(ns, move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         s.send_to(&payload, &dst).unwrap();
     })
-    .join()
     .unwrap();
 }
 
@@ -76,10 +72,10 @@ fn drops(st: &Value, reason: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn three_node_cluster_end_to_end() {
-    if !privileged("three_node_cluster_end_to_end") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Lab::new("vxe", &[("VXLAB_IPERF_SECONDS", "2")]);
 
     // 1. Bring up the cluster: all-pairs pod ping + iperf3 are the lab's own check.
@@ -346,10 +342,10 @@ fn three_node_cluster_end_to_end() {
 /// without credentials; the password is on no command line; a restarted agent (the
 /// lab remembers the mode) gets its subnet back.
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn secure_etcd_cluster() {
-    if !privileged("secure_etcd_cluster") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Lab::new(
         "vxs",
         &[

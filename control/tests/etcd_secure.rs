@@ -1,6 +1,7 @@
 //! The registry and `vxmeshctl` against a real etcd that demands TLS with client
 //! certificates, and against one with `auth enable` (user, password, expiring
-//! tokens). Certificates are made per test with the openssl CLI.
+//! tokens). Certificates are made per test with the openssl CLI. Needs etcd: ignored by a
+//! plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,12 +12,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::pki::Pki;
-use common::{etcd_available, rt, Etcd};
+use common::{rt, Etcd};
 use vxmesh_control::agent::acquire;
 use vxmesh_control::etcd_access::{AccessFlags, EtcdAccess};
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::LeaseMachine;
 use vxmesh_control::registry::{Registry, RegistryError};
+use vxmesh_testkit::require_etcd;
 
 const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -93,10 +95,9 @@ fn vxmeshctl(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn tls_with_client_certificates() {
-    if !etcd_available("tls_with_client_certificates") {
-        return;
-    }
+    require_etcd();
     let pki = Pki::generate();
     let etcd = Etcd::start_with(&[], Some(&pki));
     etcd.put(&format!("{PREFIX}/config"), CONFIG);
@@ -167,10 +168,9 @@ fn tls_with_client_certificates() {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn username_and_password_with_expiring_tokens() {
-    if !etcd_available("username_and_password_with_expiring_tokens") {
-        return;
-    }
+    require_etcd();
     // Tokens live 2 s, so the client must re-authenticate during the test.
     let mut etcd = Etcd::start_with(&["--auth-token", "simple", "--auth-token-ttl", "2"], None);
     etcd.put(&format!("{PREFIX}/config"), CONFIG);

@@ -1,6 +1,6 @@
 //! Privileged: the kernel dataplane's netlink programming in a network namespace of
-//! its own (no etcd, no agent), checked with `ip -j` and `bridge -j`. Runs when
-//! VXMESH_PRIVILEGED_TESTS=1 (root).
+//! its own (no etcd, no agent), checked with `ip -j` and `bridge -j`. Needs
+//! root: ignored by a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 //!
 //! Covers: creation with flannel's settings; adoption of a compatible device left by
 //! flanneld (MAC and MTU set in place, entries kept until pruned); recreation of an
@@ -11,42 +11,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
 use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
 use vxmesh_control::node_dataplane::DataplaneSetup;
-use vxmesh_control::peers::{Peer, PeerTable};
+use vxmesh_control::peers::{Peer, PeerRules, PeerTable};
+use vxmesh_control::registry::Entry;
 use vxmesh_control::state::AgentState;
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::{MacAddr, Vni};
-
-fn privileged(test: &str) -> bool {
-    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-        true
-    } else {
-        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
-        false
-    }
-}
+use vxmesh_testkit::{require_root, Netns};
 
 /// A namespace with `eth0` (192.0.2.1/24, the other end of a veth pair), deleted on drop.
-struct Ns(String);
+struct Ns(Netns);
 
 impl Ns {
     fn new(tag: &str) -> Ns {
-        let name = format!("vxkd{}-{tag}", std::process::id() % 100_000);
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        assert!(Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success());
-        let ns = Ns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = Ns(Netns::unique(&format!("kd-{tag}")).unwrap());
         ns.ip(&[
             "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
         ]);
@@ -57,27 +41,12 @@ impl Ns {
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() || args.first() == Some(&"netns"),
-            "ip -n {} {args:?}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.0.ip(args).unwrap()
     }
 
+    /// `program -n <ns> -j args` parsed; an empty array when the object is absent.
     fn json(&self, program: &str, args: &[&str]) -> Value {
-        let out = Command::new(program)
-            .args(["-n", &self.0, "-j"])
-            .args(args)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]))
+        self.0.json(program, args).unwrap_or(Value::Array(vec![]))
     }
 
     /// `tool args` as JSON, each entry rendered as "<a> <b>" (with `need`, entries
@@ -134,29 +103,18 @@ impl Ns {
             + Send
             + 'static,
     ) -> T {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only; `file` is an open netns fd.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::connect().unwrap();
-                f(nl).await
+        self.0
+            .run(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let nl = Netlink::connect().unwrap();
+                    f(nl).await
+                })
             })
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            .unwrap()
     }
 }
 
@@ -170,7 +128,7 @@ fn setup(index: u32) -> DataplaneSetup {
             port: 8472,
         },
         mtu: 1450,
-        public_ip: Ipv4Addr::new(192, 0, 2, 1),
+        local_ip: Ipv4Addr::new(192, 0, 2, 1),
         underlay_index: index,
         device_name: IfName::new("vxmesh0").unwrap(),
         offloads: false,
@@ -188,21 +146,28 @@ fn peer(third: u8, ip: u8, mac_last: u8) -> Peer {
 }
 
 fn table(peers: &[Peer]) -> PeerTable {
-    let mut t = PeerTable::new(1);
+    let rules = PeerRules {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        vni: 1,
+    };
+    let mut t = PeerTable::new(rules, None);
     let mut skips = Vec::new();
-    let entries: Vec<(String, Vec<u8>)> = peers
+    let entries: Vec<Entry> = peers
         .iter()
-        .map(|p| {
-            (
-                format!("/coreos.com/network/subnets/{}", p.subnet.key_form()),
-                vxmesh_control::lease::LeaseAttrs::vxlan(p.public_ip, 1, p.vtep_mac)
-                    .to_json()
-                    .into_bytes(),
-            )
+        .zip(1..)
+        .map(|(p, rev)| Entry {
+            key: format!("/coreos.com/network/subnets/{}", p.subnet.key_form()),
+            value: vxmesh_control::lease::LeaseAttrs::vxlan(p.public_ip, 1, p.vtep_mac)
+                .to_json()
+                .into_bytes(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
         })
         .collect();
-    t.reset(&entries, &mut skips);
-    assert!(skips.is_empty());
+    let _ = t.reset(&entries, &mut skips);
+    assert!(skips.is_empty(), "{skips:?}");
     t
 }
 
@@ -213,10 +178,9 @@ fn eth0_index(ns: &Ns) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn programs_updates_and_prunes_like_flannel() {
-    if !privileged("programs_updates_and_prunes_like_flannel") {
-        return;
-    }
+    require_root();
     let ns = Ns::new("a");
     let s = setup(eth0_index(&ns));
     let (a, b, b2) = (peer(2, 2, 2), peer(3, 3, 3), peer(4, 3, 3));
@@ -343,10 +307,9 @@ fn programs_updates_and_prunes_like_flannel() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn adopts_flanneld_device_recreates_incompatible_and_names_conflicts() {
-    if !privileged("adopts_flanneld_device_recreates_incompatible_and_names_conflicts") {
-        return;
-    }
+    require_root();
     let ns = Ns::new("b");
     let idx = eth0_index(&ns);
     // flanneld's device: random MAC, its own MTU, with an entry for a peer.

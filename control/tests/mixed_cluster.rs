@@ -3,7 +3,8 @@
 //! configured the way flanneld's vxlan backend configures a node
 //! (scripts/flannel-node.sh: iproute2 + etcdctl, flannel's recipe and lease format).
 //! The network config uses a non-default VNI (7) and port (4789) so every node is
-//! seen to honour Backend.VNI/Port. Runs when VXMESH_PRIVILEGED_TESTS=1 (root).
+//! seen to honour Backend.VNI/Port. Needs root and etcd: ignored by a plain `cargo test`,
+//! run by scripts/test.sh (`-- --include-ignored`).
 //!
 //! Checks, in order:
 //! 1. all pod pairs ping each other (the lab's own check) and iperf3 runs between the
@@ -34,9 +35,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::lab::{privileged, run, wait_for, Lab};
+use common::lab::Lab;
 use serde_json::Value;
 use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
+use vxmesh_testkit::{in_netns, require_etcd, require_root, sh, wait_for};
 
 const BACKEND: &str = r#"{"Type":"vxlan","VNI":7,"Port":4789}"#;
 const VNI: u64 = 7;
@@ -350,23 +352,21 @@ fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
 fn decode_vxlan(file: &Path) -> Vec<(u16, u64)> {
     let f = file.to_str().unwrap();
     if Command::new("tshark").arg("-v").output().is_ok() {
-        let out = run(
+        let out = sh(&[
             "tshark",
-            &[
-                "-r",
-                f,
-                "-d",
-                &format!("udp.port=={PORT},vxlan"),
-                "-T",
-                "fields",
-                "-E",
-                "separator=,",
-                "-e",
-                "udp.dstport",
-                "-e",
-                "vxlan.vni",
-            ],
-        );
+            "-r",
+            f,
+            "-d",
+            &format!("udp.port=={PORT},vxlan"),
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "vxlan.vni",
+        ]);
         out.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
@@ -376,7 +376,7 @@ fn decode_vxlan(file: &Path) -> Vec<(u16, u64)> {
             .collect()
     } else {
         eprintln!("tshark not installed: decoding with tcpdump -T vxlan");
-        let out = run("tcpdump", &["-nn", "-r", f, "-T", "vxlan"]);
+        let out = sh(&["tcpdump", "-nn", "-r", f, "-T", "vxlan"]);
         out.lines()
             .map(|l| {
                 let vni = l
@@ -401,13 +401,9 @@ fn decode_vxlan(file: &Path) -> Vec<(u16, u64)> {
 /// Sends one UDP datagram with a fixed source port, DF set (so the inner IP ID is 0)
 /// from inside network namespace `ns`.
 fn send_fixed_datagram(ns: &str, dst: Ipv4Addr, payload: &[u8]) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     let payload = payload.to_vec();
-    std::thread::spawn(move || {
+    in_netns(ns, move || {
         use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only; `file` is an open netns fd.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
         let s = std::net::UdpSocket::bind("0.0.0.0:40000").unwrap();
         let v: libc::c_int = libc::IP_PMTUDISC_DO;
         // SAFETY: valid socket fd, option value of the documented type and size.
@@ -423,7 +419,6 @@ fn send_fixed_datagram(ns: &str, dst: Ipv4Addr, payload: &[u8]) {
         assert_eq!(r, 0);
         s.send_to(&payload, (dst, 40001)).unwrap();
     })
-    .join()
     .unwrap();
 }
 
@@ -465,10 +460,10 @@ fn node_ip(node: u32) -> String {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn mixed_cluster_userspace_kernel_flannel() {
-    if !privileged("mixed_cluster_userspace_kernel_flannel") {
-        return;
-    }
+    require_root();
+    require_etcd();
     let lab = Lab::new(
         "vxm",
         &[
@@ -672,6 +667,6 @@ fn mixed_cluster_userspace_kernel_flannel() {
 
     let prefix = lab.prefix.clone();
     drop(lab);
-    let left = run("ip", &["netns", "list"]);
+    let left = sh(&["ip", "netns", "list"]);
     assert!(!left.contains(&prefix), "namespaces left: {left}");
 }

@@ -1,5 +1,6 @@
 //! The registry against a real etcd (started by the test on loopback):
-//! racing allocators, restart, lost leases, compaction, config errors.
+//! racing allocators, restart, lost leases, compaction, config errors. Needs etcd:
+//! ignored by a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{etcd_available, rt, Etcd};
+use common::{rt, Etcd};
 use tokio::sync::mpsc;
 use vxmesh_control::agent::acquire;
 use vxmesh_control::config::ConfigError;
@@ -18,6 +19,7 @@ use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::LeaseMachine;
 use vxmesh_control::registry::{LeaseStats, Registry, RegistryError, WatchEvent, WatchStats};
 use vxmesh_control::subnet::Subnet;
+use vxmesh_testkit::require_etcd;
 
 const PREFIX: &str = "/coreos.com/network";
 const TTL: Duration = Duration::from_secs(30);
@@ -31,10 +33,9 @@ fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn twenty_allocators_race_for_fifteen_subnets() {
-    if !etcd_available("twenty_allocators_race_for_fifteen_subnets") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     // /24 cut into /28s: 16 subnets, the first is never handed out → a pool of 15.
     etcd.put(
@@ -93,10 +94,9 @@ fn twenty_allocators_race_for_fifteen_subnets() {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
-    if !etcd_available("restart_reclaims_the_same_subnet") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     etcd.put(
         &format!("{PREFIX}/config"),
@@ -179,10 +179,9 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn compacted_watch_relists_and_resumes() {
-    if !etcd_available("compacted_watch_relists_and_resumes") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     let key = |s: &str| format!("{PREFIX}/subnets/{s}");
     let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
@@ -218,40 +217,65 @@ fn compacted_watch_relists_and_resumes() {
             1
         );
 
-        // ...and keeps following from the listing's revision.
+        // ...and keeps following from the listing's revision, with each key's create
+        // revision (what orders conflicting leases) carried through.
+        let created = |k: &str| {
+            l.entries
+                .iter()
+                .find(|e| e.key == key(k))
+                .unwrap()
+                .create_revision
+        };
+        assert!(created("10.244.2.0-24") < created("10.244.3.0-24"));
         etcd.put(&key("10.244.4.0-24"), &value("192.168.56.4"));
         let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
             .unwrap();
+        let WatchEvent::Put(e) = ev else {
+            panic!("expected a put, got {ev:?}")
+        };
+        assert_eq!(e.key, key("10.244.4.0-24"));
+        assert_eq!(e.value, value("192.168.56.4").into_bytes());
+        assert_eq!(e.create_revision, e.mod_revision, "a new key");
+        assert_eq!(e.lease, 0, "written without an etcd lease");
+        etcd.put(&key("10.244.3.0-24"), &value("192.168.56.33"));
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let WatchEvent::Put(e) = ev else {
+            panic!("expected a put, got {ev:?}")
+        };
         assert_eq!(
-            ev,
-            WatchEvent::Put {
-                key: key("10.244.4.0-24"),
-                value: value("192.168.56.4").into_bytes()
-            }
+            e.create_revision,
+            created("10.244.3.0-24"),
+            "a changed key keeps its create revision"
         );
+        assert!(e.mod_revision > e.create_revision);
         etcd.ctl(&["del", &key("10.244.2.0-24")]).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            ev,
-            WatchEvent::Delete {
-                key: key("10.244.2.0-24")
-            }
-        );
+        let WatchEvent::Delete {
+            key: gone,
+            revision,
+        } = ev
+        else {
+            panic!("expected a delete, got {ev:?}")
+        };
+        assert_eq!(gone, key("10.244.2.0-24"));
+        assert!(revision > created("10.244.3.0-24"));
         drop(rx);
         w.abort();
     });
 }
 
 #[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
 fn missing_or_bad_config_is_a_clear_error() {
-    if !etcd_available("missing_or_bad_config_is_a_clear_error") {
-        return;
-    }
+    require_etcd();
     let etcd = Etcd::start();
     rt().block_on(async {
         let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)

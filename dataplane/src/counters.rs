@@ -28,14 +28,17 @@ pub enum DropReason {
     WrongVni,
     /// Ingress: too short, no I flag, or an inner frame that does not parse.
     IngressMalformed,
-    /// Ingress: the inner destination MAC is neither our VtepMAC nor broadcast.
+    /// Ingress: the inner destination MAC is not our VtepMAC (nor broadcast).
     NotForUs,
     /// Ingress: writing the frame to the TAP failed.
     TapWriteFailed,
+    /// Ingress: the inner frame is broadcast. The overlay is pure L3 like flannel's
+    /// vxlan backend: no peer floods, each answers ARP for VTEP addresses itself.
+    Broadcast,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::UnknownDestination,
         DropReason::Multicast,
         DropReason::ArpUnknownTarget,
@@ -46,6 +49,7 @@ impl DropReason {
         DropReason::IngressMalformed,
         DropReason::NotForUs,
         DropReason::TapWriteFailed,
+        DropReason::Broadcast,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -62,6 +66,7 @@ impl DropReason {
             DropReason::IngressMalformed => "ingress_malformed",
             DropReason::NotForUs => "not_for_us",
             DropReason::TapWriteFailed => "tap_write_failed",
+            DropReason::Broadcast => "broadcast",
         }
     }
 

@@ -6,6 +6,9 @@
 //! - [`fib`]: the forwarding table (VtepMAC → PublicIP, VTEP address → VtepMAC,
 //!   allowed sources), swapped atomically by the control plane.
 //! - [`verdict`]: per-frame decisions, egress (TAP → peer) and ingress (peer → TAP).
+//! - [`offload`]: TCP/UDP segmentation on transmit, TCP coalescing on receive.
+//! - [`send_batch`]: which datagrams share a UDP GSO send, how a batch is cut into
+//!   `sendmmsg` messages, and what a partial send sent.
 //! - [`counters`]: packet/byte/syscall counters and drops by reason.
 //! - [`ifname`]: checked interface names.
 //!
@@ -18,6 +21,7 @@ pub mod engine;
 pub mod fib;
 pub mod ifname;
 pub mod offload;
+pub mod send_batch;
 pub mod sys;
 pub mod verdict;
 pub mod wire;

@@ -151,7 +151,12 @@ pub fn classify_ingress(src: Ipv4Addr, datagram: &[u8], table: &ForwardingTable)
         return Ingress::Drop(DropReason::IngressMalformed);
     };
     let dst = eth.dst();
-    if dst != table.local().vtep_mac && !dst.is_broadcast() {
+    if dst.is_broadcast() {
+        // Pure L3, like flannel's vxlan backend: peers send only to our VtepMAC and
+        // answer ARP for VTEP addresses themselves, so no broadcast crosses nodes.
+        return Ingress::Drop(DropReason::Broadcast);
+    }
+    if dst != table.local().vtep_mac {
         return Ingress::Drop(DropReason::NotForUs);
     }
     Ingress::Deliver {
@@ -295,6 +300,25 @@ mod tests {
         other_mac[8 + 5] ^= 1;
         assert_eq!(
             classify_ingress(from, &other_mac, &t),
+            Ingress::Drop(DropReason::NotForUs)
+        );
+    }
+
+    /// Behaviour change: a broadcast inner frame from a peer used to be delivered.
+    #[test]
+    fn ingress_drops_broadcast_and_multicast() {
+        let d = OUTER_ICMP_REQUEST[OUTER_UDP_PAYLOAD..].to_vec();
+        let from = Ipv4Addr::new(192, 168, 77, 1);
+        let mut bcast = d.clone();
+        bcast[8..14].copy_from_slice(&MacAddr::BROADCAST.0);
+        assert_eq!(
+            classify_ingress(from, &bcast, &node_b()),
+            Ingress::Drop(DropReason::Broadcast)
+        );
+        let mut mcast = d.clone();
+        mcast[8..14].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(
+            classify_ingress(from, &mcast, &node_b()),
             Ingress::Drop(DropReason::NotForUs)
         );
     }

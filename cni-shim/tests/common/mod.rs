@@ -1,20 +1,29 @@
-//! Helpers for the privileged black-box tests: namespaces that clean up after themselves,
-//! a per-test "node" (its own netns, subnet.env, state dir and host-local dir), and running the
-//! built `vxmesh` binary exactly as a runtime would (env + stdin, inside the node's netns).
+//! Helpers for the privileged black-box tests: a per-test "node" (its own netns, subnet.env,
+//! state dir and host-local dir), and running the built `vxmesh` binary exactly as a runtime
+//! would (env + stdin, inside the node's netns). Namespaces, commands and waiting come from
+//! `vxmesh-testkit`.
 //!
-//! Convention: privileged tests run when VXMESH_PRIVILEGED_TESTS=1 and then fail loudly on any
-//! missing prerequisite; otherwise they print "SKIP: …" and return.
+//! Convention: privileged tests are `#[ignore = "needs root…"]` (a plain `cargo test` lists them
+//! as ignored; scripts/test.sh runs them with `-- --include-ignored`) and start with
+//! [`require_node`], which fails the test on any missing prerequisite.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Compiled into every test binary; each uses part of it (and of the re-exports).
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
+pub use vxmesh_testkit::{require_commands, require_root, sh, try_sh, unique, wait_for, Netns};
 
 /// The binary under test.
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_vxmesh");
@@ -27,115 +36,42 @@ pub const NETWORK: &str = "10.244.0.0/16";
 /// A PATH for the plugin and its delegates (bridge runs iptables for ipMasq).
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique within this test process.
-pub fn unique() -> u32 {
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Returns true when privileged tests should run; prints SKIP otherwise. When enabled, panics
-/// on any missing prerequisite.
-pub fn privileged(test: &str) -> bool {
-    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() != Ok("1") {
-        println!("SKIP: {test} needs root; set VXMESH_PRIVILEGED_TESTS=1");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test}: VXMESH_PRIVILEGED_TESTS=1 but not running as root"
-    );
+/// Fails the calling test unless it runs as root with what a node needs: the reference plugins
+/// in [`CNI_BIN`], `ip`, `nsenter` and `busybox`.
+pub fn require_node() {
+    require_root();
     for tool in ["bridge", "host-local", "portmap", "loopback"] {
         let p = Path::new(CNI_BIN).join(tool);
         assert!(
             p.is_file(),
-            "{test}: {} missing (apt-get install containernetworking-plugins)",
+            "{} missing (apt-get install containernetworking-plugins)",
             p.display()
         );
     }
-    for tool in ["ip", "nsenter", "busybox"] {
-        let ok = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "{test}: {tool} not found on PATH");
-    }
-    true
+    require_commands(&["ip", "nsenter", "busybox"]);
 }
 
-/// Runs a command, panicking with its output when it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command and returns whether it succeeded.
-pub fn try_sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-    deleted: bool,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("vxcni{}-{tag}-{}", std::process::id(), unique());
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns {
-            name,
-            deleted: false,
-        }
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// Deletes the namespace now (e.g. to simulate a container that is gone).
-    pub fn delete(&mut self) {
-        if !self.deleted {
-            sh(&["ip", "netns", "del", &self.name]);
-            self.deleted = true;
-        }
-    }
-
-    /// `ip -n <ns> -j <args>` parsed.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["ip", "-n", &self.name, "-j"];
-        full.extend_from_slice(args);
-        let out = sh(&full);
-        if out.trim().is_empty() {
-            return json!([]);
-        }
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{full:?}: {e}: {out}"))
-    }
-
+/// What the plugin tests ask of a namespace, on top of `vxmesh_testkit::Netns`.
+pub trait PodNetns {
+    /// `ip -n <ns> -j <args>` parsed (an empty array when ip prints nothing).
+    fn ip_json(&self, args: &[&str]) -> Value;
     /// IPv4 addresses (with prefix) on `dev`.
-    pub fn addrs(&self, dev: &str) -> Vec<String> {
+    fn addrs(&self, dev: &str) -> Vec<String>;
+    /// Names of links in the namespace.
+    fn links(&self) -> Vec<String>;
+    /// Names of veth links in the namespace.
+    fn veths(&self) -> Vec<String>;
+    /// Pings `addr` once from inside this namespace.
+    fn ping(&self, addr: &str) -> bool;
+}
+
+impl PodNetns for Netns {
+    fn ip_json(&self, args: &[&str]) -> Value {
+        self.json("ip", args)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name()))
+    }
+
+    fn addrs(&self, dev: &str) -> Vec<String> {
         let v = self.ip_json(&["addr", "show", "dev", dev]);
         v.as_array()
             .into_iter()
@@ -146,8 +82,7 @@ impl Netns {
             .collect()
     }
 
-    /// Names of links in the namespace.
-    pub fn links(&self) -> Vec<String> {
+    fn links(&self) -> Vec<String> {
         let v = self.ip_json(&["link", "show"]);
         v.as_array()
             .into_iter()
@@ -156,8 +91,7 @@ impl Netns {
             .collect()
     }
 
-    /// Names of veth links in the namespace.
-    pub fn veths(&self) -> Vec<String> {
+    fn veths(&self) -> Vec<String> {
         let v = self.ip_json(&["link", "show", "type", "veth"]);
         v.as_array()
             .into_iter()
@@ -166,22 +100,20 @@ impl Netns {
             .collect()
     }
 
-    /// Pings `addr` once from inside this namespace.
-    pub fn ping(&self, addr: &str) -> bool {
+    fn ping(&self, addr: &str) -> bool {
         try_sh(&[
-            "ip", "netns", "exec", &self.name, "busybox", "ping", "-c", "1", "-W", "2", addr,
+            "ip",
+            "netns",
+            "exec",
+            self.name(),
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            addr,
         ])
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -277,7 +209,7 @@ impl Node {
         let n = unique();
         let x = u8::try_from(n % 250 + 1).unwrap();
         let node = Node {
-            ns: Netns::new(&format!("{tag}-node")),
+            ns: Netns::unique(&format!("cni-{tag}-node")).unwrap(),
             dir: tempfile::tempdir().unwrap(),
             bridge: format!("vb{:05}{:03}", std::process::id() % 100_000, n % 1000),
             network_name: format!("vxtest-{tag}-{}", std::process::id()),
@@ -354,14 +286,14 @@ impl Node {
         if let Some(ns) = netns {
             env.push(("CNI_NETNS", ns));
         }
-        exec_plugin(Some(&self.ns.name), &env, conf.to_string().as_bytes())
+        exec_plugin(Some(self.ns.name()), &env, conf.to_string().as_bytes())
     }
 
     /// Runs a node-wide command (GC, STATUS, VERSION): only CNI_COMMAND and CNI_PATH.
     pub fn run_global(&self, command: &str, conf: &Value) -> Run {
         let path = self.cni_path();
         exec_plugin(
-            Some(&self.ns.name),
+            Some(self.ns.name()),
             &[("CNI_COMMAND", command), ("CNI_PATH", path.as_str())],
             conf.to_string().as_bytes(),
         )
@@ -387,21 +319,6 @@ fn list_dir(dir: &Path) -> BTreeSet<String> {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect(),
         Err(_) => BTreeSet::new(),
-    }
-}
-
-/// Polls `cond` every 50 ms for up to `secs` seconds (namespace teardown is asynchronous in
-/// the kernel: a deleted netns's veth peers disappear a little later).
-pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -1,44 +1,97 @@
-//! Sequences of watch events (put/delete of arbitrary keys and values, full
-//! listings) into `PeerTable`: no panic; our own subnet is never a peer; every peer
-//! has a unicast VtepMAC and our VNI; a listing leaves exactly the valid leases.
+//! Sequences of watch events (put/delete of arbitrary keys, values and create
+//! revisions, full listings) into `PeerTable`: no panic; our own subnet, PublicIP and
+//! VtepMAC are never a peer's; every peer lies inside the Network at SubnetLen, has a
+//! unicast VtepMAC, and no two peers overlap or share a PublicIP or VtepMAC; the table
+//! always equals a fresh judgement of the leases it was told about.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use vxmesh_control::peers::PeerTable;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-const KEYS: [&str; 4] = [
+use libfuzzer_sys::fuzz_target;
+use vxmesh_control::peers::{LocalNode, PeerRules, PeerTable};
+use vxmesh_control::registry::Entry;
+
+const KEYS: [&str; 8] = [
     "/coreos.com/network/subnets/10.244.1.0-24",
     "/coreos.com/network/subnets/10.244.2.0-24",
     "/coreos.com/network/subnets/10.244.3.0-24&fc00::-64",
+    "/coreos.com/network/subnets/10.244.3.0-24",
+    "/coreos.com/network/subnets/10.244.0.0-16",
+    "/coreos.com/network/subnets/0.0.0.0-0",
+    "/coreos.com/network/subnets/192.168.100.12-32",
     "/coreos.com/network/subnets/garbage",
 ];
 
+fn rules() -> PeerRules {
+    PeerRules {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        vni: 1,
+    }
+}
+
+fn local() -> LocalNode {
+    LocalNode {
+        public_ip: Ipv4Addr::new(192, 168, 100, 11),
+        vtep_mac: "0e:00:00:00:00:11".parse().unwrap(),
+    }
+}
+
+fn table() -> PeerTable {
+    let mut t = PeerTable::new(rules(), Some(local()));
+    let _ = t.set_own(Some("10.244.1.0/24".parse().unwrap()), &mut Vec::new());
+    t
+}
+
 fuzz_target!(|data: &[u8]| {
-    let mut t = PeerTable::new(1);
-    let _ = t.set_own(Some("10.244.1.0/24".parse().unwrap()));
+    let mut t = table();
+    let mut known: BTreeMap<String, Entry> = BTreeMap::new();
     let mut skips = Vec::new();
-    // Records: [op, key index, len, value bytes...]
+    // Records: [op, key index, create revision, len, value bytes...]
     let mut rest = data;
-    while let [op, k, len, tail @ ..] = rest {
+    while let [op, k, rev, len, tail @ ..] = rest {
         let n = (*len as usize).min(tail.len());
         let (value, next) = tail.split_at(n);
-        let key = KEYS[*k as usize % KEYS.len()];
+        let e = Entry {
+            key: KEYS[*k as usize % KEYS.len()].to_string(),
+            value: value.to_vec(),
+            create_revision: i64::from(*rev),
+            mod_revision: i64::from(*rev),
+            lease: 0,
+        };
         match op % 3 {
             0 => {
-                let _ = t.put(key, value, &mut skips);
+                known.insert(e.key.clone(), e.clone());
+                let _ = t.put(&e, &mut skips);
             }
             1 => {
-                let _ = t.delete(key);
+                known.remove(&e.key);
+                let _ = t.delete(&e.key, &mut skips);
             }
             _ => {
-                let _ = t.reset(&[(key.to_string(), value.to_vec())], &mut skips);
+                known = [(e.key.clone(), e.clone())].into();
+                let _ = t.reset(&[e], &mut skips);
                 assert!(t.len() <= 1);
             }
         }
-        for p in t.peers() {
+        let peers: Vec<_> = t.peers().copied().collect();
+        for (i, p) in peers.iter().enumerate() {
             assert_ne!(p.subnet.to_string(), "10.244.1.0/24", "own subnet became a peer");
+            assert_ne!(p.public_ip, local().public_ip);
+            assert_ne!(p.vtep_mac, local().vtep_mac);
             assert!(p.vtep_mac.is_unicast());
+            assert!(rules().network.contains_subnet(&p.subnet) && p.subnet.prefix_len() == 24);
+            for q in &peers[i + 1..] {
+                assert!(!p.subnet.contains(q.subnet.addr()) && !q.subnet.contains(p.subnet.addr()));
+                assert_ne!(p.public_ip, q.public_ip);
+                assert_ne!(p.vtep_mac, q.vtep_mac);
+            }
         }
+        let mut fresh = table();
+        let all: Vec<Entry> = known.values().cloned().collect();
+        let _ = fresh.reset(&all, &mut Vec::new());
+        assert!(fresh.peers().eq(t.peers()), "incremental and fresh judgements differ");
         rest = next;
     }
 });

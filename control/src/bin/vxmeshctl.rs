@@ -1,6 +1,7 @@
 //! `vxmeshctl`: the operator's view of vxmesh — the registry's leases (from etcd)
 //! and one node's agent (lease, peers, offloads, counters, from its HTTP endpoint).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
+use vxmesh_control::lease::{parse_lease_key, LeaseAttrs, MAX_LEASE_VALUE_BYTES};
+use vxmesh_control::peers::{PeerRules, PeerTable, Verdict};
 use vxmesh_control::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -43,7 +45,8 @@ enum Cmd {
     Peers,
     /// This node's dataplane counters and drops by reason.
     Counters,
-    /// Every lease in the registry (flannel and vxmesh nodes alike), with TTLs.
+    /// Every lease in the registry (flannel and vxmesh nodes alike), with TTLs, and
+    /// whether the nodes take it as a peer or reject it (and why).
     Leases,
     /// The network config from the registry, with defaults filled in.
     Config,
@@ -165,14 +168,21 @@ fn main() -> anyhow::Result<()> {
                 s(&n["port"]),
                 s(&n["mtu"])
             );
-            println!(
-                "lease:        {}  ttl {}s  expires in {}s unless renewed  renewed {}x  reacquired {}x",
-                s(&n["lease_id"]),
-                s(&n["lease_ttl_secs"]),
-                s(&st["lease_expires_in_secs"]),
-                st["lease_renewals"],
-                st["lease_reacquisitions"]
-            );
+            if n["reservation"] == true {
+                println!(
+                    "lease:        reservation (no etcd lease: never expires, never renewed)  reacquired {}x",
+                    st["lease_reacquisitions"]
+                );
+            } else {
+                println!(
+                    "lease:        {}  ttl {}s  expires in {}s unless renewed  renewed {}x  reacquired {}x",
+                    s(&n["lease_id"]),
+                    s(&n["lease_ttl_secs"]),
+                    s(&st["lease_expires_in_secs"]),
+                    st["lease_renewals"],
+                    st["lease_reacquisitions"]
+                );
+            }
             println!(
                 "dataplane:    {}  offloads: {}  udp_gso {}  udp_gro {}",
                 s(&n["dataplane"]),
@@ -220,8 +230,13 @@ fn main() -> anyhow::Result<()> {
             if let Some(e) = n["last_error"].as_str() {
                 println!("last error:   {e}");
             }
-            for sk in n["skipped"].as_array().into_iter().flatten() {
-                println!("skipped:      {} ({})", s(&sk["key"]), s(&sk["why"]));
+            for r in n["rejected"].as_array().into_iter().flatten() {
+                println!(
+                    "rejected:     {}: {} ({})",
+                    s(&r["key"]),
+                    s(&r["why"]),
+                    s(&r["reason"])
+                );
             }
         }
         Cmd::Peers => {
@@ -359,11 +374,27 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let listing = reg.list_subnets().await?;
+    // The agents' own judgement (peers::PeerTable), run over the same listing with the
+    // same config: every agent reaches these verdicts about other nodes' leases.
+    let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
+        Ok(cfg) => {
+            let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
+            let _ = t.reset(&listing.entries, &mut Vec::new());
+            Ok(t.verdicts()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect())
+        }
+        Err(e) => {
+            eprintln!("vxmeshctl: cannot judge the leases without a valid network config: {e}");
+            Err(e.to_string())
+        }
+    };
     let ttls = reg
         .lease_ttls(listing.entries.iter().map(|e| e.lease))
         .await;
     let mut rows = Vec::new();
     let mut json = Vec::new();
+    let mut reasons = Vec::new();
     for (e, ttl) in listing.entries.iter().zip(ttls) {
         let subnet =
             parse_lease_key(&e.key).map_or_else(|| format!("? {}", e.key), |s| s.to_string());
@@ -373,19 +404,54 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                 a.backend_type.clone(),
                 a.vxlan.map_or("-".into(), |v| v.vtep_mac.to_string()),
             ),
-            Err(err) => ("?".into(), format!("unparseable: {err}"), "-".into()),
+            Err(_) => ("?".into(), "?".into(), "-".into()),
         };
-        let ttl = ttl.map_or("-".to_string(), |t| format!("{t}s"));
-        json.push(serde_json::json!({"key": e.key, "subnet": subnet, "public_ip": ip, "backend": backend, "vtep_mac": mac, "ttl": ttl, "value": String::from_utf8_lossy(&e.value)}));
-        rows.push(vec![subnet, ip, backend, mac, ttl]);
+        let ttl = if e.lease == 0 {
+            "reservation".to_string()
+        } else {
+            ttl.map_or("-".to_string(), |t| format!("{t}s"))
+        };
+        let (status, reason, why) = match verdicts.as_ref().map(|v| v.get(&e.key)) {
+            Ok(Some(Verdict::Rejected(r))) => {
+                reasons.push(format!("{}: {}", e.key, r.why));
+                ("rejected", Some(r.reason.as_str()), Some(r.why.clone()))
+            }
+            Ok(Some(Verdict::Peer(_) | Verdict::Own)) => ("ok", None, None),
+            Ok(None) | Err(_) => ("unknown", None, None),
+        };
+        let value = (e.value.len() <= MAX_LEASE_VALUE_BYTES)
+            .then(|| String::from_utf8_lossy(&e.value).into_owned());
+        json.push(serde_json::json!({
+            "key": e.key, "subnet": subnet, "public_ip": ip, "backend": backend, "vtep_mac": mac,
+            "ttl": ttl, "reservation": e.lease == 0, "status": status, "reason": reason, "why": why,
+            "create_revision": e.create_revision, "value": value, "value_bytes": e.value.len(),
+        }));
+        let status = match reason {
+            Some(r) => format!("rejected: {r}"),
+            None => status.to_string(),
+        };
+        rows.push(vec![subnet, ip, backend, mac, ttl, status]);
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         table(
-            &["SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL-LEFT"],
+            &[
+                "SUBNET",
+                "PUBLIC-IP",
+                "BACKEND",
+                "VTEP-MAC",
+                "TTL-LEFT",
+                "STATUS",
+            ],
             &rows,
         );
+        if !reasons.is_empty() {
+            println!("\nrejected (no node routes to these; see docs/troubleshooting.md):");
+            for r in reasons {
+                println!("  {r}");
+            }
+        }
     }
     Ok(())
 }

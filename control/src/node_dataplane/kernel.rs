@@ -9,8 +9,8 @@
 //! otherwise — the rule flanneld itself applies. Adoption means pod traffic keeps
 //! flowing through the switch, and rolling back to flanneld adopts it the same way.
 //!
-//! Device: learning off, `dstport` = Backend.Port, `local` = the PublicIP (or the
-//! underlay's first address when the PublicIP is not local, e.g. behind NAT),
+//! Device: learning off, `dstport` = Backend.Port, `local` = the underlay address
+//! chosen for VXLAN (the PublicIP, except behind NAT where the PublicIP is not local),
 //! `dev` = the underlay, MAC = the stable VtepMAC ([`crate::vtep_mac`], the same
 //! as the userspace dataplane's), MTU = underlay MTU − 50, address `<subnet>.0/32`.
 //!
@@ -108,12 +108,12 @@ impl Kernel {
             .link_by_index(s.underlay_index)
             .await?
             .with_context(|| format!("underlay interface #{} vanished", s.underlay_index))?;
-        let local = if underlay.ipv4.contains(&s.public_ip) {
-            Some(s.public_ip)
+        let local = if underlay.ipv4.contains(&s.local_ip) {
+            Some(s.local_ip)
         } else {
             let first = underlay.ipv4.first().copied();
-            tracing::warn!(public_ip = %s.public_ip, iface = %underlay.name, local = ?first,
-                "the PublicIP is not an address of the underlay interface (NAT?): VXLAN is sent from the interface's own address");
+            tracing::warn!(local_ip = %s.local_ip, iface = %underlay.name, local = ?first,
+                "the underlay address went away: VXLAN is sent from the interface's first address");
             first
         };
         let spec = VxlanSpec {

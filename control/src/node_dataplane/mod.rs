@@ -54,7 +54,9 @@ impl DataplaneKind {
 pub struct DataplaneSetup {
     pub local: LocalVtep,
     pub mtu: u32,
-    pub public_ip: std::net::Ipv4Addr,
+    /// The underlay interface's address VXLAN is sent from (the PublicIP, except
+    /// behind NAT where the PublicIP is not local).
+    pub local_ip: std::net::Ipv4Addr,
     pub underlay_index: u32,
     /// Userspace: the TAP's name. Kernel: the device is `flannel.<VNI>`; a TAP of
     /// this name left by the userspace dataplane is removed.

@@ -157,7 +157,7 @@ impl Userspace {
         // beyond: room for bursts while the egress thread is busy sending.
         nl.set_txqueuelen(link.index, TAP_TXQUEUELEN).await?;
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-        let udp_tx = UdpTx::open(s.public_ip, s.tx_sockets.max(1), SNDBUF)
+        let udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
             .context("opening the VXLAN send sockets")?;
         let in_use = |e: &UdpError| matches!(e, UdpError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
         let udp_rx = retry_busy(busy_wait, in_use, || {
@@ -208,12 +208,19 @@ impl Userspace {
                 s.local.port
             );
         }
-        let udp_tx = if fds.udp_tx.len() == s.tx_sockets.max(1) {
-            UdpTx::from_fds(fds.udp_tx).context("taking over the VXLAN send sockets")?
+        let taken = if fds.udp_tx.len() == s.tx_sockets.max(1) {
+            let tx = UdpTx::from_fds(fds.udp_tx).context("taking over the VXLAN send sockets")?;
+            // Bound to another address (the underlay's address changed): not usable.
+            (tx.local_ip() == Some(s.local_ip)).then_some(tx)
         } else {
-            // --tx-sockets changed: new source ports, nothing else is affected.
-            UdpTx::open(s.public_ip, s.tx_sockets.max(1), SNDBUF)
-                .context("opening the VXLAN send sockets")?
+            None
+        };
+        let udp_tx = match taken {
+            Some(tx) => tx,
+            // --tx-sockets or the underlay address changed: new source ports, nothing
+            // else is affected.
+            None => UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
+                .context("opening the VXLAN send sockets")?,
         };
         let table = ForwardingTable::new(s.local, peers.iter().map(Peer::to_vtep));
         let link = nl.link_identity(name.as_str()).await?.with_context(|| {

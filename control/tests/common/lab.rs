@@ -1,22 +1,13 @@
 //! The netns lab (`scripts/lab.sh`) driven from privileged tests: a guard that brings a
 //! lab up under a name unique to this process and tears it down when dropped, plus the
-//! small queries the tests share.
+//! small queries the tests share. Privilege checks, waiting and commands come from
+//! `vxmesh-testkit`.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// Whether privileged tests must run (`VXMESH_PRIVILEGED_TESTS=1`); otherwise a SKIP line.
-pub fn privileged(test: &str) -> bool {
-    if std::env::var("VXMESH_PRIVILEGED_TESTS").as_deref() == Ok("1") {
-        true
-    } else {
-        eprintln!("SKIP: {test} needs root and network namespaces; set VXMESH_PRIVILEGED_TESTS=1");
-        false
-    }
-}
+use vxmesh_testkit::sh;
 
 /// The directory holding vxmeshd, vxmeshctl and the vxmesh CNI plugin: `VXMESH_BIN_DIR`,
 /// or the directory cargo built this test's vxmeshd into.
@@ -37,31 +28,6 @@ pub fn bin_dir() -> PathBuf {
         );
     }
     dir
-}
-
-/// Runs a command that must succeed; its stdout.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits up to `limit` for `f`, returning how long it took.
-pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    loop {
-        if f() {
-            return Some(t.elapsed());
-        }
-        if t.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A lab named `<tag><pid>`; `down` runs when dropped (also after a failed assertion).
@@ -184,9 +150,9 @@ impl Lab {
     /// Runs a command inside a lab namespace; it must succeed.
     pub fn exec(&self, ns: &str, args: &[&str]) -> String {
         let ns = self.ns(ns);
-        let mut a = vec!["netns", "exec", ns.as_str()];
+        let mut a = vec!["ip", "netns", "exec", ns.as_str()];
         a.extend_from_slice(args);
-        run("ip", &a)
+        sh(&a)
     }
 
     /// `ip -n <ns> -j <args>` as JSON (an empty array when ip prints nothing).
@@ -238,14 +204,12 @@ impl Lab {
 
     /// A node's subnet (from its subnet file): `10.244.7.0/24`.
     pub fn subnet_of(&self, node: u32) -> String {
-        let env = std::fs::read_to_string(self.state.join(format!("n{node}/subnet.env"))).unwrap();
-        let sub = env
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        let env = std::fs::read(self.state.join(format!("n{node}/subnet.env"))).unwrap();
+        let sub = vxmesh_subnet_env::SubnetEnv::parse(&env)
+            .unwrap()
+            .subnet
             .unwrap();
-        let (ip, len) = sub.split_once('/').unwrap();
-        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
-        format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) - 1))
+        format!("{}/{}", sub.network(), sub.prefix())
     }
 
     /// The lab's own all-pairs ping (+ iperf3) must pass completely: `pairs` pod pairs.

@@ -1,4 +1,5 @@
-//! Shared by the control plane's integration tests: a throwaway etcd.
+//! Shared by the control plane's integration tests: a throwaway etcd (tests that use it
+//! are `#[ignore = "needs etcd…"]` and call `vxmesh_testkit::require_etcd` first).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod lab;
@@ -6,27 +7,9 @@ pub mod pki;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Whether tests that need the `etcd` binary must run. With `VXMESH_REQUIRE_ETCD=1`
-/// (set by scripts/test.sh) a missing etcd fails the test; otherwise it is skipped
-/// with a message.
-pub fn etcd_available(test: &str) -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("VXMESH_REQUIRE_ETCD").as_deref() != Ok("1"),
-            "{test}: VXMESH_REQUIRE_ETCD=1 but no etcd binary (apt-get install etcd-server)"
-        );
-        eprintln!("SKIP: {test} needs etcd (apt-get install etcd-server, or set VXMESH_REQUIRE_ETCD=1 to make this an error)");
-    }
-    found
-}
+use vxmesh_testkit::wait_for;
 
 /// A small runtime for tests that drive the async registry.
 pub fn rt() -> tokio::runtime::Runtime {
@@ -110,14 +93,15 @@ impl Etcd {
             endpoint,
             ctl_extra,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if e.ctl(&["endpoint", "health"]).is_ok() {
-                return e;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("etcd did not become healthy at {}", e.endpoint);
+        let healthy = wait_for(Duration::from_secs(20), || {
+            e.ctl(&["endpoint", "health"]).is_ok()
+        });
+        assert!(
+            healthy.is_some(),
+            "etcd did not become healthy at {}",
+            e.endpoint
+        );
+        e
     }
 
     /// Runs etcdctl against this server; stdout on success.

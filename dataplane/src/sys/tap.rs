@@ -227,6 +227,17 @@ impl Tap {
         })
     }
 
+    /// A queue over any file (one end of a socket pair), without offloads: lets
+    /// tests run the engine's threads without a TAP device or root.
+    #[cfg(test)]
+    pub(crate) fn over_file(file: File, name: IfName) -> Tap {
+        Tap {
+            file,
+            name,
+            offloads: TapOffloads::default(),
+        }
+    }
+
     pub fn name(&self) -> &IfName {
         &self.name
     }

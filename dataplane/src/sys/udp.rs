@@ -13,6 +13,9 @@
 //!
 //! If the kernel refuses GSO at send time (EIO: no checksum offload on the route;
 //! EINVAL) we fall back to one datagram per message for good, count it and say so.
+//! Which messages a call carries and what a partial call sent is decided by the pure
+//! [`crate::send_batch`]; this module only makes the calls. Control messages are laid
+//! out with libc's `CMSG_*` functions, so the layout is the target's.
 //! Read first: Linux `udp(7)` (UDP_SEGMENT, UDP_GRO), `sendmmsg(2)`, `recvmmsg(2)`.
 
 use std::io;
@@ -23,17 +26,20 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::counters::{DropReason, LocalCounts};
+use crate::send_batch::{self, Message, Next, SendCursor, SendPlan};
+pub use crate::send_batch::{SendEntry, BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
-/// Most datagrams one GSO send may carry (`UDP_MAX_SEGMENTS`).
-pub const GSO_MAX_SEGMENTS: usize = 64;
-/// Most payload bytes one IPv4 UDP send may carry.
-pub const GSO_MAX_BYTES: usize = 65_507;
-/// Messages per sendmmsg/recvmmsg call.
-pub const BATCH: usize = 64;
+/// Control bytes for one UDP_SEGMENT message: a header and a u16, padded.
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+const GSO_CONTROL_LEN: usize =
+    unsafe { libc::CMSG_SPACE(size_of::<u16>() as libc::c_uint) } as usize;
+/// The same in words, so that the buffer is aligned like `cmsghdr`.
+const GSO_CONTROL_WORDS: usize = GSO_CONTROL_LEN.div_ceil(size_of::<usize>());
+const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= std::mem::align_of::<usize>());
 
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
@@ -51,29 +57,6 @@ pub enum UdpError {
         #[source]
         source: io::Error,
     },
-}
-
-/// One message of a send batch: `len` bytes at `offset` of the batch buffer, cut
-/// into datagrams of `stride` bytes (the last may be shorter), to `dst`, from
-/// transmit socket `socket`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendEntry {
-    pub dst: SocketAddrV4,
-    pub offset: usize,
-    pub len: usize,
-    pub stride: usize,
-    pub socket: usize,
-}
-
-impl SendEntry {
-    /// Number of datagrams this entry carries.
-    pub fn datagrams(&self) -> usize {
-        if self.stride == 0 || self.len <= self.stride {
-            1
-        } else {
-            self.len.div_ceil(self.stride)
-        }
-    }
 }
 
 fn setsockopt_int(
@@ -156,14 +139,6 @@ pub struct UdpTx {
     gso: bool,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct GsoCmsg {
-    hdr: libc::cmsghdr,
-    segment: u16,
-    _pad: [u8; 6],
-}
-
 impl UdpTx {
     /// Opens `count` sockets bound to `bind_ip` on ephemeral ports.
     pub fn open(bind_ip: Ipv4Addr, count: usize, sndbuf: usize) -> Result<UdpTx, UdpError> {
@@ -234,6 +209,14 @@ impl UdpTx {
             .collect()
     }
 
+    /// The address the send sockets are bound to (the first one's; all share it).
+    pub fn local_ip(&self) -> Option<Ipv4Addr> {
+        match self.sockets.first()?.local_addr().ok()?.as_socket()? {
+            SocketAddr::V4(a) => Some(*a.ip()),
+            SocketAddr::V6(_) => None,
+        }
+    }
+
     /// Whether sends use UDP GSO.
     pub fn gso(&self) -> bool {
         self.gso
@@ -257,170 +240,125 @@ impl UdpTx {
     }
 
     /// Sends every entry (consecutive entries for one socket share a sendmmsg).
-    /// Failures are counted as [`DropReason::SendFailed`] per datagram.
+    /// Datagrams that cannot be sent are counted as [`DropReason::SendFailed`].
     pub fn send(&mut self, buf: &[u8], entries: &[SendEntry], counts: &mut LocalCounts) {
-        let mut i = 0;
-        while i < entries.len() {
-            let sock = entries[i].socket % self.sockets.len();
-            let mut j = i + 1;
-            while j < entries.len()
-                && j - i < BATCH
-                && entries[j].socket % self.sockets.len() == sock
+        let sockets = &self.sockets;
+        send_all(
+            buf.len(),
+            entries,
+            sockets.len(),
+            &mut self.gso,
+            counts,
+            |sock, messages| sendmmsg(&sockets[sock], buf, messages),
+        );
+    }
+}
+
+/// Sends `entries` (laid out in a buffer of `buf_len` bytes) with `call`, one
+/// `sendmmsg` on a socket each, as [`send_batch::plan`] cuts them, and counts what
+/// went out and what was lost. Turns `gso` off for good when the kernel refuses it.
+fn send_all(
+    buf_len: usize,
+    entries: &[SendEntry],
+    sockets: usize,
+    gso: &mut bool,
+    counts: &mut LocalCounts,
+    mut call: impl FnMut(usize, &[Message]) -> io::Result<usize>,
+) {
+    let mut at = SendCursor::default();
+    let mut plan = SendPlan::default();
+    loop {
+        match send_batch::plan(entries, buf_len, at, *gso, sockets, &mut plan) {
+            Next::Done => return,
+            Next::Drop { datagrams, next } => {
+                for _ in 0..datagrams {
+                    counts.drop(DropReason::SendFailed);
+                }
+                at = next;
+                continue;
+            }
+            Next::Send => {}
+        }
+        let progress = match call(plan.socket(), plan.messages()) {
+            Ok(sent) => {
+                counts.udp_send_syscalls += 1;
+                plan.sent(sent)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if plan.messages().first().is_some_and(|m| m.segment.is_some())
+                    && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
             {
-                j += 1;
+                // The route cannot checksum-offload (EIO) or refuses this
+                // segmentation (EINVAL): stop using GSO and send the same
+                // datagrams again, one per message.
+                *gso = false;
+                counts.udp_gso_fallbacks += 1;
+                tracing::warn!(error = %e, "UDP GSO send refused; falling back to one datagram per send");
+                continue;
             }
-            self.send_run(sock, buf, &entries[i..j], counts);
-            i = j;
-        }
-    }
-
-    fn send_run(&mut self, sock: usize, buf: &[u8], run: &[SendEntry], counts: &mut LocalCounts) {
-        let mut k = 0;
-        while k < run.len() {
-            let use_gso = self.gso;
-            match self.sendmmsg(sock, buf, &run[k..], use_gso) {
-                Ok(sent) => {
-                    for e in &run[k..k + sent] {
-                        counts.udp_datagrams_sent += e.datagrams() as u64;
-                        counts.udp_bytes_sent += e.len as u64;
-                    }
-                    counts.udp_send_syscalls += 1;
-                    k += sent;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if use_gso
-                        && run[k].datagrams() > 1
-                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
-                {
-                    // The route cannot checksum-offload (EIO) or refuses this
-                    // segmentation (EINVAL): stop using GSO and resend this entry
-                    // one datagram at a time.
-                    self.gso = false;
-                    counts.udp_gso_fallbacks += 1;
-                    tracing::warn!(error = %e, "UDP GSO send refused; falling back to one datagram per send");
-                }
-                Err(_) => {
-                    counts.udp_send_syscalls += 1;
-                    for _ in 0..run[k].datagrams() {
-                        counts.drop(DropReason::SendFailed);
-                    }
-                    k += 1;
-                }
+            Err(_) => {
+                counts.udp_send_syscalls += 1;
+                plan.failed()
             }
-        }
-    }
-
-    /// One sendmmsg call; returns how many entries were sent (≥ 1) or the error
-    /// of the first one.
-    fn sendmmsg(&self, sock: usize, buf: &[u8], run: &[SendEntry], gso: bool) -> io::Result<usize> {
-        // Without GSO every datagram of an entry is its own message.
-        let mut names: [libc::sockaddr_in; BATCH] =
-            [sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
-        let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: cmsghdr is plain old data; all-zero is a valid value.
-        let zero_hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        let mut cmsgs = [GsoCmsg {
-            hdr: zero_hdr,
-            segment: 0,
-            _pad: [0; 6],
-        }; BATCH];
-        // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-
-        let mut n = 0; // messages
-        let mut entries_used = 0;
-        'outer: for e in run {
-            if gso || e.datagrams() == 1 {
-                if n == BATCH {
-                    break;
-                }
-                names[n] = sockaddr_in(e.dst);
-                iovs[n] = iovec(&buf[e.offset..e.offset + e.len]);
-                if gso && e.datagrams() > 1 {
-                    cmsgs[n].hdr.cmsg_len = cmsg_len(size_of::<u16>());
-                    cmsgs[n].hdr.cmsg_level = SOL_UDP;
-                    cmsgs[n].hdr.cmsg_type = UDP_SEGMENT;
-                    cmsgs[n].segment = e.stride as u16;
-                }
-                n += 1;
-            } else {
-                // Only whole entries: an entry's datagrams must not straddle calls.
-                if n + e.datagrams() > BATCH {
-                    if n == 0 {
-                        // Larger than one batch: send it in pieces right here.
-                        return self.send_split(sock, buf, e).map(|()| 1);
-                    }
-                    break 'outer;
-                }
-                let mut off = e.offset;
-                let end = e.offset + e.len;
-                while off < end {
-                    let l = e.stride.min(end - off);
-                    names[n] = sockaddr_in(e.dst);
-                    iovs[n] = iovec(&buf[off..off + l]);
-                    n += 1;
-                    off += l;
-                }
-            }
-            entries_used += 1;
-        }
-        for i in 0..n {
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            if cmsgs[i].hdr.cmsg_len != 0 {
-                h.msg_control = (&mut cmsgs[i] as *mut GsoCmsg).cast();
-                h.msg_controllen = size_of::<GsoCmsg>() as _;
-            }
-        }
-        // SAFETY: `msgs[..n]` point at `names`, `iovs` and `cmsgs`, locals that live
-        // until the call returns; each iovec points into `buf`, borrowed for the call.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.sockets[sock].as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                0,
-            )
         };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        counts.udp_datagrams_sent += progress.sent as u64;
+        counts.udp_bytes_sent += progress.bytes as u64;
+        for _ in 0..progress.lost {
+            counts.drop(DropReason::SendFailed);
         }
-        let sent_msgs = r as usize;
-        if sent_msgs == n {
-            return Ok(entries_used.max(1));
-        }
-        // Partial: count whole entries covered by the messages that went out.
-        let mut covered = 0;
-        let mut msgs_seen = 0;
-        for e in &run[..entries_used] {
-            let m = if gso { 1 } else { e.datagrams() };
-            if msgs_seen + m > sent_msgs {
-                break;
-            }
-            msgs_seen += m;
-            covered += 1;
-        }
-        Ok(covered.max(1))
+        at = progress.next;
     }
+}
 
-    /// Sends one entry as single datagrams in as many calls as it takes.
-    fn send_split(&self, sock: usize, buf: &[u8], e: &SendEntry) -> io::Result<()> {
-        let mut off = e.offset;
-        let end = e.offset + e.len;
-        let addr = SockAddr::from(e.dst);
-        while off < end {
-            let l = e.stride.min(end - off);
-            self.sockets[sock].send_to(&buf[off..off + l], &addr)?;
-            off += l;
+/// One `sendmmsg` of `messages` (at most [`BATCH`], each inside `buf`) on `sock`:
+/// how many went out, or the error of the first.
+fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize> {
+    let n = messages.len().min(BATCH);
+    let mut names: [libc::sockaddr_in; BATCH] =
+        [sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+    let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    let mut control = [[0usize; GSO_CONTROL_WORDS]; BATCH];
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, m) in messages[..n].iter().enumerate() {
+        names[i] = sockaddr_in(m.dst);
+        // `send_batch::plan` makes messages only inside the buffer it was given.
+        iovs[i] = iovec(&buf[m.offset..m.offset + m.len]);
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        if let Some(segment) = m.segment {
+            set_segment(h, &mut control[i], segment);
         }
-        Ok(())
+    }
+    // SAFETY: `msgs[..n]` point at `names`, `iovs` and `control`, locals that live
+    // until the call returns; each iovec points into `buf`, borrowed for the call.
+    let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Points `h` at `control` holding one UDP_SEGMENT control message of `segment` bytes.
+fn set_segment(h: &mut libc::msghdr, control: &mut [usize; GSO_CONTROL_WORDS], segment: u16) {
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = GSO_CONTROL_LEN as _;
+    // SAFETY: `h` now points at `control`: GSO_CONTROL_LEN = CMSG_SPACE(2) writable
+    // bytes aligned for cmsghdr, so CMSG_FIRSTHDR returns its start (not null) and
+    // the header plus two data bytes fit.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) as _;
+        libc::CMSG_DATA(c).cast::<u16>().write_unaligned(segment);
     }
 }
 
@@ -442,20 +380,22 @@ fn iovec(b: &[u8]) -> libc::iovec {
     }
 }
 
-fn cmsg_len(data: usize) -> usize {
-    size_of::<libc::cmsghdr>() + data
-}
-
 /// One receive slot: 64 KiB is the largest a GRO-coalesced message can be.
 const RECV_BUF: usize = 65_536;
 /// Control buffer per message: room for UDP_GRO's int (and a spare header).
 const CMSG_BUF: usize = 64;
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+const _: () = assert!(
+    unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint) } as usize <= CMSG_BUF
+);
+const _: () = assert!(CMSG_BUF % size_of::<usize>() == 0);
 
 /// Buffers for one `recvmmsg` call, allocated once.
 #[derive(Debug)]
 pub struct RecvBatch {
     data: Vec<u8>,
-    control: Vec<u64>,
+    /// `CMSG_BUF` bytes per message, in words so that each is aligned like `cmsghdr`.
+    control: Vec<usize>,
     lens: Vec<usize>,
     srcs: Vec<SocketAddrV4>,
     segs: Vec<usize>,
@@ -468,13 +408,28 @@ impl RecvBatch {
         let m = messages.clamp(1, BATCH);
         RecvBatch {
             data: vec![0; m * RECV_BUF],
-            control: vec![0; m * CMSG_BUF / 8],
+            control: vec![0; m * CMSG_BUF / size_of::<usize>()],
             lens: vec![0; m],
             srcs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); m],
             segs: vec![0; m],
             truncated: vec![false; m],
             count: 0,
         }
+    }
+
+    /// A batch as if `recvmmsg` had returned `messages`: (source, GRO segment size or
+    /// 0, bytes), each at most 64 KiB. For tests of what consumes batches.
+    #[cfg(test)]
+    pub(crate) fn with_messages(messages: &[(SocketAddrV4, usize, &[u8])]) -> RecvBatch {
+        let mut b = RecvBatch::new(messages.len());
+        for (i, (src, seg, bytes)) in messages.iter().enumerate() {
+            b.data[i * RECV_BUF..i * RECV_BUF + bytes.len()].copy_from_slice(bytes);
+            b.lens[i] = bytes.len();
+            b.srcs[i] = *src;
+            b.segs[i] = *seg;
+        }
+        b.count = messages.len();
+        b
     }
 
     /// Messages received by the last call.
@@ -502,23 +457,33 @@ impl RecvBatch {
     }
 }
 
-/// Reads the UDP_GRO segment size out of a control buffer, if present.
-fn parse_gro_cmsg(control: &[u8]) -> Option<usize> {
-    let hdr = size_of::<libc::cmsghdr>();
-    let mut at = 0;
-    while at + hdr <= control.len() {
-        let len = usize::from_ne_bytes(control[at..at + size_of::<usize>()].try_into().ok()?);
-        let level_at = at + size_of::<usize>();
-        let level = i32::from_ne_bytes(control[level_at..level_at + 4].try_into().ok()?);
-        let ty = i32::from_ne_bytes(control[level_at + 4..level_at + 8].try_into().ok()?);
-        if len < hdr || at + len > control.len() {
-            return None;
-        }
-        if level == SOL_UDP && ty == UDP_GRO && len >= hdr + 4 {
-            let v = i32::from_ne_bytes(control[at + hdr..at + hdr + 4].try_into().ok()?);
+/// The UDP_GRO segment size among the control messages of a received message.
+///
+/// # Safety
+/// `h.msg_control` must point at `h.msg_controllen` readable bytes aligned for
+/// `cmsghdr` (as `recvmmsg` leaves them), or `h.msg_controllen` must be 0.
+unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    let start = h.msg_control as usize;
+    #[allow(clippy::unnecessary_cast)] // socklen_t on some targets
+    let end = start.checked_add(h.msg_controllen as usize)?;
+    // SAFETY: the caller vouches for the control buffer; CMSG_FIRSTHDR returns null
+    // unless a whole header fits in it.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
+    while !c.is_null() {
+        // SAFETY: `c` is a whole header inside the buffer (CMSG_FIRSTHDR/CMSG_NXTHDR
+        // return only such headers, or null).
+        let (level, ty, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len as usize) };
+        // SAFETY: arithmetic on the header pointer only.
+        let data_len = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) } as usize;
+        if level == SOL_UDP && ty == UDP_GRO && len >= data_len && (c as usize) + data_len <= end {
+            // SAFETY: the header says, and the bound above checks, that an int follows
+            // it inside the buffer; CMSG_DATA may be unaligned for it, hence read_unaligned.
+            let v = unsafe { libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned() };
             return usize::try_from(v).ok().filter(|&v| v > 0);
         }
-        at += (len + 7) & !7;
+        // SAFETY: `c` is a header of this buffer; CMSG_NXTHDR returns the next whole
+        // header inside it, or null.
+        c = unsafe { libc::CMSG_NXTHDR(h, c) };
     }
     None
 }
@@ -592,7 +557,7 @@ impl UdpRx {
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
-            // SAFETY: i < m and `control` holds m * CMSG_BUF bytes (8-byte aligned).
+            // SAFETY: i < m and `control` holds m * CMSG_BUF bytes (word-aligned).
             h.msg_control = unsafe { control.add(i * CMSG_BUF) }.cast();
             h.msg_controllen = CMSG_BUF as _;
         }
@@ -621,11 +586,11 @@ impl UdpRx {
                 Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
                 u16::from_be(sa.sin_port),
             );
-            let clen = (h.msg_controllen as usize).min(CMSG_BUF);
-            // SAFETY: the control area of message i is CMSG_BUF initialised bytes
-            // (the Vec is zero-filled) inside `batch.control`.
-            let ctl = unsafe { std::slice::from_raw_parts(control.add(i * CMSG_BUF), clen) };
-            batch.segs[i] = parse_gro_cmsg(ctl).unwrap_or(0);
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_controllen = h.msg_controllen.min(CMSG_BUF as _);
+            // SAFETY: msg_control of message i points at its CMSG_BUF initialised,
+            // word-aligned bytes of `batch.control`, and msg_controllen is at most that.
+            batch.segs[i] = unsafe { gro_segment(h) }.unwrap_or(0);
         }
         batch.count = n;
         Ok(n)
@@ -642,35 +607,246 @@ impl AsFd for UdpRx {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entry_datagram_count() {
-        let e = |len, stride| SendEntry {
-            dst: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
-            offset: 0,
+    fn entry(offset: usize, len: usize, stride: usize) -> SendEntry {
+        SendEntry {
+            dst: SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472),
+            offset,
             len,
             stride,
             socket: 0,
-        };
-        assert_eq!(e(100, 0).datagrams(), 1);
-        assert_eq!(e(100, 100).datagrams(), 1);
-        assert_eq!(e(201, 100).datagrams(), 3);
-        assert_eq!(e(200, 100).datagrams(), 2);
+        }
+    }
+
+    /// A stand-in for the kernel's `sendmmsg`: sends at most `per_call` messages
+    /// per call, in order, stopping at the first one `fails` refuses (an error if that
+    /// is the first), and records every datagram it sent as a byte range.
+    struct FakeKernel {
+        per_call: usize,
+        sent: Vec<std::ops::Range<usize>>,
+        calls: usize,
+    }
+
+    impl FakeKernel {
+        fn new(per_call: usize) -> Self {
+            FakeKernel {
+                per_call,
+                sent: Vec::new(),
+                calls: 0,
+            }
+        }
+
+        fn call(
+            &mut self,
+            messages: &[Message],
+            fails: impl Fn(&Message) -> Option<i32>,
+        ) -> io::Result<usize> {
+            self.calls += 1;
+            for (i, m) in messages.iter().take(self.per_call).enumerate() {
+                if let Some(errno) = fails(m) {
+                    return if i == 0 {
+                        Err(io::Error::from_raw_os_error(errno))
+                    } else {
+                        Ok(i)
+                    };
+                }
+                let step = m.segment.map_or(m.len, usize::from);
+                let mut at = m.offset;
+                while at < m.offset + m.len {
+                    let end = (at + step).min(m.offset + m.len);
+                    self.sent.push(at..end);
+                    at = end;
+                }
+            }
+            Ok(messages.len().min(self.per_call))
+        }
+    }
+
+    fn all_datagrams(entries: &[SendEntry]) -> Vec<std::ops::Range<usize>> {
+        entries
+            .iter()
+            .flat_map(|e| (0..e.datagrams()).map(|i| e.datagram(i).unwrap()))
+            .collect()
+    }
+
+    /// The defect: a partial sendmmsg counted a partly sent entry as sent (without
+    /// GSO) and sent it again whole when earlier entries had gone out.
+    #[test]
+    fn partial_sends_count_what_went_out_and_send_nothing_twice() {
+        let entries = [
+            entry(0, 100, 100),
+            entry(100, 2500, 1000),
+            entry(2600, 2000, 1000),
+        ];
+        for (gso, per_call) in [(false, 1), (false, 2), (false, 3), (true, 1), (true, 2)] {
+            let mut kernel = FakeKernel::new(per_call);
+            let mut counts = LocalCounts::default();
+            let mut on = gso;
+            send_all(4600, &entries, 1, &mut on, &mut counts, |_, m| {
+                kernel.call(m, |_| None)
+            });
+            assert_eq!(
+                kernel.sent,
+                all_datagrams(&entries),
+                "gso {gso}, {per_call} per call"
+            );
+            assert_eq!(counts.udp_datagrams_sent, 6);
+            assert_eq!(counts.udp_bytes_sent, 4600);
+            assert_eq!(counts.udp_send_syscalls, kernel.calls as u64);
+            assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+        }
     }
 
     #[test]
-    fn gro_cmsg_parse() {
-        let hdr = size_of::<libc::cmsghdr>();
-        let mut b = vec![0u8; 64];
-        b[..8].copy_from_slice(&(hdr + 4).to_ne_bytes());
-        b[8..12].copy_from_slice(&SOL_UDP.to_ne_bytes());
-        b[12..16].copy_from_slice(&UDP_GRO.to_ne_bytes());
-        b[hdr..hdr + 4].copy_from_slice(&1472i32.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&b[..hdr + 8]), Some(1472));
-        assert_eq!(parse_gro_cmsg(&[]), None);
-        assert_eq!(parse_gro_cmsg(&b[..hdr - 1]), None);
-        // a length field that points past the buffer is ignored, not trusted
-        b[..8].copy_from_slice(&1000usize.to_ne_bytes());
-        assert_eq!(parse_gro_cmsg(&b), None);
+    fn refused_gso_falls_back_and_sends_each_datagram_once() {
+        let entries = [entry(0, 100, 100), entry(100, 2500, 1000)];
+        let mut kernel = FakeKernel::new(64);
+        let mut counts = LocalCounts::default();
+        let mut gso = true;
+        send_all(2600, &entries, 1, &mut gso, &mut counts, |_, m| {
+            kernel.call(m, |m| m.segment.map(|_| libc::EIO))
+        });
+        assert!(!gso);
+        assert_eq!(counts.udp_gso_fallbacks, 1);
+        // the single datagram went out before the call that was refused
+        assert_eq!(kernel.sent, all_datagrams(&entries));
+        assert_eq!(counts.udp_datagrams_sent, 4);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn a_failed_message_is_a_counted_drop_and_the_rest_goes_out() {
+        let entries = [entry(0, 2500, 1000), entry(2500, 100, 100)];
+        for gso in [false, true] {
+            let mut kernel = FakeKernel::new(64);
+            let mut counts = LocalCounts::default();
+            let mut on = gso;
+            send_all(2600, &entries, 1, &mut on, &mut counts, |_, m| {
+                kernel.call(m, |m| {
+                    (m.offset == 1000 || m.offset == 0 && gso).then_some(libc::ENOBUFS)
+                })
+            });
+            let lost = if gso { 3 } else { 1 };
+            assert_eq!(
+                counts.drops[DropReason::SendFailed as usize],
+                lost,
+                "gso {gso}"
+            );
+            assert_eq!(counts.udp_datagrams_sent, 4 - lost);
+            assert_eq!(kernel.sent.len() as u64, 4 - lost);
+            assert!(on == gso, "ENOBUFS is no reason to give up GSO");
+        }
+    }
+
+    #[test]
+    fn entries_outside_the_buffer_are_counted_not_sent() {
+        let entries = [
+            entry(0, 100, 100),
+            entry(50, 3000, 1000),
+            entry(100, 10, 10),
+        ];
+        let mut kernel = FakeKernel::new(64);
+        let mut counts = LocalCounts::default();
+        send_all(110, &entries, 1, &mut true, &mut counts, |_, m| {
+            kernel.call(m, |_| None)
+        });
+        assert_eq!(kernel.sent, vec![0..100, 100..110]);
+        assert_eq!(counts.drops[DropReason::SendFailed as usize], 3);
+    }
+
+    #[test]
+    fn runs_go_to_their_socket() {
+        let mut entries = [entry(0, 10, 10), entry(10, 10, 10), entry(20, 10, 10)];
+        entries[1].socket = 1;
+        entries[2].socket = 2; // 2 % 2 == 0
+        let mut used = Vec::new();
+        let mut counts = LocalCounts::default();
+        send_all(30, &entries, 2, &mut true, &mut counts, |sock, m| {
+            used.push((sock, m.len()));
+            Ok(m.len())
+        });
+        assert_eq!(used, vec![(0, 1), (1, 1), (0, 1)]);
+    }
+
+    /// Writes control messages of one int each, the way the kernel lays them out.
+    fn control_with(
+        buf: &mut [usize; 16],
+        cmsgs: &[(libc::c_int, libc::c_int, libc::c_int)],
+    ) -> libc::msghdr {
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_control = buf.as_mut_ptr().cast();
+        h.msg_controllen = size_of_val(buf) as _;
+        let mut used = 0;
+        // SAFETY: `h` points at `buf`, word-aligned and zeroed; every header written is
+        // one CMSG_FIRSTHDR/CMSG_NXTHDR returned (inside the buffer, or null: checked).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h);
+            for &(level, ty, v) in cmsgs {
+                assert!(!c.is_null());
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = ty;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as _) as _;
+                libc::CMSG_DATA(c).cast::<libc::c_int>().write_unaligned(v);
+                used += libc::CMSG_SPACE(size_of::<libc::c_int>() as _) as usize;
+                c = libc::CMSG_NXTHDR(&h, c);
+            }
+        }
+        h.msg_controllen = used as _;
+        h
+    }
+
+    #[test]
+    fn gro_segment_is_read_from_the_control_messages() {
+        let mut buf = [0usize; 16];
+        let h = control_with(&mut buf, &[(SOL_UDP, UDP_GRO, 1472)]);
+        // SAFETY: `h` points at `buf`, alive and word-aligned.
+        assert_eq!(unsafe { gro_segment(&h) }, Some(1472));
+        // after another control message (IP_TOS)
+        let mut buf = [0usize; 16];
+        let h = control_with(
+            &mut buf,
+            &[
+                (libc::IPPROTO_IP, libc::IP_TOS, 0),
+                (SOL_UDP, UDP_GRO, 1400),
+            ],
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { gro_segment(&h) }, Some(1400));
+        // none, a nonsense size, or a truncated control area
+        for (cmsgs, cut) in [
+            (vec![], 0),
+            (vec![(libc::IPPROTO_IP, libc::IP_TOS, 0)], 0),
+            (vec![(SOL_UDP, UDP_GRO, 0)], 0),
+            (vec![(SOL_UDP, UDP_GRO, -5)], 0),
+            (vec![(SOL_UDP, UDP_GRO, 1472)], 1),
+        ] {
+            let mut buf = [0usize; 16];
+            let mut h = control_with(&mut buf, &cmsgs);
+            // SAFETY: CMSG_LEN only does arithmetic.
+            let full = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as _) } as usize;
+            if cut > 0 {
+                h.msg_controllen = (full - cut) as _;
+            }
+            // SAFETY: as above; msg_controllen only shrinks.
+            assert_eq!(unsafe { gro_segment(&h) }, None, "{cmsgs:?} cut {cut}");
+        }
+    }
+
+    #[test]
+    fn the_gso_control_message_is_what_the_kernel_reads() {
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut control = [0usize; GSO_CONTROL_WORDS];
+        set_segment(&mut h, &mut control, 1472);
+        // SAFETY: `h` points at `control`, alive; CMSG_* stay inside msg_controllen.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&h);
+            assert!(!c.is_null());
+            assert_eq!(((*c).cmsg_level, (*c).cmsg_type), (SOL_UDP, UDP_SEGMENT));
+            assert_eq!((*c).cmsg_len as usize, size_of::<libc::cmsghdr>() + 2);
+            assert_eq!(libc::CMSG_DATA(c).cast::<u16>().read_unaligned(), 1472);
+            assert!(libc::CMSG_NXTHDR(&h, c).is_null());
+        }
     }
 
     /// Loopback only: GSO-send a burst and GRO-receive it, byte for byte.
@@ -750,6 +926,7 @@ mod tests {
         );
         let mut tx2 = UdpTx::from_fds(tx.try_clone_fds().unwrap()).unwrap();
         assert_eq!(tx2.local_ports(), tx.local_ports());
+        assert_eq!(tx2.local_ip(), Some(Ipv4Addr::LOCALHOST));
         drop(tx);
         tx2.send(&[2u8; 100], &[e(1)], &mut counts);
         let mut batch = RecvBatch::new(8);

@@ -1,0 +1,290 @@
+//! Whether news from the registry means this node lost its subnet lease (no I/O,
+//! no clock).
+//!
+//! The agent holds `<prefix>/subnets/<subnet>` and watches the whole prefix. Three
+//! kinds of news take the subnet away while the etcd lease itself may still be alive
+//! (so the keepalive would not notice): a full listing without our key, a delete of
+//! our key, and a put of our key with a value that is not ours (another node's
+//! PublicIP, or not a lease at all). [`OwnKeyWatch`] is told what the node holds
+//! ([`OwnKeyWatch::hold`]) and fed every watch event ([`OwnKeyWatch::handle`]); it
+//! answers with the loss, if any, once — after a loss it holds nothing until told
+//! again. News older than the node's own claim (an etcd revision below it) is
+//! ignored: a listing taken before the claim, or the delete that made the node
+//! re-acquire, delivered late, says nothing about the key the node holds now.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::lease::{lease_key, LeaseAttrs};
+use crate::registry_events::WatchEvent;
+use crate::subnet::Subnet;
+
+/// Why the node no longer holds its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum LeaseLoss {
+    /// A full listing (first sync, or after compaction) does not have our key.
+    Missing { key: String },
+    /// Our key was deleted (by someone, or because its etcd lease expired).
+    Deleted { key: String },
+    /// Our key now holds another node's lease (`by`: its PublicIP), or a value that
+    /// is not a lease at all (`by: None`).
+    Overwritten { key: String, by: Option<Ipv4Addr> },
+}
+
+impl fmt::Display for LeaseLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseLoss::Missing { key } => write!(f, "our key {key} is gone from etcd"),
+            LeaseLoss::Deleted { key } => write!(f, "our key {key} was deleted"),
+            LeaseLoss::Overwritten { key, by: Some(ip) } => write!(
+                f,
+                "our key {key} was overwritten by another node (PublicIP {ip})"
+            ),
+            LeaseLoss::Overwritten { key, by: None } => {
+                write!(
+                    f,
+                    "our key {key} was overwritten with a value that is not a lease"
+                )
+            }
+        }
+    }
+}
+
+/// What the node holds, and since which etcd revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holding {
+    key: String,
+    since: i64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct OwnKeyWatch {
+    prefix: String,
+    public_ip: Ipv4Addr,
+    holding: Option<Holding>,
+}
+
+impl OwnKeyWatch {
+    /// For the node advertising `public_ip`, under etcd prefix `prefix`; holds nothing yet.
+    pub fn new(prefix: &str, public_ip: Ipv4Addr) -> Self {
+        OwnKeyWatch {
+            prefix: prefix.to_string(),
+            public_ip,
+            holding: None,
+        }
+    }
+
+    /// The node now holds `subnet`, claimed at etcd revision `since`.
+    pub fn hold(&mut self, subnet: Subnet, since: i64) {
+        self.holding = Some(Holding {
+            key: lease_key(&self.prefix, &subnet),
+            since,
+        });
+    }
+
+    /// The node lost its lease by other means (the keepalive) and is re-acquiring.
+    pub fn release(&mut self) {
+        self.holding = None;
+    }
+
+    /// The key held now, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.holding.as_ref().map(|h| h.key.as_str())
+    }
+
+    /// Interprets one watch event; `Some` (once) when it takes our subnet away.
+    pub fn handle(&mut self, ev: &WatchEvent) -> Option<LeaseLoss> {
+        let h = self.holding.as_ref()?;
+        if ev.revision() < h.since {
+            return None;
+        }
+        let loss = match ev {
+            WatchEvent::Snapshot(l) => {
+                if l.entries.iter().any(|e| e.key == h.key) {
+                    return None;
+                }
+                LeaseLoss::Missing { key: h.key.clone() }
+            }
+            WatchEvent::Delete { key, .. } if *key == h.key => {
+                LeaseLoss::Deleted { key: h.key.clone() }
+            }
+            WatchEvent::Put(e) if e.key == h.key => match LeaseAttrs::parse(&e.value) {
+                Ok(a) if a.public_ip == self.public_ip => return None,
+                Ok(a) => LeaseLoss::Overwritten {
+                    key: h.key.clone(),
+                    by: Some(a.public_ip),
+                },
+                Err(_) => LeaseLoss::Overwritten {
+                    key: h.key.clone(),
+                    by: None,
+                },
+            },
+            WatchEvent::Put(_) | WatchEvent::Delete { .. } => return None,
+        };
+        self.holding = None;
+        Some(loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry_events::{Entry, Listing};
+
+    const PREFIX: &str = "/coreos.com/network";
+    const OURS: &str = "/coreos.com/network/subnets/10.244.3.0-24";
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 13);
+    // Leases as vxmeshd writes them for lab nodes 3 and 2.
+    const OUR_VALUE: &str = r#"{"PublicIP":"192.168.100.13","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2b:75:0c:6d:8e"}}"#;
+    const THEIR_VALUE: &str = r#"{"PublicIP":"192.168.100.12","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2b:75:0c:6d:8d"}}"#;
+
+    fn entry(key: &str, value: &str, rev: i64) -> Entry {
+        Entry {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0x694d_8543_30fc_5110,
+        }
+    }
+
+    fn holding_at(rev: i64) -> OwnKeyWatch {
+        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        w.hold("10.244.3.0/24".parse().unwrap(), rev);
+        assert_eq!(w.key(), Some(OURS));
+        w
+    }
+
+    #[test]
+    fn our_own_writes_and_other_keys_change_nothing() {
+        let mut w = holding_at(10);
+        for ev in [
+            WatchEvent::Put(entry(OURS, OUR_VALUE, 11)),
+            WatchEvent::Put(entry(
+                "/coreos.com/network/subnets/10.244.2.0-24",
+                THEIR_VALUE,
+                12,
+            )),
+            WatchEvent::Delete {
+                key: "/coreos.com/network/subnets/10.244.2.0-24".into(),
+                revision: 13,
+            },
+            WatchEvent::Snapshot(Listing {
+                revision: 14,
+                entries: vec![entry(OURS, OUR_VALUE, 11)],
+            }),
+        ] {
+            assert_eq!(w.handle(&ev), None, "{ev:?}");
+        }
+        assert_eq!(w.key(), Some(OURS));
+    }
+
+    #[test]
+    fn a_listing_without_our_key_is_a_loss() {
+        let mut w = holding_at(10);
+        let ev = WatchEvent::Snapshot(Listing {
+            revision: 20,
+            entries: vec![entry(
+                "/coreos.com/network/subnets/10.244.2.0-24",
+                THEIR_VALUE,
+                5,
+            )],
+        });
+        let loss = w.handle(&ev).unwrap();
+        assert_eq!(loss, LeaseLoss::Missing { key: OURS.into() });
+        assert_eq!(
+            loss.to_string(),
+            "our key /coreos.com/network/subnets/10.244.3.0-24 is gone from etcd"
+        );
+        assert_eq!(w.key(), None);
+        assert_eq!(w.handle(&ev), None, "reported once");
+    }
+
+    #[test]
+    fn a_delete_of_our_key_is_a_loss() {
+        let mut w = holding_at(10);
+        let loss = w
+            .handle(&WatchEvent::Delete {
+                key: OURS.into(),
+                revision: 30,
+            })
+            .unwrap();
+        assert_eq!(
+            loss.to_string(),
+            "our key /coreos.com/network/subnets/10.244.3.0-24 was deleted"
+        );
+    }
+
+    #[test]
+    fn another_nodes_value_on_our_key_is_a_loss() {
+        let mut w = holding_at(10);
+        let loss = w
+            .handle(&WatchEvent::Put(entry(OURS, THEIR_VALUE, 31)))
+            .unwrap();
+        assert_eq!(
+            loss,
+            LeaseLoss::Overwritten {
+                key: OURS.into(),
+                by: Some(Ipv4Addr::new(192, 168, 100, 12))
+            }
+        );
+        assert!(loss.to_string().contains("PublicIP 192.168.100.12"));
+        let mut w = holding_at(10);
+        let loss = w
+            .handle(&WatchEvent::Put(entry(OURS, "garbage", 31)))
+            .unwrap();
+        assert_eq!(
+            loss,
+            LeaseLoss::Overwritten {
+                key: OURS.into(),
+                by: None
+            }
+        );
+    }
+
+    #[test]
+    fn news_older_than_our_claim_is_ignored() {
+        // The key expired at revision 40, the keepalive noticed first and the node
+        // re-claimed the same subnet at revision 42; the watch then delivers the
+        // delete of revision 40, and a listing taken at revision 41.
+        let mut w = holding_at(42);
+        assert_eq!(
+            w.handle(&WatchEvent::Delete {
+                key: OURS.into(),
+                revision: 40
+            }),
+            None
+        );
+        assert_eq!(
+            w.handle(&WatchEvent::Snapshot(Listing {
+                revision: 41,
+                entries: vec![]
+            })),
+            None
+        );
+        assert!(w
+            .handle(&WatchEvent::Delete {
+                key: OURS.into(),
+                revision: 43
+            })
+            .is_some());
+    }
+
+    #[test]
+    fn nothing_is_lost_while_nothing_is_held() {
+        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        let gone = WatchEvent::Delete {
+            key: OURS.into(),
+            revision: 50,
+        };
+        assert_eq!(w.handle(&gone), None);
+        w.hold("10.244.3.0/24".parse().unwrap(), 10);
+        w.release();
+        assert_eq!(w.handle(&gone), None);
+        // A new subnet: only its key matters.
+        w.hold("10.244.4.0/24".parse().unwrap(), 10);
+        assert_eq!(w.handle(&gone), None);
+    }
+}

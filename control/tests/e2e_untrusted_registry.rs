@@ -1,0 +1,236 @@
+//! Privileged end to end (root, network namespaces; VXMESH_PRIVILEGED_TESTS=1): a running
+//! 3-node netns lab (scripts/lab.sh) whose etcd prefix gets the hostile keys of issue 11
+//! written into it — a node's PublicIP as a /32, the default route, a subnet outside the
+//! Network, the whole Network, a /25 inside a live node's /24, a second key for a live
+//! node's subnet, a second lease claiming a live node's PublicIP, an oversized value.
+//! Cross-node pod traffic stays 6 of 6, no node gets a route for any of them, every node
+//! and `vxmeshctl leases` list them as rejected with their reason, and /metrics counts
+//! them. Then a reservation: a node's key made lease-less (flannel's way to pin a subnet)
+//! stays lease-less across a restart of that node's agent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::lab::Lab;
+use serde_json::Value;
+use vxmesh_testkit::{require_etcd, require_root, wait_for};
+
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+
+/// The etcd lease id attached to `key` (0: none, a reservation).
+fn lease_of(lab: &Lab, key: &str) -> i64 {
+    let out = lab.etcdctl(&["get", key, "-w", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["count"], 1, "{key} missing: {out}");
+    v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+}
+
+/// The rejected leases a node's agent reports: (key, reason).
+fn rejected(lab: &Lab, node: &str) -> Vec<(String, String)> {
+    lab.status(node)["node"]["rejected"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or("").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn hostile_keys_and_a_reservation_in_a_running_lab() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new("vxh", &[("VXLAB_PODS", "1"), ("VXLAB_IPERF_SECONDS", "1")]);
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    lab.check(6, "before");
+
+    let s1 = lab.subnet_of(1); // e.g. 10.244.94.0/24
+    let s2 = lab.subnet_of(2);
+    let n1_third = s1.split('.').nth(2).unwrap().to_string();
+    let n2_mac = lab.status("n2")["node"]["vtep_mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A free /24 for the lease that claims node 2's PublicIP.
+    let free = (1..=254u32)
+        .map(|i| format!("10.244.{i}.0/24"))
+        .find(|s| ![&s1, &s2, &lab.subnet_of(3)].contains(&s))
+        .unwrap();
+    let vxlan = |ip: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    let stranger = vxlan("192.168.100.70", "0e:00:00:00:00:70");
+    let hostile: Vec<(String, String, &str)> = vec![
+        // Measured before this check existed: every node routed node 2's underlay
+        // address into vxmesh0, cross-node traffic fell to 2 of 6.
+        (
+            "192.168.100.12-32".into(),
+            stranger.clone(),
+            "outside_network",
+        ),
+        ("0.0.0.0-0".into(), stranger.clone(), "outside_network"),
+        ("10.245.1.0-24".into(), stranger.clone(), "outside_network"),
+        ("10.244.0.0-16".into(), stranger.clone(), "wrong_subnet_len"),
+        (
+            format!("10.244.{n1_third}.128-25"),
+            stranger.clone(),
+            "wrong_subnet_len",
+        ),
+        (
+            format!("{}&fc00::-64", s2.replace('/', "-")),
+            vxlan("192.168.100.71", "0e:00:00:00:00:71"),
+            "overlap",
+        ),
+        (
+            free.replace('/', "-"),
+            vxlan("192.168.100.12", "0e:00:00:00:00:72"),
+            "duplicate_public_ip",
+        ),
+        ("10.244.255.0-24".into(), " ".repeat(8192), "too_large"),
+    ];
+    for (k, v, _) in &hostile {
+        lab.etcdctl(&["put", &format!("{SUBNETS}{k}"), v]);
+    }
+    let all_judged = wait_for(Duration::from_secs(10), || {
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| rejected(&lab, n).len() >= hostile.len())
+    });
+
+    // Traffic and routes first: what an operator would notice.
+    lab.check(6, "with every hostile key in etcd");
+    for n in ["n1", "n2", "n3"] {
+        let routes = lab.routes(n);
+        for bad in [
+            "192.168.100.12 ",
+            "default",
+            "10.245.1.0/24",
+            "10.244.0.0/16",
+            &format!("10.244.{n1_third}.128/25"),
+            &free,
+        ] {
+            assert!(
+                !routes
+                    .lines()
+                    .any(|l| l.starts_with(bad) && l.contains("vxmesh0")),
+                "{n} routes {bad} into the overlay:\n{routes}"
+            );
+        }
+        if n != "n2" {
+            let neigh = lab.ip_json(n, &["neigh", "show", "dev", "vxmesh0"]);
+            let text = neigh.to_string();
+            assert!(text.contains(&n2_mac), "{n}: node 2's VtepMAC kept: {text}");
+            assert!(
+                !text.contains("0e:00:00:00:00:71") && !text.contains("0e:00:00:00:00:72"),
+                "{n}: a hostile VtepMAC in the neighbours: {text}"
+            );
+        }
+    }
+    println!("no route for any hostile key on any node");
+
+    // Every node lists each key as rejected, with its reason, and counts it.
+    assert!(all_judged.is_some(), "not every node judged every key");
+    for n in ["n1", "n2", "n3"] {
+        let got = rejected(&lab, n);
+        for (k, _, reason) in &hostile {
+            let key = format!("{SUBNETS}{k}");
+            assert!(
+                got.iter().any(|(gk, gr)| *gk == key && gr == reason),
+                "{n}: {key} not rejected as {reason}: {got:?}"
+            );
+        }
+        let metrics = lab.exec(n, &["curl", "-sf", "http://127.0.0.1:8471/metrics"]);
+        for line in [
+            "vxmesh_rejected_leases{reason=\"outside_network\"} 3",
+            "vxmesh_rejected_leases{reason=\"wrong_subnet_len\"} 2",
+            "vxmesh_rejected_leases{reason=\"overlap\"} 1",
+            "vxmesh_rejected_leases{reason=\"duplicate_public_ip\"} 1",
+            "vxmesh_rejected_leases{reason=\"too_large\"} 1",
+            "vxmesh_peers 2",
+        ] {
+            assert!(metrics.contains(line), "{n}: no {line:?} in\n{metrics}");
+        }
+    }
+    // vxmeshctl leases reads etcd and judges with the agents' own table.
+    let ctl = lab.bin.join("vxmeshctl");
+    let leases: Value = serde_json::from_str(&lab.exec(
+        "n1",
+        &[
+            ctl.to_str().unwrap(),
+            "--etcd-endpoints",
+            "http://192.168.100.2:2379",
+            "leases",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let rows = leases.as_array().unwrap();
+    assert_eq!(rows.len(), 3 + hostile.len());
+    for (k, _, reason) in &hostile {
+        let key = format!("{SUBNETS}{k}");
+        let row = rows.iter().find(|r| r["key"] == key.as_str()).unwrap();
+        assert_eq!(row["status"], "rejected", "{row}");
+        assert_eq!(row["reason"], *reason, "{row}");
+    }
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] == "ok").count(),
+        3,
+        "the three nodes"
+    );
+
+    // Gone again: nothing rejected, traffic as before.
+    for (k, _, _) in &hostile {
+        lab.etcdctl(&["del", &format!("{SUBNETS}{k}")]);
+    }
+    assert!(wait_for(Duration::from_secs(10), || {
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| rejected(&lab, n).is_empty())
+    })
+    .is_some());
+    lab.check(6, "after the hostile keys were removed");
+
+    // A reservation: node 3's key rewritten without an etcd lease, as flannel's docs
+    // say (`etcdctl put KEY "$(etcdctl get --print-value-only KEY)"`).
+    let s3 = lab.subnet_of(3);
+    let k3 = format!("{SUBNETS}{}", s3.replace('/', "-"));
+    assert_ne!(lease_of(&lab, &k3), 0, "an ordinary lease first");
+    let value = lab.etcdctl(&["get", "--print-value-only", &k3]);
+    lab.etcdctl(&["put", &k3, value.trim()]);
+    assert_eq!(lease_of(&lab, &k3), 0);
+    let (ok, out) = lab.cmd(&["restart-agent", "3"]);
+    assert!(ok, "{out}");
+    assert_eq!(lab.subnet_of(3), s3, "same subnet after the restart");
+    assert_eq!(
+        lease_of(&lab, &k3),
+        0,
+        "the reservation must not be rewritten under a TTL lease"
+    );
+    let st = lab.status("n3");
+    assert_eq!(st["node"]["reservation"], true, "{}", st["node"]);
+    let metrics = lab.exec("n3", &["curl", "-sf", "http://127.0.0.1:8471/metrics"]);
+    assert!(metrics.contains("vxmesh_lease_reservation 1"), "{metrics}");
+    lab.check(6, "with node 3 on a reservation");
+    // Still a reservation a while later (no keepalive put it under a lease).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lease_of(&lab, &k3), 0);
+    println!("node 3 holds {s3} as a reservation across a restart");
+
+    let prefix = lab.prefix.clone();
+    drop(lab);
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&left.stdout).contains(&prefix));
+}
