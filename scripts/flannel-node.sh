@@ -15,9 +15,11 @@
 #   4. address <subnet>.0/32 on the device, up; write the subnet file (FLANNEL_IPMASQ=false,
 #      flanneld's default);
 #   5. follow the other leases (polling every 0.3 s): per vxlan lease, neighbour, fdb entry and
-#      onlink route, in that order (`replace`); per vanished lease, the three deletes. Like
-#      flanneld it does not delete the old fdb entry when a peer's VtepMAC changes, and exits
-#      when its own lease disappears ("Lease has been revoked").
+#      onlink route, in that order (`replace`); per vanished lease, the three deletes. With
+#      Backend.DirectRouting, a lease whose PublicIP `ip route get` finds directly connected
+#      (one route, no gateway) gets only `ip route replace <subnet> via <PublicIP>` instead, as
+#      flanneld does. Like flanneld it does not delete the old fdb entry when a peer's VtepMAC
+#      changes, and exits when its own lease disappears ("Lease has been revoked").
 # SIGTERM leaves the device and routes in place (flanneld does the same).
 #
 #   flannel-node.sh --etcd-endpoints URL --iface IFACE --subnet-file PATH [--etcd-prefix P]
@@ -78,9 +80,10 @@ vni=$(jq -r "$JQ_CI ci(\"Backend\") | ci(\"VNI\") // 1" <<<"$cfg"); [ "$vni" != 
 port=$(jq -r "$JQ_CI ci(\"Backend\") | ci(\"Port\") // 0" <<<"$cfg"); [ "$port" != 0 ] || port=8472
 iface_mtu=$(ip -j link show "$IFACE" | jq -r '.[0].mtu')
 mtu=$(jq -r "$JQ_CI ci(\"Backend\") | ci(\"MTU\") // 0" <<<"$cfg"); [ "$mtu" != 0 ] || mtu=$iface_mtu
+direct_routing=$(jq -r "$JQ_CI ci(\"Backend\") | ci(\"DirectRouting\") // false" <<<"$cfg")
 public_ip=$(ip -j -4 addr show dev "$IFACE" | jq -r '.[0].addr_info[0].local // empty')
 [ -n "$public_ip" ] || die "$IFACE has no IPv4 address"
-log "config: Network $network SubnetLen $subnet_len pool $(int2ip "$smin")-$(int2ip "$smax") VNI $vni Port $port MTU $mtu PublicIP $public_ip"
+log "config: Network $network SubnetLen $subnet_len pool $(int2ip "$smin")-$(int2ip "$smax") VNI $vni Port $port MTU $mtu DirectRouting $direct_routing PublicIP $public_ip"
 
 # 2. The device.
 dev="flannel.$vni"
@@ -168,6 +171,13 @@ mv "$SUBNET_FILE.tmp" "$SUBNET_FILE"
 log "wrote $SUBNET_FILE; following leases"
 
 # 5. Follow the others.
+# flannel's ip.DirectRouting: DirectRouting on, and `ip route get <PublicIP>` is a single route
+# without a gateway (directly connected).
+direct() {
+  [ "$direct_routing" = true ] || return 1
+  local r; r=$(ip -j route get "$1" 2>/dev/null) || return 1
+  [ "$(jq 'length' <<<"$r")" = 1 ] && [ "$(jq -r '.[0].gateway // empty' <<<"$r")" = "" ]
+}
 declare -A have=() skipped=()
 while :; do
   if ! list=$(leases); then sleep 1; continue; fi
@@ -187,20 +197,30 @@ while :; do
     [ "${have[$k]:-}" != "${want[$k]}" ] || continue
     read -r pip vmac <<<"${want[$k]}"
     a=${k%-*}
-    log "adding subnet: $k PublicIP: $pip VtepMAC: $vmac"
-    ip neigh replace "$a" lladdr "$vmac" dev "$dev" nud permanent
-    bridge fdb replace "$vmac" dev "$dev" dst "$pip" self permanent
-    ip route replace "$a/${k#*-}" via "$a" dev "$dev" onlink
+    if direct "$pip"; then
+      log "Adding direct route to subnet: $k PublicIP: $pip"
+      ip route replace "$a/${k#*-}" via "$pip"
+    else
+      log "adding subnet: $k PublicIP: $pip VtepMAC: $vmac"
+      ip neigh replace "$a" lladdr "$vmac" dev "$dev" nud permanent
+      bridge fdb replace "$vmac" dev "$dev" dst "$pip" self permanent
+      ip route replace "$a/${k#*-}" via "$a" dev "$dev" onlink
+    fi
     have[$k]=${want[$k]}
   done
   for k in "${!have[@]}"; do
     [ -z "${want[$k]:-}" ] || continue
     read -r pip vmac <<<"${have[$k]}"
     a=${k%-*}
-    log "removing subnet: $k PublicIP: $pip VtepMAC: $vmac"
-    ip neigh del "$a" dev "$dev" 2>/dev/null || true
-    bridge fdb del "$vmac" dev "$dev" dst "$pip" self 2>/dev/null || true
-    ip route del "$a/${k#*-}" via "$a" dev "$dev" onlink 2>/dev/null || true
+    if direct "$pip"; then
+      log "Removing direct route to subnet: $k PublicIP: $pip"
+      ip route del "$a/${k#*-}" via "$pip" 2>/dev/null || true
+    else
+      log "removing subnet: $k PublicIP: $pip VtepMAC: $vmac"
+      ip neigh del "$a" dev "$dev" 2>/dev/null || true
+      bridge fdb del "$vmac" dev "$dev" dst "$pip" self 2>/dev/null || true
+      ip route del "$a/${k#*-}" via "$a" dev "$dev" onlink 2>/dev/null || true
+    fi
     unset "have[$k]"
   done
   unset want

@@ -7,6 +7,7 @@ set -euo pipefail
 PACKAGES=(
   etcd-server etcd-client          # the registry (etcd v3 API)
   iproute2 iputils-ping iptables   # namespaces, links, routes; ping; masquerade rules
+  nftables                         # nft: the masquerade rules with EnableNFTables (tests/masq_backends.rs)
   iperf3 jq tcpdump tshark ethtool # throughput checks, JSON, captures (tshark decodes VXLAN), NIC offloads
   protobuf-compiler                # etcd-client's build needs protoc
   libprotobuf-dev                  # ... and the well-known types it imports (google/protobuf/descriptor.proto):

@@ -11,6 +11,8 @@
 #   ${PREFIX}-sw      the underlay switch: bridge br0
 #   ${PREFIX}-etcd    single-member etcd on 192.168.100.2:2379
 #   ${PREFIX}-n<i>    node i: eth0 = 192.168.100.1<i>/24, vxmeshd (or a flannel node), bridge cni0
+#                     (with VXLAB_L2, a node on L2 segment s > 1 is 192.168.(99+s).1<i>/24 on
+#                     bridge br<s-1>, and the switch namespace routes between the segments)
 #   ${PREFIX}-n<i>-p<j>  pod j of node i: eth0 on cni0, address from the node's subnet
 # Nothing is configured in the root namespace beyond creating these namespaces.
 #
@@ -22,6 +24,9 @@
 # vxmeshd with that --dataplane; "flannel" runs scripts/flannel-node.sh, a node configured the
 # way flanneld's vxlan backend configures it — a mixed cluster, e.g. "userspace kernel flannel"),
 # VXLAB_BACKEND (the config's Backend object, default {"Type":"vxlan"}),
+# VXLAB_L2 (one number per node, default all 1: the L2 segment the node's eth0 is on; segments
+# other than 1 are separate subnets 192.168.(99+s).0/24 joined through a router in the switch
+# namespace, e.g. "1 1 2" for two nodes on one L2 network and a third behind a router),
 # VXLAB_ETCD_SECURE=1 (etcd as production runs it: https only, client certificates required,
 # `auth enable` with a user for the nodes; the lab's CA, certificates and passwords are made in
 # $VXLAB_STATE/pki, and nodes get them as VXMESHD_ETCD_* variables).
@@ -46,6 +51,7 @@ IPERF_SECONDS=${VXLAB_IPERF_SECONDS:-3}
 CNI_PATH_REF=${VXLAB_CNI_PATH:-/usr/lib/cni}
 AGENT_ARGS=${VXLAB_AGENT_ARGS:-}
 read -r -a DATAPLANES <<<"${VXLAB_DATAPLANES:-}"
+read -r -a L2S <<<"${VXLAB_L2:-}"
 BACKEND=${VXLAB_BACKEND:-}
 # shellcheck source-path=SCRIPTDIR source=lib/cluster.sh
 . "$ROOT/scripts/lib/cluster.sh"
@@ -65,12 +71,15 @@ log() { printf '%s [lab %s] %s\n' "$(date +%H:%M:%S)" "$PREFIX" "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 node() { echo "$PREFIX-n$1"; }
 pod() { echo "$PREFIX-n$1-p$2"; }
-node_ip() { echo "192.168.100.$((10 + $1))"; }
+# Node i's L2 segment: as the lab was brought up, else from VXLAB_L2 (default 1).
+segment() { cat "$STATE/n$1/l2" 2>/dev/null || echo "${L2S[$(($1 - 1))]:-1}"; }
+node_ip() { echo "192.168.$((99 + $(segment "$1"))).$((10 + $1))"; }
+bridge_of() { echo "br$(($(segment "$1") - 1))"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 need() {
   local missing=()
-  for c in ip etcd etcdctl iperf3 ping jq ethtool; do command -v "$c" >/dev/null || missing+=("$c"); done
+  for c in ip etcd etcdctl iperf3 ping jq; do command -v "$c" >/dev/null || missing+=("$c"); done
   for b in vxmeshd vxmeshctl vxmesh; do [ -x "$BIN/$b" ] || missing+=("$BIN/$b"); done
   for p in bridge host-local; do [ -x "$CNI_PATH_REF/$p" ] || missing+=("$CNI_PATH_REF/$p"); done
   [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (run scripts/install-deps.sh and cargo build --release)"
@@ -142,12 +151,6 @@ agent_cmd() {
 start_agent() {
   local i=$1 n; n=$(node "$i")
   [ -z "${2:-}" ] || echo "$2" >"$STATE/n$i/dataplane"
-  if [ "$(dataplane "$i")" != userspace ]; then
-    # A kernel vxlan device leaves the inner TCP/UDP checksum to the NIC (CHECKSUM_PARTIAL), and
-    # a veth never fills it in: a userspace receiver on another node would get it unfinished. A
-    # real NIC finishes checksums on the wire; without tx offload on eth0 the kernel does it.
-    in_ns "$n" ethtool -K eth0 tx off >/dev/null 2>&1 || log "warning: ethtool -K eth0 tx off failed on $n"
-  fi
   # Secure mode: TLS files and the nodes' etcd user reach the agent through its environment
   # (as from the systemd unit's EnvironmentFile), never its command line.
   (
@@ -260,15 +263,31 @@ cmd_up() {
   ip -n "$SW" link add etcd type veth peer name eth0 netns "$ETCD_NS"
   ip -n "$SW" link set etcd master br0 up
   ip -n "$ETCD_NS" addr add "$ETCD_IP/24" dev eth0; ip -n "$ETCD_NS" link set eth0 up
-  local i
+  local i s segments
+  segments=$(for i in $(seq "$NODES"); do segment "$i"; done | sort -un)
+  for s in $segments; do
+    [[ $s =~ ^[1-9][0-9]?$ ]] || die "VXLAB_L2: segment '$s' is not a number 1-99"
+    [ "$s" = 1 ] || { ip -n "$SW" link add "br$((s - 1))" type bridge; ip -n "$SW" link set "br$((s - 1))" up; }
+  done
+  if [ "$(wc -w <<<"$segments")" -gt 1 ]; then
+    # A routed underlay: the switch namespace is the router (192.168.<99+s>.1 on each segment).
+    log "routed underlay: L2 segments $(echo "$segments" | tr '\n' ' ')joined by a router in $SW"
+    for s in $segments; do ip -n "$SW" addr add "192.168.$((99 + s)).1/24" dev "br$((s - 1))"; done
+    ip netns exec "$SW" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$ETCD_NS" route add default via 192.168.100.1
+  fi
   for i in $(seq "$NODES"); do
     ip netns add "$(node "$i")"; ip -n "$(node "$i")" link set lo up
     ip -n "$SW" link add "n$i" type veth peer name eth0 netns "$(node "$i")"
-    ip -n "$SW" link set "n$i" master br0 up
+    ip -n "$SW" link set "n$i" master "$(bridge_of "$i")" up
     ip -n "$(node "$i")" addr add "$(node_ip "$i")/24" dev eth0
     ip -n "$(node "$i")" link set eth0 up
+    if [ "$(wc -w <<<"$segments")" -gt 1 ]; then
+      ip -n "$(node "$i")" route add default via "192.168.$((99 + $(segment "$i"))).1"
+    fi
     mkdir -p "$STATE/n$i"
     echo "${DATAPLANES[$((i - 1))]:-userspace}" >"$STATE/n$i/dataplane"
+    s=$(segment "$i"); echo "$s" >"$STATE/n$i/l2"
   done
 
   case $SECURE in

@@ -20,6 +20,7 @@
 //! Shell (files, processes, namespaces):
 //! - [`state`]: per-attachment state files under a locked data directory.
 //! - [`exec`]: finding and running the delegate.
+//! - [`flannel`]: state files flannel's CNI plugin left (for a node migrated from it).
 //! - [`netns`]: looking into the container's network namespace.
 //! - [`plugin`]: the six operations, tying it together.
 
@@ -27,6 +28,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod flannel;
 pub mod netconf;
 pub mod netns;
 pub mod plugin;

@@ -12,9 +12,10 @@ use serde_json::{json, Map, Value};
 use vxmesh_subnet_env::{SubnetEnv, SubnetEnvError};
 
 use crate::delegate;
-use crate::env::{self, Attachment, CmdArgs, Command};
+use crate::env::{self, Attachment, CmdArgs, Command, ContainerId, IfName};
 use crate::error::{code, CniError};
 use crate::exec::{self, EnvChange};
+use crate::flannel;
 use crate::netconf::{self, NetConf};
 use crate::netns;
 use crate::result::CniResult;
@@ -400,11 +401,7 @@ fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     let att = attachment_of(args)?;
     let state = lock_state(nc)?;
     let Some(bytes) = state.load(att).map_err(|e| state_error(&nc.data_dir, e))? else {
-        log(format!(
-            "DEL {}/{}: no state, nothing to do",
-            att.container_id, att.ifname
-        ));
-        return Ok(());
+        return del_flannel(args, nc, att);
     };
     let Some(saved) = parse_saved(&bytes) else {
         log(format!(
@@ -416,14 +413,7 @@ fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         ));
         return state.remove(att).map_err(|e| state_error(&nc.data_dir, e));
     };
-    let netns = args.netns.as_deref().filter(|p| Path::new(p).exists());
-    if netns.is_none() {
-        if let Some(gone) = &args.netns {
-            log(format!(
-                "DEL: CNI_NETNS {gone} is gone; releasing the address only"
-            ));
-        }
-    }
+    let netns = existing_netns(args);
     log(format!("DEL {}/{}", att.container_id, att.ifname));
     delegate_del(
         &saved,
@@ -433,6 +423,79 @@ fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         Some(nc),
     )?;
     state.remove(att).map_err(|e| state_error(&nc.data_dir, e))
+}
+
+/// CNI_NETNS if it still exists; DEL without it only releases the address (the veth went
+/// with the namespace).
+fn existing_netns(args: &CmdArgs) -> Option<&str> {
+    let netns = args.netns.as_deref().filter(|p| Path::new(p).exists());
+    if netns.is_none() {
+        if let Some(gone) = &args.netns {
+            log(format!(
+                "DEL: CNI_NETNS {gone} is gone; releasing the address only"
+            ));
+        }
+    }
+    netns
+}
+
+/// Looks for flannel's state of this attachment (see [`flannel`]); read errors are returned.
+fn flannel_state(nc: &NetConf, att: &Attachment) -> Result<Option<flannel::Found>, CniError> {
+    let dirs = flannel::data_dirs(nc);
+    let found = flannel::lookup(&dirs, &att.container_id, &nc.name).map_err(|e| {
+        CniError::new(
+            code::IO,
+            format!(
+                "cannot read flannel's state for container {}",
+                att.container_id
+            ),
+            format!(
+                "{e}; looked in {}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    for why in &found.skipped {
+        log(format!("flannel state: {why}"));
+    }
+    Ok(found.found)
+}
+
+/// DEL of an attachment vxmesh has no state for: if flannel's CNI plugin made it (its state
+/// file for this network, see [`flannel`]), release it as flannel's DEL does — the delegate's
+/// DEL with the saved bytes unchanged — and then remove flannel's file.
+fn del_flannel(args: &CmdArgs, nc: &NetConf, att: &Attachment) -> Result<(), CniError> {
+    let Some(found) = flannel_state(nc, att)? else {
+        log(format!(
+            "DEL {}/{}: no state, nothing to do",
+            att.container_id, att.ifname
+        ));
+        return Ok(());
+    };
+    let dtype = saved_type(&found.config)?;
+    let plugin = exec::require_plugin(dtype, &args.cni_path)?;
+    log(format!(
+        "DEL {}/{}: made by flannel's plugin ({}); releasing through delegate {}",
+        att.container_id,
+        att.ifname,
+        found.path.display(),
+        plugin.display()
+    ));
+    let netns = existing_netns(args);
+    exec::run(
+        &plugin,
+        &[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", netns)],
+        &found.bytes,
+    )?;
+    // flannel ignores a failure to remove its file here ("safe to continue during DEL"); a
+    // file left behind only makes the next DEL repeat the delegate's (idempotent) DEL.
+    if let Err(e) = flannel::remove(&found.path) {
+        log(format!("cannot remove {}: {e}", found.path.display()));
+    }
+    Ok(())
 }
 
 fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
@@ -454,23 +517,30 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     }
     let subnet_env = load_subnet_env(&nc.subnet_file)?;
     let state = lock_state(nc)?;
-    let saved = state
+    let own = state
         .load(att)
         .map_err(|e| state_error(&nc.data_dir, e))?
-        .and_then(|b| parse_saved(&b))
-        .ok_or_else(|| {
-            CniError::new(
-                code::NO_STATE,
-                format!(
-                    "no state for container {} interface {}",
-                    att.container_id, att.ifname
-                ),
-                format!(
-                    "{} is missing: the attachment was not made by vxmesh on this node, or was deleted",
-                    state.path_of(att).display()
-                ),
-            )
-        })?;
+        .and_then(|b| parse_saved(&b));
+    // An attachment flannel's plugin made is checked with the config flannel saved (flannel's
+    // own CHECK does nothing).
+    let flannels = match own {
+        Some(_) => None,
+        None => flannel_state(nc, att)?.map(|f| f.config),
+    };
+    let saved = own.or(flannels).ok_or_else(|| {
+        CniError::new(
+            code::NO_STATE,
+            format!(
+                "no state for container {} interface {}",
+                att.container_id, att.ifname
+            ),
+            format!(
+                "{} is missing and flannel's plugin left no state for it: the attachment \
+                     was not made on this node, or was deleted",
+                state.path_of(att).display()
+            ),
+        )
+    })?;
     if let (Some(was), Some(now)) = (delegate::saved_subnet(&saved), subnet_env.subnet) {
         let now = format!("{}/{}", now.network(), now.prefix());
         if was != now {
@@ -603,6 +673,7 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             )),
         }
     }
+    errors.extend(gc_flannel(args, nc, valid));
     // Forwarded under the lock too, so an ADD in flight cannot lose its fresh IPAM
     // reservation to a delegate GC that does not know it yet.
     match load_subnet_env(&nc.subnet_file) {
@@ -639,6 +710,97 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             ))
         }
     }
+}
+
+/// GC of the attachments flannel's plugin made for this network. flannel's file names only
+/// the container, so one is kept while its container has any valid attachment. A stale one is
+/// released as its DEL would be, once for each interface host-local has reserved an address
+/// for that container (read from host-local's reservation files: the DEL must name the
+/// interface); then flannel's file is removed. With another IPAM the interface cannot be
+/// known, and the file is left for the runtime's DEL.
+fn gc_flannel(
+    args: &CmdArgs,
+    nc: &NetConf,
+    valid: &std::collections::BTreeSet<(ContainerId, IfName)>,
+) -> Vec<CniError> {
+    let live: std::collections::BTreeSet<&ContainerId> = valid.iter().map(|(c, _)| c).collect();
+    let io =
+        |what: &Path, e: io::Error| CniError::new(code::IO, format!("{}: {e}", what.display()), "");
+    let mut errors = Vec::new();
+    for dir in flannel::data_dirs(nc) {
+        let cids = match flannel::list(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(io(&dir, e));
+                continue;
+            }
+        };
+        for cid in cids.into_iter().filter(|c| !live.contains(c)) {
+            let path = dir.join(cid.as_str());
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    errors.push(io(&path, e));
+                    continue;
+                }
+            };
+            let flannel::Saved::Ours(config) = flannel::classify(&bytes, &nc.name) else {
+                continue;
+            };
+            let Some(reservations) = flannel::host_local_dir(&config) else {
+                log(format!(
+                    "GC: {} (made by flannel's plugin) names no interface and its IPAM is not                      host-local; left in place: the runtime's DEL releases it",
+                    path.display()
+                ));
+                continue;
+            };
+            let reserved = match flannel::read_reservations(&reservations) {
+                Ok(files) => flannel::reserved_for(&cid, files.iter().map(String::as_str)),
+                Err(e) => {
+                    errors.push(io(&reservations, e));
+                    continue;
+                }
+            };
+            let mut ifnames: Vec<&str> = reserved.ifnames.iter().map(String::as_str).collect();
+            if reserved.legacy && ifnames.is_empty() {
+                // host-local releases a reservation without an interface name for any name.
+                ifnames.push("eth0");
+            }
+            log(format!(
+                "GC: removing stale attachment {} made by flannel's plugin (interfaces: [{}])",
+                path.display(),
+                ifnames.join(" ")
+            ));
+            let mut released = true;
+            for ifname in ifnames {
+                let env: [EnvChange<'_>; 5] = [
+                    ("CNI_COMMAND", Some("DEL")),
+                    ("CNI_CONTAINERID", Some(cid.as_str())),
+                    ("CNI_IFNAME", Some(ifname)),
+                    ("CNI_NETNS", None),
+                    ("CNI_ARGS", None),
+                ];
+                let run = saved_type(&config)
+                    .and_then(|t| exec::require_plugin(t, &args.cni_path))
+                    .and_then(|plugin| exec::run(&plugin, &env, &bytes));
+                if let Err(e) = run {
+                    released = false;
+                    errors.push(CniError::new(
+                        e.code,
+                        format!("{}: {}", path.display(), e.msg),
+                        e.details,
+                    ));
+                }
+            }
+            if released {
+                if let Err(e) = flannel::remove(&path) {
+                    errors.push(io(&path, e));
+                }
+            }
+        }
+    }
+    errors
 }
 
 fn cmd_status(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {

@@ -32,7 +32,7 @@ pub use crate::handover::node::Launch;
 use crate::handover::node::{self as handover, NodeHandover};
 use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
-use crate::masq::{Ensured, Rules};
+use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
@@ -206,6 +206,16 @@ async fn lease_task(
                         tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
                     }
                 }
+                state.event(
+                    "lease_acquired",
+                    match changed_from {
+                        Some(old) => format!("subnet {subnet} (lost {old} to another node)"),
+                        None if lease_id == 0 => format!("subnet {subnet} (reservation)"),
+                        None => {
+                            format!("subnet {subnet} lease {lease_id:x} ttl {}s", ttl.as_secs())
+                        }
+                    },
+                );
                 state
                     .lease_reacquisitions
                     .store(machine.reacquisitions(), Ordering::Relaxed);
@@ -373,7 +383,7 @@ async fn keep_iptables(
         match r {
             Ok(Ensured::Intact | Ensured::Applied) => {
                 if failing {
-                    tracing::info!("iptables rules in place again");
+                    tracing::info!("{} rules in place again", rules.backend.name());
                     failing = false;
                 }
             }
@@ -382,12 +392,16 @@ async fn keep_iptables(
                 tracing::warn!(
                     missing,
                     extra,
-                    "iptables rules were changed behind vxmesh's back (firewall reload? iptables -F?); restored"
+                    "{} rules were changed behind vxmesh's back (firewall reload? iptables -F? nft flush ruleset?); restored",
+                    rules.backend.name()
                 );
             }
             Err(e) => {
                 if !failing {
-                    tracing::error!("cannot keep the iptables rules in place: {e}");
+                    tracing::error!(
+                        "cannot keep the {} rules in place: {e}",
+                        rules.backend.name()
+                    );
                     failing = true;
                 }
                 state.update(|i| i.last_error = Some(e.to_string()));
@@ -455,10 +469,41 @@ async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &Agen
 fn record_skips(skips: &[Skip], state: &AgentState) {
     for s in skips {
         tracing::warn!(key = %s.key, reason = s.rejection.reason.as_str(), "ignoring lease: {}", s.rejection.why);
+        state.event(
+            "peer_rejected",
+            format!(
+                "{}: {} ({})",
+                s.key,
+                s.rejection.why,
+                s.rejection.reason.as_str()
+            ),
+        );
     }
     state
         .skipped_leases
         .fetch_add(skips.len() as u64, Ordering::Relaxed);
+}
+
+/// Records peer changes as events.
+fn record_changes(changes: &[PeerChange], state: &AgentState) {
+    for c in changes {
+        match c {
+            PeerChange::Added(p) => state.event(
+                "peer_added",
+                format!("{} via {} mac {}", p.subnet, p.public_ip, p.vtep_mac),
+            ),
+            PeerChange::Updated { old, new } => state.event(
+                "peer_changed",
+                format!(
+                    "{}: {} mac {} -> {} mac {}",
+                    new.subnet, old.public_ip, old.vtep_mac, new.public_ip, new.vtep_mac
+                ),
+            ),
+            PeerChange::Removed(p) => {
+                state.event("peer_removed", format!("{} via {}", p.subnet, p.public_ip))
+            }
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` resolves (or a successor takes over).
@@ -486,6 +531,7 @@ pub async fn run_with(
         i.tap = Some(opts.tap_name.to_string());
         i.etcd = Some(opts.etcd.describe());
     });
+    let _ = state.lease.events.set(Arc::clone(&state.events));
     let nl = Netlink::connect()?;
     let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
@@ -573,6 +619,8 @@ pub async fn run_with(
         offloads: opts.offloads,
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
+        network: cfg.network,
+        direct_routing: cfg.backend.direct_routing,
     };
     let dp = ho
         .start_dataplane(opts.dataplane, &nl, &setup, &state)
@@ -586,11 +634,18 @@ pub async fn run_with(
                 masquerade: opts.ip_masq,
                 random_fully: opts.masq_random_fully,
                 forward: opts.iptables_forward_rules,
+                backend: if cfg.enable_nftables {
+                    Backend::Nftables
+                } else {
+                    Backend::Iptables
+                },
             },
             subnet_file: opts.subnet_file.clone(),
         },
         nl,
         dp,
+        pool_cfg: cfg.clone(),
+        pool_alarm: crate::pool::PoolAlarm::default(),
         peers: PeerTable::new(
             PeerRules::from_config(&cfg),
             Some(LocalNode {
@@ -680,6 +735,9 @@ struct Running {
     state: Arc<AgentState>,
     files: NodeFiles,
     peers: PeerTable,
+    /// The pool's bounds (for its usage) and the 90 % warning.
+    pool_cfg: crate::config::NetworkConfig,
+    pool_alarm: crate::pool::PoolAlarm,
     own_key: OwnKeyWatch,
     /// The lease held now (or last, while re-acquiring).
     own: Held,
@@ -740,6 +798,8 @@ impl Running {
             // Lost: keep forwarding (pods keep working) until re-acquired.
             self.own_key.release();
             self.state.ready.lease.store(false, Ordering::Relaxed);
+            self.state
+                .event("lease_lost", format!("subnet {}", self.own.subnet));
             return Ok(());
         };
         if h.subnet != self.own.subnet {
@@ -747,6 +807,7 @@ impl Running {
             let mut skips = Vec::new();
             let changes = self.peers.set_own(Some(h.subnet), &mut skips);
             record_skips(&skips, &self.state);
+            record_changes(&changes, &self.state);
             self.dp.publish(&self.peers);
             program(&self.nl, &self.dp, &changes, &self.state).await;
             self.show_peers();
@@ -768,6 +829,7 @@ impl Running {
             WatchEvent::Delete { key, .. } => self.peers.delete(key, &mut skips),
         };
         record_skips(&skips, &self.state);
+        record_changes(&changes, &self.state);
         self.dp.publish(&self.peers);
         let mut ok = program(&self.nl, &self.dp, &changes, &self.state).await;
         if full_listing {
@@ -781,7 +843,7 @@ impl Running {
     }
 
     /// Shows the peers and the rejected leases in /v1/status and /metrics.
-    fn show_peers(&self) {
+    fn show_peers(&mut self) {
         let peers: Vec<_> = self.peers.peers().copied().collect();
         let rejected: Vec<RejectedLease> = self
             .peers
@@ -796,6 +858,19 @@ impl Running {
             i.peers = peers;
             i.rejected = rejected;
         });
+        let usage = crate::pool::PoolUsage::of(
+            &self.pool_cfg,
+            self.peers
+                .verdicts()
+                .filter_map(|(key, _)| crate::lease::parse_lease_key(key)),
+        );
+        if let Some(w) = self.pool_alarm.observe(usage) {
+            tracing::warn!("{w}");
+            self.state.event("pool_nearly_full", w);
+        }
+        if let Ok(mut g) = self.state.pool.lock() {
+            *g = Some(usage);
+        }
     }
 
     /// Restores the overlay device's MAC (and every peer's state) if someone changed it.

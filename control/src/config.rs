@@ -29,6 +29,9 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: VxlanBackend,
+    /// `EnableNFTables` (flannel ≥ 0.25): masquerade/forward rules in a native nftables
+    /// table instead of iptables chains.
+    pub enable_nftables: bool,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
 }
@@ -41,6 +44,9 @@ pub struct VxlanBackend {
     /// Backend.MTU: as in flannel, the MTU to assume for the underlay instead of
     /// the interface's; the overlay device and FLANNEL_MTU get this minus 50.
     pub mtu: Option<u32>,
+    /// Backend.DirectRouting: peers on the underlay's own L2 network are routed via
+    /// their PublicIP without encapsulation (see `node_dataplane::direct`).
+    pub direct_routing: bool,
 }
 
 impl VxlanBackend {
@@ -129,11 +135,16 @@ impl NetworkConfig {
                 "IPv6 settings found: vxmesh carries IPv4 only; IPv6 fields are ignored".into(),
             );
         }
-        if field(&obj, "EnableNFTables") == Some(&Value::Bool(true)) {
-            notes.push(
-                "EnableNFTables is true: vxmesh still writes its masquerade/forward rules with iptables (iptables-nft puts them into nftables' iptables-compatible tables); native nftables tables are not implemented".into(),
-            );
-        }
+        let enable_nftables = match field(&obj, "EnableNFTables") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(bad(
+                    "EnableNFTables",
+                    format!("must be true or false, found {other}"),
+                ))
+            }
+        };
 
         let network = match field(&obj, "Network") {
             None | Some(Value::Null) => {
@@ -237,6 +248,7 @@ impl NetworkConfig {
             subnet_min,
             subnet_max,
             backend,
+            enable_nftables,
             notes,
         })
     }
@@ -278,6 +290,7 @@ fn parse_backend(
         vni: Vni::new(1).unwrap_or_else(|| unreachable!("1 fits in 24 bits")),
         port: DEFAULT_VXLAN_PORT,
         mtu: None,
+        direct_routing: false,
     };
     let obj = match v {
         None | Some(Value::Null) => {
@@ -330,7 +343,17 @@ fn parse_backend(
         }
         Some(m) => Some(m as u32),
     };
-    for flag in ["GBP", "DirectRouting", "Learning", "MacPrefix"] {
+    let direct_routing = match field(obj, "DirectRouting") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(bad(
+                "Backend.DirectRouting",
+                format!("must be true or false, found {other}"),
+            ))
+        }
+    };
+    for flag in ["GBP", "Learning", "MacPrefix"] {
         if let Some(v) = field(obj, flag) {
             if v != &Value::Bool(false) && !v.is_null() {
                 notes.push(format!(
@@ -339,7 +362,12 @@ fn parse_backend(
             }
         }
     }
-    Ok(VxlanBackend { vni, port, mtu })
+    Ok(VxlanBackend {
+        vni,
+        port,
+        mtu,
+        direct_routing,
+    })
 }
 
 #[cfg(test)]
@@ -413,6 +441,48 @@ mod tests {
     }
 
     #[test]
+    fn direct_routing() {
+        let base = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+        assert!(!parse(base).unwrap().backend.direct_routing);
+        for (json, want) in [
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+                true,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","backend":{"type":"vxlan","directRouting":true}}"#,
+                true,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":false}}"#,
+                false,
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":null}}"#,
+                false,
+            ),
+        ] {
+            let c = parse(json).unwrap();
+            assert_eq!(c.backend.direct_routing, want, "{json}");
+            assert!(c.notes.is_empty(), "{:?}", c.notes);
+        }
+        let e = parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":"yes"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend.DirectRouting",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn flannel_dual_stack_shape_is_accepted() {
         let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"GBP":false,"DirectRouting":false}}"#).unwrap();
         assert_eq!(c.network.to_string(), "10.42.0.0/16");
@@ -420,21 +490,21 @@ mod tests {
     }
 
     #[test]
-    fn enable_nftables_is_noted() {
+    fn enable_nftables_chooses_the_backend() {
         let c =
             parse(r#"{"Network":"10.42.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
                 .unwrap();
-        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
-        assert!(
-            c.notes[0].starts_with("EnableNFTables is true"),
-            "{}",
-            c.notes[0]
-        );
-        let c = parse(
-            r#"{"Network":"10.42.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
+        assert!(c.enable_nftables);
         assert!(c.notes.is_empty(), "{:?}", c.notes);
+        for off in [
+            r#"{"Network":"10.42.0.0/16","enablenftables":false,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.42.0.0/16","EnableNFTables":null,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        ] {
+            let c = parse(off).unwrap();
+            assert!(!c.enable_nftables, "{off}");
+            assert!(c.notes.is_empty(), "{:?}", c.notes);
+        }
     }
 
     #[test]
@@ -481,6 +551,10 @@ mod tests {
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
                 "EnableIPv4",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableNFTables":"true"}"#,
+                "EnableNFTables",
             ),
         ];
         for (json, want) in cases {

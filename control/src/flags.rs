@@ -118,7 +118,7 @@ const SPECS: &[Spec] = &[
     spec!("ip-masq", Bool, Flanneld, "", "true", "masquerade pod traffic leaving the Network (never pod to pod); writes FLANNEL_IPMASQ=true"),
     spec!("ip-masq-fully-random-disable", Bool, Flanneld, "", "false", "masquerade without --random-fully"),
     spec!("iptables-forward-rules", Bool, Flanneld, "", "true", "accept the Network's traffic in FORWARD (needed where Docker sets its policy to DROP)"),
-    spec!("iptables-resync", Value, Flanneld, "SECONDS", "5", "how often the iptables rules are checked and restored when removed"),
+    spec!("iptables-resync", Value, Flanneld, "SECONDS", "5", "how often the iptables (with EnableNFTables: nftables) rules are checked and restored when removed"),
     spec!("healthz-ip", Value, Flanneld, "IP", "127.0.0.1", "address of /healthz, /readyz, /metrics and /v1/status"),
     spec!("healthz-port", Value, Flanneld, "PORT", "8471", "port of the HTTP endpoints; 0 disables them (vxmeshctl needs them)"),
     spec!("dataplane", Value, Vxmesh, "userspace|kernel", "userspace", "vxmesh's userspace VXLAN, or the kernel's vxlan driver programmed like flannel's vxlan backend"),

@@ -1,7 +1,8 @@
 //! The agent's HTTP endpoints (default 127.0.0.1:8471):
 //! `/healthz` (alive), `/readyz` (200 only once lease, routes and subnet file are in
 //! place), `/metrics` (Prometheus text format 0.0.4) and `/v1/status` (JSON, what
-//! `vxmeshctl` shows).
+//! `vxmeshctl` shows), `/v1/peers` (each peer with its traffic counters) and
+//! `/v1/flows?n=N` (the top flows crossing the overlay).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -9,15 +10,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::peers::Peer;
 use crate::peers::RejectReason;
 use crate::registry::LeaseStats;
 use crate::state::AgentState;
-use vxmesh_dataplane::counters::DropReason;
+use vxmesh_dataplane::counters::{DropReason, PeerCounterSnapshot};
+use vxmesh_dataplane::fib::ForwardingTable;
+use vxmesh_dataplane::flows::FlowStat;
 
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
@@ -25,6 +29,9 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/flows", get(flows))
+        .route("/v1/events", get(events))
         .with_state(state)
 }
 
@@ -72,6 +79,10 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "counters": counters,
         "drops": drops,
         "offloads": offloads,
+        "pool": s.pool().map(|p| serde_json::json!({
+            "total": p.total, "used": p.used, "free": p.free(),
+            "used_percent": p.used_percent(), "nearly_full": p.nearly_full(),
+        })),
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
         "lease_renewals": s.lease.renewals.load(Ordering::Relaxed),
         "lease_expires_in_secs": lease_expires_in_secs(&s.lease, SystemTime::now()),
@@ -95,6 +106,129 @@ fn lease_expires_in_secs(l: &LeaseStats, now: SystemTime) -> Option<i64> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     Some((i64::try_from(at).unwrap_or(i64::MAX) - now_ms).div_euclid(1000))
+}
+
+/// Each peer with its dataplane counters (zero before the dataplane runs or when
+/// the kernel dataplane forwards: it counts nothing per peer).
+pub fn peer_stats(
+    peers: &[Peer],
+    table: Option<&ForwardingTable>,
+) -> Vec<(Peer, PeerCounterSnapshot)> {
+    peers
+        .iter()
+        .map(|p| {
+            let c = table
+                .and_then(|t| {
+                    let (_, slot) = t.peer_slot_by_mac(&p.vtep_mac)?;
+                    t.peer_counters(slot)
+                })
+                .map(|c| c.snapshot())
+                .unwrap_or_default();
+            (*p, c)
+        })
+        .collect()
+}
+
+/// The JSON behind `/v1/peers` (and `vxmeshctl peers --json`).
+pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
+    stats
+        .iter()
+        .map(|(p, c)| {
+            let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+                .iter()
+                .filter(|r| c.dropped(**r) != 0)
+                .map(|r| (r.as_str().to_string(), c.dropped(*r).into()))
+                .collect();
+            serde_json::json!({
+                "subnet": p.subnet.to_string(),
+                "public_ip": p.public_ip.to_string(),
+                "vtep_mac": p.vtep_mac.to_string(),
+                "tx_packets": c.tx_packets,
+                "tx_bytes": c.tx_bytes,
+                "rx_packets": c.rx_packets,
+                "rx_bytes": c.rx_bytes,
+                "drops": drops,
+                "last_tx_unix_ms": c.last_tx_unix_ms,
+                "last_rx_unix_ms": c.last_rx_unix_ms,
+            })
+        })
+        .collect()
+}
+
+fn agent_peer_stats(s: &AgentState) -> Vec<(Peer, PeerCounterSnapshot)> {
+    let table = s.fib().map(|t| t.load());
+    peer_stats(&s.info().peers, table.as_deref())
+}
+
+async fn peers(State(s): State<Arc<AgentState>>) -> Response {
+    axum::Json(peers_json(&agent_peer_stats(&s))).into_response()
+}
+
+/// The JSON behind `/v1/flows` (and `vxmeshctl flows --json`).
+pub fn flows_json(
+    top: &[FlowStat],
+    capacity: usize,
+    sample_bytes: u64,
+    samples: u64,
+) -> serde_json::Value {
+    let flows: Vec<serde_json::Value> = top
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "proto": f.key.proto,
+                "src": f.key.src.to_string(),
+                "src_port": f.key.src_port,
+                "dst": f.key.dst.to_string(),
+                "dst_port": f.key.dst_port,
+                "direction": f.dir.as_str(),
+                "peer": f.peer.to_string(),
+                "bytes": f.bytes,
+                "packets": f.packets,
+                "error_bytes": f.error_bytes,
+                "first_seen_unix_ms": f.first_seen_ms,
+                "last_seen_unix_ms": f.last_seen_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "capacity": capacity,
+        "sample_bytes": sample_bytes,
+        "samples": samples,
+        "flows": flows,
+    })
+}
+
+/// `since` from a `?since=SEQ` query (default 0: everything held).
+fn events_since(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("since=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn events(State(s): State<Arc<AgentState>>, uri: Uri) -> Response {
+    axum::Json(s.events.since(events_since(uri.query()))).into_response()
+}
+
+/// `n` from a `?n=N` query: how many flows (default 20, at most the table).
+fn flows_wanted(query: Option<&str>) -> usize {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("n=")?.parse().ok())
+        .unwrap_or(20)
+}
+
+async fn flows(State(s): State<Arc<AgentState>>, uri: Uri) -> Response {
+    let (top, cap) = s.flows.top(flows_wanted(uri.query()));
+    axum::Json(flows_json(
+        &top,
+        cap,
+        s.flows.sample_bytes(),
+        s.flows.samples(),
+    ))
+    .into_response()
 }
 
 async fn status(State(s): State<Arc<AgentState>>) -> Response {
@@ -143,6 +277,20 @@ pub fn render_metrics(s: &AgentState) -> String {
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
+    if let Some(p) = s.pool() {
+        gauge(
+            &mut o,
+            "vxmesh_pool_subnets_free",
+            "Subnets of the pool (SubnetMin..SubnetMax) no lease holds",
+            p.free(),
+        );
+        gauge(
+            &mut o,
+            "vxmesh_pool_subnets_total",
+            "Subnets in the pool (SubnetMin..SubnetMax at SubnetLen)",
+            p.total,
+        );
+    }
     counter(
         &mut o,
         "vxmesh_lease_renewals_total",
@@ -275,6 +423,7 @@ pub fn render_metrics(s: &AgentState) -> String {
             c.dropped(r)
         );
     }
+    render_peer_metrics(&mut o, &agent_peer_stats(s));
     if let Some(e) = s.engine_status() {
         let _ = writeln!(
             o,
@@ -296,6 +445,80 @@ pub fn render_metrics(s: &AgentState) -> String {
         }
     }
     o
+}
+
+/// Per-peer counters, labelled with the peer's subnet and PublicIP.
+fn render_peer_metrics(o: &mut String, stats: &[(Peer, PeerCounterSnapshot)]) {
+    type Field = fn(&PeerCounterSnapshot) -> u64;
+    let families: [(&str, &str, &str, Field); 6] = [
+        (
+            "vxmesh_peer_tx_packets_total",
+            "counter",
+            "VXLAN datagrams sent to the peer",
+            |c| c.tx_packets,
+        ),
+        (
+            "vxmesh_peer_tx_bytes_total",
+            "counter",
+            "UDP payload bytes sent to the peer",
+            |c| c.tx_bytes,
+        ),
+        (
+            "vxmesh_peer_rx_packets_total",
+            "counter",
+            "VXLAN datagrams received from the peer",
+            |c| c.rx_packets,
+        ),
+        (
+            "vxmesh_peer_rx_bytes_total",
+            "counter",
+            "UDP payload bytes received from the peer",
+            |c| c.rx_bytes,
+        ),
+        (
+            "vxmesh_peer_last_tx_timestamp_seconds",
+            "gauge",
+            "When a datagram was last sent to the peer (0: never)",
+            |c| c.last_tx_unix_ms / 1000,
+        ),
+        (
+            "vxmesh_peer_last_rx_timestamp_seconds",
+            "gauge",
+            "When a datagram was last received from the peer (0: never)",
+            |c| c.last_rx_unix_ms / 1000,
+        ),
+    ];
+    let labels = |p: &Peer| {
+        format!(
+            "subnet=\"{}\",public_ip=\"{}\"",
+            label(&p.subnet.to_string()),
+            p.public_ip
+        )
+    };
+    for (name, kind, help, f) in families {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (p, c) in stats {
+            let _ = writeln!(o, "{name}{{{}}} {}", labels(p), f(c));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_peer_dropped_packets_total Packets to or from the peer not forwarded, by reason\n# TYPE vxmesh_peer_dropped_packets_total counter"
+    );
+    for (p, c) in stats {
+        for r in DropReason::ALL {
+            if c.dropped(r) != 0 {
+                let _ = writeln!(
+                    o,
+                    "vxmesh_peer_dropped_packets_total{{{},direction=\"{}\",reason=\"{}\"}} {}",
+                    labels(p),
+                    r.direction(),
+                    r.as_str(),
+                    c.dropped(r)
+                );
+            }
+        }
+    }
 }
 
 async fn metrics(State(s): State<Arc<AgentState>>) -> Response {
@@ -351,6 +574,16 @@ mod tests {
             !text.contains("vxmesh_handover_gap_seconds"),
             "no gap before a handover"
         );
+        // The pool's gauges once the registry was listed.
+        assert!(!text.contains("vxmesh_pool_subnets_free"));
+        *s.pool.lock().unwrap() = Some(crate::pool::PoolUsage {
+            total: 255,
+            used: 250,
+        });
+        let text = render_metrics(&s);
+        assert!(text.contains("\nvxmesh_pool_subnets_free 5\n"), "{text}");
+        assert!(text.contains("\nvxmesh_pool_subnets_total 255\n"));
+        assert_eq!(status_json(&s)["pool"]["nearly_full"], true);
     }
 
     #[test]
@@ -404,6 +637,216 @@ mod tests {
         // Past expiry: negative, rounded down.
         let later = t0 + std::time::Duration::from_secs(3601);
         assert_eq!(lease_expires_in_secs(&l, later), Some(-2));
+    }
+
+    fn two_peers() -> (Vec<Peer>, ForwardingTable) {
+        use vxmesh_dataplane::fib::LocalVtep;
+        use vxmesh_dataplane::wire::Vni;
+        let peer = |n: u8| Peer {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: std::net::Ipv4Addr::new(192, 168, 77, n),
+            vtep_mac: format!("0e:00:00:00:00:0{n}").parse().unwrap(),
+        };
+        let peers = vec![peer(2), peer(3)];
+        let local = LocalVtep {
+            vtep_mac: "0e:00:00:00:00:01".parse().unwrap(),
+            vni: Vni::new(1).unwrap(),
+            port: 8472,
+        };
+        // Slots in another order than the peer list: the join is by VtepMAC.
+        let t = ForwardingTable::new(local, [peers[1].to_vtep(), peers[0].to_vtep()]);
+        (peers, t)
+    }
+
+    /// Golden: the `/v1/peers` JSON (vxmeshctl peers --json) and the per-peer
+    /// metrics, from counters set through the dataplane's API.
+    #[test]
+    fn peers_json_and_metrics_golden() {
+        let (peers, t) = two_peers();
+        let c = t.peer_counters(1).unwrap(); // 10.244.2.0/24
+        c.add_tx(46, 66_000, 1_800_000_000_123);
+        c.add_rx(3, 4_500, 1_800_000_001_000);
+        c.count_drop(DropReason::WrongVni);
+        let stats = peer_stats(&peers, Some(&t));
+        let got = serde_json::to_string_pretty(&peers_json(&stats)).unwrap();
+        let want = r#"[
+  {
+    "drops": {
+      "wrong_vni": 1
+    },
+    "last_rx_unix_ms": 1800000001000,
+    "last_tx_unix_ms": 1800000000123,
+    "public_ip": "192.168.77.2",
+    "rx_bytes": 4500,
+    "rx_packets": 3,
+    "subnet": "10.244.2.0/24",
+    "tx_bytes": 66000,
+    "tx_packets": 46,
+    "vtep_mac": "0e:00:00:00:00:02"
+  },
+  {
+    "drops": {},
+    "last_rx_unix_ms": 0,
+    "last_tx_unix_ms": 0,
+    "public_ip": "192.168.77.3",
+    "rx_bytes": 0,
+    "rx_packets": 0,
+    "subnet": "10.244.3.0/24",
+    "tx_bytes": 0,
+    "tx_packets": 0,
+    "vtep_mac": "0e:00:00:00:00:03"
+  }
+]"#;
+        assert_eq!(got, want);
+        // No dataplane table (kernel dataplane): the peers, counting nothing.
+        assert_eq!(
+            peer_stats(&peers, None)[0].1,
+            PeerCounterSnapshot::default()
+        );
+
+        let mut o = String::new();
+        render_peer_metrics(&mut o, &stats);
+        for line in [
+            "vxmesh_peer_tx_bytes_total{subnet=\"10.244.2.0/24\",public_ip=\"192.168.77.2\"} 66000",
+            "vxmesh_peer_rx_packets_total{subnet=\"10.244.2.0/24\",public_ip=\"192.168.77.2\"} 3",
+            "vxmesh_peer_tx_bytes_total{subnet=\"10.244.3.0/24\",public_ip=\"192.168.77.3\"} 0",
+            "vxmesh_peer_last_tx_timestamp_seconds{subnet=\"10.244.2.0/24\",public_ip=\"192.168.77.2\"} 1800000000",
+            "vxmesh_peer_dropped_packets_total{subnet=\"10.244.2.0/24\",public_ip=\"192.168.77.2\",direction=\"ingress\",reason=\"wrong_vni\"} 1",
+        ] {
+            assert!(o.lines().any(|l| l == line), "{line} missing from\n{o}");
+        }
+        assert_eq!(o.matches("vxmesh_peer_dropped_packets_total{").count(), 1);
+    }
+
+    /// Golden: the `/v1/flows` JSON (vxmeshctl flows --json).
+    #[test]
+    fn flows_json_golden() {
+        use std::net::{IpAddr, Ipv4Addr};
+        use vxmesh_dataplane::flows::{Direction, FlowKey};
+        let f = FlowStat {
+            key: FlowKey {
+                proto: 6,
+                src: IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2)),
+                dst: IpAddr::V4(Ipv4Addr::new(10, 244, 2, 2)),
+                src_port: 40_000,
+                dst_port: 5201,
+            },
+            dir: Direction::ToPeer,
+            peer: Ipv4Addr::new(192, 168, 77, 2),
+            bytes: 33_554_432,
+            packets: 23_000,
+            error_bytes: 0,
+            first_seen_ms: 1_800_000_000_000,
+            last_seen_ms: 1_800_000_009_500,
+        };
+        let got = serde_json::to_string_pretty(&flows_json(&[f], 1024, 131_072, 256)).unwrap();
+        let want = r#"{
+  "capacity": 1024,
+  "flows": [
+    {
+      "bytes": 33554432,
+      "direction": "tx",
+      "dst": "10.244.2.2",
+      "dst_port": 5201,
+      "error_bytes": 0,
+      "first_seen_unix_ms": 1800000000000,
+      "last_seen_unix_ms": 1800000009500,
+      "packets": 23000,
+      "peer": "192.168.77.2",
+      "proto": 6,
+      "src": "10.244.1.2",
+      "src_port": 40000
+    }
+  ],
+  "sample_bytes": 131072,
+  "samples": 256
+}"#;
+        assert_eq!(got, want);
+        assert_eq!(flows_wanted(Some("n=5")), 5);
+        assert_eq!(flows_wanted(Some("x=1&n=7")), 7);
+        assert_eq!(flows_wanted(Some("n=-1")), 20);
+        assert_eq!(flows_wanted(None), 20);
+        assert_eq!(events_since(Some("since=42")), 42);
+        assert_eq!(events_since(Some("since=x")), 0);
+    }
+
+    /// The routes as vxmeshctl reaches them: a real HTTP server on loopback.
+    #[test]
+    fn peers_flows_and_events_are_served() {
+        use std::io::{Read, Write};
+        use vxmesh_dataplane::fib::SharedTable;
+        use vxmesh_dataplane::flows::{Direction, SharedFlows};
+        let (peers, t) = two_peers();
+        t.peer_counters(0)
+            .unwrap()
+            .add_rx(2, 3_000, 1_800_000_000_000);
+        let mut st = AgentState {
+            flows: Arc::new(SharedFlows::new(8, 2, 60_000, 1)),
+            ..AgentState::default()
+        };
+        st.update(|i| i.peers = peers);
+        *st.fib.get_mut().unwrap() = Some(SharedTable::new(t));
+        // Two flows sampled on egress (a 2-byte mean picks every frame).
+        let mut sampler = st.flows.sampler(1);
+        for (sport, n) in [(40_000u16, 3), (40_001, 1)] {
+            let mut f = vec![0u8; 14 + 20 + 20];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&40u16.to_be_bytes());
+            f[22] = 64;
+            f[23] = 6;
+            f[26..30].copy_from_slice(&[10, 244, 1, 2]);
+            f[30..34].copy_from_slice(&[10, 244, 2, 2]);
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+            for _ in 0..n {
+                sampler.offer(
+                    &f,
+                    1_000,
+                    1,
+                    Direction::ToPeer,
+                    "192.168.77.2".parse().unwrap(),
+                );
+            }
+        }
+        st.flows.absorb(&mut sampler, 1_800_000_000_000);
+        st.event("lease_acquired", "subnet 10.244.1.0/24");
+        st.event("peer_added", "10.244.2.0/24 via 192.168.77.2");
+        let state = Arc::new(st);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let get = |addr: std::net::SocketAddr, path: &str| -> serde_json::Value {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.0 200"), "{path}: {head}");
+            serde_json::from_str(body).unwrap()
+        };
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, router(state)).await });
+            tokio::task::spawn_blocking(move || {
+                let p = get(addr, "/v1/peers");
+                assert_eq!(p[0]["subnet"], "10.244.2.0/24");
+                assert_eq!(p[1]["rx_bytes"], 3_000, "{p}");
+                let f = get(addr, "/v1/flows?n=1");
+                assert_eq!(f["flows"].as_array().unwrap().len(), 1, "{f}");
+                assert_eq!(f["flows"][0]["src_port"], 40_000);
+                assert_eq!(f["flows"][0]["bytes"], 3_000);
+                assert_eq!(get(addr, "/v1/flows")["flows"].as_array().unwrap().len(), 2);
+                let e = get(addr, "/v1/events?since=1");
+                assert_eq!(e["events"].as_array().unwrap().len(), 1, "{e}");
+                assert_eq!(e["events"][0]["kind"], "peer_added");
+                assert_eq!(e["last"], 2);
+            })
+            .await
+            .unwrap();
+        });
     }
 
     #[test]

@@ -18,8 +18,20 @@
 //! `iptables -F`, a deleted hook. Comparing with our own snapshot, not with the text
 //! we wrote, keeps the check independent of how an iptables version prints rules.
 //!
+//! With `EnableNFTables` in the network config (flannel ≥ 0.25) the same rules go into
+//! a native nftables table of our own, `table ip vxmesh` (flanneld's is
+//! `ip flannel-ipv4`), with a `postrtg` chain (nat, postrouting, priority srcnat) and a
+//! `forward` chain (filter, forward, priority filter), replaced atomically by one
+//! `nft -f` transaction (add, delete, define). The rule set is vxmesh's iptables one, not
+//! a copy of flanneld's nftables one (which returns before its host-to-pods masquerade
+//! rule and matches the kube-proxy mark exactly instead of as a bit). Resync works the
+//! same way, on `nft list table ip vxmesh`. Whichever backend is in use, applying it
+//! removes the other's rules, as flanneld cleans up the manager it does not use (a
+//! failure there is a warning: the other tool may not work on this host at all).
+//!
 //! The rules are left in place when the agent stops, so existing pods keep their
-//! outside access across a restart; `vxmeshctl cleanup-iptables` removes them.
+//! outside access across a restart; `vxmeshctl cleanup-iptables` removes them (both
+//! backends').
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -28,6 +40,28 @@ use crate::subnet::Subnet;
 
 pub const NAT_CHAIN: &str = "VXMESH-POSTRTG";
 pub const FWD_CHAIN: &str = "VXMESH-FWD";
+/// Our nftables table (family `ip`).
+pub const NFT_TABLE: &str = "vxmesh";
+
+/// Which tool keeps the rules: the network config's `EnableNFTables` chooses, as in
+/// flanneld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `iptables-restore` into chains of our own.
+    Iptables,
+    /// `nft -f` into a table of our own.
+    Nftables,
+}
+
+impl Backend {
+    /// The name operators know it by, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
 
 /// Which of flannel's rules to keep in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +73,8 @@ pub struct Rules {
     pub random_fully: bool,
     /// `--iptables-forward-rules`: the FORWARD accepts.
     pub forward: bool,
+    /// Where the rules go.
+    pub backend: Backend,
 }
 
 impl Rules {
@@ -91,6 +127,54 @@ pub fn restore_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
     s
 }
 
+/// The `nft -f` input that replaces our table with the enabled chains, in one
+/// transaction: creating the table first makes the delete succeed when it is absent.
+/// Nothing is NATed inside the Network, as in [`restore_input`], rule for rule.
+pub fn nft_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
+    let n = network.to_string();
+    let masquerade = if rules.random_fully {
+        "masquerade fully-random"
+    } else {
+        "masquerade"
+    };
+    let mut s = format!(
+        "table ip {NFT_TABLE} {{\n}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n"
+    );
+    if rules.masquerade {
+        s.push_str(&format!(
+            "\tchain postrtg {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark & 0x00004000 == 0x00004000 return\n\
+             \t\tip saddr {n} ip daddr {n} return\n\
+             \t\tip saddr != {n} ip daddr {own} return\n\
+             \t\tip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}\n\
+             \t\tip saddr != {n} ip daddr {n} {masquerade}\n\
+             \t}}\n"
+        ));
+    }
+    if rules.forward {
+        s.push_str(&format!(
+            "\tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr {n} accept\n\
+             \t\tip daddr {n} accept\n\
+             \t}}\n"
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The lines of `nft list table ip vxmesh` output, trimmed, blank ones dropped.
+pub fn nft_ours(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Our lines in `iptables-save` output: the rules of our chains and the hooks that
 /// jump to them, in the order printed.
 pub fn ours(save: &str) -> Vec<String> {
@@ -108,10 +192,12 @@ pub fn ours(save: &str) -> Vec<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum MasqError {
     #[error(
-        "cannot run {cmd}: {source} (install iptables, or start vxmeshd with --ip-masq=false --iptables-forward-rules=false)"
+        "cannot run {cmd}: {source} (install {package}, or start vxmeshd with --ip-masq=false --iptables-forward-rules=false)"
     )]
     Spawn {
         cmd: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -119,17 +205,51 @@ pub enum MasqError {
     Failed { cmd: String, stderr: String },
 }
 
-fn iptables(args: &[&str]) -> Result<bool, MasqError> {
-    let out = Command::new("iptables")
-        .arg("-w")
+/// Runs `program` with `args` (and `stdin`), collecting its output.
+fn run(
+    program: &'static str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output, MasqError> {
+    let spawn = |source| MasqError::Spawn {
+        cmd: program,
+        package,
+        source,
+    };
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MasqError::Spawn {
-            cmd: "iptables",
-            source,
-        })?;
-    Ok(out.status.success())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A failed write shows as the program's own error below.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    child.wait_with_output().map_err(spawn)
+}
+
+fn failed(cmd: impl Into<String>, out: &std::process::Output) -> MasqError {
+    MasqError::Failed {
+        cmd: cmd.into(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<bool, MasqError> {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    Ok(run("iptables", "iptables", &all, None)?.status.success())
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, MasqError> {
+    run("nft", "nftables", args, stdin)
 }
 
 fn hook_rule(target: &str) -> [&str; 6] {
@@ -146,36 +266,84 @@ fn remove_part(table: &str, builtin: &str, chain: &str) -> Result<(), MasqError>
     Ok(())
 }
 
-/// Installs or refreshes the enabled rules for `own` subnet inside `network`, and
-/// removes a part that is off.
+/// Removes both iptables parts.
+fn remove_iptables() -> Result<(), MasqError> {
+    remove_part("nat", "POSTROUTING", NAT_CHAIN)?;
+    remove_part("filter", "FORWARD", FWD_CHAIN)
+}
+
+/// Whether `nft list tables` output lists our table.
+pub fn nft_has_table(listing: &str) -> bool {
+    let ours = format!("table ip {NFT_TABLE}");
+    listing.lines().any(|l| l.trim() == ours)
+}
+
+/// Whether our nftables table exists.
+fn nft_table_exists() -> Result<bool, MasqError> {
+    let out = nft(&["list", "tables", "ip"], None)?;
+    if !out.status.success() {
+        return Err(failed("nft list tables ip", &out));
+    }
+    Ok(nft_has_table(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Deletes our nftables table; absent is fine.
+fn remove_nft() -> Result<(), MasqError> {
+    let out = nft(&["delete", "table", "ip", NFT_TABLE], None)?;
+    if out.status.success() || !nft_table_exists()? {
+        return Ok(());
+    }
+    Err(failed(format!("nft delete table ip {NFT_TABLE}"), &out))
+}
+
+/// Removes the other backend's rules after a switch. Its tool not being installed means
+/// none of its rules can be there: nothing to do. A failure is logged, not returned: the
+/// chosen backend's rules are in place, and the other tool may not work on this host at
+/// all (`nft` on a kernel without nf_tables, say).
+fn remove_other(backend: Backend) {
+    let (what, r) = match backend {
+        Backend::Iptables => ("nftables table ip vxmesh", remove_nft()),
+        Backend::Nftables => (
+            "iptables chains VXMESH-POSTRTG and VXMESH-FWD",
+            remove_iptables(),
+        ),
+    };
+    match r {
+        Ok(()) | Err(MasqError::Spawn { .. }) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove the {what} of an earlier run ({e}); if they are there, remove them by hand"
+        ),
+    }
+}
+
+/// Installs or refreshes the enabled rules for `own` subnet inside `network` with the
+/// chosen backend, removes a part that is off, and removes the other backend's rules.
 pub fn apply(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
     if !rules.any() {
         return Ok(());
     }
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MasqError::Spawn {
-            cmd: "iptables-restore",
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(restore_input(network, own, rules).as_bytes());
+    match rules.backend {
+        Backend::Iptables => apply_iptables(network, own, rules)?,
+        Backend::Nftables => {
+            let out = nft(&["-f", "-"], Some(&nft_input(network, own, rules)))?;
+            if !out.status.success() {
+                return Err(failed("nft -f", &out));
+            }
+        }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqError::Spawn {
-            cmd: "iptables-restore",
-            source,
-        })?;
+    remove_other(rules.backend);
+    Ok(())
+}
+
+fn apply_iptables(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
+    let out = run(
+        "iptables-restore",
+        "iptables",
+        &["-w", "--noflush"],
+        Some(&restore_input(network, own, rules)),
+    )?;
     if !out.status.success() {
-        return Err(MasqError::Failed {
-            cmd: "iptables-restore --noflush".into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(failed("iptables-restore --noflush", &out));
     }
     for (table, builtin, chain, enabled) in rules.parts() {
         if !enabled {
@@ -199,26 +367,26 @@ pub fn apply(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqErr
     Ok(())
 }
 
-/// Our lines as `iptables-save` prints them now, for the enabled parts.
+/// Our rules as the backend prints them now, for the enabled parts.
 pub fn current(rules: Rules) -> Result<Vec<String>, MasqError> {
+    if rules.backend == Backend::Nftables {
+        let out = nft(&["list", "table", "ip", NFT_TABLE], None)?;
+        if out.status.success() {
+            return Ok(nft_ours(&String::from_utf8_lossy(&out.stdout)));
+        }
+        if !nft_table_exists()? {
+            return Ok(Vec::new());
+        }
+        return Err(failed(format!("nft list table ip {NFT_TABLE}"), &out));
+    }
     let mut lines = Vec::new();
     for (table, _, _, enabled) in rules.parts() {
         if !enabled {
             continue;
         }
-        let out = Command::new("iptables-save")
-            .args(["-t", table])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| MasqError::Spawn {
-                cmd: "iptables-save",
-                source,
-            })?;
+        let out = run("iptables-save", "iptables", &["-t", table], None)?;
         if !out.status.success() {
-            return Err(MasqError::Failed {
-                cmd: format!("iptables-save -t {table}"),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
+            return Err(failed(format!("iptables-save -t {table}"), &out));
         }
         lines.extend(ours(&String::from_utf8_lossy(&out.stdout)));
     }
@@ -278,18 +446,14 @@ pub fn ensure(
     Ok(outcome)
 }
 
-/// Removes the hooks and our chains (best effort).
+/// Removes both backends' rules: the iptables hooks and chains, the nftables table.
+/// A tool that is not installed has nothing to remove; both missing is an error.
 pub fn remove() -> Result<(), MasqError> {
-    for (table, builtin, chain, _) in (Rules {
-        masquerade: true,
-        random_fully: true,
-        forward: true,
-    })
-    .parts()
-    {
-        remove_part(table, builtin, chain)?;
+    match (remove_iptables(), remove_nft()) {
+        (Err(e @ MasqError::Spawn { .. }), Err(MasqError::Spawn { .. })) => Err(e),
+        (Err(e @ MasqError::Failed { .. }), _) | (_, Err(e @ MasqError::Failed { .. })) => Err(e),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -301,6 +465,7 @@ mod tests {
         masquerade: true,
         random_fully: true,
         forward: true,
+        backend: Backend::Iptables,
     };
 
     fn net() -> (Subnet, Subnet) {
@@ -361,7 +526,7 @@ mod tests {
         assert!(!Rules {
             masquerade: false,
             forward: false,
-            random_fully: true
+            ..ALL
         }
         .any());
     }
@@ -415,6 +580,278 @@ COMMIT
         {
             assert!(lines.iter().any(|x| x == l), "{l}");
         }
+    }
+
+    const NFT: Rules = Rules {
+        backend: Backend::Nftables,
+        ..ALL
+    };
+
+    #[test]
+    fn nft_input_golden() {
+        let (n, own) = net();
+        assert_eq!(
+            nft_input(&n, &own, NFT),
+            "table ip vxmesh {
+}
+delete table ip vxmesh
+table ip vxmesh {
+\tchain postrtg {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & 0x00004000 == 0x00004000 return
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return
+\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.244.0.0/16 accept
+\t\tip daddr 10.244.0.0/16 accept
+\t}
+}
+"
+        );
+    }
+
+    #[test]
+    fn nft_parts_follow_the_flags() {
+        let (n, own) = net();
+        let r = nft_input(
+            &n,
+            &own,
+            Rules {
+                masquerade: false,
+                ..NFT
+            },
+        );
+        assert!(!r.contains("postrtg") && !r.contains("masquerade"), "{r}");
+        assert!(r.contains("chain forward"), "{r}");
+        // The table is always replaced as a whole: a part that is off goes with it.
+        assert!(
+            r.starts_with("table ip vxmesh {\n}\ndelete table ip vxmesh\n"),
+            "{r}"
+        );
+        let r = nft_input(
+            &n,
+            &own,
+            Rules {
+                forward: false,
+                ..NFT
+            },
+        );
+        assert!(
+            r.contains("chain postrtg") && !r.contains("chain forward"),
+            "{r}"
+        );
+        let r = nft_input(
+            &n,
+            &own,
+            Rules {
+                random_fully: false,
+                ..NFT
+            },
+        );
+        assert_eq!(r.matches(" masquerade\n").count(), 2, "{r}");
+        assert!(!r.contains("fully-random"));
+    }
+
+    /// `nft list table ip vxmesh` (nftables 1.0.6, kernel 6.x) in a namespace after
+    /// `nft -f - < nft_input(10.244.0.0/16, 10.244.3.0/24)`.
+    const LISTED: &str = "table ip vxmesh {
+\tchain postrtg {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & 0x00004000 == 0x00004000 return
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return
+\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random
+\t}
+
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.244.0.0/16 accept
+\t\tip daddr 10.244.0.0/16 accept
+\t}
+}
+";
+
+    #[test]
+    fn nft_prints_what_we_wrote() {
+        let (n, own) = net();
+        let listed = nft_ours(LISTED);
+        assert_eq!(listed.len(), 15, "{listed:#?}");
+        // Everything after the add/delete preamble, line for line.
+        let written = nft_ours(&nft_input(&n, &own, NFT));
+        assert_eq!(listed, written[3..]);
+        // `nft flush chain ip vxmesh postrtg`: its five rules are missing.
+        let flushed: Vec<String> = listed
+            .iter()
+            .filter(|l| !l.contains("return") && !l.contains("masquerade"))
+            .cloned()
+            .collect();
+        assert_eq!(drift(&listed, &flushed), Some((5, 0)));
+        // The table deleted: everything is missing.
+        assert_eq!(drift(&listed, &[]), Some((15, 0)));
+    }
+
+    /// One rule reduced to what it matches and does, read back from either backend's text.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Matched {
+        /// Matches kube-proxy's 0x4000 mark bit.
+        mark: bool,
+        /// (negated, prefix)
+        src: Option<(bool, Subnet)>,
+        dst: Option<(bool, Subnet)>,
+        /// "return", "masquerade" or "accept"
+        verdict: String,
+        random_fully: bool,
+    }
+
+    /// An `-A CHAIN ...` line of [`restore_input`]; `None` for any other line.
+    fn read_iptables(line: &str) -> Option<(String, Matched)> {
+        let mut t = line.split_whitespace();
+        if t.next()? != "-A" {
+            return None;
+        }
+        let chain = t.next()?.to_string();
+        let mut m = Matched {
+            mark: false,
+            src: None,
+            dst: None,
+            verdict: String::new(),
+            random_fully: false,
+        };
+        let mut neg = false;
+        while let Some(w) = t.next() {
+            match w {
+                "!" => neg = true,
+                "-s" => m.src = Some((std::mem::take(&mut neg), t.next()?.parse().ok()?)),
+                "-d" => m.dst = Some((std::mem::take(&mut neg), t.next()?.parse().ok()?)),
+                "-m" => match t.next()? {
+                    "mark" => {
+                        assert_eq!(t.next()?, "--mark");
+                        assert_eq!(t.next()?, "0x4000/0x4000");
+                        m.mark = true;
+                    }
+                    "comment" => {
+                        assert_eq!(t.next()?, "--comment");
+                        for c in t.by_ref() {
+                            if c.ends_with('"') {
+                                break;
+                            }
+                        }
+                    }
+                    other => panic!("unexpected match {other} in {line}"),
+                },
+                "-j" => m.verdict = t.next()?.to_lowercase(),
+                "--random-fully" => m.random_fully = true,
+                other => panic!("unexpected {other} in {line}"),
+            }
+        }
+        Some((chain, m))
+    }
+
+    /// A rule line of [`nft_input`] (inside a chain); `None` for any other line.
+    fn read_nft(line: &str) -> Option<Matched> {
+        let line = line.trim();
+        if line.starts_with("type ")
+            || line.starts_with("delete ")
+            || line.ends_with('{')
+            || line == "}"
+        {
+            return None;
+        }
+        let mut m = Matched {
+            mark: false,
+            src: None,
+            dst: None,
+            verdict: String::new(),
+            random_fully: false,
+        };
+        let mut t = line.split_whitespace().peekable();
+        while let Some(w) = t.next() {
+            match w {
+                "meta" => {
+                    let rest: Vec<&str> = t.by_ref().take(6).collect();
+                    assert_eq!(
+                        rest,
+                        ["mark", "&", "0x00004000", "==", "0x00004000", "return"]
+                    );
+                    m.mark = true;
+                    m.verdict = "return".into();
+                }
+                "ip" => {
+                    let field = t.next()?;
+                    let neg = t.next_if_eq(&"!=").is_some();
+                    let prefix = Some((neg, t.next()?.parse().ok()?));
+                    match field {
+                        "saddr" => m.src = prefix,
+                        "daddr" => m.dst = prefix,
+                        other => panic!("unexpected ip {other} in {line}"),
+                    }
+                }
+                "return" | "masquerade" | "accept" => m.verdict = w.into(),
+                "fully-random" => m.random_fully = true,
+                other => panic!("unexpected {other} in {line}"),
+            }
+        }
+        Some(m)
+    }
+
+    /// The two backends hold the same rules, in the same order, for every flag
+    /// combination: the nftables rendering is the iptables one rule for rule.
+    #[test]
+    fn both_backends_render_the_same_rules() {
+        let (n, own) = net();
+        for masquerade in [false, true] {
+            for random_fully in [false, true] {
+                for forward in [false, true] {
+                    let rules = Rules {
+                        masquerade,
+                        random_fully,
+                        forward,
+                        backend: Backend::Iptables,
+                    };
+                    let ipt: Vec<(String, Matched)> = restore_input(&n, &own, rules)
+                        .lines()
+                        .filter_map(read_iptables)
+                        .collect();
+                    let nft_text = nft_input(&n, &own, nft_of(rules));
+                    let mut nft: Vec<(String, Matched)> = Vec::new();
+                    let mut chain = String::new();
+                    for line in nft_text.lines() {
+                        if let Some(name) = line.trim().strip_prefix("chain ") {
+                            chain = match name.trim_end_matches(" {") {
+                                "postrtg" => NAT_CHAIN.into(),
+                                "forward" => FWD_CHAIN.into(),
+                                other => panic!("unexpected chain {other}"),
+                            };
+                        } else if let Some(m) = read_nft(line) {
+                            nft.push((chain.clone(), m));
+                        }
+                    }
+                    let want = 5 * usize::from(masquerade) + 2 * usize::from(forward);
+                    assert_eq!(ipt.len(), want, "{rules:?}");
+                    assert_eq!(nft, ipt, "{rules:?}\n{nft_text}");
+                }
+            }
+        }
+    }
+
+    fn nft_of(r: Rules) -> Rules {
+        Rules {
+            backend: Backend::Nftables,
+            ..r
+        }
+    }
+
+    #[test]
+    fn nft_table_is_found_in_the_list() {
+        assert!(nft_has_table("table ip filter\ntable ip vxmesh\n"));
+        assert!(!nft_has_table("table ip filter\ntable ip vxmesh-old\n"));
+        assert!(!nft_has_table("table inet vxmesh\n"));
+        assert!(!nft_has_table(""));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct NeighbourEntry {
 /// prefix routes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRoute {
+    /// The device it leaves through.
+    pub oif: Option<u32>,
     pub destination: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
@@ -652,6 +654,77 @@ impl Netlink {
             .build()
     }
 
+    fn direct_route(subnet: &Subnet, via: Ipv4Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.addr(), subnet.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .build()
+    }
+
+    /// `ip route replace <subnet> via <via> dev <index>`: a peer on the underlay's L2
+    /// network, reached without encapsulation (DirectRouting). It replaces an onlink
+    /// overlay route for the same subnet, and the other way round.
+    pub async fn replace_direct_route(
+        &self,
+        subnet: &Subnet,
+        via: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::direct_route(subnet, via, index))
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::req(format!("route {subnet} via {via} (direct)")))
+    }
+
+    /// Removes a direct route; Ok if it is already gone (or was replaced by another).
+    pub async fn delete_direct_route(
+        &self,
+        subnet: &Subnet,
+        via: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::direct_route(subnet, via, index))
+            .execute()
+            .await
+        {
+            Err(e) if !is_gone(&e) => Err(Self::req(format!("delete route {subnet} via {via}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The IPv4 addresses of a link with their prefix lengths: the networks it is
+    /// directly connected to.
+    pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(a) = s
+            .try_next()
+            .await
+            .map_err(Self::req(format!("get addresses of #{index}")))?
+        {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    if !out.contains(&(*ip, a.header.prefix_len)) {
+                        out.push((*ip, a.header.prefix_len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `ip route replace <subnet> via <subnet>.0 dev <index> onlink`
     pub async fn replace_peer_route(
         &self,
@@ -841,6 +914,21 @@ impl Netlink {
     /// IPv4 routes of the main table that leave through `index`, except the
     /// kernel's own (proto kernel) prefix routes.
     pub async fn routes_via(&self, index: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        self.main_routes(Some(index)).await
+    }
+
+    /// IPv4 routes of the main table through any device (but `except`) that have a
+    /// gateway, except the kernel's own: where direct routes are looked for when the
+    /// underlay interface is not known.
+    pub async fn gateway_routes(&self, except: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        let all = self.main_routes(None).await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.gateway.is_some() && r.oif != Some(except))
+            .collect())
+    }
+
+    async fn main_routes(&self, index: Option<u32>) -> Result<Vec<DeviceRoute>, NetlinkError> {
         let mut s = self
             .handle
             .route()
@@ -866,10 +954,13 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if oif != Some(index) || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+            if index.is_some_and(|i| oif != Some(i))
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            {
                 continue;
             }
             out.push(DeviceRoute {
+                oif,
                 destination,
                 prefix_len: r.header.destination_prefix_length,
                 gateway,

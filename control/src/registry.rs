@@ -491,6 +491,8 @@ pub struct LeaseStats {
     pub renewed_unix_ms: std::sync::atomic::AtomicU64,
     /// When the lease expires unless renewed, Unix milliseconds (0: no lease).
     pub expires_unix_ms: std::sync::atomic::AtomicU64,
+    /// Where renewals are recorded as events (the agent's log, once set).
+    pub events: std::sync::OnceLock<std::sync::Arc<crate::events::EventLog>>,
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -503,6 +505,13 @@ impl LeaseStats {
         self.renewals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stamp(left);
+        if let Some(e) = self.events.get() {
+            e.record(
+                "lease_renewed",
+                format!("{}s left", left.as_secs()),
+                crate::events::now_ms(),
+            );
+        }
     }
 
     /// Records that the subnet is held without an etcd lease (a reservation): nothing

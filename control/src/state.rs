@@ -4,12 +4,16 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::events::EventLog;
 use crate::handover::StartInfo;
 use crate::peers::Peer;
+use crate::pool::PoolUsage;
 use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::counters::Counters;
 use vxmesh_dataplane::engine::EngineStatus;
+use vxmesh_dataplane::fib::SharedTable;
+use vxmesh_dataplane::flows::SharedFlows;
 
 /// Facts that change rarely (lease, peers), behind one mutex; never touched by
 /// the hot path.
@@ -86,6 +90,14 @@ pub struct AgentState {
     pub ready: Readiness,
     pub counters: Arc<Counters>,
     pub engine: Mutex<Option<Arc<EngineStatus>>>,
+    /// The userspace dataplane's forwarding table (per-peer counters), once running.
+    pub fib: Mutex<Option<SharedTable>>,
+    /// The top-flows table the dataplane samples into.
+    pub flows: Arc<SharedFlows>,
+    /// What the agent did (lease, peers, offloads), bounded.
+    pub events: Arc<EventLog>,
+    /// How full the subnet pool is, from the registry's listing (None before it).
+    pub pool: Mutex<Option<PoolUsage>>,
     pub watch: Arc<WatchStats>,
     pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
@@ -115,6 +127,19 @@ impl AgentState {
 
     pub fn start_info(&self) -> StartInfo {
         self.start.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    pub fn pool(&self) -> Option<PoolUsage> {
+        self.pool.lock().ok().and_then(|g| *g)
+    }
+
+    /// Records an event now.
+    pub fn event(&self, kind: &'static str, detail: impl Into<String>) {
+        self.events.record(kind, detail, crate::events::now_ms());
+    }
+
+    pub fn fib(&self) -> Option<SharedTable> {
+        self.fib.lock().ok().and_then(|g| g.clone())
     }
 
     pub fn engine_status(&self) -> Option<Arc<EngineStatus>> {

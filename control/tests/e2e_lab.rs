@@ -88,6 +88,50 @@ fn three_node_cluster_end_to_end() {
     );
     assert!(out.contains("25 passed, 0 failed"), "{out}");
 
+    // 1b. The operator's view of that traffic, from the running agents: the iperf3
+    //     stream n1-p1 -> n2-p1 shows in n1's per-peer counters for n2 and in its flow
+    //     table; what the agent did is in its event log.
+    let ctl = common::lab::bin_dir().join("vxmeshctl");
+    let ctl = ctl.to_str().unwrap();
+    let n2_subnet = lab.subnet_of(2);
+    let peers: Value = serde_json::from_str(&lab.exec("n1", &[ctl, "--json", "peers"])).unwrap();
+    let peers = peers.as_array().expect("vxmeshctl peers --json is a list");
+    assert_eq!(peers.len(), 2, "n1 has two peers: {peers:?}");
+    let to_n2 = peers
+        .iter()
+        .find(|p| p["subnet"] == n2_subnet.as_str())
+        .unwrap_or_else(|| panic!("no peer {n2_subnet} in {peers:?}"));
+    let tx = to_n2["tx_bytes"].as_u64().unwrap();
+    assert!(
+        tx > 10_000_000,
+        "iperf3 for 2 s sent more than 10 MB to n2: {to_n2}"
+    );
+    assert!(
+        to_n2["rx_packets"].as_u64().unwrap() > 0,
+        "ACKs came back: {to_n2}"
+    );
+    let flows: Value = serde_json::from_str(&lab.exec("n1", &[ctl, "--json", "flows"])).unwrap();
+    let n2_pod = lab.pod_ip(2, 1);
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["dst"] == n2_pod.as_str() && f["dst_port"] == 5201),
+        "the iperf3 flow to {n2_pod}:5201 is among n1's top flows: {flows}"
+    );
+    let events = lab.exec("n1", &[ctl, "--json", "events", "--once"]);
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    for want in ["lease_acquired", "peer_added"] {
+        assert!(
+            kinds.iter().any(|k| k.trim_matches('"') == want),
+            "n1's events hold {want}: {events}"
+        );
+    }
+
     // 2. Path MTU: pods get underlay MTU - 50; the largest DF ping passes through the
     //    overlay, one byte more fails cleanly at the sender.
     let far = lab.pod_ip(2, 1);

@@ -7,7 +7,9 @@
 //! incompatible one; a clear error naming the device that already holds the VNI;
 //! idempotent add/update/remove (VtepMAC and PublicIP changes leave no stale fdb
 //! entry; two leases of one node share an fdb entry); prune; the userspace
-//! dataplane's start-up removal of the device.
+//! dataplane's start-up removal of the device; DirectRouting (a same-L2 peer gets a
+//! route via its PublicIP on the underlay, a routed one the overlay, moves between the
+//! two, stale direct routes pruned).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
@@ -15,8 +17,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
+use vxmesh_control::node_dataplane::direct::PeerPath;
 use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
-use vxmesh_control::node_dataplane::DataplaneSetup;
+use vxmesh_control::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use vxmesh_control::peers::{Peer, PeerRules, PeerTable};
 use vxmesh_control::registry::Entry;
 use vxmesh_control::state::AgentState;
@@ -134,6 +137,8 @@ fn setup(index: u32) -> DataplaneSetup {
         offloads: false,
         tx_sockets: 1,
         tap_queues: 1,
+        network: "10.244.0.0/16".parse().unwrap(),
+        direct_routing: false,
     }
 }
 
@@ -286,8 +291,8 @@ fn programs_updates_and_prunes_like_flannel() {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
             let k = Kernel::start(&nl, &s, &st).await.unwrap();
-            let n = k.prune(&nl, &table(&[a_now])).await.unwrap();
-            assert_eq!(k.prune(&nl, &table(&[a_now])).await.unwrap(), 0);
+            let n = k.prune(&nl, &[a_now]).await.unwrap();
+            assert_eq!(k.prune(&nl, &[a_now]).await.unwrap(), 0);
             n
         })
     });
@@ -409,4 +414,150 @@ fn adopts_flanneld_device_recreates_incompatible_and_names_conflicts() {
         })
     });
     assert!(err.contains("other.1") && err.contains("VNI 1"), "{err}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn direct_routing_routes_same_l2_peers_on_the_underlay() {
+    require_root();
+    let ns = Ns::new("dr");
+    let s = DataplaneSetup {
+        direct_routing: true,
+        ..setup(eth0_index(&ns))
+    };
+    // a: on eth0's 192.0.2.0/24, direct. c: behind a router, overlay.
+    let a = peer(2, 2, 2);
+    let c = Peer {
+        public_ip: Ipv4Addr::new(198, 51, 100, 7),
+        ..peer(5, 7, 5)
+    };
+    let a_routed = Peer {
+        public_ip: Ipv4Addr::new(198, 51, 100, 8),
+        ..a
+    };
+    let a_back = Peer {
+        public_ip: Ipv4Addr::new(192, 0, 2, 3),
+        ..a
+    };
+    let eth0 = |ns: &Ns| -> Vec<String> {
+        ns.routes("eth0")
+            .into_iter()
+            .filter(|r| r.starts_with("10.244."))
+            .collect()
+    };
+
+    let s1 = s.clone();
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s1, &st)
+                .await
+                .unwrap();
+            assert_eq!(dp.path(&a), PeerPath::Direct { via: a.public_ip });
+            assert_eq!(dp.path(&c), PeerPath::Overlay);
+            for _ in 0..2 {
+                dp.add_peer(&nl, &a).await.unwrap();
+                dp.add_peer(&nl, &c).await.unwrap();
+            }
+            dp.stop(&nl, &table(&[a, c])).await;
+        })
+    });
+    assert_eq!(eth0(&ns), ["10.244.2.0/24 192.0.2.2"]);
+    assert_eq!(ns.routes("flannel.1"), ["10.244.5.0/24 10.244.5.0"]);
+    assert_eq!(ns.neigh("flannel.1"), ["10.244.5.0 02:00:00:00:00:05"]);
+    assert_eq!(ns.fdb("flannel.1"), ["02:00:00:00:00:05 198.51.100.7"]);
+
+    // a moves behind a router: its route moves to the overlay, with neighbour and fdb
+    // entry; then back onto the L2 network: direct again, the overlay entries gone.
+    let s2 = s.clone();
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s2, &st)
+                .await
+                .unwrap();
+            dp.update_peer(&nl, &a, &a_routed).await.unwrap();
+            dp.stop(&nl, &table(&[a_routed, c])).await;
+        })
+    });
+    assert!(eth0(&ns).is_empty(), "{:?}", eth0(&ns));
+    assert_eq!(
+        ns.routes("flannel.1"),
+        ["10.244.2.0/24 10.244.2.0", "10.244.5.0/24 10.244.5.0"]
+    );
+    assert_eq!(
+        ns.fdb("flannel.1"),
+        [
+            "02:00:00:00:00:02 198.51.100.8",
+            "02:00:00:00:00:05 198.51.100.7"
+        ]
+    );
+    let s3 = s.clone();
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s3, &st)
+                .await
+                .unwrap();
+            dp.update_peer(&nl, &a_routed, &a_back).await.unwrap();
+            dp.stop(&nl, &table(&[a_back, c])).await;
+        })
+    });
+    assert_eq!(eth0(&ns), ["10.244.2.0/24 192.0.2.3"]);
+    assert_eq!(ns.routes("flannel.1"), ["10.244.5.0/24 10.244.5.0"]);
+    assert_eq!(ns.neigh("flannel.1"), ["10.244.5.0 02:00:00:00:00:05"]);
+    assert_eq!(ns.fdb("flannel.1"), ["02:00:00:00:00:05 198.51.100.7"]);
+
+    // Prune: a direct route of a lease that is gone goes; routes of other shapes stay.
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "eth0",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.9.0.0/24",
+        "via",
+        "192.0.2.9",
+        "dev",
+        "eth0",
+    ]);
+    let s4 = s.clone();
+    let removed = ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s4, &st)
+                .await
+                .unwrap();
+            let n = dp.prune(&nl, &table(&[a_back, c])).await.unwrap();
+            assert_eq!(dp.prune(&nl, &table(&[a_back, c])).await.unwrap(), 0);
+            dp.stop(&nl, &table(&[a_back, c])).await;
+            n
+        })
+    });
+    assert_eq!(removed, 1);
+    assert_eq!(eth0(&ns), ["10.244.2.0/24 192.0.2.3"]);
+    assert!(ns
+        .ip(&["route", "show", "10.9.0.0/24"])
+        .contains("192.0.2.9"));
+
+    // Removing the peer removes its direct route.
+    let s5 = s.clone();
+    ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s5, &st)
+                .await
+                .unwrap();
+            dp.remove_peer(&nl, &a_back).await.unwrap();
+            dp.remove_peer(&nl, &a_back).await.unwrap();
+            dp.stop(&nl, &table(&[c])).await;
+        })
+    });
+    assert!(eth0(&ns).is_empty());
 }

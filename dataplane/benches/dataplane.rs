@@ -93,7 +93,9 @@ fn encap(
     out: &mut [u8],
 ) -> usize {
     match classify_egress(frame, t) {
-        Egress::Forward { peer, flow_hash } => {
+        Egress::Forward {
+            peer, flow_hash, ..
+        } => {
             black_box((peer, flow_hash));
             segment(vh, frame, vxlan, out).unwrap().count
         }

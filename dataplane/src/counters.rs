@@ -4,8 +4,16 @@
 //! once per batch with relaxed atomic adds, so counting costs no lock and no
 //! shared-cache-line traffic per packet. Readers (metrics, `vxmeshctl`) take a
 //! [`CounterSnapshot`].
+//!
+//! Per peer the same way: the threads tally packets and bytes by the peer's slot in
+//! the forwarding table ([`PeerTallies`]) and add the tallies to the peer's shared
+//! [`PeerCounters`] once per batch, and always before they take a new table
+//! generation (slots are per generation). Per-peer drops are rare and go straight to
+//! the peer's counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::fib::ForwardingTable;
 
 /// Why a packet was not forwarded. One counter each; never a log line per packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,6 +184,12 @@ counters! {
     tso_frames_segmented,
     /// Inner segments merged into a larger frame on receive.
     gro_segments_merged,
+    /// Inner frames whose TCP/UDP checksum the sending kernel left partial
+    /// (CHECKSUM_PARTIAL over a virtual NIC), passed to the TAP marked NEEDS_CSUM.
+    ingress_partial_checksums,
+    /// Inner TCP frames longer than the TAP MTU (a kernel sender's GSO frame that
+    /// crossed a virtual underlay uncut), handed to the TAP as GSO frames.
+    ingress_gso_frames,
     /// ARP requests answered locally for peers' VTEP addresses.
     arp_replies,
     /// Times UDP GSO was found unusable and the sender fell back to one datagram per send.
@@ -192,6 +206,167 @@ impl LocalCounts {
 impl CounterSnapshot {
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
+    }
+}
+
+/// One peer's counters, shared by the hot-path threads (writers) and the exporters.
+/// Owned by the peer's entry in the forwarding table and carried over to the next
+/// generation while the peer stays ([`ForwardingTable::next`]).
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+    last_tx_unix_ms: AtomicU64,
+    last_rx_unix_ms: AtomicU64,
+}
+
+/// A point-in-time copy of [`PeerCounters`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerCounterSnapshot {
+    /// VXLAN datagrams queued for sending to the peer.
+    pub tx_packets: u64,
+    /// Their bytes (UDP payload: VXLAN header and inner frame).
+    pub tx_bytes: u64,
+    /// VXLAN datagrams received from the peer's PublicIP (delivered or dropped).
+    pub rx_packets: u64,
+    /// Their bytes (UDP payload).
+    pub rx_bytes: u64,
+    /// Packets to or from this peer dropped, by reason (see [`DropReason`]).
+    pub drops: [u64; DropReason::COUNT],
+    /// When a datagram was last sent to / received from the peer (Unix ms; 0 never).
+    pub last_tx_unix_ms: u64,
+    pub last_rx_unix_ms: u64,
+}
+
+impl PeerCounters {
+    /// Adds sent datagrams, seen at `now_ms`.
+    pub fn add_tx(&self, packets: u64, bytes: u64, now_ms: u64) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.last_tx_unix_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// Adds received datagrams, seen at `now_ms`.
+    pub fn add_rx(&self, packets: u64, bytes: u64, now_ms: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.last_rx_unix_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// Counts one dropped packet (straight to the shared counter: drops are rare).
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> PeerCounterSnapshot {
+        let mut drops = [0u64; DropReason::COUNT];
+        for (i, d) in self.drops.iter().enumerate() {
+            drops[i] = d.load(Ordering::Relaxed);
+        }
+        PeerCounterSnapshot {
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            drops,
+            last_tx_unix_ms: self.last_tx_unix_ms.load(Ordering::Relaxed),
+            last_rx_unix_ms: self.last_rx_unix_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl PeerCounterSnapshot {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}
+
+/// One thread's counts for one peer since the last publish.
+#[derive(Debug, Default, Clone, Copy)]
+struct PeerTally {
+    tx_packets: u64,
+    tx_bytes: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+}
+
+/// One thread's per-peer counts by slot of one forwarding-table generation, and
+/// which slots have any (so publishing costs the peers that sent or received, not
+/// every peer).
+#[derive(Debug, Default)]
+pub struct PeerTallies {
+    slots: Vec<PeerTally>,
+    touched: Vec<u32>,
+}
+
+impl PeerTallies {
+    /// Tallies for a table of `peers` slots.
+    pub fn new(peers: usize) -> PeerTallies {
+        let mut t = PeerTallies::default();
+        t.resize(peers);
+        t
+    }
+
+    /// Makes room for `peers` slots. Only after [`PeerTallies::publish`]: the slots
+    /// of the next generation mean other peers.
+    pub fn resize(&mut self, peers: usize) {
+        debug_assert!(self.touched.is_empty());
+        self.slots.clear();
+        self.slots.resize(peers, PeerTally::default());
+    }
+
+    #[inline]
+    fn slot(&mut self, slot: usize) -> Option<&mut PeerTally> {
+        let t = self.slots.get_mut(slot)?;
+        if t.tx_packets == 0 && t.rx_packets == 0 {
+            self.touched.push(slot as u32);
+        }
+        Some(t)
+    }
+
+    /// Counts `packets` datagrams of `bytes` queued for the peer in `slot`.
+    #[inline]
+    pub fn tx(&mut self, slot: usize, packets: u64, bytes: u64) {
+        if let Some(t) = self.slot(slot) {
+            t.tx_packets += packets;
+            t.tx_bytes += bytes;
+        }
+    }
+
+    /// Counts `packets` datagrams of `bytes` received from the peer in `slot`.
+    #[inline]
+    pub fn rx(&mut self, slot: usize, packets: u64, bytes: u64) {
+        if let Some(t) = self.slot(slot) {
+            t.rx_packets += packets;
+            t.rx_bytes += bytes;
+        }
+    }
+
+    /// Whether anything awaits publishing.
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+
+    /// Adds the tallies to the peers' counters in `table` (the generation the slots
+    /// were taken from), stamped `now_ms`, and zeroes them.
+    pub fn publish(&mut self, table: &ForwardingTable, now_ms: u64) {
+        for &s in &self.touched {
+            let s = s as usize;
+            let t = std::mem::take(&mut self.slots[s]);
+            if let Some(c) = table.peer_counters(s) {
+                if t.tx_packets != 0 {
+                    c.add_tx(t.tx_packets, t.tx_bytes, now_ms);
+                }
+                if t.rx_packets != 0 {
+                    c.add_rx(t.rx_packets, t.rx_bytes, now_ms);
+                }
+            }
+        }
+        self.touched.clear();
     }
 }
 
@@ -222,5 +397,54 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+    }
+
+    #[test]
+    fn peer_tallies_publish_to_their_generation() {
+        use crate::fib::{LocalVtep, PeerVtep};
+        use crate::wire::{MacAddr, Vni};
+        use std::net::Ipv4Addr;
+        let peer = |n: u8| PeerVtep {
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
+            public_ip: Ipv4Addr::new(192, 168, 77, n),
+            vtep_ip: Ipv4Addr::new(10, 244, n, 0),
+        };
+        let local = LocalVtep {
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 99]),
+            vni: Vni::new(1).unwrap(),
+            port: 8472,
+        };
+        let t = ForwardingTable::new(local, [peer(1), peer(2), peer(3)]);
+        let mut tl = PeerTallies::new(t.peers().len());
+        tl.tx(0, 46, 64_000);
+        tl.tx(0, 1, 100);
+        tl.rx(2, 3, 4_500);
+        tl.rx(7, 1, 1); // no such slot: ignored
+        assert_eq!(tl.touched, vec![0, 2]);
+        tl.publish(&t, 1_700_000_000_000);
+        assert!(tl.is_empty());
+        let a = t.peer_counters(0).unwrap().snapshot();
+        assert_eq!((a.tx_packets, a.tx_bytes, a.rx_packets), (47, 64_100, 0));
+        assert_eq!(
+            (a.last_tx_unix_ms, a.last_rx_unix_ms),
+            (1_700_000_000_000, 0)
+        );
+        let c = t.peer_counters(2).unwrap().snapshot();
+        assert_eq!((c.rx_packets, c.rx_bytes), (3, 4_500));
+        assert_eq!(
+            t.peer_counters(1).unwrap().snapshot(),
+            PeerCounterSnapshot::default()
+        );
+        // published once: a second publish adds nothing
+        tl.publish(&t, 1_700_000_000_001);
+        assert_eq!(t.peer_counters(0).unwrap().snapshot().tx_packets, 47);
+        t.peer_counters(1).unwrap().count_drop(DropReason::WrongVni);
+        assert_eq!(
+            t.peer_counters(1)
+                .unwrap()
+                .snapshot()
+                .dropped(DropReason::WrongVni),
+            1
+        );
     }
 }

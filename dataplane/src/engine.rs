@@ -12,19 +12,23 @@
 //! The forwarding table (and the VXLAN header built from its VNI) is re-read from the
 //! [`SharedTable`] at least every [`TABLE_RELOAD_EVERY`] packets (TAP frames on egress,
 //! datagrams on ingress) and whenever a thread goes idle, so control-plane changes
-//! take effect without stalling traffic. Counters are published per batch.
+//! take effect without stalling traffic. Counters are published per batch: the
+//! node's, each peer's (tallied by the peer's slot in the table, published before
+//! the table is swapped: slots are per generation), and the flow samples
+//! ([`crate::flows`]: one frame per ~128 KiB, into the shared top-flows table).
 //! [`Engine::start`] starts every thread or none.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::counters::{Counters, DropReason, LocalCounts};
+use crate::counters::{Counters, DropReason, LocalCounts, PeerTallies};
 use crate::fib::{ForwardingTable, SharedTable};
+use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
 use crate::send_batch::TxBatch;
 use crate::sys::{wait_readable, RecvBatch, Tap, UdpRx, UdpTx};
@@ -64,6 +68,8 @@ pub struct EngineConfig {
     pub udp_rx: UdpRx,
     pub table: SharedTable,
     pub counters: Arc<Counters>,
+    /// The top-flows table the threads sample into.
+    pub flows: Arc<SharedFlows>,
 }
 
 /// The running threads. Dropping it stops them too.
@@ -95,6 +101,7 @@ impl Engine {
             udp_rx,
             table,
             counters,
+            flows,
         } = cfg;
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
@@ -122,6 +129,7 @@ impl Engine {
                 udp: udp_tx.try_clone()?,
                 table: table.clone(),
                 counters: Arc::clone(&counters),
+                flows: FlowTap::new(&flows, i as u64),
                 stop: Arc::clone(&engine.stop),
                 status: Arc::clone(&status),
             };
@@ -134,6 +142,7 @@ impl Engine {
             udp: udp_rx,
             table,
             counters,
+            flows: FlowTap::new(&flows, u64::MAX),
             stop: Arc::clone(&engine.stop),
         };
         engine
@@ -210,11 +219,59 @@ fn back_off(e: &io::Error, log: &mut RateLimitedLog) {
     std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
 }
 
+/// Wall-clock time in Unix milliseconds, for "last seen" stamps (read per batch).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A thread's flow sampler and the shared table its samples go to.
+struct FlowTap {
+    sampler: FlowSampler,
+    shared: Arc<SharedFlows>,
+}
+
+impl FlowTap {
+    fn new(shared: &Arc<SharedFlows>, thread: u64) -> FlowTap {
+        FlowTap {
+            sampler: shared.sampler(crate::flows::random_seed() ^ thread),
+            shared: Arc::clone(shared),
+        }
+    }
+
+    /// Offers a frame crossing the overlay (see [`FlowSampler::offer`]).
+    #[inline]
+    fn offer(
+        &mut self,
+        frame: &[u8],
+        bytes: usize,
+        packets: usize,
+        dir: Direction,
+        peer: Ipv4Addr,
+    ) {
+        if self
+            .sampler
+            .offer(frame, bytes as u64, packets as u64, dir, peer)
+        {
+            self.publish();
+        }
+    }
+
+    /// Hands the buffered samples to the shared table.
+    fn publish(&mut self) {
+        if !self.sampler.is_empty() {
+            self.shared.absorb(&mut self.sampler, unix_ms());
+        }
+    }
+}
+
 struct EgressWorker {
     tap: Arc<Tap>,
     udp: UdpTx,
     table: SharedTable,
     counters: Arc<Counters>,
+    flows: FlowTap,
     stop: Arc<AtomicBool>,
     status: Arc<EngineStatus>,
 }
@@ -222,12 +279,14 @@ struct EgressWorker {
 /// The forwarding table a worker uses and the VXLAN header built from its VNI.
 /// Reloaded from the [`SharedTable`] when the worker goes idle and after every
 /// [`TABLE_RELOAD_EVERY`] packets, both through [`TableView::reload`], so the header
-/// never carries an older table's VNI.
+/// never carries an older table's VNI. Holds the thread's per-peer tallies, by slot
+/// of `table`: they are published before another generation is taken.
 struct TableView {
     shared: SharedTable,
     table: Arc<ForwardingTable>,
     vxlan: [u8; VxlanHeader::LEN],
     since_reload: u32,
+    peers: PeerTallies,
 }
 
 impl TableView {
@@ -238,6 +297,7 @@ impl TableView {
         }
         .to_bytes();
         TableView {
+            peers: PeerTallies::new(table.peers().len()),
             shared,
             table,
             vxlan,
@@ -245,9 +305,19 @@ impl TableView {
         }
     }
 
-    /// Takes the current table, and the header for its VNI.
+    /// Adds the per-peer tallies to the peers' counters.
+    fn publish_peers(&mut self) {
+        if !self.peers.is_empty() {
+            self.peers.publish(&self.table, unix_ms());
+        }
+    }
+
+    /// Takes the current table, and the header for its VNI (the tallies of the
+    /// previous one published first).
     fn reload(&mut self) {
+        self.publish_peers();
         self.table = self.shared.load();
+        self.peers.resize(self.table.peers().len());
         self.vxlan = VxlanHeader {
             vni: self.table.local().vni,
         }
@@ -256,12 +326,15 @@ impl TableView {
     }
 
     /// Counts one packet handled; reloads after [`TABLE_RELOAD_EVERY`] of them.
+    /// Returns whether it reloaded (slots taken before are void).
     #[inline]
-    fn count_packet(&mut self) {
+    fn count_packet(&mut self) -> bool {
         self.since_reload += 1;
         if self.since_reload >= TABLE_RELOAD_EVERY {
             self.reload();
+            return true;
         }
+        false
     }
 }
 
@@ -281,7 +354,7 @@ impl EgressWorker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.flush(&mut batch, &mut counts);
-                    self.counters.publish(&mut counts);
+                    self.publish(&mut counts, &mut view);
                     view.reload();
                     idle(self.tap.as_fd(), &mut log);
                     continue;
@@ -294,7 +367,7 @@ impl EgressWorker {
             };
             counts.tap_syscalls += 1;
             counts.tap_frames_read += 1;
-            view.count_packet();
+            let _ = view.count_packet();
             let (vh, frame) = if vnet {
                 match VirtioNetHdr::parse(&rbuf[..n]) {
                     Ok(vh) => (vh, &rbuf[VirtioNetHdr::LEN..n]),
@@ -308,13 +381,24 @@ impl EgressWorker {
             };
             counts.tap_bytes_read += frame.len() as u64;
             match classify_egress(frame, &view.table) {
-                Egress::Forward { peer, flow_hash } => {
+                Egress::Forward {
+                    peer,
+                    slot,
+                    flow_hash,
+                } => {
                     let need = offload::max_output_len(&vh, frame.len(), VxlanHeader::LEN);
                     if need > batch.spare_len() || batch.entries().len() + 64 > TX_ENTRIES {
                         self.flush(&mut batch, &mut counts);
+                        self.publish(&mut counts, &mut view);
                     }
-                    if need > batch.capacity() {
+                    let malformed = |counts: &mut LocalCounts, view: &TableView| {
                         counts.drop(DropReason::EgressMalformed);
+                        if let Some(c) = view.table.peer_counters(slot) {
+                            c.count_drop(DropReason::EgressMalformed);
+                        }
+                    };
+                    if need > batch.capacity() {
+                        malformed(&mut counts, &view);
                         continue;
                     }
                     match offload::segment(&vh, frame, &view.vxlan, batch.spare()) {
@@ -324,11 +408,16 @@ impl EgressWorker {
                             }
                             let dst = SocketAddrV4::new(peer, view.table.local().port);
                             let socket = flow_hash as usize % nsock;
-                            if !batch.push(segs, dst, socket, self.udp.gso()) {
-                                counts.drop(DropReason::EgressMalformed);
+                            if batch.push(segs, dst, socket, self.udp.gso()) {
+                                view.peers.tx(slot, segs.count as u64, segs.len as u64);
+                                let inner = segs.len - segs.count * VxlanHeader::LEN;
+                                self.flows
+                                    .offer(frame, inner, segs.count, Direction::ToPeer, peer);
+                            } else {
+                                malformed(&mut counts, &view);
                             }
                         }
-                        Err(_) => counts.drop(DropReason::EgressMalformed),
+                        Err(_) => malformed(&mut counts, &view),
                     }
                 }
                 Egress::ArpReply(reply) => {
@@ -342,7 +431,14 @@ impl EgressWorker {
             }
         }
         self.flush(&mut batch, &mut counts);
-        self.counters.publish(&mut counts);
+        self.publish(&mut counts, &mut view);
+    }
+
+    /// Publishes the node's counts, the peers' tallies and the flow samples.
+    fn publish(&mut self, counts: &mut LocalCounts, view: &mut TableView) {
+        self.counters.publish(counts);
+        view.publish_peers();
+        self.flows.publish();
     }
 
     fn flush(&mut self, batch: &mut TxBatch, counts: &mut LocalCounts) {
@@ -361,19 +457,33 @@ struct IngressWorker {
     udp: UdpRx,
     table: SharedTable,
     counters: Arc<Counters>,
+    flows: FlowTap,
     stop: Arc<AtomicBool>,
 }
 
 impl IngressWorker {
-    fn run(self) {
+    fn run(mut self) {
         let vnet = self.tap.offloads().vnet_hdr;
         let mut batch = RecvBatch::new(RX_MESSAGES);
-        // Merging needs the virtio header to hand the kernel a GSO frame.
-        let mut gro = vnet.then(|| Coalescer::new(GRO_FLOWS));
+        // Frames longer than the TAP's MTU (a kernel peer's uncut GSO frames) go out
+        // as GSO; merging needs the virtio header to hand the kernel a GSO frame.
+        let tap_mtu = self.tap.mtu().ok();
+        let mut gro = vnet.then(|| match tap_mtu {
+            Some(m) => Coalescer::new(GRO_FLOWS).with_tap_mtu(m),
+            None => Coalescer::new(GRO_FLOWS),
+        });
         let mut counts = LocalCounts::default();
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("UDP receive failed");
         let mut merged_seen = 0u64;
+        let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
+        // Without virtio-net headers partial checksums are finished and uncut GSO
+        // frames cut here, in a copy.
+        let mut plain_buf = if vnet {
+            Vec::new()
+        } else {
+            vec![0u8; offload::PLAIN_TAP_SCRATCH]
+        };
         let tap = &*self.tap;
 
         while !self.stop.load(Ordering::Relaxed) {
@@ -381,6 +491,7 @@ impl IngressWorker {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.counters.publish(&mut counts);
+                    self.flows.publish();
                     view.reload();
                     idle(self.udp.as_fd(), &mut log);
                     continue;
@@ -402,28 +513,65 @@ impl IngressWorker {
                     Err(_) => counts.drop(DropReason::TapWriteFailed),
                 }
             };
-            deliver_batch(&batch, n, &mut view, gro.as_mut(), &mut counts, &emit);
+            let mut to_tap = match gro.as_mut() {
+                Some(g) => ToTap::Gro(g),
+                None => ToTap::Plain {
+                    tap_mtu,
+                    scratch: &mut plain_buf,
+                },
+            };
+            deliver_batch(
+                &batch,
+                n,
+                &mut view,
+                &mut to_tap,
+                &mut counts,
+                &mut self.flows,
+                &emit,
+            );
             if let Some(g) = gro.as_mut() {
                 g.flush(&mut |vh, f| emit(vh, f, &mut counts));
                 let merged = g.stats().merged;
                 counts.gro_segments_merged += merged - merged_seen;
                 merged_seen = merged;
+                let st = g.stats();
+                counts.ingress_partial_checksums += st.partial_checksum - partial_seen;
+                counts.ingress_gso_frames += st.oversized - oversized_seen;
+                (partial_seen, oversized_seen) = (st.partial_checksum, st.oversized);
             }
             self.counters.publish(&mut counts);
+            view.publish_peers();
+            self.flows.publish();
         }
         self.counters.publish(&mut counts);
+        view.publish_peers();
+        self.flows.publish();
     }
+}
+
+/// Where delivered frames go: through the coalescer (a TAP with virtio-net headers; the
+/// caller flushes it), or straight to a plain TAP, with partial checksums finished and
+/// uncut GSO frames cut in `scratch`.
+enum ToTap<'a> {
+    Gro(&'a mut Coalescer),
+    Plain {
+        tap_mtu: Option<usize>,
+        scratch: &'a mut [u8],
+    },
 }
 
 /// Checks the datagrams of the first `n` messages of `batch` and hands the frames to
 /// deliver to `emit`, through `gro` when set (the caller flushes it). Every datagram
-/// counts as one packet towards the next table reload.
+/// counts as one packet towards the next table reload, and towards its peer's
+/// tallies (the peer is looked up once per message: one source each).
+#[allow(clippy::too_many_arguments)]
 fn deliver_batch(
     batch: &RecvBatch,
     n: usize,
     view: &mut TableView,
-    mut gro: Option<&mut Coalescer>,
+    to_tap: &mut ToTap<'_>,
     counts: &mut LocalCounts,
+    flows: &mut FlowTap,
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
     for i in 0..n {
@@ -431,21 +579,44 @@ fn deliver_batch(
             counts.drop(DropReason::IngressMalformed);
             continue;
         };
+        let mut slot = view.table.slot_by_source(src.ip());
         for d in datagrams {
             counts.udp_datagrams_received += 1;
             counts.udp_bytes_received += d.len() as u64;
+            if let Some(s) = slot {
+                view.peers.rx(s, 1, d.len() as u64);
+            }
             match classify_ingress(*src.ip(), d, &view.table) {
                 Ingress::Deliver { inner } => {
                     counts.frames_delivered += 1;
                     let frame = &d[inner..];
-                    match gro.as_mut() {
-                        Some(g) => g.push(frame, &mut |vh, f| emit(vh, f, counts)),
-                        None => emit(&VirtioNetHdr::NONE, frame, counts),
+                    flows.offer(frame, frame.len(), 1, Direction::FromPeer, *src.ip());
+                    match to_tap {
+                        ToTap::Gro(g) => g.push(frame, &mut |vh, f| emit(vh, f, counts)),
+                        ToTap::Plain { tap_mtu, scratch } => {
+                            let done = offload::for_plain_tap(frame, *tap_mtu, scratch, &mut |f| {
+                                emit(&VirtioNetHdr::NONE, f, counts)
+                            });
+                            match done {
+                                offload::PlainTap::Unchanged => {}
+                                offload::PlainTap::Finished => {
+                                    counts.ingress_partial_checksums += 1
+                                }
+                                offload::PlainTap::Cut(_) => counts.ingress_gso_frames += 1,
+                            }
+                        }
                     }
                 }
-                Ingress::Drop(reason) => counts.drop(reason),
+                Ingress::Drop(reason) => {
+                    counts.drop(reason);
+                    if let Some(c) = slot.and_then(|s| view.table.peer_counters(s)) {
+                        c.count_drop(reason);
+                    }
+                }
             }
-            view.count_packet();
+            if view.count_packet() {
+                slot = view.table.slot_by_source(src.ip());
+            }
         }
     }
 }
@@ -454,7 +625,6 @@ fn deliver_batch(
 mod tests {
     use std::cell::Cell;
     use std::fs::File;
-    use std::net::Ipv4Addr;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::AtomicUsize;
@@ -539,11 +709,24 @@ mod tests {
         let batch = RecvBatch::with_messages(&[(src, d.len(), &msg), (src, d.len(), &msg)]);
         let delivered = Cell::new(0);
         let mut counts = LocalCounts::default();
-        deliver_batch(&batch, 2, &mut view, None, &mut counts, &|vh, f, _| {
-            assert_eq!(*vh, VirtioNetHdr::NONE);
-            assert_eq!(f, &d[VxlanHeader::LEN..]);
-            delivered.set(delivered.get() + 1);
-        });
+        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
+        let mut plain = ToTap::Plain {
+            tap_mtu: None,
+            scratch: &mut [],
+        };
+        deliver_batch(
+            &batch,
+            2,
+            &mut view,
+            &mut plain,
+            &mut counts,
+            &mut flows,
+            &|vh, f, _| {
+                assert_eq!(*vh, VirtioNetHdr::NONE);
+                assert_eq!(f, &d[VxlanHeader::LEN..]);
+                delivered.set(delivered.get() + 1);
+            },
+        );
         assert_eq!(counts.udp_datagrams_received, 2 * per_message as u64);
         // with the old table up to the reload, with the new one after it
         assert_eq!(delivered.get(), every);
@@ -571,6 +754,7 @@ mod tests {
             udp_rx: UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 16, false).unwrap(),
             table: SharedTable::new(table(1, true)),
             counters: Arc::clone(counters),
+            flows: Arc::new(SharedFlows::default()),
         };
         (cfg, peers)
     }
@@ -622,5 +806,132 @@ mod tests {
         engine.stop();
         assert_eq!(finished.load(Ordering::SeqCst), 3);
         assert_eq!(Arc::strong_count(&counters), 1);
+    }
+
+    /// A 1,400-byte IPv4/TCP frame from pod `10.244.1.2:<sport>` to a pod behind the
+    /// peer, addressed to the peer's VtepMAC (as the kernel writes it to the TAP).
+    fn egress_frame(sport: u16) -> Vec<u8> {
+        let peer: crate::wire::MacAddr = PEER_MAC.parse().unwrap();
+        let me: crate::wire::MacAddr = ME.parse().unwrap();
+        let mut f = Vec::with_capacity(1400);
+        f.extend_from_slice(&peer.0);
+        f.extend_from_slice(&me.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let ip_len = (1400 - 14) as u16;
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(&[10, 244, 1, 2, 10, 244, 2, 2]);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&5201u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+        f.resize(1400, 0xab);
+        f
+    }
+
+    /// Load for instruction counts (callgrind): the engine on a socket pair and
+    /// loopback UDP moves `VXMESH_LOAD_FRAMES` (20,000) 1,400-byte frames each way,
+    /// over 4 flows. Run in release under callgrind and read the inclusive cost of
+    /// `EgressWorker::run` and `IngressWorker::run` (docs/benchmarks.md, "Counting cost"):
+    /// `cargo test --release -p vxmesh-dataplane --lib engine_load -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a load for measurements, not a check: run by hand under callgrind"]
+    fn engine_load() {
+        let frames: usize = std::env::var("VXMESH_LOAD_FRAMES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let counters = Arc::new(Counters::default());
+        // Egress goes to a socket nobody reads (the kernel drops what does not fit).
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sink_port = sink.local_addr().unwrap().port();
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let tap = Tap::over_file(
+            File::from(OwnedFd::from(ours)),
+            IfName::new("load0").unwrap(),
+        );
+        let udp_rx =
+            UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 4 << 20, false).unwrap();
+        let rx_addr = udp_rx.local_addr().unwrap();
+        let table = ForwardingTable::new(
+            LocalVtep {
+                vtep_mac: ME.parse().unwrap(),
+                vni: Vni::new(1).unwrap(),
+                port: sink_port,
+            },
+            [PeerVtep {
+                vtep_mac: PEER_MAC.parse().unwrap(),
+                public_ip: Ipv4Addr::LOCALHOST,
+                vtep_ip: Ipv4Addr::new(10, 244, 2, 0),
+            }],
+        );
+        let engine = Engine::start(EngineConfig {
+            tap: vec![tap],
+            udp_tx: UdpTx::open(Ipv4Addr::LOCALHOST, 2, 4 << 20).unwrap(),
+            udp_rx,
+            table: SharedTable::new(table),
+            counters: Arc::clone(&counters),
+            flows: Arc::new(SharedFlows::default()),
+        })
+        .unwrap();
+        let theirs = Arc::new(theirs);
+        // Drain what ingress writes to the "TAP".
+        let reader = {
+            let t = Arc::clone(&theirs);
+            t.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while t.recv(&mut buf).is_ok() {}
+            })
+        };
+        let flows: Vec<Vec<u8>> = (0..4).map(|i| egress_frame(40_000 + i)).collect();
+        let mut datagram = header(1).to_vec();
+        let mut inner = egress_frame(5201);
+        inner[..6].copy_from_slice(&ME.parse::<crate::wire::MacAddr>().unwrap().0);
+        inner[6..12].copy_from_slice(&PEER_MAC.parse::<crate::wire::MacAddr>().unwrap().0);
+        datagram.extend_from_slice(&inner);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..frames {
+            theirs.send(&flows[i % flows.len()]).unwrap();
+            tx.send_to(&datagram, rx_addr).unwrap();
+            if i % 64 == 63 {
+                // let the engine keep up rather than the kernel dropping datagrams
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        wait_for_counts(&counters, frames);
+        engine.stop();
+        reader.join().unwrap();
+        let c = counters.snapshot();
+        println!(
+            "engine_load: egress {} frames {} bytes; ingress {} datagrams {} bytes",
+            c.tap_frames_read, c.tap_bytes_read, c.udp_datagrams_received, c.udp_bytes_received
+        );
+    }
+
+    fn wait_for_counts(counters: &Counters, frames: usize) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(120) {
+            let c = counters.snapshot();
+            if c.tap_frames_read as usize >= frames
+                && c.udp_datagrams_received as usize >= frames * 9 / 10
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -3,13 +3,21 @@
 //! The control plane builds a new [`ForwardingTable`] whenever a peer lease changes
 //! and swaps it in atomically ([`SharedTable`]); the hot-path threads load it once
 //! per batch. Nothing here locks or allocates on lookup.
+//!
+//! Each peer has a *slot*: its index in [`ForwardingTable::peers`], valid for that
+//! generation only. The hot path counts per slot in thread-local tallies and adds
+//! them to the peer's [`PeerCounters`] before it lets go of the generation (see
+//! [`crate::counters::PeerTallies`]). The counters themselves outlive generations:
+//! [`ForwardingTable::next`] hands each peer that stays (same VTEP address and
+//! PublicIP) the same `Arc<PeerCounters>`, so a rebuild loses no count.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
+use crate::counters::PeerCounters;
 use crate::wire::{MacAddr, Vni};
 
 /// This node's VTEP.
@@ -34,30 +42,66 @@ pub struct PeerVtep {
 #[derive(Debug, Clone)]
 pub struct ForwardingTable {
     local: LocalVtep,
-    by_mac: FxHashMap<MacAddr, Ipv4Addr>,
+    /// VtepMAC → (PublicIP, slot).
+    by_mac: FxHashMap<MacAddr, (Ipv4Addr, u32)>,
     by_vtep_ip: FxHashMap<Ipv4Addr, MacAddr>,
-    sources: FxHashSet<Ipv4Addr>,
+    /// PublicIP → slot: the addresses we accept VXLAN from.
+    sources: FxHashMap<Ipv4Addr, u32>,
     peers: Vec<PeerVtep>,
+    /// `counters[slot]` belongs to `peers[slot]`.
+    counters: Vec<Arc<PeerCounters>>,
 }
 
 impl ForwardingTable {
-    /// Builds the table. A peer whose MAC is not unicast or equals ours is left out
-    /// (the control plane has already logged it).
+    /// Builds the table, every peer with new counters. A peer whose MAC is not
+    /// unicast or equals ours is left out (the control plane has already logged it).
     pub fn new(local: LocalVtep, peers: impl IntoIterator<Item = PeerVtep>) -> Self {
+        Self::build(local, peers, |_| None)
+    }
+
+    /// The next generation: `peers` with this table's local VTEP; a peer already here
+    /// with the same VTEP address and PublicIP keeps its counters.
+    pub fn next(&self, peers: impl IntoIterator<Item = PeerVtep>) -> Self {
+        self.with_local(self.local, peers)
+    }
+
+    /// Like [`ForwardingTable::next`], with another local VTEP.
+    pub fn with_local(&self, local: LocalVtep, peers: impl IntoIterator<Item = PeerVtep>) -> Self {
+        let old: FxHashMap<(Ipv4Addr, Ipv4Addr), &Arc<PeerCounters>> = self
+            .peers
+            .iter()
+            .zip(&self.counters)
+            .map(|(p, c)| ((p.vtep_ip, p.public_ip), c))
+            .collect();
+        Self::build(local, peers, |p| {
+            old.get(&(p.vtep_ip, p.public_ip)).map(|c| Arc::clone(c))
+        })
+    }
+
+    fn build(
+        local: LocalVtep,
+        peers: impl IntoIterator<Item = PeerVtep>,
+        reuse: impl Fn(&PeerVtep) -> Option<Arc<PeerCounters>>,
+    ) -> Self {
         let mut t = ForwardingTable {
             local,
             by_mac: FxHashMap::default(),
             by_vtep_ip: FxHashMap::default(),
-            sources: FxHashSet::default(),
+            sources: FxHashMap::default(),
             peers: Vec::new(),
+            counters: Vec::new(),
         };
         for p in peers {
             if !p.vtep_mac.is_unicast() || p.vtep_mac == local.vtep_mac {
                 continue;
             }
-            t.by_mac.insert(p.vtep_mac, p.public_ip);
+            let Ok(slot) = u32::try_from(t.peers.len()) else {
+                break;
+            };
+            t.by_mac.insert(p.vtep_mac, (p.public_ip, slot));
             t.by_vtep_ip.insert(p.vtep_ip, p.vtep_mac);
-            t.sources.insert(p.public_ip);
+            t.sources.insert(p.public_ip, slot);
+            t.counters.push(reuse(&p).unwrap_or_default());
             t.peers.push(p);
         }
         t
@@ -70,7 +114,13 @@ impl ForwardingTable {
     /// The PublicIP behind a VtepMAC.
     #[inline]
     pub fn peer_by_mac(&self, mac: &MacAddr) -> Option<Ipv4Addr> {
-        self.by_mac.get(mac).copied()
+        self.by_mac.get(mac).map(|&(ip, _)| ip)
+    }
+
+    /// The PublicIP and the slot of the peer behind a VtepMAC.
+    #[inline]
+    pub fn peer_slot_by_mac(&self, mac: &MacAddr) -> Option<(Ipv4Addr, usize)> {
+        self.by_mac.get(mac).map(|&(ip, slot)| (ip, slot as usize))
     }
 
     /// The VtepMAC answering for a peer VTEP address (ARP).
@@ -82,11 +132,24 @@ impl ForwardingTable {
     /// Whether `ip` is a leased peer's PublicIP.
     #[inline]
     pub fn is_peer_source(&self, ip: &Ipv4Addr) -> bool {
-        self.sources.contains(ip)
+        self.sources.contains_key(ip)
     }
 
+    /// The slot of the peer whose PublicIP is `ip`.
+    #[inline]
+    pub fn slot_by_source(&self, ip: &Ipv4Addr) -> Option<usize> {
+        self.sources.get(ip).map(|&s| s as usize)
+    }
+
+    /// The peers, in slot order.
     pub fn peers(&self) -> &[PeerVtep] {
         &self.peers
+    }
+
+    /// The counters of the peer in `slot` (see the module documentation).
+    #[inline]
+    pub fn peer_counters(&self, slot: usize) -> Option<&Arc<PeerCounters>> {
+        self.counters.get(slot)
     }
 }
 
@@ -102,6 +165,13 @@ impl SharedTable {
     /// Publishes a new generation; readers see it at their next batch.
     pub fn store(&self, table: ForwardingTable) {
         self.0.store(Arc::new(table));
+    }
+
+    /// Publishes the next generation for `peers` (see [`ForwardingTable::next`]): the
+    /// peers that stay keep their counters. One writer at a time (the control plane).
+    pub fn update(&self, peers: impl IntoIterator<Item = PeerVtep>) {
+        let next = self.load().next(peers);
+        self.store(next);
     }
 
     /// The current generation (cheap: no lock, one atomic load and a refcount).
@@ -146,9 +216,48 @@ mod tests {
         assert!(!t.is_peer_source(&bad.public_ip));
         assert_eq!(t.peers().len(), 1);
 
+        assert_eq!(t.peer_slot_by_mac(&p.vtep_mac), Some((p.public_ip, 0)));
+        assert_eq!(t.slot_by_source(&p.public_ip), Some(0));
+        assert_eq!(t.slot_by_source(&bad.public_ip), None);
+
         let shared = SharedTable::new(ForwardingTable::new(local(), []));
         assert!(shared.load().peers().is_empty());
         shared.store(t);
         assert_eq!(shared.load().peers().len(), 1);
+    }
+
+    fn peer(n: u8) -> PeerVtep {
+        PeerVtep {
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
+            public_ip: Ipv4Addr::new(192, 168, 77, n),
+            vtep_ip: Ipv4Addr::new(10, 244, n, 0),
+        }
+    }
+
+    /// A rebuild keeps the counters of the peers that stay, wherever their slot moves;
+    /// a peer with a new PublicIP (or a new one) starts from zero.
+    #[test]
+    fn next_generation_keeps_counters_of_peers_that_stay() {
+        let shared = SharedTable::new(ForwardingTable::new(local(), [peer(1), peer(2)]));
+        let g1 = shared.load();
+        g1.peer_counters(1).unwrap().add_rx(3, 300, 1_000);
+        let moved = PeerVtep {
+            public_ip: Ipv4Addr::new(192, 168, 78, 1),
+            ..peer(1)
+        };
+        shared.update([peer(3), moved, peer(2)]);
+        let g2 = shared.load();
+        assert_eq!(g2.slot_by_source(&peer(2).public_ip), Some(2));
+        assert!(Arc::ptr_eq(
+            g1.peer_counters(1).unwrap(),
+            g2.peer_counters(2).unwrap()
+        ));
+        assert_eq!(g2.peer_counters(2).unwrap().snapshot().rx_packets, 3);
+        assert!(!Arc::ptr_eq(
+            g1.peer_counters(0).unwrap(),
+            g2.peer_counters(1).unwrap()
+        ));
+        assert_eq!(g2.peer_counters(0).unwrap().snapshot().rx_packets, 0);
+        assert!(g2.peer_counters(3).is_none());
     }
 }

@@ -9,7 +9,9 @@
 //! - [`offload`]: TCP/UDP segmentation on transmit, TCP coalescing on receive.
 //! - [`send_batch`]: which datagrams share a UDP GSO send, how a batch is cut into
 //!   `sendmmsg` messages, and what a partial send sent.
-//! - [`counters`]: packet/byte/syscall counters and drops by reason.
+//! - [`counters`]: packet/byte/syscall counters and drops by reason, per node and
+//!   per peer.
+//! - [`flows`]: the top flows (sampled inner 5-tuples in a fixed-size table).
 //! - [`ifname`]: checked interface names.
 //!
 //! Thin shells:
@@ -19,6 +21,7 @@
 pub mod counters;
 pub mod engine;
 pub mod fib;
+pub mod flows;
 pub mod ifname;
 pub mod offload;
 pub mod send_batch;

@@ -30,8 +30,10 @@ pub const ARP_FRAME_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN + ArpPacket:
 pub enum Egress {
     /// Encapsulate and send to `peer` (its PublicIP, at the configured port).
     /// `flow_hash` picks the outer UDP source port (RFC 7348 §5: entropy for ECMP).
+    /// `slot` is the peer's slot in this table generation (per-peer counters).
     Forward {
         peer: Ipv4Addr,
+        slot: usize,
         flow_hash: u32,
     },
     /// Write this ARP reply back to the TAP.
@@ -51,9 +53,10 @@ pub fn classify_egress(frame: &[u8], table: &ForwardingTable) -> Egress {
         }
         return Egress::Drop(DropReason::Multicast);
     }
-    match table.peer_by_mac(&dst) {
-        Some(peer) => Egress::Forward {
+    match table.peer_slot_by_mac(&dst) {
+        Some((peer, slot)) => Egress::Forward {
             peer,
+            slot,
             flow_hash: flow_hash(&eth),
         },
         None => Egress::Drop(DropReason::UnknownDestination),
@@ -169,7 +172,8 @@ mod tests {
     use super::*;
     use crate::fib::{LocalVtep, PeerVtep};
     use crate::wire::testdata::{
-        ARP_REQUEST, INNER_ICMP_REQUEST, OUTER_ICMP_REQUEST, OUTER_UDP_PAYLOAD,
+        ARP_REQUEST, INNER_ICMP_REQUEST, OUTER_ICMP_REQUEST, OUTER_UDP_PAYLOAD, PARTIAL_TCP_OUTER,
+        PARTIAL_UDP_OUTER,
     };
     use crate::wire::{MacAddr, Vni};
 
@@ -269,6 +273,16 @@ mod tests {
             Ingress::Deliver { inner: 8 }
         );
         assert_eq!(&d[8..], &INNER_ICMP_REQUEST[..]);
+        // Kernel senders at default offloads leave inner checksums partial: such a
+        // datagram is delivered like any other (the coalescer marks it NEEDS_CSUM).
+        for outer in [&PARTIAL_TCP_OUTER[..], &PARTIAL_UDP_OUTER[..]] {
+            let d = &outer[OUTER_UDP_PAYLOAD..];
+            assert_eq!(
+                classify_ingress(from, d, &node_b()),
+                Ingress::Deliver { inner: 8 }
+            );
+            assert!(crate::offload::partial::detect(&d[8..]).is_some());
+        }
     }
 
     #[test]

@@ -10,23 +10,31 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vxmesh_dataplane::counters::{CounterSnapshot, Counters, DropReason};
+use vxmesh_dataplane::counters::{CounterSnapshot, Counters, DropReason, PeerCounterSnapshot};
 use vxmesh_dataplane::engine::{Engine, EngineConfig};
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, PeerVtep, SharedTable};
+use vxmesh_dataplane::flows::{Direction, SharedFlows};
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
 use vxmesh_dataplane::wire::{MacAddr, Vni, VxlanHeader};
-use vxmesh_testkit::{require_root, unique_prefix, veth, Netns};
+use vxmesh_testkit::{require_commands, require_root, unique_prefix, veth, wait_for, Netns};
 
 struct Node {
     ns: Netns,
     engine: Option<Engine>,
     counters: Arc<Counters>,
+    table: SharedTable,
+    flows: Arc<SharedFlows>,
 }
 
 impl Node {
     fn counters(&self) -> CounterSnapshot {
         self.counters.snapshot()
+    }
+
+    /// The counters of the node's only peer.
+    fn peer(&self) -> PeerCounterSnapshot {
+        self.table.load().peer_counters(0).unwrap().snapshot()
     }
 }
 
@@ -102,18 +110,23 @@ fn start_node(
         port: PORT,
     };
     let counters = Arc::new(Counters::default());
+    let table = SharedTable::new(ForwardingTable::new(local, [peer]));
+    let flows = Arc::new(SharedFlows::default());
     let engine = Engine::start(EngineConfig {
         tap: taps,
         udp_tx: tx,
         udp_rx: rx,
-        table: SharedTable::new(ForwardingTable::new(local, [peer])),
+        table: table.clone(),
         counters: Arc::clone(&counters),
+        flows: Arc::clone(&flows),
     })
     .unwrap();
     Node {
         ns,
         engine: Some(engine),
         counters,
+        table,
+        flows,
     }
 }
 
@@ -230,6 +243,41 @@ fn ping_and_verified_tcp_both_ways_with_offloads() {
         ca.udp_send_syscalls < ca.udp_datagrams_sent,
         "batching: {ca:?}"
     );
+    peer_counters_add_up(&a);
+    peer_counters_add_up(&b);
+    // The top flow each way is the 32 MiB transfer, its bytes estimated from samples:
+    // inner frames of MSS-sized segments (Ethernet 14 + IPv4 20 + TCP 32 with
+    // timestamps = 66 bytes of headers each) carrying 32 MiB.
+    for (node, port) in [(&a, 5201), (&b, 5202)] {
+        let (top, _) = node.flows.top(8);
+        let f = top
+            .iter()
+            .find(|f| f.dir == Direction::ToPeer && f.key.dst_port == port)
+            .unwrap_or_else(|| panic!("no flow to :{port} in {top:#?}"));
+        let payload = f.bytes.saturating_sub(f.packets * 66) as f64;
+        let want = (32u64 << 20) as f64;
+        assert!(
+            (payload - want).abs() / want < 0.02,
+            "flow to :{port}: {f:?}, payload estimate {payload} vs {want}"
+        );
+        assert!(f.key.src_port != 0 && f.key.proto == 6, "{f:?}");
+    }
+}
+
+/// With one peer, its counters are the node's: every datagram sent or received
+/// went to or came from it.
+fn peer_counters_add_up(n: &Node) {
+    let same = || {
+        let (c, p) = (n.counters(), n.peer());
+        p.tx_packets == c.udp_datagrams_sent + c.dropped(DropReason::SendFailed)
+            && p.rx_packets == c.udp_datagrams_received
+            && p.rx_bytes == c.udp_bytes_received
+    };
+    wait_for(Duration::from_secs(3), same);
+    let (c, p) = (n.counters(), n.peer());
+    assert!(same(), "peer {p:?}\nnode {c:?}");
+    assert!(p.tx_bytes >= c.udp_bytes_sent, "{p:?} {c:?}");
+    assert!(p.last_rx_unix_ms > 0 && p.last_tx_unix_ms > 0, "{p:?}");
 }
 
 #[test]
@@ -300,5 +348,101 @@ fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
     assert_eq!(c.dropped(DropReason::WrongVni), 1, "{c:?}");
     assert_eq!(c.dropped(DropReason::UnknownSource), 1, "{c:?}");
     assert_eq!(c.frames_delivered, 0, "{c:?}");
+    // The wrong VNI came from the peer's address: the peer is blamed; the stranger's
+    // datagram is no peer's.
+    let p = b.peer();
+    assert_eq!(p.dropped(DropReason::WrongVni), 1, "{p:?}");
+    assert_eq!(p.dropped(DropReason::UnknownSource), 0, "{p:?}");
+    assert_eq!(p.rx_packets, 1, "{p:?}");
     drop(a);
+}
+
+/// Inner headers of a data segment after the VXLAN header: Ethernet 14 + IPv4 20 +
+/// TCP 32 (with timestamps).
+const INNER_HEADERS: u64 = 14 + 20 + 32;
+
+/// TCP payload bytes carried by `bytes` of VXLAN payload in `packets` datagrams.
+fn tcp_payload(bytes: u64, packets: u64) -> f64 {
+    bytes.saturating_sub(packets * (VxlanHeader::LEN as u64 + INNER_HEADERS)) as f64
+}
+
+fn within(got: f64, want: f64, pct: f64) -> bool {
+    (got - want).abs() <= want * pct / 100.0
+}
+
+/// The acceptance test: during an iperf3 run from A to B, the per-peer
+/// counters (A's tx to B, B's rx from A) and the top-flows entry of the data stream
+/// on both nodes match the bytes iperf3 reports, within a few percent.
+#[test]
+#[ignore = "needs root, network namespaces and iperf3: scripts/test.sh runs it"]
+fn counters_and_flows_match_iperf3() {
+    require_root();
+    require_commands(&["iperf3", "ss"]);
+    let (a, b) = pair("i", TapOptions::default());
+    a.ns.exec("ping", &["-c", "1", "-W", "2", "10.244.2.0"])
+        .unwrap();
+    let mut server =
+        b.ns.command("iperf3")
+            .args(["-s", "-1", "-B", "10.244.2.0", "-p", "5301"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let listening = wait_for(Duration::from_secs(10), || {
+        b.ns.exec("ss", &["-ltnH", "sport", "= :5301"])
+            .is_ok_and(|o| !o.trim().is_empty())
+    });
+    assert!(listening.is_some(), "iperf3 server did not listen");
+    let (pa0, pb0) = (a.peer(), b.peer());
+    let out =
+        a.ns.exec(
+            "iperf3",
+            &[
+                "-c",
+                "10.244.2.0",
+                "-p",
+                "5301",
+                "-t",
+                "3",
+                "-J",
+                "--cport",
+                "40123",
+            ],
+        )
+        .unwrap();
+    let _ = server.wait();
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sent = j["end"]["sum_sent"]["bytes"].as_u64().unwrap() as f64;
+    let received = j["end"]["sum_received"]["bytes"].as_u64().unwrap() as f64;
+    assert!(sent > 1e6, "iperf3 moved too little to compare: {sent}");
+    // The threads publish per batch: let the last batches land.
+    std::thread::sleep(Duration::from_millis(300));
+    let (pa, pb) = (a.peer(), b.peer());
+    let a_tx = tcp_payload(pa.tx_bytes - pa0.tx_bytes, pa.tx_packets - pa0.tx_packets);
+    let b_rx = tcp_payload(pb.rx_bytes - pb0.rx_bytes, pb.rx_packets - pb0.rx_packets);
+    println!(
+        "iperf3 sent {sent} received {received}; A's tx to B carried {a_tx}, B's rx from A {b_rx}"
+    );
+    assert!(
+        within(a_tx, sent, 3.0),
+        "A tx {a_tx} vs iperf3 sent {sent}: {pa:?}"
+    );
+    assert!(
+        within(b_rx, received, 3.0),
+        "B rx {b_rx} vs iperf3 received {received}: {pb:?}"
+    );
+    // The flow table: the data stream (client port 40123) each way it was seen.
+    for (node, dir) in [(&a, Direction::ToPeer), (&b, Direction::FromPeer)] {
+        let (top, _) = node.flows.top(16);
+        let f = top
+            .iter()
+            .find(|f| f.dir == dir && f.key.src_port == 40123 && f.key.dst_port == 5301)
+            .unwrap_or_else(|| panic!("no iperf3 stream {dir:?} in {top:#?}"));
+        let est = f.bytes.saturating_sub(f.packets * INNER_HEADERS) as f64;
+        println!("flow {dir:?}: {f:?}, payload estimate {est}");
+        assert!(
+            within(est, sent, 5.0),
+            "{dir:?} flow estimate {est} vs {sent}: {f:?}"
+        );
+        assert_eq!(top[0].key, f.key, "the iperf3 stream is the top flow");
+    }
 }

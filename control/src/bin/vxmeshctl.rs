@@ -41,8 +41,22 @@ struct Cli {
 enum Cmd {
     /// This node: subnet, VTEP, readiness, offloads.
     Status,
-    /// This node's peers (what its routes point at).
+    /// This node's peers (what its routes point at) and the traffic to and from
+    /// each: packets, bytes, drops, last seen. Sorted by bytes: who talks most.
     Peers,
+    /// The top flows (inner 5-tuples) crossing the overlay at this node, refreshing
+    /// like top (Ctrl-C to quit); once with --json. Estimated from samples.
+    Flows {
+        /// How many flows to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        top: usize,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Print once and exit (no screen clearing).
+        #[arg(long)]
+        once: bool,
+    },
     /// This node's dataplane counters and drops by reason.
     Counters,
     /// Every lease in the registry (flannel and vxmesh nodes alike), with TTLs, and
@@ -50,7 +64,16 @@ enum Cmd {
     Leases,
     /// The network config from the registry, with defaults filled in.
     Config,
-    /// Remove the masquerade/forward rules vxmeshd --ip-masq installed (after uninstall).
+    /// What the agent did (lease acquired/renewed/lost, peers added/changed/removed/
+    /// rejected, offloads chosen), as it happens; Ctrl-C to quit. --json: one JSON
+    /// object a line.
+    Events {
+        /// Print what the agent holds now and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Remove the masquerade/forward rules vxmeshd installed: iptables chains and the
+    /// nftables table (after uninstall).
     CleanupIptables,
     /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
     /// restarts lose nothing — with its address, routes and neighbours. Refuses
@@ -59,6 +82,15 @@ enum Cmd {
         /// The TAP's name (vxmeshd --tap-name).
         #[arg(long, env = "VXMESHD_TAP_NAME", default_value = "vxmesh0")]
         tap_name: String,
+        /// The subnet file vxmeshd wrote (vxmeshd --subnet-file): its
+        /// FLANNEL_NETWORK says which DirectRouting routes (`<peer subnet> via
+        /// <PublicIP>` inside the Network) to remove with the TAP.
+        #[arg(
+            long,
+            env = "VXMESHD_SUBNET_FILE",
+            default_value = "/run/flannel/subnet.env"
+        )]
+        subnet_file: std::path::PathBuf,
     },
     /// Wait until the agent reports ready (exit 1 on timeout).
     WaitReady {
@@ -95,11 +127,118 @@ fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
 }
 
 fn status(cli: &Cli) -> anyhow::Result<Value> {
-    let (code, body) = http_get(&cli.agent, "/v1/status")?;
+    get_json(cli, "/v1/status")
+}
+
+fn get_json(cli: &Cli, path: &str) -> anyhow::Result<Value> {
+    let (code, body) = http_get(&cli.agent, path)?;
     if code != 200 {
         bail!("agent answered {code}: {body}");
     }
-    serde_json::from_str(&body).context("agent status is not JSON")
+    serde_json::from_str(&body).with_context(|| format!("agent's {path} is not JSON"))
+}
+
+/// Bytes with a binary unit (1.5Mi).
+fn human(v: u64) -> String {
+    let mut x = v as f64;
+    for unit in ["", "Ki", "Mi", "Gi", "Ti"] {
+        if x < 1024.0 || unit == "Ti" {
+            return if unit.is_empty() {
+                format!("{v}")
+            } else {
+                format!("{x:.1}{unit}")
+            };
+        }
+        x /= 1024.0;
+    }
+    format!("{v}")
+}
+
+/// "3s ago" from a Unix-ms stamp (0: never).
+fn ago(ms: &Value, now_ms: u64) -> String {
+    match ms.as_u64() {
+        None | Some(0) => "never".into(),
+        Some(t) => format!("{}s ago", now_ms.saturating_sub(t) / 1000),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// One event as a line: UTC time, kind, detail.
+fn event_line(e: &Value) -> String {
+    let ms = u(&e["unix_ms"]);
+    let rem = (ms / 1000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z  {:<16}  {}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000,
+        s(&e["kind"]),
+        s(&e["detail"])
+    )
+}
+
+/// The flows table as text (one screen of `vxmeshctl flows`).
+fn flows_text(f: &Value, now: u64) -> String {
+    let mut rows = Vec::new();
+    for x in f["flows"].as_array().into_iter().flatten() {
+        let proto = match u(&x["proto"]) {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            58 => "icmp6".to_string(),
+            p => p.to_string(),
+        };
+        let secs =
+            (u(&x["last_seen_unix_ms"]).saturating_sub(u(&x["first_seen_unix_ms"])) / 1000).max(1);
+        rows.push(vec![
+            proto,
+            format!("{}:{}", s(&x["src"]), s(&x["src_port"])),
+            format!("{}:{}", s(&x["dst"]), s(&x["dst_port"])),
+            s(&x["direction"]),
+            s(&x["peer"]),
+            human(u(&x["bytes"])),
+            u(&x["packets"]).to_string(),
+            format!("{}/s", human(u(&x["bytes"]) / secs)),
+            if u(&x["error_bytes"]) > 0 {
+                format!("±{}", human(u(&x["error_bytes"])))
+            } else {
+                String::new()
+            },
+            ago(&x["last_seen_unix_ms"], now),
+        ]);
+    }
+    let mut o = format!(
+        "top flows (sampled: one frame per {} on average, {} samples, table of {})\n",
+        human(u(&f["sample_bytes"])),
+        u(&f["samples"]),
+        u(&f["capacity"])
+    );
+    o.push_str(&table_text(
+        &[
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "DIR",
+            "PEER",
+            "BYTES",
+            "PKTS",
+            "AVG-RATE",
+            "ERROR",
+            "LAST",
+        ],
+        &rows,
+    ));
+    o
 }
 
 fn s(v: &Value) -> String {
@@ -111,24 +250,31 @@ fn s(v: &Value) -> String {
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table_text(headers, rows));
+}
+
+fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.len());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut o = String::new();
+    let mut line = |cells: Vec<String>| {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{:<w$}", c, w = w[i]))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        o.push_str(parts.join("  ").trim_end());
+        o.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r.clone());
     }
+    o
 }
 
 fn main() -> anyhow::Result<()> {
@@ -240,17 +386,75 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Peers => {
-            let st = status(&cli)?;
-            let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
+            let mut peers = get_json(&cli, "/v1/peers")?
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&peers)?);
                 return Ok(());
             }
+            peers.sort_by_key(|p| std::cmp::Reverse(u(&p["tx_bytes"]) + u(&p["rx_bytes"])));
+            let now = now_ms();
             let rows: Vec<Vec<String>> = peers
                 .iter()
-                .map(|p| vec![s(&p["subnet"]), s(&p["public_ip"]), s(&p["vtep_mac"])])
+                .map(|p| {
+                    let drops: Vec<String> = p["drops"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    let last = u(&p["last_tx_unix_ms"]).max(u(&p["last_rx_unix_ms"]));
+                    vec![
+                        s(&p["subnet"]),
+                        s(&p["public_ip"]),
+                        s(&p["vtep_mac"]),
+                        format!("{}/{}", human(u(&p["tx_bytes"])), u(&p["tx_packets"])),
+                        format!("{}/{}", human(u(&p["rx_bytes"])), u(&p["rx_packets"])),
+                        if drops.is_empty() {
+                            "0".into()
+                        } else {
+                            drops.join(",")
+                        },
+                        ago(&Value::from(last), now),
+                    ]
+                })
                 .collect();
-            table(&["SUBNET", "PUBLIC-IP", "VTEP-MAC"], &rows);
+            table(
+                &[
+                    "SUBNET",
+                    "PUBLIC-IP",
+                    "VTEP-MAC",
+                    "TX-BYTES/PKTS",
+                    "RX-BYTES/PKTS",
+                    "DROPS",
+                    "LAST-SEEN",
+                ],
+                &rows,
+            );
+        }
+        Cmd::Flows {
+            top,
+            interval,
+            once,
+        } => {
+            let path = format!("/v1/flows?n={top}");
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&get_json(&cli, &path)?)?);
+                return Ok(());
+            }
+            loop {
+                let text = flows_text(&get_json(&cli, &path)?, now_ms());
+                if *once {
+                    print!("{text}");
+                    return Ok(());
+                }
+                // Clear the screen and home the cursor, like top.
+                print!("\x1b[2J\x1b[H{text}");
+                std::io::stdout().flush()?;
+                std::thread::sleep(Duration::from_secs((*interval).max(1)));
+            }
         }
         Cmd::Counters => {
             let st = status(&cli)?;
@@ -278,6 +482,34 @@ fn main() -> anyhow::Result<()> {
             );
             table(&["COUNTER", "VALUE"], &rows);
         }
+        Cmd::Events { once } => {
+            let mut since = 0u64;
+            loop {
+                let page = get_json(&cli, &format!("/v1/events?since={since}"))?;
+                let last = u(&page["last"]);
+                if last < since {
+                    // The agent restarted: its sequence began again.
+                    since = 0;
+                    continue;
+                }
+                if u(&page["missed"]) > 0 {
+                    eprintln!("({} older events no longer held)", u(&page["missed"]));
+                }
+                for e in page["events"].as_array().into_iter().flatten() {
+                    if cli.json {
+                        println!("{e}");
+                    } else {
+                        println!("{}", event_line(e));
+                    }
+                }
+                std::io::stdout().flush()?;
+                since = last;
+                if *once {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         Cmd::Leases | Cmd::Config => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -287,16 +519,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::CleanupIptables => {
             vxmesh_control::masq::remove()?;
             println!(
-                "removed the {} and {} chains and their hooks",
+                "removed the {} and {} chains and their hooks, and nftables table ip {}",
                 vxmesh_control::masq::NAT_CHAIN,
-                vxmesh_control::masq::FWD_CHAIN
+                vxmesh_control::masq::FWD_CHAIN,
+                vxmesh_control::masq::NFT_TABLE
             );
         }
-        Cmd::CleanupTap { tap_name } => {
+        Cmd::CleanupTap {
+            tap_name,
+            subnet_file,
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(cleanup_tap(tap_name))?;
+            rt.block_on(cleanup_tap(tap_name, subnet_file))?;
         }
         Cmd::WaitReady { timeout } => {
             let deadline = Instant::now() + Duration::from_secs(*timeout);
@@ -320,7 +556,57 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup_tap(name: &str) -> anyhow::Result<()> {
+/// The cluster networks in a subnet file (FLANNEL_NETWORK); none when the file is
+/// missing or unreadable (said on stderr).
+fn networks_in(path: &std::path::Path) -> Vec<vxmesh_control::subnet::Subnet> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "{}: {e}; direct routes (DirectRouting) are left alone",
+                path.display()
+            );
+            return Vec::new();
+        }
+    };
+    match vxmesh_subnet_env::SubnetEnv::parse(&bytes) {
+        Ok(env) => env
+            .networks
+            .iter()
+            .filter_map(|n| vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok())
+            .collect(),
+        Err(e) => {
+            eprintln!(
+                "{}: {e}; direct routes (DirectRouting) are left alone",
+                path.display()
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Removes DirectRouting's routes: inside `networks`, with a gateway, through any
+/// device but `tap`. Returns how many went.
+async fn remove_direct_routes(
+    nl: &vxmesh_control::netlink::Netlink,
+    networks: &[vxmesh_control::subnet::Subnet],
+    tap: u32,
+) -> anyhow::Result<usize> {
+    use vxmesh_control::node_dataplane::direct::is_stale_direct_route;
+    let mut n = 0;
+    for r in nl.gateway_routes(tap).await? {
+        if networks
+            .iter()
+            .any(|net| is_stale_direct_route(net, r.destination, r.prefix_len, r.gateway, &[]))
+        {
+            nl.delete_route(&r).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Result<()> {
     use vxmesh_control::node_dataplane::userspace::TAP_ALIAS;
     let tap = vxmesh_dataplane::ifname::IfName::new(name)?;
     if let Some(pid) = vxmesh_control::handover::running_agent(&tap) {
@@ -330,8 +616,13 @@ async fn cleanup_tap(name: &str) -> anyhow::Result<()> {
     match nl.link_identity(tap.as_str()).await? {
         None => println!("no link {tap}: nothing to remove"),
         Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => {
+            // Only while vxmesh's TAP is there: the routes are then vxmeshd's (a
+            // node running flanneld's kernel device keeps its own).
+            let direct = remove_direct_routes(&nl, &networks_in(subnet_file), l.index).await?;
             nl.delete_link(l.index).await?;
-            println!("removed {tap} with its address, routes and neighbours");
+            println!(
+                "removed {tap} with its address, routes and neighbours, and {direct} direct routes"
+            );
         }
         Some(l) => bail!(
             "{tap} is not vxmesh's TAP (kind {:?}, alias {:?}): not touching it",
@@ -340,6 +631,24 @@ async fn cleanup_tap(name: &str) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The pool's usage line of `vxmeshctl leases`, with a warning near exhaustion.
+fn pool_line(p: &vxmesh_control::pool::PoolUsage) -> String {
+    let mut l = format!(
+        "pool: {} of {} subnets used ({}%), {} free",
+        p.used,
+        p.total,
+        p.used_percent(),
+        p.free()
+    );
+    if p.nearly_full() {
+        l.push_str(&format!(
+            "\nWARNING: the pool is nearly exhausted (>= {}%): new nodes will get no subnet; widen Network/SubnetMin/SubnetMax or remove stale leases",
+            vxmesh_control::pool::WARN_PERCENT
+        ));
+    }
+    l
 }
 
 async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
@@ -352,7 +661,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                 serde_json::json!({
                     "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
                     "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
-                    "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu},
+                    "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu, "DirectRouting": c.backend.direct_routing},
                     "notes": c.notes,
                 })
             );
@@ -360,12 +669,17 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             println!("network:   {}", c.network);
             println!("pool:      {}", c.describe_pool());
             println!(
-                "backend:   vxlan  vni {}  port {}  mtu {}",
+                "backend:   vxlan  vni {}  port {}  mtu {}{}",
                 c.backend.vni,
                 c.backend.port,
                 c.backend
                     .mtu
-                    .map_or("underlay-50".to_string(), |m| format!("{m}-50"))
+                    .map_or("underlay-50".to_string(), |m| format!("{m}-50")),
+                if c.backend.direct_routing {
+                    "  direct routing (same-L2 peers unencapsulated)"
+                } else {
+                    ""
+                }
             );
             for n in &c.notes {
                 println!("note:      {n}");
@@ -376,8 +690,16 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let listing = reg.list_subnets().await?;
     // The agents' own judgement (peers::PeerTable), run over the same listing with the
     // same config: every agent reaches these verdicts about other nodes' leases.
+    let mut pool = None;
     let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
         Ok(cfg) => {
+            pool = Some(vxmesh_control::pool::PoolUsage::of(
+                &cfg,
+                listing
+                    .entries
+                    .iter()
+                    .filter_map(|e| parse_lease_key(&e.key)),
+            ));
             let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
             let _ = t.reset(&listing.entries, &mut Vec::new());
             Ok(t.verdicts()
@@ -434,6 +756,9 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
+        if let Some(p) = pool {
+            eprintln!("{}", pool_line(&p));
+        }
     } else {
         table(
             &[
@@ -446,6 +771,9 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             ],
             &rows,
         );
+        if let Some(p) = pool {
+            println!("\n{}", pool_line(&p));
+        }
         if !reasons.is_empty() {
             println!("\nrejected (no node routes to these; see docs/troubleshooting.md):");
             for r in reasons {

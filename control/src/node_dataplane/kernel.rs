@@ -39,7 +39,7 @@ use anyhow::Context as _;
 
 use super::DataplaneSetup;
 use crate::netlink::{is_exists, write_sysctl, Netlink, NetlinkError, VxlanLink, VxlanSpec};
-use crate::peers::{Peer, PeerTable};
+use crate::peers::Peer;
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use vxmesh_dataplane::ifname::IfName;
@@ -240,9 +240,10 @@ impl Kernel {
     }
 
     /// Removes every route, permanent neighbour and fdb entry on the device that no
-    /// peer in `peers` accounts for; returns how many were removed.
-    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
-        let by_subnet: BTreeMap<Subnet, &Peer> = peers.peers().map(|p| (p.subnet, p)).collect();
+    /// peer in `peers` (the peers routed through the device) accounts for; returns
+    /// how many were removed.
+    pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
+        let by_subnet: BTreeMap<Subnet, &Peer> = peers.iter().map(|p| (p.subnet, p)).collect();
         let mut removed = 0;
         for r in nl.routes_via(self.index).await? {
             let wanted = Subnet::new(r.destination, r.prefix_len)
@@ -256,7 +257,7 @@ impl Kernel {
         for e in nl.fdb_entries(self.index).await? {
             let Some(dst) = e.dst else { continue };
             let wanted = peers
-                .peers()
+                .iter()
                 .any(|p| p.vtep_mac == e.mac && p.public_ip == dst);
             if !wanted {
                 tracing::info!(device = %self.name, mac = %e.mac, %dst, "pruning stale fdb entry");
@@ -268,7 +269,7 @@ impl Kernel {
             if !n.permanent {
                 continue;
             }
-            let wanted = peers.peers().any(|p| p.vtep_ip() == n.ip);
+            let wanted = peers.iter().any(|p| p.vtep_ip() == n.ip);
             if !wanted {
                 tracing::info!(device = %self.name, ip = %n.ip, "pruning stale neighbour");
                 nl.delete_neighbour(self.index, n.ip).await?;

@@ -27,7 +27,7 @@ use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use vxmesh_dataplane::engine::{Engine, EngineConfig};
-use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
+use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx};
 
@@ -50,7 +50,6 @@ pub struct Userspace {
     tap_index: u32,
     tap_name: IfName,
     table: SharedTable,
-    local: LocalVtep,
     /// Second descriptors of the TAP queues and sockets, for a successor and for
     /// systemd's descriptor store.
     fds: DataplaneFds,
@@ -275,6 +274,7 @@ impl Userspace {
             udp_rx,
             table: table.clone(),
             counters: Arc::clone(&state.counters),
+            flows: Arc::clone(&state.flows),
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -286,18 +286,29 @@ impl Userspace {
             tx_source_ports = ?st.tx_source_ports,
             "userspace dataplane running"
         );
+        state.event(
+            "offload",
+            format!(
+                "TAP {}; UDP GSO {}; UDP GRO {}",
+                st.tap.describe(),
+                st.udp_gso.load(Ordering::Relaxed),
+                st.udp_gro
+            ),
+        );
         if !st.tap.tso() {
             tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
         }
         if let Ok(mut g) = state.engine.lock() {
             *g = Some(Arc::clone(st));
         }
+        if let Ok(mut g) = state.fib.lock() {
+            *g = Some(table.clone());
+        }
         Ok(Userspace {
             engine,
             tap_index,
             tap_name: s.device_name.clone(),
             table,
-            local: s.local,
             fds,
             tap_offloads,
         })
@@ -318,10 +329,8 @@ impl Userspace {
     }
 
     pub fn publish(&self, peers: &PeerTable) {
-        self.table.store(ForwardingTable::new(
-            self.local,
-            peers.peers().map(|p| p.to_vtep()),
-        ));
+        // The peers that stay keep their counters.
+        self.table.update(peers.peers().map(|p| p.to_vtep()));
     }
 
     /// Neighbour first, then the route: the kernel must never need to ARP.
@@ -350,12 +359,13 @@ impl Userspace {
     }
 
     /// Removes routes through the TAP and permanent neighbours on it that no peer in
-    /// `peers` accounts for (a peer that left while no vxmeshd ran); how many went.
-    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
+    /// `peers` (the peers routed through the overlay) accounts for (a peer that left,
+    /// or became routed directly, while no vxmeshd ran); how many went.
+    pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
         let mut removed = 0;
         for r in nl.routes_via(self.tap_index).await? {
             let wanted = Subnet::new(r.destination, r.prefix_len)
-                .is_ok_and(|s| s.addr() == r.destination && peers.peers().any(|p| p.subnet == s));
+                .is_ok_and(|s| s.addr() == r.destination && peers.iter().any(|p| p.subnet == s));
             if !wanted {
                 tracing::info!(device = %self.tap_name, route = %format!("{}/{}", r.destination, r.prefix_len), "pruning stale route");
                 nl.delete_route(&r).await?;
@@ -363,7 +373,7 @@ impl Userspace {
             }
         }
         for n in nl.neighbours(self.tap_index).await? {
-            if n.permanent && !peers.peers().any(|p| p.vtep_ip() == n.ip) {
+            if n.permanent && !peers.iter().any(|p| p.vtep_ip() == n.ip) {
                 tracing::info!(device = %self.tap_name, ip = %n.ip, "pruning stale neighbour");
                 nl.delete_neighbour(self.tap_index, n.ip).await?;
                 removed += 1;

@@ -11,9 +11,10 @@
 //! A segment is merged only when all of these hold (Linux `tcp_gro_receive` and
 //! `inet_gro_receive`/`ipv6_gro_receive` rules; wireguard-go does the same for TUN):
 //! - IPv4 without fragmentation, or IPv6 with TCP as the next header; the frame ends
-//!   where the IP length says (no Ethernet padding); the IPv4 header checksum and the
-//!   TCP checksum verify (a bad one is emitted untouched for the kernel to drop, and
-//!   counted);
+//!   where the IP length says (no Ethernet padding); the IPv4 header checksum
+//!   verifies, and the TCP checksum verifies or was left partial by the sending kernel
+//!   ([`super::partial`]: then it is not summed at all). A bad one is emitted untouched
+//!   for the kernel to drop, and counted;
 //! - same Ethernet header, same IP header except length/id/checksum (so the same
 //!   addresses, TOS/TTL or traffic class/flow label/hop limit, DF and options); IPv4
 //!   ids incrementing unless DF is set (RFC 6864: then the id carries nothing);
@@ -26,12 +27,23 @@
 //! - payload no longer than the first segment's (`gso_size`); a shorter one ends the
 //!   merge; the IP length stays within 65,535 bytes.
 //!
+//! A TCP frame longer than the TAP's MTU (given with [`Coalescer::with_tap_mtu`]) is a
+//! kernel sender's GSO frame that crossed a virtual underlay uncut
+//! ([`super::unsegmented`]): it flushes its flow and goes out alone as a GSO frame
+//! (`gso_size` from the MTU), its checksum field set to the pseudo-header sum.
+//!
 //! A slot holding one segment is emitted exactly as received, with
-//! [`VirtioNetHdr::NONE`]. A merged one gets its IP length (and IPv4 header checksum)
+//! [`VirtioNetHdr::NONE`] — or, when its checksum was left partial, with the
+//! `NEEDS_CSUM` header of [`PartialCsum::vnet_hdr`]. Frames that are never merged
+//! (other protocols, SYN/FIN/RST, pure ACKs, UDP) pass the same way: a partial TCP or
+//! UDP checksum gets the `NEEDS_CSUM` header, anything else [`VirtioNetHdr::NONE`] and
+//! the kernel's own check. A merged one gets its IP length (and IPv4 header checksum)
 //! fixed, the pseudo-header sum in the TCP checksum field (`CHECKSUM_PARTIAL`), and a
 //! header with `F_NEEDS_CSUM`, `GSO_TCPV4`/`GSO_TCPV6`, `gso_size` = the first
 //! payload length. Not done here: UDP coalescing, IPv6 extension headers, VLANs.
 
+use super::partial::{detect_in, PartialCsum};
+use super::unsegmented::{self, Unsegmented};
 use super::{pseudo_with_len, Layout};
 use crate::wire::checksum::verifies;
 use crate::wire::ip::{tcp_flags, PROTO_TCP};
@@ -59,6 +71,12 @@ pub struct CoalesceStats {
     pub gso_frames_out: u64,
     /// TCP segments whose IPv4 header or TCP checksum did not verify (passed through).
     pub bad_checksum: u64,
+    /// Frames whose TCP or UDP checksum the sender left partial (passed on or merged
+    /// without summing; see [`super::partial`]).
+    pub partial_checksum: u64,
+    /// TCP frames longer than the TAP's MTU handed on as GSO frames (a kernel sender's
+    /// GSO frame that crossed a virtual underlay uncut; see [`super::unsegmented`]).
+    pub oversized: u64,
     /// Slots emitted early because the table was full.
     pub evicted: u64,
 }
@@ -99,29 +117,57 @@ struct Segment {
     seq: u32,
     psh: bool,
     payload_len: usize,
+    /// The TCP checksum was left partial by the sender (not verified, not needed).
+    partial: Option<PartialCsum>,
 }
 
 /// What [`classify`] decided about a frame.
 #[derive(Debug, Clone, Copy)]
 enum Class {
-    /// Not TCP over IPv4/IPv6 (or not parseable): emit as is, no flow to flush.
-    Other,
-    /// A TCP segment that is never merged: flush its flow, then emit as is.
-    Unmergeable(FlowKey),
+    /// Not TCP over IPv4/IPv6 (or not parseable): emit as is (marked `NEEDS_CSUM` when
+    /// a UDP checksum was left partial), no flow to flush.
+    Other(Option<PartialCsum>),
+    /// A TCP segment that is never merged: flush its flow, then emit as is (marked
+    /// `NEEDS_CSUM` when its checksum was left partial).
+    Unmergeable(FlowKey, Option<PartialCsum>),
     /// A checksum does not verify: count, flush its flow, emit as is.
     BadChecksum(FlowKey),
+    /// Longer than the TAP's MTU, checked: flush its flow, emit alone as GSO with
+    /// `hdr` (the checksum field set to the pseudo-header sum unless `partial`).
+    Oversized {
+        key: FlowKey,
+        lay: Layout,
+        hdr: VirtioNetHdr,
+        partial: bool,
+    },
     /// A segment that can open or continue a slot.
     Candidate(Segment),
 }
 
-fn classify(frame: &[u8]) -> Class {
+fn classify(frame: &[u8], tap_mtu: Option<usize>) -> Class {
     let Ok(lay) = Layout::parse(frame) else {
-        return Class::Other;
+        return Class::Other(None);
     };
+    let partial = detect_in(frame, &lay);
     if lay.proto != PROTO_TCP {
-        return Class::Other;
+        return Class::Other(partial);
     }
     let key = FlowKey::of(frame, &lay);
+    if let Some(mtu) = tap_mtu {
+        match unsegmented::check(frame, &lay, partial, mtu) {
+            Unsegmented::No => {}
+            Unsegmented::Refused => return Class::Unmergeable(key, partial),
+            Unsegmented::BadChecksum => return Class::BadChecksum(key),
+            Unsegmented::Gso { hdr, partial } => {
+                return Class::Oversized {
+                    key,
+                    lay,
+                    hdr,
+                    partial,
+                }
+            }
+        }
+    }
     let l4 = lay.l4_off;
     let flags = frame[l4 + 13];
     let payload_len = lay.end - lay.hdr_len();
@@ -129,15 +175,19 @@ fn classify(frame: &[u8]) -> Class {
         || payload_len == 0
         || (flags != tcp_flags::ACK && flags != tcp_flags::ACK | tcp_flags::PSH)
     {
-        return Class::Unmergeable(key);
+        return Class::Unmergeable(key, partial);
     }
     if !lay.v6 && !verifies(&frame[Layout::ETH_LEN..l4]) {
         return Class::BadChecksum(key);
     }
-    let mut c = pseudo_with_len(lay.pseudo_base(frame), lay.end - l4);
-    c.add_bytes(&frame[l4..lay.end]);
-    if c.fold() != 0xffff {
-        return Class::BadChecksum(key);
+    // A partial checksum carries nothing to verify: the sender never summed the data
+    // (see `partial` for why this does not let other checksums through).
+    if partial.is_none() {
+        let mut c = pseudo_with_len(lay.pseudo_base(frame), lay.end - l4);
+        c.add_bytes(&frame[l4..lay.end]);
+        if c.fold() != 0xffff {
+            return Class::BadChecksum(key);
+        }
     }
     Class::Candidate(Segment {
         lay,
@@ -145,6 +195,7 @@ fn classify(frame: &[u8]) -> Class {
         seq: be32(frame, l4 + 4),
         psh: flags & tcp_flags::PSH != 0,
         payload_len,
+        partial,
     })
 }
 
@@ -162,6 +213,8 @@ struct Slot {
     next_seq: u32,
     first_id: u16,
     segs: u16,
+    /// The first segment's checksum was left partial: alone, it goes out marked so.
+    first_partial: Option<PartialCsum>,
     /// When the slot was opened (a counter), to find the oldest.
     born: u64,
 }
@@ -184,6 +237,7 @@ impl Slot {
             next_seq: 0,
             first_id: 0,
             segs: 0,
+            first_partial: None,
             born: 0,
         }
     }
@@ -213,6 +267,7 @@ impl Slot {
             be16(frame, Layout::ETH_LEN + 4)
         };
         self.segs = 1;
+        self.first_partial = seg.partial;
         self.born = born;
     }
 
@@ -292,7 +347,10 @@ impl Slot {
         stats.frames_out += 1;
         let frame = &mut self.buf[..self.len];
         if self.segs < 2 {
-            emit(&VirtioNetHdr::NONE, frame);
+            let hdr = self
+                .first_partial
+                .map_or(VirtioNetHdr::NONE, |p| p.vnet_hdr());
+            emit(&hdr, frame);
             return;
         }
         stats.gso_frames_out += 1;
@@ -330,6 +388,10 @@ pub struct Coalescer {
     slots: Vec<Slot>,
     clock: u64,
     stats: CoalesceStats,
+    /// The TAP's MTU, when known: longer TCP frames are handed on as GSO.
+    tap_mtu: Option<usize>,
+    /// Room to fix the checksum field of an oversized frame (allocated with the MTU).
+    scratch: Box<[u8]>,
 }
 
 impl Coalescer {
@@ -340,7 +402,19 @@ impl Coalescer {
             slots: (0..max_flows).map(|_| Slot::new()).collect(),
             clock: 0,
             stats: CoalesceStats::default(),
+            tap_mtu: None,
+            scratch: Box::default(),
         }
+    }
+
+    /// Tells the coalescer the TAP's MTU (the largest IP packet it carries uncut), so
+    /// that longer TCP frames — a kernel sender's GSO frames that crossed a virtual
+    /// underlay whole — go out as GSO frames instead of being dropped by the kernel.
+    /// Allocates one more buffer of [`SLOT_BUF_LEN`] bytes.
+    pub fn with_tap_mtu(mut self, mtu: usize) -> Self {
+        self.tap_mtu = Some(mtu);
+        self.scratch = vec![0u8; SLOT_BUF_LEN].into_boxed_slice();
+        self
     }
 
     /// Offers one inner Ethernet frame. If it continues an open flow slot it is
@@ -349,19 +423,45 @@ impl Coalescer {
     /// [`VirtioNetHdr::NONE`].
     pub fn push(&mut self, frame: &[u8], emit: &mut impl FnMut(&VirtioNetHdr, &[u8])) {
         self.stats.frames_in += 1;
-        let seg = match classify(frame) {
-            Class::Other => return self.pass(frame, emit),
-            Class::Unmergeable(key) => {
+        let seg = match classify(frame, self.tap_mtu) {
+            Class::Other(partial) => return self.pass(frame, partial, emit),
+            Class::Unmergeable(key, partial) => {
                 self.flush_flow(&key, emit);
-                return self.pass(frame, emit);
+                return self.pass(frame, partial, emit);
             }
             Class::BadChecksum(key) => {
                 self.stats.bad_checksum += 1;
                 self.flush_flow(&key, emit);
-                return self.pass(frame, emit);
+                return self.pass(frame, None, emit);
+            }
+            Class::Oversized {
+                key,
+                lay,
+                hdr,
+                partial,
+            } => {
+                self.flush_flow(&key, emit);
+                self.stats.oversized += 1;
+                self.stats.frames_out += 1;
+                if partial {
+                    self.stats.partial_checksum += 1;
+                    return emit(&hdr, frame);
+                }
+                // A verified, finished checksum: NEEDS_CSUM wants the pseudo-header
+                // sum in the field. `classify` saw frame.len() == lay.end.
+                let Some(buf) = self.scratch.get_mut(..frame.len()) else {
+                    return emit(&VirtioNetHdr::NONE, frame);
+                };
+                buf.copy_from_slice(frame);
+                let sum = unsegmented::pseudo_sum(buf, &lay);
+                TcpHeader::new_unchecked(&mut buf[lay.l4_off..]).set_checksum(sum);
+                return emit(&hdr, buf);
             }
             Class::Candidate(seg) => seg,
         };
+        if seg.partial.is_some() {
+            self.stats.partial_checksum += 1;
+        }
         if let Some(i) = self.find(&seg.key) {
             let slot = &mut self.slots[i];
             if slot.continues(frame, &seg) {
@@ -376,10 +476,10 @@ impl Coalescer {
         }
         // A segment that ends a merge by itself would go out alone anyway.
         if seg.psh || frame.len() > SLOT_BUF_LEN {
-            return self.pass(frame, emit);
+            return self.pass_counted(frame, seg.partial, emit);
         }
         let Some(i) = self.free_slot(emit) else {
-            return self.pass(frame, emit);
+            return self.pass_counted(frame, seg.partial, emit);
         };
         self.clock += 1;
         self.slots[i].open(frame, &seg, self.clock);
@@ -401,9 +501,32 @@ impl Coalescer {
         self.slots.iter().filter(|s| s.open).count()
     }
 
-    fn pass(&mut self, frame: &[u8], emit: &mut impl FnMut(&VirtioNetHdr, &[u8])) {
+    /// Emits a frame that is not merged: as received, or — its checksum left partial
+    /// by the sender — up to the end of its IP datagram, marked `NEEDS_CSUM`.
+    fn pass(
+        &mut self,
+        frame: &[u8],
+        partial: Option<PartialCsum>,
+        emit: &mut impl FnMut(&VirtioNetHdr, &[u8]),
+    ) {
+        if partial.is_some() {
+            self.stats.partial_checksum += 1;
+        }
+        self.pass_counted(frame, partial, emit);
+    }
+
+    /// [`Coalescer::pass`] for a frame whose partial checksum is already counted.
+    fn pass_counted(
+        &mut self,
+        frame: &[u8],
+        partial: Option<PartialCsum>,
+        emit: &mut impl FnMut(&VirtioNetHdr, &[u8]),
+    ) {
         self.stats.frames_out += 1;
-        emit(&VirtioNetHdr::NONE, frame);
+        match partial {
+            Some(p) => emit(&p.vnet_hdr(), &frame[..p.end]),
+            None => emit(&VirtioNetHdr::NONE, frame),
+        }
     }
 
     fn find(&self, key: &FlowKey) -> Option<usize> {
@@ -869,5 +992,150 @@ mod tests {
             .map(|f| (VirtioNetHdr::NONE, f.clone()))
             .collect();
         assert_eq!(out, expect);
+    }
+
+    /// `segments`, with the checksum left partial as a kernel sender leaves it.
+    fn partial_segments(t: &Tcp, sizes: &[usize], salt: u8) -> Vec<Vec<u8>> {
+        segments(t, sizes, salt)
+            .iter()
+            .map(|f| {
+                let p = oracle_tcp(f).unwrap();
+                Tcp {
+                    seq: p.seq,
+                    ip_id: p.ip_id,
+                    flags: p.flags,
+                    ..t.clone()
+                }
+                .partial_frame(&p.payload)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partial_checksums_merge_like_verified_ones() {
+        for v6 in [false, true] {
+            let t = Tcp {
+                v6,
+                ..Tcp::default()
+            };
+            let full = segments(&t, &[1398, 1398, 1398, 700], 21);
+            let part = partial_segments(&t, &[1398, 1398, 1398, 700], 21);
+            assert!(
+                part.iter().all(|f| oracle_tcp(f).is_err()),
+                "really partial"
+            );
+            // All partial, and partial mixed with finished ones (a sender whose
+            // offloads changed): one merged frame either way, the same bytes once the
+            // kernel completes the checksum.
+            let mixed = vec![
+                part[0].clone(),
+                full[1].clone(),
+                part[2].clone(),
+                full[3].clone(),
+            ];
+            for input in [&part, &mixed] {
+                let mut c = Coalescer::new(4);
+                let out = run(&mut c, input);
+                assert_eq!(out.len(), 1);
+                let done = check_merged(&out[0].0, &out[0].1, &full[0], 4);
+                assert_eq!(oracle_tcp(&done).unwrap().payload, payload_of(&full));
+                assert_eq!(c.stats().bad_checksum, 0);
+                let partial_in = input.iter().filter(|f| oracle_tcp(f).is_err()).count();
+                assert_eq!(c.stats().partial_checksum, partial_in as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_partial_segment_goes_out_marked_needs_csum() {
+        let t = Tcp::default();
+        let full = segments(&t, &[1398], 22);
+        let part = partial_segments(&t, &[1398], 22);
+        let mut c = Coalescer::new(4);
+        let out = run(&mut c, &part);
+        assert_eq!(out.len(), 1);
+        let (h, f) = &out[0];
+        assert_eq!(f, &part[0], "bytes unchanged");
+        assert_eq!(
+            *h,
+            super::super::partial::detect(&part[0]).unwrap().vnet_hdr()
+        );
+        assert_eq!(
+            (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, 0, 34, 16)
+        );
+        let mut done = f.clone();
+        complete_checksum(h, &mut done);
+        assert_eq!(done, full[0]);
+        assert_eq!(c.stats().partial_checksum, 1);
+    }
+
+    #[test]
+    fn partial_frames_that_never_merge_pass_marked() {
+        let t = Tcp::default();
+        let syn = Tcp {
+            flags: SYN,
+            options: vec![],
+            ..t.clone()
+        };
+        let ack = t.clone();
+        let psh = Tcp {
+            flags: ACK | PSH,
+            ..t.clone()
+        };
+        let frames = vec![
+            syn.partial_frame(&[]),
+            ack.partial_frame(&[]),
+            psh.partial_frame(&payload(10, 23)),
+            t.udp(&payload(100, 23), true),
+            Tcp {
+                v6: true,
+                ..t.clone()
+            }
+            .udp(&payload(100, 23), true),
+        ];
+        let finished = [
+            syn.frame(&[]),
+            ack.frame(&[]),
+            psh.frame(&payload(10, 23)),
+            t.udp(&payload(100, 23), false),
+            Tcp {
+                v6: true,
+                ..t.clone()
+            }
+            .udp(&payload(100, 23), false),
+        ];
+        let mut c = Coalescer::new(4);
+        let out = run(&mut c, &frames);
+        assert_eq!(out.len(), frames.len());
+        for ((h, f), want) in out.iter().zip(&finished) {
+            assert!(h.needs_csum() && h.gso_type == 0, "{h:?}");
+            let mut done = f.clone();
+            complete_checksum(h, &mut done);
+            assert_eq!(&done, want);
+        }
+        assert_eq!(c.stats().partial_checksum, frames.len() as u64);
+        // Padded: handed on without the padding, which the checksum does not cover.
+        let mut padded = ack.partial_frame(&[1, 2]);
+        padded.extend_from_slice(&[0; 6]);
+        let out = run(&mut Coalescer::new(4), std::slice::from_ref(&padded));
+        assert_eq!(out[0].1, &padded[..padded.len() - 6]);
+        assert!(out[0].0.needs_csum());
+    }
+
+    #[test]
+    fn wrong_checksums_are_not_taken_for_partial() {
+        let t = Tcp::default();
+        let mut part = partial_segments(&t, &[1398, 1398, 1398], 24);
+        part[1][34 + 17] ^= 0x01; // neither the pseudo-header sum nor a correct one
+        let mut full = segments(&t, &[1398], 25).remove(0);
+        full[34 + 16] ^= 0x80;
+        let mut c = Coalescer::new(4);
+        let out = run(&mut c, &[part.clone(), vec![full.clone()]].concat());
+        assert_eq!(c.stats().bad_checksum, 2);
+        assert_eq!(c.stats().partial_checksum, 2);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[1], (VirtioNetHdr::NONE, part[1].clone()));
+        assert_eq!(out[3], (VirtioNetHdr::NONE, full));
     }
 }

@@ -6,6 +6,9 @@
 //! frames laid out for one UDP_SEGMENT `sendmsg`. [`gro`] does the reverse on receive:
 //! consecutive in-order TCP segments of one flow, decapsulated from VXLAN, are merged
 //! into one large frame the kernel accepts on a TAP write with a GSO virtio-net header.
+//! [`partial`] and [`unsegmented`] recognise what a kernel VXLAN sender leaves for its
+//! NIC to finish — a partial inner checksum, an uncut GSO frame — when a virtual NIC
+//! passes it on unfinished, so the receiver hands it on as the kernel would.
 //!
 //! Both are pure cores: no I/O, no clock, no allocation per packet (the coalescer
 //! allocates its slot buffers once, in [`gro::Coalescer::new`]), no `unsafe`, and no
@@ -21,9 +24,12 @@
 #![forbid(unsafe_code)]
 
 pub mod gro;
+pub mod partial;
 pub mod tso;
+pub mod unsegmented;
 
 pub use gro::{CoalesceStats, Coalescer};
+pub use partial::PartialCsum;
 pub use tso::{max_output_len, segment, Segments};
 
 use crate::wire::checksum::Checksum;
@@ -165,6 +171,72 @@ impl Layout {
         c
     }
 }
+
+/// What [`for_plain_tap`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainTap {
+    /// Handed on as it is.
+    Unchanged,
+    /// Its checksum was left partial by the sender: finished, in a copy.
+    Finished,
+    /// A kernel sender's uncut GSO frame: cut into this many MTU-sized segments with
+    /// finished checksums.
+    Cut(usize),
+}
+
+/// For a TAP without virtio-net headers (the kernel refused them, or
+/// `--no-offloads`): calls `emit` with the frame(s) to write for `frame`, received
+/// from a peer. A TCP frame longer than `tap_mtu` that [`unsegmented::check`] accepts
+/// is cut as the kernel would cut it ([`segment`]); a checksum left partial
+/// ([`partial`]) is finished; anything else goes as it is. `scratch` holds the copies:
+/// with fewer than [`PLAIN_TAP_SCRATCH`] bytes a frame that needs one goes unchanged
+/// (the kernel drops it).
+pub fn for_plain_tap(
+    frame: &[u8],
+    tap_mtu: Option<usize>,
+    scratch: &mut [u8],
+    emit: &mut impl FnMut(&[u8]),
+) -> PlainTap {
+    let Ok(lay) = Layout::parse(frame) else {
+        emit(frame);
+        return PlainTap::Unchanged;
+    };
+    let part = partial::detect_in(frame, &lay);
+    if let Some(mtu) = tap_mtu {
+        if let unsegmented::Unsegmented::Gso { hdr, .. } =
+            unsegmented::check(frame, &lay, part, mtu)
+        {
+            // `segment` computes every segment's checksum from the data.
+            if let Ok(s) = segment(&hdr, frame, &[], scratch) {
+                for i in 0..s.count {
+                    if let Some(r) = s.datagram(i) {
+                        emit(&scratch[r]);
+                    }
+                }
+                return PlainTap::Cut(s.count);
+            }
+        }
+    }
+    match part {
+        Some(p) if scratch.len() >= p.end => {
+            let out = &mut scratch[..p.end];
+            out.copy_from_slice(&frame[..p.end]);
+            p.complete(out);
+            emit(out);
+            PlainTap::Finished
+        }
+        _ => {
+            emit(frame);
+            PlainTap::Unchanged
+        }
+    }
+}
+
+/// Scratch space [`for_plain_tap`] needs for any frame a VXLAN datagram can carry:
+/// 64 KiB of payload cut into segments of at least 256 bytes (an overlay MTU of at
+/// least 526 — Backend.MTU ≥ 576 — minus the largest headers), each with up to 134
+/// bytes of headers.
+pub const PLAIN_TAP_SCRATCH: usize = 65_536 + (65_536 / 256 + 1) * 134;
 
 /// `base` plus an L4 length (as the 32-bit IPv6 field; identical sum for IPv4's 16 bits).
 #[inline]

@@ -308,3 +308,144 @@ proptest! {
         prop_assert_eq!(expanded.len(), frames.len());
     }
 }
+
+/// What a kernel VXLAN sender at default offloads puts through a veth: one uncut GSO
+/// frame per burst (payload many MSS long), checksum left partial.
+fn kernel_burst(t: &Tcp, len: usize, salt: u8) -> Vec<u8> {
+    t.partial_frame(&payload(len, salt))
+}
+
+#[test]
+fn uncut_kernel_gso_frames_go_out_as_gso_and_cut_back_to_the_payload() {
+    for v6 in [false, true] {
+        let t = Tcp {
+            v6,
+            flags: ACK | PSH,
+            ..Tcp::default()
+        };
+        let burst = kernel_burst(&t, 40_000, 1);
+        // Without the MTU the coalescer cannot know: the frame passes as a plain
+        // frame (the kernel would drop it on forwarding), marked NEEDS_CSUM.
+        let out = coalesce(&mut Coalescer::new(4), std::slice::from_ref(&burst));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.gso_type, GSO_NONE);
+        // With it: a GSO frame, bytes unchanged, cut by the kernel into MTU-sized
+        // segments whose payloads are the burst's.
+        let mut c = Coalescer::new(4).with_tap_mtu(1450);
+        let out = coalesce(&mut c, std::slice::from_ref(&burst));
+        assert_eq!(out.len(), 1);
+        let (h, f) = &out[0];
+        assert_eq!(f, &burst);
+        assert_eq!(h.gso_type, if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
+        assert_eq!(usize::from(h.gso_size), 1450 - (t.hdr_len() - 14));
+        let pieces = expand(&out);
+        assert!(pieces.iter().all(|p| p.len() - 14 <= 1450));
+        let joined: Vec<u8> = pieces
+            .iter()
+            .flat_map(|p| oracle_tcp(p).unwrap().payload)
+            .collect();
+        assert_eq!(joined, payload(40_000, 1));
+        let st = c.stats();
+        assert_eq!((st.oversized, st.partial_checksum), (1, 1));
+    }
+}
+
+#[test]
+fn a_finished_uncut_frame_gets_the_pseudo_sum_and_a_corrupt_one_passes() {
+    let t = Tcp::default();
+    let full = t.frame(&payload(9000, 2));
+    let mut c = Coalescer::new(4).with_tap_mtu(1450);
+    let out = coalesce(&mut c, std::slice::from_ref(&full));
+    let (h, f) = &out[0];
+    assert_eq!(h.gso_type, GSO_TCPV4);
+    // The field now holds what NEEDS_CSUM wants; completing it gives the original.
+    assert_eq!(f, &kernel_burst(&t, 9000, 2));
+    let mut done = f.clone();
+    complete_checksum(h, &mut done);
+    assert_eq!(done, full);
+    // A corrupt one is handed on untouched, for the kernel to drop.
+    let mut bad = full.clone();
+    bad[200] ^= 4;
+    let mut c = Coalescer::new(4).with_tap_mtu(1450);
+    let out = coalesce(&mut c, std::slice::from_ref(&bad));
+    assert_eq!(out, vec![(VirtioNetHdr::NONE, bad)]);
+    assert_eq!((c.stats().bad_checksum, c.stats().oversized), (1, 0));
+}
+
+#[test]
+fn uncut_frames_keep_their_flow_in_order() {
+    let t = Tcp::default();
+    let mss = 1398;
+    let small: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            Tcp {
+                seq: t.seq + i * mss as u32,
+                ip_id: t.ip_id + i as u16,
+                ..t.clone()
+            }
+            .partial_frame(&payload(mss, 3))
+        })
+        .collect();
+    let big = Tcp {
+        seq: t.seq + 3 * mss as u32,
+        ip_id: t.ip_id + 3,
+        ..t.clone()
+    }
+    .partial_frame(&payload(5 * mss, 4));
+    let frames = [small.clone(), vec![big.clone()]].concat();
+    let out = coalesce(&mut Coalescer::new(4).with_tap_mtu(1450), &frames);
+    assert_eq!(out.len(), 2, "the merged three, then the uncut one");
+    let seqs: Vec<u32> = expand(&out)
+        .iter()
+        .map(|p| oracle_tcp(p).unwrap().seq)
+        .collect();
+    let want: Vec<u32> = (0..8).map(|i| t.seq + i * mss as u32).collect();
+    assert_eq!(seqs, want);
+}
+
+#[test]
+fn plain_tap_finishes_partial_checksums_and_cuts_uncut_frames() {
+    use super::{for_plain_tap, PlainTap, PLAIN_TAP_SCRATCH};
+    let t = Tcp::default();
+    let mut scratch = vec![0u8; PLAIN_TAP_SCRATCH];
+    let run = |f: &[u8], mtu: Option<usize>, scratch: &mut [u8]| {
+        let mut out = Vec::new();
+        let r = for_plain_tap(f, mtu, scratch, &mut |x| out.push(x.to_vec()));
+        (r, out)
+    };
+    let full = t.frame(&payload(1000, 5));
+    assert_eq!(
+        run(&full, Some(1450), &mut scratch),
+        (PlainTap::Unchanged, vec![full.clone()])
+    );
+    let part = t.partial_frame(&payload(1000, 5));
+    assert_eq!(
+        run(&part, Some(1450), &mut scratch),
+        (PlainTap::Finished, vec![full.clone()])
+    );
+    let big = kernel_burst(&t, 64_000, 6);
+    let (r, pieces) = run(&big, Some(1450), &mut scratch);
+    assert_eq!(r, PlainTap::Cut(pieces.len()));
+    assert!(pieces.len() > 40);
+    let joined: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| {
+            assert!(p.len() - 14 <= 1450);
+            oracle_tcp(p).unwrap().payload
+        })
+        .collect();
+    assert_eq!(joined, payload(64_000, 6));
+    // No MTU known: only the checksum is finished.
+    let (r, out) = run(&big, None, &mut scratch);
+    assert_eq!((r, out.len()), (PlainTap::Finished, 1));
+    // Too little scratch: unchanged.
+    assert_eq!(
+        run(&part, Some(1450), &mut [0u8; 16]),
+        (PlainTap::Unchanged, vec![part.clone()])
+    );
+    // Garbage: unchanged.
+    assert_eq!(
+        run(&[1, 2, 3], Some(1450), &mut scratch),
+        (PlainTap::Unchanged, vec![vec![1, 2, 3]])
+    );
+}

@@ -139,7 +139,7 @@ impl Tcp {
 
     /// A complete frame with a valid TCP checksum (and IPv4 header checksum).
     pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
-        let mut f = self.frame_with_sum(payload);
+        let mut f = self.partial_frame(payload);
         let l4 = self.eth_ip_len();
         f[l4 + 16..l4 + 18].fill(0);
         let c = !ref_sum(&[&pseudo(self, 6, f.len() - l4), &f[l4..]]);
@@ -149,7 +149,7 @@ impl Tcp {
 
     /// The frame with the TCP checksum field holding only the pseudo-header sum
     /// (what the kernel leaves for `CHECKSUM_PARTIAL`).
-    fn frame_with_sum(&self, payload: &[u8]) -> Vec<u8> {
+    pub fn partial_frame(&self, payload: &[u8]) -> Vec<u8> {
         assert_eq!(self.options.len() % 4, 0);
         let l4_len = 20 + self.options.len() + payload.len();
         let mut f = eth(self.v6);
@@ -174,7 +174,7 @@ impl Tcp {
     /// the pseudo-header sum in the TCP checksum field, and a virtio-net header with
     /// NEEDS_CSUM, the GSO type and `gso_size` = `mss`.
     pub fn tso(&self, payload: &[u8], mss: u16) -> (VirtioNetHdr, Vec<u8>) {
-        let f = self.frame_with_sum(payload);
+        let f = self.partial_frame(payload);
         let vh = VirtioNetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 },

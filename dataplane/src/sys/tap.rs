@@ -126,6 +126,14 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
+/// `struct ifreq` as SIOCGIFMTU reads it: name, then the MTU, padded to 40 bytes.
+#[repr(C)]
+struct IfReqMtu {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    mtu: libc::c_int,
+    _pad: [u8; 20],
+}
+
 /// An open TAP queue. Unless made persistent ([`Tap::set_persist`]) the device
 /// disappears when the last queue is closed, taking its addresses and routes with
 /// it. A queue handed to another process (its descriptor passed or inherited) is
@@ -344,6 +352,29 @@ impl Tap {
             name: name.clone(),
             offloads,
         })
+    }
+
+    /// The device's current MTU (`SIOCGIFMTU`): the largest IP packet it carries
+    /// unsegmented. The control plane sets it before the dataplane starts.
+    pub fn mtu(&self) -> io::Result<usize> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        let mut req = IfReqMtu {
+            name: [0; libc::IFNAMSIZ],
+            mtu: 0,
+            _pad: [0; 20],
+        };
+        // IfName guarantees 1..=15 bytes, so the name stays NUL-terminated.
+        for (d, s) in req.name.iter_mut().zip(self.name.as_str().bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into a `struct
+        // ifreq` (40 bytes, `IfReqMtu` has that layout), live for the call; the fd is
+        // an open socket.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        usize::try_from(req.mtu).map_err(|_| io::Error::other("negative MTU"))
     }
 
     /// Reads one frame (with its virtio header when `offloads().vnet_hdr`).

@@ -1,0 +1,143 @@
+//! How full the subnet pool is: a pure count over the registry's lease keys, and the
+//! one warning the agent logs when the pool crosses [`WARN_PERCENT`].
+
+use std::collections::BTreeSet;
+
+use crate::config::NetworkConfig;
+use crate::subnet::Subnet;
+
+/// Above this share of the pool in use, the agent warns (once per crossing) and
+/// `vxmeshctl leases` flags the pool as nearly exhausted.
+pub const WARN_PERCENT: u64 = 90;
+
+/// Subnets of the pool (SubnetMin..=SubnetMax, SubnetLen) in use and in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PoolUsage {
+    pub total: u64,
+    pub used: u64,
+}
+
+impl PoolUsage {
+    /// Counts the distinct leased subnets that take a place in `cfg`'s pool (right
+    /// length, between SubnetMin and SubnetMax). Leases outside the pool, or of
+    /// another length, take no place in it and are not counted.
+    pub fn of(cfg: &NetworkConfig, leased: impl IntoIterator<Item = Subnet>) -> PoolUsage {
+        let (min, max) = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
+        let used: BTreeSet<u32> = leased
+            .into_iter()
+            .filter(|s| s.prefix_len() == cfg.subnet_len)
+            .map(|s| u32::from(s.addr()))
+            .filter(|a| (min..=max).contains(a))
+            .collect();
+        let total = cfg.pool_size();
+        PoolUsage {
+            total,
+            used: (used.len() as u64).min(total),
+        }
+    }
+
+    pub fn free(&self) -> u64 {
+        self.total - self.used
+    }
+
+    /// Whole percent in use (0 for an empty pool).
+    pub fn used_percent(&self) -> u64 {
+        (self.used * 100).checked_div(self.total).unwrap_or(0)
+    }
+
+    /// At or above [`WARN_PERCENT`] in use.
+    pub fn nearly_full(&self) -> bool {
+        self.total > 0 && self.used * 100 >= self.total * WARN_PERCENT
+    }
+}
+
+/// Says once when the pool crosses [`WARN_PERCENT`], and again only after it has
+/// dropped below and crossed anew.
+#[derive(Debug, Default)]
+pub struct PoolAlarm {
+    raised: bool,
+}
+
+impl PoolAlarm {
+    /// The warning to log for `u`, if this is a crossing.
+    pub fn observe(&mut self, u: PoolUsage) -> Option<String> {
+        let full = u.nearly_full();
+        let crossed = full && !self.raised;
+        self.raised = full;
+        crossed.then(|| {
+            format!(
+                "subnet pool {}% used ({} of {} subnets, {} free): new nodes will soon get no subnet; widen Network/SubnetMin/SubnetMax or remove stale leases (vxmeshctl leases)",
+                u.used_percent(),
+                u.used,
+                u.total,
+                u.free()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VxlanBackend;
+
+    fn cfg() -> NetworkConfig {
+        // 10.244.0.0/16 with /24s, pool 10.244.1.0 ..= 10.244.10.0: 10 subnets.
+        NetworkConfig {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            subnet_min: "10.244.1.0".parse().unwrap(),
+            subnet_max: "10.244.10.0".parse().unwrap(),
+            backend: VxlanBackend {
+                vni: vxmesh_dataplane::wire::Vni::new(1).unwrap(),
+                port: 8472,
+                mtu: None,
+                direct_routing: false,
+            },
+            enable_nftables: false,
+            notes: Vec::new(),
+        }
+    }
+
+    fn s(x: &str) -> Subnet {
+        x.parse().unwrap()
+    }
+
+    #[test]
+    fn counts_distinct_subnets_inside_the_pool() {
+        let u = PoolUsage::of(
+            &cfg(),
+            [
+                s("10.244.1.0/24"),
+                s("10.244.1.0/24"),  // the same subnet twice (two keys)
+                s("10.244.10.0/24"), // SubnetMax itself
+                s("10.244.0.0/24"),  // below SubnetMin
+                s("10.244.11.0/24"), // above SubnetMax
+                s("10.244.4.0/25"),  // another length
+                s("10.99.1.0/24"),   // another network
+            ],
+        );
+        assert_eq!(u, PoolUsage { total: 10, used: 2 });
+        assert_eq!(
+            (u.free(), u.used_percent(), u.nearly_full()),
+            (8, 20, false)
+        );
+        let nine = (1..=9).map(|i| s(&format!("10.244.{i}.0/24")));
+        let u = PoolUsage::of(&cfg(), nine);
+        assert_eq!((u.free(), u.used_percent(), u.nearly_full()), (1, 90, true));
+    }
+
+    #[test]
+    fn warns_once_per_crossing() {
+        let at = |used| PoolUsage { total: 10, used };
+        let mut a = PoolAlarm::default();
+        assert_eq!(a.observe(at(8)), None);
+        let w = a.observe(at(9)).expect("crossing 90 %");
+        assert!(w.contains("90% used (9 of 10 subnets, 1 free)"), "{w}");
+        assert_eq!(a.observe(at(10)), None);
+        assert_eq!(a.observe(at(9)), None);
+        assert_eq!(a.observe(at(5)), None);
+        assert!(a.observe(at(10)).is_some(), "a new crossing warns again");
+        assert_eq!(a.observe(PoolUsage::default()), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The masquerade/forward rules in both backends, in network namespaces: nftables
+//! (`EnableNFTables`) rules applied with `nft -f`, kept in place like the iptables ones
+//! (a flushed chain, a deleted table, a foreign rule are each restored), switching
+//! between the backends removes the other's rules, and the nftables rule set
+//! masquerades pod traffic leaving the Network but not pod-to-pod traffic.
+//! Needs root, `nft` and `iptables`: ignored by a plain `cargo test`, run by
+//! scripts/test.sh (`-- --include-ignored`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use vxmesh_control::masq::{self, Backend, Ensured, Rules, Snapshot};
+use vxmesh_control::subnet::Subnet;
+use vxmesh_testkit::{require_commands, require_root, veth, Netns};
+
+const NFT: Rules = Rules {
+    masquerade: true,
+    random_fully: true,
+    forward: true,
+    backend: Backend::Nftables,
+};
+const IPT: Rules = Rules {
+    backend: Backend::Iptables,
+    ..NFT
+};
+
+fn net() -> (Subnet, Subnet) {
+    (
+        "10.244.0.0/16".parse().unwrap(),
+        "10.244.3.0/24".parse().unwrap(),
+    )
+}
+
+fn require() {
+    require_root();
+    require_commands(&["nft", "iptables", "iptables-save", "iptables-restore"]);
+}
+
+/// `ensure` inside `ns`.
+fn ensure(ns: &Netns, rules: Rules, last: &mut Option<Snapshot>) -> Ensured {
+    let (n, own) = net();
+    let mut snap = last.take();
+    let (r, snap) = ns
+        .run(move || {
+            let r = masq::ensure(&n, &own, rules, &mut snap);
+            (r, snap)
+        })
+        .unwrap();
+    *last = snap;
+    r.unwrap()
+}
+
+fn nft_tables(ns: &Netns) -> String {
+    ns.exec("nft", &["list", "tables"]).unwrap()
+}
+
+fn iptables_save(ns: &Netns) -> String {
+    ns.exec("iptables-save", &[]).unwrap()
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn nftables_rules_are_kept_in_place() {
+    require();
+    let ns = Netns::unique("masq-nft").unwrap();
+    let mut last = None;
+    assert_eq!(ensure(&ns, NFT, &mut last), Ensured::Applied);
+    // What nft prints is what we wrote, after the add/delete preamble.
+    let (n, own) = net();
+    let written = masq::nft_ours(&masq::nft_input(&n, &own, NFT));
+    assert_eq!(last.as_ref().unwrap().lines, written[3..]);
+    assert_eq!(ensure(&ns, NFT, &mut last), Ensured::Intact);
+
+    ns.exec("nft", &["flush", "chain", "ip", "vxmesh", "postrtg"])
+        .unwrap();
+    assert_eq!(
+        ensure(&ns, NFT, &mut last),
+        Ensured::Restored {
+            missing: 5,
+            extra: 0
+        }
+    );
+    ns.exec("nft", &["delete", "table", "ip", "vxmesh"])
+        .unwrap();
+    assert_eq!(
+        ensure(&ns, NFT, &mut last),
+        Ensured::Restored {
+            missing: 15,
+            extra: 0
+        }
+    );
+    ns.exec(
+        "nft",
+        &[
+            "add", "rule", "ip", "vxmesh", "forward", "ip", "saddr", "1.2.3.4", "drop",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        ensure(&ns, NFT, &mut last),
+        Ensured::Restored {
+            missing: 0,
+            extra: 1
+        }
+    );
+    let listed = ns.exec("nft", &["list", "table", "ip", "vxmesh"]).unwrap();
+    assert!(!listed.contains("1.2.3.4"), "{listed}");
+    assert_eq!(ensure(&ns, NFT, &mut last), Ensured::Intact);
+
+    // `nft flush ruleset` (a firewall reload) is restored too.
+    ns.exec("nft", &["flush", "ruleset"]).unwrap();
+    assert!(matches!(
+        ensure(&ns, NFT, &mut last),
+        Ensured::Restored { missing: 15, .. }
+    ));
+
+    // A part switched off goes with the table's replacement.
+    let fwd_only = Rules {
+        masquerade: false,
+        ..NFT
+    };
+    let mut fresh = None;
+    assert_eq!(ensure(&ns, fwd_only, &mut fresh), Ensured::Applied);
+    let listed = ns.exec("nft", &["list", "table", "ip", "vxmesh"]).unwrap();
+    assert!(
+        !listed.contains("postrtg") && listed.contains("chain forward"),
+        "{listed}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn switching_backends_removes_the_other_ones_rules() {
+    require();
+    let ns = Netns::unique("masq-switch").unwrap();
+    let mut last = None;
+    assert_eq!(ensure(&ns, IPT, &mut last), Ensured::Applied);
+    let saved = iptables_save(&ns);
+    assert!(
+        saved.contains(":VXMESH-POSTRTG") && saved.contains(":VXMESH-FWD"),
+        "{saved}"
+    );
+    assert!(!nft_tables(&ns).contains("table ip vxmesh"));
+
+    // The network config now says EnableNFTables (a restart with the new config).
+    let mut last = None;
+    assert_eq!(ensure(&ns, NFT, &mut last), Ensured::Applied);
+    let saved = iptables_save(&ns);
+    assert!(
+        !saved.contains("VXMESH"),
+        "iptables chains removed: {saved}"
+    );
+    assert!(nft_tables(&ns).contains("table ip vxmesh"));
+
+    // And back.
+    let mut last = None;
+    assert_eq!(ensure(&ns, IPT, &mut last), Ensured::Applied);
+    assert!(
+        !nft_tables(&ns).contains("table ip vxmesh"),
+        "nftables table removed"
+    );
+    assert!(iptables_save(&ns).contains(":VXMESH-POSTRTG"));
+
+    // cleanup-iptables removes both backends' rules.
+    ns.run(|| {
+        masq::apply(&net().0, &net().1, NFT).unwrap();
+        masq::apply(&net().0, &net().1, IPT).unwrap();
+        masq::remove().unwrap();
+    })
+    .unwrap();
+    assert!(!iptables_save(&ns).contains("VXMESH"));
+    assert!(!nft_tables(&ns).contains("table ip vxmesh"));
+    // Removing again is fine (nothing there).
+    ns.run(|| masq::remove().unwrap()).unwrap();
+}
+
+/// Sends one datagram from `from` to `to` and returns the source address `to` saw.
+fn seen_source(from_ns: &Netns, from: Ipv4Addr, to_ns: &Netns, to: Ipv4Addr) -> Ipv4Addr {
+    let rx = to_ns
+        .run(move || {
+            let s = UdpSocket::bind((to, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        })
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    from_ns
+        .run(move || {
+            let s = UdpSocket::bind((from, 0)).unwrap();
+            s.send_to(b"vxmesh masq test", (to, port)).unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (len, peer) = rx.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..len], b"vxmesh masq test");
+    match peer {
+        SocketAddr::V4(a) => *a.ip(),
+        SocketAddr::V6(a) => panic!("unexpected {a}"),
+    }
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn nftables_masquerades_only_traffic_leaving_the_network() {
+    require();
+    // pod (10.244.3.2) — node (10.244.3.1 | 192.168.77.1) — outside (192.168.77.2, and
+    // 10.244.5.9 standing in for another node's pod, routed through it).
+    let pod = Netns::unique("masq-pod").unwrap();
+    let node = Netns::unique("masq-node").unwrap();
+    let outside = Netns::unique("masq-out").unwrap();
+    veth(
+        &pod,
+        "eth0",
+        "10.244.3.2/24",
+        &node,
+        "vpod",
+        "10.244.3.1/24",
+    )
+    .unwrap();
+    veth(
+        &node,
+        "vout",
+        "192.168.77.1/24",
+        &outside,
+        "eth0",
+        "192.168.77.2/24",
+    )
+    .unwrap();
+    pod.ip(&["route", "add", "default", "via", "10.244.3.1"])
+        .unwrap();
+    outside
+        .ip(&["addr", "add", "10.244.5.9/32", "dev", "eth0"])
+        .unwrap();
+    outside
+        .ip(&["route", "add", "10.244.3.0/24", "via", "192.168.77.1"])
+        .unwrap();
+    node.ip(&["route", "add", "10.244.5.0/24", "via", "192.168.77.2"])
+        .unwrap();
+    node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+
+    let pod_ip: Ipv4Addr = "10.244.3.2".parse().unwrap();
+    let out_ip: Ipv4Addr = "192.168.77.2".parse().unwrap();
+    let other_pod: Ipv4Addr = "10.244.5.9".parse().unwrap();
+    // Without rules nothing is rewritten.
+    assert_eq!(seen_source(&pod, pod_ip, &outside, out_ip), pod_ip);
+
+    let mut last = None;
+    assert_eq!(ensure(&node, NFT, &mut last), Ensured::Applied);
+    assert_eq!(
+        seen_source(&pod, pod_ip, &outside, out_ip),
+        "192.168.77.1".parse::<Ipv4Addr>().unwrap(),
+        "pod traffic leaving the Network is masqueraded behind the node"
+    );
+    assert_eq!(
+        seen_source(&pod, pod_ip, &outside, other_pod),
+        pod_ip,
+        "pod-to-pod traffic inside the Network keeps its source"
+    );
+}
