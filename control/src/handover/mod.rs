@@ -839,6 +839,10 @@ impl Server {
         match answer {
             HelloAnswer::Refuse { reason } => {
                 self.state.handovers_refused.fetch_add(1, Ordering::Relaxed);
+                self.state.event(
+                    "handover_refused",
+                    format!("to pid {}: {reason}", c.peer_pid),
+                );
                 tracing::warn!(pid = c.peer_pid, "refused to hand the dataplane to a vxmeshd that is not a valid successor: {reason}");
                 c.send(&Message::Refuse { reason }, &[])?;
                 Ok(false)
@@ -858,6 +862,10 @@ impl Server {
                         tracing::warn!(
                             pid = c.peer_pid,
                             "releasing the dataplane to a vxmeshd that starts cold"
+                        );
+                        self.state.event(
+                            "handover_released",
+                            format!("to pid {} (no common protocol version)", c.peer_pid),
                         );
                         self.stop_agent(&mut c, |_| Message::Released)?;
                         Ok(true)
@@ -898,6 +906,14 @@ impl Server {
                 c.send(&Message::Offer { version, state }, &all)?;
                 match c.recv()? {
                     (Message::Started, _) => {
+                        self.state.event(
+                            "handover_out",
+                            format!(
+                                "to pid {} (protocol v{version}): {} descriptors",
+                                c.peer_pid,
+                                all.len()
+                            ),
+                        );
                         self.stop_agent(&mut c, |took| Message::Stopped {
                             took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
                             at_ms: now_ms(),
@@ -1032,7 +1048,7 @@ mod tests {
     #[test]
     fn a_live_handover_passes_the_same_files_state_and_lease() {
         let id = me("hoa", 1, VERSIONS);
-        let (_state, agent) = running(&id);
+        let (state, agent) = running(&id);
         let acq = acquire(&id, vec![], None).unwrap();
         let inh = acq.inherited.unwrap();
         assert_eq!((inh.how, inh.version), ("handover", 1));
@@ -1058,6 +1074,18 @@ mod tests {
         assert_eq!(fin.gap, Some(Duration::ZERO));
         assert_eq!(fin.old_stop, Some(Duration::from_millis(3)));
         assert!(agent.join().unwrap(), "the old agent was asked to stop");
+        assert_eq!(event_kinds(&state), ["handover_out"]);
+    }
+
+    /// The kinds of the events `state` recorded, oldest first.
+    fn event_kinds(state: &AgentState) -> Vec<&'static str> {
+        state
+            .events
+            .since(0)
+            .events
+            .iter()
+            .map(|e| e.kind)
+            .collect()
     }
 
     #[test]
@@ -1070,6 +1098,7 @@ mod tests {
         assert!(e.contains("refused to hand it over"), "{e}");
         assert!(e.contains("--tap-queues 1 there, 2 here"), "{e}");
         assert_eq!(state.handovers_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(event_kinds(&state), ["handover_refused"]);
         // still serving: a valid successor gets it
         let acq = acquire(&id, vec![], None).unwrap();
         assert_eq!(acq.inherited.unwrap().how, "handover");
@@ -1078,7 +1107,7 @@ mod tests {
     #[test]
     fn another_protocol_version_releases_then_starts_cold() {
         let id = me("hov", 1, VERSIONS);
-        let (_state, agent) = running(&id);
+        let (state, agent) = running(&id);
         let mut newer = id.clone();
         newer.versions = Versions { min: 7, max: 9 };
         let acq = acquire(&newer, vec![], None).unwrap();
@@ -1090,6 +1119,7 @@ mod tests {
         );
         assert!(acq.listener.is_some(), "bound once the old one let go");
         assert!(agent.join().unwrap(), "the old agent was asked to stop");
+        assert_eq!(event_kinds(&state), ["handover_released"]);
     }
 
     fn stored(id: &Identity, version: u16, state_bytes: Option<Vec<u8>>) -> Vec<(String, OwnedFd)> {

@@ -211,6 +211,18 @@ impl NodeHandover {
                     old_stop_ms = ?info.old_stop_ms,
                     "took the dataplane over"
                 );
+                state.event(
+                    "handover_in",
+                    format!(
+                        "{how} from pid {} (build {}): {nfds} descriptors, {} peers, gap {}",
+                        old.pid,
+                        old.build,
+                        old.peers.len(),
+                        info.gap_ms
+                            .map(|g| format!("{g:.1} ms"))
+                            .unwrap_or_else(|| "unknown".into())
+                    ),
+                );
                 (dp, old.handovers.saturating_add(1), old.cold_starts)
             }
             None => {
@@ -223,6 +235,21 @@ impl NodeHandover {
                 info.how = "cold";
                 info.adopted_tap = adopted;
                 info.cold_reason = acq.cold_reason;
+                state.event(
+                    "cold_start",
+                    format!(
+                        "{} dataplane; {}; {}",
+                        kind.as_str(),
+                        if adopted {
+                            "attached to the TAP an earlier run left"
+                        } else {
+                            "new device"
+                        },
+                        info.cold_reason
+                            .as_deref()
+                            .unwrap_or("no vxmeshd to take over from")
+                    ),
+                );
                 (dp, acq.handovers, acq.cold_starts.saturating_add(1))
             }
         };
