@@ -37,6 +37,9 @@
 #   Faults: kill-agent N (SIGKILL, nothing cleaned up), cut-etcd N / heal-etcd N (a firewall
 #   rule in node N's namespace drops its etcd traffic), stop-etcd M (SIGKILL etcd member M),
 #   start-etcd M (restart it on its data), etcd-leader (the leader's member number).
+#   scripts/lab.sh handover-agent N starts a second vxmeshd on node N that takes the running one's
+#   dataplane over (the old one exits); kill-agent N SIGKILLs node N's agent (a crash: the TAP and
+#   its routes stay); exec-agent N runs node N's agent in the foreground (tests).
 #
 # The steps this lab shares with the Vagrant lab (network config, pods through the CNI plugin,
 # the ping table, iperf3, the summary) live in scripts/lib/cluster.sh.
@@ -198,18 +201,16 @@ heal_etcd() {
   while in_ns "$(node "$1")" iptables -D INPUT "${ETCD_CUT[@]}" 2>/dev/null; do :; done
 }
 
-# SIGKILL node N's agent: no cleanup, as after a crash or an OOM kill.
-kill_agent() {
-  local pidf="$STATE/vxmeshd-n$1.pid" pid
-  [ -f "$pidf" ] || die "no agent running on node $1"
-  pid=$(cat "$pidf")
-  kill -KILL "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  rm -f "$pidf"
-}
-
 # Node i's dataplane: userspace, kernel (vxmeshd --dataplane) or flannel (scripts/flannel-node.sh).
 dataplane() { cat "$STATE/n$1/dataplane" 2>/dev/null || echo userspace; }
+
+# agent_cmd N: the command that runs node N's vxmeshd (userspace or kernel) inside its namespace.
+agent_cmd() {
+  local i=$1
+  # shellcheck disable=SC2206  # AGENT_ARGS is a list of flags
+  AGENT=(ip netns exec "$(node "$i")" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0
+    --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl "$LEASE_TTL" --dataplane "$(dataplane "$i")" $AGENT_ARGS)
+}
 
 # start_agent N [DATAPLANE]: starts node N's agent, with DATAPLANE (remembered) or the last one.
 start_agent() {
@@ -221,10 +222,8 @@ start_agent() {
     if [ -n "${LAB_NODE_ENV:-}" ]; then export "${LAB_NODE_ENV[@]}"; fi
     case $(dataplane "$i") in
       userspace|kernel)
-        # shellcheck disable=SC2086  # AGENT_ARGS is a list of flags
-        spawn "vxmeshd-n$i" "$n" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0 \
-          --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl "$LEASE_TTL" \
-          --dataplane "$(dataplane "$i")" $AGENT_ARGS ;;
+        agent_cmd "$i"
+        spawn "vxmeshd-n$i" "$n" "${AGENT[@]:4}" ;;
       flannel)
         rm -f "$STATE/n$i/flannel.ready"
         spawn "flanneld-n$i" "$n" "$ROOT/scripts/flannel-node.sh" --etcd-endpoints "$ETCD" \
@@ -234,13 +233,45 @@ start_agent() {
   )
 }
 
+# handover_agent N: starts a second vxmeshd on node N while the first runs; the new one takes the
+# dataplane over (TAP queues, sockets, forwarding table, lease) and the old one exits.
+handover_agent() {
+  local i=$1 old new t0
+  [ "$(dataplane "$i")" = userspace ] || die "handover-agent: node $i runs the $(dataplane "$i") dataplane"
+  old=$(cat "$STATE/vxmeshd-n$i.pid" 2>/dev/null) || die "no agent runs on node $i"
+  t0=$(date +%s.%N)
+  mv "$STATE/vxmeshd-n$i.log" "$STATE/vxmeshd-n$i.$old.log"
+  start_agent "$i"
+  new=$(cat "$STATE/vxmeshd-n$i.pid")
+  for _ in $(seq 150); do running "$old" || break; sleep 0.1; done
+  if running "$old"; then
+    tail -n 20 "$STATE/vxmeshd-n$i.log" >&2; die "node $i: the old agent (pid $old) is still running"
+  fi
+  running "$new" || { tail -n 20 "$STATE/vxmeshd-n$i.log" >&2; die "node $i: the new agent (pid $new) exited"; }
+  wait_ready "$i"
+  log "handover on $(node "$i"): pid $old -> $new in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')s; old log: $STATE/vxmeshd-n$i.$old.log"
+}
+
+# kill_agent N: SIGKILL node N's agent (a crash, an OOM kill; nothing cleaned up): the TAP and
+# its routes stay.
+kill_agent() {
+  local i=$1 pid
+  pid=$(cat "$STATE/vxmeshd-n$i.pid" 2>/dev/null) || die "no agent runs on node $i"
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 500); do running "$pid" || break; sleep 0.01; done
+  rm -f "$STATE/vxmeshd-n$i.pid"
+}
+
+# running PID: alive and not a zombie (agents are reparented to PID 1, which may reap them late)
+running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
+
 stop_agent() {
   local i=$1 pidf pid
   for pidf in "$STATE/vxmeshd-n$i.pid" "$STATE/flanneld-n$i.pid"; do
     [ -f "$pidf" ] || continue
     pid=$(cat "$pidf")
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$pidf"
   done
@@ -493,15 +524,22 @@ case "${1:-}" in
   status) cmd_status ;;
   down) cmd_down ;;
   restart-agent) need; stop_agent "${2:?node number}"; start_agent "$2" "${3:-}"; wait_ready "$2" ;;
+  handover-agent) need; handover_agent "${2:?node number}" ;;
+  kill-agent) kill_agent "${2:?node number}" ;;
+  exec-agent)
+    # Runs node N's agent in the foreground (for tests that need its exit status); extra
+    # vxmeshd environment comes from the caller.
+    need; agent_cmd "${2:?node number}"
+    if [ -n "${LAB_NODE_ENV:-}" ]; then export "${LAB_NODE_ENV[@]}"; fi
+    exec "${AGENT[@]}" ;;
   stop-agent) stop_agent "${2:?node number}" ;;
   start-agent) need; start_agent "${2:?node number}" "${3:-}"; wait_ready "$2" ;;
   podman) need; cmd_podman "${2:-1}" ;;
   etcdctl) shift; [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"; etcdctl_lab "$@" ;;
-  kill-agent) kill_agent "${2:?node number}" ;;
   cut-etcd) cut_etcd "${2:?node number}" ;;
   heal-etcd) heal_etcd "${2:?node number}" ;;
   stop-etcd) stop_etcd_member "${2:?member number}" ;;
   start-etcd) start_etcd_member "${2:?member number}" ;;
   etcd-leader) etcd_leader ;;
-  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|podman [N]|etcdctl ARGS|kill-agent N|cut-etcd N|heal-etcd N|stop-etcd M|start-etcd M|etcd-leader" >&2; exit 2 ;;
+  *) echo "usage: $0 up|check|status|down|restart-agent N [DATAPLANE]|stop-agent N|start-agent N [DATAPLANE]|handover-agent N|kill-agent N|exec-agent N|podman [N]|etcdctl ARGS|cut-etcd N|heal-etcd N|stop-etcd M|start-etcd M|etcd-leader" >&2; exit 2 ;;
 esac

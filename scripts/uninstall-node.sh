@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reverse scripts/install-node.sh on this machine, from /var/lib/vxmesh/install-manifest:
 #
-#   node role: stop and disable vxmeshd (on SIGTERM the agent removes its routes, neighbours and
-#              TAP; its lease in etcd expires after the lease TTL), remove the masquerade/forward
+#   node role: stop and disable vxmeshd (its lease in etcd expires after the lease TTL), remove its
+#              TAP with the TAP's address, routes and neighbours (`vxmeshctl cleanup-tap`: the TAP is
+#              persistent, a stop leaves it so restarts lose nothing), remove the masquerade/forward
 #              rules (`vxmeshctl cleanup-iptables`), the subnet file, the unit, the env file, the
 #              binaries, the CNI plugin, the conflist and the udev .link file; when no pod is left on cni0, also the
 #              cni0 bridge and the CNI state (/var/lib/cni/vxmesh, host-local's
@@ -71,9 +72,15 @@ if has_role node; then
       systemctl disable --now vxmeshd.service >/dev/null 2>&1 || warn "stopping vxmeshd failed"
       log "vxmeshd stopped and disabled"
     fi
-    # a killed agent cannot remove its TAP (a non-persistent TAP goes with the process, but
-    # be sure)
-    if ip link show "$tap" >/dev/null 2>&1; then ip link del "$tap" && log "removed $tap"; fi
+    # the TAP is persistent (a stop or a crash leaves it, with its routes, for the next start):
+    # remove it; vxmeshctl refuses a link vxmesh did not make
+    if ip link show "$tap" >/dev/null 2>&1; then
+      if [ -x /usr/local/bin/vxmeshctl ]; then
+        if /usr/local/bin/vxmeshctl cleanup-tap --tap-name "$tap"; then log "removed $tap"; else warn "$tap not removed"; fi
+      else
+        ip link del "$tap" && log "removed $tap"
+      fi
+    fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
       /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables: VXMESH-POSTRTG/VXMESH-FWD removed"
     fi

@@ -7,7 +7,8 @@
 #   scripts           shellcheck on every script of the labs and the install path (sourced files followed)
 #   vagrant validate  --ignore-provider, for the user, offline, etcd-on-node and 1-node layouts
 #   isolation         the offline (CI) settings are there: no NAT, no public network
-#   systemd-analyze   verify vxmeshd.service, and Debian's etcd.service with the vxmesh drop-in
+#   systemd-analyze   verify vxmeshd.service (Type=notify, descriptor store, watchdog), and Debian's
+#                     etcd.service with the vxmesh drop-in
 #                     (copies whose ExecStart/EnvironmentFile paths exist on this machine);
 #                     any message counts as a failure (verify exits 0 on parse warnings)
 #   install/uninstall install-node.sh --root into a scratch tree with stand-in binaries, then
@@ -96,11 +97,13 @@ if need systemd-analyze systemd; then
   out=$(systemd-analyze verify --man=no "$SCRATCH/units/vxmeshd.service" 2>&1)
   rc=$?; [ -z "$out" ] || rc=1
   result "systemd-analyze verify vxmeshd.service" "$rc" "$out"
-  grep -q '^Type=simple$' "$ROOT/packaging/systemd/vxmeshd.service" &&
-    grep -q '^ExecStartPost=/usr/local/bin/vxmeshctl wait-ready' "$ROOT/packaging/systemd/vxmeshd.service" &&
-    grep -q '^Restart=on-failure$' "$ROOT/packaging/systemd/vxmeshd.service" &&
-    grep -q '^EnvironmentFile=/etc/vxmesh/vxmeshd.env$' "$ROOT/packaging/systemd/vxmeshd.service"
-  result "vxmeshd.service: Type=simple, wait-ready readiness, Restart=on-failure, EnvironmentFile" $?
+  u=$ROOT/packaging/systemd/vxmeshd.service
+  grep -q '^Type=notify$' "$u" && grep -q '^NotifyAccess=main$' "$u" &&
+    grep -Eq '^FileDescriptorStoreMax=[1-9][0-9]+$' "$u" && grep -Eq '^WatchdogSec=[1-9]' "$u" &&
+    ! grep -q '^ExecStartPost=' "$u" &&
+    grep -q '^Restart=on-failure$' "$u" &&
+    grep -q '^EnvironmentFile=/etc/vxmesh/vxmeshd.env$' "$u"
+  result "vxmeshd.service: Type=notify (READY=1), descriptor store, watchdog, Restart=on-failure, EnvironmentFile" $?
   # Debian's etcd.service when this machine has it, else a stand-in with the same shape
   if [ -f /lib/systemd/system/etcd.service ]; then
     etcd_unit=/lib/systemd/system/etcd.service; what="Debian's etcd.service"

@@ -10,9 +10,11 @@
 # 2. `vagrant up` of this folder's Vagrantfile with VXMESH_OFFLINE=1: etcd VM + 2 node VMs
 #    (binaries: this tree's target/release, stripped copies)
 # 3. pods on every node through the CNI plugin, all-pairs cross-node pod ping, a short iperf3
-#    node1 -> node2, `systemctl restart vxmeshd` on node2 (new PID, same subnet, pings again),
-#    SIGKILL of node2's agent (systemd brings it back), uninstall-node.sh on the last node
-#    (nothing left)
+#    node1 -> node2; then on node2, each while node1's pod pings node2's pod every 10 ms:
+#    `systemctl restart vxmeshd` (new PID, same subnet and TAP, dataplane taken from systemd's
+#    descriptor store, pings lost counted), an upgrade to another build (VXMESH_E2E_UPGRADE_BIN,
+#    installed, then a restart) and SIGKILL of the agent (systemd restarts it from the store);
+#    uninstall-node.sh on the last node (nothing left, the TAP included)
 # 4. summary, timings; the EXIT trap destroys the VMs and stops libvirtd; last line
 #    "N passed, N failed"
 #
@@ -23,6 +25,9 @@
 #
 # Knobs: VXMESH_E2E_NODES (2), VXMESH_E2E_ETCD_ON_NODE (0: etcd VM; 1: etcd on node1, one VM
 # less), VXMESH_E2E_PODS (2 per node), VXMESH_E2E_IPERF_SECONDS (3), VXMESH_E2E_KILL (1),
+# VXMESH_E2E_UPGRADE_BIN (a vxmeshd of another build for the upgrade step; default: built with
+# VXMESH_BUILD_ID=e2e-upgrade into <repo>/target/e2e-upgrade, kept for the next run; "none" skips
+# the step), VXMESH_E2E_PING_INTERVAL (0.01 s),
 # VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
 # VXMESH_E2E_KEEP=0 ... see docs/vagrant.md), VXMESH_E2E_REBUILD_BOX=1, VXMESH_BIN_DIR (default
 # <repo>/target/release), VXMESH_VGLAB_TOOLS (default <repo>/../shared/tools/vagrant-box),
@@ -40,6 +45,8 @@ NODES=${VXMESH_E2E_NODES:-2}
 PODS=${VXMESH_E2E_PODS:-2}
 IPERF_SECONDS=${VXMESH_E2E_IPERF_SECONDS:-3}
 KILL=${VXMESH_E2E_KILL:-1}
+UPGRADE_BIN=${VXMESH_E2E_UPGRADE_BIN:-}
+PING_INTERVAL=${VXMESH_E2E_PING_INTERVAL:-0.01}
 UNINSTALL=${VXMESH_E2E_UNINSTALL:-1}
 KEEP=${VXMESH_E2E_KEEP:-0}
 SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
@@ -138,6 +145,22 @@ mkdir "$WORK/bin"
 for b in vxmeshd vxmeshctl vxmesh; do
   if command -v strip >/dev/null; then strip -o "$WORK/bin/$b" "$SRC_BIN/$b"; else cp "$SRC_BIN/$b" "$WORK/bin/$b"; fi
 done
+# another build for the upgrade step: same sources, another build id (`vxmeshd --version` and
+# `vxmeshctl status` tell them apart)
+if [ "$UPGRADE_BIN" != none ]; then
+  if [ -z "$UPGRADE_BIN" ]; then
+    UPGRADE_BIN=$ROOT/target/e2e-upgrade/release/vxmeshd
+    if [ ! -x "$UPGRADE_BIN" ] || [ "$UPGRADE_BIN" -ot "$SRC_BIN/vxmeshd" ]; then
+      stamp "building the upgrade's vxmeshd (VXMESH_BUILD_ID=e2e-upgrade, target/e2e-upgrade)"
+      (cd "$ROOT" && VXMESH_BUILD_ID=e2e-upgrade cargo build --release --bin vxmeshd \
+        --target-dir "$ROOT/target/e2e-upgrade") >"$WORK/upgrade-build.log" 2>&1 ||
+        { check "build the upgrade's vxmeshd" 1 "$(tail -n 3 "$WORK/upgrade-build.log" | tr '\n' ' ')"; UPGRADE_BIN=none; }
+    fi
+  fi
+  if [ "$UPGRADE_BIN" != none ]; then
+    if command -v strip >/dev/null; then strip -o "$WORK/bin/vxmeshd-upgrade" "$UPGRADE_BIN"; else cp "$UPGRADE_BIN" "$WORK/bin/vxmeshd-upgrade"; fi
+  fi
+fi
 export VXMESH_BIN_DIR=$WORK/bin
 stamp "binaries from $SRC_BIN staged in $WORK/bin ($(du -sh "$WORK/bin" | cut -f1))"
 phase "stage binaries"
@@ -261,27 +284,42 @@ if [ "$NODES" -ge 2 ]; then
   phase "iperf3"
 fi
 
-# ---- 4. the systemd-managed agent restarts cleanly ---------------------------------------
+# ---- 4. restarts, an upgrade and a crash under systemd: the dataplane is handed over ------
 R=node$(( NODES >= 2 ? 2 : 1 ))
-out=$(vssh "$R" "sudo $G restart-agent" 2>&1)
-check "$R: systemctl restart vxmeshd (new PID, active, same subnet, TAP MAC = VTEP MAC)" $? "$out"
-if [ "$NODES" -ge 2 ]; then
-  peer=$( [ "$R" = node1 ] && echo node2 || echo node1 )
-  secs=$(vssh "$peer" "sudo $G wait-ping $peer-p1 $(addr_of "$R-p1") 60" 2>/dev/null)
-  check "traffic $peer-p1 -> $R-p1 back after the restart" $? "${secs:-?}s after systemctl returned"
-  ping_all "after systemctl restart on $R"
+peer=$( [ "$R" = node1 ] && echo node2 || echo node1 )
+# during STEP on $R, node $peer's pod pings $R's pod every PING_INTERVAL; prints "sent received"
+pinged() {  # pinged COUNT GUEST_COMMAND...
+  local count=$1; shift
+  if [ "$NODES" -ge 2 ]; then vssh "$peer" "sudo $G ping-start $peer-p1 $(addr_of "$R-p1") $count $PING_INTERVAL" >/dev/null 2>&1; sleep 2; fi
+  out=$(vssh "$R" "sudo $G $*" 2>&1); rc=$?
+  if [ "$NODES" -ge 2 ]; then lost=$(vssh "$peer" "sudo $G ping-result $peer-p1" 2>&1); else lost="- -"; fi
+}
+loss() { read -r s r <<<"$lost"; if [ -n "${r:-}" ] && [ "$s" -ge "$r" ] 2>/dev/null; then echo "$((s - r)) of $s pings lost at ${PING_INTERVAL}s"; else echo "ping: $lost"; fi; }
+# no ping lost, and the step itself succeeded (a step that failed measured nothing)
+zero_lost() { read -r s r <<<"$lost"; [ "$rc" = 0 ] && { [ "$NODES" -lt 2 ] || { [ -n "${r:-}" ] && [ "$s" = "$r" ]; }; }; }
+
+pinged 1500 restart-agent
+check "$R: systemctl restart vxmeshd (new PID, same subnet and TAP, dataplane from systemd's store)" "$rc" "$out"
+zero_lost; check "$R: no ping lost across systemctl restart" $? "$(loss)"
+note+=("systemctl restart on $R: $(loss); $out")
+phase "systemctl restart"
+
+if [ "$UPGRADE_BIN" != none ]; then
+  pinged 1500 upgrade-agent /opt/vxmesh/bin/vxmeshd-upgrade
+  check "$R: upgrade to another build + restart (dataplane from systemd's store)" "$rc" "$out"
+  zero_lost; check "$R: no ping lost across the upgrade" $? "$(loss)"
+  note+=("upgrade on $R: $(loss); $out")
+  phase "upgrade"
 fi
-phase "restart through systemd"
 
 if [ "$KILL" = 1 ]; then
-  out=$(vssh "$R" "sudo $G kill-agent" 2>&1)
-  check "$R: SIGKILL vxmeshd -> systemd restarts it (Restart=on-failure)" $? "$out"
-  if [ "$NODES" -ge 2 ]; then
-    secs=$(vssh "$peer" "sudo $G wait-ping $peer-p1 $(addr_of "$R-p1") 60" 2>/dev/null)
-    check "traffic $peer-p1 -> $R-p1 back after the kill" $? "${secs:-?}s"
-  fi
+  pinged 1500 kill-agent
+  check "$R: SIGKILL vxmeshd -> systemd restarts it (Restart=on-failure) from the store" "$rc" "$out"
+  zero_lost; check "$R: no ping lost across SIGKILL + Restart= (RestartSec=1s)" $? "$(loss)"
+  note+=("SIGKILL on $R: $(loss); $out")
   phase "SIGKILL + systemd restart"
 fi
+if [ "$NODES" -ge 2 ]; then ping_all "after the restarts on $R"; fi
 
 for i in $(seq "$NODES"); do
   summary_rows+=("$(vssh "node$i" "sudo $G status-row node$i 192.168.56.$((10 + i))" 2>/dev/null || echo "node$i ?")")

@@ -13,9 +13,15 @@
 #   iperf POD ADDR SECS      iperf3 client; prints Mbit/s
 #   status-row LABEL IP      the node's row of the summary table
 #   tap-mac                  checks the TAP carries the VTEP MAC the agent advertises
+#   ping-start POD ADDR COUNT INTERVAL
+#                            ping in the background (survives the ssh session)
+#   ping-result POD          waits for that ping; prints "SENT RECEIVED"
 #   restart-agent            systemctl restart vxmeshd; checks new PID, active, same subnet,
-#                            TAP MAC = VTEP MAC
-#   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure)
+#                            TAP MAC = VTEP MAC, same TAP, dataplane taken from systemd's store
+#   upgrade-agent BIN        installs BIN (another build) as /usr/local/bin/vxmeshd and restarts;
+#                            the same checks, and the build changed
+#   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure) and
+#                            the new process takes the dataplane from the store
 #   leftovers                after uninstall-node.sh: prints what vxmesh left (node and etcd
 #                            roles); status 1 if any
 set -euo pipefail
@@ -36,6 +42,23 @@ tap_mac() {
   have=$(cat "/sys/class/net/$tap/address" 2>/dev/null)
   if [ -n "$want" ] && [ "$have" = "$want" ]; then echo "ok $tap $have"
   else echo "MISMATCH: $tap has ${have:-no MAC}, the agent advertises ${want:-nothing}"; return 1; fi
+}
+
+status_json() { /usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}'; }
+tap_index() { cat "/sys/class/net/$(jq -r '.node.tap // "vxmesh0"' <<<"$(status_json)")/ifindex" 2>/dev/null; }
+# "how=fd-store from=<build> build=<build> fds=N gap=Xms": how the running agent started
+start_line() {
+  jq -r '"how=\(.start.how) from=\(.start.from_build) fds=\(.start.fds_taken_over) gap=\(.start.gap_ms)ms"' <<<"$(status_json)"
+}
+# restart_checks PID_BEFORE SUBNET_BEFORE TAP_INDEX_BEFORE: after a restart through systemd
+restart_checks() {
+  local pid=$1 before=$2 idx=$3 after newpid state mac st
+  after=$(subnet); newpid=$(unit MainPID); state=$(unit ActiveState)
+  mac=$(tap_mac) || true
+  st=$(start_line)
+  echo "pid $pid -> $newpid, $state, subnet $before -> $after, tap #$idx -> #$(tap_index), tap mac $mac, $st"
+  [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ -n "$after" ] && [ "$before" = "$after" ] &&
+    [ "${mac%% *}" = ok ] && [ "$(tap_index)" = "$idx" ] && [[ $st == how=fd-store* ]]
 }
 
 # waits until vxmeshd is active with a MainPID other than $1 and ready; prints the seconds
@@ -76,21 +99,38 @@ case $cmd in
   status-row)
     st=$(/usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}')
     cluster_summary_row "${1:?label}" "${2:?underlay}" "$st" ;;
+  ping-start)
+    pod=${1:?pod}; addr=${2:?address}; count=${3:?count}; interval=${4:?interval}
+    rm -f "/tmp/vxmesh-ping-$pod.out" "/tmp/vxmesh-ping-$pod.done"
+    setsid sh -c "ip netns exec '$pod' ping -q -i '$interval' -W 2 -c '$count' '$addr' >/tmp/vxmesh-ping-$pod.out 2>&1; touch /tmp/vxmesh-ping-$pod.done" </dev/null >/dev/null 2>&1 &
+    ;;
+  ping-result)
+    pod=${1:?pod}
+    for _ in $(seq 600); do [ -f "/tmp/vxmesh-ping-$pod.done" ] && break; sleep 0.5; done
+    line=$(grep 'packets transmitted' "/tmp/vxmesh-ping-$pod.out" 2>/dev/null) || { echo "no ping summary: $(cat "/tmp/vxmesh-ping-$pod.out" 2>/dev/null)"; exit 1; }
+    awk -F', ' '{split($1, a, " "); split($2, b, " "); print a[1], b[1]}' <<<"$line" ;;
   restart-agent)
-    before=$(subnet); pid=$(unit MainPID); t0=$(date +%s)
-    systemctl restart vxmeshd.service   # returns after ExecStartPost (vxmeshctl wait-ready)
-    secs=$(( $(date +%s) - t0 ))
-    after=$(subnet); newpid=$(unit MainPID); state=$(unit ActiveState)
-    mac=$(tap_mac) || true
-    echo "systemctl restart vxmeshd: ${secs}s, pid $pid -> $newpid, $state, subnet $before -> $after, tap mac $mac"
-    [ "$state" = active ] && [ "$newpid" != "$pid" ] && [ -n "$after" ] && [ "$before" = "$after" ] && [ "${mac%% *}" = ok ] ;;
+    before=$(subnet); pid=$(unit MainPID); idx=$(tap_index); t0=$(date +%s.%N)
+    systemctl restart vxmeshd.service   # Type=notify: returns after READY=1
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+    echo -n "systemctl restart vxmeshd: ${secs}s, "
+    restart_checks "$pid" "$before" "$idx" ;;
+  upgrade-agent)
+    bin=${1:?binary of another build}
+    before=$(subnet); pid=$(unit MainPID); idx=$(tap_index); old=$(/usr/local/bin/vxmeshd --version)
+    install -m 0755 "$bin" /usr/local/bin/vxmeshd   # a new file: the running process keeps its own
+    t0=$(date +%s.%N)
+    systemctl restart vxmeshd.service
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+    new=$(jq -r '.node.build // empty' <<<"$(status_json)")
+    echo -n "upgrade ($old -> build $new): restart ${secs}s, "
+    restart_checks "$pid" "$before" "$idx" && [ -n "$new" ] && [ "$(jq -r .start.from_build <<<"$(status_json)")" != "$new" ] ;;
   kill-agent)
-    before=$(subnet); pid=$(unit MainPID); restarts=$(unit NRestarts)
+    before=$(subnet); pid=$(unit MainPID); restarts=$(unit NRestarts); idx=$(tap_index)
     systemctl kill -s KILL vxmeshd.service
     if secs=$(wait_new_agent "$pid"); then
-      mac=$(tap_mac) || true
-      echo "SIGKILL pid $pid: systemd restarted vxmeshd in ${secs}s (pid $(unit MainPID), NRestarts $restarts -> $(unit NRestarts)), subnet $before -> $(subnet), tap mac $mac"
-      [ "$before" = "$(subnet)" ] && [ "$(unit NRestarts)" -gt "$restarts" ] && [ "${mac%% *}" = ok ]
+      echo -n "SIGKILL pid $pid: systemd restarted vxmeshd in ${secs}s (NRestarts $restarts -> $(unit NRestarts)), "
+      restart_checks "$pid" "$before" "$idx" && [ "$(unit NRestarts)" -gt "$restarts" ]
     else
       echo "SIGKILL pid $pid: vxmeshd not back after 120s ($(unit ActiveState)/$(unit SubState))"; exit 1
     fi ;;

@@ -5,10 +5,13 @@
 //! clear error, until it exists and is valid), acquire a subnet lease, create and
 //! configure the TAP, start the dataplane threads, write the subnet file, then
 //! follow the peers' leases (routes, permanent neighbours, forwarding table) until
-//! told to stop. On SIGTERM/SIGINT the userspace dataplane removes the routes and
-//! neighbours it added and the TAP; the kernel dataplane leaves its device
-//! programmed (as flanneld does) and prunes what went stale on its next start.
-//! The lease is kept so a restart gets the same subnet.
+//! told to stop. A vxmeshd already running on the node's TAP (or systemd's
+//! descriptor store after a restart) hands its dataplane over instead of a cold
+//! start ([`crate::handover`]): same TAP queues, sockets, forwarding table and
+//! lease. On SIGTERM/SIGINT both dataplanes stop forwarding and leave their device
+//! programmed (as flanneld does), pruning what went stale on the next start; when
+//! a successor took over, the agent just stops its threads. The lease is kept so
+//! a restart gets the same subnet.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -25,6 +28,8 @@ use tokio::task::JoinHandle;
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
+pub use crate::handover::node::Launch;
+use crate::handover::node::{self as handover, NodeHandover};
 use crate::lease::LeaseAttrs;
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
@@ -501,13 +506,24 @@ fn record_changes(changes: &[PeerChange], state: &AgentState) {
     }
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Runs the agent until `shutdown` resolves (or a successor takes over).
 pub async fn run(
     opts: AgentOptions,
     state: Arc<AgentState>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut stop = Box::pin(shutdown);
+    run_with(opts, state, shutdown, Launch::default()).await
+}
+
+/// [`run`], with what systemd gave the process (stored descriptors, its socket).
+pub async fn run_with(
+    opts: AgentOptions,
+    state: Arc<AgentState>,
+    shutdown: impl Future<Output = ()>,
+    launch: Launch,
+) -> anyhow::Result<()> {
+    let (stop, takeover_tx, takeover) = handover::stop_or_takeover(shutdown);
+    let mut stop = Box::pin(stop);
     state.update(|i| {
         i.version = env!("CARGO_PKG_VERSION");
         i.dataplane = opts.dataplane.as_str();
@@ -542,10 +558,29 @@ pub async fn run(
     });
     tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
 
+    // A running vxmeshd (or systemd's store) may hand us its dataplane and lease.
+    let me = handover::identity(
+        &opts.tap_name,
+        opts.dataplane,
+        opts.tap_queues,
+        opts.offloads,
+        underlay.public_ip,
+        cfg.network,
+        vni.get(),
+        cfg.backend.port,
+        &opts.etcd_prefix,
+    );
+    let mut ho = NodeHandover::acquire(me, launch, takeover_tx, &state).await?;
+
     let hint = std::fs::read_to_string(&opts.subnet_file)
         .ok()
         .and_then(|t| SubnetEnv::subnet_from(&t));
-    let machine = LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed());
+    let machine = match ho.inherited_lease() {
+        Some((subnet, id)) => {
+            LeaseMachine::holding(cfg.clone(), underlay.public_ip, subnet, id, random_seed())
+        }
+        None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed()),
+    };
     let attrs = LeaseAttrs::vxlan(underlay.public_ip, vni.get(), vtep_mac);
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
     let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
@@ -587,7 +622,9 @@ pub async fn run(
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
     };
-    let dp = NodeDataplane::start(opts.dataplane, &nl, &setup, &state).await?;
+    let dp = ho
+        .start_dataplane(opts.dataplane, &nl, &setup, &state)
+        .await?;
     let mut node = Running {
         files: NodeFiles {
             network: cfg.network,
@@ -674,7 +711,8 @@ pub async fn run(
         t.abort();
     }
     lease.abort();
-    node.stop().await;
+    let handed = takeover.lock().ok().and_then(|mut g| g.take());
+    ho.stop(node.dp, handed).await;
     result
 }
 
@@ -871,10 +909,5 @@ impl Running {
             ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
             self.state.ready.routes.store(ok, Ordering::Relaxed);
         }
-    }
-
-    /// Userspace: removes the peers' routes and neighbours and the TAP.
-    async fn stop(self) {
-        self.dp.stop(&self.nl, &self.peers).await;
     }
 }

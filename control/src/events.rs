@@ -18,7 +18,9 @@ pub struct Event {
     pub seq: u64,
     pub unix_ms: u64,
     /// `lease_acquired`, `lease_renewed`, `lease_lost`, `peer_added`,
-    /// `peer_changed`, `peer_removed`, `peer_rejected`, `offload`, `pool_nearly_full`.
+    /// `peer_changed`, `peer_removed`, `peer_rejected`, `offload`, `pool_nearly_full`,
+    /// `cold_start`, `handover_in`, `handover_out`, `handover_released`,
+    /// `handover_refused`.
     pub kind: &'static str,
     pub detail: String,
 }

@@ -72,6 +72,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         })
     });
     serde_json::json!({
+        "pid": std::process::id(),
         "ready": s.ready.ready(),
         "waiting_for": s.ready.missing(),
         "node": info,
@@ -88,6 +89,8 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
+        "start": s.start_info(),
+        "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
     })
 }
@@ -354,6 +357,52 @@ pub fn render_metrics(s: &AgentState) -> String {
         s.iptables_repairs.load(Ordering::Relaxed),
     );
 
+    let st = s.start_info();
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_dataplane_start_info How this process's dataplane started: cold, handover (from a running vxmeshd) or fd-store (from systemd after a restart)\n# TYPE vxmesh_dataplane_start_info gauge\nvxmesh_dataplane_start_info{{how=\"{}\",adopted_tap=\"{}\"}} 1",
+        label(st.how),
+        st.adopted_tap
+    );
+    counter(
+        &mut o,
+        "vxmesh_handovers_total",
+        "Handovers of the dataplane to a new vxmeshd since it last started cold (live and through systemd's store)",
+        u64::from(st.handovers_total),
+    );
+    counter(
+        &mut o,
+        "vxmesh_cold_starts_total",
+        "Cold starts of the dataplane (new descriptors), as far as the handed-over state remembers",
+        u64::from(st.cold_starts_total),
+    );
+    gauge(
+        &mut o,
+        "vxmesh_handover_fds",
+        "Descriptors (TAP queues, UDP sockets) this process took over at start",
+        u64::from(st.fds_taken_over),
+    );
+    if let Some(g) = st.gap_ms {
+        let _ = writeln!(
+            o,
+            "# HELP vxmesh_handover_gap_seconds Time no vxmeshd read the dataplane during the handover into this process (0 for a live handover; the kernel queued packets meanwhile)\n# TYPE vxmesh_handover_gap_seconds gauge\nvxmesh_handover_gap_seconds {:.6}",
+            g / 1000.0
+        );
+    }
+    if let Some(v) = st.overlap_ms {
+        let _ = writeln!(
+            o,
+            "# HELP vxmesh_handover_overlap_seconds Live handover: time both processes read the same TAP queues and sockets\n# TYPE vxmesh_handover_overlap_seconds gauge\nvxmesh_handover_overlap_seconds {:.6}",
+            v / 1000.0
+        );
+    }
+    counter(
+        &mut o,
+        "vxmesh_handovers_refused_total",
+        "vxmeshd processes refused as successors (another network, conflicting flags)",
+        s.handovers_refused.load(Ordering::Relaxed),
+    );
+
     let c = s.counters.snapshot();
     for (name, v) in c.fields() {
         let _ = writeln!(
@@ -521,6 +570,10 @@ mod tests {
         assert_eq!(j["waiting_for"][0], "peer routes");
         assert_eq!(j["lease_expires_in_secs"], serde_json::Value::Null);
         assert!(text.contains("vxmesh_lease_expiry_timestamp_seconds 0.000"));
+        assert!(
+            !text.contains("vxmesh_handover_gap_seconds"),
+            "no gap before a handover"
+        );
         // The pool's gauges once the registry was listed.
         assert!(!text.contains("vxmesh_pool_subnets_free"));
         *s.pool.lock().unwrap() = Some(crate::pool::PoolUsage {
@@ -531,6 +584,46 @@ mod tests {
         assert!(text.contains("\nvxmesh_pool_subnets_free 5\n"), "{text}");
         assert!(text.contains("\nvxmesh_pool_subnets_total 255\n"));
         assert_eq!(status_json(&s)["pool"]["nearly_full"], true);
+    }
+
+    #[test]
+    fn handover_figures_in_metrics_and_status() {
+        let s = AgentState::default();
+        if let Ok(mut g) = s.start.lock() {
+            *g = crate::handover::StartInfo {
+                how: "handover",
+                from_pid: Some(41),
+                fds_taken_over: 10,
+                gap_ms: Some(0.0),
+                overlap_ms: Some(103.5),
+                handovers_total: 2,
+                cold_starts_total: 1,
+                ..Default::default()
+            };
+        }
+        s.handovers_refused.fetch_add(1, Ordering::Relaxed);
+        let text = render_metrics(&s);
+        for want in [
+            "vxmesh_dataplane_start_info{how=\"handover\",adopted_tap=\"false\"} 1",
+            "vxmesh_handovers_total 2",
+            "vxmesh_cold_starts_total 1",
+            "vxmesh_handover_fds 10",
+            "vxmesh_handover_gap_seconds 0.000000",
+            "vxmesh_handover_overlap_seconds 0.103500",
+            "vxmesh_handovers_refused_total 1",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let j = status_json(&s);
+        assert_eq!(j["start"]["how"], "handover");
+        assert_eq!(j["start"]["from_pid"], 41);
+        assert_eq!(j["start"]["fds_taken_over"], 10);
+        assert_eq!(j["handovers_refused"], 1);
+        assert_eq!(
+            j["pid"],
+            std::process::id(),
+            "which process answered (two may, during a handover)"
+        );
     }
 
     #[test]

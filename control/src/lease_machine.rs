@@ -137,6 +137,30 @@ impl LeaseMachine {
         }
     }
 
+    /// A machine that already holds `subnet` under etcd lease `lease_id`, handed
+    /// over by the vxmeshd that ran before us. Its first poll announces it
+    /// ([`LeaseAction::Acquired`], not counted as a re-acquisition), so the driver
+    /// keeps that same lease alive; if the lease turns out to be gone, the usual
+    /// [`LeaseEvent::LeaseLost`] re-acquires, preferring this subnet.
+    pub fn holding(
+        cfg: NetworkConfig,
+        me: Ipv4Addr,
+        subnet: Subnet,
+        lease_id: i64,
+        seed: u64,
+    ) -> Self {
+        let mut m = LeaseMachine::new(cfg, me, Some(subnet), seed);
+        // The predecessor's claim revision is not handed over: 0 lets every later
+        // registry event judge the key (a listing without it is a loss, as always).
+        m.state = State::Held {
+            subnet,
+            lease_id,
+            revision: 0,
+            announced: false,
+        };
+        m
+    }
+
     /// The subnet and etcd lease held now, if any.
     pub fn held(&self) -> Option<(Subnet, i64)> {
         match self.state {
@@ -300,6 +324,49 @@ mod tests {
             mod_revision: 3,
             lease_id: 0x694d_8543_30fc_5110,
         }
+    }
+
+    #[test]
+    fn a_handed_over_lease_is_announced_then_kept() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = LeaseMachine::holding(cfg(), ME, s, 0x77, 0);
+        assert_eq!(m.held(), Some((s, 0x77)));
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: s,
+                lease_id: 0x77,
+                revision: 0,
+                changed_from: None
+            }
+        );
+        assert_eq!(m.poll(t), LeaseAction::Idle);
+        assert_eq!(m.reacquisitions(), 0, "a handover is not a re-acquisition");
+        // the handed lease had expired: re-acquired, preferring the same subnet
+        m.handle(LeaseEvent::LeaseLost, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(c.subnet(), s);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0x78,
+                revision: 9,
+            },
+            t,
+        );
+        assert!(matches!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                lease_id: 0x78,
+                changed_from: None,
+                ..
+            }
+        ));
+        assert_eq!(m.reacquisitions(), 1);
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! [`subnet`] (IPv4 CIDR newtype), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
 //! re-acquire), [`own_key`] (whether registry news takes our subnet away),
-//! [`peers`] (the peer set and its changes), [`vtep_mac`], and
-//! [`registry_events`] (what the registry reports, as plain data).
+//! [`peers`] (the peer set and its changes), [`vtep_mac`],
+//! [`registry_events`] (what the registry reports, as plain data), and
+//! [`handover::wire`] and [`handover::decide`] (the handover protocol and who may
+//! take over).
 //!
 //! Shells: [`registry`] (etcd), [`netlink`] (links, addresses, routes,
 //! neighbours), [`subnet_env`] (the subnet file), [`health`] (HTTP: /healthz,
-//! /readyz, /metrics, /v1/status), and [`agent`], which wires them to the dataplane.
+//! /readyz, /metrics, /v1/status), [`handover`] (passing the dataplane to a
+//! successor), [`sd_notify`] (systemd's notify and descriptor store), and
+//! [`agent`], which wires them to the dataplane.
 pub mod agent;
 pub mod allocator;
 pub mod cli;
@@ -18,6 +22,7 @@ pub mod duration;
 pub mod etcd_access;
 pub mod events;
 pub mod flags;
+pub mod handover;
 pub mod health;
 pub mod lease;
 pub mod lease_machine;

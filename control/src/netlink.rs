@@ -126,6 +126,8 @@ pub struct NeighbourEntry {
 /// prefix routes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRoute {
+    /// The device it leaves through.
+    pub oif: Option<u32>,
     pub destination: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
@@ -140,6 +142,19 @@ pub struct LinkInfo {
     pub mtu: u32,
     pub mac: Option<MacAddr>,
     pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// What [`Netlink::link_identity`] finds out about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkIdentity {
+    pub index: u32,
+    /// The link kind (`"tun"` for TAP and TUN devices); empty for physical ones.
+    pub kind: String,
+    pub alias: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
 }
 
 /// A netlink connection (its I/O task runs on the current tokio runtime).
@@ -405,6 +420,61 @@ impl Netlink {
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) => Err(Self::req(format!("get link {name}"))(e)),
         }
+    }
+
+    /// Index, kind (`"tun"`, …) and alias (`ip link set … alias`) of the named link,
+    /// if it exists: how the userspace dataplane recognises a TAP it left behind.
+    pub async fn link_identity(&self, name: &str) -> Result<Option<LinkIdentity>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mut id = LinkIdentity {
+                    index: m.header.index,
+                    kind: String::new(),
+                    alias: None,
+                    mac: None,
+                    mtu: 0,
+                    up: m.header.flags.contains(LinkFlags::Up),
+                };
+                for a in &m.attributes {
+                    match a {
+                        LinkAttribute::LinkInfo(infos) => {
+                            for i in infos {
+                                if let KernelLinkInfo::Kind(k) = i {
+                                    id.kind = k.to_string();
+                                }
+                            }
+                        }
+                        LinkAttribute::IfAlias(a) => id.alias = Some(a.clone()),
+                        LinkAttribute::Address(b) => id.mac = MacAddr::from_slice(b),
+                        LinkAttribute::Mtu(v) => id.mtu = *v,
+                        _ => {}
+                    }
+                }
+                Ok(Some(id))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(Self::req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Sets a link's alias (`ip link set <dev> alias <text>`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(Self::req(format!("set link #{index} alias {alias:?}")))
     }
 
     /// Every vxlan device in this network namespace.
@@ -844,6 +914,21 @@ impl Netlink {
     /// IPv4 routes of the main table that leave through `index`, except the
     /// kernel's own (proto kernel) prefix routes.
     pub async fn routes_via(&self, index: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        self.main_routes(Some(index)).await
+    }
+
+    /// IPv4 routes of the main table through any device (but `except`) that have a
+    /// gateway, except the kernel's own: where direct routes are looked for when the
+    /// underlay interface is not known.
+    pub async fn gateway_routes(&self, except: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        let all = self.main_routes(None).await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.gateway.is_some() && r.oif != Some(except))
+            .collect())
+    }
+
+    async fn main_routes(&self, index: Option<u32>) -> Result<Vec<DeviceRoute>, NetlinkError> {
         let mut s = self
             .handle
             .route()
@@ -869,10 +954,13 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if oif != Some(index) || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+            if index.is_some_and(|i| oif != Some(i))
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            {
                 continue;
             }
             out.push(DeviceRoute {
+                oif,
                 destination,
                 prefix_len: r.header.destination_prefix_length,
                 gateway,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::events::EventLog;
+use crate::handover::StartInfo;
 use crate::peers::Peer;
 use crate::pool::PoolUsage;
 use crate::registry::{LeaseStats, WatchStats};
@@ -19,6 +20,8 @@ use vxmesh_dataplane::flows::SharedFlows;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Info {
     pub version: &'static str,
+    /// The version, and `+<id>` for a build made with `VXMESH_BUILD_ID`.
+    pub build: String,
     pub public_ip: Option<Ipv4Addr>,
     pub iface: Option<String>,
     pub vtep_mac: Option<String>,
@@ -103,6 +106,10 @@ pub struct AgentState {
     pub route_errors: AtomicU64,
     /// Times the overlay device's MAC had been changed by someone else and was restored.
     pub device_repairs: AtomicU64,
+    /// How this process's dataplane started (cold, handover, systemd's store).
+    pub start: Mutex<StartInfo>,
+    /// Would-be successors refused (another network, conflicting flags).
+    pub handovers_refused: AtomicU64,
     /// Times the iptables rules had been changed by someone else and were restored.
     pub iptables_repairs: AtomicU64,
 }
@@ -116,6 +123,10 @@ impl AgentState {
         if let Ok(mut g) = self.info.lock() {
             f(&mut g);
         }
+    }
+
+    pub fn start_info(&self) -> StartInfo {
+        self.start.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     pub fn pool(&self) -> Option<PoolUsage> {

@@ -129,10 +129,16 @@ fn start_as_flanneld(lab: &Lab, args: &[&str], log_name: &str) -> (Agent, std::p
         .unwrap();
     let mut agent = Agent(child);
     let started = Instant::now();
-    let mut buf = [0u8; 64];
-    let n = loop {
+    // vxmeshd also stores its descriptors (FDSTORE=1, with SCM_RIGHTS, dropped here)
+    // before it is ready: wait for the message with a READY=1 line.
+    let mut buf = [0u8; 4096];
+    let msg = loop {
         if let Ok(n) = notify.recv(&mut buf) {
-            break n;
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "READY=1") {
+                break msg;
+            }
+            continue;
         }
         let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         if let Ok(Some(status)) = agent.0.try_wait() {
@@ -144,7 +150,10 @@ fn start_as_flanneld(lab: &Lab, args: &[&str], log_name: &str) -> (Agent, std::p
             log()
         );
     };
-    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        msg.starts_with("READY=1\nSTATUS=forwarding"),
+        "READY=1 with the status line: {msg:?}"
+    );
     println!("{log_name}: READY=1 after {:?}", started.elapsed());
     lab.exec(
         "n2",

@@ -14,6 +14,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
@@ -450,16 +451,17 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     ns.run(move |nl| {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
-            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s1, &st)
-                .await
-                .unwrap();
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Kernel, &nl, &s1, &st, Duration::ZERO)
+                    .await
+                    .unwrap();
             assert_eq!(dp.path(&a), PeerPath::Direct { via: a.public_ip });
             assert_eq!(dp.path(&c), PeerPath::Overlay);
             for _ in 0..2 {
                 dp.add_peer(&nl, &a).await.unwrap();
                 dp.add_peer(&nl, &c).await.unwrap();
             }
-            dp.stop(&nl, &table(&[a, c])).await;
+            dp.stop();
         })
     });
     assert_eq!(eth0(&ns), ["10.244.2.0/24 192.0.2.2"]);
@@ -473,11 +475,12 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     ns.run(move |nl| {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
-            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s2, &st)
-                .await
-                .unwrap();
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Kernel, &nl, &s2, &st, Duration::ZERO)
+                    .await
+                    .unwrap();
             dp.update_peer(&nl, &a, &a_routed).await.unwrap();
-            dp.stop(&nl, &table(&[a_routed, c])).await;
+            dp.stop();
         })
     });
     assert!(eth0(&ns).is_empty(), "{:?}", eth0(&ns));
@@ -496,11 +499,12 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     ns.run(move |nl| {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
-            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s3, &st)
-                .await
-                .unwrap();
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Kernel, &nl, &s3, &st, Duration::ZERO)
+                    .await
+                    .unwrap();
             dp.update_peer(&nl, &a_routed, &a_back).await.unwrap();
-            dp.stop(&nl, &table(&[a_back, c])).await;
+            dp.stop();
         })
     });
     assert_eq!(eth0(&ns), ["10.244.2.0/24 192.0.2.3"]);
@@ -531,12 +535,13 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     let removed = ns.run(move |nl| {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
-            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s4, &st)
-                .await
-                .unwrap();
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Kernel, &nl, &s4, &st, Duration::ZERO)
+                    .await
+                    .unwrap();
             let n = dp.prune(&nl, &table(&[a_back, c])).await.unwrap();
             assert_eq!(dp.prune(&nl, &table(&[a_back, c])).await.unwrap(), 0);
-            dp.stop(&nl, &table(&[a_back, c])).await;
+            dp.stop();
             n
         })
     });
@@ -551,12 +556,13 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     ns.run(move |nl| {
         Box::pin(async move {
             let st = Arc::new(AgentState::default());
-            let dp = NodeDataplane::start(DataplaneKind::Kernel, &nl, &s5, &st)
-                .await
-                .unwrap();
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Kernel, &nl, &s5, &st, Duration::ZERO)
+                    .await
+                    .unwrap();
             dp.remove_peer(&nl, &a_back).await.unwrap();
             dp.remove_peer(&nl, &a_back).await.unwrap();
-            dp.stop(&nl, &table(&[c])).await;
+            dp.stop();
         })
     });
     assert!(eth0(&ns).is_empty());

@@ -75,6 +75,23 @@ enum Cmd {
     /// Remove the masquerade/forward rules vxmeshd installed: iptables chains and the
     /// nftables table (after uninstall).
     CleanupIptables,
+    /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
+    /// restarts lose nothing — with its address, routes and neighbours. Refuses
+    /// while a vxmeshd runs on it, and touches no link vxmesh did not make.
+    CleanupTap {
+        /// The TAP's name (vxmeshd --tap-name).
+        #[arg(long, env = "VXMESHD_TAP_NAME", default_value = "vxmesh0")]
+        tap_name: String,
+        /// The subnet file vxmeshd wrote (vxmeshd --subnet-file): its
+        /// FLANNEL_NETWORK says which DirectRouting routes (`<peer subnet> via
+        /// <PublicIP>` inside the Network) to remove with the TAP.
+        #[arg(
+            long,
+            env = "VXMESHD_SUBNET_FILE",
+            default_value = "/run/flannel/subnet.env"
+        )]
+        subnet_file: std::path::PathBuf,
+    },
     /// Wait until the agent reports ready (exit 1 on timeout).
     WaitReady {
         /// How long to wait, in seconds.
@@ -319,6 +336,38 @@ fn main() -> anyhow::Result<()> {
                 s(&st["offloads"]["udp_gso"]),
                 s(&st["offloads"]["udp_gro"])
             );
+            let start = &st["start"];
+            if start.is_object() {
+                let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1} ms"));
+                let from = match start["from_pid"].as_u64() {
+                    Some(pid) => format!(" from pid {pid} (build {})", s(&start["from_build"])),
+                    None => String::new(),
+                };
+                let how = s(&start["how"]);
+                let detail = if how == "cold" {
+                    let mut d = String::new();
+                    if start["adopted_tap"] == true {
+                        d.push_str(", attached to the TAP an earlier run left");
+                    }
+                    if let Some(r) = start["cold_reason"].as_str() {
+                        d.push_str(&format!(" ({r})"));
+                    }
+                    d
+                } else {
+                    format!(
+                        ", {} descriptors, gap {}, overlap {}",
+                        s(&start["fds_taken_over"]),
+                        ms(&start["gap_ms"]),
+                        ms(&start["overlap_ms"])
+                    )
+                };
+                println!(
+                    "start:        {how}{from}{detail}; handovers {}, cold starts {}, refused {}",
+                    s(&start["handovers_total"]),
+                    s(&start["cold_starts_total"]),
+                    s(&st["handovers_refused"])
+                );
+            }
             println!("etcd:         {}", s(&n["etcd"]));
             println!(
                 "peers:        {}",
@@ -476,6 +525,15 @@ fn main() -> anyhow::Result<()> {
                 vxmesh_control::masq::NFT_TABLE
             );
         }
+        Cmd::CleanupTap {
+            tap_name,
+            subnet_file,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cleanup_tap(tap_name, subnet_file))?;
+        }
         Cmd::WaitReady { timeout } => {
             let deadline = Instant::now() + Duration::from_secs(*timeout);
             let mut last;
@@ -494,6 +552,83 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+    Ok(())
+}
+
+/// The cluster networks in a subnet file (FLANNEL_NETWORK); none when the file is
+/// missing or unreadable (said on stderr).
+fn networks_in(path: &std::path::Path) -> Vec<vxmesh_control::subnet::Subnet> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "{}: {e}; direct routes (DirectRouting) are left alone",
+                path.display()
+            );
+            return Vec::new();
+        }
+    };
+    match vxmesh_subnet_env::SubnetEnv::parse(&bytes) {
+        Ok(env) => env
+            .networks
+            .iter()
+            .filter_map(|n| vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok())
+            .collect(),
+        Err(e) => {
+            eprintln!(
+                "{}: {e}; direct routes (DirectRouting) are left alone",
+                path.display()
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Removes DirectRouting's routes: inside `networks`, with a gateway, through any
+/// device but `tap`. Returns how many went.
+async fn remove_direct_routes(
+    nl: &vxmesh_control::netlink::Netlink,
+    networks: &[vxmesh_control::subnet::Subnet],
+    tap: u32,
+) -> anyhow::Result<usize> {
+    use vxmesh_control::node_dataplane::direct::is_stale_direct_route;
+    let mut n = 0;
+    for r in nl.gateway_routes(tap).await? {
+        if networks
+            .iter()
+            .any(|net| is_stale_direct_route(net, r.destination, r.prefix_len, r.gateway, &[]))
+        {
+            nl.delete_route(&r).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Result<()> {
+    use vxmesh_control::node_dataplane::userspace::TAP_ALIAS;
+    let tap = vxmesh_dataplane::ifname::IfName::new(name)?;
+    if let Some(pid) = vxmesh_control::handover::running_agent(&tap) {
+        bail!("vxmeshd (pid {pid}) runs on {tap}: stop it first (systemctl stop vxmeshd)");
+    }
+    let nl = vxmesh_control::netlink::Netlink::connect()?;
+    match nl.link_identity(tap.as_str()).await? {
+        None => println!("no link {tap}: nothing to remove"),
+        Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => {
+            // Only while vxmesh's TAP is there: the routes are then vxmeshd's (a
+            // node running flanneld's kernel device keeps its own).
+            let direct = remove_direct_routes(&nl, &networks_in(subnet_file), l.index).await?;
+            nl.delete_link(l.index).await?;
+            println!(
+                "removed {tap} with its address, routes and neighbours, and {direct} direct routes"
+            );
+        }
+        Some(l) => bail!(
+            "{tap} is not vxmesh's TAP (kind {:?}, alias {:?}): not touching it",
+            l.kind,
+            l.alias.unwrap_or_default()
+        ),
     }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! Reads flanneld's command lines and `FLANNELD_*` variables as well as its own
 //! (`control/src/flags.rs`), and tells systemd when it is ready (`Type=notify`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use vxmesh_control::agent::{self, AgentOptions};
 use vxmesh_control::flags::{self, Invocation, LogFormat};
@@ -25,23 +25,23 @@ async fn shutdown_signal() {
     }
 }
 
-/// Tells systemd (`Type=notify` units, as flanneld's are) once the agent is ready: lease,
-/// routes and subnet file in place.
-async fn notify_when_ready(state: Arc<AgentState>) {
-    loop {
-        if state.ready.ready() {
-            match vxmesh_control::sd_notify::ready() {
-                Ok(true) => tracing::info!("told systemd READY=1"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!("cannot tell systemd we are ready ($NOTIFY_SOCKET): {e}"),
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Binds the HTTP endpoint with SO_REUSEPORT: during a handover the old and the
+/// new vxmeshd serve it side by side (every build that hands over sets it).
+fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
 }
 
 fn main() -> anyhow::Result<()> {
+    // Descriptors systemd kept for us (FDSTORE) come back from fd 3 on: take them
+    // before anything else opens a descriptor.
+    let stored_fds = vxmesh_control::sd_notify::take_listen_fds();
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
@@ -80,7 +80,19 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => sub.init(),
         LogFormat::Json => sub.json().init(),
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "vxmeshd starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %vxmesh_control::handover::build_id(), "vxmeshd starting");
+    let stored_fds = stored_fds.map_err(|e| {
+        anyhow::anyhow!("cannot take the descriptors systemd passed (LISTEN_FDS): {e}")
+    })?;
+    // READY=1 (once routes are programmed), WATCHDOG=1, STOPPING=1 and the
+    // descriptor store all go through this (see handover::node).
+    let notifier = vxmesh_control::sd_notify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("cannot reach systemd's NOTIFY_SOCKET, not notifying: {e}");
+        None
+    });
+    if !stored_fds.is_empty() {
+        tracing::info!(count = stored_fds.len(), names = ?stored_fds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), "systemd passed stored descriptors");
+    }
     tracing::info!("flags: {}", f.canonical().join(" "));
     for n in &f.notes {
         tracing::warn!("{n}");
@@ -99,8 +111,7 @@ fn main() -> anyhow::Result<()> {
         let state = Arc::new(AgentState::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(addr) = f.healthz {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = bind_http(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /healthz: {e} (choose another --healthz-port, or 0 to disable)"))?;
             tracing::info!(%addr, "serving /healthz /readyz /metrics /v1/status");
             let app = vxmesh_control::health::router(Arc::clone(&state));
@@ -113,7 +124,6 @@ fn main() -> anyhow::Result<()> {
                     .await;
             });
         }
-        let notifier = tokio::spawn(notify_when_ready(Arc::clone(&state)));
         let opts = AgentOptions {
             etcd,
             etcd_prefix: f.etcd_prefix,
@@ -130,8 +140,11 @@ fn main() -> anyhow::Result<()> {
             iptables_resync: f.iptables_resync,
             dataplane: f.dataplane,
         };
-        let r = agent::run(opts, state, shutdown_signal()).await;
-        notifier.abort();
+        let launch = agent::Launch {
+            stored_fds,
+            notifier,
+        };
+        let r = agent::run_with(opts, state, shutdown_signal(), launch).await;
         let _ = stop_tx.send(true);
         match &r {
             Ok(()) => tracing::info!("vxmeshd stopped"),

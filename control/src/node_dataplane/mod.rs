@@ -14,6 +14,8 @@
 //! [`direct`]) in either dataplane; their traffic never touches the overlay device.
 //!
 //! Every operation is idempotent, so the agent can re-apply everything at any time.
+//! Both devices outlive the agent (a stop, a crash, a restart): pod traffic keeps
+//! its path, and the next agent adopts the device and prunes what went stale.
 //! Switching dataplanes leaves nothing of the other behind: each one removes the
 //! other's leftover device when it starts (the kernel's device holds the UDP port
 //! the userspace dataplane needs), and deleting a device takes its routes,
@@ -24,7 +26,9 @@ pub mod kernel;
 pub mod userspace;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::handover::DataplaneFds;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
@@ -88,36 +92,79 @@ enum Overlay {
     Kernel(kernel::Kernel),
 }
 
+/// How peers are routed: with `Backend.DirectRouting`, peers in the underlay's own
+/// networks directly.
+async fn direct_routing(nl: &Netlink, setup: &DataplaneSetup) -> anyhow::Result<DirectRouting> {
+    if !setup.direct_routing {
+        return Ok(DirectRouting::default());
+    }
+    let prefixes = nl.ipv4_prefixes(setup.underlay_index).await?;
+    tracing::info!(networks = ?prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+        "DirectRouting: peers in these networks of the underlay are routed via their PublicIP, unencapsulated");
+    Ok(DirectRouting::new(true, prefixes))
+}
+
 impl NodeDataplane {
+    /// Starts cold: a new (or left-over) device, new sockets. Returns whether a
+    /// device an earlier run left was adopted. `busy_wait`: see
+    /// [`userspace::Userspace::start`].
     pub async fn start(
         kind: DataplaneKind,
         nl: &Netlink,
         setup: &DataplaneSetup,
         state: &Arc<AgentState>,
-    ) -> anyhow::Result<NodeDataplane> {
-        let direct = if setup.direct_routing {
-            let prefixes = nl.ipv4_prefixes(setup.underlay_index).await?;
-            tracing::info!(networks = ?prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
-                "DirectRouting: peers in these networks of the underlay are routed via their PublicIP, unencapsulated");
-            DirectRouting::new(true, prefixes)
-        } else {
-            DirectRouting::default()
-        };
-        let overlay = match kind {
+        busy_wait: Duration,
+    ) -> anyhow::Result<(NodeDataplane, bool)> {
+        let direct = direct_routing(nl, setup).await?;
+        let (overlay, adopted) = match kind {
             DataplaneKind::Userspace => {
                 kernel::remove_leftover_device(nl, setup.local.vni.get(), setup.local.port).await?;
-                Overlay::Userspace(userspace::Userspace::start(nl, setup, state).await?)
+                let (u, adopted) = userspace::Userspace::start(nl, setup, state, busy_wait).await?;
+                (Overlay::Userspace(u), adopted)
             }
-            DataplaneKind::Kernel => {
-                Overlay::Kernel(kernel::Kernel::start(nl, setup, state).await?)
-            }
+            DataplaneKind::Kernel => (
+                Overlay::Kernel(kernel::Kernel::start(nl, setup, state).await?),
+                false,
+            ),
         };
+        Ok((
+            NodeDataplane {
+                overlay,
+                direct,
+                underlay_index: setup.underlay_index,
+                network: setup.network,
+            },
+            adopted,
+        ))
+    }
+
+    /// Takes over a running userspace dataplane's descriptors and forwarding table
+    /// (the handover); see [`userspace::Userspace::adopt`]. DirectRouting's routes
+    /// stayed on the underlay; the caller prunes stale ones after a full listing.
+    pub async fn adopt(
+        nl: &Netlink,
+        setup: &DataplaneSetup,
+        state: &Arc<AgentState>,
+        fds: DataplaneFds,
+        peers: &[Peer],
+        tap_offloads: u32,
+    ) -> anyhow::Result<NodeDataplane> {
+        let direct = direct_routing(nl, setup).await?;
+        let u = userspace::Userspace::adopt(nl, setup, state, fds, peers, tap_offloads).await?;
         Ok(NodeDataplane {
-            overlay,
+            overlay: Overlay::Userspace(u),
             direct,
             underlay_index: setup.underlay_index,
             network: setup.network,
         })
+    }
+
+    /// The userspace dataplane, if that is what runs (what a handover hands on).
+    pub fn userspace(&self) -> Option<&userspace::Userspace> {
+        match &self.overlay {
+            Overlay::Userspace(u) => Some(u),
+            Overlay::Kernel(_) => None,
+        }
     }
 
     /// The device carrying overlay traffic (its ifindex).
@@ -181,10 +228,11 @@ impl NodeDataplane {
     }
 
     /// Removes per-peer state that no peer in `peers` (the full, current set)
-    /// accounts for; returns how many entries went. On the kernel device: entries of
-    /// peers that are gone or now routed directly (its device outlives the agent and
-    /// may have been flanneld's; the userspace TAP is new on every start). With
-    /// DirectRouting, also direct routes on the underlay that no peer accounts for.
+    /// accounts for; returns how many entries went. On the overlay device: entries
+    /// of peers that are gone or now routed directly (both devices outlive the agent,
+    /// the kernel's may have been flanneld's, so a peer that left while no agent ran
+    /// leaves entries behind). With DirectRouting, also direct routes on the
+    /// underlay that no peer accounts for (they outlive the agent too).
     pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
         let overlay: Vec<Peer> = peers
             .peers()
@@ -192,7 +240,7 @@ impl NodeDataplane {
             .copied()
             .collect();
         let mut removed = match &self.overlay {
-            Overlay::Userspace(_) => 0,
+            Overlay::Userspace(u) => u.prune(nl, &overlay).await?,
             Overlay::Kernel(k) => k.prune(nl, &overlay).await?,
         };
         if self.direct.enabled() {
@@ -288,23 +336,28 @@ impl NodeDataplane {
         }
     }
 
-    /// Userspace: removes per-peer kernel state (direct routes too) and the TAP.
-    /// Kernel: leaves the device, its entries and the direct routes so pod traffic
-    /// survives a restart, as flanneld does (the next start prunes what became stale;
-    /// the userspace dataplane deletes the device if the node switches).
-    pub async fn stop(self, nl: &Netlink, peers: &PeerTable) {
-        match &self.overlay {
-            Overlay::Userspace(_) => {
-                tracing::info!("removing routes, neighbours and the TAP");
-                for p in peers.peers() {
-                    let _ = self.remove_peer(nl, p).await;
-                }
-            }
-            Overlay::Kernel(_) => {}
-        }
+    /// Stops forwarding and leaves the device with its address, routes and
+    /// neighbours in place — and DirectRouting's routes on the underlay — as
+    /// flanneld does: any stop may be a restart or an upgrade (with systemd's
+    /// descriptor store it is not even visible as such), so pod traffic keeps its
+    /// path and the next start adopts the device and prunes what became stale (after
+    /// a full listing of the registry). `vxmeshctl cleanup-tap` (userspace) or `ip
+    /// link del` (kernel) removes the device for good, cleanup-tap the direct routes
+    /// too; see docs/decisions/0011-stop-leaves-the-tap.md. Returns how long the
+    /// threads took to stop.
+    pub fn stop(self) -> Duration {
         match self.overlay {
-            Overlay::Userspace(u) => u.stop(),
-            Overlay::Kernel(k) => k.stop(),
+            Overlay::Userspace(u) => {
+                let took = u.quiesce();
+                tracing::info!(
+                    "userspace dataplane stopped; the TAP with its address, routes and neighbours (and any direct routes) stays for the next vxmeshd (vxmeshctl cleanup-tap removes them)"
+                );
+                took
+            }
+            Overlay::Kernel(k) => {
+                k.stop();
+                Duration::ZERO
+            }
         }
     }
 }

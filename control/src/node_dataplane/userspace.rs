@@ -4,74 +4,270 @@
 //! and an onlink route (`<peer subnet> via <peer subnet>.0 dev vxmesh0`), so it never
 //! ARPs (and if it does, the dataplane answers); the threads map the VtepMAC to the
 //! peer's PublicIP through the forwarding table published here.
+//!
+//! The TAP is persistent and carries the alias [`TAP_ALIAS`]: it outlives the
+//! process — a stop, a crash, a restart — with its address, routes and neighbours,
+//! so pods keep their path and a new vxmeshd finds it again. A new vxmeshd either
+//! takes the running one's descriptors ([`Userspace::adopt`], the handover: the
+//! same TAP queues and UDP sockets, nothing re-created) or opens the TAP by name
+//! ([`Userspace::start`]), attaching to the one an earlier run left: one device,
+//! never a second. `vxmeshctl cleanup-tap` (and uninstall) delete it.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use super::DataplaneSetup;
+use crate::handover::DataplaneFds;
 use crate::netlink::{write_sysctl, Netlink, NetlinkError};
 use crate::peers::{Peer, PeerTable};
 use crate::state::AgentState;
+use crate::subnet::Subnet;
 use vxmesh_dataplane::engine::{Engine, EngineConfig};
 use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
-use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx};
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
 const SNDBUF: usize = 4 << 20;
 /// Receive buffer: the ingress thread may be descheduled for a while under load (the
 /// benchmark saw RcvbufErrors at 8 MiB with 8 TCP streams); 32 MiB rides it out.
+/// It also holds what arrives while no vxmeshd reads (a restart through systemd's
+/// descriptor store).
 const RCVBUF: usize = 32 << 20;
 /// TAP transmit queue (frames; each up to 64 KiB with TSO). The default, 1000, drops
 /// under 8-stream load in the benchmark.
 const TAP_TXQUEUELEN: u32 = 4096;
+/// The alias that marks a TAP as this dataplane's (`ip -d link show vxmesh0`).
+pub const TAP_ALIAS: &str = "vxmesh userspace dataplane";
 
 #[derive(Debug)]
 pub struct Userspace {
     engine: Engine,
     tap_index: u32,
+    tap_name: IfName,
     table: SharedTable,
+    /// Second descriptors of the TAP queues and sockets, for a successor and for
+    /// systemd's descriptor store.
+    fds: DataplaneFds,
+    tap_offloads: u32,
+}
+
+/// Retries `f` while it fails with "busy"/"in use" for up to `wait` (systemd may
+/// still be closing the descriptors we asked it to drop from its store).
+fn retry_busy<T, E>(
+    wait: Duration,
+    busy: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let t = Instant::now();
+    loop {
+        match f() {
+            Err(e) if busy(&e) && t.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
+fn tap_os_error(e: &TapError) -> Option<i32> {
+    match e {
+        TapError::Create { source, .. } | TapError::Configure { source, .. } => {
+            source.raw_os_error()
+        }
+        TapError::Open(_) => None,
+    }
 }
 
 impl Userspace {
+    /// Opens (or attaches to a leftover of) the TAP and new sockets. Returns whether
+    /// a TAP left by an earlier run was adopted. `busy_wait`: how long to retry a TAP
+    /// or port still held by descriptors systemd is dropping.
     pub async fn start(
         nl: &Netlink,
         s: &DataplaneSetup,
         state: &Arc<AgentState>,
-    ) -> anyhow::Result<Userspace> {
+        busy_wait: Duration,
+    ) -> anyhow::Result<(Userspace, bool)> {
         let name = &s.device_name;
-        let taps = Tap::open(
-            name,
-            TapOptions {
-                vnet_hdr: s.offloads,
-                uso: s.offloads,
-                queues: s.tap_queues.max(1),
-            },
-        )
-        .with_context(|| format!("creating TAP device {name}"))?;
+        let adopted = match nl.link_identity(name.as_str()).await? {
+            None => false,
+            Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => true,
+            Some(l) => anyhow::bail!(
+                "a link named {name} exists that vxmesh did not leave behind (kind {:?}, alias {:?}): another program — or a still running vxmeshd older than this one — holds it; stop that, delete the link (ip link del {name}) or choose another --tap-name",
+                l.kind,
+                l.alias.unwrap_or_default()
+            ),
+        };
+        let opts = TapOptions {
+            vnet_hdr: s.offloads,
+            uso: s.offloads,
+            queues: s.tap_queues.max(1),
+        };
+        let busy = |e: &TapError| tap_os_error(e) == Some(libc::EBUSY);
+        let taps = match retry_busy(busy_wait, busy, || Tap::open(name, opts)) {
+            Ok(t) => t,
+            Err(e) if adopted && tap_os_error(&e) == Some(libc::EINVAL) => {
+                // The leftover was made with other flags (--tap-queues changed): the
+                // kernel will not attach to it. Nothing runs on it; start over.
+                tracing::warn!(tap = %name, "the TAP left by an earlier run has other flags (was --tap-queues changed?); re-creating it");
+                if let Some(l) = nl.link_identity(name.as_str()).await? {
+                    nl.delete_link(l.index).await?;
+                }
+                Tap::open(name, opts).with_context(|| format!("creating TAP device {name}"))?
+            }
+            Err(e) if tap_os_error(&e) == Some(libc::EBUSY) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "TAP {name} is attached by another process (a vxmeshd that is not a valid successor, or systemd still holding it)"
+                )))
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("creating TAP device {name}"))),
+        };
+        taps[0]
+            .set_persist(true)
+            .with_context(|| format!("making TAP {name} persistent"))?;
         let link = nl
-            .link_by_name(name.as_str())
+            .link_identity(name.as_str())
             .await?
             .with_context(|| format!("TAP {name} vanished right after creation"))?;
+        if link.alias.as_deref() != Some(TAP_ALIAS) {
+            nl.set_alias(link.index, TAP_ALIAS).await?;
+        }
         // IPv6 on the TAP would only emit router solicitations the overlay drops.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
-        nl.configure_link(link.index, s.local.vtep_mac, s.mtu)
-            .await?;
+        if adopted {
+            // Only what differs: setting a MAC, even the same one, flushes the
+            // device's permanent neighbours (the routes' next hops).
+            let mac = (link.mac != Some(s.local.vtep_mac)).then_some(s.local.vtep_mac);
+            let mtu = (link.mtu != s.mtu).then_some(s.mtu);
+            if mac.is_some() || mtu.is_some() || !link.up {
+                nl.set_link_up(link.index, mac, mtu).await?;
+            }
+            tracing::info!(tap = %name, "attached to the TAP an earlier run left (its address, routes and neighbours stayed)");
+        } else {
+            nl.configure_link(link.index, s.local.vtep_mac, s.mtu)
+                .await?;
+        }
         // The kernel queues frames for the TAP's reader up to txqueuelen and drops
         // beyond: room for bursts while the egress thread is busy sending.
         nl.set_txqueuelen(link.index, TAP_TXQUEUELEN).await?;
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
         let udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
             .context("opening the VXLAN send sockets")?;
-        let udp_rx = UdpRx::open(
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port),
-            RCVBUF,
-            s.offloads,
-        )
+        let in_use = |e: &UdpError| matches!(e, UdpError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
+        let udp_rx = retry_busy(busy_wait, in_use, || {
+            UdpRx::open(
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port),
+                RCVBUF,
+                s.offloads,
+            )
+        })
         .context("opening the VXLAN receive socket")?;
-        let table = SharedTable::new(ForwardingTable::new(s.local, []));
+        let tap_offloads = taps[0].offloads().flags;
+        let u = Self::run(
+            s,
+            state,
+            taps,
+            udp_tx,
+            udp_rx,
+            ForwardingTable::new(s.local, []),
+            link.index,
+            tap_offloads,
+        )?;
+        Ok((u, adopted))
+    }
+
+    /// Takes over a running dataplane: its TAP queues and sockets (`fds`) and its
+    /// forwarding table (`peers`), starting our threads on them at once. Nothing on
+    /// the device is touched unless it differs from `s`.
+    pub async fn adopt(
+        nl: &Netlink,
+        s: &DataplaneSetup,
+        state: &Arc<AgentState>,
+        fds: DataplaneFds,
+        peers: &[Peer],
+        tap_offloads: u32,
+    ) -> anyhow::Result<Userspace> {
+        let name = &s.device_name;
+        let taps = fds
+            .taps
+            .into_iter()
+            .map(|fd| Tap::from_fd(fd, name, tap_offloads))
+            .collect::<Result<Vec<_>, _>>()
+            .context("taking over the TAP queues")?;
+        let udp_rx = UdpRx::from_fd(fds.udp_rx).context("taking over the VXLAN receive socket")?;
+        let port = udp_rx.local_addr().map(|a| a.port());
+        if port != Some(s.local.port) {
+            anyhow::bail!(
+                "the handed-over receive socket is bound to port {port:?}, the network config says {}",
+                s.local.port
+            );
+        }
+        let taken = if fds.udp_tx.len() == s.tx_sockets.max(1) {
+            let tx = UdpTx::from_fds(fds.udp_tx).context("taking over the VXLAN send sockets")?;
+            // Bound to another address (the underlay's address changed): not usable.
+            (tx.local_ip() == Some(s.local_ip)).then_some(tx)
+        } else {
+            None
+        };
+        let udp_tx = match taken {
+            Some(tx) => tx,
+            // --tx-sockets or the underlay address changed: new source ports, nothing
+            // else is affected.
+            None => UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
+                .context("opening the VXLAN send sockets")?,
+        };
+        let table = ForwardingTable::new(s.local, peers.iter().map(Peer::to_vtep));
+        let link = nl.link_identity(name.as_str()).await?.with_context(|| {
+            format!("the handed-over TAP {name} is not in this network namespace")
+        })?;
+        let u = Self::run(
+            s,
+            state,
+            taps,
+            udp_tx,
+            udp_rx,
+            table,
+            link.index,
+            tap_offloads,
+        )?;
+        // Only now (our threads read the queues) anything that might differ.
+        let mac = (link.mac != Some(s.local.vtep_mac)).then_some(s.local.vtep_mac);
+        let mtu = (link.mtu != s.mtu).then_some(s.mtu);
+        if mac.is_some() || mtu.is_some() || !link.up {
+            nl.set_link_up(link.index, mac, mtu).await?;
+        }
+        if link.alias.as_deref() != Some(TAP_ALIAS) {
+            nl.set_alias(link.index, TAP_ALIAS).await?;
+        }
+        Ok(u)
+    }
+
+    /// Starts the threads; keeps second descriptors for a successor.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        s: &DataplaneSetup,
+        state: &Arc<AgentState>,
+        taps: Vec<Tap>,
+        udp_tx: UdpTx,
+        udp_rx: UdpRx,
+        table: ForwardingTable,
+        tap_index: u32,
+        tap_offloads: u32,
+    ) -> anyhow::Result<Userspace> {
+        let fds = DataplaneFds {
+            taps: taps
+                .iter()
+                .map(Tap::try_clone_fd)
+                .collect::<std::io::Result<_>>()?,
+            udp_rx: udp_rx.try_clone_fd()?,
+            udp_tx: udp_tx.try_clone_fds()?,
+        };
+        let table = SharedTable::new(table);
         let engine = Engine::start(EngineConfig {
             tap: taps,
             udp_tx,
@@ -83,7 +279,7 @@ impl Userspace {
         .context("starting dataplane threads")?;
         let st = engine.status();
         tracing::info!(
-            tap = %name,
+            tap = %s.device_name,
             tap_offloads = %st.tap.describe(),
             udp_gso = st.udp_gso.load(Ordering::Relaxed),
             udp_gro = st.udp_gro,
@@ -110,13 +306,26 @@ impl Userspace {
         }
         Ok(Userspace {
             engine,
-            tap_index: link.index,
+            tap_index,
+            tap_name: s.device_name.clone(),
             table,
+            fds,
+            tap_offloads,
         })
     }
 
     pub fn tap_index(&self) -> u32 {
         self.tap_index
+    }
+
+    /// The descriptors a successor (or systemd's store) gets.
+    pub fn handover_fds(&self) -> &DataplaneFds {
+        &self.fds
+    }
+
+    /// The `TUN_F_*` offload flags the TAP has.
+    pub fn tap_offloads(&self) -> u32 {
+        self.tap_offloads
     }
 
     pub fn publish(&self, peers: &PeerTable) {
@@ -149,8 +358,36 @@ impl Userspace {
         a.and(b)
     }
 
-    /// Stops the threads; closing the TAP removes the device with its addresses.
-    pub fn stop(self) {
+    /// Removes routes through the TAP and permanent neighbours on it that no peer in
+    /// `peers` (the peers routed through the overlay) accounts for (a peer that left,
+    /// or became routed directly, while no vxmeshd ran); how many went.
+    pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
+        let mut removed = 0;
+        for r in nl.routes_via(self.tap_index).await? {
+            let wanted = Subnet::new(r.destination, r.prefix_len)
+                .is_ok_and(|s| s.addr() == r.destination && peers.iter().any(|p| p.subnet == s));
+            if !wanted {
+                tracing::info!(device = %self.tap_name, route = %format!("{}/{}", r.destination, r.prefix_len), "pruning stale route");
+                nl.delete_route(&r).await?;
+                removed += 1;
+            }
+        }
+        for n in nl.neighbours(self.tap_index).await? {
+            if n.permanent && !peers.iter().any(|p| p.vtep_ip() == n.ip) {
+                tracing::info!(device = %self.tap_name, ip = %n.ip, "pruning stale neighbour");
+                nl.delete_neighbour(self.tap_index, n.ip).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stops our threads (each flushes what it batched) and returns how long that
+    /// took. Closes only our own descriptors: the TAP (persistent, and still open
+    /// in a successor or systemd's store) and its routes stay.
+    pub fn quiesce(self) -> Duration {
+        let t = Instant::now();
         self.engine.stop();
+        t.elapsed()
     }
 }

@@ -71,6 +71,59 @@ impl Lab {
         c
     }
 
+    /// Starts `lab.sh <args>` in the background with extra environment, its output
+    /// to `log` (e.g. `exec-agent 2`, which becomes that node's vxmeshd: same pid,
+    /// its exit status).
+    pub fn spawn(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> std::process::Child {
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        self.command(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Like [`Lab::spawn`], with the command wrapped as `sh -c '<prefix> exec lab.sh
+    /// <args>'` and a hook run in the child before exec (e.g. to place descriptors).
+    pub fn spawn_with(
+        &self,
+        sh_prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+        hook: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let inner = self.command(args);
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("{sh_prefix} exec \"$0\" \"$@\""))
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .envs(
+                inner
+                    .get_envs()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_os_string(), v.to_os_string()))),
+            )
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: the hook only makes async-signal-safe system calls (dup2, fcntl).
+        unsafe { c.pre_exec(hook) };
+        c.spawn().unwrap()
+    }
+
     /// Runs `lab.sh <args>`; success and the combined output.
     pub fn cmd(&self, args: &[&str]) -> (bool, String) {
         let out = self.command(args).output().unwrap();

@@ -1,7 +1,9 @@
-//! The thin system-call shells under the dataplane: the TAP device and the UDP
-//! sockets. Everything `unsafe` in the dataplane lives here, one syscall per block,
-//! each with a `// SAFETY:` line.
+//! The thin system-call shells under the dataplane: the TAP device, the UDP
+//! sockets, and passing their descriptors between processes (the handover).
+//! Everything `unsafe` in the dataplane lives here, one syscall per block, each
+//! with a `// SAFETY:` line.
 
+pub mod fdpass;
 pub mod tap;
 pub mod udp;
 

@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::ifname::IfName;
@@ -23,6 +23,9 @@ use crate::ifname::IfName;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -131,8 +134,10 @@ struct IfReqMtu {
     _pad: [u8; 20],
 }
 
-/// An open TAP queue. The device disappears when the last queue is closed
-/// (it is never made persistent), taking its addresses and routes with it.
+/// An open TAP queue. Unless made persistent ([`Tap::set_persist`]) the device
+/// disappears when the last queue is closed, taking its addresses and routes with
+/// it. A queue handed to another process (its descriptor passed or inherited) is
+/// the same queue there: see [`Tap::from_fd`].
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -247,6 +252,106 @@ impl Tap {
 
     pub fn offloads(&self) -> TapOffloads {
         self.offloads
+    }
+
+    /// Keeps the device (with its addresses, routes and neighbours) when the last
+    /// queue is closed, e.g. by a crash (`TUNSETPERSIST`); the next `open` of the
+    /// name attaches to it again. `false` makes it go with the last queue.
+    pub fn set_persist(&self, on: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value (an int flag).
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETPERSIST,
+                libc::c_ulong::from(on),
+            )
+        };
+        if r < 0 {
+            return Err(TapError::Configure {
+                name: self.name.clone(),
+                what: "TUNSETPERSIST",
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A second descriptor for this queue (to pass to another process).
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.file.as_fd().try_clone_to_owned()
+    }
+
+    /// Takes a queue another process opened (its descriptor passed to us): checks
+    /// with `TUNGETIFF` that it is an attached queue of the TAP `name`, reads
+    /// whether it carries virtio-net headers, and re-applies `offload_flags` (what
+    /// the first opener was granted; the kernel has no way to read them back).
+    pub fn from_fd(fd: OwnedFd, name: &IfName, offload_flags: u32) -> Result<Tap, TapError> {
+        let file = File::from(fd);
+        let cfg = |what, source| TapError::Configure {
+            name: name.clone(),
+            what,
+            source,
+        };
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes) through the pointer;
+        // `req` is a live, correctly sized #[repr(C)] local.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF, &mut req) };
+        if r < 0 {
+            return Err(cfg(
+                "TUNGETIFF (is the descriptor a TAP queue?)",
+                io::Error::last_os_error(),
+            ));
+        }
+        let got: Vec<u8> = req
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        let wrong = |why: String| cfg("check of a passed queue", io::Error::other(why));
+        if got != name.as_str().as_bytes() {
+            return Err(wrong(format!(
+                "the descriptor belongs to {:?}, not {name}",
+                String::from_utf8_lossy(&got)
+            )));
+        }
+        if req.flags & IFF_TAP == 0 {
+            return Err(wrong("the descriptor is a TUN, not a TAP".into()));
+        }
+        let vnet_hdr = req.flags & IFF_VNET_HDR != 0;
+        let mut offloads = TapOffloads { vnet_hdr, flags: 0 };
+        if vnet_hdr {
+            let mut sz: libc::c_int = 0;
+            // SAFETY: TUNGETVNETHDRSZ writes one c_int through the pointer, a live local.
+            let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNGETVNETHDRSZ, &mut sz) };
+            if r < 0 || sz != crate::wire::VirtioNetHdr::LEN as libc::c_int {
+                return Err(wrong(format!(
+                    "virtio-net header size {sz}, want {}",
+                    crate::wire::VirtioNetHdr::LEN
+                )));
+            }
+            // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long).
+            let r = unsafe {
+                libc::ioctl(
+                    file.as_raw_fd(),
+                    TUNSETOFFLOAD,
+                    libc::c_ulong::from(offload_flags),
+                )
+            };
+            if r < 0 {
+                return Err(cfg("TUNSETOFFLOAD", io::Error::last_os_error()));
+            }
+            offloads.flags = offload_flags;
+        }
+        Ok(Tap {
+            file,
+            name: name.clone(),
+            offloads,
+        })
     }
 
     /// The device's current MTU (`SIOCGIFMTU`): the largest IP packet it carries

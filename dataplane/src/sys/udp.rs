@@ -21,7 +21,7 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -79,6 +79,42 @@ fn setsockopt_int(
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+/// Reads an int socket option.
+fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, a live c_int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(v)
+    }
+}
+
+/// Checks that a passed descriptor is a bound IPv4 UDP socket; its address.
+fn adopt_udp(fd: OwnedFd) -> io::Result<(Socket, SocketAddrV4)> {
+    let s = Socket::from(fd);
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    if s.r#type()? != Type::DGRAM {
+        return Err(bad("the descriptor is not a datagram socket".into()));
+    }
+    match s.local_addr()?.as_socket() {
+        Some(SocketAddr::V4(a)) if a.port() != 0 => Ok((s, a)),
+        other => Err(bad(format!(
+            "the descriptor is not a bound IPv4 UDP socket ({other:?})"
+        ))),
     }
 }
 
@@ -145,6 +181,40 @@ impl UdpTx {
             sockets,
             gso: self.gso,
         })
+    }
+
+    /// Takes send sockets another process opened (descriptors passed to us),
+    /// probing UDP GSO again.
+    pub fn from_fds(fds: Vec<OwnedFd>) -> io::Result<UdpTx> {
+        if fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no send socket",
+            ));
+        }
+        let sockets = fds
+            .into_iter()
+            .map(|fd| adopt_udp(fd).map(|(s, _)| s))
+            .collect::<io::Result<Vec<_>>>()?;
+        let gso = setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 1400).is_ok()
+            && setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 0).is_ok();
+        Ok(UdpTx { sockets, gso })
+    }
+
+    /// Second descriptors for the send sockets (to pass to another process).
+    pub fn try_clone_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        self.sockets
+            .iter()
+            .map(|s| s.as_fd().try_clone_to_owned())
+            .collect()
+    }
+
+    /// The address the send sockets are bound to (the first one's; all share it).
+    pub fn local_ip(&self) -> Option<Ipv4Addr> {
+        match self.sockets.first()?.local_addr().ok()?.as_socket()? {
+            SocketAddr::V4(a) => Some(*a.ip()),
+            SocketAddr::V6(_) => None,
+        }
     }
 
     /// Whether sends use UDP GSO.
@@ -443,6 +513,21 @@ impl UdpRx {
 
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    /// Takes the receive socket another process opened (descriptor passed to us):
+    /// must be a bound UDP socket; non-blocking and UDP GRO are read back from it
+    /// (they belong to the shared socket, not to a process).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<UdpRx> {
+        let (socket, _) = adopt_udp(fd)?;
+        socket.set_nonblocking(true)?;
+        let gro = getsockopt_int(socket.as_fd(), SOL_UDP, UDP_GRO).is_ok_and(|v| v != 0);
+        Ok(UdpRx { socket, gro })
+    }
+
+    /// A second descriptor for the socket (to pass to another process).
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.socket.as_fd().try_clone_to_owned()
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -813,6 +898,56 @@ mod tests {
         assert!(got[..10].iter().all(|d| d.len() == 1000));
         assert_eq!(got[10].len(), 500);
         assert_eq!(got.concat(), buf);
+    }
+
+    /// A receive socket taken over through a second descriptor keeps its port, its
+    /// GRO setting and the datagrams queued before the takeover.
+    #[test]
+    fn taken_over_sockets_keep_port_gro_and_queue() {
+        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 20).unwrap();
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut counts = LocalCounts::default();
+        let e = |socket| SendEntry {
+            dst,
+            offset: 0,
+            len: 100,
+            stride: 100,
+            socket,
+        };
+        tx.send(&[1u8; 100], &[e(0)], &mut counts);
+        let rx2 = UdpRx::from_fd(rx.try_clone_fd().unwrap()).unwrap();
+        drop(rx);
+        assert_eq!(rx2.local_addr().unwrap().port(), port);
+        assert_eq!(
+            rx2.gro(),
+            getsockopt_int(rx2.as_fd(), SOL_UDP, UDP_GRO).unwrap() != 0
+        );
+        let mut tx2 = UdpTx::from_fds(tx.try_clone_fds().unwrap()).unwrap();
+        assert_eq!(tx2.local_ports(), tx.local_ports());
+        assert_eq!(tx2.local_ip(), Some(Ipv4Addr::LOCALHOST));
+        drop(tx);
+        tx2.send(&[2u8; 100], &[e(1)], &mut counts);
+        let mut batch = RecvBatch::new(8);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if let Ok(n) = rx2.recv(&mut batch) {
+                for i in 0..n {
+                    got.extend(batch.datagrams(i).unwrap().1.map(|d| d[0]));
+                }
+            }
+            if got.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        got.sort();
+        assert_eq!(got, vec![1, 2], "queued before and sent after the takeover");
+        // not a UDP socket: refused
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(UdpRx::from_fd(OwnedFd::from(t)).is_err());
+        assert!(UdpTx::from_fds(vec![]).is_err());
     }
 
     #[test]
