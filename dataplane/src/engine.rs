@@ -11,7 +11,7 @@
 //!
 //! The forwarding table (and the VXLAN header built from its VNI) is re-read from the
 //! [`SharedTable`] at least every [`TABLE_RELOAD_EVERY`] packets (TAP frames on egress,
-//! datagrams on ingress) and whenever a thread goes idle, so control-plane changes
+//! datagrams on ingress), when a thread goes idle and when it wakes, so control-plane changes
 //! take effect without stalling traffic. Counters are published per batch: the
 //! node's, each peer's (tallied by the peer's slot in the table, published before
 //! the table is swapped: slots are per generation), and the flow samples
@@ -357,6 +357,9 @@ impl EgressWorker {
                     self.publish(&mut counts, &mut view);
                     view.reload();
                     idle(self.tap.as_fd(), &mut log);
+                    // The table may have changed while this thread slept (a peer added
+                    // right before the frame that woke it): take it again.
+                    view.reload();
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -494,6 +497,9 @@ impl IngressWorker {
                     self.flows.publish();
                     view.reload();
                     idle(self.udp.as_fd(), &mut log);
+                    // As on egress: the first datagram after a sleep sees the table as it
+                    // is now, not as it was when the thread went idle.
+                    view.reload();
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -357,6 +357,60 @@ fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
     drop(a);
 }
 
+/// A peer added while the engine's threads sleep is known to the first datagram that
+/// wakes them (the table is taken again after the sleep, not only before it): the first
+/// ping after an agent adds a peer must not be dropped.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn a_peer_added_while_idle_is_known_to_the_first_datagram() {
+    require_root();
+    let (a, b) = pair("i", TapOptions::default());
+    // A datagram with our VNI for B's VtepMAC, from an address B does not know yet.
+    let mut frame = VxlanHeader {
+        vni: Vni::new(1).unwrap(),
+    }
+    .to_bytes()
+    .to_vec();
+    frame.extend_from_slice(&[
+        0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x00, 0x0a, 0x58, 0x0a, 0xf4, 0x03, 0x00, 0x08, 0x00,
+    ]);
+    frame.extend_from_slice(&[0u8; 46]);
+    a.ns.ip(&["addr", "add", "192.168.99.66/24", "dev", "ul0"])
+        .unwrap();
+    let newcomer = PeerVtep {
+        vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+        public_ip: Ipv4Addr::new(192, 168, 99, 66),
+        vtep_ip: Ipv4Addr::new(10, 244, 3, 0),
+    };
+    let old_peer = b.table.load().peers()[0];
+    for round in 0..3u64 {
+        // Let B's threads go idle (they sleep up to 100 ms per poll), then add the
+        // newcomer and send at once, most likely while the sleep that began before the
+        // change is still running.
+        std::thread::sleep(Duration::from_millis(350));
+        b.table.update([old_peer]);
+        std::thread::sleep(Duration::from_millis(350));
+        b.table.update([old_peer, newcomer]);
+        let f = frame.clone();
+        a.ns.run(move || {
+            let s = UdpSocket::bind("192.168.99.66:0").unwrap();
+            s.send_to(&f, "192.168.99.2:8472").unwrap();
+        })
+        .unwrap();
+        let got = wait_for(Duration::from_secs(2), || {
+            b.counters().udp_datagrams_received > round
+        });
+        assert!(got.is_some(), "round {round}: datagram not received");
+        let c = b.counters();
+        assert_eq!(
+            c.dropped(DropReason::UnknownSource),
+            0,
+            "round {round}: the datagram was judged with the table from before the sleep: {c:?}"
+        );
+    }
+    drop(a);
+}
+
 /// Inner headers of a data segment after the VXLAN header: Ethernet 14 + IPv4 20 +
 /// TCP 32 (with timestamps).
 const INNER_HEADERS: u64 = 14 + 20 + 32;
