@@ -364,7 +364,7 @@ fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn a_peer_added_while_idle_is_known_to_the_first_datagram() {
     require_root();
-    let (a, b) = pair("i", TapOptions::default());
+    let (a, b) = pair("w", TapOptions::default());
     // A datagram with our VNI for B's VtepMAC, from an address B does not know yet.
     let mut frame = VxlanHeader {
         vni: Vni::new(1).unwrap(),
