@@ -4,12 +4,13 @@
 //! without polling.
 
 use std::io::{self, BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// A child process whose stdout lines are collected with the time each was read; killed
-/// when dropped.
+/// A child process whose stdout lines are collected with the time each was read; killed,
+/// with everything it started (its own process group), when dropped.
 #[derive(Debug)]
 pub struct Monitor {
     child: Child,
@@ -17,9 +18,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Spawns `cmd` with its stdout captured (stderr discarded).
+    /// Spawns `cmd` in a process group of its own, with its stdout captured (stderr
+    /// discarded).
     pub fn spawn(mut cmd: Command) -> io::Result<Monitor> {
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -64,6 +67,12 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
+        // The whole group: a shell's children (`sh -c "…; sleep 30"`) would outlive it.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals the process group the child leads
+            // (spawned with process_group(0)); it touches no memory of ours.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -91,8 +100,24 @@ mod tests {
             m.wait_line(Duration::from_millis(50), |l| l == "three"),
             None
         );
-        // Dropping kills the `sleep 30` shell.
+        // Dropping kills the shell and its `sleep 30`: nothing of the group is left.
+        let pgid = m.child.id();
         drop(m);
         assert!(t0.elapsed().unwrap() < Duration::from_secs(10));
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // pid (comm) state ppid pgrp …: the group is the 3rd field after the comm.
+                let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+                let f: Vec<&str> = after.split_whitespace().collect();
+                f.get(2) == Some(&pgid.to_string().as_str()) && f.first() != Some(&"Z")
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "processes of the monitor's group left: {left:?}"
+        );
     }
 }
