@@ -395,31 +395,10 @@ impl Netlink {
 
     /// The kind of the named link (`"vxlan"`, `"tun"`, …) and its index, if it exists.
     pub async fn link_kind(&self, name: &str) -> Result<Option<(u32, String)>, NetlinkError> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match s.try_next().await {
-            Ok(Some(m)) => {
-                let kind = m
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-                            KernelLinkInfo::Kind(k) => Some(k.to_string()),
-                            _ => None,
-                        }),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                Ok(Some((m.header.index, kind)))
-            }
-            Ok(None) => Ok(None),
-            Err(e) if is_gone(&e) => Ok(None),
-            Err(e) => Err(Self::req(format!("get link {name}"))(e)),
-        }
+        Ok(self
+            .link_identity(name)
+            .await?
+            .map(|id| (id.index, id.kind)))
     }
 
     /// Index, kind (`"tun"`, …) and alias (`ip link set … alias`) of the named link,
