@@ -104,20 +104,27 @@ mod tests {
         let pgid = m.child.id();
         drop(m);
         assert!(t0.elapsed().unwrap() < Duration::from_secs(10));
-        let left: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-            .filter(|stat| {
-                // pid (comm) state ppid pgrp …: the group is the 3rd field after the comm.
-                let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
-                let f: Vec<&str> = after.split_whitespace().collect();
-                f.get(2) == Some(&pgid.to_string().as_str()) && f.first() != Some(&"Z")
-            })
-            .collect();
+        // SIGKILL is delivered at once but a process takes a moment to die (the orphaned
+        // `sleep` was seen still `R` right after the kill, under load): wait, bounded.
+        let group_left = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid pgrp …: the group is the 3rd field after the comm.
+                    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+                    let f: Vec<&str> = after.split_whitespace().collect();
+                    f.get(2) == Some(&pgid.to_string().as_str())
+                        && !matches!(f.first(), Some(&"Z") | Some(&"X"))
+                })
+                .collect()
+        };
+        crate::wait_for(Duration::from_secs(5), || group_left().is_empty());
+        let left = group_left();
         assert!(
             left.is_empty(),
-            "processes of the monitor's group left: {left:?}"
+            "processes of the monitor's group left 5 s after the kill: {left:?}"
         );
     }
 }
