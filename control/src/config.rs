@@ -8,14 +8,31 @@
 //! at most 30 and at least prefix + 2; SubnetMin/SubnetMax default to the second and
 //! the last subnet and must lie inside Network on a SubnetLen boundary.
 //!
+//! IPv6 (flannel's `EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`,
+//! `IPv6SubnetMax`; `EnableIPv4` defaults to true, `EnableIPv6` to false) follows the
+//! same rules with IPv6 numbers: IPv6SubnetLen 64 when IPv6Network is /62 or shorter,
+//! else prefix + 2; at most 126 and at least prefix + 2; the network at most a /124;
+//! IPv6SubnetMin/Max default to the second and the last subnet and must lie inside
+//! IPv6Network on an IPv6SubnetLen boundary. The IPv6 fields are type-checked even
+//! when EnableIPv6 is off (flannel's JSON decoding refuses a malformed one too).
+//!
+//! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4
+//! only, for now. A dual-stack config parses (its IPv6 pool kept in
+//! [`NetworkConfig::ipv6`]) with a warning that no pod gets an IPv6 address; an
+//! IPv6-only config (`EnableIPv4: false`) is refused with a message saying so.
+//!
 //! Differences from flannel, each logged: a missing Backend means vxlan (flannel
-//! falls back to udp); IPv6 settings are read but vxmesh carries IPv4 only.
+//! falls back to udp); IPv6 pod traffic is not carried yet (above); an IPv6Network
+//! reaching into `::/96` or `::ffff:0:0/96` is refused (flannel writes those
+//! addresses in a dotted form its own lease keys cannot hold); SubnetMin above
+//! SubnetMax (either family) is refused as an empty pool.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value};
 
 use crate::subnet::Subnet;
+use crate::subnet6::{mask6, Subnet6};
 use vxmesh_dataplane::wire::Vni;
 
 /// flannel's default VXLAN port (the Linux default; IANA's is 4789).
@@ -32,8 +49,53 @@ pub struct NetworkConfig {
     /// `EnableNFTables` (flannel ≥ 0.25): masquerade/forward rules in a native nftables
     /// table instead of iptables chains.
     pub enable_nftables: bool,
+    /// The IPv6 pool of a dual-stack config (`EnableIPv6`), checked with flannel's
+    /// rules. Parsed, not carried yet: see [`carried_families`].
+    pub ipv6: Option<Ipv6Pool>,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
+}
+
+/// The IPv6 half of a config, every default filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pool {
+    /// `IPv6Network`, host bits cleared.
+    pub network: Subnet6,
+    /// `IPv6SubnetLen`.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`: the first subnet a node may lease.
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`: the last subnet a node may lease.
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Pool {
+    /// Whether `s` is a subnet this pool can hand out: right length, inside
+    /// IPv6Network, between IPv6SubnetMin and IPv6SubnetMax.
+    pub fn fits(&self, s: &Subnet6) -> bool {
+        s.prefix_len() == self.subnet_len
+            && self.network.contains_subnet(s)
+            && s.addr() >= self.subnet_min
+            && s.addr() <= self.subnet_max
+    }
+
+    /// Number of subnets in IPv6SubnetMin..=IPv6SubnetMax (up to 2^126).
+    pub fn pool_size(&self) -> u128 {
+        let step = 1u128 << (128 - u32::from(self.subnet_len));
+        (u128::from(self.subnet_max) - u128::from(self.subnet_min)) / step + 1
+    }
+
+    /// A one-line description of the pool for messages.
+    pub fn describe_pool(&self) -> String {
+        format!(
+            "IPv6Network {} (IPv6SubnetLen {}, IPv6SubnetMin {}, IPv6SubnetMax {}: {} subnets)",
+            self.network,
+            self.subnet_len,
+            self.subnet_min,
+            self.subnet_max,
+            self.pool_size()
+        )
+    }
 }
 
 /// The vxlan backend section.
@@ -120,21 +182,21 @@ impl NetworkConfig {
         };
         let mut notes = Vec::new();
 
-        if let Some(v) = field(&obj, "EnableIPv4") {
-            if v == &Value::Bool(false) {
-                return Err(bad(
-                    "EnableIPv4",
-                    "is false, but vxmesh carries IPv4 pod traffic only; remove it or set it to true".into(),
-                ));
-            }
+        let flag = |name: &'static str, default: bool| match field(&obj, name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(bad(name, format!("must be true or false, found {other}"))),
+        };
+        let enable_ipv4 = flag("EnableIPv4", true)?;
+        let enable_ipv6 = flag("EnableIPv6", false)?;
+        if !enable_ipv4 && !enable_ipv6 {
+            return Err(bad(
+                "EnableIPv4",
+                "and EnableIPv6 are both false: the config enables no pod network; set EnableIPv4 to true (or remove it) and give Network".into(),
+            ));
         }
-        if field(&obj, "EnableIPv6") == Some(&Value::Bool(true))
-            || field(&obj, "IPv6Network").is_some_and(|v| !v.is_null())
-        {
-            notes.push(
-                "IPv6 settings found: vxmesh carries IPv4 only; IPv6 fields are ignored".into(),
-            );
-        }
+        let ipv6 = parse_ipv6(&obj, enable_ipv6, &mut notes, &bad)?;
+        carried_families(enable_ipv4, ipv6.as_ref(), &mut notes, &bad)?;
         let enable_nftables = match field(&obj, "EnableNFTables") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -249,6 +311,7 @@ impl NetworkConfig {
             subnet_max,
             backend,
             enable_nftables,
+            ipv6,
             notes,
         })
     }
@@ -279,6 +342,191 @@ impl NetworkConfig {
             self.pool_size()
         )
     }
+}
+
+/// The one place that decides which of the parsed families vxmesh carries: IPv4
+/// only, until the IPv6 dataplane exists. Dual stack: IPv4 works as before and the
+/// operator is told, once, that pods get no IPv6 address. IPv6 only: refused, since a
+/// node could then give no pod an address at all.
+pub fn carried_families(
+    enable_ipv4: bool,
+    ipv6: Option<&Ipv6Pool>,
+    notes: &mut Vec<String>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match (enable_ipv4, ipv6) {
+        (false, Some(v6)) => Err(bad(
+            "EnableIPv4",
+            format!(
+                "is false: an IPv6-only network ({}). vxmesh does not carry IPv6 pod traffic yet, so its nodes could give no pod an address; keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network), of which vxmesh carries the IPv4 half",
+                v6.describe_pool()
+            ),
+        )),
+        (true, Some(v6)) => {
+            notes.push(format!(
+                "dual-stack config: {} is parsed, but vxmesh does not carry IPv6 pod traffic yet; this node leases and routes IPv4 only, and its pods get no IPv6 address",
+                v6.describe_pool()
+            ));
+            Ok(())
+        }
+        (_, None) => Ok(()),
+    }
+}
+
+/// The IPv6 fields: type-checked always, checked and defaulted as flannel's
+/// `CheckNetworkConfig` does when `enabled`; `None` when EnableIPv6 is off.
+fn parse_ipv6(
+    obj: &Map<String, Value>,
+    enabled: bool,
+    notes: &mut Vec<String>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<Ipv6Pool>, ConfigError> {
+    let network = match field(obj, "IPv6Network") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some((
+            s.as_str(),
+            s.parse::<Subnet6>()
+                .map_err(|e| bad("IPv6Network", format!("{s:?}: {e}")))?,
+        )),
+        Some(other) => {
+            return Err(bad(
+                "IPv6Network",
+                format!("must be a string, found {other}"),
+            ))
+        }
+    };
+    let subnet_len = match field(obj, "IPv6SubnetLen") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .filter(|n| *n <= 128)
+            .ok_or_else(|| {
+                bad(
+                    "IPv6SubnetLen",
+                    format!("must be a number 1-126, found {v}"),
+                )
+            })?,
+    };
+    let addr = |name: &'static str| -> Result<Option<Ipv6Addr>, ConfigError> {
+        match field(obj, name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => {
+                let ip: Ipv6Addr = s
+                    .parse()
+                    .map_err(|_| bad(name, format!("{s:?} is not an IPv6 address")))?;
+                // flannel: the zero address means "not set".
+                Ok((ip != Ipv6Addr::UNSPECIFIED).then_some(ip))
+            }
+            Some(other) => Err(bad(name, format!("must be a string, found {other}"))),
+        }
+    };
+    let min = addr("IPv6SubnetMin")?;
+    let max = addr("IPv6SubnetMax")?;
+    if !enabled {
+        if network.is_some() || subnet_len != 0 || min.is_some() || max.is_some() {
+            notes.push(
+                "IPv6Network and the other IPv6 fields are set, but EnableIPv6 is not true: they are ignored, as flannel does".into(),
+            );
+        }
+        return Ok(None);
+    }
+    let Some((text, network)) = network else {
+        return Err(bad(
+            "IPv6Network",
+            "is missing; EnableIPv6 needs the pod IPv6 CIDR, e.g. \"fd00:10:244::/56\"".into(),
+        ));
+    };
+    if network.prefix_len() == 0 {
+        return Err(bad(
+            "IPv6Network",
+            format!("{text:?} is the whole IPv6 space; give the pod IPv6 CIDR, e.g. \"fd00:10:244::/56\""),
+        ));
+    }
+    let embedded = ["::/96", "::ffff:0:0/96"]
+        .iter()
+        .filter_map(|b| b.parse::<Subnet6>().ok())
+        .any(|b| b.overlaps(&network));
+    if embedded {
+        return Err(bad(
+            "IPv6Network",
+            format!("{network} reaches into the IPv4-compatible or -mapped blocks (::/96, ::ffff:0:0/96), whose addresses flannel writes in dotted form that its lease keys cannot hold; use a unique local range such as fd00:10:244::/56"),
+        ));
+    }
+    if let Some((ip, _)) = text.split_once('/') {
+        if ip.trim().parse::<Ipv6Addr>().ok() != Some(network.addr()) {
+            notes.push(format!(
+                "IPv6Network {text} has host bits set; using {network}"
+            ));
+        }
+    }
+    let prefix = network.prefix_len();
+    let subnet_len = if subnet_len == 0 {
+        if prefix > 124 {
+            return Err(bad(
+                "IPv6Network",
+                format!("{network} is too small: the smallest useful IPv6 network is a /124"),
+            ));
+        }
+        if prefix <= 62 {
+            64
+        } else {
+            prefix + 2
+        }
+    } else {
+        if subnet_len > 126 {
+            return Err(bad(
+                "IPv6SubnetLen",
+                format!("is {subnet_len}; it must be 126 or less (each node needs a gateway, VTEP and pod addresses)"),
+            ));
+        }
+        if u32::from(subnet_len) < u32::from(prefix) + 2 {
+            return Err(bad(
+                "IPv6SubnetLen",
+                format!(
+                    "is {subnet_len}; IPv6Network {network} must hold at least four subnets, so IPv6SubnetLen must be at least {}",
+                    prefix + 2
+                ),
+            ));
+        }
+        subnet_len
+    };
+    let size = 1u128 << (128 - u32::from(subnet_len));
+    let subnet_mask = mask6(subnet_len);
+    let bound = |name: &'static str, ip: Option<Ipv6Addr>, default: u128| {
+        let Some(ip) = ip else {
+            return Ok(Ipv6Addr::from(default));
+        };
+        if !network.contains(ip) {
+            return Err(bad(name, format!("{ip} is outside IPv6Network {network}")));
+        }
+        if u128::from(ip) & subnet_mask != u128::from(ip) {
+            return Err(bad(
+                name,
+                format!("{ip} is not on a /{subnet_len} boundary (IPv6SubnetLen)"),
+            ));
+        }
+        Ok(ip)
+    };
+    let subnet_min = bound("IPv6SubnetMin", min, u128::from(network.addr()) + size)?;
+    let subnet_max = bound(
+        "IPv6SubnetMax",
+        max,
+        u128::from(network.last()) & subnet_mask,
+    )?;
+    if subnet_min > subnet_max {
+        return Err(bad(
+            "IPv6SubnetMin",
+            format!("{subnet_min} is above IPv6SubnetMax {subnet_max}: the pool is empty"),
+        ));
+    }
+    Ok(Some(Ipv6Pool {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    }))
 }
 
 fn parse_backend(
@@ -490,6 +738,187 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_pool_with_flannels_defaults() {
+        // The dual-stack shape of flannel's Documentation/configuration.md.
+        let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.network.to_string(), "2001:cafe:42::/56");
+        assert_eq!(v6.subnet_len, 64, "/62 or shorter: /64s");
+        assert_eq!(
+            v6.subnet_min,
+            "2001:cafe:42:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.subnet_max,
+            "2001:cafe:42:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.pool_size(), 255);
+        assert!(v6.fits(&"2001:cafe:42:7::/64".parse().unwrap()));
+        assert!(
+            !v6.fits(&"2001:cafe:42::/64".parse().unwrap()),
+            "the first subnet is never handed out"
+        );
+        assert!(!v6.fits(&"2001:cafe:42:7::/65".parse().unwrap()));
+        assert!(!v6.fits(&"2001:cafe:43:7::/64".parse().unwrap()));
+        // IPv4 is carried exactly as before.
+        assert_eq!(c.network.to_string(), "10.42.0.0/16");
+        assert_eq!(c.subnet_len, 24);
+        // Smaller networks: prefix + 2; explicit bounds and length.
+        let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/100"}"#)
+            .unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 102);
+        assert_eq!(v6.subnet_min, "fd00::400:0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fd00::c00:0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.pool_size(), 3);
+        let c = parse(r#"{"enableipv6":true,"Network":"10.42.0.0/16","ipv6network":"fd00:10::/48","IPV6SUBNETLEN":60,"IPv6SubnetMin":"fd00:10:0:10::","IPv6SubnetMax":"fd00:10:0:f0::"}"#).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 60);
+        assert_eq!(v6.pool_size(), 15);
+        assert!(
+            v6.describe_pool().contains("IPv6SubnetLen 60"),
+            "{}",
+            v6.describe_pool()
+        );
+        // "::" and "" mean "not set", as flannel's IsEmpty does.
+        let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/56","IPv6SubnetMin":"::","IPv6SubnetMax":""}"#).unwrap();
+        assert_eq!(c.ipv6.unwrap().pool_size(), 255);
+    }
+
+    #[test]
+    fn dual_stack_warns_once_and_ipv6_only_is_refused_clearly() {
+        let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(
+            c.notes[0].contains("does not carry IPv6 pod traffic yet")
+                && c.notes[0].contains("IPv6Network fd00::/56"),
+            "{}",
+            c.notes[0]
+        );
+        // IPv6-only: the pool is checked first (a bad one is named), then refused.
+        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "EnableIPv4",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("IPv6-only network (IPv6Network fd00::/56")
+                && msg.contains("does not carry IPv6 pod traffic yet")
+                && msg.contains("dual stack"),
+            "{msg}"
+        );
+        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6SubnetLen",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // IPv6 fields without EnableIPv6: ignored, as flannel does, and said.
+        let c = parse(
+            r#"{"Network":"10.42.0.0/16","IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert!(c.ipv6.is_none());
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(
+            c.notes[0].contains("EnableIPv6 is not true"),
+            "{}",
+            c.notes[0]
+        );
+        // IPv6Network host bits: masked and noted.
+        let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::1/56","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.ipv6.unwrap().network.to_string(), "fd00::/56");
+        assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
+    }
+
+    #[test]
+    fn bad_ipv6_values_name_the_field() {
+        let v4 = r#""Network":"10.42.0.0/16""#;
+        let cases = [
+            (r#""EnableIPv6":true"#, "IPv6Network"),
+            (r#""EnableIPv6":true,"IPv6Network":"fd00::""#, "IPv6Network"),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"10.0.0.0/8""#,
+                "IPv6Network",
+            ),
+            (r#""EnableIPv6":true,"IPv6Network":"::/0""#, "IPv6Network"),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/125""#,
+                "IPv6Network",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"::ffff:0:0/96""#,
+                "IPv6Network",
+            ),
+            (r#""EnableIPv6":true,"IPv6Network":"::/64""#, "IPv6Network"),
+            (r#""EnableIPv6":true,"IPv6Network":"::/8""#, "IPv6Network"),
+            (r#""EnableIPv6":true,"IPv6Network":56"#, "IPv6Network"),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127"#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57"#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":"64""#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":200"#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::""#,
+                "IPv6SubnetMin",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::1""#,
+                "IPv6SubnetMin",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:100::""#,
+                "IPv6SubnetMax",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"10.0.0.1""#,
+                "IPv6SubnetMax",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::""#,
+                "IPv6SubnetMin",
+            ),
+            // type errors are refused even with EnableIPv6 off, as Go's decoder does
+            (r#""IPv6Network":"garbage""#, "IPv6Network"),
+            (r#""IPv6SubnetMin":7"#, "IPv6SubnetMin"),
+            (r#""EnableIPv6":"yes""#, "EnableIPv6"),
+            (r#""EnableIPv4":1"#, "EnableIPv4"),
+            (r#""EnableIPv4":false,"EnableIPv6":false"#, "EnableIPv4"),
+        ];
+        for (extra, want) in cases {
+            let json = format!("{{{v4},{extra}}}");
+            match parse(&json) {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, want, "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn enable_nftables_chooses_the_backend() {
         let c =
             parse(r#"{"Network":"10.42.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#)
@@ -603,6 +1032,24 @@ mod tests {
         #[test]
         fn never_panics(s in ".{0,200}") {
             let _ = parse(&s);
+        }
+
+        #[test]
+        fn valid_ipv6_pools_are_consistent(len in 1u8..=128, sub in 0u8..=128, a in 0u128..) {
+            let net = std::net::Ipv6Addr::from(a);
+            let json = format!(r#"{{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"{net}/{len}","IPv6SubnetLen":{sub}}}"#);
+            if let Ok(c) = parse(&json) {
+                let v6 = c.ipv6.unwrap();
+                proptest::prop_assert!(v6.subnet_len <= 126 && v6.subnet_len >= v6.network.prefix_len() + 2);
+                proptest::prop_assert!(v6.subnet_min <= v6.subnet_max);
+                proptest::prop_assert!(v6.pool_size() >= 3);
+                proptest::prop_assert!(v6.network.contains(v6.subnet_min));
+                proptest::prop_assert!(v6.network.contains(v6.subnet_max));
+                let first = Subnet6::new_exact(v6.subnet_min, v6.subnet_len).unwrap();
+                let last = Subnet6::new_exact(v6.subnet_max, v6.subnet_len).unwrap();
+                proptest::prop_assert!(v6.fits(&first) && v6.fits(&last));
+                proptest::prop_assert!(Subnet6::from_key_form(&first.key_form()).is_ok());
+            }
         }
 
         #[test]

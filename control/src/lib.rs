@@ -1,7 +1,7 @@
 //! vxmesh control plane.
 //!
 //! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
-//! [`subnet`] (IPv4 CIDR newtype), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
+//! [`subnet`] (IPv4 CIDR newtype), [`subnet6`] (its IPv6 counterpart), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
 //! re-acquire), [`own_key`] (whether registry news takes our subnet away),
 //! [`peers`] (the peer set and its changes), [`vtep_mac`],
@@ -37,6 +37,7 @@ pub mod registry_events;
 pub mod sd_notify;
 pub mod state;
 pub mod subnet;
+pub mod subnet6;
 pub mod subnet_env;
 pub mod underlay;
 pub mod vtep_mac;

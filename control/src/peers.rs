@@ -123,6 +123,9 @@ pub enum RejectReason {
     Unparseable,
     /// Another backend (udp, host-gw, wireguard…): vxmesh cannot reach that node.
     NotVxlan,
+    /// A vxlan lease with IPv6 backend data only (flannel's IPv6-only node, key
+    /// `0.0.0.0-0&<ipv6>-<len>`): vxmesh does not carry IPv6 pod traffic yet.
+    Ipv6Only,
     /// A vxlan lease of another VNI.
     WrongVni,
     /// The subnet is not inside the Network.
@@ -140,11 +143,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::BadKey,
         RejectReason::TooLarge,
         RejectReason::Unparseable,
         RejectReason::NotVxlan,
+        RejectReason::Ipv6Only,
         RejectReason::WrongVni,
         RejectReason::OutsideNetwork,
         RejectReason::WrongSubnetLen,
@@ -160,6 +164,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::Unparseable => "unparseable",
             RejectReason::NotVxlan => "not_vxlan",
+            RejectReason::Ipv6Only => "ipv6_only",
             RejectReason::WrongVni => "wrong_vni",
             RejectReason::OutsideNetwork => "outside_network",
             RejectReason::WrongSubnetLen => "wrong_subnet_len",
@@ -262,6 +267,18 @@ fn judge_alone(
             )
         })?
         .map_err(|e| Rejection::new(RejectReason::Unparseable, e.to_string()))?;
+    if let (None, Some(v6)) = (&attrs.vxlan, &attrs.vxlan_v6) {
+        return Err(Rejection::new(
+            RejectReason::Ipv6Only,
+            format!(
+                "an IPv6-only lease (PublicIPv6 {}, BackendV6Data VtepMAC {}, no IPv4 BackendData): vxmesh does not carry IPv6 pod traffic yet",
+                attrs
+                    .public_ipv6
+                    .map_or_else(|| "null".to_string(), |ip| ip.to_string()),
+                v6.vtep_mac
+            ),
+        ));
+    }
     let Some(vx) = attrs.vxlan else {
         let why = if attrs.backend_type.is_empty() {
             // flannel's udp backend leaves BackendType empty (omitted in the JSON).
@@ -1053,6 +1070,16 @@ mod tests {
                 ),
                 RejectReason::NotVxlan,
                 "\"udp\"",
+            ),
+            // A flanneld IPv6-only node's lease, key and value as flannel writes them.
+            (
+                entry(
+                    "0.0.0.0-0&fd00:0:0:62::-64",
+                    br#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::62","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:62"}}"#.to_vec(),
+                    13,
+                ),
+                RejectReason::Ipv6Only,
+                "an IPv6-only lease (PublicIPv6 fd00::62",
             ),
             (
                 entry(

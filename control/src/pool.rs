@@ -95,6 +95,7 @@ mod tests {
                 direct_routing: false,
             },
             enable_nftables: false,
+            ipv6: None,
             notes: Vec::new(),
         }
     }
