@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::{rt, Etcd};
 use vxmesh_control::agent::acquire;
 use vxmesh_control::config::{ConfigError, NetworkConfig};
-use vxmesh_control::lease::{parse_lease_key, LeaseAttrs};
+use vxmesh_control::lease::{parse_lease_key, LeaseAttrs, LeaseKey};
 use vxmesh_control::lease_machine::LeaseMachine;
 use vxmesh_control::peers::{PeerRules, PeerTable};
 use vxmesh_control::registry::Registry;
@@ -37,6 +37,9 @@ mod lease_fixtures {
     pub const VXLAN: &str = r#"{"PublicIP":"192.168.56.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
     /// vxlan backend, dual stack (key `10.244.2.0-24&fc00:0:0:2::-64`).
     pub const VXLAN_DUAL: &str = r#"{"PublicIP":"192.168.56.12","PublicIPv6":"fc00::12","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5a:11:22:33:12"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:5a:11:22:33:13"}}"#;
+    /// vxlan backend, IPv6 only (key `0.0.0.0-0&fc00:0:0:17::-64`): newSubnetAttrs
+    /// sets no PublicIP (the zero ip.IP4) and no BackendData.
+    pub const VXLAN_V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fc00::17","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:5a:11:22:33:17"}}"#;
     /// udp backend: it sets no BackendType at all (omitempty drops the empty string).
     pub const UDP: &str = r#"{"PublicIP":"192.168.56.13","PublicIPv6":null}"#;
     /// host-gw backend: a type, no backend data.
@@ -152,6 +155,28 @@ fn lease_values_as_flanneld_writes_them() {
         "0e:5a:11:22:33:12",
         "BackendData (v4), not BackendV6Data"
     );
+    assert_eq!(
+        d.to_json(),
+        VXLAN_DUAL,
+        "dual stack written back byte for byte"
+    );
+    let o = LeaseAttrs::parse(VXLAN_V6_ONLY.as_bytes()).unwrap();
+    assert!(o.vxlan.is_none() && o.vxlan_v6.is_some());
+    assert_eq!(o.to_json(), VXLAN_V6_ONLY);
+    for (key, v4, v6) in [
+        (
+            "10.244.2.0-24&fc00:0:0:2::-64",
+            Some("10.244.2.0/24"),
+            Some("fc00:0:0:2::/64"),
+        ),
+        ("0.0.0.0-0&fc00:0:0:17::-64", None, Some("fc00:0:0:17::/64")),
+        ("10.244.1.0-24", Some("10.244.1.0/24"), None),
+    ] {
+        let k = LeaseKey::parse(&format!("/coreos.com/network/subnets/{key}")).unwrap();
+        assert_eq!(k.ipv4_subnet().map(|s| s.to_string()).as_deref(), v4);
+        assert_eq!(k.ipv6_subnet().map(|s| s.to_string()).as_deref(), v6);
+        assert_eq!(k.key_form(), key);
+    }
     for other in [UDP, HOST_GW, WIREGUARD] {
         let a = LeaseAttrs::parse(other.as_bytes()).unwrap();
         assert!(a.vxlan.is_none(), "{other}");

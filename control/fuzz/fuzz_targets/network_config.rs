@@ -1,9 +1,11 @@
 //! `NetworkConfig::parse` over arbitrary bytes (what an operator may have put at
-//! `<prefix>/config`): no panic; an accepted config is internally consistent.
+//! `<prefix>/config`): no panic; an accepted config is internally consistent, its
+//! IPv6 pool (dual stack) included.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vxmesh_control::config::NetworkConfig;
+use vxmesh_control::subnet6::Subnet6;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = NetworkConfig::parse("/coreos.com/network/config", data) {
@@ -13,5 +15,18 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.pool_size() >= 1);
         assert!(c.backend.vni.get() <= 0xff_ffff);
         assert!(c.backend.port != 0);
+        if let Some(v6) = c.ipv6 {
+            assert!(v6.subnet_len <= 126 && v6.subnet_len >= v6.network.prefix_len() + 2);
+            assert!(v6.subnet_min <= v6.subnet_max);
+            assert!(v6.network.contains(v6.subnet_min) && v6.network.contains(v6.subnet_max));
+            assert!(v6.pool_size() >= 1);
+            let first = Subnet6::new_exact(v6.subnet_min, v6.subnet_len).expect("on a boundary");
+            let last = Subnet6::new_exact(v6.subnet_max, v6.subnet_len).expect("on a boundary");
+            assert!(v6.fits(&first) && v6.fits(&last));
+            // Every subnet of the pool has a key flannel can read back.
+            assert_eq!(Subnet6::from_key_form(&first.key_form()), Ok(first));
+            assert_eq!(Subnet6::from_key_form(&last.key_form()), Ok(last));
+            assert!(c.notes.iter().any(|n| n.contains("does not carry IPv6")));
+        }
     }
 });

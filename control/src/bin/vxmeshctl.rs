@@ -662,12 +662,23 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                     "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
                     "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
                     "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu, "DirectRouting": c.backend.direct_routing},
+                    "EnableIPv6": c.ipv6.is_some(),
+                    "IPv6Network": c.ipv6.map(|v| v.network.to_string()),
+                    "IPv6SubnetLen": c.ipv6.map(|v| v.subnet_len),
+                    "IPv6SubnetMin": c.ipv6.map(|v| v.subnet_min.to_string()),
+                    "IPv6SubnetMax": c.ipv6.map(|v| v.subnet_max.to_string()),
                     "notes": c.notes,
                 })
             );
         } else {
             println!("network:   {}", c.network);
             println!("pool:      {}", c.describe_pool());
+            if let Some(v6) = &c.ipv6 {
+                println!(
+                    "ipv6 pool: {} (parsed, not carried yet)",
+                    v6.describe_pool()
+                );
+            }
             println!(
                 "backend:   vxlan  vni {}  port {}  mtu {}{}",
                 c.backend.vni,
