@@ -611,20 +611,11 @@ fn deliver_batch(
                     let frame = &d[inner..];
                     flows.offer(frame, frame.len(), 1, Direction::FromPeer, *src.ip());
                     if let Some(seg) = msg.inner_segment {
-                        let scratch = to_tap.scratch();
-                        match offload::udp_burst::cut(frame, seg, scratch) {
-                            Ok(s) => {
-                                counts.ingress_gso_frames += 1;
-                                for r in (0..s.count).filter_map(|i| s.datagram(i)) {
-                                    emit(&VirtioNetHdr::NONE, &scratch[r], counts);
-                                }
-                            }
-                            Err(_) => {
-                                let reason = DropReason::IngressMalformed;
-                                counts.drop(reason);
-                                if let Some(c) = slot.and_then(|s| view.table.peer_counters(s)) {
-                                    c.count_drop(reason);
-                                }
+                        if !cut_burst(frame, seg, to_tap.scratch(), counts, emit) {
+                            let reason = DropReason::IngressMalformed;
+                            counts.drop(reason);
+                            if let Some(c) = slot.and_then(|s| view.table.peer_counters(s)) {
+                                c.count_drop(reason);
                             }
                         }
                     } else {
@@ -660,6 +651,25 @@ fn deliver_batch(
             }
         }
     }
+}
+
+/// A kernel sender's whole UDP GSO burst: cut in `scratch` into the sender's datagrams,
+/// each handed to `emit` as a plain frame; false when it is refused (a counted drop).
+fn cut_burst(
+    frame: &[u8],
+    segment: usize,
+    scratch: &mut [u8],
+    counts: &mut LocalCounts,
+    emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
+) -> bool {
+    let Ok(s) = offload::udp_burst::cut(frame, segment, scratch) else {
+        return false;
+    };
+    counts.ingress_gso_frames += 1;
+    for r in (0..s.count).filter_map(|i| s.datagram(i)) {
+        emit(&VirtioNetHdr::NONE, &scratch[r], counts);
+    }
+    true
 }
 
 #[cfg(test)]
