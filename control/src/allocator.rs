@@ -17,12 +17,16 @@
 //! be no node's subnet, no node routes it ([`crate::peers`] rejects it), and counting
 //! it would let one stray key empty the pool. Every claim is then made by
 //! compare-and-swap in etcd; a lost race just moves on to the next candidate.
+//!
+//! [`plan_ipv6`] does steps 2 and 3 for a dual-stack config's IPv6 pool with the same
+//! arithmetic (indices are u128); it is not used until vxmesh carries IPv6.
 
 use std::net::Ipv4Addr;
 
-use crate::config::NetworkConfig;
+use crate::config::{Ipv6Pool, NetworkConfig};
 use crate::lease::LeaseAttrs;
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 
 /// A lease found in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,28 +109,37 @@ pub struct Work {
     pub draws: u64,
 }
 
-/// Candidates are numbered 0..count from SubnetMin in steps of one subnet.
+/// Candidates are numbered 0..count from SubnetMin in steps of one subnet. Indices
+/// are u128 so the same gap arithmetic serves the IPv6 pool ([`plan_ipv6`]).
 #[derive(Debug, Clone, Copy)]
 struct Pool {
-    min: u64,
-    step: u64,
-    count: u64,
+    min: u128,
+    step: u128,
+    count: u128,
 }
 
 impl Pool {
     fn of(cfg: &NetworkConfig) -> Pool {
         Pool {
-            min: u64::from(u32::from(cfg.subnet_min)),
-            step: 1u64 << (32 - u32::from(cfg.subnet_len)),
-            count: cfg.pool_size(),
+            min: u128::from(u32::from(cfg.subnet_min)),
+            step: 1u128 << (32 - u32::from(cfg.subnet_len)),
+            count: u128::from(cfg.pool_size()),
         }
     }
 
-    /// The candidates `s` overlaps, as an inclusive index range.
-    fn overlapped(&self, s: &Subnet) -> Option<(u64, u64)> {
-        let first = u64::from(u32::from(s.addr()));
-        let last = u64::from(u32::from(s.last()));
-        let end = self.min + self.count * self.step - 1;
+    fn of_ipv6(pool: &Ipv6Pool) -> Pool {
+        Pool {
+            min: u128::from(pool.subnet_min),
+            step: 1u128 << (128 - u32::from(pool.subnet_len)),
+            count: pool.pool_size(),
+        }
+    }
+
+    /// The candidates the range `first..=last` overlaps, as an inclusive index range.
+    fn overlapped_range(&self, first: u128, last: u128) -> Option<(u128, u128)> {
+        // The pool's last address; count ≥ 1 and the pool lies inside its network,
+        // so this does not overflow.
+        let end = self.min + (self.count - 1) * self.step + (self.step - 1);
         if last < self.min || first > end {
             return None;
         }
@@ -135,16 +148,24 @@ impl Pool {
         Some((lo, hi))
     }
 
-    fn subnet(&self, i: u64, len: u8) -> Option<Subnet> {
+    /// The candidates `s` overlaps, as an inclusive index range.
+    fn overlapped(&self, s: &Subnet) -> Option<(u128, u128)> {
+        self.overlapped_range(
+            u128::from(u32::from(s.addr())),
+            u128::from(u32::from(s.last())),
+        )
+    }
+
+    fn subnet(&self, i: u128, len: u8) -> Option<Subnet> {
         let a = u32::try_from(self.min + i * self.step).ok()?;
         Subnet::new_exact(Ipv4Addr::from(a), len).ok()
     }
 }
 
 /// Merges index ranges into sorted, disjoint ones.
-fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+fn merge(mut runs: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     runs.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(runs.len());
     for (lo, hi) in runs {
         match out.last_mut() {
             Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
@@ -159,15 +180,15 @@ fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 #[derive(Debug)]
 struct Gaps {
     /// (first index, length, free candidates before it)
-    gaps: Vec<(u64, u64, u64)>,
-    free: u64,
+    gaps: Vec<(u128, u128, u128)>,
+    free: u128,
 }
 
 impl Gaps {
-    fn between(taken: &[(u64, u64)], count: u64) -> Gaps {
+    fn between(taken: &[(u128, u128)], count: u128) -> Gaps {
         let mut gaps = Vec::with_capacity(taken.len() + 1);
-        let mut next = 0u64;
-        let mut free = 0u64;
+        let mut next = 0u128;
+        let mut free = 0u128;
         for &(lo, hi) in taken.iter().chain(std::iter::once(&(count, count))) {
             if lo > next {
                 gaps.push((next, lo - next, free));
@@ -179,13 +200,13 @@ impl Gaps {
     }
 
     /// The index of the `rank`-th free candidate (`rank < self.free`).
-    fn nth(&self, rank: u64) -> u64 {
+    fn nth(&self, rank: u128) -> u128 {
         let i = self.gaps.partition_point(|g| g.2 <= rank).saturating_sub(1);
         let (first, _, before) = self.gaps[i];
         first + (rank - before)
     }
 
-    fn all(&self) -> impl Iterator<Item = u64> + '_ {
+    fn all(&self) -> impl Iterator<Item = u128> + '_ {
         self.gaps
             .iter()
             .flat_map(|&(first, len, _)| first..first + len)
@@ -195,7 +216,47 @@ impl Gaps {
 /// Below this many free candidates they are listed and shuffled (the same order the
 /// pool gives them in, so the same seed picks the same subnets whatever the pool's
 /// representation); above it, drawn by rank.
-const LIST_FREE_UP_TO: u64 = 1 << 16;
+const LIST_FREE_UP_TO: u128 = 1 << 16;
+
+/// A uniform-enough draw below `n` (> 0): one splitmix step while `n` fits in 64 bits
+/// (so IPv4 plans are what they always were for a seed), two above.
+fn draw_below(seed: &mut u64, n: u128) -> u128 {
+    if n <= u128::from(u64::MAX) {
+        u128::from(splitmix(seed)) % n
+    } else {
+        ((u128::from(splitmix(seed)) << 64) | u128::from(splitmix(seed))) % n
+    }
+}
+
+/// Up to `want` free candidates of `gaps`, a uniform random sample in random order.
+fn pick(gaps: &Gaps, want: u128, seed: &mut u64, work: &mut Work) -> Vec<u128> {
+    let want = want.min(gaps.free);
+    if gaps.free <= LIST_FREE_UP_TO || want.saturating_mul(2) >= gaps.free {
+        // Partial Fisher-Yates: the first `want` entries become a uniform random sample.
+        let mut free: Vec<u128> = gaps.all().collect();
+        work.listed += free.len() as u64;
+        let want = want as usize;
+        for i in 0..want {
+            let j = i + (splitmix(seed) % (free.len() - i) as u64) as usize;
+            free.swap(i, j);
+        }
+        free.truncate(want);
+        free
+    } else {
+        // Many more free than wanted: draw ranks until `want` distinct ones (on
+        // average fewer than 2·want draws, as at most half are wanted).
+        let mut chosen: Vec<u128> = Vec::with_capacity(want as usize);
+        let mut seen = std::collections::HashSet::with_capacity(want as usize);
+        while (chosen.len() as u128) < want {
+            work.draws += 1;
+            let i = gaps.nth(draw_below(seed, gaps.free));
+            if seen.insert(i) {
+                chosen.push(i);
+            }
+        }
+        chosen
+    }
+}
 
 /// [`plan`], counting its steps in `work`.
 pub fn plan_counted(
@@ -238,8 +299,8 @@ pub fn plan_counted(
             .filter_map(|l| pool.overlapped(&l.subnet))
             .collect(),
     );
-    let leased: u64 = taken_runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
-    let is_taken = |i: u64| {
+    let leased: u128 = taken_runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
+    let is_taken = |i: u128| {
         let k = taken_runs.partition_point(|r| r.1 < i);
         taken_runs.get(k).is_some_and(|r| r.0 <= i)
     };
@@ -260,32 +321,8 @@ pub fn plan_counted(
         excluded = merge(excluded);
     }
     let gaps = Gaps::between(&excluded, pool.count);
-    let want = (max.saturating_sub(out.len()) as u64).min(gaps.free);
-    let picked: Vec<u64> = if gaps.free <= LIST_FREE_UP_TO || want.saturating_mul(2) >= gaps.free {
-        // Partial Fisher-Yates: the first `want` entries become a uniform random sample.
-        let mut free: Vec<u64> = gaps.all().collect();
-        work.listed += free.len() as u64;
-        let want = want as usize;
-        for i in 0..want {
-            let j = i + (splitmix(&mut seed) % (free.len() - i) as u64) as usize;
-            free.swap(i, j);
-        }
-        free.truncate(want);
-        free
-    } else {
-        // Many more free than wanted: draw ranks until `want` distinct ones (on
-        // average fewer than 2·want draws, as at most half are wanted).
-        let mut chosen: Vec<u64> = Vec::with_capacity(want as usize);
-        let mut seen = std::collections::HashSet::with_capacity(want as usize);
-        while (chosen.len() as u64) < want {
-            work.draws += 1;
-            let i = gaps.nth(splitmix(&mut seed) % gaps.free);
-            if seen.insert(i) {
-                chosen.push(i);
-            }
-        }
-        chosen
-    };
+    let want = max.saturating_sub(out.len()) as u128;
+    let picked = pick(&gaps, want, &mut seed, work);
     out.extend(
         picked
             .into_iter()
@@ -295,7 +332,78 @@ pub fn plan_counted(
     if out.is_empty() {
         return Err(NoFreeSubnet {
             pool: cfg.describe_pool(),
-            leased,
+            leased: u64::try_from(leased).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(out)
+}
+
+/// The IPv6 half of a dual-stack claim (flannel picks it independently of the IPv4
+/// one, `allocateSubnet` in pkg/subnet/etcd/local_manager.go): up to `max` subnets of
+/// the IPv6 pool in the order to try them — `hint` first (the node's
+/// `FLANNEL_IPV6_SUBNET`) when it fits the pool and is free, then free subnets in
+/// random order. `taken` holds the IPv6 part of every lease key in the registry
+/// (whatever its value); as for IPv4, a key covering the whole IPv6Network occupies
+/// nothing. The same gap arithmetic as [`plan`]: the cost grows with the keys and the
+/// claims asked for, never with the pool (a /8 cut into /126s has 2^118 subnets).
+///
+/// Not wired to the lease machine yet: vxmesh does not carry IPv6 pod traffic.
+pub fn plan_ipv6(
+    pool: &Ipv6Pool,
+    taken: &[Subnet6],
+    hint: Option<Subnet6>,
+    seed: u64,
+    max: usize,
+) -> Result<Vec<Subnet6>, NoFreeSubnet> {
+    plan_ipv6_counted(pool, taken, hint, seed, max, &mut Work::default())
+}
+
+/// [`plan_ipv6`], counting its steps in `work`.
+pub fn plan_ipv6_counted(
+    pool: &Ipv6Pool,
+    taken: &[Subnet6],
+    hint: Option<Subnet6>,
+    mut seed: u64,
+    max: usize,
+    work: &mut Work,
+) -> Result<Vec<Subnet6>, NoFreeSubnet> {
+    let p = Pool::of_ipv6(pool);
+    let range = |s: &Subnet6| p.overlapped_range(u128::from(s.addr()), u128::from(s.last()));
+    work.leases += taken.len() as u64;
+    let taken_runs = merge(
+        taken
+            .iter()
+            .filter(|s| !s.contains_subnet(&pool.network))
+            .filter_map(range)
+            .collect(),
+    );
+    let leased: u128 = taken_runs.iter().map(|(lo, hi)| hi - lo + 1).sum();
+    let is_taken = |i: u128| {
+        let k = taken_runs.partition_point(|r| r.1 < i);
+        taken_runs.get(k).is_some_and(|r| r.0 <= i)
+    };
+    let mut out = Vec::new();
+    let mut excluded = taken_runs.clone();
+    if let Some(h) = hint.filter(|h| pool.fits(h)) {
+        if let Some((i, _)) = range(&h).filter(|&(i, _)| !is_taken(i)) {
+            if max > 0 {
+                out.push(h);
+            }
+            excluded.push((i, i));
+            excluded = merge(excluded);
+        }
+    }
+    let gaps = Gaps::between(&excluded, p.count);
+    let want = max.saturating_sub(out.len()) as u128;
+    out.extend(
+        pick(&gaps, want, &mut seed, work)
+            .into_iter()
+            .filter_map(|i| Subnet6::new_exact((p.min + i * p.step).into(), pool.subnet_len).ok()),
+    );
+    if out.is_empty() {
+        return Err(NoFreeSubnet {
+            pool: pool.describe_pool(),
+            leased: u64::try_from(leased).unwrap_or(u64::MAX),
         });
     }
     Ok(out)
@@ -305,6 +413,137 @@ pub fn plan_counted(
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+
+    fn v6_pool(json_extra: &str) -> Ipv6Pool {
+        cfg(&format!(
+            r#"{{"Network":"10.0.0.0/16","EnableIPv6":true,{json_extra}}}"#
+        ))
+        .ipv6
+        .unwrap()
+    }
+
+    fn s6(s: &str) -> Subnet6 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_pool_of_a_56_hands_out_each_64_once() {
+        // flannel's default: a /56 IPv6Network cut into /64s, the first never handed out.
+        let pool = v6_pool(r#""IPv6Network":"fd00:10:244::/56""#);
+        let all = plan_ipv6(&pool, &[], None, 7, 1000).unwrap();
+        assert_eq!(all.len(), 255);
+        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), 255);
+        assert!(all.iter().all(|s| pool.fits(s)));
+        assert!(!all.contains(&s6("fd00:10:244::/64")));
+        assert!(all.contains(&s6("fd00:10:244:ff::/64")));
+        // Same seed, same order; another seed, another order.
+        assert_eq!(plan_ipv6(&pool, &[], None, 7, 1000).unwrap(), all);
+        assert_ne!(plan_ipv6(&pool, &[], None, 8, 1000).unwrap(), all);
+    }
+
+    #[test]
+    fn ipv6_taken_keys_hint_and_exhaustion() {
+        let pool = v6_pool(r#""IPv6Network":"fd00:10:244::/56","IPv6SubnetMax":"fd00:10:244:4::""#);
+        let taken = [
+            s6("fd00:10:244:1::/64"),
+            s6("fd00:10:244:3::/64"),
+            s6("fd00:10:244::/56"), // the whole IPv6Network: occupies nothing
+            s6("fc00::/64"),        // outside: occupies nothing of this pool
+        ];
+        let got = plan_ipv6(&pool, &taken, None, 1, 10).unwrap();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, [s6("fd00:10:244:2::/64"), s6("fd00:10:244:4::/64")]);
+        // The hint comes first when free and fitting, and only once.
+        let got = plan_ipv6(&pool, &taken, Some(s6("fd00:10:244:4::/64")), 1, 10).unwrap();
+        assert_eq!(got, [s6("fd00:10:244:4::/64"), s6("fd00:10:244:2::/64")]);
+        // Not when taken, outside the pool or of another length.
+        for h in [
+            "fd00:10:244:3::/64",
+            "fd00:10:244:5::/64",
+            "fd00:10:244:2::/65",
+        ] {
+            let got = plan_ipv6(&pool, &taken, Some(s6(h)), 1, 10).unwrap();
+            assert_eq!(got.len(), 2, "{h}: {got:?}");
+            assert!(!got.contains(&s6(h)), "{h}");
+        }
+        // A shorter key covering part of the pool takes all it covers.
+        let e = plan_ipv6(
+            &pool,
+            &[s6("fd00:10:244::/62"), s6("fd00:10:244:4::/63")],
+            None,
+            1,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.leased, 4);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("IPv6Network fd00:10:244::/56") && msg.contains("all 4 subnets"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_huge_ipv6_pool_costs_its_keys_not_its_size() {
+        // fd00::/8 cut into /126s: 2^118 - 1 subnets. Drawn by rank, never listed.
+        let pool = v6_pool(r#""IPv6Network":"fd00::/8","IPv6SubnetLen":126"#);
+        assert_eq!(pool.pool_size(), (1u128 << 118) - 1);
+        let taken: Vec<Subnet6> = (1u128..=500)
+            .map(|i| Subnet6::new_exact((u128::from(pool.subnet_min) + i * 4).into(), 126).unwrap())
+            .collect();
+        let mut work = Work::default();
+        let got = plan_ipv6_counted(&pool, &taken, None, 3, 30, &mut work).unwrap();
+        assert_eq!(got.len(), 30);
+        assert!(got.iter().all(|s| pool.fits(s) && !taken.contains(s)));
+        assert_eq!(work.listed, 0);
+        assert!(work.draws < 60, "{work:?}");
+        // A pool that ends at the top of the address space does not overflow.
+        let top = v6_pool(r#""IPv6Network":"ff00::/8","IPv6SubnetLen":10"#);
+        let got = plan_ipv6(&top, &[s6("ffc0::/10")], None, 1, 10).unwrap();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, [s6("ff40::/10"), s6("ff80::/10")]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv6_picks_are_free_distinct_and_inside(
+            taken in proptest::collection::vec((0u128..300, 60u8..=68), 0..40),
+            seed in 0u64..,
+            max in 0usize..300,
+        ) {
+            let pool = v6_pool(r#""IPv6Network":"fd00:10:244::/56""#);
+            let base = u128::from(pool.network.addr());
+            let taken: Vec<Subnet6> = taken
+                .into_iter()
+                .map(|(i, len)| Subnet6::new((base + (i << 64)).into(), len).unwrap())
+                .collect();
+            match plan_ipv6(&pool, &taken, None, seed, max) {
+                Ok(got) => {
+                    proptest::prop_assert!(got.len() <= max);
+                    let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+                    proptest::prop_assert_eq!(distinct.len(), got.len());
+                    for s in &got {
+                        proptest::prop_assert!(pool.fits(s));
+                        proptest::prop_assert!(
+                            !taken.iter().any(|t| t.overlaps(s) && !t.contains_subnet(&pool.network)),
+                            "{} is taken", s
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Only when nothing is free (or nothing was asked for).
+                    let free = (1u128..=255).any(|i| {
+                        let s = Subnet6::new((base + (i << 64)).into(), 64).unwrap();
+                        !taken.iter().any(|t| t.overlaps(&s) && !t.contains_subnet(&pool.network))
+                    });
+                    proptest::prop_assert!(!free || max == 0, "{}", e);
+                }
+            }
+        }
+    }
 
     fn overlaps(a: &Subnet, b: &Subnet) -> bool {
         a.contains(b.addr()) || b.contains(a.addr())
