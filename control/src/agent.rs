@@ -73,6 +73,8 @@ pub struct AgentOptions {
     /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
     /// turns it off).
     pub masq_random_fully: bool,
+    /// `--vxlan-notrack`: leave the outer VXLAN packets out of conntrack.
+    pub vxlan_notrack: bool,
     /// Accept the Network's traffic in FORWARD, with or without masquerading.
     pub iptables_forward_rules: bool,
     /// How often the iptables rules are checked and restored.
@@ -634,6 +636,10 @@ pub async fn run_with(
                 masquerade: opts.ip_masq,
                 random_fully: opts.masq_random_fully,
                 forward: opts.iptables_forward_rules,
+                untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
+                    local_ip: underlay.local_ip,
+                    port: cfg.backend.port,
+                }),
                 backend: if cfg.enable_nftables {
                     Backend::Nftables
                 } else {
