@@ -62,10 +62,11 @@ has_role() { local r; for r in "${roles[@]}"; do [ "$r" = "$1" ] && return 0; do
 
 # ---- node --------------------------------------------------------------------------------
 if has_role node; then
-  subnet_file=/run/flannel/subnet.env; tap=vxmesh0
+  subnet_file=/run/flannel/subnet.env; tap=vxmesh0; dataplane=userspace
   if [ -f "$DEST$ENV_FILE" ]; then
     v=$(sed -n 's/^VXMESHD_SUBNET_FILE=//p' "$DEST$ENV_FILE" | tail -n 1); [ -z "$v" ] || subnet_file=$v
     v=$(sed -n 's/^VXMESHD_TAP_NAME=//p' "$DEST$ENV_FILE" | tail -n 1); [ -z "$v" ] || tap=$v
+    v=$(sed -n 's/^VXMESHD_DATAPLANE=//p' "$DEST$ENV_FILE" | tail -n 1); [ -z "$v" ] || dataplane=$v
   fi
   if live; then
     if systemctl cat vxmeshd.service >/dev/null 2>&1; then
@@ -80,6 +81,13 @@ if has_role node; then
       else
         ip link del "$tap" && log "removed $tap"
       fi
+    fi
+    # --dataplane kernel: the agent leaves its vxlan device flannel.<VNI> (and the routes through
+    # it) on stop, as flanneld does; this node ran vxmeshd, so the device is vxmeshd's
+    if [ "$dataplane" = kernel ]; then
+      for dev in $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^flannel\.[0-9]*$'); do
+        ip link del "$dev" && log "removed $dev (the kernel dataplane's vxlan device)"
+      done
     fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
       /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables: VXMESH-POSTRTG/VXMESH-FWD removed"

@@ -5,7 +5,8 @@
 #   vagrant/check.sh
 #
 #   scripts           shellcheck on every script of the labs and the install path (sourced files followed)
-#   vagrant validate  --ignore-provider, for the user, offline, etcd-on-node and 1-node layouts
+#   vagrant validate  --ignore-provider, for the user, offline, etcd-on-node, 1-node and mixed
+#                     layouts; bad VXMESH_NODES / VXMESH_KERNEL_NODES refused
 #   isolation         the offline (CI) settings are there: no NAT, no public network
 #   systemd-analyze   verify vxmeshd.service (Type=notify, descriptor store, watchdog), and Debian's
 #                     etcd.service with the vxmesh drop-in
@@ -64,13 +65,22 @@ user-default VXMESH_NODES=3
 offline VXMESH_OFFLINE=1 VXMESH_NODES=2
 etcd-on-node VXMESH_OFFLINE=1 VXMESH_ETCD_ON_NODE=1 VXMESH_NODES=2
 one-node VXMESH_NODES=1 VXMESH_BIN_DIR=/nonexistent
+mixed VXMESH_OFFLINE=1 VXMESH_NODES=3 VXMESH_KERNEL_NODES=3
 EOF
-  rc=1
-  if ! out=$(cd "$HERE" && env VAGRANT_HOME="$SCRATCH/vagrant.d" VAGRANT_DOTFILE_PATH="$SCRATCH/dot-vagrant" \
-      VXMESH_NODES=zero vagrant validate --ignore-provider 2>&1); then
-    grep -q 'VXMESH_NODES must be an integer' <<<"$out" && rc=0
-  fi
-  result "vagrant validate rejects VXMESH_NODES=zero" "$rc" "$out"
+  # refused, with the message ("+" stands for a space) and the settings
+  while read -r want envs; do
+    rc=1
+    # shellcheck disable=SC2086  # envs is a list of VAR=value words
+    if ! out=$(cd "$HERE" && env VAGRANT_HOME="$SCRATCH/vagrant.d" VAGRANT_DOTFILE_PATH="$SCRATCH/dot-vagrant" \
+        VAGRANT_CHECKPOINT_DISABLE=1 $envs vagrant validate --ignore-provider 2>&1); then
+      grep -qF "${want//+/ }" <<<"$out" && rc=0
+    fi
+    result "vagrant validate rejects $envs" "$rc" "$out"
+  done <<'EOF'
+VXMESH_NODES+must+be+an+integer VXMESH_NODES=zero
+no+node+4+among+node1..node3 VXMESH_NODES=3 VXMESH_KERNEL_NODES=4
+must+list+node+numbers VXMESH_NODES=3 VXMESH_KERNEL_NODES=three
+EOF
 fi
 
 # ---- isolation of the offline mode -------------------------------------------------------

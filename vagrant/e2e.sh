@@ -7,10 +7,13 @@
 # 1. ../shared/tools/vagrant-box: install-deps.sh (skipped when everything is there),
 #    build-box.sh with the packages vxmesh needs (skipped when that box exists), lab-netns-up.sh
 #    (libvirtd in a network namespace with no path out)
-# 2. `vagrant up` of this folder's Vagrantfile with VXMESH_OFFLINE=1: etcd VM + 2 node VMs
-#    (binaries: this tree's target/release, stripped copies)
+# 2. `vagrant up` of this folder's Vagrantfile with VXMESH_OFFLINE=1: etcd VM + 3 node VMs, a
+#    mixed cluster: node1 and node2 on the userspace dataplane, node3 on the kernel dataplane
+#    (flannel's vxlan device), NIC offloads at the virtio defaults everywhere (binaries: this
+#    tree's target/release, stripped copies)
 # 3. pods on every node through the CNI plugin, all-pairs cross-node pod ping, a short iperf3
-#    node1 -> node2; then on node2, each while node1's pod pings node2's pod every 10 ms:
+#    node1 -> node2, and TCP both ways between node1 (userspace) and each kernel-dataplane node;
+#    then on node2, each while node1's pod pings node2's pod every 10 ms:
 #    `systemctl restart vxmeshd` (new PID, same subnet and TAP, dataplane taken from systemd's
 #    descriptor store, pings lost counted), an upgrade to another build (VXMESH_E2E_UPGRADE_BIN,
 #    installed, then a restart) and SIGKILL of the agent (systemd restarts it from the store);
@@ -23,7 +26,8 @@
 # libvirtd owns the socket, no /dev/net/tun in the VMs): the line "VAGRANT LAB CANNOT RUN
 # HERE: <why>" says which.
 #
-# Knobs: VXMESH_E2E_NODES (2), VXMESH_E2E_ETCD_ON_NODE (0: etcd VM; 1: etcd on node1, one VM
+# Knobs: VXMESH_E2E_NODES (3), VXMESH_E2E_KERNEL_NODES (node numbers on the kernel dataplane,
+# comma-separated; default "3" with 3 or more nodes, "" otherwise), VXMESH_E2E_ETCD_ON_NODE (0: etcd VM; 1: etcd on node1, one VM
 # less), VXMESH_E2E_PODS (2 per node), VXMESH_E2E_IPERF_SECONDS (3), VXMESH_E2E_KILL (1),
 # VXMESH_E2E_UPGRADE_BIN (a vxmeshd of another build for the upgrade step; default: built with
 # VXMESH_BUILD_ID=e2e-upgrade into <repo>/target/e2e-upgrade, kept for the next run; "none" skips
@@ -41,7 +45,10 @@ ROOT=$(cd "$HERE/.." && pwd)
 
 TOOLS=${VXMESH_VGLAB_TOOLS:-$ROOT/../shared/tools/vagrant-box}
 TOOLS=$(cd "$TOOLS" 2>/dev/null && pwd || echo "$TOOLS")
-NODES=${VXMESH_E2E_NODES:-2}
+NODES=${VXMESH_E2E_NODES:-3}
+if [ -n "${VXMESH_E2E_KERNEL_NODES+set}" ]; then KERNEL_NODES=$VXMESH_E2E_KERNEL_NODES
+elif [ "$NODES" -ge 3 ] 2>/dev/null; then KERNEL_NODES=3
+else KERNEL_NODES=""; fi
 PODS=${VXMESH_E2E_PODS:-2}
 IPERF_SECONDS=${VXMESH_E2E_IPERF_SECONDS:-3}
 KILL=${VXMESH_E2E_KILL:-1}
@@ -50,10 +57,13 @@ PING_INTERVAL=${VXMESH_E2E_PING_INTERVAL:-0.01}
 UNINSTALL=${VXMESH_E2E_UNINSTALL:-1}
 KEEP=${VXMESH_E2E_KEEP:-0}
 SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
-BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,jq
+BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,jq,ethtool
 export VGLAB_DIR=${VGLAB_DIR:-/var/tmp/vglab}
 export VGLAB_NS=${VGLAB_NS:-vglab}
 export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=${VXMESH_E2E_ETCD_ON_NODE:-0}
+export VXMESH_KERNEL_NODES=$KERNEL_NODES
+# dataplane_of N: what node N runs
+dataplane_of() { [[ ",$KERNEL_NODES," == *",$1,"* ]] && echo kernel || echo userspace; }
 G=/opt/vxmesh/src/vagrant/guest.sh
 CANNOT_RUN=77
 
@@ -83,7 +93,7 @@ cleanup() {
   trap - EXIT INT TERM
   if [ "$KEEP" = 1 ] && [ "$vms_up" = 1 ]; then
     stamp "VXMESH_E2E_KEEP=1: VMs left running. Explore, then tear down with:"
-    echo "    cd $HERE && export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=$VXMESH_ETCD_ON_NODE VXMESH_BIN_DIR=$WORK/bin VAGRANT_DOTFILE_PATH=$VAGRANT_DOTFILE_PATH"
+    echo "    cd $HERE && export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=$VXMESH_ETCD_ON_NODE VXMESH_KERNEL_NODES=$KERNEL_NODES VXMESH_BIN_DIR=$WORK/bin VAGRANT_DOTFILE_PATH=$VAGRANT_DOTFILE_PATH"
     echo "    $TOOLS/vglab vagrant ssh node1     # ... then:"
     echo "    $TOOLS/vglab vagrant destroy -f && $TOOLS/lab-netns-down.sh && rm -rf $WORK"
   else
@@ -100,7 +110,7 @@ cleanup() {
   fi
   local total=$(( $(date +%s) - t0 ))
   echo
-  echo "== vagrant e2e: $NODES node VMs + $( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo "etcd on node1" || echo "etcd VM"), offline, QEMU TCG =="
+  echo "== vagrant e2e: $NODES node VMs ($( [ -n "$KERNEL_NODES" ] && echo "kernel dataplane on node ${KERNEL_NODES//,/, }, userspace on the others" || echo "all userspace")) + $( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo "etcd on node1" || echo "etcd VM"), offline, QEMU TCG =="
   if [ ${#summary_rows[@]} -gt 0 ]; then
     cluster_summary_header
     printf '%s\n' "${summary_rows[@]}"
@@ -241,9 +251,11 @@ check "vagrant up: VMs booted, vxmesh installed, etcd + vxmeshd started by syste
 vg ssh-config >"$WORK/ssh_config" 2>/dev/null || { check "vagrant ssh-config" 1; exit 1; }
 
 for i in $(seq "$NODES"); do
-  st=$(vssh "node$i" "systemctl is-active vxmeshd; sudo /usr/local/bin/vxmeshctl wait-ready --timeout 30; sudo $G tap-mac; sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env" 2>&1)
-  [ "$(echo "$st" | sed -n 1p)" = active ] && [ "$(echo "$st" | sed -n 2p)" = ready ] && [ "$(echo "$st" | sed -n 3p | cut -d' ' -f1)" = ok ]
-  check "node$i: vxmeshd.service active and ready, TAP MAC = VTEP MAC" $? "$(echo "$st" | tr '\n' ' ')"
+  dp=$(dataplane_of "$i")
+  st=$(vssh "node$i" "systemctl is-active vxmeshd; sudo /usr/local/bin/vxmeshctl wait-ready --timeout 30; sudo $G tap-mac; sudo $G dataplane; sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env" 2>&1)
+  [ "$(echo "$st" | sed -n 1p)" = active ] && [ "$(echo "$st" | sed -n 2p)" = ready ] && [ "$(echo "$st" | sed -n 3p | cut -d' ' -f1)" = ok ] &&
+    [ "$(echo "$st" | sed -n 4p | cut -d' ' -f1)" = "$dp" ]
+  check "node$i: vxmeshd.service active and ready on the $dp dataplane, device MAC = VTEP MAC" $? "$(echo "$st" | tr '\n' ' ')"
 done
 
 # ---- 3. pods, pings, iperf3 --------------------------------------------------------------
@@ -281,6 +293,22 @@ if [ "$NODES" -ge 2 ]; then
   mbps=$(vssh node1 "sudo $G iperf node1-p1 $(addr_of node2-p1) $IPERF_SECONDS" 2>/dev/null)
   check "iperf3 node1-p1 -> node2-p1 (TCP, 1 stream, ${IPERF_SECONDS}s)" $? "${mbps:-?} Mbit/s"
   note+=("iperf3 node1-p1 -> node2-p1: ${mbps:-?} Mbit/s (userspace VXLAN in TCG-emulated VMs: functional, not a benchmark)")
+  # the mixed cluster: TCP both ways between a userspace node and each kernel-dataplane node, at
+  # the NICs' default offloads (a kernel sender leaves inner checksums partial for the NIC)
+  for k in ${KERNEL_NODES//,/ }; do
+    [ "$k" != 1 ] || continue
+    vssh "node$k" "sudo $G iperf-server node$k-p1" >/dev/null 2>&1
+    mbps=$(vssh node1 "sudo $G iperf node1-p1 $(addr_of "node$k-p1") $IPERF_SECONDS" 2>/dev/null)
+    check "iperf3 node1-p1 (userspace) -> node$k-p1 (kernel dataplane), TCP at default offloads" $? "${mbps:-?} Mbit/s"
+    vssh node1 "sudo $G iperf-server node1-p1" >/dev/null 2>&1
+    back=$(vssh "node$k" "sudo $G iperf node$k-p1 $(addr_of node1-p1) $IPERF_SECONDS" 2>/dev/null)
+    check "iperf3 node$k-p1 (kernel dataplane) -> node1-p1 (userspace), TCP at default offloads" $? "${back:-?} Mbit/s"
+    offl=$(vssh "node$k" "sudo $G offloads" 2>/dev/null || echo "offloads: ?")
+    # the point of the mixed lab: the kernel node leaves inner checksums to its NIC
+    grep -q 'tx-checksumming: on' <<<"$offl"
+    check "node$k: underlay NIC at its default offloads (tx checksumming on: inner checksums left partial)" $? "$offl"
+    note+=("mixed cluster, TCP at the virtio NICs' default offloads ($offl): node1 -> node$k ${mbps:-?} Mbit/s, node$k -> node1 ${back:-?} Mbit/s")
+  done
   phase "iperf3"
 fi
 
@@ -336,9 +364,9 @@ if [ "$UNINSTALL" = 1 ]; then
   if [ "$VXMESH_ETCD_ON_NODE" != 1 ]; then
     # the box's etcd-server starts etcd at boot: uninstall must leave it enabled and running
     # again, with Debian's own configuration
-    out=$(vssh etcd "sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers && echo \"etcd.service: \$(systemctl is-enabled etcd) \$(systemctl is-active etcd)\"" 2>&1)
+    out=$(vssh etcd "sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers && echo \"etcd.service: \$(systemctl is-enabled etcd) \$(systemctl is-active etcd)\"; systemctl is-active -q etcd || sudo journalctl -u etcd --no-pager -n 20 -o short-monotonic" 2>&1)
     rc=$?; [ "$rc" != 0 ] || grep -q '^etcd.service: enabled active$' <<<"$out" || rc=1
-    check "etcd VM: uninstall-node.sh removes the drop-in, env and data; etcd.service as before the install" "$rc" "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    check "etcd VM: uninstall-node.sh removes the drop-in, env and data; etcd.service as before the install" "$rc" "$(grep -E '^(nothing left|left:|etcd.service:)' <<<"$out" | tr '\n' ' ')"
     indent <<<"$out"
   fi
   phase "uninstall-node.sh"

@@ -12,7 +12,12 @@
 #   iperf-server POD         one-shot iperf3 server in POD (daemon)
 #   iperf POD ADDR SECS      iperf3 client; prints Mbit/s
 #   status-row LABEL IP      the node's row of the summary table
-#   tap-mac                  checks the TAP carries the VTEP MAC the agent advertises
+#   tap-mac                  checks the TAP (or, on the kernel dataplane, flannel.<VNI>) carries
+#                            the VTEP MAC the agent advertises
+#   dataplane                "userspace TAP" or "kernel vxlan": the agent's dataplane and the
+#                            kind of its device
+#   offloads                 the underlay NIC's checksum and segmentation offloads (ethtool -k),
+#                            which the lab leaves at their defaults
 #   ping-start POD ADDR COUNT INTERVAL
 #                            ping in the background (survives the ssh session)
 #   ping-result POD          waits for that ping; prints "SENT RECEIVED"
@@ -48,7 +53,7 @@ status_json() { /usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}';
 tap_index() { cat "/sys/class/net/$(jq -r '.node.tap // "vxmesh0"' <<<"$(status_json)")/ifindex" 2>/dev/null; }
 # "how=fd-store from=<build> build=<build> fds=N gap=Xms": how the running agent started
 start_line() {
-  jq -r '"how=\(.start.how) from=\(.start.from_build) fds=\(.start.fds_taken_over) gap=\(.start.gap_ms)ms"' <<<"$(status_json)"
+  jq -r '"how=\(.start.how) from=\(.start.from_build) fds=\(.start.fds_taken_over) gap=\(.start.gap_ms // "-")ms"' <<<"$(status_json)"
 }
 # restart_checks PID_BEFORE SUBNET_BEFORE TAP_INDEX_BEFORE: after a restart through systemd
 restart_checks() {
@@ -96,6 +101,18 @@ case $cmd in
   iperf-server) ip netns exec "${1:?pod}" iperf3 -s -1 -D -p 5201 ;;
   iperf) cluster_iperf "${1:?pod}" "${2:?address}" "${3:?seconds}" Mbit ;;
   tap-mac) tap_mac ;;
+  dataplane)
+    st=$(status_json); dev=$(jq -r '.node.tap // "vxmesh0"' <<<"$st")
+    kind=$(ip -d -o link show "$dev" 2>/dev/null | grep -o -m1 -e ' vxlan ' -e ' tun ' | tr -d ' ')
+    echo "$(jq -r '.node.dataplane // "?"' <<<"$st") ${kind:-no-device} $dev" ;;
+  offloads)
+    dev=$(jq -r '.node.iface // empty' <<<"$(status_json)")
+    if [ -z "$dev" ]; then echo "underlay interface unknown"
+    elif command -v ethtool >/dev/null; then
+      echo "$dev: $(ethtool -k "$dev" 2>/dev/null | grep -E '^(tx-checksumming|tcp-segmentation-offload|generic-receive-offload):' | tr -s ' ' | tr '\n' ' ')"
+    else
+      echo "$dev: no ethtool in the box; the lab never changes offloads (virtio defaults)"
+    fi ;;
   status-row)
     st=$(/usr/local/bin/vxmeshctl status --json 2>/dev/null || echo '{}')
     cluster_summary_row "${1:?label}" "${2:?underlay}" "$st" ;;
@@ -146,7 +163,9 @@ case $cmd in
     done
     systemctl cat vxmeshd.service >/dev/null 2>&1 && left+=("unit vxmeshd.service")
     pgrep -x vxmeshd >/dev/null && left+=("process vxmeshd")
-    for l in vxmesh0 cni0; do ip link show "$l" >/dev/null 2>&1 && left+=("link $l"); done
+    for l in vxmesh0 cni0 $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^flannel\.'); do
+      ip link show "$l" >/dev/null 2>&1 && left+=("link $l")
+    done
     iptables -t nat -S 2>/dev/null | grep -q VXMESH && left+=("iptables nat VXMESH rules")
     iptables -S 2>/dev/null | grep -q VXMESH && left+=("iptables filter VXMESH rules")
     if [ ${#left[@]} -eq 0 ]; then echo "nothing left"; else echo "left: ${left[*]}"; exit 1; fi ;;

@@ -4,15 +4,16 @@
 #   /opt/vxmesh/src   scripts/, packaging/, the conflist, vagrant/guest.sh
 #   /opt/vxmesh/bin   vxmeshd, vxmeshctl, vxmesh (built on the host)
 #
-# usage: provision.sh ROLES IP ETCD_URL [IFACE] [online|offline]
+# usage: provision.sh ROLES IP ETCD_URL [IFACE] [online|offline] [userspace|kernel]
 #   ROLES  etcd, node or etcd,node;  IP  this VM's private address;  ETCD_URL  the cluster's etcd
 #   IFACE  the agent's --iface (default: the interface holding IP);  offline: never run apt-get
+#   userspace (default) or kernel: the agent's --dataplane
 #
 # A line starting with "VXMESH-CANNOT-RUN:" means this machine cannot host the lab at all
 # (vagrant/e2e.sh reports it as such, not as a vxmesh failure).
 set -euo pipefail
 
-ROLES=${1:?roles}; IP=${2:?ip}; ETCD_URL=${3:?etcd url}; IFACE=${4:-}; MODE=${5:-online}
+ROLES=${1:?roles}; IP=${2:?ip}; ETCD_URL=${3:?etcd url}; IFACE=${4:-}; MODE=${5:-online}; DATAPLANE=${6:-userspace}
 SRC=/opt/vxmesh/src
 BIN=/opt/vxmesh/bin
 log() { printf '[provision %s] %s\n' "$(hostname)" "$*"; }
@@ -43,9 +44,17 @@ fi
 
 if has_role node; then
   [ -x "$BIN/vxmeshd" ] || { log "ERROR: no binaries in $BIN: run 'cargo build --release' on the host (or set VXMESH_BIN_DIR)"; exit 1; }
-  # The dataplane is a userspace VXLAN on a TAP device.
+  case $DATAPLANE in
+    userspace|kernel) ;;
+    *) log "ERROR: dataplane '$DATAPLANE': userspace or kernel"; exit 1 ;;
+  esac
+  # The userspace dataplane is a VXLAN on a TAP device; the kernel one needs the vxlan module.
   [ -c /dev/net/tun ] || modprobe tun 2>/dev/null || true
-  if [ ! -c /dev/net/tun ]; then
+  if [ "$DATAPLANE" = kernel ] && ! modprobe vxlan 2>/dev/null && [ ! -d /sys/module/vxlan ]; then
+    echo "VXMESH-CANNOT-RUN: no vxlan module in VM $(hostname) (kernel $(uname -r)); --dataplane kernel needs it"
+    exit 1
+  fi
+  if [ "$DATAPLANE" = userspace ] && [ ! -c /dev/net/tun ]; then
     echo "VXMESH-CANNOT-RUN: no /dev/net/tun in VM $(hostname) (kernel $(uname -r) without the tun module); vxmeshd needs a TAP device"
     exit 1
   fi
@@ -67,6 +76,6 @@ if has_role node; then
   done
   log "network config found at $ETCD_URL after $(( $(date +%s) - start ))s"
   "$SRC/scripts/install-node.sh" --role node --bin-dir "$BIN" --etcd-endpoints "$ETCD_URL" \
-    --iface "$IFACE" "${offline[@]}"
+    --iface "$IFACE" --env "VXMESHD_DATAPLANE=$DATAPLANE" "${offline[@]}"
   /usr/local/bin/vxmeshctl status || true
 fi

@@ -13,7 +13,9 @@
 //! 1. all pod pairs ping each other (the lab's own check), and TCP (iperf3) flows both
 //!    ways between the userspace node and the kernel node and between the userspace
 //!    node and the flannel node, each at a rate no stalled path reaches
-//!    ([`MIN_TCP_BPS`]); the userspace node counted partial checksums;
+//!    ([`MIN_TCP_BPS`]); the userspace node counted partial checksums; UDP GSO bursts
+//!    (`UDP_SEGMENT`) from pods on both kernel nodes reach a pod on the userspace node
+//!    whole (they cross the veth underlay uncut: `offload::udp_burst`);
 //! 2. the kernel node is programmed exactly like the flannel node (device settings,
 //!    neighbour + fdb + onlink route per peer, nothing else);
 //! 3. wire: underlay captures decode as VXLAN with VNI 7 on port 4789 (tshark, or
@@ -432,6 +434,58 @@ fn send_fixed_datagram(ns: &str, dst: Ipv4Addr, payload: &[u8]) {
     .unwrap();
 }
 
+/// Sends `bursts` UDP GSO bursts (`UDP_SEGMENT`: one `send` of `segments` datagrams of
+/// `size` bytes and a shorter last one) from pod namespace `from` to `to_ip`:40010,
+/// received in pod namespace `to`; returns (datagrams sent, datagrams received whole
+/// and in order per burst). A kernel node at default offloads passes each burst whole
+/// over the veth underlay; the receiver must cut it as the NIC would have.
+fn udp_gso_bursts(from: &str, to: &str, to_ip: Ipv4Addr, bursts: usize) -> (usize, usize) {
+    const SIZE: usize = 1_000;
+    const SEGMENTS: usize = 20;
+    let burst: Vec<u8> = (0..SIZE * SEGMENTS + 123)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let per_burst = burst.len().div_ceil(SIZE);
+    let want: Vec<Vec<u8>> = burst.chunks(SIZE).map(<[u8]>::to_vec).collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let to = to.to_string();
+    let receiver = std::thread::spawn(move || {
+        in_netns(&to, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:40010").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.len() < bursts * per_burst && Instant::now() < deadline {
+                if let Ok(n) = s.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+        .unwrap()
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let b = burst.clone();
+    in_netns(from, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        vxmesh_testkit::flood::set_gso(&s, SIZE).unwrap();
+        for _ in 0..bursts {
+            assert_eq!(s.send_to(&b, (to_ip, 40010)).unwrap(), b.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .unwrap();
+    let got = receiver.join().unwrap();
+    let whole = got
+        .chunks(per_burst)
+        .filter(|c| c.len() == per_burst && c.iter().zip(&want).all(|(g, w)| g == w))
+        .count();
+    (bursts * per_burst, whole * per_burst)
+}
+
 /// Outer header bytes that may legitimately differ between two encapsulations of
 /// the same inner frame by the same node, by name (offsets into the Ethernet frame).
 const MAY_DIFFER: [(&str, std::ops::Range<usize>); 4] = [
@@ -520,6 +574,21 @@ fn mixed_cluster_userspace_kernel_flannel() {
             in_bps / 1e9
         );
     }
+    // UDP GSO bursts (pods sending with UDP_SEGMENT, e.g. QUIC) from both kernel-VXLAN
+    // nodes arrive whole over the veth underlay; the userspace node cuts them.
+    let gso_before = lab.status("n1")["counters"]["ingress_gso_frames"].as_u64();
+    for (far, what) in [(2, "kernel"), (3, "flannel")] {
+        let to: Ipv4Addr = lab.pod_ip(1, 1).parse().unwrap();
+        let (sent, received) =
+            udp_gso_bursts(&lab.ns(&format!("n{far}-p1")), &lab.ns("n1-p1"), to, 3);
+        println!("UDP GSO bursts {what} -> userspace: {received} of {sent} datagrams received whole and in order");
+        assert_eq!(
+            received, sent,
+            "UDP GSO bursts from the {what} node to the userspace node"
+        );
+    }
+    let gso_after = lab.status("n1")["counters"]["ingress_gso_frames"].as_u64();
+    println!("userspace node: ingress_gso_frames {gso_before:?} -> {gso_after:?}");
     let partial = lab.status("n1")["counters"]["ingress_partial_checksums"].as_u64();
     assert!(
         partial.is_some_and(|n| n > 0),

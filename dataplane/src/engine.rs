@@ -481,12 +481,9 @@ impl IngressWorker {
         let mut merged_seen = 0u64;
         let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
         // Without virtio-net headers partial checksums are finished and uncut GSO
-        // frames cut here, in a copy.
-        let mut plain_buf = if vnet {
-            Vec::new()
-        } else {
-            vec![0u8; offload::PLAIN_TAP_SCRATCH]
-        };
+        // frames cut here, in a copy; a kernel sender's whole UDP GSO burst is cut here
+        // either way.
+        let mut plain_buf = vec![0u8; offload::PLAIN_TAP_SCRATCH];
         let tap = &*self.tap;
 
         while !self.stop.load(Ordering::Relaxed) {
@@ -520,7 +517,10 @@ impl IngressWorker {
                 }
             };
             let mut to_tap = match gro.as_mut() {
-                Some(g) => ToTap::Gro(g),
+                Some(g) => ToTap::Gro {
+                    gro: g,
+                    scratch: &mut plain_buf,
+                },
                 None => ToTap::Plain {
                     tap_mtu,
                     scratch: &mut plain_buf,
@@ -557,13 +557,25 @@ impl IngressWorker {
 
 /// Where delivered frames go: through the coalescer (a TAP with virtio-net headers; the
 /// caller flushes it), or straight to a plain TAP, with partial checksums finished and
-/// uncut GSO frames cut in `scratch`.
+/// uncut GSO frames cut in `scratch`. Either way a whole UDP GSO burst is cut in
+/// `scratch` ([`offload::udp_burst`]).
 enum ToTap<'a> {
-    Gro(&'a mut Coalescer),
+    Gro {
+        gro: &'a mut Coalescer,
+        scratch: &'a mut [u8],
+    },
     Plain {
         tap_mtu: Option<usize>,
         scratch: &'a mut [u8],
     },
+}
+
+impl ToTap<'_> {
+    fn scratch(&mut self) -> &mut [u8] {
+        match self {
+            ToTap::Gro { scratch, .. } | ToTap::Plain { scratch, .. } => scratch,
+        }
+    }
 }
 
 /// Checks the datagrams of the first `n` messages of `batch` and hands the frames to
@@ -581,12 +593,13 @@ fn deliver_batch(
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
     for i in 0..n {
-        let Some((src, datagrams)) = batch.datagrams(i) else {
+        let Some(msg) = batch.message(i) else {
             counts.drop(DropReason::IngressMalformed);
             continue;
         };
+        let src = msg.src;
         let mut slot = view.table.slot_by_source(src.ip());
-        for d in datagrams {
+        for d in msg.datagrams {
             counts.udp_datagrams_received += 1;
             counts.udp_bytes_received += d.len() as u64;
             if let Some(s) = slot {
@@ -597,18 +610,31 @@ fn deliver_batch(
                     counts.frames_delivered += 1;
                     let frame = &d[inner..];
                     flows.offer(frame, frame.len(), 1, Direction::FromPeer, *src.ip());
-                    match to_tap {
-                        ToTap::Gro(g) => g.push(frame, &mut |vh, f| emit(vh, f, counts)),
-                        ToTap::Plain { tap_mtu, scratch } => {
-                            let done = offload::for_plain_tap(frame, *tap_mtu, scratch, &mut |f| {
-                                emit(&VirtioNetHdr::NONE, f, counts)
-                            });
-                            match done {
-                                offload::PlainTap::Unchanged => {}
-                                offload::PlainTap::Finished => {
-                                    counts.ingress_partial_checksums += 1
+                    if let Some(seg) = msg.inner_segment {
+                        if !cut_burst(frame, seg, to_tap.scratch(), counts, emit) {
+                            let reason = DropReason::IngressMalformed;
+                            counts.drop(reason);
+                            if let Some(c) = slot.and_then(|s| view.table.peer_counters(s)) {
+                                c.count_drop(reason);
+                            }
+                        }
+                    } else {
+                        match to_tap {
+                            ToTap::Gro { gro: g, .. } => {
+                                g.push(frame, &mut |vh, f| emit(vh, f, counts))
+                            }
+                            ToTap::Plain { tap_mtu, scratch } => {
+                                let done =
+                                    offload::for_plain_tap(frame, *tap_mtu, scratch, &mut |f| {
+                                        emit(&VirtioNetHdr::NONE, f, counts)
+                                    });
+                                match done {
+                                    offload::PlainTap::Unchanged => {}
+                                    offload::PlainTap::Finished => {
+                                        counts.ingress_partial_checksums += 1
+                                    }
+                                    offload::PlainTap::Cut(_) => counts.ingress_gso_frames += 1,
                                 }
-                                offload::PlainTap::Cut(_) => counts.ingress_gso_frames += 1,
                             }
                         }
                     }
@@ -625,6 +651,25 @@ fn deliver_batch(
             }
         }
     }
+}
+
+/// A kernel sender's whole UDP GSO burst: cut in `scratch` into the sender's datagrams,
+/// each handed to `emit` as a plain frame; false when it is refused (a counted drop).
+fn cut_burst(
+    frame: &[u8],
+    segment: usize,
+    scratch: &mut [u8],
+    counts: &mut LocalCounts,
+    emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
+) -> bool {
+    let Ok(s) = offload::udp_burst::cut(frame, segment, scratch) else {
+        return false;
+    };
+    counts.ingress_gso_frames += 1;
+    for r in (0..s.count).filter_map(|i| s.datagram(i)) {
+        emit(&VirtioNetHdr::NONE, &scratch[r], counts);
+    }
+    true
 }
 
 #[cfg(test)]
@@ -698,6 +743,78 @@ mod tests {
         d.extend_from_slice(&[0x08, 0x00]);
         d.extend_from_slice(&[0u8; 46]);
         d
+    }
+
+    /// The defect: a kernel sender's whole UDP GSO burst arrives as one message with a
+    /// `UDP_GRO` segment size that is the *inner* datagrams' size; split at it as a
+    /// train, every piece was dropped (`wrong_vni`, `ingress_malformed`). Now it is cut
+    /// like the sender's NIC would have cut it, on either kind of TAP; a corrupted one
+    /// is a counted drop.
+    #[test]
+    fn a_whole_udp_gso_burst_is_cut_not_split() {
+        use crate::offload::testutil::{payload, Tcp};
+        let me: crate::wire::MacAddr = ME.parse().unwrap();
+        let peer: crate::wire::MacAddr = PEER_MAC.parse().unwrap();
+        let data = payload(20 * 1_000 + 123, 5);
+        let mut inner = Tcp::default().udp(&data, true);
+        inner[..6].copy_from_slice(&me.0);
+        inner[6..12].copy_from_slice(&peer.0);
+        let mut burst = header(1).to_vec();
+        burst.extend_from_slice(&inner);
+        let mut corrupt = burst.clone();
+        let at = VxlanHeader::LEN + 14 + 20 + 6; // the UDP checksum: neither right nor partial
+        corrupt[at] ^= 0x5a;
+        let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let batch = RecvBatch::with_messages(&[(src, 1_000, &burst), (src, 1_000, &corrupt)]);
+        let mut scratch = vec![0u8; offload::PLAIN_TAP_SCRATCH];
+        let mut gro = Coalescer::new(4);
+        for vnet in [false, true] {
+            let view_table = SharedTable::new(table(1, true));
+            let mut view = TableView::new(view_table);
+            let mut to_tap = if vnet {
+                ToTap::Gro {
+                    gro: &mut gro,
+                    scratch: &mut scratch,
+                }
+            } else {
+                ToTap::Plain {
+                    tap_mtu: Some(1450),
+                    scratch: &mut scratch,
+                }
+            };
+            let got = std::cell::RefCell::new(Vec::new());
+            let mut counts = LocalCounts::default();
+            let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
+            deliver_batch(
+                &batch,
+                2,
+                &mut view,
+                &mut to_tap,
+                &mut counts,
+                &mut flows,
+                &|vh, f, _| {
+                    assert_eq!(*vh, VirtioNetHdr::NONE);
+                    got.borrow_mut().push(f.to_vec());
+                },
+            );
+            let got = got.into_inner();
+            assert_eq!(got.len(), 21, "vnet {vnet}");
+            let mut joined = Vec::new();
+            for f in &got {
+                let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+                let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+                    panic!("not udp")
+                };
+                assert!(crate::wire::checksum::verifies(&f[14..34]));
+                assert_eq!(usize::from(u.length()), f.len() - 34);
+                joined.extend_from_slice(u.payload());
+            }
+            assert_eq!(joined, data);
+            assert_eq!(counts.ingress_gso_frames, 1);
+            assert_eq!(counts.udp_datagrams_received, 2);
+            assert_eq!(counts.drops[DropReason::IngressMalformed as usize], 1);
+            assert_eq!(counts.drops[DropReason::WrongVni as usize], 0);
+        }
     }
 
     /// The defect: ingress counted messages (up to 64 datagrams each with GRO)

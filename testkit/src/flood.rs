@@ -151,8 +151,9 @@ pub fn flood(
     })
 }
 
-/// Asks the kernel to cut each send into datagrams of `size` bytes (UDP_SEGMENT).
-fn set_gso(s: &UdpSocket, size: usize) -> io::Result<()> {
+/// Asks the kernel to cut each send on `s` into datagrams of `size` bytes (UDP_SEGMENT,
+/// Linux ≥ 4.18): one `send` then hands the kernel a UDP GSO burst.
+pub fn set_gso(s: &UdpSocket, size: usize) -> io::Result<()> {
     let v = libc::c_int::try_from(size).map_err(io::Error::other)?;
     // SAFETY: `v` is a live c_int and its size is passed; the fd is open for the call.
     let r = unsafe {

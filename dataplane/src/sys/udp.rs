@@ -444,17 +444,40 @@ impl RecvBatch {
     /// Message `i`: its source, and its datagrams (split at the GRO segment size).
     /// A truncated message yields `None` (count it as malformed).
     pub fn datagrams(&self, i: usize) -> Option<(SocketAddrV4, std::slice::Chunks<'_, u8>)> {
+        self.message(i).map(|m| (m.src, m.datagrams))
+    }
+
+    /// Message `i` as [`RecvBatch::datagrams`] gives it, and whether it is one whole UDP
+    /// GSO burst of a kernel sender rather than a train of datagrams: then its one
+    /// datagram's inner UDP frame is to be cut into pieces of `inner_segment` payload
+    /// bytes (see `offload::udp_burst`).
+    pub fn message(&self, i: usize) -> Option<Received<'_>> {
         if i >= self.count || self.truncated[i] {
             return None;
         }
         let msg = &self.data[i * RECV_BUF..i * RECV_BUF + self.lens[i]];
-        let seg = if self.segs[i] == 0 {
+        let gro = self.segs[i];
+        let burst = crate::offload::udp_burst::is_one_datagram(msg, gro);
+        let seg = if gro == 0 || burst {
             msg.len().max(1)
         } else {
-            self.segs[i]
+            gro
         };
-        Some((self.srcs[i], msg.chunks(seg)))
+        Some(Received {
+            src: self.srcs[i],
+            datagrams: msg.chunks(seg),
+            inner_segment: burst.then_some(gro),
+        })
     }
+}
+
+/// One received message: see [`RecvBatch::message`].
+#[derive(Debug)]
+pub struct Received<'a> {
+    pub src: SocketAddrV4,
+    pub datagrams: std::slice::Chunks<'a, u8>,
+    /// Set for a whole UDP GSO burst: the payload size of its inner datagrams.
+    pub inner_segment: Option<usize>,
 }
 
 /// The UDP_GRO segment size among the control messages of a received message.
