@@ -26,8 +26,12 @@ CHART_METRICS = [
     "udp64_kpps",
     "cpu_machine_s_per_gb",
 ]
-LABELS = {"no_overlay": "no overlay", "kernel_vxlan": "kernel VXLAN", "vxmesh": "vxmesh"}
-COLORS = {"no_overlay": "#9e9e9e", "kernel_vxlan": "#1f77b4", "vxmesh": "#ff7f0e"}
+LABELS = {"no_overlay": "no overlay", "kernel_vxlan": "kernel VXLAN", "vxmesh": "vxmesh",
+          "kernel_vxlan_masq": "kernel VXLAN\n+ masq", "vxmesh_masq": "vxmesh\n+ masq"}
+COLORS = {"no_overlay": "#9e9e9e", "kernel_vxlan": "#1f77b4", "vxmesh": "#ff7f0e",
+          "kernel_vxlan_masq": "#6baed6", "vxmesh_masq": "#fdae6b"}
+# Ratios of the + masq modes are to kernel VXLAN + masq (the same rules on both).
+BASE = {"vxmesh_masq": "kernel + masq", "kernel_vxlan_masq": "kernel"}
 
 
 def fmt(v):
@@ -70,9 +74,9 @@ def main(src, dst):
             label = fmt(med[i])
             ratio = row.get("ratio_to_kernel", {}).get(m)
             if ratio is not None:
-                label += f"\n{ratio:.2f}× kernel"
+                label += f"\n{ratio:.2f}× {BASE.get(m, 'kernel')}"
             ax.text(i, row["by_mode"][m]["max"] + top * 0.03, label, ha="center",
-                    va="bottom", fontsize=9, fontweight="bold" if m == "vxmesh" else "normal")
+                    va="bottom", fontsize=9, fontweight="bold" if m in ("vxmesh", "vxmesh_masq") else "normal")
         agents = rows.get("cpu_agents_s_per_gb")
         if key == "cpu_machine_s_per_gb" and agents:
             for i, m in enumerate(present):

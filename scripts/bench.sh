@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# vxmesh benchmark (issue 4): no overlay vs kernel VXLAN (flannel's recipe) vs vxmesh,
+# vxmesh benchmark (issue 4): no overlay vs kernel VXLAN (flannel's recipe) vs vxmesh (each also
+# with vxmeshd's default --ip-masq rules: kernel-masq, vxmesh-masq),
 # each on the same freshly built 2-node network-namespace topology. See docs/benchmarks.md.
 #
 #   sudo scripts/bench.sh                  full run: 3 repeats, 10 s tests (about 10 minutes)

@@ -90,7 +90,7 @@ if has_role node; then
       done
     fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
-      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables: VXMESH-POSTRTG/VXMESH-FWD removed"
+      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed"
     fi
     if ip link show cni0 >/dev/null 2>&1; then
       ports=$(ip -o link show master cni0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')

@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use vxmesh_bench::measure::{self, Outcome, Plan, RawOut};
+use vxmesh_bench::parse;
 use vxmesh_bench::proc::run_bounded;
 use vxmesh_bench::report::{self, Machine, Mode, Results, Run, Settings};
 use vxmesh_bench::scale::{self, ScaleResults, ScaleRun};
@@ -163,6 +164,11 @@ struct Common {
     /// Extra vxmeshd flags, one string split at spaces (e.g. "--tap-queues 2").
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     agent_args: String,
+    /// Turn UDP and UDP-tunnel segmentation off on the underlay veth, so 64 KB GSO
+    /// buffers are cut into wire-sized packets as a NIC path would, and the receiving
+    /// node gets them one by one (veth does no GRO here).
+    #[arg(long)]
+    segment_underlay: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -199,8 +205,13 @@ struct RunArgs {
     /// Loss (percent) the reported UDP rate may have.
     #[arg(long, default_value_t = 1.0)]
     udp_max_loss: f64,
-    /// Modes to measure, comma separated: none, kernel, vxmesh.
-    #[arg(long, value_delimiter = ',', default_value = "none,kernel,vxmesh")]
+    /// Modes to measure, comma separated: none, kernel, vxmesh, kernel-masq,
+    /// vxmesh-masq (the last two with vxmeshd's default `--ip-masq` rules on the nodes).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,kernel,vxmesh,kernel-masq,vxmesh-masq"
+    )]
     modes: Vec<String>,
     /// Copy the table and chart into docs/benchmarks.md and docs/img/bench-latest.png.
     #[arg(long)]
@@ -267,8 +278,9 @@ fn repo_root(c: &Common) -> PathBuf {
 fn parse_modes(v: &[String]) -> anyhow::Result<Vec<Mode>> {
     let mut modes = Vec::new();
     for s in v {
-        let m = Mode::parse(s.trim())
-            .with_context(|| format!("unknown mode {s:?} (none, kernel, vxmesh)"))?;
+        let m = Mode::parse(s.trim()).with_context(|| {
+            format!("unknown mode {s:?} (none, kernel, vxmesh, kernel-masq, vxmesh-masq)")
+        })?;
         if !modes.contains(&m) {
             modes.push(m);
         }
@@ -293,7 +305,7 @@ fn preflight(bin_dir: &Path, modes: &[Mode], extra: &[&str]) -> anyhow::Result<(
         bail!("must run as root (network namespaces); use: sudo scripts/bench.sh");
     }
     let mut tools = vec!["ip", "bridge", "iperf3", "ping", "ss"];
-    if modes.contains(&Mode::Vxmesh) {
+    if modes.iter().any(|m| m.is_vxmesh()) {
         tools.extend(["etcd", "etcdctl"]);
     }
     tools.extend_from_slice(extra);
@@ -308,7 +320,7 @@ fn preflight(bin_dir: &Path, modes: &[Mode], extra: &[&str]) -> anyhow::Result<(
         })
         .map(|t| t.to_string())
         .collect();
-    if modes.contains(&Mode::Vxmesh) {
+    if modes.iter().any(|m| m.is_vxmesh()) {
         for b in ["vxmeshd", "vxmeshctl"] {
             if !bin_dir.join(b).is_file() {
                 missing.push(bin_dir.join(b).display().to_string());
@@ -454,7 +466,24 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
     )
     .parse()
     .ok();
+    let mut vulns = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities") {
+        for e in rd.flatten() {
+            if let Ok(state) = std::fs::read_to_string(e.path()) {
+                vulns.push((e.file_name().to_string_lossy().into_owned(), state));
+            }
+        }
+    }
+    let conditions = report::Conditions {
+        br_netfilter_call_iptables: std::fs::read_to_string(
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        )
+        .ok()
+        .map(|s| s.trim().to_string()),
+        cpu_vulnerabilities: parse::vulnerabilities(&vulns),
+    };
     Machine {
+        conditions,
         vxmeshd_built_utc: built.map_or(String::new(), |b| report::utc_stamps(b).0),
         vxmeshd_older_than_code: built.zip(code_commit_time).map(|(b, c)| b < c),
         kernel,
@@ -571,6 +600,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         udp_max_loss_pct: plan.udp_max_loss_pct,
         agent_args: agent_args.clone(),
         underlay_mtu: topo::UNDERLAY_MTU,
+        segment_underlay: a.common.segment_underlay,
     };
     eprintln!(
         "vxmesh-bench: {} repeat(s) of {}; output in {}",
@@ -602,6 +632,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 bin_dir: l0.bin_dir.clone(),
                 log_dir: l0.logs.clone(),
                 agent_args: agent_args.clone(),
+                segment_underlay: a.common.segment_underlay,
                 run_tag: format!("r{r}"),
             };
             let tag = format!("r{r}-{}", mode.key());
@@ -628,6 +659,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 outcome
                     .details
                     .insert("links".into(), measure::link_stats(&t));
+                outcome
+                    .details
+                    .insert("netfilter".into(), measure::netfilter_state(&t));
                 m
                 // `t` drops here: daemons stopped, namespaces deleted.
             })();
@@ -651,11 +685,14 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     machine.load_after = loadavg();
     note_busy(&mut machine.busy_processes, &busy_processes());
     let summary = report::summarize(&runs, &modes);
-    let targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
+    let mut targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
         report::check_targets(&summary, plan.udp_max_loss_pct)
     } else {
         Vec::new()
     };
+    if modes.contains(&Mode::Vxmesh) && modes.contains(&Mode::VxmeshMasq) {
+        targets.push(report::check_masq_target(&summary));
+    }
     let notes = notes(&runs, &agent_args);
     let results = Results {
         machine,
@@ -724,23 +761,27 @@ fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
     ];
     let mut args = vec![
         "--iface eth0".to_string(),
-        "--ip-masq false".to_string(),
         "--subnet-lease-ttl 60s".to_string(),
     ];
     args.extend(agent_args.iter().cloned());
     n.push(format!(
-        "vxmeshd flags: {} (no NAT rules in any mode; pods wired by hand identically in every mode).",
+        "vxmeshd flags: {}, plus --ip-masq=false in the vxmesh mode and vxmeshd's default \
+         --ip-masq in vxmesh + masq; pods wired by hand identically in every mode.",
         args.join(" ")
     ));
-    if let Some(off) = runs
-        .iter()
-        .filter(|r| r.mode == Mode::Vxmesh)
-        .find_map(|r| {
-            r.details
-                .pointer("/agents/a/offloads")
-                .filter(|v| !v.is_null())
-        })
-    {
+    n.push(
+        "The + masq modes hold vxmeshd's default rules on both nodes (the masquerade chain in \
+         nat POSTROUTING, which makes the kernel track every connection, and the FORWARD \
+         accepts), installed for kernel VXLAN by the same code vxmeshd uses; the other modes \
+         have no nat rule, so no conntrack (vxmesh keeps its FORWARD accepts). Ratios of a + \
+         masq mode are to kernel VXLAN + masq."
+            .to_string(),
+    );
+    if let Some(off) = runs.iter().filter(|r| r.mode.is_vxmesh()).find_map(|r| {
+        r.details
+            .pointer("/agents/a/offloads")
+            .filter(|v| !v.is_null())
+    }) {
         let s = |k: &str| off.get(k).map_or("?".to_string(), |v| v.to_string());
         n.push(format!(
             "vxmesh offloads in force: TAP {}, UDP GSO {}, UDP GRO {}, {} send sockets.",
@@ -750,8 +791,18 @@ fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
             s("tx_sockets")
         ));
     }
+    for mode in Mode::ALL {
+        let seen: Vec<&serde_json::Value> = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .filter_map(|r| r.details.get("netfilter"))
+            .collect();
+        if let Some(text) = netfilter_note(&seen) {
+            n.push(format!("Netfilter on the nodes, {}: {text}.", mode.label()));
+        }
+    }
     let mut drops = 0u64;
-    for r in runs.iter().filter(|r| r.mode == Mode::Vxmesh) {
+    for r in runs.iter().filter(|r| r.mode.is_vxmesh()) {
         for node in ["a", "b"] {
             if let Some(d) = r
                 .details
@@ -784,6 +835,33 @@ fn notes(runs: &[Run], agent_args: &[String]) -> Vec<String> {
         }
     }
     n
+}
+
+/// One mode's netfilter state over its runs: nat hook, untracked VXLAN, conntrack
+/// entries on the nodes after the measurements (range).
+fn netfilter_note(seen: &[&serde_json::Value]) -> Option<String> {
+    if seen.is_empty() {
+        return None;
+    }
+    let flag = |k: &str| {
+        seen.iter()
+            .any(|v| ["a", "b"].iter().any(|n| v[n][k].as_bool() == Some(true)))
+    };
+    let entries: Vec<u64> = seen
+        .iter()
+        .flat_map(|v| ["a", "b"].map(|n| v[n]["conntrack_entries"].as_u64()))
+        .flatten()
+        .collect();
+    let ct = match (entries.iter().min(), entries.iter().max()) {
+        (Some(lo), Some(hi)) if lo == hi => format!("{lo} conntrack entries per node"),
+        (Some(lo), Some(hi)) => format!("{lo}–{hi} conntrack entries per node"),
+        _ => "conntrack not loaded".to_string(),
+    };
+    Some(format!(
+        "nat chain hooked: {}, outer VXLAN untracked: {}, {ct} after the tests",
+        if flag("nat_hook") { "yes" } else { "no" },
+        if flag("notrack") { "yes" } else { "no" },
+    ))
 }
 
 fn draw_chart(out: &Path) -> anyhow::Result<()> {
@@ -878,6 +956,7 @@ fn rerender(a: ReportArgs) -> anyhow::Result<ExitCode> {
                 out: None,
                 repo: None,
                 agent_args: String::new(),
+                segment_underlay: false,
             })
         });
         let stamp = a
@@ -913,6 +992,7 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
             .split_whitespace()
             .map(str::to_string)
             .collect(),
+        segment_underlay: a.common.segment_underlay,
         run_tag: "hold".into(),
     };
     let mut t = Topology::build(modes[0], &ctx)?;
@@ -1242,6 +1322,7 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             bin_dir: l.bin_dir.clone(),
             log_dir: l.logs.clone(),
             agent_args: agent_args.clone(),
+            segment_underlay: a.common.segment_underlay,
             run_tag: "profile".into(),
         };
         let t = Topology::build(mode, &ctx)?;

@@ -232,6 +232,29 @@ pub fn link_stats(topo: &Topology) -> Value {
     Value::Object(m)
 }
 
+/// Netfilter state of each node after the measurements: the connections conntrack
+/// holds (`None`: conntrack not loaded), whether a nat chain is hooked (that makes the
+/// kernel track every packet) and whether outer VXLAN is left untracked.
+pub fn netfilter_state(topo: &Topology) -> Value {
+    let mut m = serde_json::Map::new();
+    for (tag, ns) in [("a", &topo.node_a.ns), ("b", &topo.node_b.ns)] {
+        let entries = ns
+            .exec("cat", &["/proc/sys/net/netfilter/nf_conntrack_count"])
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let ruleset = ns.exec("nft", &["list", "ruleset"]).unwrap_or_default();
+        m.insert(
+            tag.into(),
+            json!({
+                "conntrack_entries": entries,
+                "nat_hook": parse::has_nat_hook(&ruleset),
+                "notrack": ruleset.contains("notrack"),
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
 /// Non-zero drop/error counters in a [`link_stats`] value, as
 /// `("<ns tag>/<ifname> <counter>", value)`.
 pub fn link_drops(stats: &Value) -> Vec<(String, u64)> {

@@ -127,6 +127,27 @@ pub fn snmp_udp(text: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// Whether `nft list ruleset` output hooks a nat chain (iptables-nft's `nat` table shows
+/// there too): then the kernel tracks every connection in that namespace.
+pub fn has_nat_hook(ruleset: &str) -> bool {
+    ruleset
+        .lines()
+        .any(|l| l.trim_start().starts_with("type nat hook "))
+}
+
+/// `name: state` for each CPU vulnerability entry (file name, content) that is not
+/// "Not affected", sorted by name.
+pub fn vulnerabilities(entries: &[(String, String)]) -> Vec<String> {
+    let mut v: Vec<String> = entries
+        .iter()
+        .map(|(n, s)| (n, s.trim()))
+        .filter(|(_, s)| *s != "Not affected")
+        .map(|(n, s)| format!("{n}: {s}"))
+        .collect();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +217,42 @@ mod tests {
         assert_eq!(sent, Some(3));
         assert_eq!(rtts.len(), 2);
         assert!((rtts[0] - 52.0).abs() < 1e-9 && (rtts[1] - 1210.0).abs() < 1e-9);
+    }
+
+    /// `nft list ruleset` of a bench node with vxmeshd's rules (iptables-nft), cut.
+    #[test]
+    fn nat_hook_in_a_ruleset() {
+        let with = "table ip nat {
+\tchain POSTROUTING {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\t counter packets 0 bytes 0 jump VXMESH-POSTRTG
+\t}
+}
+table ip filter {
+\tchain FORWARD {
+\t\ttype filter hook forward priority filter; policy accept;
+\t}
+}
+";
+        assert!(has_nat_hook(with));
+        assert!(!has_nat_hook(&with.replace("type nat", "type filter")));
+        assert!(!has_nat_hook(""));
+    }
+
+    #[test]
+    fn vulnerability_list() {
+        let e = |n: &str, s: &str| (n.to_string(), s.to_string());
+        let v = vulnerabilities(&[
+            e("spectre_v2", "Mitigation: Retpolines; STIBP: disabled\n"),
+            e("mds", "Not affected\n"),
+            e("retbleed", "Vulnerable\n"),
+        ]);
+        assert_eq!(
+            v,
+            [
+                "retbleed: Vulnerable",
+                "spectre_v2: Mitigation: Retpolines; STIBP: disabled"
+            ]
+        );
     }
 }

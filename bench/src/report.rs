@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::Summary;
 
-/// What carries pod traffic between the two nodes.
+/// What carries pod traffic between the two nodes, and whether the nodes hold
+/// vxmeshd's default masquerade rules (`--ip-masq`, which loads conntrack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -18,12 +19,22 @@ pub enum Mode {
     NoOverlay,
     /// The kernel vxlan driver, programmed with flannel's recipe.
     KernelVxlan,
-    /// vxmeshd's userspace dataplane.
+    /// vxmeshd's userspace dataplane, `--ip-masq=false`.
     Vxmesh,
+    /// The kernel vxlan driver with the rules vxmeshd installs by default.
+    KernelVxlanMasq,
+    /// vxmeshd's userspace dataplane with its default `--ip-masq`.
+    VxmeshMasq,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::NoOverlay, Mode::KernelVxlan, Mode::Vxmesh];
+    pub const ALL: [Mode; 5] = [
+        Mode::NoOverlay,
+        Mode::KernelVxlan,
+        Mode::Vxmesh,
+        Mode::KernelVxlanMasq,
+        Mode::VxmeshMasq,
+    ];
 
     /// How tables and charts name the mode.
     pub fn label(self) -> &'static str {
@@ -31,6 +42,8 @@ impl Mode {
             Mode::NoOverlay => "no overlay",
             Mode::KernelVxlan => "kernel VXLAN",
             Mode::Vxmesh => "vxmesh",
+            Mode::KernelVxlanMasq => "kernel VXLAN + masq",
+            Mode::VxmeshMasq => "vxmesh + masq",
         }
     }
 
@@ -40,6 +53,8 @@ impl Mode {
             Mode::NoOverlay => "none",
             Mode::KernelVxlan => "kernel",
             Mode::Vxmesh => "vxmesh",
+            Mode::KernelVxlanMasq => "kernel-masq",
+            Mode::VxmeshMasq => "vxmesh-masq",
         }
     }
 
@@ -49,11 +64,34 @@ impl Mode {
             Mode::NoOverlay => "raw",
             Mode::KernelVxlan => "kvx",
             Mode::Vxmesh => "vxm",
+            Mode::KernelVxlanMasq => "kvq",
+            Mode::VxmeshMasq => "vxq",
         }
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
         Mode::ALL.into_iter().find(|m| m.key() == s)
+    }
+
+    /// Whether vxmeshd carries the traffic (etcd and the agents are needed).
+    pub fn is_vxmesh(self) -> bool {
+        matches!(self, Mode::Vxmesh | Mode::VxmeshMasq)
+    }
+
+    /// Whether the nodes hold vxmeshd's default masquerade rules.
+    pub fn masq(self) -> bool {
+        matches!(self, Mode::KernelVxlanMasq | Mode::VxmeshMasq)
+    }
+
+    /// The mode this one's ratio is taken against: kernel VXLAN with the same rules
+    /// (both pay the same conntrack), for kernel VXLAN + masq the same driver without
+    /// them (what the rules cost it); `None` for kernel VXLAN itself.
+    pub fn baseline(self) -> Option<Mode> {
+        match self {
+            Mode::NoOverlay | Mode::Vxmesh | Mode::KernelVxlanMasq => Some(Mode::KernelVxlan),
+            Mode::VxmeshMasq => Some(Mode::KernelVxlanMasq),
+            Mode::KernelVxlan => None,
+        }
     }
 }
 
@@ -164,6 +202,20 @@ pub struct Machine {
     /// the figures may not describe `git_commit`.
     #[serde(default)]
     pub vxmeshd_older_than_code: Option<bool>,
+    /// What moved results between machines: br_netfilter, CPU mitigations.
+    #[serde(default)]
+    pub conditions: Conditions,
+}
+
+/// The machine's conditions that change what a packet costs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Conditions {
+    /// `bridge-nf-call-iptables` when br_netfilter is loaded (bridged pod traffic then
+    /// passes the iptables hooks, conntrack included); `None` when it is not.
+    pub br_netfilter_call_iptables: Option<String>,
+    /// `/sys/devices/system/cpu/vulnerabilities`: `name: state` of each entry that is
+    /// not "Not affected".
+    pub cpu_vulnerabilities: Vec<String>,
 }
 
 /// How the run measured.
@@ -183,6 +235,9 @@ pub struct Settings {
     pub udp_max_loss_pct: f64,
     pub agent_args: Vec<String>,
     pub underlay_mtu: u32,
+    /// `--segment-underlay`: UDP (tunnel) segmentation off on the underlay veth.
+    #[serde(default)]
+    pub segment_underlay: bool,
 }
 
 /// One mode measured once (one repeat).
@@ -205,7 +260,8 @@ pub struct MetricRow {
     pub unit: String,
     pub higher_is_better: bool,
     pub by_mode: BTreeMap<Mode, Summary>,
-    /// Median of the mode over median of kernel VXLAN (same run).
+    /// Median of the mode over the median of its [`Mode::baseline`] (same run):
+    /// kernel VXLAN with the same rules.
     pub ratio_to_kernel: BTreeMap<Mode, f64>,
 }
 
@@ -249,9 +305,9 @@ pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<MetricRow> {
             continue;
         }
         let mut ratio_to_kernel = BTreeMap::new();
-        if let Some(k) = by_mode.get(&Mode::KernelVxlan) {
-            for (&mode, s) in &by_mode {
-                if mode != Mode::KernelVxlan && k.median != 0.0 {
+        for (&mode, s) in &by_mode {
+            if let Some(k) = mode.baseline().and_then(|b| by_mode.get(&b)) {
+                if k.median != 0.0 {
                     ratio_to_kernel.insert(mode, s.median / k.median);
                 }
             }
@@ -318,6 +374,50 @@ pub fn check_targets(rows: &[MetricRow], max_loss_pct: f64) -> Vec<Target> {
     ]
 }
 
+/// Median of `mode` over median of `base` for `key`.
+fn between(rows: &[MetricRow], key: &str, mode: Mode, base: Mode) -> Option<f64> {
+    let (v, b) = median(rows, key, mode).zip(median(rows, key, base))?;
+    (b != 0.0).then_some(v / b)
+}
+
+/// Issue 15's masquerade target: with vxmeshd's default `--ip-masq` rules, pod-to-pod
+/// TCP within 5 % of `--ip-masq=false`, both stream counts and directions; what the
+/// same rules cost kernel VXLAN is shown beside it. `met` is `None` unless both vxmesh
+/// modes were measured.
+pub fn check_masq_target(rows: &[MetricRow]) -> Target {
+    let tcp = [TCP1_AB, TCP1_BA, TCP8_AB, TCP8_BA];
+    let names = [
+        "1 stream A→B",
+        "1 stream B→A",
+        "8 streams A→B",
+        "8 streams B→A",
+    ];
+    let ratios = |mode, base| -> Vec<Option<f64>> {
+        tcp.iter().map(|k| between(rows, k, mode, base)).collect()
+    };
+    let vx = ratios(Mode::VxmeshMasq, Mode::Vxmesh);
+    let kv = ratios(Mode::KernelVxlanMasq, Mode::KernelVxlan);
+    let list = |r: &[Option<f64>]| -> String {
+        names
+            .iter()
+            .zip(r)
+            .map(|(n, r)| format!("{n} {}", fmt_ratio(*r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut measured = format!("vxmesh: {}", list(&vx));
+    if kv.iter().any(Option::is_some) {
+        let _ = write!(measured, "; kernel VXLAN: {}", list(&kv));
+    }
+    let all: Option<Vec<f64>> = vx.into_iter().collect();
+    Target {
+        name: "--ip-masq cost".to_string(),
+        goal: "vxmesh + masq ≥ 0.95 × vxmesh (TCP, 1 and 8 streams, both directions)".to_string(),
+        measured,
+        met: all.map(|v| v.iter().all(|&r| r >= 0.95)),
+    }
+}
+
 fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("–".to_string(), |r| format!("{r:.2}"))
 }
@@ -350,6 +450,14 @@ fn cell(s: Option<&Summary>) -> String {
     }
 }
 
+/// How a ratio column names its baseline ("kernel", as before, for plain kernel VXLAN).
+fn short(b: Mode) -> &'static str {
+    match b {
+        Mode::KernelVxlan => "kernel",
+        other => other.label(),
+    }
+}
+
 /// The markdown table: one row per metric, a column per mode (median, min–max),
 /// and the ratios to kernel VXLAN.
 pub fn markdown_table(rows: &[MetricRow], modes: &[Mode]) -> String {
@@ -357,25 +465,19 @@ pub fn markdown_table(rows: &[MetricRow], modes: &[Mode]) -> String {
     for m in modes {
         let _ = write!(s, " {} |", m.label());
     }
-    let others: Vec<Mode> = modes
+    let others: Vec<(Mode, Mode)> = modes
         .iter()
-        .copied()
-        .filter(|&m| m != Mode::KernelVxlan)
+        .filter_map(|&m| m.baseline().filter(|b| modes.contains(b)).map(|b| (m, b)))
         .collect();
-    let with_ratio = modes.contains(&Mode::KernelVxlan);
-    if with_ratio {
-        for m in &others {
-            let _ = write!(s, " {} / kernel |", m.label());
-        }
+    for (m, b) in &others {
+        let _ = write!(s, " {} / {} |", m.label(), short(*b));
     }
     s.push_str("\n|---|---|");
     for _ in modes {
         s.push_str("---:|");
     }
-    if with_ratio {
-        for _ in &others {
-            s.push_str("---:|");
-        }
+    for _ in &others {
+        s.push_str("---:|");
     }
     s.push('\n');
     for r in rows {
@@ -383,10 +485,8 @@ pub fn markdown_table(rows: &[MetricRow], modes: &[Mode]) -> String {
         for m in modes {
             let _ = write!(s, " {} |", cell(r.by_mode.get(m)));
         }
-        if with_ratio {
-            for m in &others {
-                let _ = write!(s, " {} |", fmt_ratio(r.ratio_to_kernel.get(m).copied()));
-            }
+        for (m, _) in &others {
+            let _ = write!(s, " {} |", fmt_ratio(r.ratio_to_kernel.get(m).copied()));
         }
         s.push('\n');
     }
@@ -443,6 +543,27 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
         .filter(|v| !v.is_empty())
         .collect();
     let _ = writeln!(s, "Tools: {}.", tools.join(", "));
+    let c = &m.conditions;
+    let _ = writeln!(
+        s,
+        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; CPU vulnerabilities not \
+         \"Not affected\": {}.",
+        m.kernel,
+        match &c.br_netfilter_call_iptables {
+            Some(v) => format!("loaded (bridge-nf-call-iptables = {v})"),
+            None => "not loaded".to_string(),
+        },
+        if st.segment_underlay {
+            "segments UDP GSO (--segment-underlay: packets cross one by one)"
+        } else {
+            "carries UDP GSO buffers whole (default)"
+        },
+        if c.cpu_vulnerabilities.is_empty() {
+            "none listed".to_string()
+        } else {
+            c.cpu_vulnerabilities.join("; ")
+        }
+    );
     if !m.vxmeshd_built_utc.is_empty() {
         let _ = writeln!(
             s,
@@ -461,7 +582,8 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
         "Settings: {} repeat(s){}, iperf3 {} s per test (first {} s omitted), ping {} × {} ms, \
          UDP {} B payload searched in ≤ {} probes of {} s for ≤ {} % loss; \
          cells are median (min–max) over repeats; ratios are medians over kernel VXLAN's \
-         median in this run. Command: `{}`.\n",
+         median in this run (for vxmesh + masq: over kernel VXLAN + masq's, which holds the \
+         same rules). Command: `{}`.\n",
         st.repeats,
         if st.quick { " (quick mode)" } else { "" },
         st.tcp_seconds,
@@ -616,6 +738,68 @@ mod tests {
         assert!(md.contains(
             "| TCP 1 stream A→B | Gbit/s | 11.0 (10.0–12.0) | 9.00 (8.00–10.0) | 0.82 |"
         ));
+    }
+
+    /// The sample with both + masq modes: vxmesh + masq at 0.9 × vxmesh in TCP 1 stream
+    /// A→B only, kernel VXLAN + masq at 10 everywhere.
+    fn masq_sample() -> Vec<Run> {
+        let mut runs = sample();
+        for r in sample() {
+            let mut m = r.clone();
+            m.mode = match r.mode {
+                Mode::KernelVxlan => Mode::KernelVxlanMasq,
+                _ => Mode::VxmeshMasq,
+            };
+            for (k, v) in m.metrics.iter_mut() {
+                if m.mode == Mode::KernelVxlanMasq {
+                    *v = 10.0;
+                } else if k == TCP1_AB {
+                    *v *= 0.9;
+                }
+            }
+            runs.push(m);
+        }
+        runs
+    }
+
+    #[test]
+    fn masq_modes_are_compared_with_kernel_under_the_same_rules() {
+        let modes = Mode::ALL;
+        let rows = summarize(&masq_sample(), &modes);
+        let r = row(&rows, TCP1_AB).unwrap();
+        // vxmesh + masq (median 8.1) over kernel VXLAN + masq (10), not over kernel (11).
+        assert!((r.ratio_to_kernel[&Mode::VxmeshMasq] - 0.81).abs() < 1e-9);
+        // kernel VXLAN + masq over kernel VXLAN: what the rules cost the kernel.
+        assert!((r.ratio_to_kernel[&Mode::KernelVxlanMasq] - 10.0 / 11.0).abs() < 1e-9);
+        let md = markdown_table(
+            &rows,
+            &[
+                Mode::KernelVxlan,
+                Mode::Vxmesh,
+                Mode::KernelVxlanMasq,
+                Mode::VxmeshMasq,
+            ],
+        );
+        assert_eq!(
+            md.lines().next().unwrap(),
+            "| metric | unit | kernel VXLAN | vxmesh | kernel VXLAN + masq | vxmesh + masq \
+             | vxmesh / kernel | kernel VXLAN + masq / kernel \
+             | vxmesh + masq / kernel VXLAN + masq |"
+        );
+        let t = check_masq_target(&rows);
+        assert_eq!(t.met, Some(false), "{t:?}");
+        assert_eq!(
+            t.measured,
+            "vxmesh: 1 stream A→B 0.90, 1 stream B→A 1.00, 8 streams A→B 1.00, 8 streams B→A 1.00; \
+             kernel VXLAN: 1 stream A→B 0.91, 1 stream B→A 0.91, 8 streams A→B 0.91, 8 streams B→A 0.91"
+        );
+        // Without the + masq modes there is nothing to check.
+        let plain = summarize(&sample(), &[Mode::KernelVxlan, Mode::Vxmesh]);
+        assert_eq!(check_masq_target(&plain).met, None);
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.key()), Some(m));
+            assert_eq!(m.masq(), m.key().ends_with("-masq"));
+        }
     }
 
     #[test]

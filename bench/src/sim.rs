@@ -25,7 +25,7 @@ use vxmesh_control::allocator::NoFreeSubnet;
 use vxmesh_control::config::NetworkConfig;
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
-use vxmesh_control::peers::{LocalNode, PeerRules, PeerTable, TableWork, Update};
+use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
 use vxmesh_control::registry::WatchEvent;
 use vxmesh_control::state::{AgentState, RejectedLease};
 use vxmesh_control::subnet::Subnet;
@@ -158,6 +158,8 @@ struct Observer {
     table: PeerTable,
     fib: SharedTable,
     status: AgentState,
+    /// The rejections generation copied into the status.
+    shown_rejections: Option<u64>,
     cursor: usize,
     work: ObserverWork,
     /// The table's work counters when the current phase started.
@@ -375,8 +377,12 @@ impl Sim {
                 .collect();
             let have: Vec<(Subnet, Ipv4Addr)> =
                 o.table.peers().map(|p| (p.subnet, p.public_ip)).collect();
+            let fib = o.fib.load();
             have == want
-                && o.fib.load().peers().len() == want.len()
+                && fib.peers().len() == want.len()
+                && o.table
+                    .peers()
+                    .all(|p| fib.peer_by_mac(&p.vtep_mac) == Some(p.public_ip))
                 && o.status.info().peers.len() == want.len()
         })
     }
@@ -442,45 +448,65 @@ impl Sim {
 }
 
 impl Observer {
-    /// The agent's per-event path as main's agent runs it, for each event that
-    /// queued up: judge it alone, republish the forwarding table from the peer set
-    /// (the peers that stay keep their counter slots) and copy the peers into the
-    /// status. One pass per event.
+    /// The agent's path for what queued up, as `agent::Running::on_registry` runs
+    /// it: the burst judged as one batch ([`PeerTable::apply`]), the forwarding table
+    /// changed by the batch's delta (rebuilt after a listing), the peers copied into
+    /// the status, the rejections only when they changed. One pass per burst.
     fn handle(&mut self, events: &[WatchEvent]) {
-        let t = Instant::now();
-        let mut slowest = Duration::ZERO;
-        for ev in events {
-            let one = Instant::now();
-            let _ = self
-                .table
-                .apply(std::iter::once(Update::from(ev)), &mut Vec::new());
-            self.fib.update(self.table.peers().map(|p| p.to_vtep()));
-            show_peers(&self.status, &self.table);
-            slowest = slowest.max(one.elapsed());
+        if events.is_empty() {
+            return;
         }
+        let t = Instant::now();
+        let changes = self
+            .table
+            .apply(events.iter().map(Update::from), &mut Vec::new());
+        if events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_))) {
+            self.fib.update(self.table.peers().map(|p| p.to_vtep()));
+        } else {
+            let mut removed = Vec::new();
+            let mut added = Vec::new();
+            for c in &changes {
+                match c {
+                    PeerChange::Added(p) => added.push(p.to_vtep()),
+                    PeerChange::Updated { old, new } => {
+                        removed.push(old.to_vtep());
+                        added.push(new.to_vtep());
+                    }
+                    PeerChange::Removed(p) => removed.push(p.to_vtep()),
+                }
+            }
+            self.fib.apply_delta(&removed, &added);
+        }
+        show_peers(&self.status, &self.table, &mut self.shown_rejections);
         let took = t.elapsed();
         self.cpu += took;
         self.work.events += events.len() as u64;
-        self.work.passes += events.len() as u64;
-        self.work.max_pass_us = self.work.max_pass_us.max(slowest.as_secs_f64() * 1e6);
+        self.work.passes += 1;
+        self.work.max_pass_us = self.work.max_pass_us.max(took.as_secs_f64() * 1e6);
     }
 }
 
-/// The peers and the rejected leases copied into the status, as the agent's
-/// `show_peers` does after each event.
-fn show_peers(status: &AgentState, table: &PeerTable) {
+/// The peers copied into the status, and the rejected leases when they changed, as
+/// the agent's `show_peers` does after each pass.
+fn show_peers(status: &AgentState, table: &PeerTable, shown: &mut Option<u64>) {
     let peers: Vec<_> = table.peers().copied().collect();
-    let rejected: Vec<RejectedLease> = table
-        .rejected()
-        .map(|(key, r)| RejectedLease {
-            key: key.to_string(),
-            reason: r.reason.as_str(),
-            why: r.why.clone(),
-        })
-        .collect();
+    let generation = table.rejections_generation();
+    let rejected: Option<Vec<RejectedLease>> = (*shown != Some(generation)).then(|| {
+        table
+            .rejected()
+            .map(|(key, r)| RejectedLease {
+                key: key.to_string(),
+                reason: r.reason.as_str(),
+                why: r.why.clone(),
+            })
+            .collect()
+    });
+    *shown = Some(generation);
     status.update(|i| {
         i.peers = peers;
-        i.rejected = rejected;
+        if let Some(r) = rejected {
+            i.rejected = r;
+        }
     });
 }
 
@@ -541,6 +567,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             table: PeerTable::new(rules, None),
             fib: SharedTable::new(ForwardingTable::new(local, [])),
             status: AgentState::default(),
+            shown_rejections: None,
             cursor: 0,
             work: ObserverWork::default(),
             table_work_at_phase: TableWork::default(),
@@ -646,7 +673,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         let _ = t.set_own(own_subnet, &mut Vec::new());
         let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
-        show_peers(&status, &t);
+        show_peers(&status, &t, &mut None);
         keep.push((t, status));
     }
     let mid = rss_kib();

@@ -59,6 +59,8 @@ pub struct Context {
     pub log_dir: PathBuf,
     /// Extra vxmeshd flags.
     pub agent_args: Vec<String>,
+    /// UDP (tunnel) segmentation off on the underlay veth.
+    pub segment_underlay: bool,
     /// Distinguishes log files of repeats (e.g. `r2`).
     pub run_tag: String,
 }
@@ -144,6 +146,22 @@ impl Topology {
         for ns in [&a, &b] {
             ns.ip(&["link", "set", "eth0", "mtu", &UNDERLAY_MTU.to_string()])?;
             sysctl(ns, "net/ipv4/ip_forward", "1")?;
+            if ctx.segment_underlay {
+                ns.exec(
+                    "ethtool",
+                    &[
+                        "-K",
+                        "eth0",
+                        "tx-udp-segmentation",
+                        "off",
+                        "tx-udp_tnl-segmentation",
+                        "off",
+                        "tx-udp_tnl-csum-segmentation",
+                        "off",
+                    ],
+                )
+                .context("ethtool -K eth0 (--segment-underlay)")?;
+            }
         }
         let mut node_a = Node {
             ns: a,
@@ -177,7 +195,7 @@ impl Topology {
                 }
                 UNDERLAY_MTU
             }
-            Mode::KernelVxlan => {
+            Mode::KernelVxlan | Mode::KernelVxlanMasq => {
                 node_a.subnet = Some(STATIC_SUBNET_A);
                 node_b.subnet = Some(STATIC_SUBNET_B);
                 let mtu = UNDERLAY_MTU - VXLAN_OVERHEAD;
@@ -185,9 +203,14 @@ impl Topology {
                 flannel_vxlan(&node_b, VXLAN_MAC_B, mtu)?;
                 flannel_peer(&node_a, STATIC_SUBNET_B, VXLAN_MAC_B, UNDERLAY_B)?;
                 flannel_peer(&node_b, STATIC_SUBNET_A, VXLAN_MAC_A, UNDERLAY_A)?;
+                if mode.masq() {
+                    for node in [&node_a, &node_b] {
+                        vxmeshd_rules(node)?;
+                    }
+                }
                 mtu
             }
-            Mode::Vxmesh => {
+            Mode::Vxmesh | Mode::VxmeshMasq => {
                 let e = start_etcd(&node_a.ns, ctx, state.path())?;
                 etcd = Some(e);
                 let mut mtus = Vec::new();
@@ -206,12 +229,13 @@ impl Topology {
                         &HEALTHZ_PORT.to_string(),
                         "--subnet-lease-ttl",
                         "60s",
-                        "--ip-masq",
-                        "false",
                     ]
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
+                    if !mode.masq() {
+                        args.push("--ip-masq=false".into());
+                    }
                     args.extend(ctx.agent_args.iter().cloned());
                     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
                     let log = ctx.log(mode, &format!("vxmeshd-{tag}"));
@@ -395,6 +419,22 @@ pub fn parse_subnet_env(text: &str) -> Option<(Ipv4Addr, u32)> {
     let env = SubnetEnv::parse(text.as_bytes()).ok()?;
     let subnet = env.subnet.filter(|s| s.prefix() == 24)?;
     Some((subnet.network(), env.mtu))
+}
+
+/// The rules vxmeshd installs with its default flags (`--ip-masq`,
+/// `--iptables-forward-rules`, iptables backend), for `node`'s subnet, installed by
+/// vxmeshd's own code inside the node's namespace, so kernel VXLAN pays what vxmesh pays.
+fn vxmeshd_rules(node: &Node) -> anyhow::Result<()> {
+    let subnet = node.subnet.context("node without a subnet")?;
+    let network: vxmesh_control::subnet::Subnet = NETWORK.parse().context("the Network")?;
+    let own: vxmesh_control::subnet::Subnet = format!("{subnet}/24")
+        .parse()
+        .context("the node's subnet")?;
+    let rules =
+        vxmesh_control::masq::Rules::vxmeshd_default(vxmesh_control::masq::Backend::Iptables);
+    node.ns
+        .run(move || vxmesh_control::masq::apply(&network, &own, rules))?
+        .with_context(|| format!("installing vxmeshd's rules in {}", node.ns.name()))
 }
 
 /// Flannel's vxlan device on `node`: `flannel.1`, VNI 1, dstport 8472,

@@ -48,8 +48,15 @@ use vxmesh_dataplane::wire::MacAddr;
 
 /// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const ENCAP_OVERHEAD: u32 = 50;
-/// How often every route and neighbour is re-applied (repairs manual deletions).
+/// How often the routes and neighbours are checked against the peers (one dump
+/// each; what is missing or stale is repaired — manual deletions, for one).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// Watch events queued between the watch and the agent; at most this many are
+/// judged and programmed as one batch.
+const WATCH_QUEUE: usize = 1024;
+/// Up to this many peer changes in one batch are logged one line each; a larger
+/// batch (a node starting in a big cluster) is one summary line, the peers at debug.
+const LOG_EACH_CHANGE_UP_TO: usize = 16;
 /// How often the overlay device's MAC is checked (one netlink request).
 pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -73,6 +80,8 @@ pub struct AgentOptions {
     /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
     /// turns it off).
     pub masq_random_fully: bool,
+    /// `--vxlan-notrack`: leave the outer VXLAN packets out of conntrack.
+    pub vxlan_notrack: bool,
     /// Accept the Network's traffic in FORWARD, with or without masquerading.
     pub iptables_forward_rules: bool,
     /// How often the iptables rules are checked and restored.
@@ -410,55 +419,87 @@ async fn keep_iptables(
     }
 }
 
-/// Applies peer changes through the dataplane; `false` if any failed.
-async fn program(
-    nl: &Netlink,
-    dp: &NodeDataplane,
-    changes: &[PeerChange],
-    state: &AgentState,
-) -> bool {
-    let mut ok = true;
-    for c in changes {
-        let r = match c {
-            PeerChange::Added(p) => {
-                tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, vtep_mac = %p.vtep_mac, "peer added");
-                dp.add_peer(nl, p).await
-            }
-            PeerChange::Updated { old, new } => {
-                tracing::info!(subnet = %new.subnet, public_ip = %new.public_ip, vtep_mac = %new.vtep_mac,
-                    old_public_ip = %old.public_ip, old_vtep_mac = %old.vtep_mac, "peer changed");
-                dp.update_peer(nl, old, new).await
-            }
-            PeerChange::Removed(p) => {
-                tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, "peer removed");
-                dp.remove_peer(nl, p).await
-            }
-        };
-        if let Err(e) = r {
-            ok = false;
-            state.route_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot program peer");
-            state.update(|i| i.last_error = Some(e.to_string()));
-        }
+/// Applies a batch of peer changes through the dataplane (netlink batches); `false`
+/// if any failed. Each failure is reported with its peer; the others still happen.
+fn program(dp: &NodeDataplane, nl: &Netlink, changes: &[PeerChange], state: &AgentState) -> bool {
+    if changes.is_empty() {
+        return true;
     }
-    ok
+    let each = changes.len() <= LOG_EACH_CHANGE_UP_TO;
+    for c in changes {
+        log_change(c, each);
+    }
+    if !each {
+        let count = |f: fn(&PeerChange) -> bool| changes.iter().filter(|c| f(c)).count();
+        tracing::info!(
+            added = count(|c| matches!(c, PeerChange::Added(_))),
+            changed = count(|c| matches!(c, PeerChange::Updated { .. })),
+            removed = count(|c| matches!(c, PeerChange::Removed(_))),
+            "programming peers"
+        );
+    }
+    let failures = dp.program(nl, changes);
+    for (i, e) in &failures {
+        state.route_errors.fetch_add(1, Ordering::Relaxed);
+        let subnet = changes.get(*i).map(|c| match c {
+            PeerChange::Added(p) | PeerChange::Removed(p) | PeerChange::Updated { new: p, .. } => {
+                p.subnet.to_string()
+            }
+        });
+        tracing::error!(error = %e, subnet = subnet.unwrap_or_default(), "cannot program peer");
+        state.update(|i| i.last_error = Some(e.to_string()));
+    }
+    failures.is_empty()
 }
 
-/// Removes per-peer state the full peer set does not account for (entries left on
-/// a kernel device that outlived the agent); `false` if that failed.
-async fn prune(nl: &Netlink, dp: &NodeDataplane, peers: &PeerTable, state: &AgentState) -> bool {
-    match dp.prune(nl, peers).await {
-        Ok(0) => true,
-        Ok(n) => {
-            tracing::info!(
-                removed = n,
-                "pruned stale routes, neighbours or fdb entries"
-            );
+fn log_change(c: &PeerChange, info: bool) {
+    macro_rules! log {
+        ($($t:tt)*) => {
+            if info { tracing::info!($($t)*) } else { tracing::debug!($($t)*) }
+        };
+    }
+    match c {
+        PeerChange::Added(p) => {
+            log!(subnet = %p.subnet, public_ip = %p.public_ip, vtep_mac = %p.vtep_mac, "peer added")
+        }
+        PeerChange::Updated { old, new } => {
+            log!(subnet = %new.subnet, public_ip = %new.public_ip, vtep_mac = %new.vtep_mac,
+                old_public_ip = %old.public_ip, old_vtep_mac = %old.vtep_mac, "peer changed")
+        }
+        PeerChange::Removed(p) => {
+            log!(subnet = %p.subnet, public_ip = %p.public_ip, "peer removed")
+        }
+    }
+}
+
+/// Makes the devices match the full peer set: puts back what is missing or changed
+/// and removes what no peer accounts for (entries left on a device that outlived
+/// the agent, for one); `false` if that failed.
+async fn reconcile(
+    nl: &Netlink,
+    dp: &NodeDataplane,
+    peers: &PeerTable,
+    state: &AgentState,
+) -> bool {
+    match dp.reconcile(nl, peers).await {
+        Ok(r) => {
+            if r.removed > 0 {
+                tracing::info!(
+                    removed = r.removed,
+                    "pruned stale routes, neighbours or fdb entries"
+                );
+            }
+            if r.repaired > 0 {
+                tracing::warn!(
+                    repaired = r.repaired,
+                    "routes, neighbours or fdb entries were missing or changed; restored"
+                );
+            }
             true
         }
         Err(e) => {
             state.route_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot prune stale peer state");
+            tracing::error!(error = %e, "cannot reconcile peer routes and neighbours");
             state.update(|i| i.last_error = Some(e.to_string()));
             false
         }
@@ -634,6 +675,10 @@ pub async fn run_with(
                 masquerade: opts.ip_masq,
                 random_fully: opts.masq_random_fully,
                 forward: opts.iptables_forward_rules,
+                untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
+                    local_ip: underlay.local_ip,
+                    port: cfg.backend.port,
+                }),
                 backend: if cfg.enable_nftables {
                     Backend::Nftables
                 } else {
@@ -657,6 +702,7 @@ pub async fn run_with(
         own: first,
         lost_tx,
         synced: false,
+        shown_rejections: None,
         vtep_mac,
         mtu,
         state: Arc::clone(&state),
@@ -672,13 +718,17 @@ pub async fn run_with(
         ))
     });
 
-    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(256);
+    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
     let watcher =
         tokio::spawn(async move { watch_reg.watch_subnets(None, wtx, &watch_stats).await });
-    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-    reconcile.tick().await;
+    // Agents started together must not reconcile in step: the first pass comes after
+    // a random part of the period.
+    let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
+    let mut reconcile =
+        tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
     device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -687,7 +737,18 @@ pub async fn run_with(
         tokio::select! {
             _ = &mut stop => break Ok(()),
             ev = wrx.recv() => match ev {
-                Some(ev) => node.on_registry(ev).await,
+                Some(ev) => {
+                    // Whatever else is queued joins this pass: a burst of events is
+                    // judged, programmed and shown once.
+                    let mut batch = vec![ev];
+                    while batch.len() < WATCH_QUEUE {
+                        match wrx.try_recv() {
+                            Ok(ev) => batch.push(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    node.on_registry(&batch).await
+                }
                 None => break Err(anyhow::anyhow!("registry watch ended")),
             },
             r = held_rx.changed() => {
@@ -745,6 +806,8 @@ struct Running {
     lost_tx: mpsc::Sender<String>,
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
+    /// The rejections generation shown in /v1/status.
+    shown_rejections: Option<u64>,
     vtep_mac: MacAddr,
     mtu: u32,
 }
@@ -808,32 +871,34 @@ impl Running {
             let changes = self.peers.set_own(Some(h.subnet), &mut skips);
             record_skips(&skips, &self.state);
             record_changes(&changes, &self.state);
-            self.dp.publish(&self.peers);
-            program(&self.nl, &self.dp, &changes, &self.state).await;
+            program(&self.dp, &self.nl, &changes, &self.state);
             self.show_peers();
         }
         self.held(h);
         Ok(())
     }
 
-    /// One registry event: did we lose our lease, and what changes for the peers.
-    async fn on_registry(&mut self, ev: WatchEvent) {
-        if let Some(loss) = self.own_key.handle(&ev) {
-            let _ = self.lost_tx.try_send(loss.to_string());
+    /// Registry events (one, or a burst that queued up): did we lose our lease, and
+    /// what changes for the peers — judged, programmed and shown once for the burst.
+    async fn on_registry(&mut self, events: &[WatchEvent]) {
+        for ev in events {
+            if let Some(loss) = self.own_key.handle(ev) {
+                let _ = self.lost_tx.try_send(loss.to_string());
+            }
         }
         let mut skips = Vec::new();
-        let full_listing = matches!(ev, WatchEvent::Snapshot(_));
-        let changes = match &ev {
-            WatchEvent::Snapshot(l) => self.peers.reset(&l.entries, &mut skips),
-            WatchEvent::Put(e) => self.peers.put(e, &mut skips),
-            WatchEvent::Delete { key, .. } => self.peers.delete(key, &mut skips),
-        };
+        let full_listing = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+        let changes = self
+            .peers
+            .apply(events.iter().map(crate::peers::Update::from), &mut skips);
         record_skips(&skips, &self.state);
         record_changes(&changes, &self.state);
-        self.dp.publish(&self.peers);
-        let mut ok = program(&self.nl, &self.dp, &changes, &self.state).await;
+        let mut ok = program(&self.dp, &self.nl, &changes, &self.state);
         if full_listing {
-            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
+            // The forwarding table rebuilt from the listing (a handed-over one may
+            // hold peers that left meanwhile), and the devices checked against it.
+            self.dp.publish(&self.peers);
+            ok &= reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
         }
         if !self.synced || !changes.is_empty() {
             self.synced = true;
@@ -842,21 +907,28 @@ impl Running {
         self.show_peers();
     }
 
-    /// Shows the peers and the rejected leases in /v1/status and /metrics.
+    /// Shows the peers and the rejected leases in /v1/status and /metrics (the
+    /// rejections copied only when they changed).
     fn show_peers(&mut self) {
         let peers: Vec<_> = self.peers.peers().copied().collect();
-        let rejected: Vec<RejectedLease> = self
-            .peers
-            .rejected()
-            .map(|(key, r)| RejectedLease {
-                key: key.to_string(),
-                reason: r.reason.as_str(),
-                why: r.why.clone(),
-            })
-            .collect();
+        let generation = self.peers.rejections_generation();
+        let rejected: Option<Vec<RejectedLease>> = (self.shown_rejections != Some(generation))
+            .then(|| {
+                self.peers
+                    .rejected()
+                    .map(|(key, r)| RejectedLease {
+                        key: key.to_string(),
+                        reason: r.reason.as_str(),
+                        why: r.why.clone(),
+                    })
+                    .collect()
+            });
+        self.shown_rejections = Some(generation);
         self.state.update(|i| {
             i.peers = peers;
-            i.rejected = rejected;
+            if let Some(r) = rejected {
+                i.rejected = r;
+            }
         });
         let usage = crate::pool::PoolUsage::of(
             &self.pool_cfg,
@@ -883,9 +955,8 @@ impl Running {
             Ok(false) => {}
             Ok(true) => {
                 self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
-                let all: Vec<PeerChange> =
-                    self.peers.peers().copied().map(PeerChange::Added).collect();
-                let ok = program(&self.nl, &self.dp, &all, &self.state).await;
+                // The MAC change flushed the device's neighbours: put them back.
+                let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
                 self.state.ready.routes.store(ok, Ordering::Relaxed);
             }
             Err(e) => {
@@ -895,19 +966,14 @@ impl Running {
         }
     }
 
-    /// Re-applies every peer's route and neighbour, and prunes what no peer accounts for.
+    /// Puts back every peer's route and neighbour that went missing or changed, and
+    /// prunes what no peer accounts for (a few dumps, not a request per peer). Not
+    /// before the first listing: until then the peer set is not known.
     async fn reconcile(&mut self) {
-        let mut ok = true;
-        for p in self.peers.peers() {
-            if let Err(e) = self.dp.add_peer(&self.nl, p).await {
-                ok = false;
-                self.state.route_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, subnet = %p.subnet, "cannot re-apply peer route");
-            }
+        if !self.synced {
+            return;
         }
-        if self.synced {
-            ok &= prune(&self.nl, &self.dp, &self.peers, &self.state).await;
-            self.state.ready.routes.store(ok, Ordering::Relaxed);
-        }
+        let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
+        self.state.ready.routes.store(ok, Ordering::Relaxed);
     }
 }

@@ -118,6 +118,7 @@ const SPECS: &[Spec] = &[
     spec!("ip-masq", Bool, Flanneld, "", "true", "masquerade pod traffic leaving the Network (never pod to pod); writes FLANNEL_IPMASQ=true"),
     spec!("ip-masq-fully-random-disable", Bool, Flanneld, "", "false", "masquerade without --random-fully"),
     spec!("iptables-forward-rules", Bool, Flanneld, "", "true", "accept the Network's traffic in FORWARD (needed where Docker sets its policy to DROP)"),
+    spec!("vxlan-notrack", Bool, Vxmesh, "", "false", "leave the outer VXLAN packets (UDP to the VXLAN port, to or from this node) out of conntrack, which --ip-masq loads; a host firewall must then accept that port without a state match (docs/decisions/0013)"),
     spec!("iptables-resync", Value, Flanneld, "SECONDS", "5", "how often the iptables (with EnableNFTables: nftables) rules are checked and restored when removed"),
     spec!("healthz-ip", Value, Flanneld, "IP", "127.0.0.1", "address of /healthz, /readyz, /metrics and /v1/status"),
     spec!("healthz-port", Value, Flanneld, "PORT", "8471", "port of the HTTP endpoints; 0 disables them (vxmeshctl needs them)"),
@@ -251,6 +252,7 @@ pub struct DaemonFlags {
     pub ip_masq: bool,
     pub masq_random_fully: bool,
     pub iptables_forward_rules: bool,
+    pub vxlan_notrack: bool,
     pub iptables_resync: Duration,
     /// Where to serve the HTTP endpoints; `None` with `--healthz-port 0`.
     pub healthz: Option<SocketAddr>,
@@ -323,6 +325,7 @@ impl DaemonFlags {
             "iptables-forward-rules",
             self.iptables_forward_rules.to_string(),
         );
+        push("vxlan-notrack", self.vxlan_notrack.to_string());
         push(
             "iptables-resync",
             self.iptables_resync.as_secs().to_string(),
@@ -753,6 +756,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         ip_masq: r.bool("ip-masq", true)?,
         masq_random_fully: !r.bool("ip-masq-fully-random-disable", false)?,
         iptables_forward_rules: r.bool("iptables-forward-rules", true)?,
+        vxlan_notrack: r.bool("vxlan-notrack", false)?,
         iptables_resync: resync,
         healthz: (healthz_port != 0).then_some(SocketAddr::new(healthz_ip, healthz_port)),
         dataplane,
@@ -912,6 +916,7 @@ mod tests {
                 "--ip-masq=true",
                 "--ip-masq-fully-random-disable=false",
                 "--iptables-forward-rules=true",
+                "--vxlan-notrack=false",
                 "--iptables-resync=5",
                 "--healthz-ip=127.0.0.1",
                 "--healthz-port=8471",

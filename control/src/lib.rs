@@ -28,6 +28,7 @@ pub mod lease;
 pub mod lease_machine;
 pub mod masq;
 pub mod netlink;
+pub mod netlink_batch;
 pub mod node_dataplane;
 pub mod own_key;
 pub mod peers;

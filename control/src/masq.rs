@@ -29,17 +29,27 @@
 //! removes the other's rules, as flanneld cleans up the manager it does not use (a
 //! failure there is a warning: the other tool may not work on this host at all).
 //!
+//! With `--vxlan-notrack` (off by default, docs/decisions/0013) a third part keeps
+//! conntrack, which the nat rules load, off the outer VXLAN packets: UDP to the VXLAN
+//! port arriving at or leaving from the underlay address is marked `CT --notrack` in
+//! the raw table (chain `VXMESH-NOTRACK`, hooked into PREROUTING and OUTPUT; with
+//! nftables, chains `notrack_pre` and `notrack_out` at priority raw). Pod traffic stays
+//! tracked: Service replies need conntrack to undo their DNAT.
+//!
 //! The rules are left in place when the agent stops, so existing pods keep their
 //! outside access across a restart; `vxmeshctl cleanup-iptables` removes them (both
 //! backends').
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::subnet::Subnet;
 
 pub const NAT_CHAIN: &str = "VXMESH-POSTRTG";
 pub const FWD_CHAIN: &str = "VXMESH-FWD";
+/// The raw-table chain that leaves the outer VXLAN packets untracked.
+pub const RAW_CHAIN: &str = "VXMESH-NOTRACK";
 /// Our nftables table (family `ip`).
 pub const NFT_TABLE: &str = "vxmesh";
 
@@ -63,6 +73,18 @@ impl Backend {
     }
 }
 
+/// The outer VXLAN packets to leave untracked (`--vxlan-notrack`): UDP to the VXLAN
+/// port, arriving for this node's underlay address or leaving from it. They are never
+/// NATed, and with masquerading on, conntrack would otherwise look each one up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untrack {
+    /// The underlay interface's address VXLAN is sent from and arrives at (not the
+    /// advertised PublicIP, which differs behind NAT).
+    pub local_ip: Ipv4Addr,
+    /// The VXLAN UDP port (`Backend.Port`).
+    pub port: u16,
+}
+
 /// Which of flannel's rules to keep in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
@@ -73,21 +95,43 @@ pub struct Rules {
     pub random_fully: bool,
     /// `--iptables-forward-rules`: the FORWARD accepts.
     pub forward: bool,
+    /// `--vxlan-notrack`: the raw-table rules that keep conntrack off the outer
+    /// VXLAN packets.
+    pub untrack: Option<Untrack>,
     /// Where the rules go.
     pub backend: Backend,
 }
 
 impl Rules {
-    /// Whether vxmesh touches iptables at all.
-    pub fn any(&self) -> bool {
-        self.masquerade || self.forward
+    /// What vxmeshd keeps with its default flags (`--ip-masq`, `--iptables-forward-rules`,
+    /// MASQUERADE `--random-fully`), for the benchmark to give kernel VXLAN the same.
+    /// `--vxlan-notrack` is off by default: nothing is left untracked.
+    pub fn vxmeshd_default(backend: Backend) -> Rules {
+        Rules {
+            masquerade: true,
+            random_fully: true,
+            forward: true,
+            untrack: None,
+            backend,
+        }
     }
 
-    /// (table, built-in chain, our chain, enabled) for both parts.
-    fn parts(&self) -> [(&'static str, &'static str, &'static str, bool); 2] {
+    /// Whether vxmesh touches iptables at all.
+    pub fn any(&self) -> bool {
+        self.masquerade || self.forward || self.untrack.is_some()
+    }
+
+    /// (table, built-in chains, our chain, enabled) for each part.
+    fn parts(&self) -> [(&'static str, &'static [&'static str], &'static str, bool); 3] {
         [
-            ("nat", "POSTROUTING", NAT_CHAIN, self.masquerade),
-            ("filter", "FORWARD", FWD_CHAIN, self.forward),
+            ("nat", &["POSTROUTING"], NAT_CHAIN, self.masquerade),
+            ("filter", &["FORWARD"], FWD_CHAIN, self.forward),
+            (
+                "raw",
+                &["PREROUTING", "OUTPUT"],
+                RAW_CHAIN,
+                self.untrack.is_some(),
+            ),
         ]
     }
 }
@@ -121,6 +165,16 @@ pub fn restore_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
              :{FWD_CHAIN} - [0:0]\n\
              -A {FWD_CHAIN} -s {n} {f} -j ACCEPT\n\
              -A {FWD_CHAIN} -d {n} {f} -j ACCEPT\n\
+             COMMIT\n"
+        ));
+    }
+    if let Some(Untrack { local_ip, port }) = rules.untrack {
+        let t = r#"-m comment --comment "vxmesh notrack""#;
+        s.push_str(&format!(
+            "*raw\n\
+             :{RAW_CHAIN} - [0:0]\n\
+             -A {RAW_CHAIN} -d {local_ip}/32 -p udp -m udp --dport {port} {t} -j CT --notrack\n\
+             -A {RAW_CHAIN} -s {local_ip}/32 -p udp -m udp --dport {port} {t} -j CT --notrack\n\
              COMMIT\n"
         ));
     }
@@ -161,6 +215,18 @@ pub fn nft_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
              \t}}\n"
         ));
     }
+    if let Some(Untrack { local_ip, port }) = rules.untrack {
+        s.push_str(&format!(
+            "\tchain notrack_pre {{\n\
+             \t\ttype filter hook prerouting priority raw; policy accept;\n\
+             \t\tip daddr {local_ip} udp dport {port} notrack\n\
+             \t}}\n\
+             \tchain notrack_out {{\n\
+             \t\ttype filter hook output priority raw; policy accept;\n\
+             \t\tip saddr {local_ip} udp dport {port} notrack\n\
+             \t}}\n"
+        ));
+    }
     s.push_str("}\n");
     s
 }
@@ -181,7 +247,7 @@ pub fn ours(save: &str) -> Vec<String> {
     save.lines()
         .filter(|l| {
             l.starts_with("-A ")
-                && [NAT_CHAIN, FWD_CHAIN]
+                && [NAT_CHAIN, FWD_CHAIN, RAW_CHAIN]
                     .iter()
                     .any(|c| l.starts_with(&format!("-A {c} ")) || l.ends_with(&format!("-j {c}")))
         })
@@ -257,19 +323,22 @@ fn hook_rule(target: &str) -> [&str; 6] {
 }
 
 /// Removes one part: its hooks and its chain (best effort).
-fn remove_part(table: &str, builtin: &str, chain: &str) -> Result<(), MasqError> {
-    let mut delete = vec!["-t", table, "-D", builtin];
-    delete.extend_from_slice(&hook_rule(chain));
-    while iptables(&delete)? {}
+fn remove_part(table: &str, builtins: &[&str], chain: &str) -> Result<(), MasqError> {
+    for builtin in builtins {
+        let mut delete = vec!["-t", table, "-D", builtin];
+        delete.extend_from_slice(&hook_rule(chain));
+        while iptables(&delete)? {}
+    }
     iptables(&["-t", table, "-F", chain])?;
     iptables(&["-t", table, "-X", chain])?;
     Ok(())
 }
 
-/// Removes both iptables parts.
+/// Removes every iptables part.
 fn remove_iptables() -> Result<(), MasqError> {
-    remove_part("nat", "POSTROUTING", NAT_CHAIN)?;
-    remove_part("filter", "FORWARD", FWD_CHAIN)
+    remove_part("nat", &["POSTROUTING"], NAT_CHAIN)?;
+    remove_part("filter", &["FORWARD"], FWD_CHAIN)?;
+    remove_part("raw", &["PREROUTING", "OUTPUT"], RAW_CHAIN)
 }
 
 /// Whether `nft list tables` output lists our table.
@@ -304,7 +373,7 @@ fn remove_other(backend: Backend) {
     let (what, r) = match backend {
         Backend::Iptables => ("nftables table ip vxmesh", remove_nft()),
         Backend::Nftables => (
-            "iptables chains VXMESH-POSTRTG and VXMESH-FWD",
+            "iptables chains VXMESH-POSTRTG, VXMESH-FWD and VXMESH-NOTRACK",
             remove_iptables(),
         ),
     };
@@ -345,22 +414,24 @@ fn apply_iptables(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), Ma
     if !out.status.success() {
         return Err(failed("iptables-restore --noflush", &out));
     }
-    for (table, builtin, chain, enabled) in rules.parts() {
+    for (table, builtins, chain, enabled) in rules.parts() {
         if !enabled {
-            remove_part(table, builtin, chain)?;
+            remove_part(table, builtins, chain)?;
             continue;
         }
         let rule = hook_rule(chain);
-        let mut check = vec!["-t", table, "-C", builtin];
-        check.extend_from_slice(&rule);
-        if !iptables(&check)? {
-            let mut insert = vec!["-t", table, "-I", builtin, "1"];
-            insert.extend_from_slice(&rule);
-            if !iptables(&insert)? {
-                return Err(MasqError::Failed {
-                    cmd: format!("iptables {}", insert.join(" ")),
-                    stderr: "see iptables' message above".into(),
-                });
+        for builtin in builtins {
+            let mut check = vec!["-t", table, "-C", builtin];
+            check.extend_from_slice(&rule);
+            if !iptables(&check)? {
+                let mut insert = vec!["-t", table, "-I", builtin, "1"];
+                insert.extend_from_slice(&rule);
+                if !iptables(&insert)? {
+                    return Err(MasqError::Failed {
+                        cmd: format!("iptables {}", insert.join(" ")),
+                        stderr: "see iptables' message above".into(),
+                    });
+                }
             }
         }
     }
@@ -465,7 +536,13 @@ mod tests {
         masquerade: true,
         random_fully: true,
         forward: true,
+        untrack: None,
         backend: Backend::Iptables,
+    };
+
+    const UNTRACK: Untrack = Untrack {
+        local_ip: Ipv4Addr::new(192, 168, 200, 1),
+        port: 8472,
     };
 
     fn net() -> (Subnet, Subnet) {
@@ -706,6 +783,8 @@ table ip vxmesh {
         /// "return", "masquerade" or "accept"
         verdict: String,
         random_fully: bool,
+        /// `udp dport`
+        udp_dport: Option<u16>,
     }
 
     /// An `-A CHAIN ...` line of [`restore_input`]; `None` for any other line.
@@ -721,6 +800,7 @@ table ip vxmesh {
             dst: None,
             verdict: String::new(),
             random_fully: false,
+            udp_dport: None,
         };
         let mut neg = false;
         while let Some(w) = t.next() {
@@ -734,6 +814,10 @@ table ip vxmesh {
                         assert_eq!(t.next()?, "0x4000/0x4000");
                         m.mark = true;
                     }
+                    "udp" => {
+                        assert_eq!(t.next()?, "--dport");
+                        m.udp_dport = Some(t.next()?.parse().ok()?);
+                    }
                     "comment" => {
                         assert_eq!(t.next()?, "--comment");
                         for c in t.by_ref() {
@@ -744,7 +828,12 @@ table ip vxmesh {
                     }
                     other => panic!("unexpected match {other} in {line}"),
                 },
+                "-p" => assert_eq!(t.next()?, "udp"),
                 "-j" => m.verdict = t.next()?.to_lowercase(),
+                "--notrack" => {
+                    assert_eq!(m.verdict, "ct");
+                    m.verdict = "notrack".into();
+                }
                 "--random-fully" => m.random_fully = true,
                 other => panic!("unexpected {other} in {line}"),
             }
@@ -768,6 +857,7 @@ table ip vxmesh {
             dst: None,
             verdict: String::new(),
             random_fully: false,
+            udp_dport: None,
         };
         let mut t = line.split_whitespace().peekable();
         while let Some(w) = t.next() {
@@ -784,14 +874,25 @@ table ip vxmesh {
                 "ip" => {
                     let field = t.next()?;
                     let neg = t.next_if_eq(&"!=").is_some();
-                    let prefix = Some((neg, t.next()?.parse().ok()?));
+                    // nft prints a /32 as the bare address.
+                    let text = t.next()?;
+                    let text = if text.contains('/') {
+                        text.to_string()
+                    } else {
+                        format!("{text}/32")
+                    };
+                    let prefix = Some((neg, text.parse().ok()?));
                     match field {
                         "saddr" => m.src = prefix,
                         "daddr" => m.dst = prefix,
                         other => panic!("unexpected ip {other} in {line}"),
                     }
                 }
-                "return" | "masquerade" | "accept" => m.verdict = w.into(),
+                "udp" => {
+                    assert_eq!(t.next()?, "dport");
+                    m.udp_dport = Some(t.next()?.parse().ok()?);
+                }
+                "return" | "masquerade" | "accept" | "notrack" => m.verdict = w.into(),
                 "fully-random" => m.random_fully = true,
                 other => panic!("unexpected {other} in {line}"),
             }
@@ -806,11 +907,17 @@ table ip vxmesh {
         let (n, own) = net();
         for masquerade in [false, true] {
             for random_fully in [false, true] {
-                for forward in [false, true] {
+                for (forward, untrack) in [
+                    (false, None),
+                    (true, None),
+                    (false, Some(UNTRACK)),
+                    (true, Some(UNTRACK)),
+                ] {
                     let rules = Rules {
                         masquerade,
                         random_fully,
                         forward,
+                        untrack,
                         backend: Backend::Iptables,
                     };
                     let ipt: Vec<(String, Matched)> = restore_input(&n, &own, rules)
@@ -825,13 +932,16 @@ table ip vxmesh {
                             chain = match name.trim_end_matches(" {") {
                                 "postrtg" => NAT_CHAIN.into(),
                                 "forward" => FWD_CHAIN.into(),
+                                "notrack_pre" | "notrack_out" => RAW_CHAIN.into(),
                                 other => panic!("unexpected chain {other}"),
                             };
                         } else if let Some(m) = read_nft(line) {
                             nft.push((chain.clone(), m));
                         }
                     }
-                    let want = 5 * usize::from(masquerade) + 2 * usize::from(forward);
+                    let want = 5 * usize::from(masquerade)
+                        + 2 * usize::from(forward)
+                        + 2 * usize::from(untrack.is_some());
                     assert_eq!(ipt.len(), want, "{rules:?}");
                     assert_eq!(nft, ipt, "{rules:?}\n{nft_text}");
                 }
@@ -852,6 +962,132 @@ table ip vxmesh {
         assert!(!nft_has_table("table ip filter\ntable ip vxmesh-old\n"));
         assert!(!nft_has_table("table inet vxmesh\n"));
         assert!(!nft_has_table(""));
+    }
+
+    /// `--vxlan-notrack` with masquerading off and no FORWARD rules: the raw table only,
+    /// the exact text.
+    #[test]
+    fn untrack_rules_golden() {
+        let (n, own) = net();
+        let only = Rules {
+            masquerade: false,
+            forward: false,
+            untrack: Some(UNTRACK),
+            ..ALL
+        };
+        assert!(only.any());
+        assert_eq!(
+            restore_input(&n, &own, only),
+            "*raw
+:VXMESH-NOTRACK - [0:0]
+-A VXMESH-NOTRACK -d 192.168.200.1/32 -p udp -m udp --dport 8472 -m comment --comment \"vxmesh notrack\" -j CT --notrack
+-A VXMESH-NOTRACK -s 192.168.200.1/32 -p udp -m udp --dport 8472 -m comment --comment \"vxmesh notrack\" -j CT --notrack
+COMMIT
+"
+        );
+        assert_eq!(
+            nft_input(&n, &own, nft_of(only)),
+            "table ip vxmesh {
+}
+delete table ip vxmesh
+table ip vxmesh {
+\tchain notrack_pre {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tip daddr 192.168.200.1 udp dport 8472 notrack
+\t}
+\tchain notrack_out {
+\t\ttype filter hook output priority raw; policy accept;
+\t\tip saddr 192.168.200.1 udp dport 8472 notrack
+\t}
+}
+"
+        );
+        // Off by default, and then no raw table at all.
+        let r = restore_input(&n, &own, ALL);
+        assert!(!r.contains("*raw") && !r.contains("notrack"), "{r}");
+        assert_eq!(Rules::vxmeshd_default(Backend::Iptables), ALL);
+        // With everything on, the raw table comes after the other two, each committed.
+        let r = restore_input(
+            &n,
+            &own,
+            Rules {
+                untrack: Some(UNTRACK),
+                ..ALL
+            },
+        );
+        assert_eq!(r.matches("COMMIT").count(), 3, "{r}");
+        assert!(r.find("*filter").unwrap() < r.find("*raw").unwrap(), "{r}");
+    }
+
+    /// `iptables-save -t raw` (v1.8.9, nf_tables) in a namespace after
+    /// `iptables-restore --noflush` of the raw part for 192.168.200.1 and the two hooks.
+    const SAVED_RAW: &str = "# Generated by iptables-save v1.8.9 (nf_tables) on Mon Nov 30 06:05:26 2026
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:VXMESH-NOTRACK - [0:0]
+-A PREROUTING -m comment --comment vxmesh -j VXMESH-NOTRACK
+-A OUTPUT -m comment --comment vxmesh -j VXMESH-NOTRACK
+-A VXMESH-NOTRACK -d 192.168.200.1/32 -p udp -m udp --dport 8472 -m comment --comment \"vxmesh notrack\" -j CT --notrack
+-A VXMESH-NOTRACK -s 192.168.200.1/32 -p udp -m udp --dport 8472 -m comment --comment \"vxmesh notrack\" -j CT --notrack
+COMMIT
+# Completed on Mon Nov 30 06:05:26 2026
+";
+
+    #[test]
+    fn untrack_lines_in_iptables_save() {
+        let lines = ours(SAVED_RAW);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        let (n, own) = net();
+        let written = restore_input(
+            &n,
+            &own,
+            Rules {
+                untrack: Some(UNTRACK),
+                ..ALL
+            },
+        );
+        for l in written
+            .lines()
+            .filter(|l| l.starts_with("-A VXMESH-NOTRACK"))
+        {
+            assert!(lines.iter().any(|x| x == l), "{l}");
+        }
+        // A deleted OUTPUT hook is a drift to repair.
+        let mut hook_gone = lines.clone();
+        hook_gone.remove(1);
+        assert_eq!(drift(&lines, &hook_gone), Some((1, 0)));
+    }
+
+    /// `nft list table ip vxmesh` (nftables 1.0.6) of the two raw chains, as written by
+    /// `nft -f` in a namespace.
+    const LISTED_RAW: &str = "table ip vxmesh {
+\tchain notrack_pre {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tip daddr 192.168.200.1 udp dport 8472 notrack
+\t}
+
+\tchain notrack_out {
+\t\ttype filter hook output priority raw; policy accept;
+\t\tip saddr 192.168.200.1 udp dport 8472 notrack
+\t}
+}
+";
+
+    #[test]
+    fn nft_prints_the_untrack_chains_we_wrote() {
+        let (n, own) = net();
+        let only = Rules {
+            masquerade: false,
+            forward: false,
+            untrack: Some(UNTRACK),
+            backend: Backend::Nftables,
+            ..ALL
+        };
+        assert_eq!(
+            nft_ours(LISTED_RAW),
+            nft_ours(&nft_input(&n, &own, only))[3..]
+        );
     }
 
     #[test]

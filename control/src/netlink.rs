@@ -28,6 +28,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
+use crate::netlink_batch::{Answer, BatchWriter};
 use crate::subnet::Subnet;
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -51,16 +52,25 @@ pub enum NetlinkError {
     NoSuchLink(String),
     #[error("no route to {0}")]
     NoRoute(Ipv4Addr),
+    /// One request of a batch failed (the others were carried out).
+    #[error("netlink: {what}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Failed { what: String, errno: i32 },
+    /// One request of a batch got no answer: its outcome is unknown.
+    #[error("netlink: {what}: no answer from the kernel ({why})")]
+    Unanswered { what: String, why: String },
 }
 
 fn is_gone(e: &rtnetlink::Error) -> bool {
     match e {
-        rtnetlink::Error::NetlinkError(m) => m
-            .code
-            .map(|c| matches!(-c.get(), ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL))
-            .unwrap_or(false),
+        rtnetlink::Error::NetlinkError(m) => {
+            m.code.map(|c| is_gone_errno(-c.get())).unwrap_or(false)
+        }
         _ => false,
     }
+}
+
+fn is_gone_errno(errno: i32) -> bool {
+    matches!(errno, ENOENT | ESRCH | ENODEV | EADDRNOTAVAIL)
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -134,6 +144,26 @@ pub struct DeviceRoute {
     message: RouteMessage,
 }
 
+impl DeviceRoute {
+    /// A route as a dump of the main table reports it (`proto static`), for tests and
+    /// plans.
+    pub fn new(oif: u32, destination: Ipv4Addr, prefix_len: u8, gateway: Option<Ipv4Addr>) -> Self {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, prefix_len)
+            .output_interface(oif);
+        if let Some(g) = gateway {
+            b = b.gateway(g);
+        }
+        DeviceRoute {
+            oif: Some(oif),
+            destination,
+            prefix_len,
+            gateway,
+            message: b.build(),
+        }
+    }
+}
+
 /// An interface as the agent needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
@@ -157,17 +187,281 @@ pub struct LinkIdentity {
     pub up: bool,
 }
 
+/// One change to a device's per-peer state, for [`Netlink::apply`]. Adds replace
+/// whatever is there; deletes treat "already gone" as done — the same requests the
+/// single-shot methods ([`Netlink::replace_neighbour`] …) send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerOp {
+    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`
+    Neighbour {
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    },
+    DeleteNeighbour {
+        index: u32,
+        ip: Ipv4Addr,
+    },
+    /// `ip route replace <subnet> via <subnet>.0 dev <index> onlink`
+    PeerRoute {
+        index: u32,
+        subnet: Subnet,
+    },
+    DeletePeerRoute {
+        index: u32,
+        subnet: Subnet,
+    },
+    /// `ip route replace <subnet> via <via> dev <index>` (DirectRouting)
+    DirectRoute {
+        index: u32,
+        subnet: Subnet,
+        via: Ipv4Addr,
+    },
+    DeleteDirectRoute {
+        index: u32,
+        subnet: Subnet,
+        via: Ipv4Addr,
+    },
+    /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`
+    Fdb {
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv4Addr,
+    },
+    DeleteFdb {
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv4Addr,
+    },
+    /// Deletes a route as a dump found it (a stale one).
+    DeleteRoute(DeviceRoute),
+}
+
+impl PeerOp {
+    fn is_delete(&self) -> bool {
+        !matches!(
+            self,
+            PeerOp::Neighbour { .. }
+                | PeerOp::PeerRoute { .. }
+                | PeerOp::DirectRoute { .. }
+                | PeerOp::Fdb { .. }
+        )
+    }
+
+    /// What the request does, for an error message.
+    pub fn describe(&self) -> String {
+        match self {
+            PeerOp::Neighbour { index, ip, mac } => {
+                format!("neighbour {ip} lladdr {mac} on #{index}")
+            }
+            PeerOp::DeleteNeighbour { index, ip } => format!("delete neighbour {ip} on #{index}"),
+            PeerOp::PeerRoute { index, subnet } => {
+                format!("route {subnet} via {} onlink dev #{index}", subnet.addr())
+            }
+            PeerOp::DeletePeerRoute { index, subnet } => {
+                format!("delete route {subnet} dev #{index}")
+            }
+            PeerOp::DirectRoute { index, subnet, via } => {
+                format!("route {subnet} via {via} dev #{index} (direct)")
+            }
+            PeerOp::DeleteDirectRoute { index, subnet, via } => {
+                format!("delete route {subnet} via {via} dev #{index}")
+            }
+            PeerOp::Fdb { index, mac, dst } => format!("fdb {mac} dst {dst} on #{index}"),
+            PeerOp::DeleteFdb { index, mac, dst } => {
+                format!("delete fdb {mac} dst {dst} on #{index}")
+            }
+            PeerOp::DeleteRoute(r) => format!(
+                "delete route {}/{} via {:?}",
+                r.destination, r.prefix_len, r.gateway
+            ),
+        }
+    }
+
+    /// The request, serialized (sequence number 0; [`BatchWriter`] numbers it).
+    fn serialize(&self) -> Vec<u8> {
+        use rtnetlink::packet_core::{
+            NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
+            NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::RouteNetlinkMessage as M;
+        let replace = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let delete = NLM_F_REQUEST | NLM_F_ACK;
+        let (flags, payload) = match self {
+            PeerOp::Neighbour { index, ip, mac } => {
+                let mut m = Netlink::neighbour_key(*index, *ip);
+                m.header.state = NeighbourState::Permanent;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                (replace, M::NewNeighbour(m))
+            }
+            PeerOp::DeleteNeighbour { index, ip } => {
+                (delete, M::DelNeighbour(Netlink::neighbour_key(*index, *ip)))
+            }
+            PeerOp::PeerRoute { index, subnet } => {
+                (replace, M::NewRoute(Netlink::peer_route(subnet, *index)))
+            }
+            PeerOp::DeletePeerRoute { index, subnet } => {
+                (delete, M::DelRoute(Netlink::peer_route(subnet, *index)))
+            }
+            PeerOp::DirectRoute { index, subnet, via } => (
+                replace,
+                M::NewRoute(Netlink::direct_route(subnet, *via, *index)),
+            ),
+            PeerOp::DeleteDirectRoute { index, subnet, via } => (
+                delete,
+                M::DelRoute(Netlink::direct_route(subnet, *via, *index)),
+            ),
+            PeerOp::Fdb { index, mac, dst } => (
+                replace,
+                M::NewNeighbour(Netlink::fdb_message(*index, *mac, *dst)),
+            ),
+            PeerOp::DeleteFdb { index, mac, dst } => (
+                delete,
+                M::DelNeighbour(Netlink::fdb_message(*index, *mac, *dst)),
+            ),
+            PeerOp::DeleteRoute(r) => (delete, M::DelRoute(r.message.clone())),
+        };
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+}
+
+/// Requests per `sendmsg`: their acknowledgements (36 bytes each with
+/// `NETLINK_CAP_ACK`, each in its own skb) must fit the socket's receive buffer.
+pub const BATCH_MESSAGES: usize = 128;
+/// The batch socket's receive buffer (room for a batch's acknowledgements).
+const BATCH_RCVBUF: usize = 1 << 20;
+
+/// The socket [`Netlink::apply`] sends batches on: non-blocking, because rtnetlink
+/// handles a request inside the `sendmsg` that carries it — when `send` returns,
+/// every answer is already queued.
+#[derive(Debug)]
+struct BatchSocket {
+    socket: rtnetlink::sys::Socket,
+    next_seq: u32,
+    buf: Vec<u8>,
+}
+
+impl BatchSocket {
+    fn open() -> std::io::Result<BatchSocket> {
+        let mut socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.set_non_blocking(true)?;
+        // Errors echo only the request's header, not the whole request.
+        socket.set_cap_ack(true)?;
+        socket.set_rx_buf_sz(BATCH_RCVBUF)?;
+        Ok(BatchSocket {
+            socket,
+            next_seq: 1,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends one batch and collects its answers (pure decisions in
+    /// [`crate::netlink_batch`]).
+    fn send(&mut self, ops: &[PeerOp]) -> Vec<Result<(), NetlinkError>> {
+        let mut w = BatchWriter::new(self.next_seq);
+        let mut refused = Vec::new();
+        let mut sent = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            match w.push(&op.serialize()) {
+                Ok(_) => sent.push(i),
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        self.next_seq = self.next_seq.wrapping_add(w.len() as u32);
+        let mut answers = w.answers();
+        let mut why = String::from("the receive buffer overflowed");
+        let kernel = rtnetlink::sys::SocketAddr::new(0, 0);
+        if !w.is_empty() {
+            match self.socket.send_to(w.bytes(), &kernel, 0) {
+                Ok(_) => {
+                    while answers.pending() > 0 {
+                        self.buf.clear();
+                        match self.socket.recv(&mut self.buf, 0) {
+                            Ok(_) => {
+                                if let Err(e) = answers.handle(&self.buf) {
+                                    why = e.to_string();
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                why = e.to_string();
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => why = format!("sendmsg: {e}"),
+            }
+        }
+        let mut out: Vec<Result<(), NetlinkError>> = (0..ops.len()).map(|_| Ok(())).collect();
+        for (i, e) in refused {
+            out[i] = Err(NetlinkError::Unanswered {
+                what: ops[i].describe(),
+                why: e.to_string(),
+            });
+        }
+        for (i, a) in sent.into_iter().zip(answers.finish()) {
+            let op = &ops[i];
+            out[i] = match a {
+                Answer::Done => Ok(()),
+                Answer::Failed(e) if op.is_delete() && is_gone_errno(e) => Ok(()),
+                Answer::Failed(errno) => Err(NetlinkError::Failed {
+                    what: op.describe(),
+                    errno,
+                }),
+                Answer::Unanswered => Err(NetlinkError::Unanswered {
+                    what: op.describe(),
+                    why: why.clone(),
+                }),
+            };
+        }
+        out
+    }
+}
+
 /// A netlink connection (its I/O task runs on the current tokio runtime).
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// A second socket that sends many requests in one `sendmsg` ([`Netlink::apply`]).
+    batch: std::sync::Arc<std::sync::Mutex<BatchSocket>>,
 }
 
 impl Netlink {
     pub fn connect() -> Result<Netlink, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let batch = BatchSocket::open().map_err(NetlinkError::Connect)?;
+        Ok(Netlink {
+            handle,
+            batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
+        })
+    }
+
+    /// Carries out `ops` in order, [`BATCH_MESSAGES`] requests per `sendmsg` (the
+    /// kernel handles the requests of one datagram in order and answers each); the
+    /// outcome of each op, in the same order. Every op is tried whatever failed
+    /// before it; a delete of something already gone counts as done.
+    pub fn apply(&self, ops: &[PeerOp]) -> Vec<Result<(), NetlinkError>> {
+        // A poisoned lock only means a panic elsewhere; the socket is still usable.
+        let mut s = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(BATCH_MESSAGES) {
+            out.extend(s.send(chunk));
+        }
+        out
     }
 
     pub fn handle(&self) -> &Handle {
@@ -754,13 +1048,19 @@ impl Netlink {
             .map_err(Self::req(format!("neighbour {ip} lladdr {mac}")))
     }
 
-    /// Removes a neighbour entry; Ok if it is already gone.
-    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        let mut msg = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+    /// The neighbour entry `ip` of device `index`, as a delete names it.
+    fn neighbour_key(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg
+    }
+
+    /// Removes a neighbour entry; Ok if it is already gone.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = Self::neighbour_key(index, ip);
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !is_gone(&e) => Err(Self::req(format!("delete neighbour {ip}"))(e)),
             _ => Ok(()),
@@ -907,6 +1207,12 @@ impl Netlink {
             .collect())
     }
 
+    /// IPv4 routes of the main table through any device, except the kernel's own:
+    /// one dump, for a reconcile that looks at several devices.
+    pub async fn main_table_routes(&self) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        self.main_routes(None).await
+    }
+
     async fn main_routes(&self, index: Option<u32>) -> Result<Vec<DeviceRoute>, NetlinkError> {
         let mut s = self
             .handle
@@ -1015,4 +1321,64 @@ fn vxlan_of(m: LinkMessage) -> Option<VxlanLink> {
 /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).
 pub fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(format!("/proc/sys/{key}"), value)
+}
+
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+    use crate::netlink_batch::tests::NEIGH;
+
+    /// The batch's neighbour request is the one laid out by hand after rtnetlink(7).
+    #[test]
+    fn neighbour_request_bytes() {
+        let op = PeerOp::Neighbour {
+            index: 7,
+            ip: Ipv4Addr::new(10, 244, 2, 0),
+            mac: MacAddr([0x0e, 0x5a, 0x11, 0x22, 0x33, 0x44]),
+        };
+        assert_eq!(op.serialize(), NEIGH.to_vec());
+    }
+
+    /// Every op serializes to one well-formed message a batch accepts.
+    #[test]
+    fn every_op_is_one_message() {
+        let subnet = Subnet::new(Ipv4Addr::new(10, 244, 3, 0), 24).unwrap();
+        let mac = MacAddr([0x0e, 0, 0, 0, 0, 3]);
+        let ip = Ipv4Addr::new(192, 168, 1, 3);
+        let ops = [
+            PeerOp::DeleteNeighbour { index: 7, ip },
+            PeerOp::PeerRoute { index: 7, subnet },
+            PeerOp::DeletePeerRoute { index: 7, subnet },
+            PeerOp::DirectRoute {
+                index: 2,
+                subnet,
+                via: ip,
+            },
+            PeerOp::DeleteDirectRoute {
+                index: 2,
+                subnet,
+                via: ip,
+            },
+            PeerOp::Fdb {
+                index: 7,
+                mac,
+                dst: ip,
+            },
+            PeerOp::DeleteFdb {
+                index: 7,
+                mac,
+                dst: ip,
+            },
+        ];
+        let mut w = BatchWriter::new(1);
+        for op in &ops {
+            w.push(&op.serialize()).unwrap();
+        }
+        assert_eq!(w.len(), ops.len());
+        // Route requests: RTM_NEWROUTE 24 / RTM_DELROUTE 25, replace flags on adds.
+        let route = PeerOp::PeerRoute { index: 7, subnet }.serialize();
+        assert_eq!(&route[4..8], &[24, 0, 0x05, 0x05]);
+        let del = PeerOp::DeletePeerRoute { index: 7, subnet }.serialize();
+        assert_eq!(&del[4..8], &[25, 0, 0x05, 0x00]);
+    }
 }

@@ -567,3 +567,86 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     });
     assert!(eth0(&ns).is_empty());
 }
+
+/// Netlink batches against the real kernel: 300 routes and a few neighbours in three
+/// `sendmsg`s, two requests in the middle failing — each reported by itself, with
+/// the kernel's errno, and everything around them carried out.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn a_batch_reports_each_failure_by_itself() {
+    use vxmesh_control::netlink::{PeerOp, BATCH_MESSAGES};
+    use vxmesh_control::subnet::Subnet;
+    require_root();
+    let ns = Ns::new("batch");
+    let eth0 = eth0_index(&ns);
+    let results = ns.run(move |nl| {
+        Box::pin(async move {
+            let mut ops: Vec<PeerOp> = (0..300u32)
+                .map(|i| PeerOp::PeerRoute {
+                    index: eth0,
+                    subnet: Subnet::new(
+                        Ipv4Addr::new(10, 100, (i / 16) as u8, (i % 16 * 16) as u8),
+                        28,
+                    )
+                    .unwrap(),
+                })
+                .collect();
+            // No such device (ENODEV), in the middle of the second batch.
+            ops.insert(
+                BATCH_MESSAGES + 5,
+                PeerOp::Neighbour {
+                    index: 99_999,
+                    ip: Ipv4Addr::new(192, 0, 2, 9),
+                    mac: MAC,
+                },
+            );
+            // A gateway not on any link: the kernel refuses the route.
+            ops.insert(
+                BATCH_MESSAGES + 6,
+                PeerOp::DirectRoute {
+                    index: eth0,
+                    subnet: Subnet::new(Ipv4Addr::new(10, 244, 9, 0), 24).unwrap(),
+                    via: Ipv4Addr::new(203, 0, 113, 9),
+                },
+            );
+            // Deleting what is not there is done; a neighbour after the failures.
+            ops.push(PeerOp::DeleteNeighbour {
+                index: eth0,
+                ip: Ipv4Addr::new(192, 0, 2, 77),
+            });
+            ops.push(PeerOp::Neighbour {
+                index: eth0,
+                ip: Ipv4Addr::new(192, 0, 2, 50),
+                mac: MAC,
+            });
+            nl.apply(&ops)
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(results.len(), 304);
+    let failed: Vec<(usize, &String)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0].0, BATCH_MESSAGES + 5);
+    assert!(failed[0].1.contains("No such device"), "{}", failed[0].1);
+    assert_eq!(failed[1].0, BATCH_MESSAGES + 6);
+    assert!(
+        failed[1].1.contains("10.244.9.0/24 via 203.0.113.9"),
+        "{}",
+        failed[1].1
+    );
+    let routes = ns.routes("eth0");
+    assert_eq!(
+        routes.iter().filter(|r| r.starts_with("10.100.")).count(),
+        300,
+        "{routes:?}"
+    );
+    // The last route of the last batch, onlink via its own first address.
+    assert!(routes.contains(&"10.100.18.176/28 10.100.18.176".to_string()));
+    assert_eq!(ns.neigh("eth0"), vec!["192.0.2.50 02:11:22:33:44:01"]);
+}

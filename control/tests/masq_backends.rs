@@ -2,7 +2,9 @@
 //! (`EnableNFTables`) rules applied with `nft -f`, kept in place like the iptables ones
 //! (a flushed chain, a deleted table, a foreign rule are each restored), switching
 //! between the backends removes the other's rules, and the nftables rule set
-//! masquerades pod traffic leaving the Network but not pod-to-pod traffic.
+//! masquerades pod traffic leaving the Network but not pod-to-pod traffic; the
+//! `--vxlan-notrack` rules keep the outer VXLAN packets out of conntrack in both backends,
+//! are restored and removed like the others.
 //! Needs root, `nft` and `iptables`: ignored by a plain `cargo test`, run by
 //! scripts/test.sh (`-- --include-ignored`).
 
@@ -11,7 +13,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use vxmesh_control::masq::{self, Backend, Ensured, Rules, Snapshot};
+use vxmesh_control::masq::{self, Backend, Ensured, Rules, Snapshot, Untrack};
 use vxmesh_control::subnet::Subnet;
 use vxmesh_testkit::{require_commands, require_root, veth, Netns};
 
@@ -19,6 +21,7 @@ const NFT: Rules = Rules {
     masquerade: true,
     random_fully: true,
     forward: true,
+    untrack: None,
     backend: Backend::Nftables,
 };
 const IPT: Rules = Rules {
@@ -259,4 +262,135 @@ fn nftables_masquerades_only_traffic_leaving_the_network() {
         pod_ip,
         "pod-to-pod traffic inside the Network keeps its source"
     );
+}
+
+/// The connections conntrack holds in `ns` now.
+fn tracked(ns: &Netns) -> u64 {
+    ns.run(|| std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count"))
+        .unwrap()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends one datagram from `from` (any port) to `to:port` and waits until it arrived.
+fn send(from_ns: &Netns, from: Ipv4Addr, to_ns: &Netns, to: Ipv4Addr, port: u16) {
+    let rx = to_ns
+        .run(move || {
+            let s = UdpSocket::bind((to, port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s
+        })
+        .unwrap();
+    from_ns
+        .run(move || {
+            UdpSocket::bind((from, 0))
+                .unwrap()
+                .send_to(b"vxmesh notrack test", (to, port))
+                .unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(rx.recv(&mut buf).unwrap(), 19);
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn vxlan_notrack_leaves_only_the_outer_vxlan_untracked() {
+    require();
+    // node (192.168.78.1, the rules) — peer (192.168.78.2)
+    let node = Netns::unique("masq-ntn").unwrap();
+    let peer = Netns::unique("masq-ntp").unwrap();
+    veth(
+        &node,
+        "eth0",
+        "192.168.78.1/24",
+        &peer,
+        "eth0",
+        "192.168.78.2/24",
+    )
+    .unwrap();
+    let (me, them): (Ipv4Addr, Ipv4Addr) = (
+        "192.168.78.1".parse().unwrap(),
+        "192.168.78.2".parse().unwrap(),
+    );
+    let untrack = Some(Untrack {
+        local_ip: me,
+        port: 8472,
+    });
+    for backend in [Backend::Iptables, Backend::Nftables] {
+        let rules = Rules {
+            untrack,
+            backend,
+            ..NFT
+        };
+        let mut last = None;
+        assert_eq!(ensure(&node, rules, &mut last), Ensured::Applied);
+        // The nat rules make the kernel track; VXLAN both ways is not tracked ...
+        let before = tracked(&node);
+        send(&peer, them, &node, me, 8472);
+        send(&node, me, &peer, them, 8472);
+        assert_eq!(tracked(&node), before, "{backend:?}: VXLAN was tracked");
+        // ... other UDP still is, both ways.
+        send(&peer, them, &node, me, 8473);
+        send(&node, me, &peer, them, 8474);
+        assert_eq!(
+            tracked(&node),
+            before + 2,
+            "{backend:?}: other UDP untracked"
+        );
+        // A deleted hook is put back by the resync.
+        match backend {
+            Backend::Iptables => node
+                .exec(
+                    "iptables",
+                    &[
+                        "-w",
+                        "-t",
+                        "raw",
+                        "-D",
+                        "OUTPUT",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "vxmesh",
+                        "-j",
+                        "VXMESH-NOTRACK",
+                    ],
+                )
+                .unwrap(),
+            Backend::Nftables => node
+                .exec("nft", &["delete", "chain", "ip", "vxmesh", "notrack_out"])
+                .unwrap(),
+        };
+        assert!(matches!(
+            ensure(&node, rules, &mut last),
+            Ensured::Restored { extra: 0, .. }
+        ));
+        let before = tracked(&node);
+        send(&node, me, &peer, them, 8472);
+        assert_eq!(
+            tracked(&node),
+            before,
+            "{backend:?}: restored hook not in force"
+        );
+    }
+    // The nftables table holds the chains; switching back to iptables removes them, and
+    // turning the flag off removes the raw part.
+    let ipt = Rules { untrack, ..IPT };
+    let mut last = None;
+    assert_eq!(ensure(&node, ipt, &mut last), Ensured::Applied);
+    assert!(!nft_tables(&node).contains("table ip vxmesh"));
+    assert!(iptables_save(&node).contains(":VXMESH-NOTRACK"));
+    let mut last = None;
+    assert_eq!(ensure(&node, IPT, &mut last), Ensured::Applied);
+    let saved = iptables_save(&node);
+    assert!(!saved.contains("VXMESH-NOTRACK"), "{saved}");
+    // cleanup-iptables removes them too.
+    node.run(move || masq::apply(&net().0, &net().1, ipt).unwrap())
+        .unwrap();
+    node.run(|| masq::remove().unwrap()).unwrap();
+    let saved = iptables_save(&node);
+    assert!(!saved.contains("VXMESH"), "{saved}");
 }

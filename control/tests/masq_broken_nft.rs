@@ -36,6 +36,7 @@ fn iptables_mode_works_when_nft_fails() {
         masquerade: true,
         random_fully: true,
         forward: true,
+        untrack: None,
         backend: Backend::Iptables,
     };
     let (n, own): (Subnet, Subnet) = (

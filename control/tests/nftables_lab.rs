@@ -1,8 +1,9 @@
 //! Privileged end to end: `"EnableNFTables": true` in the network config moves a lab
 //! node's masquerade and forward rules from iptables chains to vxmesh's nftables table
 //! (`table ip vxmesh`) when its vxmeshd restarts, keeps them there (a deleted table is
-//! back within the resync period), and removing the key moves them back. Pods on both
-//! nodes reach each other throughout. Needs root, network namespaces, etcd and nft:
+//! back within the resync period), and removing the key moves them back. The agents run
+//! with `--vxlan-notrack`, so the raw-table rules that leave the outer VXLAN untracked
+//! move with them. Pods on both nodes reach each other throughout. Needs root, network namespaces, etcd and nft:
 //! ignored by a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -36,7 +37,13 @@ fn nft_table(lab: &Lab) -> Option<String> {
 
 fn iptables_chains(lab: &Lab) -> bool {
     let saved = try_in(lab, "n2", &["iptables-save"]).unwrap();
-    saved.contains(":VXMESH-POSTRTG") && saved.contains(":VXMESH-FWD")
+    saved.contains(":VXMESH-POSTRTG")
+        && saved.contains(":VXMESH-FWD")
+        && saved.contains("-A PREROUTING -m comment --comment vxmesh -j VXMESH-NOTRACK")
+        && saved.contains("-A OUTPUT -m comment --comment vxmesh -j VXMESH-NOTRACK")
+        && saved.contains(
+            "-p udp -m udp --dport 8472 -m comment --comment \"vxmesh notrack\" -j CT --notrack",
+        )
 }
 
 fn put_config(lab: &Lab, nftables: bool) {
@@ -63,7 +70,7 @@ fn enable_nftables_moves_the_rules_and_keeps_them_in_place() {
             ("VXLAB_NODES", "2"),
             ("VXLAB_PODS", "1"),
             ("VXLAB_IPERF_SECONDS", "1"),
-            ("VXLAB_AGENT_ARGS", "--iptables-resync=1"),
+            ("VXLAB_AGENT_ARGS", "--iptables-resync=1 --vxlan-notrack"),
         ],
     );
     let (ok, out) = lab.cmd(&["up"]);
@@ -79,10 +86,14 @@ fn enable_nftables_moves_the_rules_and_keeps_them_in_place() {
     assert!(
         table.contains(&format!("ip saddr != 10.244.0.0/16 ip daddr {own} return"))
             && table.contains("masquerade fully-random")
-            && table.contains("ip daddr 10.244.0.0/16 accept"),
+            && table.contains("ip daddr 10.244.0.0/16 accept")
+            && table.contains("type filter hook prerouting priority raw")
+            && table.contains("udp dport 8472 notrack"),
         "{table}"
     );
     assert!(!iptables_chains(&lab), "the iptables chains are removed");
+    let saved = try_in(&lab, "n2", &["iptables-save"]).unwrap();
+    assert!(!saved.contains("VXMESH"), "{saved}");
     lab.check(2, "n2 on nftables");
 
     lab.exec("n2", &["nft", "delete", "table", "ip", "vxmesh"]);

@@ -107,6 +107,90 @@ impl ForwardingTable {
         t
     }
 
+    /// The next generation as a delta: this table without `removed`, with `added`
+    /// (in that order; a peer in both is one whose MAC changed, or that left and came
+    /// back). The same table [`ForwardingTable::next`] builds for the resulting set,
+    /// up to slot order: a peer that stays keeps its counters, and so does one
+    /// re-added with the same VTEP address and PublicIP. Costs a copy of the maps
+    /// plus O(1) per change instead of a rebuild of every peer. Where the peers do not
+    /// have distinct MACs, VTEP addresses and PublicIPs (the control plane never
+    /// publishes such a set), or `removed` names a peer not in the table, it falls
+    /// back to the rebuild.
+    pub fn with_delta(&self, removed: &[PeerVtep], added: &[PeerVtep]) -> Self {
+        let mut t = self.clone();
+        match t.delta_in_place(removed, added) {
+            Some(()) => t,
+            None => {
+                let mut set: Vec<PeerVtep> = self
+                    .peers
+                    .iter()
+                    .filter(|p| !removed.contains(p))
+                    .copied()
+                    .collect();
+                let mut seen: rustc_hash::FxHashSet<PeerVtep> = set.iter().copied().collect();
+                set.extend(added.iter().filter(|p| seen.insert(**p)).copied());
+                self.next(set)
+            }
+        }
+    }
+
+    fn delta_in_place(&mut self, removed: &[PeerVtep], added: &[PeerVtep]) -> Option<()> {
+        let mut freed: FxHashMap<(Ipv4Addr, Ipv4Addr), Arc<PeerCounters>> = FxHashMap::default();
+        for p in removed {
+            if !self.admits(p) {
+                continue;
+            }
+            let &(_, slot) = self.by_mac.get(&p.vtep_mac)?;
+            let slot = slot as usize;
+            if self.peers.get(slot) != Some(p) {
+                return None;
+            }
+            self.by_mac.remove(&p.vtep_mac);
+            self.by_vtep_ip.remove(&p.vtep_ip);
+            self.sources.remove(&p.public_ip);
+            self.peers.swap_remove(slot);
+            let c = self.counters.swap_remove(slot);
+            freed.insert((p.vtep_ip, p.public_ip), c);
+            // The last peer moved into `slot`.
+            if let Some(moved) = self.peers.get(slot) {
+                let s = u32::try_from(slot).ok()?;
+                self.by_mac.insert(moved.vtep_mac, (moved.public_ip, s));
+                self.sources.insert(moved.public_ip, s);
+            }
+        }
+        for p in added {
+            if !self.admits(p) {
+                continue;
+            }
+            // Already here, exactly (a table handed over with the dataplane, then
+            // the same peers added from the first listing): nothing to do.
+            if let Some(&(_, slot)) = self.by_mac.get(&p.vtep_mac) {
+                if self.peers.get(slot as usize) == Some(p) {
+                    continue;
+                }
+            }
+            if self.by_mac.contains_key(&p.vtep_mac)
+                || self.by_vtep_ip.contains_key(&p.vtep_ip)
+                || self.sources.contains_key(&p.public_ip)
+            {
+                return None;
+            }
+            let slot = u32::try_from(self.peers.len()).ok()?;
+            self.by_mac.insert(p.vtep_mac, (p.public_ip, slot));
+            self.by_vtep_ip.insert(p.vtep_ip, p.vtep_mac);
+            self.sources.insert(p.public_ip, slot);
+            self.counters
+                .push(freed.remove(&(p.vtep_ip, p.public_ip)).unwrap_or_default());
+            self.peers.push(*p);
+        }
+        Some(())
+    }
+
+    /// Whether `p` can be in a table (see [`ForwardingTable::new`]).
+    fn admits(&self, p: &PeerVtep) -> bool {
+        p.vtep_mac.is_unicast() && p.vtep_mac != self.local.vtep_mac
+    }
+
     pub fn local(&self) -> &LocalVtep {
         &self.local
     }
@@ -171,6 +255,13 @@ impl SharedTable {
     /// peers that stay keep their counters. One writer at a time (the control plane).
     pub fn update(&self, peers: impl IntoIterator<Item = PeerVtep>) {
         let next = self.load().next(peers);
+        self.store(next);
+    }
+
+    /// Publishes the next generation as a delta (see [`ForwardingTable::with_delta`]).
+    /// One writer at a time (the control plane).
+    pub fn apply_delta(&self, removed: &[PeerVtep], added: &[PeerVtep]) {
+        let next = self.load().with_delta(removed, added);
         self.store(next);
     }
 
@@ -259,5 +350,111 @@ mod tests {
         ));
         assert_eq!(g2.peer_counters(0).unwrap().snapshot().rx_packets, 0);
         assert!(g2.peer_counters(3).is_none());
+    }
+
+    /// The delta and the rebuild agree: same lookups, and the same counters for every
+    /// peer (kept ones share them with the previous generation, new ones start at 0).
+    fn same_as_rebuild(prev: &ForwardingTable, delta: &ForwardingTable, set: &[PeerVtep]) {
+        let rebuilt = prev.next(set.iter().copied());
+        assert_eq!(delta.peers().len(), rebuilt.peers().len());
+        for p in set {
+            let (ip, slot) = delta.peer_slot_by_mac(&p.vtep_mac).unwrap();
+            assert_eq!(ip, p.public_ip);
+            assert_eq!(delta.peers()[slot], *p);
+            assert_eq!(delta.slot_by_source(&p.public_ip), Some(slot));
+            assert_eq!(delta.mac_for_vtep_ip(&p.vtep_ip), Some(p.vtep_mac));
+            let (_, rslot) = rebuilt.peer_slot_by_mac(&p.vtep_mac).unwrap();
+            assert!(
+                Arc::ptr_eq(
+                    delta.peer_counters(slot).unwrap(),
+                    rebuilt.peer_counters(rslot).unwrap()
+                ) || (delta.peer_counters(slot).unwrap().snapshot().rx_packets == 0
+                    && !prev
+                        .peers()
+                        .iter()
+                        .any(|q| q.vtep_ip == p.vtep_ip && q.public_ip == p.public_ip))
+            );
+        }
+        for q in prev.peers() {
+            if !set.contains(q) {
+                assert_ne!(delta.peer_by_mac(&q.vtep_mac), Some(q.public_ip));
+            }
+        }
+    }
+
+    #[test]
+    fn delta_removes_moves_the_last_slot_and_keeps_counters() {
+        let t = ForwardingTable::new(local(), [peer(1), peer(2), peer(3)]);
+        t.peer_counters(2).unwrap().add_rx(5, 500, 1);
+        let new_mac = PeerVtep {
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 1, 1]),
+            ..peer(1)
+        };
+        // Remove peer 1 (slot 0: peer 3 moves there), change its MAC, add peer 4.
+        let d = t.with_delta(&[peer(1)], &[new_mac, peer(4)]);
+        assert_eq!(d.slot_by_source(&peer(3).public_ip), Some(0));
+        assert_eq!(d.peer_counters(0).unwrap().snapshot().rx_packets, 5);
+        assert!(Arc::ptr_eq(
+            t.peer_counters(0).unwrap(),
+            d.peer_counters(2).unwrap()
+        ));
+        assert_eq!(d.peer_by_mac(&peer(1).vtep_mac), None);
+        assert_eq!(d.peer_by_mac(&new_mac.vtep_mac), Some(peer(1).public_ip));
+        same_as_rebuild(&t, &d, &[new_mac, peer(2), peer(3), peer(4)]);
+        // A duplicate PublicIP (never published by the control plane): the rebuild.
+        let dup = PeerVtep {
+            vtep_mac: MacAddr([0x0e, 0, 0, 0, 9, 9]),
+            vtep_ip: Ipv4Addr::new(10, 244, 99, 0),
+            ..peer(2)
+        };
+        let d2 = d.with_delta(&[], &[dup]);
+        assert_eq!(d2.peers().len(), 5);
+        assert_eq!(d2.peer_by_mac(&dup.vtep_mac), Some(dup.public_ip));
+        // Adding a peer that is already there changes nothing.
+        let again = d.with_delta(&[], &[peer(2)]);
+        assert_eq!(again.peers().len(), 4);
+        assert!(Arc::ptr_eq(
+            again
+                .peer_counters(again.slot_by_source(&peer(2).public_ip).unwrap())
+                .unwrap(),
+            d.peer_counters(d.slot_by_source(&peer(2).public_ip).unwrap())
+                .unwrap()
+        ));
+        // Removing a peer that is not there: the rebuild, which ignores it.
+        let d3 = d.with_delta(&[peer(7)], &[]);
+        assert_eq!(d3.peers().len(), 4);
+        // Peers no table admits are skipped both ways.
+        let bad = PeerVtep {
+            vtep_mac: MacAddr::BROADCAST,
+            ..peer(8)
+        };
+        assert_eq!(d.with_delta(&[bad], &[bad]).peers().len(), 4);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of deltas over peers with distinct keys gives what the rebuild
+        /// gives.
+        #[test]
+        fn delta_equals_rebuild(steps in proptest::collection::vec(
+            (proptest::collection::vec(1u8..40, 0..6), proptest::collection::vec((1u8..40, 0u8..2), 0..6)), 1..12)) {
+            let mut set: Vec<PeerVtep> = Vec::new();
+            let mut t = ForwardingTable::new(local(), []);
+            for (remove, add) in steps {
+                let removed: Vec<PeerVtep> = set.iter().filter(|p| remove.contains(&p.vtep_ip.octets()[2])).copied().collect();
+                set.retain(|p| !removed.contains(p));
+                let mut added = Vec::new();
+                for (n, variant) in add {
+                    if set.iter().chain(&added).any(|p: &PeerVtep| p.vtep_ip.octets()[2] == n) {
+                        continue;
+                    }
+                    let p = PeerVtep { vtep_mac: MacAddr([0x0e, 0, 0, 0, variant, n]), ..peer(n) };
+                    added.push(p);
+                }
+                set.extend(added.iter().copied());
+                let d = t.with_delta(&removed, &added);
+                same_as_rebuild(&t, &d, &set);
+                t = d;
+            }
+        }
     }
 }

@@ -72,8 +72,8 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
-    /// Remove the masquerade/forward rules vxmeshd installed: iptables chains and the
-    /// nftables table (after uninstall).
+    /// Remove the masquerade/forward (and --vxlan-notrack) rules vxmeshd installed:
+    /// iptables chains and the nftables table (after uninstall).
     CleanupIptables,
     /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
     /// restarts lose nothing — with its address, routes and neighbours. Refuses
@@ -519,9 +519,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::CleanupIptables => {
             vxmesh_control::masq::remove()?;
             println!(
-                "removed the {} and {} chains and their hooks, and nftables table ip {}",
+                "removed the {}, {} and {} chains and their hooks, and nftables table ip {}",
                 vxmesh_control::masq::NAT_CHAIN,
                 vxmesh_control::masq::FWD_CHAIN,
+                vxmesh_control::masq::RAW_CHAIN,
                 vxmesh_control::masq::NFT_TABLE
             );
         }

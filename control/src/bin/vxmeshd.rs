@@ -136,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             offloads: f.offloads,
             ip_masq: f.ip_masq,
             masq_random_fully: f.masq_random_fully,
+            vxlan_notrack: f.vxlan_notrack,
             iptables_forward_rules: f.iptables_forward_rules,
             iptables_resync: f.iptables_resync,
             dataplane: f.dataplane,

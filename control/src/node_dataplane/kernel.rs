@@ -26,24 +26,22 @@
 //! Stopping leaves the device and its entries in place, as flanneld does: pod
 //! traffic survives an agent restart or upgrade. Whatever became stale meanwhile
 //! (a peer that left while the agent was down, or entries flanneld left on an
-//! adopted device) is pruned by [`Kernel::prune`] once the agent has the full peer
+//! adopted device) is pruned by [`super::NodeDataplane::reconcile`] once the agent has the full peer
 //! list. The userspace dataplane deletes this device when it starts (it needs the
 //! UDP port), and this dataplane deletes the userspace dataplane's TAP if one was
 //! left, so switching leaves nothing of the other behind.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context as _;
 
+use super::direct::PeerPath;
+use super::plan::{self, Programmed};
 use super::DataplaneSetup;
 use crate::netlink::{is_exists, write_sysctl, Netlink, NetlinkError, VxlanLink, VxlanSpec};
-use crate::peers::Peer;
+use crate::peers::{Peer, PeerChange};
 use crate::state::AgentState;
-use crate::subnet::Subnet;
 use vxmesh_dataplane::ifname::IfName;
-use vxmesh_dataplane::wire::MacAddr;
 
 /// Name prefix of the kernel vxlan device: flannel's, see the module documentation.
 pub const DEVICE_PREFIX: &str = "flannel";
@@ -92,7 +90,7 @@ pub struct Kernel {
     index: u32,
     /// Peers programmed on the device, to keep an fdb entry another peer still
     /// needs (two leases of one node share its VtepMAC).
-    programmed: Mutex<BTreeMap<Subnet, Peer>>,
+    programmed: Mutex<Programmed>,
 }
 
 impl Kernel {
@@ -172,7 +170,7 @@ impl Kernel {
         Ok(Kernel {
             name,
             index,
-            programmed: Mutex::new(BTreeMap::new()),
+            programmed: Mutex::new(Programmed::default()),
         })
     }
 
@@ -184,29 +182,37 @@ impl Kernel {
         &self.name
     }
 
-    fn programmed(&self) -> MutexGuard<'_, BTreeMap<Subnet, Peer>> {
+    pub(super) fn programmed(&self) -> MutexGuard<'_, Programmed> {
         // A poisoned lock only means a panic elsewhere; the map is still usable.
         self.programmed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a programmed peer other than `except` uses `mac`; returns its PublicIP.
-    fn other_user_of(&self, mac: MacAddr, except: &Subnet) -> Option<Ipv4Addr> {
-        self.programmed()
-            .values()
-            .find(|p| p.vtep_mac == mac && p.subnet != *except)
-            .map(|p| p.public_ip)
+    fn devices(&self) -> plan::Devices {
+        plan::Devices {
+            overlay: self.index,
+            underlay: 0,
+            fdb: true,
+        }
+    }
+
+    /// Carries out `changes` for peers routed through the device, in netlink
+    /// batches (see [`plan::program_ops`]); the first failure, every request tried.
+    fn program(&self, nl: &Netlink, changes: &[PeerChange]) -> Result<(), NetlinkError> {
+        let ops = plan::program_ops(
+            &self.devices(),
+            changes,
+            |_| PeerPath::Overlay,
+            &mut self.programmed(),
+        );
+        let ops: Vec<_> = ops.into_iter().map(|(_, op)| op).collect();
+        nl.apply(&ops).into_iter().collect()
     }
 
     /// Neighbour, fdb entry, route — in that order.
     pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        nl.replace_neighbour(self.index, p.vtep_ip(), p.vtep_mac)
-            .await?;
-        nl.replace_fdb(self.index, p.vtep_mac, p.public_ip).await?;
-        nl.replace_peer_route(&p.subnet, self.index).await?;
-        self.programmed().insert(p.subnet, *p);
-        Ok(())
+        self.program(nl, &[PeerChange::Added(*p)])
     }
 
     /// Programs `new` completely, then removes what only `old` needed: the old
@@ -218,69 +224,36 @@ impl Kernel {
         old: &Peer,
         new: &Peer,
     ) -> Result<(), NetlinkError> {
-        self.add_peer(nl, new).await?;
-        if old.vtep_mac != new.vtep_mac && self.other_user_of(old.vtep_mac, &new.subnet).is_none() {
-            nl.delete_fdb(self.index, old.vtep_mac, old.public_ip)
-                .await?;
-        }
-        Ok(())
+        self.program(
+            nl,
+            &[PeerChange::Updated {
+                old: *old,
+                new: *new,
+            }],
+        )
     }
 
     /// Route, fdb entry, neighbour — the reverse of adding. Every step is tried.
     pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        let a = nl.delete_peer_route(&p.subnet, self.index).await;
-        let b = match self.other_user_of(p.vtep_mac, &p.subnet) {
-            // Another lease of the same node: its entry must stay (and point at it).
-            Some(ip) => nl.replace_fdb(self.index, p.vtep_mac, ip).await,
-            None => nl.delete_fdb(self.index, p.vtep_mac, p.public_ip).await,
-        };
-        let c = nl.delete_neighbour(self.index, p.vtep_ip()).await;
-        self.programmed().remove(&p.subnet);
-        a.and(b).and(c)
+        self.program(nl, &[PeerChange::Removed(*p)])
     }
 
-    /// Removes every route, permanent neighbour and fdb entry on the device that no
-    /// peer in `peers` (the peers routed through the device) accounts for; returns
-    /// how many were removed.
+    /// Makes the device carry exactly `peers` (the peers routed through it): puts
+    /// back what is missing and removes every route, permanent neighbour and fdb
+    /// entry no peer accounts for; returns how many were removed. Three dumps and
+    /// one batch, whatever the number of peers.
     pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
-        let by_subnet: BTreeMap<Subnet, &Peer> = peers.iter().map(|p| (p.subnet, p)).collect();
-        let mut removed = 0;
-        for r in nl.routes_via(self.index).await? {
-            let wanted = Subnet::new(r.destination, r.prefix_len)
-                .is_ok_and(|s| by_subnet.contains_key(&s) && s.addr() == r.destination);
-            if !wanted {
-                tracing::info!(device = %self.name, route = %format!("{}/{}", r.destination, r.prefix_len), "pruning stale route");
-                nl.delete_route(&r).await?;
-                removed += 1;
-            }
-        }
-        for e in nl.fdb_entries(self.index).await? {
-            let Some(dst) = e.dst else { continue };
-            let wanted = peers
-                .iter()
-                .any(|p| p.vtep_mac == e.mac && p.public_ip == dst);
-            if !wanted {
-                tracing::info!(device = %self.name, mac = %e.mac, %dst, "pruning stale fdb entry");
-                nl.delete_fdb(self.index, e.mac, dst).await?;
-                removed += 1;
-            }
-        }
-        for n in nl.neighbours(self.index).await? {
-            if !n.permanent {
-                continue;
-            }
-            let wanted = peers.iter().any(|p| p.vtep_ip() == n.ip);
-            if !wanted {
-                tracing::info!(device = %self.name, ip = %n.ip, "pruning stale neighbour");
-                nl.delete_neighbour(self.index, n.ip).await?;
-                removed += 1;
-            }
-        }
-        {
-            let mut prog = self.programmed();
-            prog.retain(|s, _| by_subnet.contains_key(s));
-        }
-        Ok(removed)
+        let d = self.devices();
+        let dumps = plan::Dumps {
+            routes: nl.routes_via(self.index).await?,
+            neighbours: nl.neighbours(self.index).await?,
+            fdb: nl.fdb_entries(self.index).await?,
+        };
+        let with_paths: Vec<(Peer, PeerPath)> =
+            peers.iter().map(|p| (*p, PeerPath::Overlay)).collect();
+        let r = plan::reconcile_ops(&d, &with_paths, &dumps, None);
+        self.programmed().reset(peers);
+        super::apply_reconcile(nl, r).map(|r| r.removed)
     }
 
     /// Leaves the device and its entries in place (see the module documentation).
@@ -348,6 +321,8 @@ pub async fn remove_leftover_device(nl: &Netlink, vni: u32, port: u16) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+    use vxmesh_dataplane::wire::MacAddr;
 
     fn spec() -> VxlanSpec {
         VxlanSpec {

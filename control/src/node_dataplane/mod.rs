@@ -13,6 +13,10 @@
 //! route via their PublicIP instead (`<subnet> via <PublicIP> dev <underlay>`, see
 //! [`direct`]) in either dataplane; their traffic never touches the overlay device.
 //!
+//! Changes are carried out in batches ([`NodeDataplane::program`]: the requests of
+//! [`plan::program_ops`], many per `sendmsg`), and the device is checked against the
+//! peer set by dumping it ([`NodeDataplane::reconcile`]: one route dump, one
+//! neighbour dump, one fdb dump, then only what differs) — not a request per peer.
 //! Every operation is idempotent, so the agent can re-apply everything at any time.
 //! Both devices outlive the agent (a stop, a crash, a restart): pod traffic keeps
 //! its path, and the next agent adopts the device and prunes what went stale.
@@ -23,14 +27,15 @@
 
 pub mod direct;
 pub mod kernel;
+pub mod plan;
 pub mod userspace;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::handover::DataplaneFds;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::peers::{Peer, PeerTable};
+use crate::netlink::{Netlink, NetlinkError, PeerOp};
+use crate::peers::{Peer, PeerChange, PeerTable};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use direct::{DirectRouting, PeerPath};
@@ -216,9 +221,10 @@ impl NodeDataplane {
             .await
     }
 
-    /// Makes the fast path see the current peer set (before routes point at it).
-    /// Every peer is in it, direct ones too: their VXLAN is still accepted (a peer
-    /// that decided otherwise, or one changing its mind). The kernel dataplane has no
+    /// Makes the fast path see exactly the current peer set, rebuilt from it (after
+    /// a full listing; events go through [`NodeDataplane::program`]'s delta). Every
+    /// peer is in it, direct ones too: their VXLAN is still accepted (a peer that
+    /// decided otherwise, or one changing its mind). The kernel dataplane has no
     /// table of its own: a no-op there.
     pub fn publish(&self, peers: &PeerTable) {
         match &self.overlay {
@@ -227,57 +233,85 @@ impl NodeDataplane {
         }
     }
 
-    /// Removes per-peer state that no peer in `peers` (the full, current set)
-    /// accounts for; returns how many entries went. On the overlay device: entries
-    /// of peers that are gone or now routed directly (both devices outlive the agent,
-    /// the kernel's may have been flanneld's, so a peer that left while no agent ran
-    /// leaves entries behind). With DirectRouting, also direct routes on the
-    /// underlay that no peer accounts for (they outlive the agent too).
-    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
-        let overlay: Vec<Peer> = peers
-            .peers()
-            .filter(|p| self.path(p) == PeerPath::Overlay)
-            .copied()
-            .collect();
-        let mut removed = match &self.overlay {
-            Overlay::Userspace(u) => u.prune(nl, &overlay).await?,
-            Overlay::Kernel(k) => k.prune(nl, &overlay).await?,
-        };
-        if self.direct.enabled() {
-            let wanted: Vec<(Subnet, std::net::Ipv4Addr)> = peers
-                .peers()
-                .filter_map(|p| match self.path(p) {
-                    PeerPath::Direct { via } => Some((p.subnet, via)),
-                    PeerPath::Overlay => None,
-                })
-                .collect();
-            for r in nl.routes_via(self.underlay_index).await? {
-                if direct::is_stale_direct_route(
-                    &self.network,
-                    r.destination,
-                    r.prefix_len,
-                    r.gateway,
-                    &wanted,
-                ) {
-                    tracing::info!(route = %format!("{}/{} via {:?}", r.destination, r.prefix_len, r.gateway),
-                        "pruning stale direct route");
-                    nl.delete_route(&r).await?;
-                    removed += 1;
-                }
-            }
+    fn devices(&self) -> plan::Devices {
+        plan::Devices {
+            overlay: self.device_index(),
+            underlay: self.underlay_index,
+            fdb: matches!(self.overlay, Overlay::Kernel(_)),
         }
-        Ok(removed)
     }
 
-    /// Programs a peer: a direct route, or the overlay's entries.
-    pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        match self.path(p) {
-            PeerPath::Direct { via } => {
-                nl.replace_direct_route(&p.subnet, via, self.underlay_index)
-                    .await
-            }
-            PeerPath::Overlay => self.overlay_add(nl, p).await,
+    /// Carries out a batch of peer changes (removals, updates, additions, as
+    /// [`PeerTable`] hands them over): the forwarding table first, as a delta (before
+    /// routes point at it), then the kernel's entries in netlink batches. Returns the
+    /// failures, each with the index of the change it belongs to; every request is
+    /// tried whatever failed before it.
+    pub fn program(&self, nl: &Netlink, changes: &[PeerChange]) -> Vec<(usize, NetlinkError)> {
+        if changes.is_empty() {
+            return Vec::new();
         }
+        let d = self.devices();
+        let ops = match &self.overlay {
+            Overlay::Userspace(u) => {
+                u.publish_changes(changes);
+                plan::program_ops(
+                    &d,
+                    changes,
+                    |p| self.path(p),
+                    &mut plan::Programmed::default(),
+                )
+            }
+            Overlay::Kernel(k) => {
+                plan::program_ops(&d, changes, |p| self.path(p), &mut k.programmed())
+            }
+        };
+        send(nl, ops)
+    }
+
+    /// Makes the devices carry exactly `peers` (the full, current set): dumps the
+    /// main table's routes, the overlay device's neighbours (and fdb), re-adds what
+    /// is missing or differs and removes what no peer accounts for (see
+    /// [`plan::reconcile_ops`]) — a few dumps and one batch, not a request per peer.
+    /// Both devices outlive the agent (the kernel's may have been flanneld's), so a
+    /// peer that left while no agent ran leaves entries behind; with DirectRouting,
+    /// direct routes on the underlay too.
+    pub async fn reconcile(
+        &self,
+        nl: &Netlink,
+        peers: &PeerTable,
+    ) -> Result<Reconciled, NetlinkError> {
+        let d = self.devices();
+        let dumps = plan::Dumps {
+            routes: nl.main_table_routes().await?,
+            neighbours: nl.neighbours(d.overlay).await?,
+            fdb: if d.fdb {
+                nl.fdb_entries(d.overlay).await?
+            } else {
+                Vec::new()
+            },
+        };
+        let with_paths: Vec<(Peer, PeerPath)> = peers.peers().map(|p| (*p, self.path(p))).collect();
+        let network = self.direct.enabled().then_some(&self.network);
+        let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
+        if let Overlay::Kernel(k) = &self.overlay {
+            k.programmed().reset(
+                with_paths
+                    .iter()
+                    .filter(|(_, path)| *path == PeerPath::Overlay)
+                    .map(|(p, _)| p),
+            );
+        }
+        apply_reconcile(nl, r)
+    }
+
+    /// [`NodeDataplane::reconcile`]; returns how many entries were removed.
+    pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
+        self.reconcile(nl, peers).await.map(|r| r.removed)
+    }
+
+    /// Programs one peer: a direct route, or the overlay's entries.
+    pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
+        first_error(self.program(nl, &[PeerChange::Added(*p)]))
     }
 
     /// A peer's PublicIP or VtepMAC changed; its path may have changed with it. The
@@ -289,51 +323,16 @@ impl NodeDataplane {
         old: &Peer,
         new: &Peer,
     ) -> Result<(), NetlinkError> {
-        match (self.path(old), self.path(new)) {
-            (PeerPath::Overlay, PeerPath::Overlay) => match &self.overlay {
-                Overlay::Userspace(u) => u.update_peer(nl, old, new).await,
-                Overlay::Kernel(k) => k.update_peer(nl, old, new).await,
-            },
-            (PeerPath::Direct { .. }, PeerPath::Direct { via }) => {
-                nl.replace_direct_route(&new.subnet, via, self.underlay_index)
-                    .await
-            }
-            (PeerPath::Overlay, PeerPath::Direct { via }) => {
-                nl.replace_direct_route(&new.subnet, via, self.underlay_index)
-                    .await?;
-                self.overlay_remove(nl, old).await
-            }
-            (PeerPath::Direct { via }, PeerPath::Overlay) => {
-                self.overlay_add(nl, new).await?;
-                nl.delete_direct_route(&old.subnet, via, self.underlay_index)
-                    .await
-            }
-        }
+        let c = PeerChange::Updated {
+            old: *old,
+            new: *new,
+        };
+        first_error(self.program(nl, &[c]))
     }
 
     /// Removes a peer's route (and overlay entries).
     pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        match self.path(p) {
-            PeerPath::Direct { via } => {
-                nl.delete_direct_route(&p.subnet, via, self.underlay_index)
-                    .await
-            }
-            PeerPath::Overlay => self.overlay_remove(nl, p).await,
-        }
-    }
-
-    async fn overlay_add(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        match &self.overlay {
-            Overlay::Userspace(u) => u.add_peer(nl, p).await,
-            Overlay::Kernel(k) => k.add_peer(nl, p).await,
-        }
-    }
-
-    async fn overlay_remove(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        match &self.overlay {
-            Overlay::Userspace(u) => u.remove_peer(nl, p).await,
-            Overlay::Kernel(k) => k.remove_peer(nl, p).await,
-        }
+        first_error(self.program(nl, &[PeerChange::Removed(*p)]))
     }
 
     /// Stops forwarding and leaves the device with its address, routes and
@@ -359,5 +358,58 @@ impl NodeDataplane {
                 Duration::ZERO
             }
         }
+    }
+}
+
+/// What a reconcile pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Entries missing or different, written again.
+    pub repaired: usize,
+    /// Entries no peer accounts for, removed.
+    pub removed: usize,
+}
+
+/// Sends the ops of a plan; the failures with the index of their change.
+fn send(nl: &Netlink, ops: Vec<(usize, PeerOp)>) -> Vec<(usize, NetlinkError)> {
+    let (owners, plain): (Vec<usize>, Vec<PeerOp>) = ops.into_iter().unzip();
+    owners
+        .into_iter()
+        .zip(nl.apply(&plain))
+        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .collect()
+}
+
+/// Up to this many stale entries are logged one line each; more as one line.
+const LOG_EACH_STALE_UP_TO: usize = 16;
+
+/// Sends a reconcile pass (repairs, then removals); the first error, if any.
+fn apply_reconcile(nl: &Netlink, r: plan::Reconcile) -> Result<Reconciled, NetlinkError> {
+    if r.stale.len() <= LOG_EACH_STALE_UP_TO {
+        for op in &r.stale {
+            tracing::info!("pruning stale entry: {}", op.describe());
+        }
+    } else {
+        tracing::info!(
+            count = r.stale.len(),
+            "pruning stale routes, neighbours and fdb entries"
+        );
+    }
+    let done = Reconciled {
+        repaired: r.repairs.len(),
+        removed: r.stale.len(),
+    };
+    let mut ops = r.repairs;
+    ops.extend(r.stale);
+    match nl.apply(&ops).into_iter().find_map(Result::err) {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+fn first_error(failures: Vec<(usize, NetlinkError)>) -> Result<(), NetlinkError> {
+    match failures.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
 }

@@ -22,13 +22,11 @@ use anyhow::Context as _;
 
 use super::DataplaneSetup;
 use crate::handover::DataplaneFds;
-use crate::netlink::{write_sysctl, Netlink, NetlinkError};
-use crate::peers::{Peer, PeerTable};
+use crate::netlink::{write_sysctl, Netlink};
+use crate::peers::{Peer, PeerChange, PeerTable};
 use crate::state::AgentState;
-use crate::subnet::Subnet;
 use vxmesh_dataplane::engine::{Engine, EngineConfig};
 use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
-use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx};
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
@@ -48,7 +46,6 @@ pub const TAP_ALIAS: &str = "vxmesh userspace dataplane";
 pub struct Userspace {
     engine: Engine,
     tap_index: u32,
-    tap_name: IfName,
     table: SharedTable,
     /// Second descriptors of the TAP queues and sockets, for a successor and for
     /// systemd's descriptor store.
@@ -307,7 +304,6 @@ impl Userspace {
         Ok(Userspace {
             engine,
             tap_index,
-            tap_name: s.device_name.clone(),
             table,
             fds,
             tap_offloads,
@@ -328,58 +324,29 @@ impl Userspace {
         self.tap_offloads
     }
 
+    /// Rebuilds the forwarding table from the peer set (after a full listing). The
+    /// peers that stay keep their counters.
     pub fn publish(&self, peers: &PeerTable) {
-        // The peers that stay keep their counters.
         self.table.update(peers.peers().map(|p| p.to_vtep()));
     }
 
-    /// Neighbour first, then the route: the kernel must never need to ARP.
-    pub async fn add_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        nl.replace_neighbour(self.tap_index, p.vtep_ip(), p.vtep_mac)
-            .await?;
-        nl.replace_peer_route(&p.subnet, self.tap_index).await
-    }
-
-    /// A new PublicIP only changes the forwarding table; a new VtepMAC replaces the
-    /// neighbour entry (same address, so nothing stale is left).
-    pub async fn update_peer(
-        &self,
-        nl: &Netlink,
-        _old: &Peer,
-        new: &Peer,
-    ) -> Result<(), NetlinkError> {
-        self.add_peer(nl, new).await
-    }
-
-    /// Route first, then the neighbour (reverse of adding).
-    pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
-        let a = nl.delete_peer_route(&p.subnet, self.tap_index).await;
-        let b = nl.delete_neighbour(self.tap_index, p.vtep_ip()).await;
-        a.and(b)
-    }
-
-    /// Removes routes through the TAP and permanent neighbours on it that no peer in
-    /// `peers` (the peers routed through the overlay) accounts for (a peer that left,
-    /// or became routed directly, while no vxmeshd ran); how many went.
-    pub async fn prune(&self, nl: &Netlink, peers: &[Peer]) -> Result<usize, NetlinkError> {
-        let mut removed = 0;
-        for r in nl.routes_via(self.tap_index).await? {
-            let wanted = Subnet::new(r.destination, r.prefix_len)
-                .is_ok_and(|s| s.addr() == r.destination && peers.iter().any(|p| p.subnet == s));
-            if !wanted {
-                tracing::info!(device = %self.tap_name, route = %format!("{}/{}", r.destination, r.prefix_len), "pruning stale route");
-                nl.delete_route(&r).await?;
-                removed += 1;
+    /// Applies a batch of peer changes to the forwarding table as a delta (see
+    /// [`vxmesh_dataplane::fib::ForwardingTable::with_delta`]): one copy of the
+    /// table per batch, not a rebuild from every peer per event.
+    pub fn publish_changes(&self, changes: &[PeerChange]) {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for c in changes {
+            match c {
+                PeerChange::Added(p) => added.push(p.to_vtep()),
+                PeerChange::Updated { old, new } => {
+                    removed.push(old.to_vtep());
+                    added.push(new.to_vtep());
+                }
+                PeerChange::Removed(p) => removed.push(p.to_vtep()),
             }
         }
-        for n in nl.neighbours(self.tap_index).await? {
-            if n.permanent && !peers.iter().any(|p| p.vtep_ip() == n.ip) {
-                tracing::info!(device = %self.tap_name, ip = %n.ip, "pruning stale neighbour");
-                nl.delete_neighbour(self.tap_index, n.ip).await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.table.apply_delta(&removed, &added);
     }
 
     /// Stops our threads (each flushes what it batched) and returns how long that
