@@ -27,7 +27,7 @@ use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
 use vxmesh_control::registry::WatchEvent;
-use vxmesh_control::state::{AgentState, RejectedLease};
+use vxmesh_control::state::AgentState;
 use vxmesh_control::subnet::Subnet;
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
 use vxmesh_dataplane::wire::{MacAddr, Vni};
@@ -463,51 +463,18 @@ impl Observer {
         if events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_))) {
             self.fib.update(self.table.peers().map(|p| p.to_vtep()));
         } else {
-            let mut removed = Vec::new();
-            let mut added = Vec::new();
-            for c in &changes {
-                match c {
-                    PeerChange::Added(p) => added.push(p.to_vtep()),
-                    PeerChange::Updated { old, new } => {
-                        removed.push(old.to_vtep());
-                        added.push(new.to_vtep());
-                    }
-                    PeerChange::Removed(p) => removed.push(p.to_vtep()),
-                }
-            }
+            let (removed, added) = PeerChange::vtep_delta(&changes);
             self.fib.apply_delta(&removed, &added);
         }
-        show_peers(&self.status, &self.table, &mut self.shown_rejections);
+        // as the agent does after each pass
+        self.status
+            .show_peers(&self.table, &mut self.shown_rejections);
         let took = t.elapsed();
         self.cpu += took;
         self.work.events += events.len() as u64;
         self.work.passes += 1;
         self.work.max_pass_us = self.work.max_pass_us.max(took.as_secs_f64() * 1e6);
     }
-}
-
-/// The peers copied into the status, and the rejected leases when they changed, as
-/// the agent's `show_peers` does after each pass.
-fn show_peers(status: &AgentState, table: &PeerTable, shown: &mut Option<u64>) {
-    let peers: Vec<_> = table.peers().copied().collect();
-    let generation = table.rejections_generation();
-    let rejected: Option<Vec<RejectedLease>> = (*shown != Some(generation)).then(|| {
-        table
-            .rejected()
-            .map(|(key, r)| RejectedLease {
-                key: key.to_string(),
-                reason: r.reason.as_str(),
-                why: r.why.clone(),
-            })
-            .collect()
-    });
-    *shown = Some(generation);
-    status.update(|i| {
-        i.peers = peers;
-        if let Some(r) = rejected {
-            i.rejected = r;
-        }
-    });
 }
 
 /// Runs the simulation.
@@ -673,7 +640,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         let _ = t.set_own(own_subnet, &mut Vec::new());
         let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
-        show_peers(&status, &t, &mut None);
+        status.show_peers(&t, &mut None);
         keep.push((t, status));
     }
     let mid = rss_kib();

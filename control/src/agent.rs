@@ -38,7 +38,7 @@ use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
-use crate::state::{AgentState, RejectedLease};
+use crate::state::AgentState;
 use crate::subnet::Subnet;
 use crate::subnet_env::SubnetEnv;
 use crate::underlay::Host;
@@ -910,26 +910,8 @@ impl Running {
     /// Shows the peers and the rejected leases in /v1/status and /metrics (the
     /// rejections copied only when they changed).
     fn show_peers(&mut self) {
-        let peers: Vec<_> = self.peers.peers().copied().collect();
-        let generation = self.peers.rejections_generation();
-        let rejected: Option<Vec<RejectedLease>> = (self.shown_rejections != Some(generation))
-            .then(|| {
-                self.peers
-                    .rejected()
-                    .map(|(key, r)| RejectedLease {
-                        key: key.to_string(),
-                        reason: r.reason.as_str(),
-                        why: r.why.clone(),
-                    })
-                    .collect()
-            });
-        self.shown_rejections = Some(generation);
-        self.state.update(|i| {
-            i.peers = peers;
-            if let Some(r) = rejected {
-                i.rejected = r;
-            }
-        });
+        self.state
+            .show_peers(&self.peers, &mut self.shown_rejections);
         let usage = crate::pool::PoolUsage::of(
             &self.pool_cfg,
             self.peers

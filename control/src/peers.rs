@@ -84,6 +84,26 @@ pub enum PeerChange {
     Removed(Peer),
 }
 
+impl PeerChange {
+    /// The forwarding-table delta of a batch of changes: the VTEPs to remove and the
+    /// VTEPs to add (an update is both).
+    pub fn vtep_delta(changes: &[PeerChange]) -> (Vec<PeerVtep>, Vec<PeerVtep>) {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for c in changes {
+            match c {
+                PeerChange::Added(p) => added.push(p.to_vtep()),
+                PeerChange::Updated { old, new } => {
+                    removed.push(old.to_vtep());
+                    added.push(new.to_vtep());
+                }
+                PeerChange::Removed(p) => removed.push(p.to_vtep()),
+            }
+        }
+        (removed, added)
+    }
+}
+
 /// What a lease must match to be a peer: the network config's Network, SubnetLen
 /// and VNI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -125,6 +125,30 @@ impl AgentState {
         }
     }
 
+    /// Shows `table`'s peers in /v1/status and /metrics, and its rejected leases when
+    /// they changed since the generation in `shown` (which it then records).
+    pub fn show_peers(&self, table: &crate::peers::PeerTable, shown: &mut Option<u64>) {
+        let peers: Vec<_> = table.peers().copied().collect();
+        let generation = table.rejections_generation();
+        let rejected: Option<Vec<RejectedLease>> = (*shown != Some(generation)).then(|| {
+            table
+                .rejected()
+                .map(|(key, r)| RejectedLease {
+                    key: key.to_string(),
+                    reason: r.reason.as_str(),
+                    why: r.why.clone(),
+                })
+                .collect()
+        });
+        *shown = Some(generation);
+        self.update(|i| {
+            i.peers = peers;
+            if let Some(r) = rejected {
+                i.rejected = r;
+            }
+        });
+    }
+
     pub fn start_info(&self) -> StartInfo {
         self.start.lock().map(|g| g.clone()).unwrap_or_default()
     }

@@ -334,18 +334,7 @@ impl Userspace {
     /// [`vxmesh_dataplane::fib::ForwardingTable::with_delta`]): one copy of the
     /// table per batch, not a rebuild from every peer per event.
     pub fn publish_changes(&self, changes: &[PeerChange]) {
-        let mut removed = Vec::new();
-        let mut added = Vec::new();
-        for c in changes {
-            match c {
-                PeerChange::Added(p) => added.push(p.to_vtep()),
-                PeerChange::Updated { old, new } => {
-                    removed.push(old.to_vtep());
-                    added.push(new.to_vtep());
-                }
-                PeerChange::Removed(p) => removed.push(p.to_vtep()),
-            }
-        }
+        let (removed, added) = PeerChange::vtep_delta(changes);
         self.table.apply_delta(&removed, &added);
     }
 
