@@ -228,16 +228,7 @@ fn flanneld_command_line_and_environment_start_vxmeshd() {
     });
     println!("iptables rules restored {took:?} after the flush (--iptables-resync=1)");
     assert!(took <= Duration::from_secs(3), "took {took:?}");
-    // The agent counts the repair once its restore command has returned: just after the
-    // rules reappear, not before.
-    let counted = wait_for(Duration::from_secs(3), || {
-        lab.status("n2")["iptables_repairs"].as_u64().unwrap_or(0) >= 1
-    });
-    assert!(
-        counted.is_some(),
-        "iptables_repairs = {}",
-        lab.status("n2")["iptables_repairs"]
-    );
+    lab.assert_repair_counted("n2");
     lab.check(2, "after the iptables flush and repair");
     drop(agent);
 

@@ -101,16 +101,7 @@ fn enable_nftables_moves_the_rules_and_keeps_them_in_place() {
         .expect("table ip vxmesh not restored within 5 s (resync 1 s)");
     println!("nftables table restored {took:?} after its deletion (--iptables-resync=1)");
     assert_eq!(nft_table(&lab).unwrap(), table, "restored as it was");
-    // The agent counts the repair once its restore command has returned: just after the
-    // rules reappear, not before.
-    let counted = wait_for(Duration::from_secs(3), || {
-        lab.status("n2")["iptables_repairs"].as_u64().unwrap_or(0) >= 1
-    });
-    assert!(
-        counted.is_some(),
-        "iptables_repairs = {}",
-        lab.status("n2")["iptables_repairs"]
-    );
+    lab.assert_repair_counted("n2");
     lab.check(2, "after the nftables repair");
 
     put_config(&lab, false);

@@ -194,6 +194,20 @@ impl Lab {
             .unwrap()
     }
 
+    /// Waits (up to 3 s) until node `node`'s agent has counted a firewall repair. The
+    /// agent counts it once its restore command has returned: just after the rules
+    /// reappear, not before — read at once, the counter races the agent.
+    pub fn assert_repair_counted(&self, node: &str) {
+        let counted = vxmesh_testkit::wait_for(std::time::Duration::from_secs(3), || {
+            self.status(node)["iptables_repairs"].as_u64().unwrap_or(0) >= 1
+        });
+        assert!(
+            counted.is_some(),
+            "iptables_repairs = {}",
+            self.status(node)["iptables_repairs"]
+        );
+    }
+
     /// The address the lab gave pod `pod` of node `node`.
     pub fn pod_ip(&self, node: u32, pod: u32) -> String {
         std::fs::read_to_string(self.state.join(format!("n{node}/p{pod}.ip")))
