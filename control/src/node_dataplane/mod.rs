@@ -269,28 +269,41 @@ impl NodeDataplane {
     }
 
     /// Makes the devices carry exactly `peers` (the full, current set): dumps the
-    /// main table's routes, the overlay device's neighbours (and fdb), re-adds what
-    /// is missing or differs and removes what no peer accounts for (see
-    /// [`plan::reconcile_ops`]) — a few dumps and one batch, not a request per peer.
-    /// Both devices outlive the agent (the kernel's may have been flanneld's), so a
-    /// peer that left while no agent ran leaves entries behind; with DirectRouting,
-    /// direct routes on the underlay too.
+    /// main table's routes (and the fdb), reads the overlay device's neighbours as
+    /// `check` says, re-adds what is missing or differs and removes what no peer
+    /// accounts for (see [`plan::reconcile_ops`]) — a few dumps and one batch, not a
+    /// request per peer. Both devices outlive the agent (the kernel's may have been
+    /// flanneld's), so a peer that left while no agent ran leaves entries behind;
+    /// with DirectRouting, direct routes on the underlay too.
     pub async fn reconcile(
         &self,
         nl: &Netlink,
         peers: &PeerTable,
+        check: NeighbourCheck,
     ) -> Result<Reconciled, NetlinkError> {
         let d = self.devices();
+        let with_paths: Vec<(Peer, PeerPath)> = peers.peers().map(|p| (*p, self.path(p))).collect();
+        let neighbours = match check {
+            NeighbourCheck::Dump => nl.neighbours(d.overlay).await?,
+            NeighbourCheck::Lookup => {
+                let vteps: Vec<std::net::Ipv4Addr> = with_paths
+                    .iter()
+                    .filter(|(_, path)| *path == PeerPath::Overlay)
+                    .map(|(p, _)| p.vtep_ip())
+                    .collect();
+                nl.lookup_neighbours(d.overlay, &vteps)?
+            }
+        };
         let dumps = plan::Dumps {
             routes: nl.main_table_routes().await?,
-            neighbours: nl.neighbours(d.overlay).await?,
+            neighbours,
+            all_neighbours: check == NeighbourCheck::Dump,
             fdb: if d.fdb {
                 nl.fdb_entries(d.overlay).await?
             } else {
                 Vec::new()
             },
         };
-        let with_paths: Vec<(Peer, PeerPath)> = peers.peers().map(|p| (*p, self.path(p))).collect();
         let network = self.direct.enabled().then_some(&self.network);
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
         if let Overlay::Kernel(k) = &self.overlay {
@@ -306,7 +319,9 @@ impl NodeDataplane {
 
     /// [`NodeDataplane::reconcile`]; returns how many entries were removed.
     pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
-        self.reconcile(nl, peers).await.map(|r| r.removed)
+        self.reconcile(nl, peers, NeighbourCheck::Dump)
+            .await
+            .map(|r| r.removed)
     }
 
     /// Programs one peer: a direct route, or the overlay's entries.
@@ -359,6 +374,22 @@ impl NodeDataplane {
             }
         }
     }
+}
+
+/// How a reconcile pass reads the overlay device's neighbours.
+///
+/// The kernel keeps one neighbour table for the whole host: a dump walks every
+/// entry of every network namespace (on the one-machine scale harness, N nodes'
+/// N entries each — 10^6 at 1,000 nodes, per dump, per node), where a lookup is one
+/// hash probe per peer. Lookups find missing and changed entries; only a dump finds
+/// stale ones, so the agent dumps after a full listing and every
+/// [`crate::agent::DUMP_NEIGHBOURS_EVERY`]th periodic pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourCheck {
+    /// Every entry of the device: repairs and prunes.
+    Dump,
+    /// The entries at the overlay peers' VTEP addresses: repairs only.
+    Lookup,
 }
 
 /// What a reconcile pass did.
