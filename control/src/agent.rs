@@ -720,6 +720,7 @@ pub async fn run_with(
         synced: false,
         shown_rejections: None,
         passes: 0,
+        listed: false,
         vtep_mac,
         mtu,
         state: Arc::clone(&state),
@@ -827,6 +828,9 @@ struct Running {
     shown_rejections: Option<u64>,
     /// Periodic reconcile passes made (which of them dump: [`periodic_check`]).
     passes: u32,
+    /// Whether a full listing was reconciled yet (the first one may not need a
+    /// neighbour dump: [`NodeDataplane::first_check`]).
+    listed: bool,
     vtep_mac: MacAddr,
     mtu: u32,
 }
@@ -917,14 +921,13 @@ impl Running {
             // The forwarding table rebuilt from the listing (a handed-over one may
             // hold peers that left meanwhile), and the devices checked against it.
             self.dp.publish(&self.peers);
-            ok &= reconcile(
-                &self.nl,
-                &self.dp,
-                &self.peers,
-                &self.state,
-                NeighbourCheck::Dump,
-            )
-            .await;
+            let check = if self.listed {
+                NeighbourCheck::Dump
+            } else {
+                self.dp.first_check()
+            };
+            self.listed = true;
+            ok &= reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
         }
         if !self.synced || !changes.is_empty() {
             self.synced = true;

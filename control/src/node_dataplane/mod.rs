@@ -88,6 +88,9 @@ pub struct NodeDataplane {
     direct: DirectRouting,
     underlay_index: u32,
     network: Subnet,
+    /// The overlay device was created by this run (not adopted, not handed over):
+    /// no entry on it predates this agent.
+    fresh: bool,
 }
 
 /// The overlay device and its per-peer state.
@@ -138,6 +141,9 @@ impl NodeDataplane {
                 direct,
                 underlay_index: setup.underlay_index,
                 network: setup.network,
+                // The kernel dataplane's device may be flanneld's or an earlier run's
+                // (it adopts compatible ones): never taken as fresh.
+                fresh: kind == DataplaneKind::Userspace && !adopted,
             },
             adopted,
         ))
@@ -161,7 +167,19 @@ impl NodeDataplane {
             direct,
             underlay_index: setup.underlay_index,
             network: setup.network,
+            fresh: false,
         })
+    }
+
+    /// How the first full listing's reconcile reads the neighbours: a device this
+    /// run created holds no entry an earlier agent left, so looking the peers' up
+    /// is enough; an adopted or handed-over one is dumped for stale entries.
+    pub fn first_check(&self) -> NeighbourCheck {
+        if self.fresh {
+            NeighbourCheck::Lookup
+        } else {
+            NeighbourCheck::Dump
+        }
     }
 
     /// The userspace dataplane, if that is what runs (what a handover hands on).
