@@ -125,7 +125,8 @@ impl EtcdCounters {
             lease_keepalives: self.lease_keepalives - o.lease_keepalives,
             watch_events: self.watch_events - o.watch_events,
             watch_streams: self.watch_streams,
-            slow_watchers: self.slow_watchers - o.slow_watchers,
+            // A gauge (watchers behind now), despite etcd's `_total` name.
+            slow_watchers: self.slow_watchers,
             leader_changes: self.leader_changes - o.leader_changes,
             sent_bytes: self.sent_bytes - o.sent_bytes,
         }
