@@ -56,6 +56,11 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// [`NeighbourCheck`]): with the default period, a dump every 5 minutes.
 pub const DUMP_NEIGHBOURS_EVERY: u32 = 10;
 
+/// After this many peer changes, the next periodic pass returns the heap's free
+/// memory to the kernel: a node that started into a big cluster (or saw heavy churn)
+/// would otherwise keep the peak of its start-up burst as RSS.
+const TRIM_AFTER_CHANGES: usize = 64;
+
 /// How periodic pass `pass` (0, 1, …) reads the neighbours: every
 /// [`DUMP_NEIGHBOURS_EVERY`]th dumps, the others look up. The passes start after the
 /// first full listing, which dumped.
@@ -721,6 +726,7 @@ pub async fn run_with(
         shown_rejections: None,
         passes: 0,
         listed: false,
+        changed_since_trim: 0,
         vtep_mac,
         mtu,
         state: Arc::clone(&state),
@@ -828,6 +834,8 @@ struct Running {
     shown_rejections: Option<u64>,
     /// Periodic reconcile passes made (which of them dump: [`periodic_check`]).
     passes: u32,
+    /// Peer changes since the heap was last trimmed ([`TRIM_AFTER_CHANGES`]).
+    changed_since_trim: usize,
     /// Whether a full listing was reconciled yet (the first one may not need a
     /// neighbour dump: [`NodeDataplane::first_check`]).
     listed: bool,
@@ -916,6 +924,7 @@ impl Running {
             .apply(events.iter().map(crate::peers::Update::from), &mut skips);
         record_skips(&skips, &self.state);
         record_changes(&changes, &self.state);
+        self.changed_since_trim = self.changed_since_trim.saturating_add(changes.len());
         let mut ok = program(&self.dp, &self.nl, &changes, &self.state);
         if full_listing {
             // The forwarding table rebuilt from the listing (a handed-over one may
@@ -995,6 +1004,11 @@ impl Running {
         let check = periodic_check(self.passes);
         self.passes = self.passes.wrapping_add(1);
         let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
+        if self.changed_since_trim >= TRIM_AFTER_CHANGES {
+            // The burst is over (or has paused for a period): give its buffers back.
+            self.changed_since_trim = 0;
+            vxmesh_dataplane::sys::release_free_memory();
+        }
         self.state.ready.routes.store(ok, Ordering::Relaxed);
     }
 }
