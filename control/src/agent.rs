@@ -635,6 +635,7 @@ pub async fn run_with(
     });
     tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
     let public_ipv6 = lease_ipv6(&nl, &opts.underlay, &underlay, &cfg).await?;
+    state.update(|i| i.public_ipv6 = public_ipv6);
 
     // A running vxmeshd (or systemd's store) may hand us its dataplane and lease.
     let me = handover::identity(
@@ -897,6 +898,7 @@ impl Running {
         self.state.ready.lease.store(true, Ordering::Relaxed);
         self.state.update(|i| {
             i.subnet = Some(h.subnet);
+            i.ipv6_subnet = h.ipv6;
             i.lease_id = Some(format!("{:x}", h.lease_id));
             i.reservation = h.lease_id == 0;
         });
