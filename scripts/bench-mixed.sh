@@ -14,7 +14,10 @@
 #
 # Knobs: VXMESH_MIXED_ROUNDS (3), VXMESH_MIXED_SECONDS (10), VXLAB_BIN (target/release),
 # VXMESH_MIXED_AGENT_ARGS (extra vxmeshd flags, default none: the defaults are what is
-# measured). Needs root, etcd, iperf3, jq (scripts/install-deps.sh).
+# measured), VXMESH_MIXED_SEGMENT=1 (turn UDP and UDP-tunnel segmentation off on every
+# node's underlay veth, so bursts cross as single packets, as on a NIC without USO — both
+# dataplanes then pay segmentation at the sender and the receiver sees packets, not 64 KB
+# buffers). Needs root, etcd, iperf3, jq, ethtool (scripts/install-deps.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +27,8 @@ export VXLAB_PREFIX="vxmix$$" VXLAB_NODES=3 VXLAB_PODS=1 VXLAB_IPERF_SECONDS=1
 export VXLAB_DATAPLANES="userspace kernel kernel"
 export VXLAB_AGENT_ARGS=${VXMESH_MIXED_AGENT_ARGS:-}
 export VXLAB_STATE=/tmp/vxlab-$VXLAB_PREFIX
+SEGMENT=${VXMESH_MIXED_SEGMENT:-0}
+case $SEGMENT in 0|1) ;; *) echo "bench-mixed: VXMESH_MIXED_SEGMENT is 0 or 1" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "bench-mixed: needs root (network namespaces)" >&2; exit 1; }
 for c in iperf3 jq etcd; do
   command -v "$c" >/dev/null || { echo "bench-mixed: no $c (run scripts/install-deps.sh)" >&2; exit 1; }
@@ -34,6 +39,15 @@ lab() { "$ROOT/scripts/lab.sh" "$@"; }
 trap 'lab down >/dev/null 2>&1 || true' EXIT
 lab up >"/tmp/bench-mixed-$$.log" 2>&1 || { tail -n 20 "/tmp/bench-mixed-$$.log" >&2; exit 1; }
 rm -f "/tmp/bench-mixed-$$.log"
+underlay="veth at its default offloads"
+if [ "$SEGMENT" = 1 ]; then
+  command -v ethtool >/dev/null || { echo "bench-mixed: no ethtool (run scripts/install-deps.sh)" >&2; exit 1; }
+  for i in 1 2 3; do
+    ip netns exec "$VXLAB_PREFIX-n$i" ethtool -K eth0 tx-udp-segmentation off \
+      tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off >/dev/null
+  done
+  underlay="veth with UDP and UDP-tunnel segmentation off (VXMESH_MIXED_SEGMENT=1)"
+fi
 pod() { echo "$VXLAB_PREFIX-n$1-p1"; }
 ip_of() { cat "$VXLAB_STATE/n$1/p1.ip"; }
 
@@ -48,7 +62,7 @@ run() {
 }
 
 declare -A got=()
-echo "kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), vxmeshd flags: ${VXLAB_AGENT_ARGS:-defaults}"
+echo "kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), vxmeshd flags: ${VXLAB_AGENT_ARGS:-defaults}, underlay: $underlay"
 for r in $(seq "$ROUNDS"); do
   for pair in "1 2 u2k" "2 1 k2u" "2 3 k2k" "3 2 k2k"; do
     read -r a b key <<<"$pair"

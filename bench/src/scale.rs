@@ -182,10 +182,11 @@ pub struct Sample {
     pub complete: usize,
     /// Peer routes over all nodes.
     pub routes: usize,
-    /// etcd requests and watch events per second since the previous sample.
-    pub etcd_rps: f64,
-    pub etcd_events_ps: f64,
-    pub etcd_ranges_ps: f64,
+    /// etcd requests and watch events per second since the previous complete reading
+    /// (None when a member's /metrics did not answer for this sample).
+    pub etcd_rps: Option<f64>,
+    pub etcd_events_ps: Option<f64>,
+    pub etcd_ranges_ps: Option<f64>,
 }
 
 /// A convergence: every node reaching every route after agents start together.
@@ -197,7 +198,9 @@ pub struct Convergence {
     pub converged_s: Option<f64>,
     /// When each node became complete (seconds after the last start).
     pub node_complete_s: Spread,
-    pub etcd: EtcdCounters,
+    /// etcd's counters over the window (None when no complete reading of every member
+    /// could be taken at its start or end: a loaded machine can time them out).
+    pub etcd: Option<EtcdCounters>,
     /// Seconds the etcd counters cover.
     pub etcd_window_s: f64,
     pub series: Vec<Sample>,
@@ -604,19 +607,42 @@ fn start_etcd(lab: &Lab, log_dir: &Path, data: &Path) -> anyhow::Result<Vec<Daem
     Ok(out)
 }
 
-/// Sums the members' /metrics (read from inside the hub).
-fn etcd_counters(hub: &str) -> EtcdCounters {
-    let mut c = EtcdCounters::default();
+/// Sums the members' /metrics (read from inside the hub); None unless every member
+/// answered (a sum over some members, subtracted from one over all, would be negative).
+fn etcd_counters(hub: &str) -> Option<EtcdCounters> {
     let texts = in_netns(hub, || {
         (0..ETCD_MEMBERS)
-            .filter_map(|m| http_get(SocketAddrV4::new(etcd_ip(m), ETCD_PORT), "/metrics").ok())
-            .collect::<Vec<String>>()
+            .map(|m| http_get(SocketAddrV4::new(etcd_ip(m), ETCD_PORT), "/metrics").ok())
+            .collect::<Vec<Option<String>>>()
     })
-    .unwrap_or_default();
-    for t in texts {
-        parse_etcd_metrics(&t, &mut c);
+    .ok()?;
+    sum_members(&texts, usize::from(ETCD_MEMBERS))
+}
+
+/// The counters of `members` members' /metrics texts; None unless all of them are
+/// there (pure).
+pub fn sum_members(texts: &[Option<String>], members: usize) -> Option<EtcdCounters> {
+    if texts.len() != members || texts.iter().any(Option::is_none) {
+        return None;
     }
-    c
+    let mut c = EtcdCounters::default();
+    for t in texts.iter().flatten() {
+        parse_etcd_metrics(t, &mut c);
+    }
+    Some(c)
+}
+
+/// One complete reading of etcd's counters, trying `tries` times a second apart.
+fn etcd_counters_retry(hub: &str, tries: usize) -> Option<EtcdCounters> {
+    for i in 0..tries {
+        if let Some(c) = etcd_counters(hub) {
+            return Some(c);
+        }
+        if i + 1 < tries {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    None
 }
 
 /// A plain HTTP/1.0 GET in the calling thread's namespace; the body.
@@ -835,9 +861,9 @@ fn converge(
         start_spread_s: (last - first).as_secs_f64(),
         ..Default::default()
     };
-    let etcd0 = etcd_counters(&lab.hub);
+    let etcd0 = etcd_counters_retry(&lab.hub, 3);
     let t_etcd0 = Instant::now();
-    let mut prev = (t_etcd0, etcd0.clone());
+    let mut prev = etcd0.clone().map(|c| (t_etcd0, c));
     let mut subnets: HashMap<usize, Ipv4Addr> = HashMap::new();
     let mut complete_at: HashMap<usize, Instant> = HashMap::new();
     let mut ready_at: Option<Instant> = None;
@@ -903,17 +929,25 @@ fn converge(
         let now = Instant::now();
         if now >= next_sample {
             let c = etcd_counters(&lab.hub);
-            let dt = (now - prev.0).as_secs_f64().max(1e-3);
-            let d = c.minus(&prev.1);
+            let rates = match (&prev, &c) {
+                (Some((t0, c0)), Some(c)) => {
+                    let dt = (now - *t0).as_secs_f64().max(1e-3);
+                    let d = c.minus(c0);
+                    Some((d.requests / dt, d.watch_events / dt, d.ranges / dt))
+                }
+                _ => None,
+            };
             conv.series.push(Sample {
                 t: now.saturating_duration_since(last).as_secs_f64(),
                 complete,
                 routes,
-                etcd_rps: d.requests / dt,
-                etcd_events_ps: d.watch_events / dt,
-                etcd_ranges_ps: d.ranges / dt,
+                etcd_rps: rates.map(|r| r.0),
+                etcd_events_ps: rates.map(|r| r.1),
+                etcd_ranges_ps: rates.map(|r| r.2),
             });
-            prev = (now, c);
+            if let Some(c) = c {
+                prev = Some((now, c));
+            }
             next_sample = now + Duration::from_secs(1);
         }
         conv.complete_nodes = complete;
@@ -940,8 +974,11 @@ fn converge(
             .map(|t| t.saturating_duration_since(last).as_secs_f64())
             .collect(),
     );
-    let end = etcd_counters(&lab.hub);
-    conv.etcd = end.minus(&etcd0);
+    let end = etcd_counters_retry(&lab.hub, 5);
+    conv.etcd = end.zip(etcd0).map(|(e, s)| e.minus(&s));
+    if conv.etcd.is_none() {
+        eprintln!("    etcd counters: no complete reading of all {ETCD_MEMBERS} members at the window's start or end; rates not reported");
+    }
     conv.etcd_window_s = t_etcd0.elapsed().as_secs_f64();
     Ok((
         conv,
@@ -1251,8 +1288,9 @@ pub fn summary(r: &ScaleResults) -> String {
     );
     for run in &r.runs {
         let w = run.start.etcd_window_s.max(1e-3);
+        let etcd = run.start.etcd.as_ref();
         o.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
             run.label,
             run.nodes,
             run.dataplane,
@@ -1266,9 +1304,9 @@ pub fn summary(r: &ScaleResults) -> String {
             run.agent_cpu_s.max,
             run.agent_cpu_ms_per_peer.median,
             opt(run.agents_idle_cores, 3),
-            run.start.etcd.requests / w,
-            run.start.etcd.watch_events / w,
-            run.start.etcd.ranges,
+            opt(etcd.map(|e| e.requests / w), 0),
+            opt(etcd.map(|e| e.watch_events / w), 0),
+            opt(etcd.map(|e| e.ranges), 0),
             run.agent_stream_errors,
         ));
         if let Some(e) = &run.error {
@@ -1321,6 +1359,43 @@ etcd_network_client_grpc_sent_bytes_total 1.2e+07
         assert_eq!(c.slow_watchers, 6.0);
         assert_eq!(c.leader_changes, 2.0);
         assert_eq!(c.sent_bytes, 2.4e7);
+    }
+
+    /// A member that did not answer makes the reading incomplete, not smaller: the 1,000-node
+    /// attempt subtracted a two-member sum from a three-member one and reported negative
+    /// rates.
+    #[test]
+    fn a_reading_needs_every_member() {
+        let m = |ranges: u32| {
+            Some(format!(
+                "grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}} {ranges}\n"
+            ))
+        };
+        let all = sum_members(&[m(10), m(20), m(30)], 3).expect("complete");
+        assert_eq!((all.ranges, all.requests), (60.0, 60.0));
+        assert_eq!(sum_members(&[m(10), None, m(30)], 3), None);
+        assert_eq!(sum_members(&[m(10), m(20)], 3), None);
+        // The summary shows an unknown count as such.
+        let run = ScaleRun {
+            start: Convergence {
+                etcd: None,
+                etcd_window_s: 600.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let row = summary(&ScaleResults {
+            runs: vec![run],
+            ..Default::default()
+        });
+        let row = row.lines().nth(2).expect("a row");
+        assert!(row.ends_with("| — | — | — | 0 |"), "{row}");
+        // Results written before readings could be incomplete still load.
+        let old: Sample = serde_json::from_str(
+            r#"{"t":1.0,"complete":0,"routes":3,"etcd_rps":4.0,"etcd_events_ps":5.0,"etcd_ranges_ps":6.0}"#,
+        )
+        .expect("old sample");
+        assert_eq!(old.etcd_rps, Some(4.0));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
-use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
+use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
@@ -49,9 +49,24 @@ use vxmesh_dataplane::wire::MacAddr;
 
 /// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const ENCAP_OVERHEAD: u32 = 50;
-/// How often the routes and neighbours are checked against the peers (one dump
-/// each; what is missing or stale is repaired — manual deletions, for one).
+/// How often the routes and neighbours are checked against the peers (what is
+/// missing, changed or stale is repaired — manual deletions, for one).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// Every this many periodic passes dump the overlay device's neighbours (finding
+/// stale entries too); the others look the peers' entries up (see
+/// [`NeighbourCheck`]): with the default period, a dump every 5 minutes.
+pub const DUMP_NEIGHBOURS_EVERY: u32 = 10;
+
+/// How periodic pass `pass` (0, 1, …) reads the neighbours: every
+/// [`DUMP_NEIGHBOURS_EVERY`]th dumps, the others look up. The passes start after the
+/// first full listing, which dumped.
+pub fn periodic_check(pass: u32) -> NeighbourCheck {
+    if pass.wrapping_add(1) % DUMP_NEIGHBOURS_EVERY == 0 {
+        NeighbourCheck::Dump
+    } else {
+        NeighbourCheck::Lookup
+    }
+}
 /// Watch events queued between the watch and the agent; at most this many are
 /// judged and programmed as one batch.
 const WATCH_QUEUE: usize = 1024;
@@ -516,8 +531,9 @@ async fn reconcile(
     dp: &NodeDataplane,
     peers: &PeerTable,
     state: &AgentState,
+    check: NeighbourCheck,
 ) -> bool {
-    match dp.reconcile(nl, peers).await {
+    match dp.reconcile(nl, peers, check).await {
         Ok(r) => {
             if r.removed > 0 {
                 tracing::info!(
@@ -750,6 +766,8 @@ pub async fn run_with(
         lost_tx,
         synced: false,
         shown_rejections: None,
+        passes: 0,
+        listed: false,
         vtep_mac,
         mtu,
         state: Arc::clone(&state),
@@ -855,6 +873,11 @@ struct Running {
     synced: bool,
     /// The rejections generation shown in /v1/status.
     shown_rejections: Option<u64>,
+    /// Periodic reconcile passes made (which of them dump: [`periodic_check`]).
+    passes: u32,
+    /// Whether a full listing was reconciled yet (the first one may not need a
+    /// neighbour dump: [`NodeDataplane::first_check`]).
+    listed: bool,
     vtep_mac: MacAddr,
     mtu: u32,
 }
@@ -952,7 +975,13 @@ impl Running {
             // The forwarding table rebuilt from the listing (a handed-over one may
             // hold peers that left meanwhile), and the devices checked against it.
             self.dp.publish(&self.peers);
-            ok &= reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
+            let check = if self.listed {
+                NeighbourCheck::Dump
+            } else {
+                self.dp.first_check()
+            };
+            self.listed = true;
+            ok &= reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
         }
         if !self.synced || !changes.is_empty() {
             self.synced = true;
@@ -992,7 +1021,14 @@ impl Running {
             Ok(true) => {
                 self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
                 // The MAC change flushed the device's neighbours: put them back.
-                let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
+                let ok = reconcile(
+                    &self.nl,
+                    &self.dp,
+                    &self.peers,
+                    &self.state,
+                    NeighbourCheck::Lookup,
+                )
+                .await;
                 self.state.ready.routes.store(ok, Ordering::Relaxed);
             }
             Err(e) => {
@@ -1003,13 +1039,34 @@ impl Running {
     }
 
     /// Puts back every peer's route and neighbour that went missing or changed, and
-    /// prunes what no peer accounts for (a few dumps, not a request per peer). Not
-    /// before the first listing: until then the peer set is not known.
+    /// prunes what no peer accounts for (a few dumps and lookups, one batch of
+    /// repairs; see [`periodic_check`]). Not before the first listing: until then the
+    /// peer set is not known.
     async fn reconcile(&mut self) {
         if !self.synced {
             return;
         }
-        let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state).await;
+        let check = periodic_check(self.passes);
+        self.passes = self.passes.wrapping_add(1);
+        let ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
         self.state.ready.routes.store(ok, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One periodic pass in ten dumps the neighbours (every 5 minutes at the default
+    /// period); the first dump comes a whole cycle after the listing's.
+    #[test]
+    fn one_periodic_pass_in_ten_dumps() {
+        let dumps: Vec<u32> = (0..40)
+            .filter(|p| periodic_check(*p) == NeighbourCheck::Dump)
+            .collect();
+        assert_eq!(dumps, vec![9, 19, 29, 39]);
+        // The count wraps without a panic (after 4,000 years of passes).
+        let _ = periodic_check(u32::MAX);
+        assert_eq!(periodic_check(0), NeighbourCheck::Lookup);
     }
 }

@@ -363,16 +363,16 @@ impl BatchSocket {
         })
     }
 
-    /// Sends one batch and collects its answers (pure decisions in
-    /// [`crate::netlink_batch`]).
-    fn send(&mut self, ops: &[PeerOp]) -> Vec<Result<(), NetlinkError>> {
+    /// Sends one batch of serialized requests and collects what the kernel said to
+    /// each (pure decisions in [`crate::netlink_batch`]), in order.
+    fn exchange(&mut self, messages: &[Vec<u8>]) -> Vec<Exchanged> {
         let mut w = BatchWriter::new(self.next_seq);
-        let mut refused = Vec::new();
-        let mut sent = Vec::with_capacity(ops.len());
-        for (i, op) in ops.iter().enumerate() {
-            match w.push(&op.serialize()) {
+        let mut out: Vec<Option<Exchanged>> = (0..messages.len()).map(|_| None).collect();
+        let mut sent = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            match w.push(m) {
                 Ok(_) => sent.push(i),
-                Err(e) => refused.push((i, e)),
+                Err(e) => out[i] = Some(Exchanged::Unanswered(e.to_string())),
             }
         }
         self.next_seq = self.next_seq.wrapping_add(w.len() as u32);
@@ -402,29 +402,89 @@ impl BatchSocket {
                 Err(e) => why = format!("sendmsg: {e}"),
             }
         }
-        let mut out: Vec<Result<(), NetlinkError>> = (0..ops.len()).map(|_| Ok(())).collect();
-        for (i, e) in refused {
-            out[i] = Err(NetlinkError::Unanswered {
-                what: ops[i].describe(),
-                why: e.to_string(),
+        for (i, (a, reply)) in sent.into_iter().zip(answers.finish_with_replies()) {
+            out[i] = Some(match a {
+                Answer::Unanswered => Exchanged::Unanswered(why.clone()),
+                a => Exchanged::Answered(a, reply),
             });
         }
-        for (i, a) in sent.into_iter().zip(answers.finish()) {
-            let op = &ops[i];
-            out[i] = match a {
-                Answer::Done => Ok(()),
-                Answer::Failed(e) if op.is_delete() && is_gone_errno(e) => Ok(()),
-                Answer::Failed(errno) => Err(NetlinkError::Failed {
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Exchanged::Unanswered(why.clone())))
+            .collect()
+    }
+
+    /// Sends one batch of changes; the outcome of each.
+    fn send(&mut self, ops: &[PeerOp]) -> Vec<Result<(), NetlinkError>> {
+        let messages: Vec<Vec<u8>> = ops.iter().map(PeerOp::serialize).collect();
+        ops.iter()
+            .zip(self.exchange(&messages))
+            .map(|(op, x)| match x {
+                Exchanged::Answered(Answer::Failed(e), _) if op.is_delete() && is_gone_errno(e) => {
+                    Ok(())
+                }
+                Exchanged::Answered(Answer::Failed(errno), _) => Err(NetlinkError::Failed {
                     what: op.describe(),
                     errno,
                 }),
-                Answer::Unanswered => Err(NetlinkError::Unanswered {
+                Exchanged::Answered(_, _) => Ok(()),
+                Exchanged::Unanswered(why) => Err(NetlinkError::Unanswered {
                     what: op.describe(),
-                    why: why.clone(),
+                    why,
                 }),
-            };
+            })
+            .collect()
+    }
+}
+
+/// What the kernel said to one request of a batch.
+#[derive(Debug)]
+enum Exchanged {
+    /// Done or failed, with the message a get request returned.
+    Answered(Answer, Option<Vec<u8>>),
+    /// Not sent, or no answer came: why.
+    Unanswered(String),
+}
+
+/// `RTM_GETNEIGH` for `ip` on device `index` (sequence number 0; the batch numbers it).
+fn get_neighbour_request(index: u32, ip: Ipv4Addr) -> Vec<u8> {
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let payload = M::GetNeighbour(Netlink::neighbour_key(index, ip));
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
+/// The IPv4 entry in a neighbour message; None for anything else.
+fn neighbour_entry(m: &NeighbourMessage) -> Option<NeighbourEntry> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
+            _ => {}
         }
-        out
+    }
+    Some(NeighbourEntry {
+        ip: ip?,
+        mac,
+        permanent: m.header.state == NeighbourState::Permanent,
+    })
+}
+
+/// A get's reply (one netlink message, header included) as a neighbour entry; None
+/// if it is not an `RTM_NEWNEIGH` carrying an IPv4 entry.
+fn parse_neighbour_reply(bytes: &[u8]) -> Option<NeighbourEntry> {
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    match NetlinkMessage::<M>::deserialize(bytes).ok()?.payload {
+        NetlinkPayload::InnerMessage(M::NewNeighbour(m)) => neighbour_entry(&m),
+        _ => None,
     }
 }
 
@@ -1210,24 +1270,69 @@ impl Netlink {
     }
 
     /// The IPv4 neighbour entries of one device (`ip -4 neigh show dev <dev>`).
+    ///
+    /// A dump walks the kernel's neighbour table, which every network namespace of
+    /// the host shares: its cost grows with the host's entries, not this device's.
+    /// To check known entries, [`Netlink::lookup_neighbours`] costs only theirs.
     pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighbourEntry>, NetlinkError> {
+        Ok(self
+            .dump_neighbours(AddressFamily::Inet, index)
+            .await?
+            .iter()
+            .filter_map(neighbour_entry)
+            .collect())
+    }
+
+    /// The entries of device `index` for `ips` that exist (`ip -4 neigh get <ip> dev
+    /// <dev>` for each, [`BATCH_MESSAGES`] per `sendmsg`): one hash lookup each in the
+    /// kernel, whatever else the host's neighbour table holds. An address without an
+    /// entry is left out; any other failure is an error.
+    pub fn lookup_neighbours(
+        &self,
+        index: u32,
+        ips: &[Ipv4Addr],
+    ) -> Result<Vec<NeighbourEntry>, NetlinkError> {
+        let mut s = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
-        for m in self.dump_neighbours(AddressFamily::Inet, index).await? {
-            let mut ip = None;
-            let mut mac = None;
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
-                    _ => {}
+        for chunk in ips.chunks(BATCH_MESSAGES) {
+            let messages: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|ip| get_neighbour_request(index, *ip))
+                .collect();
+            for (ip, x) in chunk.iter().zip(s.exchange(&messages)) {
+                let what = || format!("get neighbour {ip} on #{index}");
+                match x {
+                    Exchanged::Answered(Answer::Done, Some(reply)) => {
+                        match parse_neighbour_reply(&reply) {
+                            Some(e) if e.ip == *ip => out.push(e),
+                            _ => {
+                                return Err(NetlinkError::Unanswered {
+                                    what: what(),
+                                    why: "the reply is not that neighbour entry".into(),
+                                })
+                            }
+                        }
+                    }
+                    Exchanged::Answered(Answer::Failed(ENOENT), _) => {}
+                    Exchanged::Answered(Answer::Failed(errno), _) => {
+                        return Err(NetlinkError::Failed {
+                            what: what(),
+                            errno,
+                        })
+                    }
+                    Exchanged::Answered(_, _) => {
+                        return Err(NetlinkError::Unanswered {
+                            what: what(),
+                            why: "acknowledged without a reply".into(),
+                        })
+                    }
+                    Exchanged::Unanswered(why) => {
+                        return Err(NetlinkError::Unanswered { what: what(), why })
+                    }
                 }
-            }
-            if let Some(ip) = ip {
-                out.push(NeighbourEntry {
-                    ip,
-                    mac,
-                    permanent: m.header.state == NeighbourState::Permanent,
-                });
             }
         }
         Ok(out)
@@ -1380,6 +1485,43 @@ mod tests {
             mac: MacAddr([0x0e, 0x5a, 0x11, 0x22, 0x33, 0x44]),
         };
         assert_eq!(op.serialize(), NEIGH.to_vec());
+    }
+
+    /// `ip -4 neigh get 10.244.2.0 dev #7`: RTM_GETNEIGH (30), NLM_F_REQUEST, an
+    /// ndmsg with family, ifindex and nothing else (the kernel refuses a get with a
+    /// state or type set), NDA_DST.
+    #[test]
+    fn neighbour_get_request_bytes() {
+        assert_eq!(
+            get_neighbour_request(7, Ipv4Addr::new(10, 244, 2, 0)),
+            vec![
+                0x24, 0, 0, 0, 0x1e, 0, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr
+                0x02, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, // ndmsg
+                0x08, 0, 0x01, 0, 10, 244, 2, 0, // NDA_DST
+            ]
+        );
+    }
+
+    /// The kernel's reply to a get is an RTM_NEWNEIGH like the one we send to add
+    /// the entry; anything else is not an entry.
+    #[test]
+    fn neighbour_replies_parse() {
+        assert_eq!(
+            parse_neighbour_reply(&NEIGH),
+            Some(NeighbourEntry {
+                ip: Ipv4Addr::new(10, 244, 2, 0),
+                mac: Some(MacAddr([0x0e, 0x5a, 0x11, 0x22, 0x33, 0x44])),
+                permanent: true,
+            })
+        );
+        let mut reachable = NEIGH;
+        reachable[24] = 0x02; // NUD_REACHABLE
+        assert!(!parse_neighbour_reply(&reachable).unwrap().permanent);
+        let mut delete = NEIGH;
+        delete[4] = 0x1d; // RTM_DELNEIGH
+        assert_eq!(parse_neighbour_reply(&delete), None);
+        assert_eq!(parse_neighbour_reply(&NEIGH[..30]), None);
+        assert_eq!(parse_neighbour_reply(&[]), None);
     }
 
     /// Every op serializes to one well-formed message a batch accepts.

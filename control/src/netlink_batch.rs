@@ -142,14 +142,21 @@ pub struct Answers {
     first_seq: u32,
     /// Per request: `None` until answered, then the error code (0: done).
     codes: Vec<Option<i32>>,
+    /// Per request: the first other message carrying its number — what a get
+    /// request (`RTM_GETNEIGH` …) returns, ahead of its acknowledgement.
+    replies: Vec<Option<Vec<u8>>>,
     pending: usize,
 }
+
+/// `NLMSG_DONE`: the end of a dump (never a reply to a single get).
+const NLMSG_DONE: u16 = 3;
 
 impl Answers {
     pub fn new(first_seq: u32, count: usize) -> Self {
         Answers {
             first_seq,
             codes: vec![None; count],
+            replies: vec![None; count],
             pending: count,
         }
     }
@@ -174,7 +181,14 @@ impl Answers {
                     what: "length field outside the datagram",
                 });
             }
-            if u16_at(m, field::TYPE) == NLMSG_ERROR {
+            let kind = u16_at(m, field::TYPE);
+            if kind != NLMSG_ERROR && kind != NLMSG_DONE {
+                let i = u32_at(m, field::SEQ).wrapping_sub(self.first_seq) as usize;
+                if let Some(slot @ None) = self.replies.get_mut(i) {
+                    *slot = Some(m[..len].to_vec());
+                }
+            }
+            if kind == NLMSG_ERROR {
                 if len < field::ERROR.end {
                     return Err(MalformedAnswer {
                         offset: at,
@@ -202,12 +216,25 @@ impl Answers {
 
     /// The answer to each request, in the batch's order.
     pub fn finish(self) -> Vec<Answer> {
+        self.finish_with_replies()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect()
+    }
+
+    /// The answer to each request with the message it returned, if any (a get's
+    /// reply: header included), in the batch's order.
+    pub fn finish_with_replies(self) -> Vec<(Answer, Option<Vec<u8>>)> {
         self.codes
             .into_iter()
-            .map(|c| match c {
-                Some(0) => Answer::Done,
-                Some(e) => Answer::Failed(e.checked_neg().unwrap_or(i32::MAX)),
-                None => Answer::Unanswered,
+            .zip(self.replies)
+            .map(|(c, r)| {
+                let a = match c {
+                    Some(0) => Answer::Done,
+                    Some(e) => Answer::Failed(e.checked_neg().unwrap_or(i32::MAX)),
+                    None => Answer::Unanswered,
+                };
+                (a, r)
             })
             .collect()
     }
@@ -379,6 +406,29 @@ pub(crate) mod tests {
         d.extend(ack(3, -19, 0x1c));
         a.handle(&d).unwrap();
         assert_eq!(a.finish(), vec![Answer::Failed(19)]);
+    }
+
+    /// A get request's reply (`ip -4 neigh get 10.244.2.0 dev #7`: RTM_NEWNEIGH
+    /// with the request's number) comes before its acknowledgement and is kept with
+    /// it; a get of an entry that does not exist is ENOENT with no reply.
+    #[test]
+    fn a_get_keeps_its_reply() {
+        let mut reply = NEIGH.to_vec();
+        reply[8..12].copy_from_slice(&40u32.to_le_bytes());
+        let mut a = Answers::new(40, 2);
+        let mut d = reply.clone();
+        d.extend(ack(40, 0, 0x1e));
+        d.extend(ack(41, -2, 0x1e));
+        a.handle(&d).unwrap();
+        // A second message with the same number does not replace the first.
+        let mut again = NEIGH.to_vec();
+        again[8..12].copy_from_slice(&40u32.to_le_bytes());
+        again[20] = 9;
+        a.handle(&again).unwrap();
+        assert_eq!(
+            a.finish_with_replies(),
+            vec![(Answer::Done, Some(reply)), (Answer::Failed(2), None)]
+        );
     }
 
     proptest::proptest! {

@@ -651,3 +651,85 @@ fn a_batch_reports_each_failure_by_itself() {
     assert!(routes.contains(&"10.100.18.176/28 10.100.18.176".to_string()));
     assert_eq!(ns.neigh("eth0"), vec!["192.0.2.50 02:11:22:33:44:01"]);
 }
+
+/// Checking known neighbours by lookup (`ip neigh get`, batched) finds exactly the
+/// entries of this device — a permanent one with its MAC, a changed one with the
+/// new MAC, none for an address without an entry — past a batch boundary, and is not
+/// confused by the same addresses on another namespace's device (the kernel's
+/// neighbour table is one for the whole host).
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn neighbour_lookups_see_this_device_only() {
+    use vxmesh_control::netlink::{PeerOp, BATCH_MESSAGES};
+    require_root();
+    let ns = Ns::new("lookup");
+    let other = Ns::new("lookup-other");
+    let eth0 = eth0_index(&ns);
+    let count = BATCH_MESSAGES as u32 + 20;
+    let ip = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 99, 0, 0)) + i);
+    // The other namespace holds every address, with another MAC.
+    for i in 0..count {
+        other.ip(&[
+            "neigh",
+            "replace",
+            &ip(i).to_string(),
+            "lladdr",
+            "02:99:99:99:99:99",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    // Ours: the even addresses; one of them then changed by someone else.
+    let found = ns.run(move |nl| {
+        Box::pin(async move {
+            let ops: Vec<PeerOp> = (0..count)
+                .step_by(2)
+                .map(|i| PeerOp::Neighbour {
+                    index: eth0,
+                    ip: ip(i),
+                    mac: MAC,
+                })
+                .collect();
+            assert!(nl.apply(&ops).iter().all(Result::is_ok));
+            let all: Vec<Ipv4Addr> = (0..count).map(ip).collect();
+            (
+                nl.lookup_neighbours(eth0, &all),
+                nl.lookup_neighbours(99_999, &all[..1]),
+            )
+        })
+    });
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &ip(4).to_string(),
+        "lladdr",
+        "02:aa:bb:cc:dd:ee",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let changed = ns.run(move |nl| Box::pin(async move { nl.lookup_neighbours(eth0, &[ip(4)]) }));
+    let (found, no_device) = found;
+    let found = found.expect("lookups");
+    assert_eq!(found.len(), count as usize / 2);
+    for (k, e) in found.iter().enumerate() {
+        assert_eq!(e.ip, ip(2 * k as u32));
+        assert_eq!(e.mac, Some(MAC));
+        assert!(e.permanent);
+    }
+    let changed = changed.expect("lookup");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        changed[0].mac,
+        Some(MacAddr([0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]))
+    );
+    // A device that does not exist is an error, not "no entries".
+    let e = no_device.expect_err("no such device");
+    assert!(
+        e.to_string().contains("get neighbour 10.99.0.0 on #99999"),
+        "{e}"
+    );
+}

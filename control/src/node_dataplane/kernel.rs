@@ -247,6 +247,7 @@ impl Kernel {
         let dumps = plan::Dumps {
             routes: nl.routes_via(self.index).await?,
             neighbours: nl.neighbours(self.index).await?,
+            all_neighbours: true,
             fdb: nl.fdb_entries(self.index).await?,
         };
         let with_paths: Vec<(Peer, PeerPath)> =

@@ -88,6 +88,9 @@ pub struct NodeDataplane {
     direct: DirectRouting,
     underlay_index: u32,
     network: Subnet,
+    /// The overlay device was created by this run (not adopted, not handed over):
+    /// no entry on it predates this agent.
+    fresh: bool,
 }
 
 /// The overlay device and its per-peer state.
@@ -138,6 +141,9 @@ impl NodeDataplane {
                 direct,
                 underlay_index: setup.underlay_index,
                 network: setup.network,
+                // The kernel dataplane's device may be flanneld's or an earlier run's
+                // (it adopts compatible ones): never taken as fresh.
+                fresh: kind == DataplaneKind::Userspace && !adopted,
             },
             adopted,
         ))
@@ -161,7 +167,19 @@ impl NodeDataplane {
             direct,
             underlay_index: setup.underlay_index,
             network: setup.network,
+            fresh: false,
         })
+    }
+
+    /// How the first full listing's reconcile reads the neighbours: a device this
+    /// run created holds no entry an earlier agent left, so looking the peers' up
+    /// is enough; an adopted or handed-over one is dumped for stale entries.
+    pub fn first_check(&self) -> NeighbourCheck {
+        if self.fresh {
+            NeighbourCheck::Lookup
+        } else {
+            NeighbourCheck::Dump
+        }
     }
 
     /// The userspace dataplane, if that is what runs (what a handover hands on).
@@ -269,28 +287,41 @@ impl NodeDataplane {
     }
 
     /// Makes the devices carry exactly `peers` (the full, current set): dumps the
-    /// main table's routes, the overlay device's neighbours (and fdb), re-adds what
-    /// is missing or differs and removes what no peer accounts for (see
-    /// [`plan::reconcile_ops`]) — a few dumps and one batch, not a request per peer.
-    /// Both devices outlive the agent (the kernel's may have been flanneld's), so a
-    /// peer that left while no agent ran leaves entries behind; with DirectRouting,
-    /// direct routes on the underlay too.
+    /// main table's routes (and the fdb), reads the overlay device's neighbours as
+    /// `check` says, re-adds what is missing or differs and removes what no peer
+    /// accounts for (see [`plan::reconcile_ops`]) — a few dumps and one batch, not a
+    /// request per peer. Both devices outlive the agent (the kernel's may have been
+    /// flanneld's), so a peer that left while no agent ran leaves entries behind;
+    /// with DirectRouting, direct routes on the underlay too.
     pub async fn reconcile(
         &self,
         nl: &Netlink,
         peers: &PeerTable,
+        check: NeighbourCheck,
     ) -> Result<Reconciled, NetlinkError> {
         let d = self.devices();
+        let with_paths: Vec<(Peer, PeerPath)> = peers.peers().map(|p| (*p, self.path(p))).collect();
+        let neighbours = match check {
+            NeighbourCheck::Dump => nl.neighbours(d.overlay).await?,
+            NeighbourCheck::Lookup => {
+                let vteps: Vec<std::net::Ipv4Addr> = with_paths
+                    .iter()
+                    .filter(|(_, path)| *path == PeerPath::Overlay)
+                    .map(|(p, _)| p.vtep_ip())
+                    .collect();
+                nl.lookup_neighbours(d.overlay, &vteps)?
+            }
+        };
         let dumps = plan::Dumps {
             routes: nl.main_table_routes().await?,
-            neighbours: nl.neighbours(d.overlay).await?,
+            neighbours,
+            all_neighbours: check == NeighbourCheck::Dump,
             fdb: if d.fdb {
                 nl.fdb_entries(d.overlay).await?
             } else {
                 Vec::new()
             },
         };
-        let with_paths: Vec<(Peer, PeerPath)> = peers.peers().map(|p| (*p, self.path(p))).collect();
         let network = self.direct.enabled().then_some(&self.network);
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
         if let Overlay::Kernel(k) = &self.overlay {
@@ -306,7 +337,9 @@ impl NodeDataplane {
 
     /// [`NodeDataplane::reconcile`]; returns how many entries were removed.
     pub async fn prune(&self, nl: &Netlink, peers: &PeerTable) -> Result<usize, NetlinkError> {
-        self.reconcile(nl, peers).await.map(|r| r.removed)
+        self.reconcile(nl, peers, NeighbourCheck::Dump)
+            .await
+            .map(|r| r.removed)
     }
 
     /// Programs one peer: a direct route, or the overlay's entries.
@@ -359,6 +392,22 @@ impl NodeDataplane {
             }
         }
     }
+}
+
+/// How a reconcile pass reads the overlay device's neighbours.
+///
+/// The kernel keeps one neighbour table for the whole host: a dump walks every
+/// entry of every network namespace (on the one-machine scale harness, N nodes'
+/// N entries each — 10^6 at 1,000 nodes, per dump, per node), where a lookup is one
+/// hash probe per peer. Lookups find missing and changed entries; only a dump finds
+/// stale ones, so the agent dumps after a full listing and every
+/// [`crate::agent::DUMP_NEIGHBOURS_EVERY`]th periodic pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourCheck {
+    /// Every entry of the device: repairs and prunes.
+    Dump,
+    /// The entries at the overlay peers' VTEP addresses: repairs only.
+    Lookup,
 }
 
 /// What a reconcile pass did.

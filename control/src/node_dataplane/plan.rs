@@ -205,8 +205,11 @@ pub fn program_ops(
 pub struct Dumps {
     /// Routes of the main table (not the kernel's own), every device.
     pub routes: Vec<DeviceRoute>,
-    /// IPv4 neighbours of the overlay device.
+    /// IPv4 neighbours of the overlay device: every one (`all_neighbours`, a dump),
+    /// or only those at the overlay peers' VTEP addresses (lookups), which finds
+    /// what is missing or wrong but nothing stale.
     pub neighbours: Vec<NeighbourEntry>,
+    pub all_neighbours: bool,
     /// The overlay device's fdb (empty without one).
     pub fdb: Vec<FdbEntry>,
 }
@@ -326,7 +329,7 @@ pub fn reconcile_ops(
             }
         }
     }
-    for ip in have_neigh.keys() {
+    for ip in have_neigh.keys().filter(|_| dumps.all_neighbours) {
         if !overlay_vteps.contains(ip) {
             r.stale.push(PeerOp::DeleteNeighbour {
                 index: d.overlay,
@@ -659,6 +662,7 @@ mod tests {
                     dst: None,
                 },
             ],
+            all_neighbours: true,
         };
         let peers = [
             (a, PeerPath::Overlay),
@@ -701,6 +705,16 @@ mod tests {
                 },
             ]
         );
+        // Lookups (the neighbours at the peers' addresses only) find the same
+        // repairs, and no neighbour stale: gone's entry was not looked up.
+        let looked_up = Dumps {
+            neighbours: dumps.neighbours[..2].to_vec(),
+            all_neighbours: false,
+            ..dumps.clone()
+        };
+        let r2 = reconcile_ops(&kernel(), &peers, &looked_up, Some(&net));
+        assert_eq!(r2.repairs, r.repairs);
+        assert_eq!(r2.stale, r.stale[..3].to_vec());
         // Without DirectRouting the underlay's routes are not looked at.
         let r = reconcile_ops(&kernel(), &peers[..2], &dumps, None);
         assert!(!r.stale.contains(&PeerOp::DeleteRoute(stale_direct)));
@@ -716,6 +730,7 @@ mod tests {
                 mac: a.vtep_mac,
                 dst: Some(a.public_ip),
             }],
+            all_neighbours: true,
         };
         assert_eq!(
             reconcile_ops(&kernel(), &[(a, PeerPath::Overlay)], &full, Some(&net)),
