@@ -667,20 +667,25 @@ pub async fn run_with(
     );
     let mut ho = NodeHandover::acquire(me, launch, takeover_tx, &state).await?;
 
-    let hint = std::fs::read_to_string(&opts.subnet_file)
-        .ok()
-        .and_then(|t| SubnetEnv::subnet_from(&t));
+    let previous = std::fs::read_to_string(&opts.subnet_file).ok();
+    let hint = previous.as_deref().and_then(SubnetEnv::subnet_from);
+    let hint6 = previous
+        .as_deref()
+        .filter(|_| public_ipv6.is_some())
+        .and_then(SubnetEnv::ipv6_subnet_from);
     let machine = match ho.inherited_lease() {
         // The handover carries the IPv4 subnet only: a dual-stack key is found again
         // by its PublicIP and re-put under a new etcd lease (the same key).
         Some((subnet, _)) if public_ipv6.is_some() => {
             tracing::info!(%subnet, "handed-over lease is dual stack: claiming its key again");
             LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
+                .with_ipv6_hint(hint6)
         }
         Some((subnet, id)) => {
             LeaseMachine::holding(cfg.clone(), underlay.public_ip, subnet, id, random_seed())
         }
-        None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed()),
+        None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed())
+            .with_ipv6_hint(hint6),
     };
     let mut attrs = LeaseAttrs::vxlan(underlay.public_ip, vni.get(), vtep_mac);
     if let Some(ip6) = public_ipv6 {

@@ -166,6 +166,13 @@ impl LeaseMachine {
         m
     }
 
+    /// Dual stack: the IPv6 subnet from this node's subnet file (a dual-stack
+    /// flanneld's `FLANNEL_IPV6_SUBNET`), tried first for the IPv6 half when free.
+    pub fn with_ipv6_hint(mut self, hint: Option<Subnet6>) -> Self {
+        self.hint.ipv6 = hint;
+        self
+    }
+
     /// The subnet and etcd lease held now, if any.
     pub fn held(&self) -> Option<(Subnet, i64)> {
         match self.state {
@@ -764,6 +771,20 @@ mod tests {
             LeaseAction::Acquired { ipv6: Some(v6), changed_from: None, .. } if v6 == ipv6
         ));
         assert_eq!(after.held_key(), Some(key), "the same key after a restart");
+
+        // The key expired while the node was away: a subnet file written by a
+        // dual-stack flanneld names both halves, tried first.
+        let v6: Subnet6 = "fd00:1:0:7::/64".parse().unwrap();
+        let mut hinted =
+            LeaseMachine::new(dual_cfg(), ME, Some("10.1.0.128/26".parse().unwrap()), 5)
+                .with_ipv6_hint(Some(v6));
+        assert_eq!(
+            claim_fresh(&mut hinted, t, vec![]),
+            Claim::Create {
+                subnet: "10.1.0.128/26".parse().unwrap(),
+                ipv6: Some(v6)
+            }
+        );
 
         // The lease is lost (expired, deleted): both halves are tried again together.
         m.handle(LeaseEvent::LeaseLost, t);
