@@ -1,9 +1,19 @@
 //! Watches the peer routes of many network namespaces at once, as the kernel reports
-//! them: one netlink socket per namespace subscribed to IPv4 route changes
-//! (`RTMGRP_IPV4_ROUTE`, what `ip monitor route` listens to), read by one thread.
-//! Every route add and delete is stamped when it arrives, so the scale harness can say
-//! when the last node had every route, and when a joining or leaving node's route
-//! appeared or vanished on each node — without spawning `ip route` a million times.
+//! them: ONE netlink socket in the harness's namespace subscribed to IPv4 route
+//! changes (`RTMGRP_IPV4_ROUTE`, what `ip monitor route` listens to) with
+//! `NETLINK_LISTEN_ALL_NSID`, so it hears every namespace that has an id here (the
+//! monitor gives each watched namespace one: `ip netns set <name> auto`); each
+//! message says which namespace it came from (a `NETLINK_LISTEN_ALL_NSID` control
+//! message). Every route add and delete is stamped when it arrives, so the scale
+//! harness can say when the last node had every route, and when a joining or leaving
+//! node's route appeared or vanished on each node — without spawning `ip route` a
+//! million times.
+//!
+//! Why one socket: the kernel delivers a notification by walking every netlink socket
+//! subscribed to any rtnetlink group, in every namespace of the host. A socket per
+//! namespace made each of the agents' route and neighbour changes walk N sockets
+//! (10^6 changes × 10^3 sockets at 1,000 nodes), inside the agents' own system calls
+//! and under the host-wide RTNL lock: the measurement was most of the load it measured.
 //!
 //! A peer route is what vxmeshd installs for a peer (`<subnet> via <subnet>.0 …
 //! onlink`): a main-table IPv4 route inside the Network, SubnetLen long, whose gateway
@@ -37,9 +47,11 @@ const RT_TABLE_MAIN: u32 = 254;
 const AF_INET: u8 = 2;
 /// `RTMGRP_IPV4_ROUTE`: the multicast group of IPv4 route changes.
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-/// Receive buffer per socket: a node learning a thousand peers at once gets a
-/// thousand notifications (under 1 KiB each with overhead) before the reader runs.
-const RCVBUF: libc::c_int = 8 << 20;
+/// Receive buffer of each socket: the event socket hears every node, and a thousand
+/// nodes learning a thousand peers each is a million notifications (about 1 KiB each
+/// with overhead) if the reader falls behind; it gets what the kernel allows
+/// (`SO_RCVBUFFORCE`, root), and a lost notification costs a re-read of every node.
+const RCVBUF: libc::c_int = 512 << 20;
 
 /// One IPv4 main-table route change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,9 +192,75 @@ pub struct Monitor {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The sockets: one for every namespace's notifications, one per namespace for dumps.
 struct Watched {
     events: OwnedFd,
-    dump: OwnedFd,
+    /// Namespace id (as the harness's namespace numbers it) → index in `dumps`.
+    by_nsid: HashMap<i32, usize>,
+    dumps: Vec<OwnedFd>,
+}
+
+/// `SOL_NETLINK` and its `NETLINK_LISTEN_ALL_NSID` option (linux/netlink.h).
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
+
+/// The namespace id in the control messages of one `recvmsg` (pure): the data of a
+/// `cmsghdr` of level `SOL_NETLINK`, type `NETLINK_LISTEN_ALL_NSID`. None for a
+/// message from the socket's own namespace (the kernel adds no id) or a malformed
+/// buffer. Layout: `cmsg_len` (size_t), level, type (ints), data aligned to size_t.
+pub fn nsid_from_cmsgs(buf: &[u8]) -> Option<i32> {
+    const W: usize = std::mem::size_of::<usize>();
+    let align = |n: usize| (n + W - 1) & !(W - 1);
+    let hdr = W + 8;
+    let mut at = 0;
+    while buf.len().saturating_sub(at) >= hdr {
+        let len = usize::from_ne_bytes(buf[at..at + W].try_into().ok()?);
+        if len < hdr || len > buf.len() - at {
+            return None;
+        }
+        let level = i32::from_ne_bytes(buf[at + W..at + W + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(buf[at + W + 4..at + W + 8].try_into().ok()?);
+        let data = &buf[at + align(hdr)..at + len.max(align(hdr))];
+        if level == SOL_NETLINK && kind == NETLINK_LISTEN_ALL_NSID && data.len() >= 4 {
+            return Some(i32::from_ne_bytes(data[..4].try_into().ok()?));
+        }
+        at += align(len);
+    }
+    None
+}
+
+/// The namespace ids of `names` as the calling namespace numbers them, giving one
+/// to each that has none (`ip netns set <name> auto`, one batch); parsed from
+/// `ip netns list` ("name (id: 7)").
+fn namespace_ids(names: &[String]) -> io::Result<HashMap<String, i32>> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        for n in names {
+            // Already numbered: "File exists", and -force goes on.
+            writeln!(stdin, "netns set {n} auto")?;
+        }
+    }
+    child.wait()?;
+    let out = Command::new("ip").args(["netns", "list"]).output()?;
+    Ok(parse_netns_ids(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `ip netns list` output → name → id (pure); names without an id are left out.
+pub fn parse_netns_ids(text: &str) -> HashMap<String, i32> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(" (id: ")?;
+            let id = rest.strip_suffix(')')?.parse().ok()?;
+            Some((name.trim().to_string(), id))
+        })
+        .collect()
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -278,17 +356,21 @@ fn dump(fd: RawFd, buf: &mut [u8]) -> io::Result<Vec<RouteChange>> {
 }
 
 impl Monitor {
-    /// Opens the sockets inside each namespace (by `ip netns` name) and starts the
-    /// reader thread. Only peer routes (per `which`) are recorded.
+    /// Numbers the namespaces (by `ip netns` name) here, opens the event socket here
+    /// and a dump socket inside each, and starts the reader thread. Only peer routes
+    /// (per `which`) are recorded.
     pub fn start(namespaces: &[String], which: PeerRoutes) -> io::Result<Monitor> {
-        let mut watched = Vec::with_capacity(namespaces.len());
-        for ns in namespaces {
-            let w = vxmesh_testkit::in_netns(ns, || -> io::Result<Watched> {
-                Ok(Watched {
-                    events: netlink_socket(RTMGRP_IPV4_ROUTE, true)?,
-                    dump: netlink_socket(0, false)?,
-                })
-            })??;
+        let ids = namespace_ids(namespaces)?;
+        let mut by_nsid = HashMap::with_capacity(namespaces.len());
+        let mut dumps = Vec::with_capacity(namespaces.len());
+        for (i, ns) in namespaces.iter().enumerate() {
+            let id = ids.get(ns).copied().ok_or_else(|| {
+                io::Error::other(format!(
+                    "namespace {ns} has no id here (ip netns set {ns} auto)"
+                ))
+            })?;
+            by_nsid.insert(id, i);
+            let dump = vxmesh_testkit::in_netns(ns, || netlink_socket(0, false))??;
             // A dump blocks at most this long per read.
             let tv = libc::timeval {
                 tv_sec: 5,
@@ -297,16 +379,33 @@ impl Monitor {
             // SAFETY: the option value is a timeval of the size passed.
             let _ = unsafe {
                 libc::setsockopt(
-                    w.dump.as_raw_fd(),
+                    dump.as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVTIMEO,
                     std::ptr::addr_of!(tv).cast(),
                     std::mem::size_of::<libc::timeval>() as libc::socklen_t,
                 )
             };
-            watched.push(w);
+            dumps.push(dump);
         }
-        let nodes = Arc::new(Mutex::new(vec![NodeRoutes::default(); watched.len()]));
+        let events = netlink_socket(RTMGRP_IPV4_ROUTE, true)?;
+        let on: libc::c_int = 1;
+        // SAFETY: the option value is a c_int of the size passed.
+        cvt(unsafe {
+            libc::setsockopt(
+                events.as_raw_fd(),
+                SOL_NETLINK,
+                NETLINK_LISTEN_ALL_NSID,
+                std::ptr::addr_of!(on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        let watched = Watched {
+            events,
+            by_nsid,
+            dumps,
+        };
+        let nodes = Arc::new(Mutex::new(vec![NodeRoutes::default(); namespaces.len()]));
         let stop = Arc::new(AtomicBool::new(false));
         let (n2, s2) = (Arc::clone(&nodes), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -338,53 +437,75 @@ impl Drop for Monitor {
     }
 }
 
+/// One `recvmsg` on the event socket: the datagram's length and the namespace id
+/// its control message carries.
+fn recv_with_nsid(
+    fd: RawFd,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> io::Result<(usize, Option<i32>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: `msg` points at `iov` (valid for `buf`) and `control`, all of which
+    // outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let clen = (msg.msg_controllen as usize).min(control.len());
+    Ok((n as usize, nsid_from_cmsgs(&control[..clen])))
+}
+
 fn read_loop(
-    watched: &[Watched],
+    watched: &Watched,
     which: PeerRoutes,
     nodes: &Mutex<Vec<NodeRoutes>>,
     stop: &AtomicBool,
 ) {
-    let mut pfds: Vec<libc::pollfd> = watched
-        .iter()
-        .map(|w| libc::pollfd {
-            fd: w.events.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfd = libc::pollfd {
+        fd: watched.events.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let mut buf = vec![0u8; 1 << 16];
+    let mut control = vec![0u8; 64];
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: `pfds` is a valid array of pollfd of the length passed.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 50) };
+        // SAFETY: `pfd` is a valid pollfd and nfds is 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, 50) };
         if n <= 0 {
             continue;
         }
-        for (i, p) in pfds.iter_mut().enumerate() {
-            if p.revents == 0 {
-                continue;
-            }
-            p.revents = 0;
-            loop {
-                match recv(p.fd, &mut buf) {
-                    Ok(n) => {
-                        let at = Instant::now();
-                        let parsed = parse(&buf[..n]);
-                        let mut g = lock(nodes);
-                        for c in parsed.changes.iter().filter(|c| which.is_peer(c)) {
-                            g[i].apply(c, at);
-                        }
+        loop {
+            match recv_with_nsid(pfd.fd, &mut buf, &mut control) {
+                Ok((n, Some(id))) => {
+                    let Some(&i) = watched.by_nsid.get(&id) else {
+                        continue;
+                    };
+                    let at = Instant::now();
+                    let parsed = parse(&buf[..n]);
+                    let mut g = lock(nodes);
+                    for c in parsed.changes.iter().filter(|c| which.is_peer(c)) {
+                        g[i].apply(c, at);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        resync(
-                            watched[i].dump.as_raw_fd(),
-                            which,
-                            &mut buf,
-                            &mut lock(nodes)[i],
-                        );
-                    }
-                    Err(_) => break,
                 }
+                // Our own namespace's routes: not watched.
+                Ok((_, None)) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // Notifications were lost, from any namespace: read them all again.
+                    for (i, d) in watched.dumps.iter().enumerate() {
+                        resync(d.as_raw_fd(), which, &mut buf, &mut lock(nodes)[i]);
+                    }
+                }
+                Err(_) => break,
             }
         }
     }
@@ -516,6 +637,40 @@ mod tests {
         let mut v6 = full;
         v6[NLMSG_HDR] = 10;
         assert!(parse(&v6).changes.is_empty());
+    }
+
+    /// A control message as the kernel writes it on x86-64 for a socket with
+    /// NETLINK_LISTEN_ALL_NSID (python3 `recvmsg` gave [(270, 8, b'\\x07\\0\\0\\0')]):
+    /// cmsg_len 20, level 270, type 8, the id, padding.
+    #[test]
+    #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
+    fn namespace_id_from_control_messages() {
+        let mut c = vec![20, 0, 0, 0, 0, 0, 0, 0, 0x0e, 0x01, 0, 0, 8, 0, 0, 0];
+        c.extend([7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(nsid_from_cmsgs(&c), Some(7));
+        // Another control message first (SOL_SOCKET, SCM_CREDENTIALS: 12 bytes).
+        let mut two = vec![28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0];
+        two.extend([0u8; 16]);
+        two.extend(&c);
+        assert_eq!(nsid_from_cmsgs(&two), Some(7));
+        assert_eq!(nsid_from_cmsgs(&[]), None);
+        // Lengths that lie: shorter than a header, longer than the buffer.
+        let mut bad = c.clone();
+        bad[0] = 4;
+        assert_eq!(nsid_from_cmsgs(&bad), None);
+        bad[0] = 200;
+        assert_eq!(nsid_from_cmsgs(&bad), None);
+        for cut in 0..c.len() {
+            let _ = nsid_from_cmsgs(&c[..cut]);
+        }
+    }
+
+    #[test]
+    fn netns_ids_from_ip_netns_list() {
+        let ids = parse_netns_ids("vxs1-n2 (id: 5)\nvxs1-n1 (id: 0)\nplain\nodd (id: x)\n");
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids["vxs1-n2"], 5);
+        assert_eq!(ids["vxs1-n1"], 0);
     }
 
     #[test]

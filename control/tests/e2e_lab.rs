@@ -43,6 +43,42 @@ fn forged(vni: u32, dst_mac: &str, dst_ip: &str) -> Vec<u8> {
     )
 }
 
+/// Context switches of each dataplane thread (`vxmesh-tx*`, `vxmesh-rx*`) of process
+/// `pid` over `window`: how often each woke up.
+fn dataplane_wakeups(pid: i32, window: Duration) -> Vec<(String, u64)> {
+    let read = || -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return out;
+        };
+        for t in dir.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if !comm.starts_with("vxmesh-tx") && !comm.starts_with("vxmesh-rx") {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let switches: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+            out.insert(
+                format!("{comm}/{}", t.file_name().to_string_lossy()),
+                switches,
+            );
+        }
+        out
+    };
+    let before = read();
+    std::thread::sleep(window);
+    let after = read();
+    before
+        .iter()
+        .map(|(t, b)| (t.clone(), after.get(t).map_or(0, |a| a.saturating_sub(*b))))
+        .collect()
+}
+
 fn drops(st: &Value, reason: &str) -> u64 {
     st["drops"][reason].as_u64().unwrap()
 }
@@ -336,6 +372,17 @@ fn three_node_cluster_end_to_end() {
         ok && out.contains("24 of 24 reachable"),
         "after MAC repair: {out}"
     );
+
+    // 10b. An idle agent's dataplane threads sleep until traffic comes: no periodic
+    //      wake-ups (a thousand idle agents on one host used to cost a core).
+    let idle = dataplane_wakeups(lab.agent_pid(3), Duration::from_secs(2));
+    assert!(!idle.is_empty(), "no vxmesh-tx/rx threads in n3's agent");
+    for (thread, woke) in &idle {
+        assert!(
+            *woke <= 2,
+            "{thread} woke {woke} times in 2 s while idle: {idle:?}"
+        );
+    }
 
     // 11. Teardown leaves nothing behind.
     let prefix = lab.prefix.clone();

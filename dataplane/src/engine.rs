@@ -31,7 +31,7 @@ use crate::fib::{ForwardingTable, SharedTable};
 use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
 use crate::send_batch::TxBatch;
-use crate::sys::{wait_readable, RecvBatch, Tap, UdpRx, UdpTx};
+use crate::sys::{wait_either, RecvBatch, Tap, UdpRx, UdpTx, Wake};
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
 use crate::wire::{VirtioNetHdr, VxlanHeader};
 
@@ -43,8 +43,9 @@ pub const TABLE_RELOAD_EVERY: u32 = 256;
 const TX_BUFFER: usize = 512 * 1024;
 /// Most send entries per flush.
 const TX_ENTRIES: usize = 512;
-/// How long an idle thread sleeps in poll(2) before re-checking the stop flag.
-const IDLE_POLL_MS: i32 = 100;
+/// How long a thread pauses after an unexpected I/O error (so a broken descriptor
+/// cannot spin a core).
+const BACK_OFF_MS: u64 = 100;
 /// Flows the receive coalescer tracks at once.
 const GRO_FLOWS: usize = 8;
 
@@ -76,6 +77,8 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub struct Engine {
     stop: Arc<AtomicBool>,
+    /// Signalled with `stop`: wakes the threads waiting for traffic.
+    wake: Arc<Wake>,
     threads: Vec<JoinHandle<()>>,
     status: Arc<EngineStatus>,
 }
@@ -118,6 +121,7 @@ impl Engine {
         // joins the threads started so far.
         let mut engine = Engine {
             stop: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(Wake::new()?),
             threads: Vec::with_capacity(taps.len() + 1),
             status: Arc::clone(&status),
         };
@@ -131,6 +135,7 @@ impl Engine {
                 counters: Arc::clone(&counters),
                 flows: FlowTap::new(&flows, i as u64),
                 stop: Arc::clone(&engine.stop),
+                wake: Arc::clone(&engine.wake),
                 status: Arc::clone(&status),
             };
             engine
@@ -144,6 +149,7 @@ impl Engine {
             counters,
             flows: FlowTap::new(&flows, u64::MAX),
             stop: Arc::clone(&engine.stop),
+            wake: Arc::clone(&engine.wake),
         };
         engine
             .threads
@@ -155,13 +161,18 @@ impl Engine {
         &self.status
     }
 
-    /// Stops the threads and waits for them (at most about one idle poll interval).
+    /// Stops the threads and waits for them (an idle one wakes at once).
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Err(e) = self.wake.signal() {
+            // Cannot happen with a valid eventfd; the threads would then wait for
+            // their next packet.
+            tracing::error!(error = %e, "cannot wake the dataplane threads to stop them");
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -205,9 +216,10 @@ impl RateLimitedLog {
     }
 }
 
-/// Sleeps until `fd` is readable (or the idle interval ends, to see the stop flag).
-fn idle(fd: std::os::fd::BorrowedFd<'_>, log: &mut RateLimitedLog) {
-    if let Err(e) = wait_readable(fd, IDLE_POLL_MS) {
+/// Sleeps until `fd` is readable or the engine stops — no timeout: an idle thread
+/// costs nothing until traffic comes.
+fn idle(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake, log: &mut RateLimitedLog) {
+    if let Err(e) = wait_either(fd, wake) {
         back_off(&e, log);
     }
 }
@@ -216,7 +228,7 @@ fn idle(fd: std::os::fd::BorrowedFd<'_>, log: &mut RateLimitedLog) {
 /// cannot spin a core.
 fn back_off(e: &io::Error, log: &mut RateLimitedLog) {
     log.error(e);
-    std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
+    std::thread::sleep(Duration::from_millis(BACK_OFF_MS));
 }
 
 /// Wall-clock time in Unix milliseconds, for "last seen" stamps (read per batch).
@@ -273,6 +285,7 @@ struct EgressWorker {
     counters: Arc<Counters>,
     flows: FlowTap,
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
     status: Arc<EngineStatus>,
 }
 
@@ -356,7 +369,7 @@ impl EgressWorker {
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.reload();
-                    idle(self.tap.as_fd(), &mut log);
+                    idle(self.tap.as_fd(), &self.wake, &mut log);
                     // The table may have changed while this thread slept (a peer added
                     // right before the frame that woke it): take it again.
                     view.reload();
@@ -462,6 +475,7 @@ struct IngressWorker {
     counters: Arc<Counters>,
     flows: FlowTap,
     stop: Arc<AtomicBool>,
+    wake: Arc<Wake>,
 }
 
 impl IngressWorker {
@@ -493,7 +507,7 @@ impl IngressWorker {
                     self.counters.publish(&mut counts);
                     self.flows.publish();
                     view.reload();
-                    idle(self.udp.as_fd(), &mut log);
+                    idle(self.udp.as_fd(), &self.wake, &mut log);
                     // As on egress: the first datagram after a sleep sees the table as it
                     // is now, not as it was when the thread went idle.
                     view.reload();
