@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use vxmesh_control::allocator::{Claim, ExistingLease};
-use vxmesh_control::lease::{lease_key, parse_lease_key, LeaseAttrs};
+use vxmesh_control::lease::{lease_key_of, parse_lease_key, LeaseAttrs, LeaseKey};
 use vxmesh_control::registry::{Entry, Listing, WatchEvent};
 
 /// What an etcd would have served.
@@ -138,6 +138,7 @@ impl MemRegistry {
                 key.clone(),
                 ExistingLease {
                     subnet,
+                    ipv6: LeaseKey::parse(&key).ok().and_then(|k| k.ipv6_subnet()),
                     attrs: LeaseAttrs::parse(&e.value).ok(),
                     mod_revision: rev,
                     lease_id: lease,
@@ -181,7 +182,7 @@ impl MemRegistry {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Option<(i64, i64)> {
-        let key = lease_key(&self.prefix, &claim.subnet());
+        let key = lease_key_of(&self.prefix, &claim.key());
         let value = attrs.to_json().into_bytes();
         let current = self
             .keys
@@ -201,10 +202,26 @@ impl MemRegistry {
                 let rev = self.put(key, value, 0);
                 Some((0, rev))
             }
-            Claim::Create { .. } | Claim::Reuse { .. } => {
+            Claim::Create { .. } | Claim::Reuse { .. } | Claim::Rekey { .. } => {
                 let ok = match (claim, &current) {
                     (Claim::Create { .. }, None) => true,
                     (Claim::Reuse { mod_revision, .. }, Some((m, _))) => m == mod_revision,
+                    (
+                        Claim::Rekey {
+                            from,
+                            from_mod_revision,
+                            ..
+                        },
+                        None,
+                    ) => {
+                        let old = lease_key_of(&self.prefix, from);
+                        let unchanged = self
+                            .keys
+                            .get(&old)
+                            .is_some_and(|e| e.mod_revision == *from_mod_revision);
+                        // etcd deletes and puts in one revision; here, two.
+                        unchanged && self.delete(&old)
+                    }
                     _ => false,
                 };
                 self.stats.lease_grants += 1;
@@ -275,10 +292,26 @@ mod tests {
         let s: Subnet = "10.244.5.0/24".parse().unwrap();
         let w = r.add_watcher();
         let (id, rev) = r
-            .claim(&Claim::Create { subnet: s }, &attrs(1), 1000, 0)
+            .claim(
+                &Claim::Create {
+                    ipv6: None,
+                    subnet: s,
+                },
+                &attrs(1),
+                1000,
+                0,
+            )
             .unwrap();
         assert_eq!(
-            r.claim(&Claim::Create { subnet: s }, &attrs(2), 1000, 0),
+            r.claim(
+                &Claim::Create {
+                    ipv6: None,
+                    subnet: s
+                },
+                &attrs(2),
+                1000,
+                0
+            ),
             None,
             "exists"
         );
@@ -289,6 +322,7 @@ mod tests {
         assert_eq!(
             r.claim(
                 &Claim::Reuse {
+                    ipv6: None,
                     subnet: s,
                     mod_revision: rev - 1
                 },
@@ -301,6 +335,7 @@ mod tests {
         let (id2, rev2) = r
             .claim(
                 &Claim::Reuse {
+                    ipv6: None,
                     subnet: s,
                     mod_revision: rev,
                 },
@@ -339,6 +374,7 @@ mod tests {
         );
         let held = r.claim(
             &Claim::Reserved {
+                ipv6: None,
                 subnet: s,
                 mod_revision: rev,
             },
@@ -349,6 +385,7 @@ mod tests {
         assert_eq!(held, Some((0, rev)), "unchanged: nothing written");
         let moved = r.claim(
             &Claim::Reserved {
+                ipv6: None,
                 subnet: s,
                 mod_revision: rev,
             },

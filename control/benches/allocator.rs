@@ -24,6 +24,7 @@ fn leases(cfg: &NetworkConfig, n: u32) -> Vec<ExistingLease> {
     let step = 1u32 << (32 - u32::from(cfg.subnet_len));
     (0..n)
         .map(|i| ExistingLease {
+            ipv6: None,
             subnet: Subnet::new(
                 Ipv4Addr::from(
                     u32::from(cfg.subnet_min) + (i * 7919 % cfg.pool_size() as u32) * step,

@@ -30,7 +30,7 @@ use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
 pub use crate::handover::node::Launch;
 use crate::handover::node::{self as handover, NodeHandover};
-use crate::lease::LeaseAttrs;
+use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, Netlink};
@@ -40,6 +40,7 @@ use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use crate::subnet_env::SubnetEnv;
 use crate::underlay::Host;
 use vxmesh_dataplane::fib::LocalVtep;
@@ -146,6 +147,31 @@ pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Re
     })
 }
 
+/// The PublicIPv6 of this node's lease: `Some` when the config is dual stack
+/// (`--public-ipv6`, else the underlay interface's global IPv6 address; an error
+/// saying to give `--public-ipv6` when there is none), `None` otherwise.
+async fn lease_ipv6(
+    nl: &Netlink,
+    flags: &UnderlayFlags,
+    underlay: &Underlay,
+    cfg: &NetworkConfig,
+) -> anyhow::Result<Option<std::net::Ipv6Addr>> {
+    let Some(pool) = &cfg.ipv6 else {
+        if let Some(ip6) = flags.public_ipv6 {
+            tracing::warn!(public_ipv6 = %ip6, "--public-ipv6 is not used: the network config is not dual stack (no EnableIPv6 with an IPv6Network)");
+        }
+        return Ok(None);
+    };
+    let addrs = if flags.public_ipv6.is_some() {
+        Vec::new()
+    } else {
+        nl.ipv6_addresses(underlay.link.index).await?
+    };
+    let ip6 = crate::underlay::choose_public_ipv6(flags.public_ipv6, &underlay.link.name, &addrs)?;
+    tracing::info!(public_ipv6 = %ip6, ipv6_pool = %pool.describe_pool(), "dual-stack lease: PublicIPv6 {ip6}; this node's pods get no IPv6 address (vxmesh does not carry IPv6 pod traffic yet)");
+    Ok(Some(ip6))
+}
+
 fn random_seed() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -195,6 +221,8 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
     pub subnet: Subnet,
+    /// The IPv6 half of a dual-stack lease (one key names both).
+    pub ipv6: Option<Subnet6>,
     /// The etcd lease kept alive; 0 for a reservation (no lease, nothing to renew).
     pub lease_id: i64,
     /// The etcd revision of the claim.
@@ -219,30 +247,35 @@ async fn lease_task(
         match step(&reg, &mut machine, &attrs, ttl).await {
             Some(LeaseAction::Acquired {
                 subnet,
+                ipv6,
                 lease_id,
                 revision,
                 changed_from,
             }) => {
+                let key = LeaseKey::dual(subnet, ipv6).key_form();
                 match changed_from {
                     Some(old) => tracing::error!(
                         old = %old, new = %subnet,
                         "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
                     ),
                     None if lease_id == 0 => {
-                        tracing::info!(%subnet, "holding reserved subnet (its key has no etcd lease: kept as a reservation, never renewed)")
+                        tracing::info!(%subnet, %key, "holding reserved subnet (its key has no etcd lease: kept as a reservation, never renewed)")
                     }
                     None => {
-                        tracing::info!(%subnet, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
+                        tracing::info!(%subnet, %key, lease = format!("{lease_id:x}"), ttl_secs = ttl.as_secs(), "holding subnet lease")
                     }
                 }
                 state.event(
                     "lease_acquired",
                     match changed_from {
-                        Some(old) => format!("subnet {subnet} (lost {old} to another node)"),
-                        None if lease_id == 0 => format!("subnet {subnet} (reservation)"),
-                        None => {
-                            format!("subnet {subnet} lease {lease_id:x} ttl {}s", ttl.as_secs())
+                        Some(old) => {
+                            format!("subnet {subnet} key {key} (lost {old} to another node)")
                         }
+                        None if lease_id == 0 => format!("subnet {subnet} key {key} (reservation)"),
+                        None => format!(
+                            "subnet {subnet} key {key} lease {lease_id:x} ttl {}s",
+                            ttl.as_secs()
+                        ),
                     },
                 );
                 state
@@ -264,6 +297,7 @@ async fn lease_task(
                 }
                 let _ = held_tx.send(Some(Held {
                     subnet,
+                    ipv6,
                     lease_id,
                     revision,
                 }));
@@ -321,7 +355,7 @@ pub async fn step(
                     revision: won.revision,
                 },
                 Ok(None) => {
-                    tracing::info!(subnet = %c.subnet(), "subnet taken by another node meanwhile; trying the next candidate");
+                    tracing::info!(key = %c.key().key_form(), "subnet taken by another node meanwhile; trying the next candidate");
                     LeaseEvent::RaceLost
                 }
                 Err(e) => {
@@ -348,12 +382,14 @@ pub async fn acquire(
         match step(reg, machine, attrs, ttl).await {
             Some(LeaseAction::Acquired {
                 subnet,
+                ipv6,
                 lease_id,
                 revision,
                 ..
             }) => {
                 return Ok(Held {
                     subnet,
+                    ipv6,
                     lease_id,
                     revision,
                 })
@@ -619,6 +655,8 @@ pub async fn run_with(
         i.last_error = None;
     });
     tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
+    let public_ipv6 = lease_ipv6(&nl, &opts.underlay, &underlay, &cfg).await?;
+    state.update(|i| i.public_ipv6 = public_ipv6);
 
     // A running vxmeshd (or systemd's store) may hand us its dataplane and lease.
     let me = handover::identity(
@@ -634,16 +672,30 @@ pub async fn run_with(
     );
     let mut ho = NodeHandover::acquire(me, launch, takeover_tx, &state).await?;
 
-    let hint = std::fs::read_to_string(&opts.subnet_file)
-        .ok()
-        .and_then(|t| SubnetEnv::subnet_from(&t));
+    let previous = std::fs::read_to_string(&opts.subnet_file).ok();
+    let hint = previous.as_deref().and_then(SubnetEnv::subnet_from);
+    let hint6 = previous
+        .as_deref()
+        .filter(|_| public_ipv6.is_some())
+        .and_then(SubnetEnv::ipv6_subnet_from);
     let machine = match ho.inherited_lease() {
+        // The handover carries the IPv4 subnet only: a dual-stack key is found again
+        // by its PublicIP and re-put under a new etcd lease (the same key).
+        Some((subnet, _)) if public_ipv6.is_some() => {
+            tracing::info!(%subnet, "handed-over lease is dual stack: claiming its key again");
+            LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
+                .with_ipv6_hint(hint6)
+        }
         Some((subnet, id)) => {
             LeaseMachine::holding(cfg.clone(), underlay.public_ip, subnet, id, random_seed())
         }
-        None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed()),
+        None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed())
+            .with_ipv6_hint(hint6),
     };
-    let attrs = LeaseAttrs::vxlan(underlay.public_ip, vni.get(), vtep_mac);
+    let mut attrs = LeaseAttrs::vxlan(underlay.public_ip, vni.get(), vtep_mac);
+    if let Some(ip6) = public_ipv6 {
+        attrs = attrs.with_ipv6(ip6, vni.get(), crate::vtep_mac::derive_v6(ip6, vni.get()));
+    }
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
     let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
     let lease = tokio::spawn(lease_task(
@@ -877,10 +929,12 @@ impl Running {
     /// Records a held lease (status, readiness, the own-key watch).
     fn held(&mut self, h: Held) {
         self.own = h;
-        self.own_key.hold(h.subnet, h.revision);
+        self.own_key
+            .hold(&LeaseKey::dual(h.subnet, h.ipv6), h.revision);
         self.state.ready.lease.store(true, Ordering::Relaxed);
         self.state.update(|i| {
             i.subnet = Some(h.subnet);
+            i.ipv6_subnet = h.ipv6;
             i.lease_id = Some(format!("{:x}", h.lease_id));
             i.reservation = h.lease_id == 0;
         });
@@ -896,6 +950,11 @@ impl Running {
                 .event("lease_lost", format!("subnet {}", self.own.subnet));
             return Ok(());
         };
+        if h.ipv6 != self.own.ipv6 {
+            if let Some(v6) = h.ipv6 {
+                tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is now {v6} (not carried: no pod on this node gets an IPv6 address)");
+            }
+        }
         if h.subnet != self.own.subnet {
             self.take_subnet(h.subnet).await?;
             let mut skips = Vec::new();

@@ -18,20 +18,31 @@
 //! it would let one stray key empty the pool. Every claim is then made by
 //! compare-and-swap in etcd; a lost race just moves on to the next candidate.
 //!
-//! [`plan_ipv6`] does steps 2 and 3 for a dual-stack config's IPv6 pool with the same
-//! arithmetic (indices are u128); it is not used until vxmesh carries IPv6.
+//! Dual stack (a config with an IPv6 pool): a node's lease is one key naming both
+//! subnets, flannel's `<v4>-<len>&<v6>-<len>`. Step 1 then also needs the key's IPv6
+//! part to fit the IPv6 pool (flannel's `isIPv6SubnetConfigCompat`); a key of ours
+//! whose IPv4 part fits but whose families do not match the config (an IPv4-only key
+//! from before EnableIPv6, or a dual-stack key after it was turned off) is moved, in
+//! one transaction, to a key of the right form with the same IPv4 subnet
+//! ([`Claim::Rekey`]) — flannel deletes it and picks a new subnet, renumbering the
+//! node's pods. The IPv6 halves of new keys come from [`plan_ipv6`] (steps 2 and 3 for
+//! the IPv6 pool, the same arithmetic with u128 indices), paired in order with the
+//! IPv4 candidates; a key that cannot get both halves is never proposed.
 
 use std::net::Ipv4Addr;
 
 use crate::config::{Ipv6Pool, NetworkConfig};
-use crate::lease::LeaseAttrs;
+use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 
 /// A lease found in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingLease {
+    /// The IPv4 part of the key.
     pub subnet: Subnet,
+    /// The IPv6 part of a dual-stack key.
+    pub ipv6: Option<Subnet6>,
     /// `None` when the value does not parse.
     pub attrs: Option<LeaseAttrs>,
     /// etcd mod_revision of the key, for compare-and-swap.
@@ -40,26 +51,65 @@ pub struct ExistingLease {
     pub lease_id: i64,
 }
 
-/// One attempt the lease machine should make.
+/// One attempt the lease machine should make. `ipv6` is the IPv6 half of a
+/// dual-stack key (`None` for an IPv4 key): the key claimed is [`Claim::key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// Take over our own existing lease, if it is still at `mod_revision`.
-    Reuse { subnet: Subnet, mod_revision: i64 },
+    Reuse {
+        subnet: Subnet,
+        ipv6: Option<Subnet6>,
+        mod_revision: i64,
+    },
     /// Hold our own reservation, if it is still at `mod_revision`: no etcd lease, no
     /// keepalive; the value is rewritten (still without a lease) only if it is not
-    /// exactly ours.
-    Reserved { subnet: Subnet, mod_revision: i64 },
+    /// exactly ours. Held under the key the operator wrote, whatever its families.
+    Reserved {
+        subnet: Subnet,
+        ipv6: Option<Subnet6>,
+        mod_revision: i64,
+    },
     /// Create the key; succeeds only if it does not exist.
-    Create { subnet: Subnet },
+    Create {
+        subnet: Subnet,
+        ipv6: Option<Subnet6>,
+    },
+    /// Our own lease `from`, still at `from_mod_revision`, is under a key of the
+    /// wrong families for the config: delete it and create the new key (same IPv4
+    /// subnet) in one transaction; succeeds only if `from` is unchanged and the new
+    /// key does not exist.
+    Rekey {
+        subnet: Subnet,
+        ipv6: Option<Subnet6>,
+        from: LeaseKey,
+        from_mod_revision: i64,
+    },
 }
 
 impl Claim {
+    /// The IPv4 subnet claimed.
     pub fn subnet(&self) -> Subnet {
         match self {
             Claim::Reuse { subnet, .. }
             | Claim::Reserved { subnet, .. }
-            | Claim::Create { subnet } => *subnet,
+            | Claim::Create { subnet, .. }
+            | Claim::Rekey { subnet, .. } => *subnet,
         }
+    }
+
+    /// The IPv6 subnet claimed with it (dual stack).
+    pub fn ipv6(&self) -> Option<Subnet6> {
+        match self {
+            Claim::Reuse { ipv6, .. }
+            | Claim::Reserved { ipv6, .. }
+            | Claim::Create { ipv6, .. }
+            | Claim::Rekey { ipv6, .. } => *ipv6,
+        }
+    }
+
+    /// The key claimed: `10.5.1.0-24` or, dual stack, `10.5.1.0-24&fc00::-64`.
+    pub fn key(&self) -> LeaseKey {
+        LeaseKey::dual(self.subnet(), self.ipv6())
     }
 }
 
@@ -94,7 +144,29 @@ pub fn plan(
     seed: u64,
     max: usize,
 ) -> Result<Vec<Claim>, NoFreeSubnet> {
-    plan_counted(cfg, me, leases, hint, seed, max, &mut Work::default())
+    plan_counted(
+        cfg,
+        me,
+        leases,
+        Hints::ipv4(hint),
+        seed,
+        max,
+        &mut Work::default(),
+    )
+}
+
+/// The subnets this node held before (its subnet file, or the lease it just lost),
+/// tried first when still free.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    pub ipv4: Option<Subnet>,
+    pub ipv6: Option<Subnet6>,
+}
+
+impl Hints {
+    pub fn ipv4(ipv4: Option<Subnet>) -> Hints {
+        Hints { ipv4, ipv6: None }
+    }
 }
 
 /// Steps [`plan`] took, for tests and benchmarks that check its cost grows with the
@@ -258,33 +330,53 @@ fn pick(gaps: &Gaps, want: u128, seed: &mut u64, work: &mut Work) -> Vec<u128> {
     }
 }
 
-/// [`plan`], counting its steps in `work`.
+/// [`plan`], counting its steps in `work`, with both families' hints.
 pub fn plan_counted(
     cfg: &NetworkConfig,
     me: Ipv4Addr,
     leases: &[ExistingLease],
-    hint: Option<Subnet>,
+    hints: Hints,
     mut seed: u64,
     max: usize,
     work: &mut Work,
 ) -> Result<Vec<Claim>, NoFreeSubnet> {
+    let hint = hints.ipv4;
     let mut out = Vec::new();
+    // Whether a key's IPv6 part is what the config asks for (flannel's
+    // isIPv6SubnetConfigCompat): none without an IPv6 pool, one that fits it with.
+    let families_fit = |l: &ExistingLease| match &cfg.ipv6 {
+        None => l.ipv6.is_none(),
+        Some(p) => l.ipv6.is_some_and(|s| p.fits(&s)),
+    };
     let mut mine: Vec<&ExistingLease> = leases
         .iter()
         .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == me) && cfg.fits(&l.subnet))
         .collect();
-    // A reservation first, then the lowest subnet.
-    mine.sort_by_key(|l| (l.lease_id != 0, l.subnet));
+    // A reservation first, then a key of the right families, then the lowest subnet.
+    mine.sort_by_key(|l| (l.lease_id != 0, !families_fit(l), l.subnet));
+    // Claims still waiting for their IPv6 half (dual stack), in `out`'s order.
+    let mut need_v6 = 0usize;
     if let Some(l) = mine.first() {
+        let ipv6 = l.ipv6;
         out.push(if l.lease_id == 0 {
             Claim::Reserved {
                 subnet: l.subnet,
+                ipv6,
+                mod_revision: l.mod_revision,
+            }
+        } else if families_fit(l) {
+            Claim::Reuse {
+                subnet: l.subnet,
+                ipv6,
                 mod_revision: l.mod_revision,
             }
         } else {
-            Claim::Reuse {
+            need_v6 += usize::from(cfg.ipv6.is_some());
+            Claim::Rekey {
                 subnet: l.subnet,
-                mod_revision: l.mod_revision,
+                ipv6: None,
+                from: LeaseKey::dual(l.subnet, l.ipv6),
+                from_mod_revision: l.mod_revision,
             }
         });
     }
@@ -312,7 +404,10 @@ pub fn plan_counted(
         .filter(|&i| !is_taken(i));
     if let (Some(h), Some(_)) = (hint, hint_index) {
         if !out.iter().any(|c| c.subnet() == h) {
-            out.push(Claim::Create { subnet: h });
+            out.push(Claim::Create {
+                subnet: h,
+                ipv6: None,
+            });
         }
     }
     let mut excluded = taken_runs;
@@ -327,7 +422,7 @@ pub fn plan_counted(
         picked
             .into_iter()
             .filter_map(|i| pool.subnet(i, cfg.subnet_len))
-            .map(|subnet| Claim::Create { subnet }),
+            .map(|subnet| Claim::Create { subnet, ipv6: None }),
     );
     if out.is_empty() {
         return Err(NoFreeSubnet {
@@ -335,7 +430,45 @@ pub fn plan_counted(
             leased: u64::try_from(leased).unwrap_or(u64::MAX),
         });
     }
+    if let Some(v6_pool) = &cfg.ipv6 {
+        pair_ipv6(v6_pool, leases, hints.ipv6, seed, need_v6, &mut out, work)?;
+    }
     Ok(out)
+}
+
+/// Gives every Create and Rekey claim of a dual-stack plan its IPv6 half, from
+/// [`plan_ipv6`] in order (the hint first); claims left without one are dropped.
+/// The pool full is an error only when no claim is left.
+fn pair_ipv6(
+    pool: &Ipv6Pool,
+    leases: &[ExistingLease],
+    hint: Option<Subnet6>,
+    seed: u64,
+    rekeys: usize,
+    out: &mut Vec<Claim>,
+    work: &mut Work,
+) -> Result<(), NoFreeSubnet> {
+    let creates = out
+        .iter()
+        .filter(|c| matches!(c, Claim::Create { .. }))
+        .count();
+    let want = creates + rekeys;
+    let taken: Vec<Subnet6> = leases.iter().filter_map(|l| l.ipv6).collect();
+    let mut v6 = match plan_ipv6_counted(pool, &taken, hint, seed, want, work) {
+        Ok(v) => v.into_iter(),
+        Err(e) => {
+            out.retain(|c| matches!(c, Claim::Reuse { .. } | Claim::Reserved { .. }));
+            return if out.is_empty() { Err(e) } else { Ok(()) };
+        }
+    };
+    out.retain_mut(|c| match c {
+        Claim::Create { ipv6, .. } | Claim::Rekey { ipv6, .. } => {
+            *ipv6 = v6.next();
+            ipv6.is_some()
+        }
+        Claim::Reuse { .. } | Claim::Reserved { .. } => true,
+    });
+    Ok(())
 }
 
 /// The IPv6 half of a dual-stack claim (flannel picks it independently of the IPv4
@@ -346,8 +479,6 @@ pub fn plan_counted(
 /// (whatever its value); as for IPv4, a key covering the whole IPv6Network occupies
 /// nothing. The same gap arithmetic as [`plan`]: the cost grows with the keys and the
 /// claims asked for, never with the pool (a /8 cut into /126s has 2^118 subnets).
-///
-/// Not wired to the lease machine yet: vxmesh does not carry IPv6 pod traffic.
 pub fn plan_ipv6(
     pool: &Ipv6Pool,
     taken: &[Subnet6],
@@ -555,6 +686,7 @@ mod tests {
 
     fn lease(s: &str, ip: [u8; 4]) -> ExistingLease {
         ExistingLease {
+            ipv6: None,
             subnet: s.parse().unwrap(),
             attrs: Some(LeaseAttrs::vxlan(
                 Ipv4Addr::from(ip),
@@ -567,6 +699,175 @@ mod tests {
     }
 
     const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+    /// A lease read from the registry the way the agent reads it: the key and the
+    /// value bytes, as flanneld writes them.
+    fn listed(key: &str, value: &str, lease: i64) -> ExistingLease {
+        let l = crate::registry_events::Listing {
+            revision: 20,
+            entries: vec![crate::registry_events::Entry {
+                key: format!("/coreos.com/network/subnets/{key}"),
+                value: value.as_bytes().to_vec(),
+                create_revision: 5,
+                mod_revision: 7,
+                lease,
+            }],
+        };
+        l.existing_leases().remove(0)
+    }
+
+    const MY_DUAL_VALUE: &str = r#"{"PublicIP":"192.168.1.10","PublicIPv6":"fd00:64::10","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:0a"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:0a"}}"#;
+    const MY_V4_VALUE: &str = r#"{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:0a"}}"#;
+    const THEIR_DUAL_VALUE: &str = r#"{"PublicIP":"192.168.1.9","PublicIPv6":"fd00:64::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:09"}}"#;
+
+    #[test]
+    fn dual_stack_claims_name_both_subnets() {
+        let c = cfg(DUAL);
+        let v6 = c.ipv6.unwrap();
+        let theirs = listed("10.244.5.0-24&fd00:10:244:5::-64", THEIR_DUAL_VALUE, 9);
+        assert_eq!(theirs.ipv6, Some(s6("fd00:10:244:5::/64")));
+        let p = plan(&c, ME, std::slice::from_ref(&theirs), None, 1, 16).unwrap();
+        assert_eq!(p.len(), 16);
+        let mut seen = std::collections::HashSet::new();
+        for claim in &p {
+            let Claim::Create { subnet, ipv6 } = claim else {
+                panic!("{claim:?}")
+            };
+            let ipv6 = ipv6.expect("every dual-stack claim has an IPv6 half");
+            assert!(v6.fits(&ipv6) && c.fits(subnet), "{claim:?}");
+            assert_ne!(ipv6, s6("fd00:10:244:5::/64"), "taken by the other node");
+            assert!(seen.insert(ipv6), "distinct IPv6 halves");
+            let text = claim.key().key_form();
+            assert_eq!(text, format!("{}&{}", subnet.key_form(), ipv6.key_form()));
+            assert_eq!(LeaseKey::parse(&text).unwrap(), claim.key());
+        }
+        // Both hints (the lease just lost) come first, together.
+        let hints = Hints {
+            ipv4: Some("10.244.9.0/24".parse().unwrap()),
+            ipv6: Some(s6("fd00:10:244:9::/64")),
+        };
+        let p = plan_counted(&c, ME, &[theirs], hints, 1, 4, &mut Work::default()).unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Create {
+                subnet: "10.244.9.0/24".parse().unwrap(),
+                ipv6: Some(s6("fd00:10:244:9::/64"))
+            }
+        );
+    }
+
+    #[test]
+    fn dual_stack_restart_reuses_the_same_key() {
+        let c = cfg(DUAL);
+        let mine = listed("10.244.7.0-24&fd00:10:244:3::-64", MY_DUAL_VALUE, 9);
+        let p = plan(&c, ME, &[mine], None, 1, 4).unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Reuse {
+                subnet: "10.244.7.0/24".parse().unwrap(),
+                ipv6: Some(s6("fd00:10:244:3::/64")),
+                mod_revision: 7
+            }
+        );
+        assert_eq!(p[0].key().key_form(), "10.244.7.0-24&fd00:10:244:3::-64");
+        // The new candidates never take the IPv6 subnet of our own key.
+        assert!(p[1..]
+            .iter()
+            .all(|c| c.ipv6().is_some() && c.ipv6() != Some(s6("fd00:10:244:3::/64"))));
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_families_moves_keeping_its_ipv4_subnet() {
+        // EnableIPv6 turned on under a running IPv4 cluster: our IPv4-only key moves
+        // to a dual-stack key with the same IPv4 subnet, in one transaction.
+        let c = cfg(DUAL);
+        let mine = listed("10.244.7.0-24", MY_V4_VALUE, 9);
+        let p = plan(&c, ME, &[mine], None, 1, 4).unwrap();
+        let Claim::Rekey {
+            subnet,
+            ipv6: Some(ipv6),
+            from,
+            from_mod_revision: 7,
+        } = p[0]
+        else {
+            panic!("{:?}", p[0])
+        };
+        assert_eq!(subnet, "10.244.7.0/24".parse().unwrap());
+        assert!(c.ipv6.unwrap().fits(&ipv6));
+        assert_eq!(from.key_form(), "10.244.7.0-24");
+        assert!(p[1..].iter().all(|c| matches!(c, Claim::Create { .. })));
+        // The IPv6 half of our key no longer fits the IPv6 pool (IPv6Network changed).
+        let stale = listed("10.244.7.0-24&fd00:99::-64", MY_DUAL_VALUE, 9);
+        let p = plan(&c, ME, &[stale], None, 1, 4).unwrap();
+        assert!(
+            matches!(p[0], Claim::Rekey { from, ipv6: Some(v6), .. }
+                if from.key_form() == "10.244.7.0-24&fd00:99::-64" && v6 != s6("fd00:99::/64")),
+            "{:?}",
+            p[0]
+        );
+        // EnableIPv6 turned off: our dual-stack key moves to an IPv4 key.
+        let v4 = cfg(r#"{"Network":"10.244.0.0/16"}"#);
+        let mine = listed("10.244.7.0-24&fd00:10:244:3::-64", MY_DUAL_VALUE, 9);
+        let p = plan(&v4, ME, &[mine], None, 1, 4).unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Rekey {
+                subnet: "10.244.7.0/24".parse().unwrap(),
+                ipv6: None,
+                from: LeaseKey::parse("10.244.7.0-24&fd00:10:244:3::-64").unwrap(),
+                from_mod_revision: 7
+            }
+        );
+        assert_eq!(p[0].key().key_form(), "10.244.7.0-24");
+        // A reservation is the operator's key: held as written, whatever its families.
+        let mine = listed("10.244.7.0-24", MY_V4_VALUE, 0);
+        let p = plan(&c, ME, &[mine], None, 1, 4).unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Reserved {
+                subnet: "10.244.7.0/24".parse().unwrap(),
+                ipv6: None,
+                mod_revision: 7
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_ipv6_pool_leaves_no_dual_stack_claim() {
+        // IPv6SubnetLen 64 in a /62: three subnets after the first, all taken.
+        let c = cfg(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/62"}"#,
+        );
+        let theirs: Vec<ExistingLease> = [1, 2, 3]
+            .iter()
+            .map(|i| {
+                listed(
+                    &format!("10.244.{i}.0-24&fd00:10:244:{i}::-64"),
+                    THEIR_DUAL_VALUE,
+                    9,
+                )
+            })
+            .collect();
+        let e = plan(&c, ME, &theirs, None, 1, 4).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no free subnet in IPv6Network fd00:10:244::/62"),
+            "{e}"
+        );
+        assert_eq!(e.leased, 3);
+        // With one IPv6 subnet free, IPv4 candidates beyond it are not proposed.
+        let p = plan(&c, ME, &theirs[..2], None, 1, 4).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].ipv6(), Some(s6("fd00:10:244:3::/64")));
+        // Our own key is still reused: it needs no new IPv6 subnet.
+        let mut all = theirs;
+        all[0] = listed("10.244.1.0-24&fd00:10:244:1::-64", MY_DUAL_VALUE, 9);
+        let p = plan(&c, ME, &all, None, 1, 4).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(matches!(p[0], Claim::Reuse { .. }));
+    }
 
     #[test]
     fn reuses_my_lease_first() {
@@ -587,6 +888,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reuse {
+                ipv6: None,
                 subnet: "10.244.7.0/24".parse().unwrap(),
                 mod_revision: 7
             }
@@ -594,6 +896,7 @@ mod tests {
         assert_eq!(
             p[1],
             Claim::Create {
+                ipv6: None,
                 subnet: "10.244.9.0/24".parse().unwrap()
             }
         );
@@ -653,12 +956,14 @@ mod tests {
         let c = cfg(r#"{"Network":"10.1.0.0/26"}"#);
         let leases = [
             ExistingLease {
+                ipv6: None,
                 subnet: "10.1.0.16/28".parse().unwrap(),
                 attrs: None,
                 mod_revision: 1,
                 lease_id: 5,
             },
             ExistingLease {
+                ipv6: None,
                 subnet: "10.1.0.32/27".parse().unwrap(),
                 attrs: None,
                 mod_revision: 1,
@@ -692,6 +997,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reserved {
+                ipv6: None,
                 subnet: "10.244.7.0/24".parse().unwrap(),
                 mod_revision: 7
             },
@@ -726,6 +1032,7 @@ mod tests {
         assert_eq!(
             p,
             [Claim::Create {
+                ipv6: None,
                 subnet: "10.1.0.48/28".parse().unwrap()
             }]
         );
@@ -771,11 +1078,13 @@ mod tests {
         if let Some(l) = mine.first() {
             out.push(if l.lease_id == 0 {
                 Claim::Reserved {
+                    ipv6: None,
                     subnet: l.subnet,
                     mod_revision: l.mod_revision,
                 }
             } else {
                 Claim::Reuse {
+                    ipv6: None,
                     subnet: l.subnet,
                     mod_revision: l.mod_revision,
                 }
@@ -788,7 +1097,10 @@ mod tests {
         };
         if let Some(h) = hint {
             if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet() == h) {
-                out.push(Claim::Create { subnet: h });
+                out.push(Claim::Create {
+                    ipv6: None,
+                    subnet: h,
+                });
             }
         }
         let step = 1u32 << (32 - u32::from(cfg.subnet_len));
@@ -814,7 +1126,11 @@ mod tests {
             let j = i + (splitmix(&mut seed) % (free.len() - i) as u64) as usize;
             free.swap(i, j);
         }
-        out.extend(free[..want].iter().map(|&subnet| Claim::Create { subnet }));
+        out.extend(
+            free[..want]
+                .iter()
+                .map(|&subnet| Claim::Create { ipv6: None, subnet }),
+        );
         if out.is_empty() {
             return Err(NoFreeSubnet {
                 pool: cfg.describe_pool(),
@@ -838,6 +1154,7 @@ mod tests {
                 };
                 let a = (min + i * 97 * step) & (u32::MAX << (32 - u32::from(len)));
                 ExistingLease {
+                    ipv6: None,
                     subnet: Subnet::new(Ipv4Addr::from(a), len).unwrap(),
                     attrs: None,
                     mod_revision: i64::from(i),
@@ -857,7 +1174,7 @@ mod tests {
         assert_eq!(c.pool_size(), (1 << 22) - 1);
         let leases = spread_leases(&c, 5000);
         let mut work = Work::default();
-        let p = plan_counted(&c, ME, &leases, None, 42, 16, &mut work).unwrap();
+        let p = plan_counted(&c, ME, &leases, Hints::default(), 42, 16, &mut work).unwrap();
         assert_eq!(p.len(), 16);
         assert_eq!(work.leases, 5000);
         assert_eq!(work.listed, 0, "the pool is never listed");
@@ -876,6 +1193,7 @@ mod tests {
         let mut leases: Vec<ExistingLease> = (1..4095u32)
             .filter(|i| i % 1000 != 0)
             .map(|i| ExistingLease {
+                ipv6: None,
                 subnet: Subnet::new(
                     Ipv4Addr::from(u32::from(small.subnet_min) + (i - 1) * 16),
                     28,
@@ -888,7 +1206,7 @@ mod tests {
             .collect();
         leases.reverse(); // order does not matter
         let mut work = Work::default();
-        let p = plan_counted(&small, ME, &leases, None, 1, 16, &mut work).unwrap();
+        let p = plan_counted(&small, ME, &leases, Hints::default(), 1, 16, &mut work).unwrap();
         assert_eq!(
             p.len(),
             5,
@@ -902,6 +1220,47 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn dual_stack_plans_pair_free_fitting_subnets(
+            seed in 0u64..,
+            taken in proptest::collection::vec((0u8..64, 0u8..64), 0..40),
+            max in 1usize..20,
+        ) {
+            // 63 IPv4 /24s of a /18 and 63 IPv6 /64s of a /58 (the first of each never handed out).
+            let c = cfg(r#"{"Network":"10.244.0.0/18","EnableIPv6":true,"IPv6Network":"fd00:10:244::/58"}"#);
+            let leases: Vec<ExistingLease> = taken
+                .iter()
+                .map(|&(a, b)| ExistingLease {
+                    subnet: Subnet::new_exact(Ipv4Addr::new(10, 244, a, 0), 24).unwrap(),
+                    ipv6: Some(Subnet6::new_exact(format!("fd00:10:244:{b:x}::").parse().unwrap(), 64).unwrap()),
+                    attrs: None,
+                    mod_revision: 1,
+                    lease_id: 1,
+                })
+                .collect();
+            match plan(&c, ME, &leases, None, seed, max) {
+                Ok(p) => {
+                    proptest::prop_assert!(p.len() <= max);
+                    let mut v6s = std::collections::HashSet::new();
+                    for claim in &p {
+                        let v6 = claim.ipv6().unwrap();
+                        proptest::prop_assert!(c.ipv6.unwrap().fits(&v6));
+                        proptest::prop_assert!(leases.iter().all(|l| l.ipv6 != Some(v6)));
+                        proptest::prop_assert!(leases.iter().all(|l| l.subnet != claim.subnet()));
+                        proptest::prop_assert!(v6s.insert(v6));
+                        proptest::prop_assert_eq!(LeaseKey::parse(&claim.key().key_form()).unwrap(), claim.key());
+                    }
+                }
+                Err(_) => {
+                    let used4: std::collections::HashSet<u8> = taken.iter().map(|t| t.0).filter(|a| (1..64).contains(a)).collect();
+                    let used6: std::collections::HashSet<u8> = taken.iter().map(|t| t.1).filter(|b| (1..64).contains(b)).collect();
+                    proptest::prop_assert!(used4.len() == 63 || used6.len() == 63);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
         /// Pools too big to list (the draw path): every candidate fits, is free,
         /// distinct, and the count is what was asked for.
         #[test]
@@ -909,7 +1268,7 @@ mod tests {
             let c = cfg(&format!(r#"{{"Network":"10.0.0.0/8","SubnetLen":{len}}}"#));
             let leases = spread_leases(&c, n);
             let mut work = Work::default();
-            let p = plan_counted(&c, ME, &leases, None, seed, max, &mut work).unwrap();
+            let p = plan_counted(&c, ME, &leases, Hints::default(), seed, max, &mut work).unwrap();
             proptest::prop_assert_eq!(p.len(), max);
             proptest::prop_assert_eq!(work.listed, 0);
             proptest::prop_assert!(work.draws <= 4 * max as u64 + 8, "{:?}", work);
@@ -937,7 +1296,7 @@ mod tests {
                 Ipv4Addr::from(min), Ipv4Addr::from(max)
             );
             let c = cfg(&json);
-            let leases: Vec<ExistingLease> = taken_idx.iter().filter(|i| **i < count).map(|i| ExistingLease {
+            let leases: Vec<ExistingLease> = taken_idx.iter().filter(|i| **i < count).map(|i| ExistingLease { ipv6: None,
                 subnet: Subnet::new(Ipv4Addr::from(net + i * step), sub_len).unwrap(),
                 attrs: None,
                 mod_revision: 1,

@@ -17,8 +17,9 @@
 //! when EnableIPv6 is off (flannel's JSON decoding refuses a malformed one too).
 //!
 //! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4
-//! only, for now. A dual-stack config parses (its IPv6 pool kept in
-//! [`NetworkConfig::ipv6`]) with a warning that no pod gets an IPv6 address; an
+//! pod traffic only, for now. A dual-stack config parses (its IPv6 pool kept in
+//! [`NetworkConfig::ipv6`]); its nodes lease both families in flannel's dual-stack
+//! keys ([`crate::allocator`]), with a warning that no pod gets an IPv6 address; an
 //! IPv6-only config (`EnableIPv4: false`) is refused with a message saying so.
 //!
 //! Differences from flannel, each logged: a missing Backend means vxlan (flannel
@@ -50,7 +51,7 @@ pub struct NetworkConfig {
     /// table instead of iptables chains.
     pub enable_nftables: bool,
     /// The IPv6 pool of a dual-stack config (`EnableIPv6`), checked with flannel's
-    /// rules. Parsed, not carried yet: see [`carried_families`].
+    /// rules. Leased (dual-stack keys), not carried yet: see [`carried_families`].
     pub ipv6: Option<Ipv6Pool>,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
@@ -345,9 +346,11 @@ impl NetworkConfig {
 }
 
 /// The one place that decides which of the parsed families vxmesh carries: IPv4
-/// only, until the IPv6 dataplane exists. Dual stack: IPv4 works as before and the
-/// operator is told, once, that pods get no IPv6 address. IPv6 only: refused, since a
-/// node could then give no pod an address at all.
+/// pod traffic only, until the IPv6 dataplane exists. Dual stack: each node leases
+/// both families in one key, as flanneld does (so flanneld's dual-stack nodes and
+/// vxmesh's share one registry), IPv4 works as before, and the operator is told,
+/// once, that pods get no IPv6 address. IPv6 only: refused, since a node could then
+/// give no pod an address at all.
 pub fn carried_families(
     enable_ipv4: bool,
     ipv6: Option<&Ipv6Pool>,
@@ -364,7 +367,7 @@ pub fn carried_families(
         )),
         (true, Some(v6)) => {
             notes.push(format!(
-                "dual-stack config: {} is parsed, but vxmesh does not carry IPv6 pod traffic yet; this node leases and routes IPv4 only, and its pods get no IPv6 address",
+                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), but vxmesh does not carry IPv6 pod traffic yet: it routes IPv4 only, writes no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET to the subnet file, and its pods get no IPv6 address",
                 v6.describe_pool()
             ));
             Ok(())

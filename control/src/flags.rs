@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -112,6 +112,7 @@ const SPECS: &[Spec] = &[
     spec!("iface-regex", List, Flanneld, "REGEX", "", "underlay: the first interface whose IPv4 address, else whose name, matches; repeatable, tried after every --iface"),
     spec!("iface-can-reach", Value, Flanneld, "IP", "", "underlay: the interface of the route to this address (`ip route get IP`), tried last"),
     spec!("public-ip", Value, Flanneld, "IP", "", "address advertised to peers (behind NAT: the public one; VXLAN is still sent from the interface's own)"),
+    spec!("public-ipv6", Value, Flanneld, "IP", "", "IPv6 address advertised in a dual-stack lease (PublicIPv6); default: the underlay interface's global IPv6 address"),
     spec!("subnet-file", Value, Flanneld, "FILE", "/run/flannel/subnet.env", "where to write flannel's subnet file (read by CNI plugins)"),
     spec!("subnet-lease-ttl", Value, Vxmesh, "DURATION", "1h", "TTL of the subnet lease, renewed every 30 s; a dead node's subnet is free this long after it stops (90s, 30m, 1h, 2d)"),
     spec!("subnet-lease-renew-margin", Value, Flanneld, "MINUTES", "", "flanneld's: how long the lease must survive without etcd (1-1439); raises the default TTL to this + 1 minute"),
@@ -131,7 +132,6 @@ const SPECS: &[Spec] = &[
     spec!("v", Value, Flanneld, "LEVEL", "0", "flanneld's (klog) verbosity: 0 info, 1-4 debug, 5+ trace; RUST_LOG overrides"),
     spec!("version", Bool, Flanneld, "", "", "print the version and exit"),
     // Accepted for flanneld's sake, not acted on (a note is logged).
-    spec!("public-ipv6", Value, Flanneld, "IP", "", "accepted, not acted on: vxmesh carries IPv4 only"),
     spec!("ip-blackhole-route", Bool, Flanneld, "", "false", "accepted, not acted on"),
     spec!("vmodule", Value, Flanneld, "PATTERN", "", "accepted, not acted on (use RUST_LOG)"),
     spec!("log_backtrace_at", Value, Flanneld, "FILE:LINE", "", "accepted, not acted on"),
@@ -155,10 +155,6 @@ const SPECS: &[Spec] = &[
 
 /// Flags whose only effect is a note.
 const NOTED: &[(&str, &str)] = &[
-    (
-        "public-ipv6",
-        "vxmesh carries IPv4 only; IPv6 leases and routes are not set up",
-    ),
     (
         "ip-blackhole-route",
         "no blackhole route is added for this node's subnet",
@@ -238,6 +234,8 @@ pub struct UnderlayFlags {
     pub iface_regexes: Vec<Regex>,
     pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: the PublicIPv6 of a dual-stack lease.
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 /// Everything vxmeshd was told, checked and with every default filled in.
@@ -313,6 +311,9 @@ impl DaemonFlags {
         }
         if let Some(ip) = self.underlay.public_ip {
             push("public-ip", ip.to_string());
+        }
+        if let Some(ip) = self.underlay.public_ipv6 {
+            push("public-ipv6", ip.to_string());
         }
         push("subnet-file", self.subnet_file.display().to_string());
         push("subnet-lease-ttl", format!("{}s", self.lease_ttl.as_secs()));
@@ -555,9 +556,27 @@ fn int(s: &str) -> Result<i64, String> {
 fn ipv4(s: &str) -> Result<Ipv4Addr, String> {
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => Ok(ip),
-        Ok(IpAddr::V6(_)) => Err("vxmesh carries IPv4 only: give an IPv4 address".into()),
+        Ok(IpAddr::V6(_)) => Err("an IPv6 address where an IPv4 one is needed (a dual-stack lease takes the node's IPv6 address from --public-ipv6)".into()),
         Err(_) => Err("not an IPv4 address".into()),
     }
+}
+
+/// An IPv6 address a node can send VXLAN from: not unspecified, loopback,
+/// multicast, or an IPv4-compatible/-mapped form (a lease cannot carry those).
+fn ipv6_underlay(s: &str) -> Result<Ipv6Addr, String> {
+    let ip = match s.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => ip,
+        Ok(IpAddr::V4(_)) => return Err("an IPv4 address: give the node's IPv6 address".into()),
+        Err(_) => return Err("not an IPv6 address".into()),
+    };
+    if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || crate::subnet6::is_ipv4_embedded(ip)
+    {
+        return Err("not a unicast IPv6 address a peer can reach".into());
+    }
+    Ok(ip)
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -674,6 +693,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         iface_regexes,
         iface_can_reach: opt_typed(&r, "iface-can-reach", nonempty_ipv4)?,
         public_ip: opt_typed(&r, "public-ip", nonempty_ipv4)?,
+        public_ipv6: opt_typed(&r, "public-ipv6", |s| ipv6_underlay(s.trim()))?,
     };
 
     let margin = r
@@ -1148,20 +1168,44 @@ mod tests {
     }
 
     #[test]
+    fn public_ipv6_is_flanneds_flag_and_variable() {
+        let want: Ipv6Addr = "fd00:64::3".parse().unwrap();
+        let f = run(&["--public-ipv6=fd00:64::3"], &[]);
+        assert_eq!(f.underlay.public_ipv6, Some(want));
+        assert!(f.notes.is_empty(), "{:?}", f.notes);
+        assert!(f
+            .canonical()
+            .contains(&"--public-ipv6=fd00:64::3".to_string()));
+        let f = run(&[], &[("FLANNELD_PUBLIC_IPV6", "fd00:64::3")]);
+        assert_eq!(f.underlay.public_ipv6, Some(want));
+        assert_eq!(run(&["--public-ipv6="], &[]).underlay.public_ipv6, None);
+        for bad in [
+            "10.0.0.1",
+            "::",
+            "::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "fd00::zz",
+        ] {
+            let e = err(&[&format!("--public-ipv6={bad}")], &[]).to_string();
+            assert!(e.contains("public-ipv6") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn accepted_but_not_acted_on_is_said() {
         let f = run(
             &[
-                "--public-ipv6=fd00::1",
                 "--vmodule=main=4",
                 "-logtostderr",
                 "--ip-blackhole-route=false",
             ],
             &[("FLANNELD_LOG_BACKTRACE_AT", "main.go:1")],
         );
-        assert_eq!(f.notes.len(), 4, "{:?}", f.notes);
+        assert_eq!(f.notes.len(), 3, "{:?}", f.notes);
         assert!(f.notes.iter().all(|n| n.contains("accepted, not acted on")));
         assert!(
-            f.notes[0].starts_with("--public-ipv6=fd00::1: "),
+            f.notes[0].starts_with("--vmodule=main=4: "),
             "{}",
             f.notes[0]
         );
@@ -1267,7 +1311,7 @@ mod tests {
             FlagError::Invalid { .. }
         ));
         let e = err(&["--public-ip=fd00::1"], &[]);
-        assert!(e.to_string().contains("IPv4 only"), "{e}");
+        assert!(e.to_string().contains("where an IPv4 one is needed"), "{e}");
         assert_eq!(run(&["--public-ip="], &[]).underlay.public_ip, None);
         let e = err(&["--iface-regex=eth[0-"], &[]);
         assert!(

@@ -643,6 +643,7 @@ mod tests {
         use vxmesh_dataplane::fib::LocalVtep;
         use vxmesh_dataplane::wire::Vni;
         let peer = |n: u8| Peer {
+            ipv6: None,
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
             public_ip: std::net::Ipv4Addr::new(192, 168, 77, n),
             vtep_mac: format!("0e:00:00:00:00:0{n}").parse().unwrap(),

@@ -254,6 +254,15 @@ impl LeaseKey {
         (ipv4.is_some() || ipv6.is_some()).then_some(LeaseKey { ipv4, ipv6 })
     }
 
+    /// The key of a claim: `10.5.1.0-24`, or `10.5.1.0-24&fc00::-64` with an IPv6
+    /// half. `ipv4` is a pool subnet (never `0.0.0.0/0`: SubnetLen is at least /2).
+    pub fn dual(ipv4: Subnet, ipv6: Option<Subnet6>) -> LeaseKey {
+        LeaseKey {
+            ipv4: Some(ipv4),
+            ipv6,
+        }
+    }
+
     /// An IPv4 key, `10.5.1.0-24`.
     pub fn ipv4(subnet: Subnet) -> Option<LeaseKey> {
         LeaseKey::new(Some(subnet), None)

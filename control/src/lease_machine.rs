@@ -21,9 +21,11 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::allocator::{plan, Claim, ExistingLease, NoFreeSubnet};
+use crate::allocator::{plan_counted, Claim, ExistingLease, Hints, NoFreeSubnet, Work};
 use crate::config::NetworkConfig;
+use crate::lease::LeaseKey;
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 
 /// How many candidates one listing yields.
 pub const CANDIDATES_PER_LISTING: usize = 16;
@@ -51,10 +53,11 @@ pub enum LeaseAction {
     /// Grant an etcd lease and try this claim by compare-and-swap; report
     /// [`LeaseEvent::Claimed`] or [`LeaseEvent::RaceLost`].
     Claim(Claim),
-    /// We hold `subnet` under etcd lease `lease_id`: keep it alive, publish it.
-    /// Returned once per acquisition.
+    /// We hold `subnet` (and, dual stack, `ipv6`: one key names both) under etcd
+    /// lease `lease_id`: keep it alive, publish it. Returned once per acquisition.
     Acquired {
         subnet: Subnet,
+        ipv6: Option<Subnet6>,
         lease_id: i64,
         /// The etcd revision of the claim.
         revision: i64,
@@ -94,6 +97,7 @@ enum State {
     },
     Held {
         subnet: Subnet,
+        ipv6: Option<Subnet6>,
         lease_id: i64,
         revision: i64,
         announced: bool,
@@ -112,7 +116,7 @@ enum State {
 pub struct LeaseMachine {
     cfg: NetworkConfig,
     me: Ipv4Addr,
-    hint: Option<Subnet>,
+    hint: Hints,
     seed: u64,
     state: State,
     backoff: Duration,
@@ -128,7 +132,7 @@ impl LeaseMachine {
         LeaseMachine {
             cfg,
             me,
-            hint,
+            hint: Hints::ipv4(hint),
             seed,
             state: State::NeedList,
             backoff: BACKOFF_MIN,
@@ -154,11 +158,19 @@ impl LeaseMachine {
         // registry event judge the key (a listing without it is a loss, as always).
         m.state = State::Held {
             subnet,
+            ipv6: None,
             lease_id,
             revision: 0,
             announced: false,
         };
         m
+    }
+
+    /// Dual stack: the IPv6 subnet from this node's subnet file (a dual-stack
+    /// flanneld's `FLANNEL_IPV6_SUBNET`), tried first for the IPv6 half when free.
+    pub fn with_ipv6_hint(mut self, hint: Option<Subnet6>) -> Self {
+        self.hint.ipv6 = hint;
+        self
     }
 
     /// The subnet and etcd lease held now, if any.
@@ -167,6 +179,14 @@ impl LeaseMachine {
             State::Held {
                 subnet, lease_id, ..
             } => Some((subnet, lease_id)),
+            _ => None,
+        }
+    }
+
+    /// The key held now (both halves, dual stack), if any.
+    pub fn held_key(&self) -> Option<LeaseKey> {
+        match self.state {
+            State::Held { subnet, ipv6, .. } => Some(LeaseKey::dual(subnet, ipv6)),
             _ => None,
         }
     }
@@ -205,6 +225,7 @@ impl LeaseMachine {
             }
             State::Held {
                 subnet,
+                ipv6,
                 lease_id,
                 revision,
                 announced,
@@ -220,6 +241,7 @@ impl LeaseMachine {
                 self.previous = Some(*subnet);
                 LeaseAction::Acquired {
                     subnet: *subnet,
+                    ipv6: *ipv6,
                     lease_id: *lease_id,
                     revision: *revision,
                     changed_from,
@@ -242,13 +264,14 @@ impl LeaseMachine {
     pub fn handle(&mut self, ev: LeaseEvent, now: Instant) {
         match (ev, &mut self.state) {
             (LeaseEvent::Listed(leases), State::Listing) => {
-                match plan(
+                match plan_counted(
                     &self.cfg,
                     self.me,
                     &leases,
                     self.hint,
                     self.seed,
                     CANDIDATES_PER_LISTING,
+                    &mut Work::default(),
                 ) {
                     Ok(claims) => {
                         self.state = State::Claiming {
@@ -271,11 +294,15 @@ impl LeaseMachine {
                     in_flight: Some(c), ..
                 },
             ) => {
-                let subnet = c.subnet();
+                let (subnet, ipv6) = (c.subnet(), c.ipv6());
                 self.backoff = BACKOFF_MIN;
-                self.hint = Some(subnet);
+                self.hint = Hints {
+                    ipv4: Some(subnet),
+                    ipv6,
+                };
                 self.state = State::Held {
                     subnet,
+                    ipv6,
                     lease_id,
                     revision,
                     announced: false,
@@ -290,9 +317,12 @@ impl LeaseMachine {
                 };
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
-            (LeaseEvent::LeaseLost, State::Held { subnet, .. }) => {
-                // Prefer the subnet we just had: pods keep their addresses if it is free.
-                self.hint = Some(*subnet);
+            (LeaseEvent::LeaseLost, State::Held { subnet, ipv6, .. }) => {
+                // Prefer the subnets we just had: pods keep their addresses if free.
+                self.hint = Hints {
+                    ipv4: Some(*subnet),
+                    ipv6: *ipv6,
+                };
                 self.state = State::NeedList;
             }
             // Anything else is stale (e.g. a keepalive failure reported after we
@@ -315,6 +345,7 @@ mod tests {
 
     fn held(s: &str, ip: Ipv4Addr) -> ExistingLease {
         ExistingLease {
+            ipv6: None,
             subnet: s.parse().unwrap(),
             attrs: Some(LeaseAttrs::vxlan(
                 ip,
@@ -335,6 +366,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
+                ipv6: None,
                 subnet: s,
                 lease_id: 0x77,
                 revision: 0,
@@ -389,6 +421,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
+                ipv6: None,
                 subnet: c.subnet(),
                 lease_id: 9,
                 revision: 19,
@@ -447,6 +480,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reuse {
+                ipv6: None,
                 subnet: "10.1.0.32/28".parse().unwrap(),
                 mod_revision: 3
             })
@@ -466,6 +500,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reserved {
+                ipv6: None,
                 subnet: "10.1.0.32/28".parse().unwrap(),
                 mod_revision: 3
             })
@@ -480,6 +515,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
+                ipv6: None,
                 subnet: "10.1.0.32/28".parse().unwrap(),
                 lease_id: 0,
                 revision: 3,
@@ -510,7 +546,10 @@ mod tests {
         m.handle(LeaseEvent::Listed(vec![]), t);
         assert_eq!(
             m.poll(t),
-            LeaseAction::Claim(Claim::Create { subnet: c.subnet() })
+            LeaseAction::Claim(Claim::Create {
+                ipv6: None,
+                subnet: c.subnet()
+            })
         );
         m.handle(
             LeaseEvent::Claimed {
@@ -522,6 +561,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
+                ipv6: None,
                 subnet: c.subnet(),
                 lease_id: 2,
                 revision: 12,
@@ -540,6 +580,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Create {
+                ipv6: None,
                 subnet: "10.1.0.16/28".parse().unwrap()
             })
         );
@@ -636,6 +677,126 @@ mod tests {
             let d = jittered(Duration::from_secs(10), &mut seed);
             assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
         }
+    }
+
+    fn dual_cfg() -> NetworkConfig {
+        NetworkConfig::parse(
+            "/k",
+            br#"{"Network":"10.1.0.0/24","EnableIPv6":true,"IPv6Network":"fd00:1::/60"}"#,
+        )
+        .unwrap()
+    }
+
+    /// Claims with `m` on an empty registry; returns the key won.
+    fn claim_fresh(m: &mut LeaseMachine, t: Instant, listing: Vec<ExistingLease>) -> Claim {
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(listing), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0x51,
+                revision: 30,
+            },
+            t,
+        );
+        c
+    }
+
+    #[test]
+    fn a_dual_stack_lease_is_claimed_held_and_found_again_after_a_restart() {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(dual_cfg(), ME, None, 3);
+        let c = claim_fresh(&mut m, t, vec![]);
+        let ipv6 = c.ipv6().expect("dual stack: one key names both subnets");
+        assert!(matches!(c, Claim::Create { .. }));
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: c.subnet(),
+                ipv6: Some(ipv6),
+                lease_id: 0x51,
+                revision: 30,
+                changed_from: None
+            }
+        );
+        let key = m.held_key().unwrap();
+        assert_eq!(key, c.key());
+        assert_eq!(
+            key.key_form(),
+            format!("{}&{}", c.subnet().key_form(), ipv6.key_form())
+        );
+
+        // What the agent wrote under that key (flanneld's dual-stack value).
+        let value = LeaseAttrs::vxlan(ME, 1, "0e:00:00:00:00:0a".parse().unwrap())
+            .with_ipv6(
+                "fd00:64::10".parse().unwrap(),
+                1,
+                "0e:00:00:00:06:0a".parse().unwrap(),
+            )
+            .to_json();
+        let listing = crate::registry_events::Listing {
+            revision: 31,
+            entries: vec![crate::registry_events::Entry {
+                key: crate::lease::lease_key_of("/coreos.com/network", &key),
+                value: value.into_bytes(),
+                create_revision: 30,
+                mod_revision: 30,
+                lease: 0x51,
+            }],
+        };
+
+        // The agent restarts: a new machine, another seed, no subnet file.
+        let mut after = LeaseMachine::new(dual_cfg(), ME, None, 99);
+        assert_eq!(after.poll(t), LeaseAction::List);
+        after.handle(LeaseEvent::Listed(listing.existing_leases()), t);
+        assert_eq!(
+            after.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                subnet: c.subnet(),
+                ipv6: Some(ipv6),
+                mod_revision: 30
+            })
+        );
+        after.handle(
+            LeaseEvent::Claimed {
+                lease_id: 0x52,
+                revision: 32,
+            },
+            t,
+        );
+        assert!(matches!(
+            after.poll(t),
+            LeaseAction::Acquired { ipv6: Some(v6), changed_from: None, .. } if v6 == ipv6
+        ));
+        assert_eq!(after.held_key(), Some(key), "the same key after a restart");
+
+        // The key expired while the node was away: a subnet file written by a
+        // dual-stack flanneld names both halves, tried first.
+        let v6: Subnet6 = "fd00:1:0:7::/64".parse().unwrap();
+        let mut hinted =
+            LeaseMachine::new(dual_cfg(), ME, Some("10.1.0.128/26".parse().unwrap()), 5)
+                .with_ipv6_hint(Some(v6));
+        assert_eq!(
+            claim_fresh(&mut hinted, t, vec![]),
+            Claim::Create {
+                subnet: "10.1.0.128/26".parse().unwrap(),
+                ipv6: Some(v6)
+            }
+        );
+
+        // The lease is lost (expired, deleted): both halves are tried again together.
+        m.handle(LeaseEvent::LeaseLost, t);
+        assert_eq!(m.held_key(), None);
+        let again = claim_fresh(&mut m, t, vec![]);
+        assert_eq!(
+            again,
+            Claim::Create {
+                subnet: c.subnet(),
+                ipv6: Some(ipv6)
+            }
+        );
     }
 
     #[test]

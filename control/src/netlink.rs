@@ -693,6 +693,49 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The IPv6 addresses of interface `index` with their flags, in the kernel's
+    /// order: what [`crate::underlay::choose_public_ipv6`] picks from.
+    pub async fn ipv6_addresses(
+        &self,
+        index: u32,
+    ) -> Result<Vec<crate::underlay::IfAddr6>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressFlags;
+        let mut out = Vec::new();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(Self::req("dump addresses"))?
+        {
+            if a.header.family != AddressFamily::Inet6 || a.header.index != index {
+                continue;
+            }
+            let (mut ip, mut flags) = (None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Address(IpAddr::V6(v6)) => ip = Some(*v6),
+                    AddressAttribute::Flags(f) => flags = Some(*f),
+                    _ => {}
+                }
+            }
+            let Some(ip) = ip else { continue };
+            let flags = flags.unwrap_or_else(|| {
+                AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+            });
+            out.push(crate::underlay::IfAddr6 {
+                ip,
+                permanent: flags.contains(AddressFlags::Permanent),
+                deprecated: flags.contains(AddressFlags::Deprecated),
+            });
+        }
+        Ok(out)
+    }
+
     /// The route the kernel would use to `dst`: `ip route get <dst>`.
     pub async fn route_to(&self, dst: Ipv4Addr) -> Result<crate::underlay::RouteTo, NetlinkError> {
         let what = format!("ip route get {dst}");

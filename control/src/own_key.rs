@@ -1,7 +1,8 @@
 //! Whether news from the registry means this node lost its subnet lease (no I/O,
 //! no clock).
 //!
-//! The agent holds `<prefix>/subnets/<subnet>` and watches the whole prefix. Three
+//! The agent holds `<prefix>/subnets/<subnet>` (dual stack: the one key
+//! `<subnet>&<ipv6 subnet>` naming both) and watches the whole prefix. Three
 //! kinds of news take the subnet away while the etcd lease itself may still be alive
 //! (so the keepalive would not notice): a full listing without our key, a delete of
 //! our key, and a put of our key with a value that is not ours (another node's
@@ -15,9 +16,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::lease::{lease_key, LeaseAttrs};
+use crate::lease::{lease_key_of, LeaseAttrs, LeaseKey};
 use crate::registry_events::WatchEvent;
-use crate::subnet::Subnet;
 
 /// Why the node no longer holds its subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +76,10 @@ impl OwnKeyWatch {
         }
     }
 
-    /// The node now holds `subnet`, claimed at etcd revision `since`.
-    pub fn hold(&mut self, subnet: Subnet, since: i64) {
+    /// The node now holds `key`, claimed at etcd revision `since`.
+    pub fn hold(&mut self, key: &LeaseKey, since: i64) {
         self.holding = Some(Holding {
-            key: lease_key(&self.prefix, &subnet),
+            key: lease_key_of(&self.prefix, key),
             since,
         });
     }
@@ -152,7 +152,7 @@ mod tests {
 
     fn holding_at(rev: i64) -> OwnKeyWatch {
         let mut w = OwnKeyWatch::new(PREFIX, ME);
-        w.hold("10.244.3.0/24".parse().unwrap(), rev);
+        w.hold(&LeaseKey::parse("10.244.3.0-24").unwrap(), rev);
         assert_eq!(w.key(), Some(OURS));
         w
     }
@@ -273,6 +273,54 @@ mod tests {
     }
 
     #[test]
+    fn our_dual_stack_key_is_ours() {
+        const DUAL: &str = "/coreos.com/network/subnets/10.244.3.0-24&fd00:10:244:3::-64";
+        // As vxmeshd writes it for lab node 3 with --public-ipv6 fd00:64::13.
+        const DUAL_VALUE: &str = r#"{"PublicIP":"192.168.100.13","PublicIPv6":"fd00:64::13","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2b:75:0c:6d:8e"},"BackendV6Data":{"VNI":1,"VtepMAC":"66:cb:49:ea:b2:bb"}}"#;
+        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        w.hold(
+            &LeaseKey::parse("10.244.3.0-24&fd00:10:244:3::-64").unwrap(),
+            10,
+        );
+        assert_eq!(w.key(), Some(DUAL));
+        for ev in [
+            WatchEvent::Put(entry(DUAL, DUAL_VALUE, 11)),
+            // The IPv4-only key of the same subnet is another key (ours moved away).
+            WatchEvent::Delete {
+                key: OURS.into(),
+                revision: 12,
+            },
+            WatchEvent::Snapshot(Listing {
+                revision: 14,
+                entries: vec![entry(DUAL, DUAL_VALUE, 11)],
+            }),
+        ] {
+            assert_eq!(w.handle(&ev), None, "{ev:?}");
+        }
+        // A listing with only the IPv4 key is a loss of the dual-stack one.
+        let loss = w
+            .handle(&WatchEvent::Snapshot(Listing {
+                revision: 15,
+                entries: vec![entry(OURS, OUR_VALUE, 11)],
+            }))
+            .unwrap();
+        assert_eq!(loss, LeaseLoss::Missing { key: DUAL.into() });
+        // Another node's dual-stack value on our key is a loss.
+        w.hold(
+            &LeaseKey::parse("10.244.3.0-24&fd00:10:244:3::-64").unwrap(),
+            10,
+        );
+        let their = DUAL_VALUE.replace("192.168.100.13", "192.168.100.12");
+        assert_eq!(
+            w.handle(&WatchEvent::Put(entry(DUAL, &their, 16))),
+            Some(LeaseLoss::Overwritten {
+                key: DUAL.into(),
+                by: Some(Ipv4Addr::new(192, 168, 100, 12))
+            })
+        );
+    }
+
+    #[test]
     fn nothing_is_lost_while_nothing_is_held() {
         let mut w = OwnKeyWatch::new(PREFIX, ME);
         let gone = WatchEvent::Delete {
@@ -280,11 +328,11 @@ mod tests {
             revision: 50,
         };
         assert_eq!(w.handle(&gone), None);
-        w.hold("10.244.3.0/24".parse().unwrap(), 10);
+        w.hold(&LeaseKey::parse("10.244.3.0-24").unwrap(), 10);
         w.release();
         assert_eq!(w.handle(&gone), None);
         // A new subnet: only its key matters.
-        w.hold("10.244.4.0/24".parse().unwrap(), 10);
+        w.hold(&LeaseKey::parse("10.244.4.0-24").unwrap(), 10);
         assert_eq!(w.handle(&gone), None);
     }
 }

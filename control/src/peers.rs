@@ -4,7 +4,8 @@
 //! an attacker — can put anything under `<prefix>/subnets/`, and every node turns what
 //! it finds there into routes. So a lease becomes a peer (route, neighbour, forwarding
 //! entry) only if
-//! 1. its key is `<ip>-<len>`; its value is at most [`MAX_LEASE_VALUE_BYTES`] (larger
+//! 1. its key is `<ip>-<len>` (or flannel's dual-stack `<ip>-<len>&<ipv6>-<len>`: the IPv4
+//!    part is judged, the IPv6 half kept as [`PeerIpv6`]); its value is at most [`MAX_LEASE_VALUE_BYTES`] (larger
 //!    values are refused unread), parses, is a vxlan lease and carries our VNI;
 //! 2. its subnet lies inside the Network and is exactly SubnetLen long — never
 //!    `0.0.0.0/0`, the whole Network, a node's `<PublicIP>/32`, or a /25 inside a /24;
@@ -35,9 +36,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::config::NetworkConfig;
-use crate::lease::{parse_lease_key, LeaseAttrs, MAX_LEASE_VALUE_BYTES};
+use crate::lease::{parse_lease_key, LeaseAttrs, LeaseKey, MAX_LEASE_VALUE_BYTES};
 use crate::registry_events::Entry;
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use vxmesh_dataplane::fib::PeerVtep;
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -48,6 +50,27 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     #[serde(serialize_with = "ser_mac")]
     pub vtep_mac: MacAddr,
+    /// The IPv6 half of a dual-stack lease, kept for the IPv6 dataplane (not
+    /// programmed yet, and not judged beyond its own VNI: see [`PeerIpv6`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<PeerIpv6>,
+}
+
+/// The IPv6 half of a peer's dual-stack lease: the key's IPv6 subnet
+/// (`10.244.3.0-24&fd00:10:244:3::-64`), `PublicIPv6` and `BackendV6Data.VtepMAC`.
+/// Read when all three are there and `BackendV6Data.VNI` is ours; no dataplane uses it
+/// yet, so its conflicts (overlaps, duplicates) are not judged yet either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PeerIpv6 {
+    #[serde(serialize_with = "ser_display")]
+    pub subnet: Subnet6,
+    pub public_ipv6: std::net::Ipv6Addr,
+    #[serde(serialize_with = "ser_mac")]
+    pub vtep_mac: MacAddr,
+}
+
+fn ser_display<S: serde::Serializer, T: fmt::Display>(t: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
 }
 
 fn ser_mac<S: serde::Serializer>(m: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -76,7 +99,8 @@ impl Peer {
 #[must_use]
 pub enum PeerChange {
     Added(Peer),
-    /// Same subnet, new PublicIP and/or VtepMAC.
+    /// Same subnet, new PublicIP and/or VtepMAC (or a new IPv6 half, which the IPv4
+    /// dataplane programs as an unchanged peer).
     Updated {
         old: Peer,
         new: Peer,
@@ -252,17 +276,28 @@ impl Known {
     fn read(rules: &PeerRules, e: &Entry) -> Known {
         let subnet = parse_lease_key(&e.key);
         let attrs = (e.value.len() <= MAX_LEASE_VALUE_BYTES).then(|| LeaseAttrs::parse(&e.value));
-        let public_ip = match &attrs {
-            Some(Ok(a)) => Some(a.public_ip),
-            _ => None,
+        let (public_ip, ipv6) = match &attrs {
+            Some(Ok(a)) => (Some(a.public_ip), ipv6_half(rules, &e.key, a)),
+            _ => (None, None),
         };
         Known {
             create_revision: e.create_revision,
             subnet,
             public_ip,
-            alone: judge_alone(rules, subnet, e.value.len(), attrs),
+            alone: judge_alone(rules, subnet, e.value.len(), attrs).map(|p| Peer { ipv6, ..p }),
         }
     }
+}
+
+/// The IPv6 half of a dual-stack lease (see [`PeerIpv6`]).
+fn ipv6_half(rules: &PeerRules, key: &str, attrs: &LeaseAttrs) -> Option<PeerIpv6> {
+    let subnet = LeaseKey::parse(key).ok()?.ipv6_subnet()?;
+    let v6 = attrs.vxlan_v6.filter(|v| v.vni == rules.vni)?;
+    Some(PeerIpv6 {
+        subnet,
+        public_ipv6: attrs.public_ipv6?,
+        vtep_mac: v6.vtep_mac,
+    })
 }
 
 fn judge_alone(
@@ -336,6 +371,7 @@ fn judge_alone(
         ));
     }
     Ok(Peer {
+        ipv6: None,
         subnet,
         public_ip: attrs.public_ip,
         vtep_mac: vx.vtep_mac,
@@ -1019,6 +1055,58 @@ mod tests {
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(skips.is_empty(), "{skips:?}");
         t
+    }
+
+    #[test]
+    fn a_dual_stack_peer_works_for_ipv4_and_keeps_its_ipv6_half() {
+        // Node 1 as a dual-stack flanneld writes it (key and value bytes).
+        let dual = entry(
+            "10.244.94.0-24&fd00:10:244:5e::-64",
+            br#"{"PublicIP":"192.168.100.11","PublicIPv6":"fd00:64::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"9a:da:93:19:2b:bd"},"BackendV6Data":{"VNI":1,"VtepMAC":"4e:2f:6c:01:7d:a2"}}"#.to_vec(),
+            2,
+        );
+        let mut t = PeerTable::new(lab_rules(), Some(me()));
+        let mut skips = vec![];
+        let _ = t.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips);
+        let changes = t.reset(&[dual, n2(3), mine(4)], &mut skips);
+        assert!(skips.is_empty(), "{skips:?}");
+        assert_eq!(changes.len(), 2);
+        let p = *t.peer(&"10.244.94.0/24".parse().unwrap()).unwrap();
+        // The IPv4 half exactly as from an IPv4 lease.
+        assert_eq!(
+            (p.public_ip, p.vtep_mac.to_string().as_str()),
+            (Ipv4Addr::new(192, 168, 100, 11), "9a:da:93:19:2b:bd")
+        );
+        assert_eq!(p.to_vtep(), Peer { ipv6: None, ..p }.to_vtep());
+        assert_eq!(
+            p.ipv6,
+            Some(PeerIpv6 {
+                subnet: "fd00:10:244:5e::/64".parse().unwrap(),
+                public_ipv6: "fd00:64::11".parse().unwrap(),
+                vtep_mac: "4e:2f:6c:01:7d:a2".parse().unwrap(),
+            })
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            json.contains(r#""ipv6":{"subnet":"fd00:10:244:5e::/64","public_ipv6":"fd00:64::11","vtep_mac":"4e:2f:6c:01:7d:a2"}"#),
+            "{json}"
+        );
+        // An IPv4 peer has no IPv6 half, and shows none.
+        let p2 = *t.peer(&"10.244.228.0/24".parse().unwrap()).unwrap();
+        assert_eq!(p2.ipv6, None);
+        assert!(!serde_json::to_string(&p2).unwrap().contains("ipv6"));
+        // BackendV6Data of another VNI: the IPv4 half stays a peer, without an IPv6 half.
+        let other_vni = entry(
+            "10.244.94.0-24&fd00:10:244:5e::-64",
+            br#"{"PublicIP":"192.168.100.11","PublicIPv6":"fd00:64::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"9a:da:93:19:2b:bd"},"BackendV6Data":{"VNI":2,"VtepMAC":"4e:2f:6c:01:7d:a2"}}"#.to_vec(),
+            5,
+        );
+        let _ = t.put(&other_vni, &mut skips);
+        assert!(skips.is_empty(), "{skips:?}");
+        assert_eq!(
+            t.peer(&"10.244.94.0/24".parse().unwrap()).unwrap().ipv6,
+            None
+        );
     }
 
     fn peer_subnets(t: &PeerTable) -> Vec<String> {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::allocator::Claim;
 use crate::config::{example_put, ConfigError, NetworkConfig};
 use crate::etcd_access::{AccessError, EtcdAccess, TlsMaterial};
-use crate::lease::{config_key, lease_key, subnets_prefix, LeaseAttrs};
+use crate::lease::{config_key, lease_key_of, subnets_prefix, LeaseAttrs};
 pub use crate::registry_events::{Entry, Listing, WatchEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -252,9 +252,11 @@ impl Registry {
     }
 
     /// Tries one claim: grants an etcd lease of `ttl`, then writes the lease value
-    /// only if the key is absent (Create) or unchanged since listed (Reuse). A
-    /// reservation (Reserved) gets no etcd lease: it is held as it is when its value is
-    /// already ours, else rewritten without a lease, if unchanged since listed.
+    /// only if the key is absent (Create) or unchanged since listed (Reuse); a Rekey
+    /// writes the new key only if it is absent and deletes our old key in the same
+    /// transaction, only if that is unchanged since listed. A reservation (Reserved)
+    /// gets no etcd lease: it is held as it is when its value is already ours, else
+    /// rewritten without a lease, if unchanged since listed.
     /// `Ok(Some(_))` when won, `Ok(None)` when someone else got there first.
     pub async fn claim(
         &self,
@@ -262,15 +264,35 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<Won>, RegistryError> {
-        let key = lease_key(&self.prefix, &claim.subnet());
+        let key = lease_key_of(&self.prefix, &claim.key());
         let value = attrs.to_json();
-        let cmp = match claim {
+        let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
+        let (cmps, delete) = match claim {
             Claim::Reserved { mod_revision, .. } => {
                 return self.hold_reservation(key, value, *mod_revision).await;
             }
-            Claim::Create { .. } => Compare::version(key.clone(), CompareOp::Equal, 0),
-            Claim::Reuse { mod_revision, .. } => {
-                Compare::mod_revision(key.clone(), CompareOp::Equal, *mod_revision)
+            Claim::Create { .. } => (vec![absent], None),
+            Claim::Reuse { mod_revision, .. } => (
+                vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *mod_revision,
+                )],
+                None,
+            ),
+            Claim::Rekey {
+                from,
+                from_mod_revision,
+                ..
+            } => {
+                let old = lease_key_of(&self.prefix, from);
+                (
+                    vec![
+                        absent,
+                        Compare::mod_revision(old.clone(), CompareOp::Equal, *from_mod_revision),
+                    ],
+                    Some(TxnOp::delete(old, None)),
+                )
             }
         };
         let mut c = self.client.clone();
@@ -280,8 +302,9 @@ impl Registry {
             .await
             .map_err(self.err("lease grant"))?;
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease.id())));
+        let ops: Vec<TxnOp> = delete.into_iter().chain([put]).collect();
         let resp = c
-            .txn(Txn::new().when([cmp]).and_then([put]))
+            .txn(Txn::new().when(cmps).and_then(ops))
             .await
             .map_err(self.err("claim transaction"))?;
         if resp.succeeded() {

@@ -9,7 +9,7 @@
 //! [`crate::own_key`] ignore news older than the node's own claim.
 
 use crate::allocator::ExistingLease;
-use crate::lease::{parse_lease_key, LeaseAttrs};
+use crate::lease::{parse_lease_key, LeaseAttrs, LeaseKey};
 
 /// One key under `<prefix>/subnets/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +32,16 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// The entries as the allocator sees them (keys that are not subnets skipped).
+    /// The entries as the allocator sees them (keys that are not subnets skipped; the
+    /// IPv6 part of a dual-stack key read with [`LeaseKey`], `None` when it is not in
+    /// flannel's exact form — the IPv4 part still occupies its subnet).
     pub fn existing_leases(&self) -> Vec<ExistingLease> {
         self.entries
             .iter()
             .filter_map(|e| {
                 Some(ExistingLease {
                     subnet: parse_lease_key(&e.key)?,
+                    ipv6: LeaseKey::parse(&e.key).ok().and_then(|k| k.ipv6_subnet()),
                     attrs: LeaseAttrs::parse(&e.value).ok(),
                     mod_revision: e.mod_revision,
                     lease_id: e.lease,

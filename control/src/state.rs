@@ -29,6 +29,11 @@ pub struct Info {
     pub port: Option<u16>,
     pub network: Option<Subnet>,
     pub subnet: Option<Subnet>,
+    /// Dual stack: the lease's PublicIPv6 and IPv6 subnet (not carried yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<crate::subnet6::Subnet6>,
     pub lease_id: Option<String>,
     /// The subnet is a reservation: its key has no etcd lease (no TTL).
     pub reservation: bool,

@@ -3,7 +3,9 @@
 //! The format — its line rules, reader and atomic writer — lives in the
 //! `vxmesh-subnet-env` crate, which the CNI plugin reads the file with too, so the two
 //! cannot disagree about what a file says. This module only speaks the agent's types: it
-//! writes the file from a lease's [`Subnet`] and reads the subnet back as the restart hint.
+//! writes the file from a lease's [`Subnet`] and reads the subnet back as the restart hint
+//! (and a dual-stack flanneld's `FLANNEL_IPV6_SUBNET` as the IPv6 one; vxmeshd writes no
+//! IPv6 lines while no dataplane carries IPv6).
 
 use std::io;
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::path::Path;
 use vxmesh_subnet_env::{self as file, Ipv4Network};
 
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 
 /// The four values the agent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,21 @@ impl SubnetEnv {
         }
     }
 
+    /// The IPv6 subnet recorded in a subnet file's text (FLANNEL_IPV6_SUBNET alone, as
+    /// a dual-stack flanneld reads it on restart), host bits cleared; logged and `None`
+    /// when there but unusable.
+    pub fn ipv6_subnet_from(text: &str) -> Option<Subnet6> {
+        match file::ipv6_subnet_hint(text.as_bytes()) {
+            Ok(hint) => hint.and_then(|n| Subnet6::new(n.ip(), n.prefix()).ok()),
+            Err(e) => {
+                tracing::warn!(
+                    "subnet file: {e}; acquiring an IPv6 subnet without the previous one as a hint"
+                );
+                None
+            }
+        }
+    }
+
     /// Writes the file atomically, creating its directory if needed.
     pub fn write_atomic(&self, path: &Path) -> io::Result<()> {
         self.file().write_atomic(path)
@@ -75,6 +93,21 @@ mod tests {
             mtu: 1450,
             ipmasq: false,
         }
+    }
+
+    #[test]
+    fn ipv6_hint_from_a_dual_stack_flanneld_file() {
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(
+            SubnetEnv::ipv6_subnet_from(text),
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+        assert_eq!(SubnetEnv::subnet_from(text), Some(env().subnet));
+        assert_eq!(SubnetEnv::ipv6_subnet_from(&env().render()), None);
+        assert_eq!(
+            SubnetEnv::ipv6_subnet_from("FLANNEL_IPV6_SUBNET=junk\n"),
+            None
+        );
     }
 
     #[test]

@@ -20,10 +20,15 @@
 //! permanent before dynamic. Unlike flanneld, a regex that matches a name without a
 //! usable address goes on to the next matching name instead of failing.
 //!
+//! A dual-stack network also needs the lease's PublicIPv6 ([`choose_public_ipv6`]):
+//! `--public-ipv6`, else the chosen interface's first global IPv6 address (as
+//! flanneld takes its interface's IPv6 address): not link-local, loopback,
+//! multicast or deprecated, permanent before dynamic.
+//!
 //! The netlink lookups that build a [`Host`] live in [`crate::netlink`].
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::flags::UnderlayFlags;
 
@@ -113,6 +118,70 @@ pub enum UnderlayError {
     DefaultHasNoAddress(String),
     #[error("no interface matches {tried}; interfaces here: {available}")]
     NoMatch { tried: String, available: String },
+}
+
+/// One IPv6 address of an interface, with the flags that order them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfAddr6 {
+    pub ip: Ipv6Addr,
+    /// IFA_F_PERMANENT: configured, not from SLAAC or DHCPv6.
+    pub permanent: bool,
+    /// IFA_F_DEPRECATED: never used.
+    pub deprecated: bool,
+}
+
+/// The chosen interface has no IPv6 address to advertise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the network config is dual stack (EnableIPv6), so this node's lease needs a PublicIPv6, and interface {iface} has no global IPv6 address (only: {found}): give --public-ipv6 (FLANNELD_PUBLIC_IPV6) with this node's IPv6 underlay address, or add one to {iface}")]
+pub struct NoPublicIpv6 {
+    pub iface: String,
+    pub found: String,
+}
+
+/// The PublicIPv6 of this node's dual-stack lease: `--public-ipv6`, else the first
+/// global address of the underlay interface `iface` (see the module documentation).
+pub fn choose_public_ipv6(
+    flag: Option<Ipv6Addr>,
+    iface: &str,
+    addrs: &[IfAddr6],
+) -> Result<Ipv6Addr, NoPublicIpv6> {
+    if let Some(ip) = flag {
+        return Ok(ip);
+    }
+    let mut usable: Vec<&IfAddr6> = addrs
+        .iter()
+        .filter(|a| {
+            let ip = a.ip;
+            !a.deprecated
+                && !ip.is_loopback()
+                && !ip.is_unspecified()
+                && !ip.is_multicast()
+                && !ip.is_unicast_link_local()
+                && !crate::subnet6::is_ipv4_embedded(ip)
+        })
+        .collect();
+    usable.sort_by_key(|a| !a.permanent);
+    match usable.first() {
+        Some(a) => Ok(a.ip),
+        None => Err(NoPublicIpv6 {
+            iface: iface.to_string(),
+            found: if addrs.is_empty() {
+                "no IPv6 address".to_string()
+            } else {
+                addrs
+                    .iter()
+                    .map(|a| {
+                        let mut t = a.ip.to_string();
+                        if a.deprecated {
+                            t.push_str(" (deprecated)");
+                        }
+                        t
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        }),
+    }
 }
 
 fn by_index(host: &Host, index: u32) -> Option<&Interface> {
@@ -282,6 +351,56 @@ fn no_match(flags: &UnderlayFlags, host: &Host) -> UnderlayError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn a6(ip: &str, permanent: bool, deprecated: bool) -> IfAddr6 {
+        IfAddr6 {
+            ip: ip.parse().unwrap(),
+            permanent,
+            deprecated,
+        }
+    }
+
+    #[test]
+    fn public_ipv6_is_the_flag_else_the_first_global_address() {
+        // `ip -6 addr show eth1` on a lab node: link-local, a SLAAC address, a static one.
+        let addrs = [
+            a6("fe80::5054:ff:fe12:3456", true, false),
+            a6("2001:db8:64::5054:ff:fe12:3456", false, false),
+            a6("fd00:64::3", true, false),
+        ];
+        let flag: Ipv6Addr = "fd00:99::1".parse().unwrap();
+        assert_eq!(choose_public_ipv6(Some(flag), "eth1", &addrs), Ok(flag));
+        assert_eq!(
+            choose_public_ipv6(None, "eth1", &addrs),
+            Ok("fd00:64::3".parse().unwrap()),
+            "permanent before dynamic"
+        );
+        assert_eq!(
+            choose_public_ipv6(None, "eth1", &addrs[..2]),
+            Ok("2001:db8:64::5054:ff:fe12:3456".parse().unwrap())
+        );
+        let e = choose_public_ipv6(
+            None,
+            "eth1",
+            &[
+                addrs[0],
+                a6("fd00:64::4", true, true),
+                a6("::1", true, false),
+            ],
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("interface eth1 has no global IPv6 address")
+                && msg.contains("fe80::5054:ff:fe12:3456, fd00:64::4 (deprecated), ::1")
+                && msg.contains("--public-ipv6"),
+            "{msg}"
+        );
+        let msg = choose_public_ipv6(None, "eth1", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("(only: no IPv6 address)"), "{msg}");
+    }
     use regex::Regex;
 
     fn addr(ip: &str) -> IfAddr {

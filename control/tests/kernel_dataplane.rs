@@ -145,6 +145,7 @@ fn setup(index: u32) -> DataplaneSetup {
 
 fn peer(third: u8, ip: u8, mac_last: u8) -> Peer {
     Peer {
+        ipv6: None,
         subnet: format!("10.244.{third}.0/24").parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, ip),
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, mac_last]),

@@ -415,3 +415,104 @@ fn keepalive_reports_the_loss_when_the_lease_expires_with_etcd_unreachable() {
         );
     });
 }
+
+fn dual_attrs(ip: Ipv4Addr, ip6: &str) -> LeaseAttrs {
+    let ip6: std::net::Ipv6Addr = ip6.parse().unwrap();
+    attrs(ip).with_ipv6(ip6, 1, vxmesh_control::vtep_mac::derive_v6(ip6, 1))
+}
+
+/// The keys under `<prefix>/subnets/`, as etcdctl lists them.
+fn subnet_keys(etcd: &Etcd) -> Vec<String> {
+    let out = etcd
+        .ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{PREFIX}/subnets/"),
+        ])
+        .unwrap();
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
+fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key() {
+    require_etcd();
+    let etcd = Etcd::start();
+    let me = node(21);
+    // This node ran IPv4-only, then EnableIPv6 was turned on.
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16"}"#,
+    );
+    rt().block_on(async {
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
+            .await
+            .unwrap();
+        let v4_cfg = reg.network_config().await.unwrap();
+        let v4 = acquire(
+            &reg,
+            &mut LeaseMachine::new(v4_cfg, me, None, 1),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!(v4.ipv6, None);
+        assert_eq!(
+            subnet_keys(&etcd),
+            [format!("{PREFIX}/subnets/{}", v4.subnet.key_form())]
+        );
+
+        etcd.put(
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        let cfg = reg.network_config().await.unwrap();
+        let value = dual_attrs(me, "fd00:64::21");
+        let dual = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, None, 2),
+            &value,
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!(dual.subnet, v4.subnet, "the IPv4 subnet stays (pods keep it)");
+        let v6 = dual.ipv6.expect("an IPv6 half");
+        assert!(cfg.ipv6.unwrap().fits(&v6));
+        let key = format!("{PREFIX}/subnets/{}&{}", v4.subnet.key_form(), v6.key_form());
+        assert_eq!(subnet_keys(&etcd), std::slice::from_ref(&key), "the IPv4 key moved, in one step");
+        let stored = etcd.ctl(&["get", "--print-value-only", &key]).unwrap();
+        assert_eq!(stored.trim(), value.to_json(), "flanneld's dual-stack value");
+
+        // Restart: the same key, found by PublicIP, re-put under a new etcd lease.
+        let again = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, None, 999),
+            &value,
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!((again.subnet, again.ipv6), (dual.subnet, dual.ipv6));
+        assert_ne!(again.lease_id, dual.lease_id);
+        assert_eq!(subnet_keys(&etcd), std::slice::from_ref(&key));
+
+        // A second dual-stack node gets other subnets of both families.
+        let other = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), node(22), None, 2),
+            &dual_attrs(node(22), "fd00:64::22"),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_ne!(other.subnet, dual.subnet);
+        assert_ne!(other.ipv6, dual.ipv6);
+        assert!(other.ipv6.is_some());
+    });
+}

@@ -337,6 +337,22 @@ pub fn subnet_hint(bytes: &[u8]) -> Result<Option<Ipv4Network>, SubnetEnvError> 
         .map_err(|e| invalid("FLANNEL_SUBNET", value, e))
 }
 
+/// The IPv6 subnet a dual-stack node held, from FLANNEL_IPV6_SUBNET alone (flanneld
+/// reads it on restart as its previous IPv6 subnet), with the same rules as
+/// [`subnet_hint`]: `Ok(None)` when absent, an error naming an unusable value.
+pub fn ipv6_subnet_hint(bytes: &[u8]) -> Result<Option<Ipv6Network>, SubnetEnvError> {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((_, value)) = entries(&text)
+        .filter(|(k, _)| *k == "FLANNEL_IPV6_SUBNET")
+        .last()
+    else {
+        return Ok(None);
+    };
+    cidr::parse_v6(value)
+        .map(Some)
+        .map_err(|e| invalid("FLANNEL_IPV6_SUBNET", value, e))
+}
+
 /// Writes `data` to `path` so readers see the old file or the new one, never a partial
 /// write: a temporary file in the same directory, fsync, rename over `path`, fsync of the
 /// directory. The temporary file is removed when a step fails.

@@ -72,6 +72,22 @@ fn line_rules() {
 }
 
 #[test]
+fn ipv6_hint_reads_only_flannel_ipv6_subnet() {
+    // As a dual-stack flanneld writes its file (WriteSubnetFile), then junk elsewhere.
+    let text = b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=junk\nFLANNEL_IPMASQ=true\n";
+    let got = ipv6_subnet_hint(text).unwrap().unwrap();
+    assert_eq!(got.to_string(), "fd00:10:244:3::1/64");
+    assert_eq!(
+        ipv6_subnet_hint(b"FLANNEL_SUBNET=10.244.3.1/24\n").unwrap(),
+        None
+    );
+    let e = ipv6_subnet_hint(b"FLANNEL_IPV6_SUBNET=10.244.3.1/24\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("FLANNEL_IPV6_SUBNET"), "{e}");
+}
+
+#[test]
 fn hint_reads_only_flannel_subnet() {
     // What vxmeshd (or flanneld) reads on restart: the subnet alone, other keys may be junk.
     assert_eq!(

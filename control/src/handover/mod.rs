@@ -1008,6 +1008,7 @@ mod tests {
 
     fn peer() -> Peer {
         Peer {
+            ipv6: None,
             subnet: "10.244.9.0/24".parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 168, 100, 11),
             vtep_mac: MacAddr([0x0e, 1, 2, 3, 4, 5]),

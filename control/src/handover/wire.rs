@@ -587,6 +587,9 @@ fn read_state(f: &Fields<'_>) -> Result<DataplaneState, DecodeError> {
     for v in f.all(tag::PEER) {
         let b = sized::<15>(tag::PEER, v)?;
         peers.push(Peer {
+            // The IPv4 dataplane's state only; the successor's first listing
+            // reads the peers' IPv6 halves again.
+            ipv6: None,
             subnet: subnet(tag::PEER, &b[..5])?,
             public_ip: Ipv4Addr::new(b[5], b[6], b[7], b[8]),
             vtep_mac: MacAddr([b[9], b[10], b[11], b[12], b[13], b[14]]),
@@ -746,6 +749,7 @@ mod tests {
                 FdRole::UdpTx(1),
             ],
             peers: vec![Peer {
+                ipv6: None,
                 subnet: "10.244.9.0/24".parse().unwrap(),
                 public_ip: Ipv4Addr::new(192, 168, 100, 12),
                 vtep_mac: MacAddr([0x0e, 0x2a, 0xc0, 0xa8, 0x64, 0x0c]),
@@ -1014,6 +1018,7 @@ mod tests {
 
     fn arb_peer() -> impl Strategy<Value = Peer> {
         (arb_subnet(), any::<u32>(), any::<[u8; 6]>()).prop_map(|(subnet, ip, mac)| Peer {
+            ipv6: None,
             subnet,
             public_ip: Ipv4Addr::from(ip),
             vtep_mac: MacAddr(mac),

@@ -349,6 +349,7 @@ mod tests {
 
     fn peer(n: u8, mac: u8) -> Peer {
         Peer {
+            ipv6: None,
             subnet: Subnet::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap(),
             public_ip: Ipv4Addr::new(192, 168, 100, n),
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, mac]),

@@ -1,0 +1,192 @@
+//! Privileged: a dual-stack network config in the netns lab (two vxmeshd nodes, pods
+//! from the vxmesh CNI plugin). Needs root and etcd: ignored by a plain `cargo test`,
+//! run by scripts/test.sh (`-- --include-ignored`).
+//!
+//! Checks: an IPv4 cluster whose config turns dual stack keeps each node's IPv4 subnet
+//! (the key moves to flannel's `<v4>&<v6>` form in one transaction) and every pod pair
+//! stays reachable; the value is flanneld's dual-stack bytes with the PublicIPv6 taken
+//! from the underlay interface (node 1) or `--public-ipv6` (node 2); the subnet file gets
+//! no IPv6 lines (no dataplane carries IPv6 yet); a restart keeps the same key; a node
+//! without an IPv6 address stops with an error naming `--public-ipv6`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::lab::Lab;
+use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
+use vxmesh_testkit::{require_etcd, require_root, wait_for};
+
+const PREFIX: &str = "/coreos.com/network";
+
+/// `<subnets key> -> value` for every lease.
+fn leases(lab: &Lab) -> Vec<(String, String)> {
+    let out = lab.etcdctl(&["get", "--prefix", &format!("{PREFIX}/subnets/")]);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    lines
+        .chunks(2)
+        .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+        .collect()
+}
+
+/// The lease whose value carries `public_ip`.
+fn lease_of(lab: &Lab, public_ip: &str) -> (LeaseKey, LeaseAttrs, String) {
+    leases(lab)
+        .into_iter()
+        .find_map(|(k, v)| {
+            let a = LeaseAttrs::parse(v.as_bytes()).ok()?;
+            (a.public_ip.to_string() == public_ip)
+                .then(|| (LeaseKey::parse(&k).unwrap(), a, v.clone()))
+        })
+        .unwrap_or_else(|| panic!("no lease of {public_ip}: {:?}", leases(lab)))
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new("vx6", &[("VXLAB_NODES", "2"), ("VXLAB_IPERF_SECONDS", "1")]);
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    assert!(out.contains("8 of 8 reachable"), "{out}");
+    let v4_subnets = [lab.subnet_of(1), lab.subnet_of(2)];
+
+    // The nodes' IPv6 underlay addresses (nodad: usable at once), and a dual-stack config.
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:64::11/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.exec(
+        "n2",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:64::12/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    lab.must(&["restart-agent", "1"]);
+    // Node 2 runs with --public-ipv6 (its eth0 holds the address too).
+    let log2 = lab.state.join("n2-dual.log");
+    lab.must(&["stop-agent", "2"]);
+    let mut n2 = lab.spawn(
+        &["exec-agent", "2"],
+        &[("FLANNELD_PUBLIC_IPV6", "fd00:64::12")],
+        &log2,
+    );
+
+    // Each node's key is now dual stack, with its IPv4 subnet unchanged.
+    let moved = wait_for(Duration::from_secs(20), || {
+        let l = leases(&lab);
+        l.len() == 2 && l.iter().all(|(k, _)| k.contains('&'))
+    });
+    assert!(moved.is_some(), "keys not dual stack: {:?}", leases(&lab));
+    println!("dual-stack keys: {:?}", leases(&lab));
+    for (i, (ip, ip6)) in [
+        ("192.168.100.11", "fd00:64::11"),
+        ("192.168.100.12", "fd00:64::12"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (key, attrs, value) = lease_of(&lab, ip);
+        let v4 = key.ipv4_subnet().unwrap();
+        assert_eq!(
+            v4.to_string(),
+            v4_subnets[i],
+            "node {} kept its IPv4 subnet",
+            i + 1
+        );
+        let v6 = key.ipv6_subnet().unwrap();
+        assert!(v6.to_string().starts_with("fd00:10:244:"), "{v6}");
+        assert_eq!(v6.prefix_len(), 64);
+        let ip6: std::net::Ipv6Addr = ip6.parse().unwrap();
+        assert_eq!(attrs.public_ipv6, Some(ip6));
+        let v6data = attrs.vxlan_v6.unwrap();
+        assert_eq!(v6data.vtep_mac, vxmesh_control::vtep_mac::derive_v6(ip6, 1));
+        // flanneld's bytes: the value written is exactly what flannel's encoding gives.
+        assert_eq!(attrs.to_json(), value);
+        // The subnet file: IPv4 only (no dataplane carries IPv6 yet).
+        let env =
+            std::fs::read_to_string(lab.state.join(format!("n{}/subnet.env", i + 1))).unwrap();
+        assert!(!env.contains("IPV6"), "node {}: {env}", i + 1);
+    }
+    let (k1, _, _) = lease_of(&lab, "192.168.100.11");
+    let st = lab.status("n1");
+    assert_eq!(st["node"]["public_ipv6"], "fd00:64::11", "{st}");
+    assert_eq!(
+        st["node"]["ipv6_subnet"],
+        k1.ipv6_subnet().unwrap().to_string().as_str(),
+        "{st}"
+    );
+    let (k2, _, _) = lease_of(&lab, "192.168.100.12");
+    assert_ne!(k1.ipv6_subnet(), k2.ipv6_subnet());
+    // n1's peer n2 carries its IPv6 half.
+    let peer = &st["node"]["peers"][0];
+    assert_eq!(peer["ipv6"]["public_ipv6"], "fd00:64::12", "{peer}");
+    assert_eq!(
+        peer["ipv6"]["subnet"],
+        k2.ipv6_subnet().unwrap().to_string().as_str()
+    );
+    let log1 = std::fs::read_to_string(lab.state.join("vxmeshd-n1.log")).unwrap();
+    assert!(
+        log1.contains("dual-stack config") && log1.contains("pods get no IPv6 address"),
+        "{log1}"
+    );
+
+    // IPv4 pod traffic as before, over the moved keys.
+    lab.check(8, "after the config turned dual stack");
+
+    // A restart finds the same key.
+    lab.must(&["restart-agent", "1"]);
+    let (again, _, _) = lease_of(&lab, "192.168.100.11");
+    assert_eq!(again, k1);
+    lab.check(8, "after node 1 restarted");
+
+    // Node 2 without an IPv6 address and without --public-ipv6: a clear error.
+    let _ = n2.kill();
+    let _ = n2.wait();
+    lab.exec(
+        "n2",
+        &[
+            "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global",
+        ],
+    );
+    let log3 = lab.state.join("n2-noipv6.log");
+    let mut bad = lab.spawn(&["exec-agent", "2"], &[], &log3);
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(20), || {
+        status = bad.try_wait().unwrap();
+        status.is_some()
+    });
+    if exited.is_none() {
+        let _ = bad.kill();
+        panic!("vxmeshd without an IPv6 address kept running");
+    }
+    assert!(!status.unwrap().success());
+    let out = std::fs::read_to_string(&log3).unwrap();
+    assert!(
+        out.contains("interface eth0 has no global IPv6 address") && out.contains("--public-ipv6"),
+        "{out}"
+    );
+}
