@@ -559,6 +559,31 @@ impl Netlink {
         }
     }
 
+    /// Every address of interface `index`, both families (`ip addr show dev <index>`).
+    async fn link_addresses(
+        &self,
+        index: u32,
+    ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, NetlinkError> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(Self::req(format!("get addresses of #{index}")))?
+        {
+            // Only this link's, whoever applied the filter.
+            if a.header.index == index {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     async fn link_info(
         &self,
         m: rtnetlink::packet_route::link::LinkMessage,
@@ -579,17 +604,7 @@ impl Netlink {
                 _ => {}
             }
         }
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(Self::req(format!("get addresses of {}", info.name)))?
-        {
+        for a in self.link_addresses(index).await? {
             for attr in a.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
                     if !info.ipv4.contains(&ip) {
@@ -701,18 +716,8 @@ impl Netlink {
     ) -> Result<Vec<crate::underlay::IfAddr6>, NetlinkError> {
         use rtnetlink::packet_route::address::AddressFlags;
         let mut out = Vec::new();
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(Self::req("dump addresses"))?
-        {
-            if a.header.family != AddressFamily::Inet6 || a.header.index != index {
+        for a in self.link_addresses(index).await? {
+            if a.header.family != AddressFamily::Inet6 {
                 continue;
             }
             let (mut ip, mut flags) = (None, None);
@@ -983,18 +988,8 @@ impl Netlink {
         addr: Ipv4Addr,
         len: u8,
     ) -> Result<(), NetlinkError> {
-        let mut existing = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
         let mut stale = Vec::new();
-        while let Some(a) = existing
-            .try_next()
-            .await
-            .map_err(Self::req("get addresses"))?
-        {
+        for a in self.link_addresses(index).await? {
             let v4 = a.attributes.iter().find_map(|x| match x {
                 AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
                 _ => None,
@@ -1078,18 +1073,8 @@ impl Netlink {
     /// The IPv4 addresses of a link with their prefix lengths: the networks it is
     /// directly connected to.
     pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut s = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
         let mut out = Vec::new();
-        while let Some(a) = s
-            .try_next()
-            .await
-            .map_err(Self::req(format!("get addresses of #{index}")))?
-        {
+        for a in self.link_addresses(index).await? {
             for attr in &a.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
                     if !out.contains(&(*ip, a.header.prefix_len)) {
