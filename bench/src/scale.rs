@@ -223,6 +223,11 @@ pub struct ScaleRun {
     pub start: Convergence,
     /// Agent RSS (KiB) and CPU (s) once converged.
     pub agent_rss_kib: Spread,
+    /// Agent memory no other process shares (KiB, `Private_*` of smaps_rollup): RSS
+    /// less the binary's and libraries' resident code, which every agent on a machine
+    /// (and the page cache) shares.
+    #[serde(default)]
+    pub agent_private_kib: Spread,
     pub agent_cpu_s: Spread,
     /// CPU per peer programmed (ms), per agent.
     pub agent_cpu_ms_per_peer: Spread,
@@ -821,13 +826,28 @@ impl Drop for Agents {
 /// RSS (KiB) and CPU seconds (user + system) of a process.
 fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())?;
+    let rss = kib_field(&status, "VmRSS:")?;
     let ticks = crate::cpu::process_ticks(pid).ok()?;
     Some((rss, ticks as f64 / crate::cpu::clk_tck()))
+}
+
+/// Memory of a process that no other process shares (KiB): `Private_Clean` +
+/// `Private_Dirty` of /proc/<pid>/smaps_rollup.
+fn private_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    private_of(&text)
+}
+
+fn private_of(smaps_rollup: &str) -> Option<u64> {
+    Some(kib_field(smaps_rollup, "Private_Clean:")? + kib_field(smaps_rollup, "Private_Dirty:")?)
+}
+
+/// The number after `key` on its line (`VmRSS:   10068 kB`).
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The subnet a node's agent wrote to its subnet file.
@@ -1090,6 +1110,14 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
         .filter_map(|(_, p)| proc_usage(*p))
         .collect();
     run.agent_rss_kib = Spread::of(usage.iter().map(|u| u.0 as f64).collect());
+    run.agent_private_kib = Spread::of(
+        agents
+            .pids()
+            .iter()
+            .filter_map(|(_, p)| private_kib(*p))
+            .map(|k| k as f64)
+            .collect(),
+    );
     run.agent_cpu_s = Spread::of(usage.iter().map(|u| u.1).collect());
     run.agent_cpu_ms_per_peer = Spread::of(
         usage
@@ -1285,13 +1313,13 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The runs as a markdown table (what docs/scale.md shows).
 pub fn summary(r: &ScaleResults) -> String {
     let mut o = String::from(
-        "| label | nodes | dataplane | all routes after last start (s) | join: on every node (s) | removal: gone everywhere (s) | restart storm: all routes (s) | agent RSS median / max (MiB) | agent CPU to converge median / max (s) | CPU per peer (ms) | agents idle (cores) | etcd requests/s | etcd watch events/s | etcd ranges | agent stream errors |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| label | nodes | dataplane | all routes after last start (s) | join: on every node (s) | removal: gone everywhere (s) | restart storm: all routes (s) | agent RSS median / max (MiB) | agent private memory median / max (MiB) | agent CPU to converge median / max (s) | CPU per peer (ms) | agents idle (cores) | etcd requests/s | etcd watch events/s | etcd ranges | agent stream errors |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for run in &r.runs {
         let w = run.start.etcd_window_s.max(1e-3);
         let etcd = run.start.etcd.as_ref();
         o.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
             run.label,
             run.nodes,
             run.dataplane,
@@ -1301,6 +1329,8 @@ pub fn summary(r: &ScaleResults) -> String {
             opt(run.storm.as_ref().and_then(|s| s.converged_s), 2),
             run.agent_rss_kib.median / 1024.0,
             run.agent_rss_kib.max / 1024.0,
+            run.agent_private_kib.median / 1024.0,
+            run.agent_private_kib.max / 1024.0,
             run.agent_cpu_s.median,
             run.agent_cpu_s.max,
             run.agent_cpu_ms_per_peer.median,
@@ -1397,6 +1427,30 @@ etcd_network_client_grpc_sent_bytes_total 1.2e+07
         )
         .expect("old sample");
         assert_eq!(old.etcd_rps, Some(4.0));
+    }
+
+    #[test]
+    fn private_memory_from_smaps_rollup() {
+        // An agent of a 30-node run: 9 MiB resident, of which 1.4 MiB its own.
+        let text = "55862824f000-7ffed9384000 ---p 00000000 00:00 0                          [rollup]
+Rss:                9072 kB
+Pss:                1663 kB
+Shared_Clean:       1840 kB
+Shared_Dirty:       5848 kB
+Private_Clean:        12 kB
+Private_Dirty:      1384 kB
+Anonymous:          1384 kB
+";
+        assert_eq!(private_of(text), Some(1396));
+        assert_eq!(kib_field(text, "Rss:"), Some(9072));
+        assert_eq!(private_of("Rss: 1 kB\n"), None);
+        // Results written before the private figure existed still load.
+        let old = serde_json::to_string(&ScaleRun::default())
+            .expect("json")
+            .replace(r#""agent_private_kib":{"n":0,"median":0.0,"p99":0.0,"max":0.0},"#, "");
+        assert!(!old.contains("agent_private_kib"), "{old}");
+        let old: ScaleRun = serde_json::from_str(&old).expect("an old run");
+        assert_eq!(old.agent_private_kib, Spread::default());
     }
 
     #[test]
