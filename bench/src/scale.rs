@@ -1432,7 +1432,8 @@ etcd_network_client_grpc_sent_bytes_total 1.2e+07
     #[test]
     fn private_memory_from_smaps_rollup() {
         // An agent of a 30-node run: 9 MiB resident, of which 1.4 MiB its own.
-        let text = "55862824f000-7ffed9384000 ---p 00000000 00:00 0                          [rollup]
+        let text =
+            "55862824f000-7ffed9384000 ---p 00000000 00:00 0                          [rollup]
 Rss:                9072 kB
 Pss:                1663 kB
 Shared_Clean:       1840 kB
@@ -1447,7 +1448,10 @@ Anonymous:          1384 kB
         // Results written before the private figure existed still load.
         let old = serde_json::to_string(&ScaleRun::default())
             .expect("json")
-            .replace(r#""agent_private_kib":{"n":0,"median":0.0,"p99":0.0,"max":0.0},"#, "");
+            .replace(
+                r#""agent_private_kib":{"n":0,"median":0.0,"p99":0.0,"max":0.0},"#,
+                "",
+            );
         assert!(!old.contains("agent_private_kib"), "{old}");
         let old: ScaleRun = serde_json::from_str(&old).expect("an old run");
         assert_eq!(old.agent_private_kib, Spread::default());
