@@ -12,6 +12,7 @@
 //! device carries (routes, neighbours, fdb entries) so stale entries can be pruned.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -1451,15 +1452,57 @@ fn vxlan_of(m: LinkMessage) -> Option<VxlanLink> {
     is_vxlan.then_some(v)
 }
 
-/// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`).
+/// Sets a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`) unless it already holds
+/// `value`. Reading first matters: a write of `ip_forward` takes the host-wide RTNL lock
+/// (the kernel restarts the write while another task holds it, a busy loop when many
+/// agents start together), and a host that set the value already may mount /proc/sys
+/// read-only for the agent.
 pub fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/{key}"), value)
+    ensure_file_value(&Path::new("/proc/sys").join(key), value)
+}
+
+fn ensure_file_value(path: &Path, value: &str) -> std::io::Result<()> {
+    if let Ok(current) = std::fs::read_to_string(path) {
+        if current.trim() == value.trim() {
+            return Ok(());
+        }
+    }
+    std::fs::write(path, value)
 }
 
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
     use crate::netlink_batch::tests::NEIGH;
+
+    /// A sysctl that already holds the value is not written (a read-only file stays
+    /// fine); one that differs is.
+    #[test]
+    fn sysctl_written_only_when_it_differs() {
+        let dir = std::env::temp_dir().join(format!("vxmesh-sysctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("ip_forward");
+        std::fs::write(&f, "1\n").unwrap();
+        let mut perms = std::fs::metadata(&f).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&f, perms.clone()).unwrap();
+        // Root ignores the mode bits, so "not written" is checked by the mtime too.
+        let before = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ensure_file_value(&f, "1").unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), before);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "1\n");
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&f, perms).unwrap();
+        std::fs::write(&f, "0\n").unwrap();
+        ensure_file_value(&f, "1").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "1");
+        // A file that cannot be read is written (the write's error is the answer).
+        let missing = dir.join("absent/ip_forward");
+        assert!(ensure_file_value(&missing, "1").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The batch's neighbour request is the one laid out by hand after rtnetlink(7).
     #[test]
