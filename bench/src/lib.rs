@@ -6,6 +6,7 @@
 //! - [`measure`]: iperf3 TCP/UDP, ping and CPU accounting on a topology.
 //! - [`report`]: the results model, summary, target checks, markdown.
 //! - [`parse`], [`cpu`], [`stats`]: pure helpers (tool output, procfs, medians).
+//! - [`probe`]: what a system call and a thread wake-up cost on this machine.
 //! - [`proc`], [`stop`]: bounded child processes and Ctrl-C handling.
 //! - [`scale`]: the scale harness of issue 16 (N namespaces with agents against a
 //!   3-member etcd), with [`routemon`] watching every namespace's routes; [`sim`]: the
@@ -17,6 +18,7 @@ pub mod cpu;
 pub mod measure;
 pub mod memreg;
 pub mod parse;
+pub mod probe;
 pub mod proc;
 pub mod report;
 pub mod routemon;

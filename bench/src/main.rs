@@ -481,6 +481,13 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
         .ok()
         .map(|s| s.trim().to_string()),
         cpu_vulnerabilities: parse::vulnerabilities(&vulns),
+        costs: match vxmesh_bench::probe::measure() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("vxmesh-bench: could not measure system call and wake-up costs: {e}");
+                None
+            }
+        },
     };
     Machine {
         conditions,

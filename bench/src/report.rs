@@ -216,6 +216,10 @@ pub struct Conditions {
     /// `/sys/devices/system/cpu/vulnerabilities`: `name: state` of each entry that is
     /// not "Not affected".
     pub cpu_vulnerabilities: Vec<String>,
+    /// What a system call and a thread wake-up cost here, measured before the run
+    /// (`None`: not measured, or results written before the probe existed).
+    #[serde(default)]
+    pub costs: Option<crate::probe::Costs>,
 }
 
 /// How the run measured.
@@ -546,7 +550,7 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     let c = &m.conditions;
     let _ = writeln!(
         s,
-        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; CPU vulnerabilities not \
+        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; {}; CPU vulnerabilities not \
          \"Not affected\": {}.",
         m.kernel,
         match &c.br_netfilter_call_iptables {
@@ -558,6 +562,10 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
         } else {
             "carries UDP GSO buffers whole (default)"
         },
+        c.costs.as_ref().map_or_else(
+            || "system call and wake-up costs not measured".to_string(),
+            crate::probe::describe
+        ),
         if c.cpu_vulnerabilities.is_empty() {
             "none listed".to_string()
         } else {
