@@ -23,6 +23,7 @@ CHART_METRICS = [
     "tcp8_ba_gbps",
     "rtt_median_us",
     "rtt_p99_us",
+    "rtt_loaded_p99_us",
     "udp64_kpps",
     "cpu_machine_s_per_gb",
 ]

@@ -693,7 +693,9 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     note_busy(&mut machine.busy_processes, &busy_processes());
     let summary = report::summarize(&runs, &modes);
     let mut targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
-        report::check_targets(&summary, plan.udp_max_loss_pct)
+        let mut t = report::check_targets(&summary, plan.udp_max_loss_pct);
+        t.push(report::check_loaded_latency_target(&summary));
+        t
     } else {
         Vec::new()
     };

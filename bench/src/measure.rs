@@ -16,8 +16,8 @@ use crate::cpu::{self, MachineTicks};
 use crate::parse::{self, TcpResult, UdpResult};
 use crate::proc::{ns_output, run_bounded, Daemon};
 use crate::report::{
-    CPU_AGENTS, CPU_MACHINE, RTT_MEDIAN, RTT_P99, TCP1_AB, TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS,
-    UDP64_LOSS,
+    CPU_AGENTS, CPU_MACHINE, RTT_LOADED_MEDIAN, RTT_LOADED_P99, RTT_MEDIAN, RTT_P99, TCP1_AB,
+    TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS, UDP64_LOSS,
 };
 use crate::stats::{median, percentile};
 use crate::stop;
@@ -149,6 +149,23 @@ pub fn measure_all(
         p.median_us, p.p99_us, p.replies, p.sent
     ));
     topo.ensure_daemons()?;
+
+    stop::check()?;
+    let (gbps, p) = loaded_ping_test(topo, ctx, plan, &raw).context("ping under load")?;
+    out.metrics.insert(RTT_LOADED_MEDIAN.into(), p.median_us);
+    out.metrics.insert(RTT_LOADED_P99.into(), p.p99_us);
+    out.details.insert(
+        "ping_under_load".into(),
+        json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us, "p99_us": p.p99_us,
+               "min_us": p.min_us, "max_us": p.max_us, "streams": 8, "direction": "A→B",
+               "tcp_gbps": gbps}),
+    );
+    log(&format!(
+        "ping under 8 TCP streams A→B ({gbps:.2} Gbit/s): median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
+        p.median_us, p.p99_us, p.replies, p.sent
+    ));
+    topo.ensure_daemons()?;
+    stop::sleep(Duration::from_millis(300))?;
 
     stop::check()?;
     let (best, probes) = udp_search(topo, ctx, plan, raw).context("UDP rate search")?;
@@ -475,12 +492,63 @@ fn ping_test(topo: &Topology, plan: &Plan, raw: &Path) -> anyhow::Result<PingRes
     let mut warm = topo.pod_a.ns.command("ping");
     warm.args(["-c", "3", "-i", "0.2", "-W", "1", &ip]);
     let _ = run_bounded(warm, Duration::from_secs(10))?;
-    let interval = format!("{:.3}", f64::from(plan.ping_interval_ms) / 1000.0);
-    let deadline_s = u64::from(plan.pings) * u64::from(plan.ping_interval_ms) / 1000 + 5;
-    let (count, deadline) = (plan.pings.to_string(), deadline_s.to_string());
+    ping_run(topo, plan.pings, plan.ping_interval_ms, raw)
+}
+
+/// How many pings fit in a loaded test of `tcp_seconds` (after the omitted seconds):
+/// they start 0.5 s in and must end 0.5 s before iperf3 does; at most `pings`, at
+/// least 10.
+pub fn loaded_ping_count(pings: u32, interval_ms: u32, tcp_seconds: u32) -> u32 {
+    let window_ms = tcp_seconds.saturating_mul(1000).saturating_sub(1000);
+    (window_ms / interval_ms.max(1)).min(pings).max(10)
+}
+
+/// Latency under load: 8 TCP streams from pod A to pod B and, once they have run
+/// the omitted seconds plus 0.5 s, pings on the same path (requests queue behind
+/// the data, replies return with the ACKs). Returns the streams' rate (Gbit/s) too.
+fn loaded_ping_test(
+    topo: &Topology,
+    ctx: &Context,
+    plan: &Plan,
+    raw: &RawOut<'_>,
+) -> anyhow::Result<(f64, PingResult)> {
+    let count = loaded_ping_count(plan.pings, plan.ping_interval_ms, plan.tcp_seconds);
+    let ping_raw = raw.path("ping-loaded", "txt");
+    let (tcp, ping) = tcp_with(
+        topo,
+        ctx,
+        plan.tcp_seconds,
+        plan.tcp_omit,
+        8,
+        false,
+        &raw.path("tcp8-ab-loaded", "json"),
+        |done| -> anyhow::Result<PingResult> {
+            stop::sleep(
+                Duration::from_secs(u64::from(plan.tcp_omit)) + Duration::from_millis(500),
+            )?;
+            if done.load(Ordering::Relaxed) {
+                bail!("iperf3 ended before the pings could start");
+            }
+            ping_run(topo, count, plan.ping_interval_ms, &ping_raw)
+        },
+    )?;
+    Ok((tcp.received_bps / 1e9, ping?))
+}
+
+/// `count` echo requests at `interval_ms` from pod A to pod B; raw output kept.
+fn ping_run(
+    topo: &Topology,
+    count: u32,
+    interval_ms: u32,
+    raw: &Path,
+) -> anyhow::Result<PingResult> {
+    let ip = topo.pod_b.ip.to_string();
+    let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
+    let deadline_s = u64::from(count) * u64::from(interval_ms) / 1000 + 5;
+    let (count_s, deadline) = (count.to_string(), deadline_s.to_string());
     let mut cmd = topo.pod_a.ns.command("ping");
     cmd.args([
-        "-c", &count, "-i", &interval, "-W", "1", "-w", &deadline, &ip,
+        "-c", &count_s, "-i", &interval, "-W", "1", "-w", &deadline, &ip,
     ]);
     let f = run_bounded(cmd, Duration::from_secs(deadline_s + 10))?;
     std::fs::write(raw, &f.stdout)?;
@@ -489,7 +557,7 @@ fn ping_test(topo: &Topology, plan: &Plan, raw: &Path) -> anyhow::Result<PingRes
         bail!("no ping replies: {}", f.stderr.trim());
     };
     Ok(PingResult {
-        sent: sent.unwrap_or(u64::from(plan.pings)),
+        sent: sent.unwrap_or(u64::from(count)),
         replies: rtts.len(),
         median_us: med,
         p99_us: p99,
@@ -683,6 +751,17 @@ mod tests {
                 ("a/udp RcvbufErrors".to_string(), 3)
             ]
         );
+    }
+
+    #[test]
+    fn loaded_pings_fit_inside_the_streams() {
+        // Quick mode: 4 s of iperf3, 100 pings every 10 ms (1 s) fit in 3 s.
+        assert_eq!(loaded_ping_count(100, 10, 4), 100);
+        // Full mode: 1,000 pings would outlast 10 s; 900 end 0.5 s before iperf3.
+        assert_eq!(loaded_ping_count(1000, 10, 10), 900);
+        // Never fewer than 10, never a division by zero.
+        assert_eq!(loaded_ping_count(100, 1000, 1), 10);
+        assert_eq!(loaded_ping_count(100, 0, 4), 100);
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub const TCP8_AB: &str = "tcp8_ab_gbps";
 pub const TCP8_BA: &str = "tcp8_ba_gbps";
 pub const RTT_MEDIAN: &str = "rtt_median_us";
 pub const RTT_P99: &str = "rtt_p99_us";
+/// Ping while 8 TCP streams run from pod A to pod B (issue 15's latency under load).
+pub const RTT_LOADED_MEDIAN: &str = "rtt_loaded_median_us";
+pub const RTT_LOADED_P99: &str = "rtt_loaded_p99_us";
 pub const UDP64_KPPS: &str = "udp64_kpps";
 pub const UDP64_LOSS: &str = "udp64_loss_pct";
 pub const CPU_MACHINE: &str = "cpu_machine_s_per_gb";
@@ -150,6 +153,18 @@ pub const METRICS: &[MetricDef] = &[
     MetricDef {
         key: RTT_P99,
         label: "ping RTT p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: RTT_LOADED_MEDIAN,
+        label: "ping RTT median under load (8 TCP streams A→B)",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: RTT_LOADED_P99,
+        label: "ping RTT p99 under load (8 TCP streams A→B)",
         unit: "µs",
         higher_is_better: false,
     },
@@ -419,6 +434,26 @@ pub fn check_masq_target(rows: &[MetricRow]) -> Target {
         goal: "vxmesh + masq ≥ 0.95 × vxmesh (TCP, 1 and 8 streams, both directions)".to_string(),
         measured,
         met: all.map(|v| v.iter().all(|&r| r >= 0.95)),
+    }
+}
+
+/// Issue 15's latency target: ping p50 and p99 while 8 TCP streams run, each ≤ 1.2 ×
+/// kernel VXLAN's in the same run. `met` is `None` when either was not measured.
+pub fn check_loaded_latency_target(rows: &[MetricRow]) -> Target {
+    let (p50, p99) = (ratio(rows, RTT_LOADED_MEDIAN), ratio(rows, RTT_LOADED_P99));
+    let us =
+        |key| median(rows, key, Mode::Vxmesh).map_or("–".to_string(), |v| format!("{v:.0} µs"));
+    Target {
+        name: "latency under load".to_string(),
+        goal: "ping p50 and p99 while 8 TCP streams run ≤ 1.2 × kernel VXLAN's".to_string(),
+        measured: format!(
+            "p50 {} ({}), p99 {} ({})",
+            fmt_ratio(p50),
+            us(RTT_LOADED_MEDIAN),
+            fmt_ratio(p99),
+            us(RTT_LOADED_P99)
+        ),
+        met: p50.zip(p99).map(|(a, b)| a <= 1.2 && b <= 1.2),
     }
 }
 
@@ -808,6 +843,26 @@ mod tests {
             assert_eq!(Mode::parse(m.key()), Some(m));
             assert_eq!(m.masq(), m.key().ends_with("-masq"));
         }
+    }
+
+    #[test]
+    fn latency_under_load_target() {
+        let mut runs = sample();
+        for r in &mut runs {
+            let (p50, p99) = match r.mode {
+                Mode::KernelVxlan => (200.0, 1000.0),
+                _ => (230.0, 1300.0),
+            };
+            r.metrics.insert(RTT_LOADED_MEDIAN.into(), p50);
+            r.metrics.insert(RTT_LOADED_P99.into(), p99);
+        }
+        let rows = summarize(&runs, &[Mode::KernelVxlan, Mode::Vxmesh]);
+        let t = check_loaded_latency_target(&rows);
+        assert_eq!(t.measured, "p50 1.15 (230 µs), p99 1.30 (1300 µs)");
+        assert_eq!(t.met, Some(false), "p99 is over 1.2");
+        // Results from before the loaded ping: nothing to judge.
+        let old = summarize(&sample(), &[Mode::KernelVxlan, Mode::Vxmesh]);
+        assert_eq!(check_loaded_latency_target(&old).met, None);
     }
 
     #[test]
