@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
+use vxmesh_testkit::proc::number_after;
 use vxmesh_testkit::{in_netns, run};
 
 use crate::proc::{run_bounded, Daemon};
@@ -826,7 +827,7 @@ impl Drop for Agents {
 /// RSS (KiB) and CPU seconds (user + system) of a process.
 fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = kib_field(&status, "VmRSS:")?;
+    let rss = number_after(&status, "VmRSS:")?;
     let ticks = crate::cpu::process_ticks(pid).ok()?;
     Some((rss, ticks as f64 / crate::cpu::clk_tck()))
 }
@@ -839,15 +840,10 @@ fn private_kib(pid: u32) -> Option<u64> {
 }
 
 fn private_of(smaps_rollup: &str) -> Option<u64> {
-    Some(kib_field(smaps_rollup, "Private_Clean:")? + kib_field(smaps_rollup, "Private_Dirty:")?)
-}
-
-/// The number after `key` on its line (`VmRSS:   10068 kB`).
-fn kib_field(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    Some(
+        number_after(smaps_rollup, "Private_Clean:")?
+            + number_after(smaps_rollup, "Private_Dirty:")?,
+    )
 }
 
 /// The subnet a node's agent wrote to its subnet file.
@@ -1443,7 +1439,7 @@ Private_Dirty:      1384 kB
 Anonymous:          1384 kB
 ";
         assert_eq!(private_of(text), Some(1396));
-        assert_eq!(kib_field(text, "Rss:"), Some(9072));
+        assert_eq!(number_after(text, "Rss:"), Some(9072));
         assert_eq!(private_of("Rss: 1 kB\n"), None);
         // Results written before the private figure existed still load.
         let old = serde_json::to_string(&ScaleRun::default())

@@ -204,12 +204,7 @@ fn node_mac(i: usize) -> MacAddr {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| vxmesh_testkit::proc::number_after(&s, "VmRSS:"))
         .unwrap_or(0)
 }
 

@@ -28,21 +28,25 @@ impl fmt::Display for ProcSample {
     }
 }
 
+/// The number after `key` on its line of a /proc text (`VmRSS:   10068 kB` in
+/// `status`, `Private_Dirty:   1384 kB` in `smaps_rollup`).
+pub fn number_after(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Samples process `pid`; an error when it is gone.
 pub fn sample(pid: i32) -> io::Result<ProcSample> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> io::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("/proc/{pid}/status has no {name}"),
-                )
-            })
+        number_after(&status, name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/status has no {name}"),
+            )
+        })
     };
     let rss_kib = field("VmRSS:")?;
     let threads = field("Threads:")?;
