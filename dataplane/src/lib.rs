@@ -11,6 +11,7 @@
 //!   `sendmmsg` messages, and what a partial send sent.
 //! - [`counters`]: packet/byte/syscall counters and drops by reason, per node and
 //!   per peer.
+//! - [`aqm`]: CoDel on the receive queue's delay, and ECN (CE) marking.
 //! - [`flows`]: the top flows (sampled inner 5-tuples in a fixed-size table).
 //! - [`ifname`]: checked interface names.
 //!
@@ -18,6 +19,7 @@
 //! - [`sys`]: the TAP device (IFF_VNET_HDR, TUNSETOFFLOAD) and the UDP sockets
 //!   (UDP_SEGMENT, UDP_GRO, sendmmsg/recvmmsg).
 //! - [`engine`]: the two hot-path threads that connect them.
+pub mod aqm;
 pub mod counters;
 pub mod engine;
 pub mod fib;

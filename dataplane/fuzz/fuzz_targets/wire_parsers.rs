@@ -1,11 +1,13 @@
 //! Every view in `vxmesh_dataplane::wire` over arbitrary bytes: no panic, the checked
 //! constructors' guarantees hold, fields agree with etherparse wherever both accept
-//! the input, and every codec with an encoder round-trips.
+//! the input, every codec with an encoder round-trips, and ECN marking changes only
+//! what it should.
 #![no_main]
 
 use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
+use vxmesh_dataplane::aqm::{mark_ce, Marked};
 use vxmesh_dataplane::wire::checksum::{checksum, verifies, Checksum};
 use vxmesh_dataplane::wire::{
     ArpPacket, ArpRepr, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpHeader, UdpHeader,
@@ -169,5 +171,30 @@ fuzz_target!(|data: &[u8]| {
             m.is_local(),
             m.is_broadcast(),
         );
+    }
+
+    // ECN marking (aqm::mark_ce) of a frame: no panic; only the ECN bits (and an IPv4
+    // header's checksum) change, to CE; a header that checked before still checks.
+    let mut marked = data.to_vec();
+    let v4_header = (data.len() >= 34 && data[12..14] == [0x08, 0x00]).then(|| {
+        let hl = usize::from(data[14] & 0x0f) * 4;
+        (data.len() >= 14 + hl && hl >= 20).then(|| verifies(&data[14..14 + hl]))
+    });
+    match mark_ce(&mut marked) {
+        Marked::Marked => {
+            let changed: Vec<usize> = (0..data.len()).filter(|&i| marked[i] != data[i]).collect();
+            if data[12..14] == [0x08, 0x00] {
+                assert!(changed.iter().all(|i| [15, 24, 25].contains(i)), "{changed:?}");
+                assert_eq!(marked[15] & 3, 3);
+                if let Some(Some(true)) = v4_header {
+                    let hl = usize::from(data[14] & 0x0f) * 4;
+                    assert!(verifies(&marked[14..14 + hl]));
+                }
+            } else {
+                assert_eq!(changed, [15]);
+                assert_eq!((marked[15] >> 4) & 3, 3);
+            }
+        }
+        Marked::AlreadyCe | Marked::NotEct => assert_eq!(marked, data),
     }
 });
