@@ -382,11 +382,17 @@ fn iovec(b: &[u8]) -> libc::iovec {
 
 /// One receive slot: 64 KiB is the largest a GRO-coalesced message can be.
 const RECV_BUF: usize = 65_536;
-/// Control buffer per message: room for UDP_GRO's int (and a spare header).
+/// Control buffer per message: room for UDP_GRO's int and SO_TIMESTAMPNS's timespec.
+/// (Earlier releases, which may hand a socket with time stamps on to this one or take
+/// it over from it, had the same 64 bytes.)
 const CMSG_BUF: usize = 64;
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const _: () = assert!(
-    unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint) } as usize <= CMSG_BUF
+    unsafe {
+        libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint)
+            + libc::CMSG_SPACE(size_of::<libc::timespec>() as libc::c_uint)
+    } as usize
+        <= CMSG_BUF
 );
 const _: () = assert!(CMSG_BUF % size_of::<usize>() == 0);
 
@@ -399,6 +405,9 @@ pub struct RecvBatch {
     lens: Vec<usize>,
     srcs: Vec<SocketAddrV4>,
     segs: Vec<usize>,
+    /// When the kernel received each message (ns since the epoch), if it was asked to
+    /// say ([`UdpRx::set_timestamps`]).
+    stamps: Vec<Option<u64>>,
     truncated: Vec<bool>,
     count: usize,
 }
@@ -412,6 +421,7 @@ impl RecvBatch {
             lens: vec![0; m],
             srcs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); m],
             segs: vec![0; m],
+            stamps: vec![None; m],
             truncated: vec![false; m],
             count: 0,
         }
@@ -430,6 +440,29 @@ impl RecvBatch {
         }
         b.count = messages.len();
         b
+    }
+
+    /// When the kernel received message `i` (ns since the epoch, CLOCK_REALTIME), if
+    /// the socket stamps messages.
+    pub fn stamp_ns(&self, i: usize) -> Option<u64> {
+        if i < self.count {
+            self.stamps[i]
+        } else {
+            None
+        }
+    }
+
+    /// The most messages one call can receive.
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Sets the time stamps of the messages, as the kernel would. For tests.
+    #[cfg(test)]
+    pub(crate) fn set_stamps(&mut self, stamps: &[Option<u64>]) {
+        for (s, t) in self.stamps.iter_mut().zip(stamps) {
+            *s = *t;
+        }
     }
 
     /// Messages received by the last call.
@@ -480,15 +513,32 @@ pub struct Received<'a> {
     pub inner_segment: Option<usize>,
 }
 
-/// The UDP_GRO segment size among the control messages of a received message.
+/// What the control messages of a received message say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Control {
+    /// The UDP_GRO segment size.
+    gro: Option<usize>,
+    /// When the kernel received it (`SO_TIMESTAMPNS`, CLOCK_REALTIME), ns since the epoch.
+    stamp_ns: Option<u64>,
+}
+
+/// Reads the UDP_GRO segment size and the receive time among the control messages of a
+/// received message.
 ///
 /// # Safety
 /// `h.msg_control` must point at `h.msg_controllen` readable bytes aligned for
 /// `cmsghdr` (as `recvmmsg` leaves them), or `h.msg_controllen` must be 0.
-unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+unsafe fn control_info(h: &libc::msghdr) -> Control {
+    let mut out = Control::default();
     let start = h.msg_control as usize;
     #[allow(clippy::unnecessary_cast)] // socklen_t on some targets
-    let end = start.checked_add(h.msg_controllen as usize)?;
+    let Some(end) = start.checked_add(h.msg_controllen as usize) else {
+        return out;
+    };
+    // SAFETY: arithmetic only.
+    let int_len = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) } as usize;
+    // SAFETY: arithmetic only.
+    let ts_len = unsafe { libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) } as usize;
     // SAFETY: the caller vouches for the control buffer; CMSG_FIRSTHDR returns null
     // unless a whole header fits in it.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
@@ -496,19 +546,30 @@ unsafe fn gro_segment(h: &libc::msghdr) -> Option<usize> {
         // SAFETY: `c` is a whole header inside the buffer (CMSG_FIRSTHDR/CMSG_NXTHDR
         // return only such headers, or null).
         let (level, ty, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len as usize) };
-        // SAFETY: arithmetic on the header pointer only.
-        let data_len = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) } as usize;
-        if level == SOL_UDP && ty == UDP_GRO && len >= data_len && (c as usize) + data_len <= end {
-            // SAFETY: the header says, and the bound above checks, that an int follows
-            // it inside the buffer; CMSG_DATA may be unaligned for it, hence read_unaligned.
+        let fits =
+            |need: usize| len >= need && (c as usize).checked_add(need).is_some_and(|e| e <= end);
+        if level == SOL_UDP && ty == UDP_GRO && fits(int_len) {
+            // SAFETY: the header says, and `fits` checks, that an int follows it inside
+            // the buffer; CMSG_DATA may be unaligned for it, hence read_unaligned.
             let v = unsafe { libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned() };
-            return usize::try_from(v).ok().filter(|&v| v > 0);
+            out.gro = usize::try_from(v).ok().filter(|&v| v > 0);
+        } else if level == libc::SOL_SOCKET && ty == libc::SCM_TIMESTAMPNS && fits(ts_len) {
+            // SAFETY: as above, for a timespec.
+            let ts = unsafe { libc::CMSG_DATA(c).cast::<libc::timespec>().read_unaligned() };
+            out.stamp_ns = u64::try_from(ts.tv_sec)
+                .ok()
+                .zip(
+                    u64::try_from(ts.tv_nsec)
+                        .ok()
+                        .filter(|&n| n < 1_000_000_000),
+                )
+                .and_then(|(s, n)| s.checked_mul(1_000_000_000)?.checked_add(n));
         }
         // SAFETY: `c` is a header of this buffer; CMSG_NXTHDR returns the next whole
         // header inside it, or null.
         c = unsafe { libc::CMSG_NXTHDR(h, c) };
     }
-    None
+    out
 }
 
 /// The receive side: one socket on the VXLAN port.
@@ -536,6 +597,19 @@ impl UdpRx {
 
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    /// Asks the kernel to stamp each datagram with its arrival time (`SO_TIMESTAMPNS`),
+    /// for [`RecvBatch::stamp_ns`]. The option belongs to the socket, shared with a
+    /// predecessor or successor that holds it too. Enabling it makes the kernel take a
+    /// time stamp for every packet it receives, on every interface (tens of ns each).
+    pub fn set_timestamps(&self, on: bool) -> io::Result<()> {
+        setsockopt_int(
+            self.socket.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            i32::from(on),
+        )
     }
 
     /// Takes the receive socket another process opened (descriptor passed to us):
@@ -613,7 +687,9 @@ impl UdpRx {
             h.msg_controllen = h.msg_controllen.min(CMSG_BUF as _);
             // SAFETY: msg_control of message i points at its CMSG_BUF initialised,
             // word-aligned bytes of `batch.control`, and msg_controllen is at most that.
-            batch.segs[i] = unsafe { gro_segment(h) }.unwrap_or(0);
+            let control = unsafe { control_info(h) };
+            batch.segs[i] = control.gro.unwrap_or(0);
+            batch.stamps[i] = control.stamp_ns;
         }
         batch.count = n;
         Ok(n)
@@ -823,7 +899,7 @@ mod tests {
         let mut buf = [0usize; 16];
         let h = control_with(&mut buf, &[(SOL_UDP, UDP_GRO, 1472)]);
         // SAFETY: `h` points at `buf`, alive and word-aligned.
-        assert_eq!(unsafe { gro_segment(&h) }, Some(1472));
+        assert_eq!(unsafe { control_info(&h) }.gro, Some(1472));
         // after another control message (IP_TOS)
         let mut buf = [0usize; 16];
         let h = control_with(
@@ -834,7 +910,7 @@ mod tests {
             ],
         );
         // SAFETY: as above.
-        assert_eq!(unsafe { gro_segment(&h) }, Some(1400));
+        assert_eq!(unsafe { control_info(&h) }.gro, Some(1400));
         // none, a nonsense size, or a truncated control area
         for (cmsgs, cut) in [
             (vec![], 0),
@@ -851,8 +927,99 @@ mod tests {
                 h.msg_controllen = (full - cut) as _;
             }
             // SAFETY: as above; msg_controllen only shrinks.
-            assert_eq!(unsafe { gro_segment(&h) }, None, "{cmsgs:?} cut {cut}");
+            assert_eq!(unsafe { control_info(&h) }.gro, None, "{cmsgs:?} cut {cut}");
         }
+    }
+
+    #[test]
+    fn the_receive_time_is_read_from_the_control_messages() {
+        let mut buf = [0usize; 16];
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_control = buf.as_mut_ptr().cast();
+        h.msg_controllen = size_of_val(&buf) as _;
+        let ts = libc::timespec {
+            tv_sec: 1_764_500_000,
+            tv_nsec: 123_456_789,
+        };
+        // SAFETY: `h` points at `buf`, word-aligned and zeroed, room for both messages
+        // (checked below); the headers are the ones CMSG_FIRSTHDR/NXTHDR return.
+        let used = unsafe {
+            let c = libc::CMSG_FIRSTHDR(&h);
+            assert!(!c.is_null());
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_TIMESTAMPNS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::timespec>() as _) as _;
+            libc::CMSG_DATA(c)
+                .cast::<libc::timespec>()
+                .write_unaligned(ts);
+            let c = libc::CMSG_NXTHDR(&h, c);
+            assert!(!c.is_null());
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_GRO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as _) as _;
+            libc::CMSG_DATA(c)
+                .cast::<libc::c_int>()
+                .write_unaligned(1400);
+            (libc::CMSG_SPACE(size_of::<libc::timespec>() as _)
+                + libc::CMSG_SPACE(size_of::<libc::c_int>() as _)) as usize
+        };
+        assert!(used <= CMSG_BUF);
+        h.msg_controllen = used as _;
+        // SAFETY: `h` points at `buf`, alive and word-aligned.
+        let got = unsafe { control_info(&h) };
+        assert_eq!(got.gro, Some(1400));
+        assert_eq!(got.stamp_ns, Some(1_764_500_000_123_456_789));
+        // A time stamp cut short is not read.
+        // SAFETY: arithmetic only.
+        h.msg_controllen = unsafe { libc::CMSG_LEN(8) } as _;
+        // SAFETY: msg_controllen only shrank.
+        assert_eq!(unsafe { control_info(&h) }, Control::default());
+    }
+
+    /// Loopback only: with time stamps on, each message says when it arrived.
+    #[test]
+    fn received_messages_carry_their_arrival_time() {
+        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        rx.set_timestamps(true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = now();
+        tx.send_to(&[7u8; 100], ("127.0.0.1", port)).unwrap();
+        let mut batch = RecvBatch::new(4);
+        let mut n = 0;
+        for _ in 0..200 {
+            if let Ok(k) = rx.recv(&mut batch) {
+                n = k;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let after = now();
+        assert_eq!(n, 1);
+        let stamp = batch.stamp_ns(0).expect("a time stamp");
+        assert!(
+            before <= stamp && stamp <= after,
+            "{before} {stamp} {after}"
+        );
+        assert_eq!(batch.stamp_ns(1), None);
+        // Off again: no stamp.
+        rx.set_timestamps(false).unwrap();
+        tx.send_to(&[7u8; 100], ("127.0.0.1", port)).unwrap();
+        for _ in 0..200 {
+            if rx.recv(&mut batch).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.stamp_ns(0), None);
     }
 
     #[test]
