@@ -95,6 +95,8 @@ pub struct AgentOptions {
     pub tx_sockets: usize,
     pub tap_queues: usize,
     pub offloads: bool,
+    /// Active queue management on ingress (userspace dataplane), or none.
+    pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
@@ -733,6 +735,7 @@ pub async fn run_with(
         offloads: opts.offloads,
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
+        aqm: opts.aqm,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
     };

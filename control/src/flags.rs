@@ -39,6 +39,7 @@ use regex::Regex;
 
 use crate::etcd_access::AccessFlags;
 use crate::node_dataplane::DataplaneKind;
+use vxmesh_dataplane::aqm::CodelConfig;
 use vxmesh_dataplane::ifname::IfName;
 
 /// The lease TTL when neither `--subnet-lease-ttl` nor `--subnet-lease-renew-margin`
@@ -127,6 +128,8 @@ const SPECS: &[Spec] = &[
     spec!("tap-name", Value, Vxmesh, "NAME", "vxmesh0", "TAP device carrying pod traffic (userspace dataplane)"),
     spec!("tx-sockets", Value, Vxmesh, "N", "8", "UDP send sockets (distinct outer source ports for flow entropy)"),
     spec!("tap-queues", Value, Vxmesh, "N", "1", "TAP queues, one sending thread each"),
+    spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
+    spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("no-offloads", Bool, Vxmesh, "", "false", "disable TAP/UDP offloads (debugging; much slower)"),
     spec!("log-format", Value, Vxmesh, "text|json", "text", "log format"),
     spec!("v", Value, Flanneld, "LEVEL", "0", "flanneld's (klog) verbosity: 0 info, 1-4 debug, 5+ trace; RUST_LOG overrides"),
@@ -258,6 +261,8 @@ pub struct DaemonFlags {
     pub tap_name: IfName,
     pub tx_sockets: usize,
     pub tap_queues: usize,
+    /// `--aqm-target`/`--aqm-interval`, or none (`--aqm-target off`).
+    pub aqm: Option<CodelConfig>,
     pub offloads: bool,
     pub log_format: LogFormat,
     /// klog's `-v`.
@@ -342,6 +347,13 @@ impl DaemonFlags {
         push("tap-name", self.tap_name.to_string());
         push("tx-sockets", self.tx_sockets.to_string());
         push("tap-queues", self.tap_queues.to_string());
+        match self.aqm {
+            Some(c) => {
+                push("aqm-target", format_short(c.target_ns));
+                push("aqm-interval", format_short(c.interval_ns));
+            }
+            None => push("aqm-target", "off".into()),
+        }
         push("no-offloads", (!self.offloads).to_string());
         push(
             "log-format",
@@ -468,6 +480,45 @@ fn go_bool(s: &str) -> Option<bool> {
 
 /// Parses a lease TTL: "90", "90s", "30m", "1h", "2d", from 5 s (the lease must
 /// survive a keepalive round trip) to etcd's longest lease; see [`crate::duration`].
+/// A short duration for the AQM flags: a whole number with `us`, `ms` or `s`, in ns,
+/// within `min..=max` ns.
+fn short_duration(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let per = match unit {
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        _ => return Err("use a whole number with us, ms or s (500us, 1ms, 2s)".into()),
+    };
+    let ns = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per))
+        .ok_or_else(|| "use a whole number with us, ms or s (500us, 1ms, 2s)".to_string())?;
+    if ns < min || ns > max {
+        return Err(format!(
+            "use {} to {}",
+            format_short(min),
+            format_short(max)
+        ));
+    }
+    Ok(ns)
+}
+
+/// ns as the largest whole unit of `us`, `ms` and `s`.
+fn format_short(ns: u64) -> String {
+    if ns % 1_000_000_000 == 0 {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns % 1_000_000 == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else {
+        format!("{}us", ns / 1_000)
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse_lease_ttl(s).map_err(|e| e.to_string())
 }
@@ -754,6 +805,38 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
     };
     let tx_sockets = r.typed("tx-sockets", count)?.map_or(8, |(n, _)| n);
     let tap_queues = r.typed("tap-queues", count)?.map_or(1, |(n, _)| n);
+    let aqm_target = r
+        .typed("aqm-target", |s| match s.trim() {
+            "off" | "0" => Ok(None),
+            s => short_duration(s, 10_000, 1_000_000_000).map(Some),
+        })?
+        .and_then(|(t, _)| t);
+    let aqm_interval = r
+        .typed("aqm-interval", |s| {
+            short_duration(s, 1_000_000, 10_000_000_000)
+        })?
+        .map(|(i, _)| i);
+    let aqm = match (aqm_target, aqm_interval) {
+        (None, Some(_)) => {
+            notes.push("--aqm-interval has no effect with --aqm-target off".into());
+            None
+        }
+        (None, None) => None,
+        (Some(target_ns), interval) => {
+            let interval_ns = interval.unwrap_or(CodelConfig::DEFAULT.interval_ns);
+            if interval_ns <= target_ns {
+                return Err(FlagError::Conflict(format!(
+                    "--aqm-interval ({}) must be longer than --aqm-target ({}): the interval is how long the delay may stay above the target",
+                    format_short(interval_ns),
+                    format_short(target_ns)
+                )));
+            }
+            Some(CodelConfig {
+                target_ns,
+                interval_ns,
+            })
+        }
+    };
     let log_format = r
         .typed("log-format", |s| match s {
             "text" => Ok(LogFormat::Text),
@@ -783,6 +866,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         tap_name,
         tx_sockets,
         tap_queues,
+        aqm,
         offloads: !r.bool("no-offloads", false)?,
         log_format,
         verbosity,
@@ -944,12 +1028,82 @@ mod tests {
                 "--tap-name=vxmesh0",
                 "--tx-sockets=8",
                 "--tap-queues=1",
+                "--aqm-target=off",
                 "--no-offloads=false",
                 "--log-format=text",
                 "--v=0",
             ]
         );
         assert!(run(&[], &[]).notes.is_empty());
+    }
+
+    #[test]
+    fn aqm_flags() {
+        let aqm = |args: &[&str], e: &[(&str, &str)]| run(args, e).aqm;
+        // Off unless asked for (decision 0016); the interval defaults with a target.
+        assert_eq!(aqm(&[], &[]), None);
+        assert_eq!(
+            aqm(&["--aqm-target=1ms"], &[]),
+            Some(CodelConfig {
+                target_ns: 1_000_000,
+                interval_ns: CodelConfig::DEFAULT.interval_ns
+            })
+        );
+        assert_eq!(
+            aqm(&["--aqm-target=500us", "--aqm-interval=10ms"], &[]),
+            Some(CodelConfig {
+                target_ns: 500_000,
+                interval_ns: 10_000_000
+            })
+        );
+        assert_eq!(
+            diff(&run(&["--aqm-target=5ms", "--aqm-interval=100ms"], &[])),
+            ["--aqm-target=5ms", "--aqm-interval=100ms"]
+        );
+        assert_eq!(
+            aqm(&[], &[("VXMESHD_AQM_TARGET", "2ms")]).map(|c| c.target_ns),
+            Some(2_000_000)
+        );
+        for off in ["off", "0"] {
+            let f = run(&["--aqm-target", off], &[]);
+            assert_eq!(f.aqm, None);
+            assert!(f.canonical().contains(&"--aqm-target=off".to_string()));
+            assert!(!f
+                .canonical()
+                .iter()
+                .any(|a| a.starts_with("--aqm-interval")));
+        }
+        let f = run(&["--aqm-target=off", "--aqm-interval=50ms"], &[]);
+        assert_eq!(f.aqm, None);
+        assert!(
+            f.notes.iter().any(|n| n.contains("--aqm-interval")),
+            "{:?}",
+            f.notes
+        );
+        // flanneld has no such flag: no FLANNELD_ variable.
+        assert_eq!(aqm(&[], &[("FLANNELD_AQM_TARGET", "2ms")]), None);
+        for (args, says) in [
+            (&["--aqm-target=1"][..], "whole number with us, ms or s"),
+            (&["--aqm-target=1.5ms"], "whole number"),
+            (&["--aqm-target=5us"], "use 10us to 1s"),
+            (&["--aqm-target=2s"], "use 10us to 1s"),
+            (
+                &["--aqm-target=1ms", "--aqm-interval=500us"],
+                "use 1ms to 10s",
+            ),
+            (&["--aqm-interval=99999999999999999999s"], "whole number"),
+            (
+                &["--aqm-target=20ms"],
+                "must be longer than --aqm-target (20ms)",
+            ),
+            (
+                &["--aqm-target=5ms", "--aqm-interval=5ms"],
+                "must be longer",
+            ),
+        ] {
+            let e = err(args, &[]).to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
     }
 
     #[test]

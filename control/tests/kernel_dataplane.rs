@@ -138,6 +138,7 @@ fn setup(index: u32) -> DataplaneSetup {
         offloads: false,
         tx_sockets: 1,
         tap_queues: 1,
+        aqm: None,
         network: "10.244.0.0/16".parse().unwrap(),
         direct_routing: false,
     }

@@ -43,10 +43,14 @@ pub enum DropReason {
     /// Ingress: the inner frame is broadcast. The overlay is pure L3 like flannel's
     /// vxlan backend: no peer floods, each answers ARP for VTEP addresses itself.
     Broadcast,
+    /// Ingress: active queue management (CoDel) chose this packet to tell its sender
+    /// of a standing queue in the receive socket, and it is not ECN-capable (an
+    /// ECN-capable one is marked instead: `aqm_ce_marked`).
+    Congestion,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::UnknownDestination,
         DropReason::Multicast,
         DropReason::ArpUnknownTarget,
@@ -58,6 +62,7 @@ impl DropReason {
         DropReason::NotForUs,
         DropReason::TapWriteFailed,
         DropReason::Broadcast,
+        DropReason::Congestion,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -75,6 +80,7 @@ impl DropReason {
             DropReason::NotForUs => "not_for_us",
             DropReason::TapWriteFailed => "tap_write_failed",
             DropReason::Broadcast => "broadcast",
+            DropReason::Congestion => "congestion",
         }
     }
 
@@ -194,6 +200,10 @@ counters! {
     arp_replies,
     /// Times UDP GSO was found unusable and the sender fell back to one datagram per send.
     udp_gso_fallbacks,
+    /// Inner packets marked CE (ECN) by active queue management on ingress, because
+    /// they waited too long in the receive socket (a drop when not ECN-capable:
+    /// reason `congestion`).
+    aqm_ce_marked,
 }
 
 impl LocalCounts {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::aqm::{mark_ce, Codel, CodelConfig, Marked};
 use crate::counters::{Counters, DropReason, LocalCounts, PeerTallies};
 use crate::fib::{ForwardingTable, SharedTable};
 use crate::flows::{Direction, FlowSampler, SharedFlows};
@@ -71,6 +72,9 @@ pub struct EngineConfig {
     pub counters: Arc<Counters>,
     /// The top-flows table the threads sample into.
     pub flows: Arc<SharedFlows>,
+    /// Active queue management on ingress (CoDel on the receive socket's queue), or
+    /// none. Needs the receive socket's time stamps ([`UdpRx::set_timestamps`]).
+    pub aqm: Option<CodelConfig>,
 }
 
 /// The running threads. Dropping it stops them too.
@@ -105,6 +109,7 @@ impl Engine {
             table,
             counters,
             flows,
+            aqm,
         } = cfg;
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
@@ -150,6 +155,7 @@ impl Engine {
             flows: FlowTap::new(&flows, u64::MAX),
             stop: Arc::clone(&engine.stop),
             wake: Arc::clone(&engine.wake),
+            aqm: IngressAqm::new(aqm),
         };
         engine
             .threads
@@ -476,6 +482,80 @@ struct IngressWorker {
     flows: FlowTap,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
+    aqm: IngressAqm,
+}
+
+/// CoDel on the receive socket's queue: which messages of a batch carry a congestion
+/// signal, and a buffer for the marked copy of a frame.
+struct IngressAqm {
+    codel: Option<Codel>,
+    /// CoDel's clock: ns since this.
+    epoch: Instant,
+    /// Bit `i`: message `i` of the current batch is to carry a signal.
+    pending: u64,
+    /// The CE-marked copy of a frame (a datagram's inner frame: at most 64 KiB).
+    copy: Vec<u8>,
+}
+
+impl IngressAqm {
+    fn new(cfg: Option<CodelConfig>) -> IngressAqm {
+        IngressAqm {
+            codel: cfg.map(Codel::new),
+            epoch: Instant::now(),
+            pending: 0,
+            copy: if cfg.is_some() {
+                vec![0; 65_536]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Judges the first `n` messages of `batch`, dequeued now. `drained`: the read
+    /// emptied the socket, so nothing waits behind the last message.
+    fn judge(&mut self, batch: &RecvBatch, n: usize, drained: bool) {
+        self.pending = 0;
+        let Some(codel) = self.codel.as_mut() else {
+            return;
+        };
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let wall = unix_ns();
+        for i in 0..n.min(64) {
+            // No stamp (time stamps refused), or a clock stepped back: no wait seen.
+            let sojourn = batch.stamp_ns(i).map_or(0, |t| wall.saturating_sub(t));
+            if codel.on_dequeue(now, sojourn, drained && i + 1 == n) {
+                self.pending |= 1 << i;
+            }
+        }
+    }
+
+    /// Whether message `i` carries a signal (asked once per message).
+    fn signal(&mut self, i: usize) -> bool {
+        let bit = 1u64.checked_shl(i as u32).unwrap_or(0);
+        let on = self.pending & bit != 0;
+        self.pending &= !bit;
+        on
+    }
+
+    /// The signal on `frame`: the length of its CE-marked copy in `self.copy`, or
+    /// `None` when it is to be dropped (not ECN-capable).
+    fn mark(&mut self, frame: &[u8]) -> Option<usize> {
+        if self.copy.len() < frame.len() {
+            self.copy.resize(frame.len(), 0);
+        }
+        let copy = &mut self.copy[..frame.len()];
+        copy.copy_from_slice(frame);
+        match mark_ce(copy) {
+            Marked::Marked | Marked::AlreadyCe => Some(frame.len()),
+            Marked::NotEct => None,
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl IngressWorker {
@@ -520,6 +600,7 @@ impl IngressWorker {
                 }
             };
             counts.udp_recv_syscalls += 1;
+            self.aqm.judge(&batch, n, n < batch.capacity());
             let emit = |vh: &VirtioNetHdr, frame: &[u8], counts: &mut LocalCounts| {
                 counts.tap_syscalls += 1;
                 match tap.write_frame(&vh.to_bytes(), frame) {
@@ -547,6 +628,7 @@ impl IngressWorker {
                 &mut to_tap,
                 &mut counts,
                 &mut self.flows,
+                &mut self.aqm,
                 &emit,
             );
             if let Some(g) = gro.as_mut() {
@@ -604,6 +686,7 @@ fn deliver_batch(
     to_tap: &mut ToTap<'_>,
     counts: &mut LocalCounts,
     flows: &mut FlowTap,
+    aqm: &mut IngressAqm,
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
     for i in 0..n {
@@ -613,16 +696,37 @@ fn deliver_batch(
         };
         let src = msg.src;
         let mut slot = view.table.slot_by_source(src.ip());
+        // A congestion signal goes to the message's first deliverable frame (not to a
+        // kernel sender's whole UDP burst: that would hit all its datagrams).
+        let mut signal = aqm.signal(i) && msg.inner_segment.is_none();
         for d in msg.datagrams {
             counts.udp_datagrams_received += 1;
             counts.udp_bytes_received += d.len() as u64;
             if let Some(s) = slot {
                 view.peers.rx(s, 1, d.len() as u64);
             }
-            match classify_ingress(*src.ip(), d, &view.table) {
+            let mut marked = None;
+            let verdict = match classify_ingress(*src.ip(), d, &view.table) {
+                Ingress::Deliver { inner } if signal => {
+                    signal = false;
+                    match aqm.mark(&d[inner..]) {
+                        Some(len) => {
+                            counts.aqm_ce_marked += 1;
+                            marked = Some(len);
+                            Ingress::Deliver { inner }
+                        }
+                        None => Ingress::Drop(DropReason::Congestion),
+                    }
+                }
+                v => v,
+            };
+            match verdict {
                 Ingress::Deliver { inner } => {
                     counts.frames_delivered += 1;
-                    let frame = &d[inner..];
+                    let frame = match marked {
+                        Some(len) => &aqm.copy[..len],
+                        None => &d[inner..],
+                    };
                     flows.offer(frame, frame.len(), 1, Direction::FromPeer, *src.ip());
                     if let Some(seg) = msg.inner_segment {
                         if !cut_burst(frame, seg, to_tap.scratch(), counts, emit) {
@@ -806,6 +910,7 @@ mod tests {
                 &mut to_tap,
                 &mut counts,
                 &mut flows,
+                &mut IngressAqm::new(None),
                 &|vh, f, _| {
                     assert_eq!(*vh, VirtioNetHdr::NONE);
                     got.borrow_mut().push(f.to_vec());
@@ -858,6 +963,7 @@ mod tests {
             &mut plain,
             &mut counts,
             &mut flows,
+            &mut IngressAqm::new(None),
             &|vh, f, _| {
                 assert_eq!(*vh, VirtioNetHdr::NONE);
                 assert_eq!(f, &d[VxlanHeader::LEN..]);
@@ -871,6 +977,118 @@ mod tests {
             counts.drops[DropReason::UnknownSource as usize],
             (2 * per_message - every) as u64
         );
+    }
+
+    /// A VXLAN datagram from the peer carrying an IPv4 UDP packet with this ECN field.
+    fn datagram_ecn(ecn: u8) -> Vec<u8> {
+        let me: crate::wire::MacAddr = ME.parse().unwrap();
+        let peer: crate::wire::MacAddr = PEER_MAC.parse().unwrap();
+        let mut inner = Vec::new();
+        etherparse::PacketBuilder::ethernet2(peer.0, me.0)
+            .ipv4([10, 244, 1, 5], [10, 244, 0, 5], 64)
+            .udp(5000, 5001)
+            .write(&mut inner, &[0x5a; 100])
+            .unwrap();
+        inner[15] = (inner[15] & !3) | ecn;
+        inner[24..26].copy_from_slice(&[0, 0]);
+        let c = crate::wire::checksum::checksum(&inner[14..34]);
+        inner[24..26].copy_from_slice(&c.to_be_bytes());
+        let mut d = header(1).to_vec();
+        d.extend_from_slice(&inner);
+        d
+    }
+
+    /// A congestion signal marks an ECN-capable packet CE (and its header still checks)
+    /// and drops one that is not; other frames pass untouched.
+    #[test]
+    fn congestion_marks_ect_and_drops_the_rest() {
+        let mut view = TableView::new(SharedTable::new(table(1, true)));
+        let (ect, not_ect) = (datagram_ecn(0b10), datagram_ecn(0));
+        let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let two_ect = [ect.clone(), ect.clone()].concat();
+        let batch = RecvBatch::with_messages(&[
+            (src, ect.len(), &two_ect),
+            (src, 0, &not_ect),
+            (src, 0, &not_ect),
+        ]);
+        let mut aqm = IngressAqm::new(Some(CodelConfig::DEFAULT));
+        // Messages 0 and 1 carry a signal, 2 does not.
+        aqm.pending = 0b011;
+        let got = std::cell::RefCell::new(Vec::new());
+        let mut counts = LocalCounts::default();
+        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
+        deliver_batch(
+            &batch,
+            3,
+            &mut view,
+            &mut ToTap::Plain {
+                tap_mtu: None,
+                scratch: &mut [],
+            },
+            &mut counts,
+            &mut flows,
+            &mut aqm,
+            &|_, f, _| got.borrow_mut().push(f.to_vec()),
+        );
+        let got = got.into_inner();
+        let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
+        assert_eq!(
+            got.len(),
+            3,
+            "the first message's two frames and the third message's"
+        );
+        // The first frame of message 0: CE, checksum still good, nothing else changed.
+        let mut want = inner(&ect);
+        want[15] |= 0b11;
+        assert!(crate::wire::checksum::verifies(&got[0][14..34]));
+        assert_eq!(got[0][..24], want[..24]);
+        assert_eq!(got[0][26..], want[26..]);
+        assert_eq!(got[1], inner(&ect), "one signal per message");
+        assert_eq!(got[2], inner(&not_ect));
+        assert_eq!(counts.aqm_ce_marked, 1);
+        assert_eq!(counts.drops[DropReason::Congestion as usize], 1);
+        assert_eq!(counts.frames_delivered, 3);
+        assert_eq!(aqm.pending, 0);
+    }
+
+    /// CoDel sees the wait the kernel's time stamps show: old messages in a queue that
+    /// is not drained get a signal once the delay has lasted an interval.
+    #[test]
+    fn judging_reads_the_time_stamps() {
+        let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let d = datagram();
+        let mut batch = RecvBatch::with_messages(&[(src, 0, &d), (src, 0, &d)]);
+        let cfg = CodelConfig {
+            target_ns: 1_000_000,
+            interval_ns: 2_000_000,
+        };
+        let mut aqm = IngressAqm::new(Some(cfg));
+        // No time stamps: no wait seen, no signal ever.
+        for _ in 0..5 {
+            aqm.judge(&batch, 2, false);
+            assert_eq!(aqm.pending, 0);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Stamped 50 ms ago, queue never drained: signals after 2 ms above target.
+        let old = unix_ns() - 50_000_000;
+        batch.set_stamps(&[Some(old), Some(old)]);
+        let mut signalled = false;
+        for _ in 0..10 {
+            aqm.judge(&batch, 2, false);
+            signalled |= aqm.pending != 0;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(signalled);
+        // Stamps from the future (the clock stepped back since): no wait, no signal.
+        let future = unix_ns() + 1_000_000_000;
+        batch.set_stamps(&[Some(future), Some(future)]);
+        aqm.judge(&batch, 2, false);
+        assert_eq!(aqm.pending, 0);
+        // Off: nothing.
+        let mut off = IngressAqm::new(None);
+        batch.set_stamps(&[Some(old), Some(old)]);
+        off.judge(&batch, 2, false);
+        assert_eq!(off.pending, 0);
     }
 
     /// An engine on socket pairs instead of TAP queues and on loopback UDP sockets.
@@ -892,6 +1110,7 @@ mod tests {
             table: SharedTable::new(table(1, true)),
             counters: Arc::clone(counters),
             flows: Arc::new(SharedFlows::default()),
+            aqm: None,
         };
         (cfg, peers)
     }
@@ -1021,6 +1240,7 @@ mod tests {
             table: SharedTable::new(table),
             counters: Arc::clone(&counters),
             flows: Arc::new(SharedFlows::default()),
+            aqm: None,
         })
         .unwrap();
         let theirs = Arc::new(theirs);

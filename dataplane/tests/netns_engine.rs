@@ -119,6 +119,7 @@ fn start_node(
         table: table.clone(),
         counters: Arc::clone(&counters),
         flows: Arc::clone(&flows),
+        aqm: None,
     })
     .unwrap();
     Node {

@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             tx_sockets: f.tx_sockets,
             tap_queues: f.tap_queues,
             offloads: f.offloads,
+            aqm: f.aqm,
             ip_masq: f.ip_masq,
             masq_random_fully: f.masq_random_fully,
             vxlan_notrack: f.vxlan_notrack,

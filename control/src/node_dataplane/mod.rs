@@ -75,6 +75,8 @@ pub struct DataplaneSetup {
     pub offloads: bool,
     pub tx_sockets: usize,
     pub tap_queues: usize,
+    /// Userspace: CoDel on the receive socket's queue (`--aqm-target`), or none.
+    pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     /// The cluster Network (DirectRouting routes are pruned only inside it).
     pub network: Subnet,
     /// `Backend.DirectRouting`.

@@ -265,6 +265,26 @@ impl Userspace {
             udp_tx: udp_tx.try_clone_fds()?,
         };
         let table = SharedTable::new(table);
+        // Active queue management needs to know when each datagram arrived. The option
+        // belongs to the socket (a successor sets it again as its own flags say).
+        let aqm = match udp_rx.set_timestamps(s.aqm.is_some()) {
+            Ok(()) => s.aqm,
+            Err(e) if s.aqm.is_some() => {
+                tracing::warn!(error = %e, "the kernel refused receive time stamps (SO_TIMESTAMPNS): active queue management is off");
+                None
+            }
+            Err(_) => None,
+        };
+        let aqm_desc = aqm.map_or_else(
+            || "off".to_string(),
+            |c| {
+                format!(
+                    "codel target {} us interval {} us",
+                    c.target_ns / 1_000,
+                    c.interval_ns / 1_000
+                )
+            },
+        );
         let engine = Engine::start(EngineConfig {
             tap: taps,
             udp_tx,
@@ -272,6 +292,7 @@ impl Userspace {
             table: table.clone(),
             counters: Arc::clone(&state.counters),
             flows: Arc::clone(&state.flows),
+            aqm,
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -281,6 +302,7 @@ impl Userspace {
             udp_gso = st.udp_gso.load(Ordering::Relaxed),
             udp_gro = st.udp_gro,
             tx_source_ports = ?st.tx_source_ports,
+            aqm = %aqm_desc,
             "userspace dataplane running"
         );
         state.event(
