@@ -110,8 +110,11 @@ fi
 # ---- etcd --------------------------------------------------------------------------------
 if has_role etcd; then
   rm -f "$DEST/etc/vxmesh/etcd.env" "$DEST/etc/systemd/system/etcd.service.d/10-vxmesh.conf"
-  if live && systemctl cat etcd.service >/dev/null 2>&1; then
-    systemctl daemon-reload
+  # Reload first, then ask whether the unit exists: `systemctl cat` fails while the loaded
+  # unit still lists the drop-in just removed, which used to skip this block and leave
+  # etcd running with vxmesh's settings until the data directory below went away.
+  if live && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null &&
+     [ "$(systemctl show -p LoadState --value etcd.service 2>/dev/null)" = loaded ]; then
     read -r was_enabled was_active <<<"${etcd_before:-disabled inactive}"
     if [ "$was_active" = active ]; then
       systemctl restart etcd.service || warn "etcd.service did not restart with its own config"

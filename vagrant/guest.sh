@@ -163,6 +163,11 @@ case $cmd in
     done
     systemctl cat vxmeshd.service >/dev/null 2>&1 && left+=("unit vxmeshd.service")
     pgrep -x vxmeshd >/dev/null && left+=("process vxmeshd")
+    # etcd put back must run with the distribution's settings, not the drop-in's
+    for p in $(pgrep -x etcd); do
+      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q '^ETCD_DATA_DIR=/var/lib/etcd/vxmesh$' &&
+        left+=("etcd process $p still running with vxmesh's settings")
+    done
     for l in vxmesh0 cni0 $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^flannel\.'); do
       ip link show "$l" >/dev/null 2>&1 && left+=("link $l")
     done
