@@ -512,7 +512,9 @@ impl IngressAqm {
     }
 
     /// Judges the first `n` messages of `batch`, dequeued now. `drained`: the read
-    /// emptied the socket, so nothing waits behind the last message.
+    /// emptied the socket, so nothing waits behind the last message. Once per batch,
+    /// out of line.
+    #[inline(never)]
     fn judge(&mut self, batch: &RecvBatch, n: usize, drained: bool) {
         self.pending = 0;
         let Some(codel) = self.codel.as_mut() else {
@@ -538,7 +540,10 @@ impl IngressAqm {
     }
 
     /// The signal on `frame`: the length of its CE-marked copy in `self.copy`, or
-    /// `None` when it is to be dropped (not ECN-capable).
+    /// `None` when it is to be dropped (not ECN-capable). Rare: kept out of the
+    /// per-datagram loop's code.
+    #[cold]
+    #[inline(never)]
     fn mark(&mut self, frame: &[u8]) -> Option<usize> {
         if self.copy.len() < frame.len() {
             self.copy.resize(frame.len(), 0);
@@ -705,21 +710,20 @@ fn deliver_batch(
             if let Some(s) = slot {
                 view.peers.rx(s, 1, d.len() as u64);
             }
+            let mut verdict = classify_ingress(*src.ip(), d, &view.table);
             let mut marked = None;
-            let verdict = match classify_ingress(*src.ip(), d, &view.table) {
-                Ingress::Deliver { inner } if signal => {
+            if signal {
+                if let Ingress::Deliver { inner } = verdict {
                     signal = false;
                     match aqm.mark(&d[inner..]) {
                         Some(len) => {
                             counts.aqm_ce_marked += 1;
                             marked = Some(len);
-                            Ingress::Deliver { inner }
                         }
-                        None => Ingress::Drop(DropReason::Congestion),
+                        None => verdict = Ingress::Drop(DropReason::Congestion),
                     }
                 }
-                v => v,
-            };
+            }
             match verdict {
                 Ingress::Deliver { inner } => {
                     counts.frames_delivered += 1;
