@@ -29,13 +29,19 @@ pub enum DurationError {
     TooLong { text: String, max: u64 },
 }
 
+/// `90s` → (`90`, `s`): the leading digits and what follows them (`default_unit` when
+/// nothing does).
+fn split_unit<'a>(s: &'a str, default_unit: &'a str) -> (&'a str, &'a str) {
+    match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, default_unit),
+    }
+}
+
 /// Parses `90`, `90s`, `30m`, `1h`, `2d` (surrounding spaces allowed).
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
+    let (num, unit) = split_unit(s, "s");
     if num.is_empty() {
         return Err(DurationError::Syntax(s.to_string()));
     }
@@ -74,6 +80,43 @@ pub fn parse_lease_ttl(text: &str) -> Result<Duration, DurationError> {
         });
     }
     Ok(d)
+}
+
+/// A short duration (`--aqm-target`, `--aqm-interval`): a whole number with `us`, `ms`
+/// or `s`, in ns, within `min..=max` ns. The error says what to write.
+pub fn parse_short_ns(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    const SYNTAX: &str = "use a whole number with us, ms or s (500us, 1ms, 2s)";
+    let (digits, unit) = split_unit(text.trim(), "");
+    let per = match unit {
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        _ => return Err(SYNTAX.into()),
+    };
+    let ns = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per))
+        .ok_or_else(|| SYNTAX.to_string())?;
+    if ns < min || ns > max {
+        return Err(format!(
+            "use {} to {}",
+            format_short_ns(min),
+            format_short_ns(max)
+        ));
+    }
+    Ok(ns)
+}
+
+/// ns in the largest whole unit of `us`, `ms` and `s` ([`parse_short_ns`] reads it back).
+pub fn format_short_ns(ns: u64) -> String {
+    if ns % 1_000_000_000 == 0 {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns % 1_000_000 == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else {
+        format!("{}us", ns / 1_000)
+    }
 }
 
 #[cfg(test)]

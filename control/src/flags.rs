@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use crate::duration::{format_short_ns, parse_short_ns};
 use crate::etcd_access::AccessFlags;
 use crate::node_dataplane::DataplaneKind;
 use vxmesh_dataplane::aqm::CodelConfig;
@@ -349,8 +350,8 @@ impl DaemonFlags {
         push("tap-queues", self.tap_queues.to_string());
         match self.aqm {
             Some(c) => {
-                push("aqm-target", format_short(c.target_ns));
-                push("aqm-interval", format_short(c.interval_ns));
+                push("aqm-target", format_short_ns(c.target_ns));
+                push("aqm-interval", format_short_ns(c.interval_ns));
             }
             None => push("aqm-target", "off".into()),
         }
@@ -480,45 +481,6 @@ fn go_bool(s: &str) -> Option<bool> {
 
 /// Parses a lease TTL: "90", "90s", "30m", "1h", "2d", from 5 s (the lease must
 /// survive a keepalive round trip) to etcd's longest lease; see [`crate::duration`].
-/// A short duration for the AQM flags: a whole number with `us`, `ms` or `s`, in ns,
-/// within `min..=max` ns.
-fn short_duration(s: &str, min: u64, max: u64) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let per = match unit {
-        "us" | "µs" => 1_000,
-        "ms" => 1_000_000,
-        "s" => 1_000_000_000,
-        _ => return Err("use a whole number with us, ms or s (500us, 1ms, 2s)".into()),
-    };
-    let ns = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(per))
-        .ok_or_else(|| "use a whole number with us, ms or s (500us, 1ms, 2s)".to_string())?;
-    if ns < min || ns > max {
-        return Err(format!(
-            "use {} to {}",
-            format_short(min),
-            format_short(max)
-        ));
-    }
-    Ok(ns)
-}
-
-/// ns as the largest whole unit of `us`, `ms` and `s`.
-fn format_short(ns: u64) -> String {
-    if ns % 1_000_000_000 == 0 {
-        format!("{}s", ns / 1_000_000_000)
-    } else if ns % 1_000_000 == 0 {
-        format!("{}ms", ns / 1_000_000)
-    } else {
-        format!("{}us", ns / 1_000)
-    }
-}
-
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse_lease_ttl(s).map_err(|e| e.to_string())
 }
@@ -808,12 +770,12 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
     let aqm_target = r
         .typed("aqm-target", |s| match s.trim() {
             "off" | "0" => Ok(None),
-            s => short_duration(s, 10_000, 1_000_000_000).map(Some),
+            s => parse_short_ns(s, 10_000, 1_000_000_000).map(Some),
         })?
         .and_then(|(t, _)| t);
     let aqm_interval = r
         .typed("aqm-interval", |s| {
-            short_duration(s, 1_000_000, 10_000_000_000)
+            parse_short_ns(s, 1_000_000, 10_000_000_000)
         })?
         .map(|(i, _)| i);
     let aqm = match (aqm_target, aqm_interval) {
@@ -827,8 +789,8 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
             if interval_ns <= target_ns {
                 return Err(FlagError::Conflict(format!(
                     "--aqm-interval ({}) must be longer than --aqm-target ({}): the interval is how long the delay may stay above the target",
-                    format_short(interval_ns),
-                    format_short(target_ns)
+                    format_short_ns(interval_ns),
+                    format_short_ns(target_ns)
                 )));
             }
             Some(CodelConfig {

@@ -239,9 +239,7 @@ fn back_off(e: &io::Error, log: &mut RateLimitedLog) {
 
 /// Wall-clock time in Unix milliseconds, for "last seen" stamps (read per batch).
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    unix_ns() / 1_000_000
 }
 
 /// A thread's flow sampler and the shared table its samples go to.
@@ -557,6 +555,7 @@ impl IngressAqm {
     }
 }
 
+/// The wall clock in ns since the epoch (0 before it, saturating after 2554).
 fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
