@@ -170,7 +170,7 @@ async fn lease_ipv6(
         nl.ipv6_addresses(underlay.link.index).await?
     };
     let ip6 = crate::underlay::choose_public_ipv6(flags.public_ipv6, &underlay.link.name, &addrs)?;
-    tracing::info!(public_ipv6 = %ip6, ipv6_pool = %pool.describe_pool(), "dual-stack lease: PublicIPv6 {ip6}; this node's pods get no IPv6 address (vxmesh does not carry IPv6 pod traffic yet)");
+    tracing::info!(public_ipv6 = %ip6, ipv6_pool = %pool.describe_pool(), "dual-stack lease: PublicIPv6 {ip6}; this node's pods get no IPv6 address yet (subnet.env stays IPv4)");
     Ok(Some(ip6))
 }
 
@@ -738,6 +738,10 @@ pub async fn run_with(
         aqm: opts.aqm,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
+        ipv6: public_ipv6.map(|ip6| crate::node_dataplane::Setup6 {
+            local_ip: ip6,
+            vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
+        }),
     };
     let dp = ho
         .start_dataplane(opts.dataplane, &nl, &setup, &state)
@@ -902,6 +906,7 @@ impl Running {
     /// Takes the first lease: device address, masquerade rules, subnet file, peers.
     async fn start(&mut self, first: Held) -> anyhow::Result<()> {
         self.take_subnet(first.subnet).await?;
+        self.take_subnet6(first.ipv6).await?;
         self.state.ready.subnet_env.store(true, Ordering::Relaxed);
         tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
         let mut skips = Vec::new();
@@ -926,6 +931,18 @@ impl Running {
         };
         env.write_atomic(&self.files.subnet_file)
             .with_context(|| format!("writing {}", self.files.subnet_file.display()))?;
+        Ok(())
+    }
+
+    /// Gives the IPv6 device (kernel dataplane, dual stack) the lease's IPv6 VTEP
+    /// address. Pods get no IPv6 address yet: subnet.env stays IPv4.
+    async fn take_subnet6(&self, subnet: Option<Subnet6>) -> anyhow::Result<()> {
+        let Some(v6) = subnet else { return Ok(()) };
+        if self.dp.set_subnet6(&self.nl, &v6).await? {
+            tracing::info!(ipv6_subnet = %v6, "IPv6 device address {}/128 (node-to-node IPv6 is carried; pods get no IPv6 address yet)", v6.addr());
+        } else {
+            tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is {v6}; not carried: the userspace dataplane does not carry IPv6 yet (the kernel dataplane does, node to node)");
+        }
         Ok(())
     }
 
@@ -954,9 +971,7 @@ impl Running {
             return Ok(());
         };
         if h.ipv6 != self.own.ipv6 {
-            if let Some(v6) = h.ipv6 {
-                tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is now {v6} (not carried: no pod on this node gets an IPv6 address)");
-            }
+            self.take_subnet6(h.ipv6).await?;
         }
         if h.subnet != self.own.subnet {
             self.take_subnet(h.subnet).await?;

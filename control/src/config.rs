@@ -367,7 +367,7 @@ pub fn carried_families(
         )),
         (true, Some(v6)) => {
             notes.push(format!(
-                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), but vxmesh does not carry IPv6 pod traffic yet: it routes IPv4 only, writes no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET to the subnet file, and its pods get no IPv6 address",
+                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), but vxmesh does not carry IPv6 pod traffic yet: it writes no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET to the subnet file and its pods get no IPv6 address (the kernel dataplane programs flanneld's IPv6 device, flannel-v6.<VNI>, node to node; the userspace dataplane routes IPv4 only)",
                 v6.describe_pool()
             ));
             Ok(())

@@ -11,11 +11,11 @@
 //! (`bridge fdb replace <mac> dev <vxlan> dst <ip> self permanent`), and dumps what a
 //! device carries (routes, neighbours, fdb entries) so stale entries can be pruned.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as KernelLinkInfo,
     LinkMessage,
@@ -31,6 +31,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::netlink_batch::{Answer, BatchWriter};
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use vxmesh_dataplane::wire::MacAddr;
 
 const ENOENT: i32 = 2;
@@ -97,8 +98,9 @@ pub struct VxlanLink {
     pub vni: Option<u32>,
     /// Destination UDP port (`dstport`).
     pub port: Option<u16>,
-    /// Source address of the outer packets (`local`).
-    pub local: Option<Ipv4Addr>,
+    /// Source address of the outer packets (`local`: IPv4, or IPv6 on an IPv6
+    /// device such as `flannel-v6.<VNI>`).
+    pub local: Option<IpAddr>,
     /// The underlay device (`dev`).
     pub underlay_index: Option<u32>,
     pub learning: Option<bool>,
@@ -112,36 +114,38 @@ pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    /// IPv4 for `flannel.<VNI>`, IPv6 for `flannel-v6.<VNI>` (VXLAN over IPv6).
+    pub local: Option<IpAddr>,
     pub underlay_index: u32,
     pub mac: MacAddr,
     pub mtu: u32,
 }
 
-/// One forwarding-database entry of a vxlan device: frames to `mac` go to `dst`.
+/// One forwarding-database entry of a vxlan device: frames to `mac` go to `dst`
+/// (an IPv4 underlay's, or with `A = Ipv6Addr` an IPv6 one's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FdbEntry {
+pub struct FdbEntry<A = Ipv4Addr> {
     pub mac: MacAddr,
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<A>,
 }
 
-/// One IPv4 neighbour entry of a device.
+/// One neighbour entry of a device (IPv4, or IPv6 with `A = Ipv6Addr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NeighbourEntry {
-    pub ip: Ipv4Addr,
+pub struct NeighbourEntry<A = Ipv4Addr> {
+    pub ip: A,
     pub mac: Option<MacAddr>,
     pub permanent: bool,
 }
 
-/// An IPv4 route in the main table leaving through a device (not the kernel's own
-/// prefix routes).
+/// A route in the main table leaving through a device (not the kernel's own prefix
+/// routes): IPv4, or IPv6 with `A = Ipv6Addr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRoute {
+pub struct DeviceRoute<A = Ipv4Addr> {
     /// The device it leaves through.
     pub oif: Option<u32>,
-    pub destination: Ipv4Addr,
+    pub destination: A,
     pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     message: RouteMessage,
 }
 
@@ -150,6 +154,30 @@ impl DeviceRoute {
     /// plans.
     pub fn new(oif: u32, destination: Ipv4Addr, prefix_len: u8, gateway: Option<Ipv4Addr>) -> Self {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, prefix_len)
+            .output_interface(oif);
+        if let Some(g) = gateway {
+            b = b.gateway(g);
+        }
+        DeviceRoute {
+            oif: Some(oif),
+            destination,
+            prefix_len,
+            gateway,
+            message: b.build(),
+        }
+    }
+}
+
+impl DeviceRoute<Ipv6Addr> {
+    /// An IPv6 route as a dump of the main table reports it, for tests and plans.
+    pub fn new6(
+        oif: u32,
+        destination: Ipv6Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv6Addr>,
+    ) -> Self {
+        let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(destination, prefix_len)
             .output_interface(oif);
         if let Some(g) = gateway {
@@ -236,6 +264,39 @@ pub enum PeerOp {
     },
     /// Deletes a route as a dump found it (a stale one).
     DeleteRoute(DeviceRoute),
+    /// IPv6 (`flannel-v6.<VNI>`): `ip -6 neigh replace <ip> lladdr <mac> dev <index>
+    /// nud permanent`
+    Neighbour6 {
+        index: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    },
+    DeleteNeighbour6 {
+        index: u32,
+        ip: Ipv6Addr,
+    },
+    /// `ip -6 route replace <subnet> via <subnet's first address> dev <index> onlink`
+    PeerRoute6 {
+        index: u32,
+        subnet: Subnet6,
+    },
+    DeletePeerRoute6 {
+        index: u32,
+        subnet: Subnet6,
+    },
+    /// `bridge fdb replace <mac> dev <index> dst <IPv6> self permanent`
+    Fdb6 {
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv6Addr,
+    },
+    DeleteFdb6 {
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv6Addr,
+    },
+    /// Deletes an IPv6 route as a dump found it (a stale one).
+    DeleteRoute6(DeviceRoute<Ipv6Addr>),
 }
 
 impl PeerOp {
@@ -246,6 +307,9 @@ impl PeerOp {
                 | PeerOp::PeerRoute { .. }
                 | PeerOp::DirectRoute { .. }
                 | PeerOp::Fdb { .. }
+                | PeerOp::Neighbour6 { .. }
+                | PeerOp::PeerRoute6 { .. }
+                | PeerOp::Fdb6 { .. }
         )
     }
 
@@ -276,6 +340,24 @@ impl PeerOp {
                 "delete route {}/{} via {:?}",
                 r.destination, r.prefix_len, r.gateway
             ),
+            PeerOp::Neighbour6 { index, ip, mac } => {
+                format!("neighbour {ip} lladdr {mac} on #{index}")
+            }
+            PeerOp::DeleteNeighbour6 { index, ip } => format!("delete neighbour {ip} on #{index}"),
+            PeerOp::PeerRoute6 { index, subnet } => {
+                format!("route {subnet} via {} onlink dev #{index}", subnet.addr())
+            }
+            PeerOp::DeletePeerRoute6 { index, subnet } => {
+                format!("delete route {subnet} dev #{index}")
+            }
+            PeerOp::Fdb6 { index, mac, dst } => format!("fdb {mac} dst {dst} on #{index}"),
+            PeerOp::DeleteFdb6 { index, mac, dst } => {
+                format!("delete fdb {mac} dst {dst} on #{index}")
+            }
+            PeerOp::DeleteRoute6(r) => format!(
+                "delete route {}/{} via {:?}",
+                r.destination, r.prefix_len, r.gateway
+            ),
         }
     }
 
@@ -289,16 +371,37 @@ impl PeerOp {
         let replace = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let delete = NLM_F_REQUEST | NLM_F_ACK;
         let (flags, payload) = match self {
-            PeerOp::Neighbour { index, ip, mac } => {
-                let mut m = Netlink::neighbour_key(*index, *ip);
-                m.header.state = NeighbourState::Permanent;
-                m.attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-                (replace, M::NewNeighbour(m))
+            PeerOp::Neighbour { index, ip, mac } => (
+                replace,
+                M::NewNeighbour(Netlink::permanent_neighbour((*ip).into(), *index, *mac)),
+            ),
+            PeerOp::DeleteNeighbour { index, ip } => (
+                delete,
+                M::DelNeighbour(Netlink::neighbour_key(*index, (*ip).into())),
+            ),
+            PeerOp::Neighbour6 { index, ip, mac } => (
+                replace,
+                M::NewNeighbour(Netlink::permanent_neighbour((*ip).into(), *index, *mac)),
+            ),
+            PeerOp::DeleteNeighbour6 { index, ip } => (
+                delete,
+                M::DelNeighbour(Netlink::neighbour_key(*index, (*ip).into())),
+            ),
+            PeerOp::PeerRoute6 { index, subnet } => {
+                (replace, M::NewRoute(Netlink::peer_route6(subnet, *index)))
             }
-            PeerOp::DeleteNeighbour { index, ip } => {
-                (delete, M::DelNeighbour(Netlink::neighbour_key(*index, *ip)))
+            PeerOp::DeletePeerRoute6 { index, subnet } => {
+                (delete, M::DelRoute(Netlink::peer_route6(subnet, *index)))
             }
+            PeerOp::Fdb6 { index, mac, dst } => (
+                replace,
+                M::NewNeighbour(Netlink::fdb_message(*index, *mac, (*dst).into())),
+            ),
+            PeerOp::DeleteFdb6 { index, mac, dst } => (
+                delete,
+                M::DelNeighbour(Netlink::fdb_message(*index, *mac, (*dst).into())),
+            ),
+            PeerOp::DeleteRoute6(r) => (delete, M::DelRoute(r.message.clone())),
             PeerOp::PeerRoute { index, subnet } => {
                 (replace, M::NewRoute(Netlink::peer_route(subnet, *index)))
             }
@@ -315,11 +418,11 @@ impl PeerOp {
             ),
             PeerOp::Fdb { index, mac, dst } => (
                 replace,
-                M::NewNeighbour(Netlink::fdb_message(*index, *mac, *dst)),
+                M::NewNeighbour(Netlink::fdb_message(*index, *mac, (*dst).into())),
             ),
             PeerOp::DeleteFdb { index, mac, dst } => (
                 delete,
-                M::DelNeighbour(Netlink::fdb_message(*index, *mac, *dst)),
+                M::DelNeighbour(Netlink::fdb_message(*index, *mac, (*dst).into())),
             ),
             PeerOp::DeleteRoute(r) => (delete, M::DelRoute(r.message.clone())),
         };
@@ -452,7 +555,7 @@ fn get_neighbour_request(index: u32, ip: Ipv4Addr) -> Vec<u8> {
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
-    let payload = M::GetNeighbour(Netlink::neighbour_key(index, ip));
+    let payload = M::GetNeighbour(Netlink::neighbour_key(index, ip.into()));
     let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
     msg.finalize();
     let mut buf = vec![0; msg.buffer_len()];
@@ -462,11 +565,29 @@ fn get_neighbour_request(index: u32, ip: Ipv4Addr) -> Vec<u8> {
 
 /// The IPv4 entry in a neighbour message; None for anything else.
 fn neighbour_entry(m: &NeighbourMessage) -> Option<NeighbourEntry> {
+    neighbour_entry_of(m, |a| match a {
+        NeighbourAddress::Inet(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// The IPv6 entry in a neighbour message; None for anything else.
+fn neighbour_entry6(m: &NeighbourMessage) -> Option<NeighbourEntry<Ipv6Addr>> {
+    neighbour_entry_of(m, |a| match a {
+        NeighbourAddress::Inet6(v) => Some(*v),
+        _ => None,
+    })
+}
+
+fn neighbour_entry_of<A>(
+    m: &NeighbourMessage,
+    family: impl Fn(&NeighbourAddress) -> Option<A>,
+) -> Option<NeighbourEntry<A>> {
     let mut ip = None;
     let mut mac = None;
     for a in &m.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+            NeighbourAttribute::Destination(d) => ip = family(d),
             NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
             _ => {}
         }
@@ -653,7 +774,6 @@ impl Netlink {
     /// [`crate::underlay::choose`] picks from.
     pub async fn interfaces(&self) -> Result<Vec<crate::underlay::Interface>, NetlinkError> {
         use crate::underlay::{IfAddr, Interface};
-        use rtnetlink::packet_route::address::AddressFlags;
         let mut out: Vec<Interface> = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(m) = links.try_next().await.map_err(Self::req("dump links"))? {
@@ -715,7 +835,6 @@ impl Netlink {
         &self,
         index: u32,
     ) -> Result<Vec<crate::underlay::IfAddr6>, NetlinkError> {
-        use rtnetlink::packet_route::address::AddressFlags;
         let mut out = Vec::new();
         for a in self.link_addresses(index).await? {
             if a.header.family != AddressFamily::Inet6 {
@@ -895,8 +1014,10 @@ impl Netlink {
             .dev(spec.underlay_index)
             .port(spec.port)
             .learning(false);
-        if let Some(local) = spec.local {
-            b = b.local(local);
+        match spec.local {
+            Some(IpAddr::V4(l)) => b = b.local(l),
+            Some(IpAddr::V6(l)) => b = b.local6(l),
+            None => {}
         }
         let msg = b.address(spec.mac.0.to_vec()).mtu(spec.mtu).build();
         let what = format!(
@@ -1138,18 +1259,30 @@ impl Netlink {
     }
 
     /// The neighbour entry `ip` of device `index`, as a delete names it.
-    fn neighbour_key(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    fn neighbour_key(index: u32, ip: IpAddr) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let (family, dst) = match ip {
+            IpAddr::V4(v) => (AddressFamily::Inet, NeighbourAddress::Inet(v)),
+            IpAddr::V6(v) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v)),
+        };
+        msg.header.family = family;
+        msg.attributes.push(NeighbourAttribute::Destination(dst));
         msg
+    }
+
+    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`, as a message.
+    fn permanent_neighbour(ip: IpAddr, index: u32, mac: MacAddr) -> NeighbourMessage {
+        let mut m = Self::neighbour_key(index, ip);
+        m.header.state = NeighbourState::Permanent;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m
     }
 
     /// Removes a neighbour entry; Ok if it is already gone.
     pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        let msg = Self::neighbour_key(index, ip);
+        let msg = Self::neighbour_key(index, ip.into());
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !is_gone(&e) => Err(Self::req(format!("delete neighbour {ip}"))(e)),
             _ => Ok(()),
@@ -1158,7 +1291,7 @@ impl Netlink {
 }
 
 impl Netlink {
-    fn fdb_message(index: u32, mac: MacAddr, dst: Ipv4Addr) -> NeighbourMessage {
+    fn fdb_message(index: u32, mac: MacAddr, dst: IpAddr) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
@@ -1167,7 +1300,10 @@ impl Netlink {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+            .push(NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(v) => NeighbourAddress::Inet(v),
+                IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+            }));
         msg
     }
 
@@ -1182,7 +1318,7 @@ impl Netlink {
         dst: Ipv4Addr,
     ) -> Result<(), NetlinkError> {
         let mut req = self.handle.neighbours().add_bridge(index, &mac.0).replace();
-        *req.message_mut() = Self::fdb_message(index, mac, dst);
+        *req.message_mut() = Self::fdb_message(index, mac, dst.into());
         req.execute()
             .await
             .map_err(Self::req(format!("fdb {mac} dst {dst} on #{index}")))
@@ -1196,7 +1332,7 @@ impl Netlink {
         mac: MacAddr,
         dst: Ipv4Addr,
     ) -> Result<(), NetlinkError> {
-        let msg = Self::fdb_message(index, mac, dst);
+        let msg = Self::fdb_message(index, mac, dst.into());
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !is_gone(&e) => {
                 Err(Self::req(format!("delete fdb {mac} dst {dst} on #{index}"))(e))
@@ -1230,8 +1366,37 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The forwarding database of one device (`bridge fdb show dev <dev>`).
+    /// The forwarding database of one device (`bridge fdb show dev <dev>`), entries
+    /// with an IPv4 destination (or none).
     pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+        Ok(self
+            .fdb_dump(index)
+            .await?
+            .into_iter()
+            .filter_map(|(mac, dst)| match dst {
+                None => Some(FdbEntry { mac, dst: None }),
+                Some(IpAddr::V4(v)) => Some(FdbEntry { mac, dst: Some(v) }),
+                Some(IpAddr::V6(_)) => None,
+            })
+            .collect())
+    }
+
+    /// The same for an IPv6 device (`flannel-v6.<VNI>`): entries with an IPv6
+    /// destination (or none).
+    pub async fn fdb_entries6(&self, index: u32) -> Result<Vec<FdbEntry<Ipv6Addr>>, NetlinkError> {
+        Ok(self
+            .fdb_dump(index)
+            .await?
+            .into_iter()
+            .filter_map(|(mac, dst)| match dst {
+                None => Some(FdbEntry { mac, dst: None }),
+                Some(IpAddr::V6(v)) => Some(FdbEntry { mac, dst: Some(v) }),
+                Some(IpAddr::V4(_)) => None,
+            })
+            .collect())
+    }
+
+    async fn fdb_dump(&self, index: u32) -> Result<Vec<(MacAddr, Option<IpAddr>)>, NetlinkError> {
         let mut out = Vec::new();
         for m in self.dump_neighbours(AddressFamily::Bridge, index).await? {
             let mut mac = None;
@@ -1239,17 +1404,12 @@ impl Netlink {
             for a in &m.attributes {
                 match a {
                     NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
-                    // AF_BRIDGE messages carry NDA_DST undecoded (the family does not
-                    // say which IP version it is): four bytes are an IPv4 address.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-                    }
+                    NeighbourAttribute::Destination(d) => dst = fdb_destination(d),
                     _ => {}
                 }
             }
             if let Some(mac) = mac {
-                out.push(FdbEntry { mac, dst });
+                out.push((mac, dst));
             }
         }
         Ok(out)
@@ -1266,6 +1426,19 @@ impl Netlink {
             .await?
             .iter()
             .filter_map(neighbour_entry)
+            .collect())
+    }
+
+    /// The IPv6 neighbour entries of one device (`ip -6 neigh show dev <dev>`).
+    pub async fn neighbours6(
+        &self,
+        index: u32,
+    ) -> Result<Vec<NeighbourEntry<Ipv6Addr>>, NetlinkError> {
+        Ok(self
+            .dump_neighbours(AddressFamily::Inet6, index)
+            .await?
+            .iter()
+            .filter_map(neighbour_entry6)
             .collect())
     }
 
@@ -1407,6 +1580,128 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// `ip -6 route replace <subnet> via <subnet's first address> dev <index> onlink`,
+    /// as flannel routes a peer's IPv6 subnet on `flannel-v6.<VNI>`.
+    fn peer_route6(subnet: &Subnet6, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(subnet.addr(), subnet.prefix_len())
+            .gateway(subnet.addr())
+            .output_interface(index)
+            .onlink()
+            .build()
+    }
+
+    /// IPv6 routes of the main table that leave through `index`, except the kernel's
+    /// own (its prefix, link-local and multicast routes).
+    pub async fn routes6_via(
+        &self,
+        index: u32,
+    ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(r) = s.try_next().await.map_err(Self::req("dump IPv6 routes"))? {
+            if r.header.address_family != AddressFamily::Inet6
+                || r.header.protocol == RouteProtocol::Kernel
+            {
+                continue;
+            }
+            let mut oif = None;
+            let mut table = u32::from(r.header.table);
+            let mut destination = Ipv6Addr::UNSPECIFIED;
+            let mut gateway = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => destination = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(*g),
+                    _ => {}
+                }
+            }
+            if oif != Some(index) || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            out.push(DeviceRoute {
+                oif,
+                destination,
+                prefix_len: r.header.destination_prefix_length,
+                gateway,
+                message: r,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes `addr/len` the link's only global IPv6 address (its link-local one
+    /// stays: the kernel's, needed by IPv6 itself).
+    pub async fn set_only_address6(
+        &self,
+        index: u32,
+        addr: Ipv6Addr,
+        len: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut stale = Vec::new();
+        for a in self.link_addresses(index).await? {
+            let v6 = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(IpAddr::V6(v)) => Some(*v),
+                _ => None,
+            });
+            if let Some(v) = v6 {
+                let link_local = v.segments()[0] & 0xffc0 == 0xfe80;
+                if !link_local && (v != addr || a.header.prefix_len != len) {
+                    stale.push(a);
+                }
+            }
+        }
+        for a in stale {
+            if let Err(e) = self.handle.address().del(a).execute().await {
+                if !is_gone(&e) {
+                    return Err(Self::req("delete stale IPv6 address")(e));
+                }
+            }
+        }
+        // No duplicate address detection: the address is this node's by its lease,
+        // and a vxlan device without a multicast fdb entry has no one to ask; with
+        // DAD it would stay tentative (unusable as a source) for a second.
+        let mut req = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(addr), len)
+            .replace();
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
+            .await
+            .map_err(Self::req(format!("add address {addr}/{len} nodad")))
+    }
+}
+
+/// An fdb entry's destination. AF_BRIDGE messages carry NDA_DST undecoded (the
+/// family does not say which IP version it is): four bytes are an IPv4 address,
+/// sixteen an IPv6 one.
+fn fdb_destination(d: &NeighbourAddress) -> Option<IpAddr> {
+    match d {
+        NeighbourAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        NeighbourAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| Ipv4Addr::from(o).into()),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| Ipv6Addr::from(o).into()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn vxlan_of(m: LinkMessage) -> Option<VxlanLink> {
     let mut v = VxlanLink {
         index: m.header.index,
@@ -1435,7 +1730,8 @@ fn vxlan_of(m: LinkMessage) -> Option<VxlanLink> {
                                 match d {
                                     InfoVxlan::Id(x) => v.vni = Some(x),
                                     InfoVxlan::Port(x) => v.port = Some(x),
-                                    InfoVxlan::Local(x) => v.local = Some(x),
+                                    InfoVxlan::Local(x) => v.local = Some(x.into()),
+                                    InfoVxlan::Local6(x) => v.local = Some(x.into()),
                                     InfoVxlan::Link(x) => v.underlay_index = Some(x),
                                     InfoVxlan::Learning(x) => v.learning = Some(x),
                                     _ => {}
@@ -1593,5 +1889,59 @@ mod tests {
         assert_eq!(&route[4..8], &[24, 0, 0x05, 0x05]);
         let del = PeerOp::DeletePeerRoute { index: 7, subnet }.serialize();
         assert_eq!(&del[4..8], &[25, 0, 0x05, 0x00]);
+    }
+
+    /// The IPv6 ops are the same requests in the IPv6 family: an ndmsg of family
+    /// AF_INET6 (10) with a 16-byte NDA_DST; an fdb entry of family AF_BRIDGE (7) whose
+    /// NDA_DST is 16 bytes; a route of family AF_INET6 with the onlink flag.
+    #[test]
+    fn ipv6_ops_are_ipv6_requests() {
+        let ip: Ipv6Addr = "fd00:10:244:3::".parse().unwrap();
+        let mac = MacAddr([0x06, 0, 0, 0, 0, 3]);
+        let neigh = PeerOp::Neighbour6 { index: 9, ip, mac }.serialize();
+        assert_eq!(&neigh[4..6], &[28, 0], "RTM_NEWNEIGH");
+        assert_eq!(neigh[16], 10, "AF_INET6");
+        assert_eq!(&neigh[20..24], &9u32.to_ne_bytes());
+        assert_eq!(&neigh[24..26], &0x80u16.to_ne_bytes(), "NUD_PERMANENT");
+        // NDA_DST: length 20, type 1, the address
+        assert_eq!(&neigh[28..32], &[20, 0, 1, 0]);
+        assert_eq!(&neigh[32..48], &ip.octets());
+        let dst: Ipv6Addr = "fd00:64::3".parse().unwrap();
+        let fdb = PeerOp::Fdb6 { index: 9, mac, dst }.serialize();
+        assert_eq!(fdb[16], 7, "AF_BRIDGE");
+        assert!(fdb.windows(16).any(|w| w == dst.octets()));
+        let subnet: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+        let route = PeerOp::PeerRoute6 { index: 9, subnet }.serialize();
+        assert_eq!(&route[4..8], &[24, 0, 0x05, 0x05]);
+        assert_eq!(route[16], 10, "AF_INET6");
+        assert_eq!(route[17], 64, "prefix length");
+        // rtm_flags (RTNH_F_ONLINK = 4) at the end of the rtmsg
+        assert_eq!(&route[24..28], &4u32.to_ne_bytes());
+        let mut w = BatchWriter::new(1);
+        for op in [
+            PeerOp::DeleteNeighbour6 { index: 9, ip },
+            PeerOp::DeletePeerRoute6 { index: 9, subnet },
+            PeerOp::DeleteFdb6 { index: 9, mac, dst },
+            PeerOp::DeleteRoute6(DeviceRoute::new6(9, ip, 64, Some(ip))),
+        ] {
+            assert!(op.is_delete());
+            w.push(&op.serialize()).unwrap();
+        }
+        assert_eq!(w.len(), 4);
+    }
+
+    /// AF_BRIDGE dumps carry NDA_DST undecoded: its length says the family.
+    #[test]
+    fn fdb_destinations_by_length() {
+        let v4 = NeighbourAddress::Other(vec![192, 0, 2, 3]);
+        assert_eq!(fdb_destination(&v4), Some("192.0.2.3".parse().unwrap()));
+        let six: Ipv6Addr = "fd00:64::3".parse().unwrap();
+        let v6 = NeighbourAddress::Other(six.octets().to_vec());
+        assert_eq!(fdb_destination(&v6), Some(IpAddr::V6(six)));
+        assert_eq!(
+            fdb_destination(&NeighbourAddress::Other(vec![1, 2, 3])),
+            None
+        );
+        assert_eq!(fdb_destination(&NeighbourAddress::Other(vec![])), None);
     }
 }

@@ -5,7 +5,7 @@
 //! cannot disagree about what a file says. This module only speaks the agent's types: it
 //! writes the file from a lease's [`Subnet`] and reads the subnet back as the restart hint
 //! (and a dual-stack flanneld's `FLANNEL_IPV6_SUBNET` as the IPv6 one; vxmeshd writes no
-//! IPv6 lines while no dataplane carries IPv6).
+//! IPv6 lines while no pod can get an IPv6 address).
 
 use std::io;
 use std::path::Path;

@@ -6,8 +6,10 @@
 //! (the key moves to flannel's `<v4>&<v6>` form in one transaction) and every pod pair
 //! stays reachable; the value is flanneld's dual-stack bytes with the PublicIPv6 taken
 //! from the underlay interface (node 1) or `--public-ipv6` (node 2); the subnet file gets
-//! no IPv6 lines (no dataplane carries IPv6 yet); a restart keeps the same key; a node
-//! without an IPv6 address stops with an error naming `--public-ipv6`.
+//! no IPv6 lines (no pod gets an IPv6 address yet); a restart keeps the same key; a node
+//! without an IPv6 address stops with an error naming `--public-ipv6`. On the kernel
+//! dataplane, two dual-stack nodes run flanneld's `flannel-v6.1` with their leases' IPv6
+//! addresses and ping each other over it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -189,4 +191,106 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
         out.contains("interface eth0 has no global IPv6 address") && out.contains("--public-ipv6"),
         "{out}"
     );
+}
+
+/// The global IPv6 addresses of `dev` on `node`, as "<addr>/<len>".
+fn ipv6_addrs(lab: &Lab, node: &str, dev: &str) -> Vec<String> {
+    let v = lab.ip_json(node, &["-6", "addr", "show", "dev", dev, "scope", "global"]);
+    v.as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["addr_info"].as_array())
+        .map(|infos| {
+            infos
+                .iter()
+                .filter_map(|x| Some(format!("{}/{}", x["local"].as_str()?, x["prefixlen"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn kernel_dataplane_carries_ipv6_between_dual_stack_nodes() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6k",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_DATAPLANES", "kernel kernel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    for (node, ip) in [("n1", "fd00:64::11/64"), ("n2", "fd00:64::12/64")] {
+        lab.exec(
+            node,
+            &["ip", "-6", "addr", "add", ip, "dev", "eth0", "nodad"],
+        );
+    }
+    lab.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    lab.must(&["restart-agent", "1"]);
+    lab.must(&["restart-agent", "2"]);
+    let moved = wait_for(Duration::from_secs(20), || {
+        let l = leases(&lab);
+        l.len() == 2 && l.iter().all(|(k, _)| k.contains('&'))
+    });
+    assert!(moved.is_some(), "keys not dual stack: {:?}", leases(&lab));
+    let (k1, _, _) = lease_of(&lab, "192.168.100.11");
+    let (k2, _, _) = lease_of(&lab, "192.168.100.12");
+    let (s1, s2) = (k1.ipv6_subnet().unwrap(), k2.ipv6_subnet().unwrap());
+    let (a1, a2) = (s1.addr().to_string(), s2.addr().to_string());
+
+    // Each node: flanneld's IPv6 device with the lease's first IPv6 address as /128,
+    // and the other node's IPv6 subnet routed through it.
+    for (node, own, other) in [("n1", &a1, s2), ("n2", &a2, s1)] {
+        let have = wait_for(Duration::from_secs(10), || {
+            ipv6_addrs(&lab, node, "flannel-v6.1") == [format!("{own}/128")]
+                && lab
+                    .ip_json(node, &["-6", "route", "show", &other.to_string()])
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["dev"] == "flannel-v6.1"))
+        });
+        assert!(
+            have.is_some(),
+            "{node}: addresses {:?}, routes {}",
+            ipv6_addrs(&lab, node, "flannel-v6.1"),
+            lab.ip_json(node, &["-6", "route"])
+        );
+        let link = &lab.ip_json(node, &["-d", "link", "show", "flannel-v6.1"])[0];
+        let underlay6 = if node == "n1" {
+            "fd00:64::11"
+        } else {
+            "fd00:64::12"
+        };
+        assert_eq!(link["linkinfo"]["info_data"]["local6"], underlay6, "{link}");
+    }
+    let st = lab.status("n1");
+    let peer = &st["node"]["peers"][0];
+    let mac6 = peer["ipv6"]["vtep_mac"].as_str().unwrap().to_string();
+    let neigh = lab.exec("n1", &["ip", "-6", "neigh", "show", "dev", "flannel-v6.1"]);
+    assert!(
+        neigh.contains(&format!("{a2} lladdr {mac6}")) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = lab.exec("n1", &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+    assert!(fdb.contains(&format!("{mac6} dst fd00:64::12")), "{fdb}");
+
+    // IPv6 crosses from node to node over VXLAN-over-IPv6, both ways.
+    for (node, from, to) in [("n1", &a1, &a2), ("n2", &a2, &a1)] {
+        let ok = wait_for(Duration::from_secs(10), || {
+            lab.command_in(node, "ping")
+                .args(["-6", "-c", "1", "-W", "1", "-I", from, to])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        assert!(ok.is_some(), "{node}: ping {from} -> {to} failed");
+    }
+    // IPv4 pod traffic as before.
+    lab.check(8, "with the IPv6 devices up");
 }

@@ -9,10 +9,12 @@
 //! entry; two leases of one node share an fdb entry); prune; the userspace
 //! dataplane's start-up removal of the device; DirectRouting (a same-L2 peer gets a
 //! route via its PublicIP on the underlay, a routed one the overlay, moves between the
-//! two, stale direct routes pruned).
+//! two, stale direct routes pruned); dual stack (`flannel-v6.<VNI>` beside `flannel.<VNI>`,
+//! programmed as flanneld does, IPv6 and IPv4 pinged across two nodes, IPv6 entries
+//! updated and pruned).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +22,8 @@ use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
 use vxmesh_control::node_dataplane::direct::PeerPath;
 use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
-use vxmesh_control::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane};
-use vxmesh_control::peers::{Peer, PeerRules, PeerTable};
+use vxmesh_control::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane, Setup6};
+use vxmesh_control::peers::{Peer, PeerIpv6, PeerRules, PeerTable};
 use vxmesh_control::registry::Entry;
 use vxmesh_control::state::AgentState;
 use vxmesh_dataplane::fib::LocalVtep;
@@ -141,6 +143,7 @@ fn setup(index: u32) -> DataplaneSetup {
         aqm: None,
         network: "10.244.0.0/16".parse().unwrap(),
         direct_routing: false,
+        ipv6: None,
     }
 }
 
@@ -733,4 +736,226 @@ fn neighbour_lookups_see_this_device_only() {
         e.to_string().contains("get neighbour 10.99.0.0 on #99999"),
         "{e}"
     );
+}
+
+/// Dual-stack node `n` of [`dual_stack_carries_ipv6_beside_ipv4_like_flanneld`]: PublicIP
+/// 192.0.2.n, PublicIPv6 fd00:192::n, subnets 10.244.n.0/24 and fd00:10:244:n::/64,
+/// VtepMACs 02:..:0n and 06:..:0n.
+fn node6(n: u8) -> Peer {
+    Peer {
+        ipv6: Some(PeerIpv6 {
+            subnet: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            public_ipv6: format!("fd00:192::{n}").parse().unwrap(),
+            vtep_mac: MacAddr([0x06, 0, 0, 0, 0, n]),
+        }),
+        ..peer(n, n, n)
+    }
+}
+
+fn setup6(index: u32, me: &Peer) -> DataplaneSetup {
+    let v6 = me.ipv6.unwrap();
+    let mut s = setup(index);
+    s.local.vtep_mac = me.vtep_mac;
+    s.local_ip = me.public_ip;
+    s.ipv6 = Some(Setup6 {
+        local_ip: v6.public_ipv6,
+        vtep_mac: v6.vtep_mac,
+    });
+    s
+}
+
+/// `ip -6 route show dev <dev>` as "<dst> <gateway>", the kernel's own routes left out.
+fn routes6(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ns.json("ip", &["-6", "route", "show", "dev", dev]).unwrap();
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["protocol"] != "kernel")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["dst"].as_str().unwrap(),
+                r["gateway"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Starts node `me` of the dual-stack pair in `ns` with `peer` programmed, both
+/// device addresses set as the agent sets them; stops, leaving the devices.
+fn start_dual_stack(ns: &Netns, me: Peer, peer: Peer) {
+    let index = ns.json("ip", &["link", "show", "eth0"]).unwrap()[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32;
+    let s = setup6(index, &me);
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nl = Netlink::connect().unwrap();
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            let d6 = k
+                .device6()
+                .expect("a dual-stack setup makes the IPv6 device");
+            assert_eq!(d6.name.as_str(), "flannel-v6.1");
+            nl.set_only_address(k.device_index(), me.subnet.addr(), 32)
+                .await
+                .unwrap();
+            let v6: Ipv6Addr = me.ipv6.unwrap().subnet.addr();
+            // twice: idempotent
+            for _ in 0..2 {
+                nl.set_only_address6(d6.index, v6, 128).await.unwrap();
+                k.add_peer(&nl, &peer).await.unwrap();
+            }
+            k.stop();
+        })
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
+    require_root();
+    let a = Netns::unique("kd-v6a").unwrap();
+    let b = Netns::unique("kd-v6b").unwrap();
+    vxmesh_testkit::netns::veth(&a, "eth0", "192.0.2.2/24", &b, "eth0", "192.0.2.3/24").unwrap();
+    for (ns, ip) in [(&a, "fd00:192::2/64"), (&b, "fd00:192::3/64")] {
+        ns.ip(&["-6", "addr", "add", ip, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    let (na, nb) = (node6(2), node6(3));
+    start_dual_stack(&a, na, nb);
+    start_dual_stack(&b, nb, na);
+    let ns_a = Ns(a);
+    let a = &ns_a.0;
+
+    // flanneld's IPv6 device: VXLAN over IPv6 from the PublicIPv6, same VNI and port,
+    // no learning, the IPv6 VtepMAC, 20 bytes less MTU than the IPv4 device.
+    let link = a
+        .json("ip", &["-d", "link", "show", "flannel-v6.1"])
+        .unwrap()[0]
+        .clone();
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(info["id"], 1);
+    assert_eq!(info["port"], 8472);
+    assert_eq!(info["learning"], false);
+    assert_eq!(info["local6"], "fd00:192::2", "{info}");
+    assert_eq!(link["address"], "06:00:00:00:00:02");
+    assert_eq!(link["mtu"], 1430);
+    let addrs = a
+        .json(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "show",
+                "dev",
+                "flannel-v6.1",
+                "scope",
+                "global",
+            ],
+        )
+        .unwrap();
+    let local: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| Some(format!("{}/{}", x["local"].as_str()?, x["prefixlen"])))
+        .collect();
+    assert_eq!(local, ["fd00:10:244:2::/128"]);
+    // Per peer, as flanneld: neighbour, fdb entry, onlink route via the first address.
+    assert_eq!(ns_a.fdb("flannel-v6.1"), ["06:00:00:00:00:03 fd00:192::3"]);
+    assert_eq!(
+        ns_a.neigh("flannel-v6.1"),
+        ["fd00:10:244:3:: 06:00:00:00:00:03"]
+    );
+    assert_eq!(
+        routes6(a, "flannel-v6.1"),
+        ["fd00:10:244:3::/64 fd00:10:244:3::"]
+    );
+    assert_eq!(ns_a.fdb("flannel.1"), ["02:00:00:00:00:03 192.0.2.3"]);
+
+    // Both families cross: A's device addresses to B's.
+    for (from, to) in [
+        ("fd00:10:244:2::", "fd00:10:244:3::"),
+        ("10.244.2.0", "10.244.3.0"),
+    ] {
+        let ok = vxmesh_testkit::wait_for(Duration::from_secs(10), || {
+            a.exec("ping", &["-c", "1", "-W", "1", "-I", from, to])
+                .is_ok()
+        });
+        assert!(
+            ok.is_some(),
+            "ping {from} -> {to} over the kernel dataplane"
+        );
+    }
+
+    // A restarted agent adopts the IPv6 device; B's IPv6 VtepMAC changes (make
+    // before break: the old fdb entry goes), then B's lease loses its IPv6 half and
+    // a prune removes every IPv6 entry, the IPv4 ones staying.
+    let index = a.json("ip", &["link", "show", "eth0"]).unwrap()[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32;
+    let s = setup6(index, &na);
+    let mut nb2 = nb;
+    nb2.ipv6 = nb.ipv6.map(|v| PeerIpv6 {
+        vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x33]),
+        ..v
+    });
+    let v4_only = Peer { ipv6: None, ..nb };
+    let (fdb_after_update, removed) = ns_a.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            k.add_peer(&nl, &nb).await.unwrap();
+            k.update_peer(&nl, &nb, &nb2).await.unwrap();
+            let fdb = nl.fdb_entries6(k.device6().unwrap().index).await.unwrap();
+            let n = k.prune(&nl, &[v4_only]).await.unwrap();
+            assert_eq!(k.prune(&nl, &[v4_only]).await.unwrap(), 0);
+            (fdb, n)
+        })
+    });
+    let fdb: Vec<String> = fdb_after_update
+        .iter()
+        .filter_map(|e| Some(format!("{} {}", e.mac, e.dst?)))
+        .collect();
+    assert_eq!(fdb, ["06:00:00:00:00:33 fd00:192::3"]);
+    assert_eq!(removed, 3, "IPv6 route, fdb entry and neighbour of B");
+    assert!(ns_a.fdb("flannel-v6.1").is_empty());
+    assert!(ns_a.neigh("flannel-v6.1").is_empty());
+    assert!(routes6(a, "flannel-v6.1").is_empty());
+    assert_eq!(ns_a.fdb("flannel.1"), ["02:00:00:00:00:03 192.0.2.3"]);
+    assert_eq!(ns_a.routes("flannel.1"), ["10.244.3.0/24 10.244.3.0"]);
+
+    // The config no longer dual stack: B's agent starts without the IPv6 device and
+    // removes the one left (nothing would program it). The userspace dataplane's
+    // start removes both devices (A).
+    let ns_b = Ns(b);
+    let index_b = eth0_index(&ns_b);
+    let s = setup(index_b);
+    ns_b.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let k = Kernel::start(&nl, &s, &st).await.unwrap();
+            assert!(k.device6().is_none());
+        })
+    });
+    let names = |ns: &Ns| -> Vec<String> {
+        ns.json("ip", &["link", "show", "type", "vxlan"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&ns_b), ["flannel.1"]);
+    ns_a.run(|nl| Box::pin(async move { remove_leftover_device(&nl, 1, 8472).await.unwrap() }));
+    assert!(names(&ns_a).is_empty(), "{:?}", names(&ns_a));
 }

@@ -21,6 +21,11 @@
 //!
 //! removal in reverse. A changed VtepMAC adds the new fdb entry, then deletes the
 //! old one (flannel leaves it behind); a changed PublicIP replaces the entry's dst.
+//!
+//! Dual stack (a PublicIPv6 and an IPv6 pool): a second device, `flannel-v6.<VNI>`,
+//! as flanneld makes it — VXLAN over IPv6 from the PublicIPv6, the IPv6 VtepMAC,
+//! address `<IPv6 subnet's first address>/128` — carries each peer's IPv6 half the
+//! same way (neighbour, fdb entry `dst <PublicIPv6>`, onlink route; docs/decisions/0017).
 //! Everything is a replace or a tolerant delete, so any step can be repeated.
 //!
 //! Stopping leaves the device and its entries in place, as flanneld does: pod
@@ -88,6 +93,8 @@ pub fn incompatibility(existing: &VxlanLink, want: &VxlanSpec) -> Option<String>
 pub struct Kernel {
     name: IfName,
     index: u32,
+    /// Dual stack: the IPv6 device.
+    v6: Option<Device6>,
     /// Peers programmed on the device, to keep an fdb entry another peer still
     /// needs (two leases of one node share its VtepMAC).
     programmed: Mutex<Programmed>,
@@ -118,47 +125,12 @@ impl Kernel {
             name: name.to_string(),
             vni: s.local.vni.get(),
             port: s.local.port,
-            local,
+            local: local.map(Into::into),
             underlay_index: s.underlay_index,
             mac: s.local.vtep_mac,
             mtu: s.mtu,
         };
-
-        // (index, MAC to set, MTU to set): only what differs is set on an adopted
-        // device — setting even the same MAC flushes its neighbour entries.
-        let (index, set_mac, set_mtu) = match nl.vxlan_by_name(&spec.name).await? {
-            Some(existing) => match incompatibility(&existing, &spec) {
-                None => {
-                    tracing::info!(device = %name, mac = ?existing.mac.map(|m| m.to_string()),
-                        "adopting the existing vxlan device (left by flanneld or a previous vxmeshd): traffic keeps flowing; stale entries are pruned once the peers are known");
-                    if existing.mac != Some(spec.mac) {
-                        tracing::info!(device = %name, vtep_mac = %spec.mac,
-                            "setting the stable VtepMAC (the kernel flushes the device's neighbours; they are re-added with the peers)");
-                    }
-                    (
-                        existing.index,
-                        (existing.mac != Some(spec.mac)).then_some(spec.mac),
-                        (existing.mtu != spec.mtu).then_some(spec.mtu),
-                    )
-                }
-                Some(why) => {
-                    tracing::warn!(device = %name, %why, "existing vxlan device has incompatible settings; recreating it");
-                    nl.delete_link(existing.index).await?;
-                    (create(nl, &spec).await?, None, None)
-                }
-            },
-            None => {
-                if let Some((idx, kind)) = nl.link_kind(&spec.name).await? {
-                    tracing::warn!(device = %name, %kind, "a non-vxlan link has the kernel dataplane's device name; deleting it");
-                    nl.delete_link(idx).await?;
-                }
-                (create(nl, &spec).await?, None, None)
-            }
-        };
-        // A vxlan device accepts a MAC change while up.
-        nl.set_link_up(index, set_mac, set_mtu)
-            .await
-            .with_context(|| format!("configuring {name}"))?;
+        let index = ensure_device(nl, &name, &spec).await?;
         // flanneld sets accept_ra=0; vxmesh carries IPv4 only and also turns IPv6 off
         // on the device so it never emits router or neighbour solicitations.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
@@ -167,11 +139,29 @@ impl Kernel {
         state.update(|i| i.tap = Some(name.to_string()));
         tracing::info!(device = %name, index, vni = spec.vni, port = spec.port, local = ?spec.local,
             vtep_mac = %spec.mac, mtu = spec.mtu, "kernel dataplane running");
+        let v6 = match &s.ipv6 {
+            Some(v6) => Some(start_v6(nl, s, v6).await?),
+            None => {
+                remove_device6(
+                    nl,
+                    s.local.vni.get(),
+                    "the network config is not dual stack",
+                )
+                .await?;
+                None
+            }
+        };
         Ok(Kernel {
             name,
             index,
+            v6,
             programmed: Mutex::new(Programmed::default()),
         })
+    }
+
+    /// The IPv6 device (`flannel-v6.<VNI>`), when the node is dual stack.
+    pub fn device6(&self) -> Option<&Device6> {
+        self.v6.as_ref()
     }
 
     pub fn device_index(&self) -> u32 {
@@ -194,6 +184,7 @@ impl Kernel {
             overlay: self.index,
             underlay: 0,
             fdb: true,
+            overlay6: self.v6.as_ref().map(|d| d.index),
         }
     }
 
@@ -249,11 +240,13 @@ impl Kernel {
             neighbours: nl.neighbours(self.index).await?,
             all_neighbours: true,
             fdb: nl.fdb_entries(self.index).await?,
+            v6: dumps6(nl, d.overlay6).await?,
         };
         let with_paths: Vec<(Peer, PeerPath)> =
             peers.iter().map(|p| (*p, PeerPath::Overlay)).collect();
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, None);
         self.programmed().reset(peers);
+        self.programmed().reset6(peers);
         super::apply_reconcile(nl, r).map(|r| r.removed)
     }
 
@@ -263,6 +256,136 @@ impl Kernel {
             "kernel dataplane stopped; {} and its routes stay so pod traffic survives a restart (delete it with `ip link del {}`)",
             self.name, self.name);
     }
+}
+
+/// The IPv6 device of a dual-stack node: `flannel-v6.<VNI>`, as flanneld makes it.
+#[derive(Debug)]
+pub struct Device6 {
+    pub name: IfName,
+    pub index: u32,
+}
+
+/// `flannel-v6.<VNI>`; an error if the name would not fit in IFNAMSIZ (VNIs above
+/// 9999), as with flanneld, whose device creation fails the same way.
+pub fn device6_name(vni: u32) -> anyhow::Result<IfName> {
+    let name = format!("{DEVICE6_PREFIX}.{vni}");
+    IfName::new(&name).map_err(|e| {
+        anyhow::anyhow!("kernel IPv6 vxlan device name {name:?} is not a valid interface name ({e}); a dual-stack cluster needs a VNI of at most 4 digits")
+    })
+}
+
+/// Name prefix of the IPv6 device: flannel's.
+pub const DEVICE6_PREFIX: &str = "flannel-v6";
+
+/// The IPv6 device's MTU: the IPv4 one's less the 20 bytes by which an IPv6 outer
+/// header is longer (the kernel's own default for a vxlan device over IPv6 is the
+/// underlay's MTU less 70).
+pub fn mtu6(mtu: u32) -> u32 {
+    mtu.saturating_sub(20)
+}
+
+/// Creates or adopts `flannel-v6.<VNI>` (the same rules as the IPv4 device), VXLAN
+/// over IPv6 from the node's PublicIPv6, with the IPv6 VtepMAC. Its address, the
+/// lease's first IPv6 address as /128, is set with the lease
+/// ([`super::NodeDataplane::set_subnet6`]).
+async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyhow::Result<Device6> {
+    let name = device6_name(s.local.vni.get())?;
+    // Behind NAT the PublicIPv6 is not local: send from the underlay's own address.
+    let here = nl.ipv6_addresses(s.underlay_index).await?;
+    let local = if here.iter().any(|a| a.ip == v6.local_ip) {
+        Some(v6.local_ip)
+    } else {
+        let own = crate::underlay::choose_public_ipv6(None, "the underlay", &here).ok();
+        tracing::warn!(public_ipv6 = %v6.local_ip, local = ?own,
+            "the PublicIPv6 is not an address of the underlay interface: IPv6 VXLAN is sent from the interface's own global address");
+        own
+    };
+    let spec = VxlanSpec {
+        name: name.to_string(),
+        vni: s.local.vni.get(),
+        port: s.local.port,
+        local: local.map(Into::into),
+        underlay_index: s.underlay_index,
+        mac: v6.vtep_mac,
+        mtu: mtu6(s.mtu),
+    };
+    let index = ensure_device(nl, &name, &spec).await?;
+    // IPv6 must be on for this device (a host may turn it off by default); it
+    // takes no router advertisements, as flanneld's.
+    let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0");
+    let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    tracing::info!(device = %name, index, local = ?local, vtep_mac = %v6.vtep_mac,
+        mtu = spec.mtu, "kernel dataplane: IPv6 device running (dual stack)");
+    Ok(Device6 { name, index })
+}
+
+/// Deletes `flannel-v6.<VNI>` (left by the kernel dataplane of a dual-stack node, or
+/// by flanneld) when nothing will program it any more, so that its routes and fdb
+/// entries cannot go stale; `why` says why in the log.
+async fn remove_device6(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()> {
+    let Ok(name) = device6_name(vni) else {
+        return Ok(());
+    };
+    if let Some(l) = nl.vxlan_by_name(name.as_str()).await? {
+        tracing::warn!(device = %l.name, "removing the IPv6 vxlan device: {why}, and its entries would go stale");
+        nl.delete_link(l.index)
+            .await
+            .with_context(|| format!("deleting {}", l.name))?;
+    }
+    Ok(())
+}
+
+/// The IPv6 device's dumps, when there is one.
+pub(super) async fn dumps6(
+    nl: &Netlink,
+    index6: Option<u32>,
+) -> Result<Option<plan::Dumps6>, NetlinkError> {
+    let Some(i) = index6 else { return Ok(None) };
+    Ok(Some(plan::Dumps6 {
+        routes: nl.routes6_via(i).await?,
+        neighbours: nl.neighbours6(i).await?,
+        fdb: nl.fdb_entries6(i).await?,
+    }))
+}
+
+/// Adopts the vxlan device `spec` names when its settings are compatible (setting
+/// only the MAC and MTU that differ — setting even the same MAC flushes its
+/// neighbour entries), recreates it otherwise, creates it when missing; brings it up.
+async fn ensure_device(nl: &Netlink, name: &IfName, spec: &VxlanSpec) -> anyhow::Result<u32> {
+    let (index, set_mac, set_mtu) = match nl.vxlan_by_name(&spec.name).await? {
+        Some(existing) => match incompatibility(&existing, spec) {
+            None => {
+                tracing::info!(device = %name, mac = ?existing.mac.map(|m| m.to_string()),
+                    "adopting the existing vxlan device (left by flanneld or a previous vxmeshd): traffic keeps flowing; stale entries are pruned once the peers are known");
+                if existing.mac != Some(spec.mac) {
+                    tracing::info!(device = %name, vtep_mac = %spec.mac,
+                        "setting the stable VtepMAC (the kernel flushes the device's neighbours; they are re-added with the peers)");
+                }
+                (
+                    existing.index,
+                    (existing.mac != Some(spec.mac)).then_some(spec.mac),
+                    (existing.mtu != spec.mtu).then_some(spec.mtu),
+                )
+            }
+            Some(why) => {
+                tracing::warn!(device = %name, %why, "existing vxlan device has incompatible settings; recreating it");
+                nl.delete_link(existing.index).await?;
+                (create(nl, spec).await?, None, None)
+            }
+        },
+        None => {
+            if let Some((idx, kind)) = nl.link_kind(&spec.name).await? {
+                tracing::warn!(device = %name, %kind, "a non-vxlan link has the kernel dataplane's device name; deleting it");
+                nl.delete_link(idx).await?;
+            }
+            (create(nl, spec).await?, None, None)
+        }
+    };
+    // A vxlan device accepts a MAC change while up.
+    nl.set_link_up(index, set_mac, set_mtu)
+        .await
+        .with_context(|| format!("configuring {name}"))?;
+    Ok(index)
 }
 
 async fn create(nl: &Netlink, spec: &VxlanSpec) -> anyhow::Result<u32> {
@@ -304,6 +427,7 @@ async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
 /// flanneld); another vxlan device holding the port is named in a warning, since
 /// it will make the userspace dataplane's bind fail.
 pub async fn remove_leftover_device(nl: &Netlink, vni: u32, port: u16) -> anyhow::Result<()> {
+    remove_device6(nl, vni, "the userspace dataplane does not carry IPv6 yet").await?;
     let name = device_name(vni)?;
     for l in nl.vxlan_links().await? {
         if l.name == name.as_str() {
@@ -330,7 +454,7 @@ mod tests {
             name: "flannel.1".into(),
             vni: 1,
             port: 8472,
-            local: Some(Ipv4Addr::new(192, 168, 100, 11)),
+            local: Some(Ipv4Addr::new(192, 168, 100, 11).into()),
             underlay_index: 2,
             mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
             mtu: 1450,
@@ -346,7 +470,7 @@ mod tests {
             up: true,
             vni: Some(1),
             port: Some(8472),
-            local: Some(Ipv4Addr::new(192, 168, 100, 11)),
+            local: Some(Ipv4Addr::new(192, 168, 100, 11).into()),
             underlay_index: Some(2),
             learning: Some(false),
         }
@@ -367,7 +491,10 @@ mod tests {
         let cases: [(Change, &str); 5] = [
             (|l| l.vni = Some(2), "VNI"),
             (|l| l.port = Some(4789), "dstport"),
-            (|l| l.local = Some(Ipv4Addr::new(10, 0, 0, 1)), "local"),
+            (
+                |l| l.local = Some(Ipv4Addr::new(10, 0, 0, 1).into()),
+                "local",
+            ),
             (|l| l.underlay_index = Some(3), "underlay"),
             (|l| l.learning = Some(true), "learning"),
         ];

@@ -38,6 +38,7 @@ use crate::netlink::{Netlink, NetlinkError, PeerOp};
 use crate::peers::{Peer, PeerChange, PeerTable};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use direct::{DirectRouting, PeerPath};
 use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::wire::MacAddr;
@@ -81,6 +82,19 @@ pub struct DataplaneSetup {
     pub network: Subnet,
     /// `Backend.DirectRouting`.
     pub direct_routing: bool,
+    /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. The kernel
+    /// dataplane carries it on `flannel-v6.<VNI>`; the userspace one does not carry
+    /// IPv6 yet.
+    pub ipv6: Option<Setup6>,
+}
+
+/// The IPv6 VTEP of a dual-stack node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup6 {
+    /// The PublicIPv6: VXLAN over IPv6 is sent from it.
+    pub local_ip: std::net::Ipv6Addr,
+    /// `BackendV6Data.VtepMAC` ([`crate::vtep_mac::derive_v6`]).
+    pub vtep_mac: MacAddr,
 }
 
 /// The running dataplane: the overlay device, and how peers are routed.
@@ -241,6 +255,27 @@ impl NodeDataplane {
             .await
     }
 
+    /// Gives the IPv6 device, when there is one, this node's IPv6 VTEP address: the
+    /// lease's first IPv6 address as /128, as flanneld does. Returns whether there
+    /// is an IPv6 device.
+    pub async fn set_subnet6(&self, nl: &Netlink, subnet: &Subnet6) -> Result<bool, NetlinkError> {
+        match self.device6_index() {
+            Some(i) => nl
+                .set_only_address6(i, subnet.addr(), 128)
+                .await
+                .map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The IPv6 device's index (kernel dataplane, dual stack).
+    pub fn device6_index(&self) -> Option<u32> {
+        match &self.overlay {
+            Overlay::Kernel(k) => k.device6().map(|d| d.index),
+            Overlay::Userspace(_) => None,
+        }
+    }
+
     /// Makes the fast path see exactly the current peer set, rebuilt from it (after
     /// a full listing; events go through [`NodeDataplane::program`]'s delta). Every
     /// peer is in it, direct ones too: their VXLAN is still accepted (a peer that
@@ -258,6 +293,7 @@ impl NodeDataplane {
             overlay: self.device_index(),
             underlay: self.underlay_index,
             fdb: matches!(self.overlay, Overlay::Kernel(_)),
+            overlay6: self.device6_index(),
         }
     }
 
@@ -323,6 +359,7 @@ impl NodeDataplane {
             } else {
                 Vec::new()
             },
+            v6: kernel::dumps6(nl, d.overlay6).await?,
         };
         let network = self.direct.enabled().then_some(&self.network);
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
@@ -333,6 +370,7 @@ impl NodeDataplane {
                     .filter(|(_, path)| *path == PeerPath::Overlay)
                     .map(|(p, _)| p),
             );
+            k.programmed().reset6(with_paths.iter().map(|(p, _)| p));
         }
         apply_reconcile(nl, r)
     }

@@ -8,14 +8,22 @@
 //! (DirectRouting): one route via its PublicIP on the underlay. A peer whose path
 //! changes gets its new route first (it replaces the old one: same destination),
 //! then what only the old path needed goes. See [`super`] for the two dataplanes.
+//!
+//! A peer's IPv6 half (a dual-stack lease) goes on the kernel dataplane's second
+//! device, `flannel-v6.<VNI>`, when there is one ([`Devices::overlay6`]), the way
+//! flanneld programs it: the neighbour `<IPv6 subnet's first address> lladdr
+//! <IPv6 VtepMAC>`, the fdb entry `<IPv6 VtepMAC> dst <PublicIPv6>`, the onlink route
+//! via that first address. It does not depend on the IPv4 half's path
+//! (DirectRouting routes IPv4 only).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::direct::PeerPath;
 use crate::netlink::{DeviceRoute, FdbEntry, NeighbourEntry, PeerOp};
-use crate::peers::{Peer, PeerChange};
+use crate::peers::{Peer, PeerChange, PeerIpv6};
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use vxmesh_dataplane::wire::MacAddr;
 
 /// The devices a plan is for.
@@ -27,15 +35,29 @@ pub struct Devices {
     pub underlay: u32,
     /// Whether the overlay device has an fdb (the kernel's vxlan device does).
     pub fdb: bool,
+    /// The IPv6 overlay device (`flannel-v6.<VNI>`, kernel dataplane, dual stack).
+    pub overlay6: Option<u32>,
 }
 
-/// The overlay peers programmed on a device with an fdb, by subnet and by VtepMAC:
-/// an fdb entry is per MAC, so it stays while another programmed peer uses its MAC
-/// (two leases of one node).
+/// The peers programmed on the devices with an fdb, by subnet and by VtepMAC: an
+/// fdb entry is per MAC, so it stays while another programmed peer uses its MAC (two
+/// leases of one node). IPv4 halves on the overlay device, IPv6 halves on the IPv6
+/// device, each kept apart (a DirectRouting peer has only the second).
 #[derive(Debug, Default, Clone)]
 pub struct Programmed {
     by_subnet: BTreeMap<Subnet, Peer>,
     by_mac: BTreeMap<MacAddr, BTreeSet<Subnet>>,
+    v6: BTreeMap<Subnet, PeerIpv6>,
+    by_mac6: BTreeMap<MacAddr, BTreeSet<Subnet>>,
+}
+
+fn unlink(users: &mut BTreeMap<MacAddr, BTreeSet<Subnet>>, mac: MacAddr, subnet: &Subnet) {
+    if let Some(set) = users.get_mut(&mac) {
+        set.remove(subnet);
+        if set.is_empty() {
+            users.remove(&mac);
+        }
+    }
 }
 
 impl Programmed {
@@ -47,20 +69,47 @@ impl Programmed {
 
     pub fn remove(&mut self, subnet: &Subnet) {
         if let Some(old) = self.by_subnet.remove(subnet) {
-            if let Some(users) = self.by_mac.get_mut(&old.vtep_mac) {
-                users.remove(subnet);
-                if users.is_empty() {
-                    self.by_mac.remove(&old.vtep_mac);
-                }
-            }
+            unlink(&mut self.by_mac, old.vtep_mac, subnet);
         }
     }
 
-    /// Only these peers (after a reconcile).
+    /// Records the IPv6 half of the peer at `subnet` (`None`: it has none).
+    pub fn set6(&mut self, subnet: Subnet, v6: Option<PeerIpv6>) {
+        if let Some(old) = self.v6.remove(&subnet) {
+            unlink(&mut self.by_mac6, old.vtep_mac, &subnet);
+        }
+        if let Some(v6) = v6 {
+            self.v6.insert(subnet, v6);
+            self.by_mac6.entry(v6.vtep_mac).or_default().insert(subnet);
+        }
+    }
+
+    /// A programmed peer other than the one at `except` using `mac` for IPv6: its
+    /// PublicIPv6.
+    fn other_user_of6(&self, mac: MacAddr, except: &Subnet) -> Option<Ipv6Addr> {
+        self.by_mac6
+            .get(&mac)?
+            .iter()
+            .find(|s| *s != except)
+            .and_then(|s| self.v6.get(s))
+            .map(|v6| v6.public_ipv6)
+    }
+
+    /// Only these peers on the overlay device (after a reconcile).
     pub fn reset<'p>(&mut self, peers: impl IntoIterator<Item = &'p Peer>) {
-        *self = Programmed::default();
+        self.by_subnet.clear();
+        self.by_mac.clear();
         for p in peers {
             self.insert(p);
+        }
+    }
+
+    /// Only these peers' IPv6 halves on the IPv6 device (after a reconcile).
+    pub fn reset6<'p>(&mut self, peers: impl IntoIterator<Item = &'p Peer>) {
+        self.v6.clear();
+        self.by_mac6.clear();
+        for p in peers {
+            self.set6(p.subnet, p.ipv6);
         }
     }
 
@@ -122,6 +171,92 @@ fn overlay_remove(d: &Devices, p: &Peer, prog: &mut Programmed, out: &mut Vec<Pe
         index,
         ip: p.vtep_ip(),
     });
+}
+
+/// The IPv6 half of a peer on the IPv6 device `index`: neighbour, fdb entry, route.
+fn overlay6_add(
+    index: u32,
+    at: Subnet,
+    v6: &PeerIpv6,
+    prog: &mut Programmed,
+    out: &mut Vec<PeerOp>,
+) {
+    out.push(PeerOp::Neighbour6 {
+        index,
+        ip: v6.subnet.addr(),
+        mac: v6.vtep_mac,
+    });
+    out.push(PeerOp::Fdb6 {
+        index,
+        mac: v6.vtep_mac,
+        dst: v6.public_ipv6,
+    });
+    prog.set6(at, Some(*v6));
+    out.push(PeerOp::PeerRoute6 {
+        index,
+        subnet: v6.subnet,
+    });
+}
+
+/// What only `old` (the IPv6 half the peer at `at` had) needed, once `new` (what it
+/// has now, programmed already) is in place: route and neighbour of a subnet it no
+/// longer has, the fdb entry of a MAC no programmed peer uses.
+fn overlay6_retire(
+    index: u32,
+    at: Subnet,
+    old: &PeerIpv6,
+    new: Option<&PeerIpv6>,
+    prog: &mut Programmed,
+    out: &mut Vec<PeerOp>,
+) {
+    if new.map(|n| n.subnet) != Some(old.subnet) {
+        out.push(PeerOp::DeletePeerRoute6 {
+            index,
+            subnet: old.subnet,
+        });
+    }
+    if new.is_none() {
+        prog.set6(at, None);
+    }
+    if new.map(|n| n.vtep_mac) != Some(old.vtep_mac) {
+        out.push(match prog.other_user_of6(old.vtep_mac, &at) {
+            Some(dst) => PeerOp::Fdb6 {
+                index,
+                mac: old.vtep_mac,
+                dst,
+            },
+            None => PeerOp::DeleteFdb6 {
+                index,
+                mac: old.vtep_mac,
+                dst: old.public_ipv6,
+            },
+        });
+    }
+    if new.map(|n| n.subnet.addr()) != Some(old.subnet.addr()) {
+        out.push(PeerOp::DeleteNeighbour6 {
+            index,
+            ip: old.subnet.addr(),
+        });
+    }
+}
+
+/// The IPv6 half of a change, on the IPv6 device `index`: whatever the IPv4 half's
+/// path, the new half first, then what only the old one needed.
+fn ipv6_ops(index: u32, c: &PeerChange, prog: &mut Programmed, out: &mut Vec<PeerOp>) {
+    let (old, new) = match c {
+        PeerChange::Added(p) => (None, Some(p)),
+        PeerChange::Updated { old, new } => (Some(old), Some(new)),
+        PeerChange::Removed(p) => (Some(p), None),
+    };
+    let at = new.or(old).map(|p| p.subnet);
+    let Some(at) = at else { return };
+    let new6 = new.and_then(|p| p.ipv6);
+    if let Some(n6) = &new6 {
+        overlay6_add(index, at, n6, prog, out);
+    }
+    if let Some(o6) = old.and_then(|p| p.ipv6) {
+        overlay6_retire(index, at, &o6, new6.as_ref(), prog, out);
+    }
 }
 
 /// The requests that carry out `changes` (in order), each with the index of the
@@ -195,6 +330,9 @@ pub fn program_ops(
                 PeerPath::Overlay => overlay_remove(d, p, prog, &mut ops),
             },
         }
+        if let Some(index6) = d.overlay6 {
+            ipv6_ops(index6, c, prog, &mut ops);
+        }
         out.extend(ops.drain(..).map(|op| (i, op)));
     }
     out
@@ -212,6 +350,17 @@ pub struct Dumps {
     pub all_neighbours: bool,
     /// The overlay device's fdb (empty without one).
     pub fdb: Vec<FdbEntry>,
+    /// The IPv6 device's, when there is one ([`Devices::overlay6`]).
+    pub v6: Option<Dumps6>,
+}
+
+/// What the IPv6 device carries, as dumped: its IPv6 routes (main table, not the
+/// kernel's own), IPv6 neighbours and fdb.
+#[derive(Debug, Clone, Default)]
+pub struct Dumps6 {
+    pub routes: Vec<DeviceRoute<Ipv6Addr>>,
+    pub neighbours: Vec<NeighbourEntry<Ipv6Addr>>,
+    pub fdb: Vec<FdbEntry<Ipv6Addr>>,
 }
 
 /// What a reconcile pass sends: repairs (missing or wrong entries, written again)
@@ -337,7 +486,85 @@ pub fn reconcile_ops(
             });
         }
     }
+    if let (Some(index), Some(d6)) = (d.overlay6, &dumps.v6) {
+        reconcile6(index, peers.iter().map(|(p, _)| p), d6, &mut r);
+    }
     r
+}
+
+/// [`reconcile_ops`] for the IPv6 device `index`: every peer's IPv6 half (whatever
+/// its IPv4 path) is put back where missing or different; routes, permanent
+/// neighbours and fdb entries no peer accounts for are removed.
+fn reconcile6<'p>(
+    index: u32,
+    peers: impl Iterator<Item = &'p Peer>,
+    dumps: &Dumps6,
+    r: &mut Reconcile,
+) {
+    let have_routes: BTreeSet<(Ipv6Addr, u8, Ipv6Addr)> = dumps
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.destination, r.prefix_len, r.gateway?)))
+        .collect();
+    let have_neigh: BTreeMap<Ipv6Addr, Option<MacAddr>> = dumps
+        .neighbours
+        .iter()
+        .filter(|n| n.permanent)
+        .map(|n| (n.ip, n.mac))
+        .collect();
+    let have_fdb: BTreeSet<(MacAddr, Ipv6Addr)> = dumps
+        .fdb
+        .iter()
+        .filter_map(|e| Some((e.mac, e.dst?)))
+        .collect();
+    let mut subnets = BTreeSet::new();
+    let mut macs = BTreeSet::new();
+    let mut vteps = BTreeSet::new();
+    for v6 in peers.filter_map(|p| p.ipv6) {
+        let (s, gw) = (v6.subnet, v6.subnet.addr());
+        subnets.insert(s);
+        macs.insert((v6.vtep_mac, v6.public_ipv6));
+        vteps.insert(gw);
+        if have_neigh.get(&gw) != Some(&Some(v6.vtep_mac)) {
+            r.repairs.push(PeerOp::Neighbour6 {
+                index,
+                ip: gw,
+                mac: v6.vtep_mac,
+            });
+        }
+        if !have_fdb.contains(&(v6.vtep_mac, v6.public_ipv6)) {
+            r.repairs.push(PeerOp::Fdb6 {
+                index,
+                mac: v6.vtep_mac,
+                dst: v6.public_ipv6,
+            });
+        }
+        if !have_routes.contains(&(gw, s.prefix_len(), gw)) {
+            r.repairs.push(PeerOp::PeerRoute6 { index, subnet: s });
+        }
+    }
+    for route in &dumps.routes {
+        let wanted = Subnet6::new_exact(route.destination, route.prefix_len)
+            .is_ok_and(|s| subnets.contains(&s));
+        if !wanted {
+            r.stale.push(PeerOp::DeleteRoute6(route.clone()));
+        }
+    }
+    for e in &dumps.fdb {
+        let Some(dst) = e.dst else { continue };
+        if !macs.contains(&(e.mac, dst)) {
+            r.stale.push(PeerOp::DeleteFdb6 {
+                index,
+                mac: e.mac,
+                dst,
+            });
+        }
+    }
+    for ip in have_neigh.keys() {
+        if !vteps.contains(ip) {
+            r.stale.push(PeerOp::DeleteNeighbour6 { index, ip: *ip });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +588,7 @@ mod tests {
             overlay: TAP,
             underlay: ETH,
             fdb: true,
+            overlay6: None,
         }
     }
 
@@ -613,6 +841,7 @@ mod tests {
             Some(Ipv4Addr::new(192, 168, 100, 254)),
         );
         let dumps = Dumps {
+            v6: None,
             // a complete; b's route missing; gone's route left; d's direct route missing.
             routes: vec![
                 overlay_route(&a),
@@ -720,6 +949,7 @@ mod tests {
         assert!(!r.stale.contains(&PeerOp::DeleteRoute(stale_direct)));
         // Everything in place: nothing to send.
         let full = Dumps {
+            v6: None,
             routes: vec![overlay_route(&a)],
             neighbours: vec![NeighbourEntry {
                 ip: a.vtep_ip(),
@@ -736,5 +966,268 @@ mod tests {
             reconcile_ops(&kernel(), &[(a, PeerPath::Overlay)], &full, Some(&net)),
             Reconcile::default()
         );
+    }
+
+    const V6: u32 = 9;
+
+    /// Peer `n` with an IPv6 half: fd00:10:244:<n>::/64 from fd00:64::<n>, MAC 06:..:<mac>.
+    fn dual(n: u8, mac: u8) -> Peer {
+        Peer {
+            ipv6: Some(PeerIpv6 {
+                subnet: Subnet6::new(format!("fd00:10:244:{n}::").parse().unwrap(), 64).unwrap(),
+                public_ipv6: format!("fd00:64::{n}").parse().unwrap(),
+                vtep_mac: MacAddr([0x06, 0, 0, 0, 0, mac]),
+            }),
+            ..peer(n, mac)
+        }
+    }
+
+    fn dual_kernel() -> Devices {
+        Devices {
+            overlay6: Some(V6),
+            ..kernel()
+        }
+    }
+
+    fn only6(ops: Vec<(usize, PeerOp)>) -> Vec<PeerOp> {
+        ops.into_iter()
+            .map(|(_, op)| op)
+            .filter(|op| {
+                matches!(
+                    op,
+                    PeerOp::Neighbour6 { .. }
+                        | PeerOp::DeleteNeighbour6 { .. }
+                        | PeerOp::PeerRoute6 { .. }
+                        | PeerOp::DeletePeerRoute6 { .. }
+                        | PeerOp::Fdb6 { .. }
+                        | PeerOp::DeleteFdb6 { .. }
+                        | PeerOp::DeleteRoute6(_)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ipv6_halves_go_on_the_ipv6_device_in_flannels_order() {
+        let a = dual(2, 2);
+        let a6 = a.ipv6.unwrap();
+        let gw = a6.subnet.addr();
+        let mut prog = Programmed::default();
+        let all = program_ops(
+            &dual_kernel(),
+            &[PeerChange::Added(a)],
+            |_| PeerPath::Overlay,
+            &mut prog,
+        );
+        // IPv4 first (on the overlay device), then IPv6 on its own device.
+        assert_eq!(all.len(), 6);
+        assert!(matches!(all[2].1, PeerOp::PeerRoute { index: TAP, .. }));
+        let add = vec![
+            PeerOp::Neighbour6 {
+                index: V6,
+                ip: gw,
+                mac: a6.vtep_mac,
+            },
+            PeerOp::Fdb6 {
+                index: V6,
+                mac: a6.vtep_mac,
+                dst: a6.public_ipv6,
+            },
+            PeerOp::PeerRoute6 {
+                index: V6,
+                subnet: a6.subnet,
+            },
+        ];
+        assert_eq!(only6(all), add);
+        // Removal: the reverse.
+        let got = program_ops(
+            &dual_kernel(),
+            &[PeerChange::Removed(a)],
+            |_| PeerPath::Overlay,
+            &mut prog,
+        );
+        assert_eq!(
+            only6(got),
+            vec![
+                PeerOp::DeletePeerRoute6 {
+                    index: V6,
+                    subnet: a6.subnet
+                },
+                PeerOp::DeleteFdb6 {
+                    index: V6,
+                    mac: a6.vtep_mac,
+                    dst: a6.public_ipv6
+                },
+                PeerOp::DeleteNeighbour6 { index: V6, ip: gw },
+            ]
+        );
+        // Without an IPv6 device (userspace, or IPv4 only), nothing IPv6 is sent.
+        let got = program_ops(
+            &kernel(),
+            &[PeerChange::Added(a)],
+            |_| PeerPath::Overlay,
+            &mut Programmed::default(),
+        );
+        assert!(only6(got).is_empty());
+        // A DirectRouting peer's IPv6 half still goes over the IPv6 device.
+        let got = program_ops(
+            &dual_kernel(),
+            &[PeerChange::Added(a)],
+            |p| PeerPath::Direct { via: p.public_ip },
+            &mut Programmed::default(),
+        );
+        assert_eq!(only6(got), add);
+    }
+
+    #[test]
+    fn ipv6_updates_make_before_break_and_shared_macs_stay() {
+        let a = dual(2, 2);
+        let a6 = a.ipv6.unwrap();
+        let mut prog = Programmed::default();
+        let d = dual_kernel();
+        let overlay = |_: &Peer| PeerPath::Overlay;
+        let _ = program_ops(&d, &[PeerChange::Added(a)], overlay, &mut prog);
+        // A new IPv6 VtepMAC: the new entries, then the old MAC's fdb entry goes.
+        let mut moved = a;
+        moved.ipv6 = Some(PeerIpv6 {
+            vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x22]),
+            ..a6
+        });
+        let got = only6(program_ops(
+            &d,
+            &[PeerChange::Updated { old: a, new: moved }],
+            overlay,
+            &mut prog,
+        ));
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[3],
+            PeerOp::DeleteFdb6 {
+                index: V6,
+                mac: a6.vtep_mac,
+                dst: a6.public_ipv6
+            }
+        );
+        // The lease lost its IPv6 half: everything IPv6 of it goes, nothing is added.
+        let v4_only = Peer {
+            ipv6: None,
+            ..moved
+        };
+        let got = only6(program_ops(
+            &d,
+            &[PeerChange::Updated {
+                old: moved,
+                new: v4_only,
+            }],
+            overlay,
+            &mut prog,
+        ));
+        assert_eq!(got.len(), 3);
+        assert!(matches!(got[0], PeerOp::DeletePeerRoute6 { .. }));
+        assert!(matches!(got[2], PeerOp::DeleteNeighbour6 { .. }));
+        // Two leases of one node share its IPv6 VtepMAC: removing one keeps the
+        // entry (re-pointed at the other's PublicIPv6).
+        let (b, mut b2) = (dual(3, 3), dual(4, 3));
+        b2.ipv6 = b2.ipv6.map(|v| PeerIpv6 {
+            public_ipv6: b.ipv6.unwrap().public_ipv6,
+            ..v
+        });
+        let _ = program_ops(
+            &d,
+            &[PeerChange::Added(b), PeerChange::Added(b2)],
+            overlay,
+            &mut prog,
+        );
+        let got = only6(program_ops(
+            &d,
+            &[PeerChange::Removed(b2)],
+            overlay,
+            &mut prog,
+        ));
+        assert!(
+            got.contains(&PeerOp::Fdb6 {
+                index: V6,
+                mac: MacAddr([0x06, 0, 0, 0, 0, 3]),
+                dst: b.ipv6.unwrap().public_ipv6
+            }),
+            "{got:?}"
+        );
+        assert!(!got.iter().any(|op| matches!(op, PeerOp::DeleteFdb6 { .. })));
+    }
+
+    #[test]
+    fn ipv6_reconcile_repairs_and_prunes_its_device_only() {
+        let (a, b) = (dual(2, 2), dual(3, 3));
+        let a6 = a.ipv6.unwrap();
+        let gone: Subnet6 = "fd00:10:244:9::/64".parse().unwrap();
+        let route =
+            |dst: Ipv6Addr, len: u8, gw: Option<Ipv6Addr>| DeviceRoute::new6(V6, dst, len, gw);
+        let dumps = Dumps {
+            v6: Some(Dumps6 {
+                // a complete; b has nothing; a left-over peer's route, neighbour and fdb.
+                routes: vec![
+                    route(a6.subnet.addr(), 64, Some(a6.subnet.addr())),
+                    route(gone.addr(), 64, Some(gone.addr())),
+                ],
+                neighbours: vec![
+                    NeighbourEntry {
+                        ip: a6.subnet.addr(),
+                        mac: Some(a6.vtep_mac),
+                        permanent: true,
+                    },
+                    NeighbourEntry {
+                        ip: gone.addr(),
+                        mac: Some(MacAddr([0x06, 0, 0, 0, 0, 9])),
+                        permanent: true,
+                    },
+                    // not permanent: the kernel's own, left alone
+                    NeighbourEntry {
+                        ip: "fe80::1".parse().unwrap(),
+                        mac: None,
+                        permanent: false,
+                    },
+                ],
+                fdb: vec![
+                    FdbEntry {
+                        mac: a6.vtep_mac,
+                        dst: Some(a6.public_ipv6),
+                    },
+                    FdbEntry {
+                        mac: MacAddr([0x06, 0, 0, 0, 0, 9]),
+                        dst: Some("fd00:64::9".parse().unwrap()),
+                    },
+                    // no destination (a kernel default entry): not ours
+                    FdbEntry {
+                        mac: MacAddr([0x33, 0x33, 0, 0, 0, 1]),
+                        dst: None,
+                    },
+                ],
+            }),
+            ..Dumps::default()
+        };
+        let peers: Vec<(Peer, PeerPath)> = [a, b].iter().map(|p| (*p, PeerPath::Overlay)).collect();
+        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None);
+        let repairs = only6(r.repairs.into_iter().map(|op| (0, op)).collect());
+        assert_eq!(
+            repairs.len(),
+            3,
+            "b's neighbour, fdb entry and route: {repairs:?}"
+        );
+        assert!(repairs.iter().all(|op| op.describe().contains("fd00:")));
+        let stale: Vec<String> = only6(r.stale.into_iter().map(|op| (0, op)).collect())
+            .iter()
+            .map(PeerOp::describe)
+            .collect();
+        assert_eq!(
+            stale,
+            [
+                "delete route fd00:10:244:9::/64 via Some(fd00:10:244:9::)",
+                "delete fdb 06:00:00:00:00:09 dst fd00:64::9 on #9",
+                "delete neighbour fd00:10:244:9:: on #9",
+            ]
+        );
+        // No IPv6 device: the IPv6 dumps are not looked at.
+        let r = reconcile_ops(&kernel(), &peers, &dumps, None);
+        assert!(only6(r.stale.into_iter().map(|op| (0, op)).collect()).is_empty());
     }
 }
