@@ -31,7 +31,11 @@
 # `auth enable` with a user for the nodes; the lab's CA, certificates and passwords are made in
 # $VXLAB_STATE/pki, and nodes get them as VXMESHD_ETCD_* variables),
 # VXLAB_ETCD_MEMBERS (1; 3 runs a 3-member cluster, every agent given all three endpoints),
-# VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s).
+# VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s),
+# VXLAB_IPV6=1 (dual stack: every node's eth0 also gets fd00:64::<10+i>/64, the config adds
+# "EnableIPv6" with IPv6Network fd00:10:244::/56; pods on kernel-dataplane nodes get an IPv6
+# address too and `check` pings every IPv6 pod pair as well; the userspace dataplane does not
+# carry IPv6 yet, so its pods get IPv4 only).
 #   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
 #   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
 #   Faults: kill-agent N (SIGKILL, nothing cleaned up), cut-etcd N / heal-etcd N (a firewall
@@ -70,6 +74,8 @@ member_ip() { echo "192.168.100.$((1 + $1))"; }
 ETCD=$(for m in $(seq "$MEMBERS"); do printf 'http://%s:2379,' "$(member_ip "$m")"; done)
 ETCD=${ETCD%,}
 LEASE_TTL=${VXLAB_LEASE_TTL:-60s}
+IPV6=${VXLAB_IPV6:-$(cat "$STATE/ipv6" 2>/dev/null || echo 0)}
+NETWORK6=fd00:10:244::/56
 SECURE=${VXLAB_ETCD_SECURE:-0}
 # A lab brought up secure stays secure: its access settings are in $STATE/etcd.env.
 # shellcheck disable=SC1091  # written by secure_etcd_files
@@ -84,6 +90,7 @@ pod() { echo "$PREFIX-n$1-p$2"; }
 # Node i's L2 segment: as the lab was brought up, else from VXLAB_L2 (default 1).
 segment() { cat "$STATE/n$1/l2" 2>/dev/null || echo "${L2S[$(($1 - 1))]:-1}"; }
 node_ip() { echo "192.168.$((99 + $(segment "$1"))).$((10 + $1))"; }
+node_ip6() { echo "fd00:64::$((10 + $1))"; }
 bridge_of() { echo "br$(($(segment "$1") - 1))"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -312,6 +319,12 @@ create_pods() {
       ip netns exec "$(node "$i")") || die "CNI ADD for $(pod "$i" "$j") failed"
     echo "$addr" >"$STATE/n$i/p$j.ip"
     log "  pod $(pod "$i" "$j"): $addr (CNI ADD via $BIN/vxmesh)"
+    if [ "$IPV6" = 1 ]; then
+      addr=$(ip -n "$(pod "$i" "$j")" -j -6 addr show dev eth0 scope global \
+        | jq -r '.[0].addr_info[]? | select(.local) | .local' | head -n 1)
+      echo "$addr" >"$STATE/n$i/p$j.ip6"
+      log "  pod $(pod "$i" "$j"): ${addr:-no IPv6 address (the $(dataplane "$i") dataplane carries IPv4 only)}"
+    fi
   done
 }
 
@@ -320,8 +333,9 @@ cmd_up() {
   if ip netns list | grep -q "^$SW\b"; then
     die "a lab named $PREFIX exists; run '$0 down' first or set VXLAB_PREFIX"
   fi
+  case $IPV6 in 0|1) ;; *) die "VXLAB_IPV6=$IPV6: use 1 (dual stack) or 0" ;; esac
   rm -rf "$STATE"; mkdir -p "$STATE"
-  echo "$NODES" >"$STATE/nodes"; echo "$PODS" >"$STATE/pods"
+  echo "$NODES" >"$STATE/nodes"; echo "$PODS" >"$STATE/pods"; echo "$IPV6" >"$STATE/ipv6"
   log "creating underlay switch $SW and $NODES nodes"
   ip netns add "$SW"; ip -n "$SW" link set lo up
   ip -n "$SW" link add br0 type bridge; ip -n "$SW" link set br0 up
@@ -347,6 +361,8 @@ cmd_up() {
     ip -n "$SW" link add "n$i" type veth peer name eth0 netns "$(node "$i")"
     ip -n "$SW" link set "n$i" master "$(bridge_of "$i")" up
     ip -n "$(node "$i")" addr add "$(node_ip "$i")/24" dev eth0
+    # nodad: usable at once (the lab's addresses are unique by construction)
+    if [ "$IPV6" = 1 ]; then ip -n "$(node "$i")" -6 addr add "$(node_ip6 "$i")/64" dev eth0 nodad; fi
     ip -n "$(node "$i")" link set eth0 up
     if [ "$(wc -w <<<"$segments")" -gt 1 ]; then
       ip -n "$(node "$i")" route add default via "192.168.$((99 + $(segment "$i"))).1"
@@ -373,7 +389,12 @@ cmd_up() {
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
   if [ "$SECURE" = 1 ]; then secure_etcd_auth; fi
-  if [ -n "$BACKEND" ]; then
+  if [ "$IPV6" = 1 ]; then
+    local backend=${BACKEND:-'{"Type":"vxlan"}'}
+    etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" \
+      "{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":$backend}" >/dev/null
+    log "network config: dual stack, $NETWORK and $NETWORK6, Backend $backend"
+  elif [ -n "$BACKEND" ]; then
     etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" "{\"Network\":\"$NETWORK\",\"Backend\":$BACKEND}" >/dev/null
     log "network config: $NETWORK, Backend $BACKEND"
   else
@@ -402,6 +423,16 @@ pods_file() {
   echo "$STATE/pods.list"
 }
 
+# The same for the pods' IPv6 addresses (dual stack): pods without one are left out.
+pods_file6() {
+  local i j a
+  for i in $(seq "$NODES"); do for j in $(seq "$PODS"); do
+    a=$(cat "$STATE/n$i/p$j.ip6" 2>/dev/null || true)
+    if [ -n "$a" ]; then echo "$i $(pod "$i" "$j") $a"; fi
+  done; done >"$STATE/pods6.list"
+  echo "$STATE/pods6.list"
+}
+
 cmd_check() {
   [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"
   NODES=$(cat "$STATE/nodes"); PODS=$(cat "$STATE/pods")
@@ -411,7 +442,14 @@ cmd_check() {
   cluster_ping_header
   cluster_ping_pairs "$pods"
   pass=$CLUSTER_PASS; fail=$CLUSTER_FAIL
-  local pairs=$((pass + fail)) pairs_ok=$pass gbps="-"
+  local pairs=$((pass + fail)) pairs_ok=$pass gbps="-" pairs6=""
+  if [ "$(cat "$STATE/ipv6" 2>/dev/null || echo 0)" = 1 ]; then
+    log "all-pairs cross-node pod ping, IPv6"
+    cluster_ping_header
+    cluster_ping_pairs "$(pods_file6)"
+    pass=$((pass + CLUSTER_PASS)); fail=$((fail + CLUSTER_FAIL))
+    pairs6="; IPv6 pod pairs: $CLUSTER_PASS of $((CLUSTER_PASS + CLUSTER_FAIL)) reachable"
+  fi
   if [ "$NODES" -ge 2 ]; then
     local server client
     server=$(pod 2 1); client=$(pod 1 1)
@@ -434,7 +472,7 @@ cmd_check() {
     local st; st=$(node_status "$i")
     cluster_summary_row "$(node "$i")" "$(node_ip "$i")" "$st"
   done
-  echo "cross-node pod pairs: $pairs_ok of $pairs reachable; iperf3 $(pod 1 1) -> $(pod 2 1): $gbps Gbit/s"
+  echo "cross-node pod pairs: $pairs_ok of $pairs reachable$pairs6; iperf3 $(pod 1 1) -> $(pod 2 1): $gbps Gbit/s"
   cluster_result_line "$pass" "$fail"
   [ "$fail" -eq 0 ]
 }

@@ -170,7 +170,7 @@ async fn lease_ipv6(
         nl.ipv6_addresses(underlay.link.index).await?
     };
     let ip6 = crate::underlay::choose_public_ipv6(flags.public_ipv6, &underlay.link.name, &addrs)?;
-    tracing::info!(public_ipv6 = %ip6, ipv6_pool = %pool.describe_pool(), "dual-stack lease: PublicIPv6 {ip6}; this node's pods get no IPv6 address yet (subnet.env stays IPv4)");
+    tracing::info!(public_ipv6 = %ip6, ipv6_pool = %pool.describe_pool(), "dual-stack lease: PublicIPv6 {ip6}");
     Ok(Some(ip6))
 }
 
@@ -749,6 +749,7 @@ pub async fn run_with(
     let mut node = Running {
         files: NodeFiles {
             network: cfg.network,
+            ipv6_network: cfg.ipv6.as_ref().map(|p| p.network),
             mtu,
             ip_masq: opts.ip_masq,
             rules: Rules {
@@ -865,6 +866,8 @@ pub async fn run_with(
 #[derive(Debug)]
 struct NodeFiles {
     network: Subnet,
+    /// Dual stack: the IPv6 Network (FLANNEL_IPV6_NETWORK, when IPv6 is carried).
+    ipv6_network: Option<Subnet6>,
     mtu: u32,
     ip_masq: bool,
     /// The masquerade and FORWARD rules this node keeps in place.
@@ -905,8 +908,7 @@ struct Running {
 impl Running {
     /// Takes the first lease: device address, masquerade rules, subnet file, peers.
     async fn start(&mut self, first: Held) -> anyhow::Result<()> {
-        self.take_subnet(first.subnet).await?;
-        self.take_subnet6(first.ipv6).await?;
+        self.take_subnet(first.subnet, first.ipv6).await?;
         self.state.ready.subnet_env.store(true, Ordering::Relaxed);
         tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
         let mut skips = Vec::new();
@@ -916,9 +918,11 @@ impl Running {
         Ok(())
     }
 
-    /// Gives the node `subnet`: the device's address, masquerade rules, subnet file.
-    async fn take_subnet(&self, subnet: Subnet) -> anyhow::Result<()> {
+    /// Gives the node `subnet` (and, dual stack, `ipv6`): the devices' addresses,
+    /// masquerade rules, subnet file.
+    async fn take_subnet(&self, subnet: Subnet, ipv6: Option<Subnet6>) -> anyhow::Result<()> {
         self.dp.set_subnet(&self.nl, &subnet).await?;
+        let carried6 = self.take_subnet6(ipv6).await?;
         if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
             tracing::error!("cannot install the masquerade/forward rules: {e}");
             self.state.update(|i| i.last_error = Some(e.to_string()));
@@ -928,6 +932,7 @@ impl Running {
             subnet,
             mtu: self.files.mtu,
             ipmasq: self.files.ip_masq,
+            ipv6: self.files.ipv6_network.zip(carried6),
         };
         env.write_atomic(&self.files.subnet_file)
             .with_context(|| format!("writing {}", self.files.subnet_file.display()))?;
@@ -935,15 +940,17 @@ impl Running {
     }
 
     /// Gives the IPv6 device (kernel dataplane, dual stack) the lease's IPv6 VTEP
-    /// address. Pods get no IPv6 address yet: subnet.env stays IPv4.
-    async fn take_subnet6(&self, subnet: Option<Subnet6>) -> anyhow::Result<()> {
-        let Some(v6) = subnet else { return Ok(()) };
+    /// address; returns the IPv6 subnet when the dataplane carries it (then the subnet
+    /// file names it and pods get IPv6 addresses from it).
+    async fn take_subnet6(&self, subnet: Option<Subnet6>) -> anyhow::Result<Option<Subnet6>> {
+        let Some(v6) = subnet else { return Ok(None) };
         if self.dp.set_subnet6(&self.nl, &v6).await? {
-            tracing::info!(ipv6_subnet = %v6, "IPv6 device address {}/128 (node-to-node IPv6 is carried; pods get no IPv6 address yet)", v6.addr());
+            tracing::info!(ipv6_subnet = %v6, "IPv6 device address {}/128; pods get IPv6 addresses from {v6} (FLANNEL_IPV6_SUBNET)", v6.addr());
+            Ok(Some(v6))
         } else {
-            tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is {v6}; not carried: the userspace dataplane does not carry IPv6 yet (the kernel dataplane does, node to node)");
+            tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is {v6}; not carried: the userspace dataplane does not carry IPv6 yet (the kernel dataplane does), so pods get no IPv6 address");
+            Ok(None)
         }
-        Ok(())
     }
 
     /// Records a held lease (status, readiness, the own-key watch).
@@ -970,11 +977,10 @@ impl Running {
                 .event("lease_lost", format!("subnet {}", self.own.subnet));
             return Ok(());
         };
-        if h.ipv6 != self.own.ipv6 {
-            self.take_subnet6(h.ipv6).await?;
+        if h.subnet != self.own.subnet || h.ipv6 != self.own.ipv6 {
+            self.take_subnet(h.subnet, h.ipv6).await?;
         }
         if h.subnet != self.own.subnet {
-            self.take_subnet(h.subnet).await?;
             let mut skips = Vec::new();
             let changes = self.peers.set_own(Some(h.subnet), &mut skips);
             record_skips(&skips, &self.state);

@@ -17,13 +17,15 @@
 //! when EnableIPv6 is off (flannel's JSON decoding refuses a malformed one too).
 //!
 //! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4
-//! pod traffic only, for now. A dual-stack config parses (its IPv6 pool kept in
+//! and IPv6 beside it on the kernel dataplane. A dual-stack config parses (its IPv6 pool kept in
 //! [`NetworkConfig::ipv6`]); its nodes lease both families in flannel's dual-stack
-//! keys ([`crate::allocator`]), with a warning that no pod gets an IPv6 address; an
-//! IPv6-only config (`EnableIPv4: false`) is refused with a message saying so.
+//! keys ([`crate::allocator`]), with a note that only the kernel dataplane carries IPv6
+//! pod traffic; an IPv6-only config (`EnableIPv4: false`) is refused with a message
+//! saying so.
 //!
 //! Differences from flannel, each logged: a missing Backend means vxlan (flannel
-//! falls back to udp); IPv6 pod traffic is not carried yet (above); an IPv6Network
+//! falls back to udp); IPv6 pod traffic is carried by the kernel dataplane only
+//! (above); an IPv6Network
 //! reaching into `::/96` or `::ffff:0:0/96` is refused (flannel writes those
 //! addresses in a dotted form its own lease keys cannot hold); SubnetMin above
 //! SubnetMax (either family) is refused as an empty pool.
@@ -51,7 +53,8 @@ pub struct NetworkConfig {
     /// table instead of iptables chains.
     pub enable_nftables: bool,
     /// The IPv6 pool of a dual-stack config (`EnableIPv6`), checked with flannel's
-    /// rules. Leased (dual-stack keys), not carried yet: see [`carried_families`].
+    /// rules. Leased (dual-stack keys); carried by the kernel dataplane: see
+    /// [`carried_families`].
     pub ipv6: Option<Ipv6Pool>,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
@@ -345,12 +348,12 @@ impl NetworkConfig {
     }
 }
 
-/// The one place that decides which of the parsed families vxmesh carries: IPv4
-/// pod traffic only, until the IPv6 dataplane exists. Dual stack: each node leases
-/// both families in one key, as flanneld does (so flanneld's dual-stack nodes and
-/// vxmesh's share one registry), IPv4 works as before, and the operator is told,
-/// once, that pods get no IPv6 address. IPv6 only: refused, since a node could then
-/// give no pod an address at all.
+/// The one place that decides which of the parsed families vxmesh runs. Dual stack:
+/// each node leases both families in one key, as flanneld does (so flanneld's
+/// dual-stack nodes and vxmesh's share one registry), IPv4 works as before, IPv6 pod
+/// traffic is carried by the kernel dataplane, and the operator is told, once, that
+/// the userspace dataplane's pods get no IPv6 address. IPv6 only: refused (no
+/// dataplane runs without IPv4 yet).
 pub fn carried_families(
     enable_ipv4: bool,
     ipv6: Option<&Ipv6Pool>,
@@ -361,13 +364,13 @@ pub fn carried_families(
         (false, Some(v6)) => Err(bad(
             "EnableIPv4",
             format!(
-                "is false: an IPv6-only network ({}). vxmesh does not carry IPv6 pod traffic yet, so its nodes could give no pod an address; keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network), of which vxmesh carries the IPv4 half",
+                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only, on the kernel dataplane); keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network)",
                 v6.describe_pool()
             ),
         )),
         (true, Some(v6)) => {
             notes.push(format!(
-                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), but vxmesh does not carry IPv6 pod traffic yet: it writes no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET to the subnet file and its pods get no IPv6 address (the kernel dataplane programs flanneld's IPv6 device, flannel-v6.<VNI>, node to node; the userspace dataplane routes IPv4 only)",
+                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), and IPv6 pod traffic is carried by the kernel dataplane (--dataplane kernel: flanneld's IPv6 device flannel-v6.<VNI>, FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET in the subnet file, pods get both families); the userspace dataplane does not carry IPv6 pod traffic yet: it writes no IPv6 lines and its pods get no IPv6 address",
                 v6.describe_pool()
             ));
             Ok(())
@@ -814,7 +817,7 @@ mod tests {
         let msg = e.to_string();
         assert!(
             msg.contains("IPv6-only network (IPv6Network fd00::/56")
-                && msg.contains("does not carry IPv6 pod traffic yet")
+                && msg.contains("does not run IPv6-only networks yet")
                 && msg.contains("dual stack"),
             "{msg}"
         );

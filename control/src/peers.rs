@@ -169,7 +169,7 @@ pub enum RejectReason {
     /// Another backend (udp, host-gw, wireguard…): vxmesh cannot reach that node.
     NotVxlan,
     /// A vxlan lease with IPv6 backend data only (flannel's IPv6-only node, key
-    /// `0.0.0.0-0&<ipv6>-<len>`): vxmesh does not carry IPv6 pod traffic yet.
+    /// `0.0.0.0-0&<ipv6>-<len>`): vxmesh does not run IPv6-only networks yet.
     Ipv6Only,
     /// A vxlan lease of another VNI.
     WrongVni,
@@ -327,7 +327,7 @@ fn judge_alone(
         return Err(Rejection::new(
             RejectReason::Ipv6Only,
             format!(
-                "an IPv6-only lease (PublicIPv6 {}, BackendV6Data VtepMAC {}, no IPv4 BackendData): vxmesh does not carry IPv6 pod traffic yet",
+                "an IPv6-only lease (PublicIPv6 {}, BackendV6Data VtepMAC {}, no IPv4 BackendData): vxmesh does not run IPv6-only networks yet",
                 attrs
                     .public_ipv6
                     .map_or_else(|| "null".to_string(), |ip| ip.to_string()),

@@ -10,18 +10,21 @@
 use std::io;
 use std::path::Path;
 
-use vxmesh_subnet_env::{self as file, Ipv4Network};
+use vxmesh_subnet_env::{self as file, Ipv4Network, Ipv6Network};
 
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 
-/// The four values the agent writes.
+/// The values the agent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetEnv {
     pub network: Subnet,
     pub subnet: Subnet,
     pub mtu: u32,
     pub ipmasq: bool,
+    /// Dual stack, when this node's dataplane carries IPv6: the IPv6 Network and the
+    /// lease's IPv6 subnet (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
+    pub ipv6: Option<(Subnet6, Subnet6)>,
 }
 
 fn ipv4_network(s: Subnet) -> Ipv4Network {
@@ -29,14 +32,23 @@ fn ipv4_network(s: Subnet) -> Ipv4Network {
     Ipv4Network::new(s.addr(), s.prefix_len()).unwrap_or_else(|_| Ipv4Network::from(s.addr()))
 }
 
+fn ipv6_network(s: Subnet6) -> Ipv6Network {
+    // Cannot fail: a Subnet6's length is at most 128.
+    Ipv6Network::new(s.addr(), s.prefix_len()).unwrap_or_else(|_| Ipv6Network::from(s.addr()))
+}
+
 impl SubnetEnv {
     fn file(&self) -> file::SubnetEnv {
-        file::SubnetEnv::for_lease(
+        let f = file::SubnetEnv::for_lease(
             ipv4_network(self.network),
             ipv4_network(self.subnet),
             self.mtu,
             self.ipmasq,
-        )
+        );
+        match self.ipv6 {
+            Some((network, subnet)) => f.with_ipv6(ipv6_network(network), ipv6_network(subnet)),
+            None => f,
+        }
     }
 
     /// The file's contents. `FLANNEL_SUBNET` is the subnet's first host address
@@ -92,7 +104,35 @@ mod tests {
             subnet: "10.244.3.0/24".parse().unwrap(),
             mtu: 1450,
             ipmasq: false,
+            ipv6: None,
         }
+    }
+
+    #[test]
+    fn dual_stack_renders_like_flanneld_and_reads_back() {
+        let e = SubnetEnv {
+            ipv6: Some((
+                "fd00:10:244::/56".parse().unwrap(),
+                "fd00:10:244:3::/64".parse().unwrap(),
+            )),
+            ..env()
+        };
+        let text = e.render();
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(
+            SubnetEnv::ipv6_subnet_from(&text),
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+        // What the CNI plugin reads.
+        let parsed = file::SubnetEnv::parse(text.as_bytes()).unwrap();
+        assert_eq!(parsed.ipv6_networks.len(), 1);
+        assert_eq!(
+            parsed.ipv6_subnet.unwrap().to_string(),
+            "fd00:10:244:3::1/64"
+        );
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn subnet_files_are_interchangeable() {
         subnet: "10.244.3.0/24".parse().unwrap(),
         mtu: 1450,
         ipmasq: true,
+        ipv6: None,
     }
     .render();
     assert_eq!(vxmesh, flanneld, "byte-identical to flanneld's subnet file");
@@ -244,6 +245,22 @@ fn subnet_files_are_interchangeable() {
     assert_eq!(
         SubnetEnv::subnet_from(dual),
         Some("10.42.7.0/24".parse().unwrap())
+    );
+    // ... and writes the same bytes for a dual-stack lease it carries (kernel dataplane).
+    let vxmesh_dual = SubnetEnv {
+        network: "10.42.0.0/16".parse().unwrap(),
+        subnet: "10.42.7.0/24".parse().unwrap(),
+        mtu: 1450,
+        ipmasq: false,
+        ipv6: Some((
+            "2001:cafe:42::/56".parse().unwrap(),
+            "2001:cafe:42:7::/64".parse().unwrap(),
+        )),
+    }
+    .render();
+    assert_eq!(
+        vxmesh_dual, dual,
+        "byte-identical to a dual-stack flanneld's file"
     );
 }
 

@@ -30,7 +30,7 @@ pub mod cidr;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 pub use cidr::CidrError;
@@ -183,6 +183,23 @@ impl SubnetEnv {
             mtu,
             ipmasq,
         }
+    }
+
+    /// Adds a dual-stack lease's IPv6 lines: `FLANNEL_IPV6_NETWORK` and
+    /// `FLANNEL_IPV6_SUBNET`, the subnet's first host address (the bridge's gateway) with
+    /// the subnet's length, as flanneld writes them.
+    pub fn with_ipv6(mut self, network: Ipv6Network, subnet: Ipv6Network) -> Self {
+        let base = u128::from(subnet.network());
+        let gateway = if subnet.prefix() < 128 {
+            base + 1
+        } else {
+            base
+        };
+        // Cannot fail: the length comes from a valid IPv6 network.
+        let subnet = Ipv6Network::new(Ipv6Addr::from(gateway), subnet.prefix()).unwrap_or(subnet);
+        self.ipv6_networks = vec![network];
+        self.ipv6_subnet = Some(subnet);
+        self
     }
 
     /// Parses a whole file as the CNI plugin needs it: at least one network and subnet, the

@@ -676,7 +676,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             println!("pool:      {}", c.describe_pool());
             if let Some(v6) = &c.ipv6 {
                 println!(
-                    "ipv6 pool: {} (leased in dual-stack keys; IPv6 pod traffic not carried yet)",
+                    "ipv6 pool: {} (leased in dual-stack keys; IPv6 pod traffic carried by the kernel dataplane only)",
                     v6.describe_pool()
                 );
             }

@@ -314,9 +314,28 @@ async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyho
     // takes no router advertisements, as flanneld's.
     let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0");
     let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    enable_ipv6_forwarding(nl, s.underlay_index).await?;
     tracing::info!(device = %name, index, local = ?local, vtep_mac = %v6.vtep_mac,
         mtu = spec.mtu, "kernel dataplane: IPv6 device running (dual stack)");
     Ok(Device6 { name, index })
+}
+
+/// Turns IPv6 forwarding on (pods' IPv6 traffic crosses between their bridge and the
+/// IPv6 device), as the IPv4 device turns `ip_forward` on. With forwarding on, Linux
+/// ignores router advertisements on an interface whose `accept_ra` is 1; an underlay
+/// that took its IPv6 routes from them keeps doing so (`accept_ra` 2, as Kubernetes'
+/// dual-stack setups ask for).
+async fn enable_ipv6_forwarding(nl: &Netlink, underlay_index: u32) -> anyhow::Result<()> {
+    if let Some(u) = nl.link_by_index(underlay_index).await? {
+        let key = format!("net/ipv6/conf/{}/accept_ra", u.name);
+        let now = std::fs::read_to_string(format!("/proc/sys/{key}")).unwrap_or_default();
+        if now.trim() == "1" {
+            tracing::info!(iface = %u.name,
+                "IPv6 forwarding goes on: accept_ra 1 -> 2 on the underlay so that it keeps taking router advertisements");
+            write_sysctl(&key, "2").with_context(|| format!("setting {key}"))?;
+        }
+    }
+    write_sysctl("net/ipv6/conf/all/forwarding", "1").context("enabling IPv6 forwarding")
 }
 
 /// Deletes `flannel-v6.<VNI>` (left by the kernel dataplane of a dual-stack node, or
