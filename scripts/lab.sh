@@ -326,6 +326,24 @@ create_pods() {
       log "  pod $(pod "$i" "$j"): ${addr:-no IPv6 address (the $(dataplane "$i") dataplane carries IPv4 only)}"
     fi
   done
+  if [ "$IPV6" = 1 ]; then settle_ipv6 "$i"; fi
+}
+
+# settle_ipv6 I: waits (up to 5 s) until no IPv6 address of node I's bridge or pods is still
+# tentative: until duplicate address detection ends (about a second) the bridge does not
+# answer for its gateway address and a pod cannot send from its own, so a first ping would
+# wait or fail.
+settle_ipv6() {
+  local i=$1 j ns
+  for _ in $(seq 50); do
+    local busy=0
+    for ns in "$(node "$i")" $(for j in $(seq "$PODS"); do pod "$i" "$j"; done); do
+      if [ -n "$(ip -n "$ns" -6 addr show tentative 2>/dev/null)" ]; then busy=1; fi
+    done
+    [ "$busy" = 1 ] || return 0
+    sleep 0.1
+  done
+  log "  node $(node "$i"): IPv6 addresses still tentative after 5 s"
 }
 
 cmd_up() {

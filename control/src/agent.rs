@@ -416,18 +416,22 @@ fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<He
 
 /// Keeps the masquerade/forward rules in place, as flanneld does every
 /// `--iptables-resync` seconds: applies them for each new subnet, and restores them
-/// when a firewall reload or an `iptables -F` removed or changed them.
+/// when a firewall reload or an `iptables -F` removed or changed them. `network6`: the
+/// IPv6 Network when the dataplane carries IPv6 (the same rules with ip6tables, or in
+/// `table ip6 vxmesh`, for the lease's IPv6 subnet).
 async fn keep_iptables(
     rules: Rules,
     network: Subnet,
+    network6: Option<Subnet6>,
     mut held: watch::Receiver<Option<Held>>,
     every: Duration,
     state: Arc<AgentState>,
 ) {
     let mut last: Option<crate::masq::Snapshot> = None;
+    let mut last6: Option<crate::masq::Snapshot<Subnet6>> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failing = [false, false];
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -436,43 +440,60 @@ async fn keep_iptables(
         let Some(h) = *held.borrow_and_update() else {
             continue;
         };
-        let mut snapshot = last.take();
+        let (mut snapshot, mut snapshot6) = (last.take(), last6.take());
         // iptables-save/-restore are processes: off the control thread.
-        let Ok((r, snapshot)) = tokio::task::spawn_blocking(move || {
+        let Ok((r, r6, snapshot, snapshot6)) = tokio::task::spawn_blocking(move || {
             let r = crate::masq::ensure(&network, &h.subnet, rules, &mut snapshot);
-            (r, snapshot)
+            let r6 = match (network6, h.ipv6) {
+                (Some(n6), Some(own6)) => {
+                    Some(crate::masq::ensure6(&n6, &own6, rules, &mut snapshot6))
+                }
+                _ => None,
+            };
+            (r, r6, snapshot, snapshot6)
         })
         .await
         else {
             return;
         };
-        last = snapshot;
-        match r {
-            Ok(Ensured::Intact | Ensured::Applied) => {
-                if failing {
-                    tracing::info!("{} rules in place again", rules.backend.name());
-                    failing = false;
-                }
+        (last, last6) = (snapshot, snapshot6);
+        let tool = rules.backend.name();
+        report_rules(r, tool, "", &mut failing[0], &state);
+        if let Some(r6) = r6 {
+            report_rules(r6, tool, " (IPv6)", &mut failing[1], &state);
+        }
+    }
+}
+
+/// Logs and counts what one family's [`crate::masq::ensure`] did.
+fn report_rules(
+    r: Result<Ensured, crate::masq::MasqError>,
+    tool: &str,
+    family: &str,
+    failing: &mut bool,
+    state: &AgentState,
+) {
+    match r {
+        Ok(Ensured::Intact | Ensured::Applied) => {
+            if *failing {
+                tracing::info!("{tool} rules{family} in place again");
+                *failing = false;
             }
-            Ok(Ensured::Restored { missing, extra }) => {
-                state.iptables_repairs.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    missing,
-                    extra,
-                    "{} rules were changed behind vxmesh's back (firewall reload? iptables -F? nft flush ruleset?); restored",
-                    rules.backend.name()
-                );
+        }
+        Ok(Ensured::Restored { missing, extra }) => {
+            state.iptables_repairs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                missing,
+                extra,
+                "{tool} rules{family} were changed behind vxmesh's back (firewall reload? iptables -F? nft flush ruleset?); restored"
+            );
+        }
+        Err(e) => {
+            if !*failing {
+                tracing::error!("cannot keep the {tool} rules{family} in place: {e}");
+                *failing = true;
             }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(
-                        "cannot keep the {} rules in place: {e}",
-                        rules.backend.name()
-                    );
-                    failing = true;
-                }
-                state.update(|i| i.last_error = Some(e.to_string()));
-            }
+            state.update(|i| i.last_error = Some(e.to_string()));
         }
     }
 }
@@ -796,6 +817,7 @@ pub async fn run_with(
         tokio::spawn(keep_iptables(
             node.files.rules,
             cfg.network,
+            node.dp.device6_index().and(node.files.ipv6_network),
             held_rx.clone(),
             opts.iptables_resync,
             Arc::clone(&state),
@@ -926,6 +948,12 @@ impl Running {
         if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
             tracing::error!("cannot install the masquerade/forward rules: {e}");
             self.state.update(|i| i.last_error = Some(e.to_string()));
+        }
+        if let (Some(n6), Some(own6)) = (self.files.ipv6_network, carried6) {
+            if let Err(e) = crate::masq::apply6(&n6, &own6, self.files.rules) {
+                tracing::error!("cannot install the IPv6 masquerade/forward rules: {e}");
+                self.state.update(|i| i.last_error = Some(e.to_string()));
+            }
         }
         let env = SubnetEnv {
             network: self.files.network,

@@ -36,6 +36,11 @@
 //! nftables, chains `notrack_pre` and `notrack_out` at priority raw). Pod traffic stays
 //! tracked: Service replies need conntrack to undo their DNAT.
 //!
+//! IPv6 (dual stack, where the dataplane carries it: the kernel one): the same masquerade
+//! and FORWARD rules for the IPv6 Network and the node's IPv6 subnet, as flanneld adds
+//! them with the same flags — `ip6tables-restore` into the same chain names, or `table ip6
+//! vxmesh` — kept in place the same way ([`ensure6`]). `--vxlan-notrack` stays IPv4.
+//!
 //! The rules are left in place when the agent stops, so existing pods keep their
 //! outside access across a restart; `vxmeshctl cleanup-iptables` removes them (both
 //! backends').
@@ -45,6 +50,59 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
+
+/// The address family a set of rules is for: which tools keep them and how the
+/// Network's multicast range is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+    /// The nftables family of our table, and the address keyword in its rules.
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    fn multicast(self) -> &'static str {
+        match self {
+            Family::V4 => "224.0.0.0/4",
+            Family::V6 => "ff00::/8",
+        }
+    }
+    /// The rules of this family: `--vxlan-notrack` concerns the IPv4 underlay only.
+    fn rules(self, rules: Rules) -> Rules {
+        match self {
+            Family::V4 => rules,
+            Family::V6 => Rules {
+                untrack: None,
+                ..rules
+            },
+        }
+    }
+}
 
 pub const NAT_CHAIN: &str = "VXMESH-POSTRTG";
 pub const FWD_CHAIN: &str = "VXMESH-FWD";
@@ -138,7 +196,17 @@ impl Rules {
 
 /// The `iptables-restore` input that (re)defines our enabled chains.
 pub fn restore_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
-    let n = network.to_string();
+    restore_input_in(Family::V4, &network.to_string(), &own.to_string(), rules)
+}
+
+/// The `ip6tables-restore` input for the IPv6 Network and this node's IPv6 subnet.
+pub fn restore_input6(network: &Subnet6, own: &Subnet6, rules: Rules) -> String {
+    restore_input_in(Family::V6, &network.to_string(), &own.to_string(), rules)
+}
+
+fn restore_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
+    let rules = fam.rules(rules);
+    let multicast = fam.multicast();
     let c = r#"-m comment --comment "vxmesh masq""#;
     let f = r#"-m comment --comment "vxmesh forward""#;
     let random = if rules.random_fully {
@@ -154,7 +222,7 @@ pub fn restore_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
              -A {NAT_CHAIN} -m mark --mark 0x4000/0x4000 {c} -j RETURN\n\
              -A {NAT_CHAIN} -s {n} -d {n} {c} -j RETURN\n\
              -A {NAT_CHAIN} ! -s {n} -d {own} {c} -j RETURN\n\
-             -A {NAT_CHAIN} -s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE{random}\n\
+             -A {NAT_CHAIN} -s {n} ! -d {multicast} {c} -j MASQUERADE{random}\n\
              -A {NAT_CHAIN} ! -s {n} -d {n} {c} -j MASQUERADE{random}\n\
              COMMIT\n"
         ));
@@ -185,24 +253,34 @@ pub fn restore_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
 /// transaction: creating the table first makes the delete succeed when it is absent.
 /// Nothing is NATed inside the Network, as in [`restore_input`], rule for rule.
 pub fn nft_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
-    let n = network.to_string();
+    nft_input_in(Family::V4, &network.to_string(), &own.to_string(), rules)
+}
+
+/// The same for `table ip6 vxmesh`.
+pub fn nft_input6(network: &Subnet6, own: &Subnet6, rules: Rules) -> String {
+    nft_input_in(Family::V6, &network.to_string(), &own.to_string(), rules)
+}
+
+fn nft_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
+    let rules = fam.rules(rules);
+    let (f, multicast) = (fam.nft(), fam.multicast());
     let masquerade = if rules.random_fully {
         "masquerade fully-random"
     } else {
         "masquerade"
     };
     let mut s = format!(
-        "table ip {NFT_TABLE} {{\n}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n"
+        "table {f} {NFT_TABLE} {{\n}}\ndelete table {f} {NFT_TABLE}\ntable {f} {NFT_TABLE} {{\n"
     );
     if rules.masquerade {
         s.push_str(&format!(
             "\tchain postrtg {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tmeta mark & 0x00004000 == 0x00004000 return\n\
-             \t\tip saddr {n} ip daddr {n} return\n\
-             \t\tip saddr != {n} ip daddr {own} return\n\
-             \t\tip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}\n\
-             \t\tip saddr != {n} ip daddr {n} {masquerade}\n\
+             \t\t{f} saddr {n} {f} daddr {n} return\n\
+             \t\t{f} saddr != {n} {f} daddr {own} return\n\
+             \t\t{f} saddr {n} {f} daddr != {multicast} {masquerade}\n\
+             \t\t{f} saddr != {n} {f} daddr {n} {masquerade}\n\
              \t}}\n"
         ));
     }
@@ -210,8 +288,8 @@ pub fn nft_input(network: &Subnet, own: &Subnet, rules: Rules) -> String {
         s.push_str(&format!(
             "\tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tip saddr {n} accept\n\
-             \t\tip daddr {n} accept\n\
+             \t\t{f} saddr {n} accept\n\
+             \t\t{f} daddr {n} accept\n\
              \t}}\n"
         ));
     }
@@ -308,10 +386,12 @@ fn failed(cmd: impl Into<String>, out: &std::process::Output) -> MasqError {
     }
 }
 
-fn iptables(args: &[&str]) -> Result<bool, MasqError> {
+fn iptables(fam: Family, args: &[&str]) -> Result<bool, MasqError> {
     let mut all = vec!["-w"];
     all.extend_from_slice(args);
-    Ok(run("iptables", "iptables", &all, None)?.status.success())
+    Ok(run(fam.iptables(), "iptables", &all, None)?
+        .status
+        .success())
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, MasqError> {
@@ -323,58 +403,71 @@ fn hook_rule(target: &str) -> [&str; 6] {
 }
 
 /// Removes one part: its hooks and its chain (best effort).
-fn remove_part(table: &str, builtins: &[&str], chain: &str) -> Result<(), MasqError> {
+fn remove_part(fam: Family, table: &str, builtins: &[&str], chain: &str) -> Result<(), MasqError> {
     for builtin in builtins {
         let mut delete = vec!["-t", table, "-D", builtin];
         delete.extend_from_slice(&hook_rule(chain));
-        while iptables(&delete)? {}
+        while iptables(fam, &delete)? {}
     }
-    iptables(&["-t", table, "-F", chain])?;
-    iptables(&["-t", table, "-X", chain])?;
+    iptables(fam, &["-t", table, "-F", chain])?;
+    iptables(fam, &["-t", table, "-X", chain])?;
     Ok(())
 }
 
-/// Removes every iptables part.
-fn remove_iptables() -> Result<(), MasqError> {
-    remove_part("nat", &["POSTROUTING"], NAT_CHAIN)?;
-    remove_part("filter", &["FORWARD"], FWD_CHAIN)?;
-    remove_part("raw", &["PREROUTING", "OUTPUT"], RAW_CHAIN)
+/// Removes every iptables part of one family.
+fn remove_iptables(fam: Family) -> Result<(), MasqError> {
+    remove_part(fam, "nat", &["POSTROUTING"], NAT_CHAIN)?;
+    remove_part(fam, "filter", &["FORWARD"], FWD_CHAIN)?;
+    remove_part(fam, "raw", &["PREROUTING", "OUTPUT"], RAW_CHAIN)
 }
 
-/// Whether `nft list tables` output lists our table.
+/// Whether `nft list tables` output lists our table (family `ip`).
 pub fn nft_has_table(listing: &str) -> bool {
-    let ours = format!("table ip {NFT_TABLE}");
+    nft_has_table_in(Family::V4, listing)
+}
+
+fn nft_has_table_in(fam: Family, listing: &str) -> bool {
+    let ours = format!("table {} {NFT_TABLE}", fam.nft());
     listing.lines().any(|l| l.trim() == ours)
 }
 
-/// Whether our nftables table exists.
-fn nft_table_exists() -> Result<bool, MasqError> {
-    let out = nft(&["list", "tables", "ip"], None)?;
+/// Whether our nftables table of `fam` exists.
+fn nft_table_exists(fam: Family) -> Result<bool, MasqError> {
+    let out = nft(&["list", "tables", fam.nft()], None)?;
     if !out.status.success() {
-        return Err(failed("nft list tables ip", &out));
+        return Err(failed(format!("nft list tables {}", fam.nft()), &out));
     }
-    Ok(nft_has_table(&String::from_utf8_lossy(&out.stdout)))
+    Ok(nft_has_table_in(fam, &String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Deletes our nftables table; absent is fine.
-fn remove_nft() -> Result<(), MasqError> {
-    let out = nft(&["delete", "table", "ip", NFT_TABLE], None)?;
-    if out.status.success() || !nft_table_exists()? {
+/// Deletes our nftables table of `fam`; absent is fine.
+fn remove_nft(fam: Family) -> Result<(), MasqError> {
+    let out = nft(&["delete", "table", fam.nft(), NFT_TABLE], None)?;
+    if out.status.success() || !nft_table_exists(fam)? {
         return Ok(());
     }
-    Err(failed(format!("nft delete table ip {NFT_TABLE}"), &out))
+    Err(failed(
+        format!("nft delete table {} {NFT_TABLE}", fam.nft()),
+        &out,
+    ))
 }
 
 /// Removes the other backend's rules after a switch. Its tool not being installed means
 /// none of its rules can be there: nothing to do. A failure is logged, not returned: the
 /// chosen backend's rules are in place, and the other tool may not work on this host at
 /// all (`nft` on a kernel without nf_tables, say).
-fn remove_other(backend: Backend) {
+fn remove_other(fam: Family, backend: Backend) {
     let (what, r) = match backend {
-        Backend::Iptables => ("nftables table ip vxmesh", remove_nft()),
+        Backend::Iptables => (
+            format!("nftables table {} vxmesh", fam.nft()),
+            remove_nft(fam),
+        ),
         Backend::Nftables => (
-            "iptables chains VXMESH-POSTRTG, VXMESH-FWD and VXMESH-NOTRACK",
-            remove_iptables(),
+            format!(
+                "{} chains VXMESH-POSTRTG, VXMESH-FWD and VXMESH-NOTRACK",
+                fam.iptables()
+            ),
+            remove_iptables(fam),
         ),
     };
     match r {
@@ -388,48 +481,59 @@ fn remove_other(backend: Backend) {
 /// Installs or refreshes the enabled rules for `own` subnet inside `network` with the
 /// chosen backend, removes a part that is off, and removes the other backend's rules.
 pub fn apply(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
+    apply_in(Family::V4, &network.to_string(), &own.to_string(), rules)
+}
+
+/// [`apply`] for the IPv6 Network and this node's IPv6 subnet (ip6tables, or `table
+/// ip6 vxmesh`).
+pub fn apply6(network: &Subnet6, own: &Subnet6, rules: Rules) -> Result<(), MasqError> {
+    apply_in(Family::V6, &network.to_string(), &own.to_string(), rules)
+}
+
+fn apply_in(fam: Family, network: &str, own: &str, rules: Rules) -> Result<(), MasqError> {
+    let rules = fam.rules(rules);
     if !rules.any() {
         return Ok(());
     }
     match rules.backend {
-        Backend::Iptables => apply_iptables(network, own, rules)?,
+        Backend::Iptables => apply_iptables(fam, network, own, rules)?,
         Backend::Nftables => {
-            let out = nft(&["-f", "-"], Some(&nft_input(network, own, rules)))?;
+            let out = nft(&["-f", "-"], Some(&nft_input_in(fam, network, own, rules)))?;
             if !out.status.success() {
                 return Err(failed("nft -f", &out));
             }
         }
     }
-    remove_other(rules.backend);
+    remove_other(fam, rules.backend);
     Ok(())
 }
 
-fn apply_iptables(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
+fn apply_iptables(fam: Family, network: &str, own: &str, rules: Rules) -> Result<(), MasqError> {
     let out = run(
-        "iptables-restore",
+        fam.restore(),
         "iptables",
         &["-w", "--noflush"],
-        Some(&restore_input(network, own, rules)),
+        Some(&restore_input_in(fam, network, own, rules)),
     )?;
     if !out.status.success() {
-        return Err(failed("iptables-restore --noflush", &out));
+        return Err(failed(format!("{} --noflush", fam.restore()), &out));
     }
     for (table, builtins, chain, enabled) in rules.parts() {
         if !enabled {
-            remove_part(table, builtins, chain)?;
+            remove_part(fam, table, builtins, chain)?;
             continue;
         }
         let rule = hook_rule(chain);
         for builtin in builtins {
             let mut check = vec!["-t", table, "-C", builtin];
             check.extend_from_slice(&rule);
-            if !iptables(&check)? {
+            if !iptables(fam, &check)? {
                 let mut insert = vec!["-t", table, "-I", builtin, "1"];
                 insert.extend_from_slice(&rule);
-                if !iptables(&insert)? {
+                if !iptables(fam, &insert)? {
                     return Err(MasqError::Failed {
-                        cmd: format!("iptables {}", insert.join(" ")),
-                        stderr: "see iptables' message above".into(),
+                        cmd: format!("{} {}", fam.iptables(), insert.join(" ")),
+                        stderr: format!("see {}' message above", fam.iptables()),
                     });
                 }
             }
@@ -440,34 +544,43 @@ fn apply_iptables(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), Ma
 
 /// Our rules as the backend prints them now, for the enabled parts.
 pub fn current(rules: Rules) -> Result<Vec<String>, MasqError> {
+    current_in(Family::V4, rules)
+}
+
+fn current_in(fam: Family, rules: Rules) -> Result<Vec<String>, MasqError> {
+    let rules = fam.rules(rules);
     if rules.backend == Backend::Nftables {
-        let out = nft(&["list", "table", "ip", NFT_TABLE], None)?;
+        let out = nft(&["list", "table", fam.nft(), NFT_TABLE], None)?;
         if out.status.success() {
             return Ok(nft_ours(&String::from_utf8_lossy(&out.stdout)));
         }
-        if !nft_table_exists()? {
+        if !nft_table_exists(fam)? {
             return Ok(Vec::new());
         }
-        return Err(failed(format!("nft list table ip {NFT_TABLE}"), &out));
+        return Err(failed(
+            format!("nft list table {} {NFT_TABLE}", fam.nft()),
+            &out,
+        ));
     }
     let mut lines = Vec::new();
     for (table, _, _, enabled) in rules.parts() {
         if !enabled {
             continue;
         }
-        let out = run("iptables-save", "iptables", &["-t", table], None)?;
+        let out = run(fam.save(), "iptables", &["-t", table], None)?;
         if !out.status.success() {
-            return Err(failed(format!("iptables-save -t {table}"), &out));
+            return Err(failed(format!("{} -t {table}", fam.save()), &out));
         }
         lines.extend(ours(&String::from_utf8_lossy(&out.stdout)));
     }
     Ok(lines)
 }
 
-/// What [`apply`] left, for [`ensure`] to compare with.
+/// What [`apply`] left, for [`ensure`] to compare with (`S`: the subnet type of the
+/// family, [`Subnet6`] for [`ensure6`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub own: Subnet,
+pub struct Snapshot<S = Subnet> {
+    pub own: S,
     pub lines: Vec<String>,
 }
 
@@ -501,26 +614,53 @@ pub fn ensure(
     rules: Rules,
     last: &mut Option<Snapshot>,
 ) -> Result<Ensured, MasqError> {
+    ensure_in(Family::V4, network, own, rules, last)
+}
+
+/// [`ensure`] for the IPv6 rules.
+pub fn ensure6(
+    network: &Subnet6,
+    own: &Subnet6,
+    rules: Rules,
+    last: &mut Option<Snapshot<Subnet6>>,
+) -> Result<Ensured, MasqError> {
+    ensure_in(Family::V6, network, own, rules, last)
+}
+
+fn ensure_in<S: Copy + PartialEq + std::fmt::Display>(
+    fam: Family,
+    network: &S,
+    own: &S,
+    rules: Rules,
+    last: &mut Option<Snapshot<S>>,
+) -> Result<Ensured, MasqError> {
     let outcome = match last {
-        Some(s) if s.own == *own => match drift(&s.lines, &current(rules)?) {
+        Some(s) if s.own == *own => match drift(&s.lines, &current_in(fam, rules)?) {
             None => return Ok(Ensured::Intact),
             Some((missing, extra)) => Ensured::Restored { missing, extra },
         },
         _ => Ensured::Applied,
     };
     *last = None;
-    apply(network, own, rules)?;
+    apply_in(fam, &network.to_string(), &own.to_string(), rules)?;
     *last = Some(Snapshot {
         own: *own,
-        lines: current(rules)?,
+        lines: current_in(fam, rules)?,
     });
     Ok(outcome)
 }
 
-/// Removes both backends' rules: the iptables hooks and chains, the nftables table.
-/// A tool that is not installed has nothing to remove; both missing is an error.
+/// Removes both backends' rules, both families: the iptables and ip6tables hooks and
+/// chains, the nftables tables `ip vxmesh` and `ip6 vxmesh`. A tool that is not
+/// installed has nothing to remove; both IPv4 tools missing is an error.
 pub fn remove() -> Result<(), MasqError> {
-    match (remove_iptables(), remove_nft()) {
+    // IPv6 first, best effort: a host without ip6tables (or IPv6) has none of ours.
+    for r in [remove_iptables(Family::V6), remove_nft(Family::V6)] {
+        if let Err(e @ MasqError::Failed { .. }) = r {
+            return Err(e);
+        }
+    }
+    match (remove_iptables(Family::V4), remove_nft(Family::V4)) {
         (Err(e @ MasqError::Spawn { .. }), Err(MasqError::Spawn { .. })) => Err(e),
         (Err(e @ MasqError::Failed { .. }), _) | (_, Err(e @ MasqError::Failed { .. })) => Err(e),
         _ => Ok(()),
@@ -566,6 +706,50 @@ mod tests {
         assert!(ret < r.find("MASQUERADE").unwrap());
         assert_eq!(r.matches("COMMIT").count(), 2);
         assert_eq!(r.matches("MASQUERADE --random-fully").count(), 2);
+    }
+
+    /// IPv6: the same rules for the IPv6 Network and subnet, IPv6's multicast range kept
+    /// out of the masquerade, no notrack part (it concerns the IPv4 underlay).
+    #[test]
+    fn ipv6_rules_mirror_the_ipv4_ones() {
+        let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+        let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+        let with_untrack = Rules {
+            untrack: Some(UNTRACK),
+            ..ALL
+        };
+        let r = restore_input6(&n6, &own6, with_untrack);
+        assert!(r.contains("-A VXMESH-POSTRTG -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"vxmesh masq\" -j RETURN"), "{r}");
+        assert!(
+            r.contains("! -s fd00:10:244::/56 -d fd00:10:244:3::/64"),
+            "{r}"
+        );
+        assert!(r.contains("-s fd00:10:244::/56 ! -d ff00::/8"), "{r}");
+        assert!(r.contains("-A VXMESH-FWD -d fd00:10:244::/56"), "{r}");
+        assert!(!r.contains("224.0.0.0/4") && !r.contains("*raw"), "{r}");
+        assert_eq!(r.matches("COMMIT").count(), 2);
+        let nft = nft_input6(&n6, &own6, with_untrack);
+        assert!(
+            nft.starts_with("table ip6 vxmesh {\n}\ndelete table ip6 vxmesh\n"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains(
+                "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random"
+            ),
+            "{nft}"
+        );
+        assert!(nft.contains("ip6 daddr fd00:10:244::/56 accept"), "{nft}");
+        assert!(
+            !nft.contains("notrack") && !nft.contains(" ip saddr"),
+            "{nft}"
+        );
+        // The IPv4 input is unchanged by the family split.
+        let (n, own) = net();
+        assert!(nft_input(&n, &own, ALL)
+            .contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"));
+        assert!(nft_has_table_in(Family::V6, "table ip6 vxmesh\n"));
+        assert!(!nft_has_table("table ip6 vxmesh\n"));
     }
 
     #[test]

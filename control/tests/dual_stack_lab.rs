@@ -10,8 +10,9 @@
 //! without an IPv6 address stops with an error naming `--public-ipv6` (userspace
 //! dataplane). On the kernel dataplane (`VXLAB_IPV6=1`): flanneld's `flannel-v6.1` with
 //! the lease's IPv6 address, the IPv6 lines in the subnet file, pods with both families,
-//! every IPv6 pod pair between kernel nodes reachable, before and after a restart; the
-//! userspace node's pods IPv4 only.
+//! every IPv6 pod pair between kernel nodes reachable, before and after a restart, and
+//! with the hosts' ip6tables FORWARD policy at DROP; pod IPv6 leaving the IPv6 Network
+//! masqueraded, the IPv6 rules restored after a flush; the userspace node's pods IPv4 only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -293,6 +294,61 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
         .ip_json("n3", &["link", "show", "flannel-v6.1"])
         .as_array()
         .is_none_or(|a| a.is_empty()));
+
+    // flanneld's IPv6 rules: masquerade for traffic leaving the IPv6 Network, FORWARD
+    // accepts. The etcd host gets an IPv6 address and no route to the pods: a pod's
+    // ping is answered only when masqueraded behind node 1's address.
+    let nat6 = lab.exec("n1", &["ip6tables-save", "-t", "nat"]);
+    assert!(
+        nat6.contains("-A VXMESH-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8"),
+        "{nat6}"
+    );
+    lab.exec(
+        "etcd",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:64::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let ping_out = |from: &str| {
+        wait_for(Duration::from_secs(5), || {
+            lab.command_in(from, "ping")
+                .args(["-6", "-c", "1", "-W", "1", "fd00:64::2"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    };
+    assert!(
+        ping_out("n1-p1").is_some(),
+        "pod IPv6 to outside the Network, masqueraded"
+    );
+    // With the hosts' ip6tables FORWARD policy at DROP (as Docker sets it), pod IPv6
+    // still crosses: the FORWARD accepts.
+    for node in ["n1", "n2"] {
+        lab.exec(node, &["ip6tables", "-P", "FORWARD", "DROP"]);
+    }
+    let (ok, out) = lab.cmd(&["check"]);
+    assert!(
+        ok && out.contains("IPv6 pod pairs: 8 of 8 reachable"),
+        "with FORWARD policy DROP:\n{out}"
+    );
+    // An ip6tables flush is repaired like an iptables one (--iptables-resync, 5 s).
+    lab.exec("n1", &["ip6tables", "-t", "nat", "-F", "VXMESH-POSTRTG"]);
+    let back = wait_for(Duration::from_secs(15), || {
+        lab.exec("n1", &["ip6tables-save", "-t", "nat"])
+            .contains("-A VXMESH-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8")
+    });
+    assert!(
+        back.is_some(),
+        "the IPv6 masquerade rules were not restored"
+    );
+    assert!(ping_out("n1-p2").is_some());
 
     // A restarted kernel node adopts its IPv6 device; both families still cross.
     lab.must(&["restart-agent", "1"]);

@@ -4,7 +4,7 @@
 //! between the backends removes the other's rules, and the nftables rule set
 //! masquerades pod traffic leaving the Network but not pod-to-pod traffic; the
 //! `--vxlan-notrack` rules keep the outer VXLAN packets out of conntrack in both backends,
-//! are restored and removed like the others.
+//! are restored and removed like the others; the IPv6 rules (dual stack) in both backends.
 //! Needs root, `nft` and `iptables`: ignored by a plain `cargo test`, run by
 //! scripts/test.sh (`-- --include-ignored`).
 
@@ -392,5 +392,66 @@ fn vxlan_notrack_leaves_only_the_outer_vxlan_untracked() {
         .unwrap();
     node.run(|| masq::remove().unwrap()).unwrap();
     let saved = iptables_save(&node);
+    assert!(!saved.contains("VXMESH"), "{saved}");
+}
+
+/// The IPv6 rules (dual stack on the kernel dataplane), in both backends: `nft -f` takes
+/// `table ip6 vxmesh` and prints back what was written; ip6tables gets the same chains;
+/// both are restored after a flush, a switch of backend removes the other's, and
+/// cleanup removes both families.
+#[test]
+#[ignore = "needs root, network namespaces, nft and ip6tables: scripts/test.sh runs it"]
+fn ipv6_rules_in_both_backends() {
+    use vxmesh_control::subnet6::Subnet6;
+    require();
+    require_commands(&["ip6tables", "ip6tables-save", "ip6tables-restore"]);
+    let ns = Netns::unique("masq-v6").unwrap();
+    let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+    let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+    let ensure6 = |rules: Rules, last: &mut Option<Snapshot<Subnet6>>| {
+        let mut snap = last.take();
+        let (r, snap) = ns
+            .run(move || {
+                let r = masq::ensure6(&n6, &own6, rules, &mut snap);
+                (r, snap)
+            })
+            .unwrap();
+        *last = snap;
+        r.unwrap()
+    };
+    let mut last = None;
+    assert_eq!(ensure6(NFT, &mut last), Ensured::Applied);
+    let written = masq::nft_ours(&masq::nft_input6(&n6, &own6, NFT));
+    assert_eq!(last.as_ref().unwrap().lines, written[3..]);
+    assert_eq!(ensure6(NFT, &mut last), Ensured::Intact);
+    ns.exec("nft", &["flush", "chain", "ip6", "vxmesh", "postrtg"])
+        .unwrap();
+    assert!(matches!(
+        ensure6(NFT, &mut last),
+        Ensured::Restored { missing: 5, .. }
+    ));
+    // The IPv4 table is not touched by the IPv6 rules.
+    assert!(!nft_tables(&ns).contains("table ip vxmesh"));
+
+    // ip6tables: the same chains; the nftables table goes.
+    let mut last = None;
+    assert_eq!(ensure6(IPT, &mut last), Ensured::Applied);
+    let saved = ns.exec("ip6tables-save", &[]).unwrap();
+    assert!(
+        saved.contains("-A VXMESH-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8")
+            && saved.contains("-A VXMESH-FWD -d fd00:10:244::/56")
+            && saved.contains("-A FORWARD -m comment --comment vxmesh -j VXMESH-FWD"),
+        "{saved}"
+    );
+    assert!(!nft_tables(&ns).contains("table ip6 vxmesh"));
+    ns.exec("ip6tables", &["-t", "nat", "-F", "VXMESH-POSTRTG"])
+        .unwrap();
+    assert!(matches!(
+        ensure6(IPT, &mut last),
+        Ensured::Restored { missing: 5, .. }
+    ));
+    // cleanup-iptables removes the IPv6 ones too.
+    ns.run(|| masq::remove().unwrap()).unwrap();
+    let saved = ns.exec("ip6tables-save", &[]).unwrap();
     assert!(!saved.contains("VXMESH"), "{saved}");
 }

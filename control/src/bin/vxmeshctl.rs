@@ -519,10 +519,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::CleanupIptables => {
             vxmesh_control::masq::remove()?;
             println!(
-                "removed the {}, {} and {} chains and their hooks, and nftables table ip {}",
+                "removed the {}, {} and {} chains and their hooks (iptables and ip6tables), and nftables tables ip {} and ip6 {}",
                 vxmesh_control::masq::NAT_CHAIN,
                 vxmesh_control::masq::FWD_CHAIN,
                 vxmesh_control::masq::RAW_CHAIN,
+                vxmesh_control::masq::NFT_TABLE,
                 vxmesh_control::masq::NFT_TABLE
             );
         }
