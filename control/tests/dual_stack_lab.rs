@@ -358,3 +358,55 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
         "after node 1 restarted:\n{out}"
     );
 }
+
+/// A mixed dual-stack cluster: two vxmesh kernel-dataplane nodes and a node configured as
+/// a dual-stack flanneld configures itself (scripts/flannel-node.sh: its own
+/// `flannel-v6.1`, keys and values written by an independent implementation). Every pod
+/// pair is reachable over both families.
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn dual_stack_mixed_with_a_flannel_recipe_node() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6m",
+        &[
+            ("VXLAB_NODES", "3"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_DATAPLANES", "kernel kernel flannel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    assert!(
+        out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "{out}"
+    );
+    // The flannel node's lease is dual stack in flannel's forms, and vxmesh programs it.
+    let (k3, attrs3, _) = lease_of(&lab, "192.168.100.13");
+    let s3 = k3
+        .ipv6_subnet()
+        .expect("the flannel node's key is dual stack");
+    assert_eq!(attrs3.public_ipv6, Some("fd00:64::13".parse().unwrap()));
+    let mac3 = attrs3.vxlan_v6.expect("BackendV6Data").vtep_mac;
+    let fdb = lab.exec("n1", &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+    assert!(fdb.contains(&format!("{mac3} dst fd00:64::13")), "{fdb}");
+    let routes = lab.ip_json("n1", &["-6", "route", "show", &s3.to_string()]);
+    assert_eq!(routes[0]["dev"], "flannel-v6.1", "{routes}");
+    // ... and the flannel node programs vxmesh's.
+    let (k1, attrs1, _) = lease_of(&lab, "192.168.100.11");
+    let mac1 = attrs1.vxlan_v6.unwrap().vtep_mac;
+    let fdb3 = lab.exec("n3", &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+    assert!(fdb3.contains(&format!("{mac1} dst fd00:64::11")), "{fdb3}");
+    let r3 = lab.ip_json(
+        "n3",
+        &[
+            "-6",
+            "route",
+            "show",
+            &k1.ipv6_subnet().unwrap().to_string(),
+        ],
+    );
+    assert_eq!(r3[0]["dev"], "flannel-v6.1", "{r3}");
+}
