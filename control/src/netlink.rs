@@ -1110,13 +1110,24 @@ impl Netlink {
         addr: Ipv4Addr,
         len: u8,
     ) -> Result<(), NetlinkError> {
+        self.set_only(index, IpAddr::V4(addr), len).await
+    }
+
+    /// Makes `addr/len` the link's only address of its family (an IPv6 link-local one
+    /// stays: the kernel's, needed by IPv6 itself). An IPv6 one is added without
+    /// duplicate address detection: it is the node's by its lease, and a vxlan device
+    /// without a multicast fdb entry has no one to ask; with DAD it would stay tentative
+    /// (unusable as a source) for a second.
+    async fn set_only(&self, index: u32, addr: IpAddr, len: u8) -> Result<(), NetlinkError> {
         let mut stale = Vec::new();
         for a in self.link_addresses(index).await? {
-            let v4 = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+            let have = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) if ip.is_ipv4() == addr.is_ipv4() => Some(*ip),
                 _ => None,
             });
-            if let Some(v) = v4 {
+            let link_local =
+                |ip: &IpAddr| matches!(ip, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80);
+            if let Some(v) = have.filter(|v| !link_local(v)) {
                 if v != addr || a.header.prefix_len != len {
                     stale.push(a);
                 }
@@ -1129,13 +1140,17 @@ impl Netlink {
                 }
             }
         }
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr), len)
-            .replace()
-            .execute()
-            .await
-            .map_err(Self::req(format!("add address {addr}/{len}")))
+        let mut req = self.handle.address().add(index, addr, len).replace();
+        let nodad = addr.is_ipv6();
+        if nodad {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(Self::req(format!(
+            "add address {addr}/{len}{}",
+            if nodad { " nodad" } else { "" }
+        )))
     }
 
     fn peer_route(subnet: &Subnet, index: u32) -> RouteMessage {
@@ -1521,28 +1536,44 @@ impl Netlink {
     }
 
     async fn main_routes(&self, index: Option<u32>) -> Result<Vec<DeviceRoute>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.main_routes_of(request, index, Ipv4Addr::UNSPECIFIED, |a| match a {
+            RouteAddress::Inet(v) => Some(*v),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The main table's routes of one family (the request's), except the kernel's own,
+    /// through `index` or any device; `addr` reads that family's addresses.
+    async fn main_routes_of<A: Copy>(
+        &self,
+        request: RouteMessage,
+        index: Option<u32>,
+        unspecified: A,
+        addr: impl Fn(&RouteAddress) -> Option<A>,
+    ) -> Result<Vec<DeviceRoute<A>>, NetlinkError> {
+        let family = request.header.address_family;
+        let mut s = self.handle.route().get(request).execute();
         let mut out = Vec::new();
-        while let Some(r) = s.try_next().await.map_err(Self::req("dump routes"))? {
-            if r.header.address_family != AddressFamily::Inet
-                || r.header.protocol == RouteProtocol::Kernel
-            {
+        while let Some(r) = s
+            .try_next()
+            .await
+            .map_err(Self::req(format!("dump routes ({family:?})")))?
+        {
+            if r.header.address_family != family || r.header.protocol == RouteProtocol::Kernel {
                 continue;
             }
             let mut oif = None;
             let mut table = u32::from(r.header.table);
-            let mut destination = Ipv4Addr::UNSPECIFIED;
+            let mut destination = unspecified;
             let mut gateway = None;
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                    RouteAttribute::Destination(d) => destination = addr(d).unwrap_or(unspecified),
+                    RouteAttribute::Gateway(g) => gateway = addr(g),
                     _ => {}
                 }
             }
@@ -1598,87 +1629,22 @@ impl Netlink {
         &self,
         index: u32,
     ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute();
-        let mut out = Vec::new();
-        while let Some(r) = s.try_next().await.map_err(Self::req("dump IPv6 routes"))? {
-            if r.header.address_family != AddressFamily::Inet6
-                || r.header.protocol == RouteProtocol::Kernel
-            {
-                continue;
-            }
-            let mut oif = None;
-            let mut table = u32::from(r.header.table);
-            let mut destination = Ipv6Addr::UNSPECIFIED;
-            let mut gateway = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => destination = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(*g),
-                    _ => {}
-                }
-            }
-            if oif != Some(index) || table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-                continue;
-            }
-            out.push(DeviceRoute {
-                oif,
-                destination,
-                prefix_len: r.header.destination_prefix_length,
-                gateway,
-                message: r,
-            });
-        }
-        Ok(out)
+        let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        self.main_routes_of(request, Some(index), Ipv6Addr::UNSPECIFIED, |a| match a {
+            RouteAddress::Inet6(v) => Some(*v),
+            _ => None,
+        })
+        .await
     }
 
-    /// Makes `addr/len` the link's only global IPv6 address (its link-local one
-    /// stays: the kernel's, needed by IPv6 itself).
+    /// Makes `addr/len` the link's only global IPv6 address (see [`Self::set_only`]).
     pub async fn set_only_address6(
         &self,
         index: u32,
         addr: Ipv6Addr,
         len: u8,
     ) -> Result<(), NetlinkError> {
-        let mut stale = Vec::new();
-        for a in self.link_addresses(index).await? {
-            let v6 = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Address(IpAddr::V6(v)) => Some(*v),
-                _ => None,
-            });
-            if let Some(v) = v6 {
-                let link_local = v.segments()[0] & 0xffc0 == 0xfe80;
-                if !link_local && (v != addr || a.header.prefix_len != len) {
-                    stale.push(a);
-                }
-            }
-        }
-        for a in stale {
-            if let Err(e) = self.handle.address().del(a).execute().await {
-                if !is_gone(&e) {
-                    return Err(Self::req("delete stale IPv6 address")(e));
-                }
-            }
-        }
-        // No duplicate address detection: the address is this node's by its lease,
-        // and a vxlan device without a multicast fdb entry has no one to ask; with
-        // DAD it would stay tentative (unusable as a source) for a second.
-        let mut req = self
-            .handle
-            .address()
-            .add(index, IpAddr::V6(addr), len)
-            .replace();
-        req.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        req.execute()
-            .await
-            .map_err(Self::req(format!("add address {addr}/{len} nodad")))
+        self.set_only(index, IpAddr::V6(addr), len).await
     }
 }
 

@@ -786,18 +786,10 @@ fn routes6(ns: &Netns, dev: &str) -> Vec<String> {
 
 /// Starts node `me` of the dual-stack pair in `ns` with `peer` programmed, both
 /// device addresses set as the agent sets them; stops, leaving the devices.
-fn start_dual_stack(ns: &Netns, me: Peer, peer: Peer) {
-    let index = ns.json("ip", &["link", "show", "eth0"]).unwrap()[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32;
-    let s = setup6(index, &me);
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nl = Netlink::connect().unwrap();
+fn start_dual_stack(ns: &Ns, me: Peer, peer: Peer) {
+    let s = setup6(eth0_index(ns), &me);
+    ns.run(move |nl| {
+        Box::pin(async move {
             let st = Arc::new(AgentState::default());
             let k = Kernel::start(&nl, &s, &st).await.unwrap();
             let d6 = k
@@ -815,8 +807,7 @@ fn start_dual_stack(ns: &Netns, me: Peer, peer: Peer) {
             }
             k.stop();
         })
-    })
-    .unwrap();
+    });
 }
 
 #[test]
@@ -831,9 +822,9 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
             .unwrap();
     }
     let (na, nb) = (node6(2), node6(3));
-    start_dual_stack(&a, na, nb);
-    start_dual_stack(&b, nb, na);
-    let ns_a = Ns(a);
+    let (ns_a, ns_b) = (Ns(a), Ns(b));
+    start_dual_stack(&ns_a, na, nb);
+    start_dual_stack(&ns_b, nb, na);
     let a = &ns_a.0;
 
     // flanneld's IPv6 device: VXLAN over IPv6 from the PublicIPv6, same VNI and port,
@@ -937,7 +928,6 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
     // The config no longer dual stack: B's agent starts without the IPv6 device and
     // removes the one left (nothing would program it). The userspace dataplane's
     // start removes both devices (A).
-    let ns_b = Ns(b);
     let index_b = eth0_index(&ns_b);
     let s = setup(index_b);
     ns_b.run(move |nl| {

@@ -121,15 +121,7 @@ impl Kernel {
                 "the underlay address went away: VXLAN is sent from the interface's first address");
             first
         };
-        let spec = VxlanSpec {
-            name: name.to_string(),
-            vni: s.local.vni.get(),
-            port: s.local.port,
-            local: local.map(Into::into),
-            underlay_index: s.underlay_index,
-            mac: s.local.vtep_mac,
-            mtu: s.mtu,
-        };
+        let spec = device_spec(s, &name, local.map(Into::into), s.local.vtep_mac, s.mtu);
         let index = ensure_device(nl, &name, &spec).await?;
         // flanneld sets accept_ra=0; vxmesh carries IPv4 only and also turns IPv6 off
         // on the device so it never emits router or neighbour solicitations.
@@ -300,15 +292,7 @@ async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyho
             "the PublicIPv6 is not an address of the underlay interface: IPv6 VXLAN is sent from the interface's own global address");
         own
     };
-    let spec = VxlanSpec {
-        name: name.to_string(),
-        vni: s.local.vni.get(),
-        port: s.local.port,
-        local: local.map(Into::into),
-        underlay_index: s.underlay_index,
-        mac: v6.vtep_mac,
-        mtu: mtu6(s.mtu),
-    };
+    let spec = device_spec(s, &name, local.map(Into::into), v6.vtep_mac, mtu6(s.mtu));
     let index = ensure_device(nl, &name, &spec).await?;
     // IPv6 must be on for this device (a host may turn it off by default); it
     // takes no router advertisements, as flanneld's.
@@ -365,6 +349,25 @@ pub(super) async fn dumps6(
         neighbours: nl.neighbours6(i).await?,
         fdb: nl.fdb_entries6(i).await?,
     }))
+}
+
+/// A device of this node's VNI and port on the underlay, flannel's settings.
+fn device_spec(
+    s: &DataplaneSetup,
+    name: &IfName,
+    local: Option<std::net::IpAddr>,
+    mac: vxmesh_dataplane::wire::MacAddr,
+    mtu: u32,
+) -> VxlanSpec {
+    VxlanSpec {
+        name: name.to_string(),
+        vni: s.local.vni.get(),
+        port: s.local.port,
+        local,
+        underlay_index: s.underlay_index,
+        mac,
+        mtu,
+    }
 }
 
 /// Adopts the vxlan device `spec` names when its settings are compatible (setting
