@@ -139,7 +139,7 @@ pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
                 .filter(|r| c.dropped(**r) != 0)
                 .map(|r| (r.as_str().to_string(), c.dropped(*r).into()))
                 .collect();
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "subnet": p.subnet.to_string(),
                 "public_ip": p.public_ip.to_string(),
                 "vtep_mac": p.vtep_mac.to_string(),
@@ -150,7 +150,19 @@ pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
                 "drops": drops,
                 "last_tx_unix_ms": c.last_tx_unix_ms,
                 "last_rx_unix_ms": c.last_rx_unix_ms,
-            })
+            });
+            // A dual-stack peer's IPv6 half (kernel dataplane: flannel-v6.<VNI>).
+            if let (Some(v6), Some(o)) = (&p.ipv6, v.as_object_mut()) {
+                o.insert(
+                    "ipv6".into(),
+                    serde_json::json!({
+                        "subnet": v6.subnet.to_string(),
+                        "public_ipv6": v6.public_ipv6.to_string(),
+                        "vtep_mac": v6.vtep_mac.to_string(),
+                    }),
+                );
+            }
+            v
         })
         .collect()
 }
@@ -657,6 +669,23 @@ mod tests {
         // Slots in another order than the peer list: the join is by VtepMAC.
         let t = ForwardingTable::new(local, [peers[1].to_vtep(), peers[0].to_vtep()]);
         (peers, t)
+    }
+
+    /// A dual-stack peer carries its IPv6 half in `/v1/peers` (an IPv4 one has no key).
+    #[test]
+    fn peers_json_shows_the_ipv6_half() {
+        let (mut peers, t) = two_peers();
+        peers[0].ipv6 = Some(crate::peers::PeerIpv6 {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            public_ipv6: "fd00:64::2".parse().unwrap(),
+            vtep_mac: vxmesh_dataplane::wire::MacAddr([0x06, 0, 0, 0, 0, 2]),
+        });
+        let j = peers_json(&peer_stats(&peers, Some(&t)));
+        assert_eq!(
+            j[0]["ipv6"],
+            serde_json::json!({"subnet": "fd00:10:244:2::/64", "public_ipv6": "fd00:64::2", "vtep_mac": "06:00:00:00:00:02"})
+        );
+        assert!(j[1].get("ipv6").is_none());
     }
 
     /// Golden: the `/v1/peers` JSON (vxmeshctl peers --json) and the per-peer

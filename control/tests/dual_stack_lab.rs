@@ -289,6 +289,40 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
     );
     let fdb = lab.exec("n1", &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
     assert!(fdb.contains(&format!("{mac6} dst fd00:64::12")), "{fdb}");
+    // The operator's view shows both halves: the node's IPv6 subnet, each peer's and
+    // each lease's.
+    let ctl = lab.bin.join("vxmeshctl");
+    let ctl = ctl.to_str().unwrap();
+    let status = lab.exec("n1", &[ctl, "status"]);
+    assert!(
+        status.contains(&format!("ipv6:         {s1}  public ipv6 fd00:64::11")),
+        "{status}"
+    );
+    let peers = lab.exec("n1", &[ctl, "peers"]);
+    assert!(
+        peers.contains(&s2.to_string()) && peers.contains(&mac6),
+        "{peers}"
+    );
+    let leases: serde_json::Value = serde_json::from_str(&lab.exec(
+        "n1",
+        &[
+            ctl,
+            "--json",
+            "leases",
+            "--etcd-endpoints",
+            "http://192.168.100.2:2379",
+        ],
+    ))
+    .unwrap();
+    let l2 = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["public_ip"] == "192.168.100.12")
+        .unwrap();
+    assert_eq!(l2["ipv6_subnet"], s2.to_string().as_str(), "{l2}");
+    assert_eq!(l2["public_ipv6"], "fd00:64::12", "{l2}");
+    assert_eq!(l2["vtep_mac_v6"], mac6.as_str(), "{l2}");
     // The userspace node has no IPv6 device (its traffic would go nowhere).
     assert!(lab
         .ip_json("n3", &["link", "show", "flannel-v6.1"])

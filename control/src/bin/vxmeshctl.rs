@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use vxmesh_control::lease::{parse_lease_key, LeaseAttrs, MAX_LEASE_VALUE_BYTES};
+use vxmesh_control::lease::{parse_lease_key, LeaseAttrs, LeaseKey, MAX_LEASE_VALUE_BYTES};
 use vxmesh_control::peers::{PeerRules, PeerTable, Verdict};
 use vxmesh_control::registry::Registry;
 
@@ -306,6 +306,13 @@ fn main() -> anyhow::Result<()> {
                 s(&n["public_ip"]),
                 s(&n["iface"])
             );
+            if n["ipv6_subnet"].is_string() {
+                println!(
+                    "ipv6:         {}  public ipv6 {}",
+                    s(&n["ipv6_subnet"]),
+                    s(&n["public_ipv6"])
+                );
+            }
             println!(
                 "vtep:         {} mac {}  vni {}  port {}  mtu {}",
                 s(&n["tap"]),
@@ -398,7 +405,7 @@ fn main() -> anyhow::Result<()> {
             let now = now_ms();
             let rows: Vec<Vec<String>> = peers
                 .iter()
-                .map(|p| {
+                .flat_map(|p| {
                     let drops: Vec<String> = p["drops"]
                         .as_object()
                         .into_iter()
@@ -406,7 +413,7 @@ fn main() -> anyhow::Result<()> {
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
                     let last = u(&p["last_tx_unix_ms"]).max(u(&p["last_rx_unix_ms"]));
-                    vec![
+                    let row = vec![
                         s(&p["subnet"]),
                         s(&p["public_ip"]),
                         s(&p["vtep_mac"]),
@@ -418,7 +425,17 @@ fn main() -> anyhow::Result<()> {
                             drops.join(",")
                         },
                         ago(&Value::from(last), now),
-                    ]
+                    ];
+                    // A dual-stack peer's IPv6 half, on its own line (no counters: the
+                    // kernel's device carries it).
+                    let v6 = &p["ipv6"];
+                    let row6 = v6.is_object().then(|| {
+                        let mut r =
+                            vec![s(&v6["subnet"]), s(&v6["public_ipv6"]), s(&v6["vtep_mac"])];
+                        r.extend(std::iter::repeat_n("-".to_string(), 4));
+                        r
+                    });
+                    std::iter::once(row).chain(row6)
                 })
                 .collect();
             table(
@@ -733,14 +750,19 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     for (e, ttl) in listing.entries.iter().zip(ttls) {
         let subnet =
             parse_lease_key(&e.key).map_or_else(|| format!("? {}", e.key), |s| s.to_string());
-        let (ip, backend, mac) = match LeaseAttrs::parse(&e.value) {
-            Ok(a) => (
+        let attrs = LeaseAttrs::parse(&e.value).ok();
+        let (ip, backend, mac) = match &attrs {
+            Some(a) => (
                 a.public_ip.to_string(),
                 a.backend_type.clone(),
                 a.vxlan.map_or("-".into(), |v| v.vtep_mac.to_string()),
             ),
-            Err(_) => ("?".into(), "?".into(), "-".into()),
+            None => ("?".into(), "?".into(), "-".into()),
         };
+        // A dual-stack key's IPv6 half: its subnet, PublicIPv6 and IPv6 VtepMAC.
+        let subnet6 = LeaseKey::parse(&e.key).ok().and_then(|k| k.ipv6_subnet());
+        let ip6 = attrs.as_ref().and_then(|a| a.public_ipv6);
+        let mac6 = attrs.as_ref().and_then(|a| a.vxlan_v6).map(|v| v.vtep_mac);
         let ttl = if e.lease == 0 {
             "reservation".to_string()
         } else {
@@ -760,12 +782,33 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             "key": e.key, "subnet": subnet, "public_ip": ip, "backend": backend, "vtep_mac": mac,
             "ttl": ttl, "reservation": e.lease == 0, "status": status, "reason": reason, "why": why,
             "create_revision": e.create_revision, "value": value, "value_bytes": e.value.len(),
+            "ipv6_subnet": subnet6.map(|s| s.to_string()),
+            "public_ipv6": ip6.map(|ip| ip.to_string()),
+            "vtep_mac_v6": mac6.map(|m| m.to_string()),
         }));
         let status = match reason {
             Some(r) => format!("rejected: {r}"),
             None => status.to_string(),
         };
-        rows.push(vec![subnet, ip, backend, mac, ttl, status]);
+        rows.push(vec![
+            subnet,
+            ip,
+            backend.clone(),
+            mac,
+            ttl.clone(),
+            status.clone(),
+        ]);
+        if let Some(s6) = subnet6 {
+            let text = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            rows.push(vec![
+                s6.to_string(),
+                text(ip6.map(|ip| ip.to_string())),
+                backend,
+                text(mac6.map(|m| m.to_string())),
+                ttl,
+                status,
+            ]);
+        }
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
