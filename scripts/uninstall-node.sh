@@ -82,15 +82,16 @@ if has_role node; then
         ip link del "$tap" && log "removed $tap"
       fi
     fi
-    # --dataplane kernel: the agent leaves its vxlan device flannel.<VNI> (and the routes through
-    # it) on stop, as flanneld does; this node ran vxmeshd, so the device is vxmeshd's
+    # --dataplane kernel: the agent leaves its vxlan device flannel.<VNI> (and, dual stack,
+    # flannel-v6.<VNI>), with the routes through them, on stop, as flanneld does; this node ran
+    # vxmeshd, so the devices are vxmeshd's
     if [ "$dataplane" = kernel ]; then
-      for dev in $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^flannel\.[0-9]*$'); do
+      for dev in $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^flannel(-v6)?\.[0-9]+$'); do
         ip link del "$dev" && log "removed $dev (the kernel dataplane's vxlan device)"
       done
     fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
-      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed"
+      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables, ip6tables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed"
     fi
     if ip link show cni0 >/dev/null 2>&1; then
       ports=$(ip -o link show master cni0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')
