@@ -123,8 +123,9 @@ impl Kernel {
         };
         let spec = device_spec(s, &name, local.map(Into::into), s.local.vtep_mac, s.mtu);
         let index = ensure_device(nl, &name, &spec).await?;
-        // flanneld sets accept_ra=0; vxmesh carries IPv4 only and also turns IPv6 off
-        // on the device so it never emits router or neighbour solicitations.
+        // flanneld sets accept_ra=0; this device carries IPv4 only (IPv6 has its own),
+        // so vxmesh also turns IPv6 off on it: it never emits router or neighbour
+        // solicitations.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
