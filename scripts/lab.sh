@@ -33,9 +33,8 @@
 # VXLAB_ETCD_MEMBERS (1; 3 runs a 3-member cluster, every agent given all three endpoints),
 # VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s),
 # VXLAB_IPV6=1 (dual stack: every node's eth0 also gets fd00:64::<10+i>/64, the config adds
-# "EnableIPv6" with IPv6Network fd00:10:244::/56; pods on kernel-dataplane nodes get an IPv6
-# address too and `check` pings every IPv6 pod pair as well; the userspace dataplane does not
-# carry IPv6 yet, so its pods get IPv4 only).
+# "EnableIPv6" with IPv6Network fd00:10:244::/56; pods get an IPv6 address too, on either
+# dataplane, and `check` pings every IPv6 pod pair as well).
 #   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
 #   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
 #   Faults: kill-agent N (SIGKILL, nothing cleaned up), cut-etcd N / heal-etcd N (a firewall
@@ -323,7 +322,7 @@ create_pods() {
       addr=$(ip -n "$(pod "$i" "$j")" -j -6 addr show dev eth0 scope global \
         | jq -r '.[0].addr_info[]? | select(.local) | .local' | head -n 1)
       echo "$addr" >"$STATE/n$i/p$j.ip6"
-      log "  pod $(pod "$i" "$j"): ${addr:-no IPv6 address (the $(dataplane "$i") dataplane carries IPv4 only)}"
+      log "  pod $(pod "$i" "$j"): ${addr:-no IPv6 address}"
     fi
   done
   if [ "$IPV6" = 1 ]; then settle_ipv6 "$i"; fi

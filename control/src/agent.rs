@@ -967,7 +967,7 @@ impl Running {
         Ok(())
     }
 
-    /// Gives the IPv6 device (kernel dataplane, dual stack) the lease's IPv6 VTEP
+    /// Gives the IPv6 device (dual stack) the lease's IPv6 VTEP
     /// address; returns the IPv6 subnet when the dataplane carries it (then the subnet
     /// file names it and pods get IPv6 addresses from it).
     async fn take_subnet6(&self, subnet: Option<Subnet6>) -> anyhow::Result<Option<Subnet6>> {
@@ -976,7 +976,7 @@ impl Running {
             tracing::info!(ipv6_subnet = %v6, "IPv6 device address {}/128; pods get IPv6 addresses from {v6} (FLANNEL_IPV6_SUBNET)", v6.addr());
             Ok(Some(v6))
         } else {
-            tracing::info!(ipv6_subnet = %v6, "the lease's IPv6 subnet is {v6}; not carried: the userspace dataplane does not carry IPv6 yet (the kernel dataplane does), so pods get no IPv6 address");
+            tracing::warn!(ipv6_subnet = %v6, "the lease's IPv6 subnet is {v6}; not carried: this node runs no IPv6 device (no PublicIPv6), so pods get no IPv6 address");
             Ok(None)
         }
     }

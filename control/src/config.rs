@@ -16,16 +16,14 @@
 //! IPv6Network on an IPv6SubnetLen boundary. The IPv6 fields are type-checked even
 //! when EnableIPv6 is off (flannel's JSON decoding refuses a malformed one too).
 //!
-//! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4
-//! and IPv6 beside it on the kernel dataplane. A dual-stack config parses (its IPv6 pool kept in
+//! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4,
+//! and IPv6 beside it. A dual-stack config parses (its IPv6 pool kept in
 //! [`NetworkConfig::ipv6`]); its nodes lease both families in flannel's dual-stack
-//! keys ([`crate::allocator`]), with a note that only the kernel dataplane carries IPv6
-//! pod traffic; an IPv6-only config (`EnableIPv4: false`) is refused with a message
-//! saying so.
+//! keys ([`crate::allocator`]) and carry both on either dataplane; an IPv6-only
+//! config (`EnableIPv4: false`) is refused with a message saying so.
 //!
 //! Differences from flannel, each logged: a missing Backend means vxlan (flannel
-//! falls back to udp); IPv6 pod traffic is carried by the kernel dataplane only
-//! (above); an IPv6Network
+//! falls back to udp); IPv6-only networks are refused (above); an IPv6Network
 //! reaching into `::/96` or `::ffff:0:0/96` is refused (flannel writes those
 //! addresses in a dotted form its own lease keys cannot hold); SubnetMin above
 //! SubnetMax (either family) is refused as an empty pool.
@@ -53,7 +51,7 @@ pub struct NetworkConfig {
     /// table instead of iptables chains.
     pub enable_nftables: bool,
     /// The IPv6 pool of a dual-stack config (`EnableIPv6`), checked with flannel's
-    /// rules. Leased (dual-stack keys); carried by the kernel dataplane: see
+    /// rules. Leased (dual-stack keys) and carried on either dataplane: see
     /// [`carried_families`].
     pub ipv6: Option<Ipv6Pool>,
     /// Things the operator should know (ignored or unsupported fields), one line each.
@@ -200,7 +198,7 @@ impl NetworkConfig {
             ));
         }
         let ipv6 = parse_ipv6(&obj, enable_ipv6, &mut notes, &bad)?;
-        carried_families(enable_ipv4, ipv6.as_ref(), &mut notes, &bad)?;
+        carried_families(enable_ipv4, ipv6.as_ref(), &bad)?;
         let enable_nftables = match field(&obj, "EnableNFTables") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -350,32 +348,23 @@ impl NetworkConfig {
 
 /// The one place that decides which of the parsed families vxmesh runs. Dual stack:
 /// each node leases both families in one key, as flanneld does (so flanneld's
-/// dual-stack nodes and vxmesh's share one registry), IPv4 works as before, IPv6 pod
-/// traffic is carried by the kernel dataplane, and the operator is told, once, that
-/// the userspace dataplane's pods get no IPv6 address. IPv6 only: refused (no
-/// dataplane runs without IPv4 yet).
+/// dual-stack nodes and vxmesh's share one registry), and pods get both families on
+/// either dataplane (IPv6 through flanneld's `flannel-v6.<VNI>`). IPv6 only: refused
+/// (no dataplane runs without IPv4 yet).
 pub fn carried_families(
     enable_ipv4: bool,
     ipv6: Option<&Ipv6Pool>,
-    notes: &mut Vec<String>,
     bad: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     match (enable_ipv4, ipv6) {
         (false, Some(v6)) => Err(bad(
             "EnableIPv4",
             format!(
-                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only, on the kernel dataplane); keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network)",
+                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only); keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network)",
                 v6.describe_pool()
             ),
         )),
-        (true, Some(v6)) => {
-            notes.push(format!(
-                "dual-stack config: {}: this node leases an IPv4 and an IPv6 subnet together in flannel's dual-stack key (with PublicIPv6 and BackendV6Data), and IPv6 pod traffic is carried by the kernel dataplane (--dataplane kernel: flanneld's IPv6 device flannel-v6.<VNI>, FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET in the subnet file, pods get both families); the userspace dataplane does not carry IPv6 pod traffic yet: it writes no IPv6 lines and its pods get no IPv6 address",
-                v6.describe_pool()
-            ));
-            Ok(())
-        }
-        (_, None) => Ok(()),
+        (true, Some(_)) | (_, None) => Ok(()),
     }
 }
 
@@ -740,7 +729,7 @@ mod tests {
     fn flannel_dual_stack_shape_is_accepted() {
         let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"GBP":false,"DirectRouting":false}}"#).unwrap();
         assert_eq!(c.network.to_string(), "10.42.0.0/16");
-        assert_eq!(c.notes.len(), 1);
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 
     #[test]
@@ -792,15 +781,11 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_warns_once_and_ipv6_only_is_refused_clearly() {
+    fn dual_stack_is_carried_and_ipv6_only_is_refused_clearly() {
+        // Dual stack is no difference from flannel any more: nothing to warn about.
         let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
-        assert!(
-            c.notes[0].contains("does not carry IPv6 pod traffic yet")
-                && c.notes[0].contains("IPv6Network fd00::/56"),
-            "{}",
-            c.notes[0]
-        );
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        assert_eq!(c.ipv6.unwrap().pool_size(), 255);
         // IPv6-only: the pool is checked first (a bad one is named), then refused.
         let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#)
             .unwrap_err();
@@ -847,7 +832,8 @@ mod tests {
         // IPv6Network host bits: masked and noted.
         let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::1/56","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(c.ipv6.unwrap().network.to_string(), "fd00::/56");
-        assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(c.notes[0].contains("host bits"), "{:?}", c.notes);
     }
 
     #[test]

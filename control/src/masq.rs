@@ -36,7 +36,7 @@
 //! nftables, chains `notrack_pre` and `notrack_out` at priority raw). Pod traffic stays
 //! tracked: Service replies need conntrack to undo their DNAT.
 //!
-//! IPv6 (dual stack, where the dataplane carries it: the kernel one): the same masquerade
+//! IPv6 (dual stack, on either dataplane): the same masquerade
 //! and FORWARD rules for the IPv6 Network and the node's IPv6 subnet, as flanneld adds
 //! them with the same flags — `ip6tables-restore` into the same chain names, or `table ip6
 //! vxmesh` — kept in place the same way ([`ensure6`]). `--vxlan-notrack` stays IPv4.

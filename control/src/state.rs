@@ -29,8 +29,8 @@ pub struct Info {
     pub port: Option<u16>,
     pub network: Option<Subnet>,
     pub subnet: Option<Subnet>,
-    /// Dual stack: the lease's PublicIPv6 and IPv6 subnet (the kernel dataplane's
-    /// IPv6 device carries it node to node; pods get no IPv6 address yet).
+    /// Dual stack: the lease's PublicIPv6 and IPv6 subnet (the IPv6 device,
+    /// `flannel-v6.<VNI>`, carries it node to node).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,13 +6,15 @@
 //! (the key moves to flannel's `<v4>&<v6>` form in one transaction) and every pod pair
 //! stays reachable; the value is flanneld's dual-stack bytes with the PublicIPv6 taken
 //! from the underlay interface (node 1) or `--public-ipv6` (node 2); the subnet file gets
-//! no IPv6 lines (the userspace dataplane carries no IPv6); a restart keeps the same key; a node
+//! the IPv6 lines and the node `flannel-v6.1`; a restart keeps the same key; a node
 //! without an IPv6 address stops with an error naming `--public-ipv6` (userspace
-//! dataplane). On the kernel dataplane (`VXLAB_IPV6=1`): flanneld's `flannel-v6.1` with
-//! the lease's IPv6 address, the IPv6 lines in the subnet file, pods with both families,
-//! every IPv6 pod pair between kernel nodes reachable, before and after a restart, and
-//! with the hosts' ip6tables FORWARD policy at DROP; pod IPv6 leaving the IPv6 Network
-//! masqueraded, the IPv6 rules restored after a flush; the userspace node's pods IPv4 only.
+//! dataplane). Dual stack from the start (`VXLAB_IPV6=1`, two kernel-dataplane nodes and
+//! a userspace one): flanneld's `flannel-v6.1` with the lease's IPv6 address on every
+//! node, the IPv6 lines in the subnet file, pods with both families, every IPv6 pod pair
+//! reachable, before and after a restart and a handover, and with the hosts' ip6tables
+//! FORWARD policy at DROP; pod IPv6 leaving the IPv6 Network masqueraded, the IPv6 rules
+//! restored after a flush; `vxmeshctl cleanup-tap` removes the userspace node's IPv6
+//! device with its TAP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -131,10 +133,19 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
         assert_eq!(v6data.vtep_mac, vxmesh_control::vtep_mac::derive_v6(ip6, 1));
         // flanneld's bytes: the value written is exactly what flannel's encoding gives.
         assert_eq!(attrs.to_json(), value);
-        // The subnet file: IPv4 only (no dataplane carries IPv6 yet).
-        let env =
-            std::fs::read_to_string(lab.state.join(format!("n{}/subnet.env", i + 1))).unwrap();
-        assert!(!env.contains("IPV6"), "node {}: {env}", i + 1);
+        // The subnet file names the IPv6 subnet (for pods created from now on), and
+        // flanneld's IPv6 device carries it beside the userspace dataplane's TAP.
+        let node = format!("n{}", i + 1);
+        let line = format!("FLANNEL_IPV6_SUBNET={}1/64\n", v6.addr());
+        let env = || std::fs::read_to_string(lab.state.join(format!("{node}/subnet.env")));
+        let written = wait_for(Duration::from_secs(10), || {
+            env().is_ok_and(|e| e.contains(&line))
+        });
+        assert!(written.is_some(), "{node}: {:?}", env());
+        assert_eq!(
+            ipv6_addrs(&lab, &node, "flannel-v6.1"),
+            [format!("{}/128", v6.addr())]
+        );
     }
     let (k1, _, _) = lease_of(&lab, "192.168.100.11");
     let st = lab.status("n1");
@@ -154,10 +165,7 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
         k2.ipv6_subnet().unwrap().to_string().as_str()
     );
     let log1 = std::fs::read_to_string(lab.state.join("vxmeshd-n1.log")).unwrap();
-    assert!(
-        log1.contains("dual-stack config") && log1.contains("pods get no IPv6 address"),
-        "{log1}"
-    );
+    assert!(log1.contains("IPv6 device running"), "{log1}");
 
     // IPv4 pod traffic as before, over the moved keys.
     lab.check(8, "after the config turned dual stack");
@@ -213,7 +221,7 @@ fn ipv6_addrs(lab: &Lab, node: &str, dev: &str) -> Vec<String> {
 
 #[test]
 #[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
-fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
+fn both_dataplanes_give_pods_ipv6_and_carry_it() {
     require_root();
     require_etcd();
     // Two kernel-dataplane nodes and a userspace one, dual stack from the start.
@@ -228,41 +236,49 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
     );
     let (ok, out) = lab.cmd(&["up"]);
     assert!(ok, "lab up failed:\n{out}");
-    // Every IPv4 pair, and every IPv6 pair between the kernel nodes' pods (2 x 2 each way).
+    // Every pod pair of both families (3 nodes x 2 pods: 24 ordered cross-node pairs).
     assert!(
-        out.contains("24 of 24 reachable; IPv6 pod pairs: 8 of 8 reachable"),
+        out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
         "{out}"
     );
     let (k1, _, _) = lease_of(&lab, "192.168.100.11");
     let (k2, _, _) = lease_of(&lab, "192.168.100.12");
-    let (s1, s2) = (k1.ipv6_subnet().unwrap(), k2.ipv6_subnet().unwrap());
-    let (a1, a2) = (s1.addr().to_string(), s2.addr().to_string());
+    let (k3, _, _) = lease_of(&lab, "192.168.100.13");
+    let (s1, s2, s3) = (
+        k1.ipv6_subnet().unwrap(),
+        k2.ipv6_subnet().unwrap(),
+        k3.ipv6_subnet().unwrap(),
+    );
+    let (a1, a2, a3) = (
+        s1.addr().to_string(),
+        s2.addr().to_string(),
+        s3.addr().to_string(),
+    );
 
     // The subnet file names the IPv6 subnet as flanneld writes it (first host address),
-    // on the kernel nodes only; the userspace node's pods got IPv4 only.
-    let env1 = std::fs::read_to_string(lab.state.join("n1/subnet.env")).unwrap();
-    assert!(
-        env1.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n")
-            && env1.contains(&format!("FLANNEL_IPV6_SUBNET={a1}1/64\n")),
-        "{env1}"
-    );
-    let env3 = std::fs::read_to_string(lab.state.join("n3/subnet.env")).unwrap();
-    assert!(!env3.contains("IPV6"), "{env3}");
-    let p3 = std::fs::read_to_string(lab.state.join("n3/p1.ip6")).unwrap();
-    assert_eq!(p3.trim(), "", "a userspace node's pod has no IPv6 address");
-    let p1 = std::fs::read_to_string(lab.state.join("n1/p1.ip6")).unwrap();
-    assert!(s1.contains(p1.trim().parse().unwrap()), "{p1} in {s1}");
-    assert_eq!(
-        lab.exec("n1", &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
-            .trim(),
-        "1"
-    );
+    // on either dataplane, and pods get an address from it.
+    for (node, a, s) in [("n1", &a1, s1), ("n3", &a3, s3)] {
+        let env = std::fs::read_to_string(lab.state.join(format!("{node}/subnet.env"))).unwrap();
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n")
+                && env.contains(&format!("FLANNEL_IPV6_SUBNET={a}1/64\n")),
+            "{node}: {env}"
+        );
+        let p = std::fs::read_to_string(lab.state.join(format!("{node}/p1.ip6"))).unwrap();
+        assert!(s.contains(p.trim().parse().unwrap()), "{p} in {s}");
+        assert_eq!(
+            lab.exec(node, &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+                .trim(),
+            "1"
+        );
+    }
 
-    // Each kernel node: flanneld's IPv6 device with the lease's first IPv6 address as
-    // /128, and the other kernel node's IPv6 subnet routed through it.
+    // Each node, kernel or userspace dataplane: flanneld's IPv6 device with the lease's
+    // first IPv6 address as /128, and another node's IPv6 subnet routed through it.
     for (node, own, other, underlay6) in [
         ("n1", &a1, s2, "fd00:64::11"),
-        ("n2", &a2, s1, "fd00:64::12"),
+        ("n2", &a2, s3, "fd00:64::12"),
+        ("n3", &a3, s1, "fd00:64::13"),
     ] {
         assert_eq!(
             ipv6_addrs(&lab, node, "flannel-v6.1"),
@@ -323,11 +339,13 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
     assert_eq!(l2["ipv6_subnet"], s2.to_string().as_str(), "{l2}");
     assert_eq!(l2["public_ipv6"], "fd00:64::12", "{l2}");
     assert_eq!(l2["vtep_mac_v6"], mac6.as_str(), "{l2}");
-    // The userspace node has no IPv6 device (its traffic would go nowhere).
-    assert!(lab
-        .ip_json("n3", &["link", "show", "flannel-v6.1"])
-        .as_array()
-        .is_none_or(|a| a.is_empty()));
+    // The userspace node: its TAP carries IPv4 (IPv6 off on it), flannel-v6.1 IPv6,
+    // both on the VXLAN port (the IPv6 device's socket is IPv6-only).
+    let tap_v6 = lab.exec(
+        "n3",
+        &["cat", "/proc/sys/net/ipv6/conf/vxmesh0/disable_ipv6"],
+    );
+    assert_eq!(tap_v6.trim(), "1");
 
     // flanneld's IPv6 rules: masquerade for traffic leaving the IPv6 Network, FORWARD
     // accepts. The etcd host gets an IPv6 address and no route to the pods: a pod's
@@ -364,12 +382,12 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
     );
     // With the hosts' ip6tables FORWARD policy at DROP (as Docker sets it), pod IPv6
     // still crosses: the FORWARD accepts.
-    for node in ["n1", "n2"] {
+    for node in ["n1", "n2", "n3"] {
         lab.exec(node, &["ip6tables", "-P", "FORWARD", "DROP"]);
     }
     let (ok, out) = lab.cmd(&["check"]);
     assert!(
-        ok && out.contains("IPv6 pod pairs: 8 of 8 reachable"),
+        ok && out.contains("IPv6 pod pairs: 24 of 24 reachable"),
         "with FORWARD policy DROP:\n{out}"
     );
     // An ip6tables flush is repaired like an iptables one (--iptables-resync, 5 s).
@@ -384,19 +402,49 @@ fn kernel_dataplane_gives_pods_ipv6_and_carries_it() {
     );
     assert!(ping_out("n1-p2").is_some());
 
-    // A restarted kernel node adopts its IPv6 device; both families still cross.
-    lab.must(&["restart-agent", "1"]);
-    let (ok, out) = lab.cmd(&["check"]);
+    // A restarted node adopts its IPv6 device (kernel dataplane, then userspace), and
+    // so does a userspace agent taking over from a running one; both families still
+    // cross after each.
+    for (how, node) in [
+        ("restart-agent", "1"),
+        ("restart-agent", "3"),
+        ("handover-agent", "3"),
+    ] {
+        let index = |lab: &Lab| {
+            lab.ip_json(&format!("n{node}"), &["link", "show", "flannel-v6.1"])[0]["ifindex"]
+                .clone()
+        };
+        let before = index(&lab);
+        lab.must(&[how, node]);
+        assert_eq!(
+            index(&lab),
+            before,
+            "{how} {node}: the IPv6 device adopted, not re-made"
+        );
+        let (ok, out) = lab.cmd(&["check"]);
+        assert!(
+            ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+            "after {how} {node}:\n{out}"
+        );
+    }
+
+    // cleanup-tap (uninstall) removes the userspace node's IPv6 device with its TAP.
+    lab.must(&["stop-agent", "3"]);
+    let out = lab.exec("n3", &[ctl, "cleanup-tap"]);
     assert!(
-        ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 8 of 8 reachable"),
-        "after node 1 restarted:\n{out}"
+        out.contains("removed the IPv6 device flannel-v6.1"),
+        "{out}"
     );
+    assert!(lab
+        .ip_json("n3", &["link", "show", "type", "vxlan"])
+        .as_array()
+        .is_none_or(|a| a.is_empty()));
 }
 
-/// A mixed dual-stack cluster: two vxmesh kernel-dataplane nodes and a node configured as
-/// a dual-stack flanneld configures itself (scripts/flannel-node.sh: its own
-/// `flannel-v6.1`, keys and values written by an independent implementation). Every pod
-/// pair is reachable over both families.
+/// A mixed dual-stack cluster: a vxmesh userspace-dataplane node, a kernel-dataplane one
+/// and a node configured as a dual-stack flanneld configures itself
+/// (scripts/flannel-node.sh: its own `flannel-v6.1`, keys and values written by an
+/// independent implementation). Every pod pair is reachable over both families.
 #[test]
 #[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn dual_stack_mixed_with_a_flannel_recipe_node() {
@@ -408,7 +456,7 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
             ("VXLAB_NODES", "3"),
             ("VXLAB_IPERF_SECONDS", "1"),
             ("VXLAB_IPV6", "1"),
-            ("VXLAB_DATAPLANES", "kernel kernel flannel"),
+            ("VXLAB_DATAPLANES", "userspace kernel flannel"),
         ],
     );
     let (ok, out) = lab.cmd(&["up"]);
@@ -417,7 +465,8 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
         out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
         "{out}"
     );
-    // The flannel node's lease is dual stack in flannel's forms, and vxmesh programs it.
+    // The flannel node's lease is dual stack in flannel's forms, and vxmesh programs it
+    // (node 1: the userspace dataplane's IPv6 device).
     let (k3, attrs3, _) = lease_of(&lab, "192.168.100.13");
     let s3 = k3
         .ipv6_subnet()

@@ -99,10 +99,11 @@ fn network_configs_as_operators_write_them_for_flannel() {
     );
     assert!(c.notes.is_empty(), "{:?}", c.notes);
 
-    // Dual stack (k3s/RKE2 style): the IPv4 part is used, the rest noted once.
+    // Dual stack (k3s/RKE2 style): both families, nothing to note.
     let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#).unwrap();
     assert_eq!(c.network.to_string(), "10.42.0.0/16");
-    assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+    assert_eq!(c.ipv6.unwrap().network.to_string(), "2001:cafe:42::/56");
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
 
     // flannel's vxlan options vxmesh does not implement: accepted, each noted;
     // DirectRouting is implemented.

@@ -26,7 +26,6 @@ fuzz_target!(|data: &[u8]| {
             // Every subnet of the pool has a key flannel can read back.
             assert_eq!(Subnet6::from_key_form(&first.key_form()), Ok(first));
             assert_eq!(Subnet6::from_key_form(&last.key_form()), Ok(last));
-            assert!(c.notes.iter().any(|n| n.contains("does not carry IPv6")));
         }
     }
 });

@@ -76,8 +76,9 @@ enum Cmd {
     /// iptables chains and the nftables table (after uninstall).
     CleanupIptables,
     /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
-    /// restarts lose nothing — with its address, routes and neighbours. Refuses
-    /// while a vxmeshd runs on it, and touches no link vxmesh did not make.
+    /// restarts lose nothing — with its address, routes and neighbours, and a
+    /// dual-stack node's IPv6 device (`flannel-v6.<VNI>`). Refuses while a vxmeshd
+    /// runs on it, and touches no link vxmesh did not make.
     CleanupTap {
         /// The TAP's name (vxmeshd --tap-name).
         #[arg(long, env = "VXMESHD_TAP_NAME", default_value = "vxmesh0")]
@@ -626,6 +627,7 @@ async fn remove_direct_routes(
 }
 
 async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Result<()> {
+    use vxmesh_control::node_dataplane::kernel::DEVICE6_PREFIX;
     use vxmesh_control::node_dataplane::userspace::TAP_ALIAS;
     let tap = vxmesh_dataplane::ifname::IfName::new(name)?;
     if let Some(pid) = vxmesh_control::handover::running_agent(&tap) {
@@ -636,12 +638,23 @@ async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Resul
         None => println!("no link {tap}: nothing to remove"),
         Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => {
             // Only while vxmesh's TAP is there: the routes are then vxmeshd's (a
-            // node running flanneld's kernel device keeps its own).
+            // node running flanneld's kernel device keeps its own), and so is a
+            // dual-stack node's IPv6 device (the kernel dataplane deletes the TAP).
             let direct = remove_direct_routes(&nl, &networks_in(subnet_file), l.index).await?;
+            let mut v6 = Vec::new();
+            for x in nl.vxlan_links().await? {
+                if x.name.starts_with(&format!("{DEVICE6_PREFIX}.")) {
+                    nl.delete_link(x.index).await?;
+                    v6.push(x.name);
+                }
+            }
             nl.delete_link(l.index).await?;
             println!(
                 "removed {tap} with its address, routes and neighbours, and {direct} direct routes"
             );
+            for name in v6 {
+                println!("removed the IPv6 device {name} with its routes and neighbours");
+            }
         }
         Some(l) => bail!(
             "{tap} is not vxmesh's TAP (kind {:?}, alias {:?}): not touching it",
@@ -694,7 +707,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             println!("pool:      {}", c.describe_pool());
             if let Some(v6) = &c.ipv6 {
                 println!(
-                    "ipv6 pool: {} (leased in dual-stack keys; IPv6 pod traffic carried by the kernel dataplane only)",
+                    "ipv6 pool: {} (dual stack: leased in flannel's dual-stack keys, carried on flannel-v6.<VNI>)",
                     v6.describe_pool()
                 );
             }

@@ -32,9 +32,10 @@
 //! traffic survives an agent restart or upgrade. Whatever became stale meanwhile
 //! (a peer that left while the agent was down, or entries flanneld left on an
 //! adopted device) is pruned by [`super::NodeDataplane::reconcile`] once the agent has the full peer
-//! list. The userspace dataplane deletes this device when it starts (it needs the
-//! UDP port), and this dataplane deletes the userspace dataplane's TAP if one was
-//! left, so switching leaves nothing of the other behind.
+//! list. The userspace dataplane deletes `flannel.<VNI>` when it starts (it needs the
+//! UDP port) and runs `flannel-v6.<VNI>` itself on a dual-stack node (the device's
+//! socket is IPv6-only: docs/decisions/0018); this dataplane deletes the userspace
+//! dataplane's TAP if one was left, so switching leaves nothing of the other behind.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -132,18 +133,7 @@ impl Kernel {
         state.update(|i| i.tap = Some(name.to_string()));
         tracing::info!(device = %name, index, vni = spec.vni, port = spec.port, local = ?spec.local,
             vtep_mac = %spec.mac, mtu = spec.mtu, "kernel dataplane running");
-        let v6 = match &s.ipv6 {
-            Some(v6) => Some(start_v6(nl, s, v6).await?),
-            None => {
-                remove_device6(
-                    nl,
-                    s.local.vni.get(),
-                    "the network config is not dual stack",
-                )
-                .await?;
-                None
-            }
-        };
+        let v6 = device6_for(nl, s).await?;
         Ok(Kernel {
             name,
             index,
@@ -277,6 +267,26 @@ pub fn mtu6(mtu: u32) -> u32 {
     mtu.saturating_sub(20)
 }
 
+/// The IPv6 device either dataplane runs beside its IPv4 one: created or adopted when
+/// the node is dual stack ([`start_v6`]), deleted when a left-over one would go stale.
+pub(super) async fn device6_for(
+    nl: &Netlink,
+    s: &DataplaneSetup,
+) -> anyhow::Result<Option<Device6>> {
+    match &s.ipv6 {
+        Some(v6) => Ok(Some(start_v6(nl, s, v6).await?)),
+        None => {
+            remove_device6(
+                nl,
+                s.local.vni.get(),
+                "the network config is not dual stack",
+            )
+            .await?;
+            Ok(None)
+        }
+    }
+}
+
 /// Creates or adopts `flannel-v6.<VNI>` (the same rules as the IPv4 device), VXLAN
 /// over IPv6 from the node's PublicIPv6, with the IPv6 VtepMAC. Its address, the
 /// lease's first IPv6 address as /128, is set with the lease
@@ -301,7 +311,7 @@ async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyho
     let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     enable_ipv6_forwarding(nl, s.underlay_index).await?;
     tracing::info!(device = %name, index, local = ?local, vtep_mac = %v6.vtep_mac,
-        mtu = spec.mtu, "kernel dataplane: IPv6 device running (dual stack)");
+        mtu = spec.mtu, "IPv6 device running (dual stack: the kernel's vxlan driver carries pods' IPv6)");
     Ok(Device6 { name, index })
 }
 
@@ -444,21 +454,27 @@ async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes the kernel dataplane's device (and with it its routes, neighbours and
+/// Deletes the kernel dataplane's IPv4 device (and with it its routes, neighbours and
 /// fdb entries) — called by the userspace dataplane before it binds the VXLAN
 /// port. `flannel.<VNI>` is deleted whatever left it (this dataplane or
-/// flanneld); another vxlan device holding the port is named in a warning, since
-/// it will make the userspace dataplane's bind fail.
+/// flanneld); another IPv4 vxlan device holding the port is named in a warning, since
+/// it will make the userspace dataplane's bind fail. `flannel-v6.<VNI>` is not
+/// touched: its socket is IPv6-only, and the userspace dataplane runs it too
+/// ([`device6_for`] keeps or deletes it).
 pub async fn remove_leftover_device(nl: &Netlink, vni: u32, port: u16) -> anyhow::Result<()> {
-    remove_device6(nl, vni, "the userspace dataplane does not carry IPv6 yet").await?;
     let name = device_name(vni)?;
+    let name6 = device6_name(vni).ok();
     for l in nl.vxlan_links().await? {
+        if name6.as_ref().is_some_and(|n| l.name == n.as_str()) {
+            continue;
+        }
         if l.name == name.as_str() {
             tracing::warn!(device = %l.name, "removing the kernel vxlan device (left by the kernel dataplane or flanneld): the userspace dataplane needs its UDP port");
             nl.delete_link(l.index)
                 .await
                 .with_context(|| format!("deleting {}", l.name))?;
-        } else if l.port == Some(port) && l.up {
+        } else if l.port == Some(port) && l.up && !matches!(l.local, Some(std::net::IpAddr::V6(_)))
+        {
             tracing::warn!(device = %l.name, port,
                 "another vxlan device listens on the VXLAN port; the userspace dataplane will not be able to bind it");
         }

@@ -9,6 +9,10 @@
 //!   flannel's vxlan backend: per peer a permanent neighbour, an fdb entry and an
 //!   onlink route.
 //!
+//! Dual stack, in either dataplane: flanneld's IPv6 device, `flannel-v6.<VNI>` (the
+//! kernel's vxlan driver), carries each peer's IPv6 half ([`kernel`] makes it; the
+//! userspace threads carry IPv4 only, docs/decisions/0018).
+//!
 //! With `Backend.DirectRouting`, peers on the underlay's own L2 network get a plain
 //! route via their PublicIP instead (`<subnet> via <PublicIP> dev <underlay>`, see
 //! [`direct`]) in either dataplane; their traffic never touches the overlay device.
@@ -82,9 +86,8 @@ pub struct DataplaneSetup {
     pub network: Subnet,
     /// `Backend.DirectRouting`.
     pub direct_routing: bool,
-    /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. The kernel
-    /// dataplane carries it on `flannel-v6.<VNI>`; the userspace one does not carry
-    /// IPv6 yet.
+    /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. Both dataplanes
+    /// carry it on `flannel-v6.<VNI>` (the kernel's vxlan driver).
     pub ipv6: Option<Setup6>,
 }
 
@@ -268,11 +271,11 @@ impl NodeDataplane {
         }
     }
 
-    /// The IPv6 device's index (kernel dataplane, dual stack).
+    /// The IPv6 device's index (dual stack).
     pub fn device6_index(&self) -> Option<u32> {
         match &self.overlay {
             Overlay::Kernel(k) => k.device6().map(|d| d.index),
-            Overlay::Userspace(_) => None,
+            Overlay::Userspace(u) => u.device6().map(|d| d.index),
         }
     }
 
@@ -310,12 +313,7 @@ impl NodeDataplane {
         let ops = match &self.overlay {
             Overlay::Userspace(u) => {
                 u.publish_changes(changes);
-                plan::program_ops(
-                    &d,
-                    changes,
-                    |p| self.path(p),
-                    &mut plan::Programmed::default(),
-                )
+                plan::program_ops(&d, changes, |p| self.path(p), &mut u.programmed())
             }
             Overlay::Kernel(k) => {
                 plan::program_ops(&d, changes, |p| self.path(p), &mut k.programmed())
@@ -363,14 +361,18 @@ impl NodeDataplane {
         };
         let network = self.direct.enabled().then_some(&self.network);
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
-        if let Overlay::Kernel(k) = &self.overlay {
-            k.programmed().reset(
-                with_paths
-                    .iter()
-                    .filter(|(_, path)| *path == PeerPath::Overlay)
-                    .map(|(p, _)| p),
-            );
-            k.programmed().reset6(with_paths.iter().map(|(p, _)| p));
+        match &self.overlay {
+            Overlay::Kernel(k) => {
+                k.programmed().reset(
+                    with_paths
+                        .iter()
+                        .filter(|(_, path)| *path == PeerPath::Overlay)
+                        .map(|(p, _)| p),
+                );
+                k.programmed().reset6(with_paths.iter().map(|(p, _)| p));
+            }
+            // The TAP has no fdb: only the IPv6 device's halves are tracked.
+            Overlay::Userspace(u) => u.programmed().reset6(with_paths.iter().map(|(p, _)| p)),
         }
         apply_reconcile(nl, r)
     }

@@ -9,8 +9,8 @@
 //! changes gets its new route first (it replaces the old one: same destination),
 //! then what only the old path needed goes. See [`super`] for the two dataplanes.
 //!
-//! A peer's IPv6 half (a dual-stack lease) goes on the kernel dataplane's second
-//! device, `flannel-v6.<VNI>`, when there is one ([`Devices::overlay6`]), the way
+//! A peer's IPv6 half (a dual-stack lease) goes on the second device of either
+//! dataplane, `flannel-v6.<VNI>`, when there is one ([`Devices::overlay6`]), the way
 //! flanneld programs it: the neighbour `<IPv6 subnet's first address> lladdr
 //! <IPv6 VtepMAC>`, the fdb entry `<IPv6 VtepMAC> dst <PublicIPv6>`, the onlink route
 //! via that first address. It does not depend on the IPv4 half's path
@@ -35,7 +35,7 @@ pub struct Devices {
     pub underlay: u32,
     /// Whether the overlay device has an fdb (the kernel's vxlan device does).
     pub fdb: bool,
-    /// The IPv6 overlay device (`flannel-v6.<VNI>`, kernel dataplane, dual stack).
+    /// The IPv6 overlay device (`flannel-v6.<VNI>`, dual stack).
     pub overlay6: Option<u32>,
 }
 
@@ -1061,7 +1061,7 @@ mod tests {
                 PeerOp::DeleteNeighbour6 { index: V6, ip: gw },
             ]
         );
-        // Without an IPv6 device (userspace, or IPv4 only), nothing IPv6 is sent.
+        // Without an IPv6 device (an IPv4-only config), nothing IPv6 is sent.
         let got = program_ops(
             &kernel(),
             &[PeerChange::Added(a)],

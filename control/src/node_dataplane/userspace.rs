@@ -12,14 +12,22 @@
 //! same TAP queues and UDP sockets, nothing re-created) or opens the TAP by name
 //! ([`Userspace::start`]), attaching to the one an earlier run left: one device,
 //! never a second. `vxmeshctl cleanup-tap` (and uninstall) delete it.
+//!
+//! Dual stack: the threads carry IPv4. Pods' IPv6 goes through flanneld's IPv6
+//! device, `flannel-v6.<VNI>`, which this dataplane creates or adopts and programs
+//! exactly as the kernel dataplane does (the kernel's vxlan driver; its socket is
+//! IPv6-only, so it shares the VXLAN port with the threads' IPv4 socket; see
+//! docs/decisions/0018-userspace-dual-stack-via-flannel-v6.md).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::kernel::{device6_for, Device6};
+use super::plan::Programmed;
 use super::DataplaneSetup;
 use crate::handover::DataplaneFds;
 use crate::netlink::{write_sysctl, Netlink};
@@ -51,6 +59,11 @@ pub struct Userspace {
     /// systemd's descriptor store.
     fds: DataplaneFds,
     tap_offloads: u32,
+    /// Dual stack: the IPv6 device (the kernel's vxlan driver).
+    v6: Option<Device6>,
+    /// The IPv6 halves programmed on it, to keep an fdb entry another peer still
+    /// needs (two leases of one node share its IPv6 VtepMAC).
+    programmed: Mutex<Programmed>,
 }
 
 /// Retries `f` while it fails with "busy"/"in use" for up to `wait` (systemd may
@@ -165,7 +178,7 @@ impl Userspace {
         })
         .context("opening the VXLAN receive socket")?;
         let tap_offloads = taps[0].offloads().flags;
-        let u = Self::run(
+        let mut u = Self::run(
             s,
             state,
             taps,
@@ -175,6 +188,7 @@ impl Userspace {
             link.index,
             tap_offloads,
         )?;
+        u.v6 = device6_for(nl, s).await?;
         Ok((u, adopted))
     }
 
@@ -222,7 +236,7 @@ impl Userspace {
         let link = nl.link_identity(name.as_str()).await?.with_context(|| {
             format!("the handed-over TAP {name} is not in this network namespace")
         })?;
-        let u = Self::run(
+        let mut u = Self::run(
             s,
             state,
             taps,
@@ -232,6 +246,9 @@ impl Userspace {
             link.index,
             tap_offloads,
         )?;
+        // The IPv6 device kept running through the handover (the kernel carries it);
+        // adopted as it is, or removed if the config is no longer dual stack.
+        u.v6 = device6_for(nl, s).await?;
         // Only now (our threads read the queues) anything that might differ.
         let mac = (link.mac != Some(s.local.vtep_mac)).then_some(s.local.vtep_mac);
         let mtu = (link.mtu != s.mtu).then_some(s.mtu);
@@ -329,11 +346,25 @@ impl Userspace {
             table,
             fds,
             tap_offloads,
+            v6: None,
+            programmed: Mutex::new(Programmed::default()),
         })
     }
 
     pub fn tap_index(&self) -> u32 {
         self.tap_index
+    }
+
+    /// The IPv6 device (`flannel-v6.<VNI>`), when the node is dual stack.
+    pub fn device6(&self) -> Option<&Device6> {
+        self.v6.as_ref()
+    }
+
+    pub(super) fn programmed(&self) -> MutexGuard<'_, Programmed> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.programmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The descriptors a successor (or systemd's store) gets.
