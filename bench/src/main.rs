@@ -141,7 +141,7 @@ struct ReportArgs {
 struct HoldArgs {
     #[command(flatten)]
     common: Common,
-    /// The mode: none, kernel or vxmesh.
+    /// The mode (a `--modes` name: none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6).
     #[arg(long, default_value = "vxmesh")]
     mode: String,
     /// Tear down after this many seconds at the latest.
@@ -206,11 +206,12 @@ struct RunArgs {
     #[arg(long, default_value_t = 1.0)]
     udp_max_loss: f64,
     /// Modes to measure, comma separated: none, kernel, vxmesh, kernel-masq,
-    /// vxmesh-masq (the last two with vxmeshd's default `--ip-masq` rules on the nodes).
+    /// vxmesh-masq (those two with vxmeshd's default `--ip-masq` rules on the nodes),
+    /// kernel6, vxmesh6 (pods' IPv6 on dual-stack nodes over an IPv6 underlay).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,kernel,vxmesh,kernel-masq,vxmesh-masq"
+        default_value = "none,kernel,vxmesh,kernel-masq,vxmesh-masq,kernel6,vxmesh6"
     )]
     modes: Vec<String>,
     /// Copy the table and chart into docs/benchmarks.md and docs/img/bench-latest.png.
@@ -279,7 +280,7 @@ fn parse_modes(v: &[String]) -> anyhow::Result<Vec<Mode>> {
     let mut modes = Vec::new();
     for s in v {
         let m = Mode::parse(s.trim()).with_context(|| {
-            format!("unknown mode {s:?} (none, kernel, vxmesh, kernel-masq, vxmesh-masq)")
+            format!("unknown mode {s:?} (none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6)")
         })?;
         if !modes.contains(&m) {
             modes.push(m);

@@ -25,15 +25,24 @@ pub enum Mode {
     KernelVxlanMasq,
     /// vxmeshd's userspace dataplane with its default `--ip-masq`.
     VxmeshMasq,
+    /// Pods' IPv6 over kernel VXLAN over an IPv6 underlay, flanneld's dual-stack
+    /// recipe (`flannel-v6.1` beside `flannel.1`).
+    KernelVxlan6,
+    /// Pods' IPv6 between two dual-stack vxmeshd (userspace dataplane,
+    /// `--ip-masq=false`): IPv6 crosses on the `flannel-v6.1` vxmeshd programs
+    /// (docs/decisions/0018).
+    Vxmesh6,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 7] = [
         Mode::NoOverlay,
         Mode::KernelVxlan,
         Mode::Vxmesh,
         Mode::KernelVxlanMasq,
         Mode::VxmeshMasq,
+        Mode::KernelVxlan6,
+        Mode::Vxmesh6,
     ];
 
     /// How tables and charts name the mode.
@@ -44,6 +53,8 @@ impl Mode {
             Mode::Vxmesh => "vxmesh",
             Mode::KernelVxlanMasq => "kernel VXLAN + masq",
             Mode::VxmeshMasq => "vxmesh + masq",
+            Mode::KernelVxlan6 => "kernel VXLAN, IPv6",
+            Mode::Vxmesh6 => "vxmesh, IPv6",
         }
     }
 
@@ -55,6 +66,8 @@ impl Mode {
             Mode::Vxmesh => "vxmesh",
             Mode::KernelVxlanMasq => "kernel-masq",
             Mode::VxmeshMasq => "vxmesh-masq",
+            Mode::KernelVxlan6 => "kernel6",
+            Mode::Vxmesh6 => "vxmesh6",
         }
     }
 
@@ -66,6 +79,8 @@ impl Mode {
             Mode::Vxmesh => "vxm",
             Mode::KernelVxlanMasq => "kvq",
             Mode::VxmeshMasq => "vxq",
+            Mode::KernelVxlan6 => "kv6",
+            Mode::Vxmesh6 => "vx6",
         }
     }
 
@@ -75,7 +90,12 @@ impl Mode {
 
     /// Whether vxmeshd carries the traffic (etcd and the agents are needed).
     pub fn is_vxmesh(self) -> bool {
-        matches!(self, Mode::Vxmesh | Mode::VxmeshMasq)
+        matches!(self, Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6)
+    }
+
+    /// Whether the pods talk IPv6 (dual-stack nodes over an IPv6 underlay).
+    pub fn ipv6(self) -> bool {
+        matches!(self, Mode::KernelVxlan6 | Mode::Vxmesh6)
     }
 
     /// Whether the nodes hold vxmeshd's default masquerade rules.
@@ -85,11 +105,16 @@ impl Mode {
 
     /// The mode this one's ratio is taken against: kernel VXLAN with the same rules
     /// (both pay the same conntrack), for kernel VXLAN + masq the same driver without
-    /// them (what the rules cost it); `None` for kernel VXLAN itself.
+    /// them (what the rules cost it), for the IPv6 modes kernel VXLAN over IPv6 (and
+    /// for that one IPv4's kernel VXLAN: what IPv6 costs the driver); `None` for
+    /// kernel VXLAN itself.
     pub fn baseline(self) -> Option<Mode> {
         match self {
-            Mode::NoOverlay | Mode::Vxmesh | Mode::KernelVxlanMasq => Some(Mode::KernelVxlan),
+            Mode::NoOverlay | Mode::Vxmesh | Mode::KernelVxlanMasq | Mode::KernelVxlan6 => {
+                Some(Mode::KernelVxlan)
+            }
             Mode::VxmeshMasq => Some(Mode::KernelVxlanMasq),
+            Mode::Vxmesh6 => Some(Mode::KernelVxlan6),
             Mode::KernelVxlan => None,
         }
     }
@@ -742,6 +767,17 @@ mod tests {
             ));
         }
         runs
+    }
+
+    #[test]
+    fn ipv6_modes_are_taken_against_kernel_vxlan_over_ipv6() {
+        assert_eq!(Mode::Vxmesh6.baseline(), Some(Mode::KernelVxlan6));
+        assert_eq!(Mode::KernelVxlan6.baseline(), Some(Mode::KernelVxlan));
+        assert!(Mode::Vxmesh6.is_vxmesh() && !Mode::Vxmesh6.masq());
+        assert!(Mode::ALL.iter().filter(|m| m.ipv6()).count() == 2);
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.key()), Some(m));
+        }
     }
 
     #[test]

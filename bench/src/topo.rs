@@ -15,11 +15,18 @@
 //! bridge, MTU of the mode: 1500, or underlay − 50 for the overlays, which for
 //! vxmesh is read from the agent's subnet.env).
 //!
+//! The IPv6 modes make the nodes dual stack: the underlay gets `fd00:200::1`/`::2`, each
+//! pod an IPv6 address in its node's /64 of `fd00:10:244::/56` beside its IPv4 one, and
+//! the measured traffic is the pods' IPv6; kernel VXLAN adds flanneld's `flannel-v6.1`
+//! (VXLAN over IPv6, MTU underlay − 70, the same three entries per peer), vxmesh gets a
+//! dual-stack network config. Pods keep `FLANNEL_MTU` (underlay − 50), as flanneld
+//! and vxmeshd write it for both families.
+//!
 //! Every namespace is named `<prefix>-<mode tag>-<role>`, with the harness's pid
 //! in the prefix; interfaces live inside those namespaces only (none in the root
 //! namespace), so names never collide and never exceed 15 bytes.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +45,16 @@ pub const UNDERLAY_MTU: u32 = 1500;
 /// IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
 pub const NETWORK: &str = "10.244.0.0/16";
+pub const UNDERLAY6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
+pub const UNDERLAY6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2);
+/// IPv6 + UDP + VXLAN + inner Ethernet: the kernel's default MTU cut for a vxlan
+/// device over IPv6, which is what flanneld's `flannel-v6.<VNI>` gets.
+pub const VXLAN6_OVERHEAD: u32 = 70;
+pub const NETWORK6: &str = "fd00:10:244::/56";
+const STATIC_SUBNET6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0);
+const STATIC_SUBNET6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0);
+const VXLAN6_MAC_A: &str = "0e:76:78:00:01:06";
+const VXLAN6_MAC_B: &str = "0e:76:78:00:02:06";
 /// Pod subnets of the modes without an agent to allocate them.
 const STATIC_SUBNET_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
 const STATIC_SUBNET_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 0);
@@ -78,19 +95,21 @@ impl Context {
     }
 }
 
-/// A node: its namespace, underlay address and pod subnet (`x.y.z.0`, /24).
+/// A node: its namespace, underlay address and pod subnet (`x.y.z.0`, /24); in the
+/// IPv6 modes also its IPv6 pod subnet (a /64's network address).
 #[derive(Debug)]
 pub struct Node {
     pub ns: Netns,
     pub underlay_ip: Ipv4Addr,
     pub subnet: Option<Ipv4Addr>,
+    pub subnet6: Option<Ipv6Addr>,
 }
 
-/// A pod namespace and its address.
+/// A pod namespace and the address the measurements use (IPv6 in the IPv6 modes).
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// The two nodes, their pods and daemons. Fields drop in order: agents, etcd,
@@ -114,6 +133,11 @@ pub struct Topology {
 fn host(subnet: Ipv4Addr, n: u8) -> Ipv4Addr {
     let o = subnet.octets();
     Ipv4Addr::new(o[0], o[1], o[2], n)
+}
+
+/// Offset `n` into a /64 (`<network>::` + n).
+fn host6(subnet: Ipv6Addr, n: u16) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet) | u128::from(n))
 }
 
 /// Writes a sysctl inside `ns` (a thread that has entered the namespace sees
@@ -163,15 +187,31 @@ impl Topology {
                 .context("ethtool -K eth0 (--segment-underlay)")?;
             }
         }
+        if mode.ipv6() {
+            for (ns, ip) in [(&a, UNDERLAY6_A), (&b, UNDERLAY6_B)] {
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+                sysctl(ns, "net/ipv6/conf/all/forwarding", "1")?;
+            }
+        }
         let mut node_a = Node {
             ns: a,
             underlay_ip: UNDERLAY_A,
             subnet: None,
+            subnet6: None,
         };
         let mut node_b = Node {
             ns: b,
             underlay_ip: UNDERLAY_B,
             subnet: None,
+            subnet6: None,
         };
         stop::check()?;
 
@@ -195,7 +235,7 @@ impl Topology {
                 }
                 UNDERLAY_MTU
             }
-            Mode::KernelVxlan | Mode::KernelVxlanMasq => {
+            Mode::KernelVxlan | Mode::KernelVxlanMasq | Mode::KernelVxlan6 => {
                 node_a.subnet = Some(STATIC_SUBNET_A);
                 node_b.subnet = Some(STATIC_SUBNET_B);
                 let mtu = UNDERLAY_MTU - VXLAN_OVERHEAD;
@@ -203,6 +243,15 @@ impl Topology {
                 flannel_vxlan(&node_b, VXLAN_MAC_B, mtu)?;
                 flannel_peer(&node_a, STATIC_SUBNET_B, VXLAN_MAC_B, UNDERLAY_B)?;
                 flannel_peer(&node_b, STATIC_SUBNET_A, VXLAN_MAC_A, UNDERLAY_A)?;
+                if mode.ipv6() {
+                    node_a.subnet6 = Some(STATIC_SUBNET6_A);
+                    node_b.subnet6 = Some(STATIC_SUBNET6_B);
+                    let mtu6 = UNDERLAY_MTU - VXLAN6_OVERHEAD;
+                    flannel_vxlan6(&node_a, VXLAN6_MAC_A, UNDERLAY6_A, mtu6)?;
+                    flannel_vxlan6(&node_b, VXLAN6_MAC_B, UNDERLAY6_B, mtu6)?;
+                    flannel_peer6(&node_a, STATIC_SUBNET6_B, VXLAN6_MAC_B, UNDERLAY6_B)?;
+                    flannel_peer6(&node_b, STATIC_SUBNET6_A, VXLAN6_MAC_A, UNDERLAY6_A)?;
+                }
                 if mode.masq() {
                     for node in [&node_a, &node_b] {
                         vxmeshd_rules(node)?;
@@ -210,8 +259,8 @@ impl Topology {
                 }
                 mtu
             }
-            Mode::Vxmesh | Mode::VxmeshMasq => {
-                let e = start_etcd(&node_a.ns, ctx, state.path())?;
+            Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6 => {
+                let e = start_etcd(&node_a.ns, ctx, state.path(), mode.ipv6())?;
                 etcd = Some(e);
                 let mut mtus = Vec::new();
                 for (node, tag) in [(&node_a, "a"), (&node_b, "b")] {
@@ -252,6 +301,11 @@ impl Topology {
                     let (subnet, mtu) = parse_subnet_env(&env)
                         .with_context(|| format!("node {tag}'s subnet.env: {env}"))?;
                     node.subnet = Some(subnet);
+                    if mode.ipv6() {
+                        node.subnet6 = Some(parse_subnet_env6(&env).with_context(|| {
+                            format!("node {tag}'s subnet.env has no /64 FLANNEL_IPV6_SUBNET: {env}")
+                        })?);
+                    }
                     mtus.push(mtu);
                 }
                 for node in [&node_a, &node_b] {
@@ -264,8 +318,8 @@ impl Topology {
             }
         };
         stop::check()?;
-        let pod_a = make_pod(&node_a, &name("pa"), pod_mtu)?;
-        let pod_b = make_pod(&node_b, &name("pb"), pod_mtu)?;
+        let pod_a = make_pod(&node_a, &name("pa"), pod_mtu, mode.ipv6())?;
+        let pod_b = make_pod(&node_b, &name("pb"), pod_mtu, mode.ipv6())?;
         let topo = Topology {
             mode,
             agents,
@@ -336,8 +390,8 @@ fn etcdctl(ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// A single-member etcd on node A's underlay address, data in the temp dir,
-/// with flannel's network config put.
-fn start_etcd(ns: &Netns, ctx: &Context, state: &Path) -> anyhow::Result<Daemon> {
+/// with flannel's network config put (dual stack: `EnableIPv6` and an IPv6Network).
+fn start_etcd(ns: &Netns, ctx: &Context, state: &Path, ipv6: bool) -> anyhow::Result<Daemon> {
     let url = etcd_url();
     let data = state.join("etcd");
     let data = data.display().to_string();
@@ -374,7 +428,13 @@ fn start_etcd(ns: &Netns, ctx: &Context, state: &Path) -> anyhow::Result<Daemon>
     if !healthy {
         bail!("etcd did not become healthy within 10 s");
     }
-    let config = format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#);
+    let config = if ipv6 {
+        format!(
+            r#"{{"Network":"{NETWORK}","EnableIPv6":true,"IPv6Network":"{NETWORK6}","Backend":{{"Type":"vxlan"}}}}"#
+        )
+    } else {
+        format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#)
+    };
     etcdctl(ns, &["put", "/coreos.com/network/config", &config])?;
     Ok(d)
 }
@@ -419,6 +479,13 @@ pub fn parse_subnet_env(text: &str) -> Option<(Ipv4Addr, u32)> {
     let env = SubnetEnv::parse(text.as_bytes()).ok()?;
     let subnet = env.subnet.filter(|s| s.prefix() == 24)?;
     Some((subnet.network(), env.mtu))
+}
+
+/// `FLANNEL_IPV6_SUBNET`'s /64 (its network address) of a dual-stack subnet file.
+pub fn parse_subnet_env6(text: &str) -> Option<Ipv6Addr> {
+    let env = SubnetEnv::parse(text.as_bytes()).ok()?;
+    let subnet = env.ipv6_subnet.filter(|s| s.prefix() == 64)?;
+    Some(subnet.network())
 }
 
 /// The rules vxmeshd installs with its default flags (`--ip-masq`,
@@ -517,9 +584,100 @@ fn flannel_peer(
     Ok(())
 }
 
+/// flanneld's IPv6 device on `node`: `flannel-v6.1`, VNI 1, dstport 8472, nolearning,
+/// local = the underlay's IPv6 address, the subnet's first address as /128.
+fn flannel_vxlan6(node: &Node, mac: &str, local: Ipv6Addr, mtu: u32) -> anyhow::Result<()> {
+    let subnet6 = node.subnet6.context("node without an IPv6 subnet")?;
+    let ns = &node.ns;
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel-v6.1",
+        "address",
+        mac,
+        "mtu",
+        &mtu.to_string(),
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &local.to_string(),
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{subnet6}/128"),
+        "dev",
+        "flannel-v6.1",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "flannel-v6.1", "up"])?;
+    Ok(())
+}
+
+/// The same three entries for a peer's IPv6 half, on `flannel-v6.1`.
+fn flannel_peer6(
+    node: &Node,
+    peer_subnet6: Ipv6Addr,
+    peer_mac: &str,
+    peer_ip6: Ipv6Addr,
+) -> anyhow::Result<()> {
+    let ns = &node.ns;
+    let vtep = peer_subnet6.to_string();
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        &vtep,
+        "lladdr",
+        peer_mac,
+        "dev",
+        "flannel-v6.1",
+        "nud",
+        "permanent",
+    ])?;
+    run(
+        "bridge",
+        &[
+            "-netns",
+            ns.name(),
+            "fdb",
+            "add",
+            peer_mac,
+            "dev",
+            "flannel-v6.1",
+            "dst",
+            &peer_ip6.to_string(),
+            "self",
+            "permanent",
+        ],
+    )?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("{peer_subnet6}/64"),
+        "via",
+        &vtep,
+        "dev",
+        "flannel-v6.1",
+        "onlink",
+    ])?;
+    Ok(())
+}
+
 /// Bridge `cni0` (`<subnet>.1/24`) on the node, and a pod namespace behind it
-/// (`eth0` = `<subnet>.2/24`, default route via the bridge), all at `mtu`.
-fn make_pod(node: &Node, name: &str, mtu: u32) -> anyhow::Result<Pod> {
+/// (`eth0` = `<subnet>.2/24`, default route via the bridge), all at `mtu`; with
+/// `ipv6`, the same in the node's IPv6 /64 (`::1` and `::2`), and the pod's IPv6
+/// address is the one measured.
+fn make_pod(node: &Node, name: &str, mtu: u32, ipv6: bool) -> anyhow::Result<Pod> {
     let subnet = node.subnet.context("node without a subnet")?;
     let gw = host(subnet, 1);
     let ip = host(subnet, 2);
@@ -537,7 +695,37 @@ fn make_pod(node: &Node, name: &str, mtu: u32) -> anyhow::Result<Pod> {
     pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     pod.ip(&["link", "set", "eth0", "up"])?;
     pod.ip(&["route", "add", "default", "via", &gw.to_string()])?;
-    Ok(Pod { ns: pod, ip })
+    if !ipv6 {
+        return Ok(Pod {
+            ns: pod,
+            ip: ip.into(),
+        });
+    }
+    let subnet6 = node.subnet6.context("node without an IPv6 subnet")?;
+    let (gw6, ip6) = (host6(subnet6, 1), host6(subnet6, 2));
+    n.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{gw6}/64"),
+        "dev",
+        "cni0",
+        "nodad",
+    ])?;
+    pod.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    pod.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+    Ok(Pod {
+        ns: pod,
+        ip: ip6.into(),
+    })
 }
 
 /// The pid in `<base><pid>-…`, if `name` has that shape.
@@ -598,6 +786,16 @@ mod tests {
             parse_subnet_env("FLANNEL_SUBNET=10.244.37.1/25\nFLANNEL_MTU=1450"),
             None
         );
+        // A dual-stack vxmeshd's (and flanneld's) file: the IPv6 subnet's first host.
+        let dual = format!(
+            "{env}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3a::1/64\n"
+        );
+        assert_eq!(
+            parse_subnet_env6(&dual),
+            Some("fd00:10:244:3a::".parse().unwrap())
+        );
+        assert_eq!(parse_subnet_env6(env), None);
+        assert_eq!(host6(STATIC_SUBNET6_A, 2).to_string(), "fd00:10:244:1::2");
     }
 
     #[test]
