@@ -17,7 +17,11 @@
 #    `systemctl restart vxmeshd` (new PID, same subnet and TAP, dataplane taken from systemd's
 #    descriptor store, pings lost counted), an upgrade to another build (VXMESH_E2E_UPGRADE_BIN,
 #    installed, then a restart) and SIGKILL of the agent (systemd restarts it from the store);
-#    uninstall-node.sh on the last node (nothing left, the TAP included)
+#    then the network config turns dual stack (VXMESH_E2E_IPV6=1): every node gets an IPv6
+#    address on the private network, vxmeshd restarts into flannel's dual-stack keys with
+#    flannel-v6.<VNI> (both dataplanes), one more pod per node gets both families, and every
+#    IPv6 pod pair pings;
+#    uninstall-node.sh on the last node (nothing left, the TAP and the IPv6 device included)
 # 4. summary, timings; the EXIT trap destroys the VMs and stops libvirtd; last line
 #    "N passed, N failed"
 #
@@ -32,7 +36,7 @@
 # VXMESH_E2E_UPGRADE_BIN (a vxmeshd of another build for the upgrade step; default: built with
 # VXMESH_BUILD_ID=e2e-upgrade into <repo>/target/e2e-upgrade, kept for the next run; "none" skips
 # the step), VXMESH_E2E_PING_INTERVAL (0.01 s),
-# VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
+# VXMESH_E2E_IPV6 (1: the dual-stack step), VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
 # VXMESH_E2E_KEEP=0 ... see docs/vagrant.md), VXMESH_E2E_REBUILD_BOX=1, VXMESH_BIN_DIR (default
 # <repo>/target/release), VXMESH_VGLAB_TOOLS (default <repo>/../shared/tools/vagrant-box),
 # VGLAB_DIR / VGLAB_NS (see the tools' README).
@@ -55,6 +59,9 @@ KILL=${VXMESH_E2E_KILL:-1}
 UPGRADE_BIN=${VXMESH_E2E_UPGRADE_BIN:-}
 PING_INTERVAL=${VXMESH_E2E_PING_INTERVAL:-0.01}
 UNINSTALL=${VXMESH_E2E_UNINSTALL:-1}
+IPV6=${VXMESH_E2E_IPV6:-1}
+# pods per node made by the dual-stack step (deleted with the others before the uninstall)
+EXTRA_PODS=0
 KEEP=${VXMESH_E2E_KEEP:-0}
 SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
 BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,jq,ethtool
@@ -271,12 +278,12 @@ done
 sed -i '/^$/d' "$WORK/pods"
 phase "pods (CNI ADD)"
 
-ping_all() {  # ping_all LABEL: all-pairs table; every row is a check
-  local i rows
+ping_all() {  # ping_all LABEL [PODS_FILE]: all-pairs table; every row is a check
+  local i rows pods=${2:-$WORK/pods}
   stamp "all-pairs cross-node pod ping ($1)"
   cluster_ping_header
   for i in $(seq "$NODES"); do
-    rows=$(vssh "node$i" "sudo $G ping node$i" <"$WORK/pods" 2>&1)
+    rows=$(vssh "node$i" "sudo $G ping node$i" <"$pods" 2>&1)
     printf '%s\n' "$rows"
     read -r p f < <(cluster_count_rows <<<"$rows")
     pass=$((pass + p)); fail=$((fail + f))
@@ -349,17 +356,42 @@ if [ "$KILL" = 1 ]; then
 fi
 if [ "$NODES" -ge 2 ]; then ping_all "after the restarts on $R"; fi
 
+# ---- 5. dual stack: the config turns dual stack, both dataplanes carry IPv6 ---------------
+if [ "$IPV6" = 1 ] && [ "$NODES" -ge 2 ]; then
+  url=http://192.168.56.$( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo 11 || echo 10):2379
+  e="ETCDCTL_API=3 etcdctl --endpoints $url"
+  out=$(vssh node1 "cfg=\$($e get --print-value-only /coreos.com/network/config) && $e put /coreos.com/network/config \"\$(jq -c '. + {EnableIPv6: true, IPv6Network: \"fd00:10:244::/56\"}' <<<\"\$cfg\")\" >/dev/null && $e get --print-value-only /coreos.com/network/config" 2>&1)
+  grep -q '"EnableIPv6":true' <<<"$out"
+  check "the network config turns dual stack (IPv6Network fd00:10:244::/56)" $? "$out"
+  for i in $(seq "$NODES"); do
+    out=$(vssh "node$i" "sudo $G dual-stack fd00:56::$((10 + i))" 2>&1)
+    check "node$i: restarted dual stack, flannel-v6 device with the lease's IPv6 address, FLANNEL_IPV6_SUBNET" $? "$out"
+  done
+  EXTRA_PODS=1
+  : >"$WORK/pods6"
+  for i in $(seq "$NODES"); do
+    # the CNI plugin logs to stderr: only stdout is the pods file's line
+    out=$(vssh "node$i" "sudo $G pod6 node$i node$i-p$((PODS + 1))" 2>"$WORK/pod6-node$i.err")
+    rc=$?
+    if [ "$rc" = 0 ]; then printf '%s\n' "$out" >>"$WORK/pods6"; else out="$out $(tail -n 3 "$WORK/pod6-node$i.err" | tr '\n' ' ')"; fi
+    check "node$i: a new pod gets an IPv6 address from the node's IPv6 subnet" "$rc" "$out"
+  done
+  phase "dual stack (config, restarts, pods)"
+  ping_all "IPv6, dual stack" "$WORK/pods6"
+  phase "ping (IPv6 pairs)"
+fi
+
 for i in $(seq "$NODES"); do
   summary_rows+=("$(vssh "node$i" "sudo $G status-row node$i 192.168.56.$((10 + i))" 2>/dev/null || echo "node$i ?")")
 done
 leases=$(vssh node1 "sudo /usr/local/bin/vxmeshctl leases --etcd-endpoints http://192.168.56.$( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo 11 || echo 10):2379" 2>&1)
 note+=("leases in etcd:" "$leases")
 
-# ---- 5. uninstall reverses the install ---------------------------------------------------
+# ---- 6. uninstall reverses the install ---------------------------------------------------
 if [ "$UNINSTALL" = 1 ]; then
   U=node$NODES
-  out=$(vssh "$U" "sudo $G pods-del $U $PODS && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
-  check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, iptables, subnet file, cni0)" $? "$(echo "$out" | tail -n 1)"
+  out=$(vssh "$U" "sudo $G pods-del $U $((PODS + EXTRA_PODS)) && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
+  check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, ip(6)tables, subnet file, cni0, devices)" $? "$(echo "$out" | tail -n 1)"
   indent <<<"$out"
   if [ "$VXMESH_ETCD_ON_NODE" != 1 ]; then
     # the box's etcd-server starts etcd at boot: uninstall must leave it enabled and running

@@ -27,6 +27,12 @@
 #                            the same checks, and the build changed
 #   kill-agent               SIGKILL vxmeshd; checks systemd restarts it (Restart=on-failure) and
 #                            the new process takes the dataplane from the store
+#   dual-stack ADDR6         gives the underlay the IPv6 address ADDR6/64, restarts vxmeshd (the
+#                            network config has just turned dual stack) and checks the IPv6
+#                            device (flannel-v6.<VNI>) and FLANNEL_IPV6_SUBNET
+#   pod6 NODE POD            one more pod through the CNI plugin; prints "NODE POD IPV6" once its
+#                            IPv6 address (and the bridge's gateway) left duplicate address
+#                            detection
 #   leftovers                after uninstall-node.sh: prints what vxmesh left (node and etcd
 #                            roles); status 1 if any
 set -euo pipefail
@@ -151,6 +157,29 @@ case $cmd in
     else
       echo "SIGKILL pid $pid: vxmeshd not back after 120s ($(unit ActiveState)/$(unit SubState))"; exit 1
     fi ;;
+  dual-stack)
+    addr=${1:?IPv6 address}; dev=$(jq -r '.node.iface // empty' <<<"$(status_json)")
+    [ -n "$dev" ] || { echo "underlay interface unknown"; exit 1; }
+    ip -6 addr replace "$addr/64" dev "$dev" nodad
+    systemctl restart vxmeshd.service
+    /usr/local/bin/vxmeshctl wait-ready --timeout 60 >/dev/null || { echo "vxmeshd not ready after the restart"; exit 1; }
+    for _ in $(seq 100); do grep -q '^FLANNEL_IPV6_SUBNET=' "$SUBNET_FILE" && break; sleep 0.2; done
+    sub6=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$SUBNET_FILE")
+    dev6=$(ip -o link show type vxlan | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -m1 '^flannel-v6\.' || true)
+    a6=""; [ -z "$dev6" ] || a6=$(ip -6 -o addr show dev "$dev6" scope global | awk '{print $4}')
+    echo "$dev $addr, $(jq -r '.node.dataplane' <<<"$(status_json)") dataplane: FLANNEL_IPV6_SUBNET=${sub6:-none}, ${dev6:-no IPv6 device} ${a6:-without an address}"
+    [ -n "$sub6" ] && [ -n "$dev6" ] && [ -n "$a6" ] ;;
+  pod6)
+    node=${1:?node}; pod=${2:?pod}; dir=$(cni_dir); conf=$(cluster_netconf_from_conflist "$CONFLIST")
+    cluster_pod_add "$pod" "$dir/vxmesh" "$dir" "$conf" >/dev/null || { echo "CNI ADD for $pod failed" >&2; exit 1; }
+    a6=""
+    for _ in $(seq 50); do
+      a6=$(ip -n "$pod" -6 -o addr show dev eth0 scope global -tentative | awk '{print $4}' | cut -d/ -f1 | head -n 1)
+      [ -n "$a6" ] && [ -z "$(ip -6 addr show dev cni0 tentative)" ] && break
+      sleep 0.1
+    done
+    [ -n "$a6" ] || { echo "$pod got no IPv6 address" >&2; exit 1; }
+    echo "$node $pod $a6" ;;
   leftovers)
     left=()
     dir=$(cni_dir)
@@ -168,11 +197,13 @@ case $cmd in
       tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q '^ETCD_DATA_DIR=/var/lib/etcd/vxmesh$' &&
         left+=("etcd process $p still running with vxmesh's settings")
     done
-    for l in vxmesh0 cni0 $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^flannel\.'); do
+    for l in vxmesh0 cni0 $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^flannel(-v6)?\.'); do
       ip link show "$l" >/dev/null 2>&1 && left+=("link $l")
     done
     iptables -t nat -S 2>/dev/null | grep -q VXMESH && left+=("iptables nat VXMESH rules")
     iptables -S 2>/dev/null | grep -q VXMESH && left+=("iptables filter VXMESH rules")
+    ip6tables -t nat -S 2>/dev/null | grep -q VXMESH && left+=("ip6tables nat VXMESH rules")
+    ip6tables -S 2>/dev/null | grep -q VXMESH && left+=("ip6tables filter VXMESH rules")
     if [ ${#left[@]} -eq 0 ]; then echo "nothing left"; else echo "left: ${left[*]}"; exit 1; fi ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
