@@ -151,7 +151,7 @@ pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
                 "last_tx_unix_ms": c.last_tx_unix_ms,
                 "last_rx_unix_ms": c.last_rx_unix_ms,
             });
-            // A dual-stack peer's IPv6 half (kernel dataplane: flannel-v6.<VNI>).
+            // A dual-stack peer's IPv6 half (on flannel-v6.<VNI>, either dataplane).
             if let (Some(v6), Some(o)) = (&p.ipv6, v.as_object_mut()) {
                 o.insert(
                     "ipv6".into(),

@@ -50,17 +50,17 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     #[serde(serialize_with = "ser_mac")]
     pub vtep_mac: MacAddr,
-    /// The IPv6 half of a dual-stack lease: programmed on the kernel dataplane's
-    /// `flannel-v6.<VNI>` (not judged beyond its own VNI: see [`PeerIpv6`]).
+    /// The IPv6 half of a dual-stack lease: programmed on `flannel-v6.<VNI>` (either
+    /// dataplane; not judged beyond its own VNI: see [`PeerIpv6`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<PeerIpv6>,
 }
 
 /// The IPv6 half of a peer's dual-stack lease: the key's IPv6 subnet
 /// (`10.244.3.0-24&fd00:10:244:3::-64`), `PublicIPv6` and `BackendV6Data.VtepMAC`.
-/// Read when all three are there and `BackendV6Data.VNI` is ours; the kernel dataplane
-/// programs it (node to node: no pod has an IPv6 address yet). Its conflicts (overlaps,
-/// duplicates) are not judged yet.
+/// Read when all three are there and `BackendV6Data.VNI` is ours; the dataplane
+/// programs it on `flannel-v6.<VNI>`. Its conflicts (overlaps, duplicates) are not
+/// judged yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct PeerIpv6 {
     #[serde(serialize_with = "ser_display")]
