@@ -759,10 +759,13 @@ pub async fn run_with(
         aqm: opts.aqm,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
-        ipv6: public_ipv6.map(|ip6| crate::node_dataplane::Setup6 {
-            local_ip: ip6,
-            vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
-        }),
+        ipv6: public_ipv6
+            .zip(cfg.ipv6.as_ref())
+            .map(|(ip6, pool)| crate::node_dataplane::Setup6 {
+                local_ip: ip6,
+                vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
+                network: pool.network,
+            }),
     };
     let dp = ho
         .start_dataplane(opts.dataplane, &nl, &setup, &state)

@@ -297,6 +297,17 @@ pub enum PeerOp {
     },
     /// Deletes an IPv6 route as a dump found it (a stale one).
     DeleteRoute6(DeviceRoute<Ipv6Addr>),
+    /// `ip -6 route replace <subnet> via <PublicIPv6> dev <index>` (DirectRouting)
+    DirectRoute6 {
+        index: u32,
+        subnet: Subnet6,
+        via: Ipv6Addr,
+    },
+    DeleteDirectRoute6 {
+        index: u32,
+        subnet: Subnet6,
+        via: Ipv6Addr,
+    },
 }
 
 impl PeerOp {
@@ -310,6 +321,7 @@ impl PeerOp {
                 | PeerOp::Neighbour6 { .. }
                 | PeerOp::PeerRoute6 { .. }
                 | PeerOp::Fdb6 { .. }
+                | PeerOp::DirectRoute6 { .. }
         )
     }
 
@@ -358,6 +370,12 @@ impl PeerOp {
                 "delete route {}/{} via {:?}",
                 r.destination, r.prefix_len, r.gateway
             ),
+            PeerOp::DirectRoute6 { index, subnet, via } => {
+                format!("route {subnet} via {via} dev #{index} (direct)")
+            }
+            PeerOp::DeleteDirectRoute6 { index, subnet, via } => {
+                format!("delete route {subnet} via {via} dev #{index}")
+            }
         }
     }
 
@@ -402,6 +420,14 @@ impl PeerOp {
                 M::DelNeighbour(Netlink::fdb_message(*index, *mac, (*dst).into())),
             ),
             PeerOp::DeleteRoute6(r) => (delete, M::DelRoute(r.message.clone())),
+            PeerOp::DirectRoute6 { index, subnet, via } => (
+                replace,
+                M::NewRoute(Netlink::direct_route6(subnet, *via, *index)),
+            ),
+            PeerOp::DeleteDirectRoute6 { index, subnet, via } => (
+                delete,
+                M::DelRoute(Netlink::direct_route6(subnet, *via, *index)),
+            ),
             PeerOp::PeerRoute { index, subnet } => {
                 (replace, M::NewRoute(Netlink::peer_route(subnet, *index)))
             }
@@ -1210,10 +1236,35 @@ impl Netlink {
     /// The IPv4 addresses of a link with their prefix lengths: the networks it is
     /// directly connected to.
     pub async fn ipv4_prefixes(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        Ok(self
+            .prefixes(index)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, len)| match ip {
+                IpAddr::V4(v4) => Some((v4, len)),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// The same for IPv6, link-local addresses left out.
+    pub async fn ipv6_prefixes(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>, NetlinkError> {
+        Ok(self
+            .prefixes(index)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, len)| match ip {
+                IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some((v6, len)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn prefixes(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         let mut out = Vec::new();
         for a in self.link_addresses(index).await? {
             for attr in &a.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                if let AddressAttribute::Address(ip) = attr {
                     if !out.contains(&(*ip, a.header.prefix_len)) {
                         out.push((*ip, a.header.prefix_len));
                     }
@@ -1529,6 +1580,25 @@ impl Netlink {
             .collect())
     }
 
+    /// IPv6 routes of the main table with a gateway, through any device but `except`
+    /// (the kernel's own left out).
+    pub async fn gateway_routes6(
+        &self,
+        except: u32,
+    ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
+        let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let all = self
+            .main_routes_of(request, None, Ipv6Addr::UNSPECIFIED, |a| match a {
+                RouteAddress::Inet6(v) => Some(*v),
+                _ => None,
+            })
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.gateway.is_some() && r.oif != Some(except))
+            .collect())
+    }
+
     /// IPv4 routes of the main table through any device, except the kernel's own:
     /// one dump, for a reconcile that looks at several devices.
     pub async fn main_table_routes(&self) -> Result<Vec<DeviceRoute>, NetlinkError> {
@@ -1594,7 +1664,10 @@ impl Netlink {
     }
 
     /// Deletes a route found by [`Netlink::routes_via`]; Ok if it is already gone.
-    pub async fn delete_route(&self, route: &DeviceRoute) -> Result<(), NetlinkError> {
+    pub async fn delete_route<A: std::fmt::Display>(
+        &self,
+        route: &DeviceRoute<A>,
+    ) -> Result<(), NetlinkError> {
         match self
             .handle
             .route()
@@ -1620,6 +1693,14 @@ impl Netlink {
             .gateway(subnet.addr())
             .output_interface(index)
             .onlink()
+            .build()
+    }
+
+    fn direct_route6(subnet: &Subnet6, via: Ipv6Addr, index: u32) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(subnet.addr(), subnet.prefix_len())
+            .gateway(via)
+            .output_interface(index)
             .build()
     }
 

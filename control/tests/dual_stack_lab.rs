@@ -14,7 +14,9 @@
 //! reachable, before and after a restart and a handover, and with the hosts' ip6tables
 //! FORWARD policy at DROP; pod IPv6 leaving the IPv6 Network masqueraded, the IPv6 rules
 //! restored after a flush; `vxmeshctl cleanup-tap` removes the userspace node's IPv6
-//! device with its TAP.
+//! device with its TAP. With DirectRouting on one segment, both families routed via the
+//! peers' PublicIP and PublicIPv6. A mixed cluster with the flannel recipe's dual-stack
+//! node.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -22,6 +24,7 @@ mod common;
 use std::time::Duration;
 
 use common::lab::Lab;
+use serde_json::Value;
 use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
 use vxmesh_testkit::{require_etcd, require_root, wait_for};
 
@@ -439,6 +442,66 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         .ip_json("n3", &["link", "show", "type", "vxlan"])
         .as_array()
         .is_none_or(|a| a.is_empty()));
+}
+
+/// DirectRouting in a dual-stack cluster on one L2 segment (both families): every peer's
+/// IPv4 and IPv6 subnets are routed via its PublicIP and PublicIPv6 on eth0, nothing on
+/// the overlay devices, on either dataplane; every pod pair of both families reachable.
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn direct_routing_routes_both_families_on_one_segment() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6d",
+        &[
+            ("VXLAB_NODES", "3"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_DATAPLANES", "userspace kernel userspace"),
+            ("VXLAB_BACKEND", r#"{"Type":"vxlan","DirectRouting":true}"#),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    assert!(
+        out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "{out}"
+    );
+    let s6 = |ip: &str| lease_of(&lab, ip).0.ipv6_subnet().unwrap().to_string();
+    for (node, peers) in [
+        (
+            "n1",
+            [
+                ("192.168.100.12", "fd00:64::12"),
+                ("192.168.100.13", "fd00:64::13"),
+            ],
+        ),
+        (
+            "n2",
+            [
+                ("192.168.100.11", "fd00:64::11"),
+                ("192.168.100.13", "fd00:64::13"),
+            ],
+        ),
+    ] {
+        let routes = lab.ip_json(node, &["-6", "route", "show", "dev", "eth0"]);
+        for (ip, ip6) in peers {
+            let want = s6(ip);
+            let found = routes.as_array().unwrap().iter().any(|r| {
+                r["dst"].as_str() == Some(want.as_str()) && r["gateway"].as_str() == Some(ip6)
+            });
+            assert!(found, "{node}: {want} via {ip6} on eth0: {routes}");
+        }
+        let over = lab.ip_json(node, &["-6", "route", "show", "dev", "flannel-v6.1"]);
+        let peer_routes: Vec<&Value> = over
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["protocol"] != "kernel")
+            .collect();
+        assert!(peer_routes.is_empty(), "{node}: {over}");
+    }
 }
 
 /// A mixed dual-stack cluster: a vxmesh userspace-dataplane node, a kernel-dataplane one

@@ -11,7 +11,7 @@
 //! route via its PublicIP on the underlay, a routed one the overlay, moves between the
 //! two, stale direct routes pruned); dual stack (`flannel-v6.<VNI>` beside `flannel.<VNI>`,
 //! programmed as flanneld does, IPv6 and IPv4 pinged across two nodes, IPv6 entries
-//! updated and pruned).
+//! updated and pruned; DirectRouting for IPv6 halves, decided apart from IPv4's).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -573,6 +573,114 @@ fn direct_routing_routes_same_l2_peers_on_the_underlay() {
     assert!(eth0(&ns).is_empty());
 }
 
+/// DirectRouting for IPv6 halves, as flanneld does it: a peer whose PublicIPv6 is on
+/// the underlay's IPv6 network gets `<IPv6 subnet> via <PublicIPv6> dev eth0`, one
+/// behind a router the entries on `flannel-v6.1`; moves between the two leave nothing
+/// behind, and removal takes the direct route.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn direct_routing_ipv6_halves_like_flanneld() {
+    require_root();
+    let ns = Ns::new("dr6");
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:192::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let s = DataplaneSetup {
+        direct_routing: true,
+        ..setup6(eth0_index(&ns), &node6(1))
+    };
+    // a: both halves on eth0's networks. c: IPv4 on-link, IPv6 behind a router.
+    let a = node6(2);
+    let far6 = |p: Peer, ip6: &str| {
+        let mut v6 = p.ipv6.unwrap();
+        v6.public_ipv6 = ip6.parse().unwrap();
+        Peer {
+            ipv6: Some(v6),
+            ..p
+        }
+    };
+    let c = far6(node6(5), "fd00:99::5");
+    let a_routed = far6(a, "fd00:99::2");
+    let eth0_6 = |ns: &Ns| -> Vec<String> {
+        routes6(&ns.0, "eth0")
+            .into_iter()
+            .filter(|r| r.starts_with("fd00:10:244:"))
+            .collect()
+    };
+    let run = |s: DataplaneSetup, changes: Vec<(Option<Peer>, Option<Peer>)>| {
+        ns.run(move |nl| {
+            Box::pin(async move {
+                let st = Arc::new(AgentState::default());
+                let (dp, _) =
+                    NodeDataplane::start(DataplaneKind::Kernel, &nl, &s, &st, Duration::ZERO)
+                        .await
+                        .unwrap();
+                for (old, new) in changes {
+                    match (old, new) {
+                        (None, Some(p)) => dp.add_peer(&nl, &p).await.unwrap(),
+                        (Some(o), Some(n)) => dp.update_peer(&nl, &o, &n).await.unwrap(),
+                        (Some(p), None) => dp.remove_peer(&nl, &p).await.unwrap(),
+                        (None, None) => {}
+                    }
+                }
+                dp.stop();
+            })
+        })
+    };
+    // twice: idempotent
+    run(
+        s.clone(),
+        vec![
+            (None, Some(a)),
+            (None, Some(c)),
+            (None, Some(a)),
+            (None, Some(c)),
+        ],
+    );
+    assert_eq!(eth0_6(&ns), ["fd00:10:244:2::/64 fd00:192::2"]);
+    assert_eq!(
+        routes6(&ns.0, "flannel-v6.1"),
+        ["fd00:10:244:5::/64 fd00:10:244:5::"]
+    );
+    assert_eq!(ns.fdb("flannel-v6.1"), ["06:00:00:00:00:05 fd00:99::5"]);
+    // c's IPv4 half is direct: the halves are decided apart.
+    assert!(ns
+        .routes("eth0")
+        .contains(&"10.244.5.0/24 192.0.2.5".to_string()));
+
+    // a's PublicIPv6 moves behind a router, then back.
+    run(s.clone(), vec![(Some(a), Some(a_routed))]);
+    assert!(eth0_6(&ns).is_empty(), "{:?}", eth0_6(&ns));
+    assert_eq!(
+        routes6(&ns.0, "flannel-v6.1"),
+        [
+            "fd00:10:244:2::/64 fd00:10:244:2::",
+            "fd00:10:244:5::/64 fd00:10:244:5::"
+        ]
+    );
+    run(s.clone(), vec![(Some(a_routed), Some(a))]);
+    assert_eq!(eth0_6(&ns), ["fd00:10:244:2::/64 fd00:192::2"]);
+    assert_eq!(
+        routes6(&ns.0, "flannel-v6.1"),
+        ["fd00:10:244:5::/64 fd00:10:244:5::"]
+    );
+    assert_eq!(ns.fdb("flannel-v6.1"), ["06:00:00:00:00:05 fd00:99::5"]);
+    assert!(!ns
+        .neigh("flannel-v6.1")
+        .iter()
+        .any(|n| n.starts_with("fd00:10:244:2::")));
+
+    // Removal takes the direct route.
+    run(s, vec![(Some(a), None), (Some(a), None)]);
+    assert!(eth0_6(&ns).is_empty());
+}
+
 /// Netlink batches against the real kernel: 300 routes and a few neighbours in three
 /// `sendmsg`s, two requests in the middle failing — each reported by itself, with
 /// the kernel's errno, and everything around them carried out.
@@ -760,6 +868,7 @@ fn setup6(index: u32, me: &Peer) -> DataplaneSetup {
     s.ipv6 = Some(Setup6 {
         local_ip: v6.public_ipv6,
         vtep_mac: v6.vtep_mac,
+        network: "fd00:10:244::/56".parse().unwrap(),
     });
     s
 }

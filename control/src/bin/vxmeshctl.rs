@@ -578,46 +578,66 @@ fn main() -> anyhow::Result<()> {
 
 /// The cluster networks in a subnet file (FLANNEL_NETWORK); none when the file is
 /// missing or unreadable (said on stderr).
-fn networks_in(path: &std::path::Path) -> Vec<vxmesh_control::subnet::Subnet> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+/// The IPv4 and IPv6 Networks the subnet file names (DirectRouting's routes lie inside
+/// them).
+fn networks_in(
+    path: &std::path::Path,
+) -> (
+    Vec<vxmesh_control::subnet::Subnet>,
+    Vec<vxmesh_control::subnet6::Subnet6>,
+) {
+    let env = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| vxmesh_subnet_env::SubnetEnv::parse(&b).map_err(|e| e.to_string()));
+    match env {
+        Ok(env) => (
+            env.networks
+                .iter()
+                .filter_map(|n| vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok())
+                .collect(),
+            env.ipv6_networks
+                .iter()
+                .filter_map(|n| vxmesh_control::subnet6::Subnet6::new(n.network(), n.prefix()).ok())
+                .collect(),
+        ),
         Err(e) => {
             eprintln!(
                 "{}: {e}; direct routes (DirectRouting) are left alone",
                 path.display()
             );
-            return Vec::new();
-        }
-    };
-    match vxmesh_subnet_env::SubnetEnv::parse(&bytes) {
-        Ok(env) => env
-            .networks
-            .iter()
-            .filter_map(|n| vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok())
-            .collect(),
-        Err(e) => {
-            eprintln!(
-                "{}: {e}; direct routes (DirectRouting) are left alone",
-                path.display()
-            );
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
     }
 }
 
-/// Removes DirectRouting's routes: inside `networks`, with a gateway, through any
-/// device but `tap`. Returns how many went.
+/// Removes DirectRouting's routes: inside the `networks` (IPv4, IPv6), with a
+/// gateway, through any device but `tap`. Returns how many went.
 async fn remove_direct_routes(
     nl: &vxmesh_control::netlink::Netlink,
-    networks: &[vxmesh_control::subnet::Subnet],
+    (networks, networks6): &(
+        Vec<vxmesh_control::subnet::Subnet>,
+        Vec<vxmesh_control::subnet6::Subnet6>,
+    ),
     tap: u32,
 ) -> anyhow::Result<usize> {
-    use vxmesh_control::node_dataplane::direct::is_stale_direct_route;
+    use vxmesh_control::node_dataplane::direct::{is_stale_direct_route, is_stale_direct_route6};
     let mut n = 0;
     for r in nl.gateway_routes(tap).await? {
         if networks
             .iter()
             .any(|net| is_stale_direct_route(net, r.destination, r.prefix_len, r.gateway, &[]))
+        {
+            nl.delete_route(&r).await?;
+            n += 1;
+        }
+    }
+    if networks6.is_empty() {
+        return Ok(n);
+    }
+    for r in nl.gateway_routes6(tap).await? {
+        if networks6
+            .iter()
+            .any(|net| is_stale_direct_route6(net, r.destination, r.prefix_len, r.gateway, &[]))
         {
             nl.delete_route(&r).await?;
             n += 1;
@@ -639,8 +659,8 @@ async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Resul
         Some(l) if l.kind == "tun" && l.alias.as_deref() == Some(TAP_ALIAS) => {
             // Only while vxmesh's TAP is there: the routes are then vxmeshd's (a
             // node running flanneld's kernel device keeps its own), and so is a
-            // dual-stack node's IPv6 device (the kernel dataplane deletes the TAP).
-            let direct = remove_direct_routes(&nl, &networks_in(subnet_file), l.index).await?;
+            // dual-stack node's IPv6 device (the kernel dataplane deletes the TAP),
+            // deleted first with its routes (they have gateways inside the IPv6 Network).
             let mut v6 = Vec::new();
             for x in nl.vxlan_links().await? {
                 if x.name.starts_with(&format!("{DEVICE6_PREFIX}.")) {
@@ -648,6 +668,7 @@ async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Resul
                     v6.push(x.name);
                 }
             }
+            let direct = remove_direct_routes(&nl, &networks_in(subnet_file), l.index).await?;
             nl.delete_link(l.index).await?;
             println!(
                 "removed {tap} with its address, routes and neighbours, and {direct} direct routes"

@@ -19,12 +19,19 @@
 //! topologies flannel documents (nodes on one subnet, or subnets joined by routers)
 //! both give the same answer.
 //!
-//! Not covered: IPv6 (vxmesh carries IPv4 only); underlay address changes after start
-//! (the prefixes are read when the dataplane starts).
+//! A dual-stack peer's IPv6 half is decided the same way on its own
+//! ([`DirectRouting::path6`]): a PublicIPv6 in one of the underlay's own IPv6 prefixes
+//! (link-local ones left out) gets `<peer IPv6 subnet> via <PublicIPv6> dev <underlay>`,
+//! as flanneld routes it; otherwise it goes over `flannel-v6.<VNI>`. The two halves may
+//! differ (a peer on-link for IPv4 behind a router for IPv6, or the other way round).
+//!
+//! Not covered: underlay address changes after start (the prefixes are read when the
+//! dataplane starts).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 
 /// A network the underlay interface is directly connected to: one of its
 /// addresses and that address's prefix length.
@@ -58,15 +65,41 @@ impl Connected {
     }
 }
 
-/// How a peer's subnet is reached.
+/// A network the underlay interface is directly connected to over IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected6 {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Connected6 {
+    /// Whether `ip` is in this network (prefix lengths above 128 contain nothing).
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        if self.prefix_len > 128 {
+            return false;
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        u128::from(self.addr) & mask == u128::from(ip) & mask
+    }
+
+    /// Whether `ip` is this network's subnet-router anycast address (host bits zero),
+    /// which no node holds as its own.
+    fn is_anycast(&self, ip: Ipv6Addr) -> bool {
+        self.prefix_len < 127 && u128::from(ip) & (u128::MAX >> self.prefix_len) == 0
+    }
+}
+
+/// How a peer's subnet is reached (`A`: the address family of its PublicIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub enum PeerPath {
+pub enum PeerPath<A = Ipv4Addr> {
     /// Through the overlay device (VXLAN): neighbour, fdb entry (kernel dataplane) and
     /// onlink route, as without DirectRouting.
     Overlay,
     /// `<peer subnet> via <PublicIP> dev <underlay>`, unencapsulated.
-    Direct { via: Ipv4Addr },
+    Direct { via: A },
 }
 
 /// The DirectRouting decision for one node: whether it is on, and the underlay
@@ -75,6 +108,7 @@ pub enum PeerPath {
 pub struct DirectRouting {
     enabled: bool,
     connected: Vec<Connected>,
+    connected6: Vec<Connected6>,
 }
 
 impl DirectRouting {
@@ -87,7 +121,17 @@ impl DirectRouting {
                 .into_iter()
                 .map(|(addr, prefix_len)| Connected { addr, prefix_len })
                 .collect(),
+            connected6: Vec::new(),
         }
+    }
+
+    /// With the underlay's IPv6 addresses and their prefix lengths (dual stack).
+    pub fn with_ipv6(mut self, connected: impl IntoIterator<Item = (Ipv6Addr, u8)>) -> Self {
+        self.connected6 = connected
+            .into_iter()
+            .map(|(addr, prefix_len)| Connected6 { addr, prefix_len })
+            .collect();
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -114,6 +158,52 @@ impl DirectRouting {
             PeerPath::Overlay
         }
     }
+
+    /// How to reach the IPv6 half of the peer whose PublicIPv6 is `public_ipv6`.
+    pub fn path6(&self, public_ipv6: Ipv6Addr) -> PeerPath<Ipv6Addr> {
+        if !self.enabled || !is_unicast6(public_ipv6) {
+            return PeerPath::Overlay;
+        }
+        if self.connected6.iter().any(|c| c.addr == public_ipv6) {
+            return PeerPath::Overlay;
+        }
+        let on_link = self
+            .connected6
+            .iter()
+            .any(|c| c.prefix_len < 128 && c.contains(public_ipv6) && !c.is_anycast(public_ipv6));
+        if on_link {
+            PeerPath::Direct { via: public_ipv6 }
+        } else {
+            PeerPath::Overlay
+        }
+    }
+}
+
+/// [`is_stale_direct_route`] for IPv6: a route with a gateway to a subnet inside the
+/// IPv6 Network that no `(peer IPv6 subnet, PublicIPv6)` in `wanted` matches.
+pub fn is_stale_direct_route6(
+    network: &Subnet6,
+    destination: Ipv6Addr,
+    prefix_len: u8,
+    gateway: Option<Ipv6Addr>,
+    wanted: &[(Subnet6, Ipv6Addr)],
+) -> bool {
+    let Some(gw) = gateway else { return false };
+    let Ok(dst) = Subnet6::new_exact(destination, prefix_len) else {
+        return false;
+    };
+    if !network.contains_subnet(&dst) {
+        return false;
+    }
+    !wanted.iter().any(|(s, via)| *s == dst && *via == gw)
+}
+
+fn is_unicast6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unicast_link_local()
+        || ip.to_ipv4_mapped().is_some())
 }
 
 /// Whether a route found on the underlay interface is a DirectRouting route that no
@@ -299,6 +389,57 @@ mod tests {
             &wanted
         ));
         assert!(is_stale_direct_route(&net, ip("10.244.2.0"), 24, gw, &[]));
+    }
+
+    #[test]
+    fn ipv6_halves_are_decided_on_their_own() {
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let dr = lab_node().with_ipv6([(ip6("fd00:64::11"), 64), (ip6("2001:db8:1::5"), 127)]);
+        assert_eq!(
+            dr.path6(ip6("fd00:64::12")),
+            PeerPath::Direct {
+                via: ip6("fd00:64::12")
+            }
+        );
+        assert_eq!(
+            dr.path6(ip6("2001:db8:1::4")),
+            PeerPath::Direct {
+                via: ip6("2001:db8:1::4")
+            }
+        );
+        for overlay in [
+            "fd00:65::12",    // behind a router
+            "fd00:64::11",    // our own address
+            "fd00:64::",      // the subnet-router anycast address
+            "fe80::12",       // link-local
+            "ff02::1",        // multicast
+            "::",             // unspecified
+            "::1",            // loopback
+            "::ffff:1.2.3.4", // IPv4-mapped
+        ] {
+            assert_eq!(dr.path6(ip6(overlay)), PeerPath::Overlay, "{overlay}");
+        }
+        // Off, or no IPv6 address on the underlay: everything over flannel-v6.
+        assert_eq!(lab_node().path6(ip6("fd00:64::12")), PeerPath::Overlay);
+        let off = DirectRouting::new(false, []).with_ipv6([(ip6("fd00:64::11"), 64)]);
+        assert_eq!(off.path6(ip6("fd00:64::12")), PeerPath::Overlay);
+    }
+
+    #[test]
+    fn stale_direct_routes6() {
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let net: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+        let s2: Subnet6 = "fd00:10:244:2::/64".parse().unwrap();
+        let wanted = [(s2, ip6("fd00:64::12"))];
+        let gw = Some(ip6("fd00:64::12"));
+        let stale = |dst: &str, len, gw| is_stale_direct_route6(&net, ip6(dst), len, gw, &wanted);
+        assert!(!stale("fd00:10:244:2::", 64, gw));
+        assert!(!stale("::", 0, gw));
+        assert!(!stale("fd00:64::", 64, None));
+        assert!(!stale("fd00:10:244::", 55, gw));
+        assert!(!stale("fd00:10:244:2::1", 64, gw));
+        assert!(stale("fd00:10:244:7::", 64, gw));
+        assert!(stale("fd00:10:244:2::", 64, Some(ip6("fd00:64::99"))));
     }
 
     proptest::proptest! {

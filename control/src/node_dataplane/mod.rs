@@ -98,6 +98,8 @@ pub struct Setup6 {
     pub local_ip: std::net::Ipv6Addr,
     /// `BackendV6Data.VtepMAC` ([`crate::vtep_mac::derive_v6`]).
     pub vtep_mac: MacAddr,
+    /// The IPv6 Network (DirectRouting's IPv6 routes are pruned only inside it).
+    pub network: Subnet6,
 }
 
 /// The running dataplane: the overlay device, and how peers are routed.
@@ -107,6 +109,8 @@ pub struct NodeDataplane {
     direct: DirectRouting,
     underlay_index: u32,
     network: Subnet,
+    /// Dual stack: the IPv6 Network.
+    network6: Option<Subnet6>,
     /// The overlay device was created by this run (not adopted, not handed over):
     /// no entry on it predates this agent.
     fresh: bool,
@@ -128,7 +132,14 @@ async fn direct_routing(nl: &Netlink, setup: &DataplaneSetup) -> anyhow::Result<
     let prefixes = nl.ipv4_prefixes(setup.underlay_index).await?;
     tracing::info!(networks = ?prefixes.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
         "DirectRouting: peers in these networks of the underlay are routed via their PublicIP, unencapsulated");
-    Ok(DirectRouting::new(true, prefixes))
+    let dr = DirectRouting::new(true, prefixes);
+    if setup.ipv6.is_none() {
+        return Ok(dr);
+    }
+    let prefixes6 = nl.ipv6_prefixes(setup.underlay_index).await?;
+    tracing::info!(networks = ?prefixes6.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+        "DirectRouting, IPv6: peers whose PublicIPv6 is in these networks of the underlay get their IPv6 subnet routed via it, unencapsulated");
+    Ok(dr.with_ipv6(prefixes6))
 }
 
 impl NodeDataplane {
@@ -160,6 +171,7 @@ impl NodeDataplane {
                 direct,
                 underlay_index: setup.underlay_index,
                 network: setup.network,
+                network6: setup.ipv6.map(|v| v.network),
                 // The kernel dataplane's device may be flanneld's or an earlier run's
                 // (it adopts compatible ones): never taken as fresh.
                 fresh: kind == DataplaneKind::Userspace && !adopted,
@@ -186,6 +198,7 @@ impl NodeDataplane {
             direct,
             underlay_index: setup.underlay_index,
             network: setup.network,
+            network6: setup.ipv6.map(|v| v.network),
             fresh: false,
         })
     }
@@ -220,6 +233,11 @@ impl NodeDataplane {
     /// How `p`'s subnet is routed: through the overlay, or directly (DirectRouting).
     pub fn path(&self, p: &Peer) -> PeerPath {
         self.direct.path(p.public_ip)
+    }
+
+    /// How both halves of a peer are routed.
+    fn paths(&self) -> plan::DirectPaths<'_> {
+        plan::DirectPaths(&self.direct)
     }
 
     /// Puts the VtepMAC back on the device if something replaced it (systemd-udevd's
@@ -313,10 +331,10 @@ impl NodeDataplane {
         let ops = match &self.overlay {
             Overlay::Userspace(u) => {
                 u.publish_changes(changes);
-                plan::program_ops(&d, changes, |p| self.path(p), &mut u.programmed())
+                plan::program_ops_routed(&d, changes, &self.paths(), &mut u.programmed())
             }
             Overlay::Kernel(k) => {
-                plan::program_ops(&d, changes, |p| self.path(p), &mut k.programmed())
+                plan::program_ops_routed(&d, changes, &self.paths(), &mut k.programmed())
             }
         };
         send(nl, ops)
@@ -357,10 +375,17 @@ impl NodeDataplane {
             } else {
                 Vec::new()
             },
-            v6: kernel::dumps6(nl, d.overlay6).await?,
+            v6: kernel::dumps6(nl, d.overlay6, self.direct.enabled().then_some(d.underlay)).await?,
         };
         let network = self.direct.enabled().then_some(&self.network);
-        let r = plan::reconcile_ops(&d, &with_paths, &dumps, network);
+        let direct6 = self
+            .network6
+            .filter(|_| self.direct.enabled())
+            .map(|network| plan::Direct6 {
+                routing: &self.direct,
+                network,
+            });
+        let r = plan::reconcile_ops(&d, &with_paths, &dumps, network, direct6);
         match &self.overlay {
             Overlay::Kernel(k) => {
                 k.programmed().reset(

@@ -13,13 +13,14 @@
 //! dataplane, `flannel-v6.<VNI>`, when there is one ([`Devices::overlay6`]), the way
 //! flanneld programs it: the neighbour `<IPv6 subnet's first address> lladdr
 //! <IPv6 VtepMAC>`, the fdb entry `<IPv6 VtepMAC> dst <PublicIPv6>`, the onlink route
-//! via that first address. It does not depend on the IPv4 half's path
-//! (DirectRouting routes IPv4 only).
+//! via that first address. With DirectRouting, a peer whose PublicIPv6 is on the
+//! underlay's own IPv6 networks gets `<IPv6 subnet> via <PublicIPv6> dev <underlay>`
+//! instead, decided apart from its IPv4 half ([`Route::path6`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::direct::PeerPath;
+use super::direct::{DirectRouting, PeerPath};
 use crate::netlink::{DeviceRoute, FdbEntry, NeighbourEntry, PeerOp};
 use crate::peers::{Peer, PeerChange, PeerIpv6};
 use crate::subnet::Subnet;
@@ -173,6 +174,36 @@ fn overlay_remove(d: &Devices, p: &Peer, prog: &mut Programmed, out: &mut Vec<Pe
     });
 }
 
+/// How each half of a peer is routed: [`DirectPaths`] decides both; [`program_ops`]'s
+/// closure decides the IPv4 half and sends every IPv6 half over the IPv6 device.
+pub trait Route {
+    fn path(&self, p: &Peer) -> PeerPath;
+    fn path6(&self, _v6: &PeerIpv6) -> PeerPath<Ipv6Addr> {
+        PeerPath::Overlay
+    }
+}
+
+struct Ipv4Paths<F>(F);
+
+impl<F: Fn(&Peer) -> PeerPath> Route for Ipv4Paths<F> {
+    fn path(&self, p: &Peer) -> PeerPath {
+        (self.0)(p)
+    }
+}
+
+/// Both halves as a node's [`DirectRouting`] decides them.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectPaths<'a>(pub &'a DirectRouting);
+
+impl Route for DirectPaths<'_> {
+    fn path(&self, p: &Peer) -> PeerPath {
+        self.0.path(p.public_ip)
+    }
+    fn path6(&self, v6: &PeerIpv6) -> PeerPath<Ipv6Addr> {
+        self.0.path6(v6.public_ipv6)
+    }
+}
+
 /// The IPv6 half of a peer on the IPv6 device `index`: neighbour, fdb entry, route.
 fn overlay6_add(
     index: u32,
@@ -240,9 +271,17 @@ fn overlay6_retire(
     }
 }
 
-/// The IPv6 half of a change, on the IPv6 device `index`: whatever the IPv4 half's
-/// path, the new half first, then what only the old one needed.
-fn ipv6_ops(index: u32, c: &PeerChange, prog: &mut Programmed, out: &mut Vec<PeerOp>) {
+/// The IPv6 half of a change, on the IPv6 device `index` (or, DirectRouting, on the
+/// underlay): whatever the IPv4 half's path, the new half first, then what only the
+/// old one needed.
+fn ipv6_ops(
+    index: u32,
+    underlay: u32,
+    c: &PeerChange,
+    route: &impl Route,
+    prog: &mut Programmed,
+    out: &mut Vec<PeerOp>,
+) {
     let (old, new) = match c {
         PeerChange::Added(p) => (None, Some(p)),
         PeerChange::Updated { old, new } => (Some(old), Some(new)),
@@ -250,12 +289,55 @@ fn ipv6_ops(index: u32, c: &PeerChange, prog: &mut Programmed, out: &mut Vec<Pee
     };
     let at = new.or(old).map(|p| p.subnet);
     let Some(at) = at else { return };
-    let new6 = new.and_then(|p| p.ipv6);
-    if let Some(n6) = &new6 {
-        overlay6_add(index, at, n6, prog, out);
+    let new6 = new.and_then(|p| p.ipv6).map(|v| (v, route.path6(&v)));
+    let old6 = old.and_then(|p| p.ipv6).map(|v| (v, route.path6(&v)));
+    // Direct to overlay: the direct route goes first. Linux refuses an IPv6 onlink
+    // route whose gateway another device's route covers (EINVAL), and the direct route
+    // covers the overlay route's gateway, the subnet's first address.
+    let mut direct_gone = false;
+    if let (Some((o6, PeerPath::Direct { via })), Some((_, PeerPath::Overlay))) = (&old6, &new6) {
+        out.push(PeerOp::DeleteDirectRoute6 {
+            index: underlay,
+            subnet: o6.subnet,
+            via: *via,
+        });
+        direct_gone = true;
     }
-    if let Some(o6) = old.and_then(|p| p.ipv6) {
-        overlay6_retire(index, at, &o6, new6.as_ref(), prog, out);
+    match &new6 {
+        Some((n6, PeerPath::Overlay)) => overlay6_add(index, at, n6, prog, out),
+        Some((n6, PeerPath::Direct { via })) => out.push(PeerOp::DirectRoute6 {
+            index: underlay,
+            subnet: n6.subnet,
+            via: *via,
+        }),
+        None => {}
+    }
+    let Some((o6, old_path)) = old6 else {
+        return;
+    };
+    match old_path {
+        PeerPath::Overlay => {
+            let still = new6
+                .as_ref()
+                .filter(|(_, path)| *path == PeerPath::Overlay)
+                .map(|(n6, _)| *n6);
+            overlay6_retire(index, at, &o6, still.as_ref(), prog, out);
+        }
+        PeerPath::Direct { via } => {
+            // The same route again (replaced in place) needs no delete; any other
+            // new route for the same subnet replaced this one already, and the delete
+            // (it names the gateway) then finds nothing.
+            let same = new6.is_some_and(|(n6, path)| {
+                n6.subnet == o6.subnet && path == PeerPath::Direct { via }
+            });
+            if !same && !direct_gone {
+                out.push(PeerOp::DeleteDirectRoute6 {
+                    index: underlay,
+                    subnet: o6.subnet,
+                    via,
+                });
+            }
+        }
     }
 }
 
@@ -268,6 +350,17 @@ pub fn program_ops(
     path: impl Fn(&Peer) -> PeerPath,
     prog: &mut Programmed,
 ) -> Vec<(usize, PeerOp)> {
+    program_ops_routed(d, changes, &Ipv4Paths(path), prog)
+}
+
+/// [`program_ops`] with both halves' paths decided by `route`.
+pub fn program_ops_routed(
+    d: &Devices,
+    changes: &[PeerChange],
+    route: &impl Route,
+    prog: &mut Programmed,
+) -> Vec<(usize, PeerOp)> {
+    let path = |p: &Peer| route.path(p);
     let mut out = Vec::with_capacity(changes.len() * 3);
     let mut ops = Vec::with_capacity(4);
     for (i, c) in changes.iter().enumerate() {
@@ -331,7 +424,7 @@ pub fn program_ops(
             },
         }
         if let Some(index6) = d.overlay6 {
-            ipv6_ops(index6, c, prog, &mut ops);
+            ipv6_ops(index6, d.underlay, c, route, prog, &mut ops);
         }
         out.extend(ops.drain(..).map(|op| (i, op)));
     }
@@ -361,6 +454,16 @@ pub struct Dumps6 {
     pub routes: Vec<DeviceRoute<Ipv6Addr>>,
     pub neighbours: Vec<NeighbourEntry<Ipv6Addr>>,
     pub fdb: Vec<FdbEntry<Ipv6Addr>>,
+    /// With DirectRouting: the IPv6 routes of the main table through the underlay.
+    pub direct_routes: Vec<DeviceRoute<Ipv6Addr>>,
+}
+
+/// DirectRouting for the IPv6 halves in a reconcile pass: the decisions, and the IPv6
+/// Network inside which direct routes on the underlay may be pruned.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct6<'a> {
+    pub routing: &'a DirectRouting,
+    pub network: Subnet6,
 }
 
 /// What a reconcile pass sends: repairs (missing or wrong entries, written again)
@@ -375,12 +478,14 @@ pub struct Reconcile {
 /// missing or differs is re-added, and what no peer accounts for is removed — on the
 /// overlay device its routes, permanent neighbours and fdb entries; on the underlay
 /// (`network` given: DirectRouting on) the direct routes inside the Network (see
-/// [`super::direct::is_stale_direct_route`]). Other routes are never touched.
+/// [`super::direct::is_stale_direct_route`]), and with `direct6` the IPv6 ones inside
+/// the IPv6 Network. Other routes are never touched.
 pub fn reconcile_ops(
     d: &Devices,
     peers: &[(Peer, PeerPath)],
     dumps: &Dumps,
     network: Option<&Subnet>,
+    direct6: Option<Direct6<'_>>,
 ) -> Reconcile {
     let mut r = Reconcile::default();
     let have_routes: BTreeSet<(u32, Ipv4Addr, u8, Ipv4Addr)> = dumps
@@ -487,18 +592,21 @@ pub fn reconcile_ops(
         }
     }
     if let (Some(index), Some(d6)) = (d.overlay6, &dumps.v6) {
-        reconcile6(index, peers.iter().map(|(p, _)| p), d6, &mut r);
+        let devices = (index, d.underlay);
+        reconcile6(devices, peers.iter().map(|(p, _)| p), d6, direct6, &mut r);
     }
     r
 }
 
-/// [`reconcile_ops`] for the IPv6 device `index`: every peer's IPv6 half (whatever
-/// its IPv4 path) is put back where missing or different; routes, permanent
-/// neighbours and fdb entries no peer accounts for are removed.
+/// [`reconcile_ops`] for the IPv6 device (`devices`: it and the underlay): every
+/// peer's IPv6 half (whatever its IPv4 path) is put back where missing or different;
+/// routes, permanent neighbours and fdb entries no peer accounts for are removed, and
+/// with `direct6` stale direct IPv6 routes on the underlay too.
 fn reconcile6<'p>(
-    index: u32,
+    (index, underlay): (u32, u32),
     peers: impl Iterator<Item = &'p Peer>,
     dumps: &Dumps6,
+    direct6: Option<Direct6<'_>>,
     r: &mut Reconcile,
 ) {
     let have_routes: BTreeSet<(Ipv6Addr, u8, Ipv6Addr)> = dumps
@@ -517,11 +625,29 @@ fn reconcile6<'p>(
         .iter()
         .filter_map(|e| Some((e.mac, e.dst?)))
         .collect();
+    let have_direct: BTreeSet<(Ipv6Addr, u8, Ipv6Addr)> = dumps
+        .direct_routes
+        .iter()
+        .filter_map(|r| Some((r.destination, r.prefix_len, r.gateway?)))
+        .collect();
     let mut subnets = BTreeSet::new();
     let mut macs = BTreeSet::new();
     let mut vteps = BTreeSet::new();
+    let mut direct = Vec::new();
+    let mut cleared = BTreeSet::new();
     for v6 in peers.filter_map(|p| p.ipv6) {
         let (s, gw) = (v6.subnet, v6.subnet.addr());
+        if let Some(PeerPath::Direct { via }) = direct6.map(|x| x.routing.path6(v6.public_ipv6)) {
+            direct.push((s, via));
+            if !have_direct.contains(&(s.addr(), s.prefix_len(), via)) {
+                r.repairs.push(PeerOp::DirectRoute6 {
+                    index: underlay,
+                    subnet: s,
+                    via,
+                });
+            }
+            continue;
+        }
         subnets.insert(s);
         macs.insert((v6.vtep_mac, v6.public_ipv6));
         vteps.insert(gw);
@@ -540,6 +666,15 @@ fn reconcile6<'p>(
             });
         }
         if !have_routes.contains(&(gw, s.prefix_len(), gw)) {
+            // A direct route left for the subnet (the peer moved behind a router while
+            // no agent ran) covers the gateway, and Linux refuses the onlink route
+            // while it is there: it goes first.
+            for d in dumps.direct_routes.iter().filter(|d| {
+                d.destination == s.addr() && d.prefix_len == s.prefix_len() && d.gateway.is_some()
+            }) {
+                r.repairs.push(PeerOp::DeleteRoute6(d.clone()));
+                cleared.insert((d.destination, d.prefix_len));
+            }
             r.repairs.push(PeerOp::PeerRoute6 { index, subnet: s });
         }
     }
@@ -548,6 +683,23 @@ fn reconcile6<'p>(
             .is_ok_and(|s| subnets.contains(&s));
         if !wanted {
             r.stale.push(PeerOp::DeleteRoute6(route.clone()));
+        }
+    }
+    if let Some(x) = direct6 {
+        for route in dumps
+            .direct_routes
+            .iter()
+            .filter(|d| !cleared.contains(&(d.destination, d.prefix_len)))
+        {
+            if super::direct::is_stale_direct_route6(
+                &x.network,
+                route.destination,
+                route.prefix_len,
+                route.gateway,
+                &direct,
+            ) {
+                r.stale.push(PeerOp::DeleteRoute6(route.clone()));
+            }
         }
     }
     for e in &dumps.fdb {
@@ -898,7 +1050,7 @@ mod tests {
             (b, PeerPath::Overlay),
             (d, PeerPath::Direct { via: d.public_ip }),
         ];
-        let r = reconcile_ops(&kernel(), &peers, &dumps, Some(&net));
+        let r = reconcile_ops(&kernel(), &peers, &dumps, Some(&net), None);
         assert_eq!(
             r.repairs,
             vec![
@@ -941,11 +1093,11 @@ mod tests {
             all_neighbours: false,
             ..dumps.clone()
         };
-        let r2 = reconcile_ops(&kernel(), &peers, &looked_up, Some(&net));
+        let r2 = reconcile_ops(&kernel(), &peers, &looked_up, Some(&net), None);
         assert_eq!(r2.repairs, r.repairs);
         assert_eq!(r2.stale, r.stale[..3].to_vec());
         // Without DirectRouting the underlay's routes are not looked at.
-        let r = reconcile_ops(&kernel(), &peers[..2], &dumps, None);
+        let r = reconcile_ops(&kernel(), &peers[..2], &dumps, None, None);
         assert!(!r.stale.contains(&PeerOp::DeleteRoute(stale_direct)));
         // Everything in place: nothing to send.
         let full = Dumps {
@@ -963,7 +1115,13 @@ mod tests {
             all_neighbours: true,
         };
         assert_eq!(
-            reconcile_ops(&kernel(), &[(a, PeerPath::Overlay)], &full, Some(&net)),
+            reconcile_ops(
+                &kernel(),
+                &[(a, PeerPath::Overlay)],
+                &full,
+                Some(&net),
+                None
+            ),
             Reconcile::default()
         );
     }
@@ -1002,6 +1160,8 @@ mod tests {
                         | PeerOp::Fdb6 { .. }
                         | PeerOp::DeleteFdb6 { .. }
                         | PeerOp::DeleteRoute6(_)
+                        | PeerOp::DirectRoute6 { .. }
+                        | PeerOp::DeleteDirectRoute6 { .. }
                 )
             })
             .collect()
@@ -1202,11 +1362,12 @@ mod tests {
                         dst: None,
                     },
                 ],
+                direct_routes: Vec::new(),
             }),
             ..Dumps::default()
         };
         let peers: Vec<(Peer, PeerPath)> = [a, b].iter().map(|p| (*p, PeerPath::Overlay)).collect();
-        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None);
+        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None, None);
         let repairs = only6(r.repairs.into_iter().map(|op| (0, op)).collect());
         assert_eq!(
             repairs.len(),
@@ -1227,7 +1388,170 @@ mod tests {
             ]
         );
         // No IPv6 device: the IPv6 dumps are not looked at.
-        let r = reconcile_ops(&kernel(), &peers, &dumps, None);
+        let r = reconcile_ops(&kernel(), &peers, &dumps, None, None);
+        assert!(only6(r.stale.into_iter().map(|op| (0, op)).collect()).is_empty());
+    }
+
+    /// DirectRouting on a node whose underlay holds 192.168.100.1/24 and fd00:64::1/64.
+    fn direct_node() -> DirectRouting {
+        DirectRouting::new(true, [(Ipv4Addr::new(192, 168, 100, 1), 24)])
+            .with_ipv6([("fd00:64::1".parse().unwrap(), 64)])
+    }
+
+    /// `p` with its PublicIPv6 moved to `ip6`.
+    fn moved6(p: Peer, ip6: &str) -> Peer {
+        let mut v6 = p.ipv6.unwrap();
+        v6.public_ipv6 = ip6.parse().unwrap();
+        Peer {
+            ipv6: Some(v6),
+            ..p
+        }
+    }
+
+    #[test]
+    fn ipv6_direct_routing_as_flanneld_does_it() {
+        let dr = direct_node();
+        let a = dual(2, 2);
+        let a6 = a.ipv6.unwrap();
+        let direct = PeerOp::DirectRoute6 {
+            index: ETH,
+            subnet: a6.subnet,
+            via: a6.public_ipv6,
+        };
+        // On the underlay's IPv6 network: one route via the PublicIPv6, nothing on the
+        // IPv6 device; the IPv4 half is decided on its own (direct too here).
+        let mut prog = Programmed::default();
+        let got = program_ops_routed(
+            &dual_kernel(),
+            &[PeerChange::Added(a)],
+            &DirectPaths(&dr),
+            &mut prog,
+        );
+        assert_eq!(only6(got.clone()), std::slice::from_ref(&direct));
+        assert!(got
+            .iter()
+            .any(|(_, op)| matches!(op, PeerOp::DirectRoute { .. })));
+        // Removed: that route goes, nothing else.
+        let got = program_ops_routed(
+            &dual_kernel(),
+            &[PeerChange::Removed(a)],
+            &DirectPaths(&dr),
+            &mut prog,
+        );
+        assert_eq!(
+            only6(got),
+            [PeerOp::DeleteDirectRoute6 {
+                index: ETH,
+                subnet: a6.subnet,
+                via: a6.public_ipv6,
+            }]
+        );
+
+        // Its PublicIPv6 moves behind a router: the direct route goes first (Linux
+        // refuses the onlink route while another device's route covers its gateway),
+        // then the overlay entries.
+        let far = moved6(a, "fd00:99::2");
+        let got = only6(program_ops_routed(
+            &dual_kernel(),
+            &[PeerChange::Updated { old: a, new: far }],
+            &DirectPaths(&dr),
+            &mut prog,
+        ));
+        assert!(
+            matches!(got[..], [PeerOp::DeleteDirectRoute6 { via, .. }, PeerOp::Neighbour6 { .. }, PeerOp::Fdb6 { .. }, PeerOp::PeerRoute6 { .. }] if via == a6.public_ipv6),
+            "{got:?}"
+        );
+        // ... and back on-link: the direct route, then the overlay entries go (the fdb
+        // entry of a MAC no other peer uses, the neighbour).
+        let got = only6(program_ops_routed(
+            &dual_kernel(),
+            &[PeerChange::Updated { old: far, new: a }],
+            &DirectPaths(&dr),
+            &mut prog,
+        ));
+        assert_eq!(got[0], direct);
+        assert!(
+            got[1..]
+                .iter()
+                .any(|op| matches!(op, PeerOp::DeleteFdb6 { .. }))
+                && got[1..]
+                    .iter()
+                    .any(|op| matches!(op, PeerOp::DeleteNeighbour6 { .. })),
+            "{got:?}"
+        );
+        // The same direct peer again: a replace, no delete.
+        let got = only6(program_ops_routed(
+            &dual_kernel(),
+            &[PeerChange::Updated { old: a, new: a }],
+            &DirectPaths(&dr),
+            &mut prog,
+        ));
+        assert_eq!(got, [direct]);
+    }
+
+    #[test]
+    fn ipv6_direct_routes_are_repaired_and_pruned_inside_the_ipv6_network() {
+        let dr = direct_node();
+        let (a, b) = (dual(2, 2), moved6(dual(3, 3), "fd00:99::3"));
+        let (a6, b6) = (a.ipv6.unwrap(), b.ipv6.unwrap());
+        let route = |dst: &str, len: u8, gw: &str| {
+            DeviceRoute::new6(ETH, dst.parse().unwrap(), len, gw.parse().ok())
+        };
+        let dumps = Dumps {
+            v6: Some(Dumps6 {
+                direct_routes: vec![
+                    // a left-over direct route of a peer gone
+                    route("fd00:10:244:9::", 64, "fd00:64::9"),
+                    // b's, from before it moved behind a router
+                    route("fd00:10:244:3::", 64, "fd00:64::3"),
+                    // not the IPv6 Network's: never touched
+                    route("::", 0, "fd00:64::fe"),
+                    route("2001:db8::", 64, "fd00:64::fe"),
+                    // the underlay's own prefix (no gateway)
+                    route("fd00:64::", 64, "-"),
+                ],
+                ..Dumps6::default()
+            }),
+            ..Dumps::default()
+        };
+        let peers: Vec<(Peer, PeerPath)> =
+            [a, b].iter().map(|p| (*p, dr.path(p.public_ip))).collect();
+        let net: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+        let direct6 = Direct6 {
+            routing: &dr,
+            network: net,
+        };
+        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None, Some(direct6));
+        let repairs = only6(r.repairs.into_iter().map(|op| (0, op)).collect());
+        // a's direct route is missing; b (behind a router) needs its overlay entries.
+        assert!(repairs.contains(&PeerOp::DirectRoute6 {
+            index: ETH,
+            subnet: a6.subnet,
+            via: a6.public_ipv6
+        }));
+        // b's old direct route goes before its overlay route (and only once).
+        let at = |want: &str| repairs.iter().position(|op| op.describe() == want);
+        let old = at("delete route fd00:10:244:3::/64 via Some(fd00:64::3)").unwrap();
+        let new = at(&PeerOp::PeerRoute6 {
+            index: V6,
+            subnet: b6.subnet,
+        }
+        .describe())
+        .unwrap();
+        assert!(old < new, "{repairs:?}");
+        assert!(!repairs
+            .iter()
+            .any(|op| matches!(op, PeerOp::Neighbour6 { ip, .. } if *ip == a6.subnet.addr())));
+        let stale: Vec<String> = only6(r.stale.into_iter().map(|op| (0, op)).collect())
+            .iter()
+            .map(PeerOp::describe)
+            .collect();
+        assert_eq!(
+            stale,
+            ["delete route fd00:10:244:9::/64 via Some(fd00:64::9)"]
+        );
+        // Without DirectRouting the underlay's routes are not judged.
+        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None, None);
         assert!(only6(r.stale.into_iter().map(|op| (0, op)).collect()).is_empty());
     }
 }
