@@ -504,95 +504,22 @@ fn vxmeshd_rules(node: &Node) -> anyhow::Result<()> {
         .with_context(|| format!("installing vxmeshd's rules in {}", node.ns.name()))
 }
 
-/// Flannel's vxlan device on `node`: `flannel.1`, VNI 1, dstport 8472,
-/// nolearning, local = underlay IP, MTU = underlay − 50, `<subnet>.0/32`.
-fn flannel_vxlan(node: &Node, mac: &str, mtu: u32) -> anyhow::Result<()> {
-    let subnet = node.subnet.context("node without a subnet")?;
-    let ns = &node.ns;
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "address",
-        mac,
-        "mtu",
-        &mtu.to_string(),
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &node.underlay_ip.to_string(),
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ])?;
-    ns.ip(&["addr", "add", &format!("{subnet}/32"), "dev", "flannel.1"])?;
-    ns.ip(&["link", "set", "flannel.1", "up"])?;
-    Ok(())
-}
-
-/// Flannel's three entries per remote lease, in its order: permanent neighbour,
-/// fdb entry, onlink route.
-fn flannel_peer(
+/// One of flanneld's vxlan devices on `node`: `dev` (`flannel.1`, or `flannel-v6.1` over
+/// IPv6), VNI 1, dstport 8472, nolearning, `local` = the underlay address, its own
+/// address `addr` (`<subnet>.0/32`, `<IPv6 subnet>::/128`).
+fn flannel_device(
     node: &Node,
-    peer_subnet: Ipv4Addr,
-    peer_mac: &str,
-    peer_ip: Ipv4Addr,
+    dev: &str,
+    mac: &str,
+    local: IpAddr,
+    mtu: u32,
+    addr: &str,
 ) -> anyhow::Result<()> {
     let ns = &node.ns;
-    let vtep = peer_subnet.to_string();
-    ns.ip(&[
-        "neigh",
-        "add",
-        &vtep,
-        "lladdr",
-        peer_mac,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ])?;
-    run(
-        "bridge",
-        &[
-            "-netns",
-            ns.name(),
-            "fdb",
-            "add",
-            peer_mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            &peer_ip.to_string(),
-            "self",
-            "permanent",
-        ],
-    )?;
-    ns.ip(&[
-        "route",
-        "add",
-        &format!("{peer_subnet}/24"),
-        "via",
-        &vtep,
-        "dev",
-        "flannel.1",
-        "onlink",
-    ])?;
-    Ok(())
-}
-
-/// flanneld's IPv6 device on `node`: `flannel-v6.1`, VNI 1, dstport 8472, nolearning,
-/// local = the underlay's IPv6 address, the subnet's first address as /128.
-fn flannel_vxlan6(node: &Node, mac: &str, local: Ipv6Addr, mtu: u32) -> anyhow::Result<()> {
-    let subnet6 = node.subnet6.context("node without an IPv6 subnet")?;
-    let ns = &node.ns;
     ns.ip(&[
         "link",
         "add",
-        "flannel-v6.1",
+        dev,
         "address",
         mac,
         "mtu",
@@ -609,37 +536,46 @@ fn flannel_vxlan6(node: &Node, mac: &str, local: Ipv6Addr, mtu: u32) -> anyhow::
         "8472",
         "nolearning",
     ])?;
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{subnet6}/128"),
-        "dev",
-        "flannel-v6.1",
-        "nodad",
-    ])?;
-    ns.ip(&["link", "set", "flannel-v6.1", "up"])?;
+    ns.ip(&["addr", "add", addr, "dev", dev, "nodad"])?;
+    ns.ip(&["link", "set", dev, "up"])?;
     Ok(())
 }
 
-/// The same three entries for a peer's IPv6 half, on `flannel-v6.1`.
-fn flannel_peer6(
+/// Flannel's vxlan device on `node`: `flannel.1`, MTU = underlay − 50, `<subnet>.0/32`.
+fn flannel_vxlan(node: &Node, mac: &str, mtu: u32) -> anyhow::Result<()> {
+    let subnet = node.subnet.context("node without a subnet")?;
+    let addr = format!("{subnet}/32");
+    flannel_device(node, "flannel.1", mac, node.underlay_ip.into(), mtu, &addr)
+}
+
+/// flanneld's IPv6 device on `node`: `flannel-v6.1` from the underlay's IPv6 address,
+/// the subnet's first address as /128.
+fn flannel_vxlan6(node: &Node, mac: &str, local: Ipv6Addr, mtu: u32) -> anyhow::Result<()> {
+    let subnet6 = node.subnet6.context("node without an IPv6 subnet")?;
+    let addr = format!("{subnet6}/128");
+    flannel_device(node, "flannel-v6.1", mac, local.into(), mtu, &addr)
+}
+
+/// Flannel's three entries per remote lease on `dev`, in its order: permanent
+/// neighbour `<gateway> lladdr <peer MAC>`, fdb entry `<peer MAC> dst <peer IP>`, onlink
+/// route `<peer subnet> via <gateway>` (the gateway is the peer subnet's first address).
+fn flannel_entries(
     node: &Node,
-    peer_subnet6: Ipv6Addr,
+    dev: &str,
+    peer_subnet: (IpAddr, u8),
     peer_mac: &str,
-    peer_ip6: Ipv6Addr,
+    peer_ip: IpAddr,
 ) -> anyhow::Result<()> {
     let ns = &node.ns;
-    let vtep = peer_subnet6.to_string();
+    let vtep = peer_subnet.0.to_string();
     ns.ip(&[
-        "-6",
         "neigh",
         "add",
         &vtep,
         "lladdr",
         peer_mac,
         "dev",
-        "flannel-v6.1",
+        dev,
         "nud",
         "permanent",
     ])?;
@@ -652,25 +588,44 @@ fn flannel_peer6(
             "add",
             peer_mac,
             "dev",
-            "flannel-v6.1",
+            dev,
             "dst",
-            &peer_ip6.to_string(),
+            &peer_ip.to_string(),
             "self",
             "permanent",
         ],
     )?;
     ns.ip(&[
-        "-6",
         "route",
         "add",
-        &format!("{peer_subnet6}/64"),
+        &format!("{vtep}/{}", peer_subnet.1),
         "via",
         &vtep,
         "dev",
-        "flannel-v6.1",
+        dev,
         "onlink",
     ])?;
     Ok(())
+}
+
+fn flannel_peer(
+    node: &Node,
+    peer_subnet: Ipv4Addr,
+    peer_mac: &str,
+    peer_ip: Ipv4Addr,
+) -> anyhow::Result<()> {
+    let subnet = (peer_subnet.into(), 24);
+    flannel_entries(node, "flannel.1", subnet, peer_mac, peer_ip.into())
+}
+
+fn flannel_peer6(
+    node: &Node,
+    peer_subnet6: Ipv6Addr,
+    peer_mac: &str,
+    peer_ip6: Ipv6Addr,
+) -> anyhow::Result<()> {
+    let subnet = (peer_subnet6.into(), 64);
+    flannel_entries(node, "flannel-v6.1", subnet, peer_mac, peer_ip6.into())
 }
 
 /// Bridge `cni0` (`<subnet>.1/24`) on the node, and a pod namespace behind it
