@@ -1586,13 +1586,7 @@ impl Netlink {
         &self,
         except: u32,
     ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
-        let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
-        let all = self
-            .main_routes_of(request, None, Ipv6Addr::UNSPECIFIED, |a| match a {
-                RouteAddress::Inet6(v) => Some(*v),
-                _ => None,
-            })
-            .await?;
+        let all = self.main_routes6(None).await?;
         Ok(all
             .into_iter()
             .filter(|r| r.gateway.is_some() && r.oif != Some(except))
@@ -1710,8 +1704,16 @@ impl Netlink {
         &self,
         index: u32,
     ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
+        self.main_routes6(Some(index)).await
+    }
+
+    /// [`Self::main_routes`] for IPv6.
+    async fn main_routes6(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<DeviceRoute<Ipv6Addr>>, NetlinkError> {
         let request = RouteMessageBuilder::<Ipv6Addr>::new().build();
-        self.main_routes_of(request, Some(index), Ipv6Addr::UNSPECIFIED, |a| match a {
+        self.main_routes_of(request, index, Ipv6Addr::UNSPECIFIED, |a| match a {
             RouteAddress::Inet6(v) => Some(*v),
             _ => None,
         })

@@ -37,12 +37,12 @@
 //! socket is IPv6-only: docs/decisions/0018); this dataplane deletes the userspace
 //! dataplane's TAP if one was left, so switching leaves nothing of the other behind.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use anyhow::Context as _;
 
 use super::direct::PeerPath;
-use super::plan::{self, Programmed};
+use super::plan::{self, Programmed, SharedProgrammed};
 use super::DataplaneSetup;
 use crate::netlink::{is_exists, write_sysctl, Netlink, NetlinkError, VxlanLink, VxlanSpec};
 use crate::peers::{Peer, PeerChange};
@@ -98,7 +98,7 @@ pub struct Kernel {
     v6: Option<Device6>,
     /// Peers programmed on the device, to keep an fdb entry another peer still
     /// needs (two leases of one node share its VtepMAC).
-    programmed: Mutex<Programmed>,
+    programmed: SharedProgrammed,
 }
 
 impl Kernel {
@@ -138,7 +138,7 @@ impl Kernel {
             name,
             index,
             v6,
-            programmed: Mutex::new(Programmed::default()),
+            programmed: SharedProgrammed::default(),
         })
     }
 
@@ -156,10 +156,7 @@ impl Kernel {
     }
 
     pub(super) fn programmed(&self) -> MutexGuard<'_, Programmed> {
-        // A poisoned lock only means a panic elsewhere; the map is still usable.
-        self.programmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.programmed.lock()
     }
 
     fn devices(&self) -> plan::Devices {

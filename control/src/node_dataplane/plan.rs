@@ -52,6 +52,19 @@ pub struct Programmed {
     by_mac6: BTreeMap<MacAddr, BTreeSet<Subnet>>,
 }
 
+/// [`Programmed`] as a running dataplane keeps it (the agent's tasks share it).
+#[derive(Debug, Default)]
+pub struct SharedProgrammed(std::sync::Mutex<Programmed>);
+
+impl SharedProgrammed {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Programmed> {
+        // A poisoned lock only means a panic elsewhere; the map is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn unlink(users: &mut BTreeMap<MacAddr, BTreeSet<Subnet>>, mac: MacAddr, subnet: &Subnet) {
     if let Some(set) = users.get_mut(&mac) {
         set.remove(subnet);

@@ -21,13 +21,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use super::kernel::{device6_for, Device6};
-use super::plan::Programmed;
+use super::plan::{Programmed, SharedProgrammed};
 use super::DataplaneSetup;
 use crate::handover::DataplaneFds;
 use crate::netlink::{write_sysctl, Netlink};
@@ -63,7 +63,7 @@ pub struct Userspace {
     v6: Option<Device6>,
     /// The IPv6 halves programmed on it, to keep an fdb entry another peer still
     /// needs (two leases of one node share its IPv6 VtepMAC).
-    programmed: Mutex<Programmed>,
+    programmed: SharedProgrammed,
 }
 
 /// Retries `f` while it fails with "busy"/"in use" for up to `wait` (systemd may
@@ -347,7 +347,7 @@ impl Userspace {
             fds,
             tap_offloads,
             v6: None,
-            programmed: Mutex::new(Programmed::default()),
+            programmed: SharedProgrammed::default(),
         })
     }
 
@@ -361,10 +361,7 @@ impl Userspace {
     }
 
     pub(super) fn programmed(&self) -> MutexGuard<'_, Programmed> {
-        // A poisoned lock only means a panic elsewhere; the map is still usable.
-        self.programmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.programmed.lock()
     }
 
     /// The descriptors a successor (or systemd's store) gets.
