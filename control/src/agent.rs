@@ -1050,7 +1050,10 @@ impl Running {
                 self.dp.first_check()
             };
             self.listed = true;
-            ok &= reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
+            // The pass checks every entry against the full set and makes what the
+            // batch could not (an IPv6 overlay route behind a direct route left from
+            // DirectRouting, say): its outcome is the routes' state.
+            ok = reconcile(&self.nl, &self.dp, &self.peers, &self.state, check).await;
         }
         if !self.synced || !changes.is_empty() {
             self.synced = true;

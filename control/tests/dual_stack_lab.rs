@@ -15,7 +15,8 @@
 //! FORWARD policy at DROP; pod IPv6 leaving the IPv6 Network masqueraded, the IPv6 rules
 //! restored after a flush; `vxmeshctl cleanup-tap` removes the userspace node's IPv6
 //! device with its TAP. With DirectRouting on one segment, both families routed via the
-//! peers' PublicIP and PublicIPv6. A mixed cluster with the flannel recipe's dual-stack
+//! peers' PublicIP and PublicIPv6, and after DirectRouting is turned off and the nodes
+//! restart, through the overlay again (the IPv6 direct routes cleared). A mixed cluster with the flannel recipe's dual-stack
 //! node.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -501,6 +502,50 @@ fn direct_routing_routes_both_families_on_one_segment() {
             .filter(|r| r["protocol"] != "kernel")
             .collect();
         assert!(peer_routes.is_empty(), "{node}: {over}");
+    }
+
+    // DirectRouting turned off, every node restarted: the peers go through the
+    // overlay in both families. The IPv6 direct routes left on eth0 would keep the
+    // IPv6 overlay routes out (Linux refuses an onlink gateway another device's route
+    // covers): each agent clears them and reports ready.
+    let config = lab.etcdctl(&["get", "--print-value-only", &format!("{PREFIX}/config")]);
+    assert!(config.contains(r#""DirectRouting":true"#), "{config}");
+    let off = config
+        .trim()
+        .replace(r#""DirectRouting":true"#, r#""DirectRouting":false"#);
+    lab.etcdctl(&["put", &format!("{PREFIX}/config"), &off]);
+    for n in ["1", "2", "3"] {
+        lab.must(&["restart-agent", n]);
+    }
+    let (ok, out) = lab.cmd(&["check"]);
+    assert!(
+        ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "after DirectRouting was turned off:\n{out}"
+    );
+    for (node, peers) in [
+        ("n1", ["192.168.100.12", "192.168.100.13"]),
+        ("n2", ["192.168.100.11", "192.168.100.13"]),
+        ("n3", ["192.168.100.11", "192.168.100.12"]),
+    ] {
+        let direct6 = lab.ip_json(node, &["-6", "route", "show", "dev", "eth0"]);
+        let over6 = lab.ip_json(node, &["-6", "route", "show", "dev", "flannel-v6.1"]);
+        for ip in peers {
+            let want = s6(ip);
+            let on = |routes: &Value| {
+                routes
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["dst"].as_str() == Some(want.as_str()))
+            };
+            assert!(!on(&direct6), "{node}: {want} still on eth0: {direct6}");
+            assert!(on(&over6), "{node}: {want} not on flannel-v6.1: {over6}");
+        }
+        let log = std::fs::read_to_string(lab.state.join(format!("vxmeshd-{node}.log"))).unwrap();
+        println!(
+            "{node}: {} start-up programming errors before the reconcile pass",
+            log.matches("cannot program peer").count()
+        );
     }
 }
 

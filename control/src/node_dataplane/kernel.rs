@@ -220,7 +220,7 @@ impl Kernel {
             neighbours: nl.neighbours(self.index).await?,
             all_neighbours: true,
             fdb: nl.fdb_entries(self.index).await?,
-            v6: dumps6(nl, d.overlay6, None).await?,
+            v6: dumps6(nl, d.overlay6, d.underlay).await?,
         };
         let with_paths: Vec<(Peer, PeerPath)> =
             peers.iter().map(|p| (*p, PeerPath::Overlay)).collect();
@@ -346,23 +346,20 @@ async fn remove_device6(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The IPv6 device's dumps, when there is one; with `direct_underlay` (DirectRouting)
-/// the IPv6 routes through the underlay too.
+/// The IPv6 device's dumps, when there is one, with the IPv6 routes through the
+/// underlay: DirectRouting's, or ones it left behind when it was turned off (see
+/// [`plan::Dumps6::direct_routes`]).
 pub(super) async fn dumps6(
     nl: &Netlink,
     index6: Option<u32>,
-    direct_underlay: Option<u32>,
+    underlay: u32,
 ) -> Result<Option<plan::Dumps6>, NetlinkError> {
     let Some(i) = index6 else { return Ok(None) };
-    let direct_routes = match direct_underlay {
-        Some(u) => nl.routes6_via(u).await?,
-        None => Vec::new(),
-    };
     Ok(Some(plan::Dumps6 {
         routes: nl.routes6_via(i).await?,
         neighbours: nl.neighbours6(i).await?,
         fdb: nl.fdb_entries6(i).await?,
-        direct_routes,
+        direct_routes: nl.routes6_via(underlay).await?,
     }))
 }
 

@@ -375,7 +375,7 @@ impl NodeDataplane {
             } else {
                 Vec::new()
             },
-            v6: kernel::dumps6(nl, d.overlay6, self.direct.enabled().then_some(d.underlay)).await?,
+            v6: kernel::dumps6(nl, d.overlay6, d.underlay).await?,
         };
         let network = self.direct.enabled().then_some(&self.network);
         let direct6 = self

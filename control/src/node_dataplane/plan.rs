@@ -467,7 +467,11 @@ pub struct Dumps6 {
     pub routes: Vec<DeviceRoute<Ipv6Addr>>,
     pub neighbours: Vec<NeighbourEntry<Ipv6Addr>>,
     pub fdb: Vec<FdbEntry<Ipv6Addr>>,
-    /// With DirectRouting: the IPv6 routes of the main table through the underlay.
+    /// The IPv6 routes of the main table through the underlay (gateway routes only
+    /// count): DirectRouting's, or ones it left when it was turned off. Dumped
+    /// whatever the setting, because a route there for an overlay peer's subnet keeps
+    /// Linux from adding the overlay route (it covers the onlink gateway), so the
+    /// reconcile pass must see it to delete it first.
     pub direct_routes: Vec<DeviceRoute<Ipv6Addr>>,
 }
 
@@ -679,9 +683,9 @@ fn reconcile6<'p>(
             });
         }
         if !have_routes.contains(&(gw, s.prefix_len(), gw)) {
-            // A direct route left for the subnet (the peer moved behind a router while
-            // no agent ran) covers the gateway, and Linux refuses the onlink route
-            // while it is there: it goes first.
+            // A direct route left for the subnet (DirectRouting turned off, or the
+            // peer moved behind a router while no agent ran) covers the gateway, and
+            // Linux refuses the onlink route while it is there: it goes first.
             for d in dumps.direct_routes.iter().filter(|d| {
                 d.destination == s.addr() && d.prefix_len == s.prefix_len() && d.gateway.is_some()
             }) {
@@ -1563,8 +1567,29 @@ mod tests {
             stale,
             ["delete route fd00:10:244:9::/64 via Some(fd00:64::9)"]
         );
-        // Without DirectRouting the underlay's routes are not judged.
-        let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None, None);
+        // Without DirectRouting (turned off since) the underlay's routes are not
+        // judged, but one for an overlay peer's very subnet still goes before its
+        // overlay route: Linux would refuse that route while it is there.
+        let overlay: Vec<(Peer, PeerPath)> =
+            [a, b].iter().map(|p| (*p, PeerPath::Overlay)).collect();
+        let r = reconcile_ops(&dual_kernel(), &overlay, &dumps, None, None);
         assert!(only6(r.stale.into_iter().map(|op| (0, op)).collect()).is_empty());
+        let repairs: Vec<String> = only6(r.repairs.into_iter().map(|op| (0, op)).collect())
+            .iter()
+            .map(PeerOp::describe)
+            .collect();
+        let deletes: Vec<&String> = repairs.iter().filter(|d| d.starts_with("delete")).collect();
+        assert_eq!(
+            deletes,
+            ["delete route fd00:10:244:3::/64 via Some(fd00:64::3)"],
+            "{repairs:?}"
+        );
+        let route_b = PeerOp::PeerRoute6 {
+            index: V6,
+            subnet: b6.subnet,
+        }
+        .describe();
+        let at = |want: &str| repairs.iter().position(|d| d == want).unwrap();
+        assert!(at(deletes[0]) < at(&route_b), "{repairs:?}");
     }
 }
