@@ -782,6 +782,7 @@ pub async fn run_with(
                 forward: opts.iptables_forward_rules,
                 untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
                     local_ip: underlay.local_ip,
+                    local_ipv6: public_ipv6,
                     port: cfg.backend.port,
                 }),
                 backend: if cfg.enable_nftables {

@@ -39,14 +39,16 @@
 //! IPv6 (dual stack, on either dataplane): the same masquerade
 //! and FORWARD rules for the IPv6 Network and the node's IPv6 subnet, as flanneld adds
 //! them with the same flags — `ip6tables-restore` into the same chain names, or `table ip6
-//! vxmesh` — kept in place the same way ([`ensure6`]). `--vxlan-notrack` stays IPv4.
+//! vxmesh` — kept in place the same way ([`ensure6`]). `--vxlan-notrack` leaves the
+//! IPv6 device's outer VXLAN untracked too (UDP/IPv6 to the port, at or from the
+//! PublicIPv6 it is sent from), in the IPv6 family's raw table or `table ip6 vxmesh`.
 //!
 //! The rules are left in place when the agent stops, so existing pods keep their
 //! outside access across a restart; `vxmeshctl cleanup-iptables` removes them (both
 //! backends').
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use crate::subnet::Subnet;
@@ -92,12 +94,13 @@ impl Family {
             Family::V6 => "ff00::/8",
         }
     }
-    /// The rules of this family: `--vxlan-notrack` concerns the IPv4 underlay only.
+    /// The rules of this family: `--vxlan-notrack` needs an address in it (in IPv6,
+    /// only a node with the IPv6 device has one).
     fn rules(self, rules: Rules) -> Rules {
         match self {
             Family::V4 => rules,
             Family::V6 => Rules {
-                untrack: None,
+                untrack: rules.untrack.filter(|u| u.local_ipv6.is_some()),
                 ..rules
             },
         }
@@ -139,6 +142,9 @@ pub struct Untrack {
     /// The underlay interface's address VXLAN is sent from and arrives at (not the
     /// advertised PublicIP, which differs behind NAT).
     pub local_ip: Ipv4Addr,
+    /// The IPv6 device's (`flannel-v6.<VNI>`) address, its PublicIPv6, on a node that
+    /// runs one: its outer VXLAN is UDP/IPv6.
+    pub local_ipv6: Option<Ipv6Addr>,
     /// The VXLAN UDP port (`Backend.Port`).
     pub port: u16,
 }
@@ -171,6 +177,15 @@ impl Rules {
             forward: true,
             untrack: None,
             backend,
+        }
+    }
+
+    /// `--vxlan-notrack`'s address in `fam` with its prefix length, and the port.
+    fn untracked(&self, fam: Family) -> Option<(IpAddr, u8, u16)> {
+        let u = self.untrack?;
+        match fam {
+            Family::V4 => Some((IpAddr::V4(u.local_ip), 32, u.port)),
+            Family::V6 => Some((IpAddr::V6(u.local_ipv6?), 128, u.port)),
         }
     }
 
@@ -236,13 +251,13 @@ fn restore_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
              COMMIT\n"
         ));
     }
-    if let Some(Untrack { local_ip, port }) = rules.untrack {
+    if let Some((ip, len, port)) = rules.untracked(fam) {
         let t = r#"-m comment --comment "vxmesh notrack""#;
         s.push_str(&format!(
             "*raw\n\
              :{RAW_CHAIN} - [0:0]\n\
-             -A {RAW_CHAIN} -d {local_ip}/32 -p udp -m udp --dport {port} {t} -j CT --notrack\n\
-             -A {RAW_CHAIN} -s {local_ip}/32 -p udp -m udp --dport {port} {t} -j CT --notrack\n\
+             -A {RAW_CHAIN} -d {ip}/{len} -p udp -m udp --dport {port} {t} -j CT --notrack\n\
+             -A {RAW_CHAIN} -s {ip}/{len} -p udp -m udp --dport {port} {t} -j CT --notrack\n\
              COMMIT\n"
         ));
     }
@@ -293,15 +308,15 @@ fn nft_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
              \t}}\n"
         ));
     }
-    if let Some(Untrack { local_ip, port }) = rules.untrack {
+    if let Some((ip, _, port)) = rules.untracked(fam) {
         s.push_str(&format!(
             "\tchain notrack_pre {{\n\
              \t\ttype filter hook prerouting priority raw; policy accept;\n\
-             \t\tip daddr {local_ip} udp dport {port} notrack\n\
+             \t\t{f} daddr {ip} udp dport {port} notrack\n\
              \t}}\n\
              \tchain notrack_out {{\n\
              \t\ttype filter hook output priority raw; policy accept;\n\
-             \t\tip saddr {local_ip} udp dport {port} notrack\n\
+             \t\t{f} saddr {ip} udp dport {port} notrack\n\
              \t}}\n"
         ));
     }
@@ -682,6 +697,7 @@ mod tests {
 
     const UNTRACK: Untrack = Untrack {
         local_ip: Ipv4Addr::new(192, 168, 200, 1),
+        local_ipv6: None,
         port: 8472,
     };
 
@@ -709,7 +725,7 @@ mod tests {
     }
 
     /// IPv6: the same rules for the IPv6 Network and subnet, IPv6's multicast range kept
-    /// out of the masquerade, no notrack part (it concerns the IPv4 underlay).
+    /// out of the masquerade, no notrack part without an IPv6 device's address.
     #[test]
     fn ipv6_rules_mirror_the_ipv4_ones() {
         let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
@@ -750,6 +766,55 @@ mod tests {
             .contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"));
         assert!(nft_has_table_in(Family::V6, "table ip6 vxmesh\n"));
         assert!(!nft_has_table("table ip6 vxmesh\n"));
+    }
+
+    /// `--vxlan-notrack` on a node with the IPv6 device: the IPv6 family's raw part (or
+    /// nftables chains) for its PublicIPv6; the IPv4 part keeps the IPv4 address.
+    #[test]
+    fn ipv6_notrack_untracks_the_ipv6_devices_vxlan() {
+        let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+        let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+        let rules = Rules {
+            untrack: Some(Untrack {
+                local_ipv6: Some("fd00:64::1".parse().unwrap()),
+                ..UNTRACK
+            }),
+            ..ALL
+        };
+        let r = restore_input6(&n6, &own6, rules);
+        let t = r#"-m comment --comment "vxmesh notrack" -j CT --notrack"#;
+        assert!(
+            r.ends_with(&format!(
+                "*raw\n:VXMESH-NOTRACK - [0:0]\n\
+                 -A VXMESH-NOTRACK -d fd00:64::1/128 -p udp -m udp --dport 8472 {t}\n\
+                 -A VXMESH-NOTRACK -s fd00:64::1/128 -p udp -m udp --dport 8472 {t}\n\
+                 COMMIT\n"
+            )),
+            "{r}"
+        );
+        assert!(Family::V6.rules(rules).parts()[2].3);
+        let nft = nft_input6(&n6, &own6, rules);
+        assert!(
+            nft.contains("ip6 daddr fd00:64::1 udp dport 8472 notrack")
+                && nft.contains("ip6 saddr fd00:64::1 udp dport 8472 notrack"),
+            "{nft}"
+        );
+        let (n, own) = net();
+        let r4 = restore_input(&n, &own, rules);
+        assert!(
+            r4.contains("-d 192.168.200.1/32 -p udp") && !r4.contains("fd00"),
+            "{r4}"
+        );
+        // Without the IPv6 address the IPv6 family has no notrack part at all.
+        assert!(
+            !Family::V6
+                .rules(Rules {
+                    untrack: Some(UNTRACK),
+                    ..ALL
+                })
+                .parts()[2]
+                .3
+        );
     }
 
     #[test]

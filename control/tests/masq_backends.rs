@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use vxmesh_control::masq::{self, Backend, Ensured, Rules, Snapshot, Untrack};
@@ -275,7 +275,8 @@ fn tracked(ns: &Netns) -> u64 {
 }
 
 /// Sends one datagram from `from` (any port) to `to:port` and waits until it arrived.
-fn send(from_ns: &Netns, from: Ipv4Addr, to_ns: &Netns, to: Ipv4Addr, port: u16) {
+fn send(from_ns: &Netns, from: impl Into<IpAddr>, to_ns: &Netns, to: impl Into<IpAddr>, port: u16) {
+    let (from, to) = (from.into(), to.into());
     let rx = to_ns
         .run(move || {
             let s = UdpSocket::bind((to, port)).unwrap();
@@ -317,6 +318,7 @@ fn vxlan_notrack_leaves_only_the_outer_vxlan_untracked() {
     );
     let untrack = Some(Untrack {
         local_ip: me,
+        local_ipv6: None,
         port: 8472,
     });
     for backend in [Backend::Iptables, Backend::Nftables] {
@@ -453,5 +455,129 @@ fn ipv6_rules_in_both_backends() {
     // cleanup-iptables removes the IPv6 ones too.
     ns.run(|| masq::remove().unwrap()).unwrap();
     let saved = ns.exec("ip6tables-save", &[]).unwrap();
+    assert!(!saved.contains("VXMESH"), "{saved}");
+}
+
+/// `--vxlan-notrack` on a dual-stack node: the IPv6 device's outer VXLAN (UDP/IPv6 to
+/// the port, at or from the PublicIPv6) is left untracked in both backends; other
+/// IPv6 UDP is still tracked; the ip6tables raw chain is restored after a deleted hook.
+#[test]
+#[ignore = "needs root, network namespaces, nft and ip6tables: scripts/test.sh runs it"]
+fn vxlan_notrack_covers_the_ipv6_device() {
+    use vxmesh_control::subnet6::Subnet6;
+    require();
+    require_commands(&["ip6tables", "ip6tables-save", "ip6tables-restore"]);
+    let node = Netns::unique("masq-nt6n").unwrap();
+    let peer = Netns::unique("masq-nt6p").unwrap();
+    veth(
+        &node,
+        "eth0",
+        "192.168.79.1/24",
+        &peer,
+        "eth0",
+        "192.168.79.2/24",
+    )
+    .unwrap();
+    let (me, them): (Ipv6Addr, Ipv6Addr) =
+        ("fd00:79::1".parse().unwrap(), "fd00:79::2".parse().unwrap());
+    for (ns, ip) in [(&node, me), (&peer, them)] {
+        ns.exec(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap();
+    }
+    let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+    let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+    let ensure6 = |rules: Rules, last: &mut Option<Snapshot<Subnet6>>| {
+        let mut snap = last.take();
+        let (r, snap) = node
+            .run(move || {
+                let r = masq::ensure6(&n6, &own6, rules, &mut snap);
+                (r, snap)
+            })
+            .unwrap();
+        *last = snap;
+        r.unwrap()
+    };
+    let untrack = Some(Untrack {
+        local_ip: "192.168.79.1".parse().unwrap(),
+        local_ipv6: Some(me),
+        port: 8472,
+    });
+    for backend in [Backend::Nftables, Backend::Iptables] {
+        let rules = Rules {
+            untrack,
+            backend,
+            ..NFT
+        };
+        let mut last = None;
+        assert_eq!(ensure6(rules, &mut last), Ensured::Applied);
+        // The IPv6 nat rules make the kernel track; IPv6 VXLAN both ways is not ...
+        let before = tracked(&node);
+        send(&peer, them, &node, me, 8472);
+        send(&node, me, &peer, them, 8472);
+        assert_eq!(
+            tracked(&node),
+            before,
+            "{backend:?}: IPv6 VXLAN was tracked"
+        );
+        // ... other IPv6 UDP still is.
+        send(&peer, them, &node, me, 8473);
+        assert_eq!(
+            tracked(&node),
+            before + 1,
+            "{backend:?}: other UDP untracked"
+        );
+        if backend == Backend::Iptables {
+            let saved = node.exec("ip6tables-save", &["-t", "raw"]).unwrap();
+            assert!(
+                saved.contains("-A VXMESH-NOTRACK -d fd00:79::1/128 -p udp -m udp --dport 8472"),
+                "{saved}"
+            );
+            node.exec(
+                "ip6tables",
+                &[
+                    "-w",
+                    "-t",
+                    "raw",
+                    "-D",
+                    "PREROUTING",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "vxmesh",
+                    "-j",
+                    "VXMESH-NOTRACK",
+                ],
+            )
+            .unwrap();
+            assert!(matches!(
+                ensure6(rules, &mut last),
+                Ensured::Restored { extra: 0, .. }
+            ));
+            let before = tracked(&node);
+            send(&peer, them, &node, me, 8472);
+            assert_eq!(tracked(&node), before, "restored hook not in force");
+        } else {
+            let listed = node
+                .exec("nft", &["list", "table", "ip6", "vxmesh"])
+                .unwrap();
+            assert!(
+                listed.contains("ip6 daddr fd00:79::1 udp dport 8472 notrack"),
+                "{listed}"
+            );
+        }
+    }
+    node.run(|| masq::remove().unwrap()).unwrap();
+    let saved = node.exec("ip6tables-save", &[]).unwrap();
     assert!(!saved.contains("VXMESH"), "{saved}");
 }
