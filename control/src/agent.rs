@@ -797,6 +797,7 @@ pub async fn run_with(
         dp,
         pool_cfg: cfg.clone(),
         pool_alarm: crate::pool::PoolAlarm::default(),
+        pool6_alarm: crate::pool::PoolAlarm::ipv6(),
         peers: PeerTable::new(
             PeerRules::from_config(&cfg),
             Some(LocalNode {
@@ -911,6 +912,7 @@ struct Running {
     /// The pool's bounds (for its usage) and the 90 % warning.
     pool_cfg: crate::config::NetworkConfig,
     pool_alarm: crate::pool::PoolAlarm,
+    pool6_alarm: crate::pool::PoolAlarm,
     own_key: OwnKeyWatch,
     /// The lease held now (or last, while re-acquiring).
     own: Held,
@@ -1080,6 +1082,24 @@ impl Running {
         }
         if let Ok(mut g) = self.state.pool.lock() {
             *g = Some(usage);
+        }
+        let Some(pool6) = self.pool_cfg.ipv6.as_ref() else {
+            return;
+        };
+        let usage6 = crate::pool::PoolUsage::of6(
+            pool6,
+            self.peers.verdicts().filter_map(|(key, _)| {
+                crate::lease::LeaseKey::parse(key)
+                    .ok()
+                    .and_then(|k| k.ipv6_subnet())
+            }),
+        );
+        if let Some(w) = self.pool6_alarm.observe(usage6) {
+            tracing::warn!("{w}");
+            self.state.event("pool_nearly_full", w);
+        }
+        if let Ok(mut g) = self.state.pool6.lock() {
+            *g = Some(usage6);
         }
     }
 

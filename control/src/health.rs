@@ -79,10 +79,8 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "counters": counters,
         "drops": drops,
         "offloads": offloads,
-        "pool": s.pool().map(|p| serde_json::json!({
-            "total": p.total, "used": p.used, "free": p.free(),
-            "used_percent": p.used_percent(), "nearly_full": p.nearly_full(),
-        })),
+        "pool": s.pool().map(pool_json),
+        "pool6": s.pool6().map(pool_json),
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
         "lease_renewals": s.lease.renewals.load(Ordering::Relaxed),
         "lease_expires_in_secs": lease_expires_in_secs(&s.lease, SystemTime::now()),
@@ -97,6 +95,13 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
 
 /// Seconds until the lease expires unless renewed (negative once past), or None
 /// before the first grant.
+fn pool_json(p: crate::pool::PoolUsage) -> serde_json::Value {
+    serde_json::json!({
+        "total": p.total, "used": p.used, "free": p.free(),
+        "used_percent": p.used_percent(), "nearly_full": p.nearly_full(),
+    })
+}
+
 fn lease_expires_in_secs(l: &LeaseStats, now: SystemTime) -> Option<i64> {
     let at = l.expires_unix_ms.load(Ordering::Relaxed);
     if at == 0 {
@@ -300,6 +305,20 @@ pub fn render_metrics(s: &AgentState) -> String {
             &mut o,
             "vxmesh_pool_subnets_total",
             "Subnets in the pool (SubnetMin..SubnetMax at SubnetLen)",
+            p.total,
+        );
+    }
+    if let Some(p) = s.pool6() {
+        gauge(
+            &mut o,
+            "vxmesh_ipv6_pool_subnets_free",
+            "Subnets of the IPv6 pool (IPv6SubnetMin..IPv6SubnetMax) no lease holds (dual stack)",
+            p.free(),
+        );
+        gauge(
+            &mut o,
+            "vxmesh_ipv6_pool_subnets_total",
+            "Subnets in the IPv6 pool (IPv6SubnetMin..IPv6SubnetMax at IPv6SubnetLen; at most 2^64-1)",
             p.total,
         );
     }
@@ -596,6 +615,19 @@ mod tests {
         assert!(text.contains("\nvxmesh_pool_subnets_free 5\n"), "{text}");
         assert!(text.contains("\nvxmesh_pool_subnets_total 255\n"));
         assert_eq!(status_json(&s)["pool"]["nearly_full"], true);
+        // The IPv6 pool's only with a dual-stack config.
+        assert!(!text.contains("vxmesh_ipv6_pool") && status_json(&s)["pool6"].is_null());
+        *s.pool6.lock().unwrap() = Some(crate::pool::PoolUsage {
+            total: 255,
+            used: 3,
+        });
+        let text = render_metrics(&s);
+        assert!(
+            text.contains("\nvxmesh_ipv6_pool_subnets_free 252\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nvxmesh_ipv6_pool_subnets_total 255\n"));
+        assert_eq!(status_json(&s)["pool6"]["used"], 3);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! How full the subnet pool is: a pure count over the registry's lease keys, and the
-//! one warning the agent logs when the pool crosses [`WARN_PERCENT`].
+//! How full the subnet pools are: a pure count over the registry's lease keys, and the
+//! one warning the agent logs when a pool crosses [`WARN_PERCENT`]. A dual-stack
+//! network has two pools (each node takes a subnet of both), and either can run out
+//! first: an IPv6Network of /56 holds only 256 subnets of /64.
 
 use std::collections::BTreeSet;
 
-use crate::config::NetworkConfig;
+use crate::config::{Ipv6Pool, NetworkConfig};
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 
 /// Above this share of the pool in use, the agent warns (once per crossing) and
 /// `vxmeshctl leases` flags the pool as nearly exhausted.
@@ -36,18 +39,40 @@ impl PoolUsage {
         }
     }
 
+    /// [`PoolUsage::of`] for the IPv6 pool (IPv6SubnetMin..=IPv6SubnetMax at
+    /// IPv6SubnetLen), over the IPv6 halves of the keys. A pool of more than
+    /// `u64::MAX` subnets is counted as `u64::MAX`.
+    pub fn of6(pool: &Ipv6Pool, leased: impl IntoIterator<Item = Subnet6>) -> PoolUsage {
+        let (min, max) = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
+        let used: BTreeSet<u128> = leased
+            .into_iter()
+            .filter(|s| s.prefix_len() == pool.subnet_len)
+            .map(|s| u128::from(s.addr()))
+            .filter(|a| (min..=max).contains(a))
+            .collect();
+        let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
+        PoolUsage {
+            total,
+            used: (used.len() as u64).min(total),
+        }
+    }
+
     pub fn free(&self) -> u64 {
         self.total - self.used
     }
 
     /// Whole percent in use (0 for an empty pool).
     pub fn used_percent(&self) -> u64 {
-        (self.used * 100).checked_div(self.total).unwrap_or(0)
+        let p = (u128::from(self.used) * 100)
+            .checked_div(u128::from(self.total))
+            .unwrap_or(0);
+        u64::try_from(p).unwrap_or(100)
     }
 
     /// At or above [`WARN_PERCENT`] in use.
     pub fn nearly_full(&self) -> bool {
-        self.total > 0 && self.used * 100 >= self.total * WARN_PERCENT
+        self.total > 0
+            && u128::from(self.used) * 100 >= u128::from(self.total) * u128::from(WARN_PERCENT)
     }
 }
 
@@ -56,17 +81,34 @@ impl PoolUsage {
 #[derive(Debug, Default)]
 pub struct PoolAlarm {
     raised: bool,
+    ipv6: bool,
 }
 
 impl PoolAlarm {
+    /// The alarm of the IPv6 pool (its warning names the IPv6 fields).
+    pub fn ipv6() -> PoolAlarm {
+        PoolAlarm {
+            raised: false,
+            ipv6: true,
+        }
+    }
+
     /// The warning to log for `u`, if this is a crossing.
     pub fn observe(&mut self, u: PoolUsage) -> Option<String> {
         let full = u.nearly_full();
         let crossed = full && !self.raised;
         self.raised = full;
+        let (pool, fields) = if self.ipv6 {
+            (
+                "IPv6 subnet pool",
+                "IPv6Network/IPv6SubnetMin/IPv6SubnetMax",
+            )
+        } else {
+            ("subnet pool", "Network/SubnetMin/SubnetMax")
+        };
         crossed.then(|| {
             format!(
-                "subnet pool {}% used ({} of {} subnets, {} free): new nodes will soon get no subnet; widen Network/SubnetMin/SubnetMax or remove stale leases (vxmeshctl leases)",
+                "{pool} {}% used ({} of {} subnets, {} free): new nodes will soon get no subnet; widen {fields} or remove stale leases (vxmeshctl leases)",
                 u.used_percent(),
                 u.used,
                 u.total,
@@ -126,6 +168,59 @@ mod tests {
         let nine = (1..=9).map(|i| s(&format!("10.244.{i}.0/24")));
         let u = PoolUsage::of(&cfg(), nine);
         assert_eq!((u.free(), u.used_percent(), u.nearly_full()), (1, 90, true));
+    }
+
+    #[test]
+    fn counts_the_ipv6_pool_from_the_ipv6_halves() {
+        // fd00:10:244::/56 with /64s: 256 subnets, the pool from ::1:0:0:0:0 (flannel's
+        // default IPv6SubnetMin is the second subnet) to the last.
+        let pool = Ipv6Pool {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+            subnet_min: "fd00:10:244:1::".parse().unwrap(),
+            subnet_max: "fd00:10:244:ff::".parse().unwrap(),
+        };
+        let s6 = |x: &str| -> Subnet6 { x.parse().unwrap() };
+        let u = PoolUsage::of6(
+            &pool,
+            [
+                s6("fd00:10:244:1::/64"),
+                s6("fd00:10:244:1::/64"),  // twice
+                s6("fd00:10:244:ff::/64"), // IPv6SubnetMax
+                s6("fd00:10:244::/64"),    // below IPv6SubnetMin
+                s6("fd00:10:244:7::/80"),  // another length
+                s6("fd00:99::/64"),        // another network
+            ],
+        );
+        assert_eq!(
+            u,
+            PoolUsage {
+                total: 255,
+                used: 2
+            }
+        );
+        // A pool larger than u64 counts as u64::MAX, and the percentages do not overflow.
+        let huge = Ipv6Pool {
+            network: "fd00::/8".parse().unwrap(),
+            subnet_len: 127,
+            subnet_min: "fd00::2".parse().unwrap(),
+            subnet_max: "fdff:ffff:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap(),
+        };
+        let u = PoolUsage::of6(&huge, [s6("fd00::2/127")]);
+        assert_eq!(
+            (u.total, u.used, u.used_percent(), u.nearly_full()),
+            (u64::MAX, 1, 0, false)
+        );
+        let full = PoolUsage {
+            total: u64::MAX,
+            used: u64::MAX,
+        };
+        assert_eq!((full.used_percent(), full.nearly_full()), (100, true));
+        let w = PoolAlarm::ipv6().observe(full).unwrap();
+        assert!(
+            w.starts_with("IPv6 subnet pool 100% used") && w.contains("widen IPv6Network/"),
+            "{w}"
+        );
     }
 
     #[test]

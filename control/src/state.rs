@@ -104,6 +104,8 @@ pub struct AgentState {
     pub events: Arc<EventLog>,
     /// How full the subnet pool is, from the registry's listing (None before it).
     pub pool: Mutex<Option<PoolUsage>>,
+    /// The IPv6 pool's, with a dual-stack config (None otherwise).
+    pub pool6: Mutex<Option<PoolUsage>>,
     pub watch: Arc<WatchStats>,
     pub lease: Arc<LeaseStats>,
     pub lease_reacquisitions: AtomicU64,
@@ -161,6 +163,10 @@ impl AgentState {
 
     pub fn pool(&self) -> Option<PoolUsage> {
         self.pool.lock().ok().and_then(|g| *g)
+    }
+
+    pub fn pool6(&self) -> Option<PoolUsage> {
+        self.pool6.lock().ok().and_then(|g| *g)
     }
 
     /// Records an event now.

@@ -170,6 +170,29 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
     );
     let log1 = std::fs::read_to_string(lab.state.join("vxmeshd-n1.log")).unwrap();
     assert!(log1.contains("IPv6 device running"), "{log1}");
+    // Both pools' usage: /metrics and `vxmeshctl leases` (the /56 holds 255 /64s
+    // from IPv6SubnetMin, flannel's default, the second one).
+    let pooled = wait_for(Duration::from_secs(10), || {
+        lab.metrics("n1")
+            .contains("\nvxmesh_ipv6_pool_subnets_free 253\n")
+    });
+    assert!(pooled.is_some(), "{}", lab.metrics("n1"));
+    assert_eq!(lab.status("n1")["pool6"]["used"], 2);
+    let ctl = lab.bin.join("vxmeshctl");
+    let out = lab.exec(
+        "n1",
+        &[
+            ctl.to_str().unwrap(),
+            "--etcd-endpoints",
+            "http://192.168.100.2:2379",
+            "leases",
+        ],
+    );
+    assert!(
+        out.contains("\npool: 2 of 255 subnets used")
+            && out.contains("\nipv6 pool: 2 of 255 subnets used (0%), 253 free"),
+        "{out}"
+    );
 
     // IPv4 pod traffic as before, over the moved keys.
     lab.check(8, "after the config turned dual stack");

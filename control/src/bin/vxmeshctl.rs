@@ -686,10 +686,16 @@ async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
-/// The pool's usage line of `vxmeshctl leases`, with a warning near exhaustion.
-fn pool_line(p: &vxmesh_control::pool::PoolUsage) -> String {
+/// A pool's usage line of `vxmeshctl leases` (`ipv6`: the IPv6 pool of a dual-stack
+/// network), with a warning near exhaustion.
+fn pool_line(p: &vxmesh_control::pool::PoolUsage, ipv6: bool) -> String {
+    let (name, fields) = if ipv6 {
+        ("ipv6 pool", "IPv6Network/IPv6SubnetMin/IPv6SubnetMax")
+    } else {
+        ("pool", "Network/SubnetMin/SubnetMax")
+    };
     let mut l = format!(
-        "pool: {} of {} subnets used ({}%), {} free",
+        "{name}: {} of {} subnets used ({}%), {} free",
         p.used,
         p.total,
         p.used_percent(),
@@ -697,11 +703,21 @@ fn pool_line(p: &vxmesh_control::pool::PoolUsage) -> String {
     );
     if p.nearly_full() {
         l.push_str(&format!(
-            "\nWARNING: the pool is nearly exhausted (>= {}%): new nodes will get no subnet; widen Network/SubnetMin/SubnetMax or remove stale leases",
+            "\nWARNING: the {name} is nearly exhausted (>= {}%): new nodes will get no subnet; widen {fields} or remove stale leases",
             vxmesh_control::pool::WARN_PERCENT
         ));
     }
     l
+}
+
+/// The usage lines of both pools (the IPv6 one only with a dual-stack config).
+fn pool_lines(
+    pool: Option<vxmesh_control::pool::PoolUsage>,
+    pool6: Option<vxmesh_control::pool::PoolUsage>,
+) -> Option<String> {
+    let mut lines: Vec<String> = pool.iter().map(|p| pool_line(p, false)).collect();
+    lines.extend(pool6.iter().map(|p| pool_line(p, true)));
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
@@ -754,7 +770,7 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let listing = reg.list_subnets().await?;
     // The agents' own judgement (peers::PeerTable), run over the same listing with the
     // same config: every agent reaches these verdicts about other nodes' leases.
-    let mut pool = None;
+    let (mut pool, mut pool6) = (None, None);
     let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
         Ok(cfg) => {
             pool = Some(vxmesh_control::pool::PoolUsage::of(
@@ -764,6 +780,15 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                     .iter()
                     .filter_map(|e| parse_lease_key(&e.key)),
             ));
+            pool6 = cfg.ipv6.as_ref().map(|p6| {
+                vxmesh_control::pool::PoolUsage::of6(
+                    p6,
+                    listing
+                        .entries
+                        .iter()
+                        .filter_map(|e| LeaseKey::parse(&e.key).ok()?.ipv6_subnet()),
+                )
+            });
             let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
             let _ = t.reset(&listing.entries, &mut Vec::new());
             Ok(t.verdicts()
@@ -846,8 +871,8 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
-        if let Some(p) = pool {
-            eprintln!("{}", pool_line(&p));
+        if let Some(p) = pool_lines(pool, pool6) {
+            eprintln!("{p}");
         }
     } else {
         table(
@@ -861,8 +886,8 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             ],
             &rows,
         );
-        if let Some(p) = pool {
-            println!("\n{}", pool_line(&p));
+        if let Some(p) = pool_lines(pool, pool6) {
+            println!("\n{p}");
         }
         if !reasons.is_empty() {
             println!("\nrejected (no node routes to these; see docs/troubleshooting.md):");
