@@ -93,8 +93,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
     })
 }
 
-/// Seconds until the lease expires unless renewed (negative once past), or None
-/// before the first grant.
+/// A pool's usage as `/v1/status` shows it.
 fn pool_json(p: crate::pool::PoolUsage) -> serde_json::Value {
     serde_json::json!({
         "total": p.total, "used": p.used, "free": p.free(),
@@ -102,6 +101,8 @@ fn pool_json(p: crate::pool::PoolUsage) -> serde_json::Value {
     })
 }
 
+/// Seconds until the lease expires unless renewed (negative once past), or None
+/// before the first grant.
 fn lease_expires_in_secs(l: &LeaseStats, now: SystemTime) -> Option<i64> {
     let at = l.expires_unix_ms.load(Ordering::Relaxed);
     if at == 0 {
