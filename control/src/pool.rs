@@ -172,8 +172,8 @@ mod tests {
 
     #[test]
     fn counts_the_ipv6_pool_from_the_ipv6_halves() {
-        // fd00:10:244::/56 with /64s: 256 subnets, the pool from ::1:0:0:0:0 (flannel's
-        // default IPv6SubnetMin is the second subnet) to the last.
+        // fd00:10:244::/56 with /64s: 256 subnets, the pool from fd00:10:244:1:: (flannel's
+        // default IPv6SubnetMin is the second subnet) to fd00:10:244:ff::, 255.
         let pool = Ipv6Pool {
             network: "fd00:10:244::/56".parse().unwrap(),
             subnet_len: 64,

@@ -16,8 +16,8 @@
 //! restored after a flush; `vxmeshctl cleanup-tap` removes the userspace node's IPv6
 //! device with its TAP. With DirectRouting on one segment, both families routed via the
 //! peers' PublicIP and PublicIPv6, and after DirectRouting is turned off and the nodes
-//! restart, through the overlay again (the IPv6 direct routes cleared). A mixed cluster with the flannel recipe's dual-stack
-//! node.
+//! restart, through the overlay again (the IPv6 direct routes cleared). A mixed cluster
+//! with the flannel recipe's dual-stack node.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -552,7 +552,15 @@ fn direct_routing_routes_both_families_on_one_segment() {
     ] {
         let direct6 = lab.ip_json(node, &["-6", "route", "show", "dev", "eth0"]);
         let over6 = lab.ip_json(node, &["-6", "route", "show", "dev", "flannel-v6.1"]);
+        let direct4 = lab.ip_json(node, &["-4", "route", "show", "dev", "eth0"]);
         for ip in peers {
+            let want4 = lease_of(&lab, ip).0.ipv4_subnet().unwrap().to_string();
+            let direct = direct4
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"].as_str() == Some(want4.as_str()));
+            assert!(!direct, "{node}: {want4} still on eth0: {direct4}");
             let want = s6(ip);
             let on = |routes: &Value| {
                 routes

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use vxmesh_control::masq::{self, Backend, Ensured, Rules, Snapshot, Untrack};
 use vxmesh_control::subnet::Subnet;
+use vxmesh_control::subnet6::Subnet6;
 use vxmesh_testkit::{require_commands, require_root, veth, Netns};
 
 const NFT: Rules = Rules {
@@ -48,6 +49,27 @@ fn ensure(ns: &Netns, rules: Rules, last: &mut Option<Snapshot>) -> Ensured {
     let (r, snap) = ns
         .run(move || {
             let r = masq::ensure(&n, &own, rules, &mut snap);
+            (r, snap)
+        })
+        .unwrap();
+    *last = snap;
+    r.unwrap()
+}
+
+fn net6() -> (Subnet6, Subnet6) {
+    (
+        "fd00:10:244::/56".parse().unwrap(),
+        "fd00:10:244:3::/64".parse().unwrap(),
+    )
+}
+
+/// `ensure6` inside `ns`, for [`net6`].
+fn ensure6(ns: &Netns, rules: Rules, last: &mut Option<Snapshot<Subnet6>>) -> Ensured {
+    let (n6, own6) = net6();
+    let mut snap = last.take();
+    let (r, snap) = ns
+        .run(move || {
+            let r = masq::ensure6(&n6, &own6, rules, &mut snap);
             (r, snap)
         })
         .unwrap();
@@ -404,32 +426,19 @@ fn vxlan_notrack_leaves_only_the_outer_vxlan_untracked() {
 #[test]
 #[ignore = "needs root, network namespaces, nft and ip6tables: scripts/test.sh runs it"]
 fn ipv6_rules_in_both_backends() {
-    use vxmesh_control::subnet6::Subnet6;
     require();
     require_commands(&["ip6tables", "ip6tables-save", "ip6tables-restore"]);
     let ns = Netns::unique("masq-v6").unwrap();
-    let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
-    let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
-    let ensure6 = |rules: Rules, last: &mut Option<Snapshot<Subnet6>>| {
-        let mut snap = last.take();
-        let (r, snap) = ns
-            .run(move || {
-                let r = masq::ensure6(&n6, &own6, rules, &mut snap);
-                (r, snap)
-            })
-            .unwrap();
-        *last = snap;
-        r.unwrap()
-    };
+    let (n6, own6) = net6();
     let mut last = None;
-    assert_eq!(ensure6(NFT, &mut last), Ensured::Applied);
+    assert_eq!(ensure6(&ns, NFT, &mut last), Ensured::Applied);
     let written = masq::nft_ours(&masq::nft_input6(&n6, &own6, NFT));
     assert_eq!(last.as_ref().unwrap().lines, written[3..]);
-    assert_eq!(ensure6(NFT, &mut last), Ensured::Intact);
+    assert_eq!(ensure6(&ns, NFT, &mut last), Ensured::Intact);
     ns.exec("nft", &["flush", "chain", "ip6", "vxmesh", "postrtg"])
         .unwrap();
     assert!(matches!(
-        ensure6(NFT, &mut last),
+        ensure6(&ns, NFT, &mut last),
         Ensured::Restored { missing: 5, .. }
     ));
     // The IPv4 table is not touched by the IPv6 rules.
@@ -437,7 +446,7 @@ fn ipv6_rules_in_both_backends() {
 
     // ip6tables: the same chains; the nftables table goes.
     let mut last = None;
-    assert_eq!(ensure6(IPT, &mut last), Ensured::Applied);
+    assert_eq!(ensure6(&ns, IPT, &mut last), Ensured::Applied);
     let saved = ns.exec("ip6tables-save", &[]).unwrap();
     assert!(
         saved.contains("-A VXMESH-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8")
@@ -449,7 +458,7 @@ fn ipv6_rules_in_both_backends() {
     ns.exec("ip6tables", &["-t", "nat", "-F", "VXMESH-POSTRTG"])
         .unwrap();
     assert!(matches!(
-        ensure6(IPT, &mut last),
+        ensure6(&ns, IPT, &mut last),
         Ensured::Restored { missing: 5, .. }
     ));
     // cleanup-iptables removes the IPv6 ones too.
@@ -464,7 +473,6 @@ fn ipv6_rules_in_both_backends() {
 #[test]
 #[ignore = "needs root, network namespaces, nft and ip6tables: scripts/test.sh runs it"]
 fn vxlan_notrack_covers_the_ipv6_device() {
-    use vxmesh_control::subnet6::Subnet6;
     require();
     require_commands(&["ip6tables", "ip6tables-save", "ip6tables-restore"]);
     let node = Netns::unique("masq-nt6n").unwrap();
@@ -495,19 +503,6 @@ fn vxlan_notrack_covers_the_ipv6_device() {
         )
         .unwrap();
     }
-    let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
-    let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
-    let ensure6 = |rules: Rules, last: &mut Option<Snapshot<Subnet6>>| {
-        let mut snap = last.take();
-        let (r, snap) = node
-            .run(move || {
-                let r = masq::ensure6(&n6, &own6, rules, &mut snap);
-                (r, snap)
-            })
-            .unwrap();
-        *last = snap;
-        r.unwrap()
-    };
     let untrack = Some(Untrack {
         local_ip: "192.168.79.1".parse().unwrap(),
         local_ipv6: Some(me),
@@ -520,7 +515,7 @@ fn vxlan_notrack_covers_the_ipv6_device() {
             ..NFT
         };
         let mut last = None;
-        assert_eq!(ensure6(rules, &mut last), Ensured::Applied);
+        assert_eq!(ensure6(&node, rules, &mut last), Ensured::Applied);
         // The IPv6 nat rules make the kernel track; IPv6 VXLAN both ways is not ...
         let before = tracked(&node);
         send(&peer, them, &node, me, 8472);
@@ -561,7 +556,7 @@ fn vxlan_notrack_covers_the_ipv6_device() {
             )
             .unwrap();
             assert!(matches!(
-                ensure6(rules, &mut last),
+                ensure6(&node, rules, &mut last),
                 Ensured::Restored { extra: 0, .. }
             ));
             let before = tracked(&node);
