@@ -1042,6 +1042,12 @@ impl Running {
         record_skips(&skips, &self.state);
         record_changes(&changes, &self.state);
         self.changed_since_trim = self.changed_since_trim.saturating_add(changes.len());
+        if full_listing {
+            if let Err(e) = self.dp.clear_blocking_routes6(&self.nl, &self.peers).await {
+                // The reconcile pass below tries again.
+                tracing::warn!(error = %e, "cannot clear direct IPv6 routes in the overlay's way");
+            }
+        }
         let mut ok = program(&self.dp, &self.nl, &changes, &self.state);
         if full_listing {
             // The forwarding table rebuilt from the listing (a handed-over one may

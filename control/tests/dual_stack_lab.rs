@@ -530,7 +530,7 @@ fn direct_routing_routes_both_families_on_one_segment() {
     // DirectRouting turned off, every node restarted: the peers go through the
     // overlay in both families. The IPv6 direct routes left on eth0 would keep the
     // IPv6 overlay routes out (Linux refuses an onlink gateway another device's route
-    // covers): each agent clears them and reports ready.
+    // covers): each agent clears them before its first batch and reports ready.
     let config = lab.etcdctl(&["get", "--print-value-only", &format!("{PREFIX}/config")]);
     assert!(config.contains(r#""DirectRouting":true"#), "{config}");
     let off = config
@@ -572,10 +572,18 @@ fn direct_routing_routes_both_families_on_one_segment() {
             assert!(!on(&direct6), "{node}: {want} still on eth0: {direct6}");
             assert!(on(&over6), "{node}: {want} not on flannel-v6.1: {over6}");
         }
+        // Cleared before the start-up batch: no programming error on the way.
         let log = std::fs::read_to_string(lab.state.join(format!("vxmeshd-{node}.log"))).unwrap();
-        println!(
-            "{node}: {} start-up programming errors before the reconcile pass",
-            log.matches("cannot program peer").count()
+        assert_eq!(
+            log.matches("cannot program peer").count(),
+            0,
+            "{node}: {log}"
+        );
+        assert_eq!(
+            log.matches("removing a direct IPv6 route that would block the overlay route")
+                .count(),
+            2,
+            "{node}: {log}"
         );
     }
 }

@@ -309,6 +309,43 @@ impl NodeDataplane {
         }
     }
 
+    /// Before a full listing's batch: deletes the IPv6 routes on the underlay that would
+    /// keep an overlay peer's IPv6 route out ([`plan::blocks_overlay6`]), so that the
+    /// batch adds it at once instead of failing until the reconcile pass. One dump, on
+    /// a node with the IPv6 device only; returns how many were deleted.
+    pub async fn clear_blocking_routes6(
+        &self,
+        nl: &Netlink,
+        peers: &PeerTable,
+    ) -> Result<usize, NetlinkError> {
+        if self.device6_index().is_none() {
+            return Ok(0);
+        }
+        let overlay6: Vec<Subnet6> = peers
+            .peers()
+            .filter_map(|p| p.ipv6)
+            .filter(|v6| self.direct.path6(v6.public_ipv6) == PeerPath::Overlay)
+            .map(|v6| v6.subnet)
+            .collect();
+        let ops: Vec<PeerOp> = nl
+            .routes6_via(self.underlay_index)
+            .await?
+            .into_iter()
+            .filter(|r| overlay6.iter().any(|s| plan::blocks_overlay6(r, s)))
+            .map(PeerOp::DeleteRoute6)
+            .collect();
+        for op in &ops {
+            tracing::info!(
+                "removing a direct IPv6 route that would block the overlay route: {}",
+                op.describe()
+            );
+        }
+        match nl.apply(&ops).into_iter().find_map(Result::err) {
+            Some(e) => Err(e),
+            None => Ok(ops.len()),
+        }
+    }
+
     fn devices(&self) -> plan::Devices {
         plan::Devices {
             overlay: self.device_index(),

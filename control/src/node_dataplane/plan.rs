@@ -475,6 +475,17 @@ pub struct Dumps6 {
     pub direct_routes: Vec<DeviceRoute<Ipv6Addr>>,
 }
 
+/// Whether `route` (an IPv6 route through the underlay) is a gateway route for exactly
+/// `subnet`, the IPv6 half of a peer that goes through the IPv6 device: Linux refuses
+/// that device's onlink route while such a route covers its gateway, so it goes first
+/// (left by DirectRouting, turned off since, or from before the peer moved behind a
+/// router).
+pub fn blocks_overlay6(route: &DeviceRoute<Ipv6Addr>, subnet: &Subnet6) -> bool {
+    route.destination == subnet.addr()
+        && route.prefix_len == subnet.prefix_len()
+        && route.gateway.is_some()
+}
+
 /// DirectRouting for the IPv6 halves in a reconcile pass: the decisions, and the IPv6
 /// Network inside which direct routes on the underlay may be pruned.
 #[derive(Debug, Clone, Copy)]
@@ -686,9 +697,11 @@ fn reconcile6<'p>(
             // A direct route left for the subnet (DirectRouting turned off, or the
             // peer moved behind a router while no agent ran) covers the gateway, and
             // Linux refuses the onlink route while it is there: it goes first.
-            for d in dumps.direct_routes.iter().filter(|d| {
-                d.destination == s.addr() && d.prefix_len == s.prefix_len() && d.gateway.is_some()
-            }) {
+            for d in dumps
+                .direct_routes
+                .iter()
+                .filter(|d| blocks_overlay6(d, &s))
+            {
                 r.repairs.push(PeerOp::DeleteRoute6(d.clone()));
                 cleared.insert((d.destination, d.prefix_len));
             }
