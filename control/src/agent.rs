@@ -586,6 +586,23 @@ async fn reconcile(
     }
 }
 
+/// Shows one pool's usage in `slot` (status, /metrics), warning and recording an event
+/// when it crosses into nearly full.
+fn show_pool(
+    alarm: &mut crate::pool::PoolAlarm,
+    usage: crate::pool::PoolUsage,
+    slot: &std::sync::Mutex<Option<crate::pool::PoolUsage>>,
+    state: &AgentState,
+) {
+    if let Some(w) = alarm.observe(usage) {
+        tracing::warn!("{w}");
+        state.event("pool_nearly_full", w);
+    }
+    if let Ok(mut g) = slot.lock() {
+        *g = Some(usage);
+    }
+}
+
 /// Warns once about each newly rejected lease, and counts the warnings.
 fn record_skips(skips: &[Skip], state: &AgentState) {
     for s in skips {
@@ -1082,13 +1099,7 @@ impl Running {
                 .verdicts()
                 .filter_map(|(key, _)| crate::lease::parse_lease_key(key)),
         );
-        if let Some(w) = self.pool_alarm.observe(usage) {
-            tracing::warn!("{w}");
-            self.state.event("pool_nearly_full", w);
-        }
-        if let Ok(mut g) = self.state.pool.lock() {
-            *g = Some(usage);
-        }
+        show_pool(&mut self.pool_alarm, usage, &self.state.pool, &self.state);
         let Some(pool6) = self.pool_cfg.ipv6.as_ref() else {
             return;
         };
@@ -1100,13 +1111,12 @@ impl Running {
                     .and_then(|k| k.ipv6_subnet())
             }),
         );
-        if let Some(w) = self.pool6_alarm.observe(usage6) {
-            tracing::warn!("{w}");
-            self.state.event("pool_nearly_full", w);
-        }
-        if let Ok(mut g) = self.state.pool6.lock() {
-            *g = Some(usage6);
-        }
+        show_pool(
+            &mut self.pool6_alarm,
+            usage6,
+            &self.state.pool6,
+            &self.state,
+        );
     }
 
     /// Restores the overlay device's MAC (and every peer's state) if someone changed it.

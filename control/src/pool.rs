@@ -25,32 +25,47 @@ impl PoolUsage {
     /// length, between SubnetMin and SubnetMax). Leases outside the pool, or of
     /// another length, take no place in it and are not counted.
     pub fn of(cfg: &NetworkConfig, leased: impl IntoIterator<Item = Subnet>) -> PoolUsage {
-        let (min, max) = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
-        let used: BTreeSet<u32> = leased
-            .into_iter()
-            .filter(|s| s.prefix_len() == cfg.subnet_len)
-            .map(|s| u32::from(s.addr()))
-            .filter(|a| (min..=max).contains(a))
-            .collect();
-        let total = cfg.pool_size();
-        PoolUsage {
-            total,
-            used: (used.len() as u64).min(total),
-        }
+        Self::count(
+            cfg.pool_size(),
+            (
+                cfg.subnet_len,
+                u32::from(cfg.subnet_min),
+                u32::from(cfg.subnet_max),
+            ),
+            leased
+                .into_iter()
+                .map(|s| (s.prefix_len(), u32::from(s.addr()))),
+        )
     }
 
     /// [`PoolUsage::of`] for the IPv6 pool (IPv6SubnetMin..=IPv6SubnetMax at
     /// IPv6SubnetLen), over the IPv6 halves of the keys. A pool of more than
     /// `u64::MAX` subnets is counted as `u64::MAX`.
     pub fn of6(pool: &Ipv6Pool, leased: impl IntoIterator<Item = Subnet6>) -> PoolUsage {
-        let (min, max) = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
-        let used: BTreeSet<u128> = leased
-            .into_iter()
-            .filter(|s| s.prefix_len() == pool.subnet_len)
-            .map(|s| u128::from(s.addr()))
-            .filter(|a| (min..=max).contains(a))
+        Self::count(
+            u64::try_from(pool.pool_size()).unwrap_or(u64::MAX),
+            (
+                pool.subnet_len,
+                u128::from(pool.subnet_min),
+                u128::from(pool.subnet_max),
+            ),
+            leased
+                .into_iter()
+                .map(|s| (s.prefix_len(), u128::from(s.addr()))),
+        )
+    }
+
+    /// Both families' count: the distinct `(length, address)` pairs of the pool's
+    /// length between its first and last subnet, out of `total`.
+    fn count<A: Ord>(
+        total: u64,
+        (len, min, max): (u8, A, A),
+        leased: impl Iterator<Item = (u8, A)>,
+    ) -> PoolUsage {
+        let used: BTreeSet<A> = leased
+            .filter(|(l, a)| *l == len && min <= *a && *a <= max)
+            .map(|(_, a)| a)
             .collect();
-        let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
         PoolUsage {
             total,
             used: (used.len() as u64).min(total),
