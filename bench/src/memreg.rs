@@ -99,6 +99,29 @@ impl MemRegistry {
         self.log.len()
     }
 
+    /// Where a watch started now would begin (the revision a listing taken now has).
+    pub fn cursor(&self) -> usize {
+        self.log.len()
+    }
+
+    /// A watcher from an earlier `cursor` (a listing's revision): the events since
+    /// then are delivered to it first, and counted.
+    pub fn add_watcher_from(&mut self, cursor: usize) -> usize {
+        let from = cursor.min(self.log.len());
+        self.stats.delivered += (self.log.len() - from) as u64;
+        self.watchers += 1;
+        from
+    }
+
+    /// The listing a range request returned, not counted again (the allocator's
+    /// listing as the watch receives it).
+    pub fn listing_uncounted(&self) -> Listing {
+        Listing {
+            revision: self.revision,
+            entries: self.keys.values().cloned().collect(),
+        }
+    }
+
     pub fn remove_watcher(&mut self) {
         self.watchers = self.watchers.saturating_sub(1);
     }

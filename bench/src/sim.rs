@@ -26,7 +26,7 @@ use vxmesh_control::config::NetworkConfig;
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
-use vxmesh_control::registry::WatchEvent;
+use vxmesh_control::registry::{Listing, WatchEvent};
 use vxmesh_control::state::AgentState;
 use vxmesh_control::subnet::Subnet;
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, SharedTable};
@@ -89,7 +89,7 @@ pub struct PhaseLoad {
     pub peak_requests_per_100ms: u64,
     /// The same once etcd is reachable again (the storm's outage over).
     pub peak_after_outage_per_100ms: u64,
-    /// Listings per node, on average (the lease machine's and the watch's).
+    /// Listings per node, on average (the lease machine's; the watch begins with the last of them).
     pub ranges_per_node: f64,
     /// Watch events delivered per node.
     pub delivered_per_node: f64,
@@ -147,6 +147,8 @@ struct Node {
     held: Option<(Subnet, i64)>,
     /// Registry requests it made, for the storm's buckets.
     watching: bool,
+    /// Where its last listing was taken (the agent's watch begins there).
+    listed_at: usize,
     gone: bool,
 }
 
@@ -155,6 +157,8 @@ struct Observer {
     rules: PeerRules,
     /// Whether its node watches yet (a snapshot taken).
     watching: bool,
+    /// Its node's last listing, which its watch begins with.
+    listed: Option<Listing>,
     table: PeerTable,
     fib: SharedTable,
     status: AgentState,
@@ -224,6 +228,7 @@ impl Sim {
             machine: LeaseMachine::new(self.cfg.clone(), node_ip(i), hint, seed),
             held: None,
             watching: false,
+            listed_at: 0,
             gone: false,
         }
     }
@@ -246,6 +251,10 @@ impl Sim {
                 let ev = if self.now < self.down_until {
                     LeaseEvent::RegistryError
                 } else {
+                    self.nodes[i].listed_at = self.reg.cursor();
+                    if let Some(o) = self.observers.iter_mut().find(|o| o.node == i) {
+                        o.listed = Some(self.reg.listing_uncounted());
+                    }
                     LeaseEvent::Listed(self.reg.list_for_allocator())
                 };
                 let t = Instant::now();
@@ -276,12 +285,13 @@ impl Sim {
             } => {
                 self.nodes[i].held = Some((subnet, lease_id));
                 if !self.nodes[i].watching {
-                    // The agent's watch: a listing, then every event after it.
+                    // The agent's watch: the listing the subnet was claimed after,
+                    // then every event since (`WatchFrom::Listing`, no second range).
                     self.request();
                     self.nodes[i].watching = true;
-                    let listing = self.reg.list();
-                    let cursor = self.reg.add_watcher();
+                    let cursor = self.reg.add_watcher_from(self.nodes[i].listed_at);
                     if let Some(o) = self.observers.iter_mut().find(|o| o.node == i) {
+                        let listing = o.listed.take().unwrap_or_else(|| self.reg.list());
                         let n = &self.nodes[i];
                         // The work of the table it replaces, this phase, still counts.
                         let t = o.table.work();
@@ -526,6 +536,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             node,
             rules,
             watching: false,
+            listed: None,
             table: PeerTable::new(rules, None),
             fib: SharedTable::new(ForwardingTable::new(local, [])),
             status: AgentState::default(),
@@ -662,7 +673,7 @@ pub fn render(r: &SimReport) -> String {
     let n = r.nodes as f64;
     format!(
         "simulated {} nodes (Network {}, SubnetLen {}), {} observers running the agent's per-event path; {:.1} s real time\n\
-         start-up: every node held a subnet after {} virtual ms; {} listings ({:.1} per node), {} keys listed ({:.0} per node: two listings, one to allocate and one to start the watch, of about N/2 keys each when all start together; N² in all), {} claims ({} lost races), {} watch events delivered ({:.0} per node: every lease created after the node's watch began, about N/2; N² in all)\n\
+         start-up: every node held a subnet after {} virtual ms; {} listings ({:.1} per node), {} keys listed ({:.0} per node: one listing to allocate, which the watch then begins with, of about N/2 keys when all start together; N² in all), {} claims ({} lost races), {} watch events delivered ({:.0} per node: every lease created after the node listed, about N/2; N² in all)\n\
          allocator plan per listing: median {:.0} µs, max {:.0} µs\n\
          observers at start-up: {} events in {} passes each ({:.1} events per pass), {} full passes and {} events judged alone; {:.2} µs per event (judge + forwarding table + status), slowest pass {:.0} µs; consistent: {}\n\
          churn: {} events delivered; observers {:.2} µs per event, {} full passes; consistent: {}\n\

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::NetworkConfig;
@@ -37,7 +37,7 @@ use crate::netlink::{LinkInfo, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
-use crate::registry::{Backoff, Registry, RegistryError, WatchEvent};
+use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
@@ -231,7 +231,15 @@ pub struct Held {
     pub revision: i64,
 }
 
-/// Runs the lease machine against etcd: publishes every acquisition on `held_tx`,
+/// Where the lease task publishes what it holds.
+struct LeaseOutputs {
+    /// Every subnet acquired (`None` while none is held).
+    held: watch::Sender<Option<Held>>,
+    /// The listing the first subnet was claimed after, for the watch to begin with.
+    first_listing: oneshot::Sender<Listing>,
+}
+
+/// Runs the lease machine against etcd: publishes every acquisition (and the first one's listing) on `out`,
 /// keeps the lease alive, and re-acquires when `lost_rx` (or the keepalive) says
 /// the lease is gone.
 async fn lease_task(
@@ -239,14 +247,20 @@ async fn lease_task(
     mut machine: LeaseMachine,
     attrs: LeaseAttrs,
     ttl: Duration,
-    held_tx: watch::Sender<Option<Held>>,
+    out: LeaseOutputs,
     mut lost_rx: mpsc::Receiver<String>,
     state: Arc<AgentState>,
 ) {
+    let LeaseOutputs {
+        held: held_tx,
+        first_listing,
+    } = out;
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
+    let mut listed = None;
+    let mut first_listing = Some(first_listing);
     loop {
-        match step(&reg, &mut machine, &attrs, ttl).await {
+        match step(&reg, &mut machine, &attrs, ttl, &mut listed).await {
             Some(LeaseAction::Acquired {
                 subnet,
                 ipv6,
@@ -297,6 +311,11 @@ async fn lease_task(
                         let _ = tx.send(why).await;
                     }));
                 }
+                // The first subnet's listing goes to the watch (before the subnet
+                // is published, so the agent finds it there); later ones are dropped.
+                if let (Some(tx), Some(l)) = (first_listing.take(), listed.take()) {
+                    let _ = tx.send(l);
+                }
                 let _ = held_tx.send(Some(Held {
                     subnet,
                     ipv6,
@@ -331,17 +350,23 @@ async fn lease_task(
 
 /// Polls the machine once and carries out registry actions (List, Claim) itself,
 /// reporting their outcome; other actions are returned for the caller (`None` when
-/// a registry action was performed).
+/// a registry action was performed). A successful listing is left in `listed` (the
+/// agent's watch starts from the one its subnet was claimed after).
 pub async fn step(
     reg: &Registry,
     machine: &mut LeaseMachine,
     attrs: &LeaseAttrs,
     ttl: Duration,
+    listed: &mut Option<Listing>,
 ) -> Option<LeaseAction> {
     match machine.poll(Instant::now()) {
         LeaseAction::List => {
             let ev = match reg.list_subnets().await {
-                Ok(l) => LeaseEvent::Listed(l.existing_leases()),
+                Ok(l) => {
+                    let ev = LeaseEvent::Listed(l.existing_leases());
+                    *listed = Some(l);
+                    ev
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list subnets");
                     LeaseEvent::RegistryError
@@ -380,8 +405,9 @@ pub async fn acquire(
     attrs: &LeaseAttrs,
     ttl: Duration,
 ) -> Result<Held, crate::allocator::NoFreeSubnet> {
+    let mut listed = None;
     loop {
-        match step(reg, machine, attrs, ttl).await {
+        match step(reg, machine, attrs, ttl, &mut listed).await {
             Some(LeaseAction::Acquired {
                 subnet,
                 ipv6,
@@ -738,12 +764,16 @@ pub async fn run_with(
     }
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
     let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
+    let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
     let lease = tokio::spawn(lease_task(
         reg.clone(),
         machine,
         attrs,
         opts.lease_ttl,
-        held_tx,
+        LeaseOutputs {
+            held: held_tx,
+            first_listing: listing_tx,
+        },
         lost_rx,
         Arc::clone(&state),
     ));
@@ -849,8 +879,13 @@ pub async fn run_with(
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
+    // The watch begins with the listing the subnet was claimed after (one read of
+    // the whole prefix per start, not two), if the lease task kept one.
+    let from = listing_rx
+        .try_recv()
+        .map_or(WatchFrom::List, WatchFrom::Listing);
     let watcher =
-        tokio::spawn(async move { watch_reg.watch_subnets(None, wtx, &watch_stats).await });
+        tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
     // Agents started together must not reconcile in step: the first pass comes after
     // a random part of the period.
     let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);

@@ -86,6 +86,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "lease_expires_in_secs": lease_expires_in_secs(&s.lease, SystemTime::now()),
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
+        "watch_listings": s.watch.listings.load(Ordering::Relaxed),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
@@ -357,6 +358,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_watch_compactions_total",
         "Times the watch revision was compacted and the subnets re-listed",
         s.watch.compactions.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_watch_listings_total",
+        "Full listings of the subnets prefix read by the watch (none at start: it begins with the listing the subnet was allocated from)",
+        s.watch.listings.load(Ordering::Relaxed),
     );
     counter(
         &mut o,

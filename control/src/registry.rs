@@ -442,15 +442,24 @@ impl Registry {
 
     /// Streams the subnets prefix into `tx` until `tx` is closed: a snapshot, then
     /// events from its revision + 1; a fresh snapshot after compaction; resumes after
-    /// errors with backoff. `start` resumes from a known revision instead of listing
-    /// first (used after a reconnect, and by tests).
+    /// errors with backoff. `from` says where to begin (see [`WatchFrom`]).
     pub async fn watch_subnets(
         &self,
-        start: Option<i64>,
+        from: WatchFrom,
         tx: mpsc::Sender<WatchEvent>,
         stats: &WatchStats,
     ) {
-        let mut next_rev = start;
+        let mut next_rev = match from {
+            WatchFrom::List => None,
+            WatchFrom::Revision(r) => Some(r),
+            WatchFrom::Listing(l) => {
+                let r = l.revision + 1;
+                if tx.send(WatchEvent::Snapshot(l)).await.is_err() {
+                    return;
+                }
+                Some(r)
+            }
+        };
         let mut backoff = Backoff::default();
         let prefix = subnets_prefix(&self.prefix);
         while !tx.is_closed() {
@@ -458,6 +467,9 @@ impl Registry {
                 Some(r) => r,
                 None => match self.list_subnets().await {
                     Ok(l) => {
+                        stats
+                            .listings
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let r = l.revision + 1;
                         if tx.send(WatchEvent::Snapshot(l)).await.is_err() {
                             return;
@@ -542,6 +554,20 @@ impl Registry {
     }
 }
 
+/// Where [`Registry::watch_subnets`] begins.
+#[derive(Debug)]
+pub enum WatchFrom {
+    /// List the prefix, then watch from the listing's revision + 1.
+    List,
+    /// Watch from this revision, no listing first (a resumed watch; tests).
+    Revision(i64),
+    /// Pass on a listing already taken (the one the subnet was allocated from), then
+    /// watch from its revision + 1: the same events as listing again, without a
+    /// second read of the whole prefix per node start. A revision compacted
+    /// meanwhile makes etcd cancel the watch, and the prefix is listed afresh.
+    Listing(Listing),
+}
+
 /// The subnet lease's renewals, exported as metrics.
 #[derive(Debug, Default)]
 pub struct LeaseStats {
@@ -596,4 +622,7 @@ impl LeaseStats {
 pub struct WatchStats {
     pub restarts: std::sync::atomic::AtomicU64,
     pub compactions: std::sync::atomic::AtomicU64,
+    /// Full listings of the prefix the watch read itself (none after a start that
+    /// handed it the allocation's listing; one per compaction).
+    pub listings: std::sync::atomic::AtomicU64,
 }

@@ -194,6 +194,14 @@ fn three_node_cluster_end_to_end() {
         assert_eq!(a.to_json(), pair[1], "byte-identical to flannel's encoding");
     }
 
+    // Each agent read the subnets prefix once to start: its watch began with the
+    // listing its subnet was allocated from (no second full read per start).
+    for node in ["n1", "n2", "n3"] {
+        let s = lab.status(node);
+        assert_eq!(s["watch_listings"].as_u64(), Some(0), "{node}: {s}");
+        assert_eq!(s["watch_compactions"].as_u64(), Some(0), "{node}");
+    }
+
     // 4. Forged VXLAN: from a non-peer address, and with a wrong VNI from a peer.
     let n1 = lab.status("n1");
     let n1_mac = n1["node"]["vtep_mac"].as_str().unwrap().to_string();

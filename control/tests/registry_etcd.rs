@@ -17,7 +17,9 @@ use vxmesh_control::agent::acquire;
 use vxmesh_control::config::ConfigError;
 use vxmesh_control::lease::LeaseAttrs;
 use vxmesh_control::lease_machine::LeaseMachine;
-use vxmesh_control::registry::{LeaseStats, Registry, RegistryError, WatchEvent, WatchStats};
+use vxmesh_control::registry::{
+    LeaseStats, Registry, RegistryError, WatchEvent, WatchFrom, WatchStats,
+};
 use vxmesh_control::subnet::Subnet;
 use vxmesh_testkit::require_etcd;
 
@@ -202,7 +204,10 @@ fn compacted_watch_relists_and_resumes() {
         let stats = Arc::new(WatchStats::default());
         let st = Arc::clone(&stats);
         let r = reg.clone();
-        let w = tokio::spawn(async move { r.watch_subnets(Some(stale + 1), tx, &st).await });
+        let w = tokio::spawn(async move {
+            r.watch_subnets(WatchFrom::Revision(stale + 1), tx, &st)
+                .await
+        });
         let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
@@ -215,6 +220,11 @@ fn compacted_watch_relists_and_resumes() {
         assert_eq!(
             stats.compactions.load(std::sync::atomic::Ordering::Relaxed),
             1
+        );
+        assert_eq!(
+            stats.listings.load(Relaxed),
+            1,
+            "the listing after compaction"
         );
 
         // ...and keeps following from the listing's revision, with each key's create
@@ -267,6 +277,64 @@ fn compacted_watch_relists_and_resumes() {
         };
         assert_eq!(gone, key("10.244.2.0-24"));
         assert!(revision > created("10.244.3.0-24"));
+        drop(rx);
+        w.abort();
+    });
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("still watching")
+}
+
+#[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
+fn a_watch_begun_from_an_earlier_listing_misses_nothing_and_repeats_nothing() {
+    require_etcd();
+    let etcd = Etcd::start();
+    let key = |s: &str| format!("{PREFIX}/subnets/{s}");
+    let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
+    etcd.put(&key("10.244.1.0-24"), &value("192.168.56.1"));
+    rt().block_on(async {
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
+            .await
+            .unwrap();
+        // The agent's order: list (to allocate), claim, set the node up, then watch
+        // from that listing; others write meanwhile.
+        let listing = reg.list_subnets().await.unwrap();
+        etcd.put(&key("10.244.2.0-24"), &value("192.168.56.2"));
+        etcd.ctl(&["del", &key("10.244.1.0-24")]).unwrap();
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let stats = Arc::new(WatchStats::default());
+        let st = Arc::clone(&stats);
+        let r = reg.clone();
+        let from = WatchFrom::Listing(listing.clone());
+        let w = tokio::spawn(async move { r.watch_subnets(from, tx, &st).await });
+        assert_eq!(
+            next_event(&mut rx).await,
+            WatchEvent::Snapshot(listing.clone())
+        );
+        let WatchEvent::Put(e) = next_event(&mut rx).await else {
+            panic!("expected the put made after the listing")
+        };
+        assert_eq!(e.key, key("10.244.2.0-24"));
+        assert_eq!(e.mod_revision, listing.revision + 1);
+        let WatchEvent::Delete { key: gone, .. } = next_event(&mut rx).await else {
+            panic!("expected the delete made after the listing")
+        };
+        assert_eq!(gone, key("10.244.1.0-24"));
+        // Live from here on, and nothing was read twice: no second listing.
+        etcd.put(&key("10.244.3.0-24"), &value("192.168.56.3"));
+        let WatchEvent::Put(e) = next_event(&mut rx).await else {
+            panic!("expected a live put")
+        };
+        assert_eq!(e.key, key("10.244.3.0-24"));
+        assert!(rx.try_recv().is_err(), "nothing else was sent");
+        assert_eq!(stats.compactions.load(Relaxed), 0);
+        assert_eq!(stats.listings.load(Relaxed), 0, "no listing of its own");
         drop(rx);
         w.abort();
     });

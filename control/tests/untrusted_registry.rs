@@ -19,7 +19,7 @@ use vxmesh_control::lease_machine::LeaseMachine;
 use vxmesh_control::peers::{
     LocalNode, PeerChange, PeerRules, PeerTable, RejectReason, Skip, Verdict,
 };
-use vxmesh_control::registry::{Registry, WatchEvent, WatchStats};
+use vxmesh_control::registry::{Registry, WatchEvent, WatchFrom, WatchStats};
 use vxmesh_testkit::require_etcd;
 
 const PREFIX: &str = "/coreos.com/network";
@@ -98,7 +98,7 @@ fn hostile_keys_from_etcd_never_become_peers() {
         let stats = Arc::new(WatchStats::default());
         let st = Arc::clone(&stats);
         let r = reg.clone();
-        let w = tokio::spawn(async move { r.watch_subnets(None, tx, &st).await });
+        let w = tokio::spawn(async move { r.watch_subnets(WatchFrom::List, tx, &st).await });
         let first = next(&mut rx).await;
         assert!(matches!(first, WatchEvent::Snapshot(_)), "{first:?}");
         let c = apply(&mut t, &first, &mut skips);
