@@ -239,9 +239,9 @@ struct LeaseOutputs {
     first_listing: oneshot::Sender<Listing>,
 }
 
-/// Runs the lease machine against etcd: publishes every acquisition (and the first one's listing) on `out`,
-/// keeps the lease alive, and re-acquires when `lost_rx` (or the keepalive) says
-/// the lease is gone.
+/// Runs the lease machine against etcd: publishes every acquisition (and the first
+/// one's listing) on `out`, keeps the lease alive, and re-acquires when `lost_rx` (or
+/// the keepalive) says the lease is gone.
 async fn lease_task(
     reg: Registry,
     mut machine: LeaseMachine,
