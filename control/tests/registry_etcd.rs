@@ -180,13 +180,21 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
     });
 }
 
+/// `<prefix>/subnets/<s>`.
+fn key(s: &str) -> String {
+    format!("{PREFIX}/subnets/{s}")
+}
+
+/// A vxlan lease value of the node at `ip`.
+fn value(ip: &str) -> String {
+    attrs(ip.parse().unwrap()).to_json()
+}
+
 #[test]
 #[ignore = "needs etcd: scripts/test.sh runs it"]
 fn compacted_watch_relists_and_resumes() {
     require_etcd();
     let etcd = Etcd::start();
-    let key = |s: &str| format!("{PREFIX}/subnets/{s}");
-    let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
     etcd.put(&key("10.244.1.0-24"), &value("192.168.56.1"));
     rt().block_on(async {
         let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
@@ -294,8 +302,6 @@ async fn next_event(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
 fn a_watch_begun_from_an_earlier_listing_misses_nothing_and_repeats_nothing() {
     require_etcd();
     let etcd = Etcd::start();
-    let key = |s: &str| format!("{PREFIX}/subnets/{s}");
-    let value = |ip: &str| attrs(ip.parse().unwrap()).to_json();
     etcd.put(&key("10.244.1.0-24"), &value("192.168.56.1"));
     rt().block_on(async {
         let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
