@@ -235,8 +235,9 @@ pub struct Held {
 struct LeaseOutputs {
     /// Every subnet acquired (`None` while none is held).
     held: watch::Sender<Option<Held>>,
-    /// The listing the first subnet was claimed after, for the watch to begin with.
-    first_listing: oneshot::Sender<Listing>,
+    /// The listing the first subnet was claimed after, for the watch to begin with
+    /// (taken at the first acquisition).
+    first_listing: Option<oneshot::Sender<Listing>>,
 }
 
 /// Runs the lease machine against etcd: publishes every acquisition (and the first
@@ -253,12 +254,11 @@ async fn lease_task(
 ) {
     let LeaseOutputs {
         held: held_tx,
-        first_listing,
+        mut first_listing,
     } = out;
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
-    let mut first_listing = Some(first_listing);
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed).await {
             Some(LeaseAction::Acquired {
@@ -772,7 +772,7 @@ pub async fn run_with(
         opts.lease_ttl,
         LeaseOutputs {
             held: held_tx,
-            first_listing: listing_tx,
+            first_listing: Some(listing_tx),
         },
         lost_rx,
         Arc::clone(&state),

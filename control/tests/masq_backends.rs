@@ -42,18 +42,27 @@ fn require() {
     require_commands(&["nft", "iptables", "iptables-save", "iptables-restore"]);
 }
 
-/// `ensure` inside `ns`.
-fn ensure(ns: &Netns, rules: Rules, last: &mut Option<Snapshot>) -> Ensured {
-    let (n, own) = net();
+/// Runs one `ensure` call inside `ns`, carrying the snapshot in and out.
+fn ensure_in_ns<S: Send + 'static>(
+    ns: &Netns,
+    last: &mut Option<Snapshot<S>>,
+    f: impl FnOnce(&mut Option<Snapshot<S>>) -> Result<Ensured, masq::MasqError> + Send + 'static,
+) -> Ensured {
     let mut snap = last.take();
     let (r, snap) = ns
         .run(move || {
-            let r = masq::ensure(&n, &own, rules, &mut snap);
+            let r = f(&mut snap);
             (r, snap)
         })
         .unwrap();
     *last = snap;
     r.unwrap()
+}
+
+/// `ensure` inside `ns`.
+fn ensure(ns: &Netns, rules: Rules, last: &mut Option<Snapshot>) -> Ensured {
+    let (n, own) = net();
+    ensure_in_ns(ns, last, move |s| masq::ensure(&n, &own, rules, s))
 }
 
 fn net6() -> (Subnet6, Subnet6) {
@@ -66,15 +75,7 @@ fn net6() -> (Subnet6, Subnet6) {
 /// `ensure6` inside `ns`, for [`net6`].
 fn ensure6(ns: &Netns, rules: Rules, last: &mut Option<Snapshot<Subnet6>>) -> Ensured {
     let (n6, own6) = net6();
-    let mut snap = last.take();
-    let (r, snap) = ns
-        .run(move || {
-            let r = masq::ensure6(&n6, &own6, rules, &mut snap);
-            (r, snap)
-        })
-        .unwrap();
-    *last = snap;
-    r.unwrap()
+    ensure_in_ns(ns, last, move |s| masq::ensure6(&n6, &own6, rules, s))
 }
 
 fn nft_tables(ns: &Netns) -> String {
