@@ -248,6 +248,10 @@ pub struct ScaleRun {
     pub agent_stream_errors: u64,
     /// Route notifications lost (and re-read with a dump), summed over nodes.
     pub monitor_resyncs: u64,
+    /// How late the start's route stamps can be (s): the longest time between two
+    /// reads of one namespace's routes while the monitor swept (routemon).
+    #[serde(default)]
+    pub monitor_resolution_s: Option<f64>,
 }
 
 fn loadavg() -> String {
@@ -904,7 +908,8 @@ fn converge(
             let mut routes = 0;
             for &i in live {
                 let n = &nodes[i];
-                routes += n.present.len();
+                // While the monitor sweeps, `present` lags its count.
+                routes += n.present.len().max(n.counted);
                 let done = all_known
                     && live.iter().all(|j| {
                         *j == i || subnets.get(j).is_some_and(|s| n.present.contains_key(s))
@@ -1073,6 +1078,8 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
         },
     )
     .context("opening the route monitors")?;
+    // Until the start has converged, the monitor sweeps: a node is done with n - 1.
+    mon.expect(n.saturating_sub(1));
     let watch = KeyWatch::start(&lab.hub)?;
     let mut agents = Agents::new(n + 1);
     let live: Vec<usize> = (0..n).collect();
@@ -1100,6 +1107,15 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
     );
     let converged = conv.converged_s.is_some();
     run.start = conv;
+    let sweeps = mon.sweep_stats();
+    run.monitor_resolution_s = Some(sweeps.max_late.as_secs_f64());
+    eprintln!(
+        "  route monitor: {} sweeps (the longest {:.2} s), {} namespace dumps; a stamp is at most {:.2} s late",
+        sweeps.sweeps,
+        sweeps.max_sweep.as_secs_f64(),
+        sweeps.dumps,
+        sweeps.max_late.as_secs_f64()
+    );
     let usage: Vec<(u64, f64)> = agents
         .pids()
         .iter()
@@ -1177,6 +1193,9 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
     if !plan.phases {
         return Ok(());
     }
+    // The phases below time single changes: stamped as notifications arrive.
+    mon.listen(Duration::from_secs(120))
+        .context("switching the route monitor to notifications")?;
 
     // 4. A node joins: its lease, then its route on every node.
     let j = n;
@@ -1319,7 +1338,10 @@ pub fn summary(r: &ScaleResults) -> String {
             run.label,
             run.nodes,
             run.dataplane,
-            opt(run.start.converged_s, 2),
+            match (run.start.converged_s, run.monitor_resolution_s) {
+                (Some(c), Some(r)) => format!("{c:.2} (stamps ≤ {r:.2} s late)"),
+                (c, _) => opt(c, 2),
+            },
             opt(run.join_s.as_ref().map(|s| s.max), 3),
             opt(run.remove_s.as_ref().map(|s| s.max), 3),
             opt(run.storm.as_ref().and_then(|s| s.converged_s), 2),
