@@ -97,6 +97,8 @@ pub struct AgentOptions {
     pub offloads: bool,
     /// Active queue management on ingress (userspace dataplane), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
+    /// How the userspace dataplane's threads are scheduled.
+    pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
@@ -804,6 +806,7 @@ pub async fn run_with(
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
         aqm: opts.aqm,
+        engine_priority: opts.engine_priority,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
         ipv6: public_ipv6

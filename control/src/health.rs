@@ -69,6 +69,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "udp_gro": e.udp_gro,
             "tx_sockets": e.tx_sockets,
             "tx_source_ports": e.tx_source_ports,
+            "engine_priority": e.priority.to_string(),
         })
     });
     serde_json::json!({

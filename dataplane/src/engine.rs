@@ -31,6 +31,7 @@ use crate::counters::{Counters, DropReason, LocalCounts, PeerTallies};
 use crate::fib::{ForwardingTable, SharedTable};
 use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
+use crate::priority::ThreadPriority;
 use crate::send_batch::TxBatch;
 use crate::sys::{wait_either, RecvBatch, Tap, UdpRx, UdpTx, Wake};
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
@@ -59,6 +60,8 @@ pub struct EngineStatus {
     pub udp_gso: AtomicBool,
     pub tx_sockets: usize,
     pub tx_source_ports: Vec<u16>,
+    /// The scheduling every engine thread set for itself.
+    pub priority: ThreadPriority,
 }
 
 /// What the engine runs on.
@@ -75,6 +78,8 @@ pub struct EngineConfig {
     /// Active queue management on ingress (CoDel on the receive socket's queue), or
     /// none. Needs the receive socket's time stamps ([`UdpRx::set_timestamps`]).
     pub aqm: Option<CodelConfig>,
+    /// The scheduling each thread sets for itself before it handles a packet.
+    pub priority: ThreadPriority,
 }
 
 /// The running threads. Dropping it stops them too.
@@ -110,6 +115,7 @@ impl Engine {
             counters,
             flows,
             aqm,
+            priority,
         } = cfg;
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
@@ -120,7 +126,22 @@ impl Engine {
             udp_gso: AtomicBool::new(udp_tx.gso()),
             tx_sockets: udp_tx.socket_count(),
             tx_source_ports: udp_tx.local_ports(),
+            priority,
         });
+        // Each thread sets its scheduling first and says how that went; one that
+        // could not goes no further, and the engine does not start.
+        let (said, hear) = std::sync::mpsc::channel::<io::Result<()>>();
+        let prioritized = |work: Box<dyn FnOnce() + Send>| -> Box<dyn FnOnce() + Send> {
+            let said = said.clone();
+            Box::new(move || {
+                let r = priority.apply_to_current_thread();
+                let ok = r.is_ok();
+                let _ = said.send(r);
+                if ok {
+                    work();
+                }
+            })
+        };
         let taps: Vec<Arc<Tap>> = tap.into_iter().map(Arc::new).collect();
         // Made before the first thread: on any error below, dropping it stops and
         // joins the threads started so far.
@@ -143,9 +164,10 @@ impl Engine {
                 wake: Arc::clone(&engine.wake),
                 status: Arc::clone(&status),
             };
-            engine
-                .threads
-                .push(spawn(format!("vxmesh-tx{i}"), Box::new(move || w.run()))?);
+            engine.threads.push(spawn(
+                format!("vxmesh-tx{i}"),
+                prioritized(Box::new(move || w.run())),
+            )?);
         }
         let w = IngressWorker {
             tap: Arc::clone(&taps[0]),
@@ -157,9 +179,16 @@ impl Engine {
             wake: Arc::clone(&engine.wake),
             aqm: IngressAqm::new(aqm),
         };
-        engine
-            .threads
-            .push(spawn("vxmesh-rx0".into(), Box::new(move || w.run()))?);
+        engine.threads.push(spawn(
+            "vxmesh-rx0".into(),
+            prioritized(Box::new(move || w.run())),
+        )?);
+        drop(said);
+        for _ in 0..engine.threads.len() {
+            hear.recv().map_err(|_| {
+                io::Error::other("an engine thread ended before it set its scheduling")
+            })??;
+        }
         Ok(engine)
     }
 
@@ -1114,6 +1143,7 @@ mod tests {
             counters: Arc::clone(counters),
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
+            priority: Default::default(),
         };
         (cfg, peers)
     }
@@ -1165,6 +1195,23 @@ mod tests {
         engine.stop();
         assert_eq!(finished.load(Ordering::SeqCst), 3);
         assert_eq!(Arc::strong_count(&counters), 1);
+    }
+
+    /// A thread that cannot set the scheduling asked for stops the start, and every
+    /// other thread with it; the error says what was asked.
+    #[test]
+    fn a_scheduling_the_kernel_refuses_stops_the_start() {
+        let counters = Arc::new(Counters::default());
+        let (mut cfg, _peers) = test_config(2, &counters);
+        // Real-time priority 0 is not a SCHED_FIFO priority, for root either.
+        cfg.priority = ThreadPriority::Fifo(0);
+        let err = Engine::start(cfg).expect_err("the kernel refuses fifo:0");
+        assert!(
+            err.to_string()
+                .contains("cannot set fifo:0 for an engine thread"),
+            "{err}"
+        );
+        assert_eq!(Arc::strong_count(&counters), 1, "a worker still runs");
     }
 
     /// A 1,400-byte IPv4/TCP frame from pod `10.244.1.2:<sport>` to a pod behind the
@@ -1244,6 +1291,7 @@ mod tests {
             counters: Arc::clone(&counters),
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
+            priority: Default::default(),
         })
         .unwrap();
         let theirs = Arc::new(theirs);

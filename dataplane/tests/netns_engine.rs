@@ -120,6 +120,7 @@ fn start_node(
         counters: Arc::clone(&counters),
         flows: Arc::clone(&flows),
         aqm: None,
+        priority: Default::default(),
     })
     .unwrap();
     Node {

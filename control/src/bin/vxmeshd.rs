@@ -135,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             tap_queues: f.tap_queues,
             offloads: f.offloads,
             aqm: f.aqm,
+            engine_priority: f.engine_priority,
             ip_masq: f.ip_masq,
             masq_random_fully: f.masq_random_fully,
             vxlan_notrack: f.vxlan_notrack,

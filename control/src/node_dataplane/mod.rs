@@ -82,6 +82,8 @@ pub struct DataplaneSetup {
     pub tap_queues: usize,
     /// Userspace: CoDel on the receive socket's queue (`--aqm-target`), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
+    /// Userspace: how the packet threads are scheduled (`--engine-priority`).
+    pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     /// The cluster Network (DirectRouting routes are pruned only inside it).
     pub network: Subnet,
     /// `Backend.DirectRouting`.

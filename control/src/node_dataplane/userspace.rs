@@ -310,6 +310,7 @@ impl Userspace {
             counters: Arc::clone(&state.counters),
             flows: Arc::clone(&state.flows),
             aqm,
+            priority: s.engine_priority,
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -320,6 +321,7 @@ impl Userspace {
             udp_gro = st.udp_gro,
             tx_source_ports = ?st.tx_source_ports,
             aqm = %aqm_desc,
+            priority = %st.priority,
             "userspace dataplane running"
         );
         state.event(
