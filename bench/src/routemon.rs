@@ -271,6 +271,14 @@ struct Shared {
     sweep: Mutex<SweepStats>,
 }
 
+impl Shared {
+    fn stats(&self) -> MutexGuard<'_, SweepStats> {
+        self.sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The sockets: one for every namespace's notifications, one per namespace for dumps.
 struct Watched {
     events: OwnedFd,
@@ -543,11 +551,7 @@ impl Monitor {
 
     /// What the sweeping has done so far.
     pub fn sweep_stats(&self) -> SweepStats {
-        *self
-            .shared
-            .sweep
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.shared.stats()
     }
 
     /// Stops sweeping and listens: subscribes the event socket, then reads every
@@ -670,11 +674,7 @@ fn sweep(
     incomplete_at: &mut [Instant],
 ) {
     let expected = shared.expected.load(Ordering::Relaxed);
-    let round = shared
-        .sweep
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .sweeps;
+    let round = shared.stats().sweeps;
     let (mut dumps, mut max_late, began) = (0, Duration::ZERO, Instant::now());
     for (i, d) in watched.dumps.iter().enumerate() {
         if shared.stop.load(Ordering::Relaxed) || shared.listen.load(Ordering::Relaxed) {
@@ -685,12 +685,14 @@ fn sweep(
         }
         let counted = watched.counts[i].as_ref().and_then(|f| count(f, buf));
         let at = Instant::now();
+        // Without an expectation ([`Monitor::expect`]) no count says "short":
+        // every namespace is dumped every sweep.
         let short = counted.is_some_and(|c| {
             let mut g = lock(nodes);
             let n = &mut g[i];
             let others = *n.others.get_or_insert(c);
             n.counted = c.saturating_sub(others);
-            n.counted.saturating_add(SLACK) < expected
+            expected != usize::MAX && n.counted.saturating_add(SLACK) < expected
         });
         if short {
             incomplete_at[i] = at;
@@ -717,10 +719,7 @@ fn sweep(
             incomplete_at[i] = at;
         }
     }
-    let mut st = shared
-        .sweep
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut st = shared.stats();
     st.sweeps += 1;
     st.dumps += dumps;
     st.max_late = st.max_late.max(max_late);
