@@ -51,7 +51,7 @@ export CARGO_TERM_COLOR=never
 
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-stage "shellcheck" shellcheck -x scripts/*.sh scripts/lib/*.sh vagrant/*.sh .ci/run
+stage "shellcheck" shellcheck -x scripts/*.sh scripts/lib/*.sh vagrant/*.sh bench/*.sh .ci/run
 stage "monitoring: dashboard JSON, alert rules (promtool, from Debian's package when not installed)" scripts/check-monitoring.sh
 # Manifests list only what the code uses: cargo-shear reads every target's imports and
 # fails on a dependency nothing imports (workspace.dependencies included) and on one only
