@@ -46,6 +46,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vxmesh_dataplane::priority::ThreadPriority;
+
 const NLMSG_HDR: usize = 16;
 const RTMSG: usize = 12;
 const NLMSG_ERROR: u16 = 2;
@@ -67,8 +69,8 @@ const RCVBUF: libc::c_int = 512 << 20;
 
 /// The pause between two sweeps.
 pub const SWEEP_PAUSE: Duration = Duration::from_millis(250);
-/// The nice value of the monitor's thread.
-const SWEEP_NICE: libc::c_int = -10;
+/// The scheduling of the monitor's thread while it sweeps.
+const SWEEP_PRIORITY: ThreadPriority = ThreadPriority::Nice(-10);
 /// Every this many sweeps, each unfinished namespace is dumped whatever its count.
 const DUMP_EVERY: u64 = 100;
 /// A namespace is dumped once its count is this close to the expected peer routes
@@ -618,10 +620,7 @@ fn run(watched: &Watched, which: PeerRoutes, nodes: &Mutex<Vec<NodeRoutes>>, sha
     // A thousand agents share two CPUs with this thread; at their priority a sweep
     // waits for a CPU most of its time, and its stamps come late. Its own work is
     // small. Best effort: without the privilege the thread stays at its nice value.
-    // SAFETY: plain setpriority(2) on this thread (PRIO_PROCESS with a thread id
-    // names that thread on Linux).
-    let _ =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, SWEEP_NICE) };
+    let _ = SWEEP_PRIORITY.apply_to_current_thread();
     let mut buf = vec![0u8; 1 << 16];
     let mut incomplete_at = vec![Instant::now(); watched.dumps.len()];
     while !shared.stop.load(Ordering::Relaxed) && !shared.listen.load(Ordering::Relaxed) {
@@ -639,22 +638,35 @@ fn run(watched: &Watched, which: PeerRoutes, nodes: &Mutex<Vec<NodeRoutes>>, sha
     }
     // Listening, stamps come as the notifications do; back to the priority of the
     // harness's other readers (its etcd key watch), whose stamps they are set against.
-    // SAFETY: as above.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 0) };
+    let _ = ThreadPriority::Nice(0).apply_to_current_thread();
     if let Err(e) = subscribe(watched.events.as_raw_fd()) {
         eprintln!("route monitor: cannot listen for route changes: {e}");
         return;
     }
-    for (i, d) in watched.dumps.iter().enumerate() {
-        if let Ok(routes) = dump(d.as_raw_fd(), &mut buf) {
-            let mut g = lock(nodes);
-            g[i].snapshot(&peer_set(&routes, which), Instant::now());
-            // From here `present` is exact.
-            g[i].counted = 0;
-        }
-    }
+    reread_all(watched, which, nodes, &mut buf, false);
     shared.listening.store(true, Ordering::Relaxed);
     read_loop(watched, which, nodes, &shared.stop, &mut buf);
+}
+
+/// Reads every namespace's routes and records what differs; from here `present` is
+/// exact (and `counted` no longer needed). `lost` counts it as a resync: notifications
+/// were lost.
+fn reread_all(
+    watched: &Watched,
+    which: PeerRoutes,
+    nodes: &Mutex<Vec<NodeRoutes>>,
+    buf: &mut [u8],
+    lost: bool,
+) {
+    for (i, d) in watched.dumps.iter().enumerate() {
+        if let Ok(routes) = dump(d.as_raw_fd(), buf) {
+            let mut g = lock(nodes);
+            let n = &mut g[i];
+            n.snapshot(&peer_set(&routes, which), Instant::now());
+            n.counted = 0;
+            n.resyncs += u64::from(lost);
+        }
+    }
 }
 
 /// One pass over the namespaces that do not yet hold every expected peer route.
@@ -792,13 +804,7 @@ fn read_loop(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     // Notifications were lost, from any namespace: read them all again.
-                    for (i, d) in watched.dumps.iter().enumerate() {
-                        if let Ok(routes) = dump(d.as_raw_fd(), buf) {
-                            let mut g = lock(nodes);
-                            g[i].resyncs += 1;
-                            g[i].snapshot(&peer_set(&routes, which), Instant::now());
-                        }
-                    }
+                    reread_all(watched, which, nodes, buf, true);
                 }
                 Err(_) => break,
             }

@@ -248,8 +248,9 @@ pub struct ScaleRun {
     pub agent_stream_errors: u64,
     /// Route notifications lost (and re-read with a dump), summed over nodes.
     pub monitor_resyncs: u64,
-    /// How late the start's route stamps can be (s): the longest time between two
-    /// reads of one namespace's routes while the monitor swept (routemon).
+    /// How late the start's completing route stamps can be (s): the monitor's
+    /// `SweepStats::max_late` (routemon), from a namespace last shown incomplete to
+    /// the dump that found it complete.
     #[serde(default)]
     pub monitor_resolution_s: Option<f64>,
 }
