@@ -33,7 +33,7 @@ use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
 use crate::priority::ThreadPriority;
 use crate::send_batch::TxBatch;
-use crate::sys::{wait_either, RecvBatch, Tap, UdpRx, UdpTx, Wake};
+use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, Wake};
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
 use crate::wire::{VirtioNetHdr, VxlanHeader};
 
@@ -62,6 +62,8 @@ pub struct EngineStatus {
     pub tx_source_ports: Vec<u16>,
     /// The scheduling every engine thread set for itself.
     pub priority: ThreadPriority,
+    /// How long a thread keeps checking for traffic before it sleeps (zero: off).
+    pub busy_poll: Duration,
 }
 
 /// What the engine runs on.
@@ -80,7 +82,16 @@ pub struct EngineConfig {
     pub aqm: Option<CodelConfig>,
     /// The scheduling each thread sets for itself before it handles a packet.
     pub priority: ThreadPriority,
+    /// Busy polling: when its queue runs dry, a thread checks again for up to this
+    /// long (yielding the CPU between checks) before it sleeps. Zero: it sleeps at
+    /// once (the default; see [`MAX_BUSY_POLL`]).
+    pub busy_poll: Duration,
 }
+
+/// The longest busy-polling budget [`Engine::start`] takes: beyond the gap between
+/// the packets of any flow that benefits, a longer budget only spins longer after
+/// the traffic has stopped.
+pub const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
 
 /// The running threads. Dropping it stops them too.
 #[derive(Debug)]
@@ -116,10 +127,17 @@ impl Engine {
             flows,
             aqm,
             priority,
+            busy_poll,
         } = cfg;
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
         };
+        if busy_poll > MAX_BUSY_POLL {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("busy-polling budget {busy_poll:?} is above the {MAX_BUSY_POLL:?} maximum"),
+            ));
+        }
         let status = Arc::new(EngineStatus {
             tap: first.offloads(),
             udp_gro: udp_rx.gro(),
@@ -127,6 +145,7 @@ impl Engine {
             tx_sockets: udp_tx.socket_count(),
             tx_source_ports: udp_tx.local_ports(),
             priority,
+            busy_poll,
         });
         // Each thread sets its scheduling first and says how that went; one that
         // could not goes no further, and the engine does not start.
@@ -162,6 +181,7 @@ impl Engine {
                 flows: FlowTap::new(&flows, i as u64),
                 stop: Arc::clone(&engine.stop),
                 wake: Arc::clone(&engine.wake),
+                busy_poll,
                 status: Arc::clone(&status),
             };
             engine.threads.push(spawn(
@@ -177,6 +197,7 @@ impl Engine {
             flows: FlowTap::new(&flows, u64::MAX),
             stop: Arc::clone(&engine.stop),
             wake: Arc::clone(&engine.wake),
+            busy_poll,
             aqm: IngressAqm::new(aqm),
         };
         engine.threads.push(spawn(
@@ -251,11 +272,49 @@ impl RateLimitedLog {
     }
 }
 
-/// Sleeps until `fd` is readable or the engine stops — no timeout: an idle thread
-/// costs nothing until traffic comes.
-fn idle(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake, log: &mut RateLimitedLog) {
+/// Waits until `fd` is readable or the engine stops. With a busy-polling budget it
+/// first checks again for up to `busy_poll`, yielding the CPU between checks, so
+/// traffic that comes back within it finds the thread awake (no wake-up, no halted
+/// CPU to rouse). Then it sleeps with no timeout: an idle thread costs nothing until
+/// traffic comes.
+fn idle(
+    fd: std::os::fd::BorrowedFd<'_>,
+    wake: &Wake,
+    busy_poll: Duration,
+    log: &mut RateLimitedLog,
+) {
+    if !busy_poll.is_zero() && spin_until_ready(fd, wake, busy_poll, log) {
+        return;
+    }
     if let Err(e) = wait_either(fd, wake) {
         back_off(&e, log);
+    }
+}
+
+/// Checks `fd` and `wake` until either is readable (true) or `budget` has passed
+/// (false), yielding the CPU between checks so that runnable work on this CPU goes
+/// first. An error is logged and paused on, and returns true: the caller's next
+/// read meets it again.
+fn spin_until_ready(
+    fd: std::os::fd::BorrowedFd<'_>,
+    wake: &Wake,
+    budget: Duration,
+    log: &mut RateLimitedLog,
+) -> bool {
+    let until = Instant::now() + budget;
+    loop {
+        match ready_either(fd, wake) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                back_off(&e, log);
+                return true;
+            }
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -319,6 +378,7 @@ struct EgressWorker {
     flows: FlowTap,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
+    busy_poll: Duration,
     status: Arc<EngineStatus>,
 }
 
@@ -402,7 +462,7 @@ impl EgressWorker {
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.reload();
-                    idle(self.tap.as_fd(), &self.wake, &mut log);
+                    idle(self.tap.as_fd(), &self.wake, self.busy_poll, &mut log);
                     // The table may have changed while this thread slept (a peer added
                     // right before the frame that woke it): take it again.
                     view.reload();
@@ -509,6 +569,7 @@ struct IngressWorker {
     flows: FlowTap,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
+    busy_poll: Duration,
     aqm: IngressAqm,
 }
 
@@ -620,7 +681,7 @@ impl IngressWorker {
                     self.counters.publish(&mut counts);
                     self.flows.publish();
                     view.reload();
-                    idle(self.udp.as_fd(), &self.wake, &mut log);
+                    idle(self.udp.as_fd(), &self.wake, self.busy_poll, &mut log);
                     // As on egress: the first datagram after a sleep sees the table as it
                     // is now, not as it was when the thread went idle.
                     view.reload();
@@ -1144,6 +1205,7 @@ mod tests {
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
             priority: Default::default(),
+            busy_poll: Duration::ZERO,
         };
         (cfg, peers)
     }
@@ -1212,6 +1274,79 @@ mod tests {
             "{err}"
         );
         assert_eq!(Arc::strong_count(&counters), 1, "a worker still runs");
+    }
+
+    /// Busy polling returns as soon as there is something to read, or the engine is
+    /// stopping, and gives up after its budget. (A 60 s budget that is not cut short
+    /// fails the assertion, after a minute, rather than passing.)
+    #[test]
+    fn busy_polling_ends_on_traffic_on_a_stop_or_after_its_budget() {
+        let long = Duration::from_secs(60);
+        let mut log = RateLimitedLog::new("test");
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let wake = Wake::new().unwrap();
+
+        // Nothing comes: false once the budget has passed.
+        let t = Instant::now();
+        assert!(!spin_until_ready(
+            ours.as_fd(),
+            &wake,
+            Duration::from_millis(5),
+            &mut log
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(5));
+
+        // Already there.
+        theirs.send(b"frame").unwrap();
+        assert!(spin_until_ready(ours.as_fd(), &wake, long, &mut log));
+        let mut buf = [0u8; 16];
+        assert_eq!(ours.recv(&mut buf).unwrap(), 5);
+
+        // Comes while the thread polls.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            theirs.send(b"later").unwrap();
+            theirs
+        });
+        assert!(spin_until_ready(ours.as_fd(), &wake, long, &mut log));
+        let _theirs = sender.join().unwrap();
+
+        // A stop (the wake eventfd) ends it with nothing to read.
+        assert_eq!(ours.recv(&mut buf).unwrap(), 5);
+        wake.signal().unwrap();
+        assert!(spin_until_ready(ours.as_fd(), &wake, long, &mut log));
+    }
+
+    /// An engine that busy-polls forwards what comes while it polls and after it has
+    /// gone back to sleep, and stops at once (the stop does not wait out a budget).
+    #[test]
+    fn a_busy_polling_engine_forwards_and_stops() {
+        let counters = Arc::new(Counters::default());
+        let (mut cfg, peers) = test_config(1, &counters);
+        cfg.busy_poll = Duration::from_millis(30);
+        let engine = Engine::start(cfg).unwrap();
+        assert_eq!(engine.status().busy_poll, Duration::from_millis(30));
+        let frame = egress_frame(40_000);
+        // Gaps inside the budget (caught while polling) and beyond it (asleep).
+        for (i, gap_ms) in [0u64, 5, 5, 80, 5, 80].into_iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(gap_ms));
+            peers[0].send(&frame).unwrap();
+            let t = Instant::now();
+            while counters.snapshot().tap_frames_read < i as u64 + 1 {
+                assert!(t.elapsed() < Duration::from_secs(10), "frame {i} not read");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        engine.stop();
+        assert_eq!(Arc::strong_count(&counters), 1, "a worker still runs");
+
+        // A budget above the maximum is refused before any thread starts.
+        let (mut cfg, _peers) = test_config(1, &counters);
+        cfg.busy_poll = MAX_BUSY_POLL + Duration::from_millis(1);
+        let err = Engine::start(cfg).expect_err("too long a budget");
+        assert!(err.to_string().contains("busy-polling budget"), "{err}");
+        assert_eq!(Arc::strong_count(&counters), 1);
     }
 
     /// A 1,400-byte IPv4/TCP frame from pod `10.244.1.2:<sport>` to a pod behind the
@@ -1292,6 +1427,7 @@ mod tests {
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
             priority: Default::default(),
+            busy_poll: Duration::ZERO,
         })
         .unwrap();
         let theirs = Arc::new(theirs);

@@ -121,6 +121,7 @@ fn start_node(
         flows: Arc::clone(&flows),
         aqm: None,
         priority: Default::default(),
+        busy_poll: Duration::ZERO,
     })
     .unwrap();
     Node {

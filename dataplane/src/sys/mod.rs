@@ -80,6 +80,19 @@ impl Wake {
 /// `poll(2)` until `fd` or `wake` is readable, without a timeout. Returns on a
 /// signal too (`EINTR`); the caller loops.
 pub fn wait_either(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake) -> io::Result<()> {
+    poll_either(fd, wake, -1).map(|_| ())
+}
+
+/// Whether `fd` or `wake` is readable now: `poll(2)` with a zero timeout, for a
+/// thread that checks again before it sleeps (`--busy-poll`). A signal (`EINTR`)
+/// reads as "not yet".
+pub fn ready_either(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake) -> io::Result<bool> {
+    poll_either(fd, wake, 0)
+}
+
+/// `poll(2)` on `fd` and `wake` for `timeout_ms` (-1: no timeout); whether either is
+/// readable.
+fn poll_either(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake, timeout_ms: i32) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut pfds = [
         libc::pollfd {
@@ -94,12 +107,13 @@ pub fn wait_either(fd: std::os::fd::BorrowedFd<'_>, wake: &Wake) -> io::Result<(
         },
     ];
     // SAFETY: `pfds` is a valid array of two pollfds for the duration of the call.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok(false);
     }
-    Ok(())
+    Ok(n > 0)
 }
