@@ -99,6 +99,8 @@ pub struct AgentOptions {
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     /// How the userspace dataplane's threads are scheduled.
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
+    /// `--busy-poll` (zero: off).
+    pub busy_poll: std::time::Duration,
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
@@ -807,6 +809,7 @@ pub async fn run_with(
         tap_queues: opts.tap_queues,
         aqm: opts.aqm,
         engine_priority: opts.engine_priority,
+        busy_poll: opts.busy_poll,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
         ipv6: public_ipv6

@@ -133,6 +133,7 @@ const SPECS: &[Spec] = &[
     spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
+    spec!("busy-poll", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic this long (1us to 1s) before it sleeps, so a reply or the next request that comes within it finds the thread awake; each thread then spends up to a CPU while traffic arrives at gaps shorter than the budget, nothing once it stops (docs/decisions/0021)"),
     spec!("no-offloads", Bool, Vxmesh, "", "false", "disable TAP/UDP offloads (debugging; much slower)"),
     spec!("log-format", Value, Vxmesh, "text|json", "text", "log format"),
     spec!("v", Value, Flanneld, "LEVEL", "0", "flanneld's (klog) verbosity: 0 info, 1-4 debug, 5+ trace; RUST_LOG overrides"),
@@ -268,6 +269,8 @@ pub struct DaemonFlags {
     pub aqm: Option<CodelConfig>,
     /// `--engine-priority`.
     pub engine_priority: ThreadPriority,
+    /// `--busy-poll`: zero when off.
+    pub busy_poll: Duration,
     pub offloads: bool,
     pub log_format: LogFormat,
     /// klog's `-v`.
@@ -360,6 +363,14 @@ impl DaemonFlags {
             None => push("aqm-target", "off".into()),
         }
         push("engine-priority", self.engine_priority.to_string());
+        push(
+            "busy-poll",
+            if self.busy_poll.is_zero() {
+                "off".into()
+            } else {
+                format_short_ns(u64::try_from(self.busy_poll.as_nanos()).unwrap_or(u64::MAX))
+            },
+        );
         push("no-offloads", (!self.offloads).to_string());
         push(
             "log-format",
@@ -812,6 +823,18 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
             "--engine-priority {engine_priority} has no effect with --dataplane kernel (the kernel forwards in its own context)"
         ));
     }
+    let busy_poll = r
+        .typed("busy-poll", |s| match s.trim() {
+            "off" | "0" => Ok(Duration::ZERO),
+            s => parse_short_ns(s, 1_000, 1_000_000_000).map(Duration::from_nanos),
+        })?
+        .map_or(Duration::ZERO, |(d, _)| d);
+    if !busy_poll.is_zero() && dataplane == DataplaneKind::Kernel {
+        notes.push(
+            "--busy-poll has no effect with --dataplane kernel (the kernel forwards in its own context)"
+                .into(),
+        );
+    }
     let log_format = r
         .typed("log-format", |s| match s {
             "text" => Ok(LogFormat::Text),
@@ -843,6 +866,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         tap_queues,
         aqm,
         engine_priority,
+        busy_poll,
         offloads: !r.bool("no-offloads", false)?,
         log_format,
         verbosity,
@@ -1006,6 +1030,7 @@ mod tests {
                 "--tap-queues=1",
                 "--aqm-target=off",
                 "--engine-priority=normal",
+                "--busy-poll=off",
                 "--no-offloads=false",
                 "--log-format=text",
                 "--v=0",
@@ -1120,6 +1145,41 @@ mod tests {
                 e.contains("--engine-priority") && e.contains("use normal, nice:"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn busy_poll_flag() {
+        let budget = |args: &[&str], e: &[(&str, &str)]| run(args, e).busy_poll;
+        // Off unless asked for (decision 0021).
+        assert_eq!(budget(&[], &[]), Duration::ZERO);
+        assert_eq!(budget(&["--busy-poll=off"], &[]), Duration::ZERO);
+        assert_eq!(budget(&["--busy-poll", "0"], &[]), Duration::ZERO);
+        assert_eq!(
+            budget(&["--busy-poll=200us"], &[]),
+            Duration::from_micros(200)
+        );
+        assert_eq!(
+            budget(&["-busy-poll", "20ms"], &[]),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            budget(&[], &[("VXMESHD_BUSY_POLL", "1s")]),
+            Duration::from_secs(1)
+        );
+        assert_eq!(diff(&run(&["--busy-poll=50us"], &[])), ["--busy-poll=50us"]);
+        let f = run(&["--dataplane=kernel", "--busy-poll=1ms"], &[]);
+        assert!(
+            f.notes
+                .iter()
+                .any(|n| n.contains("--busy-poll has no effect")),
+            "{:?}",
+            f.notes
+        );
+        assert!(run(&["--busy-poll=1ms"], &[]).notes.is_empty());
+        for bad in ["2s", "500ns", "1", "fast", "-1ms"] {
+            let e = err(&["--busy-poll", bad], &[]).to_string();
+            assert!(e.contains("--busy-poll"), "{bad}: {e}");
         }
     }
 

@@ -70,6 +70,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "tx_sockets": e.tx_sockets,
             "tx_source_ports": e.tx_source_ports,
             "engine_priority": e.priority.to_string(),
+            "busy_poll_us": u64::try_from(e.busy_poll.as_micros()).unwrap_or(u64::MAX),
         })
     });
     serde_json::json!({

@@ -142,6 +142,7 @@ fn setup(index: u32) -> DataplaneSetup {
         tap_queues: 1,
         aqm: None,
         engine_priority: Default::default(),
+        busy_poll: Default::default(),
         network: "10.244.0.0/16".parse().unwrap(),
         direct_routing: false,
         ipv6: None,

@@ -136,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             offloads: f.offloads,
             aqm: f.aqm,
             engine_priority: f.engine_priority,
+            busy_poll: f.busy_poll,
             ip_masq: f.ip_masq,
             masq_random_fully: f.masq_random_fully,
             vxlan_notrack: f.vxlan_notrack,

@@ -84,6 +84,8 @@ pub struct DataplaneSetup {
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     /// Userspace: how the packet threads are scheduled (`--engine-priority`).
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
+    /// Userspace: the packet threads' busy-polling budget (`--busy-poll`; zero: off).
+    pub busy_poll: std::time::Duration,
     /// The cluster Network (DirectRouting routes are pruned only inside it).
     pub network: Subnet,
     /// `Backend.DirectRouting`.

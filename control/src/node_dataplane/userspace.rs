@@ -311,6 +311,7 @@ impl Userspace {
             flows: Arc::clone(&state.flows),
             aqm,
             priority: s.engine_priority,
+            busy_poll: s.busy_poll,
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -322,6 +323,7 @@ impl Userspace {
             tx_source_ports = ?st.tx_source_ports,
             aqm = %aqm_desc,
             priority = %st.priority,
+            busy_poll_us = st.busy_poll.as_micros(),
             "userspace dataplane running"
         );
         state.event(
