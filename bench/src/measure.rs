@@ -16,8 +16,9 @@ use crate::cpu::{self, MachineTicks};
 use crate::parse::{self, TcpResult, UdpResult};
 use crate::proc::{ns_output, run_bounded, Daemon};
 use crate::report::{
-    CPU_AGENTS, CPU_MACHINE, RTT_LOADED_MEDIAN, RTT_LOADED_P99, RTT_MEDIAN, RTT_P99, TCP1_AB,
-    TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS, UDP64_LOSS,
+    CPU_AGENTS, CPU_MACHINE, PING_CPU_AGENTS, PING_CPU_MACHINE, RTT_LOADED_MEDIAN, RTT_LOADED_P99,
+    RTT_MEDIAN, RTT_P99, RTT_RR_MEDIAN, RTT_RR_P99, TCP1_AB, TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS,
+    UDP64_LOSS,
 };
 use crate::stats::{median, percentile};
 use crate::stop;
@@ -136,16 +137,49 @@ pub fn measure_all(
     }
 
     stop::check()?;
-    let p = ping_test(topo, plan, &raw.path("ping", "txt")).context("ping")?;
+    let (p, cpu) = ping_test(topo, plan, &raw.path("ping", "txt")).context("ping")?;
     out.metrics.insert(RTT_MEDIAN.into(), p.median_us);
     out.metrics.insert(RTT_P99.into(), p.p99_us);
+    let mut d = json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us,
+                       "p99_us": p.p99_us, "min_us": p.min_us, "max_us": p.max_us});
+    let mut cpu_note = String::new();
+    if let Some(c) = cpu.filter(|c| c.window_s > 0.0) {
+        let machine = c.machine_busy_s / c.window_s;
+        out.metrics.insert(PING_CPU_MACHINE.into(), machine);
+        d["machine_cpu_cores_busy"] = json!(machine);
+        cpu_note = format!("; machine {machine:.3} CPUs busy");
+        if let Some(a) = c.agents_s {
+            let agents = a / c.window_s;
+            out.metrics.insert(PING_CPU_AGENTS.into(), agents);
+            d["agents_cpu_cores_busy"] = json!(agents);
+            cpu_note.push_str(&format!(", vxmeshd {agents:.3}"));
+        }
+    }
+    out.details.insert("ping".into(), d);
+    log(&format!(
+        "ping: median {:.0} µs, p99 {:.0} µs ({} of {} replies){cpu_note}",
+        p.median_us, p.p99_us, p.replies, p.sent
+    ));
+    topo.ensure_daemons()?;
+
+    stop::check()?;
+    let rr_count = plan.pings.saturating_mul(5);
+    let p = ping_run(
+        topo,
+        rr_count,
+        Pace::BackToBack,
+        &raw.path("ping-rr", "txt"),
+    )
+    .context("ping back to back")?;
+    out.metrics.insert(RTT_RR_MEDIAN.into(), p.median_us);
+    out.metrics.insert(RTT_RR_P99.into(), p.p99_us);
     out.details.insert(
-        "ping".into(),
-        json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us, "p99_us": p.p99_us,
-               "min_us": p.min_us, "max_us": p.max_us}),
+        "ping_back_to_back".into(),
+        json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us,
+               "p99_us": p.p99_us, "min_us": p.min_us, "max_us": p.max_us}),
     );
     log(&format!(
-        "ping: median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
+        "ping back to back (-A): median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
         p.median_us, p.p99_us, p.replies, p.sent
     ));
     topo.ensure_daemons()?;
@@ -376,23 +410,49 @@ fn sample_cpu(
     if !wait(skip) {
         return None;
     }
-    let (t0, m0, a0) = (Instant::now(), cpu::machine().ok()?, agents_ticks(pids));
+    let start = CpuMark::now(pids)?;
     if !wait(len) {
         return None;
     }
-    let (t1, m1, a1) = (Instant::now(), cpu::machine().ok()?, agents_ticks(pids));
-    let hz = cpu::clk_tck();
-    let d: MachineTicks = m1.since(&m0);
-    Some(CpuWindow {
-        window_s: (t1 - t0).as_secs_f64(),
-        machine_busy_s: d.busy as f64 / hz,
-        machine_softirq_s: d.softirq as f64 / hz,
-        agents_s: if pids.is_empty() {
-            None
-        } else {
-            a0.zip(a1).map(|(a, b)| b.saturating_sub(a) as f64 / hz)
-        },
-    })
+    Some(start.window_to(&CpuMark::now(pids)?))
+}
+
+/// The counters a [`CpuWindow`] is the difference of, read at one moment.
+struct CpuMark {
+    at: Instant,
+    machine: MachineTicks,
+    /// The agents' ticks; `None` without agents or when one could not be read.
+    agents: Option<u64>,
+    with_agents: bool,
+}
+
+impl CpuMark {
+    fn now(pids: &[u32]) -> Option<CpuMark> {
+        Some(CpuMark {
+            at: Instant::now(),
+            machine: cpu::machine().ok()?,
+            agents: agents_ticks(pids),
+            with_agents: !pids.is_empty(),
+        })
+    }
+
+    /// What was spent from this mark to `later`.
+    fn window_to(&self, later: &CpuMark) -> CpuWindow {
+        let hz = cpu::clk_tck();
+        let d: MachineTicks = later.machine.since(&self.machine);
+        CpuWindow {
+            window_s: (later.at - self.at).as_secs_f64(),
+            machine_busy_s: d.busy as f64 / hz,
+            machine_softirq_s: d.softirq as f64 / hz,
+            agents_s: if self.with_agents {
+                self.agents
+                    .zip(later.agents)
+                    .map(|(a, b)| b.saturating_sub(a) as f64 / hz)
+            } else {
+                None
+            },
+        }
+    }
 }
 
 /// One iperf3 TCP test from pod A to pod B (`reverse`: B sends), raw JSON
@@ -496,13 +556,24 @@ struct PingResult {
 }
 
 /// `plan.pings` echo requests at `plan.ping_interval_ms` from pod A to pod B,
-/// after a 3-ping warm-up; raw output kept.
-fn ping_test(topo: &Topology, plan: &Plan, raw: &Path) -> anyhow::Result<PingResult> {
+/// after a 3-ping warm-up; raw output kept. With the CPU the machine and the agents
+/// spent while the pings ran (`None` when /proc could not be read).
+fn ping_test(
+    topo: &Topology,
+    plan: &Plan,
+    raw: &Path,
+) -> anyhow::Result<(PingResult, Option<CpuWindow>)> {
     let ip = topo.pod_b.ip.to_string();
     let mut warm = topo.pod_a.ns.command("ping");
     warm.args(["-c", "3", "-i", "0.2", "-W", "1", &ip]);
     let _ = run_bounded(warm, Duration::from_secs(10))?;
-    ping_run(topo, plan.pings, plan.ping_interval_ms, raw)
+    let pids = topo.agent_pids();
+    let before = CpuMark::now(&pids);
+    let p = ping_run(topo, plan.pings, Pace::Every(plan.ping_interval_ms), raw)?;
+    let window = before
+        .zip(CpuMark::now(&pids))
+        .map(|(a, b)| a.window_to(&b));
+    Ok((p, window))
 }
 
 /// How many pings fit in a loaded test of `tcp_seconds` (after the omitted seconds):
@@ -539,27 +610,37 @@ fn loaded_ping_test(
             if done.load(Ordering::Relaxed) {
                 bail!("iperf3 ended before the pings could start");
             }
-            ping_run(topo, count, plan.ping_interval_ms, &ping_raw)
+            ping_run(topo, count, Pace::Every(plan.ping_interval_ms), &ping_raw)
         },
     )?;
     Ok((tcp.received_bps / 1e9, ping?))
 }
 
-/// `count` echo requests at `interval_ms` from pod A to pod B; raw output kept.
-fn ping_run(
-    topo: &Topology,
-    count: u32,
-    interval_ms: u32,
-    raw: &Path,
-) -> anyhow::Result<PingResult> {
+/// When `ping` sends its requests.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// One every so many milliseconds (`-i`).
+    Every(u32),
+    /// The next as soon as the reply is in (`-A`, as root).
+    BackToBack,
+}
+
+/// `count` echo requests from pod A to pod B at `pace`; raw output kept.
+fn ping_run(topo: &Topology, count: u32, pace: Pace, raw: &Path) -> anyhow::Result<PingResult> {
     let ip = topo.pod_b.ip.to_string();
-    let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
-    let deadline_s = u64::from(count) * u64::from(interval_ms) / 1000 + 5;
+    let (pace_args, deadline_s) = match pace {
+        Pace::Every(ms) => (
+            vec!["-i".to_string(), format!("{:.3}", f64::from(ms) / 1000.0)],
+            u64::from(count) * u64::from(ms) / 1000 + 5,
+        ),
+        // A lost reply holds the next request for up to -W's second.
+        Pace::BackToBack => (vec!["-A".to_string()], u64::from(count) / 1000 + 20),
+    };
     let (count_s, deadline) = (count.to_string(), deadline_s.to_string());
     let mut cmd = topo.pod_a.ns.command("ping");
-    cmd.args([
-        "-c", &count_s, "-i", &interval, "-W", "1", "-w", &deadline, &ip,
-    ]);
+    cmd.args(["-c", &count_s]);
+    cmd.args(&pace_args);
+    cmd.args(["-W", "1", "-w", &deadline, &ip]);
     let f = run_bounded(cmd, Duration::from_secs(deadline_s + 10))?;
     std::fs::write(raw, &f.stdout)?;
     let (rtts, sent) = parse::ping(&f.stdout);

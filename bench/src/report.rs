@@ -135,6 +135,11 @@ pub const TCP8_AB: &str = "tcp8_ab_gbps";
 pub const TCP8_BA: &str = "tcp8_ba_gbps";
 pub const RTT_MEDIAN: &str = "rtt_median_us";
 pub const RTT_P99: &str = "rtt_p99_us";
+/// Pings back to back (`ping -A`: the next request as soon as the reply is in), a
+/// request/response chain: each packet finds the threads it needs as the last
+/// reply left them.
+pub const RTT_RR_MEDIAN: &str = "rtt_rr_median_us";
+pub const RTT_RR_P99: &str = "rtt_rr_p99_us";
 /// Ping while 8 TCP streams run from pod A to pod B (issue 15's latency under load).
 pub const RTT_LOADED_MEDIAN: &str = "rtt_loaded_median_us";
 pub const RTT_LOADED_P99: &str = "rtt_loaded_p99_us";
@@ -142,6 +147,10 @@ pub const UDP64_KPPS: &str = "udp64_kpps";
 pub const UDP64_LOSS: &str = "udp64_loss_pct";
 pub const CPU_MACHINE: &str = "cpu_machine_s_per_gb";
 pub const CPU_AGENTS: &str = "cpu_agents_s_per_gb";
+/// CPU busy while the idle ping runs (one request every 10 ms): what light traffic
+/// costs, and what `--busy-poll` spends.
+pub const PING_CPU_MACHINE: &str = "ping_cpu_machine_cores";
+pub const PING_CPU_AGENTS: &str = "ping_cpu_agents_cores";
 
 /// Every metric, in table order.
 pub const METRICS: &[MetricDef] = &[
@@ -182,6 +191,18 @@ pub const METRICS: &[MetricDef] = &[
         higher_is_better: false,
     },
     MetricDef {
+        key: RTT_RR_MEDIAN,
+        label: "ping RTT median, back to back (ping -A)",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: RTT_RR_P99,
+        label: "ping RTT p99, back to back (ping -A)",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    MetricDef {
         key: RTT_LOADED_MEDIAN,
         label: "ping RTT median under load (8 TCP streams A→B)",
         unit: "µs",
@@ -215,6 +236,18 @@ pub const METRICS: &[MetricDef] = &[
         key: CPU_AGENTS,
         label: "vxmeshd CPU per GB (TCP tests)",
         unit: "CPU-s/GB",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: PING_CPU_MACHINE,
+        label: "machine CPU busy during the ping test",
+        unit: "CPUs",
+        higher_is_better: false,
+    },
+    MetricDef {
+        key: PING_CPU_AGENTS,
+        label: "vxmeshd CPU busy during the ping test",
+        unit: "CPUs",
         higher_is_better: false,
     },
 ];
