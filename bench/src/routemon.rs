@@ -194,6 +194,9 @@ pub struct NodeRoutes {
     pub present: HashMap<Ipv4Addr, Instant>,
     /// Peer routes deleted, with when.
     pub removed: HashMap<Ipv4Addr, Instant>,
+    /// How many times a present route went away: unchanged since a reading, the routes
+    /// that reading found are all still there.
+    pub removals: u64,
     /// Notifications read (adds and deletes of peer routes).
     pub events: u64,
     /// Times notifications were lost and the routes were read again.
@@ -214,6 +217,7 @@ impl NodeRoutes {
             self.removed.remove(&c.dst);
         } else if self.present.remove(&c.dst).is_some() {
             self.removed.insert(c.dst, at);
+            self.removals += 1;
         }
     }
 
@@ -233,6 +237,7 @@ impl NodeRoutes {
         for dst in gone {
             self.present.remove(&dst);
             self.removed.insert(dst, at);
+            self.removals += 1;
         }
     }
 }
@@ -959,6 +964,10 @@ mod tests {
         assert!(n.present.is_empty());
         assert_eq!(n.removed[&add.dst], t0 + Duration::from_secs(2));
         assert_eq!(n.events, 3);
+        assert_eq!(n.removals, 1);
+        // Deleting what is not there removes nothing.
+        n.apply(&del, t0 + Duration::from_secs(3));
+        assert_eq!(n.removals, 1);
     }
 
     #[test]
@@ -975,8 +984,12 @@ mod tests {
         n.snapshot(&HashSet::from([b, c]), t1);
         assert_eq!(n.present, HashMap::from([(b, t0), (c, t1)]));
         assert_eq!(n.removed, HashMap::from([(a, t1)]));
+        assert_eq!(n.removals, 1);
         // A snapshot is not a notification.
         assert_eq!(n.events, 0);
+        // The same reading again: nothing went away.
+        n.snapshot(&HashSet::from([b, c]), t1);
+        assert_eq!(n.removals, 1);
     }
 
     /// `/proc/net/fib_triestat` of a namespace holding 999 routes via distinct

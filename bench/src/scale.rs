@@ -888,6 +888,10 @@ fn converge(
     let mut prev = etcd0.clone().map(|c| (t_etcd0, c));
     let mut subnets: HashMap<usize, Ipv4Addr> = HashMap::new();
     let mut complete_at: HashMap<usize, Instant> = HashMap::new();
+    // Nodes found complete, with their monitor's removal count then: while it has not
+    // moved they still are, without looking through their N routes again (that look,
+    // for every node every 100 ms, was the harness's own O(N²)).
+    let mut still_complete: HashMap<usize, u64> = HashMap::new();
     let mut ready_at: Option<Instant> = None;
     let mut ready: std::collections::HashSet<usize> = std::collections::HashSet::new();
     let deadline = last + timeout;
@@ -911,11 +915,13 @@ fn converge(
                 let n = &nodes[i];
                 // While the monitor sweeps, `present` lags its count.
                 routes += n.present.len().max(n.counted);
-                let done = all_known
-                    && live.iter().all(|j| {
-                        *j == i || subnets.get(j).is_some_and(|s| n.present.contains_key(s))
-                    });
+                let done = still_complete.get(&i) == Some(&n.removals)
+                    || (all_known
+                        && live.iter().all(|j| {
+                            *j == i || subnets.get(j).is_some_and(|s| n.present.contains_key(s))
+                        }));
                 if done {
+                    still_complete.insert(i, n.removals);
                     complete += 1;
                     complete_at.entry(i).or_insert_with(|| {
                         // When its last needed route arrived.
