@@ -140,8 +140,7 @@ pub fn measure_all(
     let (p, cpu) = ping_test(topo, plan, &raw.path("ping", "txt")).context("ping")?;
     out.metrics.insert(RTT_MEDIAN.into(), p.median_us);
     out.metrics.insert(RTT_P99.into(), p.p99_us);
-    let mut d = json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us,
-                       "p99_us": p.p99_us, "min_us": p.min_us, "max_us": p.max_us});
+    let mut d = p.to_json();
     let mut cpu_note = String::new();
     if let Some(c) = cpu.filter(|c| c.window_s > 0.0) {
         let machine = c.machine_busy_s / c.window_s;
@@ -173,11 +172,7 @@ pub fn measure_all(
     .context("ping back to back")?;
     out.metrics.insert(RTT_RR_MEDIAN.into(), p.median_us);
     out.metrics.insert(RTT_RR_P99.into(), p.p99_us);
-    out.details.insert(
-        "ping_back_to_back".into(),
-        json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us,
-               "p99_us": p.p99_us, "min_us": p.min_us, "max_us": p.max_us}),
-    );
+    out.details.insert("ping_back_to_back".into(), p.to_json());
     log(&format!(
         "ping back to back (-A): median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
         p.median_us, p.p99_us, p.replies, p.sent
@@ -191,12 +186,13 @@ pub fn measure_all(
         Ok((gbps, p)) => {
             out.metrics.insert(RTT_LOADED_MEDIAN.into(), p.median_us);
             out.metrics.insert(RTT_LOADED_P99.into(), p.p99_us);
-            out.details.insert(
-                "ping_under_load".into(),
-                json!({"replies": p.replies, "sent": p.sent, "median_us": p.median_us,
-                       "p99_us": p.p99_us, "min_us": p.min_us, "max_us": p.max_us,
-                       "streams": 8, "direction": "A→B", "tcp_gbps": gbps}),
-            );
+            out.details.insert("ping_under_load".into(), {
+                let mut d = p.to_json();
+                d["streams"] = json!(8);
+                d["direction"] = json!("A→B");
+                d["tcp_gbps"] = json!(gbps);
+                d
+            });
             log(&format!(
                 "ping under 8 TCP streams A→B ({gbps:.2} Gbit/s): median {:.0} µs, p99 {:.0} µs ({} of {} replies)",
                 p.median_us, p.p99_us, p.replies, p.sent
@@ -423,7 +419,6 @@ struct CpuMark {
     machine: MachineTicks,
     /// The agents' ticks; `None` without agents or when one could not be read.
     agents: Option<u64>,
-    with_agents: bool,
 }
 
 impl CpuMark {
@@ -431,8 +426,11 @@ impl CpuMark {
         Some(CpuMark {
             at: Instant::now(),
             machine: cpu::machine().ok()?,
-            agents: agents_ticks(pids),
-            with_agents: !pids.is_empty(),
+            agents: if pids.is_empty() {
+                None
+            } else {
+                agents_ticks(pids)
+            },
         })
     }
 
@@ -444,13 +442,10 @@ impl CpuMark {
             window_s: (later.at - self.at).as_secs_f64(),
             machine_busy_s: d.busy as f64 / hz,
             machine_softirq_s: d.softirq as f64 / hz,
-            agents_s: if self.with_agents {
-                self.agents
-                    .zip(later.agents)
-                    .map(|(a, b)| b.saturating_sub(a) as f64 / hz)
-            } else {
-                None
-            },
+            agents_s: self
+                .agents
+                .zip(later.agents)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / hz),
         }
     }
 }
@@ -553,6 +548,14 @@ struct PingResult {
     p99_us: f64,
     min_us: f64,
     max_us: f64,
+}
+
+impl PingResult {
+    /// The run's figures as the results' details hold them.
+    fn to_json(&self) -> Value {
+        json!({"replies": self.replies, "sent": self.sent, "median_us": self.median_us,
+               "p99_us": self.p99_us, "min_us": self.min_us, "max_us": self.max_us})
+    }
 }
 
 /// `plan.pings` echo requests at `plan.ping_interval_ms` from pod A to pod B,
