@@ -1,36 +1,63 @@
 #!/usr/bin/env bash
-# Proves the README's install step on a clean OS: on a minimal Debian 12 (bookworm) root
-# filesystem made by debootstrap from the apt sources this machine already uses, with nothing
-# added but the Rust toolchain (bind-mounted read-only) and a clean clone of one commit, it runs
+# Proves the README's install step on a clean OS: on a minimal root filesystem of a Debian or
+# Ubuntu release made by debootstrap (Debian 12 "bookworm" by default), with nothing added but the
+# Rust toolchain (bind-mounted read-only) and a clean clone of one commit, it runs
 #   scripts/install-deps.sh                                  (as the README's user does)
 #   cargo fetch --locked                                     (crates over the network, with the machine's CA)
 #   cargo build --release --locked --workspace --bins
 #   cargo test --workspace --locked                          (offline, in a private network namespace;
 #                                                             tests that need root or etcd are #[ignore]d)
-# and prints what it proved and how long each step took. scripts/test.sh runs it as a stage.
+# and prints what it proved and how long each step took. scripts/test.sh runs it as a stage, once
+# per release it proves (VXMESH_CLEAN_OS_SUITES there).
 #
 # Usage (as root):  scripts/clean-os.sh [REV]     REV: the commit to prove (default HEAD); uncommitted
 #                                                  changes are never part of the proof (a clean clone)
-# The root filesystem is built once and cached in $VXMESH_CLEAN_OS_CACHE (/var/cache/vxmesh-clean-os),
-# with a stamp holding a hash of its inputs (suite, mirror, sources, variant, the recipe below); it
-# is rebuilt when they change, or with VXMESH_CLEAN_OS_REBUILD=1. Downloaded .deb files are kept
-# in the cache too (apt checks them against the freshly downloaded, signed indexes); crates are
-# downloaded anew on every run. Each run works on an overlay of the cached rootfs inside private
-# mount and PID namespaces: nothing stays mounted or running afterwards, and the cache is not changed.
+# The root filesystem is built once per suite and cached in $VXMESH_CLEAN_OS_CACHE/<suite>
+# (/var/cache/vxmesh-clean-os/bookworm, ...), with a stamp holding a hash of its inputs (suite,
+# mirror, sources, variant, the recipe below); it is rebuilt when they change, or with
+# VXMESH_CLEAN_OS_REBUILD=1. Downloaded .deb files are kept in the cache too (apt checks them
+# against the freshly downloaded, signed indexes); crates are downloaded anew on every run. Each
+# run works on an overlay of the cached rootfs inside private mount and PID namespaces: nothing
+# stays mounted or running afterwards, and the cache is not changed.
 #
-# Knobs: VXMESH_CLEAN_OS_SUITE (bookworm), VXMESH_CLEAN_OS_MIRROR (default: the URI serving that
-# suite in /etc/apt/sources.list{,.d}), VXMESH_CLEAN_OS_COMPONENTS (the host's, else main),
-# VXMESH_CLEAN_OS_KEYRING (debootstrap --keyring, for another distribution's archive),
+# Suites (VXMESH_CLEAN_OS_SUITE, default bookworm): a Debian one (bookworm, trixie, forky, sid) or
+# an Ubuntu one (jammy, noble, and later). When this machine's apt sources serve the suite, its
+# mirror and components are used; otherwise Debian's from deb.debian.org (main; -updates and
+# -security as a fresh install has them) and Ubuntu's from archive.ubuntu.com (main restricted
+# universe multiverse, as Ubuntu's installer enables them; -security from security.ubuntu.com),
+# checked with ubuntu-keyring's key (installed here if missing). An Ubuntu release newer than
+# this machine's debootstrap scripts is made with the "gutsy" script, which every Ubuntu script
+# since 7.10 is a link to.
+#
+# Knobs: VXMESH_CLEAN_OS_SUITE (bookworm), VXMESH_CLEAN_OS_MIRROR (default: above),
+# VXMESH_CLEAN_OS_COMPONENTS (default: above), VXMESH_CLEAN_OS_KEYRING (debootstrap --keyring),
+# VXMESH_CLEAN_OS_DEPTH (full: every step above; build: no unit tests, for the second and later
+# suites of one run, whose risk is the package list and the build),
 # VXMESH_CLEAN_OS_KEEP=1 (keep the run directory, for a look inside).
 set -euo pipefail
 
 SUITE=${VXMESH_CLEAN_OS_SUITE:-bookworm}
-CACHE=${VXMESH_CLEAN_OS_CACHE:-/var/cache/vxmesh-clean-os}
+CACHE_BASE=${VXMESH_CLEAN_OS_CACHE:-/var/cache/vxmesh-clean-os}
+DEPTH=${VXMESH_CLEAN_OS_DEPTH:-full}
 VARIANT=minbase # stricter than any installed system: what install-deps.sh needs, it must install
 T_START=$SECONDS
 
 log() { echo "clean-os: $*"; }
 die() { echo "clean-os: $*" >&2; exit 1; }
+
+# The distribution a suite name belongs to: debian, ubuntu, or nothing (then the mirror must be
+# given, or served by this machine's apt sources).
+suite_distro() {
+  case $1 in
+    bookworm | trixie | forky | duke | sid) echo debian ;;
+    jammy | noble | oracular | plucky | questing | resolute) echo ubuntu ;;
+  esac
+}
+[[ $SUITE =~ ^[a-z][a-z0-9-]*$ ]] || die "VXMESH_CLEAN_OS_SUITE='$SUITE' is not a suite name (bookworm, trixie, noble, ...)"
+case $DEPTH in full | build) ;; *) die "VXMESH_CLEAN_OS_DEPTH='$DEPTH': full or build" ;; esac
+DISTRO=$(suite_distro "$SUITE")
+CACHE=$CACHE_BASE/$SUITE
+UBUNTU_KEYRING=/usr/share/keyrings/ubuntu-archive-keyring.gpg
 
 # ---------------------------------------------------------------------------------------------
 # The apt sources of this machine, as "URI SUITE COMPONENT..." lines, from one-line .list files
@@ -66,13 +93,13 @@ host_sources() {
 
 # ---------------------------------------------------------------------------------------------
 # The recipe of the cached root filesystem. Its text is part of the stamp: changing it rebuilds.
-# $1: target directory. Reads MIRROR SUITE COMPONENTS KEYRING SOURCES_LIST.
+# $1: target directory. Reads MIRROR SUITE COMPONENTS KEYRING SCRIPT SOURCES_LIST.
 build_rootfs() {
   local dir=$1 arch
   arch=$(dpkg --print-architecture) || return 1
   local args=(--variant="$VARIANT" --arch="$arch" --components="${COMPONENTS// /,}")
   [ -z "$KEYRING" ] || args+=(--keyring="$KEYRING")
-  debootstrap "${args[@]}" "$SUITE" "$dir" "$MIRROR" || return 1
+  debootstrap "${args[@]}" "$SUITE" "$dir" "$MIRROR" ${SCRIPT:+"$SCRIPT"} || return 1
   # The sources a fresh install of this suite has (release, updates, security), as on the host.
   printf '%s\n' "$SOURCES_LIST" >"$dir/etc/apt/sources.list" || return 1
   # No service may start inside: apt's postinst scripts (etcd-server's, say) ask policy-rc.d.
@@ -110,9 +137,21 @@ outside() {
   if [ ! -x "$SYSROOT/bin/cargo" ] || [ "$SYSROOT" = /usr ]; then
     die "the toolchain at $SYSROOT is not a self-contained one (rustup's); the clean OS gets only a rustup toolchain"
   fi
+  # The cache of the first versions of this script held one bookworm rootfs at its top level.
+  if [ -d "$CACHE_BASE/rootfs" ] && [ ! -e "$CACHE_BASE/bookworm" ] && grep -q '^suite=bookworm ' "$CACHE_BASE/rootfs.stamp" 2>/dev/null; then
+    mkdir -p "$CACHE_BASE/bookworm"
+    mv "$CACHE_BASE/rootfs" "$CACHE_BASE/rootfs.stamp" "$CACHE_BASE/bookworm/"
+    [ ! -d "$CACHE_BASE/debs" ] || mv "$CACHE_BASE/debs" "$CACHE_BASE/bookworm/"
+    rm -f "$CACHE_BASE"/*.log "$CACHE_BASE/lock"
+  fi
+  if [ "$DISTRO" = ubuntu ] && [ -z "${VXMESH_CLEAN_OS_KEYRING:-}" ] && [ ! -f "$UBUNTU_KEYRING" ]; then
+    log "installing ubuntu-keyring (Ubuntu's archive key, to check a $SUITE rootfs)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ubuntu-keyring </dev/null >/dev/null ||
+      die "could not install ubuntu-keyring (apt-get install ubuntu-keyring), which has the key of Ubuntu's archive"
+  fi
   mkdir -p "$CACHE" /var/tmp
   RUN=$(mktemp -d /var/tmp/vxmesh-clean-os.run.XXXXXX)
-  export VXMESH_CLEAN_OS_INNER=1 REPO COMMIT SYSROOT RUN
+  export VXMESH_CLEAN_OS_INNER=1 REPO COMMIT SYSROOT RUN CACHE_BASE
   rc=0
   unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
     bash "${BASH_SOURCE[0]}" </dev/null || rc=$?
@@ -180,25 +219,60 @@ step() {
 inside() {
   trap summary EXIT
 
-  # The mirror and the sources a fresh install would have, from this machine's apt sources.
+  # The mirror and the sources a fresh install would have: this machine's apt sources when they
+  # serve the suite, else the distribution's own archive.
   SOURCES=$(host_sources)
   MIRROR=${VXMESH_CLEAN_OS_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}
-  [ -n "$MIRROR" ] || die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}; set VXMESH_CLEAN_OS_MIRROR"
-  MIRROR=${MIRROR%/}
   MIRROR_FROM="this machine's apt sources' mirror for '$SUITE'"
   [ -z "${VXMESH_CLEAN_OS_MIRROR:-}" ] || MIRROR_FROM="VXMESH_CLEAN_OS_MIRROR"
-  COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
-    '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
-  COMPONENTS=${COMPONENTS:-main}
+  BUILTIN=0
+  if [ -z "$MIRROR" ]; then
+    BUILTIN=1
+    case $DISTRO in
+      debian) MIRROR=http://deb.debian.org/debian ;;
+      ubuntu) MIRROR=http://archive.ubuntu.com/ubuntu ;;
+      *) die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}, and '$SUITE' is not a Debian or Ubuntu suite this script knows; set VXMESH_CLEAN_OS_MIRROR" ;;
+    esac
+    MIRROR_FROM="$DISTRO's archive ($MIRROR; this machine's apt sources have no '$SUITE')"
+  fi
+  MIRROR=${MIRROR%/}
+  if [ "$BUILTIN" = 1 ]; then
+    case $DISTRO in
+      debian) COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-main} ;;
+      ubuntu) COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-main restricted universe multiverse} ;;
+    esac
+  else
+    COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
+      '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
+    COMPONENTS=${COMPONENTS:-main}
+  fi
   KEYRING=${VXMESH_CLEAN_OS_KEYRING:-}
+  [ -n "$KEYRING" ] || [ "$DISTRO" != ubuntu ] || KEYRING=$UBUNTU_KEYRING
+  # debootstrap knows the releases it was packaged with; a newer one uses the script of its
+  # distribution's development branch (Debian: sid; Ubuntu: gutsy, which all of Ubuntu's are).
+  SCRIPT=
+  if [ ! -e "/usr/share/debootstrap/scripts/$SUITE" ]; then
+    case $DISTRO in
+      debian) SCRIPT=/usr/share/debootstrap/scripts/sid ;;
+      ubuntu) SCRIPT=/usr/share/debootstrap/scripts/gutsy ;;
+    esac
+  fi
   if [ -n "${VXMESH_CLEAN_OS_MIRROR:-}" ]; then
     SOURCES_LIST="deb $MIRROR $SUITE $COMPONENTS"
+  elif [ "$BUILTIN" = 1 ]; then
+    # As the distribution's installer writes them: the release, its updates, its security archive.
+    SOURCES_LIST="deb $MIRROR $SUITE $COMPONENTS"
+    case $DISTRO/$SUITE in
+      debian/sid) ;;
+      debian/*) SOURCES_LIST+=$'\n'"deb $MIRROR $SUITE-updates $COMPONENTS"$'\n'"deb http://deb.debian.org/debian-security $SUITE-security $COMPONENTS" ;;
+      ubuntu/*) SOURCES_LIST+=$'\n'"deb $MIRROR $SUITE-updates $COMPONENTS"$'\n'"deb http://security.ubuntu.com/ubuntu $SUITE-security $COMPONENTS" ;;
+    esac
   else
     SOURCES_LIST=$(awk -v s="$SUITE" '$2 == s || $2 == s "-updates" || $2 == s "-security" { print "deb " $0 }' <<<"$SOURCES")
   fi
 
   INPUTS="suite=$SUITE variant=$VARIANT arch=$(dpkg --print-architecture) mirror=$MIRROR
-components=$COMPONENTS keyring=$KEYRING
+components=$COMPONENTS keyring=$KEYRING script=$SCRIPT
 $SOURCES_LIST
 $(declare -f build_rootfs)"
   HASH=$(sha256sum <<<"$INPUTS" | cut -c1-16)
@@ -295,18 +369,22 @@ $(declare -f build_rootfs)"
   bins=$(find "$ROOT/root/vxmesh/target/release" -maxdepth 1 -type f -executable -printf '%f ' | xargs)
   step_done "cargo build --release --locked --workspace --bins" "$STEP_SECONDS" "$bins"
 
-  # Offline, in a network namespace of its own with only loopback: the tests that start etcd
-  # use loopback addresses that nothing on the host can collide with.
-  step "cargo test --workspace --locked --offline" \
-    "unshare --net sh -c 'ip link set lo up && cargo test --workspace --locked --offline --no-fail-fast'"
-  leftovers "cargo test"
-  totals=$(awk '/^test result: / { p += $4; f += $6; i += $8 }
-                END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$STEP_LOG")
-  step_done "cargo test --workspace --locked (no root-only tests)" "$STEP_SECONDS" "$totals"
+  if [ "$DEPTH" = build ]; then
+    step_done "cargo test: not run (VXMESH_CLEAN_OS_DEPTH=build)" 0 "-"
+  else
+    # Offline, in a network namespace of its own with only loopback: the tests that start etcd
+    # use loopback addresses that nothing on the host can collide with.
+    step "cargo test --workspace --locked --offline" \
+      "unshare --net sh -c 'ip link set lo up && cargo test --workspace --locked --offline --no-fail-fast'"
+    leftovers "cargo test"
+    totals=$(awk '/^test result: / { p += $4; f += $6; i += $8 }
+                  END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$STEP_LOG")
+    step_done "cargo test --workspace --locked (no root-only tests)" "$STEP_SECONDS" "$totals"
+  fi
   cp "$RUN"/logs/*.log "$CACHE/" 2>/dev/null || true
   log "logs of this run: $CACHE/*.log"
 }
 
-# The whole file is read before anything runs (an edit during a run cannot change that run).
-if [ "${VXMESH_CLEAN_OS_INNER:-0}" = 1 ]; then inside; else outside "$@"; fi
-exit $?
+# One line, ending in exit: bash reads a script as it runs it, and nothing after this line may be
+# read once a run has started (an edit of this file during a run cannot change that run's end).
+if [ "${VXMESH_CLEAN_OS_INNER:-0}" = 1 ]; then inside; else outside "$@"; fi; exit $?

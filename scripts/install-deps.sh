@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what vxmesh's demo and tests need on Debian 12 (bookworm), as root; scripts/clean-os.sh
-# proves it on a fresh one (a test.sh stage). Other distributions are untested (docs/testing.md).
-# Idempotent: packages already present are left alone; apt runs only if one is missing.
+# Installs what vxmesh's demo and tests need on Debian 12 (bookworm) or 13 (trixie) and Ubuntu
+# 24.04 (noble), as root; scripts/clean-os.sh proves it on a fresh one of each (test.sh stages;
+# docs/testing.md). Idempotent: packages already present are left alone; apt runs only if one is
+# missing.
 set -euo pipefail
 
 PACKAGES=(
@@ -17,8 +18,13 @@ PACKAGES=(
   shellcheck python3 python3-matplotlib  # script lint; benchmark charts
   openssl                          # certificates for the etcd TLS tests and the secure lab
   build-essential pkg-config       # C toolchain for -sys crates
-  vagrant systemd                  # vagrant validate, systemd-analyze verify (vagrant/check.sh)
-  debootstrap                      # the clean-OS stage's Debian 12 root filesystem (scripts/clean-os.sh)
+  systemd                          # systemd-analyze verify of the units (vagrant/check.sh)
+  debootstrap                      # the clean-OS stage's root filesystems (scripts/clean-os.sh)
+)
+# Installed when the distribution has them, else named with what is lost: Ubuntu has no vagrant
+# package since 24.04 (HashiCorp's licence change); vagrant/check.sh then skips `vagrant validate`.
+OPTIONAL=(
+  vagrant                          # vagrant validate (vagrant/check.sh)
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -26,16 +32,35 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# Whether apt's package lists (as they are now) offer a version of package $1.
+available() { apt-cache policy "$1" 2>/dev/null | grep -q '^  Candidate: [^(]'; }
+
+export DEBIAN_FRONTEND=noninteractive
 missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+optional=()
+for p in "${OPTIONAL[@]}"; do installed "$p" || optional+=("$p"); done
+updated=0
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  updated=1
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+for p in ${optional[@]+"${optional[@]}"}; do
+  # A machine whose apt has never fetched its package lists knows of no package at all.
+  if ! available "$p" && [ "$updated" = 0 ] && ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    apt-get update -qq
+    updated=1
+  fi
+  if available "$p"; then
+    echo "install-deps: installing $p"
+    apt-get install -y -qq --no-install-recommends "$p" >/dev/null
+  else
+    echo "install-deps: note: this distribution has no '$p' package; skipped (vagrant/check.sh skips 'vagrant validate' without it; HashiCorp's apt repository has it: https://developer.hashicorp.com/vagrant/install)"
+  fi
+done
 
 # Debian starts etcd.service from the package on systems with systemd; the lab and
 # tests run their own etcd on other addresses, so a system etcd does not interfere.

@@ -6,8 +6,10 @@
 #
 # Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs);
 # VXMESH_SKIP_FUZZ=1 skips the fuzz smoke; VXMESH_FUZZ_SECONDS (10) per fuzz target;
-# VXMESH_SKIP_CLEAN_OS=1 skips the clean-OS stage (scripts/clean-os.sh: the README's install
-# step, a --locked build and the unit tests on a fresh Debian 12; CI runs it).
+# VXMESH_SKIP_CLEAN_OS=1 skips the clean-OS stages (scripts/clean-os.sh: the README's install
+# step and a --locked build on a fresh OS; CI runs them); VXMESH_CLEAN_OS_SUITES ("bookworm trixie
+# noble": Debian 12, Debian 13, Ubuntu 24.04) the releases they prove, the first with the unit
+# tests too, the others install and build only.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -45,7 +47,12 @@ fi
 ./scripts/install-deps.sh || exit 1
 # First: what a new user's machine does with the package list and Cargo.lock of this commit.
 if [ "${VXMESH_SKIP_CLEAN_OS:-0}" != 1 ]; then
-  stage "clean OS: install-deps, --locked build, unit tests on Debian 12" ./scripts/clean-os.sh
+  depth=full
+  for suite in ${VXMESH_CLEAN_OS_SUITES:-bookworm trixie noble}; do
+    if [ "$depth" = full ]; then what="install-deps, --locked build, unit tests"; else what="install-deps, --locked build"; fi
+    stage "clean OS ($suite): $what" env VXMESH_CLEAN_OS_SUITE="$suite" VXMESH_CLEAN_OS_DEPTH=$depth ./scripts/clean-os.sh
+    depth=build
+  done
 fi
 export CARGO_TERM_COLOR=never
 
