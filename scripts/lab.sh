@@ -34,7 +34,9 @@
 # VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s),
 # VXLAB_IPV6=1 (dual stack: every node's eth0 also gets fd00:64::<10+i>/64, the config adds
 # "EnableIPv6" with IPv6Network fd00:10:244::/56; pods get an IPv6 address too, on either
-# dataplane, and `check` pings every IPv6 pod pair as well).
+# dataplane, and `check` pings every IPv6 pod pair as well), VXLAB_PODMAN_ATTACH (auto: podman's
+# CNI backend when it has one; netns: a namespace attached by CNI ADD that podman joins; see
+# cmd_podman).
 #   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
 #   scripts/lab.sh start-agent N [DATAPLANE] / restart-agent N [DATAPLANE] switch node N.
 #   Faults: kill-agent N (SIGKILL, nothing cleaned up), cut-etcd N / heal-etcd N (a firewall
@@ -494,12 +496,19 @@ cmd_check() {
   [ "$fail" -eq 0 ]
 }
 
-# A real container runtime on the lab: podman (runc, CNI backend) runs a busybox container
-# in node I's namespace on the vxmesh network (the example conflist, vxmesh + portmap, with
-# this node's subnet file and data directories), which pings a pod on every other node.
+# A real container runtime on the lab: podman (runc) runs a busybox container in node I's
+# namespace on the vxmesh network (the example conflist, vxmesh + portmap, with this node's
+# subnet file and data directories), which pings a pod on every other node. With podman's CNI
+# backend podman itself calls the plugins. Podman 5 may be built without it (Debian 13's says
+# "cni support is not enabled in this build, only netavark"); then the container is attached
+# the way CRI runtimes (containerd, CRI-O) attach a pod: a network namespace is created, the
+# conflist's vxmesh plugin is called on it (CNI ADD, its netconf derived as libcni derives it;
+# portmap, the second plugin, has no port mappings to set up here), podman starts the container
+# in that namespace (--network ns:PATH), and CNI DEL and the namespace's removal follow.
+# VXLAB_PODMAN_ATTACH=netns takes the second way with any podman (to test it).
 # Podman's storage lives in $STATE/podman-n<I> and is removed afterwards.
 cmd_podman() {
-  local i=$1 k rc=0 targets="" script
+  local i=$1 k rc=0 targets="" script info how netns=""
   local d="$STATE/podman-n$i"
   [ -f "$STATE/nodes" ] || die "no lab $PREFIX (run '$0 up')"
   NODES=$(cat "$STATE/nodes")
@@ -510,19 +519,32 @@ cmd_podman() {
   jq --arg sf "$STATE/n$i/subnet.env" --arg dd "$STATE/n$i/cni" --arg ipam "$STATE/n$i/ipam" \
     '.plugins[0].subnetFile = $sf | .plugins[0].dataDir = $dd | .plugins[0].ipam = {dataDir: $ipam}' \
     "$ROOT/cni-shim/examples/10-vxmesh.conflist" >"$d/net.d/10-vxmesh.conflist"
-  printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]' \
-    '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' \
-    "tmp_dir = \"$d/tmp\"" '[network]' 'network_backend = "cni"' \
-    "network_config_dir = \"$d/net.d\"" "cni_plugin_dirs = [\"$d/bin\", \"$CNI_PATH_REF\"]" \
-    >"$d/containers.conf"
+  podman_conf() {  # podman_conf BACKEND: containers.conf for this run
+    printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]' \
+      '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' \
+      "tmp_dir = \"$d/tmp\"" '[network]' "network_backend = \"$1\"" \
+      "network_config_dir = \"$d/net.d\"" "cni_plugin_dirs = [\"$d/bin\", \"$CNI_PATH_REF\"]" \
+      >"$d/containers.conf"
+  }
+  pm() {
+    # `ip netns exec` remounts /sys, which runc cannot live with: enter only the netns.
+    CONTAINERS_CONF="$d/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter --net="/run/netns/$(node "$i")" \
+      podman --root "$d/root" --runroot "$d/runroot" --storage-driver vfs "$@"
+  }
+  podman_conf cni
+  how="podman's CNI backend"
+  if ! info=$(pm info --format '{{.Host.NetworkBackend}}' 2>&1); then
+    grep -q 'cni support is not enabled' <<<"$info" || die "podman info failed: $info"
+    podman_conf netavark # its own default; a container that joins a namespace does not use it
+    netns=$PREFIX-n$i-podman
+    how="CNI ADD on a namespace podman joins, as CRI runtimes attach pods ($(podman --version) has no CNI backend)"
+  elif [ "${VXLAB_PODMAN_ATTACH:-auto}" = netns ]; then
+    netns=$PREFIX-n$i-podman
+    how="CNI ADD on a namespace podman joins, as CRI runtimes attach pods (VXLAB_PODMAN_ATTACH=netns)"
+  fi
   cp "$(command -v busybox)" "$d/rootfs/bin/busybox"
   for a in $("$d/rootfs/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$d/rootfs/bin/$a"; done
   tar -C "$d/rootfs" -cf "$d/rootfs.tar" .
-  pm() {
-    # `ip netns exec` remounts /sys, which runc cannot live with: enter only the netns.
-    CONTAINERS_CONF="$d/containers.conf" nsenter --net="/run/netns/$(node "$i")" \
-      podman --root "$d/root" --runroot "$d/runroot" --storage-driver vfs "$@"
-  }
   pm import "$d/rootfs.tar" localhost/vxmesh-busybox:lab >"$d/import.log" 2>&1 || die "podman import failed: $(cat "$d/import.log")"
   for k in $(seq "$NODES"); do
     [ "$k" = "$i" ] && continue
@@ -530,8 +552,21 @@ cmd_podman() {
   done
   # shellcheck disable=SC2016  # expanded by the container's shell
   script='ip -o -4 addr show dev eth0; for t in '"$targets"'; do if ping -c 1 -W 2 "$t" >/dev/null; then echo "reached $t"; else echo "FAILED $t"; exit 1; fi; done'
-  log "podman: container on $(node "$i") (network vxmesh) pinging a pod on every other node:$targets"
-  pm run --rm --network vxmesh localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+  log "podman: container on $(node "$i") (network vxmesh, $how) pinging a pod on every other node:$targets"
+  if [ -z "$netns" ]; then
+    pm run --rm --network vxmesh localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+  else
+    local conf
+    conf=$(cluster_netconf_from_conflist "$d/net.d/10-vxmesh.conflist")
+    ip netns del "$netns" 2>/dev/null || true
+    if cluster_pod_add "$netns" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$conf" ip netns exec "$(node "$i")" >/dev/null; then
+      pm run --rm --network "ns:/run/netns/$netns" localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+    else
+      log "podman: CNI ADD for the container's namespace failed"; rc=1
+    fi
+    cluster_pod_del "$netns" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$conf" ip netns exec "$(node "$i")" ||
+      { log "podman: CNI DEL for the container's namespace failed"; rc=1; }
+  fi
   pm rm --all --force >/dev/null 2>&1 || true
   pm rmi --all --force >/dev/null 2>&1 || true
   rm -rf "$d"

@@ -7,9 +7,9 @@
 # Knobs: VXMESH_SKIP_VAGRANT=1 skips the real VM lab (validation still runs);
 # VXMESH_SKIP_FUZZ=1 skips the fuzz smoke; VXMESH_FUZZ_SECONDS (10) per fuzz target;
 # VXMESH_SKIP_CLEAN_OS=1 skips the clean-OS stages (scripts/clean-os.sh: the README's install
-# step and a --locked build on a fresh OS; CI runs them); VXMESH_CLEAN_OS_SUITES ("bookworm trixie
-# noble": Debian 12, Debian 13, Ubuntu 24.04) the releases they prove, the first with the unit
-# tests too, the others install and build only.
+# step, a --locked build and the demo on a fresh OS; CI runs them); VXMESH_CLEAN_OS_SUITES
+# ("bookworm trixie noble": Debian 12, Debian 13, Ubuntu 24.04) the releases they prove, the
+# first with the unit tests too.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
@@ -49,7 +49,7 @@ fi
 if [ "${VXMESH_SKIP_CLEAN_OS:-0}" != 1 ]; then
   depth=full
   for suite in ${VXMESH_CLEAN_OS_SUITES:-bookworm trixie noble}; do
-    if [ "$depth" = full ]; then what="install-deps, --locked build, unit tests"; else what="install-deps, --locked build"; fi
+    if [ "$depth" = full ]; then what="install-deps, --locked build, demo, unit tests"; else what="install-deps, --locked build, demo"; fi
     stage "clean OS ($suite): $what" env VXMESH_CLEAN_OS_SUITE="$suite" VXMESH_CLEAN_OS_DEPTH=$depth ./scripts/clean-os.sh
     depth=build
   done

@@ -302,5 +302,22 @@ fn two_hundred_concurrent_pods_a_del_storm_adds_during_a_restart_and_podman() {
         out.contains(&format!("reached {}", lab.pod_ip(2, 1))),
         "{out}"
     );
+    // The way the lab attaches the container when podman has no CNI backend (Debian 13's
+    // podman 5), as CRI runtimes attach a pod: CNI ADD on a namespace the container joins,
+    // then DEL. Taken here on purpose, whatever this machine's podman has.
+    let out = lab.must_env(&["podman", "1"], &[("VXLAB_PODMAN_ATTACH", "netns")]);
+    println!("{out}");
+    assert!(out.contains("as CRI runtimes attach pods"), "{out}");
+    assert!(
+        out.contains(&format!("reached {}", lab.pod_ip(2, 1))),
+        "{out}"
+    );
+    // The DEL released the container's address and state, and its namespace is gone.
+    assert_eq!(footprint(&lab, 1), base[0]);
+    let podman_ns = format!("/run/netns/{}", lab.ns("n1-podman"));
+    assert!(
+        !std::path::Path::new(&podman_ns).exists(),
+        "the container's namespace is left: {podman_ns}"
+    );
     figure(&format!("test took {:.0} s", t0.elapsed().as_secs_f64()));
 }

@@ -126,7 +126,12 @@ impl Lab {
 
     /// Runs `lab.sh <args>`; success and the combined output.
     pub fn cmd(&self, args: &[&str]) -> (bool, String) {
-        let out = self.command(args).output().unwrap();
+        self.cmd_env(args, &[])
+    }
+
+    /// Runs `lab.sh <args>` with extra environment; success and the combined output.
+    pub fn cmd_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let out = self.command(args).envs(env.iter().copied()).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -137,8 +142,13 @@ impl Lab {
 
     /// Runs `lab.sh <args>`, which must succeed.
     pub fn must(&self, args: &[&str]) -> String {
-        let (ok, out) = self.cmd(args);
-        assert!(ok, "lab.sh {args:?} failed:\n{out}");
+        self.must_env(args, &[])
+    }
+
+    /// Runs `lab.sh <args>` with extra environment; it must succeed.
+    pub fn must_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let (ok, out) = self.cmd_env(args, env);
+        assert!(ok, "lab.sh {args:?} {env:?} failed:\n{out}");
         out
     }
 
