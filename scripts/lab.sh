@@ -553,14 +553,16 @@ cmd_podman() {
   # shellcheck disable=SC2016  # expanded by the container's shell
   script='ip -o -4 addr show dev eth0; for t in '"$targets"'; do if ping -c 1 -W 2 "$t" >/dev/null; then echo "reached $t"; else echo "FAILED $t"; exit 1; fi; done'
   log "podman: container on $(node "$i") (network vxmesh, $how) pinging a pod on every other node:$targets"
+  # ping needs a raw socket (CAP_NET_RAW, which newer containers.conf defaults leave out) or
+  # ICMP sockets (the ping_group_range sysctl podman sets only in namespaces it creates).
   if [ -z "$netns" ]; then
-    pm run --rm --network vxmesh localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+    pm run --rm --cap-add NET_RAW --network vxmesh localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
   else
     local conf
     conf=$(cluster_netconf_from_conflist "$d/net.d/10-vxmesh.conflist")
     ip netns del "$netns" 2>/dev/null || true
     if cluster_pod_add "$netns" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$conf" ip netns exec "$(node "$i")" >/dev/null; then
-      pm run --rm --network "ns:/run/netns/$netns" localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
+      pm run --rm --cap-add NET_RAW --network "ns:/run/netns/$netns" localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
     else
       log "podman: CNI ADD for the container's namespace failed"; rc=1
     fi

@@ -17,7 +17,8 @@
 #   cluster.sh        the shared library's pure helpers (netconf JSON, row counting)
 #
 # Needs: shellcheck, vagrant (Debian: apt-get install shellcheck vagrant), systemd-analyze
-# (package systemd), jq. A missing tool is a failure that names the package.
+# (package systemd), jq. A missing tool is a failure that names the package, except vagrant on a
+# distribution that has no package for it (Ubuntu 24.04): `vagrant validate` is skipped, and said.
 # Ends with "N passed, N failed"; exit status 1 if anything failed.
 set -uo pipefail
 
