@@ -131,7 +131,11 @@ impl Lab {
 
     /// Runs `lab.sh <args>` with extra environment; success and the combined output.
     pub fn cmd_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-        let out = self.command(args).envs(env.iter().copied()).output().unwrap();
+        let out = self
+            .command(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
