@@ -380,9 +380,9 @@ $(declare -f build_rootfs)"
 
   # The README's first command as a new user runs it: the demo cluster (etcd, three agents, pods
   # through the CNI plugin, iperf3, a podman container), then its teardown. In a network
-  # namespace of its own, so the lab's links cannot meet the host's, and under a lab name of
-  # this run; its namespaces are named in this run's /run. demo.sh's build finds nothing to do.
-  lab=cos$$
+  # namespace of its own, so the lab's links cannot meet the host's; its namespaces are named in
+  # this run's own /run, which no other run sees. demo.sh's build finds nothing to do.
+  lab=cos
   step "scripts/demo.sh" "unshare --net sh -c 'ip link set lo up && VXLAB_PREFIX=$lab ./scripts/demo.sh; rc=\$?; VXLAB_PREFIX=$lab ./scripts/lab.sh down >/dev/null 2>&1 || rc=1; exit \$rc'"
   leftovers "scripts/demo.sh and lab.sh down"
   step_done "scripts/demo.sh (the README's first command), lab.sh down" "$STEP_SECONDS" \
