@@ -32,9 +32,15 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# Both read the whole output before matching: with pipefail, `cmd | grep -q` fails whenever grep
+# stops reading before cmd has written everything (cmd dies of SIGPIPE, status 141).
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 # Whether apt's package lists (as they are now) offer a version of package $1.
-available() { LC_ALL=C apt-cache policy "$1" 2>/dev/null | grep -q '^  Candidate: [^(]'; }
+available() {
+  local policy
+  policy=$(LC_ALL=C apt-cache policy "$1" 2>/dev/null) || return 1
+  [[ $policy =~ (^|$'\n')"  Candidate: "[^\(] ]]
+}
 
 export DEBIAN_FRONTEND=noninteractive
 missing=()

@@ -55,8 +55,10 @@ fi
 # ---- vagrant validate --------------------------------------------------------------------
 # Ubuntu has had no vagrant package since 24.04 (install-deps.sh says so): there the checks are
 # reported as skipped. Where the distribution has the package, a missing vagrant is a failure.
+# (The policy is read whole before matching: `apt-cache ... | grep -q` fails under pipefail
+# when grep stops reading first.)
 if ! command -v vagrant >/dev/null && command -v apt-cache >/dev/null &&
-   ! LC_ALL=C apt-cache policy vagrant 2>/dev/null | grep -q '^  Candidate: [^(]'; then
+   ! [[ $(LC_ALL=C apt-cache policy vagrant 2>/dev/null) =~ (^|$'\n')"  Candidate: "[^\(] ]]; then
   skipped=$((skipped + 1))
   echo "SKIP  vagrant validate: vagrant is not installed and this distribution has no vagrant package (HashiCorp's apt repository has it: https://developer.hashicorp.com/vagrant/install)"
 elif need vagrant vagrant; then
