@@ -153,7 +153,7 @@ outside() {
   fi
   mkdir -p "$CACHE" /var/tmp
   RUN=$(mktemp -d /var/tmp/vxmesh-clean-os.run.XXXXXX)
-  export VXMESH_CLEAN_OS_INNER=1 REPO COMMIT SYSROOT RUN CACHE_BASE
+  export VXMESH_CLEAN_OS_INNER=1 REPO COMMIT SYSROOT RUN
   rc=0
   unshare --mount --propagation private --pid --fork --kill-child --mount-proc \
     bash "${BASH_SOURCE[0]}" </dev/null || rc=$?
@@ -227,23 +227,22 @@ inside() {
   MIRROR=${VXMESH_CLEAN_OS_MIRROR:-$(awk -v s="$SUITE" '$2 == s { print $1; exit }' <<<"$SOURCES")}
   MIRROR_FROM="this machine's apt sources' mirror for '$SUITE'"
   [ -z "${VXMESH_CLEAN_OS_MIRROR:-}" ] || MIRROR_FROM="VXMESH_CLEAN_OS_MIRROR"
-  BUILTIN=0
+  # The distribution's own archive, when this machine's apt sources do not serve the suite: its
+  # mirror, the components its installer enables, and its security archive (none for sid).
+  BUILTIN=0 SECURITY=
   if [ -z "$MIRROR" ]; then
     BUILTIN=1
-    case $DISTRO in
-      debian) MIRROR=http://deb.debian.org/debian ;;
-      ubuntu) MIRROR=http://archive.ubuntu.com/ubuntu ;;
+    case $DISTRO/$SUITE in
+      debian/sid) MIRROR=http://deb.debian.org/debian COMPONENTS=main ;;
+      debian/*) MIRROR=http://deb.debian.org/debian COMPONENTS=main SECURITY=http://deb.debian.org/debian-security ;;
+      ubuntu/*) MIRROR=http://archive.ubuntu.com/ubuntu COMPONENTS="main restricted universe multiverse" SECURITY=http://security.ubuntu.com/ubuntu ;;
       *) die "no apt source for '$SUITE' in /etc/apt/sources.list{,.d}, and '$SUITE' is not a Debian or Ubuntu suite this script knows; set VXMESH_CLEAN_OS_MIRROR" ;;
     esac
+    COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$COMPONENTS}
     MIRROR_FROM="$DISTRO's archive ($MIRROR; this machine's apt sources have no '$SUITE')"
   fi
   MIRROR=${MIRROR%/}
-  if [ "$BUILTIN" = 1 ]; then
-    case $DISTRO in
-      debian) COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-main} ;;
-      ubuntu) COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-main restricted universe multiverse} ;;
-    esac
-  else
+  if [ "$BUILTIN" = 0 ]; then
     COMPONENTS=${VXMESH_CLEAN_OS_COMPONENTS:-$(awk -v s="$SUITE" -v m="$MIRROR" \
       '($1 == m || $1 == m "/") && $2 == s { $1 = $2 = ""; print; exit }' <<<"$SOURCES" | xargs)}
     COMPONENTS=${COMPONENTS:-main}
@@ -264,11 +263,8 @@ inside() {
   elif [ "$BUILTIN" = 1 ]; then
     # As the distribution's installer writes them: the release, its updates, its security archive.
     SOURCES_LIST="deb $MIRROR $SUITE $COMPONENTS"
-    case $DISTRO/$SUITE in
-      debian/sid) ;;
-      debian/*) SOURCES_LIST+=$'\n'"deb $MIRROR $SUITE-updates $COMPONENTS"$'\n'"deb http://deb.debian.org/debian-security $SUITE-security $COMPONENTS" ;;
-      ubuntu/*) SOURCES_LIST+=$'\n'"deb $MIRROR $SUITE-updates $COMPONENTS"$'\n'"deb http://security.ubuntu.com/ubuntu $SUITE-security $COMPONENTS" ;;
-    esac
+    [ -z "$SECURITY" ] ||
+      SOURCES_LIST+=$'\n'"deb $MIRROR $SUITE-updates $COMPONENTS"$'\n'"deb $SECURITY $SUITE-security $COMPONENTS"
   else
     SOURCES_LIST=$(awk -v s="$SUITE" '$2 == s || $2 == s "-updates" || $2 == s "-security" { print "deb " $0 }' <<<"$SOURCES")
   fi
