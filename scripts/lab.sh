@@ -519,10 +519,10 @@ cmd_podman() {
   jq --arg sf "$STATE/n$i/subnet.env" --arg dd "$STATE/n$i/cni" --arg ipam "$STATE/n$i/ipam" \
     '.plugins[0].subnetFile = $sf | .plugins[0].dataDir = $dd | .plugins[0].ipam = {dataDir: $ipam}' \
     "$ROOT/cni-shim/examples/10-vxmesh.conflist" >"$d/net.d/10-vxmesh.conflist"
-  podman_conf() {  # podman_conf BACKEND: containers.conf for this run
+  podman_conf() {  # podman_conf [BACKEND]: containers.conf for this run (podman 3 has no such key)
     printf '%s\n' '[containers]' 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]' \
       '[engine]' 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"' \
-      "tmp_dir = \"$d/tmp\"" '[network]' "network_backend = \"$1\"" \
+      "tmp_dir = \"$d/tmp\"" '[network]' ${1:+"network_backend = \"$1\""} \
       "network_config_dir = \"$d/net.d\"" "cni_plugin_dirs = [\"$d/bin\", \"$CNI_PATH_REF\"]" \
       >"$d/containers.conf"
   }
@@ -531,14 +531,24 @@ cmd_podman() {
     CONTAINERS_CONF="$d/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 nsenter --net="/run/netns/$(node "$i")" \
       podman --root "$d/root" --runroot "$d/runroot" --storage-driver vfs "$@"
   }
-  podman_conf cni
+  # Podman 3 (Ubuntu 22.04's 3.4) has CNI only: neither the network_backend key nor
+  # .Host.NetworkBackend exists there. Podman 4 and 5 have both, and may lack CNI.
+  local version
+  version=$(podman --version) || die "podman --version failed"
+  version=${version##* }
   how="podman's CNI backend"
-  if ! info=$(pm info --format '{{.Host.NetworkBackend}}' 2>&1); then
-    grep -q 'cni support is not enabled' <<<"$info" || die "podman info failed: $info"
-    podman_conf netavark # its own default; a container that joins a namespace does not use it
-    netns=$PREFIX-n$i-podman
-    how="CNI ADD on a namespace podman joins, as CRI runtimes attach pods ($(podman --version) has no CNI backend)"
-  elif [ "${VXLAB_PODMAN_ATTACH:-auto}" = netns ]; then
+  if [[ $version =~ ^[0-3]\. ]]; then
+    podman_conf
+  else
+    podman_conf cni
+    if ! info=$(pm info --format '{{.Host.NetworkBackend}}' 2>&1); then
+      grep -q 'cni support is not enabled' <<<"$info" || die "podman info failed: $info"
+      podman_conf netavark # its own default; a container that joins a namespace does not use it
+      netns=$PREFIX-n$i-podman
+      how="CNI ADD on a namespace podman joins, as CRI runtimes attach pods (podman $version has no CNI backend)"
+    fi
+  fi
+  if [ -z "$netns" ] && [ "${VXLAB_PODMAN_ATTACH:-auto}" = netns ]; then
     netns=$PREFIX-n$i-podman
     how="CNI ADD on a namespace podman joins, as CRI runtimes attach pods (VXLAB_PODMAN_ATTACH=netns)"
   fi
@@ -560,7 +570,12 @@ cmd_podman() {
   else
     local conf
     conf=$(cluster_netconf_from_conflist "$d/net.d/10-vxmesh.conflist")
-    ip netns del "$netns" 2>/dev/null || true
+    # A namespace an interrupted run left: DEL it first, so that its address goes back to
+    # host-local too (cluster_pod_del removes the namespace whether DEL succeeds or not).
+    if [ -e "/run/netns/$netns" ]; then
+      cluster_pod_del "$netns" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$conf" ip netns exec "$(node "$i")" 2>/dev/null ||
+        log "podman: CNI DEL of the namespace an earlier run left failed; removed it anyway"
+    fi
     if cluster_pod_add "$netns" "$BIN/vxmesh" "$BIN:$CNI_PATH_REF" "$conf" ip netns exec "$(node "$i")" >/dev/null; then
       pm run --rm --cap-add NET_RAW --network "ns:/run/netns/$netns" localhost/vxmesh-busybox:lab sh -c "$script" || rc=1
     else
