@@ -249,6 +249,7 @@ inside() {
   fi
   KEYRING=${VXMESH_CLEAN_OS_KEYRING:-}
   [ -n "$KEYRING" ] || [ "$DISTRO" != ubuntu ] || KEYRING=$UBUNTU_KEYRING
+  [ -z "$KEYRING" ] || [ -r "$KEYRING" ] || die "the keyring '$KEYRING' (VXMESH_CLEAN_OS_KEYRING) is not a readable file"
   # debootstrap knows the releases it was packaged with; a newer one uses the script of its
   # distribution's development branch (Debian: sid; Ubuntu: gutsy, which all of Ubuntu's are).
   SCRIPT=
@@ -270,7 +271,7 @@ inside() {
   fi
 
   INPUTS="suite=$SUITE variant=$VARIANT arch=$(dpkg --print-architecture) mirror=$MIRROR
-components=$COMPONENTS keyring=$KEYRING script=$SCRIPT
+components=$COMPONENTS keyring=${KEYRING:+$(sha256sum <"$KEYRING" | cut -c1-16)} script=$SCRIPT
 $SOURCES_LIST
 $(declare -f build_rootfs)"
   HASH=$(sha256sum <<<"$INPUTS" | cut -c1-16)
