@@ -5,7 +5,13 @@
 # took. docs/scale.md ("The kernel's floor") has the figures.
 #
 #   sudo bench/kernel-floor.sh [N]            # 1000 by default
-#   FORM=nexthop   routes by nexthop objects (`nhid`) instead of `via <gw> onlink`
+#   FORM=gateway   (default) each peer's route via its own gateway, plus a permanent
+#                  neighbour for that gateway: what vxmeshd and flanneld install
+#   FORM=nexthop   the same by nexthop objects (`nhid`) instead of `via <gw> onlink`
+#   FORM=routes    the per-peer gateway routes without the neighbours (their share)
+#   FORM=shared    every peer's route via one gateway (169.254.1.1) with one permanent
+#                  neighbour per namespace: a form a dataplane that forwards by inner
+#                  destination address could use (a proposal, docs/scale.md)
 #   LISTEN=1       with `ip monitor route all-nsid` listening, as a route monitor
 #                  in another namespace would (the scale harness's listener)
 #
@@ -15,8 +21,8 @@ set -euo pipefail
 
 n=${1:-1000}
 form=${FORM:-gateway}
-case "$form" in gateway | nexthop) ;; *)
-	echo "FORM must be gateway or nexthop, not '$form'" >&2
+case "$form" in gateway | nexthop | routes | shared) ;; *)
+	echo "FORM must be gateway, nexthop, routes or shared, not '$form'" >&2
 	exit 2
 	;;
 esac
@@ -65,14 +71,19 @@ for ((i = 0; i < n; i++)); do
 			if (j == i) continue
 			a = int(j / 256); b = j % 256
 			gw = sprintf("10.%d.%d.0", 100 + a, b)
-			if (form == "gateway") {
+			if (form == "gateway" || form == "routes") {
 				printf "route add %s/24 via %s dev d0 onlink\n", gw, gw
+			} else if (form == "shared") {
+				printf "route add %s/24 via 169.254.1.1 dev d0 onlink\n", gw
 			} else {
 				printf "nexthop add id %d via %s dev d0 onlink\n", j + 1, gw
 				printf "route add %s/24 nhid %d\n", gw, j + 1
 			}
-			printf "neigh add %s lladdr 02:00:00:00:%02x:%02x dev d0 nud permanent\n", gw, a, b
+			if (form == "gateway" || form == "nexthop")
+				printf "neigh add %s lladdr 02:00:00:00:%02x:%02x dev d0 nud permanent\n", gw, a, b
 		}
+		if (form == "shared")
+			print "neigh add 169.254.1.1 lladdr 02:00:00:00:ff:ff dev d0 nud permanent"
 	}' >"$dir/$i"
 done
 if [[ -n ${LISTEN:-} ]]; then
@@ -85,15 +96,20 @@ start=$(date +%s.%N)
 seq 0 $((n - 1)) | xargs -P 2 -I{} ip -n "$prefix-{}" -batch "$dir/{}"
 end=$(date +%s.%N)
 
+case "$form" in
+gateway | nexthop) want_neighbours=$((n - 1)) ;;
+routes) want_neighbours=0 ;;
+shared) want_neighbours=1 ;;
+esac
 routes=$(ip -n "$prefix-0" route show | wc -l)
 neighbours=$(ip -n "$prefix-0" neigh show | wc -l)
-if ((routes != n - 1 || neighbours != n - 1)); then
-	echo "namespace 0 holds $routes routes and $neighbours neighbours, not $((n - 1)) each" >&2
+if ((routes != n - 1 || neighbours != want_neighbours)); then
+	echo "namespace 0 holds $routes routes and $neighbours neighbours, not $((n - 1)) and $want_neighbours" >&2
 	exit 1
 fi
 listener=no
 [[ -n ${LISTEN:-} ]] && listener=yes
-awk -v n="$n" -v f="$form" -v l="$listener" -v s="$start" -v e="$end" 'BEGIN {
+awk -v n="$n" -v w="$want_neighbours" -v f="$form" -v l="$listener" -v s="$start" -v e="$end" 'BEGIN {
 	printf "N=%d form=%s listener=%s: %d routes and %d neighbours in %.1f s\n",
-		n, f, l, n * (n - 1), n * (n - 1), e - s
+		n, f, l, n * (n - 1), n * w, e - s
 }'
