@@ -2,7 +2,8 @@
 # The kernel's share of a cluster start, without etcd or agents: N namespaces, each
 # given N-1 peer routes and N-1 permanent neighbours (what vxmeshd installs for N-1
 # peers) by `ip -batch`, two namespaces at a time; prints how long the programming
-# took. docs/scale.md ("The kernel's floor") has the figures.
+# took. docs/scale.md ("The harness's listener out of the way", "The route form sets the
+# kernel's floor") has the figures.
 #
 #   sudo bench/kernel-floor.sh [N]            # 1000 by default
 #   FORM=gateway   (default) each peer's route via its own gateway, plus a permanent
