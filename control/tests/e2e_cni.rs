@@ -51,6 +51,11 @@ fn cni_all(lab: &Arc<Lab>, command: &'static str, pods: &[Pod]) -> Vec<(bool, St
 
 /// Runs the plugin for pod `id` on `node` exactly as a runtime there would.
 fn cni(lab: &Lab, node: u32, command: &str, id: &str) -> (bool, String) {
+    cni_as(lab, node, command, id, id)
+}
+
+/// [`cni`] with another container ID than the pod's name.
+fn cni_as(lab: &Lab, node: u32, command: &str, id: &str, container_id: &str) -> (bool, String) {
     let netconf = format!(
         r#"{{"cniVersion":"1.0.0","name":"vxmesh","type":"vxmesh","subnetFile":"{s}/n{node}/subnet.env","dataDir":"{s}/n{node}/cni","delegate":{{"bridge":"cni0","isDefaultGateway":true}},"ipam":{{"dataDir":"{s}/n{node}/ipam"}}}}"#,
         s = lab.state.display()
@@ -59,7 +64,7 @@ fn cni(lab: &Lab, node: u32, command: &str, id: &str) -> (bool, String) {
         .args(["netns", "exec", &lab.ns(&format!("n{node}"))])
         .arg(lab.bin.join("vxmesh"))
         .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
+        .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", format!("/run/netns/{}", lab.ns(id)))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", format!("{}:/usr/lib/cni", lab.bin.display()))
@@ -304,7 +309,14 @@ fn two_hundred_concurrent_pods_a_del_storm_adds_during_a_restart_and_podman() {
     );
     // The way the lab attaches the container when podman has no CNI backend (Debian 13's
     // podman 5), as CRI runtimes attach a pod: CNI ADD on a namespace the container joins,
-    // then DEL. Taken here on purpose, whatever this machine's podman has.
+    // then DEL. Taken here on purpose, whatever this machine's podman has. Before it, the
+    // namespace a killed run of the same would leave: attached by ADD (under the lab's
+    // container ID, the namespace's name), never DELeted; the run must release it too.
+    let leftover: Pod = (1, "n1-podman".to_string());
+    add_netns(&lab, std::slice::from_ref(&leftover));
+    let (ok, out) = cni_as(&lab, 1, "ADD", &leftover.1, &lab.ns(&leftover.1));
+    assert!(ok, "{out}");
+    assert_ne!(footprint(&lab, 1), base[0], "the leftover holds an address");
     let out = lab.must_env(&["podman", "1"], &[("VXLAB_PODMAN_ATTACH", "netns")]);
     println!("{out}");
     assert!(out.contains("as CRI runtimes attach pods"), "{out}");
@@ -312,7 +324,8 @@ fn two_hundred_concurrent_pods_a_del_storm_adds_during_a_restart_and_podman() {
         out.contains(&format!("reached {}", lab.pod_ip(2, 1))),
         "{out}"
     );
-    // The DEL released the container's address and state, and its namespace is gone.
+    // The DELs released the leftover's and the container's addresses and state, and the
+    // namespace is gone.
     assert_eq!(footprint(&lab, 1), base[0]);
     let podman_ns = format!("/run/netns/{}", lab.ns("n1-podman"));
     assert!(
