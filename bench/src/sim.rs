@@ -104,7 +104,7 @@ pub struct ObserverWork {
     pub passes: u64,
     pub work: TableWork,
     /// Real CPU time of the pure cores per event (µs): judging, the forwarding
-    /// table republished and the status copied (main's agent, per event).
+    /// table republished, the status copied and the pool's usage counted.
     pub us_per_event: f64,
     /// The slowest pass (µs).
     pub max_pass_us: f64,
@@ -162,6 +162,8 @@ struct Observer {
     table: PeerTable,
     fib: SharedTable,
     status: AgentState,
+    /// The Network's config: the pool whose usage the agent shows after each pass.
+    pool: NetworkConfig,
     /// The rejections generation copied into the status.
     shown_rejections: Option<u64>,
     cursor: usize,
@@ -471,9 +473,13 @@ impl Observer {
             let (removed, added) = PeerChange::vtep_delta(&changes);
             self.fib.apply_delta(&removed, &added);
         }
-        // as the agent does after each pass
+        // as the agent does after each pass: the peers and the pool's usage shown
         self.status
             .show_peers(&self.table, &mut self.shown_rejections);
+        let usage = self.table.leased().usage(&self.pool);
+        if let Ok(mut p) = self.status.pool.lock() {
+            *p = Some(usage);
+        }
         let took = t.elapsed();
         self.cpu += took;
         self.work.events += events.len() as u64;
@@ -540,6 +546,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             table: PeerTable::new(rules, None),
             fib: SharedTable::new(ForwardingTable::new(local, [])),
             status: AgentState::default(),
+            pool: sim.cfg.clone(),
             shown_rejections: None,
             cursor: 0,
             work: ObserverWork::default(),
@@ -675,7 +682,7 @@ pub fn render(r: &SimReport) -> String {
         "simulated {} nodes (Network {}, SubnetLen {}), {} observers running the agent's per-event path; {:.1} s real time\n\
          start-up: every node held a subnet after {} virtual ms; {} listings ({:.1} per node), {} keys listed ({:.0} per node: one listing to allocate, which the watch then begins with, of about N/2 keys when all start together; N² in all), {} claims ({} lost races), {} watch events delivered ({:.0} per node: every lease created after the node listed, about N/2; N² in all)\n\
          allocator plan per listing: median {:.0} µs, max {:.0} µs\n\
-         observers at start-up: {} events in {} passes each ({:.1} events per pass), {} full passes and {} events judged alone; {:.2} µs per event (judge + forwarding table + status), slowest pass {:.0} µs; consistent: {}\n\
+         observers at start-up: {} events in {} passes each ({:.1} events per pass), {} full passes and {} events judged alone; {:.2} µs per event (judge + forwarding table + status + pool usage), slowest pass {:.0} µs; consistent: {}\n\
          churn: {} events delivered; observers {:.2} µs per event, {} full passes; consistent: {}\n\
          restart storm ({} ms without etcd{}): every subnet held again {} virtual ms after the restart; peak {} requests per 100 ms once etcd is back (of {} nodes); {} listings, {} keys listed, {} events delivered\n\
          one node's control-plane state at {} peers: {:.0} KiB ({:.0} bytes per peer), of which the forwarding table {:.0} KiB",

@@ -1134,24 +1134,13 @@ impl Running {
     fn show_peers(&mut self) {
         self.state
             .show_peers(&self.peers, &mut self.shown_rejections);
-        let usage = crate::pool::PoolUsage::of(
-            &self.pool_cfg,
-            self.peers
-                .verdicts()
-                .filter_map(|(key, _)| crate::lease::parse_lease_key(key)),
-        );
+        // A range count over the subnets the table keeps as keys come and go.
+        let usage = self.peers.leased().usage(&self.pool_cfg);
         show_pool(&mut self.pool_alarm, usage, &self.state.pool, &self.state);
         let Some(pool6) = self.pool_cfg.ipv6.as_ref() else {
             return;
         };
-        let usage6 = crate::pool::PoolUsage::of6(
-            pool6,
-            self.peers.verdicts().filter_map(|(key, _)| {
-                crate::lease::LeaseKey::parse(key)
-                    .ok()
-                    .and_then(|k| k.ipv6_subnet())
-            }),
-        );
+        let usage6 = self.peers.leased().usage6(pool6);
         show_pool(
             &mut self.pool6_alarm,
             usage6,

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use crate::config::NetworkConfig;
 use crate::lease::{parse_lease_key, LeaseAttrs, LeaseKey, MAX_LEASE_VALUE_BYTES};
+use crate::pool::LeasedSubnets;
 use crate::registry_events::Entry;
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
@@ -630,6 +631,8 @@ pub struct PeerTable {
     newest: i64,
     /// Bumped whenever the set of rejected leases or their reasons change.
     rejections_generation: u64,
+    /// The subnets the keys of `verdicts` name (the pools' usage).
+    leased: LeasedSubnets,
     work: TableWork,
 }
 
@@ -648,6 +651,7 @@ impl PeerTable {
             against_node: BTreeSet::new(),
             newest: i64::MIN,
             rejections_generation: 0,
+            leased: LeasedSubnets::default(),
             work: TableWork::default(),
         }
     }
@@ -686,6 +690,12 @@ impl PeerTable {
     /// showing the rejections copies them only then.
     pub fn rejections_generation(&self) -> u64 {
         self.rejections_generation
+    }
+
+    /// The subnets every known key names, accepted or not: what the pools' usage
+    /// counts (a key takes its subnet from the allocator whatever its value).
+    pub fn leased(&self) -> &LeasedSubnets {
+        &self.leased
     }
 
     /// How the events so far were judged.
@@ -847,6 +857,9 @@ impl PeerTable {
             None => {}
         }
         let old = self.verdicts.insert(Arc::clone(key), j.verdict);
+        if old.is_none() {
+            self.leased.add_key(key);
+        }
         let new = self.verdicts.get(key);
         if old.as_ref() != new {
             let was_rejected = matches!(old, Some(Verdict::Rejected(_)));
@@ -876,7 +889,11 @@ impl PeerTable {
                 self.against_lease.remove(key);
                 self.against_node.remove(key);
                 let mut changes = Vec::new();
-                match self.verdicts.remove(key) {
+                let gone = self.verdicts.remove(key);
+                if gone.is_some() {
+                    self.leased.remove_key(key);
+                }
+                match gone {
                     Some(Verdict::Peer(p)) => {
                         self.taken.release(&p);
                         self.peers.remove(&p.subnet);
@@ -951,6 +968,9 @@ impl PeerTable {
             if !self.peers.contains_key(s) {
                 added.push(PeerChange::Added(*new));
             }
+        }
+        if !self.verdicts.keys().eq(verdicts.keys()) {
+            self.leased = LeasedSubnets::from_keys(verdicts.keys().map(|k| &**k));
         }
         self.verdicts = verdicts;
         self.peers = peers;
@@ -1699,6 +1719,9 @@ mod tests {
                 proptest::prop_assert_eq!(fresh.peers().collect::<Vec<_>>(), t.peers().collect::<Vec<_>>());
                 // Not only the peers: every verdict, reasons and messages included.
                 proptest::prop_assert_eq!(fresh.verdicts().collect::<Vec<_>>(), t.verdicts().collect::<Vec<_>>());
+                // The subnets kept for the pools' usage, as counted from the keys afresh.
+                proptest::prop_assert_eq!(t.leased(), &LeasedSubnets::from_keys(t.verdicts().map(|(k, _)| k)));
+                proptest::prop_assert_eq!(fresh.leased(), t.leased());
             }
         }
     }

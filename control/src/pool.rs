@@ -3,7 +3,7 @@
 //! network has two pools (each node takes a subnet of both), and either can run out
 //! first: an IPv6Network of /56 holds only 256 subnets of /64.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Ipv6Pool, NetworkConfig};
 use crate::subnet::Subnet;
@@ -88,6 +88,103 @@ impl PoolUsage {
     pub fn nearly_full(&self) -> bool {
         self.total > 0
             && u128::from(self.used) * 100 >= u128::from(self.total) * u128::from(WARN_PERCENT)
+    }
+}
+
+/// The subnets the registry's lease keys name, kept as keys come and go, so that a
+/// pool's usage is a range count over sorted subnets instead of a parse of every key
+/// per batch of events. Each subnet counts the keys that name it; [`Self::usage`]
+/// and [`Self::usage6`] give what [`PoolUsage::of`] and [`PoolUsage::of6`] give over
+/// the keys' subnets (a property test compares them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeasedSubnets {
+    v4: BTreeMap<Place4, u32>,
+    v6: BTreeMap<Place6, u32>,
+}
+
+/// A subnet as the pools compare it: (prefix length, first address).
+type Place4 = (u8, u32);
+type Place6 = (u8, u128);
+
+impl LeasedSubnets {
+    pub fn from_keys<'k>(keys: impl IntoIterator<Item = &'k str>) -> Self {
+        let mut l = LeasedSubnets::default();
+        for k in keys {
+            l.add_key(k);
+        }
+        l
+    }
+
+    /// The subnets `key` names: its IPv4 part as [`PoolUsage::of`]'s callers read it
+    /// (`crate::lease::parse_lease_key`), and its IPv6 part.
+    fn parts(key: &str) -> (Option<Place4>, Option<Place6>) {
+        let v4 = crate::lease::parse_lease_key(key).map(|s| (s.prefix_len(), u32::from(s.addr())));
+        let v6 = crate::lease::LeaseKey::parse(key)
+            .ok()
+            .and_then(|k| k.ipv6_subnet())
+            .map(|s| (s.prefix_len(), u128::from(s.addr())));
+        (v4, v6)
+    }
+
+    /// A key now known (call once per key).
+    pub fn add_key(&mut self, key: &str) {
+        let (v4, v6) = Self::parts(key);
+        if let Some(a) = v4 {
+            *self.v4.entry(a).or_insert(0) += 1;
+        }
+        if let Some(a) = v6 {
+            *self.v6.entry(a).or_insert(0) += 1;
+        }
+    }
+
+    /// A key gone (call once per key that was added).
+    pub fn remove_key(&mut self, key: &str) {
+        fn release<A: Ord>(m: &mut BTreeMap<A, u32>, a: A) {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = m.entry(a) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        let (v4, v6) = Self::parts(key);
+        if let Some(a) = v4 {
+            release(&mut self.v4, a);
+        }
+        if let Some(a) = v6 {
+            release(&mut self.v6, a);
+        }
+    }
+
+    /// The IPv4 pool's usage: [`PoolUsage::of`] over every key's subnet.
+    pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
+        let len = cfg.subnet_len;
+        let (min, max) = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
+        let used = if min <= max {
+            self.v4.range((len, min)..=(len, max)).count() as u64
+        } else {
+            0
+        };
+        PoolUsage {
+            total: cfg.pool_size(),
+            used: used.min(cfg.pool_size()),
+        }
+    }
+
+    /// The IPv6 pool's usage: [`PoolUsage::of6`] over every key's IPv6 subnet.
+    pub fn usage6(&self, pool: &Ipv6Pool) -> PoolUsage {
+        let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
+        let len = pool.subnet_len;
+        let (min, max) = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
+        let used = if min <= max {
+            self.v6.range((len, min)..=(len, max)).count() as u64
+        } else {
+            0
+        };
+        PoolUsage {
+            total,
+            used: used.min(total),
+        }
     }
 }
 
@@ -236,6 +333,81 @@ mod tests {
             w.starts_with("IPv6 subnet pool 100% used") && w.contains("widen IPv6Network/"),
             "{w}"
         );
+    }
+
+    fn pool6() -> Ipv6Pool {
+        Ipv6Pool {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+            subnet_min: "fd00:10:244:1::".parse().unwrap(),
+            subnet_max: "fd00:10:244:ff::".parse().unwrap(),
+        }
+    }
+
+    /// What the agent counted before [`LeasedSubnets`]: every key parsed, both pools.
+    fn afresh(keys: &BTreeSet<String>) -> (PoolUsage, PoolUsage) {
+        (
+            PoolUsage::of(
+                &cfg(),
+                keys.iter().filter_map(|k| crate::lease::parse_lease_key(k)),
+            ),
+            PoolUsage::of6(
+                &pool6(),
+                keys.iter().filter_map(|k| {
+                    crate::lease::LeaseKey::parse(k)
+                        .ok()
+                        .and_then(|k| k.ipv6_subnet())
+                }),
+            ),
+        )
+    }
+
+    #[test]
+    fn leased_subnets_count_as_the_keys_parsed_afresh() {
+        const P: &str = "/coreos.com/network/subnets/";
+        let keys = [
+            "10.244.1.0-24",
+            "10.244.1.0-24&fd00:10:244:1::-64", // the same IPv4 subnet, dual stack
+            "10.244.10.0-24",                   // SubnetMax
+            "10.244.0.0-24",                    // below SubnetMin
+            "10.244.4.0-25",                    // another length
+            "0.0.0.0-0&fd00:10:244:ff::-64",    // IPv6 only
+            "10.244.2.0-24&fd00:10:244::-64",   // IPv6 half below IPv6SubnetMin
+            "not-a-lease",
+            "10.244.3.7-24", // host bits set
+        ];
+        let mut known = BTreeSet::new();
+        let mut l = LeasedSubnets::default();
+        // A fixed walk through adds and removes of every key, each step checked.
+        let mut x: u32 = 7;
+        for _ in 0..400 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let key = format!("{P}{}", keys[(x >> 16) as usize % keys.len()]);
+            if known.insert(key.clone()) {
+                l.add_key(&key);
+            } else {
+                known.remove(&key);
+                l.remove_key(&key);
+            }
+            assert_eq!(
+                (l.usage(&cfg()), l.usage6(&pool6())),
+                afresh(&known),
+                "{known:?}"
+            );
+            assert_eq!(
+                l,
+                LeasedSubnets::from_keys(known.iter().map(|k| k.as_str()))
+            );
+        }
+        // All of them at once: three IPv4 subnets (10.244.1, .2 and .10) and two IPv6
+        // subnets (fd00:10:244:1:: and :ff::) in the pools.
+        let all: BTreeSet<String> = keys.iter().map(|k| format!("{P}{k}")).collect();
+        let l = LeasedSubnets::from_keys(all.iter().map(|k| k.as_str()));
+        assert_eq!(l.usage(&cfg()).used, 3);
+        assert_eq!(l.usage6(&pool6()).used, 2);
+        assert_eq!((l.usage(&cfg()), l.usage6(&pool6())), afresh(&all));
+        // An empty table counts nothing.
+        assert_eq!(LeasedSubnets::default().usage(&cfg()).used, 0);
     }
 
     #[test]
