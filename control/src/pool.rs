@@ -102,7 +102,7 @@ pub struct LeasedSubnets {
     v6: BTreeMap<Place6, u32>,
 }
 
-/// A subnet as the pools compare it: (prefix length, first address).
+/// A subnet as the pools compare it: (prefix length, first address), IPv4 and IPv6.
 type Place4 = (u8, u32);
 type Place6 = (u8, u128);
 
@@ -130,10 +130,12 @@ impl LeasedSubnets {
     pub fn add_key(&mut self, key: &str) {
         let (v4, v6) = Self::parts(key);
         if let Some(a) = v4 {
-            *self.v4.entry(a).or_insert(0) += 1;
+            let n = self.v4.entry(a).or_insert(0);
+            *n = n.saturating_add(1);
         }
         if let Some(a) = v6 {
-            *self.v6.entry(a).or_insert(0) += 1;
+            let n = self.v6.entry(a).or_insert(0);
+            *n = n.saturating_add(1);
         }
     }
 
