@@ -160,26 +160,26 @@ impl LeasedSubnets {
 
     /// The IPv4 pool's usage: [`PoolUsage::of`] over every key's subnet.
     pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
-        let len = cfg.subnet_len;
-        let (min, max) = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
-        let used = if min <= max {
-            self.v4.range((len, min)..=(len, max)).count() as u64
-        } else {
-            0
-        };
-        PoolUsage {
-            total: cfg.pool_size(),
-            used: used.min(cfg.pool_size()),
-        }
+        let bounds = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
+        Self::count(&self.v4, cfg.pool_size(), cfg.subnet_len, bounds)
     }
 
     /// The IPv6 pool's usage: [`PoolUsage::of6`] over every key's IPv6 subnet.
     pub fn usage6(&self, pool: &Ipv6Pool) -> PoolUsage {
         let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
-        let len = pool.subnet_len;
-        let (min, max) = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
+        let bounds = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
+        Self::count(&self.v6, total, pool.subnet_len, bounds)
+    }
+
+    /// The distinct subnets of length `len` from `min` to `max`, out of `total`.
+    fn count<A: Ord + Copy>(
+        m: &BTreeMap<(u8, A), u32>,
+        total: u64,
+        len: u8,
+        (min, max): (A, A),
+    ) -> PoolUsage {
         let used = if min <= max {
-            self.v6.range((len, min)..=(len, max)).count() as u64
+            m.range((len, min)..=(len, max)).count() as u64
         } else {
             0
         };
@@ -288,12 +288,7 @@ mod tests {
     fn counts_the_ipv6_pool_from_the_ipv6_halves() {
         // fd00:10:244::/56 with /64s: 256 subnets, the pool from fd00:10:244:1:: (flannel's
         // default IPv6SubnetMin is the second subnet) to fd00:10:244:ff::, 255.
-        let pool = Ipv6Pool {
-            network: "fd00:10:244::/56".parse().unwrap(),
-            subnet_len: 64,
-            subnet_min: "fd00:10:244:1::".parse().unwrap(),
-            subnet_max: "fd00:10:244:ff::".parse().unwrap(),
-        };
+        let pool = pool6();
         let s6 = |x: &str| -> Subnet6 { x.parse().unwrap() };
         let u = PoolUsage::of6(
             &pool,
