@@ -773,24 +773,11 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let (mut pool, mut pool6) = (None, None);
     let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
         Ok(cfg) => {
-            pool = Some(vxmesh_control::pool::PoolUsage::of(
-                &cfg,
-                listing
-                    .entries
-                    .iter()
-                    .filter_map(|e| parse_lease_key(&e.key)),
-            ));
-            pool6 = cfg.ipv6.as_ref().map(|p6| {
-                vxmesh_control::pool::PoolUsage::of6(
-                    p6,
-                    listing
-                        .entries
-                        .iter()
-                        .filter_map(|e| LeaseKey::parse(&e.key).ok()?.ipv6_subnet()),
-                )
-            });
             let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
             let _ = t.reset(&listing.entries, &mut Vec::new());
+            // The pools counted as the agents count them, from the table's keys.
+            pool = Some(t.leased().usage(&cfg));
+            pool6 = cfg.ipv6.as_ref().map(|p6| t.leased().usage6(p6));
             Ok(t.verdicts()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect())
