@@ -74,20 +74,54 @@ pub fn pid_from_file(path: &std::path::Path) -> io::Result<i32> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn samples_this_process() {
-        let me = i32::try_from(std::process::id()).unwrap();
-        let before = sample(me).unwrap();
-        assert!(before.rss_kib > 0 && before.threads >= 1, "{before}");
-        // Three more descriptors are seen.
-        let files: Vec<fs::File> = (0..3)
-            .map(|_| fs::File::open("/proc/self/status").unwrap())
+    /// A `sleep` child with `extra` descriptors open besides 0, 1 and 2,
+    /// sampled once it runs `sleep` (before its exec it still holds the
+    /// parent's close-on-exec descriptors). A child, not this process: the
+    /// other tests of this binary open and close files in parallel threads, so
+    /// this process's own count moves under the test (it failed CI once so).
+    fn sleeper(extra: usize) -> (std::process::Child, ProcSample) {
+        use std::process::{Command, Stdio};
+        let redirects: String = (3..3 + extra)
+            .map(|fd| format!(" {fd}</dev/null"))
             .collect();
-        let with = sample(me).unwrap();
-        assert!(with.fds >= before.fds + 3, "{before} then {with}");
-        drop(files);
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("exec sleep 30{redirects}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        for _ in 0..500 {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                return (child, sample(pid).unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().ok();
+        child.wait().ok();
+        panic!("child {pid} did not exec sleep within 5 s");
+    }
+
+    #[test]
+    fn samples_a_process() {
+        let (mut plain, before) = sleeper(0);
+        let (mut more, with) = sleeper(3);
+        plain.kill().ok();
+        more.kill().ok();
+        plain.wait().ok();
+        more.wait().ok();
+        assert!(before.rss_kib > 0 && before.threads == 1, "{before}");
+        // 0, 1, 2 and whatever this test binary inherited without
+        // close-on-exec (a jobserver pipe, a CI runner's descriptor): the
+        // same for both children.
+        assert!(before.fds >= 3, "{before}");
+        assert_eq!(with.fds, before.fds + 3, "{before} then {with}");
         assert!(sample(i32::MAX).is_err(), "no such process");
-        assert!(format!("{with}").contains(" fds, "));
+        assert!(format!("{with}").contains(&format!(" {} fds, ", with.fds)));
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(sample(me).unwrap().threads >= 1);
     }
 
     #[test]
