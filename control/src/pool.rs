@@ -3,6 +3,7 @@
 //! network has two pools (each node takes a subnet of both), and either can run out
 //! first: an IPv6Network of /56 holds only 256 subnets of /64.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Ipv6Pool, NetworkConfig};
@@ -92,19 +93,87 @@ impl PoolUsage {
 }
 
 /// The subnets the registry's lease keys name, kept as keys come and go, so that a
-/// pool's usage is a range count over sorted subnets instead of a parse of every key
-/// per batch of events. Each subnet counts the keys that name it; [`Self::usage`]
-/// and [`Self::usage6`] give what [`PoolUsage::of`] and [`PoolUsage::of6`] give over
-/// the keys' subnets (a property test compares them).
+/// pool's usage does not need a parse of every key per batch of events. Each subnet
+/// counts the keys that name it; [`Self::usage`] and [`Self::usage6`] give what
+/// [`PoolUsage::of`] and [`PoolUsage::of6`] give over the keys' subnets (a property
+/// test compares them). The first count for a pool walks its range; after that a
+/// subnet that appears or goes adjusts the count, so a batch costs O(log N) per
+/// changed key, not a walk of N subnets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeasedSubnets {
-    v4: BTreeMap<Place4, u32>,
-    v6: BTreeMap<Place6, u32>,
+    v4: Places<u32>,
+    v6: Places<u128>,
 }
 
-/// A subnet as the pools compare it: (prefix length, first address), IPv4 and IPv6.
-type Place4 = (u8, u32);
-type Place6 = (u8, u128);
+/// A subnet as the pools compare it: (prefix length, first address).
+type Place<A> = (u8, A);
+
+/// Sorted subnets of one family, each with the number of keys naming it, and the
+/// last range counted.
+#[derive(Debug, Clone, Default)]
+struct Places<A: Copy> {
+    /// (prefix length, first address) → keys naming that subnet.
+    keys: BTreeMap<Place<A>, u32>,
+    /// The last range asked for, (length, min, max), and the distinct subnets in it,
+    /// kept up to date as subnets appear and go. A `Cell`: counting is a read.
+    memo: Cell<Option<(Range<A>, u64)>>,
+}
+
+/// A pool's subnets as [`Places`] counts them: (prefix length, min, max).
+type Range<A> = (u8, A, A);
+
+impl<A: Ord + Copy> PartialEq for Places<A> {
+    /// The subnets alone; the memo is a cache.
+    fn eq(&self, other: &Self) -> bool {
+        self.keys == other.keys
+    }
+}
+
+impl<A: Ord + Copy> Eq for Places<A> {}
+
+impl<A: Ord + Copy> Places<A> {
+    fn add(&mut self, a: Place<A>) {
+        let n = self.keys.entry(a).or_insert(0);
+        *n = n.saturating_add(1);
+        if *n == 1 {
+            self.adjust(a, |c| c.saturating_add(1));
+        }
+    }
+
+    fn remove(&mut self, a: Place<A>) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.keys.entry(a) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+                self.adjust(a, |c| c.saturating_sub(1));
+            }
+        }
+    }
+
+    /// A subnet appeared or went: the memo's count moves if its range holds it.
+    fn adjust(&mut self, (len, addr): Place<A>, f: impl Fn(u64) -> u64) {
+        if let Some(((l, min, max), c)) = self.memo.get() {
+            if l == len && min <= addr && addr <= max {
+                self.memo.set(Some(((l, min, max), f(c))));
+            }
+        }
+    }
+
+    /// The distinct subnets of length `len` from `min` to `max`.
+    fn count(&self, len: u8, min: A, max: A) -> u64 {
+        if min > max {
+            return 0;
+        }
+        if let Some((range, c)) = self.memo.get() {
+            if range == (len, min, max) {
+                return c;
+            }
+        }
+        let c = self.keys.range((len, min)..=(len, max)).count() as u64;
+        self.memo.set(Some(((len, min, max), c)));
+        c
+    }
+}
 
 impl LeasedSubnets {
     pub fn from_keys<'k>(keys: impl IntoIterator<Item = &'k str>) -> Self {
@@ -117,7 +186,7 @@ impl LeasedSubnets {
 
     /// The subnets `key` names: its IPv4 part as [`PoolUsage::of`]'s callers read it
     /// (`crate::lease::parse_lease_key`), and its IPv6 part.
-    fn parts(key: &str) -> (Option<Place4>, Option<Place6>) {
+    fn parts(key: &str) -> (Option<Place<u32>>, Option<Place<u128>>) {
         let v4 = crate::lease::parse_lease_key(key).map(|s| (s.prefix_len(), u32::from(s.addr())));
         let v6 = crate::lease::LeaseKey::parse(key)
             .ok()
@@ -130,59 +199,46 @@ impl LeasedSubnets {
     pub fn add_key(&mut self, key: &str) {
         let (v4, v6) = Self::parts(key);
         if let Some(a) = v4 {
-            let n = self.v4.entry(a).or_insert(0);
-            *n = n.saturating_add(1);
+            self.v4.add(a);
         }
         if let Some(a) = v6 {
-            let n = self.v6.entry(a).or_insert(0);
-            *n = n.saturating_add(1);
+            self.v6.add(a);
         }
     }
 
     /// A key gone (call once per key that was added).
     pub fn remove_key(&mut self, key: &str) {
-        fn release<A: Ord>(m: &mut BTreeMap<A, u32>, a: A) {
-            if let std::collections::btree_map::Entry::Occupied(mut e) = m.entry(a) {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
-                    e.remove();
-                }
-            }
-        }
         let (v4, v6) = Self::parts(key);
         if let Some(a) = v4 {
-            release(&mut self.v4, a);
+            self.v4.remove(a);
         }
         if let Some(a) = v6 {
-            release(&mut self.v6, a);
+            self.v6.remove(a);
         }
     }
 
     /// The IPv4 pool's usage: [`PoolUsage::of`] over every key's subnet.
     pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
-        let bounds = (u32::from(cfg.subnet_min), u32::from(cfg.subnet_max));
-        Self::count(&self.v4, cfg.pool_size(), cfg.subnet_len, bounds)
+        let total = cfg.pool_size();
+        let used = self.v4.count(
+            cfg.subnet_len,
+            u32::from(cfg.subnet_min),
+            u32::from(cfg.subnet_max),
+        );
+        PoolUsage {
+            total,
+            used: used.min(total),
+        }
     }
 
     /// The IPv6 pool's usage: [`PoolUsage::of6`] over every key's IPv6 subnet.
     pub fn usage6(&self, pool: &Ipv6Pool) -> PoolUsage {
         let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
-        let bounds = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
-        Self::count(&self.v6, total, pool.subnet_len, bounds)
-    }
-
-    /// The distinct subnets of length `len` from `min` to `max`, out of `total`.
-    fn count<A: Ord + Copy>(
-        m: &BTreeMap<(u8, A), u32>,
-        total: u64,
-        len: u8,
-        (min, max): (A, A),
-    ) -> PoolUsage {
-        let used = if min <= max {
-            m.range((len, min)..=(len, max)).count() as u64
-        } else {
-            0
-        };
+        let used = self.v6.count(
+            pool.subnet_len,
+            u128::from(pool.subnet_min),
+            u128::from(pool.subnet_max),
+        );
         PoolUsage {
             total,
             used: used.min(total),
@@ -395,6 +451,20 @@ mod tests {
                 l,
                 LeasedSubnets::from_keys(known.iter().map(|k| k.as_str()))
             );
+            // Now and then another pool is counted (its range walked, the first
+            // pool's count forgotten), and a copy counts as the original.
+            if x % 5 == 0 {
+                let mut wide = cfg();
+                wide.subnet_min = "10.244.0.0".parse().unwrap();
+                let by_walk = PoolUsage::of(
+                    &wide,
+                    known
+                        .iter()
+                        .filter_map(|k| crate::lease::parse_lease_key(k)),
+                );
+                assert_eq!(l.usage(&wide), by_walk, "{known:?}");
+                assert_eq!(l.clone().usage(&wide), by_walk);
+            }
         }
         // All of them at once: three IPv4 subnets (10.244.1, .2 and .10) and two IPv6
         // subnets (fd00:10:244:1:: and :ff::) in the pools.
