@@ -117,9 +117,15 @@ impl ForwardingTable {
     /// publishes such a set), or `removed` names a peer not in the table, it falls
     /// back to the rebuild.
     pub fn with_delta(&self, removed: &[PeerVtep], added: &[PeerVtep]) -> Self {
+        self.delta_or_rebuild(removed, added).0
+    }
+
+    /// [`ForwardingTable::with_delta`], and whether the delta was applied (false:
+    /// the rebuild).
+    fn delta_or_rebuild(&self, removed: &[PeerVtep], added: &[PeerVtep]) -> (Self, bool) {
         let mut t = self.clone();
-        match t.delta_in_place(removed, added) {
-            Some(()) => t,
+        match t.delta_in_place(removed, added, None) {
+            Some(()) => (t, true),
             None => {
                 let mut set: Vec<PeerVtep> = self
                     .peers
@@ -129,12 +135,23 @@ impl ForwardingTable {
                     .collect();
                 let mut seen: rustc_hash::FxHashSet<PeerVtep> = set.iter().copied().collect();
                 set.extend(added.iter().filter(|p| seen.insert(**p)).copied());
-                self.next(set)
+                (self.next(set), false)
             }
         }
     }
 
-    fn delta_in_place(&mut self, removed: &[PeerVtep], added: &[PeerVtep]) -> Option<()> {
+    /// Applies a delta in place; `None` when it cannot (see
+    /// [`ForwardingTable::with_delta`]), the table then half changed. An added peer
+    /// takes the counters of the peer it replaces (same VTEP address and PublicIP),
+    /// or new ones; with `counters_of`, the ones that table holds for it instead (a
+    /// replay of the delta that made `counters_of` from this table: `None` if that
+    /// table does not hold the peer).
+    fn delta_in_place(
+        &mut self,
+        removed: &[PeerVtep],
+        added: &[PeerVtep],
+        counters_of: Option<&ForwardingTable>,
+    ) -> Option<()> {
         let mut freed: FxHashMap<(Ipv4Addr, Ipv4Addr), Arc<PeerCounters>> = FxHashMap::default();
         for p in removed {
             if !self.admits(p) {
@@ -179,8 +196,14 @@ impl ForwardingTable {
             self.by_mac.insert(p.vtep_mac, (p.public_ip, slot));
             self.by_vtep_ip.insert(p.vtep_ip, p.vtep_mac);
             self.sources.insert(p.public_ip, slot);
-            self.counters
-                .push(freed.remove(&(p.vtep_ip, p.public_ip)).unwrap_or_default());
+            let counters = match counters_of {
+                Some(made) => {
+                    let (_, s) = made.peer_slot_by_mac(&p.vtep_mac)?;
+                    Arc::clone(made.counters.get(s)?)
+                }
+                None => freed.remove(&(p.vtep_ip, p.public_ip)).unwrap_or_default(),
+            };
+            self.counters.push(counters);
             self.peers.push(*p);
         }
         Some(())
@@ -239,16 +262,48 @@ impl ForwardingTable {
 
 /// The table shared between the control plane (writer) and the hot path (readers).
 #[derive(Debug, Clone)]
-pub struct SharedTable(Arc<ArcSwap<ForwardingTable>>);
+pub struct SharedTable(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    current: ArcSwap<ForwardingTable>,
+    /// The writer's: the generation before the current one and the delta that made
+    /// the current one from it. Once no reader holds it any more, the next delta is
+    /// applied to it in place (after that one is replayed), instead of to a copy of
+    /// the current table: O(changes) per batch, not a copy of every peer.
+    spare: std::sync::Mutex<Option<Spare>>,
+    /// Deltas applied to the reused spare (tests).
+    #[cfg(test)]
+    reused: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Spare {
+    table: Arc<ForwardingTable>,
+    removed: Vec<PeerVtep>,
+    added: Vec<PeerVtep>,
+}
 
 impl SharedTable {
     pub fn new(table: ForwardingTable) -> Self {
-        SharedTable(Arc::new(ArcSwap::from_pointee(table)))
+        SharedTable(Arc::new(Shared {
+            current: ArcSwap::from_pointee(table),
+            spare: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            reused: Default::default(),
+        }))
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        // A writer that panicked left at worst a stale spare: dropped below.
+        self.0.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes a new generation; readers see it at their next batch.
     pub fn store(&self, table: ForwardingTable) {
-        self.0.store(Arc::new(table));
+        let mut spare = self.spare();
+        *spare = None;
+        self.0.current.store(Arc::new(table));
     }
 
     /// Publishes the next generation for `peers` (see [`ForwardingTable::next`]): the
@@ -259,16 +314,42 @@ impl SharedTable {
     }
 
     /// Publishes the next generation as a delta (see [`ForwardingTable::with_delta`]).
-    /// One writer at a time (the control plane).
+    /// One writer at a time (the control plane). The generation before the current
+    /// one is reused when no reader holds it any more (a worker keeps its generation
+    /// while it sleeps: then the current one is copied, as before).
     pub fn apply_delta(&self, removed: &[PeerVtep], added: &[PeerVtep]) {
-        let next = self.load().with_delta(removed, added);
-        self.store(next);
+        let mut spare = self.spare();
+        let current = self.load();
+        let reused = spare.take().and_then(|s| {
+            let mut t = Arc::try_unwrap(s.table).ok()?;
+            // The spare becomes the current generation, then the next.
+            t.delta_in_place(&s.removed, &s.added, Some(&current))?;
+            t.delta_in_place(removed, added, None)?;
+            Some(t)
+        });
+        let (next, by_delta) = match reused {
+            Some(t) => {
+                #[cfg(test)]
+                self.0
+                    .reused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (t, true)
+            }
+            None => current.delta_or_rebuild(removed, added),
+        };
+        drop(current);
+        let previous = self.0.current.swap(Arc::new(next));
+        *spare = by_delta.then(|| Spare {
+            table: previous,
+            removed: removed.to_vec(),
+            added: added.to_vec(),
+        });
     }
 
     /// The current generation (cheap: no lock, one atomic load and a refcount).
     #[inline]
     pub fn load(&self) -> Arc<ForwardingTable> {
-        self.0.load_full()
+        self.0.current.load_full()
     }
 }
 
@@ -455,6 +536,49 @@ mod tests {
                 same_as_rebuild(&t, &d, &set);
                 t = d;
             }
+        }
+
+        /// The shared table's deltas, applied to the reused generation before the
+        /// current one whenever no reader holds it, give the same generations as
+        /// [`ForwardingTable::with_delta`] on the current one: the same slots, the
+        /// same counters (a count added to a peer stays with it).
+        #[test]
+        fn shared_deltas_equal_copies(steps in proptest::collection::vec(
+            (proptest::collection::vec(1u8..40, 0..6), proptest::collection::vec((1u8..40, 0u8..2), 0..6), proptest::bool::ANY), 1..16)) {
+            let mut set: Vec<PeerVtep> = Vec::new();
+            let shared = SharedTable::new(ForwardingTable::new(local(), []));
+            let mut held: Option<Arc<ForwardingTable>> = None;
+            let mut free_steps = 0u64;
+            for (remove, add, hold) in steps {
+                let removed: Vec<PeerVtep> = set.iter().filter(|p| remove.contains(&p.vtep_ip.octets()[2])).copied().collect();
+                set.retain(|p| !removed.contains(p));
+                let mut added = Vec::new();
+                for (n, variant) in add {
+                    if set.iter().chain(&added).any(|p: &PeerVtep| p.vtep_ip.octets()[2] == n) {
+                        continue;
+                    }
+                    let p = PeerVtep { vtep_mac: MacAddr([0x0e, 0, 0, 0, variant, n]), ..peer(n) };
+                    added.push(p);
+                }
+                set.extend(added.iter().copied());
+                let before = shared.load();
+                for slot in 0..before.peers().len() {
+                    before.peer_counters(slot).unwrap().add_rx(1, 100, 1);
+                }
+                let copy = before.with_delta(&removed, &added);
+                // A reader keeps the generation before the change (a worker asleep),
+                // or lets go of what it held.
+                free_steps += u64::from(held.is_none());
+                held = hold.then(|| Arc::clone(&before));
+                shared.apply_delta(&removed, &added);
+                let got = shared.load();
+                proptest::prop_assert_eq!(got.peers(), copy.peers());
+                same_as_rebuild(&before, &got, &set);
+            }
+            drop(held);
+            // Every step after the first with no generation held reused one.
+            let reused = shared.0.reused.load(std::sync::atomic::Ordering::Relaxed);
+            proptest::prop_assert!(reused + 1 >= free_steps, "{} of {}", reused, free_steps);
         }
     }
 }
