@@ -467,15 +467,19 @@ impl Observer {
         let changes = self
             .table
             .apply(events.iter().map(Update::from), &mut Vec::new());
-        if events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_))) {
+        let listing = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+        if listing {
             self.fib.update(self.table.peers().map(|p| p.to_vtep()));
         } else {
             let (removed, added) = PeerChange::vtep_delta(&changes);
             self.fib.apply_delta(&removed, &added);
         }
         // as the agent does after each pass: the peers and the pool's usage shown
-        self.status
-            .show_peers(&self.table, &mut self.shown_rejections);
+        self.status.show_peers(
+            &self.table,
+            (!listing).then_some(&changes[..]),
+            &mut self.shown_rejections,
+        );
         let usage = self.table.leased().usage(&self.pool);
         if let Ok(mut p) = self.status.pool.lock() {
             *p = Some(usage);
@@ -653,7 +657,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         let _ = t.set_own(own_subnet, &mut Vec::new());
         let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
-        status.show_peers(&t, &mut None);
+        status.show_peers(&t, None, &mut None);
         keep.push((t, status));
     }
     let mid = rss_kib();

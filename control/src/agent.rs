@@ -1078,7 +1078,7 @@ impl Running {
             record_skips(&skips, &self.state);
             record_changes(&changes, &self.state);
             program(&self.dp, &self.nl, &changes, &self.state);
-            self.show_peers();
+            self.show_peers(None);
         }
         self.held(h);
         Ok(())
@@ -1126,14 +1126,15 @@ impl Running {
             self.synced = true;
             self.state.ready.routes.store(ok, Ordering::Relaxed);
         }
-        self.show_peers();
+        self.show_peers((!full_listing).then_some(&changes[..]));
     }
 
     /// Shows the peers and the rejected leases in /v1/status and /metrics (the
-    /// rejections copied only when they changed).
-    fn show_peers(&mut self) {
+    /// peers changed by `changes`, the batch just applied, or copied afresh without
+    /// it; the rejections copied only when they changed).
+    fn show_peers(&mut self, changes: Option<&[crate::peers::PeerChange]>) {
         self.state
-            .show_peers(&self.peers, &mut self.shown_rejections);
+            .show_peers(&self.peers, changes, &mut self.shown_rejections);
         // A range count over the subnets the table keeps as keys come and go.
         let usage = self.peers.leased().usage(&self.pool_cfg);
         show_pool(&mut self.pool_alarm, usage, &self.state.pool, &self.state);

@@ -119,12 +119,12 @@ fn lease_expires_in_secs(l: &LeaseStats, now: SystemTime) -> Option<i64> {
 
 /// Each peer with its dataplane counters (zero before the dataplane runs or when
 /// the kernel dataplane forwards: it counts nothing per peer).
-pub fn peer_stats(
-    peers: &[Peer],
+pub fn peer_stats<'p>(
+    peers: impl IntoIterator<Item = &'p Peer>,
     table: Option<&ForwardingTable>,
 ) -> Vec<(Peer, PeerCounterSnapshot)> {
     peers
-        .iter()
+        .into_iter()
         .map(|p| {
             let c = table
                 .and_then(|t| {
@@ -178,7 +178,7 @@ pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
 
 fn agent_peer_stats(s: &AgentState) -> Vec<(Peer, PeerCounterSnapshot)> {
     let table = s.fib().map(|t| t.load());
-    peer_stats(&s.info().peers, table.as_deref())
+    peer_stats(s.info().peers.iter(), table.as_deref())
 }
 
 async fn peers(State(s): State<Arc<AgentState>>) -> Response {
@@ -856,7 +856,7 @@ mod tests {
             flows: Arc::new(SharedFlows::new(8, 2, 60_000, 1)),
             ..AgentState::default()
         };
-        st.update(|i| i.peers = peers);
+        st.update(|i| i.peers = peers.into_iter().collect());
         *st.fib.get_mut().unwrap() = Some(SharedTable::new(t));
         // Two flows sampled on egress (a 2-byte mean picks every frame).
         let mut sampler = st.flows.sampler(1);

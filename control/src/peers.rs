@@ -1684,21 +1684,25 @@ mod tests {
             let mut t = lab_table();
             let mut skips = vec![];
             let mut known: BTreeMap<String, Entry> = [n1(2), n2(3), mine(4)].into_iter().map(|e| (e.key.clone(), e)).collect();
+            let mut shown: crate::state::StatusPeers = t.peers().copied().collect();
             for (op, k, ip, mac, vni, rev) in ops {
                 let e = entry(KEYS[k], format!(r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":{},"VtepMAC":"{}"}}}}"#, ips[usize::from(ip)], 1 + vni / 3, macs[usize::from(mac)]).into_bytes(), rev);
-                let _ = match op {
+                let changes = match op {
                     0 => { known.insert(e.key.clone(), e.clone()); t.put(&e, &mut skips) }
                     1 => { known.remove(&e.key); t.delete(&e.key, &mut skips) }
                     _ => { let all: Vec<Entry> = known.values().cloned().collect(); t.reset(&all, &mut skips) }
                 };
+                shown.apply(&changes);
                 // Now and then the same event again together with a deletion, as a burst.
                 if rev % 7 == 0 {
                     let other = format!("{P}{}", KEYS[(k + 1) % KEYS.len()]);
                     let burst = [Update::Put(&e), Update::Delete(&other)];
                     known.insert(e.key.clone(), e.clone());
                     known.remove(&other);
-                    let _ = t.apply(burst, &mut skips);
+                    shown.apply(&t.apply(burst, &mut skips));
                 }
+                // The status's peers, changed batch by batch, are the table's.
+                proptest::prop_assert_eq!(shown.iter().collect::<Vec<_>>(), t.peers().collect::<Vec<_>>());
                 let peers: Vec<Peer> = t.peers().copied().collect();
                 for (i, a) in peers.iter().enumerate() {
                     proptest::prop_assert!(lab_rules().network.contains_subnet(&a.subnet));

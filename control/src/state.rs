@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::events::EventLog;
 use crate::handover::StartInfo;
-use crate::peers::Peer;
+use crate::peers::{Peer, PeerChange};
 use crate::pool::PoolUsage;
 use crate::registry::{LeaseStats, WatchStats};
 use crate::subnet::Subnet;
@@ -44,10 +44,60 @@ pub struct Info {
     pub dataplane: &'static str,
     /// How etcd is reached: endpoints, TLS files, user (never the password).
     pub etcd: Option<String>,
-    pub peers: Vec<Peer>,
+    pub peers: StatusPeers,
     /// The leases rejected as peers now (see `peers`), and why.
     pub rejected: Vec<RejectedLease>,
     pub last_error: Option<String>,
+}
+
+/// The peers `/v1/status` shows, by subnet (the peer table's order), changed with
+/// each batch of peer changes rather than copied from the peer table: O(log N) per
+/// change instead of O(N) per batch. Serialized as the list of peers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatusPeers(std::collections::BTreeMap<Subnet, Peer>);
+
+impl StatusPeers {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Peer> + '_ {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Applies a batch of the peer table's changes, in order.
+    pub(crate) fn apply(&mut self, changes: &[PeerChange]) {
+        for c in changes {
+            match c {
+                PeerChange::Added(p) => {
+                    self.0.insert(p.subnet, *p);
+                }
+                PeerChange::Updated { old, new } => {
+                    self.0.remove(&old.subnet);
+                    self.0.insert(new.subnet, *new);
+                }
+                PeerChange::Removed(p) => {
+                    self.0.remove(&p.subnet);
+                }
+            }
+        }
+    }
+}
+
+impl FromIterator<Peer> for StatusPeers {
+    fn from_iter<I: IntoIterator<Item = Peer>>(iter: I) -> Self {
+        StatusPeers(iter.into_iter().map(|p| (p.subnet, p)).collect())
+    }
+}
+
+impl serde::Serialize for StatusPeers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
 }
 
 /// A lease that is not a peer: its key, the reason (the metric's label) and why.
@@ -134,9 +184,16 @@ impl AgentState {
     }
 
     /// Shows `table`'s peers in /v1/status and /metrics, and its rejected leases when
-    /// they changed since the generation in `shown` (which it then records).
-    pub fn show_peers(&self, table: &crate::peers::PeerTable, shown: &mut Option<u64>) {
-        let peers: Vec<_> = table.peers().copied().collect();
+    /// they changed since the generation in `shown` (which it then records). With
+    /// `changes`, the batch that brought the table to its state, the peers shown are
+    /// changed by it; without (after a full listing, or a change of our own subnet),
+    /// or if they would not then count as many as the table, they are copied afresh.
+    pub fn show_peers(
+        &self,
+        table: &crate::peers::PeerTable,
+        changes: Option<&[PeerChange]>,
+        shown: &mut Option<u64>,
+    ) {
         let generation = table.rejections_generation();
         let rejected: Option<Vec<RejectedLease>> = (*shown != Some(generation)).then(|| {
             table
@@ -149,8 +206,22 @@ impl AgentState {
                 .collect()
         });
         *shown = Some(generation);
+        let afresh = || table.peers().copied().collect::<StatusPeers>();
         self.update(|i| {
-            i.peers = peers;
+            match changes {
+                Some(c) => i.peers.apply(c),
+                None => i.peers = afresh(),
+            }
+            if i.peers.len() != table.len() {
+                // Never seen: the changes are the table's own (the peer table's
+                // property test replays them); a guard all the same.
+                tracing::warn!(
+                    shown = i.peers.len(),
+                    peers = table.len(),
+                    "the status's peers went astray from the peer table; copied afresh"
+                );
+                i.peers = afresh();
+            }
             if let Some(r) = rejected {
                 i.rejected = r;
             }

@@ -768,7 +768,7 @@ impl Server {
             mtu: r.mtu,
             tap_offloads: r.tap_offloads,
             fds,
-            peers: info.peers,
+            peers: info.peers.iter().copied().collect(),
             handovers: r.handovers,
             cold_starts: r.cold_starts,
             pid: std::process::id(),
@@ -1023,7 +1023,7 @@ mod tests {
         state.update(|i| {
             i.subnet = Some("10.244.7.0/24".parse().unwrap());
             i.lease_id = Some("694d7c1e22a30b11".into());
-            i.peers = vec![peer()];
+            i.peers = [peer()].into_iter().collect();
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let server = Server::new(me.clone(), Arc::clone(&state), tx);
