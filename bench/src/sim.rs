@@ -134,7 +134,8 @@ pub struct SimReport {
     /// Memory of one node's control-plane state at `nodes - 1` peers (peer table,
     /// forwarding table, status map), KiB, measured as RSS growth over 8 copies.
     pub node_state_kib: f64,
-    /// Of which the forwarding table, KiB.
+    /// Of which the forwarding table, KiB: two generations, the current one and the
+    /// one the next delta goes to (see `SharedTable::apply_delta`).
     pub forwarding_table_kib: f64,
     /// Real seconds the simulation took.
     pub wall_s: f64,
@@ -668,7 +669,14 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
     };
     let mut fibs = Vec::new();
     for (t, _) in &keep {
-        fibs.push(ForwardingTable::new(local, t.peers().map(|p| p.to_vtep())));
+        // As the agent holds it once a batch has changed it: the current
+        // generation and the one before, kept for the next delta.
+        let shared = SharedTable::new(ForwardingTable::new(
+            local,
+            t.peers().map(|p| p.to_vtep()),
+        ));
+        shared.apply_delta(&[], &[]);
+        fibs.push(shared);
     }
     let after = rss_kib();
     report.forwarding_table_kib = after.saturating_sub(mid) as f64 / 8.0;
@@ -689,7 +697,7 @@ pub fn render(r: &SimReport) -> String {
          observers at start-up: {} events in {} passes each ({:.1} events per pass), {} full passes and {} events judged alone; {:.2} µs per event (judge + forwarding table + status + pool usage), slowest pass {:.0} µs; consistent: {}\n\
          churn: {} events delivered; observers {:.2} µs per event, {} full passes; consistent: {}\n\
          restart storm ({} ms without etcd{}): every subnet held again {} virtual ms after the restart; peak {} requests per 100 ms once etcd is back (of {} nodes); {} listings, {} keys listed, {} events delivered\n\
-         one node's control-plane state at {} peers: {:.0} KiB ({:.0} bytes per peer), of which the forwarding table {:.0} KiB",
+         one node's control-plane state at {} peers: {:.0} KiB ({:.0} bytes per peer), of which the forwarding table {:.0} KiB (two generations: the current one and the one the next delta goes to)",
         r.nodes,
         r.network,
         r.subnet_len,
