@@ -671,10 +671,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
     for (t, _) in &keep {
         // As the agent holds it once a batch has changed it: the current
         // generation and the one before, kept for the next delta.
-        let shared = SharedTable::new(ForwardingTable::new(
-            local,
-            t.peers().map(|p| p.to_vtep()),
-        ));
+        let shared = SharedTable::new(ForwardingTable::new(local, t.peers().map(|p| p.to_vtep())));
         shared.apply_delta(&[], &[]);
         fibs.push(shared);
     }
