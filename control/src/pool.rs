@@ -26,13 +26,10 @@ impl PoolUsage {
     /// length, between SubnetMin and SubnetMax). Leases outside the pool, or of
     /// another length, take no place in it and are not counted.
     pub fn of(cfg: &NetworkConfig, leased: impl IntoIterator<Item = Subnet>) -> PoolUsage {
+        let (total, range) = pool4(cfg);
         Self::count(
-            cfg.pool_size(),
-            (
-                cfg.subnet_len,
-                u32::from(cfg.subnet_min),
-                u32::from(cfg.subnet_max),
-            ),
+            total,
+            range,
             leased
                 .into_iter()
                 .map(|s| (s.prefix_len(), u32::from(s.addr()))),
@@ -43,34 +40,36 @@ impl PoolUsage {
     /// IPv6SubnetLen), over the IPv6 halves of the keys. A pool of more than
     /// `u64::MAX` subnets is counted as `u64::MAX`.
     pub fn of6(pool: &Ipv6Pool, leased: impl IntoIterator<Item = Subnet6>) -> PoolUsage {
+        let (total, range) = pool6(pool);
         Self::count(
-            u64::try_from(pool.pool_size()).unwrap_or(u64::MAX),
-            (
-                pool.subnet_len,
-                u128::from(pool.subnet_min),
-                u128::from(pool.subnet_max),
-            ),
+            total,
+            range,
             leased
                 .into_iter()
                 .map(|s| (s.prefix_len(), u128::from(s.addr()))),
         )
     }
 
+    /// `used` of `total` places (never more than `total`).
+    fn capped(total: u64, used: u64) -> PoolUsage {
+        PoolUsage {
+            total,
+            used: used.min(total),
+        }
+    }
+
     /// Both families' count: the distinct `(length, address)` pairs of the pool's
     /// length between its first and last subnet, out of `total`.
     fn count<A: Ord>(
         total: u64,
-        (len, min, max): (u8, A, A),
+        (len, min, max): Range<A>,
         leased: impl Iterator<Item = (u8, A)>,
     ) -> PoolUsage {
         let used: BTreeSet<A> = leased
             .filter(|(l, a)| *l == len && min <= *a && *a <= max)
             .map(|(_, a)| a)
             .collect();
-        PoolUsage {
-            total,
-            used: (used.len() as u64).min(total),
-        }
+        Self::capped(total, used.len() as u64)
     }
 
     pub fn free(&self) -> u64 {
@@ -103,6 +102,26 @@ impl PoolUsage {
 pub struct LeasedSubnets {
     v4: Places<u32>,
     v6: Places<u128>,
+}
+
+/// The IPv4 pool's size and its range of places: SubnetMin..=SubnetMax at SubnetLen.
+fn pool4(cfg: &NetworkConfig) -> (u64, Range<u32>) {
+    let range = (
+        cfg.subnet_len,
+        u32::from(cfg.subnet_min),
+        u32::from(cfg.subnet_max),
+    );
+    (cfg.pool_size(), range)
+}
+
+/// The IPv6 pool's size (at most `u64::MAX`) and its range of places.
+fn pool6(pool: &Ipv6Pool) -> (u64, Range<u128>) {
+    let range = (
+        pool.subnet_len,
+        u128::from(pool.subnet_min),
+        u128::from(pool.subnet_max),
+    );
+    (u64::try_from(pool.pool_size()).unwrap_or(u64::MAX), range)
 }
 
 /// A subnet as the pools compare it: (prefix length, first address).
@@ -160,7 +179,7 @@ impl<A: Ord + Copy> Places<A> {
     }
 
     /// The distinct subnets of length `len` from `min` to `max`.
-    fn count(&self, len: u8, min: A, max: A) -> u64 {
+    fn count(&self, (len, min, max): Range<A>) -> u64 {
         if min > max {
             return 0;
         }
@@ -219,30 +238,14 @@ impl LeasedSubnets {
 
     /// The IPv4 pool's usage: [`PoolUsage::of`] over every key's subnet.
     pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
-        let total = cfg.pool_size();
-        let used = self.v4.count(
-            cfg.subnet_len,
-            u32::from(cfg.subnet_min),
-            u32::from(cfg.subnet_max),
-        );
-        PoolUsage {
-            total,
-            used: used.min(total),
-        }
+        let (total, range) = pool4(cfg);
+        PoolUsage::capped(total, self.v4.count(range))
     }
 
     /// The IPv6 pool's usage: [`PoolUsage::of6`] over every key's IPv6 subnet.
     pub fn usage6(&self, pool: &Ipv6Pool) -> PoolUsage {
-        let total = u64::try_from(pool.pool_size()).unwrap_or(u64::MAX);
-        let used = self.v6.count(
-            pool.subnet_len,
-            u128::from(pool.subnet_min),
-            u128::from(pool.subnet_max),
-        );
-        PoolUsage {
-            total,
-            used: used.min(total),
-        }
+        let (total, range) = pool6(pool);
+        PoolUsage::capped(total, self.v6.count(range))
     }
 }
 

@@ -512,6 +512,34 @@ mod tests {
         assert_eq!(d.with_delta(&[bad], &[bad]).peers().len(), 4);
     }
 
+    /// One step of the property tests: the peers of `set` numbered in `remove` go,
+    /// the numbers in `add` not in the set come (`variant` picks their MAC); `set`
+    /// becomes the result. Returns (removed, added).
+    fn step(
+        set: &mut Vec<PeerVtep>,
+        remove: &[u8],
+        add: &[(u8, u8)],
+    ) -> (Vec<PeerVtep>, Vec<PeerVtep>) {
+        let removed: Vec<PeerVtep> = set
+            .iter()
+            .filter(|p| remove.contains(&p.vtep_ip.octets()[2]))
+            .copied()
+            .collect();
+        set.retain(|p| !removed.contains(p));
+        let mut added: Vec<PeerVtep> = Vec::new();
+        for &(n, variant) in add {
+            if set.iter().chain(&added).any(|p| p.vtep_ip.octets()[2] == n) {
+                continue;
+            }
+            added.push(PeerVtep {
+                vtep_mac: MacAddr([0x0e, 0, 0, 0, variant, n]),
+                ..peer(n)
+            });
+        }
+        set.extend(added.iter().copied());
+        (removed, added)
+    }
+
     proptest::proptest! {
         /// Any sequence of deltas over peers with distinct keys gives what the rebuild
         /// gives.
@@ -521,17 +549,7 @@ mod tests {
             let mut set: Vec<PeerVtep> = Vec::new();
             let mut t = ForwardingTable::new(local(), []);
             for (remove, add) in steps {
-                let removed: Vec<PeerVtep> = set.iter().filter(|p| remove.contains(&p.vtep_ip.octets()[2])).copied().collect();
-                set.retain(|p| !removed.contains(p));
-                let mut added = Vec::new();
-                for (n, variant) in add {
-                    if set.iter().chain(&added).any(|p: &PeerVtep| p.vtep_ip.octets()[2] == n) {
-                        continue;
-                    }
-                    let p = PeerVtep { vtep_mac: MacAddr([0x0e, 0, 0, 0, variant, n]), ..peer(n) };
-                    added.push(p);
-                }
-                set.extend(added.iter().copied());
+                let (removed, added) = step(&mut set, &remove, &add);
                 let d = t.with_delta(&removed, &added);
                 same_as_rebuild(&t, &d, &set);
                 t = d;
@@ -550,17 +568,7 @@ mod tests {
             let mut held: Option<Arc<ForwardingTable>> = None;
             let mut free_steps = 0u64;
             for (remove, add, hold) in steps {
-                let removed: Vec<PeerVtep> = set.iter().filter(|p| remove.contains(&p.vtep_ip.octets()[2])).copied().collect();
-                set.retain(|p| !removed.contains(p));
-                let mut added = Vec::new();
-                for (n, variant) in add {
-                    if set.iter().chain(&added).any(|p: &PeerVtep| p.vtep_ip.octets()[2] == n) {
-                        continue;
-                    }
-                    let p = PeerVtep { vtep_mac: MacAddr([0x0e, 0, 0, 0, variant, n]), ..peer(n) };
-                    added.push(p);
-                }
-                set.extend(added.iter().copied());
+                let (removed, added) = step(&mut set, &remove, &add);
                 let before = shared.load();
                 for slot in 0..before.peers().len() {
                     before.peer_counters(slot).unwrap().add_rx(1, 100, 1);
