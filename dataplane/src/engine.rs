@@ -390,6 +390,9 @@ struct EgressWorker {
 struct TableView {
     shared: SharedTable,
     table: Arc<ForwardingTable>,
+    /// An empty table held in `table` while the thread sleeps (see
+    /// [`TableView::release`]).
+    asleep: Arc<ForwardingTable>,
     vxlan: [u8; VxlanHeader::LEN],
     since_reload: u32,
     peers: PeerTallies,
@@ -404,6 +407,7 @@ impl TableView {
         .to_bytes();
         TableView {
             peers: PeerTallies::new(table.peers().len()),
+            asleep: Arc::new(ForwardingTable::new(*table.local(), [])),
             shared,
             table,
             vxlan,
@@ -429,6 +433,17 @@ impl TableView {
         }
         .to_bytes();
         self.since_reload = 0;
+    }
+
+    /// Lets go of the shared generation before the thread sleeps (the tallies
+    /// published first), so that the control plane can apply its next delta to it
+    /// in place (`SharedTable::apply_delta`) rather than copy the current table;
+    /// [`TableView::reload`] takes the current generation on waking. Until then the
+    /// view holds an empty table.
+    fn release(&mut self) {
+        self.publish_peers();
+        self.table = Arc::clone(&self.asleep);
+        self.peers.resize(0);
     }
 
     /// Counts one packet handled; reloads after [`TABLE_RELOAD_EVERY`] of them.
@@ -461,7 +476,7 @@ impl EgressWorker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
-                    view.reload();
+                    view.release();
                     idle(self.tap.as_fd(), &self.wake, self.busy_poll, &mut log);
                     // The table may have changed while this thread slept (a peer added
                     // right before the frame that woke it): take it again.
@@ -680,7 +695,7 @@ impl IngressWorker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.counters.publish(&mut counts);
                     self.flows.publish();
-                    view.reload();
+                    view.release();
                     idle(self.udp.as_fd(), &self.wake, self.busy_poll, &mut log);
                     // As on egress: the first datagram after a sleep sees the table as it
                     // is now, not as it was when the thread went idle.
@@ -942,6 +957,34 @@ mod tests {
         view.reload();
         assert_eq!(view.vxlan, header(9));
         assert_eq!(view.since_reload, 0);
+    }
+
+    /// The defect: a thread asleep held the generation it loaded last, so the
+    /// control plane's next delta found it in use and copied the whole table.
+    /// Asleep, a view holds no generation; its tallies reach the peer's counters
+    /// first, and on waking it has the current table again.
+    #[test]
+    fn a_sleeping_view_holds_no_generation() {
+        let shared = SharedTable::new(table(1, true));
+        let mut view = TableView::new(shared.clone());
+        assert!(!view.table.peers().is_empty());
+        view.peers.tx(0, 3, 4_500);
+        // The shared table's own reference, this test's, the view's.
+        assert_eq!(Arc::strong_count(&shared.load()), 3);
+        view.release();
+        assert_eq!(
+            Arc::strong_count(&shared.load()),
+            2,
+            "asleep, the view holds none"
+        );
+        assert!(view.table.peers().is_empty());
+        let now = shared.load();
+        assert_eq!(now.peer_counters(0).unwrap().snapshot().tx_packets, 3);
+        drop(now);
+        shared.store(table(7, true));
+        view.reload();
+        assert_eq!(view.table.local().vni.get(), 7);
+        assert_eq!(view.vxlan, header(7));
     }
 
     /// A VXLAN datagram from the peer: header, then a minimal IPv4 frame to us.
