@@ -4,11 +4,9 @@
 //! first: an IPv6Network of /56 holds only 256 subnets of /64.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::config::{Ipv6Pool, NetworkConfig};
-use crate::subnet::Subnet;
-use crate::subnet6::Subnet6;
 
 /// Above this share of the pool in use, the agent warns (once per crossing) and
 /// `vxmeshctl leases` flags the pool as nearly exhausted.
@@ -24,8 +22,13 @@ pub struct PoolUsage {
 impl PoolUsage {
     /// Counts the distinct leased subnets that take a place in `cfg`'s pool (right
     /// length, between SubnetMin and SubnetMax). Leases outside the pool, or of
-    /// another length, take no place in it and are not counted.
-    pub fn of(cfg: &NetworkConfig, leased: impl IntoIterator<Item = Subnet>) -> PoolUsage {
+    /// another length, take no place in it and are not counted. The tests' oracle:
+    /// the agent and `vxmeshctl` count with [`LeasedSubnets::usage`].
+    #[cfg(test)]
+    pub fn of(
+        cfg: &NetworkConfig,
+        leased: impl IntoIterator<Item = crate::subnet::Subnet>,
+    ) -> PoolUsage {
         let (total, range) = pool4(cfg);
         Self::count(
             total,
@@ -38,8 +41,13 @@ impl PoolUsage {
 
     /// [`PoolUsage::of`] for the IPv6 pool (IPv6SubnetMin..=IPv6SubnetMax at
     /// IPv6SubnetLen), over the IPv6 halves of the keys. A pool of more than
-    /// `u64::MAX` subnets is counted as `u64::MAX`.
-    pub fn of6(pool: &Ipv6Pool, leased: impl IntoIterator<Item = Subnet6>) -> PoolUsage {
+    /// `u64::MAX` subnets is counted as `u64::MAX`. The tests' oracle for
+    /// [`LeasedSubnets::usage6`].
+    #[cfg(test)]
+    pub fn of6(
+        pool: &Ipv6Pool,
+        leased: impl IntoIterator<Item = crate::subnet6::Subnet6>,
+    ) -> PoolUsage {
         let (total, range) = pool6(pool);
         Self::count(
             total,
@@ -60,12 +68,13 @@ impl PoolUsage {
 
     /// Both families' count: the distinct `(length, address)` pairs of the pool's
     /// length between its first and last subnet, out of `total`.
+    #[cfg(test)]
     fn count<A: Ord>(
         total: u64,
         (len, min, max): Range<A>,
         leased: impl Iterator<Item = (u8, A)>,
     ) -> PoolUsage {
-        let used: BTreeSet<A> = leased
+        let used: std::collections::BTreeSet<A> = leased
             .filter(|(l, a)| *l == len && min <= *a && *a <= max)
             .map(|(_, a)| a)
             .collect();
@@ -93,9 +102,9 @@ impl PoolUsage {
 
 /// The subnets the registry's lease keys name, kept as keys come and go, so that a
 /// pool's usage does not need a parse of every key per batch of events. Each subnet
-/// counts the keys that name it; [`Self::usage`] and [`Self::usage6`] give what
-/// [`PoolUsage::of`] and [`PoolUsage::of6`] give over the keys' subnets (a property
-/// test compares them). The first count for a pool walks its range; after that a
+/// counts the keys that name it; [`Self::usage`] and [`Self::usage6`] give what the
+/// tests' walk over the keys' subnets (`PoolUsage::of`, `PoolUsage::of6`) gives (a
+/// property test compares them). The first count for a pool walks its range; after that a
 /// subnet that appears or goes adjusts the count, so a batch costs O(log N) per
 /// changed key, not a walk of N subnets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,8 +212,8 @@ impl LeasedSubnets {
         l
     }
 
-    /// The subnets `key` names: its IPv4 part as [`PoolUsage::of`]'s callers read it
-    /// (`crate::lease::parse_lease_key`), and its IPv6 part.
+    /// The subnets `key` names: its IPv4 part as `crate::lease::parse_lease_key`
+    /// reads it, and its IPv6 part.
     fn parts(key: &str) -> (Option<Place<u32>>, Option<Place<u128>>) {
         let v4 = crate::lease::parse_lease_key(key).map(|s| (s.prefix_len(), u32::from(s.addr())));
         let v6 = crate::lease::LeaseKey::parse(key)
@@ -236,13 +245,15 @@ impl LeasedSubnets {
         }
     }
 
-    /// The IPv4 pool's usage: [`PoolUsage::of`] over every key's subnet.
+    /// The IPv4 pool's usage: the distinct subnets of SubnetLen from SubnetMin to
+    /// SubnetMax that the keys name.
     pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
         let (total, range) = pool4(cfg);
         PoolUsage::capped(total, self.v4.count(range))
     }
 
-    /// The IPv6 pool's usage: [`PoolUsage::of6`] over every key's IPv6 subnet.
+    /// The IPv6 pool's usage: the same over the keys' IPv6 subnets (a pool of more
+    /// than `u64::MAX` subnets is counted as `u64::MAX`).
     pub fn usage6(&self, pool: &Ipv6Pool) -> PoolUsage {
         let (total, range) = pool6(pool);
         PoolUsage::capped(total, self.v6.count(range))
@@ -295,6 +306,9 @@ impl PoolAlarm {
 mod tests {
     use super::*;
     use crate::config::VxlanBackend;
+    use crate::subnet::Subnet;
+    use crate::subnet6::Subnet6;
+    use std::collections::BTreeSet;
 
     fn cfg() -> NetworkConfig {
         // 10.244.0.0/16 with /24s, pool 10.244.1.0 ..= 10.244.10.0: 10 subnets.

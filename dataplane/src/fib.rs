@@ -315,8 +315,8 @@ impl SharedTable {
 
     /// Publishes the next generation as a delta (see [`ForwardingTable::with_delta`]).
     /// One writer at a time (the control plane). The generation before the current
-    /// one is reused when no reader holds it any more (a worker keeps its generation
-    /// while it sleeps: then the current one is copied, as before).
+    /// one is reused when no reader holds it any more (a packet thread lets go of
+    /// its generation before it sleeps); while one does, the current one is copied.
     pub fn apply_delta(&self, removed: &[PeerVtep], added: &[PeerVtep]) {
         let mut spare = self.spare();
         let current = self.load();
