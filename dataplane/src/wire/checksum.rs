@@ -1,9 +1,10 @@
 //! The Internet checksum (RFC 1071), computed fast.
 //!
 //! The one's-complement sum is independent of byte order (RFC 1071 §2(B)), so the
-//! bytes are summed as native-endian 64-bit words (into wide accumulators, folded into
-//! a 64-bit one with end-around carry) and converted to network order once, at the end. Callers that
-//! feed a buffer in pieces must give every piece but the last an even length.
+//! bytes are summed as native-endian 64-bit words into wide accumulators, folded into a
+//! 64-bit one with end-around carry, and converted to network order once, at the end.
+//! Callers that feed a buffer in pieces must give every piece but the last an even
+//! length.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
