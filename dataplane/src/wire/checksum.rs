@@ -181,8 +181,9 @@ mod tests {
 
     #[test]
     fn carries_of_a_full_datagram() {
-        // All-ones and near-all-ones words make every add carry, in both sums, over a
-        // buffer as long as the largest GSO frame; odd lengths end in a half word.
+        // All-ones and near-all-ones words carry into the high half of all four sums
+        // and the fold, over a buffer as long as the largest GSO frame; odd lengths end
+        // in a half word.
         for fill in [0xffu8, 0xfe, 0x80] {
             for len in [65_535usize, 65_534, 1_409, 33] {
                 let d = vec![fill; len];
