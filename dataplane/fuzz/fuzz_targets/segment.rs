@@ -6,10 +6,16 @@
 //!
 //! Input: a mode byte, then either raw bytes, or a frame built from a template (so
 //! the GSO paths are reached without a corpus) with a header chosen to match it.
+//!
+//! The same input through `offload::tunnel::prefix` (egress without segmenting): on
+//! `Ok` its offsets and lengths stay inside the packet, the outer IPv4 header
+//! verifies, and a GSO frame it accepts is one `segment` accepts too (the kernel is
+//! never handed a frame the segmenting path would refuse).
 #![no_main]
 
 use fuzz_support::{checked, complete_checksum, slices, Bytes, Template};
 use libfuzzer_sys::fuzz_target;
+use vxmesh_dataplane::offload::tunnel::{self, Outer, OUTER_LEN, PREFIX_LEN, TNL_HDR_LEN};
 use vxmesh_dataplane::offload::{max_output_len, segment, OffloadError};
 use vxmesh_dataplane::wire::virtio::{
     F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,
@@ -50,6 +56,11 @@ fuzz_target!(|data: &[u8]| {
                 } | if mode >> 2 & 3 == 3 { GSO_ECN } else { 0 };
                 vh.gso_size = vh.gso_size % 3000 + u16::from(mode & 0x80 == 0);
                 vh.flags = F_NEEDS_CSUM;
+                // The offsets the kernel writes (the tunnel path checks them).
+                if mode & 0x40 != 0 {
+                    vh.csum_start = t.eth_ip_len() as u16;
+                    vh.csum_offset = if t.udp { 6 } else { 16 };
+                }
             }
             // A plain frame with a correct NEEDS_CSUM request.
             2 => {
@@ -74,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
     }
     .min(MAX_OUT);
     let mut out = vec![FILL; size];
+    check_tunnel(&vh, &frame, &prefix, max.min(MAX_OUT));
     match segment(&vh, &frame, &prefix, &mut out) {
         Err(e) => {
             assert!(out.iter().all(|&x| x == FILL), "{e:?} but bytes written");
@@ -99,6 +111,50 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// `tunnel::prefix` on the same header and frame (`segment` gets `max` bytes to
+/// compare with).
+fn check_tunnel(vh: &VirtioNetHdr, frame: &[u8], prefix: &[u8], max: usize) {
+    let o = Outer {
+        dst_mac: vxmesh_dataplane::wire::MacAddr([2, 0, 0, 0, 0, 2]),
+        src_mac: vxmesh_dataplane::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+        src: std::net::Ipv4Addr::new(192, 168, 0, 1),
+        dst: std::net::Ipv4Addr::new(192, 168, 0, 2),
+        sport: 40_000,
+        dport: 8472,
+        vxlan: [8, 0, 0, 0, 0, 0, 1, 0],
+        ident: 1,
+    };
+    let mut p = [FILL; PREFIX_LEN];
+    if tunnel::prefix(vh, frame, &o, &mut p).is_err() {
+        assert!(p.iter().all(|&x| x == FILL), "an error, but bytes written");
+        return;
+    }
+    let h = VirtioNetHdr::parse(&p).expect("ten bytes");
+    let total = OUTER_LEN + frame.len();
+    if h.needs_csum() {
+        assert!(usize::from(h.csum_start) + usize::from(h.csum_offset) + 2 <= total);
+    }
+    assert!(usize::from(h.hdr_len) <= total);
+    let ip = &p[TNL_HDR_LEN + 14..TNL_HDR_LEN + 34];
+    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), total - 14);
+    let mut sum = 0u32;
+    for w in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "outer IPv4 checksum");
+    if vh.gso_kind() != GSO_NONE {
+        let mut out = vec![0u8; max];
+        let r = segment(vh, frame, prefix, &mut out);
+        assert!(
+            r.is_ok(),
+            "tunnel took a GSO frame segment refuses: {vh:?} {r:?}"
+        );
+    }
+}
 
 /// Checks what the segments say against the original frame.
 fn check_contents(vh: &VirtioNetHdr, frame: &[u8], inner: &[&[u8]]) {

@@ -26,6 +26,7 @@
 pub mod gro;
 pub mod partial;
 pub mod tso;
+pub mod tunnel;
 pub mod udp_burst;
 pub mod unsegmented;
 
