@@ -188,6 +188,12 @@ counters! {
     frames_delivered,
     /// Large TAP frames split into segments (TSO done in userspace).
     tso_frames_segmented,
+    /// TAP frames sent whole through the underlay TAP (`--egress-tunnel-gso`): the
+    /// kernel or the NIC cuts them.
+    underlay_tap_frames,
+    /// Frames the underlay TAP path could not carry (too large, or a GSO type it
+    /// does not take), sent the segmenting way instead.
+    underlay_tap_fallbacks,
     /// Inner segments merged into a larger frame on receive.
     gro_segments_merged,
     /// Inner frames whose TCP/UDP checksum the sending kernel left partial

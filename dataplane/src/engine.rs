@@ -33,9 +33,9 @@ use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
 use crate::priority::ThreadPriority;
 use crate::send_batch::TxBatch;
-use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, Wake};
+use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, UnderlayTap, Wake};
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
-use crate::wire::{VirtioNetHdr, VxlanHeader};
+use crate::wire::{MacAddr, VirtioNetHdr, VxlanHeader};
 
 /// GRO messages read per `recvmmsg` (each up to 64 KiB).
 pub const RX_MESSAGES: usize = 8;
@@ -64,6 +64,20 @@ pub struct EngineStatus {
     pub priority: ThreadPriority,
     /// How long a thread keeps checking for traffic before it sleeps (zero: off).
     pub busy_poll: Duration,
+    /// Egress frames leave whole through the underlay TAP ([`UnderlayTx`]).
+    pub underlay_tap: bool,
+}
+
+/// The underlay TAP path ([`offload::tunnel`]): a queue of the device and what the
+/// outer headers need.
+#[derive(Debug)]
+pub struct UnderlayTx {
+    pub tap: UnderlayTap,
+    /// The underlay TAP's MAC (the outer destination, so the kernel takes the frame
+    /// as its own).
+    pub tap_mac: MacAddr,
+    /// The node's underlay address: the outer source.
+    pub local_ip: Ipv4Addr,
 }
 
 /// What the engine runs on.
@@ -86,6 +100,9 @@ pub struct EngineConfig {
     /// long (yielding the CPU between checks) before it sleeps. Zero: it sleeps at
     /// once (the default; see [`MAX_BUSY_POLL`]).
     pub busy_poll: Duration,
+    /// Send egress frames whole through this underlay TAP instead of segmenting them
+    /// into UDP datagrams (`None`: the UDP sockets carry everything).
+    pub underlay: Option<UnderlayTx>,
 }
 
 /// The longest busy-polling budget [`Engine::start`] takes: beyond the gap between
@@ -128,6 +145,7 @@ impl Engine {
             aqm,
             priority,
             busy_poll,
+            underlay,
         } = cfg;
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
@@ -146,7 +164,9 @@ impl Engine {
             tx_source_ports: udp_tx.local_ports(),
             priority,
             busy_poll,
+            underlay_tap: underlay.is_some(),
         });
+        let underlay = underlay.map(Arc::new);
         // Each thread sets its scheduling first and says how that went; one that
         // could not goes no further, and the engine does not start.
         let (said, hear) = std::sync::mpsc::channel::<io::Result<()>>();
@@ -183,6 +203,7 @@ impl Engine {
                 wake: Arc::clone(&engine.wake),
                 busy_poll,
                 status: Arc::clone(&status),
+                underlay: underlay.clone(),
             };
             engine.threads.push(spawn(
                 format!("vxmesh-tx{i}"),
@@ -380,6 +401,7 @@ struct EgressWorker {
     wake: Arc<Wake>,
     busy_poll: Duration,
     status: Arc<EngineStatus>,
+    underlay: Option<Arc<UnderlayTx>>,
 }
 
 /// The forwarding table a worker uses and the VXLAN header built from its VNI.
@@ -469,6 +491,8 @@ impl EgressWorker {
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("TAP read failed");
         let nsock = self.udp.socket_count().max(1);
+        // The outer source port of a flow is its send socket's port, on either path.
+        let ports = self.status.tx_source_ports.clone();
 
         while !self.stop.load(Ordering::Relaxed) {
             let n = match self.tap.read(&mut rbuf) {
@@ -510,6 +534,32 @@ impl EgressWorker {
                     slot,
                     flow_hash,
                 } => {
+                    if self.underlay.is_some() {
+                        let port = ports.get(flow_hash as usize % nsock).copied();
+                        match self.send_whole(
+                            &vh,
+                            frame,
+                            peer,
+                            port,
+                            &view,
+                            &mut batch,
+                            &mut counts,
+                        ) {
+                            Whole::Sent(dg, inner) => {
+                                let bytes = dg * VxlanHeader::LEN + inner;
+                                view.peers.tx(slot, dg as u64, bytes as u64);
+                                self.flows.offer(frame, inner, dg, Direction::ToPeer, peer);
+                                continue;
+                            }
+                            Whole::Failed => {
+                                if let Some(c) = view.table.peer_counters(slot) {
+                                    c.count_drop(DropReason::SendFailed);
+                                }
+                                continue;
+                            }
+                            Whole::Cannot => counts.underlay_tap_fallbacks += 1,
+                        }
+                    }
                     let need = offload::max_output_len(&vh, frame.len(), VxlanHeader::LEN);
                     if need > batch.spare_len() || batch.entries().len() + 64 > TX_ENTRIES {
                         self.flush(&mut batch, &mut counts);
@@ -558,6 +608,60 @@ impl EgressWorker {
         self.publish(&mut counts, &mut view);
     }
 
+    /// Sends `frame` whole through the underlay TAP. Whatever the batch holds goes
+    /// first, so a flow's packets leave in order across the two paths.
+    #[allow(clippy::too_many_arguments)]
+    fn send_whole(
+        &mut self,
+        vh: &VirtioNetHdr,
+        frame: &[u8],
+        peer: Ipv4Addr,
+        sport: Option<u16>,
+        view: &TableView,
+        batch: &mut TxBatch,
+        counts: &mut LocalCounts,
+    ) -> Whole {
+        let Some((tap_mac, local_ip)) = self.underlay.as_ref().map(|u| (u.tap_mac, u.local_ip))
+        else {
+            return Whole::Cannot;
+        };
+        let local = view.table.local();
+        let outer = offload::tunnel::Outer {
+            dst_mac: tap_mac,
+            src_mac: local.vtep_mac,
+            src: local_ip,
+            dst: peer,
+            sport: sport.unwrap_or(local.port),
+            dport: local.port,
+            vxlan: view.vxlan,
+            ident: counts.underlay_tap_frames as u16,
+        };
+        let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
+        if offload::tunnel::prefix(vh, frame, &outer, &mut prefix).is_err() {
+            return Whole::Cannot;
+        }
+        if !batch.is_empty() {
+            self.flush(batch, counts);
+        }
+        let Some(u) = self.underlay.as_ref() else {
+            return Whole::Cannot;
+        };
+        counts.tap_syscalls += 1;
+        match u.tap.write(&prefix, frame) {
+            Ok(_) => {
+                let (dg, inner) = offload::tunnel::segmented(vh, frame);
+                counts.underlay_tap_frames += 1;
+                counts.udp_datagrams_sent += dg as u64;
+                counts.udp_bytes_sent += (dg * VxlanHeader::LEN + inner) as u64;
+                Whole::Sent(dg, inner)
+            }
+            Err(_) => {
+                counts.drop(DropReason::SendFailed);
+                Whole::Failed
+            }
+        }
+    }
+
     /// Publishes the node's counts, the peers' tallies and the flow samples.
     fn publish(&mut self, counts: &mut LocalCounts, view: &mut TableView) {
         self.counters.publish(counts);
@@ -574,6 +678,16 @@ impl EgressWorker {
         }
         batch.clear();
     }
+}
+
+/// What became of a frame offered to the underlay TAP path.
+enum Whole {
+    /// Written; it leaves as this many datagrams, with this many inner bytes.
+    Sent(usize, usize),
+    /// The write failed (counted as a send failure).
+    Failed,
+    /// The path cannot carry it: send it the segmenting way.
+    Cannot,
 }
 
 struct IngressWorker {
@@ -1249,6 +1363,7 @@ mod tests {
             aqm: None,
             priority: Default::default(),
             busy_poll: Duration::ZERO,
+            underlay: None,
         };
         (cfg, peers)
     }
@@ -1471,6 +1586,7 @@ mod tests {
             aqm: None,
             priority: Default::default(),
             busy_poll: Duration::ZERO,
+            underlay: None,
         })
         .unwrap();
         let theirs = Arc::new(theirs);

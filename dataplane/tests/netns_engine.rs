@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vxmesh_dataplane::counters::{CounterSnapshot, Counters, DropReason, PeerCounterSnapshot};
-use vxmesh_dataplane::engine::{Engine, EngineConfig};
+use vxmesh_dataplane::engine::{Engine, EngineConfig, UnderlayTx};
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, PeerVtep, SharedTable};
 use vxmesh_dataplane::flows::{Direction, SharedFlows};
 use vxmesh_dataplane::ifname::IfName;
-use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx};
+use vxmesh_dataplane::sys::{Tap, TapOptions, UdpRx, UdpTx, UnderlayTap};
 use vxmesh_dataplane::wire::{MacAddr, Vni, VxlanHeader};
 use vxmesh_testkit::{require_commands, require_root, unique_prefix, veth, wait_for, Netns};
 
@@ -51,6 +51,7 @@ fn start_node(
     peer_subnet: &str,
     opts: TapOptions,
     permanent_neigh: bool,
+    underlay: Option<UnderlayTx>,
 ) -> Node {
     let name = IfName::new(tap).unwrap();
     let (taps, tx, rx) = ns
@@ -122,6 +123,7 @@ fn start_node(
         aqm: None,
         priority: Default::default(),
         busy_poll: Duration::ZERO,
+        underlay,
     })
     .unwrap();
     Node {
@@ -154,6 +156,7 @@ fn pair(tag: &str, opts: TapOptions) -> (Node, Node) {
         "10.244.2.0/24",
         opts,
         true,
+        None,
     );
     // B has no neighbour entry: its kernel ARPs and the engine answers.
     let nb = start_node(
@@ -170,6 +173,7 @@ fn pair(tag: &str, opts: TapOptions) -> (Node, Node) {
         "10.244.1.0/24",
         opts,
         false,
+        None,
     );
     (na, nb)
 }
@@ -502,4 +506,132 @@ fn counters_and_flows_match_iperf3() {
         );
         assert_eq!(top[0].key, f.key, "the iperf3 stream is the top flow");
     }
+}
+
+/// The underlay TAP of `--egress-tunnel-gso` in `ns`, set up as vxmeshd sets it up
+/// (`accept_local`, loose reverse-path filtering, an address, up); `None` when the
+/// kernel has no UDP-tunnel GSO on TAP (before Linux 6.17).
+fn underlay_tap(ns: &Netns, name: &str, local_ip: Ipv4Addr) -> Option<UnderlayTx> {
+    let ifname = IfName::new(name).unwrap();
+    let tap = match ns.run(move || UnderlayTap::open(&ifname)).unwrap() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIP: no UDP-tunnel GSO on TAP here: {e}");
+            return None;
+        }
+    };
+    for (k, v) in [("accept_local", "1"), ("rp_filter", "2")] {
+        ns.exec("sysctl", &["-qw", &format!("net.ipv4.conf.{name}.{k}={v}")])
+            .unwrap();
+    }
+    // Strict filtering everywhere else, as some distributions set it: the device's
+    // loose setting and its address must be enough. The kernel forwards the packets
+    // from the device to the underlay (vxmeshd turns forwarding on for its pods).
+    ns.exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=1",
+            "net.ipv4.ip_forward=1",
+        ],
+    )
+    .unwrap();
+    ns.ip(&["addr", "add", "169.254.253.253/32", "dev", name])
+        .unwrap();
+    ns.ip(&["link", "set", name, "up"]).unwrap();
+    let out = ns
+        .exec("cat", &[&format!("/sys/class/net/{name}/address")])
+        .unwrap();
+    Some(UnderlayTx {
+        tap,
+        tap_mac: out.trim().parse().unwrap(),
+        local_ip,
+    })
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn egress_through_the_underlay_tap_whole() {
+    require_root();
+    let p = format!("{}u", unique_prefix());
+    let a = Netns::new(&format!("{p}a")).unwrap();
+    let b = Netns::new(&format!("{p}b")).unwrap();
+    veth(&a, "ul0", "192.168.99.1/24", &b, "ul0", "192.168.99.2/24").unwrap();
+    let ip_a = Ipv4Addr::new(192, 168, 99, 1);
+    let Some(under) = underlay_tap(&a, "vxt0u", ip_a) else {
+        return;
+    };
+    let mac_a: MacAddr = "0a:58:0a:f4:01:00".parse().unwrap();
+    let mac_b: MacAddr = "0a:58:0a:f4:02:00".parse().unwrap();
+    let peer = |mac, last: u8, subnet: u8| PeerVtep {
+        vtep_mac: mac,
+        public_ip: Ipv4Addr::new(192, 168, 99, last),
+        vtep_ip: Ipv4Addr::new(10, 244, subnet, 0),
+    };
+    let opts = TapOptions::default();
+    let a = start_node(
+        a,
+        "vxt0",
+        ip_a,
+        mac_a,
+        "10.244.1.0",
+        peer(mac_b, 2, 2),
+        "10.244.2.0/24",
+        opts,
+        true,
+        Some(under),
+    );
+    let b = start_node(
+        b,
+        "vxt0",
+        Ipv4Addr::new(192, 168, 99, 2),
+        mac_b,
+        "10.244.2.0",
+        peer(mac_a, 1, 1),
+        "10.244.1.0/24",
+        opts,
+        true,
+        None,
+    );
+    assert!(a.engine.as_ref().unwrap().status().underlay_tap);
+    a.ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.244.2.0"])
+        .unwrap();
+    verified_transfer(&a.ns, &b.ns, Ipv4Addr::new(10, 244, 2, 0), 5211, 32 << 20);
+    verified_transfer(&b.ns, &a.ns, Ipv4Addr::new(10, 244, 1, 0), 5212, 8 << 20);
+    let (ca, cb) = (a.counters(), b.counters());
+    // Every frame A sent went whole: nothing was cut here, nothing fell back, nothing
+    // went through A's UDP sockets.
+    assert!(ca.underlay_tap_frames > 0, "{ca:?}");
+    assert_eq!(ca.underlay_tap_fallbacks, 0, "{ca:?}");
+    assert_eq!(ca.tso_frames_segmented, 0, "{ca:?}");
+    assert_eq!(ca.udp_send_syscalls, 0, "{ca:?}");
+    // Over a veth the tunnel GSO packet crosses uncut: B received each frame as one
+    // datagram, where A counts the datagrams a wire would carry.
+    assert!(
+        cb.udp_datagrams_received * 10 < ca.udp_datagrams_sent,
+        "A {ca:?}\nB {cb:?}"
+    );
+    assert_eq!(
+        ca.drops.iter().sum::<u64>(),
+        ca.dropped(DropReason::Multicast),
+        "{ca:?}"
+    );
+    assert_eq!(
+        cb.drops.iter().sum::<u64>(),
+        cb.dropped(DropReason::Multicast),
+        "{cb:?}"
+    );
+    peer_counters_add_up(&a);
+    // The segmenting path's flow estimate holds for whole frames too.
+    let (top, _) = a.flows.top(8);
+    let f = top
+        .iter()
+        .find(|f| f.dir == Direction::ToPeer && f.key.dst_port == 5211)
+        .unwrap_or_else(|| panic!("no flow to :5211 in {top:#?}"));
+    let payload = f.bytes.saturating_sub(f.packets * 66) as f64;
+    let want = (32u64 << 20) as f64;
+    assert!(
+        (payload - want).abs() / want < 0.02,
+        "{f:?}: {payload} vs {want}"
+    );
 }

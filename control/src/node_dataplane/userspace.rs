@@ -312,6 +312,7 @@ impl Userspace {
             aqm,
             priority: s.engine_priority,
             busy_poll: s.busy_poll,
+            underlay: None,
         })
         .context("starting dataplane threads")?;
         let st = engine.status();

@@ -7,7 +7,7 @@ pub mod fdpass;
 pub mod tap;
 pub mod udp;
 
-pub use tap::{Tap, TapError, TapOffloads, TapOptions};
+pub use tap::{Tap, TapError, TapOffloads, TapOptions, UnderlayTap};
 pub use udp::{RecvBatch, SendEntry, UdpError, UdpRx, UdpTx};
 
 use std::io;

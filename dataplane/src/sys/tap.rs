@@ -401,6 +401,76 @@ impl AsFd for Tap {
     }
 }
 
+/// A write-only queue of the underlay TAP: frames written to it are whole VXLAN
+/// packets (outer Ethernet, IPv4, UDP, VXLAN, inner frame) behind a 24-byte
+/// virtio-net header that may ask for UDP-tunnel segmentation
+/// ([`crate::offload::tunnel`]). The kernel takes each as received on this device
+/// and routes it to the underlay. Needs Linux 6.17 or later (`TUN_F_UDP_TUNNEL_GSO`).
+///
+/// The device is multi-queue so that a successor agent can attach its own queue
+/// while the one it takes over still holds one, and not persistent, so that it goes
+/// with the last agent that holds it. Nothing is routed to it, so nothing is read.
+#[derive(Debug)]
+pub struct UnderlayTap {
+    file: File,
+}
+
+impl UnderlayTap {
+    /// Opens a queue of `name` (creating the device if needed) with the tunnel
+    /// header and offloads. `Configure` with `EINVAL` from `TUNSETVNETHDRSZ` or
+    /// `TUNSETOFFLOAD` means the kernel is too old for tunnel GSO.
+    pub fn open(name: &IfName) -> Result<UnderlayTap, TapError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(TapError::Open)?;
+        let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+        set_iff(&file, name, flags).map_err(|source| TapError::Create {
+            name: name.clone(),
+            source,
+        })?;
+        let cfg = |what: &'static str| TapError::Configure {
+            name: name.clone(),
+            what,
+            source: io::Error::last_os_error(),
+        };
+        let sz = crate::offload::tunnel::TNL_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one c_int through the pointer, which points at
+        // a live local for the duration of the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &sz) } < 0 {
+            return Err(cfg("TUNSETVNETHDRSZ"));
+        }
+        let offloads = TUN_F_CSUM
+            | TUN_F_TSO4
+            | TUN_F_TSO6
+            | TUN_F_TSO_ECN
+            | crate::offload::tunnel::TUN_F_UDP_TUNNEL_GSO;
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long).
+        if unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(offloads),
+            )
+        } < 0
+        {
+            return Err(cfg(
+                "TUNSETOFFLOAD (UDP tunnel GSO needs Linux 6.17 or later)",
+            ));
+        }
+        Ok(UnderlayTap { file })
+    }
+
+    /// Writes one packet: `prefix` (virtio-net header and outer headers) and the
+    /// inner `frame`, in one system call without copying either in user space.
+    #[inline]
+    pub fn write(&self, prefix: &[u8], frame: &[u8]) -> io::Result<usize> {
+        (&self.file).write_vectored(&[IoSlice::new(prefix), IoSlice::new(frame)])
+    }
+}
+
 fn set_iff(file: &File, name: &IfName, flags: libc::c_short) -> io::Result<()> {
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
