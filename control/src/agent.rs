@@ -838,6 +838,7 @@ pub async fn run_with(
                     local_ipv6: public_ipv6,
                     port: cfg.backend.port,
                 }),
+                underlay_tap: None,
                 backend: if cfg.enable_nftables {
                     Backend::Nftables
                 } else {

@@ -101,6 +101,7 @@ impl Family {
             Family::V4 => rules,
             Family::V6 => Rules {
                 untrack: rules.untrack.filter(|u| u.local_ipv6.is_some()),
+                underlay_tap: None,
                 ..rules
             },
         }
@@ -159,6 +160,11 @@ pub struct Rules {
     pub random_fully: bool,
     /// `--iptables-forward-rules`: the FORWARD accepts.
     pub forward: bool,
+    /// `--egress-tunnel-gso`: the node's underlay address and the VXLAN port. With
+    /// `forward`, FORWARD also accepts the outer VXLAN packets the kernel forwards
+    /// from the underlay TAP (UDP from that address to that port: only that device
+    /// may bring in packets from a local address, `accept_local`).
+    pub underlay_tap: Option<(Ipv4Addr, u16)>,
     /// `--vxlan-notrack`: the raw-table rules that keep conntrack off the outer
     /// VXLAN packets.
     pub untrack: Option<Untrack>,
@@ -176,6 +182,7 @@ impl Rules {
             random_fully: true,
             forward: true,
             untrack: None,
+            underlay_tap: None,
             backend,
         }
     }
@@ -247,9 +254,14 @@ fn restore_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
             "*filter\n\
              :{FWD_CHAIN} - [0:0]\n\
              -A {FWD_CHAIN} -s {n} {f} -j ACCEPT\n\
-             -A {FWD_CHAIN} -d {n} {f} -j ACCEPT\n\
-             COMMIT\n"
+             -A {FWD_CHAIN} -d {n} {f} -j ACCEPT\n"
         ));
+        if let Some((ip, port)) = rules.underlay_tap {
+            s.push_str(&format!(
+                "-A {FWD_CHAIN} -s {ip}/32 -p udp -m udp --dport {port} {f} -j ACCEPT\n"
+            ));
+        }
+        s.push_str("COMMIT\n");
     }
     if let Some((ip, len, port)) = rules.untracked(fam) {
         let t = r#"-m comment --comment "vxmesh notrack""#;
@@ -304,9 +316,12 @@ fn nft_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
             "\tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
              \t\t{f} saddr {n} accept\n\
-             \t\t{f} daddr {n} accept\n\
-             \t}}\n"
+             \t\t{f} daddr {n} accept\n"
         ));
+        if let Some((ip, port)) = rules.underlay_tap {
+            s.push_str(&format!("\t\t{f} saddr {ip} udp dport {port} accept\n"));
+        }
+        s.push_str("\t}\n");
     }
     if let Some((ip, _, port)) = rules.untracked(fam) {
         s.push_str(&format!(
@@ -692,8 +707,46 @@ mod tests {
         random_fully: true,
         forward: true,
         untrack: None,
+        underlay_tap: None,
         backend: Backend::Iptables,
     };
+
+    const UNDERLAY_TAP: Option<(Ipv4Addr, u16)> = Some((Ipv4Addr::new(192, 168, 200, 1), 8472));
+
+    /// `--egress-tunnel-gso`: FORWARD also accepts the outer VXLAN packets from the
+    /// node's own address, in both backends; not in IPv6, whose packets the
+    /// underlay TAP never carries.
+    #[test]
+    fn underlay_tap_forward_accept() {
+        let (n, own) = net();
+        let r = Rules {
+            masquerade: false,
+            underlay_tap: UNDERLAY_TAP,
+            ..ALL
+        };
+        assert_eq!(
+            restore_input(&n, &own, r),
+            "*filter
+:VXMESH-FWD - [0:0]
+-A VXMESH-FWD -s 10.244.0.0/16 -m comment --comment \"vxmesh forward\" -j ACCEPT
+-A VXMESH-FWD -d 10.244.0.0/16 -m comment --comment \"vxmesh forward\" -j ACCEPT
+-A VXMESH-FWD -s 192.168.200.1/32 -p udp -m udp --dport 8472 -m comment --comment \"vxmesh forward\" -j ACCEPT
+COMMIT
+"
+        );
+        assert!(nft_input(&n, &own, nft_of(r))
+            .contains("\t\tip daddr 10.244.0.0/16 accept\n\t\tip saddr 192.168.200.1 udp dport 8472 accept\n\t}\n"));
+        let n6: Subnet6 = "fd00:10:244::/56".parse().unwrap();
+        let own6: Subnet6 = "fd00:10:244:3::/64".parse().unwrap();
+        assert!(!restore_input6(&n6, &own6, r).contains("udp"));
+        assert!(!nft_input6(&n6, &own6, nft_of(r)).contains("udp"));
+        // Without the FORWARD accepts (--iptables-forward-rules=false), none.
+        let off = Rules {
+            forward: false,
+            ..r
+        };
+        assert_eq!(restore_input(&n, &own, off), "");
+    }
 
     const UNTRACK: Untrack = Untrack {
         local_ip: Ipv4Addr::new(192, 168, 200, 1),
@@ -1156,17 +1209,20 @@ table ip vxmesh {
         let (n, own) = net();
         for masquerade in [false, true] {
             for random_fully in [false, true] {
-                for (forward, untrack) in [
-                    (false, None),
-                    (true, None),
-                    (false, Some(UNTRACK)),
-                    (true, Some(UNTRACK)),
+                for (forward, untrack, underlay_tap) in [
+                    (false, None, None),
+                    (true, None, None),
+                    (false, Some(UNTRACK), None),
+                    (true, Some(UNTRACK), None),
+                    (true, None, UNDERLAY_TAP),
+                    (false, None, UNDERLAY_TAP),
                 ] {
                     let rules = Rules {
                         masquerade,
                         random_fully,
                         forward,
                         untrack,
+                        underlay_tap,
                         backend: Backend::Iptables,
                     };
                     let ipt: Vec<(String, Matched)> = restore_input(&n, &own, rules)
@@ -1190,6 +1246,7 @@ table ip vxmesh {
                     }
                     let want = 5 * usize::from(masquerade)
                         + 2 * usize::from(forward)
+                        + usize::from(forward && underlay_tap.is_some())
                         + 2 * usize::from(untrack.is_some());
                     assert_eq!(ipt.len(), want, "{rules:?}");
                     assert_eq!(nft, ipt, "{rules:?}\n{nft_text}");

@@ -23,6 +23,7 @@ const NFT: Rules = Rules {
     random_fully: true,
     forward: true,
     untrack: None,
+    underlay_tap: None,
     backend: Backend::Nftables,
 };
 const IPT: Rules = Rules {
@@ -576,4 +577,62 @@ fn vxlan_notrack_covers_the_ipv6_device() {
     node.run(|| masq::remove().unwrap()).unwrap();
     let saved = node.exec("ip6tables-save", &[]).unwrap();
     assert!(!saved.contains("VXMESH"), "{saved}");
+}
+
+/// `--egress-tunnel-gso`'s FORWARD accept, in both backends: what is written reads back
+/// the same (so the resync sees it intact, not as a rule to restore every 5 s), a
+/// removal is restored, and turning the flag off removes it.
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn underlay_tap_forward_accept_round_trips() {
+    require();
+    let ns = Netns::unique("masq-utap").unwrap();
+    let with = |backend| Rules {
+        underlay_tap: Some((Ipv4Addr::new(192, 168, 100, 11), 8472)),
+        backend,
+        ..NFT
+    };
+    for backend in [Backend::Iptables, Backend::Nftables] {
+        let mut last = None;
+        assert_eq!(ensure(&ns, with(backend), &mut last), Ensured::Applied);
+        assert_eq!(
+            ensure(&ns, with(backend), &mut last),
+            Ensured::Intact,
+            "{backend:?}"
+        );
+        let listed = match backend {
+            Backend::Iptables => iptables_save(&ns),
+            Backend::Nftables => ns.exec("nft", &["list", "table", "ip", "vxmesh"]).unwrap(),
+        };
+        assert!(
+            listed.contains("192.168.100.11") && listed.contains("8472"),
+            "{backend:?}: {listed}"
+        );
+        match backend {
+            Backend::Iptables => ns.exec("iptables", &["-F", "VXMESH-FWD"]).unwrap(),
+            Backend::Nftables => ns
+                .exec("nft", &["flush", "chain", "ip", "vxmesh", "forward"])
+                .unwrap(),
+        };
+        assert_eq!(
+            ensure(&ns, with(backend), &mut last),
+            Ensured::Restored {
+                missing: 3,
+                extra: 0
+            },
+            "{backend:?}"
+        );
+        assert_eq!(ensure(&ns, with(backend), &mut last), Ensured::Intact);
+        let without = Rules {
+            underlay_tap: None,
+            ..with(backend)
+        };
+        let mut fresh = None;
+        assert_eq!(ensure(&ns, without, &mut fresh), Ensured::Applied);
+        let listed = match backend {
+            Backend::Iptables => iptables_save(&ns),
+            Backend::Nftables => ns.exec("nft", &["list", "table", "ip", "vxmesh"]).unwrap(),
+        };
+        assert!(!listed.contains("192.168.100.11"), "{backend:?}: {listed}");
+    }
 }

@@ -37,6 +37,7 @@ fn iptables_mode_works_when_nft_fails() {
         random_fully: true,
         forward: true,
         untrack: None,
+        underlay_tap: None,
         backend: Backend::Iptables,
     };
     let (n, own): (Subnet, Subnet) = (
