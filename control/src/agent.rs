@@ -101,6 +101,8 @@ pub struct AgentOptions {
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     /// `--busy-poll` (zero: off).
     pub busy_poll: std::time::Duration,
+    /// `--egress-tunnel-gso`.
+    pub egress_tunnel_gso: bool,
     pub dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
@@ -810,6 +812,7 @@ pub async fn run_with(
         aqm: opts.aqm,
         engine_priority: opts.engine_priority,
         busy_poll: opts.busy_poll,
+        egress_tunnel_gso: opts.egress_tunnel_gso,
         network: cfg.network,
         direct_routing: cfg.backend.direct_routing,
         ipv6: public_ipv6
@@ -838,7 +841,9 @@ pub async fn run_with(
                     local_ipv6: public_ipv6,
                     port: cfg.backend.port,
                 }),
-                underlay_tap: None,
+                underlay_tap: (opts.egress_tunnel_gso
+                    && opts.dataplane == DataplaneKind::Userspace)
+                    .then_some((underlay.local_ip, cfg.backend.port)),
                 backend: if cfg.enable_nftables {
                     Backend::Nftables
                 } else {

@@ -143,6 +143,7 @@ fn setup(index: u32) -> DataplaneSetup {
         aqm: None,
         engine_priority: Default::default(),
         busy_poll: Default::default(),
+        egress_tunnel_gso: false,
         network: "10.244.0.0/16".parse().unwrap(),
         direct_routing: false,
         ipv6: None,

@@ -137,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             aqm: f.aqm,
             engine_priority: f.engine_priority,
             busy_poll: f.busy_poll,
+            egress_tunnel_gso: f.egress_tunnel_gso,
             ip_masq: f.ip_masq,
             masq_random_fully: f.masq_random_fully,
             vxlan_notrack: f.vxlan_notrack,

@@ -86,6 +86,9 @@ pub struct DataplaneSetup {
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     /// Userspace: the packet threads' busy-polling budget (`--busy-poll`; zero: off).
     pub busy_poll: std::time::Duration,
+    /// Userspace: send egress frames whole through the underlay TAP
+    /// (`--egress-tunnel-gso`).
+    pub egress_tunnel_gso: bool,
     /// The cluster Network (DirectRouting routes are pruned only inside it).
     pub network: Subnet,
     /// `Backend.DirectRouting`.

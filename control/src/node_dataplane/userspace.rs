@@ -33,9 +33,10 @@ use crate::handover::DataplaneFds;
 use crate::netlink::{write_sysctl, Netlink};
 use crate::peers::{Peer, PeerChange, PeerTable};
 use crate::state::AgentState;
-use vxmesh_dataplane::engine::{Engine, EngineConfig};
+use vxmesh_dataplane::engine::{Engine, EngineConfig, UnderlayTx};
 use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
-use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx};
+use vxmesh_dataplane::ifname::IfName;
+use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx, UnderlayTap};
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
 const SNDBUF: usize = 4 << 20;
@@ -49,6 +50,82 @@ const RCVBUF: usize = 32 << 20;
 const TAP_TXQUEUELEN: u32 = 4096;
 /// The alias that marks a TAP as this dataplane's (`ip -d link show vxmesh0`).
 pub const TAP_ALIAS: &str = "vxmesh userspace dataplane";
+/// The alias of the underlay TAP (`--egress-tunnel-gso`).
+pub const UNDERLAY_TAP_ALIAS: &str = "vxmesh underlay tap";
+/// The underlay TAP's one address. Packets written to the device carry the node's
+/// own address as their source; the kernel forwards them only with `accept_local`
+/// and, under reverse-path filtering, only from a device that has an address of
+/// its own (any: none is used for anything). A link-local /32.
+const UNDERLAY_TAP_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 253, 253);
+
+/// The underlay TAP's name: the TAP's with a `u` (the TAP's cut to 14 bytes first).
+pub fn underlay_tap_name(tap: &IfName) -> Option<IfName> {
+    let base: String = tap.as_str().chars().take(14).collect();
+    IfName::new(&format!("{base}u")).ok()
+}
+
+/// Opens and configures the underlay TAP for `--egress-tunnel-gso`, or says why
+/// not (a warning) and returns `None`: the engine then segments as usual.
+async fn underlay_tx(nl: &Netlink, s: &DataplaneSetup) -> Option<UnderlayTx> {
+    if !s.egress_tunnel_gso {
+        return None;
+    }
+    if !s.offloads {
+        tracing::warn!("--egress-tunnel-gso needs the TAP offloads (--no-offloads is set): sending the usual way");
+        return None;
+    }
+    match open_underlay(nl, s).await {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "--egress-tunnel-gso: the underlay TAP is unavailable; egress frames are cut into datagrams here as without the flag");
+            None
+        }
+    }
+}
+
+async fn open_underlay(nl: &Netlink, s: &DataplaneSetup) -> anyhow::Result<UnderlayTx> {
+    let name = underlay_tap_name(&s.device_name)
+        .with_context(|| format!("no underlay TAP name derives from {}", s.device_name))?;
+    if let Some(l) = nl.link_identity(name.as_str()).await? {
+        if l.kind != "tun" || l.alias.as_deref().is_some_and(|a| a != UNDERLAY_TAP_ALIAS) {
+            anyhow::bail!(
+                "a link named {name} exists that vxmesh did not make (kind {:?}, alias {:?}); delete it or choose another --tap-name",
+                l.kind,
+                l.alias.unwrap_or_default()
+            );
+        }
+    }
+    let tap = UnderlayTap::open(&name).with_context(|| format!("opening {name}"))?;
+    let link = nl
+        .link_identity(name.as_str())
+        .await?
+        .with_context(|| format!("{name} vanished right after creation"))?;
+    let tap_mac = link
+        .mac
+        .with_context(|| format!("{name} has no MAC address"))?;
+    if link.alias.as_deref() != Some(UNDERLAY_TAP_ALIAS) {
+        nl.set_alias(link.index, UNDERLAY_TAP_ALIAS).await?;
+    }
+    for (key, value) in [
+        ("net/ipv6/conf/{}/disable_ipv6", "1"),
+        ("net/ipv4/conf/{}/accept_local", "1"),
+        ("net/ipv4/conf/{}/rp_filter", "2"),
+    ] {
+        let key = key.replace("{}", name.as_str());
+        write_sysctl(&key, value).with_context(|| format!("setting {key} to {value}"))?;
+    }
+    nl.set_only_address(link.index, UNDERLAY_TAP_ADDR, 32)
+        .await?;
+    if !link.up {
+        nl.set_link_up(link.index, None, None).await?;
+    }
+    tracing::info!(device = %name, "egress frames leave whole as UDP-tunnel GSO packets through the underlay TAP");
+    Ok(UnderlayTx {
+        tap,
+        tap_mac,
+        local_ip: s.local_ip,
+    })
+}
 
 #[derive(Debug)]
 pub struct Userspace {
@@ -178,6 +255,7 @@ impl Userspace {
         })
         .context("opening the VXLAN receive socket")?;
         let tap_offloads = taps[0].offloads().flags;
+        let underlay = underlay_tx(nl, s).await;
         let mut u = Self::run(
             s,
             state,
@@ -187,6 +265,7 @@ impl Userspace {
             ForwardingTable::new(s.local, []),
             link.index,
             tap_offloads,
+            underlay,
         )?;
         u.v6 = device6_for(nl, s).await?;
         Ok((u, adopted))
@@ -236,6 +315,7 @@ impl Userspace {
         let link = nl.link_identity(name.as_str()).await?.with_context(|| {
             format!("the handed-over TAP {name} is not in this network namespace")
         })?;
+        let underlay = underlay_tx(nl, s).await;
         let mut u = Self::run(
             s,
             state,
@@ -245,6 +325,7 @@ impl Userspace {
             table,
             link.index,
             tap_offloads,
+            underlay,
         )?;
         // The IPv6 device kept running through the handover (the kernel carries it);
         // adopted as it is, or removed if the config is no longer dual stack.
@@ -272,6 +353,7 @@ impl Userspace {
         table: ForwardingTable,
         tap_index: u32,
         tap_offloads: u32,
+        underlay: Option<UnderlayTx>,
     ) -> anyhow::Result<Userspace> {
         let fds = DataplaneFds {
             taps: taps
@@ -312,7 +394,7 @@ impl Userspace {
             aqm,
             priority: s.engine_priority,
             busy_poll: s.busy_poll,
-            underlay: None,
+            underlay,
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
@@ -325,15 +407,17 @@ impl Userspace {
             aqm = %aqm_desc,
             priority = %st.priority,
             busy_poll_us = st.busy_poll.as_micros(),
+            egress_tunnel_gso = st.underlay_tap,
             "userspace dataplane running"
         );
         state.event(
             "offload",
             format!(
-                "TAP {}; UDP GSO {}; UDP GRO {}",
+                "TAP {}; UDP GSO {}; UDP GRO {}; egress tunnel GSO {}",
                 st.tap.describe(),
                 st.udp_gso.load(Ordering::Relaxed),
-                st.udp_gro
+                st.udp_gro,
+                st.underlay_tap
             ),
         );
         if !st.tap.tso() {
