@@ -252,23 +252,28 @@ fn ping_and_verified_tcp_both_ways_with_offloads() {
     );
     peer_counters_add_up(&a);
     peer_counters_add_up(&b);
-    // The top flow each way is the 32 MiB transfer, its bytes estimated from samples:
-    // inner frames of MSS-sized segments (Ethernet 14 + IPv4 20 + TCP 32 with
-    // timestamps = 66 bytes of headers each) carrying 32 MiB.
+    // The top flow each way is the 32 MiB transfer.
     for (node, port) in [(&a, 5201), (&b, 5202)] {
-        let (top, _) = node.flows.top(8);
-        let f = top
-            .iter()
-            .find(|f| f.dir == Direction::ToPeer && f.key.dst_port == port)
-            .unwrap_or_else(|| panic!("no flow to :{port} in {top:#?}"));
-        let payload = f.bytes.saturating_sub(f.packets * 66) as f64;
-        let want = (32u64 << 20) as f64;
-        assert!(
-            (payload - want).abs() / want < 0.02,
-            "flow to :{port}: {f:?}, payload estimate {payload} vs {want}"
-        );
-        assert!(f.key.src_port != 0 && f.key.proto == 6, "{f:?}");
+        assert_top_flow_carried(node, port, 32 << 20);
     }
+}
+
+/// The node's flow to `port` is among its top flows, its payload estimated from the
+/// samples within 2 % of `bytes`: inner frames of MSS-sized segments (Ethernet 14 +
+/// IPv4 20 + TCP 32 with timestamps = 66 bytes of headers each).
+fn assert_top_flow_carried(node: &Node, port: u16, bytes: u64) {
+    let (top, _) = node.flows.top(8);
+    let f = top
+        .iter()
+        .find(|f| f.dir == Direction::ToPeer && f.key.dst_port == port)
+        .unwrap_or_else(|| panic!("no flow to :{port} in {top:#?}"));
+    let payload = f.bytes.saturating_sub(f.packets * 66) as f64;
+    let want = bytes as f64;
+    assert!(
+        (payload - want).abs() / want < 0.02,
+        "flow to :{port}: {f:?}, payload estimate {payload} vs {want}"
+    );
+    assert!(f.key.src_port != 0 && f.key.proto == 6, "{f:?}");
 }
 
 /// With one peer, its counters are the node's: every datagram sent or received
@@ -623,15 +628,5 @@ fn egress_through_the_underlay_tap_whole() {
     );
     peer_counters_add_up(&a);
     // The segmenting path's flow estimate holds for whole frames too.
-    let (top, _) = a.flows.top(8);
-    let f = top
-        .iter()
-        .find(|f| f.dir == Direction::ToPeer && f.key.dst_port == 5211)
-        .unwrap_or_else(|| panic!("no flow to :5211 in {top:#?}"));
-    let payload = f.bytes.saturating_sub(f.packets * 66) as f64;
-    let want = (32u64 << 20) as f64;
-    assert!(
-        (payload - want).abs() / want < 0.02,
-        "{f:?}: {payload} vs {want}"
-    );
+    assert_top_flow_carried(&a, 5211, 32 << 20);
 }

@@ -166,12 +166,7 @@ impl Tap {
         multi: bool,
         granted: Option<TapOffloads>,
     ) -> Result<Tap, TapError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open("/dev/net/tun")
-            .map_err(TapError::Open)?;
+        let file = open_tun()?;
         let base = IFF_TAP | IFF_NO_PI | if multi { IFF_MULTI_QUEUE } else { 0 };
         let want_vnet = granted.map_or(opts.vnet_hdr, |g| g.vnet_hdr);
         let vnet_hdr = if want_vnet {
@@ -420,12 +415,7 @@ impl UnderlayTap {
     /// header and offloads. `Configure` with `EINVAL` from `TUNSETVNETHDRSZ` or
     /// `TUNSETOFFLOAD` means the kernel is too old for tunnel GSO.
     pub fn open(name: &IfName) -> Result<UnderlayTap, TapError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open("/dev/net/tun")
-            .map_err(TapError::Open)?;
+        let file = open_tun()?;
         let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
         set_iff(&file, name, flags).map_err(|source| TapError::Create {
             name: name.clone(),
@@ -469,6 +459,16 @@ impl UnderlayTap {
     pub fn write(&self, prefix: &[u8], frame: &[u8]) -> io::Result<usize> {
         (&self.file).write_vectored(&[IoSlice::new(prefix), IoSlice::new(frame)])
     }
+}
+
+/// A new, non-blocking descriptor of `/dev/net/tun` (not yet attached to a device).
+fn open_tun() -> Result<File, TapError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .map_err(TapError::Open)
 }
 
 fn set_iff(file: &File, name: &IfName, flags: libc::c_short) -> io::Result<()> {
