@@ -204,6 +204,8 @@ impl Engine {
                 busy_poll,
                 status: Arc::clone(&status),
                 underlay: underlay.clone(),
+                ident: first_ident(i),
+                underlay_log: RateLimitedLog::new("underlay TAP write failed"),
             };
             engine.threads.push(spawn(
                 format!("vxmesh-tx{i}"),
@@ -402,6 +404,13 @@ struct EgressWorker {
     busy_poll: Duration,
     status: Arc<EngineStatus>,
     underlay: Option<Arc<UnderlayTx>>,
+    /// The outer IPv4 identification of the next underlay TAP packet. The kernel numbers
+    /// a packet's segments on from it, so it advances by the segments sent: the outer
+    /// packets leave with DF clear, as the UDP sockets' do, and a fragmented one must
+    /// not share its ID with a recent one.
+    ident: u16,
+    /// Why underlay TAP writes fail (the device brought down, say), rate-limited.
+    underlay_log: RateLimitedLog,
 }
 
 /// The forwarding table a worker uses and the VXLAN header built from its VNI.
@@ -634,7 +643,7 @@ impl EgressWorker {
             sport: sport.unwrap_or(local.port),
             dport: local.port,
             vxlan: view.vxlan,
-            ident: counts.underlay_tap_frames as u16,
+            ident: self.ident,
         };
         let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
         if offload::tunnel::prefix(vh, frame, &outer, &mut prefix).is_err() {
@@ -650,12 +659,14 @@ impl EgressWorker {
         match u.tap.write(&prefix, frame) {
             Ok(_) => {
                 let (dg, inner) = offload::tunnel::segmented(vh, frame);
+                self.ident = self.ident.wrapping_add(dg as u16);
                 counts.underlay_tap_frames += 1;
                 counts.udp_datagrams_sent += dg as u64;
                 counts.udp_bytes_sent += (dg * VxlanHeader::LEN + inner) as u64;
                 Whole::Sent(dg, inner)
             }
-            Err(_) => {
+            Err(e) => {
+                self.underlay_log.error(&e);
                 counts.drop(DropReason::SendFailed);
                 Whole::Failed
             }
@@ -678,6 +689,15 @@ impl EgressWorker {
         }
         batch.clear();
     }
+}
+
+/// Where egress thread `i` starts numbering its outer IPv4 packets: apart from the
+/// other threads' and from the last run's (the clock's nanoseconds).
+fn first_ident(i: usize) -> u16 {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (ns as u16).wrapping_add((i as u16).wrapping_mul(0x4000))
 }
 
 /// What became of a frame offered to the underlay TAP path.
