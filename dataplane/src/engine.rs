@@ -646,9 +646,9 @@ impl EgressWorker {
             ident: self.ident,
         };
         let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
-        if offload::tunnel::prefix(vh, frame, &outer, &mut prefix).is_err() {
+        let Ok((dg, inner)) = offload::tunnel::prefix(vh, frame, &outer, &mut prefix) else {
             return Whole::Cannot;
-        }
+        };
         if !batch.is_empty() {
             self.flush(batch, counts);
         }
@@ -658,7 +658,6 @@ impl EgressWorker {
         counts.tap_syscalls += 1;
         match u.tap.write(&prefix, frame) {
             Ok(_) => {
-                let (dg, inner) = offload::tunnel::segmented(vh, frame);
                 self.ident = self.ident.wrapping_add(dg as u16);
                 counts.underlay_tap_frames += 1;
                 counts.udp_datagrams_sent += dg as u64;

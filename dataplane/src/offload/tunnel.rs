@@ -25,10 +25,9 @@
 use std::net::Ipv4Addr;
 
 use super::{Layout, OffloadError};
-use crate::wire::checksum::Checksum;
 use crate::wire::ip::{PROTO_TCP, PROTO_UDP};
 use crate::wire::virtio::{GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
-use crate::wire::{MacAddr, VirtioNetHdr, VxlanHeader};
+use crate::wire::{Ipv4Packet, MacAddr, VirtioNetHdr, VxlanHeader};
 
 /// `struct virtio_net_hdr_v1_hash_tunnel`: the 12-byte v1 header, the hash report
 /// (8 bytes, unused on transmit) and the two tunnel offsets.
@@ -73,27 +72,31 @@ pub fn segmented(vh: &VirtioNetHdr, frame: &[u8]) -> (usize, usize) {
         return (1, frame.len());
     }
     match Layout::parse(frame) {
-        Ok(l) => {
-            let n = l
-                .end
-                .saturating_sub(l.hdr_len())
-                .div_ceil(usize::from(vh.gso_size))
-                .max(1);
-            (n, frame.len() + (n - 1) * l.hdr_len())
-        }
+        Ok(l) => cut(&l, vh.gso_size, frame.len()),
         Err(_) => (1, frame.len()),
     }
 }
 
+/// [`segmented`] for a frame already parsed.
+fn cut(l: &Layout, gso_size: u16, frame_len: usize) -> (usize, usize) {
+    let n = l
+        .end
+        .saturating_sub(l.hdr_len())
+        .div_ceil(usize::from(gso_size))
+        .max(1);
+    (n, frame_len + (n - 1) * l.hdr_len())
+}
+
 /// Writes the virtio-net tunnel header and the outer headers for `frame` (an
 /// Ethernet frame as read from the TAP, its virtio-net header `vh` already
-/// stripped) into `out`.
+/// stripped) into `out`. Returns what [`segmented`] says of the frame: how many
+/// datagrams it leaves as, and their inner bytes.
 pub fn prefix(
     vh: &VirtioNetHdr,
     frame: &[u8],
     o: &Outer,
     out: &mut [u8; PREFIX_LEN],
-) -> Result<(), OffloadError> {
+) -> Result<(usize, usize), OffloadError> {
     if frame.len() < Layout::ETH_LEN {
         return Err(OffloadError::Truncated);
     }
@@ -120,6 +123,7 @@ pub fn prefix(
         h.csum_offset = vh.csum_offset;
     }
     let mut tunnel = false;
+    let mut leaves = (1, frame.len());
     match vh.gso_kind() {
         GSO_NONE => {}
         GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4 => {
@@ -154,6 +158,7 @@ pub fn prefix(
             h.gso_size = vh.gso_size;
             h.gso_type = vh.gso_type | GSO_UDP_TUNNEL_IPV4;
             tunnel = true;
+            leaves = cut(&lay, vh.gso_size, frame.len());
         }
         _ => return Err(OffloadError::UnsupportedGso(vh.gso_type)),
     }
@@ -178,16 +183,14 @@ pub fn prefix(
     ip[9] = PROTO_UDP;
     ip[12..16].copy_from_slice(&o.src.octets());
     ip[16..20].copy_from_slice(&o.dst.octets());
-    let mut c = Checksum::new();
-    c.add_bytes(ip);
-    ip[10..12].copy_from_slice(&c.finish().to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut *ip).fill_checksum();
     let udp = &mut w[34..42];
     udp[..2].copy_from_slice(&o.sport.to_be_bytes());
     udp[2..4].copy_from_slice(&o.dport.to_be_bytes());
     udp[4..6].copy_from_slice(&(ip_total - 20).to_be_bytes());
     // Outer UDP checksum 0, as flannel's VXLAN device sends it (RFC 7348 §5).
     w[42..50].copy_from_slice(&o.vxlan);
-    Ok(())
+    Ok(leaves)
 }
 
 #[cfg(test)]
