@@ -194,6 +194,11 @@ counters! {
     /// Frames the underlay TAP path could not carry (too large, or a GSO type it
     /// does not take), sent the segmenting way instead.
     underlay_tap_fallbacks,
+    /// Probes of the underlay TAP path sent to peers ([`crate::path_probe`]): a GSO
+    /// frame takes that path only to a peer that answered one.
+    underlay_probes_sent,
+    /// Answers to those probes.
+    underlay_probes_answered,
     /// Inner segments merged into a larger frame on receive.
     gro_segments_merged,
     /// Inner frames whose TCP/UDP checksum the sending kernel left partial
@@ -237,6 +242,8 @@ pub struct PeerCounters {
     drops: [AtomicU64; DropReason::COUNT],
     last_tx_unix_ms: AtomicU64,
     last_rx_unix_ms: AtomicU64,
+    /// Whether the underlay TAP path reaches the peer (`--egress-tunnel-gso`).
+    pub path: crate::path_probe::PathState,
 }
 
 /// A point-in-time copy of [`PeerCounters`].
@@ -255,6 +262,9 @@ pub struct PeerCounterSnapshot {
     /// When a datagram was last sent to / received from the peer (Unix ms; 0 never).
     pub last_tx_unix_ms: u64,
     pub last_rx_unix_ms: u64,
+    /// GSO frames to the peer take the underlay TAP path: it answered a probe lately
+    /// (`--egress-tunnel-gso`, [`crate::path_probe`]).
+    pub underlay_path: bool,
 }
 
 impl PeerCounters {
@@ -291,6 +301,7 @@ impl PeerCounters {
             drops,
             last_tx_unix_ms: self.last_tx_unix_ms.load(Ordering::Relaxed),
             last_rx_unix_ms: self.last_rx_unix_ms.load(Ordering::Relaxed),
+            underlay_path: self.path.proven(crate::path_probe::clock_ms()),
         }
     }
 }

@@ -21,7 +21,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +31,7 @@ use crate::counters::{Counters, DropReason, LocalCounts, PeerTallies};
 use crate::fib::{ForwardingTable, SharedTable};
 use crate::flows::{Direction, FlowSampler, SharedFlows};
 use crate::offload::{self, Coalescer};
+use crate::path_probe;
 use crate::priority::ThreadPriority;
 use crate::send_batch::TxBatch;
 use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, UnderlayTap, Wake};
@@ -64,8 +65,32 @@ pub struct EngineStatus {
     pub priority: ThreadPriority,
     /// How long a thread keeps checking for traffic before it sleeps (zero: off).
     pub busy_poll: Duration,
-    /// Egress frames leave whole through the underlay TAP ([`UnderlayTx`]).
+    /// Egress frames leave whole through the underlay TAP ([`UnderlayTx`]), to
+    /// each peer once the path is proven ([`path_probe`]).
     pub underlay_tap: bool,
+    /// This node's VTEP address (`<subnet>.0`), the source of the path probes;
+    /// unspecified (0) until [`Engine::set_vtep_ip`]: no probe, so no frame takes
+    /// the underlay TAP.
+    vtep_ip: AtomicU32,
+    /// What this engine's probes carry and their answers must echo.
+    probe_token: u64,
+}
+
+impl EngineStatus {
+    /// This node's VTEP address as the engine knows it (see [`Engine::set_vtep_ip`]).
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.vtep_ip.load(Ordering::Relaxed))
+    }
+}
+
+/// A token no other engine (and no earlier run) is likely to use: the process's
+/// randomly keyed hasher over the clock.
+fn new_probe_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(unix_ns().into());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// The underlay TAP path ([`offload::tunnel`]): a queue of the device and what the
@@ -165,6 +190,8 @@ impl Engine {
             priority,
             busy_poll,
             underlay_tap: underlay.is_some(),
+            vtep_ip: AtomicU32::new(0),
+            probe_token: new_probe_token(),
         });
         let underlay = underlay.map(Arc::new);
         // Each thread sets its scheduling first and says how that went; one that
@@ -222,6 +249,7 @@ impl Engine {
             wake: Arc::clone(&engine.wake),
             busy_poll,
             aqm: IngressAqm::new(aqm),
+            probe_token: underlay.is_some().then_some(status.probe_token),
         };
         engine.threads.push(spawn(
             "vxmesh-rx0".into(),
@@ -238,6 +266,12 @@ impl Engine {
 
     pub fn status(&self) -> &Arc<EngineStatus> {
         &self.status
+    }
+
+    /// Tells the engine this node's VTEP address (`<subnet>.0`, on the TAP): the
+    /// source of the underlay TAP path probes, which peers answer.
+    pub fn set_vtep_ip(&self, ip: Ipv4Addr) {
+        self.status.vtep_ip.store(u32::from(ip), Ordering::Relaxed);
     }
 
     /// Stops the threads and waits for them (an idle one wakes at once).
@@ -543,7 +577,10 @@ impl EgressWorker {
                     slot,
                     flow_hash,
                 } => {
-                    if self.underlay.is_some() {
+                    if self.underlay.is_some()
+                        && vh.gso_kind() != crate::wire::virtio::GSO_NONE
+                        && self.path_proven(slot, &view, &mut counts)
+                    {
                         let port = ports.get(flow_hash as usize % nsock).copied();
                         match self.send_whole(
                             &vh,
@@ -615,6 +652,76 @@ impl EgressWorker {
         }
         self.flush(&mut batch, &mut counts);
         self.publish(&mut counts, &mut view);
+    }
+
+    /// Whether GSO frames to the peer in `slot` may take the underlay TAP: the path
+    /// was proven, lately. Sends the peer a probe when one is due
+    /// ([`path_probe::PathState::decide`]). Frames without GSO always go the usual
+    /// way: the sockets batch them, one system call for many.
+    fn path_proven(&mut self, slot: usize, view: &TableView, counts: &mut LocalCounts) -> bool {
+        let Some(c) = view.table.peer_counters(slot) else {
+            return false;
+        };
+        let d = c.path.decide(path_probe::clock_ms());
+        if d.probe {
+            if let Some(p) = view.table.peers().get(slot) {
+                self.probe(p, view, counts);
+                if d.unanswered == path_probe::QUICK_TRIES + 1 {
+                    tracing::warn!(
+                        peer = %p.public_ip,
+                        vtep = %p.vtep_ip,
+                        probes = path_probe::QUICK_TRIES,
+                        "the underlay TAP path to this peer is not proven: its VTEP address answered none of the probes sent that way, so frames to it are cut into datagrams here (slower; probed again every {} s). Does the host's firewall forward UDP from {} to port {}, and does the peer answer ping on its VTEP address? See docs/troubleshooting.md",
+                        path_probe::SLOW_RETRY_MS / 1000,
+                        self.underlay.as_ref().map_or(Ipv4Addr::UNSPECIFIED, |u| u.local_ip),
+                        view.table.local().port,
+                    );
+                }
+            }
+        }
+        d.underlay
+    }
+
+    /// Sends `peer` a path probe through the underlay TAP (see [`path_probe`]).
+    fn probe(&mut self, peer: &crate::fib::PeerVtep, view: &TableView, counts: &mut LocalCounts) {
+        let src = self.status.vtep_ip();
+        let Some(u) = self.underlay.as_ref() else {
+            return;
+        };
+        if src.is_unspecified() {
+            return;
+        }
+        let local = view.table.local();
+        let frame = path_probe::probe_frame(
+            local.vtep_mac,
+            peer.vtep_mac,
+            src,
+            peer.vtep_ip,
+            self.ident,
+            self.status.probe_token,
+        );
+        let outer = offload::tunnel::Outer {
+            dst_mac: u.tap_mac,
+            src_mac: local.vtep_mac,
+            src: u.local_ip,
+            dst: peer.public_ip,
+            sport: local.port,
+            dport: local.port,
+            vxlan: view.vxlan,
+            ident: self.ident,
+        };
+        let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
+        if offload::tunnel::prefix(&VirtioNetHdr::NONE, &frame, &outer, &mut prefix).is_err() {
+            return;
+        }
+        counts.tap_syscalls += 1;
+        match u.tap.write(&prefix, &frame) {
+            Ok(_) => {
+                self.ident = self.ident.wrapping_add(1);
+                counts.underlay_probes_sent += 1;
+            }
+            Err(e) => self.underlay_log.error(&e),
+        }
     }
 
     /// Sends `frame` whole through the underlay TAP. Whatever the batch holds goes
@@ -719,6 +826,9 @@ struct IngressWorker {
     wake: Arc<Wake>,
     busy_poll: Duration,
     aqm: IngressAqm,
+    /// With the underlay TAP path: the token of this engine's path probes, whose
+    /// answers the ingress thread takes ([`path_probe::reply_from`]).
+    probe_token: Option<u64>,
 }
 
 /// CoDel on the receive socket's queue: which messages of a batch carry a congestion
@@ -871,6 +981,7 @@ impl IngressWorker {
                 &mut counts,
                 &mut self.flows,
                 &mut self.aqm,
+                self.probe_token,
                 &emit,
             );
             if let Some(g) = gro.as_mut() {
@@ -891,6 +1002,31 @@ impl IngressWorker {
         view.publish_peers();
         self.flows.publish();
     }
+}
+
+/// Whether `frame`, from the peer in `slot`, answers one of this engine's path
+/// probes; if so the peer's path is proven from now. Out of line: short frames only.
+#[inline(never)]
+fn took_probe_reply(
+    frame: &[u8],
+    token: u64,
+    slot: Option<usize>,
+    table: &ForwardingTable,
+) -> bool {
+    let Some(from) = path_probe::reply_from(frame, token) else {
+        return false;
+    };
+    let Some((peer, c)) = slot.and_then(|s| Some((table.peers().get(s)?, table.peer_counters(s)?)))
+    else {
+        return false;
+    };
+    if peer.vtep_ip != from {
+        return false;
+    }
+    if c.path.answered(path_probe::clock_ms()) {
+        tracing::debug!(peer = %peer.public_ip, "the underlay TAP path to this peer is proven");
+    }
+    true
 }
 
 /// Where delivered frames go: through the coalescer (a TAP with virtio-net headers; the
@@ -929,6 +1065,7 @@ fn deliver_batch(
     counts: &mut LocalCounts,
     flows: &mut FlowTap,
     aqm: &mut IngressAqm,
+    probe_token: Option<u64>,
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
     for i in 0..n {
@@ -963,6 +1100,17 @@ fn deliver_batch(
             }
             match verdict {
                 Ingress::Deliver { inner } => {
+                    if let Some(token) = probe_token {
+                        if d.len() - inner <= path_probe::MAX_REPLY_LEN
+                            && took_probe_reply(&d[inner..], token, slot, &view.table)
+                        {
+                            counts.underlay_probes_answered += 1;
+                            if view.count_packet() {
+                                slot = view.table.slot_by_source(src.ip());
+                            }
+                            continue;
+                        }
+                    }
                     counts.frames_delivered += 1;
                     let frame = match marked {
                         Some(len) => &aqm.copy[..len],
@@ -1180,6 +1328,7 @@ mod tests {
                 &mut counts,
                 &mut flows,
                 &mut IngressAqm::new(None),
+                None,
                 &|vh, f, _| {
                     assert_eq!(*vh, VirtioNetHdr::NONE);
                     got.borrow_mut().push(f.to_vec());
@@ -1233,6 +1382,7 @@ mod tests {
             &mut counts,
             &mut flows,
             &mut IngressAqm::new(None),
+            None,
             &|vh, f, _| {
                 assert_eq!(*vh, VirtioNetHdr::NONE);
                 assert_eq!(f, &d[VxlanHeader::LEN..]);
@@ -1297,6 +1447,7 @@ mod tests {
             &mut counts,
             &mut flows,
             &mut aqm,
+            None,
             &|_, f, _| got.borrow_mut().push(f.to_vec()),
         );
         let got = got.into_inner();

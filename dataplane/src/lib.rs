@@ -26,6 +26,7 @@ pub mod fib;
 pub mod flows;
 pub mod ifname;
 pub mod offload;
+pub mod path_probe;
 pub mod priority;
 pub mod send_batch;
 pub mod sys;

@@ -197,4 +197,16 @@ fuzz_target!(|data: &[u8]| {
         }
         Marked::AlreadyCe | Marked::NotEct => assert_eq!(marked, data),
     }
+
+    // Path probe answers (`path_probe::reply_from`): taken only as the echo reply to a
+    // probe with the token the bytes carry, from the IPv4 source they name.
+    let token = data
+        .get(50..58)
+        .map_or(0, |t| u64::from_be_bytes(t.try_into().expect("8 bytes")));
+    if let Some(from) = vxmesh_dataplane::path_probe::reply_from(data, token) {
+        assert!(data.len() <= vxmesh_dataplane::path_probe::MAX_REPLY_LEN);
+        assert_eq!(from.octets(), data[26..30]);
+        assert_eq!(data[34], 0, "an echo reply");
+        assert!(verifies(&data[14..34]));
+    }
 });
