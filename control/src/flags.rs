@@ -134,7 +134,7 @@ const SPECS: &[Spec] = &[
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
     spec!("busy-poll", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic this long (1us to 1s) before it sleeps, so a reply or the next request that comes within it finds the thread awake; each thread then spends up to a CPU while traffic arrives at gaps shorter than the budget, nothing once it stops (docs/decisions/0021)"),
-    spec!("egress-tunnel-gso", Bool, Vxmesh, "", "false", "userspace dataplane, experimental: send each frame from the TAP whole, as one UDP-tunnel GSO packet through a second TAP (<tap-name>u) that the kernel routes to the underlay, instead of cutting it into datagrams here; needs Linux 6.17 or later (else the usual path is used, with a warning), and FORWARD must accept packets from that device (vxmesh's --iptables-forward-rules add that) (docs/decisions/0022)"),
+    spec!("egress-tunnel-gso", Bool, Vxmesh, "", "true", "userspace dataplane: send each GSO frame from the TAP whole, as one UDP-tunnel GSO packet through a second TAP (<tap-name>u) that the kernel forwards to the underlay, instead of cutting it into datagrams here; to each peer only once a probe sent that way was answered (so a firewall that drops forwarded UDP costs speed, not reachability); needs Linux 6.17 or later (else the usual path, with a note in the log); false: always cut here (docs/decisions/0022)"),
     spec!("no-offloads", Bool, Vxmesh, "", "false", "disable TAP/UDP offloads (debugging; much slower)"),
     spec!("log-format", Value, Vxmesh, "text|json", "text", "log format"),
     spec!("v", Value, Flanneld, "LEVEL", "0", "flanneld's (klog) verbosity: 0 info, 1-4 debug, 5+ trace; RUST_LOG overrides"),
@@ -839,8 +839,11 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
                 .into(),
         );
     }
-    let egress_tunnel_gso = r.bool("egress-tunnel-gso", false)?;
-    if egress_tunnel_gso && dataplane == DataplaneKind::Kernel {
+    let egress_tunnel_gso = r.bool("egress-tunnel-gso", true)?;
+    if egress_tunnel_gso
+        && r.last("egress-tunnel-gso").is_some()
+        && dataplane == DataplaneKind::Kernel
+    {
         notes.push(
             "--egress-tunnel-gso has no effect with --dataplane kernel (the kernel's vxlan device already sends whole GSO packets)"
                 .into(),
@@ -1043,7 +1046,7 @@ mod tests {
                 "--aqm-target=off",
                 "--engine-priority=normal",
                 "--busy-poll=off",
-                "--egress-tunnel-gso=false",
+                "--egress-tunnel-gso=true",
                 "--no-offloads=false",
                 "--log-format=text",
                 "--v=0",
@@ -1054,7 +1057,7 @@ mod tests {
 
     #[test]
     fn egress_tunnel_gso_flag() {
-        assert!(!run(&[], &[]).egress_tunnel_gso);
+        assert!(run(&[], &[]).egress_tunnel_gso);
         for args in [
             &["--egress-tunnel-gso"][..],
             &["-egress-tunnel-gso=true"],
@@ -1063,9 +1066,18 @@ mod tests {
             let f = run(args, &[]);
             assert!(f.egress_tunnel_gso, "{args:?}");
             assert!(f.notes.is_empty(), "{args:?}");
-            assert_eq!(diff(&f), ["--egress-tunnel-gso=true"]);
+            assert!(diff(&f).is_empty(), "{args:?}");
         }
-        assert!(!run(&["--egress-tunnel-gso=false"], &[]).egress_tunnel_gso);
+        for args in [
+            &["--egress-tunnel-gso=false"][..],
+            &["-egress-tunnel-gso=0"],
+        ] {
+            let f = run(args, &[]);
+            assert!(!f.egress_tunnel_gso, "{args:?}");
+            assert_eq!(diff(&f), ["--egress-tunnel-gso=false"]);
+        }
+        // The default says nothing on the kernel dataplane; asking for it does.
+        assert!(run(&["--dataplane=kernel"], &[]).notes.is_empty());
         let f = run(&["--dataplane=kernel", "--egress-tunnel-gso"], &[]);
         assert!(
             f.notes

@@ -160,6 +160,7 @@ pub fn peers_json(stats: &[(Peer, PeerCounterSnapshot)]) -> serde_json::Value {
                 "drops": drops,
                 "last_tx_unix_ms": c.last_tx_unix_ms,
                 "last_rx_unix_ms": c.last_rx_unix_ms,
+                "underlay_tap_path": c.underlay_path,
             });
             // A dual-stack peer's IPv6 half (on flannel-v6.<VNI>, either dataplane).
             if let (Some(v6), Some(o)) = (&p.ipv6, v.as_object_mut()) {
@@ -755,6 +756,7 @@ mod tests {
     "subnet": "10.244.2.0/24",
     "tx_bytes": 66000,
     "tx_packets": 46,
+    "underlay_tap_path": false,
     "vtep_mac": "0e:00:00:00:00:02"
   },
   {
@@ -767,6 +769,7 @@ mod tests {
     "subnet": "10.244.3.0/24",
     "tx_bytes": 0,
     "tx_packets": 0,
+    "underlay_tap_path": false,
     "vtep_mac": "0e:00:00:00:00:03"
   }
 ]"#;

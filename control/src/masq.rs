@@ -324,10 +324,20 @@ fn nft_input_in(fam: Family, n: &str, own: &str, rules: Rules) -> String {
         s.push_str("\t}\n");
     }
     if let Some((ip, _, port)) = rules.untracked(fam) {
+        // The underlay TAP's packets carry the node's address as their source and
+        // enter at PREROUTING (forwarded, not sent): untracked there, as iptables'
+        // `-s` rule in the same chain does.
+        let from_tap = match rules.underlay_tap {
+            Some((tap_ip, _)) if IpAddr::V4(tap_ip) == ip => {
+                format!("\t\t{f} saddr {ip} udp dport {port} notrack\n")
+            }
+            _ => String::new(),
+        };
         s.push_str(&format!(
             "\tchain notrack_pre {{\n\
              \t\ttype filter hook prerouting priority raw; policy accept;\n\
              \t\t{f} daddr {ip} udp dport {port} notrack\n\
+             {from_tap}\
              \t}}\n\
              \tchain notrack_out {{\n\
              \t\ttype filter hook output priority raw; policy accept;\n\
@@ -746,6 +756,22 @@ COMMIT
             ..r
         };
         assert_eq!(restore_input(&n, &own, off), "");
+        // With --vxlan-notrack the forwarded packets are untracked where they enter,
+        // at PREROUTING: iptables' one chain (hooked into PREROUTING and OUTPUT) has
+        // the `-s` rule already; nftables' prerouting chain gets it too.
+        let untracked = Rules {
+            untrack: Some(UNTRACK),
+            ..r
+        };
+        assert!(nft_input(&n, &own, nft_of(untracked)).contains(
+            "\t\tip daddr 192.168.200.1 udp dport 8472 notrack\n\t\tip saddr 192.168.200.1 udp dport 8472 notrack\n\t}\n\tchain notrack_out"
+        ));
+        let plain = Rules {
+            underlay_tap: None,
+            ..untracked
+        };
+        assert!(!nft_input(&n, &own, nft_of(plain))
+            .contains("ip saddr 192.168.200.1 udp dport 8472 notrack\n\t}\n\tchain notrack_out"));
     }
 
     const UNTRACK: Untrack = Untrack {
@@ -1244,6 +1270,10 @@ table ip vxmesh {
                             nft.push((chain.clone(), m));
                         }
                     }
+                    // iptables hooks its one raw chain into PREROUTING and OUTPUT;
+                    // nftables' two chains may both hold a rule iptables has once
+                    // (the underlay TAP's source rule).
+                    nft.dedup();
                     let want = 5 * usize::from(masquerade)
                         + 2 * usize::from(forward)
                         + usize::from(forward && underlay_tap.is_some())

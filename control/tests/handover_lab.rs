@@ -114,10 +114,17 @@ fn tap_index(lab: &Lab, node: &str) -> u64 {
         .unwrap_or_else(|| panic!("no vxmesh0 on {node}"))
 }
 
+/// The node's pod TAPs: its tun links but the underlay TAP (`vxmesh0u`, on Linux ≥
+/// 6.17), which a successor also shares rather than duplicates (at most one).
 fn tun_links(lab: &Lab, node: &str) -> usize {
-    lab.ip_json(node, &["link", "show", "type", "tun"])
-        .as_array()
-        .map_or(0, Vec::len)
+    let links = lab.ip_json(node, &["link", "show", "type", "tun"]);
+    let links = links.as_array().cloned().unwrap_or_default();
+    let underlay = |l: &Value| l["ifalias"].as_str() == Some("vxmesh underlay tap");
+    assert!(
+        links.iter().filter(|l| underlay(l)).count() <= 1,
+        "{links:?}"
+    );
+    links.iter().filter(|l| !underlay(l)).count()
 }
 
 fn alive(pid: u32) -> bool {

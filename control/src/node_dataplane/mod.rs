@@ -278,9 +278,14 @@ impl NodeDataplane {
     }
 
     /// Gives the device this node's VTEP address, `<subnet>.0/32`.
+    /// The userspace engine learns it too: its underlay TAP path probes come from it.
     pub async fn set_subnet(&self, nl: &Netlink, subnet: &Subnet) -> Result<(), NetlinkError> {
         nl.set_only_address(self.device_index(), subnet.addr(), 32)
-            .await
+            .await?;
+        if let Overlay::Userspace(u) = &self.overlay {
+            u.set_vtep_ip(subnet.addr());
+        }
+        Ok(())
     }
 
     /// Gives the IPv6 device, when there is one, this node's IPv6 VTEP address: the

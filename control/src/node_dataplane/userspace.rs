@@ -64,20 +64,21 @@ pub fn underlay_tap_name(tap: &IfName) -> Option<IfName> {
     IfName::new(&format!("{base}u")).ok()
 }
 
-/// Opens and configures the underlay TAP for `--egress-tunnel-gso`, or says why
-/// not (a warning) and returns `None`: the engine then segments as usual.
+/// Opens and configures the underlay TAP for `--egress-tunnel-gso` (the default),
+/// or says why not and returns `None`: the engine then segments as usual. Not an
+/// error: a kernel before 6.17 has no UDP-tunnel GSO for TAPs.
 async fn underlay_tx(nl: &Netlink, s: &DataplaneSetup) -> Option<UnderlayTx> {
     if !s.egress_tunnel_gso {
         return None;
     }
     if !s.offloads {
-        tracing::warn!("--egress-tunnel-gso needs the TAP offloads (--no-offloads is set): sending the usual way");
+        tracing::info!("egress frames are cut into datagrams here: the underlay TAP path (--egress-tunnel-gso) needs the TAP offloads, and --no-offloads is set");
         return None;
     }
     match open_underlay(nl, s).await {
         Ok(u) => Some(u),
         Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "--egress-tunnel-gso: the underlay TAP is unavailable; egress frames are cut into datagrams here as without the flag");
+            tracing::info!(error = format!("{e:#}"), "egress frames are cut into datagrams here: the underlay TAP path (--egress-tunnel-gso) is unavailable (it needs Linux 6.17 or later)");
             None
         }
     }
@@ -119,7 +120,7 @@ async fn open_underlay(nl: &Netlink, s: &DataplaneSetup) -> anyhow::Result<Under
     if !link.up {
         nl.set_link_up(link.index, None, None).await?;
     }
-    tracing::info!(device = %name, "egress frames leave whole as UDP-tunnel GSO packets through the underlay TAP");
+    tracing::info!(device = %name, "GSO frames leave whole as UDP-tunnel GSO packets through the underlay TAP, to each peer once a probe sent that way is answered");
     Ok(UnderlayTx {
         tap,
         tap_mac,
@@ -438,6 +439,11 @@ impl Userspace {
             v6: None,
             programmed: SharedProgrammed::default(),
         })
+    }
+
+    /// This node's VTEP address, the source of the engine's path probes.
+    pub fn set_vtep_ip(&self, ip: Ipv4Addr) {
+        self.engine.set_vtep_ip(ip);
     }
 
     pub fn tap_index(&self) -> u32 {
