@@ -846,8 +846,26 @@ fn egress_tunnel_gso_cluster() {
         return;
     }
     let before = lab.status("n1")["counters"].clone();
+    let ctl = lab.bin.join("vxmeshctl");
+    // Whether n1's GSO frames to node `far` take the underlay TAP now.
+    let proven = |far: u32| -> bool {
+        let peers: Value =
+            serde_json::from_str(&lab.exec("n1", &[ctl.to_str().unwrap(), "peers", "--json"]))
+                .unwrap();
+        let subnet = lab.subnet_of(far);
+        let p = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["subnet"] == subnet.as_str());
+        p.unwrap_or_else(|| panic!("no peer {subnet} in {peers}"))["underlay_tap_path"].as_bool()
+            == Some(true)
+    };
     for (far, what) in [(2, "userspace"), (3, "flannel")] {
         let out_bps = lab.iperf((far, 1), (1, 1));
+        // Both peers, the vxmesh node and the flannel node, answered the path probe
+        // (right after the traffic: a proof lasts VALID_MS).
+        assert!(proven(far), "n1's path to the {what} node is not proven");
         let in_bps = lab.iperf((1, 1), (far, 1));
         println!(
             "iperf3 n1 -> {what} {:.2} Gbit/s, {what} -> n1 {:.2} Gbit/s",
@@ -880,22 +898,100 @@ fn egress_tunnel_gso_cluster() {
         after["underlay_probes_answered"].as_u64() >= Some(2),
         "{after}"
     );
-    // Both peers, the vxmesh node and the flannel node, are proven (iperf3 ran
-    // within the last VALID_MS).
-    let ctl = lab.bin.join("vxmeshctl");
-    let peers: serde_json::Value =
-        serde_json::from_str(&lab.exec("n1", &[ctl.to_str().unwrap(), "peers", "--json"])).unwrap();
-    let proven: Vec<bool> = peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["underlay_tap_path"].as_bool().unwrap_or(false))
-        .collect();
-    assert_eq!(proven, [true, true], "{peers}");
     let dev = lab.ip_json("n1", &["-d", "link", "show", "vxmesh0u"]);
     assert_eq!(
         dev[0]["ifalias"].as_str(),
         Some("vxmesh underlay tap"),
         "{dev}"
     );
+}
+
+/// A host firewall that drops what the underlay TAP path forwards (a raw-table drop on
+/// `vxmesh0u`, ahead of any FORWARD accept), between two userspace nodes at their
+/// defaults: the path probes go unanswered, so node 1 keeps sending the usual way —
+/// TCP runs at a working rate and no frame takes the dead path — says so once in its
+/// log, and shows the peer's path unproven; with the drop gone the path is proven and
+/// used again within the slow retry. Linux ≥ 6.17 (before that there is no path).
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_firewalled_underlay_tap_costs_speed_not_reachability() {
+    require_root();
+    require_etcd();
+    if kernel_release() < (6, 17) {
+        println!(
+            "SKIP: Linux {:?} has no UDP-tunnel GSO on TAP",
+            kernel_release()
+        );
+        return;
+    }
+    let lab = Lab::new(
+        "vxw",
+        &[
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_DATAPLANES", "userspace userspace"),
+            ("VXLAB_BACKEND", BACKEND),
+        ],
+    );
+    let out = lab.must(&["up"]);
+    assert!(out.contains("8 of 8 reachable"), "{out}");
+    let drop = ["-t", "raw", "PREROUTING", "-i", "vxmesh0u", "-j", "DROP"];
+    let rule = |op: &str| {
+        let mut args = vec!["iptables", drop[0], drop[1], op];
+        args.extend_from_slice(&drop[2..]);
+        lab.exec("n1", &args);
+    };
+    rule("-I");
+    // Whatever `up` proved has lapsed (VALID_MS, 3.5 s) before the traffic starts.
+    std::thread::sleep(Duration::from_millis(
+        vxmesh_dataplane::path_probe::VALID_MS + 500,
+    ));
+    let path_to_n2 = || -> bool {
+        let ctl = lab.bin.join("vxmeshctl");
+        let peers: Value =
+            serde_json::from_str(&lab.exec("n1", &[ctl.to_str().unwrap(), "peers", "--json"]))
+                .unwrap();
+        peers[0]["underlay_tap_path"].as_bool().unwrap_or(false)
+    };
+    let counter = |k: &str| lab.status("n1")["counters"][k].as_u64().unwrap_or(0);
+    let frames = counter("underlay_tap_frames");
+    let answered = counter("underlay_probes_answered");
+    let log = lab.state.join("vxmeshd-n1.log");
+    let warned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the underlay TAP path to this peer is not proven")
+    };
+    // Five probes a second apart go unanswered while frames flow; each 2 s iperf3
+    // carries about two.
+    let mut rates = Vec::new();
+    for _ in 0..6 {
+        rates.push(lab.iperf((2, 1), (1, 1)) / 1e9);
+        if warned() {
+            break;
+        }
+    }
+    println!("n1 -> n2 behind the drop: {rates:.2?} Gbit/s");
+    assert!(warned(), "no warning in {}", log.display());
+    assert!(!path_to_n2());
+    assert_eq!(
+        counter("underlay_tap_frames"),
+        frames,
+        "a frame took the dead path"
+    );
+    assert_eq!(counter("underlay_probes_answered"), answered);
+    assert!(counter("underlay_probes_sent") >= 5);
+    // The firewall fixed: the next probe (the slow retry, 10 s) proves the path again.
+    rule("-D");
+    let t = Instant::now();
+    while !path_to_n2() && t.elapsed() < Duration::from_secs(20) {
+        lab.iperf((2, 1), (1, 1));
+    }
+    assert!(path_to_n2(), "not proven again after {:?}", t.elapsed());
+    println!(
+        "proven again {:.1} s after the drop went",
+        t.elapsed().as_secs_f64()
+    );
+    lab.iperf((2, 1), (1, 1));
+    assert!(counter("underlay_tap_frames") > frames);
 }

@@ -17,7 +17,7 @@
 //!   [`VALID_MS`]. An unproven peer is probed every [`RETRY_MS`] while frames flow to
 //!   it, and after [`QUICK_TRIES`] unanswered probes every [`SLOW_RETRY_MS`]: a peer
 //!   that never answers (its firewall drops ICMP) keeps the usual path, at the cost of
-//!   one small packet per half minute.
+//!   one small packet per peer every ten seconds.
 //!
 //! The state is per peer ([`PathState`], kept with its counters, so it outlives table
 //! generations) and works on a caller-given clock (ms, [`PathState::decide`] and
@@ -35,16 +35,17 @@ use crate::wire::ip::PROTO_ICMP;
 use crate::wire::MacAddr;
 
 /// How long one answer proves the path.
-pub const VALID_MS: u64 = 15_000;
-/// Probes of a proven path, while frames flow: three go unanswered before it lapses.
-pub const REFRESH_MS: u64 = 5_000;
+pub const VALID_MS: u64 = 3_500;
+/// Probes of a proven path, while frames flow: three go unanswered before it lapses,
+/// so frames stop taking a path that broke (a firewall reloaded) within [`VALID_MS`].
+pub const REFRESH_MS: u64 = 1_000;
 /// Probes of an unproven path, while frames flow.
 pub const RETRY_MS: u64 = 1_000;
 /// Unanswered probes after which an unproven path is probed only every
 /// [`SLOW_RETRY_MS`] (and the engine says so, once).
 pub const QUICK_TRIES: u32 = 5;
 /// Probes of a path that has not answered [`QUICK_TRIES`] times.
-pub const SLOW_RETRY_MS: u64 = 30_000;
+pub const SLOW_RETRY_MS: u64 = 10_000;
 
 /// The ICMP identifier of every probe ("vx").
 pub const PROBE_ICMP_ID: u16 = 0x7678;
@@ -374,7 +375,7 @@ mod tests {
         let times: Vec<u64> = sent.iter().map(|s| s.0).collect();
         assert_eq!(
             &times[..7],
-            &[0, 1_000, 2_000, 3_000, 4_000, 5_000, 35_000],
+            &[0, 1_000, 2_000, 3_000, 4_000, 5_000, 15_000],
             "{times:?}"
         );
         assert_eq!(sent[4].1, QUICK_TRIES);

@@ -337,8 +337,13 @@ fn main() -> anyhow::Result<()> {
                     st["lease_reacquisitions"]
                 );
             }
+            // The underlay TAP path, where the agent reports it (userspace dataplane).
+            let whole = match st["offloads"]["egress_tunnel_gso"].as_bool() {
+                Some(on) => format!("  egress_tunnel_gso {on}"),
+                None => String::new(),
+            };
             println!(
-                "dataplane:    {}  offloads: {}  udp_gso {}  udp_gro {}",
+                "dataplane:    {}  offloads: {}  udp_gso {}  udp_gro {}{whole}",
                 s(&n["dataplane"]),
                 s(&st["offloads"]["tap"]),
                 s(&st["offloads"]["udp_gso"]),
@@ -404,6 +409,12 @@ fn main() -> anyhow::Result<()> {
             }
             peers.sort_by_key(|p| std::cmp::Reverse(u(&p["tx_bytes"]) + u(&p["rx_bytes"])));
             let now = now_ms();
+            // With the underlay TAP path: how each peer's GSO frames leave (`whole`
+            // once its path is proven, else `cut` here).
+            let egress = get_json(&cli, "/v1/status")
+                .ok()
+                .and_then(|st| st["offloads"]["egress_tunnel_gso"].as_bool())
+                .unwrap_or(false);
             let rows: Vec<Vec<String>> = peers
                 .iter()
                 .flat_map(|p| {
@@ -414,7 +425,7 @@ fn main() -> anyhow::Result<()> {
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
                     let last = u(&p["last_tx_unix_ms"]).max(u(&p["last_rx_unix_ms"]));
-                    let row = vec![
+                    let mut row = vec![
                         s(&p["subnet"]),
                         s(&p["public_ip"]),
                         s(&p["vtep_mac"]),
@@ -427,30 +438,38 @@ fn main() -> anyhow::Result<()> {
                         },
                         ago(&Value::from(last), now),
                     ];
+                    if egress {
+                        let whole = p["underlay_tap_path"].as_bool() == Some(true);
+                        row.push(if whole { "whole" } else { "cut" }.into());
+                    }
                     // A dual-stack peer's IPv6 half, on its own line (no counters: the
                     // kernel's device carries it).
                     let v6 = &p["ipv6"];
                     let row6 = v6.is_object().then(|| {
                         let mut r =
                             vec![s(&v6["subnet"]), s(&v6["public_ipv6"]), s(&v6["vtep_mac"])];
-                        r.extend(std::iter::repeat_n("-".to_string(), 4));
+                        r.extend(std::iter::repeat_n(
+                            "-".to_string(),
+                            4 + usize::from(egress),
+                        ));
                         r
                     });
                     std::iter::once(row).chain(row6)
                 })
                 .collect();
-            table(
-                &[
-                    "SUBNET",
-                    "PUBLIC-IP",
-                    "VTEP-MAC",
-                    "TX-BYTES/PKTS",
-                    "RX-BYTES/PKTS",
-                    "DROPS",
-                    "LAST-SEEN",
-                ],
-                &rows,
-            );
+            let mut headers = vec![
+                "SUBNET",
+                "PUBLIC-IP",
+                "VTEP-MAC",
+                "TX-BYTES/PKTS",
+                "RX-BYTES/PKTS",
+                "DROPS",
+                "LAST-SEEN",
+            ];
+            if egress {
+                headers.push("EGRESS");
+            }
+            table(&headers, &rows);
         }
         Cmd::Flows {
             top,
