@@ -1398,6 +1398,75 @@ mod tests {
         );
     }
 
+    /// A VXLAN datagram from the peer whose inner frame is its kernel's echo reply to
+    /// a path probe with `token`, from `from` (the peer's VTEP address when genuine).
+    fn probe_reply(token: u64, from: Ipv4Addr) -> Vec<u8> {
+        let mut f = path_probe::probe_frame(
+            PEER_MAC.parse().unwrap(),
+            ME.parse().unwrap(),
+            from,
+            Ipv4Addr::new(10, 244, 9, 0),
+            3,
+            token,
+        );
+        f[34] = 0; // echo reply
+        f[36..38].copy_from_slice(&[0, 0]);
+        let c = crate::wire::checksum::checksum(&f[34..]);
+        f[36..38].copy_from_slice(&c.to_be_bytes());
+        let mut d = header(1).to_vec();
+        d.extend_from_slice(&f);
+        d
+    }
+
+    /// The ingress thread takes the answer to one of its engine's probes (it never
+    /// reaches the TAP) and the peer's path is proven; an answer with another token or
+    /// from another address than the peer's VTEP, and every other frame, go on.
+    #[test]
+    fn probe_answers_are_taken_and_prove_the_path() {
+        const TOKEN: u64 = 0x5eed_0000_1234_abcd;
+        let shared = SharedTable::new(table(1, true));
+        let mut view = TableView::new(shared.clone());
+        let genuine = probe_reply(TOKEN, Ipv4Addr::new(10, 244, 1, 0));
+        let other_token = probe_reply(TOKEN ^ 1, Ipv4Addr::new(10, 244, 1, 0));
+        let other_source = probe_reply(TOKEN, Ipv4Addr::new(10, 244, 7, 0));
+        let plain = datagram();
+        let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let batch = RecvBatch::with_messages(&[
+            (src, plain.len(), &plain),
+            (src, other_token.len(), &other_token),
+            (src, genuine.len(), &genuine),
+            (src, other_source.len(), &other_source),
+        ]);
+        let got = std::cell::RefCell::new(Vec::new());
+        let mut counts = LocalCounts::default();
+        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
+        let path = || Arc::clone(shared.load().peer_counters(0).unwrap());
+        assert!(!path().path.proven(path_probe::clock_ms()));
+        deliver_batch(
+            &batch,
+            4,
+            &mut view,
+            &mut ToTap::Plain {
+                tap_mtu: None,
+                scratch: &mut [],
+            },
+            &mut counts,
+            &mut flows,
+            &mut IngressAqm::new(None),
+            Some(TOKEN),
+            &|_, f, _| got.borrow_mut().push(f.to_vec()),
+        );
+        let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
+        assert_eq!(
+            got.into_inner(),
+            [inner(&plain), inner(&other_token), inner(&other_source)]
+        );
+        assert_eq!(counts.underlay_probes_answered, 1);
+        assert_eq!(counts.frames_delivered, 3);
+        assert_eq!(counts.udp_datagrams_received, 4);
+        assert!(path().path.proven(path_probe::clock_ms()));
+    }
+
     /// A VXLAN datagram from the peer carrying an IPv4 UDP packet with this ECN field.
     fn datagram_ecn(ecn: u8) -> Vec<u8> {
         let me: crate::wire::MacAddr = ME.parse().unwrap();
