@@ -682,6 +682,27 @@ impl EgressWorker {
         d.underlay
     }
 
+    /// The outer headers of the next underlay TAP packet to `dst` from `sport`.
+    fn outer(
+        &self,
+        u: &UnderlayTx,
+        view: &TableView,
+        dst: Ipv4Addr,
+        sport: u16,
+    ) -> offload::tunnel::Outer {
+        let local = view.table.local();
+        offload::tunnel::Outer {
+            dst_mac: u.tap_mac,
+            src_mac: local.vtep_mac,
+            src: u.local_ip,
+            dst,
+            sport,
+            dport: local.port,
+            vxlan: view.vxlan,
+            ident: self.ident,
+        }
+    }
+
     /// Sends `peer` a path probe through the underlay TAP (see [`path_probe`]).
     fn probe(&mut self, peer: &crate::fib::PeerVtep, view: &TableView, counts: &mut LocalCounts) {
         let src = self.status.vtep_ip();
@@ -700,16 +721,7 @@ impl EgressWorker {
             self.ident,
             self.status.probe_token,
         );
-        let outer = offload::tunnel::Outer {
-            dst_mac: u.tap_mac,
-            src_mac: local.vtep_mac,
-            src: u.local_ip,
-            dst: peer.public_ip,
-            sport: local.port,
-            dport: local.port,
-            vxlan: view.vxlan,
-            ident: self.ident,
-        };
+        let outer = self.outer(u, view, peer.public_ip, local.port);
         let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
         if offload::tunnel::prefix(&VirtioNetHdr::NONE, &frame, &outer, &mut prefix).is_err() {
             return;
@@ -737,21 +749,10 @@ impl EgressWorker {
         batch: &mut TxBatch,
         counts: &mut LocalCounts,
     ) -> Whole {
-        let Some((tap_mac, local_ip)) = self.underlay.as_ref().map(|u| (u.tap_mac, u.local_ip))
-        else {
+        let Some(u) = self.underlay.as_ref() else {
             return Whole::Cannot;
         };
-        let local = view.table.local();
-        let outer = offload::tunnel::Outer {
-            dst_mac: tap_mac,
-            src_mac: local.vtep_mac,
-            src: local_ip,
-            dst: peer,
-            sport: sport.unwrap_or(local.port),
-            dport: local.port,
-            vxlan: view.vxlan,
-            ident: self.ident,
-        };
+        let outer = self.outer(u, view, peer, sport.unwrap_or(view.table.local().port));
         let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
         let Ok((dg, inner)) = offload::tunnel::prefix(vh, frame, &outer, &mut prefix) else {
             return Whole::Cannot;
@@ -1401,18 +1402,14 @@ mod tests {
     /// A VXLAN datagram from the peer whose inner frame is its kernel's echo reply to
     /// a path probe with `token`, from `from` (the peer's VTEP address when genuine).
     fn probe_reply(token: u64, from: Ipv4Addr) -> Vec<u8> {
-        let mut f = path_probe::probe_frame(
-            PEER_MAC.parse().unwrap(),
+        let f = path_probe::kernel_reply(&path_probe::probe_frame(
             ME.parse().unwrap(),
-            from,
+            PEER_MAC.parse().unwrap(),
             Ipv4Addr::new(10, 244, 9, 0),
+            from,
             3,
             token,
-        );
-        f[34] = 0; // echo reply
-        f[36..38].copy_from_slice(&[0, 0]);
-        let c = crate::wire::checksum::checksum(&f[34..]);
-        f[36..38].copy_from_slice(&c.to_be_bytes());
+        ));
         let mut d = header(1).to_vec();
         d.extend_from_slice(&f);
         d

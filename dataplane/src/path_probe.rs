@@ -139,6 +139,28 @@ pub fn clock_ms() -> u64 {
         .saturating_add(1)
 }
 
+/// The probe as a peer's kernel echoes it (for tests here and in the engine):
+/// addresses and MACs swapped, type 0, the ICMP checksum recomputed, TTL 64 and a
+/// fresh IPv4 ID with its checksum.
+#[cfg(test)]
+pub(crate) fn kernel_reply(probe: &[u8; PROBE_LEN]) -> Vec<u8> {
+    let mut r = probe.to_vec();
+    r[..6].copy_from_slice(&probe[6..12]);
+    r[6..12].copy_from_slice(&probe[..6]);
+    r[14 + 12..14 + 16].copy_from_slice(&probe[14 + 16..14 + 20]);
+    r[14 + 16..14 + 20].copy_from_slice(&probe[14 + 12..14 + 16]);
+    r[14 + 4..14 + 6].copy_from_slice(&[0x9a, 0x31]);
+    r[14 + 6] = 0; // Linux clears DF on echo replies that fit.
+    r[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = checksum(&r[14..34]);
+    r[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    r[34] = ICMP_ECHO_REPLY;
+    r[36..38].copy_from_slice(&[0, 0]);
+    let c = checksum(&r[34..]);
+    r[36..38].copy_from_slice(&c.to_be_bytes());
+    r
+}
+
 /// What the egress thread does with a frame for a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -230,27 +252,6 @@ mod tests {
     const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 0);
     const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 0);
     const TOKEN: u64 = 0x0123_4567_89ab_cdef;
-
-    /// The probe as a peer's kernel echoes it: addresses and MACs swapped, type 0,
-    /// the ICMP checksum adjusted (RFC 1624: only the type word changed), TTL 64 and
-    /// a fresh IPv4 ID with its checksum.
-    fn kernel_reply(probe: &[u8; PROBE_LEN]) -> Vec<u8> {
-        let mut r = probe.to_vec();
-        r[..6].copy_from_slice(&probe[6..12]);
-        r[6..12].copy_from_slice(&probe[..6]);
-        r[14 + 12..14 + 16].copy_from_slice(&probe[14 + 16..14 + 20]);
-        r[14 + 16..14 + 20].copy_from_slice(&probe[14 + 12..14 + 16]);
-        r[14 + 4..14 + 6].copy_from_slice(&[0x9a, 0x31]);
-        r[14 + 6] = 0; // Linux clears DF on echo replies that fit.
-        r[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
-        let c = checksum(&r[14..34]);
-        r[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-        r[34] = ICMP_ECHO_REPLY;
-        r[36..38].copy_from_slice(&[0, 0]);
-        let c = checksum(&r[34..]);
-        r[36..38].copy_from_slice(&c.to_be_bytes());
-        r
-    }
 
     #[test]
     fn probe_is_a_valid_echo_request() {
