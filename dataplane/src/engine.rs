@@ -1399,6 +1399,35 @@ mod tests {
         );
     }
 
+    /// Delivers the first `n` messages of `batch` to a plain TAP; returns the frames
+    /// emitted and the counts.
+    fn deliver_plain(
+        batch: &RecvBatch,
+        n: usize,
+        view: &mut TableView,
+        aqm: &mut IngressAqm,
+        probe_token: Option<u64>,
+    ) -> (Vec<Vec<u8>>, LocalCounts) {
+        let got = std::cell::RefCell::new(Vec::new());
+        let mut counts = LocalCounts::default();
+        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
+        deliver_batch(
+            batch,
+            n,
+            view,
+            &mut ToTap::Plain {
+                tap_mtu: None,
+                scratch: &mut [],
+            },
+            &mut counts,
+            &mut flows,
+            aqm,
+            probe_token,
+            &|_, f, _| got.borrow_mut().push(f.to_vec()),
+        );
+        (got.into_inner(), counts)
+    }
+
     /// A VXLAN datagram from the peer whose inner frame is its kernel's echo reply to
     /// a path probe with `token`, from `from` (the peer's VTEP address when genuine).
     fn probe_reply(token: u64, from: Ipv4Addr) -> Vec<u8> {
@@ -1434,28 +1463,18 @@ mod tests {
             (src, genuine.len(), &genuine),
             (src, other_source.len(), &other_source),
         ]);
-        let got = std::cell::RefCell::new(Vec::new());
-        let mut counts = LocalCounts::default();
-        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
         let path = || Arc::clone(shared.load().peer_counters(0).unwrap());
         assert!(!path().path.proven(path_probe::clock_ms()));
-        deliver_batch(
+        let (got, counts) = deliver_plain(
             &batch,
             4,
             &mut view,
-            &mut ToTap::Plain {
-                tap_mtu: None,
-                scratch: &mut [],
-            },
-            &mut counts,
-            &mut flows,
             &mut IngressAqm::new(None),
             Some(TOKEN),
-            &|_, f, _| got.borrow_mut().push(f.to_vec()),
         );
         let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
         assert_eq!(
-            got.into_inner(),
+            got,
             [inner(&plain), inner(&other_token), inner(&other_source)]
         );
         assert_eq!(counts.underlay_probes_answered, 1);
@@ -1499,24 +1518,7 @@ mod tests {
         let mut aqm = IngressAqm::new(Some(CodelConfig::DEFAULT));
         // Messages 0 and 1 carry a signal, 2 does not.
         aqm.pending = 0b011;
-        let got = std::cell::RefCell::new(Vec::new());
-        let mut counts = LocalCounts::default();
-        let mut flows = FlowTap::new(&Arc::new(SharedFlows::default()), 0);
-        deliver_batch(
-            &batch,
-            3,
-            &mut view,
-            &mut ToTap::Plain {
-                tap_mtu: None,
-                scratch: &mut [],
-            },
-            &mut counts,
-            &mut flows,
-            &mut aqm,
-            None,
-            &|_, f, _| got.borrow_mut().push(f.to_vec()),
-        );
-        let got = got.into_inner();
+        let (got, counts) = deliver_plain(&batch, 3, &mut view, &mut aqm, None);
         let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
         assert_eq!(
             got.len(),
