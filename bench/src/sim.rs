@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vxmesh_control::allocator::NoFreeSubnet;
 use vxmesh_control::config::NetworkConfig;
-use vxmesh_control::lease::LeaseAttrs;
+use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
 use vxmesh_control::registry::{Listing, WatchEvent};
@@ -307,9 +307,10 @@ impl Sim {
                             Some(LocalNode {
                                 public_ip: n.ip,
                                 vtep_mac: n.mac,
+                                ipv6: None,
                             }),
                         );
-                        let _ = o.table.set_own(Some(subnet), &mut Vec::new());
+                        let _ = o.table.set_own(LeaseKey::ipv4(subnet), &mut Vec::new());
                         o.cursor = cursor;
                         o.watching = true;
                         o.handle(&[WatchEvent::Snapshot(listing)]);
@@ -653,9 +654,10 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             Some(LocalNode {
                 public_ip: own_ip,
                 vtep_mac: own_mac,
+                ipv6: None,
             }),
         );
-        let _ = t.set_own(own_subnet, &mut Vec::new());
+        let _ = t.set_own(own_subnet.and_then(LeaseKey::ipv4), &mut Vec::new());
         let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
         status.show_peers(&t, None, &mut None);

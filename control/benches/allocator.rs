@@ -86,10 +86,12 @@ fn peer_table(c: &mut Criterion) {
         network: "10.0.0.0/8".parse().unwrap(),
         subnet_len: 24,
         vni: 1,
+        ipv6: None,
     };
     let local = LocalNode {
         public_ip: ME,
         vtep_mac: "0e:ff:00:00:00:01".parse().unwrap(),
+        ipv6: None,
     };
     let mut table = PeerTable::new(rules, Some(local));
     let all: Vec<Entry> = (0..5000).map(entry).collect();

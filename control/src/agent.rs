@@ -862,6 +862,7 @@ pub async fn run_with(
             Some(LocalNode {
                 public_ip: underlay.public_ip,
                 vtep_mac,
+                ipv6: public_ipv6.map(|ip6| (ip6, crate::vtep_mac::derive_v6(ip6, vni.get()))),
             }),
         ),
         own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
@@ -1004,7 +1005,9 @@ impl Running {
         self.state.ready.subnet_env.store(true, Ordering::Relaxed);
         tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
         let mut skips = Vec::new();
-        let _ = self.peers.set_own(Some(first.subnet), &mut skips);
+        let _ = self
+            .peers
+            .set_own(Some(LeaseKey::dual(first.subnet, first.ipv6)), &mut skips);
         record_skips(&skips, &self.state);
         self.held(first);
         Ok(())
@@ -1077,10 +1080,10 @@ impl Running {
         };
         if h.subnet != self.own.subnet || h.ipv6 != self.own.ipv6 {
             self.take_subnet(h.subnet, h.ipv6).await?;
-        }
-        if h.subnet != self.own.subnet {
             let mut skips = Vec::new();
-            let changes = self.peers.set_own(Some(h.subnet), &mut skips);
+            let changes = self
+                .peers
+                .set_own(Some(LeaseKey::dual(h.subnet, h.ipv6)), &mut skips);
             record_skips(&skips, &self.state);
             record_changes(&changes, &self.state);
             program(&self.dp, &self.nl, &changes, &self.state);

@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::config::NetworkConfig;
@@ -59,9 +59,11 @@ pub struct Peer {
 
 /// The IPv6 half of a peer's dual-stack lease: the key's IPv6 subnet
 /// (`10.244.3.0-24&fd00:10:244:3::-64`), `PublicIPv6` and `BackendV6Data.VtepMAC`.
-/// Read when all three are there and `BackendV6Data.VNI` is ours; the dataplane
-/// programs it on `flannel-v6.<VNI>`. Its conflicts (overlaps, duplicates) are not
-/// judged yet.
+/// Read when the config is dual stack, all three are there and `BackendV6Data.VNI`
+/// is ours; the dataplane programs it on `flannel-v6.<VNI>`. Judged as the IPv4 part
+/// is (inside IPv6Network at IPv6SubnetLen, a usable PublicIPv6, no overlap or
+/// shared PublicIPv6 or IPv6 VtepMAC with this node or an earlier lease): a lease
+/// whose IPv6 half fails is rejected whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct PeerIpv6 {
     #[serde(serialize_with = "ser_display")]
@@ -131,12 +133,21 @@ impl PeerChange {
 }
 
 /// What a lease must match to be a peer: the network config's Network, SubnetLen
-/// and VNI.
+/// and VNI, and on a dual-stack config its IPv6Network and IPv6SubnetLen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerRules {
     pub network: Subnet,
     pub subnet_len: u8,
     pub vni: u32,
+    /// `None` unless the config is dual stack: then leases' IPv6 halves are ignored.
+    pub ipv6: Option<Ipv6Rules>,
+}
+
+/// What a lease's IPv6 half must match: the config's IPv6Network and IPv6SubnetLen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Rules {
+    pub network: Subnet6,
+    pub subnet_len: u8,
 }
 
 impl PeerRules {
@@ -145,16 +156,23 @@ impl PeerRules {
             network: cfg.network,
             subnet_len: cfg.subnet_len,
             vni: cfg.backend.vni.get(),
+            ipv6: cfg.ipv6.map(|p| Ipv6Rules {
+                network: p.network,
+                subnet_len: p.subnet_len,
+            }),
         }
     }
 }
 
-/// This node: its PublicIP and VtepMAC are never another lease's, and its own lease
-/// (its subnet with its PublicIP) is not a peer.
+/// This node: its PublicIP and VtepMAC (and, dual stack, its PublicIPv6 and IPv6
+/// VtepMAC) are never another lease's, and its own lease (its subnet with its
+/// PublicIP) is not a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalNode {
     pub public_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
+    /// This node's PublicIPv6 and `BackendV6Data.VtepMAC`, when it leases IPv6 too.
+    pub ipv6: Option<(Ipv6Addr, MacAddr)>,
 }
 
 /// Why a lease is not a peer. The label ([`RejectReason::as_str`]) is the `reason`
@@ -182,6 +200,9 @@ pub enum RejectReason {
     Overlap,
     /// The PublicIP is this node's or an earlier lease's.
     DuplicatePublicIp,
+    /// The PublicIP (or PublicIPv6) cannot be a node's underlay address: unspecified,
+    /// loopback, multicast, broadcast, reserved, or (IPv6) link-local.
+    BadPublicIp,
     /// The VtepMAC is this node's or an earlier lease's.
     DuplicateVtepMac,
     /// The subnet contains a node's PublicIP, or the PublicIP lies in a node's subnet.
@@ -189,7 +210,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::BadKey,
         RejectReason::TooLarge,
         RejectReason::Unparseable,
@@ -202,6 +223,7 @@ impl RejectReason {
         RejectReason::DuplicatePublicIp,
         RejectReason::DuplicateVtepMac,
         RejectReason::PublicIpInSubnet,
+        RejectReason::BadPublicIp,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -218,6 +240,7 @@ impl RejectReason {
             RejectReason::DuplicatePublicIp => "duplicate_public_ip",
             RejectReason::DuplicateVtepMac => "duplicate_vtep_mac",
             RejectReason::PublicIpInSubnet => "public_ip_in_subnet",
+            RejectReason::BadPublicIp => "bad_public_ip",
         }
     }
 }
@@ -280,26 +303,107 @@ impl Known {
         let attrs = (e.value.len() <= MAX_LEASE_VALUE_BYTES).then(|| LeaseAttrs::parse(&e.value));
         let (public_ip, ipv6) = match &attrs {
             Some(Ok(a)) => (Some(a.public_ip), ipv6_half(rules, &e.key, a)),
-            _ => (None, None),
+            _ => (None, Ok(None)),
         };
         Known {
             create_revision: e.create_revision,
             subnet,
             public_ip,
-            alone: judge_alone(rules, subnet, e.value.len(), attrs).map(|p| Peer { ipv6, ..p }),
+            alone: judge_alone(rules, subnet, e.value.len(), attrs)
+                .and_then(|p| Ok(Peer { ipv6: ipv6?, ..p })),
         }
     }
 }
 
-/// The IPv6 half of a dual-stack lease (see [`PeerIpv6`]).
-fn ipv6_half(rules: &PeerRules, key: &str, attrs: &LeaseAttrs) -> Option<PeerIpv6> {
-    let subnet = LeaseKey::parse(key).ok()?.ipv6_subnet()?;
-    let v6 = attrs.vxlan_v6.filter(|v| v.vni == rules.vni)?;
-    Some(PeerIpv6 {
+/// The IPv6 half of a dual-stack lease (see [`PeerIpv6`]), judged on its own:
+/// `Ok(None)` when the config is not dual stack or the lease has no complete IPv6
+/// half of our VNI; an error when the half it has cannot be programmed.
+fn ipv6_half(
+    rules: &PeerRules,
+    key: &str,
+    attrs: &LeaseAttrs,
+) -> Result<Option<PeerIpv6>, Rejection> {
+    let Some(r6) = rules.ipv6 else {
+        return Ok(None);
+    };
+    let half = LeaseKey::parse(key).ok().and_then(|k| k.ipv6_subnet()).zip(
+        attrs
+            .vxlan_v6
+            .filter(|v| v.vni == rules.vni)
+            .zip(attrs.public_ipv6),
+    );
+    let Some((subnet, (v6, public_ipv6))) = half else {
+        return Ok(None);
+    };
+    if !r6.network.contains_subnet(&subnet) {
+        return Err(Rejection::new(
+            RejectReason::OutsideNetwork,
+            format!(
+                "IPv6 subnet {subnet} is not inside IPv6Network {}",
+                r6.network
+            ),
+        ));
+    }
+    if subnet.prefix_len() != r6.subnet_len {
+        return Err(Rejection::new(
+            RejectReason::WrongSubnetLen,
+            format!(
+                "IPv6 subnet {subnet} is a /{}, but IPv6Network {} is cut into /{}s (IPv6SubnetLen)",
+                subnet.prefix_len(),
+                r6.network,
+                r6.subnet_len
+            ),
+        ));
+    }
+    if let Some(what) = unusable_public_ipv6(public_ipv6) {
+        return Err(Rejection::new(
+            RejectReason::BadPublicIp,
+            format!("PublicIPv6 {public_ipv6} is {what}, not a node's underlay address"),
+        ));
+    }
+    Ok(Some(PeerIpv6 {
         subnet,
-        public_ipv6: attrs.public_ipv6?,
+        public_ipv6,
         vtep_mac: v6.vtep_mac,
-    })
+    }))
+}
+
+/// Why a PublicIP cannot be a node's underlay address, if it cannot: VXLAN sent
+/// there would stay on this node (loopback, `0.0.0.0/8`), reach every node of a
+/// segment (multicast, broadcast), or go nowhere (reserved `240.0.0.0/4`).
+pub fn unusable_public_ip(ip: Ipv4Addr) -> Option<&'static str> {
+    let first = ip.octets()[0];
+    if first == 0 {
+        Some("in 0.0.0.0/8 (\"this network\")")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_broadcast() {
+        Some("the broadcast address")
+    } else if first >= 240 {
+        Some("in the reserved 240.0.0.0/4")
+    } else {
+        None
+    }
+}
+
+/// As [`unusable_public_ip`], for a PublicIPv6: unspecified, loopback, multicast,
+/// or link-local (which needs an interface to mean anything; a lease carries none).
+pub fn unusable_public_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("the loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_unicast_link_local() {
+        Some("a link-local address")
+    } else if crate::subnet6::is_ipv4_embedded(ip) {
+        Some("an IPv4-compatible or -mapped address")
+    } else {
+        None
+    }
 }
 
 fn judge_alone(
@@ -372,6 +476,15 @@ fn judge_alone(
             ),
         ));
     }
+    if let Some(what) = unusable_public_ip(attrs.public_ip) {
+        return Err(Rejection::new(
+            RejectReason::BadPublicIp,
+            format!(
+                "PublicIP {} is {what}, not a node's underlay address",
+                attrs.public_ip
+            ),
+        ));
+    }
     Ok(Peer {
         ipv6: None,
         subnet,
@@ -406,6 +519,11 @@ struct Taken {
     subnets: BTreeMap<(u32, u8), (Subnet, Holder)>,
     ips: BTreeMap<Ipv4Addr, Holder>,
     macs: BTreeMap<MacAddr, Holder>,
+    /// The IPv6 halves: on their own device (`flannel-v6.<VNI>`), so a node's IPv6
+    /// VtepMAC may equal any node's IPv4 one.
+    subnets6: BTreeMap<(u128, u8), (Subnet6, Holder)>,
+    ips6: BTreeMap<Ipv6Addr, Holder>,
+    macs6: BTreeMap<MacAddr, Holder>,
 }
 
 /// A conflict: the rejection, and whether it is with another lease (and so may change
@@ -413,18 +531,95 @@ struct Taken {
 type Conflict = (Rejection, bool);
 
 impl Taken {
-    fn new(local: Option<LocalNode>, own: Option<Subnet>) -> Taken {
+    fn new(local: Option<LocalNode>, own: Option<LeaseKey>) -> Taken {
         let mut taken = Taken::default();
         if let Some(l) = local {
             taken.ips.insert(l.public_ip, Holder::ThisNode);
             taken.macs.insert(l.vtep_mac, Holder::ThisNode);
+            if let Some((ip6, mac6)) = l.ipv6 {
+                taken.ips6.insert(ip6, Holder::ThisNode);
+                taken.macs6.insert(mac6, Holder::ThisNode);
+            }
         }
-        if let Some(s) = own {
+        if let Some(s) = own.and_then(|k| k.ipv4_subnet()) {
             taken
                 .subnets
                 .insert((u32::from(s.addr()), s.prefix_len()), (s, Holder::ThisNode));
         }
+        if let Some(s) = own.and_then(|k| k.ipv6_subnet()) {
+            taken.subnets6.insert(
+                (u128::from(s.addr()), s.prefix_len()),
+                (s, Holder::ThisNode),
+            );
+        }
         taken
+    }
+
+    fn subnet6_containing(&self, ip: Ipv6Addr) -> Option<(Subnet6, &Holder)> {
+        self.subnets6
+            .range(..=(u128::from(ip), u8::MAX))
+            .next_back()
+            .map(|(_, (s, h))| (*s, h))
+            .filter(|(s, _)| s.contains(ip))
+    }
+
+    fn overlapping6(&self, s: &Subnet6) -> Option<(Subnet6, &Holder)> {
+        self.subnet6_containing(s.addr()).or_else(|| {
+            self.subnets6
+                .range((u128::from(s.addr()), 0)..=(u128::from(s.last()), u8::MAX))
+                .next()
+                .map(|(_, (s, h))| (*s, h))
+        })
+    }
+
+    /// The conflicts of an IPv6 half, as [`Taken::conflict`] finds them for the
+    /// IPv4 part.
+    fn conflict6(&self, v6: &PeerIpv6) -> Option<(Rejection, &Holder)> {
+        if let Some((s, h)) = self.overlapping6(&v6.subnet) {
+            let why = match h {
+                Holder::ThisNode => format!("IPv6 subnet {} is this node's own", v6.subnet),
+                Holder::Lease(_) => format!(
+                    "IPv6 subnet {} overlaps {s} of {h} (the lease created first wins)",
+                    v6.subnet
+                ),
+            };
+            return Some((Rejection::new(RejectReason::Overlap, why), h));
+        }
+        if let Some(h) = self.ips6.get(&v6.public_ipv6) {
+            let why = match h {
+                Holder::ThisNode => format!(
+                    "PublicIPv6 {} is this node's, but this is not its lease (stale or forged)",
+                    v6.public_ipv6
+                ),
+                Holder::Lease(_) => format!(
+                    "PublicIPv6 {} is already claimed by {h} (the lease created first wins)",
+                    v6.public_ipv6
+                ),
+            };
+            return Some((Rejection::new(RejectReason::DuplicatePublicIp, why), h));
+        }
+        if let Some(h) = self.macs6.get(&v6.vtep_mac) {
+            let why = format!(
+                "IPv6 VtepMAC {} is already used by {h} (the lease created first wins)",
+                v6.vtep_mac
+            );
+            return Some((Rejection::new(RejectReason::DuplicateVtepMac, why), h));
+        }
+        if let Some((ip, h)) = self.ips6.range(v6.subnet.addr()..=v6.subnet.last()).next() {
+            let why = format!(
+                "IPv6 subnet {} contains the PublicIPv6 {ip} of {h}: a route for it would pull that node's VXLAN into the overlay",
+                v6.subnet
+            );
+            return Some((Rejection::new(RejectReason::PublicIpInSubnet, why), h));
+        }
+        if let Some((s, h)) = self.subnet6_containing(v6.public_ipv6) {
+            let why = format!(
+                "PublicIPv6 {} lies inside IPv6 subnet {s} of {h}: its VXLAN would be routed into the overlay",
+                v6.public_ipv6
+            );
+            return Some((Rejection::new(RejectReason::PublicIpInSubnet, why), h));
+        }
+        None
     }
 
     fn subnet_containing(&self, ip: Ipv4Addr) -> Option<(Subnet, &Holder)> {
@@ -517,7 +712,8 @@ impl Taken {
                 with_lease(h),
             ));
         }
-        None
+        let v6 = p.ipv6.as_ref()?;
+        self.conflict6(v6).map(|(r, h)| (r, with_lease(h)))
     }
 
     fn take(&mut self, p: &Peer, key: &Arc<str>) {
@@ -528,6 +724,14 @@ impl Taken {
         );
         self.ips.insert(p.public_ip, h());
         self.macs.insert(p.vtep_mac, h());
+        if let Some(v6) = &p.ipv6 {
+            self.subnets6.insert(
+                (u128::from(v6.subnet.addr()), v6.subnet.prefix_len()),
+                (v6.subnet, h()),
+            );
+            self.ips6.insert(v6.public_ipv6, h());
+            self.macs6.insert(v6.vtep_mac, h());
+        }
     }
 
     /// Gives back what an accepted lease held.
@@ -536,6 +740,12 @@ impl Taken {
             .remove(&(u32::from(p.subnet.addr()), p.subnet.prefix_len()));
         self.ips.remove(&p.public_ip);
         self.macs.remove(&p.vtep_mac);
+        if let Some(v6) = &p.ipv6 {
+            self.subnets6
+                .remove(&(u128::from(v6.subnet.addr()), v6.subnet.prefix_len()));
+            self.ips6.remove(&v6.public_ipv6);
+            self.macs6.remove(&v6.vtep_mac);
+        }
     }
 }
 
@@ -547,9 +757,11 @@ struct Judged {
 }
 
 /// Judges one lease against what is taken (taking nothing).
-fn judge(local: Option<LocalNode>, own: Option<Subnet>, k: &Known, taken: &Taken) -> Judged {
-    let ours =
-        own.is_some() && k.subnet == own && local.is_some_and(|l| k.public_ip == Some(l.public_ip));
+fn judge(local: Option<LocalNode>, own: Option<LeaseKey>, k: &Known, taken: &Taken) -> Judged {
+    let own4 = own.and_then(|o| o.ipv4_subnet());
+    let ours = own4.is_some()
+        && k.subnet == own4
+        && local.is_some_and(|l| k.public_ip == Some(l.public_ip));
     if ours {
         return Judged {
             verdict: Verdict::Own,
@@ -578,7 +790,7 @@ fn judge(local: Option<LocalNode>, own: Option<Subnet>, k: &Known, taken: &Taken
 /// revision (ties, which only a multi-key transaction makes, by key).
 fn resolve(
     local: Option<LocalNode>,
-    own: Option<Subnet>,
+    own: Option<LeaseKey>,
     leases: &BTreeMap<Arc<str>, Known>,
 ) -> (BTreeMap<Arc<str>, Judged>, Taken) {
     let mut taken = Taken::new(local, own);
@@ -618,7 +830,7 @@ pub struct TableWork {
 pub struct PeerTable {
     rules: PeerRules,
     local: Option<LocalNode>,
-    own: Option<Subnet>,
+    own: Option<LeaseKey>,
     leases: BTreeMap<Arc<str>, Known>,
     verdicts: BTreeMap<Arc<str>, Verdict>,
     peers: BTreeMap<Subnet, Peer>,
@@ -703,8 +915,9 @@ impl PeerTable {
         self.work
     }
 
-    /// Sets our own subnet (its lease is never a peer, and nothing may overlap it).
-    pub fn set_own(&mut self, own: Option<Subnet>, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    /// Sets our own lease (its lease is never a peer, and nothing may overlap either
+    /// of its subnets).
+    pub fn set_own(&mut self, own: Option<LeaseKey>, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
         self.own = own;
         self.rejudge(skips)
     }
@@ -1028,6 +1241,7 @@ mod tests {
         LocalNode {
             public_ip: ME,
             vtep_mac: MY_MAC.parse().unwrap(),
+            ipv6: None,
         }
     }
 
@@ -1070,12 +1284,239 @@ mod tests {
         let mut t = PeerTable::new(lab_rules(), Some(me()));
         let mut skips = vec![];
         assert!(t
-            .set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips)
+            .set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips)
             .is_empty());
         let changes = t.reset(&[n1(2), n2(3), mine(4)], &mut skips);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(skips.is_empty(), "{skips:?}");
         t
+    }
+
+    /// The lab's dual-stack config (`VXLAB_IPV6=1`): IPv6Network fd00:10:244::/48 of
+    /// /64s beside the IPv4 Network.
+    fn dual_rules() -> PeerRules {
+        let cfg = NetworkConfig::parse(
+            "/coreos.com/network/config",
+            br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        PeerRules::from_config(&cfg)
+    }
+
+    const ME6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x13);
+    const MY_MAC6: &str = "4e:00:00:00:06:13";
+
+    fn me_dual() -> LocalNode {
+        LocalNode {
+            ipv6: Some((ME6, MY_MAC6.parse().unwrap())),
+            ..me()
+        }
+    }
+
+    /// A dual-stack lease as flanneld writes it.
+    fn dual_val(ip: &str, mac: &str, ip6: &str, mac6: &str) -> Vec<u8> {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#).into_bytes()
+    }
+
+    /// Node 3 of the dual-stack lab, holding 10.244.35.0/24 and fd00:10:244:23::/64,
+    /// with node 1 (dual stack) and node 2 (IPv4 only) as peers.
+    fn dual_table() -> PeerTable {
+        let mut t = PeerTable::new(dual_rules(), Some(me_dual()));
+        let mut skips = vec![];
+        let _ = t.set_own(
+            LeaseKey::parse("10.244.35.0-24&fd00:10:244:23::-64").ok(),
+            &mut skips,
+        );
+        let n1 = entry(
+            "10.244.94.0-24&fd00:10:244:5e::-64",
+            dual_val(
+                "192.168.100.11",
+                "9a:da:93:19:2b:bd",
+                "fd00:64::11",
+                "4e:2f:6c:01:7d:a2",
+            ),
+            2,
+        );
+        let mine = entry(
+            "10.244.35.0-24&fd00:10:244:23::-64",
+            dual_val("192.168.100.13", MY_MAC, "fd00:64::13", MY_MAC6),
+            4,
+        );
+        let changes = t.reset(&[n1, n2(3), mine], &mut skips);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(skips.is_empty(), "{skips:?}");
+        t
+    }
+
+    /// A lease's IPv6 half goes on `flannel-v6.<VNI>` as a route, a neighbour and an
+    /// fdb entry, so it is judged as strictly as the IPv4 part: a forged half must
+    /// not take this node's IPv6 pods, another node's, or the whole IPv6Network.
+    #[test]
+    fn ipv6_halves_are_judged_like_the_ipv4_part() {
+        let cases: Vec<(Entry, RejectReason, &str)> = vec![
+            (
+                entry(
+                    "10.244.40.0-24&fd00:10:245:1::-64",
+                    dual_val("192.168.100.40", "0e:00:00:00:00:40", "fd00:64::40", "4e:00:00:00:06:40"),
+                    10,
+                ),
+                RejectReason::OutsideNetwork,
+                "IPv6 subnet fd00:10:245:1::/64 is not inside IPv6Network fd00:10:244::/48",
+            ),
+            (
+                entry(
+                    "10.244.41.0-24&fd00:10:244::-48",
+                    dual_val("192.168.100.41", "0e:00:00:00:00:41", "fd00:64::41", "4e:00:00:00:06:41"),
+                    11,
+                ),
+                RejectReason::WrongSubnetLen,
+                "IPv6 subnet fd00:10:244::/48 is a /48, but IPv6Network fd00:10:244::/48 is cut into /64s",
+            ),
+            (
+                entry(
+                    "10.244.42.0-24&fd00:10:244:23::-64",
+                    dual_val("192.168.100.42", "0e:00:00:00:00:42", "fd00:64::42", "4e:00:00:00:06:42"),
+                    12,
+                ),
+                RejectReason::Overlap,
+                "IPv6 subnet fd00:10:244:23::/64 is this node's own",
+            ),
+            (
+                entry(
+                    "10.244.43.0-24&fd00:10:244:5e::-64",
+                    dual_val("192.168.100.43", "0e:00:00:00:00:43", "fd00:64::43", "4e:00:00:00:06:43"),
+                    13,
+                ),
+                RejectReason::Overlap,
+                "IPv6 subnet fd00:10:244:5e::/64 overlaps fd00:10:244:5e::/64 of /coreos.com/network/subnets/10.244.94.0-24&fd00:10:244:5e::-64, written earlier",
+            ),
+            (
+                entry(
+                    "10.244.44.0-24&fd00:10:244:2c::-64",
+                    dual_val("192.168.100.44", "0e:00:00:00:00:44", "fd00:64::11", "4e:00:00:00:06:44"),
+                    14,
+                ),
+                RejectReason::DuplicatePublicIp,
+                "PublicIPv6 fd00:64::11 is already claimed by",
+            ),
+            (
+                entry(
+                    "10.244.45.0-24&fd00:10:244:2d::-64",
+                    dual_val("192.168.100.45", "0e:00:00:00:00:45", "fd00:64::13", "4e:00:00:00:06:45"),
+                    15,
+                ),
+                RejectReason::DuplicatePublicIp,
+                "PublicIPv6 fd00:64::13 is this node's",
+            ),
+            (
+                entry(
+                    "10.244.46.0-24&fd00:10:244:2e::-64",
+                    dual_val("192.168.100.46", "0e:00:00:00:00:46", "fd00:64::46", MY_MAC6),
+                    16,
+                ),
+                RejectReason::DuplicateVtepMac,
+                "IPv6 VtepMAC 4e:00:00:00:06:13 is already used by this node",
+            ),
+            (
+                entry(
+                    "10.244.47.0-24&fd00:10:244:2f::-64",
+                    dual_val("192.168.100.47", "0e:00:00:00:00:47", "fd00:10:244:5e::7", "4e:00:00:00:06:47"),
+                    17,
+                ),
+                RejectReason::PublicIpInSubnet,
+                "PublicIPv6 fd00:10:244:5e::7 lies inside IPv6 subnet fd00:10:244:5e::/64",
+            ),
+            (
+                entry(
+                    "10.244.48.0-24&fd00:10:244:30::-64",
+                    dual_val("192.168.100.48", "0e:00:00:00:00:48", "::1", "4e:00:00:00:06:48"),
+                    18,
+                ),
+                // flannel's own decoder cannot read `::1` (it writes it dotted).
+                RejectReason::Unparseable,
+                "PublicIPv6 ::1 is an IPv4-compatible",
+            ),
+            (
+                entry(
+                    "10.244.49.0-24&fd00:10:244:31::-64",
+                    dual_val("192.168.100.49", "0e:00:00:00:00:49", "ff02::1", "4e:00:00:00:06:49"),
+                    19,
+                ),
+                RejectReason::BadPublicIp,
+                "a multicast address",
+            ),
+            (
+                entry(
+                    "10.244.50.0-24&fd00:10:244:32::-64",
+                    dual_val("192.168.100.50", "0e:00:00:00:00:50", "fe80::50", "4e:00:00:00:06:50"),
+                    20,
+                ),
+                RejectReason::BadPublicIp,
+                "a link-local address",
+            ),
+        ];
+        let mut t = dual_table();
+        let mut skips = vec![];
+        for (e, reason, words) in &cases {
+            let c = t.put(e, &mut skips);
+            assert!(c.is_empty(), "{}: {c:?}", e.key);
+            let r = rejected(&t, e.key.rsplit('/').next().unwrap())
+                .unwrap_or_else(|| panic!("{} not rejected", e.key));
+            assert_eq!(r.reason, *reason, "{}: {r}", e.key);
+            assert!(r.why.contains(words), "{}: {r}", e.key);
+        }
+        assert_eq!(skips.len(), cases.len(), "one warning each: {skips:#?}");
+        assert_eq!(peer_subnets(&t), ["10.244.94.0/24", "10.244.228.0/24"]);
+        // An IPv6 VtepMAC equal to a node's IPv4 one is fine: another device.
+        let shared = entry(
+            "10.244.51.0-24&fd00:10:244:33::-64",
+            dual_val(
+                "192.168.100.51",
+                "0e:00:00:00:00:51",
+                "fd00:64::51",
+                "9a:da:93:19:2b:bd",
+            ),
+            21,
+        );
+        let c = t.put(&shared, &mut skips);
+        assert!(
+            matches!(c.as_slice(), [PeerChange::Added(p)] if p.ipv6.is_some()),
+            "{c:?}"
+        );
+        // The first writer of an IPv6 subnet keeps it; the later one is promoted when
+        // it goes.
+        let first = "/coreos.com/network/subnets/10.244.94.0-24&fd00:10:244:5e::-64";
+        let c = t.delete(first, &mut skips);
+        assert!(
+            c.contains(&PeerChange::Removed(Peer {
+                subnet: "10.244.94.0/24".parse().unwrap(),
+                public_ip: Ipv4Addr::new(192, 168, 100, 11),
+                vtep_mac: "9a:da:93:19:2b:bd".parse().unwrap(),
+                ipv6: Some(PeerIpv6 {
+                    subnet: "fd00:10:244:5e::/64".parse().unwrap(),
+                    public_ipv6: "fd00:64::11".parse().unwrap(),
+                    vtep_mac: "4e:2f:6c:01:7d:a2".parse().unwrap(),
+                }),
+            })),
+            "{c:?}"
+        );
+        assert!(
+            t.peer(&"10.244.43.0/24".parse().unwrap()).is_some(),
+            "{c:?}"
+        );
+        // A config that is not dual stack ignores IPv6 halves: no IPv6 device.
+        let mut v4 = PeerTable::new(lab_rules(), Some(me()));
+        let _ = v4.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips);
+        let mut skips = vec![];
+        let readable: Vec<Entry> = cases
+            .iter()
+            .filter(|c| c.1 != RejectReason::Unparseable)
+            .map(|c| c.0.clone())
+            .collect();
+        let _ = v4.reset(&readable, &mut skips);
+        assert!(skips.is_empty(), "{skips:?}");
+        assert_eq!(v4.len(), readable.len());
+        assert!(v4.peers().all(|p| p.ipv6.is_none()));
     }
 
     #[test]
@@ -1086,9 +1527,9 @@ mod tests {
             br#"{"PublicIP":"192.168.100.11","PublicIPv6":"fd00:64::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"9a:da:93:19:2b:bd"},"BackendV6Data":{"VNI":1,"VtepMAC":"4e:2f:6c:01:7d:a2"}}"#.to_vec(),
             2,
         );
-        let mut t = PeerTable::new(lab_rules(), Some(me()));
+        let mut t = PeerTable::new(dual_rules(), Some(me_dual()));
         let mut skips = vec![];
-        let _ = t.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips);
+        let _ = t.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips);
         let changes = t.reset(&[dual, n2(3), mine(4)], &mut skips);
         assert!(skips.is_empty(), "{skips:?}");
         assert_eq!(changes.len(), 2);
@@ -1290,6 +1731,33 @@ mod tests {
                 RejectReason::PublicIpInSubnet,
                 "PublicIP 10.244.94.7 lies inside subnet 10.244.94.0/24",
             ),
+            // VXLAN to these would stay on this node, reach a whole segment, or go
+            // nowhere.
+            (
+                entry("10.244.85.0-24", good("127.0.0.1", "0e:00:00:00:00:85"), 27),
+                RejectReason::BadPublicIp,
+                "PublicIP 127.0.0.1 is a loopback address",
+            ),
+            (
+                entry("10.244.86.0-24", good("224.0.0.251", "0e:00:00:00:00:86"), 28),
+                RejectReason::BadPublicIp,
+                "a multicast address",
+            ),
+            (
+                entry("10.244.87.0-24", good("255.255.255.255", "0e:00:00:00:00:87"), 29),
+                RejectReason::BadPublicIp,
+                "the broadcast address",
+            ),
+            (
+                entry("10.244.88.0-24", good("0.0.0.0", "0e:00:00:00:00:88"), 30),
+                RejectReason::BadPublicIp,
+                "in 0.0.0.0/8",
+            ),
+            (
+                entry("10.244.89.0-24", good("240.0.0.1", "0e:00:00:00:00:89"), 31),
+                RejectReason::BadPublicIp,
+                "reserved 240.0.0.0/4",
+            ),
         ];
         let mut t = lab_table();
         let mut skips = vec![];
@@ -1321,14 +1789,16 @@ mod tests {
             network: "10.0.0.0/8".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
+            ipv6: None,
         };
         let local = LocalNode {
             public_ip: Ipv4Addr::new(10, 1, 0, 11),
             vtep_mac: "0e:00:00:00:01:11".parse().unwrap(),
+            ipv6: None,
         };
         let mut t = PeerTable::new(rules, Some(local));
         let mut skips = vec![];
-        let _ = t.set_own(Some("10.200.1.0/24".parse().unwrap()), &mut skips);
+        let _ = t.set_own(LeaseKey::parse("10.200.1.0-24").ok(), &mut skips);
         let _ = t.reset(
             &[
                 entry("10.200.2.0-24", val("10.1.0.12", "0e:00:00:00:01:12"), 5),
@@ -1396,7 +1866,7 @@ mod tests {
     fn our_own_lease_wins_even_when_created_later() {
         let mut t = PeerTable::new(lab_rules(), Some(me()));
         let mut skips = vec![];
-        let _ = t.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips);
+        let _ = t.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips);
         // Someone else's lease on our subnet, created before ours.
         let squatter = entry(
             "10.244.35.0-24&fc00::-64",
@@ -1419,7 +1889,7 @@ mod tests {
             RejectReason::Overlap
         );
         // Our subnet changes: the old key is someone else's business now.
-        let c = t.set_own(Some("10.244.36.0/24".parse().unwrap()), &mut skips);
+        let c = t.set_own(LeaseKey::parse("10.244.36.0-24").ok(), &mut skips);
         assert!(
             matches!(&c[..], [PeerChange::Added(p)] if p.subnet.to_string() == "10.244.35.0/24"),
             "{c:?}"
@@ -1543,6 +2013,7 @@ mod tests {
             network: "10.0.0.0/8".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
+            ipv6: None,
         };
         let node = |i: u32| {
             entry(
@@ -1556,7 +2027,7 @@ mod tests {
         };
         let mut t = PeerTable::new(rules, Some(me()));
         let mut skips = vec![];
-        let _ = t.set_own(Some("10.200.0.0/24".parse().unwrap()), &mut skips);
+        let _ = t.set_own(LeaseKey::parse("10.200.0.0-24").ok(), &mut skips);
         let _ = t.reset(&[], &mut skips);
         let base = t.work();
         assert_eq!(base.full_passes, 2);
@@ -1669,64 +2140,187 @@ mod tests {
         assert!(skips.is_empty());
     }
 
+    /// One op of the property tests: put, delete or list; key, PublicIP, VtepMAC,
+    /// VNI and IPv6 half chosen from small sets so that conflicts are frequent.
+    type Op = (u8, usize, u8, u8, u8, u8, i64);
+
+    /// The invariants below, on an IPv4 table (`dual` false: IPv6 halves ignored) or
+    /// a dual-stack one (node 3 of the dual-stack lab).
+    fn check_invariants(
+        ops: Vec<Op>,
+        dual: bool,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        const KEYS: [&str; 8] = [
+            "10.244.1.0-24",
+            "10.244.2.0-24",
+            "10.244.1.0-24&fd00:10:244:1::-64",
+            "10.244.35.0-24",
+            "10.244.0.0-16",
+            "10.244.2.128-25",
+            "10.244.3.0-24&fd00:10:244:23::-64",
+            "10.244.4.0-24&fd00:10:244::-60",
+        ];
+        let ips = [
+            "192.168.100.11",
+            "192.168.100.12",
+            "192.168.100.13",
+            "10.244.1.9",
+            "10.244.2.7",
+            "192.168.100.14",
+        ];
+        let macs = [
+            "0e:00:00:00:00:01",
+            "0e:00:00:00:00:02",
+            MY_MAC,
+            "0e:00:00:00:00:04",
+        ];
+        let ips6 = ["fd00:64::11", "fd00:64::13", "fd00:10:244:1::9", "fe80::1"];
+        let macs6 = [
+            "4e:00:00:00:06:01",
+            MY_MAC6,
+            "0e:00:00:00:00:01",
+            "4e:00:00:00:06:04",
+        ];
+        let (rules, local, own) = if dual {
+            (
+                dual_rules(),
+                me_dual(),
+                "10.244.35.0-24&fd00:10:244:23::-64",
+            )
+        } else {
+            (lab_rules(), me(), "10.244.35.0-24")
+        };
+        let new_table = || {
+            let mut t = PeerTable::new(rules, Some(local));
+            let _ = t.set_own(LeaseKey::parse(own).ok(), &mut vec![]);
+            t
+        };
+        let mut t = new_table();
+        let mut skips = vec![];
+        let mut known: BTreeMap<String, Entry> = [n1(2), n2(3), mine(4)]
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let all: Vec<Entry> = known.values().cloned().collect();
+        let _ = t.reset(&all, &mut skips);
+        let mut shown: crate::state::StatusPeers = t.peers().copied().collect();
+        for (op, k, ip, mac, vni, v6, rev) in ops {
+            let half = match v6 {
+                0 => String::new(),
+                n => format!(
+                    r#","PublicIPv6":"{}","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}"#,
+                    ips6[usize::from(n % 4)],
+                    macs6[usize::from(n / 2 % 4)]
+                ),
+            };
+            let e = entry(KEYS[k], format!(r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":{},"VtepMAC":"{}"}}{half}}}"#, ips[usize::from(ip)], 1 + vni / 3, macs[usize::from(mac)]).into_bytes(), rev);
+            let changes = match op {
+                0 => {
+                    known.insert(e.key.clone(), e.clone());
+                    t.put(&e, &mut skips)
+                }
+                1 => {
+                    known.remove(&e.key);
+                    t.delete(&e.key, &mut skips)
+                }
+                _ => {
+                    let all: Vec<Entry> = known.values().cloned().collect();
+                    t.reset(&all, &mut skips)
+                }
+            };
+            shown.apply(&changes);
+            // Now and then the same event again together with a deletion, as a burst.
+            if rev % 7 == 0 {
+                let other = format!("{P}{}", KEYS[(k + 1) % KEYS.len()]);
+                let burst = [Update::Put(&e), Update::Delete(&other)];
+                known.insert(e.key.clone(), e.clone());
+                known.remove(&other);
+                shown.apply(&t.apply(burst, &mut skips));
+            }
+            // The status's peers, changed batch by batch, are the table's.
+            proptest::prop_assert_eq!(
+                shown.iter().collect::<Vec<_>>(),
+                t.peers().collect::<Vec<_>>()
+            );
+            let peers: Vec<Peer> = t.peers().copied().collect();
+            for (i, a) in peers.iter().enumerate() {
+                proptest::prop_assert!(rules.network.contains_subnet(&a.subnet));
+                proptest::prop_assert_eq!(a.subnet.prefix_len(), 24);
+                proptest::prop_assert_ne!(a.subnet.to_string(), "10.244.35.0/24");
+                proptest::prop_assert_ne!(a.public_ip, ME);
+                proptest::prop_assert!(dual || a.ipv6.is_none());
+                if let Some(a6) = a.ipv6 {
+                    let r6 = rules.ipv6.unwrap();
+                    proptest::prop_assert!(
+                        r6.network.contains_subnet(&a6.subnet) && a6.subnet.prefix_len() == 64
+                    );
+                    proptest::prop_assert_ne!(a6.subnet.to_string(), "fd00:10:244:23::/64");
+                    proptest::prop_assert_ne!(a6.public_ipv6, ME6);
+                    proptest::prop_assert_ne!(a6.vtep_mac.to_string(), MY_MAC6);
+                    proptest::prop_assert!(unusable_public_ipv6(a6.public_ipv6).is_none());
+                }
+                for b in &peers[i + 1..] {
+                    proptest::prop_assert!(
+                        !a.subnet.contains(b.subnet.addr()) && !b.subnet.contains(a.subnet.addr())
+                    );
+                    proptest::prop_assert_ne!(a.public_ip, b.public_ip);
+                    proptest::prop_assert_ne!(a.vtep_mac, b.vtep_mac);
+                    proptest::prop_assert!(
+                        !a.subnet.contains(b.public_ip) && !b.subnet.contains(a.public_ip)
+                    );
+                    if let (Some(a6), Some(b6)) = (a.ipv6, b.ipv6) {
+                        proptest::prop_assert!(!a6.subnet.overlaps(&b6.subnet));
+                        proptest::prop_assert_ne!(a6.public_ipv6, b6.public_ipv6);
+                        proptest::prop_assert_ne!(a6.vtep_mac, b6.vtep_mac);
+                        proptest::prop_assert!(
+                            !a6.subnet.contains(b6.public_ipv6)
+                                && !b6.subnet.contains(a6.public_ipv6)
+                        );
+                    }
+                }
+            }
+            let mut fresh = new_table();
+            let all: Vec<Entry> = known.values().cloned().collect();
+            let _ = fresh.reset(&all, &mut vec![]);
+            proptest::prop_assert_eq!(
+                fresh.peers().collect::<Vec<_>>(),
+                t.peers().collect::<Vec<_>>()
+            );
+            // Not only the peers: every verdict, reasons and messages included.
+            proptest::prop_assert_eq!(
+                fresh.verdicts().collect::<Vec<_>>(),
+                t.verdicts().collect::<Vec<_>>()
+            );
+            // The subnets kept for the pools' usage, as counted from the keys afresh.
+            proptest::prop_assert_eq!(
+                t.leased(),
+                &LeasedSubnets::from_keys(t.verdicts().map(|(k, _)| k))
+            );
+            proptest::prop_assert_eq!(fresh.leased(), t.leased());
+        }
+        Ok(())
+    }
+
+    fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(
+            (0u8..3, 0usize..8, 0u8..6, 0u8..4, 0u8..4, 0u8..8, 1i64..50),
+            0..40,
+        )
+    }
+
     proptest::proptest! {
         /// Whatever is put, deleted or listed: peers lie inside the Network at
         /// SubnetLen, never overlap, never share a PublicIP or VtepMAC, never contain
         /// a peer's PublicIP, and the table equals a fresh judgement of what it knows.
         #[test]
-        fn invariants(ops in proptest::collection::vec((0u8..3, 0usize..6, 0u8..6, 0u8..4, 0u8..4, 1i64..50), 0..40)) {
-            const KEYS: [&str; 6] = [
-                "10.244.1.0-24", "10.244.2.0-24", "10.244.1.0-24&fc00::-64",
-                "10.244.35.0-24", "10.244.0.0-16", "10.244.2.128-25",
-            ];
-            let ips = ["192.168.100.11", "192.168.100.12", "192.168.100.13", "10.244.1.9", "10.244.2.7", "192.168.100.14"];
-            let macs = ["0e:00:00:00:00:01", "0e:00:00:00:00:02", MY_MAC, "0e:00:00:00:00:04"];
-            let mut t = lab_table();
-            let mut skips = vec![];
-            let mut known: BTreeMap<String, Entry> = [n1(2), n2(3), mine(4)].into_iter().map(|e| (e.key.clone(), e)).collect();
-            let mut shown: crate::state::StatusPeers = t.peers().copied().collect();
-            for (op, k, ip, mac, vni, rev) in ops {
-                let e = entry(KEYS[k], format!(r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":{},"VtepMAC":"{}"}}}}"#, ips[usize::from(ip)], 1 + vni / 3, macs[usize::from(mac)]).into_bytes(), rev);
-                let changes = match op {
-                    0 => { known.insert(e.key.clone(), e.clone()); t.put(&e, &mut skips) }
-                    1 => { known.remove(&e.key); t.delete(&e.key, &mut skips) }
-                    _ => { let all: Vec<Entry> = known.values().cloned().collect(); t.reset(&all, &mut skips) }
-                };
-                shown.apply(&changes);
-                // Now and then the same event again together with a deletion, as a burst.
-                if rev % 7 == 0 {
-                    let other = format!("{P}{}", KEYS[(k + 1) % KEYS.len()]);
-                    let burst = [Update::Put(&e), Update::Delete(&other)];
-                    known.insert(e.key.clone(), e.clone());
-                    known.remove(&other);
-                    shown.apply(&t.apply(burst, &mut skips));
-                }
-                // The status's peers, changed batch by batch, are the table's.
-                proptest::prop_assert_eq!(shown.iter().collect::<Vec<_>>(), t.peers().collect::<Vec<_>>());
-                let peers: Vec<Peer> = t.peers().copied().collect();
-                for (i, a) in peers.iter().enumerate() {
-                    proptest::prop_assert!(lab_rules().network.contains_subnet(&a.subnet));
-                    proptest::prop_assert_eq!(a.subnet.prefix_len(), 24);
-                    proptest::prop_assert_ne!(a.subnet.to_string(), "10.244.35.0/24");
-                    proptest::prop_assert_ne!(a.public_ip, ME);
-                    for b in &peers[i + 1..] {
-                        proptest::prop_assert!(!a.subnet.contains(b.subnet.addr()) && !b.subnet.contains(a.subnet.addr()));
-                        proptest::prop_assert_ne!(a.public_ip, b.public_ip);
-                        proptest::prop_assert_ne!(a.vtep_mac, b.vtep_mac);
-                        proptest::prop_assert!(!a.subnet.contains(b.public_ip) && !b.subnet.contains(a.public_ip));
-                    }
-                }
-                let mut fresh = PeerTable::new(lab_rules(), Some(me()));
-                let _ = fresh.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut vec![]);
-                let all: Vec<Entry> = known.values().cloned().collect();
-                let _ = fresh.reset(&all, &mut vec![]);
-                proptest::prop_assert_eq!(fresh.peers().collect::<Vec<_>>(), t.peers().collect::<Vec<_>>());
-                // Not only the peers: every verdict, reasons and messages included.
-                proptest::prop_assert_eq!(fresh.verdicts().collect::<Vec<_>>(), t.verdicts().collect::<Vec<_>>());
-                // The subnets kept for the pools' usage, as counted from the keys afresh.
-                proptest::prop_assert_eq!(t.leased(), &LeasedSubnets::from_keys(t.verdicts().map(|(k, _)| k)));
-                proptest::prop_assert_eq!(fresh.leased(), t.leased());
-            }
+        fn invariants(ops in ops()) {
+            check_invariants(ops, false)?;
+        }
+
+        /// The same on a dual-stack table, for both halves of every peer.
+        #[test]
+        fn invariants_dual_stack(ops in ops()) {
+            check_invariants(ops, true)?;
         }
     }
 }

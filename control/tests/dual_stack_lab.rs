@@ -455,6 +455,42 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         );
     }
 
+    // A forged lease claiming node 1's IPv6 subnet (its IPv4 half fresh and valid):
+    // every node rejects it whole, so node 1's pods keep their IPv6 route everywhere.
+    // Before the IPv6 halves were judged, nodes 2 and 3 routed node 1's pods' IPv6 to
+    // the forger.
+    let forged = format!(
+        "{PREFIX}/subnets/10.244.250.0-24&{}",
+        s1.to_string().replace('/', "-")
+    );
+    lab.etcdctl(&[
+        "put",
+        &forged,
+        r#"{"PublicIP":"192.168.100.99","PublicIPv6":"fd00:64::99","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:99"}}"#,
+    ]);
+    for node in ["n1", "n2", "n3"] {
+        let seen = wait_for(Duration::from_secs(10), || {
+            lab.status(node)["node"]["rejected"]
+                .as_array()
+                .is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r["key"] == forged.as_str() && r["reason"] == "overlap")
+                })
+        });
+        assert!(seen.is_some(), "{node}: {}", lab.status(node)["node"]);
+    }
+    for node in ["n2", "n3"] {
+        let routes = lab.ip_json(node, &["-6", "route", "show", &s1.to_string()]);
+        assert_eq!(routes.as_array().map(Vec::len), Some(1), "{node}: {routes}");
+        assert_eq!(routes[0]["gateway"], a1.as_str(), "{node}: {routes}");
+    }
+    let (ok, out) = lab.cmd(&["check"]);
+    assert!(
+        ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "with the forged lease:\n{out}"
+    );
+    lab.etcdctl(&["del", &forged]);
+
     // cleanup-tap (uninstall) removes the userspace node's IPv6 device with its TAP.
     lab.must(&["stop-agent", "3"]);
     let out = lab.exec("n3", &[ctl, "cleanup-tap"]);

@@ -164,6 +164,7 @@ fn table(peers: &[Peer]) -> PeerTable {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet_len: 24,
         vni: 1,
+        ipv6: None,
     };
     let mut t = PeerTable::new(rules, None);
     let mut skips = Vec::new();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{rt, Etcd};
 use tokio::sync::mpsc;
 use vxmesh_control::agent::acquire;
-use vxmesh_control::lease::LeaseAttrs;
+use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
 use vxmesh_control::lease_machine::LeaseMachine;
 use vxmesh_control::peers::{
     LocalNode, PeerChange, PeerRules, PeerTable, RejectReason, Skip, Verdict,
@@ -89,10 +89,11 @@ fn hostile_keys_from_etcd_never_become_peers() {
         let local = LocalNode {
             public_ip: me,
             vtep_mac: vxmesh_control::vtep_mac::derive(me, 1),
+            ipv6: None,
         };
         let mut t = PeerTable::new(PeerRules::from_config(&cfg), Some(local));
         let mut skips = Vec::new();
-        let _ = t.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut skips);
+        let _ = t.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips);
 
         let (tx, mut rx) = mpsc::channel(64);
         let stats = Arc::new(WatchStats::default());
@@ -164,7 +165,7 @@ fn hostile_keys_from_etcd_never_become_peers() {
         // A fresh listing (what a restarted agent sees) reaches the same verdicts.
         let listing = reg.list_subnets().await.unwrap();
         let mut fresh = PeerTable::new(PeerRules::from_config(&cfg), Some(local));
-        let _ = fresh.set_own(Some("10.244.35.0/24".parse().unwrap()), &mut Vec::new());
+        let _ = fresh.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut Vec::new());
         let _ = fresh.reset(&listing.entries, &mut Vec::new());
         let verdicts = |t: &PeerTable| -> Vec<(String, Verdict)> {
             t.verdicts()

@@ -1,22 +1,28 @@
 //! Sequences of watch events (put/delete of arbitrary keys, values and create
-//! revisions, full listings) into `PeerTable`: no panic; our own subnet, PublicIP and
-//! VtepMAC are never a peer's; every peer lies inside the Network at SubnetLen, has a
-//! unicast VtepMAC, and no two peers overlap or share a PublicIP or VtepMAC; the table
-//! always equals a fresh judgement of the leases it was told about (its peers and
-//! every verdict).
+//! revisions, full listings) into a dual-stack `PeerTable`: no panic; our own
+//! subnets, PublicIP(v6) and VtepMACs are never a peer's; every peer lies inside the
+//! Network at SubnetLen (its IPv6 half inside IPv6Network at IPv6SubnetLen), has a
+//! unicast VtepMAC, and no two peers overlap or share a PublicIP or VtepMAC, in
+//! either family; the table always equals a fresh judgement of the leases it was
+//! told about (its peers and every verdict).
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use vxmesh_control::peers::{LocalNode, PeerRules, PeerTable};
+use vxmesh_control::lease::LeaseKey;
+use vxmesh_control::peers::{Ipv6Rules, LocalNode, PeerRules, PeerTable};
 use vxmesh_control::registry::Entry;
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 12] = [
     "/coreos.com/network/subnets/10.244.1.0-24",
     "/coreos.com/network/subnets/10.244.2.0-24",
     "/coreos.com/network/subnets/10.244.3.0-24&fc00::-64",
+    "/coreos.com/network/subnets/10.244.4.0-24&fc00:0:0:2::-64",
+    "/coreos.com/network/subnets/10.244.5.0-24&fc00:0:0:2::-64",
+    "/coreos.com/network/subnets/10.244.6.0-24&fc00:0:0:1::-64",
+    "/coreos.com/network/subnets/10.244.7.0-24&fc00::-48",
     "/coreos.com/network/subnets/10.244.3.0-24",
     "/coreos.com/network/subnets/10.244.0.0-16",
     "/coreos.com/network/subnets/0.0.0.0-0",
@@ -29,6 +35,10 @@ fn rules() -> PeerRules {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet_len: 24,
         vni: 1,
+        ipv6: Some(Ipv6Rules {
+            network: "fc00::/48".parse().unwrap(),
+            subnet_len: 64,
+        }),
     }
 }
 
@@ -36,12 +46,15 @@ fn local() -> LocalNode {
     LocalNode {
         public_ip: Ipv4Addr::new(192, 168, 100, 11),
         vtep_mac: "0e:00:00:00:00:11".parse().unwrap(),
+        ipv6: Some((LOCAL_V6, "0e:00:00:00:06:11".parse().unwrap())),
     }
 }
 
+const LOCAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11);
+
 fn table() -> PeerTable {
     let mut t = PeerTable::new(rules(), Some(local()));
-    let _ = t.set_own(Some("10.244.1.0/24".parse().unwrap()), &mut Vec::new());
+    let _ = t.set_own(LeaseKey::parse("10.244.1.0-24&fc00:0:0:1::-64").ok(), &mut Vec::new());
     t
 }
 
@@ -83,10 +96,24 @@ fuzz_target!(|data: &[u8]| {
             assert_ne!(p.vtep_mac, local().vtep_mac);
             assert!(p.vtep_mac.is_unicast());
             assert!(rules().network.contains_subnet(&p.subnet) && p.subnet.prefix_len() == 24);
+            if let Some(v6) = p.ipv6 {
+                let own6 = "fc00:0:0:1::/64".parse().unwrap();
+                assert!(!v6.subnet.overlaps(&own6), "own IPv6 subnet in a peer");
+                assert_ne!(v6.public_ipv6, LOCAL_V6);
+                assert_ne!(v6.vtep_mac, local().ipv6.unwrap().1);
+                let r6 = rules().ipv6.unwrap();
+                assert!(r6.network.contains_subnet(&v6.subnet) && v6.subnet.prefix_len() == 64);
+                assert!(!v6.public_ipv6.is_loopback() && !v6.public_ipv6.is_multicast());
+            }
             for q in &peers[i + 1..] {
                 assert!(!p.subnet.contains(q.subnet.addr()) && !q.subnet.contains(p.subnet.addr()));
                 assert_ne!(p.public_ip, q.public_ip);
                 assert_ne!(p.vtep_mac, q.vtep_mac);
+                if let (Some(a), Some(b)) = (p.ipv6, q.ipv6) {
+                    assert!(!a.subnet.overlaps(&b.subnet));
+                    assert_ne!(a.public_ipv6, b.public_ipv6);
+                    assert_ne!(a.vtep_mac, b.vtep_mac);
+                }
             }
         }
         let mut fresh = table();
