@@ -241,6 +241,10 @@ struct ProfileArgs {
     /// Sampling frequency (Hz) of perf's cpu-clock event.
     #[arg(long, default_value_t = 999)]
     freq: u32,
+    /// Load with one unlimited UDP stream of datagrams this long (the 64-byte test:
+    /// `--udp-len 64`) instead of TCP; rates are then also given per packet.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=65_000))]
+    udp_len: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -1344,85 +1348,113 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
         let pids = t.agent_pids();
         let stat_path = l.out.join(format!("{}-perf-stat.csv", mode.key()));
         let stat_s = stat_path.display().to_string();
-        let (r, perf) = measure::tcp_with(
-            &t,
-            &ctx,
-            a.seconds + 4,
-            0,
-            a.streams,
-            a.reverse,
-            &json,
-            |_done| -> anyhow::Result<(Vec<ThreadSwitches>, Vec<ThreadSwitches>)> {
-                stop::sleep(Duration::from_secs(2))?;
-                let before = thread_switches(&pids);
-                // Event counts over the same window, beside the samples: how
-                // many system calls, context switches, wake-ups and IPIs per GB.
-                let mut stat = Command::new("perf")
-                    .args([
-                        "stat",
-                        "-a",
-                        "--per-thread",
-                        "-x",
-                        ",",
-                        "-o",
-                        &stat_s,
-                        "-e",
-                        STAT_EVENTS,
-                        "--",
-                    ])
-                    .args(["sleep", &secs])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .context("spawning perf stat")?;
-                let mut c = Command::new("perf");
-                c.args([
-                    "record",
-                    "-F",
-                    &freq,
-                    "-e",
-                    "cpu-clock",
+        let record = |_done: &std::sync::atomic::AtomicBool| -> anyhow::Result<(Vec<ThreadSwitches>, Vec<ThreadSwitches>)> {
+            stop::sleep(Duration::from_secs(2))?;
+            let before = thread_switches(&pids);
+            // Event counts over the same window, beside the samples: how
+            // many system calls, context switches, wake-ups and IPIs per GB.
+            let mut stat = Command::new("perf")
+                .args([
+                    "stat",
                     "-a",
-                    "-g",
+                    "--per-thread",
+                    "-x",
+                    ",",
                     "-o",
-                    &data_s,
+                    &stat_s,
+                    "-e",
+                    STAT_EVENTS,
                     "--",
-                    "sleep",
-                    &secs,
-                ]);
-                let f = run_bounded(c, Duration::from_secs(u64::from(a.seconds) + 60));
-                let end = Instant::now() + Duration::from_secs(30);
-                while stat.try_wait()?.is_none() && Instant::now() < end {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = stat.kill();
-                let _ = stat.wait();
-                let f = f?;
-                if !f.status.success() {
-                    bail!("perf record failed: {}", f.stderr.trim());
-                }
-                Ok((before, thread_switches(&pids)))
-            },
-        )?;
+                ])
+                .args(["sleep", &secs])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("spawning perf stat")?;
+            let mut c = Command::new("perf");
+            c.args([
+                "record",
+                "-F",
+                &freq,
+                "-e",
+                "cpu-clock",
+                "-a",
+                "-g",
+                "-o",
+                &data_s,
+                "--",
+                "sleep",
+                &secs,
+            ]);
+            let f = run_bounded(c, Duration::from_secs(u64::from(a.seconds) + 60));
+            let end = Instant::now() + Duration::from_secs(30);
+            while stat.try_wait()?.is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = stat.kill();
+            let _ = stat.wait();
+            let f = f?;
+            if !f.status.success() {
+                bail!("perf record failed: {}", f.stderr.trim());
+            }
+            Ok((before, thread_switches(&pids)))
+        };
+        // What the load moved during the profile: GB, and for UDP packets.
+        let (load, gb, packets, perf) = match a.udp_len {
+            None => {
+                let (r, perf) = measure::tcp_with(
+                    &t,
+                    &ctx,
+                    a.seconds + 4,
+                    0,
+                    a.streams,
+                    a.reverse,
+                    &json,
+                    record,
+                )?;
+                let gb = r.received_bytes as f64 / 1e9 * f64::from(a.seconds) / r.seconds.max(1.0);
+                let load = format!(
+                    "iperf3 {} stream(s) {} under perf: {:.2} Gbit/s",
+                    a.streams,
+                    if a.reverse { "B→A" } else { "A→B" },
+                    r.received_bps / 1e9
+                );
+                (load, gb, None, perf)
+            }
+            Some(len) => {
+                let (r, perf) =
+                    measure::udp_with(&t, &ctx, a.seconds + 4, len, a.reverse, &json, record)?;
+                let packets = r.received_pps * f64::from(a.seconds);
+                let load = format!(
+                    "iperf3 UDP {len} B unlimited {} under perf: {:.0} packets/s received ({:.0} sent, {:.2} % lost)",
+                    if a.reverse { "B→A" } else { "A→B" },
+                    r.received_pps,
+                    r.sent_pps,
+                    r.lost_percent
+                );
+                (load, packets * f64::from(len) / 1e9, Some(packets), perf)
+            }
+        };
         let (before, after) = perf?;
-        let gb = r.received_bytes as f64 / 1e9 * f64::from(a.seconds) / r.seconds.max(1.0);
         let mut summary = format!(
-            "{}: iperf3 {} stream(s) {} under perf: {:.2} Gbit/s; about {:.2} GB moved during the {} s profile\n",
+            "{}: {load}; about {gb:.2} GB moved during the {} s profile\n",
             mode.label(),
-            a.streams,
-            if a.reverse { "B→A" } else { "A→B" },
-            r.received_bps / 1e9,
-            gb,
             a.seconds
         );
+        let per_packet = |v: u64| {
+            packets.map_or(String::new(), |p| {
+                format!(", {:.2}/packet", v as f64 / p.max(1.0))
+            })
+        };
         for (b, e) in before.iter().zip(&after) {
             let (v, n) = (e.voluntary - b.voluntary, e.involuntary - b.involuntary);
             summary.push_str(&format!(
-                "{}: {v} voluntary ({:.0}/s, {:.0}/GB) and {n} involuntary context switches\n",
+                "{}: {v} voluntary ({:.0}/s, {:.0}/GB{}) and {n} involuntary context switches\n",
                 e.name,
                 v as f64 / f64::from(a.seconds),
-                v as f64 / gb.max(1e-9)
+                v as f64 / gb.max(1e-9),
+                per_packet(v)
             ));
         }
         if let Ok(csv) = std::fs::read_to_string(&stat_path) {
@@ -1431,9 +1463,10 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             );
             for (event, v) in path_event_counts(&csv) {
                 summary.push_str(&format!(
-                    "{event}: {v} ({:.0}/s, {:.0}/GB)\n",
+                    "{event}: {v} ({:.0}/s, {:.0}/GB{})\n",
                     v as f64 / f64::from(a.seconds),
-                    v as f64 / gb.max(1e-9)
+                    v as f64 / gb.max(1e-9),
+                    per_packet(v)
                 ));
             }
         }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::cpu::{self, MachineTicks};
 use crate::parse::{self, TcpResult, UdpResult};
-use crate::proc::{ns_output, run_bounded, Daemon};
+use crate::proc::{ns_output, run_bounded, Daemon, Finished};
 use crate::report::{
     CPU_AGENTS, CPU_MACHINE, PING_CPU_AGENTS, PING_CPU_MACHINE, RTT_LOADED_MEDIAN, RTT_LOADED_P99,
     RTT_MEDIAN, RTT_P99, RTT_RR_MEDIAN, RTT_RR_P99, TCP1_AB, TCP1_BA, TCP8_AB, TCP8_BA, UDP64_KPPS,
@@ -493,31 +493,65 @@ pub fn tcp_with<R>(
     json_path: &Path,
     during: impl FnOnce(&AtomicBool) -> R,
 ) -> anyhow::Result<(TcpResult, R)> {
+    let mut args = strings(&["-t", &seconds.to_string(), "-O", &omit.to_string()]);
+    args.extend(strings(&["-P", &streams.to_string()]));
+    if reverse {
+        args.push("-R".into());
+    }
+    let (out, r) = client_with(topo, ctx, args, seconds + omit, json_path, during)?;
+    Ok((parse_checked(&out, parse::tcp)?, r))
+}
+
+/// As [`tcp_with`], for one unlimited UDP stream (`-u -b 0`) of `len`-byte
+/// datagrams: the 64-byte test's load, at the sender's full rate.
+pub fn udp_with<R>(
+    topo: &Topology,
+    ctx: &Context,
+    seconds: u32,
+    len: u32,
+    reverse: bool,
+    json_path: &Path,
+    during: impl FnOnce(&AtomicBool) -> R,
+) -> anyhow::Result<(UdpResult, R)> {
+    let mut args = strings(&["-t", &seconds.to_string(), "-u", "-b", "0"]);
+    args.extend(strings(&["-l", &len.to_string()]));
+    if reverse {
+        args.push("-R".into());
+    }
+    let (out, r) = client_with(topo, ctx, args, seconds, json_path, during)?;
+    Ok((parse_checked(&out, parse::udp)?, r))
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// The parsed result of a finished client, or why there is none.
+fn parse_checked<T>(f: &Finished, parse: impl Fn(&str) -> Result<T, String>) -> anyhow::Result<T> {
+    let result = parse(&f.stdout).map_err(|e| anyhow!("{e}; stderr: {}", f.stderr.trim()))?;
+    if !f.status.success() {
+        bail!("iperf3 exited with {}: {}", f.status, f.stderr.trim());
+    }
+    Ok(result)
+}
+
+/// One iperf3 client in pod A with `args` (after `-c <pod B> -p <port>`; JSON
+/// output) against a fresh server in pod B, for about `seconds`, while `during`
+/// runs here. The raw JSON goes to `json_path`.
+fn client_with<R>(
+    topo: &Topology,
+    ctx: &Context,
+    args: Vec<String>,
+    seconds: u32,
+    json_path: &Path,
+    during: impl FnOnce(&AtomicBool) -> R,
+) -> anyhow::Result<(Finished, R)> {
     let server = iperf_server(topo, ctx)?;
     let ip = topo.pod_b.ip.to_string();
-    let (secs, omit_s) = (seconds.to_string(), omit.to_string());
-    let streams_s = streams.to_string();
-    let mut args = vec![
-        "-c",
-        &ip,
-        "-p",
-        PORT,
-        "-t",
-        &secs,
-        "-O",
-        &omit_s,
-        "-P",
-        &streams_s,
-        "-J",
-        "--connect-timeout",
-        "5000",
-    ];
-    if reverse {
-        args.push("-R");
-    }
     let mut cmd = topo.pod_a.ns.command("iperf3");
-    cmd.args(&args);
-    let timeout = Duration::from_secs(u64::from(seconds + omit) + 30);
+    cmd.args(["-c", &ip, "-p", PORT, "-J", "--connect-timeout", "5000"])
+        .args(&args);
+    let timeout = Duration::from_secs(u64::from(seconds) + 30);
     let done = Arc::new(AtomicBool::new(false));
     let client_done = Arc::clone(&done);
     let client = std::thread::spawn(move || {
@@ -533,11 +567,7 @@ pub fn tcp_with<R>(
     let f = finished?;
     std::fs::write(json_path, &f.stdout)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let result = parse::tcp(&f.stdout).map_err(|e| anyhow!("{e}; stderr: {}", f.stderr.trim()))?;
-    if !f.status.success() {
-        bail!("iperf3 exited with {}: {}", f.status, f.stderr.trim());
-    }
-    Ok((result, during_result))
+    Ok((f, during_result))
 }
 
 #[derive(Debug)]
@@ -707,11 +737,7 @@ fn udp_probe(
     drop(server);
     let f = f?;
     std::fs::write(raw, &f.stdout)?;
-    let r = parse::udp(&f.stdout).map_err(|e| anyhow!("{e}; stderr: {}", f.stderr.trim()))?;
-    if !f.status.success() {
-        bail!("iperf3 exited with {}: {}", f.status, f.stderr.trim());
-    }
-    Ok(r)
+    parse_checked(&f, parse::udp)
 }
 
 /// Fractions of the unlimited probe's received rate tried, highest first,
