@@ -36,7 +36,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::config::NetworkConfig;
-use crate::lease::{parse_lease_key, LeaseAttrs, LeaseKey, MAX_LEASE_VALUE_BYTES};
+use crate::lease::{parse_lease_key, LeaseAttrs, LeaseKey, LeaseKeyError, MAX_LEASE_VALUE_BYTES};
 use crate::pool::LeasedSubnets;
 use crate::registry_events::Entry;
 use crate::subnet::Subnet;
@@ -299,7 +299,13 @@ struct Known {
 
 impl Known {
     fn read(rules: &PeerRules, e: &Entry) -> Known {
-        let subnet = parse_lease_key(&e.key);
+        // The IPv4 part, read only from a key in one of flannel's exact forms: a key
+        // whose IPv6 half is misspelt is not read as an IPv4-only one.
+        // (`0.0.0.0-0` is spelt right: it is judged as the subnet it names.)
+        let subnet = match LeaseKey::parse(&e.key) {
+            Ok(_) | Err(LeaseKeyError::NoSubnet(_)) => parse_lease_key(&e.key),
+            Err(LeaseKeyError::Syntax(_)) => None,
+        };
         let attrs = (e.value.len() <= MAX_LEASE_VALUE_BYTES).then(|| LeaseAttrs::parse(&e.value));
         let (public_ip, ipv6) = match &attrs {
             Some(Ok(a)) => (Some(a.public_ip), ipv6_half(rules, &e.key, a)),
@@ -415,7 +421,7 @@ fn judge_alone(
     let subnet = subnet.ok_or_else(|| {
         Rejection::new(
             RejectReason::BadKey,
-            "the key is not <ip>-<len> (e.g. 10.244.3.0-24)".into(),
+            "the key is not in flannel's form: <ip>-<len> (10.244.3.0-24) or <ip>-<len>&<ipv6>-<len> (10.244.3.0-24&fd00:0:0:3::-64), host bits clear, spelt as flannel writes it (no leading zeros or signs, IPv6 lower-case and shortest)".into(),
         )
     })?;
     let attrs = attrs
@@ -1620,7 +1626,28 @@ mod tests {
             (
                 entry("garbage", good("192.168.100.50", "0e:00:00:00:00:50"), 10),
                 RejectReason::BadKey,
-                "not <ip>-<len>",
+                "not in flannel's form",
+            ),
+            // Other spellings of a subnet: flanneld would not read them as the same key.
+            (
+                entry("10.244.64.0-024", good("192.168.100.64", "0e:00:00:00:00:64"), 10),
+                RejectReason::BadKey,
+                "not in flannel's form",
+            ),
+            (
+                entry("10.244.65.0-+24", good("192.168.100.65", "0e:00:00:00:00:65"), 10),
+                RejectReason::BadKey,
+                "not in flannel's form",
+            ),
+            // A misspelt IPv6 half is not silently dropped (the key is not an IPv4 one).
+            (
+                entry(
+                    "10.244.66.0-24&FD00:0:0:42::-64",
+                    good("192.168.100.66", "0e:00:00:00:00:66"),
+                    10,
+                ),
+                RejectReason::BadKey,
+                "not in flannel's form",
             ),
             (
                 entry("10.244.60.0-24", vec![b' '; 5000], 11),

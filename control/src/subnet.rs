@@ -98,7 +98,9 @@ impl Subnet {
         format!("{}-{}", self.addr, self.len)
     }
 
-    /// Parses flannel's key form, `10.244.3.0-24`, requiring host bits clear.
+    /// Parses flannel's key form, `10.244.3.0-24`, requiring host bits clear and
+    /// the text exactly as [`Subnet::key_form`] (and flannel) writes it: other
+    /// spellings of a length (`-024`, `-+24`) are refused, so one subnet has one key.
     pub fn from_key_form(s: &str) -> Result<Subnet, SubnetError> {
         let (ip, len) = s
             .split_once('-')
@@ -107,7 +109,11 @@ impl Subnet {
         let len: u8 = len
             .parse()
             .map_err(|_| SubnetError::Syntax(s.to_string()))?;
-        Subnet::new_exact(ip, len)
+        let subnet = Subnet::new_exact(ip, len)?;
+        if subnet.key_form() != s {
+            return Err(SubnetError::Syntax(s.to_string()));
+        }
+        Ok(subnet)
     }
 }
 
@@ -182,6 +188,10 @@ mod tests {
         ] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
             assert!(Subnet::from_key_form(bad).is_err(), "{bad}");
+        }
+        // Another spelling of a key flannel writes as 10.244.3.0-24: one subnet, one key.
+        for other in ["10.244.3.0-024", "10.244.3.0-+24", "10.244.3.0-24 "] {
+            assert!(Subnet::from_key_form(other).is_err(), "{other}");
         }
     }
 
