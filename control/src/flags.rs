@@ -594,22 +594,33 @@ fn ipv4(s: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
+/// An IPv4 address a node can advertise as its PublicIP: every peer refuses a
+/// lease with one it cannot send VXLAN to ([`crate::peers::unusable_public_ip`]).
+fn public_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    let ip = ipv4(s)?;
+    match crate::peers::unusable_public_ip(ip) {
+        Some(what) => Err(format!(
+            "{what}, which no peer can send VXLAN to: give the node's underlay address"
+        )),
+        None => Ok(ip),
+    }
+}
+
 /// An IPv6 address a node can send VXLAN from: not unspecified, loopback,
-/// multicast, or an IPv4-compatible/-mapped form (a lease cannot carry those).
+/// multicast, link-local, or an IPv4-compatible/-mapped form (a lease cannot carry
+/// those; [`crate::peers::unusable_public_ipv6`]).
 fn ipv6_underlay(s: &str) -> Result<Ipv6Addr, String> {
     let ip = match s.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => ip,
         Ok(IpAddr::V4(_)) => return Err("an IPv4 address: give the node's IPv6 address".into()),
         Err(_) => return Err("not an IPv6 address".into()),
     };
-    if ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || crate::subnet6::is_ipv4_embedded(ip)
-    {
-        return Err("not a unicast IPv6 address a peer can reach".into());
+    match crate::peers::unusable_public_ipv6(ip) {
+        Some(what) => Err(format!(
+            "{what}, not a unicast IPv6 address a peer can reach: give the node's underlay IPv6 address"
+        )),
+        None => Ok(ip),
     }
-    Ok(ip)
 }
 
 /// Reads the command line (without the program name) and the environment.
@@ -725,7 +736,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         ifaces,
         iface_regexes,
         iface_can_reach: opt_typed(&r, "iface-can-reach", nonempty_ipv4)?,
-        public_ip: opt_typed(&r, "public-ip", nonempty_ipv4)?,
+        public_ip: opt_typed(&r, "public-ip", |s| public_ipv4(s.trim()))?,
         public_ipv6: opt_typed(&r, "public-ipv6", |s| ipv6_underlay(s.trim()))?,
     };
 
@@ -1472,6 +1483,32 @@ mod tests {
             let e = err(&[&format!("--public-ipv6={bad}")], &[]).to_string();
             assert!(e.contains("public-ipv6") && e.contains(bad), "{bad}: {e}");
         }
+        let e = err(&["--public-ipv6=fe80::1"], &[]).to_string();
+        assert!(e.contains("a link-local address"), "{e}");
+    }
+
+    /// A PublicIP every peer would refuse (peers' `bad_public_ip`) is refused here,
+    /// before a lease is written with it.
+    #[test]
+    fn public_ip_must_be_one_a_peer_can_reach() {
+        for (bad, what) in [
+            ("127.0.0.1", "a loopback address"),
+            ("0.0.0.0", "in 0.0.0.0/8"),
+            ("224.0.0.1", "a multicast address"),
+            ("255.255.255.255", "the broadcast address"),
+        ] {
+            let e = err(&[&format!("--public-ip={bad}")], &[]).to_string();
+            assert!(
+                e.contains("public-ip") && e.contains(bad) && e.contains(what),
+                "{bad}: {e}"
+            );
+            let e = err(&[], &[("FLANNELD_PUBLIC_IP", bad)]).to_string();
+            assert!(e.contains(what), "{bad}: {e}");
+        }
+        assert_eq!(
+            run(&["--public-ip=203.0.113.7"], &[]).underlay.public_ip,
+            Some(Ipv4Addr::new(203, 0, 113, 7))
+        );
     }
 
     #[test]

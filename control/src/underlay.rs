@@ -190,7 +190,14 @@ fn by_index(host: &Host, index: u32) -> Option<&Interface> {
 
 fn pick(i: &Interface, local: Option<Ipv4Addr>, by: String) -> Result<Choice, String> {
     let local_ip = match local {
-        Some(ip) => ip,
+        Some(ip) => {
+            if let Some(what) = crate::peers::unusable_public_ip(ip) {
+                return Err(format!(
+                    "{by}: {ip} is {what}, which no peer can send VXLAN to; name the underlay interface or its address"
+                ));
+            }
+            ip
+        }
         None => *i
             .usable()
             .first()
@@ -496,6 +503,22 @@ mod tests {
         assert_eq!(
             e,
             "no interface matches --iface eth9; interfaces here: lo[], eth0[10.0.2.15], eth1[192.168.56.11 192.168.56.200], eth2[], docker0[172.17.0.1]"
+        );
+    }
+
+    /// `--iface 127.0.0.1` names an address no peer can send VXLAN to: passed over
+    /// with the reason, not made the underlay.
+    #[test]
+    fn an_unusable_address_is_never_the_underlay() {
+        let f = UnderlayFlags {
+            ifaces: vec!["127.0.0.1".into(), "eth0".into()],
+            ..flags()
+        };
+        let c = choose(&f, &host()).unwrap();
+        assert_eq!((c.name.as_str(), c.local_ip), ("eth0", ip("10.0.2.15")));
+        assert_eq!(
+            c.passed_over,
+            ["--iface 127.0.0.1: 127.0.0.1 is a loopback address, which no peer can send VXLAN to; name the underlay interface or its address"]
         );
     }
 
