@@ -254,7 +254,30 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", table_text(headers, rows));
 }
 
+/// `s` with its control characters escaped (`\u{1b}`, `\n`, …): table cells and
+/// rejection lines carry text from etcd (keys, BackendType), which anyone who can
+/// write the prefix chooses, and must not drive the operator's terminal.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -898,9 +921,30 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
         if !reasons.is_empty() {
             println!("\nrejected (no node routes to these; see docs/troubleshooting.md):");
             for r in reasons {
-                println!("  {r}");
+                println!("  {}", printable(&r));
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease key or BackendType with a terminal escape (an OSC title sequence,
+    /// a colour, a newline that forges a row) is shown escaped, the columns intact.
+    #[test]
+    fn etcd_text_cannot_drive_the_terminal() {
+        let rows = vec![vec![
+            "? /coreos.com/network/subnets/\u{1b}]0;owned\u{7}".to_string(),
+            "\u{1b}[31mvxlan\nforged row".to_string(),
+        ]];
+        let out = table_text(&["SUBNET", "BACKEND"], &rows);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains(r"\u{1b}]0;owned\u{7}"), "{out}");
+        assert!(out.contains(r"\u{1b}[31mvxlan\nforged row"), "{out}");
+        assert_eq!(printable("10.244.3.0/24"), "10.244.3.0/24");
+    }
 }
