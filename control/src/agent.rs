@@ -729,6 +729,15 @@ pub async fn run_with(
     tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
     let public_ipv6 = lease_ipv6(&nl, &opts.underlay, &underlay, &cfg).await?;
     state.update(|i| i.public_ipv6 = public_ipv6);
+    // The kernel devices' names hold the VNI (flannel's `flannel.<VNI>`,
+    // `flannel-v6.<VNI>`): a VNI too long for them is refused here, before a lease
+    // is claimed, not when the dataplane starts with the lease already published.
+    if opts.dataplane == crate::node_dataplane::DataplaneKind::Kernel {
+        crate::node_dataplane::kernel::device_name(vni.get())?;
+    }
+    if public_ipv6.is_some() {
+        crate::node_dataplane::kernel::device6_name(vni.get())?;
+    }
 
     // A running vxmeshd (or systemd's store) may hand us its dataplane and lease.
     let me = handover::identity(
@@ -758,8 +767,16 @@ pub async fn run_with(
             LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
                 .with_ipv6_hint(hint6)
         }
-        Some((subnet, id)) => {
+        Some((subnet, id)) if cfg.fits(&subnet) => {
             LeaseMachine::holding(cfg.clone(), underlay.public_ip, subnet, id, random_seed())
+        }
+        // The config changed under the handover (SubnetLen, SubnetMin/Max): the lease
+        // is claimed afresh as at a cold start, which moves the node to a subnet its
+        // peers accept.
+        Some((subnet, _)) => {
+            tracing::warn!(%subnet, pool = %cfg.describe_pool(), "handed-over subnet does not fit the network config: claiming a lease that does");
+            LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
+                .with_ipv6_hint(hint6)
         }
         None => LeaseMachine::new(cfg.clone(), underlay.public_ip, hint, random_seed())
             .with_ipv6_hint(hint6),

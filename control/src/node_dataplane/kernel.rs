@@ -444,12 +444,15 @@ async fn create(nl: &Netlink, spec: &VxlanSpec) -> anyhow::Result<u32> {
 }
 
 /// Deletes a TAP left by the userspace dataplane (a persistent one, or one whose
-/// process is gone); a non-TAP link of that name is left alone.
+/// process is gone), known by its alias; any other link of that name (another
+/// program's tun or tap, `--tap-name tun0` on a VPN host) is left alone.
 async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
-    if let Some((idx, kind)) = nl.link_kind(tap.as_str()).await? {
-        if kind == "tun" {
+    if let Some(l) = nl.link_identity(tap.as_str()).await? {
+        if l.kind == "tun" && l.alias.as_deref() == Some(super::userspace::TAP_ALIAS) {
             tracing::warn!(device = %tap, "removing the userspace dataplane's TAP left behind");
-            nl.delete_link(idx).await?;
+            nl.delete_link(l.index).await?;
+        } else {
+            tracing::info!(device = %tap, kind = %l.kind, "a link with the --tap-name exists that is not vxmesh's TAP: left alone");
         }
     }
     Ok(())
@@ -463,13 +466,14 @@ async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
 /// touched: its socket is IPv6-only, and the userspace dataplane runs it too
 /// ([`device6_for`] keeps or deletes it).
 pub async fn remove_leftover_device(nl: &Netlink, vni: u32, port: u16) -> anyhow::Result<()> {
-    let name = device_name(vni)?;
+    // A VNI too long for flannel's device names (8 digits) leaves no such device.
+    let name = device_name(vni).ok();
     let name6 = device6_name(vni).ok();
     for l in nl.vxlan_links().await? {
         if name6.as_ref().is_some_and(|n| l.name == n.as_str()) {
             continue;
         }
-        if l.name == name.as_str() {
+        if name.as_ref().is_some_and(|n| l.name == n.as_str()) {
             tracing::warn!(device = %l.name, "removing the kernel vxlan device (left by the kernel dataplane or flanneld): the userspace dataplane needs its UDP port");
             nl.delete_link(l.index)
                 .await
