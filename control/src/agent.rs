@@ -738,6 +738,18 @@ pub async fn run_with(
     if public_ipv6.is_some() {
         crate::node_dataplane::kernel::device6_name(vni.get())?;
     }
+    // A Network holding the node's own underlay address would route the node's
+    // VXLAN (and everything else to that address) into the overlay.
+    for ip in [underlay.local_ip, underlay.public_ip] {
+        if cfg.network.contains(ip) {
+            anyhow::bail!("the network config's Network {} contains this node's underlay address {ip}: the pods' routes would take the node's own traffic; choose a Network outside the node addresses (docs/troubleshooting.md, \"public_ip_in_subnet\")", cfg.network);
+        }
+    }
+    if let Some((ip6, pool)) = public_ipv6.zip(cfg.ipv6.as_ref()) {
+        if pool.network.contains(ip6) {
+            anyhow::bail!("the network config's IPv6Network {} contains this node's PublicIPv6 {ip6}: choose an IPv6Network outside the node addresses", pool.network);
+        }
+    }
 
     // A running vxmeshd (or systemd's store) may hand us its dataplane and lease.
     let me = handover::identity(
@@ -831,6 +843,7 @@ pub async fn run_with(
         busy_poll: opts.busy_poll,
         egress_tunnel_gso: opts.egress_tunnel_gso,
         network: cfg.network,
+        subnet_len: cfg.subnet_len,
         direct_routing: cfg.backend.direct_routing,
         ipv6: public_ipv6
             .zip(cfg.ipv6.as_ref())
@@ -838,6 +851,7 @@ pub async fn run_with(
                 local_ip: ip6,
                 vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
                 network: pool.network,
+                subnet_len: pool.subnet_len,
             }),
     };
     let dp = ho

@@ -222,6 +222,23 @@ impl NetworkConfig {
                 .map_err(|e| bad("Network", format!("{s:?}: {e}")))?,
             Some(other) => return Err(bad("Network", format!("must be a string, found {other}"))),
         };
+        // Pods cannot have these addresses, and routes for them would take the
+        // host's own traffic (its loopback, multicast, or everything: 0.0.0.0/0).
+        let special = [
+            ("0.0.0.0/8", "\"this network\""),
+            ("127.0.0.0/8", "loopback"),
+            ("224.0.0.0/4", "multicast"),
+            ("240.0.0.0/4", "reserved and broadcast"),
+        ];
+        if let Some((block, what)) = special
+            .iter()
+            .find(|(b, _)| b.parse::<Subnet>().is_ok_and(|b| b.overlaps(&network)))
+        {
+            return Err(bad(
+                "Network",
+                format!("{network} reaches into {block} ({what} addresses, which no pod can have); give the pod CIDR, e.g. \"10.244.0.0/16\""),
+            ));
+        }
         if let Some(Value::String(s)) = field(&obj, "Network") {
             if let Some((ip, _)) = s.split_once('/') {
                 if ip.trim() != network.addr().to_string() {
@@ -360,7 +377,7 @@ pub fn carried_families(
         (false, Some(v6)) => Err(bad(
             "EnableIPv4",
             format!(
-                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only); keep flanneld on IPv6-only clusters for now, or run dual stack (EnableIPv4 true with a Network)",
+                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only; flanneld runs them only with its Kubernetes subnet manager, not with etcd); run dual stack (EnableIPv4 true with a Network)",
                 v6.describe_pool()
             ),
         )),
@@ -437,6 +454,16 @@ fn parse_ipv6(
         return Err(bad(
             "IPv6Network",
             format!("{text:?} is the whole IPv6 space; give the pod IPv6 CIDR, e.g. \"fd00:10:244::/56\""),
+        ));
+    }
+    let special = [("fe80::/10", "link-local"), ("ff00::/8", "multicast")];
+    if let Some((block, what)) = special
+        .iter()
+        .find(|(b, _)| b.parse::<Subnet6>().is_ok_and(|b| b.overlaps(&network)))
+    {
+        return Err(bad(
+            "IPv6Network",
+            format!("{network} reaches into {block} ({what} addresses, which no pod can have); use a unique local range such as fd00:10:244::/56"),
         ));
     }
     let embedded = ["::/96", "::ffff:0:0/96"]
@@ -858,6 +885,19 @@ mod tests {
             (r#""EnableIPv6":true,"IPv6Network":"::/64""#, "IPv6Network"),
             (r#""EnableIPv6":true,"IPv6Network":"::/8""#, "IPv6Network"),
             (r#""EnableIPv6":true,"IPv6Network":56"#, "IPv6Network"),
+            // Link-local and multicast blocks: no pod has such an address.
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fe80::/56""#,
+                "IPv6Network",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"ff05::/64""#,
+                "IPv6Network",
+            ),
+            (
+                r#""EnableIPv6":true,"IPv6Network":"fc00::/6""#,
+                "IPv6Network",
+            ),
             (
                 r#""EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127"#,
                 "IPv6SubnetLen",
@@ -935,6 +975,12 @@ mod tests {
             (r#"{"Network":"10.244.0.0"}"#, "Network"),
             (r#"{"Network":42}"#, "Network"),
             (r#"{"Network":"10.244.0.0/30"}"#, "Network"),
+            // Everything, loopback, multicast, reserved: a route for any of them takes
+            // the host's own traffic into the overlay.
+            (r#"{"Network":"0.0.0.0/0"}"#, "Network"),
+            (r#"{"Network":"127.0.0.0/16"}"#, "Network"),
+            (r#"{"Network":"224.0.0.0/16"}"#, "Network"),
+            (r#"{"Network":"192.0.0.0/2"}"#, "Network"),
             (r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#, "SubnetLen"),
             (r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#, "SubnetLen"),
             (

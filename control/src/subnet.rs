@@ -80,6 +80,11 @@ impl Subnet {
         other.len >= self.len && self.contains(other.addr)
     }
 
+    /// Whether the two share any address.
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        self.contains_subnet(other) || other.contains_subnet(self)
+    }
+
     /// The `n`-th address of the subnet (`nth(0)` is the network address), if inside.
     pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
         if u64::from(n) >= self.size() {

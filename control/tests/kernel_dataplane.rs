@@ -145,6 +145,7 @@ fn setup(index: u32) -> DataplaneSetup {
         busy_poll: Default::default(),
         egress_tunnel_gso: false,
         network: "10.244.0.0/16".parse().unwrap(),
+        subnet_len: 24,
         direct_routing: false,
         ipv6: None,
     }
@@ -873,6 +874,7 @@ fn setup6(index: u32, me: &Peer) -> DataplaneSetup {
         local_ip: v6.public_ipv6,
         vtep_mac: v6.vtep_mac,
         network: "fd00:10:244::/56".parse().unwrap(),
+        subnet_len: 64,
     });
     s
 }

@@ -618,29 +618,39 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster networks in a subnet file (FLANNEL_NETWORK); none when the file is
-/// missing or unreadable (said on stderr).
-/// The IPv4 and IPv6 Networks the subnet file names (DirectRouting's routes lie inside
-/// them).
-fn networks_in(
-    path: &std::path::Path,
-) -> (
-    Vec<vxmesh_control::subnet::Subnet>,
-    Vec<vxmesh_control::subnet6::Subnet6>,
-) {
+/// The IPv4 and IPv6 Networks the subnet file names (FLANNEL_NETWORK,
+/// FLANNEL_IPV6_NETWORK), each with the length of the node subnets cut from it (that
+/// of FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET): DirectRouting's routes are such subnets
+/// inside them. None when the file is missing or unreadable, or names no subnet
+/// (said on stderr).
+fn networks_in(path: &std::path::Path) -> DirectNetworks {
     let env = std::fs::read(path)
         .map_err(|e| e.to_string())
         .and_then(|b| vxmesh_subnet_env::SubnetEnv::parse(&b).map_err(|e| e.to_string()));
     match env {
         Ok(env) => (
-            env.networks
-                .iter()
-                .filter_map(|n| vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok())
-                .collect(),
-            env.ipv6_networks
-                .iter()
-                .filter_map(|n| vxmesh_control::subnet6::Subnet6::new(n.network(), n.prefix()).ok())
-                .collect(),
+            env.subnet
+                .map(|s| {
+                    env.networks
+                        .iter()
+                        .filter_map(|n| {
+                            vxmesh_control::subnet::Subnet::new(n.network(), n.prefix()).ok()
+                        })
+                        .map(|n| (n, s.prefix()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            env.ipv6_subnet
+                .map(|s| {
+                    env.ipv6_networks
+                        .iter()
+                        .filter_map(|n| {
+                            vxmesh_control::subnet6::Subnet6::new(n.network(), n.prefix()).ok()
+                        })
+                        .map(|n| (n, s.prefix()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         ),
         Err(e) => {
             eprintln!(
@@ -652,23 +662,25 @@ fn networks_in(
     }
 }
 
-/// Removes DirectRouting's routes: inside the `networks` (IPv4, IPv6), with a
-/// gateway, through any device but `tap`. Returns how many went.
+/// Networks with their node subnets' length, IPv4 and IPv6 ([`networks_in`]).
+type DirectNetworks = (
+    Vec<(vxmesh_control::subnet::Subnet, u8)>,
+    Vec<(vxmesh_control::subnet6::Subnet6, u8)>,
+);
+
+/// Removes DirectRouting's routes: node subnets inside the `networks` (IPv4, IPv6),
+/// with a gateway, through any device but `tap`. Returns how many went.
 async fn remove_direct_routes(
     nl: &vxmesh_control::netlink::Netlink,
-    (networks, networks6): &(
-        Vec<vxmesh_control::subnet::Subnet>,
-        Vec<vxmesh_control::subnet6::Subnet6>,
-    ),
+    (networks, networks6): &DirectNetworks,
     tap: u32,
 ) -> anyhow::Result<usize> {
     use vxmesh_control::node_dataplane::direct::{is_stale_direct_route, is_stale_direct_route6};
     let mut n = 0;
     for r in nl.gateway_routes(tap).await? {
-        if networks
-            .iter()
-            .any(|net| is_stale_direct_route(net, r.destination, r.prefix_len, r.gateway, &[]))
-        {
+        if networks.iter().any(|(net, len)| {
+            is_stale_direct_route(net, *len, r.destination, r.prefix_len, r.gateway, &[])
+        }) {
             nl.delete_route(&r).await?;
             n += 1;
         }
@@ -677,10 +689,9 @@ async fn remove_direct_routes(
         return Ok(n);
     }
     for r in nl.gateway_routes6(tap).await? {
-        if networks6
-            .iter()
-            .any(|net| is_stale_direct_route6(net, r.destination, r.prefix_len, r.gateway, &[]))
-        {
+        if networks6.iter().any(|(net, len)| {
+            is_stale_direct_route6(net, *len, r.destination, r.prefix_len, r.gateway, &[])
+        }) {
             nl.delete_route(&r).await?;
             n += 1;
         }

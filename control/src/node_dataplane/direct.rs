@@ -179,16 +179,21 @@ impl DirectRouting {
     }
 }
 
-/// [`is_stale_direct_route`] for IPv6: a route with a gateway to a subnet inside the
-/// IPv6 Network that no `(peer IPv6 subnet, PublicIPv6)` in `wanted` matches.
+/// [`is_stale_direct_route`] for IPv6: a route with a gateway to a subnet of
+/// `subnet_len` (IPv6SubnetLen) inside the IPv6 Network that no `(peer IPv6 subnet,
+/// PublicIPv6)` in `wanted` matches.
 pub fn is_stale_direct_route6(
     network: &Subnet6,
+    subnet_len: u8,
     destination: Ipv6Addr,
     prefix_len: u8,
     gateway: Option<Ipv6Addr>,
     wanted: &[(Subnet6, Ipv6Addr)],
 ) -> bool {
     let Some(gw) = gateway else { return false };
+    if prefix_len != subnet_len {
+        return false;
+    }
     let Ok(dst) = Subnet6::new_exact(destination, prefix_len) else {
         return false;
     };
@@ -207,19 +212,25 @@ fn is_unicast6(ip: Ipv6Addr) -> bool {
 }
 
 /// Whether a route found on the underlay interface is a DirectRouting route that no
-/// current peer accounts for: it has a gateway, its destination is a subnet inside
-/// the cluster `network`, and no `(peer subnet, PublicIP)` in `wanted` matches it.
-/// Such routes are what this module (or flanneld with DirectRouting) installs; a
-/// route with another shape — the default route, anything outside the Network, a
-/// route without a gateway — is never stale.
+/// current peer accounts for: it has a gateway, its destination is one node subnet
+/// (`subnet_len` long: SubnetLen) inside the cluster `network`, and no `(peer
+/// subnet, PublicIP)` in `wanted` matches it. Such routes are what this module (or
+/// flanneld with DirectRouting) installs; a route with another shape — the default
+/// route, anything outside the Network, a route of another length (an operator's
+/// `10.50.0.0/16 via …` inside a 10.0.0.0/8 Network), a route without a gateway —
+/// is never stale.
 pub fn is_stale_direct_route(
     network: &Subnet,
+    subnet_len: u8,
     destination: Ipv4Addr,
     prefix_len: u8,
     gateway: Option<Ipv4Addr>,
     wanted: &[(Subnet, Ipv4Addr)],
 ) -> bool {
     let Some(gw) = gateway else { return false };
+    if prefix_len != subnet_len {
+        return false;
+    }
     let Ok(dst) = Subnet::new_exact(destination, prefix_len) else {
         return false;
     };
@@ -339,14 +350,23 @@ mod tests {
         // The wanted route, and routes of other shapes, stay.
         assert!(!is_stale_direct_route(
             &net,
+            24,
             ip("10.244.2.0"),
             24,
             gw,
             &wanted
         ));
-        assert!(!is_stale_direct_route(&net, ip("0.0.0.0"), 0, gw, &wanted));
         assert!(!is_stale_direct_route(
             &net,
+            24,
+            ip("0.0.0.0"),
+            0,
+            gw,
+            &wanted
+        ));
+        assert!(!is_stale_direct_route(
+            &net,
+            24,
             ip("10.9.0.0"),
             24,
             gw,
@@ -354,6 +374,7 @@ mod tests {
         ));
         assert!(!is_stale_direct_route(
             &net,
+            24,
             ip("10.244.7.0"),
             24,
             None,
@@ -361,6 +382,7 @@ mod tests {
         ));
         assert!(!is_stale_direct_route(
             &net,
+            24,
             ip("10.244.0.0"),
             15,
             gw,
@@ -368,14 +390,44 @@ mod tests {
         ));
         assert!(!is_stale_direct_route(
             &net,
+            24,
             ip("10.244.7.1"),
             24,
             gw,
             &wanted
         ));
+        // An operator's route inside a wide Network, of another length than the
+        // node subnets (10.0.0.0/8 cut into /24s, and 10.50.0.0/16 via a router): not
+        // DirectRouting's, never removed.
+        let wide = Subnet::new(ip("10.0.0.0"), 8).unwrap();
+        assert!(!is_stale_direct_route(
+            &wide,
+            24,
+            ip("10.50.0.0"),
+            16,
+            gw,
+            &[]
+        ));
+        assert!(!is_stale_direct_route(
+            &wide,
+            24,
+            ip("10.50.0.0"),
+            25,
+            gw,
+            &[]
+        ));
+        assert!(is_stale_direct_route(
+            &wide,
+            24,
+            ip("10.50.0.0"),
+            24,
+            gw,
+            &[]
+        ));
         // A subnet nobody leases any more, or a peer that moved: stale.
         assert!(is_stale_direct_route(
             &net,
+            24,
             ip("10.244.7.0"),
             24,
             gw,
@@ -383,12 +435,20 @@ mod tests {
         ));
         assert!(is_stale_direct_route(
             &net,
+            24,
             ip("10.244.2.0"),
             24,
             Some(ip("192.168.100.99")),
             &wanted
         ));
-        assert!(is_stale_direct_route(&net, ip("10.244.2.0"), 24, gw, &[]));
+        assert!(is_stale_direct_route(
+            &net,
+            24,
+            ip("10.244.2.0"),
+            24,
+            gw,
+            &[]
+        ));
     }
 
     #[test]
@@ -432,7 +492,8 @@ mod tests {
         let s2: Subnet6 = "fd00:10:244:2::/64".parse().unwrap();
         let wanted = [(s2, ip6("fd00:64::12"))];
         let gw = Some(ip6("fd00:64::12"));
-        let stale = |dst: &str, len, gw| is_stale_direct_route6(&net, ip6(dst), len, gw, &wanted);
+        let stale =
+            |dst: &str, len, gw| is_stale_direct_route6(&net, 64, ip6(dst), len, gw, &wanted);
         assert!(!stale("fd00:10:244:2::", 64, gw));
         assert!(!stale("::", 0, gw));
         assert!(!stale("fd00:64::", 64, None));
@@ -440,6 +501,9 @@ mod tests {
         assert!(!stale("fd00:10:244:2::1", 64, gw));
         assert!(stale("fd00:10:244:7::", 64, gw));
         assert!(stale("fd00:10:244:2::", 64, Some(ip6("fd00:64::99"))));
+        // Another length inside the IPv6 Network: an operator's route, left alone.
+        assert!(!stale("fd00:10:244:80::", 57, gw));
+        assert!(!stale("fd00:10:244:7::", 80, gw));
     }
 
     proptest::proptest! {

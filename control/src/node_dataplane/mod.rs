@@ -91,6 +91,9 @@ pub struct DataplaneSetup {
     pub egress_tunnel_gso: bool,
     /// The cluster Network (DirectRouting routes are pruned only inside it).
     pub network: Subnet,
+    /// SubnetLen: a DirectRouting route is one peer subnet, never a shorter route
+    /// that happens to lie inside the Network.
+    pub subnet_len: u8,
     /// `Backend.DirectRouting`.
     pub direct_routing: bool,
     /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. Both dataplanes
@@ -107,6 +110,8 @@ pub struct Setup6 {
     pub vtep_mac: MacAddr,
     /// The IPv6 Network (DirectRouting's IPv6 routes are pruned only inside it).
     pub network: Subnet6,
+    /// IPv6SubnetLen (the length of each pruned IPv6 direct route).
+    pub subnet_len: u8,
 }
 
 /// The running dataplane: the overlay device, and how peers are routed.
@@ -116,8 +121,9 @@ pub struct NodeDataplane {
     direct: DirectRouting,
     underlay_index: u32,
     network: Subnet,
-    /// Dual stack: the IPv6 Network.
-    network6: Option<Subnet6>,
+    subnet_len: u8,
+    /// Dual stack: the IPv6 Network and IPv6SubnetLen.
+    network6: Option<(Subnet6, u8)>,
     /// The overlay device was created by this run (not adopted, not handed over):
     /// no entry on it predates this agent.
     fresh: bool,
@@ -178,7 +184,8 @@ impl NodeDataplane {
                 direct,
                 underlay_index: setup.underlay_index,
                 network: setup.network,
-                network6: setup.ipv6.map(|v| v.network),
+                subnet_len: setup.subnet_len,
+                network6: setup.ipv6.map(|v| (v.network, v.subnet_len)),
                 // The kernel dataplane's device may be flanneld's or an earlier run's
                 // (it adopts compatible ones): never taken as fresh.
                 fresh: kind == DataplaneKind::Userspace && !adopted,
@@ -205,7 +212,8 @@ impl NodeDataplane {
             direct,
             underlay_index: setup.underlay_index,
             network: setup.network,
-            network6: setup.ipv6.map(|v| v.network),
+            subnet_len: setup.subnet_len,
+            network6: setup.ipv6.map(|v| (v.network, v.subnet_len)),
             fresh: false,
         })
     }
@@ -426,14 +434,18 @@ impl NodeDataplane {
             },
             v6: kernel::dumps6(nl, d.overlay6, d.underlay).await?,
         };
-        let network = self.direct.enabled().then_some(&self.network);
-        let direct6 = self
-            .network6
-            .filter(|_| self.direct.enabled())
-            .map(|network| plan::Direct6 {
-                routing: &self.direct,
-                network,
-            });
+        let network = self
+            .direct
+            .enabled()
+            .then_some((&self.network, self.subnet_len));
+        let direct6 =
+            self.network6
+                .filter(|_| self.direct.enabled())
+                .map(|(network, subnet_len)| plan::Direct6 {
+                    routing: &self.direct,
+                    network,
+                    subnet_len,
+                });
         let r = plan::reconcile_ops(&d, &with_paths, &dumps, network, direct6);
         match &self.overlay {
             Overlay::Kernel(k) => {

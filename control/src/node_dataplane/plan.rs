@@ -492,6 +492,8 @@ pub fn blocks_overlay6(route: &DeviceRoute<Ipv6Addr>, subnet: &Subnet6) -> bool 
 pub struct Direct6<'a> {
     pub routing: &'a DirectRouting,
     pub network: Subnet6,
+    /// IPv6SubnetLen: a direct route is one peer's IPv6 subnet.
+    pub subnet_len: u8,
 }
 
 /// What a reconcile pass sends: repairs (missing or wrong entries, written again)
@@ -505,14 +507,14 @@ pub struct Reconcile {
 /// Compares the dumps with `peers` (the full set, each with its path): what is
 /// missing or differs is re-added, and what no peer accounts for is removed — on the
 /// overlay device its routes, permanent neighbours and fdb entries; on the underlay
-/// (`network` given: DirectRouting on) the direct routes inside the Network (see
+/// (`network` given, with SubnetLen: DirectRouting on) the direct routes inside the Network (see
 /// [`super::direct::is_stale_direct_route`]), and with `direct6` the IPv6 ones inside
 /// the IPv6 Network. Other routes are never touched.
 pub fn reconcile_ops(
     d: &Devices,
     peers: &[(Peer, PeerPath)],
     dumps: &Dumps,
-    network: Option<&Subnet>,
+    network: Option<(&Subnet, u8)>,
     direct6: Option<Direct6<'_>>,
 ) -> Reconcile {
     let mut r = Reconcile::default();
@@ -585,10 +587,11 @@ pub fn reconcile_ops(
             if !wanted {
                 r.stale.push(PeerOp::DeleteRoute(route.clone()));
             }
-        } else if let Some(net) = network {
+        } else if let Some((net, subnet_len)) = network {
             if route.oif == Some(d.underlay)
                 && super::direct::is_stale_direct_route(
                     net,
+                    subnet_len,
                     route.destination,
                     route.prefix_len,
                     route.gateway,
@@ -723,6 +726,7 @@ fn reconcile6<'p>(
         {
             if super::direct::is_stale_direct_route6(
                 &x.network,
+                x.subnet_len,
                 route.destination,
                 route.prefix_len,
                 route.gateway,
@@ -1080,7 +1084,7 @@ mod tests {
             (b, PeerPath::Overlay),
             (d, PeerPath::Direct { via: d.public_ip }),
         ];
-        let r = reconcile_ops(&kernel(), &peers, &dumps, Some(&net), None);
+        let r = reconcile_ops(&kernel(), &peers, &dumps, Some((&net, 24)), None);
         assert_eq!(
             r.repairs,
             vec![
@@ -1123,7 +1127,7 @@ mod tests {
             all_neighbours: false,
             ..dumps.clone()
         };
-        let r2 = reconcile_ops(&kernel(), &peers, &looked_up, Some(&net), None);
+        let r2 = reconcile_ops(&kernel(), &peers, &looked_up, Some((&net, 24)), None);
         assert_eq!(r2.repairs, r.repairs);
         assert_eq!(r2.stale, r.stale[..3].to_vec());
         // Without DirectRouting the underlay's routes are not looked at.
@@ -1149,7 +1153,7 @@ mod tests {
                 &kernel(),
                 &[(a, PeerPath::Overlay)],
                 &full,
-                Some(&net),
+                Some((&net, 24)),
                 None
             ),
             Reconcile::default()
@@ -1550,6 +1554,7 @@ mod tests {
         let direct6 = Direct6 {
             routing: &dr,
             network: net,
+            subnet_len: 64,
         };
         let r = reconcile_ops(&dual_kernel(), &peers, &dumps, None, Some(direct6));
         let repairs = only6(r.repairs.into_iter().map(|op| (0, op)).collect());
