@@ -828,6 +828,7 @@ pub async fn run_with(
         vtep_mac,
         vni,
         port: cfg.backend.port,
+        subnet_len: cfg.subnet_len,
     };
     let setup = DataplaneSetup {
         local,

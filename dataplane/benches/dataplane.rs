@@ -44,6 +44,7 @@ fn table(
             vtep_mac: MacAddr(local_mac),
             vni: Vni::new(1).unwrap(),
             port: 8472,
+            subnet_len: 0,
         },
         [PeerVtep {
             vtep_mac: MacAddr(peer_mac),
@@ -155,7 +156,7 @@ fn benches(c: &mut Criterion) {
                 frames += 1;
             };
             for d in &datagrams {
-                match classify_ingress(IP_A, black_box(d), &b) {
+                match classify_ingress(IP_A, black_box(d), &b, Ipv4Addr::UNSPECIFIED) {
                     Ingress::Deliver { inner } => co.push(&d[inner..], &mut emit),
                     Ingress::Drop(r) => panic!("dropped: {r:?}"),
                 }

@@ -47,10 +47,14 @@ pub enum DropReason {
     /// of a standing queue in the receive socket, and it is not ECN-capable (an
     /// ECN-capable one is marked instead: `aqm_ce_marked`).
     Congestion,
+    /// Ingress: the inner frame is not IPv4 from the sending peer's subnet to this
+    /// node's subnet (a forged inner source behind a peer's outer address, or traffic
+    /// that would use this node as a relay).
+    InnerAddress,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::UnknownDestination,
         DropReason::Multicast,
         DropReason::ArpUnknownTarget,
@@ -63,6 +67,7 @@ impl DropReason {
         DropReason::TapWriteFailed,
         DropReason::Broadcast,
         DropReason::Congestion,
+        DropReason::InnerAddress,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -81,6 +86,7 @@ impl DropReason {
             DropReason::TapWriteFailed => "tap_write_failed",
             DropReason::Broadcast => "broadcast",
             DropReason::Congestion => "congestion",
+            DropReason::InnerAddress => "inner_address",
         }
     }
 
@@ -440,6 +446,7 @@ mod tests {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 99]),
             vni: Vni::new(1).unwrap(),
             port: 8472,
+            subnet_len: 24,
         };
         let t = ForwardingTable::new(local, [peer(1), peer(2), peer(3)]);
         let mut tl = PeerTallies::new(t.peers().len());

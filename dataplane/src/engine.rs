@@ -250,6 +250,7 @@ impl Engine {
             busy_poll,
             aqm: IngressAqm::new(aqm),
             probe_token: underlay.is_some().then_some(status.probe_token),
+            status: Arc::clone(&status),
         };
         engine.threads.push(spawn(
             "vxmesh-rx0".into(),
@@ -830,6 +831,27 @@ struct IngressWorker {
     /// With the underlay TAP path: the token of this engine's path probes, whose
     /// answers the ingress thread takes ([`path_probe::reply_from`]).
     probe_token: Option<u64>,
+    /// This node's VTEP address, read per batch: inner destinations must lie in its
+    /// subnet ([`crate::verdict::classify_ingress`]).
+    status: Arc<EngineStatus>,
+}
+
+/// What the ingress thread knows of this node beyond the table.
+#[derive(Debug, Clone, Copy)]
+struct IngressLocal {
+    /// See [`IngressWorker`]'s `probe_token`.
+    probe_token: Option<u64>,
+    /// This node's VTEP address (unspecified before the first lease).
+    vtep_ip: Ipv4Addr,
+}
+
+#[cfg(test)]
+impl IngressLocal {
+    /// No probes, no VTEP address yet.
+    const NONE: IngressLocal = IngressLocal {
+        probe_token: None,
+        vtep_ip: Ipv4Addr::UNSPECIFIED,
+    };
 }
 
 /// CoDel on the receive socket's queue: which messages of a batch carry a congestion
@@ -982,7 +1004,10 @@ impl IngressWorker {
                 &mut counts,
                 &mut self.flows,
                 &mut self.aqm,
-                self.probe_token,
+                IngressLocal {
+                    probe_token: self.probe_token,
+                    vtep_ip: self.status.vtep_ip(),
+                },
                 &emit,
             );
             if let Some(g) = gro.as_mut() {
@@ -1066,7 +1091,7 @@ fn deliver_batch(
     counts: &mut LocalCounts,
     flows: &mut FlowTap,
     aqm: &mut IngressAqm,
-    probe_token: Option<u64>,
+    local: IngressLocal,
     emit: &impl Fn(&VirtioNetHdr, &[u8], &mut LocalCounts),
 ) {
     for i in 0..n {
@@ -1085,7 +1110,7 @@ fn deliver_batch(
             if let Some(s) = slot {
                 view.peers.rx(s, 1, d.len() as u64);
             }
-            let mut verdict = classify_ingress(*src.ip(), d, &view.table);
+            let mut verdict = classify_ingress(*src.ip(), d, &view.table, local.vtep_ip);
             let mut marked = None;
             if signal {
                 if let Ingress::Deliver { inner } = verdict {
@@ -1101,7 +1126,7 @@ fn deliver_batch(
             }
             match verdict {
                 Ingress::Deliver { inner } => {
-                    if let Some(token) = probe_token {
+                    if let Some(token) = local.probe_token {
                         if d.len() - inner <= path_probe::MAX_REPLY_LEN
                             && took_probe_reply(&d[inner..], token, slot, &view.table)
                         {
@@ -1203,6 +1228,7 @@ mod tests {
                 vtep_mac: ME.parse().unwrap(),
                 vni: Vni::new(vni).unwrap(),
                 port: 8472,
+                subnet_len: 0,
             },
             with_peer.then(|| PeerVtep {
                 vtep_mac: PEER_MAC.parse().unwrap(),
@@ -1329,7 +1355,7 @@ mod tests {
                 &mut counts,
                 &mut flows,
                 &mut IngressAqm::new(None),
-                None,
+                IngressLocal::NONE,
                 &|vh, f, _| {
                     assert_eq!(*vh, VirtioNetHdr::NONE);
                     got.borrow_mut().push(f.to_vec());
@@ -1383,7 +1409,7 @@ mod tests {
             &mut counts,
             &mut flows,
             &mut IngressAqm::new(None),
-            None,
+            IngressLocal::NONE,
             &|vh, f, _| {
                 assert_eq!(*vh, VirtioNetHdr::NONE);
                 assert_eq!(f, &d[VxlanHeader::LEN..]);
@@ -1422,7 +1448,10 @@ mod tests {
             &mut counts,
             &mut flows,
             aqm,
-            probe_token,
+            IngressLocal {
+                probe_token,
+                vtep_ip: Ipv4Addr::UNSPECIFIED,
+            },
             &|_, f, _| got.borrow_mut().push(f.to_vec()),
         );
         (got.into_inner(), counts)
@@ -1807,6 +1836,7 @@ mod tests {
                 vtep_mac: ME.parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: sink_port,
+                subnet_len: 0,
             },
             [PeerVtep {
                 vtep_mac: PEER_MAC.parse().unwrap(),

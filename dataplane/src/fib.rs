@@ -27,6 +27,10 @@ pub struct LocalVtep {
     pub vni: Vni,
     /// UDP port peers listen on (flannel's default 8472).
     pub port: u16,
+    /// SubnetLen, the length of every node's subnet: an inner IPv4 packet received
+    /// from a peer must come from that peer's subnet and go to this node's
+    /// ([`crate::verdict::classify_ingress`]). 0: not checked.
+    pub subnet_len: u8,
 }
 
 /// One remote node, as its lease describes it.
@@ -362,6 +366,7 @@ mod tests {
             vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
             vni: Vni::new(1).unwrap(),
             port: 8472,
+            subnet_len: 0,
         }
     }
 

@@ -138,10 +138,17 @@ pub enum Ingress {
 }
 
 /// Decides what to do with `datagram` (the UDP payload) that came from `src`.
-pub fn classify_ingress(src: Ipv4Addr, datagram: &[u8], table: &ForwardingTable) -> Ingress {
-    if !table.is_peer_source(&src) {
+/// `local_vtep_ip`: this node's VTEP address (`<subnet>.0`; unspecified while not
+/// known): with the table's `subnet_len`, the subnet inner destinations must lie in.
+pub fn classify_ingress(
+    src: Ipv4Addr,
+    datagram: &[u8],
+    table: &ForwardingTable,
+    local_vtep_ip: Ipv4Addr,
+) -> Ingress {
+    let Some(slot) = table.slot_by_source(&src) else {
         return Ingress::Drop(DropReason::UnknownSource);
-    }
+    };
     let hdr = match VxlanHeader::parse(datagram) {
         Ok(h) => h,
         Err(_) => return Ingress::Drop(DropReason::IngressMalformed),
@@ -162,9 +169,53 @@ pub fn classify_ingress(src: Ipv4Addr, datagram: &[u8], table: &ForwardingTable)
     if dst != table.local().vtep_mac {
         return Ingress::Drop(DropReason::NotForUs);
     }
+    if let Some(reason) = inner_address(inner, table, slot, local_vtep_ip) {
+        return Ingress::Drop(reason);
+    }
     Ingress::Deliver {
         inner: VxlanHeader::LEN,
     }
+}
+
+/// Anti-spoofing on the inner frame (with the table's `subnet_len` set; 0 turns it
+/// off): an IPv4 packet whose source lies in the subnet of the peer it came from
+/// (the outer source) and whose destination lies in this node's subnet. The outer
+/// source alone is weak (any host on the underlay can forge it); checked together,
+/// a forged datagram can at most claim to come from that peer's own pods and can
+/// only reach this node's pods, never relay to elsewhere. Every flannel and vxmesh
+/// peer sends exactly such frames: its pods' traffic and its VTEP address's (the
+/// kernel picks that as the source for host traffic into the overlay). Not IPv4:
+/// the overlay is pure L3 (no ARP crosses it; IPv6 rides `flannel-v6.<VNI>`).
+#[inline]
+fn inner_address(
+    inner: &[u8],
+    table: &ForwardingTable,
+    slot: usize,
+    local_vtep_ip: Ipv4Addr,
+) -> Option<DropReason> {
+    let len = table.local().subnet_len;
+    if len == 0 {
+        return None;
+    }
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0);
+    let in_subnet = |ip: &[u8], subnet: Ipv4Addr| {
+        let ip = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
+        ip & mask == u32::from(subnet) & mask
+    };
+    const ETH: usize = 14;
+    if inner.len() < ETH + 20 || inner[12..14] != [0x08, 0x00] {
+        return Some(DropReason::InnerAddress);
+    }
+    let peer = table.peers().get(slot)?;
+    if !in_subnet(&inner[ETH + 12..ETH + 16], peer.vtep_ip) {
+        return Some(DropReason::InnerAddress);
+    }
+    if !local_vtep_ip.is_unspecified() && !in_subnet(&inner[ETH + 16..ETH + 20], local_vtep_ip) {
+        return Some(DropReason::InnerAddress);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -184,6 +235,7 @@ mod tests {
                 vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
+                subnet_len: 0,
             },
             [PeerVtep {
                 vtep_mac: "0e:5a:11:22:33:44".parse().unwrap(),
@@ -200,6 +252,7 @@ mod tests {
                 vtep_mac: "0e:5a:11:22:33:44".parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
+                subnet_len: 0,
             },
             [PeerVtep {
                 vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
@@ -264,12 +317,84 @@ mod tests {
         );
     }
 
+    /// Node B with the inner-address check on (SubnetLen 24, its VTEP 10.244.2.0).
+    fn node_b_checked() -> (ForwardingTable, Ipv4Addr) {
+        let t = node_b();
+        let local = LocalVtep {
+            subnet_len: 24,
+            ..*t.local()
+        };
+        (
+            t.with_local(local, t.peers().iter().copied()),
+            Ipv4Addr::new(10, 244, 2, 0),
+        )
+    }
+
+    /// The outer source names the peer; the inner frame must be IPv4 from that peer's
+    /// subnet to this node's. A forged datagram behind node A's address cannot claim
+    /// one of B's own pods as its source, nor use B to reach anything but B's pods.
+    #[test]
+    fn inner_addresses_must_match_the_peer_and_this_node() {
+        let (t, me) = node_b_checked();
+        let from = Ipv4Addr::new(192, 168, 77, 1);
+        let d = OUTER_ICMP_REQUEST[OUTER_UDP_PAYLOAD..].to_vec();
+        assert_eq!(
+            classify_ingress(from, &d, &t, me),
+            Ingress::Deliver { inner: 8 }
+        );
+        let (src, dst) = (8 + 14 + 12, 8 + 14 + 16);
+        let with = |at: usize, ip: [u8; 4]| {
+            let mut x = d.clone();
+            x[at..at + 4].copy_from_slice(&ip);
+            x
+        };
+        let dropped = Ingress::Drop(DropReason::InnerAddress);
+        // A source in B's own subnet, in another node's, outside the Network.
+        for forged in [[10, 244, 2, 5], [10, 244, 3, 7], [192, 168, 77, 1]] {
+            assert_eq!(classify_ingress(from, &with(src, forged), &t, me), dropped);
+        }
+        // Any of A's pods (and A's VTEP address) is fine.
+        assert_eq!(
+            classify_ingress(from, &with(src, [10, 244, 1, 200]), &t, me),
+            Ingress::Deliver { inner: 8 }
+        );
+        // A destination outside B's subnet: B would forward (or masquerade) it.
+        for elsewhere in [[8, 8, 8, 8], [10, 244, 1, 9], [10, 244, 3, 1]] {
+            assert_eq!(
+                classify_ingress(from, &with(dst, elsewhere), &t, me),
+                dropped
+            );
+        }
+        // Before B knows its own subnet, only the source is checked.
+        assert_eq!(
+            classify_ingress(from, &with(dst, [8, 8, 8, 8]), &t, Ipv4Addr::UNSPECIFIED),
+            Ingress::Deliver { inner: 8 }
+        );
+        assert_eq!(
+            classify_ingress(from, &with(src, [10, 244, 2, 5]), &t, Ipv4Addr::UNSPECIFIED),
+            dropped
+        );
+        // Not IPv4 (ARP, IPv6), or too short to hold the addresses.
+        let mut arp = d.clone();
+        arp[8 + 12..8 + 14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(classify_ingress(from, &arp, &t, me), dropped);
+        let mut v6 = d.clone();
+        v6[8 + 12..8 + 14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(classify_ingress(from, &v6, &t, me), dropped);
+        assert_eq!(classify_ingress(from, &d[..8 + 14 + 19], &t, me), dropped);
+        // SubnetLen 0: no check (a table built without it).
+        assert_eq!(
+            classify_ingress(from, &with(src, [10, 244, 2, 5]), &node_b(), me),
+            Ingress::Deliver { inner: 8 }
+        );
+    }
+
     #[test]
     fn captured_datagram_is_delivered_by_peer() {
         let d = &OUTER_ICMP_REQUEST[OUTER_UDP_PAYLOAD..];
         let from = Ipv4Addr::new(192, 168, 77, 1);
         assert_eq!(
-            classify_ingress(from, d, &node_b()),
+            classify_ingress(from, d, &node_b(), Ipv4Addr::UNSPECIFIED),
             Ingress::Deliver { inner: 8 }
         );
         assert_eq!(&d[8..], &INNER_ICMP_REQUEST[..]);
@@ -278,7 +403,7 @@ mod tests {
         for outer in [&PARTIAL_TCP_OUTER[..], &PARTIAL_UDP_OUTER[..]] {
             let d = &outer[OUTER_UDP_PAYLOAD..];
             assert_eq!(
-                classify_ingress(from, d, &node_b()),
+                classify_ingress(from, d, &node_b(), Ipv4Addr::UNSPECIFIED),
                 Ingress::Deliver { inner: 8 }
             );
             assert!(crate::offload::partial::detect(&d[8..]).is_some());
@@ -291,29 +416,34 @@ mod tests {
         let from = Ipv4Addr::new(192, 168, 77, 1);
         let t = node_b();
         assert_eq!(
-            classify_ingress(Ipv4Addr::new(192, 168, 77, 66), &d, &t),
+            classify_ingress(
+                Ipv4Addr::new(192, 168, 77, 66),
+                &d,
+                &t,
+                Ipv4Addr::UNSPECIFIED
+            ),
             Ingress::Drop(DropReason::UnknownSource)
         );
         let mut wrong_vni = d.clone();
         wrong_vni[6] = 2;
         assert_eq!(
-            classify_ingress(from, &wrong_vni, &t),
+            classify_ingress(from, &wrong_vni, &t, Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::WrongVni)
         );
         let mut no_flag = d.clone();
         no_flag[0] = 0;
         assert_eq!(
-            classify_ingress(from, &no_flag, &t),
+            classify_ingress(from, &no_flag, &t, Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::IngressMalformed)
         );
         assert_eq!(
-            classify_ingress(from, &d[..20], &t),
+            classify_ingress(from, &d[..20], &t, Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::IngressMalformed)
         );
         let mut other_mac = d.clone();
         other_mac[8 + 5] ^= 1;
         assert_eq!(
-            classify_ingress(from, &other_mac, &t),
+            classify_ingress(from, &other_mac, &t, Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::NotForUs)
         );
     }
@@ -326,13 +456,13 @@ mod tests {
         let mut bcast = d.clone();
         bcast[8..14].copy_from_slice(&MacAddr::BROADCAST.0);
         assert_eq!(
-            classify_ingress(from, &bcast, &node_b()),
+            classify_ingress(from, &bcast, &node_b(), Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::Broadcast)
         );
         let mut mcast = d.clone();
         mcast[8..14].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
         assert_eq!(
-            classify_ingress(from, &mcast, &node_b()),
+            classify_ingress(from, &mcast, &node_b(), Ipv4Addr::UNSPECIFIED),
             Ingress::Drop(DropReason::NotForUs)
         );
     }
@@ -353,8 +483,8 @@ mod tests {
         #[test]
         fn never_panics(b in proptest::collection::vec(0u8.., 0..120), src in 0u32..) {
             let _ = classify_egress(&b, &node_a());
-            let _ = classify_ingress(Ipv4Addr::from(src), &b, &node_b());
-            let _ = classify_ingress(Ipv4Addr::new(192, 168, 77, 1), &b, &node_b());
+            let _ = classify_ingress(Ipv4Addr::from(src), &b, &node_b(), Ipv4Addr::UNSPECIFIED);
+            let _ = classify_ingress(Ipv4Addr::new(192, 168, 77, 1), &b, &node_b(), Ipv4Addr::UNSPECIFIED);
         }
     }
 }

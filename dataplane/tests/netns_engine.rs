@@ -109,6 +109,7 @@ fn start_node(
         vtep_mac: mac,
         vni: Vni::new(1).unwrap(),
         port: PORT,
+        subnet_len: 24,
     };
     let counters = Arc::new(Counters::default());
     let table = SharedTable::new(ForwardingTable::new(local, [peer]));
@@ -312,7 +313,7 @@ fn works_without_offloads() {
 
 #[test]
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
-fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
+fn wrong_vni_unknown_source_and_forged_inner_addresses_are_counted_not_delivered() {
     require_root();
     let (a, b) = pair("f", TapOptions::default());
     // A valid inner frame for B (dst = B's VtepMAC), carried with VNI 2 from A's address.
@@ -367,6 +368,46 @@ fn wrong_vni_and_unknown_source_are_counted_not_delivered() {
     assert_eq!(p.dropped(DropReason::WrongVni), 1, "{p:?}");
     assert_eq!(p.dropped(DropReason::UnknownSource), 0, "{p:?}");
     assert_eq!(p.rx_packets, 1, "{p:?}");
+
+    // From the peer's own address, right VNI and MAC, but inner addresses no peer
+    // sends: a source in B's own subnet, and a destination outside B's subnet (B
+    // would relay it). Both counted, neither delivered.
+    let inner = |src: [u8; 4], dst: [u8; 4]| {
+        let mut d = frame.clone();
+        d[..8].copy_from_slice(
+            &VxlanHeader {
+                vni: Vni::new(1).unwrap(),
+            }
+            .to_bytes(),
+        );
+        let ip = 8 + 14;
+        d[ip] = 0x45;
+        d[ip + 12..ip + 16].copy_from_slice(&src);
+        d[ip + 16..ip + 20].copy_from_slice(&dst);
+        d
+    };
+    let forged = [
+        inner([10, 244, 2, 9], [10, 244, 2, 1]),
+        inner([10, 244, 1, 5], [8, 8, 8, 8]),
+    ];
+    a.ns.run(move || {
+        let s = UdpSocket::bind("192.168.99.1:0").unwrap();
+        for d in &forged {
+            s.send_to(d, "192.168.99.2:8472").unwrap();
+        }
+    })
+    .unwrap();
+    let mut c = b.counters();
+    for _ in 0..50 {
+        if c.dropped(DropReason::InnerAddress) >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        c = b.counters();
+    }
+    assert_eq!(c.dropped(DropReason::InnerAddress), 2, "{c:?}");
+    assert_eq!(c.frames_delivered, 0, "{c:?}");
+    assert_eq!(b.peer().dropped(DropReason::InnerAddress), 2);
     drop(a);
 }
 

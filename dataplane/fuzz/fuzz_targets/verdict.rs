@@ -19,7 +19,7 @@ const PEER_VTEP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 0);
 
 fuzz_target!(|data: &[u8]| {
     let table = ForwardingTable::new(
-        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472 },
+        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472, subnet_len: 24 },
         [PeerVtep { vtep_mac: PEER_MAC, public_ip: PEER_IP, vtep_ip: PEER_VTEP }],
     );
     // The first four bytes choose the source address; bias half of the inputs to the
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         Some((s, rest)) => (Ipv4Addr::from(*s), rest),
         None => (PEER_IP, data),
     };
-    match classify_ingress(src, body, &table) {
+    match classify_ingress(src, body, &table, Ipv4Addr::new(10, 244, 1, 0)) {
         Ingress::Deliver { inner } => {
             assert_eq!(src, PEER_IP);
             let h = VxlanHeader::parse(body).expect("delivered datagrams have a header");
