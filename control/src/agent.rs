@@ -737,6 +737,12 @@ pub async fn run_with(
     }
     if public_ipv6.is_some() {
         crate::node_dataplane::kernel::device6_name(vni.get())?;
+        // IPv6 needs links of at least 1280 bytes: a smaller IPv6 device gets no
+        // address, and the node would stop after claiming its lease.
+        let mtu6 = crate::node_dataplane::kernel::mtu6(mtu);
+        if mtu6 < 1280 {
+            anyhow::bail!("dual stack needs an IPv6 overlay MTU of at least 1280 (IPv6's minimum), but the overlay MTU {mtu} leaves flannel-v6.{} {mtu6}: give the underlay (or Backend.MTU) at least 1350 bytes (50 for VXLAN, 20 more for its IPv6 header), or run IPv4 only", vni.get());
+        }
     }
     // A Network holding the node's own underlay address would route the node's
     // VXLAN (and everything else to that address) into the overlay.
