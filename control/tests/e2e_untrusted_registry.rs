@@ -6,7 +6,8 @@
 //! Cross-node pod traffic stays 6 of 6, no node gets a route for any of them, every node
 //! and `vxmeshctl leases` list them as rejected with their reason, and /metrics counts
 //! them. Then a reservation: a node's key made lease-less (flannel's way to pin a subnet)
-//! stays lease-less across a restart of that node's agent.
+//! stays lease-less across a restart of that node's agent. Last, a config whose Network
+//! holds the nodes' underlay: a node starting on it refuses, says why, claims nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -228,6 +229,41 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lease_of(&lab, &k3), 0);
     println!("node 3 holds {s3} as a reservation across a restart");
+
+    // A config whose Network holds the nodes' own underlay addresses: a node starting
+    // on it refuses, says why, and claims nothing (the running ones read the config
+    // only when they start).
+    let config_key = "/coreos.com/network/config";
+    let config = lab.etcdctl(&["get", "--print-value-only", config_key]);
+    lab.etcdctl(&[
+        "put",
+        config_key,
+        r#"{"Network":"192.168.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    lab.must(&["stop-agent", "2"]);
+    let keys = || lab.etcdctl(&["get", "--prefix", "--keys-only", SUBNETS]);
+    let before = keys();
+    let log = lab.state.join("n2-network-overlap.log");
+    let mut bad = lab.spawn(&["exec-agent", "2"], &[], &log);
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(20), || {
+        status = bad.try_wait().unwrap();
+        status.is_some()
+    });
+    if exited.is_none() {
+        let _ = bad.kill();
+        panic!("vxmeshd kept running with a Network over its underlay");
+    }
+    assert!(!status.unwrap().success());
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        out.contains("Network 192.168.0.0/16 contains this node's underlay address 192.168.100.12"),
+        "{out}"
+    );
+    assert_eq!(keys(), before, "a refused node claims nothing");
+    lab.etcdctl(&["put", config_key, config.trim()]);
+    lab.must(&["start-agent", "2"]);
+    lab.check(6, "after node 2 restarted on the right config");
 
     let prefix = lab.prefix.clone();
     drop(lab);
