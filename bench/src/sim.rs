@@ -543,7 +543,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             vtep_mac: n.mac,
             vni: Vni::new(1).ok_or_else(|| anyhow::anyhow!("VNI 1 out of range"))?,
             port: 8472,
-            subnet_len: 24,
+            inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
         };
         sim.observers.push(Observer {
             node,
@@ -669,7 +669,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         vtep_mac: own_mac,
         vni: Vni::new(1).ok_or_else(|| anyhow::anyhow!("VNI 1 out of range"))?,
         port: 8472,
-        subnet_len: 24,
+        inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
     };
     let mut fibs = Vec::new();
     for (t, _) in &keep {

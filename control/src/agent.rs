@@ -834,7 +834,11 @@ pub async fn run_with(
         vtep_mac,
         vni,
         port: cfg.backend.port,
-        subnet_len: cfg.subnet_len,
+        inner: Some(vxmesh_dataplane::fib::InnerCheck {
+            network: cfg.network.addr(),
+            network_len: cfg.network.prefix_len(),
+            subnet_len: cfg.subnet_len,
+        }),
     };
     let setup = DataplaneSetup {
         local,

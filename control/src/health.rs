@@ -709,7 +709,7 @@ mod tests {
             vtep_mac: "0e:00:00:00:00:01".parse().unwrap(),
             vni: Vni::new(1).unwrap(),
             port: 8472,
-            subnet_len: 24,
+            inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
         };
         // Slots in another order than the peer list: the join is by VtepMAC.
         let t = ForwardingTable::new(local, [peers[1].to_vtep(), peers[0].to_vtep()]);

@@ -132,7 +132,7 @@ fn setup(index: u32) -> DataplaneSetup {
             vtep_mac: MAC,
             vni: Vni::new(1).unwrap(),
             port: 8472,
-            subnet_len: 24,
+            inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
         },
         mtu: 1450,
         local_ip: Ipv4Addr::new(192, 0, 2, 1),

@@ -44,7 +44,7 @@ fn table(
             vtep_mac: MacAddr(local_mac),
             vni: Vni::new(1).unwrap(),
             port: 8472,
-            subnet_len: 0,
+            inner: None,
         },
         [PeerVtep {
             vtep_mac: MacAddr(peer_mac),

@@ -446,7 +446,7 @@ mod tests {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 99]),
             vni: Vni::new(1).unwrap(),
             port: 8472,
-            subnet_len: 24,
+            inner: Some(crate::fib::InnerCheck::lab()),
         };
         let t = ForwardingTable::new(local, [peer(1), peer(2), peer(3)]);
         let mut tl = PeerTallies::new(t.peers().len());

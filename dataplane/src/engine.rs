@@ -1228,7 +1228,7 @@ mod tests {
                 vtep_mac: ME.parse().unwrap(),
                 vni: Vni::new(vni).unwrap(),
                 port: 8472,
-                subnet_len: 0,
+                inner: None,
             },
             with_peer.then(|| PeerVtep {
                 vtep_mac: PEER_MAC.parse().unwrap(),
@@ -1836,7 +1836,7 @@ mod tests {
                 vtep_mac: ME.parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: sink_port,
-                subnet_len: 0,
+                inner: None,
             },
             [PeerVtep {
                 vtep_mac: PEER_MAC.parse().unwrap(),

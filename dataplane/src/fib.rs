@@ -27,10 +27,32 @@ pub struct LocalVtep {
     pub vni: Vni,
     /// UDP port peers listen on (flannel's default 8472).
     pub port: u16,
-    /// SubnetLen, the length of every node's subnet: an inner IPv4 packet received
-    /// from a peer must come from that peer's subnet and go to this node's
-    /// ([`crate::verdict::classify_ingress`]). 0: not checked.
+    /// What inner addresses a peer's VXLAN may carry
+    /// ([`crate::verdict::classify_ingress`]); `None`: not checked.
+    pub inner: Option<InnerCheck>,
+}
+
+/// The cluster's addressing, for the ingress check of inner addresses: an inner IPv4
+/// packet from a peer must go to this node's subnet, and may not claim a source in
+/// another node's subnet (one inside the Network but outside the sending peer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerCheck {
+    /// The cluster Network.
+    pub network: Ipv4Addr,
+    pub network_len: u8,
+    /// SubnetLen: every node's subnet is this long.
     pub subnet_len: u8,
+}
+
+impl InnerCheck {
+    /// The lab's and flannel's example: 10.244.0.0/16 cut into /24s.
+    pub fn lab() -> InnerCheck {
+        InnerCheck {
+            network: Ipv4Addr::new(10, 244, 0, 0),
+            network_len: 16,
+            subnet_len: 24,
+        }
+    }
 }
 
 /// One remote node, as its lease describes it.
@@ -366,7 +388,7 @@ mod tests {
             vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
             vni: Vni::new(1).unwrap(),
             port: 8472,
-            subnet_len: 0,
+            inner: None,
         }
     }
 

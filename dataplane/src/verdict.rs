@@ -177,15 +177,18 @@ pub fn classify_ingress(
     }
 }
 
-/// Anti-spoofing on the inner frame (with the table's `subnet_len` set; 0 turns it
-/// off): an IPv4 packet whose source lies in the subnet of the peer it came from
-/// (the outer source) and whose destination lies in this node's subnet. The outer
-/// source alone is weak (any host on the underlay can forge it); checked together,
-/// a forged datagram can at most claim to come from that peer's own pods and can
-/// only reach this node's pods, never relay to elsewhere. Every flannel and vxmesh
-/// peer sends exactly such frames: its pods' traffic and its VTEP address's (the
-/// kernel picks that as the source for host traffic into the overlay). Not IPv4:
-/// the overlay is pure L3 (no ARP crosses it; IPv6 rides `flannel-v6.<VNI>`).
+/// Anti-spoofing on the inner frame (with the table's [`InnerCheck`]; none turns it
+/// off). The outer source names the peer, but any host on the underlay can forge it;
+/// the inner packet must then be IPv4 (the overlay is pure L3: no ARP crosses it, IPv6
+/// rides `flannel-v6.<VNI>`), go to this node's subnet (else this node would relay
+/// it onward, masqueraded with `--ip-masq`), and not claim a source in another node's
+/// subnet: inside the Network a source must be in the sending peer's subnet (its pods,
+/// its VTEP address, which the kernel picks for host traffic into the overlay). A
+/// source outside the Network passes: a peer may forward traffic it did not
+/// masquerade (a LAN that routes the pod Network to a gateway node), as flannel's
+/// kernel device allows.
+///
+/// [`InnerCheck`]: crate::fib::InnerCheck
 #[inline]
 fn inner_address(
     inner: &[u8],
@@ -193,26 +196,26 @@ fn inner_address(
     slot: usize,
     local_vtep_ip: Ipv4Addr,
 ) -> Option<DropReason> {
-    let len = table.local().subnet_len;
-    if len == 0 {
-        return None;
-    }
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(len.min(32)))
-        .unwrap_or(0);
-    let in_subnet = |ip: &[u8], subnet: Ipv4Addr| {
-        let ip = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
-        ip & mask == u32::from(subnet) & mask
+    let check = table.local().inner?;
+    let mask = |len: u8| {
+        u32::MAX
+            .checked_shl(32 - u32::from(len.min(32)))
+            .unwrap_or(0)
     };
+    let in_subnet = |ip: u32, net: Ipv4Addr, len: u8| ip & mask(len) == u32::from(net) & mask(len);
+    let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     const ETH: usize = 14;
     if inner.len() < ETH + 20 || inner[12..14] != [0x08, 0x00] {
         return Some(DropReason::InnerAddress);
     }
+    let (src, dst) = (addr(&inner[ETH + 12..]), addr(&inner[ETH + 16..]));
     let peer = table.peers().get(slot)?;
-    if !in_subnet(&inner[ETH + 12..ETH + 16], peer.vtep_ip) {
+    if in_subnet(src, check.network, check.network_len)
+        && !in_subnet(src, peer.vtep_ip, check.subnet_len)
+    {
         return Some(DropReason::InnerAddress);
     }
-    if !local_vtep_ip.is_unspecified() && !in_subnet(&inner[ETH + 16..ETH + 20], local_vtep_ip) {
+    if !local_vtep_ip.is_unspecified() && !in_subnet(dst, local_vtep_ip, check.subnet_len) {
         return Some(DropReason::InnerAddress);
     }
     None
@@ -235,7 +238,7 @@ mod tests {
                 vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
-                subnet_len: 0,
+                inner: None,
             },
             [PeerVtep {
                 vtep_mac: "0e:5a:11:22:33:44".parse().unwrap(),
@@ -252,7 +255,7 @@ mod tests {
                 vtep_mac: "0e:5a:11:22:33:44".parse().unwrap(),
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
-                subnet_len: 0,
+                inner: None,
             },
             [PeerVtep {
                 vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
@@ -317,11 +320,12 @@ mod tests {
         );
     }
 
-    /// Node B with the inner-address check on (SubnetLen 24, its VTEP 10.244.2.0).
+    /// Node B with the inner-address check on (10.244.0.0/16 in /24s, its VTEP
+    /// 10.244.2.0).
     fn node_b_checked() -> (ForwardingTable, Ipv4Addr) {
         let t = node_b();
         let local = LocalVtep {
-            subnet_len: 24,
+            inner: Some(crate::fib::InnerCheck::lab()),
             ..*t.local()
         };
         (
@@ -349,15 +353,19 @@ mod tests {
             x
         };
         let dropped = Ingress::Drop(DropReason::InnerAddress);
-        // A source in B's own subnet, in another node's, outside the Network.
-        for forged in [[10, 244, 2, 5], [10, 244, 3, 7], [192, 168, 77, 1]] {
+        // A source in B's own subnet, or in another node's.
+        for forged in [[10, 244, 2, 5], [10, 244, 3, 7], [10, 244, 255, 1]] {
             assert_eq!(classify_ingress(from, &with(src, forged), &t, me), dropped);
         }
-        // Any of A's pods (and A's VTEP address) is fine.
-        assert_eq!(
-            classify_ingress(from, &with(src, [10, 244, 1, 200]), &t, me),
-            Ingress::Deliver { inner: 8 }
-        );
+        // Any of A's pods (and A's VTEP address) is fine; so is a source outside the
+        // Network, which A forwarded without masquerading it (a LAN client reaching
+        // B's pod through A, as flannel's kernel device allows).
+        for fine in [[10, 244, 1, 200], [192, 168, 50, 7], [8, 8, 8, 8]] {
+            assert_eq!(
+                classify_ingress(from, &with(src, fine), &t, me),
+                Ingress::Deliver { inner: 8 }
+            );
+        }
         // A destination outside B's subnet: B would forward (or masquerade) it.
         for elsewhere in [[8, 8, 8, 8], [10, 244, 1, 9], [10, 244, 3, 1]] {
             assert_eq!(
@@ -382,7 +390,7 @@ mod tests {
         v6[8 + 12..8 + 14].copy_from_slice(&[0x86, 0xdd]);
         assert_eq!(classify_ingress(from, &v6, &t, me), dropped);
         assert_eq!(classify_ingress(from, &d[..8 + 14 + 19], &t, me), dropped);
-        // SubnetLen 0: no check (a table built without it).
+        // No InnerCheck: no check (a table built without one).
         assert_eq!(
             classify_ingress(from, &with(src, [10, 244, 2, 5]), &node_b(), me),
             Ingress::Deliver { inner: 8 }

@@ -109,7 +109,7 @@ fn start_node(
         vtep_mac: mac,
         vni: Vni::new(1).unwrap(),
         port: PORT,
-        subnet_len: 24,
+        inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
     };
     let counters = Arc::new(Counters::default());
     let table = SharedTable::new(ForwardingTable::new(local, [peer]));

@@ -19,7 +19,7 @@ const PEER_VTEP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 0);
 
 fuzz_target!(|data: &[u8]| {
     let table = ForwardingTable::new(
-        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472, subnet_len: 24 },
+        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472, inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()) },
         [PeerVtep { vtep_mac: PEER_MAC, public_ip: PEER_IP, vtep_ip: PEER_VTEP }],
     );
     // The first four bytes choose the source address; bias half of the inputs to the
