@@ -1462,17 +1462,8 @@ mod tests {
             ),
         ];
         let mut t = dual_table();
+        put_each_rejected(&mut t, &cases);
         let mut skips = vec![];
-        for (e, reason, words) in &cases {
-            let c = t.put(e, &mut skips);
-            assert!(c.is_empty(), "{}: {c:?}", e.key);
-            let r = rejected(&t, e.key.rsplit('/').next().unwrap())
-                .unwrap_or_else(|| panic!("{} not rejected", e.key));
-            assert_eq!(r.reason, *reason, "{}: {r}", e.key);
-            assert!(r.why.contains(words), "{}: {r}", e.key);
-        }
-        assert_eq!(skips.len(), cases.len(), "one warning each: {skips:#?}");
-        assert_eq!(peer_subnets(&t), ["10.244.94.0/24", "10.244.228.0/24"]);
         // An IPv6 VtepMAC equal to a node's IPv4 one is fine: another device.
         let shared = entry(
             "10.244.51.0-24&fd00:10:244:33::-64",
@@ -1585,6 +1576,22 @@ mod tests {
         t.rejected()
             .find(|(k, _)| k.ends_with(&format!("/{key}")))
             .map(|(_, r)| r.clone())
+    }
+
+    /// Puts each case into `t`: each changes no peer, is rejected with its reason and
+    /// words, warned about once; the lab's two peers stay.
+    fn put_each_rejected(t: &mut PeerTable, cases: &[(Entry, RejectReason, &str)]) {
+        let mut skips = vec![];
+        for (e, reason, words) in cases {
+            let c = t.put(e, &mut skips);
+            assert!(c.is_empty(), "{}: {c:?}", e.key);
+            let r = rejected(t, e.key.rsplit('/').next().unwrap())
+                .unwrap_or_else(|| panic!("{} not rejected", e.key));
+            assert_eq!(r.reason, *reason, "{}: {r}", e.key);
+            assert!(r.why.contains(words), "{}: {r}", e.key);
+        }
+        assert_eq!(skips.len(), cases.len(), "one warning each: {skips:#?}");
+        assert_eq!(peer_subnets(t), ["10.244.94.0/24", "10.244.228.0/24"]);
     }
 
     #[test]
@@ -1787,17 +1794,7 @@ mod tests {
             ),
         ];
         let mut t = lab_table();
-        let mut skips = vec![];
-        for (e, reason, words) in &cases {
-            let c = t.put(e, &mut skips);
-            assert!(c.is_empty(), "{}: {c:?}", e.key);
-            let r = rejected(&t, e.key.rsplit('/').next().unwrap())
-                .unwrap_or_else(|| panic!("{} not rejected", e.key));
-            assert_eq!(r.reason, *reason, "{}: {r}", e.key);
-            assert!(r.why.contains(words), "{}: {r}", e.key);
-        }
-        assert_eq!(skips.len(), cases.len(), "one warning each: {skips:#?}");
-        assert_eq!(peer_subnets(&t), ["10.244.94.0/24", "10.244.228.0/24"]);
+        put_each_rejected(&mut t, &cases);
         let seen: std::collections::BTreeSet<_> = cases.iter().map(|c| c.1).collect();
         assert_eq!(seen.len(), RejectReason::ALL.len(), "every reason covered");
         // The whole listing again: same verdicts, nothing new to warn about.

@@ -212,19 +212,7 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
             "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global",
         ],
     );
-    let log3 = lab.state.join("n2-noipv6.log");
-    let mut bad = lab.spawn(&["exec-agent", "2"], &[], &log3);
-    let mut status = None;
-    let exited = wait_for(Duration::from_secs(20), || {
-        status = bad.try_wait().unwrap();
-        status.is_some()
-    });
-    if exited.is_none() {
-        let _ = bad.kill();
-        panic!("vxmeshd without an IPv6 address kept running");
-    }
-    assert!(!status.unwrap().success());
-    let out = std::fs::read_to_string(&log3).unwrap();
+    let out = lab.refused_start("2", "n2-noipv6.log", "without an IPv6 address");
     assert!(
         out.contains("interface eth0 has no global IPv6 address") && out.contains("--public-ipv6"),
         "{out}"

@@ -243,19 +243,11 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
     lab.must(&["stop-agent", "2"]);
     let keys = || lab.etcdctl(&["get", "--prefix", "--keys-only", SUBNETS]);
     let before = keys();
-    let log = lab.state.join("n2-network-overlap.log");
-    let mut bad = lab.spawn(&["exec-agent", "2"], &[], &log);
-    let mut status = None;
-    let exited = wait_for(Duration::from_secs(20), || {
-        status = bad.try_wait().unwrap();
-        status.is_some()
-    });
-    if exited.is_none() {
-        let _ = bad.kill();
-        panic!("vxmeshd kept running with a Network over its underlay");
-    }
-    assert!(!status.unwrap().success());
-    let out = std::fs::read_to_string(&log).unwrap();
+    let out = lab.refused_start(
+        "2",
+        "n2-network-overlap.log",
+        "with a Network over its underlay",
+    );
     assert!(
         out.contains("Network 192.168.0.0/16 contains this node's underlay address 192.168.100.12"),
         "{out}"

@@ -91,6 +91,26 @@ impl Lab {
             .unwrap()
     }
 
+    /// Starts node `node`'s vxmeshd in the foreground (`exec-agent`, its output to
+    /// `<state>/<log>`), expecting it to refuse: it must exit unsuccessfully within
+    /// 20 s (else it is killed and the test fails, naming `what`). Returns its output.
+    pub fn refused_start(&self, node: &str, log: &str, what: &str) -> String {
+        let log = self.state.join(log);
+        let mut bad = self.spawn(&["exec-agent", node], &[], &log);
+        let mut status = None;
+        let exited = vxmesh_testkit::wait_for(std::time::Duration::from_secs(20), || {
+            status = bad.try_wait().unwrap();
+            status.is_some()
+        });
+        if exited.is_none() {
+            let _ = bad.kill();
+            let _ = bad.wait();
+            panic!("vxmeshd kept running {what}");
+        }
+        assert!(!status.unwrap().success(), "vxmeshd exited 0 {what}");
+        std::fs::read_to_string(&log).unwrap()
+    }
+
     /// Like [`Lab::spawn`], with the command wrapped as `sh -c '<prefix> exec lab.sh
     /// <args>'` and a hook run in the child before exec (e.g. to place descriptors).
     pub fn spawn_with(
