@@ -350,13 +350,22 @@ mod tests {
             };
             let p = detect(&part);
             proptest::prop_assert!(p.is_some());
+            let p = p.unwrap();
             let mut done = part.clone();
-            p.unwrap().complete(&mut done);
-            proptest::prop_assert_eq!(&done, &full);
+            p.complete(&mut done);
+            // A TCP checksum that comes to zero is written 0x0000 by the reference
+            // builder and 0xffff by `complete`, as by the kernel's skb_checksum_help
+            // (CSUM_MANGLED_0): the same value in ones' complement, both verify.
+            let at = usize::from(p.csum_start + p.csum_offset);
+            let mut want = full.clone();
+            if want[at..at + 2] == [0, 0] {
+                want[at..at + 2].copy_from_slice(&[0xff, 0xff]);
+            }
+            proptest::prop_assert_eq!(&done, &want);
             if let Some(q) = detect(&full) {
                 let mut again = full.clone();
                 q.complete(&mut again);
-                proptest::prop_assert_eq!(&again, &full);
+                proptest::prop_assert_eq!(&again, &want);
             }
         }
 
