@@ -139,7 +139,8 @@ pub enum Ingress {
 
 /// Decides what to do with `datagram` (the UDP payload) that came from `src`.
 /// `local_vtep_ip`: this node's VTEP address (`<subnet>.0`; unspecified while not
-/// known): with the table's `subnet_len`, the subnet inner destinations must lie in.
+/// known): with the table's [`crate::fib::InnerCheck`], the subnet inner destinations
+/// must lie in.
 pub fn classify_ingress(
     src: Ipv4Addr,
     datagram: &[u8],
@@ -169,7 +170,7 @@ pub fn classify_ingress(
     if dst != table.local().vtep_mac {
         return Ingress::Drop(DropReason::NotForUs);
     }
-    if let Some(reason) = inner_address(inner, table, slot, local_vtep_ip) {
+    if let Some(reason) = inner_address(&eth, table, slot, local_vtep_ip) {
         return Ingress::Drop(reason);
     }
     Ingress::Deliver {
@@ -191,7 +192,7 @@ pub fn classify_ingress(
 /// [`InnerCheck`]: crate::fib::InnerCheck
 #[inline]
 fn inner_address(
-    inner: &[u8],
+    eth: &EthernetFrame<&[u8]>,
     table: &ForwardingTable,
     slot: usize,
     local_vtep_ip: Ipv4Addr,
@@ -204,11 +205,11 @@ fn inner_address(
     };
     let in_subnet = |ip: u32, net: Ipv4Addr, len: u8| ip & mask(len) == u32::from(net) & mask(len);
     let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    const ETH: usize = 14;
-    if inner.len() < ETH + 20 || inner[12..14] != [0x08, 0x00] {
+    let ip = eth.payload();
+    if eth.ethertype() != EtherType::IPV4 || ip.len() < 20 {
         return Some(DropReason::InnerAddress);
     }
-    let (src, dst) = (addr(&inner[ETH + 12..]), addr(&inner[ETH + 16..]));
+    let (src, dst) = (addr(&ip[12..]), addr(&ip[16..]));
     let peer = table.peers().get(slot)?;
     if in_subnet(src, check.network, check.network_len)
         && !in_subnet(src, peer.vtep_ip, check.subnet_len)
