@@ -72,8 +72,8 @@ pub struct EngineStatus {
     /// unspecified (0) until [`Engine::set_vtep_ip`]: no probe, so no frame takes
     /// the underlay TAP.
     vtep_ip: AtomicU32,
-    /// What this engine's probes carry and their answers must echo.
-    probe_token: u64,
+    /// The key of this engine's probe tags, which their answers must echo.
+    probe_key: path_probe::ProbeKey,
 }
 
 impl EngineStatus {
@@ -81,16 +81,6 @@ impl EngineStatus {
     pub fn vtep_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.vtep_ip.load(Ordering::Relaxed))
     }
-}
-
-/// A token no other engine (and no earlier run) is likely to use: the process's
-/// randomly keyed hasher over the clock.
-fn new_probe_token() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(unix_ns().into());
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// The underlay TAP path ([`offload::tunnel`]): a queue of the device and what the
@@ -191,7 +181,7 @@ impl Engine {
             busy_poll,
             underlay_tap: underlay.is_some(),
             vtep_ip: AtomicU32::new(0),
-            probe_token: new_probe_token(),
+            probe_key: path_probe::ProbeKey::random(),
         });
         let underlay = underlay.map(Arc::new);
         // Each thread sets its scheduling first and says how that went; one that
@@ -249,7 +239,7 @@ impl Engine {
             wake: Arc::clone(&engine.wake),
             busy_poll,
             aqm: IngressAqm::new(aqm),
-            probe_token: underlay.is_some().then_some(status.probe_token),
+            probe_key: underlay.is_some().then_some(status.probe_key),
             status: Arc::clone(&status),
         };
         engine.threads.push(spawn(
@@ -720,7 +710,8 @@ impl EgressWorker {
             src,
             peer.vtep_ip,
             self.ident,
-            self.status.probe_token,
+            &self.status.probe_key,
+            path_probe::clock_ms(),
         );
         let outer = self.outer(u, view, peer.public_ip, local.port);
         let mut prefix = [0u8; offload::tunnel::PREFIX_LEN];
@@ -828,9 +819,9 @@ struct IngressWorker {
     wake: Arc<Wake>,
     busy_poll: Duration,
     aqm: IngressAqm,
-    /// With the underlay TAP path: the token of this engine's path probes, whose
+    /// With the underlay TAP path: the key of this engine's path probes, whose
     /// answers the ingress thread takes ([`path_probe::reply_from`]).
-    probe_token: Option<u64>,
+    probe_key: Option<path_probe::ProbeKey>,
     /// This node's VTEP address, read per batch: inner destinations must lie in its
     /// subnet ([`crate::verdict::classify_ingress`]).
     status: Arc<EngineStatus>,
@@ -839,8 +830,8 @@ struct IngressWorker {
 /// What the ingress thread knows of this node beyond the table.
 #[derive(Debug, Clone, Copy)]
 struct IngressLocal {
-    /// See [`IngressWorker`]'s `probe_token`.
-    probe_token: Option<u64>,
+    /// See [`IngressWorker`]'s `probe_key`.
+    probe_key: Option<path_probe::ProbeKey>,
     /// This node's VTEP address (unspecified before the first lease).
     vtep_ip: Ipv4Addr,
 }
@@ -849,7 +840,7 @@ struct IngressLocal {
 impl IngressLocal {
     /// No probes, no VTEP address yet.
     const NONE: IngressLocal = IngressLocal {
-        probe_token: None,
+        probe_key: None,
         vtep_ip: Ipv4Addr::UNSPECIFIED,
     };
 }
@@ -1005,7 +996,7 @@ impl IngressWorker {
                 &mut self.flows,
                 &mut self.aqm,
                 IngressLocal {
-                    probe_token: self.probe_token,
+                    probe_key: self.probe_key,
                     vtep_ip: self.status.vtep_ip(),
                 },
                 &emit,
@@ -1030,26 +1021,28 @@ impl IngressWorker {
     }
 }
 
-/// Whether `frame`, from the peer in `slot`, answers one of this engine's path
-/// probes; if so the peer's path is proven from now. Out of line: short frames only.
+/// Whether `frame`, from the peer in `slot`, answers one of this engine's recent path
+/// probes; if so the peer's path is proven from when that probe left. Out of line:
+/// short frames only.
 #[inline(never)]
 fn took_probe_reply(
     frame: &[u8],
-    token: u64,
+    key: &path_probe::ProbeKey,
     slot: Option<usize>,
     table: &ForwardingTable,
 ) -> bool {
-    let Some(from) = path_probe::reply_from(frame, token) else {
+    let now = path_probe::clock_ms();
+    let Some(reply) = path_probe::reply_from(frame, key, now) else {
         return false;
     };
     let Some((peer, c)) = slot.and_then(|s| Some((table.peers().get(s)?, table.peer_counters(s)?)))
     else {
         return false;
     };
-    if peer.vtep_ip != from {
+    if peer.vtep_ip != reply.from {
         return false;
     }
-    if c.path.answered(path_probe::clock_ms()) {
+    if c.path.answered(reply.sent_ms, now) {
         tracing::debug!(peer = %peer.public_ip, "the underlay TAP path to this peer is proven");
     }
     true
@@ -1126,9 +1119,9 @@ fn deliver_batch(
             }
             match verdict {
                 Ingress::Deliver { inner } => {
-                    if let Some(token) = local.probe_token {
+                    if let Some(key) = &local.probe_key {
                         if d.len() - inner <= path_probe::MAX_REPLY_LEN
-                            && took_probe_reply(&d[inner..], token, slot, &view.table)
+                            && took_probe_reply(&d[inner..], key, slot, &view.table)
                         {
                             counts.underlay_probes_answered += 1;
                             if view.count_packet() {
@@ -1432,7 +1425,7 @@ mod tests {
         n: usize,
         view: &mut TableView,
         aqm: &mut IngressAqm,
-        probe_token: Option<u64>,
+        probe_key: Option<path_probe::ProbeKey>,
     ) -> (Vec<Vec<u8>>, LocalCounts) {
         let got = std::cell::RefCell::new(Vec::new());
         let mut counts = LocalCounts::default();
@@ -1449,7 +1442,7 @@ mod tests {
             &mut flows,
             aqm,
             IngressLocal {
-                probe_token,
+                probe_key,
                 vtep_ip: Ipv4Addr::UNSPECIFIED,
             },
             &|_, f, _| got.borrow_mut().push(f.to_vec()),
@@ -1458,53 +1451,62 @@ mod tests {
     }
 
     /// A VXLAN datagram from the peer whose inner frame is its kernel's echo reply to
-    /// a path probe with `token`, from `from` (the peer's VTEP address when genuine).
-    fn probe_reply(token: u64, from: Ipv4Addr) -> Vec<u8> {
+    /// a path probe tagged with `key` and sent at `sent_ms`, from `from` (the peer's
+    /// VTEP address when genuine).
+    fn probe_reply(key: &path_probe::ProbeKey, sent_ms: u64, from: Ipv4Addr) -> Vec<u8> {
         let f = path_probe::kernel_reply(&path_probe::probe_frame(
             ME.parse().unwrap(),
             PEER_MAC.parse().unwrap(),
             Ipv4Addr::new(10, 244, 9, 0),
             from,
             3,
-            token,
+            key,
+            sent_ms,
         ));
         let mut d = header(1).to_vec();
         d.extend_from_slice(&f);
         d
     }
 
-    /// The ingress thread takes the answer to one of its engine's probes (it never
-    /// reaches the TAP) and the peer's path is proven; an answer with another token or
-    /// from another address than the peer's VTEP, and every other frame, go on.
+    /// The ingress thread takes the answer to one of its engine's recent probes (it
+    /// never reaches the TAP) and the peer's path is proven; an answer under another
+    /// key, from another address than the peer's VTEP, or to a probe sent longer ago
+    /// than `MAX_REPLY_AGE_MS` (a replay), and every other frame, go on.
     #[test]
     fn probe_answers_are_taken_and_prove_the_path() {
-        const TOKEN: u64 = 0x5eed_0000_1234_abcd;
+        let key = path_probe::ProbeKey::random();
+        let now = path_probe::clock_ms();
+        let vtep = Ipv4Addr::new(10, 244, 1, 0);
+        // The process's clock may be young here, so the answer out of its time window
+        // claims a probe time ahead of it (path_probe's tests cover the old ones).
+        let stale = probe_reply(&key, now + path_probe::MAX_REPLY_AGE_MS + 60_000, vtep);
+        let other_key = probe_reply(&path_probe::ProbeKey::random(), now, vtep);
+        let other_source = probe_reply(&key, now, Ipv4Addr::new(10, 244, 7, 0));
+        let genuine = probe_reply(&key, now, vtep);
         let shared = SharedTable::new(table(1, true));
         let mut view = TableView::new(shared.clone());
-        let genuine = probe_reply(TOKEN, Ipv4Addr::new(10, 244, 1, 0));
-        let other_token = probe_reply(TOKEN ^ 1, Ipv4Addr::new(10, 244, 1, 0));
-        let other_source = probe_reply(TOKEN, Ipv4Addr::new(10, 244, 7, 0));
         let plain = datagram();
         let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let path = || Arc::clone(shared.load().peer_counters(0).unwrap());
+        let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
+        // First the answer out of its window alone: it goes on, and proves nothing.
+        let batch = RecvBatch::with_messages(&[(src, stale.len(), &stale)]);
+        let (got, counts) =
+            deliver_plain(&batch, 1, &mut view, &mut IngressAqm::new(None), Some(key));
+        assert_eq!(got, [inner(&stale)]);
+        assert_eq!(counts.underlay_probes_answered, 0);
+        assert!(!path().path.proven(path_probe::clock_ms()));
         let batch = RecvBatch::with_messages(&[
             (src, plain.len(), &plain),
-            (src, other_token.len(), &other_token),
+            (src, other_key.len(), &other_key),
             (src, genuine.len(), &genuine),
             (src, other_source.len(), &other_source),
         ]);
-        let path = || Arc::clone(shared.load().peer_counters(0).unwrap());
-        assert!(!path().path.proven(path_probe::clock_ms()));
-        let (got, counts) = deliver_plain(
-            &batch,
-            4,
-            &mut view,
-            &mut IngressAqm::new(None),
-            Some(TOKEN),
-        );
-        let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
+        let (got, counts) =
+            deliver_plain(&batch, 4, &mut view, &mut IngressAqm::new(None), Some(key));
         assert_eq!(
             got,
-            [inner(&plain), inner(&other_token), inner(&other_source)]
+            [inner(&plain), inner(&other_key), inner(&other_source)]
         );
         assert_eq!(counts.underlay_probes_answered, 1);
         assert_eq!(counts.frames_delivered, 3);
