@@ -14,8 +14,18 @@ use serde_json::Value;
 
 use crate::error::{code, CniError};
 
-/// The first executable regular file named `name` in the CNI_PATH directories.
+/// Whether `name` can name a plugin: a plain file name, so that only CNI_PATH's
+/// directories are searched (not `/usr/bin/true`, `../x`, `.` or `..`).
+pub fn plugin_name_ok(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// The first executable regular file named `name` in the CNI_PATH directories; `None`
+/// for a name that is not a plain file name ([`plugin_name_ok`]).
 pub fn find_plugin(name: &str, cni_path: &[String]) -> Option<PathBuf> {
+    if !plugin_name_ok(name) {
+        return None;
+    }
     cni_path
         .iter()
         .map(|dir| Path::new(dir).join(name))
@@ -24,8 +34,17 @@ pub fn find_plugin(name: &str, cni_path: &[String]) -> Option<PathBuf> {
         })
 }
 
-/// Like [`find_plugin`], as a CNI error (code 4, naming CNI_PATH) when absent.
+/// Like [`find_plugin`], as a CNI error: code 7 for a name that is not a plain file
+/// name, code 4 (naming CNI_PATH) when absent.
 pub fn require_plugin(name: &str, cni_path: &[String]) -> Result<PathBuf, CniError> {
+    if !plugin_name_ok(name) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("plugin type {name:?} is not a plugin name"),
+            "a plugin type is the file name of a plugin in CNI_PATH's directories, \
+             such as \"bridge\"; it holds no '/'",
+        ));
+    }
     find_plugin(name, cni_path).ok_or_else(|| {
         CniError::new(
             code::INVALID_ENV,

@@ -67,7 +67,7 @@ pub fn classify(bytes: &[u8], network: &str) -> Saved {
         Err(e) => return Saved::Unreadable(e.to_string()),
     };
     match map.get("type") {
-        Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => {}
+        Some(Value::String(t)) if crate::exec::plugin_name_ok(t) => {}
         _ => return Saved::Unreadable("no delegate type".into()),
     }
     match map.get("name").and_then(Value::as_str) {
@@ -96,11 +96,12 @@ pub struct Lookup {
     pub skipped: Vec<String>,
 }
 
-/// Reads a file; `None` when it does not exist.
+/// Reads a file (at most `state::MAX_FILE_BYTES`); `None` when it does not exist or its
+/// name is too long to exist.
 fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
+    match crate::state::read_capped(path) {
         Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if crate::state::cannot_exist(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -240,7 +241,7 @@ pub fn read_reservations(dir: &Path) -> io::Result<Vec<String>> {
         {
             continue;
         }
-        match fs::read(entry.path()) {
+        match crate::state::read_capped(&entry.path()) {
             Ok(b) => out.push(String::from_utf8_lossy(&b).into_owned()),
             // Released between listing and reading.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -114,7 +114,7 @@ fn validate_delegate(delegate: &Map<String, Value>) -> Result<(), CniError> {
                 "\"vxmesh\" would delegate to itself; use \"bridge\" (the default)",
             ))
         }
-        Some(Value::String(t)) if !t.is_empty() && !t.contains('/') && t != "." && t != ".." => {}
+        Some(Value::String(t)) if crate::exec::plugin_name_ok(t) => {}
         Some(other) => {
             return Err(invalid(
                 "delegate.type",
@@ -169,7 +169,13 @@ fn validate_delegate(delegate: &Map<String, Value>) -> Result<(), CniError> {
 fn validate_ipam(ipam: &Map<String, Value>, warnings: &mut Vec<String>) -> Result<(), CniError> {
     match ipam.get("type") {
         None => {}
-        Some(Value::String(t)) if !t.is_empty() && !t.contains('/') => {}
+        Some(Value::String(t)) if t == "vxmesh" => {
+            return Err(invalid(
+                "ipam.type",
+                "\"vxmesh\" would run this plugin again as the delegate's IPAM; use \"host-local\" (the default)",
+            ))
+        }
+        Some(Value::String(t)) if crate::exec::plugin_name_ok(t) => {}
         Some(other) => {
             return Err(invalid(
                 "ipam.type",

@@ -10,9 +10,38 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 
+/// Opens `path` for reading without blocking: a FIFO put where a namespace should be
+/// does not hang the plugin (setns then refuses it).
+fn open_nonblocking(path: &str) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether `path` is a network namespace (a file of the kernel's nsfs, as
+/// `/proc/<pid>/ns/net` and the bind mounts under `/run/netns` are). A leftover empty
+/// file where a namespace was mounted is not.
+pub fn is_netns(path: &str) -> bool {
+    /// `NSFS_MAGIC` of linux/magic.h.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(f) = open_nonblocking(path) else {
+        return false;
+    };
+    // SAFETY: statfs is a plain C struct for which all-zero bytes are a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open descriptor for the duration of the call and `st` is a
+    // valid, writable statfs the kernel fills in.
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets.
+    let magic = st.f_type as i64;
+    rc == 0 && magic == NSFS_MAGIC
+}
+
 /// Runs `f` on a new thread that has entered the network namespace at `netns_path`.
 pub fn with_netns<T: Send>(netns_path: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let ns = File::open(netns_path)?;
+    let ns = open_nonblocking(netns_path)?;
     thread::scope(|s| {
         s.spawn(move || -> io::Result<T> {
             // SAFETY: `ns` is an open descriptor for the duration of the call; setns only
@@ -110,5 +139,28 @@ mod tests {
     fn not_a_namespace_is_an_error() {
         assert!(with_netns("/nonexistent/ns", || ()).is_err());
         assert!(with_netns("/proc/self/status", || ()).is_err());
+    }
+
+    #[test]
+    fn namespaces_are_told_from_other_files() {
+        assert!(is_netns("/proc/self/ns/net"));
+        assert!(!is_netns("/proc/self/status"));
+        assert!(!is_netns("/nonexistent/ns"));
+        let dir = std::env::temp_dir().join(format!("vxmesh-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A leftover mount point (an empty file) and a FIFO: neither is a namespace, and
+        // neither blocks the check or setns.
+        let stale = dir.join("stale");
+        std::fs::write(&stale, b"").unwrap();
+        let fifo = dir.join("fifo");
+        let c = CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for p in [&stale, &fifo] {
+            let p = p.to_str().unwrap();
+            assert!(!is_netns(p), "{p}");
+            assert!(with_netns(p, || ()).is_err(), "{p}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

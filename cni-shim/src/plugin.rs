@@ -4,7 +4,6 @@
 //! docs/cni.md for the behaviour operators see. Each handler returns what goes on stdout
 //! (`Ok(Some(json))` for ADD and VERSION, `Ok(None)` otherwise) or a [`CniError`].
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -141,7 +140,7 @@ fn netns_of(args: &CmdArgs) -> Result<&str, CniError> {
 
 /// Reads and parses the subnet file; every failure says what the operator should look at.
 pub fn load_subnet_env(path: &str) -> Result<SubnetEnv, CniError> {
-    let bytes = match fs::read(path) {
+    let bytes = match state::read_capped(Path::new(path)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(CniError::new(
@@ -248,6 +247,17 @@ fn prev_result_with(
 fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
     let att = attachment_of(args)?;
     let netns = netns_of(args)?;
+    if !state::name_fits(att) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_CONTAINERID: {} characters is too long",
+                att.container_id.as_str().len()
+            ),
+            "with CNI_IFNAME it names this attachment's state file, which must fit 255 bytes; \
+             runtimes use IDs of 64 characters",
+        ));
+    }
     // A plugin earlier in the chain produced this; vxmesh appends its result to it.
     let prev = nc
         .prev_result
@@ -292,6 +302,25 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
     let bytes = config_bytes(config)?;
 
     let state = lock_state(nc)?;
+    // The file name holds no network name (flannel's layout, which GC's pairs follow): an
+    // attachment of another network sharing this dataDir keeps its file until its own DEL.
+    let held = state.load(att).map_err(|e| state_error(&nc.data_dir, e))?;
+    if let Some(SavedState::OtherNetwork(other)) = held.map(|b| classify_own(&b, &nc.name)) {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "container {} interface {} is attached to network {}",
+                att.container_id,
+                att.ifname,
+                other.as_deref().unwrap_or("(unnamed)")
+            ),
+            format!(
+                "{} holds that network's attachment; DEL it from that network first, or choose \
+                 another CNI_IFNAME",
+                state.path_of(att).display()
+            ),
+        ));
+    }
     state
         .save(att, &bytes)
         .map_err(|e| state_error(&nc.data_dir, e))?;
@@ -314,7 +343,14 @@ fn cmd_add(args: &CmdArgs, nc: &NetConf) -> Result<Option<String>, CniError> {
                 e,
             )
         })?;
+        // Only the pod's own namespace is entered, whatever path the delegate printed.
         let missing = result.fill_sandbox_macs(|sandbox, name| {
+            if sandbox != netns {
+                log(format!(
+                    "not reading the MAC of {name}: its sandbox {sandbox} is not CNI_NETNS"
+                ));
+                return None;
+            }
             netns::link_mac(sandbox, name)
                 .map_err(|e| log(format!("cannot read MAC of {name} in {sandbox}: {e}")))
                 .ok()
@@ -390,11 +426,69 @@ fn delegate_del(
     exec::run(&plugin, env, &bytes).map(|_| ())
 }
 
-fn parse_saved(bytes: &[u8]) -> Option<Map<String, Value>> {
-    match serde_json::from_slice(bytes) {
-        Ok(Value::Object(m)) => Some(m),
+/// What one of vxmesh's own state files holds, for the network `network`.
+type SavedState = flannel::Saved;
+
+/// Classifies the bytes of vxmesh's state file (the delegate config ADD saved: flannel's
+/// content, [`flannel::classify`]) for the network `network`. A file naming another network
+/// is that network's even when the rest is damaged; a saved `type` of `vxmesh` would run
+/// this plugin again under the same lock, so it is unreadable.
+fn classify_own(bytes: &[u8], network: &str) -> SavedState {
+    match saved_name(bytes) {
+        Some(n) if n != network => return SavedState::OtherNetwork(Some(n)),
+        _ => {}
+    }
+    match flannel::classify(bytes, network) {
+        SavedState::Ours(m) if m.get("type").and_then(Value::as_str) == Some("vxmesh") => {
+            SavedState::Unreadable("its delegate type is vxmesh itself".into())
+        }
+        other => other,
+    }
+}
+
+/// The network a saved config names, if it is a JSON object with a string `name`.
+fn saved_name(bytes: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(mut m)) => match m.remove("name") {
+            Some(Value::String(n)) => Some(n),
+            _ => None,
+        },
         _ => None,
     }
+}
+
+/// The delegate's DEL with a config rendered from the current netconf and subnet file, as
+/// ADD renders it: for an attachment whose saved config is damaged. host-local releases by
+/// container ID and interface, and bridge deletes the interface by name, so this undoes
+/// what ADD did as long as the delegate types have not changed.
+fn del_rendered(
+    args: &CmdArgs,
+    nc: &NetConf,
+    att: &Attachment,
+    why: &str,
+    env: &[EnvChange<'_>],
+) -> Result<(), CniError> {
+    let context = |e: CniError| {
+        CniError::new(
+            e.code,
+            format!(
+                "state of container {} interface {} is damaged ({why}), and releasing it with the current netconf failed: {}",
+                att.container_id, att.ifname, e.msg
+            ),
+            e.details,
+        )
+    };
+    let subnet_env = load_subnet_env(&nc.subnet_file).map_err(context)?;
+    let plugin = exec::require_plugin(nc.delegate_type(), &args.cni_path).map_err(context)?;
+    let dver = negotiate(&plugin, nc.cni_version).map_err(context)?;
+    let bytes = config_bytes(delegate::render(nc, &subnet_env, dver)).map_err(context)?;
+    log(format!(
+        "DEL {}/{}: state damaged ({why}); releasing through delegate {} with the current netconf",
+        att.container_id,
+        att.ifname,
+        plugin.display()
+    ));
+    exec::run(&plugin, env, &bytes).map(|_| ()).map_err(context)
 }
 
 fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
@@ -403,17 +497,35 @@ fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     let Some(bytes) = state.load(att).map_err(|e| state_error(&nc.data_dir, e))? else {
         return del_flannel(args, nc, att);
     };
-    let Some(saved) = parse_saved(&bytes) else {
-        log(format!(
-            "DEL {}/{}: state file {} is corrupt; removing it. The pod's veth and host-local \
-             reservation (if any) must be cleaned by hand",
-            att.container_id,
-            att.ifname,
-            state.path_of(att).display()
-        ));
-        return state.remove(att).map_err(|e| state_error(&nc.data_dir, e));
-    };
     let netns = existing_netns(args);
+    let saved = match classify_own(&bytes, &nc.name) {
+        SavedState::Ours(saved) => saved,
+        // Another network's attachment of the same container and interface name (the
+        // runtime's clean-up DEL after this network's ADD was refused): not ours to undo.
+        SavedState::OtherNetwork(other) => {
+            log(format!(
+                "DEL {}/{}: {} belongs to network {}; leaving it",
+                att.container_id,
+                att.ifname,
+                state.path_of(att).display(),
+                other.as_deref().unwrap_or("(unnamed)")
+            ));
+            return del_flannel(args, nc, att);
+        }
+        // Released with the current netconf; the file goes only once that worked, so a
+        // failure is retried by the runtime instead of leaking the address.
+        SavedState::Unreadable(why) => {
+            let why = format!("{} is damaged: {why}", state.path_of(att).display());
+            del_rendered(
+                args,
+                nc,
+                att,
+                &why,
+                &[("CNI_COMMAND", Some("DEL")), ("CNI_NETNS", netns)],
+            )?;
+            return state.remove(att).map_err(|e| state_error(&nc.data_dir, e));
+        }
+    };
     log(format!("DEL {}/{}", att.container_id, att.ifname));
     delegate_del(
         &saved,
@@ -425,14 +537,15 @@ fn cmd_del(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     state.remove(att).map_err(|e| state_error(&nc.data_dir, e))
 }
 
-/// CNI_NETNS if it still exists; DEL without it only releases the address (the veth went
-/// with the namespace).
+/// CNI_NETNS if it is still a network namespace; DEL without it only releases the address
+/// (the veth went with the namespace). A path left behind where the namespace was mounted
+/// (an empty file) counts as gone: the bridge plugin accepts a missing path only.
 fn existing_netns(args: &CmdArgs) -> Option<&str> {
-    let netns = args.netns.as_deref().filter(|p| Path::new(p).exists());
+    let netns = args.netns.as_deref().filter(|p| netns::is_netns(p));
     if netns.is_none() {
         if let Some(gone) = &args.netns {
             log(format!(
-                "DEL: CNI_NETNS {gone} is gone; releasing the address only"
+                "DEL: CNI_NETNS {gone} is no longer a network namespace; releasing the address only"
             ));
         }
     }
@@ -517,10 +630,29 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
     }
     let subnet_env = load_subnet_env(&nc.subnet_file)?;
     let state = lock_state(nc)?;
-    let own = state
+    let own = match state
         .load(att)
         .map_err(|e| state_error(&nc.data_dir, e))?
-        .and_then(|b| parse_saved(&b));
+        .map(|b| classify_own(&b, &nc.name))
+    {
+        Some(SavedState::Ours(saved)) => Some(saved),
+        Some(SavedState::Unreadable(why)) => {
+            return Err(CniError::new(
+                code::DECODE,
+                format!(
+                    "state of container {} interface {} is damaged",
+                    att.container_id, att.ifname
+                ),
+                format!(
+                    "{}: {why}; DEL the attachment (it is released with the current netconf) \
+                     and ADD it again",
+                    state.path_of(att).display()
+                ),
+            ))
+        }
+        // Another network's attachment is not this network's state.
+        Some(SavedState::OtherNetwork(_)) | None => None,
+    };
     // An attachment flannel's plugin made is checked with the config flannel saved (flannel's
     // own CHECK does nothing).
     let flannels = match own {
@@ -552,11 +684,11 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             ));
         }
     }
-    if !Path::new(netns).exists() {
+    if !netns::is_netns(netns) {
         return Err(CniError::new(
             code::INVALID_NETNS,
-            format!("CNI_NETNS {netns} does not exist"),
-            "",
+            format!("CNI_NETNS {netns} is not a network namespace"),
+            "it does not exist, or is a file left where one was mounted",
         ));
     }
     let dtype = saved_type(&saved)?;
@@ -633,26 +765,14 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             continue;
         }
         let name = state::file_name(&att);
-        let saved = match state.load(&att) {
-            Ok(Some(b)) => parse_saved(&b),
+        let bytes = match state.load(&att) {
+            Ok(Some(b)) => b,
             Ok(None) => continue,
             Err(e) => {
                 errors.push(io(&name, e));
                 continue;
             }
         };
-        let Some(saved) = saved else {
-            log(format!("GC: state file {name} is corrupt; removing it"));
-            if let Err(e) = state.remove(&att) {
-                errors.push(io(&name, e));
-            }
-            continue;
-        };
-        // Several networks may share one dataDir; GC speaks for this network only.
-        if saved.get("name").and_then(Value::as_str) != Some(nc.name.as_str()) {
-            continue;
-        }
-        log(format!("GC: removing stale attachment {name}"));
         let env: [EnvChange<'_>; 5] = [
             ("CNI_COMMAND", Some("DEL")),
             ("CNI_CONTAINERID", Some(att.container_id.as_str())),
@@ -660,7 +780,26 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             ("CNI_NETNS", None),
             ("CNI_ARGS", None),
         ];
-        match delegate_del(&saved, nc.cni_version, &args.cni_path, &env, None) {
+        let released = match classify_own(&bytes, &nc.name) {
+            SavedState::Ours(saved) => {
+                log(format!("GC: removing stale attachment {name}"));
+                delegate_del(&saved, nc.cni_version, &args.cni_path, &env, None)
+            }
+            // Several networks may share one dataDir; GC speaks for this network only.
+            SavedState::OtherNetwork(_) => continue,
+            // Whose it is cannot be told when the file names no network; one that names
+            // this network is released with the current netconf, as DEL does.
+            SavedState::Unreadable(why) => {
+                if saved_name(&bytes).as_deref() != Some(nc.name.as_str()) {
+                    log(format!(
+                        "GC: state file {name} is damaged ({why}) and names no network; left for its network's DEL"
+                    ));
+                    continue;
+                }
+                del_rendered(args, nc, &att, &format!("{name}: {why}"), &env)
+            }
+        };
+        match released {
             Ok(()) => {
                 if let Err(e) = state.remove(&att) {
                     errors.push(io(&name, e));
@@ -737,7 +876,7 @@ fn gc_flannel(
         };
         for cid in cids.into_iter().filter(|c| !live.contains(c)) {
             let path = dir.join(cid.as_str());
-            let bytes = match fs::read(&path) {
+            let bytes = match state::read_capped(&path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {

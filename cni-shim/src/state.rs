@@ -19,6 +19,45 @@ use std::path::{Path, PathBuf};
 
 use crate::env::{Attachment, ContainerId, IfName};
 
+/// The most any file the plugin reads may hold (state files, flannel's, host-local's,
+/// the subnet file): each is a few hundred bytes; a bigger one is damaged or is not
+/// what the configuration says (`"subnetFile": "/dev/zero"`).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads the file at `path`, refusing one of more than [`MAX_FILE_BYTES`] (`InvalidData`)
+/// instead of reading without end. Opened non-blocking, so a FIFO without a writer reads
+/// as empty instead of hanging the plugin.
+pub fn read_capped(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} holds more than {MAX_FILE_BYTES} bytes", path.display()),
+        ));
+    }
+    Ok(out)
+}
+
+/// The longest file name [`StateDir::save`] writes for `att` (its temporary file), and
+/// whether it fits a file name (255 bytes on Linux file systems).
+pub fn name_fits(att: &Attachment) -> bool {
+    // ".<name>.tmp<pid>", the pid at most 10 digits.
+    file_name(att).len() + ".".len() + ".tmp".len() + 10 <= 255
+}
+
+/// Whether `e` says a path cannot exist: a name longer than the file system allows
+/// (a container ID too long for [`name_fits`]) names no attachment.
+pub(crate) fn cannot_exist(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENAMETOOLONG)
+}
+
 /// The data directory, locked for the lifetime of this value.
 #[derive(Debug)]
 pub struct StateDir {
@@ -96,9 +135,9 @@ impl StateDir {
 
     /// Reads an attachment's file; `None` when there is none.
     pub fn load(&self, att: &Attachment) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path_of(att)) {
+        match read_capped(&self.path_of(att)) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if cannot_exist(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -107,7 +146,7 @@ impl StateDir {
     pub fn remove(&self, att: &Attachment) -> io::Result<()> {
         match fs::remove_file(self.path_of(att)) {
             Ok(()) => self.dir.sync_all(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if cannot_exist(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }

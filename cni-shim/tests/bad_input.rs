@@ -14,6 +14,14 @@ use std::fs;
 use common::*;
 use serde_json::{json, Value};
 
+/// A container ID of 300 characters: valid by the spec's pattern, too long for a file name
+/// with the interface name.
+const LONG_ID: &str = concat!(
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+);
+
 struct Case {
     name: &'static str,
     /// Environment changes relative to a valid ADD: (var, Some(value)) sets, None removes.
@@ -79,6 +87,10 @@ fn table(conf: &Value, subnet_file_incomplete: &str) -> Vec<Case> {
         case("incomplete subnet.env", vec![], with(conf, |c| c["subnetFile"] = json!(incomplete)), 11, "incomplete"),
         case("CNI_NETNS that does not exist", vec![("CNI_NETNS", Some("/run/netns/vxmesh-no-such-ns"))], None, 8, "CNI_NETNS"),
         case("CNI_NETNS that is not a netns", vec![("CNI_NETNS", Some("/proc/self/status"))], None, 8, "CNI_NETNS"),
+        case("container ID too long for a state file", vec![("CNI_CONTAINERID", Some(LONG_ID))], None, 4, "CNI_CONTAINERID: 300 characters is too long"),
+        case("ipam.type is vxmesh itself", vec![], with(conf, |c| c["ipam"]["type"] = json!("vxmesh")), 7, "field ipam.type"),
+        case("ipam.type is a path", vec![], with(conf, |c| c["ipam"]["type"] = json!("/usr/bin/true")), 7, "field ipam.type"),
+        case("subnet file that never ends", vec![], with(conf, |c| c["subnetFile"] = json!("/dev/zero")), 5, "more than 1048576 bytes"),
         case("CHECK in 0.3.1", vec![("CNI_COMMAND", Some("CHECK"))], with(conf, |c| c["cniVersion"] = json!("0.3.1")), 1, "CHECK"),
         case("GC in 1.0.0", vec![("CNI_COMMAND", Some("GC"))], with(conf, |c| { c["cniVersion"] = json!("1.0.0"); c["cni.dev/valid-attachments"] = json!([]); }), 1, "GC"),
         case("STATUS in 0.4.0", vec![("CNI_COMMAND", Some("STATUS"))], with(conf, |c| c["cniVersion"] = json!("0.4.0")), 1, "STATUS"),
@@ -176,6 +188,82 @@ fn bad_input_table_unprivileged() {
         "/proc/self/ns/net",
         &check,
     );
+}
+
+/// DEL of state it cannot trust: a damaged file is kept until the attachment is released
+/// (here the delegate cannot be found, so DEL fails with the delegate's code and says why),
+/// a saved `type` outside CNI_PATH is never run, another network's file is left alone,
+/// and a container ID too long to have a state file is nothing to delete.
+#[test]
+fn del_of_damaged_or_foreign_state_unprivileged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    let subnet = dir.path().join("subnet.env");
+    fs::write(&subnet, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").unwrap();
+    let empty_path = dir.path().join("empty-cni-path");
+    fs::create_dir_all(&empty_path).unwrap();
+    let marker = dir.path().join("ran");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "vxbad", "type": "vxmesh",
+        "subnetFile": subnet, "dataDir": data,
+        "ipam": {"dataDir": dir.path().join("hl")}
+    })
+    .to_string();
+    let del = |cid: &str| {
+        exec_plugin(
+            None,
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", cid),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", empty_path.to_str().unwrap()),
+            ],
+            conf.as_bytes(),
+        )
+    };
+    // A script that would show it ran, named by an absolute path.
+    let script = dir.path().join("touch-marker");
+    fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let outside = json!({"cniVersion": "1.0.0", "name": "vxbad", "type": script}).to_string();
+    for (cid, content) in [
+        ("trunc", "{\"cniVersion\": \"1.0.0\", \"na".to_string()),
+        ("empty-object", "{}".to_string()),
+        ("outside", outside),
+        (
+            "itself",
+            json!({"name": "vxbad", "type": "vxmesh"}).to_string(),
+        ),
+    ] {
+        let file = data.join(format!("{cid}:eth0"));
+        fs::write(&file, &content).unwrap();
+        let r = del(cid);
+        assert_ne!(r.code, 0, "{cid}: {}", r.stdout);
+        assert_eq!(r.err_code(), 4, "{cid}: {}", r.stdout);
+        assert!(
+            r.stdout.contains("is damaged") && r.stdout.contains("bridge"),
+            "{cid}: {}",
+            r.stdout
+        );
+        assert_eq!(fs::read_to_string(&file).unwrap(), content, "{cid}: kept");
+        assert!(!marker.exists(), "{cid}: a type outside CNI_PATH ran");
+    }
+    // Another network's attachment with the same container ID and interface.
+    let other = json!({"cniVersion": "1.0.0", "name": "vxother", "type": "bridge"}).to_string();
+    let file = data.join("shared:eth0");
+    fs::write(&file, &other).unwrap();
+    let r = del("shared");
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("belongs to network vxother"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), other);
+    // No state file can exist for this ID: DEL has nothing to do.
+    let r = del(LONG_ID);
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
 }
 
 #[test]

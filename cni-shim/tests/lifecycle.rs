@@ -464,3 +464,96 @@ esac"#,
     );
     assert!(r.stdout.contains("limited"), "{}", r.stdout);
 }
+
+/// State this network cannot trust is not misused: another network's attachment with the
+/// same container ID and interface name is neither undone by this network's DEL nor
+/// overwritten by its ADD; a damaged state file is released with the current netconf (the
+/// address and the veth go) instead of being dropped; a file left where the pod's
+/// namespace was mounted counts as a namespace that is gone.
+#[test]
+#[ignore = "needs root, network namespaces and the CNI reference plugins: scripts/test.sh runs it"]
+fn foreign_damaged_and_stale_state_in_a_node() {
+    require_node();
+    let node = Node::new("untrusted");
+    let pod = Netns::unique("pod").unwrap();
+    let conf = node.conf("1.0.0");
+    let other_name = format!("{}-other", node.network_name);
+    let mut other = conf.clone();
+    other["name"] = json!(other_name);
+    let other_reservations = || {
+        fs::read_dir(node.host_local_dir().join(&other_name))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f != "lock" && !f.starts_with("last_reserved_ip"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let state_file = node.data_dir().join("c1:eth0");
+
+    // The other network attaches c1/eth0; this network's ADD of the same pair fails (the
+    // interface exists), and the runtime's clean-up DEL for this network leaves it alone.
+    node.run("ADD", "c1", Some(&pod.path()), &other).ok();
+    let saved = fs::read_to_string(&state_file).unwrap();
+    assert_eq!(
+        node.run("ADD", "c1", Some(&pod.path()), &conf).err_code(),
+        4
+    );
+    let r = node.run("DEL", "c1", Some(&pod.path()), &conf).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("belongs to network {other_name}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        pod.links().contains(&"eth0".to_string()),
+        "the other network's eth0 stays"
+    );
+    assert_eq!(other_reservations(), 1);
+    assert_eq!(fs::read_to_string(&state_file).unwrap(), saved);
+
+    // With that interface gone from the pod, this network's ADD still does not take over
+    // the other's state (its address would never be released).
+    pod.exec("ip", &["link", "del", "eth0"]).unwrap();
+    let r = node.run("ADD", "c1", Some(&pod.path()), &conf);
+    assert_eq!(r.err_code(), 4);
+    assert!(
+        r.stdout
+            .contains(&format!("is attached to network {other_name}")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(fs::read_to_string(&state_file).unwrap(), saved);
+    assert!(node.reservations().is_empty());
+    node.run("DEL", "c1", Some(&pod.path()), &other).ok();
+    assert_eq!(other_reservations(), 0);
+    assert!(node.state_files().is_empty());
+
+    // A damaged state file: DEL releases the attachment with the current netconf.
+    node.run("ADD", "c2", Some(&pod.path()), &conf).ok();
+    assert_eq!(node.reservations().len(), 1);
+    fs::write(node.data_dir().join("c2:eth0"), b"{\"cniVersion\": \"1.0").unwrap();
+    let r = node.run("DEL", "c2", Some(&pod.path()), &conf).ok();
+    assert!(r.stderr.contains("state damaged"), "{}", r.stderr);
+    assert_nothing_left(&node, &pod);
+
+    // The pod's namespace unmounted, an empty file left at its path: DEL treats it as gone.
+    let mut pod2 = Netns::unique("pod2").unwrap();
+    node.run("ADD", "c3", Some(&pod2.path()), &conf).ok();
+    let path = pod2.path();
+    pod2.delete().unwrap();
+    fs::write(&path, b"").unwrap();
+    let r = node.run("DEL", "c3", Some(&path), &conf);
+    fs::remove_file(&path).unwrap();
+    let r = r.ok();
+    assert!(
+        r.stderr.contains("no longer a network namespace"),
+        "{}",
+        r.stderr
+    );
+    assert!(node.reservations().is_empty());
+    assert!(node.state_files().is_empty());
+    assert!(wait_for(Duration::from_secs(5), || node.ns.veths().is_empty()).is_some());
+}
