@@ -768,6 +768,30 @@ fn mixed_cluster_userspace_kernel_flannel() {
     lab.assert_exact(2, KDEV, "stale ghost pruned after restart");
     assert_eq!(lab.subnet_of(2), subnets[1]);
 
+    // A VNI too long for flannel's device name (`flannel.10000000` is 16 characters,
+    // one over IFNAMSIZ): the kernel agent refuses it at start, before it claims or
+    // renews anything, and says what to do.
+    let config_key = PREFIX_KEY.replace("subnets/", "config");
+    let config = lab.etcdctl(&["get", "--print-value-only", &config_key]);
+    let mut long_vni: Value = serde_json::from_str(config.trim()).unwrap();
+    long_vni["Backend"]["VNI"] = 10_000_000.into();
+    lab.etcdctl(&["put", &config_key, &long_vni.to_string()]);
+    lab.must(&["stop-agent", "2"]);
+    let registry = || lab.etcdctl(&["get", "--prefix", PREFIX_KEY]);
+    let before = registry();
+    let out = lab.refused_start("2", "n2-long-vni.log", "with an 8-digit VNI");
+    assert!(
+        out.contains("\"flannel.10000000\" is not a valid interface name")
+            && out.contains("use a VNI of at most 7 digits"),
+        "{out}"
+    );
+    assert_eq!(registry(), before, "a refused kernel agent writes no lease");
+    lab.etcdctl(&["put", &config_key, config.trim()]);
+    lab.must(&["start-agent", "2"]);
+    lab.assert_exact(2, KDEV, "n2 restarted on the config's VNI");
+    assert_eq!(lab.subnet_of(2), subnets[1]);
+    println!("an 8-digit VNI refused by the kernel agent before it wrote anything");
+
     // 6. Migration of the flannel node to vxmesh (kernel), then rollback.
     let flannel_mac = lab.vtep_mac("n3", KDEV);
     lab.must(&["restart-agent", "3", "kernel"]);
