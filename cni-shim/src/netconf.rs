@@ -47,6 +47,9 @@ pub struct NetConf {
     pub valid_attachments: Option<BTreeSet<(ContainerId, IfName)>>,
     /// Things worth a log line (ignored fields).
     pub warnings: Vec<String>,
+    /// [`parse_for_del`] only: why `delegate` or `ipam` would not do for an ADD (they
+    /// are then taken as far as they are objects, else empty). `None` from [`parse`].
+    pub invalid: Option<CniError>,
 }
 
 impl NetConf {
@@ -255,6 +258,19 @@ fn attachments(
 
 /// Parses and validates the network configuration from stdin.
 pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    parse_with(stdin, true)
+}
+
+/// Like [`parse`], for DEL: what DEL needs (`cniVersion`, `name`, `dataDir`, `subnetFile`,
+/// `prevResult`) is checked as strictly, but an invalid `delegate` or `ipam` (a conflist
+/// edited after its pods were made) is recorded in [`NetConf::invalid`] instead of failing:
+/// DEL undoes an attachment with the config saved at ADD, so such an edit must not leave
+/// the pods it made undeletable.
+pub fn parse_for_del(stdin: &[u8]) -> Result<NetConf, CniError> {
+    parse_with(stdin, false)
+}
+
+fn parse_with(stdin: &[u8], strict: bool) -> Result<NetConf, CniError> {
     let value: Value = serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
             code::DECODE,
@@ -306,11 +322,25 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     )?;
     let data_dir = absolute_path("dataDir", opt_string(&top, "dataDir")?, DEFAULT_DATA_DIR)?;
 
-    let delegate = opt_object(&top, "delegate")?;
-    validate_delegate(&delegate)?;
-    let ipam = opt_object(&top, "ipam")?;
     let mut warnings = Vec::new();
-    validate_ipam(&ipam, &mut warnings)?;
+    let mut not_for_add = None;
+    let mut lenient = |checked: Result<(), CniError>| match checked {
+        Err(e) if !strict => {
+            not_for_add.get_or_insert(e);
+            Ok(())
+        }
+        other => other,
+    };
+    let delegate = opt_object(&top, "delegate").or_else(|e| {
+        lenient(Err(e))?;
+        Ok::<_, CniError>(Map::new())
+    })?;
+    lenient(validate_delegate(&delegate))?;
+    let ipam = opt_object(&top, "ipam").or_else(|e| {
+        lenient(Err(e))?;
+        Ok::<_, CniError>(Map::new())
+    })?;
+    lenient(validate_ipam(&ipam, &mut warnings))?;
 
     let runtime_config = match top.get("runtimeConfig") {
         None | Some(Value::Null) => None,
@@ -345,6 +375,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         prev_result,
         valid_attachments: attachments(&top)?,
         warnings,
+        invalid: not_for_add,
     })
 }
 
@@ -371,6 +402,34 @@ mod tests {
         assert_eq!(n.delegate_type(), "bridge");
         assert_eq!(n.delegate["hairpinMode"], true);
         assert!(n.valid_attachments.is_none());
+    }
+
+    #[test]
+    fn del_takes_a_netconf_add_would_refuse() {
+        let edited = r#"{"cniVersion":"1.0.0","name":"vx","ipam":{"subnet":"10.0.0.0/8"},"delegate":"bridge"}"#;
+        let e = parse(edited.as_bytes()).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        let n = parse_for_del(edited.as_bytes()).unwrap();
+        assert_eq!(n.name, "vx");
+        assert!(n.delegate.is_empty());
+        let why = n.invalid.unwrap();
+        assert_eq!(why.code, code::INVALID_CONFIG);
+        assert!(why.msg.contains("field delegate"), "{why:?}");
+        // What DEL needs stays strict; a valid netconf parses alike either way.
+        let no_name = r#"{"cniVersion":"1.0.0","ipam":{"subnet":"10.0.0.0/8"}}"#;
+        assert_eq!(
+            parse_for_del(no_name.as_bytes()).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        let relative = r#"{"cniVersion":"1.0.0","name":"vx","dataDir":"x"}"#;
+        assert_eq!(
+            parse_for_del(relative.as_bytes()).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            parse_for_del(KUBE_FLANNEL.as_bytes()).unwrap(),
+            parse(KUBE_FLANNEL.as_bytes()).unwrap()
+        );
     }
 
     #[test]

@@ -80,12 +80,23 @@ pub fn run(
     let echo_version = netconf::peek_version(&stdin)
         .filter(|v| SpecVersion::parse(v).is_some())
         .unwrap_or_else(|| SpecVersion::LATEST.as_str().to_string());
-    let nc = match netconf::parse(&stdin) {
+    let parsed = if args.command == Command::Del {
+        netconf::parse_for_del(&stdin)
+    } else {
+        netconf::parse(&stdin)
+    };
+    let nc = match parsed {
         Ok(nc) => nc,
         Err(e) => return fail(&echo_version, e),
     };
     for w in &nc.warnings {
         log(w);
+    }
+    if let Some(e) = &nc.invalid {
+        log(format!(
+            "the netconf would not do for ADD ({}: {}); DEL goes on with the config saved at ADD",
+            e.msg, e.details
+        ));
     }
     let version = nc.cni_version;
     let result = match args.command {
@@ -478,6 +489,10 @@ fn del_rendered(
             e.details,
         )
     };
+    // Rendering needs a netconf ADD would take.
+    if let Some(e) = &nc.invalid {
+        return Err(context(e.clone()));
+    }
     let subnet_env = load_subnet_env(&nc.subnet_file).map_err(context)?;
     let plugin = exec::require_plugin(nc.delegate_type(), &args.cni_path).map_err(context)?;
     let dver = negotiate(&plugin, nc.cni_version).map_err(context)?;
