@@ -199,14 +199,37 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Path probe answers (`path_probe::reply_from`): taken only as the echo reply to a
-    // probe with the token the bytes carry, from the IPv4 source they name.
-    let token = data
-        .get(50..58)
-        .map_or(0, |t| u64::from_be_bytes(t.try_into().expect("8 bytes")));
-    if let Some(from) = vxmesh_dataplane::path_probe::reply_from(data, token) {
-        assert!(data.len() <= vxmesh_dataplane::path_probe::MAX_REPLY_LEN);
-        assert_eq!(from.octets(), data[26..30]);
-        assert_eq!(data[34], 0, "an echo reply");
-        assert!(verifies(&data[14..34]));
+    // probe this engine tagged, sent at most MAX_REPLY_AGE_MS before `now`, from the IPv4
+    // source the tag was made for. The bytes as they are (`now` their own send time, so
+    // only the tag stands between them and acceptance), then a copy whose tag and ICMP
+    // checksum are made right, so the accepting path is explored too.
+    use vxmesh_dataplane::path_probe::{reply_from, ProbeKey, MAX_REPLY_AGE_MS, MAX_REPLY_LEN};
+    const KEY: ProbeKey = ProbeKey::from_words(0x0123_4567_89ab_cdef, 0x5eed_0000_1234_abcd);
+    let word = |d: &[u8], at: usize| {
+        d.get(at..at + 8)
+            .map_or(0, |t| u64::from_be_bytes(t.try_into().expect("8 bytes")))
+    };
+    let sent = word(data, 42);
+    let now = sent.saturating_add(u64::from(data.first().copied().unwrap_or(0)) * 10);
+    let check = |d: &[u8]| {
+        if let Some(reply) = reply_from(d, &KEY, now) {
+            assert!(d.len() <= MAX_REPLY_LEN);
+            assert_eq!(reply.from.octets(), d[26..30]);
+            assert_eq!(reply.sent_ms, sent);
+            assert!(sent <= now && now - sent <= MAX_REPLY_AGE_MS);
+            assert_eq!(d[34], 0, "an echo reply");
+            assert!(verifies(&d[14..34]));
+            assert_eq!(word(d, 50), KEY.tag(sent, reply.from));
+        }
+    };
+    check(data);
+    if data.len() >= 58 {
+        let mut sealed = data.to_vec();
+        let from = std::net::Ipv4Addr::new(sealed[26], sealed[27], sealed[28], sealed[29]);
+        sealed[50..58].copy_from_slice(&KEY.tag(sent, from).to_be_bytes());
+        sealed[36..38].copy_from_slice(&[0, 0]);
+        let c = checksum(&sealed[34..58]);
+        sealed[36..38].copy_from_slice(&c.to_be_bytes());
+        check(&sealed);
     }
 });
