@@ -480,16 +480,7 @@ fn foreign_damaged_and_stale_state_in_a_node() {
     let other_name = format!("{}-other", node.network_name);
     let mut other = conf.clone();
     other["name"] = json!(other_name);
-    let other_reservations = || {
-        fs::read_dir(node.host_local_dir().join(&other_name))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|f| f != "lock" && !f.starts_with("last_reserved_ip"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let other_reservations = || node.reservations_of(&other_name).len();
     let state_file = node.data_dir().join("c1:eth0");
 
     // The other network attaches c1/eth0; this network's ADD of the same pair fails (the

@@ -306,7 +306,13 @@ impl Node {
 
     /// host-local reservations (address files) for this network.
     pub fn reservations(&self) -> BTreeSet<String> {
-        list_dir(&self.host_local_dir().join(&self.network_name))
+        self.reservations_of(&self.network_name)
+    }
+
+    /// host-local reservations for the network `name` (another network sharing this
+    /// node's host-local directory).
+    pub fn reservations_of(&self, name: &str) -> BTreeSet<String> {
+        list_dir(&self.host_local_dir().join(name))
             .into_iter()
             .filter(|f| f != "lock" && !f.starts_with("last_reserved_ip"))
             .collect()
