@@ -58,6 +58,23 @@ pub fn require_plugin(name: &str, cni_path: &[String]) -> Result<PathBuf, CniErr
     })
 }
 
+/// Spawns `cmd`, retrying a few times over ~0.1 s while the executable is busy
+/// (`ETXTBSY`): a file just written is briefly held open for writing by any child another
+/// thread forked meanwhile (until that child execs), and a plugin being replaced by a
+/// package upgrade is busy the same way.
+fn spawn_retrying_busy(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
+                tries += 1;
+                thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One environment change for the child: set (`Some`) or remove (`None`).
 pub type EnvChange<'a> = (&'a str, Option<&'a str>);
 
@@ -85,7 +102,7 @@ pub fn run(plugin: &Path, env: &[EnvChange<'_>], stdin: &[u8]) -> Result<Vec<u8>
             format!("{}: {e}", plugin.display()),
         )
     };
-    let mut child = cmd.spawn().map_err(|e| io_err("execute", e))?;
+    let mut child = spawn_retrying_busy(&mut cmd).map_err(|e| io_err("execute", e))?;
     let mut child_stdin = child.stdin.take();
     let input = stdin.to_vec();
     // Feed stdin from a thread so a delegate that writes before reading cannot deadlock us.
