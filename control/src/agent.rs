@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::allocator::Claim;
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
@@ -383,10 +384,15 @@ pub async fn step(
         }
         LeaseAction::Claim(c) => {
             let ev = match reg.claim(&c, attrs, ttl).await {
-                Ok(Some(won)) => LeaseEvent::Claimed {
-                    lease_id: won.lease_id,
-                    revision: won.revision,
-                },
+                Ok(Some(won)) => {
+                    if let Claim::Rekey { from, .. } = c {
+                        tracing::info!(old = %from.key_form(), new = %c.key().key_form(), "this node's old lease did not fit the current network config: deleted it and claimed the new one in one transaction");
+                    }
+                    LeaseEvent::Claimed {
+                        lease_id: won.lease_id,
+                        revision: won.revision,
+                    }
+                }
                 Ok(None) => {
                     tracing::info!(key = %c.key().key_form(), "subnet taken by another node meanwhile; trying the next candidate");
                     LeaseEvent::RaceLost

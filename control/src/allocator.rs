@@ -28,6 +28,11 @@
 //! node's pods. The IPv6 halves of new keys come from [`plan_ipv6`] (steps 2 and 3 for
 //! the IPv6 pool, the same arithmetic with u128 indices), paired in order with the
 //! IPv4 candidates; a key that cannot get both halves is never proposed.
+//!
+//! A lease of ours whose IPv4 subnet no longer fits the config at all (SubnetLen,
+//! Network or the pool changed) is not reused; when no lease of ours fits, it is
+//! deleted in the transaction that claims the new subnet, as flanneld deletes it at
+//! start (`retire_stale`). A reservation is never deleted.
 
 use std::net::Ipv4Addr;
 
@@ -74,10 +79,11 @@ pub enum Claim {
         subnet: Subnet,
         ipv6: Option<Subnet6>,
     },
-    /// Our own lease `from`, still at `from_mod_revision`, is under a key of the
-    /// wrong families for the config: delete it and create the new key (same IPv4
-    /// subnet) in one transaction; succeeds only if `from` is unchanged and the new
-    /// key does not exist.
+    /// Our own lease `from`, still at `from_mod_revision`, no longer fits the
+    /// config: delete it and create the new key in one transaction; succeeds only if
+    /// `from` is unchanged and the new key does not exist. The new key keeps `from`'s
+    /// IPv4 subnet when only its families are wrong (EnableIPv6 turned on or off), and
+    /// is a new subnet when the IPv4 subnet itself no longer fits (see `retire_stale`).
     Rekey {
         subnet: Subnet,
         ipv6: Option<Subnet6>,
@@ -433,7 +439,47 @@ pub fn plan_counted(
     if let Some(v6_pool) = &cfg.ipv6 {
         pair_ipv6(v6_pool, leases, hints.ipv6, seed, need_v6, &mut out, work)?;
     }
+    if mine.is_empty() {
+        retire_stale(cfg, me, leases, &mut out);
+    }
     Ok(out)
+}
+
+/// Our own lease that no longer fits the config (Network, SubnetLen or
+/// SubnetMin/Max changed since it was claimed) is deleted in the same transaction as
+/// each new claim: every Create becomes a [`Claim::Rekey`] from it. flanneld deletes
+/// it at start ("Found lease … for current IP … but not compatible with current
+/// config, deleting", pkg/subnet/etcd/local_manager.go); left alone it would occupy
+/// its subnet, and peers still on the old config would route it, until its TTL ran
+/// out (1 h by default). Only when no lease of ours fits (one that fits is reused
+/// and the stale one left, as flanneld looks at only the first lease of its IP).
+/// A reservation (no etcd lease) is the operator's pin and is never deleted: flanneld
+/// deletes that too. Of several stale leases, the lowest subnet goes first; the rest
+/// go at later starts. If it changes or goes while we claim, every Rekey loses and
+/// the next listing, without it, plans plain Creates.
+fn retire_stale(cfg: &NetworkConfig, me: Ipv4Addr, leases: &[ExistingLease], out: &mut [Claim]) {
+    let Some(stale) = leases
+        .iter()
+        .filter(|l| {
+            l.lease_id != 0
+                && !cfg.fits(&l.subnet)
+                && l.attrs.as_ref().is_some_and(|a| a.public_ip == me)
+        })
+        .min_by_key(|l| l.subnet)
+    else {
+        return;
+    };
+    let from = LeaseKey::dual(stale.subnet, stale.ipv6);
+    for c in out.iter_mut() {
+        if let Claim::Create { subnet, ipv6 } = *c {
+            *c = Claim::Rekey {
+                subnet,
+                ipv6,
+                from,
+                from_mod_revision: stale.mod_revision,
+            };
+        }
+    }
 }
 
 /// Gives every Create and Rekey claim of a dual-stack plan its IPv6 half, from
@@ -727,6 +773,7 @@ mod tests {
 
     const MY_DUAL_VALUE: &str = r#"{"PublicIP":"192.168.1.10","PublicIPv6":"fd00:64::10","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:0a"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:0a"}}"#;
     const MY_V4_VALUE: &str = r#"{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:0a"}}"#;
+    const THEIR_V4_VALUE: &str = r#"{"PublicIP":"192.168.1.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"}}"#;
     const THEIR_DUAL_VALUE: &str = r#"{"PublicIP":"192.168.1.9","PublicIPv6":"fd00:64::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:09"}}"#;
 
     #[test]
@@ -842,6 +889,68 @@ mod tests {
     }
 
     #[test]
+    fn our_lease_that_no_longer_fits_is_deleted_by_the_claim_of_a_new_subnet() {
+        // SubnetLen went from 24 to 25: our /24 key fits no more.
+        let c = cfg(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
+        let stale = listed("10.244.7.0-24", MY_V4_VALUE, 9);
+        let theirs = listed("10.244.8.0-24", THEIR_V4_VALUE, 9);
+        let hint: Subnet = "10.244.9.0/25".parse().unwrap();
+        let p = plan(&c, ME, &[stale.clone(), theirs.clone()], Some(hint), 1, 4).unwrap();
+        assert_eq!(p.len(), 4);
+        let from = LeaseKey::parse("10.244.7.0-24").unwrap();
+        assert_eq!(
+            p[0],
+            Claim::Rekey {
+                subnet: hint,
+                ipv6: None,
+                from,
+                from_mod_revision: 7
+            },
+            "the subnet file's subnet first, still deleting the stale key"
+        );
+        for claim in &p {
+            let Claim::Rekey {
+                subnet,
+                from: f,
+                from_mod_revision: 7,
+                ..
+            } = *claim
+            else {
+                panic!("{claim:?}")
+            };
+            assert_eq!(f, from);
+            assert!(c.fits(&subnet), "{subnet}");
+            // The stale key still occupies its subnet until the claim deletes it, and
+            // another node's /24 of the old config occupies its own.
+            assert!(!subnet.overlaps(&stale.subnet) && !subnet.overlaps(&theirs.subnet));
+        }
+        // Another node's lease that no longer fits is its own business.
+        let p = plan(&c, ME, std::slice::from_ref(&theirs), None, 1, 4).unwrap();
+        assert!(p.iter().all(|c| matches!(c, Claim::Create { .. })), "{p:?}");
+        // A reservation of ours that no longer fits is the operator's: left as it is.
+        let reserved = listed("10.244.7.0-24", MY_V4_VALUE, 0);
+        let p = plan(&c, ME, &[reserved], None, 1, 4).unwrap();
+        assert!(p.iter().all(|c| matches!(c, Claim::Create { .. })), "{p:?}");
+        // A lease of ours that fits is reused, and the stale one left alone.
+        let fits = listed("10.244.20.128-25", MY_V4_VALUE, 9);
+        let p = plan(&c, ME, &[stale.clone(), fits], None, 1, 4).unwrap();
+        assert!(matches!(p[0], Claim::Reuse { .. }), "{:?}", p[0]);
+        assert!(p[1..].iter().all(|c| matches!(c, Claim::Create { .. })));
+        // Network moved: every claim of a new dual-stack key deletes our old one.
+        let moved =
+            cfg(r#"{"Network":"10.96.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#);
+        let old_dual = listed("10.244.7.0-24&fd00:10:244:3::-64", MY_DUAL_VALUE, 9);
+        let p = plan(&moved, ME, &[old_dual], None, 1, 4).unwrap();
+        assert_eq!(p.len(), 4);
+        assert!(p
+            .iter()
+            .all(|c| matches!(c, Claim::Rekey { from, ipv6: Some(_), .. }
+                if from.key_form() == "10.244.7.0-24&fd00:10:244:3::-64")));
+        // Its IPv6 half still fits the IPv6 pool and stays taken until deleted.
+        assert!(p.iter().all(|c| c.ipv6() != Some(s6("fd00:10:244:3::/64"))));
+    }
+
+    #[test]
     fn a_full_ipv6_pool_leaves_no_dual_stack_claim() {
         // IPv6SubnetLen 64 in a /62: three subnets after the first, all taken.
         let c = cfg(
@@ -915,7 +1024,10 @@ mod tests {
         let c = cfg(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
         let leases = [lease("10.244.7.0/24", [192, 168, 1, 10])];
         let p = plan(&c, ME, &leases, None, 1, 3).unwrap();
-        assert!(p.iter().all(|c| matches!(c, Claim::Create { .. })));
+        // Each new claim deletes it in the same transaction (flanneld deletes it).
+        assert!(p
+            .iter()
+            .all(|c| matches!(c, Claim::Rekey { from, .. } if from.key_form() == "10.244.7.0-24")));
         // and nothing overlapping the old /24 is offered
         let old: Subnet = "10.244.7.0/24".parse().unwrap();
         assert!(p.iter().all(|c| !old.contains(c.subnet().addr())));

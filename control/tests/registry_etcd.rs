@@ -590,3 +590,81 @@ fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key()
         assert!(other.ipv6.is_some());
     });
 }
+
+#[test]
+#[ignore = "needs etcd: scripts/test.sh runs it"]
+fn a_lease_that_no_longer_fits_the_config_is_deleted_when_the_node_claims_a_new_one() {
+    require_etcd();
+    let etcd = Etcd::start();
+    let me = node(31);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","SubnetLen":24}"#,
+    );
+    rt().block_on(async {
+        let reg = Registry::connect(std::slice::from_ref(&etcd.endpoint), PREFIX)
+            .await
+            .unwrap();
+        let old_cfg = reg.network_config().await.unwrap();
+        let old = acquire(
+            &reg,
+            &mut LeaseMachine::new(old_cfg.clone(), me, None, 1),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        // Another node of the old config: its lease is its own business.
+        let theirs = acquire(
+            &reg,
+            &mut LeaseMachine::new(old_cfg, node(32), None, 2),
+            &attrs(node(32)),
+            TTL,
+        )
+        .await
+        .unwrap();
+
+        // The operator shrinks SubnetLen; this node restarts.
+        etcd.put(
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#,
+        );
+        let cfg = reg.network_config().await.unwrap();
+        assert!(!cfg.fits(&old.subnet));
+        let new = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg.clone(), me, Some(old.subnet), 3),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert!(cfg.fits(&new.subnet), "{}", new.subnet);
+        assert!(!new.subnet.overlaps(&old.subnet) && !new.subnet.overlaps(&theirs.subnet));
+        let mut keys = subnet_keys(&etcd);
+        keys.sort();
+        let mut want = vec![
+            format!("{PREFIX}/subnets/{}", new.subnet.key_form()),
+            format!("{PREFIX}/subnets/{}", theirs.subnet.key_form()),
+        ];
+        want.sort();
+        assert_eq!(
+            keys, want,
+            "the old /24 key is gone, the other node's stays"
+        );
+
+        // Restarted again: the new key is found and reused, nothing else moves.
+        let again = acquire(
+            &reg,
+            &mut LeaseMachine::new(cfg, me, None, 4),
+            &attrs(me),
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.subnet, new.subnet);
+        let mut keys = subnet_keys(&etcd);
+        keys.sort();
+        assert_eq!(keys, want);
+    });
+}
