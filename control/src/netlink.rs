@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as KernelLinkInfo,
@@ -26,6 +26,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
+use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -1108,6 +1109,60 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::req(format!("set link #{index} txqueuelen {len}")))
+    }
+
+    /// The link's root qdisc: its kind (`"mq"`, `"noqueue"`, `"fq_codel"`, …) and its
+    /// handle's major number (0 for one the kernel attached by default, as `tc` shows
+    /// `mq 0:`); `None` when it has none yet (a device never brought up has the
+    /// kernel's placeholder, which a dump does not show).
+    pub async fn root_qdisc(&self, index: u32) -> Result<Option<(String, u16)>, NetlinkError> {
+        let ifindex = i32::try_from(index).unwrap_or(i32::MAX);
+        let mut s = self.handle.qdisc().get().index(ifindex).execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(Self::req(format!("dump qdiscs of link #{index}")))?
+        {
+            if m.header.index != ifindex || m.header.parent != TcHandle::ROOT {
+                continue;
+            }
+            let major = m.header.handle.major;
+            return Ok(m.attributes.into_iter().find_map(|a| match a {
+                TcAttribute::Kind(k) => Some((k, major)),
+                _ => None,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Makes `noqueue` the link's root qdisc (`tc qdisc replace dev … root noqueue`):
+    /// frames go straight to the driver, as on a veth or the kernel's vxlan device.
+    pub async fn set_root_noqueue(&self, index: u32) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::tc::TcMessage;
+        use rtnetlink::packet_route::RouteNetlinkMessage as M;
+        let what = || format!("set link #{index} root qdisc noqueue");
+        // rtnetlink's qdisc request cannot name a kind: the message is built here.
+        let mut tc = TcMessage::with_index(i32::try_from(index).unwrap_or(i32::MAX));
+        tc.header.parent = TcHandle::ROOT;
+        tc.attributes.push(TcAttribute::Kind("noqueue".to_string()));
+        let mut req = NetlinkMessage::from(M::NewQueueDiscipline(tc));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut answers = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(Self::req(what()))?;
+        while let Some(m) = answers.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                if e.code.is_some() {
+                    return Err(Self::req(what())(rtnetlink::Error::NetlinkError(e)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a link; Ok if it is already gone.

@@ -105,6 +105,30 @@ fn per_dataplane_thread(
         .collect()
 }
 
+/// The root qdisc's kind of each of the node's TAPs (vxmesh0 and, where the kernel
+/// has UDP-tunnel GSO for TAPs, vxmesh0u), from `tc -j qdisc show`.
+fn root_qdiscs(lab: &Lab, node: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for dev in ["vxmesh0", "vxmesh0u"] {
+        let o = Command::new("tc")
+            .args(["-n", &lab.ns(node), "-j", "qdisc", "show", "dev", dev])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            assert_eq!(dev, "vxmesh0u", "{}", String::from_utf8_lossy(&o.stderr));
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        for q in v.as_array().unwrap() {
+            if q["root"].as_bool() == Some(true) {
+                out.insert(dev.to_string(), q["kind"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(out.contains_key("vxmesh0"), "{node}: {out:?}");
+    out
+}
+
 fn drops(st: &Value, reason: &str) -> u64 {
     st["drops"][reason].as_u64().unwrap()
 }
@@ -358,6 +382,25 @@ fn three_node_cluster_end_to_end() {
     );
     assert!(wait_for(Duration::from_secs(5), || !gone("n1") && !gone("n2")).is_some());
 
+    // 8b. The TAPs carry no qdisc (noqueue), not the kernel's default (a pfifo_fast
+    //     per transmit queue; the underlay TAP's 256 queues hold 4 MiB of rings).
+    for node in ["n1", "n2", "n3"] {
+        for (dev, qdisc) in root_qdiscs(&lab, node) {
+            assert_eq!(qdisc, "noqueue", "{node} {dev}");
+        }
+    }
+    // A TAP left with the kernel's default (by an earlier version) gets noqueue at
+    // the next start: deleting the root qdisc makes the kernel attach its default.
+    lab.exec("n2", &["tc", "qdisc", "del", "dev", "vxmesh0", "root"]);
+    let default = root_qdiscs(&lab, "n2");
+    assert!(
+        matches!(
+            default.get("vxmesh0").map(String::as_str),
+            Some("pfifo_fast" | "mq")
+        ),
+        "{default:?}"
+    );
+
     // 9. Restarting an agent keeps its subnet; traffic resumes.
     let n2_subnet = lab.status("n2")["node"]["subnet"]
         .as_str()
@@ -368,6 +411,11 @@ fn three_node_cluster_end_to_end() {
     assert_eq!(
         lab.status("n2")["node"]["subnet"].as_str().unwrap(),
         n2_subnet
+    );
+    assert_eq!(
+        root_qdiscs(&lab, "n2").get("vxmesh0").map(String::as_str),
+        Some("noqueue"),
+        "the default qdisc of a TAP left by an earlier run is replaced"
     );
     let (ok, out) = lab.cmd(&["check"]);
     println!("{out}");
