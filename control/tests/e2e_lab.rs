@@ -466,6 +466,41 @@ fn three_node_cluster_end_to_end() {
         );
     }
 
+    // 10c. The operator shrinks SubnetLen and restarts a node: its agent deletes its
+    //      old /24 lease as it claims a /25 (flanneld deletes it too), so the peers
+    //      drop the old route now instead of when its TTL (1 h) runs out.
+    let old = lab.status("n3")["node"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n3_ip = lab.status("n3")["node"]["public_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut config: Value = serde_json::from_str(&lab.etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/coreos.com/network/config",
+    ]))
+    .unwrap();
+    config["SubnetLen"] = 25.into();
+    lab.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
+    let (ok, out) = lab.cmd(&["restart-agent", "3"]);
+    assert!(ok, "{out}");
+    let new = lab.status("n3")["node"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(new.ends_with("/25"), "{new}");
+    let keys = lab.lease_keys();
+    let n3_keys: Vec<_> = keys.iter().filter(|k| k.public_ip == n3_ip).collect();
+    assert_eq!(n3_keys.len(), 1, "{keys:?}");
+    assert_eq!(n3_keys[0].subnet, new, "{keys:?}");
+    let dropped = wait_for(Duration::from_secs(5), || {
+        !lab.routes("n1").contains(&old) && !lab.routes("n2").contains(&old)
+    });
+    assert!(dropped.is_some(), "{old} still routed:\n{}", lab.routes("n1"));
+
     // 11. Teardown leaves nothing behind.
     let prefix = lab.prefix.clone();
     let state = lab.state.clone();
