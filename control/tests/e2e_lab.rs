@@ -499,7 +499,11 @@ fn three_node_cluster_end_to_end() {
     let dropped = wait_for(Duration::from_secs(5), || {
         !lab.routes("n1").contains(&old) && !lab.routes("n2").contains(&old)
     });
-    assert!(dropped.is_some(), "{old} still routed:\n{}", lab.routes("n1"));
+    assert!(
+        dropped.is_some(),
+        "{old} still routed:\n{}",
+        lab.routes("n1")
+    );
 
     // 11. Teardown leaves nothing behind.
     let prefix = lab.prefix.clone();
