@@ -260,7 +260,8 @@ pub struct Checked {
 }
 
 /// Parses with etherparse and returns `None` unless the IPv4 header checksum and the
-/// TCP or UDP checksum verify (a UDP checksum of zero counts as not verifying).
+/// TCP or UDP checksum verify (a UDP checksum of zero counts as not verifying; a TCP
+/// checksum of 0xffff where etherparse computes 0 verifies).
 pub fn checked(frame: &[u8]) -> Option<Checked> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let s = slices(frame)?;
@@ -290,8 +291,14 @@ pub fn checked(frame: &[u8]) -> Option<Checked> {
             } else {
                 t.calc_checksum_ipv4(src.clone().try_into().ok()?, dst.clone().try_into().ok()?)
             };
+            // A checksum that comes to zero may be written 0x0000 (etherparse) or
+            // 0xffff (the kernel's skb_checksum_help, CSUM_MANGLED_0, and
+            // `PartialCsum::complete`): the same value in ones' complement, and a
+            // receiver's sum over the segment verifies either.
+            let want = want.ok()?;
+            let got = t.checksum();
             (
-                want.ok()? == t.checksum(),
+                want == got || (want == 0 && got == 0xffff),
                 t.sequence_number(),
                 t.header_slice()[13],
                 t.payload().to_vec(),
