@@ -6,6 +6,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use vxmesh_subnet_env::{SubnetEnv, SubnetEnvError};
@@ -18,7 +19,7 @@ use crate::flannel;
 use crate::netconf::{self, NetConf};
 use crate::netns;
 use crate::result::CniResult;
-use crate::state::{self, StateDir};
+use crate::state::{self, LockError, StateDir};
 use crate::version::{self, SpecVersion};
 
 /// What one invocation produced: stdout text and the process exit code.
@@ -198,7 +199,29 @@ fn state_error(dir: &str, e: io::Error) -> CniError {
 
 /// Opens and locks the netconf's data directory.
 fn lock_state(nc: &NetConf) -> Result<StateDir, CniError> {
-    StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| state_error(&nc.data_dir, e))
+    StateDir::open_locked(Path::new(&nc.data_dir)).map_err(|e| match e {
+        LockError::Io(e) => state_error(&nc.data_dir, e),
+        LockError::Busy { waited, holder } => busy_error(&nc.data_dir, waited, holder),
+    })
+}
+
+/// Code 11 for a data directory whose lock another run held for the whole wait.
+fn busy_error(dir: &str, waited: Duration, holder: Option<u32>) -> CniError {
+    let who = match holder {
+        Some(pid) => format!(
+            "process {pid} has held it for over {} s: if it is hung (see /proc/{pid}/cmdline and its children), kill it",
+            waited.as_secs()
+        ),
+        None => format!(
+            "another process has held it for over {} s: if a vxmesh run is hung (`fuser -v {dir}`), kill it",
+            waited.as_secs()
+        ),
+    };
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("state directory {dir} is locked by another plugin run"),
+        format!("{who}; the runtime retries this call"),
+    )
 }
 
 /// The bytes a delegate gets on stdin.
@@ -974,6 +997,21 @@ fn cmd_status(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_data_dir_is_try_again_later_naming_the_holder() {
+        let e = busy_error("/var/lib/cni/vxmesh", Duration::from_secs(60), Some(4242));
+        assert_eq!(e.code, code::TRY_AGAIN_LATER);
+        assert!(e.msg.contains("/var/lib/cni/vxmesh is locked"), "{}", e.msg);
+        assert!(
+            e.details.contains("process 4242 has held it for over 60 s"),
+            "{}",
+            e.details
+        );
+        assert!(e.details.contains("/proc/4242/cmdline"), "{}", e.details);
+        let e = busy_error("/d", Duration::from_secs(60), None);
+        assert!(e.details.contains("another process"), "{}", e.details);
+    }
 
     /// xorshift64*: deterministic pseudo-random bytes without a dependency.
     struct Rng(u64);

@@ -10,12 +10,16 @@
 //! data directory itself for its whole duration, delegate execution included. Runtimes may run
 //! ADDs in parallel; they are serialized here, which also keeps GC from seeing a half-made
 //! attachment. The lock is released when the [`StateDir`] is dropped or the process exits.
+//! A call waits for it at most [`LOCK_WAIT`]: a holder hung for that long (a delegate that
+//! never returns) makes the waiters fail with the holder's pid instead of piling up for
+//! ever behind it.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::env::{Attachment, ContainerId, IfName};
 
@@ -80,22 +84,66 @@ pub fn parse_file_name(name: &str) -> Option<Attachment> {
     })
 }
 
+/// How long a call waits for the data directory's lock before it gives up (code 11).
+/// ADDs are serialized per node and take well under a second each, so a minute covers a
+/// burst of pods; a holder still busy after it is hung, and the runtime retries the call.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Why the data directory could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Creating, opening or locking it failed.
+    Io(io::Error),
+    /// Another process held the lock for the whole wait.
+    Busy {
+        waited: Duration,
+        /// The process holding it, as `/proc/locks` names it (when it does).
+        holder: Option<u32>,
+    },
+}
+
 impl StateDir {
-    /// Creates the directory (0700) if needed and takes the exclusive lock, waiting for it.
-    pub fn open_locked(path: &Path) -> io::Result<StateDir> {
-        DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-        let dir = File::open(path)?;
+    /// Creates the directory (0700) if needed and takes the exclusive lock, waiting for it
+    /// at most [`LOCK_WAIT`].
+    pub fn open_locked(path: &Path) -> Result<StateDir, LockError> {
+        Self::open_locked_within(path, LOCK_WAIT)
+    }
+
+    /// [`StateDir::open_locked`] with another wait.
+    pub fn open_locked_within(path: &Path, wait: Duration) -> Result<StateDir, LockError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(LockError::Io)?;
+        let dir = File::open(path).map_err(LockError::Io)?;
+        let start = Instant::now();
+        // Polled, not a blocking flock: a blocking one cannot be given up on without a
+        // signal. The pause doubles from 1 ms to 20 ms, so a lock freed by a short ADD
+        // is taken within a few ms.
+        let mut pause = Duration::from_millis(1);
         loop {
             // SAFETY: `dir` is an open file descriptor owned by this function for the duration
             // of the call; flock does not touch memory.
-            let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) };
+            let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
                 break;
             }
             let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {}
+                _ => return Err(LockError::Io(err)),
             }
+            let waited = start.elapsed();
+            if waited >= wait {
+                return Err(LockError::Busy {
+                    waited,
+                    holder: lock_holder(&dir),
+                });
+            }
+            std::thread::sleep(pause.min(wait - waited));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
         Ok(StateDir {
             path: path.to_path_buf(),
@@ -165,6 +213,36 @@ impl StateDir {
     }
 }
 
+/// The process holding a `flock` on `file`, read from `/proc/locks`; `None` when it
+/// cannot be told (no procfs, the lock freed meanwhile, a holder in another pid namespace).
+fn lock_holder(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let text = read_capped(Path::new("/proc/locks")).ok()?;
+    flock_holder(
+        &String::from_utf8_lossy(&text),
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino(),
+    )
+}
+
+/// The pid that holds (not waits for) a `FLOCK` on the file `major:minor:inode`, in
+/// `/proc/locks`' format: `1: FLOCK  ADVISORY  WRITE 4242 00:2b:1234 0 EOF`, a waiter's
+/// line having `->` after the number, the device in hex.
+fn flock_holder(locks: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
+    let want = format!("{major:02x}:{minor:02x}:{inode}");
+    locks.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        if fields.next()? != "FLOCK" {
+            return None;
+        }
+        let mut fields = fields.skip(2);
+        let pid = fields.next()?.parse().ok()?;
+        (fields.next()? == want).then_some(pid)
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -228,5 +306,57 @@ mod tests {
         // SAFETY: as above.
         let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn a_waiter_gives_up_on_a_held_lock_and_names_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = StateDir::open_locked(tmp.path()).unwrap();
+        let t0 = Instant::now();
+        let err = StateDir::open_locked_within(tmp.path(), Duration::from_millis(150))
+            .expect_err("the lock is held");
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        match err {
+            LockError::Busy { waited, holder } => {
+                assert!(waited >= Duration::from_millis(150));
+                // flock locks are listed with the pid that took them: this process.
+                assert_eq!(holder, Some(std::process::id()));
+            }
+            LockError::Io(e) => panic!("{e}"),
+        }
+        drop(first);
+        StateDir::open_locked_within(tmp.path(), Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_waiter_takes_the_lock_once_it_is_freed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = StateDir::open_locked(tmp.path()).unwrap();
+        let freer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(first);
+        });
+        let t0 = Instant::now();
+        StateDir::open_locked_within(tmp.path(), Duration::from_secs(10)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        freer.join().unwrap();
+    }
+
+    #[test]
+    fn flock_holders_are_read_from_proc_locks() {
+        let locks = "1: POSIX  ADVISORY  WRITE 700 00:2b:99 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4343 fd:01:1234 0 EOF\n\
+                     3: OFDLCK ADVISORY  READ -1 00:05:1234 0 EOF\n\
+                     garbage\n";
+        assert_eq!(flock_holder(locks, 0xfd, 1, 1234), Some(4242));
+        // A POSIX lock on the file is not a flock; another device is another file.
+        assert_eq!(flock_holder(locks, 0, 0x2b, 99), None);
+        assert_eq!(flock_holder(locks, 0, 5, 1234), None);
+        assert_eq!(flock_holder(locks, 0xfd, 1, 12345), None);
+        assert_eq!(flock_holder("", 0, 0, 0), None);
+        // Only the waiter is left: nobody holds it.
+        let waiting = "2: -> FLOCK  ADVISORY  WRITE 4343 fd:01:1234 0 EOF\n";
+        assert_eq!(flock_holder(waiting, 0xfd, 1, 1234), None);
     }
 }
