@@ -10,6 +10,12 @@
 //! protocol version (the `VXMESH_TEST_HANDOVER_VERSION` hook — a stand-in for a real
 //! older or newer build) makes the old agent release the dataplane and starts cold.
 //!
+//! `handover_under_a_changed_config_in_the_lab`: the operator changes SubnetLen and a
+//! successor takes the running dataplane over; the handed-over /24 no longer fits, so the
+//! successor claims a /25 (deleting the /24 in the same transaction, as flanneld does at
+//! start) and keeps the TAP; the peer drops the old route at once, and once restarted on
+//! the new config routes the new subnet, which the taken-over TAP carries.
+//!
 //! `crash_and_systemd_restarts_in_the_lab`: SIGKILL leaves the TAP and its routes, the
 //! restarted agent adopts them (the loss is printed); then a fake systemd (a notify
 //! socket that keeps what `FDSTORE=1` sends, and re-launches vxmeshd with
@@ -473,6 +479,87 @@ fn live_handover_in_the_lab() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+#[test]
+#[ignore = "needs root, network namespaces, etcd and ping: scripts/test.sh runs it"]
+fn handover_under_a_changed_config_in_the_lab() {
+    require_root();
+    require_etcd();
+    require_commands(&["ping"]);
+    let lab = Lab::new(
+        "vxc",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    let before = lab.status("n2");
+    let old = before["node"]["subnet"].as_str().unwrap().to_string();
+    let n2_ip = before["node"]["public_ip"].as_str().unwrap().to_string();
+    let idx = tap_index(&lab, "n2");
+    assert!(old.ends_with("/24"), "{old}");
+
+    // The operator shrinks SubnetLen; node 2's running agent still holds its /24.
+    let mut config: Value = serde_json::from_str(&lab.etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/coreos.com/network/config",
+    ]))
+    .unwrap();
+    config["SubnetLen"] = 25.into();
+    lab.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
+
+    // A successor takes the dataplane over, and with it a lease that does not fit.
+    let orig = lab_pid(&lab, 2);
+    let mut g = successor(&lab, 2, "g", &[]);
+    let st = status_of(&lab, "n2", g.id());
+    let text = read(&log(&lab, "g"));
+    assert!(!alive(orig), "the old agent exited");
+    assert_eq!(st["start"]["how"], "handover", "{st}");
+    assert!(
+        text.contains("handed-over subnet does not fit the network config"),
+        "{text}"
+    );
+    let new = st["node"]["subnet"].as_str().unwrap().to_string();
+    assert!(new.ends_with("/25"), "a /25 now: {new}");
+    assert_eq!(tap_index(&lab, "n2"), idx, "the same TAP, taken over");
+
+    // The /24 went with the claim: node 2 holds exactly its new key.
+    let keys = lab.lease_keys();
+    let mine: Vec<_> = keys.iter().filter(|k| k.public_ip == n2_ip).collect();
+    assert_eq!(mine.len(), 1, "{keys:?}");
+    assert_eq!(mine[0].subnet, new, "{keys:?}");
+
+    // Node 1, still on the old config, drops the deleted /24 at once (it refuses the
+    // /25 as the wrong SubnetLen until it restarts on the new config).
+    let dropped = wait_for(Duration::from_secs(5), || !lab.routes("n1").contains(&old));
+    assert!(dropped.is_some(), "n1's routes:\n{}", lab.routes("n1"));
+    let (ok, out) = lab.cmd(&["restart-agent", "1"]);
+    assert!(ok, "{out}");
+    let routed = wait_for(Duration::from_secs(5), || lab.routes("n1").contains(&new));
+    assert!(routed.is_some(), "n1's routes:\n{}", lab.routes("n1"));
+
+    // And the taken-over TAP carries traffic for the new subnet: node 1 reaches node
+    // 2's new VTEP address (`<subnet>.0`) through the tunnel.
+    let vtep = new.split('/').next().unwrap().to_string();
+    let mut reached = (0, 0);
+    let ok = wait_for(Duration::from_secs(10), || {
+        reached = ping_counts(pinger(&lab, "n1", &vtep, 5));
+        reached.1 > 0
+    });
+    assert!(ok.is_some(), "n1 -> {vtep}: {reached:?}");
+    println!(
+        "handover under a changed config: {old} -> {new}; n1 dropped the /24 in {:?}; n1 -> {vtep}: {} of {} answered",
+        dropped.unwrap(),
+        reached.1,
+        reached.0
+    );
+    let _ = g.kill();
+    let _ = g.wait();
 }
 
 /// A stand-in for systemd: the notify socket, the descriptor store (by name, as
