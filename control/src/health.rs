@@ -3,12 +3,19 @@
 //! place), `/metrics` (Prometheus text format 0.0.4) and `/v1/status` (JSON, what
 //! `vxmeshctl` shows), `/v1/peers` (each peer with its traffic counters) and
 //! `/v1/flows?n=N` (the top flows crossing the overlay).
+//!
+//! `/v1/flows` names pods' connections (addresses, ports, bytes), so it answers only
+//! callers on this host — from loopback, or from the very address they connected to —
+//! even when `--healthz-ip` opens the rest to the network for a Prometheus scraper.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +29,45 @@ use crate::state::AgentState;
 use vxmesh_dataplane::counters::{DropReason, PeerCounterSnapshot};
 use vxmesh_dataplane::fib::ForwardingTable;
 use vxmesh_dataplane::flows::FlowStat;
+
+/// Who is calling: the connection's two ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub remote: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+impl Caller {
+    /// Whether the caller is on this host: a loopback source, or a source equal to the
+    /// address it connected to (a host reaching one of its own addresses).
+    pub fn on_this_host(&self) -> bool {
+        let ip = self.remote.ip().to_canonical();
+        ip.is_loopback() || self.local.is_some_and(|l| l.ip().to_canonical() == ip)
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Caller {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller {
+            remote: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
+}
+
+/// Serves the endpoints on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<Caller>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+}
 
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
@@ -243,7 +289,21 @@ fn flows_wanted(query: Option<&str>) -> usize {
         .unwrap_or(20)
 }
 
-async fn flows(State(s): State<Arc<AgentState>>, uri: Uri) -> Response {
+async fn flows(
+    State(s): State<Arc<AgentState>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    uri: Uri,
+) -> Response {
+    if !caller.on_this_host() {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "/v1/flows names pods' connections and is served to this host only (not to {}): run `vxmeshctl flows` on the node\n",
+                caller.remote.ip()
+            ),
+        )
+            .into_response();
+    }
     let (top, cap) = s.flows.top(flows_wanted(uri.query()));
     axum::Json(flows_json(
         &top,
@@ -906,7 +966,7 @@ mod tests {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            tokio::spawn(async move { axum::serve(l, router(state)).await });
+            tokio::spawn(serve(l, state, std::future::pending()));
             tokio::task::spawn_blocking(move || {
                 let p = get(addr, "/v1/peers");
                 assert_eq!(p[0]["subnet"], "10.244.2.0/24");
@@ -924,6 +984,25 @@ mod tests {
             .await
             .unwrap();
         });
+    }
+
+    #[test]
+    fn flows_go_to_callers_on_this_host_only() {
+        let at = |remote: &str, local: Option<&str>| Caller {
+            remote: remote.parse().unwrap(),
+            local: local.map(|l| l.parse().unwrap()),
+        };
+        assert!(at("127.0.0.1:5000", Some("127.0.0.1:8471")).on_this_host());
+        assert!(at("127.9.9.9:5000", None).on_this_host());
+        assert!(at("[::1]:5000", Some("[::1]:8471")).on_this_host());
+        assert!(at("[::ffff:127.0.0.1]:5000", Some("[::]:8471")).on_this_host());
+        // The host reaching its own address (--healthz-ip 192.168.56.11).
+        assert!(at("192.168.56.11:5000", Some("192.168.56.11:8471")).on_this_host());
+        assert!(at("[::ffff:192.168.56.11]:5000", Some("192.168.56.11:8471")).on_this_host());
+        // Anyone else: another node, a scraper.
+        assert!(!at("192.168.56.12:5000", Some("192.168.56.11:8471")).on_this_host());
+        assert!(!at("192.168.56.12:5000", None).on_this_host());
+        assert!(!at("[fd00::12]:5000", Some("[fd00::11]:8471")).on_this_host());
     }
 
     #[test]

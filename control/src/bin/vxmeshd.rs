@@ -114,14 +114,13 @@ fn main() -> anyhow::Result<()> {
             let listener = bind_http(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for /healthz: {e} (choose another --healthz-port, or 0 to disable)"))?;
             tracing::info!(%addr, "serving /healthz /readyz /metrics /v1/status");
-            let app = vxmesh_control::health::router(Arc::clone(&state));
             let mut rx = stop_rx.clone();
+            let state = Arc::clone(&state);
             tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await;
+                let _ = vxmesh_control::health::serve(listener, state, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
             });
         }
         let opts = AgentOptions {
