@@ -66,7 +66,7 @@ stage "monitoring: dashboard JSON, alert rules (promtool, from Debian's package 
 unused_deps() {
   command -v cargo-shear >/dev/null || cargo install --locked cargo-shear@1.13.1 || return 1
   local dir rc=0
-  for dir in . dataplane/fuzz control/fuzz; do
+  for dir in . dataplane/fuzz control/fuzz cni-shim/fuzz; do
     echo "cargo shear: $dir"
     cargo shear --locked --color never "$dir" || rc=1
   done
@@ -101,10 +101,17 @@ stage "scale harness (30 nodes)" target/release/vxmesh-bench scale --nodes 30 --
 fuzz_smoke() {
   command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz || return 1
   local dir t rc=0
-  for dir in dataplane/fuzz control/fuzz; do
+  local corpus
+  for dir in dataplane/fuzz control/fuzz cni-shim/fuzz; do
     for t in $(cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
       echo "fuzz: $dir $t"
-      (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="${VXMESH_FUZZ_SECONDS:-10}" 2>&1 | grep -aE "^Done|ERROR|panicked|SUMMARY") || rc=1
+      # A target's committed seeds (valid inputs to start from), when it has any.
+      corpus=()
+      if [ -d "$dir/seeds/$t" ]; then
+        mkdir -p "$dir/corpus/$t"
+        corpus=("corpus/$t" "seeds/$t")
+      fi
+      (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "${corpus[@]}" -- -max_total_time="${VXMESH_FUZZ_SECONDS:-10}" 2>&1 | grep -aE "^Done|ERROR|panicked|SUMMARY") || rc=1
       [ -z "$(ls -A "$dir/artifacts/$t" 2>/dev/null)" ] || { echo "fuzz: $t left a crash in $dir/artifacts/$t"; rc=1; }
     done
   done
