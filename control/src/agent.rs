@@ -338,14 +338,14 @@ async fn lease_task(
                 let d = until.saturating_duration_since(Instant::now());
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
-                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx),
-                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
+                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                 }
             }
             Some(LeaseAction::Idle) => {
                 tokio::select! {
-                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx),
-                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx),
+                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                     else => return,
                 }
             }
@@ -443,9 +443,22 @@ pub async fn acquire(
     }
 }
 
-fn lost(machine: &mut LeaseMachine, why: &str, held_tx: &watch::Sender<Option<Held>>) {
+async fn lost(
+    machine: &mut LeaseMachine,
+    why: &str,
+    held_tx: &watch::Sender<Option<Held>>,
+    state: &AgentState,
+) {
     if machine.held().is_none() {
         return;
+    }
+    if state.handover_gate.is_up() {
+        // The successor owns the lease now and may have changed it (a re-claim under a
+        // changed config deletes our key); re-acquiring would undo its claim. A
+        // completed handover stops this task here.
+        tracing::info!("subnet lease changed during a handover ({why}): left to the successor");
+        state.handover_gate.until_down().await;
+        tracing::warn!("the handover did not complete; handling the lease change");
     }
     tracing::warn!("subnet lease lost ({why}); re-acquiring, preferring the same subnet");
     machine.handle(LeaseEvent::LeaseLost, Instant::now());

@@ -139,6 +139,71 @@ impl Readiness {
     }
 }
 
+/// Raised while this agent hands its dataplane and lease to a successor. From the offer
+/// on the lease is the successor's: it may re-claim it (a changed config deletes our key
+/// in its claim), and a lease task that re-acquired on seeing that would undo the
+/// successor's claim. So the lease task waits out a lease change it sees while the gate
+/// is up; the gate comes down only if the handover fails (then the change is handled),
+/// and a completed handover stops the agent with it still up.
+#[derive(Debug, Default)]
+pub struct HandoverGate {
+    up: AtomicBool,
+    down: tokio::sync::Notify,
+}
+
+impl HandoverGate {
+    /// Raises the gate until the returned guard is dropped, or for good with
+    /// [`HandingOver::completed`].
+    pub fn raise(&self) -> HandingOver<'_> {
+        self.up.store(true, Ordering::SeqCst);
+        HandingOver {
+            gate: self,
+            completed: false,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the gate is down (at once when it is).
+    pub async fn until_down(&self) {
+        loop {
+            let down = self.down.notified();
+            tokio::pin!(down);
+            // Registered before the check, so a lowering in between is not missed.
+            down.as_mut().enable();
+            if !self.is_up() {
+                return;
+            }
+            down.await;
+        }
+    }
+}
+
+/// An outgoing handover in progress (see [`HandoverGate`]).
+#[derive(Debug)]
+pub struct HandingOver<'a> {
+    gate: &'a HandoverGate,
+    completed: bool,
+}
+
+impl HandingOver<'_> {
+    /// The successor took over: the gate stays up while this agent stops.
+    pub fn completed(mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for HandingOver<'_> {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.gate.up.store(false, Ordering::SeqCst);
+            self.gate.down.notify_waiters();
+        }
+    }
+}
+
 /// Everything the HTTP endpoints read.
 #[derive(Debug, Default)]
 pub struct AgentState {
@@ -170,6 +235,8 @@ pub struct AgentState {
     pub handovers_refused: AtomicU64,
     /// Times the iptables rules had been changed by someone else and were restored.
     pub iptables_repairs: AtomicU64,
+    /// Up while the dataplane and lease are being handed to a successor.
+    pub handover_gate: HandoverGate,
 }
 
 impl AgentState {
@@ -251,5 +318,49 @@ impl AgentState {
 
     pub fn engine_status(&self) -> Option<Arc<EngineStatus>> {
         self.engine.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_handover_gate_holds_a_lease_change_until_the_handover_fails() {
+        let gate = Arc::new(HandoverGate::default());
+        rt().block_on(async {
+            // Down: nothing to wait for.
+            tokio::time::timeout(Duration::from_millis(100), gate.until_down())
+                .await
+                .expect("down at once");
+            // Up: a waiter waits until the guard goes (the successor aborted).
+            let guard = gate.raise();
+            assert!(gate.is_up());
+            let g = Arc::clone(&gate);
+            let waiter = tokio::spawn(async move { g.until_down().await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiter.is_finished(), "held while the handover runs");
+            drop(guard);
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("released when the handover fails")
+                .unwrap();
+            assert!(!gate.is_up());
+            // Completed: the gate stays up (the agent stops with it up).
+            gate.raise().completed();
+            assert!(gate.is_up());
+            let held = tokio::time::timeout(Duration::from_millis(100), gate.until_down()).await;
+            assert!(held.is_err(), "a completed handover keeps the gate up");
+        });
     }
 }

@@ -477,14 +477,9 @@ fn three_node_cluster_end_to_end() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut config: Value = serde_json::from_str(&lab.etcdctl(&[
-        "get",
-        "--print-value-only",
-        "/coreos.com/network/config",
-    ]))
-    .unwrap();
-    config["SubnetLen"] = 25.into();
-    lab.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
+    lab.edit_network_config(|c| {
+        c.insert("SubnetLen".into(), 25.into());
+    });
     let (ok, out) = lab.cmd(&["restart-agent", "3"]);
     assert!(ok, "{out}");
     let new = lab.status("n3")["node"]["subnet"]

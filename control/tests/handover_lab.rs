@@ -504,14 +504,9 @@ fn handover_under_a_changed_config_in_the_lab() {
     assert!(old.ends_with("/24"), "{old}");
 
     // The operator shrinks SubnetLen; node 2's running agent still holds its /24.
-    let mut config: Value = serde_json::from_str(&lab.etcdctl(&[
-        "get",
-        "--print-value-only",
-        "/coreos.com/network/config",
-    ]))
-    .unwrap();
-    config["SubnetLen"] = 25.into();
-    lab.etcdctl(&["put", "/coreos.com/network/config", &config.to_string()]);
+    lab.edit_network_config(|c| {
+        c.insert("SubnetLen".into(), 25.into());
+    });
 
     // A successor takes the dataplane over, and with it a lease that does not fit.
     let orig = lab_pid(&lab, 2);
@@ -533,6 +528,11 @@ fn handover_under_a_changed_config_in_the_lab() {
     let mine: Vec<_> = keys.iter().filter(|k| k.public_ip == n2_ip).collect();
     assert_eq!(mine.len(), 1, "{keys:?}");
     assert_eq!(mine[0].subnet, new, "{keys:?}");
+    // The old agent, still running while the successor claims, leaves the lease to it:
+    // re-acquiring its deleted /24 (with the old config) would delete the /25 again.
+    let old_agent = read(&lab.state.join("vxmeshd-n2.log"));
+    assert!(!old_agent.contains("re-acquiring"), "{old_agent}");
+    assert!(!text.contains("subnet lease lost"), "{text}");
 
     // Node 1, still on the old config, drops the deleted /24 at once (it refuses the
     // /25 as the wrong SubnetLen until it restarts on the new config).

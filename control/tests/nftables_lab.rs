@@ -17,8 +17,6 @@ use common::lab::Lab;
 use serde_json::Value;
 use vxmesh_testkit::{require_commands, require_etcd, require_root, wait_for};
 
-const CONFIG_KEY: &str = "/coreos.com/network/config";
-
 /// `<program> <args>` inside a lab node; stdout, or `None` when it fails.
 fn try_in(lab: &Lab, node: &str, args: &[&str]) -> Option<String> {
     let out = Command::new("ip")
@@ -47,15 +45,13 @@ fn iptables_chains(lab: &Lab) -> bool {
 }
 
 fn put_config(lab: &Lab, nftables: bool) {
-    let text = lab.etcdctl(&["get", "--print-value-only", CONFIG_KEY]);
-    let mut config: Value = serde_json::from_str(text.trim()).unwrap();
-    let obj = config.as_object_mut().unwrap();
-    if nftables {
-        obj.insert("EnableNFTables".into(), Value::Bool(true));
-    } else {
-        obj.remove("EnableNFTables");
-    }
-    lab.etcdctl(&["put", CONFIG_KEY, &config.to_string()]);
+    lab.edit_network_config(|obj| {
+        if nftables {
+            obj.insert("EnableNFTables".into(), Value::Bool(true));
+        } else {
+            obj.remove("EnableNFTables");
+        }
+    });
 }
 
 #[test]

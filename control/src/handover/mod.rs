@@ -903,6 +903,9 @@ impl Server {
                     peers = state.peers.len(),
                     "handing the dataplane over"
                 );
+                // From the offer on the lease is the successor's (the gate comes
+                // down again unless it takes over).
+                let handing = self.state.handover_gate.raise();
                 c.send(&Message::Offer { version, state }, &all)?;
                 match c.recv()? {
                     (Message::Started, _) => {
@@ -918,6 +921,7 @@ impl Server {
                             took_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
                             at_ms: now_ms(),
                         })?;
+                        handing.completed();
                         Ok(true)
                     }
                     (Message::Abort { reason }, _) => {

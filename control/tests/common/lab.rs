@@ -221,6 +221,16 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Reads the network config from the lab's etcd, lets `edit` change it and writes it
+    /// back (as an operator's `etcdctl get` / `put`); the agents read it when they start.
+    pub fn edit_network_config(&self, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+        const KEY: &str = "/coreos.com/network/config";
+        let text = self.etcdctl(&["get", "--print-value-only", KEY]);
+        let mut config: Value = serde_json::from_str(text.trim()).unwrap();
+        edit(config.as_object_mut().unwrap());
+        self.etcdctl(&["put", KEY, &config.to_string()]);
+    }
+
     /// `vxmeshctl status --json` on a node.
     pub fn status(&self, node: &str) -> Value {
         let ctl = self.bin.join("vxmeshctl");
