@@ -227,12 +227,21 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<CmdArgs, CniError> 
         _ => None,
     };
 
-    let cni_path = path
-        .unwrap_or_default()
+    let path = path.unwrap_or_default();
+    let cni_path: Vec<String> = path
         .split(':')
         .filter(|p| !p.is_empty())
         .map(str::to_string)
         .collect();
+    // Only separators (":"): no directory to find a delegate in, which would fail later
+    // as "not found on CNI_PATH ()".
+    if cni_path.is_empty() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_PATH {path:?} names no directory"),
+            "set it to the directories holding the CNI plugins, separated by ':' (e.g. /opt/cni/bin)",
+        ));
+    }
 
     Ok(CmdArgs {
         command,
@@ -304,6 +313,23 @@ mod tests {
         let a = parse(env(&vars)).unwrap();
         assert_eq!(a.command, Command::Del);
         assert_eq!(a.netns, None);
+    }
+
+    #[test]
+    fn a_cni_path_of_only_separators_is_refused() {
+        for path in [":", "::", ":::"] {
+            let e = parse(env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", path),
+            ]))
+            .unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV);
+            assert!(e.msg.contains("names no directory"), "{}", e.msg);
+        }
+        // VERSION needs no CNI_PATH at all.
+        assert!(parse(env(&[("CNI_COMMAND", "VERSION"), ("CNI_PATH", ":")])).is_ok());
     }
 
     #[test]
