@@ -114,8 +114,11 @@ pub struct AgentOptions {
     pub vxlan_notrack: bool,
     /// Accept the Network's traffic in FORWARD, with or without masquerading.
     pub iptables_forward_rules: bool,
-    /// How often the iptables rules are checked and restored.
+    /// How often the iptables rules (and the blackhole route) are checked and restored.
     pub iptables_resync: Duration,
+    /// `--ip-blackhole-route`: a blackhole route for the node's subnet
+    /// ([`crate::blackhole`]).
+    pub ip_blackhole_route: bool,
 }
 
 /// The underlay this node sends VXLAN on.
@@ -950,6 +953,18 @@ pub async fn run_with(
         ))
     });
 
+    let blackhole = tokio::spawn(crate::blackhole::keep(
+        node.nl.clone(),
+        opts.ip_blackhole_route,
+        node.dp
+            .device6_index()
+            .and(node.files.ipv6_network)
+            .is_some(),
+        held_rx.clone(),
+        opts.iptables_resync,
+        Arc::clone(&state),
+    ));
+
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
@@ -1008,6 +1023,7 @@ pub async fn run_with(
     if let Some(t) = iptables {
         t.abort();
     }
+    blackhole.abort();
     lease.abort();
     let handed = takeover.lock().ok().and_then(|mut g| g.take());
     ho.stop(node.dp, handed).await;

@@ -124,6 +124,7 @@ const SPECS: &[Spec] = &[
     spec!("iptables-forward-rules", Bool, Flanneld, "", "true", "accept the Network's traffic in FORWARD (needed where Docker sets its policy to DROP)"),
     spec!("vxlan-notrack", Bool, Vxmesh, "", "false", "leave the outer VXLAN packets (UDP to the VXLAN port, to or from this node) out of conntrack, which --ip-masq loads; a host firewall must then accept that port without a state match (docs/decisions/0013)"),
     spec!("iptables-resync", Value, Flanneld, "SECONDS", "5", "how often the iptables (with EnableNFTables: nftables) rules are checked and restored when removed"),
+    spec!("ip-blackhole-route", Bool, Flanneld, "", "false", "add a blackhole route for this node's subnet (and its IPv6 subnet), kept every --iptables-resync seconds, so traffic to an address no pod holds is dropped here rather than sent out by the default route; at the highest metric, so the bridge's own route to the subnet still carries the pods"),
     spec!("healthz-ip", Value, Flanneld, "IP", "127.0.0.1", "address of /healthz, /readyz, /metrics and /v1/status"),
     spec!("healthz-port", Value, Flanneld, "PORT", "8471", "port of the HTTP endpoints; 0 disables them (vxmeshctl needs them)"),
     spec!("dataplane", Value, Vxmesh, "userspace|kernel", "userspace", "vxmesh's userspace VXLAN, or the kernel's vxlan driver programmed like flannel's vxlan backend"),
@@ -140,7 +141,6 @@ const SPECS: &[Spec] = &[
     spec!("v", Value, Flanneld, "LEVEL", "0", "flanneld's (klog) verbosity: 0 info, 1-4 debug, 5+ trace; RUST_LOG overrides"),
     spec!("version", Bool, Flanneld, "", "", "print the version and exit"),
     // Accepted for flanneld's sake, not acted on (a note is logged).
-    spec!("ip-blackhole-route", Bool, Flanneld, "", "false", "accepted, not acted on"),
     spec!("vmodule", Value, Flanneld, "PATTERN", "", "accepted, not acted on (use RUST_LOG)"),
     spec!("log_backtrace_at", Value, Flanneld, "FILE:LINE", "", "accepted, not acted on"),
     spec!("logtostderr", Bool, Flanneld, "", "", "flanneld before v0.8 (glog): accepted, not acted on (vxmeshd logs to stderr)"),
@@ -163,10 +163,6 @@ const SPECS: &[Spec] = &[
 
 /// Flags whose only effect is a note.
 const NOTED: &[(&str, &str)] = &[
-    (
-        "ip-blackhole-route",
-        "no blackhole route is added for this node's subnet",
-    ),
     (
         "vmodule",
         "per-module verbosity is RUST_LOG's (e.g. RUST_LOG=info,vxmesh_control::registry=debug)",
@@ -260,6 +256,8 @@ pub struct DaemonFlags {
     pub iptables_forward_rules: bool,
     pub vxlan_notrack: bool,
     pub iptables_resync: Duration,
+    /// `--ip-blackhole-route`.
+    pub ip_blackhole_route: bool,
     /// Where to serve the HTTP endpoints; `None` with `--healthz-port 0`.
     pub healthz: Option<SocketAddr>,
     pub dataplane: DataplaneKind,
@@ -347,6 +345,7 @@ impl DaemonFlags {
             "iptables-resync",
             self.iptables_resync.as_secs().to_string(),
         );
+        push("ip-blackhole-route", self.ip_blackhole_route.to_string());
         match self.healthz {
             Some(a) => {
                 push("healthz-ip", a.ip().to_string());
@@ -884,6 +883,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         iptables_forward_rules: r.bool("iptables-forward-rules", true)?,
         vxlan_notrack: r.bool("vxlan-notrack", false)?,
         iptables_resync: resync,
+        ip_blackhole_route: r.bool("ip-blackhole-route", false)?,
         healthz: (healthz_port != 0).then_some(SocketAddr::new(healthz_ip, healthz_port)),
         dataplane,
         tap_name,
@@ -1048,6 +1048,7 @@ mod tests {
                 "--iptables-forward-rules=true",
                 "--vxlan-notrack=false",
                 "--iptables-resync=5",
+                "--ip-blackhole-route=false",
                 "--healthz-ip=127.0.0.1",
                 "--healthz-port=8471",
                 "--dataplane=userspace",
@@ -1288,6 +1289,11 @@ mod tests {
         assert!(!run(&["--no-offloads"], &[]).offloads);
         assert!(!run(&["--iptables-forward-rules=false"], &[]).iptables_forward_rules);
         assert!(!run(&["--ip-masq-fully-random-disable"], &[]).masq_random_fully);
+        assert!(!run(&[], &[]).ip_blackhole_route);
+        let f = run(&["-ip-blackhole-route"], &[]);
+        assert!(f.ip_blackhole_route);
+        assert!(f.notes.is_empty(), "acted on, not noted: {:?}", f.notes);
+        assert!(run(&[], &[("FLANNELD_IP_BLACKHOLE_ROUTE", "true")]).ip_blackhole_route);
         // Go reads "--ip-masq false" as --ip-masq and stops at "false", dropping the
         // rest; vxmeshd's own syntax before this module meant --ip-masq=false. Read
         // as that, and said.
@@ -1514,14 +1520,10 @@ mod tests {
     #[test]
     fn accepted_but_not_acted_on_is_said() {
         let f = run(
-            &[
-                "--vmodule=main=4",
-                "-logtostderr",
-                "--ip-blackhole-route=false",
-            ],
+            &["--vmodule=main=4", "-logtostderr", "-alsologtostderr"],
             &[("FLANNELD_LOG_BACKTRACE_AT", "main.go:1")],
         );
-        assert_eq!(f.notes.len(), 3, "{:?}", f.notes);
+        assert_eq!(f.notes.len(), 4, "{:?}", f.notes);
         assert!(f.notes.iter().all(|n| n.contains("accepted, not acted on")));
         assert!(
             f.notes[0].starts_with("--vmodule=main=4: "),
@@ -1532,7 +1534,7 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.starts_with("FLANNELD_LOG_BACKTRACE_AT: ")));
-        assert_eq!(run(&["--ip-blackhole-route"], &[]).notes.len(), 1);
+        assert_eq!(run(&["--log_dir=/var/log"], &[]).notes.len(), 1);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! [`agent`], which wires them to the dataplane.
 pub mod agent;
 pub mod allocator;
+pub mod blackhole;
 pub mod cli;
 pub mod config;
 pub mod duration;

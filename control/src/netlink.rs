@@ -24,7 +24,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
 use rtnetlink::packet_route::AddressFamily;
@@ -1712,6 +1712,58 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The main table's IPv4 blackhole routes with metric `metric`, as subnets (a
+    /// route whose destination is not a subnet's first address cannot be one).
+    pub async fn blackholes(&self, metric: u32) -> Result<Vec<Subnet>, NetlinkError> {
+        Ok(self
+            .main_routes(None)
+            .await?
+            .iter()
+            .filter(|r| is_blackhole_with(&r.message, metric))
+            .filter_map(|r| Subnet::new_exact(r.destination, r.prefix_len).ok())
+            .collect())
+    }
+
+    /// [`Netlink::blackholes`] for IPv6.
+    pub async fn blackholes6(&self, metric: u32) -> Result<Vec<Subnet6>, NetlinkError> {
+        Ok(self
+            .main_routes6(None)
+            .await?
+            .iter()
+            .filter(|r| is_blackhole_with(&r.message, metric))
+            .filter_map(|r| Subnet6::new_exact(r.destination, r.prefix_len).ok())
+            .collect())
+    }
+
+    /// `ip route replace blackhole <subnet> metric <metric>` (IPv4 or IPv6).
+    pub async fn replace_blackhole(&self, subnet: IpNet, metric: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(blackhole_route(subnet, metric))
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::req(format!(
+                "route blackhole {subnet} metric {metric}"
+            )))
+    }
+
+    /// Removes that route; Ok if it is already gone.
+    pub async fn delete_blackhole(&self, subnet: IpNet, metric: u32) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(blackhole_route(subnet, metric))
+            .execute()
+            .await
+        {
+            Err(e) if !is_gone(&e) => Err(Self::req(format!(
+                "delete route blackhole {subnet} metric {metric}"
+            ))(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes a route found by [`Netlink::routes_via`]; Ok if it is already gone.
     pub async fn delete_route<A: std::fmt::Display>(
         &self,
@@ -2048,4 +2100,43 @@ mod tests {
         );
         assert_eq!(fdb_destination(&NeighbourAddress::Other(vec![])), None);
     }
+}
+
+/// A destination of either family, for the routes that exist in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpNet {
+    V4(Subnet),
+    V6(Subnet6),
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpNet::V4(s) => s.fmt(f),
+            IpNet::V6(s) => s.fmt(f),
+        }
+    }
+}
+
+fn blackhole_route(subnet: IpNet, metric: u32) -> RouteMessage {
+    match subnet {
+        IpNet::V4(s) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(s.addr(), s.prefix_len())
+            .kind(RouteType::BlackHole)
+            .priority(metric)
+            .build(),
+        IpNet::V6(s) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(s.addr(), s.prefix_len())
+            .kind(RouteType::BlackHole)
+            .priority(metric)
+            .build(),
+    }
+}
+
+/// Whether a dumped route is a blackhole route with this metric.
+fn is_blackhole_with(m: &RouteMessage, metric: u32) -> bool {
+    m.header.kind == RouteType::BlackHole
+        && m.attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Priority(p) if *p == metric))
 }

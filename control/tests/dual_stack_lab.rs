@@ -247,6 +247,9 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
             ("VXLAB_IPERF_SECONDS", "1"),
             ("VXLAB_IPV6", "1"),
             ("VXLAB_DATAPLANES", "kernel kernel userspace"),
+            // flanneld's blackhole route for each family's subnet, under the bridge's
+            // routes: every pod pair of both families must still be reached.
+            ("VXLAB_AGENT_ARGS", "--ip-blackhole-route"),
         ],
     );
     let (ok, out) = lab.cmd(&["up"]);
@@ -303,6 +306,15 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         assert_eq!(routes[0]["dev"], "flannel-v6.1", "{routes}");
         let link = &lab.ip_json(node, &["-d", "link", "show", "flannel-v6.1"])[0];
         assert_eq!(link["linkinfo"]["info_data"]["local6"], underlay6, "{link}");
+    }
+    // --ip-blackhole-route: the node's IPv4 and IPv6 subnets, at vxmesh's metric.
+    for (i, node, s6) in [(1, "n1", s1), (2, "n2", s2), (3, "n3", s3)] {
+        for (family, want) in [("-4", lab.subnet_of(i)), ("-6", s6.to_string())] {
+            let routes = lab.ip_json(node, &[family, "route", "show", "type", "blackhole"]);
+            assert_eq!(routes.as_array().map(Vec::len), Some(1), "{node}: {routes}");
+            assert_eq!(routes[0]["dst"], want.as_str(), "{node}: {routes}");
+            assert_eq!(routes[0]["metric"], u64::from(u32::MAX), "{node}: {routes}");
+        }
     }
     let st = lab.status("n1");
     let peer = st["node"]["peers"]
@@ -490,6 +502,15 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         .ip_json("n3", &["link", "show", "type", "vxlan"])
         .as_array()
         .is_none_or(|a| a.is_empty()));
+    // ... and --ip-blackhole-route's routes, both families.
+    assert!(
+        out.contains("removed the blackhole routes of --ip-blackhole-route"),
+        "{out}"
+    );
+    for family in ["-4", "-6"] {
+        let left = lab.ip_json("n3", &[family, "route", "show", "type", "blackhole"]);
+        assert!(left.as_array().is_none_or(|a| a.is_empty()), "{left}");
+    }
 }
 
 /// DirectRouting in a dual-stack cluster on one L2 segment (both families): every peer's

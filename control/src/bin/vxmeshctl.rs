@@ -736,6 +736,15 @@ async fn cleanup_tap(name: &str, subnet_file: &std::path::Path) -> anyhow::Resul
             l.alias.unwrap_or_default()
         ),
     }
+    // --ip-blackhole-route's routes (vxmesh's metric, either dataplane).
+    let removed = vxmesh_control::blackhole::apply(&nl, &[]).await?.remove;
+    if !removed.is_empty() {
+        let list: Vec<String> = removed.iter().map(ToString::to_string).collect();
+        println!(
+            "removed the blackhole routes of --ip-blackhole-route: {}",
+            list.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -142,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             vxlan_notrack: f.vxlan_notrack,
             iptables_forward_rules: f.iptables_forward_rules,
             iptables_resync: f.iptables_resync,
+            ip_blackhole_route: f.ip_blackhole_route,
             dataplane: f.dataplane,
         };
         let launch = agent::Launch {
