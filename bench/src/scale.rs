@@ -230,6 +230,9 @@ pub struct ScaleRun {
     #[serde(default)]
     pub agent_private_kib: Spread,
     pub agent_cpu_s: Spread,
+    /// Where the machine's CPU went from the first agent's start to convergence.
+    #[serde(default)]
+    pub start_cpu: Option<CpuBudget>,
     /// CPU per peer programmed (ms), per agent.
     pub agent_cpu_ms_per_peer: Spread,
     /// CPU of all agents together per second while idle (cores).
@@ -253,6 +256,56 @@ pub struct ScaleRun {
     /// the dump that found it complete.
     #[serde(default)]
     pub monitor_resolution_s: Option<f64>,
+}
+
+/// The machine's CPU over the start, from just before the first agent is spawned to
+/// the moment every node routes to every other, split by who used it. Process times are
+/// utime + stime of all their threads: an agent's includes the kernel's work on its
+/// netlink requests (routes and neighbours are inserted in the sender's system call).
+/// Softirq time is counted apart by the machine and also charged to whichever process it
+/// interrupted, so the parts need not add up to `machine_busy_s`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuBudget {
+    /// Seconds the budget covers.
+    pub window_s: f64,
+    /// CPUs of the machine.
+    pub cpus: usize,
+    /// Busy CPU-seconds of the whole machine (user, nice, system, irq, softirq, steal).
+    pub machine_busy_s: f64,
+    /// Of which softirq.
+    pub softirq_s: f64,
+    /// Sum over the agents (their whole life so far: they started in the window).
+    pub agents_s: f64,
+    /// Sum over the etcd members.
+    pub etcd_s: f64,
+    /// The harness itself: its route monitors and bookkeeping.
+    pub harness_s: f64,
+}
+
+impl CpuBudget {
+    /// The earliest the start could have converged after the last agent started if the
+    /// same work had kept every CPU busy from the first start on: busy / CPUs − spread.
+    pub fn floor_s(&self, start_spread_s: f64) -> f64 {
+        (self.machine_busy_s / self.cpus.max(1) as f64 - start_spread_s).max(0.0)
+    }
+
+    /// Busy CPU-seconds of one part, as a share of the machine's.
+    pub fn share(&self, part: f64) -> f64 {
+        if self.machine_busy_s > 0.0 {
+            part / self.machine_busy_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// CPU-seconds used so far by these processes together (those gone count nothing).
+fn cpu_of(pids: impl IntoIterator<Item = u32>) -> f64 {
+    let ticks: u64 = pids
+        .into_iter()
+        .filter_map(|p| crate::cpu::process_ticks(p).ok())
+        .sum();
+    ticks as f64 / crate::cpu::clk_tck()
 }
 
 fn loadavg() -> String {
@@ -1061,7 +1114,8 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
         "  lab built in {:.1} s; starting etcd",
         t.elapsed().as_secs_f64()
     );
-    let _etcd = start_etcd(&lab, &plan.log_dir, state.path())?;
+    let etcd_members = start_etcd(&lab, &plan.log_dir, state.path())?;
+    let etcd_pids: Vec<u32> = etcd_members.iter().map(Daemon::pid).collect();
     let (net, net_len) = plan
         .network
         .split_once('/')
@@ -1093,6 +1147,12 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
 
     // 1. All agents started together.
     eprintln!("  starting {n} agents");
+    let cpu0 = (
+        Instant::now(),
+        crate::cpu::machine().ok(),
+        cpu_of(etcd_pids.iter().copied()),
+        cpu_of([std::process::id()]),
+    );
     for &i in &live {
         agents.spawn(i, &lab, plan, state.path())?;
     }
@@ -1113,6 +1173,34 @@ pub fn measure(plan: &Plan, run: &mut ScaleRun) -> anyhow::Result<()> {
         conv.start_spread_s
     );
     let converged = conv.converged_s.is_some();
+    if let (Some(m0), Ok(m1)) = (cpu0.1, crate::cpu::machine()) {
+        let d = m1.since(&m0);
+        let tck = crate::cpu::clk_tck();
+        let b = CpuBudget {
+            window_s: cpu0.0.elapsed().as_secs_f64(),
+            cpus: std::thread::available_parallelism().map_or(1, |c| c.get()),
+            machine_busy_s: d.busy as f64 / tck,
+            softirq_s: d.softirq as f64 / tck,
+            agents_s: cpu_of(agents.pids().iter().map(|(_, p)| *p)),
+            etcd_s: cpu_of(etcd_pids.iter().copied()) - cpu0.2,
+            harness_s: cpu_of([std::process::id()]) - cpu0.3,
+        };
+        eprintln!(
+            "  CPU over the start ({:.1} s, {} CPUs): machine busy {:.1} CPU-s; agents {:.1} ({:.0} %), etcd {:.1} ({:.0} %), harness {:.1} ({:.0} %), softirq {:.1}; floor {:.1} s after the last start",
+            b.window_s,
+            b.cpus,
+            b.machine_busy_s,
+            b.agents_s,
+            100.0 * b.share(b.agents_s),
+            b.etcd_s,
+            100.0 * b.share(b.etcd_s),
+            b.harness_s,
+            100.0 * b.share(b.harness_s),
+            b.softirq_s,
+            b.floor_s(conv.start_spread_s),
+        );
+        run.start_cpu = Some(b);
+    }
     run.start = conv;
     let sweeps = mon.sweep_stats();
     run.monitor_resolution_s = Some(sweeps.max_late.as_secs_f64());
@@ -1369,6 +1457,26 @@ pub fn summary(r: &ScaleResults) -> String {
             o.push_str(&format!("| ↳ error: {} |\n", e.replace('|', "/")));
         }
     }
+    if r.runs.iter().any(|run| run.start_cpu.is_some()) {
+        o.push_str("\nCPU over the start (first agent started → all routes):\n\n| label | nodes | window (s) | CPUs | machine busy (CPU-s) | agents | etcd | harness | softirq | floor: busy / CPUs − start spread (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for run in &r.runs {
+            let Some(b) = &run.start_cpu else { continue };
+            let part = |x: f64| format!("{x:.1} ({:.0} %)", 100.0 * b.share(x));
+            o.push_str(&format!(
+                "| {} | {} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {:.1} |\n",
+                run.label,
+                run.nodes,
+                b.window_s,
+                b.cpus,
+                b.machine_busy_s,
+                part(b.agents_s),
+                part(b.etcd_s),
+                part(b.harness_s),
+                part(b.softirq_s),
+                b.floor_s(run.start.start_spread_s),
+            ));
+        }
+    }
     o
 }
 
@@ -1452,6 +1560,50 @@ etcd_network_client_grpc_sent_bytes_total 1.2e+07
         )
         .expect("old sample");
         assert_eq!(old.etcd_rps, Some(4.0));
+    }
+
+    /// The CPU budget's floor: the start's busy time spread over every CPU from the
+    /// first start on, less the start's own spread; never below zero.
+    #[test]
+    fn cpu_budget_floor_and_table() {
+        let b = CpuBudget {
+            window_s: 70.0,
+            cpus: 2,
+            machine_busy_s: 130.0,
+            softirq_s: 6.5,
+            agents_s: 65.0,
+            etcd_s: 39.0,
+            harness_s: 13.0,
+        };
+        assert!((b.floor_s(7.0) - 58.0).abs() < 1e-9);
+        assert_eq!(b.floor_s(100.0), 0.0);
+        assert!((b.share(b.agents_s) - 0.5).abs() < 1e-9);
+        assert_eq!(CpuBudget::default().share(1.0), 0.0);
+        let run = ScaleRun {
+            label: "x".into(),
+            nodes: 1000,
+            start: Convergence {
+                start_spread_s: 7.0,
+                ..Default::default()
+            },
+            start_cpu: Some(b),
+            ..Default::default()
+        };
+        let text = summary(&ScaleResults {
+            runs: vec![run],
+            ..Default::default()
+        });
+        let row = text.lines().last().expect("a budget row");
+        assert_eq!(
+            row,
+            "| x | 1000 | 70.0 | 2 | 130.0 | 65.0 (50 %) | 39.0 (30 %) | 13.0 (10 %) | 6.5 (5 %) | 58.0 |"
+        );
+        // Results written before the budget existed still load, without one.
+        let now = serde_json::to_string(&ScaleRun::default()).unwrap();
+        let before = now.replace(",\"start_cpu\":null", "");
+        assert_ne!(before, now);
+        let old: ScaleRun = serde_json::from_str(&before).unwrap();
+        assert_eq!(old.start_cpu, None);
     }
 
     #[test]
