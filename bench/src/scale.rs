@@ -318,6 +318,18 @@ fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 20, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
+/// A fixed, locally administered MAC for an underlay address (`02:00:` and its four
+/// bytes), so each side's neighbour entry can be written before anything is sent.
+fn underlay_mac(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// The hub bridge's MAC: the etcd members' addresses are on it.
+fn hub_mac() -> String {
+    underlay_mac(Ipv4Addr::new(172, 20, 255, 254))
+}
+
 fn etcd_ip(m: u8) -> Ipv4Addr {
     Ipv4Addr::new(172, 20, 255, m + 1)
 }
@@ -554,12 +566,23 @@ fn build_lab(prefix: &str, nodes: usize) -> anyhow::Result<Lab> {
     let mut lines: String = all.iter().map(|n| format!("netns add {n}\n")).collect();
     for (i, n) in names.iter().enumerate() {
         lines.push_str(&format!(
-            "link add name v{i} netns {hub} type veth peer name eth0 netns {n}\n"
+            "link add name v{i} netns {hub} type veth peer name eth0 address {} netns {n}\n",
+            underlay_mac(node_ip(i))
         ));
     }
     ip_batch(&[], &lines).context("creating namespaces and veth pairs")?;
     stop::check()?;
-    let mut hub_lines = String::from("link set lo up\nlink add br0 type bridge\nlink set br0 up\n");
+    // The underlay is one bridge of up to 1,001 ports, so every broadcast and unknown
+    // multicast is delivered to every namespace, all on this machine's CPUs — a cost a
+    // real network spreads over its hosts. Nothing here needs ARP or IPv6 on it: the
+    // etcd members and the nodes know each other's MACs from the start (permanent
+    // neighbours both ways), and no interface of the underlay gets an IPv6 address (no
+    // DAD, router solicitations or MLD reports). The agents' ARP for each other's
+    // underlay addresses (pings, VXLAN) is left as it is.
+    let mut hub_lines = format!(
+        "link set lo up\nlink add br0 address {} type bridge\nlink set br0 addrgenmode none\nlink set br0 up\n",
+        hub_mac()
+    );
     for m in 0..ETCD_MEMBERS {
         hub_lines.push_str(&format!(
             "addr add {}/{UNDERLAY_PREFIX} dev br0\n",
@@ -567,15 +590,26 @@ fn build_lab(prefix: &str, nodes: usize) -> anyhow::Result<Lab> {
         ));
     }
     for i in 0..nodes {
-        hub_lines.push_str(&format!("link set v{i} master br0 up\n"));
+        hub_lines.push_str(&format!(
+            "link set v{i} addrgenmode none\nlink set v{i} master br0 up\nneigh add {} lladdr {} dev br0 nud permanent\n",
+            node_ip(i),
+            underlay_mac(node_ip(i))
+        ));
     }
     ip_batch(&["-n", &hub], &hub_lines).context("wiring the hub")?;
     for (i, n) in names.iter().enumerate() {
         stop::check()?;
-        let l = format!(
-            "link set lo up\naddr add {}/{UNDERLAY_PREFIX} dev eth0\nlink set eth0 up\n",
+        let mut l = format!(
+            "link set lo up\nlink set eth0 addrgenmode none\naddr add {}/{UNDERLAY_PREFIX} dev eth0\nlink set eth0 up\n",
             node_ip(i)
         );
+        for m in 0..ETCD_MEMBERS {
+            l.push_str(&format!(
+                "neigh add {} lladdr {} dev eth0 nud permanent\n",
+                etcd_ip(m),
+                hub_mac()
+            ));
+        }
         ip_batch(&["-n", n], &l).with_context(|| format!("configuring {n}"))?;
     }
     Ok(Lab {
@@ -1604,6 +1638,16 @@ etcd_network_client_grpc_sent_bytes_total 1.2e+07
         assert_ne!(before, now);
         let old: ScaleRun = serde_json::from_str(&before).unwrap();
         assert_eq!(old.start_cpu, None);
+    }
+
+    #[test]
+    fn underlay_macs_are_unique_and_local() {
+        assert_eq!(underlay_mac(node_ip(0)), "02:00:ac:14:00:01");
+        assert_eq!(underlay_mac(node_ip(999)), "02:00:ac:14:03:fa");
+        let all: std::collections::HashSet<String> =
+            (0..=MAX_NODES).map(|i| underlay_mac(node_ip(i))).collect();
+        assert_eq!(all.len(), MAX_NODES + 1);
+        assert!(!all.contains(&hub_mac()));
     }
 
     #[test]
