@@ -477,23 +477,15 @@ async fn keep_iptables(
     rules: Rules,
     network: Subnet,
     network6: Option<Subnet6>,
-    mut held: watch::Receiver<Option<Held>>,
+    held: watch::Receiver<Option<Held>>,
     every: Duration,
     state: Arc<AgentState>,
 ) {
     let mut last: Option<crate::masq::Snapshot> = None;
     let mut last6: Option<crate::masq::Snapshot<Subnet6>> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = Resync::new(every, held);
     let mut failing = [false, false];
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = held.changed() => if r.is_err() { return },
-        }
-        let Some(h) = *held.borrow_and_update() else {
-            continue;
-        };
+    while let Some(h) = resync.next().await {
         let (mut snapshot, mut snapshot6) = (last.take(), last6.take());
         // iptables-save/-restore are processes: off the control thread.
         let Ok((r, r6, snapshot, snapshot6)) = tokio::task::spawn_blocking(move || {
@@ -515,6 +507,36 @@ async fn keep_iptables(
         report_rules(r, tool, "", &mut failing[0], &state);
         if let Some(r6) = r6 {
             report_rules(r6, tool, " (IPv6)", &mut failing[1], &state);
+        }
+    }
+}
+
+/// The lease node state is kept for, every `every` and at each lease change: the
+/// resync of the iptables rules and of the blackhole route. While no lease is held
+/// (lost, being re-acquired) what is in place stays until the next one.
+#[derive(Debug)]
+pub struct Resync {
+    tick: tokio::time::Interval,
+    held: watch::Receiver<Option<Held>>,
+}
+
+impl Resync {
+    pub fn new(every: Duration, held: watch::Receiver<Option<Held>>) -> Resync {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Resync { tick, held }
+    }
+
+    /// The held lease at the next tick or change; `None` once the agent stops.
+    pub async fn next(&mut self) -> Option<Held> {
+        loop {
+            tokio::select! {
+                _ = self.tick.tick() => {}
+                r = self.held.changed() => if r.is_err() { return None },
+            }
+            if let Some(h) = *self.held.borrow_and_update() {
+                return Some(h);
+            }
         }
     }
 }

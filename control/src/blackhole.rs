@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::agent::Held;
+use crate::agent::{Held, Resync};
 use crate::netlink::{IpNet, Netlink, NetlinkError};
 use crate::state::AgentState;
 
@@ -93,7 +93,7 @@ pub async fn keep(
     nl: Netlink,
     enabled: bool,
     ipv6: bool,
-    mut held: watch::Receiver<Option<Held>>,
+    held: watch::Receiver<Option<Held>>,
     every: Duration,
     state: Arc<AgentState>,
 ) {
@@ -109,19 +109,10 @@ pub async fn keep(
         }
         return;
     }
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = Resync::new(every, held);
     let mut failing = false;
     let mut installed: Vec<IpNet> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = held.changed() => if r.is_err() { return },
-        }
-        // No lease (lost, being re-acquired): the routes stay until the next one.
-        let Some(h) = *held.borrow_and_update() else {
-            continue;
-        };
+    while let Some(h) = resync.next().await {
         let want = wanted(&h, ipv6);
         match apply(&nl, &want).await {
             Ok(p) => {
