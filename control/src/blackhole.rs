@@ -75,7 +75,13 @@ pub async fn apply(nl: &Netlink, want: &[IpNet]) -> Result<Plan, NetlinkError> {
         .into_iter()
         .map(IpNet::V4)
         .collect();
-    ours.extend(nl.blackholes6(METRIC).await?.into_iter().map(IpNet::V6));
+    // A host without IPv6 (ipv6.disable=1) may refuse the IPv6 dump: then it has no
+    // IPv6 route of ours, and only a wanted IPv6 route makes that an error.
+    match nl.blackholes6(METRIC).await {
+        Ok(v6) => ours.extend(v6.into_iter().map(IpNet::V6)),
+        Err(e) if want.iter().any(|w| matches!(w, IpNet::V6(_))) => return Err(e),
+        Err(e) => tracing::debug!("no IPv6 routes to look at: {e}"),
+    }
     let p = plan(want, &ours);
     for s in &p.remove {
         nl.delete_blackhole(*s, METRIC).await?;
