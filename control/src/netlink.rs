@@ -641,6 +641,11 @@ fn parse_neighbour_reply(bytes: &[u8]) -> Option<NeighbourEntry> {
 #[derive(Debug, Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// Held while a dump is read. The kernel runs one dump per netlink socket at a
+    /// time and refuses a second that arrives before the first is read out with
+    /// EBUSY (`netlink_dump_start`); clones of this connection (the agent's loop and
+    /// its blackhole-route task) would otherwise fail each other's dumps.
+    dumps: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// A second socket that sends many requests in one `sendmsg` ([`Netlink::apply`]).
     batch: std::sync::Arc<std::sync::Mutex<BatchSocket>>,
 }
@@ -652,6 +657,7 @@ impl Netlink {
         let batch = BatchSocket::open().map_err(NetlinkError::Connect)?;
         Ok(Netlink {
             handle,
+            dumps: std::sync::Arc::default(),
             batch: std::sync::Arc::new(std::sync::Mutex::new(batch)),
         })
     }
@@ -675,6 +681,12 @@ impl Netlink {
 
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// Serializes dumps on this connection (see [`Netlink::dumps`]); hold the guard
+    /// until the dump's stream has ended.
+    async fn dumping(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.dumps.lock().await
     }
 
     fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -713,6 +725,7 @@ impl Netlink {
         &self,
         index: u32,
     ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, NetlinkError> {
+        let _dump = self.dumping().await;
         let mut addrs = self
             .handle
             .address()
@@ -802,6 +815,7 @@ impl Netlink {
     pub async fn interfaces(&self) -> Result<Vec<crate::underlay::Interface>, NetlinkError> {
         use crate::underlay::{IfAddr, Interface};
         let mut out: Vec<Interface> = Vec::new();
+        let _dump = self.dumping().await;
         let mut links = self.handle.link().get().execute();
         while let Some(m) = links.try_next().await.map_err(Self::req("dump links"))? {
             let name = m
@@ -1007,6 +1021,7 @@ impl Netlink {
 
     /// Every vxlan device in this network namespace.
     pub async fn vxlan_links(&self) -> Result<Vec<VxlanLink>, NetlinkError> {
+        let _dump = self.dumping().await;
         let mut s = self.handle.link().get().execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(Self::req("dump links"))? {
@@ -1117,22 +1132,26 @@ impl Netlink {
     /// kernel's placeholder, which a dump does not show).
     pub async fn root_qdisc(&self, index: u32) -> Result<Option<(String, u16)>, NetlinkError> {
         let ifindex = i32::try_from(index).unwrap_or(i32::MAX);
+        let _dump = self.dumping().await;
         let mut s = self.handle.qdisc().get().index(ifindex).execute();
+        // Read to the end: a dump left half read would still be running in the
+        // kernel when the next one is sent.
+        let mut root = None;
         while let Some(m) = s
             .try_next()
             .await
             .map_err(Self::req(format!("dump qdiscs of link #{index}")))?
         {
-            if m.header.index != ifindex || m.header.parent != TcHandle::ROOT {
+            if root.is_some() || m.header.index != ifindex || m.header.parent != TcHandle::ROOT {
                 continue;
             }
             let major = m.header.handle.major;
-            return Ok(m.attributes.into_iter().find_map(|a| match a {
+            root = Some(m.attributes.into_iter().find_map(|a| match a {
                 TcAttribute::Kind(k) => Some((k, major)),
                 _ => None,
             }));
         }
-        Ok(None)
+        Ok(root.flatten())
     }
 
     /// Makes `noqueue` the link's root qdisc (`tc qdisc replace dev … root noqueue`):
@@ -1468,6 +1487,7 @@ impl Netlink {
         family: AddressFamily,
         index: u32,
     ) -> Result<Vec<rtnetlink::packet_route::neighbour::NeighbourMessage>, NetlinkError> {
+        let _dump = self.dumping().await;
         let mut s = self
             .handle
             .neighbours()
@@ -1673,6 +1693,7 @@ impl Netlink {
         addr: impl Fn(&RouteAddress) -> Option<A>,
     ) -> Result<Vec<DeviceRoute<A>>, NetlinkError> {
         let family = request.header.address_family;
+        let _dump = self.dumping().await;
         let mut s = self.handle.route().get(request).execute();
         let mut out = Vec::new();
         while let Some(r) = s

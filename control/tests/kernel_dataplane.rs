@@ -770,6 +770,67 @@ fn a_batch_reports_each_failure_by_itself() {
     assert_eq!(ns.neigh("eth0"), vec!["192.0.2.50 02:11:22:33:44:01"]);
 }
 
+/// Tasks that share one connection dump at the same time without failing. The kernel
+/// runs one dump per netlink socket and refuses a second that arrives while the first
+/// is unread with EBUSY; the agent's loop and its blackhole-route task share the
+/// agent's connection, and before the dumps were serialized their start-up dumps
+/// collided ("dump routes (Inet6): … Device or resource busy"), which can also fail a
+/// reconcile pass.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn concurrent_dumps_on_one_connection_all_succeed() {
+    use vxmesh_control::netlink::PeerOp;
+    use vxmesh_control::subnet::Subnet;
+    require_root();
+    let ns = Ns::new("dumps");
+    let eth0 = eth0_index(&ns);
+    let failures = ns.run(move |nl| {
+        Box::pin(async move {
+            // Enough routes that each dump takes several reads.
+            let ops: Vec<PeerOp> = (0..400u32)
+                .map(|i| PeerOp::PeerRoute {
+                    index: eth0,
+                    subnet: Subnet::new(
+                        Ipv4Addr::new(10, 100, (i / 16) as u8, (i % 16 * 16) as u8),
+                        28,
+                    )
+                    .unwrap(),
+                })
+                .collect();
+            assert!(nl.apply(&ops).iter().all(Result::is_ok));
+            let tasks = (0..12u32).map(|t| {
+                let nl = nl.clone();
+                async move {
+                    let mut errors = Vec::new();
+                    for _ in 0..20 {
+                        let r = match t % 4 {
+                            0 => nl.main_table_routes().await.map(|v| v.len()),
+                            1 => nl.blackholes6(u32::MAX).await.map(|v| v.len()),
+                            2 => nl.neighbours(eth0).await.map(|v| v.len()),
+                            _ => nl.interfaces().await.map(|v| v.len()),
+                        };
+                        if let Err(e) = r {
+                            errors.push(e.to_string());
+                        }
+                    }
+                    errors
+                }
+            });
+            futures::future::join_all(tasks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+    });
+    assert!(
+        failures.is_empty(),
+        "{} dumps failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
+
 /// Checking known neighbours by lookup (`ip neigh get`, batched) finds exactly the
 /// entries of this device — a permanent one with its MAC, a changed one with the
 /// new MAC, none for an address without an entry — past a batch boundary, and is not
