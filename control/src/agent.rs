@@ -961,6 +961,8 @@ pub async fn run_with(
         changed_since_trim: 0,
         vtep_mac,
         mtu,
+        kind: opts.dataplane,
+        setup,
         state: Arc::clone(&state),
     };
     node.start(first).await?;
@@ -997,6 +999,16 @@ pub async fn run_with(
         .map_or(WatchFrom::List, WatchFrom::Listing);
     let watcher =
         tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
+    // What ends with the loop (or with a dataplane that cannot be started again).
+    let background: Vec<tokio::task::AbortHandle> = [
+        Some(watcher.abort_handle()),
+        iptables.as_ref().map(JoinHandle::abort_handle),
+        Some(blackhole.abort_handle()),
+        Some(lease.abort_handle()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // Agents started together must not reconcile in step: the first pass comes after
     // a random part of the period.
     let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
@@ -1034,22 +1046,52 @@ pub async fn run_with(
                     break Err(e);
                 }
             }
-            _ = device_check.tick() => node.check_device().await,
+            _ = device_check.tick() => {
+                if node.check_device().await == Device::Gone {
+                    // Moved out and put back below; on failure there is no
+                    // dataplane left to stop, so this returns from here.
+                    let old = node.dp;
+                    match ho
+                        .rebuild_dataplane(old, node.kind, &node.nl, &node.setup, &state)
+                        .await
+                    {
+                        Ok(dp) => {
+                            node.dp = dp;
+                            node.device_rebuilt().await;
+                        }
+                        Err(e) => {
+                            state.ready.routes.store(false, Ordering::Relaxed);
+                            for t in &background {
+                                t.abort();
+                            }
+                            ho.abandon();
+                            return Err(e.context(
+                                "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
+                            ));
+                        }
+                    }
+                }
+            }
             _ = reconcile.tick() => node.reconcile().await,
         }
     };
 
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
-    watcher.abort();
-    if let Some(t) = iptables {
+    for t in &background {
         t.abort();
     }
-    blackhole.abort();
-    lease.abort();
     let handed = takeover.lock().ok().and_then(|mut g| g.take());
     ho.stop(node.dp, handed).await;
     result
+}
+
+/// What the periodic device check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    There,
+    /// Deleted under the running agent: the dataplane is started again.
+    Gone,
 }
 
 /// Where the node's subnet shows up on the node itself: the subnet file and the
@@ -1095,6 +1137,10 @@ struct Running {
     listed: bool,
     vtep_mac: MacAddr,
     mtu: u32,
+    /// What the dataplane was started as and from: to start it again if its
+    /// device is deleted under the running agent.
+    kind: DataplaneKind,
+    setup: DataplaneSetup,
 }
 
 impl Running {
@@ -1258,14 +1304,15 @@ impl Running {
         );
     }
 
-    /// Restores the overlay device's MAC (and every peer's state) if someone changed it.
-    async fn check_device(&mut self) {
+    /// Restores the overlay device's MAC (and every peer's state) if someone changed it;
+    /// says whether the device is gone.
+    async fn check_device(&mut self) -> Device {
         match self
             .dp
             .ensure_vtep_mac(&self.nl, self.vtep_mac, self.mtu)
             .await
         {
-            Ok(false) => {}
+            Ok(false) => Device::There,
             Ok(true) => {
                 self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
                 // The MAC change flushed the device's neighbours: put them back.
@@ -1278,12 +1325,56 @@ impl Running {
                 )
                 .await;
                 self.state.ready.routes.store(ok, Ordering::Relaxed);
+                Device::There
+            }
+            Err(crate::netlink::NetlinkError::NoSuchLink(_)) => {
+                tracing::warn!(
+                    device = %self.dp.device_name(&self.setup),
+                    "the overlay device was deleted under the running agent; starting the dataplane again on a new one"
+                );
+                self.state.ready.routes.store(false, Ordering::Relaxed);
+                Device::Gone
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot check the overlay device");
                 self.state.update(|i| i.last_error = Some(e.to_string()));
+                Device::There
             }
         }
+    }
+
+    /// The dataplane was started again on a new device (the old one was deleted):
+    /// gives it the node's addresses, the peers' table, routes and neighbours.
+    async fn device_rebuilt(&mut self) {
+        let own = self.own;
+        if let Err(e) = self.take_subnet(own.subnet, own.ipv6).await {
+            tracing::error!(error = %format!("{e:#}"), "cannot give the new overlay device its address");
+            self.state.update(|i| i.last_error = Some(format!("{e:#}")));
+        }
+        self.dp.publish(&self.peers);
+        let ok = reconcile(
+            &self.nl,
+            &self.dp,
+            &self.peers,
+            &self.state,
+            NeighbourCheck::Lookup,
+        )
+        .await;
+        self.state.ready.routes.store(ok, Ordering::Relaxed);
+        let device = self.dp.device_name(&self.setup);
+        self.state.event(
+            "device_recreated",
+            format!(
+                "{device} was deleted under the running agent; a new one carries {} peers",
+                self.peers.peers().count()
+            ),
+        );
+        tracing::info!(
+            %device,
+            peers = self.peers.peers().count(),
+            routes_ok = ok,
+            "overlay device re-created; peers programmed again"
+        );
     }
 
     /// Puts back every peer's route and neighbour that went missing or changed, and

@@ -20,7 +20,9 @@
 //! restarted agent adopts them (the loss is printed); then a fake systemd (a notify
 //! socket that keeps what `FDSTORE=1` sends, and re-launches vxmeshd with
 //! `LISTEN_FDS` as systemd does) restarts the agent after SIGTERM and after SIGKILL
-//! without losing a ping, and drops its store when the flags changed across a restart.
+//! without losing a ping, and drops its store when the flags changed across a restart;
+//! a TAP deleted under the agent is re-created and its new descriptors replace the
+//! dead ones in the store, from which a crash restart then takes the new TAP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -856,6 +858,55 @@ fn crash_and_systemd_restarts_in_the_lab() {
         "forwarding after the cold start: {got} of {sent}"
     );
     assert_eq!(tun_links(&lab, "n2"), 1);
-    let _ = d.kill();
+
+    // The TAP deleted under the running agent: it starts its dataplane again on a new
+    // one and puts the new descriptors in the store in place of the dead ones, so a
+    // crash after that restarts from the store onto the new TAP.
+    let dead = tap_index(&lab, "n2");
+    let removes = sd.seen("FDSTOREREMOVE=1");
+    let stores = sd.seen("FDNAME=vxmesh-tap0");
+    lab.exec("n2", &["ip", "link", "del", "vxmesh0"]);
+    let rebuilt = wait_for(Duration::from_secs(15), || {
+        sd.seen("FDNAME=vxmesh-tap0") > stores
+            && lab.routes("n2").contains(&n1_subnet)
+            && try_status(&lab, "n2")["ready"] == Value::Bool(true)
+    });
+    assert!(rebuilt.is_some(), "{}", read(&log(&lab, "sd-d")));
+    let new = tap_index(&lab, "n2");
+    assert_ne!(new, dead);
+    assert!(
+        sd.seen("FDSTOREREMOVE=1") > removes,
+        "dead descriptors dropped"
+    );
+    let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 50));
+    assert!(
+        sent - got <= 3,
+        "after the TAP was re-created: {got} of {sent}"
+    );
+    signal(&d, libc::SIGKILL);
     let _ = d.wait();
+    let mut e = sd.launch(&lab, 2, "sd-e", &[("VXLAB_AGENT_ARGS", "--tap-queues 2")]);
+    let st_e = status_of(&lab, "n2", e.id());
+    assert_eq!(
+        st_e["start"]["how"],
+        "fd-store",
+        "{}",
+        read(&log(&lab, "sd-e"))
+    );
+    assert_eq!(
+        tap_index(&lab, "n2"),
+        new,
+        "the stored descriptors are the new TAP's"
+    );
+    let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 50));
+    println!(
+        "TAP deleted under the agent, re-created, then SIGKILL and a restart from the store: {} of {sent} lost",
+        sent - got
+    );
+    assert!(
+        sent - got <= 3,
+        "from the store after the re-creation: {got} of {sent}"
+    );
+    let _ = e.kill();
+    let _ = e.wait();
 }

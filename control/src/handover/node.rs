@@ -259,30 +259,7 @@ impl NodeHandover {
             *g = info;
         }
 
-        if let Some(u) = dp.userspace() {
-            let f = u.handover_fds();
-            let fds = super::DataplaneFds {
-                taps: f
-                    .taps
-                    .iter()
-                    .map(|x| x.try_clone())
-                    .collect::<std::io::Result<_>>()?,
-                udp_rx: f.udp_rx.try_clone()?,
-                udp_tx: f
-                    .udp_tx
-                    .iter()
-                    .map(|x| x.try_clone())
-                    .collect::<std::io::Result<_>>()?,
-            };
-            self.server.set_running(Some(Running {
-                fds,
-                vtep_mac: setup.local.vtep_mac,
-                mtu: setup.mtu,
-                tap_offloads: u.tap_offloads(),
-                handovers,
-                cold_starts,
-            }));
-        }
+        self.serve_running(&dp, setup, handovers, cold_starts)?;
         // The old process's listener came with the offer; if not, its name is free
         // once the old process has exited.
         if listener.is_none() {
@@ -306,15 +283,7 @@ impl NodeHandover {
             };
             let file = Arc::new(Mutex::new(file));
             refresh(&self.server, &file, self.me.versions.max);
-            let mut stored = 0;
-            for (role, fd) in u.handover_fds().with_roles() {
-                match n.store_fds(&role.store_name(), &[fd]) {
-                    Ok(()) => stored += 1,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot store a descriptor in systemd's store")
-                    }
-                }
-            }
+            let stored = store_fds(n, u);
             if let Ok(g) = file.lock() {
                 if let Err(e) = n.store_fds(STATE_FD_NAME, &[g.as_fd()]) {
                     tracing::warn!(error = %e, "cannot store the state file in systemd's store");
@@ -343,6 +312,102 @@ impl NodeHandover {
                 .push(tokio::spawn(notify_ready(Arc::clone(n), Arc::clone(state))));
         }
         Ok(dp)
+    }
+
+    /// What a successor is offered: second descriptors of the running userspace
+    /// dataplane (the kernel dataplane has nothing to hand on).
+    fn serve_running(
+        &self,
+        dp: &NodeDataplane,
+        setup: &DataplaneSetup,
+        handovers: u32,
+        cold_starts: u32,
+    ) -> anyhow::Result<()> {
+        let Some(u) = dp.userspace() else {
+            return Ok(());
+        };
+        let f = u.handover_fds();
+        let fds = super::DataplaneFds {
+            taps: f
+                .taps
+                .iter()
+                .map(|x| x.try_clone())
+                .collect::<std::io::Result<_>>()?,
+            udp_rx: f.udp_rx.try_clone()?,
+            udp_tx: f
+                .udp_tx
+                .iter()
+                .map(|x| x.try_clone())
+                .collect::<std::io::Result<_>>()?,
+        };
+        self.server.set_running(Some(Running {
+            fds,
+            vtep_mac: setup.local.vtep_mac,
+            mtu: setup.mtu,
+            tap_offloads: u.tap_offloads(),
+            handovers,
+            cold_starts,
+        }));
+        Ok(())
+    }
+
+    /// The overlay device was deleted under the running agent: stops `old` and
+    /// starts the dataplane again from `setup` (a new device, new sockets), as a
+    /// cold start would. Every copy of the old descriptors goes first — the one a
+    /// successor would be offered and systemd's store — so the VXLAN port is free,
+    /// and the new ones take their place. The caller gives the new device its
+    /// address and peers.
+    pub async fn rebuild_dataplane(
+        &self,
+        old: NodeDataplane,
+        kind: DataplaneKind,
+        nl: &Netlink,
+        setup: &DataplaneSetup,
+        state: &Arc<AgentState>,
+    ) -> anyhow::Result<NodeDataplane> {
+        self.server.set_running(None);
+        if let (Some(n), Some(u)) = (&self.notifier, old.userspace()) {
+            for (role, _) in u.handover_fds().with_roles() {
+                if let Err(e) = n.remove_fds(&role.store_name()) {
+                    tracing::warn!(error = %e, "cannot drop a descriptor from systemd's store");
+                }
+            }
+        }
+        let took = old.discard();
+        // systemd closes what it was asked to drop on its own time.
+        let wait = if self.notifier.is_some() {
+            STORE_DROP_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let (dp, _) = NodeDataplane::start(kind, nl, setup, state, wait).await?;
+        let st = state.start_info();
+        self.serve_running(&dp, setup, st.handovers_total, st.cold_starts_total)?;
+        if let (Some(n), Some(u)) = (&self.notifier, dp.userspace()) {
+            let stored = store_fds(n, u);
+            tracing::info!(
+                fds = stored,
+                "the new dataplane's descriptors are in systemd's store"
+            );
+        }
+        tracing::info!(
+            old_stop_ms = took.as_secs_f64() * 1000.0,
+            "dataplane started again on a new {} device",
+            kind.as_str()
+        );
+        Ok(dp)
+    }
+
+    /// The agent ends without a dataplane (one could not be started again after its
+    /// device was deleted): nothing is left to hand on.
+    pub fn abandon(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(n) = &self.notifier {
+            let _ = n.notify("STOPPING=1");
+        }
+        self.server.set_running(None);
     }
 
     /// After the agent's loop: hand on (a successor took over: stop our threads,
@@ -377,6 +442,20 @@ impl NodeHandover {
             }
         }
     }
+}
+
+/// Puts the userspace dataplane's descriptors in systemd's store; how many went in.
+fn store_fds(n: &Notifier, u: &crate::node_dataplane::userspace::Userspace) -> usize {
+    let mut stored = 0;
+    for (role, fd) in u.handover_fds().with_roles() {
+        match n.store_fds(&role.store_name(), &[fd]) {
+            Ok(()) => stored += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store a descriptor in systemd's store")
+            }
+        }
+    }
+    stored
 }
 
 fn refresh(server: &Server, file: &Mutex<StateFile>, version: u16) {

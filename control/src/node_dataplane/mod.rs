@@ -237,6 +237,14 @@ impl NodeDataplane {
         }
     }
 
+    /// The overlay device's name: the TAP, or `flannel.<VNI>`.
+    pub fn device_name(&self, setup: &DataplaneSetup) -> vxmesh_dataplane::ifname::IfName {
+        match &self.overlay {
+            Overlay::Userspace(_) => setup.device_name.clone(),
+            Overlay::Kernel(k) => k.device_name().clone(),
+        }
+    }
+
     /// The device carrying overlay traffic (its ifindex).
     pub fn device_index(&self) -> u32 {
         match &self.overlay {
@@ -494,6 +502,15 @@ impl NodeDataplane {
     /// Removes a peer's route (and overlay entries).
     pub async fn remove_peer(&self, nl: &Netlink, p: &Peer) -> Result<(), NetlinkError> {
         first_error(self.program(nl, &[PeerChange::Removed(*p)]))
+    }
+
+    /// Stops the packet threads of a dataplane whose device is gone (deleted under
+    /// the running agent), before it is started again; returns how long that took.
+    pub fn discard(self) -> Duration {
+        match self.overlay {
+            Overlay::Userspace(u) => u.quiesce(),
+            Overlay::Kernel(_) => Duration::ZERO,
+        }
     }
 
     /// Stops forwarding and leaves the device with its address, routes and

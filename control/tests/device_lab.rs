@@ -1,0 +1,117 @@
+//! Privileged end to end: the overlay device deleted under a running agent (`ip link
+//! del`, a network script, an operator's mistake). flanneld re-creates `flannel.<VNI>`
+//! when it goes; vxmeshd starts its dataplane again on a new device — the userspace
+//! TAP or the kernel's `flannel.<VNI>` — and programs every peer on it, in the same
+//! process, within its 2 s device check. Needs root, network namespaces and etcd:
+//! ignored by a plain `cargo test`, run by scripts/test.sh (`-- --include-ignored`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::lab::Lab;
+use serde_json::Value;
+use vxmesh_testkit::{require_etcd, require_root, wait_for};
+
+/// The kinds of the node's recorded events (`/v1/events`).
+fn event_kinds(lab: &Lab, node: &str) -> Vec<String> {
+    let out = lab.exec(
+        node,
+        &["curl", "-sf", "http://127.0.0.1:8471/v1/events?since=0"],
+    );
+    let page: Value = serde_json::from_str(&out).unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Deletes `device` on `node` and waits until the agent has a new one, ready, with
+/// the peer's route on it; returns how long that took.
+fn delete_and_wait(lab: &Lab, node: &str, device: &str, peer_subnet: &str) -> Duration {
+    let before = lab.ip_json(node, &["link", "show", "dev", device])[0]["ifindex"]
+        .as_u64()
+        .unwrap();
+    let t = std::time::Instant::now();
+    lab.exec(node, &["ip", "link", "del", device]);
+    let back = wait_for(Duration::from_secs(15), || {
+        let link = lab.ip_json(node, &["link", "show", "dev", device]);
+        let index = link[0]["ifindex"].as_u64();
+        index.is_some_and(|i| i != before)
+            && lab.status(node)["ready"] == Value::Bool(true)
+            && lab.routes(node).contains(peer_subnet)
+    });
+    assert!(
+        back.is_some(),
+        "{node}: {device} not re-created and programmed within 15 s; routes:\n{}\nstatus: {}",
+        lab.routes(node),
+        lab.status(node)
+    );
+    t.elapsed()
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vxd",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_DATAPLANES", "userspace kernel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    let pids = (lab.agent_pid(1), lab.agent_pid(2));
+    let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
+
+    let mac = |node: &str, device: &str| {
+        lab.ip_json(node, &["link", "show", "dev", device])[0]["address"].clone()
+    };
+
+    // The userspace dataplane's TAP.
+    let mac1 = mac("n1", "vxmesh0");
+    let took = delete_and_wait(&lab, "n1", "vxmesh0", &subnet2);
+    println!("n1: vxmesh0 re-created and programmed {took:?} after ip link del");
+    lab.check(2, "after vxmesh0 was deleted on the userspace node");
+    assert_eq!(
+        mac("n1", "vxmesh0"),
+        mac1,
+        "the new TAP carries the VtepMAC"
+    );
+
+    // The kernel dataplane's flannel.1.
+    let mac2 = mac("n2", "flannel.1");
+    let took = delete_and_wait(&lab, "n2", "flannel.1", &subnet1);
+    println!("n2: flannel.1 re-created and programmed {took:?} after ip link del");
+    lab.check(2, "after flannel.1 was deleted on the kernel node");
+    assert_eq!(
+        mac("n2", "flannel.1"),
+        mac2,
+        "the new device carries the VtepMAC"
+    );
+
+    // Both in the running agents, which say so.
+    assert_eq!(
+        (lab.agent_pid(1), lab.agent_pid(2)),
+        pids,
+        "an agent restarted"
+    );
+    for node in ["n1", "n2"] {
+        let kinds = event_kinds(&lab, node);
+        assert!(
+            kinds.iter().any(|k| k == "device_recreated"),
+            "{node}: events {kinds:?}"
+        );
+    }
+    lab.must(&["down"]);
+}
