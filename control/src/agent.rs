@@ -1365,7 +1365,8 @@ impl Running {
         self.state.event(
             "device_recreated",
             format!(
-                "{device} was deleted under the running agent; a new one carries {} peers",
+                "an overlay device was deleted under the running agent: {device}{} made again, carrying {} peers",
+                if self.dp.device6_index().is_some() { " and its IPv6 device" } else { "" },
                 self.peers.peers().count()
             ),
         );

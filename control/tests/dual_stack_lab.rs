@@ -455,6 +455,32 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         );
     }
 
+    // The IPv6 device deleted under a running agent, on either dataplane: the agent
+    // starts its dataplane again and both families are carried within seconds.
+    for node in ["n1", "n3"] {
+        let index =
+            |lab: &Lab| lab.ip_json(node, &["link", "show", "flannel-v6.1"])[0]["ifindex"].as_u64();
+        let before = index(&lab);
+        lab.exec(node, &["ip", "link", "del", "flannel-v6.1"]);
+        let back = wait_for(Duration::from_secs(15), || {
+            index(&lab).is_some_and(|i| Some(i) != before)
+                && lab.status(node)["ready"] == Value::Bool(true)
+        });
+        assert!(
+            back.is_some(),
+            "{node}: flannel-v6.1 not re-created: {}",
+            lab.status(node)
+        );
+        let ok = wait_for(Duration::from_secs(10), || {
+            let (ok, out) = lab.cmd(&["check"]);
+            ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable")
+        });
+        assert!(
+            ok.is_some(),
+            "{node}: not every pair reached after flannel-v6.1 was re-created"
+        );
+    }
+
     // A forged lease claiming node 1's IPv6 subnet (its IPv4 half fresh and valid):
     // every node rejects it whole, so node 1's pods keep their IPv6 route everywhere.
     // Before the IPv6 halves were judged, nodes 2 and 3 routed node 1's pods' IPv6 to

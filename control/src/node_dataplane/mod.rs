@@ -266,7 +266,8 @@ impl NodeDataplane {
     /// Puts the VtepMAC back on the device if something replaced it (systemd-udevd's
     /// `MACAddressPolicy=persistent` can rewrite a new TAP's MAC just after we set
     /// it; peers would then address a MAC nobody answers to). Returns whether a repair
-    /// was needed. Setting a MAC flushes the device's neighbours: the caller re-applies
+    /// was needed; `NoSuchLink` when the device, or the IPv6 device of a dual-stack
+    /// node, is gone. Setting a MAC flushes the device's neighbours: the caller re-applies
     /// the peers after a repair.
     pub async fn ensure_vtep_mac(
         &self,
@@ -274,6 +275,15 @@ impl NodeDataplane {
         vtep_mac: MacAddr,
         mtu: u32,
     ) -> Result<bool, NetlinkError> {
+        // Dual stack: a deleted IPv6 device is a deleted overlay too (the caller
+        // starts the dataplane again, which makes both).
+        if let Some(i6) = self.device6_index() {
+            if nl.link_by_index(i6).await?.is_none() {
+                return Err(NetlinkError::NoSuchLink(format!(
+                    "#{i6} (the IPv6 overlay device vanished)"
+                )));
+            }
+        }
         let idx = self.device_index();
         match nl.link_by_index(idx).await? {
             Some(l) if l.mac == Some(vtep_mac) => Ok(false),
