@@ -1327,9 +1327,10 @@ impl Running {
                 self.state.ready.routes.store(ok, Ordering::Relaxed);
                 Device::There
             }
-            Err(crate::netlink::NetlinkError::NoSuchLink(_)) => {
+            Err(crate::netlink::NetlinkError::NoSuchLink(which)) => {
                 tracing::warn!(
                     device = %self.dp.device_name(&self.setup),
+                    gone = %which,
                     "the overlay device was deleted under the running agent; starting the dataplane again on a new one"
                 );
                 self.state.ready.routes.store(false, Ordering::Relaxed);

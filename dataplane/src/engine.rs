@@ -320,6 +320,15 @@ impl RateLimitedLog {
     }
 }
 
+/// Whether a TAP write error means the device is gone (deleted while open: tun
+/// answers EBADFD on a detached queue; ENODEV and ENXIO for a device going away).
+fn underlay_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD | libc::ENODEV | libc::ENXIO)
+    )
+}
+
 /// Waits until `fd` is readable or the engine stops. With a busy-polling budget it
 /// first checks again for up to `busy_poll`, yielding the CPU between checks, so
 /// traffic that comes back within it finds the thread awake (no wake-up, no halted
@@ -588,12 +597,6 @@ impl EgressWorker {
                                 self.flows.offer(frame, inner, dg, Direction::ToPeer, peer);
                                 continue;
                             }
-                            Whole::Failed => {
-                                if let Some(c) = view.table.peer_counters(slot) {
-                                    c.count_drop(DropReason::SendFailed);
-                                }
-                                continue;
-                            }
                             Whole::Cannot => counts.underlay_tap_fallbacks += 1,
                         }
                     }
@@ -724,7 +727,22 @@ impl EgressWorker {
                 self.ident = self.ident.wrapping_add(1);
                 counts.underlay_probes_sent += 1;
             }
-            Err(e) => self.underlay_log.error(&e),
+            Err(e) => self.underlay_failed(&e),
+        }
+    }
+
+    /// A write to the underlay TAP failed. If the device is gone (deleted under the
+    /// running agent: the descriptor answers EBADFD), this thread stops using it at
+    /// once — its frames go the segmenting way, as to an unproven peer — instead of
+    /// failing every frame until the proofs run out; the agent's device check starts
+    /// the dataplane again on a new one.
+    fn underlay_failed(&mut self, e: &io::Error) {
+        self.underlay_log.error(e);
+        if underlay_gone(e) && self.underlay.take().is_some() {
+            tracing::warn!(
+                error = %e,
+                "the underlay TAP is gone (deleted?): GSO frames are cut into datagrams here until the dataplane starts again on a new one"
+            );
         }
     }
 
@@ -764,10 +782,11 @@ impl EgressWorker {
                 counts.udp_bytes_sent += (dg * VxlanHeader::LEN + inner) as u64;
                 Whole::Sent(dg, inner)
             }
+            // Not lost: the frame goes the segmenting way (the batch is empty, so the
+            // flow stays in order).
             Err(e) => {
-                self.underlay_log.error(&e);
-                counts.drop(DropReason::SendFailed);
-                Whole::Failed
+                self.underlay_failed(&e);
+                Whole::Cannot
             }
         }
     }
@@ -803,9 +822,7 @@ fn first_ident(i: usize) -> u16 {
 enum Whole {
     /// Written; it leaves as this many datagrams, with this many inner bytes.
     Sent(usize, usize),
-    /// The write failed (counted as a send failure).
-    Failed,
-    /// The path cannot carry it: send it the segmenting way.
+    /// The path cannot carry it, or the write failed: send it the segmenting way.
     Cannot,
 }
 

@@ -717,3 +717,46 @@ fn a_firewalled_underlay_tap_is_never_used() {
             .unwrap();
     assert!(!rules.contains(" 0 DROP"), "{rules}");
 }
+
+/// The underlay TAP deleted under a transfer that uses it (an operator's `ip link
+/// del`, a cleanup script): the engine's writes to it fail (EBADFD), and the frames go
+/// the segmenting way instead of being lost. Every byte arrives, no send fails, and
+/// once the engine has seen the device gone it no longer tries it.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn a_deleted_underlay_tap_costs_no_frames() {
+    require_root();
+    let Some((a, b)) = underlay_pair("d", None) else {
+        return;
+    };
+    let to = Ipv4Addr::new(10, 244, 2, 0);
+    a.ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.244.2.0"])
+        .unwrap();
+    verified_transfer(&a.ns, &b.ns, to, 5214, 16 << 20);
+    let whole = a.counters();
+    assert!(whole.underlay_tap_frames > 100, "{whole:?}");
+    // Deleted 50 ms into the next transfer (if that one ends first, the one after
+    // meets the deleted device instead).
+    let ns = a.ns.name().to_string();
+    let del = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "del", "vxt0u"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    verified_transfer(&a.ns, &b.ns, to, 5215, 64 << 20);
+    del.join().unwrap();
+    verified_transfer(&a.ns, &b.ns, to, 5216, 16 << 20);
+    // The last transfer went the segmenting way: the device was out of use by then.
+    let last = a.counters();
+    verified_transfer(&a.ns, &b.ns, to, 5217, 8 << 20);
+    let end = a.counters();
+    assert_eq!(end.underlay_tap_frames, last.underlay_tap_frames, "{end:?}");
+    assert!(
+        end.tso_frames_segmented > last.tso_frames_segmented,
+        "{end:?}"
+    );
+    assert_eq!(end.dropped(DropReason::SendFailed), 0, "{end:?}");
+}

@@ -266,8 +266,8 @@ impl NodeDataplane {
     /// Puts the VtepMAC back on the device if something replaced it (systemd-udevd's
     /// `MACAddressPolicy=persistent` can rewrite a new TAP's MAC just after we set
     /// it; peers would then address a MAC nobody answers to). Returns whether a repair
-    /// was needed; `NoSuchLink` when the device, or the IPv6 device of a dual-stack
-    /// node, is gone. Setting a MAC flushes the device's neighbours: the caller re-applies
+    /// was needed; `NoSuchLink` when the device, the underlay TAP or the IPv6 device
+    /// of a dual-stack node is gone. Setting a MAC flushes the device's neighbours: the caller re-applies
     /// the peers after a repair.
     pub async fn ensure_vtep_mac(
         &self,
@@ -275,8 +275,19 @@ impl NodeDataplane {
         vtep_mac: MacAddr,
         mtu: u32,
     ) -> Result<bool, NetlinkError> {
-        // Dual stack: a deleted IPv6 device is a deleted overlay too (the caller
-        // starts the dataplane again, which makes both).
+        // The underlay TAP (`--egress-tunnel-gso`) and, dual stack, the IPv6 device:
+        // one deleted is the overlay deleted (the caller starts the dataplane again,
+        // which makes them all).
+        if let Some(name) = self
+            .userspace()
+            .and_then(userspace::Userspace::underlay_name)
+        {
+            if nl.link_identity(name.as_str()).await?.is_none() {
+                return Err(NetlinkError::NoSuchLink(format!(
+                    "{name} (the underlay TAP vanished)"
+                )));
+            }
+        }
         if let Some(i6) = self.device6_index() {
             if nl.link_by_index(i6).await?.is_none() {
                 return Err(NetlinkError::NoSuchLink(format!(

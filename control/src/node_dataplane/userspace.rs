@@ -166,6 +166,8 @@ pub struct Userspace {
     /// systemd's descriptor store.
     fds: DataplaneFds,
     tap_offloads: u32,
+    /// The underlay TAP the engine writes to (`--egress-tunnel-gso`), if it has one.
+    underlay_name: Option<IfName>,
     /// Dual stack: the IPv6 device (the kernel's vxlan driver).
     v6: Option<Device6>,
     /// The IPv6 halves programmed on it, to keep an fdb entry another peer still
@@ -389,6 +391,9 @@ impl Userspace {
         tap_offloads: u32,
         underlay: Option<UnderlayTx>,
     ) -> anyhow::Result<Userspace> {
+        let underlay_name = underlay
+            .as_ref()
+            .and_then(|_| underlay_tap_name(&s.device_name));
         let fds = DataplaneFds {
             taps: taps
                 .iter()
@@ -469,6 +474,7 @@ impl Userspace {
             table,
             fds,
             tap_offloads,
+            underlay_name,
             v6: None,
             programmed: SharedProgrammed::default(),
         })
@@ -495,6 +501,11 @@ impl Userspace {
     /// The descriptors a successor (or systemd's store) gets.
     pub fn handover_fds(&self) -> &DataplaneFds {
         &self.fds
+    }
+
+    /// The underlay TAP the engine writes to, if it has one.
+    pub fn underlay_name(&self) -> Option<&IfName> {
+        self.underlay_name.as_ref()
     }
 
     /// The `TUN_F_*` offload flags the TAP has.
