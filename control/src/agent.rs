@@ -999,9 +999,20 @@ pub async fn run_with(
         .map_or(WatchFrom::List, WatchFrom::Listing);
     let watcher =
         tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
+    // The kernel's link announcements: a deleted overlay device is checked at once,
+    // as flanneld notices one; the periodic check stays for announcements lost to a
+    // full socket buffer.
+    let (mut link_deletions, link_watch) = match crate::netlink::watch_link_deletions() {
+        Ok((rx, task)) => (Some(rx), Some(task)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the kernel's link announcements; a deleted overlay device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
+            (None, None)
+        }
+    };
     // What ends with the loop (or with a dataplane that cannot be started again).
     let background: Vec<tokio::task::AbortHandle> = [
         Some(watcher.abort_handle()),
+        link_watch.as_ref().map(JoinHandle::abort_handle),
         iptables.as_ref().map(JoinHandle::abort_handle),
         Some(blackhole.abort_handle()),
         Some(lease.abort_handle()),
@@ -1046,8 +1057,18 @@ pub async fn run_with(
                     break Err(e);
                 }
             }
-            _ = device_check.tick() => {
-                if node.check_device().await == Device::Gone {
+            due = device_check_due(&mut device_check, &mut link_deletions) => {
+                let due = match due {
+                    CheckDue::Tick => true,
+                    CheckDue::Deleted(d) => {
+                        let ours = node.dp.owns_link(&d);
+                        if ours {
+                            tracing::debug!(index = d.index, name = %d.name, "an overlay device was deleted");
+                        }
+                        ours
+                    }
+                };
+                if due && node.check_device().await == Device::Gone {
                     // Moved out and put back below; on failure there is no
                     // dataplane left to stop, so this returns from here.
                     let old = node.dp;
@@ -1084,6 +1105,35 @@ pub async fn run_with(
     let handed = takeover.lock().ok().and_then(|mut g| g.take());
     ho.stop(node.dp, handed).await;
     result
+}
+
+/// Why the device check runs now.
+enum CheckDue {
+    /// Its period came round.
+    Tick,
+    /// The kernel announced a deleted link (the check runs if it was ours).
+    Deleted(crate::netlink::DeletedLink),
+}
+
+/// Waits for the next device check: the period, or a link deletion the kernel
+/// announces (`deletions`; without it, or once it ends, the period alone).
+async fn device_check_due(
+    tick: &mut tokio::time::Interval,
+    deletions: &mut Option<mpsc::Receiver<crate::netlink::DeletedLink>>,
+) -> CheckDue {
+    let deleted = async {
+        match deletions {
+            Some(rx) => match rx.recv().await {
+                Some(d) => d,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tick.tick() => CheckDue::Tick,
+        d = deleted => CheckDue::Deleted(d),
+    }
 }
 
 /// What the periodic device check found.

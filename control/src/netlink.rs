@@ -1943,10 +1943,128 @@ fn ensure_file_value(path: &Path, value: &str) -> std::io::Result<()> {
     std::fs::write(path, value)
 }
 
+/// A link the kernel announced deleted (`RTM_DELLINK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedLink {
+    pub index: u32,
+    /// Empty if the announcement carried no name.
+    pub name: String,
+}
+
+/// The deleted link a netlink message announces, if it announces one (anything else,
+/// or bytes that do not parse, is `None`).
+pub fn deleted_link(bytes: &[u8]) -> Option<DeletedLink> {
+    use rtnetlink::packet_core::NetlinkMessage;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).ok()?;
+    deleted_link_of(&msg)
+}
+
+fn deleted_link_of(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> Option<DeletedLink> {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = &msg.payload else {
+        return None;
+    };
+    let name = l
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Some(DeletedLink {
+        index: l.header.index,
+        name,
+    })
+}
+
+/// Subscribes to the kernel's link announcements (`RTNLGRP_LINK`) in this network
+/// namespace and sends each deleted link on the returned channel, from a task on the
+/// current runtime (abort its handle to stop it). Announcements lost to a full socket
+/// buffer are not reported: a caller that must not miss one checks periodically too.
+pub fn watch_link_deletions() -> Result<
+    (
+        tokio::sync::mpsc::Receiver<DeletedLink>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetlinkError,
+> {
+    use rtnetlink::sys::AsyncSocket;
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    let groups = rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK);
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&groups)
+        .map_err(NetlinkError::Connect)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        let forward = async {
+            while let Some((msg, _)) = messages.next().await {
+                if let Some(d) = deleted_link_of(&msg) {
+                    // A full channel already holds a deletion for the reader to act on.
+                    match tx.try_send(d) {
+                        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = conn => {}
+            () = forward => {}
+        }
+    });
+    Ok((rx, task))
+}
+
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
     use crate::netlink_batch::tests::NEIGH;
+
+    /// An `RTM_DELLINK` announcement as the kernel sends it for `ip link del vxmesh0`
+    /// (header, ifinfomsg, IFLA_IFNAME; the kernel's other attributes left out), and
+    /// what is not one.
+    #[test]
+    fn deleted_link_read_from_an_announcement() {
+        let mut m = vec![
+            0, 0, 0, 0, // length, set below
+            17, 0, // RTM_DELLINK
+            0, 0, // flags
+            0, 0, 0, 0, // sequence
+            0, 0, 0, 0, // port id
+            0, 0, // ifi_family AF_UNSPEC, pad
+            1, 0, // ARPHRD_ETHER
+            7, 0, 0, 0, // ifi_index 7
+            0x02, 0x10, 0, 0, // IFF_BROADCAST | IFF_MULTICAST
+            0, 0, 0, 0, // ifi_change
+            12, 0, 3, 0, // IFLA_IFNAME, 12 bytes
+        ];
+        m.extend_from_slice(b"vxmesh0\0");
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(
+            deleted_link(&m),
+            Some(DeletedLink {
+                index: 7,
+                name: "vxmesh0".into()
+            })
+        );
+        // RTM_NEWLINK: not a deletion.
+        let mut new = m.clone();
+        new[4] = 16;
+        assert_eq!(deleted_link(&new), None);
+        // Cut short, or garbage: nothing, no panic.
+        for n in 0..m.len() {
+            assert_eq!(deleted_link(&m[..n]), None, "{n} bytes");
+        }
+        assert_eq!(deleted_link(&[0xff; 64]), None);
+    }
 
     /// A sysctl that already holds the value is not written (a read-only file stays
     /// fine); one that differs is.

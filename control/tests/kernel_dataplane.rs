@@ -1127,3 +1127,35 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
     ns_a.run(|nl| Box::pin(async move { remove_leftover_device(&nl, 1, 8472).await.unwrap() }));
     assert_eq!(names(&ns_a), ["flannel-v6.1"]);
 }
+
+/// The link watch announces a deletion in its own namespace — `ip link del`, with
+/// the link's index and name — and not a link that was only added.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn a_deleted_link_is_announced_by_the_link_watch() {
+    require_root();
+    let ns = Ns::new("lwatch");
+    let (index, got) = ns.run(move |_nl| {
+        Box::pin(async move {
+            let ip = |args: &[&str]| {
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "ip {args:?}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let (mut rx, task) = vxmesh_control::netlink::watch_link_deletions().unwrap();
+            ip(&["link", "add", "vxw0", "type", "bridge"]);
+            ip(&["link", "add", "vxw1", "type", "bridge"]);
+            let shown: Value = serde_json::from_str(&ip(&["-j", "link", "show", "vxw0"])).unwrap();
+            let index = shown[0]["ifindex"].as_u64().unwrap() as u32;
+            ip(&["link", "del", "vxw0"]);
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            task.abort();
+            (index, got.expect("no announcement within 5 s").unwrap())
+        })
+    });
+    assert_eq!(got.index, index);
+    assert_eq!(got.name, "vxw0");
+}

@@ -253,6 +253,18 @@ impl NodeDataplane {
         }
     }
 
+    /// Whether a deleted link was one of this dataplane's devices: the overlay device,
+    /// the IPv6 device (dual stack) or the underlay TAP (by name: the engine holds
+    /// no index for it).
+    pub fn owns_link(&self, d: &crate::netlink::DeletedLink) -> bool {
+        d.index == self.device_index()
+            || Some(d.index) == self.device6_index()
+            || self
+                .userspace()
+                .and_then(userspace::Userspace::underlay_name)
+                .is_some_and(|n| n.as_str() == d.name)
+    }
+
     /// How `p`'s subnet is routed: through the overlay, or directly (DirectRouting).
     pub fn path(&self, p: &Peer) -> PeerPath {
         self.direct.path(p.public_ip)
