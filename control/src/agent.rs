@@ -34,7 +34,7 @@ use crate::handover::node::{self as handover, NodeHandover};
 use crate::lease::{LeaseAttrs, LeaseKey};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
-use crate::netlink::{LinkInfo, Netlink};
+use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
@@ -1060,12 +1060,18 @@ pub async fn run_with(
             due = device_check_due(&mut device_check, &mut link_deletions) => {
                 let due = match due {
                     CheckDue::Tick => true,
-                    CheckDue::Deleted(d) => {
+                    CheckDue::News(LinkNews::Deleted(d)) => {
                         let ours = node.dp.owns_link(&d);
                         if ours {
                             tracing::debug!(index = d.index, name = %d.name, "an overlay device was deleted");
                         }
                         ours
+                    }
+                    CheckDue::News(LinkNews::Lost) => true,
+                    CheckDue::WatchEnded => {
+                        tracing::warn!("the kernel's link announcements stopped; a deleted overlay device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
+                        link_deletions = None;
+                        false
                     }
                 };
                 if due && node.check_device().await == Device::Gone {
@@ -1107,32 +1113,32 @@ pub async fn run_with(
     result
 }
 
-/// Why the device check runs now.
+/// Why the device check may run now.
 enum CheckDue {
     /// Its period came round.
     Tick,
-    /// The kernel announced a deleted link (the check runs if it was ours).
-    Deleted(crate::netlink::DeletedLink),
+    /// The kernel announced a deleted link (the check runs if it was ours), or that
+    /// announcements were lost (it runs).
+    News(LinkNews),
+    /// The link watch ended: the period alone from now on.
+    WatchEnded,
 }
 
-/// Waits for the next device check: the period, or a link deletion the kernel
-/// announces (`deletions`; without it, or once it ends, the period alone).
+/// Waits for the next device check: the period, or news from the link watch
+/// (`deletions`; without it, the period alone).
 async fn device_check_due(
     tick: &mut tokio::time::Interval,
-    deletions: &mut Option<mpsc::Receiver<crate::netlink::DeletedLink>>,
+    deletions: &mut Option<mpsc::Receiver<LinkNews>>,
 ) -> CheckDue {
-    let deleted = async {
+    let news = async {
         match deletions {
-            Some(rx) => match rx.recv().await {
-                Some(d) => d,
-                None => std::future::pending().await,
-            },
+            Some(rx) => rx.recv().await,
             None => std::future::pending().await,
         }
     };
     tokio::select! {
         _ = tick.tick() => CheckDue::Tick,
-        d = deleted => CheckDue::Deleted(d),
+        n = news => n.map_or(CheckDue::WatchEnded, CheckDue::News),
     }
 }
 

@@ -1982,13 +1982,22 @@ fn deleted_link_of(
     })
 }
 
+/// What the link watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkNews {
+    Deleted(DeletedLink),
+    /// The socket's buffer filled and the kernel dropped announcements (ENOBUFS): any
+    /// link may have been deleted meanwhile.
+    Lost,
+}
+
 /// Subscribes to the kernel's link announcements (`RTNLGRP_LINK`) in this network
 /// namespace and sends each deleted link on the returned channel, from a task on the
 /// current runtime (abort its handle to stop it). Announcements lost to a full socket
-/// buffer are not reported: a caller that must not miss one checks periodically too.
+/// buffer are reported as [`LinkNews::Lost`]; the channel closes if the socket fails.
 pub fn watch_link_deletions() -> Result<
     (
-        tokio::sync::mpsc::Receiver<DeletedLink>,
+        tokio::sync::mpsc::Receiver<LinkNews>,
         tokio::task::JoinHandle<()>,
     ),
     NetlinkError,
@@ -2005,9 +2014,13 @@ pub fn watch_link_deletions() -> Result<
     let task = tokio::spawn(async move {
         let forward = async {
             while let Some((msg, _)) = messages.next().await {
-                if let Some(d) = deleted_link_of(&msg) {
-                    // A full channel already holds a deletion for the reader to act on.
-                    match tx.try_send(d) {
+                let news = match &msg.payload {
+                    rtnetlink::packet_core::NetlinkPayload::Overrun(_) => Some(LinkNews::Lost),
+                    _ => deleted_link_of(&msg).map(LinkNews::Deleted),
+                };
+                if let Some(n) = news {
+                    // A full channel already holds news for the reader to act on.
+                    match tx.try_send(n) {
                         Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
                     }

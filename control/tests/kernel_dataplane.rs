@@ -1133,6 +1133,7 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
 #[test]
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn a_deleted_link_is_announced_by_the_link_watch() {
+    use vxmesh_control::netlink::LinkNews;
     require_root();
     let ns = Ns::new("lwatch");
     let (index, got) = ns.run(move |_nl| {
@@ -1152,10 +1153,37 @@ fn a_deleted_link_is_announced_by_the_link_watch() {
             let index = shown[0]["ifindex"].as_u64().unwrap() as u32;
             ip(&["link", "del", "vxw0"]);
             let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            let got = got.expect("no announcement within 5 s").unwrap();
+            // More announcements than the socket holds while nobody reads (this
+            // thread runs the watch and is busy): the loss is reported.
+            let batch: String = (0..200)
+                .map(|i| format!("link add vxf{i} type bridge\nlink del vxf{i}\n"))
+                .collect();
+            let path = std::env::temp_dir().join(format!("vxmesh-lwatch-{}", std::process::id()));
+            std::fs::write(&path, batch).unwrap();
+            ip(&["-batch", path.to_str().unwrap()]);
+            let _ = std::fs::remove_file(&path);
+            let lost = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(n) = rx.recv().await {
+                    if n == LinkNews::Lost {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
             task.abort();
-            (index, got.expect("no announcement within 5 s").unwrap())
+            assert_eq!(
+                lost,
+                Ok(true),
+                "no loss reported after 400 unread announcements"
+            );
+            (index, got)
         })
     });
+    let LinkNews::Deleted(got) = got else {
+        panic!("{got:?}")
+    };
     assert_eq!(got.index, index);
     assert_eq!(got.name, "vxw0");
 }
