@@ -163,6 +163,21 @@ fn ago(ms: &Value, now_ms: u64) -> String {
     }
 }
 
+/// How GSO frames to a peer leave (`vxmeshctl peers`' EGRESS): `whole` through the
+/// underlay TAP once the path is proven; `cut` here while it is not; `idle` when
+/// nothing was sent to the peer for longer than a proof lasts (proofs are refreshed
+/// only while traffic flows, so an idle peer's has lapsed, which says nothing about
+/// the path).
+fn egress_state(proven: bool, last_tx_ms: u64, now_ms: u64) -> &'static str {
+    if proven {
+        "whole"
+    } else if now_ms.saturating_sub(last_tx_ms) > vxmesh_dataplane::path_probe::VALID_MS {
+        "idle"
+    } else {
+        "cut"
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -463,7 +478,7 @@ fn main() -> anyhow::Result<()> {
                     ];
                     if egress {
                         let whole = p["underlay_tap_path"].as_bool() == Some(true);
-                        row.push(if whole { "whole" } else { "cut" }.into());
+                        row.push(egress_state(whole, u(&p["last_tx_unix_ms"]), now).into());
                     }
                     // A dual-stack peer's IPv6 half, on its own line (no counters: the
                     // kernel's device carries it).
@@ -966,5 +981,17 @@ mod tests {
         assert!(out.contains(r"\u{1b}]0;owned\u{7}"), "{out}");
         assert!(out.contains(r"\u{1b}[31mvxlan\nforged row"), "{out}");
         assert_eq!(printable("10.244.3.0/24"), "10.244.3.0/24");
+    }
+
+    #[test]
+    fn egress_column_tells_an_idle_peer_from_a_cut_path() {
+        let now = 1_000_000;
+        assert_eq!(egress_state(true, now - 200, now), "whole");
+        assert_eq!(egress_state(false, now - 200, now), "cut");
+        assert_eq!(egress_state(false, now - 3_500, now), "cut");
+        assert_eq!(egress_state(false, now - 3_501, now), "idle");
+        // Never sent to (0), or a clock that went back: no panic.
+        assert_eq!(egress_state(false, 0, now), "idle");
+        assert_eq!(egress_state(false, now + 5, now), "cut");
     }
 }
