@@ -818,14 +818,7 @@ impl Netlink {
         let _dump = self.dumping().await;
         let mut links = self.handle.link().get().execute();
         while let Some(m) = links.try_next().await.map_err(Self::req("dump links"))? {
-            let name = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let name = link_name(&m);
             out.push(Interface {
                 index: m.header.index,
                 name,
@@ -1968,18 +1961,21 @@ fn deleted_link_of(
     let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = &msg.payload else {
         return None;
     };
-    let name = l
-        .attributes
+    Some(DeletedLink {
+        index: l.header.index,
+        name: link_name(l),
+    })
+}
+
+/// A link message's name (empty if it carries none).
+fn link_name(m: &LinkMessage) -> String {
+    m.attributes
         .iter()
         .find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
         })
-        .unwrap_or_default();
-    Some(DeletedLink {
-        index: l.header.index,
-        name,
-    })
+        .unwrap_or_default()
 }
 
 /// What the link watch reports.

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::lab::Lab;
@@ -69,49 +68,12 @@ fn proven(lab: &Lab) -> bool {
 /// An iperf3 TCP stream pod n1-p1 → `dst` for 6 s in 0.5 s intervals, `during` run
 /// 2 s in; the bytes of each interval.
 fn stream(lab: &Lab, dst: &str, during: impl FnOnce()) -> Vec<f64> {
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("n2-p1"),
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5203",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let cli = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("n1-p1"),
-            "iperf3",
-            "-c",
-            dst,
-            "-p",
-            "5203",
-        ])
-        .args(["-t", "6", "-i", "0.5", "-J"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    during();
-    let out = cli.wait_with_output().unwrap();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(
-        out.status.success() && j.get("error").is_none(),
-        "iperf3 failed: {} {}",
-        j["error"],
-        String::from_utf8_lossy(&out.stderr)
+    let j = lab.iperf_during(
+        ("n1-p1", "n2-p1", dst),
+        5203,
+        6,
+        Duration::from_secs(2),
+        during,
     );
     j["intervals"]
         .as_array()

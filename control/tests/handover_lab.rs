@@ -209,50 +209,12 @@ struct Iperf {
 }
 
 fn iperf(lab: &Lab, dst: &str, during: impl FnOnce()) -> Iperf {
-    let ns = |n: &str| lab.ns(n);
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns("n2-p1"),
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5202",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let cli = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns("n1-p1"),
-            "iperf3",
-            "-c",
-            dst,
-            "-p",
-            "5202",
-        ])
-        .args(["-t", "8", "-i", "0.5", "-J"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(3000));
-    during();
-    let out = cli.wait_with_output().unwrap();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert!(
-        out.status.success() && j.get("error").is_none(),
-        "iperf3 failed: {} {}",
-        j["error"],
-        String::from_utf8_lossy(&out.stderr)
+    let j = lab.iperf_during(
+        ("n1-p1", "n2-p1", dst),
+        5202,
+        8,
+        Duration::from_millis(3000),
+        during,
     );
     let rates: Vec<f64> = j["intervals"]
         .as_array()

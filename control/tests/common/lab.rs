@@ -231,6 +231,66 @@ impl Lab {
         self.etcdctl(&["put", KEY, &config.to_string()]);
     }
 
+    /// An iperf3 TCP stream from pod `from` to `dst` on pod `to` (suffixes as for
+    /// [`Lab::ns`]), `seconds` long in 0.5 s intervals, with `during` run `after` into
+    /// it; iperf3's JSON report, once it is known to have run.
+    pub fn iperf_during(
+        &self,
+        (from, to, dst): (&str, &str, &str),
+        port: u16,
+        seconds: u32,
+        after: std::time::Duration,
+        during: impl FnOnce(),
+    ) -> Value {
+        use std::process::Stdio;
+        let (port, seconds) = (port.to_string(), seconds.to_string());
+        let mut srv = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(to),
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                &port,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let cli = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(from),
+                "iperf3",
+                "-c",
+                dst,
+                "-p",
+                &port,
+            ])
+            .args(["-t", &seconds, "-i", "0.5", "-J"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        during();
+        let out = cli.wait_with_output().unwrap();
+        let _ = srv.kill();
+        let _ = srv.wait();
+        let j: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert!(
+            out.status.success() && j.get("error").is_none(),
+            "iperf3 failed: {} {}",
+            j["error"],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        j
+    }
+
     /// `vxmeshctl status --json` on a node.
     pub fn status(&self, node: &str) -> Value {
         let ctl = self.bin.join("vxmeshctl");
