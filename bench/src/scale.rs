@@ -247,7 +247,8 @@ pub struct ScaleRun {
     pub storm: Option<Convergence>,
     /// Agents ready (/readyz) after the storm, seconds after the last start.
     pub storm_ready_s: Option<f64>,
-    /// Lines in the agents' logs that say a watch or keepalive stream broke.
+    /// Lines in the agents' logs that say a watch or keepalive stream broke (one per
+    /// outage since the agents stopped logging every retry).
     pub agent_stream_errors: u64,
     /// Route notifications lost (and re-read with a dump), summed over nodes.
     pub monitor_resyncs: u64,
@@ -1103,6 +1104,9 @@ fn converge(
 }
 
 /// Counts log lines of the agents that report a broken watch or keepalive stream.
+/// Since the agents report an etcd outage once when it begins (then once a minute),
+/// this counts outages of each stream; an older build's logs, which have a line per
+/// failed retry, count every failure.
 fn stream_errors(log_dir: &Path, n: usize) -> u64 {
     let mut count = 0;
     for i in 0..n {
@@ -1118,6 +1122,7 @@ fn stream_errors(log_dir: &Path, n: usize) -> u64 {
                     || l.contains("keepalive stream broke")
                     || l.contains("keepalive send failed")
                     || l.contains("lease keepalive: cannot reach etcd")
+                    || l.contains("lease keepalive failed; retrying")
             })
             .count() as u64;
     }

@@ -36,6 +36,7 @@ use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
+use crate::outage::{self, Outage};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
@@ -269,8 +270,9 @@ async fn lease_task(
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
+    let mut outage = Outage::default();
     loop {
-        match step(&reg, &mut machine, &attrs, ttl, &mut listed).await {
+        match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
                 subnet,
                 ipv6,
@@ -368,17 +370,21 @@ pub async fn step(
     attrs: &LeaseAttrs,
     ttl: Duration,
     listed: &mut Option<Listing>,
+    outage: &mut Outage,
 ) -> Option<LeaseAction> {
+    const WHAT: &str = "subnet lease acquisition";
     match machine.poll(Instant::now()) {
         LeaseAction::List => {
             let ev = match reg.list_subnets().await {
                 Ok(l) => {
+                    outage::log(WHAT, outage.succeeded(Instant::now()), &"");
                     let ev = LeaseEvent::Listed(l.existing_leases());
                     *listed = Some(l);
                     ev
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list subnets");
+                    let e = format!("cannot list subnets: {e}");
+                    outage::log(WHAT, outage.failed(Instant::now()), &e);
                     LeaseEvent::RegistryError
                 }
             };
@@ -386,7 +392,11 @@ pub async fn step(
             None
         }
         LeaseAction::Claim(c) => {
-            let ev = match reg.claim(&c, attrs, ttl).await {
+            let claimed = reg.claim(&c, attrs, ttl).await;
+            if claimed.is_ok() {
+                outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+            }
+            let ev = match claimed {
                 Ok(Some(won)) => {
                     if let Claim::Rekey { from, .. } = c {
                         tracing::info!(old = %from.key_form(), new = %c.key().key_form(), "this node's old lease did not fit the current network config: deleted it and claimed the new one in one transaction");
@@ -401,7 +411,8 @@ pub async fn step(
                     LeaseEvent::RaceLost
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim a subnet");
+                    let e = format!("cannot claim a subnet: {e}");
+                    outage::log(WHAT, outage.failed(Instant::now()), &e);
                     LeaseEvent::RegistryError
                 }
             };
@@ -421,8 +432,9 @@ pub async fn acquire(
     ttl: Duration,
 ) -> Result<Held, crate::allocator::NoFreeSubnet> {
     let mut listed = None;
+    let mut outage = Outage::default();
     loop {
-        match step(reg, machine, attrs, ttl, &mut listed).await {
+        match step(reg, machine, attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
                 subnet,
                 ipv6,

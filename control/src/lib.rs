@@ -31,6 +31,7 @@ pub mod masq;
 pub mod netlink;
 pub mod netlink_batch;
 pub mod node_dataplane;
+pub mod outage;
 pub mod own_key;
 pub mod peers;
 pub mod pool;

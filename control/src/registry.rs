@@ -6,7 +6,7 @@
 //! revision was compacted, reconnecting with backoff (100 ms → 5 s) on errors.
 //! Decisions live in the pure cores ([`crate::lease_machine`], [`crate::peers`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -18,6 +18,7 @@ use crate::allocator::Claim;
 use crate::config::{example_put, ConfigError, NetworkConfig};
 use crate::etcd_access::{AccessError, EtcdAccess, TlsMaterial};
 use crate::lease::{config_key, lease_key_of, subnets_prefix, LeaseAttrs};
+use crate::outage::{self, Outage};
 pub use crate::registry_events::{Entry, Listing, WatchEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +385,8 @@ impl Registry {
         let mut deadline = tokio::time::Instant::now() + ttl;
         stats.stamp(ttl);
         let mut backoff = Backoff::default();
+        let mut outage = Outage::default();
+        const WHAT: &str = "lease keepalive";
         let unrenewed =
             || format!("etcd lease {lease_id:x} could not be renewed before it expired");
         // Every request is bounded by the lease's expiry: with etcd unreachable (packets
@@ -397,7 +400,7 @@ impl Registry {
                     match tokio::time::timeout_at(deadline, keeper.keep_alive()).await {
                         Err(_) => return unrenewed(),
                         Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "lease keepalive send failed; reconnecting");
+                            outage::log(WHAT, outage.failed(Instant::now()), &e);
                             break;
                         }
                         Ok(Ok(())) => {}
@@ -408,18 +411,20 @@ impl Registry {
                                 return format!("etcd lease {lease_id:x} expired or was revoked");
                             }
                             backoff.reset();
+                            outage::log(WHAT, outage.succeeded(Instant::now()), &"");
                             let left = Duration::from_secs(resp.ttl().unsigned_abs());
                             deadline = tokio::time::Instant::now() + left;
                             stats.renewed(left);
                         }
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                            tracing::warn!("lease keepalive stream broke; reconnecting");
+                            let e = "the keepalive stream broke";
+                            outage::log(WHAT, outage.failed(Instant::now()), &e);
                             break;
                         }
                     }
                     tokio::time::sleep(interval).await;
                 },
-                Ok(Err(e)) => tracing::warn!(error = %e, "lease keepalive: cannot reach etcd"),
+                Ok(Err(e)) => outage::log(WHAT, outage.failed(Instant::now()), &e),
             }
             // etcd may be reachable but the stream broke: ask whether the lease still exists.
             if let Ok(Ok(r)) = tokio::time::timeout_at(
@@ -461,12 +466,15 @@ impl Registry {
             }
         };
         let mut backoff = Backoff::default();
+        let mut outage = Outage::default();
+        const WHAT: &str = "subnet watch";
         let prefix = subnets_prefix(&self.prefix);
         while !tx.is_closed() {
             let rev = match next_rev {
                 Some(r) => r,
                 None => match self.list_subnets().await {
                     Ok(l) => {
+                        outage::log(WHAT, outage.succeeded(Instant::now()), &"");
                         stats
                             .listings
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -477,7 +485,8 @@ impl Registry {
                         r
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot list subnets; retrying");
+                        let e = format!("cannot list subnets: {e}");
+                        outage::log(WHAT, outage.failed(Instant::now()), &e);
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
@@ -488,9 +497,13 @@ impl Registry {
             // would carry its value twice to every node.
             let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
             let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot start watch; retrying");
+                    let e = format!("cannot start the watch: {e}");
+                    outage::log(WHAT, outage.failed(Instant::now()), &e);
                     stats
                         .restarts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -537,11 +550,12 @@ impl Registry {
                         }
                     }
                     Ok(None) => {
-                        tracing::warn!("watch stream ended; resuming");
+                        let e = "the watch stream ended";
+                        outage::log(WHAT, outage.failed(Instant::now()), &e);
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "watch failed; resuming");
+                        outage::log(WHAT, outage.failed(Instant::now()), &e);
                         break;
                     }
                 }
