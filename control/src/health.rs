@@ -136,6 +136,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "watch_restarts": s.watch.restarts.load(Ordering::Relaxed),
         "watch_compactions": s.watch.compactions.load(Ordering::Relaxed),
         "watch_listings": s.watch.listings.load(Ordering::Relaxed),
+        "etcd_unreachable_for_secs": s.watch.down_for(SystemTime::now()).map(|d| d.as_secs()),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
@@ -410,6 +411,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_lease_reacquisitions_total",
         "Times a lost subnet lease was acquired again",
         s.lease_reacquisitions.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut o,
+        "vxmesh_etcd_watch_up",
+        "1 while the etcd watch works; 0 while it fails (etcd unreachable: no peer change reaches this node)",
+        u64::from(s.watch.down_for(SystemTime::now()).is_none()),
     );
     counter(
         &mut o,

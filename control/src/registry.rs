@@ -474,7 +474,9 @@ impl Registry {
                 Some(r) => r,
                 None => match self.list_subnets().await {
                     Ok(l) => {
-                        outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                        let r = outage.succeeded(Instant::now());
+                        stats.note(r);
+                        outage::log(WHAT, r, &"");
                         stats
                             .listings
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -486,7 +488,9 @@ impl Registry {
                     }
                     Err(e) => {
                         let e = format!("cannot list subnets: {e}");
-                        outage::log(WHAT, outage.failed(Instant::now()), &e);
+                        let r = outage.failed(Instant::now());
+                        stats.note(r);
+                        outage::log(WHAT, r, &e);
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
@@ -498,12 +502,16 @@ impl Registry {
             let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
             let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
                 Ok(s) => {
-                    outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                    let r = outage.succeeded(Instant::now());
+                    stats.note(r);
+                    outage::log(WHAT, r, &"");
                     s
                 }
                 Err(e) => {
                     let e = format!("cannot start the watch: {e}");
-                    outage::log(WHAT, outage.failed(Instant::now()), &e);
+                    let r = outage.failed(Instant::now());
+                    stats.note(r);
+                    outage::log(WHAT, r, &e);
                     stats
                         .restarts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -551,11 +559,15 @@ impl Registry {
                     }
                     Ok(None) => {
                         let e = "the watch stream ended";
-                        outage::log(WHAT, outage.failed(Instant::now()), &e);
+                        let r = outage.failed(Instant::now());
+                        stats.note(r);
+                        outage::log(WHAT, r, &e);
                         break;
                     }
                     Err(e) => {
-                        outage::log(WHAT, outage.failed(Instant::now()), &e);
+                        let r = outage.failed(Instant::now());
+                        stats.note(r);
+                        outage::log(WHAT, r, &e);
                         break;
                     }
                 }
@@ -639,4 +651,67 @@ pub struct WatchStats {
     /// Full listings of the prefix the watch read itself (none after a start that
     /// handed it the allocation's listing; one per compaction).
     pub listings: std::sync::atomic::AtomicU64,
+    /// Since when the watch has been failing, Unix milliseconds (0: it works, or has
+    /// not failed yet): while it fails, no change of a peer reaches this node.
+    pub down_since_unix_ms: std::sync::atomic::AtomicU64,
+}
+
+impl WatchStats {
+    /// Records what an attempt of the watch found (see [`Outage`]).
+    fn note(&self, r: outage::Report) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match r {
+            outage::Report::Began => self
+                .down_since_unix_ms
+                .store(unix_ms(std::time::SystemTime::now()).max(1), Relaxed),
+            outage::Report::Ended { .. } => self.down_since_unix_ms.store(0, Relaxed),
+            outage::Report::Lasts { .. } | outage::Report::Quiet => {}
+        }
+    }
+
+    /// How long the watch has been failing at `now`, if it is.
+    pub fn down_for(&self, now: std::time::SystemTime) -> Option<Duration> {
+        match self
+            .down_since_unix_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            t => Some(Duration::from_millis(unix_ms(now).saturating_sub(t))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    /// The watch's outage shows in `down_for` from its first failure until its first
+    /// success, and reminders or quiet failures do not move its start.
+    #[test]
+    fn watch_down_for_follows_the_outage() {
+        let w = WatchStats::default();
+        assert_eq!(w.down_for(SystemTime::now()), None);
+        let mut o = Outage::default();
+        let t0 = Instant::now();
+        w.note(o.failed(t0));
+        let since = w
+            .down_since_unix_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(since > 0);
+        w.note(o.failed(t0 + Duration::from_secs(1)));
+        w.note(o.failed(t0 + Duration::from_secs(61)));
+        assert_eq!(
+            w.down_since_unix_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+            since
+        );
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let d = w.down_for(later).unwrap();
+        assert!(d >= Duration::from_secs(30), "{d:?}");
+        // A clock that went back: zero, not a panic.
+        assert_eq!(w.down_for(SystemTime::UNIX_EPOCH), Some(Duration::ZERO));
+        w.note(o.succeeded(t0 + Duration::from_secs(70)));
+        assert_eq!(w.down_for(later), None);
+    }
 }

@@ -419,7 +419,11 @@ fn main() -> anyhow::Result<()> {
                     s(&st["handovers_refused"])
                 );
             }
-            println!("etcd:         {}", s(&n["etcd"]));
+            let down = match st["etcd_unreachable_for_secs"].as_u64() {
+                Some(t) => format!("  UNREACHABLE for {t} s (no peer change reaches this node)"),
+                None => String::new(),
+            };
+            println!("etcd:         {}{down}", s(&n["etcd"]));
             println!(
                 "peers:        {}",
                 n["peers"].as_array().map_or(0, |a| a.len())
