@@ -758,6 +758,7 @@ pub async fn run_with(
         i.etcd = Some(opts.etcd.describe());
     });
     let _ = state.lease.events.set(Arc::clone(&state.events));
+    let _ = state.watch.events.set(Arc::clone(&state.events));
     let nl = Netlink::connect()?;
     let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");

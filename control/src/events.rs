@@ -20,7 +20,7 @@ pub struct Event {
     /// `lease_acquired`, `lease_renewed`, `lease_lost`, `peer_added`,
     /// `peer_changed`, `peer_removed`, `peer_rejected`, `offload`, `pool_nearly_full`,
     /// `cold_start`, `handover_in`, `handover_out`, `handover_released`,
-    /// `handover_refused`.
+    /// `handover_refused`, `device_recreated`, `etcd_unreachable`, `etcd_reachable`.
     pub kind: &'static str,
     pub detail: String,
 }

@@ -654,17 +654,38 @@ pub struct WatchStats {
     /// Since when the watch has been failing, Unix milliseconds (0: it works, or has
     /// not failed yet): while it fails, no change of a peer reaches this node.
     pub down_since_unix_ms: std::sync::atomic::AtomicU64,
+    /// Where the outages are recorded as events (the agent's log, once set).
+    pub events: std::sync::OnceLock<std::sync::Arc<crate::events::EventLog>>,
 }
 
 impl WatchStats {
     /// Records what an attempt of the watch found (see [`Outage`]).
     fn note(&self, r: outage::Report) {
         use std::sync::atomic::Ordering::Relaxed;
+        let now = unix_ms(std::time::SystemTime::now()).max(1);
+        let event = |kind, detail: String| {
+            if let Some(e) = self.events.get() {
+                e.record(kind, detail, now);
+            }
+        };
         match r {
-            outage::Report::Began => self
-                .down_since_unix_ms
-                .store(unix_ms(std::time::SystemTime::now()).max(1), Relaxed),
-            outage::Report::Ended { .. } => self.down_since_unix_ms.store(0, Relaxed),
+            outage::Report::Began => {
+                self.down_since_unix_ms.store(now, Relaxed);
+                event(
+                    "etcd_unreachable",
+                    "the subnet watch fails: peer changes wait until etcd is back".into(),
+                );
+            }
+            outage::Report::Ended { down, failures } => {
+                self.down_since_unix_ms.store(0, Relaxed);
+                event(
+                    "etcd_reachable",
+                    format!(
+                        "the subnet watch works again after {:.1} s ({failures} failed tries)",
+                        down.as_secs_f64()
+                    ),
+                );
+            }
             outage::Report::Lasts { .. } | outage::Report::Quiet => {}
         }
     }
@@ -691,6 +712,8 @@ mod tests {
     #[test]
     fn watch_down_for_follows_the_outage() {
         let w = WatchStats::default();
+        let log = std::sync::Arc::new(crate::events::EventLog::new(16));
+        let _ = w.events.set(std::sync::Arc::clone(&log));
         assert_eq!(w.down_for(SystemTime::now()), None);
         let mut o = Outage::default();
         let t0 = Instant::now();
@@ -713,5 +736,15 @@ mod tests {
         assert_eq!(w.down_for(SystemTime::UNIX_EPOCH), Some(Duration::ZERO));
         w.note(o.succeeded(t0 + Duration::from_secs(70)));
         assert_eq!(w.down_for(later), None);
+        // One event when it began and one when it ended, none for the retries.
+        let kinds: Vec<&str> = log.since(0).events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["etcd_unreachable", "etcd_reachable"]);
+        assert!(
+            log.since(0).events[1]
+                .detail
+                .contains("70.0 s (3 failed tries)"),
+            "{:?}",
+            log.since(0).events[1]
+        );
     }
 }
