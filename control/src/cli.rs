@@ -63,3 +63,46 @@ impl EtcdArgs {
         })
     }
 }
+
+/// Ends a binary's `main`: on an error, prints it and its causes to stderr (as
+/// anyhow does, without the stack backtrace anyhow adds when `RUST_BACKTRACE` is set
+/// for some other program: an operator's mistake is not a crash) and exits with 1.
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_text(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Error: <e>`, then its causes under `Caused by:`.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = format!("Error: {e}");
+    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        out.push_str("\n\nCaused by:");
+        for c in causes {
+            out.push_str("\n    ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+
+    #[test]
+    fn an_error_prints_its_causes_and_no_backtrace() {
+        let e = anyhow::anyhow!("Connection refused (os error 111)")
+            .context("cannot reach the agent at http://127.0.0.1:8471");
+        assert_eq!(
+            error_text(&e),
+            "Error: cannot reach the agent at http://127.0.0.1:8471\n\nCaused by:\n    Connection refused (os error 111)"
+        );
+        assert_eq!(error_text(&anyhow::anyhow!("bad flag")), "Error: bad flag");
+    }
+}

@@ -316,7 +316,11 @@ fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
     o
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    vxmesh_control::cli::exit(run())
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.cmd {
         Cmd::Status => {

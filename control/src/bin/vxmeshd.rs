@@ -38,7 +38,11 @@ fn bind_http(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     s.listen(1024)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    vxmesh_control::cli::exit(run())
+}
+
+fn run() -> anyhow::Result<()> {
     // Descriptors systemd kept for us (FDSTORE) come back from fd 3 on: take them
     // before anything else opens a descriptor.
     let stored_fds = vxmesh_control::sd_notify::take_listen_fds();
