@@ -82,6 +82,20 @@ impl EventLog {
         });
     }
 
+    /// Records a routine event that supersedes one of the same kind just before it
+    /// (a lease renewal every few seconds): that one is dropped from the log, so hours
+    /// of renewals do not push the events that matter out of the ring. A reader that
+    /// follows the log still sees each one as it comes.
+    pub fn record_superseding(&self, kind: &'static str, detail: impl Into<String>, unix_ms: u64) {
+        {
+            let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if r.buf.back().is_some_and(|e| e.kind == kind) {
+                r.buf.pop_back();
+            }
+        }
+        self.record(kind, detail, unix_ms);
+    }
+
     /// The events with a sequence number above `since`, oldest first.
     pub fn since(&self, since: u64) -> Page {
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,6 +119,38 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Renewals after renewals keep only the latest; the other events stay, and a
+    /// renewal after another event is kept beside the one before it.
+    #[test]
+    fn a_routine_event_supersedes_the_one_just_before_it() {
+        let log = EventLog::new(8);
+        log.record("peer_added", "p", 1);
+        for i in 0..100u64 {
+            log.record_superseding("lease_renewed", format!("renewal {i}"), 10 + i);
+        }
+        log.record("peer_removed", "p", 200);
+        log.record_superseding("lease_renewed", "renewal 100", 210);
+        let p = log.since(0);
+        let got: Vec<(&str, &str)> = p
+            .events
+            .iter()
+            .map(|e| (e.kind, e.detail.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("peer_added", "p"),
+                ("lease_renewed", "renewal 99"),
+                ("peer_removed", "p"),
+                ("lease_renewed", "renewal 100")
+            ]
+        );
+        assert_eq!((p.missed, p.last), (0, 103));
+        // A follower that had seen up to the peer's addition gets the rest in order.
+        let seqs: Vec<u64> = log.since(1).events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [101, 102, 103]);
+    }
 
     #[test]
     fn bounded_in_order_and_tells_what_was_missed() {

@@ -618,9 +618,13 @@ impl LeaseStats {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stamp(left);
         if let Some(e) = self.events.get() {
-            e.record(
+            e.record_superseding(
                 "lease_renewed",
-                format!("{}s left", left.as_secs()),
+                format!(
+                    "{}s left ({} renewals since the start)",
+                    left.as_secs(),
+                    self.renewals.load(std::sync::atomic::Ordering::Relaxed)
+                ),
                 crate::events::now_ms(),
             );
         }

@@ -317,6 +317,13 @@ fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped into `head` or `less` that stops reading ends this process quietly,
+    // as it ends `ip` or `ls` (Rust ignores SIGPIPE, so a print would panic instead).
+    // SAFETY: sets a signal's disposition to the default, before any other thread
+    // exists; no Rust code runs as a handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     vxmesh_control::cli::exit(run())
 }
 
