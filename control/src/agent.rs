@@ -36,7 +36,7 @@ use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
-use crate::outage::{self, Outage};
+use crate::outage::Outage;
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
@@ -270,7 +270,7 @@ async fn lease_task(
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(LEASE_ACQUISITION);
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
@@ -364,6 +364,9 @@ async fn lease_task(
 /// reporting their outcome; other actions are returned for the caller (`None` when
 /// a registry action was performed). A successful listing is left in `listed` (the
 /// agent's watch starts from the one its subnet was claimed after).
+/// The lease task's etcd calls, as the log names them.
+const LEASE_ACQUISITION: &str = "subnet lease acquisition";
+
 pub async fn step(
     reg: &Registry,
     machine: &mut LeaseMachine,
@@ -372,19 +375,18 @@ pub async fn step(
     listed: &mut Option<Listing>,
     outage: &mut Outage,
 ) -> Option<LeaseAction> {
-    const WHAT: &str = "subnet lease acquisition";
     match machine.poll(Instant::now()) {
         LeaseAction::List => {
             let ev = match reg.list_subnets().await {
                 Ok(l) => {
-                    outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                    outage.ok();
                     let ev = LeaseEvent::Listed(l.existing_leases());
                     *listed = Some(l);
                     ev
                 }
                 Err(e) => {
                     let e = format!("cannot list subnets: {e}");
-                    outage::log(WHAT, outage.failed(Instant::now()), &e);
+                    outage.fail(&e);
                     LeaseEvent::RegistryError
                 }
             };
@@ -394,7 +396,7 @@ pub async fn step(
         LeaseAction::Claim(c) => {
             let claimed = reg.claim(&c, attrs, ttl).await;
             if claimed.is_ok() {
-                outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                outage.ok();
             }
             let ev = match claimed {
                 Ok(Some(won)) => {
@@ -412,7 +414,7 @@ pub async fn step(
                 }
                 Err(e) => {
                     let e = format!("cannot claim a subnet: {e}");
-                    outage::log(WHAT, outage.failed(Instant::now()), &e);
+                    outage.fail(&e);
                     LeaseEvent::RegistryError
                 }
             };
@@ -432,7 +434,7 @@ pub async fn acquire(
     ttl: Duration,
 ) -> Result<Held, crate::allocator::NoFreeSubnet> {
     let mut listed = None;
-    let mut outage = Outage::default();
+    let mut outage = Outage::new(LEASE_ACQUISITION);
     loop {
         match step(reg, machine, attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {

@@ -1944,15 +1944,7 @@ pub struct DeletedLink {
     pub name: String,
 }
 
-/// The deleted link a netlink message announces, if it announces one (anything else,
-/// or bytes that do not parse, is `None`).
-pub fn deleted_link(bytes: &[u8]) -> Option<DeletedLink> {
-    use rtnetlink::packet_core::NetlinkMessage;
-    use rtnetlink::packet_route::RouteNetlinkMessage;
-    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).ok()?;
-    deleted_link_of(&msg)
-}
-
+/// The deleted link a netlink message announces, if it announces one.
 fn deleted_link_of(
     msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> Option<DeletedLink> {
@@ -2035,6 +2027,15 @@ pub fn watch_link_deletions() -> Result<
 mod tests {
     use super::*;
     use crate::netlink_batch::tests::NEIGH;
+
+    /// The deleted link the bytes of a netlink message announce (`None` for anything
+    /// else, or bytes that do not parse).
+    fn deleted_link(bytes: &[u8]) -> Option<DeletedLink> {
+        use rtnetlink::packet_core::NetlinkMessage;
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).ok()?;
+        deleted_link_of(&msg)
+    }
 
     /// An `RTM_DELLINK` announcement as the kernel sends it for `ip link del vxmesh0`
     /// (header, ifinfomsg, IFLA_IFNAME; the kernel's other attributes left out), and

@@ -13,6 +13,8 @@ pub const REMIND_EVERY: Duration = Duration::from_secs(60);
 /// One retried call's view of etcd (the keepalive's, the watch's).
 #[derive(Debug, Default, Clone)]
 pub struct Outage {
+    /// The call, as the log names it ("lease keepalive", "subnet watch").
+    what: &'static str,
     /// Since when the call has been failing, and when that was last reported.
     down: Option<(Instant, Instant)>,
     /// Failures since `down` began.
@@ -33,6 +35,27 @@ pub enum Report {
 }
 
 impl Outage {
+    pub fn new(what: &'static str) -> Outage {
+        Outage {
+            what,
+            ..Outage::default()
+        }
+    }
+
+    /// The call failed just now with `error`: logs what [`Outage::failed`] says.
+    pub fn fail(&mut self, error: &dyn std::fmt::Display) -> Report {
+        let r = self.failed(Instant::now());
+        log(self.what, r, error);
+        r
+    }
+
+    /// The call succeeded just now: logs what [`Outage::succeeded`] says.
+    pub fn ok(&mut self) -> Report {
+        let r = self.succeeded(Instant::now());
+        log(self.what, r, &"");
+        r
+    }
+
     /// The call failed at `now`.
     pub fn failed(&mut self, now: Instant) -> Report {
         self.failures = self.failures.saturating_add(1);
@@ -73,9 +96,9 @@ impl Outage {
     }
 }
 
-/// Logs what `report` says for the call `what` ("lease keepalive", "subnet watch"),
-/// whose failure was `error` (ignored for a success).
-pub fn log(what: &str, report: Report, error: &dyn std::fmt::Display) {
+/// Logs what `report` says for the call `what`, whose failure was `error` (ignored
+/// for a success).
+fn log(what: &str, report: Report, error: &dyn std::fmt::Display) {
     match report {
         Report::Began => tracing::warn!(
             error = %error,

@@ -6,7 +6,7 @@
 //! revision was compacted, reconnecting with backoff (100 ms → 5 s) on errors.
 //! Decisions live in the pure cores ([`crate::lease_machine`], [`crate::peers`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -385,8 +385,7 @@ impl Registry {
         let mut deadline = tokio::time::Instant::now() + ttl;
         stats.stamp(ttl);
         let mut backoff = Backoff::default();
-        let mut outage = Outage::default();
-        const WHAT: &str = "lease keepalive";
+        let mut outage = Outage::new("lease keepalive");
         let unrenewed =
             || format!("etcd lease {lease_id:x} could not be renewed before it expired");
         // Every request is bounded by the lease's expiry: with etcd unreachable (packets
@@ -400,7 +399,7 @@ impl Registry {
                     match tokio::time::timeout_at(deadline, keeper.keep_alive()).await {
                         Err(_) => return unrenewed(),
                         Ok(Err(e)) => {
-                            outage::log(WHAT, outage.failed(Instant::now()), &e);
+                            outage.fail(&e);
                             break;
                         }
                         Ok(Ok(())) => {}
@@ -411,20 +410,22 @@ impl Registry {
                                 return format!("etcd lease {lease_id:x} expired or was revoked");
                             }
                             backoff.reset();
-                            outage::log(WHAT, outage.succeeded(Instant::now()), &"");
+                            outage.ok();
                             let left = Duration::from_secs(resp.ttl().unsigned_abs());
                             deadline = tokio::time::Instant::now() + left;
                             stats.renewed(left);
                         }
                         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                             let e = "the keepalive stream broke";
-                            outage::log(WHAT, outage.failed(Instant::now()), &e);
+                            outage.fail(&e);
                             break;
                         }
                     }
                     tokio::time::sleep(interval).await;
                 },
-                Ok(Err(e)) => outage::log(WHAT, outage.failed(Instant::now()), &e),
+                Ok(Err(e)) => {
+                    outage.fail(&e);
+                }
             }
             // etcd may be reachable but the stream broke: ask whether the lease still exists.
             if let Ok(Ok(r)) = tokio::time::timeout_at(
@@ -466,17 +467,14 @@ impl Registry {
             }
         };
         let mut backoff = Backoff::default();
-        let mut outage = Outage::default();
-        const WHAT: &str = "subnet watch";
+        let mut outage = Outage::new("subnet watch");
         let prefix = subnets_prefix(&self.prefix);
         while !tx.is_closed() {
             let rev = match next_rev {
                 Some(r) => r,
                 None => match self.list_subnets().await {
                     Ok(l) => {
-                        let r = outage.succeeded(Instant::now());
-                        stats.note(r);
-                        outage::log(WHAT, r, &"");
+                        stats.note(outage.ok());
                         stats
                             .listings
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -488,9 +486,7 @@ impl Registry {
                     }
                     Err(e) => {
                         let e = format!("cannot list subnets: {e}");
-                        let r = outage.failed(Instant::now());
-                        stats.note(r);
-                        outage::log(WHAT, r, &e);
+                        stats.note(outage.fail(&e));
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
@@ -502,16 +498,12 @@ impl Registry {
             let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
             let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
                 Ok(s) => {
-                    let r = outage.succeeded(Instant::now());
-                    stats.note(r);
-                    outage::log(WHAT, r, &"");
+                    stats.note(outage.ok());
                     s
                 }
                 Err(e) => {
                     let e = format!("cannot start the watch: {e}");
-                    let r = outage.failed(Instant::now());
-                    stats.note(r);
-                    outage::log(WHAT, r, &e);
+                    stats.note(outage.fail(&e));
                     stats
                         .restarts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -559,15 +551,11 @@ impl Registry {
                     }
                     Ok(None) => {
                         let e = "the watch stream ended";
-                        let r = outage.failed(Instant::now());
-                        stats.note(r);
-                        outage::log(WHAT, r, &e);
+                        stats.note(outage.fail(&e));
                         break;
                     }
                     Err(e) => {
-                        let r = outage.failed(Instant::now());
-                        stats.note(r);
-                        outage::log(WHAT, r, &e);
+                        stats.note(outage.fail(&e));
                         break;
                     }
                 }
@@ -709,7 +697,7 @@ impl WatchStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
+    use std::time::{Instant, SystemTime};
 
     /// The watch's outage shows in `down_for` from its first failure until its first
     /// success, and reminders or quiet failures do not move its start.
