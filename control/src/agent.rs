@@ -36,7 +36,7 @@ use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
-use crate::outage::Outage;
+use crate::outage::{Outage, Report};
 use crate::own_key::OwnKeyWatch;
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
@@ -82,6 +82,10 @@ const WATCH_QUEUE: usize = 1024;
 const LOG_EACH_CHANGE_UP_TO: usize = 16;
 /// How often the overlay device's MAC is checked (one netlink request).
 pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// With the kernel's address announcements, the underlay address is also looked at
+/// every this many device checks (a minute), in case an announcement went missing;
+/// without them, at every check.
+const UNDERLAY_RECHECK_TICKS: u32 = 30;
 
 /// Everything `vxmeshd` is told on its command line (see [`crate::flags`]).
 #[derive(Debug, Clone)]
@@ -135,16 +139,25 @@ pub struct Underlay {
 /// Finds the underlay interface and the PublicIP to advertise, as flanneld does
 /// (the choice itself is [`crate::underlay::choose`]).
 pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Underlay> {
+    let choice = crate::underlay::choose(flags, &host_of(nl, flags).await?)?;
+    underlay_of(nl, choice).await
+}
+
+/// What the underlay's choice depends on, read from the kernel.
+async fn host_of(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Host> {
     let route_to_can_reach = match flags.iface_can_reach {
         Some(dst) => Some(nl.route_to(dst).await.map_err(|e| e.to_string())),
         None => None,
     };
-    let host = Host {
+    Ok(Host {
         interfaces: nl.interfaces().await?,
         default_route: nl.default_route_oif().await?,
         route_to_can_reach,
-    };
-    let choice = crate::underlay::choose(flags, &host)?;
+    })
+}
+
+/// The chosen underlay's link, logged as flanneld logs its choice.
+async fn underlay_of(nl: &Netlink, choice: crate::underlay::Choice) -> anyhow::Result<Underlay> {
     for p in &choice.passed_over {
         tracing::info!("underlay: passed over {p}");
     }
@@ -251,26 +264,40 @@ struct LeaseOutputs {
     first_listing: Option<oneshot::Sender<Listing>>,
 }
 
+/// What the lease task is told by the agent.
+struct LeaseInputs {
+    /// The lease is lost (the agent saw its key go), with why.
+    lost: mpsc::Receiver<String>,
+    /// This node's PublicIP (and so its VtepMAC) moved ([`LeaseMachine::moved`]).
+    moved: mpsc::Receiver<(Ipv4Addr, MacAddr)>,
+}
+
 /// Runs the lease machine against etcd: publishes every acquisition (and the first
 /// one's listing) on `out`, keeps the lease alive, and re-acquires when `lost_rx` (or
 /// the keepalive) says the lease is gone.
 async fn lease_task(
     reg: Registry,
     mut machine: LeaseMachine,
-    attrs: LeaseAttrs,
+    mut attrs: LeaseAttrs,
     ttl: Duration,
     out: LeaseOutputs,
-    mut lost_rx: mpsc::Receiver<String>,
+    inputs: LeaseInputs,
     state: Arc<AgentState>,
 ) {
     let LeaseOutputs {
         held: held_tx,
         mut first_listing,
     } = out;
+    let LeaseInputs {
+        lost: mut lost_rx,
+        moved: mut moved_rx,
+    } = inputs;
     let (ka_tx, mut ka_rx) = mpsc::channel::<String>(4);
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
     let mut outage = Outage::new(LEASE_ACQUISITION);
+    // The PublicIP a move is putting the held key again with, until it is held so.
+    let mut moving: Option<Ipv4Addr> = None;
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
@@ -281,7 +308,11 @@ async fn lease_task(
                 changed_from,
             }) => {
                 let key = LeaseKey::dual(subnet, ipv6).key_form();
+                let moved = moving.take().filter(|_| changed_from.is_none());
                 match changed_from {
+                    None if moved.is_some() => {
+                        tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, lease = format!("{lease_id:x}"), "subnet lease put again with the new PublicIP; the subnet stays")
+                    }
                     Some(old) => tracing::error!(
                         old = %old, new = %subnet,
                         "lost subnet {old} to another node; now holding {subnet}: pods on this node must be recreated to get new addresses"
@@ -294,8 +325,16 @@ async fn lease_task(
                     }
                 }
                 state.event(
-                    "lease_acquired",
+                    if moved.is_some() {
+                        "lease_moved"
+                    } else {
+                        "lease_acquired"
+                    },
                     match changed_from {
+                        None if moved.is_some() => format!(
+                            "subnet {subnet} key {key} now names PublicIP {} (lease {lease_id:x})",
+                            attrs.public_ip
+                        ),
                         Some(old) => {
                             format!("subnet {subnet} key {key} (lost {old} to another node)")
                         }
@@ -345,12 +384,14 @@ async fn lease_task(
                     _ = tokio::time::sleep(d) => {}
                     Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(to) = moved_rx.recv() => moving = move_to(to, &mut machine, &mut attrs).or(moving),
                 }
             }
             Some(LeaseAction::Idle) => {
                 tokio::select! {
                     Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(to) = moved_rx.recv() => moving = move_to(to, &mut machine, &mut attrs).or(moving),
                     else => return,
                 }
             }
@@ -460,6 +501,26 @@ pub async fn acquire(
     }
 }
 
+/// The node's PublicIP is now `ip` and its VtepMAC `mac`: later claims carry them,
+/// and a held key is put again with them ([`LeaseMachine::moved`]). Returns `ip`
+/// when that changed anything.
+fn move_to(
+    (ip, mac): (Ipv4Addr, MacAddr),
+    machine: &mut LeaseMachine,
+    attrs: &mut LeaseAttrs,
+) -> Option<Ipv4Addr> {
+    if attrs.public_ip == ip {
+        return None;
+    }
+    tracing::info!(old = %attrs.public_ip, new = %ip, vtep_mac = %mac, "putting the subnet lease again with the new PublicIP");
+    attrs.public_ip = ip;
+    if let Some(v) = attrs.vxlan.as_mut() {
+        v.vtep_mac = mac;
+    }
+    machine.moved(ip);
+    Some(ip)
+}
+
 async fn lost(
     machine: &mut LeaseMachine,
     why: &str,
@@ -488,7 +549,7 @@ async fn lost(
 /// IPv6 Network when the dataplane carries IPv6 (the same rules with ip6tables, or in
 /// `table ip6 vxmesh`, for the lease's IPv6 subnet).
 async fn keep_iptables(
-    rules: Rules,
+    rules: watch::Receiver<Rules>,
     network: Subnet,
     network6: Option<Subnet6>,
     held: watch::Receiver<Option<Held>>,
@@ -499,7 +560,14 @@ async fn keep_iptables(
     let mut last6: Option<crate::masq::Snapshot<Subnet6>> = None;
     let mut resync = Resync::new(every, held);
     let mut failing = [false, false];
+    let mut applied: Option<Rules> = None;
     while let Some(h) = resync.next().await {
+        // Rules that changed (the underlay moved: they name its address) are
+        // applied afresh, not "restored".
+        let rules = *rules.borrow();
+        if applied.replace(rules) != Some(rules) {
+            (last, last6) = (None, None);
+        }
         let (mut snapshot, mut snapshot6) = (last.take(), last6.take());
         // iptables-save/-restore are processes: off the control thread.
         let Ok((r, r6, snapshot, snapshot6)) = tokio::task::spawn_blocking(move || {
@@ -864,6 +932,7 @@ pub async fn run_with(
     }
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
     let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
+    let (moved_tx, moved_rx) = mpsc::channel::<(Ipv4Addr, MacAddr)>(4);
     let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
     let lease = tokio::spawn(lease_task(
         reg.clone(),
@@ -874,7 +943,10 @@ pub async fn run_with(
             held: held_tx,
             first_listing: Some(listing_tx),
         },
-        lost_rx,
+        LeaseInputs {
+            lost: lost_rx,
+            moved: moved_rx,
+        },
         Arc::clone(&state),
     ));
 
@@ -927,30 +999,30 @@ pub async fn run_with(
     let dp = ho
         .start_dataplane(opts.dataplane, &nl, &setup, &state)
         .await?;
+    let rules = Rules {
+        masquerade: opts.ip_masq,
+        random_fully: opts.masq_random_fully,
+        forward: opts.iptables_forward_rules,
+        untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
+            local_ip: underlay.local_ip,
+            local_ipv6: public_ipv6,
+            port: cfg.backend.port,
+        }),
+        underlay_tap: (opts.egress_tunnel_gso && opts.dataplane == DataplaneKind::Userspace)
+            .then_some((underlay.local_ip, cfg.backend.port)),
+        backend: if cfg.enable_nftables {
+            Backend::Nftables
+        } else {
+            Backend::Iptables
+        },
+    };
     let mut node = Running {
         files: NodeFiles {
             network: cfg.network,
             ipv6_network: cfg.ipv6.as_ref().map(|p| p.network),
             mtu,
             ip_masq: opts.ip_masq,
-            rules: Rules {
-                masquerade: opts.ip_masq,
-                random_fully: opts.masq_random_fully,
-                forward: opts.iptables_forward_rules,
-                untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
-                    local_ip: underlay.local_ip,
-                    local_ipv6: public_ipv6,
-                    port: cfg.backend.port,
-                }),
-                underlay_tap: (opts.egress_tunnel_gso
-                    && opts.dataplane == DataplaneKind::Userspace)
-                    .then_some((underlay.local_ip, cfg.backend.port)),
-                backend: if cfg.enable_nftables {
-                    Backend::Nftables
-                } else {
-                    Backend::Iptables
-                },
-            },
+            rules,
             subnet_file: opts.subnet_file.clone(),
         },
         nl,
@@ -967,8 +1039,13 @@ pub async fn run_with(
             }),
         ),
         own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
+        registry: reg.clone(),
         own: first,
         lost_tx,
+        moved_tx,
+        rules_tx: watch::channel(rules).0,
+        underlay,
+        underlay_gone: Outage::new("the underlay address"),
         synced: false,
         shown_rejections: None,
         passes: 0,
@@ -983,7 +1060,7 @@ pub async fn run_with(
     node.start(first).await?;
     let iptables = node.files.rules.any().then(|| {
         tokio::spawn(keep_iptables(
-            node.files.rules,
+            node.rules_tx.subscribe(),
             cfg.network,
             node.dp.device6_index().and(node.files.ipv6_network),
             held_rx.clone(),
@@ -1041,6 +1118,7 @@ pub async fn run_with(
     let mut reconcile =
         tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
     let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
     device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -1073,23 +1151,36 @@ pub async fn run_with(
                 }
             }
             due = device_check_due(&mut device_check, &mut link_deletions) => {
-                let due = match due {
-                    CheckDue::Tick => true,
+                let (device, underlay) = match due {
+                    // Without the watch's news the underlay is looked at every time.
+                    CheckDue::Tick => {
+                        ticks = ticks.wrapping_add(1);
+                        (true, link_deletions.is_none() || ticks % UNDERLAY_RECHECK_TICKS == 0)
+                    }
                     CheckDue::News(LinkNews::Deleted(d)) => {
                         let ours = node.dp.owns_link(&d);
                         if ours {
                             tracing::debug!(index = d.index, name = %d.name, "an overlay device was deleted");
                         }
-                        ours
+                        (ours, false)
                     }
-                    CheckDue::News(LinkNews::Lost) => true,
+                    CheckDue::News(LinkNews::Addresses) => (false, true),
+                    CheckDue::News(LinkNews::Lost) => (true, true),
                     CheckDue::WatchEnded => {
-                        tracing::warn!("the kernel's link announcements stopped; a deleted overlay device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
+                        tracing::warn!("the kernel's link announcements stopped; a deleted overlay device or a moved underlay address is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
                         link_deletions = None;
-                        false
+                        (false, false)
                     }
                 };
-                if due && node.check_device().await == Device::Gone {
+                let mut rebuild = (device && node.check_device().await == Device::Gone)
+                    .then_some(Rebuild::Deleted);
+                if underlay && rebuild.is_none() {
+                    rebuild = node.recheck_underlay(&opts.underlay).await;
+                }
+                if let Some(why) = rebuild {
+                    if why == Rebuild::Moved {
+                        ho.moved(node.underlay.public_ip);
+                    }
                     // Moved out and put back below; on failure there is no
                     // dataplane left to stop, so this returns from here.
                     let old = node.dp;
@@ -1099,7 +1190,7 @@ pub async fn run_with(
                     {
                         Ok(dp) => {
                             node.dp = dp;
-                            node.device_rebuilt().await;
+                            node.device_rebuilt(why).await;
                         }
                         Err(e) => {
                             state.ready.routes.store(false, Ordering::Relaxed);
@@ -1107,9 +1198,10 @@ pub async fn run_with(
                                 t.abort();
                             }
                             ho.abandon();
-                            return Err(e.context(
-                                "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
-                            ));
+                            return Err(e.context(match why {
+                                Rebuild::Deleted => "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
+                                Rebuild::Moved => "the underlay address moved and the dataplane could not be started again on the new one; restart vxmeshd",
+                            }));
                         }
                     }
                 }
@@ -1157,6 +1249,15 @@ async fn device_check_due(
     }
 }
 
+/// Why the dataplane is started again under the running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    /// Its device was deleted.
+    Deleted,
+    /// The underlay address it sends from moved.
+    Moved,
+}
+
 /// What the periodic device check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Device {
@@ -1195,6 +1296,18 @@ struct Running {
     own: Held,
     /// Tells the lease task the lease is lost.
     lost_tx: mpsc::Sender<String>,
+    /// Tells the lease task this node's PublicIP and VtepMAC moved.
+    moved_tx: mpsc::Sender<(Ipv4Addr, MacAddr)>,
+    /// The masquerade/forward rules for the resync task (they name the underlay
+    /// address, so they change when it moves).
+    rules_tx: watch::Sender<Rules>,
+    /// The underlay the node runs on now.
+    underlay: Underlay,
+    /// The registry the tasks share (its connection is made again when the
+    /// underlay moves).
+    registry: Registry,
+    /// Since when its address has been gone with nothing to replace it.
+    underlay_gone: Outage,
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
     /// The rejections generation shown in /v1/status.
@@ -1415,9 +1528,148 @@ impl Running {
         }
     }
 
-    /// The dataplane was started again on a new device (the old one was deleted):
-    /// gives it the node's addresses, the peers' table, routes and neighbours.
-    async fn device_rebuilt(&mut self) {
+    /// Looks whether the underlay address is still on its interface (every device
+    /// check). When it moved (renumbered, a DHCP lease that changed), the node
+    /// follows, where flanneld needs a restart that gives it a new subnet: the lease
+    /// is put again naming the new PublicIP (same subnet, so pods keep their
+    /// addresses), the rules name the new address, and the answer says whether the
+    /// dataplane must start again on it. While the address is gone with nothing to
+    /// replace it, the node is not ready and says why.
+    async fn recheck_underlay(&mut self, flags: &UnderlayFlags) -> Option<Rebuild> {
+        let host = match host_of(&self.nl, flags).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot read the interfaces to check the underlay");
+                return None;
+            }
+        };
+        let (was, index) = (self.underlay.local_ip, self.underlay.link.index);
+        let name = self.underlay.link.name.clone();
+        let choice = match crate::underlay::recheck(flags, &host, index, was) {
+            crate::underlay::Recheck::Unchanged => {
+                if let Report::Ended { down, .. } = self.underlay_gone.succeeded(Instant::now()) {
+                    tracing::info!(iface = %name, address = %was, "the underlay address is back after {:.1} s", down.as_secs_f64());
+                    self.state
+                        .ready
+                        .underlay_lost
+                        .store(false, Ordering::Relaxed);
+                    self.state
+                        .event("underlay_back", format!("{was} on {name} again"));
+                }
+                return None;
+            }
+            crate::underlay::Recheck::Gone(e) => {
+                match self.underlay_gone.failed(Instant::now()) {
+                    Report::Began => {
+                        tracing::error!(iface = %name, address = %was, reason = %e, "the underlay address is gone from its interface and nothing can replace it: peers cannot reach this node; it follows the next address the flags choose");
+                        self.state
+                            .ready
+                            .underlay_lost
+                            .store(true, Ordering::Relaxed);
+                        self.state
+                            .event("underlay_lost", format!("{was} gone from {name}: {e}"));
+                    }
+                    Report::Lasts { down, .. } => {
+                        tracing::warn!(iface = %name, address = %was, reason = %e, "the underlay address is still gone after {} s", down.as_secs());
+                    }
+                    Report::Ended { .. } | Report::Quiet => {}
+                }
+                return None;
+            }
+            crate::underlay::Recheck::Moved(c) => c,
+        };
+        let _ = self.underlay_gone.succeeded(Instant::now());
+        self.state
+            .ready
+            .underlay_lost
+            .store(false, Ordering::Relaxed);
+        if let Some(ip) = [choice.local_ip, choice.public_ip]
+            .into_iter()
+            .find(|ip| self.pool_cfg.network.contains(*ip))
+        {
+            tracing::error!(address = %ip, network = %self.pool_cfg.network, "the underlay moved to an address inside the Network; not following it (pods' routes would take the node's own traffic)");
+            return None;
+        }
+        let new = match underlay_of(&self.nl, choice).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the underlay moved, but its interface cannot be read; looking again");
+                return None;
+            }
+        };
+        let old = std::mem::replace(&mut self.underlay, new);
+        let new = &self.underlay;
+        tracing::warn!(
+            old_iface = %old.link.name, old_local_ip = %old.local_ip, old_public_ip = %old.public_ip,
+            iface = %new.link.name, local_ip = %new.local_ip, public_ip = %new.public_ip,
+            "the underlay address moved; following it (same subnet)"
+        );
+        self.state.event(
+            "underlay_moved",
+            format!(
+                "{} on {} → {} on {} (PublicIP {})",
+                old.local_ip, old.link.name, new.local_ip, new.link.name, new.public_ip
+            ),
+        );
+        self.state.update(|i| {
+            i.public_ip = Some(new.public_ip);
+            i.iface = Some(new.link.name.clone());
+        });
+        if new.local_ip != old.local_ip {
+            // The etcd connection leaves from the old address: its requests would
+            // wait for their timeouts. The lease is put through a new one.
+            if let Err(e) = self.registry.reconnect().await {
+                tracing::warn!(error = %e, "cannot connect to etcd again from the new address; the old connection recovers on its own");
+            }
+        }
+        if new.public_ip != old.public_ip {
+            // The VtepMAC is derived from the PublicIP (docs/decisions/0005): it
+            // moves with it, so that a later restart or handover, which derives it
+            // again, finds the lease, the device and the peers already agreeing.
+            let mac = crate::vtep_mac::derive(new.public_ip, self.setup.local.vni.get());
+            self.vtep_mac = mac;
+            self.setup.local.vtep_mac = mac;
+            self.state.update(|i| i.vtep_mac = Some(mac.to_string()));
+            // Before the lease is put again: the put names the new address, and
+            // must read as this node's, not as someone else's write on its key.
+            self.own_key.set_public_ip(new.public_ip);
+            let local = LocalNode {
+                public_ip: new.public_ip,
+                vtep_mac: self.vtep_mac,
+                ipv6: self.peers.local().and_then(|l| l.ipv6),
+            };
+            let mut skips = Vec::new();
+            let changes = self.peers.set_local(Some(local), &mut skips);
+            record_skips(&skips, &self.state);
+            if !changes.is_empty() {
+                // A peer that held the new address before is rejected now (or one
+                // on the old address accepted): programmed with the rebuild below.
+                record_changes(&changes, &self.state);
+            }
+            if self.moved_tx.send((new.public_ip, mac)).await.is_err() {
+                tracing::error!(
+                    "the lease task has ended; the lease still names {}",
+                    old.public_ip
+                );
+            }
+        }
+        let rules = &mut self.files.rules;
+        if let Some(u) = rules.untrack.as_mut() {
+            u.local_ip = new.local_ip;
+        }
+        if let Some((ip, _)) = rules.underlay_tap.as_mut() {
+            *ip = new.local_ip;
+        }
+        self.rules_tx.send_replace(*rules);
+        self.setup.local_ip = new.local_ip;
+        self.setup.underlay_index = new.link.index;
+        (new.local_ip != old.local_ip || new.link.index != old.link.index).then_some(Rebuild::Moved)
+    }
+
+    /// The dataplane was started again on a new device (the old one was deleted) or
+    /// on a new underlay address: gives it the node's addresses, the peers' table,
+    /// routes and neighbours.
+    async fn device_rebuilt(&mut self, why: Rebuild) {
         let own = self.own;
         if let Err(e) = self.take_subnet(own.subnet, own.ipv6).await {
             tracing::error!(error = %format!("{e:#}"), "cannot give the new overlay device its address");
@@ -1434,20 +1686,22 @@ impl Running {
         .await;
         self.state.ready.routes.store(ok, Ordering::Relaxed);
         let device = self.dp.device_name(&self.setup);
-        self.state.event(
-            "device_recreated",
-            format!(
-                "an overlay device was deleted under the running agent: {device}{} made again, carrying {} peers",
-                if self.dp.device6_index().is_some() { " and its IPv6 device" } else { "" },
-                self.peers.peers().count()
-            ),
-        );
-        tracing::info!(
-            %device,
-            peers = self.peers.peers().count(),
-            routes_ok = ok,
-            "overlay device re-created; peers programmed again"
-        );
+        let peers = self.peers.peers().count();
+        match why {
+            Rebuild::Deleted => {
+                self.state.event(
+                    "device_recreated",
+                    format!(
+                        "an overlay device was deleted under the running agent: {device}{} made again, carrying {peers} peers",
+                        if self.dp.device6_index().is_some() { " and its IPv6 device" } else { "" },
+                    ),
+                );
+                tracing::info!(%device, peers, routes_ok = ok, "overlay device re-created; peers programmed again");
+            }
+            Rebuild::Moved => {
+                tracing::info!(%device, local_ip = %self.setup.local_ip, peers, routes_ok = ok, "dataplane started again on the new underlay address; peers programmed again");
+            }
+        }
     }
 
     /// Puts back every peer's route and neighbour that went missing or changed, and

@@ -123,6 +123,18 @@ pub struct LeaseMachine {
     /// The subnet held before a loss, to report a change of subnet.
     previous: Option<Subnet>,
     reacquisitions: u64,
+    /// The key held when this node's PublicIP moved, and the PublicIP it still
+    /// names in etcd, until it is put again with the new one ([`LeaseMachine::moved`]).
+    moving: Option<Move>,
+    /// The next acquisition is a move's, not a re-acquisition.
+    moved: bool,
+}
+
+/// A held key to be put again under a new PublicIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Move {
+    key: LeaseKey,
+    old: Ipv4Addr,
 }
 
 impl LeaseMachine {
@@ -138,6 +150,8 @@ impl LeaseMachine {
             backoff: BACKOFF_MIN,
             previous: None,
             reacquisitions: 0,
+            moving: None,
+            moved: false,
         }
     }
 
@@ -171,6 +185,36 @@ impl LeaseMachine {
     pub fn with_ipv6_hint(mut self, hint: Option<Subnet6>) -> Self {
         self.hint.ipv6 = hint;
         self
+    }
+
+    /// This node's PublicIP is now `me` (its underlay address moved). The key it
+    /// holds is put again with the new value under a new etcd lease — after a
+    /// listing, so the claim compares the key as it is now, and only while the key
+    /// still names the old PublicIP: a node that took the subnet meanwhile keeps it,
+    /// and this one claims another as after a loss. The subnet stays, so pods keep
+    /// their addresses; the new [`LeaseAction::Acquired`] is not counted as a
+    /// re-acquisition. Not holding a key, later claims carry the new PublicIP.
+    pub fn moved(&mut self, me: Ipv4Addr) {
+        if me == self.me {
+            return;
+        }
+        let old = std::mem::replace(&mut self.me, me);
+        if let State::Held { subnet, ipv6, .. } = self.state {
+            self.moving = Some(Move {
+                key: LeaseKey::dual(subnet, ipv6),
+                old,
+            });
+            self.hint = Hints {
+                ipv4: Some(subnet),
+                ipv6,
+            };
+            self.state = State::NeedList;
+        }
+    }
+
+    /// The PublicIP this node claims with.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.me
     }
 
     /// The subnet and etcd lease held now, if any.
@@ -235,7 +279,7 @@ impl LeaseMachine {
                 }
                 *announced = true;
                 let changed_from = self.previous.filter(|p| p != subnet);
-                if self.previous.is_some() {
+                if self.previous.is_some() && !std::mem::take(&mut self.moved) {
                     self.reacquisitions += 1;
                 }
                 self.previous = Some(*subnet);
@@ -263,7 +307,10 @@ impl LeaseMachine {
 
     pub fn handle(&mut self, ev: LeaseEvent, now: Instant) {
         match (ev, &mut self.state) {
-            (LeaseEvent::Listed(leases), State::Listing) => {
+            (LeaseEvent::Listed(mut leases), State::Listing) => {
+                if let Some(m) = self.moving {
+                    own_again(&mut leases, m, self.me);
+                }
                 match plan_counted(
                     &self.cfg,
                     self.me,
@@ -296,6 +343,7 @@ impl LeaseMachine {
             ) => {
                 let (subnet, ipv6) = (c.subnet(), c.ipv6());
                 self.backoff = BACKOFF_MIN;
+                self.moved = self.moving.take().is_some();
                 self.hint = Hints {
                     ipv4: Some(subnet),
                     ipv6,
@@ -332,6 +380,19 @@ impl LeaseMachine {
     }
 }
 
+/// The listing as the allocator must read it while a move is under way: the key
+/// this node held, still naming the old PublicIP, is this node's.
+fn own_again(leases: &mut [ExistingLease], m: Move, me: Ipv4Addr) {
+    for l in leases {
+        if LeaseKey::dual(l.subnet, l.ipv6) != m.key {
+            continue;
+        }
+        if let Some(a) = l.attrs.as_mut().filter(|a| a.public_ip == m.old) {
+            a.public_ip = me;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +416,140 @@ mod tests {
             mod_revision: 3,
             lease_id: 0x694d_8543_30fc_5110,
         }
+    }
+
+    /// Holds `s` as `ME` (listed, claimed at revision 19, announced).
+    fn holding(s: Subnet) -> LeaseMachine {
+        let t = Instant::now();
+        let mut m = LeaseMachine::new(cfg(), ME, Some(s), 0);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(vec![]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(c.subnet(), s, "the free hint comes first");
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 9,
+                revision: 19,
+            },
+            t,
+        );
+        assert!(matches!(m.poll(t), LeaseAction::Acquired { .. }));
+        m
+    }
+
+    const MOVED: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 77);
+
+    #[test]
+    fn a_moved_node_puts_its_key_again_with_the_new_public_ip() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = holding(s);
+        m.moved(ME);
+        assert_eq!(m.poll(t), LeaseAction::Idle, "the same PublicIP is no move");
+        m.moved(MOVED);
+        assert_eq!(m.public_ip(), MOVED);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        // The registry still has the key with the old PublicIP (at revision 19),
+        // and another node's lease beside it.
+        let mut mine = held("10.1.0.16/28", ME);
+        mine.mod_revision = 19;
+        m.handle(
+            LeaseEvent::Listed(vec![
+                mine,
+                held("10.1.0.32/28", Ipv4Addr::new(192, 168, 1, 11)),
+            ]),
+            t,
+        );
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                subnet: s,
+                ipv6: None,
+                mod_revision: 19
+            }),
+            "the held key, taken over while unchanged"
+        );
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 10,
+                revision: 23,
+            },
+            t,
+        );
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Acquired {
+                subnet: s,
+                ipv6: None,
+                lease_id: 10,
+                revision: 23,
+                changed_from: None
+            }
+        );
+        assert_eq!(m.reacquisitions(), 0, "a move is not a re-acquisition");
+        // A later loss re-acquires as the new PublicIP (the old one is not ours).
+        m.handle(LeaseEvent::LeaseLost, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(vec![held("10.1.0.16/28", ME)]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_ne!(
+            c.subnet(),
+            s,
+            "the old PublicIP's key is not this node's any more"
+        );
+    }
+
+    #[test]
+    fn a_moved_node_whose_subnet_was_taken_meanwhile_claims_another() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = holding(s);
+        m.moved(MOVED);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        // Someone else's value under the key now: not ours, whatever it was before.
+        m.handle(
+            LeaseEvent::Listed(vec![held("10.1.0.16/28", Ipv4Addr::new(192, 168, 1, 12))]),
+            t,
+        );
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert!(matches!(c, Claim::Create { .. }));
+        assert_ne!(c.subnet(), s);
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 11,
+                revision: 30,
+            },
+            t,
+        );
+        assert!(matches!(
+            m.poll(t),
+            LeaseAction::Acquired { changed_from: Some(from), .. } if from == s
+        ));
+    }
+
+    #[test]
+    fn a_move_lost_to_a_registry_error_is_tried_again() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = holding(s);
+        m.moved(MOVED);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(LeaseEvent::RegistryError, t);
+        let LeaseAction::Wait { until } = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(m.poll(until), LeaseAction::List);
+        m.handle(LeaseEvent::Listed(vec![held("10.1.0.16/28", ME)]), t);
+        assert!(
+            matches!(m.poll(t), LeaseAction::Claim(Claim::Reuse { subnet, .. }) if subnet == s),
+            "still this node's key after the retry"
+        );
     }
 
     #[test]

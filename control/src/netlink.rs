@@ -1959,6 +1959,19 @@ fn deleted_link_of(
     })
 }
 
+/// Whether a message announces an IPv4 address added or removed.
+fn is_ipv4_address_news(
+    msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+) -> bool {
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+    matches!(
+        &msg.payload,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a))
+            if a.header.family == AddressFamily::Inet
+    )
+}
+
 /// A link message's name (empty if it carries none).
 fn link_name(m: &LinkMessage) -> String {
     m.attributes
@@ -1974,15 +1987,19 @@ fn link_name(m: &LinkMessage) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkNews {
     Deleted(DeletedLink),
+    /// An IPv4 address was added or removed somewhere in the namespace (the
+    /// underlay's may have moved).
+    Addresses,
     /// The socket's buffer filled and the kernel dropped announcements (ENOBUFS): any
     /// link may have been deleted meanwhile.
     Lost,
 }
 
-/// Subscribes to the kernel's link announcements (`RTNLGRP_LINK`) in this network
-/// namespace and sends each deleted link on the returned channel, from a task on the
-/// current runtime (abort its handle to stop it). Announcements lost to a full socket
-/// buffer are reported as [`LinkNews::Lost`]; the channel closes if the socket fails.
+/// Subscribes to the kernel's link and IPv4 address announcements (`RTNLGRP_LINK`,
+/// `RTNLGRP_IPV4_IFADDR`) in this network namespace and sends each deleted link, and
+/// each address change, on the returned channel, from a task on the current runtime
+/// (abort its handle to stop it). Announcements lost to a full socket buffer are
+/// reported as [`LinkNews::Lost`]; the channel closes if the socket fails.
 pub fn watch_link_deletions() -> Result<
     (
         tokio::sync::mpsc::Receiver<LinkNews>,
@@ -1993,7 +2010,10 @@ pub fn watch_link_deletions() -> Result<
     use rtnetlink::sys::AsyncSocket;
     let (mut conn, _handle, mut messages) =
         rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
-    let groups = rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK);
+    let groups = rtnetlink::sys::SocketAddr::new(
+        0,
+        rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_IPV4_IFADDR,
+    );
     conn.socket_mut()
         .socket_mut()
         .bind(&groups)
@@ -2004,6 +2024,7 @@ pub fn watch_link_deletions() -> Result<
             while let Some((msg, _)) = messages.next().await {
                 let news = match &msg.payload {
                     rtnetlink::packet_core::NetlinkPayload::Overrun(_) => Some(LinkNews::Lost),
+                    _ if is_ipv4_address_news(&msg) => Some(LinkNews::Addresses),
                     _ => deleted_link_of(&msg).map(LinkNews::Deleted),
                 };
                 if let Some(n) = news {
@@ -2074,6 +2095,43 @@ mod tests {
             assert_eq!(deleted_link(&m[..n]), None, "{n} bytes");
         }
         assert_eq!(deleted_link(&[0xff; 64]), None);
+    }
+
+    /// The address announcements the link watch passes on: IPv4 added or removed
+    /// (`ip addr add/del 192.168.100.31/24 dev eth0`), not IPv6, not a link's.
+    #[test]
+    fn ipv4_address_news_read_from_an_announcement() {
+        use rtnetlink::packet_core::NetlinkMessage;
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        let news = |bytes: &[u8]| {
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                .is_ok_and(|m| is_ipv4_address_news(&m))
+        };
+        let mut m = vec![
+            0, 0, 0, 0, // length, set below
+            21, 0, // RTM_DELADDR
+            0, 0, // flags
+            0, 0, 0, 0, // sequence
+            0, 0, 0, 0, // port id
+            2, 24, 0x80, 0, // AF_INET, /24, IFA_F_PERMANENT, scope global
+            2, 0, 0, 0, // ifa_index 2
+            8, 0, 1, 0, 192, 168, 100, 31, // IFA_ADDRESS
+            8, 0, 2, 0, 192, 168, 100, 31, // IFA_LOCAL
+        ];
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_le_bytes());
+        assert!(news(&m), "RTM_DELADDR");
+        m[4] = 20;
+        assert!(news(&m), "RTM_NEWADDR");
+        let mut v6 = m.clone();
+        v6[16] = 10; // AF_INET6 (the attributes no longer parse as IPv6: not news either way)
+        assert!(!news(&v6));
+        let mut link = m.clone();
+        link[4] = 17; // RTM_DELLINK: the same bytes are no address
+        assert!(!news(&link));
+        for n in 0..m.len() {
+            assert!(!news(&m[..n]), "{n} bytes");
+        }
     }
 
     /// A sysctl that already holds the value is not written (a read-only file stays

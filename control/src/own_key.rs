@@ -84,6 +84,12 @@ impl OwnKeyWatch {
         });
     }
 
+    /// This node's PublicIP moved: from now on a put of the held key is ours when
+    /// it names `public_ip` (the move itself puts one).
+    pub fn set_public_ip(&mut self, public_ip: Ipv4Addr) {
+        self.public_ip = public_ip;
+    }
+
     /// The node lost its lease by other means (the keepalive) and is re-acquiring.
     pub fn release(&mut self) {
         self.holding = None;
@@ -242,6 +248,20 @@ mod tests {
                 by: None
             }
         );
+    }
+
+    #[test]
+    fn after_a_move_our_key_names_the_new_public_ip() {
+        // Node 3's underlay address moved to .23: the move puts the key again
+        // naming .23 — ours. The old address on it afterwards is not.
+        let mut w = holding_at(10);
+        w.set_public_ip(Ipv4Addr::new(192, 168, 100, 23));
+        let moved = OUR_VALUE.replace("192.168.100.13", "192.168.100.23");
+        assert_eq!(w.handle(&WatchEvent::Put(entry(OURS, &moved, 11))), None);
+        assert!(matches!(
+            w.handle(&WatchEvent::Put(entry(OURS, OUR_VALUE, 12))),
+            Some(LeaseLoss::Overwritten { by: Some(ip), .. }) if ip == ME
+        ));
     }
 
     #[test]

@@ -878,6 +878,11 @@ impl PeerTable {
         self.peers.values()
     }
 
+    /// This node, as the table judges leases against it.
+    pub fn local(&self) -> Option<LocalNode> {
+        self.local
+    }
+
     /// The peer that owns `subnet`, if any.
     pub fn peer(&self, subnet: &Subnet) -> Option<&Peer> {
         self.peers.get(subnet)
@@ -925,6 +930,28 @@ impl PeerTable {
     /// of its subnets).
     pub fn set_own(&mut self, own: Option<LeaseKey>, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
         self.own = own;
+        self.rejudge(skips)
+    }
+
+    /// This node's PublicIP (or VTEP) changed: its old address is free for a peer to
+    /// hold, and a peer already advertising the new one is judged again.
+    /// This node's own key is read as naming the new address at once: the move puts
+    /// it again so (a value someone else puts there instead is judged when it comes).
+    pub fn set_local(
+        &mut self,
+        local: Option<LocalNode>,
+        skips: &mut Vec<Skip>,
+    ) -> Vec<PeerChange> {
+        let old = self.local.map(|l| l.public_ip);
+        self.local = local;
+        let own4 = self.own.and_then(|o| o.ipv4_subnet());
+        if let (Some(old), Some(new), Some(own4)) = (old, local.map(|l| l.public_ip), own4) {
+            for k in self.leases.values_mut() {
+                if k.subnet == Some(own4) && k.public_ip == Some(old) {
+                    k.public_ip = Some(new);
+                }
+            }
+        }
         self.rejudge(skips)
     }
 
@@ -1296,6 +1323,43 @@ mod tests {
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(skips.is_empty(), "{skips:?}");
         t
+    }
+
+    #[test]
+    fn a_moved_node_keeps_its_lease_and_frees_its_old_address() {
+        // Node 3's underlay address moves from .13 to .23; its lease is put again
+        // naming .23, and later a new node comes up on .13.
+        let mut t = lab_table();
+        let mut skips = vec![];
+        let moved = LocalNode {
+            public_ip: Ipv4Addr::new(192, 168, 100, 23),
+            ..me()
+        };
+        let c = t.set_local(Some(moved), &mut skips);
+        assert!(c.is_empty(), "{c:?} {skips:?}");
+        let mine_moved = entry("10.244.35.0-24", val("192.168.100.23", MY_MAC), 5);
+        assert!(
+            t.put(&mine_moved, &mut skips).is_empty(),
+            "its own lease, no peer"
+        );
+        assert_eq!(
+            t.verdicts()
+                .find(|(k, _)| k.ends_with("10.244.35.0-24"))
+                .map(|(_, v)| v),
+            Some(&Verdict::Own)
+        );
+        let newcomer = entry(
+            "10.244.50.0-24",
+            val("192.168.100.13", "0e:00:00:00:00:50"),
+            6,
+        );
+        let c = t.put(&newcomer, &mut skips);
+        assert!(
+            matches!(&c[..], [PeerChange::Added(p)] if p.public_ip == ME),
+            "the old address is free for a peer: {c:?} {skips:?}"
+        );
+        assert!(skips.is_empty(), "{skips:?}");
+        assert_eq!(t.len(), 3);
     }
 
     /// The lab's dual-stack config (`VXLAB_IPV6=1`): IPv6Network fd00:10:244::/48 of

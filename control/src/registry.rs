@@ -6,6 +6,7 @@
 //! revision was compacted, reconnecting with backoff (100 ms → 5 s) on errors.
 //! Decisions live in the pure cores ([`crate::lease_machine`], [`crate::peers`]).
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
@@ -90,7 +91,11 @@ pub struct Won {
 /// A handle on etcd under one prefix. Cheap to clone (one shared channel).
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    /// Shared by every clone, and replaced by [`Registry::reconnect`].
+    client: Arc<RwLock<Client>>,
+    /// Counts [`Registry::reconnect`]s: a watch moves to the new connection.
+    reconnects: Arc<tokio::sync::watch::Sender<u64>>,
+    access: EtcdAccess,
     prefix: String,
     endpoints: String,
     hint: &'static str,
@@ -163,6 +168,40 @@ impl Registry {
         access: &EtcdAccess,
         prefix: &str,
     ) -> Result<Registry, RegistryError> {
+        let client = Registry::client_for(access).await?;
+        Ok(Registry {
+            client: Arc::new(RwLock::new(client)),
+            reconnects: Arc::new(tokio::sync::watch::Sender::new(0)),
+            access: access.clone(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: access.endpoints.join(","),
+            hint: access.hint(),
+        })
+    }
+
+    /// Replaces the connection of this registry and all its clones with a new one:
+    /// when the node's address moved, requests on the old connection would wait for
+    /// their timeouts (their packets leave from an address that is gone). Calls
+    /// already in flight finish on the old one; a running watch resumes on the new.
+    pub async fn reconnect(&self) -> Result<(), RegistryError> {
+        let fresh = Registry::client_for(&self.access).await?;
+        match self.client.write() {
+            Ok(mut g) => *g = fresh,
+            Err(p) => *p.into_inner() = fresh,
+        }
+        self.reconnects.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// The connection to use for one call.
+    fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    async fn client_for(access: &EtcdAccess) -> Result<Client, RegistryError> {
         let joined = access.endpoints.join(",");
         let hint = access.hint();
         let mut opts = ConnectOptions::new()
@@ -196,12 +235,7 @@ impl Registry {
                 hint: hint_for(hint, &source),
                 source,
             })?;
-        Ok(Registry {
-            client,
-            prefix: prefix.trim_end_matches('/').to_string(),
-            endpoints: joined,
-            hint,
-        })
+        Ok(client)
     }
 
     pub fn prefix(&self) -> &str {
@@ -221,8 +255,7 @@ impl Registry {
     pub async fn network_config(&self) -> Result<NetworkConfig, RegistryError> {
         let key = config_key(&self.prefix);
         let resp = self
-            .client
-            .clone()
+            .client()
             .get(key.clone(), None)
             .await
             .map_err(self.err("get config"))?;
@@ -239,8 +272,7 @@ impl Registry {
     /// Lists `<prefix>/subnets/`.
     pub async fn list_subnets(&self) -> Result<Listing, RegistryError> {
         let resp = self
-            .client
-            .clone()
+            .client()
             .get(
                 subnets_prefix(&self.prefix),
                 Some(GetOptions::new().with_prefix()),
@@ -296,7 +328,7 @@ impl Registry {
                 )
             }
         };
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = c
             .lease_grant(ttl_s, None)
@@ -329,7 +361,7 @@ impl Registry {
         value: String,
         mod_revision: i64,
     ) -> Result<Option<Won>, RegistryError> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision);
         let resp = c
             .txn(Txn::new().when([
@@ -359,7 +391,7 @@ impl Registry {
     /// Remaining TTL of each etcd lease id (None for 0 or unknown), for `vxmeshctl`.
     pub async fn lease_ttls(&self, ids: impl Iterator<Item = i64>) -> Vec<Option<i64>> {
         let mut out = Vec::new();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         for id in ids {
             let ttl = if id == 0 {
                 None
@@ -392,7 +424,7 @@ impl Registry {
         // dropped) a request only fails after the client's own timeout, and the lease must
         // be reported lost when it expires, not that much later.
         loop {
-            let mut c = self.client.clone();
+            let mut c = self.client();
             match tokio::time::timeout_at(deadline, c.lease_keep_alive(lease_id)).await {
                 Err(_) => return unrenewed(),
                 Ok(Ok((mut keeper, mut stream))) => loop {
@@ -428,11 +460,9 @@ impl Registry {
                 }
             }
             // etcd may be reachable but the stream broke: ask whether the lease still exists.
-            if let Ok(Ok(r)) = tokio::time::timeout_at(
-                deadline,
-                self.client.clone().lease_time_to_live(lease_id, None),
-            )
-            .await
+            if let Ok(Ok(r)) =
+                tokio::time::timeout_at(deadline, self.client().lease_time_to_live(lease_id, None))
+                    .await
             {
                 if r.ttl() <= 0 {
                     return format!("etcd lease {lease_id:x} expired or was revoked");
@@ -469,6 +499,7 @@ impl Registry {
         let mut backoff = Backoff::default();
         let mut outage = Outage::new("subnet watch");
         let prefix = subnets_prefix(&self.prefix);
+        let mut reconnected = self.reconnects.subscribe();
         while !tx.is_closed() {
             let rev = match next_rev {
                 Some(r) => r,
@@ -496,7 +527,10 @@ impl Registry {
             // No previous values (with_prev_key): nothing reads them, and every event
             // would carry its value twice to every node.
             let opts = WatchOptions::new().with_prefix().with_start_revision(rev);
-            let mut stream = match self.client.clone().watch(prefix.clone(), Some(opts)).await {
+            // A reconnect from here on moves the watch (this one starts on the
+            // connection there is now).
+            reconnected.mark_unchanged();
+            let mut stream = match self.client().watch(prefix.clone(), Some(opts)).await {
                 Ok(s) => {
                     stats.note(outage.ok());
                     s
@@ -512,7 +546,16 @@ impl Registry {
                 }
             };
             loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    r = reconnected.changed() => {
+                        if r.is_ok() {
+                            tracing::info!("the etcd connection was made again; the watch resumes on the new one");
+                        }
+                        break;
+                    }
+                };
+                match message {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
                             if resp.compact_revision() > 0 {

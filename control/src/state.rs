@@ -114,6 +114,9 @@ pub struct Readiness {
     pub lease: AtomicBool,
     pub routes: AtomicBool,
     pub subnet_env: AtomicBool,
+    /// The underlay address is gone from its interface and nothing replaces it yet:
+    /// peers' VXLAN cannot reach this node.
+    pub underlay_lost: AtomicBool,
 }
 
 impl Readiness {
@@ -121,6 +124,7 @@ impl Readiness {
         self.lease.load(Ordering::Relaxed)
             && self.routes.load(Ordering::Relaxed)
             && self.subnet_env.load(Ordering::Relaxed)
+            && !self.underlay_lost.load(Ordering::Relaxed)
     }
 
     /// What is missing, for the /readyz body.
@@ -134,6 +138,9 @@ impl Readiness {
         }
         if !self.subnet_env.load(Ordering::Relaxed) {
             m.push("subnet file");
+        }
+        if self.underlay_lost.load(Ordering::Relaxed) {
+            m.push("underlay address");
         }
         m
     }

@@ -325,6 +325,37 @@ pub fn choose(flags: &UnderlayFlags, host: &Host) -> Result<Choice, UnderlayErro
     Ok(choice)
 }
 
+/// What a running node does about its underlay, checked again ([`recheck`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Recheck {
+    /// The address VXLAN is sent from is still on its interface: nothing, even if a
+    /// fresh start would now choose otherwise (flanneld chooses once, at start).
+    Unchanged,
+    /// That address is gone from its interface (renumbered by hand, a DHCP lease
+    /// that changed, an interface made again), and the flags choose this now.
+    Moved(Choice),
+    /// It is gone and nothing can be chosen now (between an address's removal and
+    /// the next one's arrival): the node keeps what it has and looks again.
+    Gone(UnderlayError),
+}
+
+/// Whether the node's underlay moved: `local_ip` no longer on interface `index`,
+/// then chosen again by the same flags as at the start.
+pub fn recheck(flags: &UnderlayFlags, host: &Host, index: u32, local_ip: Ipv4Addr) -> Recheck {
+    if host
+        .interfaces
+        .iter()
+        .any(|i| i.index == index && i.holds(local_ip))
+    {
+        return Recheck::Unchanged;
+    }
+    match choose(flags, host) {
+        Ok(c) => Recheck::Moved(c),
+        Err(e) => Recheck::Gone(e),
+    }
+}
+
 fn no_match(flags: &UnderlayFlags, host: &Host) -> UnderlayError {
     let mut tried: Vec<String> = flags
         .ifaces
@@ -448,6 +479,55 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn recheck_moves_only_when_the_address_is_gone() {
+        let f = UnderlayFlags {
+            ifaces: vec!["eth1".into()],
+            ..flags()
+        };
+        // Still there, even beside a new address that a fresh choice might prefer.
+        let mut h = host();
+        h.interfaces[2].addrs.insert(0, addr("192.168.56.50"));
+        assert_eq!(recheck(&f, &h, 3, ip("192.168.56.11")), Recheck::Unchanged);
+        // Renumbered: .11 gone, .200 left and chosen.
+        let mut h = host();
+        h.interfaces[2].addrs.remove(0);
+        let Recheck::Moved(c) = recheck(&f, &h, 3, ip("192.168.56.11")) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.index, c.local_ip, c.public_ip),
+            (3, ip("192.168.56.200"), ip("192.168.56.200"))
+        );
+        // Between two addresses: nothing to choose yet.
+        h.interfaces[2].addrs.clear();
+        assert!(matches!(
+            recheck(&f, &h, 3, ip("192.168.56.11")),
+            Recheck::Gone(UnderlayError::NoMatch { .. })
+        ));
+        // The interface made again under a new index, with the same address.
+        let mut h = host();
+        h.interfaces[2].index = 9;
+        let Recheck::Moved(c) = recheck(&f, &h, 3, ip("192.168.56.11")) else {
+            panic!()
+        };
+        assert_eq!((c.index, c.local_ip), (9, ip("192.168.56.11")));
+        // Behind NAT the PublicIP stays what --public-ip says; the local address moves.
+        let nat = UnderlayFlags {
+            public_ip: Some(ip("203.0.113.7")),
+            ..f
+        };
+        let mut h = host();
+        h.interfaces[2].addrs.remove(0);
+        let Recheck::Moved(c) = recheck(&nat, &h, 3, ip("192.168.56.11")) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.local_ip, c.public_ip),
+            (ip("192.168.56.200"), ip("203.0.113.7"))
+        );
     }
 
     #[test]

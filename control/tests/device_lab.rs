@@ -181,3 +181,162 @@ fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
     }
     lab.must(&["down"]);
 }
+
+/// Node `node`'s IPv4 address on its underlay (`eth0`), with its prefix length.
+fn underlay_addr(lab: &Lab, node: &str) -> (String, u64) {
+    let a = lab.ip_json(node, &["-4", "addr", "show", "dev", "eth0"]);
+    let info = &a[0]["addr_info"][0];
+    (
+        info["local"].as_str().unwrap().to_string(),
+        info["prefixlen"].as_u64().unwrap(),
+    )
+}
+
+/// The same network, host part + 20: `192.168.100.11` → `192.168.100.31`.
+fn renumbered(ip: &str) -> String {
+    let mut o: Vec<u8> = ip.split('.').map(|p| p.parse().unwrap()).collect();
+    o[3] += 20;
+    format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
+}
+
+/// Waits until node `n`'s lease names `ip`, the node is ready and says so, and the
+/// other node routes to it through `ip`.
+fn wait_moved(lab: &Lab, n: u32, ip: &str, other: &str) {
+    let node = format!("n{n}");
+    let ctl = lab.bin.join("vxmeshctl");
+    let moved = wait_for(Duration::from_secs(20), || {
+        let leased = lab
+            .lease_keys()
+            .iter()
+            .any(|k| k.subnet == lab.subnet_of(n) && k.public_ip == ip);
+        let peers = lab.exec(other, &[ctl.to_str().unwrap(), "peers", "--json"]);
+        let seen = serde_json::from_str::<Value>(&peers)
+            .ok()
+            .and_then(|p| p.as_array().cloned())
+            .is_some_and(|p| p.iter().any(|p| p["public_ip"] == ip));
+        let st = lab.status(&node);
+        leased && seen && st["node"]["public_ip"] == ip && st["ready"] == Value::Bool(true)
+    });
+    assert!(
+        moved.is_some(),
+        "{node} did not follow its underlay to {ip} within 20 s; leases {:?}\nstatus {}",
+        lab.lease_keys(),
+        lab.status(&node)
+    );
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vxr",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_DATAPLANES", "userspace kernel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    let pids = (lab.agent_pid(1), lab.agent_pid(2));
+    let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
+
+    // Node 1 (userspace) renumbered as a DHCP client does it: the old address goes,
+    // and for a while there is none. The node says it cannot be reached meanwhile.
+    let (old1, len) = underlay_addr(&lab, "n1");
+    let new1 = renumbered(&old1);
+    lab.exec(
+        "n1",
+        &["ip", "addr", "del", &format!("{old1}/{len}"), "dev", "eth0"],
+    );
+    let lost = wait_for(Duration::from_secs(10), || {
+        lab.status("n1")["ready"] == Value::Bool(false)
+    });
+    assert!(
+        lost.is_some(),
+        "n1 still ready without an underlay address: {}",
+        lab.status("n1")
+    );
+    lab.exec(
+        "n1",
+        &["ip", "addr", "add", &format!("{new1}/{len}"), "dev", "eth0"],
+    );
+    wait_moved(&lab, 1, &new1, "n2");
+    assert_eq!(
+        lab.subnet_of(1),
+        subnet1,
+        "node 1 kept its subnet (and its pods their addresses)"
+    );
+    lab.check(2, "after node 1's underlay moved");
+
+    // Node 2 (kernel dataplane) renumbered without a gap (the new address first, the
+    // old one's removal promoting it): flannel.1 is made again sending from it.
+    let (old2, len) = underlay_addr(&lab, "n2");
+    let new2 = renumbered(&old2);
+    lab.exec(
+        "n2",
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+    );
+    lab.exec(
+        "n2",
+        &["ip", "addr", "add", &format!("{new2}/{len}"), "dev", "eth0"],
+    );
+    lab.exec(
+        "n2",
+        &["ip", "addr", "del", &format!("{old2}/{len}"), "dev", "eth0"],
+    );
+    wait_moved(&lab, 2, &new2, "n1");
+    assert_eq!(lab.subnet_of(2), subnet2);
+    let dev = lab.ip_json("n2", &["-d", "link", "show", "dev", "flannel.1"]);
+    assert_eq!(
+        dev[0]["linkinfo"]["info_data"]["local"],
+        Value::from(new2.as_str()),
+        "flannel.1 sends from the new address: {dev}"
+    );
+    lab.check(2, "after node 2's underlay moved");
+    assert_eq!(
+        lab.assert_one_lease_per_node(2, "after both moves").len(),
+        2
+    );
+
+    // In the running agents, which say so.
+    assert_eq!(
+        (lab.agent_pid(1), lab.agent_pid(2)),
+        pids,
+        "an agent restarted"
+    );
+    for node in ["n1", "n2"] {
+        let kinds = event_kinds(&lab, node);
+        for kind in ["underlay_moved", "lease_moved"] {
+            assert!(
+                kinds.iter().any(|k| k == kind),
+                "{node}: no {kind} in {kinds:?}"
+            );
+        }
+    }
+    assert!(event_kinds(&lab, "n1").iter().any(|k| k == "underlay_lost"));
+
+    // The VtepMAC moved with the PublicIP (it is derived from it): a successor,
+    // which derives it again, takes the dataplane over and agrees with the lease.
+    let mac1 = lab.ip_json("n1", &["link", "show", "dev", "vxmesh0"])[0]["address"].clone();
+    lab.must(&["handover-agent", "1"]);
+    assert_eq!(
+        lab.ip_json("n1", &["link", "show", "dev", "vxmesh0"])[0]["address"],
+        mac1
+    );
+    lab.check(2, "after a handover on node 1's new address");
+
+    // A restart afterwards finds the lease by the new PublicIP: the same subnet.
+    lab.must(&["restart-agent", "1"]);
+    assert_eq!(
+        lab.subnet_of(1),
+        subnet1,
+        "the restarted agent kept the subnet"
+    );
+    lab.check(2, "after node 1's agent restarted on its new address");
+    lab.must(&["down"]);
+}

@@ -717,6 +717,9 @@ impl Pending {
 #[derive(Debug)]
 pub struct Server {
     me: Identity,
+    /// The PublicIP the running dataplane's underlay moved to since the start, which
+    /// a successor's fingerprint must name.
+    moved_to: Mutex<Option<std::net::Ipv4Addr>>,
     state: Arc<AgentState>,
     running: Mutex<Option<Running>>,
     takeover: tokio::sync::mpsc::Sender<Pending>,
@@ -730,10 +733,27 @@ impl Server {
     ) -> Arc<Server> {
         Arc::new(Server {
             me,
+            moved_to: Mutex::new(None),
             state,
             running: Mutex::new(None),
             takeover,
         })
+    }
+
+    /// The underlay moved: the running dataplane's PublicIP is now `ip`.
+    pub fn set_public_ip(&self, ip: std::net::Ipv4Addr) {
+        if let Ok(mut g) = self.moved_to.lock() {
+            *g = Some(ip);
+        }
+    }
+
+    /// Our fingerprint as it is now (a moved underlay's PublicIP in it).
+    fn fingerprint(&self) -> Fingerprint {
+        let mut f = self.me.fingerprint.clone();
+        if let Some(ip) = self.moved_to.lock().ok().and_then(|g| *g) {
+            f.public_ip = ip;
+        }
+        f
     }
 
     /// The dataplane runs (or, `None`, no longer): successors may be offered it.
@@ -762,7 +782,7 @@ impl Server {
             fds.push(FdRole::Listener);
         }
         Some(DataplaneState {
-            fingerprint: self.me.fingerprint.clone(),
+            fingerprint: self.fingerprint(),
             lease,
             vtep_mac: r.vtep_mac,
             mtu: r.mtu,
@@ -828,7 +848,7 @@ impl Server {
         let ready = self.running.lock().map(|g| g.is_some()).unwrap_or(false);
         let answer = match &fingerprint {
             Some(fp) => decide::answer_hello(
-                &self.me.fingerprint,
+                &self.fingerprint(),
                 self.me.versions,
                 ready,
                 their_versions,

@@ -392,10 +392,15 @@ impl NodeHandover {
         }
         tracing::info!(
             old_stop_ms = took.as_secs_f64() * 1000.0,
-            "dataplane started again on a new {} device",
+            "{} dataplane started again",
             kind.as_str()
         );
         Ok(dp)
+    }
+
+    /// The underlay moved to PublicIP `ip`: a successor must name it.
+    pub fn moved(&self, ip: std::net::Ipv4Addr) {
+        self.server.set_public_ip(ip);
     }
 
     /// The agent ends without a dataplane (one could not be started again after its
