@@ -268,8 +268,9 @@ struct LeaseOutputs {
 struct LeaseInputs {
     /// The lease is lost (the agent saw its key go), with why.
     lost: mpsc::Receiver<String>,
-    /// This node's PublicIP (and so its VtepMAC) moved ([`LeaseMachine::moved`]).
-    moved: mpsc::Receiver<(Ipv4Addr, MacAddr)>,
+    /// This node's addresses (and so its VtepMACs) moved: the lease's new value
+    /// ([`LeaseMachine::moved`]).
+    moved: mpsc::Receiver<LeaseAttrs>,
 }
 
 /// Runs the lease machine against etcd: publishes every acquisition (and the first
@@ -311,7 +312,7 @@ async fn lease_task(
                 let moved = moving.take().filter(|_| changed_from.is_none());
                 match changed_from {
                     None if moved.is_some() => {
-                        tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, lease = format!("{lease_id:x}"), "subnet lease put again with the new PublicIP; the subnet stays")
+                        tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, public_ipv6 = ?attrs.public_ipv6, lease = format!("{lease_id:x}"), "subnet lease put again with the node's new address; the subnet stays")
                     }
                     Some(old) => tracing::error!(
                         old = %old, new = %subnet,
@@ -501,22 +502,20 @@ pub async fn acquire(
     }
 }
 
-/// The node's PublicIP is now `ip` and its VtepMAC `mac`: later claims carry them,
-/// and a held key is put again with them ([`LeaseMachine::moved`]). Returns `ip`
-/// when that changed anything.
+/// The node's addresses moved: the lease's value is now `new`. Later claims carry
+/// it, and a held key is put again with it ([`LeaseMachine::moved`]). Returns the new
+/// PublicIP when that changed anything.
 fn move_to(
-    (ip, mac): (Ipv4Addr, MacAddr),
+    new: LeaseAttrs,
     machine: &mut LeaseMachine,
     attrs: &mut LeaseAttrs,
 ) -> Option<Ipv4Addr> {
-    if attrs.public_ip == ip {
+    if *attrs == new {
         return None;
     }
-    tracing::info!(old = %attrs.public_ip, new = %ip, vtep_mac = %mac, "putting the subnet lease again with the new PublicIP");
-    attrs.public_ip = ip;
-    if let Some(v) = attrs.vxlan.as_mut() {
-        v.vtep_mac = mac;
-    }
+    tracing::info!(old = %attrs.public_ip, new = %new.public_ip, public_ipv6 = ?new.public_ipv6, "putting the subnet lease again with the node's new address");
+    let ip = new.public_ip;
+    *attrs = new;
     machine.moved(ip);
     Some(ip)
 }
@@ -932,7 +931,7 @@ pub async fn run_with(
     }
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
     let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
-    let (moved_tx, moved_rx) = mpsc::channel::<(Ipv4Addr, MacAddr)>(4);
+    let (moved_tx, moved_rx) = mpsc::channel::<LeaseAttrs>(4);
     let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
     let lease = tokio::spawn(lease_task(
         reg.clone(),
@@ -1046,6 +1045,7 @@ pub async fn run_with(
         rules_tx: watch::channel(rules).0,
         underlay,
         underlay_gone: Outage::new("the underlay address"),
+        ipv6_gone: false,
         synced: false,
         shown_rejections: None,
         passes: 0,
@@ -1296,8 +1296,8 @@ struct Running {
     own: Held,
     /// Tells the lease task the lease is lost.
     lost_tx: mpsc::Sender<String>,
-    /// Tells the lease task this node's PublicIP and VtepMAC moved.
-    moved_tx: mpsc::Sender<(Ipv4Addr, MacAddr)>,
+    /// Tells the lease task the lease's new value when the node's addresses moved.
+    moved_tx: mpsc::Sender<LeaseAttrs>,
     /// The masquerade/forward rules for the resync task (they name the underlay
     /// address, so they change when it moves).
     rules_tx: watch::Sender<Rules>,
@@ -1308,6 +1308,8 @@ struct Running {
     registry: Registry,
     /// Since when its address has been gone with nothing to replace it.
     underlay_gone: Outage,
+    /// The PublicIPv6 is gone with nothing to replace it (said once).
+    ipv6_gone: bool,
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
     /// The rejections generation shown in /v1/status.
@@ -1528,13 +1530,14 @@ impl Running {
         }
     }
 
-    /// Looks whether the underlay address is still on its interface (every device
-    /// check). When it moved (renumbered, a DHCP lease that changed), the node
-    /// follows, where flanneld needs a restart that gives it a new subnet: the lease
-    /// is put again naming the new PublicIP (same subnet, so pods keep their
-    /// addresses), the rules name the new address, and the answer says whether the
-    /// dataplane must start again on it. While the address is gone with nothing to
-    /// replace it, the node is not ready and says why.
+    /// Looks whether the underlay addresses are still on their interface (at the
+    /// kernel's address announcements, and once a minute). When one moved
+    /// (renumbered, a DHCP lease or an IPv6 prefix that changed), the node follows,
+    /// where flanneld needs a restart that gives it a new subnet: the lease is put
+    /// again naming the new addresses (same subnet, so pods keep theirs), the rules
+    /// name them, and the answer says whether the dataplane must start again on them.
+    /// While the IPv4 address is gone with nothing to replace it, the node is not
+    /// ready and says why (decision 0024).
     async fn recheck_underlay(&mut self, flags: &UnderlayFlags) -> Option<Rebuild> {
         let host = match host_of(&self.nl, flags).await {
             Ok(h) => h,
@@ -1543,9 +1546,106 @@ impl Running {
                 return None;
             }
         };
+        let moved4 = self.recheck_ipv4(flags, &host).await;
+        let moved6 = self.recheck_ipv6(flags).await;
+        if moved4.is_none() && moved6.is_none() {
+            return None;
+        }
+        // Not ready until the dataplane runs on the new address with every peer
+        // (`device_rebuilt`).
+        self.state.ready.routes.store(false, Ordering::Relaxed);
+        let old = self.underlay.clone();
+        let old6 = self.setup.ipv6.as_ref().map(|v6| v6.local_ip);
+        if let Some(u) = moved4 {
+            self.underlay = u;
+        }
+        let new = self.underlay.clone();
+        let new6 = moved6.or(old6);
+        tracing::warn!(
+            old_iface = %old.link.name, old_local_ip = %old.local_ip, old_public_ip = %old.public_ip,
+            iface = %new.link.name, local_ip = %new.local_ip, public_ip = %new.public_ip,
+            old_public_ipv6 = ?old6, public_ipv6 = ?new6,
+            "the underlay address moved; following it (same subnet)"
+        );
+        let mut what = format!(
+            "{} on {} → {} on {} (PublicIP {})",
+            old.local_ip, old.link.name, new.local_ip, new.link.name, new.public_ip
+        );
+        if let (Some(o6), Some(n6)) = (old6, new6) {
+            if o6 != n6 {
+                what = format!("{what}; PublicIPv6 {o6} → {n6}");
+            }
+        }
+        self.state.event("underlay_moved", what);
+        self.state.update(|i| {
+            i.public_ip = Some(new.public_ip);
+            i.iface = Some(new.link.name.clone());
+            i.public_ipv6 = new6;
+        });
+        // The etcd connection may leave from an address that is gone: its requests
+        // would wait for their timeouts. The lease is put through a new one.
+        if let Err(e) = self.registry.reconnect().await {
+            tracing::warn!(error = %e, "cannot connect to etcd again from the new address; the old connection recovers on its own");
+        }
+        let vni = self.setup.local.vni.get();
+        if new.public_ip != old.public_ip {
+            // The VtepMAC is derived from the PublicIP (docs/decisions/0005): it
+            // moves with it, so that a later restart or handover, which derives it
+            // again, finds the lease, the device and the peers already agreeing.
+            let mac = crate::vtep_mac::derive(new.public_ip, vni);
+            self.vtep_mac = mac;
+            self.setup.local.vtep_mac = mac;
+            self.state.update(|i| i.vtep_mac = Some(mac.to_string()));
+        }
+        let ipv6 = new6.map(|ip6| (ip6, crate::vtep_mac::derive_v6(ip6, vni)));
+        if let (Some(v6), Some((ip6, mac6))) = (self.setup.ipv6.as_mut(), ipv6) {
+            v6.local_ip = ip6;
+            v6.vtep_mac = mac6;
+        }
+        // Before the lease is put again: the put names the new address, and must
+        // read as this node's, not as someone else's write on its key.
+        self.own_key.set_public_ip(new.public_ip);
+        let local = LocalNode {
+            public_ip: new.public_ip,
+            vtep_mac: self.vtep_mac,
+            ipv6,
+        };
+        let mut skips = Vec::new();
+        let changes = self.peers.set_local(Some(local), &mut skips);
+        record_skips(&skips, &self.state);
+        if !changes.is_empty() {
+            // A peer that held the new address before is rejected now (or one on
+            // the old address accepted): programmed with the rebuild below.
+            record_changes(&changes, &self.state);
+        }
+        let mut attrs = LeaseAttrs::vxlan(new.public_ip, vni, self.vtep_mac);
+        if let Some((ip6, mac6)) = ipv6 {
+            attrs = attrs.with_ipv6(ip6, vni, mac6);
+        }
+        if self.moved_tx.send(attrs).await.is_err() {
+            tracing::error!("the lease task has ended; the lease still names the old address");
+        }
+        let rules = &mut self.files.rules;
+        if let Some(u) = rules.untrack.as_mut() {
+            u.local_ip = new.local_ip;
+            if u.local_ipv6.is_some() {
+                u.local_ipv6 = new6;
+            }
+        }
+        if let Some((ip, _)) = rules.underlay_tap.as_mut() {
+            *ip = new.local_ip;
+        }
+        self.rules_tx.send_replace(*rules);
+        self.setup.local_ip = new.local_ip;
+        self.setup.underlay_index = new.link.index;
+        Some(Rebuild::Moved)
+    }
+
+    /// The IPv4 half of [`Running::recheck_underlay`]: the underlay it moved to.
+    async fn recheck_ipv4(&mut self, flags: &UnderlayFlags, host: &Host) -> Option<Underlay> {
         let (was, index) = (self.underlay.local_ip, self.underlay.link.index);
         let name = self.underlay.link.name.clone();
-        let choice = match crate::underlay::recheck(flags, &host, index, was) {
+        let choice = match crate::underlay::recheck(flags, host, index, was) {
             crate::underlay::Recheck::Unchanged => {
                 if let Report::Ended { down, .. } = self.underlay_gone.succeeded(Instant::now()) {
                     tracing::info!(iface = %name, address = %was, "the underlay address is back after {:.1} s", down.as_secs_f64());
@@ -1590,80 +1690,50 @@ impl Running {
             tracing::error!(address = %ip, network = %self.pool_cfg.network, "the underlay moved to an address inside the Network; not following it (pods' routes would take the node's own traffic)");
             return None;
         }
-        let new = match underlay_of(&self.nl, choice).await {
-            Ok(u) => u,
+        match underlay_of(&self.nl, choice).await {
+            Ok(u) => Some(u),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "the underlay moved, but its interface cannot be read; looking again");
+                None
+            }
+        }
+    }
+
+    /// The IPv6 half (dual stack, the PublicIPv6 not given by `--public-ipv6`): the
+    /// PublicIPv6 it moved to. With no global address left the old one stays
+    /// advertised, and the log says so once.
+    async fn recheck_ipv6(&mut self, flags: &UnderlayFlags) -> Option<std::net::Ipv6Addr> {
+        let current = self.setup.ipv6.as_ref()?.local_ip;
+        if flags.public_ipv6.is_some() {
+            return None;
+        }
+        let addrs = match self.nl.ipv6_addresses(self.underlay.link.index).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the underlay's IPv6 addresses");
                 return None;
             }
         };
-        let old = std::mem::replace(&mut self.underlay, new);
-        let new = &self.underlay;
-        tracing::warn!(
-            old_iface = %old.link.name, old_local_ip = %old.local_ip, old_public_ip = %old.public_ip,
-            iface = %new.link.name, local_ip = %new.local_ip, public_ip = %new.public_ip,
-            "the underlay address moved; following it (same subnet)"
-        );
-        self.state.event(
-            "underlay_moved",
-            format!(
-                "{} on {} → {} on {} (PublicIP {})",
-                old.local_ip, old.link.name, new.local_ip, new.link.name, new.public_ip
-            ),
-        );
-        self.state.update(|i| {
-            i.public_ip = Some(new.public_ip);
-            i.iface = Some(new.link.name.clone());
-        });
-        if new.local_ip != old.local_ip {
-            // The etcd connection leaves from the old address: its requests would
-            // wait for their timeouts. The lease is put through a new one.
-            if let Err(e) = self.registry.reconnect().await {
-                tracing::warn!(error = %e, "cannot connect to etcd again from the new address; the old connection recovers on its own");
+        match crate::underlay::recheck_ipv6(None, &self.underlay.link.name, &addrs, current) {
+            Ok(moved) => {
+                self.ipv6_gone = false;
+                moved.filter(|ip6| {
+                    let inside = self.pool_cfg.ipv6.as_ref().is_some_and(|p| p.network.contains(*ip6));
+                    if inside {
+                        tracing::error!(address = %ip6, "the underlay's IPv6 address moved inside the IPv6Network; not following it");
+                    }
+                    !inside
+                })
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.ipv6_gone, true) {
+                    tracing::error!(public_ipv6 = %current, reason = %e, "the PublicIPv6 is gone from the underlay and nothing can replace it: peers' IPv6 pod traffic cannot reach this node; it follows the next global address");
+                    self.state
+                        .event("underlay_lost", format!("PublicIPv6 {current} gone: {e}"));
+                }
+                None
             }
         }
-        if new.public_ip != old.public_ip {
-            // The VtepMAC is derived from the PublicIP (docs/decisions/0005): it
-            // moves with it, so that a later restart or handover, which derives it
-            // again, finds the lease, the device and the peers already agreeing.
-            let mac = crate::vtep_mac::derive(new.public_ip, self.setup.local.vni.get());
-            self.vtep_mac = mac;
-            self.setup.local.vtep_mac = mac;
-            self.state.update(|i| i.vtep_mac = Some(mac.to_string()));
-            // Before the lease is put again: the put names the new address, and
-            // must read as this node's, not as someone else's write on its key.
-            self.own_key.set_public_ip(new.public_ip);
-            let local = LocalNode {
-                public_ip: new.public_ip,
-                vtep_mac: self.vtep_mac,
-                ipv6: self.peers.local().and_then(|l| l.ipv6),
-            };
-            let mut skips = Vec::new();
-            let changes = self.peers.set_local(Some(local), &mut skips);
-            record_skips(&skips, &self.state);
-            if !changes.is_empty() {
-                // A peer that held the new address before is rejected now (or one
-                // on the old address accepted): programmed with the rebuild below.
-                record_changes(&changes, &self.state);
-            }
-            if self.moved_tx.send((new.public_ip, mac)).await.is_err() {
-                tracing::error!(
-                    "the lease task has ended; the lease still names {}",
-                    old.public_ip
-                );
-            }
-        }
-        let rules = &mut self.files.rules;
-        if let Some(u) = rules.untrack.as_mut() {
-            u.local_ip = new.local_ip;
-        }
-        if let Some((ip, _)) = rules.underlay_tap.as_mut() {
-            *ip = new.local_ip;
-        }
-        self.rules_tx.send_replace(*rules);
-        self.setup.local_ip = new.local_ip;
-        self.setup.underlay_index = new.link.index;
-        (new.local_ip != old.local_ip || new.link.index != old.link.index).then_some(Rebuild::Moved)
     }
 
     /// The dataplane was started again on a new device (the old one was deleted) or

@@ -187,17 +187,15 @@ impl LeaseMachine {
         self
     }
 
-    /// This node's PublicIP is now `me` (its underlay address moved). The key it
-    /// holds is put again with the new value under a new etcd lease — after a
-    /// listing, so the claim compares the key as it is now, and only while the key
-    /// still names the old PublicIP: a node that took the subnet meanwhile keeps it,
-    /// and this one claims another as after a loss. The subnet stays, so pods keep
-    /// their addresses; the new [`LeaseAction::Acquired`] is not counted as a
-    /// re-acquisition. Not holding a key, later claims carry the new PublicIP.
+    /// This node's addresses moved: its PublicIP is now `me` (the same, when only
+    /// its PublicIPv6 moved). The key it holds is put again with the new value under
+    /// a new etcd lease — after a listing, so the claim compares the key as it is
+    /// now, and only while the key still names the old PublicIP: a node that took the
+    /// subnet meanwhile keeps it, and this one claims another as after a loss. The
+    /// subnet stays, so pods keep their addresses; the new [`LeaseAction::Acquired`]
+    /// is not counted as a re-acquisition. Not holding a key, later claims carry the
+    /// new PublicIP.
     pub fn moved(&mut self, me: Ipv4Addr) {
-        if me == self.me {
-            return;
-        }
         let old = std::mem::replace(&mut self.me, me);
         if let State::Held { subnet, ipv6, .. } = self.state {
             self.moving = Some(Move {
@@ -446,8 +444,6 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = holding(s);
-        m.moved(ME);
-        assert_eq!(m.poll(t), LeaseAction::Idle, "the same PublicIP is no move");
         m.moved(MOVED);
         assert_eq!(m.public_ip(), MOVED);
         assert_eq!(m.poll(t), LeaseAction::List);
@@ -500,6 +496,26 @@ mod tests {
             c.subnet(),
             s,
             "the old PublicIP's key is not this node's any more"
+        );
+    }
+
+    #[test]
+    fn a_move_of_the_ipv6_address_alone_puts_the_same_key_again() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = holding(s);
+        m.moved(ME);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        let mut mine = held("10.1.0.16/28", ME);
+        mine.mod_revision = 19;
+        m.handle(LeaseEvent::Listed(vec![mine]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                subnet: s,
+                ipv6: None,
+                mod_revision: 19
+            })
         );
     }
 

@@ -1959,8 +1959,8 @@ fn deleted_link_of(
     })
 }
 
-/// Whether a message announces an IPv4 address added or removed.
-fn is_ipv4_address_news(
+/// Whether a message announces an address added or removed (IPv4 or IPv6).
+fn is_address_news(
     msg: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {
     use rtnetlink::packet_core::NetlinkPayload;
@@ -1968,7 +1968,7 @@ fn is_ipv4_address_news(
     matches!(
         &msg.payload,
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a))
-            if a.header.family == AddressFamily::Inet
+            if matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6)
     )
 }
 
@@ -1987,17 +1987,17 @@ fn link_name(m: &LinkMessage) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkNews {
     Deleted(DeletedLink),
-    /// An IPv4 address was added or removed somewhere in the namespace (the
-    /// underlay's may have moved).
+    /// An address was added or removed somewhere in the namespace (the underlay's
+    /// may have moved).
     Addresses,
     /// The socket's buffer filled and the kernel dropped announcements (ENOBUFS): any
     /// link may have been deleted meanwhile.
     Lost,
 }
 
-/// Subscribes to the kernel's link and IPv4 address announcements (`RTNLGRP_LINK`,
-/// `RTNLGRP_IPV4_IFADDR`) in this network namespace and sends each deleted link, and
-/// each address change, on the returned channel, from a task on the current runtime
+/// Subscribes to the kernel's link and address announcements (`RTNLGRP_LINK`,
+/// `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`) in this network namespace and sends
+/// each deleted link, and each address change, on the returned channel, from a task on the current runtime
 /// (abort its handle to stop it). Announcements lost to a full socket buffer are
 /// reported as [`LinkNews::Lost`]; the channel closes if the socket fails.
 pub fn watch_link_deletions() -> Result<
@@ -2012,7 +2012,9 @@ pub fn watch_link_deletions() -> Result<
         rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
     let groups = rtnetlink::sys::SocketAddr::new(
         0,
-        rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_IPV4_IFADDR,
+        rtnetlink::constants::RTMGRP_LINK
+            | rtnetlink::constants::RTMGRP_IPV4_IFADDR
+            | rtnetlink::constants::RTMGRP_IPV6_IFADDR,
     );
     conn.socket_mut()
         .socket_mut()
@@ -2024,7 +2026,7 @@ pub fn watch_link_deletions() -> Result<
             while let Some((msg, _)) = messages.next().await {
                 let news = match &msg.payload {
                     rtnetlink::packet_core::NetlinkPayload::Overrun(_) => Some(LinkNews::Lost),
-                    _ if is_ipv4_address_news(&msg) => Some(LinkNews::Addresses),
+                    _ if is_address_news(&msg) => Some(LinkNews::Addresses),
                     _ => deleted_link_of(&msg).map(LinkNews::Deleted),
                 };
                 if let Some(n) = news {
@@ -2097,15 +2099,15 @@ mod tests {
         assert_eq!(deleted_link(&[0xff; 64]), None);
     }
 
-    /// The address announcements the link watch passes on: IPv4 added or removed
-    /// (`ip addr add/del 192.168.100.31/24 dev eth0`), not IPv6, not a link's.
+    /// The address announcements the link watch passes on: added or removed
+    /// (`ip addr add/del 192.168.100.31/24 dev eth0`, the same for IPv6), not a link's.
     #[test]
-    fn ipv4_address_news_read_from_an_announcement() {
+    fn address_news_read_from_an_announcement() {
         use rtnetlink::packet_core::NetlinkMessage;
         use rtnetlink::packet_route::RouteNetlinkMessage;
         let news = |bytes: &[u8]| {
             NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                .is_ok_and(|m| is_ipv4_address_news(&m))
+                .is_ok_and(|m| is_address_news(&m))
         };
         let mut m = vec![
             0, 0, 0, 0, // length, set below
@@ -2123,9 +2125,17 @@ mod tests {
         assert!(news(&m), "RTM_DELADDR");
         m[4] = 20;
         assert!(news(&m), "RTM_NEWADDR");
-        let mut v6 = m.clone();
-        v6[16] = 10; // AF_INET6 (the attributes no longer parse as IPv6: not news either way)
-        assert!(!news(&v6));
+        let mut v6 = vec![
+            0, 0, 0, 0, // length, set below
+            20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // RTM_NEWADDR
+            10, 64, 0x80, 0, // AF_INET6, /64, IFA_F_PERMANENT, scope global
+            2, 0, 0, 0, // ifa_index 2
+            20, 0, 1, 0, // IFA_ADDRESS, fd00:64::31
+        ];
+        v6.extend_from_slice(&[0xfd, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x31]);
+        let len = v6.len() as u32;
+        v6[..4].copy_from_slice(&len.to_le_bytes());
+        assert!(news(&v6), "IPv6 RTM_NEWADDR");
         let mut link = m.clone();
         link[4] = 17; // RTM_DELLINK: the same bytes are no address
         assert!(!news(&link));

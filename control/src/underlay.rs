@@ -340,6 +340,22 @@ pub enum Recheck {
     Gone(UnderlayError),
 }
 
+/// Whether the node's PublicIPv6 (dual stack) moved: `Ok(None)` while `current` is
+/// still one of the underlay interface's addresses `addrs`, or when `--public-ipv6`
+/// gives it (`flag`: it never moves); else the address chosen now, as at the start
+/// ([`choose_public_ipv6`]), or why there is none.
+pub fn recheck_ipv6(
+    flag: Option<Ipv6Addr>,
+    iface: &str,
+    addrs: &[IfAddr6],
+    current: Ipv6Addr,
+) -> Result<Option<Ipv6Addr>, NoPublicIpv6> {
+    if flag.is_some() || addrs.iter().any(|a| a.ip == current) {
+        return Ok(None);
+    }
+    choose_public_ipv6(None, iface, addrs).map(Some)
+}
+
 /// Whether the node's underlay moved: `local_ip` no longer on interface `index`,
 /// then chosen again by the same flags as at the start.
 pub fn recheck(flags: &UnderlayFlags, host: &Host, index: u32, local_ip: Ipv4Addr) -> Recheck {
@@ -479,6 +495,28 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn recheck_ipv6_moves_only_when_the_address_is_gone() {
+        let a6 = |ip: &str, permanent: bool| IfAddr6 {
+            ip: ip.parse().unwrap(),
+            permanent,
+            deprecated: false,
+        };
+        let cur: Ipv6Addr = "fd00:64::11".parse().unwrap();
+        let here = [a6("fe80::1", true), a6("fd00:64::11", true)];
+        assert_eq!(recheck_ipv6(None, "eth1", &here, cur), Ok(None));
+        // A new prefix (SLAAC renumbering): the old address gone, the new one chosen.
+        let moved = [a6("fe80::1", true), a6("fd00:65::11", false)];
+        assert_eq!(
+            recheck_ipv6(None, "eth1", &moved, cur),
+            Ok(Some("fd00:65::11".parse().unwrap()))
+        );
+        // --public-ipv6 never moves; nothing global left is an error saying so.
+        assert_eq!(recheck_ipv6(Some(cur), "eth1", &moved, cur), Ok(None));
+        let e = recheck_ipv6(None, "eth1", &[a6("fe80::1", true)], cur).unwrap_err();
+        assert_eq!(e.iface, "eth1");
     }
 
     #[test]

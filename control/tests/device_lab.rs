@@ -340,3 +340,82 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     lab.check(2, "after node 1's agent restarted on its new address");
     lab.must(&["down"]);
 }
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vxr6",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_DATAPLANES", "userspace kernel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    let subnet1 = lab.subnet_of(1);
+    let pid1 = lab.agent_pid(1);
+    let ctl = lab.bin.join("vxmeshctl");
+    // A new IPv6 prefix on node 1's underlay (SLAAC renumbering, by hand here).
+    let (old6, new6) = ("fd00:64::11", "fd00:64::31");
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{new6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            &format!("{old6}/64"),
+            "dev",
+            "eth0",
+        ],
+    );
+    let moved = wait_for(Duration::from_secs(20), || {
+        let peers = lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"]);
+        let seen = serde_json::from_str::<Value>(&peers)
+            .ok()
+            .and_then(|p| p.as_array().cloned())
+            .is_some_and(|p| p.iter().any(|p| p["ipv6"]["public_ipv6"] == new6));
+        let st = lab.status("n1");
+        seen && st["node"]["public_ipv6"] == new6 && st["ready"] == Value::Bool(true)
+    });
+    assert!(
+        moved.is_some(),
+        "n1 did not follow its IPv6 underlay to {new6} within 20 s; status {}\npeers of n2: {}",
+        lab.status("n1"),
+        lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"])
+    );
+    assert_eq!(lab.subnet_of(1), subnet1);
+    assert_eq!(lab.agent_pid(1), pid1, "the agent restarted");
+    let dev = lab.ip_json("n1", &["-d", "link", "show", "dev", "flannel-v6.1"]);
+    assert_eq!(
+        dev[0]["linkinfo"]["info_data"]["local6"], new6,
+        "flannel-v6.1 sends from the new address: {dev}"
+    );
+    // Both families, every pod pair (the lab's check pings IPv6 pairs in a dual-stack lab).
+    let out = lab.must(&["check"]);
+    assert!(
+        out.contains("IPv6 pod pairs: 2 of 2 reachable") && out.contains(" 0 failed"),
+        "{out}"
+    );
+    lab.must(&["down"]);
+}

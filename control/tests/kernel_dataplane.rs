@@ -1129,7 +1129,8 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
 }
 
 /// The link watch announces a deletion in its own namespace — `ip link del`, with
-/// the link's index and name — and not a link that was only added.
+/// the link's index and name — and not a link that was only added; and an address
+/// added.
 #[test]
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn a_deleted_link_is_announced_by_the_link_watch() {
@@ -1152,8 +1153,23 @@ fn a_deleted_link_is_announced_by_the_link_watch() {
             let shown: Value = serde_json::from_str(&ip(&["-j", "link", "show", "vxw0"])).unwrap();
             let index = shown[0]["ifindex"].as_u64().unwrap() as u32;
             ip(&["link", "del", "vxw0"]);
-            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            let got = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match rx.recv().await {
+                        Some(LinkNews::Addresses) => continue,
+                        other => return other,
+                    }
+                }
+            })
+            .await;
             let got = got.expect("no announcement within 5 s").unwrap();
+            // An address added (the underlay's may have moved): announced too.
+            ip(&["addr", "add", "10.99.0.1/24", "dev", "vxw1"]);
+            let addr = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            assert_eq!(
+                addr.expect("no address announcement within 5 s"),
+                Some(LinkNews::Addresses)
+            );
             // More announcements than the socket holds while nobody reads (this
             // thread runs the watch and is busy): the loss is reported.
             let batch: String = (0..200)
