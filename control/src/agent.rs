@@ -297,8 +297,10 @@ async fn lease_task(
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
     let mut outage = Outage::new(LEASE_ACQUISITION);
-    // The PublicIP a move is putting the held key again with, until it is held so.
+    // The PublicIP a move is putting the held key again with, until it is held so,
+    // and the etcd lease the key was held under before.
     let mut moving: Option<Ipv4Addr> = None;
+    let mut replaced: Option<i64> = None;
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
@@ -310,6 +312,15 @@ async fn lease_task(
             }) => {
                 let key = LeaseKey::dual(subnet, ipv6).key_form();
                 let moved = moving.take().filter(|_| changed_from.is_none());
+                // The key moved to a new etcd lease: the old one holds nothing now.
+                if let Some(old) = replaced.take().filter(|old| *old != lease_id && *old != 0) {
+                    let r = reg.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = r.revoke(old).await {
+                            tracing::debug!(error = %e, lease = format!("{old:x}"), "cannot revoke the lease the key left; it expires");
+                        }
+                    });
+                }
                 match changed_from {
                     None if moved.is_some() => {
                         tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, public_ipv6 = ?attrs.public_ipv6, lease = format!("{lease_id:x}"), "subnet lease put again with the node's new address; the subnet stays")
@@ -385,14 +396,26 @@ async fn lease_task(
                     _ = tokio::time::sleep(d) => {}
                     Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
-                    Some(to) = moved_rx.recv() => moving = move_to(to, &mut machine, &mut attrs).or(moving),
+                    Some(to) = moved_rx.recv() => {
+                        let held = machine.held().map(|(_, id)| id);
+                        if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
+                            moving = Some(ip);
+                            replaced = replaced.or(held);
+                        }
+                    }
                 }
             }
             Some(LeaseAction::Idle) => {
                 tokio::select! {
                     Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
-                    Some(to) = moved_rx.recv() => moving = move_to(to, &mut machine, &mut attrs).or(moving),
+                    Some(to) = moved_rx.recv() => {
+                        let held = machine.held().map(|(_, id)| id);
+                        if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
+                            moving = Some(ip);
+                            replaced = replaced.or(held);
+                        }
+                    }
                     else => return,
                 }
             }

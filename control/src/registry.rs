@@ -412,6 +412,16 @@ impl Registry {
     /// shorter than the remaining TTL by reconnecting.
     /// Each renewal is recorded in `stats` (for /metrics: an operator alerts when the
     /// expiry comes close, i.e. renewals stopped while etcd is unreachable).
+    /// Revokes etcd lease `lease_id` (one no key is attached to any more): best
+    /// effort, as it expires anyway.
+    pub async fn revoke(&self, lease_id: i64) -> Result<(), RegistryError> {
+        self.client()
+            .lease_revoke(lease_id)
+            .await
+            .map(|_| ())
+            .map_err(self.err("lease revoke"))
+    }
+
     pub async fn keep_alive(&self, lease_id: i64, ttl: Duration, stats: &LeaseStats) -> String {
         let interval = (ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut deadline = tokio::time::Instant::now() + ttl;

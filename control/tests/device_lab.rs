@@ -302,6 +302,11 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
         lab.assert_one_lease_per_node(2, "after both moves").len(),
         2
     );
+    // The etcd leases the keys left were revoked: one per node is left.
+    let revoked = wait_for(Duration::from_secs(5), || {
+        lab.etcdctl(&["lease", "list"]).starts_with("found 2 leases")
+    });
+    assert!(revoked.is_some(), "{}", lab.etcdctl(&["lease", "list"]));
 
     // In the running agents, which say so.
     assert_eq!(
