@@ -37,7 +37,7 @@ use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
 use crate::outage::{Outage, Report};
-use crate::own_key::OwnKeyWatch;
+use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
 use crate::state::AgentState;
@@ -266,8 +266,8 @@ struct LeaseOutputs {
 
 /// What the lease task is told by the agent.
 struct LeaseInputs {
-    /// The lease is lost (the agent saw its key go), with why.
-    lost: mpsc::Receiver<String>,
+    /// The lease is lost (the agent saw its key go or taken), with why.
+    lost: mpsc::Receiver<LeaseLoss>,
     /// This node's addresses (and so its VtepMACs) moved: the lease's new value
     /// ([`LeaseMachine::moved`]).
     moved: mpsc::Receiver<LeaseAttrs>,
@@ -394,8 +394,8 @@ async fn lease_task(
                 let d = until.saturating_duration_since(Instant::now());
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
-                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
-                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(loss) = lost_rx.recv() => lost(&mut machine, &loss.to_string(), loss.event(), &held_tx, &state).await,
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, LeaseEvent::LeaseLost, &held_tx, &state).await,
                     Some(to) = moved_rx.recv() => {
                         let held = machine.held().map(|(_, id)| id);
                         if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
@@ -407,8 +407,8 @@ async fn lease_task(
             }
             Some(LeaseAction::Idle) => {
                 tokio::select! {
-                    Some(why) = lost_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
-                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, &held_tx, &state).await,
+                    Some(loss) = lost_rx.recv() => lost(&mut machine, &loss.to_string(), loss.event(), &held_tx, &state).await,
+                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, LeaseEvent::LeaseLost, &held_tx, &state).await,
                     Some(to) = moved_rx.recv() => {
                         let held = machine.held().map(|(_, id)| id);
                         if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
@@ -546,6 +546,7 @@ fn move_to(
 async fn lost(
     machine: &mut LeaseMachine,
     why: &str,
+    ev: LeaseEvent,
     held_tx: &watch::Sender<Option<Held>>,
     state: &AgentState,
 ) {
@@ -560,8 +561,12 @@ async fn lost(
         state.handover_gate.until_down().await;
         tracing::warn!("the handover did not complete; handling the lease change");
     }
-    tracing::warn!("subnet lease lost ({why}); re-acquiring, preferring the same subnet");
-    machine.handle(LeaseEvent::LeaseLost, Instant::now());
+    if ev == LeaseEvent::KeyGarbled {
+        tracing::warn!("subnet lease lost ({why}); taking the key back (nobody holds the subnet)");
+    } else {
+        tracing::warn!("subnet lease lost ({why}); re-acquiring, preferring the same subnet");
+    }
+    machine.handle(ev, Instant::now());
     let _ = held_tx.send(None);
 }
 
@@ -953,7 +958,7 @@ pub async fn run_with(
         attrs = attrs.with_ipv6(ip6, vni.get(), crate::vtep_mac::derive_v6(ip6, vni.get()));
     }
     let (held_tx, mut held_rx) = watch::channel(None::<Held>);
-    let (lost_tx, lost_rx) = mpsc::channel::<String>(8);
+    let (lost_tx, lost_rx) = mpsc::channel::<LeaseLoss>(8);
     let (moved_tx, moved_rx) = mpsc::channel::<LeaseAttrs>(4);
     let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
     let lease = tokio::spawn(lease_task(
@@ -1318,7 +1323,7 @@ struct Running {
     /// The lease held now (or last, while re-acquiring).
     own: Held,
     /// Tells the lease task the lease is lost.
-    lost_tx: mpsc::Sender<String>,
+    lost_tx: mpsc::Sender<LeaseLoss>,
     /// Tells the lease task the lease's new value when the node's addresses moved.
     moved_tx: mpsc::Sender<LeaseAttrs>,
     /// The masquerade/forward rules for the resync task (they name the underlay
@@ -1452,7 +1457,7 @@ impl Running {
     async fn on_registry(&mut self, events: &[WatchEvent]) {
         for ev in events {
             if let Some(loss) = self.own_key.handle(ev) {
-                let _ = self.lost_tx.try_send(loss.to_string());
+                let _ = self.lost_tx.try_send(loss);
             }
         }
         let mut skips = Vec::new();

@@ -85,6 +85,9 @@ pub enum LeaseEvent {
     RegistryError,
     /// The held lease expired, was revoked, or our key was deleted or taken.
     LeaseLost,
+    /// Our key now holds a value that is not a lease at all (an operator's typo,
+    /// another tool): nobody holds the subnet, so the key is taken back.
+    KeyGarbled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +131,8 @@ pub struct LeaseMachine {
     moving: Option<Move>,
     /// The next acquisition is a move's, not a re-acquisition.
     moved: bool,
+    /// The key this node held whose value is no longer a lease, until taken back.
+    retake: Option<LeaseKey>,
 }
 
 /// A held key to be put again under a new PublicIP.
@@ -152,6 +157,7 @@ impl LeaseMachine {
             reacquisitions: 0,
             moving: None,
             moved: false,
+            retake: None,
         }
     }
 
@@ -309,6 +315,9 @@ impl LeaseMachine {
                 if let Some(m) = self.moving {
                     own_again(&mut leases, m, self.me);
                 }
+                if let Some(k) = self.retake {
+                    garbled_is_ours(&mut leases, k, self.me);
+                }
                 match plan_counted(
                     &self.cfg,
                     self.me,
@@ -342,6 +351,7 @@ impl LeaseMachine {
                 let (subnet, ipv6) = (c.subnet(), c.ipv6());
                 self.backoff = BACKOFF_MIN;
                 self.moved = self.moving.take().is_some();
+                self.retake = None;
                 self.hint = Hints {
                     ipv4: Some(subnet),
                     ipv6,
@@ -362,6 +372,14 @@ impl LeaseMachine {
                     until: now + jittered(self.backoff, &mut self.seed),
                 };
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            (LeaseEvent::KeyGarbled, State::Held { subnet, ipv6, .. }) => {
+                self.retake = Some(LeaseKey::dual(*subnet, *ipv6));
+                self.hint = Hints {
+                    ipv4: Some(*subnet),
+                    ipv6: *ipv6,
+                };
+                self.state = State::NeedList;
             }
             (LeaseEvent::LeaseLost, State::Held { subnet, ipv6, .. }) => {
                 // Prefer the subnets we just had: pods keep their addresses if free.
@@ -387,6 +405,30 @@ fn own_again(leases: &mut [ExistingLease], m: Move, me: Ipv4Addr) {
         }
         if let Some(a) = l.attrs.as_mut().filter(|a| a.public_ip == m.old) {
             a.public_ip = me;
+        }
+    }
+}
+
+/// The listing as the allocator must read it after this node's key was overwritten
+/// with something that is not a lease: that key, still not a lease, is this node's to
+/// take back under a new etcd lease (a compare-and-swap on its revision), not a
+/// subnet someone holds. A lease that replaced the garbage meanwhile is judged as any.
+fn garbled_is_ours(leases: &mut [ExistingLease], key: LeaseKey, me: Ipv4Addr) {
+    for l in leases {
+        if LeaseKey::dual(l.subnet, l.ipv6) != key || l.attrs.is_some() {
+            continue;
+        }
+        l.attrs = Some(crate::lease::LeaseAttrs {
+            public_ip: me,
+            public_ipv6: None,
+            backend_type: String::new(),
+            vxlan: None,
+            vxlan_v6: None,
+        });
+        // Not a reservation of ours: whatever lease the garbage has (none, when put
+        // by hand), the key is claimed under a new one.
+        if l.lease_id == 0 {
+            l.lease_id = -1;
         }
     }
 }
@@ -517,6 +559,75 @@ mod tests {
                 mod_revision: 19
             })
         );
+    }
+
+    #[test]
+    fn a_key_overwritten_with_garbage_is_taken_back() {
+        let t = Instant::now();
+        let s: Subnet = "10.1.0.16/28".parse().unwrap();
+        let mut m = holding(s);
+        m.handle(LeaseEvent::KeyGarbled, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        // `etcdctl put <key> oops`: no lease, not a lease value.
+        let garbage = ExistingLease {
+            subnet: s,
+            ipv6: None,
+            attrs: None,
+            mod_revision: 30,
+            lease_id: 0,
+        };
+        m.handle(LeaseEvent::Listed(vec![garbage.clone()]), t);
+        assert_eq!(
+            m.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                subnet: s,
+                ipv6: None,
+                mod_revision: 30
+            }),
+            "the same key, under a new etcd lease, if still at revision 30"
+        );
+        m.handle(
+            LeaseEvent::Claimed {
+                lease_id: 12,
+                revision: 31,
+            },
+            t,
+        );
+        assert!(matches!(
+            m.poll(t),
+            LeaseAction::Acquired { subnet, changed_from: None, .. } if subnet == s
+        ));
+        // Another node's garbage is never taken: only the key this node held.
+        let mut m = holding(s);
+        m.handle(LeaseEvent::KeyGarbled, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        let theirs = ExistingLease {
+            subnet: "10.1.0.32/28".parse().unwrap(),
+            ..garbage.clone()
+        };
+        m.handle(LeaseEvent::Listed(vec![theirs]), t);
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_eq!(
+            c,
+            Claim::Create {
+                subnet: s,
+                ipv6: None
+            }
+        );
+        // A real lease that replaced the garbage meanwhile is someone's.
+        let mut m = holding(s);
+        m.handle(LeaseEvent::KeyGarbled, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m.handle(
+            LeaseEvent::Listed(vec![held("10.1.0.16/28", Ipv4Addr::new(192, 168, 1, 12))]),
+            t,
+        );
+        let LeaseAction::Claim(c) = m.poll(t) else {
+            panic!()
+        };
+        assert_ne!(c.subnet(), s);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::lease::{lease_key_of, LeaseAttrs, LeaseKey};
+use crate::lease_machine::LeaseEvent;
 use crate::registry_events::WatchEvent;
 
 /// Why the node no longer holds its subnet.
@@ -30,6 +31,17 @@ pub enum LeaseLoss {
     /// Our key now holds another node's lease (`by`: its PublicIP), or a value that
     /// is not a lease at all (`by: None`).
     Overwritten { key: String, by: Option<Ipv4Addr> },
+}
+
+impl LeaseLoss {
+    /// What the lease machine is told: a value that is not a lease at all on our
+    /// key is taken back ([`LeaseEvent::KeyGarbled`]); anything else is a loss.
+    pub fn event(&self) -> LeaseEvent {
+        match self {
+            LeaseLoss::Overwritten { by: None, .. } => LeaseEvent::KeyGarbled,
+            _ => LeaseEvent::LeaseLost,
+        }
+    }
 }
 
 impl fmt::Display for LeaseLoss {

@@ -304,7 +304,8 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     );
     // The etcd leases the keys left were revoked: one per node is left.
     let revoked = wait_for(Duration::from_secs(5), || {
-        lab.etcdctl(&["lease", "list"]).starts_with("found 2 leases")
+        lab.etcdctl(&["lease", "list"])
+            .starts_with("found 2 leases")
     });
     assert!(revoked.is_some(), "{}", lab.etcdctl(&["lease", "list"]));
 

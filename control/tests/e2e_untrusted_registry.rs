@@ -262,3 +262,59 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&left.stdout).contains(&prefix));
 }
+
+/// A node's own key overwritten with something that is not a lease (`etcdctl put` of
+/// a typo, another tool): nobody can hold the subnet through that value, so the node
+/// takes its key back under a new etcd lease and keeps its subnet — its pods keep
+/// their addresses. (Before, it claimed another subnet, as if it had lost this one to
+/// another node, and its pods could no longer be reached.)
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_node_key_overwritten_with_garbage_is_taken_back() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vxg",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    println!("{out}");
+    assert!(ok, "lab up failed");
+    let subnet1 = lab.subnet_of(1);
+    let mine = lab
+        .lease_keys()
+        .into_iter()
+        .find(|k| k.subnet == subnet1)
+        .unwrap();
+    let before = lease_of(&lab, &mine.key);
+    for garbage in ["oops", r#"{"PublicIP":"#] {
+        lab.etcdctl(&["put", &mine.key, garbage]);
+        let back = wait_for(Duration::from_secs(10), || {
+            lab.lease_keys()
+                .iter()
+                .any(|k| k.key == mine.key && k.public_ip == mine.public_ip && k.lease != 0)
+        });
+        assert!(
+            back.is_some(),
+            "{garbage:?}: the key was not taken back: {:?}",
+            lab.lease_keys()
+        );
+        assert_eq!(lab.subnet_of(1), subnet1, "the node kept its subnet");
+        assert_eq!(lab.assert_one_lease_per_node(2, garbage).len(), 2);
+    }
+    assert_ne!(
+        lease_of(&lab, &mine.key),
+        before,
+        "held under a new etcd lease"
+    );
+    let ready = wait_for(Duration::from_secs(10), || {
+        lab.status("n1")["ready"] == Value::Bool(true) && rejected(&lab, "n1").is_empty()
+    });
+    assert!(ready.is_some(), "{}", lab.status("n1"));
+    lab.check(2, "after the node's key was overwritten and taken back");
+    lab.must(&["down"]);
+}
