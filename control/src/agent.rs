@@ -390,23 +390,17 @@ async fn lease_task(
                 tracing::error!("{e}");
                 state.update(|i| i.last_error = Some(e.to_string()));
             }
-            Some(LeaseAction::Wait { until }) => {
-                let d = until.saturating_duration_since(Instant::now());
+            // Until the machine's time comes (Wait) or something happens (Idle).
+            Some(action @ (LeaseAction::Wait { .. } | LeaseAction::Idle)) => {
+                let until = match action {
+                    LeaseAction::Wait { until } => Some(until),
+                    _ => None,
+                };
+                let d = until.map_or(Duration::ZERO, |u| {
+                    u.saturating_duration_since(Instant::now())
+                });
                 tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    Some(loss) = lost_rx.recv() => lost(&mut machine, &loss.to_string(), loss.event(), &held_tx, &state).await,
-                    Some(why) = ka_rx.recv() => lost(&mut machine, &why, LeaseEvent::LeaseLost, &held_tx, &state).await,
-                    Some(to) = moved_rx.recv() => {
-                        let held = machine.held().map(|(_, id)| id);
-                        if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
-                            moving = Some(ip);
-                            replaced = replaced.or(held);
-                        }
-                    }
-                }
-            }
-            Some(LeaseAction::Idle) => {
-                tokio::select! {
+                    _ = tokio::time::sleep(d), if until.is_some() => {}
                     Some(loss) = lost_rx.recv() => lost(&mut machine, &loss.to_string(), loss.event(), &held_tx, &state).await,
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, LeaseEvent::LeaseLost, &held_tx, &state).await,
                     Some(to) = moved_rx.recv() => {

@@ -88,7 +88,7 @@ fn stream(lab: &Lab, dst: &str, during: impl FnOnce()) -> Vec<f64> {
 fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
     require_root();
     require_etcd();
-    let lab = Lab::new(
+    let lab = Lab::up(
         "vxd",
         &[
             ("VXLAB_NODES", "2"),
@@ -97,9 +97,6 @@ fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
             ("VXLAB_DATAPLANES", "userspace kernel"),
         ],
     );
-    let (ok, out) = lab.cmd(&["up"]);
-    println!("{out}");
-    assert!(ok, "lab up failed");
     let pids = (lab.agent_pid(1), lab.agent_pid(2));
     let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
 
@@ -230,7 +227,7 @@ fn wait_moved(lab: &Lab, n: u32, ip: &str, other: &str) {
 fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     require_root();
     require_etcd();
-    let lab = Lab::new(
+    let lab = Lab::up(
         "vxr",
         &[
             ("VXLAB_NODES", "2"),
@@ -239,9 +236,6 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
             ("VXLAB_DATAPLANES", "userspace kernel"),
         ],
     );
-    let (ok, out) = lab.cmd(&["up"]);
-    println!("{out}");
-    assert!(ok, "lab up failed");
     let pids = (lab.agent_pid(1), lab.agent_pid(2));
     let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
 
@@ -352,7 +346,7 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
 fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     require_root();
     require_etcd();
-    let lab = Lab::new(
+    let lab = Lab::up(
         "vxr6",
         &[
             ("VXLAB_NODES", "2"),
@@ -362,9 +356,6 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
             ("VXLAB_DATAPLANES", "userspace kernel"),
         ],
     );
-    let (ok, out) = lab.cmd(&["up"]);
-    println!("{out}");
-    assert!(ok, "lab up failed");
     let subnet1 = lab.subnet_of(1);
     let pid1 = lab.agent_pid(1);
     let ctl = lab.bin.join("vxmeshctl");

@@ -273,7 +273,7 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
 fn a_node_key_overwritten_with_garbage_is_taken_back() {
     require_root();
     require_etcd();
-    let lab = Lab::new(
+    let lab = Lab::up(
         "vxg",
         &[
             ("VXLAB_NODES", "2"),
@@ -281,9 +281,6 @@ fn a_node_key_overwritten_with_garbage_is_taken_back() {
             ("VXLAB_IPERF_SECONDS", "1"),
         ],
     );
-    let (ok, out) = lab.cmd(&["up"]);
-    println!("{out}");
-    assert!(ok, "lab up failed");
     let subnet1 = lab.subnet_of(1);
     let mine = lab
         .lease_keys()

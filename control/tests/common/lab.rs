@@ -60,6 +60,15 @@ impl Lab {
         }
     }
 
+    /// [`Lab::new`], then `lab.sh up`, which must succeed (its output is printed).
+    pub fn up(tag: &str, env: &[(&str, &str)]) -> Lab {
+        let lab = Lab::new(tag, env);
+        let (ok, out) = lab.cmd(&["up"]);
+        println!("{out}");
+        assert!(ok, "lab up failed");
+        lab
+    }
+
     /// `lab.sh <args>` with this lab's knobs, not yet run.
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.script);
