@@ -1599,6 +1599,7 @@ impl Running {
             }
         }
         self.state.event("underlay_moved", what);
+        self.state.underlay_moves.fetch_add(1, Ordering::Relaxed);
         self.state.update(|i| {
             i.public_ip = Some(new.public_ip);
             i.iface = Some(new.link.name.clone());

@@ -138,6 +138,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "watch_listings": s.watch.listings.load(Ordering::Relaxed),
         "etcd_unreachable_for_secs": s.watch.down_for(SystemTime::now()).map(|d| d.as_secs()),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
+        "underlay_moves": s.underlay_moves.load(Ordering::Relaxed),
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
@@ -459,6 +460,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_route_errors_total",
         "Failed route or neighbour updates",
         s.route_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_underlay_moves_total",
+        "Times the underlay address moved and the node followed it (lease, dataplane)",
+        s.underlay_moves.load(Ordering::Relaxed),
     );
     counter(
         &mut o,

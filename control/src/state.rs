@@ -236,6 +236,8 @@ pub struct AgentState {
     pub route_errors: AtomicU64,
     /// Times the overlay device's MAC had been changed by someone else and was restored.
     pub device_repairs: AtomicU64,
+    /// Times the underlay address moved and the node followed it (decision 0024).
+    pub underlay_moves: AtomicU64,
     /// How this process's dataplane started (cold, handover, systemd's store).
     pub start: Mutex<StartInfo>,
     /// Would-be successors refused (another network, conflicting flags).

@@ -303,7 +303,14 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     });
     assert!(revoked.is_some(), "{}", lab.etcdctl(&["lease", "list"]));
 
-    // In the running agents, which say so.
+    // In the running agents, which say so (and count it).
+    for node in ["n1", "n2"] {
+        assert_eq!(
+            lab.metric(node, "vxmesh_underlay_moves_total"),
+            1.0,
+            "{node}"
+        );
+    }
     assert_eq!(
         (lab.agent_pid(1), lab.agent_pid(2)),
         pids,
