@@ -312,15 +312,6 @@ async fn lease_task(
             }) => {
                 let key = LeaseKey::dual(subnet, ipv6).key_form();
                 let moved = moving.take().filter(|_| changed_from.is_none());
-                // The key moved to a new etcd lease: the old one holds nothing now.
-                if let Some(old) = replaced.take().filter(|old| *old != lease_id && *old != 0) {
-                    let r = reg.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = r.revoke(old).await {
-                            tracing::debug!(error = %e, lease = format!("{old:x}"), "cannot revoke the lease the key left; it expires");
-                        }
-                    });
-                }
                 match changed_from {
                     None if moved.is_some() => {
                         tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, public_ipv6 = ?attrs.public_ipv6, lease = format!("{lease_id:x}"), "subnet lease put again with the node's new address; the subnet stays")
@@ -362,6 +353,17 @@ async fn lease_task(
                     .store(machine.reacquisitions(), Ordering::Relaxed);
                 if let Some(k) = keepalive.take() {
                     k.abort();
+                }
+                // The key moved to a new etcd lease: the old one holds nothing now.
+                // (Revoked after its keepalive is stopped, which would take the
+                // revocation for a loss.)
+                if let Some(old) = replaced.take().filter(|old| *old != lease_id && *old != 0) {
+                    let r = reg.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = r.revoke(old).await {
+                            tracing::debug!(error = %e, lease = format!("{old:x}"), "cannot revoke the lease the key left; it expires");
+                        }
+                    });
                 }
                 if lease_id == 0 {
                     state.lease.no_ttl();
