@@ -1047,6 +1047,8 @@ pub async fn run_with(
             ip_masq: opts.ip_masq,
             rules,
             subnet_file: opts.subnet_file.clone(),
+            written: None,
+            failing: false,
         },
         nl,
         dp,
@@ -1196,6 +1198,9 @@ pub async fn run_with(
                         (false, false)
                     }
                 };
+                if device {
+                    node.keep_subnet_file();
+                }
                 let mut rebuild = (device && node.check_device().await == Device::Gone)
                     .then_some(Rebuild::Deleted);
                 if underlay && rebuild.is_none() {
@@ -1302,6 +1307,10 @@ struct NodeFiles {
     /// The masquerade and FORWARD rules this node keeps in place.
     rules: Rules,
     subnet_file: PathBuf,
+    /// What the subnet file was last written with (kept in place from then on).
+    written: Option<SubnetEnv>,
+    /// Writing it back failed (said once).
+    failing: bool,
 }
 
 /// The node once it runs: what the main loop's handlers act on.
@@ -1370,7 +1379,7 @@ impl Running {
 
     /// Gives the node `subnet` (and, dual stack, `ipv6`): the devices' addresses,
     /// masquerade rules, subnet file.
-    async fn take_subnet(&self, subnet: Subnet, ipv6: Option<Subnet6>) -> anyhow::Result<()> {
+    async fn take_subnet(&mut self, subnet: Subnet, ipv6: Option<Subnet6>) -> anyhow::Result<()> {
         self.dp.set_subnet(&self.nl, &subnet).await?;
         let carried6 = self.take_subnet6(ipv6).await?;
         if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
@@ -1392,7 +1401,51 @@ impl Running {
         };
         env.write_atomic(&self.files.subnet_file)
             .with_context(|| format!("writing {}", self.files.subnet_file.display()))?;
+        self.files.written = Some(env);
         Ok(())
+    }
+
+    /// Puts the subnet file back when it was removed or changed behind the agent's
+    /// back (a cleanup of /run, a script, an editor): CNI plugins read it for every
+    /// pod, and without it no pod can start on the node. Checked with the devices.
+    fn keep_subnet_file(&mut self) {
+        // A successor taking over may be writing its own (another subnet, after a
+        // config change): the file is its from now on.
+        if self.state.handover_gate.is_up() {
+            return;
+        }
+        let Some(env) = self.files.written else {
+            return;
+        };
+        let path = &self.files.subnet_file;
+        let on_disk = std::fs::read(path).ok();
+        let Some(drift) = crate::subnet_env::drift(&env, on_disk.as_deref()) else {
+            self.files.failing = false;
+            return;
+        };
+        match env.write_atomic(path) {
+            Ok(()) => {
+                self.files.failing = false;
+                self.state
+                    .subnet_file_repairs
+                    .fetch_add(1, Ordering::Relaxed);
+                self.state.ready.subnet_env.store(true, Ordering::Relaxed);
+                tracing::warn!(file = %path.display(), "the subnet file was {drift} behind vxmesh's back; written again");
+                self.state.event(
+                    "subnet_file_restored",
+                    format!("{} was {drift}", path.display()),
+                );
+            }
+            Err(e) => {
+                self.state.ready.subnet_env.store(false, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.files.failing, true) {
+                    tracing::error!(file = %path.display(), error = %e, "the subnet file was {drift} and cannot be written again: pods cannot start on this node");
+                    self.state.update(|i| {
+                        i.last_error = Some(format!("writing {}: {e}", path.display()))
+                    });
+                }
+            }
+        }
     }
 
     /// Gives the IPv6 device (dual stack) the lease's IPv6 VTEP

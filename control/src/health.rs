@@ -139,6 +139,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "etcd_unreachable_for_secs": s.watch.down_for(SystemTime::now()).map(|d| d.as_secs()),
         "device_mac_repairs": s.device_repairs.load(Ordering::Relaxed),
         "underlay_moves": s.underlay_moves.load(Ordering::Relaxed),
+        "subnet_file_repairs": s.subnet_file_repairs.load(Ordering::Relaxed),
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
@@ -466,6 +467,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_underlay_moves_total",
         "Times the underlay address moved and the node followed it (lease, dataplane)",
         s.underlay_moves.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_subnet_file_repairs_total",
+        "Times the subnet file was found removed or changed and written again",
+        s.subnet_file_repairs.load(Ordering::Relaxed),
     );
     counter(
         &mut o,

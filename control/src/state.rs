@@ -238,6 +238,8 @@ pub struct AgentState {
     pub device_repairs: AtomicU64,
     /// Times the underlay address moved and the node followed it (decision 0024).
     pub underlay_moves: AtomicU64,
+    /// Times the subnet file was found removed or changed and written again.
+    pub subnet_file_repairs: AtomicU64,
     /// How this process's dataplane started (cold, handover, systemd's store).
     pub start: Mutex<StartInfo>,
     /// Would-be successors refused (another network, conflicting flags).

@@ -93,6 +93,31 @@ impl SubnetEnv {
     }
 }
 
+/// How a subnet file on disk differs from what the agent wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    Removed,
+    Changed,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Drift::Removed => "removed",
+            Drift::Changed => "changed",
+        })
+    }
+}
+
+/// Whether the file's bytes (`None`: no file) are still what `env` renders.
+pub fn drift(env: &SubnetEnv, on_disk: Option<&[u8]>) -> Option<Drift> {
+    match on_disk {
+        None => Some(Drift::Removed),
+        Some(b) if b == env.render().as_bytes() => None,
+        Some(_) => Some(Drift::Changed),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -205,5 +230,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn drift_of_the_file_on_disk() {
+        let e = env();
+        assert_eq!(drift(&e, Some(e.render().as_bytes())), None);
+        assert_eq!(drift(&e, None), Some(Drift::Removed));
+        assert_eq!(drift(&e, Some(b"")), Some(Drift::Changed));
+        let other = SubnetEnv {
+            subnet: "10.244.4.0/24".parse().unwrap(),
+            ..e
+        };
+        assert_eq!(
+            drift(&e, Some(other.render().as_bytes())),
+            Some(Drift::Changed)
+        );
     }
 }

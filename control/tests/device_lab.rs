@@ -423,3 +423,38 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     );
     lab.must(&["down"]);
 }
+
+/// The subnet file removed, or changed, under a running agent (a cleanup of /run, a
+/// script): CNI plugins read it for every pod, so the agent writes it back within
+/// its 2 s check, says so and counts it. flanneld writes it once.
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn the_subnet_file_is_kept_in_place() {
+    require_root();
+    require_etcd();
+    let lab = Lab::up("vxs", &[("VXLAB_NODES", "1"), ("VXLAB_PODS", "1")]);
+    let file = lab.state.join("n1/subnet.env");
+    let written = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let back = wait_for(Duration::from_secs(5), || {
+        std::fs::read(&file).ok().as_ref() == Some(&written)
+    });
+    assert!(
+        back.is_some(),
+        "the removed subnet file was not written again"
+    );
+    std::fs::write(&file, "FLANNEL_NETWORK=10.244.0.0/16\n").unwrap();
+    let back = wait_for(Duration::from_secs(5), || {
+        std::fs::read(&file).ok().as_ref() == Some(&written)
+    });
+    assert!(
+        back.is_some(),
+        "the changed subnet file was not written again"
+    );
+    assert_eq!(lab.metric("n1", "vxmesh_subnet_file_repairs_total"), 2.0);
+    assert!(event_kinds(&lab, "n1")
+        .iter()
+        .any(|k| k == "subnet_file_restored"));
+    assert_eq!(lab.status("n1")["ready"], Value::Bool(true));
+    lab.must(&["down"]);
+}
