@@ -77,10 +77,18 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// `Error: <e>`, then its causes under `Caused by:`.
+/// `Error: <e>`, then its causes under `Caused by:` — each only once: a cause whose
+/// text the lines above already hold (an etcd error quotes its source) is left out.
 fn error_text(e: &anyhow::Error) -> String {
     let mut out = format!("Error: {e}");
-    let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+    let mut said = out.clone();
+    let mut causes: Vec<String> = Vec::new();
+    for c in e.chain().skip(1).map(|c| c.to_string()) {
+        if !c.is_empty() && !said.contains(&c) {
+            said.push_str(&c);
+            causes.push(c);
+        }
+    }
     if !causes.is_empty() {
         out.push_str("\n\nCaused by:");
         for c in causes {
@@ -104,5 +112,19 @@ mod exit_tests {
             "Error: cannot reach the agent at http://127.0.0.1:8471\n\nCaused by:\n    Connection refused (os error 111)"
         );
         assert_eq!(error_text(&anyhow::anyhow!("bad flag")), "Error: bad flag");
+    }
+
+    /// An error that quotes its source (the etcd errors do) prints it once.
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("etcd list subnets failed: {0} (is etcd reachable there?)")]
+        struct Quoting(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "tcp connect error");
+        let e = anyhow::Error::new(Quoting(io)).context("vxmeshctl leases");
+        assert_eq!(
+            error_text(&e),
+            "Error: vxmeshctl leases\n\nCaused by:\n    etcd list subnets failed: tcp connect error (is etcd reachable there?)"
+        );
     }
 }
