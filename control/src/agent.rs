@@ -297,9 +297,9 @@ async fn lease_task(
     let mut keepalive: Option<JoinHandle<()>> = None;
     let mut listed = None;
     let mut outage = Outage::new(LEASE_ACQUISITION);
-    // The PublicIP a move is putting the held key again with, until it is held so,
-    // and the etcd lease the key was held under before.
-    let mut moving: Option<Ipv4Addr> = None;
+    // Whether a move is putting the held key again with the node's new address,
+    // until it is held so, and the etcd lease the key was held under before.
+    let mut moving = false;
     let mut replaced: Option<i64> = None;
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
@@ -311,9 +311,9 @@ async fn lease_task(
                 changed_from,
             }) => {
                 let key = LeaseKey::dual(subnet, ipv6).key_form();
-                let moved = moving.take().filter(|_| changed_from.is_none());
+                let moved = std::mem::take(&mut moving) && changed_from.is_none();
                 match changed_from {
-                    None if moved.is_some() => {
+                    None if moved => {
                         tracing::info!(%subnet, %key, public_ip = %attrs.public_ip, public_ipv6 = ?attrs.public_ipv6, lease = format!("{lease_id:x}"), "subnet lease put again with the node's new address; the subnet stays")
                     }
                     Some(old) => tracing::error!(
@@ -328,13 +328,13 @@ async fn lease_task(
                     }
                 }
                 state.event(
-                    if moved.is_some() {
+                    if moved {
                         "lease_moved"
                     } else {
                         "lease_acquired"
                     },
                     match changed_from {
-                        None if moved.is_some() => format!(
+                        None if moved => format!(
                             "subnet {subnet} key {key} now names PublicIP {} (lease {lease_id:x})",
                             attrs.public_ip
                         ),
@@ -407,8 +407,8 @@ async fn lease_task(
                     Some(why) = ka_rx.recv() => lost(&mut machine, &why, LeaseEvent::LeaseLost, &held_tx, &state).await,
                     Some(to) = moved_rx.recv() => {
                         let held = machine.held().map(|(_, id)| id);
-                        if let Some(ip) = move_to(to, &mut machine, &mut attrs) {
-                            moving = Some(ip);
+                        if move_to(to, &mut machine, &mut attrs) {
+                            moving = true;
                             replaced = replaced.or(held);
                         }
                     }
@@ -522,21 +522,16 @@ pub async fn acquire(
 }
 
 /// The node's addresses moved: the lease's value is now `new`. Later claims carry
-/// it, and a held key is put again with it ([`LeaseMachine::moved`]). Returns the new
-/// PublicIP when that changed anything.
-fn move_to(
-    new: LeaseAttrs,
-    machine: &mut LeaseMachine,
-    attrs: &mut LeaseAttrs,
-) -> Option<Ipv4Addr> {
+/// it, and a held key is put again with it ([`LeaseMachine::moved`]). Whether that
+/// changed anything.
+fn move_to(new: LeaseAttrs, machine: &mut LeaseMachine, attrs: &mut LeaseAttrs) -> bool {
     if *attrs == new {
-        return None;
+        return false;
     }
     tracing::info!(old = %attrs.public_ip, new = %new.public_ip, public_ipv6 = ?new.public_ipv6, "putting the subnet lease again with the node's new address");
-    let ip = new.public_ip;
+    machine.moved(new.public_ip);
     *attrs = new;
-    machine.moved(ip);
-    Some(ip)
+    true
 }
 
 async fn lost(
@@ -1045,7 +1040,7 @@ pub async fn run_with(
             ipv6_network: cfg.ipv6.as_ref().map(|p| p.network),
             mtu,
             ip_masq: opts.ip_masq,
-            rules,
+            rules: watch::channel(rules).0,
             subnet_file: opts.subnet_file.clone(),
             written: None,
             failing: false,
@@ -1068,7 +1063,6 @@ pub async fn run_with(
         own: first,
         lost_tx,
         moved_tx,
-        rules_tx: watch::channel(rules).0,
         underlay,
         underlay_gone: Outage::new("the underlay address"),
         ipv6_gone: false,
@@ -1077,16 +1071,15 @@ pub async fn run_with(
         passes: 0,
         listed: false,
         changed_since_trim: 0,
-        vtep_mac,
         mtu,
         kind: opts.dataplane,
         setup,
         state: Arc::clone(&state),
     };
     node.start(first).await?;
-    let iptables = node.files.rules.any().then(|| {
+    let iptables = rules.any().then(|| {
         tokio::spawn(keep_iptables(
-            node.rules_tx.subscribe(),
+            node.files.rules.subscribe(),
             cfg.network,
             node.dp.device6_index().and(node.files.ipv6_network),
             held_rx.clone(),
@@ -1304,8 +1297,9 @@ struct NodeFiles {
     ipv6_network: Option<Subnet6>,
     mtu: u32,
     ip_masq: bool,
-    /// The masquerade and FORWARD rules this node keeps in place.
-    rules: Rules,
+    /// The masquerade and FORWARD rules this node keeps in place, shared with the
+    /// resync task (they name the underlay address, so they change when it moves).
+    rules: watch::Sender<Rules>,
     subnet_file: PathBuf,
     /// What the subnet file was last written with (kept in place from then on).
     written: Option<SubnetEnv>,
@@ -1331,9 +1325,6 @@ struct Running {
     lost_tx: mpsc::Sender<LeaseLoss>,
     /// Tells the lease task the lease's new value when the node's addresses moved.
     moved_tx: mpsc::Sender<LeaseAttrs>,
-    /// The masquerade/forward rules for the resync task (they name the underlay
-    /// address, so they change when it moves).
-    rules_tx: watch::Sender<Rules>,
     /// The underlay the node runs on now.
     underlay: Underlay,
     /// The registry the tasks share (its connection is made again when the
@@ -1354,7 +1345,6 @@ struct Running {
     /// Whether a full listing was reconciled yet (the first one may not need a
     /// neighbour dump: [`NodeDataplane::first_check`]).
     listed: bool,
-    vtep_mac: MacAddr,
     mtu: u32,
     /// What the dataplane was started as and from: to start it again if its
     /// device is deleted under the running agent.
@@ -1382,12 +1372,13 @@ impl Running {
     async fn take_subnet(&mut self, subnet: Subnet, ipv6: Option<Subnet6>) -> anyhow::Result<()> {
         self.dp.set_subnet(&self.nl, &subnet).await?;
         let carried6 = self.take_subnet6(ipv6).await?;
-        if let Err(e) = crate::masq::apply(&self.files.network, &subnet, self.files.rules) {
+        let rules = *self.files.rules.borrow();
+        if let Err(e) = crate::masq::apply(&self.files.network, &subnet, rules) {
             tracing::error!("cannot install the masquerade/forward rules: {e}");
             self.state.update(|i| i.last_error = Some(e.to_string()));
         }
         if let (Some(n6), Some(own6)) = (self.files.ipv6_network, carried6) {
-            if let Err(e) = crate::masq::apply6(&n6, &own6, self.files.rules) {
+            if let Err(e) = crate::masq::apply6(&n6, &own6, rules) {
                 tracing::error!("cannot install the IPv6 masquerade/forward rules: {e}");
                 self.state.update(|i| i.last_error = Some(e.to_string()));
             }
@@ -1572,7 +1563,7 @@ impl Running {
     async fn check_device(&mut self) -> Device {
         match self
             .dp
-            .ensure_vtep_mac(&self.nl, self.vtep_mac, self.mtu)
+            .ensure_vtep_mac(&self.nl, self.setup.local.vtep_mac, self.mtu)
             .await
         {
             Ok(false) => Device::There,
@@ -1671,7 +1662,6 @@ impl Running {
             // moves with it, so that a later restart or handover, which derives it
             // again, finds the lease, the device and the peers already agreeing.
             let mac = crate::vtep_mac::derive(new.public_ip, vni);
-            self.vtep_mac = mac;
             self.setup.local.vtep_mac = mac;
             self.state.update(|i| i.vtep_mac = Some(mac.to_string()));
         }
@@ -1685,7 +1675,7 @@ impl Running {
         self.own_key.set_public_ip(new.public_ip);
         let local = LocalNode {
             public_ip: new.public_ip,
-            vtep_mac: self.vtep_mac,
+            vtep_mac: self.setup.local.vtep_mac,
             ipv6,
         };
         let mut skips = Vec::new();
@@ -1696,24 +1686,24 @@ impl Running {
             // the old address accepted): programmed with the rebuild below.
             record_changes(&changes, &self.state);
         }
-        let mut attrs = LeaseAttrs::vxlan(new.public_ip, vni, self.vtep_mac);
+        let mut attrs = LeaseAttrs::vxlan(new.public_ip, vni, self.setup.local.vtep_mac);
         if let Some((ip6, mac6)) = ipv6 {
             attrs = attrs.with_ipv6(ip6, vni, mac6);
         }
         if self.moved_tx.send(attrs).await.is_err() {
             tracing::error!("the lease task has ended; the lease still names the old address");
         }
-        let rules = &mut self.files.rules;
-        if let Some(u) = rules.untrack.as_mut() {
-            u.local_ip = new.local_ip;
-            if u.local_ipv6.is_some() {
-                u.local_ipv6 = new6;
+        self.files.rules.send_modify(|rules| {
+            if let Some(u) = rules.untrack.as_mut() {
+                u.local_ip = new.local_ip;
+                if u.local_ipv6.is_some() {
+                    u.local_ipv6 = new6;
+                }
             }
-        }
-        if let Some((ip, _)) = rules.underlay_tap.as_mut() {
-            *ip = new.local_ip;
-        }
-        self.rules_tx.send_replace(*rules);
+            if let Some((ip, _)) = rules.underlay_tap.as_mut() {
+                *ip = new.local_ip;
+            }
+        });
         self.setup.local_ip = new.local_ip;
         self.setup.underlay_index = new.link.index;
         Some(Rebuild::Moved)

@@ -561,13 +561,20 @@ mod tests {
         );
     }
 
+    /// Holds `s`, then hears that its key holds garbage: lists again.
+    fn garbled(s: Subnet) -> LeaseMachine {
+        let t = Instant::now();
+        let mut m = holding(s);
+        m.handle(LeaseEvent::KeyGarbled, t);
+        assert_eq!(m.poll(t), LeaseAction::List);
+        m
+    }
+
     #[test]
     fn a_key_overwritten_with_garbage_is_taken_back() {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
-        let mut m = holding(s);
-        m.handle(LeaseEvent::KeyGarbled, t);
-        assert_eq!(m.poll(t), LeaseAction::List);
+        let mut m = garbled(s);
         // `etcdctl put <key> oops`: no lease, not a lease value.
         let garbage = ExistingLease {
             subnet: s,
@@ -598,9 +605,7 @@ mod tests {
             LeaseAction::Acquired { subnet, changed_from: None, .. } if subnet == s
         ));
         // Another node's garbage is never taken: only the key this node held.
-        let mut m = holding(s);
-        m.handle(LeaseEvent::KeyGarbled, t);
-        assert_eq!(m.poll(t), LeaseAction::List);
+        let mut m = garbled(s);
         let theirs = ExistingLease {
             subnet: "10.1.0.32/28".parse().unwrap(),
             ..garbage.clone()
@@ -617,9 +622,7 @@ mod tests {
             }
         );
         // A real lease that replaced the garbage meanwhile is someone's.
-        let mut m = holding(s);
-        m.handle(LeaseEvent::KeyGarbled, t);
-        assert_eq!(m.poll(t), LeaseAction::List);
+        let mut m = garbled(s);
         m.handle(
             LeaseEvent::Listed(vec![held("10.1.0.16/28", Ipv4Addr::new(192, 168, 1, 12))]),
             t,

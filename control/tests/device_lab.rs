@@ -30,6 +30,25 @@ fn event_kinds(lab: &Lab, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// Nodes 1 and 2 still run the agents of `pids` (nothing restarted), and each
+/// recorded every event of `kinds`.
+fn assert_same_agents_with_events(lab: &Lab, pids: (i32, i32), kinds: &[&str]) {
+    assert_eq!(
+        (lab.agent_pid(1), lab.agent_pid(2)),
+        pids,
+        "an agent restarted"
+    );
+    for node in ["n1", "n2"] {
+        let seen = event_kinds(lab, node);
+        for kind in kinds {
+            assert!(
+                seen.iter().any(|k| k == kind),
+                "{node}: no {kind} in {seen:?}"
+            );
+        }
+    }
+}
+
 /// Deletes `device` on `node` and waits until the agent has a new one, ready, with
 /// the peer's route on it; returns how long that took.
 fn delete_and_wait(lab: &Lab, node: &str, device: &str, peer_subnet: &str) -> Duration {
@@ -164,18 +183,7 @@ fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
     );
 
     // Both in the running agents, which say so.
-    assert_eq!(
-        (lab.agent_pid(1), lab.agent_pid(2)),
-        pids,
-        "an agent restarted"
-    );
-    for node in ["n1", "n2"] {
-        let kinds = event_kinds(&lab, node);
-        assert!(
-            kinds.iter().any(|k| k == "device_recreated"),
-            "{node}: events {kinds:?}"
-        );
-    }
+    assert_same_agents_with_events(&lab, pids, &["device_recreated"]);
     lab.must(&["down"]);
 }
 
@@ -311,20 +319,7 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
             "{node}"
         );
     }
-    assert_eq!(
-        (lab.agent_pid(1), lab.agent_pid(2)),
-        pids,
-        "an agent restarted"
-    );
-    for node in ["n1", "n2"] {
-        let kinds = event_kinds(&lab, node);
-        for kind in ["underlay_moved", "lease_moved"] {
-            assert!(
-                kinds.iter().any(|k| k == kind),
-                "{node}: no {kind} in {kinds:?}"
-            );
-        }
-    }
+    assert_same_agents_with_events(&lab, pids, &["underlay_moved", "lease_moved"]);
     assert!(event_kinds(&lab, "n1").iter().any(|k| k == "underlay_lost"));
 
     // The VtepMAC moved with the PublicIP (it is derived from it): a successor,
