@@ -15,6 +15,14 @@ use common::lab::Lab;
 use serde_json::Value;
 use vxmesh_testkit::{require_etcd, require_root, wait_for};
 
+/// Two nodes, one pod each: node 1 on the userspace dataplane, node 2 on the kernel's.
+const MIXED_PAIR: &[(&str, &str)] = &[
+    ("VXLAB_NODES", "2"),
+    ("VXLAB_PODS", "1"),
+    ("VXLAB_IPERF_SECONDS", "1"),
+    ("VXLAB_DATAPLANES", "userspace kernel"),
+];
+
 /// The kinds of the node's recorded events (`/v1/events`).
 fn event_kinds(lab: &Lab, node: &str) -> Vec<String> {
     let out = lab.exec(
@@ -107,15 +115,7 @@ fn stream(lab: &Lab, dst: &str, during: impl FnOnce()) -> Vec<f64> {
 fn a_deleted_overlay_device_is_recreated_by_the_running_agent() {
     require_root();
     require_etcd();
-    let lab = Lab::up(
-        "vxd",
-        &[
-            ("VXLAB_NODES", "2"),
-            ("VXLAB_PODS", "1"),
-            ("VXLAB_IPERF_SECONDS", "1"),
-            ("VXLAB_DATAPLANES", "userspace kernel"),
-        ],
-    );
+    let lab = Lab::up("vxd", MIXED_PAIR);
     let pids = (lab.agent_pid(1), lab.agent_pid(2));
     let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
 
@@ -235,15 +235,7 @@ fn wait_moved(lab: &Lab, n: u32, ip: &str, other: &str) {
 fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     require_root();
     require_etcd();
-    let lab = Lab::up(
-        "vxr",
-        &[
-            ("VXLAB_NODES", "2"),
-            ("VXLAB_PODS", "1"),
-            ("VXLAB_IPERF_SECONDS", "1"),
-            ("VXLAB_DATAPLANES", "userspace kernel"),
-        ],
-    );
+    let lab = Lab::up("vxr", MIXED_PAIR);
     let pids = (lab.agent_pid(1), lab.agent_pid(2));
     let (subnet1, subnet2) = (lab.subnet_of(1), lab.subnet_of(2));
 
