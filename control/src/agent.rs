@@ -642,6 +642,33 @@ impl Resync {
 }
 
 /// Logs and counts what one family's [`crate::masq::ensure`] did.
+/// Follows etcd's network config and tells, once per change, when it is no longer
+/// the one this node runs (`crate::config_watch`): a warning, an event and the
+/// status's `config_in_etcd`.
+async fn keep_config(reg: Registry, running: NetworkConfig, state: Arc<AgentState>) {
+    let key = crate::lease::config_key(reg.prefix());
+    let (tx, mut rx) = mpsc::channel::<Option<Vec<u8>>>(1);
+    let mut tracker = crate::config_watch::Tracker::new(&key);
+    let judge = async {
+        while let Some(value) = rx.recv().await {
+            let now = crate::config_watch::judge(&running, &key, value.as_deref());
+            let Some(n) = tracker.observe(now, value.as_deref()) else {
+                continue;
+            };
+            if n.warn {
+                tracing::warn!("{}", n.message);
+            } else {
+                tracing::info!("{}", n.message);
+            }
+            if let Ok(mut g) = state.config_in_etcd.lock() {
+                *g = tracker.last().clone();
+            }
+            state.event(n.kind, n.message);
+        }
+    };
+    tokio::join!(reg.watch_config(tx), judge);
+}
+
 fn report_rules(
     r: Result<Ensured, crate::masq::MasqError>,
     tool: &str,
@@ -1100,6 +1127,8 @@ pub async fn run_with(
         Arc::clone(&state),
     ));
 
+    let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(&state)));
+
     let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
     let watch_reg = reg.clone();
     let watch_stats = Arc::clone(&state.watch);
@@ -1126,6 +1155,7 @@ pub async fn run_with(
         link_watch.as_ref().map(JoinHandle::abort_handle),
         iptables.as_ref().map(JoinHandle::abort_handle),
         Some(blackhole.abort_handle()),
+        Some(config_watch.abort_handle()),
         Some(lease.abort_handle()),
     ]
     .into_iter()

@@ -96,6 +96,7 @@ async fn readyz(State(s): State<Arc<AgentState>>) -> Response {
 /// The JSON behind `/v1/status`.
 pub fn status_json(s: &AgentState) -> serde_json::Value {
     let info = s.info();
+    let config = s.config_in_etcd();
     let c = s.counters.snapshot();
     let mut counters = serde_json::Map::new();
     for (k, v) in c.fields() {
@@ -143,6 +144,10 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
+        "config_in_etcd": {
+            "state": config.as_str(),
+            "detail": config.detail(),
+        },
     })
 }
 
@@ -414,6 +419,18 @@ pub fn render_metrics(s: &AgentState) -> String {
         "Times a lost subnet lease was acquired again",
         s.lease_reacquisitions.load(Ordering::Relaxed),
     );
+    let config = s.config_in_etcd();
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_config_in_etcd etcd's network config against the one this node runs: 1 for the state it is in (same, changed, deleted, invalid)\n# TYPE vxmesh_config_in_etcd gauge"
+    );
+    for state in ["same", "changed", "deleted", "invalid"] {
+        let _ = writeln!(
+            o,
+            "vxmesh_config_in_etcd{{state=\"{state}\"}} {}",
+            u8::from(config.as_str() == state)
+        );
+    }
     gauge(
         &mut o,
         "vxmesh_etcd_watch_up",

@@ -1,6 +1,7 @@
 //! vxmesh control plane.
 //!
 //! Pure cores (no I/O, no clock): [`config`] (flannel's network config),
+//! [`config_watch`] (etcd's config against the running one),
 //! [`subnet`] (IPv4 CIDR newtype), [`subnet6`] (its IPv6 counterpart), [`duration`] (flag durations), [`lease`] (flannel's lease keys and values),
 //! [`allocator`] (which subnet to claim), [`lease_machine`] (acquire, hold,
 //! re-acquire), [`own_key`] (whether registry news takes our subnet away),
@@ -19,6 +20,7 @@ pub mod allocator;
 pub mod blackhole;
 pub mod cli;
 pub mod config;
+pub mod config_watch;
 pub mod duration;
 pub mod etcd_access;
 pub mod events;

@@ -619,6 +619,57 @@ impl Registry {
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
+
+    /// Follows `<prefix>/config`: sends its value (None while the key is absent) once
+    /// read, and again after each change of the key, until `tx` is closed. Each change
+    /// is read afresh (the watch only says that something changed), so a compacted or
+    /// broken watch loses nothing: it starts over with a read. Errors are retried with
+    /// backoff and not reported: the subnet watch reports etcd's outages.
+    pub async fn watch_config(&self, tx: mpsc::Sender<Option<Vec<u8>>>) {
+        let key = config_key(&self.prefix);
+        let mut backoff = Backoff::default();
+        let mut reconnected = self.reconnects.subscribe();
+        while !tx.is_closed() {
+            reconnected.mark_unchanged();
+            let client = self.client();
+            let read = client.clone().get(key.clone(), None).await.map(|r| {
+                let value = r.kvs().first().map(|kv| kv.value().to_vec());
+                (value, r.header().map_or(0, |h| h.revision()))
+            });
+            let Ok((value, revision)) = read else {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            };
+            if tx.send(value).await.is_err() {
+                return;
+            }
+            let opts = WatchOptions::new().with_start_revision(revision + 1);
+            let Ok(mut stream) = client.clone().watch(key.clone(), Some(opts)).await else {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            };
+            // Until the key changes (an event), or the watch ends, fails, is
+            // cancelled or its connection is replaced: then read again.
+            let changed = loop {
+                tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(r)) if r.canceled() => break false,
+                        // The watch's creation (or a progress notice): no change.
+                        Ok(Some(r)) if r.events().is_empty() => {}
+                        Ok(Some(_)) => break true,
+                        Ok(None) | Err(_) => break false,
+                    },
+                    _ = reconnected.changed() => break true,
+                    () = tx.closed() => return,
+                }
+            };
+            if changed {
+                backoff.reset();
+            } else {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 /// Where [`Registry::watch_subnets`] begins.

@@ -248,6 +248,8 @@ pub struct AgentState {
     pub iptables_repairs: AtomicU64,
     /// Up while the dataplane and lease are being handed to a successor.
     pub handover_gate: HandoverGate,
+    /// etcd's network config against the one this node runs (`config_watch`).
+    pub config_in_etcd: Mutex<crate::config_watch::Stored>,
 }
 
 impl AgentState {
@@ -304,6 +306,13 @@ impl AgentState {
                 i.rejected = r;
             }
         });
+    }
+
+    pub fn config_in_etcd(&self) -> crate::config_watch::Stored {
+        self.config_in_etcd
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 
     pub fn start_info(&self) -> StartInfo {

@@ -23,21 +23,6 @@ const MIXED_PAIR: &[(&str, &str)] = &[
     ("VXLAB_DATAPLANES", "userspace kernel"),
 ];
 
-/// The kinds of the node's recorded events (`/v1/events`).
-fn event_kinds(lab: &Lab, node: &str) -> Vec<String> {
-    let out = lab.exec(
-        node,
-        &["curl", "-sf", "http://127.0.0.1:8471/v1/events?since=0"],
-    );
-    let page: Value = serde_json::from_str(&out).unwrap();
-    page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// Nodes 1 and 2 still run the agents of `pids` (nothing restarted), and each
 /// recorded every event of `kinds`.
 fn assert_same_agents_with_events(lab: &Lab, pids: (i32, i32), kinds: &[&str]) {
@@ -47,7 +32,7 @@ fn assert_same_agents_with_events(lab: &Lab, pids: (i32, i32), kinds: &[&str]) {
         "an agent restarted"
     );
     for node in ["n1", "n2"] {
-        let seen = event_kinds(lab, node);
+        let seen = lab.event_kinds(node);
         for kind in kinds {
             assert!(
                 seen.iter().any(|k| k == kind),
@@ -312,7 +297,7 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
         );
     }
     assert_same_agents_with_events(&lab, pids, &["underlay_moved", "lease_moved"]);
-    assert!(event_kinds(&lab, "n1").iter().any(|k| k == "underlay_lost"));
+    assert!(lab.event_kinds("n1").iter().any(|k| k == "underlay_lost"));
 
     // The VtepMAC moved with the PublicIP (it is derived from it): a successor,
     // which derives it again, takes the dataplane over and agrees with the lease.
@@ -439,7 +424,8 @@ fn the_subnet_file_is_kept_in_place() {
         "the changed subnet file was not written again"
     );
     assert_eq!(lab.metric("n1", "vxmesh_subnet_file_repairs_total"), 2.0);
-    assert!(event_kinds(&lab, "n1")
+    assert!(lab
+        .event_kinds("n1")
         .iter()
         .any(|k| k == "subnet_file_restored"));
     assert_eq!(lab.status("n1")["ready"], Value::Bool(true));

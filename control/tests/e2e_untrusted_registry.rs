@@ -8,6 +8,9 @@
 //! them. Then a reservation: a node's key made lease-less (flannel's way to pin a subnet)
 //! stays lease-less across a restart of that node's agent. Last, a config whose Network
 //! holds the nodes' underlay: a node starting on it refuses, says why, claims nothing.
+//! Apart: a node's own key overwritten with garbage is taken back; the network config
+//! changed, garbled and deleted in etcd under running nodes is reported by each, then
+//! cleared when it is put back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -313,5 +316,120 @@ fn a_node_key_overwritten_with_garbage_is_taken_back() {
     });
     assert!(ready.is_some(), "{}", lab.status("n1"));
     lab.check(2, "after the node's key was overwritten and taken back");
+    lab.must(&["down"]);
+}
+
+/// The network config's state in a node's status: (state, detail).
+fn config_in_etcd(lab: &Lab, node: &str) -> (String, String) {
+    let st = lab.status(node);
+    let c = &st["config_in_etcd"];
+    (
+        c["state"].as_str().unwrap_or_default().to_string(),
+        c["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
+    require_root();
+    require_etcd();
+    let lab = Lab::up(
+        "vxc",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+        ],
+    );
+    const KEY: &str = "/coreos.com/network/config";
+    let original = lab.etcdctl(&["get", "--print-value-only", KEY]);
+    let original = original.trim();
+    let pids = (lab.agent_pid(1), lab.agent_pid(2));
+    for node in ["n1", "n2"] {
+        assert_eq!(config_in_etcd(&lab, node).0, "same", "{node} at the start");
+        assert_eq!(
+            lab.metric(node, "vxmesh_config_in_etcd{state=\"same\"}"),
+            1.0
+        );
+    }
+    // The same config written differently (another field order, defaults spelt
+    // out) is not a change.
+    lab.edit_network_config(|c| {
+        c.insert("SubnetLen".into(), 24.into());
+    });
+    // Each of these is told, on every node, and the metric follows.
+    let steps: [(&str, Option<&str>, &str, &str); 4] = [
+        (
+            "another Network and VNI",
+            Some(r#"{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan","VNI":7}}"#),
+            "changed",
+            "Backend.VNI 1 → 7",
+        ),
+        (
+            "a value that is not JSON",
+            Some("oops"),
+            "invalid",
+            "not valid JSON",
+        ),
+        ("the key deleted", None, "deleted", ""),
+        ("the original put back", Some(original), "same", ""),
+    ];
+    for (what, value, state, detail) in steps {
+        match value {
+            Some(v) => lab.etcdctl(&["put", KEY, v]),
+            None => lab.etcdctl(&["del", KEY]),
+        };
+        for node in ["n1", "n2"] {
+            let seen = wait_for(Duration::from_secs(10), || {
+                let (s, d) = config_in_etcd(&lab, node);
+                s == state && d.contains(detail)
+            });
+            assert!(
+                seen.is_some(),
+                "{what}: {node} reports {:?}, not {state}",
+                config_in_etcd(&lab, node)
+            );
+            assert_eq!(
+                lab.metric(node, &format!("vxmesh_config_in_etcd{{state=\"{state}\"}}")),
+                1.0,
+                "{what}: {node}"
+            );
+        }
+    }
+    for node in ["n1", "n2"] {
+        let kinds = lab.event_kinds(node);
+        for kind in [
+            "config_changed",
+            "config_invalid",
+            "config_deleted",
+            "config_same",
+        ] {
+            assert_eq!(
+                kinds.iter().filter(|k| *k == kind).count(),
+                1,
+                "{node}: {kind} once in {kinds:?}"
+            );
+        }
+        let text = lab.exec(
+            node,
+            &[
+                &format!("{}/vxmeshctl", common::lab::bin_dir().display()),
+                "events",
+                "--once",
+            ],
+        );
+        assert!(
+            text.contains("put it back: etcdctl put /coreos.com/network/config '"),
+            "{node}: the deleted config is offered back:\n{text}"
+        );
+    }
+    // Nothing restarted, nothing moved, traffic flows.
+    assert_eq!(
+        (lab.agent_pid(1), lab.agent_pid(2)),
+        pids,
+        "an agent restarted"
+    );
+    lab.check(2, "after the config came and went");
     lab.must(&["down"]);
 }

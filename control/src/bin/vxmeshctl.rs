@@ -435,6 +435,18 @@ fn run() -> anyhow::Result<()> {
                 None => String::new(),
             };
             println!("etcd:         {}{down}", s(&n["etcd"]));
+            let config = &st["config_in_etcd"];
+            match config["state"].as_str() {
+                None | Some("same") => {}
+                Some(state) => println!(
+                    "config:       {} in etcd{}: this node still runs the config it started with (vxmeshctl events says more)",
+                    state.to_uppercase(),
+                    config["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ),
+            }
             println!(
                 "peers:        {}",
                 n["peers"].as_array().map_or(0, |a| a.len())

@@ -380,6 +380,21 @@ impl Lab {
         self.exec(node, &["curl", "-sf", "http://127.0.0.1:8471/metrics"])
     }
 
+    /// The kinds of the node's recorded events (`/v1/events`), oldest first.
+    pub fn event_kinds(&self, node: &str) -> Vec<String> {
+        let out = self.exec(
+            node,
+            &["curl", "-sf", "http://127.0.0.1:8471/v1/events?since=0"],
+        );
+        let page: Value = serde_json::from_str(&out).unwrap();
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// One value of a node's `/metrics` (`name` with its labels, as printed).
     pub fn metric(&self, node: &str, name: &str) -> f64 {
         let text = self.metrics(node);
