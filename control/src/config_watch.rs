@@ -12,7 +12,7 @@
 //! [`Tracker`] turns a sequence of such verdicts into notices, one per change. The
 //! agent reads and watches the key ([`crate::registry::Registry::watch_config`]).
 
-use crate::config::{Ipv6Pool, NetworkConfig, VxlanBackend};
+use crate::config::NetworkConfig;
 
 /// What etcd holds at the config key, against the config this node runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,78 +77,38 @@ pub fn judge(running: &NetworkConfig, key: &str, value: Option<&[u8]>) -> Stored
 /// Every field whose meaning differs between `a` and `b`, in flannel's names, as
 /// "Field a → b". The notes (what the parser had to say) are not compared.
 pub fn differences(a: &NetworkConfig, b: &NetworkConfig) -> Vec<String> {
-    let mut d = Vec::new();
-    let mut field = |name: &str, x: String, y: String| {
-        if x != y {
-            d.push(format!("{name} {x} → {y}"));
-        }
-    };
-    field("Network", a.network.to_string(), b.network.to_string());
-    field(
-        "SubnetLen",
-        a.subnet_len.to_string(),
-        b.subnet_len.to_string(),
-    );
-    field(
-        "SubnetMin",
-        a.subnet_min.to_string(),
-        b.subnet_min.to_string(),
-    );
-    field(
-        "SubnetMax",
-        a.subnet_max.to_string(),
-        b.subnet_max.to_string(),
-    );
-    backend_differences(&a.backend, &b.backend, &mut field);
-    field(
-        "EnableNFTables",
-        a.enable_nftables.to_string(),
-        b.enable_nftables.to_string(),
-    );
-    match (&a.ipv6, &b.ipv6) {
-        (Some(x), Some(y)) => ipv6_differences(x, y, &mut field),
-        (x, y) => field(
-            "EnableIPv6",
-            x.is_some().to_string(),
-            y.is_some().to_string(),
-        ),
-    }
-    d
-}
-
-fn backend_differences(
-    a: &VxlanBackend,
-    b: &VxlanBackend,
-    field: &mut impl FnMut(&str, String, String),
-) {
+    let mut d = Differences(Vec::new());
+    d.field("Network", a.network, b.network);
+    d.field("SubnetLen", a.subnet_len, b.subnet_len);
+    d.field("SubnetMin", a.subnet_min, b.subnet_min);
+    d.field("SubnetMax", a.subnet_max, b.subnet_max);
+    let (x, y) = (&a.backend, &b.backend);
+    d.field("Backend.VNI", x.vni, y.vni);
+    d.field("Backend.Port", x.port, y.port);
     let mtu = |m: Option<u32>| m.map_or_else(|| "unset".to_string(), |m| m.to_string());
-    field("Backend.VNI", a.vni.to_string(), b.vni.to_string());
-    field("Backend.Port", a.port.to_string(), b.port.to_string());
-    field("Backend.MTU", mtu(a.mtu), mtu(b.mtu));
-    field(
-        "Backend.DirectRouting",
-        a.direct_routing.to_string(),
-        b.direct_routing.to_string(),
-    );
+    d.field("Backend.MTU", mtu(x.mtu), mtu(y.mtu));
+    d.field("Backend.DirectRouting", x.direct_routing, y.direct_routing);
+    d.field("EnableNFTables", a.enable_nftables, b.enable_nftables);
+    match (&a.ipv6, &b.ipv6) {
+        (Some(x), Some(y)) => {
+            d.field("IPv6Network", x.network, y.network);
+            d.field("IPv6SubnetLen", x.subnet_len, y.subnet_len);
+            d.field("IPv6SubnetMin", x.subnet_min, y.subnet_min);
+            d.field("IPv6SubnetMax", x.subnet_max, y.subnet_max);
+        }
+        (x, y) => d.field("EnableIPv6", x.is_some(), y.is_some()),
+    }
+    d.0
 }
 
-fn ipv6_differences(a: &Ipv6Pool, b: &Ipv6Pool, field: &mut impl FnMut(&str, String, String)) {
-    field("IPv6Network", a.network.to_string(), b.network.to_string());
-    field(
-        "IPv6SubnetLen",
-        a.subnet_len.to_string(),
-        b.subnet_len.to_string(),
-    );
-    field(
-        "IPv6SubnetMin",
-        a.subnet_min.to_string(),
-        b.subnet_min.to_string(),
-    );
-    field(
-        "IPv6SubnetMax",
-        a.subnet_max.to_string(),
-        b.subnet_max.to_string(),
-    );
+struct Differences(Vec<String>);
+
+impl Differences {
+    fn field<T: PartialEq + std::fmt::Display>(&mut self, name: &str, a: T, b: T) {
+        if a != b {
+            self.0.push(format!("{name} {a} → {b}"));
+        }
+    }
 }
 
 /// What to tell the operator about a change of [`Stored`].
