@@ -341,4 +341,39 @@ mod tests {
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("not valid JSON"), "{e}");
     }
+
+    proptest::proptest! {
+        /// Any bytes at the key: no panic; a config is the same as itself; what is told
+        /// fits on one line.
+        #[test]
+        fn any_value_is_judged(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let running = cfg(RUNNING);
+            let verdict = judge(&running, KEY, Some(&value));
+            proptest::prop_assert!(verdict.detail().is_none_or(|d| !d.contains('\n')));
+            if let Ok(c) = NetworkConfig::parse(KEY, &value) {
+                proptest::prop_assert_eq!(judge(&c, KEY, Some(&value)), Stored::Same);
+            }
+            let mut t = Tracker::new(KEY);
+            let _ = t.observe(verdict, Some(&value));
+        }
+
+        /// Valid configs with random fields: the same when compared with themselves,
+        /// and a difference exactly when the parsed configs differ.
+        #[test]
+        fn configs_differ_exactly_when_their_meaning_does(
+            a in 0u8..3, b in 0u8..3, vni in 0u32..3, port in 0u16..2, dr in proptest::prelude::any::<bool>()
+        ) {
+            let net = |n: u8| format!("10.{}.0.0/16", 240 + n);
+            let make = |n: u8, vni: u32, port: u16, dr: bool| format!(
+                r#"{{"Network":"{}","Backend":{{"Type":"vxlan","VNI":{vni},"Port":{},"DirectRouting":{dr}}}}}"#,
+                net(n), 8472 + port
+            );
+            let x = cfg(&make(a, vni, port, dr));
+            let y_text = make(b, 1, 0, false);
+            let y = cfg(&y_text);
+            let verdict = judge(&x, KEY, Some(y_text.as_bytes()));
+            proptest::prop_assert_eq!(verdict == Stored::Same, differences(&x, &y).is_empty());
+            proptest::prop_assert_eq!(differences(&x, &y).is_empty(), x.network == y.network && x.backend == y.backend);
+        }
+    }
 }

@@ -1,14 +1,28 @@
 //! `NetworkConfig::parse` over arbitrary bytes (what an operator may have put at
 //! `<prefix>/config`): no panic; an accepted config is internally consistent, its
-//! IPv6 pool (dual stack) included.
+//! IPv6 pool (dual stack) included. The running node's comparison with it
+//! (`config_watch`): no panic, an accepted config is the same as itself, and what is
+//! told fits on one line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vxmesh_control::config::NetworkConfig;
+use vxmesh_control::config_watch::{judge, Stored, Tracker};
 use vxmesh_control::subnet6::Subnet6;
 
+const KEY: &str = "/coreos.com/network/config";
+
 fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = NetworkConfig::parse("/coreos.com/network/config", data) {
+    let running = NetworkConfig::parse(KEY, br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+        .expect("a valid config");
+    let verdict = judge(&running, KEY, Some(data));
+    assert!(verdict.detail().is_none_or(|d| !d.contains('\n')));
+    let mut tracker = Tracker::new(KEY);
+    if let Some(n) = tracker.observe(verdict, Some(data)) {
+        assert!(n.warn);
+    }
+    if let Ok(c) = NetworkConfig::parse(KEY, data) {
+        assert_eq!(judge(&c, KEY, Some(data)), Stored::Same);
         assert!(c.subnet_len <= 30 && c.subnet_len >= c.network.prefix_len() + 2 || c.subnet_len == 24);
         assert!(c.subnet_min <= c.subnet_max);
         assert!(c.network.contains(c.subnet_min) && c.network.contains(c.subnet_max));
