@@ -86,6 +86,10 @@ pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// every this many device checks (a minute), in case an announcement went missing;
 /// without them, at every check.
 const UNDERLAY_RECHECK_TICKS: u32 = 30;
+/// How long a rejection of a lease naming this node's PublicIP is held back before it
+/// is warned about (`Running::held_back`): the node's own new lease is reported by the
+/// lease task within milliseconds of the watch delivering it.
+const HOLD_BACK: Duration = Duration::from_secs(2);
 
 /// Everything `vxmeshd` is told on its command line (see [`crate::flags`]).
 #[derive(Debug, Clone)]
@@ -1099,6 +1103,7 @@ pub async fn run_with(
         listed: false,
         changed_since_trim: 0,
         mtu,
+        held_back: Vec::new(),
         kind: opts.dataplane,
         setup,
         state: Arc::clone(&state),
@@ -1223,6 +1228,7 @@ pub async fn run_with(
                 };
                 if device {
                     node.keep_subnet_file();
+                    node.release_held_back(Some(Instant::now()));
                 }
                 let mut rebuild = (device && node.check_device().await == Device::Gone)
                     .then_some(Rebuild::Deleted);
@@ -1376,6 +1382,10 @@ struct Running {
     /// neighbour dump: [`NodeDataplane::first_check`]).
     listed: bool,
     mtu: u32,
+    /// Rejections of leases naming this node's PublicIP, held back for
+    /// [`HOLD_BACK`]: one may be this node's own new lease, delivered by the watch
+    /// before the lease task reports it (after a loss to another node).
+    held_back: Vec<(Instant, Skip)>,
     /// What the dataplane was started as and from: to start it again if its
     /// device is deleted under the running agent.
     kind: DataplaneKind,
@@ -1519,7 +1529,33 @@ impl Running {
             self.show_peers(None);
         }
         self.held(h);
+        self.release_held_back(None);
         Ok(())
+    }
+
+    /// Warns about the held-back rejections that still stand: all of them (the lease
+    /// task has reported this node's lease), or, with `now`, those held for
+    /// [`HOLD_BACK`]. One that is no longer rejected (it was this node's own) is
+    /// dropped without a word.
+    fn release_held_back(&mut self, now: Option<Instant>) {
+        if self.held_back.is_empty() {
+            return;
+        }
+        let due = |at: &Instant| now.is_none_or(|n| n.duration_since(*at) >= HOLD_BACK);
+        let (ripe, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_back)
+            .into_iter()
+            .partition(|(at, _)| due(at));
+        self.held_back = kept;
+        let still: Vec<Skip> = ripe
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| {
+                self.peers
+                    .rejected()
+                    .any(|(k, r)| k == s.key && *r == s.rejection)
+            })
+            .collect();
+        record_skips(&still, &self.state);
     }
 
     /// Registry events (one, or a burst that queued up): did we lose our lease, and
@@ -1535,6 +1571,14 @@ impl Running {
         let changes = self
             .peers
             .apply(events.iter().map(crate::peers::Update::from), &mut skips);
+        let now = Instant::now();
+        let (held, skips): (Vec<Skip>, Vec<Skip>) = skips
+            .into_iter()
+            .partition(|s| self.peers.names_this_node(&s.key));
+        for s in held {
+            tracing::debug!(key = %s.key, "a lease naming this node's PublicIP: judged again when the lease task reports this node's lease, or in {} s", HOLD_BACK.as_secs());
+            self.held_back.push((now, s));
+        }
         record_skips(&skips, &self.state);
         record_changes(&changes, &self.state);
         self.changed_since_trim = self.changed_since_trim.saturating_add(changes.len());

@@ -909,6 +909,18 @@ impl PeerTable {
         })
     }
 
+    /// Whether `key` is rejected now for naming this node's PublicIP (or PublicIPv6)
+    /// in a lease that is not this node's. That is also how the node's own new lease
+    /// looks for the moment between its claim (the watch delivers it) and the lease
+    /// task's report of it ([`PeerTable::set_own`] then judges it the node's own).
+    pub fn names_this_node(&self, key: &str) -> bool {
+        self.against_node.contains(key)
+            && matches!(
+                self.verdicts.get(key),
+                Some(Verdict::Rejected(r)) if r.reason == RejectReason::DuplicatePublicIp
+            )
+    }
+
     /// Changes whenever [`PeerTable::rejected`] would list something else: a caller
     /// showing the rejections copies them only then.
     pub fn rejections_generation(&self) -> u64 {
@@ -1982,6 +1994,45 @@ mod tests {
             matches!(&c[..], [PeerChange::Added(p)] if p.subnet.to_string() == "10.244.35.0/24"),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn our_new_lease_seen_before_it_is_reported_names_this_node() {
+        let mut t = lab_table();
+        let mut skips = vec![];
+        // Lost to another node and re-acquired elsewhere: the watch delivers the new
+        // key before the lease task reports it.
+        let fresh = entry("10.244.77.0-24", val("192.168.100.13", MY_MAC), 9);
+        let key = fresh.key.clone();
+        let c = t.put(&fresh, &mut skips);
+        assert!(c.is_empty(), "{c:?}");
+        assert_eq!(skips.len(), 1, "{skips:?}");
+        assert_eq!(skips[0].rejection.reason, RejectReason::DuplicatePublicIp);
+        assert!(t.names_this_node(&key), "held back by the agent");
+        // Reported: it is the node's own, no longer rejected.
+        let _ = t.set_own(LeaseKey::parse("10.244.77.0-24").ok(), &mut skips);
+        assert!(!t.names_this_node(&key));
+        assert!(rejected(&t, "10.244.77.0-24").is_none());
+        // Another node's PublicIP claimed twice, or a subnet overlapping ours: warned
+        // about at once.
+        let twice = entry(
+            "10.244.78.0-24",
+            val("192.168.100.11", "0e:00:00:00:00:78"),
+            10,
+        );
+        let _ = t.put(&twice, &mut skips);
+        assert_eq!(
+            rejected(&t, "10.244.78.0-24").unwrap().reason,
+            RejectReason::DuplicatePublicIp
+        );
+        assert!(!t.names_this_node(&twice.key));
+        let inside = entry(
+            "10.244.77.128-25",
+            val("192.168.100.50", "0e:00:00:00:00:50"),
+            11,
+        );
+        let _ = t.put(&inside, &mut skips);
+        assert!(!t.names_this_node(&inside.key));
     }
 
     #[test]

@@ -433,3 +433,58 @@ fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
     lab.check(2, "after the config came and went");
     lab.must(&["down"]);
 }
+
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_node_whose_key_is_taken_leases_anew_without_a_false_warning() {
+    require_root();
+    require_etcd();
+    let lab = Lab::up(
+        "vxt",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+        ],
+    );
+    let subnet1 = lab.subnet_of(1);
+    let mine = lab
+        .lease_keys()
+        .into_iter()
+        .find(|k| k.subnet == subnet1)
+        .unwrap();
+    // Another node's lease written over node 1's key (as a node that lost its own
+    // lease to an outage and claimed this subnet would): node 1 has lost it, and
+    // leases another subnet, whose key the watch delivers before the lease task
+    // reports it.
+    let other = r#"{"PublicIP":"192.168.100.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"}}"#;
+    lab.etcdctl(&["put", &mine.key, other]);
+    let moved = wait_for(Duration::from_secs(15), || {
+        let now = lab.subnet_of(1);
+        now != subnet1 && lab.status("n1")["ready"] == Value::Bool(true)
+    });
+    assert!(
+        moved.is_some(),
+        "node 1 did not lease anew: {}",
+        lab.status("n1")
+    );
+    // Past the hold-back (2 s) and a device tick or two.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = std::fs::read_to_string(lab.state.join("vxmeshd-n1.log")).unwrap();
+    assert!(
+        !log.contains("is this node's, but this is not its lease"),
+        "node 1 warned about its own new lease:\n{log}"
+    );
+    let kinds = lab.event_kinds("n1");
+    assert!(kinds.iter().any(|k| k == "lease_lost"), "{kinds:?}");
+    // Its pods keep their addresses of the lost subnet (as after any real loss), so
+    // the pod check does not apply; node 2 routes node 1's new subnet.
+    let new = lab.subnet_of(1);
+    let routed = wait_for(Duration::from_secs(10), || lab.routes_subnet("n2", &new));
+    assert!(
+        routed.is_some(),
+        "node 2 has no route to {new}: {}",
+        lab.routes("n2")
+    );
+    lab.must(&["down"]);
+}
