@@ -645,7 +645,6 @@ impl Resync {
     }
 }
 
-/// Logs and counts what one family's [`crate::masq::ensure`] did.
 /// Follows etcd's network config and tells, once per change, when it is no longer
 /// the one this node runs (`crate::config_watch`): a warning, an event and the
 /// status's `config_in_etcd`.
@@ -673,6 +672,7 @@ async fn keep_config(reg: Registry, running: NetworkConfig, state: Arc<AgentStat
     tokio::join!(reg.watch_config(tx), judge);
 }
 
+/// Logs and counts what one family's [`crate::masq::ensure`] did.
 fn report_rules(
     r: Result<Ensured, crate::masq::MasqError>,
     tool: &str,
