@@ -29,6 +29,9 @@ pub enum Stored {
 }
 
 impl Stored {
+    /// Every state's name, as [`Stored::as_str`] gives them.
+    pub const STATES: [&'static str; 4] = ["same", "changed", "deleted", "invalid"];
+
     /// The state as `/v1/status` names it.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -424,7 +424,7 @@ pub fn render_metrics(s: &AgentState) -> String {
         o,
         "# HELP vxmesh_config_in_etcd etcd's network config against the one this node runs: 1 for the state it is in (same, changed, deleted, invalid)\n# TYPE vxmesh_config_in_etcd gauge"
     );
-    for state in ["same", "changed", "deleted", "invalid"] {
+    for state in crate::config_watch::Stored::STATES {
         let _ = writeln!(
             o,
             "vxmesh_config_in_etcd{{state=\"{state}\"}} {}",

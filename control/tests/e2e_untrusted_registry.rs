@@ -24,6 +24,21 @@ use vxmesh_testkit::{require_etcd, require_root, wait_for};
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 
+/// A 2-node lab with one pod each and a short iperf3.
+const TWO_NODES: &[(&str, &str)] = &[
+    ("VXLAB_NODES", "2"),
+    ("VXLAB_PODS", "1"),
+    ("VXLAB_IPERF_SECONDS", "1"),
+];
+
+/// The registry's key for `subnet`, as etcd holds it now.
+fn key_of(lab: &Lab, subnet: &str) -> common::lab::LeaseKey {
+    lab.lease_keys()
+        .into_iter()
+        .find(|k| k.subnet == subnet)
+        .unwrap()
+}
+
 /// The etcd lease id attached to `key` (0: none, a reservation).
 fn lease_of(lab: &Lab, key: &str) -> i64 {
     let out = lab.etcdctl(&["get", key, "-w", "json"]);
@@ -276,20 +291,9 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
 fn a_node_key_overwritten_with_garbage_is_taken_back() {
     require_root();
     require_etcd();
-    let lab = Lab::up(
-        "vxg",
-        &[
-            ("VXLAB_NODES", "2"),
-            ("VXLAB_PODS", "1"),
-            ("VXLAB_IPERF_SECONDS", "1"),
-        ],
-    );
+    let lab = Lab::up("vxg", TWO_NODES);
     let subnet1 = lab.subnet_of(1);
-    let mine = lab
-        .lease_keys()
-        .into_iter()
-        .find(|k| k.subnet == subnet1)
-        .unwrap();
+    let mine = key_of(&lab, &subnet1);
     let before = lease_of(&lab, &mine.key);
     for garbage in ["oops", r#"{"PublicIP":"#] {
         lab.etcdctl(&["put", &mine.key, garbage]);
@@ -334,14 +338,7 @@ fn config_in_etcd(lab: &Lab, node: &str) -> (String, String) {
 fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
     require_root();
     require_etcd();
-    let lab = Lab::up(
-        "vxc",
-        &[
-            ("VXLAB_NODES", "2"),
-            ("VXLAB_PODS", "1"),
-            ("VXLAB_IPERF_SECONDS", "1"),
-        ],
-    );
+    let lab = Lab::up("vxc", TWO_NODES);
     const KEY: &str = "/coreos.com/network/config";
     let original = lab.etcdctl(&["get", "--print-value-only", KEY]);
     let original = original.trim();
@@ -439,20 +436,9 @@ fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
 fn a_node_whose_key_is_taken_leases_anew_without_a_false_warning() {
     require_root();
     require_etcd();
-    let lab = Lab::up(
-        "vxt",
-        &[
-            ("VXLAB_NODES", "2"),
-            ("VXLAB_PODS", "1"),
-            ("VXLAB_IPERF_SECONDS", "1"),
-        ],
-    );
+    let lab = Lab::up("vxt", TWO_NODES);
     let subnet1 = lab.subnet_of(1);
-    let mine = lab
-        .lease_keys()
-        .into_iter()
-        .find(|k| k.subnet == subnet1)
-        .unwrap();
+    let mine = key_of(&lab, &subnet1);
     // Another node's lease written over node 1's key (as a node that lost its own
     // lease to an outage and claimed this subnet would): node 1 has lost it, and
     // leases another subnet, whose key the watch delivers before the lease task
