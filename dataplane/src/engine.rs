@@ -5,7 +5,8 @@
 //! ([`offload::tso`]), prefixes each datagram with the VXLAN header into one
 //! [`TxBatch`] (which decides which datagrams share a GSO send), and sends the batch
 //! with as few `sendmmsg`+GSO calls as the shape allows.
-//! Ingress reads up to [`RX_MESSAGES`] GRO messages per `recvmmsg`, checks each
+//! Ingress reads up to [`RX_MESSAGES`] GRO messages per `recvmmsg` (as many as make
+//! about [`RX_BATCH_BYTES`] at the size the last call's messages had), checks each
 //! datagram ([`verdict::classify_ingress`]), merges in-order TCP segments
 //! ([`offload::gro`]) and writes the result to the TAP with one `writev` per frame.
 //!
@@ -38,8 +39,31 @@ use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, Underl
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
 use crate::wire::{MacAddr, VirtioNetHdr, VxlanHeader};
 
-/// GRO messages read per `recvmmsg` (each up to 64 KiB).
-pub const RX_MESSAGES: usize = 8;
+/// The most GRO messages one `recvmmsg` reads (each up to 64 KiB).
+pub const RX_MESSAGES: usize = 64;
+/// The fewest messages a `recvmmsg` asks for: a batch of whole 64 KiB GRO messages.
+pub const RX_MIN_MESSAGES: usize = 8;
+/// What one `recvmmsg` is sized to bring in. Whole GRO messages (64 KiB each) fill it
+/// with [`RX_MIN_MESSAGES`], as the batch always was; datagrams that arrive one by one
+/// (an underlay that does no GRO, small packets) take [`RX_MESSAGES`] per call instead
+/// of eight, which cut the receive thread's system calls per byte (docs/decisions/0025).
+/// Asking for 64 whole GRO messages showed no gain.
+pub const RX_BATCH_BYTES: usize = RX_MIN_MESSAGES * 65_536;
+
+// The AQM keeps one bit per message of a batch in a u64.
+const _: () = assert!(RX_MESSAGES <= 64);
+
+/// How many messages the next `recvmmsg` asks for, given how many the last one
+/// brought and their bytes: about [`RX_BATCH_BYTES`] at that average size, between
+/// [`RX_MIN_MESSAGES`] and [`RX_MESSAGES`]. Nothing brought (a first call, an empty
+/// socket): the fewest.
+pub fn next_rx_messages(messages: usize, bytes: usize) -> usize {
+    if messages == 0 {
+        return RX_MIN_MESSAGES;
+    }
+    let average = (bytes / messages).max(1);
+    (RX_BATCH_BYTES / average).clamp(RX_MIN_MESSAGES, RX_MESSAGES)
+}
 /// Packets between two reloads of the forwarding table under continuous load.
 pub const TABLE_RELOAD_EVERY: u32 = 256;
 /// Egress batch buffer: several 64 KiB bursts per flush.
@@ -890,7 +914,7 @@ impl IngressAqm {
 
     /// Judges the first `n` messages of `batch`, dequeued now. `drained`: the read
     /// emptied the socket, so nothing waits behind the last message. Once per batch,
-    /// out of line.
+    /// out of line. One bit of `pending` per message of a batch.
     #[inline(never)]
     fn judge(&mut self, batch: &RecvBatch, n: usize, drained: bool) {
         self.pending = 0;
@@ -945,6 +969,7 @@ impl IngressWorker {
     fn run(mut self) {
         let vnet = self.tap.offloads().vnet_hdr;
         let mut batch = RecvBatch::new(RX_MESSAGES);
+        batch.set_limit(RX_MIN_MESSAGES);
         // Frames longer than the TAP's MTU (a kernel peer's uncut GSO frames) go out
         // as GSO; merging needs the virtio header to hand the kernel a GSO frame.
         let tap_mtu = self.tap.mtu().ok();
@@ -983,7 +1008,8 @@ impl IngressWorker {
                 }
             };
             counts.udp_recv_syscalls += 1;
-            self.aqm.judge(&batch, n, n < batch.capacity());
+            self.aqm.judge(&batch, n, n < batch.limit());
+            batch.set_limit(next_rx_messages(n, batch.bytes()));
             let emit = |vh: &VirtioNetHdr, frame: &[u8], counts: &mut LocalCounts| {
                 counts.tap_syscalls += 1;
                 match tap.write_frame(&vh.to_bytes(), frame) {
@@ -1388,6 +1414,38 @@ mod tests {
             assert_eq!(counts.udp_datagrams_received, 2);
             assert_eq!(counts.drops[DropReason::IngressMalformed as usize], 1);
             assert_eq!(counts.drops[DropReason::WrongVni as usize], 0);
+        }
+    }
+
+    #[test]
+    fn the_receive_batch_is_sized_in_bytes() {
+        // A first call, or one that found the socket empty: the fewest.
+        assert_eq!(next_rx_messages(0, 0), RX_MIN_MESSAGES);
+        // Whole 64 KiB GRO messages (a veth, a NIC that GROs): eight, as before.
+        assert_eq!(next_rx_messages(8, 8 * 65_536), 8);
+        assert_eq!(next_rx_messages(3, 3 * 60_000), 8);
+        // Datagrams one by one (an underlay that does no GRO): as many as allowed.
+        assert_eq!(next_rx_messages(8, 8 * 1_450), RX_MESSAGES);
+        assert_eq!(next_rx_messages(64, 64 * 114), RX_MESSAGES);
+        // Jumbo frames in between: about 512 KiB worth.
+        assert_eq!(next_rx_messages(10, 10 * 9_050), 57);
+        // Half whole, half single: the average decides.
+        assert_eq!(next_rx_messages(8, 4 * 65_536 + 4 * 1_450), 15);
+        // Empty messages (zero-length datagrams) do not divide by zero.
+        assert_eq!(next_rx_messages(5, 0), RX_MESSAGES);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_receive_batch_stays_in_bounds_and_shrinks_with_size(
+            messages in 1usize..=RX_MESSAGES,
+            size in 0usize..=65_536,
+            more in 0usize..=65_536,
+        ) {
+            let n = next_rx_messages(messages, messages * size);
+            proptest::prop_assert!((RX_MIN_MESSAGES..=RX_MESSAGES).contains(&n));
+            let larger = next_rx_messages(messages, messages * (size + more).min(65_536));
+            proptest::prop_assert!(larger <= n);
         }
     }
 

@@ -410,6 +410,8 @@ pub struct RecvBatch {
     stamps: Vec<Option<u64>>,
     truncated: Vec<bool>,
     count: usize,
+    /// Messages the next call asks for (1 to the capacity).
+    limit: usize,
 }
 
 impl RecvBatch {
@@ -424,6 +426,7 @@ impl RecvBatch {
             stamps: vec![None; m],
             truncated: vec![false; m],
             count: 0,
+            limit: m,
         }
     }
 
@@ -455,6 +458,23 @@ impl RecvBatch {
     /// The most messages one call can receive.
     pub fn capacity(&self) -> usize {
         self.lens.len()
+    }
+
+    /// How many messages the next call asks for: `messages`, at least one and at most
+    /// the capacity. Buffers beyond it stay untouched.
+    pub fn set_limit(&mut self, messages: usize) {
+        self.limit = messages.clamp(1, self.capacity());
+    }
+
+    /// How many messages a call asks for ([`RecvBatch::set_limit`]; the capacity
+    /// unless set).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes received by the last call, all messages together.
+    pub fn bytes(&self) -> usize {
+        self.lens[..self.count].iter().sum()
     }
 
     /// Sets the time stamps of the messages, as the kernel would. For tests.
@@ -634,7 +654,8 @@ impl UdpRx {
     /// One `recvmmsg`: fills `batch`, returns the number of messages, or
     /// `WouldBlock` when nothing is waiting.
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        let m = batch.lens.len();
+        // At most the capacity, which is at most BATCH.
+        let m = batch.limit;
         // SAFETY: sockaddr_in and mmsghdr are plain old data; zero is valid.
         let mut names: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -646,7 +667,7 @@ impl UdpRx {
         let data = batch.data.as_mut_ptr();
         let control = batch.control.as_mut_ptr().cast::<u8>();
         for i in 0..m {
-            // SAFETY: i < m and `data` holds m * RECV_BUF bytes.
+            // SAFETY: i < m <= capacity and `data` holds capacity * RECV_BUF bytes.
             iovs[i].iov_base = unsafe { data.add(i * RECV_BUF) }.cast();
             iovs[i].iov_len = RECV_BUF;
             let h = &mut msgs[i].msg_hdr;
@@ -654,7 +675,8 @@ impl UdpRx {
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
-            // SAFETY: i < m and `control` holds m * CMSG_BUF bytes (word-aligned).
+            // SAFETY: i < m <= capacity and `control` holds capacity * CMSG_BUF bytes
+            // (word-aligned).
             h.msg_control = unsafe { control.add(i * CMSG_BUF) }.cast();
             h.msg_controllen = CMSG_BUF as _;
         }
@@ -1138,6 +1160,44 @@ mod tests {
         let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(UdpRx::from_fd(OwnedFd::from(t)).is_err());
         assert!(UdpTx::from_fds(vec![]).is_err());
+    }
+
+    #[test]
+    fn a_call_takes_no_more_messages_than_its_limit() {
+        // GRO off: each datagram is its own message.
+        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, false).unwrap();
+        let dst = rx.local_addr().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..10u8 {
+            tx.send_to(&[i; 300], dst).unwrap();
+        }
+        let mut batch = RecvBatch::new(8);
+        assert_eq!(batch.limit(), 8, "the capacity unless set");
+        batch.set_limit(0);
+        assert_eq!(batch.limit(), 1, "at least one");
+        batch.set_limit(100);
+        assert_eq!(batch.limit(), 8, "at most the capacity");
+        batch.set_limit(3);
+        let mut calls = Vec::new();
+        for _ in 0..100 {
+            match rx.recv(&mut batch) {
+                Ok(n) => {
+                    assert_eq!(batch.len(), n);
+                    assert_eq!(batch.bytes(), 300 * n);
+                    let first = batch.datagrams(0).unwrap().1.next().unwrap()[0];
+                    calls.push((n, first));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if calls.iter().map(|c| c.0).sum::<usize>() == 10 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // Loopback queues all ten before the first call: three per call, in order.
+        assert_eq!(calls, vec![(3, 0), (3, 3), (3, 6), (1, 9)]);
     }
 
     #[test]
