@@ -55,8 +55,8 @@ const _: () = assert!(RX_MESSAGES <= 64);
 
 /// How many messages the next `recvmmsg` asks for, given how many the last one
 /// brought and their bytes: about [`RX_BATCH_BYTES`] at that average size, between
-/// [`RX_MIN_MESSAGES`] and [`RX_MESSAGES`]. Nothing brought (a first call, an empty
-/// socket): the fewest.
+/// [`RX_MIN_MESSAGES`] and [`RX_MESSAGES`]. Nothing brought: the fewest. (The first
+/// call asks for the fewest; a call that finds the socket empty changes nothing.)
 pub fn next_rx_messages(messages: usize, bytes: usize) -> usize {
     if messages == 0 {
         return RX_MIN_MESSAGES;
@@ -64,6 +64,7 @@ pub fn next_rx_messages(messages: usize, bytes: usize) -> usize {
     let average = (bytes / messages).max(1);
     (RX_BATCH_BYTES / average).clamp(RX_MIN_MESSAGES, RX_MESSAGES)
 }
+
 /// Packets between two reloads of the forwarding table under continuous load.
 pub const TABLE_RELOAD_EVERY: u32 = 256;
 /// Egress batch buffer: several 64 KiB bursts per flush.
@@ -1419,7 +1420,7 @@ mod tests {
 
     #[test]
     fn the_receive_batch_is_sized_in_bytes() {
-        // A first call, or one that found the socket empty: the fewest.
+        // Nothing brought: the fewest.
         assert_eq!(next_rx_messages(0, 0), RX_MIN_MESSAGES);
         // Whole 64 KiB GRO messages (a veth, a NIC that GROs): eight, as before.
         assert_eq!(next_rx_messages(8, 8 * 65_536), 8);
