@@ -8,6 +8,9 @@
 #
 #   sudo target/release/vxmesh-bench hold --mode vxmesh &     # note its names
 #   sudo bench/latency-split.sh vxb1234-vxm 10.244.21.2 /tmp/split-1
+#
+# VXMESH_TCP_CC=cubic runs the streams with that congestion control (iperf3 -C)
+# instead of the pods' default, which they take from the host.
 set -euo pipefail
 [[ $# == 3 ]] || {
 	echo "usage: $0 <hold prefix, e.g. vxb1234-vxm> <pod B address> <output dir>" >&2
@@ -37,7 +40,15 @@ done
 ) >"$out/ss_b.txt" 2>&1 &
 sampler=$!
 sleep 1.5
-ip netns exec "$p-pa" timeout 20 iperf3 -c "$pod_b" -P 8 -t 11 >"$out/iperf.txt" 2>&1 &
+cc=()
+if [[ -n ${VXMESH_TCP_CC:-} ]]; then
+	[[ $VXMESH_TCP_CC =~ ^[a-z0-9_]{1,15}$ ]] || {
+		echo "VXMESH_TCP_CC=$VXMESH_TCP_CC is not a congestion control name (e.g. cubic)" >&2
+		exit 2
+	}
+	cc=(-C "$VXMESH_TCP_CC")
+fi
+ip netns exec "$p-pa" timeout 20 iperf3 -c "$pod_b" -P 8 -t 11 "${cc[@]}" >"$out/iperf.txt" 2>&1 &
 sleep 2
 ip netns exec "$p-pa" ping -c 350 -i 0.02 "$pod_b" >"$out/ping.txt" 2>&1 || true
 kill "$sampler" 2>/dev/null || true

@@ -28,6 +28,10 @@ export VXLAB_DATAPLANES="userspace kernel kernel"
 export VXLAB_AGENT_ARGS=${VXMESH_MIXED_AGENT_ARGS:-}
 export VXLAB_STATE=/tmp/vxlab-$VXLAB_PREFIX
 SEGMENT=${VXMESH_MIXED_SEGMENT:-0}
+# VXMESH_TCP_CC=cubic: that congestion control for the streams (iperf3 -C) instead of
+# the pods' default, which they take from the host.
+CC=${VXMESH_TCP_CC:-}
+case $CC in *[!a-z0-9_]*) echo "bench-mixed: VXMESH_TCP_CC=$CC is not a congestion control name (e.g. cubic)" >&2; exit 2 ;; esac
 case $SEGMENT in 0|1) ;; *) echo "bench-mixed: VXMESH_MIXED_SEGMENT is 0 or 1" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "bench-mixed: needs root (network namespaces)" >&2; exit 1; }
 for c in iperf3 jq etcd; do
@@ -57,12 +61,13 @@ run() {
   srv=$(pod "$2"); cli=$(pod "$1")
   ip netns exec "$srv" iperf3 -s -1 -D -p 5201 >/dev/null 2>&1
   sleep 0.3
-  out=$(ip netns exec "$cli" iperf3 -c "$(ip_of "$2")" -p 5201 -t "$SECONDS_PER" -O 1 -J </dev/null 2>/dev/null) || { echo 0; return; }
+  out=$(ip netns exec "$cli" iperf3 -c "$(ip_of "$2")" -p 5201 -t "$SECONDS_PER" -O 1 ${CC:+-C "$CC"} -J </dev/null 2>/dev/null) || { echo 0; return; }
   jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | floor / 100' <<<"$out"
 }
 
 declare -A got=()
-echo "kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), vxmeshd flags: ${VXLAB_AGENT_ARGS:-defaults}, underlay: $underlay"
+cc_used=${CC:-"$(cat /proc/sys/net/ipv4/tcp_congestion_control) (the host default)"}
+echo "kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), vxmeshd flags: ${VXLAB_AGENT_ARGS:-defaults}, underlay: $underlay, TCP congestion control: $cc_used"
 for r in $(seq "$ROUNDS"); do
   for pair in "1 2 u2k" "2 1 k2u" "2 3 k2k" "3 2 k2k"; do
     read -r a b key <<<"$pair"

@@ -169,6 +169,12 @@ struct Common {
     /// node gets them one by one (veth does no GRO here).
     #[arg(long)]
     segment_underlay: bool,
+    /// TCP congestion control of every iperf3 TCP test (iperf3 -C: the sending end
+    /// uses it in either direction), e.g. cubic, the default of Debian's and Ubuntu's
+    /// kernels [default: the pods' own, which they take from the host's
+    /// net.ipv4.tcp_congestion_control; the report names it either way].
+    #[arg(long, value_parser = vxmesh_bench::parse::congestion_name)]
+    tcp_cc: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -486,6 +492,10 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
         .ok()
         .map(|s| s.trim().to_string()),
         cpu_vulnerabilities: parse::vulnerabilities(&vulns),
+        tcp_congestion_control: sysctl_words("tcp_congestion_control"),
+        tcp_rmem: sysctl_words("tcp_rmem"),
+        tcp_wmem: sysctl_words("tcp_wmem"),
+        tcp_congestion_used: Vec::new(),
         costs: match vxmesh_bench::probe::measure() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -509,6 +519,13 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
         busy_processes: busy_processes(),
         tools,
     }
+}
+
+/// `/proc/sys/net/ipv4/<name>` with its whitespace runs made single spaces (`None`:
+/// unreadable).
+fn sysctl_words(name: &str) -> Option<String> {
+    let v = std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok()?;
+    Some(v.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn cleanup() -> anyhow::Result<ExitCode> {
@@ -613,6 +630,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         agent_args: agent_args.clone(),
         underlay_mtu: topo::UNDERLAY_MTU,
         segment_underlay: a.common.segment_underlay,
+        tcp_cc: a.common.tcp_cc.clone(),
     };
     eprintln!(
         "vxmesh-bench: {} repeat(s) of {}; output in {}",
@@ -645,6 +663,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 log_dir: l0.logs.clone(),
                 agent_args: agent_args.clone(),
                 segment_underlay: a.common.segment_underlay,
+                tcp_cc: a.common.tcp_cc.clone(),
                 run_tag: format!("r{r}"),
             };
             let tag = format!("r{r}-{}", mode.key());
@@ -695,6 +714,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     machine.load_after = loadavg();
+    machine.conditions.tcp_congestion_used = report::congestion_used(&runs);
     note_busy(&mut machine.busy_processes, &busy_processes());
     let summary = report::summarize(&runs, &modes);
     let mut targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {
@@ -986,6 +1006,7 @@ fn rerender(a: ReportArgs) -> anyhow::Result<ExitCode> {
                 repo: None,
                 agent_args: String::new(),
                 segment_underlay: false,
+                tcp_cc: None,
             })
         });
         let stamp = a
@@ -1022,6 +1043,7 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
             .map(str::to_string)
             .collect(),
         segment_underlay: a.common.segment_underlay,
+        tcp_cc: a.common.tcp_cc.clone(),
         run_tag: "hold".into(),
     };
     let mut t = Topology::build(modes[0], &ctx)?;
@@ -1352,6 +1374,7 @@ fn profile(a: ProfileArgs) -> anyhow::Result<ExitCode> {
             log_dir: l.logs.clone(),
             agent_args: agent_args.clone(),
             segment_underlay: a.common.segment_underlay,
+            tcp_cc: a.common.tcp_cc.clone(),
             run_tag: "profile".into(),
         };
         let t = Topology::build(mode, &ctx)?;

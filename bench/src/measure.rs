@@ -99,6 +99,7 @@ pub fn measure_all(
             "bytes": m.result.received_bytes,
             "seconds": m.result.seconds,
             "retransmits": m.result.retransmits,
+            "sender_congestion": m.result.sender_congestion,
         });
         match m.cpu {
             Some(c) if gb > 0.0 => {
@@ -497,6 +498,9 @@ pub fn tcp_with<R>(
     args.extend(strings(&["-P", &streams.to_string()]));
     if reverse {
         args.push("-R".into());
+    }
+    if let Some(cc) = &ctx.tcp_cc {
+        args.extend(strings(&["-C", cc]));
     }
     let (out, r) = client_with(topo, ctx, args, seconds + omit, json_path, during)?;
     Ok((parse_checked(&out, parse::tcp)?, r))

@@ -9,13 +9,16 @@
 use serde_json::Value;
 
 /// One iperf3 TCP test, as the receiver saw it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TcpResult {
     pub received_bytes: u64,
     pub received_bps: f64,
     pub seconds: f64,
     /// Sender-side retransmissions (iperf3 reports them on Linux).
     pub retransmits: Option<u64>,
+    /// The congestion control the sending end used (`end.sender_tcp_congestion`;
+    /// iperf3 reports it on Linux).
+    pub sender_congestion: Option<String>,
 }
 
 /// One iperf3 UDP test.
@@ -58,6 +61,10 @@ pub fn tcp(text: &str) -> Result<TcpResult, String> {
         seconds: f(&v, &["end", "sum_received", "seconds"])
             .ok_or_else(|| missing("end.sum_received.seconds"))?,
         retransmits: u(&v, &["end", "sum_sent", "retransmits"]),
+        sender_congestion: v
+            .pointer("/end/sender_tcp_congestion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -148,6 +155,23 @@ pub fn vulnerabilities(entries: &[(String, String)]) -> Vec<String> {
     v
 }
 
+/// A TCP congestion control's name as `--tcp-cc` takes it: what the kernel's names
+/// are made of (`cubic`, `bbr`, `reno`, `dctcp`…), at most 15 bytes (pure).
+pub fn congestion_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a TCP congestion control name (lower-case letters, digits and _, \
+             at most 15): see /proc/sys/net/ipv4/tcp_available_congestion_control, e.g. cubic"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +179,8 @@ mod tests {
     // Trimmed from `iperf3 -c 10.244.2.2 -t 2 -J` (iperf 3.12).
     const TCP: &str = r#"{"start":{},"intervals":[],"end":{
         "sum_sent":{"start":0,"end":2.0,"seconds":2.0,"bytes":4000000000,"bits_per_second":16e9,"retransmits":12,"sender":true},
-        "sum_received":{"start":0,"end":2.0004,"seconds":2.0004,"bytes":3999000000,"bits_per_second":15.99e9,"sender":true}}}"#;
+        "sum_received":{"start":0,"end":2.0004,"seconds":2.0004,"bytes":3999000000,"bits_per_second":15.99e9,"sender":true},
+        "sender_tcp_congestion":"cubic","receiver_tcp_congestion":"cubic"}}"#;
 
     // Trimmed from `iperf3 -c 10.9.0.2 -u -l 64 -b 0 -t 2 -J` (iperf 3.12).
     const UDP: &str = r#"{"end":{
@@ -164,16 +189,47 @@ mod tests {
         "sum_received":{"seconds":2.000279,"bytes":16450944,"packets":348580,"lost_packets":91534,"lost_percent":26.259108382580756}}}"#;
 
     #[test]
+    fn congestion_names() {
+        for ok in [
+            "cubic",
+            "bbr",
+            "reno",
+            "dctcp",
+            "bbr2",
+            "htcp",
+            "scalable_x",
+        ] {
+            assert_eq!(congestion_name(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "Cubic",
+            "cubic ",
+            "-C",
+            "bbr;rm",
+            "a/b",
+            "averyveryverylongname",
+        ] {
+            let e = congestion_name(bad).unwrap_err();
+            assert!(e.contains("tcp_available_congestion_control"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn tcp_fields() {
         let r = tcp(TCP).unwrap();
         assert_eq!(r.received_bytes, 3_999_000_000);
         assert_eq!(r.retransmits, Some(12));
+        assert_eq!(r.sender_congestion.as_deref(), Some("cubic"));
         assert!((r.received_bps - 15.99e9).abs() < 1.0);
         assert!(tcp(r#"{"error":"unable to connect to server"}"#)
             .unwrap_err()
             .contains("unable to connect"));
         assert!(tcp("not json").is_err());
         assert!(tcp(r#"{"end":{}}"#).is_err());
+        // Older iperf3 builds (or another OS) leave the congestion control out.
+        let without = TCP.replace(r#""sender_tcp_congestion":"cubic","#, "");
+        assert_eq!(tcp(&without).unwrap().sender_congestion, None);
     }
 
     #[test]

@@ -293,6 +293,21 @@ pub struct Conditions {
     /// (`None`: not measured, or results written before the probe existed).
     #[serde(default)]
     pub costs: Option<crate::probe::Costs>,
+    /// The host's `net.ipv4.tcp_congestion_control`, which a new network namespace
+    /// (every pod here) takes as its default: it decides how full a TCP sender keeps
+    /// the queues on its path, so it moves the delay under load.
+    #[serde(default)]
+    pub tcp_congestion_control: Option<String>,
+    /// The host's `net.ipv4.tcp_rmem` and `tcp_wmem` (min default max), which new
+    /// namespaces copy: the most a TCP flow can keep in flight.
+    #[serde(default)]
+    pub tcp_rmem: Option<String>,
+    #[serde(default)]
+    pub tcp_wmem: Option<String>,
+    /// Every congestion control the TCP tests' senders reported using (iperf3's
+    /// `sender_tcp_congestion`), filled after the run.
+    #[serde(default)]
+    pub tcp_congestion_used: Vec<String>,
 }
 
 /// How the run measured.
@@ -315,6 +330,10 @@ pub struct Settings {
     /// `--segment-underlay`: UDP (tunnel) segmentation off on the underlay veth.
     #[serde(default)]
     pub segment_underlay: bool,
+    /// `--tcp-cc`: the congestion control asked of every TCP test (`None`: the pods'
+    /// default).
+    #[serde(default)]
+    pub tcp_cc: Option<String>,
 }
 
 /// One mode measured once (one repeat).
@@ -364,6 +383,44 @@ pub struct Results {
 }
 
 /// Medians with min/max over the repeats of each mode, and ratios to kernel VXLAN.
+/// Every congestion control the runs' TCP tests reported for their senders, sorted,
+/// each once.
+pub fn congestion_used(runs: &[Run]) -> Vec<String> {
+    let mut v: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.details.get("tcp").and_then(|t| t.as_array()))
+        .flatten()
+        .filter_map(|t| t.get("sender_congestion").and_then(|c| c.as_str()))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The TCP part of the report's conditions: which congestion control the tests ran
+/// with and where it came from, and the socket buffer limits.
+pub fn describe_tcp(c: &Conditions, asked: Option<&str>) -> String {
+    let host = c.tcp_congestion_control.as_deref().unwrap_or("unknown");
+    let mut s = match asked {
+        Some(cc) => {
+            format!("TCP congestion control {cc} (--tcp-cc, where the host's default is {host})")
+        }
+        None => format!("TCP congestion control {host} (the host's default, which the pods take)"),
+    };
+    let expected = asked.unwrap_or(host);
+    if !c.tcp_congestion_used.is_empty() && c.tcp_congestion_used != [expected] {
+        s.push_str(&format!(
+            " — **the senders reported {}**",
+            c.tcp_congestion_used.join(", ")
+        ));
+    }
+    if let (Some(r), Some(w)) = (&c.tcp_rmem, &c.tcp_wmem) {
+        s.push_str(&format!(", tcp_rmem {r}, tcp_wmem {w}"));
+    }
+    s
+}
+
 pub fn summarize(runs: &[Run], modes: &[Mode]) -> Vec<MetricRow> {
     let mut rows = Vec::new();
     for m in METRICS {
@@ -643,8 +700,8 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     let c = &m.conditions;
     let _ = writeln!(
         s,
-        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; {}; CPU vulnerabilities not \
-         \"Not affected\": {}.",
+        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; {}; {}; CPU vulnerabilities \
+         not \"Not affected\": {}.",
         m.kernel,
         match &c.br_netfilter_call_iptables {
             Some(v) => format!("loaded (bridge-nf-call-iptables = {v})"),
@@ -659,6 +716,7 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
             || "system call and wake-up costs not measured".to_string(),
             crate::probe::describe
         ),
+        describe_tcp(c, st.tcp_cc.as_deref()),
         if c.cpu_vulnerabilities.is_empty() {
             "none listed".to_string()
         } else {
@@ -767,6 +825,48 @@ mod tests {
             metrics: vals.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
             details: serde_json::Value::Null,
         }
+    }
+
+    #[test]
+    fn the_congestion_control_used_is_gathered_from_the_tests() {
+        let mut a = run(Mode::KernelVxlan, 1, &[]);
+        a.details = serde_json::json!({"tcp": [
+            {"test": "tcp1-ab", "sender_congestion": "cubic"},
+            {"test": "tcp1-ba", "sender_congestion": "cubic"},
+            {"test": "tcp8-ab"},
+        ]});
+        let mut b = run(Mode::Vxmesh, 1, &[]);
+        b.details = serde_json::json!({"tcp": [{"sender_congestion": "bbr"}]});
+        let none = run(Mode::Vxmesh, 2, &[]);
+        assert_eq!(congestion_used(&[a, b, none]), ["bbr", "cubic"]);
+        assert!(congestion_used(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_report_says_which_congestion_control_ran_and_whence() {
+        let mut c = Conditions {
+            tcp_congestion_control: Some("bbr".into()),
+            tcp_rmem: Some("4096 131072 6291456".into()),
+            tcp_wmem: Some("4096 16384 4194304".into()),
+            tcp_congestion_used: vec!["bbr".into()],
+            ..Conditions::default()
+        };
+        assert_eq!(
+            describe_tcp(&c, None),
+            "TCP congestion control bbr (the host's default, which the pods take), \
+             tcp_rmem 4096 131072 6291456, tcp_wmem 4096 16384 4194304"
+        );
+        c.tcp_congestion_used = vec!["cubic".into()];
+        assert!(describe_tcp(&c, Some("cubic")).starts_with(
+            "TCP congestion control cubic (--tcp-cc, where the host's default is bbr),"
+        ));
+        // What the senders reported differs from what was asked: said loudly.
+        assert!(describe_tcp(&c, None).contains("**the senders reported cubic**"));
+        let old = Conditions::default();
+        assert_eq!(
+            describe_tcp(&old, None),
+            "TCP congestion control unknown (the host's default, which the pods take)"
+        );
     }
 
     fn sample() -> Vec<Run> {

@@ -78,6 +78,9 @@ pub struct Context {
     pub agent_args: Vec<String>,
     /// UDP (tunnel) segmentation off on the underlay veth.
     pub segment_underlay: bool,
+    /// TCP congestion control for the iperf3 TCP tests (`iperf3 -C`); `None`: the
+    /// pods' default.
+    pub tcp_cc: Option<String>,
     /// Distinguishes log files of repeats (e.g. `r2`).
     pub run_tag: String,
 }
