@@ -104,6 +104,8 @@ pub struct AgentOptions {
     pub lease_ttl: Duration,
     pub tx_sockets: usize,
     pub tap_queues: usize,
+    /// `--tap-txqueuelen`: the TAP's transmit queue, in frames.
+    pub tap_txqueuelen: u32,
     pub offloads: bool,
     /// Active queue management on ingress (userspace dataplane), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
@@ -1029,6 +1031,7 @@ pub async fn run_with(
         offloads: opts.offloads,
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
+        tap_txqueuelen: opts.tap_txqueuelen,
         aqm: opts.aqm,
         engine_priority: opts.engine_priority,
         busy_poll: opts.busy_poll,

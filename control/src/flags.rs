@@ -47,6 +47,8 @@ use vxmesh_dataplane::priority::ThreadPriority;
 /// The lease TTL when neither `--subnet-lease-ttl` nor `--subnet-lease-renew-margin`
 /// says otherwise (docs/decisions/0004).
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// `--tap-txqueuelen`'s default (frames); the flag table's default text says the same.
+pub const DEFAULT_TAP_TXQUEUELEN: u32 = 256;
 /// How much longer than `--subnet-lease-renew-margin` the lease lives: one keepalive
 /// interval (at most 30 s) and slack for the round trip.
 pub const RENEW_MARGIN_SLACK: Duration = Duration::from_secs(60);
@@ -131,6 +133,7 @@ const SPECS: &[Spec] = &[
     spec!("tap-name", Value, Vxmesh, "NAME", "vxmesh0", "TAP device carrying pod traffic (userspace dataplane)"),
     spec!("tx-sockets", Value, Vxmesh, "N", "8", "UDP send sockets (distinct outer source ports for flow entropy)"),
     spec!("tap-queues", Value, Vxmesh, "N", "1", "TAP queues, one sending thread each"),
+    spec!("tap-txqueuelen", Value, Vxmesh, "FRAMES", "256", "userspace dataplane: the TAP's transmit queue, in frames (each up to 64 KiB): how much pod traffic waits for the sending thread before the kernel drops, which is the only congestion signal a pod's TCP gets from this dataplane (16 to 65536; docs/decisions/0026)"),
     spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
@@ -264,6 +267,8 @@ pub struct DaemonFlags {
     pub tap_name: IfName,
     pub tx_sockets: usize,
     pub tap_queues: usize,
+    /// `--tap-txqueuelen`: the TAP's transmit queue, in frames.
+    pub tap_txqueuelen: u32,
     /// `--aqm-target`/`--aqm-interval`, or none (`--aqm-target off`).
     pub aqm: Option<CodelConfig>,
     /// `--engine-priority`.
@@ -357,6 +362,7 @@ impl DaemonFlags {
         push("tap-name", self.tap_name.to_string());
         push("tx-sockets", self.tx_sockets.to_string());
         push("tap-queues", self.tap_queues.to_string());
+        push("tap-txqueuelen", self.tap_txqueuelen.to_string());
         match self.aqm {
             Some(c) => {
                 push("aqm-target", format_short_ns(c.target_ns));
@@ -797,6 +803,17 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
     };
     let tx_sockets = r.typed("tx-sockets", count)?.map_or(8, |(n, _)| n);
     let tap_queues = r.typed("tap-queues", count)?.map_or(1, |(n, _)| n);
+    let tap_txqueuelen = r
+        .typed("tap-txqueuelen", |s| match int(s)? {
+            n @ 16..=65_536 => Ok(n.unsigned_abs() as u32),
+            _ => Err("use 16 to 65536 (frames)".to_string()),
+        })?
+        .map_or(DEFAULT_TAP_TXQUEUELEN, |(n, _)| n);
+    if r.last("tap-txqueuelen").is_some() && dataplane == DataplaneKind::Kernel {
+        notes.push(
+            "--tap-txqueuelen has no effect with --dataplane kernel (there is no TAP)".into(),
+        );
+    }
     let aqm_target = r
         .typed("aqm-target", |s| match s.trim() {
             "off" | "0" => Ok(None),
@@ -889,6 +906,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         tap_name,
         tx_sockets,
         tap_queues,
+        tap_txqueuelen,
         aqm,
         engine_priority,
         busy_poll,
@@ -1055,6 +1073,7 @@ mod tests {
                 "--tap-name=vxmesh0",
                 "--tx-sockets=8",
                 "--tap-queues=1",
+                "--tap-txqueuelen=256",
                 "--aqm-target=off",
                 "--engine-priority=normal",
                 "--busy-poll=off",
@@ -1243,6 +1262,42 @@ mod tests {
         for bad in ["2s", "500ns", "1", "fast", "-1ms"] {
             let e = err(&["--busy-poll", bad], &[]).to_string();
             assert!(e.contains("--busy-poll"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tap_txqueuelen_flag() {
+        let qlen = |args: &[&str], e: &[(&str, &str)]| run(args, e).tap_txqueuelen;
+        assert_eq!(qlen(&[], &[]), DEFAULT_TAP_TXQUEUELEN);
+        // The help's default is the constant's.
+        let spec = SPECS.iter().find(|s| s.name == "tap-txqueuelen").unwrap();
+        assert_eq!(spec.default, DEFAULT_TAP_TXQUEUELEN.to_string());
+        assert_eq!(qlen(&["--tap-txqueuelen=512"], &[]), 512);
+        assert_eq!(qlen(&["-tap-txqueuelen", "16"], &[]), 16);
+        assert_eq!(qlen(&[], &[("VXMESHD_TAP_TXQUEUELEN", "65536")]), 65_536);
+        assert_eq!(
+            diff(&run(&["--tap-txqueuelen=100"], &[])),
+            ["--tap-txqueuelen=100"]
+        );
+        let f = run(&["--dataplane=kernel", "--tap-txqueuelen=64"], &[]);
+        assert!(
+            f.notes
+                .iter()
+                .any(|n| n.contains("--tap-txqueuelen has no effect")),
+            "{:?}",
+            f.notes
+        );
+        assert!(run(&["--tap-txqueuelen=64"], &[]).notes.is_empty());
+        for bad in ["0", "15", "65537", "-1"] {
+            let e = err(&["--tap-txqueuelen", bad], &[]).to_string();
+            assert!(
+                e.contains("--tap-txqueuelen") && e.contains("16 to 65536"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["many", "1e3", ""] {
+            let e = err(&["--tap-txqueuelen", bad], &[]).to_string();
+            assert!(e.contains("--tap-txqueuelen"), "{bad}: {e}");
         }
     }
 

@@ -388,6 +388,13 @@ fn three_node_cluster_end_to_end() {
         for (dev, qdisc) in root_qdiscs(&lab, node) {
             assert_eq!(qdisc, "noqueue", "{node} {dev}");
         }
+        // The pod-side TAP's queue is --tap-txqueuelen's default (docs/decisions/0026).
+        let link = lab.ip_json(node, &["link", "show", "dev", "vxmesh0"]);
+        assert_eq!(
+            link[0]["txqlen"].as_u64(),
+            Some(u64::from(vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN)),
+            "{node}: {link}"
+        );
     }
     // A TAP left with the kernel's default (by an earlier version) gets noqueue at
     // the next start: deleting the root qdisc makes the kernel attach its default.

@@ -141,6 +141,7 @@ fn setup(index: u32) -> DataplaneSetup {
         offloads: false,
         tx_sockets: 1,
         tap_queues: 1,
+        tap_txqueuelen: vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN,
         aqm: None,
         engine_priority: Default::default(),
         busy_poll: Default::default(),

@@ -136,6 +136,7 @@ fn run() -> anyhow::Result<()> {
             lease_ttl: f.lease_ttl,
             tx_sockets: f.tx_sockets,
             tap_queues: f.tap_queues,
+            tap_txqueuelen: f.tap_txqueuelen,
             offloads: f.offloads,
             aqm: f.aqm,
             engine_priority: f.engine_priority,

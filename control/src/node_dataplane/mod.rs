@@ -80,6 +80,8 @@ pub struct DataplaneSetup {
     pub offloads: bool,
     pub tx_sockets: usize,
     pub tap_queues: usize,
+    /// Userspace: the TAP's transmit queue, in frames (`--tap-txqueuelen`).
+    pub tap_txqueuelen: u32,
     /// Userspace: CoDel on the receive socket's queue (`--aqm-target`), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     /// Userspace: how the packet threads are scheduled (`--engine-priority`).

@@ -45,9 +45,6 @@ const SNDBUF: usize = 4 << 20;
 /// It also holds what arrives while no vxmeshd reads (a restart through systemd's
 /// descriptor store).
 const RCVBUF: usize = 32 << 20;
-/// TAP transmit queue (frames; each up to 64 KiB with TSO). The default, 1000, drops
-/// under 8-stream load in the benchmark.
-const TAP_TXQUEUELEN: u32 = 4096;
 /// The alias that marks a TAP as this dataplane's (`ip -d link show vxmesh0`).
 pub const TAP_ALIAS: &str = "vxmesh userspace dataplane";
 /// The alias of the underlay TAP (`--egress-tunnel-gso`).
@@ -259,9 +256,10 @@ impl Userspace {
         // IPv6 on the TAP would only emit router solicitations the overlay drops.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         // The kernel queues frames for the TAP's reader up to txqueuelen and drops
-        // beyond: room for bursts while the egress thread is busy sending. Set before
-        // the TAP comes up, when no qdisc has rings yet to resize.
-        nl.set_txqueuelen(link.index, TAP_TXQUEUELEN).await?;
+        // beyond (`--tap-txqueuelen`, docs/decisions/0026): room for bursts while the
+        // egress thread is busy sending, and the queue a loss-based TCP sender fills.
+        // Set before the TAP comes up, when no qdisc has rings yet to resize.
+        nl.set_txqueuelen(link.index, s.tap_txqueuelen).await?;
         skip_default_qdisc(nl, link.index, name).await;
         if adopted {
             // Only what differs: setting a MAC, even the same one, flushes the
@@ -446,6 +444,7 @@ impl Userspace {
             aqm = %aqm_desc,
             priority = %st.priority,
             busy_poll_us = st.busy_poll.as_micros(),
+            tap_txqueuelen = s.tap_txqueuelen,
             egress_tunnel_gso = st.underlay_tap,
             "userspace dataplane running"
         );
