@@ -1062,6 +1062,12 @@ fn hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
         t.agent_pids(),
         a.seconds
     );
+    if let Some(cc) = &a.common.tcp_cc {
+        println!(
+            "  --tcp-cc {cc} applies to the tests the benchmark runs; here pass iperf3 -C {cc} \
+             (or VXMESH_TCP_CC={cc} to bench/latency-split.sh)."
+        );
+    }
     let end = Instant::now() + Duration::from_secs(a.seconds);
     while Instant::now() < end && !stop::requested() {
         std::thread::sleep(Duration::from_millis(200));
