@@ -495,7 +495,6 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
         tcp_congestion_control: sysctl_words("tcp_congestion_control"),
         tcp_rmem: sysctl_words("tcp_rmem"),
         tcp_wmem: sysctl_words("tcp_wmem"),
-        tcp_congestion_used: Vec::new(),
         costs: match vxmesh_bench::probe::measure() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -714,7 +713,6 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     machine.load_after = loadavg();
-    machine.conditions.tcp_congestion_used = report::congestion_used(&runs);
     note_busy(&mut machine.busy_processes, &busy_processes());
     let summary = report::summarize(&runs, &modes);
     let mut targets = if modes.contains(&Mode::KernelVxlan) && modes.contains(&Mode::Vxmesh) {

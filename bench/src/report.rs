@@ -304,10 +304,6 @@ pub struct Conditions {
     pub tcp_rmem: Option<String>,
     #[serde(default)]
     pub tcp_wmem: Option<String>,
-    /// Every congestion control the TCP tests' senders reported using (iperf3's
-    /// `sender_tcp_congestion`), filled after the run.
-    #[serde(default)]
-    pub tcp_congestion_used: Vec<String>,
 }
 
 /// How the run measured.
@@ -399,8 +395,9 @@ pub fn congestion_used(runs: &[Run]) -> Vec<String> {
 }
 
 /// The TCP part of the report's conditions: which congestion control the tests ran
-/// with and where it came from, and the socket buffer limits.
-pub fn describe_tcp(c: &Conditions, asked: Option<&str>) -> String {
+/// with and where it came from (`used`: what their senders reported,
+/// [`congestion_used`]), and the socket buffer limits.
+pub fn describe_tcp(c: &Conditions, asked: Option<&str>, used: &[String]) -> String {
     let host = c.tcp_congestion_control.as_deref().unwrap_or("unknown");
     let mut s = match asked {
         Some(cc) => {
@@ -409,11 +406,8 @@ pub fn describe_tcp(c: &Conditions, asked: Option<&str>) -> String {
         None => format!("TCP congestion control {host} (the host's default, which the pods take)"),
     };
     let expected = asked.unwrap_or(host);
-    if !c.tcp_congestion_used.is_empty() && c.tcp_congestion_used != [expected] {
-        s.push_str(&format!(
-            " — **the senders reported {}**",
-            c.tcp_congestion_used.join(", ")
-        ));
+    if !used.is_empty() && used != [expected] {
+        s.push_str(&format!(" — **the senders reported {}**", used.join(", ")));
     }
     if let (Some(r), Some(w)) = (&c.tcp_rmem, &c.tcp_wmem) {
         s.push_str(&format!(", tcp_rmem {r}, tcp_wmem {w}"));
@@ -716,7 +710,7 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
             || "system call and wake-up costs not measured".to_string(),
             crate::probe::describe
         ),
-        describe_tcp(c, st.tcp_cc.as_deref()),
+        describe_tcp(c, st.tcp_cc.as_deref(), &congestion_used(&r.runs)),
         if c.cpu_vulnerabilities.is_empty() {
             "none listed".to_string()
         } else {
@@ -844,27 +838,27 @@ mod tests {
 
     #[test]
     fn the_report_says_which_congestion_control_ran_and_whence() {
-        let mut c = Conditions {
+        let c = Conditions {
             tcp_congestion_control: Some("bbr".into()),
             tcp_rmem: Some("4096 131072 6291456".into()),
             tcp_wmem: Some("4096 16384 4194304".into()),
-            tcp_congestion_used: vec!["bbr".into()],
             ..Conditions::default()
         };
+        let mut used = vec!["bbr".to_string()];
         assert_eq!(
-            describe_tcp(&c, None),
+            describe_tcp(&c, None, &used),
             "TCP congestion control bbr (the host's default, which the pods take), \
              tcp_rmem 4096 131072 6291456, tcp_wmem 4096 16384 4194304"
         );
-        c.tcp_congestion_used = vec!["cubic".into()];
-        assert!(describe_tcp(&c, Some("cubic")).starts_with(
+        used = vec!["cubic".into()];
+        assert!(describe_tcp(&c, Some("cubic"), &used).starts_with(
             "TCP congestion control cubic (--tcp-cc, where the host's default is bbr),"
         ));
         // What the senders reported differs from what was asked: said loudly.
-        assert!(describe_tcp(&c, None).contains("**the senders reported cubic**"));
+        assert!(describe_tcp(&c, None, &used).contains("**the senders reported cubic**"));
         let old = Conditions::default();
         assert_eq!(
-            describe_tcp(&old, None),
+            describe_tcp(&old, None, &[]),
             "TCP congestion control unknown (the host's default, which the pods take)"
         );
     }
