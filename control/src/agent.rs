@@ -106,6 +106,8 @@ pub struct AgentOptions {
     pub tap_queues: usize,
     /// `--tap-txqueuelen`: the TAP's transmit queue, in frames.
     pub tap_txqueuelen: u32,
+    /// `--vxlan-rcvbuf`: the VXLAN receive socket's buffer, in bytes.
+    pub vxlan_rcvbuf: usize,
     pub offloads: bool,
     /// Active queue management on ingress (userspace dataplane), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
@@ -1032,6 +1034,7 @@ pub async fn run_with(
         tx_sockets: opts.tx_sockets,
         tap_queues: opts.tap_queues,
         tap_txqueuelen: opts.tap_txqueuelen,
+        vxlan_rcvbuf: opts.vxlan_rcvbuf,
         aqm: opts.aqm,
         engine_priority: opts.engine_priority,
         busy_poll: opts.busy_poll,

@@ -49,6 +49,8 @@ use vxmesh_dataplane::priority::ThreadPriority;
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3600);
 /// `--tap-txqueuelen`'s default (frames); the flag table's default text says the same.
 pub const DEFAULT_TAP_TXQUEUELEN: u32 = 256;
+/// `--vxlan-rcvbuf`'s default (bytes); the flag table's default text says the same.
+pub const DEFAULT_VXLAN_RCVBUF: usize = 4 << 20;
 /// How much longer than `--subnet-lease-renew-margin` the lease lives: one keepalive
 /// interval (at most 30 s) and slack for the round trip.
 pub const RENEW_MARGIN_SLACK: Duration = Duration::from_secs(60);
@@ -134,6 +136,7 @@ const SPECS: &[Spec] = &[
     spec!("tx-sockets", Value, Vxmesh, "N", "8", "UDP send sockets (distinct outer source ports for flow entropy)"),
     spec!("tap-queues", Value, Vxmesh, "N", "1", "TAP queues, one sending thread each"),
     spec!("tap-txqueuelen", Value, Vxmesh, "FRAMES", "256", "userspace dataplane: the TAP's transmit queue, in frames (each up to 64 KiB): how much pod traffic waits for the sending thread before the kernel drops, which is the only congestion signal a pod's TCP gets from this dataplane (16 to 65536; docs/decisions/0026)"),
+    spec!("vxlan-rcvbuf", Value, Vxmesh, "BYTES", "4MiB", "userspace dataplane: the VXLAN receive socket's buffer, as the kernel counts it (each datagram's whole allocation; KiB, MiB or GiB, or bytes): what arrives while the receiving thread waits for a CPU, and while a restart hands over; beyond it the kernel drops, which a loss-based TCP sender (cubic) needs to stop filling it, so its size is the delay other flows wait behind (64KiB to 512MiB; docs/decisions/0027)"),
     spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
@@ -269,6 +272,8 @@ pub struct DaemonFlags {
     pub tap_queues: usize,
     /// `--tap-txqueuelen`: the TAP's transmit queue, in frames.
     pub tap_txqueuelen: u32,
+    /// `--vxlan-rcvbuf`: the VXLAN receive socket's buffer, in bytes.
+    pub vxlan_rcvbuf: usize,
     /// `--aqm-target`/`--aqm-interval`, or none (`--aqm-target off`).
     pub aqm: Option<CodelConfig>,
     /// `--engine-priority`.
@@ -363,6 +368,7 @@ impl DaemonFlags {
         push("tx-sockets", self.tx_sockets.to_string());
         push("tap-queues", self.tap_queues.to_string());
         push("tap-txqueuelen", self.tap_txqueuelen.to_string());
+        push("vxlan-rcvbuf", format_bytes(self.vxlan_rcvbuf));
         match self.aqm {
             Some(c) => {
                 push("aqm-target", format_short_ns(c.target_ns));
@@ -591,6 +597,42 @@ fn int(s: &str) -> Result<i64, String> {
         .map_err(|_| "not a whole number".to_string())
 }
 
+/// A size in bytes: a whole number, optionally with a binary unit (`KiB`, `MiB`,
+/// `GiB`; `K`, `M`, `G` mean the same, as in `ip` and systemd).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    if num.is_empty() {
+        return Err("not a size (a whole number, then KiB, MiB or GiB)".to_string());
+    }
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: give bytes, or KiB, MiB or GiB"
+            ))
+        }
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| "not a size (a whole number, then KiB, MiB or GiB)".to_string())
+}
+
+/// The shortest exact form of a size that [`parse_bytes`] reads back.
+fn format_bytes(n: usize) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n != 0 && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
 fn ipv4(s: &str) -> Result<Ipv4Addr, String> {
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => Ok(ip),
@@ -814,6 +856,18 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
             "--tap-txqueuelen has no effect with --dataplane kernel (there is no TAP)".into(),
         );
     }
+    let vxlan_rcvbuf = r
+        .typed("vxlan-rcvbuf", |s| match parse_bytes(s)? {
+            n @ 65_536..=536_870_912 => Ok(n),
+            _ => Err("use 64KiB to 512MiB".to_string()),
+        })?
+        .map_or(DEFAULT_VXLAN_RCVBUF, |(n, _)| n);
+    if r.last("vxlan-rcvbuf").is_some() && dataplane == DataplaneKind::Kernel {
+        notes.push(
+            "--vxlan-rcvbuf has no effect with --dataplane kernel (the kernel's vxlan driver receives)"
+                .into(),
+        );
+    }
     let aqm_target = r
         .typed("aqm-target", |s| match s.trim() {
             "off" | "0" => Ok(None),
@@ -907,6 +961,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         tx_sockets,
         tap_queues,
         tap_txqueuelen,
+        vxlan_rcvbuf,
         aqm,
         engine_priority,
         busy_poll,
@@ -1074,6 +1129,7 @@ mod tests {
                 "--tx-sockets=8",
                 "--tap-queues=1",
                 "--tap-txqueuelen=256",
+                "--vxlan-rcvbuf=4MiB",
                 "--aqm-target=off",
                 "--engine-priority=normal",
                 "--busy-poll=off",
@@ -1298,6 +1354,58 @@ mod tests {
         for bad in ["many", "1e3", ""] {
             let e = err(&["--tap-txqueuelen", bad], &[]).to_string();
             assert!(e.contains("--tap-txqueuelen"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vxlan_rcvbuf_flag() {
+        let buf = |args: &[&str], e: &[(&str, &str)]| run(args, e).vxlan_rcvbuf;
+        assert_eq!(buf(&[], &[]), DEFAULT_VXLAN_RCVBUF);
+        let spec = SPECS.iter().find(|s| s.name == "vxlan-rcvbuf").unwrap();
+        assert_eq!(spec.default, format_bytes(DEFAULT_VXLAN_RCVBUF));
+        assert_eq!(buf(&["--vxlan-rcvbuf=16MiB"], &[]), 16 << 20);
+        assert_eq!(buf(&["--vxlan-rcvbuf", "4M"], &[]), 4 << 20);
+        assert_eq!(buf(&["-vxlan-rcvbuf=512K"], &[]), 512 << 10);
+        assert_eq!(buf(&["--vxlan-rcvbuf=1000000"], &[]), 1_000_000);
+        assert_eq!(buf(&[], &[("VXMESHD_VXLAN_RCVBUF", "512MiB")]), 512 << 20);
+        assert_eq!(
+            diff(&run(&["--vxlan-rcvbuf=8M"], &[])),
+            ["--vxlan-rcvbuf=8MiB"]
+        );
+        assert_eq!(
+            diff(&run(&["--vxlan-rcvbuf=100000"], &[])),
+            ["--vxlan-rcvbuf=100000"]
+        );
+        let f = run(&["--dataplane=kernel", "--vxlan-rcvbuf=4MiB"], &[]);
+        assert!(
+            f.notes
+                .iter()
+                .any(|n| n.contains("--vxlan-rcvbuf has no effect")),
+            "{:?}",
+            f.notes
+        );
+        assert!(run(&["--vxlan-rcvbuf=4MiB"], &[]).notes.is_empty());
+        for bad in ["0", "65535", "513MiB", "1GiB", "99999999999999999999"] {
+            let e = err(&["--vxlan-rcvbuf", bad], &[]).to_string();
+            assert!(e.contains("--vxlan-rcvbuf"), "{bad}: {e}");
+        }
+        for (bad, why) in [
+            ("4MB", "unknown unit"),
+            ("4 MiB", "unknown unit"),
+            ("MiB", "not a size"),
+            ("-4MiB", "not a size"),
+            ("", "not a size"),
+            ("4.5MiB", "unknown unit"),
+            ("18446744073709551615GiB", "not a size"),
+        ] {
+            let e = err(&["--vxlan-rcvbuf", bad], &[]).to_string();
+            assert!(
+                e.contains("--vxlan-rcvbuf") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        for n in [1, 1023, 1024, 65_536, 3 << 20, (1 << 30) + 1024, 5 << 30] {
+            assert_eq!(parse_bytes(&format_bytes(n)), Ok(n), "{n}");
         }
     }
 

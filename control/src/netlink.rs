@@ -213,6 +213,8 @@ pub struct LinkIdentity {
     pub alias: Option<String>,
     pub mac: Option<MacAddr>,
     pub mtu: u32,
+    /// The transmit queue's length (`ip link` `qlen`), in frames.
+    pub txqueuelen: u32,
     /// Administratively up.
     pub up: bool,
 }
@@ -974,6 +976,7 @@ impl Netlink {
                     alias: None,
                     mac: None,
                     mtu: 0,
+                    txqueuelen: 0,
                     up: m.header.flags.contains(LinkFlags::Up),
                 };
                 for a in &m.attributes {
@@ -988,6 +991,7 @@ impl Netlink {
                         LinkAttribute::IfAlias(a) => id.alias = Some(a.clone()),
                         LinkAttribute::Address(b) => id.mac = MacAddr::from_slice(b),
                         LinkAttribute::Mtu(v) => id.mtu = *v,
+                        LinkAttribute::TxQueueLen(v) => id.txqueuelen = *v,
                         _ => {}
                     }
                 }

@@ -395,6 +395,11 @@ fn three_node_cluster_end_to_end() {
             Some(u64::from(vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN)),
             "{node}: {link}"
         );
+        // The VXLAN socket's buffer is --vxlan-rcvbuf's default, which the kernel
+        // keeps doubled (`skmem:(r…,rb<bytes>,…)`; docs/decisions/0027).
+        let ss = lab.exec(node, &["ss", "-uanmH", "sport = :8472"]);
+        let rb = format!(",rb{},", 2 * vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF);
+        assert!(ss.contains(&rb), "{node}: {rb} in {ss}");
     }
     // A TAP left with the kernel's default (by an earlier version) gets noqueue at
     // the next start: deleting the root qdisc makes the kernel attach its default.

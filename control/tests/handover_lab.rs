@@ -402,7 +402,56 @@ fn live_handover_in_the_lab() {
     }
     assert!(with.min > 0.0, "no interval without traffic");
 
-    // 4. Another protocol version: the old agent releases, the new one starts cold.
+    // 4. The queues stay with the device and the socket: a successor with other
+    // lengths applies its own (an upgrade from a version with another default, too).
+    let qlen = |n: &str| lab.ip_json(n, &["link", "show", "vxmesh0"])[0]["txqlen"].as_u64();
+    assert_eq!(qlen("n2"), Some(256), "the default ring");
+    let g = successor(
+        &lab,
+        2,
+        "g",
+        &[(
+            "VXLAB_AGENT_ARGS",
+            "--tap-txqueuelen 512 --vxlan-rcvbuf 8MiB",
+        )],
+    );
+    let st_g = status_of(&lab, "n2", g.id());
+    agents.push(g);
+    assert_eq!(st_g["start"]["how"], "handover", "{st_g}");
+    // The successor reports itself before it resizes (after its threads run).
+    let t0 = Instant::now();
+    while qlen("n2") != Some(512) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        qlen("n2"),
+        Some(512),
+        "the successor's ring:\n{}",
+        read(&log(&lab, "g"))
+    );
+    let ss = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("n2"),
+            "ss",
+            "-uanmH",
+            "sport = :8472",
+        ])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    // `skmem:(r0,rb16777216,…)`: the kernel keeps twice what was asked.
+    assert!(
+        ss.contains(",rb16777216,"),
+        "the successor's receive buffer: {ss}"
+    );
+    assert!(read(&log(&lab, "g")).contains("the TAP's transmit queue resized"));
+    let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 50));
+    assert_eq!(got, sent, "forwarding after the resize");
+    println!("a successor with --tap-txqueuelen 512 --vxlan-rcvbuf 8MiB: ring 256 -> 512, socket 16 MiB (twice 8), {got} of {sent} pings");
+
+    // 5. Another protocol version: the old agent releases, the new one starts cold.
     let ping = pinger(&lab, "n1-p1", &p2, 400);
     std::thread::sleep(Duration::from_millis(1500));
     let f = successor(&lab, 2, "f", &[("VXMESH_TEST_HANDOVER_VERSION", "99")]);

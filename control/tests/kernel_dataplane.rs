@@ -142,6 +142,7 @@ fn setup(index: u32) -> DataplaneSetup {
         tx_sockets: 1,
         tap_queues: 1,
         tap_txqueuelen: vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN,
+        vxlan_rcvbuf: vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF,
         aqm: None,
         engine_priority: Default::default(),
         busy_poll: Default::default(),

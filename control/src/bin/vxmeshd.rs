@@ -137,6 +137,7 @@ fn run() -> anyhow::Result<()> {
             tx_sockets: f.tx_sockets,
             tap_queues: f.tap_queues,
             tap_txqueuelen: f.tap_txqueuelen,
+            vxlan_rcvbuf: f.vxlan_rcvbuf,
             offloads: f.offloads,
             aqm: f.aqm,
             engine_priority: f.engine_priority,

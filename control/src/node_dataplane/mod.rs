@@ -82,6 +82,8 @@ pub struct DataplaneSetup {
     pub tap_queues: usize,
     /// Userspace: the TAP's transmit queue, in frames (`--tap-txqueuelen`).
     pub tap_txqueuelen: u32,
+    /// Userspace: the VXLAN receive socket's buffer, in bytes (`--vxlan-rcvbuf`).
+    pub vxlan_rcvbuf: usize,
     /// Userspace: CoDel on the receive socket's queue (`--aqm-target`), or none.
     pub aqm: Option<vxmesh_dataplane::aqm::CodelConfig>,
     /// Userspace: how the packet threads are scheduled (`--engine-priority`).

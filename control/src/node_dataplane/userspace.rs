@@ -40,11 +40,6 @@ use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx, U
 
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
 const SNDBUF: usize = 4 << 20;
-/// Receive buffer: the ingress thread may be descheduled for a while under load (the
-/// benchmark saw RcvbufErrors at 8 MiB with 8 TCP streams); 32 MiB rides it out.
-/// It also holds what arrives while no vxmeshd reads (a restart through systemd's
-/// descriptor store).
-const RCVBUF: usize = 32 << 20;
 /// The alias that marks a TAP as this dataplane's (`ip -d link show vxmesh0`).
 pub const TAP_ALIAS: &str = "vxmesh userspace dataplane";
 /// The alias of the underlay TAP (`--egress-tunnel-gso`).
@@ -281,7 +276,7 @@ impl Userspace {
         let udp_rx = retry_busy(busy_wait, in_use, || {
             UdpRx::open(
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port),
-                RCVBUF,
+                s.vxlan_rcvbuf,
                 s.offloads,
             )
         })
@@ -322,6 +317,8 @@ impl Userspace {
             .collect::<Result<Vec<_>, _>>()
             .context("taking over the TAP queues")?;
         let udp_rx = UdpRx::from_fd(fds.udp_rx).context("taking over the VXLAN receive socket")?;
+        // The predecessor's buffer stays with the socket: this run's setting applies.
+        udp_rx.set_rcvbuf(s.vxlan_rcvbuf);
         let port = udp_rx.local_addr().map(|a| a.port());
         if port != Some(s.local.port) {
             anyhow::bail!(
@@ -371,6 +368,18 @@ impl Userspace {
         if link.alias.as_deref() != Some(TAP_ALIAS) {
             nl.set_alias(link.index, TAP_ALIAS).await?;
         }
+        // The ring stays with the device: a predecessor with another --tap-txqueuelen
+        // (or of a version before 256 frames were the default) left its own. tun
+        // resizes a running ring.
+        if link.txqueuelen != s.tap_txqueuelen {
+            nl.set_txqueuelen(link.index, s.tap_txqueuelen).await?;
+            tracing::info!(
+                tap = %name,
+                from = link.txqueuelen,
+                to = s.tap_txqueuelen,
+                "the TAP's transmit queue resized (--tap-txqueuelen)"
+            );
+        }
         // A predecessor of an earlier version left the kernel's default qdisc.
         skip_default_qdisc(nl, link.index, name).await;
         Ok(u)
@@ -389,6 +398,9 @@ impl Userspace {
         tap_offloads: u32,
         underlay: Option<UnderlayTx>,
     ) -> anyhow::Result<Userspace> {
+        // Twice --vxlan-rcvbuf (the kernel's bookkeeping), or less where only
+        // SO_RCVBUF (capped by rmem_max) was allowed.
+        let rcvbuf_applied = udp_rx.rcvbuf().unwrap_or(0);
         let underlay_name = underlay
             .as_ref()
             .and_then(|_| underlay_tap_name(&s.device_name));
@@ -445,6 +457,8 @@ impl Userspace {
             priority = %st.priority,
             busy_poll_us = st.busy_poll.as_micros(),
             tap_txqueuelen = s.tap_txqueuelen,
+            vxlan_rcvbuf = s.vxlan_rcvbuf,
+            vxlan_rcvbuf_applied = rcvbuf_applied,
             egress_tunnel_gso = st.underlay_tap,
             "userspace dataplane running"
         );

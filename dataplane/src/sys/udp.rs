@@ -619,6 +619,20 @@ impl UdpRx {
         self.gro
     }
 
+    /// Sets the receive buffer (`SO_RCVBUFFORCE`, else `SO_RCVBUF` within
+    /// `rmem_max`), e.g. on a socket taken over from a predecessor that set another.
+    pub fn set_rcvbuf(&self, bytes: usize) {
+        set_buffer(&self.socket, bytes, false);
+    }
+
+    /// The receive buffer the kernel applies, in bytes: twice what was asked
+    /// (`socket(7)`: the other half is its bookkeeping).
+    pub fn rcvbuf(&self) -> Option<usize> {
+        getsockopt_int(self.socket.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF)
+            .ok()
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
     /// Asks the kernel to stamp each datagram with its arrival time (`SO_TIMESTAMPNS`),
     /// for [`RecvBatch::stamp_ns`]. The option belongs to the socket, shared with a
     /// predecessor or successor that holds it too. Enabling it makes the kernel take a
@@ -1198,6 +1212,19 @@ mod tests {
         }
         // Loopback queues all ten before the first call: three per call, in order.
         assert_eq!(calls, vec![(3, 0), (3, 3), (3, 6), (1, 9)]);
+    }
+
+    #[test]
+    fn receive_buffer_set_and_read_back() {
+        // Below the default rmem_max (208 KiB), so the result is the same with or
+        // without CAP_NET_ADMIN: the kernel keeps twice what was asked.
+        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 128 << 10, false).unwrap();
+        assert_eq!(rx.rcvbuf(), Some(256 << 10));
+        rx.set_rcvbuf(96 << 10);
+        assert_eq!(rx.rcvbuf(), Some(192 << 10));
+        // A socket taken over from another process keeps its buffer until set again.
+        let again = UdpRx::from_fd(rx.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(again.rcvbuf(), Some(192 << 10));
     }
 
     #[test]
