@@ -761,7 +761,7 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     s.push_str(&markdown_table(&r.summary, &st.modes));
     s.push('\n');
     if !r.targets.is_empty() {
-        s.push_str("Targets of issue 4:\n\n");
+        s.push_str("Targets (issue 15's; the added idle RTT is issue 4's):\n\n");
         s.push_str(&markdown_targets(&r.targets));
         s.push('\n');
     }

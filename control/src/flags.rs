@@ -608,7 +608,7 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     }
     let shift = match unit {
         "" | "B" => 0,
-        "K" | "KiB" | "k" => 10,
+        "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         _ => {
