@@ -404,8 +404,7 @@ fn live_handover_in_the_lab() {
 
     // 4. The queues stay with the device and the socket: a successor with other
     // lengths applies its own (an upgrade from a version with another default, too).
-    let qlen = |n: &str| lab.ip_json(n, &["link", "show", "vxmesh0"])[0]["txqlen"].as_u64();
-    assert_eq!(qlen("n2"), Some(256), "the default ring");
+    assert_eq!(lab.tap_txqueuelen("n2"), Some(256), "the default ring");
     let g = successor(
         &lab,
         2,
@@ -419,32 +418,20 @@ fn live_handover_in_the_lab() {
     agents.push(g);
     assert_eq!(st_g["start"]["how"], "handover", "{st_g}");
     // The successor reports itself before it resizes (after its threads run).
-    let t0 = Instant::now();
-    while qlen("n2") != Some(512) && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        qlen("n2"),
-        Some(512),
-        "the successor's ring:\n{}",
+    let resized = wait_for(Duration::from_secs(10), || {
+        lab.tap_txqueuelen("n2") == Some(512)
+    });
+    assert!(
+        resized.is_some(),
+        "the successor's ring: {:?}\n{}",
+        lab.tap_txqueuelen("n2"),
         read(&log(&lab, "g"))
     );
-    let ss = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("n2"),
-            "ss",
-            "-uanmH",
-            "sport = :8472",
-        ])
-        .output()
-        .unwrap();
-    let ss = String::from_utf8_lossy(&ss.stdout);
-    // `skmem:(r0,rb16777216,…)`: the kernel keeps twice what was asked.
-    assert!(
-        ss.contains(",rb16777216,"),
-        "the successor's receive buffer: {ss}"
+    // The kernel keeps twice what was asked.
+    assert_eq!(
+        lab.vxlan_rcvbuf("n2"),
+        Some(16 << 20),
+        "the successor's receive buffer"
     );
     assert!(read(&log(&lab, "g")).contains("the TAP's transmit queue resized"));
     let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 50));

@@ -5,7 +5,8 @@
 //! queue a TCP sender builds sits in its socket (up to the receive buffer,
 //! `--vxlan-rcvbuf`: milliseconds to tens of milliseconds). The kernel stamps each
 //! datagram when it arrives (`SO_TIMESTAMPNS`); the ingress thread gives the wait of
-//! each message it reads to [`Codel::on_dequeue`], which says when a packet must carry a congestion signal.
+//! each message it reads to [`Codel::on_dequeue`], which says when a packet must carry
+//! a congestion signal.
 //! The thread then marks that packet's inner IP header CE if its sender is ECN-capable
 //! ([`mark_ce`]), and drops it otherwise, as fq_codel does. TCP slows down and the
 //! queue drains to about `target`.

@@ -198,6 +198,19 @@ impl Lab {
         sh(&a)
     }
 
+    /// The node's pod TAP's transmit queue (`ip link` `qlen`), in frames.
+    pub fn tap_txqueuelen(&self, node: &str) -> Option<u64> {
+        self.ip_json(node, &["link", "show", "dev", "vxmesh0"])[0]["txqlen"].as_u64()
+    }
+
+    /// The receive buffer of the node's VXLAN socket (port 8472) as the kernel keeps it:
+    /// twice `--vxlan-rcvbuf` (`ss -m`'s `skmem:(r…,rb<bytes>,…)`).
+    pub fn vxlan_rcvbuf(&self, node: &str) -> Option<u64> {
+        let ss = self.exec(node, &["ss", "-uanmH", "sport = :8472"]);
+        let rb = ss.split(",rb").nth(1)?;
+        rb.split(',').next()?.parse().ok()
+    }
+
     /// `ip -n <ns> -j <args>` as JSON (an empty array when ip prints nothing).
     pub fn ip_json(&self, node: &str, args: &[&str]) -> Value {
         let ns = self.ns(node);
