@@ -27,6 +27,7 @@ use crate::peers::RejectReason;
 use crate::registry::LeaseStats;
 use crate::state::AgentState;
 use vxmesh_dataplane::counters::{DropReason, PeerCounterSnapshot};
+use vxmesh_dataplane::engine::EngineStatus;
 use vxmesh_dataplane::fib::ForwardingTable;
 use vxmesh_dataplane::flows::FlowStat;
 
@@ -93,6 +94,28 @@ async fn readyz(State(s): State<Arc<AgentState>>) -> Response {
     }
 }
 
+/// The two queues where traffic waits inside a userspace node (docs/decisions/0026
+/// and 0027), as the kernel holds them now.
+struct QueueLengths {
+    /// The TAP's transmit queue, in frames: what the kernel holds for the engine's
+    /// reader before it drops. Read live, so a change made with `ip link` shows.
+    tap_txqueuelen: Option<u32>,
+    /// The VXLAN receive socket's buffer as the kernel counts it (twice
+    /// `--vxlan-rcvbuf`).
+    vxlan_rcvbuf_kernel: Option<usize>,
+}
+
+fn queue_lengths(s: &AgentState, e: &EngineStatus) -> QueueLengths {
+    let tap = s.info().tap;
+    let tap_txqueuelen = tap
+        .and_then(|t| vxmesh_dataplane::ifname::IfName::new(&t).ok())
+        .and_then(|t| vxmesh_dataplane::sys::tap::txqueuelen(&t).ok());
+    QueueLengths {
+        tap_txqueuelen,
+        vxlan_rcvbuf_kernel: e.udp_rcvbuf,
+    }
+}
+
 /// The JSON behind `/v1/status`.
 pub fn status_json(s: &AgentState) -> serde_json::Value {
     let info = s.info();
@@ -121,6 +144,14 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "egress_tunnel_gso": e.underlay_tap,
         })
     });
+    let queues = s.engine_status().map(|e| {
+        let q = queue_lengths(s, &e);
+        serde_json::json!({
+            "tap_txqueuelen": q.tap_txqueuelen,
+            "vxlan_rcvbuf_bytes": q.vxlan_rcvbuf_kernel.map(|k| k / 2),
+            "vxlan_rcvbuf_kernel_bytes": q.vxlan_rcvbuf_kernel,
+        })
+    });
     serde_json::json!({
         "pid": std::process::id(),
         "ready": s.ready.ready(),
@@ -129,6 +160,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "counters": counters,
         "drops": drops,
         "offloads": offloads,
+        "queues": queues,
         "pool": s.pool().map(pool_json),
         "pool6": s.pool6().map(pool_json),
         "lease_reacquisitions": s.lease_reacquisitions.load(Ordering::Relaxed),
@@ -566,6 +598,19 @@ pub fn render_metrics(s: &AgentState) -> String {
     }
     render_peer_metrics(&mut o, &agent_peer_stats(s));
     if let Some(e) = s.engine_status() {
+        let q = queue_lengths(s, &e);
+        if let Some(n) = q.tap_txqueuelen {
+            let _ = writeln!(
+                o,
+                "# HELP vxmesh_tap_txqueuelen Frames the kernel holds for the TAP's reader before it drops\n# TYPE vxmesh_tap_txqueuelen gauge\nvxmesh_tap_txqueuelen {n}"
+            );
+        }
+        if let Some(n) = q.vxlan_rcvbuf_kernel {
+            let _ = writeln!(
+                o,
+                "# HELP vxmesh_vxlan_rcvbuf_bytes The VXLAN receive socket's buffer as the kernel counts it (twice --vxlan-rcvbuf)\n# TYPE vxmesh_vxlan_rcvbuf_bytes gauge\nvxmesh_vxlan_rcvbuf_bytes {n}"
+            );
+        }
         let _ = writeln!(
             o,
             "# HELP vxmesh_offload_enabled 1 when the offload is in use\n# TYPE vxmesh_offload_enabled gauge"

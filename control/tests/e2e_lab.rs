@@ -401,7 +401,44 @@ fn three_node_cluster_end_to_end() {
             Some(2 * vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF as u64),
             "{node}"
         );
+        // The operator sees both where the kernel shows them: status and metrics.
+        let q = &lab.status(node)["queues"];
+        assert_eq!(
+            q["tap_txqueuelen"].as_u64(),
+            lab.tap_txqueuelen(node),
+            "{node} {q}"
+        );
+        assert_eq!(
+            q["vxlan_rcvbuf_kernel_bytes"].as_u64(),
+            lab.vxlan_rcvbuf(node),
+            "{node} {q}"
+        );
+        assert_eq!(
+            q["vxlan_rcvbuf_bytes"].as_u64(),
+            Some(vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF as u64),
+            "{node} {q}"
+        );
+        assert_eq!(
+            lab.metric(node, "vxmesh_tap_txqueuelen"),
+            f64::from(vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN)
+        );
+        assert_eq!(
+            lab.metric(node, "vxmesh_vxlan_rcvbuf_bytes"),
+            2.0 * vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF as f64
+        );
     }
+    let ctl = common::lab::bin_dir().join("vxmeshctl");
+    let text = lab.exec("n1", &[ctl.to_str().unwrap(), "status"]);
+    assert!(
+        text.contains("queues:       TAP 256 frames  VXLAN receive socket 4.0 MiB (the kernel counts 8.0 MiB)"),
+        "{text}"
+    );
+    // The ring's length is read live: an operator's `ip link set … txqueuelen` shows.
+    lab.exec("n3", &["ip", "link", "set", "vxmesh0", "txqueuelen", "300"]);
+    assert_eq!(lab.status("n3")["queues"]["tap_txqueuelen"], 300);
+    assert!(lab.metrics("n3").contains("vxmesh_tap_txqueuelen 300"));
+    let ring = vxmesh_control::flags::DEFAULT_TAP_TXQUEUELEN.to_string();
+    lab.exec("n3", &["ip", "link", "set", "vxmesh0", "txqueuelen", &ring]);
     // A TAP left with the kernel's default (by an earlier version) gets noqueue at
     // the next start: deleting the root qdisc makes the kernel attach its default.
     lab.exec("n2", &["tc", "qdisc", "del", "dev", "vxmesh0", "root"]);

@@ -414,7 +414,8 @@ fn live_handover_in_the_lab() {
             "--tap-txqueuelen 512 --vxlan-rcvbuf 8MiB",
         )],
     );
-    let st_g = status_of(&lab, "n2", g.id());
+    let g_pid = g.id();
+    let st_g = status_of(&lab, "n2", g_pid);
     agents.push(g);
     assert_eq!(st_g["start"]["how"], "handover", "{st_g}");
     // The successor reports itself before it resizes (after its threads run).
@@ -434,6 +435,10 @@ fn live_handover_in_the_lab() {
         "the successor's receive buffer"
     );
     assert!(read(&log(&lab, "g")).contains("the TAP's transmit queue resized"));
+    // The successor's status reports the socket it took over as it set it.
+    let q = &status_of(&lab, "n2", g_pid)["queues"];
+    assert_eq!(q["vxlan_rcvbuf_bytes"], 8 << 20, "{q}");
+    assert_eq!(q["tap_txqueuelen"], 512, "{q}");
     let (sent, got) = ping_counts(pinger(&lab, "n1-p1", &p2, 50));
     assert_eq!(got, sent, "forwarding after the resize");
     println!("a successor with --tap-txqueuelen 512 --vxlan-rcvbuf 8MiB: ring 256 -> 512, socket 16 MiB (twice 8), {got} of {sent} pings");

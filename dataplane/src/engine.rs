@@ -82,6 +82,10 @@ const GRO_FLOWS: usize = 8;
 pub struct EngineStatus {
     pub tap: crate::sys::TapOffloads,
     pub udp_gro: bool,
+    /// The VXLAN receive socket's buffer as the kernel counts it (`SO_RCVBUF`:
+    /// twice what was set, the other half its bookkeeping); `None` if it could not
+    /// be read. Only this socket's owner sets it, at start, so it stays current.
+    pub udp_rcvbuf: Option<usize>,
     /// Cleared if the kernel refuses UDP GSO at send time.
     pub udp_gso: AtomicBool,
     pub tx_sockets: usize,
@@ -199,6 +203,7 @@ impl Engine {
         let status = Arc::new(EngineStatus {
             tap: first.offloads(),
             udp_gro: udp_rx.gro(),
+            udp_rcvbuf: udp_rx.rcvbuf(),
             udp_gso: AtomicBool::new(udp_tx.gso()),
             tx_sockets: udp_tx.socket_count(),
             tx_source_ports: udp_tx.local_ports(),

@@ -398,6 +398,21 @@ fn run() -> anyhow::Result<()> {
                 s(&st["offloads"]["udp_gso"]),
                 s(&st["offloads"]["udp_gro"])
             );
+            // Where traffic waits inside a userspace node (decisions 0026 and 0027).
+            let q = &st["queues"];
+            if q.is_object() {
+                let mib = |v: &Value| {
+                    v.as_u64().map_or("-".to_string(), |b| {
+                        format!("{:.1} MiB", b as f64 / 1048576.0)
+                    })
+                };
+                println!(
+                    "queues:       TAP {} frames  VXLAN receive socket {} (the kernel counts {})",
+                    s(&q["tap_txqueuelen"]),
+                    mib(&q["vxlan_rcvbuf_bytes"]),
+                    mib(&q["vxlan_rcvbuf_kernel_bytes"])
+                );
+            }
             let start = &st["start"];
             if start.is_object() {
                 let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1} ms"));

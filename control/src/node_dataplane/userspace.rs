@@ -472,6 +472,16 @@ impl Userspace {
                 st.underlay_tap
             ),
         );
+        if rcvbuf_applied != 0 && rcvbuf_applied < s.vxlan_rcvbuf.saturating_mul(2) {
+            tracing::warn!(
+                asked = s.vxlan_rcvbuf,
+                kernel_counts = rcvbuf_applied,
+                "the VXLAN receive socket's buffer is smaller than --vxlan-rcvbuf asks: \
+                 SO_RCVBUFFORCE needs CAP_NET_ADMIN, and without it the kernel caps the \
+                 buffer at net.core.rmem_max; give vxmeshd CAP_NET_ADMIN or raise \
+                 net.core.rmem_max to at least the asked size"
+            );
+        }
         if !st.tap.tso() {
             tracing::warn!("TAP segmentation offload unavailable: throughput will be far lower (one frame per system call)");
         }

@@ -126,12 +126,44 @@ struct IfReqFlags {
     _pad: [u8; 22],
 }
 
-/// `struct ifreq` as SIOCGIFMTU reads it: name, then the MTU, padded to 40 bytes.
+/// `struct ifreq` as SIOCGIFMTU and SIOCGIFTXQLEN read it: name, then one int (the
+/// MTU, the transmit queue's length), padded to 40 bytes.
 #[repr(C)]
-struct IfReqMtu {
+struct IfReqInt {
     name: [libc::c_char; libc::IFNAMSIZ],
-    mtu: libc::c_int,
+    value: libc::c_int,
     _pad: [u8; 20],
+}
+
+/// One of the `SIOCGIF*` requests that answer a device's int (`SIOCGIFMTU`,
+/// `SIOCGIFTXQLEN`), in this process's network namespace.
+fn ifreq_int(name: &IfName, request: libc::Ioctl) -> io::Result<libc::c_int> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut req = IfReqInt {
+        name: [0; libc::IFNAMSIZ],
+        value: 0,
+        _pad: [0; 20],
+    };
+    // IfName guarantees 1..=15 bytes, so the name stays NUL-terminated.
+    for (d, s) in req.name.iter_mut().zip(name.as_str().bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: both requests read the name from and write one int into a `struct
+    // ifreq` (40 bytes, `IfReqInt` has that layout), live for the call; the fd is an
+    // open socket.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(req.value)
+}
+
+/// The length of a device's transmit queue (`SIOCGIFTXQLEN`): for a TAP, how many
+/// frames the kernel holds for its reader before it drops (`--tap-txqueuelen`).
+/// Read live, so a change made with `ip link set … txqueuelen` shows.
+pub fn txqueuelen(name: &IfName) -> io::Result<u32> {
+    let v = ifreq_int(name, libc::SIOCGIFTXQLEN)?;
+    u32::try_from(v).map_err(|_| io::Error::other(format!("negative txqueuelen {v}")))
 }
 
 /// An open TAP queue. Unless made persistent ([`Tap::set_persist`]) the device
@@ -352,24 +384,8 @@ impl Tap {
     /// The device's current MTU (`SIOCGIFMTU`): the largest IP packet it carries
     /// unsegmented. The control plane sets it before the dataplane starts.
     pub fn mtu(&self) -> io::Result<usize> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        let mut req = IfReqMtu {
-            name: [0; libc::IFNAMSIZ],
-            mtu: 0,
-            _pad: [0; 20],
-        };
-        // IfName guarantees 1..=15 bytes, so the name stays NUL-terminated.
-        for (d, s) in req.name.iter_mut().zip(self.name.as_str().bytes()) {
-            *d = s as libc::c_char;
-        }
-        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into a `struct
-        // ifreq` (40 bytes, `IfReqMtu` has that layout), live for the call; the fd is
-        // an open socket.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        usize::try_from(req.mtu).map_err(|_| io::Error::other("negative MTU"))
+        let v = ifreq_int(&self.name, libc::SIOCGIFMTU)?;
+        usize::try_from(v).map_err(|_| io::Error::other("negative MTU"))
     }
 
     /// Reads one frame (with its virtio header when `offloads().vnet_hdr`).
@@ -497,6 +513,25 @@ mod tests {
     #[test]
     fn ifreq_is_kernel_sized() {
         assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+        assert_eq!(std::mem::size_of::<IfReqInt>(), 40);
+    }
+
+    #[test]
+    fn loopback_txqueuelen_and_a_missing_device() {
+        // `lo` exists in every network namespace; its queue length is the kernel's
+        // own (1000 by default; a namespace's owner may change it, never to a value
+        // this call cannot read).
+        let lo = IfName::new("lo").unwrap();
+        let sysfs = std::fs::read_to_string("/sys/class/net/lo/tx_queue_len")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let got = txqueuelen(&lo).expect("SIOCGIFTXQLEN on lo");
+        if let Some(want) = sysfs {
+            assert_eq!(got, want);
+        }
+        let missing = IfName::new("vxm-no-such0").unwrap();
+        let err = txqueuelen(&missing).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
     }
 
     #[test]
