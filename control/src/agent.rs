@@ -114,7 +114,7 @@ pub struct AgentOptions {
     /// How the userspace dataplane's threads are scheduled.
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     /// `--busy-poll` (zero: off).
-    pub busy_poll: std::time::Duration,
+    pub busy_poll: vxmesh_dataplane::busy_poll::BusyPoll,
     /// `--egress-tunnel-gso`.
     pub egress_tunnel_gso: bool,
     pub dataplane: DataplaneKind,

@@ -41,6 +41,7 @@ use crate::duration::{format_short_ns, parse_short_ns};
 use crate::etcd_access::AccessFlags;
 use crate::node_dataplane::DataplaneKind;
 use vxmesh_dataplane::aqm::CodelConfig;
+use vxmesh_dataplane::busy_poll::BusyPoll;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::priority::ThreadPriority;
 
@@ -140,7 +141,7 @@ const SPECS: &[Spec] = &[
     spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
     spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
-    spec!("busy-poll", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic this long (1us to 1s) before it sleeps, so a reply or the next request that comes within it finds the thread awake; each thread then spends up to a CPU while traffic arrives at gaps shorter than the budget, nothing once it stops (docs/decisions/0021)"),
+    spec!("busy-poll", Value, Vxmesh, "auto|DURATION|off", "auto", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic before it sleeps. auto: for 50us, and only while it or another packet thread has carried a burst (8 packets or 32 KiB since it last slept), so bulk traffic that a sender paces, and its ACKs, find the threads awake while a ping or a request wakes them as before; DURATION (1us to 1s): that long after every packet, so a reply that comes within it finds the thread awake, at up to a CPU per thread while traffic arrives at gaps shorter than it; off: never (docs/decisions/0021, 0028)"),
     spec!("egress-tunnel-gso", Bool, Vxmesh, "", "true", "userspace dataplane: send each GSO frame from the TAP whole, as one UDP-tunnel GSO packet through a second TAP (<tap-name>u) that the kernel forwards to the underlay, instead of cutting it into datagrams here; to each peer only once a probe sent that way was answered (so a firewall that drops forwarded UDP costs speed, not reachability); needs Linux 6.17 or later (else the usual path, with a note in the log); false: always cut here (docs/decisions/0022)"),
     spec!("no-offloads", Bool, Vxmesh, "", "false", "disable TAP/UDP offloads (debugging; much slower)"),
     spec!("log-format", Value, Vxmesh, "text|json", "text", "log format"),
@@ -278,8 +279,8 @@ pub struct DaemonFlags {
     pub aqm: Option<CodelConfig>,
     /// `--engine-priority`.
     pub engine_priority: ThreadPriority,
-    /// `--busy-poll`: zero when off.
-    pub busy_poll: Duration,
+    /// `--busy-poll`.
+    pub busy_poll: BusyPoll,
     /// `--egress-tunnel-gso`.
     pub egress_tunnel_gso: bool,
     pub offloads: bool,
@@ -379,10 +380,12 @@ impl DaemonFlags {
         push("engine-priority", self.engine_priority.to_string());
         push(
             "busy-poll",
-            if self.busy_poll.is_zero() {
+            if self.busy_poll.is_off() {
                 "off".into()
+            } else if self.busy_poll == BusyPoll::AUTO {
+                "auto".into()
             } else {
-                format_short_ns(u64::try_from(self.busy_poll.as_nanos()).unwrap_or(u64::MAX))
+                format_short_ns(u64::try_from(self.busy_poll.budget.as_nanos()).unwrap_or(u64::MAX))
             },
         );
         push("egress-tunnel-gso", self.egress_tunnel_gso.to_string());
@@ -910,11 +913,15 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
     }
     let busy_poll = r
         .typed("busy-poll", |s| match s.trim() {
-            "off" | "0" => Ok(Duration::ZERO),
-            s => parse_short_ns(s, 1_000, 1_000_000_000).map(Duration::from_nanos),
+            "off" | "0" => Ok(BusyPoll::OFF),
+            "auto" => Ok(BusyPoll::AUTO),
+            s => parse_short_ns(s, 1_000, 1_000_000_000)
+                .map(|ns| BusyPoll::always(Duration::from_nanos(ns))),
         })?
-        .map_or(Duration::ZERO, |(d, _)| d);
-    if !busy_poll.is_zero() && dataplane == DataplaneKind::Kernel {
+        .map(|(b, _)| b);
+    // A note only for a budget the operator asked for: the default applies to the
+    // userspace dataplane alone.
+    if busy_poll.is_some_and(|b| !b.is_off()) && dataplane == DataplaneKind::Kernel {
         notes.push(
             "--busy-poll has no effect with --dataplane kernel (the kernel forwards in its own context)"
                 .into(),
@@ -964,7 +971,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         vxlan_rcvbuf,
         aqm,
         engine_priority,
-        busy_poll,
+        busy_poll: busy_poll.unwrap_or_default(),
         egress_tunnel_gso,
         offloads: !r.bool("no-offloads", false)?,
         log_format,
@@ -1132,7 +1139,7 @@ mod tests {
                 "--vxlan-rcvbuf=4MiB",
                 "--aqm-target=off",
                 "--engine-priority=normal",
-                "--busy-poll=off",
+                "--busy-poll=auto",
                 "--egress-tunnel-gso=true",
                 "--no-offloads=false",
                 "--log-format=text",
@@ -1288,24 +1295,36 @@ mod tests {
 
     #[test]
     fn busy_poll_flag() {
-        let budget = |args: &[&str], e: &[(&str, &str)]| run(args, e).busy_poll;
-        // Off unless asked for (decision 0021).
-        assert_eq!(budget(&[], &[]), Duration::ZERO);
-        assert_eq!(budget(&["--busy-poll=off"], &[]), Duration::ZERO);
-        assert_eq!(budget(&["--busy-poll", "0"], &[]), Duration::ZERO);
+        let policy = |args: &[&str], e: &[(&str, &str)]| run(args, e).busy_poll;
+        // After a burst by default (decision 0028).
+        assert_eq!(policy(&[], &[]), BusyPoll::AUTO);
+        assert_eq!(policy(&["--busy-poll=auto"], &[]), BusyPoll::AUTO);
+        assert_eq!(policy(&["--busy-poll=off"], &[]), BusyPoll::OFF);
+        assert_eq!(policy(&["--busy-poll", "0"], &[]), BusyPoll::OFF);
         assert_eq!(
-            budget(&["--busy-poll=200us"], &[]),
-            Duration::from_micros(200)
+            policy(&["--busy-poll=200us"], &[]),
+            BusyPoll::always(Duration::from_micros(200))
+        );
+        // A duration is after every packet, even the default's 50us.
+        assert_eq!(
+            policy(&["--busy-poll=50us"], &[]),
+            BusyPoll::always(Duration::from_micros(50))
         );
         assert_eq!(
-            budget(&["-busy-poll", "20ms"], &[]),
-            Duration::from_millis(20)
+            policy(&["-busy-poll", "20ms"], &[]),
+            BusyPoll::always(Duration::from_millis(20))
         );
         assert_eq!(
-            budget(&[], &[("VXMESHD_BUSY_POLL", "1s")]),
-            Duration::from_secs(1)
+            policy(&[], &[("VXMESHD_BUSY_POLL", "1s")]),
+            BusyPoll::always(Duration::from_secs(1))
         );
+        assert_eq!(policy(&[], &[("VXMESHD_BUSY_POLL", "off")]), BusyPoll::OFF);
         assert_eq!(diff(&run(&["--busy-poll=50us"], &[])), ["--busy-poll=50us"]);
+        assert_eq!(diff(&run(&["--busy-poll=off"], &[])), ["--busy-poll=off"]);
+        assert!(diff(&run(&["--busy-poll=auto"], &[])).is_empty());
+        // The help's default is the policy's.
+        let spec = SPECS.iter().find(|s| s.name == "busy-poll").unwrap();
+        assert_eq!(spec.default, "auto");
         let f = run(&["--dataplane=kernel", "--busy-poll=1ms"], &[]);
         assert!(
             f.notes
@@ -1314,8 +1333,16 @@ mod tests {
             "{:?}",
             f.notes
         );
+        // The default says nothing on the kernel dataplane; an explicit auto does.
+        assert!(run(&["--dataplane=kernel"], &[]).notes.is_empty());
+        assert!(!run(&["--dataplane=kernel", "--busy-poll=auto"], &[])
+            .notes
+            .is_empty());
+        assert!(run(&["--dataplane=kernel", "--busy-poll=off"], &[])
+            .notes
+            .is_empty());
         assert!(run(&["--busy-poll=1ms"], &[]).notes.is_empty());
-        for bad in ["2s", "500ns", "1", "fast", "-1ms"] {
+        for bad in ["2s", "500ns", "1", "fast", "-1ms", "Auto", "on"] {
             let e = err(&["--busy-poll", bad], &[]).to_string();
             assert!(e.contains("--busy-poll"), "{bad}: {e}");
         }

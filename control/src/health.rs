@@ -140,7 +140,8 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "tx_sockets": e.tx_sockets,
             "tx_source_ports": e.tx_source_ports,
             "engine_priority": e.priority.to_string(),
-            "busy_poll_us": u64::try_from(e.busy_poll.as_micros()).unwrap_or(u64::MAX),
+            "busy_poll_us": u64::try_from(e.busy_poll.budget.as_micros()).unwrap_or(u64::MAX),
+            "busy_poll": e.busy_poll.to_string(),
             "egress_tunnel_gso": e.underlay_tap,
         })
     });

@@ -401,6 +401,12 @@ fn three_node_cluster_end_to_end() {
             Some(2 * vxmesh_control::flags::DEFAULT_VXLAN_RCVBUF as u64),
             "{node}"
         );
+        // Busy polling after a burst by default (docs/decisions/0028).
+        assert_eq!(
+            lab.status(node)["offloads"]["busy_poll"],
+            "auto (50µs after a burst)",
+            "{node}"
+        );
         // The operator sees both where the kernel shows them: status and metrics.
         let q = &lab.status(node)["queues"];
         assert_eq!(
@@ -601,6 +607,7 @@ fn busy_polling_cluster() {
             "{n}: {}",
             st["offloads"]
         );
+        assert_eq!(st["offloads"]["busy_poll"], "2ms after every packet");
     }
     // Request after request, each as soon as the last reply is in: the threads poll
     // between them.

@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::aqm::{mark_ce, Codel, CodelConfig, Marked};
+use crate::busy_poll::{Bursting, BusyPoll, SpinGate};
 use crate::counters::{Counters, DropReason, LocalCounts, PeerTallies};
 use crate::fib::{ForwardingTable, SharedTable};
 use crate::flows::{Direction, FlowSampler, SharedFlows};
@@ -92,8 +93,8 @@ pub struct EngineStatus {
     pub tx_source_ports: Vec<u16>,
     /// The scheduling every engine thread set for itself.
     pub priority: ThreadPriority,
-    /// How long a thread keeps checking for traffic before it sleeps (zero: off).
-    pub busy_poll: Duration,
+    /// When a thread keeps checking for traffic before it sleeps.
+    pub busy_poll: BusyPoll,
     /// Egress frames leave whole through the underlay TAP ([`UnderlayTx`]), to
     /// each peer once the path is proven ([`path_probe`]).
     pub underlay_tap: bool,
@@ -140,10 +141,10 @@ pub struct EngineConfig {
     pub aqm: Option<CodelConfig>,
     /// The scheduling each thread sets for itself before it handles a packet.
     pub priority: ThreadPriority,
-    /// Busy polling: when its queue runs dry, a thread checks again for up to this
-    /// long (yielding the CPU between checks) before it sleeps. Zero: it sleeps at
-    /// once (the default; see [`MAX_BUSY_POLL`]).
-    pub busy_poll: Duration,
+    /// Busy polling: when its queue runs dry, a thread checks again for up to the
+    /// budget (yielding the CPU between checks) before it sleeps; by default only
+    /// after a burst ([`BusyPoll::AUTO`]; see [`MAX_BUSY_POLL`]).
+    pub busy_poll: BusyPoll,
     /// Send egress frames whole through this underlay TAP instead of segmenting them
     /// into UDP datagrams (`None`: the UDP sockets carry everything).
     pub underlay: Option<UnderlayTx>,
@@ -194,10 +195,13 @@ impl Engine {
         let Some(first) = tap.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no TAP queue"));
         };
-        if busy_poll > MAX_BUSY_POLL {
+        if busy_poll.budget > MAX_BUSY_POLL {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("busy-polling budget {busy_poll:?} is above the {MAX_BUSY_POLL:?} maximum"),
+                format!(
+                    "busy-polling budget {:?} is above the {MAX_BUSY_POLL:?} maximum",
+                    busy_poll.budget
+                ),
             ));
         }
         let status = Arc::new(EngineStatus {
@@ -229,6 +233,7 @@ impl Engine {
             })
         };
         let taps: Vec<Arc<Tap>> = tap.into_iter().map(Arc::new).collect();
+        let bursting = Arc::new(Bursting::default());
         // Made before the first thread: on any error below, dropping it stops and
         // joins the threads started so far.
         let mut engine = Engine {
@@ -249,6 +254,7 @@ impl Engine {
                 stop: Arc::clone(&engine.stop),
                 wake: Arc::clone(&engine.wake),
                 busy_poll,
+                bursting: Arc::clone(&bursting),
                 status: Arc::clone(&status),
                 underlay: underlay.clone(),
                 ident: first_ident(i),
@@ -268,6 +274,7 @@ impl Engine {
             stop: Arc::clone(&engine.stop),
             wake: Arc::clone(&engine.wake),
             busy_poll,
+            bursting,
             aqm: IngressAqm::new(aqm),
             probe_key: underlay.is_some().then_some(status.probe_key),
             status: Arc::clone(&status),
@@ -359,20 +366,23 @@ fn underlay_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Waits until `fd` is readable or the engine stops. With a busy-polling budget it
-/// first checks again for up to `busy_poll`, yielding the CPU between checks, so
-/// traffic that comes back within it finds the thread awake (no wake-up, no halted
-/// CPU to rouse). Then it sleeps with no timeout: an idle thread costs nothing until
-/// traffic comes.
+/// Waits until `fd` is readable or the engine stops. With a busy-polling budget
+/// (by default only after a burst: `gate`) it first checks again for up to that
+/// long, yielding the CPU between checks, so traffic that comes back within it finds
+/// the thread awake (no wake-up, no halted CPU to rouse). Then it sleeps with no
+/// timeout: an idle thread costs nothing until traffic comes.
 fn idle(
     fd: std::os::fd::BorrowedFd<'_>,
     wake: &Wake,
-    busy_poll: Duration,
+    busy_poll: BusyPoll,
+    (gate, bursting): (&mut SpinGate, &Bursting),
     log: &mut RateLimitedLog,
 ) {
-    if !busy_poll.is_zero() && spin_until_ready(fd, wake, busy_poll, log) {
+    let budget = gate.budget(busy_poll, bursting);
+    if !budget.is_zero() && spin_until_ready(fd, wake, budget, log) {
         return;
     }
+    gate.slept(bursting);
     if let Err(e) = wait_either(fd, wake) {
         back_off(&e, log);
     }
@@ -465,7 +475,9 @@ struct EgressWorker {
     flows: FlowTap,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
-    busy_poll: Duration,
+    busy_poll: BusyPoll,
+    /// The engine's threads in a burst now (shared).
+    bursting: Arc<Bursting>,
     status: Arc<EngineStatus>,
     underlay: Option<Arc<UnderlayTx>>,
     /// The outer IPv4 identification of the next underlay TAP packet. The kernel numbers
@@ -563,6 +575,7 @@ impl EgressWorker {
         let mut counts = LocalCounts::default();
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("TAP read failed");
+        let mut gate = SpinGate::default();
         let nsock = self.udp.socket_count().max(1);
         // The outer source port of a flow is its send socket's port, on either path.
         let ports = self.status.tx_source_ports.clone();
@@ -574,7 +587,13 @@ impl EgressWorker {
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.release();
-                    idle(self.tap.as_fd(), &self.wake, self.busy_poll, &mut log);
+                    idle(
+                        self.tap.as_fd(),
+                        &self.wake,
+                        self.busy_poll,
+                        (&mut gate, &self.bursting),
+                        &mut log,
+                    );
                     // The table may have changed while this thread slept (a peer added
                     // right before the frame that woke it): take it again.
                     view.reload();
@@ -588,6 +607,7 @@ impl EgressWorker {
             };
             counts.tap_syscalls += 1;
             counts.tap_frames_read += 1;
+            gate.carried(1, n as u64);
             let _ = view.count_packet();
             let (vh, frame) = if vnet {
                 match VirtioNetHdr::parse(&rbuf[..n]) {
@@ -864,7 +884,9 @@ struct IngressWorker {
     flows: FlowTap,
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
-    busy_poll: Duration,
+    busy_poll: BusyPoll,
+    /// The engine's threads in a burst now (shared).
+    bursting: Arc<Bursting>,
     aqm: IngressAqm,
     /// With the underlay TAP path: the key of this engine's path probes, whose
     /// answers the ingress thread takes ([`path_probe::reply_from`]).
@@ -986,6 +1008,7 @@ impl IngressWorker {
         let mut counts = LocalCounts::default();
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("UDP receive failed");
+        let mut gate = SpinGate::default();
         let mut merged_seen = 0u64;
         let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
         // Without virtio-net headers partial checksums are finished and uncut GSO
@@ -1001,7 +1024,13 @@ impl IngressWorker {
                     self.counters.publish(&mut counts);
                     self.flows.publish();
                     view.release();
-                    idle(self.udp.as_fd(), &self.wake, self.busy_poll, &mut log);
+                    idle(
+                        self.udp.as_fd(),
+                        &self.wake,
+                        self.busy_poll,
+                        (&mut gate, &self.bursting),
+                        &mut log,
+                    );
                     // As on egress: the first datagram after a sleep sees the table as it
                     // is now, not as it was when the thread went idle.
                     view.reload();
@@ -1014,6 +1043,7 @@ impl IngressWorker {
                 }
             };
             counts.udp_recv_syscalls += 1;
+            gate.carried(n as u64, batch.bytes() as u64);
             self.aqm.judge(&batch, n, n < batch.limit());
             batch.set_limit(next_rx_messages(n, batch.bytes()));
             let emit = |vh: &VirtioNetHdr, frame: &[u8], counts: &mut LocalCounts| {
@@ -1712,7 +1742,7 @@ mod tests {
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
             priority: Default::default(),
-            busy_poll: Duration::ZERO,
+            busy_poll: BusyPoll::OFF,
             underlay: None,
         };
         (cfg, peers)
@@ -1832,9 +1862,12 @@ mod tests {
     fn a_busy_polling_engine_forwards_and_stops() {
         let counters = Arc::new(Counters::default());
         let (mut cfg, peers) = test_config(1, &counters);
-        cfg.busy_poll = Duration::from_millis(30);
+        cfg.busy_poll = BusyPoll::always(Duration::from_millis(30));
         let engine = Engine::start(cfg).unwrap();
-        assert_eq!(engine.status().busy_poll, Duration::from_millis(30));
+        assert_eq!(
+            engine.status().busy_poll,
+            BusyPoll::always(Duration::from_millis(30))
+        );
         let frame = egress_frame(40_000);
         // Gaps inside the budget (caught while polling) and beyond it (asleep).
         for (i, gap_ms) in [0u64, 5, 5, 80, 5, 80].into_iter().enumerate() {
@@ -1851,7 +1884,7 @@ mod tests {
 
         // A budget above the maximum is refused before any thread starts.
         let (mut cfg, _peers) = test_config(1, &counters);
-        cfg.busy_poll = MAX_BUSY_POLL + Duration::from_millis(1);
+        cfg.busy_poll = BusyPoll::always(MAX_BUSY_POLL + Duration::from_millis(1));
         let err = Engine::start(cfg).expect_err("too long a budget");
         assert!(err.to_string().contains("busy-polling budget"), "{err}");
         assert_eq!(Arc::strong_count(&counters), 1);
@@ -1936,7 +1969,7 @@ mod tests {
             flows: Arc::new(SharedFlows::default()),
             aqm: None,
             priority: Default::default(),
-            busy_poll: Duration::ZERO,
+            busy_poll: BusyPoll::OFF,
             underlay: None,
         })
         .unwrap();

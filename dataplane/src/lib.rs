@@ -20,6 +20,7 @@
 //!   (UDP_SEGMENT, UDP_GRO, sendmmsg/recvmmsg).
 //! - [`engine`]: the two hot-path threads that connect them.
 pub mod aqm;
+pub mod busy_poll;
 pub mod counters;
 pub mod engine;
 pub mod fib;

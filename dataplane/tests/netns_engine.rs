@@ -123,7 +123,7 @@ fn start_node(
         flows: Arc::clone(&flows),
         aqm: None,
         priority: Default::default(),
-        busy_poll: Duration::ZERO,
+        busy_poll: vxmesh_dataplane::busy_poll::BusyPoll::default(),
         underlay,
     })
     .unwrap();

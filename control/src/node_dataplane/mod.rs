@@ -89,7 +89,7 @@ pub struct DataplaneSetup {
     /// Userspace: how the packet threads are scheduled (`--engine-priority`).
     pub engine_priority: vxmesh_dataplane::priority::ThreadPriority,
     /// Userspace: the packet threads' busy-polling budget (`--busy-poll`; zero: off).
-    pub busy_poll: std::time::Duration,
+    pub busy_poll: vxmesh_dataplane::busy_poll::BusyPoll,
     /// Userspace: send egress frames whole through the underlay TAP
     /// (`--egress-tunnel-gso`).
     pub egress_tunnel_gso: bool,

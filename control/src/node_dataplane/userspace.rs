@@ -455,7 +455,7 @@ impl Userspace {
             tx_source_ports = ?st.tx_source_ports,
             aqm = %aqm_desc,
             priority = %st.priority,
-            busy_poll_us = st.busy_poll.as_micros(),
+            busy_poll = %st.busy_poll,
             tap_txqueuelen = s.tap_txqueuelen,
             vxlan_rcvbuf = s.vxlan_rcvbuf,
             vxlan_rcvbuf_applied = rcvbuf_applied,
