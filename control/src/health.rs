@@ -105,10 +105,10 @@ struct QueueLengths {
     vxlan_rcvbuf_kernel: Option<usize>,
 }
 
-fn queue_lengths(s: &AgentState, e: &EngineStatus) -> QueueLengths {
-    let tap = s.info().tap;
+/// `tap`: the TAP's name, from the `Info` the caller already holds.
+fn queue_lengths(tap: Option<&str>, e: &EngineStatus) -> QueueLengths {
     let tap_txqueuelen = tap
-        .and_then(|t| vxmesh_dataplane::ifname::IfName::new(&t).ok())
+        .and_then(|t| vxmesh_dataplane::ifname::IfName::new(t).ok())
         .and_then(|t| vxmesh_dataplane::sys::tap::txqueuelen(&t).ok());
     QueueLengths {
         tap_txqueuelen,
@@ -146,7 +146,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         })
     });
     let queues = s.engine_status().map(|e| {
-        let q = queue_lengths(s, &e);
+        let q = queue_lengths(info.tap.as_deref(), &e);
         serde_json::json!({
             "tap_txqueuelen": q.tap_txqueuelen,
             "vxlan_rcvbuf_bytes": q.vxlan_rcvbuf_kernel.map(|k| k / 2),
@@ -599,7 +599,7 @@ pub fn render_metrics(s: &AgentState) -> String {
     }
     render_peer_metrics(&mut o, &agent_peer_stats(s));
     if let Some(e) = s.engine_status() {
-        let q = queue_lengths(s, &e);
+        let q = queue_lengths(info.tap.as_deref(), &e);
         if let Some(n) = q.tap_txqueuelen {
             let _ = writeln!(
                 o,

@@ -124,7 +124,7 @@ impl SpinGate {
             bursting.0.fetch_add(1, Ordering::Relaxed);
             self.counted = true;
         }
-        if !policy.after_burst_only || self.counted || bursting.any() {
+        if !policy.after_burst_only || bursting.any() {
             policy.budget
         } else {
             Duration::ZERO

@@ -398,9 +398,6 @@ impl Userspace {
         tap_offloads: u32,
         underlay: Option<UnderlayTx>,
     ) -> anyhow::Result<Userspace> {
-        // Twice --vxlan-rcvbuf (the kernel's bookkeeping), or less where only
-        // SO_RCVBUF (capped by rmem_max) was allowed.
-        let rcvbuf_applied = udp_rx.rcvbuf().unwrap_or(0);
         let underlay_name = underlay
             .as_ref()
             .and_then(|_| underlay_tap_name(&s.device_name));
@@ -447,6 +444,9 @@ impl Userspace {
         })
         .context("starting dataplane threads")?;
         let st = engine.status();
+        // Twice --vxlan-rcvbuf (the kernel's bookkeeping), or less where only
+        // SO_RCVBUF (capped by rmem_max) was allowed.
+        let rcvbuf_applied = st.udp_rcvbuf.unwrap_or(0);
         tracing::info!(
             tap = %s.device_name,
             tap_offloads = %st.tap.describe(),
