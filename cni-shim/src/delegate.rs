@@ -110,14 +110,82 @@ pub fn for_invocation(
 
 /// The IPv4 subnet a saved delegate config hands out (`ipam.ranges[0][0].subnet`), if any.
 pub fn saved_subnet(saved: &Map<String, Value>) -> Option<String> {
+    saved_ranges(saved).find(|s| !s.contains(':'))
+}
+
+/// The IPv6 subnet a saved delegate config hands out (a dual-stack node's second range).
+pub fn saved_subnet6(saved: &Map<String, Value>) -> Option<String> {
+    saved_ranges(saved).find(|s| s.contains(':'))
+}
+
+/// The first subnet of every range set of a saved delegate config.
+fn saved_ranges(saved: &Map<String, Value>) -> impl Iterator<Item = String> + '_ {
     saved
-        .get("ipam")?
-        .get("ranges")?
-        .as_array()?
-        .iter()
+        .get("ipam")
+        .and_then(|i| i.get("ranges"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
         .filter_map(|set| set.get(0)?.get("subnet")?.as_str())
-        .find(|s| !s.contains(':'))
         .map(str::to_string)
+}
+
+/// A pod subnet the attachment was made from that is no longer the node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetChange {
+    /// The range the pod's address came from, as saved at ADD.
+    pub was: String,
+    /// The node's subnet of that family now, `None` when the node no longer carries the
+    /// family (EnableIPv6 turned off).
+    pub now: Option<String>,
+}
+
+/// Whether the node's lease moved under an attachment, family by family: each range the
+/// saved delegate config handed out must still be the node's subnet of its family. A family
+/// the node gained since ADD (EnableIPv6 turned on) is not a change: the pod's addresses all
+/// still route, it just has no address of the new family until it is recreated.
+pub fn subnet_change(saved: &Map<String, Value>, env: &SubnetEnv) -> Option<SubnetChange> {
+    let v4 = saved_subnet(saved).map(|was| {
+        let now = env.subnet.map(|s| cidr(s.network(), s.prefix()));
+        (same_subnet(&was, now.as_deref()), was, now)
+    });
+    let v6 = saved_subnet6(saved).map(|was| {
+        let now = env.ipv6_subnet.map(|s| cidr(s.network(), s.prefix()));
+        (same_subnet(&was, now.as_deref()), was, now)
+    });
+    [v4, v6]
+        .into_iter()
+        .flatten()
+        .find(|(same, _, _)| !same)
+        .map(|(_, was, now)| SubnetChange { was, now })
+}
+
+/// Whether two `addr/len` texts name the same network (`fd00:0:0:1::/64` and
+/// `fd00::1:0:0:0:0/64` do); text that does not parse compares as text.
+fn same_subnet(was: &str, now: Option<&str>) -> bool {
+    let Some(now) = now else { return false };
+    match (network_of(was), network_of(now)) {
+        (Some(a), Some(b)) => a == b,
+        _ => was == now,
+    }
+}
+
+/// `addr/len` as (network address, len), host bits cleared; `None` when it does not parse.
+fn network_of(cidr: &str) -> Option<(std::net::IpAddr, u8)> {
+    use std::net::IpAddr;
+    let (addr, len) = cidr.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            Some((IpAddr::V4((u32::from(a) & mask).into()), len))
+        }
+        IpAddr::V6(a) if len <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            Some((IpAddr::V6((u128::from(a) & mask).into()), len))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +193,67 @@ pub fn saved_subnet(saved: &Map<String, Value>) -> Option<String> {
 mod tests {
     use super::*;
     use crate::netconf;
+
+    fn env(text: &str) -> SubnetEnv {
+        SubnetEnv::parse(text.as_bytes()).unwrap()
+    }
+
+    const DUAL: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+    fn rendered(text: &str) -> Map<String, Value> {
+        let nc = netconf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"vxmesh"}"#).unwrap();
+        render(&nc, &env(text), SpecVersion::V1_0_0)
+    }
+
+    #[test]
+    fn a_dual_stack_attachment_notices_a_change_of_either_family() {
+        let saved = rendered(DUAL);
+        assert_eq!(saved_subnet(&saved).as_deref(), Some("10.244.7.0/24"));
+        assert_eq!(saved_subnet6(&saved).as_deref(), Some("fd00:10:244:7::/64"));
+        assert_eq!(subnet_change(&saved, &env(DUAL)), None);
+        // The IPv6 half alone moved: the pod's IPv6 address no longer routes.
+        let moved6 = DUAL.replace("fd00:10:244:7::1/64", "fd00:10:244:9::1/64");
+        assert_eq!(
+            subnet_change(&saved, &env(&moved6)),
+            Some(SubnetChange {
+                was: "fd00:10:244:7::/64".into(),
+                now: Some("fd00:10:244:9::/64".into()),
+            })
+        );
+        let moved4 = DUAL.replace("10.244.7.1/24", "10.244.8.1/24");
+        assert_eq!(
+            subnet_change(&saved, &env(&moved4)).map(|c| c.was),
+            Some("10.244.7.0/24".into())
+        );
+        // EnableIPv6 turned off: the family is gone.
+        let v4_only = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(
+            subnet_change(&saved, &env(v4_only)),
+            Some(SubnetChange {
+                was: "fd00:10:244:7::/64".into(),
+                now: None,
+            })
+        );
+        // EnableIPv6 turned on after ADD: every address the pod has still routes.
+        assert_eq!(subnet_change(&rendered(v4_only), &env(DUAL)), None);
+    }
+
+    #[test]
+    fn the_same_network_written_differently_is_no_change() {
+        let mut saved = rendered(DUAL);
+        saved["ipam"]["ranges"] =
+            json!([[{"subnet": "10.244.7.9/24"}], [{"subnet": "fd00:10:244:7:0:0:0:5/64"}]]);
+        assert_eq!(subnet_change(&saved, &env(DUAL)), None);
+        // A range that does not parse compares as text: it is a change.
+        saved["ipam"]["ranges"] = json!([[{"subnet": "ten/24"}]]);
+        assert_eq!(
+            subnet_change(&saved, &env(DUAL)).map(|c| c.was),
+            Some("ten/24".into())
+        );
+        // No ranges at all (a delegate with its own IPAM): nothing to compare.
+        saved["ipam"] = json!({"type": "dhcp"});
+        assert_eq!(subnet_change(&saved, &env(DUAL)), None);
+    }
 
     /// The example in flannel's CNI plugin README: NETWORK 10.1.0.0/16, SUBNET 10.1.17.1/24,
     /// MTU 1472, IPMASQ true. vxmesh renders the same delegate, plus the bridge name flannel

@@ -711,16 +711,22 @@ fn cmd_check(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
             ),
         )
     })?;
-    if let (Some(was), Some(now)) = (delegate::saved_subnet(&saved), subnet_env.subnet) {
-        let now = format!("{}/{}", now.network(), now.prefix());
-        if was != now {
-            return Err(CniError::new(
+    if let Some(change) = delegate::subnet_change(&saved, &subnet_env) {
+        let was = change.was;
+        return Err(match change.now {
+            Some(now) => CniError::new(
                 code::SUBNET_CHANGED,
                 format!("pod subnet {was} is no longer this node's subnet {now}"),
                 "the node's lease changed since ADD; pods with addresses from the old subnet are \
                  unreachable and must be recreated",
-            ));
-        }
+            ),
+            None => CniError::new(
+                code::SUBNET_CHANGED,
+                format!("pod subnet {was} is of a family this node no longer carries"),
+                "the network config dropped the family since ADD (EnableIPv6 or EnableIPv4 \
+                 turned off); the pod's address from it is unreachable: recreate the pod",
+            ),
+        });
     }
     if !netns::is_netns(netns) {
         return Err(CniError::new(

@@ -115,6 +115,60 @@ fn check_reports_broken_attachments() {
 
 #[test]
 #[ignore = "needs root, network namespaces and the CNI reference plugins: scripts/test.sh runs it"]
+fn check_notices_a_dual_stack_pods_ipv6_subnet_moving() {
+    require_node();
+    let node = Node::new("check6");
+    let dual = |v6: &str| {
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.{x}.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET={v6}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            x = node.x
+        )
+    };
+    let here = format!("fd00:10:244:{:x}::1/64", node.x);
+    fs::write(node.subnet_file(), dual(&here)).unwrap();
+    let pod = Netns::unique("pod").unwrap();
+    let conf = node.conf("1.0.0");
+    let result = node
+        .run("ADD", "c1", Some(&pod.path()), &conf)
+        .ok()
+        .json
+        .unwrap();
+    let ips: Vec<&str> = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    assert!(
+        ips.iter()
+            .any(|a| a.starts_with(&format!("fd00:10:244:{:x}::", node.x))),
+        "an IPv6 address from the node's IPv6 subnet: {ips:?}"
+    );
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result;
+    node.run("CHECK", "c1", Some(&pod.path()), &with_prev).ok();
+
+    // The IPv6 half of the lease moved, the IPv4 half did not: the pod's IPv6 address is
+    // stranded, CHECK says so.
+    fs::write(node.subnet_file(), dual("fd00:10:244:ff::1/64")).unwrap();
+    let r = node.run("CHECK", "c1", Some(&pod.path()), &with_prev);
+    assert_eq!(r.err_code(), 102, "{}", r.stdout);
+    assert!(r.stdout.contains("fd00:10:244:ff::/64"), "{}", r.stdout);
+
+    // EnableIPv6 turned off: the family is gone.
+    node.write_subnet_env();
+    let r = node.run("CHECK", "c1", Some(&pod.path()), &with_prev);
+    assert_eq!(r.err_code(), 102, "{}", r.stdout);
+    assert!(r.stdout.contains("no longer carries"), "{}", r.stdout);
+
+    fs::write(node.subnet_file(), dual(&here)).unwrap();
+    node.run("CHECK", "c1", Some(&pod.path()), &with_prev).ok();
+    node.run("DEL", "c1", Some(&pod.path()), &with_prev).ok();
+    assert_nothing_left(&node, &pod);
+}
+
+#[test]
+#[ignore = "needs root, network namespaces and the CNI reference plugins: scripts/test.sh runs it"]
 fn gc_removes_only_stale_attachments() {
     require_node();
     let node = Node::new("gc");
