@@ -366,25 +366,51 @@ fn underlay_gone(e: &io::Error) -> bool {
     )
 }
 
+/// How long a packet thread that carried traffic stays quiet before it gives its
+/// buffers' pages back to the system ([`crate::sys::release_pages`]): one wake-up per
+/// quiet spell, after which it sleeps with no timeout again.
+pub const RELEASE_PAGES_AFTER: Duration = Duration::from_secs(2);
+
+/// How [`idle`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// The descriptor (or the stop) is readable, or an error was logged: read again.
+    Ready,
+    /// Nothing came for [`RELEASE_PAGES_AFTER`]: release the buffers, then idle again.
+    Quiet,
+}
+
 /// Waits until `fd` is readable or the engine stops. With a busy-polling budget
 /// (by default only after a burst: `gate`) it first checks again for up to that
 /// long, yielding the CPU between checks, so traffic that comes back within it finds
-/// the thread awake (no wake-up, no halted CPU to rouse). Then it sleeps with no
-/// timeout: an idle thread costs nothing until traffic comes.
+/// the thread awake (no wake-up, no halted CPU to rouse). Then it sleeps — at most
+/// [`RELEASE_PAGES_AFTER`] when `touched` (the thread's buffers hold pages to give
+/// back), else with no timeout: an idle thread costs nothing until traffic comes.
 fn idle(
     fd: std::os::fd::BorrowedFd<'_>,
     wake: &Wake,
     busy_poll: BusyPoll,
     (gate, bursting): (&mut SpinGate, &Bursting),
+    touched: bool,
     log: &mut RateLimitedLog,
-) {
+) -> Woke {
     let budget = gate.budget(busy_poll, bursting);
     if !budget.is_zero() && spin_until_ready(fd, wake, budget, log) {
-        return;
+        return Woke::Ready;
     }
     gate.slept(bursting);
-    if let Err(e) = wait_either(fd, wake) {
-        back_off(&e, log);
+    let waited = if touched {
+        crate::sys::wait_either_for(fd, wake, RELEASE_PAGES_AFTER)
+    } else {
+        wait_either(fd, wake).map(|()| true)
+    };
+    match waited {
+        Ok(true) => Woke::Ready,
+        Ok(false) => Woke::Quiet,
+        Err(e) => {
+            back_off(&e, log);
+            Woke::Ready
+        }
     }
 }
 
@@ -576,6 +602,8 @@ impl EgressWorker {
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("TAP read failed");
         let mut gate = SpinGate::default();
+        // Whether the buffers hold pages written since they were last given back.
+        let mut touched = false;
         let nsock = self.udp.socket_count().max(1);
         // The outer source port of a flow is its send socket's port, on either path.
         let ports = self.status.tx_source_ports.clone();
@@ -587,13 +615,19 @@ impl EgressWorker {
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.release();
-                    idle(
+                    let woke = idle(
                         self.tap.as_fd(),
                         &self.wake,
                         self.busy_poll,
                         (&mut gate, &self.bursting),
+                        touched,
                         &mut log,
                     );
+                    if woke == Woke::Quiet {
+                        batch.release_pages();
+                        crate::sys::release_pages(&mut rbuf);
+                        touched = false;
+                    }
                     // The table may have changed while this thread slept (a peer added
                     // right before the frame that woke it): take it again.
                     view.reload();
@@ -607,6 +641,7 @@ impl EgressWorker {
             };
             counts.tap_syscalls += 1;
             counts.tap_frames_read += 1;
+            touched = true;
             gate.carried(1, n as u64);
             let _ = view.count_packet();
             let (vh, frame) = if vnet {
@@ -1009,6 +1044,8 @@ impl IngressWorker {
         let mut view = TableView::new(self.table.clone());
         let mut log = RateLimitedLog::new("UDP receive failed");
         let mut gate = SpinGate::default();
+        // Whether the buffers hold pages written since they were last given back.
+        let mut touched = false;
         let mut merged_seen = 0u64;
         let (mut partial_seen, mut oversized_seen) = (0u64, 0u64);
         // Without virtio-net headers partial checksums are finished and uncut GSO
@@ -1024,13 +1061,19 @@ impl IngressWorker {
                     self.counters.publish(&mut counts);
                     self.flows.publish();
                     view.release();
-                    idle(
+                    let woke = idle(
                         self.udp.as_fd(),
                         &self.wake,
                         self.busy_poll,
                         (&mut gate, &self.bursting),
+                        touched,
                         &mut log,
                     );
+                    if woke == Woke::Quiet {
+                        batch.release_pages();
+                        crate::sys::release_pages(&mut plain_buf);
+                        touched = false;
+                    }
                     // As on egress: the first datagram after a sleep sees the table as it
                     // is now, not as it was when the thread went idle.
                     view.reload();
@@ -1043,6 +1086,7 @@ impl IngressWorker {
                 }
             };
             counts.udp_recv_syscalls += 1;
+            touched = true;
             gate.carried(n as u64, batch.bytes() as u64);
             self.aqm.judge(&batch, n, n < batch.limit());
             batch.set_limit(next_rx_messages(n, batch.bytes()));
@@ -1854,6 +1898,61 @@ mod tests {
         assert_eq!(ours.recv(&mut buf).unwrap(), 5);
         wake.signal().unwrap();
         assert!(spin_until_ready(ours.as_fd(), &wake, long, &mut log));
+    }
+
+    /// A thread whose buffers were written waits at most [`RELEASE_PAGES_AFTER`] and
+    /// then says it is quiet (once: the caller releases and sleeps without a timeout);
+    /// traffic or a stop inside that time wakes it as before.
+    #[test]
+    fn a_touched_thread_is_told_it_went_quiet_after_the_release_delay() {
+        let mut log = RateLimitedLog::new("test");
+        let (ours, theirs) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let wake = Wake::new().unwrap();
+        let mut gate = SpinGate::default();
+        let bursting = Bursting::default();
+        let t = Instant::now();
+        let woke = idle(
+            ours.as_fd(),
+            &wake,
+            BusyPoll::OFF,
+            (&mut gate, &bursting),
+            true,
+            &mut log,
+        );
+        assert_eq!(woke, Woke::Quiet);
+        assert!(t.elapsed() >= RELEASE_PAGES_AFTER, "{:?}", t.elapsed());
+
+        // Traffic within the delay: ready, not quiet.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            theirs.send(b"frame").unwrap();
+            theirs
+        });
+        let woke = idle(
+            ours.as_fd(),
+            &wake,
+            BusyPoll::OFF,
+            (&mut gate, &bursting),
+            true,
+            &mut log,
+        );
+        assert_eq!(woke, Woke::Ready);
+        let _theirs = sender.join().unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(ours.recv(&mut buf).unwrap(), 5);
+
+        // Untouched buffers: no timeout at all, only traffic or the stop wakes it.
+        wake.signal().unwrap();
+        let woke = idle(
+            ours.as_fd(),
+            &wake,
+            BusyPoll::OFF,
+            (&mut gate, &bursting),
+            false,
+            &mut log,
+        );
+        assert_eq!(woke, Woke::Ready);
     }
 
     /// An engine that busy-polls forwards what comes while it polls and after it has

@@ -111,6 +111,15 @@ impl TxBatch {
         }
     }
 
+    /// Gives the buffer's pages back to the system when nothing waits in it (see
+    /// [`crate::sys::release_pages`]). Returns the bytes released.
+    pub fn release_pages(&mut self) -> usize {
+        if self.used != 0 {
+            return 0;
+        }
+        crate::sys::release_pages(&mut self.buf)
+    }
+
     /// Where the next datagrams are written, before [`TxBatch::push`] takes them in.
     pub fn spare(&mut self) -> &mut [u8] {
         &mut self.buf[self.used..]

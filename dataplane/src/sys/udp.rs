@@ -430,6 +430,13 @@ impl RecvBatch {
         }
     }
 
+    /// Gives the batch's data pages back to the system (see
+    /// [`super::release_pages`]); the batch stays usable. Returns the bytes released.
+    pub fn release_pages(&mut self) -> usize {
+        self.count = 0;
+        super::release_pages(&mut self.data)
+    }
+
     /// A batch as if `recvmmsg` had returned `messages`: (source, GRO segment size or
     /// 0, bytes), each at most 64 KiB. For tests of what consumes batches.
     #[cfg(test)]
