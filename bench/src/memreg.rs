@@ -317,8 +317,7 @@ mod tests {
         let (id, rev) = r
             .claim(
                 &Claim::Create {
-                    ipv6: None,
-                    subnet: s,
+                    key: LeaseKey::dual(s, None),
                 },
                 &attrs(1),
                 1000,
@@ -328,8 +327,7 @@ mod tests {
         assert_eq!(
             r.claim(
                 &Claim::Create {
-                    ipv6: None,
-                    subnet: s
+                    key: LeaseKey::dual(s, None)
                 },
                 &attrs(2),
                 1000,
@@ -345,8 +343,7 @@ mod tests {
         assert_eq!(
             r.claim(
                 &Claim::Reuse {
-                    ipv6: None,
-                    subnet: s,
+                    key: LeaseKey::dual(s, None),
                     mod_revision: rev - 1
                 },
                 &attrs(1),
@@ -358,8 +355,7 @@ mod tests {
         let (id2, rev2) = r
             .claim(
                 &Claim::Reuse {
-                    ipv6: None,
-                    subnet: s,
+                    key: LeaseKey::dual(s, None),
                     mod_revision: rev,
                 },
                 &attrs(1),
@@ -397,8 +393,7 @@ mod tests {
         );
         let held = r.claim(
             &Claim::Reserved {
-                ipv6: None,
-                subnet: s,
+                key: LeaseKey::dual(s, None),
                 mod_revision: rev,
             },
             &attrs(7),
@@ -408,8 +403,7 @@ mod tests {
         assert_eq!(held, Some((0, rev)), "unchanged: nothing written");
         let moved = r.claim(
             &Claim::Reserved {
-                ipv6: None,
-                subnet: s,
+                key: LeaseKey::dual(s, None),
                 mod_revision: rev,
             },
             &attrs(8),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vxmesh_control::allocator::NoFreeSubnet;
-use vxmesh_control::config::NetworkConfig;
+use vxmesh_control::config::{Ipv4Pool, NetworkConfig};
 use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
 use vxmesh_control::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use vxmesh_control::peers::{LocalNode, PeerChange, PeerRules, PeerTable, TableWork, Update};
@@ -145,7 +145,7 @@ struct Node {
     ip: Ipv4Addr,
     mac: MacAddr,
     machine: LeaseMachine,
-    held: Option<(Subnet, i64)>,
+    held: Option<(LeaseKey, i64)>,
     /// Registry requests it made, for the storm's buckets.
     watching: bool,
     /// Where its last listing was taken (the agent's watch begins there).
@@ -164,7 +164,7 @@ struct Observer {
     fib: SharedTable,
     status: AgentState,
     /// The Network's config: the pool whose usage the agent shows after each pass.
-    pool: NetworkConfig,
+    pool: Ipv4Pool,
     /// The rejections generation copied into the status.
     shown_rejections: Option<u64>,
     cursor: usize,
@@ -283,10 +283,8 @@ impl Sim {
                 self.nodes[i].machine.handle(ev, now);
                 self.queue.push(Reverse((self.now + rtt, i)));
             }
-            LeaseAction::Acquired {
-                subnet, lease_id, ..
-            } => {
-                self.nodes[i].held = Some((subnet, lease_id));
+            LeaseAction::Acquired { key, lease_id, .. } => {
+                self.nodes[i].held = Some((key, lease_id));
                 if !self.nodes[i].watching {
                     // The agent's watch: the listing the subnet was claimed after,
                     // then every event since (`WatchFrom::Listing`, no second range).
@@ -310,7 +308,7 @@ impl Sim {
                                 ipv6: None,
                             }),
                         );
-                        let _ = o.table.set_own(LeaseKey::ipv4(subnet), &mut Vec::new());
+                        let _ = o.table.set_own(Some(key), &mut Vec::new());
                         o.cursor = cursor;
                         o.watching = true;
                         o.handle(&[WatchEvent::Snapshot(listing)]);
@@ -505,15 +503,19 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         )
         .as_bytes(),
     )?;
-    if (cfg.pool_size() as usize) < plan.nodes + plan.churn {
+    let pool4 = cfg
+        .ipv4
+        .ok_or_else(|| anyhow::anyhow!("the simulated network has no IPv4 pool"))?;
+    if (pool4.pool_size() as usize) < plan.nodes + plan.churn {
         anyhow::bail!(
             "{} holds {} subnets: fewer than {} nodes",
-            cfg.describe_pool(),
-            cfg.pool_size(),
+            pool4.describe_pool(),
+            pool4.pool_size(),
             plan.nodes + plan.churn
         );
     }
-    let rules = PeerRules::from_config(&cfg);
+    let rules = PeerRules::from_config(&cfg)
+        .ok_or_else(|| anyhow::anyhow!("the simulated network has no IPv4 pool"))?;
     let mut sim = Sim {
         plan: plan.clone(),
         cfg,
@@ -553,7 +555,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             table: PeerTable::new(rules, None),
             fib: SharedTable::new(ForwardingTable::new(local, [])),
             status: AgentState::default(),
-            pool: sim.cfg.clone(),
+            pool: pool4,
             shown_rejections: None,
             cursor: 0,
             work: ObserverWork::default(),
@@ -620,7 +622,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         if sim.nodes[i].gone {
             continue;
         }
-        let hint = sim.nodes[i].held.map(|(s, _)| s);
+        let hint = sim.nodes[i].held.and_then(|(k, _)| k.ipv4_subnet());
         let seed = if plan.same_seeds {
             plan.seed
         } else {
@@ -658,7 +660,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
                 ipv6: None,
             }),
         );
-        let _ = t.set_own(own_subnet.and_then(LeaseKey::ipv4), &mut Vec::new());
+        let _ = t.set_own(own_subnet, &mut Vec::new());
         let _ = t.reset(&listing.entries, &mut Vec::new());
         let status = AgentState::default();
         status.show_peers(&t, None, &mut None);

@@ -21,15 +21,16 @@ use vxmesh_control::subnet::Subnet;
 const ME: Ipv4Addr = Ipv4Addr::new(172, 31, 255, 254);
 
 fn leases(cfg: &NetworkConfig, n: u32) -> Vec<ExistingLease> {
-    let step = 1u32 << (32 - u32::from(cfg.subnet_len));
+    let step = 1u32 << (32 - u32::from(cfg.ipv4.unwrap().subnet_len));
     (0..n)
         .map(|i| ExistingLease {
             ipv6: None,
             subnet: Subnet::new(
                 Ipv4Addr::from(
-                    u32::from(cfg.subnet_min) + (i * 7919 % cfg.pool_size() as u32) * step,
+                    u32::from(cfg.ipv4.unwrap().subnet_min)
+                        + (i * 7919 % cfg.ipv4.unwrap().pool_size() as u32) * step,
                 ),
-                cfg.subnet_len,
+                cfg.ipv4.unwrap().subnet_len,
             )
             .unwrap(),
             attrs: Some(LeaseAttrs::vxlan(

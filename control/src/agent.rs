@@ -26,12 +26,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::allocator::Claim;
+use crate::config::Ipv4Pool;
 use crate::config::NetworkConfig;
 use crate::etcd_access::EtcdAccess;
 use crate::flags::UnderlayFlags;
 pub use crate::handover::node::Launch;
 use crate::handover::node::{self as handover, NodeHandover};
-use crate::lease::{LeaseAttrs, LeaseKey};
+use crate::lease::{LeaseAttrs, LeaseKey, NodeId};
 use crate::lease_machine::{LeaseAction, LeaseEvent, LeaseMachine};
 use crate::masq::{Backend, Ensured, Rules};
 use crate::netlink::{LinkInfo, LinkNews, Netlink};
@@ -39,7 +40,7 @@ use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeD
 use crate::outage::{Outage, Report};
 use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
-use crate::registry::{Backoff, Listing, Registry, RegistryError, WatchEvent, WatchFrom};
+use crate::registry::{Backoff, Listing, Registry, WatchEvent, WatchFrom};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
@@ -225,19 +226,26 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
     opts: &AgentOptions,
     state: &AgentState,
     stop: &mut F,
-) -> Option<(Registry, NetworkConfig)> {
+) -> Option<(Registry, NetworkConfig, Ipv4Pool)> {
     let mut backoff = Backoff::default();
     let mut last_msg = String::new();
     loop {
         let attempt = async {
-            let reg = Registry::connect_with(&opts.etcd, &opts.etcd_prefix).await?;
-            let cfg = reg.network_config().await?;
-            Ok::<_, RegistryError>((reg, cfg))
+            let reg = Registry::connect_with(&opts.etcd, &opts.etcd_prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            let cfg = reg.network_config().await.map_err(|e| e.to_string())?;
+            match cfg.ipv4 {
+                Some(pool4) => Ok((reg, cfg, pool4)),
+                None => Err(ipv6_only_refused(
+                    &cfg,
+                    &crate::lease::config_key(reg.prefix()),
+                )),
+            }
         };
         match attempt.await {
             Ok(x) => return Some(x),
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 if msg != last_msg {
                     tracing::error!("{msg}");
                     last_msg = msg.clone();
@@ -251,16 +259,35 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
     }
 }
 
+/// Why a node does not start on an IPv6-only config (`EnableIPv4` false), and what to do.
+fn ipv6_only_refused(cfg: &NetworkConfig, key: &str) -> String {
+    format!(
+        "the network config at {key} is IPv6-only (EnableIPv4 is false; {}): vxmesh does not run IPv6-only networks yet, it carries IPv6 pod traffic beside IPv4 (dual stack); flanneld runs them only with its Kubernetes subnet manager, not with etcd. Run dual stack: set EnableIPv4 to true (or remove it) and give Network; this node waits for such a config",
+        cfg.describe_pool()
+    )
+}
+
 /// Messages from the lease task to the agent loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
-    pub subnet: Subnet,
-    /// The IPv6 half of a dual-stack lease (one key names both).
-    pub ipv6: Option<Subnet6>,
+    /// The key held: IPv4, dual stack (one key names both subnets) or IPv6 only.
+    pub key: LeaseKey,
     /// The etcd lease kept alive; 0 for a reservation (no lease, nothing to renew).
     pub lease_id: i64,
     /// The etcd revision of the claim.
     pub revision: i64,
+}
+
+impl Held {
+    /// The IPv4 subnet (`None` on an IPv6-only network).
+    pub fn subnet(&self) -> Option<Subnet> {
+        self.key.ipv4_subnet()
+    }
+
+    /// The IPv6 subnet (dual stack, IPv6 only).
+    pub fn ipv6(&self) -> Option<Subnet6> {
+        self.key.ipv6_subnet()
+    }
 }
 
 /// Where the lease task publishes what it holds.
@@ -312,13 +339,13 @@ async fn lease_task(
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
-                subnet,
-                ipv6,
+                key: held_key,
                 lease_id,
                 revision,
                 changed_from,
             }) => {
-                let key = LeaseKey::dual(subnet, ipv6).key_form();
+                let subnet = held_key;
+                let key = held_key.key_form();
                 let moved = std::mem::take(&mut moving) && changed_from.is_none();
                 match changed_from {
                     None if moved => {
@@ -390,8 +417,7 @@ async fn lease_task(
                     let _ = tx.send(l);
                 }
                 let _ = held_tx.send(Some(Held {
-                    subnet,
-                    ipv6,
+                    key: held_key,
                     lease_id,
                     revision,
                 }));
@@ -507,15 +533,13 @@ pub async fn acquire(
     loop {
         match step(reg, machine, attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
-                subnet,
-                ipv6,
+                key,
                 lease_id,
                 revision,
                 ..
             }) => {
                 return Ok(Held {
-                    subnet,
-                    ipv6,
+                    key,
                     lease_id,
                     revision,
                 })
@@ -537,7 +561,11 @@ fn move_to(new: LeaseAttrs, machine: &mut LeaseMachine, attrs: &mut LeaseAttrs) 
         return false;
     }
     tracing::info!(old = %attrs.public_ip, new = %new.public_ip, public_ipv6 = ?new.public_ipv6, "putting the subnet lease again with the node's new address");
-    machine.moved(new.public_ip);
+    let me = match machine.node() {
+        NodeId::V6(old) => NodeId::V6(new.public_ipv6.unwrap_or(old)),
+        NodeId::V4(_) => NodeId::V4(new.public_ip),
+    };
+    machine.moved(me);
     *attrs = new;
     true
 }
@@ -597,8 +625,10 @@ async fn keep_iptables(
         let (mut snapshot, mut snapshot6) = (last.take(), last6.take());
         // iptables-save/-restore are processes: off the control thread.
         let Ok((r, r6, snapshot, snapshot6)) = tokio::task::spawn_blocking(move || {
-            let r = crate::masq::ensure(&network, &h.subnet, rules, &mut snapshot);
-            let r6 = match (network6, h.ipv6) {
+            let r = h
+                .subnet()
+                .map(|own| crate::masq::ensure(&network, &own, rules, &mut snapshot));
+            let r6 = match (network6, h.ipv6()) {
                 (Some(n6), Some(own6)) => {
                     Some(crate::masq::ensure6(&n6, &own6, rules, &mut snapshot6))
                 }
@@ -612,7 +642,9 @@ async fn keep_iptables(
         };
         (last, last6) = (snapshot, snapshot6);
         let tool = rules.backend.name();
-        report_rules(r, tool, "", &mut failing[0], &state);
+        if let Some(r) = r {
+            report_rules(r, tool, "", &mut failing[0], &state);
+        }
         if let Some(r6) = r6 {
             report_rules(r6, tool, " (IPv6)", &mut failing[1], &state);
         }
@@ -886,7 +918,7 @@ pub async fn run_with(
     let underlay = resolve_underlay(&nl, &opts.underlay).await?;
     tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
 
-    let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
+    let (reg, cfg, pool4) = match registry_and_config(&opts, &state, &mut stop).await {
         Some(x) => x,
         None => return Ok(()),
     };
@@ -902,11 +934,11 @@ pub async fn run_with(
         i.vtep_mac = Some(vtep_mac.to_string());
         i.vni = Some(vni.get());
         i.port = Some(cfg.backend.port);
-        i.network = Some(cfg.network);
+        i.network = Some(pool4.network);
         i.mtu = Some(mtu);
         i.last_error = None;
     });
-    tracing::info!(network = %cfg.network, pool = %cfg.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
+    tracing::info!(network = %pool4.network, pool = %pool4.describe_pool(), vni = vni.get(), port = cfg.backend.port, %vtep_mac, mtu, "network config");
     let public_ipv6 = lease_ipv6(&nl, &opts.underlay, &underlay, &cfg).await?;
     state.update(|i| i.public_ipv6 = public_ipv6);
     // The kernel devices' names hold the VNI (flannel's `flannel.<VNI>`,
@@ -927,8 +959,8 @@ pub async fn run_with(
     // A Network holding the node's own underlay address would route the node's
     // VXLAN (and everything else to that address) into the overlay.
     for ip in [underlay.local_ip, underlay.public_ip] {
-        if cfg.network.contains(ip) {
-            anyhow::bail!("the network config's Network {} contains this node's underlay address {ip}: the pods' routes would take the node's own traffic; choose a Network outside the node addresses (docs/troubleshooting.md, \"public_ip_in_subnet\")", cfg.network);
+        if pool4.network.contains(ip) {
+            anyhow::bail!("the network config's Network {} contains this node's underlay address {ip}: the pods' routes would take the node's own traffic; choose a Network outside the node addresses (docs/troubleshooting.md, \"public_ip_in_subnet\")", pool4.network);
         }
     }
     if let Some((ip6, pool)) = public_ipv6.zip(cfg.ipv6.as_ref()) {
@@ -944,7 +976,7 @@ pub async fn run_with(
         opts.tap_queues,
         opts.offloads,
         underlay.public_ip,
-        cfg.network,
+        pool4.network,
         vni.get(),
         cfg.backend.port,
         &opts.etcd_prefix,
@@ -965,14 +997,14 @@ pub async fn run_with(
             LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
                 .with_ipv6_hint(hint6)
         }
-        Some((subnet, id)) if cfg.fits(&subnet) => {
+        Some((subnet, id)) if pool4.fits(&subnet) => {
             LeaseMachine::holding(cfg.clone(), underlay.public_ip, subnet, id, random_seed())
         }
         // The config changed under the handover (SubnetLen, SubnetMin/Max): the lease
         // is claimed afresh as at a cold start, which moves the node to a subnet its
         // peers accept.
         Some((subnet, _)) => {
-            tracing::warn!(%subnet, pool = %cfg.describe_pool(), "handed-over subnet does not fit the network config: claiming a lease that does");
+            tracing::warn!(%subnet, pool = %pool4.describe_pool(), "handed-over subnet does not fit the network config: claiming a lease that does");
             LeaseMachine::new(cfg.clone(), underlay.public_ip, Some(subnet), random_seed())
                 .with_ipv6_hint(hint6)
         }
@@ -1019,9 +1051,9 @@ pub async fn run_with(
         vni,
         port: cfg.backend.port,
         inner: Some(vxmesh_dataplane::fib::InnerCheck {
-            network: cfg.network.addr(),
-            network_len: cfg.network.prefix_len(),
-            subnet_len: cfg.subnet_len,
+            network: pool4.network.addr(),
+            network_len: pool4.network.prefix_len(),
+            subnet_len: pool4.subnet_len,
         }),
     };
     let setup = DataplaneSetup {
@@ -1039,8 +1071,8 @@ pub async fn run_with(
         engine_priority: opts.engine_priority,
         busy_poll: opts.busy_poll,
         egress_tunnel_gso: opts.egress_tunnel_gso,
-        network: cfg.network,
-        subnet_len: cfg.subnet_len,
+        network: pool4.network,
+        subnet_len: pool4.subnet_len,
         direct_routing: cfg.backend.direct_routing,
         ipv6: public_ipv6
             .zip(cfg.ipv6.as_ref())
@@ -1073,7 +1105,7 @@ pub async fn run_with(
     };
     let mut node = Running {
         files: NodeFiles {
-            network: cfg.network,
+            network: pool4.network,
             ipv6_network: cfg.ipv6.as_ref().map(|p| p.network),
             mtu,
             ip_masq: opts.ip_masq,
@@ -1085,17 +1117,18 @@ pub async fn run_with(
         nl,
         dp,
         pool_cfg: cfg.clone(),
+        pool4,
         pool_alarm: crate::pool::PoolAlarm::default(),
         pool6_alarm: crate::pool::PoolAlarm::ipv6(),
         peers: PeerTable::new(
-            PeerRules::from_config(&cfg),
+            PeerRules::from_config(&cfg).context("an IPv6-only network has no IPv4 peers")?,
             Some(LocalNode {
                 public_ip: underlay.public_ip,
                 vtep_mac,
                 ipv6: public_ipv6.map(|ip6| (ip6, crate::vtep_mac::derive_v6(ip6, vni.get()))),
             }),
         ),
-        own_key: OwnKeyWatch::new(reg.prefix(), underlay.public_ip),
+        own_key: OwnKeyWatch::new(reg.prefix(), NodeId::V4(underlay.public_ip)),
         registry: reg.clone(),
         own: first,
         lost_tx,
@@ -1118,7 +1151,7 @@ pub async fn run_with(
     let iptables = rules.any().then(|| {
         tokio::spawn(keep_iptables(
             node.files.rules.subscribe(),
-            cfg.network,
+            pool4.network,
             node.dp.device6_index().and(node.files.ipv6_network),
             held_rx.clone(),
             opts.iptables_resync,
@@ -1358,6 +1391,8 @@ struct Running {
     peers: PeerTable,
     /// The pool's bounds (for its usage) and the 90 % warning.
     pool_cfg: crate::config::NetworkConfig,
+    /// Its IPv4 pool.
+    pool4: Ipv4Pool,
     pool_alarm: crate::pool::PoolAlarm,
     pool6_alarm: crate::pool::PoolAlarm,
     own_key: OwnKeyWatch,
@@ -1401,21 +1436,23 @@ struct Running {
 impl Running {
     /// Takes the first lease: device address, masquerade rules, subnet file, peers.
     async fn start(&mut self, first: Held) -> anyhow::Result<()> {
-        self.take_subnet(first.subnet, first.ipv6).await?;
+        self.take_subnet(first.key).await?;
         self.state.ready.subnet_env.store(true, Ordering::Relaxed);
-        tracing::info!(subnet = %first.subnet, file = %self.files.subnet_file.display(), "subnet file written");
+        tracing::info!(subnet = %first.key, file = %self.files.subnet_file.display(), "subnet file written");
         let mut skips = Vec::new();
-        let _ = self
-            .peers
-            .set_own(Some(LeaseKey::dual(first.subnet, first.ipv6)), &mut skips);
+        let _ = self.peers.set_own(Some(first.key), &mut skips);
         record_skips(&skips, &self.state);
         self.held(first);
         Ok(())
     }
 
-    /// Gives the node `subnet` (and, dual stack, `ipv6`): the devices' addresses,
-    /// masquerade rules, subnet file.
-    async fn take_subnet(&mut self, subnet: Subnet, ipv6: Option<Subnet6>) -> anyhow::Result<()> {
+    /// Gives the node the subnets of `key`: the devices' addresses, masquerade
+    /// rules, subnet file.
+    async fn take_subnet(&mut self, key: LeaseKey) -> anyhow::Result<()> {
+        let Some(subnet) = key.ipv4_subnet() else {
+            anyhow::bail!("the lease {key} has no IPv4 subnet, and this node runs an IPv4 network");
+        };
+        let ipv6 = key.ipv6_subnet();
         self.dp.set_subnet(&self.nl, &subnet).await?;
         let carried6 = self.take_subnet6(ipv6).await?;
         let rules = *self.files.rules.borrow();
@@ -1502,12 +1539,11 @@ impl Running {
     /// Records a held lease (status, readiness, the own-key watch).
     fn held(&mut self, h: Held) {
         self.own = h;
-        self.own_key
-            .hold(&LeaseKey::dual(h.subnet, h.ipv6), h.revision);
+        self.own_key.hold(&h.key, h.revision);
         self.state.ready.lease.store(true, Ordering::Relaxed);
         self.state.update(|i| {
-            i.subnet = Some(h.subnet);
-            i.ipv6_subnet = h.ipv6;
+            i.subnet = h.subnet();
+            i.ipv6_subnet = h.ipv6();
             i.lease_id = Some(format!("{:x}", h.lease_id));
             i.reservation = h.lease_id == 0;
         });
@@ -1520,15 +1556,13 @@ impl Running {
             self.own_key.release();
             self.state.ready.lease.store(false, Ordering::Relaxed);
             self.state
-                .event("lease_lost", format!("subnet {}", self.own.subnet));
+                .event("lease_lost", format!("subnet {}", self.own.key));
             return Ok(());
         };
-        if h.subnet != self.own.subnet || h.ipv6 != self.own.ipv6 {
-            self.take_subnet(h.subnet, h.ipv6).await?;
+        if h.key != self.own.key {
+            self.take_subnet(h.key).await?;
             let mut skips = Vec::new();
-            let changes = self
-                .peers
-                .set_own(Some(LeaseKey::dual(h.subnet, h.ipv6)), &mut skips);
+            let changes = self.peers.set_own(Some(h.key), &mut skips);
             record_skips(&skips, &self.state);
             record_changes(&changes, &self.state);
             program(&self.dp, &self.nl, &changes, &self.state);
@@ -1624,7 +1658,7 @@ impl Running {
         self.state
             .show_peers(&self.peers, changes, &mut self.shown_rejections);
         // A range count over the subnets the table keeps as keys come and go.
-        let usage = self.peers.leased().usage(&self.pool_cfg);
+        let usage = self.peers.leased().usage(&self.pool4);
         show_pool(&mut self.pool_alarm, usage, &self.state.pool, &self.state);
         let Some(pool6) = self.pool_cfg.ipv6.as_ref() else {
             return;
@@ -1752,7 +1786,7 @@ impl Running {
         }
         // Before the lease is put again: the put names the new address, and must
         // read as this node's, not as someone else's write on its key.
-        self.own_key.set_public_ip(new.public_ip);
+        self.own_key.set_node(NodeId::V4(new.public_ip));
         let local = LocalNode {
             public_ip: new.public_ip,
             vtep_mac: self.setup.local.vtep_mac,
@@ -1833,9 +1867,9 @@ impl Running {
             .store(false, Ordering::Relaxed);
         if let Some(ip) = [choice.local_ip, choice.public_ip]
             .into_iter()
-            .find(|ip| self.pool_cfg.network.contains(*ip))
+            .find(|ip| self.pool4.network.contains(*ip))
         {
-            tracing::error!(address = %ip, network = %self.pool_cfg.network, "the underlay moved to an address inside the Network; not following it (pods' routes would take the node's own traffic)");
+            tracing::error!(address = %ip, network = %self.pool4.network, "the underlay moved to an address inside the Network; not following it (pods' routes would take the node's own traffic)");
             return None;
         }
         match underlay_of(&self.nl, choice).await {
@@ -1889,7 +1923,7 @@ impl Running {
     /// routes and neighbours.
     async fn device_rebuilt(&mut self, why: Rebuild) {
         let own = self.own;
-        if let Err(e) = self.take_subnet(own.subnet, own.ipv6).await {
+        if let Err(e) = self.take_subnet(own.key).await {
             tracing::error!(error = %format!("{e:#}"), "cannot give the new overlay device its address");
             self.state.update(|i| i.last_error = Some(format!("{e:#}")));
         }

@@ -34,10 +34,10 @@
 //! deleted in the transaction that claims the new subnet, as flanneld deletes it at
 //! start (`retire_stale`). A reservation is never deleted.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::config::{Ipv6Pool, NetworkConfig};
-use crate::lease::{LeaseAttrs, LeaseKey};
+use crate::config::{Ipv4Pool, Ipv6Pool, NetworkConfig};
+use crate::lease::{LeaseAttrs, LeaseKey, NodeId};
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 
@@ -56,66 +56,64 @@ pub struct ExistingLease {
     pub lease_id: i64,
 }
 
-/// One attempt the lease machine should make. `ipv6` is the IPv6 half of a
-/// dual-stack key (`None` for an IPv4 key): the key claimed is [`Claim::key`].
+impl ExistingLease {
+    /// The key as flannel's forms read it: `None` for a key whose IPv4 part is
+    /// `0.0.0.0/0` without an IPv6 part (names no subnet).
+    pub fn key(&self) -> Option<LeaseKey> {
+        LeaseKey::new(Some(self.subnet), self.ipv6)
+    }
+
+    /// Whether the key is IPv6-only (`0.0.0.0-0&<ipv6>-<len>`).
+    pub fn ipv6_only(&self) -> bool {
+        self.subnet.prefix_len() == 0 && self.ipv6.is_some()
+    }
+}
+
+/// One attempt the lease machine should make, on the key [`Claim::key`]: an IPv4
+/// key, a dual-stack key naming both subnets, or (an IPv6-only network) an IPv6-only
+/// key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// Take over our own existing lease, if it is still at `mod_revision`.
-    Reuse {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
-        mod_revision: i64,
-    },
+    Reuse { key: LeaseKey, mod_revision: i64 },
     /// Hold our own reservation, if it is still at `mod_revision`: no etcd lease, no
     /// keepalive; the value is rewritten (still without a lease) only if it is not
     /// exactly ours. Held under the key the operator wrote, whatever its families.
-    Reserved {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
-        mod_revision: i64,
-    },
+    Reserved { key: LeaseKey, mod_revision: i64 },
     /// Create the key; succeeds only if it does not exist.
-    Create {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
-    },
+    Create { key: LeaseKey },
     /// Our own lease `from`, still at `from_mod_revision`, no longer fits the
-    /// config: delete it and create the new key in one transaction; succeeds only if
-    /// `from` is unchanged and the new key does not exist. The new key keeps `from`'s
-    /// IPv4 subnet when only its families are wrong (EnableIPv6 turned on or off), and
-    /// is a new subnet when the IPv4 subnet itself no longer fits (see `retire_stale`).
+    /// config: delete it and create `key` in one transaction; succeeds only if
+    /// `from` is unchanged and `key` does not exist. `key` keeps `from`'s IPv4
+    /// subnet when only its families are wrong (EnableIPv6 turned on or off), and
+    /// is a new subnet when the subnet itself no longer fits (see `retire_stale`).
     Rekey {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
+        key: LeaseKey,
         from: LeaseKey,
         from_mod_revision: i64,
     },
 }
 
 impl Claim {
-    /// The IPv4 subnet claimed.
-    pub fn subnet(&self) -> Subnet {
-        match self {
-            Claim::Reuse { subnet, .. }
-            | Claim::Reserved { subnet, .. }
-            | Claim::Create { subnet, .. }
-            | Claim::Rekey { subnet, .. } => *subnet,
-        }
-    }
-
-    /// The IPv6 subnet claimed with it (dual stack).
-    pub fn ipv6(&self) -> Option<Subnet6> {
-        match self {
-            Claim::Reuse { ipv6, .. }
-            | Claim::Reserved { ipv6, .. }
-            | Claim::Create { ipv6, .. }
-            | Claim::Rekey { ipv6, .. } => *ipv6,
-        }
-    }
-
-    /// The key claimed: `10.5.1.0-24` or, dual stack, `10.5.1.0-24&fc00::-64`.
+    /// The key claimed: `10.5.1.0-24`, dual stack `10.5.1.0-24&fc00::-64`, IPv6 only
+    /// `0.0.0.0-0&fc00::-64`.
     pub fn key(&self) -> LeaseKey {
-        LeaseKey::dual(self.subnet(), self.ipv6())
+        match self {
+            Claim::Reuse { key, .. }
+            | Claim::Reserved { key, .. }
+            | Claim::Create { key }
+            | Claim::Rekey { key, .. } => *key,
+        }
+    }
+
+    /// The IPv4 subnet claimed (`None` on an IPv6-only network).
+    pub fn subnet(&self) -> Option<Subnet> {
+        self.key().ipv4_subnet()
+    }
+
+    /// The IPv6 subnet claimed (dual stack, IPv6 only).
+    pub fn ipv6(&self) -> Option<Subnet6> {
+        self.key().ipv6_subnet()
     }
 }
 
@@ -170,6 +168,14 @@ pub struct Hints {
 }
 
 impl Hints {
+    /// Both subnets of `key`, to be tried first.
+    pub fn of(key: LeaseKey) -> Hints {
+        Hints {
+            ipv4: key.ipv4_subnet(),
+            ipv6: key.ipv6_subnet(),
+        }
+    }
+
     pub fn ipv4(ipv4: Option<Subnet>) -> Hints {
         Hints { ipv4, ipv6: None }
     }
@@ -197,11 +203,11 @@ struct Pool {
 }
 
 impl Pool {
-    fn of(cfg: &NetworkConfig) -> Pool {
+    fn of(pool: &Ipv4Pool) -> Pool {
         Pool {
-            min: u128::from(u32::from(cfg.subnet_min)),
-            step: 1u128 << (32 - u32::from(cfg.subnet_len)),
-            count: u128::from(cfg.pool_size()),
+            min: u128::from(u32::from(pool.subnet_min)),
+            step: 1u128 << (32 - u32::from(pool.subnet_len)),
+            count: u128::from(pool.pool_size()),
         }
     }
 
@@ -346,6 +352,13 @@ pub fn plan_counted(
     max: usize,
     work: &mut Work,
 ) -> Result<Vec<Claim>, NoFreeSubnet> {
+    // An IPv6-only network has no IPv4 pool: its nodes plan with `plan_ipv6_only`.
+    let Some(pool4) = cfg.ipv4.as_ref() else {
+        return Err(NoFreeSubnet {
+            pool: cfg.describe_pool(),
+            leased: 0,
+        });
+    };
     let hint = hints.ipv4;
     let mut out = Vec::new();
     // Whether a key's IPv6 part is what the config asks for (flannel's
@@ -356,7 +369,7 @@ pub fn plan_counted(
     };
     let mut mine: Vec<&ExistingLease> = leases
         .iter()
-        .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == me) && cfg.fits(&l.subnet))
+        .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == me) && pool4.fits(&l.subnet))
         .collect();
     // A reservation first, then a key of the right families, then the lowest subnet.
     mine.sort_by_key(|l| (l.lease_id != 0, !families_fit(l), l.subnet));
@@ -366,31 +379,28 @@ pub fn plan_counted(
         let ipv6 = l.ipv6;
         out.push(if l.lease_id == 0 {
             Claim::Reserved {
-                subnet: l.subnet,
-                ipv6,
+                key: LeaseKey::dual(l.subnet, ipv6),
                 mod_revision: l.mod_revision,
             }
         } else if families_fit(l) {
             Claim::Reuse {
-                subnet: l.subnet,
-                ipv6,
+                key: LeaseKey::dual(l.subnet, ipv6),
                 mod_revision: l.mod_revision,
             }
         } else {
             need_v6 += usize::from(cfg.ipv6.is_some());
             Claim::Rekey {
-                subnet: l.subnet,
-                ipv6: None,
+                key: LeaseKey::dual(l.subnet, None),
                 from: LeaseKey::dual(l.subnet, l.ipv6),
                 from_mod_revision: l.mod_revision,
             }
         });
     }
-    let pool = Pool::of(cfg);
+    let pool = Pool::of(pool4);
     // Keys covering the whole Network occupy nothing (see the module documentation).
     let occupying = leases
         .iter()
-        .filter(|l| !l.subnet.contains_subnet(&cfg.network));
+        .filter(|l| !l.subnet.contains_subnet(&pool4.network));
     work.leases += leases.len() as u64;
     let taken_runs = merge(
         occupying
@@ -404,15 +414,14 @@ pub fn plan_counted(
     };
     // The hint, when it is a free candidate, is tried first and not drawn again.
     let hint_index = hint
-        .filter(|h| cfg.fits(h))
+        .filter(|h| pool4.fits(h))
         .and_then(|h| pool.overlapped(&h))
         .map(|(lo, _)| lo)
         .filter(|&i| !is_taken(i));
     if let (Some(h), Some(_)) = (hint, hint_index) {
-        if !out.iter().any(|c| c.subnet() == h) {
+        if !out.iter().any(|c| c.subnet() == Some(h)) {
             out.push(Claim::Create {
-                subnet: h,
-                ipv6: None,
+                key: LeaseKey::dual(h, None),
             });
         }
     }
@@ -427,12 +436,14 @@ pub fn plan_counted(
     out.extend(
         picked
             .into_iter()
-            .filter_map(|i| pool.subnet(i, cfg.subnet_len))
-            .map(|subnet| Claim::Create { subnet, ipv6: None }),
+            .filter_map(|i| pool.subnet(i, pool4.subnet_len))
+            .map(|subnet| Claim::Create {
+                key: LeaseKey::dual(subnet, None),
+            }),
     );
     if out.is_empty() {
         return Err(NoFreeSubnet {
-            pool: cfg.describe_pool(),
+            pool: pool4.describe_pool(),
             leased: u64::try_from(leased).unwrap_or(u64::MAX),
         });
     }
@@ -440,7 +451,7 @@ pub fn plan_counted(
         pair_ipv6(v6_pool, leases, hints.ipv6, seed, need_v6, &mut out, work)?;
     }
     if mine.is_empty() {
-        retire_stale(cfg, me, leases, &mut out);
+        retire_stale(pool4, me, leases, &mut out);
     }
     Ok(out)
 }
@@ -457,29 +468,144 @@ pub fn plan_counted(
 /// deletes that too. Of several stale leases, the lowest subnet goes first; the rest
 /// go at later starts. If it changes or goes while we claim, every Rekey loses and
 /// the next listing, without it, plans plain Creates.
-fn retire_stale(cfg: &NetworkConfig, me: Ipv4Addr, leases: &[ExistingLease], out: &mut [Claim]) {
+fn retire_stale(pool4: &Ipv4Pool, me: Ipv4Addr, leases: &[ExistingLease], out: &mut [Claim]) {
     let Some(stale) = leases
         .iter()
         .filter(|l| {
             l.lease_id != 0
-                && !cfg.fits(&l.subnet)
+                && !l.ipv6_only()
+                && !pool4.fits(&l.subnet)
                 && l.attrs.as_ref().is_some_and(|a| a.public_ip == me)
         })
         .min_by_key(|l| l.subnet)
     else {
         return;
     };
-    let from = LeaseKey::dual(stale.subnet, stale.ipv6);
+    let Some(from) = stale.key() else { return };
     for c in out.iter_mut() {
-        if let Claim::Create { subnet, ipv6 } = *c {
+        if let Claim::Create { key } = *c {
             *c = Claim::Rekey {
-                subnet,
-                ipv6,
+                key,
                 from,
                 from_mod_revision: stale.mod_revision,
             };
         }
     }
+}
+
+/// The plan for node `me` on its network: [`plan_counted`] on an IPv4 or dual-stack
+/// network (the node known by its PublicIP), [`plan_ipv6_only`] on an IPv6-only one
+/// (known by its PublicIPv6). A node whose identity is not of its network's kind (a
+/// caller's mistake) gets no candidate.
+pub fn plan_for(
+    cfg: &NetworkConfig,
+    me: NodeId,
+    leases: &[ExistingLease],
+    hints: Hints,
+    seed: u64,
+    max: usize,
+    work: &mut Work,
+) -> Result<Vec<Claim>, NoFreeSubnet> {
+    match (me, cfg.ipv4.is_some(), cfg.ipv6.as_ref()) {
+        (NodeId::V4(ip), true, _) => plan_counted(cfg, ip, leases, hints, seed, max, work),
+        (NodeId::V6(ip), false, Some(pool6)) => {
+            plan_ipv6_only(pool6, ip, leases, hints.ipv6, seed, max, work)
+        }
+        _ => Err(NoFreeSubnet {
+            pool: format!("{} (not for a node known by its {me})", cfg.describe_pool()),
+            leased: 0,
+        }),
+    }
+}
+
+/// The plan on an IPv6-only network (`EnableIPv4` false): keys `0.0.0.0-0&<ipv6>-<len>`,
+/// flannel's IPv6-only form, and the node known by its PublicIPv6 (every such lease's
+/// PublicIP is `0.0.0.0`). The same order as [`plan`]: a lease of ours that fits
+/// IPv6Network (a reservation first), else the hint (the subnet file's
+/// `FLANNEL_IPV6_SUBNET`) when free, else free subnets in random order
+/// ([`plan_ipv6_counted`]). A dual-stack key naming our PublicIPv6 (the network was
+/// dual stack) whose IPv6 half fits is moved to the IPv6-only key of the same IPv6
+/// subnet ([`Claim::Rekey`]), as a dual-stack node moves keys when EnableIPv6 changes;
+/// a lease of ours that no longer fits at all is deleted with the new claim.
+pub fn plan_ipv6_only(
+    pool: &Ipv6Pool,
+    me: Ipv6Addr,
+    leases: &[ExistingLease],
+    hint: Option<Subnet6>,
+    seed: u64,
+    max: usize,
+    work: &mut Work,
+) -> Result<Vec<Claim>, NoFreeSubnet> {
+    // Ours: a lease naming our PublicIPv6 (IPv6-only, or dual stack from before).
+    let ours = |l: &&ExistingLease| l.attrs.as_ref().is_some_and(|a| a.public_ipv6 == Some(me));
+    let fitting = |l: &ExistingLease| l.ipv6.filter(|s| pool.fits(s));
+    let mut mine: Vec<(&ExistingLease, Subnet6)> = leases
+        .iter()
+        .filter(ours)
+        .filter_map(|l| Some((l, fitting(l)?)))
+        .collect();
+    // A reservation first, then an IPv6-only key, then the lowest subnet.
+    mine.sort_by_key(|(l, s)| (l.lease_id != 0, !l.ipv6_only(), *s));
+    let mut out = Vec::new();
+    if let Some(&(l, subnet)) = mine.first() {
+        let key = LeaseKey::ipv6_only(subnet);
+        out.push(if l.lease_id == 0 {
+            // Held under the key the operator wrote, whatever its families.
+            Claim::Reserved {
+                key: l.key().unwrap_or(key),
+                mod_revision: l.mod_revision,
+            }
+        } else if l.ipv6_only() {
+            Claim::Reuse {
+                key,
+                mod_revision: l.mod_revision,
+            }
+        } else {
+            match l.key() {
+                Some(from) => Claim::Rekey {
+                    key,
+                    from,
+                    from_mod_revision: l.mod_revision,
+                },
+                None => Claim::Create { key },
+            }
+        });
+    }
+    let taken: Vec<Subnet6> = leases.iter().filter_map(|l| l.ipv6).collect();
+    let want = max.saturating_sub(out.len());
+    let fresh = if want == 0 {
+        Vec::new()
+    } else {
+        match plan_ipv6_counted(pool, &taken, hint, seed, want, work) {
+            Ok(v) => v,
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => Vec::new(),
+        }
+    };
+    out.extend(fresh.into_iter().map(|s| Claim::Create {
+        key: LeaseKey::ipv6_only(s),
+    }));
+    if mine.is_empty() {
+        // Our lease that no longer fits IPv6Network (or the pool) goes with the claim.
+        let stale = leases
+            .iter()
+            .filter(ours)
+            .filter(|l| l.lease_id != 0 && fitting(l).is_none())
+            .filter_map(|l| Some((l.key()?, l.mod_revision)))
+            .min();
+        if let Some((from, from_mod_revision)) = stale {
+            for c in out.iter_mut() {
+                if let Claim::Create { key } = *c {
+                    *c = Claim::Rekey {
+                        key,
+                        from,
+                        from_mod_revision,
+                    };
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Gives every Create and Rekey claim of a dual-stack plan its IPv6 half, from
@@ -508,9 +634,14 @@ fn pair_ipv6(
         }
     };
     out.retain_mut(|c| match c {
-        Claim::Create { ipv6, .. } | Claim::Rekey { ipv6, .. } => {
-            *ipv6 = v6.next();
-            ipv6.is_some()
+        Claim::Create { key } | Claim::Rekey { key, .. } => {
+            match key.ipv4_subnet().zip(v6.next()) {
+                Some((v4, half)) => {
+                    *key = LeaseKey::dual(v4, Some(half));
+                    true
+                }
+                None => false,
+            }
         }
         Claim::Reuse { .. } | Claim::Reserved { .. } => true,
     });
@@ -776,6 +907,183 @@ mod tests {
     const THEIR_V4_VALUE: &str = r#"{"PublicIP":"192.168.1.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"}}"#;
     const THEIR_DUAL_VALUE: &str = r#"{"PublicIP":"192.168.1.9","PublicIPv6":"fd00:64::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:09"}}"#;
 
+    /// flannel's IPv6-only values: PublicIP is the empty `0.0.0.0` on every node.
+    const MY_V6_ONLY_VALUE: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::10","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:0a"}}"#;
+    const THEIR_V6_ONLY_VALUE: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::9","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:09"}}"#;
+    const ME6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x10);
+
+    /// An IPv6-only network's config (EnableIPv4 false).
+    fn v6_only() -> NetworkConfig {
+        let mut c = cfg(DUAL);
+        c.ipv4 = None;
+        c
+    }
+
+    fn plan6(leases: &[ExistingLease], hint: Option<Subnet6>, max: usize) -> Vec<Claim> {
+        let c = v6_only();
+        plan_for(
+            &c,
+            NodeId::V6(ME6),
+            leases,
+            Hints {
+                ipv4: None,
+                ipv6: hint,
+            },
+            1,
+            max,
+            &mut Work::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ipv6_only_claims_are_flannels_ipv6_only_keys() {
+        let theirs = listed("0.0.0.0-0&fd00:10:244:5::-64", THEIR_V6_ONLY_VALUE, 9);
+        assert!(theirs.ipv6_only());
+        let p = plan6(std::slice::from_ref(&theirs), None, 16);
+        assert_eq!(p.len(), 16);
+        let pool = v6_only().ipv6.unwrap();
+        for c in &p {
+            assert!(matches!(c, Claim::Create { .. }), "{c:?}");
+            assert_eq!(c.subnet(), None);
+            let v6 = c.ipv6().unwrap();
+            assert!(pool.fits(&v6) && v6 != s6("fd00:10:244:5::/64"), "{c:?}");
+            assert_eq!(
+                c.key().key_form(),
+                format!("0.0.0.0-0&{}", v6.key_form()),
+                "flannel's MakeSubnetKey with an empty IPv4 subnet"
+            );
+            assert_eq!(LeaseKey::parse(&c.key().key_form()).unwrap(), c.key());
+        }
+        // The hint (FLANNEL_IPV6_SUBNET) first when free, never when taken.
+        let hint = s6("fd00:10:244:9::/64");
+        assert_eq!(plan6(&[], Some(hint), 4)[0].ipv6(), Some(hint));
+        let p = plan6(
+            std::slice::from_ref(&theirs),
+            Some(s6("fd00:10:244:5::/64")),
+            4,
+        );
+        assert!(p.iter().all(|c| c.ipv6() != Some(s6("fd00:10:244:5::/64"))));
+    }
+
+    /// flanneld's etcd mode finds "its" lease by PublicIP, which is 0.0.0.0 for every
+    /// IPv6-only node: a second node would take the first's. vxmesh goes by PublicIPv6.
+    #[test]
+    fn an_ipv6_only_node_is_known_by_its_public_ipv6_not_by_0_0_0_0() {
+        let theirs = listed("0.0.0.0-0&fd00:10:244:5::-64", THEIR_V6_ONLY_VALUE, 9);
+        let mine = listed("0.0.0.0-0&fd00:10:244:7::-64", MY_V6_ONLY_VALUE, 9);
+        let p = plan6(&[theirs.clone(), mine], None, 4);
+        assert_eq!(
+            p[0],
+            Claim::Reuse {
+                key: LeaseKey::ipv6_only(s6("fd00:10:244:7::/64")),
+                mod_revision: 7
+            },
+            "a restart keeps its own lease"
+        );
+        assert!(p[1..].iter().all(|c| matches!(c, Claim::Create { .. })));
+        let p = plan6(std::slice::from_ref(&theirs), None, 4);
+        assert!(
+            p.iter().all(|c| matches!(c, Claim::Create { .. })),
+            "another node's lease is never taken over: {p:?}"
+        );
+        // An IPv4 plan never sees an IPv6-only lease as its own either (PublicIP
+        // 0.0.0.0 is no node's).
+        let zero = cfg(DUAL);
+        let p = plan(&zero, Ipv4Addr::UNSPECIFIED, &[theirs], None, 1, 4).unwrap();
+        assert!(p.iter().all(|c| matches!(c, Claim::Create { .. })));
+    }
+
+    #[test]
+    fn ipv6_only_reservations_moves_and_stale_leases() {
+        // A reservation (no etcd lease) of ours is held as written.
+        let mut reserved = listed("0.0.0.0-0&fd00:10:244:7::-64", MY_V6_ONLY_VALUE, 0);
+        reserved.lease_id = 0;
+        let p = plan6(&[reserved], None, 2);
+        assert!(
+            matches!(p[0], Claim::Reserved { key, .. } if key.key_form() == "0.0.0.0-0&fd00:10:244:7::-64"),
+            "{p:?}"
+        );
+        // The network was dual stack: our dual-stack key moves to the IPv6-only key
+        // of the same IPv6 subnet, in one transaction.
+        let dual = listed("10.244.7.0-24&fd00:10:244:3::-64", MY_DUAL_VALUE, 9);
+        let p = plan6(&[dual], None, 3);
+        assert_eq!(
+            p[0],
+            Claim::Rekey {
+                key: LeaseKey::ipv6_only(s6("fd00:10:244:3::/64")),
+                from: LeaseKey::parse("10.244.7.0-24&fd00:10:244:3::-64").unwrap(),
+                from_mod_revision: 7
+            }
+        );
+        assert!(p[1..].iter().all(
+            |c| matches!(c, Claim::Create { .. }) && c.ipv6() != Some(s6("fd00:10:244:3::/64"))
+        ));
+        // Our lease outside IPv6Network (the network changed) goes with each new claim.
+        let stale = listed("0.0.0.0-0&fd00:99::-64", MY_V6_ONLY_VALUE, 9);
+        let p = plan6(&[stale], None, 3);
+        assert_eq!(p.len(), 3);
+        assert!(
+            p.iter().all(|c| matches!(c, Claim::Rekey { from, .. }
+            if from.key_form() == "0.0.0.0-0&fd00:99::-64")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_ipv6_only_pool_and_a_node_of_the_wrong_kind_get_no_claim() {
+        let mut c = cfg(
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/62","Backend":{"Type":"vxlan"}}"#,
+        );
+        c.ipv4 = None;
+        let pool = c.ipv6.unwrap();
+        assert_eq!(pool.pool_size(), 3);
+        let taken: Vec<ExistingLease> = ["1", "2", "3"]
+            .iter()
+            .map(|i| {
+                listed(
+                    &format!("0.0.0.0-0&fd00:10:244:{i}::-64"),
+                    THEIR_V6_ONLY_VALUE,
+                    9,
+                )
+            })
+            .collect();
+        let err = plan_for(
+            &c,
+            NodeId::V6(ME6),
+            &taken,
+            Hints::default(),
+            1,
+            4,
+            &mut Work::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.leased, 3, "{err}");
+        // An IPv4 identity on an IPv6-only network, and the reverse: no candidate.
+        let e = plan_for(
+            &c,
+            NodeId::V4(ME),
+            &[],
+            Hints::default(),
+            1,
+            4,
+            &mut Work::default(),
+        )
+        .unwrap_err();
+        assert!(e.pool.contains("PublicIP 192.168.1.10"), "{e}");
+        let e = plan_for(
+            &cfg(DUAL),
+            NodeId::V6(ME6),
+            &[],
+            Hints::default(),
+            1,
+            4,
+            &mut Work::default(),
+        )
+        .unwrap_err();
+        assert!(e.pool.contains("PublicIPv6"), "{e}");
+    }
+
     #[test]
     fn dual_stack_claims_name_both_subnets() {
         let c = cfg(DUAL);
@@ -786,10 +1094,13 @@ mod tests {
         assert_eq!(p.len(), 16);
         let mut seen = std::collections::HashSet::new();
         for claim in &p {
-            let Claim::Create { subnet, ipv6 } = claim else {
+            let Claim::Create { key } = claim else {
                 panic!("{claim:?}")
             };
-            let ipv6 = ipv6.expect("every dual-stack claim has an IPv6 half");
+            let subnet = &key.ipv4_subnet().unwrap();
+            let ipv6 = key
+                .ipv6_subnet()
+                .expect("every dual-stack claim has an IPv6 half");
             assert!(v6.fits(&ipv6) && c.fits(subnet), "{claim:?}");
             assert_ne!(ipv6, s6("fd00:10:244:5::/64"), "taken by the other node");
             assert!(seen.insert(ipv6), "distinct IPv6 halves");
@@ -806,8 +1117,10 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Create {
-                subnet: "10.244.9.0/24".parse().unwrap(),
-                ipv6: Some(s6("fd00:10:244:9::/64"))
+                key: LeaseKey::dual(
+                    "10.244.9.0/24".parse().unwrap(),
+                    Some(s6("fd00:10:244:9::/64"))
+                )
             }
         );
     }
@@ -820,8 +1133,10 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reuse {
-                subnet: "10.244.7.0/24".parse().unwrap(),
-                ipv6: Some(s6("fd00:10:244:3::/64")),
+                key: LeaseKey::dual(
+                    "10.244.7.0/24".parse().unwrap(),
+                    Some(s6("fd00:10:244:3::/64"))
+                ),
                 mod_revision: 7
             }
         );
@@ -840,14 +1155,14 @@ mod tests {
         let mine = listed("10.244.7.0-24", MY_V4_VALUE, 9);
         let p = plan(&c, ME, &[mine], None, 1, 4).unwrap();
         let Claim::Rekey {
-            subnet,
-            ipv6: Some(ipv6),
+            key,
             from,
             from_mod_revision: 7,
         } = p[0]
         else {
             panic!("{:?}", p[0])
         };
+        let (subnet, ipv6) = (key.ipv4_subnet().unwrap(), key.ipv6_subnet().unwrap());
         assert_eq!(subnet, "10.244.7.0/24".parse().unwrap());
         assert!(c.ipv6.unwrap().fits(&ipv6));
         assert_eq!(from.key_form(), "10.244.7.0-24");
@@ -856,8 +1171,9 @@ mod tests {
         let stale = listed("10.244.7.0-24&fd00:99::-64", MY_DUAL_VALUE, 9);
         let p = plan(&c, ME, &[stale], None, 1, 4).unwrap();
         assert!(
-            matches!(p[0], Claim::Rekey { from, ipv6: Some(v6), .. }
-                if from.key_form() == "10.244.7.0-24&fd00:99::-64" && v6 != s6("fd00:99::/64")),
+            matches!(p[0], Claim::Rekey { from, key, .. }
+                if from.key_form() == "10.244.7.0-24&fd00:99::-64"
+                    && key.ipv6_subnet().is_some_and(|v6| v6 != s6("fd00:99::/64"))),
             "{:?}",
             p[0]
         );
@@ -868,8 +1184,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Rekey {
-                subnet: "10.244.7.0/24".parse().unwrap(),
-                ipv6: None,
+                key: LeaseKey::dual("10.244.7.0/24".parse().unwrap(), None),
                 from: LeaseKey::parse("10.244.7.0-24&fd00:10:244:3::-64").unwrap(),
                 from_mod_revision: 7
             }
@@ -881,8 +1196,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reserved {
-                subnet: "10.244.7.0/24".parse().unwrap(),
-                ipv6: None,
+                key: LeaseKey::dual("10.244.7.0/24".parse().unwrap(), None),
                 mod_revision: 7
             }
         );
@@ -901,8 +1215,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Rekey {
-                subnet: hint,
-                ipv6: None,
+                key: LeaseKey::dual(hint, None),
                 from,
                 from_mod_revision: 7
             },
@@ -910,15 +1223,15 @@ mod tests {
         );
         for claim in &p {
             let Claim::Rekey {
-                subnet,
+                key,
                 from: f,
                 from_mod_revision: 7,
-                ..
             } = *claim
             else {
                 panic!("{claim:?}")
             };
             assert_eq!(f, from);
+            let subnet = key.ipv4_subnet().unwrap();
             assert!(c.fits(&subnet), "{subnet}");
             // The stale key still occupies its subnet until the claim deletes it, and
             // another node's /24 of the old config occupies its own.
@@ -942,10 +1255,9 @@ mod tests {
         let old_dual = listed("10.244.7.0-24&fd00:10:244:3::-64", MY_DUAL_VALUE, 9);
         let p = plan(&moved, ME, &[old_dual], None, 1, 4).unwrap();
         assert_eq!(p.len(), 4);
-        assert!(p
-            .iter()
-            .all(|c| matches!(c, Claim::Rekey { from, ipv6: Some(_), .. }
-                if from.key_form() == "10.244.7.0-24&fd00:10:244:3::-64")));
+        assert!(p.iter().all(|c| matches!(c, Claim::Rekey { from, key, .. }
+                if key.ipv6_subnet().is_some()
+                    && from.key_form() == "10.244.7.0-24&fd00:10:244:3::-64")));
         // Its IPv6 half still fits the IPv6 pool and stays taken until deleted.
         assert!(p.iter().all(|c| c.ipv6() != Some(s6("fd00:10:244:3::/64"))));
     }
@@ -1004,16 +1316,14 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reuse {
-                ipv6: None,
-                subnet: "10.244.7.0/24".parse().unwrap(),
+                key: LeaseKey::dual("10.244.7.0/24".parse().unwrap(), None),
                 mod_revision: 7
             }
         );
         assert_eq!(
             p[1],
             Claim::Create {
-                ipv6: None,
-                subnet: "10.244.9.0/24".parse().unwrap()
+                key: LeaseKey::dual("10.244.9.0/24".parse().unwrap(), None)
             }
         );
         assert_eq!(p.len(), 5);
@@ -1030,7 +1340,7 @@ mod tests {
             .all(|c| matches!(c, Claim::Rekey { from, .. } if from.key_form() == "10.244.7.0-24")));
         // and nothing overlapping the old /24 is offered
         let old: Subnet = "10.244.7.0/24".parse().unwrap();
-        assert!(p.iter().all(|c| !old.contains(c.subnet().addr())));
+        assert!(p.iter().all(|c| !old.contains(c.subnet().unwrap().addr())));
     }
 
     #[test]
@@ -1040,15 +1350,15 @@ mod tests {
         let p = plan(&c, ME, &taken, Some("10.244.9.0/24".parse().unwrap()), 1, 3).unwrap();
         assert!(p
             .iter()
-            .all(|c| c.subnet() != "10.244.9.0/24".parse().unwrap()));
+            .all(|c| c.subnet().unwrap() != "10.244.9.0/24".parse().unwrap()));
         let p = plan(&c, ME, &[], Some("10.245.9.0/24".parse().unwrap()), 1, 3).unwrap();
         assert!(p
             .iter()
-            .all(|c| c.subnet() != "10.245.9.0/24".parse().unwrap()));
+            .all(|c| c.subnet().unwrap() != "10.245.9.0/24".parse().unwrap()));
         let p = plan(&c, ME, &[], Some("10.244.0.0/24".parse().unwrap()), 1, 3).unwrap();
         assert!(
             p.iter()
-                .all(|c| c.subnet() != "10.244.0.0/24".parse().unwrap()),
+                .all(|c| c.subnet().unwrap() != "10.244.0.0/24".parse().unwrap()),
             "first subnet is never handed out"
         );
     }
@@ -1116,8 +1426,7 @@ mod tests {
         assert_eq!(
             p[0],
             Claim::Reserved {
-                ipv6: None,
-                subnet: "10.244.7.0/24".parse().unwrap(),
+                key: LeaseKey::dual("10.244.7.0/24".parse().unwrap(), None),
                 mod_revision: 7
             },
             "never Reuse: that would put the key under a TTL"
@@ -1135,7 +1444,7 @@ mod tests {
             3,
         )
         .unwrap();
-        assert_eq!(p[0].subnet(), "10.244.9.0/24".parse().unwrap());
+        assert_eq!(p[0].subnet().unwrap(), "10.244.9.0/24".parse().unwrap());
         assert!(matches!(p[0], Claim::Reserved { .. }));
     }
 
@@ -1151,8 +1460,7 @@ mod tests {
         assert_eq!(
             p,
             [Claim::Create {
-                ipv6: None,
-                subnet: "10.1.0.48/28".parse().unwrap()
+                key: LeaseKey::dual("10.1.0.48/28".parse().unwrap(), None)
             }]
         );
     }
@@ -1171,10 +1479,12 @@ mod tests {
         ];
         let hint = Some("10.244.35.0/24".parse().unwrap());
         let p = plan(&c, ME, &leases, hint, 1, 300).unwrap();
-        assert_eq!(p[0].subnet(), "10.244.35.0/24".parse().unwrap());
+        assert_eq!(p[0].subnet().unwrap(), "10.244.35.0/24".parse().unwrap());
         assert_eq!(p.len(), 252, "the whole pool of 255 but .94, .40 and .41");
         for held in ["10.244.94.0/24", "10.244.40.0/24", "10.244.41.0/24"] {
-            assert!(p.iter().all(|c| c.subnet() != held.parse().unwrap()));
+            assert!(p
+                .iter()
+                .all(|c| c.subnet().unwrap() != held.parse().unwrap()));
         }
     }
 
@@ -1197,38 +1507,35 @@ mod tests {
         if let Some(l) = mine.first() {
             out.push(if l.lease_id == 0 {
                 Claim::Reserved {
-                    ipv6: None,
-                    subnet: l.subnet,
+                    key: LeaseKey::dual(l.subnet, None),
                     mod_revision: l.mod_revision,
                 }
             } else {
                 Claim::Reuse {
-                    ipv6: None,
-                    subnet: l.subnet,
+                    key: LeaseKey::dual(l.subnet, None),
                     mod_revision: l.mod_revision,
                 }
             });
         }
         let taken = |s: &Subnet| {
-            leases
-                .iter()
-                .any(|l| !l.subnet.contains_subnet(&cfg.network) && overlaps(&l.subnet, s))
+            leases.iter().any(|l| {
+                !l.subnet.contains_subnet(&cfg.ipv4.unwrap().network) && overlaps(&l.subnet, s)
+            })
         };
         if let Some(h) = hint {
-            if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet() == h) {
+            if cfg.fits(&h) && !taken(&h) && !out.iter().any(|c| c.subnet().unwrap() == h) {
                 out.push(Claim::Create {
-                    ipv6: None,
-                    subnet: h,
+                    key: LeaseKey::dual(h, None),
                 });
             }
         }
-        let step = 1u32 << (32 - u32::from(cfg.subnet_len));
+        let step = 1u32 << (32 - u32::from(cfg.ipv4.unwrap().subnet_len));
         let mut free = Vec::new();
         let mut leased = 0u64;
-        let mut a = u32::from(cfg.subnet_min);
-        let max_addr = u32::from(cfg.subnet_max);
+        let mut a = u32::from(cfg.ipv4.unwrap().subnet_min);
+        let max_addr = u32::from(cfg.ipv4.unwrap().subnet_max);
         loop {
-            if let Ok(s) = Subnet::new_exact(Ipv4Addr::from(a), cfg.subnet_len) {
+            if let Ok(s) = Subnet::new_exact(Ipv4Addr::from(a), cfg.ipv4.unwrap().subnet_len) {
                 if taken(&s) {
                     leased += 1;
                 } else if Some(s) != hint {
@@ -1245,11 +1552,9 @@ mod tests {
             let j = i + (splitmix(&mut seed) % (free.len() - i) as u64) as usize;
             free.swap(i, j);
         }
-        out.extend(
-            free[..want]
-                .iter()
-                .map(|&subnet| Claim::Create { ipv6: None, subnet }),
-        );
+        out.extend(free[..want].iter().map(|&subnet| Claim::Create {
+            key: LeaseKey::dual(subnet, None),
+        }));
         if out.is_empty() {
             return Err(NoFreeSubnet {
                 pool: cfg.describe_pool(),
@@ -1262,14 +1567,14 @@ mod tests {
     /// 5000 leases spread over `cfg`'s pool (every 97th candidate, and some of another
     /// SubnetLen), deterministic.
     fn spread_leases(cfg: &NetworkConfig, n: u32) -> Vec<ExistingLease> {
-        let step = 1u32 << (32 - u32::from(cfg.subnet_len));
-        let min = u32::from(cfg.subnet_min);
+        let step = 1u32 << (32 - u32::from(cfg.ipv4.unwrap().subnet_len));
+        let min = u32::from(cfg.ipv4.unwrap().subnet_min);
         (0..n)
             .map(|i| {
                 let len = if i % 50 == 0 {
-                    cfg.subnet_len - 2
+                    cfg.ipv4.unwrap().subnet_len - 2
                 } else {
-                    cfg.subnet_len
+                    cfg.ipv4.unwrap().subnet_len
                 };
                 let a = (min + i * 97 * step) & (u32::MAX << (32 - u32::from(len)));
                 ExistingLease {
@@ -1290,7 +1595,7 @@ mod tests {
     #[test]
     fn a_huge_pool_costs_its_leases_not_its_size() {
         let c = cfg(r#"{"Network":"10.0.0.0/8","SubnetLen":30}"#);
-        assert_eq!(c.pool_size(), (1 << 22) - 1);
+        assert_eq!(c.ipv4.unwrap().pool_size(), (1 << 22) - 1);
         let leases = spread_leases(&c, 5000);
         let mut work = Work::default();
         let p = plan_counted(&c, ME, &leases, Hints::default(), 42, 16, &mut work).unwrap();
@@ -1300,7 +1605,7 @@ mod tests {
         assert!(work.draws <= 32, "{work:?}");
         let mut seen = std::collections::HashSet::new();
         for cl in &p {
-            let s = cl.subnet();
+            let s = cl.subnet().unwrap();
             assert!(c.fits(&s) && seen.insert(s), "{s}");
             assert!(
                 leases.iter().all(|l| !overlaps(&l.subnet, &s)),
@@ -1314,7 +1619,7 @@ mod tests {
             .map(|i| ExistingLease {
                 ipv6: None,
                 subnet: Subnet::new(
-                    Ipv4Addr::from(u32::from(small.subnet_min) + (i - 1) * 16),
+                    Ipv4Addr::from(u32::from(small.ipv4.unwrap().subnet_min) + (i - 1) * 16),
                     28,
                 )
                 .unwrap(),
@@ -1365,7 +1670,7 @@ mod tests {
                         let v6 = claim.ipv6().unwrap();
                         proptest::prop_assert!(c.ipv6.unwrap().fits(&v6));
                         proptest::prop_assert!(leases.iter().all(|l| l.ipv6 != Some(v6)));
-                        proptest::prop_assert!(leases.iter().all(|l| l.subnet != claim.subnet()));
+                        proptest::prop_assert!(leases.iter().all(|l| l.subnet != claim.subnet().unwrap()));
                         proptest::prop_assert!(v6s.insert(v6));
                         proptest::prop_assert_eq!(LeaseKey::parse(&claim.key().key_form()).unwrap(), claim.key());
                     }
@@ -1393,7 +1698,7 @@ mod tests {
             proptest::prop_assert!(work.draws <= 4 * max as u64 + 8, "{:?}", work);
             let mut seen = std::collections::HashSet::new();
             for cl in &p {
-                let s = cl.subnet();
+                let s = cl.subnet().unwrap();
                 proptest::prop_assert!(c.fits(&s) && seen.insert(s));
                 proptest::prop_assert!(leases.iter().all(|l| !overlaps(&l.subnet, &s)), "{} taken", s);
             }
@@ -1432,7 +1737,7 @@ mod tests {
                 Ok(p) => {
                     let mut seen = std::collections::HashSet::new();
                     for cl in &p {
-                        let s = cl.subnet();
+                        let s = cl.subnet().unwrap();
                         proptest::prop_assert!(c.fits(&s), "{s} outside pool");
                         proptest::prop_assert_eq!(s.addr(), Subnet::new(s.addr(), sub_len).unwrap().addr(), "host bits");
                         proptest::prop_assert!(leases.iter().all(|l| !overlaps(&l.subnet, &s)), "{s} overlaps");
@@ -1440,7 +1745,7 @@ mod tests {
                     }
                 }
                 Err(e) => {
-                    proptest::prop_assert_eq!(e.leased, c.pool_size());
+                    proptest::prop_assert_eq!(e.leased, c.ipv4.unwrap().pool_size());
                 }
             }
         }

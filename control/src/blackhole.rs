@@ -59,11 +59,9 @@ pub fn plan(want: &[IpNet], ours: &[IpNet]) -> Plan {
 /// The subnets of a lease that get a blackhole route: its IPv4 subnet, and its
 /// IPv6 subnet when the node carries IPv6 (`ipv6`).
 pub fn wanted(held: &Held, ipv6: bool) -> Vec<IpNet> {
-    let mut w = vec![IpNet::V4(held.subnet)];
-    if let Some(s6) = held.ipv6.filter(|_| ipv6) {
-        w.push(IpNet::V6(s6));
-    }
-    w
+    let v4 = held.subnet().map(IpNet::V4);
+    let v6 = held.ipv6().filter(|_| ipv6).map(IpNet::V6);
+    v4.into_iter().chain(v6).collect()
 }
 
 /// One pass: reads our blackhole routes and makes them `want`. Returns the plan
@@ -154,6 +152,7 @@ pub async fn keep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::LeaseKey;
     use crate::subnet::Subnet;
     use crate::subnet6::Subnet6;
 
@@ -211,8 +210,10 @@ mod tests {
     fn the_ipv6_half_only_when_the_node_carries_ipv6() {
         let s6 = Subnet6::new_exact("fd00:10:244:3::".parse().unwrap(), 64).unwrap();
         let h = Held {
-            subnet: Subnet::new_exact("10.244.3.0".parse().unwrap(), 24).unwrap(),
-            ipv6: Some(s6),
+            key: LeaseKey::dual(
+                Subnet::new_exact("10.244.3.0".parse().unwrap(), 24).unwrap(),
+                Some(s6),
+            ),
             lease_id: 1,
             revision: 1,
         };

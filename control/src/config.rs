@@ -42,10 +42,9 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// A checked network configuration with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
-    pub network: Subnet,
-    pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
+    /// The IPv4 pool (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`); `None` when
+    /// `EnableIPv4` is false (an IPv6-only network: see [`carried_families`]).
+    pub ipv4: Option<Ipv4Pool>,
     pub backend: VxlanBackend,
     /// `EnableNFTables` (flannel ≥ 0.25): masquerade/forward rules in a native nftables
     /// table instead of iptables chains.
@@ -56,6 +55,48 @@ pub struct NetworkConfig {
     pub ipv6: Option<Ipv6Pool>,
     /// Things the operator should know (ignored or unsupported fields), one line each.
     pub notes: Vec<String>,
+}
+
+/// The IPv4 half of a config, every default filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Pool {
+    /// `Network`, host bits cleared.
+    pub network: Subnet,
+    /// `SubnetLen`.
+    pub subnet_len: u8,
+    /// `SubnetMin`: the first subnet a node may lease.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`: the last subnet a node may lease.
+    pub subnet_max: Ipv4Addr,
+}
+
+impl Ipv4Pool {
+    /// Whether `s` is a subnet this pool can hand out: right length, inside
+    /// Network, between SubnetMin and SubnetMax.
+    pub fn fits(&self, s: &Subnet) -> bool {
+        s.prefix_len() == self.subnet_len
+            && self.network.contains_subnet(s)
+            && s.addr() >= self.subnet_min
+            && s.addr() <= self.subnet_max
+    }
+
+    /// Number of subnets in the pool SubnetMin..=SubnetMax.
+    pub fn pool_size(&self) -> u64 {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    }
+
+    /// A one-line description of the pool for messages.
+    pub fn describe_pool(&self) -> String {
+        format!(
+            "Network {} (SubnetLen {}, SubnetMin {}, SubnetMax {}: {} subnets)",
+            self.network,
+            self.subnet_len,
+            self.subnet_min,
+            self.subnet_max,
+            self.pool_size()
+        )
+    }
 }
 
 /// The IPv6 half of a config, every default filled in.
@@ -210,124 +251,11 @@ impl NetworkConfig {
             }
         };
 
-        let network = match field(&obj, "Network") {
-            None | Some(Value::Null) => {
-                return Err(bad(
-                    "Network",
-                    "is missing; it is the pod CIDR, e.g. \"10.244.0.0/16\"".into(),
-                ))
-            }
-            Some(Value::String(s)) => s
-                .parse::<Subnet>()
-                .map_err(|e| bad("Network", format!("{s:?}: {e}")))?,
-            Some(other) => return Err(bad("Network", format!("must be a string, found {other}"))),
-        };
-        // Pods cannot have these addresses, and routes for them would take the
-        // host's own traffic (its loopback, multicast, or everything: 0.0.0.0/0).
-        let special = [
-            ("0.0.0.0/8", "\"this network\""),
-            ("127.0.0.0/8", "loopback"),
-            ("224.0.0.0/4", "multicast"),
-            ("240.0.0.0/4", "reserved and broadcast"),
-        ];
-        if let Some((block, what)) = special
-            .iter()
-            .find(|(b, _)| b.parse::<Subnet>().is_ok_and(|b| b.overlaps(&network)))
-        {
-            return Err(bad(
-                "Network",
-                format!("{network} reaches into {block} ({what} addresses, which no pod can have); give the pod CIDR, e.g. \"10.244.0.0/16\""),
-            ));
-        }
-        if let Some(Value::String(s)) = field(&obj, "Network") {
-            if let Some((ip, _)) = s.split_once('/') {
-                if ip.trim() != network.addr().to_string() {
-                    notes.push(format!("Network {s} has host bits set; using {network}"));
-                }
-            }
-        }
-
-        let subnet_len = match field(&obj, "SubnetLen") {
-            None | Some(Value::Null) => 0,
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .ok_or_else(|| bad("SubnetLen", format!("must be a number 1-30, found {v}")))?,
-        };
-        let subnet_len = if subnet_len == 0 {
-            if network.prefix_len() > 28 {
-                return Err(bad(
-                    "Network",
-                    format!("{network} is too small: the smallest useful network is a /28"),
-                ));
-            }
-            if network.prefix_len() <= 22 {
-                24
-            } else {
-                network.prefix_len() + 2
-            }
-        } else {
-            if subnet_len > 30 {
-                return Err(bad(
-                    "SubnetLen",
-                    format!("is {subnet_len}; it must be 30 or less (each node needs a gateway, VTEP and pod addresses)"),
-                ));
-            }
-            if u32::from(subnet_len) < u32::from(network.prefix_len()) + 2 {
-                return Err(bad(
-                    "SubnetLen",
-                    format!(
-                        "is {subnet_len}; Network {network} must hold at least four subnets, so SubnetLen must be at least {}",
-                        network.prefix_len() + 2
-                    ),
-                ));
-            }
-            subnet_len
-        };
-        let subnet_size = 1u32 << (32 - u32::from(subnet_len));
-        let subnet_mask = u32::MAX << (32 - u32::from(subnet_len));
-
-        let bound = |name: &'static str, default: u32| -> Result<Ipv4Addr, ConfigError> {
-            match field(&obj, name) {
-                None | Some(Value::Null) => Ok(Ipv4Addr::from(default)),
-                Some(Value::String(s)) if s.is_empty() => Ok(Ipv4Addr::from(default)),
-                Some(Value::String(s)) => {
-                    let ip: Ipv4Addr = s
-                        .parse()
-                        .map_err(|_| bad(name, format!("{s:?} is not an IPv4 address")))?;
-                    if ip == Ipv4Addr::UNSPECIFIED {
-                        return Ok(Ipv4Addr::from(default));
-                    }
-                    if !network.contains(ip) {
-                        return Err(bad(name, format!("{ip} is outside Network {network}")));
-                    }
-                    if u32::from(ip) & subnet_mask != u32::from(ip) {
-                        return Err(bad(
-                            name,
-                            format!("{ip} is not on a /{subnet_len} boundary (SubnetLen)"),
-                        ));
-                    }
-                    Ok(ip)
-                }
-                Some(other) => Err(bad(name, format!("must be a string, found {other}"))),
-            }
-        };
-        let net = u32::from(network.addr());
-        let subnet_min = bound("SubnetMin", net + subnet_size)?;
-        let subnet_max = bound("SubnetMax", u32::from(network.last()) & subnet_mask)?;
-        if subnet_min > subnet_max {
-            return Err(bad(
-                "SubnetMin",
-                format!("{subnet_min} is above SubnetMax {subnet_max}: the pool is empty"),
-            ));
-        }
+        let ipv4 = parse_ipv4(&obj, enable_ipv4, &mut notes, &bad)?;
 
         let backend = parse_backend(field(&obj, "Backend"), &mut notes, &bad)?;
         Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
             backend,
             enable_nftables,
             ipv6,
@@ -335,31 +263,30 @@ impl NetworkConfig {
         })
     }
 
-    /// Whether `s` is a subnet this config can hand out: right length, inside
-    /// Network, between SubnetMin and SubnetMax.
+    /// Whether `s` is an IPv4 subnet this config can hand out (never, IPv6-only).
     pub fn fits(&self, s: &Subnet) -> bool {
-        s.prefix_len() == self.subnet_len
-            && self.network.contains_subnet(s)
-            && s.addr() >= self.subnet_min
-            && s.addr() <= self.subnet_max
+        self.ipv4.is_some_and(|p| p.fits(s))
     }
 
-    /// Number of subnets in the pool SubnetMin..=SubnetMax.
-    pub fn pool_size(&self) -> u64 {
-        let step = 1u64 << (32 - u32::from(self.subnet_len));
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    /// The IPv4 `Network`, if the config has one.
+    pub fn network(&self) -> Option<Subnet> {
+        self.ipv4.map(|p| p.network)
     }
 
-    /// A one-line description of the pool for messages.
+    /// A one-line description of the pools for messages: IPv4, IPv6 or both.
     pub fn describe_pool(&self) -> String {
-        format!(
-            "Network {} (SubnetLen {}, SubnetMin {}, SubnetMax {}: {} subnets)",
-            self.network,
-            self.subnet_len,
-            self.subnet_min,
-            self.subnet_max,
-            self.pool_size()
-        )
+        let v4 = self.ipv4.as_ref().map(Ipv4Pool::describe_pool);
+        let v6 = self.ipv6.as_ref().map(Ipv6Pool::describe_pool);
+        [v4, v6]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Whether the config is IPv6-only (`EnableIPv4` false).
+    pub fn ipv6_only(&self) -> bool {
+        self.ipv4.is_none()
     }
 }
 
@@ -383,6 +310,150 @@ pub fn carried_families(
         )),
         (true, Some(_)) | (_, None) => Ok(()),
     }
+}
+
+/// The IPv4 fields, checked and defaulted as flannel's `CheckNetworkConfig` does when
+/// `enabled`; `None` when EnableIPv4 is off (a `Network` given anyway must still parse,
+/// as flannel's JSON decoding requires, and is ignored with a note).
+fn parse_ipv4(
+    obj: &Map<String, Value>,
+    enabled: bool,
+    notes: &mut Vec<String>,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<Ipv4Pool>, ConfigError> {
+    if !enabled {
+        return match field(obj, "Network") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => {
+                let network = s
+                    .parse::<Subnet>()
+                    .map_err(|e| bad("Network", format!("{s:?}: {e}")))?;
+                notes.push(format!(
+                    "Network {network} is ignored: EnableIPv4 is false (an IPv6-only network)"
+                ));
+                Ok(None)
+            }
+            Some(other) => Err(bad("Network", format!("must be a string, found {other}"))),
+        };
+    }
+    let network = match field(obj, "Network") {
+        None | Some(Value::Null) => {
+            return Err(bad(
+                "Network",
+                "is missing; it is the pod CIDR, e.g. \"10.244.0.0/16\"".into(),
+            ))
+        }
+        Some(Value::String(s)) => s
+            .parse::<Subnet>()
+            .map_err(|e| bad("Network", format!("{s:?}: {e}")))?,
+        Some(other) => return Err(bad("Network", format!("must be a string, found {other}"))),
+    };
+    // Pods cannot have these addresses, and routes for them would take the
+    // host's own traffic (its loopback, multicast, or everything: 0.0.0.0/0).
+    let special = [
+        ("0.0.0.0/8", "\"this network\""),
+        ("127.0.0.0/8", "loopback"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved and broadcast"),
+    ];
+    if let Some((block, what)) = special
+        .iter()
+        .find(|(b, _)| b.parse::<Subnet>().is_ok_and(|b| b.overlaps(&network)))
+    {
+        return Err(bad(
+            "Network",
+            format!("{network} reaches into {block} ({what} addresses, which no pod can have); give the pod CIDR, e.g. \"10.244.0.0/16\""),
+        ));
+    }
+    if let Some(Value::String(s)) = field(obj, "Network") {
+        if let Some((ip, _)) = s.split_once('/') {
+            if ip.trim() != network.addr().to_string() {
+                notes.push(format!("Network {s} has host bits set; using {network}"));
+            }
+        }
+    }
+
+    let subnet_len = match field(obj, "SubnetLen") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| bad("SubnetLen", format!("must be a number 1-30, found {v}")))?,
+    };
+    let subnet_len = if subnet_len == 0 {
+        if network.prefix_len() > 28 {
+            return Err(bad(
+                "Network",
+                format!("{network} is too small: the smallest useful network is a /28"),
+            ));
+        }
+        if network.prefix_len() <= 22 {
+            24
+        } else {
+            network.prefix_len() + 2
+        }
+    } else {
+        if subnet_len > 30 {
+            return Err(bad(
+                "SubnetLen",
+                format!("is {subnet_len}; it must be 30 or less (each node needs a gateway, VTEP and pod addresses)"),
+            ));
+        }
+        if u32::from(subnet_len) < u32::from(network.prefix_len()) + 2 {
+            return Err(bad(
+                "SubnetLen",
+                format!(
+                    "is {subnet_len}; Network {network} must hold at least four subnets, so SubnetLen must be at least {}",
+                    network.prefix_len() + 2
+                ),
+            ));
+        }
+        subnet_len
+    };
+    let subnet_size = 1u32 << (32 - u32::from(subnet_len));
+    let subnet_mask = u32::MAX << (32 - u32::from(subnet_len));
+
+    let bound = |name: &'static str, default: u32| -> Result<Ipv4Addr, ConfigError> {
+        match field(obj, name) {
+            None | Some(Value::Null) => Ok(Ipv4Addr::from(default)),
+            Some(Value::String(s)) if s.is_empty() => Ok(Ipv4Addr::from(default)),
+            Some(Value::String(s)) => {
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| bad(name, format!("{s:?} is not an IPv4 address")))?;
+                if ip == Ipv4Addr::UNSPECIFIED {
+                    return Ok(Ipv4Addr::from(default));
+                }
+                if !network.contains(ip) {
+                    return Err(bad(name, format!("{ip} is outside Network {network}")));
+                }
+                if u32::from(ip) & subnet_mask != u32::from(ip) {
+                    return Err(bad(
+                        name,
+                        format!("{ip} is not on a /{subnet_len} boundary (SubnetLen)"),
+                    ));
+                }
+                Ok(ip)
+            }
+            Some(other) => Err(bad(name, format!("must be a string, found {other}"))),
+        }
+    };
+    let net = u32::from(network.addr());
+    let subnet_min = bound("SubnetMin", net + subnet_size)?;
+    let subnet_max = bound("SubnetMax", u32::from(network.last()) & subnet_mask)?;
+    if subnet_min > subnet_max {
+        return Err(bad(
+            "SubnetMin",
+            format!("{subnet_min} is above SubnetMax {subnet_max}: the pool is empty"),
+        ));
+    }
+    Ok(Some(Ipv4Pool {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    }))
 }
 
 /// The IPv6 fields: type-checked always, checked and defaulted as flannel's
@@ -664,9 +735,9 @@ mod tests {
             })
         ));
         let c = parse(r#"{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0", "Backend": {"Type": "vxlan", "Port": 7890}}"#).unwrap();
-        assert_eq!(c.subnet_len, 20);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 10, 0, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 99, 0, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_len, 20);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 10, 0, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 99, 0, 0));
         assert_eq!(c.backend.port, 7890);
         assert_eq!(c.backend.vni.get(), 1);
     }
@@ -674,18 +745,18 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.pool_size(), 255);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c.ipv4.unwrap().pool_size(), 255);
         assert_eq!(c.backend.port, 8472);
         assert!(c.notes.is_empty());
         // small networks get prefix + 2
         let c = parse(r#"{"Network":"10.1.0.0/26"}"#).unwrap();
-        assert_eq!(c.subnet_len, 28);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 1, 0, 16));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 1, 0, 48));
-        assert_eq!(c.pool_size(), 3);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 28);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 1, 0, 16));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 1, 0, 48));
+        assert_eq!(c.ipv4.unwrap().pool_size(), 3);
         assert_eq!(c.notes.len(), 1, "missing Backend is noted");
     }
 
@@ -705,7 +776,7 @@ mod tests {
     #[test]
     fn any_letter_case() {
         let c = parse(r#"{"network":"10.5.0.0/16","SUBNETLEN":26,"backend":{"type":"VXLAN","vni":42,"port":4789}}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
         assert_eq!(c.backend.vni.get(), 42);
         assert_eq!(c.backend.port, 4789);
     }
@@ -755,7 +826,7 @@ mod tests {
     #[test]
     fn flannel_dual_stack_shape_is_accepted() {
         let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472,"GBP":false,"DirectRouting":false}}"#).unwrap();
-        assert_eq!(c.network.to_string(), "10.42.0.0/16");
+        assert_eq!(c.ipv4.unwrap().network.to_string(), "10.42.0.0/16");
         assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 
@@ -783,8 +854,8 @@ mod tests {
         assert!(!v6.fits(&"2001:cafe:42:7::/65".parse().unwrap()));
         assert!(!v6.fits(&"2001:cafe:43:7::/64".parse().unwrap()));
         // IPv4 is carried exactly as before.
-        assert_eq!(c.network.to_string(), "10.42.0.0/16");
-        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().network.to_string(), "10.42.0.0/16");
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
         // Smaller networks: prefix + 2; explicit bounds and length.
         let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/100"}"#)
             .unwrap();
@@ -1049,7 +1120,7 @@ mod tests {
     #[test]
     fn host_bits_are_masked_and_noted() {
         let c = parse(r#"{"Network":"10.244.1.5/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.network.to_string(), "10.244.0.0/16");
+        assert_eq!(c.ipv4.unwrap().network.to_string(), "10.244.0.0/16");
         assert_eq!(c.notes.len(), 1);
     }
 
@@ -1094,10 +1165,10 @@ mod tests {
         fn valid_configs_have_consistent_pools(len in 8u8..=28, sub in 0u8..=30) {
             let json = format!(r#"{{"Network":"10.0.0.0/{len}","SubnetLen":{sub}}}"#);
             if let Ok(c) = parse(&json) {
-                proptest::prop_assert!(c.subnet_min <= c.subnet_max);
-                proptest::prop_assert!(c.pool_size() >= 1);
-                proptest::prop_assert!(c.network.contains(c.subnet_min));
-                proptest::prop_assert!(c.network.contains(c.subnet_max));
+                proptest::prop_assert!(c.ipv4.unwrap().subnet_min <= c.ipv4.unwrap().subnet_max);
+                proptest::prop_assert!(c.ipv4.unwrap().pool_size() >= 1);
+                proptest::prop_assert!(c.ipv4.unwrap().network.contains(c.ipv4.unwrap().subnet_min));
+                proptest::prop_assert!(c.ipv4.unwrap().network.contains(c.ipv4.unwrap().subnet_max));
             }
         }
     }

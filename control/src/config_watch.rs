@@ -81,10 +81,15 @@ pub fn judge(running: &NetworkConfig, key: &str, value: Option<&[u8]>) -> Stored
 /// "Field a → b". The notes (what the parser had to say) are not compared.
 pub fn differences(a: &NetworkConfig, b: &NetworkConfig) -> Vec<String> {
     let mut d = Differences(Vec::new());
-    d.field("Network", a.network, b.network);
-    d.field("SubnetLen", a.subnet_len, b.subnet_len);
-    d.field("SubnetMin", a.subnet_min, b.subnet_min);
-    d.field("SubnetMax", a.subnet_max, b.subnet_max);
+    match (&a.ipv4, &b.ipv4) {
+        (Some(x), Some(y)) => {
+            d.field("Network", x.network, y.network);
+            d.field("SubnetLen", x.subnet_len, y.subnet_len);
+            d.field("SubnetMin", x.subnet_min, y.subnet_min);
+            d.field("SubnetMax", x.subnet_max, y.subnet_max);
+        }
+        (x, y) => d.field("EnableIPv4", x.is_some(), y.is_some()),
+    }
     let (x, y) = (&a.backend, &b.backend);
     d.field("Backend.VNI", x.vni, y.vni);
     d.field("Backend.Port", x.port, y.port);
@@ -376,7 +381,7 @@ mod tests {
             let y = cfg(&y_text);
             let verdict = judge(&x, KEY, Some(y_text.as_bytes()));
             proptest::prop_assert_eq!(verdict == Stored::Same, differences(&x, &y).is_empty());
-            proptest::prop_assert_eq!(differences(&x, &y).is_empty(), x.network == y.network && x.backend == y.backend);
+            proptest::prop_assert_eq!(differences(&x, &y).is_empty(), x.ipv4 == y.ipv4 && x.backend == y.backend);
         }
     }
 }

@@ -16,7 +16,7 @@
 //! Reading is lenient the way Go's encoding/json is: field names in any case,
 //! unknown fields ignored, `BackendData` absent for other backend types.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
@@ -74,6 +74,18 @@ impl LeaseAttrs {
             backend_type: "vxlan".to_string(),
             vxlan: Some(VxlanData { vni, vtep_mac }),
             vxlan_v6: None,
+        }
+    }
+
+    /// An IPv6-only node's vxlan lease, as flanneld writes it: `PublicIP` the empty
+    /// `0.0.0.0`, no `BackendData`, `PublicIPv6` and `BackendV6Data`.
+    pub fn vxlan_ipv6_only(public_ipv6: Ipv6Addr, vni: u32, vtep_mac: MacAddr) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(public_ipv6),
+            backend_type: "vxlan".to_string(),
+            vxlan: None,
+            vxlan_v6: Some(VxlanData { vni, vtep_mac }),
         }
     }
 
@@ -202,6 +214,67 @@ fn vxlan_data(
     Ok(Some(VxlanData { vni, vtep_mac }))
 }
 
+/// Which leases are this node's: those naming its PublicIP — or, on an IPv6-only
+/// network, where every lease's PublicIP is flannel's empty `0.0.0.0`, its
+/// PublicIPv6. (flanneld's etcd mode goes by PublicIP alone, so there every
+/// IPv6-only node would take the first one's lease for its own.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeId {
+    /// IPv4 and dual-stack networks: the PublicIP.
+    V4(Ipv4Addr),
+    /// IPv6-only networks: the PublicIPv6.
+    V6(Ipv6Addr),
+}
+
+impl NodeId {
+    /// Whether the lease value `a` names this node.
+    pub fn names(&self, a: &LeaseAttrs) -> bool {
+        match *self {
+            NodeId::V4(ip) => a.public_ip == ip,
+            NodeId::V6(ip) => a.public_ipv6 == Some(ip),
+        }
+    }
+
+    /// Who `a` names, in this node's terms (its PublicIP or PublicIPv6): for
+    /// messages about another node's lease.
+    pub fn of(&self, a: &LeaseAttrs) -> Option<IpAddr> {
+        match self {
+            NodeId::V4(_) => Some(IpAddr::V4(a.public_ip)),
+            NodeId::V6(_) => a.public_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// `a` made to name this node instead of whoever it names.
+    pub fn stamp(&self, a: &mut LeaseAttrs) {
+        match *self {
+            NodeId::V4(ip) => a.public_ip = ip,
+            NodeId::V6(ip) => a.public_ipv6 = Some(ip),
+        }
+    }
+
+    /// A placeholder value naming this node (for a key whose value is not a lease).
+    pub fn attrs(&self) -> LeaseAttrs {
+        let mut a = LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: None,
+            backend_type: String::new(),
+            vxlan: None,
+            vxlan_v6: None,
+        };
+        self.stamp(&mut a);
+        a
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeId::V4(ip) => write!(f, "PublicIP {ip}"),
+            NodeId::V6(ip) => write!(f, "PublicIPv6 {ip}"),
+        }
+    }
+}
+
 /// The key holding all leases: `<prefix>/subnets/`.
 pub fn subnets_prefix(prefix: &str) -> String {
     format!("{}/subnets/", prefix.trim_end_matches('/'))
@@ -263,6 +336,14 @@ impl LeaseKey {
         }
     }
 
+    /// An IPv6-only key, `0.0.0.0-0&fc00::-64`.
+    pub fn ipv6_only(subnet: Subnet6) -> LeaseKey {
+        LeaseKey {
+            ipv4: None,
+            ipv6: Some(subnet),
+        }
+    }
+
     /// An IPv4 key, `10.5.1.0-24`.
     pub fn ipv4(subnet: Subnet) -> Option<LeaseKey> {
         LeaseKey::new(Some(subnet), None)
@@ -315,6 +396,18 @@ impl LeaseKey {
             return Err(syntax());
         }
         Ok(parsed)
+    }
+}
+
+impl std::fmt::Display for LeaseKey {
+    /// The subnets it names: `10.5.1.0/24`, `10.5.1.0/24 + fc00::/64`, `fc00::/64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ipv4, self.ipv6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4} + {v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => f.write_str("no subnet"),
+        }
     }
 }
 

@@ -21,9 +21,9 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::allocator::{plan_counted, Claim, ExistingLease, Hints, NoFreeSubnet, Work};
+use crate::allocator::{plan_for, Claim, ExistingLease, Hints, NoFreeSubnet, Work};
 use crate::config::NetworkConfig;
-use crate::lease::LeaseKey;
+use crate::lease::{LeaseKey, NodeId};
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 
@@ -53,16 +53,17 @@ pub enum LeaseAction {
     /// Grant an etcd lease and try this claim by compare-and-swap; report
     /// [`LeaseEvent::Claimed`] or [`LeaseEvent::RaceLost`].
     Claim(Claim),
-    /// We hold `subnet` (and, dual stack, `ipv6`: one key names both) under etcd
-    /// lease `lease_id`: keep it alive, publish it. Returned once per acquisition.
+    /// We hold `key` (IPv4, dual stack: one key names both subnets, or IPv6 only)
+    /// under etcd lease `lease_id`: keep it alive, publish it. Returned once per
+    /// acquisition.
     Acquired {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
+        key: LeaseKey,
         lease_id: i64,
         /// The etcd revision of the claim.
         revision: i64,
-        /// Whether this replaces a different subnet held before (pods must renumber).
-        changed_from: Option<Subnet>,
+        /// The key held before, when this one replaces its subnet (pods must
+        /// renumber): see [`renumbers`].
+        changed_from: Option<LeaseKey>,
     },
     /// The pool is full; returned once per listing that found it full.
     Exhausted(NoFreeSubnet),
@@ -99,8 +100,7 @@ enum State {
         in_flight: Option<Claim>,
     },
     Held {
-        subnet: Subnet,
-        ipv6: Option<Subnet6>,
+        key: LeaseKey,
         lease_id: i64,
         revision: i64,
         announced: bool,
@@ -118,13 +118,13 @@ enum State {
 #[derive(Debug)]
 pub struct LeaseMachine {
     cfg: NetworkConfig,
-    me: Ipv4Addr,
+    me: NodeId,
     hint: Hints,
     seed: u64,
     state: State,
     backoff: Duration,
-    /// The subnet held before a loss, to report a change of subnet.
-    previous: Option<Subnet>,
+    /// The key held before a loss, to report a change of subnet.
+    previous: Option<LeaseKey>,
     reacquisitions: u64,
     /// The key held when this node's PublicIP moved, and the PublicIP it still
     /// names in etcd, until it is put again with the new one ([`LeaseMachine::moved`]).
@@ -139,17 +139,23 @@ pub struct LeaseMachine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Move {
     key: LeaseKey,
-    old: Ipv4Addr,
+    old: NodeId,
 }
 
 impl LeaseMachine {
     /// `hint`: the subnet from this node's subnet file, if any. `seed` randomises
     /// the order of free candidates.
     pub fn new(cfg: NetworkConfig, me: Ipv4Addr, hint: Option<Subnet>, seed: u64) -> Self {
+        LeaseMachine::for_node(cfg, NodeId::V4(me), Hints::ipv4(hint), seed)
+    }
+
+    /// A machine for the node `me` (its PublicIP, or on an IPv6-only network its
+    /// PublicIPv6), trying the subnets of `hint` first when free.
+    pub fn for_node(cfg: NetworkConfig, me: NodeId, hint: Hints, seed: u64) -> Self {
         LeaseMachine {
             cfg,
             me,
-            hint: Hints::ipv4(hint),
+            hint,
             seed,
             state: State::NeedList,
             backoff: BACKOFF_MIN,
@@ -177,8 +183,7 @@ impl LeaseMachine {
         // The predecessor's claim revision is not handed over: 0 lets every later
         // registry event judge the key (a listing without it is a loss, as always).
         m.state = State::Held {
-            subnet,
-            ipv6: None,
+            key: LeaseKey::dual(subnet, None),
             lease_id,
             revision: 0,
             announced: false,
@@ -201,42 +206,31 @@ impl LeaseMachine {
     /// subnet stays, so pods keep their addresses; the new [`LeaseAction::Acquired`]
     /// is not counted as a re-acquisition. Not holding a key, later claims carry the
     /// new PublicIP.
-    pub fn moved(&mut self, me: Ipv4Addr) {
+    pub fn moved(&mut self, me: NodeId) {
         let old = std::mem::replace(&mut self.me, me);
-        if let State::Held { subnet, ipv6, .. } = self.state {
-            self.moving = Some(Move {
-                key: LeaseKey::dual(subnet, ipv6),
-                old,
-            });
-            self.hint = Hints {
-                ipv4: Some(subnet),
-                ipv6,
-            };
+        if let State::Held { key, .. } = self.state {
+            self.moving = Some(Move { key, old });
+            self.hint = Hints::of(key);
             self.state = State::NeedList;
         }
     }
 
-    /// The PublicIP this node claims with.
-    pub fn public_ip(&self) -> Ipv4Addr {
+    /// Who this node claims as (its PublicIP, or PublicIPv6 on an IPv6-only network).
+    pub fn node(&self) -> NodeId {
         self.me
     }
 
-    /// The subnet and etcd lease held now, if any.
-    pub fn held(&self) -> Option<(Subnet, i64)> {
+    /// The key and etcd lease held now, if any.
+    pub fn held(&self) -> Option<(LeaseKey, i64)> {
         match self.state {
-            State::Held {
-                subnet, lease_id, ..
-            } => Some((subnet, lease_id)),
+            State::Held { key, lease_id, .. } => Some((key, lease_id)),
             _ => None,
         }
     }
 
     /// The key held now (both halves, dual stack), if any.
     pub fn held_key(&self) -> Option<LeaseKey> {
-        match self.state {
-            State::Held { subnet, ipv6, .. } => Some(LeaseKey::dual(subnet, ipv6)),
-            _ => None,
-        }
+        self.held().map(|(k, _)| k)
     }
 
     /// Times a lost lease was acquired again.
@@ -272,8 +266,7 @@ impl LeaseMachine {
                 }
             }
             State::Held {
-                subnet,
-                ipv6,
+                key,
                 lease_id,
                 revision,
                 announced,
@@ -282,14 +275,13 @@ impl LeaseMachine {
                     return LeaseAction::Idle;
                 }
                 *announced = true;
-                let changed_from = self.previous.filter(|p| p != subnet);
+                let changed_from = self.previous.filter(|p| renumbers(p, key));
                 if self.previous.is_some() && !std::mem::take(&mut self.moved) {
                     self.reacquisitions += 1;
                 }
-                self.previous = Some(*subnet);
+                self.previous = Some(*key);
                 LeaseAction::Acquired {
-                    subnet: *subnet,
-                    ipv6: *ipv6,
+                    key: *key,
                     lease_id: *lease_id,
                     revision: *revision,
                     changed_from,
@@ -318,7 +310,7 @@ impl LeaseMachine {
                 if let Some(k) = self.retake {
                     garbled_is_ours(&mut leases, k, self.me);
                 }
-                match plan_counted(
+                match plan_for(
                     &self.cfg,
                     self.me,
                     &leases,
@@ -348,17 +340,13 @@ impl LeaseMachine {
                     in_flight: Some(c), ..
                 },
             ) => {
-                let (subnet, ipv6) = (c.subnet(), c.ipv6());
+                let key = c.key();
                 self.backoff = BACKOFF_MIN;
                 self.moved = self.moving.take().is_some();
                 self.retake = None;
-                self.hint = Hints {
-                    ipv4: Some(subnet),
-                    ipv6,
-                };
+                self.hint = Hints::of(key);
                 self.state = State::Held {
-                    subnet,
-                    ipv6,
+                    key,
                     lease_id,
                     revision,
                     announced: false,
@@ -373,20 +361,14 @@ impl LeaseMachine {
                 };
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
-            (LeaseEvent::KeyGarbled, State::Held { subnet, ipv6, .. }) => {
-                self.retake = Some(LeaseKey::dual(*subnet, *ipv6));
-                self.hint = Hints {
-                    ipv4: Some(*subnet),
-                    ipv6: *ipv6,
-                };
+            (LeaseEvent::KeyGarbled, State::Held { key, .. }) => {
+                self.retake = Some(*key);
+                self.hint = Hints::of(*key);
                 self.state = State::NeedList;
             }
-            (LeaseEvent::LeaseLost, State::Held { subnet, ipv6, .. }) => {
+            (LeaseEvent::LeaseLost, State::Held { key, .. }) => {
                 // Prefer the subnets we just had: pods keep their addresses if free.
-                self.hint = Hints {
-                    ipv4: Some(*subnet),
-                    ipv6: *ipv6,
-                };
+                self.hint = Hints::of(*key);
                 self.state = State::NeedList;
             }
             // Anything else is stale (e.g. a keepalive failure reported after we
@@ -398,33 +380,41 @@ impl LeaseMachine {
 
 /// The listing as the allocator must read it while a move is under way: the key
 /// this node held, still naming the old PublicIP, is this node's.
-fn own_again(leases: &mut [ExistingLease], m: Move, me: Ipv4Addr) {
+fn own_again(leases: &mut [ExistingLease], m: Move, me: NodeId) {
     for l in leases {
-        if LeaseKey::dual(l.subnet, l.ipv6) != m.key {
+        if l.key() != Some(m.key) {
             continue;
         }
-        if let Some(a) = l.attrs.as_mut().filter(|a| a.public_ip == m.old) {
-            a.public_ip = me;
+        if let Some(a) = l.attrs.as_mut().filter(|a| m.old.names(a)) {
+            me.stamp(a);
         }
     }
+}
+
+/// Whether holding `now` after `before` strands addresses the node's pods have: a
+/// subnet `before` named is not `now`'s subnet of its family (another one, or the
+/// family gone). A family gained (EnableIPv6 turned on, which keeps the IPv4 subnet)
+/// strands nothing. The CNI plugin's CHECK judges an attachment the same way.
+pub fn renumbers(before: &LeaseKey, now: &LeaseKey) -> bool {
+    let v4 = before
+        .ipv4_subnet()
+        .is_some_and(|s| now.ipv4_subnet() != Some(s));
+    let v6 = before
+        .ipv6_subnet()
+        .is_some_and(|s| now.ipv6_subnet() != Some(s));
+    v4 || v6
 }
 
 /// The listing as the allocator must read it after this node's key was overwritten
 /// with something that is not a lease: that key, still not a lease, is this node's to
 /// take back under a new etcd lease (a compare-and-swap on its revision), not a
 /// subnet someone holds. A lease that replaced the garbage meanwhile is judged as any.
-fn garbled_is_ours(leases: &mut [ExistingLease], key: LeaseKey, me: Ipv4Addr) {
+fn garbled_is_ours(leases: &mut [ExistingLease], key: LeaseKey, me: NodeId) {
     for l in leases {
-        if LeaseKey::dual(l.subnet, l.ipv6) != key || l.attrs.is_some() {
+        if l.key() != Some(key) || l.attrs.is_some() {
             continue;
         }
-        l.attrs = Some(crate::lease::LeaseAttrs {
-            public_ip: me,
-            public_ipv6: None,
-            backend_type: String::new(),
-            vxlan: None,
-            vxlan_v6: None,
-        });
+        l.attrs = Some(me.attrs());
         // Not a reservation of ours: whatever lease the garbage has (none, when put
         // by hand), the key is claimed under a new one.
         if l.lease_id == 0 {
@@ -437,6 +427,7 @@ fn garbled_is_ours(leases: &mut [ExistingLease], key: LeaseKey, me: Ipv4Addr) {
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+    use std::net::Ipv6Addr;
 
     fn cfg() -> NetworkConfig {
         NetworkConfig::parse("/k", br#"{"Network":"10.1.0.0/26"}"#).unwrap()
@@ -467,7 +458,7 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        assert_eq!(c.subnet(), s, "the free hint comes first");
+        assert_eq!(c.subnet().unwrap(), s, "the free hint comes first");
         m.handle(
             LeaseEvent::Claimed {
                 lease_id: 9,
@@ -486,8 +477,8 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = holding(s);
-        m.moved(MOVED);
-        assert_eq!(m.public_ip(), MOVED);
+        m.moved(NodeId::V4(MOVED));
+        assert_eq!(m.node(), NodeId::V4(MOVED));
         assert_eq!(m.poll(t), LeaseAction::List);
         // The registry still has the key with the old PublicIP (at revision 19),
         // and another node's lease beside it.
@@ -503,8 +494,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reuse {
-                subnet: s,
-                ipv6: None,
+                key: LeaseKey::dual(s, None),
                 mod_revision: 19
             }),
             "the held key, taken over while unchanged"
@@ -519,8 +509,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                subnet: s,
-                ipv6: None,
+                key: LeaseKey::dual(s, None),
                 lease_id: 10,
                 revision: 23,
                 changed_from: None
@@ -535,7 +524,7 @@ mod tests {
             panic!()
         };
         assert_ne!(
-            c.subnet(),
+            c.subnet().unwrap(),
             s,
             "the old PublicIP's key is not this node's any more"
         );
@@ -546,7 +535,7 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = holding(s);
-        m.moved(ME);
+        m.moved(NodeId::V4(ME));
         assert_eq!(m.poll(t), LeaseAction::List);
         let mut mine = held("10.1.0.16/28", ME);
         mine.mod_revision = 19;
@@ -554,8 +543,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reuse {
-                subnet: s,
-                ipv6: None,
+                key: LeaseKey::dual(s, None),
                 mod_revision: 19
             })
         );
@@ -587,8 +575,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reuse {
-                subnet: s,
-                ipv6: None,
+                key: LeaseKey::dual(s, None),
                 mod_revision: 30
             }),
             "the same key, under a new etcd lease, if still at revision 30"
@@ -602,7 +589,7 @@ mod tests {
         );
         assert!(matches!(
             m.poll(t),
-            LeaseAction::Acquired { subnet, changed_from: None, .. } if subnet == s
+            LeaseAction::Acquired { key, changed_from: None, .. } if key.ipv4_subnet() == Some(s)
         ));
         // Another node's garbage is never taken: only the key this node held.
         let mut m = garbled(s);
@@ -617,8 +604,7 @@ mod tests {
         assert_eq!(
             c,
             Claim::Create {
-                subnet: s,
-                ipv6: None
+                key: LeaseKey::dual(s, None)
             }
         );
         // A real lease that replaced the garbage meanwhile is someone's.
@@ -630,7 +616,7 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        assert_ne!(c.subnet(), s);
+        assert_ne!(c.subnet().unwrap(), s);
     }
 
     #[test]
@@ -638,7 +624,7 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = holding(s);
-        m.moved(MOVED);
+        m.moved(NodeId::V4(MOVED));
         assert_eq!(m.poll(t), LeaseAction::List);
         // Someone else's value under the key now: not ours, whatever it was before.
         m.handle(
@@ -649,7 +635,7 @@ mod tests {
             panic!()
         };
         assert!(matches!(c, Claim::Create { .. }));
-        assert_ne!(c.subnet(), s);
+        assert_ne!(c.subnet().unwrap(), s);
         m.handle(
             LeaseEvent::Claimed {
                 lease_id: 11,
@@ -659,7 +645,7 @@ mod tests {
         );
         assert!(matches!(
             m.poll(t),
-            LeaseAction::Acquired { changed_from: Some(from), .. } if from == s
+            LeaseAction::Acquired { changed_from: Some(from), .. } if from.ipv4_subnet() == Some(s)
         ));
     }
 
@@ -668,7 +654,7 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = holding(s);
-        m.moved(MOVED);
+        m.moved(NodeId::V4(MOVED));
         assert_eq!(m.poll(t), LeaseAction::List);
         m.handle(LeaseEvent::RegistryError, t);
         let LeaseAction::Wait { until } = m.poll(t) else {
@@ -677,7 +663,7 @@ mod tests {
         assert_eq!(m.poll(until), LeaseAction::List);
         m.handle(LeaseEvent::Listed(vec![held("10.1.0.16/28", ME)]), t);
         assert!(
-            matches!(m.poll(t), LeaseAction::Claim(Claim::Reuse { subnet, .. }) if subnet == s),
+            matches!(m.poll(t), LeaseAction::Claim(Claim::Reuse { key, .. }) if key.ipv4_subnet() == Some(s)),
             "still this node's key after the retry"
         );
     }
@@ -687,12 +673,11 @@ mod tests {
         let t = Instant::now();
         let s: Subnet = "10.1.0.16/28".parse().unwrap();
         let mut m = LeaseMachine::holding(cfg(), ME, s, 0x77, 0);
-        assert_eq!(m.held(), Some((s, 0x77)));
+        assert_eq!(m.held(), Some((LeaseKey::dual(s, None), 0x77)));
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                ipv6: None,
-                subnet: s,
+                key: LeaseKey::dual(s, None),
                 lease_id: 0x77,
                 revision: 0,
                 changed_from: None
@@ -707,7 +692,7 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        assert_eq!(c.subnet(), s);
+        assert_eq!(c.subnet().unwrap(), s);
         m.handle(
             LeaseEvent::Claimed {
                 lease_id: 0x78,
@@ -746,15 +731,14 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                ipv6: None,
-                subnet: c.subnet(),
+                key: LeaseKey::dual(c.subnet().unwrap(), None),
                 lease_id: 9,
                 revision: 19,
                 changed_from: None
             }
         );
         assert_eq!(m.poll(t), LeaseAction::Idle);
-        assert_eq!(m.held(), Some((c.subnet(), 9)));
+        assert_eq!(m.held(), Some((c.key(), 9)));
     }
 
     #[test]
@@ -768,7 +752,7 @@ mod tests {
             let LeaseAction::Claim(c) = m.poll(t) else {
                 panic!()
             };
-            tried.push(c.subnet());
+            tried.push(c.subnet().unwrap());
             m.handle(LeaseEvent::RaceLost, t);
         }
         tried.sort();
@@ -805,8 +789,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reuse {
-                ipv6: None,
-                subnet: "10.1.0.32/28".parse().unwrap(),
+                key: LeaseKey::dual("10.1.0.32/28".parse().unwrap(), None),
                 mod_revision: 3
             })
         );
@@ -825,8 +808,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Reserved {
-                ipv6: None,
-                subnet: "10.1.0.32/28".parse().unwrap(),
+                key: LeaseKey::dual("10.1.0.32/28".parse().unwrap(), None),
                 mod_revision: 3
             })
         );
@@ -840,8 +822,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                ipv6: None,
-                subnet: "10.1.0.32/28".parse().unwrap(),
+                key: LeaseKey::dual("10.1.0.32/28".parse().unwrap(), None),
                 lease_id: 0,
                 revision: 3,
                 changed_from: None
@@ -872,8 +853,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Create {
-                ipv6: None,
-                subnet: c.subnet()
+                key: LeaseKey::dual(c.subnet().unwrap(), None)
             })
         );
         m.handle(
@@ -886,8 +866,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                ipv6: None,
-                subnet: c.subnet(),
+                key: LeaseKey::dual(c.subnet().unwrap(), None),
                 lease_id: 2,
                 revision: 12,
                 changed_from: None
@@ -905,8 +884,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Claim(Claim::Create {
-                ipv6: None,
-                subnet: "10.1.0.16/28".parse().unwrap()
+                key: LeaseKey::dual("10.1.0.16/28".parse().unwrap(), None)
             })
         );
         m.handle(
@@ -926,7 +904,7 @@ mod tests {
         let LeaseAction::Claim(c) = m.poll(t) else {
             panic!()
         };
-        assert_ne!(c.subnet(), "10.1.0.16/28".parse().unwrap());
+        assert_ne!(c.subnet().unwrap(), "10.1.0.16/28".parse().unwrap());
         m.handle(
             LeaseEvent::Claimed {
                 lease_id: 2,
@@ -937,7 +915,10 @@ mod tests {
         let LeaseAction::Acquired { changed_from, .. } = m.poll(t) else {
             panic!()
         };
-        assert_eq!(changed_from, Some("10.1.0.16/28".parse().unwrap()));
+        assert_eq!(
+            changed_from,
+            LeaseKey::ipv4("10.1.0.16/28".parse().unwrap())
+        );
     }
 
     #[test]
@@ -1029,6 +1010,117 @@ mod tests {
         c
     }
 
+    /// An IPv6-only network: keys `0.0.0.0-0&<ipv6>`, the node known by its PublicIPv6
+    /// through a restart, a loss to another node (which renumbers its pods), a move of
+    /// its address and a garbled key.
+    #[test]
+    fn an_ipv6_only_lease_is_held_found_again_lost_and_moved_by_public_ipv6() {
+        let t = Instant::now();
+        let mut cfg = dual_cfg();
+        cfg.ipv4 = None;
+        let me6: Ipv6Addr = "fd00:64::10".parse().unwrap();
+        let node = NodeId::V6(me6);
+        let mac: vxmesh_dataplane::wire::MacAddr = "0e:00:00:00:06:0a".parse().unwrap();
+        let listing_of = |key: LeaseKey, ip: Ipv6Addr, rev: i64| {
+            crate::registry_events::Listing {
+                revision: rev + 1,
+                entries: vec![crate::registry_events::Entry {
+                    key: crate::lease::lease_key_of("/coreos.com/network", &key),
+                    value: LeaseAttrs::vxlan_ipv6_only(ip, 1, mac)
+                        .to_json()
+                        .into_bytes(),
+                    create_revision: rev,
+                    mod_revision: rev,
+                    lease: 0x51,
+                }],
+            }
+            .existing_leases()
+        };
+        let mut m = LeaseMachine::for_node(cfg.clone(), node, Hints::default(), 3);
+        let c = claim_fresh(&mut m, t, vec![]);
+        assert!(matches!(c, Claim::Create { .. }));
+        assert_eq!(c.subnet(), None);
+        let key = c.key();
+        assert!(key.key_form().starts_with("0.0.0.0-0&fd00:1:"), "{key:?}");
+        assert!(
+            matches!(m.poll(t), LeaseAction::Acquired { key: k, changed_from: None, .. } if k == key)
+        );
+
+        // A restart finds it by PublicIPv6; another IPv6-only node (PublicIP 0.0.0.0
+        // too) does not take it.
+        let mut after = LeaseMachine::for_node(cfg.clone(), node, Hints::default(), 99);
+        let again = claim_fresh(&mut after, t, listing_of(key, me6, 30));
+        assert_eq!(
+            again,
+            Claim::Reuse {
+                key,
+                mod_revision: 30
+            }
+        );
+        let other: Ipv6Addr = "fd00:64::11".parse().unwrap();
+        let mut stranger =
+            LeaseMachine::for_node(cfg.clone(), NodeId::V6(other), Hints::default(), 5);
+        let theirs = claim_fresh(&mut stranger, t, listing_of(key, me6, 30));
+        assert!(matches!(theirs, Claim::Create { .. }) && theirs.key() != key);
+
+        // Lost to that node: a new subnet, and the pods must renumber.
+        assert!(matches!(after.poll(t), LeaseAction::Acquired { .. }));
+        after.handle(LeaseEvent::LeaseLost, t);
+        let new = claim_fresh(&mut after, t, listing_of(key, other, 40));
+        assert_ne!(new.key(), key);
+        assert_eq!(
+            after.poll(t),
+            LeaseAction::Acquired {
+                key: new.key(),
+                lease_id: 0x51,
+                revision: 30,
+                changed_from: Some(key)
+            }
+        );
+
+        // The PublicIPv6 moves: the held key is put again naming the new address.
+        let moved: Ipv6Addr = "fd00:64::20".parse().unwrap();
+        after.moved(NodeId::V6(moved));
+        assert_eq!(after.node(), NodeId::V6(moved));
+        let c = claim_fresh(&mut after, t, listing_of(new.key(), me6, 50));
+        assert_eq!(
+            c,
+            Claim::Reuse {
+                key: new.key(),
+                mod_revision: 50
+            }
+        );
+
+        // Its key garbled: taken back.
+        assert!(matches!(
+            after.poll(t),
+            LeaseAction::Acquired {
+                changed_from: None,
+                ..
+            }
+        ));
+        after.handle(LeaseEvent::KeyGarbled, t);
+        assert_eq!(after.poll(t), LeaseAction::List);
+        let garbage = crate::registry_events::Listing {
+            revision: 61,
+            entries: vec![crate::registry_events::Entry {
+                key: crate::lease::lease_key_of("/coreos.com/network", &new.key()),
+                value: b"garbage".to_vec(),
+                create_revision: 60,
+                mod_revision: 60,
+                lease: 0,
+            }],
+        };
+        after.handle(LeaseEvent::Listed(garbage.existing_leases()), t);
+        assert_eq!(
+            after.poll(t),
+            LeaseAction::Claim(Claim::Reuse {
+                key: new.key(),
+                mod_revision: 60
+            })
+        );
+    }
+
     #[test]
     fn a_dual_stack_lease_is_claimed_held_and_found_again_after_a_restart() {
         let t = Instant::now();
@@ -1039,8 +1131,7 @@ mod tests {
         assert_eq!(
             m.poll(t),
             LeaseAction::Acquired {
-                subnet: c.subnet(),
-                ipv6: Some(ipv6),
+                key: LeaseKey::dual(c.subnet().unwrap(), Some(ipv6)),
                 lease_id: 0x51,
                 revision: 30,
                 changed_from: None
@@ -1050,7 +1141,7 @@ mod tests {
         assert_eq!(key, c.key());
         assert_eq!(
             key.key_form(),
-            format!("{}&{}", c.subnet().key_form(), ipv6.key_form())
+            format!("{}&{}", c.subnet().unwrap().key_form(), ipv6.key_form())
         );
 
         // What the agent wrote under that key (flanneld's dual-stack value).
@@ -1079,8 +1170,7 @@ mod tests {
         assert_eq!(
             after.poll(t),
             LeaseAction::Claim(Claim::Reuse {
-                subnet: c.subnet(),
-                ipv6: Some(ipv6),
+                key: LeaseKey::dual(c.subnet().unwrap(), Some(ipv6)),
                 mod_revision: 30
             })
         );
@@ -1093,7 +1183,7 @@ mod tests {
         );
         assert!(matches!(
             after.poll(t),
-            LeaseAction::Acquired { ipv6: Some(v6), changed_from: None, .. } if v6 == ipv6
+            LeaseAction::Acquired { key, changed_from: None, .. } if key.ipv6_subnet() == Some(ipv6)
         ));
         assert_eq!(after.held_key(), Some(key), "the same key after a restart");
 
@@ -1106,8 +1196,7 @@ mod tests {
         assert_eq!(
             claim_fresh(&mut hinted, t, vec![]),
             Claim::Create {
-                subnet: "10.1.0.128/26".parse().unwrap(),
-                ipv6: Some(v6)
+                key: LeaseKey::dual("10.1.0.128/26".parse().unwrap(), Some(v6))
             }
         );
 
@@ -1118,8 +1207,7 @@ mod tests {
         assert_eq!(
             again,
             Claim::Create {
-                subnet: c.subnet(),
-                ipv6: Some(ipv6)
+                key: LeaseKey::dual(c.subnet().unwrap(), Some(ipv6))
             }
         );
     }

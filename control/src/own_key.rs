@@ -14,9 +14,9 @@
 //! re-acquire, delivered late, says nothing about the key the node holds now.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::lease::{lease_key_of, LeaseAttrs, LeaseKey};
+use crate::lease::{lease_key_of, LeaseAttrs, LeaseKey, NodeId};
 use crate::lease_machine::LeaseEvent;
 use crate::registry_events::WatchEvent;
 
@@ -28,9 +28,9 @@ pub enum LeaseLoss {
     Missing { key: String },
     /// Our key was deleted (by someone, or because its etcd lease expired).
     Deleted { key: String },
-    /// Our key now holds another node's lease (`by`: its PublicIP), or a value that
-    /// is not a lease at all (`by: None`).
-    Overwritten { key: String, by: Option<Ipv4Addr> },
+    /// Our key now holds another node's lease (`by`: its PublicIP, or on an IPv6-only
+    /// network its PublicIPv6), or a value that is not a lease at all (`by: None`).
+    Overwritten { key: String, by: Option<IpAddr> },
 }
 
 impl LeaseLoss {
@@ -49,9 +49,19 @@ impl fmt::Display for LeaseLoss {
         match self {
             LeaseLoss::Missing { key } => write!(f, "our key {key} is gone from etcd"),
             LeaseLoss::Deleted { key } => write!(f, "our key {key} was deleted"),
-            LeaseLoss::Overwritten { key, by: Some(ip) } => write!(
+            LeaseLoss::Overwritten {
+                key,
+                by: Some(IpAddr::V4(ip)),
+            } => write!(
                 f,
                 "our key {key} was overwritten by another node (PublicIP {ip})"
+            ),
+            LeaseLoss::Overwritten {
+                key,
+                by: Some(IpAddr::V6(ip)),
+            } => write!(
+                f,
+                "our key {key} was overwritten by another node (PublicIPv6 {ip})"
             ),
             LeaseLoss::Overwritten { key, by: None } => {
                 write!(
@@ -74,16 +84,17 @@ struct Holding {
 #[derive(Debug, Clone)]
 pub struct OwnKeyWatch {
     prefix: String,
-    public_ip: Ipv4Addr,
+    node: NodeId,
     holding: Option<Holding>,
 }
 
 impl OwnKeyWatch {
-    /// For the node advertising `public_ip`, under etcd prefix `prefix`; holds nothing yet.
-    pub fn new(prefix: &str, public_ip: Ipv4Addr) -> Self {
+    /// For the node `node` (its PublicIP; on an IPv6-only network its PublicIPv6),
+    /// under etcd prefix `prefix`; holds nothing yet.
+    pub fn new(prefix: &str, node: NodeId) -> Self {
         OwnKeyWatch {
             prefix: prefix.to_string(),
-            public_ip,
+            node,
             holding: None,
         }
     }
@@ -96,10 +107,10 @@ impl OwnKeyWatch {
         });
     }
 
-    /// This node's PublicIP moved: from now on a put of the held key is ours when
-    /// it names `public_ip` (the move itself puts one).
-    pub fn set_public_ip(&mut self, public_ip: Ipv4Addr) {
-        self.public_ip = public_ip;
+    /// This node's address moved: from now on a put of the held key is ours when it
+    /// names `node` (the move itself puts one).
+    pub fn set_node(&mut self, node: NodeId) {
+        self.node = node;
     }
 
     /// The node lost its lease by other means (the keepalive) and is re-acquiring.
@@ -129,10 +140,10 @@ impl OwnKeyWatch {
                 LeaseLoss::Deleted { key: h.key.clone() }
             }
             WatchEvent::Put(e) if e.key == h.key => match LeaseAttrs::parse(&e.value) {
-                Ok(a) if a.public_ip == self.public_ip => return None,
+                Ok(a) if self.node.names(&a) => return None,
                 Ok(a) => LeaseLoss::Overwritten {
                     key: h.key.clone(),
-                    by: Some(a.public_ip),
+                    by: self.node.of(&a),
                 },
                 Err(_) => LeaseLoss::Overwritten {
                     key: h.key.clone(),
@@ -150,6 +161,7 @@ impl OwnKeyWatch {
 mod tests {
     use super::*;
     use crate::registry_events::{Entry, Listing};
+    use std::net::Ipv4Addr;
 
     const PREFIX: &str = "/coreos.com/network";
     const OURS: &str = "/coreos.com/network/subnets/10.244.3.0-24";
@@ -169,7 +181,7 @@ mod tests {
     }
 
     fn holding_at(rev: i64) -> OwnKeyWatch {
-        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        let mut w = OwnKeyWatch::new(PREFIX, NodeId::V4(ME));
         w.hold(&LeaseKey::parse("10.244.3.0-24").unwrap(), rev);
         assert_eq!(w.key(), Some(OURS));
         w
@@ -245,7 +257,7 @@ mod tests {
             loss,
             LeaseLoss::Overwritten {
                 key: OURS.into(),
-                by: Some(Ipv4Addr::new(192, 168, 100, 12))
+                by: Some(IpAddr::V4(Ipv4Addr::new(192, 168, 100, 12)))
             }
         );
         assert!(loss.to_string().contains("PublicIP 192.168.100.12"));
@@ -267,13 +279,45 @@ mod tests {
         // Node 3's underlay address moved to .23: the move puts the key again
         // naming .23 — ours. The old address on it afterwards is not.
         let mut w = holding_at(10);
-        w.set_public_ip(Ipv4Addr::new(192, 168, 100, 23));
+        w.set_node(NodeId::V4(Ipv4Addr::new(192, 168, 100, 23)));
         let moved = OUR_VALUE.replace("192.168.100.13", "192.168.100.23");
         assert_eq!(w.handle(&WatchEvent::Put(entry(OURS, &moved, 11))), None);
         assert!(matches!(
             w.handle(&WatchEvent::Put(entry(OURS, OUR_VALUE, 12))),
-            Some(LeaseLoss::Overwritten { by: Some(ip), .. }) if ip == ME
+            Some(LeaseLoss::Overwritten { by: Some(ip), .. }) if ip == IpAddr::V4(ME)
         ));
+    }
+
+    /// On an IPv6-only network every lease says PublicIP 0.0.0.0: another node's
+    /// lease on our key is told apart by its PublicIPv6 (flanneld's etcd mode cannot).
+    #[test]
+    fn an_ipv6_only_node_knows_its_key_by_its_public_ipv6() {
+        const OURS6: &str = "/coreos.com/network/subnets/0.0.0.0-0&fd00:10:244:3::-64";
+        let ours = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::13","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:2b:75:0c:6d:8e"}}"#;
+        let theirs = ours.replace("fd00:64::13", "fd00:64::12");
+        let me: std::net::Ipv6Addr = "fd00:64::13".parse().unwrap();
+        let mut w = OwnKeyWatch::new(PREFIX, NodeId::V6(me));
+        w.hold(
+            &LeaseKey::parse("0.0.0.0-0&fd00:10:244:3::-64").unwrap(),
+            10,
+        );
+        assert_eq!(w.key(), Some(OURS6));
+        assert_eq!(w.handle(&WatchEvent::Put(entry(OURS6, ours, 11))), None);
+        let loss = w
+            .handle(&WatchEvent::Put(entry(OURS6, &theirs, 12)))
+            .unwrap();
+        assert_eq!(
+            loss,
+            LeaseLoss::Overwritten {
+                key: OURS6.into(),
+                by: Some("fd00:64::12".parse().unwrap())
+            }
+        );
+        assert!(
+            loss.to_string().contains("PublicIPv6 fd00:64::12"),
+            "{loss}"
+        );
+        assert_eq!(loss.event(), LeaseEvent::LeaseLost);
     }
 
     #[test]
@@ -309,7 +353,7 @@ mod tests {
         const DUAL: &str = "/coreos.com/network/subnets/10.244.3.0-24&fd00:10:244:3::-64";
         // As vxmeshd writes it for lab node 3 with --public-ipv6 fd00:64::13.
         const DUAL_VALUE: &str = r#"{"PublicIP":"192.168.100.13","PublicIPv6":"fd00:64::13","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:2b:75:0c:6d:8e"},"BackendV6Data":{"VNI":1,"VtepMAC":"66:cb:49:ea:b2:bb"}}"#;
-        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        let mut w = OwnKeyWatch::new(PREFIX, NodeId::V4(ME));
         w.hold(
             &LeaseKey::parse("10.244.3.0-24&fd00:10:244:3::-64").unwrap(),
             10,
@@ -347,14 +391,14 @@ mod tests {
             w.handle(&WatchEvent::Put(entry(DUAL, &their, 16))),
             Some(LeaseLoss::Overwritten {
                 key: DUAL.into(),
-                by: Some(Ipv4Addr::new(192, 168, 100, 12))
+                by: Some(IpAddr::V4(Ipv4Addr::new(192, 168, 100, 12)))
             })
         );
     }
 
     #[test]
     fn nothing_is_lost_while_nothing_is_held() {
-        let mut w = OwnKeyWatch::new(PREFIX, ME);
+        let mut w = OwnKeyWatch::new(PREFIX, NodeId::V4(ME));
         let gone = WatchEvent::Delete {
             key: OURS.into(),
             revision: 50,

@@ -151,16 +151,19 @@ pub struct Ipv6Rules {
 }
 
 impl PeerRules {
-    pub fn from_config(cfg: &NetworkConfig) -> PeerRules {
-        PeerRules {
-            network: cfg.network,
-            subnet_len: cfg.subnet_len,
+    /// The rules of an IPv4 or dual-stack config; `None` for an IPv6-only one, whose
+    /// leases name no IPv4 subnet.
+    pub fn from_config(cfg: &NetworkConfig) -> Option<PeerRules> {
+        let pool4 = cfg.ipv4.as_ref()?;
+        Some(PeerRules {
+            network: pool4.network,
+            subnet_len: pool4.subnet_len,
             vni: cfg.backend.vni.get(),
             ipv6: cfg.ipv6.map(|p| Ipv6Rules {
                 network: p.network,
                 subnet_len: p.subnet_len,
             }),
-        }
+        })
     }
 }
 
@@ -1274,7 +1277,7 @@ mod tests {
             br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        PeerRules::from_config(&cfg)
+        PeerRules::from_config(&cfg).unwrap()
     }
 
     // Lab node 3 (this node) at 192.168.100.13 holds 10.244.35.0/24; node 1 at .11
@@ -1382,7 +1385,7 @@ mod tests {
             br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        PeerRules::from_config(&cfg)
+        PeerRules::from_config(&cfg).unwrap()
     }
 
     const ME6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0x13);

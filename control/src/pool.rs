@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use crate::config::{Ipv6Pool, NetworkConfig};
+use crate::config::{Ipv4Pool, Ipv6Pool};
 
 /// Above this share of the pool in use, the agent warns (once per crossing) and
 /// `vxmeshctl leases` flags the pool as nearly exhausted.
@@ -26,10 +26,10 @@ impl PoolUsage {
     /// the agent and `vxmeshctl` count with [`LeasedSubnets::usage`].
     #[cfg(test)]
     pub fn of(
-        cfg: &NetworkConfig,
+        pool: &Ipv4Pool,
         leased: impl IntoIterator<Item = crate::subnet::Subnet>,
     ) -> PoolUsage {
-        let (total, range) = pool4(cfg);
+        let (total, range) = pool4(pool);
         Self::count(
             total,
             range,
@@ -114,13 +114,13 @@ pub struct LeasedSubnets {
 }
 
 /// The IPv4 pool's size and its range of places: SubnetMin..=SubnetMax at SubnetLen.
-fn pool4(cfg: &NetworkConfig) -> (u64, Range<u32>) {
+fn pool4(pool: &Ipv4Pool) -> (u64, Range<u32>) {
     let range = (
-        cfg.subnet_len,
-        u32::from(cfg.subnet_min),
-        u32::from(cfg.subnet_max),
+        pool.subnet_len,
+        u32::from(pool.subnet_min),
+        u32::from(pool.subnet_max),
     );
-    (cfg.pool_size(), range)
+    (pool.pool_size(), range)
 }
 
 /// The IPv6 pool's size (at most `u64::MAX`) and its range of places.
@@ -247,8 +247,8 @@ impl LeasedSubnets {
 
     /// The IPv4 pool's usage: the distinct subnets of SubnetLen from SubnetMin to
     /// SubnetMax that the keys name.
-    pub fn usage(&self, cfg: &NetworkConfig) -> PoolUsage {
-        let (total, range) = pool4(cfg);
+    pub fn usage(&self, pool: &Ipv4Pool) -> PoolUsage {
+        let (total, range) = pool4(pool);
         PoolUsage::capped(total, self.v4.count(range))
     }
 
@@ -305,27 +305,17 @@ impl PoolAlarm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VxlanBackend;
     use crate::subnet::Subnet;
     use crate::subnet6::Subnet6;
     use std::collections::BTreeSet;
 
-    fn cfg() -> NetworkConfig {
+    fn cfg() -> Ipv4Pool {
         // 10.244.0.0/16 with /24s, pool 10.244.1.0 ..= 10.244.10.0: 10 subnets.
-        NetworkConfig {
+        Ipv4Pool {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
             subnet_min: "10.244.1.0".parse().unwrap(),
             subnet_max: "10.244.10.0".parse().unwrap(),
-            backend: VxlanBackend {
-                vni: vxmesh_dataplane::wire::Vni::new(1).unwrap(),
-                port: 8472,
-                mtu: None,
-                direct_routing: false,
-            },
-            enable_nftables: false,
-            ipv6: None,
-            notes: Vec::new(),
         }
     }
 

@@ -64,7 +64,7 @@ async fn lease_one(reg: &Registry, ip: Ipv4Addr) -> String {
     )
     .await
     .unwrap();
-    held.subnet.to_string()
+    held.subnet().unwrap().to_string()
 }
 
 fn s(p: &Path) -> &str {

@@ -69,21 +69,25 @@ fn network_configs_as_operators_write_them_for_flannel() {
     )
     .unwrap();
     assert_eq!(
-        (c.subnet_len, c.backend.vni.get(), c.backend.port),
+        (
+            c.ipv4.unwrap().subnet_len,
+            c.backend.vni.get(),
+            c.backend.port
+        ),
         (24, 1, 8472)
     );
     assert!(c.notes.is_empty(), "{:?}", c.notes);
 
     // Documentation/configuration.md, with the vxlan backend.
     let c = parse(r#"{"Network": "10.0.0.0/8", "SubnetLen": 20, "SubnetMin": "10.10.0.0", "SubnetMax": "10.99.0.0", "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}}"#).unwrap();
-    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 10, 0, 0));
-    assert_eq!(c.subnet_max, Ipv4Addr::new(10, 99, 0, 0));
-    assert_eq!(c.pool_size(), (0x63 - 0x0a) * 16 + 1);
+    assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 10, 0, 0));
+    assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 99, 0, 0));
+    assert_eq!(c.ipv4.unwrap().pool_size(), (0x63 - 0x0a) * 16 + 1);
 
     // Go's encoding/json matches field names case-insensitively: so does vxmesh.
     let c = parse(r#"{"network":"10.1.0.0/16","subnetlen":26,"subnetmin":"10.1.1.0","BACKEND":{"type":"VXLAN","vni":4096,"port":4789,"mtu":1400}}"#).unwrap();
-    assert_eq!(c.subnet_len, 26);
-    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 1, 1, 0));
+    assert_eq!(c.ipv4.unwrap().subnet_len, 26);
+    assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 1, 1, 0));
     assert_eq!((c.backend.vni.get(), c.backend.port), (4096, 4789));
     assert_eq!(
         c.backend.overlay_mtu(1500),
@@ -94,14 +98,18 @@ fn network_configs_as_operators_write_them_for_flannel() {
     // Every optional field null (Go leaves the zero value → defaults).
     let c = parse(r#"{"EnableIPv4":true,"EnableIPv6":false,"Network":"10.5.0.0/16","IPv6Network":null,"SubnetMin":null,"SubnetMax":null,"SubnetLen":null,"IPv6SubnetLen":null,"Backend":{"Type":"vxlan","VNI":null,"Port":null,"MTU":null,"GBP":null,"DirectRouting":null,"Learning":null}}"#).unwrap();
     assert_eq!(
-        (c.subnet_len, c.subnet_min, c.subnet_max),
+        (
+            c.ipv4.unwrap().subnet_len,
+            c.ipv4.unwrap().subnet_min,
+            c.ipv4.unwrap().subnet_max
+        ),
         (24, Ipv4Addr::new(10, 5, 1, 0), Ipv4Addr::new(10, 5, 255, 0))
     );
     assert!(c.notes.is_empty(), "{:?}", c.notes);
 
     // Dual stack (k3s/RKE2 style): both families, nothing to note.
     let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#).unwrap();
-    assert_eq!(c.network.to_string(), "10.42.0.0/16");
+    assert_eq!(c.ipv4.unwrap().network.to_string(), "10.42.0.0/16");
     assert_eq!(c.ipv6.unwrap().network.to_string(), "2001:cafe:42::/56");
     assert!(c.notes.is_empty(), "{:?}", c.notes);
 
@@ -118,11 +126,19 @@ fn network_configs_as_operators_write_them_for_flannel() {
 
     // SubnetLen rules (flannel's CheckNetworkConfig).
     assert_eq!(
-        parse(r#"{"Network":"10.8.0.0/22"}"#).unwrap().subnet_len,
+        parse(r#"{"Network":"10.8.0.0/22"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap()
+            .subnet_len,
         24
     );
     assert_eq!(
-        parse(r#"{"Network":"10.8.0.0/24"}"#).unwrap().subnet_len,
+        parse(r#"{"Network":"10.8.0.0/24"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap()
+            .subnet_len,
         26
     );
     for bad in [
@@ -300,12 +316,12 @@ fn vxmesh_reads_and_takes_over_flanneld_leases_in_etcd() {
             .await
             .unwrap();
         let cfg = reg.network_config().await.unwrap();
-        assert_eq!((cfg.subnet_len, cfg.backend.port), (24, 8472));
+        assert_eq!((cfg.ipv4.unwrap().subnet_len, cfg.backend.port), (24, 8472));
 
         // Peers: the two vxlan leases; every other one skipped, each reported once.
         let listing = reg.list_subnets().await.unwrap();
         let entries = &listing.entries;
-        let mut table = PeerTable::new(PeerRules::from_config(&cfg), None);
+        let mut table = PeerTable::new(PeerRules::from_config(&cfg).unwrap(), None);
         let mut skips = Vec::new();
         let _ = table.reset(entries, &mut skips);
         let peers: Vec<String> = table
@@ -359,7 +375,7 @@ fn vxmesh_reads_and_takes_over_flanneld_leases_in_etcd() {
         let held = acquire(&reg, &mut machine, &attrs, Duration::from_secs(60))
             .await
             .unwrap();
-        assert_eq!(held.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(held.subnet().unwrap().to_string(), "10.244.1.0/24");
         let now = reg.list_subnets().await.unwrap();
         let mine = now
             .entries
@@ -387,7 +403,7 @@ fn vxmesh_reads_and_takes_over_flanneld_leases_in_etcd() {
         )
         .await
         .unwrap();
-        let third: u8 = got.subnet.addr().octets()[2];
-        assert!(!(1..=7).contains(&third), "took a held subnet: {}", got.subnet);
+        let third: u8 = got.subnet().unwrap().addr().octets()[2];
+        assert!(!(1..=7).contains(&third), "took a held subnet: {}", got.subnet().unwrap());
     });
 }

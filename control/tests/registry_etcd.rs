@@ -49,7 +49,7 @@ fn twenty_allocators_race_for_fifteen_subnets() {
             .await
             .unwrap();
         let cfg = reg.network_config().await.unwrap();
-        assert_eq!(cfg.pool_size(), 15);
+        assert_eq!(cfg.ipv4.unwrap().pool_size(), 15);
         let mut tasks = Vec::new();
         for i in 0..20u8 {
             let reg = reg.clone();
@@ -65,7 +65,7 @@ fn twenty_allocators_race_for_fifteen_subnets() {
         let mut lost = Vec::new();
         for t in tasks {
             match t.await.unwrap() {
-                Ok(h) => won.push(h.subnet),
+                Ok(h) => won.push(h.subnet().unwrap()),
                 Err(e) => lost.push(e),
             }
         }
@@ -127,7 +127,7 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
         )
         .await
         .unwrap();
-        assert_eq!(again.subnet, first.subnet);
+        assert_eq!(again.subnet().unwrap(), first.subnet().unwrap());
         assert_ne!(
             again.lease_id, first.lease_id,
             "the key moved to the new etcd lease"
@@ -136,18 +136,18 @@ fn restart_reclaims_the_same_subnet_and_a_lost_lease_is_reacquired() {
         // The key expires while the node is away; the subnet file remembers it.
         etcd.ctl(&[
             "del",
-            &format!("{PREFIX}/subnets/{}", first.subnet.key_form()),
+            &format!("{PREFIX}/subnets/{}", first.subnet().unwrap().key_form()),
         ])
         .unwrap();
         let back = acquire(
             &reg,
-            &mut LeaseMachine::new(cfg.clone(), me, Some(first.subnet), 5),
+            &mut LeaseMachine::new(cfg.clone(), me, Some(first.subnet().unwrap()), 5),
             &attrs(me),
             TTL,
         )
         .await
         .unwrap();
-        assert_eq!(back.subnet, first.subnet);
+        assert_eq!(back.subnet().unwrap(), first.subnet().unwrap());
 
         // keep_alive renews (every second for a 3 s TTL) and records it: etcd answers
         // with the TTL granted at claim time (30 s), which sets the expiry.
@@ -535,10 +535,10 @@ fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key()
         )
         .await
         .unwrap();
-        assert_eq!(v4.ipv6, None);
+        assert_eq!(v4.ipv6(), None);
         assert_eq!(
             subnet_keys(&etcd),
-            [format!("{PREFIX}/subnets/{}", v4.subnet.key_form())]
+            [format!("{PREFIX}/subnets/{}", v4.subnet().unwrap().key_form())]
         );
 
         etcd.put(
@@ -555,10 +555,10 @@ fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key()
         )
         .await
         .unwrap();
-        assert_eq!(dual.subnet, v4.subnet, "the IPv4 subnet stays (pods keep it)");
-        let v6 = dual.ipv6.expect("an IPv6 half");
+        assert_eq!(dual.subnet().unwrap(), v4.subnet().unwrap(), "the IPv4 subnet stays (pods keep it)");
+        let v6 = dual.ipv6().expect("an IPv6 half");
         assert!(cfg.ipv6.unwrap().fits(&v6));
-        let key = format!("{PREFIX}/subnets/{}&{}", v4.subnet.key_form(), v6.key_form());
+        let key = format!("{PREFIX}/subnets/{}&{}", v4.subnet().unwrap().key_form(), v6.key_form());
         assert_eq!(subnet_keys(&etcd), std::slice::from_ref(&key), "the IPv4 key moved, in one step");
         let stored = etcd.ctl(&["get", "--print-value-only", &key]).unwrap();
         assert_eq!(stored.trim(), value.to_json(), "flanneld's dual-stack value");
@@ -572,7 +572,7 @@ fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key()
         )
         .await
         .unwrap();
-        assert_eq!((again.subnet, again.ipv6), (dual.subnet, dual.ipv6));
+        assert_eq!((again.subnet().unwrap(), again.ipv6()), (dual.subnet().unwrap(), dual.ipv6()));
         assert_ne!(again.lease_id, dual.lease_id);
         assert_eq!(subnet_keys(&etcd), std::slice::from_ref(&key));
 
@@ -585,9 +585,9 @@ fn dual_stack_lease_is_one_key_kept_across_restarts_and_moved_from_an_ipv4_key()
         )
         .await
         .unwrap();
-        assert_ne!(other.subnet, dual.subnet);
-        assert_ne!(other.ipv6, dual.ipv6);
-        assert!(other.ipv6.is_some());
+        assert_ne!(other.subnet().unwrap(), dual.subnet().unwrap());
+        assert_ne!(other.ipv6(), dual.ipv6());
+        assert!(other.ipv6().is_some());
     });
 }
 
@@ -630,22 +630,29 @@ fn a_lease_that_no_longer_fits_the_config_is_deleted_when_the_node_claims_a_new_
             r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#,
         );
         let cfg = reg.network_config().await.unwrap();
-        assert!(!cfg.fits(&old.subnet));
+        assert!(!cfg.fits(&old.subnet().unwrap()));
         let new = acquire(
             &reg,
-            &mut LeaseMachine::new(cfg.clone(), me, Some(old.subnet), 3),
+            &mut LeaseMachine::new(cfg.clone(), me, Some(old.subnet().unwrap()), 3),
             &attrs(me),
             TTL,
         )
         .await
         .unwrap();
-        assert!(cfg.fits(&new.subnet), "{}", new.subnet);
-        assert!(!new.subnet.overlaps(&old.subnet) && !new.subnet.overlaps(&theirs.subnet));
+        assert!(
+            cfg.fits(&new.subnet().unwrap()),
+            "{}",
+            new.subnet().unwrap()
+        );
+        assert!(
+            !new.subnet().unwrap().overlaps(&old.subnet().unwrap())
+                && !new.subnet().unwrap().overlaps(&theirs.subnet().unwrap())
+        );
         let mut keys = subnet_keys(&etcd);
         keys.sort();
         let mut want = vec![
-            format!("{PREFIX}/subnets/{}", new.subnet.key_form()),
-            format!("{PREFIX}/subnets/{}", theirs.subnet.key_form()),
+            format!("{PREFIX}/subnets/{}", new.subnet().unwrap().key_form()),
+            format!("{PREFIX}/subnets/{}", theirs.subnet().unwrap().key_form()),
         ];
         want.sort();
         assert_eq!(
@@ -662,7 +669,7 @@ fn a_lease_that_no_longer_fits_the_config_is_deleted_when_the_node_claims_a_new_
         )
         .await
         .unwrap();
-        assert_eq!(again.subnet, new.subnet);
+        assert_eq!(again.subnet().unwrap(), new.subnet().unwrap());
         let mut keys = subnet_keys(&etcd);
         keys.sort();
         assert_eq!(keys, want);

@@ -91,7 +91,7 @@ fn hostile_keys_from_etcd_never_become_peers() {
             vtep_mac: vxmesh_control::vtep_mac::derive(me, 1),
             ipv6: None,
         };
-        let mut t = PeerTable::new(PeerRules::from_config(&cfg), Some(local));
+        let mut t = PeerTable::new(PeerRules::from_config(&cfg).unwrap(), Some(local));
         let mut skips = Vec::new();
         let _ = t.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut skips);
 
@@ -164,7 +164,7 @@ fn hostile_keys_from_etcd_never_become_peers() {
 
         // A fresh listing (what a restarted agent sees) reaches the same verdicts.
         let listing = reg.list_subnets().await.unwrap();
-        let mut fresh = PeerTable::new(PeerRules::from_config(&cfg), Some(local));
+        let mut fresh = PeerTable::new(PeerRules::from_config(&cfg).unwrap(), Some(local));
         let _ = fresh.set_own(LeaseKey::parse("10.244.35.0-24").ok(), &mut Vec::new());
         let _ = fresh.reset(&listing.entries, &mut Vec::new());
         let verdicts = |t: &PeerTable| -> Vec<(String, Verdict)> {
@@ -235,7 +235,7 @@ fn reservations_are_held_as_reservations_and_never_claimed() {
         )
         .await
         .unwrap();
-        assert_eq!(held.subnet.to_string(), "10.244.7.0/24");
+        assert_eq!(held.subnet().unwrap().to_string(), "10.244.7.0/24");
         assert_eq!(held.lease_id, 0, "a reservation has nothing to keep alive");
         let e = entry("10.244.7.0-24").await;
         assert_eq!(e.lease, 0, "never rewritten under a TTL");
@@ -244,13 +244,13 @@ fn reservations_are_held_as_reservations_and_never_claimed() {
         // A restart: the value is ours already, nothing is written.
         let again = acquire(
             &reg,
-            &mut LeaseMachine::new(cfg.clone(), me, Some(held.subnet), 2),
+            &mut LeaseMachine::new(cfg.clone(), me, Some(held.subnet().unwrap()), 2),
             &attrs(me),
             TTL,
         )
         .await
         .unwrap();
-        assert_eq!((again.subnet, again.lease_id), (held.subnet, 0));
+        assert_eq!((again.subnet(), again.lease_id), (held.subnet(), 0));
         let e2 = entry("10.244.7.0-24").await;
         assert_eq!(e2.mod_revision, e.mod_revision, "nothing written");
         assert_eq!(e2.lease, 0);
@@ -272,9 +272,10 @@ fn reservations_are_held_as_reservations_and_never_claimed() {
         .await
         .unwrap();
         assert!(
-            !["10.244.7.0/24", "10.244.8.0/24"].contains(&got.subnet.to_string().as_str()),
+            !["10.244.7.0/24", "10.244.8.0/24"]
+                .contains(&got.subnet().unwrap().to_string().as_str()),
             "took a reserved subnet: {}",
-            got.subnet
+            got.subnet().unwrap()
         );
         assert_ne!(got.lease_id, 0, "an ordinary lease has a TTL");
 
@@ -288,7 +289,7 @@ fn reservations_are_held_as_reservations_and_never_claimed() {
         .await
         .unwrap();
         assert_eq!(
-            (n12.subnet.to_string().as_str(), n12.lease_id),
+            (n12.subnet().unwrap().to_string().as_str(), n12.lease_id),
             ("10.244.8.0/24", 0)
         );
         assert_eq!(entry("10.244.8.0-24").await.lease, 0);
@@ -305,6 +306,6 @@ fn reservations_are_held_as_reservations_and_never_claimed() {
             .filter(|(_, t)| t.is_some())
             .map(|(e, _)| e.key.as_str())
             .collect();
-        assert_eq!(with_ttl, [key(&got.subnet.key_form()).as_str()]);
+        assert_eq!(with_ttl, [key(&got.subnet().unwrap().key_form()).as_str()]);
     });
 }

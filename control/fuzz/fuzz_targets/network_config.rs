@@ -1,6 +1,6 @@
 //! `NetworkConfig::parse` over arbitrary bytes (what an operator may have put at
 //! `<prefix>/config`): no panic; an accepted config is internally consistent, its
-//! IPv6 pool (dual stack) included. The running node's comparison with it
+//! IPv6 pool (dual stack, IPv6 only) included. The running node's comparison with it
 //! (`config_watch`): no panic, an accepted config is the same as itself, and what is
 //! told fits on one line.
 #![no_main]
@@ -23,10 +23,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(c) = NetworkConfig::parse(KEY, data) {
         assert_eq!(judge(&c, KEY, Some(data)), Stored::Same);
-        assert!(c.subnet_len <= 30 && c.subnet_len >= c.network.prefix_len() + 2 || c.subnet_len == 24);
-        assert!(c.subnet_min <= c.subnet_max);
-        assert!(c.network.contains(c.subnet_min) && c.network.contains(c.subnet_max));
-        assert!(c.pool_size() >= 1);
+        // At least one family; IPv6-only configs have an IPv6 pool.
+        assert!(c.ipv4.is_some() || c.ipv6.is_some());
+        if let Some(v4) = c.ipv4 {
+            assert!(v4.subnet_len <= 30 && v4.subnet_len >= v4.network.prefix_len() + 2 || v4.subnet_len == 24);
+            assert!(v4.subnet_min <= v4.subnet_max);
+            assert!(v4.network.contains(v4.subnet_min) && v4.network.contains(v4.subnet_max));
+            assert!(v4.pool_size() >= 1);
+        }
         assert!(c.backend.vni.get() <= 0xff_ffff);
         assert!(c.backend.port != 0);
         if let Some(v6) = c.ipv6 {

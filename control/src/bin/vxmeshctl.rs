@@ -847,8 +847,11 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
-                    "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
+                    "EnableIPv4": c.ipv4.is_some(),
+                    "Network": c.ipv4.map(|v| v.network.to_string()),
+                    "SubnetLen": c.ipv4.map(|v| v.subnet_len),
+                    "SubnetMin": c.ipv4.map(|v| v.subnet_min.to_string()),
+                    "SubnetMax": c.ipv4.map(|v| v.subnet_max.to_string()),
                     "Backend": {"Type": "vxlan", "VNI": c.backend.vni.get(), "Port": c.backend.port, "MTU": c.backend.mtu, "DirectRouting": c.backend.direct_routing},
                     "EnableIPv6": c.ipv6.is_some(),
                     "IPv6Network": c.ipv6.map(|v| v.network.to_string()),
@@ -859,13 +862,23 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!("network:   {}", c.network);
-            println!("pool:      {}", c.describe_pool());
-            if let Some(v6) = &c.ipv6 {
-                println!(
+            match &c.ipv4 {
+                Some(v4) => {
+                    println!("network:   {}", v4.network);
+                    println!("pool:      {}", v4.describe_pool());
+                }
+                None => println!("network:   IPv6 only (EnableIPv4 false)"),
+            }
+            match (&c.ipv4, &c.ipv6) {
+                (Some(_), Some(v6)) => println!(
                     "ipv6 pool: {} (dual stack: leased in flannel's dual-stack keys, carried on flannel-v6.<VNI>)",
                     v6.describe_pool()
-                );
+                ),
+                (None, Some(v6)) => println!(
+                    "ipv6 pool: {} (IPv6 only: leased in flannel's IPv6-only keys 0.0.0.0-0&<subnet>)",
+                    v6.describe_pool()
+                ),
+                (_, None) => {}
             }
             println!(
                 "backend:   vxlan  vni {}  port {}  mtu {}{}",
@@ -892,10 +905,13 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let (mut pool, mut pool6) = (None, None);
     let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
         Ok(cfg) => {
-            let mut t = PeerTable::new(PeerRules::from_config(&cfg), None);
+            let Some(rules) = PeerRules::from_config(&cfg) else {
+                anyhow::bail!("the network config is IPv6-only (EnableIPv4 false): vxmesh does not run IPv6-only networks yet, so it has no verdicts on their leases");
+            };
+            let mut t = PeerTable::new(rules, None);
             let _ = t.reset(&listing.entries, &mut Vec::new());
             // The pools counted as the agents count them, from the table's keys.
-            pool = Some(t.leased().usage(&cfg));
+            pool = cfg.ipv4.as_ref().map(|p4| t.leased().usage(p4));
             pool6 = cfg.ipv6.as_ref().map(|p6| t.leased().usage6(p6));
             Ok(t.verdicts()
                 .map(|(k, v)| (k.to_string(), v.clone()))

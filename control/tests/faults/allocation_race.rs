@@ -83,7 +83,7 @@ async fn allocate(
                     }
                 }
             }
-            LeaseAction::Acquired { subnet, .. } => return (subnet, t),
+            LeaseAction::Acquired { key, .. } => return (key.ipv4_subnet().unwrap(), t),
             LeaseAction::Exhausted(e) => panic!("{me}: {e} although the pool fits everyone"),
             LeaseAction::Wait { until } => {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
@@ -116,7 +116,7 @@ fn twenty_allocators_hundred_rounds_no_duplicate() {
             .await
             .unwrap();
         let cfg = reg.network_config().await.unwrap();
-        assert_eq!(cfg.pool_size(), u64::from(ALLOCATORS));
+        assert_eq!(cfg.ipv4.unwrap().pool_size(), u64::from(ALLOCATORS));
         for round in 0..ROUNDS {
             etcd.ctl(&["del", "--prefix", &subnets_prefix]).unwrap();
             let start = Arc::new(Barrier::new(usize::from(ALLOCATORS)));
