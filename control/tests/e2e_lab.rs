@@ -637,8 +637,10 @@ fn busy_polling_cluster() {
     );
 
     // Traffic has stopped: after the budget every packet thread sleeps again, and
-    // spends no CPU.
-    std::thread::sleep(Duration::from_millis(200));
+    // spends no CPU. (A thread that wrote far into its buffers wakes once more,
+    // RELEASE_PAGES_AFTER after the last packet, to give their pages back: that
+    // wake-up is before the window.)
+    std::thread::sleep(vxmesh_dataplane::engine::RELEASE_PAGES_AFTER + Duration::from_millis(500));
     for node in [1, 2] {
         let pid = lab.agent_pid(node);
         let idle = dataplane_wakeups(pid, Duration::from_secs(2));

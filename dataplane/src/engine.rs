@@ -371,6 +371,11 @@ fn underlay_gone(e: &io::Error) -> bool {
 /// quiet spell, after which it sleeps with no timeout again.
 pub const RELEASE_PAGES_AFTER: Duration = Duration::from_secs(2);
 
+/// How far into its buffers a thread must have written for their pages to be worth
+/// giving back: a ping or an ACK now and then writes the first page or two, which is
+/// not worth a wake-up; a burst writes hundreds.
+pub const RELEASE_WORTH: usize = 128 * 1024;
+
 /// How [`idle`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Woke {
@@ -612,6 +617,7 @@ impl EgressWorker {
             let n = match self.tap.read(&mut rbuf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    touched |= batch.bytes().len() >= RELEASE_WORTH;
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.release();
@@ -641,7 +647,8 @@ impl EgressWorker {
             };
             counts.tap_syscalls += 1;
             counts.tap_frames_read += 1;
-            touched = true;
+            // A TSO frame: the read buffer's pages, and the send batch's after it.
+            touched |= n >= RELEASE_WORTH / 4;
             gate.carried(1, n as u64);
             let _ = view.count_packet();
             let (vh, frame) = if vnet {
@@ -687,6 +694,7 @@ impl EgressWorker {
                     }
                     let need = offload::max_output_len(&vh, frame.len(), VxlanHeader::LEN);
                     if need > batch.spare_len() || batch.entries().len() + 64 > TX_ENTRIES {
+                        touched |= batch.bytes().len() >= RELEASE_WORTH;
                         self.flush(&mut batch, &mut counts);
                         self.publish(&mut counts, &mut view);
                     }
@@ -1086,7 +1094,7 @@ impl IngressWorker {
                 }
             };
             counts.udp_recv_syscalls += 1;
-            touched = true;
+            touched |= batch.footprint() >= RELEASE_WORTH;
             gate.carried(n as u64, batch.bytes() as u64);
             self.aqm.judge(&batch, n, n < batch.limit());
             batch.set_limit(next_rx_messages(n, batch.bytes()));

@@ -430,6 +430,15 @@ impl RecvBatch {
         }
     }
 
+    /// How far into the batch's data the last call wrote: each message has its own
+    /// 64 KiB slot, so `n` messages reach into the `n`th.
+    pub fn footprint(&self) -> usize {
+        match self.count.checked_sub(1) {
+            Some(last) => last * RECV_BUF + self.lens[last],
+            None => 0,
+        }
+    }
+
     /// Gives the batch's data pages back to the system (see
     /// [`super::release_pages`]); the batch stays usable. Returns the bytes released.
     pub fn release_pages(&mut self) -> usize {
@@ -812,6 +821,23 @@ mod tests {
 
     /// The defect: a partial sendmmsg counted a partly sent entry as sent (without
     /// GSO) and sent it again whole when earlier entries had gone out.
+    #[test]
+    fn the_footprint_is_how_far_into_the_slots_a_call_wrote() {
+        let src = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        assert_eq!(RecvBatch::new(4).footprint(), 0);
+        let one = RecvBatch::with_messages(&[(src, 0, &[0u8; 98])]);
+        assert_eq!(one.footprint(), 98, "a ping writes its slot's first page");
+        let three = RecvBatch::with_messages(&[
+            (src, 0, &[0u8; 98]),
+            (src, 0, &[0u8; 98]),
+            (src, 0, &[0u8; 1500]),
+        ]);
+        assert_eq!(three.footprint(), 2 * RECV_BUF + 1500);
+        let mut b = three;
+        assert!(b.release_pages() > 0);
+        assert_eq!(b.footprint(), 0);
+    }
+
     #[test]
     fn partial_sends_count_what_went_out_and_send_nothing_twice() {
         let entries = [
