@@ -16,14 +16,15 @@
 //! IPv6Network on an IPv6SubnetLen boundary. The IPv6 fields are type-checked even
 //! when EnableIPv6 is off (flannel's JSON decoding refuses a malformed one too).
 //!
-//! What vxmesh carries of that is decided in one place, [`carried_families`]: IPv4,
-//! and IPv6 beside it. A dual-stack config parses (its IPv6 pool kept in
-//! [`NetworkConfig::ipv6`]); its nodes lease both families in flannel's dual-stack
-//! keys ([`crate::allocator`]) and carry both on either dataplane; an IPv6-only
-//! config (`EnableIPv4: false`) is refused with a message saying so.
+//! A dual-stack config parses (its IPv6 pool kept in [`NetworkConfig::ipv6`]); its
+//! nodes lease both families in flannel's dual-stack keys ([`crate::allocator`]) and
+//! carry both on either dataplane. An IPv6-only config (`EnableIPv4: false`, IPv6Network
+//! required) parses too, its IPv4 pool `None` ([`NetworkConfig::ipv4`]); a `Network`
+//! given with it is ignored with a note, as flannel ignores it. The agent does not run
+//! one yet and says so while it waits for a config it can run.
 //!
 //! Differences from flannel, each logged: a missing Backend means vxlan (flannel
-//! falls back to udp); IPv6-only networks are refused (above); an IPv6Network
+//! falls back to udp); an IPv6Network
 //! reaching into `::/96` or `::ffff:0:0/96` is refused (flannel writes those
 //! addresses in a dotted form its own lease keys cannot hold); SubnetMin above
 //! SubnetMax (either family) is refused as an empty pool.
@@ -43,7 +44,9 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
     /// The IPv4 pool (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`); `None` when
-    /// `EnableIPv4` is false (an IPv6-only network: see [`carried_families`]).
+    /// `EnableIPv4` is false (an IPv6-only network: leased in flannel's IPv6-only
+    /// keys, `crate::allocator::plan_ipv6_only`; no node runs one yet, see
+    /// `crate::agent`).
     pub ipv4: Option<Ipv4Pool>,
     pub backend: VxlanBackend,
     /// `EnableNFTables` (flannel ≥ 0.25): masquerade/forward rules in a native nftables
@@ -239,7 +242,6 @@ impl NetworkConfig {
             ));
         }
         let ipv6 = parse_ipv6(&obj, enable_ipv6, &mut notes, &bad)?;
-        carried_families(enable_ipv4, ipv6.as_ref(), &bad)?;
         let enable_nftables = match field(&obj, "EnableNFTables") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -287,28 +289,6 @@ impl NetworkConfig {
     /// Whether the config is IPv6-only (`EnableIPv4` false).
     pub fn ipv6_only(&self) -> bool {
         self.ipv4.is_none()
-    }
-}
-
-/// The one place that decides which of the parsed families vxmesh runs. Dual stack:
-/// each node leases both families in one key, as flanneld does (so flanneld's
-/// dual-stack nodes and vxmesh's share one registry), and pods get both families on
-/// either dataplane (IPv6 through flanneld's `flannel-v6.<VNI>`). IPv6 only: refused
-/// (no dataplane runs without IPv4 yet).
-pub fn carried_families(
-    enable_ipv4: bool,
-    ipv6: Option<&Ipv6Pool>,
-    bad: &dyn Fn(&'static str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
-    match (enable_ipv4, ipv6) {
-        (false, Some(v6)) => Err(bad(
-            "EnableIPv4",
-            format!(
-                "is false: an IPv6-only network ({}). vxmesh does not run IPv6-only networks yet (it carries IPv6 pod traffic beside IPv4 only; flanneld runs them only with its Kubernetes subnet manager, not with etcd); run dual stack (EnableIPv4 true with a Network)",
-                v6.describe_pool()
-            ),
-        )),
-        (true, Some(_)) | (_, None) => Ok(()),
     }
 }
 
@@ -879,30 +859,57 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_is_carried_and_ipv6_only_is_refused_clearly() {
+    fn dual_stack_and_ipv6_only_configs_parse() {
         // Dual stack is no difference from flannel any more: nothing to warn about.
         let c = parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert!(c.notes.is_empty(), "{:?}", c.notes);
         assert_eq!(c.ipv6.unwrap().pool_size(), 255);
-        // IPv6-only: the pool is checked first (a bad one is named), then refused.
-        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#)
-            .unwrap_err();
+        assert!(!c.ipv6_only());
+        // IPv6-only: no IPv4 pool, flannel's IPv6 defaults.
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert!(c.ipv6_only() && c.ipv4.is_none() && c.network().is_none());
+        let v6 = c.ipv6.unwrap();
+        assert_eq!((v6.subnet_len, v6.pool_size()), (64, 255));
+        assert!(!c.fits(&"10.244.1.0/24".parse().unwrap()));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        assert_eq!(c.describe_pool(), v6.describe_pool());
+        // A Network beside it is ignored, as flannel ignores it, with a note; it must
+        // still be an IPv4 CIDR.
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd00::/56"}"#).unwrap();
+        assert!(c.ipv4.is_none());
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("Network 10.42.0.0/16 is ignored")),
+            "{:?}",
+            c.notes
+        );
+        let e = parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Network":"ten","IPv6Network":"fd00::/56"}"#,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
                 ConfigError::Field {
-                    field: "EnableIPv4",
+                    field: "Network",
                     ..
                 }
             ),
             "{e}"
         );
-        let msg = e.to_string();
+        // IPv6-only without an IPv6Network: the IPv6 pool's check names it.
+        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true}"#).unwrap_err();
         assert!(
-            msg.contains("IPv6-only network (IPv6Network fd00::/56")
-                && msg.contains("does not run IPv6-only networks yet")
-                && msg.contains("dual stack"),
-            "{msg}"
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6Network",
+                    ..
+                }
+            ),
+            "{e}"
         );
         let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#).unwrap_err();
         assert!(

@@ -149,7 +149,7 @@ fn network_configs_as_operators_write_them_for_flannel() {
         r#"{"Network":"10.8.0.0/16","SubnetMin":"10.8.9.0","SubnetMax":"10.8.3.0"}"#,
         r#"{"Network":"10.8.0.0/16","Backend":{"Type":"host-gw"}}"#,
         r#"{"Network":"10.8.0.0/16","Backend":{"Type":"udp","Port":8285}}"#,
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+        r#"{"EnableIPv4":false,"EnableIPv6":false,"Network":"10.8.0.0/16"}"#,
     ] {
         assert!(
             matches!(parse(bad), Err(ConfigError::Field { .. })),
@@ -157,6 +157,11 @@ fn network_configs_as_operators_write_them_for_flannel() {
             parse(bad)
         );
     }
+    // flannel's IPv6-only config (its documentation's example with EnableIPv4 off):
+    // parsed with flannel's IPv6 defaults, no IPv4 pool.
+    let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+    assert!(c.ipv4.is_none());
+    assert_eq!(c.ipv6.unwrap().subnet_len, 64);
 }
 
 #[test]
