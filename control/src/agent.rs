@@ -339,13 +339,13 @@ async fn lease_task(
     loop {
         match step(&reg, &mut machine, &attrs, ttl, &mut listed, &mut outage).await {
             Some(LeaseAction::Acquired {
-                key: held_key,
+                // Logged as `subnet` (its subnets: `10.244.3.0/24 + fd00::/64`).
+                key: subnet,
                 lease_id,
                 revision,
                 changed_from,
             }) => {
-                let subnet = held_key;
-                let key = held_key.key_form();
+                let key = subnet.key_form();
                 let moved = std::mem::take(&mut moving) && changed_from.is_none();
                 match changed_from {
                     None if moved => {
@@ -417,7 +417,7 @@ async fn lease_task(
                     let _ = tx.send(l);
                 }
                 let _ = held_tx.send(Some(Held {
-                    key: held_key,
+                    key: subnet,
                     lease_id,
                     revision,
                 }));

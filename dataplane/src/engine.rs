@@ -617,7 +617,7 @@ impl EgressWorker {
             let n = match self.tap.read(&mut rbuf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    touched |= batch.bytes().len() >= RELEASE_WORTH;
+                    touched |= batch.written() >= RELEASE_WORTH;
                     self.flush(&mut batch, &mut counts);
                     self.publish(&mut counts, &mut view);
                     view.release();
@@ -694,7 +694,6 @@ impl EgressWorker {
                     }
                     let need = offload::max_output_len(&vh, frame.len(), VxlanHeader::LEN);
                     if need > batch.spare_len() || batch.entries().len() + 64 > TX_ENTRIES {
-                        touched |= batch.bytes().len() >= RELEASE_WORTH;
                         self.flush(&mut batch, &mut counts);
                         self.publish(&mut counts, &mut view);
                     }
@@ -1919,15 +1918,18 @@ mod tests {
         let wake = Wake::new().unwrap();
         let mut gate = SpinGate::default();
         let bursting = Bursting::default();
+        let mut idle_for = |touched| {
+            idle(
+                ours.as_fd(),
+                &wake,
+                BusyPoll::OFF,
+                (&mut gate, &bursting),
+                touched,
+                &mut log,
+            )
+        };
         let t = Instant::now();
-        let woke = idle(
-            ours.as_fd(),
-            &wake,
-            BusyPoll::OFF,
-            (&mut gate, &bursting),
-            true,
-            &mut log,
-        );
+        let woke = idle_for(true);
         assert_eq!(woke, Woke::Quiet);
         assert!(t.elapsed() >= RELEASE_PAGES_AFTER, "{:?}", t.elapsed());
 
@@ -1937,14 +1939,7 @@ mod tests {
             theirs.send(b"frame").unwrap();
             theirs
         });
-        let woke = idle(
-            ours.as_fd(),
-            &wake,
-            BusyPoll::OFF,
-            (&mut gate, &bursting),
-            true,
-            &mut log,
-        );
+        let woke = idle_for(true);
         assert_eq!(woke, Woke::Ready);
         let _theirs = sender.join().unwrap();
         let mut buf = [0u8; 16];
@@ -1952,14 +1947,7 @@ mod tests {
 
         // Untouched buffers: no timeout at all, only traffic or the stop wakes it.
         wake.signal().unwrap();
-        let woke = idle(
-            ours.as_fd(),
-            &wake,
-            BusyPoll::OFF,
-            (&mut gate, &bursting),
-            false,
-            &mut log,
-        );
+        let woke = idle_for(false);
         assert_eq!(woke, Woke::Ready);
     }
 

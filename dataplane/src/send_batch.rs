@@ -98,6 +98,8 @@ fn continues_run(
 pub struct TxBatch {
     buf: Vec<u8>,
     used: usize,
+    /// The furthest `used` has reached since the pages were last given back.
+    written: usize,
     entries: Vec<SendEntry>,
 }
 
@@ -107,6 +109,7 @@ impl TxBatch {
         TxBatch {
             buf: vec![0; bytes],
             used: 0,
+            written: 0,
             entries: Vec::with_capacity(entries),
         }
     }
@@ -117,7 +120,14 @@ impl TxBatch {
         if self.used != 0 {
             return 0;
         }
+        self.written = 0;
         crate::sys::release_pages(&mut self.buf)
+    }
+
+    /// How far into the buffer datagrams have been taken in since its pages were last
+    /// given back (across sends).
+    pub fn written(&self) -> usize {
+        self.written
     }
 
     /// Where the next datagrams are written, before [`TxBatch::push`] takes them in.
@@ -179,6 +189,7 @@ impl TxBatch {
         }
         let base = self.used;
         self.used += len;
+        self.written = self.written.max(self.used);
         if gso && count == 1 {
             if let Some(last) = self.entries.last_mut() {
                 if continues_run(last, base, len, dst, socket) {

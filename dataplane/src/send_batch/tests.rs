@@ -725,3 +725,20 @@ proptest! {
         prop_assert!(bytes_total <= buf_len);
     }
 }
+
+/// How far the batch was written is remembered across sends, until its pages are
+/// given back; a batch with datagrams waiting keeps its pages.
+#[test]
+fn written_spans_sends_until_the_pages_are_given_back() {
+    let mut b = TxBatch::new(256 * 1024, 8);
+    assert_eq!(b.written(), 0);
+    push(&mut b, segs(1400, 100, 1400), peer(2), 0, true);
+    assert_eq!(b.written(), 140_000);
+    assert_eq!(b.release_pages(), 0, "datagrams wait in it");
+    b.clear();
+    push(&mut b, one(98), peer(2), 0, true);
+    assert_eq!(b.written(), 140_000, "a small send after a big one");
+    b.clear();
+    assert!(b.release_pages() > 0);
+    assert_eq!(b.written(), 0);
+}
