@@ -101,15 +101,15 @@ impl Peer {
 /// released before it is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-pub enum PeerChange {
-    Added(Peer),
+pub enum PeerChange<P = Peer> {
+    Added(P),
     /// Same subnet, new PublicIP and/or VtepMAC (or a new IPv6 half, which the IPv4
     /// dataplane programs as an unchanged peer).
     Updated {
-        old: Peer,
-        new: Peer,
+        old: P,
+        new: P,
     },
-    Removed(Peer),
+    Removed(P),
 }
 
 impl PeerChange {
@@ -167,6 +167,38 @@ impl PeerRules {
     }
 }
 
+/// What an IPv6-only network's leases must match: IPv6Network, IPv6SubnetLen and the
+/// VNI (in `BackendV6Data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6OnlyRules {
+    pub ipv6: Ipv6Rules,
+    pub vni: u32,
+}
+
+impl Ipv6OnlyRules {
+    /// The rules of an IPv6-only config; `None` for one that carries IPv4.
+    pub fn from_config(cfg: &NetworkConfig) -> Option<Ipv6OnlyRules> {
+        if cfg.ipv4.is_some() {
+            return None;
+        }
+        let p = cfg.ipv6?;
+        Some(Ipv6OnlyRules {
+            ipv6: Ipv6Rules {
+                network: p.network,
+                subnet_len: p.subnet_len,
+            },
+            vni: cfg.backend.vni.get(),
+        })
+    }
+}
+
+/// This node on an IPv6-only network: its PublicIPv6 and IPv6 VtepMAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalNode6 {
+    pub public_ipv6: Ipv6Addr,
+    pub vtep_mac: MacAddr,
+}
+
 /// This node: its PublicIP and VtepMAC (and, dual stack, its PublicIPv6 and IPv6
 /// VtepMAC) are never another lease's, and its own lease (its subnet with its
 /// PublicIP) is not a peer.
@@ -190,9 +222,12 @@ pub enum RejectReason {
     Unparseable,
     /// Another backend (udp, host-gw, wireguard…): vxmesh cannot reach that node.
     NotVxlan,
-    /// A vxlan lease with IPv6 backend data only (flannel's IPv6-only node, key
-    /// `0.0.0.0-0&<ipv6>-<len>`): vxmesh does not run IPv6-only networks yet.
+    /// A vxlan lease with IPv6 backend data only (an IPv6-only node, key
+    /// `0.0.0.0-0&<ipv6>-<len>`) in a network that carries IPv4.
     Ipv6Only,
+    /// A lease with no IPv6 half (key, PublicIPv6 or `BackendV6Data`) in an
+    /// IPv6-only network.
+    NoIpv6,
     /// A vxlan lease of another VNI.
     WrongVni,
     /// The subnet is not inside the Network.
@@ -213,12 +248,13 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::BadKey,
         RejectReason::TooLarge,
         RejectReason::Unparseable,
         RejectReason::NotVxlan,
         RejectReason::Ipv6Only,
+        RejectReason::NoIpv6,
         RejectReason::WrongVni,
         RejectReason::OutsideNetwork,
         RejectReason::WrongSubnetLen,
@@ -236,6 +272,7 @@ impl RejectReason {
             RejectReason::Unparseable => "unparseable",
             RejectReason::NotVxlan => "not_vxlan",
             RejectReason::Ipv6Only => "ipv6_only",
+            RejectReason::NoIpv6 => "no_ipv6",
             RejectReason::WrongVni => "wrong_vni",
             RejectReason::OutsideNetwork => "outside_network",
             RejectReason::WrongSubnetLen => "wrong_subnet_len",
@@ -275,8 +312,8 @@ impl fmt::Display for Rejection {
 
 /// The judgement on one lease key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Peer(Peer),
+pub enum Verdict<P = Peer> {
+    Peer(P),
     /// This node's own lease.
     Own,
     Rejected(Rejection),
@@ -289,37 +326,201 @@ pub struct Skip {
     pub rejection: Rejection,
 }
 
-/// One lease as read on its own (parsed once per put).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Known {
-    create_revision: i64,
-    /// Subnet and PublicIP when key and value say, to recognise this node's lease.
-    subnet: Option<Subnet>,
-    public_ip: Option<Ipv4Addr>,
-    /// The peer it would be, or why it cannot be one whatever the other leases are.
-    alone: Result<Peer, Rejection>,
+/// Who a lease names: its subnet of the table's family and the node's address in it.
+/// This node's own lease is the one that names this node's subnet and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    V4(Subnet, Ipv4Addr),
+    V6(Subnet6, Ipv6Addr),
 }
 
-impl Known {
-    fn read(rules: &PeerRules, e: &Entry) -> Known {
-        // The IPv4 part, read only from a key in one of flannel's exact forms: a key
-        // whose IPv6 half is misspelt is not read as an IPv4-only one.
-        // (`0.0.0.0-0` is spelt right: it is judged as the subnet it names.)
-        let subnet = match LeaseKey::parse(&e.key) {
-            Ok(_) | Err(LeaseKeyError::NoSubnet(_)) => parse_lease_key(&e.key),
-            Err(LeaseKeyError::Syntax(_)) => None,
+/// What a peer holds that no other lease may hold: its IPv4 subnet, PublicIP and
+/// VtepMAC, and its IPv6 half's (on their own device, `flannel-v6.<VNI>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holds {
+    pub v4: Option<(Subnet, Ipv4Addr, MacAddr)>,
+    pub v6: Option<PeerIpv6>,
+}
+
+/// This node's IPv4 and IPv6 underlay addresses with their VtepMACs.
+pub type LocalAddrs = (Option<(Ipv4Addr, MacAddr)>, Option<(Ipv6Addr, MacAddr)>);
+
+/// The peers one kind of table judges: [`Peer`] (IPv4, with a dual-stack lease's
+/// IPv6 half) on a network that carries IPv4, [`PeerIpv6`] on an IPv6-only one. The
+/// table's judgement (conflicts, the first writer wins, this node's own lease) is the
+/// same for both.
+pub trait PeerKind: Copy + Eq + Ord + fmt::Debug {
+    /// What the table's peers are keyed by: the subnet of the table's family.
+    type Id: Copy + Ord + fmt::Debug;
+    /// What a lease must match.
+    type Rules: Copy + fmt::Debug;
+    /// This node, as leases are judged against it.
+    type Local: Copy + fmt::Debug + PartialEq;
+
+    fn id(&self) -> Self::Id;
+    fn holds(&self) -> Holds;
+    /// This node's addresses and VtepMACs (IPv4, IPv6): never another lease's.
+    fn local_addrs(local: &Self::Local) -> LocalAddrs;
+    /// Whom a lease names (its key and parsed value), if it names anyone.
+    fn owner(key: &str, attrs: &LeaseAttrs) -> Option<Owner>;
+    /// Whom this node's own lease names.
+    fn own_owner(own: LeaseKey, local: &Self::Local) -> Option<Owner>;
+    /// A lease judged on its own: the peer it would be, or why it cannot be one
+    /// whatever the other leases are. `attrs` is `None` when the value was too large
+    /// to read.
+    fn read(
+        rules: &Self::Rules,
+        key: &str,
+        value_len: usize,
+        attrs: Option<Result<LeaseAttrs, crate::lease::LeaseParseError>>,
+    ) -> Result<Self, Rejection>;
+}
+
+/// The IPv4 part of a key, read only from a key in one of flannel's exact forms: a
+/// key whose IPv6 half is misspelt is not read as an IPv4-only one.
+/// (`0.0.0.0-0` is spelt right: it is judged as the subnet it names.)
+fn ipv4_part(key: &str) -> Option<Subnet> {
+    match LeaseKey::parse(key) {
+        Ok(_) | Err(LeaseKeyError::NoSubnet(_)) => parse_lease_key(key),
+        Err(LeaseKeyError::Syntax(_)) => None,
+    }
+}
+
+impl PeerKind for Peer {
+    type Id = Subnet;
+    type Rules = PeerRules;
+    type Local = LocalNode;
+
+    fn id(&self) -> Subnet {
+        self.subnet
+    }
+
+    fn holds(&self) -> Holds {
+        Holds {
+            v4: Some((self.subnet, self.public_ip, self.vtep_mac)),
+            v6: self.ipv6,
+        }
+    }
+
+    fn local_addrs(l: &LocalNode) -> LocalAddrs {
+        (Some((l.public_ip, l.vtep_mac)), l.ipv6)
+    }
+
+    fn owner(key: &str, attrs: &LeaseAttrs) -> Option<Owner> {
+        ipv4_part(key).map(|s| Owner::V4(s, attrs.public_ip))
+    }
+
+    fn own_owner(own: LeaseKey, l: &LocalNode) -> Option<Owner> {
+        own.ipv4_subnet().map(|s| Owner::V4(s, l.public_ip))
+    }
+
+    fn read(
+        rules: &PeerRules,
+        key: &str,
+        value_len: usize,
+        attrs: Option<Result<LeaseAttrs, crate::lease::LeaseParseError>>,
+    ) -> Result<Peer, Rejection> {
+        let ipv6 = match &attrs {
+            Some(Ok(a)) => ipv6_half(rules, key, a),
+            _ => Ok(None),
         };
+        judge_alone(rules, ipv4_part(key), value_len, attrs)
+            .and_then(|p| Ok(Peer { ipv6: ipv6?, ..p }))
+    }
+}
+
+impl PeerKind for PeerIpv6 {
+    type Id = Subnet6;
+    type Rules = Ipv6OnlyRules;
+    type Local = LocalNode6;
+
+    fn id(&self) -> Subnet6 {
+        self.subnet
+    }
+
+    fn holds(&self) -> Holds {
+        Holds {
+            v4: None,
+            v6: Some(*self),
+        }
+    }
+
+    fn local_addrs(l: &LocalNode6) -> LocalAddrs {
+        (None, Some((l.public_ipv6, l.vtep_mac)))
+    }
+
+    fn owner(key: &str, attrs: &LeaseAttrs) -> Option<Owner> {
+        let s = LeaseKey::parse(key).ok()?.ipv6_subnet()?;
+        Some(Owner::V6(s, attrs.public_ipv6?))
+    }
+
+    fn own_owner(own: LeaseKey, l: &LocalNode6) -> Option<Owner> {
+        own.ipv6_subnet().map(|s| Owner::V6(s, l.public_ipv6))
+    }
+
+    fn read(
+        rules: &Ipv6OnlyRules,
+        key: &str,
+        value_len: usize,
+        attrs: Option<Result<LeaseAttrs, crate::lease::LeaseParseError>>,
+    ) -> Result<PeerIpv6, Rejection> {
+        let subnet = LeaseKey::parse(key).map_err(|_| {
+            Rejection::new(
+                RejectReason::BadKey,
+                "the key is not in flannel's form: 0.0.0.0-0&<ipv6>-<len> (0.0.0.0-0&fd00:0:0:3::-64) or <ip>-<len>&<ipv6>-<len>, host bits clear, spelt as flannel writes it (IPv6 lower-case and shortest)".into(),
+            )
+        })?;
+        let attrs = read_value(value_len, attrs)?;
+        let Some(v6) = attrs.vxlan_v6 else {
+            return Err(if attrs.vxlan.is_some() {
+                Rejection::new(
+                    RejectReason::NoIpv6,
+                    "a vxlan lease with IPv4 backend data only (no BackendV6Data) in an IPv6-only network (EnableIPv4 false): its node carries no pod IPv6".into(),
+                )
+            } else {
+                not_vxlan(&attrs)
+            });
+        };
+        if v6.vni != rules.vni {
+            return Err(Rejection::new(
+                RejectReason::WrongVni,
+                format!(
+                    "BackendV6Data VNI {} differs from ours ({})",
+                    v6.vni, rules.vni
+                ),
+            ));
+        }
+        let (Some(subnet), Some(public_ipv6)) = (subnet.ipv6_subnet(), attrs.public_ipv6) else {
+            return Err(Rejection::new(
+                RejectReason::NoIpv6,
+                "the lease names no IPv6 subnet in its key or no PublicIPv6 in its value; an IPv6-only network (EnableIPv4 false) has nothing else to route".into(),
+            ));
+        };
+        judge_ipv6(&rules.ipv6, subnet, public_ipv6, v6.vtep_mac)
+    }
+}
+
+/// One lease as read on its own (parsed once per put).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Known<P> {
+    create_revision: i64,
+    /// Whom key and value name, to recognise this node's lease.
+    owner: Option<Owner>,
+    /// The peer it would be, or why it cannot be one whatever the other leases are.
+    alone: Result<P, Rejection>,
+}
+
+impl<P: PeerKind> Known<P> {
+    fn read(rules: &P::Rules, e: &Entry) -> Known<P> {
         let attrs = (e.value.len() <= MAX_LEASE_VALUE_BYTES).then(|| LeaseAttrs::parse(&e.value));
-        let (public_ip, ipv6) = match &attrs {
-            Some(Ok(a)) => (Some(a.public_ip), ipv6_half(rules, &e.key, a)),
-            _ => (None, Ok(None)),
+        let owner = match &attrs {
+            Some(Ok(a)) => P::owner(&e.key, a),
+            _ => None,
         };
         Known {
             create_revision: e.create_revision,
-            subnet,
-            public_ip,
-            alone: judge_alone(rules, subnet, e.value.len(), attrs)
-                .and_then(|p| Ok(Peer { ipv6: ipv6?, ..p })),
+            owner,
+            alone: P::read(rules, &e.key, e.value.len(), attrs),
         }
     }
 }
@@ -344,6 +545,16 @@ fn ipv6_half(
     let Some((subnet, (v6, public_ipv6))) = half else {
         return Ok(None);
     };
+    judge_ipv6(&r6, subnet, public_ipv6, v6.vtep_mac).map(Some)
+}
+
+/// An IPv6 subnet and PublicIPv6 judged against IPv6Network and IPv6SubnetLen.
+fn judge_ipv6(
+    r6: &Ipv6Rules,
+    subnet: Subnet6,
+    public_ipv6: Ipv6Addr,
+    vtep_mac: MacAddr,
+) -> Result<PeerIpv6, Rejection> {
     if !r6.network.contains_subnet(&subnet) {
         return Err(Rejection::new(
             RejectReason::OutsideNetwork,
@@ -370,11 +581,11 @@ fn ipv6_half(
             format!("PublicIPv6 {public_ipv6} is {what}, not a node's underlay address"),
         ));
     }
-    Ok(Some(PeerIpv6 {
+    Ok(PeerIpv6 {
         subnet,
         public_ipv6,
-        vtep_mac: v6.vtep_mac,
-    }))
+        vtep_mac,
+    })
 }
 
 /// Why a PublicIP cannot be a node's underlay address, if it cannot: VXLAN sent
@@ -415,6 +626,38 @@ pub fn unusable_public_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
+/// A lease's value, read: too large, unparseable, or its attributes.
+fn read_value(
+    value_len: usize,
+    attrs: Option<Result<LeaseAttrs, crate::lease::LeaseParseError>>,
+) -> Result<LeaseAttrs, Rejection> {
+    attrs
+        .ok_or_else(|| {
+            Rejection::new(
+                RejectReason::TooLarge,
+                format!(
+                    "the value is {value_len} bytes, more than the {MAX_LEASE_VALUE_BYTES} a lease can be; not read"
+                ),
+            )
+        })?
+        .map_err(|e| Rejection::new(RejectReason::Unparseable, e.to_string()))
+}
+
+/// The rejection of a lease of another backend.
+fn not_vxlan(attrs: &LeaseAttrs) -> Rejection {
+    let why = if attrs.backend_type.is_empty() {
+        // flannel's udp backend leaves BackendType empty (omitted in the JSON).
+        "no BackendType (a flannel udp-backend lease), not vxlan; vxmesh cannot reach that node"
+            .into()
+    } else {
+        format!(
+            "backend type {:?} is not vxlan; vxmesh cannot reach that node",
+            attrs.backend_type
+        )
+    };
+    Rejection::new(RejectReason::NotVxlan, why)
+}
+
 fn judge_alone(
     rules: &PeerRules,
     subnet: Option<Subnet>,
@@ -427,21 +670,12 @@ fn judge_alone(
             "the key is not in flannel's form: <ip>-<len> (10.244.3.0-24) or <ip>-<len>&<ipv6>-<len> (10.244.3.0-24&fd00:0:0:3::-64), host bits clear, spelt as flannel writes it (no leading zeros or signs, IPv6 lower-case and shortest)".into(),
         )
     })?;
-    let attrs = attrs
-        .ok_or_else(|| {
-            Rejection::new(
-                RejectReason::TooLarge,
-                format!(
-                    "the value is {value_len} bytes, more than the {MAX_LEASE_VALUE_BYTES} a lease can be; not read"
-                ),
-            )
-        })?
-        .map_err(|e| Rejection::new(RejectReason::Unparseable, e.to_string()))?;
+    let attrs = read_value(value_len, attrs)?;
     if let (None, Some(v6)) = (&attrs.vxlan, &attrs.vxlan_v6) {
         return Err(Rejection::new(
             RejectReason::Ipv6Only,
             format!(
-                "an IPv6-only lease (PublicIPv6 {}, BackendV6Data VtepMAC {}, no IPv4 BackendData): vxmesh does not run IPv6-only networks yet",
+                "an IPv6-only lease (PublicIPv6 {}, BackendV6Data VtepMAC {}, no IPv4 BackendData) in a network that carries IPv4: its node has no IPv4 subnet to route (an IPv6-only network sets EnableIPv4 false)",
                 attrs
                     .public_ipv6
                     .map_or_else(|| "null".to_string(), |ip| ip.to_string()),
@@ -450,17 +684,7 @@ fn judge_alone(
         ));
     }
     let Some(vx) = attrs.vxlan else {
-        let why = if attrs.backend_type.is_empty() {
-            // flannel's udp backend leaves BackendType empty (omitted in the JSON).
-            "no BackendType (a flannel udp-backend lease), not vxlan; vxmesh cannot reach that node"
-                .into()
-        } else {
-            format!(
-                "backend type {:?} is not vxlan; vxmesh cannot reach that node",
-                attrs.backend_type
-            )
-        };
-        return Err(Rejection::new(RejectReason::NotVxlan, why));
+        return Err(not_vxlan(&attrs));
     };
     if vx.vni != rules.vni {
         return Err(Rejection::new(
@@ -540,15 +764,15 @@ struct Taken {
 type Conflict = (Rejection, bool);
 
 impl Taken {
-    fn new(local: Option<LocalNode>, own: Option<LeaseKey>) -> Taken {
+    fn new(local: LocalAddrs, own: Option<LeaseKey>) -> Taken {
         let mut taken = Taken::default();
-        if let Some(l) = local {
-            taken.ips.insert(l.public_ip, Holder::ThisNode);
-            taken.macs.insert(l.vtep_mac, Holder::ThisNode);
-            if let Some((ip6, mac6)) = l.ipv6 {
-                taken.ips6.insert(ip6, Holder::ThisNode);
-                taken.macs6.insert(mac6, Holder::ThisNode);
-            }
+        if let Some((ip, mac)) = local.0 {
+            taken.ips.insert(ip, Holder::ThisNode);
+            taken.macs.insert(mac, Holder::ThisNode);
+        }
+        if let Some((ip6, mac6)) = local.1 {
+            taken.ips6.insert(ip6, Holder::ThisNode);
+            taken.macs6.insert(mac6, Holder::ThisNode);
         }
         if let Some(s) = own.and_then(|k| k.ipv4_subnet()) {
             taken
@@ -648,92 +872,110 @@ impl Taken {
         })
     }
 
-    fn conflict(&self, p: &Peer) -> Option<Conflict> {
+    fn conflict(&self, holds: &Holds) -> Option<Conflict> {
         let with_lease = |h: &Holder| matches!(h, Holder::Lease(_));
-        if let Some((s, h)) = self.overlapping(&p.subnet) {
+        if let Some((subnet, public_ip, vtep_mac)) = holds.v4 {
+            if let Some(c) = self.conflict4(subnet, public_ip, vtep_mac) {
+                return Some(c);
+            }
+        }
+        let v6 = holds.v6.as_ref()?;
+        self.conflict6(v6).map(|(r, h)| (r, with_lease(h)))
+    }
+
+    /// The conflicts of an IPv4 part.
+    fn conflict4(
+        &self,
+        subnet: Subnet,
+        public_ip: Ipv4Addr,
+        vtep_mac: MacAddr,
+    ) -> Option<Conflict> {
+        let with_lease = |h: &Holder| matches!(h, Holder::Lease(_));
+        if let Some((s, h)) = self.overlapping(&subnet) {
             return Some((
                 Rejection::new(
                     RejectReason::Overlap,
                     match h {
                         Holder::ThisNode => {
-                            format!("subnet {} is this node's own subnet", p.subnet)
+                            format!("subnet {} is this node's own subnet", subnet)
                         }
                         Holder::Lease(_) => format!(
                             "subnet {} overlaps {s} of {h} (the lease created first wins)",
-                            p.subnet
+                            subnet
                         ),
                     },
                 ),
                 with_lease(h),
             ));
         }
-        if let Some(h) = self.ips.get(&p.public_ip) {
+        if let Some(h) = self.ips.get(&public_ip) {
             return Some((
                 Rejection::new(
                     RejectReason::DuplicatePublicIp,
                     match h {
                         Holder::ThisNode => format!(
                             "PublicIP {} is this node's, but this is not its lease (stale or forged)",
-                            p.public_ip
+                            public_ip
                         ),
                         Holder::Lease(_) => format!(
                             "PublicIP {} is already claimed by {h} (the lease created first wins)",
-                            p.public_ip
+                            public_ip
                         ),
                     },
                 ),
                 with_lease(h),
             ));
         }
-        if let Some(h) = self.macs.get(&p.vtep_mac) {
+        if let Some(h) = self.macs.get(&vtep_mac) {
             return Some((
                 Rejection::new(
                     RejectReason::DuplicateVtepMac,
                     format!(
                         "VtepMAC {} is already used by {h} (the lease created first wins)",
-                        p.vtep_mac
+                        vtep_mac
                     ),
                 ),
                 with_lease(h),
             ));
         }
-        if let Some((ip, h)) = self.ips.range(p.subnet.addr()..=p.subnet.last()).next() {
+        if let Some((ip, h)) = self.ips.range(subnet.addr()..=subnet.last()).next() {
             return Some((
                 Rejection::new(
                     RejectReason::PublicIpInSubnet,
                     format!(
                         "subnet {} contains the PublicIP {ip} of {h}: a route for it would pull that node's VXLAN into the overlay",
-                        p.subnet
+                        subnet
                     ),
                 ),
                 with_lease(h),
             ));
         }
-        if let Some((s, h)) = self.subnet_containing(p.public_ip) {
+        if let Some((s, h)) = self.subnet_containing(public_ip) {
             return Some((
                 Rejection::new(
                     RejectReason::PublicIpInSubnet,
                     format!(
                         "PublicIP {} lies inside subnet {s} of {h}: its VXLAN would be routed into the overlay",
-                        p.public_ip
+                        public_ip
                     ),
                 ),
                 with_lease(h),
             ));
         }
-        let v6 = p.ipv6.as_ref()?;
-        self.conflict6(v6).map(|(r, h)| (r, with_lease(h)))
+        None
     }
 
-    fn take(&mut self, p: &Peer, key: &Arc<str>) {
+    fn take(&mut self, p: &Holds, key: &Arc<str>) {
         let h = || Holder::Lease(Arc::clone(key));
-        self.subnets.insert(
-            (u32::from(p.subnet.addr()), p.subnet.prefix_len()),
-            (p.subnet, h()),
-        );
-        self.ips.insert(p.public_ip, h());
-        self.macs.insert(p.vtep_mac, h());
-        if let Some(v6) = &p.ipv6 {
+        if let Some((subnet, public_ip, vtep_mac)) = p.v4 {
+            self.subnets.insert(
+                (u32::from(subnet.addr()), subnet.prefix_len()),
+                (subnet, h()),
+            );
+            self.ips.insert(public_ip, h());
+            self.macs.insert(vtep_mac, h());
+        }
+        if let Some(v6) = &p.v6 {
             self.subnets6.insert(
                 (u128::from(v6.subnet.addr()), v6.subnet.prefix_len()),
                 (v6.subnet, h()),
@@ -744,12 +986,14 @@ impl Taken {
     }
 
     /// Gives back what an accepted lease held.
-    fn release(&mut self, p: &Peer) {
-        self.subnets
-            .remove(&(u32::from(p.subnet.addr()), p.subnet.prefix_len()));
-        self.ips.remove(&p.public_ip);
-        self.macs.remove(&p.vtep_mac);
-        if let Some(v6) = &p.ipv6 {
+    fn release(&mut self, p: &Holds) {
+        if let Some((subnet, public_ip, vtep_mac)) = p.v4 {
+            self.subnets
+                .remove(&(u32::from(subnet.addr()), subnet.prefix_len()));
+            self.ips.remove(&public_ip);
+            self.macs.remove(&vtep_mac);
+        }
+        if let Some(v6) = &p.v6 {
             self.subnets6
                 .remove(&(u128::from(v6.subnet.addr()), v6.subnet.prefix_len()));
             self.ips6.remove(&v6.public_ipv6);
@@ -760,18 +1004,29 @@ impl Taken {
 
 /// A verdict, and for a conflict whether it was with another lease.
 #[derive(Debug, Clone)]
-struct Judged {
-    verdict: Verdict,
+struct Judged<P> {
+    verdict: Verdict<P>,
     conflict: Option<bool>,
 }
 
+/// Whether a lease naming `owner` is this node's own.
+fn is_own<P: PeerKind>(
+    local: Option<P::Local>,
+    own: Option<LeaseKey>,
+    owner: Option<Owner>,
+) -> bool {
+    let mine = own.zip(local).and_then(|(o, l)| P::own_owner(o, &l));
+    mine.is_some() && owner == mine
+}
+
 /// Judges one lease against what is taken (taking nothing).
-fn judge(local: Option<LocalNode>, own: Option<LeaseKey>, k: &Known, taken: &Taken) -> Judged {
-    let own4 = own.and_then(|o| o.ipv4_subnet());
-    let ours = own4.is_some()
-        && k.subnet == own4
-        && local.is_some_and(|l| k.public_ip == Some(l.public_ip));
-    if ours {
+fn judge<P: PeerKind>(
+    local: Option<P::Local>,
+    own: Option<LeaseKey>,
+    k: &Known<P>,
+    taken: &Taken,
+) -> Judged<P> {
+    if is_own::<P>(local, own, k.owner) {
         return Judged {
             verdict: Verdict::Own,
             conflict: None,
@@ -782,7 +1037,7 @@ fn judge(local: Option<LocalNode>, own: Option<LeaseKey>, k: &Known, taken: &Tak
             verdict: Verdict::Rejected(r.clone()),
             conflict: None,
         },
-        Ok(p) => match taken.conflict(p) {
+        Ok(p) => match taken.conflict(&p.holds()) {
             Some((r, with_lease)) => Judged {
                 verdict: Verdict::Rejected(r),
                 conflict: Some(with_lease),
@@ -795,21 +1050,24 @@ fn judge(local: Option<LocalNode>, own: Option<LeaseKey>, k: &Known, taken: &Tak
     }
 }
 
+type Judgement<P> = (BTreeMap<Arc<str>, Judged<P>>, Taken);
+
 /// The conflict pass over every known lease: this node first, then by create
 /// revision (ties, which only a multi-key transaction makes, by key).
-fn resolve(
-    local: Option<LocalNode>,
+fn resolve<P: PeerKind>(
+    local: Option<P::Local>,
     own: Option<LeaseKey>,
-    leases: &BTreeMap<Arc<str>, Known>,
-) -> (BTreeMap<Arc<str>, Judged>, Taken) {
-    let mut taken = Taken::new(local, own);
-    let mut order: Vec<(&Arc<str>, &Known)> = leases.iter().collect();
+    leases: &BTreeMap<Arc<str>, Known<P>>,
+) -> Judgement<P> {
+    let addrs = local.map_or((None, None), |l| P::local_addrs(&l));
+    let mut taken = Taken::new(addrs, own);
+    let mut order: Vec<(&Arc<str>, &Known<P>)> = leases.iter().collect();
     order.sort_by_key(|(_, k)| k.create_revision); // stable: key order within a revision
     let mut out = BTreeMap::new();
     for (key, k) in order {
         let j = judge(local, own, k, &taken);
         if let Verdict::Peer(p) = &j.verdict {
-            taken.take(p, key);
+            taken.take(&p.holds(), key);
         }
         out.insert(Arc::clone(key), j);
     }
@@ -836,13 +1094,13 @@ pub struct TableWork {
 /// property test below and the `peer_events` fuzz target compare every step with a
 /// fresh judgement.
 #[derive(Debug, Clone)]
-pub struct PeerTable {
-    rules: PeerRules,
-    local: Option<LocalNode>,
+pub struct PeerTable<P: PeerKind = Peer> {
+    rules: P::Rules,
+    local: Option<P::Local>,
     own: Option<LeaseKey>,
-    leases: BTreeMap<Arc<str>, Known>,
-    verdicts: BTreeMap<Arc<str>, Verdict>,
-    peers: BTreeMap<Subnet, Peer>,
+    leases: BTreeMap<Arc<str>, Known<P>>,
+    verdicts: BTreeMap<Arc<str>, Verdict<P>>,
+    peers: BTreeMap<P::Id, P>,
     /// What the accepted leases and this node hold now.
     taken: Taken,
     /// Keys rejected for a conflict with another lease, and with this node.
@@ -857,9 +1115,23 @@ pub struct PeerTable {
     work: TableWork,
 }
 
-impl PeerTable {
-    /// `local`: this node (None for an outside view, as `vxmeshctl leases` has).
+impl PeerTable<Peer> {
+    /// The table of a network that carries IPv4 (dual stack too). `local`: this node
+    /// (None for an outside view, as `vxmeshctl leases` has).
     pub fn new(rules: PeerRules, local: Option<LocalNode>) -> Self {
+        PeerTable::with(rules, local)
+    }
+}
+
+impl PeerTable<PeerIpv6> {
+    /// The table of an IPv6-only network: leases are judged by their IPv6 half.
+    pub fn ipv6_only(rules: Ipv6OnlyRules, local: Option<LocalNode6>) -> Self {
+        PeerTable::with(rules, local)
+    }
+}
+
+impl<P: PeerKind> PeerTable<P> {
+    fn with(rules: P::Rules, local: Option<P::Local>) -> Self {
         PeerTable {
             rules,
             local,
@@ -867,7 +1139,7 @@ impl PeerTable {
             leases: BTreeMap::new(),
             verdicts: BTreeMap::new(),
             peers: BTreeMap::new(),
-            taken: Taken::new(local, None),
+            taken: Taken::new(local.map_or((None, None), |l| P::local_addrs(&l)), None),
             against_lease: BTreeSet::new(),
             against_node: BTreeSet::new(),
             newest: i64::MIN,
@@ -877,17 +1149,17 @@ impl PeerTable {
         }
     }
 
-    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
         self.peers.values()
     }
 
     /// This node, as the table judges leases against it.
-    pub fn local(&self) -> Option<LocalNode> {
+    pub fn local(&self) -> Option<P::Local> {
         self.local
     }
 
     /// The peer that owns `subnet`, if any.
-    pub fn peer(&self, subnet: &Subnet) -> Option<&Peer> {
+    pub fn peer(&self, subnet: &P::Id) -> Option<&P> {
         self.peers.get(subnet)
     }
 
@@ -900,7 +1172,7 @@ impl PeerTable {
     }
 
     /// The verdict on every known key, by key.
-    pub fn verdicts(&self) -> impl Iterator<Item = (&str, &Verdict)> {
+    pub fn verdicts(&self) -> impl Iterator<Item = (&str, &Verdict<P>)> {
         self.verdicts.iter().map(|(k, v)| (&**k, v))
     }
 
@@ -943,7 +1215,7 @@ impl PeerTable {
 
     /// Sets our own lease (its lease is never a peer, and nothing may overlap either
     /// of its subnets).
-    pub fn set_own(&mut self, own: Option<LeaseKey>, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    pub fn set_own(&mut self, own: Option<LeaseKey>, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         self.own = own;
         self.rejudge(skips)
     }
@@ -954,16 +1226,16 @@ impl PeerTable {
     /// it again so (a value someone else puts there instead is judged when it comes).
     pub fn set_local(
         &mut self,
-        local: Option<LocalNode>,
+        local: Option<P::Local>,
         skips: &mut Vec<Skip>,
-    ) -> Vec<PeerChange> {
-        let old = self.local.map(|l| l.public_ip);
+    ) -> Vec<PeerChange<P>> {
+        let owner = |l: Option<P::Local>| self.own.zip(l).and_then(|(o, l)| P::own_owner(o, &l));
+        let (old, new) = (owner(self.local), owner(local));
         self.local = local;
-        let own4 = self.own.and_then(|o| o.ipv4_subnet());
-        if let (Some(old), Some(new), Some(own4)) = (old, local.map(|l| l.public_ip), own4) {
+        if let (Some(old), Some(new)) = (old, new) {
             for k in self.leases.values_mut() {
-                if k.subnet == Some(own4) && k.public_ip == Some(old) {
-                    k.public_ip = Some(new);
+                if k.owner == Some(old) {
+                    k.owner = Some(new);
                 }
             }
         }
@@ -971,17 +1243,17 @@ impl PeerTable {
     }
 
     /// A lease was created or changed.
-    pub fn put(&mut self, e: &Entry, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    pub fn put(&mut self, e: &Entry, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         self.apply(std::iter::once(Update::Put(e)), skips)
     }
 
     /// A lease was deleted (or expired).
-    pub fn delete(&mut self, key: &str, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    pub fn delete(&mut self, key: &str, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         self.apply(std::iter::once(Update::Delete(key)), skips)
     }
 
     /// Replaces everything known with a listing; returns the difference.
-    pub fn reset(&mut self, entries: &[Entry], skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    pub fn reset(&mut self, entries: &[Entry], skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         self.apply(std::iter::once(Update::Reset(entries)), skips)
     }
 
@@ -993,9 +1265,9 @@ impl PeerTable {
         &mut self,
         updates: impl IntoIterator<Item = Update<'e>>,
         skips: &mut Vec<Skip>,
-    ) -> Vec<PeerChange> {
+    ) -> Vec<PeerChange<P>> {
         // The peer each touched subnet had before the batch.
-        let mut before: BTreeMap<Subnet, Option<Peer>> = BTreeMap::new();
+        let mut before: BTreeMap<P::Id, Option<P>> = BTreeMap::new();
         for u in updates {
             let step = match u {
                 Update::Put(e) => self.put_one(e, skips),
@@ -1003,7 +1275,7 @@ impl PeerTable {
                 Update::Reset(entries) => {
                     self.leases.clear();
                     for e in entries {
-                        let k = Known::read(&self.rules, e);
+                        let k = Known::<P>::read(&self.rules, e);
                         self.newest = self.newest.max(k.create_revision);
                         self.leases.insert(Arc::from(e.key.as_str()), k);
                     }
@@ -1012,9 +1284,9 @@ impl PeerTable {
             };
             for c in step {
                 let (subnet, was) = match c {
-                    PeerChange::Added(p) => (p.subnet, None),
-                    PeerChange::Updated { old, .. } => (old.subnet, Some(old)),
-                    PeerChange::Removed(p) => (p.subnet, Some(p)),
+                    PeerChange::Added(p) => (p.id(), None),
+                    PeerChange::Updated { old, .. } => (old.id(), Some(old)),
+                    PeerChange::Removed(p) => (p.id(), Some(p)),
                 };
                 before.entry(subnet).or_insert(was);
             }
@@ -1037,8 +1309,8 @@ impl PeerTable {
         removed
     }
 
-    fn put_one(&mut self, e: &Entry, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
-        let known = Known::read(&self.rules, e);
+    fn put_one(&mut self, e: &Entry, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
+        let known = Known::<P>::read(&self.rules, e);
         let existing = self.leases.get_key_value(e.key.as_str());
         if existing.is_some_and(|(_, old)| *old == known) {
             return Vec::new();
@@ -1066,34 +1338,34 @@ impl PeerTable {
     fn single(
         &mut self,
         key: &Arc<str>,
-        known: &Known,
+        known: &Known<P>,
         judged_last: bool,
         skips: &mut Vec<Skip>,
-    ) -> Option<Vec<PeerChange>> {
+    ) -> Option<Vec<PeerChange<P>>> {
         let old_peer = match self.verdicts.get(key) {
             Some(Verdict::Peer(p)) => Some(*p),
             _ => None,
         };
         if let Some(p) = &old_peer {
-            self.taken.release(p);
+            self.taken.release(&p.holds());
         }
         let j = judge(self.local, self.own, known, &self.taken);
         if j.conflict.is_some() && !judged_last {
             // A lease created later may lose to this one in a full pass.
             if let Some(p) = &old_peer {
-                self.taken.take(p, key);
+                self.taken.take(&p.holds(), key);
             }
             return None;
         }
         self.work.single += 1;
         let mut changes = Vec::new();
         if let Some(p) = old_peer {
-            self.peers.remove(&p.subnet);
+            self.peers.remove(&p.id());
             changes.push(PeerChange::Removed(p));
         }
         if let Verdict::Peer(p) = &j.verdict {
-            self.taken.take(p, key);
-            if let Some(prev) = self.peers.insert(p.subnet, *p) {
+            self.taken.take(&p.holds(), key);
+            if let Some(prev) = self.peers.insert(p.id(), *p) {
                 // Cannot happen (the subnet was free in `taken`); keep the batch exact.
                 changes.push(PeerChange::Removed(prev));
             }
@@ -1105,7 +1377,7 @@ impl PeerTable {
     }
 
     /// Stores a verdict reached on its own, reporting a new rejection once.
-    fn record(&mut self, key: &Arc<str>, j: Judged, skips: &mut Vec<Skip>) {
+    fn record(&mut self, key: &Arc<str>, j: Judged<P>, skips: &mut Vec<Skip>) {
         self.against_lease.remove(key);
         self.against_node.remove(key);
         match j.conflict {
@@ -1136,7 +1408,7 @@ impl PeerTable {
         }
     }
 
-    fn delete_one(&mut self, key: &str, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    fn delete_one(&mut self, key: &str, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         if self.leases.remove(key).is_none() {
             return Vec::new();
         }
@@ -1156,8 +1428,8 @@ impl PeerTable {
                 }
                 match gone {
                     Some(Verdict::Peer(p)) => {
-                        self.taken.release(&p);
-                        self.peers.remove(&p.subnet);
+                        self.taken.release(&p.holds());
+                        self.peers.remove(&p.id());
                         changes.push(PeerChange::Removed(p));
                     }
                     Some(Verdict::Rejected(_)) => self.rejections_generation += 1,
@@ -1168,7 +1440,7 @@ impl PeerTable {
         }
     }
 
-    fn rejudge(&mut self, skips: &mut Vec<Skip>) -> Vec<PeerChange> {
+    fn rejudge(&mut self, skips: &mut Vec<Skip>) -> Vec<PeerChange<P>> {
         self.work.full_passes += 1;
         let (judged, taken) = resolve(self.local, self.own, &self.leases);
         let mut against_lease = BTreeSet::new();
@@ -1194,7 +1466,7 @@ impl PeerTable {
             }
             verdicts.insert(key, j.verdict);
         }
-        let rejected = |v: &BTreeMap<Arc<str>, Verdict>| -> Vec<(Arc<str>, Rejection)> {
+        let rejected = |v: &BTreeMap<Arc<str>, Verdict<P>>| -> Vec<(Arc<str>, Rejection)> {
             v.iter()
                 .filter_map(|(k, v)| match v {
                     Verdict::Rejected(r) => Some((Arc::clone(k), r.clone())),
@@ -1205,10 +1477,10 @@ impl PeerTable {
         if rejected(&self.verdicts) != rejected(&verdicts) {
             self.rejections_generation += 1;
         }
-        let peers: BTreeMap<Subnet, Peer> = verdicts
+        let peers: BTreeMap<P::Id, P> = verdicts
             .values()
             .filter_map(|v| match v {
-                Verdict::Peer(p) => Some((p.subnet, *p)),
+                Verdict::Peer(p) => Some((p.id(), *p)),
                 _ => None,
             })
             .collect();
@@ -1875,7 +2147,13 @@ mod tests {
         let mut t = lab_table();
         put_each_rejected(&mut t, &cases);
         let seen: std::collections::BTreeSet<_> = cases.iter().map(|c| c.1).collect();
-        assert_eq!(seen.len(), RejectReason::ALL.len(), "every reason covered");
+        // `NoIpv6` is an IPv6-only network's (`ipv6_only_table_judges_ipv6_halves`).
+        assert_eq!(
+            seen.len(),
+            RejectReason::ALL.len() - 1,
+            "every reason covered"
+        );
+        assert!(!seen.contains(&RejectReason::NoIpv6));
         // The whole listing again: same verdicts, nothing new to warn about.
         let mut all: Vec<Entry> = cases.into_iter().map(|c| c.0).collect();
         all.extend([n1(2), n2(3), mine(4)]);
@@ -2443,6 +2721,250 @@ mod tests {
         Ok(())
     }
 
+    /// An IPv6-only network: `fd00:10:244::/48` cut into /64s, VNI 1.
+    fn v6_only_rules() -> Ipv6OnlyRules {
+        let cfg = NetworkConfig::parse(
+            "/coreos.com/network/config",
+            br#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert!(PeerRules::from_config(&cfg).is_none());
+        Ipv6OnlyRules::from_config(&cfg).unwrap()
+    }
+
+    fn me6() -> LocalNode6 {
+        LocalNode6 {
+            public_ipv6: ME6,
+            vtep_mac: MY_MAC6.parse().unwrap(),
+        }
+    }
+
+    /// An IPv6-only lease as flannel writes it (PublicIP `0.0.0.0`, no BackendData).
+    fn v6_val(ip6: &str, mac6: &str, vni: u32) -> Vec<u8> {
+        format!(r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendV6Data":{{"VNI":{vni},"VtepMAC":"{mac6}"}}}}"#).into_bytes()
+    }
+
+    const MY_KEY6: &str = "0.0.0.0-0&fd00:10:244:23::-64";
+
+    /// On an IPv6-only network a lease is judged by its IPv6 half, as strictly as an
+    /// IPv4 lease is: this node's own lease (known by PublicIPv6, never by flannel's
+    /// `0.0.0.0`), peers, and every reason a lease cannot be one.
+    #[test]
+    fn ipv6_only_table_judges_ipv6_halves() {
+        let mut t = PeerTable::ipv6_only(v6_only_rules(), Some(me6()));
+        let mut skips = vec![];
+        let _ = t.set_own(LeaseKey::parse(MY_KEY6).ok(), &mut skips);
+        let peer1 = entry(
+            "0.0.0.0-0&fd00:10:244:5e::-64",
+            v6_val("fd00:64::11", "4e:2f:6c:01:7d:a2", 1),
+            2,
+        );
+        // A dual-stack node not yet switched: its IPv6 half is reachable.
+        let dual = entry(
+            "10.244.7.0-24&fd00:10:244:7::-64",
+            dual_val(
+                "192.168.100.12",
+                "0e:00:00:00:00:12",
+                "fd00:64::12",
+                "4e:00:00:00:06:12",
+            ),
+            3,
+        );
+        let mine = entry(MY_KEY6, v6_val("fd00:64::13", MY_MAC6, 1), 4);
+        let changes = t.reset(&[peer1, dual, mine], &mut skips);
+        assert!(skips.is_empty(), "{skips:?}");
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        let subnets: Vec<String> = t.peers().map(|p| p.subnet.to_string()).collect();
+        assert_eq!(subnets, ["fd00:10:244:7::/64", "fd00:10:244:5e::/64"]);
+        assert_eq!(
+            t.verdicts()
+                .find(|(k, _)| k.ends_with(MY_KEY6))
+                .map(|(_, v)| v),
+            Some(&Verdict::Own)
+        );
+        let cases: Vec<(Entry, RejectReason, &str)> = vec![
+            (entry("0.0.0.0-0", v6_val("fd00:64::20", "4e:00:00:00:06:20", 1), 10), RejectReason::BadKey, "not in flannel's form"),
+            (entry("0.0.0.0-0&FD00:10:244:21::-64", v6_val("fd00:64::21", "4e:00:00:00:06:21", 1), 10), RejectReason::BadKey, "not in flannel's form"),
+            (entry("0.0.0.0-0&fd00:10:244:22::-64", vec![b' '; 5000], 11), RejectReason::TooLarge, "5000 bytes"),
+            (entry("0.0.0.0-0&fd00:10:244:24::-64", b"[]".to_vec(), 11), RejectReason::Unparseable, "flannel's format"),
+            (entry("10.244.9.0-24", val("192.168.100.19", "0e:00:00:00:00:19"), 12), RejectReason::NoIpv6, "IPv4 backend data only"),
+            (entry("0.0.0.0-0&fd00:10:244:25::-64", br#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::25","BackendType":"host-gw"}"#.to_vec(), 12), RejectReason::NotVxlan, "\"host-gw\" is not vxlan"),
+            (entry("0.0.0.0-0&fd00:10:244:26::-64", v6_val("fd00:64::26", "4e:00:00:00:06:26", 2), 13), RejectReason::WrongVni, "VNI 2 differs"),
+            (entry("0.0.0.0-0&fd00:99::-64", v6_val("fd00:64::27", "4e:00:00:00:06:27", 1), 14), RejectReason::OutsideNetwork, "not inside IPv6Network fd00:10:244::/48"),
+            (entry("0.0.0.0-0&fd00:10:244:28::-80", v6_val("fd00:64::28", "4e:00:00:00:06:28", 1), 15), RejectReason::WrongSubnetLen, "is a /80"),
+            (entry("0.0.0.0-0&fd00:10:244:29::-64", v6_val("fe80::29", "4e:00:00:00:06:29", 1), 16), RejectReason::BadPublicIp, "link-local"),
+            (entry("0.0.0.0-0&fd00:10:244:2a::-64", br#"{"PublicIP":"0.0.0.0","PublicIPv6":null,"BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"4e:00:00:00:06:2a"}}"#.to_vec(), 17), RejectReason::NoIpv6, "no PublicIPv6"),
+            // This node's PublicIPv6 in a key that is not its own: stale or forged.
+            (entry("0.0.0.0-0&fd00:10:244:2b::-64", v6_val("fd00:64::13", "4e:00:00:00:06:2b", 1), 18), RejectReason::DuplicatePublicIp, "PublicIPv6 fd00:64::13 is this node's"),
+            (entry("0.0.0.0-0&fd00:10:244:2c::-64", v6_val("fd00:64::11", "4e:00:00:00:06:2c", 1), 19), RejectReason::DuplicatePublicIp, "already claimed"),
+            (entry("0.0.0.0-0&fd00:10:244:2d::-64", v6_val("fd00:64::2d", "4e:2f:6c:01:7d:a2", 1), 20), RejectReason::DuplicateVtepMac, "IPv6 VtepMAC"),
+            (entry("10.244.50.0-24&fd00:10:244:23::-64", v6_val("fd00:64::2e", "4e:00:00:00:06:2e", 1), 21), RejectReason::Overlap, "this node's own"),
+            (entry("0.0.0.0-0&fd00:10:244:2f::-64", v6_val("fd00:10:244:5e::9", "4e:00:00:00:06:2f", 1), 22), RejectReason::PublicIpInSubnet, "lies inside IPv6 subnet fd00:10:244:5e::/64"),
+        ];
+        put_each_rejected6(&mut t, &cases);
+        assert_eq!(t.len(), 2);
+        // The first writer wins; when it goes, the leases that lost to it are promoted
+        // (its PublicIPv6, its VtepMAC, an address inside its subnet).
+        let mut skips = vec![];
+        let changes = t.delete(&format!("{P}0.0.0.0-0&fd00:10:244:5e::-64"), &mut skips);
+        let added: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                PeerChange::Added(p) => Some(p.subnet.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "fd00:10:244:2c::/64",
+                "fd00:10:244:2d::/64",
+                "fd00:10:244:2f::/64"
+            ],
+            "{changes:?}"
+        );
+        assert!(
+            matches!(changes[0], PeerChange::Removed(p) if p.subnet.to_string() == "fd00:10:244:5e::/64")
+        );
+        // This node moves to a new PublicIPv6: its own key is still its own (the move
+        // puts it again), and a peer may now hold the old address.
+        let moved = LocalNode6 {
+            public_ipv6: "fd00:64::99".parse().unwrap(),
+            ..me6()
+        };
+        let changes = t.set_local(Some(moved), &mut skips);
+        assert_eq!(
+            t.verdicts()
+                .find(|(k, _)| k.ends_with(MY_KEY6))
+                .map(|(_, v)| v),
+            Some(&Verdict::Own)
+        );
+        // The lease that named the old address (rejected as stale or forged) is a
+        // peer now.
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, PeerChange::Added(p) if p.public_ipv6 == ME6)),
+            "{changes:?}"
+        );
+    }
+
+    fn put_each_rejected6(t: &mut PeerTable<PeerIpv6>, cases: &[(Entry, RejectReason, &str)]) {
+        for (e, reason, why) in cases {
+            let mut skips = vec![];
+            let changes = t.put(e, &mut skips);
+            assert!(changes.is_empty(), "{}: {changes:?}", e.key);
+            let (_, v) = t.verdicts().find(|(k, _)| **k == *e.key).unwrap();
+            let Verdict::Rejected(r) = v else {
+                panic!("{} was not rejected: {v:?}", e.key)
+            };
+            assert_eq!(r.reason, *reason, "{}: {}", e.key, r.why);
+            assert!(r.why.contains(why), "{}: {}", e.key, r.why);
+            assert_eq!(skips.len(), 1, "{}: warned once", e.key);
+        }
+    }
+
+    /// The IPv6-only table's invariants over random puts, deletes and listings: peers
+    /// lie inside IPv6Network at IPv6SubnetLen, never overlap, never share a PublicIPv6
+    /// or VtepMAC, never contain a peer's PublicIPv6, are never this node's, and the
+    /// table equals a fresh judgement of what it knows.
+    fn check_invariants6(ops: Vec<Op>) -> Result<(), proptest::test_runner::TestCaseError> {
+        const KEYS: [&str; 8] = [
+            "0.0.0.0-0&fd00:10:244:1::-64",
+            "0.0.0.0-0&fd00:10:244:2::-64",
+            "10.244.1.0-24&fd00:10:244:1::-64",
+            MY_KEY6,
+            "0.0.0.0-0&fd00:10:244::-48",
+            "0.0.0.0-0&fd00:10:244:2::-65",
+            "10.244.3.0-24",
+            "0.0.0.0-0&fd00:10:244:3::-64",
+        ];
+        let ips6 = [
+            "fd00:64::11",
+            "fd00:64::13",
+            "fd00:10:244:1::9",
+            "fe80::1",
+            "fd00:64::14",
+            "fd00:10:244:2::7",
+        ];
+        let macs6 = [
+            "4e:00:00:00:06:01",
+            MY_MAC6,
+            "0e:00:00:00:00:01",
+            "4e:00:00:00:06:04",
+        ];
+        let new_table = || {
+            let mut t = PeerTable::ipv6_only(v6_only_rules(), Some(me6()));
+            let _ = t.set_own(LeaseKey::parse(MY_KEY6).ok(), &mut vec![]);
+            t
+        };
+        let mut t = new_table();
+        let mut skips = vec![];
+        let mut known: BTreeMap<String, Entry> = BTreeMap::new();
+        for (op, k, ip, mac, vni, v4, rev) in ops {
+            let value = if v4 % 4 == 0 {
+                dual_val(
+                    "192.168.100.11",
+                    "0e:00:00:00:00:01",
+                    ips6[usize::from(ip)],
+                    macs6[usize::from(mac)],
+                )
+            } else {
+                v6_val(
+                    ips6[usize::from(ip)],
+                    macs6[usize::from(mac)],
+                    1 + u32::from(vni / 3),
+                )
+            };
+            let e = entry(KEYS[k], value, rev);
+            let _ = match op {
+                0 => {
+                    known.insert(e.key.clone(), e.clone());
+                    t.put(&e, &mut skips)
+                }
+                1 => {
+                    known.remove(&e.key);
+                    t.delete(&e.key, &mut skips)
+                }
+                _ => {
+                    let all: Vec<Entry> = known.values().cloned().collect();
+                    t.reset(&all, &mut skips)
+                }
+            };
+            let peers: Vec<PeerIpv6> = t.peers().copied().collect();
+            let r6 = v6_only_rules().ipv6;
+            for (i, a) in peers.iter().enumerate() {
+                proptest::prop_assert!(
+                    r6.network.contains_subnet(&a.subnet) && a.subnet.prefix_len() == 64
+                );
+                proptest::prop_assert_ne!(a.subnet.to_string(), "fd00:10:244:23::/64");
+                proptest::prop_assert_ne!(a.public_ipv6, ME6);
+                proptest::prop_assert_ne!(a.vtep_mac.to_string(), MY_MAC6);
+                proptest::prop_assert!(unusable_public_ipv6(a.public_ipv6).is_none());
+                for b in &peers[i + 1..] {
+                    proptest::prop_assert!(!a.subnet.overlaps(&b.subnet));
+                    proptest::prop_assert_ne!(a.public_ipv6, b.public_ipv6);
+                    proptest::prop_assert_ne!(a.vtep_mac, b.vtep_mac);
+                    proptest::prop_assert!(
+                        !a.subnet.contains(b.public_ipv6) && !b.subnet.contains(a.public_ipv6)
+                    );
+                }
+            }
+            let mut fresh = new_table();
+            let all: Vec<Entry> = known.values().cloned().collect();
+            let _ = fresh.reset(&all, &mut vec![]);
+            proptest::prop_assert_eq!(
+                fresh.verdicts().collect::<Vec<_>>(),
+                t.verdicts().collect::<Vec<_>>()
+            );
+            proptest::prop_assert_eq!(
+                fresh.peers().collect::<Vec<_>>(),
+                t.peers().collect::<Vec<_>>()
+            );
+        }
+        Ok(())
+    }
+
     fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
         proptest::collection::vec(
             (0u8..3, 0usize..8, 0u8..6, 0u8..4, 0u8..4, 0u8..8, 1i64..50),
@@ -2463,6 +2985,12 @@ mod tests {
         #[test]
         fn invariants_dual_stack(ops in ops()) {
             check_invariants(ops, true)?;
+        }
+
+        /// The same on an IPv6-only table.
+        #[test]
+        fn invariants_ipv6_only(ops in ops()) {
+            check_invariants6(ops)?;
         }
     }
 }

@@ -333,6 +333,49 @@ fn config_in_etcd(lab: &Lab, node: &str) -> (String, String) {
     )
 }
 
+/// `vxmeshctl leases` on an IPv6-only config judges leases by their IPv6 halves, as
+/// the agents of such a network would: the lab's IPv4 leases have none, and an
+/// IPv6-only lease in flannel's form is a peer (one row, no IPv4 columns).
+fn ipv6_only_leases_judged(lab: &Lab) {
+    let key = format!("{SUBNETS}0.0.0.0-0&fd00:99:0:5::-64");
+    lab.etcdctl(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:64::5","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"4e:00:00:00:06:05"}}"#,
+    ]);
+    let ctl = lab.bin.join("vxmeshctl");
+    let ctl = ctl.to_str().unwrap();
+    let endpoint = ["--etcd-endpoints", "http://192.168.100.2:2379"];
+    let json = lab.exec("n1", &[ctl, endpoint[0], endpoint[1], "leases", "--json"]);
+    let rows: Value = serde_json::from_str(&json).unwrap();
+    let rows = rows.as_array().unwrap();
+    for r in rows {
+        if r["key"] == key.as_str() {
+            assert_eq!(r["status"], "ok", "{r}");
+            assert_eq!(r["ipv6_subnet"], "fd00:99:0:5::/64", "{r}");
+            assert!(r["subnet"].is_null() && r["public_ip"].is_null(), "{r}");
+        } else {
+            assert_eq!(r["status"], "rejected", "{r}");
+            assert_eq!(r["reason"], "no_ipv6", "{r}");
+        }
+    }
+    assert_eq!(
+        rows.len(),
+        3,
+        "the two nodes' leases and the IPv6-only one: {json}"
+    );
+    let text = lab.exec("n1", &[ctl, endpoint[0], endpoint[1], "leases"]);
+    assert!(
+        text.contains("fd00:99:0:5::/64") && text.contains("rejected: no_ipv6"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("0.0.0.0/0"),
+        "an IPv6-only key has no IPv4 row:\n{text}"
+    );
+    lab.etcdctl(&["del", &key]);
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
@@ -400,6 +443,9 @@ fn a_config_changed_in_etcd_is_reported_until_it_is_put_back() {
                 1.0,
                 "{what}: {node}"
             );
+        }
+        if what == "an IPv6-only network" {
+            ipv6_only_leases_judged(&lab);
         }
     }
     for node in ["n1", "n2"] {

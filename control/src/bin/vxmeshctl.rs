@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use vxmesh_control::lease::{parse_lease_key, LeaseAttrs, LeaseKey, MAX_LEASE_VALUE_BYTES};
-use vxmesh_control::peers::{PeerRules, PeerTable, Verdict};
+use vxmesh_control::peers::{Ipv6OnlyRules, PeerKind, PeerRules, PeerTable, Rejection, Verdict};
 use vxmesh_control::registry::Registry;
 
 #[derive(Debug, Parser)]
@@ -903,19 +903,41 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     // The agents' own judgement (peers::PeerTable), run over the same listing with the
     // same config: every agent reaches these verdicts about other nodes' leases.
     let (mut pool, mut pool6) = (None, None);
-    let verdicts: Result<BTreeMap<String, Verdict>, String> = match reg.network_config().await {
+    // Each key's rejection, if it has one.
+    type Verdicts = BTreeMap<String, Option<Rejection>>;
+    fn judged<P: PeerKind>(t: &PeerTable<P>) -> Verdicts {
+        t.verdicts()
+            .map(|(k, v)| {
+                let r = match v {
+                    Verdict::Rejected(r) => Some(r.clone()),
+                    Verdict::Peer(_) | Verdict::Own => None,
+                };
+                (k.to_string(), r)
+            })
+            .collect()
+    }
+    let verdicts: Result<Verdicts, String> = match reg.network_config().await {
         Ok(cfg) => {
-            let Some(rules) = PeerRules::from_config(&cfg) else {
-                anyhow::bail!("the network config is IPv6-only (EnableIPv4 false): vxmesh does not run IPv6-only networks yet, so it has no verdicts on their leases");
+            let (verdicts, leased) = match (
+                PeerRules::from_config(&cfg),
+                Ipv6OnlyRules::from_config(&cfg),
+            ) {
+                (Some(rules), _) => {
+                    let mut t = PeerTable::new(rules, None);
+                    let _ = t.reset(&listing.entries, &mut Vec::new());
+                    (judged(&t), t.leased().clone())
+                }
+                (None, Some(rules)) => {
+                    let mut t = PeerTable::ipv6_only(rules, None);
+                    let _ = t.reset(&listing.entries, &mut Vec::new());
+                    (judged(&t), t.leased().clone())
+                }
+                (None, None) => anyhow::bail!("the network config carries neither IPv4 nor IPv6"),
             };
-            let mut t = PeerTable::new(rules, None);
-            let _ = t.reset(&listing.entries, &mut Vec::new());
             // The pools counted as the agents count them, from the table's keys.
-            pool = cfg.ipv4.as_ref().map(|p4| t.leased().usage(p4));
-            pool6 = cfg.ipv6.as_ref().map(|p6| t.leased().usage6(p6));
-            Ok(t.verdicts()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect())
+            pool = cfg.ipv4.as_ref().map(|p4| leased.usage(p4));
+            pool6 = cfg.ipv6.as_ref().map(|p6| leased.usage6(p6));
+            Ok(verdicts)
         }
         Err(e) => {
             eprintln!("vxmeshctl: cannot judge the leases without a valid network config: {e}");
@@ -929,6 +951,8 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut reasons = Vec::new();
     for (e, ttl) in listing.entries.iter().zip(ttls) {
+        // An IPv6-only key (`0.0.0.0-0&<ipv6>-<len>`) names no IPv4 subnet: one row.
+        let ipv6_only = LeaseKey::parse(&e.key).is_ok_and(|k| k.ipv4_subnet().is_none());
         let subnet =
             parse_lease_key(&e.key).map_or_else(|| format!("? {}", e.key), |s| s.to_string());
         let attrs = LeaseAttrs::parse(&e.value).ok();
@@ -950,17 +974,18 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             ttl.map_or("-".to_string(), |t| format!("{t}s"))
         };
         let (status, reason, why) = match verdicts.as_ref().map(|v| v.get(&e.key)) {
-            Ok(Some(Verdict::Rejected(r))) => {
+            Ok(Some(Some(r))) => {
                 reasons.push(format!("{}: {}", e.key, r.why));
                 ("rejected", Some(r.reason.as_str()), Some(r.why.clone()))
             }
-            Ok(Some(Verdict::Peer(_) | Verdict::Own)) => ("ok", None, None),
+            Ok(Some(None)) => ("ok", None, None),
             Ok(None) | Err(_) => ("unknown", None, None),
         };
         let value = (e.value.len() <= MAX_LEASE_VALUE_BYTES)
             .then(|| String::from_utf8_lossy(&e.value).into_owned());
         json.push(serde_json::json!({
-            "key": e.key, "subnet": subnet, "public_ip": ip, "backend": backend, "vtep_mac": mac,
+            "key": e.key, "subnet": (!ipv6_only).then_some(&subnet),
+            "public_ip": (!ipv6_only).then_some(&ip), "backend": backend, "vtep_mac": mac,
             "ttl": ttl, "reservation": e.lease == 0, "status": status, "reason": reason, "why": why,
             "create_revision": e.create_revision, "value": value, "value_bytes": e.value.len(),
             "ipv6_subnet": subnet6.map(|s| s.to_string()),
@@ -971,14 +996,16 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
             Some(r) => format!("rejected: {r}"),
             None => status.to_string(),
         };
-        rows.push(vec![
-            subnet,
-            ip,
-            backend.clone(),
-            mac,
-            ttl.clone(),
-            status.clone(),
-        ]);
+        if !ipv6_only {
+            rows.push(vec![
+                subnet,
+                ip,
+                backend.clone(),
+                mac,
+                ttl.clone(),
+                status.clone(),
+            ]);
+        }
         if let Some(s6) = subnet6 {
             let text = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             rows.push(vec![
