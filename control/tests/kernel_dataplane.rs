@@ -11,7 +11,8 @@
 //! route via its PublicIP on the underlay, a routed one the overlay, moves between the
 //! two, stale direct routes pruned); dual stack (`flannel-v6.<VNI>` beside `flannel.<VNI>`,
 //! programmed as flanneld does, IPv6 and IPv4 pinged across two nodes, IPv6 entries
-//! updated and pruned; DirectRouting for IPv6 halves, decided apart from IPv4's).
+//! updated and pruned; DirectRouting for IPv6 halves, decided apart from IPv4's);
+//! an IPv6-only node (`flannel-v6.<VNI>` alone over an IPv6-only underlay).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -21,9 +22,12 @@ use std::time::Duration;
 use serde_json::Value;
 use vxmesh_control::netlink::Netlink;
 use vxmesh_control::node_dataplane::direct::PeerPath;
-use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel};
+use vxmesh_control::node_dataplane::ipv6_only::{Ipv6OnlyDataplane, Ipv6OnlySetup};
+use vxmesh_control::node_dataplane::kernel::{remove_leftover_device, Kernel, Place};
 use vxmesh_control::node_dataplane::{DataplaneKind, DataplaneSetup, NodeDataplane, Setup6};
-use vxmesh_control::peers::{Peer, PeerIpv6, PeerRules, PeerTable};
+use vxmesh_control::peers::{
+    Ipv6OnlyRules, Ipv6Rules, Peer, PeerChange, PeerIpv6, PeerRules, PeerTable,
+};
 use vxmesh_control::registry::Entry;
 use vxmesh_control::state::AgentState;
 use vxmesh_dataplane::fib::LocalVtep;
@@ -1128,6 +1132,216 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
     assert_eq!(names(&ns_b), ["flannel.1"]);
     ns_a.run(|nl| Box::pin(async move { remove_leftover_device(&nl, 1, 8472).await.unwrap() }));
     assert_eq!(names(&ns_a), ["flannel-v6.1"]);
+}
+
+fn v6_only_peer(n: u8) -> PeerIpv6 {
+    PeerIpv6 {
+        subnet: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+        public_ipv6: format!("fd00:192::{n}").parse().unwrap(),
+        vtep_mac: MacAddr([0x06, 0, 0, 0, 0, n]),
+    }
+}
+
+/// flannel's IPv6-only leases of the nodes in `peers`.
+fn entries6(peers: &[PeerIpv6]) -> Vec<Entry> {
+    peers
+        .iter()
+        .zip(1..)
+        .map(|(p, rev)| Entry {
+            key: format!(
+                "/coreos.com/network/subnets/{}",
+                vxmesh_control::lease::LeaseKey::ipv6_only(p.subnet).key_form()
+            ),
+            value: format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+                p.public_ipv6, p.vtep_mac
+            )
+            .into_bytes(),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
+        })
+        .collect()
+}
+
+/// The IPv6-only table of the nodes in `peers`.
+fn table6(peers: &[PeerIpv6]) -> PeerTable<PeerIpv6> {
+    let rules = Ipv6OnlyRules {
+        ipv6: Ipv6Rules {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+        },
+        vni: 1,
+    };
+    let mut t = PeerTable::ipv6_only(rules, None);
+    let mut skips = Vec::new();
+    let _ = t.reset(&entries6(peers), &mut skips);
+    assert!(skips.is_empty(), "{skips:?}");
+    t
+}
+
+fn setup_v6_only(ns: &Ns, me: PeerIpv6) -> Ipv6OnlySetup {
+    Ipv6OnlySetup {
+        place: Place {
+            vni: 1,
+            port: 8472,
+            underlay_index: eth0_index(ns),
+        },
+        mtu: 1450,
+        v6: Setup6 {
+            local_ip: me.public_ipv6,
+            vtep_mac: me.vtep_mac,
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+        },
+        tap_name: IfName::new("vxmesh0").unwrap(),
+        direct_routing: false,
+    }
+}
+
+/// An IPv6-only node: `flannel-v6.<VNI>` alone, over an underlay with no IPv4 at all.
+/// A `flannel.<VNI>` left by an earlier dual-stack or IPv4 run is deleted (nothing
+/// would program it); peers are programmed from the IPv6-only table's changes as
+/// flanneld programs IPv6 halves; pods' IPv6 crosses; a changed VtepMAC leaves no
+/// stale fdb entry; a reconcile puts back what was deleted by hand and prunes a
+/// peer that left; a restart adopts the device.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn ipv6_only_node_runs_flannels_ipv6_device_alone() {
+    require_root();
+    let a = Netns::unique("kd-6oa").unwrap();
+    let b = Netns::unique("kd-6ob").unwrap();
+    a.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        b.name(),
+    ])
+    .unwrap();
+    for (ns, ip) in [(&a, "fd00:192::2/64"), (&b, "fd00:192::3/64")] {
+        ns.ip(&["-6", "addr", "add", ip, "dev", "eth0", "nodad"])
+            .unwrap();
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    }
+    let (ns_a, ns_b) = (Ns(a), Ns(b));
+    // What an earlier IPv4 run of node A left.
+    let s4 = setup(eth0_index(&ns_a));
+    ns_a.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            Kernel::start(&nl, &s4, &st).await.unwrap().stop();
+        })
+    });
+    let (pa, pb) = (v6_only_peer(2), v6_only_peer(3));
+    for (ns, me, peer) in [(&ns_a, pa, pb), (&ns_b, pb, pa)] {
+        let s = setup_v6_only(ns, me);
+        ns.run(move |nl| {
+            Box::pin(async move {
+                let st = Arc::new(AgentState::default());
+                let dp = Ipv6OnlyDataplane::start(&nl, &s, &st).await.unwrap();
+                assert_eq!(dp.device().name.as_str(), "flannel-v6.1");
+                dp.set_subnet6(&nl, &me.subnet).await.unwrap();
+                let mut t = table6(&[]);
+                let changes = t.reset(&entries6(&[peer]), &mut Vec::new());
+                assert_eq!(changes.len(), 1);
+                assert!(dp.program(&nl, &changes).is_empty());
+                // A reconcile right after finds nothing to do.
+                let r = dp.reconcile(&nl, &t).await.unwrap();
+                assert_eq!((r.repaired, r.removed), (0, 0), "{r:?}");
+                dp.stop();
+            })
+        });
+    }
+    let a = &ns_a.0;
+    let names = |ns: &Ns| -> Vec<String> {
+        ns.json("ip", &["link", "show", "type", "vxlan"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&ns_a), ["flannel-v6.1"], "flannel.1 deleted");
+    let link = ns_a.link("flannel-v6.1");
+    assert_eq!(link["linkinfo"]["info_data"]["local6"], "fd00:192::2");
+    assert_eq!(link["address"], "06:00:00:00:00:02");
+    assert_eq!(link["mtu"], 1430);
+    assert_eq!(ns_a.fdb("flannel-v6.1"), ["06:00:00:00:00:03 fd00:192::3"]);
+    assert_eq!(
+        ns_a.neigh("flannel-v6.1"),
+        ["fd00:10:244:3:: 06:00:00:00:00:03"]
+    );
+    assert_eq!(
+        routes6(a, "flannel-v6.1"),
+        ["fd00:10:244:3::/64 fd00:10:244:3::"]
+    );
+    let ok = vxmesh_testkit::wait_for(Duration::from_secs(10), || {
+        a.exec(
+            "ping",
+            &[
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                "fd00:10:244:2::",
+                "fd00:10:244:3::",
+            ],
+        )
+        .is_ok()
+    });
+    assert!(
+        ok.is_some(),
+        "ping fd00:10:244:2:: -> fd00:10:244:3:: over flannel-v6.1"
+    );
+
+    // A restart adopts the device; B's VtepMAC changes (make before break); the
+    // route deleted by hand is put back by a reconcile; then B leaves and a
+    // reconcile with no peers prunes everything.
+    a.ip(&[
+        "-6",
+        "route",
+        "del",
+        "fd00:10:244:3::/64",
+        "dev",
+        "flannel-v6.1",
+    ])
+    .unwrap();
+    let s = setup_v6_only(&ns_a, pa);
+    let (fdb, repaired, removed) = ns_a.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let dp = Ipv6OnlyDataplane::start(&nl, &s, &st).await.unwrap();
+            let t = table6(&[pb]);
+            let r = dp.reconcile(&nl, &t).await.unwrap();
+            let pb2 = PeerIpv6 {
+                vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x33]),
+                ..pb
+            };
+            let failed = dp.program(&nl, &[PeerChange::Updated { old: pb, new: pb2 }]);
+            assert!(failed.is_empty(), "{failed:?}");
+            let fdb = nl.fdb_entries6(dp.device().index).await.unwrap();
+            let gone = dp.reconcile(&nl, &table6(&[])).await.unwrap();
+            (fdb, r.repaired, gone.removed)
+        })
+    });
+    let fdb: Vec<String> = fdb
+        .iter()
+        .filter_map(|e| Some(format!("{} {}", e.mac, e.dst?)))
+        .collect();
+    assert_eq!(repaired, 1, "the route deleted by hand");
+    assert_eq!(fdb, ["06:00:00:00:00:33 fd00:192::3"]);
+    assert_eq!(removed, 3, "B's route, fdb entry and neighbour");
+    assert!(ns_a.fdb("flannel-v6.1").is_empty());
+    assert!(ns_a.neigh("flannel-v6.1").is_empty());
+    assert!(routes6(a, "flannel-v6.1").is_empty());
 }
 
 /// The link watch announces a deletion in its own namespace — `ip link del`, with

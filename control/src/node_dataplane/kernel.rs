@@ -122,7 +122,13 @@ impl Kernel {
                 "the underlay address went away: VXLAN is sent from the interface's first address");
             first
         };
-        let spec = device_spec(s, &name, local.map(Into::into), s.local.vtep_mac, s.mtu);
+        let spec = device_spec(
+            Place::of(s),
+            &name,
+            local.map(Into::into),
+            s.local.vtep_mac,
+            s.mtu,
+        );
         let index = ensure_device(nl, &name, &spec).await?;
         // flanneld sets accept_ra=0; this device carries IPv4 only (IPv6 has its own),
         // so vxmesh also turns IPv6 off on it: it never emits router or neighbour
@@ -271,7 +277,9 @@ pub(super) async fn device6_for(
     s: &DataplaneSetup,
 ) -> anyhow::Result<Option<Device6>> {
     match &s.ipv6 {
-        Some(v6) => Ok(Some(start_v6(nl, s, v6).await?)),
+        Some(v6) => Ok(Some(
+            start_v6(nl, Place::of(s), s.mtu, v6, "dual stack").await?,
+        )),
         None => {
             remove_device6(
                 nl,
@@ -285,13 +293,20 @@ pub(super) async fn device6_for(
 }
 
 /// Creates or adopts `flannel-v6.<VNI>` (the same rules as the IPv4 device), VXLAN
-/// over IPv6 from the node's PublicIPv6, with the IPv6 VtepMAC. Its address, the
-/// lease's first IPv6 address as /128, is set with the lease
-/// ([`super::NodeDataplane::set_subnet6`]).
-async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyhow::Result<Device6> {
-    let name = device6_name(s.local.vni.get())?;
+/// over IPv6 from the node's PublicIPv6, with the IPv6 VtepMAC, at [`mtu6`] of the
+/// overlay MTU `mtu`. Its address, the lease's first IPv6 address as /128, is set
+/// with the lease ([`super::NodeDataplane::set_subnet6`]). `role` names the node's
+/// kind in the log ("dual stack", "IPv6 only").
+pub(super) async fn start_v6(
+    nl: &Netlink,
+    at: Place,
+    mtu: u32,
+    v6: &super::Setup6,
+    role: &str,
+) -> anyhow::Result<Device6> {
+    let name = device6_name(at.vni)?;
     // Behind NAT the PublicIPv6 is not local: send from the underlay's own address.
-    let here = nl.ipv6_addresses(s.underlay_index).await?;
+    let here = nl.ipv6_addresses(at.underlay_index).await?;
     let local = if here.iter().any(|a| a.ip == v6.local_ip) {
         Some(v6.local_ip)
     } else {
@@ -300,15 +315,15 @@ async fn start_v6(nl: &Netlink, s: &DataplaneSetup, v6: &super::Setup6) -> anyho
             "the PublicIPv6 is not an address of the underlay interface: IPv6 VXLAN is sent from the interface's own global address");
         own
     };
-    let spec = device_spec(s, &name, local.map(Into::into), v6.vtep_mac, mtu6(s.mtu));
+    let spec = device_spec(at, &name, local.map(Into::into), v6.vtep_mac, mtu6(mtu));
     let index = ensure_device(nl, &name, &spec).await?;
     // IPv6 must be on for this device (a host may turn it off by default); it
     // takes no router advertisements, as flanneld's.
     let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0");
     let _ = write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
-    enable_ipv6_forwarding(nl, s.underlay_index).await?;
+    enable_ipv6_forwarding(nl, at.underlay_index).await?;
     tracing::info!(device = %name, index, local = ?local, vtep_mac = %v6.vtep_mac,
-        mtu = spec.mtu, "IPv6 device running (dual stack: the kernel's vxlan driver carries pods' IPv6)");
+        mtu = spec.mtu, "IPv6 device running ({role}: the kernel's vxlan driver carries pods' IPv6)");
     Ok(Device6 { name, index })
 }
 
@@ -334,11 +349,21 @@ async fn enable_ipv6_forwarding(nl: &Netlink, underlay_index: u32) -> anyhow::Re
 /// by flanneld) when nothing will program it any more, so that its routes and fdb
 /// entries cannot go stale; `why` says why in the log.
 async fn remove_device6(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()> {
-    let Ok(name) = device6_name(vni) else {
+    remove_vxlan(nl, device6_name(vni).ok(), why).await
+}
+
+/// Deletes `flannel.<VNI>` (left by the kernel dataplane or flanneld) on a node
+/// that will not program it; `why` says why in the log.
+pub(super) async fn remove_device4(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()> {
+    remove_vxlan(nl, device_name(vni).ok(), why).await
+}
+
+async fn remove_vxlan(nl: &Netlink, name: Option<IfName>, why: &str) -> anyhow::Result<()> {
+    let Some(name) = name else {
         return Ok(());
     };
     if let Some(l) = nl.vxlan_by_name(name.as_str()).await? {
-        tracing::warn!(device = %l.name, "removing the IPv6 vxlan device: {why}, and its entries would go stale");
+        tracing::warn!(device = %l.name, "removing the vxlan device: {why}, and its entries would go stale");
         nl.delete_link(l.index)
             .await
             .with_context(|| format!("deleting {}", l.name))?;
@@ -363,9 +388,27 @@ pub(super) async fn dumps6(
     }))
 }
 
+/// Where a node's vxlan devices sit: its VNI and UDP port, on its underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub vni: u32,
+    pub port: u16,
+    pub underlay_index: u32,
+}
+
+impl Place {
+    fn of(s: &DataplaneSetup) -> Place {
+        Place {
+            vni: s.local.vni.get(),
+            port: s.local.port,
+            underlay_index: s.underlay_index,
+        }
+    }
+}
+
 /// A device of this node's VNI and port on the underlay, flannel's settings.
 fn device_spec(
-    s: &DataplaneSetup,
+    at: Place,
     name: &IfName,
     local: Option<std::net::IpAddr>,
     mac: vxmesh_dataplane::wire::MacAddr,
@@ -373,10 +416,10 @@ fn device_spec(
 ) -> VxlanSpec {
     VxlanSpec {
         name: name.to_string(),
-        vni: s.local.vni.get(),
-        port: s.local.port,
+        vni: at.vni,
+        port: at.port,
         local,
-        underlay_index: s.underlay_index,
+        underlay_index: at.underlay_index,
         mac,
         mtu,
     }
@@ -446,7 +489,7 @@ async fn create(nl: &Netlink, spec: &VxlanSpec) -> anyhow::Result<u32> {
 /// Deletes a TAP left by the userspace dataplane (a persistent one, or one whose
 /// process is gone), known by its alias; any other link of that name (another
 /// program's tun or tap, `--tap-name tun0` on a VPN host) is left alone.
-async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
+pub(super) async fn remove_leftover_tap(nl: &Netlink, tap: &IfName) -> anyhow::Result<()> {
     if let Some(l) = nl.link_identity(tap.as_str()).await? {
         if l.kind == "tun" && l.alias.as_deref() == Some(super::userspace::TAP_ALIAS) {
             tracing::warn!(device = %tap, "removing the userspace dataplane's TAP left behind");

@@ -30,6 +30,7 @@
 //! neighbours and fdb entries with it.
 
 pub mod direct;
+pub mod ipv6_only;
 pub mod kernel;
 pub mod plan;
 pub mod userspace;

@@ -48,8 +48,17 @@ pub struct Devices {
 pub struct Programmed {
     by_subnet: BTreeMap<Subnet, Peer>,
     by_mac: BTreeMap<MacAddr, BTreeSet<Subnet>>,
-    v6: BTreeMap<Subnet, PeerIpv6>,
-    by_mac6: BTreeMap<MacAddr, BTreeSet<Subnet>>,
+    v6: BTreeMap<At6, PeerIpv6>,
+    by_mac6: BTreeMap<MacAddr, BTreeSet<At6>>,
+}
+
+/// What a programmed IPv6 half is recorded under: its peer's IPv4 subnet on a
+/// network that carries IPv4 (a dual-stack peer's IPv6 half may change while the peer
+/// stays), its own subnet on an IPv6-only network (the peer is its IPv6 half).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum At6 {
+    Peer(Subnet),
+    Own(Subnet6),
 }
 
 /// [`Programmed`] as a running dataplane keeps it (the agent's tasks share it).
@@ -65,7 +74,7 @@ impl SharedProgrammed {
     }
 }
 
-fn unlink(users: &mut BTreeMap<MacAddr, BTreeSet<Subnet>>, mac: MacAddr, subnet: &Subnet) {
+fn unlink<K: Ord>(users: &mut BTreeMap<MacAddr, BTreeSet<K>>, mac: MacAddr, subnet: &K) {
     if let Some(set) = users.get_mut(&mac) {
         set.remove(subnet);
         if set.is_empty() {
@@ -88,7 +97,7 @@ impl Programmed {
     }
 
     /// Records the IPv6 half of the peer at `subnet` (`None`: it has none).
-    pub fn set6(&mut self, subnet: Subnet, v6: Option<PeerIpv6>) {
+    pub fn set6(&mut self, subnet: At6, v6: Option<PeerIpv6>) {
         if let Some(old) = self.v6.remove(&subnet) {
             unlink(&mut self.by_mac6, old.vtep_mac, &subnet);
         }
@@ -100,7 +109,7 @@ impl Programmed {
 
     /// A programmed peer other than the one at `except` using `mac` for IPv6: its
     /// PublicIPv6.
-    fn other_user_of6(&self, mac: MacAddr, except: &Subnet) -> Option<Ipv6Addr> {
+    fn other_user_of6(&self, mac: MacAddr, except: &At6) -> Option<Ipv6Addr> {
         self.by_mac6
             .get(&mac)?
             .iter()
@@ -123,7 +132,16 @@ impl Programmed {
         self.v6.clear();
         self.by_mac6.clear();
         for p in peers {
-            self.set6(p.subnet, p.ipv6);
+            self.set6(At6::Peer(p.subnet), p.ipv6);
+        }
+    }
+
+    /// Only these IPv6-only peers on the IPv6 device (after a reconcile).
+    pub fn reset_ipv6_only<'p>(&mut self, peers: impl IntoIterator<Item = &'p PeerIpv6>) {
+        self.v6.clear();
+        self.by_mac6.clear();
+        for v6 in peers {
+            self.set6(At6::Own(v6.subnet), Some(*v6));
         }
     }
 
@@ -218,13 +236,7 @@ impl Route for DirectPaths<'_> {
 }
 
 /// The IPv6 half of a peer on the IPv6 device `index`: neighbour, fdb entry, route.
-fn overlay6_add(
-    index: u32,
-    at: Subnet,
-    v6: &PeerIpv6,
-    prog: &mut Programmed,
-    out: &mut Vec<PeerOp>,
-) {
+fn overlay6_add(index: u32, at: At6, v6: &PeerIpv6, prog: &mut Programmed, out: &mut Vec<PeerOp>) {
     out.push(PeerOp::Neighbour6 {
         index,
         ip: v6.subnet.addr(),
@@ -247,7 +259,7 @@ fn overlay6_add(
 /// longer has, the fdb entry of a MAC no programmed peer uses.
 fn overlay6_retire(
     index: u32,
-    at: Subnet,
+    at: At6,
     old: &PeerIpv6,
     new: Option<&PeerIpv6>,
     prog: &mut Programmed,
@@ -284,26 +296,28 @@ fn overlay6_retire(
     }
 }
 
-/// The IPv6 half of a change, on the IPv6 device `index` (or, DirectRouting, on the
-/// underlay): whatever the IPv4 half's path, the new half first, then what only the
-/// old one needed.
+/// A change's old and new peer.
+fn halves<P: Copy>(c: &PeerChange<P>) -> (Option<P>, Option<P>) {
+    match c {
+        PeerChange::Added(p) => (None, Some(*p)),
+        PeerChange::Updated { old, new } => (Some(*old), Some(*new)),
+        PeerChange::Removed(p) => (Some(*p), None),
+    }
+}
+
+/// The IPv6 half of a change (`old`, `new`: what the peer recorded at `at` had and
+/// has), on the IPv6 device `index` (or, DirectRouting, on the underlay): whatever
+/// the IPv4 half's path, the new half first, then what only the old one needed.
 fn ipv6_ops(
-    index: u32,
-    underlay: u32,
-    c: &PeerChange,
+    (index, underlay): (u32, u32),
+    at: At6,
+    (old, new): (Option<PeerIpv6>, Option<PeerIpv6>),
     route: &impl Route,
     prog: &mut Programmed,
     out: &mut Vec<PeerOp>,
 ) {
-    let (old, new) = match c {
-        PeerChange::Added(p) => (None, Some(p)),
-        PeerChange::Updated { old, new } => (Some(old), Some(new)),
-        PeerChange::Removed(p) => (Some(p), None),
-    };
-    let at = new.or(old).map(|p| p.subnet);
-    let Some(at) = at else { return };
-    let new6 = new.and_then(|p| p.ipv6).map(|v| (v, route.path6(&v)));
-    let old6 = old.and_then(|p| p.ipv6).map(|v| (v, route.path6(&v)));
+    let new6 = new.map(|v| (v, route.path6(&v)));
+    let old6 = old.map(|v| (v, route.path6(&v)));
     // Direct to overlay: the direct route goes first. Linux refuses an IPv6 onlink
     // route whose gateway another device's route covers (EINVAL), and the direct route
     // covers the overlay route's gateway, the subnet's first address.
@@ -437,7 +451,31 @@ pub fn program_ops_routed(
             },
         }
         if let Some(index6) = d.overlay6 {
-            ipv6_ops(index6, d.underlay, c, route, prog, &mut ops);
+            let (old, new) = halves(c);
+            if let Some(at) = new.or(old).map(|p| At6::Peer(p.subnet)) {
+                let v6 = (old.and_then(|p| p.ipv6), new.and_then(|p| p.ipv6));
+                ipv6_ops((index6, d.underlay), at, v6, route, prog, &mut ops);
+            }
+        }
+        out.extend(ops.drain(..).map(|op| (i, op)));
+    }
+    out
+}
+
+/// [`program_ops_routed`] for an IPv6-only node, whose peers are IPv6 halves alone:
+/// each on the IPv6 device `index6` (or, as `route` decides, on the `underlay`).
+pub fn program_ops6(
+    (index6, underlay): (u32, u32),
+    changes: &[PeerChange<PeerIpv6>],
+    route: &impl Route,
+    prog: &mut Programmed,
+) -> Vec<(usize, PeerOp)> {
+    let mut out = Vec::with_capacity(changes.len() * 3);
+    let mut ops = Vec::with_capacity(4);
+    for (i, c) in changes.iter().enumerate() {
+        let (old, new) = halves(c);
+        if let Some(at) = new.or(old).map(|v| At6::Own(v.subnet)) {
+            ipv6_ops((index6, underlay), at, (old, new), route, prog, &mut ops);
         }
         out.extend(ops.drain(..).map(|op| (i, op)));
     }
@@ -624,8 +662,22 @@ pub fn reconcile_ops(
     }
     if let (Some(index), Some(d6)) = (d.overlay6, &dumps.v6) {
         let devices = (index, d.underlay);
-        reconcile6(devices, peers.iter().map(|(p, _)| p), d6, direct6, &mut r);
+        let halves = peers.iter().filter_map(|(p, _)| p.ipv6.as_ref());
+        reconcile6(devices, halves, d6, direct6, &mut r);
     }
+    r
+}
+
+/// [`reconcile_ops`] for an IPv6-only node: the IPv6 device (`devices`: it and the
+/// underlay) carries exactly `peers`, with `direct6` as DirectRouting decides.
+pub fn reconcile_ops6(
+    devices: (u32, u32),
+    peers: &[PeerIpv6],
+    dumps: &Dumps6,
+    direct6: Option<Direct6<'_>>,
+) -> Reconcile {
+    let mut r = Reconcile::default();
+    reconcile6(devices, peers.iter(), dumps, direct6, &mut r);
     r
 }
 
@@ -635,7 +687,7 @@ pub fn reconcile_ops(
 /// with `direct6` stale direct IPv6 routes on the underlay too.
 fn reconcile6<'p>(
     (index, underlay): (u32, u32),
-    peers: impl Iterator<Item = &'p Peer>,
+    peers: impl Iterator<Item = &'p PeerIpv6>,
     dumps: &Dumps6,
     direct6: Option<Direct6<'_>>,
     r: &mut Reconcile,
@@ -666,7 +718,7 @@ fn reconcile6<'p>(
     let mut vteps = BTreeSet::new();
     let mut direct = Vec::new();
     let mut cleared = BTreeSet::new();
-    for v6 in peers.filter_map(|p| p.ipv6) {
+    for &v6 in peers {
         let (s, gw) = (v6.subnet, v6.subnet.addr());
         if let Some(PeerPath::Direct { via }) = direct6.map(|x| x.routing.path6(v6.public_ipv6)) {
             direct.push((s, via));
@@ -1271,6 +1323,102 @@ mod tests {
             &mut Programmed::default(),
         );
         assert_eq!(only6(got), add);
+    }
+
+    /// An IPv6-only node's peers (IPv6 halves alone) get exactly what a dual-stack
+    /// peer's IPv6 half gets, on the IPv6 device: added in flannel's order, a new
+    /// VtepMAC made before the old one's fdb entry breaks, removed in reverse; the
+    /// whole IPv4 device is absent.
+    #[test]
+    fn ipv6_only_peers_are_programmed_as_ipv6_halves() {
+        struct Over;
+        impl Route for Over {
+            fn path(&self, _p: &Peer) -> PeerPath {
+                PeerPath::Overlay
+            }
+        }
+        let a = dual(2, 2);
+        let a6 = a.ipv6.unwrap();
+        let gw = a6.subnet.addr();
+        let mut prog = Programmed::default();
+        let mut dual_prog = Programmed::default();
+        let alone = |c: PeerChange<PeerIpv6>, prog: &mut Programmed| -> Vec<PeerOp> {
+            program_ops6((V6, 2), &[c], &Over, prog)
+                .into_iter()
+                .map(|(_, op)| op)
+                .collect()
+        };
+        // The same requests as the dual-stack peer's IPv6 half, and nothing else.
+        let as_half = |c: PeerChange, prog: &mut Programmed| {
+            only6(program_ops(
+                &dual_kernel(),
+                &[c],
+                |_| PeerPath::Overlay,
+                prog,
+            ))
+        };
+        assert_eq!(
+            alone(PeerChange::Added(a6), &mut prog),
+            as_half(PeerChange::Added(a), &mut dual_prog)
+        );
+        let new6 = PeerIpv6 {
+            vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x22]),
+            ..a6
+        };
+        let got = alone(PeerChange::Updated { old: a6, new: new6 }, &mut prog);
+        assert_eq!(
+            got,
+            vec![
+                PeerOp::Neighbour6 {
+                    index: V6,
+                    ip: gw,
+                    mac: new6.vtep_mac,
+                },
+                PeerOp::Fdb6 {
+                    index: V6,
+                    mac: new6.vtep_mac,
+                    dst: a6.public_ipv6,
+                },
+                PeerOp::PeerRoute6 {
+                    index: V6,
+                    subnet: a6.subnet,
+                },
+                PeerOp::DeleteFdb6 {
+                    index: V6,
+                    mac: a6.vtep_mac,
+                    dst: a6.public_ipv6,
+                },
+            ]
+        );
+        assert_eq!(
+            alone(PeerChange::Removed(new6), &mut prog),
+            vec![
+                PeerOp::DeletePeerRoute6 {
+                    index: V6,
+                    subnet: a6.subnet
+                },
+                PeerOp::DeleteFdb6 {
+                    index: V6,
+                    mac: new6.vtep_mac,
+                    dst: a6.public_ipv6
+                },
+                PeerOp::DeleteNeighbour6 { index: V6, ip: gw },
+            ]
+        );
+        // A reconcile against empty dumps puts back all three; against what it put,
+        // nothing; a stale entry is pruned.
+        let r = reconcile_ops6((V6, 2), &[a6], &Dumps6::default(), None);
+        assert_eq!(r.repairs.len(), 3, "{r:?}");
+        assert!(r.stale.is_empty());
+        let dumps = Dumps6 {
+            fdb: vec![FdbEntry {
+                mac: MacAddr([0x06, 0, 0, 0, 0, 0x99]),
+                dst: Some("fd00:192::99".parse().unwrap()),
+            }],
+            ..Dumps6::default()
+        };
+        let r = reconcile_ops6((V6, 2), &[], &dumps, None);
+        assert_eq!(r.stale.len(), 1, "{r:?}");
     }
 
     #[test]
