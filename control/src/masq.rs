@@ -141,8 +141,9 @@ impl Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Untrack {
     /// The underlay interface's address VXLAN is sent from and arrives at (not the
-    /// advertised PublicIP, which differs behind NAT).
-    pub local_ip: Ipv4Addr,
+    /// advertised PublicIP, which differs behind NAT); `None` on an IPv6-only
+    /// network, whose VXLAN is UDP/IPv6 alone.
+    pub local_ip: Option<Ipv4Addr>,
     /// The IPv6 device's (`flannel-v6.<VNI>`) address, its PublicIPv6, on a node that
     /// runs one: its outer VXLAN is UDP/IPv6.
     pub local_ipv6: Option<Ipv6Addr>,
@@ -191,7 +192,7 @@ impl Rules {
     fn untracked(&self, fam: Family) -> Option<(IpAddr, u8, u16)> {
         let u = self.untrack?;
         match fam {
-            Family::V4 => Some((IpAddr::V4(u.local_ip), 32, u.port)),
+            Family::V4 => Some((IpAddr::V4(u.local_ip?), 32, u.port)),
             Family::V6 => Some((IpAddr::V6(u.local_ipv6?), 128, u.port)),
         }
     }
@@ -775,7 +776,7 @@ COMMIT
     }
 
     const UNTRACK: Untrack = Untrack {
-        local_ip: Ipv4Addr::new(192, 168, 200, 1),
+        local_ip: Some(Ipv4Addr::new(192, 168, 200, 1)),
         local_ipv6: None,
         port: 8472,
     };

@@ -782,16 +782,25 @@ impl Netlink {
 
     /// The output interface of the IPv4 default route (lowest metric first), if any.
     pub async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        self.best_default_oif(dump, AddressFamily::Inet).await
+    }
+
+    /// The interface of the IPv6 default route with the lowest metric, if any.
+    pub async fn default_route6_oif(&self) -> Result<Option<u32>, NetlinkError> {
+        let dump = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        self.best_default_oif(dump, AddressFamily::Inet6).await
+    }
+
+    async fn best_default_oif(
+        &self,
+        dump: RouteMessage,
+        family: AddressFamily,
+    ) -> Result<Option<u32>, NetlinkError> {
+        let mut routes = self.handle.route().get(dump).execute();
         let mut best: Option<(u32, u32)> = None; // (metric, oif)
         while let Some(r) = routes.try_next().await.map_err(Self::req("dump routes"))? {
-            if r.header.destination_prefix_length != 0
-                || r.header.address_family != AddressFamily::Inet
-            {
+            if r.header.destination_prefix_length != 0 || r.header.address_family != family {
                 continue;
             }
             let mut oif = None;
@@ -812,8 +821,6 @@ impl Netlink {
         Ok(best.map(|(_, oif)| oif))
     }
 
-    /// Every interface with its IPv4 addresses and their flags, in index order: what
-    /// [`crate::underlay::choose`] picks from.
     pub async fn interfaces(&self) -> Result<Vec<crate::underlay::Interface>, NetlinkError> {
         use crate::underlay::{IfAddr, Interface};
         let mut out: Vec<Interface> = Vec::new();

@@ -18,12 +18,14 @@ use crate::subnet6::Subnet6;
 /// The values the agent writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Subnet,
-    pub subnet: Subnet,
+    /// The Network and the lease's subnet (`FLANNEL_NETWORK`, `FLANNEL_SUBNET`);
+    /// `None` on an IPv6-only network, whose file has the IPv6 lines alone.
+    pub ipv4: Option<(Subnet, Subnet)>,
     pub mtu: u32,
     pub ipmasq: bool,
-    /// Dual stack, when this node's dataplane carries IPv6: the IPv6 Network and the
-    /// lease's IPv6 subnet (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
+    /// Dual stack, when this node's dataplane carries IPv6, or IPv6 only: the IPv6
+    /// Network and the lease's IPv6 subnet (`FLANNEL_IPV6_NETWORK`,
+    /// `FLANNEL_IPV6_SUBNET`).
     pub ipv6: Option<(Subnet6, Subnet6)>,
 }
 
@@ -39,12 +41,15 @@ fn ipv6_network(s: Subnet6) -> Ipv6Network {
 
 impl SubnetEnv {
     fn file(&self) -> file::SubnetEnv {
-        let f = file::SubnetEnv::for_lease(
-            ipv4_network(self.network),
-            ipv4_network(self.subnet),
-            self.mtu,
-            self.ipmasq,
-        );
+        let f = match self.ipv4 {
+            Some((network, subnet)) => file::SubnetEnv::for_lease(
+                ipv4_network(network),
+                ipv4_network(subnet),
+                self.mtu,
+                self.ipmasq,
+            ),
+            None => file::SubnetEnv::for_ipv6_only_lease(self.mtu, self.ipmasq),
+        };
         match self.ipv6 {
             Some((network, subnet)) => f.with_ipv6(ipv6_network(network), ipv6_network(subnet)),
             None => f,
@@ -125,8 +130,10 @@ mod tests {
 
     fn env() -> SubnetEnv {
         SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some((
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.3.0/24".parse().unwrap(),
+            )),
             mtu: 1450,
             ipmasq: false,
             ipv6: None,
@@ -160,6 +167,38 @@ mod tests {
         );
     }
 
+    /// An IPv6-only network's file: the IPv6 lines alone (flanneld writes the IPv4
+    /// ones only with EnableIPv4), which the CNI plugin reads and the agent takes its
+    /// restart hint from.
+    #[test]
+    fn ipv6_only_renders_the_ipv6_lines_alone() {
+        let e = SubnetEnv {
+            ipv4: None,
+            mtu: 1430,
+            ipmasq: true,
+            ipv6: Some((
+                "fd00:10:244::/56".parse().unwrap(),
+                "fd00:10:244:3::/64".parse().unwrap(),
+            )),
+        };
+        let text = e.render();
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        let parsed = file::SubnetEnv::parse(text.as_bytes()).unwrap();
+        assert!(parsed.networks.is_empty() && parsed.subnet.is_none());
+        assert_eq!(
+            parsed.ipv6_subnet.unwrap().to_string(),
+            "fd00:10:244:3::1/64"
+        );
+        assert_eq!(SubnetEnv::subnet_from(&text), None);
+        assert_eq!(
+            SubnetEnv::ipv6_subnet_from(&text),
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+    }
+
     #[test]
     fn ipv6_hint_from_a_dual_stack_flanneld_file() {
         let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
@@ -167,7 +206,7 @@ mod tests {
             SubnetEnv::ipv6_subnet_from(text),
             Some("fd00:10:244:3::/64".parse().unwrap())
         );
-        assert_eq!(SubnetEnv::subnet_from(text), Some(env().subnet));
+        assert_eq!(SubnetEnv::subnet_from(text), Some(env().ipv4.unwrap().1));
         assert_eq!(SubnetEnv::ipv6_subnet_from(&env().render()), None);
         assert_eq!(
             SubnetEnv::ipv6_subnet_from("FLANNEL_IPV6_SUBNET=junk\n"),
@@ -185,7 +224,10 @@ mod tests {
 
     #[test]
     fn reads_subnet_back() {
-        assert_eq!(SubnetEnv::subnet_from(&env().render()), Some(env().subnet));
+        assert_eq!(
+            SubnetEnv::subnet_from(&env().render()),
+            Some(env().ipv4.unwrap().1)
+        );
         assert_eq!(SubnetEnv::subnet_from("FLANNEL_SUBNET=junk\n"), None);
         assert_eq!(SubnetEnv::subnet_from(""), None);
     }
@@ -239,7 +281,10 @@ mod tests {
         assert_eq!(drift(&e, None), Some(Drift::Removed));
         assert_eq!(drift(&e, Some(b"")), Some(Drift::Changed));
         let other = SubnetEnv {
-            subnet: "10.244.4.0/24".parse().unwrap(),
+            ipv4: Some((
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.4.0/24".parse().unwrap(),
+            )),
             ..e
         };
         assert_eq!(

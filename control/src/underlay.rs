@@ -325,6 +325,61 @@ pub fn choose(flags: &UnderlayFlags, host: &Host) -> Result<Choice, UnderlayErro
     Ok(choice)
 }
 
+/// The underlay interface of a node on an IPv6-only network (its PublicIPv6 is then
+/// [`choose_public_ipv6`] of it): the first `--iface` that names an interface (or an
+/// IPv4 address one holds), else the first interface whose name an `--iface-regex`
+/// matches, else the interface of the IPv6 default route (`default6`), else that of
+/// the IPv4 one (`host.default_route`). `--iface-can-reach` names an IPv4
+/// destination and is not used here.
+pub fn choose_ipv6_only(
+    flags: &UnderlayFlags,
+    host: &Host,
+    default6: Option<u32>,
+) -> Result<(u32, String, String), String> {
+    let named = |spec: &String| {
+        host.interfaces
+            .iter()
+            .find(|i| match spec.parse::<Ipv4Addr>() {
+                Ok(ip) => i.holds(ip),
+                Err(_) => i.name == *spec,
+            })
+            .map(|i| (i, format!("--iface {spec}")))
+    };
+    let matched = |re: &regex::Regex| {
+        host.interfaces
+            .iter()
+            .find(|i| i.name != "lo" && re.is_match(&i.name))
+            .map(|i| (i, format!("--iface-regex {}", re.as_str())))
+    };
+    let explicit = !flags.ifaces.is_empty() || !flags.iface_regexes.is_empty();
+    let found = if explicit {
+        flags
+            .ifaces
+            .iter()
+            .find_map(named)
+            .or_else(|| flags.iface_regexes.iter().find_map(matched))
+    } else {
+        default6
+            .and_then(|oif| by_index(host, oif))
+            .map(|i| (i, "IPv6 default route".to_string()))
+            .or_else(|| {
+                host.default_route
+                    .and_then(|oif| by_index(host, oif))
+                    .map(|i| (i, "IPv4 default route".to_string()))
+            })
+    };
+    match found {
+        Some((i, by)) => Ok((i.index, i.name.clone(), by)),
+        None if explicit => Err(format!(
+            "no interface matches --iface {:?} or --iface-regex {:?}; interfaces here: {}",
+            flags.ifaces,
+            flags.iface_regexes.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            host.interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+        None => Err("no default route (IPv6 or IPv4) to choose the underlay by: give --iface (and --public-ipv6 if its address is not the one to advertise)".into()),
+    }
+}
+
 /// What a running node does about its underlay, checked again ([`recheck`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -491,6 +546,44 @@ mod tests {
 
     fn flags() -> UnderlayFlags {
         UnderlayFlags::default()
+    }
+
+    /// An IPv6-only node's underlay: the flags as flanneld reads them (a name, an
+    /// IPv4 address of the interface, a regex), else the IPv6 default route, else
+    /// the IPv4 one; no IPv4 address is needed on it.
+    #[test]
+    fn an_ipv6_only_node_chooses_by_flags_then_the_ipv6_default_route() {
+        let h = host();
+        let by = |f: &UnderlayFlags, d6: Option<u32>| {
+            choose_ipv6_only(f, &h, d6).map(|(i, name, by)| format!("{i} {name} {by}"))
+        };
+        assert_eq!(by(&flags(), Some(4)).unwrap(), "4 eth2 IPv6 default route");
+        assert_eq!(by(&flags(), None).unwrap(), "2 eth0 IPv4 default route");
+        let f = UnderlayFlags {
+            ifaces: vec!["nope".into(), "192.168.56.200".into()],
+            ..flags()
+        };
+        assert_eq!(by(&f, Some(4)).unwrap(), "3 eth1 --iface 192.168.56.200");
+        let f = UnderlayFlags {
+            iface_regexes: vec![regex::Regex::new("^docker").unwrap()],
+            ..flags()
+        };
+        assert_eq!(by(&f, Some(4)).unwrap(), "5 docker0 --iface-regex ^docker");
+        let f = UnderlayFlags {
+            ifaces: vec!["nope".into()],
+            ..flags()
+        };
+        let e = by(&f, Some(4)).unwrap_err();
+        assert!(
+            e.contains("no interface matches") && e.contains("eth2"),
+            "{e}"
+        );
+        let none = Host {
+            default_route: None,
+            ..host()
+        };
+        let e = choose_ipv6_only(&flags(), &none, None).unwrap_err();
+        assert!(e.contains("--iface"), "{e}");
     }
 
     fn ip(s: &str) -> Ipv4Addr {

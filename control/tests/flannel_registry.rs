@@ -251,8 +251,10 @@ fn subnet_files_are_interchangeable() {
     // What flanneld (WriteSubnetFile) writes for 10.244.3.0/24, --ip-masq, MTU 1450.
     let flanneld = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
     let vxmesh = SubnetEnv {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: "10.244.3.0/24".parse().unwrap(),
+        ipv4: Some((
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+        )),
         mtu: 1450,
         ipmasq: true,
         ipv6: None,
@@ -270,8 +272,10 @@ fn subnet_files_are_interchangeable() {
     );
     // ... and writes the same bytes for a dual-stack lease it carries (kernel dataplane).
     let vxmesh_dual = SubnetEnv {
-        network: "10.42.0.0/16".parse().unwrap(),
-        subnet: "10.42.7.0/24".parse().unwrap(),
+        ipv4: Some((
+            "10.42.0.0/16".parse().unwrap(),
+            "10.42.7.0/24".parse().unwrap(),
+        )),
         mtu: 1450,
         ipmasq: false,
         ipv6: Some((

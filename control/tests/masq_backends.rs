@@ -341,7 +341,7 @@ fn vxlan_notrack_leaves_only_the_outer_vxlan_untracked() {
         "192.168.78.2".parse().unwrap(),
     );
     let untrack = Some(Untrack {
-        local_ip: me,
+        local_ip: Some(me),
         local_ipv6: None,
         port: 8472,
     });
@@ -506,7 +506,7 @@ fn vxlan_notrack_covers_the_ipv6_device() {
         .unwrap();
     }
     let untrack = Some(Untrack {
-        local_ip: "192.168.79.1".parse().unwrap(),
+        local_ip: Some("192.168.79.1".parse().unwrap()),
         local_ipv6: Some(me),
         port: 8472,
     });

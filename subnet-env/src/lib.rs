@@ -185,7 +185,20 @@ impl SubnetEnv {
         }
     }
 
-    /// Adds a dual-stack lease's IPv6 lines: `FLANNEL_IPV6_NETWORK` and
+    /// What vxmeshd writes on an IPv6-only network before [`SubnetEnv::with_ipv6`]
+    /// adds the lease: no IPv4 lines (flanneld writes them only with EnableIPv4).
+    pub fn for_ipv6_only_lease(mtu: u32, ipmasq: bool) -> Self {
+        SubnetEnv {
+            networks: Vec::new(),
+            subnet: None,
+            ipv6_networks: Vec::new(),
+            ipv6_subnet: None,
+            mtu,
+            ipmasq,
+        }
+    }
+
+    /// Adds a dual-stack (or IPv6-only) lease's IPv6 lines: `FLANNEL_IPV6_NETWORK` and
     /// `FLANNEL_IPV6_SUBNET`, the subnet's first host address (the bridge's gateway) with
     /// the subnet's length, as flanneld writes them.
     pub fn with_ipv6(mut self, network: Ipv6Network, subnet: Ipv6Network) -> Self {
