@@ -34,7 +34,9 @@
 # VXLAB_LEASE_TTL (vxmeshd --subnet-lease-ttl, default 60s),
 # VXLAB_IPV6=1 (dual stack: every node's eth0 also gets fd00:64::<10+i>/64, the config adds
 # "EnableIPv6" with IPv6Network fd00:10:244::/56; pods get an IPv6 address too, on either
-# dataplane, and `check` pings every IPv6 pod pair as well), VXLAB_PODMAN_ATTACH (auto: podman's
+# dataplane, and `check` pings every IPv6 pod pair as well; VXLAB_IPV6=only: an IPv6-only pod
+# network, "EnableIPv4": false, pods get IPv6 addresses alone and `check` pings and runs iperf3
+# over IPv6; the nodes' eth0 keeps its IPv4 address to reach etcd), VXLAB_PODMAN_ATTACH (auto: podman's
 # CNI backend when it has one; netns: a namespace attached by CNI ADD that podman joins; see
 # cmd_podman).
 #   scripts/lab.sh etcdctl ARGS runs etcdctl against the lab's etcd (as root, over TLS if secure).
@@ -320,14 +322,14 @@ create_pods() {
       ip netns exec "$(node "$i")") || die "CNI ADD for $(pod "$i" "$j") failed"
     echo "$addr" >"$STATE/n$i/p$j.ip"
     log "  pod $(pod "$i" "$j"): $addr (CNI ADD via $BIN/vxmesh)"
-    if [ "$IPV6" = 1 ]; then
+    if [ "$IPV6" != 0 ]; then
       addr=$(ip -n "$(pod "$i" "$j")" -j -6 addr show dev eth0 scope global \
         | jq -r '.[0].addr_info[]? | select(.local) | .local' | head -n 1)
       echo "$addr" >"$STATE/n$i/p$j.ip6"
       log "  pod $(pod "$i" "$j"): ${addr:-no IPv6 address}"
     fi
   done
-  if [ "$IPV6" = 1 ]; then settle_ipv6 "$i"; fi
+  if [ "$IPV6" != 0 ]; then settle_ipv6 "$i"; fi
 }
 
 # settle_ipv6 I: waits (up to 5 s) until no IPv6 address of node I's bridge or pods is still
@@ -352,7 +354,7 @@ cmd_up() {
   if ip netns list | grep -q "^$SW\b"; then
     die "a lab named $PREFIX exists; run '$0 down' first or set VXLAB_PREFIX"
   fi
-  case $IPV6 in 0|1) ;; *) die "VXLAB_IPV6=$IPV6: use 1 (dual stack) or 0" ;; esac
+  case $IPV6 in 0|1|only) ;; *) die "VXLAB_IPV6=$IPV6: use 1 (dual stack), only (an IPv6-only pod network) or 0" ;; esac
   rm -rf "$STATE"; mkdir -p "$STATE"
   echo "$NODES" >"$STATE/nodes"; echo "$PODS" >"$STATE/pods"; echo "$IPV6" >"$STATE/ipv6"
   log "creating underlay switch $SW and $NODES nodes"
@@ -381,7 +383,7 @@ cmd_up() {
     ip -n "$SW" link set "n$i" master "$(bridge_of "$i")" up
     ip -n "$(node "$i")" addr add "$(node_ip "$i")/24" dev eth0
     # nodad: usable at once (the lab's addresses are unique by construction)
-    if [ "$IPV6" = 1 ]; then ip -n "$(node "$i")" -6 addr add "$(node_ip6 "$i")/64" dev eth0 nodad; fi
+    if [ "$IPV6" != 0 ]; then ip -n "$(node "$i")" -6 addr add "$(node_ip6 "$i")/64" dev eth0 nodad; fi
     ip -n "$(node "$i")" link set eth0 up
     if [ "$(wc -w <<<"$segments")" -gt 1 ]; then
       ip -n "$(node "$i")" route add default via "192.168.$((99 + $(segment "$i"))).1"
@@ -408,7 +410,12 @@ cmd_up() {
   for _ in $(seq 100); do etcdctl_lab endpoint health >/dev/null 2>&1 && break; sleep 0.1; done
   etcdctl_lab endpoint health >/dev/null 2>&1 || { tail "$STATE/etcd.log"; die "etcd did not start"; }
   if [ "$SECURE" = 1 ]; then secure_etcd_auth; fi
-  if [ "$IPV6" = 1 ]; then
+  if [ "$IPV6" = only ]; then
+    local backend=${BACKEND:-'{"Type":"vxlan"}'}
+    etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" \
+      "{\"EnableIPv4\":false,\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":$backend}" >/dev/null
+    log "network config: IPv6 only, $NETWORK6, Backend $backend"
+  elif [ "$IPV6" = 1 ]; then
     local backend=${BACKEND:-'{"Type":"vxlan"}'}
     etcdctl_lab put "$CLUSTER_ETCD_PREFIX/config" \
       "{\"Network\":\"$NETWORK\",\"EnableIPv6\":true,\"IPv6Network\":\"$NETWORK6\",\"Backend\":$backend}" >/dev/null
@@ -425,7 +432,7 @@ cmd_up() {
   for i in $(seq "$NODES"); do start_agent "$i"; done
   for i in $(seq "$NODES"); do
     wait_ready "$i"
-    log "node $(node "$i") ready: $(grep FLANNEL_SUBNET "$STATE/n$i/subnet.env")"
+    log "node $(node "$i") ready: $(grep -E '^FLANNEL_(IPV6_)?SUBNET=' "$STATE/n$i/subnet.env" | tr '\n' ' ')"
   done
   log "creating $PODS pods per node through the CNI plugin"
   for i in $(seq "$NODES"); do create_pods "$i"; done
@@ -457,7 +464,12 @@ cmd_check() {
   NODES=$(cat "$STATE/nodes"); PODS=$(cat "$STATE/pods")
   local pass=0 fail=0 i pods
   pods=$(pods_file)
-  log "all-pairs cross-node pod ping"
+  # An IPv6-only pod network: the pods' only addresses (pods_file's) are IPv6.
+  if [ "$(cat "$STATE/ipv6" 2>/dev/null || echo 0)" = only ]; then
+    log "all-pairs cross-node pod ping (IPv6-only pod network)"
+  else
+    log "all-pairs cross-node pod ping"
+  fi
   cluster_ping_header
   cluster_ping_pairs "$pods"
   pass=$CLUSTER_PASS; fail=$CLUSTER_FAIL

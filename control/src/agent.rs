@@ -50,6 +50,8 @@ use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::MacAddr;
 
+mod ipv6_only;
+
 /// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const ENCAP_OVERHEAD: u32 = 50;
 /// How often the routes and neighbours are checked against the peers (what is
@@ -226,7 +228,7 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
     opts: &AgentOptions,
     state: &AgentState,
     stop: &mut F,
-) -> Option<(Registry, NetworkConfig, Ipv4Pool)> {
+) -> Option<(Registry, NetworkConfig)> {
     let mut backoff = Backoff::default();
     let mut last_msg = String::new();
     loop {
@@ -235,13 +237,7 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
                 .await
                 .map_err(|e| e.to_string())?;
             let cfg = reg.network_config().await.map_err(|e| e.to_string())?;
-            match cfg.ipv4 {
-                Some(pool4) => Ok((reg, cfg, pool4)),
-                None => Err(ipv6_only_refused(
-                    &cfg,
-                    &crate::lease::config_key(reg.prefix()),
-                )),
-            }
+            Ok::<_, String>((reg, cfg))
         };
         match attempt.await {
             Ok(x) => return Some(x),
@@ -257,14 +253,6 @@ async fn registry_and_config<F: Future<Output = ()> + Unpin>(
             return None;
         }
     }
-}
-
-/// Why a node does not start on an IPv6-only config (`EnableIPv4` false), and what to do.
-fn ipv6_only_refused(cfg: &NetworkConfig, key: &str) -> String {
-    format!(
-        "the network config at {key} is IPv6-only (EnableIPv4 is false; {}): vxmesh does not run IPv6-only networks yet, it carries IPv6 pod traffic beside IPv4 (dual stack); flanneld runs them only with its Kubernetes subnet manager, not with etcd. Run dual stack: set EnableIPv4 to true (or remove it) and give Network; this node waits for such a config",
-        cfg.describe_pool()
-    )
 }
 
 /// Messages from the lease task to the agent loop.
@@ -604,7 +592,7 @@ async fn lost(
 /// `table ip6 vxmesh`, for the lease's IPv6 subnet).
 async fn keep_iptables(
     rules: watch::Receiver<Rules>,
-    network: Subnet,
+    network: Option<Subnet>,
     network6: Option<Subnet6>,
     held: watch::Receiver<Option<Held>>,
     every: Duration,
@@ -625,9 +613,9 @@ async fn keep_iptables(
         let (mut snapshot, mut snapshot6) = (last.take(), last6.take());
         // iptables-save/-restore are processes: off the control thread.
         let Ok((r, r6, snapshot, snapshot6)) = tokio::task::spawn_blocking(move || {
-            let r = h
-                .subnet()
-                .map(|own| crate::masq::ensure(&network, &own, rules, &mut snapshot));
+            let r = network
+                .zip(h.subnet())
+                .map(|(n, own)| crate::masq::ensure(&n, &own, rules, &mut snapshot));
             let r6 = match (network6, h.ipv6()) {
                 (Some(n6), Some(own6)) => {
                     Some(crate::masq::ensure6(&n6, &own6, rules, &mut snapshot6))
@@ -915,13 +903,36 @@ pub async fn run_with(
     let _ = state.lease.events.set(Arc::clone(&state.events));
     let _ = state.watch.events.set(Arc::clone(&state.events));
     let nl = Netlink::connect()?;
-    let underlay = resolve_underlay(&nl, &opts.underlay).await?;
-    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
+    // The IPv4 underlay. A host without one (no IPv4 default route or address) may
+    // still run a node of an IPv6-only network: with an IPv6 default route or an
+    // --iface the error waits for the config, and stands if it carries IPv4.
+    let underlay = match resolve_underlay(&nl, &opts.underlay).await {
+        Ok(u) => Ok(u),
+        Err(e)
+            if !opts.underlay.ifaces.is_empty()
+                || !opts.underlay.iface_regexes.is_empty()
+                || nl.default_route6_oif().await.ok().flatten().is_some() =>
+        {
+            Err(e)
+        }
+        Err(e) => return Err(e),
+    };
 
-    let (reg, cfg, pool4) = match registry_and_config(&opts, &state, &mut stop).await {
+    let (reg, cfg) = match registry_and_config(&opts, &state, &mut stop).await {
         Some(x) => x,
         None => return Ok(()),
     };
+    let Some(pool4) = cfg.ipv4 else {
+        for n in &cfg.notes {
+            tracing::warn!("network config: {n}");
+        }
+        let pool6 = cfg
+            .ipv6
+            .context("the network config carries neither IPv4 nor IPv6")?;
+        return ipv6_only::run(&opts, state, &mut stop, nl, reg, cfg, pool6).await;
+    };
+    let underlay = underlay?;
+    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
     for n in &cfg.notes {
         tracing::warn!("network config: {n}");
     }
@@ -1091,7 +1102,7 @@ pub async fn run_with(
         random_fully: opts.masq_random_fully,
         forward: opts.iptables_forward_rules,
         untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
-            local_ip: underlay.local_ip,
+            local_ip: Some(underlay.local_ip),
             local_ipv6: public_ipv6,
             port: cfg.backend.port,
         }),
@@ -1151,7 +1162,7 @@ pub async fn run_with(
     let iptables = rules.any().then(|| {
         tokio::spawn(keep_iptables(
             node.files.rules.subscribe(),
-            pool4.network,
+            Some(pool4.network),
             node.dp.device6_index().and(node.files.ipv6_network),
             held_rx.clone(),
             opts.iptables_resync,
@@ -1467,8 +1478,7 @@ impl Running {
             }
         }
         let env = SubnetEnv {
-            network: self.files.network,
-            subnet,
+            ipv4: Some((self.files.network, subnet)),
             mtu: self.files.mtu,
             ipmasq: self.files.ip_masq,
             ipv6: self.files.ipv6_network.zip(carried6),
@@ -1809,7 +1819,7 @@ impl Running {
         }
         self.files.rules.send_modify(|rules| {
             if let Some(u) = rules.untrack.as_mut() {
-                u.local_ip = new.local_ip;
+                u.local_ip = Some(new.local_ip);
                 if u.local_ipv6.is_some() {
                     u.local_ipv6 = new6;
                 }

@@ -271,7 +271,29 @@ fn agent_peer_stats(s: &AgentState) -> Vec<(Peer, PeerCounterSnapshot)> {
 }
 
 async fn peers(State(s): State<Arc<AgentState>>) -> Response {
-    axum::Json(peers_json(&agent_peer_stats(&s))).into_response()
+    let mut out = peers_json(&agent_peer_stats(&s));
+    if let Some(list) = out.as_array_mut() {
+        list.extend(peers6_json(&s.info().ipv6_only_peers));
+    }
+    axum::Json(out).into_response()
+}
+
+/// An IPv6-only network's peers in `/v1/peers`: each IPv6 subnet with its PublicIPv6
+/// and VtepMAC (`flannel-v6.<VNI>` counts nothing per peer).
+pub fn peers6_json(peers: &[crate::peers::PeerIpv6]) -> Vec<serde_json::Value> {
+    peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "subnet": p.subnet.to_string(),
+                "public_ip": null,
+                "public_ipv6": p.public_ipv6.to_string(),
+                "vtep_mac": p.vtep_mac.to_string(),
+                "tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0,
+                "drops": {},
+            })
+        })
+        .collect()
 }
 
 /// The JSON behind `/v1/flows` (and `vxmeshctl flows --json`).
@@ -382,7 +404,7 @@ pub fn render_metrics(s: &AgentState) -> String {
         &mut o,
         "vxmesh_peers",
         "Peer nodes with a route through the overlay",
-        info.peers.len() as u64,
+        (info.peers.len() + info.ipv6_only_peers.len()) as u64,
     );
     let _ = writeln!(
         o,

@@ -45,6 +45,12 @@ pub struct Info {
     /// How etcd is reached: endpoints, TLS files, user (never the password).
     pub etcd: Option<String>,
     pub peers: StatusPeers,
+    /// On an IPv6-only network (`EnableIPv4` false): its IPv6Network, and the peers,
+    /// which are IPv6 halves alone (`peers` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<crate::subnet6::Subnet6>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_only_peers: Vec<crate::peers::PeerIpv6>,
     /// The leases rejected as peers now (see `peers`), and why.
     pub rejected: Vec<RejectedLease>,
     pub last_error: Option<String>,
@@ -98,6 +104,27 @@ impl serde::Serialize for StatusPeers {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.values())
     }
+}
+
+/// The table's rejected leases when they changed since the generation in `shown`
+/// (which it then records).
+fn rejected_since<P: crate::peers::PeerKind>(
+    table: &crate::peers::PeerTable<P>,
+    shown: &mut Option<u64>,
+) -> Option<Vec<RejectedLease>> {
+    let generation = table.rejections_generation();
+    let rejected = (*shown != Some(generation)).then(|| {
+        table
+            .rejected()
+            .map(|(key, r)| RejectedLease {
+                key: key.to_string(),
+                reason: r.reason.as_str(),
+                why: r.why.clone(),
+            })
+            .collect()
+    });
+    *shown = Some(generation);
+    rejected
 }
 
 /// A lease that is not a peer: its key, the reason (the metric's label) and why.
@@ -274,18 +301,7 @@ impl AgentState {
         changes: Option<&[PeerChange]>,
         shown: &mut Option<u64>,
     ) {
-        let generation = table.rejections_generation();
-        let rejected: Option<Vec<RejectedLease>> = (*shown != Some(generation)).then(|| {
-            table
-                .rejected()
-                .map(|(key, r)| RejectedLease {
-                    key: key.to_string(),
-                    reason: r.reason.as_str(),
-                    why: r.why.clone(),
-                })
-                .collect()
-        });
-        *shown = Some(generation);
+        let rejected = rejected_since(table, shown);
         let afresh = || table.peers().copied().collect::<StatusPeers>();
         self.update(|i| {
             match changes {
@@ -302,6 +318,22 @@ impl AgentState {
                 );
                 i.peers = afresh();
             }
+            if let Some(r) = rejected {
+                i.rejected = r;
+            }
+        });
+    }
+
+    /// [`AgentState::show_peers`] for an IPv6-only network's table: its peers are
+    /// copied whole (a list of IPv6 halves), the rejections when they changed.
+    pub fn show_peers6(
+        &self,
+        table: &crate::peers::PeerTable<crate::peers::PeerIpv6>,
+        shown: &mut Option<u64>,
+    ) {
+        let rejected = rejected_since(table, shown);
+        self.update(|i| {
+            i.ipv6_only_peers = table.peers().copied().collect();
             if let Some(r) = rejected {
                 i.rejected = r;
             }

@@ -17,7 +17,7 @@
 //! device with its TAP. With DirectRouting on one segment, both families routed via the
 //! peers' PublicIP and PublicIPv6, and after DirectRouting is turned off and the nodes
 //! restart, through the overlay again (the IPv6 direct routes cleared). A mixed cluster
-//! with the flannel recipe's dual-stack node.
+//! with the flannel recipe's dual-stack node. An IPv6-only cluster (`VXLAB_IPV6=only`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -710,4 +710,110 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
         ],
     );
     assert_eq!(r3[0]["dev"], "flannel-v6.1", "{r3}");
+}
+
+/// An IPv6-only pod network (`VXLAB_IPV6=only`: `EnableIPv4` false), a userspace and
+/// a kernel node and a third userspace one: every node leases flannel's IPv6-only key,
+/// known by its PublicIPv6, runs `flannel-v6.1` alone (no TAP, no `flannel.1`), writes
+/// the IPv6 lines alone in its subnet file, and every pod pair is reached over IPv6,
+/// before and after a restart (which keeps the key); the status and metrics count the
+/// peers; ip6tables masquerades pods' IPv6 leaving the IPv6Network.
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn ipv6_only_cluster() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6o",
+        &[
+            ("VXLAB_NODES", "3"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "only"),
+            ("VXLAB_DATAPLANES", "userspace kernel userspace"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    // Three nodes x two pods: 24 ordered cross-node pairs, all IPv6.
+    assert!(out.contains("24 of 24 reachable"), "{out}");
+    let held = leases(&lab);
+    assert_eq!(held.len(), 3, "{held:?}");
+    let mut keys = Vec::new();
+    for n in 1..=3u32 {
+        let ip6 = format!("fd00:64::{}", 10 + n);
+        let (key, value) = held
+            .iter()
+            .find(|(_, v)| v.contains(&format!("\"PublicIPv6\":\"{ip6}\"")))
+            .unwrap_or_else(|| panic!("no lease of {ip6}: {held:?}"));
+        // flannel's IPv6-only forms: key `0.0.0.0-0&<ipv6>-64`, PublicIP 0.0.0.0, no
+        // IPv4 BackendData.
+        let k = LeaseKey::parse(key).unwrap();
+        assert!(k.ipv4_subnet().is_none(), "{key}");
+        let s6 = k.ipv6_subnet().unwrap();
+        assert!(
+            key.ends_with(&format!("0.0.0.0-0&{}-64", s6.addr())),
+            "{key}"
+        );
+        let a = LeaseAttrs::parse(value.as_bytes()).unwrap();
+        assert!(a.public_ip.is_unspecified() && a.vxlan.is_none(), "{value}");
+        assert_eq!(a.vxlan_v6.unwrap().vni, 1, "{value}");
+        let node = format!("n{n}");
+        let env = std::fs::read_to_string(lab.state.join(format!("{node}/subnet.env"))).unwrap();
+        assert_eq!(
+            env,
+            format!(
+                "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET={}1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+                s6.addr()
+            ),
+            "{node}"
+        );
+        let vxlan: Value = serde_json::from_str(
+            &lab.exec(&node, &["ip", "-j", "-d", "link", "show", "type", "vxlan"]),
+        )
+        .unwrap();
+        let names: Vec<&str> = vxlan
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["flannel-v6.1"], "{node}");
+        assert_eq!(vxlan[0]["linkinfo"]["info_data"]["local6"], ip6.as_str());
+        let links = lab.exec(&node, &["ip", "-br", "link"]);
+        assert!(
+            !links.contains("vxmesh0"),
+            "{node}: a TAP on an IPv6-only node:\n{links}"
+        );
+        let st = lab.status(&node);
+        let n_ = &st["node"];
+        assert_eq!(st["ready"], true, "{node}: {st}");
+        assert_eq!(n_["ipv6_network"], "fd00:10:244::/56", "{node}: {st}");
+        assert_eq!(n_["ipv6_subnet"], s6.to_string().as_str(), "{node}: {st}");
+        assert!(
+            n_["subnet"].is_null() && n_["public_ip"].is_null(),
+            "{node}: {st}"
+        );
+        assert_eq!(
+            n_["ipv6_only_peers"].as_array().unwrap().len(),
+            2,
+            "{node}: {st}"
+        );
+        assert_eq!(lab.metric(&node, "vxmesh_peers"), 2.0, "{node}");
+        let nat = lab.exec(&node, &["ip6tables-save", "-t", "nat"]);
+        assert!(
+            nat.contains("fd00:10:244::/56") && nat.contains("MASQUERADE"),
+            "{node}: no IPv6 masquerade:\n{nat}"
+        );
+        keys.push(key.clone());
+    }
+    // A restart keeps each node's key (found again by its PublicIPv6) and its pods.
+    let pid = lab.agent_pid(1);
+    lab.must(&["restart-agent", "1"]);
+    assert_ne!(lab.agent_pid(1), pid);
+    let again: Vec<String> = leases(&lab).into_iter().map(|(k, _)| k).collect();
+    for k in &keys {
+        assert!(again.contains(k), "{k} gone after a restart: {again:?}");
+    }
+    lab.check(24, "after node 1's restart");
+    lab.must(&["down"]);
 }

@@ -148,7 +148,7 @@ cluster_summary_header() {
 }
 cluster_summary_row() {
   printf '%-14s %-18s %-16s %-20s %s\n' "$1" "$2" \
-    "$(jq -r '.node.subnet // "-"' <<<"$3")" "$(jq -r '.node.vtep_mac // "-"' <<<"$3")" \
+    "$(jq -r '.node.subnet // .node.ipv6_subnet // "-"' <<<"$3")" "$(jq -r '.node.vtep_mac // "-"' <<<"$3")" \
     "$(jq -r '.ready // false' <<<"$3")"
 }
 

@@ -346,17 +346,28 @@ fn run() -> anyhow::Result<()> {
                     format!(" (waiting for {})", s(&st["waiting_for"]))
                 }
             );
-            println!(
-                "subnet:       {}  (network {})",
-                s(&n["subnet"]),
-                s(&n["network"])
-            );
-            println!(
-                "public ip:    {}  (iface {})",
-                s(&n["public_ip"]),
-                s(&n["iface"])
-            );
-            if n["ipv6_subnet"].is_string() {
+            if n["ipv6_network"].is_string() {
+                // An IPv6-only network: no IPv4 subnet, no PublicIP.
+                println!(
+                    "subnet:       {}  (IPv6-only network {}, iface {})",
+                    s(&n["ipv6_subnet"]),
+                    s(&n["ipv6_network"]),
+                    s(&n["iface"])
+                );
+                println!("public ipv6:  {}", s(&n["public_ipv6"]));
+            } else {
+                println!(
+                    "subnet:       {}  (network {})",
+                    s(&n["subnet"]),
+                    s(&n["network"])
+                );
+                println!(
+                    "public ip:    {}  (iface {})",
+                    s(&n["public_ip"]),
+                    s(&n["iface"])
+                );
+            }
+            if n["ipv6_subnet"].is_string() && !n["ipv6_network"].is_string() {
                 println!(
                     "ipv6:         {}  public ipv6 {}",
                     s(&n["ipv6_subnet"]),
@@ -465,6 +476,7 @@ fn run() -> anyhow::Result<()> {
             println!(
                 "peers:        {}",
                 n["peers"].as_array().map_or(0, |a| a.len())
+                    + n["ipv6_only_peers"].as_array().map_or(0, |a| a.len())
             );
             if let Some(e) = n["last_error"].as_str() {
                 println!("last error:   {e}");
@@ -505,9 +517,15 @@ fn run() -> anyhow::Result<()> {
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
                     let last = u(&p["last_tx_unix_ms"]).max(u(&p["last_rx_unix_ms"]));
+                    // An IPv6-only network's peer has a PublicIPv6 alone.
+                    let public = if p["public_ip"].is_string() {
+                        &p["public_ip"]
+                    } else {
+                        &p["public_ipv6"]
+                    };
                     let mut row = vec![
                         s(&p["subnet"]),
-                        s(&p["public_ip"]),
+                        s(public),
                         s(&p["vtep_mac"]),
                         format!("{}/{}", human(u(&p["tx_bytes"])), u(&p["tx_packets"])),
                         format!("{}/{}", human(u(&p["rx_bytes"])), u(&p["rx_packets"])),

@@ -1,0 +1,570 @@
+//! A node on an IPv6-only network (`EnableIPv4: false`; docs/decisions/0029 and 0030).
+//!
+//! The same steps as a node of an IPv4 or dual-stack network, each in its IPv6 form:
+//! - underlay: `--iface`/`--iface-regex`, else the IPv6 default route's interface,
+//!   else the IPv4 one's ([`crate::underlay::choose_ipv6_only`]); the PublicIPv6 is
+//!   `--public-ipv6` or that interface's global address;
+//! - lease: flannel's IPv6-only key `0.0.0.0-0&<ipv6>-<len>`, the node known by its
+//!   PublicIPv6 (not by flannel's `0.0.0.0`), the subnet file's `FLANNEL_IPV6_SUBNET`
+//!   as the hint;
+//! - dataplane: `flannel-v6.<VNI>` alone
+//!   ([`crate::node_dataplane::ipv6_only::Ipv6OnlyDataplane`]), whatever `--dataplane`
+//!   says (the userspace threads carry IPv4 only, decision 0018);
+//! - peers: [`PeerTable::ipv6_only`], judged by the IPv6 halves of leases;
+//! - subnet file with the IPv6 lines alone, `FLANNEL_MTU` the IPv6 device's MTU;
+//!   ip6tables (or `table ip6 vxmesh`) masquerade/FORWARD rules and the blackhole route
+//!   kept as on other nodes; readiness, status, events and metrics as on other nodes.
+//!
+//! Not here (yet): a handover (a restart is cold; the device and its routes stay, so
+//! pod traffic keeps flowing), and following a PublicIPv6 that moves.
+
+use std::future::Future;
+use std::net::Ipv6Addr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{
+    device_check_due, keep_config, keep_iptables, lease_task, random_seed, record_skips, show_pool,
+    AgentOptions, CheckDue, Held, LeaseInputs, LeaseOutputs, DEVICE_CHECK_EVERY,
+    LOG_EACH_CHANGE_UP_TO, RECONCILE_EVERY, WATCH_QUEUE,
+};
+use crate::allocator::Hints;
+use crate::config::{Ipv6Pool, NetworkConfig};
+use crate::lease::{LeaseAttrs, NodeId};
+use crate::lease_machine::LeaseMachine;
+use crate::masq::{Backend, Rules};
+use crate::netlink::{LinkNews, Netlink};
+use crate::node_dataplane::ipv6_only::{Ipv6OnlyDataplane, Ipv6OnlySetup};
+use crate::node_dataplane::kernel::{self, Place};
+use crate::node_dataplane::{DataplaneKind, Setup6};
+use crate::own_key::{LeaseLoss, OwnKeyWatch};
+use crate::peers::{Ipv6OnlyRules, LocalNode6, PeerChange, PeerIpv6, PeerTable, Update};
+use crate::registry::{Listing, Registry, WatchEvent, WatchFrom};
+use crate::state::AgentState;
+use crate::subnet6::Subnet6;
+use crate::subnet_env::SubnetEnv;
+
+/// The underlay of an IPv6-only node: its interface (index, name, MTU) and PublicIPv6.
+struct Underlay6 {
+    index: u32,
+    name: String,
+    mtu: u32,
+    public_ipv6: Ipv6Addr,
+}
+
+async fn underlay6(nl: &Netlink, opts: &AgentOptions) -> anyhow::Result<Underlay6> {
+    let flags = &opts.underlay;
+    if flags.public_ip.is_some() || flags.iface_can_reach.is_some() {
+        tracing::warn!("--public-ip and --iface-can-reach name IPv4 addresses: not used on an IPv6-only network (--public-ipv6 and --iface are)");
+    }
+    let host = crate::underlay::Host {
+        interfaces: nl.interfaces().await?,
+        default_route: nl.default_route_oif().await?,
+        route_to_can_reach: None,
+    };
+    let default6 = nl.default_route6_oif().await?;
+    let (index, name, by) = crate::underlay::choose_ipv6_only(flags, &host, default6)
+        .map_err(|e| anyhow::anyhow!("choosing the underlay of an IPv6-only node: {e}"))?;
+    let link = nl
+        .link_by_index(index)
+        .await?
+        .with_context(|| format!("interface {name} vanished"))?;
+    let addrs = if flags.public_ipv6.is_some() {
+        Vec::new()
+    } else {
+        nl.ipv6_addresses(index).await?
+    };
+    let public_ipv6 = crate::underlay::choose_public_ipv6(flags.public_ipv6, &name, &addrs)?;
+    tracing::info!(iface = %name, %by, %public_ipv6, "underlay chosen (IPv6-only network)");
+    Ok(Underlay6 {
+        index,
+        name,
+        mtu: link.mtu,
+        public_ipv6,
+    })
+}
+
+/// What the node keeps on the host for its lease: the subnet file and the rules.
+struct Files6 {
+    network: Subnet6,
+    mtu: u32,
+    ip_masq: bool,
+    rules: Rules,
+    subnet_file: std::path::PathBuf,
+    written: Option<SubnetEnv>,
+}
+
+impl Files6 {
+    /// Masquerade/FORWARD rules and the subnet file for the lease's IPv6 subnet.
+    fn take(&mut self, subnet: Subnet6, state: &AgentState) -> anyhow::Result<()> {
+        if let Err(e) = crate::masq::apply6(&self.network, &subnet, self.rules) {
+            tracing::error!("cannot install the IPv6 masquerade/forward rules: {e}");
+            state.update(|i| i.last_error = Some(e.to_string()));
+        }
+        let env = SubnetEnv {
+            ipv4: None,
+            mtu: self.mtu,
+            ipmasq: self.ip_masq,
+            ipv6: Some((self.network, subnet)),
+        };
+        env.write_atomic(&self.subnet_file)
+            .with_context(|| format!("writing {}", self.subnet_file.display()))?;
+        self.written = Some(env);
+        state.ready.subnet_env.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts the subnet file back when it was removed or changed behind the agent's back.
+    fn keep(&self, state: &AgentState) {
+        let Some(env) = self.written else { return };
+        let on_disk = std::fs::read(&self.subnet_file).ok();
+        let Some(drift) = crate::subnet_env::drift(&env, on_disk.as_deref()) else {
+            return;
+        };
+        match env.write_atomic(&self.subnet_file) {
+            Ok(()) => {
+                state.subnet_file_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(file = %self.subnet_file.display(), "the subnet file was {drift} behind vxmesh's back; written again");
+                state.event(
+                    "subnet_file_restored",
+                    format!("{} was {drift}", self.subnet_file.display()),
+                );
+            }
+            Err(e) => {
+                state.ready.subnet_env.store(false, Ordering::Relaxed);
+                tracing::error!(file = %self.subnet_file.display(), error = %e, "the subnet file was {drift} and cannot be written again: pods cannot start on this node");
+            }
+        }
+    }
+}
+
+/// Runs an IPv6-only node until `stop` fires; see the module documentation.
+pub(super) async fn run<F: Future<Output = ()> + Unpin>(
+    opts: &AgentOptions,
+    state: Arc<AgentState>,
+    stop: &mut F,
+    nl: Netlink,
+    reg: Registry,
+    cfg: NetworkConfig,
+    pool6: Ipv6Pool,
+) -> anyhow::Result<()> {
+    let u = underlay6(&nl, opts).await?;
+    if pool6.network.contains(u.public_ipv6) {
+        anyhow::bail!("the network config's IPv6Network {} contains this node's PublicIPv6 {}: choose an IPv6Network outside the node addresses", pool6.network, u.public_ipv6);
+    }
+    let vni = cfg.backend.vni.get();
+    kernel::device6_name(vni)?;
+    let mtu = cfg.backend.overlay_mtu(u.mtu);
+    let mtu6 = kernel::mtu6(mtu);
+    if mtu6 < 1280 {
+        anyhow::bail!("an IPv6-only network needs an overlay MTU of at least 1280 (IPv6's minimum), but the underlay {} leaves flannel-v6.{vni} {mtu6}: give the underlay (or Backend.MTU) at least 1350 bytes", u.name);
+    }
+    if opts.dataplane == DataplaneKind::Userspace {
+        tracing::info!("IPv6-only network: the kernel's flannel-v6.{vni} carries the pods' IPv6 on this node (the userspace dataplane carries IPv4 only, docs/decisions/0018)");
+    }
+    let mac6 = crate::vtep_mac::derive_v6(u.public_ipv6, vni);
+    state.update(|i| {
+        i.dataplane = DataplaneKind::Kernel.as_str();
+        i.public_ipv6 = Some(u.public_ipv6);
+        i.iface = Some(u.name.clone());
+        i.vtep_mac = Some(mac6.to_string());
+        i.vni = Some(vni);
+        i.port = Some(cfg.backend.port);
+        i.network = None;
+        i.ipv6_network = Some(pool6.network);
+        i.mtu = Some(mtu6);
+        i.last_error = None;
+    });
+    tracing::info!(ipv6_network = %pool6.network, pool = %pool6.describe_pool(), vni, port = cfg.backend.port, vtep_mac = %mac6, mtu = mtu6, "network config: IPv6 only");
+
+    let previous = std::fs::read_to_string(&opts.subnet_file).ok();
+    let hint6 = previous.as_deref().and_then(SubnetEnv::ipv6_subnet_from);
+    let machine = LeaseMachine::for_node(
+        cfg.clone(),
+        NodeId::V6(u.public_ipv6),
+        Hints {
+            ipv4: None,
+            ipv6: hint6,
+        },
+        random_seed(),
+    );
+    let attrs = LeaseAttrs::vxlan_ipv6_only(u.public_ipv6, vni, mac6);
+    let (held_tx, mut held_rx) = watch::channel(None::<Held>);
+    let (lost_tx, lost_rx) = mpsc::channel::<LeaseLoss>(8);
+    // The PublicIPv6 is not followed when it moves (module documentation): nothing
+    // sends on this channel.
+    let (_moved_tx, moved_rx) = mpsc::channel::<LeaseAttrs>(1);
+    let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
+    let lease = tokio::spawn(lease_task(
+        reg.clone(),
+        machine,
+        attrs,
+        opts.lease_ttl,
+        LeaseOutputs {
+            held: held_tx,
+            first_listing: Some(listing_tx),
+        },
+        LeaseInputs {
+            lost: lost_rx,
+            moved: moved_rx,
+        },
+        Arc::clone(&state),
+    ));
+    let first = loop {
+        if let Some(h) = *held_rx.borrow_and_update() {
+            break h;
+        }
+        tokio::select! {
+            r = held_rx.changed() => if r.is_err() { anyhow::bail!("lease task ended") },
+            _ = &mut *stop => { lease.abort(); return Ok(()); }
+        }
+    };
+    let own6 = first
+        .ipv6()
+        .context("the lease of an IPv6-only node has no IPv6 subnet")?;
+
+    let setup = Ipv6OnlySetup {
+        place: Place {
+            vni,
+            port: cfg.backend.port,
+            underlay_index: u.index,
+        },
+        mtu,
+        v6: Setup6 {
+            local_ip: u.public_ipv6,
+            vtep_mac: mac6,
+            network: pool6.network,
+            subnet_len: pool6.subnet_len,
+        },
+        tap_name: opts.tap_name.clone(),
+        direct_routing: cfg.backend.direct_routing,
+    };
+    let dp = Ipv6OnlyDataplane::start(&nl, &setup, &state).await?;
+    let rules = Rules {
+        masquerade: opts.ip_masq,
+        random_fully: opts.masq_random_fully,
+        forward: opts.iptables_forward_rules,
+        untrack: opts.vxlan_notrack.then_some(crate::masq::Untrack {
+            local_ip: None,
+            local_ipv6: Some(u.public_ipv6),
+            port: cfg.backend.port,
+        }),
+        underlay_tap: None,
+        backend: if cfg.enable_nftables {
+            Backend::Nftables
+        } else {
+            Backend::Iptables
+        },
+    };
+    let mut node = Node6 {
+        nl,
+        dp,
+        setup,
+        state: Arc::clone(&state),
+        files: Files6 {
+            network: pool6.network,
+            mtu: mtu6,
+            ip_masq: opts.ip_masq,
+            rules,
+            subnet_file: opts.subnet_file.clone(),
+            written: None,
+        },
+        peers: PeerTable::ipv6_only(
+            Ipv6OnlyRules::from_config(&cfg).context("the config is not IPv6-only")?,
+            Some(LocalNode6 {
+                public_ipv6: u.public_ipv6,
+                vtep_mac: mac6,
+            }),
+        ),
+        pool6,
+        pool_alarm: crate::pool::PoolAlarm::ipv6(),
+        own_key: OwnKeyWatch::new(reg.prefix(), NodeId::V6(u.public_ipv6)),
+        own: first,
+        lost_tx,
+        shown_rejections: None,
+        synced: false,
+    };
+    node.take(first, own6).await?;
+
+    let iptables = rules.any().then(|| {
+        tokio::spawn(keep_iptables(
+            watch::channel(rules).1,
+            None,
+            Some(pool6.network),
+            held_rx.clone(),
+            opts.iptables_resync,
+            Arc::clone(&state),
+        ))
+    });
+    let blackhole = tokio::spawn(crate::blackhole::keep(
+        node.nl.clone(),
+        opts.ip_blackhole_route,
+        true,
+        held_rx.clone(),
+        opts.iptables_resync,
+        Arc::clone(&state),
+    ));
+    let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(&state)));
+    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
+    let watch_reg = reg.clone();
+    let watch_stats = Arc::clone(&state.watch);
+    let from = listing_rx
+        .try_recv()
+        .map_or(WatchFrom::List, WatchFrom::Listing);
+    let watcher =
+        tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
+    let (mut link_news, link_watch) = match crate::netlink::watch_link_deletions() {
+        Ok((rx, task)) => (Some(rx), Some(task)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the kernel's link announcements; a deleted device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
+            (None, None)
+        }
+    };
+    let background: Vec<tokio::task::AbortHandle> = [
+        Some(watcher.abort_handle()),
+        link_watch.as_ref().map(JoinHandle::abort_handle),
+        iptables.as_ref().map(JoinHandle::abort_handle),
+        Some(blackhole.abort_handle()),
+        Some(config_watch.abort_handle()),
+        Some(lease.abort_handle()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
+    let mut reconcile =
+        tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
+    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let result = loop {
+        tokio::select! {
+            _ = &mut *stop => break Ok(()),
+            ev = wrx.recv() => match ev {
+                Some(ev) => {
+                    let mut batch = vec![ev];
+                    while batch.len() < WATCH_QUEUE {
+                        match wrx.try_recv() {
+                            Ok(ev) => batch.push(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    node.on_registry(&batch).await;
+                }
+                None => break Err(anyhow::anyhow!("registry watch ended")),
+            },
+            r = held_rx.changed() => {
+                if r.is_err() {
+                    break Err(anyhow::anyhow!("lease task ended"));
+                }
+                let held = *held_rx.borrow_and_update();
+                if let Err(e) = node.on_lease(held).await {
+                    break Err(e);
+                }
+            }
+            due = device_check_due(&mut device_check, &mut link_news) => {
+                let check = match due {
+                    CheckDue::Tick | CheckDue::News(LinkNews::Lost) => true,
+                    CheckDue::News(LinkNews::Deleted(d)) => node.dp.owns_link(&d),
+                    CheckDue::News(LinkNews::Addresses) => false,
+                    CheckDue::WatchEnded => {
+                        link_news = None;
+                        false
+                    }
+                };
+                if check {
+                    node.files.keep(&node.state);
+                    if let Err(e) = node.check_device().await {
+                        break Err(e);
+                    }
+                }
+            }
+            _ = reconcile.tick() => { node.reconcile().await; }
+        }
+    };
+    tracing::info!("stopping; the lease is kept for a restart");
+    state.ready.routes.store(false, Ordering::Relaxed);
+    for t in &background {
+        t.abort();
+    }
+    node.dp.stop();
+    result
+}
+
+/// The running IPv6-only node: what the loop's handlers act on.
+struct Node6 {
+    nl: Netlink,
+    dp: Ipv6OnlyDataplane,
+    setup: Ipv6OnlySetup,
+    state: Arc<AgentState>,
+    files: Files6,
+    peers: PeerTable<PeerIpv6>,
+    pool6: Ipv6Pool,
+    pool_alarm: crate::pool::PoolAlarm,
+    own_key: OwnKeyWatch,
+    own: Held,
+    lost_tx: mpsc::Sender<LeaseLoss>,
+    shown_rejections: Option<u64>,
+    /// Whether a registry event has been programmed yet (readiness).
+    synced: bool,
+}
+
+impl Node6 {
+    /// Takes a lease: the device's address, rules, subnet file, and this node's own
+    /// key in the peer table.
+    async fn take(&mut self, h: Held, subnet: Subnet6) -> anyhow::Result<()> {
+        self.dp.set_subnet6(&self.nl, &subnet).await?;
+        tracing::info!(ipv6_subnet = %subnet, "IPv6 device address {}/128; pods get IPv6 addresses from {subnet} (FLANNEL_IPV6_SUBNET)", subnet.addr());
+        self.files.take(subnet, &self.state)?;
+        let mut skips = Vec::new();
+        let changes = self.peers.set_own(Some(h.key), &mut skips);
+        record_skips(&skips, &self.state);
+        self.program(&changes);
+        self.held(h);
+        self.show_peers();
+        Ok(())
+    }
+
+    fn held(&mut self, h: Held) {
+        self.own = h;
+        self.own_key.hold(&h.key, h.revision);
+        self.state.ready.lease.store(true, Ordering::Relaxed);
+        self.state.update(|i| {
+            i.subnet = None;
+            i.ipv6_subnet = h.ipv6();
+            i.lease_id = Some(format!("{:x}", h.lease_id));
+            i.reservation = h.lease_id == 0;
+        });
+    }
+
+    async fn on_lease(&mut self, held: Option<Held>) -> anyhow::Result<()> {
+        let Some(h) = held else {
+            self.own_key.release();
+            self.state.ready.lease.store(false, Ordering::Relaxed);
+            self.state
+                .event("lease_lost", format!("subnet {}", self.own.key));
+            return Ok(());
+        };
+        if h.key == self.own.key {
+            self.held(h);
+            return Ok(());
+        }
+        let subnet = h
+            .ipv6()
+            .context("the lease of an IPv6-only node has no IPv6 subnet")?;
+        self.take(h, subnet).await
+    }
+
+    async fn on_registry(&mut self, events: &[WatchEvent]) {
+        for ev in events {
+            if let Some(loss) = self.own_key.handle(ev) {
+                let _ = self.lost_tx.try_send(loss);
+            }
+        }
+        let full_listing = events.iter().any(|e| matches!(e, WatchEvent::Snapshot(_)));
+        let mut skips = Vec::new();
+        let changes = self
+            .peers
+            .apply(events.iter().map(Update::from), &mut skips);
+        record_skips(&skips, &self.state);
+        let mut ok = self.program(&changes);
+        if full_listing {
+            ok = self.reconcile().await;
+        }
+        if !self.synced || !changes.is_empty() {
+            self.synced = true;
+            self.state.ready.routes.store(ok, Ordering::Relaxed);
+        }
+        self.show_peers();
+    }
+
+    /// Programs a batch of peer changes; `false` if any failed (each is reported).
+    fn program(&self, changes: &[PeerChange<PeerIpv6>]) -> bool {
+        let each = changes.len() <= LOG_EACH_CHANGE_UP_TO;
+        for c in changes {
+            let (what, p) = match c {
+                PeerChange::Added(p) => ("peer_added", p),
+                PeerChange::Updated { new, .. } => ("peer_changed", new),
+                PeerChange::Removed(p) => ("peer_removed", p),
+            };
+            let text = format!("{} via {} mac {}", p.subnet, p.public_ipv6, p.vtep_mac);
+            if each {
+                tracing::info!(subnet = %p.subnet, public_ipv6 = %p.public_ipv6, vtep_mac = %p.vtep_mac, "{}", what.replace('_', " "));
+            }
+            self.state.event(what, text);
+        }
+        let failures = self.dp.program(&self.nl, changes);
+        for (i, e) in &failures {
+            self.state.route_errors.fetch_add(1, Ordering::Relaxed);
+            let subnet = changes.get(*i).map(|c| match c {
+                PeerChange::Added(p)
+                | PeerChange::Removed(p)
+                | PeerChange::Updated { new: p, .. } => p.subnet.to_string(),
+            });
+            tracing::error!(error = %e, subnet = subnet.unwrap_or_default(), "cannot program peer");
+            self.state.update(|i| i.last_error = Some(e.to_string()));
+        }
+        failures.is_empty()
+    }
+
+    /// Makes the device carry exactly the peers; `false` if that failed.
+    async fn reconcile(&mut self) -> bool {
+        match self.dp.reconcile(&self.nl, &self.peers).await {
+            Ok(r) => {
+                if r.removed > 0 {
+                    tracing::info!(
+                        removed = r.removed,
+                        "pruned stale routes, neighbours or fdb entries"
+                    );
+                }
+                if r.repaired > 0 {
+                    tracing::warn!(
+                        repaired = r.repaired,
+                        "routes, neighbours or fdb entries were missing or changed; restored"
+                    );
+                }
+                self.state.ready.routes.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.state.route_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot reconcile peer routes and neighbours");
+                self.state.update(|i| i.last_error = Some(e.to_string()));
+                self.state.ready.routes.store(false, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Starts the device again (with its address and every peer) when it was
+    /// deleted under the running agent.
+    async fn check_device(&mut self) -> anyhow::Result<()> {
+        let index = self.dp.device().index;
+        if self.nl.link_by_index(index).await?.is_some() {
+            return Ok(());
+        }
+        tracing::warn!(device = %self.dp.device().name, "the IPv6 device was deleted; making it again");
+        self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
+        self.dp = Ipv6OnlyDataplane::start(&self.nl, &self.setup, &self.state)
+            .await
+            .context("the IPv6 device was deleted and could not be made again; restart vxmeshd")?;
+        if let Some(s) = self.own.ipv6() {
+            self.dp.set_subnet6(&self.nl, &s).await?;
+        }
+        self.reconcile().await;
+        Ok(())
+    }
+
+    fn show_peers(&mut self) {
+        self.state
+            .show_peers6(&self.peers, &mut self.shown_rejections);
+        let usage = self.peers.leased().usage6(&self.pool6);
+        show_pool(&mut self.pool_alarm, usage, &self.state.pool6, &self.state);
+    }
+}
