@@ -39,7 +39,7 @@ use crate::netlink::{LinkInfo, LinkNews, Netlink};
 use crate::node_dataplane::{DataplaneKind, DataplaneSetup, NeighbourCheck, NodeDataplane};
 use crate::outage::{Outage, Report};
 use crate::own_key::{LeaseLoss, OwnKeyWatch};
-use crate::peers::{LocalNode, PeerChange, PeerRules, PeerTable, Skip};
+use crate::peers::{LocalNode, PeerChange, PeerKind, PeerRules, PeerTable, Skip};
 use crate::registry::{Backoff, Listing, Registry, WatchEvent, WatchFrom};
 use crate::state::AgentState;
 use crate::subnet::Subnet;
@@ -90,7 +90,7 @@ pub const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// without them, at every check.
 const UNDERLAY_RECHECK_TICKS: u32 = 30;
 /// How long a rejection of a lease naming this node's PublicIP is held back before it
-/// is warned about (`Running::held_back`): the node's own new lease is reported by the
+/// is warned about ([`HeldBack`]): the node's own new lease is reported by the
 /// lease task within milliseconds of the watch delivering it.
 const HOLD_BACK: Duration = Duration::from_secs(2);
 
@@ -853,6 +853,61 @@ fn record_skips(skips: &[Skip], state: &AgentState) {
         .fetch_add(skips.len() as u64, Ordering::Relaxed);
 }
 
+/// Rejections of leases naming this node's address, held back for [`HOLD_BACK`]: one
+/// may be this node's own new lease, delivered by the watch before the lease task
+/// reports it (after a loss to another node).
+#[derive(Debug, Default)]
+struct HeldBack(Vec<(Instant, Skip)>);
+
+impl HeldBack {
+    /// Holds back the skips that name this node; returns the others, to warn about.
+    fn hold<P: PeerKind>(
+        &mut self,
+        skips: Vec<Skip>,
+        peers: &PeerTable<P>,
+        now: Instant,
+    ) -> Vec<Skip> {
+        let (held, others): (Vec<Skip>, Vec<Skip>) = skips
+            .into_iter()
+            .partition(|s| peers.names_this_node(&s.key));
+        for s in held {
+            tracing::debug!(key = %s.key, "a lease naming this node's address: judged again when the lease task reports this node's lease, or in {} s", HOLD_BACK.as_secs());
+            self.0.push((now, s));
+        }
+        others
+    }
+
+    /// Warns about the held-back rejections that still stand: all of them (the lease
+    /// task has reported this node's lease), or, with `now`, those held for
+    /// [`HOLD_BACK`]. One that is no longer rejected (it was this node's own) is
+    /// dropped without a word.
+    fn release<P: PeerKind>(
+        &mut self,
+        peers: &PeerTable<P>,
+        now: Option<Instant>,
+        state: &AgentState,
+    ) {
+        if self.0.is_empty() {
+            return;
+        }
+        let due = |at: &Instant| now.is_none_or(|n| n.duration_since(*at) >= HOLD_BACK);
+        let (ripe, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(at, _)| due(at));
+        self.0 = kept;
+        let still: Vec<Skip> = ripe
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| {
+                peers
+                    .rejected()
+                    .any(|(k, r)| k == s.key && *r == s.rejection)
+            })
+            .collect();
+        record_skips(&still, state);
+    }
+}
+
 /// Records peer changes as events.
 fn record_changes(changes: &[PeerChange], state: &AgentState) {
     for c in changes {
@@ -913,6 +968,7 @@ pub async fn run_with(
                 || !opts.underlay.iface_regexes.is_empty()
                 || nl.default_route6_oif().await.ok().flatten().is_some() =>
         {
+            tracing::warn!("no IPv4 underlay: {e:#}; an IPv6-only network can still run here, any other stops once the config is read");
             Err(e)
         }
         Err(e) => return Err(e),
@@ -1153,7 +1209,7 @@ pub async fn run_with(
         listed: false,
         changed_since_trim: 0,
         mtu,
-        held_back: Vec::new(),
+        held_back: HeldBack::default(),
         kind: opts.dataplane,
         setup,
         state: Arc::clone(&state),
@@ -1437,7 +1493,7 @@ struct Running {
     /// Rejections of leases naming this node's PublicIP, held back for
     /// [`HOLD_BACK`]: one may be this node's own new lease, delivered by the watch
     /// before the lease task reports it (after a loss to another node).
-    held_back: Vec<(Instant, Skip)>,
+    held_back: HeldBack,
     /// What the dataplane was started as and from: to start it again if its
     /// device is deleted under the running agent.
     kind: DataplaneKind,
@@ -1583,29 +1639,8 @@ impl Running {
         Ok(())
     }
 
-    /// Warns about the held-back rejections that still stand: all of them (the lease
-    /// task has reported this node's lease), or, with `now`, those held for
-    /// [`HOLD_BACK`]. One that is no longer rejected (it was this node's own) is
-    /// dropped without a word.
     fn release_held_back(&mut self, now: Option<Instant>) {
-        if self.held_back.is_empty() {
-            return;
-        }
-        let due = |at: &Instant| now.is_none_or(|n| n.duration_since(*at) >= HOLD_BACK);
-        let (ripe, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_back)
-            .into_iter()
-            .partition(|(at, _)| due(at));
-        self.held_back = kept;
-        let still: Vec<Skip> = ripe
-            .into_iter()
-            .map(|(_, s)| s)
-            .filter(|s| {
-                self.peers
-                    .rejected()
-                    .any(|(k, r)| k == s.key && *r == s.rejection)
-            })
-            .collect();
-        record_skips(&still, &self.state);
+        self.held_back.release(&self.peers, now, &self.state);
     }
 
     /// Registry events (one, or a burst that queued up): did we lose our lease, and
@@ -1621,14 +1656,7 @@ impl Running {
         let changes = self
             .peers
             .apply(events.iter().map(crate::peers::Update::from), &mut skips);
-        let now = Instant::now();
-        let (held, skips): (Vec<Skip>, Vec<Skip>) = skips
-            .into_iter()
-            .partition(|s| self.peers.names_this_node(&s.key));
-        for s in held {
-            tracing::debug!(key = %s.key, "a lease naming this node's PublicIP: judged again when the lease task reports this node's lease, or in {} s", HOLD_BACK.as_secs());
-            self.held_back.push((now, s));
-        }
+        let skips = self.held_back.hold(skips, &self.peers, Instant::now());
         record_skips(&skips, &self.state);
         record_changes(&changes, &self.state);
         self.changed_since_trim = self.changed_since_trim.saturating_add(changes.len());

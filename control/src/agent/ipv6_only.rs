@@ -22,7 +22,7 @@ use std::future::Future;
 use std::net::Ipv6Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     device_check_due, keep_config, keep_iptables, lease_task, random_seed, record_skips, show_pool,
-    AgentOptions, CheckDue, Held, LeaseInputs, LeaseOutputs, DEVICE_CHECK_EVERY,
+    AgentOptions, CheckDue, Held, HeldBack, LeaseInputs, LeaseOutputs, DEVICE_CHECK_EVERY,
     LOG_EACH_CHANGE_UP_TO, RECONCILE_EVERY, WATCH_QUEUE,
 };
 use crate::allocator::Hints;
@@ -288,6 +288,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         lost_tx,
         shown_rejections: None,
         synced: false,
+        held_back: HeldBack::default(),
     };
     node.take(first, own6).await?;
 
@@ -380,6 +381,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
                 };
                 if check {
                     node.files.keep(&node.state);
+                    node.held_back.release(&node.peers, Some(Instant::now()), &node.state);
                     if let Err(e) = node.check_device().await {
                         break Err(e);
                     }
@@ -413,6 +415,7 @@ struct Node6 {
     shown_rejections: Option<u64>,
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
+    held_back: HeldBack,
 }
 
 impl Node6 {
@@ -453,12 +456,14 @@ impl Node6 {
         };
         if h.key == self.own.key {
             self.held(h);
-            return Ok(());
+        } else {
+            let subnet = h
+                .ipv6()
+                .context("the lease of an IPv6-only node has no IPv6 subnet")?;
+            self.take(h, subnet).await?;
         }
-        let subnet = h
-            .ipv6()
-            .context("the lease of an IPv6-only node has no IPv6 subnet")?;
-        self.take(h, subnet).await
+        self.held_back.release(&self.peers, None, &self.state);
+        Ok(())
     }
 
     async fn on_registry(&mut self, events: &[WatchEvent]) {
@@ -472,6 +477,7 @@ impl Node6 {
         let changes = self
             .peers
             .apply(events.iter().map(Update::from), &mut skips);
+        let skips = self.held_back.hold(skips, &self.peers, Instant::now());
         record_skips(&skips, &self.state);
         let mut ok = self.program(&changes);
         if full_listing {
@@ -546,8 +552,14 @@ impl Node6 {
     /// deleted under the running agent.
     async fn check_device(&mut self) -> anyhow::Result<()> {
         let index = self.dp.device().index;
-        if self.nl.link_by_index(index).await?.is_some() {
-            return Ok(());
+        match self.nl.link_by_index(index).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => {
+                // Looked at again at the next check.
+                tracing::warn!(error = %e, "cannot look at the IPv6 device");
+                return Ok(());
+            }
         }
         tracing::warn!(device = %self.dp.device().name, "the IPv6 device was deleted; making it again");
         self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
