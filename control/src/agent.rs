@@ -669,6 +669,167 @@ impl Resync {
     }
 }
 
+/// The lease task, started, and the channels a node talks to it by.
+struct LeaseLink {
+    task: JoinHandle<()>,
+    /// Every lease acquired (`None` while none is held).
+    held: watch::Receiver<Option<Held>>,
+    /// Tells the task the lease is lost.
+    lost: mpsc::Sender<LeaseLoss>,
+    /// Tells the task the lease's new value when the node's addresses moved.
+    moved: mpsc::Sender<LeaseAttrs>,
+    /// The listing the first lease was claimed after, for the watch to begin with.
+    first_listing: oneshot::Receiver<Listing>,
+}
+
+impl LeaseLink {
+    fn start(
+        reg: &Registry,
+        machine: LeaseMachine,
+        attrs: LeaseAttrs,
+        ttl: Duration,
+        state: &Arc<AgentState>,
+    ) -> LeaseLink {
+        let (held_tx, held) = watch::channel(None::<Held>);
+        let (lost, lost_rx) = mpsc::channel::<LeaseLoss>(8);
+        let (moved, moved_rx) = mpsc::channel::<LeaseAttrs>(4);
+        let (listing_tx, first_listing) = oneshot::channel::<Listing>();
+        let task = tokio::spawn(lease_task(
+            reg.clone(),
+            machine,
+            attrs,
+            ttl,
+            LeaseOutputs {
+                held: held_tx,
+                first_listing: Some(listing_tx),
+            },
+            LeaseInputs {
+                lost: lost_rx,
+                moved: moved_rx,
+            },
+            Arc::clone(state),
+        ));
+        LeaseLink {
+            task,
+            held,
+            lost,
+            moved,
+            first_listing,
+        }
+    }
+
+    /// Waits for the first lease; `None` when `stop` fired first (the task is then
+    /// stopped), an error when the task ended.
+    async fn first<F: Future<Output = ()> + Unpin>(
+        &mut self,
+        stop: &mut F,
+    ) -> anyhow::Result<Option<Held>> {
+        loop {
+            if let Some(h) = *self.held.borrow_and_update() {
+                return Ok(Some(h));
+            }
+            tokio::select! {
+                r = self.held.changed() => if r.is_err() { anyhow::bail!("lease task ended") },
+                _ = &mut *stop => { self.task.abort(); return Ok(None); }
+            }
+        }
+    }
+}
+
+/// What a running node keeps going beside its loop — the registry watch, the kernel's
+/// link announcements, the config watch, the lease task and the given resync tasks —
+/// and the loop's timers.
+struct Background {
+    /// The registry's events, in order.
+    events: mpsc::Receiver<WatchEvent>,
+    /// The kernel's link announcements (`None` without them: the period alone).
+    link_news: Option<mpsc::Receiver<LinkNews>>,
+    /// What ends with the loop.
+    tasks: Vec<tokio::task::AbortHandle>,
+    /// The periodic reconcile pass.
+    reconcile: tokio::time::Interval,
+    /// The periodic device check.
+    device_check: tokio::time::Interval,
+}
+
+impl Background {
+    fn start(
+        reg: &Registry,
+        cfg: &NetworkConfig,
+        mut lease: LeaseLink,
+        resync: [Option<tokio::task::AbortHandle>; 2],
+        state: &Arc<AgentState>,
+    ) -> Background {
+        let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(state)));
+        let (wtx, events) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
+        let watch_reg = reg.clone();
+        let watch_stats = Arc::clone(&state.watch);
+        // The watch begins with the listing the subnet was claimed after (one read of
+        // the whole prefix per start, not two), if the lease task kept one.
+        let from = lease
+            .first_listing
+            .try_recv()
+            .map_or(WatchFrom::List, WatchFrom::Listing);
+        let watcher =
+            tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
+        // The kernel's link announcements: a deleted overlay device is checked at
+        // once, as flanneld notices one; the periodic check stays for announcements
+        // lost to a full socket buffer.
+        let (link_news, link_watch) = match crate::netlink::watch_link_deletions() {
+            Ok((rx, task)) => (Some(rx), Some(task)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the kernel's link announcements; a deleted overlay device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
+                (None, None)
+            }
+        };
+        let tasks = [
+            Some(watcher.abort_handle()),
+            link_watch.as_ref().map(JoinHandle::abort_handle),
+            Some(config_watch.abort_handle()),
+            Some(lease.task.abort_handle()),
+        ]
+        .into_iter()
+        .chain(resync)
+        .flatten()
+        .collect();
+        // Agents started together must not reconcile in step: the first pass comes
+        // after a random part of the period.
+        let offset =
+            Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
+        let mut reconcile =
+            tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
+        device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Background {
+            events,
+            link_news,
+            tasks,
+            reconcile,
+            device_check,
+        }
+    }
+
+    fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The next registry events: the first, and whatever else is queued, so that a burst
+/// is judged, programmed and shown once; `None` when the watch ended.
+async fn next_batch(events: &mut mpsc::Receiver<WatchEvent>) -> Option<Vec<WatchEvent>> {
+    let mut batch = vec![events.recv().await?];
+    while batch.len() < WATCH_QUEUE {
+        match events.try_recv() {
+            Ok(ev) => batch.push(ev),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Follows etcd's network config and tells, once per change, when it is no longer
 /// the one this node runs (`crate::config_watch`): a warning, an event and the
 /// status's `config_in_etcd`.
@@ -1082,36 +1243,11 @@ pub async fn run_with(
     if let Some(ip6) = public_ipv6 {
         attrs = attrs.with_ipv6(ip6, vni.get(), crate::vtep_mac::derive_v6(ip6, vni.get()));
     }
-    let (held_tx, mut held_rx) = watch::channel(None::<Held>);
-    let (lost_tx, lost_rx) = mpsc::channel::<LeaseLoss>(8);
-    let (moved_tx, moved_rx) = mpsc::channel::<LeaseAttrs>(4);
-    let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
-    let lease = tokio::spawn(lease_task(
-        reg.clone(),
-        machine,
-        attrs,
-        opts.lease_ttl,
-        LeaseOutputs {
-            held: held_tx,
-            first_listing: Some(listing_tx),
-        },
-        LeaseInputs {
-            lost: lost_rx,
-            moved: moved_rx,
-        },
-        Arc::clone(&state),
-    ));
-
-    // Wait for the first lease.
-    let first = loop {
-        if let Some(h) = *held_rx.borrow_and_update() {
-            break h;
-        }
-        tokio::select! {
-            r = held_rx.changed() => if r.is_err() { anyhow::bail!("lease task ended") },
-            _ = &mut stop => { lease.abort(); return Ok(()); }
-        }
+    let mut lease = LeaseLink::start(&reg, machine, attrs, opts.lease_ttl, &state);
+    let Some(first) = lease.first(&mut stop).await? else {
+        return Ok(());
     };
+    let mut held_rx = lease.held.clone();
 
     let local = LocalVtep {
         vtep_mac,
@@ -1198,8 +1334,8 @@ pub async fn run_with(
         own_key: OwnKeyWatch::new(reg.prefix(), NodeId::V4(underlay.public_ip)),
         registry: reg.clone(),
         own: first,
-        lost_tx,
-        moved_tx,
+        lost_tx: lease.lost.clone(),
+        moved_tx: lease.moved.clone(),
         underlay,
         underlay_gone: Outage::new("the underlay address"),
         ipv6_gone: false,
@@ -1238,67 +1374,24 @@ pub async fn run_with(
         Arc::clone(&state),
     ));
 
-    let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(&state)));
-
-    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
-    let watch_reg = reg.clone();
-    let watch_stats = Arc::clone(&state.watch);
-    // The watch begins with the listing the subnet was claimed after (one read of
-    // the whole prefix per start, not two), if the lease task kept one.
-    let from = listing_rx
-        .try_recv()
-        .map_or(WatchFrom::List, WatchFrom::Listing);
-    let watcher =
-        tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
-    // The kernel's link announcements: a deleted overlay device is checked at once,
-    // as flanneld notices one; the periodic check stays for announcements lost to a
-    // full socket buffer.
-    let (mut link_deletions, link_watch) = match crate::netlink::watch_link_deletions() {
-        Ok((rx, task)) => (Some(rx), Some(task)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the kernel's link announcements; a deleted overlay device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
-            (None, None)
-        }
-    };
-    // What ends with the loop (or with a dataplane that cannot be started again).
-    let background: Vec<tokio::task::AbortHandle> = [
-        Some(watcher.abort_handle()),
-        link_watch.as_ref().map(JoinHandle::abort_handle),
-        iptables.as_ref().map(JoinHandle::abort_handle),
-        Some(blackhole.abort_handle()),
-        Some(config_watch.abort_handle()),
-        Some(lease.abort_handle()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    // Agents started together must not reconcile in step: the first pass comes after
-    // a random part of the period.
-    let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
-    let mut reconcile =
-        tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bg = Background::start(
+        &reg,
+        &cfg,
+        lease,
+        [
+            iptables.as_ref().map(JoinHandle::abort_handle),
+            Some(blackhole.abort_handle()),
+        ],
+        &state,
+    );
     let mut ticks: u32 = 0;
-    let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
-    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // The dispatcher: every decision is in `Running`'s handlers and the pure cores.
     let result = loop {
         tokio::select! {
             _ = &mut stop => break Ok(()),
-            ev = wrx.recv() => match ev {
-                Some(ev) => {
-                    // Whatever else is queued joins this pass: a burst of events is
-                    // judged, programmed and shown once.
-                    let mut batch = vec![ev];
-                    while batch.len() < WATCH_QUEUE {
-                        match wrx.try_recv() {
-                            Ok(ev) => batch.push(ev),
-                            Err(_) => break,
-                        }
-                    }
-                    node.on_registry(&batch).await
-                }
+            batch = next_batch(&mut bg.events) => match batch {
+                Some(batch) => node.on_registry(&batch).await,
                 None => break Err(anyhow::anyhow!("registry watch ended")),
             },
             r = held_rx.changed() => {
@@ -1310,12 +1403,12 @@ pub async fn run_with(
                     break Err(e);
                 }
             }
-            due = device_check_due(&mut device_check, &mut link_deletions) => {
+            due = device_check_due(&mut bg.device_check, &mut bg.link_news) => {
                 let (device, underlay) = match due {
                     // Without the watch's news the underlay is looked at every time.
                     CheckDue::Tick => {
                         ticks = ticks.wrapping_add(1);
-                        (true, link_deletions.is_none() || ticks % UNDERLAY_RECHECK_TICKS == 0)
+                        (true, bg.link_news.is_none() || ticks % UNDERLAY_RECHECK_TICKS == 0)
                     }
                     CheckDue::News(LinkNews::Deleted(d)) => {
                         let ours = node.dp.owns_link(&d);
@@ -1328,7 +1421,7 @@ pub async fn run_with(
                     CheckDue::News(LinkNews::Lost) => (true, true),
                     CheckDue::WatchEnded => {
                         tracing::warn!("the kernel's link announcements stopped; a deleted overlay device or a moved underlay address is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
-                        link_deletions = None;
+                        bg.link_news = None;
                         (false, false)
                     }
                 };
@@ -1358,9 +1451,7 @@ pub async fn run_with(
                         }
                         Err(e) => {
                             state.ready.routes.store(false, Ordering::Relaxed);
-                            for t in &background {
-                                t.abort();
-                            }
+                            bg.abort();
                             ho.abandon();
                             return Err(e.context(match why {
                                 Rebuild::Deleted => "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
@@ -1370,15 +1461,13 @@ pub async fn run_with(
                     }
                 }
             }
-            _ = reconcile.tick() => node.reconcile().await,
+            _ = bg.reconcile.tick() => node.reconcile().await,
         }
     };
 
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
-    for t in &background {
-        t.abort();
-    }
+    bg.abort();
     let handed = takeover.lock().ok().and_then(|mut g| g.take());
     ho.stop(node.dp, handed).await;
     result

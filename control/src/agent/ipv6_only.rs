@@ -22,16 +22,15 @@ use std::future::Future;
 use std::net::Ipv6Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    device_check_due, keep_config, keep_iptables, lease_task, random_seed, record_skips, show_pool,
-    AgentOptions, CheckDue, Held, HeldBack, LeaseInputs, LeaseOutputs, DEVICE_CHECK_EVERY,
-    LOG_EACH_CHANGE_UP_TO, RECONCILE_EVERY, WATCH_QUEUE,
+    device_check_due, keep_iptables, next_batch, random_seed, record_skips, show_pool,
+    AgentOptions, Background, CheckDue, Held, HeldBack, LeaseLink, LOG_EACH_CHANGE_UP_TO,
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
@@ -44,7 +43,7 @@ use crate::node_dataplane::kernel::{self, Place};
 use crate::node_dataplane::{DataplaneKind, Setup6};
 use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{Ipv6OnlyRules, LocalNode6, PeerChange, PeerIpv6, PeerTable, Update};
-use crate::registry::{Listing, Registry, WatchEvent, WatchFrom};
+use crate::registry::{Registry, WatchEvent};
 use crate::state::AgentState;
 use crate::subnet6::Subnet6;
 use crate::subnet_env::SubnetEnv;
@@ -194,36 +193,11 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         random_seed(),
     );
     let attrs = LeaseAttrs::vxlan_ipv6_only(u.public_ipv6, vni, mac6);
-    let (held_tx, mut held_rx) = watch::channel(None::<Held>);
-    let (lost_tx, lost_rx) = mpsc::channel::<LeaseLoss>(8);
-    // The PublicIPv6 is not followed when it moves (module documentation): nothing
-    // sends on this channel.
-    let (_moved_tx, moved_rx) = mpsc::channel::<LeaseAttrs>(1);
-    let (listing_tx, mut listing_rx) = oneshot::channel::<Listing>();
-    let lease = tokio::spawn(lease_task(
-        reg.clone(),
-        machine,
-        attrs,
-        opts.lease_ttl,
-        LeaseOutputs {
-            held: held_tx,
-            first_listing: Some(listing_tx),
-        },
-        LeaseInputs {
-            lost: lost_rx,
-            moved: moved_rx,
-        },
-        Arc::clone(&state),
-    ));
-    let first = loop {
-        if let Some(h) = *held_rx.borrow_and_update() {
-            break h;
-        }
-        tokio::select! {
-            r = held_rx.changed() => if r.is_err() { anyhow::bail!("lease task ended") },
-            _ = &mut *stop => { lease.abort(); return Ok(()); }
-        }
+    let mut lease = LeaseLink::start(&reg, machine, attrs, opts.lease_ttl, &state);
+    let Some(first) = lease.first(stop).await? else {
+        return Ok(());
     };
+    let mut held_rx = lease.held.clone();
     let own6 = first
         .ipv6()
         .context("the lease of an IPv6-only node has no IPv6 subnet")?;
@@ -285,7 +259,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         pool_alarm: crate::pool::PoolAlarm::ipv6(),
         own_key: OwnKeyWatch::new(reg.prefix(), NodeId::V6(u.public_ipv6)),
         own: first,
-        lost_tx,
+        lost_tx: lease.lost.clone(),
         shown_rejections: None,
         synced: false,
         held_back: HeldBack::default(),
@@ -310,54 +284,22 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         opts.iptables_resync,
         Arc::clone(&state),
     ));
-    let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(&state)));
-    let (wtx, mut wrx) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
-    let watch_reg = reg.clone();
-    let watch_stats = Arc::clone(&state.watch);
-    let from = listing_rx
-        .try_recv()
-        .map_or(WatchFrom::List, WatchFrom::Listing);
-    let watcher =
-        tokio::spawn(async move { watch_reg.watch_subnets(from, wtx, &watch_stats).await });
-    let (mut link_news, link_watch) = match crate::netlink::watch_link_deletions() {
-        Ok((rx, task)) => (Some(rx), Some(task)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the kernel's link announcements; a deleted device is noticed by the {}-s check", DEVICE_CHECK_EVERY.as_secs());
-            (None, None)
-        }
-    };
-    let background: Vec<tokio::task::AbortHandle> = [
-        Some(watcher.abort_handle()),
-        link_watch.as_ref().map(JoinHandle::abort_handle),
-        iptables.as_ref().map(JoinHandle::abort_handle),
-        Some(blackhole.abort_handle()),
-        Some(config_watch.abort_handle()),
-        Some(lease.abort_handle()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let offset = Duration::from_millis(random_seed() % RECONCILE_EVERY.as_millis().max(1) as u64);
-    let mut reconcile =
-        tokio::time::interval_at(tokio::time::Instant::now() + offset, RECONCILE_EVERY);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut device_check = tokio::time::interval(DEVICE_CHECK_EVERY);
-    device_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bg = Background::start(
+        &reg,
+        &cfg,
+        lease,
+        [
+            iptables.as_ref().map(JoinHandle::abort_handle),
+            Some(blackhole.abort_handle()),
+        ],
+        &state,
+    );
 
     let result = loop {
         tokio::select! {
             _ = &mut *stop => break Ok(()),
-            ev = wrx.recv() => match ev {
-                Some(ev) => {
-                    let mut batch = vec![ev];
-                    while batch.len() < WATCH_QUEUE {
-                        match wrx.try_recv() {
-                            Ok(ev) => batch.push(ev),
-                            Err(_) => break,
-                        }
-                    }
-                    node.on_registry(&batch).await;
-                }
+            batch = next_batch(&mut bg.events) => match batch {
+                Some(batch) => node.on_registry(&batch).await,
                 None => break Err(anyhow::anyhow!("registry watch ended")),
             },
             r = held_rx.changed() => {
@@ -369,13 +311,13 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
                     break Err(e);
                 }
             }
-            due = device_check_due(&mut device_check, &mut link_news) => {
+            due = device_check_due(&mut bg.device_check, &mut bg.link_news) => {
                 let check = match due {
                     CheckDue::Tick | CheckDue::News(LinkNews::Lost) => true,
                     CheckDue::News(LinkNews::Deleted(d)) => node.dp.owns_link(&d),
                     CheckDue::News(LinkNews::Addresses) => false,
                     CheckDue::WatchEnded => {
-                        link_news = None;
+                        bg.link_news = None;
                         false
                     }
                 };
@@ -387,14 +329,12 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
                     }
                 }
             }
-            _ = reconcile.tick() => { node.reconcile().await; }
+            _ = bg.reconcile.tick() => { node.reconcile().await; }
         }
     };
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
-    for t in &background {
-        t.abort();
-    }
+    bg.abort();
     node.dp.stop();
     result
 }
