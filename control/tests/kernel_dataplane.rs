@@ -1204,7 +1204,7 @@ fn setup_v6_only(ns: &Ns, me: PeerIpv6) -> Ipv6OnlySetup {
 /// would program it); peers are programmed from the IPv6-only table's changes as
 /// flanneld programs IPv6 halves; pods' IPv6 crosses; a changed VtepMAC leaves no
 /// stale fdb entry; a reconcile puts back what was deleted by hand and prunes a
-/// peer that left; a restart adopts the device.
+/// peer that left; a restart adopts the device; a changed device MAC is put back.
 #[test]
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn ipv6_only_node_runs_flannels_ipv6_device_alone() {
@@ -1321,6 +1321,18 @@ fn ipv6_only_node_runs_flannels_ipv6_device_alone() {
             let dp = Ipv6OnlyDataplane::start(&nl, &s, &st).await.unwrap();
             let t = table6(&[pb]);
             let r = dp.reconcile(&nl, &t).await.unwrap();
+            // Someone changes the device's MAC: it is put back (the change flushed the
+            // neighbours; the agent then reconciles).
+            let index = dp.device().index;
+            nl.configure_link(index, MacAddr([0x06, 0, 0, 0, 0, 0x77]), 1430)
+                .await
+                .unwrap();
+            assert_eq!(dp.ensure_vtep_mac(&nl).await.unwrap(), Some(true));
+            assert_eq!(dp.ensure_vtep_mac(&nl).await.unwrap(), Some(false));
+            let mac = nl.link_by_index(index).await.unwrap().unwrap().mac;
+            assert_eq!(mac, Some(pa.vtep_mac));
+            let again = dp.reconcile(&nl, &t).await.unwrap();
+            assert!(again.repaired >= 1, "the flushed neighbour: {again:?}");
             let pb2 = PeerIpv6 {
                 vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x33]),
                 ..pb

@@ -488,12 +488,18 @@ impl Node6 {
         }
     }
 
-    /// Starts the device again (with its address and every peer) when it was
-    /// deleted under the running agent.
+    /// Restores the device's MAC (and the peers' entries) if someone changed it, and
+    /// starts the device again (with its address and every peer) when it was deleted
+    /// under the running agent.
     async fn check_device(&mut self) -> anyhow::Result<()> {
-        let index = self.dp.device().index;
-        match self.nl.link_by_index(index).await {
-            Ok(Some(_)) => return Ok(()),
+        match self.dp.ensure_vtep_mac(&self.nl).await {
+            Ok(Some(false)) => return Ok(()),
+            Ok(Some(true)) => {
+                self.state.device_repairs.fetch_add(1, Ordering::Relaxed);
+                // The MAC change flushed the device's neighbours: put them back.
+                self.reconcile().await;
+                return Ok(());
+            }
             Ok(None) => {}
             Err(e) => {
                 // Looked at again at the next check.

@@ -50,6 +50,9 @@ pub struct Ipv6OnlyDataplane {
     underlay_index: u32,
     network: Subnet6,
     subnet_len: u8,
+    /// The IPv6 VtepMAC and the device's MTU, restored if changed.
+    vtep_mac: vxmesh_dataplane::wire::MacAddr,
+    mtu: u32,
     programmed: SharedProgrammed,
 }
 
@@ -96,6 +99,8 @@ impl Ipv6OnlyDataplane {
             underlay_index: s.place.underlay_index,
             network: s.v6.network,
             subnet_len: s.v6.subnet_len,
+            vtep_mac: s.v6.vtep_mac,
+            mtu: kernel::mtu6(s.mtu),
             programmed: SharedProgrammed::default(),
         })
     }
@@ -116,6 +121,24 @@ impl Ipv6OnlyDataplane {
 
     fn programmed(&self) -> MutexGuard<'_, Programmed> {
         self.programmed.lock()
+    }
+
+    /// Puts the IPv6 VtepMAC back if someone changed the device's MAC (udev's
+    /// MACAddressPolicy, a script): `Some(true)` when it did (the change flushed the
+    /// device's neighbours: reconcile), `Some(false)` when nothing was wrong, `None`
+    /// when the device is gone.
+    pub async fn ensure_vtep_mac(&self, nl: &Netlink) -> Result<Option<bool>, NetlinkError> {
+        let Some(l) = nl.link_by_index(self.device.index).await? else {
+            return Ok(None);
+        };
+        if l.mac == Some(self.vtep_mac) {
+            return Ok(Some(false));
+        }
+        tracing::warn!(device = %l.name, found = ?l.mac.map(|m| m.to_string()), want = %self.vtep_mac,
+            "device MAC was changed behind our back (udev MACAddressPolicy?); restoring the IPv6 VtepMAC");
+        nl.configure_link(self.device.index, self.vtep_mac, self.mtu)
+            .await?;
+        Ok(Some(true))
     }
 
     /// Gives the device this node's IPv6 VTEP address: the lease's first IPv6 address
