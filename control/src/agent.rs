@@ -953,7 +953,15 @@ async fn reconcile(
     state: &AgentState,
     check: NeighbourCheck,
 ) -> bool {
-    match dp.reconcile(nl, peers, check).await {
+    reported(dp.reconcile(nl, peers, check).await, state)
+}
+
+/// Logs and counts a reconcile pass's outcome; `false` if it failed.
+fn reported(
+    result: Result<crate::node_dataplane::Reconciled, crate::netlink::NetlinkError>,
+    state: &AgentState,
+) -> bool {
+    match result {
         Ok(r) => {
             if r.removed > 0 {
                 tracing::info!(
@@ -974,6 +982,36 @@ async fn reconcile(
             tracing::error!(error = %e, "cannot reconcile peer routes and neighbours");
             state.update(|i| i.last_error = Some(e.to_string()));
             false
+        }
+    }
+}
+
+/// Puts the subnet file `env` was written with back at `path` when it was removed or
+/// changed behind the agent's back; a failure is said once (`failing`) and clears
+/// readiness until the file is right again.
+fn keep_file(env: &SubnetEnv, path: &std::path::Path, failing: &mut bool, state: &AgentState) {
+    let on_disk = std::fs::read(path).ok();
+    let Some(drift) = crate::subnet_env::drift(env, on_disk.as_deref()) else {
+        *failing = false;
+        return;
+    };
+    match env.write_atomic(path) {
+        Ok(()) => {
+            *failing = false;
+            state.subnet_file_repairs.fetch_add(1, Ordering::Relaxed);
+            state.ready.subnet_env.store(true, Ordering::Relaxed);
+            tracing::warn!(file = %path.display(), "the subnet file was {drift} behind vxmesh's back; written again");
+            state.event(
+                "subnet_file_restored",
+                format!("{} was {drift}", path.display()),
+            );
+        }
+        Err(e) => {
+            state.ready.subnet_env.store(false, Ordering::Relaxed);
+            if !std::mem::replace(failing, true) {
+                tracing::error!(file = %path.display(), error = %e, "the subnet file was {drift} and cannot be written again: pods cannot start on this node");
+                state.update(|i| i.last_error = Some(format!("writing {}: {e}", path.display())));
+            }
         }
     }
 }
@@ -1643,37 +1681,13 @@ impl Running {
         if self.state.handover_gate.is_up() {
             return;
         }
-        let Some(env) = self.files.written else {
-            return;
-        };
-        let path = &self.files.subnet_file;
-        let on_disk = std::fs::read(path).ok();
-        let Some(drift) = crate::subnet_env::drift(&env, on_disk.as_deref()) else {
-            self.files.failing = false;
-            return;
-        };
-        match env.write_atomic(path) {
-            Ok(()) => {
-                self.files.failing = false;
-                self.state
-                    .subnet_file_repairs
-                    .fetch_add(1, Ordering::Relaxed);
-                self.state.ready.subnet_env.store(true, Ordering::Relaxed);
-                tracing::warn!(file = %path.display(), "the subnet file was {drift} behind vxmesh's back; written again");
-                self.state.event(
-                    "subnet_file_restored",
-                    format!("{} was {drift}", path.display()),
-                );
-            }
-            Err(e) => {
-                self.state.ready.subnet_env.store(false, Ordering::Relaxed);
-                if !std::mem::replace(&mut self.files.failing, true) {
-                    tracing::error!(file = %path.display(), error = %e, "the subnet file was {drift} and cannot be written again: pods cannot start on this node");
-                    self.state.update(|i| {
-                        i.last_error = Some(format!("writing {}: {e}", path.display()))
-                    });
-                }
-            }
+        if let Some(env) = self.files.written {
+            keep_file(
+                &env,
+                &self.files.subnet_file,
+                &mut self.files.failing,
+                &self.state,
+            );
         }
     }
 

@@ -29,8 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    device_check_due, keep_iptables, next_batch, random_seed, record_skips, show_pool,
-    AgentOptions, Background, CheckDue, Held, HeldBack, LeaseLink, LOG_EACH_CHANGE_UP_TO,
+    device_check_due, keep_file, keep_iptables, next_batch, random_seed, record_skips, reported,
+    show_pool, AgentOptions, Background, CheckDue, Held, HeldBack, LeaseLink,
+    LOG_EACH_CHANGE_UP_TO,
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
@@ -96,6 +97,8 @@ struct Files6 {
     rules: Rules,
     subnet_file: std::path::PathBuf,
     written: Option<SubnetEnv>,
+    /// Writing it back failed (said once).
+    failing: bool,
 }
 
 impl Files6 {
@@ -119,25 +122,9 @@ impl Files6 {
     }
 
     /// Puts the subnet file back when it was removed or changed behind the agent's back.
-    fn keep(&self, state: &AgentState) {
-        let Some(env) = self.written else { return };
-        let on_disk = std::fs::read(&self.subnet_file).ok();
-        let Some(drift) = crate::subnet_env::drift(&env, on_disk.as_deref()) else {
-            return;
-        };
-        match env.write_atomic(&self.subnet_file) {
-            Ok(()) => {
-                state.subnet_file_repairs.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(file = %self.subnet_file.display(), "the subnet file was {drift} behind vxmesh's back; written again");
-                state.event(
-                    "subnet_file_restored",
-                    format!("{} was {drift}", self.subnet_file.display()),
-                );
-            }
-            Err(e) => {
-                state.ready.subnet_env.store(false, Ordering::Relaxed);
-                tracing::error!(file = %self.subnet_file.display(), error = %e, "the subnet file was {drift} and cannot be written again: pods cannot start on this node");
-            }
+    fn keep(&mut self, state: &AgentState) {
+        if let Some(env) = self.written {
+            keep_file(&env, &self.subnet_file, &mut self.failing, state);
         }
     }
 }
@@ -247,6 +234,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
             rules,
             subnet_file: opts.subnet_file.clone(),
             written: None,
+            failing: false,
         },
         peers: PeerTable::ipv6_only(
             Ipv6OnlyRules::from_config(&cfg).context("the config is not IPv6-only")?,
@@ -461,31 +449,9 @@ impl Node6 {
 
     /// Makes the device carry exactly the peers; `false` if that failed.
     async fn reconcile(&mut self) -> bool {
-        match self.dp.reconcile(&self.nl, &self.peers).await {
-            Ok(r) => {
-                if r.removed > 0 {
-                    tracing::info!(
-                        removed = r.removed,
-                        "pruned stale routes, neighbours or fdb entries"
-                    );
-                }
-                if r.repaired > 0 {
-                    tracing::warn!(
-                        repaired = r.repaired,
-                        "routes, neighbours or fdb entries were missing or changed; restored"
-                    );
-                }
-                self.state.ready.routes.store(true, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                self.state.route_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot reconcile peer routes and neighbours");
-                self.state.update(|i| i.last_error = Some(e.to_string()));
-                self.state.ready.routes.store(false, Ordering::Relaxed);
-                false
-            }
-        }
+        let ok = reported(self.dp.reconcile(&self.nl, &self.peers).await, &self.state);
+        self.state.ready.routes.store(ok, Ordering::Relaxed);
+        ok
     }
 
     /// Restores the device's MAC (and the peers' entries) if someone changed it, and
