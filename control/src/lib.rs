@@ -27,6 +27,7 @@ pub mod events;
 pub mod flags;
 pub mod handover;
 pub mod health;
+pub mod ingress6;
 pub mod lease;
 pub mod lease_machine;
 pub mod masq;

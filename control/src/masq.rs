@@ -391,7 +391,7 @@ pub enum MasqError {
 }
 
 /// Runs `program` with `args` (and `stdin`), collecting its output.
-fn run(
+pub(crate) fn run(
     program: &'static str,
     package: &'static str,
     args: &[&str],
@@ -420,7 +420,7 @@ fn run(
     child.wait_with_output().map_err(spawn)
 }
 
-fn failed(cmd: impl Into<String>, out: &std::process::Output) -> MasqError {
+pub(crate) fn failed(cmd: impl Into<String>, out: &std::process::Output) -> MasqError {
     MasqError::Failed {
         cmd: cmd.into(),
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -435,7 +435,7 @@ fn iptables(fam: Family, args: &[&str]) -> Result<bool, MasqError> {
         .success())
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, MasqError> {
+pub(crate) fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, MasqError> {
     run("nft", "nftables", args, stdin)
 }
 

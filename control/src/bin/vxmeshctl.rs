@@ -72,8 +72,9 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
-    /// Remove the masquerade/forward (and --vxlan-notrack) rules vxmeshd installed:
-    /// iptables chains and the nftables table (after uninstall).
+    /// Remove the masquerade/forward (and --vxlan-notrack) rules vxmeshd installed,
+    /// and the IPv6 device's ingress check: iptables chains and the nftables tables
+    /// (after uninstall).
     CleanupIptables,
     /// Delete the userspace dataplane's TAP — persistent, it outlives vxmeshd so
     /// restarts lose nothing — with its address, routes and neighbours, and a
@@ -653,13 +654,15 @@ fn run() -> anyhow::Result<()> {
         }
         Cmd::CleanupIptables => {
             vxmesh_control::masq::remove()?;
+            vxmesh_control::ingress6::remove()?;
             println!(
-                "removed the {}, {} and {} chains and their hooks (iptables and ip6tables), and nftables tables ip {} and ip6 {}",
+                "removed the {}, {} and {} chains and their hooks (iptables and ip6tables), and nftables tables ip {}, ip6 {} and ip6 {}",
                 vxmesh_control::masq::NAT_CHAIN,
                 vxmesh_control::masq::FWD_CHAIN,
                 vxmesh_control::masq::RAW_CHAIN,
                 vxmesh_control::masq::NFT_TABLE,
-                vxmesh_control::masq::NFT_TABLE
+                vxmesh_control::masq::NFT_TABLE,
+                vxmesh_control::ingress6::NFT_TABLE
             );
         }
         Cmd::CleanupTap {
