@@ -50,6 +50,7 @@ use vxmesh_dataplane::fib::LocalVtep;
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::wire::MacAddr;
 
+mod ingress6;
 mod ipv6_only;
 
 /// VXLAN over IPv4: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
@@ -655,6 +656,11 @@ impl Resync {
         Resync { tick, held }
     }
 
+    /// The lease held now, if any.
+    pub fn current(&self) -> Option<Held> {
+        *self.held.borrow()
+    }
+
     /// The held lease at the next tick or change; `None` once the agent stops.
     pub async fn next(&mut self) -> Option<Held> {
         loop {
@@ -757,7 +763,7 @@ impl Background {
         reg: &Registry,
         cfg: &NetworkConfig,
         mut lease: LeaseLink,
-        resync: [Option<tokio::task::AbortHandle>; 2],
+        resync: [Option<tokio::task::AbortHandle>; 3],
         state: &Arc<AgentState>,
     ) -> Background {
         let config_watch = tokio::spawn(keep_config(reg.clone(), cfg.clone(), Arc::clone(state)));
@@ -1344,6 +1350,19 @@ pub async fn run_with(
             Backend::Iptables
         },
     };
+    let ingress6 = ingress6::Ingress6::start(
+        (opts.dataplane == DataplaneKind::Userspace)
+            .then_some(())
+            .and(dp.device6_index())
+            .and(cfg.ipv6.as_ref())
+            .map(|pool6| ingress6::Ingress6Setup {
+                network: pool6.network,
+                port: cfg.backend.port,
+                every: opts.iptables_resync,
+            }),
+        held_rx.clone(),
+        &state,
+    );
     let mut node = Running {
         files: NodeFiles {
             network: pool4.network,
@@ -1387,6 +1406,7 @@ pub async fn run_with(
         kind: opts.dataplane,
         setup,
         state: Arc::clone(&state),
+        ingress6,
     };
     node.start(first).await?;
     let iptables = rules.any().then(|| {
@@ -1419,6 +1439,7 @@ pub async fn run_with(
         [
             iptables.as_ref().map(JoinHandle::abort_handle),
             Some(blackhole.abort_handle()),
+            node.ingress6.as_ref().map(|i| i.task.abort_handle()),
         ],
         &state,
     );
@@ -1625,6 +1646,8 @@ struct Running {
     /// device is deleted under the running agent.
     kind: DataplaneKind,
     setup: DataplaneSetup,
+    /// The IPv6 device's ingress check (userspace dataplane, dual stack).
+    ingress6: Option<ingress6::Ingress6>,
 }
 
 impl Running {
@@ -1798,6 +1821,15 @@ impl Running {
     fn show_peers(&mut self, changes: Option<&[crate::peers::PeerChange]>) {
         self.state
             .show_peers(&self.peers, changes, &mut self.shown_rejections);
+        // Not before the first listing is judged: the check would drop the peers
+        // not yet read.
+        if let Some(check) = self.ingress6.as_ref().filter(|_| self.listed) {
+            check.publish(
+                self.peers
+                    .peers()
+                    .filter_map(|p| p.ipv6.map(|h| (h.public_ipv6, h.subnet))),
+            );
+        }
         // A range count over the subnets the table keeps as keys come and go.
         let usage = self.peers.leased().usage(&self.pool4);
         show_pool(&mut self.pool_alarm, usage, &self.state.pool, &self.state);

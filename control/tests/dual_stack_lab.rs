@@ -220,6 +220,29 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
 }
 
 /// The global IPv6 addresses of `dev` on `node`, as "<addr>/<len>".
+/// `node`'s IPv6 ingress check as nftables lists it (empty when it has none).
+fn ingress6_check(lab: &Lab, node: &str) -> String {
+    lab.command_in(node, "nft")
+        .args(["list", "table", "ip6", "vxmesh-vxlan6"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `node` keeps the IPv6 ingress check (`table ip6 vxmesh-vxlan6`) for UDP to
+/// port 8472, with a chain for each of `peers` (PublicIPv6) and no other, within 10 s.
+fn has_ingress6_check(lab: &Lab, node: &str, peers: &[&str]) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let listed = ingress6_check(lab, node);
+        listed.contains("udp dport 8472 jump check")
+            && listed.matches("chain peer-").count() == peers.len()
+            && peers
+                .iter()
+                .all(|p| listed.contains(&format!("{p} : goto peer-")))
+    })
+    .is_some()
+}
+
 fn ipv6_addrs(lab: &Lab, node: &str, dev: &str) -> Vec<String> {
     let v = lab.ip_json(node, &["-6", "addr", "show", "dev", dev, "scope", "global"]);
     v.as_array()
@@ -373,6 +396,17 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         &["cat", "/proc/sys/net/ipv6/conf/vxmesh0/disable_ipv6"],
     );
     assert_eq!(tap_v6.trim(), "1");
+    // The userspace node checks the inner addresses of VXLAN over IPv6 (decision 0031):
+    // two rules per peer in its ip6tables chain, every pair below crossing it. The
+    // kernel-dataplane nodes keep the kernel's (flanneld's) behaviour: no check.
+    assert!(
+        has_ingress6_check(&lab, "n3", &["fd00:64::11", "fd00:64::12"]),
+        "{}",
+        ingress6_check(&lab, "n3")
+    );
+    for node in ["n1", "n2"] {
+        assert_eq!(ingress6_check(&lab, node), "", "{node}");
+    }
 
     // flanneld's IPv6 rules: masquerade for traffic leaving the IPv6 Network, FORWARD
     // accepts. The etcd host gets an IPv6 address and no route to the pods: a pod's
@@ -710,6 +744,13 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
         ],
     );
     assert_eq!(r3[0]["dev"], "flannel-v6.1", "{r3}");
+    // Node 1 (userspace) checks VXLAN over IPv6 (decision 0031): the flannel node's
+    // pod traffic above, sent at its default offloads, crossed the check.
+    assert!(
+        has_ingress6_check(&lab, "n1", &["fd00:64::12", "fd00:64::13"]),
+        "{}",
+        ingress6_check(&lab, "n1")
+    );
 }
 
 /// An IPv6-only pod network (`VXLAB_IPV6=only`: `EnableIPv4` false), a userspace and
@@ -804,6 +845,22 @@ fn ipv6_only_cluster() {
             nat.contains("fd00:10:244::/56") && nat.contains("MASQUERADE"),
             "{node}: no IPv6 masquerade:\n{nat}"
         );
+        // The userspace `--dataplane` nodes check VXLAN over IPv6 (decision 0031), the
+        // kernel one does not; the 24 pairs above crossed the check.
+        let others: Vec<String> = (1..=3u32)
+            .filter(|m| *m != n)
+            .map(|m| format!("fd00:64::{}", 10 + m))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        if n == 2 {
+            assert_eq!(ingress6_check(&lab, &node), "", "{node}");
+        } else {
+            assert!(
+                has_ingress6_check(&lab, &node, &others),
+                "{node}: {}",
+                ingress6_check(&lab, &node)
+            );
+        }
         keys.push(key.clone());
     }
     // A restart keeps each node's key (found again by its PublicIPv6) and its pods.

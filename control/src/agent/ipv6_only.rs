@@ -28,6 +28,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::ingress6::{Ingress6, Ingress6Setup};
 use super::{
     device_check_due, keep_file, keep_iptables, next_batch, random_seed, record_skips, reported,
     show_pool, AgentOptions, Background, CheckDue, Held, HeldBack, LeaseLink,
@@ -251,6 +252,15 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         shown_rejections: None,
         synced: false,
         held_back: HeldBack::default(),
+        ingress6: Ingress6::start(
+            (opts.dataplane == DataplaneKind::Userspace).then_some(Ingress6Setup {
+                network: pool6.network,
+                port: cfg.backend.port,
+                every: opts.iptables_resync,
+            }),
+            held_rx.clone(),
+            &state,
+        ),
     };
     node.take(first, own6).await?;
 
@@ -279,6 +289,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         [
             iptables.as_ref().map(JoinHandle::abort_handle),
             Some(blackhole.abort_handle()),
+            node.ingress6.as_ref().map(|i| i.task.abort_handle()),
         ],
         &state,
     );
@@ -344,6 +355,8 @@ struct Node6 {
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
     held_back: HeldBack,
+    /// The IPv6 device's ingress check (userspace dataplane).
+    ingress6: Option<Ingress6>,
 }
 
 impl Node6 {
@@ -488,6 +501,11 @@ impl Node6 {
     fn show_peers(&mut self) {
         self.state
             .show_peers6(&self.peers, &mut self.shown_rejections);
+        // Not before the first listing is judged: the check would drop the peers
+        // not yet read.
+        if let Some(check) = self.ingress6.as_ref().filter(|_| self.synced) {
+            check.publish(self.peers.peers().map(|p| (p.public_ipv6, p.subnet)));
+        }
         let usage = self.peers.leased().usage6(&self.pool6);
         show_pool(&mut self.pool_alarm, usage, &self.state.pool6, &self.state);
     }
