@@ -11,7 +11,7 @@
 #             the start returns once the agent is ready), /etc/cni/net.d/10-vxmesh.conflist,
 #             /etc/systemd/network/10-vxmesh.link (keeps udevd from replacing the TAP's VTEP
 #             MAC: see packaging/systemd/10-vxmesh.link).
-#             Needs the reference CNI plugins (bridge, host-local, portmap) and iptables.
+#             Needs the reference CNI plugins (bridge, host-local, portmap), iptables and nftables.
 # Role etcd:  a single-member etcd from the distribution's etcd.service (Debian: etcd-server)
 #             with the drop-in packaging/systemd/etcd.service.d/10-vxmesh.conf and
 #             /etc/vxmesh/etcd.env: clients on --etcd-ip:2379 and 127.0.0.1:2379, data in
@@ -154,8 +154,10 @@ if [ "$role_node" = 1 ]; then
   for p in bridge host-local portmap; do
     [ -x "$CNI_BIN/$p" ] || [ -n "$DEST" ] || apt_pkgs+=(containernetworking-plugins)
   done
-  for c in iptables iptables-restore ip; do
-    command -v "$c" >/dev/null || [ -n "$DEST" ] || apt_pkgs+=("$( [ "$c" = ip ] && echo iproute2 || echo iptables)")
+  # nft: the IPv6 ingress check of a dual-stack or IPv6-only node (docs/decisions/0031)
+  for c in iptables iptables-restore ip nft; do
+    case $c in ip) pkg=iproute2 ;; nft) pkg=nftables ;; *) pkg=iptables ;; esac
+    command -v "$c" >/dev/null || [ -n "$DEST" ] || apt_pkgs+=("$pkg")
   done
 fi
 if [ "$role_etcd" = 1 ] && [ -z "$DEST" ]; then

@@ -91,7 +91,7 @@ if has_role node; then
       done
     fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
-      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables, ip6tables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed"
+      /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables, ip6tables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed; nftables tables vxmesh, vxmesh-vxlan6 removed"
     fi
     if ip link show cni0 >/dev/null 2>&1; then
       ports=$(ip -o link show master cni0 | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' ')

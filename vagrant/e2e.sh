@@ -64,7 +64,7 @@ IPV6=${VXMESH_E2E_IPV6:-1}
 EXTRA_PODS=0
 KEEP=${VXMESH_E2E_KEEP:-0}
 SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
-BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,jq,ethtool
+BOX_PACKAGES=etcd-server,etcd-client,iperf3,containernetworking-plugins,iptables,nftables,jq,ethtool
 export VGLAB_DIR=${VGLAB_DIR:-/var/tmp/vglab}
 export VGLAB_NS=${VGLAB_NS:-vglab}
 export VXMESH_OFFLINE=1 VXMESH_NODES=$NODES VXMESH_ETCD_ON_NODE=${VXMESH_E2E_ETCD_ON_NODE:-0}

@@ -204,6 +204,7 @@ case $cmd in
     iptables -S 2>/dev/null | grep -q VXMESH && left+=("iptables filter VXMESH rules")
     ip6tables -t nat -S 2>/dev/null | grep -q VXMESH && left+=("ip6tables nat VXMESH rules")
     ip6tables -S 2>/dev/null | grep -q VXMESH && left+=("ip6tables filter VXMESH rules")
+    nft list tables 2>/dev/null | grep -q vxmesh && left+=("nftables vxmesh tables")
     if [ ${#left[@]} -eq 0 ]; then echo "nothing left"; else echo "left: ${left[*]}"; exit 1; fi ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
