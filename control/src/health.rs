@@ -406,13 +406,17 @@ pub fn render_metrics(s: &AgentState) -> String {
         "Peer nodes with a route through the overlay",
         (info.peers.len() + info.ipv6_only_peers.len()) as u64,
     );
+    // An IPv6-only node holds an IPv6 subnet alone: its labels are the IPv6 ones, the
+    // IPv4 ones empty (its VtepMAC is the IPv6 device's).
     let _ = writeln!(
         o,
-        "# HELP vxmesh_lease_info The subnet this node holds\n# TYPE vxmesh_lease_info gauge\nvxmesh_lease_info{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{}\"}} {}",
+        "# HELP vxmesh_lease_info The subnets this node holds\n# TYPE vxmesh_lease_info gauge\nvxmesh_lease_info{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{}\",ipv6_subnet=\"{}\",public_ipv6=\"{}\"}} {}",
         label(&info.subnet.map(|x| x.to_string()).unwrap_or_default()),
         label(&info.public_ip.map(|x| x.to_string()).unwrap_or_default()),
         label(info.vtep_mac.as_deref().unwrap_or("")),
-        u64::from(info.subnet.is_some())
+        label(&info.ipv6_subnet.map(|x| x.to_string()).unwrap_or_default()),
+        label(&info.public_ipv6.map(|x| x.to_string()).unwrap_or_default()),
+        u64::from(info.subnet.is_some() || info.ipv6_subnet.is_some())
     );
     gauge(
         &mut o,
@@ -806,6 +810,41 @@ mod tests {
         );
         assert!(text.contains("\nvxmesh_ipv6_pool_subnets_total 255\n"));
         assert_eq!(status_json(&s)["pool6"]["used"], 3);
+    }
+
+    #[test]
+    fn lease_info_names_either_family() {
+        let s = AgentState::default();
+        let info = |s: &AgentState| {
+            render_metrics(s)
+                .lines()
+                .find(|l| l.starts_with("vxmesh_lease_info{"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            info(&s),
+            r#"vxmesh_lease_info{subnet="",public_ip="",vtep_mac="",ipv6_subnet="",public_ipv6=""} 0"#
+        );
+        // An IPv6-only node: the IPv6 half alone, and the lease counts as held.
+        s.update(|i| {
+            i.ipv6_subnet = Some("fd00:10:244:3::/64".parse().unwrap());
+            i.public_ipv6 = Some("fd00:64::11".parse().unwrap());
+            i.vtep_mac = Some("0e:00:00:00:00:01".into());
+        });
+        assert_eq!(
+            info(&s),
+            r#"vxmesh_lease_info{subnet="",public_ip="",vtep_mac="0e:00:00:00:00:01",ipv6_subnet="fd00:10:244:3::/64",public_ipv6="fd00:64::11"} 1"#
+        );
+        // Dual stack: both.
+        s.update(|i| {
+            i.subnet = Some("10.244.3.0/24".parse().unwrap());
+            i.public_ip = Some("192.168.100.11".parse().unwrap());
+        });
+        assert_eq!(
+            info(&s),
+            r#"vxmesh_lease_info{subnet="10.244.3.0/24",public_ip="192.168.100.11",vtep_mac="0e:00:00:00:00:01",ipv6_subnet="fd00:10:244:3::/64",public_ipv6="fd00:64::11"} 1"#
+        );
     }
 
     #[test]
