@@ -1850,7 +1850,12 @@ impl Running {
     async fn check_device(&mut self) -> Device {
         match self
             .dp
-            .ensure_vtep_mac(&self.nl, self.setup.local.vtep_mac, self.mtu)
+            .ensure_vtep_mac(
+                &self.nl,
+                self.setup.local.vtep_mac,
+                self.setup.ipv6.as_ref().map(|v6| v6.vtep_mac),
+                self.mtu,
+            )
             .await
         {
             Ok(false) => Device::There,

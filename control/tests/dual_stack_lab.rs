@@ -515,6 +515,41 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         );
     }
 
+    // The IPv6 device's MAC changed under a running agent (udev's MACAddressPolicy, a
+    // script), on either dataplane: the 2-s device check puts the IPv6 VtepMAC back,
+    // the flushed neighbours are reconciled, and every IPv6 pair crosses again.
+    for node in ["n1", "n3"] {
+        let mac = |lab: &Lab| {
+            lab.ip_json(node, &["link", "show", "flannel-v6.1"])[0]["address"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let want = mac(&lab).unwrap();
+        lab.exec(
+            node,
+            &[
+                "ip",
+                "link",
+                "set",
+                "flannel-v6.1",
+                "address",
+                "02:00:00:00:06:66",
+            ],
+        );
+        let back = wait_for(Duration::from_secs(10), || {
+            mac(&lab).as_deref() == Some(want.as_str())
+        });
+        assert!(back.is_some(), "{node}: the IPv6 VtepMAC was not put back");
+        let ok = wait_for(Duration::from_secs(10), || {
+            let (ok, out) = lab.cmd(&["check"]);
+            ok && out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable")
+        });
+        assert!(
+            ok.is_some(),
+            "{node}: not every pair reached after the IPv6 VtepMAC was put back"
+        );
+    }
+
     // A forged lease claiming node 1's IPv6 subnet (its IPv4 half fresh and valid):
     // every node rejects it whole, so node 1's pods keep their IPv6 route everywhere.
     // Before the IPv6 halves were judged, nodes 2 and 3 routed node 1's pods' IPv6 to

@@ -282,14 +282,16 @@ impl NodeDataplane {
 
     /// Puts the VtepMAC back on the device if something replaced it (systemd-udevd's
     /// `MACAddressPolicy=persistent` can rewrite a new TAP's MAC just after we set
-    /// it; peers would then address a MAC nobody answers to). Returns whether a repair
-    /// was needed; `NoSuchLink` when the device, the underlay TAP or the IPv6 device
-    /// of a dual-stack node is gone. Setting a MAC flushes the device's neighbours: the caller re-applies
-    /// the peers after a repair.
+    /// it; peers would then address a MAC nobody answers to), and `vtep_mac6` on the
+    /// IPv6 device of a dual-stack node. Returns whether a repair was needed;
+    /// `NoSuchLink` when the device, the underlay TAP or the IPv6 device is gone.
+    /// Setting a MAC flushes the device's neighbours: the caller re-applies the peers
+    /// after a repair.
     pub async fn ensure_vtep_mac(
         &self,
         nl: &Netlink,
         vtep_mac: MacAddr,
+        vtep_mac6: Option<MacAddr>,
         mtu: u32,
     ) -> Result<bool, NetlinkError> {
         // The underlay TAP (`--egress-tunnel-gso`) and, dual stack, the IPv6 device:
@@ -305,16 +307,27 @@ impl NodeDataplane {
                 )));
             }
         }
+        let mut repaired = false;
         if let Some(i6) = self.device6_index() {
-            if nl.link_by_index(i6).await?.is_none() {
+            let Some(l) = nl.link_by_index(i6).await? else {
                 return Err(NetlinkError::NoSuchLink(format!(
                     "#{i6} (the IPv6 overlay device vanished)"
                 )));
+            };
+            if let Some(want) = vtep_mac6.filter(|m| l.mac != Some(*m)) {
+                tracing::warn!(
+                    device = %l.name,
+                    found = ?l.mac.map(|m| m.to_string()),
+                    want = %want,
+                    "device MAC was changed behind our back (udev MACAddressPolicy?); restoring the IPv6 VtepMAC"
+                );
+                nl.configure_link(i6, want, kernel::mtu6(mtu)).await?;
+                repaired = true;
             }
         }
         let idx = self.device_index();
         match nl.link_by_index(idx).await? {
-            Some(l) if l.mac == Some(vtep_mac) => Ok(false),
+            Some(l) if l.mac == Some(vtep_mac) => Ok(repaired),
             Some(l) => {
                 tracing::warn!(
                     device = %l.name,
