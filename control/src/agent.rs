@@ -146,10 +146,24 @@ pub struct Underlay {
     pub local_ip: Ipv4Addr,
     /// The address advertised to peers (differs from `local_ip` behind NAT).
     pub public_ip: Ipv4Addr,
+    /// How it was chosen, for the log: the rule, and the candidates passed over.
+    pub by: String,
+    pub passed_over: Vec<String>,
+}
+
+impl Underlay {
+    /// Logs the choice, as flanneld logs its own.
+    fn announce(&self) {
+        for p in &self.passed_over {
+            tracing::info!("underlay: passed over {p}");
+        }
+        tracing::info!(iface = %self.link.name, by = %self.by, local_ip = %self.local_ip, public_ip = %self.public_ip, mtu = self.link.mtu, "underlay chosen");
+    }
 }
 
 /// Finds the underlay interface and the PublicIP to advertise, as flanneld does
-/// (the choice itself is [`crate::underlay::choose`]).
+/// (the choice itself is [`crate::underlay::choose`]); not logged yet: an IPv6-only
+/// network's node chooses another one.
 pub async fn resolve_underlay(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Underlay> {
     let choice = crate::underlay::choose(flags, &host_of(nl, flags).await?)?;
     underlay_of(nl, choice).await
@@ -168,20 +182,18 @@ async fn host_of(nl: &Netlink, flags: &UnderlayFlags) -> anyhow::Result<Host> {
     })
 }
 
-/// The chosen underlay's link, logged as flanneld logs its choice.
+/// The chosen underlay's link.
 async fn underlay_of(nl: &Netlink, choice: crate::underlay::Choice) -> anyhow::Result<Underlay> {
-    for p in &choice.passed_over {
-        tracing::info!("underlay: passed over {p}");
-    }
     let link = nl
         .link_by_index(choice.index)
         .await?
         .with_context(|| format!("interface {} vanished", choice.name))?;
-    tracing::info!(iface = %link.name, by = %choice.by, local_ip = %choice.local_ip, public_ip = %choice.public_ip, "underlay chosen");
     Ok(Underlay {
         link,
         local_ip: choice.local_ip,
         public_ip: choice.public_ip,
+        by: choice.by,
+        passed_over: choice.passed_over,
     })
 }
 
@@ -1193,7 +1205,7 @@ pub async fn run_with(
         return ipv6_only::run(&opts, state, &mut stop, nl, reg, cfg, pool6).await;
     };
     let underlay = underlay?;
-    tracing::info!(iface = %underlay.link.name, public_ip = %underlay.public_ip, mtu = underlay.link.mtu, "underlay");
+    underlay.announce();
     for n in &cfg.notes {
         tracing::warn!("network config: {n}");
     }
@@ -2051,7 +2063,10 @@ impl Running {
             return None;
         }
         match underlay_of(&self.nl, choice).await {
-            Ok(u) => Some(u),
+            Ok(u) => {
+                u.announce();
+                Some(u)
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "the underlay moved, but its interface cannot be read; looking again");
                 None
