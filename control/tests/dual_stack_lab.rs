@@ -898,6 +898,78 @@ fn ipv6_only_cluster() {
         }
         keys.push(key.clone());
     }
+    // Node 3's PublicIPv6 renumbered under the running agent (decision 0024): the
+    // same key is put again naming the new address and the VtepMAC derived from it,
+    // its device sends from it, the other nodes reprogram it (and their ingress
+    // checks let it in), and every pair crosses again.
+    let (key3, _) = held
+        .iter()
+        .find(|(_, v)| v.contains("\"PublicIPv6\":\"fd00:64::13\""))
+        .unwrap()
+        .clone();
+    lab.exec(
+        "n3",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:64::33/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.exec(
+        "n3",
+        &["ip", "-6", "addr", "del", "fd00:64::13/64", "dev", "eth0"],
+    );
+    let moved = wait_for(Duration::from_secs(15), || {
+        leases(&lab).iter().any(|(k, v)| {
+            *k == key3
+                && LeaseAttrs::parse(v.as_bytes())
+                    .is_ok_and(|a| a.public_ipv6 == Some("fd00:64::33".parse().unwrap()))
+        })
+    });
+    assert!(moved.is_some(), "{:?}", leases(&lab));
+    let (_, v3) = leases(&lab).into_iter().find(|(k, _)| *k == key3).unwrap();
+    let a3 = LeaseAttrs::parse(v3.as_bytes()).unwrap();
+    assert_eq!(
+        a3.vxlan_v6.unwrap().vtep_mac,
+        vxmesh_control::vtep_mac::derive_v6("fd00:64::33".parse().unwrap(), 1),
+        "{v3}"
+    );
+    let link = &lab.ip_json("n3", &["-d", "link", "show", "flannel-v6.1"])[0];
+    assert_eq!(
+        link["linkinfo"]["info_data"]["local6"], "fd00:64::33",
+        "{link}"
+    );
+    assert!(
+        has_ingress6_check(&lab, "n1", &["fd00:64::12", "fd00:64::33"]),
+        "{}",
+        ingress6_check(&lab, "n1")
+    );
+    let ok = wait_for(Duration::from_secs(15), || {
+        let (ok, out) = lab.cmd(&["check"]);
+        ok && out.contains("24 of 24 reachable")
+    });
+    assert!(ok.is_some(), "not every pair reached after node 3 moved");
+    let st = lab.status("n3");
+    assert_eq!(st["node"]["public_ipv6"], "fd00:64::33", "{st}");
+    assert_eq!(st["ready"], true, "{st}");
+    let events = lab.exec(
+        "n3",
+        &[
+            lab.bin.join("vxmeshctl").to_str().unwrap(),
+            "events",
+            "--once",
+        ],
+    );
+    assert!(
+        events.contains("underlay_moved") && events.contains("fd00:64::13 → fd00:64::33"),
+        "{events}"
+    );
+
     // A restart keeps each node's key (found again by its PublicIPv6) and its pods.
     let pid = lab.agent_pid(1);
     lab.must(&["restart-agent", "1"]);

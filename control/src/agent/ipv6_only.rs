@@ -15,8 +15,12 @@
 //!   ip6tables (or `table ip6 vxmesh`) masquerade/FORWARD rules and the blackhole route
 //!   kept as on other nodes; readiness, status, events and metrics as on other nodes.
 //!
+//! A PublicIPv6 taken from the interface (no `--public-ipv6`) is followed when it
+//! leaves it (decision 0024): the lease is put again naming the new one, with the
+//! VtepMAC derived from it, and `flannel-v6.<VNI>` is made again sending from it.
+//!
 //! Not here (yet): a handover (a restart is cold; the device and its routes stay, so
-//! pod traffic keeps flowing), and following a PublicIPv6 that moves.
+//! pod traffic keeps flowing).
 
 use std::future::Future;
 use std::net::Ipv6Addr;
@@ -32,7 +36,7 @@ use super::ingress6::{Ingress6, Ingress6Setup};
 use super::{
     device_check_due, keep_file, keep_iptables, next_batch, random_seed, record_skips, reported,
     show_pool, AgentOptions, Background, CheckDue, Held, HeldBack, LeaseLink,
-    LOG_EACH_CHANGE_UP_TO,
+    LOG_EACH_CHANGE_UP_TO, UNDERLAY_RECHECK_TICKS,
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
@@ -43,6 +47,7 @@ use crate::netlink::{LinkNews, Netlink};
 use crate::node_dataplane::ipv6_only::{Ipv6OnlyDataplane, Ipv6OnlySetup};
 use crate::node_dataplane::kernel::{self, Place};
 use crate::node_dataplane::{DataplaneKind, Setup6};
+use crate::outage::{Outage, Report};
 use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{Ipv6OnlyRules, LocalNode6, PeerChange, PeerIpv6, PeerTable, Update};
 use crate::registry::{Registry, WatchEvent};
@@ -95,7 +100,8 @@ struct Files6 {
     network: Subnet6,
     mtu: u32,
     ip_masq: bool,
-    rules: Rules,
+    /// The rules kept in place (they name the PublicIPv6 with `--vxlan-notrack`).
+    rules: watch::Sender<Rules>,
     subnet_file: std::path::PathBuf,
     written: Option<SubnetEnv>,
     /// Writing it back failed (said once).
@@ -105,7 +111,7 @@ struct Files6 {
 impl Files6 {
     /// Masquerade/FORWARD rules and the subnet file for the lease's IPv6 subnet.
     fn take(&mut self, subnet: Subnet6, state: &AgentState) -> anyhow::Result<()> {
-        if let Err(e) = crate::masq::apply6(&self.network, &subnet, self.rules) {
+        if let Err(e) = crate::masq::apply6(&self.network, &subnet, *self.rules.borrow()) {
             tracing::error!("cannot install the IPv6 masquerade/forward rules: {e}");
             state.update(|i| i.last_error = Some(e.to_string()));
         }
@@ -232,7 +238,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
             network: pool6.network,
             mtu: mtu6,
             ip_masq: opts.ip_masq,
-            rules,
+            rules: watch::channel(rules).0,
             subnet_file: opts.subnet_file.clone(),
             written: None,
             failing: false,
@@ -249,6 +255,11 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         own_key: OwnKeyWatch::new(reg.prefix(), NodeId::V6(u.public_ipv6)),
         own: first,
         lost_tx: lease.lost.clone(),
+        moved_tx: lease.moved.clone(),
+        registry: reg.clone(),
+        public_ipv6_flag: opts.underlay.public_ipv6,
+        iface: u.name.clone(),
+        underlay_gone: Outage::new("the PublicIPv6"),
         shown_rejections: None,
         synced: false,
         held_back: HeldBack::default(),
@@ -266,7 +277,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
 
     let iptables = rules.any().then(|| {
         tokio::spawn(keep_iptables(
-            watch::channel(rules).1,
+            node.files.rules.subscribe(),
             None,
             Some(pool6.network),
             held_rx.clone(),
@@ -294,6 +305,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         &state,
     );
 
+    let mut ticks: u32 = 0;
     let result = loop {
         tokio::select! {
             _ = &mut *stop => break Ok(()),
@@ -311,19 +323,29 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
                 }
             }
             due = device_check_due(&mut bg.device_check, &mut bg.link_news) => {
-                let check = match due {
-                    CheckDue::Tick | CheckDue::News(LinkNews::Lost) => true,
-                    CheckDue::News(LinkNews::Deleted(d)) => node.dp.owns_link(&d),
-                    CheckDue::News(LinkNews::Addresses) => false,
+                // (check the device, look at the PublicIPv6), as on other nodes.
+                let (check, underlay) = match due {
+                    CheckDue::Tick => {
+                        ticks = ticks.wrapping_add(1);
+                        (true, bg.link_news.is_none() || ticks % UNDERLAY_RECHECK_TICKS == 0)
+                    }
+                    CheckDue::News(LinkNews::Lost) => (true, true),
+                    CheckDue::News(LinkNews::Deleted(d)) => (node.dp.owns_link(&d), false),
+                    CheckDue::News(LinkNews::Addresses) => (false, true),
                     CheckDue::WatchEnded => {
                         bg.link_news = None;
-                        false
+                        (false, false)
                     }
                 };
                 if check {
                     node.files.keep(&node.state);
                     node.held_back.release(&node.peers, Some(Instant::now()), &node.state);
                     if let Err(e) = node.check_device().await {
+                        break Err(e);
+                    }
+                }
+                if underlay {
+                    if let Err(e) = node.recheck_underlay().await {
                         break Err(e);
                     }
                 }
@@ -351,6 +373,14 @@ struct Node6 {
     own_key: OwnKeyWatch,
     own: Held,
     lost_tx: mpsc::Sender<LeaseLoss>,
+    /// Tells the lease task the lease's new value when the PublicIPv6 moved.
+    moved_tx: mpsc::Sender<LeaseAttrs>,
+    registry: Registry,
+    /// `--public-ipv6` (a given address is never followed) and the underlay's name.
+    public_ipv6_flag: Option<Ipv6Addr>,
+    iface: String,
+    /// The PublicIPv6 gone with nothing to replace it.
+    underlay_gone: Outage,
     shown_rejections: Option<u64>,
     /// Whether a registry event has been programmed yet (readiness).
     synced: bool,
@@ -495,6 +525,127 @@ impl Node6 {
             self.dp.set_subnet6(&self.nl, &s).await?;
         }
         self.reconcile().await;
+        Ok(())
+    }
+
+    /// Follows a PublicIPv6 that left the underlay interface (not one `--public-ipv6`
+    /// gives): the lease put again naming the one chosen now (same key, same subnet),
+    /// the VtepMAC derived from it, the device made again sending from it, the rules
+    /// and the peer table told. With no address to follow the node is not ready and
+    /// changes nothing until one comes (decision 0024).
+    async fn recheck_underlay(&mut self) -> anyhow::Result<()> {
+        if self.public_ipv6_flag.is_some() {
+            return Ok(());
+        }
+        let current = self.setup.v6.local_ip;
+        let addrs = match self
+            .nl
+            .ipv6_addresses(self.setup.place.underlay_index)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the underlay's IPv6 addresses");
+                return Ok(());
+            }
+        };
+        let new = match crate::underlay::recheck_ipv6(None, &self.iface, &addrs, current) {
+            Ok(moved) => {
+                if let Report::Ended { down, .. } = self.underlay_gone.succeeded(Instant::now()) {
+                    tracing::info!(iface = %self.iface, "the underlay has a global IPv6 address again after {:.1} s", down.as_secs_f64());
+                    self.state
+                        .ready
+                        .underlay_lost
+                        .store(false, Ordering::Relaxed);
+                    self.state.event(
+                        "underlay_back",
+                        format!("{} on {}", moved.unwrap_or(current), self.iface),
+                    );
+                }
+                match moved {
+                    None => return Ok(()),
+                    Some(ip6) if self.pool6.network.contains(ip6) => {
+                        tracing::error!(address = %ip6, network = %self.pool6.network, "the underlay's IPv6 address moved inside the IPv6Network; not following it (pods' routes would take the node's own traffic)");
+                        return Ok(());
+                    }
+                    Some(ip6) => ip6,
+                }
+            }
+            Err(e) => {
+                match self.underlay_gone.failed(Instant::now()) {
+                    Report::Began => {
+                        tracing::error!(iface = %self.iface, public_ipv6 = %current, reason = %e, "the PublicIPv6 is gone from the underlay and nothing can replace it: peers cannot reach this node; it follows the next global address");
+                        self.state
+                            .ready
+                            .underlay_lost
+                            .store(true, Ordering::Relaxed);
+                        self.state.event(
+                            "underlay_lost",
+                            format!("PublicIPv6 {current} gone from {}: {e}", self.iface),
+                        );
+                    }
+                    Report::Lasts { down, .. } => {
+                        tracing::warn!(iface = %self.iface, public_ipv6 = %current, "the PublicIPv6 is still gone after {} s", down.as_secs());
+                    }
+                    Report::Ended { .. } | Report::Quiet => {}
+                }
+                return Ok(());
+            }
+        };
+        tracing::warn!(old_public_ipv6 = %current, public_ipv6 = %new, iface = %self.iface,
+            "the underlay's IPv6 address moved; following it (same subnet)");
+        self.state.ready.routes.store(false, Ordering::Relaxed);
+        self.state.event(
+            "underlay_moved",
+            format!("PublicIPv6 {current} → {new} on {}", self.iface),
+        );
+        self.state.underlay_moves.fetch_add(1, Ordering::Relaxed);
+        let vni = self.setup.place.vni;
+        let mac6 = crate::vtep_mac::derive_v6(new, vni);
+        self.state.update(|i| {
+            i.public_ipv6 = Some(new);
+            i.vtep_mac = Some(mac6.to_string());
+        });
+        // The etcd connection may leave from the address that is gone.
+        if let Err(e) = self.registry.reconnect().await {
+            tracing::warn!(error = %e, "cannot connect to etcd again from the new address; the old connection recovers on its own");
+        }
+        self.setup.v6.local_ip = new;
+        self.setup.v6.vtep_mac = mac6;
+        // Before the lease is put again: the put must read as this node's own write.
+        self.own_key.set_node(NodeId::V6(new));
+        let mut skips = Vec::new();
+        let changes = self.peers.set_local(
+            Some(LocalNode6 {
+                public_ipv6: new,
+                vtep_mac: mac6,
+            }),
+            &mut skips,
+        );
+        record_skips(&skips, &self.state);
+        if self
+            .moved_tx
+            .send(LeaseAttrs::vxlan_ipv6_only(new, vni, mac6))
+            .await
+            .is_err()
+        {
+            tracing::error!("the lease task has ended; the lease still names the old PublicIPv6");
+        }
+        self.files.rules.send_modify(|rules| {
+            if let Some(u) = rules.untrack.as_mut() {
+                u.local_ipv6 = Some(new);
+            }
+        });
+        // The device sends from the new address with the new MAC: made again.
+        self.dp = Ipv6OnlyDataplane::start(&self.nl, &self.setup, &self.state)
+            .await
+            .context("the PublicIPv6 moved and the IPv6 device could not be made again on it; restart vxmeshd")?;
+        if let Some(s) = self.own.ipv6() {
+            self.dp.set_subnet6(&self.nl, &s).await?;
+        }
+        self.program(&changes);
+        self.reconcile().await;
+        self.show_peers();
         Ok(())
     }
 
