@@ -116,19 +116,7 @@ fn setup() -> (Netns, Netns) {
     )
     .unwrap();
     for (ns, ip) in [(&node, ME), (&peer, PEER), (&peer, OTHER)] {
-        ns.exec(
-            "ip",
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap();
+        ns.add_ipv6(&format!("{ip}/64"), "eth0").unwrap();
     }
     for args in [
         vec![

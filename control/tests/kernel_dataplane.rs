@@ -1001,8 +1001,7 @@ fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
     let b = Netns::unique("kd-v6b").unwrap();
     vxmesh_testkit::netns::veth(&a, "eth0", "192.0.2.2/24", &b, "eth0", "192.0.2.3/24").unwrap();
     for (ns, ip) in [(&a, "fd00:192::2/64"), (&b, "fd00:192::3/64")] {
-        ns.ip(&["-6", "addr", "add", ip, "dev", "eth0", "nodad"])
-            .unwrap();
+        ns.add_ipv6(ip, "eth0").unwrap();
     }
     let (na, nb) = (node6(2), node6(3));
     let (ns_a, ns_b) = (Ns(a), Ns(b));
@@ -1225,8 +1224,7 @@ fn ipv6_only_node_runs_flannels_ipv6_device_alone() {
     ])
     .unwrap();
     for (ns, ip) in [(&a, "fd00:192::2/64"), (&b, "fd00:192::3/64")] {
-        ns.ip(&["-6", "addr", "add", ip, "dev", "eth0", "nodad"])
-            .unwrap();
+        ns.add_ipv6(ip, "eth0").unwrap();
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     }
     let (ns_a, ns_b) = (Ns(a), Ns(b));

@@ -491,19 +491,7 @@ fn vxlan_notrack_covers_the_ipv6_device() {
     let (me, them): (Ipv6Addr, Ipv6Addr) =
         ("fd00:79::1".parse().unwrap(), "fd00:79::2".parse().unwrap());
     for (ns, ip) in [(&node, me), (&peer, them)] {
-        ns.exec(
-            "ip",
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap();
+        ns.add_ipv6(&format!("{ip}/64"), "eth0").unwrap();
     }
     let untrack = Some(Untrack {
         local_ip: Some("192.168.79.1".parse().unwrap()),

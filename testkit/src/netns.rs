@@ -82,6 +82,12 @@ impl Netns {
         run("ip", &a)
     }
 
+    /// Adds the IPv6 address `cidr` to `dev`, usable at once (no duplicate address
+    /// detection).
+    pub fn add_ipv6(&self, cidr: &str, dev: &str) -> io::Result<String> {
+        self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"])
+    }
+
     /// `<program> -n <ns> -j <args>` (`ip`, `bridge`) parsed; an empty array when the tool
     /// prints nothing.
     pub fn json(&self, program: &str, args: &[&str]) -> io::Result<Value> {
