@@ -177,6 +177,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
+        "ipv6_ingress_dropped": s.ipv6_ingress_dropped.load(Ordering::Relaxed),
         "config_in_etcd": {
             "state": config.as_str(),
             "detail": config.detail(),
@@ -555,6 +556,12 @@ pub fn render_metrics(s: &AgentState) -> String {
         "vxmesh_iptables_repairs_total",
         "Times the masquerade/forward rules were found changed and restored",
         s.iptables_repairs.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut o,
+        "vxmesh_ipv6_ingress_dropped_packets_total",
+        "VXLAN over IPv6 dropped by the IPv6 ingress check (userspace dataplane; read every --iptables-resync)",
+        s.ipv6_ingress_dropped.load(Ordering::Relaxed),
     );
 
     let st = s.start_info();

@@ -141,6 +141,30 @@ pub fn current() -> Result<Vec<String>, MasqError> {
     ))
 }
 
+/// The packets the check has dropped since its table was last made: the sum of its
+/// rules' counters in `nft -j list` output (`None` when the text is not nftables' JSON).
+pub fn dropped_in(json: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let items = v.get("nftables")?.as_array()?;
+    Some(
+        items
+            .iter()
+            .filter_map(|i| i.get("rule")?.get("expr")?.as_array())
+            .flatten()
+            .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+            .sum(),
+    )
+}
+
+/// [`dropped_in`] of the table as it is now; `Ok(None)` when it is not there.
+pub fn dropped() -> Result<Option<u64>, MasqError> {
+    let out = masq::nft(&["-j", "list", "table", "ip6", NFT_TABLE], None)?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(dropped_in(&String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Applies when nothing was applied yet or the check changed (a peer came, went or
 /// moved; the subnet changed), else compares our lines with the last snapshot and
 /// applies again if they drifted.
@@ -279,6 +303,23 @@ mod tests {
             ..c
         };
         assert_eq!(nft_input(&all).matches("return").count(), 1);
+    }
+
+    #[test]
+    fn drops_are_summed_from_nfts_json() {
+        // `nft -j list table ip6 vxmesh-vxlan6` (nftables 1.0.6), trimmed.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip6", "name": "vxmesh-vxlan6", "handle": 1}},
+            {"rule": {"family": "ip6", "table": "vxmesh-vxlan6", "chain": "check", "handle": 5,
+              "expr": [{"counter": {"packets": 7, "bytes": 900}}, {"drop": null}]}},
+            {"rule": {"family": "ip6", "table": "vxmesh-vxlan6", "chain": "peer-0", "handle": 8,
+              "expr": [{"match": {"op": "==", "left": {"payload": {"base": "th", "offset": 304, "len": 64}},
+                "right": 1}}, {"return": null}]}},
+            {"rule": {"family": "ip6", "table": "vxmesh-vxlan6", "chain": "peer-0", "handle": 9,
+              "expr": [{"counter": {"packets": 3, "bytes": 300}}, {"drop": null}]}}]}"#;
+        assert_eq!(dropped_in(json), Some(10));
+        assert_eq!(dropped_in(r#"{"nftables": []}"#), Some(0));
+        assert_eq!(dropped_in("table ip6 vxmesh-vxlan6 {"), None);
     }
 
     /// What nftables would decide for `expr` (`@th,<bit>,<len> 0x…`) on `th`.

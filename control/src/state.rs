@@ -273,6 +273,9 @@ pub struct AgentState {
     pub handovers_refused: AtomicU64,
     /// Times the iptables rules had been changed by someone else and were restored.
     pub iptables_repairs: AtomicU64,
+    /// VXLAN over IPv6 the IPv6 ingress check dropped (`crate::ingress6`), as read
+    /// from its counters every `--iptables-resync`.
+    pub ipv6_ingress_dropped: AtomicU64,
     /// Up while the dataplane and lease are being handed to a successor.
     pub handover_gate: HandoverGate,
     /// etcd's network config against the one this node runs (`config_watch`).

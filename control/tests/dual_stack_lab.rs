@@ -220,6 +220,10 @@ fn dual_stack_config_leases_both_families_and_keeps_ipv4_working() {
 }
 
 /// The global IPv6 addresses of `dev` on `node`, as "<addr>/<len>".
+fn hex_bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// `node`'s IPv6 ingress check as nftables lists it (empty when it has none).
 fn ingress6_check(lab: &Lab, node: &str) -> String {
     lab.command_in(node, "nft")
@@ -898,6 +902,38 @@ fn ipv6_only_cluster() {
         }
         keys.push(key.clone());
     }
+    // The pairs above dropped nothing at node 3's ingress check; a datagram from node
+    // 2's PublicIPv6 claiming a source in node 1's subnet is dropped and counted.
+    let dropped = |lab: &Lab| lab.metric("n3", "vxmesh_ipv6_ingress_dropped_packets_total");
+    assert_eq!(dropped(&lab), 0.0, "{}", ingress6_check(&lab, "n3"));
+    let subnet_of = |ip6: &str| {
+        let (k, _) = held
+            .iter()
+            .find(|(_, v)| v.contains(&format!("\"PublicIPv6\":\"{ip6}\"")))
+            .unwrap();
+        LeaseKey::parse(k).unwrap().ipv6_subnet().unwrap()
+    };
+    let (s1, s3) = (subnet_of("fd00:64::11"), subnet_of("fd00:64::13"));
+    // VXLAN (VNI 1), Ethernet, IPv6 (ICMPv6, 8 bytes of payload).
+    let mut forged = String::from("0800000000000100020000000001020000000099");
+    forged.push_str("86dd6000000000083a40");
+    for a in [s1.addr(), s3.addr()] {
+        let mut o = a.octets();
+        o[15] = 5;
+        forged.push_str(&hex_bytes(&o));
+    }
+    forged.push_str("8000000000010001");
+    lab.command_in("n2", "python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(('fd00:64::12', 0)); s.sendto(bytes.fromhex(sys.argv[1]), ('fd00:64::13', 8472))",
+            &forged,
+        ])
+        .status()
+        .unwrap();
+    let counted = wait_for(Duration::from_secs(15), || dropped(&lab) >= 1.0);
+    assert!(counted.is_some(), "{}", ingress6_check(&lab, "n3"));
+
     // Node 3's PublicIPv6 renumbered under the running agent (decision 0024): the
     // same key is put again naming the new address and the VtepMAC derived from it,
     // its device sends from it, the other nodes reprogram it (and their ingress

@@ -263,6 +263,9 @@ fn spoofed_ipv6_vxlan_is_dropped() {
         !delivered(&node, &peer, PEER, short()),
         "a short datagram passed"
     );
+    // Each drop counted once: six of the cases and the short one.
+    let dropped = node.run(|| ingress6::dropped().unwrap()).unwrap();
+    assert_eq!(dropped, Some(7));
 
     // Flushed behind our back: restored at the next check.
     node.exec("nft", &["flush", "table", "ip6", ingress6::NFT_TABLE])

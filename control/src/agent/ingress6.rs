@@ -7,6 +7,7 @@
 //! rules use (decision 0031). Other nodes remove a check an earlier run left.
 
 use std::net::Ipv6Addr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ async fn keep(
     let mut resync = Resync::new(setup.every, held);
     let mut last: Option<Snapshot<Check6>> = None;
     let mut failing = false;
+    // The drops counted by tables replaced since (each new table counts from 0).
+    let mut earlier: u64 = 0;
     loop {
         let h = tokio::select! {
             h = resync.next() => match h {
@@ -111,15 +114,30 @@ async fn keep(
             peers: now,
         };
         let mut snapshot = last.take();
-        let Ok((r, snapshot)) = tokio::task::spawn_blocking(move || {
+        // The counters are read before and after: a table replaced by `ensure`
+        // starts again from 0, and what the old one had counted is kept.
+        let Ok((r, snapshot, before, after)) = tokio::task::spawn_blocking(move || {
+            let before = crate::ingress6::dropped().ok().flatten();
             let r = crate::ingress6::ensure(&check, &mut snapshot);
-            (r, snapshot)
+            let after = crate::ingress6::dropped().ok().flatten();
+            (r, snapshot, before, after)
         })
         .await
         else {
             return;
         };
         last = snapshot;
+        if matches!(
+            r,
+            Ok(crate::masq::Ensured::Applied | crate::masq::Ensured::Restored { .. })
+        ) {
+            earlier = earlier.saturating_add(before.unwrap_or(0));
+        }
+        if let Some(now) = after {
+            state
+                .ipv6_ingress_dropped
+                .store(earlier.saturating_add(now), Ordering::Relaxed);
+        }
         if let Ok(crate::masq::Ensured::Applied) = r {
             tracing::debug!("IPv6 ingress check applied");
         }
