@@ -132,7 +132,7 @@ pub fn current() -> Result<Vec<String>, MasqError> {
     if out.status.success() {
         return Ok(masq::nft_ours(&String::from_utf8_lossy(&out.stdout)));
     }
-    if !table_exists()? {
+    if !masq::nft_table_listed("ip6", NFT_TABLE)? {
         return Ok(Vec::new());
     }
     Err(masq::failed(
@@ -185,30 +185,12 @@ pub fn ensure(c: &Check6, last: &mut Option<Snapshot<Check6>>) -> Result<Ensured
     Ok(outcome)
 }
 
-fn table_exists() -> Result<bool, MasqError> {
-    let out = masq::nft(&["list", "tables", "ip6"], None)?;
-    if !out.status.success() {
-        return Err(masq::failed("nft list tables ip6", &out));
-    }
-    let ours = format!("table ip6 {NFT_TABLE}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == ours))
-}
-
 /// Removes the check; absent (or no `nft` installed) is fine.
 pub fn remove() -> Result<(), MasqError> {
-    let out = match masq::nft(&["delete", "table", "ip6", NFT_TABLE], None) {
-        Err(MasqError::Spawn { .. }) => return Ok(()),
-        r => r?,
-    };
-    if out.status.success() || !table_exists()? {
-        return Ok(());
+    match masq::nft_delete_table("ip6", NFT_TABLE) {
+        Err(MasqError::Spawn { .. }) => Ok(()),
+        r => r,
     }
-    Err(masq::failed(
-        format!("nft delete table ip6 {NFT_TABLE}"),
-        &out,
-    ))
 }
 
 #[cfg(test)]

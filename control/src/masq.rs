@@ -474,23 +474,33 @@ fn nft_has_table_in(fam: Family, listing: &str) -> bool {
 
 /// Whether our nftables table of `fam` exists.
 fn nft_table_exists(fam: Family) -> Result<bool, MasqError> {
-    let out = nft(&["list", "tables", fam.nft()], None)?;
+    nft_table_listed(fam.nft(), NFT_TABLE)
+}
+
+/// Whether nftables lists table `name` of `family` (`ip`, `ip6`).
+pub(crate) fn nft_table_listed(family: &str, name: &str) -> Result<bool, MasqError> {
+    let out = nft(&["list", "tables", family], None)?;
     if !out.status.success() {
-        return Err(failed(format!("nft list tables {}", fam.nft()), &out));
+        return Err(failed(format!("nft list tables {family}"), &out));
     }
-    Ok(nft_has_table_in(fam, &String::from_utf8_lossy(&out.stdout)))
+    let ours = format!("table {family} {name}");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == ours))
 }
 
 /// Deletes our nftables table of `fam`; absent is fine.
 fn remove_nft(fam: Family) -> Result<(), MasqError> {
-    let out = nft(&["delete", "table", fam.nft(), NFT_TABLE], None)?;
-    if out.status.success() || !nft_table_exists(fam)? {
+    nft_delete_table(fam.nft(), NFT_TABLE)
+}
+
+/// Deletes table `name` of `family`; absent is fine.
+pub(crate) fn nft_delete_table(family: &str, name: &str) -> Result<(), MasqError> {
+    let out = nft(&["delete", "table", family, name], None)?;
+    if out.status.success() || !nft_table_listed(family, name)? {
         return Ok(());
     }
-    Err(failed(
-        format!("nft delete table {} {NFT_TABLE}", fam.nft()),
-        &out,
-    ))
+    Err(failed(format!("nft delete table {family} {name}"), &out))
 }
 
 /// Removes the other backend's rules after a switch. Its tool not being installed means
