@@ -153,6 +153,7 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "vxlan_rcvbuf_kernel_bytes": q.vxlan_rcvbuf_kernel,
         })
     });
+    let ipv6_drops = s.ipv6_ingress_drops();
     serde_json::json!({
         "pid": std::process::id(),
         "ready": s.ready.ready(),
@@ -177,7 +178,22 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
         "start": s.start_info(),
         "handovers_refused": s.handovers_refused.load(Ordering::Relaxed),
         "iptables_repairs": s.iptables_repairs.load(Ordering::Relaxed),
-        "ipv6_ingress_dropped": s.ipv6_ingress_dropped.load(Ordering::Relaxed),
+        "ipv6_ingress_dropped": ipv6_drops.total(),
+        "ipv6_ingress_drops": ipv6_drops
+            .by_reason()
+            .iter()
+            .map(|(r, n)| (r.to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "ipv6_ingress_drops_by_peer": ipv6_drops
+            .inner_address
+            .iter()
+            .filter(|(_, (_, n))| *n != 0)
+            .map(|(ip, (subnet, n))| serde_json::json!({
+                "public_ipv6": ip.to_string(),
+                "subnet": subnet.to_string(),
+                "inner_address": n,
+            }))
+            .collect::<Vec<_>>(),
         "config_in_etcd": {
             "state": config.as_str(),
             "detail": config.detail(),
@@ -557,12 +573,7 @@ pub fn render_metrics(s: &AgentState) -> String {
         "Times the masquerade/forward rules were found changed and restored",
         s.iptables_repairs.load(Ordering::Relaxed),
     );
-    counter(
-        &mut o,
-        "vxmesh_ipv6_ingress_dropped_packets_total",
-        "VXLAN over IPv6 dropped by the IPv6 ingress check (userspace dataplane; read every --iptables-resync)",
-        s.ipv6_ingress_dropped.load(Ordering::Relaxed),
-    );
+    ipv6_ingress_drops(&mut o, &s.ipv6_ingress_drops());
 
     let st = s.start_info();
     let _ = writeln!(
@@ -741,6 +752,31 @@ fn render_peer_metrics(o: &mut String, stats: &[(Peer, PeerCounterSnapshot)]) {
     }
 }
 
+/// The IPv6 ingress check's drops: by reason, and the `inner_address` ones by peer
+/// (the peers that have any, as the IPv4 path's per-peer drops).
+fn ipv6_ingress_drops(o: &mut String, d: &crate::ingress6::Drops6) {
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_ipv6_ingress_dropped_packets_total VXLAN over IPv6 dropped by the IPv6 ingress check, by reason (userspace dataplane; read every --iptables-resync)\n# TYPE vxmesh_ipv6_ingress_dropped_packets_total counter"
+    );
+    for (reason, n) in d.by_reason() {
+        let _ = writeln!(
+            o,
+            "vxmesh_ipv6_ingress_dropped_packets_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vxmesh_peer_ipv6_ingress_dropped_packets_total VXLAN over IPv6 from the peer's PublicIPv6 dropped by the IPv6 ingress check (an inner frame not IPv6 from the peer's subnet, or from outside the Network, to this node's)\n# TYPE vxmesh_peer_ipv6_ingress_dropped_packets_total counter"
+    );
+    for (ip, (subnet, n)) in d.inner_address.iter().filter(|(_, (_, n))| *n != 0) {
+        let _ = writeln!(
+            o,
+            "vxmesh_peer_ipv6_ingress_dropped_packets_total{{subnet=\"{subnet}\",public_ipv6=\"{ip}\",reason=\"inner_address\"}} {n}"
+        );
+    }
+}
+
 async fn metrics(State(s): State<Arc<AgentState>>) -> Response {
     (
         [(
@@ -755,6 +791,51 @@ async fn metrics(State(s): State<Arc<AgentState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_check_drops_by_reason_and_peer() {
+        let s = AgentState::default();
+        let text = render_metrics(&s);
+        assert!(
+            text.contains("vxmesh_ipv6_ingress_dropped_packets_total{reason=\"unknown_source\"} 0")
+        );
+        assert!(!text.contains("vxmesh_peer_ipv6_ingress_dropped_packets_total{"));
+        let peer = |ip: &str, subnet: &str, n| (ip.parse().unwrap(), (subnet.parse().unwrap(), n));
+        *s.ipv6_ingress_drops.lock().unwrap() = crate::ingress6::Drops6 {
+            malformed: 1,
+            unknown_source: 5,
+            inner_address: [
+                peer("fd00:64::12", "fd00:10:244:2::/64", 3),
+                peer("fd00:64::13", "fd00:10:244:3::/64", 0),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let text = render_metrics(&s);
+        for line in [
+            "vxmesh_ipv6_ingress_dropped_packets_total{reason=\"ingress_malformed\"} 1",
+            "vxmesh_ipv6_ingress_dropped_packets_total{reason=\"unknown_source\"} 5",
+            "vxmesh_ipv6_ingress_dropped_packets_total{reason=\"inner_address\"} 3",
+            "vxmesh_peer_ipv6_ingress_dropped_packets_total{subnet=\"fd00:10:244:2::/64\",public_ipv6=\"fd00:64::12\",reason=\"inner_address\"} 3",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // A peer with none is not a series.
+        assert_eq!(
+            text.matches("vxmesh_peer_ipv6_ingress_dropped_packets_total{")
+                .count(),
+            1
+        );
+        let j = status_json(&s);
+        assert_eq!(j["ipv6_ingress_dropped"], 9);
+        assert_eq!(j["ipv6_ingress_drops"]["unknown_source"], 5);
+        assert_eq!(
+            j["ipv6_ingress_drops_by_peer"][0]["public_ipv6"],
+            "fd00:64::12"
+        );
+        assert_eq!(j["ipv6_ingress_drops_by_peer"][0]["inner_address"], 3);
+        assert_eq!(j["ipv6_ingress_drops_by_peer"].as_array().unwrap().len(), 1);
+    }
 
     #[test]
     fn metrics_are_well_formed() {

@@ -273,9 +273,9 @@ pub struct AgentState {
     pub handovers_refused: AtomicU64,
     /// Times the iptables rules had been changed by someone else and were restored.
     pub iptables_repairs: AtomicU64,
-    /// VXLAN over IPv6 the IPv6 ingress check dropped (`crate::ingress6`), as read
-    /// from its counters every `--iptables-resync`.
-    pub ipv6_ingress_dropped: AtomicU64,
+    /// VXLAN over IPv6 the IPv6 ingress check dropped (`crate::ingress6`), by reason
+    /// and peer, as read from its counters every `--iptables-resync`.
+    pub ipv6_ingress_drops: Mutex<crate::ingress6::Drops6>,
     /// Up while the dataplane and lease are being handed to a successor.
     pub handover_gate: HandoverGate,
     /// etcd's network config against the one this node runs (`config_watch`).
@@ -341,6 +341,14 @@ impl AgentState {
                 i.rejected = r;
             }
         });
+    }
+
+    /// The IPv6 ingress check's drops as last read.
+    pub fn ipv6_ingress_drops(&self) -> crate::ingress6::Drops6 {
+        self.ipv6_ingress_drops
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 
     pub fn config_in_etcd(&self) -> crate::config_watch::Stored {

@@ -904,8 +904,20 @@ fn ipv6_only_cluster() {
     }
     // The pairs above dropped nothing at node 3's ingress check; a datagram from node
     // 2's PublicIPv6 claiming a source in node 1's subnet is dropped and counted.
-    let dropped = |lab: &Lab| lab.metric("n3", "vxmesh_ipv6_ingress_dropped_packets_total");
-    assert_eq!(dropped(&lab), 0.0, "{}", ingress6_check(&lab, "n3"));
+    let dropped = |lab: &Lab, reason: &str| {
+        lab.metric(
+            "n3",
+            &format!("vxmesh_ipv6_ingress_dropped_packets_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    for reason in ["ingress_malformed", "unknown_source", "inner_address"] {
+        assert_eq!(
+            dropped(&lab, reason),
+            0.0,
+            "{reason}: {}",
+            ingress6_check(&lab, "n3")
+        );
+    }
     let subnet_of = |ip6: &str| {
         let (k, _) = held
             .iter()
@@ -931,8 +943,25 @@ fn ipv6_only_cluster() {
         ])
         .status()
         .unwrap();
-    let counted = wait_for(Duration::from_secs(15), || dropped(&lab) >= 1.0);
+    let counted = wait_for(Duration::from_secs(15), || {
+        dropped(&lab, "inner_address") >= 1.0
+    });
     assert!(counted.is_some(), "{}", ingress6_check(&lab, "n3"));
+    // Counted for the peer that sent it, in the metrics and in vxmeshctl counters.
+    let s2 = subnet_of("fd00:64::12");
+    let metrics = lab.metrics("n3");
+    let per_peer = format!(
+        "vxmesh_peer_ipv6_ingress_dropped_packets_total{{subnet=\"{s2}\",public_ipv6=\"fd00:64::12\",reason=\"inner_address\"}} "
+    );
+    assert!(metrics.contains(&per_peer), "no {per_peer:?} in\n{metrics}");
+    let ctl = lab.bin.join("vxmeshctl");
+    let counters = lab.exec("n3", &[ctl.to_str().unwrap(), "counters"]);
+    assert!(
+        counters.contains(&format!(
+            "ipv6_check_dropped:inner_address:fd00:64::12 ({s2})"
+        )),
+        "{counters}"
+    );
 
     // Node 3's PublicIPv6 renumbered under the running agent (decision 0024): the
     // same key is put again naming the new address and the VtepMAC derived from it,

@@ -263,9 +263,23 @@ fn spoofed_ipv6_vxlan_is_dropped() {
         !delivered(&node, &peer, PEER, short()),
         "a short datagram passed"
     );
-    // Each drop counted once: six of the cases and the short one.
-    let dropped = node.run(|| ingress6::dropped().unwrap()).unwrap();
-    assert_eq!(dropped, Some(7));
+    // Each drop counted once, by reason: the short one, the stranger's, and the peer's
+    // five with a wrong inner frame, counted for that peer.
+    let dropped = node.run(|| ingress6::dropped().unwrap()).unwrap().unwrap();
+    assert_eq!(
+        dropped.by_reason(),
+        [
+            ("ingress_malformed", 1),
+            ("unknown_source", 1),
+            ("inner_address", 5)
+        ],
+        "{dropped:?}"
+    );
+    assert_eq!(
+        dropped.inner_address.get(&a6(PEER)),
+        Some(&(s6("fd00:10:244:2::/64"), 5)),
+        "{dropped:?}"
+    );
 
     // Flushed behind our back: restored at the next check.
     node.exec("nft", &["flush", "table", "ip6", ingress6::NFT_TABLE])

@@ -7,7 +7,6 @@
 //! rules use (decision 0031). Other nodes remove a check an earlier run left.
 
 use std::net::Ipv6Addr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{report_rules, Held, Resync};
-use crate::ingress6::Check6;
+use crate::ingress6::{Check6, Drops6};
 use crate::masq::{MasqError, Snapshot};
 use crate::state::AgentState;
 use crate::subnet6::Subnet6;
@@ -86,7 +85,7 @@ async fn keep(
     let mut last: Option<Snapshot<Check6>> = None;
     let mut failing = false;
     // The drops counted by tables replaced since (each new table counts from 0).
-    let mut earlier: u64 = 0;
+    let mut earlier = Drops6::default();
     loop {
         let h = tokio::select! {
             h = resync.next() => match h {
@@ -131,12 +130,16 @@ async fn keep(
             r,
             Ok(crate::masq::Ensured::Applied | crate::masq::Ensured::Restored { .. })
         ) {
-            earlier = earlier.saturating_add(before.unwrap_or(0));
+            if let Some(before) = &before {
+                earlier.add(before);
+            }
         }
         if let Some(now) = after {
-            state
-                .ipv6_ingress_dropped
-                .store(earlier.saturating_add(now), Ordering::Relaxed);
+            let mut all = earlier.clone();
+            all.add(&now);
+            if let Ok(mut shown) = state.ipv6_ingress_drops.lock() {
+                *shown = all;
+            }
         }
         if let Ok(crate::masq::Ensured::Applied) = r {
             tracing::debug!("IPv6 ingress check applied");

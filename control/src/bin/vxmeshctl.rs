@@ -266,6 +266,37 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// `vxmeshctl counters`' rows for the IPv6 ingress check (docs/decisions/0031): its
+/// drops by reason, and the `inner_address` ones by peer. None on a node without an
+/// IPv6 subnet that counted nothing.
+fn ipv6_check_rows(st: &Value) -> Vec<Vec<String>> {
+    let reasons = st["ipv6_ingress_drops"].as_object();
+    let by_peer = st["ipv6_ingress_drops_by_peer"].as_array();
+    let any = reasons
+        .into_iter()
+        .flatten()
+        .any(|(_, v)| v.as_u64().unwrap_or(0) != 0);
+    if st["node"]["ipv6_subnet"].is_null() && !any {
+        return Vec::new();
+    }
+    let mut rows: Vec<Vec<String>> = reasons
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| vec![format!("ipv6_check_dropped:{k}"), s(v)])
+        .collect();
+    rows.extend(by_peer.into_iter().flatten().map(|p| {
+        vec![
+            format!(
+                "ipv6_check_dropped:inner_address:{} ({})",
+                s(&p["public_ipv6"]),
+                s(&p["subnet"])
+            ),
+            s(&p["inner_address"]),
+        ]
+    }));
+    rows
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", table_text(headers, rows));
 }
@@ -597,9 +628,12 @@ fn run() -> anyhow::Result<()> {
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"counters": st["counters"], "drops": st["drops"]})
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "counters": st["counters"],
+                        "drops": st["drops"],
+                        "ipv6_ingress_drops": st["ipv6_ingress_drops"],
+                        "ipv6_ingress_drops_by_peer": st["ipv6_ingress_drops_by_peer"],
+                    }))?
                 );
                 return Ok(());
             }
@@ -616,6 +650,7 @@ fn run() -> anyhow::Result<()> {
                     .flatten()
                     .map(|(k, v)| vec![format!("dropped:{k}"), s(v)]),
             );
+            rows.extend(ipv6_check_rows(&st));
             table(&["COUNTER", "VALUE"], &rows);
         }
         Cmd::Events { once } => {
@@ -1072,6 +1107,34 @@ async fn registry_cmd(cli: &Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPv6 check's rows: by reason and by peer on a node with an IPv6 subnet;
+    /// none on an IPv4 node that counted nothing (the status as vxmeshd writes it).
+    #[test]
+    fn counters_show_the_ipv6_checks_drops() {
+        let st = serde_json::json!({
+            "node": {"ipv6_subnet": "fd00:10:244:3::/64"},
+            "ipv6_ingress_drops": {"ingress_malformed": 0, "unknown_source": 4, "inner_address": 2},
+            "ipv6_ingress_drops_by_peer": [
+                {"public_ipv6": "fd00:64::12", "subnet": "fd00:10:244:2::/64", "inner_address": 2}
+            ],
+        });
+        let rows = ipv6_check_rows(&st);
+        let text = table_text(&["COUNTER", "VALUE"], &rows);
+        for want in [
+            "ipv6_check_dropped:unknown_source",
+            "ipv6_check_dropped:inner_address:fd00:64::12 (fd00:10:244:2::/64)  2",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        assert_eq!(rows.len(), 4, "{text}");
+        let ipv4_node = serde_json::json!({
+            "node": {"ipv6_subnet": null},
+            "ipv6_ingress_drops": {"ingress_malformed": 0, "unknown_source": 0, "inner_address": 0},
+            "ipv6_ingress_drops_by_peer": [],
+        });
+        assert!(ipv6_check_rows(&ipv4_node).is_empty());
+    }
 
     /// A lease key or BackendType with a terminal escape (an OSC title sequence,
     /// a colour, a newline that forges a row) is shown escaped, the columns intact.
