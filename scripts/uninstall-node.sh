@@ -89,6 +89,12 @@ if has_role node; then
       for dev in $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^flannel(-v6)?\.[0-9]+$'); do
         ip link del "$dev" && log "removed $dev (the kernel dataplane's vxlan device)"
       done
+    elif [ -f "$subnet_file" ] && grep -q '^FLANNEL_IPV6_SUBNET=' "$subnet_file" && ! grep -q '^FLANNEL_SUBNET=' "$subnet_file"; then
+      # an IPv6-only network: whatever --dataplane says, the agent ran flannel-v6.<VNI> alone
+      # (no TAP) and leaves it on stop; its subnet file says so
+      for dev in $(ip -o link show type vxlan 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^flannel-v6\.[0-9]+$'); do
+        ip link del "$dev" && log "removed $dev (an IPv6-only network's vxlan device)"
+      done
     fi
     if [ -x /usr/local/bin/vxmeshctl ] && command -v iptables >/dev/null; then
       /usr/local/bin/vxmeshctl cleanup-iptables >/dev/null && log "iptables, ip6tables: VXMESH-POSTRTG/VXMESH-FWD/VXMESH-NOTRACK removed; nftables tables vxmesh, vxmesh-vxlan6 removed"

@@ -913,3 +913,85 @@ fn crash_and_systemd_restarts_in_the_lab() {
     let _ = e.kill();
     let _ = e.wait();
 }
+
+/// An IPv6-only node under systemd (decision 0030): its kernel device needs no
+/// handover, but systemd's `Type=notify` unit waits for READY=1 and its watchdog for
+/// WATCHDOG=1 as on any node, and what the store kept from the node's dual-stack run
+/// (the TAP, the sockets, the state) is dropped rather than kept open for good. Before
+/// this, the IPv6-only node said nothing to systemd (a unit start timed out).
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn an_ipv6_only_node_under_systemd() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6s",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+
+    // A dual-stack run under the fake systemd fills the store.
+    lab.must(&["stop-agent", "2"]);
+    let sd = FakeSystemd::new();
+    let mut a = sd.launch(&lab, 2, "sd6-a", &[]);
+    sd.wait_seen("READY=1", 1);
+    sd.wait_seen("FDNAME=vxmesh-state", 1);
+    let stored = sd.names();
+    assert!(
+        stored.iter().any(|n| n == "vxmesh-tap0"),
+        "nothing stored: {stored:?}"
+    );
+    let ipv6_subnet = status_of(&lab, "n2", a.id())["node"]["ipv6_subnet"].clone();
+    signal(&a, libc::SIGTERM);
+    assert!(wait_exit(&mut a, Duration::from_secs(15)).success());
+
+    // The network turns IPv6-only; node 2 starts again with what the store kept.
+    lab.edit_network_config(|c| {
+        c.insert("EnableIPv4".into(), Value::Bool(false));
+    });
+    let mut b = sd.launch(&lab, 2, "sd6-b", &[]);
+    let st = status_of(&lab, "n2", b.id());
+    assert_eq!(st["node"]["network"], Value::Null, "not IPv6-only: {st}");
+    assert_eq!(
+        st["node"]["ipv6_subnet"], ipv6_subnet,
+        "the IPv6 subnet moved"
+    );
+    sd.wait_seen("READY=1", 2);
+    let watchdogs = sd.seen("WATCHDOG=1");
+    sd.wait_seen("WATCHDOG=1", watchdogs + 1);
+    let emptied = wait_for(Duration::from_secs(10), || sd.names().is_empty());
+    assert!(
+        emptied.is_some(),
+        "the store still holds {:?}:\n{}",
+        sd.names(),
+        read(&log(&lab, "sd6-b"))
+    );
+    assert_eq!(
+        tun_links(&lab, "n2"),
+        0,
+        "the TAP of the dual-stack run is left"
+    );
+    let ready = sd
+        .msgs
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|m| m.contains("READY=1"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        ready.contains(&format!("subnet {}", ipv6_subnet.as_str().unwrap_or("?"))),
+        "{ready:?}"
+    );
+    println!("IPv6-only under systemd: {ready:?}; stored before: {stored:?}, after: none");
+    let stopping = sd.seen("STOPPING=1");
+    signal(&b, libc::SIGTERM);
+    assert!(wait_exit(&mut b, Duration::from_secs(15)).success());
+    sd.wait_seen("STOPPING=1", stopping + 1);
+}

@@ -19,8 +19,11 @@
 //! leaves it (decision 0024): the lease is put again naming the new one, with the
 //! VtepMAC derived from it, and `flannel-v6.<VNI>` is made again sending from it.
 //!
-//! Not here (yet): a handover (a restart is cold; the device and its routes stay, so
-//! pod traffic keeps flowing).
+//! No handover: the device, its entries and routes are the kernel's and outlive the
+//! process, so a restart is cold and pod traffic keeps flowing through it. Under
+//! systemd the node says READY=1, WATCHDOG=1 and STOPPING=1 as other nodes do, and
+//! drops what the descriptor store kept from an earlier IPv4 run
+//! ([`Notifications`]).
 
 use std::future::Future;
 use std::net::Ipv6Addr;
@@ -40,6 +43,7 @@ use super::{
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
+use crate::handover::node::{Launch, Notifications};
 use crate::lease::{LeaseAttrs, NodeId};
 use crate::lease_machine::LeaseMachine;
 use crate::masq::{Backend, Rules};
@@ -137,6 +141,7 @@ impl Files6 {
 }
 
 /// Runs an IPv6-only node until `stop` fires; see the module documentation.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     opts: &AgentOptions,
     state: Arc<AgentState>,
@@ -145,7 +150,11 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     reg: Registry,
     cfg: NetworkConfig,
     pool6: Ipv6Pool,
+    launch: Launch,
 ) -> anyhow::Result<()> {
+    // Under systemd: READY=1 and the watchdog as on other nodes; a store kept from
+    // an IPv4 run is dropped (nothing here is handed over).
+    let sd = Notifications::start(launch, &state);
     let u = underlay6(&nl, opts).await?;
     if pool6.network.contains(u.public_ipv6) {
         anyhow::bail!("the network config's IPv6Network {} contains this node's PublicIPv6 {}: choose an IPv6Network outside the node addresses", pool6.network, u.public_ipv6);
@@ -189,6 +198,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     let attrs = LeaseAttrs::vxlan_ipv6_only(u.public_ipv6, vni, mac6);
     let mut lease = LeaseLink::start(&reg, machine, attrs, opts.lease_ttl, &state);
     let Some(first) = lease.first(stop).await? else {
+        sd.stop();
         return Ok(());
     };
     let mut held_rx = lease.held.clone();
@@ -355,6 +365,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     };
     tracing::info!("stopping; the lease is kept for a restart");
     state.ready.routes.store(false, Ordering::Relaxed);
+    sd.stop();
     bg.abort();
     node.dp.stop();
     result

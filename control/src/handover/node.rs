@@ -99,26 +99,7 @@ impl NodeHandover {
                 .await
                 .context("handover task")??;
         let server = Server::new(me.clone(), Arc::clone(state), takeover);
-        let mut tasks = Vec::new();
-        // WATCHDOG=1 from the control loop's runtime from now on (a start that waits
-        // for etcd is bounded by TimeoutStartSec=).
-        if let Some(n) = &notifier {
-            let var = |k| std::env::var(k).ok();
-            if let Some(every) = crate::sd_notify::watchdog_interval(
-                var("WATCHDOG_USEC").as_deref(),
-                var("WATCHDOG_PID").as_deref(),
-                std::process::id(),
-            ) {
-                let n = Arc::clone(n);
-                tasks.push(tokio::spawn(async move {
-                    let mut t = tokio::time::interval(every);
-                    loop {
-                        t.tick().await;
-                        let _ = n.notify("WATCHDOG=1");
-                    }
-                }));
-            }
-        }
+        let tasks: Vec<JoinHandle<()>> = notifier.as_ref().and_then(watchdog).into_iter().collect();
         Ok(NodeHandover {
             me,
             notifier,
@@ -449,6 +430,72 @@ impl NodeHandover {
     }
 }
 
+/// WATCHDOG=1 from the control loop's runtime from now on, when systemd asks for it
+/// (a start that waits for etcd is bounded by TimeoutStartSec=).
+fn watchdog(n: &Arc<Notifier>) -> Option<JoinHandle<()>> {
+    let var = |k| std::env::var(k).ok();
+    let every = crate::sd_notify::watchdog_interval(
+        var("WATCHDOG_USEC").as_deref(),
+        var("WATCHDOG_PID").as_deref(),
+        std::process::id(),
+    )?;
+    let n = Arc::clone(n);
+    Some(tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        loop {
+            t.tick().await;
+            let _ = n.notify("WATCHDOG=1");
+        }
+    }))
+}
+
+/// systemd's side of a node with no dataplane to hand over: an IPv6-only network's,
+/// whose pods' traffic the kernel's `flannel-v6.<VNI>` carries and which outlives any
+/// process (docs/decisions/0030). READY=1 once lease, routes and subnet file are in
+/// place, WATCHDOG=1, STOPPING=1 at the end, as [`NodeHandover`] says them; and what
+/// systemd's descriptor store kept from an earlier run of another kind (an IPv4 or
+/// dual-stack node's TAP and sockets) is dropped, so that it is neither kept open nor
+/// handed to a later start.
+#[derive(Debug)]
+pub struct Notifications {
+    notifier: Option<Arc<Notifier>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Notifications {
+    pub fn start(launch: Launch, state: &Arc<AgentState>) -> Notifications {
+        let notifier = launch.notifier.map(Arc::new);
+        let mut names: Vec<String> = launch.stored_fds.into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        if !names.is_empty() {
+            tracing::info!(?names, "dropping what systemd's descriptor store kept from an earlier run: an IPv6-only node hands nothing over");
+            for name in &names {
+                let Some(n) = &notifier else { break };
+                if let Err(e) = n.remove_fds(name) {
+                    tracing::warn!(error = %e, name, "cannot drop a descriptor from systemd's store");
+                }
+            }
+        }
+        let mut tasks = Vec::new();
+        if let Some(n) = &notifier {
+            tasks.extend(watchdog(n));
+            tasks.push(tokio::spawn(notify_ready(Arc::clone(n), Arc::clone(state))));
+        }
+        Notifications { notifier, tasks }
+    }
+
+    /// The agent stops: STOPPING=1.
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(n) = &self.notifier {
+            let _ = n.notify("STOPPING=1");
+        }
+    }
+}
+
 /// Puts the userspace dataplane's descriptors in systemd's store; how many went in.
 fn store_fds(n: &Notifier, u: &crate::node_dataplane::userspace::Userspace) -> usize {
     let mut stored = 0;
@@ -480,11 +527,17 @@ async fn notify_ready(n: Arc<Notifier>, state: Arc<AgentState>) {
         if state.ready.ready() {
             let i = state.info();
             let st = state.start_info();
+            // An IPv6-only node's subnet and peers are IPv6 ones.
+            let subnet = match (i.subnet, i.ipv6_subnet) {
+                (Some(s), _) => s.to_string(),
+                (None, Some(s6)) => s6.to_string(),
+                (None, None) => String::new(),
+            };
+            // (An IPv6-only node starts cold, with no dataplane to take over.)
+            let how = if st.how.is_empty() { "cold" } else { st.how };
             let msg = format!(
-                "READY=1\nSTATUS=forwarding: subnet {}, {} peers, started {}",
-                i.subnet.map(|s| s.to_string()).unwrap_or_default(),
-                i.peers.len(),
-                st.how
+                "READY=1\nSTATUS=forwarding: subnet {subnet}, {} peers, started {how}",
+                i.peers.len() + i.ipv6_only_peers.len(),
             );
             if let Err(e) = n.notify(&msg) {
                 tracing::warn!(error = %e, "cannot notify systemd");
