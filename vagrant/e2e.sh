@@ -20,7 +20,10 @@
 #    then the network config turns dual stack (VXMESH_E2E_IPV6=1): every node gets an IPv6
 #    address on the private network, vxmeshd restarts into flannel's dual-stack keys with
 #    flannel-v6.<VNI> (both dataplanes), one more pod per node gets both families, and every
-#    IPv6 pod pair pings;
+#    IPv6 pod pair pings; then the config turns IPv6-only (VXMESH_E2E_IPV6_ONLY=1): every node
+#    restarts through systemd into flannel-v6.<VNI> alone, keeping its IPv6 subnet, one more pod
+#    per node gets IPv6 only, every pair of those and of the dual-stack pods pings, and the
+#    userspace nodes' IPv6 ingress check dropped none of it;
 #    uninstall-node.sh on the last node (nothing left, the TAP and the IPv6 device included)
 # 4. summary, timings; the EXIT trap destroys the VMs and stops libvirtd; last line
 #    "N passed, N failed"
@@ -36,7 +39,7 @@
 # VXMESH_E2E_UPGRADE_BIN (a vxmeshd of another build for the upgrade step; default: built with
 # VXMESH_BUILD_ID=e2e-upgrade into <repo>/target/e2e-upgrade, kept for the next run; "none" skips
 # the step), VXMESH_E2E_PING_INTERVAL (0.01 s),
-# VXMESH_E2E_IPV6 (1: the dual-stack step), VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
+# VXMESH_E2E_IPV6 (1: the dual-stack step), VXMESH_E2E_IPV6_ONLY (1: then the IPv6-only step), VXMESH_E2E_UNINSTALL (1), VXMESH_E2E_KEEP=1 (leave the VMs up; tear down later with
 # VXMESH_E2E_KEEP=0 ... see docs/vagrant.md), VXMESH_E2E_REBUILD_BOX=1, VXMESH_BIN_DIR (default
 # <repo>/target/release), VXMESH_VGLAB_TOOLS (default <repo>/../shared/tools/vagrant-box),
 # VGLAB_DIR / VGLAB_NS (see the tools' README).
@@ -60,7 +63,8 @@ UPGRADE_BIN=${VXMESH_E2E_UPGRADE_BIN:-}
 PING_INTERVAL=${VXMESH_E2E_PING_INTERVAL:-0.01}
 UNINSTALL=${VXMESH_E2E_UNINSTALL:-1}
 IPV6=${VXMESH_E2E_IPV6:-1}
-# pods per node made by the dual-stack step (deleted with the others before the uninstall)
+IPV6_ONLY=${VXMESH_E2E_IPV6_ONLY:-1}
+# pods per node made by the dual-stack and IPv6-only steps (deleted with the others before the uninstall)
 EXTRA_PODS=0
 KEEP=${VXMESH_E2E_KEEP:-0}
 SRC_BIN=${VXMESH_BIN_DIR:-$ROOT/target/release}
@@ -381,18 +385,52 @@ if [ "$IPV6" = 1 ] && [ "$NODES" -ge 2 ]; then
   phase "ping (IPv6 pairs)"
 fi
 
+# ---- 6. IPv6 only: the config turns IPv6-only, every node restarts through systemd --------
+if [ "$IPV6" = 1 ] && [ "$IPV6_ONLY" = 1 ] && [ "$NODES" -ge 2 ]; then
+  out=$(vssh node1 "cfg=\$($e get --print-value-only /coreos.com/network/config) && $e put /coreos.com/network/config \"\$(jq -c '. + {EnableIPv4: false}' <<<\"\$cfg\")\" >/dev/null && $e get --print-value-only /coreos.com/network/config" 2>&1)
+  grep -q '"EnableIPv4":false' <<<"$out"
+  check "the network config turns IPv6-only (EnableIPv4 false)" $? "$out"
+  for i in $(seq "$NODES"); do
+    out=$(vssh "node$i" "sudo $G ipv6-only" 2>&1)
+    check "node$i: systemctl restart into IPv6 only (READY=1 to Type=notify), the IPv6 subnet kept, flannel-v6 alone" $? "$out"
+  done
+  EXTRA_PODS=2
+  : >"$WORK/pods6only"
+  for i in $(seq "$NODES"); do
+    out=$(vssh "node$i" "sudo $G pod6-only node$i node$i-p$((PODS + 2))" 2>"$WORK/pod6only-node$i.err")
+    rc=$?
+    if [ "$rc" = 0 ]; then printf '%s\n' "$out" >>"$WORK/pods6only"; else out="$out $(tail -n 3 "$WORK/pod6only-node$i.err" | tr '\n' ' ')"; fi
+    check "node$i: a new pod gets IPv6 only" "$rc" "$out"
+  done
+  phase "IPv6 only (config, restarts, pods)"
+  ping_all "IPv6-only network" "$WORK/pods6only"
+  # the pods made under dual stack keep their IPv6 addresses (the IPv6 subnets were kept)
+  ping_all "IPv6-only network, the dual-stack pods" "$WORK/pods6"
+  for i in $(seq "$NODES"); do
+    [[ ",$KERNEL_NODES," == *",$i,"* ]] && continue
+    out=$(vssh "node$i" "sudo $G ipv6-check" 2>&1)
+    check "node$i: the IPv6 ingress check is in place and dropped none of the pings" $? "$out"
+  done
+  phase "ping (IPv6-only pairs)"
+fi
+
 for i in $(seq "$NODES"); do
   summary_rows+=("$(vssh "node$i" "sudo $G status-row node$i 192.168.56.$((10 + i))" 2>/dev/null || echo "node$i ?")")
 done
 leases=$(vssh node1 "sudo /usr/local/bin/vxmeshctl leases --etcd-endpoints http://192.168.56.$( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo 11 || echo 10):2379" 2>&1)
 note+=("leases in etcd:" "$leases")
 
-# ---- 6. uninstall reverses the install ---------------------------------------------------
+# ---- 7. uninstall reverses the install ---------------------------------------------------
 if [ "$UNINSTALL" = 1 ]; then
-  U=node$NODES
-  out=$(vssh "$U" "sudo $G pods-del $U $((PODS + EXTRA_PODS)) && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
-  check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, ip(6)tables, subnet file, cni0, devices)" $? "$(echo "$out" | tail -n 1)"
-  indent <<<"$out"
+  # the last node (the kernel dataplane's with 3 nodes); after the IPv6-only step node1 too,
+  # a userspace node whose IPv6-only run left flannel-v6.<VNI> and no TAP
+  uninstall_nodes=node$NODES
+  [ "$EXTRA_PODS" != 2 ] || [ "$NODES" = 1 ] || uninstall_nodes="node1 $uninstall_nodes"
+  for U in $uninstall_nodes; do
+    out=$(vssh "$U" "sudo $G pods-del $U $((PODS + EXTRA_PODS)) && sudo /opt/vxmesh/src/scripts/uninstall-node.sh && sudo $G leftovers" 2>&1)
+    check "$U: uninstall-node.sh leaves nothing (unit, binaries, conflist, ip(6)tables, subnet file, cni0, devices)" $? "$(echo "$out" | tail -n 1)"
+    indent <<<"$out"
+  done
   if [ "$VXMESH_ETCD_ON_NODE" != 1 ]; then
     # the box's etcd-server starts etcd at boot: uninstall must leave it enabled and running
     # again, with Debian's own configuration

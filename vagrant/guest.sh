@@ -33,6 +33,14 @@
 #   pod6 NODE POD            one more pod through the CNI plugin; prints "NODE POD IPV6" once its
 #                            IPv6 address (and the bridge's gateway) left duplicate address
 #                            detection
+#   ipv6-only                after the network config turned IPv6-only: systemctl restart vxmeshd
+#                            (Type=notify: returns once the agent says READY=1) and checks the
+#                            node runs IPv6 only: FLANNEL_IPV6_SUBNET kept, no FLANNEL_SUBNET,
+#                            flannel-v6.<VNI> alone (the TAP or flannel.<VNI> gone)
+#   pod6-only NODE POD       pod6, and checks the pod got no IPv4 address
+#   ipv6-check               on a userspace node: the IPv6 ingress check's table and its drops
+#                            (vxmeshctl counters); status 1 if it is missing or dropped any
+#                            datagram from a peer or a stranger
 #   leftovers                after uninstall-node.sh: prints what vxmesh left (node and etcd
 #                            roles); status 1 if any
 set -euo pipefail
@@ -180,6 +188,30 @@ case $cmd in
     done
     [ -n "$a6" ] || { echo "$pod got no IPv6 address" >&2; exit 1; }
     echo "$node $pod $a6" ;;
+  ipv6-only)
+    before6=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$SUBNET_FILE"); pid=$(unit MainPID); t0=$(date +%s.%N)
+    if ! systemctl restart vxmeshd.service; then
+      echo "systemctl restart vxmeshd failed ($(unit ActiveState)/$(unit SubState), result $(unit Result))"
+      journalctl -u vxmeshd.service --no-pager -n 5 -o cat; exit 1
+    fi
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+    sub6=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$SUBNET_FILE"); sub4=$(subnet)
+    devs=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(flannel(-v6)?\.[0-9]+|vxmesh0)$' | tr '\n' ' ')
+    echo "systemctl restart vxmeshd: ${secs}s (pid $pid -> $(unit MainPID), $(unit ActiveState)), $(jq -r '.node.dataplane' <<<"$(status_json)") dataplane: FLANNEL_IPV6_SUBNET=${sub6:-none} (was ${before6:-none}), FLANNEL_SUBNET=${sub4:-none}, devices: ${devs:-none}"
+    [ "$(unit ActiveState)" = active ] && [ "$(unit MainPID)" != "$pid" ] && [ -n "$sub6" ] && [ "$sub6" = "$before6" ] &&
+      [ -z "$sub4" ] && [[ $devs == flannel-v6.* ]] && [ "$(wc -w <<<"$devs")" = 1 ] ;;
+  pod6-only)
+    node=${1:?node}; pod=${2:?pod}
+    line=$("$0" pod6 "$node" "$pod") || exit 1
+    a4=$(ip -n "$pod" -4 -o addr show dev eth0 | awk '{print $4}')
+    [ -z "$a4" ] || { echo "$pod got an IPv4 address on an IPv6-only network: $a4" >&2; exit 1; }
+    echo "$line" ;;
+  ipv6-check)
+    rows=$(/usr/local/bin/vxmeshctl counters | grep '^ipv6_check_dropped:' || true)
+    table=$(nft list table ip6 vxmesh-vxlan6 2>/dev/null | grep -c 'goto peer-' || true)
+    echo "table ip6 vxmesh-vxlan6: ${table:-0} map line(s); $(tr -s ' ' <<<"$rows" | tr '\n' ';')"
+    [ "${table:-0}" -ge 1 ] && [ -n "$rows" ] &&
+      ! awk '$1 ~ /unknown_source|inner_address/ && $2 != 0 {found=1} END {exit !found}' <<<"$rows" ;;
   leftovers)
     left=()
     dir=$(cni_dir)
