@@ -360,26 +360,40 @@ if [ "$KILL" = 1 ]; then
 fi
 if [ "$NODES" -ge 2 ]; then ping_all "after the restarts on $R"; fi
 
-# ---- 5. dual stack: the config turns dual stack, both dataplanes carry IPv6 ---------------
-if [ "$IPV6" = 1 ] && [ "$NODES" -ge 2 ]; then
+# edit_config JQ_EXPR EXPECT LABEL: applies JQ_EXPR to etcd's network config (from node1) and
+# checks the config read back holds EXPECT
+edit_config() {
+  local url e
   url=http://192.168.56.$( [ "$VXMESH_ETCD_ON_NODE" = 1 ] && echo 11 || echo 10):2379
   e="ETCDCTL_API=3 etcdctl --endpoints $url"
-  out=$(vssh node1 "cfg=\$($e get --print-value-only /coreos.com/network/config) && $e put /coreos.com/network/config \"\$(jq -c '. + {EnableIPv6: true, IPv6Network: \"fd00:10:244::/56\"}' <<<\"\$cfg\")\" >/dev/null && $e get --print-value-only /coreos.com/network/config" 2>&1)
-  grep -q '"EnableIPv6":true' <<<"$out"
-  check "the network config turns dual stack (IPv6Network fd00:10:244::/56)" $? "$out"
+  out=$(vssh node1 "cfg=\$($e get --print-value-only /coreos.com/network/config) && $e put /coreos.com/network/config \"\$(jq -c '$1' <<<\"\$cfg\")\" >/dev/null && $e get --print-value-only /coreos.com/network/config" 2>&1)
+  grep -qF "$2" <<<"$out"
+  check "$3" $? "$out"
+}
+# add_pods ACTION PODS_FILE LABEL: one more pod per node through guest.sh ACTION (pod6,
+# pod6-only), numbered after the EXTRA_PODS ones; their lines go to PODS_FILE
+add_pods() {
+  local i rc
+  : >"$2"
+  for i in $(seq "$NODES"); do
+    # the CNI plugin logs to stderr: only stdout is the pods file's line
+    out=$(vssh "node$i" "sudo $G $1 node$i node$i-p$((PODS + EXTRA_PODS))" 2>"$WORK/$1-node$i.err")
+    rc=$?
+    if [ "$rc" = 0 ]; then printf '%s\n' "$out" >>"$2"; else out="$out $(tail -n 3 "$WORK/$1-node$i.err" | tr '\n' ' ')"; fi
+    check "node$i: $3" "$rc" "$out"
+  done
+}
+
+# ---- 5. dual stack: the config turns dual stack, both dataplanes carry IPv6 ---------------
+if [ "$IPV6" = 1 ] && [ "$NODES" -ge 2 ]; then
+  edit_config '. + {EnableIPv6: true, IPv6Network: "fd00:10:244::/56"}' '"EnableIPv6":true' \
+    "the network config turns dual stack (IPv6Network fd00:10:244::/56)"
   for i in $(seq "$NODES"); do
     out=$(vssh "node$i" "sudo $G dual-stack fd00:56::$((10 + i))" 2>&1)
     check "node$i: restarted dual stack, flannel-v6 device with the lease's IPv6 address, FLANNEL_IPV6_SUBNET" $? "$out"
   done
   EXTRA_PODS=1
-  : >"$WORK/pods6"
-  for i in $(seq "$NODES"); do
-    # the CNI plugin logs to stderr: only stdout is the pods file's line
-    out=$(vssh "node$i" "sudo $G pod6 node$i node$i-p$((PODS + 1))" 2>"$WORK/pod6-node$i.err")
-    rc=$?
-    if [ "$rc" = 0 ]; then printf '%s\n' "$out" >>"$WORK/pods6"; else out="$out $(tail -n 3 "$WORK/pod6-node$i.err" | tr '\n' ' ')"; fi
-    check "node$i: a new pod gets an IPv6 address from the node's IPv6 subnet" "$rc" "$out"
-  done
+  add_pods pod6 "$WORK/pods6" "a new pod gets an IPv6 address from the node's IPv6 subnet"
   phase "dual stack (config, restarts, pods)"
   ping_all "IPv6, dual stack" "$WORK/pods6"
   phase "ping (IPv6 pairs)"
@@ -387,21 +401,13 @@ fi
 
 # ---- 6. IPv6 only: the config turns IPv6-only, every node restarts through systemd --------
 if [ "$IPV6" = 1 ] && [ "$IPV6_ONLY" = 1 ] && [ "$NODES" -ge 2 ]; then
-  out=$(vssh node1 "cfg=\$($e get --print-value-only /coreos.com/network/config) && $e put /coreos.com/network/config \"\$(jq -c '. + {EnableIPv4: false}' <<<\"\$cfg\")\" >/dev/null && $e get --print-value-only /coreos.com/network/config" 2>&1)
-  grep -q '"EnableIPv4":false' <<<"$out"
-  check "the network config turns IPv6-only (EnableIPv4 false)" $? "$out"
+  edit_config '. + {EnableIPv4: false}' '"EnableIPv4":false' "the network config turns IPv6-only (EnableIPv4 false)"
   for i in $(seq "$NODES"); do
     out=$(vssh "node$i" "sudo $G ipv6-only" 2>&1)
     check "node$i: systemctl restart into IPv6 only (READY=1 to Type=notify), the IPv6 subnet kept, flannel-v6 alone" $? "$out"
   done
   EXTRA_PODS=2
-  : >"$WORK/pods6only"
-  for i in $(seq "$NODES"); do
-    out=$(vssh "node$i" "sudo $G pod6-only node$i node$i-p$((PODS + 2))" 2>"$WORK/pod6only-node$i.err")
-    rc=$?
-    if [ "$rc" = 0 ]; then printf '%s\n' "$out" >>"$WORK/pods6only"; else out="$out $(tail -n 3 "$WORK/pod6only-node$i.err" | tr '\n' ' ')"; fi
-    check "node$i: a new pod gets IPv6 only" "$rc" "$out"
-  done
+  add_pods pod6-only "$WORK/pods6only" "a new pod gets IPv6 only"
   phase "IPv6 only (config, restarts, pods)"
   ping_all "IPv6-only network" "$WORK/pods6only"
   # the pods made under dual stack keep their IPv6 addresses (the IPv6 subnets were kept)
