@@ -962,6 +962,13 @@ fn an_ipv6_only_node_under_systemd() {
         st["node"]["ipv6_subnet"], ipv6_subnet,
         "the IPv6 subnet moved"
     );
+    assert_eq!(st["start"]["how"], "cold", "{st}");
+    assert!(
+        st["start"]["cold_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("dropped")),
+        "{st}"
+    );
     sd.wait_seen("READY=1", 2);
     let watchdogs = sd.seen("WATCHDOG=1");
     sd.wait_seen("WATCHDOG=1", watchdogs + 1);

@@ -477,6 +477,18 @@ impl Notifications {
                 }
             }
         }
+        // Always cold: /v1/status and vxmesh_dataplane_start_info say so, and why
+        // when something was there.
+        if let Ok(mut g) = state.start.lock() {
+            *g = StartInfo {
+                how: "cold",
+                cold_reason: (!names.is_empty()).then(|| {
+                    "an IPv6-only node takes nothing over: the descriptors systemd kept were dropped".to_string()
+                }),
+                cold_starts_total: 1,
+                ..StartInfo::default()
+            };
+        }
         let mut tasks = Vec::new();
         if let Some(n) = &notifier {
             tasks.extend(watchdog(n));
