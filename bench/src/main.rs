@@ -492,6 +492,9 @@ fn machine_info(repo: &Path, bin_dir: &Path) -> Machine {
         .ok()
         .map(|s| s.trim().to_string()),
         cpu_vulnerabilities: parse::vulnerabilities(&vulns),
+        copy_flags: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .map(|c| parse::copy_flags(&c)),
         tcp_congestion_control: sysctl_words("tcp_congestion_control"),
         tcp_rmem: sysctl_words("tcp_rmem"),
         tcp_wmem: sysctl_words("tcp_wmem"),

@@ -155,6 +155,26 @@ pub fn vulnerabilities(entries: &[(String, String)]) -> Vec<String> {
     v
 }
 
+/// The CPU flags among `erms` and `fsrm` on `/proc/cpuinfo`'s first `flags` line (pure).
+/// With either, the kernel copies to and from user memory with an inline `rep movsb`;
+/// without both it takes a slower routine, and a copy pass costs several times as much
+/// (docs/benchmarks.md, "The same profile on the third machine").
+pub fn copy_flags(cpuinfo: &str) -> Vec<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "flags").then_some(v)
+        })
+        .map(|v| {
+            v.split_whitespace()
+                .filter(|f| matches!(*f, "erms" | "fsrm"))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A TCP congestion control's name as `--tcp-cc` takes it: what the kernel's names
 /// are made of (`cubic`, `bbr`, `reno`, `dctcp`…), at most 15 bytes (pure).
 pub fn congestion_name(s: &str) -> Result<String, String> {
@@ -298,6 +318,10 @@ table ip filter {
     #[test]
     fn vulnerability_list() {
         let e = |n: &str, s: &str| (n.to_string(), s.to_string());
+        let flags = "processor\t: 0\nflags\t\t: fpu vme rep_good erms avx2 fsrm\nbugs\t\t: sysret_ss_attrs\nflags\t\t: erms\n";
+        assert_eq!(copy_flags(flags), ["erms", "fsrm"]);
+        assert!(copy_flags("flags\t: fpu vme rep_good\n").is_empty());
+        assert!(copy_flags("").is_empty());
         let v = vulnerabilities(&[
             e("spectre_v2", "Mitigation: Retpolines; STIBP: disabled\n"),
             e("mds", "Not affected\n"),

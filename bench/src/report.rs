@@ -289,6 +289,10 @@ pub struct Conditions {
     /// `/sys/devices/system/cpu/vulnerabilities`: `name: state` of each entry that is
     /// not "Not affected".
     pub cpu_vulnerabilities: Vec<String>,
+    /// `erms`/`fsrm` among the CPU's flags (`None`: results written before they were
+    /// recorded): without them the kernel's copies take a slower routine.
+    #[serde(default)]
+    pub copy_flags: Option<Vec<String>>,
     /// What a system call and a thread wake-up cost here, measured before the run
     /// (`None`: not measured, or results written before the probe existed).
     #[serde(default)]
@@ -665,6 +669,19 @@ pub fn markdown_targets(targets: &[Target]) -> String {
 }
 
 /// `results.md`: machine, settings, the table, targets, notes and the chart.
+/// The conditions line's words on the CPU's copy flags (what a copied byte costs the
+/// kernel, docs/benchmarks.md).
+fn describe_copy_flags(flags: Option<&[String]>) -> String {
+    match flags {
+        None => "CPU copy flags not recorded".to_string(),
+        Some([]) => "CPU without erms/fsrm (the kernel's copies take a slower routine)".to_string(),
+        Some(f) => format!(
+            "CPU flags {} (the kernel copies with rep movsb)",
+            f.join(" ")
+        ),
+    }
+}
+
 pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     let m = &r.machine;
     let st = &r.settings;
@@ -703,9 +720,10 @@ pub fn render_markdown(r: &Results, chart: Option<&str>) -> String {
     let c = &m.conditions;
     let _ = writeln!(
         s,
-        "Conditions: kernel {}; br_netfilter {}; underlay veth {}; {}; {}; CPU vulnerabilities \
+        "Conditions: kernel {}; {}; br_netfilter {}; underlay veth {}; {}; {}; CPU vulnerabilities \
          not \"Not affected\": {}.",
         m.kernel,
+        describe_copy_flags(c.copy_flags.as_deref()),
         match &c.br_netfilter_call_iptables {
             Some(v) => format!("loaded (bridge-nf-call-iptables = {v})"),
             None => "not loaded".to_string(),
@@ -870,6 +888,16 @@ mod tests {
             describe_tcp(&old, None, &[]),
             "TCP congestion control unknown (the host's default, which the pods take)"
         );
+    }
+
+    #[test]
+    fn the_report_says_whether_kernel_copies_are_fast() {
+        assert_eq!(
+            describe_copy_flags(Some(&["erms".to_string(), "fsrm".to_string()])),
+            "CPU flags erms fsrm (the kernel copies with rep movsb)"
+        );
+        assert!(describe_copy_flags(Some(&[])).contains("without erms/fsrm"));
+        assert_eq!(describe_copy_flags(None), "CPU copy flags not recorded");
     }
 
     fn sample() -> Vec<Run> {
