@@ -42,6 +42,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 
+use vxmesh_dataplane::counters::DropReason;
+
 use crate::masq::{self, Ensured, MasqError, Snapshot};
 use crate::subnet6::Subnet6;
 
@@ -57,11 +59,11 @@ const TH_INNER_DST: usize = 54 * 8;
 /// Ethernet and an IPv6 header.
 const MIN_UDP_LEN: usize = 8 + 8 + 14 + 40;
 
-/// The drop rules' reasons, as their comments and the metrics' labels name them
-/// (the IPv4 path's names, `vxmesh_dataplane::counters::DropReason`).
-const MALFORMED: &str = "ingress_malformed";
-const UNKNOWN_SOURCE: &str = "unknown_source";
-const INNER_ADDRESS: &str = "inner_address";
+/// The drop rules' reasons, as their comments and the metrics' labels name them:
+/// the IPv4 path's names.
+const MALFORMED: &str = DropReason::IngressMalformed.as_str();
+const UNKNOWN_SOURCE: &str = DropReason::UnknownSource.as_str();
+const INNER_ADDRESS: &str = DropReason::InnerAddress.as_str();
 
 /// What the check lets through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +114,14 @@ impl Drops6 {
         self.malformed = self.malformed.saturating_add(other.malformed);
         self.unknown_source = self.unknown_source.saturating_add(other.unknown_source);
         for (ip, (subnet, n)) in &other.inner_address {
-            let e = self.inner_address.entry(*ip).or_insert((*subnet, 0));
-            *e = (*subnet, e.1.saturating_add(*n));
+            self.add_peer(*ip, *subnet, *n);
         }
+    }
+
+    /// Adds `n` inner-address drops of the peer `ip`, whose subnet is now `subnet`.
+    fn add_peer(&mut self, ip: Ipv6Addr, subnet: Subnet6, n: u64) {
+        let e = self.inner_address.entry(ip).or_insert((subnet, 0));
+        *e = (subnet, e.1.saturating_add(n));
     }
 
     /// Counts `packets` dropped by the rule whose comment is `comment`; a comment
@@ -132,10 +139,7 @@ impl Drops6 {
             (Some(INNER_ADDRESS), Some(_), Some(_), None) if packets == 0 => {}
             (Some(INNER_ADDRESS), Some(ip), Some(subnet), None) => {
                 if let (Ok(ip), Ok(subnet)) = (ip.parse(), subnet.parse()) {
-                    self.add(&Drops6 {
-                        inner_address: BTreeMap::from([(ip, (subnet, packets))]),
-                        ..Drops6::default()
-                    });
+                    self.add_peer(ip, subnet, packets);
                 }
             }
             _ => {}

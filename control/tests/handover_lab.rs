@@ -924,7 +924,7 @@ fn crash_and_systemd_restarts_in_the_lab() {
 fn an_ipv6_only_node_under_systemd() {
     require_root();
     require_etcd();
-    let lab = Lab::new(
+    let lab = Lab::up(
         "vx6s",
         &[
             ("VXLAB_NODES", "2"),
@@ -933,8 +933,6 @@ fn an_ipv6_only_node_under_systemd() {
             ("VXLAB_IPERF_SECONDS", "1"),
         ],
     );
-    let (ok, out) = lab.cmd(&["up"]);
-    assert!(ok, "lab up failed:\n{out}");
 
     // A dual-stack run under the fake systemd fills the store.
     lab.must(&["stop-agent", "2"]);

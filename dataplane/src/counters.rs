@@ -72,7 +72,7 @@ impl DropReason {
     pub const COUNT: usize = Self::ALL.len();
 
     /// The metric label value.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             DropReason::UnknownDestination => "unknown_destination",
             DropReason::Multicast => "multicast",

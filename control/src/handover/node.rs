@@ -545,11 +545,10 @@ async fn notify_ready(n: Arc<Notifier>, state: Arc<AgentState>) {
                 (None, Some(s6)) => s6.to_string(),
                 (None, None) => String::new(),
             };
-            // (An IPv6-only node starts cold, with no dataplane to take over.)
-            let how = if st.how.is_empty() { "cold" } else { st.how };
             let msg = format!(
-                "READY=1\nSTATUS=forwarding: subnet {subnet}, {} peers, started {how}",
+                "READY=1\nSTATUS=forwarding: subnet {subnet}, {} peers, started {}",
                 i.peers.len() + i.ipv6_only_peers.len(),
+                st.how
             );
             if let Err(e) = n.notify(&msg) {
                 tracing::warn!(error = %e, "cannot notify systemd");
