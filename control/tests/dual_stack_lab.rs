@@ -373,7 +373,7 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         peers.contains(&s2.to_string()) && peers.contains(&mac6),
         "{peers}"
     );
-    let leases: serde_json::Value = serde_json::from_str(&lab.exec(
+    let listed: serde_json::Value = serde_json::from_str(&lab.exec(
         "n1",
         &[
             ctl,
@@ -384,7 +384,7 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         ],
     ))
     .unwrap();
-    let l2 = leases
+    let l2 = listed
         .as_array()
         .unwrap()
         .iter()
@@ -558,8 +558,22 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
     // every node rejects it whole, so node 1's pods keep their IPv6 route everywhere.
     // Before the IPv6 halves were judged, nodes 2 and 3 routed node 1's pods' IPv6 to
     // the forger.
+    // Its IPv4 half one no node holds: the nodes' subnets are random, and a fixed one
+    // was node 1's own in one run (the put then took node 1's whole key away, and it
+    // moved to other subnets).
+    let held: Vec<String> = leases(&lab)
+        .iter()
+        .filter_map(|(k, _)| LeaseKey::parse(k).ok()?.ipv4_subnet())
+        .map(|s| s.to_string())
+        .collect();
+    let free4 = (1..=254u32)
+        .rev()
+        .map(|i| format!("10.244.{i}.0/24"))
+        .find(|s| !held.contains(s))
+        .unwrap();
     let forged = format!(
-        "{PREFIX}/subnets/10.244.250.0-24&{}",
+        "{PREFIX}/subnets/{}&{}",
+        free4.replace('/', "-"),
         s1.to_string().replace('/', "-")
     );
     lab.etcdctl(&[

@@ -81,11 +81,16 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
         .as_str()
         .unwrap()
         .to_string();
-    // A free /24 for the lease that claims node 2's PublicIP.
-    let free = (1..=254u32)
+    // Two /24s no node holds: one for the lease that claims node 2's PublicIP, one
+    // for the oversized value. (A fixed key would be a node's own one run in 85: the
+    // nodes' subnets are random, and a put on a node's key takes its subnet away.)
+    let s3 = lab.subnet_of(3);
+    let mut free_subnets = (1..=254u32)
+        .rev()
         .map(|i| format!("10.244.{i}.0/24"))
-        .find(|s| ![&s1, &s2, &lab.subnet_of(3)].contains(&s))
-        .unwrap();
+        .filter(|s| ![&s1, &s2, &s3].contains(&s));
+    let free = free_subnets.next().unwrap();
+    let free_too_large = free_subnets.next().unwrap();
     let vxlan = |ip: &str, mac: &str| {
         format!(
             r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
@@ -118,7 +123,11 @@ fn hostile_keys_and_a_reservation_in_a_running_lab() {
             vxlan("192.168.100.12", "0e:00:00:00:00:72"),
             "duplicate_public_ip",
         ),
-        ("10.244.255.0-24".into(), " ".repeat(8192), "too_large"),
+        (
+            free_too_large.replace('/', "-"),
+            " ".repeat(8192),
+            "too_large",
+        ),
     ];
     for (k, v, _) in &hostile {
         lab.etcdctl(&["put", &format!("{SUBNETS}{k}"), v]);
