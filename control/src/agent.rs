@@ -1202,7 +1202,18 @@ pub async fn run_with(
         let pool6 = cfg
             .ipv6
             .context("the network config carries neither IPv4 nor IPv6")?;
-        return ipv6_only::run(&opts, state, &mut stop, nl, reg, cfg, pool6, launch).await;
+        return ipv6_only::run(
+            &opts,
+            state,
+            &mut stop,
+            nl,
+            reg,
+            cfg,
+            pool6,
+            launch,
+            (takeover_tx, takeover),
+        )
+        .await;
     };
     let underlay = underlay?;
     underlay.announce();

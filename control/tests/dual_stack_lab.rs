@@ -977,6 +977,51 @@ fn ipv6_only_cluster() {
         "{counters}"
     );
 
+    // One vxmeshd per node on an IPv6-only network too, on either `--dataplane`: a
+    // second one started beside the running one is refused and says why; the running
+    // one carries on with the same lease (same key, same etcd lease), and
+    // `vxmeshctl cleanup-tap` will not take the node's device from under it.
+    // (Before, the second ran beside the first, each keeping the key alive under its
+    // own etcd lease.)
+    for node in ["1", "2"] {
+        let n = format!("n{node}");
+        let before = lab.status(&n);
+        let log = lab.refused_start(
+            node,
+            &format!("n{node}-second.log"),
+            "beside a running IPv6-only node",
+        );
+        assert!(
+            log.contains("refused to hand it over")
+                && log.contains("is a node of an IPv6-only network")
+                && log.contains("stop it first"),
+            "{n}: {log}"
+        );
+        let after = lab.status(&n);
+        assert_eq!(after["ready"], true, "{n}: {after}");
+        for field in ["lease_id", "ipv6_subnet", "public_ipv6"] {
+            assert_eq!(after["node"][field], before["node"][field], "{n}: {field}");
+        }
+        assert_eq!(after["handovers_refused"], 1, "{n}: {after}");
+    }
+    assert_eq!(leases(&lab).len(), 3, "{:?}", leases(&lab));
+    let out = lab
+        .command_in("n1", ctl.to_str().unwrap())
+        .arg("cleanup-tap")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("stop it first"),
+        "cleanup-tap beside a running IPv6-only node: {err}"
+    );
+    assert_eq!(
+        lab.ip_json("n1", &["link", "show", "flannel-v6.1"])
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
     // Node 3's PublicIPv6 renumbered under the running agent (decision 0024): the
     // same key is put again naming the new address and the VtepMAC derived from it,
     // its device sends from it, the other nodes reprogram it (and their ingress

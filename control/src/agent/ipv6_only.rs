@@ -20,16 +20,18 @@
 //! VtepMAC derived from it, and `flannel-v6.<VNI>` is made again sending from it.
 //!
 //! No handover: the device, its entries and routes are the kernel's and outlive the
-//! process, so a restart is cold and pod traffic keeps flowing through it. Under
+//! process, so a restart is cold and pod traffic keeps flowing through it. The node
+//! still holds the handover socket's name, so a second vxmeshd started beside it is
+//! refused ([`hold_ipv6_only`]). Under
 //! systemd the node says READY=1, WATCHDOG=1 and STOPPING=1 as other nodes do, and
 //! drops what the descriptor store kept from an earlier IPv4 run
 //! ([`Notifications`]).
 
 use std::future::Future;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
@@ -43,7 +45,8 @@ use super::{
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
-use crate::handover::node::{Launch, Notifications};
+use crate::handover::node::{hold_ipv6_only, Launch, Notifications, TakeoverSlot};
+use crate::handover::Pending;
 use crate::lease::{LeaseAttrs, NodeId};
 use crate::lease_machine::LeaseMachine;
 use crate::masq::{Backend, Rules};
@@ -56,6 +59,7 @@ use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{Ipv6OnlyRules, LocalNode6, PeerChange, PeerIpv6, PeerTable, Update};
 use crate::registry::{Registry, WatchEvent};
 use crate::state::AgentState;
+use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 use crate::subnet_env::SubnetEnv;
 
@@ -151,16 +155,37 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     cfg: NetworkConfig,
     pool6: Ipv6Pool,
     launch: Launch,
+    takeover: (mpsc::Sender<Pending>, TakeoverSlot),
 ) -> anyhow::Result<()> {
     // Under systemd: READY=1 and the watchdog as on other nodes; a store kept from
     // an IPv4 run is dropped (nothing here is handed over).
     let sd = Notifications::start(launch, &state);
+    // One vxmeshd per node: the handover socket's name, held before anything else
+    // is touched (a second one is refused and leaves the node as it found it).
+    let vni = cfg.backend.vni.get();
+    let device = kernel::device6_name(vni)?;
+    let me = crate::handover::node::identity(
+        &opts.tap_name,
+        DataplaneKind::Kernel,
+        1,
+        false,
+        Ipv4Addr::UNSPECIFIED,
+        Subnet::new(Ipv4Addr::UNSPECIFIED, 0)?,
+        vni,
+        cfg.backend.port,
+        &opts.etcd_prefix,
+    );
+    hold_ipv6_only(
+        me,
+        takeover.0,
+        &state,
+        format!("the running vxmeshd is a node of an IPv6-only network: the kernel's {device} carries its pods' traffic across a restart, so there is nothing to hand over; stop it first (systemctl stop vxmeshd)"),
+    )
+    .await?;
     let u = underlay6(&nl, opts).await?;
     if pool6.network.contains(u.public_ipv6) {
         anyhow::bail!("the network config's IPv6Network {} contains this node's PublicIPv6 {}: choose an IPv6Network outside the node addresses", pool6.network, u.public_ipv6);
     }
-    let vni = cfg.backend.vni.get();
-    kernel::device6_name(vni)?;
     let mtu = cfg.backend.overlay_mtu(u.mtu);
     let mtu6 = kernel::mtu6(mtu);
     if mtu6 < 1280 {
@@ -368,6 +393,10 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     sd.stop();
     bg.abort();
     node.dp.stop();
+    // A newer build that asked this one to release the node is told it may go on.
+    if let Some(p) = takeover.1.lock().ok().and_then(|mut g| g.take()) {
+        p.stopped(Duration::ZERO);
+    }
     result
 }
 

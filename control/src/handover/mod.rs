@@ -723,6 +723,9 @@ pub struct Server {
     state: Arc<AgentState>,
     running: Mutex<Option<Running>>,
     takeover: tokio::sync::mpsc::Sender<Pending>,
+    /// Every successor that shares a protocol version is refused, for this reason
+    /// (a node with nothing to hand over: [`Server::refusing`]).
+    refuse: Option<String>,
 }
 
 impl Server {
@@ -737,6 +740,28 @@ impl Server {
             state,
             running: Mutex::new(None),
             takeover,
+            refuse: None,
+        })
+    }
+
+    /// A server for a node with no dataplane to hand over (an IPv6-only node: the
+    /// kernel's device carries its traffic): holding the socket name keeps a second
+    /// vxmeshd off the node, and every successor is refused with `reason` — except a
+    /// build with no common protocol version, which may still ask it to release
+    /// (stop and exit, the device and lease kept), as every vxmeshd does.
+    pub fn refusing(
+        me: Identity,
+        state: Arc<AgentState>,
+        takeover: tokio::sync::mpsc::Sender<Pending>,
+        reason: String,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            me,
+            moved_to: Mutex::new(None),
+            state,
+            running: Mutex::new(None),
+            takeover,
+            refuse: Some(reason),
         })
     }
 
@@ -855,6 +880,14 @@ impl Server {
                 fp,
             ),
             None => HelloAnswer::Incompatible,
+        };
+        let answer = match (&self.refuse, answer) {
+            (Some(reason), HelloAnswer::Offer { .. } | HelloAnswer::Refuse { .. }) => {
+                HelloAnswer::Refuse {
+                    reason: reason.clone(),
+                }
+            }
+            (_, a) => a,
         };
         match answer {
             HelloAnswer::Refuse { reason } => {
@@ -1145,6 +1178,51 @@ mod tests {
         assert!(acq.listener.is_some(), "bound once the old one let go");
         assert!(agent.join().unwrap(), "the old agent was asked to stop");
         assert_eq!(event_kinds(&state), ["handover_released"]);
+    }
+
+    #[test]
+    fn a_node_with_nothing_to_hand_over_refuses_every_successor() {
+        // An IPv6-only node: no dataplane, its own fingerprint; a successor with the
+        // very same one is refused with the node's reason, every time, and the agent
+        // is never asked to stop.
+        let mut id = me("ho6", 1, VERSIONS);
+        id.fingerprint.dataplane = "kernel".into();
+        let state = Arc::new(AgentState::default());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        Server::refusing(
+            id.clone(),
+            Arc::clone(&state),
+            tx,
+            "nothing to hand over here".into(),
+        )
+        .serve(bind(&socket_name(&id.tap)).unwrap())
+        .unwrap();
+        for n in 1..=2u64 {
+            let e = acquire(&id, vec![], None).unwrap_err().to_string();
+            assert!(
+                e.contains("refused to hand it over: nothing to hand over here"),
+                "{e}"
+            );
+            assert_eq!(state.handovers_refused.load(Ordering::Relaxed), n);
+        }
+        assert!(rx.try_recv().is_err(), "the agent was asked to stop");
+        // A build with no common version may still ask it to release the node.
+        let agent = std::thread::spawn(move || match rx.blocking_recv() {
+            Some(p) => {
+                p.stopped(Duration::ZERO);
+                true
+            }
+            None => false,
+        });
+        let mut newer = id.clone();
+        newer.versions = Versions { min: 7, max: 9 };
+        let acq = acquire(&newer, vec![], None).unwrap();
+        assert!(acq.inherited.is_none() && acq.listener.is_some());
+        assert!(agent.join().unwrap(), "the agent was asked to stop");
+        assert_eq!(
+            event_kinds(&state),
+            ["handover_refused", "handover_refused", "handover_released"]
+        );
     }
 
     fn stored(id: &Identity, version: u16, state_bytes: Option<Vec<u8>>) -> Vec<(String, OwnedFd)> {

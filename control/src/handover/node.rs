@@ -508,6 +508,54 @@ impl Notifications {
     }
 }
 
+/// An IPv6-only node's hold on its node: the handover socket name bound as every
+/// vxmeshd binds it, so that a second vxmeshd started on the node (by hand, a second
+/// unit) meets this one and is refused with `reason` instead of running beside it —
+/// two agents would each put the lease under their own etcd lease and program the
+/// same device — and `vxmeshctl cleanup-tap` sees that a vxmeshd runs. A vxmeshd
+/// already running there is asked as any successor asks: it refuses (it keeps
+/// running; this start fails with its reason), or, a build with no common protocol
+/// version, releases the node and exits. Nothing is handed over either way.
+pub async fn hold_ipv6_only(
+    me: Identity,
+    takeover: mpsc::Sender<Pending>,
+    state: &Arc<AgentState>,
+    reason: String,
+) -> anyhow::Result<()> {
+    let who = me.clone();
+    let acquired = tokio::task::spawn_blocking(move || acquire(&who, Vec::new(), None))
+        .await
+        .context("handover task")??;
+    if let Some(inh) = acquired.inherited {
+        // A running vxmeshd never offers to an IPv6-only node's fingerprint (its
+        // dataplane and network differ); should one, it keeps its dataplane.
+        if let Some(s) = inh.session {
+            s.abort("an IPv6-only node takes no dataplane over");
+        }
+        anyhow::bail!(
+            "vxmeshd pid {} offered its dataplane of {} to this node of an IPv6-only network, which has no use for it: stop it first (systemctl stop vxmeshd)",
+            inh.state.pid,
+            me.tap
+        );
+    }
+    if let Some(why) = &acquired.cold_reason {
+        tracing::warn!("{why}; it released the node to this one");
+    }
+    let listener = match acquired.listener {
+        Some(l) => l,
+        None => {
+            let name = socket_name(&me.tap);
+            tokio::task::spawn_blocking(move || bind_when_free(&name, super::STEP_TIMEOUT))
+                .await
+                .context("handover task")??
+        }
+    };
+    Server::refusing(me, Arc::clone(state), takeover, reason)
+        .serve(listener)
+        .context("starting the handover listener")?;
+    Ok(())
+}
+
 /// Puts the userspace dataplane's descriptors in systemd's store; how many went in.
 fn store_fds(n: &Notifier, u: &crate::node_dataplane::userspace::Userspace) -> usize {
     let mut stored = 0;
