@@ -980,7 +980,8 @@ fn ipv6_only_cluster() {
     // One vxmeshd per node on an IPv6-only network too, on either `--dataplane`: a
     // second one started beside the running one is refused and says why; the running
     // one carries on with the same lease (same key, same etcd lease), and
-    // `vxmeshctl cleanup-tap` will not take the node's device from under it.
+    // `vxmeshctl cleanup-tap` refuses to run beside it (before, it saw no TAP and went
+    // on, taking the node's blackhole routes).
     // (Before, the second ran beside the first, each keeping the key alive under its
     // own etcd lease.)
     for node in ["1", "2"] {
