@@ -1511,10 +1511,29 @@ pub async fn run_with(
                     node.keep_subnet_file();
                     node.release_held_back(Some(Instant::now()));
                 }
-                let mut rebuild = (device && node.check_device().await == Device::Gone)
-                    .then_some(Rebuild::Deleted);
+                let mut rebuild = if device {
+                    match node.check_device().await {
+                        Device::There => None,
+                        Device::Gone => Some(Rebuild::Deleted),
+                        Device::Gone6 => Some(Rebuild::Deleted6),
+                    }
+                } else {
+                    None
+                };
                 if underlay && rebuild.is_none() {
                     rebuild = node.recheck_underlay(&opts.underlay).await;
+                }
+                if let Some(why) = rebuild.filter(|w| w.ipv6_alone()) {
+                    match node.dp.restart6(&node.nl, &node.setup).await {
+                        Ok(()) => {
+                            node.device_rebuilt(why).await;
+                            rebuild = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot make the IPv6 device again alone; starting the whole dataplane again");
+                            rebuild = Some(why.whole());
+                        }
+                    }
                 }
                 if let Some(why) = rebuild {
                     if why == Rebuild::Moved {
@@ -1536,8 +1555,8 @@ pub async fn run_with(
                             bg.abort();
                             ho.abandon();
                             return Err(e.context(match why {
-                                Rebuild::Deleted => "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
-                                Rebuild::Moved => "the underlay address moved and the dataplane could not be started again on the new one; restart vxmeshd",
+                                Rebuild::Deleted | Rebuild::Deleted6 => "the overlay device was deleted and the dataplane could not be started again; restart vxmeshd",
+                                Rebuild::Moved | Rebuild::Moved6 => "the underlay address moved and the dataplane could not be started again on the new one; restart vxmeshd",
                             }));
                         }
                     }
@@ -1591,6 +1610,26 @@ enum Rebuild {
     Deleted,
     /// The underlay address it sends from moved.
     Moved,
+    /// Dual stack: the IPv6 device alone was deleted; it alone is made again.
+    Deleted6,
+    /// Dual stack: the PublicIPv6 alone moved; the IPv6 device alone is made again.
+    Moved6,
+}
+
+impl Rebuild {
+    /// The IPv6 device alone is made again; the IPv4 path runs on.
+    fn ipv6_alone(self) -> bool {
+        matches!(self, Rebuild::Deleted6 | Rebuild::Moved6)
+    }
+
+    /// The same event for a restart of the whole dataplane (the IPv6 device could not
+    /// be made again alone).
+    fn whole(self) -> Rebuild {
+        match self {
+            Rebuild::Deleted | Rebuild::Deleted6 => Rebuild::Deleted,
+            Rebuild::Moved | Rebuild::Moved6 => Rebuild::Moved,
+        }
+    }
 }
 
 /// What the periodic device check found.
@@ -1599,6 +1638,8 @@ enum Device {
     There,
     /// Deleted under the running agent: the dataplane is started again.
     Gone,
+    /// Dual stack: the IPv6 device alone was deleted; it alone is made again.
+    Gone6,
 }
 
 /// Where the node's subnet shows up on the node itself: the subnet file and the
@@ -1897,12 +1938,19 @@ impl Running {
                 Device::There
             }
             Err(crate::netlink::NetlinkError::NoSuchLink(which)) => {
+                self.state.ready.routes.store(false, Ordering::Relaxed);
+                if self.dp.only_device6_gone(&self.nl).await.unwrap_or(false) {
+                    tracing::warn!(
+                        gone = %which,
+                        "the IPv6 overlay device was deleted under the running agent; making it again (the IPv4 path runs on)"
+                    );
+                    return Device::Gone6;
+                }
                 tracing::warn!(
                     device = %self.dp.device_name(&self.setup),
                     gone = %which,
                     "the overlay device was deleted under the running agent; starting the dataplane again on a new one"
                 );
-                self.state.ready.routes.store(false, Ordering::Relaxed);
                 Device::Gone
             }
             Err(e) => {
@@ -1934,6 +1982,7 @@ impl Running {
         if moved4.is_none() && moved6.is_none() {
             return None;
         }
+        let ipv4_stayed = moved4.is_none();
         // Not ready until the dataplane runs on the new address with every peer
         // (`device_rebuilt`).
         self.state.ready.routes.store(false, Ordering::Relaxed);
@@ -2021,7 +2070,13 @@ impl Running {
         });
         self.setup.local_ip = new.local_ip;
         self.setup.underlay_index = new.link.index;
-        Some(Rebuild::Moved)
+        // The IPv4 address stayed: the packet threads and the IPv4 device keep
+        // sending from it, and only the IPv6 device follows the PublicIPv6.
+        Some(if ipv4_stayed && self.dp.device6_index().is_some() {
+            Rebuild::Moved6
+        } else {
+            Rebuild::Moved
+        })
     }
 
     /// The IPv4 half of [`Running::recheck_underlay`]: the underlay it moved to.
@@ -2156,6 +2211,23 @@ impl Running {
             }
             Rebuild::Moved => {
                 tracing::info!(%device, local_ip = %self.setup.local_ip, peers, routes_ok = ok, "dataplane started again on the new underlay address; peers programmed again");
+            }
+            Rebuild::Deleted6 => {
+                self.state.event(
+                    "device_recreated",
+                    format!(
+                        "the IPv6 overlay device was deleted under the running agent: made again alone (the IPv4 path ran on), carrying {peers} peers"
+                    ),
+                );
+                tracing::info!(
+                    peers,
+                    routes_ok = ok,
+                    "IPv6 overlay device re-created; peers' IPv6 halves programmed again"
+                );
+            }
+            Rebuild::Moved6 => {
+                let local6 = self.setup.ipv6.as_ref().map(|v6| v6.local_ip);
+                tracing::info!(local_ipv6 = ?local6, peers, routes_ok = ok, "IPv6 overlay device made again on the new PublicIPv6 (the IPv4 path ran on); peers' IPv6 halves programmed again");
             }
         }
     }

@@ -337,6 +337,8 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     );
     let subnet1 = lab.subnet_of(1);
     let pid1 = lab.agent_pid(1);
+    let threads = lab.engine_threads(1);
+    assert!(!threads.is_empty(), "no packet threads on node 1");
     let ctl = lab.bin.join("vxmeshctl");
     // A new IPv6 prefix on node 1's underlay (SLAAC renumbering, by hand here).
     let (old6, new6) = ("fd00:64::11", "fd00:64::31");
@@ -382,6 +384,13 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     );
     assert_eq!(lab.subnet_of(1), subnet1);
     assert_eq!(lab.agent_pid(1), pid1, "the agent restarted");
+    // Only the IPv6 device followed: the IPv4 address stayed, and so did the packet
+    // threads that send from it (before, the whole dataplane started again).
+    assert_eq!(
+        lab.engine_threads(1),
+        threads,
+        "the IPv4 packet threads were started again"
+    );
     let dev = lab.ip_json("n1", &["-d", "link", "show", "dev", "flannel-v6.1"]);
     assert_eq!(
         dev[0]["linkinfo"]["info_data"]["local6"], new6,

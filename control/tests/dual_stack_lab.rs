@@ -494,10 +494,16 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
     }
 
     // The IPv6 device deleted under a running agent, on either dataplane: the agent
-    // starts its dataplane again and both families are carried within seconds.
+    // makes it again alone — the IPv4 device stays, and on the userspace node so do
+    // the packet threads — and both families are carried within seconds.
     for node in ["n1", "n3"] {
         let index =
             |lab: &Lab| lab.ip_json(node, &["link", "show", "flannel-v6.1"])[0]["ifindex"].as_u64();
+        let v4_device = if node == "n1" { "flannel.1" } else { "vxmesh0" };
+        let v4_index =
+            |lab: &Lab| lab.ip_json(node, &["link", "show", v4_device])[0]["ifindex"].as_u64();
+        let v4_before = v4_index(&lab);
+        let threads = (node == "n3").then(|| lab.engine_threads(3));
         let before = index(&lab);
         lab.exec(node, &["ip", "link", "del", "flannel-v6.1"]);
         let back = wait_for(Duration::from_secs(15), || {
@@ -516,6 +522,28 @@ fn both_dataplanes_give_pods_ipv6_and_carry_it() {
         assert!(
             ok.is_some(),
             "{node}: not every pair reached after flannel-v6.1 was re-created"
+        );
+        assert_eq!(
+            v4_index(&lab),
+            v4_before,
+            "{node}: {v4_device} was made again"
+        );
+        if let Some(t) = threads {
+            assert_eq!(
+                lab.engine_threads(3),
+                t,
+                "{node}: the packet threads were started again"
+            );
+        }
+        let events = lab.exec(
+            node,
+            &["curl", "-sf", "http://127.0.0.1:8471/v1/events?since=0"],
+        );
+        assert!(
+            events.contains(
+                "the IPv6 overlay device was deleted under the running agent: made again alone"
+            ),
+            "{node}: {events}"
         );
     }
 

@@ -368,6 +368,43 @@ impl NodeDataplane {
         }
     }
 
+    /// Whether, of this dataplane's devices, only the IPv6 one (dual stack) is gone:
+    /// then [`NodeDataplane::restart6`] makes it again and the IPv4 path runs on.
+    pub async fn only_device6_gone(&self, nl: &Netlink) -> Result<bool, NetlinkError> {
+        let Some(i6) = self.device6_index() else {
+            return Ok(false);
+        };
+        if nl.link_by_index(i6).await?.is_some() {
+            return Ok(false);
+        }
+        if let Some(name) = self
+            .userspace()
+            .and_then(userspace::Userspace::underlay_name)
+        {
+            if nl.link_identity(name.as_str()).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(nl.link_by_index(self.device_index()).await?.is_some())
+    }
+
+    /// Makes the IPv6 device of a dual-stack node again as `setup` has it — after it
+    /// was deleted, or sending from a new PublicIPv6 with the IPv6 VtepMAC derived
+    /// from it — while the IPv4 device and the packet threads run on (before, either
+    /// event restarted the whole dataplane). DirectRouting's networks are read again
+    /// (an IPv6 prefix may have moved). The caller gives the device its address and
+    /// programs the peers' IPv6 halves again (a reconcile, which also resets what is
+    /// recorded as programmed).
+    pub async fn restart6(&mut self, nl: &Netlink, setup: &DataplaneSetup) -> anyhow::Result<()> {
+        self.direct = direct_routing(nl, setup).await?;
+        let v6 = kernel::device6_for(nl, setup).await?;
+        match &mut self.overlay {
+            Overlay::Userspace(u) => u.set_device6(v6),
+            Overlay::Kernel(k) => k.set_device6(v6),
+        }
+        Ok(())
+    }
+
     /// The IPv6 device's index (dual stack).
     pub fn device6_index(&self) -> Option<u32> {
         match &self.overlay {

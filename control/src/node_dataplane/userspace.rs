@@ -512,6 +512,11 @@ impl Userspace {
         self.tap_index
     }
 
+    /// The IPv6 device made again ([`super::NodeDataplane::restart6`]).
+    pub(super) fn set_device6(&mut self, v6: Option<Device6>) {
+        self.v6 = v6;
+    }
+
     /// The IPv6 device (`flannel-v6.<VNI>`), when the node is dual stack.
     pub fn device6(&self) -> Option<&Device6> {
         self.v6.as_ref()

@@ -381,6 +381,27 @@ impl Lab {
             .unwrap()
     }
 
+    /// The packet threads of node `node`'s agent (userspace dataplane), as
+    /// `(name, thread id)` sorted: the same ids later mean the threads were not
+    /// started again.
+    #[allow(dead_code)]
+    pub fn engine_threads(&self, node: u32) -> Vec<(String, u64)> {
+        let pid = self.agent_pid(node);
+        let mut out: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?;
+                let tid: u64 = t.file_name().to_str()?.parse().ok()?;
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let comm = comm.trim();
+                (comm.starts_with("vxmesh-tx") || comm.starts_with("vxmesh-rx"))
+                    .then(|| (comm.to_string(), tid))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// A `Command` running `program` inside a lab namespace (to spawn, e.g. a monitor).
     pub fn command_in(&self, ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
