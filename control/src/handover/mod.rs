@@ -734,14 +734,7 @@ impl Server {
         state: Arc<AgentState>,
         takeover: tokio::sync::mpsc::Sender<Pending>,
     ) -> Arc<Server> {
-        Arc::new(Server {
-            me,
-            moved_to: Mutex::new(None),
-            state,
-            running: Mutex::new(None),
-            takeover,
-            refuse: None,
-        })
+        Server::build(me, state, takeover, None)
     }
 
     /// A server for a node with no dataplane to hand over (an IPv6-only node: the
@@ -755,13 +748,22 @@ impl Server {
         takeover: tokio::sync::mpsc::Sender<Pending>,
         reason: String,
     ) -> Arc<Server> {
+        Server::build(me, state, takeover, Some(reason))
+    }
+
+    fn build(
+        me: Identity,
+        state: Arc<AgentState>,
+        takeover: tokio::sync::mpsc::Sender<Pending>,
+        refuse: Option<String>,
+    ) -> Arc<Server> {
         Arc::new(Server {
             me,
             moved_to: Mutex::new(None),
             state,
             running: Mutex::new(None),
             takeover,
-            refuse: Some(reason),
+            refuse,
         })
     }
 
