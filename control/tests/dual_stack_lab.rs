@@ -1132,5 +1132,38 @@ fn ipv6_only_cluster() {
         assert!(again.contains(k), "{k} gone after a restart: {again:?}");
     }
     lab.check(24, "after node 1's restart");
+
+    // A build that shares no handover protocol version with the running one (the test
+    // hook) asks it to release the node: the running one stops and exits, keeping
+    // device and lease, and the new one runs the node with the same key.
+    let old = lab.agent_pid(1);
+    let log = lab.state.join("n1-newer.log");
+    let mut newer = lab.spawn(
+        &["exec-agent", "1"],
+        &[("VXMESH_TEST_HANDOVER_VERSION", "99")],
+        &log,
+    );
+    let took = wait_for(Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+            && lab.status("n1")["ready"] == Value::Bool(true)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let ok = took.is_some() && newer.try_wait().unwrap().is_none();
+    let again: Vec<String> = leases(&lab).into_iter().map(|(k, _)| k).collect();
+    let (checked, out) = lab.cmd(&["check"]);
+    let _ = newer.kill();
+    let _ = newer.wait();
+    assert!(ok, "the newer build did not take node 1 over:\n{text}");
+    assert!(
+        text.contains("speaks handover protocol") && text.contains("it released the node"),
+        "{text}"
+    );
+    for k in &keys {
+        assert!(again.contains(k), "{k} gone after the release: {again:?}");
+    }
+    assert!(
+        checked && out.contains("24 of 24 reachable"),
+        "after the release:\n{out}"
+    );
     lab.must(&["down"]);
 }

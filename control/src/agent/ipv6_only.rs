@@ -224,6 +224,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     let mut lease = LeaseLink::start(&reg, machine, attrs, opts.lease_ttl, &state);
     let Some(first) = lease.first(stop).await? else {
         sd.stop();
+        released(&takeover.1);
         return Ok(());
     };
     let mut held_rx = lease.held.clone();
@@ -393,11 +394,16 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     sd.stop();
     bg.abort();
     node.dp.stop();
-    // A newer build that asked this one to release the node is told it may go on.
-    if let Some(p) = takeover.1.lock().ok().and_then(|mut g| g.take()) {
+    released(&takeover.1);
+    result
+}
+
+/// A newer build that asked this node to release it (the stop came from that) is told
+/// it may go on.
+fn released(slot: &TakeoverSlot) {
+    if let Some(p) = slot.lock().ok().and_then(|mut g| g.take()) {
         p.stopped(Duration::ZERO);
     }
-    result
 }
 
 /// The running IPv6-only node: what the loop's handlers act on.
