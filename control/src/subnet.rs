@@ -35,6 +35,13 @@ fn mask(len: u8) -> u32 {
 }
 
 impl Subnet {
+    /// `0.0.0.0/0`: every IPv4 address (an IPv6-only node's fingerprint names it as
+    /// its IPv4 network: none).
+    pub const ALL: Subnet = Subnet {
+        addr: Ipv4Addr::UNSPECIFIED,
+        len: 0,
+    };
+
     /// A subnet from an address and length; host bits are cleared.
     pub fn new(addr: Ipv4Addr, len: u8) -> Result<Subnet, SubnetError> {
         if len > 32 {

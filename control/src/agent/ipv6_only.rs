@@ -28,7 +28,7 @@
 //! ([`Notifications`]).
 
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +45,9 @@ use super::{
 };
 use crate::allocator::Hints;
 use crate::config::{Ipv6Pool, NetworkConfig};
-use crate::handover::node::{hold_ipv6_only, Launch, Notifications, TakeoverSlot};
+use crate::handover::node::{
+    hold_ipv6_only, identity_ipv6_only, Launch, Notifications, TakeoverSlot,
+};
 use crate::handover::Pending;
 use crate::lease::{LeaseAttrs, NodeId};
 use crate::lease_machine::LeaseMachine;
@@ -59,7 +61,6 @@ use crate::own_key::{LeaseLoss, OwnKeyWatch};
 use crate::peers::{Ipv6OnlyRules, LocalNode6, PeerChange, PeerIpv6, PeerTable, Update};
 use crate::registry::{Registry, WatchEvent};
 use crate::state::AgentState;
-use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
 use crate::subnet_env::SubnetEnv;
 
@@ -163,25 +164,9 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     // One vxmeshd per node: the handover socket's name, held before anything else
     // is touched (a second one is refused and leaves the node as it found it).
     let vni = cfg.backend.vni.get();
-    let device = kernel::device6_name(vni)?;
-    let me = crate::handover::node::identity(
-        &opts.tap_name,
-        DataplaneKind::Kernel,
-        1,
-        false,
-        Ipv4Addr::UNSPECIFIED,
-        Subnet::new(Ipv4Addr::UNSPECIFIED, 0)?,
-        vni,
-        cfg.backend.port,
-        &opts.etcd_prefix,
-    );
-    hold_ipv6_only(
-        me,
-        takeover.0,
-        &state,
-        format!("the running vxmeshd is a node of an IPv6-only network: the kernel's {device} carries its pods' traffic across a restart, so there is nothing to hand over; stop it first (systemctl stop vxmeshd)"),
-    )
-    .await?;
+    kernel::device6_name(vni)?;
+    let me = identity_ipv6_only(&opts.tap_name, vni, cfg.backend.port, &opts.etcd_prefix);
+    hold_ipv6_only(me, takeover.0, &state).await?;
     let u = underlay6(&nl, opts).await?;
     if pool6.network.contains(u.public_ipv6) {
         anyhow::bail!("the network config's IPv6Network {} contains this node's PublicIPv6 {}: choose an IPv6Network outside the node addresses", pool6.network, u.public_ipv6);

@@ -87,6 +87,15 @@ pub fn answer_hello(
     let Some(version) = our_versions.best_common(their_versions) else {
         return HelloAnswer::Incompatible;
     };
+    if ours.ipv6_only() {
+        return HelloAnswer::Refuse {
+            reason: format!(
+                "the running vxmeshd is a node of an IPv6-only network: the kernel's {}.{} carries its pods' traffic across a restart, so there is nothing to hand over; stop it first (systemctl stop vxmeshd)",
+                crate::node_dataplane::kernel::DEVICE6_PREFIX,
+                ours.vni
+            ),
+        };
+    }
     if ours.dataplane != "userspace" {
         return HelloAnswer::Refuse {
             reason: format!(
@@ -281,6 +290,27 @@ mod tests {
             panic!()
         };
         assert!(reason.contains("not started its dataplane"), "{reason}");
+    }
+
+    #[test]
+    fn an_ipv6_only_node_refuses_even_its_twin() {
+        let mut v6 = fp();
+        v6.dataplane = "kernel".into();
+        v6.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
+        v6.network = "0.0.0.0/0".parse().unwrap();
+        let HelloAnswer::Refuse { reason } = answer_hello(&v6, VERSIONS, false, VERSIONS, &v6)
+        else {
+            panic!()
+        };
+        assert!(
+            reason.contains("is a node of an IPv6-only network: the kernel's flannel-v6.1"),
+            "{reason}"
+        );
+        // A build with no common version may still ask it to release the node.
+        assert_eq!(
+            answer_hello(&v6, VERSIONS, false, Versions { min: 7, max: 9 }, &v6),
+            HelloAnswer::Incompatible
+        );
     }
 
     #[test]

@@ -723,9 +723,6 @@ pub struct Server {
     state: Arc<AgentState>,
     running: Mutex<Option<Running>>,
     takeover: tokio::sync::mpsc::Sender<Pending>,
-    /// Every successor that shares a protocol version is refused, for this reason
-    /// (a node with nothing to hand over: [`Server::refusing`]).
-    refuse: Option<String>,
 }
 
 impl Server {
@@ -734,36 +731,12 @@ impl Server {
         state: Arc<AgentState>,
         takeover: tokio::sync::mpsc::Sender<Pending>,
     ) -> Arc<Server> {
-        Server::build(me, state, takeover, None)
-    }
-
-    /// A server for a node with no dataplane to hand over (an IPv6-only node: the
-    /// kernel's device carries its traffic): holding the socket name keeps a second
-    /// vxmeshd off the node, and every successor is refused with `reason` — except a
-    /// build with no common protocol version, which may still ask it to release
-    /// (stop and exit, the device and lease kept), as every vxmeshd does.
-    pub fn refusing(
-        me: Identity,
-        state: Arc<AgentState>,
-        takeover: tokio::sync::mpsc::Sender<Pending>,
-        reason: String,
-    ) -> Arc<Server> {
-        Server::build(me, state, takeover, Some(reason))
-    }
-
-    fn build(
-        me: Identity,
-        state: Arc<AgentState>,
-        takeover: tokio::sync::mpsc::Sender<Pending>,
-        refuse: Option<String>,
-    ) -> Arc<Server> {
         Arc::new(Server {
             me,
             moved_to: Mutex::new(None),
             state,
             running: Mutex::new(None),
             takeover,
-            refuse,
         })
     }
 
@@ -882,14 +855,6 @@ impl Server {
                 fp,
             ),
             None => HelloAnswer::Incompatible,
-        };
-        let answer = match (&self.refuse, answer) {
-            (Some(reason), HelloAnswer::Offer { .. } | HelloAnswer::Refuse { .. }) => {
-                HelloAnswer::Refuse {
-                    reason: reason.clone(),
-                }
-            }
-            (_, a) => a,
         };
         match answer {
             HelloAnswer::Refuse { reason } => {
@@ -1187,22 +1152,17 @@ mod tests {
         // An IPv6-only node: no dataplane, its own fingerprint; a successor with the
         // very same one is refused with the node's reason, every time, and the agent
         // is never asked to stop.
-        let mut id = me("ho6", 1, VERSIONS);
-        id.fingerprint.dataplane = "kernel".into();
+        let tap = IfName::new(&format!("ho6{}", std::process::id() % 100_000)).unwrap();
+        let id = node::identity_ipv6_only(&tap, 1, 8472, "/coreos.com/network");
         let state = Arc::new(AgentState::default());
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        Server::refusing(
-            id.clone(),
-            Arc::clone(&state),
-            tx,
-            "nothing to hand over here".into(),
-        )
-        .serve(bind(&socket_name(&id.tap)).unwrap())
-        .unwrap();
+        Server::new(id.clone(), Arc::clone(&state), tx)
+            .serve(bind(&socket_name(&id.tap)).unwrap())
+            .unwrap();
         for n in 1..=2u64 {
             let e = acquire(&id, vec![], None).unwrap_err().to_string();
             assert!(
-                e.contains("refused to hand it over: nothing to hand over here"),
+                e.contains("refused to hand it over: the running vxmeshd is a node of an IPv6-only network"),
                 "{e}"
             );
             assert_eq!(state.handovers_refused.load(Ordering::Relaxed), n);

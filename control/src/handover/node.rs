@@ -510,7 +510,8 @@ impl Notifications {
 
 /// An IPv6-only node's hold on its node: the handover socket name bound as every
 /// vxmeshd binds it, so that a second vxmeshd started on the node (by hand, a second
-/// unit) meets this one and is refused with `reason` instead of running beside it —
+/// unit) meets this one and is refused (`decide::answer_hello`: `me` is an
+/// [`identity_ipv6_only`], which has nothing to hand over) instead of running beside it —
 /// two agents would each put the lease under their own etcd lease and program the
 /// same device — and `vxmeshctl cleanup-tap` sees that a vxmeshd runs. A vxmeshd
 /// already running there is asked as any successor asks: it refuses (it keeps
@@ -520,7 +521,6 @@ pub async fn hold_ipv6_only(
     me: Identity,
     takeover: mpsc::Sender<Pending>,
     state: &Arc<AgentState>,
-    reason: String,
 ) -> anyhow::Result<()> {
     let who = me.clone();
     let acquired = tokio::task::spawn_blocking(move || acquire(&who, Vec::new(), None))
@@ -550,7 +550,7 @@ pub async fn hold_ipv6_only(
                 .context("handover task")??
         }
     };
-    Server::refusing(me, Arc::clone(state), takeover, reason)
+    Server::new(me, Arc::clone(state), takeover)
         .serve(listener)
         .context("starting the handover listener")?;
     Ok(())
@@ -604,6 +604,27 @@ async fn notify_ready(n: Arc<Notifier>, state: Arc<AgentState>) {
             return;
         }
     }
+}
+
+/// The fingerprint of a node of an IPv6-only network: the kernel's device, no IPv4
+/// network and no PublicIP ([`super::wire::Fingerprint::ipv6_only`]).
+pub fn identity_ipv6_only(
+    tap: &vxmesh_dataplane::ifname::IfName,
+    vni: u32,
+    port: u16,
+    etcd_prefix: &str,
+) -> Identity {
+    identity(
+        tap,
+        DataplaneKind::Kernel,
+        1,
+        false,
+        std::net::Ipv4Addr::UNSPECIFIED,
+        Subnet::ALL,
+        vni,
+        port,
+        etcd_prefix,
+    )
 }
 
 /// The fingerprint of this vxmeshd's dataplane: what a successor must match.

@@ -88,6 +88,14 @@ pub struct Fingerprint {
     pub etcd_prefix: String,
 }
 
+impl Fingerprint {
+    /// A node of an IPv6-only network: no IPv4 network and no PublicIP
+    /// (`handover::node::identity_ipv6_only`), nothing to hand over.
+    pub fn ipv6_only(&self) -> bool {
+        self.network.prefix_len() == 0 && self.public_ip.is_unspecified()
+    }
+}
+
 /// What a passed descriptor is, in the order the descriptors travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FdRole {
