@@ -384,7 +384,6 @@ impl Lab {
     /// The packet threads of node `node`'s agent (userspace dataplane), as
     /// `(name, thread id)` sorted: the same ids later mean the threads were not
     /// started again.
-    #[allow(dead_code)]
     pub fn engine_threads(&self, node: u32) -> Vec<(String, u64)> {
         let pid = self.agent_pid(node);
         let mut out: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
