@@ -820,11 +820,12 @@ fn notes(runs: &[Run], agent_args: &[String], segment_underlay: bool) -> Vec<Str
         args.join(" ")
     ));
     n.push(
-        "The + masq modes hold vxmeshd's default rules on both nodes (the masquerade chain in \
-         nat POSTROUTING, which makes the kernel track every connection, and the FORWARD \
-         accepts), installed for kernel VXLAN by the same code vxmeshd uses; the other modes \
-         have no nat rule, so no conntrack (vxmesh keeps its FORWARD accepts). Ratios of a + \
-         masq mode are to kernel VXLAN + masq."
+        "Every overlay mode holds the FORWARD accepts that flanneld and vxmeshd both keep by \
+         default (--iptables-forward-rules; for IPv6 too in the IPv6 modes), installed for \
+         kernel VXLAN by the same code vxmeshd uses, so both pay them. The + masq modes also \
+         hold vxmeshd's default masquerade chain in nat POSTROUTING on both nodes, which makes \
+         the kernel track every connection; the other modes have no nat rule, so no \
+         conntrack. Ratios of a + masq mode are to kernel VXLAN + masq."
             .to_string(),
     );
     if let Some(off) = runs.iter().filter(|r| r.mode.is_vxmesh()).find_map(|r| {

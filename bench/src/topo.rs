@@ -255,10 +255,8 @@ impl Topology {
                     flannel_peer6(&node_a, STATIC_SUBNET6_B, VXLAN6_MAC_B, UNDERLAY6_B)?;
                     flannel_peer6(&node_b, STATIC_SUBNET6_A, VXLAN6_MAC_A, UNDERLAY6_A)?;
                 }
-                if mode.masq() {
-                    for node in [&node_a, &node_b] {
-                        vxmeshd_rules(node)?;
-                    }
+                for node in [&node_a, &node_b] {
+                    vxmeshd_rules(node, mode.masq())?;
                 }
                 mtu
             }
@@ -491,20 +489,38 @@ pub fn parse_subnet_env6(text: &str) -> Option<Ipv6Addr> {
     Some(subnet.network())
 }
 
-/// The rules vxmeshd installs with its default flags (`--ip-masq`,
-/// `--iptables-forward-rules`, iptables backend), for `node`'s subnet, installed by
-/// vxmeshd's own code inside the node's namespace, so kernel VXLAN pays what vxmesh pays.
-fn vxmeshd_rules(node: &Node) -> anyhow::Result<()> {
+/// The rules vxmeshd installs on `node` with its default flags, installed by vxmeshd's
+/// own code inside the node's namespace, so kernel VXLAN pays what vxmesh pays: the
+/// FORWARD accepts (`--iptables-forward-rules`, on by default in flanneld and vxmeshd
+/// alike, so a flannel node has them too) for IPv4 and, on a node with an IPv6 subnet,
+/// for IPv6; with `masq` also the masquerade chain (`--ip-masq`), which makes the kernel
+/// track every connection. iptables backend.
+fn vxmeshd_rules(node: &Node, masq: bool) -> anyhow::Result<()> {
+    use vxmesh_control::masq::{Backend, Rules};
+    use vxmesh_control::subnet::Subnet;
+    use vxmesh_control::subnet6::Subnet6;
+    let rules = Rules {
+        masquerade: masq,
+        ..Rules::vxmeshd_default(Backend::Iptables)
+    };
     let subnet = node.subnet.context("node without a subnet")?;
-    let network: vxmesh_control::subnet::Subnet = NETWORK.parse().context("the Network")?;
-    let own: vxmesh_control::subnet::Subnet = format!("{subnet}/24")
+    let network: Subnet = NETWORK.parse().context("the Network")?;
+    let own: Subnet = format!("{subnet}/24")
         .parse()
         .context("the node's subnet")?;
-    let rules =
-        vxmesh_control::masq::Rules::vxmeshd_default(vxmesh_control::masq::Backend::Iptables);
     node.ns
         .run(move || vxmesh_control::masq::apply(&network, &own, rules))?
-        .with_context(|| format!("installing vxmeshd's rules in {}", node.ns.name()))
+        .with_context(|| format!("installing vxmeshd's rules in {}", node.ns.name()))?;
+    if let Some(subnet6) = node.subnet6 {
+        let network6: Subnet6 = NETWORK6.parse().context("the IPv6 Network")?;
+        let own6: Subnet6 = format!("{subnet6}/64")
+            .parse()
+            .context("the node's IPv6 subnet")?;
+        node.ns
+            .run(move || vxmesh_control::masq::apply6(&network6, &own6, rules))?
+            .with_context(|| format!("installing vxmeshd's IPv6 rules in {}", node.ns.name()))?;
+    }
+    Ok(())
 }
 
 /// One of flanneld's vxlan devices on `node`: `dev` (`flannel.1`, or `flannel-v6.1` over
