@@ -140,8 +140,8 @@ const SPECS: &[Spec] = &[
     spec!("vxlan-rcvbuf", Value, Vxmesh, "BYTES", "4MiB", "userspace dataplane: the VXLAN receive socket's buffer, as the kernel counts it (each datagram's whole allocation; KiB, MiB or GiB, or bytes): what arrives while the receiving thread waits for a CPU, and while a restart hands over; beyond it the kernel drops, which a loss-based TCP sender (cubic) needs to stop filling it, so its size is the delay other flows wait behind (64KiB to 512MiB; docs/decisions/0027)"),
     spec!("aqm-target", Value, Vxmesh, "DURATION|off", "off", "userspace dataplane, experimental: active queue management (CoDel) on received VXLAN, the queue delay to keep to; a packet that waited longer, for over --aqm-interval, is marked CE if ECN-capable, else dropped (e.g. 500us, 1ms, 5ms; docs/decisions/0016)"),
     spec!("aqm-interval", Value, Vxmesh, "DURATION", "20ms", "with --aqm-target: CoDel's interval: how long the queue delay may stay above --aqm-target before the first signal (about the largest round trip of pod flows; 1ms to 10s)"),
-    spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut the delay under load 30-fold and the throughput by a third where measured, and can take the CPUs from the node's other processes under a flood (docs/decisions/0020)"),
-    spec!("busy-poll", Value, Vxmesh, "auto|DURATION|off", "auto", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic before it sleeps. auto: for 50us, and only while it or another packet thread has carried a burst (8 packets or 32 KiB since it last slept), so bulk traffic that a sender paces, and its ACKs, find the threads awake while a ping or a request wakes them as before; DURATION (1us to 1s): that long after every packet, so a reply that comes within it finds the thread awake, at up to a CPU per thread while traffic arrives at gaps shorter than it; off: never (docs/decisions/0021, 0028)"),
+    spec!("engine-priority", Value, Vxmesh, "normal|nice:N|fifo:N", "normal", "userspace dataplane: the scheduling of its packet threads: as inherited, a nice value (-20 to 19), or real time (SCHED_FIFO, 1 to 99), which cut a ping's delay under 8 TCP streams from 3.2-3.8 ms to 0.10-0.12 ms and the streams from 12.0-12.8 to 8.3-9.1 Gbit/s where measured, and can take the CPUs from the node's other processes under a flood; busy polling is then off unless --busy-poll asks for it (docs/decisions/0020, 0032)"),
+    spec!("busy-poll", Value, Vxmesh, "auto|DURATION|off", "auto", "userspace dataplane: when its queue runs dry, a packet thread keeps checking for traffic before it sleeps. auto: for 50us, and only while it or another packet thread has carried a burst (8 packets or 32 KiB since it last slept), so bulk traffic that a sender paces, and its ACKs, find the threads awake while a ping or a request wakes them as before; DURATION (1us to 1s): that long after every packet, so a reply that comes within it finds the thread awake, at up to a CPU per thread while traffic arrives at gaps shorter than it; off: never, and the default with --engine-priority fifo:N (docs/decisions/0021, 0028, 0032)"),
     spec!("egress-tunnel-gso", Bool, Vxmesh, "", "true", "userspace dataplane: send each GSO frame from the TAP whole, as one UDP-tunnel GSO packet through a second TAP (<tap-name>u) that the kernel forwards to the underlay, instead of cutting it into datagrams here; to each peer only once a probe sent that way was answered (so a firewall that drops forwarded UDP costs speed, not reachability); needs Linux 6.17 or later (else the usual path, with a note in the log); false: always cut here (docs/decisions/0022)"),
     spec!("no-offloads", Bool, Vxmesh, "", "false", "disable TAP/UDP offloads (debugging; much slower)"),
     spec!("log-format", Value, Vxmesh, "text|json", "text", "log format"),
@@ -927,6 +927,22 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
                 .into(),
         );
     }
+    // A real-time thread's sched_yield gives its CPU only to real-time threads: a
+    // spinning one keeps it from every process of the node for its whole budget
+    // (docs/decisions/0032). So under a real-time priority busy polling is off unless
+    // asked for, and asking for it is said to cost that.
+    let busy_poll = match busy_poll {
+        Some(b) => {
+            if !b.is_off() && engine_priority.is_realtime() && dataplane != DataplaneKind::Kernel {
+                notes.push(format!(
+                    "--busy-poll with --engine-priority {engine_priority}: a real-time packet thread that spins keeps its CPU from every other process of the node (its yields go to real-time threads only) for each busy-polling budget; 8 TCP streams ran at 6.3 Gbit/s against 8.3-9.1 with --busy-poll off where measured (docs/decisions/0032)"
+                ));
+            }
+            b
+        }
+        None if engine_priority.is_realtime() => BusyPoll::OFF,
+        None => BusyPoll::default(),
+    };
     let egress_tunnel_gso = r.bool("egress-tunnel-gso", true)?;
     if egress_tunnel_gso
         && r.last("egress-tunnel-gso").is_some()
@@ -971,7 +987,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         vxlan_rcvbuf,
         aqm,
         engine_priority,
-        busy_poll: busy_poll.unwrap_or_default(),
+        busy_poll,
         egress_tunnel_gso,
         offloads: !r.bool("no-offloads", false)?,
         log_format,
@@ -1270,9 +1286,10 @@ mod tests {
             prio(&[], &[("VXMESHD_ENGINE_PRIORITY", "nice:5")]),
             ThreadPriority::Nice(5)
         );
+        // Busy polling goes off with a real-time priority (decision 0032).
         assert_eq!(
             diff(&run(&["--engine-priority=fifo:10"], &[])),
-            ["--engine-priority=fifo:10"]
+            ["--engine-priority=fifo:10", "--busy-poll=off"]
         );
         // Nothing to schedule on the kernel's dataplane: said, not refused.
         let f = run(&["--dataplane=kernel", "--engine-priority=fifo:1"], &[]);
@@ -1291,6 +1308,48 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_real_time_priority_turns_busy_polling_off_unless_asked_for() {
+        // Off by default under SCHED_FIFO: a real-time thread's yields never reach the
+        // pods' processes (decision 0032).
+        let f = run(&["--engine-priority=fifo:1"], &[]);
+        assert_eq!(f.busy_poll, BusyPoll::OFF);
+        assert!(f.notes.is_empty(), "{:?}", f.notes);
+        // A nice value stays under the normal scheduler, whose yields reach them.
+        assert_eq!(
+            run(&["--engine-priority=nice:-10"], &[]).busy_poll,
+            BusyPoll::AUTO
+        );
+        assert_eq!(run(&[], &[]).busy_poll, BusyPoll::AUTO);
+        // Asked for, it is what the operator asked for, with its cost said.
+        for (asked, want) in [
+            ("auto", BusyPoll::AUTO),
+            ("200us", BusyPoll::always(Duration::from_micros(200))),
+        ] {
+            let f = run(
+                &["--engine-priority=fifo:5", &format!("--busy-poll={asked}")],
+                &[],
+            );
+            assert_eq!(f.busy_poll, want);
+            assert!(
+                f.notes
+                    .iter()
+                    .any(|n| n.contains("--busy-poll with --engine-priority fifo:5")
+                        && n.contains("keeps its CPU from every other process")),
+                "{asked}: {:?}",
+                f.notes
+            );
+        }
+        let f = run(&["--engine-priority=fifo:5", "--busy-poll=off"], &[]);
+        assert_eq!(f.busy_poll, BusyPoll::OFF);
+        assert!(f.notes.is_empty(), "{:?}", f.notes);
+        // The same from flanneld-style environment variables.
+        assert_eq!(
+            run(&[], &[("VXMESHD_ENGINE_PRIORITY", "fifo:2")]).busy_poll,
+            BusyPoll::OFF
+        );
     }
 
     #[test]

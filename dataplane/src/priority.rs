@@ -2,9 +2,10 @@
 //!
 //! On a busy node the engine threads wait for a CPU behind the pods' processes, and
 //! their queues fill meanwhile: measured on 2 vCPUs, a ping under 8 TCP streams took
-//! 8–10 ms at the default priority, 2.5–4 ms with the threads at nice −10 and 0.26–0.29
-//! ms at `SCHED_FIFO` 1, which also cost a third of the throughput (docs/decisions/0020).
-//! So the default leaves them alone, and an operator can choose.
+//! 3.2–3.8 ms at the default priority and at nice −10 alike, and 0.10–0.12 ms at
+//! `SCHED_FIFO` 1, which also cost 25–35 % of the throughput (docs/decisions/0020,
+//! 0032). So the default leaves them alone, and an operator can choose. A real-time
+//! thread does not busy-poll unless asked to (its yields would not reach the pods).
 
 use std::fmt;
 use std::io;
@@ -36,6 +37,12 @@ impl ThreadPriority {
             "fifo" if (1..=99).contains(&n) => Ok(ThreadPriority::Fifo(n as u8)),
             _ => Err(bad()),
         }
+    }
+
+    /// Whether this is a real-time policy, whose threads run before every normal
+    /// one and whose `sched_yield` gives the CPU only to other real-time threads.
+    pub fn is_realtime(self) -> bool {
+        matches!(self, ThreadPriority::Fifo(_))
     }
 
     /// Sets this scheduling for the calling thread only. A refusal says what the
