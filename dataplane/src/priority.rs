@@ -3,7 +3,7 @@
 //! On a busy node the engine threads wait for a CPU behind the pods' processes, and
 //! their queues fill meanwhile: measured on 2 vCPUs, a ping under 8 TCP streams took
 //! 3.2–3.8 ms at the default priority and at nice −10 alike, and 0.10–0.12 ms at
-//! `SCHED_FIFO` 1, which also cost 25–35 % of the throughput (docs/decisions/0020,
+//! `SCHED_FIFO` 1, which also cost 25–50 % of the throughput (docs/decisions/0020,
 //! 0032). So the default leaves them alone, and an operator can choose. A real-time
 //! thread does not busy-poll unless asked to (its yields would not reach the pods).
 
