@@ -19,10 +19,12 @@ import re
 import subprocess
 import sys
 
+IDLE = "idle"
+PROFILING = "profiling (perf's own tracepoints)"
 # (kind, pattern over the symbol name); the first match wins.
 KINDS = [
-    ("idle", r"pv_native_safe_halt|default_idle|cpuidle|do_idle"),
-    ("profiling (perf's own tracepoints)", r"^perf_|syscall_trace_enter|trace_|__traceiter"),
+    (IDLE, r"pv_native_safe_halt|default_idle|cpuidle|do_idle"),
+    (PROFILING, r"^perf_|syscall_trace_enter|trace_|__traceiter"),
     (
         "copies",
         r"copy_to_iter|copy_from_iter|copy_user|rep_movs|__check_object_size|memcpy|memmove"
@@ -85,15 +87,14 @@ def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     runs = [profile(a) for a in sys.argv[1:]]
-    kinds = [k for k, _ in KINDS if k != "profiling (perf's own tracepoints)"] + [OTHER]
-    kinds = [k for k in kinds if k != "idle"]
+    busy_kinds = [OTHER] + [k for k, _ in KINDS if k not in (IDLE, PROFILING)]
     print("| CPU-s per GB | " + " | ".join(f"{m} ({gb:.1f} GB)" for m, gb, _ in runs) + " |")
     print("|---|" + "---:|" * len(runs))
-    for k in [OTHER] + [k for k in kinds if k != OTHER]:
+    for k in busy_kinds:
         print(f"| {k} | " + " | ".join(f"{r.get(k, 0):.3f}" for _, _, r in runs) + " |")
-    busy = [sum(v for k, v in r.items() if k in kinds) for _, _, r in runs]
+    busy = [sum(r.get(k, 0) for k in busy_kinds) for _, _, r in runs]
     print("| **busy, all of the above** | " + " | ".join(f"**{b:.3f}**" for b in busy) + " |")
-    for k in ["profiling (perf's own tracepoints)", "idle"]:
+    for k in [PROFILING, IDLE]:
         print(f"| {k}, left out | " + " | ".join(f"{r.get(k, 0):.3f}" for _, _, r in runs) + " |")
 
 

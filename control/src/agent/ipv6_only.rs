@@ -164,6 +164,7 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     // One vxmeshd per node: the handover socket's name, held before anything else
     // is touched (a second one is refused and leaves the node as it found it).
     let vni = cfg.backend.vni.get();
+    // A VNI whose device name does not fit is refused here, with nothing touched.
     kernel::device6_name(vni)?;
     let me = identity_ipv6_only(&opts.tap_name, vni, cfg.backend.port, &opts.etcd_prefix);
     hold_ipv6_only(me, takeover.0, &state).await?;

@@ -294,10 +294,9 @@ mod tests {
 
     #[test]
     fn an_ipv6_only_node_refuses_even_its_twin() {
-        let mut v6 = fp();
-        v6.dataplane = "kernel".into();
-        v6.public_ip = std::net::Ipv4Addr::UNSPECIFIED;
-        v6.network = "0.0.0.0/0".parse().unwrap();
+        let tap = vxmesh_dataplane::ifname::IfName::new("vxmesh0").unwrap();
+        let v6 = crate::handover::node::identity_ipv6_only(&tap, 1, 8472, "/coreos.com/network")
+            .fingerprint;
         let HelloAnswer::Refuse { reason } = answer_hello(&v6, VERSIONS, false, VERSIONS, &v6)
         else {
             panic!()
