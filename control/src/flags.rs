@@ -122,7 +122,7 @@ const SPECS: &[Spec] = &[
     spec!("public-ip", Value, Flanneld, "IP", "", "address advertised to peers (behind NAT: the public one; VXLAN is still sent from the interface's own)"),
     spec!("public-ipv6", Value, Flanneld, "IP", "", "IPv6 address advertised in a dual-stack lease (PublicIPv6); default: the underlay interface's global IPv6 address"),
     spec!("subnet-file", Value, Flanneld, "FILE", "/run/flannel/subnet.env", "where to write flannel's subnet file (read by CNI plugins)"),
-    spec!("subnet-lease-ttl", Value, Vxmesh, "DURATION", "1h", "TTL of the subnet lease, renewed every 30 s; a dead node's subnet is free this long after it stops (90s, 30m, 1h, 2d)"),
+    spec!("subnet-lease-ttl", Value, Vxmesh, "DURATION", "1h", "TTL of the subnet lease, renewed every third of it (at most every 30 s); a dead node's subnet is free this long after it stops (90s, 30m, 1h, 2d)"),
     spec!("subnet-lease-renew-margin", Value, Flanneld, "MINUTES", "", "flanneld's: how long the lease must survive without etcd (1-1439); raises the default TTL to this + 1 minute"),
     spec!("ip-masq", Bool, Flanneld, "", "true", "masquerade pod traffic leaving the Network (never pod to pod); writes FLANNEL_IPMASQ=true"),
     spec!("ip-masq-fully-random-disable", Bool, Flanneld, "", "false", "masquerade without --random-fully"),
@@ -205,7 +205,7 @@ pub enum FlagError {
     Syntax(String),
     #[error("flag needs a value: {0}")]
     NeedsValue(String),
-    #[error("unexpected argument {0:?}: vxmeshd takes only flags; a bool flag takes its value after '=' (--ip-masq=false, not --ip-masq false)")]
+    #[error("unexpected argument {0:?}: vxmeshd takes only flags (-name, --name, -name=value or -name value); write a bool flag's value after '=' (--ip-masq=false)")]
     Positional(String),
     #[error("{from}: invalid value {value:?}: {why}")]
     Invalid {
