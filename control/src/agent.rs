@@ -1115,11 +1115,7 @@ impl HeldBack {
         let still: Vec<Skip> = ripe
             .into_iter()
             .map(|(_, s)| s)
-            .filter(|s| {
-                peers
-                    .rejected()
-                    .any(|(k, r)| k == s.key && *r == s.rejection)
-            })
+            .filter(|s| peers.rejection(&s.key) == Some(&s.rejection))
             .collect();
         record_skips(&still, state);
     }

@@ -1184,6 +1184,14 @@ impl<P: PeerKind> PeerTable<P> {
         })
     }
 
+    /// Why `key` is rejected now, if it is (one lookup, not a scan of every key).
+    pub fn rejection(&self, key: &str) -> Option<&Rejection> {
+        match self.verdicts.get(key) {
+            Some(Verdict::Rejected(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     /// Whether `key` is rejected now for naming this node's PublicIP (or PublicIPv6)
     /// in a lease that is not this node's. That is also how the node's own new lease
     /// looks for the moment between its claim (the watch delivers it) and the lease
@@ -2219,6 +2227,15 @@ mod tests {
             rejected(&t, "10.244.228.0-24").unwrap().reason,
             RejectReason::DuplicatePublicIp
         );
+        // The keyed lookup says the same as the scan, for the rejected key and the
+        // peer's, and knows no key it never saw.
+        let loser = format!("{P}10.244.228.0-24");
+        assert_eq!(
+            t.rejection(&loser).map(|r| r.reason),
+            Some(RejectReason::DuplicatePublicIp)
+        );
+        assert_eq!(t.rejection(&twin.key), None);
+        assert_eq!(t.rejection(&format!("{P}10.244.77.0-24")), None);
         // The earlier one goes: node 2's lease becomes a peer again.
         let c = t.delete(&twin.key, &mut skips);
         assert!(
@@ -2227,6 +2244,7 @@ mod tests {
             "{c:?}"
         );
         assert_eq!(t.rejected().count(), 0);
+        assert_eq!(t.rejection(&loser), None);
         // A later duplicate of node 1's subnet under the dual-stack key: rejected,
         // promoted when node 1's own key goes.
         let dup = entry(
