@@ -1008,8 +1008,8 @@ fn reported(
 /// changed behind the agent's back; a failure is said once (`failing`) and clears
 /// readiness until the file is right again.
 fn keep_file(env: &SubnetEnv, path: &std::path::Path, failing: &mut bool, state: &AgentState) {
-    let on_disk = std::fs::read(path).ok();
-    let Some(drift) = crate::subnet_env::drift(env, on_disk.as_deref()) else {
+    let on_disk = crate::subnet_env::read_file(path);
+    let Some(drift) = crate::subnet_env::drift(env, &on_disk) else {
         *failing = false;
         return;
     };
@@ -1274,7 +1274,9 @@ pub async fn run_with(
     );
     let mut ho = NodeHandover::acquire(me, launch, takeover_tx, &state).await?;
 
-    let previous = std::fs::read_to_string(&opts.subnet_file).ok();
+    let previous = crate::subnet_env::read_file(&opts.subnet_file)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
     let hint = previous.as_deref().and_then(SubnetEnv::subnet_from);
     let hint6 = previous
         .as_deref()

@@ -98,11 +98,45 @@ impl SubnetEnv {
     }
 }
 
+/// The most bytes [`read_file`] reads: a subnet file is a few hundred.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the subnet file at `path` (to compare it with what was written, or for the
+/// restart hint): a regular file of at most [`MAX_FILE_BYTES`], opened without
+/// blocking, so that whatever another party puts at the path (a FIFO, a device, a
+/// huge file) is an error here instead of a hang or an unbounded read on the agent's
+/// only runtime thread.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut out = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} holds more than {MAX_FILE_BYTES} bytes", path.display()),
+        ));
+    }
+    Ok(out)
+}
+
 /// How a subnet file on disk differs from what the agent wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drift {
     Removed,
     Changed,
+    /// Something [`read_file`] refuses (not a regular file, too large) or cannot read.
+    Unreadable,
 }
 
 impl std::fmt::Display for Drift {
@@ -110,16 +144,18 @@ impl std::fmt::Display for Drift {
         f.write_str(match self {
             Drift::Removed => "removed",
             Drift::Changed => "changed",
+            Drift::Unreadable => "replaced by something unreadable",
         })
     }
 }
 
-/// Whether the file's bytes (`None`: no file) are still what `env` renders.
-pub fn drift(env: &SubnetEnv, on_disk: Option<&[u8]>) -> Option<Drift> {
+/// Whether the file as [`read_file`] read it is still what `env` renders.
+pub fn drift(env: &SubnetEnv, on_disk: &io::Result<Vec<u8>>) -> Option<Drift> {
     match on_disk {
-        None => Some(Drift::Removed),
-        Some(b) if b == env.render().as_bytes() => None,
-        Some(_) => Some(Drift::Changed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Drift::Removed),
+        Err(_) => Some(Drift::Unreadable),
+        Ok(b) if b == env.render().as_bytes() => None,
+        Ok(_) => Some(Drift::Changed),
     }
 }
 
@@ -277,9 +313,12 @@ mod tests {
     #[test]
     fn drift_of_the_file_on_disk() {
         let e = env();
-        assert_eq!(drift(&e, Some(e.render().as_bytes())), None);
-        assert_eq!(drift(&e, None), Some(Drift::Removed));
-        assert_eq!(drift(&e, Some(b"")), Some(Drift::Changed));
+        assert_eq!(drift(&e, &Ok(e.render().into_bytes())), None);
+        let gone = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(drift(&e, &Err(gone)), Some(Drift::Removed));
+        let fifo = io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
+        assert_eq!(drift(&e, &Err(fifo)), Some(Drift::Unreadable));
+        assert_eq!(drift(&e, &Ok(vec![])), Some(Drift::Changed));
         let other = SubnetEnv {
             ipv4: Some((
                 "10.244.0.0/16".parse().unwrap(),
@@ -288,8 +327,35 @@ mod tests {
             ..e
         };
         assert_eq!(
-            drift(&e, Some(other.render().as_bytes())),
+            drift(&e, &Ok(other.render().into_bytes())),
             Some(Drift::Changed)
         );
+    }
+
+    /// What another party can put at the path is refused at once: a FIFO (whose
+    /// blocking open would wait for a writer for ever), a directory, a huge file.
+    #[test]
+    fn read_file_takes_only_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("subnet.env");
+        std::fs::write(&file, env().render()).unwrap();
+        assert_eq!(read_file(&file).unwrap(), env().render().into_bytes());
+        assert_eq!(
+            read_file(&dir.path().join("absent")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_file(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_file(dir.path()).is_err());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let e = read_file(&big).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize]).unwrap();
+        assert_eq!(read_file(&big).unwrap().len(), MAX_FILE_BYTES as usize);
     }
 }

@@ -432,7 +432,21 @@ fn the_subnet_file_is_kept_in_place() {
         back.is_some(),
         "the changed subnet file was not written again"
     );
-    assert_eq!(lab.metric("n1", "vxmesh_subnet_file_repairs_total"), 2.0);
+    // A FIFO put in its place: opening it to read would wait for a writer, on the
+    // agent's only runtime thread. It is replaced like any other wrong file.
+    std::fs::remove_file(&file).unwrap();
+    let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let back = wait_for(Duration::from_secs(5), || {
+        std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file())
+            && std::fs::read(&file).ok().as_ref() == Some(&written)
+    });
+    assert!(
+        back.is_some(),
+        "the subnet file replaced by a FIFO was not written again"
+    );
+    assert_eq!(lab.metric("n1", "vxmesh_subnet_file_repairs_total"), 3.0);
     assert!(lab
         .event_kinds("n1")
         .iter()

@@ -195,7 +195,9 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
     });
     tracing::info!(ipv6_network = %pool6.network, pool = %pool6.describe_pool(), vni, port = cfg.backend.port, vtep_mac = %mac6, mtu = mtu6, "network config: IPv6 only");
 
-    let previous = std::fs::read_to_string(&opts.subnet_file).ok();
+    let previous = crate::subnet_env::read_file(&opts.subnet_file)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
     let hint6 = previous.as_deref().and_then(SubnetEnv::ipv6_subnet_from);
     let machine = LeaseMachine::for_node(
         cfg.clone(),

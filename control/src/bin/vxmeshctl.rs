@@ -737,7 +737,7 @@ fn run() -> anyhow::Result<()> {
 /// inside them. None when the file is missing or unreadable, or names no subnet
 /// (said on stderr).
 fn networks_in(path: &std::path::Path) -> DirectNetworks {
-    let env = std::fs::read(path)
+    let env = vxmesh_control::subnet_env::read_file(path)
         .map_err(|e| e.to_string())
         .and_then(|b| vxmesh_subnet_env::SubnetEnv::parse(&b).map_err(|e| e.to_string()));
     match env {
