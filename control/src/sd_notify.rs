@@ -131,7 +131,13 @@ pub enum ListenFdsError {
     Count(String),
     #[error("LISTEN_FDNAMES has {names} names for LISTEN_FDS={count}")]
     Names { count: usize, names: usize },
+    #[error("LISTEN_FDS={0} is implausible (vxmeshd takes at most {MAX_LISTEN_FDS}); check the unit's FileDescriptorStoreMax and what sets LISTEN_FDS")]
+    TooMany(usize),
 }
+
+/// The most descriptors `$LISTEN_FDS` may name (as [`fdpass::take_inherited_fds`]
+/// takes): checked before anything is sized by the count.
+pub const MAX_LISTEN_FDS: usize = fdpass::MAX_FDS * 4;
 
 /// Reads the `$LISTEN_*` variables: how many descriptors and their names, or
 /// `None` when they are absent or meant for another process (`LISTEN_PID`). A
@@ -154,6 +160,9 @@ pub fn listen_fds_spec(
         .map_err(|_| ListenFdsError::Count(fds.to_string()))?;
     if count == 0 {
         return Ok(None);
+    }
+    if count > MAX_LISTEN_FDS {
+        return Err(ListenFdsError::TooMany(count));
     }
     let names: Vec<String> = match names {
         Some(n) => n.split(':').map(str::to_string).collect(),
@@ -341,6 +350,25 @@ mod tests {
         assert_eq!(
             listen_fds_spec(Some("42"), Some("two"), None, 42),
             Err(ListenFdsError::Count("two".into()))
+        );
+        // A huge count is refused before a name list is sized by it.
+        assert_eq!(
+            listen_fds_spec(Some("42"), Some("4000000000000"), None, 42),
+            Err(ListenFdsError::TooMany(4_000_000_000_000))
+        );
+        assert_eq!(
+            listen_fds_spec(
+                Some("42"),
+                Some(&(MAX_LISTEN_FDS + 1).to_string()),
+                None,
+                42
+            ),
+            Err(ListenFdsError::TooMany(MAX_LISTEN_FDS + 1))
+        );
+        assert_eq!(
+            listen_fds_spec(Some("42"), Some(&MAX_LISTEN_FDS.to_string()), None, 42)
+                .map(|n| n.map(|n| n.len())),
+            Ok(Some(MAX_LISTEN_FDS))
         );
     }
 }
