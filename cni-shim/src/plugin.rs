@@ -36,6 +36,23 @@ pub fn log(msg: impl AsRef<str>) {
     eprintln!("vxmesh[{}]: {}", std::process::id(), msg.as_ref());
 }
 
+/// Reads the network config from `r` (stdin), at most [`crate::state::MAX_FILE_BYTES`]
+/// like every file the plugin reads: a runtime that streams without end gets an error
+/// (code 5), not a plugin that grows until the node runs out of memory.
+pub fn read_netconf(r: impl io::Read) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let max = crate::state::MAX_FILE_BYTES;
+    let mut buf = Vec::new();
+    r.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {max} bytes on stdin; a network config is a few KiB"),
+        ));
+    }
+    Ok(buf)
+}
+
 /// Runs one invocation. `get_env` reads the environment; `read_stdin` is called at most once
 /// and only when stdin is needed.
 pub fn run(
@@ -1096,6 +1113,38 @@ mod tests {
             let err: Value = serde_json::from_str(&out.stdout).unwrap();
             assert!(err["code"].is_u64(), "{}", out.stdout);
         }
+    }
+
+    #[test]
+    fn an_endless_stdin_is_an_io_error() {
+        use std::io::Read;
+        let max = crate::state::MAX_FILE_BYTES;
+        let endless = io::repeat(b' ');
+        let e = read_netconf(endless).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert_eq!(
+            read_netconf(io::repeat(b' ').take(max)).unwrap().len() as u64,
+            max
+        );
+        let out = run(
+            |k| match k {
+                "CNI_COMMAND" => Some("ADD".into()),
+                "CNI_CONTAINERID" => Some("big".into()),
+                "CNI_NETNS" => Some("/nonexistent/netns".into()),
+                "CNI_IFNAME" => Some("eth0".into()),
+                "CNI_PATH" => Some("/nonexistent/bin".into()),
+                _ => None,
+            },
+            || read_netconf(io::repeat(b' ')),
+        );
+        assert_eq!(out.exit_code, 1);
+        let err: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(err["code"], code::IO, "{}", out.stdout);
+        assert!(
+            err["details"].as_str().unwrap().contains("more than"),
+            "{}",
+            out.stdout
+        );
     }
 
     #[test]
