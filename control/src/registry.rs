@@ -448,12 +448,11 @@ impl Registry {
                     }
                     match tokio::time::timeout(interval, stream.message()).await {
                         Ok(Ok(Some(resp))) => {
-                            if resp.ttl() <= 0 {
+                            let Some(left) = ttl_left(resp.ttl()) else {
                                 return format!("etcd lease {lease_id:x} expired or was revoked");
-                            }
+                            };
                             backoff.reset();
                             outage.ok();
-                            let left = Duration::from_secs(resp.ttl().unsigned_abs());
                             deadline = tokio::time::Instant::now() + left;
                             stats.renewed(left);
                         }
@@ -699,6 +698,16 @@ pub struct LeaseStats {
     pub events: std::sync::OnceLock<std::sync::Arc<crate::events::EventLog>>,
 }
 
+/// What a keepalive answer's TTL leaves of the lease: `None` when it expired (≤ 0);
+/// never more than etcd's longest lease, so that an answer no etcd gives (a broken or
+/// hostile server) cannot overflow the deadline's arithmetic.
+fn ttl_left(ttl: i64) -> Option<Duration> {
+    let secs = u64::try_from(ttl).ok().filter(|&s| s > 0)?;
+    Some(Duration::from_secs(
+        secs.min(crate::duration::ETCD_MAX_LEASE_TTL_SECS),
+    ))
+}
+
 fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -802,6 +811,21 @@ impl WatchStats {
 mod tests {
     use super::*;
     use std::time::{Instant, SystemTime};
+
+    /// A keepalive answer's TTL: expired at 0 or below, and never trusted beyond etcd's
+    /// longest lease, so neither the deadline nor the expiry stamp can overflow.
+    #[test]
+    fn a_keepalive_ttl_is_bounded() {
+        assert_eq!(ttl_left(0), None);
+        assert_eq!(ttl_left(-1), None);
+        assert_eq!(ttl_left(i64::MIN), None);
+        assert_eq!(ttl_left(60), Some(Duration::from_secs(60)));
+        let most = Duration::from_secs(crate::duration::ETCD_MAX_LEASE_TTL_SECS);
+        assert_eq!(ttl_left(i64::MAX), Some(most));
+        let _ = tokio::time::Instant::now() + most;
+        let stats = LeaseStats::default();
+        stats.renewed(most);
+    }
 
     /// The watch's outage shows in `down_for` from its first failure until its first
     /// success, and reminders or quiet failures do not move its start.
