@@ -508,12 +508,24 @@ pub(crate) fn nft_delete_table(family: &str, name: &str) -> Result<(), MasqError
 /// chosen backend's rules are in place, and the other tool may not work on this host at
 /// all (`nft` on a kernel without nf_tables, say).
 fn remove_other(fam: Family, backend: Backend) {
+    remove_earlier(
+        fam,
+        match backend {
+            Backend::Iptables => Backend::Nftables,
+            Backend::Nftables => Backend::Iptables,
+        },
+    );
+}
+
+/// Removes `backend`'s rules of `fam` that an earlier run left, best effort (see
+/// [`remove_other`]).
+fn remove_earlier(fam: Family, backend: Backend) {
     let (what, r) = match backend {
-        Backend::Iptables => (
+        Backend::Nftables => (
             format!("nftables table {} vxmesh", fam.nft()),
             remove_nft(fam),
         ),
-        Backend::Nftables => (
+        Backend::Iptables => (
             format!(
                 "{} chains VXMESH-POSTRTG, VXMESH-FWD and VXMESH-NOTRACK",
                 fam.iptables()
@@ -530,7 +542,8 @@ fn remove_other(fam: Family, backend: Backend) {
 }
 
 /// Installs or refreshes the enabled rules for `own` subnet inside `network` with the
-/// chosen backend, removes a part that is off, and removes the other backend's rules.
+/// chosen backend, removes a part that is off, and removes the other backend's rules;
+/// with every part off, removes both backends' rules.
 pub fn apply(network: &Subnet, own: &Subnet, rules: Rules) -> Result<(), MasqError> {
     apply_in(Family::V4, &network.to_string(), &own.to_string(), rules)
 }
@@ -544,6 +557,10 @@ pub fn apply6(network: &Subnet6, own: &Subnet6, rules: Rules) -> Result<(), Masq
 fn apply_in(fam: Family, network: &str, own: &str, rules: Rules) -> Result<(), MasqError> {
     let rules = fam.rules(rules);
     if !rules.any() {
+        // Every part off: nothing of ours may stay, from either backend (an earlier run
+        // with masquerading on would otherwise go on masquerading).
+        remove_earlier(fam, Backend::Iptables);
+        remove_earlier(fam, Backend::Nftables);
         return Ok(());
     }
     match rules.backend {

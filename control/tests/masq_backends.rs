@@ -203,6 +203,59 @@ fn switching_backends_removes_the_other_ones_rules() {
     ns.run(|| masq::remove().unwrap()).unwrap();
 }
 
+/// A restart with every part off (`--ip-masq=false --iptables-forward-rules=false`,
+/// no `--vxlan-notrack`: what masq.rs advises where iptables is missing) removes what
+/// the earlier run left, from either backend and for either family, as a part turned
+/// off alone is removed: masquerading the operator turned off must not go on.
+#[test]
+#[ignore = "needs root, network namespaces, nft and iptables: scripts/test.sh runs it"]
+fn every_part_off_removes_what_an_earlier_run_left() {
+    require();
+    let ns = Netns::unique("masq-off").unwrap();
+    let off = |backend| Rules {
+        masquerade: false,
+        forward: false,
+        untrack: None,
+        backend,
+        ..NFT
+    };
+    for (on, off) in [(IPT, off(Backend::Iptables)), (NFT, off(Backend::Nftables))] {
+        ns.run(move || {
+            masq::apply(&net().0, &net().1, on).unwrap();
+            masq::apply6(&net6().0, &net6().1, on).unwrap();
+        })
+        .unwrap();
+        let before = format!("{}{}", iptables_save(&ns), nft_tables(&ns));
+        assert!(
+            before.contains("VXMESH") || before.contains("table ip vxmesh"),
+            "{before}"
+        );
+        ns.run(move || {
+            masq::apply(&net().0, &net().1, off).unwrap();
+            masq::apply6(&net6().0, &net6().1, off).unwrap();
+        })
+        .unwrap();
+        let saved = iptables_save(&ns);
+        assert!(
+            !saved.contains("VXMESH"),
+            "{:?} all off: {saved}",
+            on.backend
+        );
+        let saved6 = ns.exec("ip6tables-save", &[]).unwrap();
+        assert!(
+            !saved6.contains("VXMESH"),
+            "{:?} all off: {saved6}",
+            on.backend
+        );
+        let tables = nft_tables(&ns);
+        assert!(
+            !tables.contains("table ip vxmesh") && !tables.contains("table ip6 vxmesh"),
+            "{:?} all off: {tables}",
+            on.backend
+        );
+    }
+}
+
 /// Sends one datagram from `from` to `to` and returns the source address `to` saw.
 fn seen_source(from_ns: &Netns, from: Ipv4Addr, to_ns: &Netns, to: Ipv4Addr) -> Ipv4Addr {
     let rx = to_ns
