@@ -238,16 +238,19 @@ impl Userspace {
             }
             Err(e) => return Err(anyhow::Error::new(e).context(format!("creating TAP device {name}"))),
         };
-        taps[0]
-            .set_persist(true)
-            .with_context(|| format!("making TAP {name} persistent"))?;
         let link = nl
             .link_identity(name.as_str())
             .await?
             .with_context(|| format!("TAP {name} vanished right after creation"))?;
+        // The alias first: a TAP made persistent without it would be refused by the
+        // next start and by `cleanup-tap` as not vxmesh's. Until it is persistent, a
+        // failure here closes the queues and the kernel deletes the new device.
         if link.alias.as_deref() != Some(TAP_ALIAS) {
             nl.set_alias(link.index, TAP_ALIAS).await?;
         }
+        taps[0]
+            .set_persist(true)
+            .with_context(|| format!("making TAP {name} persistent"))?;
         // IPv6 on the TAP would only emit router solicitations the overlay drops.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         // The kernel queues frames for the TAP's reader up to txqueuelen and drops
