@@ -818,6 +818,13 @@ fn cmd_gc(args: &CmdArgs, nc: &NetConf) -> Result<(), CniError> {
         ));
     };
     let state = lock_state(nc)?;
+    match state.sweep_temporaries() {
+        Ok(0) => {}
+        Ok(n) => log(format!(
+            "GC: removed {n} temporary state file(s) left by killed calls"
+        )),
+        Err(e) => log(format!("GC: cannot sweep temporary state files: {e}")),
+    }
     let mut errors: Vec<CniError> = Vec::new();
     let io = |name: &str, e: io::Error| CniError::new(code::IO, format!("{name}: {e}"), "");
     let attachments = state.list().map_err(|e| state_error(&nc.data_dir, e))?;

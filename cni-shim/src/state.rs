@@ -84,6 +84,18 @@ pub fn parse_file_name(name: &str) -> Option<Attachment> {
     })
 }
 
+/// Whether `name` is a temporary file of [`StateDir::save`]: `.`, an attachment's file
+/// name, `.tmp` and a process id.
+fn is_save_temporary(name: &str) -> bool {
+    let Some((base, pid)) = name
+        .strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once(".tmp"))
+    else {
+        return false;
+    };
+    !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && parse_file_name(base).is_some()
+}
+
 /// How long a call waits for the data directory's lock before it gives up (code 11).
 /// ADDs are serialized per node and take well under a second each, so a minute covers a
 /// burst of pods; a holder still busy after it is hung, and the runtime retries the call.
@@ -199,6 +211,30 @@ impl StateDir {
         }
     }
 
+    /// Removes the temporary files that a call killed between [`StateDir::save`]'s write
+    /// and its rename left behind (`.<container>:<ifname>.tmp<pid>`; nothing else reads
+    /// them, and no later save reuses the name). With the lock held no save is under
+    /// way, so every such file is a leftover. Returns how many were removed.
+    pub fn sweep_temporaries(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_save_temporary(name) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if removed > 0 {
+            self.dir.sync_all()?;
+        }
+        Ok(removed)
+    }
+
     /// Every attachment with a file, sorted. Other entries are ignored.
     pub fn list(&self) -> io::Result<Vec<Attachment>> {
         let mut out = Vec::new();
@@ -286,6 +322,26 @@ mod tests {
         let dmode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(dmode, 0o700);
         assert_eq!(s.list().unwrap(), vec![att("c0", "net1"), a.clone()]);
+        // A save killed before its rename leaves its temporary file; the sweep (GC's)
+        // removes those and nothing else.
+        fs::write(dir.join(".c9:eth0.tmp4242"), b"{}").unwrap();
+        fs::write(dir.join(".c8:net1.tmp1"), b"{}").unwrap();
+        for other in [".stray.tmp12", ".c7:eth0.tmp", ".c7:eth0.tmpx1", "c6.tmp3"] {
+            fs::write(dir.join(other), b"x").unwrap();
+        }
+        assert_eq!(s.sweep_temporaries().unwrap(), 2);
+        assert!(!dir.join(".c9:eth0.tmp4242").exists());
+        for kept in [
+            "stray",
+            ".stray.tmp12",
+            ".c7:eth0.tmp",
+            ".c7:eth0.tmpx1",
+            "c6.tmp3",
+        ] {
+            assert!(dir.join(kept).exists(), "{kept}");
+        }
+        assert_eq!(s.sweep_temporaries().unwrap(), 0);
+        assert_eq!(s.list().unwrap().len(), 2);
         s.remove(&a).unwrap();
         s.remove(&a).unwrap();
         assert_eq!(s.load(&a).unwrap(), None);
