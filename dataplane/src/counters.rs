@@ -51,10 +51,15 @@ pub enum DropReason {
     /// node's subnet (a forged inner source behind a peer's outer address, or traffic
     /// that would use this node as a relay).
     InnerAddress,
+    /// Ingress: the outer header says CE (an underlay router marked congestion), but
+    /// the inner packet is not ECN-capable, so the mark cannot be passed on: RFC 6040
+    /// drops it, as Linux's vxlan driver does (the sender's encapsulator set an outer
+    /// ECN field its inner packet did not have).
+    CeOnNotEct,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownDestination,
         DropReason::Multicast,
         DropReason::ArpUnknownTarget,
@@ -68,6 +73,7 @@ impl DropReason {
         DropReason::Broadcast,
         DropReason::Congestion,
         DropReason::InnerAddress,
+        DropReason::CeOnNotEct,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -87,6 +93,7 @@ impl DropReason {
             DropReason::Broadcast => "broadcast",
             DropReason::Congestion => "congestion",
             DropReason::InnerAddress => "inner_address",
+            DropReason::CeOnNotEct => "ce_on_not_ect",
         }
     }
 
@@ -221,6 +228,9 @@ counters! {
     /// they waited too long in the receive socket (a drop when not ECN-capable:
     /// reason `congestion`).
     aqm_ce_marked,
+    /// Inner packets set CE on receive because the outer header arrived CE (an
+    /// underlay router marked congestion; RFC 6040 decapsulation, `wire::ecn`).
+    ecn_marks_passed_on,
 }
 
 impl LocalCounts {

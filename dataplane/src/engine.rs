@@ -38,6 +38,7 @@ use crate::priority::ThreadPriority;
 use crate::send_batch::TxBatch;
 use crate::sys::{ready_either, wait_either, RecvBatch, Tap, UdpRx, UdpTx, UnderlayTap, Wake};
 use crate::verdict::{classify_egress, classify_ingress, Egress, Ingress};
+use crate::wire::ecn::{self, Decapsulated};
 use crate::wire::{MacAddr, VirtioNetHdr, VxlanHeader};
 
 /// The most GRO messages one `recvmmsg` reads (each up to 64 KiB).
@@ -1015,6 +1016,26 @@ impl IngressAqm {
     /// per-datagram loop's code.
     #[cold]
     #[inline(never)]
+    /// Copies `frame` with `ecn` written into its IP header (RFC 6040 decapsulation);
+    /// returns the copy's length.
+    fn copy_with_ecn(&mut self, frame: &[u8], ecn: u8) -> usize {
+        if self.copy.len() < frame.len() {
+            self.copy.resize(frame.len(), 0);
+        }
+        let copy = &mut self.copy[..frame.len()];
+        copy.copy_from_slice(frame);
+        ecn::set_in_frame(copy, ecn);
+        frame.len()
+    }
+
+    /// [`IngressAqm::mark`] for the copy [`IngressAqm::copy_with_ecn`] left.
+    fn mark_copy(&mut self, len: usize) -> Option<usize> {
+        match mark_ce(self.copy.get_mut(..len)?) {
+            Marked::Marked | Marked::AlreadyCe => Some(len),
+            Marked::NotEct => None,
+        }
+    }
+
     fn mark(&mut self, frame: &[u8]) -> Option<usize> {
         if self.copy.len() < frame.len() {
             self.copy.resize(frame.len(), 0);
@@ -1235,10 +1256,29 @@ fn deliver_batch(
             }
             let mut verdict = classify_ingress(*src.ip(), d, &view.table, local.vtep_ip);
             let mut marked = None;
+            // RFC 6040: an ECN-capable outer (a kernel peer copies the inner field out;
+            // an underlay router may have marked it CE) passes its mark on.
+            if msg.outer_ecn != ecn::NOT_ECT {
+                if let Ingress::Deliver { inner } = verdict {
+                    let frame = &d[inner..];
+                    match ecn::of_frame(frame).map(|e| ecn::decapsulate(msg.outer_ecn, e)) {
+                        Some(Decapsulated::Drop) => verdict = Ingress::Drop(DropReason::CeOnNotEct),
+                        Some(Decapsulated::Set(e)) => {
+                            counts.ecn_marks_passed_on += u64::from(e == ecn::CE);
+                            marked = Some(aqm.copy_with_ecn(frame, e));
+                        }
+                        Some(Decapsulated::Unchanged) | None => {}
+                    }
+                }
+            }
             if signal {
                 if let Ingress::Deliver { inner } = verdict {
                     signal = false;
-                    match aqm.mark(&d[inner..]) {
+                    let done = match marked {
+                        Some(len) => aqm.mark_copy(len),
+                        None => aqm.mark(&d[inner..]),
+                    };
+                    match done {
                         Some(len) => {
                             counts.aqm_ce_marked += 1;
                             marked = Some(len);
@@ -1730,6 +1770,61 @@ mod tests {
         assert_eq!(counts.drops[DropReason::Congestion as usize], 1);
         assert_eq!(counts.frames_delivered, 3);
         assert_eq!(aqm.pending, 0);
+    }
+
+    /// RFC 6040 on receive: an outer CE reaches an ECN-capable inner packet (its header
+    /// still checks), an outer ECT(1) turns an inner ECT(0) into ECT(1), an outer CE on
+    /// a Not-ECT inner is dropped and counted, and an outer Not-ECT or ECT(0) changes
+    /// nothing; a CE passed on and a congestion signal on the same frame make one CE.
+    #[test]
+    fn outer_ecn_is_decapsulated_as_rfc_6040_says() {
+        use crate::wire::ecn::{CE, ECT_0, ECT_1, NOT_ECT};
+        let mut view = TableView::new(SharedTable::new(table(1, true)));
+        let src = SocketAddrV4::new(PEER_IP, 40_000);
+        let inner = |d: &[u8]| d[VxlanHeader::LEN..].to_vec();
+        let with = |d: &[u8], e: u8| {
+            let mut f = inner(d);
+            assert!(crate::wire::ecn::set_in_frame(&mut f, e));
+            f
+        };
+        let (ect0, ect1, not_ect) = (datagram_ecn(ECT_0), datagram_ecn(ECT_1), datagram_ecn(0));
+        let cases: [(&[u8], u8); 6] = [
+            (&ect0, CE),
+            (&ect1, CE),
+            (&ect0, ECT_1),
+            (&not_ect, CE),
+            (&not_ect, ECT_0),
+            (&ect0, NOT_ECT),
+        ];
+        let mut batch =
+            RecvBatch::with_messages(&cases.iter().map(|(d, _)| (src, 0, *d)).collect::<Vec<_>>());
+        batch.set_tos(&cases.iter().map(|&(_, e)| 0xb8 | e).collect::<Vec<_>>());
+        let (got, counts) = deliver_plain(&batch, 6, &mut view, &mut IngressAqm::new(None), None);
+        assert_eq!(
+            got,
+            [
+                with(&ect0, CE),
+                with(&ect1, CE),
+                with(&ect0, ECT_1),
+                inner(&not_ect),
+                inner(&ect0),
+            ]
+        );
+        for f in &got {
+            assert!(crate::wire::checksum::verifies(&f[14..34]));
+        }
+        assert_eq!(counts.ecn_marks_passed_on, 2);
+        assert_eq!(counts.drops[DropReason::CeOnNotEct as usize], 1);
+        assert_eq!(counts.frames_delivered, 5);
+
+        // Passed on and signalled by CoDel at once: one CE, counted by both.
+        let mut batch = RecvBatch::with_messages(&[(src, 0, &ect0)]);
+        batch.set_tos(&[CE]);
+        let mut aqm = IngressAqm::new(Some(CodelConfig::DEFAULT));
+        aqm.pending = 0b1;
+        let (got, counts) = deliver_plain(&batch, 1, &mut view, &mut aqm, None);
+        assert_eq!(got, [with(&ect0, CE)]);
+        assert_eq!((counts.ecn_marks_passed_on, counts.aqm_ce_marked), (1, 1));
     }
 
     /// CoDel sees the wait the kernel's time stamps show: old messages in a queue that

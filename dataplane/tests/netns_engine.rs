@@ -411,6 +411,140 @@ fn wrong_vni_unknown_source_and_forged_inner_addresses_are_counted_not_delivered
     drop(a);
 }
 
+/// Sets an IPv4 socket option of `s` to `v`.
+fn set_ip_opt(s: &UdpSocket, opt: libc::c_int, v: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `v` lives across the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt {opt}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Receives one datagram on `s` (IP_RECVTOS set) and returns its IPv4 TOS byte.
+fn recv_tos(s: &UdpSocket) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; zero is valid.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `h` points at live buffers of the sizes it declares.
+    if unsafe { libc::recvmsg(s.as_raw_fd(), &mut h, 0) } < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `control`; CMSG_FIRSTHDR/NXTHDR stay inside it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                return Some(*libc::CMSG_DATA(c));
+            }
+            c = libc::CMSG_NXTHDR(&h, c);
+        }
+    }
+    None
+}
+
+/// RFC 6040 through the real receive path: a VXLAN datagram from the peer whose outer
+/// header says CE (an underlay router marked it) delivers its ECN-capable inner packet
+/// marked CE, as Linux's vxlan does; one whose inner packet is not ECN-capable is
+/// dropped and counted (`ce_on_not_ect`); an outer Not-ECT changes nothing.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn an_outer_ce_mark_reaches_the_inner_packet() {
+    require_root();
+    let (a, b) = pair("e", TapOptions::default());
+    // The listener in B, on B's TAP address, reporting each datagram's TOS.
+    let listener =
+        b.ns.run(|| {
+            let s = UdpSocket::bind("10.244.2.0:7000").unwrap();
+            set_ip_opt(&s, libc::IP_RECVTOS, 1);
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s
+        })
+        .unwrap();
+    // An inner IPv4/UDP packet from A's subnet to the listener, with this ECN field.
+    let datagram = |inner_ecn: u8| {
+        let mut d = VxlanHeader {
+            vni: Vni::new(1).unwrap(),
+        }
+        .to_bytes()
+        .to_vec();
+        d.extend_from_slice(&[
+            0x0a, 0x58, 0x0a, 0xf4, 0x02, 0x00, 0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x00, 0x08, 0x00,
+        ]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[1] = 0xb8 | inner_ecn;
+        ip[2..4].copy_from_slice(&(20u16 + 8 + 4).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 244, 1, 5]);
+        ip[16..20].copy_from_slice(&[10, 244, 2, 0]);
+        let mut sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        d.extend_from_slice(&ip);
+        // UDP 5000 → 7000, 12 bytes, checksum 0 (none), payload "ecn!".
+        d.extend_from_slice(&[0x13, 0x88, 0x1b, 0x58, 0, 12, 0, 0]);
+        d.extend_from_slice(b"ecn!");
+        d
+    };
+    let send = |outer_tos: u8, inner_ecn: u8| {
+        let d = datagram(inner_ecn);
+        a.ns.run(move || {
+            let s = UdpSocket::bind("192.168.99.1:0").unwrap();
+            set_ip_opt(&s, libc::IP_TOS, libc::c_int::from(outer_tos));
+            s.send_to(&d, "192.168.99.2:8472").unwrap();
+        })
+        .unwrap();
+    };
+    send(0b11, 0b10);
+    assert_eq!(
+        recv_tos(&listener),
+        Some(0xb8 | 0b11),
+        "ECT(0) under an outer CE"
+    );
+    send(0, 0b10);
+    assert_eq!(
+        recv_tos(&listener),
+        Some(0xb8 | 0b10),
+        "an outer Not-ECT changes nothing"
+    );
+    send(0b11, 0);
+    let dropped = wait_for(Duration::from_secs(2), || {
+        b.counters().dropped(DropReason::CeOnNotEct) == 1
+    });
+    assert!(dropped.is_some(), "{:?}", b.counters());
+    assert_eq!(b.counters().ecn_marks_passed_on, 1);
+    assert_eq!(b.peer().dropped(DropReason::CeOnNotEct), 1);
+    drop(a);
+}
+
 /// A peer added while the engine's threads sleep is known to the first datagram that
 /// wakes them (the table is taken again after the sleep, not only before it): the first
 /// ping after an agent adds a peer must not be dropped.

@@ -198,6 +198,27 @@ fuzz_target!(|data: &[u8]| {
         Marked::AlreadyCe | Marked::NotEct => assert_eq!(marked, data),
     }
 
+    // RFC 6040 decapsulation (`wire::ecn`): writing a field (the first byte's low bits
+    // choose it) changes only the ECN bits and an IPv4 header's checksum, is read back,
+    // and keeps a header that checked checking; the table is total.
+    {
+        use vxmesh_dataplane::wire::ecn;
+        let e = data.first().copied().unwrap_or(0) & 3;
+        let _ = ecn::decapsulate(e, data.get(1).copied().unwrap_or(0));
+        let mut set = data.to_vec();
+        if ecn::set_in_frame(&mut set, e) {
+            assert_eq!(ecn::of_frame(&set), Some(e));
+            let changed: Vec<usize> = (0..data.len()).filter(|&i| set[i] != data[i]).collect();
+            assert!(changed.iter().all(|i| [15, 24, 25].contains(i)), "{changed:?}");
+            if let Some(Some(true)) = v4_header {
+                let hl = usize::from(data[14] & 0x0f) * 4;
+                assert!(verifies(&set[14..14 + hl]));
+            }
+        } else {
+            assert_eq!(set, data);
+        }
+    }
+
     // Path probe answers (`path_probe::reply_from`): taken only as the echo reply to a
     // probe this engine tagged, sent at most MAX_REPLY_AGE_MS before `now`, from the IPv4
     // source the tag was made for. The bytes as they are (`now` their own send time, so

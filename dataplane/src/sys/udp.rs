@@ -382,15 +382,17 @@ fn iovec(b: &[u8]) -> libc::iovec {
 
 /// One receive slot: 64 KiB is the largest a GRO-coalesced message can be.
 const RECV_BUF: usize = 65_536;
-/// Control buffer per message: room for UDP_GRO's int and SO_TIMESTAMPNS's timespec.
-/// (Earlier releases, which may hand a socket with time stamps on to this one or take
-/// it over from it, had the same 64 bytes.)
-const CMSG_BUF: usize = 64;
+/// Control buffer per message: room for UDP_GRO's int, SO_TIMESTAMPNS's timespec and
+/// IP_TOS's byte. (Earlier releases, which may share the socket during a handover, have
+/// 64 bytes: the kernel puts IP_TOS last, so with time stamps on — `--aqm-target` — they
+/// lose only that, which they do not read.)
+const CMSG_BUF: usize = 80;
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const _: () = assert!(
     unsafe {
         libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint)
             + libc::CMSG_SPACE(size_of::<libc::timespec>() as libc::c_uint)
+            + libc::CMSG_SPACE(1)
     } as usize
         <= CMSG_BUF
 );
@@ -408,6 +410,8 @@ pub struct RecvBatch {
     /// When the kernel received each message (ns since the epoch), if it was asked to
     /// say ([`UdpRx::set_timestamps`]).
     stamps: Vec<Option<u64>>,
+    /// Each message's outer IPv4 TOS byte (`IP_RECVTOS`; 0 when the kernel did not say).
+    tos: Vec<u8>,
     truncated: Vec<bool>,
     count: usize,
     /// Messages the next call asks for (1 to the capacity).
@@ -424,6 +428,7 @@ impl RecvBatch {
             srcs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); m],
             segs: vec![0; m],
             stamps: vec![None; m],
+            tos: vec![0; m],
             truncated: vec![false; m],
             count: 0,
             limit: m,
@@ -452,6 +457,7 @@ impl RecvBatch {
     pub(crate) fn with_messages(messages: &[(SocketAddrV4, usize, &[u8])]) -> RecvBatch {
         let mut b = RecvBatch::new(messages.len());
         for (i, (src, seg, bytes)) in messages.iter().enumerate() {
+            b.tos[i] = 0;
             b.data[i * RECV_BUF..i * RECV_BUF + bytes.len()].copy_from_slice(bytes);
             b.lens[i] = bytes.len();
             b.srcs[i] = *src;
@@ -491,6 +497,14 @@ impl RecvBatch {
     /// Bytes received by the last call, all messages together.
     pub fn bytes(&self) -> usize {
         self.lens[..self.count].iter().sum()
+    }
+
+    /// Sets the outer TOS bytes of the messages, as the kernel would. For tests.
+    #[cfg(test)]
+    pub(crate) fn set_tos(&mut self, tos: &[u8]) {
+        for (s, t) in self.tos.iter_mut().zip(tos) {
+            *s = *t;
+        }
     }
 
     /// Sets the time stamps of the messages, as the kernel would. For tests.
@@ -536,6 +550,7 @@ impl RecvBatch {
             src: self.srcs[i],
             datagrams: msg.chunks(seg),
             inner_segment: burst.then_some(gro),
+            outer_ecn: self.tos[i] & 0b11,
         })
     }
 }
@@ -547,6 +562,9 @@ pub struct Received<'a> {
     pub datagrams: std::slice::Chunks<'a, u8>,
     /// Set for a whole UDP GSO burst: the payload size of its inner datagrams.
     pub inner_segment: Option<usize>,
+    /// The outer IPv4 header's ECN field, the same for every datagram of the message
+    /// (the kernel's GRO merges only datagrams whose TOS is equal).
+    pub outer_ecn: u8,
 }
 
 /// What the control messages of a received message say.
@@ -556,6 +574,8 @@ struct Control {
     gro: Option<usize>,
     /// When the kernel received it (`SO_TIMESTAMPNS`, CLOCK_REALTIME), ns since the epoch.
     stamp_ns: Option<u64>,
+    /// The outer IPv4 TOS byte (`IP_RECVTOS`).
+    tos: u8,
 }
 
 /// Reads the UDP_GRO segment size and the receive time among the control messages of a
@@ -575,6 +595,8 @@ unsafe fn control_info(h: &libc::msghdr) -> Control {
     let int_len = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) } as usize;
     // SAFETY: arithmetic only.
     let ts_len = unsafe { libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) } as usize;
+    // SAFETY: arithmetic only.
+    let tos_len = unsafe { libc::CMSG_LEN(1) } as usize;
     // SAFETY: the caller vouches for the control buffer; CMSG_FIRSTHDR returns null
     // unless a whole header fits in it.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(h) };
@@ -589,6 +611,9 @@ unsafe fn control_info(h: &libc::msghdr) -> Control {
             // the buffer; CMSG_DATA may be unaligned for it, hence read_unaligned.
             let v = unsafe { libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned() };
             out.gro = usize::try_from(v).ok().filter(|&v| v > 0);
+        } else if level == libc::IPPROTO_IP && ty == libc::IP_TOS && fits(tos_len) {
+            // SAFETY: as above, for the one byte the kernel puts there.
+            out.tos = unsafe { libc::CMSG_DATA(c).read() };
         } else if level == libc::SOL_SOCKET && ty == libc::SCM_TIMESTAMPNS && fits(ts_len) {
             // SAFETY: as above, for a timespec.
             let ts = unsafe { libc::CMSG_DATA(c).cast::<libc::timespec>().read_unaligned() };
@@ -606,6 +631,13 @@ unsafe fn control_info(h: &libc::msghdr) -> Control {
         c = unsafe { libc::CMSG_NXTHDR(h, c) };
     }
     out
+}
+
+/// Asks for each message's outer TOS byte (`IP_RECVTOS`), for decapsulating ECN
+/// (`wire::ecn`). Linux has had it since 2.2; without it every message reads TOS 0
+/// (Not-ECT), which leaves the inner packets as they are.
+fn recv_tos(s: &Socket) {
+    let _ = setsockopt_int(s.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
 }
 
 /// The receive side: one socket on the VXLAN port.
@@ -628,6 +660,7 @@ impl UdpRx {
             .map_err(|source| UdpError::Bind { addr, source })?;
         set_buffer(&s, rcvbuf, false);
         let gro = want_gro && setsockopt_int(s.as_fd(), SOL_UDP, UDP_GRO, 1).is_ok();
+        recv_tos(&s);
         Ok(UdpRx { socket: s, gro })
     }
 
@@ -669,6 +702,8 @@ impl UdpRx {
         let (socket, _) = adopt_udp(fd)?;
         socket.set_nonblocking(true)?;
         let gro = getsockopt_int(socket.as_fd(), SOL_UDP, UDP_GRO).is_ok_and(|v| v != 0);
+        // A socket of an earlier release did not ask; the option belongs to the socket.
+        recv_tos(&socket);
         Ok(UdpRx { socket, gro })
     }
 
@@ -742,6 +777,7 @@ impl UdpRx {
             let control = unsafe { control_info(h) };
             batch.segs[i] = control.gro.unwrap_or(0);
             batch.stamps[i] = control.stamp_ns;
+            batch.tos[i] = control.tos;
         }
         batch.count = n;
         Ok(n)

@@ -14,6 +14,7 @@
 
 pub mod arp;
 pub mod checksum;
+pub mod ecn;
 pub mod ethernet;
 pub mod ip;
 #[cfg(test)]
