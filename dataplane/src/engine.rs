@@ -715,7 +715,9 @@ impl EgressWorker {
                             }
                             let dst = SocketAddrV4::new(peer, view.table.local().port);
                             let socket = flow_hash as usize % nsock;
-                            if batch.push(segs, dst, socket, self.udp.gso()) {
+                            // RFC 6040: the inner packet's ECN field in the outer header.
+                            let tos = ecn::encapsulated(ecn::of_frame(frame).unwrap_or(0));
+                            if batch.push(segs, dst, socket, self.udp.gso(), tos) {
                                 view.peers.tx(slot, segs.count as u64, segs.len as u64);
                                 let inner = segs.len - segs.count * VxlanHeader::LEN;
                                 self.flows

@@ -33,7 +33,7 @@ pub const BATCH: usize = 64;
 
 /// One run of a send batch: `len` bytes at `offset` of the batch buffer, cut into
 /// datagrams of `stride` bytes (the last may be shorter), to `dst`, from transmit
-/// socket `socket`.
+/// socket `socket`, with outer IPv4 TOS byte `tos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendEntry {
     pub dst: SocketAddrV4,
@@ -41,6 +41,9 @@ pub struct SendEntry {
     pub len: usize,
     pub stride: usize,
     pub socket: usize,
+    /// The outer header's TOS: the inner packets' ECN field as RFC 6040 copies it out
+    /// (`wire::ecn::encapsulated`), 0 for packets that are not ECN-capable.
+    pub tos: u8,
 }
 
 impl SendEntry {
@@ -81,9 +84,11 @@ fn continues_run(
     len: usize,
     dst: SocketAddrV4,
     socket: usize,
+    tos: u8,
 ) -> bool {
     last.dst == dst
         && last.socket == socket
+        && last.tos == tos
         && last.offset + last.len == at
         // every datagram so far is a full stride: none was short
         && last.stride > 0
@@ -166,8 +171,8 @@ impl TxBatch {
     }
 
     /// Takes in `segs`, just written at the start of [`TxBatch::spare`], to `dst`
-    /// from socket `socket`. With `gso`, a single datagram joins the previous run when
-    /// it continues it: same destination and socket, every datagram so far a full
+    /// from socket `socket` with outer TOS `tos`. With `gso`, a single datagram joins the
+    /// previous run when it continues it: same destination, socket and TOS, every datagram so far a full
     /// stride, not longer than the stride, and the run stays within
     /// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]; several datagrams become runs of
     /// their own, cut at those limits. Without `gso`, every datagram is a run.
@@ -175,7 +180,14 @@ impl TxBatch {
     /// Returns false, taking nothing in, if `segs` does not describe datagrams that
     /// fit in the spare room (every one `stride` bytes but the last, 1 to `stride`).
     #[must_use]
-    pub fn push(&mut self, segs: Segments, dst: SocketAddrV4, socket: usize, gso: bool) -> bool {
+    pub fn push(
+        &mut self,
+        segs: Segments,
+        dst: SocketAddrV4,
+        socket: usize,
+        gso: bool,
+        tos: u8,
+    ) -> bool {
         let Segments { stride, count, len } = segs;
         let shaped = stride > 0
             && count > 0
@@ -192,7 +204,7 @@ impl TxBatch {
         self.written = self.written.max(self.used);
         if gso && count == 1 {
             if let Some(last) = self.entries.last_mut() {
-                if continues_run(last, base, len, dst, socket) {
+                if continues_run(last, base, len, dst, socket, tos) {
                     last.len += len;
                     return true;
                 }
@@ -206,6 +218,7 @@ impl TxBatch {
                     len: r.len(),
                     stride,
                     socket,
+                    tos,
                 });
             }
         } else {
@@ -216,6 +229,7 @@ impl TxBatch {
                     len: r.len(),
                     stride: r.len(),
                     socket,
+                    tos,
                 });
             }
         }
@@ -240,6 +254,8 @@ pub struct Message {
     pub len: usize,
     /// The `UDP_SEGMENT` size, when the message carries more than one datagram.
     pub segment: Option<u16>,
+    /// The outer TOS byte (an `IP_TOS` control message when not 0).
+    pub tos: u8,
     /// Datagrams it carries.
     pub datagrams: usize,
     /// Where the batch stands once this message is sent.
@@ -252,6 +268,7 @@ impl Message {
         offset: 0,
         len: 0,
         segment: None,
+        tos: 0,
         datagrams: 0,
         end: SendCursor {
             entry: 0,
@@ -393,6 +410,7 @@ fn message(e: &SendEntry, at: SendCursor, buf_len: usize, gso: bool) -> Option<M
         offset: first.start,
         len: last.end - first.start,
         segment,
+        tos: e.tos,
         datagrams: take,
         end,
     })

@@ -25,6 +25,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Layout, OffloadError};
+use crate::wire::ecn;
 use crate::wire::ip::{PROTO_TCP, PROTO_UDP};
 use crate::wire::virtio::{GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 use crate::wire::{Ipv4Packet, MacAddr, VirtioNetHdr, VxlanHeader};
@@ -175,6 +176,10 @@ pub fn prefix(
     w[12..14].copy_from_slice(&[0x08, 0x00]);
     let ip = &mut w[14..34];
     ip[0] = 0x45;
+    // The inner packet's ECN field, copied out (RFC 6040, as Linux's vxlan): an underlay
+    // router may then mark the packet CE instead of dropping it, and the receiving
+    // node passes the mark on. DSCP 0, as flannel's device sends.
+    ip[1] = ecn::encapsulated(ecn::of_frame(frame).unwrap_or(ecn::NOT_ECT));
     ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
     ip[4..6].copy_from_slice(&o.ident.to_be_bytes());
     // Forwarding decrements the TTL once: the packet leaves with the kernel's default
@@ -188,7 +193,8 @@ pub fn prefix(
     udp[..2].copy_from_slice(&o.sport.to_be_bytes());
     udp[2..4].copy_from_slice(&o.dport.to_be_bytes());
     udp[4..6].copy_from_slice(&(ip_total - 20).to_be_bytes());
-    // Outer UDP checksum 0, as flannel's VXLAN device sends it (RFC 7348 §5).
+    // Outer UDP checksum 0, which RFC 7348 §5 allows and every receiver accepts (the
+    // kernel's own vxlan device, at its defaults, and the sockets' path fill one in).
     w[42..50].copy_from_slice(&o.vxlan);
     Ok(leaves)
 }
@@ -272,6 +278,23 @@ mod tests {
         assert_eq!(&w[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
         let n = 10_000usize.div_ceil(1398);
         assert_eq!(segmented(&vh, &frame), (n, 10_000 + n * 66));
+        assert_eq!(ip[1], 0, "a Not-ECT inner packet: outer Not-ECT");
+    }
+
+    /// The inner packet's ECN field is copied to the outer header (CE as ECT(0)), its
+    /// DSCP is not, and the outer header checksum covers it.
+    #[test]
+    fn the_outer_header_carries_the_inner_ecn_field() {
+        use crate::wire::ecn::{CE, ECT_0, ECT_1};
+        for (inner, outer_ecn) in [(ECT_0, ECT_0), (ECT_1, ECT_1), (CE, ECT_0)] {
+            let (vh, mut frame) = tcp4(3_000);
+            frame[15] = 0xb8 | inner;
+            let mut out = [0; PREFIX_LEN];
+            prefix(&vh, &frame, &outer(), &mut out).unwrap();
+            let ip = &out[TNL_HDR_LEN + 14..TNL_HDR_LEN + 34];
+            assert_eq!(ip[1], outer_ecn, "inner {inner}");
+            assert!(verifies(ip));
+        }
     }
 
     #[test]

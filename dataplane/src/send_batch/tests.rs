@@ -28,11 +28,12 @@ fn entry(offset: usize, len: usize, stride: usize) -> SendEntry {
         len,
         stride,
         socket: 0,
+        tos: 0,
     }
 }
 
 fn push(b: &mut TxBatch, s: Segments, dst: SocketAddrV4, socket: usize, gso: bool) {
-    assert!(b.push(s, dst, socket, gso), "{s:?} refused");
+    assert!(b.push(s, dst, socket, gso, 0), "{s:?} refused");
 }
 
 #[test]
@@ -62,7 +63,8 @@ fn equal_datagrams_to_one_peer_share_a_run() {
             offset: 0,
             len: 3000,
             stride: 1000,
-            socket: 1
+            socket: 1,
+            tos: 0,
         }]
     );
     assert_eq!(b.bytes().len(), 3000);
@@ -208,7 +210,7 @@ fn push_refuses_what_does_not_fit_or_is_misshaped() {
             len: 5,
         }, // overflowing shape
     ] {
-        assert!(!b.push(bad, peer(2), 0, true), "{bad:?} accepted");
+        assert!(!b.push(bad, peer(2), 0, true, 0), "{bad:?} accepted");
     }
     assert_eq!(b.entries().len(), 1);
     assert_eq!(b.spare_len(), 2000);
@@ -218,10 +220,12 @@ fn push_refuses_what_does_not_fit_or_is_misshaped() {
 }
 
 /// The datagrams an entry list stands for, in order: (byte range, dst, socket).
-fn cut(entries: &[SendEntry]) -> Vec<(Range<usize>, SocketAddrV4, usize)> {
+fn cut(entries: &[SendEntry]) -> Vec<(Range<usize>, SocketAddrV4, usize, u8)> {
     entries
         .iter()
-        .flat_map(|e| (0..e.datagrams()).map(move |i| (e.datagram(i).unwrap(), e.dst, e.socket)))
+        .flat_map(|e| {
+            (0..e.datagrams()).map(move |i| (e.datagram(i).unwrap(), e.dst, e.socket, e.tos))
+        })
         .collect()
 }
 
@@ -230,6 +234,7 @@ struct Push {
     segs: Segments,
     dst: u8,
     socket: usize,
+    tos: u8,
 }
 
 fn arb_push() -> impl Strategy<Value = Push> {
@@ -251,8 +256,9 @@ fn arb_push() -> impl Strategy<Value = Push> {
         any::<bool>(),
         2u8..4,
         0usize..2,
+        prop_oneof![3 => Just(0u8), 1 => 0u8..4],
     )
-        .prop_map(|(stride, count, r, longer_stride, dst, socket)| {
+        .prop_map(|(stride, count, r, longer_stride, dst, socket, tos)| {
             let count = count.min((300_000 / stride).max(1));
             let last = 1 + r as usize % stride;
             // a single datagram is usually its own stride, as `segment` returns it
@@ -261,7 +267,12 @@ fn arb_push() -> impl Strategy<Value = Push> {
             } else {
                 segs(stride, count, last)
             };
-            Push { segs, dst, socket }
+            Push {
+                segs,
+                dst,
+                socket,
+                tos,
+            }
         })
 }
 
@@ -269,7 +280,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Every datagram pushed is in exactly one entry, in order, with its own
-    /// destination and socket; entries stay within the GSO limits, and without GSO
+    /// destination, socket and outer TOS; entries stay within the GSO limits, and without GSO
     /// carry one datagram each.
     #[test]
     fn push_keeps_every_datagram_once_within_limits(
@@ -284,7 +295,7 @@ proptest! {
             let gso = i < gso_until;
             let (before_used, before_entries) = (b.bytes().len(), b.entries().to_vec());
             let fits = p.segs.len <= b.spare_len();
-            let ok = b.push(p.segs, peer(p.dst), p.socket, gso);
+            let ok = b.push(p.segs, peer(p.dst), p.socket, gso, p.tos);
             prop_assert_eq!(ok, fits);
             if !ok {
                 prop_assert_eq!(b.bytes().len(), before_used);
@@ -293,7 +304,12 @@ proptest! {
             }
             for d in 0..p.segs.count {
                 let r = p.segs.datagram(d).unwrap();
-                model.push((before_used + r.start..before_used + r.end, peer(p.dst), p.socket));
+                model.push((
+                    before_used + r.start..before_used + r.end,
+                    peer(p.dst),
+                    p.socket,
+                    p.tos,
+                ));
                 pushed_with_gso.push(gso);
             }
         }
@@ -578,6 +594,7 @@ fn arb_entries() -> impl Strategy<Value = (Vec<SendEntry>, usize)> {
                 len,
                 stride,
                 socket,
+                tos: 0,
             });
             if !outside {
                 at += len;

@@ -37,8 +37,12 @@ const UDP_GRO: libc::c_int = 104;
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const GSO_CONTROL_LEN: usize =
     unsafe { libc::CMSG_SPACE(size_of::<u16>() as libc::c_uint) } as usize;
-/// The same in words, so that the buffer is aligned like `cmsghdr`.
-const GSO_CONTROL_WORDS: usize = GSO_CONTROL_LEN.div_ceil(size_of::<usize>());
+/// Control bytes for one IP_TOS message: a header and an int, padded.
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+const TOS_CONTROL_LEN: usize =
+    unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint) } as usize;
+/// Room for both, in words, so that the buffer is aligned like `cmsghdr`.
+const GSO_CONTROL_WORDS: usize = (GSO_CONTROL_LEN + TOS_CONTROL_LEN).div_ceil(size_of::<usize>());
 const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= std::mem::align_of::<usize>());
 
 #[derive(Debug, thiserror::Error)]
@@ -333,9 +337,7 @@ fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize
         h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
-        if let Some(segment) = m.segment {
-            set_segment(h, &mut control[i], segment);
-        }
+        set_control(h, &mut control[i], m.segment, m.tos);
     }
     // SAFETY: `msgs[..n]` point at `names`, `iovs` and `control`, locals that live
     // until the call returns; each iovec points into `buf`, borrowed for the call.
@@ -346,19 +348,50 @@ fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize
     Ok(r as usize)
 }
 
-/// Points `h` at `control` holding one UDP_SEGMENT control message of `segment` bytes.
-fn set_segment(h: &mut libc::msghdr, control: &mut [usize; GSO_CONTROL_WORDS], segment: u16) {
+/// Points `h` at `control` holding the message's control messages: UDP_SEGMENT of
+/// `segment` bytes when set, IP_TOS `tos` when not 0 (the outer ECN field); none at
+/// all leaves `h` without control.
+fn set_control(
+    h: &mut libc::msghdr,
+    control: &mut [usize; GSO_CONTROL_WORDS],
+    segment: Option<u16>,
+    tos: u8,
+) {
+    let len = segment.map_or(0, |_| GSO_CONTROL_LEN) + if tos != 0 { TOS_CONTROL_LEN } else { 0 };
+    if len == 0 {
+        return;
+    }
+    *control = [0; GSO_CONTROL_WORDS];
     h.msg_control = control.as_mut_ptr().cast();
-    h.msg_controllen = GSO_CONTROL_LEN as _;
-    // SAFETY: `h` now points at `control`: GSO_CONTROL_LEN = CMSG_SPACE(2) writable
-    // bytes aligned for cmsghdr, so CMSG_FIRSTHDR returns its start (not null) and
-    // the header plus two data bytes fit.
+    h.msg_controllen = len as _;
+    // SAFETY: `h` now points at `control`, zeroed, aligned for cmsghdr and at least
+    // `len` bytes long: CMSG_SPACE(2) for the segment size and CMSG_SPACE(int) for the
+    // TOS, each only when written. CMSG_FIRSTHDR returns the buffer's start (not null:
+    // `len` holds a header); CMSG_NXTHDR after a written header returns the next
+    // header inside `len` bytes, which the second message's space provides.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(h);
-        (*c).cmsg_level = SOL_UDP;
-        (*c).cmsg_type = UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) as _;
-        libc::CMSG_DATA(c).cast::<u16>().write_unaligned(segment);
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        if let Some(segment) = segment {
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) as _;
+            libc::CMSG_DATA(c).cast::<u16>().write_unaligned(segment);
+            if tos == 0 {
+                return;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+            if c.is_null() {
+                // Cannot happen with the lengths above; send without the TOS then.
+                h.msg_controllen = GSO_CONTROL_LEN as _;
+                return;
+            }
+        }
+        (*c).cmsg_level = libc::IPPROTO_IP;
+        (*c).cmsg_type = libc::IP_TOS;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) as _;
+        libc::CMSG_DATA(c)
+            .cast::<libc::c_int>()
+            .write_unaligned(libc::c_int::from(tos));
     }
 }
 
@@ -801,6 +834,7 @@ mod tests {
             len,
             stride,
             socket: 0,
+            tos: 0,
         }
     }
 
@@ -1132,7 +1166,7 @@ mod tests {
         // SAFETY: msghdr is plain old data; all-zero is a valid value.
         let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
         let mut control = [0usize; GSO_CONTROL_WORDS];
-        set_segment(&mut h, &mut control, 1472);
+        set_control(&mut h, &mut control, Some(1472), 0);
         // SAFETY: `h` points at `control`, alive; CMSG_* stay inside msg_controllen.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&h);
@@ -1142,6 +1176,88 @@ mod tests {
             assert_eq!(libc::CMSG_DATA(c).cast::<u16>().read_unaligned(), 1472);
             assert!(libc::CMSG_NXTHDR(&h, c).is_null());
         }
+    }
+
+    /// The segment size and the outer TOS together, the TOS alone, and neither (no
+    /// control at all), laid out as CMSG_* read them back.
+    #[test]
+    fn the_tos_control_message_follows_the_segment_size() {
+        let read = |h: &libc::msghdr| {
+            let mut out = Vec::new();
+            // SAFETY: `h` points at its control buffer, alive; CMSG_* stay inside it.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    let v = match ((*c).cmsg_level, (*c).cmsg_type) {
+                        (SOL_UDP, UDP_SEGMENT) => {
+                            i64::from(libc::CMSG_DATA(c).cast::<u16>().read_unaligned())
+                        }
+                        _ => i64::from(libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned()),
+                    };
+                    out.push(((*c).cmsg_level, (*c).cmsg_type, v));
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
+            out
+        };
+        for (segment, tos, want) in [
+            (
+                Some(1400),
+                2,
+                vec![
+                    (SOL_UDP, UDP_SEGMENT, 1400),
+                    (libc::IPPROTO_IP, libc::IP_TOS, 2),
+                ],
+            ),
+            (None, 1, vec![(libc::IPPROTO_IP, libc::IP_TOS, 1)]),
+            (None, 0, vec![]),
+        ] {
+            // SAFETY: msghdr is plain old data; all-zero is a valid value.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            let mut control = [7usize; GSO_CONTROL_WORDS];
+            set_control(&mut h, &mut control, segment, tos);
+            if want.is_empty() {
+                assert!(h.msg_control.is_null());
+                assert_eq!(h.msg_controllen, 0);
+            }
+            assert_eq!(read(&h), want, "{segment:?} {tos}");
+        }
+    }
+
+    /// Loopback only: datagrams sent with an outer TOS (alone, and as a GSO run) arrive
+    /// with it, and the receiver reads it back per message (`IP_RECVTOS`).
+    #[test]
+    fn the_outer_tos_is_sent_and_read_back() {
+        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, rx.local_addr().unwrap().port());
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 1, 1 << 20).unwrap();
+        let buf = vec![9u8; 3000];
+        let mut counts = LocalCounts::default();
+        for (len, stride, tos) in [(300, 300, 2u8), (3000, 1000, 1), (300, 300, 0)] {
+            let e = SendEntry {
+                dst,
+                offset: 0,
+                len,
+                stride,
+                socket: 0,
+                tos,
+            };
+            tx.send(&buf, &[e], &mut counts);
+            let mut batch = RecvBatch::new(8);
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                if let Ok(n) = rx.recv(&mut batch) {
+                    got.extend((0..n).map(|i| batch.message(i).unwrap().outer_ecn));
+                }
+                if got.len() == len / stride {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(!got.is_empty(), "nothing received for tos {tos}");
+            assert!(got.iter().all(|&e| e == tos), "sent {tos}, read {got:?}");
+        }
+        assert_eq!(counts.drops[DropReason::SendFailed as usize], 0);
     }
 
     /// Loopback only: GSO-send a burst and GRO-receive it, byte for byte.
@@ -1161,6 +1277,7 @@ mod tests {
             len: 10_500,
             stride: 1000,
             socket: 0,
+            tos: 0,
         }];
         let mut counts = LocalCounts::default();
         tx.send(&buf, &entries, &mut counts);
@@ -1210,6 +1327,7 @@ mod tests {
             len: 100,
             stride: 100,
             socket,
+            tos: 0,
         };
         tx.send(&[1u8; 100], &[e(0)], &mut counts);
         let rx2 = UdpRx::from_fd(rx.try_clone_fd().unwrap()).unwrap();
@@ -1313,6 +1431,7 @@ mod tests {
                 len: 3000,
                 stride: 1400,
                 socket: 0,
+                tos: 0,
             }],
             &mut counts,
         );

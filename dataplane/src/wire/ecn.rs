@@ -1,5 +1,6 @@
-//! ECN across the tunnel on decapsulation (RFC 6040 §4.2, as Linux's
-//! `INET_ECN_decapsulate`, which its vxlan driver applies to every received packet).
+//! ECN across the tunnel (RFC 6040: encapsulation §4.1 in normal mode, as Linux's
+//! `INET_ECN_encapsulate`; decapsulation §4.2, as `INET_ECN_decapsulate`, which its
+//! vxlan driver applies to every packet it sends and receives).
 //!
 //! A router of the underlay that is short of room may mark an ECN-capable outer packet
 //! CE (congestion experienced) instead of dropping it. The mark must reach the inner
@@ -24,6 +25,15 @@ pub enum Decapsulated {
     /// Drop it: the outer says CE, but the inner packet cannot carry the mark
     /// (RFC 6040's "(drop)"; Linux drops and counts it too).
     Drop,
+}
+
+/// The outer ECN field for an `inner` one (RFC 6040 §4.1, normal mode): copied, but a
+/// CE is sent as ECT(0), so that the mark is not counted twice.
+pub fn encapsulated(inner: u8) -> u8 {
+    match inner & MASK {
+        CE => ECT_0,
+        e => e,
+    }
 }
 
 /// RFC 6040 §4.2's table for an `outer` and an `inner` ECN field (the low two bits of
@@ -126,6 +136,22 @@ mod tests {
         let sum = c.finish();
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
         f
+    }
+
+    #[test]
+    fn encapsulation_copies_all_but_ce() {
+        assert_eq!(encapsulated(NOT_ECT), NOT_ECT);
+        assert_eq!(encapsulated(ECT_0), ECT_0);
+        assert_eq!(encapsulated(ECT_1), ECT_1);
+        assert_eq!(encapsulated(CE), ECT_0);
+        assert_eq!(encapsulated(0xb8 | ECT_1), ECT_1);
+        // Round trip: what a decapsulator does with our outer leaves the inner as sent.
+        for inner in [NOT_ECT, ECT_0, ECT_1, CE] {
+            assert_eq!(
+                decapsulate(encapsulated(inner), inner),
+                Decapsulated::Unchanged
+            );
+        }
     }
 
     #[test]
