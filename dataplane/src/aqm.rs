@@ -13,6 +13,8 @@
 //!
 //! Pure: times are nanoseconds given by the caller, and bytes; no clock, no I/O.
 
+use crate::wire::ecn;
+
 /// CoDel's two parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodelConfig {
@@ -134,59 +136,15 @@ pub enum Marked {
     NotEct,
 }
 
-const ETH_HEADER: usize = 14;
-const ECN_MASK: u8 = 0b11;
-const ECN_CE: u8 = 0b11;
-
 /// Sets the ECN field of an Ethernet frame's IPv4 or IPv6 packet to CE when it is
 /// ECT(0) or ECT(1). The IPv4 header checksum is updated incrementally (RFC 1624), so a
 /// header that arrived with a wrong checksum keeps it wrong.
 pub fn mark_ce(frame: &mut [u8]) -> Marked {
-    let Some(ethertype) = frame.get(12..14) else {
-        return Marked::NotEct;
-    };
-    match u16::from_be_bytes([ethertype[0], ethertype[1]]) {
-        0x0800 => mark_v4(&mut frame[ETH_HEADER..]),
-        0x86dd => mark_v6(&mut frame[ETH_HEADER..]),
-        _ => Marked::NotEct,
-    }
-}
-
-fn mark_v4(ip: &mut [u8]) -> Marked {
-    if ip.len() < 20 || ip[0] >> 4 != 4 || usize::from(ip[0] & 0x0f) * 4 < 20 {
-        return Marked::NotEct;
-    }
-    match ip[1] & ECN_MASK {
-        0 => return Marked::NotEct,
-        ECN_CE => return Marked::AlreadyCe,
-        _ => {}
-    }
-    let old = u16::from_be_bytes([ip[0], ip[1]]);
-    ip[1] |= ECN_CE;
-    let new = u16::from_be_bytes([ip[0], ip[1]]);
-    let check = u16::from_be_bytes([ip[10], ip[11]]);
-    // HC' = ~(~HC + ~m + m'), one's-complement arithmetic (RFC 1624 eqn. 3).
-    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    Marked::Marked
-}
-
-fn mark_v6(ip: &mut [u8]) -> Marked {
-    if ip.len() < 40 || ip[0] >> 4 != 6 {
-        return Marked::NotEct;
-    }
-    // Traffic class: the low 4 bits of byte 0 and the high 4 of byte 1; ECN is its
-    // low 2 bits, bits 4-5 of byte 1.
-    match (ip[1] >> 4) & ECN_MASK {
-        0 => Marked::NotEct,
-        ECN_CE => Marked::AlreadyCe,
-        _ => {
-            ip[1] |= ECN_CE << 4;
-            Marked::Marked
-        }
+    match ecn::of_frame(frame) {
+        None | Some(ecn::NOT_ECT) => Marked::NotEct,
+        Some(ecn::CE) => Marked::AlreadyCe,
+        Some(_) if ecn::set_in_frame(frame, ecn::CE) => Marked::Marked,
+        Some(_) => Marked::NotEct,
     }
 }
 

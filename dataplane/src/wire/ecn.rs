@@ -50,11 +50,15 @@ pub fn decapsulate(outer: u8, inner: u8) -> Decapsulated {
 }
 
 /// The ECN field of an Ethernet frame's IPv4 or IPv6 packet; `None` for anything else
-/// (ARP), which decapsulation leaves alone, as Linux does.
+/// (ARP, or a header too short to be one), which decapsulation leaves alone, as Linux
+/// does.
 pub fn of_frame(frame: &[u8]) -> Option<u8> {
-    match (frame.get(12..14)?, frame.get(ETH_HEADER..ETH_HEADER + 2)?) {
-        ([0x08, 0x00], [b0, tos]) if b0 >> 4 == 4 => Some(tos & MASK),
-        ([0x86, 0xdd], [b0, b1]) if b0 >> 4 == 6 => Some((b1 >> 4) & MASK),
+    let ip = frame.get(ETH_HEADER..)?;
+    match (frame.get(12..14)?, ip) {
+        ([0x08, 0x00], [b0, tos, ..]) if ip.len() >= 20 && b0 >> 4 == 4 && b0 & 0x0f >= 5 => {
+            Some(tos & MASK)
+        }
+        ([0x86, 0xdd], [b0, b1, ..]) if ip.len() >= 40 && b0 >> 4 == 6 => Some((b1 >> 4) & MASK),
         _ => None,
     }
 }
@@ -66,10 +70,8 @@ pub fn set_in_frame(frame: &mut [u8], ecn: u8) -> bool {
     match of_frame(frame) {
         None => false,
         Some(_) if frame[12] == 0x08 => {
+            // of_frame saw a whole IPv4 header.
             let ip = &mut frame[ETH_HEADER..];
-            if ip.len() < 20 {
-                return false;
-            }
             let old = u16::from_be_bytes([ip[0], ip[1]]);
             ip[1] = (ip[1] & !MASK) | ecn;
             let new = u16::from_be_bytes([ip[0], ip[1]]);
