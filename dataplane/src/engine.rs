@@ -1013,24 +1013,28 @@ impl IngressAqm {
         on
     }
 
-    /// The signal on `frame`: the length of its CE-marked copy in `self.copy`, or
-    /// `None` when it is to be dropped (not ECN-capable). Rare: kept out of the
-    /// per-datagram loop's code.
-    #[cold]
-    #[inline(never)]
-    /// Copies `frame` with `ecn` written into its IP header (RFC 6040 decapsulation);
-    /// returns the copy's length.
-    fn copy_with_ecn(&mut self, frame: &[u8], ecn: u8) -> usize {
+    /// Copies `frame` into `self.copy`; returns its length.
+    fn copy_of(&mut self, frame: &[u8]) -> usize {
         if self.copy.len() < frame.len() {
             self.copy.resize(frame.len(), 0);
         }
-        let copy = &mut self.copy[..frame.len()];
-        copy.copy_from_slice(frame);
-        ecn::set_in_frame(copy, ecn);
+        self.copy[..frame.len()].copy_from_slice(frame);
         frame.len()
     }
 
-    /// [`IngressAqm::mark`] for the copy [`IngressAqm::copy_with_ecn`] left.
+    /// Copies `frame` with `ecn` written into its IP header (RFC 6040 decapsulation);
+    /// returns the copy's length. Rare (an outer CE, or ECT(1) over ECT(0)): kept out
+    /// of the per-datagram loop's code.
+    #[cold]
+    #[inline(never)]
+    fn copy_with_ecn(&mut self, frame: &[u8], ecn: u8) -> usize {
+        let len = self.copy_of(frame);
+        ecn::set_in_frame(&mut self.copy[..len], ecn);
+        len
+    }
+
+    /// The signal on the copy of `len` bytes in `self.copy`: marked CE, or `None` when
+    /// it is to be dropped (not ECN-capable).
     fn mark_copy(&mut self, len: usize) -> Option<usize> {
         match mark_ce(self.copy.get_mut(..len)?) {
             Marked::Marked | Marked::AlreadyCe => Some(len),
@@ -1038,16 +1042,14 @@ impl IngressAqm {
         }
     }
 
+    /// The signal on `frame`: the length of its CE-marked copy in `self.copy`, or
+    /// `None` when it is to be dropped (not ECN-capable). Rare: kept out of the
+    /// per-datagram loop's code.
+    #[cold]
+    #[inline(never)]
     fn mark(&mut self, frame: &[u8]) -> Option<usize> {
-        if self.copy.len() < frame.len() {
-            self.copy.resize(frame.len(), 0);
-        }
-        let copy = &mut self.copy[..frame.len()];
-        copy.copy_from_slice(frame);
-        match mark_ce(copy) {
-            Marked::Marked | Marked::AlreadyCe => Some(frame.len()),
-            Marked::NotEct => None,
-        }
+        let len = self.copy_of(frame);
+        self.mark_copy(len)
     }
 }
 
