@@ -500,14 +500,8 @@ fn an_outer_ce_mark_reaches_the_inner_packet() {
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 244, 1, 5]);
         ip[16..20].copy_from_slice(&[10, 244, 2, 0]);
-        let mut sum: u32 = ip
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let sum = vxmesh_dataplane::wire::checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
         d.extend_from_slice(&ip);
         // UDP 5000 → 7000, 12 bytes, checksum 0 (none), payload "ecn!".
         d.extend_from_slice(&[0x13, 0x88, 0x1b, 0x58, 0, 12, 0, 0]);
