@@ -176,6 +176,7 @@ impl Kernel {
             underlay: 0,
             fdb: true,
             overlay6: self.v6.as_ref().map(|d| d.index),
+            fdb6: true,
         }
     }
 

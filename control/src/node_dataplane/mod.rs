@@ -468,6 +468,7 @@ impl NodeDataplane {
             underlay: self.underlay_index,
             fdb: matches!(self.overlay, Overlay::Kernel(_)),
             overlay6: self.device6_index(),
+            fdb6: true,
         }
     }
 

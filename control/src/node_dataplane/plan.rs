@@ -36,8 +36,12 @@ pub struct Devices {
     pub underlay: u32,
     /// Whether the overlay device has an fdb (the kernel's vxlan device does).
     pub fdb: bool,
-    /// The IPv6 overlay device (`flannel-v6.<VNI>`, dual stack).
+    /// The IPv6 overlay device (`flannel-v6.<VNI>`, dual stack; the TAP when the
+    /// userspace threads carry IPv6).
     pub overlay6: Option<u32>,
+    /// Whether the IPv6 overlay device has an fdb (`flannel-v6.<VNI>` does; the TAP
+    /// does not: the threads' forwarding table maps the IPv6 VtepMAC to the peer).
+    pub fdb6: bool,
 }
 
 /// The peers programmed on the devices with an fdb, by subnet and by VtepMAC: an
@@ -235,18 +239,27 @@ impl Route for DirectPaths<'_> {
     }
 }
 
-/// The IPv6 half of a peer on the IPv6 device `index`: neighbour, fdb entry, route.
-fn overlay6_add(index: u32, at: At6, v6: &PeerIpv6, prog: &mut Programmed, out: &mut Vec<PeerOp>) {
+/// The IPv6 half of a peer on the IPv6 device `index`: neighbour, fdb entry (when the
+/// device has an fdb), route.
+fn overlay6_add(
+    (index, fdb): (u32, bool),
+    at: At6,
+    v6: &PeerIpv6,
+    prog: &mut Programmed,
+    out: &mut Vec<PeerOp>,
+) {
     out.push(PeerOp::Neighbour6 {
         index,
         ip: v6.subnet.addr(),
         mac: v6.vtep_mac,
     });
-    out.push(PeerOp::Fdb6 {
-        index,
-        mac: v6.vtep_mac,
-        dst: v6.public_ipv6,
-    });
+    if fdb {
+        out.push(PeerOp::Fdb6 {
+            index,
+            mac: v6.vtep_mac,
+            dst: v6.public_ipv6,
+        });
+    }
     prog.set6(at, Some(*v6));
     out.push(PeerOp::PeerRoute6 {
         index,
@@ -258,7 +271,7 @@ fn overlay6_add(index: u32, at: At6, v6: &PeerIpv6, prog: &mut Programmed, out: 
 /// has now, programmed already) is in place: route and neighbour of a subnet it no
 /// longer has, the fdb entry of a MAC no programmed peer uses.
 fn overlay6_retire(
-    index: u32,
+    (index, fdb): (u32, bool),
     at: At6,
     old: &PeerIpv6,
     new: Option<&PeerIpv6>,
@@ -274,7 +287,7 @@ fn overlay6_retire(
     if new.is_none() {
         prog.set6(at, None);
     }
-    if new.map(|n| n.vtep_mac) != Some(old.vtep_mac) {
+    if fdb && new.map(|n| n.vtep_mac) != Some(old.vtep_mac) {
         out.push(match prog.other_user_of6(old.vtep_mac, &at) {
             Some(dst) => PeerOp::Fdb6 {
                 index,
@@ -309,7 +322,7 @@ fn halves<P: Copy>(c: &PeerChange<P>) -> (Option<P>, Option<P>) {
 /// has), on the IPv6 device `index` (or, DirectRouting, on the underlay): whatever
 /// the IPv4 half's path, the new half first, then what only the old one needed.
 fn ipv6_ops(
-    (index, underlay): (u32, u32),
+    (index, underlay, fdb): (u32, u32, bool),
     at: At6,
     (old, new): (Option<PeerIpv6>, Option<PeerIpv6>),
     route: &impl Route,
@@ -331,7 +344,7 @@ fn ipv6_ops(
         direct_gone = true;
     }
     match &new6 {
-        Some((n6, PeerPath::Overlay)) => overlay6_add(index, at, n6, prog, out),
+        Some((n6, PeerPath::Overlay)) => overlay6_add((index, fdb), at, n6, prog, out),
         Some((n6, PeerPath::Direct { via })) => out.push(PeerOp::DirectRoute6 {
             index: underlay,
             subnet: n6.subnet,
@@ -348,7 +361,7 @@ fn ipv6_ops(
                 .as_ref()
                 .filter(|(_, path)| *path == PeerPath::Overlay)
                 .map(|(n6, _)| *n6);
-            overlay6_retire(index, at, &o6, still.as_ref(), prog, out);
+            overlay6_retire((index, fdb), at, &o6, still.as_ref(), prog, out);
         }
         PeerPath::Direct { via } => {
             // The same route again (replaced in place) needs no delete; any other
@@ -454,7 +467,7 @@ pub fn program_ops_routed(
             let (old, new) = halves(c);
             if let Some(at) = new.or(old).map(|p| At6::Peer(p.subnet)) {
                 let v6 = (old.and_then(|p| p.ipv6), new.and_then(|p| p.ipv6));
-                ipv6_ops((index6, d.underlay), at, v6, route, prog, &mut ops);
+                ipv6_ops((index6, d.underlay, d.fdb6), at, v6, route, prog, &mut ops);
             }
         }
         out.extend(ops.drain(..).map(|op| (i, op)));
@@ -475,7 +488,14 @@ pub fn program_ops6(
     for (i, c) in changes.iter().enumerate() {
         let (old, new) = halves(c);
         if let Some(at) = new.or(old).map(|v| At6::Own(v.subnet)) {
-            ipv6_ops((index6, underlay), at, (old, new), route, prog, &mut ops);
+            ipv6_ops(
+                (index6, underlay, true),
+                at,
+                (old, new),
+                route,
+                prog,
+                &mut ops,
+            );
         }
         out.extend(ops.drain(..).map(|op| (i, op)));
     }
@@ -661,7 +681,7 @@ pub fn reconcile_ops(
         }
     }
     if let (Some(index), Some(d6)) = (d.overlay6, &dumps.v6) {
-        let devices = (index, d.underlay);
+        let devices = (index, d.underlay, d.fdb6);
         let halves = peers.iter().filter_map(|(p, _)| p.ipv6.as_ref());
         reconcile6(devices, halves, d6, direct6, &mut r);
     }
@@ -677,7 +697,13 @@ pub fn reconcile_ops6(
     direct6: Option<Direct6<'_>>,
 ) -> Reconcile {
     let mut r = Reconcile::default();
-    reconcile6(devices, peers.iter(), dumps, direct6, &mut r);
+    reconcile6(
+        (devices.0, devices.1, true),
+        peers.iter(),
+        dumps,
+        direct6,
+        &mut r,
+    );
     r
 }
 
@@ -686,7 +712,7 @@ pub fn reconcile_ops6(
 /// routes, permanent neighbours and fdb entries no peer accounts for are removed, and
 /// with `direct6` stale direct IPv6 routes on the underlay too.
 fn reconcile6<'p>(
-    (index, underlay): (u32, u32),
+    (index, underlay, fdb): (u32, u32, bool),
     peers: impl Iterator<Item = &'p PeerIpv6>,
     dumps: &Dumps6,
     direct6: Option<Direct6<'_>>,
@@ -741,7 +767,7 @@ fn reconcile6<'p>(
                 mac: v6.vtep_mac,
             });
         }
-        if !have_fdb.contains(&(v6.vtep_mac, v6.public_ipv6)) {
+        if fdb && !have_fdb.contains(&(v6.vtep_mac, v6.public_ipv6)) {
             r.repairs.push(PeerOp::Fdb6 {
                 index,
                 mac: v6.vtep_mac,
@@ -827,6 +853,7 @@ mod tests {
             underlay: ETH,
             fdb: true,
             overlay6: None,
+            fdb6: true,
         }
     }
 
@@ -1251,6 +1278,95 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// When the userspace threads carry IPv6, the TAP is the IPv6 overlay device too:
+    /// neighbour and route, no fdb entry (the TAP has none; the forwarding table maps
+    /// the IPv6 VtepMAC), on add, change, removal and in a reconcile pass.
+    #[test]
+    fn ipv6_halves_on_the_tap_have_no_fdb_entries() {
+        let tap = Devices {
+            fdb: false,
+            overlay6: Some(TAP),
+            fdb6: false,
+            ..kernel()
+        };
+        let a = dual(2, 2);
+        let a6 = a.ipv6.unwrap();
+        let mut prog = Programmed::default();
+        let added = only6(program_ops(
+            &tap,
+            &[PeerChange::Added(a)],
+            |_| PeerPath::Overlay,
+            &mut prog,
+        ));
+        assert_eq!(
+            added,
+            vec![
+                PeerOp::Neighbour6 {
+                    index: TAP,
+                    ip: a6.subnet.addr(),
+                    mac: a6.vtep_mac,
+                },
+                PeerOp::PeerRoute6 {
+                    index: TAP,
+                    subnet: a6.subnet,
+                },
+            ]
+        );
+        let moved = Peer {
+            ipv6: Some(PeerIpv6 {
+                vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 9]),
+                ..a6
+            }),
+            ..a
+        };
+        let changed = only6(program_ops(
+            &tap,
+            &[PeerChange::Updated { old: a, new: moved }],
+            |_| PeerPath::Overlay,
+            &mut prog,
+        ));
+        assert!(
+            !changed
+                .iter()
+                .any(|op| matches!(op, PeerOp::Fdb6 { .. } | PeerOp::DeleteFdb6 { .. })),
+            "{changed:?}"
+        );
+        let removed = only6(program_ops(
+            &tap,
+            &[PeerChange::Removed(moved)],
+            |_| PeerPath::Overlay,
+            &mut prog,
+        ));
+        assert_eq!(
+            removed,
+            vec![
+                PeerOp::DeletePeerRoute6 {
+                    index: TAP,
+                    subnet: a6.subnet,
+                },
+                PeerOp::DeleteNeighbour6 {
+                    index: TAP,
+                    ip: a6.subnet.addr(),
+                },
+            ]
+        );
+        // Nothing on the TAP: the reconcile pass puts neighbour and route back, and
+        // no fdb entry.
+        let r = reconcile_ops(
+            &tap,
+            &[(a, PeerPath::Overlay)],
+            &Dumps {
+                v6: Some(Dumps6::default()),
+                ..Dumps::default()
+            },
+            None,
+            None,
+        );
+        let repairs6 = only6(r.repairs.into_iter().map(|op| (0, op)).collect());
+        assert_eq!(repairs6.len(), 2, "{repairs6:?}");
+        assert!(!repairs6.iter().any(|op| matches!(op, PeerOp::Fdb6 { .. })));
     }
 
     #[test]
