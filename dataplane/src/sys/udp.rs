@@ -1070,6 +1070,47 @@ mod tests {
         SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0))
     }
 
+    /// Whether this host has an IPv6 loopback to test on; says so when not.
+    fn ipv6_loopback() -> bool {
+        match std::net::UdpSocket::bind(lo6(0)) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("SKIP: no IPv6 loopback here: {e}");
+                false
+            }
+        }
+    }
+
+    /// One received datagram: its message's source and outer ECN field, and its bytes.
+    type Got = (SocketAddr, u8, Vec<u8>);
+
+    /// Receives from `rx` until `want` datagrams came (or a second went by): the
+    /// datagrams, and in how many messages they came.
+    fn receive(rx: &UdpRx, want: usize) -> (Vec<Got>, usize) {
+        let mut batch = RecvBatch::new(16);
+        let (mut got, mut messages) = (Vec::new(), 0);
+        for _ in 0..200 {
+            match rx.recv(&mut batch) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let m = batch.message(i).expect("a whole message");
+                        let (src, ecn) = (m.src, m.outer_ecn);
+                        got.extend(m.datagrams.map(|d| (src, ecn, d.to_vec())));
+                        messages += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() >= want {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (got, messages)
+    }
+
     fn entry(offset: usize, len: usize, stride: usize) -> SendEntry {
         SendEntry {
             dst: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472)),
@@ -1768,5 +1809,281 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(sizes, vec![1400, 1400, 200]);
+    }
+
+    /// A sender with IPv6 sockets next to its IPv4 ones, on the loopbacks.
+    fn dual_tx(count: usize) -> UdpTx {
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, count, 1 << 20).unwrap();
+        tx.add_ipv6(Ipv6Addr::LOCALHOST, 1 << 20).unwrap();
+        tx
+    }
+
+    /// Loopback only: a GSO run to an IPv6 peer leaves from the IPv6 socket of its
+    /// index and arrives, GRO-merged, whole: every datagram, its size, its bytes, from
+    /// that socket's address.
+    #[test]
+    fn ipv6_gso_send_gro_receive_on_loopback() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let mut tx = dual_tx(2);
+        assert!(tx.has_ipv6());
+        assert_eq!(tx.local_ip(), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(tx.local_ip6(), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!(tx.socket_count(), 2);
+        let ports6 = tx.local_ports6();
+        assert_eq!(ports6.len(), 2);
+        assert!(ports6.iter().all(|&p| p != 0));
+        let buf: Vec<u8> = (0..8 * 1200).map(|i| (i % 251) as u8).collect();
+        let entries = [SendEntry {
+            dst: lo6(port),
+            offset: 0,
+            len: buf.len(),
+            stride: 1200,
+            socket: 1,
+            tos: 0,
+        }];
+        let mut counts = LocalCounts::default();
+        tx.send(&buf, &entries, &mut counts);
+        assert_eq!(counts.udp_datagrams_sent, 8);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+        let (got, messages) = receive(&rx, 8);
+        assert_eq!(got.len(), 8);
+        assert!(got.iter().all(|g| g.0 == lo6(ports6[1])), "{:?}", got[0].0);
+        assert!(got.iter().all(|g| g.2.len() == 1200));
+        let bytes: Vec<u8> = got.into_iter().flat_map(|g| g.2).collect();
+        assert_eq!(bytes, buf);
+        if tx.gso() && rx.gro() {
+            assert!(messages < 8, "GSO sent, GRO on, yet {messages} messages");
+        }
+    }
+
+    /// Loopback only: an outer ECN field sent to an IPv6 peer (alone, and as a GSO run)
+    /// travels in the traffic class and is read back per message (`IPV6_RECVTCLASS`).
+    #[test]
+    fn the_outer_traffic_class_is_sent_and_read_back() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let dst = lo6(rx.local_addr().unwrap().port());
+        let mut tx = dual_tx(1);
+        let buf = vec![9u8; 3000];
+        let mut counts = LocalCounts::default();
+        // ECT(0) alone, CE as a GSO run, ECT(1), and Not-ECT
+        for (len, stride, tos) in [
+            (300, 300, 2u8),
+            (3000, 1000, 3),
+            (300, 300, 1),
+            (300, 300, 0),
+        ] {
+            let e = SendEntry {
+                dst,
+                offset: 0,
+                len,
+                stride,
+                socket: 0,
+                tos,
+            };
+            tx.send(&buf, &[e], &mut counts);
+            let (got, _) = receive(&rx, len / stride);
+            assert_eq!(got.len(), len / stride, "tos {tos}");
+            let ecn: Vec<_> = got.iter().map(|g| g.1).collect();
+            assert!(ecn.iter().all(|&e| e == tos), "sent {tos}, read {ecn:?}");
+        }
+        assert_eq!(counts.drops[DropReason::SendFailed as usize], 0);
+    }
+
+    /// Loopback only: a batch that goes back and forth between IPv4 and IPv6 peers,
+    /// and between sockets, reaches both, each in order, from the socket of each
+    /// datagram's index in its family.
+    #[test]
+    fn a_mixed_batch_reaches_both_families_in_order() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx4 = UdpRx::open(lo(0), 1 << 20, true).unwrap();
+        let rx6 = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let (p4, p6) = (
+            rx4.local_addr().unwrap().port(),
+            rx6.local_addr().unwrap().port(),
+        );
+        let mut tx = dual_tx(2);
+        let mut batch = crate::send_batch::TxBatch::new(1 << 16, 32);
+        let mut want4 = Vec::new();
+        let mut want6 = Vec::new();
+        for k in 0..24u8 {
+            // runs of one to three datagrams per family, on either socket
+            let ipv6 = k % 5 < 2;
+            let socket = usize::from(k / 3 % 2);
+            let (dst, want, from) = if ipv6 {
+                (lo6(p6), &mut want6, lo6(tx.local_ports6()[socket]))
+            } else {
+                (lo(p4), &mut want4, lo(tx.local_ports()[socket]))
+            };
+            batch.spare()[..100].fill(k);
+            let one = crate::offload::Segments {
+                stride: 100,
+                count: 1,
+                len: 100,
+            };
+            assert!(batch.push(one, dst, socket, tx.gso(), 0));
+            want.push((from, k));
+        }
+        let mut counts = LocalCounts::default();
+        tx.send(batch.bytes(), batch.entries(), &mut counts);
+        assert_eq!(counts.udp_datagrams_sent, 24);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+        let firsts = |got: Vec<Got>| {
+            got.into_iter()
+                .map(|(src, _, d)| (src, d[0]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(firsts(receive(&rx4, want4.len()).0), want4);
+        assert_eq!(firsts(receive(&rx6, want6.len()).0), want6);
+    }
+
+    /// Without IPv6 sockets, datagrams to IPv6 peers are counted as failed sends, one
+    /// by one, and those to IPv4 peers around them still go out.
+    #[test]
+    fn ipv6_datagrams_without_ipv6_sockets_are_counted_failed() {
+        let rx = UdpRx::open(lo(0), 1 << 20, false).unwrap();
+        let dst = lo(rx.local_addr().unwrap().port());
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 20).unwrap();
+        assert!(!tx.has_ipv6());
+        assert_eq!((tx.local_ip6(), tx.local_ports6()), (None, vec![]));
+        let entry = |dst, offset, len, stride, socket| SendEntry {
+            dst,
+            offset,
+            len,
+            stride,
+            socket,
+            tos: 2,
+        };
+        let entries = [
+            entry(dst, 0, 100, 100, 0),
+            entry(lo6(8472), 100, 3000, 1000, 1),
+            entry(lo6(8472), 3100, 100, 100, 0),
+            entry(dst, 3200, 100, 100, 1),
+        ];
+        for gso in [true, false] {
+            if !gso {
+                tx.disable_gso();
+            }
+            let mut counts = LocalCounts::default();
+            tx.send(&[5u8; 3300], &entries, &mut counts);
+            assert_eq!(
+                counts.drops[DropReason::SendFailed as usize],
+                4,
+                "gso {gso}"
+            );
+            assert_eq!(counts.udp_datagrams_sent, 2);
+            assert_eq!(receive(&rx, 2).0.len(), 2);
+        }
+    }
+
+    /// The send sockets of both families survive a handover as a list of descriptors:
+    /// sorted back into their families, in their order, whatever the order of the list;
+    /// a list that is not one sender's is refused.
+    #[test]
+    fn a_dual_sender_is_taken_over_with_both_families() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let tx = dual_tx(3);
+        let fds = tx.try_clone_fds().unwrap();
+        assert_eq!(fds.len(), 6);
+        let again = UdpTx::from_fds(fds).unwrap();
+        assert_eq!(again.local_ports(), tx.local_ports());
+        assert_eq!(again.local_ports6(), tx.local_ports6());
+        assert_eq!(again.local_ip(), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(again.local_ip6(), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!((again.socket_count(), again.gso()), (3, tx.gso()));
+        // interleaved: the same sockets, in the same order per family
+        let mut fds = tx.try_clone_fds().unwrap();
+        let six = fds.split_off(3);
+        let mixed: Vec<_> = six.into_iter().zip(fds).flat_map(|(a, b)| [a, b]).collect();
+        let mut again = UdpTx::from_fds(mixed).unwrap();
+        assert_eq!(again.local_ports(), tx.local_ports());
+        assert_eq!(again.local_ports6(), tx.local_ports6());
+        // a clone has both families too, and sends from them
+        let clone = again.try_clone().unwrap();
+        assert_eq!(clone.local_ports6(), tx.local_ports6());
+        let rx = UdpRx::open(lo6(0), 1 << 20, false).unwrap();
+        let e = SendEntry {
+            dst: lo6(rx.local_addr().unwrap().port()),
+            offset: 0,
+            len: 100,
+            stride: 100,
+            socket: 2,
+            tos: 0,
+        };
+        drop(tx);
+        let mut counts = LocalCounts::default();
+        again.send(&[3u8; 100], &[e], &mut counts);
+        let (got, _) = receive(&rx, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, lo6(clone.local_ports6()[2]));
+        // not as many IPv6 sockets as IPv4 ones, or no IPv4 one: refused
+        let mut fds = clone.try_clone_fds().unwrap();
+        fds.pop();
+        assert!(UdpTx::from_fds(fds).is_err());
+        let fds = clone.try_clone_fds().unwrap().split_off(3);
+        assert!(UdpTx::from_fds(fds).is_err());
+    }
+
+    /// The IPv6 receive socket binds beside the IPv4 one on the same port, takes IPv6
+    /// only, and shares its port with no other socket; taken over through a second
+    /// descriptor it still asks for the traffic class.
+    #[test]
+    fn the_ipv6_receive_socket_sits_beside_the_ipv4_one() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx4 = UdpRx::open(lo(0), 1 << 20, true).unwrap();
+        let port = rx4.local_addr().unwrap().port();
+        let rx6 = UdpRx::open(lo6(port), 1 << 20, true).unwrap();
+        assert_eq!(rx6.local_addr(), Some(lo6(port)));
+        assert_eq!(rx6.gro(), rx4.gro());
+        assert!(rx6.socket.only_v6().unwrap());
+        match UdpRx::open(lo6(port), 1 << 20, true) {
+            Err(UdpError::Bind { addr, source }) => {
+                assert_eq!(addr, lo6(port));
+                assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+            }
+            other => panic!("a second IPv6 socket on the port: {other:?}"),
+        }
+        let tclass = |rx: &UdpRx| {
+            getsockopt_int(rx.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS).unwrap()
+        };
+        assert_eq!(tclass(&rx6), 1);
+        // taken over: the option is asked for again (a predecessor may not have)
+        setsockopt_int(rx6.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0).unwrap();
+        let rx6 = UdpRx::from_fd(rx6.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(rx6.local_addr(), Some(lo6(port)));
+        assert_eq!(tclass(&rx6), 1);
+        assert_eq!(
+            getsockopt_int(rx4.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS).unwrap(),
+            1
+        );
+        // each gets its own family's datagrams
+        let mut tx = dual_tx(1);
+        let e = |dst, offset| SendEntry {
+            dst,
+            offset,
+            len: 100,
+            stride: 100,
+            socket: 0,
+            tos: 0,
+        };
+        let buf: Vec<u8> = [[4u8; 100], [6u8; 100]].concat();
+        let mut counts = LocalCounts::default();
+        tx.send(&buf, &[e(lo(port), 0), e(lo6(port), 100)], &mut counts);
+        let (got4, _) = receive(&rx4, 1);
+        let (got6, _) = receive(&rx6, 1);
+        assert_eq!((got4.len(), got4[0].2[0]), (1, 4));
+        assert_eq!((got6.len(), got6[0].2[0]), (1, 6));
     }
 }
