@@ -10,7 +10,8 @@
 //! [`plan`] cuts the entries, from a [`SendCursor`] on, into the messages of one
 //! `sendmmsg` on one socket: one message per run with GSO (at most
 //! [`GSO_MAX_SEGMENTS`] datagrams and [`GSO_MAX_BYTES`] bytes each), one per datagram
-//! without. The kernel answers with the number of messages it sent, or with an error
+//! without. IPv4 and IPv6 destinations are sent from sockets of their own family, so
+//! neither a run nor a call mixes them. The kernel answers with the number of messages it sent, or with an error
 //! for the first one; [`SendPlan::sent`] and [`SendPlan::failed`] turn that answer
 //! into datagrams sent or lost and the cursor to continue from. The cursor counts
 //! datagrams, so a partly sent run is neither counted as sent nor sent twice.
@@ -19,24 +20,27 @@
 //! (`UDP_SEGMENT`), `sendmmsg(2)` (RETURN VALUE).
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 
 use crate::offload::Segments;
 
 /// Most datagrams one GSO send may carry (`UDP_MAX_SEGMENTS`).
 pub const GSO_MAX_SEGMENTS: usize = 64;
-/// Most payload bytes one IPv4 UDP send may carry.
+/// Most payload bytes one IPv4 UDP send may carry (65,535 less the IPv4 and UDP
+/// headers). An IPv6 send may carry 65,527 (its payload length leaves the IPv6 header
+/// out), so one limit, the smaller, holds for both families.
 pub const GSO_MAX_BYTES: usize = 65_507;
 /// Messages per `sendmmsg` call.
 pub const BATCH: usize = 64;
 
 /// One run of a send batch: `len` bytes at `offset` of the batch buffer, cut into
 /// datagrams of `stride` bytes (the last may be shorter), to `dst`, from transmit
-/// socket `socket`, with outer IPv4 TOS byte `tos`.
+/// socket `socket` (an index among the sockets of `dst`'s family), with outer TOS
+/// byte (IPv4) or traffic class (IPv6) `tos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendEntry {
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     pub offset: usize,
     pub len: usize,
     pub stride: usize,
@@ -82,7 +86,7 @@ fn continues_run(
     last: &SendEntry,
     at: usize,
     len: usize,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     socket: usize,
     tos: u8,
 ) -> bool {
@@ -172,7 +176,8 @@ impl TxBatch {
 
     /// Takes in `segs`, just written at the start of [`TxBatch::spare`], to `dst`
     /// from socket `socket` with outer TOS `tos`. With `gso`, a single datagram joins the
-    /// previous run when it continues it: same destination, socket and TOS, every datagram so far a full
+    /// previous run when it continues it: same destination (so the same address
+    /// family), socket and TOS, every datagram so far a full
     /// stride, not longer than the stride, and the run stays within
     /// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]; several datagrams become runs of
     /// their own, cut at those limits. Without `gso`, every datagram is a run.
@@ -183,7 +188,7 @@ impl TxBatch {
     pub fn push(
         &mut self,
         segs: Segments,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         socket: usize,
         gso: bool,
         tos: u8,
@@ -248,13 +253,13 @@ pub struct SendCursor {
 /// One message of a `sendmmsg` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message {
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// Its payload: `len` bytes at `offset` of the batch buffer.
     pub offset: usize,
     pub len: usize,
     /// The `UDP_SEGMENT` size, when the message carries more than one datagram.
     pub segment: Option<u16>,
-    /// The outer TOS byte (an `IP_TOS` control message when not 0).
+    /// The outer TOS byte (an `IP_TOS` or `IPV6_TCLASS` control message when not 0).
     pub tos: u8,
     /// Datagrams it carries.
     pub datagrams: usize,
@@ -264,7 +269,7 @@ pub struct Message {
 
 impl Message {
     const EMPTY: Message = Message {
-        dst: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+        dst: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
         offset: 0,
         len: 0,
         segment: None,
@@ -282,6 +287,7 @@ impl Message {
 #[derive(Debug, Clone)]
 pub struct SendPlan {
     socket: usize,
+    ipv6: bool,
     messages: [Message; BATCH],
     n: usize,
 }
@@ -304,6 +310,7 @@ impl Default for SendPlan {
     fn default() -> Self {
         SendPlan {
             socket: 0,
+            ipv6: false,
             messages: [Message::EMPTY; BATCH],
             n: 0,
         }
@@ -314,6 +321,12 @@ impl SendPlan {
     /// The socket to send from (an index into the transmit sockets).
     pub fn socket(&self) -> usize {
         self.socket
+    }
+
+    /// Whether the messages go to IPv6 destinations, from an IPv6 socket (all of them
+    /// or none: a plan never mixes families).
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
     }
 
     /// At most [`BATCH`] messages; one or more after [`plan`] returned [`Next::Send`].
@@ -334,6 +347,20 @@ impl SendPlan {
             bytes: done.iter().map(|m| m.len).sum(),
             lost: 0,
             next: done.last().map_or(SendCursor::default(), |m| m.end),
+        }
+    }
+
+    /// No call can be made (there is no socket of the plan's family): every datagram of
+    /// the plan is lost, the batch goes on after it.
+    pub fn abandon(&self) -> Progress {
+        Progress {
+            sent: 0,
+            bytes: 0,
+            lost: self.messages().iter().map(|m| m.datagrams).sum(),
+            next: self
+                .messages()
+                .last()
+                .map_or(SendCursor::default(), |m| m.end),
         }
     }
 
@@ -418,8 +445,9 @@ fn message(e: &SendEntry, at: SendCursor, buf_len: usize, gso: bool) -> Option<M
 
 /// The next step for `entries` (laid out in a buffer of `buf_len` bytes), sent from
 /// `at` on: fills `p` with the messages for one `sendmmsg` on socket
-/// `entry.socket % sockets`, up to [`BATCH`] of them, stopping where the socket
-/// changes or an entry cannot be sent.
+/// `entry.socket % sockets` of the destination's family (both families have `sockets`
+/// sockets), up to [`BATCH`] of them, stopping where the socket or the family changes
+/// or an entry cannot be sent.
 pub fn plan(
     entries: &[SendEntry],
     buf_len: usize,
@@ -444,12 +472,14 @@ pub fn plan(
         return Next::Done;
     };
     let socket = first.socket % sockets;
+    let ipv6 = first.dst.is_ipv6();
     p.socket = socket;
+    p.ipv6 = ipv6;
     while p.n < BATCH {
         let Some(e) = entries.get(at.entry) else {
             break;
         };
-        if e.socket % sockets != socket {
+        if e.socket % sockets != socket || e.dst.is_ipv6() != ipv6 {
             break;
         }
         let Some(m) = message(e, at, buf_len, gso) else {

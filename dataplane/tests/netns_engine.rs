@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ fn start_node(
             let taps = Tap::open(&name, opts).unwrap();
             let tx = UdpTx::open(underlay_ip, 4, 4 << 20).unwrap();
             let rx = UdpRx::open(
-                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT)),
                 4 << 20,
                 true,
             )

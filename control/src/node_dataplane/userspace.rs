@@ -19,7 +19,7 @@
 //! IPv6-only, so it shares the VXLAN port with the threads' IPv4 socket; see
 //! docs/decisions/0018-userspace-dual-stack-via-flannel-v6.md).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -278,7 +278,7 @@ impl Userspace {
         let in_use = |e: &UdpError| matches!(e, UdpError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
         let udp_rx = retry_busy(busy_wait, in_use, || {
             UdpRx::open(
-                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port),
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, s.local.port)),
                 s.vxlan_rcvbuf,
                 s.offloads,
             )

@@ -1,11 +1,27 @@
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use proptest::prelude::*;
 
 use super::*;
 
-fn peer(n: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, n), 8472)
+/// Peer `n` over an IPv4 underlay.
+fn peer(n: u8) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, n), 8472))
+}
+
+/// Peer `n` over an IPv6 underlay.
+fn peer6(n: u8) -> SocketAddr {
+    let ip = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, u16::from(n));
+    SocketAddr::V6(SocketAddrV6::new(ip, 8472, 0, 0))
+}
+
+/// Destination `n` of a generated test: 2 and 3 over IPv4, 4 and 5 over IPv6.
+fn dest(n: u8) -> SocketAddr {
+    if n < 4 {
+        peer(n)
+    } else {
+        peer6(n)
+    }
 }
 
 /// What `offload::segment` returns for `count` datagrams of `stride` bytes, the last `last`.
@@ -32,7 +48,7 @@ fn entry(offset: usize, len: usize, stride: usize) -> SendEntry {
     }
 }
 
-fn push(b: &mut TxBatch, s: Segments, dst: SocketAddrV4, socket: usize, gso: bool) {
+fn push(b: &mut TxBatch, s: Segments, dst: SocketAddr, socket: usize, gso: bool) {
     assert!(b.push(s, dst, socket, gso, 0), "{s:?} refused");
 }
 
@@ -115,6 +131,34 @@ fn runs_never_mix_destinations_or_sockets() {
     assert_eq!(
         runs,
         vec![(peer(2), 0, 1000), (peer(3), 0, 1000), (peer(3), 1, 2000)]
+    );
+}
+
+/// An IPv6 peer is a destination like any other: its datagrams share a run, which
+/// never takes in the IPv4 address it maps (nor that one's port).
+#[test]
+fn runs_never_mix_address_families() {
+    let mapped = SocketAddr::V6(SocketAddrV6::new(
+        Ipv4Addr::new(192, 168, 77, 2).to_ipv6_mapped(),
+        8472,
+        0,
+        0,
+    ));
+    let mut b = TxBatch::new(1 << 20, 16);
+    push(&mut b, one(1000), peer6(2), 0, true);
+    push(&mut b, one(1000), peer6(2), 0, true);
+    push(&mut b, one(1000), peer(2), 0, true);
+    push(&mut b, one(1000), mapped, 0, true);
+    push(&mut b, one(1000), peer6(2), 0, true);
+    let runs: Vec<_> = b.entries().iter().map(|e| (e.dst, e.len)).collect();
+    assert_eq!(
+        runs,
+        vec![
+            (peer6(2), 2000),
+            (peer(2), 1000),
+            (mapped, 1000),
+            (peer6(2), 1000)
+        ]
     );
 }
 
@@ -220,7 +264,7 @@ fn push_refuses_what_does_not_fit_or_is_misshaped() {
 }
 
 /// The datagrams an entry list stands for, in order: (byte range, dst, socket).
-fn cut(entries: &[SendEntry]) -> Vec<(Range<usize>, SocketAddrV4, usize, u8)> {
+fn cut(entries: &[SendEntry]) -> Vec<(Range<usize>, SocketAddr, usize, u8)> {
     entries
         .iter()
         .flat_map(|e| {
@@ -254,7 +298,7 @@ fn arb_push() -> impl Strategy<Value = Push> {
         count,
         any::<u32>(),
         any::<bool>(),
-        2u8..4,
+        2u8..6,
         0usize..2,
         prop_oneof![3 => Just(0u8), 1 => 0u8..4],
     )
@@ -295,7 +339,7 @@ proptest! {
             let gso = i < gso_until;
             let (before_used, before_entries) = (b.bytes().len(), b.entries().to_vec());
             let fits = p.segs.len <= b.spare_len();
-            let ok = b.push(p.segs, peer(p.dst), p.socket, gso, p.tos);
+            let ok = b.push(p.segs, dest(p.dst), p.socket, gso, p.tos);
             prop_assert_eq!(ok, fits);
             if !ok {
                 prop_assert_eq!(b.bytes().len(), before_used);
@@ -306,7 +350,7 @@ proptest! {
                 let r = p.segs.datagram(d).unwrap();
                 model.push((
                     before_used + r.start..before_used + r.end,
-                    peer(p.dst),
+                    dest(p.dst),
                     p.socket,
                     p.tos,
                 ));
@@ -494,6 +538,54 @@ fn a_call_stops_where_the_socket_changes() {
     assert_eq!((p.socket(), p.messages().len()), (0, 3));
 }
 
+/// IPv4 and IPv6 destinations are sent from sockets of their own family: a call stops
+/// where the family changes, even on the same socket index.
+#[test]
+fn a_call_stops_where_the_address_family_changes() {
+    let mut e = [
+        entry(0, 100, 100),
+        entry(100, 100, 100),
+        entry(200, 2000, 1000),
+        entry(2200, 100, 100),
+    ];
+    e[1].dst = peer6(2);
+    e[2].dst = peer6(3);
+    let p = expect_send(&e, 2300, AT0, true, 2);
+    assert_eq!((p.ipv6(), p.socket(), p.messages().len()), (false, 0, 1));
+    let p = expect_send(&e, 2300, at(1, 0), true, 2);
+    assert_eq!((p.ipv6(), p.socket(), p.messages().len()), (true, 0, 2));
+    assert_eq!(p.messages()[1].dst, peer6(3));
+    let p = expect_send(&e, 2300, at(3, 0), true, 2);
+    assert_eq!((p.ipv6(), p.messages().len()), (false, 1));
+}
+
+/// A plan that cannot be sent at all (no socket of its family) loses every datagram
+/// it carries, and the batch goes on after it.
+#[test]
+fn an_abandoned_plan_loses_all_its_datagrams() {
+    let mut e = [
+        entry(0, 2500, 1000),
+        entry(2500, 100, 100),
+        entry(2600, 100, 100),
+    ];
+    e[0].dst = peer6(2);
+    e[1].dst = peer6(2);
+    let p = expect_send(&e, 2700, AT0, true, 1);
+    assert_eq!(
+        p.abandon(),
+        Progress {
+            sent: 0,
+            bytes: 0,
+            lost: 4,
+            next: at(2, 0)
+        }
+    );
+    let p = expect_send(&e, 2700, AT0, false, 1);
+    assert_eq!(p.abandon().lost, 4);
+    assert_eq!(p.abandon().next, at(2, 0));
+    assert_eq!(SendPlan::default().abandon().lost, 0);
+}
+
 #[test]
 fn a_call_carries_at_most_batch_messages() {
     let e: Vec<_> = (0..100).map(|i| entry(i * 10, 10, 10)).collect();
@@ -581,7 +673,7 @@ fn arb_entries() -> impl Strategy<Value = (Vec<SendEntry>, usize)> {
         prop_oneof![4 => 1usize..5000, 1 => Just(0), 1 => 60_000usize..140_000],
         prop_oneof![3 => 1usize..2000, 1 => Just(0), 1 => 30_000usize..80_000],
         0usize..3,
-        2u8..4,
+        2u8..6,
         prop_oneof![9 => Just(false), 1 => Just(true)],
     );
     prop::collection::vec(e, 1..120).prop_map(|v| {
@@ -589,7 +681,7 @@ fn arb_entries() -> impl Strategy<Value = (Vec<SendEntry>, usize)> {
         let mut out = Vec::new();
         for (len, stride, socket, dst, outside) in v {
             out.push(SendEntry {
-                dst: peer(dst),
+                dst: dest(dst),
                 offset: if outside { usize::MAX - 5 } else { at },
                 len,
                 stride,
@@ -669,6 +761,7 @@ proptest! {
                         let e = &entries[c.entry];
                         prop_assert_eq!(e.socket % sockets, p.socket());
                         prop_assert_eq!(m.dst, e.dst);
+                        prop_assert_eq!(m.dst.is_ipv6(), p.ipv6(), "one family per call");
                         let first = e.datagram(c.datagram).unwrap();
                         let mut span = Vec::new();
                         let mut last = first.clone();

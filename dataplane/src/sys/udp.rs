@@ -2,25 +2,29 @@
 //!
 //! Transmit: a handful of sockets bound to the node's PublicIP on ephemeral ports;
 //! the inner flow hash picks one, so the outer source port varies per flow (RFC 7348
-//! §5) while one flow always leaves from one socket (no reordering). One
-//! `sendmmsg(2)` carries up to 64 messages; each message may carry many equal-sized
-//! VXLAN datagrams with a `UDP_SEGMENT` control message (Linux UDP GSO), so a 64 KiB
-//! TCP burst costs one or two system calls instead of ~45.
+//! §5) while one flow always leaves from one socket (no reordering). With an IPv6
+//! underlay (flannel's `PublicIPv6`), as many IPv6 sockets again, bound to that
+//! address: a datagram leaves from the socket of its index in its destination's
+//! family. One `sendmmsg(2)` carries up to 64 messages; each message may carry many
+//! equal-sized VXLAN datagrams with a `UDP_SEGMENT` control message (Linux UDP GSO),
+//! so a 64 KiB TCP burst costs one or two system calls instead of ~45.
 //!
 //! Receive: one socket on the VXLAN port with `UDP_GRO`, read with `recvmmsg(2)`;
 //! each message may hold several datagrams of one size (given in a `UDP_GRO`
-//! control message), which [`RecvBatch::datagrams`] splits again.
+//! control message), which [`RecvBatch::datagrams`] splits again. An IPv6 underlay
+//! has a socket of its own on the same port (`IPV6_V6ONLY`, beside the IPv4 one).
 //!
 //! If the kernel refuses GSO at send time (EIO: no checksum offload on the route;
 //! EINVAL) we fall back to one datagram per message for good, count it and say so.
 //! Which messages a call carries and what a partial call sent is decided by the pure
 //! [`crate::send_batch`]; this module only makes the calls. Control messages are laid
 //! out with libc's `CMSG_*` functions, so the layout is the target's.
-//! Read first: Linux `udp(7)` (UDP_SEGMENT, UDP_GRO), `sendmmsg(2)`, `recvmmsg(2)`.
+//! Read first: Linux `udp(7)` (UDP_SEGMENT, UDP_GRO), `sendmmsg(2)`, `recvmmsg(2)`,
+//! `ip(7)` (IP_TOS) and `ipv6(7)` (IPV6_TCLASS, IPV6_V6ONLY, IPV6_MTU_DISCOVER).
 
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -37,7 +41,7 @@ const UDP_GRO: libc::c_int = 104;
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const GSO_CONTROL_LEN: usize =
     unsafe { libc::CMSG_SPACE(size_of::<u16>() as libc::c_uint) } as usize;
-/// Control bytes for one IP_TOS message: a header and an int, padded.
+/// Control bytes for one IP_TOS or IPV6_TCLASS message: a header and an int, padded.
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const TOS_CONTROL_LEN: usize =
     unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint) } as usize;
@@ -51,7 +55,7 @@ pub enum UdpError {
     Socket(#[source] io::Error),
     #[error("cannot bind UDP {addr}: {source} (is another VXLAN endpoint, e.g. a kernel vxlan device or flanneld, using this port on this node?)")]
     Bind {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         #[source]
         source: io::Error,
     },
@@ -107,17 +111,18 @@ fn getsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> i
     }
 }
 
-/// Checks that a passed descriptor is a bound IPv4 UDP socket; its address.
-fn adopt_udp(fd: OwnedFd) -> io::Result<(Socket, SocketAddrV4)> {
+/// Checks that a passed descriptor is a bound UDP socket, IPv4 or IPv6; its address
+/// (which says the family: `getsockname`).
+fn adopt_udp(fd: OwnedFd) -> io::Result<(Socket, SocketAddr)> {
     let s = Socket::from(fd);
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
     if s.r#type()? != Type::DGRAM {
         return Err(bad("the descriptor is not a datagram socket".into()));
     }
     match s.local_addr()?.as_socket() {
-        Some(SocketAddr::V4(a)) if a.port() != 0 => Ok((s, a)),
+        Some(a) if a.port() != 0 => Ok((s, a)),
         other => Err(bad(format!(
-            "the descriptor is not a bound IPv4 UDP socket ({other:?})"
+            "the descriptor is not a bound IPv4 or IPv6 UDP socket ({other:?})"
         ))),
     }
 }
@@ -136,21 +141,23 @@ fn set_buffer(sock: &Socket, bytes: usize, send: bool) {
     }
 }
 
-/// The transmit side.
-#[derive(Debug)]
-pub struct UdpTx {
-    sockets: Vec<Socket>,
-    gso: bool,
+/// Whether the kernel knows UDP_SEGMENT: it accepts the socket option.
+fn probe_gso(s: &Socket) -> bool {
+    setsockopt_int(s.as_fd(), SOL_UDP, UDP_SEGMENT, 1400).is_ok()
+        && setsockopt_int(s.as_fd(), SOL_UDP, UDP_SEGMENT, 0).is_ok()
 }
 
-impl UdpTx {
-    /// Opens `count` sockets bound to `bind_ip` on ephemeral ports.
-    pub fn open(bind_ip: Ipv4Addr, count: usize, sndbuf: usize) -> Result<UdpTx, UdpError> {
-        let mut sockets = Vec::with_capacity(count.max(1));
-        for _ in 0..count.max(1) {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))
-                .map_err(UdpError::Socket)?;
-            let addr = SocketAddrV4::new(bind_ip, 0);
+/// One send socket bound to `addr` (an ephemeral port), of `addr`'s family.
+fn open_tx(addr: SocketAddr, sndbuf: usize) -> Result<Socket, UdpError> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )
+    .map_err(UdpError::Socket)?;
+    let option = |what| move |source| UdpError::Option { what, source };
+    match addr {
+        SocketAddr::V4(_) => {
             s.bind(&SockAddr::from(addr))
                 .map_err(|source| UdpError::Bind { addr, source })?;
             // Like the kernel vxlan driver's default: outer packets do not set DF.
@@ -160,55 +167,121 @@ impl UdpTx {
                 libc::IP_MTU_DISCOVER,
                 libc::IP_PMTUDISC_DONT,
             )
-            .map_err(|source| UdpError::Option {
-                what: "IP_MTU_DISCOVER",
-                source,
-            })?;
-            set_buffer(&s, sndbuf, true);
-            sockets.push(s);
+            .map_err(option("IP_MTU_DISCOVER"))?;
         }
-        // Probe: the kernel knows UDP_SEGMENT if it accepts the socket option.
-        let gso = setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 1400).is_ok()
-            && setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 0).is_ok();
-        Ok(UdpTx { sockets, gso })
+        SocketAddr::V6(_) => {
+            // IPv6 only: the IPv4 underlay has sockets of its own.
+            s.set_only_v6(true).map_err(option("IPV6_V6ONLY"))?;
+            s.bind(&SockAddr::from(addr))
+                .map_err(|source| UdpError::Bind { addr, source })?;
+            // IPv6 has no DF bit: routers never fragment, only the sender may. Linux's
+            // vxlan6 path (`vxlan_xmit_one`) lowers the inner route's PMTU when an outer
+            // packet does not fit (`skb_tunnel_check_pmtu`), then `ip6_fragment` drops
+            // that packet: `skb_scrub_packet` cleared its `ignore_df`. A UDP socket below
+            // IPV6_PMTUDISC_DO sends `ignore_df` packets (`ip6_sk_ignore_df`), so the
+            // kernel fragments our outer datagrams here, to the path MTU it knows,
+            // rather than failing the send with EMSGSIZE: as near as IPv6 comes to the
+            // DF-clear outer packets of the IPv4 sockets. WANT, the default, sends the
+            // same; DONT says it, whatever the default becomes.
+            setsockopt_int(
+                s.as_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DONT,
+            )
+            .map_err(option("IPV6_MTU_DISCOVER"))?;
+        }
+    }
+    set_buffer(&s, sndbuf, true);
+    Ok(s)
+}
+
+/// The transmit side.
+#[derive(Debug)]
+pub struct UdpTx {
+    /// Bound to the node's IPv4 PublicIP; never empty.
+    sockets: Vec<Socket>,
+    /// Bound to its PublicIPv6: as many as `sockets`, or none without an IPv6 underlay.
+    sockets6: Vec<Socket>,
+    gso: bool,
+}
+
+impl UdpTx {
+    /// Opens `count` sockets bound to `bind_ip` on ephemeral ports.
+    pub fn open(bind_ip: Ipv4Addr, count: usize, sndbuf: usize) -> Result<UdpTx, UdpError> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(bind_ip, 0));
+        let sockets = (0..count.max(1))
+            .map(|_| open_tx(addr, sndbuf))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gso = sockets.first().is_some_and(probe_gso);
+        Ok(UdpTx {
+            sockets,
+            sockets6: Vec::new(),
+            gso,
+        })
+    }
+
+    /// Opens as many IPv6 sockets as there are IPv4 ones, bound to `bind_ip` on
+    /// ephemeral ports, for peers over an IPv6 underlay (replacing any opened before).
+    /// GSO stays on only if these take it too.
+    pub fn add_ipv6(&mut self, bind_ip: Ipv6Addr, sndbuf: usize) -> Result<(), UdpError> {
+        let addr = SocketAddr::V6(SocketAddrV6::new(bind_ip, 0, 0, 0));
+        let sockets6 = (0..self.sockets.len().max(1))
+            .map(|_| open_tx(addr, sndbuf))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.gso &= sockets6.first().is_some_and(probe_gso);
+        self.sockets6 = sockets6;
+        Ok(())
     }
 
     /// Another handle on the same sockets (same source ports), for a second
     /// egress thread.
     pub fn try_clone(&self) -> io::Result<UdpTx> {
-        let sockets = self
-            .sockets
-            .iter()
-            .map(Socket::try_clone)
-            .collect::<io::Result<Vec<_>>>()?;
+        let clone = |v: &[Socket]| {
+            v.iter()
+                .map(Socket::try_clone)
+                .collect::<io::Result<Vec<_>>>()
+        };
         Ok(UdpTx {
-            sockets,
+            sockets: clone(&self.sockets)?,
+            sockets6: clone(&self.sockets6)?,
             gso: self.gso,
         })
     }
 
-    /// Takes send sockets another process opened (descriptors passed to us),
-    /// probing UDP GSO again.
+    /// Takes send sockets another process opened (descriptors passed to us, as
+    /// [`UdpTx::try_clone_fds`] lists them), sorting them into families by their
+    /// bound address and probing UDP GSO again. At least one must be IPv4, and
+    /// IPv6 ones, if any, as many as those.
     pub fn from_fds(fds: Vec<OwnedFd>) -> io::Result<UdpTx> {
-        if fds.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "no send socket",
-            ));
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+        let (mut sockets, mut sockets6) = (Vec::new(), Vec::new());
+        for fd in fds {
+            match adopt_udp(fd)? {
+                (s, SocketAddr::V4(_)) => sockets.push(s),
+                (s, SocketAddr::V6(_)) => sockets6.push(s),
+            }
         }
-        let sockets = fds
-            .into_iter()
-            .map(|fd| adopt_udp(fd).map(|(s, _)| s))
-            .collect::<io::Result<Vec<_>>>()?;
-        let gso = setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 1400).is_ok()
-            && setsockopt_int(sockets[0].as_fd(), SOL_UDP, UDP_SEGMENT, 0).is_ok();
-        Ok(UdpTx { sockets, gso })
+        if sockets.is_empty() {
+            return Err(bad("no IPv4 send socket"));
+        }
+        if !sockets6.is_empty() && sockets6.len() != sockets.len() {
+            return Err(bad("not as many IPv6 send sockets as IPv4 ones"));
+        }
+        let gso = sockets.first().is_some_and(probe_gso) && sockets6.first().is_none_or(probe_gso);
+        Ok(UdpTx {
+            sockets,
+            sockets6,
+            gso,
+        })
     }
 
-    /// Second descriptors for the send sockets (to pass to another process).
+    /// Second descriptors for the send sockets (to pass to another process): the
+    /// IPv4 ones, then the IPv6 ones.
     pub fn try_clone_fds(&self) -> io::Result<Vec<OwnedFd>> {
         self.sockets
             .iter()
+            .chain(&self.sockets6)
             .map(|s| s.as_fd().try_clone_to_owned())
             .collect()
     }
@@ -218,6 +291,19 @@ impl UdpTx {
         match self.sockets.first()?.local_addr().ok()?.as_socket()? {
             SocketAddr::V4(a) => Some(*a.ip()),
             SocketAddr::V6(_) => None,
+        }
+    }
+
+    /// Whether there are IPv6 send sockets ([`UdpTx::add_ipv6`]).
+    pub fn has_ipv6(&self) -> bool {
+        !self.sockets6.is_empty()
+    }
+
+    /// The address the IPv6 send sockets are bound to, if there are any.
+    pub fn local_ip6(&self) -> Option<Ipv6Addr> {
+        match self.sockets6.first()?.local_addr().ok()?.as_socket()? {
+            SocketAddr::V6(a) => Some(*a.ip()),
+            SocketAddr::V4(_) => None,
         }
     }
 
@@ -231,43 +317,68 @@ impl UdpTx {
         self.gso = false;
     }
 
+    /// The number of IPv4 send sockets; there are as many IPv6 ones, or none.
     pub fn socket_count(&self) -> usize {
         self.sockets.len()
     }
 
-    /// The local source ports, for logs and tests.
+    /// The local source ports of the IPv4 sockets, for logs and tests.
     pub fn local_ports(&self) -> Vec<u16> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok()?.as_socket().map(|a| a.port()))
-            .collect()
+        ports(&self.sockets)
     }
 
-    /// Sends every entry (consecutive entries for one socket share a sendmmsg).
-    /// Datagrams that cannot be sent are counted as [`DropReason::SendFailed`].
+    /// The local source ports of the IPv6 sockets (none without them).
+    pub fn local_ports6(&self) -> Vec<u16> {
+        ports(&self.sockets6)
+    }
+
+    /// Sends every entry from the socket of its index among those of its
+    /// destination's family (consecutive entries for one socket share a sendmmsg).
+    /// Datagrams that cannot be sent, among them those to IPv6 peers when there are
+    /// no IPv6 sockets, are counted as [`DropReason::SendFailed`].
     pub fn send(&mut self, buf: &[u8], entries: &[SendEntry], counts: &mut LocalCounts) {
-        let sockets = &self.sockets;
+        let (sockets, sockets6) = (&self.sockets, &self.sockets6);
         send_all(
             buf.len(),
             entries,
             sockets.len(),
+            !sockets6.is_empty(),
             &mut self.gso,
             counts,
-            |sock, messages| sendmmsg(&sockets[sock], buf, messages),
+            |ipv6, sock, messages| {
+                let family = if ipv6 { sockets6 } else { sockets };
+                match family.get(sock) {
+                    Some(s) => sendmmsg(s, buf, messages),
+                    // Not reached: the plan picks an index below `sockets.len()`, and
+                    // there are as many IPv6 sockets (or none, checked by `send_all`).
+                    None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+                }
+            },
         );
     }
 }
 
+fn ports(sockets: &[Socket]) -> Vec<u16> {
+    sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok()?.as_socket().map(|a| a.port()))
+        .collect()
+}
+
 /// Sends `entries` (laid out in a buffer of `buf_len` bytes) with `call`, one
 /// `sendmmsg` on a socket each, as [`send_batch::plan`] cuts them, and counts what
-/// went out and what was lost. Turns `gso` off for good when the kernel refuses it.
+/// went out and what was lost. `call` gets whether the messages go to IPv6 peers,
+/// the socket index within that family, and the messages; without IPv6 sockets
+/// (`ipv6` false) the datagrams to IPv6 peers are lost without a call. Turns `gso`
+/// off for good when the kernel refuses it.
 fn send_all(
     buf_len: usize,
     entries: &[SendEntry],
     sockets: usize,
+    ipv6: bool,
     gso: &mut bool,
     counts: &mut LocalCounts,
-    mut call: impl FnMut(usize, &[Message]) -> io::Result<usize>,
+    mut call: impl FnMut(bool, usize, &[Message]) -> io::Result<usize>,
 ) {
     let mut at = SendCursor::default();
     let mut plan = SendPlan::default();
@@ -283,7 +394,16 @@ fn send_all(
             }
             Next::Send => {}
         }
-        let progress = match call(plan.socket(), plan.messages()) {
+        if plan.ipv6() && !ipv6 {
+            // No IPv6 socket to send these from (`UdpTx::add_ipv6` was not called).
+            let progress = plan.abandon();
+            for _ in 0..progress.lost {
+                counts.drop(DropReason::SendFailed);
+            }
+            at = progress.next;
+            continue;
+        }
+        let progress = match call(plan.ipv6(), plan.socket(), plan.messages()) {
             Ok(sent) => {
                 counts.udp_send_syscalls += 1;
                 plan.sent(sent)
@@ -315,12 +435,79 @@ fn send_all(
     }
 }
 
+/// A message's peer address as `msg_name` holds it: a `sockaddr_in` or a
+/// `sockaddr_in6`, in room for the larger. Always made as [`SockName::ZERO`], so that
+/// every byte is initialised whichever member is written.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union SockName {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl SockName {
+    /// All zero (`sockaddr_in6` covers every byte: it has no padding).
+    const ZERO: SockName = SockName {
+        v6: libc::sockaddr_in6 {
+            sin6_family: 0,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+            sin6_scope_id: 0,
+        },
+    };
+
+    /// Writes `a`; returns its length, for `msg_namelen`.
+    fn set(&mut self, a: SocketAddr) -> libc::socklen_t {
+        match a {
+            SocketAddr::V4(a) => {
+                self.v4 = sockaddr_in(a);
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(a) => {
+                self.v6 = sockaddr_in6(a);
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+
+    /// The address the kernel wrote, `len` bytes of it, if of a family we know.
+    fn get(&self, len: libc::socklen_t) -> Option<SocketAddr> {
+        let len = usize::try_from(len).ok()?;
+        // SAFETY: every byte is initialised (made ZERO, then written by the kernel or
+        // `set`), and both members are plain old data that start with the family.
+        let family = libc::c_int::from(unsafe { self.v6.sin6_family });
+        match family {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                // SAFETY: as above.
+                let sa = unsafe { self.v4 };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                    u16::from_be(sa.sin_port),
+                )))
+            }
+            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above.
+                let sa = unsafe { self.v6 };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sa.sin6_addr.s6_addr),
+                    u16::from_be(sa.sin6_port),
+                    sa.sin6_flowinfo,
+                    sa.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<SockName>() == size_of::<libc::sockaddr_in6>());
+
 /// One `sendmmsg` of `messages` (at most [`BATCH`], each inside `buf`) on `sock`:
 /// how many went out, or the error of the first.
 fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize> {
     let n = messages.len().min(BATCH);
-    let mut names: [libc::sockaddr_in; BATCH] =
-        [sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
+    let mut names = [SockName::ZERO; BATCH];
     let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -329,15 +516,15 @@ fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize
     // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for (i, m) in messages[..n].iter().enumerate() {
-        names[i] = sockaddr_in(m.dst);
+        let namelen = names[i].set(m.dst);
         // `send_batch::plan` makes messages only inside the buffer it was given.
         iovs[i] = iovec(&buf[m.offset..m.offset + m.len]);
         let h = &mut msgs[i].msg_hdr;
-        h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut names[i] as *mut SockName).cast();
+        h.msg_namelen = namelen;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
-        set_control(h, &mut control[i], m.segment, m.tos);
+        set_control(h, &mut control[i], m.segment, m.tos, m.dst.is_ipv6());
     }
     // SAFETY: `msgs[..n]` point at `names`, `iovs` and `control`, locals that live
     // until the call returns; each iovec points into `buf`, borrowed for the call.
@@ -349,13 +536,15 @@ fn sendmmsg(sock: &Socket, buf: &[u8], messages: &[Message]) -> io::Result<usize
 }
 
 /// Points `h` at `control` holding the message's control messages: UDP_SEGMENT of
-/// `segment` bytes when set, IP_TOS `tos` when not 0 (the outer ECN field); none at
-/// all leaves `h` without control.
+/// `segment` bytes when set, and when `tos` is not 0 (the outer ECN field) IP_TOS, or
+/// for an IPv6 destination (`ipv6`) IPV6_TCLASS, an int either way; none at all
+/// leaves `h` without control.
 fn set_control(
     h: &mut libc::msghdr,
     control: &mut [usize; GSO_CONTROL_WORDS],
     segment: Option<u16>,
     tos: u8,
+    ipv6: bool,
 ) {
     let len = segment.map_or(0, |_| GSO_CONTROL_LEN) + if tos != 0 { TOS_CONTROL_LEN } else { 0 };
     if len == 0 {
@@ -364,6 +553,11 @@ fn set_control(
     *control = [0; GSO_CONTROL_WORDS];
     h.msg_control = control.as_mut_ptr().cast();
     h.msg_controllen = len as _;
+    let (level, ty) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    };
     // SAFETY: `h` now points at `control`, zeroed, aligned for cmsghdr and at least
     // `len` bytes long: CMSG_SPACE(2) for the segment size and CMSG_SPACE(int) for the
     // TOS, each only when written. CMSG_FIRSTHDR returns the buffer's start (not null:
@@ -386,8 +580,8 @@ fn set_control(
                 return;
             }
         }
-        (*c).cmsg_level = libc::IPPROTO_IP;
-        (*c).cmsg_type = libc::IP_TOS;
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
         (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as libc::c_uint) as _;
         libc::CMSG_DATA(c)
             .cast::<libc::c_int>()
@@ -406,6 +600,19 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
+/// As std and socket2 lay it out: the flow information and scope as given.
+fn sockaddr_in6(a: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: a.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    }
+}
+
 fn iovec(b: &[u8]) -> libc::iovec {
     libc::iovec {
         iov_base: b.as_ptr() as *mut libc::c_void,
@@ -413,19 +620,27 @@ fn iovec(b: &[u8]) -> libc::iovec {
     }
 }
 
+/// The source of a message the kernel gave none we could read.
+const NO_SOURCE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
 /// One receive slot: 64 KiB is the largest a GRO-coalesced message can be.
 const RECV_BUF: usize = 65_536;
 /// Control buffer per message: room for UDP_GRO's int, SO_TIMESTAMPNS's timespec and
-/// IP_TOS's byte. (Earlier releases, which may share the socket during a handover, have
-/// 64 bytes: the kernel puts IP_TOS last, so with time stamps on — `--aqm-target` — they
-/// lose only that, which they do not read.)
+/// IP_TOS's byte or (an IPv6 socket) IPV6_TCLASS's int. (Earlier releases, which may
+/// share the IPv4 socket during a handover, have 64 bytes: the kernel puts IP_TOS last,
+/// so with time stamps on — `--aqm-target` — they lose only that, which they do not
+/// read.)
 const CMSG_BUF: usize = 80;
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const _: () = assert!(
     unsafe {
         libc::CMSG_SPACE(size_of::<libc::c_int>() as libc::c_uint)
             + libc::CMSG_SPACE(size_of::<libc::timespec>() as libc::c_uint)
-            + libc::CMSG_SPACE(1)
+            + if libc::CMSG_SPACE(1) > libc::CMSG_SPACE(size_of::<libc::c_int>() as _) {
+                libc::CMSG_SPACE(1)
+            } else {
+                libc::CMSG_SPACE(size_of::<libc::c_int>() as _)
+            }
     } as usize
         <= CMSG_BUF
 );
@@ -438,13 +653,15 @@ pub struct RecvBatch {
     /// `CMSG_BUF` bytes per message, in words so that each is aligned like `cmsghdr`.
     control: Vec<usize>,
     lens: Vec<usize>,
-    srcs: Vec<SocketAddrV4>,
+    srcs: Vec<SocketAddr>,
     segs: Vec<usize>,
     /// When the kernel received each message (ns since the epoch), if it was asked to
     /// say ([`UdpRx::set_timestamps`]).
     stamps: Vec<Option<u64>>,
-    /// Each message's outer IPv4 TOS byte (`IP_RECVTOS`; 0 when the kernel did not say).
+    /// Each message's outer IPv4 TOS byte (`IP_RECVTOS`) or IPv6 traffic class
+    /// (`IPV6_RECVTCLASS`); 0 when the kernel did not say.
     tos: Vec<u8>,
+    /// Cut short, or from an address family we do not know: unusable.
     truncated: Vec<bool>,
     count: usize,
     /// Messages the next call asks for (1 to the capacity).
@@ -458,7 +675,7 @@ impl RecvBatch {
             data: vec![0; m * RECV_BUF],
             control: vec![0; m * CMSG_BUF / size_of::<usize>()],
             lens: vec![0; m],
-            srcs: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); m],
+            srcs: vec![NO_SOURCE; m],
             segs: vec![0; m],
             stamps: vec![None; m],
             tos: vec![0; m],
@@ -487,7 +704,7 @@ impl RecvBatch {
     /// A batch as if `recvmmsg` had returned `messages`: (source, GRO segment size or
     /// 0, bytes), each at most 64 KiB. For tests of what consumes batches.
     #[cfg(test)]
-    pub(crate) fn with_messages(messages: &[(SocketAddrV4, usize, &[u8])]) -> RecvBatch {
+    pub(crate) fn with_messages(messages: &[(SocketAddr, usize, &[u8])]) -> RecvBatch {
         let mut b = RecvBatch::new(messages.len());
         for (i, (src, seg, bytes)) in messages.iter().enumerate() {
             b.tos[i] = 0;
@@ -558,8 +775,9 @@ impl RecvBatch {
     }
 
     /// Message `i`: its source, and its datagrams (split at the GRO segment size).
-    /// A truncated message yields `None` (count it as malformed).
-    pub fn datagrams(&self, i: usize) -> Option<(SocketAddrV4, std::slice::Chunks<'_, u8>)> {
+    /// A truncated message, or one from an address family we do not know, yields
+    /// `None` (count it as malformed).
+    pub fn datagrams(&self, i: usize) -> Option<(SocketAddr, std::slice::Chunks<'_, u8>)> {
         self.message(i).map(|m| (m.src, m.datagrams))
     }
 
@@ -591,12 +809,13 @@ impl RecvBatch {
 /// One received message: see [`RecvBatch::message`].
 #[derive(Debug)]
 pub struct Received<'a> {
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     pub datagrams: std::slice::Chunks<'a, u8>,
     /// Set for a whole UDP GSO burst: the payload size of its inner datagrams.
     pub inner_segment: Option<usize>,
-    /// The outer IPv4 header's ECN field, the same for every datagram of the message
-    /// (the kernel's GRO merges only datagrams whose TOS is equal).
+    /// The outer IPv4 or IPv6 header's ECN field, the same for every datagram of the
+    /// message (the kernel's GRO merges only datagrams whose TOS or traffic class is
+    /// equal).
     pub outer_ecn: u8,
 }
 
@@ -607,12 +826,12 @@ struct Control {
     gro: Option<usize>,
     /// When the kernel received it (`SO_TIMESTAMPNS`, CLOCK_REALTIME), ns since the epoch.
     stamp_ns: Option<u64>,
-    /// The outer IPv4 TOS byte (`IP_RECVTOS`).
+    /// The outer IPv4 TOS byte (`IP_RECVTOS`) or IPv6 traffic class (`IPV6_RECVTCLASS`).
     tos: u8,
 }
 
-/// Reads the UDP_GRO segment size and the receive time among the control messages of a
-/// received message.
+/// Reads the UDP_GRO segment size, the receive time and the outer TOS or traffic class
+/// among the control messages of a received message.
 ///
 /// # Safety
 /// `h.msg_control` must point at `h.msg_controllen` readable bytes aligned for
@@ -647,6 +866,10 @@ unsafe fn control_info(h: &libc::msghdr) -> Control {
         } else if level == libc::IPPROTO_IP && ty == libc::IP_TOS && fits(tos_len) {
             // SAFETY: as above, for the one byte the kernel puts there.
             out.tos = unsafe { libc::CMSG_DATA(c).read() };
+        } else if level == libc::IPPROTO_IPV6 && ty == libc::IPV6_TCLASS && fits(int_len) {
+            // SAFETY: as above, for the int the kernel puts there (`ipv6(7)`).
+            let v = unsafe { libc::CMSG_DATA(c).cast::<libc::c_int>().read_unaligned() };
+            out.tos = u8::try_from(v & 0xff).unwrap_or(0);
         } else if level == libc::SOL_SOCKET && ty == libc::SCM_TIMESTAMPNS && fits(ts_len) {
             // SAFETY: as above, for a timespec.
             let ts = unsafe { libc::CMSG_DATA(c).cast::<libc::timespec>().read_unaligned() };
@@ -666,11 +889,17 @@ unsafe fn control_info(h: &libc::msghdr) -> Control {
     out
 }
 
-/// Asks for each message's outer TOS byte (`IP_RECVTOS`), for decapsulating ECN
-/// (`wire::ecn`). Linux has had it since 2.2; without it every message reads TOS 0
-/// (Not-ECT), which leaves the inner packets as they are.
-fn recv_tos(s: &Socket) {
-    let _ = setsockopt_int(s.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, 1);
+/// Asks for each message's outer TOS byte (`IP_RECVTOS`), or on an IPv6 socket its
+/// traffic class (`IPV6_RECVTCLASS`), for decapsulating ECN (`wire::ecn`). Linux has
+/// had them since 2.2 and 2.6.14; without them every message reads 0 (Not-ECT), which
+/// leaves the inner packets as they are.
+fn recv_tos(s: &Socket, ipv6: bool) {
+    let (level, opt) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVTOS)
+    };
+    let _ = setsockopt_int(s.as_fd(), level, opt, 1);
 }
 
 /// The receive side: one socket on the VXLAN port.
@@ -681,19 +910,27 @@ pub struct UdpRx {
 }
 
 impl UdpRx {
-    /// Binds `addr` (usually 0.0.0.0:8472), non-blocking, asking for UDP GRO.
-    pub fn open(addr: SocketAddrV4, rcvbuf: usize, want_gro: bool) -> Result<UdpRx, UdpError> {
+    /// Binds `addr` (usually 0.0.0.0:8472, or [::]:8472 for an IPv6 underlay),
+    /// non-blocking, asking for UDP GRO. An IPv6 socket takes IPv6 only
+    /// (`IPV6_V6ONLY`), so that it binds beside the IPv4 one on the same port.
+    pub fn open(addr: SocketAddr, rcvbuf: usize, want_gro: bool) -> Result<UdpRx, UdpError> {
         let s = Socket::new(
-            Domain::IPV4,
+            Domain::for_address(addr),
             Type::DGRAM.cloexec().nonblocking(),
             Some(Protocol::UDP),
         )
         .map_err(UdpError::Socket)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true).map_err(|source| UdpError::Option {
+                what: "IPV6_V6ONLY",
+                source,
+            })?;
+        }
         s.bind(&SockAddr::from(addr))
             .map_err(|source| UdpError::Bind { addr, source })?;
         set_buffer(&s, rcvbuf, false);
         let gro = want_gro && setsockopt_int(s.as_fd(), SOL_UDP, UDP_GRO, 1).is_ok();
-        recv_tos(&s);
+        recv_tos(&s, addr.is_ipv6());
         Ok(UdpRx { socket: s, gro })
     }
 
@@ -729,14 +966,14 @@ impl UdpRx {
     }
 
     /// Takes the receive socket another process opened (descriptor passed to us):
-    /// must be a bound UDP socket; non-blocking and UDP GRO are read back from it
-    /// (they belong to the shared socket, not to a process).
+    /// must be a bound UDP socket, IPv4 or IPv6; non-blocking and UDP GRO are read back
+    /// from it (they belong to the shared socket, not to a process).
     pub fn from_fd(fd: OwnedFd) -> io::Result<UdpRx> {
-        let (socket, _) = adopt_udp(fd)?;
+        let (socket, addr) = adopt_udp(fd)?;
         socket.set_nonblocking(true)?;
         let gro = getsockopt_int(socket.as_fd(), SOL_UDP, UDP_GRO).is_ok_and(|v| v != 0);
         // A socket of an earlier release did not ask; the option belongs to the socket.
-        recv_tos(&socket);
+        recv_tos(&socket, addr.is_ipv6());
         Ok(UdpRx { socket, gro })
     }
 
@@ -754,9 +991,8 @@ impl UdpRx {
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         // At most the capacity, which is at most BATCH.
         let m = batch.limit;
-        // SAFETY: sockaddr_in and mmsghdr are plain old data; zero is valid.
-        let mut names: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
+        let mut names = [SockName::ZERO; BATCH];
+        // SAFETY: mmsghdr is plain old data; zero is valid.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -769,8 +1005,8 @@ impl UdpRx {
             iovs[i].iov_base = unsafe { data.add(i * RECV_BUF) }.cast();
             iovs[i].iov_len = RECV_BUF;
             let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut names[i] as *mut SockName).cast();
+            h.msg_namelen = size_of::<SockName>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             // SAFETY: i < m <= capacity and `control` holds capacity * CMSG_BUF bytes
@@ -797,12 +1033,9 @@ impl UdpRx {
         for i in 0..n {
             let h = &msgs[i].msg_hdr;
             batch.lens[i] = (msgs[i].msg_len as usize).min(RECV_BUF);
-            batch.truncated[i] = h.msg_flags & libc::MSG_TRUNC != 0;
-            let sa = &names[i];
-            batch.srcs[i] = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-                u16::from_be(sa.sin_port),
-            );
+            let src = names[i].get(h.msg_namelen);
+            batch.truncated[i] = h.msg_flags & libc::MSG_TRUNC != 0 || src.is_none();
+            batch.srcs[i] = src.unwrap_or(NO_SOURCE);
             let h = &mut msgs[i].msg_hdr;
             h.msg_controllen = h.msg_controllen.min(CMSG_BUF as _);
             // SAFETY: msg_control of message i points at its CMSG_BUF initialised,
@@ -827,9 +1060,60 @@ impl AsFd for UdpRx {
 mod tests {
     use super::*;
 
+    /// `port` on the IPv4 loopback.
+    fn lo(port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// `port` on the IPv6 loopback.
+    fn lo6(port: u16) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0))
+    }
+
+    /// Whether this host has an IPv6 loopback to test on; says so when not.
+    fn ipv6_loopback() -> bool {
+        match std::net::UdpSocket::bind(lo6(0)) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("SKIP: no IPv6 loopback here: {e}");
+                false
+            }
+        }
+    }
+
+    /// One received datagram: its message's source and outer ECN field, and its bytes.
+    type Got = (SocketAddr, u8, Vec<u8>);
+
+    /// Receives from `rx` until `want` datagrams came (or a second went by): the
+    /// datagrams, and in how many messages they came.
+    fn receive(rx: &UdpRx, want: usize) -> (Vec<Got>, usize) {
+        let mut batch = RecvBatch::new(16);
+        let (mut got, mut messages) = (Vec::new(), 0);
+        for _ in 0..200 {
+            match rx.recv(&mut batch) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let m = batch.message(i).expect("a whole message");
+                        let (src, ecn) = (m.src, m.outer_ecn);
+                        got.extend(m.datagrams.map(|d| (src, ecn, d.to_vec())));
+                        messages += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() >= want {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (got, messages)
+    }
+
     fn entry(offset: usize, len: usize, stride: usize) -> SendEntry {
         SendEntry {
-            dst: SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472),
+            dst: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 168, 77, 2), 8472)),
             offset,
             len,
             stride,
@@ -893,7 +1177,7 @@ mod tests {
     /// GSO) and sent it again whole when earlier entries had gone out.
     #[test]
     fn the_footprint_is_how_far_into_the_slots_a_call_wrote() {
-        let src = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1);
+        let src = lo(1);
         assert_eq!(RecvBatch::new(4).footprint(), 0);
         let one = RecvBatch::with_messages(&[(src, 0, &[0u8; 98])]);
         assert_eq!(one.footprint(), 98, "a ping writes its slot's first page");
@@ -919,7 +1203,7 @@ mod tests {
             let mut kernel = FakeKernel::new(per_call);
             let mut counts = LocalCounts::default();
             let mut on = gso;
-            send_all(4600, &entries, 1, &mut on, &mut counts, |_, m| {
+            send_all(4600, &entries, 1, false, &mut on, &mut counts, |_, _, m| {
                 kernel.call(m, |_| None)
             });
             assert_eq!(
@@ -940,9 +1224,15 @@ mod tests {
         let mut kernel = FakeKernel::new(64);
         let mut counts = LocalCounts::default();
         let mut gso = true;
-        send_all(2600, &entries, 1, &mut gso, &mut counts, |_, m| {
-            kernel.call(m, |m| m.segment.map(|_| libc::EIO))
-        });
+        send_all(
+            2600,
+            &entries,
+            1,
+            false,
+            &mut gso,
+            &mut counts,
+            |_, _, m| kernel.call(m, |m| m.segment.map(|_| libc::EIO)),
+        );
         assert!(!gso);
         assert_eq!(counts.udp_gso_fallbacks, 1);
         // the single datagram went out before the call that was refused
@@ -958,7 +1248,7 @@ mod tests {
             let mut kernel = FakeKernel::new(64);
             let mut counts = LocalCounts::default();
             let mut on = gso;
-            send_all(2600, &entries, 1, &mut on, &mut counts, |_, m| {
+            send_all(2600, &entries, 1, false, &mut on, &mut counts, |_, _, m| {
                 kernel.call(m, |m| {
                     (m.offset == 1000 || m.offset == 0 && gso).then_some(libc::ENOBUFS)
                 })
@@ -984,9 +1274,15 @@ mod tests {
         ];
         let mut kernel = FakeKernel::new(64);
         let mut counts = LocalCounts::default();
-        send_all(110, &entries, 1, &mut true, &mut counts, |_, m| {
-            kernel.call(m, |_| None)
-        });
+        send_all(
+            110,
+            &entries,
+            1,
+            false,
+            &mut true,
+            &mut counts,
+            |_, _, m| kernel.call(m, |_| None),
+        );
         assert_eq!(kernel.sent, vec![0..100, 100..110]);
         assert_eq!(counts.drops[DropReason::SendFailed as usize], 3);
     }
@@ -998,10 +1294,18 @@ mod tests {
         entries[2].socket = 2; // 2 % 2 == 0
         let mut used = Vec::new();
         let mut counts = LocalCounts::default();
-        send_all(30, &entries, 2, &mut true, &mut counts, |sock, m| {
-            used.push((sock, m.len()));
-            Ok(m.len())
-        });
+        send_all(
+            30,
+            &entries,
+            2,
+            false,
+            &mut true,
+            &mut counts,
+            |_, sock, m| {
+                used.push((sock, m.len()));
+                Ok(m.len())
+            },
+        );
         assert_eq!(used, vec![(0, 1), (1, 1), (0, 1)]);
     }
 
@@ -1070,6 +1374,49 @@ mod tests {
         }
     }
 
+    /// The outer ECN field comes from IP_TOS's byte on an IPv4 socket and from
+    /// IPV6_TCLASS's int on an IPv6 one; a traffic class cut short is not read.
+    #[test]
+    fn the_traffic_class_is_read_from_the_control_messages() {
+        let mut buf = [0usize; 16];
+        let h = control_with(
+            &mut buf,
+            &[
+                (SOL_UDP, UDP_GRO, 1400),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 0xb9),
+            ],
+        );
+        // SAFETY: `h` points at `buf`, alive and word-aligned.
+        let got = unsafe { control_info(&h) };
+        assert_eq!((got.gro, got.tos), (Some(1400), 0xb9));
+        let mut buf = [0usize; 16];
+        let mut h = control_with(&mut buf, &[(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 3)]);
+        // SAFETY: as above.
+        assert_eq!(unsafe { control_info(&h) }.tos, 3);
+        // SAFETY: CMSG_LEN only does arithmetic.
+        h.msg_controllen = unsafe { libc::CMSG_LEN(2) } as _;
+        // SAFETY: as above; msg_controllen only shrank.
+        assert_eq!(unsafe { control_info(&h) }.tos, 0);
+    }
+
+    /// A source address round-trips through `msg_name` in either family; a name of
+    /// another family, or cut short, gives none (the message is then unusable).
+    #[test]
+    fn source_addresses_are_read_by_their_family() {
+        let v6 = SocketAddr::V6(SocketAddrV6::new("fe80::1:2".parse().unwrap(), 8472, 0, 3));
+        for a in [lo(40_000), v6, lo6(1)] {
+            let mut n = SockName::ZERO;
+            let len = n.set(a);
+            assert_eq!(n.get(len), Some(a));
+            assert_eq!(n.get(len - 1), None, "{a} cut short");
+        }
+        let mut n = SockName::ZERO;
+        assert_eq!(n.get(size_of::<SockName>() as _), None, "no family");
+        n.v4 = sockaddr_in(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
+        n.v4.sin_family = libc::AF_UNIX as _;
+        assert_eq!(n.get(size_of::<SockName>() as _), None, "another family");
+    }
+
     #[test]
     fn the_receive_time_is_read_from_the_control_messages() {
         let mut buf = [0usize; 16];
@@ -1119,7 +1466,7 @@ mod tests {
     /// Loopback only: with time stamps on, each message says when it arrived.
     #[test]
     fn received_messages_carry_their_arrival_time() {
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        let rx = UdpRx::open(lo(0), 1 << 20, true).unwrap();
         rx.set_timestamps(true).unwrap();
         let port = rx.local_addr().unwrap().port();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1166,7 +1513,7 @@ mod tests {
         // SAFETY: msghdr is plain old data; all-zero is a valid value.
         let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
         let mut control = [0usize; GSO_CONTROL_WORDS];
-        set_control(&mut h, &mut control, Some(1472), 0);
+        set_control(&mut h, &mut control, Some(1472), 0, false);
         // SAFETY: `h` points at `control`, alive; CMSG_* stay inside msg_controllen.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&h);
@@ -1179,7 +1526,8 @@ mod tests {
     }
 
     /// The segment size and the outer TOS together, the TOS alone, and neither (no
-    /// control at all), laid out as CMSG_* read them back.
+    /// control at all), laid out as CMSG_* read them back; for an IPv6 destination the
+    /// TOS is an IPV6_TCLASS message.
     #[test]
     fn the_tos_control_message_follows_the_segment_size() {
         let read = |h: &libc::msghdr| {
@@ -1200,27 +1548,38 @@ mod tests {
             }
             out
         };
-        for (segment, tos, want) in [
+        let tclass = (libc::IPPROTO_IPV6, libc::IPV6_TCLASS);
+        for (segment, tos, ipv6, want) in [
             (
                 Some(1400),
                 2,
+                false,
                 vec![
                     (SOL_UDP, UDP_SEGMENT, 1400),
                     (libc::IPPROTO_IP, libc::IP_TOS, 2),
                 ],
             ),
-            (None, 1, vec![(libc::IPPROTO_IP, libc::IP_TOS, 1)]),
-            (None, 0, vec![]),
+            (None, 1, false, vec![(libc::IPPROTO_IP, libc::IP_TOS, 1)]),
+            (None, 0, false, vec![]),
+            (
+                Some(1400),
+                3,
+                true,
+                vec![(SOL_UDP, UDP_SEGMENT, 1400), (tclass.0, tclass.1, 3)],
+            ),
+            (None, 2, true, vec![(tclass.0, tclass.1, 2)]),
+            (Some(1400), 0, true, vec![(SOL_UDP, UDP_SEGMENT, 1400)]),
+            (None, 0, true, vec![]),
         ] {
             // SAFETY: msghdr is plain old data; all-zero is a valid value.
             let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
             let mut control = [7usize; GSO_CONTROL_WORDS];
-            set_control(&mut h, &mut control, segment, tos);
+            set_control(&mut h, &mut control, segment, tos, ipv6);
             if want.is_empty() {
                 assert!(h.msg_control.is_null());
                 assert_eq!(h.msg_controllen, 0);
             }
-            assert_eq!(read(&h), want, "{segment:?} {tos}");
+            assert_eq!(read(&h), want, "{segment:?} {tos} {ipv6}");
         }
     }
 
@@ -1228,8 +1587,8 @@ mod tests {
     /// with it, and the receiver reads it back per message (`IP_RECVTOS`).
     #[test]
     fn the_outer_tos_is_sent_and_read_back() {
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
-        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, rx.local_addr().unwrap().port());
+        let rx = UdpRx::open(lo(0), 1 << 20, true).unwrap();
+        let dst = lo(rx.local_addr().unwrap().port());
         let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 1, 1 << 20).unwrap();
         let buf = vec![9u8; 3000];
         let mut counts = LocalCounts::default();
@@ -1263,14 +1622,14 @@ mod tests {
     /// Loopback only: GSO-send a burst and GRO-receive it, byte for byte.
     #[test]
     fn gso_send_gro_receive_on_loopback() {
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        let rx = UdpRx::open(lo(0), 1 << 20, true).unwrap();
         let port = rx.local_addr().unwrap().port();
         let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 20).unwrap();
         let mut buf = vec![0u8; 10 * 1000 + 500];
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
-        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let dst = lo(port);
         let entries = [SendEntry {
             dst,
             offset: 0,
@@ -1291,7 +1650,7 @@ mod tests {
                 Ok(n) => {
                     for i in 0..n {
                         let (src, dgrams) = batch.datagrams(i).unwrap();
-                        assert_eq!(*src.ip(), Ipv4Addr::LOCALHOST);
+                        assert_eq!(src.ip(), Ipv4Addr::LOCALHOST);
                         for d in dgrams {
                             got.push(d.to_vec());
                         }
@@ -1316,10 +1675,10 @@ mod tests {
     /// GRO setting and the datagrams queued before the takeover.
     #[test]
     fn taken_over_sockets_keep_port_gro_and_queue() {
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, true).unwrap();
+        let rx = UdpRx::open(lo(0), 1 << 20, true).unwrap();
         let port = rx.local_addr().unwrap().port();
         let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 20).unwrap();
-        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let dst = lo(port);
         let mut counts = LocalCounts::default();
         let e = |socket| SendEntry {
             dst,
@@ -1366,7 +1725,7 @@ mod tests {
     #[test]
     fn a_call_takes_no_more_messages_than_its_limit() {
         // GRO off: each datagram is its own message.
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, false).unwrap();
+        let rx = UdpRx::open(lo(0), 1 << 20, false).unwrap();
         let dst = rx.local_addr().unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..10u8 {
@@ -1405,7 +1764,7 @@ mod tests {
     fn receive_buffer_set_and_read_back() {
         // Below the default rmem_max (208 KiB), so the result is the same with or
         // without CAP_NET_ADMIN: the kernel keeps twice what was asked.
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 128 << 10, false).unwrap();
+        let rx = UdpRx::open(lo(0), 128 << 10, false).unwrap();
         assert_eq!(rx.rcvbuf(), Some(256 << 10));
         rx.set_rcvbuf(96 << 10);
         assert_eq!(rx.rcvbuf(), Some(192 << 10));
@@ -1416,12 +1775,12 @@ mod tests {
 
     #[test]
     fn non_gso_fallback_sends_each_datagram() {
-        let rx = UdpRx::open(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 1 << 20, false).unwrap();
+        let rx = UdpRx::open(lo(0), 1 << 20, false).unwrap();
         let port = rx.local_addr().unwrap().port();
         let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 1, 1 << 20).unwrap();
         tx.disable_gso();
         let buf = vec![7u8; 3000];
-        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let dst = lo(port);
         let mut counts = LocalCounts::default();
         tx.send(
             &buf,
@@ -1450,5 +1809,281 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(sizes, vec![1400, 1400, 200]);
+    }
+
+    /// A sender with IPv6 sockets next to its IPv4 ones, on the loopbacks.
+    fn dual_tx(count: usize) -> UdpTx {
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, count, 1 << 20).unwrap();
+        tx.add_ipv6(Ipv6Addr::LOCALHOST, 1 << 20).unwrap();
+        tx
+    }
+
+    /// Loopback only: a GSO run to an IPv6 peer leaves from the IPv6 socket of its
+    /// index and arrives, GRO-merged, whole: every datagram, its size, its bytes, from
+    /// that socket's address.
+    #[test]
+    fn ipv6_gso_send_gro_receive_on_loopback() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let mut tx = dual_tx(2);
+        assert!(tx.has_ipv6());
+        assert_eq!(tx.local_ip(), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(tx.local_ip6(), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!(tx.socket_count(), 2);
+        let ports6 = tx.local_ports6();
+        assert_eq!(ports6.len(), 2);
+        assert!(ports6.iter().all(|&p| p != 0));
+        let buf: Vec<u8> = (0..8 * 1200).map(|i| (i % 251) as u8).collect();
+        let entries = [SendEntry {
+            dst: lo6(port),
+            offset: 0,
+            len: buf.len(),
+            stride: 1200,
+            socket: 1,
+            tos: 0,
+        }];
+        let mut counts = LocalCounts::default();
+        tx.send(&buf, &entries, &mut counts);
+        assert_eq!(counts.udp_datagrams_sent, 8);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+        let (got, messages) = receive(&rx, 8);
+        assert_eq!(got.len(), 8);
+        assert!(got.iter().all(|g| g.0 == lo6(ports6[1])), "{:?}", got[0].0);
+        assert!(got.iter().all(|g| g.2.len() == 1200));
+        let bytes: Vec<u8> = got.into_iter().flat_map(|g| g.2).collect();
+        assert_eq!(bytes, buf);
+        if tx.gso() && rx.gro() {
+            assert!(messages < 8, "GSO sent, GRO on, yet {messages} messages");
+        }
+    }
+
+    /// Loopback only: an outer ECN field sent to an IPv6 peer (alone, and as a GSO run)
+    /// travels in the traffic class and is read back per message (`IPV6_RECVTCLASS`).
+    #[test]
+    fn the_outer_traffic_class_is_sent_and_read_back() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let dst = lo6(rx.local_addr().unwrap().port());
+        let mut tx = dual_tx(1);
+        let buf = vec![9u8; 3000];
+        let mut counts = LocalCounts::default();
+        // ECT(0) alone, CE as a GSO run, ECT(1), and Not-ECT
+        for (len, stride, tos) in [
+            (300, 300, 2u8),
+            (3000, 1000, 3),
+            (300, 300, 1),
+            (300, 300, 0),
+        ] {
+            let e = SendEntry {
+                dst,
+                offset: 0,
+                len,
+                stride,
+                socket: 0,
+                tos,
+            };
+            tx.send(&buf, &[e], &mut counts);
+            let (got, _) = receive(&rx, len / stride);
+            assert_eq!(got.len(), len / stride, "tos {tos}");
+            let ecn: Vec<_> = got.iter().map(|g| g.1).collect();
+            assert!(ecn.iter().all(|&e| e == tos), "sent {tos}, read {ecn:?}");
+        }
+        assert_eq!(counts.drops[DropReason::SendFailed as usize], 0);
+    }
+
+    /// Loopback only: a batch that goes back and forth between IPv4 and IPv6 peers,
+    /// and between sockets, reaches both, each in order, from the socket of each
+    /// datagram's index in its family.
+    #[test]
+    fn a_mixed_batch_reaches_both_families_in_order() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx4 = UdpRx::open(lo(0), 1 << 20, true).unwrap();
+        let rx6 = UdpRx::open(lo6(0), 1 << 20, true).unwrap();
+        let (p4, p6) = (
+            rx4.local_addr().unwrap().port(),
+            rx6.local_addr().unwrap().port(),
+        );
+        let mut tx = dual_tx(2);
+        let mut batch = crate::send_batch::TxBatch::new(1 << 16, 32);
+        let mut want4 = Vec::new();
+        let mut want6 = Vec::new();
+        for k in 0..24u8 {
+            // runs of one to three datagrams per family, on either socket
+            let ipv6 = k % 5 < 2;
+            let socket = usize::from(k / 3 % 2);
+            let (dst, want, from) = if ipv6 {
+                (lo6(p6), &mut want6, lo6(tx.local_ports6()[socket]))
+            } else {
+                (lo(p4), &mut want4, lo(tx.local_ports()[socket]))
+            };
+            batch.spare()[..100].fill(k);
+            let one = crate::offload::Segments {
+                stride: 100,
+                count: 1,
+                len: 100,
+            };
+            assert!(batch.push(one, dst, socket, tx.gso(), 0));
+            want.push((from, k));
+        }
+        let mut counts = LocalCounts::default();
+        tx.send(batch.bytes(), batch.entries(), &mut counts);
+        assert_eq!(counts.udp_datagrams_sent, 24);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 0);
+        let firsts = |got: Vec<Got>| {
+            got.into_iter()
+                .map(|(src, _, d)| (src, d[0]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(firsts(receive(&rx4, want4.len()).0), want4);
+        assert_eq!(firsts(receive(&rx6, want6.len()).0), want6);
+    }
+
+    /// Without IPv6 sockets, datagrams to IPv6 peers are counted as failed sends, one
+    /// by one, and those to IPv4 peers around them still go out.
+    #[test]
+    fn ipv6_datagrams_without_ipv6_sockets_are_counted_failed() {
+        let rx = UdpRx::open(lo(0), 1 << 20, false).unwrap();
+        let dst = lo(rx.local_addr().unwrap().port());
+        let mut tx = UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 20).unwrap();
+        assert!(!tx.has_ipv6());
+        assert_eq!((tx.local_ip6(), tx.local_ports6()), (None, vec![]));
+        let entry = |dst, offset, len, stride, socket| SendEntry {
+            dst,
+            offset,
+            len,
+            stride,
+            socket,
+            tos: 2,
+        };
+        let entries = [
+            entry(dst, 0, 100, 100, 0),
+            entry(lo6(8472), 100, 3000, 1000, 1),
+            entry(lo6(8472), 3100, 100, 100, 0),
+            entry(dst, 3200, 100, 100, 1),
+        ];
+        for gso in [true, false] {
+            if !gso {
+                tx.disable_gso();
+            }
+            let mut counts = LocalCounts::default();
+            tx.send(&[5u8; 3300], &entries, &mut counts);
+            assert_eq!(
+                counts.drops[DropReason::SendFailed as usize],
+                4,
+                "gso {gso}"
+            );
+            assert_eq!(counts.udp_datagrams_sent, 2);
+            assert_eq!(receive(&rx, 2).0.len(), 2);
+        }
+    }
+
+    /// The send sockets of both families survive a handover as a list of descriptors:
+    /// sorted back into their families, in their order, whatever the order of the list;
+    /// a list that is not one sender's is refused.
+    #[test]
+    fn a_dual_sender_is_taken_over_with_both_families() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let tx = dual_tx(3);
+        let fds = tx.try_clone_fds().unwrap();
+        assert_eq!(fds.len(), 6);
+        let again = UdpTx::from_fds(fds).unwrap();
+        assert_eq!(again.local_ports(), tx.local_ports());
+        assert_eq!(again.local_ports6(), tx.local_ports6());
+        assert_eq!(again.local_ip(), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(again.local_ip6(), Some(Ipv6Addr::LOCALHOST));
+        assert_eq!((again.socket_count(), again.gso()), (3, tx.gso()));
+        // interleaved: the same sockets, in the same order per family
+        let mut fds = tx.try_clone_fds().unwrap();
+        let six = fds.split_off(3);
+        let mixed: Vec<_> = six.into_iter().zip(fds).flat_map(|(a, b)| [a, b]).collect();
+        let mut again = UdpTx::from_fds(mixed).unwrap();
+        assert_eq!(again.local_ports(), tx.local_ports());
+        assert_eq!(again.local_ports6(), tx.local_ports6());
+        // a clone has both families too, and sends from them
+        let clone = again.try_clone().unwrap();
+        assert_eq!(clone.local_ports6(), tx.local_ports6());
+        let rx = UdpRx::open(lo6(0), 1 << 20, false).unwrap();
+        let e = SendEntry {
+            dst: lo6(rx.local_addr().unwrap().port()),
+            offset: 0,
+            len: 100,
+            stride: 100,
+            socket: 2,
+            tos: 0,
+        };
+        drop(tx);
+        let mut counts = LocalCounts::default();
+        again.send(&[3u8; 100], &[e], &mut counts);
+        let (got, _) = receive(&rx, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, lo6(clone.local_ports6()[2]));
+        // not as many IPv6 sockets as IPv4 ones, or no IPv4 one: refused
+        let mut fds = clone.try_clone_fds().unwrap();
+        fds.pop();
+        assert!(UdpTx::from_fds(fds).is_err());
+        let fds = clone.try_clone_fds().unwrap().split_off(3);
+        assert!(UdpTx::from_fds(fds).is_err());
+    }
+
+    /// The IPv6 receive socket binds beside the IPv4 one on the same port, takes IPv6
+    /// only, and shares its port with no other socket; taken over through a second
+    /// descriptor it still asks for the traffic class.
+    #[test]
+    fn the_ipv6_receive_socket_sits_beside_the_ipv4_one() {
+        if !ipv6_loopback() {
+            return;
+        }
+        let rx4 = UdpRx::open(lo(0), 1 << 20, true).unwrap();
+        let port = rx4.local_addr().unwrap().port();
+        let rx6 = UdpRx::open(lo6(port), 1 << 20, true).unwrap();
+        assert_eq!(rx6.local_addr(), Some(lo6(port)));
+        assert_eq!(rx6.gro(), rx4.gro());
+        assert!(rx6.socket.only_v6().unwrap());
+        match UdpRx::open(lo6(port), 1 << 20, true) {
+            Err(UdpError::Bind { addr, source }) => {
+                assert_eq!(addr, lo6(port));
+                assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+            }
+            other => panic!("a second IPv6 socket on the port: {other:?}"),
+        }
+        let tclass = |rx: &UdpRx| {
+            getsockopt_int(rx.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS).unwrap()
+        };
+        assert_eq!(tclass(&rx6), 1);
+        // taken over: the option is asked for again (a predecessor may not have)
+        setsockopt_int(rx6.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0).unwrap();
+        let rx6 = UdpRx::from_fd(rx6.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(rx6.local_addr(), Some(lo6(port)));
+        assert_eq!(tclass(&rx6), 1);
+        assert_eq!(
+            getsockopt_int(rx4.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS).unwrap(),
+            1
+        );
+        // each gets its own family's datagrams
+        let mut tx = dual_tx(1);
+        let e = |dst, offset| SendEntry {
+            dst,
+            offset,
+            len: 100,
+            stride: 100,
+            socket: 0,
+            tos: 0,
+        };
+        let buf: Vec<u8> = [[4u8; 100], [6u8; 100]].concat();
+        let mut counts = LocalCounts::default();
+        tx.send(&buf, &[e(lo(port), 0), e(lo6(port), 100)], &mut counts);
+        let (got4, _) = receive(&rx4, 1);
+        let (got6, _) = receive(&rx6, 1);
+        assert_eq!((got4.len(), got4[0].2[0]), (1, 4));
+        assert_eq!((got6.len(), got6[0].2[0]), (1, 6));
     }
 }
