@@ -92,6 +92,7 @@ impl Peer {
             vtep_mac: self.vtep_mac,
             public_ip: self.public_ip,
             vtep_ip: self.vtep_ip(),
+            v6: None,
         }
     }
 }

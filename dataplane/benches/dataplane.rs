@@ -45,11 +45,13 @@ fn table(
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: None,
+            v6: None,
         },
         [PeerVtep {
             vtep_mac: MacAddr(peer_mac),
             public_ip: peer_ip,
             vtep_ip: Ipv4Addr::new(10, 244, peer_net, 0),
+            v6: None,
         }],
     )
 }

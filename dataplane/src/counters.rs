@@ -451,12 +451,14 @@ mod tests {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
             public_ip: Ipv4Addr::new(192, 168, 77, n),
             vtep_ip: Ipv4Addr::new(10, 244, n, 0),
+            v6: None,
         };
         let local = LocalVtep {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 99]),
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: Some(crate::fib::InnerCheck::lab()),
+            v6: None,
         };
         let t = ForwardingTable::new(local, [peer(1), peer(2), peer(3)]);
         let mut tl = PeerTallies::new(t.peers().len());

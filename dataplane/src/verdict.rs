@@ -10,7 +10,7 @@
 //! Read first: RFC 7348 §4-5 (VXLAN), RFC 826 (ARP).
 
 use std::hash::Hasher;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use rustc_hash::FxHasher;
 
@@ -28,11 +28,13 @@ pub const ARP_FRAME_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN + ArpPacket:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Egress {
-    /// Encapsulate and send to `peer` (its PublicIP, at the configured port).
+    /// Encapsulate and send to `peer` (its PublicIP, at the configured port): the
+    /// IPv4 one for a frame to its VtepMAC, the IPv6 one (VXLAN over UDP/IPv6) for a
+    /// frame to its IPv6 VtepMAC.
     /// `flow_hash` picks the outer UDP source port (RFC 7348 §5: entropy for ECMP).
     /// `slot` is the peer's slot in this table generation (per-peer counters).
     Forward {
-        peer: Ipv4Addr,
+        peer: IpAddr,
         slot: usize,
         flow_hash: u32,
     },
@@ -240,11 +242,13 @@ mod tests {
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
                 inner: None,
+                v6: None,
             },
             [PeerVtep {
                 vtep_mac: "0e:5a:11:22:33:44".parse().unwrap(),
                 public_ip: Ipv4Addr::new(192, 168, 77, 2),
                 vtep_ip: Ipv4Addr::new(10, 244, 2, 0),
+                v6: None,
             }],
         )
     }
@@ -257,11 +261,13 @@ mod tests {
                 vni: Vni::new(1).unwrap(),
                 port: 8472,
                 inner: None,
+                v6: None,
             },
             [PeerVtep {
                 vtep_mac: "c6:d2:32:6f:8f:44".parse().unwrap(),
                 public_ip: Ipv4Addr::new(192, 168, 77, 1),
                 vtep_ip: Ipv4Addr::new(10, 244, 1, 0),
+                v6: None,
             }],
         )
     }
@@ -269,7 +275,9 @@ mod tests {
     #[test]
     fn captured_request_goes_to_peer() {
         match classify_egress(&INNER_ICMP_REQUEST, &node_a()) {
-            Egress::Forward { peer, .. } => assert_eq!(peer, Ipv4Addr::new(192, 168, 77, 2)),
+            Egress::Forward { peer, .. } => {
+                assert_eq!(peer, IpAddr::V4(Ipv4Addr::new(192, 168, 77, 2)))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -5,7 +5,7 @@
 //! peer's PublicIP; an ARP reply answers for a peer's VTEP address with its VtepMAC.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
 use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, PeerVtep};
@@ -19,8 +19,8 @@ const PEER_VTEP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 0);
 
 fuzz_target!(|data: &[u8]| {
     let table = ForwardingTable::new(
-        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472, inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()) },
-        [PeerVtep { vtep_mac: PEER_MAC, public_ip: PEER_IP, vtep_ip: PEER_VTEP }],
+        LocalVtep { vtep_mac: ME, vni: Vni::new(1).unwrap(), port: 8472, inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()), v6: None },
+        [PeerVtep { vtep_mac: PEER_MAC, public_ip: PEER_IP, vtep_ip: PEER_VTEP, v6: None }],
     );
     // The first four bytes choose the source address; bias half of the inputs to the
     // peer so the deeper checks are reached.
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     }
     match classify_egress(data, &table) {
         Egress::Forward { peer, .. } => {
-            assert_eq!(peer, PEER_IP);
+            assert_eq!(peer, IpAddr::V4(PEER_IP));
             assert_eq!(EthernetFrame::new_checked(data).unwrap().dst(), PEER_MAC);
         }
         Egress::ArpReply(reply) => {
