@@ -389,7 +389,7 @@ impl Sim {
                 && fib.peers().len() == want.len()
                 && o.table
                     .peers()
-                    .all(|p| fib.peer_by_mac(&p.vtep_mac) == Some(p.public_ip))
+                    .all(|p| fib.peer_by_mac(&p.vtep_mac) == Some(p.public_ip.into()))
                 && o.status.info().peers.len() == want.len()
         })
     }
@@ -546,6 +546,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
             vni: Vni::new(1).ok_or_else(|| anyhow::anyhow!("VNI 1 out of range"))?,
             port: 8472,
             inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
+            v6: None,
         };
         sim.observers.push(Observer {
             node,
@@ -672,6 +673,7 @@ pub fn simulate(plan: &SimPlan) -> anyhow::Result<SimReport> {
         vni: Vni::new(1).ok_or_else(|| anyhow::anyhow!("VNI 1 out of range"))?,
         port: 8472,
         inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
+        v6: None,
     };
     let mut fibs = Vec::new();
     for (t, _) in &keep {

@@ -1323,6 +1323,7 @@ pub async fn run_with(
             network_len: pool4.network.prefix_len(),
             subnet_len: pool4.subnet_len,
         }),
+        v6: None,
     };
     let setup = DataplaneSetup {
         local,

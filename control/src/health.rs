@@ -1003,6 +1003,7 @@ mod tests {
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
+            v6: None,
         };
         // Slots in another order than the peer list: the join is by VtepMAC.
         let t = ForwardingTable::new(local, [peers[1].to_vtep(), peers[0].to_vtep()]);

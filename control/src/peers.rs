@@ -41,7 +41,7 @@ use crate::pool::LeasedSubnets;
 use crate::registry_events::Entry;
 use crate::subnet::Subnet;
 use crate::subnet6::Subnet6;
-use vxmesh_dataplane::fib::PeerVtep;
+use vxmesh_dataplane::fib::{PeerVtep, PeerVtep6};
 use vxmesh_dataplane::wire::MacAddr;
 
 /// A remote node reachable through the overlay.
@@ -87,11 +87,19 @@ impl Peer {
         self.subnet.addr()
     }
 
+    /// The forwarding table's view of this peer: its IPv4 VTEP, and its IPv6 one
+    /// from the IPv6 half (the first address of its IPv6 subnet is its IPv6 VTEP
+    /// address, as on `flannel-v6.<VNI>`).
     pub fn to_vtep(&self) -> PeerVtep {
         PeerVtep {
             vtep_mac: self.vtep_mac,
             public_ip: self.public_ip,
             vtep_ip: self.vtep_ip(),
+            v6: self.ipv6.map(|h| PeerVtep6 {
+                vtep_mac: h.vtep_mac,
+                public_ip: h.public_ipv6,
+                vtep_ip: h.subnet.addr(),
+            }),
         }
     }
 }
@@ -1895,7 +1903,21 @@ mod tests {
             (p.public_ip, p.vtep_mac.to_string().as_str()),
             (Ipv4Addr::new(192, 168, 100, 11), "9a:da:93:19:2b:bd")
         );
-        assert_eq!(p.to_vtep(), Peer { ipv6: None, ..p }.to_vtep());
+        // The forwarding table's view: the IPv4 VTEP as from an IPv4 lease, and the
+        // IPv6 one beside it (its VTEP address the subnet's first address).
+        let v = p.to_vtep();
+        assert_eq!(
+            PeerVtep { v6: None, ..v },
+            Peer { ipv6: None, ..p }.to_vtep()
+        );
+        assert_eq!(
+            v.v6,
+            Some(PeerVtep6 {
+                vtep_mac: "4e:2f:6c:01:7d:a2".parse().unwrap(),
+                public_ip: "fd00:64::11".parse().unwrap(),
+                vtep_ip: "fd00:10:244:5e::".parse().unwrap(),
+            })
+        );
         assert_eq!(
             p.ipv6,
             Some(PeerIpv6 {

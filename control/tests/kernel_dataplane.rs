@@ -137,6 +137,7 @@ fn setup(index: u32) -> DataplaneSetup {
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
+            v6: None,
         },
         mtu: 1450,
         local_ip: Ipv4Addr::new(192, 0, 2, 1),

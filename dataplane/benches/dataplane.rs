@@ -6,7 +6,12 @@
 //! - `encap/tso_64k`: the same for a 64 KiB TCPv4 TSO frame (46 × 1398-byte
 //!   segments, each prefixed with the VXLAN header, IPv4 + TCP checksums);
 //! - `decap/gro_46`: `classify_ingress` + `Coalescer::push` of the 46 VXLAN
-//!   datagrams that frame becomes, then `flush` (one 64 KiB frame out).
+//!   datagrams that frame becomes, then `flush` (one 64 KiB frame out);
+//! - `verdict/*`: the verdicts alone, on a dual-stack table with the inner-address
+//!   checks on: `ingress_v4` and `ingress_v6` (a UDP datagram from a peer's PublicIP
+//!   or PublicIPv6), `egress_v6` (a frame to a peer's IPv6 VtepMAC) and
+//!   `neighbor_advert` (a Neighbor Solicitation for a peer's IPv6 VTEP address,
+//!   answered).
 //!
 //! Run: `cargo bench -p vxmesh-dataplane --bench dataplane`. Frames are built
 //! with etherparse so the bench does not depend on the code it measures. The
@@ -15,11 +20,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::{PacketBuilder, TcpOptionElement};
-use vxmesh_dataplane::fib::{ForwardingTable, LocalVtep, PeerVtep};
+use vxmesh_dataplane::fib::{
+    ForwardingTable, InnerCheck, InnerCheck6, LocalVtep, LocalVtep6, PeerVtep, PeerVtep6,
+};
 use vxmesh_dataplane::offload::{max_output_len, segment, Coalescer};
 use vxmesh_dataplane::verdict::{classify_egress, classify_ingress, Egress, Ingress};
 use vxmesh_dataplane::wire::virtio::{F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
@@ -45,11 +52,13 @@ fn table(
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: None,
+            v6: None,
         },
         [PeerVtep {
             vtep_mac: MacAddr(peer_mac),
             public_ip: peer_ip,
             vtep_ip: Ipv4Addr::new(10, 244, peer_net, 0),
+            v6: None,
         }],
     )
 }
@@ -156,14 +165,151 @@ fn benches(c: &mut Criterion) {
                 frames += 1;
             };
             for d in &datagrams {
-                match classify_ingress(IP_A, black_box(d), &b, Ipv4Addr::UNSPECIFIED) {
-                    Ingress::Deliver { inner } => co.push(&d[inner..], &mut emit),
+                match classify_ingress(
+                    IpAddr::V4(IP_A),
+                    black_box(d),
+                    &b,
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv6Addr::UNSPECIFIED,
+                ) {
+                    Ingress::Deliver { inner, .. } => co.push(&d[inner..], &mut emit),
                     Ingress::Drop(r) => panic!("dropped: {r:?}"),
                 }
             }
             co.flush(&mut emit);
             assert_eq!(frames, 1);
         })
+    });
+    g.finish();
+    verdicts(c);
+}
+
+const MAC_A6: [u8; 6] = [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x46];
+const MAC_B6: [u8; 6] = [0x0e, 0x5a, 0x11, 0x22, 0x33, 0x46];
+const IP6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1);
+const IP6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
+
+/// Node B's dual-stack table, checks on: it knows node A (10.244.1.0,
+/// fd00:10:244:1::).
+fn dual_b() -> ForwardingTable {
+    ForwardingTable::new(
+        LocalVtep {
+            vtep_mac: MacAddr(MAC_B),
+            vni: Vni::new(1).unwrap(),
+            port: 8472,
+            inner: Some(InnerCheck::lab()),
+            v6: Some(LocalVtep6 {
+                vtep_mac: MacAddr(MAC_B6),
+                inner: Some(InnerCheck6::lab()),
+            }),
+        },
+        [PeerVtep {
+            vtep_mac: MacAddr(MAC_A),
+            public_ip: IP_A,
+            vtep_ip: Ipv4Addr::new(10, 244, 1, 0),
+            v6: Some(PeerVtep6 {
+                vtep_mac: MacAddr(MAC_A6),
+                public_ip: IP6_A,
+                vtep_ip: "fd00:10:244:1::".parse().unwrap(),
+            }),
+        }],
+    )
+}
+
+/// The VXLAN datagram (VNI 1) carrying a 100-byte UDP payload from pod A to pod B,
+/// over IPv4 or IPv6, to node B's VtepMAC of that family.
+fn datagram(v6: bool) -> Vec<u8> {
+    let builder = if v6 {
+        PacketBuilder::ethernet2(MAC_A, MAC_B6).ipv6(
+            "fd00:10:244:1::2".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00:10:244:2::2".parse::<Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+    } else {
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+    }
+    .udp(40_000, 5201);
+    let mut d = VxlanHeader {
+        vni: Vni::new(1).unwrap(),
+    }
+    .to_bytes()
+    .to_vec();
+    builder.write(&mut d, &[7u8; 100]).unwrap();
+    d
+}
+
+fn verdicts(c: &mut Criterion) {
+    let b = dual_b();
+    let (me, me6) = (
+        Ipv4Addr::new(10, 244, 2, 0),
+        "fd00:10:244:2::".parse().unwrap(),
+    );
+    let mut g = c.benchmark_group("verdict");
+    g.throughput(Throughput::Elements(1));
+    for (name, src, d) in [
+        ("ingress_v4", IpAddr::V4(IP_A), datagram(false)),
+        ("ingress_v6", IpAddr::V6(IP6_A), datagram(true)),
+    ] {
+        assert!(matches!(
+            classify_ingress(src, &d, &b, me, me6),
+            Ingress::Deliver { .. }
+        ));
+        g.bench_function(name, |bch| {
+            bch.iter(|| classify_ingress(black_box(src), black_box(&d), &b, me, me6))
+        });
+    }
+
+    // Node A's kernel sends to B's IPv6 VtepMAC, and resolves B's IPv6 VTEP address.
+    let a = ForwardingTable::new(
+        LocalVtep {
+            vtep_mac: MacAddr(MAC_A),
+            v6: Some(LocalVtep6 {
+                vtep_mac: MacAddr(MAC_A6),
+                inner: Some(InnerCheck6::lab()),
+            }),
+            ..*b.local()
+        },
+        [PeerVtep {
+            vtep_mac: MacAddr(MAC_B),
+            public_ip: IP_B,
+            vtep_ip: Ipv4Addr::new(10, 244, 2, 0),
+            v6: Some(PeerVtep6 {
+                vtep_mac: MacAddr(MAC_B6),
+                public_ip: IP6_B,
+                vtep_ip: me6,
+            }),
+        }],
+    );
+    let frame = datagram(true)[VxlanHeader::LEN..].to_vec();
+    assert!(matches!(
+        classify_egress(&frame, &a),
+        Egress::Forward {
+            peer: IpAddr::V6(IP6_B),
+            ..
+        }
+    ));
+    g.bench_function("egress_v6", |bch| {
+        bch.iter(|| classify_egress(black_box(&frame), &a))
+    });
+    let mut ns_body = me6.octets().to_vec();
+    ns_body.extend_from_slice(&[1, 1]);
+    ns_body.extend_from_slice(&MAC_A);
+    let mut ns = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, [0x33, 0x33, 0xff, 0, 0, 0])
+        .ipv6(
+            "fe80::1".parse::<Ipv6Addr>().unwrap().octets(),
+            "ff02::1:ff00:0".parse::<Ipv6Addr>().unwrap().octets(),
+            255,
+        )
+        .icmpv6(etherparse::Icmpv6Type::NeighborSolicitation)
+        .write(&mut ns, &ns_body)
+        .unwrap();
+    assert!(matches!(
+        classify_egress(&ns, &a),
+        Egress::NeighborAdvert(_)
+    ));
+    g.bench_function("neighbor_advert", |bch| {
+        bch.iter(|| classify_egress(black_box(&ns), &a))
     });
     g.finish();
 }

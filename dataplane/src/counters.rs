@@ -21,9 +21,11 @@ use crate::fib::ForwardingTable;
 pub enum DropReason {
     /// Egress: the destination MAC is no peer's VtepMAC.
     UnknownDestination,
-    /// Egress: broadcast/multicast that is not an ARP request we answer (IPv6 ND, ...).
+    /// Egress: broadcast/multicast that is not an ARP request or a Neighbor
+    /// Solicitation we answer (MLD, router solicitations, ...).
     Multicast,
-    /// Egress: an ARP request for an address that is no peer's VTEP address.
+    /// Egress: an ARP request or a Neighbor Solicitation for an address that is no
+    /// peer's VTEP address (of that family).
     ArpUnknownTarget,
     /// Egress: a frame from the TAP that does not parse (bad virtio header, headers,
     /// GSO type we cannot segment).
@@ -36,7 +38,7 @@ pub enum DropReason {
     WrongVni,
     /// Ingress: too short, no I flag, or an inner frame that does not parse.
     IngressMalformed,
-    /// Ingress: the inner destination MAC is not our VtepMAC (nor broadcast).
+    /// Ingress: the inner destination MAC is none of our VtepMACs (nor broadcast).
     NotForUs,
     /// Ingress: writing the frame to the TAP failed.
     TapWriteFailed,
@@ -47,8 +49,8 @@ pub enum DropReason {
     /// of a standing queue in the receive socket, and it is not ECN-capable (an
     /// ECN-capable one is marked instead: `aqm_ce_marked`).
     Congestion,
-    /// Ingress: the inner frame is not IPv4 from the sending peer's subnet to this
-    /// node's subnet (a forged inner source behind a peer's outer address, or traffic
+    /// Ingress: the inner frame is not IP from the sending peer's subnet to this
+    /// node's subnet (of its family) (a forged inner source behind a peer's outer address, or traffic
     /// that would use this node as a relay).
     InnerAddress,
     /// Ingress: the outer header says CE (an underlay router marked congestion), but
@@ -220,7 +222,8 @@ counters! {
     /// Inner TCP frames longer than the TAP MTU (a kernel sender's GSO frame that
     /// crossed a virtual underlay uncut), handed to the TAP as GSO frames.
     ingress_gso_frames,
-    /// ARP requests answered locally for peers' VTEP addresses.
+    /// ARP requests and Neighbor Solicitations answered locally for peers' VTEP
+    /// addresses.
     arp_replies,
     /// Times UDP GSO was found unusable and the sender fell back to one datagram per send.
     udp_gso_fallbacks,
@@ -451,12 +454,14 @@ mod tests {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, n]),
             public_ip: Ipv4Addr::new(192, 168, 77, n),
             vtep_ip: Ipv4Addr::new(10, 244, n, 0),
+            v6: None,
         };
         let local = LocalVtep {
             vtep_mac: MacAddr([0x0e, 0, 0, 0, 0, 99]),
             vni: Vni::new(1).unwrap(),
             port: 8472,
             inner: Some(crate::fib::InnerCheck::lab()),
+            v6: None,
         };
         let t = ForwardingTable::new(local, [peer(1), peer(2), peer(3)]);
         let mut tl = PeerTallies::new(t.peers().len());

@@ -110,6 +110,7 @@ fn start_node(
         vni: Vni::new(1).unwrap(),
         port: PORT,
         inner: Some(vxmesh_dataplane::fib::InnerCheck::lab()),
+        v6: None,
     };
     let counters = Arc::new(Counters::default());
     let table = SharedTable::new(ForwardingTable::new(local, [peer]));
@@ -154,6 +155,7 @@ fn pair(tag: &str, opts: TapOptions) -> (Node, Node) {
             vtep_mac: mac_b,
             public_ip: Ipv4Addr::new(192, 168, 99, 2),
             vtep_ip: Ipv4Addr::new(10, 244, 2, 0),
+            v6: None,
         },
         "10.244.2.0/24",
         opts,
@@ -171,6 +173,7 @@ fn pair(tag: &str, opts: TapOptions) -> (Node, Node) {
             vtep_mac: mac_a,
             public_ip: Ipv4Addr::new(192, 168, 99, 1),
             vtep_ip: Ipv4Addr::new(10, 244, 1, 0),
+            v6: None,
         },
         "10.244.1.0/24",
         opts,
@@ -563,6 +566,7 @@ fn a_peer_added_while_idle_is_known_to_the_first_datagram() {
         vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 168, 99, 66),
         vtep_ip: Ipv4Addr::new(10, 244, 3, 0),
+        v6: None,
     };
     let old_peer = b.table.load().peers()[0];
     for round in 0..3u64 {
@@ -742,6 +746,7 @@ fn underlay_pair(tag: &str, filter: Option<&[&str]>) -> Option<(Node, Node)> {
         vtep_mac: mac,
         public_ip: Ipv4Addr::new(192, 168, 99, last),
         vtep_ip: Ipv4Addr::new(10, 244, subnet, 0),
+        v6: None,
     };
     let opts = TapOptions::default();
     let a = start_node(

@@ -1,7 +1,7 @@
 //! Every view in `vxmesh_dataplane::wire` over arbitrary bytes: no panic, the checked
 //! constructors' guarantees hold, fields agree with etherparse wherever both accept
-//! the input, every codec with an encoder round-trips, and ECN marking changes only
-//! what it should.
+//! the input, every codec with an encoder round-trips, ECN marking changes only what
+//! it should, and Neighbor Discovery accepts only what etherparse reads as valid ND.
 #![no_main]
 
 use std::str::FromStr;
@@ -252,5 +252,78 @@ fuzz_target!(|data: &[u8]| {
         let c = checksum(&sealed[34..58]);
         sealed[36..38].copy_from_slice(&c.to_be_bytes());
         check(&sealed);
+    }
+
+    // Neighbor Discovery (`wire::ndp`): a frame that parses as a solicitation or an
+    // advertisement is one etherparse reads alike (IPv6, hop limit 255, ICMPv6 of that
+    // type, code 0, a checksum that verifies); a solicitation's answer parses back to
+    // itself and verifies by `ref_fold`; an advertisement written again reads the same.
+    // The bytes as they are, then a copy made into ND (ethertype, next header, hop
+    // limit, payload length, type, code and checksum right), so the accepting paths
+    // are explored too.
+    let nd = |d: &[u8]| {
+        use vxmesh_dataplane::wire::ndp::{self, NeighborAdvert, NeighborSolicit};
+        let ns = NeighborSolicit::parse(d);
+        let na = NeighborAdvert::parse(d);
+        if ns.is_err() && na.is_err() {
+            return;
+        }
+        assert!(ns.is_err() || na.is_err());
+        let p = etherparse::SlicedPacket::from_ethernet(d).expect("etherparse nd");
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("nd not over ipv6: {:?}", p.net);
+        };
+        let h = ip.header();
+        assert_eq!(h.hop_limit(), 255);
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("nd not icmpv6: {:?}", p.transport);
+        };
+        assert!(icmp.is_checksum_valid(h.source(), h.destination()));
+        assert_eq!(icmp.type_u8(), if ns.is_ok() { 135 } else { 136 });
+        assert_eq!(icmp.code_u8(), 0);
+        assert!(icmp.slice().len() >= 24);
+        if let Ok(ns) = ns {
+            assert!(ndp::looks_like_solicit(&d[14..]));
+            assert!(!ns.target.is_multicast());
+            assert_eq!(ns.src.octets(), h.source());
+            assert_eq!(ns.target.octets()[..], icmp.slice()[8..24]);
+            if ns.is_dad() {
+                assert!(ns.source_lladdr.is_none());
+            }
+            let na = ns.answer(MacAddr([0x0e, 0, 0, 6, 0, 2]));
+            let out = na.emit();
+            assert_eq!(NeighborAdvert::parse(&out), Ok(na));
+            assert_eq!(na.src, ns.target);
+            let mut sum = Vec::new();
+            sum.extend_from_slice(&na.src.octets());
+            sum.extend_from_slice(&na.dst.octets());
+            sum.extend_from_slice(&[0, 0, 0, 32, 0, 0, 0, 58]);
+            sum.extend_from_slice(&out[54..]);
+            assert_eq!(fuzz_support::ref_fold(&sum), 0xffff);
+        }
+        if let Ok(na) = na {
+            assert!(!na.target.is_multicast());
+            assert_eq!(NeighborAdvert::parse(&na.emit()), Ok(na));
+        }
+    };
+    nd(data);
+    if data.len() >= 14 + 40 + 24 {
+        let mut sealed = data[..data.len().min(14 + 40 + 0xffff)].to_vec();
+        let len = sealed.len() - 54;
+        sealed[12..14].copy_from_slice(&[0x86, 0xdd]);
+        sealed[14] = 0x60 | (sealed[14] & 0x0f);
+        sealed[18..20].copy_from_slice(&(len as u16).to_be_bytes());
+        sealed[20] = 58;
+        sealed[21] = 255;
+        sealed[54] = if data[0] & 1 == 0 { 135 } else { 136 };
+        sealed[55] = 0;
+        sealed[56..58].copy_from_slice(&[0, 0]);
+        let mut sum = sealed[22..54].to_vec();
+        sum.extend_from_slice(&(len as u32).to_be_bytes());
+        sum.extend_from_slice(&[0, 0, 0, 58]);
+        sum.extend_from_slice(&sealed[54..]);
+        let c = !fuzz_support::ref_fold(&sum);
+        sealed[56..58].copy_from_slice(&c.to_be_bytes());
+        nd(&sealed);
     }
 });

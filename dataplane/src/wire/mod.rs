@@ -8,15 +8,17 @@
 //!
 //! What lives here: Ethernet II (IEEE 802.3), ARP for IPv4 over Ethernet (RFC 826),
 //! IPv4 (RFC 791), IPv6 fixed header (RFC 8200), TCP and UDP headers (RFC 9293,
-//! RFC 768), the VXLAN header (RFC 7348 §5), the virtio-net header that a TAP with
-//! `IFF_VNET_HDR` prepends to each frame (virtio spec 1.2 §5.1.6), and the Internet
-//! checksum (RFC 1071). What does not: any I/O, clock or allocation.
+//! RFC 768), IPv6 Neighbor Solicitation and Advertisement (RFC 4861), the VXLAN
+//! header (RFC 7348 §5), the virtio-net header that a TAP with `IFF_VNET_HDR`
+//! prepends to each frame (virtio spec 1.2 §5.1.6), and the Internet checksum
+//! (RFC 1071). What does not: any I/O, clock or allocation.
 
 pub mod arp;
 pub mod checksum;
 pub mod ecn;
 pub mod ethernet;
 pub mod ip;
+pub mod ndp;
 #[cfg(test)]
 pub(crate) mod testdata;
 pub mod virtio;
@@ -25,6 +27,7 @@ pub mod vxlan;
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, MacAddr};
 pub use ip::{Ipv4Packet, Ipv6Packet, TcpHeader, UdpHeader};
+pub use ndp::{NeighborAdvert, NeighborSolicit, NA_FRAME_LEN};
 pub use virtio::VirtioNetHdr;
 pub use vxlan::{Vni, VxlanHeader};
 
