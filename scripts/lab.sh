@@ -21,7 +21,8 @@
 # default /tmp/vxlab-$PREFIX), VXLAB_IPERF_SECONDS (3), VXLAB_CNI_PATH (reference CNI
 # plugins, default /usr/lib/cni), VXLAB_AGENT_ARGS (extra vxmeshd flags),
 # VXLAB_DATAPLANES (one word per node, default all "userspace": "userspace" or "kernel" run
-# vxmeshd with that --dataplane; "flannel" runs scripts/flannel-node.sh, a node configured the
+# vxmeshd with that --dataplane; "userspace6" the userspace dataplane with its threads carrying
+# IPv6 too (--ipv6-dataplane userspace; with VXLAB_IPV6=1); "flannel" runs scripts/flannel-node.sh, a node configured the
 # way flanneld's vxlan backend configures it — a mixed cluster, e.g. "userspace kernel flannel"),
 # VXLAB_BACKEND (the config's Backend object, default {"Type":"vxlan"}),
 # VXLAB_L2 (one number per node, default all 1: the L2 segment the node's eth0 is on; segments
@@ -211,15 +212,24 @@ heal_etcd() {
   while in_ns "$(node "$1")" iptables -D INPUT "${ETCD_CUT[@]}" 2>/dev/null; do :; done
 }
 
-# Node i's dataplane: userspace, kernel (vxmeshd --dataplane) or flannel (scripts/flannel-node.sh).
+# Node i's dataplane: userspace, kernel (vxmeshd --dataplane), userspace6 (--dataplane userspace
+# --ipv6-dataplane userspace) or flannel (scripts/flannel-node.sh).
 dataplane() { cat "$STATE/n$1/dataplane" 2>/dev/null || echo userspace; }
+
+# dataplane_flags N: node N's vxmeshd flags for its dataplane.
+dataplane_flags() {
+  case $(dataplane "$1") in
+    userspace6) echo "--dataplane userspace --ipv6-dataplane userspace" ;;
+    *) echo "--dataplane $(dataplane "$1")" ;;
+  esac
+}
 
 # agent_cmd N: the command that runs node N's vxmeshd (userspace or kernel) inside its namespace.
 agent_cmd() {
   local i=$1
-  # shellcheck disable=SC2206  # AGENT_ARGS is a list of flags
+  # shellcheck disable=SC2206,SC2207  # AGENT_ARGS and the dataplane's flags are lists of flags
   AGENT=(ip netns exec "$(node "$i")" "$BIN/vxmeshd" --etcd-endpoints "$ETCD" --iface eth0
-    --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl "$LEASE_TTL" --dataplane "$(dataplane "$i")" $AGENT_ARGS)
+    --subnet-file "$STATE/n$i/subnet.env" --subnet-lease-ttl "$LEASE_TTL" $(dataplane_flags "$i") $AGENT_ARGS)
 }
 
 # start_agent N [DATAPLANE]: starts node N's agent, with DATAPLANE (remembered) or the last one.
@@ -231,14 +241,14 @@ start_agent() {
   (
     if [ -n "${LAB_NODE_ENV:-}" ]; then export "${LAB_NODE_ENV[@]}"; fi
     case $(dataplane "$i") in
-      userspace|kernel)
+      userspace|kernel|userspace6)
         agent_cmd "$i"
         spawn "vxmeshd-n$i" "$n" "${AGENT[@]:4}" ;;
       flannel)
         rm -f "$STATE/n$i/flannel.ready"
         spawn "flanneld-n$i" "$n" "$ROOT/scripts/flannel-node.sh" --etcd-endpoints "$ETCD" \
           --iface eth0 --subnet-file "$STATE/n$i/subnet.env" --ready-file "$STATE/n$i/flannel.ready" ;;
-      *) die "node $i: unknown dataplane $(dataplane "$i") (userspace, kernel or flannel)" ;;
+      *) die "node $i: unknown dataplane $(dataplane "$i") (userspace, kernel, userspace6 or flannel)" ;;
     esac
   )
 }
@@ -247,7 +257,7 @@ start_agent() {
 # dataplane over (TAP queues, sockets, forwarding table, lease) and the old one exits.
 handover_agent() {
   local i=$1 old new t0
-  [ "$(dataplane "$i")" = userspace ] || die "handover-agent: node $i runs the $(dataplane "$i") dataplane"
+  case $(dataplane "$i") in userspace|userspace6) ;; *) die "handover-agent: node $i runs the $(dataplane "$i") dataplane" ;; esac
   old=$(cat "$STATE/vxmeshd-n$i.pid" 2>/dev/null) || die "no agent runs on node $i"
   t0=$(date +%s.%N)
   mv "$STATE/vxmeshd-n$i.log" "$STATE/vxmeshd-n$i.$old.log"

@@ -122,6 +122,9 @@ pub struct AgentOptions {
     /// `--egress-tunnel-gso`.
     pub egress_tunnel_gso: bool,
     pub dataplane: DataplaneKind,
+    /// `--ipv6-dataplane`: who carries a dual-stack node's IPv6 on the userspace
+    /// dataplane (decision 0034).
+    pub ipv6_dataplane: DataplaneKind,
     /// Masquerade pod traffic leaving the Network (and write FLANNEL_IPMASQ=true).
     pub ip_masq: bool,
     /// MASQUERADE with `--random-fully` (flanneld's `--ip-masq-fully-random-disable`
@@ -1323,7 +1326,22 @@ pub async fn run_with(
             network_len: pool4.network.prefix_len(),
             subnet_len: pool4.subnet_len,
         }),
-        v6: None,
+        // With IPv6 in the threads: the IPv6 VtepMAC peers send to, and the same
+        // anti-spoofing for inner IPv6 packets.
+        v6: public_ipv6
+            .zip(cfg.ipv6.as_ref())
+            .filter(|_| {
+                opts.dataplane == DataplaneKind::Userspace
+                    && opts.ipv6_dataplane == DataplaneKind::Userspace
+            })
+            .map(|(ip6, pool)| vxmesh_dataplane::fib::LocalVtep6 {
+                vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
+                inner: Some(vxmesh_dataplane::fib::InnerCheck6 {
+                    network: pool.network.addr(),
+                    network_len: pool.network.prefix_len(),
+                    subnet_len: pool.subnet_len,
+                }),
+            }),
     };
     let setup = DataplaneSetup {
         local,
@@ -1350,6 +1368,7 @@ pub async fn run_with(
                 vtep_mac: crate::vtep_mac::derive_v6(ip6, vni.get()),
                 network: pool.network,
                 subnet_len: pool.subnet_len,
+                in_threads: local.v6.is_some(),
             }),
     };
     let dp = ho
@@ -1435,7 +1454,10 @@ pub async fn run_with(
         tokio::spawn(keep_iptables(
             node.files.rules.subscribe(),
             Some(pool4.network),
-            node.dp.device6_index().and(node.files.ipv6_network),
+            node.dp
+                .carries_ipv6()
+                .then_some(())
+                .and(node.files.ipv6_network),
             held_rx.clone(),
             opts.iptables_resync,
             Arc::clone(&state),
@@ -1445,10 +1467,7 @@ pub async fn run_with(
     let blackhole = tokio::spawn(crate::blackhole::keep(
         node.nl.clone(),
         opts.ip_blackhole_route,
-        node.dp
-            .device6_index()
-            .and(node.files.ipv6_network)
-            .is_some(),
+        node.dp.carries_ipv6() && node.files.ipv6_network.is_some(),
         held_rx.clone(),
         opts.iptables_resync,
         Arc::clone(&state),
@@ -1523,7 +1542,12 @@ pub async fn run_with(
                     rebuild = node.recheck_underlay(&opts.underlay).await;
                 }
                 if let Some(why) = rebuild.filter(|w| w.ipv6_alone()) {
-                    match node.dp.restart6(&node.nl, &node.setup).await {
+                    if node.dp.ipv6_in_threads() {
+                        // No IPv6 device: the threads' IPv6 sockets follow the
+                        // PublicIPv6 with the whole dataplane.
+                        rebuild = Some(why.whole());
+                    } else {
+                        match node.dp.restart6(&node.nl, &node.setup).await {
                         Ok(()) => {
                             node.device_rebuilt(why).await;
                             rebuild = None;
@@ -1532,6 +1556,7 @@ pub async fn run_with(
                             tracing::warn!(error = %format!("{e:#}"), "cannot make the IPv6 device again alone; starting the whole dataplane again");
                             rebuild = Some(why.whole());
                         }
+                    }
                     }
                 }
                 if let Some(why) = rebuild {

@@ -133,6 +133,7 @@ const SPECS: &[Spec] = &[
     spec!("healthz-ip", Value, Flanneld, "IP", "127.0.0.1", "address of /healthz, /readyz, /metrics and /v1/status"),
     spec!("healthz-port", Value, Flanneld, "PORT", "8471", "port of the HTTP endpoints; 0 disables them (vxmeshctl needs them)"),
     spec!("dataplane", Value, Vxmesh, "userspace|kernel", "userspace", "vxmesh's userspace VXLAN, or the kernel's vxlan driver programmed like flannel's vxlan backend"),
+    spec!("ipv6-dataplane", Value, Vxmesh, "userspace|kernel", "kernel", "dual stack on the userspace dataplane: who carries pods' IPv6 — the userspace threads, through the TAP and VXLAN over UDP/IPv6 from the PublicIPv6 (flannel's IPv6 layout: the IPv6 VtepMAC, port and VNI of flannel-v6.<VNI>), or the kernel's vxlan driver on flannel-v6.<VNI> (docs/decisions/0018, 0034)"),
     spec!("tap-name", Value, Vxmesh, "NAME", "vxmesh0", "TAP device carrying pod traffic (userspace dataplane)"),
     spec!("tx-sockets", Value, Vxmesh, "N", "8", "UDP send sockets (distinct outer source ports for flow entropy)"),
     spec!("tap-queues", Value, Vxmesh, "N", "1", "TAP queues, one sending thread each"),
@@ -268,6 +269,9 @@ pub struct DaemonFlags {
     /// Where to serve the HTTP endpoints; `None` with `--healthz-port 0`.
     pub healthz: Option<SocketAddr>,
     pub dataplane: DataplaneKind,
+    /// `--ipv6-dataplane`: who carries a dual-stack node's IPv6 on the userspace
+    /// dataplane (the kernel dataplane's is always the kernel's).
+    pub ipv6_dataplane: DataplaneKind,
     pub tap_name: IfName,
     pub tx_sockets: usize,
     pub tap_queues: usize,
@@ -365,6 +369,7 @@ impl DaemonFlags {
             None => push("healthz-port", "0".into()),
         }
         push("dataplane", self.dataplane.as_str().into());
+        push("ipv6-dataplane", self.ipv6_dataplane.as_str().into());
         push("tap-name", self.tap_name.to_string());
         push("tx-sockets", self.tx_sockets.to_string());
         push("tap-queues", self.tap_queues.to_string());
@@ -836,6 +841,18 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
             _ => Err("use userspace or kernel".into()),
         })?
         .map_or(DataplaneKind::Userspace, |(d, _)| d);
+    let ipv6_dataplane = r
+        .typed("ipv6-dataplane", |s| match s {
+            "userspace" => Ok(DataplaneKind::Userspace),
+            "kernel" => Ok(DataplaneKind::Kernel),
+            _ => Err("use userspace or kernel".into()),
+        })?
+        .map_or(DataplaneKind::Kernel, |(d, _)| d);
+    if ipv6_dataplane == DataplaneKind::Userspace && dataplane == DataplaneKind::Kernel {
+        return Err(FlagError::Conflict(
+            "--ipv6-dataplane userspace needs --dataplane userspace (the kernel dataplane has no userspace threads to carry IPv6); drop one of the two".into(),
+        ));
+    }
     let tap_name = r
         .typed("tap-name", |s| IfName::new(s).map_err(|e| e.to_string()))?
         .map_or_else(
@@ -980,6 +997,7 @@ pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Invocation, Fl
         ip_blackhole_route: r.bool("ip-blackhole-route", false)?,
         healthz: (healthz_port != 0).then_some(SocketAddr::new(healthz_ip, healthz_port)),
         dataplane,
+        ipv6_dataplane,
         tap_name,
         tx_sockets,
         tap_queues,
@@ -1148,6 +1166,7 @@ mod tests {
                 "--healthz-ip=127.0.0.1",
                 "--healthz-port=8471",
                 "--dataplane=userspace",
+                "--ipv6-dataplane=kernel",
                 "--tap-name=vxmesh0",
                 "--tx-sockets=8",
                 "--tap-queues=1",
@@ -1198,6 +1217,29 @@ mod tests {
         );
         let e = err(&["--egress-tunnel-gso=maybe"], &[]).to_string();
         assert!(e.contains("egress-tunnel-gso"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_dataplane_flag() {
+        assert_eq!(run(&[], &[]).ipv6_dataplane, DataplaneKind::Kernel);
+        let f = run(&["--ipv6-dataplane=userspace"], &[]);
+        assert_eq!(f.ipv6_dataplane, DataplaneKind::Userspace);
+        assert_eq!(diff(&f), ["--ipv6-dataplane=userspace"]);
+        assert_eq!(
+            run(&["--ipv6-dataplane", "kernel"], &[]).ipv6_dataplane,
+            DataplaneKind::Kernel
+        );
+        // The kernel dataplane has no threads to carry it: said, not ignored.
+        let e = err(&["--dataplane=kernel", "--ipv6-dataplane=userspace"], &[]).to_string();
+        assert!(e.contains("needs --dataplane userspace"), "{e}");
+        assert!(run(&["--dataplane=kernel", "--ipv6-dataplane=kernel"], &[])
+            .notes
+            .is_empty());
+        let e = err(&["--ipv6-dataplane=threads"], &[]).to_string();
+        assert!(
+            e.contains("ipv6-dataplane") && e.contains("userspace or kernel"),
+            "{e}"
+        );
     }
 
     #[test]

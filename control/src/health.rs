@@ -143,6 +143,11 @@ pub fn status_json(s: &AgentState) -> serde_json::Value {
             "busy_poll_us": u64::try_from(e.busy_poll.budget.as_micros()).unwrap_or(u64::MAX),
             "busy_poll": e.busy_poll.to_string(),
             "egress_tunnel_gso": e.underlay_tap,
+            // The threads carry IPv6 (--ipv6-dataplane userspace): VXLAN over IPv6.
+            "ipv6": e.ipv6.as_ref().map(|v6| serde_json::json!({
+                "udp_gro": v6.udp_gro,
+                "tx_source_ports": v6.tx_source_ports,
+            })),
         })
     });
     let queues = s.engine_status().map(|e| {

@@ -944,6 +944,7 @@ fn setup6(index: u32, me: &Peer) -> DataplaneSetup {
         vtep_mac: v6.vtep_mac,
         network: "fd00:10:244::/56".parse().unwrap(),
         subnet_len: 64,
+        in_threads: false,
     });
     s
 }
@@ -1193,6 +1194,7 @@ fn setup_v6_only(ns: &Ns, me: PeerIpv6) -> Ipv6OnlySetup {
             vtep_mac: me.vtep_mac,
             network: "fd00:10:244::/56".parse().unwrap(),
             subnet_len: 64,
+            in_threads: false,
         },
         tap_name: IfName::new("vxmesh0").unwrap(),
         direct_routing: false,

@@ -222,9 +222,11 @@ counters! {
     /// Inner TCP frames longer than the TAP MTU (a kernel sender's GSO frame that
     /// crossed a virtual underlay uncut), handed to the TAP as GSO frames.
     ingress_gso_frames,
-    /// ARP requests and Neighbor Solicitations answered locally for peers' VTEP
-    /// addresses.
+    /// ARP requests answered locally for peers' VTEP addresses.
     arp_replies,
+    /// Neighbor Solicitations answered locally for peers' IPv6 VTEP addresses (the
+    /// threads carrying IPv6).
+    ndp_replies,
     /// Times UDP GSO was found unusable and the sender fell back to one datagram per send.
     udp_gso_fallbacks,
     /// Inner packets marked CE (ECN) by active queue management on ingress, because

@@ -20,7 +20,7 @@
 //! [`Engine::start`] starts every thread or none.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -103,14 +103,36 @@ pub struct EngineStatus {
     /// unspecified (0) until [`Engine::set_vtep_ip`]: no probe, so no frame takes
     /// the underlay TAP.
     vtep_ip: AtomicU32,
+    /// The threads carry IPv6 (a VXLAN-over-IPv6 receive socket): its GRO, and the
+    /// IPv6 send sockets' source ports. `None`: IPv4 only.
+    pub ipv6: Option<Ipv6Status>,
+    /// This node's IPv6 VTEP address (the lease's first IPv6 address): inner IPv6
+    /// destinations from peers must lie in its subnet; unspecified until
+    /// [`Engine::set_vtep_ip6`]. Read once per receive batch.
+    vtep_ip6: arc_swap::ArcSwap<Ipv6Addr>,
     /// The key of this engine's probe tags, which their answers must echo.
     probe_key: path_probe::ProbeKey,
+}
+
+/// What the engine's IPv6 path runs with (see [`EngineStatus::ipv6`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Status {
+    /// The VXLAN-over-IPv6 receive socket has UDP GRO.
+    pub udp_gro: bool,
+    /// The IPv6 send sockets' source ports.
+    pub tx_source_ports: Vec<u16>,
 }
 
 impl EngineStatus {
     /// This node's VTEP address as the engine knows it (see [`Engine::set_vtep_ip`]).
     pub fn vtep_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.vtep_ip.load(Ordering::Relaxed))
+    }
+
+    /// This node's IPv6 VTEP address as the engine knows it (see
+    /// [`Engine::set_vtep_ip6`]).
+    pub fn vtep_ip6(&self) -> Ipv6Addr {
+        **self.vtep_ip6.load()
     }
 }
 
@@ -131,8 +153,13 @@ pub struct UnderlayTx {
 pub struct EngineConfig {
     /// One or more queues of the TAP (one egress thread each; ingress writes to the first).
     pub tap: Vec<Tap>,
+    /// The send sockets: IPv4, and IPv6 too when the threads carry IPv6
+    /// ([`UdpTx::add_ipv6`]).
     pub udp_tx: UdpTx,
     pub udp_rx: UdpRx,
+    /// The VXLAN-over-IPv6 receive socket, when the threads carry IPv6: read by a
+    /// receive thread of its own.
+    pub udp_rx6: Option<UdpRx>,
     pub table: SharedTable,
     pub counters: Arc<Counters>,
     /// The top-flows table the threads sample into.
@@ -185,6 +212,7 @@ impl Engine {
             tap,
             udp_tx,
             udp_rx,
+            udp_rx6,
             table,
             counters,
             flows,
@@ -216,6 +244,11 @@ impl Engine {
             busy_poll,
             underlay_tap: underlay.is_some(),
             vtep_ip: AtomicU32::new(0),
+            ipv6: udp_rx6.as_ref().map(|rx| Ipv6Status {
+                udp_gro: rx.gro(),
+                tx_source_ports: udp_tx.local_ports6(),
+            }),
+            vtep_ip6: arc_swap::ArcSwap::from_pointee(Ipv6Addr::UNSPECIFIED),
             probe_key: path_probe::ProbeKey::random(),
         });
         let underlay = underlay.map(Arc::new);
@@ -240,7 +273,7 @@ impl Engine {
         let mut engine = Engine {
             stop: Arc::new(AtomicBool::new(false)),
             wake: Arc::new(Wake::new()?),
-            threads: Vec::with_capacity(taps.len() + 1),
+            threads: Vec::with_capacity(taps.len() + 2),
             status: Arc::clone(&status),
         };
 
@@ -266,24 +299,34 @@ impl Engine {
                 prioritized(Box::new(move || w.run())),
             )?);
         }
-        let w = IngressWorker {
+        let ingress = |udp: UdpRx, thread: u64| IngressWorker {
             tap: Arc::clone(&taps[0]),
-            udp: udp_rx,
-            table,
-            counters,
-            flows: FlowTap::new(&flows, u64::MAX),
+            udp,
+            table: table.clone(),
+            counters: Arc::clone(&counters),
+            flows: FlowTap::new(&flows, thread),
             stop: Arc::clone(&engine.stop),
             wake: Arc::clone(&engine.wake),
             busy_poll,
-            bursting,
+            bursting: Arc::clone(&bursting),
             aqm: IngressAqm::new(aqm),
             probe_key: underlay.is_some().then_some(status.probe_key),
             status: Arc::clone(&status),
         };
+        let w = ingress(udp_rx, u64::MAX);
         engine.threads.push(spawn(
             "vxmesh-rx0".into(),
             prioritized(Box::new(move || w.run())),
         )?);
+        // VXLAN over IPv6 has a receive thread of its own: the two sockets' traffic is
+        // read in parallel, and the IPv4 thread's loop stays as it was.
+        if let Some(rx6) = udp_rx6 {
+            let w = ingress(rx6, u64::MAX - 1);
+            engine.threads.push(spawn(
+                "vxmesh-rx6".into(),
+                prioritized(Box::new(move || w.run())),
+            )?);
+        }
         drop(said);
         for _ in 0..engine.threads.len() {
             hear.recv().map_err(|_| {
@@ -301,6 +344,13 @@ impl Engine {
     /// source of the underlay TAP path probes, which peers answer.
     pub fn set_vtep_ip(&self, ip: Ipv4Addr) {
         self.status.vtep_ip.store(u32::from(ip), Ordering::Relaxed);
+    }
+
+    /// Tells the engine this node's IPv6 VTEP address (the lease's first IPv6
+    /// address, on the TAP): inner IPv6 destinations from peers must lie in its
+    /// subnet.
+    pub fn set_vtep_ip6(&self, ip: Ipv6Addr) {
+        self.status.vtep_ip6.store(Arc::new(ip));
     }
 
     /// Stops the threads and waits for them (an idle one wakes at once).
@@ -670,33 +720,39 @@ impl EgressWorker {
                     slot,
                     flow_hash,
                 } => {
-                    // VXLAN over UDP/IPv6 (a peer's IPv6 VtepMAC) is not sent from
-                    // here yet: a counted drop until the IPv6 send path lands.
-                    let IpAddr::V4(peer) = peer else {
-                        counts.drop(DropReason::UnknownDestination);
-                        continue;
+                    // The node's PublicIP names it in the flow samples, whichever
+                    // family its VXLAN takes (a peer's IPv6 VtepMAC: UDP/IPv6).
+                    let node = match peer {
+                        IpAddr::V4(ip) => ip,
+                        IpAddr::V6(_) => view
+                            .table
+                            .peers()
+                            .get(slot)
+                            .map_or(Ipv4Addr::UNSPECIFIED, |p| p.public_ip),
                     };
-                    if self.underlay.is_some()
-                        && vh.gso_kind() != crate::wire::virtio::GSO_NONE
-                        && self.path_proven(slot, &view, &mut counts)
-                    {
-                        let port = ports.get(flow_hash as usize % nsock).copied();
-                        match self.send_whole(
-                            &vh,
-                            frame,
-                            peer,
-                            port,
-                            &view,
-                            &mut batch,
-                            &mut counts,
-                        ) {
-                            Whole::Sent(dg, inner) => {
-                                let bytes = dg * VxlanHeader::LEN + inner;
-                                view.peers.tx(slot, dg as u64, bytes as u64);
-                                self.flows.offer(frame, inner, dg, Direction::ToPeer, peer);
-                                continue;
+                    // The underlay TAP path builds IPv4 outer headers only.
+                    let whole_gso =
+                        self.underlay.is_some() && vh.gso_kind() != crate::wire::virtio::GSO_NONE;
+                    if let (IpAddr::V4(peer), true) = (peer, whole_gso) {
+                        if self.path_proven(slot, &view, &mut counts) {
+                            let port = ports.get(flow_hash as usize % nsock).copied();
+                            match self.send_whole(
+                                &vh,
+                                frame,
+                                peer,
+                                port,
+                                &view,
+                                &mut batch,
+                                &mut counts,
+                            ) {
+                                Whole::Sent(dg, inner) => {
+                                    let bytes = dg * VxlanHeader::LEN + inner;
+                                    view.peers.tx(slot, dg as u64, bytes as u64);
+                                    self.flows.offer(frame, inner, dg, Direction::ToPeer, peer);
+                                    continue;
+                                }
+                                Whole::Cannot => counts.underlay_tap_fallbacks += 1,
                             }
-                            Whole::Cannot => counts.underlay_tap_fallbacks += 1,
                         }
                     }
                     let need = offload::max_output_len(&vh, frame.len(), VxlanHeader::LEN);
@@ -719,8 +775,7 @@ impl EgressWorker {
                             if segs.count > 1 {
                                 counts.tso_frames_segmented += 1;
                             }
-                            let dst =
-                                SocketAddr::V4(SocketAddrV4::new(peer, view.table.local().port));
+                            let dst = SocketAddr::new(peer, view.table.local().port);
                             let socket = flow_hash as usize % nsock;
                             // RFC 6040: the inner packet's ECN field in the outer header.
                             let tos = ecn::encapsulated(ecn::of_frame(frame).unwrap_or(0));
@@ -728,7 +783,7 @@ impl EgressWorker {
                                 view.peers.tx(slot, segs.count as u64, segs.len as u64);
                                 let inner = segs.len - segs.count * VxlanHeader::LEN;
                                 self.flows
-                                    .offer(frame, inner, segs.count, Direction::ToPeer, peer);
+                                    .offer(frame, inner, segs.count, Direction::ToPeer, node);
                             } else {
                                 malformed(&mut counts, &view);
                             }
@@ -749,7 +804,7 @@ impl EgressWorker {
                         .tap
                         .write_frame(&VirtioNetHdr::NONE.to_bytes(), &advert)
                     {
-                        Ok(_) => counts.arp_replies += 1,
+                        Ok(_) => counts.ndp_replies += 1,
                         Err(_) => counts.drop(DropReason::TapWriteFailed),
                     }
                 }
@@ -965,6 +1020,9 @@ struct IngressLocal {
     probe_key: Option<path_probe::ProbeKey>,
     /// This node's VTEP address (unspecified before the first lease).
     vtep_ip: Ipv4Addr,
+    /// This node's IPv6 VTEP address (unspecified before the first dual-stack lease,
+    /// and without IPv6 in the threads).
+    vtep_ip6: Ipv6Addr,
 }
 
 #[cfg(test)]
@@ -973,6 +1031,7 @@ impl IngressLocal {
     const NONE: IngressLocal = IngressLocal {
         probe_key: None,
         vtep_ip: Ipv4Addr::UNSPECIFIED,
+        vtep_ip6: Ipv6Addr::UNSPECIFIED,
     };
 }
 
@@ -1047,6 +1106,27 @@ impl IngressAqm {
     fn copy_with_ecn(&mut self, frame: &[u8], ecn: u8) -> usize {
         let len = self.copy_of(frame);
         ecn::set_in_frame(&mut self.copy[..len], ecn);
+        len
+    }
+
+    /// Copies `frame` with `mac` written over its destination; returns the copy's
+    /// length. For a frame to this node's IPv6 VtepMAC that the receive thread did not
+    /// rewrite in place (see [`RecvBatch::rewrite_inner_dst`]): rare, out of line.
+    #[cold]
+    #[inline(never)]
+    fn copy_with_dst(&mut self, frame: &[u8], mac: MacAddr) -> usize {
+        let len = self.copy_of(frame);
+        if let Some(dst) = self.copy.get_mut(..6.min(len)) {
+            dst.copy_from_slice(&mac.0[..dst.len()]);
+        }
+        len
+    }
+
+    /// Writes `ecn` into the IP header of the copy of `len` bytes in `self.copy`.
+    fn set_ecn_in_copy(&mut self, len: usize, ecn: u8) -> usize {
+        if let Some(f) = self.copy.get_mut(..len) {
+            ecn::set_in_frame(f, ecn);
+        }
         len
     }
 
@@ -1139,6 +1219,14 @@ impl IngressWorker {
             gate.carried(n as u64, batch.bytes() as u64);
             self.aqm.judge(&batch, n, n < batch.limit());
             batch.set_limit(next_rx_messages(n, batch.bytes()));
+            // VXLAN over IPv6 comes to this node's IPv6 VtepMAC (flannel's layout), and
+            // the TAP takes only frames to its own: rewritten in place, batch by batch.
+            let local = *view.table.local();
+            if let Some(v6) = local.v6.filter(|v6| v6.vtep_mac != local.vtep_mac) {
+                for i in 0..n {
+                    batch.rewrite_inner_dst(i, v6.vtep_mac.0, local.vtep_mac.0);
+                }
+            }
             let emit = |vh: &VirtioNetHdr, frame: &[u8], counts: &mut LocalCounts| {
                 counts.tap_syscalls += 1;
                 match tap.write_frame(&vh.to_bytes(), frame) {
@@ -1170,6 +1258,7 @@ impl IngressWorker {
                 IngressLocal {
                     probe_key: self.probe_key,
                     vtep_ip: self.status.vtep_ip(),
+                    vtep_ip6: self.status.vtep_ip6(),
                 },
                 &emit,
             );
@@ -1264,17 +1353,20 @@ fn deliver_batch(
             counts.drop(DropReason::IngressMalformed);
             continue;
         };
-        let SocketAddr::V4(src) = msg.src else {
-            // IPv6 underlay ingress is not wired yet: no peer is known by an IPv6
-            // source, so its datagrams are dropped as from an unknown one.
-            for d in msg.datagrams {
-                counts.udp_datagrams_received += 1;
-                counts.udp_bytes_received += d.len() as u64;
-                counts.drop(DropReason::UnknownSource);
-            }
-            continue;
+        let src = msg.src.ip();
+        let slot_of = |t: &ForwardingTable| match src {
+            IpAddr::V4(ip) => t.slot_by_source(&ip),
+            IpAddr::V6(ip) => t.slot_by_source6(&ip),
         };
-        let mut slot = view.table.slot_by_source(src.ip());
+        // The node's PublicIP names it in the flow samples, whichever family its
+        // VXLAN came over.
+        let node_of = |t: &ForwardingTable, slot: Option<usize>| match src {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => slot
+                .and_then(|s| t.peers().get(s))
+                .map_or(Ipv4Addr::UNSPECIFIED, |p| p.public_ip),
+        };
+        let mut slot = slot_of(&view.table);
         // A congestion signal goes to the message's first deliverable frame (not to a
         // kernel sender's whole UDP burst: that would hit all its datagrams).
         let mut signal = aqm.signal(i) && msg.inner_segment.is_none();
@@ -1284,34 +1376,33 @@ fn deliver_batch(
             if let Some(s) = slot {
                 view.peers.rx(s, 1, d.len() as u64);
             }
-            let mut verdict = classify_ingress(
-                IpAddr::V4(*src.ip()),
-                d,
-                &view.table,
-                local.vtep_ip,
-                Ipv6Addr::UNSPECIFIED,
-            );
-            // A frame to this node's IPv6 VtepMAC needs its destination MAC rewritten
-            // before the TAP takes it, which this loop does not do yet (the datagram
-            // is read-only here): not for us, as before the IPv6 VTEP.
+            let mut verdict = classify_ingress(src, d, &view.table, local.vtep_ip, local.vtep_ip6);
+            let mut marked = None;
+            // To this node's IPv6 VtepMAC, not rewritten in place by the receive loop
+            // (see `IngressWorker::run`): the TAP gets a copy to its own MAC.
             if let Ingress::Deliver {
-                rewrite_dst: Some(_),
-                ..
+                inner,
+                rewrite_dst: Some(mac),
             } = verdict
             {
-                verdict = Ingress::Drop(DropReason::NotForUs);
+                marked = Some(aqm.copy_with_dst(&d[inner..], mac));
             }
-            let mut marked = None;
             // RFC 6040: an ECN-capable outer (a kernel peer copies the inner field out;
             // an underlay router may have marked it CE) passes its mark on.
             if msg.outer_ecn != ecn::NOT_ECT {
                 if let Ingress::Deliver { inner, .. } = verdict {
-                    let frame = &d[inner..];
+                    let frame = match marked {
+                        Some(len) => &aqm.copy[..len],
+                        None => &d[inner..],
+                    };
                     match ecn::of_frame(frame).map(|e| ecn::decapsulate(msg.outer_ecn, e)) {
                         Some(Decapsulated::Drop) => verdict = Ingress::Drop(DropReason::CeOnNotEct),
                         Some(Decapsulated::Set(e)) => {
                             counts.ecn_marks_passed_on += u64::from(e == ecn::CE);
-                            marked = Some(aqm.copy_with_ecn(frame, e));
+                            marked = Some(match marked {
+                                Some(len) => aqm.set_ecn_in_copy(len, e),
+                                None => aqm.copy_with_ecn(&d[inner..], e),
+                            });
                         }
                         Some(Decapsulated::Unchanged) | None => {}
                     }
@@ -1341,7 +1432,7 @@ fn deliver_batch(
                         {
                             counts.underlay_probes_answered += 1;
                             if view.count_packet() {
-                                slot = view.table.slot_by_source(src.ip());
+                                slot = slot_of(&view.table);
                             }
                             continue;
                         }
@@ -1351,7 +1442,8 @@ fn deliver_batch(
                         Some(len) => &aqm.copy[..len],
                         None => &d[inner..],
                     };
-                    flows.offer(frame, frame.len(), 1, Direction::FromPeer, *src.ip());
+                    let node = node_of(&view.table, slot);
+                    flows.offer(frame, frame.len(), 1, Direction::FromPeer, node);
                     if let Some(seg) = msg.inner_segment {
                         if !cut_burst(frame, seg, to_tap.scratch(), counts, emit) {
                             let reason = DropReason::IngressMalformed;
@@ -1389,7 +1481,7 @@ fn deliver_batch(
                 }
             }
             if view.count_packet() {
-                slot = view.table.slot_by_source(src.ip());
+                slot = slot_of(&view.table);
             }
         }
     }
@@ -1421,6 +1513,8 @@ mod tests {
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::AtomicUsize;
+
+    use std::net::SocketAddrV4;
 
     use super::*;
     use crate::fib::{LocalVtep, PeerVtep};
@@ -1693,7 +1787,7 @@ mod tests {
             aqm,
             IngressLocal {
                 probe_key,
-                vtep_ip: Ipv4Addr::UNSPECIFIED,
+                ..IngressLocal::NONE
             },
             &|_, f, _| got.borrow_mut().push(f.to_vec()),
         );
@@ -1764,28 +1858,110 @@ mod tests {
         assert!(path().path.proven(path_probe::clock_ms()));
     }
 
-    /// IPv6 underlay ingress is not wired yet: the datagrams of a message from an IPv6
-    /// source are counted received and dropped as from an unknown source, one by one;
-    /// the IPv4 messages around it are delivered as ever.
+    const ME6: &str = "0e:5a:11:22:33:66";
+    const PEER_MAC6: &str = "c6:d2:32:6f:8f:66";
+    const PEER_IP6: &str = "fd00:64::12";
+
+    /// [`table`] with IPv6 halves: ours (the IPv6 VtepMAC [`ME6`]) and the peer's.
+    fn table6() -> ForwardingTable {
+        let t = table(1, true);
+        let mut local = *t.local();
+        local.v6 = Some(crate::fib::LocalVtep6 {
+            vtep_mac: ME6.parse().unwrap(),
+            inner: None,
+        });
+        let mut peer = t.peers()[0];
+        peer.v6 = Some(crate::fib::PeerVtep6 {
+            vtep_mac: PEER_MAC6.parse().unwrap(),
+            public_ip: PEER_IP6.parse().unwrap(),
+            vtep_ip: "fd00:10:244:1::".parse().unwrap(),
+        });
+        ForwardingTable::new(local, [peer])
+    }
+
+    /// A VXLAN datagram from the peer's IPv6 half to `dst`: an inner IPv6 UDP packet
+    /// with this traffic class.
+    fn datagram6(dst: &str, tclass: u8) -> Vec<u8> {
+        let mut d = header(1).to_vec();
+        let dst: crate::wire::MacAddr = dst.parse().unwrap();
+        let src: crate::wire::MacAddr = PEER_MAC6.parse().unwrap();
+        d.extend_from_slice(&dst.0);
+        d.extend_from_slice(&src.0);
+        d.extend_from_slice(&[0x86, 0xdd]);
+        d.extend_from_slice(&[0x60 | (tclass >> 4), tclass << 4, 0, 0, 0, 8, 17, 64]);
+        d.extend_from_slice(&"fd00:10:244:1::5".parse::<Ipv6Addr>().unwrap().octets());
+        d.extend_from_slice(&"fd00:10:244:2::5".parse::<Ipv6Addr>().unwrap().octets());
+        d.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, 8, 0, 0]);
+        d
+    }
+
+    /// VXLAN over IPv6 in flannel's layout: from a peer's PublicIPv6, to this node's
+    /// IPv6 VtepMAC. Rewritten in place by the receive loop, or (when it was not)
+    /// copied, every frame reaches the TAP addressed to the TAP's MAC, counted to the
+    /// peer; an outer CE mark passes on to the copy too. From an IPv6 source no peer
+    /// holds: counted received, dropped as unknown; the IPv4 messages around are
+    /// delivered as ever.
     #[test]
-    fn datagrams_from_an_ipv6_source_are_dropped_as_unknown() {
-        let mut view = TableView::new(SharedTable::new(table(1, true)));
-        let d = datagram();
-        let two = d.repeat(2);
+    fn vxlan_over_ipv6_reaches_the_tap_addressed_to_it() {
+        let shared = SharedTable::new(table6());
+        let mut view = TableView::new(shared.clone());
+        let me: crate::wire::MacAddr = ME.parse().unwrap();
+        let d4 = datagram();
+        let d6 = datagram6(ME6, 0b10);
+        let two6 = d6.repeat(2);
         let src = SocketAddr::V4(SocketAddrV4::new(PEER_IP, 40_000));
-        let src6 = SocketAddr::V6(std::net::SocketAddrV6::new(
-            PEER_IP.to_ipv6_mapped(),
-            40_000,
-            0,
-            0,
-        ));
-        let batch = RecvBatch::with_messages(&[(src, 0, &d), (src6, d.len(), &two), (src, 0, &d)]);
-        let (got, counts) = deliver_plain(&batch, 3, &mut view, &mut IngressAqm::new(None), None);
-        assert_eq!(got.len(), 2);
-        assert_eq!(counts.drops[DropReason::UnknownSource as usize], 2);
-        assert_eq!(counts.drops.iter().sum::<u64>(), 2);
-        assert_eq!(counts.udp_datagrams_received, 4);
-        assert_eq!(counts.udp_bytes_received, 4 * d.len() as u64);
+        let src6: SocketAddr = format!("[{PEER_IP6}]:40000").parse().unwrap();
+        let stranger: SocketAddr = "[fd00:64::99]:40000".parse().unwrap();
+        let batch = RecvBatch::with_messages(&[
+            (src, 0, &d4),
+            (src6, d6.len(), &two6),
+            (stranger, 0, &d6),
+            (src, 0, &d4),
+        ]);
+        // Not rewritten in place: each IPv6 frame is copied with the TAP's MAC.
+        let (got, counts) = deliver_plain(&batch, 4, &mut view, &mut IngressAqm::new(None), None);
+        assert_eq!(got.len(), 4, "{counts:?}");
+        for f in &got {
+            assert_eq!(&f[..6], &me.0);
+        }
+        assert_eq!(
+            &got[1][..],
+            &{
+                let mut f = d6[VxlanHeader::LEN..].to_vec();
+                f[..6].copy_from_slice(&me.0);
+                f
+            }[..]
+        );
+        assert_eq!(counts.drops[DropReason::UnknownSource as usize], 1);
+        assert_eq!(counts.drops.iter().sum::<u64>(), 1);
+        assert_eq!(counts.udp_datagrams_received, 5);
+        view.publish_peers();
+        let p = shared.load().peer_counters(0).unwrap().snapshot();
+        assert_eq!(
+            p.rx_packets, 4,
+            "both families count to the one peer: {p:?}"
+        );
+        // Rewritten in place first (what the receive loop does): the same frames, and
+        // nothing left to copy.
+        let mut batch = batch;
+        let from: crate::wire::MacAddr = ME6.parse().unwrap();
+        assert_eq!(batch.rewrite_inner_dst(1, from.0, me.0), 2);
+        assert_eq!(batch.rewrite_inner_dst(2, from.0, me.0), 1);
+        let (again, _) = deliver_plain(&batch, 4, &mut view, &mut IngressAqm::new(None), None);
+        assert_eq!(again, got);
+        // An outer CE over an ECT(0) inner packet: CE in the copy to the TAP's MAC.
+        let mut ce = RecvBatch::with_messages(&[(src6, 0, &d6)]);
+        ce.set_tos(&[ecn::CE]);
+        let (marked, counts) = deliver_plain(&ce, 1, &mut view, &mut IngressAqm::new(None), None);
+        assert_eq!(counts.ecn_marks_passed_on, 1);
+        assert_eq!(&marked[0][..6], &me.0);
+        assert_eq!(ecn::of_frame(&marked[0]), Some(ecn::CE));
+        // To another MAC: not for us, as over IPv4.
+        let other = datagram6(PEER_MAC6, 0);
+        let b = RecvBatch::with_messages(&[(src6, 0, &other)]);
+        let (none, counts) = deliver_plain(&b, 1, &mut view, &mut IngressAqm::new(None), None);
+        assert!(none.is_empty());
+        assert_eq!(counts.drops[DropReason::NotForUs as usize], 1);
     }
 
     /// A VXLAN datagram from the peer carrying an IPv4 UDP packet with this ECN field.
@@ -1955,6 +2131,7 @@ mod tests {
             tap,
             udp_tx: UdpTx::open(Ipv4Addr::LOCALHOST, 2, 1 << 16).unwrap(),
             udp_rx: UdpRx::open((Ipv4Addr::LOCALHOST, 0).into(), 1 << 16, false).unwrap(),
+            udp_rx6: None,
             table: SharedTable::new(table(1, true)),
             counters: Arc::clone(counters),
             flows: Arc::new(SharedFlows::default()),
@@ -2227,6 +2404,7 @@ mod tests {
             tap: vec![tap],
             udp_tx: UdpTx::open(Ipv4Addr::LOCALHOST, 2, 4 << 20).unwrap(),
             udp_rx,
+            udp_rx6: None,
             table: SharedTable::new(table),
             counters: Arc::clone(&counters),
             flows: Arc::new(SharedFlows::default()),

@@ -119,6 +119,7 @@ fn start_node(
         tap: taps,
         udp_tx: tx,
         udp_rx: rx,
+        udp_rx6: None,
         table: table.clone(),
         counters: Arc::clone(&counters),
         flows: Arc::clone(&flows),

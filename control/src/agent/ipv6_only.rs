@@ -194,6 +194,9 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
         i.last_error = None;
     });
     tracing::info!(ipv6_network = %pool6.network, pool = %pool6.describe_pool(), vni, port = cfg.backend.port, vtep_mac = %mac6, mtu = mtu6, "network config: IPv6 only");
+    if opts.ipv6_dataplane == crate::node_dataplane::DataplaneKind::Userspace {
+        tracing::warn!("--ipv6-dataplane userspace applies to dual-stack nodes: a node of an IPv6-only network runs the kernel's flannel-v6.<VNI> alone (docs/decisions/0030)");
+    }
 
     let previous = crate::subnet_env::read_file(&opts.subnet_file)
         .ok()
@@ -232,6 +235,8 @@ pub(super) async fn run<F: Future<Output = ()> + Unpin>(
             vtep_mac: mac6,
             network: pool6.network,
             subnet_len: pool6.subnet_len,
+            // An IPv6-only node runs flannel-v6.<VNI> alone (decision 0030).
+            in_threads: false,
         },
         tap_name: opts.tap_name.clone(),
         direct_routing: cfg.backend.direct_routing,

@@ -150,6 +150,7 @@ fn run() -> anyhow::Result<()> {
             iptables_resync: f.iptables_resync,
             ip_blackhole_route: f.ip_blackhole_route,
             dataplane: f.dataplane,
+            ipv6_dataplane: f.ipv6_dataplane,
         };
         let launch = agent::Launch {
             stored_fds,

@@ -227,6 +227,12 @@ mod tests {
         let theirs = Versions { min: 1, max: 3 };
         assert_eq!(
             answer_hello(&fp(), VERSIONS, true, theirs, &fp()),
+            HelloAnswer::Offer { version: 2 }
+        );
+        // A build of version 1 (before IPv6 in the threads) is offered version 1.
+        let old = Versions { min: 1, max: 1 };
+        assert_eq!(
+            answer_hello(&fp(), VERSIONS, true, old, &fp()),
             HelloAnswer::Offer { version: 1 }
         );
     }
@@ -237,7 +243,7 @@ mod tests {
         other.vni = 2;
         for f in [fp(), other] {
             assert_eq!(
-                answer_hello(&fp(), VERSIONS, true, Versions { min: 2, max: 4 }, &f),
+                answer_hello(&fp(), VERSIONS, true, Versions { min: 3, max: 4 }, &f),
                 HelloAnswer::Incompatible
             );
         }
@@ -321,11 +327,11 @@ mod tests {
         );
         // a newer build's state
         let StoredVerdict::ColdStart { reason } =
-            judge_stored(&fp(), VERSIONS, 2, &state(fp()), &roles)
+            judge_stored(&fp(), VERSIONS, 3, &state(fp()), &roles)
         else {
             panic!()
         };
-        assert!(reason.contains("version 2"), "{reason}");
+        assert!(reason.contains("version 3"), "{reason}");
         // configuration changed across the restart
         let mut f = fp();
         f.port = 4789;

@@ -116,6 +116,8 @@ pub struct DataplaneFds {
     pub taps: Vec<OwnedFd>,
     pub udp_rx: OwnedFd,
     pub udp_tx: Vec<OwnedFd>,
+    /// The VXLAN-over-IPv6 receive socket (`--ipv6-dataplane userspace`).
+    pub udp_rx6: Option<OwnedFd>,
 }
 
 impl DataplaneFds {
@@ -128,6 +130,9 @@ impl DataplaneFds {
             .map(|(i, f)| (FdRole::Tap(i as u8), f.as_fd()))
             .collect();
         v.push((FdRole::UdpRx, self.udp_rx.as_fd()));
+        if let Some(fd) = &self.udp_rx6 {
+            v.push((FdRole::UdpRx6, fd.as_fd()));
+        }
         v.extend(
             self.udp_tx
                 .iter()
@@ -145,12 +150,14 @@ impl DataplaneFds {
         let mut taps = Vec::new();
         let mut tx = Vec::new();
         let mut rx = None;
+        let mut rx6 = None;
         let mut listener = None;
         for (role, fd) in pairs {
             match role {
                 FdRole::Tap(i) => taps.push((i, fd)),
                 FdRole::UdpTx(i) => tx.push((i, fd)),
                 FdRole::UdpRx if rx.is_none() => rx = Some(fd),
+                FdRole::UdpRx6 if rx6.is_none() => rx6 = Some(fd),
                 FdRole::Listener if listener.is_none() => listener = Some(fd),
                 r => return Err(format!("{} twice", r.store_name())),
             }
@@ -174,13 +181,14 @@ impl DataplaneFds {
                 taps: taps.into_iter().map(|(_, f)| f).collect(),
                 udp_rx,
                 udp_tx: tx.into_iter().map(|(_, f)| f).collect(),
+                udp_rx6: rx6,
             },
             listener,
         ))
     }
 
     fn count(&self) -> usize {
-        self.taps.len() + 1 + self.udp_tx.len()
+        self.taps.len() + 1 + self.udp_tx.len() + usize::from(self.udp_rx6.is_some())
     }
 }
 
@@ -901,16 +909,21 @@ impl Server {
                         .lock()
                         .map_err(|_| anyhow::anyhow!("poisoned"))?;
                     let r = g.as_ref().context("the dataplane stopped meanwhile")?;
+                    // A successor of protocol version 1 knows no IPv6 receive socket.
                     let fds: Vec<OwnedFd> = r
                         .fds
                         .with_roles()
                         .into_iter()
+                        .filter(|(role, _)| {
+                            version >= wire::VERSION_IPV6 || *role != FdRole::UdpRx6
+                        })
                         .map(|(_, f)| f.try_clone_to_owned())
                         .collect::<io::Result<_>>()?;
                     drop(g);
                     (
                         self.snapshot(true)
-                            .context("the dataplane stopped meanwhile")?,
+                            .context("the dataplane stopped meanwhile")?
+                            .for_version(version),
                         fds,
                     )
                 };
@@ -1019,6 +1032,7 @@ mod tests {
             taps: vec![OwnedFd::from(f)],
             udp_rx: udp(),
             udp_tx: vec![udp()],
+            udp_rx6: None,
         }
     }
 
@@ -1076,7 +1090,7 @@ mod tests {
         let (state, agent) = running(&id);
         let acq = acquire(&id, vec![], None).unwrap();
         let inh = acq.inherited.unwrap();
-        assert_eq!((inh.how, inh.version), ("handover", 1));
+        assert_eq!((inh.how, inh.version), ("handover", VERSIONS.max));
         assert_eq!(
             inh.state.lease,
             Some(("10.244.7.0/24".parse().unwrap(), 0x694d_7c1e_22a3_0b11))
@@ -1217,6 +1231,7 @@ mod tests {
             taps,
             udp_rx,
             udp_tx,
+            udp_rx6: _,
         } = f;
         v.push(("vxmesh-tap0".into(), taps.into_iter().next().unwrap()));
         v.push(("vxmesh-udp-rx".into(), udp_rx));
@@ -1247,8 +1262,13 @@ mod tests {
         v[0].1 = OwnedFd::from(f);
         assert!(adopt_stored(&id, v).is_ok(), "read from offset 0");
         // another version: dropped, lineage kept
-        let d = adopt_stored(&id, stored(&id, 2, None)).err().unwrap();
-        assert!(d.reason.contains("version 2"), "{}", d.reason);
+        let newer = VERSIONS.max + 1;
+        let d = adopt_stored(&id, stored(&id, newer, None)).err().unwrap();
+        assert!(
+            d.reason.contains(&format!("version {newer}")),
+            "{}",
+            d.reason
+        );
         assert_eq!((d.handovers, d.cold_starts), (2, 3));
         // a torn write fails the checksum
         let d = adopt_stored(
@@ -1285,13 +1305,38 @@ mod tests {
             taps,
             udp_rx,
             udp_tx,
+            udp_rx6,
         } = f;
+        assert!(udp_rx6.is_none());
         let all: Vec<OwnedFd> = taps.into_iter().chain([udp_rx]).chain(udp_tx).collect();
         let mut pairs: Vec<(FdRole, OwnedFd)> = roles.into_iter().zip(all).collect();
         pairs.reverse();
         let (d, l) = DataplaneFds::from_roles(pairs).unwrap();
         assert_eq!((d.taps.len(), d.udp_tx.len(), l.is_none()), (1, 1, true));
+        assert!(d.udp_rx6.is_none());
         let m = |r| (r, OwnedFd::from(fdpass::memfd(c"x").unwrap()));
+        // The IPv6 receive socket travels only when there is one, and only once.
+        let mut with6 = fds(b"");
+        with6.udp_rx6 = Some(OwnedFd::from(fdpass::memfd(c"rx6").unwrap()));
+        let roles: Vec<FdRole> = with6.with_roles().into_iter().map(|(r, _)| r).collect();
+        assert!(roles.contains(&FdRole::UdpRx6), "{roles:?}");
+        assert_eq!(with6.count(), roles.len());
+        let (d, _) = DataplaneFds::from_roles([
+            m(FdRole::UdpRx6),
+            m(FdRole::Tap(0)),
+            m(FdRole::UdpRx),
+            m(FdRole::UdpTx(0)),
+        ])
+        .unwrap();
+        assert!(d.udp_rx6.is_some());
+        assert!(DataplaneFds::from_roles([
+            m(FdRole::Tap(0)),
+            m(FdRole::UdpRx),
+            m(FdRole::UdpRx6),
+            m(FdRole::UdpRx6)
+        ])
+        .unwrap_err()
+        .contains("twice"));
         assert!(
             DataplaneFds::from_roles([m(FdRole::Tap(1)), m(FdRole::UdpRx)])
                 .unwrap_err()

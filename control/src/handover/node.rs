@@ -315,6 +315,7 @@ impl NodeHandover {
                 .map(|x| x.try_clone())
                 .collect::<std::io::Result<_>>()?,
             udp_rx: f.udp_rx.try_clone()?,
+            udp_rx6: f.udp_rx6.as_ref().map(|x| x.try_clone()).transpose()?,
             udp_tx: f
                 .udp_tx
                 .iter()

@@ -19,6 +19,11 @@
 //! not find is an error, as is a known field with the wrong length. `PEER` and `FD`
 //! repeat; any other tag twice is an error.
 //!
+//! Version 2 (IPv6 in the threads, `--ipv6-dataplane userspace`): a `PEER` may carry
+//! the peer's IPv6 half (54 bytes instead of 15), and an `FD` may be the IPv6 receive
+//! socket ([`FdRole::UdpRx6`]). An offer at version 1 has neither
+//! ([`DataplaneState::for_version`]): a version-1 build refuses both.
+//!
 //! Frozen for every protocol version, so that two builds can always tell each other
 //! that they cannot take over: the header, the kinds `Hello` (its `VERSION_MIN` and
 //! `VERSION_MAX` fields), `Refuse`, `Incompatible`, `Release` and `Released`.
@@ -34,10 +39,11 @@
 //!   new → old  Abort{reason}                        (new could not use the descriptors)
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::peers::Peer;
+use crate::peers::{Peer, PeerIpv6};
 use crate::subnet::Subnet;
+use crate::subnet6::Subnet6;
 use vxmesh_dataplane::wire::MacAddr;
 
 pub const MAGIC: [u8; 4] = *b"VXHO";
@@ -45,7 +51,10 @@ pub const HEADER_LEN: usize = 16;
 /// Largest body accepted (about 60 000 peers).
 pub const MAX_BODY: usize = 1 << 20;
 /// The protocol versions this build speaks.
-pub const VERSIONS: Versions = Versions { min: 1, max: 1 };
+pub const VERSIONS: Versions = Versions { min: 1, max: 2 };
+/// The first version whose peers carry IPv6 halves and whose descriptors may include
+/// the IPv6 receive socket.
+pub const VERSION_IPV6: u16 = 2;
 
 /// A range of protocol versions, `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +112,14 @@ pub enum FdRole {
     Tap(u8),
     /// The VXLAN receive socket.
     UdpRx,
-    /// Send socket `i`.
+    /// Send socket `i` (IPv4 or IPv6: the receiver asks each its family).
     UdpTx(u8),
     /// The handover listener itself (so its name is never free).
     Listener,
+    /// The VXLAN-over-IPv6 receive socket, when the threads carry IPv6
+    /// (`--ipv6-dataplane userspace`). A release before it refuses an offer that
+    /// lists it (an unknown role), so it is listed only when there is one.
+    UdpRx6,
 }
 
 impl FdRole {
@@ -116,6 +129,7 @@ impl FdRole {
             FdRole::UdpRx => [2, 0],
             FdRole::UdpTx(i) => [3, i],
             FdRole::Listener => [4, 0],
+            FdRole::UdpRx6 => [5, 0],
         }
     }
 
@@ -125,6 +139,7 @@ impl FdRole {
             [2, 0] => Some(FdRole::UdpRx),
             [3, i] => Some(FdRole::UdpTx(i)),
             [4, 0] => Some(FdRole::Listener),
+            [5, 0] => Some(FdRole::UdpRx6),
             _ => None,
         }
     }
@@ -136,6 +151,7 @@ impl FdRole {
             FdRole::UdpRx => "vxmesh-udp-rx".into(),
             FdRole::UdpTx(i) => format!("vxmesh-udp-tx{i}"),
             FdRole::Listener => "vxmesh-handover".into(),
+            FdRole::UdpRx6 => "vxmesh-udp-rx6".into(),
         }
     }
 
@@ -150,6 +166,7 @@ impl FdRole {
         }
         match s {
             "vxmesh-udp-rx" => Some(FdRole::UdpRx),
+            "vxmesh-udp-rx6" => Some(FdRole::UdpRx6),
             "vxmesh-handover" => Some(FdRole::Listener),
             _ => None,
         }
@@ -180,6 +197,21 @@ pub struct DataplaneState {
     /// `stopped`, else when it was last refreshed.
     pub at_ms: u64,
     pub stopped: bool,
+}
+
+impl DataplaneState {
+    /// What a build speaking `version` may be sent: before [`VERSION_IPV6`], no IPv6
+    /// halves of peers and no IPv6 receive socket (whose descriptor the caller leaves
+    /// out as well: [`DataplaneState::fds`] lists them in order).
+    pub fn for_version(mut self, version: u16) -> DataplaneState {
+        if version < VERSION_IPV6 {
+            self.fds.retain(|r| *r != FdRole::UdpRx6);
+            for p in &mut self.peers {
+                p.ipv6 = None;
+            }
+        }
+        self
+    }
 }
 
 /// One protocol message (see the module documentation).
@@ -463,6 +495,10 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A `PEER` with its IPv6 half: the IPv4 half's 15 bytes, then the IPv6 subnet (16 + 1),
+/// PublicIPv6 (16) and IPv6 VtepMAC (6).
+const PEER_V6_LEN: usize = 15 + 17 + 16 + 6;
+
 fn sized<const N: usize>(t: u8, v: &[u8]) -> Result<[u8; N], DecodeError> {
     v.try_into().map_err(|_| DecodeError::Length {
         name: tag::name(t),
@@ -536,6 +572,12 @@ impl Writer {
             let mut v = subnet_bytes(&p.subnet).to_vec();
             v.extend_from_slice(&p.public_ip.octets());
             v.extend_from_slice(&p.vtep_mac.0);
+            if let Some(v6) = &p.ipv6 {
+                v.extend_from_slice(&v6.subnet.addr().octets());
+                v.push(v6.subnet.prefix_len());
+                v.extend_from_slice(&v6.public_ipv6.octets());
+                v.extend_from_slice(&v6.vtep_mac.0);
+            }
             self.field(tag::PEER, &v);
         }
         self.field(tag::HANDOVERS, &s.handovers.to_be_bytes());
@@ -593,11 +635,29 @@ fn read_state(f: &Fields<'_>) -> Result<DataplaneState, DecodeError> {
     }
     let mut peers = Vec::new();
     for v in f.all(tag::PEER) {
-        let b = sized::<15>(tag::PEER, v)?;
+        // The IPv4 half alone (15 bytes), or with the IPv6 half (54, version 2).
+        let (b, b6) = match v.len() {
+            PEER_V6_LEN => (&v[..15], Some(&v[15..])),
+            _ => (&sized::<15>(tag::PEER, v)?[..], None),
+        };
+        let ipv6 = match b6 {
+            None => None,
+            Some(x) => {
+                let addr = Ipv6Addr::from(<[u8; 16]>::try_from(&x[..16]).unwrap_or_default());
+                Some(PeerIpv6 {
+                    subnet: Subnet6::new_exact(addr, x[16]).map_err(|e| DecodeError::Value {
+                        name: "PEER",
+                        why: format!("IPv6 subnet {addr}/{}: {e}", x[16]),
+                    })?,
+                    public_ipv6: Ipv6Addr::from(
+                        <[u8; 16]>::try_from(&x[17..33]).unwrap_or_default(),
+                    ),
+                    vtep_mac: MacAddr([x[33], x[34], x[35], x[36], x[37], x[38]]),
+                })
+            }
+        };
         peers.push(Peer {
-            // The IPv4 dataplane's state only; the successor's first listing
-            // reads the peers' IPv6 halves again.
-            ipv6: None,
+            ipv6,
             subnet: subnet(tag::PEER, &b[..5])?,
             public_ip: Ipv4Addr::new(b[5], b[6], b[7], b[8]),
             vtep_mac: MacAddr([b[9], b[10], b[11], b[12], b[13], b[14]]),
@@ -768,6 +828,67 @@ mod tests {
             build: "0.1.0".into(),
             at_ms: 1_800_000_000_123,
             stopped: false,
+        }
+    }
+
+    /// Version 2: a peer's IPv6 half and the IPv6 receive socket travel, byte for byte
+    /// as documented; an offer to a version-1 build has neither, and decodes there as
+    /// version 1 always did (15-byte peers).
+    #[test]
+    fn ipv6_halves_and_the_ipv6_socket_from_version_2() {
+        let mut st = state();
+        st.fds.push(FdRole::UdpRx6);
+        let v6 = PeerIpv6 {
+            subnet: "fd00:10:244:9::/64".parse().unwrap(),
+            public_ipv6: "fd00:64::12".parse().unwrap(),
+            vtep_mac: MacAddr([0x06, 0, 0, 0, 0, 0x0c]),
+        };
+        st.peers[0].ipv6 = Some(v6);
+        st.peers.push(Peer {
+            ipv6: None,
+            subnet: "10.244.10.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 168, 100, 13),
+            vtep_mac: MacAddr([0x0e, 0x2a, 0xc0, 0xa8, 0x64, 0x0d]),
+        });
+        let m = Message::Offer {
+            version: 2,
+            state: st.clone().for_version(2),
+        };
+        let bytes = m.encode();
+        let (back, _) = Message::parse(&bytes).unwrap().unwrap();
+        assert_eq!(back, m);
+        // The IPv6 half's bytes: subnet, length, PublicIPv6, MAC after the IPv4 half.
+        let mut want = vec![
+            10, 244, 9, 0, 24, 192, 168, 100, 12, 0x0e, 0x2a, 0xc0, 0xa8, 0x64, 0x0c,
+        ];
+        want.extend_from_slice(&v6.subnet.addr().octets());
+        want.push(64);
+        want.extend_from_slice(&v6.public_ipv6.octets());
+        want.extend_from_slice(&v6.vtep_mac.0);
+        assert_eq!(want.len(), PEER_V6_LEN);
+        assert!(bytes.windows(want.len()).any(|w| w == want.as_slice()));
+        // To a version-1 build: neither, and every PEER 15 bytes.
+        let old = st.for_version(1);
+        assert!(!old.fds.contains(&FdRole::UdpRx6));
+        assert!(old.peers.iter().all(|p| p.ipv6.is_none()));
+        let bytes = Message::Offer {
+            version: 1,
+            state: old.clone(),
+        }
+        .encode();
+        let f = Fields::parse(&bytes[HEADER_LEN..]).unwrap();
+        assert!(f.all(tag::PEER).all(|v| v.len() == 15));
+        assert!(f.all(tag::FD).all(|v| v != [5, 0]));
+        // A PEER of any other length, or an IPv6 half that is not a subnet, is refused.
+        let mut bad = want.clone();
+        bad[15 + 16] = 200;
+        for v in [&want[..20], &bad[..]] {
+            let mut w = Writer { buf: Vec::new() };
+            w.state(&old);
+            w.field(tag::PEER, v);
+            w.field(tag::VERSION, &1u16.to_be_bytes());
+            let f = Fields::parse(&w.buf).unwrap();
+            assert!(read_state(&f).is_err(), "{v:?}");
         }
     }
 
@@ -1005,6 +1126,7 @@ mod tests {
             FdRole::UdpRx,
             FdRole::UdpTx(7),
             FdRole::Listener,
+            FdRole::UdpRx6,
         ] {
             assert_eq!(FdRole::from_store_name(&r.store_name()), Some(r));
         }

@@ -311,16 +311,7 @@ pub(super) async fn start_v6(
     role: &str,
 ) -> anyhow::Result<Device6> {
     let name = device6_name(at.vni)?;
-    // Behind NAT the PublicIPv6 is not local: send from the underlay's own address.
-    let here = nl.ipv6_addresses(at.underlay_index).await?;
-    let local = if here.iter().any(|a| a.ip == v6.local_ip) {
-        Some(v6.local_ip)
-    } else {
-        let own = crate::underlay::choose_public_ipv6(None, "the underlay", &here).ok();
-        tracing::warn!(public_ipv6 = %v6.local_ip, local = ?own,
-            "the PublicIPv6 is not an address of the underlay interface: IPv6 VXLAN is sent from the interface's own global address");
-        own
-    };
+    let local = source_ipv6(nl, at.underlay_index, v6.local_ip).await?;
     let spec = device_spec(at, &name, local.map(Into::into), v6.vtep_mac, mtu6(mtu));
     let index = ensure_device(nl, &name, &spec).await?;
     // IPv6 must be on for this device (a host may turn it off by default); it
@@ -333,12 +324,32 @@ pub(super) async fn start_v6(
     Ok(Device6 { name, index })
 }
 
+/// The address VXLAN over IPv6 is sent from: the PublicIPv6, or behind NAT, where the
+/// PublicIPv6 is not local, the underlay's own global address (`None`: it has none).
+pub(super) async fn source_ipv6(
+    nl: &Netlink,
+    underlay_index: u32,
+    public_ipv6: std::net::Ipv6Addr,
+) -> anyhow::Result<Option<std::net::Ipv6Addr>> {
+    let here = nl.ipv6_addresses(underlay_index).await?;
+    if here.iter().any(|a| a.ip == public_ipv6) {
+        return Ok(Some(public_ipv6));
+    }
+    let own = crate::underlay::choose_public_ipv6(None, "the underlay", &here).ok();
+    tracing::warn!(%public_ipv6, local = ?own,
+        "the PublicIPv6 is not an address of the underlay interface: IPv6 VXLAN is sent from the interface's own global address");
+    Ok(own)
+}
+
 /// Turns IPv6 forwarding on (pods' IPv6 traffic crosses between their bridge and the
 /// IPv6 device), as the IPv4 device turns `ip_forward` on. With forwarding on, Linux
 /// ignores router advertisements on an interface whose `accept_ra` is 1; an underlay
 /// that took its IPv6 routes from them keeps doing so (`accept_ra` 2, as Kubernetes'
 /// dual-stack setups ask for).
-async fn enable_ipv6_forwarding(nl: &Netlink, underlay_index: u32) -> anyhow::Result<()> {
+pub(super) async fn enable_ipv6_forwarding(
+    nl: &Netlink,
+    underlay_index: u32,
+) -> anyhow::Result<()> {
     if let Some(u) = nl.link_by_index(underlay_index).await? {
         let key = format!("net/ipv6/conf/{}/accept_ra", u.name);
         let now = std::fs::read_to_string(format!("/proc/sys/{key}")).unwrap_or_default();
@@ -354,7 +365,7 @@ async fn enable_ipv6_forwarding(nl: &Netlink, underlay_index: u32) -> anyhow::Re
 /// Deletes `flannel-v6.<VNI>` (left by the kernel dataplane of a dual-stack node, or
 /// by flanneld) when nothing will program it any more, so that its routes and fdb
 /// entries cannot go stale; `why` says why in the log.
-async fn remove_device6(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()> {
+pub(super) async fn remove_device6(nl: &Netlink, vni: u32, why: &str) -> anyhow::Result<()> {
     remove_vxlan(nl, device6_name(vni).ok(), why).await
 }
 

@@ -101,8 +101,9 @@ pub struct DataplaneSetup {
     pub subnet_len: u8,
     /// `Backend.DirectRouting`.
     pub direct_routing: bool,
-    /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. Both dataplanes
-    /// carry it on `flannel-v6.<VNI>` (the kernel's vxlan driver).
+    /// Dual stack (`EnableIPv6` with a PublicIPv6): the IPv6 VTEP. Carried on
+    /// `flannel-v6.<VNI>` (the kernel's vxlan driver), or by the userspace threads
+    /// ([`Setup6::in_threads`]).
     pub ipv6: Option<Setup6>,
 }
 
@@ -117,6 +118,9 @@ pub struct Setup6 {
     pub network: Subnet6,
     /// IPv6SubnetLen (the length of each pruned IPv6 direct route).
     pub subnet_len: u8,
+    /// `--ipv6-dataplane userspace` on the userspace dataplane: the threads carry
+    /// IPv6 through the TAP instead of the kernel's `flannel-v6.<VNI>`.
+    pub in_threads: bool,
 }
 
 /// The running dataplane: the overlay device, and how peers are routed.
@@ -336,6 +340,12 @@ impl NodeDataplane {
                     "device MAC was changed behind our back (udev MACAddressPolicy?); restoring the VtepMAC"
                 );
                 nl.configure_link(idx, vtep_mac, mtu).await?;
+                if let Some(u) = self.userspace() {
+                    // Setting the MTU reset the TAP's IPv6 MTU.
+                    if let Err(e) = u.tap_ipv6_again(&l.name, mtu) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot set IPv6 on the TAP again");
+                    }
+                }
                 Ok(true)
             }
             None => Err(NetlinkError::NoSuchLink(format!(
@@ -359,6 +369,12 @@ impl NodeDataplane {
     /// lease's first IPv6 address as /128, as flanneld does. Returns whether there
     /// is an IPv6 device.
     pub async fn set_subnet6(&self, nl: &Netlink, subnet: &Subnet6) -> Result<bool, NetlinkError> {
+        if let Some(u) = self.userspace().filter(|u| u.ipv6_in_threads()) {
+            nl.set_only_address6(u.tap_index(), subnet.addr(), 128)
+                .await?;
+            u.set_vtep_ip6(subnet.addr());
+            return Ok(true);
+        }
         match self.device6_index() {
             Some(i) => nl
                 .set_only_address6(i, subnet.addr(), 128)
@@ -396,6 +412,11 @@ impl NodeDataplane {
     /// programs the peers' IPv6 halves again (a reconcile, which also resets what is
     /// recorded as programmed).
     pub async fn restart6(&mut self, nl: &Netlink, setup: &DataplaneSetup) -> anyhow::Result<()> {
+        if self.ipv6_in_threads() {
+            // The IPv6 sockets are bound to the PublicIPv6 and the TAP is the IPv4
+            // device too: nothing to make again alone.
+            anyhow::bail!("the userspace threads carry IPv6 (--ipv6-dataplane userspace): there is no IPv6 device to make again alone");
+        }
         self.direct = direct_routing(nl, setup).await?;
         let v6 = kernel::device6_for(nl, setup).await?;
         match &mut self.overlay {
@@ -405,7 +426,30 @@ impl NodeDataplane {
         Ok(())
     }
 
-    /// The IPv6 device's index (dual stack).
+    /// Whether the userspace threads carry this node's IPv6 (`--ipv6-dataplane
+    /// userspace`): the TAP is then the IPv6 overlay device too, and there is no
+    /// `flannel-v6.<VNI>`.
+    pub fn ipv6_in_threads(&self) -> bool {
+        self.userspace()
+            .is_some_and(userspace::Userspace::ipv6_in_threads)
+    }
+
+    /// Whether this node carries pods' IPv6 (dual stack): on `flannel-v6.<VNI>` or
+    /// through the threads. The IPv6 rules, the blackhole route and the subnet file's
+    /// IPv6 lines follow it.
+    pub fn carries_ipv6(&self) -> bool {
+        self.device6_index().is_some() || self.ipv6_in_threads()
+    }
+
+    /// The device carrying pods' IPv6 to peers: `flannel-v6.<VNI>`, or the TAP when
+    /// the threads carry IPv6.
+    fn overlay6_index(&self) -> Option<u32> {
+        self.device6_index()
+            .or_else(|| self.ipv6_in_threads().then(|| self.device_index()))
+    }
+
+    /// The IPv6 device's index (dual stack, `flannel-v6.<VNI>`; none when the threads
+    /// carry IPv6).
     pub fn device6_index(&self) -> Option<u32> {
         match &self.overlay {
             Overlay::Kernel(k) => k.device6().map(|d| d.index),
@@ -434,7 +478,7 @@ impl NodeDataplane {
         nl: &Netlink,
         peers: &PeerTable,
     ) -> Result<usize, NetlinkError> {
-        if self.device6_index().is_none() {
+        if self.overlay6_index().is_none() {
             return Ok(0);
         }
         let overlay6: Vec<Subnet6> = peers
@@ -467,8 +511,9 @@ impl NodeDataplane {
             overlay: self.device_index(),
             underlay: self.underlay_index,
             fdb: matches!(self.overlay, Overlay::Kernel(_)),
-            overlay6: self.device6_index(),
-            fdb6: true,
+            overlay6: self.overlay6_index(),
+            // flannel-v6.<VNI> has one; the TAP has none.
+            fdb6: self.device6_index().is_some(),
         }
     }
 

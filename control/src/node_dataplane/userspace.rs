@@ -13,20 +13,27 @@
 //! ([`Userspace::start`]), attaching to the one an earlier run left: one device,
 //! never a second. `vxmeshctl cleanup-tap` (and uninstall) delete it.
 //!
-//! Dual stack: the threads carry IPv4. Pods' IPv6 goes through flanneld's IPv6
-//! device, `flannel-v6.<VNI>`, which this dataplane creates or adopts and programs
+//! Dual stack, by default: the threads carry IPv4. Pods' IPv6 goes through flanneld's
+//! IPv6 device, `flannel-v6.<VNI>`, which this dataplane creates or adopts and programs
 //! exactly as the kernel dataplane does (the kernel's vxlan driver; its socket is
 //! IPv6-only, so it shares the VXLAN port with the threads' IPv4 socket; see
 //! docs/decisions/0018-userspace-dual-stack-via-flannel-v6.md).
+//!
+//! With `--ipv6-dataplane userspace` the threads carry IPv6 too (decision 0034), in
+//! flannel's IPv6 layout: the TAP takes IPv6 (the lease's first IPv6 address as /128,
+//! per peer a permanent neighbour `<peer IPv6 subnet's first address>` → the peer's
+//! IPv6 VtepMAC and an onlink route, as on `flannel-v6.<VNI>`), and VXLAN over UDP/IPv6
+//! leaves from the PublicIPv6 (second send sockets) and arrives on an IPv6-only socket
+//! on the VXLAN port (which `flannel-v6.<VNI>` would hold: the device is deleted).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::kernel::{device6_for, Device6};
+use super::kernel::{self, device6_for, mtu6, Device6};
 use super::plan::{Programmed, SharedProgrammed};
 use super::DataplaneSetup;
 use crate::handover::DataplaneFds;
@@ -38,6 +45,9 @@ use vxmesh_dataplane::fib::{ForwardingTable, SharedTable};
 use vxmesh_dataplane::ifname::IfName;
 use vxmesh_dataplane::sys::{Tap, TapError, TapOptions, UdpError, UdpRx, UdpTx, UnderlayTap};
 
+/// How long a successor that must open the IPv6 receive socket (its predecessor
+/// handed none over) waits for the port: until the device that held it is deleted.
+const RX6_WAIT: Duration = Duration::from_secs(2);
 /// Socket buffer sizes: room for several 64 KiB GSO bursts in flight.
 const SNDBUF: usize = 4 << 20;
 /// The alias that marks a TAP as this dataplane's (`ip -d link show vxmesh0`).
@@ -165,6 +175,95 @@ pub struct Userspace {
     /// The IPv6 halves programmed on it, to keep an fdb entry another peer still
     /// needs (two leases of one node share its IPv6 VtepMAC).
     programmed: SharedProgrammed,
+    /// The threads carry IPv6 (`--ipv6-dataplane userspace`): through the TAP, from
+    /// this address.
+    threads6: Option<Ipv6Addr>,
+}
+
+/// IPv6 on the TAP, for the threads to carry (`--ipv6-dataplane userspace`): no
+/// address of the kernel's making (no link-local, so no duplicate address detection,
+/// router solicitation or MLD for it — the overlay carries none of them), no router
+/// advertisements taken, and an IPv6 MTU 20 bytes below the TAP's, as
+/// `flannel-v6.<VNI>`'s is below `flannel.<VNI>`'s: the IPv6 outer header is 20 bytes
+/// longer, so a full-size packet would not fit the underlay (the kernel answers
+/// "packet too big" instead). Set again after every change of the TAP's MTU (the kernel
+/// then resets the IPv6 MTU to it). Without IPv6 in the threads, IPv6 is off on the
+/// TAP: it would only emit router solicitations the overlay drops.
+fn tap_ipv6(name: &str, on: bool, mtu: u32) -> anyhow::Result<()> {
+    if !on {
+        // A kernel without IPv6 has no such setting, and needs none.
+        let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+        return Ok(());
+    }
+    let settings: [(&str, String); 6] = [
+        ("addr_gen_mode", "1".into()),
+        ("accept_ra", "0".into()),
+        ("accept_dad", "0".into()),
+        ("router_solicitations", "0".into()),
+        ("disable_ipv6", "0".into()),
+        ("mtu", mtu6(mtu).to_string()),
+    ];
+    for (key, value) in settings {
+        let key = format!("net/ipv6/conf/{name}/{key}");
+        write_sysctl(&key, &value).with_context(|| format!("setting {key} to {value}"))?;
+    }
+    Ok(())
+}
+
+/// The threads' IPv6 sockets (`--ipv6-dataplane userspace`): send sockets from the
+/// PublicIPv6 (or, behind NAT, the underlay's own address) in `udp_tx` — kept if it
+/// has them from that address, else made — and the receive socket on the VXLAN port:
+/// `rx6` if one was handed over, else a new one. `flannel-v6.<VNI>` holds that port,
+/// so a device left by flanneld, the kernel dataplane or an earlier run of ours is
+/// deleted first. Returns the receive socket and the address sent from.
+async fn open_ipv6(
+    nl: &Netlink,
+    s: &DataplaneSetup,
+    v6: &super::Setup6,
+    udp_tx: &mut UdpTx,
+    rx6: Option<std::os::fd::OwnedFd>,
+    busy_wait: Duration,
+) -> anyhow::Result<(UdpRx, Ipv6Addr)> {
+    let local = kernel::source_ipv6(nl, s.underlay_index, v6.local_ip)
+        .await?
+        .with_context(|| format!("the underlay has no global IPv6 address to send VXLAN from (the PublicIPv6 {} is not one of its addresses)", v6.local_ip))?;
+    if udp_tx.has_ipv6() && udp_tx.local_ip6() != Some(local) {
+        // Handed over from another address: new sockets (new source ports).
+        *udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
+            .context("opening the VXLAN send sockets")?;
+    }
+    if !udp_tx.has_ipv6() {
+        udp_tx
+            .add_ipv6(local, SNDBUF)
+            .context("opening the VXLAN-over-IPv6 send sockets")?;
+    }
+    let rx = match rx6 {
+        Some(fd) => {
+            let rx =
+                UdpRx::from_fd(fd).context("taking over the VXLAN-over-IPv6 receive socket")?;
+            rx.set_rcvbuf(s.vxlan_rcvbuf);
+            rx
+        }
+        None => {
+            kernel::remove_device6(
+                nl,
+                s.local.vni.get(),
+                "the userspace threads carry IPv6 here (--ipv6-dataplane userspace) and need the device's VXLAN port",
+            )
+            .await?;
+            let in_use = |e: &UdpError| matches!(e, UdpError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
+            retry_busy(busy_wait, in_use, || {
+                UdpRx::open(
+                    SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), s.local.port),
+                    s.vxlan_rcvbuf,
+                    s.offloads,
+                )
+            })
+            .context("opening the VXLAN-over-IPv6 receive socket")?
+        }
+    };
+    kernel::enable_ipv6_forwarding(nl, s.underlay_index).await?;
+    Ok((rx, local))
 }
 
 /// Retries `f` while it fails with "busy"/"in use" for up to `wait` (systemd may
@@ -251,8 +350,8 @@ impl Userspace {
         taps[0]
             .set_persist(true)
             .with_context(|| format!("making TAP {name} persistent"))?;
-        // IPv6 on the TAP would only emit router solicitations the overlay drops.
-        let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
+        let threads6 = s.ipv6.filter(|v| v.in_threads);
+        tap_ipv6(name.as_str(), threads6.is_some(), s.mtu)?;
         // The kernel queues frames for the TAP's reader up to txqueuelen and drops
         // beyond (`--tap-txqueuelen`, docs/decisions/0026): room for bursts while the
         // egress thread is busy sending, and the queue a loss-based TCP sender fills.
@@ -272,8 +371,12 @@ impl Userspace {
             nl.configure_link(link.index, s.local.vtep_mac, s.mtu)
                 .await?;
         }
+        if threads6.is_some() {
+            // The MTU set above reset the IPv6 one.
+            tap_ipv6(name.as_str(), true, s.mtu)?;
+        }
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-        let udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
+        let mut udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
             .context("opening the VXLAN send sockets")?;
         let in_use = |e: &UdpError| matches!(e, UdpError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse);
         let udp_rx = retry_busy(busy_wait, in_use, || {
@@ -284,20 +387,25 @@ impl Userspace {
             )
         })
         .context("opening the VXLAN receive socket")?;
+        let ipv6 = match &threads6 {
+            Some(v6) => Some(open_ipv6(nl, s, v6, &mut udp_tx, None, busy_wait).await?),
+            None => None,
+        };
         let tap_offloads = taps[0].offloads().flags;
         let underlay = underlay_tx(nl, s).await;
         let mut u = Self::run(
             s,
             state,
             taps,
-            udp_tx,
-            udp_rx,
+            (udp_tx, udp_rx, ipv6),
             ForwardingTable::new(s.local, []),
             link.index,
             tap_offloads,
             underlay,
         )?;
-        u.v6 = device6_for(nl, s).await?;
+        if threads6.is_none() {
+            u.v6 = device6_for(nl, s).await?;
+        }
         Ok((u, adopted))
     }
 
@@ -329,19 +437,26 @@ impl Userspace {
                 s.local.port
             );
         }
-        let taken = if fds.udp_tx.len() == s.tx_sockets.max(1) {
-            let tx = UdpTx::from_fds(fds.udp_tx).context("taking over the VXLAN send sockets")?;
-            // Bound to another address (the underlay's address changed): not usable.
-            (tx.local_ip() == Some(s.local_ip)).then_some(tx)
-        } else {
-            None
-        };
-        let udp_tx = match taken {
+        let threads6 = s.ipv6.filter(|v| v.in_threads);
+        // Not usable: bound to another address (the underlay's address changed), of
+        // another count (--tx-sockets), or with IPv6 sockets this run does not want.
+        // Whether IPv6 ones are from the right address, `open_ipv6` checks.
+        let taken = UdpTx::from_fds(fds.udp_tx).ok().filter(|tx| {
+            tx.socket_count() == s.tx_sockets.max(1)
+                && tx.local_ip() == Some(s.local_ip)
+                && (threads6.is_some() || !tx.has_ipv6())
+        });
+        let mut udp_tx = match taken {
             Some(tx) => tx,
-            // --tx-sockets or the underlay address changed: new source ports, nothing
-            // else is affected.
+            // New source ports, nothing else is affected.
             None => UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
                 .context("opening the VXLAN send sockets")?,
+        };
+        let ipv6 = match &threads6 {
+            // The predecessor's IPv6 sockets if it had them (a predecessor that left
+            // IPv6 to flannel-v6.<VNI> had none: the device is deleted for the port).
+            Some(v6) => Some(open_ipv6(nl, s, v6, &mut udp_tx, fds.udp_rx6, RX6_WAIT).await?),
+            None => None,
         };
         let table = ForwardingTable::new(s.local, peers.iter().map(Peer::to_vtep));
         let link = nl.link_identity(name.as_str()).await?.with_context(|| {
@@ -352,8 +467,7 @@ impl Userspace {
             s,
             state,
             taps,
-            udp_tx,
-            udp_rx,
+            (udp_tx, udp_rx, ipv6),
             table,
             link.index,
             tap_offloads,
@@ -361,13 +475,18 @@ impl Userspace {
         )?;
         // The IPv6 device kept running through the handover (the kernel carries it);
         // adopted as it is, or removed if the config is no longer dual stack.
-        u.v6 = device6_for(nl, s).await?;
+        if threads6.is_none() {
+            u.v6 = device6_for(nl, s).await?;
+        }
         // Only now (our threads read the queues) anything that might differ.
         let mac = (link.mac != Some(s.local.vtep_mac)).then_some(s.local.vtep_mac);
         let mtu = (link.mtu != s.mtu).then_some(s.mtu);
         if mac.is_some() || mtu.is_some() || !link.up {
             nl.set_link_up(link.index, mac, mtu).await?;
         }
+        // IPv6 on the TAP as this run has it (the predecessor may have had the other
+        // setting; a new MTU reset the IPv6 one).
+        tap_ipv6(name.as_str(), threads6.is_some(), s.mtu)?;
         if link.alias.as_deref() != Some(TAP_ALIAS) {
             nl.set_alias(link.index, TAP_ALIAS).await?;
         }
@@ -394,8 +513,7 @@ impl Userspace {
         s: &DataplaneSetup,
         state: &Arc<AgentState>,
         taps: Vec<Tap>,
-        udp_tx: UdpTx,
-        udp_rx: UdpRx,
+        (udp_tx, udp_rx, ipv6): (UdpTx, UdpRx, Option<(UdpRx, Ipv6Addr)>),
         table: ForwardingTable,
         tap_index: u32,
         tap_offloads: u32,
@@ -411,11 +529,19 @@ impl Userspace {
                 .collect::<std::io::Result<_>>()?,
             udp_rx: udp_rx.try_clone_fd()?,
             udp_tx: udp_tx.try_clone_fds()?,
+            udp_rx6: ipv6.as_ref().map(|(rx, _)| rx.try_clone_fd()).transpose()?,
         };
+        let threads6 = ipv6.as_ref().map(|(_, local)| *local);
         let table = SharedTable::new(table);
         // Active queue management needs to know when each datagram arrived. The option
         // belongs to the socket (a successor sets it again as its own flags say).
-        let aqm = match udp_rx.set_timestamps(s.aqm.is_some()) {
+        let stamps = udp_rx
+            .set_timestamps(s.aqm.is_some())
+            .and_then(|()| match &ipv6 {
+                Some((rx6, _)) => rx6.set_timestamps(s.aqm.is_some()),
+                None => Ok(()),
+            });
+        let aqm = match stamps {
             Ok(()) => s.aqm,
             Err(e) if s.aqm.is_some() => {
                 tracing::warn!(error = %e, "the kernel refused receive time stamps (SO_TIMESTAMPNS): active queue management is off");
@@ -437,6 +563,7 @@ impl Userspace {
             tap: taps,
             udp_tx,
             udp_rx,
+            udp_rx6: ipv6.map(|(rx, _)| rx),
             table: table.clone(),
             counters: Arc::clone(&state.counters),
             flows: Arc::clone(&state.flows),
@@ -463,8 +590,13 @@ impl Userspace {
             vxlan_rcvbuf = s.vxlan_rcvbuf,
             vxlan_rcvbuf_applied = rcvbuf_applied,
             egress_tunnel_gso = st.underlay_tap,
+            ipv6_from = ?threads6,
             "userspace dataplane running"
         );
+        if let Some(local) = threads6 {
+            tracing::info!(tap = %s.device_name, from = %local, mtu6 = mtu6(s.mtu),
+                "the userspace threads carry pods' IPv6 (--ipv6-dataplane userspace): VXLAN over UDP/IPv6 from {local}");
+        }
         state.event(
             "offload",
             format!(
@@ -503,7 +635,25 @@ impl Userspace {
             underlay_name,
             v6: None,
             programmed: SharedProgrammed::default(),
+            threads6,
         })
+    }
+
+    /// Whether the threads carry IPv6 (`--ipv6-dataplane userspace`).
+    pub fn ipv6_in_threads(&self) -> bool {
+        self.threads6.is_some()
+    }
+
+    /// This node's IPv6 VTEP address (the lease's first IPv6 address), when the threads
+    /// carry IPv6: inner IPv6 destinations from peers must lie in its subnet.
+    pub fn set_vtep_ip6(&self, ip: Ipv6Addr) {
+        self.engine.set_vtep_ip6(ip);
+    }
+
+    /// Sets IPv6 on the TAP again as this dataplane has it, after the TAP's MTU was
+    /// set (which resets the IPv6 MTU).
+    pub fn tap_ipv6_again(&self, name: &str, mtu: u32) -> anyhow::Result<()> {
+        tap_ipv6(name, self.threads6.is_some(), mtu)
     }
 
     /// This node's VTEP address, the source of the engine's path probes.

@@ -781,6 +781,38 @@ impl RecvBatch {
         self.message(i).map(|m| (m.src, m.datagrams))
     }
 
+    /// The segment size message `i` is split at (see [`RecvBatch::message`]).
+    fn segment(&self, i: usize) -> usize {
+        let msg = &self.data[i * RECV_BUF..i * RECV_BUF + self.lens[i]];
+        let gro = self.segs[i];
+        if gro == 0 || crate::offload::udp_burst::is_one_datagram(msg, gro) {
+            msg.len().max(1)
+        } else {
+            gro
+        }
+    }
+
+    /// Writes `to` over the inner destination MAC (the six bytes after the 8-byte VXLAN
+    /// header) of every datagram of message `i` that has `from` there; returns how many
+    /// it rewrote. VXLAN over IPv6 in flannel's layout is sent to the node's IPv6
+    /// VtepMAC, and the TAP takes only frames to its own MAC: rewritten in place, before
+    /// the datagrams are judged, rather than copied one by one.
+    pub fn rewrite_inner_dst(&mut self, i: usize, from: [u8; 6], to: [u8; 6]) -> usize {
+        if i >= self.count || self.truncated[i] {
+            return 0;
+        }
+        let seg = self.segment(i);
+        let msg = &mut self.data[i * RECV_BUF..i * RECV_BUF + self.lens[i]];
+        let mut n = 0;
+        for d in msg.chunks_mut(seg) {
+            if let Some(dst) = d.get_mut(8..14).filter(|m| **m == from) {
+                dst.copy_from_slice(&to);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Message `i` as [`RecvBatch::datagrams`] gives it, and whether it is one whole UDP
     /// GSO burst of a kernel sender rather than a train of datagrams: then its one
     /// datagram's inner UDP frame is to be cut into pieces of `inner_segment` payload
@@ -792,11 +824,7 @@ impl RecvBatch {
         let msg = &self.data[i * RECV_BUF..i * RECV_BUF + self.lens[i]];
         let gro = self.segs[i];
         let burst = crate::offload::udp_burst::is_one_datagram(msg, gro);
-        let seg = if gro == 0 || burst {
-            msg.len().max(1)
-        } else {
-            gro
-        };
+        let seg = self.segment(i);
         Some(Received {
             src: self.srcs[i],
             datagrams: msg.chunks(seg),
@@ -2085,5 +2113,43 @@ mod tests {
         let (got6, _) = receive(&rx6, 1);
         assert_eq!((got4.len(), got4[0].2[0]), (1, 4));
         assert_eq!((got6.len(), got6[0].2[0]), (1, 6));
+    }
+
+    #[test]
+    fn inner_destination_macs_rewritten_in_place() {
+        let from = [0x06, 0, 0, 0, 0, 2];
+        let to = [0x0e, 0x5a, 0x11, 0x22, 0x33, 0x44];
+        let other = [0x06, 0, 0, 0, 0, 9];
+        // Three 30-byte datagrams in one GRO message, the second to another MAC; a
+        // datagram too short to hold a destination MAC; a message of one datagram.
+        let dg = |mac: [u8; 6]| {
+            let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            d.extend_from_slice(&mac);
+            d.extend_from_slice(&[0xaa; 16]);
+            d
+        };
+        let mut train = dg(from);
+        train.extend(dg(other));
+        train.extend(dg(from));
+        train.extend_from_slice(&[0x08, 0, 0]);
+        let one = dg(from);
+        let src: SocketAddr = "[fd00:64::12]:4789".parse().unwrap();
+        let mut b = RecvBatch::with_messages(&[(src, 30, &train), (src, 0, &one)]);
+        assert_eq!(b.rewrite_inner_dst(0, from, to), 2);
+        assert_eq!(b.rewrite_inner_dst(1, from, to), 1);
+        assert_eq!(b.rewrite_inner_dst(2, from, to), 0, "no such message");
+        let m = b.message(0).unwrap();
+        let got: Vec<&[u8]> = m.datagrams.map(|d| d.get(8..14).unwrap_or(&[])).collect();
+        assert_eq!(got, [&to[..], &other[..], &to[..], &[][..]]);
+        // Everything else as it was.
+        let all: Vec<u8> = b.message(0).unwrap().datagrams.flatten().copied().collect();
+        let mut want = dg(to);
+        want.extend(dg(other));
+        want.extend(dg(to));
+        want.extend_from_slice(&[0x08, 0, 0]);
+        assert_eq!(all, want);
+        assert_eq!(b.message(1).unwrap().datagrams.next().unwrap(), &dg(to)[..]);
+        // Done again, nothing left to rewrite.
+        assert_eq!(b.rewrite_inner_dst(0, from, to), 0);
     }
 }
