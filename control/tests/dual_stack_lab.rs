@@ -834,6 +834,147 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
     );
 }
 
+/// A pod's global IPv6 address (on its eth0).
+fn pod_ipv6(lab: &Lab, pod: &str) -> String {
+    let v = lab.ip_json(pod, &["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    v[0]["addr_info"][0]["local"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pod} has no global IPv6 address: {v}"))
+        .to_string()
+}
+
+/// `ping -6 -i 0.01 -c count` from pod `from` to `to`, in the background.
+fn ping6(lab: &Lab, from: &str, to: &str, count: u32) -> std::process::Child {
+    lab.command_in(from, "ping")
+        .args(["-6", "-i", "0.01", "-W", "2", "-c", &count.to_string(), to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// (sent, received) of a finished ping.
+fn ping_counts(p: std::process::Child) -> (u32, u32) {
+    let out = p.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let num = |w: &str| -> u32 {
+        line.split(',')
+            .find(|p| p.contains(w))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    (num("transmitted"), num("received"))
+}
+
+/// The userspace threads carrying IPv6 (`--ipv6-dataplane userspace`, decision 0034)
+/// in a mixed dual-stack cluster: node 1 runs them, node 2 the kernel dataplane, node
+/// 3 the flannel recipe (its own `flannel-v6.1` at the kernel's defaults). Every pod
+/// pair of both families is reachable; node 1 has no `flannel-v6.1` and no nftables
+/// check (the threads check), its TAP holds the lease's IPv6 address as /128, the
+/// peers' IPv6 neighbours and routes and no fdb entry, an IPv6 socket holds the VXLAN
+/// port; the other nodes program node 1's IPv6 half as any flannel-v6 peer's; IPv6
+/// pings every 10 ms both ways across a live handover on node 1 are all answered, and
+/// so after a cold restart.
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn ipv6_in_the_threads_beside_kernel_and_flannel_nodes() {
+    require_root();
+    require_etcd();
+    let lab = Lab::new(
+        "vx6u",
+        &[
+            ("VXLAB_NODES", "3"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_DATAPLANES", "userspace6 kernel flannel"),
+        ],
+    );
+    let (ok, out) = lab.cmd(&["up"]);
+    assert!(ok, "lab up failed:\n{out}");
+    assert!(
+        out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "{out}"
+    );
+    let (k1, attrs1, _) = lease_of(&lab, "192.168.100.11");
+    let (k2, attrs2, _) = lease_of(&lab, "192.168.100.12");
+    let (k3, attrs3, _) = lease_of(&lab, "192.168.100.13");
+    let s1 = k1.ipv6_subnet().expect("node 1's lease is dual stack");
+    // Node 1: the TAP carries IPv6; no flannel-v6.1, no nftables check.
+    let links = lab.exec("n1", &["ip", "-br", "link"]);
+    assert!(!links.contains("flannel-v6"), "{links}");
+    assert_eq!(
+        ipv6_addrs(&lab, "n1", "vxmesh0"),
+        [format!("{}/128", s1.addr())]
+    );
+    for (k, a) in [(&k2, &attrs2), (&k3, &attrs3)] {
+        let s = k.ipv6_subnet().unwrap();
+        let r = lab.ip_json("n1", &["-6", "route", "show", &s.to_string()]);
+        assert_eq!(r[0]["dev"], "vxmesh0", "{r}");
+        assert_eq!(r[0]["gateway"], s.addr().to_string(), "{r}");
+        let mac = a.vxlan_v6.expect("BackendV6Data").vtep_mac;
+        let neigh = lab.exec("n1", &["ip", "-6", "neigh", "show", "dev", "vxmesh0"]);
+        assert!(
+            neigh.contains(&format!("{} lladdr {mac} PERMANENT", s.addr())),
+            "{neigh}"
+        );
+    }
+    let fdb = lab.exec("n1", &["bridge", "fdb", "show", "dev", "vxmesh0"]);
+    assert!(!fdb.contains(" dst "), "the TAP has no fdb entries: {fdb}");
+    assert_eq!(
+        lab.exec("n1", &["cat", "/proc/sys/net/ipv6/conf/vxmesh0/mtu"]).trim(),
+        "1430",
+        "the TAP's IPv6 MTU: 20 below its 1450"
+    );
+    assert!(ingress6_check(&lab, "n1").is_empty());
+    let udp = lab.exec("n1", &["ss", "-uanp", "sport", "= :8472"]);
+    assert!(
+        udp.lines()
+            .any(|l| l.contains("[::]:8472") && l.contains("vxmeshd")),
+        "vxmeshd holds the IPv6 VXLAN port: {udp}"
+    );
+    let st = lab.status("n1");
+    assert_eq!(st["offloads"]["ipv6"]["udp_gro"], true, "{st}");
+    // The others program node 1's IPv6 half as a flannel-v6 peer's.
+    let mac1 = attrs1.vxlan_v6.unwrap().vtep_mac;
+    for n in ["n2", "n3"] {
+        let fdb = lab.exec(n, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+        assert!(fdb.contains(&format!("{mac1} dst fd00:64::11")), "{n}: {fdb}");
+    }
+    // A live handover on node 1: no IPv6 ping lost either way.
+    let (p1, p2, p3) = (
+        pod_ipv6(&lab, "n1-p1"),
+        pod_ipv6(&lab, "n2-p1"),
+        pod_ipv6(&lab, "n3-p1"),
+    );
+    let pings = [
+        ping6(&lab, "n2-p1", &p1, 300),
+        ping6(&lab, "n1-p1", &p2, 300),
+        ping6(&lab, "n3-p1", &p1, 300),
+        ping6(&lab, "n1-p1", &p3, 300),
+    ];
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.must(&["handover-agent", "1"]);
+    for (i, p) in pings.into_iter().enumerate() {
+        let (sent, got) = ping_counts(p);
+        println!("IPv6 pings across a handover on node 1, pair {i}: {got} of {sent}");
+        assert_eq!(got, sent, "no IPv6 ping lost across the handover (pair {i})");
+    }
+    let st = lab.status("n1");
+    assert_eq!(st["start"]["how"], "handover", "{st}");
+    // A cold restart: the same TAP and port, every pair of both families again.
+    lab.must(&["restart-agent", "1"]);
+    let out = lab.must(&["check"]);
+    assert!(
+        out.contains("24 of 24 reachable; IPv6 pod pairs: 24 of 24 reachable"),
+        "after node 1's cold restart:\n{out}"
+    );
+}
+
 /// An IPv6-only pod network (`VXLAB_IPV6=only`: `EnableIPv4` false), a userspace and
 /// a kernel node and a third userspace one: every node leases flannel's IPv6-only key,
 /// known by its PublicIPv6, runs `flannel-v6.1` alone (no TAP, no `flannel.1`), writes
