@@ -836,7 +836,10 @@ fn dual_stack_mixed_with_a_flannel_recipe_node() {
 
 /// A pod's global IPv6 address (on its eth0).
 fn pod_ipv6(lab: &Lab, pod: &str) -> String {
-    let v = lab.ip_json(pod, &["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    let v = lab.ip_json(
+        pod,
+        &["-6", "addr", "show", "dev", "eth0", "scope", "global"],
+    );
     v[0]["addr_info"][0]["local"]
         .as_str()
         .unwrap_or_else(|| panic!("{pod} has no global IPv6 address: {v}"))
@@ -926,7 +929,8 @@ fn ipv6_in_the_threads_beside_kernel_and_flannel_nodes() {
     let fdb = lab.exec("n1", &["bridge", "fdb", "show", "dev", "vxmesh0"]);
     assert!(!fdb.contains(" dst "), "the TAP has no fdb entries: {fdb}");
     assert_eq!(
-        lab.exec("n1", &["cat", "/proc/sys/net/ipv6/conf/vxmesh0/mtu"]).trim(),
+        lab.exec("n1", &["cat", "/proc/sys/net/ipv6/conf/vxmesh0/mtu"])
+            .trim(),
         "1430",
         "the TAP's IPv6 MTU: 20 below its 1450"
     );
@@ -943,7 +947,10 @@ fn ipv6_in_the_threads_beside_kernel_and_flannel_nodes() {
     let mac1 = attrs1.vxlan_v6.unwrap().vtep_mac;
     for n in ["n2", "n3"] {
         let fdb = lab.exec(n, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
-        assert!(fdb.contains(&format!("{mac1} dst fd00:64::11")), "{n}: {fdb}");
+        assert!(
+            fdb.contains(&format!("{mac1} dst fd00:64::11")),
+            "{n}: {fdb}"
+        );
     }
     // A live handover on node 1: no IPv6 ping lost either way.
     let (p1, p2, p3) = (
@@ -962,7 +969,10 @@ fn ipv6_in_the_threads_beside_kernel_and_flannel_nodes() {
     for (i, p) in pings.into_iter().enumerate() {
         let (sent, got) = ping_counts(p);
         println!("IPv6 pings across a handover on node 1, pair {i}: {got} of {sent}");
-        assert_eq!(got, sent, "no IPv6 ping lost across the handover (pair {i})");
+        assert_eq!(
+            got, sent,
+            "no IPv6 ping lost across the handover (pair {i})"
+        );
     }
     let st = lab.status("n1");
     assert_eq!(st["start"]["how"], "handover", "{st}");

@@ -56,9 +56,9 @@ pub enum Egress {
 ///
 /// Address resolution never crosses the overlay, as with flannel's vxlan device:
 /// ARP requests and Neighbor Solicitations are answered here for peers' VTEP
-/// addresses, and dropped for any other target (`ArpUnknownTarget`, for both: the
-/// kernel's duplicate address detection of its own addresses lands there, as its
-/// gratuitous ARP does). That holds for a unicast solicitation too (the kernel's
+/// addresses, and dropped for any other target (`ArpUnknownTarget`, for both; the
+/// kernel's duplicate address detection of an address of its own is `Multicast`,
+/// as it was before solicitations were answered). That holds for a unicast solicitation too (the kernel's
 /// reachability check of a neighbour it learned): it is answered, not sent to the
 /// peer, whose kernel would answer with its TAP's MAC, not its IPv6 VtepMAC.
 pub fn classify_egress(frame: &[u8], table: &ForwardingTable) -> Egress {
@@ -122,6 +122,12 @@ fn answer_ns(frame: &[u8], table: &ForwardingTable) -> Egress {
         return Egress::Drop(DropReason::EgressMalformed);
     };
     let Some(peer_mac) = table.mac_for_vtep_ip6(&ns.target) else {
+        // Duplicate address detection (the TAP probing an address of its own, a
+        // link-local one unless IPv6 is set as vxmeshd sets it) asks nothing of a
+        // peer: multicast the overlay does not carry, as before NDP was answered.
+        if ns.is_dad() {
+            return Egress::Drop(DropReason::Multicast);
+        }
         return Egress::Drop(DropReason::ArpUnknownTarget);
     };
     Egress::NeighborAdvert(ns.answer(peer_mac).emit())
@@ -882,6 +888,18 @@ mod tests {
                 "{target}"
             );
         }
+        // Duplicate address detection of an address that is no peer's (the TAP's
+        // own): asks nothing of a peer, dropped as the multicast it is.
+        let dad = NeighborSolicit::parse(&NS_DAD).unwrap();
+        let f = solicitation(
+            MacAddr([0x33, 0x33, 0xff, 0, 0, 0]),
+            &NeighborSolicit {
+                target: ip6("fe80::c4d2:32ff:fe6f:8f44"),
+                ..dad
+            },
+            255,
+        );
+        assert_eq!(classify_egress(&f, &t), Egress::Drop(DropReason::Multicast));
         // Not RFC 4861's (hop limit 254, a bad checksum): malformed.
         let mut f = NS_LINK_LOCAL;
         f[21] = 254;
