@@ -141,7 +141,8 @@ struct ReportArgs {
 struct HoldArgs {
     #[command(flatten)]
     common: Common,
-    /// The mode (a `--modes` name: none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6).
+    /// The mode (a `--modes` name: none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6,
+    /// vxmesh6-threads).
     #[arg(long, default_value = "vxmesh")]
     mode: String,
     /// Tear down after this many seconds at the latest.
@@ -213,11 +214,13 @@ struct RunArgs {
     udp_max_loss: f64,
     /// Modes to measure, comma separated: none, kernel, vxmesh, kernel-masq,
     /// vxmesh-masq (those two with vxmeshd's default `--ip-masq` rules on the nodes),
-    /// kernel6, vxmesh6 (pods' IPv6 on dual-stack nodes over an IPv6 underlay).
+    /// kernel6, vxmesh6 (pods' IPv6 on dual-stack nodes over an IPv6 underlay),
+    /// vxmesh6-threads (the same, carried by vxmesh's threads: `--ipv6-dataplane
+    /// userspace`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,kernel,vxmesh,kernel-masq,vxmesh-masq,kernel6,vxmesh6"
+        default_value = "none,kernel,vxmesh,kernel-masq,vxmesh-masq,kernel6,vxmesh6,vxmesh6-threads"
     )]
     modes: Vec<String>,
     /// Copy the table and chart into docs/benchmarks.md and docs/img/bench-latest.png.
@@ -290,7 +293,7 @@ fn parse_modes(v: &[String]) -> anyhow::Result<Vec<Mode>> {
     let mut modes = Vec::new();
     for s in v {
         let m = Mode::parse(s.trim()).with_context(|| {
-            format!("unknown mode {s:?} (none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6)")
+            format!("unknown mode {s:?} (none, kernel, vxmesh, kernel-masq, vxmesh-masq, kernel6, vxmesh6, vxmesh6-threads)")
         })?;
         if !modes.contains(&m) {
             modes.push(m);

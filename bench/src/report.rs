@@ -32,10 +32,14 @@ pub enum Mode {
     /// `--ip-masq=false`): IPv6 crosses on the `flannel-v6.1` vxmeshd programs
     /// (docs/decisions/0018).
     Vxmesh6,
+    /// Pods' IPv6 between two dual-stack vxmeshd whose threads carry it
+    /// (`--ipv6-dataplane userspace`, docs/decisions/0034): VXLAN over UDP/IPv6 from
+    /// the userspace dataplane.
+    Vxmesh6Threads,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::NoOverlay,
         Mode::KernelVxlan,
         Mode::Vxmesh,
@@ -43,6 +47,7 @@ impl Mode {
         Mode::VxmeshMasq,
         Mode::KernelVxlan6,
         Mode::Vxmesh6,
+        Mode::Vxmesh6Threads,
     ];
 
     /// How tables and charts name the mode.
@@ -55,6 +60,7 @@ impl Mode {
             Mode::VxmeshMasq => "vxmesh + masq",
             Mode::KernelVxlan6 => "kernel VXLAN, IPv6",
             Mode::Vxmesh6 => "vxmesh, IPv6",
+            Mode::Vxmesh6Threads => "vxmesh, IPv6 in the threads",
         }
     }
 
@@ -68,6 +74,7 @@ impl Mode {
             Mode::VxmeshMasq => "vxmesh-masq",
             Mode::KernelVxlan6 => "kernel6",
             Mode::Vxmesh6 => "vxmesh6",
+            Mode::Vxmesh6Threads => "vxmesh6-threads",
         }
     }
 
@@ -81,6 +88,7 @@ impl Mode {
             Mode::VxmeshMasq => "vxq",
             Mode::KernelVxlan6 => "kv6",
             Mode::Vxmesh6 => "vx6",
+            Mode::Vxmesh6Threads => "vt6",
         }
     }
 
@@ -90,12 +98,18 @@ impl Mode {
 
     /// Whether vxmeshd carries the traffic (etcd and the agents are needed).
     pub fn is_vxmesh(self) -> bool {
-        matches!(self, Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6)
+        matches!(
+            self,
+            Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6 | Mode::Vxmesh6Threads
+        )
     }
 
     /// Whether the pods talk IPv6 (dual-stack nodes over an IPv6 underlay).
     pub fn ipv6(self) -> bool {
-        matches!(self, Mode::KernelVxlan6 | Mode::Vxmesh6)
+        matches!(
+            self,
+            Mode::KernelVxlan6 | Mode::Vxmesh6 | Mode::Vxmesh6Threads
+        )
     }
 
     /// Whether the nodes hold vxmeshd's default masquerade rules.
@@ -114,7 +128,7 @@ impl Mode {
                 Some(Mode::KernelVxlan)
             }
             Mode::VxmeshMasq => Some(Mode::KernelVxlanMasq),
-            Mode::Vxmesh6 => Some(Mode::KernelVxlan6),
+            Mode::Vxmesh6 | Mode::Vxmesh6Threads => Some(Mode::KernelVxlan6),
             Mode::KernelVxlan => None,
         }
     }
@@ -938,7 +952,9 @@ mod tests {
         assert_eq!(Mode::Vxmesh6.baseline(), Some(Mode::KernelVxlan6));
         assert_eq!(Mode::KernelVxlan6.baseline(), Some(Mode::KernelVxlan));
         assert!(Mode::Vxmesh6.is_vxmesh() && !Mode::Vxmesh6.masq());
-        assert!(Mode::ALL.iter().filter(|m| m.ipv6()).count() == 2);
+        assert!(Mode::ALL.iter().filter(|m| m.ipv6()).count() == 3);
+        assert_eq!(Mode::Vxmesh6Threads.baseline(), Some(Mode::KernelVxlan6));
+        assert!(Mode::Vxmesh6Threads.is_vxmesh());
         for m in Mode::ALL {
             assert_eq!(Mode::parse(m.key()), Some(m));
         }

@@ -260,7 +260,7 @@ impl Topology {
                 }
                 mtu
             }
-            Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6 => {
+            Mode::Vxmesh | Mode::VxmeshMasq | Mode::Vxmesh6 | Mode::Vxmesh6Threads => {
                 let e = start_etcd(&node_a.ns, ctx, state.path(), mode.ipv6())?;
                 etcd = Some(e);
                 let mut mtus = Vec::new();
@@ -285,6 +285,9 @@ impl Topology {
                     .collect();
                     if !mode.masq() {
                         args.push("--ip-masq=false".into());
+                    }
+                    if mode == Mode::Vxmesh6Threads {
+                        args.push("--ipv6-dataplane=userspace".into());
                     }
                     args.extend(ctx.agent_args.iter().cloned());
                     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
