@@ -1274,6 +1274,10 @@ pub async fn run_with(
         vni.get(),
         cfg.backend.port,
         &opts.etcd_prefix,
+        public_ipv6.is_some()
+            && cfg.ipv6.is_some()
+            && opts.dataplane == DataplaneKind::Userspace
+            && opts.ipv6_dataplane == DataplaneKind::Userspace,
     );
     let mut ho = NodeHandover::acquire(me, launch, takeover_tx, &state).await?;
 

@@ -83,6 +83,16 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Whether a netlink request failed because an address or port is in use (a vxlan
+/// device brought up while a socket holds its UDP port).
+pub fn is_addr_in_use(e: &NetlinkError) -> bool {
+    match e {
+        NetlinkError::Request { source, .. } => errno(source) == Some(libc::EADDRINUSE),
+        NetlinkError::Failed { errno, .. } => *errno == libc::EADDRINUSE,
+        _ => false,
+    }
+}
+
 /// Whether a netlink request failed because the object already exists.
 pub fn is_exists(e: &NetlinkError) -> bool {
     matches!(e, NetlinkError::Request { source, .. } if errno(source) == Some(EEXIST))

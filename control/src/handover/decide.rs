@@ -72,6 +72,13 @@ pub fn conflicts(ours: &Fingerprint, theirs: &Fingerprint) -> Vec<String> {
         ours.etcd_prefix.clone(),
         theirs.etcd_prefix.clone(),
     );
+    // The IPv6 port is held by the threads' socket on one side and by flannel-v6 on
+    // the other: a switch is a restart (stop, then start), not a handover.
+    differ(
+        "--ipv6-dataplane",
+        ours.ipv6_dataplane.clone(),
+        theirs.ipv6_dataplane.clone(),
+    );
     out
 }
 
@@ -201,6 +208,7 @@ mod tests {
             vni: 1,
             port: 8472,
             etcd_prefix: "/coreos.com/network".into(),
+            ipv6_dataplane: "kernel".into(),
         }
     }
 
@@ -266,6 +274,18 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("systemctl stop vxmeshd"), "{reason}");
+        // IPv6 in the threads on one side only: the IPv6 port changes hands, so a
+        // restart, not a handover.
+        let mut t = fp();
+        t.ipv6_dataplane = "userspace".into();
+        let HelloAnswer::Refuse { reason } = answer_hello(&fp(), VERSIONS, true, VERSIONS, &t)
+        else {
+            panic!("must refuse")
+        };
+        assert!(
+            reason.contains("--ipv6-dataplane kernel there, userspace here"),
+            "{reason}"
+        );
         for change in [
             |f: &mut Fingerprint| f.network = "10.9.0.0/16".parse().unwrap(),
             |f: &mut Fingerprint| f.port = 4789,
@@ -273,6 +293,7 @@ mod tests {
             |f: &mut Fingerprint| f.etcd_prefix = "/other".into(),
             |f: &mut Fingerprint| f.dataplane = "kernel".into(),
             |f: &mut Fingerprint| f.tap = "vx1".into(),
+            |f: &mut Fingerprint| f.ipv6_dataplane = "userspace".into(),
         ] {
             let mut f = fp();
             change(&mut f);

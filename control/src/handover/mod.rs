@@ -1014,6 +1014,7 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 etcd_prefix: "/coreos.com/network".into(),
+                ipv6_dataplane: "kernel".into(),
             },
             versions,
             build: "test".into(),

@@ -625,6 +625,7 @@ pub fn identity_ipv6_only(
         vni,
         port,
         etcd_prefix,
+        false,
     )
 }
 
@@ -640,6 +641,7 @@ pub fn identity(
     vni: u32,
     port: u16,
     etcd_prefix: &str,
+    ipv6_in_threads: bool,
 ) -> Identity {
     Identity {
         fingerprint: super::wire::Fingerprint {
@@ -652,6 +654,12 @@ pub fn identity(
             vni,
             port,
             etcd_prefix: etcd_prefix.to_string(),
+            ipv6_dataplane: if ipv6_in_threads {
+                "userspace"
+            } else {
+                "kernel"
+            }
+            .to_string(),
         },
         versions: super::our_versions(),
         build: super::build_id(),

@@ -95,6 +95,10 @@ pub struct Fingerprint {
     pub vni: u32,
     pub port: u16,
     pub etcd_prefix: String,
+    /// Who carries a dual-stack node's IPv6: `userspace` (the threads,
+    /// `--ipv6-dataplane userspace`) or `kernel` (`flannel-v6.<VNI>`, or no IPv6). A
+    /// build before the field sends none: `kernel`.
+    pub ipv6_dataplane: String,
 }
 
 impl Fingerprint {
@@ -311,6 +315,7 @@ mod tag {
     pub const VNI: u8 = 0x16;
     pub const PORT: u8 = 0x17;
     pub const ETCD_PREFIX: u8 = 0x18;
+    pub const IPV6_DATAPLANE: u8 = 0x19;
     pub const LEASE: u8 = 0x20;
     pub const VTEP_MAC: u8 = 0x21;
     pub const MTU: u8 = 0x22;
@@ -339,6 +344,7 @@ mod tag {
             NETWORK => "NETWORK",
             VNI => "VNI",
             PORT => "PORT",
+            IPV6_DATAPLANE => "IPV6_DATAPLANE",
             ETCD_PREFIX => "ETCD_PREFIX",
             LEASE => "LEASE",
             VTEP_MAC => "VTEP_MAC",
@@ -553,6 +559,7 @@ impl Writer {
         self.field(tag::VNI, &f.vni.to_be_bytes());
         self.field(tag::PORT, &f.port.to_be_bytes());
         self.str(tag::ETCD_PREFIX, &f.etcd_prefix);
+        self.str(tag::IPV6_DATAPLANE, &f.ipv6_dataplane);
     }
 
     fn state(&mut self, s: &DataplaneState) {
@@ -605,6 +612,10 @@ fn read_fingerprint(f: &Fields<'_>) -> Result<Fingerprint, DecodeError> {
         vni: f.u32(tag::VNI)?,
         port: f.u16(tag::PORT)?,
         etcd_prefix: f.string(tag::ETCD_PREFIX)?,
+        ipv6_dataplane: match f.get(tag::IPV6_DATAPLANE) {
+            None => "kernel".into(),
+            Some(_) => f.string(tag::IPV6_DATAPLANE)?,
+        },
     })
 }
 
@@ -800,6 +811,7 @@ mod tests {
             vni: 1,
             port: 8472,
             etcd_prefix: "/coreos.com/network".into(),
+            ipv6_dataplane: "kernel".into(),
         }
     }
 
@@ -829,6 +841,23 @@ mod tests {
             at_ms: 1_800_000_000_123,
             stopped: false,
         }
+    }
+
+    /// A Hello from a build before `--ipv6-dataplane` has no such field: `kernel`.
+    #[test]
+    fn a_fingerprint_without_ipv6_dataplane_is_kernel() {
+        let mut f = fingerprint();
+        f.ipv6_dataplane = "userspace".into();
+        let mut w = Writer { buf: Vec::new() };
+        w.fingerprint(&f);
+        let back = read_fingerprint(&Fields::parse(&w.buf).unwrap()).unwrap();
+        assert_eq!(back, f);
+        // The same bytes without the IPV6_DATAPLANE field (tag, u16 length, value).
+        let at = w.buf.len() - (3 + "userspace".len());
+        assert_eq!(w.buf[at], tag::IPV6_DATAPLANE);
+        let old = &w.buf[..at];
+        let back = read_fingerprint(&Fields::parse(old).unwrap()).unwrap();
+        assert_eq!(back.ipv6_dataplane, "kernel");
     }
 
     /// Version 2: a peer's IPv6 half and the IPv6 receive socket travel, byte for byte
@@ -1178,6 +1207,7 @@ mod tests {
                         network,
                         vni,
                         port,
+                        ipv6_dataplane: if vni % 2 == 0 { "kernel" } else { "userspace" }.into(),
                         etcd_prefix,
                     }
                 },

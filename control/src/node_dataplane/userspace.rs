@@ -210,6 +210,32 @@ fn tap_ipv6(name: &str, on: bool, mtu: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`device6_for`], retried for up to `wait` while the IPv6 VXLAN port is in use: a
+/// run whose threads carried IPv6 left its receive socket in systemd's descriptor
+/// store, which this start dropped (the fingerprints differ) and systemd closes on its
+/// own time.
+async fn device6_when_free(
+    nl: &Netlink,
+    s: &DataplaneSetup,
+    wait: Duration,
+) -> anyhow::Result<Option<Device6>> {
+    let t = Instant::now();
+    loop {
+        match device6_for(nl, s).await {
+            Err(e)
+                if t.elapsed() < wait
+                    && e.chain().any(|c| {
+                        c.downcast_ref::<crate::netlink::NetlinkError>()
+                            .is_some_and(crate::netlink::is_addr_in_use)
+                    }) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The threads' IPv6 sockets (`--ipv6-dataplane userspace`): send sockets from the
 /// PublicIPv6 (or, behind NAT, the underlay's own address) in `udp_tx` — kept if it
 /// has them from that address, else made — and the receive socket on the VXLAN port:
@@ -404,7 +430,7 @@ impl Userspace {
             underlay,
         )?;
         if threads6.is_none() {
-            u.v6 = device6_for(nl, s).await?;
+            u.v6 = device6_when_free(nl, s, busy_wait).await?;
         }
         Ok((u, adopted))
     }
