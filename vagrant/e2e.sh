@@ -20,7 +20,9 @@
 #    then the network config turns dual stack (VXMESH_E2E_IPV6=1): every node gets an IPv6
 #    address on the private network, vxmeshd restarts into flannel's dual-stack keys with
 #    flannel-v6.<VNI> (both dataplanes), one more pod per node gets both families, and every
-#    IPv6 pod pair pings; then the config turns IPv6-only (VXMESH_E2E_IPV6_ONLY=1): every node
+#    IPv6 pod pair pings; node1 switches to IPv6 in its threads (--ipv6-dataplane userspace,
+#    no flannel-v6 there), every IPv6 pair pings, a restart through systemd's store loses no
+#    IPv6 ping, and it switches back; then the config turns IPv6-only (VXMESH_E2E_IPV6_ONLY=1): every node
 #    restarts through systemd into flannel-v6.<VNI> alone, keeping its IPv6 subnet, one more pod
 #    per node gets IPv6 only, every pair of those and of the dual-stack pods pings, and the
 #    userspace nodes' IPv6 ingress check dropped none of it;
@@ -397,6 +399,25 @@ if [ "$IPV6" = 1 ] && [ "$NODES" -ge 2 ]; then
   phase "dual stack (config, restarts, pods)"
   ping_all "IPv6, dual stack" "$WORK/pods6"
   phase "ping (IPv6 pairs)"
+
+  # 5b. node1's threads carry its IPv6 (--ipv6-dataplane userspace, decision 0034): a
+  # systemctl restart switches (the store is dropped: the fingerprints differ), every IPv6
+  # pair pings, a restart in that mode through the store loses no IPv6 ping, and switching
+  # back brings flannel-v6 up again (after systemd closed the stored IPv6 socket).
+  out=$(vssh node1 "sudo $G ipv6-threads userspace" 2>&1)
+  check "node1: --ipv6-dataplane userspace through systemd: no flannel-v6, the TAP holds the lease's IPv6 /128, vxmeshd holds [::]:8472" $? "$out"
+  ping_all "IPv6, node1's threads carry it" "$WORK/pods6"
+  p6=node2-p$((PODS + EXTRA_PODS)); a6=$(awk '$1 == "node1" {print $3}' "$WORK/pods6")
+  vssh node2 "sudo $G ping-start $p6 $a6 1500 $PING_INTERVAL" >/dev/null 2>&1; sleep 2
+  out=$(vssh node1 "sudo $G restart-agent" 2>&1); rc=$?
+  lost=$(vssh node2 "sudo $G ping-result $p6" 2>&1)
+  check "node1: systemctl restart with IPv6 in the threads (its IPv6 socket from systemd's store)" "$rc" "$out"
+  zero_lost; check "node1: no IPv6 ping lost across systemctl restart (node2's pod -> node1's, IPv6 in node1's threads)" $? "$(loss)"
+  note+=("systemctl restart on node1 with IPv6 in its threads: IPv6 $(loss)")
+  out=$(vssh node1 "sudo $G ipv6-threads kernel" 2>&1)
+  check "node1: back to --ipv6-dataplane kernel: flannel-v6 again, no IPv6 on the TAP, no vxmeshd socket on [::]:8472" $? "$out"
+  ping_all "IPv6, flannel-v6 again on node1" "$WORK/pods6"
+  phase "IPv6 in node1's threads, and back"
 fi
 
 # ---- 6. IPv6 only: the config turns IPv6-only, every node restarts through systemd --------

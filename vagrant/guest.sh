@@ -177,6 +177,27 @@ case $cmd in
     a6=""; [ -z "$dev6" ] || a6=$(ip -6 -o addr show dev "$dev6" scope global | awk '{print $4}')
     echo "$dev $addr, $(jq -r '.node.dataplane' <<<"$(status_json)") dataplane: FLANNEL_IPV6_SUBNET=${sub6:-none}, ${dev6:-no IPv6 device} ${a6:-without an address}"
     [ -n "$sub6" ] && [ -n "$dev6" ] && [ -n "$a6" ] ;;
+  ipv6-threads)
+    # --ipv6-dataplane through the unit's environment file, then systemctl restart
+    want=${1:?userspace or kernel}; env=/etc/vxmesh/vxmeshd.env; t0=$(date +%s.%N)
+    sed -i '/^VXMESHD_IPV6_DATAPLANE=/d' "$env"; echo "VXMESHD_IPV6_DATAPLANE=$want" >>"$env"
+    if ! systemctl restart vxmeshd.service; then
+      echo "systemctl restart vxmeshd failed ($(unit ActiveState)/$(unit SubState), result $(unit Result))"
+      journalctl -u vxmeshd.service --no-pager -n 5 -o cat; exit 1
+    fi
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}')
+    /usr/local/bin/vxmeshctl wait-ready --timeout 60 >/dev/null || { echo "vxmeshd not ready after the restart"; exit 1; }
+    st=$(status_json); tap=$(jq -r '.node.tap // "vxmesh0"' <<<"$st")
+    sub6=$(sed -n 's/^FLANNEL_IPV6_SUBNET=//p' "$SUBNET_FILE")
+    dev6=$(ip -o link show type vxlan | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -m1 '^flannel-v6\.' || true)
+    a6=$(ip -6 -o addr show dev "$tap" scope global | awk '{print $4}')
+    sock=$(ss -H -uanp 'sport = :8472' | grep -c '\[::\]:8472.*vxmeshd' || true)
+    echo "systemctl restart with --ipv6-dataplane $want: ${secs}s ($(jq -r '.start.how // "?"' <<<"$st")), FLANNEL_IPV6_SUBNET=${sub6:-none}, ${dev6:-no flannel-v6}, $tap IPv6: ${a6:-none}, vxmeshd sockets on [::]:8472: $sock"
+    case $want in
+      userspace) [ -n "$sub6" ] && [ -z "$dev6" ] && [ "$a6" = "${sub6%/*}/128" ] && [ "$sock" -ge 1 ] ;;
+      kernel) [ -n "$sub6" ] && [ -n "$dev6" ] && [ -z "$a6" ] && [ "$sock" = 0 ] ;;
+      *) echo "want userspace or kernel"; exit 1 ;;
+    esac ;;
   pod6)
     node=${1:?node}; pod=${2:?pod}; dir=$(cni_dir); conf=$(cluster_netconf_from_conflist "$CONFLIST")
     cluster_pod_add "$pod" "$dir/vxmesh" "$dir" "$conf" >/dev/null || { echo "CNI ADD for $pod failed" >&2; exit 1; }
