@@ -194,7 +194,9 @@ case $cmd in
     sock=$(ss -H -uanp 'sport = :8472' | grep -c '\[::\]:8472.*vxmeshd' || true)
     echo "systemctl restart with --ipv6-dataplane $want: ${secs}s ($(jq -r '.start.how // "?"' <<<"$st")), FLANNEL_IPV6_SUBNET=${sub6:-none}, ${dev6:-no flannel-v6}, $tap IPv6: ${a6:-none}, vxmeshd sockets on [::]:8472: $sock"
     case $want in
-      userspace) [ -n "$sub6" ] && [ -z "$dev6" ] && [ "$a6" = "${sub6%/*}/128" ] && [ "$sock" -ge 1 ] ;;
+      # FLANNEL_IPV6_SUBNET names the subnet's first pod address (<subnet>::1/64); the
+      # TAP holds the subnet's own first address (<subnet>::/128)
+      userspace) [ -n "$sub6" ] && [ -z "$dev6" ] && [ "${a6%/128}1" = "${sub6%/*}" ] && [ "$sock" -ge 1 ] ;;
       kernel) [ -n "$sub6" ] && [ -n "$dev6" ] && [ -z "$a6" ] && [ "$sock" = 0 ] ;;
       *) echo "want userspace or kernel"; exit 1 ;;
     esac ;;

@@ -2061,6 +2061,11 @@ impl Running {
         if let (Some(v6), Some((ip6, mac6))) = (self.setup.ipv6.as_mut(), ipv6) {
             v6.local_ip = ip6;
             v6.vtep_mac = mac6;
+            // The threads take frames to this node's IPv6 VtepMAC: the one peers are
+            // told from now on.
+            if let Some(local6) = self.setup.local.v6.as_mut() {
+                local6.vtep_mac = mac6;
+            }
         }
         // Before the lease is put again: the put names the new address, and must
         // read as this node's, not as someone else's write on its key.

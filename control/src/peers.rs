@@ -760,8 +760,11 @@ struct Taken {
     subnets: BTreeMap<(u32, u8), (Subnet, Holder)>,
     ips: BTreeMap<Ipv4Addr, Holder>,
     macs: BTreeMap<MacAddr, Holder>,
-    /// The IPv6 halves: on their own device (`flannel-v6.<VNI>`), so a node's IPv6
-    /// VtepMAC may equal any node's IPv4 one.
+    /// The IPv6 halves. A VtepMAC is taken across both families: where the threads
+    /// carry IPv6 (`--ipv6-dataplane userspace`), the TAP's neighbours and the one
+    /// forwarding table map both families' MACs, so one node's IPv6 VtepMAC equal to
+    /// another's IPv4 one would send one node's traffic to the other (on
+    /// `flannel-v6.<VNI>` the two would not meet; flannel's MACs never collide).
     subnets6: BTreeMap<(u128, u8), (Subnet6, Holder)>,
     ips6: BTreeMap<Ipv6Addr, Holder>,
     macs6: BTreeMap<MacAddr, Holder>,
@@ -839,7 +842,11 @@ impl Taken {
             };
             return Some((Rejection::new(RejectReason::DuplicatePublicIp, why), h));
         }
-        if let Some(h) = self.macs6.get(&v6.vtep_mac) {
+        if let Some(h) = self
+            .macs6
+            .get(&v6.vtep_mac)
+            .or_else(|| self.macs.get(&v6.vtep_mac))
+        {
             let why = format!(
                 "IPv6 VtepMAC {} is already used by {h} (the lease created first wins)",
                 v6.vtep_mac
@@ -934,7 +941,11 @@ impl Taken {
                 with_lease(h),
             ));
         }
-        if let Some(h) = self.macs.get(&vtep_mac) {
+        if let Some(h) = self
+            .macs
+            .get(&vtep_mac)
+            .or_else(|| self.macs6.get(&vtep_mac))
+        {
             return Some((
                 Rejection::new(
                     RejectReason::DuplicateVtepMac,
@@ -1831,7 +1842,9 @@ mod tests {
         let mut t = dual_table();
         put_each_rejected(&mut t, &cases);
         let mut skips = vec![];
-        // An IPv6 VtepMAC equal to a node's IPv4 one is fine: another device.
+        // An IPv6 VtepMAC equal to another node's IPv4 one is refused (the threads
+        // carrying IPv6 map both families' MACs on one TAP and in one table); one the
+        // same node's IPv4 half has is its own business.
         let shared = entry(
             "10.244.51.0-24&fd00:10:244:33::-64",
             dual_val(
@@ -1843,6 +1856,21 @@ mod tests {
             21,
         );
         let c = t.put(&shared, &mut skips);
+        assert!(c.is_empty(), "{c:?}");
+        let r = t.rejection(&shared.key).expect("rejected");
+        assert_eq!(r.reason, RejectReason::DuplicateVtepMac, "{r:?}");
+        assert!(r.why.contains("IPv6 VtepMAC 9a:da:93:19:2b:bd"), "{r:?}");
+        let own = entry(
+            "10.244.52.0-24&fd00:10:244:34::-64",
+            dual_val(
+                "192.168.100.52",
+                "0e:00:00:00:00:52",
+                "fd00:64::52",
+                "0e:00:00:00:00:52",
+            ),
+            22,
+        );
+        let c = t.put(&own, &mut skips);
         assert!(
             matches!(c.as_slice(), [PeerChange::Added(p)] if p.ipv6.is_some()),
             "{c:?}"

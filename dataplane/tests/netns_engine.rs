@@ -527,7 +527,9 @@ fn ipv6_over_an_ipv6_underlay_both_ways_with_offloads() {
     }
     peer_counters_add_up(&a);
     peer_counters_add_up(&b);
-    // The transfers left as UDP over IPv6: the IPv6 sockets' ports sent them.
+    // The transfer is among the top flows, counted to the peer's node. (That it left
+    // as UDP over IPv6: there is no IPv4 route to the peer's IPv6 VTEP address, and
+    // only the IPv6 half's MAC is its neighbour.)
     assert_top_flow_carried(&a, 5206, 32 << 20);
 }
 

@@ -263,7 +263,7 @@ impl NodeHandover {
                 None => StateFile::create().context("creating the state file for systemd")?,
             };
             let file = Arc::new(Mutex::new(file));
-            refresh(&self.server, &file, self.me.versions.max);
+            refresh(&self.server, &file, self.me.versions);
             let stored = store_fds(n, u);
             if let Ok(g) = file.lock() {
                 if let Err(e) = n.store_fds(STATE_FD_NAME, &[g.as_fd()]) {
@@ -277,7 +277,7 @@ impl NodeHandover {
             let (server, f, v) = (
                 Arc::clone(&self.server),
                 Arc::clone(&file),
-                self.me.versions.max,
+                self.me.versions,
             );
             self.tasks.push(tokio::spawn(async move {
                 let mut t = tokio::time::interval(STATE_REFRESH);
@@ -422,8 +422,9 @@ impl NodeHandover {
         if let (Some(f), Some(mut s)) = (&self.state_file, last) {
             s.stopped = true;
             s.at_ms = unix_ms();
+            let v = s.stored_version(self.me.versions);
             if let Ok(mut g) = f.lock() {
-                if let Err(e) = g.write(self.me.versions.max, &s) {
+                if let Err(e) = g.write(v, &s.for_version(v)) {
                     tracing::warn!(error = %e, "cannot write the final state for systemd's store");
                 }
             }
@@ -571,9 +572,12 @@ fn store_fds(n: &Notifier, u: &crate::node_dataplane::userspace::Userspace) -> u
     stored
 }
 
-fn refresh(server: &Server, file: &Mutex<StateFile>, version: u16) {
+/// Writes the running dataplane's state into the store's file, at the oldest version
+/// that carries it ([`super::wire::DataplaneState::stored_version`]).
+fn refresh(server: &Server, file: &Mutex<StateFile>, versions: super::wire::Versions) {
     if let (Some(s), Ok(mut g)) = (server.snapshot(false), file.lock()) {
-        if let Err(e) = g.write(version, &s) {
+        let v = s.stored_version(versions);
+        if let Err(e) = g.write(v, &s.for_version(v)) {
             tracing::warn!(error = %e, "cannot refresh the state file in systemd's store");
         }
     }

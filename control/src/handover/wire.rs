@@ -22,7 +22,8 @@
 //! Version 2 (IPv6 in the threads, `--ipv6-dataplane userspace`): a `PEER` may carry
 //! the peer's IPv6 half (54 bytes instead of 15), and an `FD` may be the IPv6 receive
 //! socket ([`FdRole::UdpRx6`]). An offer at version 1 has neither
-//! ([`DataplaneState::for_version`]): a version-1 build refuses both.
+//! ([`DataplaneState::for_version`]): a version-1 build would refuse both (it is
+//! refused before: it sends no `IPV6_DATAPLANE`, read as `kernel`).
 //!
 //! Frozen for every protocol version, so that two builds can always tell each other
 //! that they cannot take over: the header, the kinds `Hello` (its `VERSION_MIN` and
@@ -204,6 +205,18 @@ pub struct DataplaneState {
 }
 
 impl DataplaneState {
+    /// The version to keep this state at in systemd's store, of those `ours` speaks: the
+    /// oldest that carries all of it — version 1 unless the threads carry IPv6 — so that
+    /// a rollback to a build of that version still takes the store over.
+    pub fn stored_version(&self, ours: Versions) -> u16 {
+        let need = if self.fds.contains(&FdRole::UdpRx6) {
+            VERSION_IPV6
+        } else {
+            1
+        };
+        need.clamp(ours.min, ours.max)
+    }
+
     /// What a build speaking `version` may be sent: before [`VERSION_IPV6`], no IPv6
     /// halves of peers and no IPv6 receive socket (whose descriptor the caller leaves
     /// out as well: [`DataplaneState::fds`] lists them in order).
@@ -896,6 +909,14 @@ mod tests {
         want.extend_from_slice(&v6.vtep_mac.0);
         assert_eq!(want.len(), PEER_V6_LEN);
         assert!(bytes.windows(want.len()).any(|w| w == want.as_slice()));
+        // Kept in systemd's store at version 2 only while the threads carry IPv6 (the
+        // IPv6 socket is in it): a rollback to a version-1 build adopts the rest.
+        assert_eq!(st.stored_version(VERSIONS), 2);
+        let mut plain = state();
+        assert_eq!(plain.stored_version(VERSIONS), 1);
+        plain.peers[0].ipv6 = st.peers[0].ipv6;
+        assert_eq!(plain.stored_version(VERSIONS), 1);
+        assert_eq!(plain.stored_version(Versions { min: 2, max: 3 }), 2);
         // To a version-1 build: neither, and every PEER 15 bytes.
         let old = st.for_version(1);
         assert!(!old.fds.contains(&FdRole::UdpRx6));

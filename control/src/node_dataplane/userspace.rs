@@ -186,23 +186,27 @@ pub struct Userspace {
 /// advertisements taken, and an IPv6 MTU 20 bytes below the TAP's, as
 /// `flannel-v6.<VNI>`'s is below `flannel.<VNI>`'s: the IPv6 outer header is 20 bytes
 /// longer, so a full-size packet would not fit the underlay (the kernel answers
-/// "packet too big" instead). Set again after every change of the TAP's MTU (the kernel
-/// then resets the IPv6 MTU to it). Without IPv6 in the threads, IPv6 is off on the
-/// TAP: it would only emit router solicitations the overlay drops.
-fn tap_ipv6(name: &str, on: bool, mtu: u32) -> anyhow::Result<()> {
+/// "packet too big" instead). The IPv6 MTU (`mtu`: the TAP's) is set only once the TAP
+/// has that MTU — the kernel takes no IPv6 MTU above the device's — and again after
+/// every change of the TAP's MTU (the kernel then resets the IPv6 MTU to it). Without
+/// IPv6 in the threads, IPv6 is off on the TAP: it would only emit router
+/// solicitations the overlay drops.
+fn tap_ipv6(name: &str, on: bool, mtu: Option<u32>) -> anyhow::Result<()> {
     if !on {
         // A kernel without IPv6 has no such setting, and needs none.
         let _ = write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
         return Ok(());
     }
-    let settings: [(&str, String); 6] = [
-        ("addr_gen_mode", "1".into()),
+    let mut settings = vec![
+        ("addr_gen_mode", "1".to_string()),
         ("accept_ra", "0".into()),
         ("accept_dad", "0".into()),
         ("router_solicitations", "0".into()),
         ("disable_ipv6", "0".into()),
-        ("mtu", mtu6(mtu).to_string()),
     ];
+    if let Some(mtu) = mtu {
+        settings.push(("mtu", mtu6(mtu).to_string()));
+    }
     for (key, value) in settings {
         let key = format!("net/ipv6/conf/{name}/{key}");
         write_sysctl(&key, &value).with_context(|| format!("setting {key} to {value}"))?;
@@ -377,7 +381,8 @@ impl Userspace {
             .set_persist(true)
             .with_context(|| format!("making TAP {name} persistent"))?;
         let threads6 = s.ipv6.filter(|v| v.in_threads);
-        tap_ipv6(name.as_str(), threads6.is_some(), s.mtu)?;
+        // Before the TAP has its MTU (set below): no IPv6 MTU yet.
+        tap_ipv6(name.as_str(), threads6.is_some(), None)?;
         // The kernel queues frames for the TAP's reader up to txqueuelen and drops
         // beyond (`--tap-txqueuelen`, docs/decisions/0026): room for bursts while the
         // egress thread is busy sending, and the queue a loss-based TCP sender fills.
@@ -399,7 +404,7 @@ impl Userspace {
         }
         if threads6.is_some() {
             // The MTU set above reset the IPv6 one.
-            tap_ipv6(name.as_str(), true, s.mtu)?;
+            tap_ipv6(name.as_str(), true, Some(s.mtu))?;
         }
         write_sysctl("net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
         let mut udp_tx = UdpTx::open(s.local_ip, s.tx_sockets.max(1), SNDBUF)
@@ -512,7 +517,7 @@ impl Userspace {
         }
         // IPv6 on the TAP as this run has it (the predecessor may have had the other
         // setting; a new MTU reset the IPv6 one).
-        tap_ipv6(name.as_str(), threads6.is_some(), s.mtu)?;
+        tap_ipv6(name.as_str(), threads6.is_some(), Some(s.mtu))?;
         if link.alias.as_deref() != Some(TAP_ALIAS) {
             nl.set_alias(link.index, TAP_ALIAS).await?;
         }
@@ -679,7 +684,7 @@ impl Userspace {
     /// Sets IPv6 on the TAP again as this dataplane has it, after the TAP's MTU was
     /// set (which resets the IPv6 MTU).
     pub fn tap_ipv6_again(&self, name: &str, mtu: u32) -> anyhow::Result<()> {
-        tap_ipv6(name, self.threads6.is_some(), mtu)
+        tap_ipv6(name, self.threads6.is_some(), Some(mtu))
     }
 
     /// This node's VTEP address, the source of the engine's path probes.

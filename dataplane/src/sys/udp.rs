@@ -268,7 +268,13 @@ impl UdpTx {
         if !sockets6.is_empty() && sockets6.len() != sockets.len() {
             return Err(bad("not as many IPv6 send sockets as IPv4 ones"));
         }
-        let gso = sockets.first().is_some_and(probe_gso) && sockets6.first().is_none_or(probe_gso);
+        // Probed on a socket of our own, not on these: a predecessor may still be
+        // sending on them, and for the moment UDP_SEGMENT is 1400 the kernel would cut
+        // its longer datagrams sent without a segment size.
+        let fresh = |d: Domain| {
+            Socket::new(d, Type::DGRAM.cloexec(), Some(Protocol::UDP)).is_ok_and(|s| probe_gso(&s))
+        };
+        let gso = fresh(Domain::IPV4) && (sockets6.is_empty() || fresh(Domain::IPV6));
         Ok(UdpTx {
             sockets,
             sockets6,
