@@ -405,6 +405,82 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     lab.must(&["down"]);
 }
 
+/// The same move when the threads carry IPv6 (`--ipv6-dataplane userspace`): the
+/// whole dataplane starts again sending VXLAN over IPv6 from the new address, and the
+/// threads take frames to the IPv6 VtepMAC derived from it — the one the lease now names
+/// and the peer sends to (before, they kept the old one and dropped every IPv6 frame as
+/// `not_for_us`).
+#[test]
+#[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
+fn a_renumbered_ipv6_underlay_is_followed_with_ipv6_in_the_threads() {
+    require_root();
+    require_etcd();
+    let lab = Lab::up(
+        "vxr7",
+        &[
+            ("VXLAB_NODES", "2"),
+            ("VXLAB_PODS", "1"),
+            ("VXLAB_IPERF_SECONDS", "1"),
+            ("VXLAB_IPV6", "1"),
+            ("VXLAB_DATAPLANES", "userspace6 kernel"),
+        ],
+    );
+    let subnet1 = lab.subnet_of(1);
+    let ctl = lab.bin.join("vxmeshctl");
+    let (old6, new6) = ("fd00:64::11", "fd00:64::31");
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{new6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            &format!("{old6}/64"),
+            "dev",
+            "eth0",
+        ],
+    );
+    let moved = wait_for(Duration::from_secs(20), || {
+        let peers = lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"]);
+        let seen = serde_json::from_str::<Value>(&peers)
+            .ok()
+            .and_then(|p| p.as_array().cloned())
+            .is_some_and(|p| p.iter().any(|p| p["ipv6"]["public_ipv6"] == new6));
+        let st = lab.status("n1");
+        seen && st["node"]["public_ipv6"] == new6 && st["ready"] == Value::Bool(true)
+    });
+    assert!(
+        moved.is_some(),
+        "n1 did not follow its IPv6 underlay to {new6} within 20 s; status {}",
+        lab.status("n1")
+    );
+    assert_eq!(lab.subnet_of(1), subnet1);
+    let udp = lab.exec("n1", &["ss", "-uan"]);
+    assert!(
+        udp.contains(&format!("[{new6}]:")),
+        "IPv6 send sockets from {new6}: {udp}"
+    );
+    let out = lab.must(&["check"]);
+    assert!(
+        out.contains("IPv6 pod pairs: 2 of 2 reachable") && out.contains(" 0 failed"),
+        "{out}"
+    );
+    lab.must(&["down"]);
+}
+
 /// The subnet file removed, or changed, under a running agent (a cleanup of /run, a
 /// script): CNI plugins read it for every pod, so the agent writes it back within
 /// its 2 s check, says so and counts it. flanneld writes it once.
