@@ -995,6 +995,83 @@ fn start_dual_stack(ns: &Ns, me: Peer, peer: Peer) {
     });
 }
 
+/// The userspace dataplane with its threads carrying IPv6 (`--ipv6-dataplane
+/// userspace`, decision 0034), on a jumbo underlay (MTU 9000: overlay 8950, IPv6 8930):
+/// it starts (the TAP's IPv6 MTU set only once the TAP has its own, which the kernel
+/// requires: the first build wrote it before and failed with EINVAL), deletes a
+/// `flannel-v6.1` an earlier run left, holds the IPv6 VXLAN port, and programs the
+/// peer's IPv6 half on the TAP as flannel-v6 would be programmed, without fdb entries.
+#[test]
+#[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
+fn the_threads_carry_ipv6_on_the_tap_over_a_jumbo_underlay() {
+    require_root();
+    let a = Netns::unique("kd-t6a").unwrap();
+    let b = Netns::unique("kd-t6b").unwrap();
+    vxmesh_testkit::netns::veth(&a, "eth0", "192.0.2.2/24", &b, "eth0", "192.0.2.3/24").unwrap();
+    for (ns, ip) in [(&a, "fd00:192::2/64"), (&b, "fd00:192::3/64")] {
+        ns.add_ipv6(ip, "eth0").unwrap();
+        ns.ip(&["link", "set", "eth0", "mtu", "9000"]).unwrap();
+    }
+    let (me, peer) = (node6(2), node6(3));
+    let ns = Ns(a);
+    // A flannel-v6.1 an earlier run left (the kernel dataplane's, or flanneld's).
+    start_dual_stack(&ns, me, peer);
+    let mut s = setup6(eth0_index(&ns), &me);
+    s.mtu = 8950;
+    if let Some(v6) = s.ipv6.as_mut() {
+        v6.in_threads = true;
+    }
+    s.local.v6 = Some(vxmesh_dataplane::fib::LocalVtep6 {
+        vtep_mac: me.ipv6.unwrap().vtep_mac,
+        inner: None,
+    });
+    let v6 = me.ipv6.unwrap().subnet;
+    let out = ns.run(move |nl| {
+        Box::pin(async move {
+            let st = Arc::new(AgentState::default());
+            let (dp, _) =
+                NodeDataplane::start(DataplaneKind::Userspace, &nl, &s, &st, Duration::ZERO)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+            let carried = dp.ipv6_in_threads() && dp.carries_ipv6() && dp.device6_index().is_none();
+            let set = dp.set_subnet6(&nl, &v6).await.map_err(|e| e.to_string())?;
+            dp.add_peer(&nl, &peer).await.map_err(|e| e.to_string())?;
+            dp.discard();
+            Ok::<_, String>((carried, set))
+        })
+    });
+    assert_eq!(out, Ok((true, true)));
+    let a = &ns.0;
+    let links = a.ip(&["-br", "link"]).unwrap();
+    assert!(!links.contains("flannel-v6"), "{links}");
+    let tap = ns.link("vxmesh0");
+    assert_eq!(tap["mtu"], 8950, "{tap}");
+    let mtu6 = a
+        .exec("cat", &["/proc/sys/net/ipv6/conf/vxmesh0/mtu"])
+        .unwrap();
+    assert_eq!(mtu6.trim(), "8930");
+    assert_eq!(ns.neigh("vxmesh0").len(), 2, "{:?}", ns.neigh("vxmesh0"));
+    assert!(ns
+        .neigh("vxmesh0")
+        .contains(&"fd00:10:244:3:: 06:00:00:00:00:03".to_string()));
+    assert_eq!(
+        routes6(a, "vxmesh0"),
+        ["fd00:10:244:3::/64 fd00:10:244:3::"]
+    );
+    assert!(ns.fdb("vxmesh0").is_empty(), "{:?}", ns.fdb("vxmesh0"));
+    let addrs = a
+        .json(
+            "ip",
+            &["-6", "addr", "show", "dev", "vxmesh0", "scope", "global"],
+        )
+        .unwrap();
+    assert_eq!(
+        addrs[0]["addr_info"][0]["local"], "fd00:10:244:2::",
+        "{addrs}"
+    );
+    a.ip(&["link", "del", "vxmesh0"]).unwrap();
+}
+
 #[test]
 #[ignore = "needs root and network namespaces: scripts/test.sh runs it"]
 fn dual_stack_carries_ipv6_beside_ipv4_like_flanneld() {
