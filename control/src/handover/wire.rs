@@ -680,6 +680,9 @@ fn read_state(f: &Fields<'_>) -> Result<DataplaneState, DecodeError> {
                 })
             }
         };
+        // A PublicIPv6 no peer could send from (an odd or damaged state): the half is
+        // left for the successor's first listing to bring, as a version-1 state does.
+        let ipv6 = ipv6.filter(|h| crate::peers::unusable_public_ipv6(h.public_ipv6).is_none());
         peers.push(Peer {
             ipv6,
             subnet: subnet(tag::PEER, &b[..5])?,
@@ -918,7 +921,7 @@ mod tests {
         assert_eq!(plain.stored_version(VERSIONS), 1);
         assert_eq!(plain.stored_version(Versions { min: 2, max: 3 }), 2);
         // To a version-1 build: neither, and every PEER 15 bytes.
-        let old = st.for_version(1);
+        let old = st.clone().for_version(1);
         assert!(!old.fds.contains(&FdRole::UdpRx6));
         assert!(old.peers.iter().all(|p| p.ipv6.is_none()));
         let bytes = Message::Offer {
@@ -929,6 +932,22 @@ mod tests {
         let f = Fields::parse(&bytes[HEADER_LEN..]).unwrap();
         assert!(f.all(tag::PEER).all(|v| v.len() == 15));
         assert!(f.all(tag::FD).all(|v| v != [5, 0]));
+        // A half whose PublicIPv6 no peer sends from is left out (the listing brings
+        // it), the peer kept.
+        let mut mapped = st.clone();
+        if let Some(h) = mapped.peers[0].ipv6.as_mut() {
+            h.public_ipv6 = "::ffff:192.0.2.1".parse().unwrap();
+        }
+        let bytes = Message::Offer {
+            version: 2,
+            state: mapped,
+        }
+        .encode();
+        let Some((Message::Offer { state: got, .. }, _)) = Message::parse(&bytes).unwrap() else {
+            panic!("an offer")
+        };
+        assert_eq!(got.peers.len(), 2);
+        assert!(got.peers[0].ipv6.is_none(), "{:?}", got.peers[0]);
         // A PEER of any other length, or an IPv6 half that is not a subnet, is refused.
         let mut bad = want.clone();
         bad[15 + 16] = 200;
