@@ -720,16 +720,7 @@ impl EgressWorker {
                     slot,
                     flow_hash,
                 } => {
-                    // The node's PublicIP names it in the flow samples, whichever
-                    // family its VXLAN takes (a peer's IPv6 VtepMAC: UDP/IPv6).
-                    let node = match peer {
-                        IpAddr::V4(ip) => ip,
-                        IpAddr::V6(_) => view
-                            .table
-                            .peers()
-                            .get(slot)
-                            .map_or(Ipv4Addr::UNSPECIFIED, |p| p.public_ip),
-                    };
+                    let node = node_ip(&view.table, Some(slot));
                     // The underlay TAP path builds IPv4 outer headers only.
                     let whole_gso =
                         self.underlay.is_some() && vh.gso_kind() != crate::wire::virtio::GSO_NONE;
@@ -1105,8 +1096,7 @@ impl IngressAqm {
     #[inline(never)]
     fn copy_with_ecn(&mut self, frame: &[u8], ecn: u8) -> usize {
         let len = self.copy_of(frame);
-        ecn::set_in_frame(&mut self.copy[..len], ecn);
-        len
+        self.set_ecn_in_copy(len, ecn)
     }
 
     /// Copies `frame` with `mac` written over its destination; returns the copy's
@@ -1116,8 +1106,9 @@ impl IngressAqm {
     #[inline(never)]
     fn copy_with_dst(&mut self, frame: &[u8], mac: MacAddr) -> usize {
         let len = self.copy_of(frame);
-        if let Some(dst) = self.copy.get_mut(..6.min(len)) {
-            dst.copy_from_slice(&mac.0[..dst.len()]);
+        // A frame judged deliverable holds a whole Ethernet header.
+        if let Some(dst) = self.copy.get_mut(..6).filter(|_| len >= 6) {
+            dst.copy_from_slice(&mac.0);
         }
         len
     }
@@ -1160,6 +1151,7 @@ fn unix_ns() -> u64 {
 impl IngressWorker {
     fn run(mut self) {
         let vnet = self.tap.offloads().vnet_hdr;
+        let over_ipv6 = self.udp.local_addr().is_some_and(|a| a.is_ipv6());
         let mut batch = RecvBatch::new(RX_MESSAGES);
         batch.set_limit(RX_MIN_MESSAGES);
         // Frames longer than the TAP's MTU (a kernel peer's uncut GSO frames) go out
@@ -1220,9 +1212,13 @@ impl IngressWorker {
             self.aqm.judge(&batch, n, n < batch.limit());
             batch.set_limit(next_rx_messages(n, batch.bytes()));
             // VXLAN over IPv6 comes to this node's IPv6 VtepMAC (flannel's layout), and
-            // the TAP takes only frames to its own: rewritten in place, batch by batch.
+            // the TAP takes only frames to its own: rewritten in place, batch by batch,
+            // on the IPv6 socket's thread (the IPv4 one's datagrams are not to it).
             let local = *view.table.local();
-            if let Some(v6) = local.v6.filter(|v6| v6.vtep_mac != local.vtep_mac) {
+            if let Some(v6) = local
+                .v6
+                .filter(|v6| over_ipv6 && v6.vtep_mac != local.vtep_mac)
+            {
                 for i in 0..n {
                     batch.rewrite_inner_dst(i, v6.vtep_mac.0, local.vtep_mac.0);
                 }
@@ -1358,14 +1354,6 @@ fn deliver_batch(
             IpAddr::V4(ip) => t.slot_by_source(&ip),
             IpAddr::V6(ip) => t.slot_by_source6(&ip),
         };
-        // The node's PublicIP names it in the flow samples, whichever family its
-        // VXLAN came over.
-        let node_of = |t: &ForwardingTable, slot: Option<usize>| match src {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => slot
-                .and_then(|s| t.peers().get(s))
-                .map_or(Ipv4Addr::UNSPECIFIED, |p| p.public_ip),
-        };
         let mut slot = slot_of(&view.table);
         // A congestion signal goes to the message's first deliverable frame (not to a
         // kernel sender's whole UDP burst: that would hit all its datagrams).
@@ -1442,7 +1430,7 @@ fn deliver_batch(
                         Some(len) => &aqm.copy[..len],
                         None => &d[inner..],
                     };
-                    let node = node_of(&view.table, slot);
+                    let node = node_ip(&view.table, slot);
                     flows.offer(frame, frame.len(), 1, Direction::FromPeer, node);
                     if let Some(seg) = msg.inner_segment {
                         if !cut_burst(frame, seg, to_tap.scratch(), counts, emit) {
@@ -1485,6 +1473,14 @@ fn deliver_batch(
             }
         }
     }
+}
+
+/// The PublicIP of the node in `slot`: it names the peer in the flow samples, whichever
+/// family its VXLAN takes (IPv6 in the threads: UDP/IPv6 from its PublicIPv6). A frame
+/// is sampled only once its peer is known, so `None` never names one.
+fn node_ip(table: &ForwardingTable, slot: Option<usize>) -> Ipv4Addr {
+    slot.and_then(|s| table.peers().get(s))
+        .map_or(Ipv4Addr::UNSPECIFIED, |p| p.public_ip)
 }
 
 /// A kernel sender's whole UDP GSO burst: cut in `scratch` into the sender's datagrams,
