@@ -320,6 +320,37 @@ fn a_renumbered_underlay_is_followed_without_a_new_subnet() {
     lab.must(&["down"]);
 }
 
+/// Moves node 1's IPv6 underlay address from fd00:64::11 to fd00:64::31 (SLAAC
+/// renumbering, by hand here) and waits until node 1 is ready on the new one and node 2
+/// sees it as node 1's PublicIPv6; returns the new address.
+fn renumber_ipv6(lab: &Lab) -> &'static str {
+    let ctl = lab.bin.join("vxmeshctl");
+    let (old6, new6) = ("fd00:64::11", "fd00:64::31");
+    let add = format!("{new6}/64");
+    let del = format!("{old6}/64");
+    lab.exec(
+        "n1",
+        &["ip", "-6", "addr", "add", &add, "dev", "eth0", "nodad"],
+    );
+    lab.exec("n1", &["ip", "-6", "addr", "del", &del, "dev", "eth0"]);
+    let moved = wait_for(Duration::from_secs(20), || {
+        let peers = lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"]);
+        let seen = serde_json::from_str::<Value>(&peers)
+            .ok()
+            .and_then(|p| p.as_array().cloned())
+            .is_some_and(|p| p.iter().any(|p| p["ipv6"]["public_ipv6"] == new6));
+        let st = lab.status("n1");
+        seen && st["node"]["public_ipv6"] == new6 && st["ready"] == Value::Bool(true)
+    });
+    assert!(
+        moved.is_some(),
+        "n1 did not follow its IPv6 underlay to {new6} within 20 s; status {}\npeers of n2: {}",
+        lab.status("n1"),
+        lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"])
+    );
+    new6
+}
+
 #[test]
 #[ignore = "needs root, network namespaces and etcd: scripts/test.sh runs it"]
 fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
@@ -339,49 +370,7 @@ fn a_renumbered_ipv6_underlay_is_followed_in_a_dual_stack_cluster() {
     let pid1 = lab.agent_pid(1);
     let threads = lab.engine_threads(1);
     assert!(!threads.is_empty(), "no packet threads on node 1");
-    let ctl = lab.bin.join("vxmeshctl");
-    // A new IPv6 prefix on node 1's underlay (SLAAC renumbering, by hand here).
-    let (old6, new6) = ("fd00:64::11", "fd00:64::31");
-    lab.exec(
-        "n1",
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{new6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    lab.exec(
-        "n1",
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "del",
-            &format!("{old6}/64"),
-            "dev",
-            "eth0",
-        ],
-    );
-    let moved = wait_for(Duration::from_secs(20), || {
-        let peers = lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"]);
-        let seen = serde_json::from_str::<Value>(&peers)
-            .ok()
-            .and_then(|p| p.as_array().cloned())
-            .is_some_and(|p| p.iter().any(|p| p["ipv6"]["public_ipv6"] == new6));
-        let st = lab.status("n1");
-        seen && st["node"]["public_ipv6"] == new6 && st["ready"] == Value::Bool(true)
-    });
-    assert!(
-        moved.is_some(),
-        "n1 did not follow its IPv6 underlay to {new6} within 20 s; status {}\npeers of n2: {}",
-        lab.status("n1"),
-        lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"])
-    );
+    let new6 = renumber_ipv6(&lab);
     assert_eq!(lab.subnet_of(1), subnet1);
     assert_eq!(lab.agent_pid(1), pid1, "the agent restarted");
     // Only the IPv6 device followed: the IPv4 address stayed, and so did the packet
@@ -426,47 +415,7 @@ fn a_renumbered_ipv6_underlay_is_followed_with_ipv6_in_the_threads() {
         ],
     );
     let subnet1 = lab.subnet_of(1);
-    let ctl = lab.bin.join("vxmeshctl");
-    let (old6, new6) = ("fd00:64::11", "fd00:64::31");
-    lab.exec(
-        "n1",
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{new6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    lab.exec(
-        "n1",
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "del",
-            &format!("{old6}/64"),
-            "dev",
-            "eth0",
-        ],
-    );
-    let moved = wait_for(Duration::from_secs(20), || {
-        let peers = lab.exec("n2", &[ctl.to_str().unwrap(), "peers", "--json"]);
-        let seen = serde_json::from_str::<Value>(&peers)
-            .ok()
-            .and_then(|p| p.as_array().cloned())
-            .is_some_and(|p| p.iter().any(|p| p["ipv6"]["public_ipv6"] == new6));
-        let st = lab.status("n1");
-        seen && st["node"]["public_ipv6"] == new6 && st["ready"] == Value::Bool(true)
-    });
-    assert!(
-        moved.is_some(),
-        "n1 did not follow its IPv6 underlay to {new6} within 20 s; status {}",
-        lab.status("n1")
-    );
+    let new6 = renumber_ipv6(&lab);
     assert_eq!(lab.subnet_of(1), subnet1);
     let udp = lab.exec("n1", &["ss", "-uan"]);
     assert!(
