@@ -24,7 +24,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::lab::Lab;
+use common::lab::{ping_counts, pinger, Lab};
 use serde_json::Value;
 use vxmesh_control::lease::{LeaseAttrs, LeaseKey};
 use vxmesh_testkit::{require_etcd, require_root, wait_for};
@@ -846,34 +846,6 @@ fn pod_ipv6(lab: &Lab, pod: &str) -> String {
         .to_string()
 }
 
-/// `ping -6 -i 0.01 -c count` from pod `from` to `to`, in the background.
-fn ping6(lab: &Lab, from: &str, to: &str, count: u32) -> std::process::Child {
-    lab.command_in(from, "ping")
-        .args(["-6", "-i", "0.01", "-W", "2", "-c", &count.to_string(), to])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// (sent, received) of a finished ping.
-fn ping_counts(p: std::process::Child) -> (u32, u32) {
-    let out = p.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"));
-    let num = |w: &str| -> u32 {
-        line.split(',')
-            .find(|p| p.contains(w))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    (num("transmitted"), num("received"))
-}
-
 /// The userspace threads carrying IPv6 (`--ipv6-dataplane userspace`, decision 0034)
 /// in a mixed dual-stack cluster: node 1 runs them, node 2 the kernel dataplane, node
 /// 3 the flannel recipe (its own `flannel-v6.1` at the kernel's defaults). Every pod
@@ -959,10 +931,10 @@ fn ipv6_in_the_threads_beside_kernel_and_flannel_nodes() {
         pod_ipv6(&lab, "n3-p1"),
     );
     let pings = [
-        ping6(&lab, "n2-p1", &p1, 300),
-        ping6(&lab, "n1-p1", &p2, 300),
-        ping6(&lab, "n3-p1", &p1, 300),
-        ping6(&lab, "n1-p1", &p3, 300),
+        pinger(&lab, "n2-p1", &p1, 300),
+        pinger(&lab, "n1-p1", &p2, 300),
+        pinger(&lab, "n3-p1", &p1, 300),
+        pinger(&lab, "n1-p1", &p3, 300),
     ];
     std::thread::sleep(Duration::from_millis(1000));
     lab.must(&["handover-agent", "1"]);

@@ -35,79 +35,10 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::Lab;
+use common::lab::{ping_counts, pinger, Lab};
 use serde_json::Value;
 use vxmesh_dataplane::sys::fdpass;
 use vxmesh_testkit::{require_commands, require_etcd, require_root, wait_for};
-
-/// `ping -i 0.01 -c count` from pod `from` to `to`, in the background.
-fn pinger(lab: &Lab, from: &str, to: &str, count: u32) -> Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns(from),
-            "ping",
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-        ])
-        .args(["-D", "-O", "-c", &count.to_string(), to])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// (sent, received) of a finished ping.
-fn ping_counts(p: Child) -> (u32, u32) {
-    let out = p.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // Which sequence numbers never got a reply, with the wall clock they were sent
-    // at (from the -O/-D "no answer yet" lines; replies may still have come later).
-    let answered: std::collections::BTreeSet<u32> = text
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let lost: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("no answer yet"))
-        .filter_map(|l| {
-            let seq: u32 = l.split("icmp_seq=").nth(1)?.trim().parse().ok()?;
-            let at = l.split(']').next()?.trim_start_matches('[');
-            (!answered.contains(&seq)).then(|| format!("{seq}@{at}"))
-        })
-        .collect();
-    if !lost.is_empty() {
-        println!("  lost (seq@sent): {}", lost.join(" "));
-    }
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no ping summary: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let num = |w: &str| {
-        line.split(',')
-            .find(|p| p.contains(w))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap()
-    };
-    (num("transmitted"), num("received"))
-}
 
 fn wall() -> f64 {
     std::time::SystemTime::now()

@@ -4,7 +4,7 @@
 //! `vxmesh-testkit`.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
 
 use serde_json::Value;
 use vxmesh_testkit::sh;
@@ -555,4 +555,73 @@ impl Drop for Lab {
             eprintln!("lab down failed: {out}");
         }
     }
+}
+
+/// `ping -i 0.01 -c count` from pod `from` to `to`, in the background.
+pub fn pinger(lab: &Lab, from: &str, to: &str, count: u32) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(from),
+            "ping",
+            "-i",
+            "0.01",
+            "-W",
+            "2",
+        ])
+        .args(["-D", "-O", "-c", &count.to_string(), to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// (sent, received) of a finished ping.
+pub fn ping_counts(p: Child) -> (u32, u32) {
+    let out = p.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Which sequence numbers never got a reply, with the wall clock they were sent
+    // at (from the -O/-D "no answer yet" lines; replies may still have come later).
+    let answered: std::collections::BTreeSet<u32> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let lost: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("no answer yet"))
+        .filter_map(|l| {
+            let seq: u32 = l.split("icmp_seq=").nth(1)?.trim().parse().ok()?;
+            let at = l.split(']').next()?.trim_start_matches('[');
+            (!answered.contains(&seq)).then(|| format!("{seq}@{at}"))
+        })
+        .collect();
+    if !lost.is_empty() {
+        println!("  lost (seq@sent): {}", lost.join(" "));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no ping summary: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let num = |w: &str| {
+        line.split(',')
+            .find(|p| p.contains(w))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    (num("transmitted"), num("received"))
 }
